@@ -1,0 +1,461 @@
+//! Channels: the frequencies waves travel on.
+//!
+//! A channel is a dot-separated list of tokens, `<domain>.<entity>.<action>`.
+//! Tokens are non-empty and made of `A-Z a-z 0-9 _ -`; a channel has at most
+//! [`MAX_TOKENS`] tokens and [`MAX_BYTES`] bytes.
+//!
+//! A *pattern* is a channel that may contain wildcards, used to resonate:
+//!
+//! | pattern          | matches                                         |
+//! |------------------|-------------------------------------------------|
+//! | `orders.created` | exactly `orders.created`                        |
+//! | `orders.*.done`  | `orders.<one token>.done`                       |
+//! | `orders.*`       | `orders.` followed by **one or more** tokens    |
+//! | `orders.>`       | the same as `orders.*`                          |
+//! | `*`              | every channel                                   |
+//!
+//! [`Channel::matches`] is the single definition of routing: every medium
+//! delivers exactly the waves it says match.
+//!
+//! ```
+//! use aether_core::Channel;
+//!
+//! let channel = Channel::new("orders.payment.completed");
+//! assert!(channel.matches(&Channel::new("orders.*")));
+//! assert!(channel.matches(&Channel::new("orders.*.completed")));
+//! assert!(!channel.matches(&Channel::new("orders.*.created")));
+//!
+//! // Invalid names are kept with the reason, and refused wherever they are used.
+//! let bad = Channel::new("orders..created");
+//! assert!(bad.validate().is_err());
+//! assert!("orders created".parse::<Channel>().is_err());
+//! ```
+
+use std::{fmt, hash, str::FromStr, sync::Arc};
+
+/// The most tokens a channel may have.
+pub const MAX_TOKENS: usize = 16;
+/// The most bytes a channel may have.
+pub const MAX_BYTES: usize = 256;
+
+/// A channel (frequency) or channel pattern.
+///
+/// Cloning is cheap (a reference count). [`Channel::new`] never fails: an
+/// invalid name is kept together with the reason it is invalid, so that the
+/// call that uses it (emit, resonate) returns a typed error and sends nothing.
+/// Use [`Channel::parse`] (or [`str::parse`]) to get the error at once.
+#[derive(Clone)]
+pub struct Channel {
+    name: Arc<str>,
+    shape: Result<Shape, Invalid>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// No wildcards: can be emitted on.
+    Concrete,
+    /// Has wildcards: can only be resonated on.
+    Pattern,
+}
+
+/// Why a channel name is invalid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Invalid {
+    /// The name is empty.
+    Empty,
+    /// The name is longer than [`MAX_BYTES`].
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The name has more than [`MAX_TOKENS`] tokens.
+    TooManyTokens {
+        /// How many tokens it has.
+        count: usize,
+    },
+    /// A token is empty (two dots in a row, or a leading or trailing dot).
+    EmptyToken {
+        /// Zero-based index of the token.
+        index: usize,
+    },
+    /// A token holds a character outside `A-Z a-z 0-9 _ -`.
+    BadCharacter {
+        /// Zero-based index of the token.
+        index: usize,
+        /// The offending character.
+        character: char,
+    },
+    /// A wildcard is mixed with other characters in one token (`ord*`).
+    PartialWildcard {
+        /// Zero-based index of the token.
+        index: usize,
+    },
+    /// `>` appears before the last token.
+    MisplacedTail {
+        /// Zero-based index of the token.
+        index: usize,
+    },
+    /// A wildcard was used where a concrete channel is required (emitting).
+    WildcardNotAllowed,
+}
+
+/// A channel name was refused. Says which name and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelError {
+    name: Arc<str>,
+    reason: Invalid,
+}
+
+impl ChannelError {
+    /// The name that was refused.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Why it was refused.
+    pub fn reason(&self) -> Invalid {
+        self.reason
+    }
+}
+
+impl fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: String = self.name.chars().take(64).collect();
+        write!(f, "invalid channel {shown:?}: ")?;
+        match self.reason {
+            Invalid::Empty => write!(f, "the name is empty"),
+            Invalid::TooLong { len } => {
+                write!(f, "{len} bytes long, the limit is {MAX_BYTES}")
+            }
+            Invalid::TooManyTokens { count } => {
+                write!(f, "{count} tokens, the limit is {MAX_TOKENS}")
+            }
+            Invalid::EmptyToken { index } => write!(
+                f,
+                "token {index} is empty (no leading, trailing or doubled dots)"
+            ),
+            Invalid::BadCharacter { index, character } => write!(
+                f,
+                "token {index} contains {character:?}; tokens may only use A-Z a-z 0-9 _ -"
+            ),
+            Invalid::PartialWildcard { index } => write!(
+                f,
+                "token {index} mixes a wildcard with other characters; `*` and `>` must be whole tokens"
+            ),
+            Invalid::MisplacedTail { index } => {
+                write!(f, "`>` at token {index} may only be the last token")
+            }
+            Invalid::WildcardNotAllowed => write!(
+                f,
+                "a wave is emitted on a concrete channel; wildcards are only for resonating"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ChannelError {}
+
+impl Channel {
+    /// Makes a channel from a name. Never fails; see [`Channel::validate`].
+    pub fn new(name: impl AsRef<str>) -> Self {
+        let name = name.as_ref();
+        Self {
+            shape: classify(name),
+            name: Arc::from(name),
+        }
+    }
+
+    /// Makes a channel, refusing an invalid name with the reason.
+    pub fn parse(name: impl AsRef<str>) -> Result<Self, ChannelError> {
+        let channel = Self::new(name);
+        channel.validate()?;
+        Ok(channel)
+    }
+
+    /// The name, as given.
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    /// `Ok` if the name follows the channel grammar (wildcards allowed).
+    pub fn validate(&self) -> Result<(), ChannelError> {
+        self.shape.map(|_| ()).map_err(|reason| self.error(reason))
+    }
+
+    /// `Ok` if the channel can be emitted on: valid and without wildcards.
+    pub fn validate_concrete(&self) -> Result<(), ChannelError> {
+        match self.shape {
+            Ok(Shape::Concrete) => Ok(()),
+            Ok(Shape::Pattern) => Err(self.error(Invalid::WildcardNotAllowed)),
+            Err(reason) => Err(self.error(reason)),
+        }
+    }
+
+    /// Whether the name follows the grammar.
+    pub fn is_valid(&self) -> bool {
+        self.shape.is_ok()
+    }
+
+    /// Whether the channel holds a wildcard (and so can only be resonated on).
+    pub fn is_pattern(&self) -> bool {
+        self.shape == Ok(Shape::Pattern)
+    }
+
+    /// The tokens of the name.
+    pub fn tokens(&self) -> impl Iterator<Item = &str> + '_ {
+        self.name.split('.')
+    }
+
+    /// The channel one token up (`orders.created` → `orders`), if any.
+    pub fn parent(&self) -> Option<Channel> {
+        self.name.rsplit_once('.').map(|(up, _)| Channel::new(up))
+    }
+
+    /// Whether a wave on this (concrete) channel is heard by `pattern`.
+    ///
+    /// This is the one definition of routing. An invalid channel or pattern
+    /// matches nothing.
+    pub fn matches(&self, pattern: &Channel) -> bool {
+        match (self.shape, pattern.shape) {
+            (Ok(_), Ok(Shape::Concrete)) => self.name == pattern.name,
+            (Ok(_), Ok(Shape::Pattern)) => matches_tokens(&self.name, &pattern.name),
+            _ => false,
+        }
+    }
+
+    fn error(&self, reason: Invalid) -> ChannelError {
+        ChannelError {
+            name: self.name.clone(),
+            reason,
+        }
+    }
+}
+
+/// Token-by-token matching of a channel against a valid pattern.
+fn matches_tokens(channel: &str, pattern: &str) -> bool {
+    let mut channel_tokens = channel.split('.');
+    let mut pattern_tokens = pattern.split('.').peekable();
+    while let Some(want) = pattern_tokens.next() {
+        let Some(got) = channel_tokens.next() else {
+            return false;
+        };
+        let last = pattern_tokens.peek().is_none();
+        if last && (want == "*" || want == ">") {
+            // A trailing wildcard takes this token and any that follow.
+            return true;
+        }
+        if want != "*" && want != got {
+            return false;
+        }
+    }
+    channel_tokens.next().is_none()
+}
+
+fn classify(name: &str) -> Result<Shape, Invalid> {
+    if name.is_empty() {
+        return Err(Invalid::Empty);
+    }
+    if name.len() > MAX_BYTES {
+        return Err(Invalid::TooLong { len: name.len() });
+    }
+    let count = name.split('.').count();
+    if count > MAX_TOKENS {
+        return Err(Invalid::TooManyTokens { count });
+    }
+    let mut shape = Shape::Concrete;
+    for (index, token) in name.split('.').enumerate() {
+        match token {
+            "" => return Err(Invalid::EmptyToken { index }),
+            "*" => shape = Shape::Pattern,
+            ">" if index + 1 == count => shape = Shape::Pattern,
+            ">" => return Err(Invalid::MisplacedTail { index }),
+            _ => {
+                if let Some(character) = token.chars().find(|c| !is_token_char(*c)) {
+                    return Err(if character == '*' || character == '>' {
+                        Invalid::PartialWildcard { index }
+                    } else {
+                        Invalid::BadCharacter { index, character }
+                    });
+                }
+            }
+        }
+    }
+    Ok(shape)
+}
+
+/// Whether `c` may appear in a channel token.
+pub(crate) fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Channel({:?})", &*self.name)
+    }
+}
+
+impl PartialEq for Channel {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Channel {}
+
+impl hash::Hash for Channel {
+    fn hash<H: hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state)
+    }
+}
+
+impl PartialEq<str> for Channel {
+    fn eq(&self, other: &str) -> bool {
+        &*self.name == other
+    }
+}
+
+impl PartialEq<&str> for Channel {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.name == *other
+    }
+}
+
+impl FromStr for Channel {
+    type Err = ChannelError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl From<&str> for Channel {
+    fn from(name: &str) -> Self {
+        Self::new(name)
+    }
+}
+
+impl From<String> for Channel {
+    fn from(name: String) -> Self {
+        Self::new(name)
+    }
+}
+
+impl From<&String> for Channel {
+    fn from(name: &String) -> Self {
+        Self::new(name)
+    }
+}
+
+impl From<&Channel> for Channel {
+    fn from(channel: &Channel) -> Self {
+        channel.clone()
+    }
+}
+
+impl AsRef<str> for Channel {
+    fn as_ref(&self) -> &str {
+        &self.name
+    }
+}
+
+impl serde::Serialize for Channel {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.name)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Channel {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Channel::parse(name).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(channel: &str, pattern: &str) -> bool {
+        Channel::new(channel).matches(&Channel::new(pattern))
+    }
+
+    #[test]
+    fn design_examples() {
+        assert!(m("orders.created", "orders.created"));
+        assert!(m("orders.created", "orders.*"));
+        assert!(m("orders.payment.completed", "orders.*"));
+        assert!(m("orders.payment.completed", "orders.>"));
+        assert!(!m("orders", "orders.*"));
+        assert!(m("orders", "*"));
+        assert!(m("a.b.c.d", "*"));
+        assert!(m("a.b.c", "a.*.c"));
+        assert!(!m("a.b.x.c", "a.*.c"));
+        assert!(!m("orders.created", "orders"));
+        assert!(!m("orders", "orders.created"));
+    }
+
+    #[test]
+    fn invalid_names_say_why() {
+        let cases = [
+            ("", Invalid::Empty),
+            ("a..b", Invalid::EmptyToken { index: 1 }),
+            (".a", Invalid::EmptyToken { index: 0 }),
+            ("a.", Invalid::EmptyToken { index: 1 }),
+            (
+                "a b",
+                Invalid::BadCharacter {
+                    index: 0,
+                    character: ' ',
+                },
+            ),
+            ("a.ord*", Invalid::PartialWildcard { index: 1 }),
+            ("a.>.b", Invalid::MisplacedTail { index: 1 }),
+        ];
+        for (name, reason) in cases {
+            let err = Channel::parse(name).unwrap_err();
+            assert_eq!(err.reason(), reason, "{name:?}");
+            assert!(err.to_string().contains("invalid channel"), "{err}");
+        }
+        let long = "a".repeat(MAX_BYTES + 1);
+        assert_eq!(
+            Channel::parse(&long).unwrap_err().reason(),
+            Invalid::TooLong { len: MAX_BYTES + 1 }
+        );
+        let many = vec!["a"; MAX_TOKENS + 1].join(".");
+        assert_eq!(
+            Channel::parse(&many).unwrap_err().reason(),
+            Invalid::TooManyTokens {
+                count: MAX_TOKENS + 1
+            }
+        );
+        assert!(Channel::parse(vec!["a"; MAX_TOKENS].join(".")).is_ok());
+    }
+
+    #[test]
+    fn invalid_matches_nothing() {
+        assert!(!m("a..b", "*"));
+        assert!(!m("a.b", "a.>.b"));
+    }
+
+    #[test]
+    fn concrete_and_patterns() {
+        assert!(Channel::new("a.b").validate_concrete().is_ok());
+        assert_eq!(
+            Channel::new("a.*")
+                .validate_concrete()
+                .unwrap_err()
+                .reason(),
+            Invalid::WildcardNotAllowed
+        );
+        assert!(Channel::new("a.*").is_pattern());
+        assert_eq!(Channel::new("a.b.c").parent(), Some(Channel::new("a.b")));
+        assert_eq!(Channel::new("a").parent(), None);
+    }
+}

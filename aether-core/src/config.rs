@@ -1,0 +1,135 @@
+//! Configuration of an aether.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::attenuation::DEFAULT_ATTENUATION_FACTOR;
+
+/// Settings of an [`Aether`](crate::Aether). Every field has a default; a
+/// value out of range is refused when the aether starts, naming the field.
+///
+/// ```
+/// use aether_core::{Aether, AetherConfig};
+///
+/// let config = AetherConfig {
+///     attenuation_factor: 0.95, // gentle attenuation
+///     max_propagation: 10,      // at most 10 hops
+///     ..Default::default()
+/// };
+/// let aether = Aether::new(config)?;
+/// assert_eq!(aether.config().max_propagation, 10);
+///
+/// let bad = AetherConfig { min_amplitude: 2.0, ..Default::default() };
+/// let err = Aether::new(bad).unwrap_err();
+/// assert_eq!(err.key(), "min_amplitude");
+/// # Ok::<(), aether_core::ConfigError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AetherConfig {
+    /// Capacity of each vibrator's receive queue (waves). When full, the
+    /// weakest wave is shed. Default 1000.
+    pub channel_buffer_size: usize,
+    /// Most hops a wave may make; past it, it is dropped and counted (loop
+    /// protection). Default 10, at most 255.
+    pub max_propagation: u32,
+    /// Amplitude kept per hop, in `(0, 1]`. Default 0.95.
+    pub attenuation_factor: f64,
+    /// Waves weaker than this are dead: not delivered, counted as expired.
+    /// In `[0, 1)`. Default 0.01.
+    pub min_amplitude: f64,
+    /// Noise floor of new vibrators, in `[0, 1]`. Default 0 (hear everything
+    /// that is alive).
+    pub default_noise_floor: f64,
+    /// Timeout of requests made without one, in milliseconds. Default 5000.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for AetherConfig {
+    fn default() -> Self {
+        Self {
+            channel_buffer_size: 1000,
+            max_propagation: 10,
+            attenuation_factor: DEFAULT_ATTENUATION_FACTOR,
+            min_amplitude: 0.01,
+            default_noise_floor: 0.0,
+            request_timeout_ms: 5000,
+        }
+    }
+}
+
+impl AetherConfig {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let check = |ok: bool, key: &'static str, value: String, rule: &'static str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError { key, value, rule })
+            }
+        };
+        check(
+            (1..=10_000_000).contains(&self.channel_buffer_size),
+            "channel_buffer_size",
+            self.channel_buffer_size.to_string(),
+            "must be between 1 and 10000000",
+        )?;
+        check(
+            self.max_propagation <= 255,
+            "max_propagation",
+            self.max_propagation.to_string(),
+            "must be at most 255",
+        )?;
+        check(
+            self.attenuation_factor > 0.0 && self.attenuation_factor <= 1.0,
+            "attenuation_factor",
+            self.attenuation_factor.to_string(),
+            "must be in (0, 1]",
+        )?;
+        check(
+            (0.0..1.0).contains(&self.min_amplitude),
+            "min_amplitude",
+            self.min_amplitude.to_string(),
+            "must be in [0, 1)",
+        )?;
+        check(
+            (0.0..=1.0).contains(&self.default_noise_floor),
+            "default_noise_floor",
+            self.default_noise_floor.to_string(),
+            "must be in [0, 1]",
+        )?;
+        check(
+            self.request_timeout_ms > 0,
+            "request_timeout_ms",
+            self.request_timeout_ms.to_string(),
+            "must be at least 1",
+        )
+    }
+
+    /// [`AetherConfig::request_timeout_ms`] as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// A configuration value was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {key} = {value} {rule}")]
+pub struct ConfigError {
+    key: &'static str,
+    value: String,
+    rule: &'static str,
+}
+
+impl ConfigError {
+    /// The name of the bad field.
+    pub fn key(&self) -> &'static str {
+        self.key
+    }
+
+    /// The bad value, as text.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+}

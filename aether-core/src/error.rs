@@ -1,0 +1,154 @@
+//! Errors, typed per operation.
+//!
+//! Each fallible operation returns an [`Error`] with its own small `Copy`
+//! kind enum, read with [`Error::kind`], a message that says what was wrong
+//! and what to do, and an optional source:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use aether_core::{Aether, EmitErrorKind, Vibrator};
+//!
+//! let aether = Aether::default();
+//! let vibrator = Vibrator::create("svc", &aether).await?;
+//! let err = vibrator.emit_wave("orders.*", serde_json::json!({})).await.unwrap_err();
+//! assert_eq!(err.kind(), EmitErrorKind::InvalidChannel);
+//! # Ok(()) }
+//! ```
+
+use std::{error::Error as StdError, fmt};
+
+/// An error of kind `K`, with a message and an optional source.
+pub struct Error<K> {
+    kind: K,
+    message: String,
+    source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl<K: Copy> Error<K> {
+    /// An error of `kind` saying `message`.
+    pub fn new(kind: K, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An error of `kind` caused by `source`, whose text becomes the message.
+    pub fn with_source(kind: K, source: impl StdError + Send + Sync + 'static) -> Self {
+        Self {
+            kind,
+            message: source.to_string(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// What kind of error this is.
+    pub fn kind(&self) -> K {
+        self.kind
+    }
+}
+
+impl<K: fmt::Display> fmt::Display for Error<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+impl<K: fmt::Debug> fmt::Debug for Error<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
+impl<K: fmt::Debug + fmt::Display> StdError for Error<K> {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+macro_rules! kinds {
+    ($(#[$meta:meta])* $name:ident => $alias:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self { $(Self::$variant => $text,)+ })
+            }
+        }
+
+        #[doc = concat!("An error from this operation; see [`", stringify!($name), "`].")]
+        pub type $alias = Error<$name>;
+    };
+}
+
+kinds! {
+    /// Why a wave could not be emitted.
+    EmitErrorKind => EmitError {
+        /// The channel is invalid or holds a wildcard.
+        InvalidChannel => "invalid channel",
+        /// The payload could not be serialized.
+        Payload => "payload error",
+        /// The aether was closed.
+        Closed => "aether closed",
+    }
+}
+
+kinds! {
+    /// Why resonating on a pattern failed.
+    ResonateErrorKind => ResonateError {
+        /// The pattern is invalid.
+        InvalidChannel => "invalid channel",
+        /// The group name is invalid.
+        InvalidGroup => "invalid group",
+        /// The aether was closed.
+        Closed => "aether closed",
+    }
+}
+
+kinds! {
+    /// Why a request got no reply.
+    RequestErrorKind => RequestError {
+        /// No vibrator resonates on the request's channel.
+        NoResponders => "no responders",
+        /// No reply came within the timeout.
+        TimedOut => "request timed out",
+        /// The request could not be emitted.
+        Emit => "request not emitted",
+        /// The aether was closed.
+        Closed => "aether closed",
+    }
+}
+
+kinds! {
+    /// Why a vibrator could not be created or changed.
+    VibratorErrorKind => VibratorError {
+        /// The name is invalid.
+        InvalidName => "invalid vibrator name",
+        /// A setting is out of range.
+        InvalidSetting => "invalid vibrator setting",
+        /// The aether was closed.
+        Closed => "aether closed",
+    }
+}
+
+impl From<EmitError> for RequestError {
+    fn from(err: EmitError) -> Self {
+        let kind = match err.kind() {
+            EmitErrorKind::Closed => RequestErrorKind::Closed,
+            _ => RequestErrorKind::Emit,
+        };
+        Self::with_source(kind, err)
+    }
+}

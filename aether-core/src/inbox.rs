@@ -1,0 +1,285 @@
+//! A vibrator's receive queue: bounded, amplitude-aware, waking on arrival.
+//!
+//! Mediums [`offer`](Inbox::offer) waves; the vibrator polls them out. When
+//! the queue is full the weakest wave is shed: the incoming one if it is no
+//! stronger than the weakest queued wave (so among equals the newest goes, and
+//! order is kept), otherwise the oldest of the weakest queued waves.
+//!
+//! Why a `std::sync::Mutex` around a `VecDeque` and not a channel: shedding
+//! needs to look at and remove any element, and the critical sections are a
+//! few instructions long, never across an `.await`.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+};
+
+use futures_util::task::AtomicWaker;
+
+use crate::{
+    Wave,
+    stats::{Counters, DropReason},
+};
+
+/// What became of an offered wave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Offer {
+    /// Queued for the vibrator.
+    Queued,
+    /// Queued, and a weaker queued wave was shed to make room.
+    QueuedShedding,
+    /// Not queued, for this reason.
+    Dropped(DropReason),
+    /// The vibrator asked not to hear its own waves.
+    SkippedOwn,
+    /// The vibrator is gone.
+    Closed,
+}
+
+pub(crate) struct Inbox {
+    id: u64,
+    capacity: usize,
+    state: Mutex<State>,
+    waker: AtomicWaker,
+    /// `f64` bits: waves weaker than this are not delivered.
+    noise_floor: AtomicU64,
+    skip_own: AtomicBool,
+    stats: Counters,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Wave>,
+    closed: bool,
+    /// `(amplitude, how many queued waves have it)` of the weakest queued
+    /// waves, or `None` when not known (worked out again when needed).
+    weakest: Option<(f64, usize)>,
+}
+
+impl State {
+    fn push(&mut self, wave: Wave) {
+        let amplitude = wave.amplitude().value();
+        self.weakest = match self.weakest {
+            _ if self.queue.is_empty() => Some((amplitude, 1)),
+            Some((min, _)) if amplitude < min => Some((amplitude, 1)),
+            Some((min, n)) if amplitude == min => Some((min, n + 1)),
+            other => other,
+        };
+        self.queue.push_back(wave);
+    }
+
+    fn forget(&mut self, amplitude: f64) {
+        if let Some((min, n)) = self.weakest {
+            if amplitude == min {
+                self.weakest = (n > 1).then_some((min, n - 1));
+            }
+        }
+    }
+
+    fn pop(&mut self) -> Option<Wave> {
+        let wave = self.queue.pop_front()?;
+        self.forget(wave.amplitude().value());
+        Some(wave)
+    }
+
+    fn weakest_amplitude(&mut self) -> f64 {
+        if let Some((min, _)) = self.weakest {
+            return min;
+        }
+        let mut min = f64::INFINITY;
+        let mut count = 0;
+        for wave in &self.queue {
+            let a = wave.amplitude().value();
+            if a < min {
+                (min, count) = (a, 1);
+            } else if a == min {
+                count += 1;
+            }
+        }
+        self.weakest = (count > 0).then_some((min, count));
+        min
+    }
+
+    /// Removes the oldest of the weakest queued waves.
+    fn shed_weakest(&mut self) -> Option<Wave> {
+        let min = self.weakest_amplitude();
+        let index = self
+            .queue
+            .iter()
+            .position(|w| w.amplitude().value() == min)?;
+        let wave = self.queue.remove(index)?;
+        self.forget(min);
+        Some(wave)
+    }
+}
+
+impl Inbox {
+    pub(crate) fn new(id: u64, capacity: usize, noise_floor: f64, skip_own: bool) -> Self {
+        Self {
+            id,
+            capacity,
+            state: Mutex::new(State::default()),
+            waker: AtomicWaker::new(),
+            noise_floor: AtomicU64::new(noise_floor.to_bits()),
+            skip_own: AtomicBool::new(skip_own),
+            stats: Counters::default(),
+        }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn stats(&self) -> &Counters {
+        &self.stats
+    }
+
+    pub(crate) fn noise_floor(&self) -> f64 {
+        f64::from_bits(self.noise_floor.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_noise_floor(&self, floor: f64) {
+        self.noise_floor.store(floor.to_bits(), Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves the queue consistent (every
+        // mutation is a single push or pop), so poisoning is not an error.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Offers a wave measured on arrival. Counts what it does.
+    pub(crate) fn offer(&self, wave: Wave) -> Offer {
+        if wave.origin() == self.id && self.skip_own.load(Ordering::Relaxed) {
+            return Offer::SkippedOwn;
+        }
+        let amplitude = wave.amplitude().value();
+        if amplitude < self.noise_floor() {
+            self.stats.dropped(DropReason::BelowNoiseFloor);
+            return Offer::Dropped(DropReason::BelowNoiseFloor);
+        }
+        let mut state = self.lock();
+        if state.closed {
+            return Offer::Closed;
+        }
+        let was_empty = state.queue.is_empty();
+        let outcome = if state.queue.len() < self.capacity {
+            state.push(wave);
+            Offer::Queued
+        } else if amplitude <= state.weakest_amplitude() {
+            drop(state);
+            self.stats.dropped(DropReason::QueueFull);
+            return Offer::Dropped(DropReason::QueueFull);
+        } else {
+            let shed = state.shed_weakest();
+            state.push(wave);
+            drop(state);
+            drop(shed);
+            self.stats.dropped(DropReason::QueueFull);
+            self.stats.delivered();
+            return Offer::QueuedShedding;
+        };
+        drop(state);
+        self.stats.delivered();
+        // The receiver registers its waker before it looks at the queue under
+        // the lock, so waking only on empty -> non-empty loses no wake-up.
+        if was_empty {
+            self.waker.wake();
+        }
+        outcome
+    }
+
+    /// Takes the next wave; `Ready(None)` once closed and drained.
+    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Wave>> {
+        if let Some(ready) = self.try_recv() {
+            return Poll::Ready(ready);
+        }
+        self.waker.register(cx.waker());
+        match self.try_recv() {
+            Some(ready) => Poll::Ready(ready),
+            None => Poll::Pending,
+        }
+    }
+
+    /// `Some(Some(wave))`, `Some(None)` when closed and drained, `None` when
+    /// empty but open.
+    pub(crate) fn try_recv(&self) -> Option<Option<Wave>> {
+        let mut state = self.lock();
+        match state.pop() {
+            Some(wave) => Some(Some(wave)),
+            None if state.closed => Some(None),
+            None => None,
+        }
+    }
+
+    /// Number of waves waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// Stops taking waves; the queued ones can still be received.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.waker.wake();
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn wave_with(amplitude: f64, tag: u32) -> Wave {
+        Wave::builder("t")
+            .amplitude(amplitude)
+            .payload(tag.to_be_bytes().to_vec())
+            .build()
+            .unwrap()
+    }
+
+    fn tag(wave: &Wave) -> u32 {
+        u32::from_be_bytes(wave.payload_bytes()[..4].try_into().unwrap())
+    }
+
+    fn drain(inbox: &Inbox) -> Vec<u32> {
+        std::iter::from_fn(|| inbox.try_recv().flatten())
+            .map(|w| tag(&w))
+            .collect()
+    }
+
+    #[test]
+    fn sheds_weakest_first() {
+        let inbox = Inbox::new(1, 3, 0.0, false);
+        assert_eq!(inbox.offer(wave_with(0.5, 1)), Offer::Queued);
+        assert_eq!(inbox.offer(wave_with(0.2, 2)), Offer::Queued);
+        assert_eq!(inbox.offer(wave_with(0.9, 3)), Offer::Queued);
+        // Full: a stronger wave pushes out the 0.2 one.
+        assert_eq!(inbox.offer(wave_with(0.6, 4)), Offer::QueuedShedding);
+        // A wave as weak as the weakest queued (0.5) is the one shed.
+        assert_eq!(
+            inbox.offer(wave_with(0.5, 5)),
+            Offer::Dropped(DropReason::QueueFull)
+        );
+        assert_eq!(drain(&inbox), vec![1, 3, 4]);
+        let stats = inbox.stats().snapshot();
+        assert_eq!(stats.dropped(DropReason::QueueFull), 2);
+        assert_eq!(stats.delivered, 4);
+    }
+
+    #[test]
+    fn noise_floor_and_close() {
+        let inbox = Inbox::new(1, 3, 0.3, false);
+        assert_eq!(
+            inbox.offer(wave_with(0.29, 1)),
+            Offer::Dropped(DropReason::BelowNoiseFloor)
+        );
+        assert_eq!(inbox.offer(wave_with(0.3, 2)), Offer::Queued);
+        inbox.close();
+        assert_eq!(inbox.offer(wave_with(0.9, 3)), Offer::Closed);
+        assert_eq!(inbox.try_recv().flatten().map(|w| tag(&w)), Some(2));
+        assert!(matches!(inbox.try_recv(), Some(None)));
+    }
+}

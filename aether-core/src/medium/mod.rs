@@ -1,0 +1,61 @@
+//! Mediums: what carries waves between vibrators.
+//!
+//! A medium only routes: it finds the receive queues whose patterns match a
+//! wave's channel ([`Channel::matches`](crate::Channel::matches)) and offers
+//! the wave to them. Everything that is the same on every medium (validation,
+//! hop limit, expiry, stamping) happens in [`Aether`](crate::Aether) before,
+//! and noise floor and shedding in the receive queue after.
+
+pub(crate) mod embedded;
+
+use std::sync::Arc;
+
+use crate::{Channel, Wave, inbox::Inbox, reply::ReplyMux};
+
+/// Identifies one subscription on a medium.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SubscriptionId(pub(crate) u64);
+
+/// Who hears the waves of a subscription.
+#[derive(Clone)]
+pub(crate) enum Listener {
+    /// A vibrator's receive queue.
+    Inbox(Arc<Inbox>),
+    /// A vibrator's receive queue, sharing each wave with the rest of its
+    /// group: one member of the group gets each wave.
+    Group(Arc<str>, Arc<Inbox>),
+    /// The waiters of a vibrator's requests.
+    Replies(Arc<ReplyMux>),
+}
+
+/// How many receivers a wave reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Routed {
+    /// Receive queues and reply waiters that matched.
+    pub(crate) matched: usize,
+}
+
+/// The medium of an aether.
+pub(crate) enum Medium {
+    Embedded(embedded::EmbeddedMedium),
+}
+
+impl Medium {
+    pub(crate) fn subscribe(&self, pattern: Channel, listener: Listener) -> SubscriptionId {
+        match self {
+            Medium::Embedded(m) => m.subscribe(pattern, listener),
+        }
+    }
+
+    pub(crate) fn unsubscribe(&self, ids: &[SubscriptionId]) {
+        match self {
+            Medium::Embedded(m) => m.unsubscribe(ids),
+        }
+    }
+
+    pub(crate) fn route(&self, wave: Wave, stats: &crate::stats::Counters) -> Routed {
+        match self {
+            Medium::Embedded(m) => m.route(wave, stats),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Counters of what happened to waves, readable without locks.
+//!
+//! Every wave that is not delivered is counted under a [`DropReason`]; an
+//! exporter reads a [`StatsSnapshot`] at any time.
+
+use std::{
+    fmt,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
+
+/// Why a wave was not delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// Its effective amplitude fell below the aether's `min_amplitude`.
+    Expired,
+    /// It made more hops than `max_propagation` (loop protection).
+    PropagationLimit,
+    /// It arrived weaker than the receiving vibrator's noise floor.
+    BelowNoiseFloor,
+    /// The receiving vibrator's queue was full and this was the weakest wave.
+    QueueFull,
+}
+
+impl DropReason {
+    /// Every reason, in a fixed order.
+    pub const ALL: [DropReason; 4] = [
+        DropReason::Expired,
+        DropReason::PropagationLimit,
+        DropReason::BelowNoiseFloor,
+        DropReason::QueueFull,
+    ];
+
+    /// A short snake_case name, fit for a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Expired => "expired",
+            DropReason::PropagationLimit => "propagation_limit",
+            DropReason::BelowNoiseFloor => "below_noise_floor",
+            DropReason::QueueFull => "queue_full",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lock-free counters, shared by an aether or held by one vibrator.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    emitted: AtomicU64,
+    delivered: AtomicU64,
+    unrouted: AtomicU64,
+    dropped: [AtomicU64; DropReason::ALL.len()],
+}
+
+impl Counters {
+    pub(crate) fn emitted(&self) {
+        self.emitted.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn delivered(&self) {
+        self.delivered.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn unrouted(&self) {
+        self.unrouted.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn dropped(&self, reason: DropReason) {
+        self.dropped[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
+        let mut dropped = [0; DropReason::ALL.len()];
+        for (slot, counter) in dropped.iter_mut().zip(&self.dropped) {
+            *slot = counter.load(Relaxed);
+        }
+        StatsSnapshot {
+            emitted: self.emitted.load(Relaxed),
+            delivered: self.delivered.load(Relaxed),
+            unrouted: self.unrouted.load(Relaxed),
+            dropped,
+        }
+    }
+}
+
+/// What happened to waves so far, read at one moment.
+///
+/// For an aether, `emitted` counts waves accepted by `emit`, `delivered`
+/// counts waves put in a receive queue (once per receiver), and `unrouted`
+/// counts emitted waves no vibrator resonated on. For a vibrator, `emitted`
+/// counts its own emits and `delivered` the waves it was given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Waves accepted for emission.
+    pub emitted: u64,
+    /// Waves placed in receive queues.
+    pub delivered: u64,
+    /// Emitted waves that matched no resonator.
+    pub unrouted: u64,
+    dropped: [u64; DropReason::ALL.len()],
+}
+
+impl StatsSnapshot {
+    /// Waves dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason.index()]
+    }
+
+    /// Waves dropped for any reason.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+
+    /// `(reason, count)` for every reason.
+    pub fn drops(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL.iter().map(|r| (*r, self.dropped(*r)))
+    }
+}

@@ -1,0 +1,512 @@
+//! Vibrators: a service's endpoint on the aether.
+//!
+//! A [`Vibrator`] emits waves and resonates (subscribes) on channel patterns.
+//! Waves it resonates with wait in its bounded receive queue until
+//! [`Vibrator::receive`] takes them; the vibrator is also a [`Stream`] of
+//! waves.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use aether_core::{Aether, Channel, Vibrator};
+//! use serde_json::json;
+//!
+//! let aether = Aether::default();
+//! let mut sender = Vibrator::create("sender", &aether).await?;
+//! let mut receiver = Vibrator::create("receiver", &aether).await?;
+//!
+//! receiver.resonate_on(Channel::new("test")).await?;
+//! sender.emit_wave(Channel::new("test"), json!({"data": "test"})).await?;
+//!
+//! let wave = receiver.receive().await.unwrap();
+//! assert_eq!(wave.payload()["data"], "test");
+//! assert_eq!(wave.source(), Some("sender"));
+//! # Ok(()) }
+//! ```
+
+use std::{
+    fmt,
+    future::poll_fn,
+    pin::Pin,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures_core::Stream;
+use serde::Serialize;
+
+use crate::{
+    Aether, Channel, EmitError, EmitErrorKind, IntoPayload, RequestError, RequestErrorKind,
+    ResonateError, ResonateErrorKind, VibratorError, VibratorErrorKind, Wave, WaveId,
+    channel::is_token_char,
+    inbox::Inbox,
+    medium::{Listener, SubscriptionId},
+    reply::ReplyMux,
+    stats::StatsSnapshot,
+    wave::{process_nonce, unix_nanos},
+};
+
+/// Longest vibrator or group name, in bytes.
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// A service's endpoint on the aether.
+///
+/// Dropping it stops its resonance (unsubscribes) and discards what is
+/// still queued for it.
+pub struct Vibrator {
+    emitter: Emitter,
+    inbox: Arc<Inbox>,
+    subscriptions: Vec<(Channel, Option<Arc<str>>, SubscriptionId)>,
+    replies: OnceLock<(Arc<ReplyMux>, SubscriptionId)>,
+}
+
+/// A cloneable handle that emits with a vibrator's identity, for tasks that
+/// emit while the vibrator receives elsewhere.
+#[derive(Clone)]
+pub struct Emitter {
+    name: Arc<str>,
+    id: u64,
+    aether: Aether,
+}
+
+/// Options of a new vibrator; see [`Vibrator::builder`].
+#[derive(Clone, Debug)]
+pub struct VibratorBuilder {
+    name: String,
+    noise_floor: Option<f64>,
+    skip_own_waves: bool,
+    queue_capacity: Option<usize>,
+}
+
+impl VibratorBuilder {
+    /// Waves arriving weaker than this are not delivered (and are counted).
+    /// In `[0, 1]`; default: the aether's `default_noise_floor`.
+    pub fn noise_floor(mut self, floor: f64) -> Self {
+        self.noise_floor = Some(floor);
+        self
+    }
+
+    /// Whether to skip the waves this vibrator emits itself (default: no).
+    pub fn skip_own_waves(mut self, skip: bool) -> Self {
+        self.skip_own_waves = skip;
+        self
+    }
+
+    /// Capacity of its receive queue; default: the aether's
+    /// `channel_buffer_size`.
+    pub fn queue_capacity(mut self, capacity: usize) -> Self {
+        self.queue_capacity = Some(capacity);
+        self
+    }
+
+    /// Creates the vibrator on `aether`.
+    pub async fn create(self, aether: &Aether) -> Result<Vibrator, VibratorError> {
+        self.build(aether)
+    }
+
+    /// Creates the vibrator on `aether`, without waiting.
+    pub fn build(self, aether: &Aether) -> Result<Vibrator, VibratorError> {
+        check_name(&self.name, VibratorErrorKind::InvalidName, "vibrator name")?;
+        let floor = self
+            .noise_floor
+            .unwrap_or(aether.config().default_noise_floor);
+        check_noise_floor(floor)?;
+        let capacity = self
+            .queue_capacity
+            .unwrap_or(aether.config().channel_buffer_size);
+        if capacity == 0 {
+            return Err(VibratorError::new(
+                VibratorErrorKind::InvalidSetting,
+                "queue_capacity must be at least 1",
+            ));
+        }
+        let id = next_vibrator_id();
+        let inbox = Arc::new(Inbox::new(id, capacity, floor, self.skip_own_waves));
+        if !aether.register_inbox(&inbox) {
+            return Err(closed(VibratorErrorKind::Closed));
+        }
+        Ok(Vibrator {
+            emitter: Emitter {
+                name: Arc::from(self.name),
+                id,
+                aether: aether.clone(),
+            },
+            inbox,
+            subscriptions: Vec::new(),
+            replies: OnceLock::new(),
+        })
+    }
+}
+
+fn next_vibrator_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    (process_nonce() << 32) | (NEXT.fetch_add(1, Ordering::Relaxed) & 0xFFFF_FFFF)
+}
+
+fn closed<K: Copy>(kind: K) -> crate::Error<K> {
+    crate::Error::new(kind, "the aether was closed; create a new one")
+}
+
+fn check_name<K: Copy>(name: &str, kind: K, what: &str) -> Result<(), crate::Error<K>> {
+    let problem = if name.is_empty() {
+        Some("is empty".to_string())
+    } else if name.len() > MAX_NAME_BYTES {
+        Some(format!(
+            "is {} bytes, the limit is {MAX_NAME_BYTES}",
+            name.len()
+        ))
+    } else {
+        name.chars()
+            .find(|c| !(is_token_char(*c) || *c == '.'))
+            .map(|c| format!("contains {c:?}; use A-Z a-z 0-9 _ - ."))
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(crate::Error::new(
+            kind,
+            format!("{what} {name:?} {problem}"),
+        )),
+    }
+}
+
+fn check_noise_floor(floor: f64) -> Result<(), VibratorError> {
+    if (0.0..=1.0).contains(&floor) {
+        Ok(())
+    } else {
+        Err(VibratorError::new(
+            VibratorErrorKind::InvalidSetting,
+            format!("noise_floor {floor} is out of range: it must be in [0, 1]"),
+        ))
+    }
+}
+
+impl Vibrator {
+    /// Creates a vibrator named `name` (`A-Z a-z 0-9 _ - .`, at most 64
+    /// bytes) with the aether's default settings.
+    pub async fn create(name: impl Into<String>, aether: &Aether) -> Result<Self, VibratorError> {
+        Self::builder(name).create(aether).await
+    }
+
+    /// Like [`Vibrator::create`], without waiting.
+    pub fn new(name: impl Into<String>, aether: &Aether) -> Result<Self, VibratorError> {
+        Self::builder(name).build(aether)
+    }
+
+    /// Options for a new vibrator.
+    pub fn builder(name: impl Into<String>) -> VibratorBuilder {
+        VibratorBuilder {
+            name: name.into(),
+            noise_floor: None,
+            skip_own_waves: false,
+            queue_capacity: None,
+        }
+    }
+
+    /// Its name, which its waves carry as their source.
+    pub fn name(&self) -> &str {
+        &self.emitter.name
+    }
+
+    /// A handle that emits as this vibrator.
+    pub fn emitter(&self) -> Emitter {
+        self.emitter.clone()
+    }
+
+    /// The aether it is on.
+    pub fn aether(&self) -> &Aether {
+        &self.emitter.aether
+    }
+
+    /// Resonates on `pattern`: waves on matching channels are delivered to
+    /// this vibrator, once each however many of its patterns match.
+    pub async fn resonate_on(&mut self, pattern: impl Into<Channel>) -> Result<(), ResonateError> {
+        self.subscribe(pattern.into(), None)
+    }
+
+    /// Resonates on `pattern` as a member of `group`: each matching wave goes
+    /// to one member of the group, in turn (like a NATS queue group).
+    pub async fn resonate_in_group(
+        &mut self,
+        pattern: impl Into<Channel>,
+        group: &str,
+    ) -> Result<(), ResonateError> {
+        check_name(group, ResonateErrorKind::InvalidGroup, "group name")?;
+        self.subscribe(pattern.into(), Some(Arc::from(group)))
+    }
+
+    fn subscribe(
+        &mut self,
+        pattern: Channel,
+        group: Option<Arc<str>>,
+    ) -> Result<(), ResonateError> {
+        pattern
+            .validate()
+            .map_err(|e| ResonateError::with_source(ResonateErrorKind::InvalidChannel, e))?;
+        let listener = match &group {
+            None => Listener::Inbox(self.inbox.clone()),
+            Some(group) => Listener::Group(group.clone(), self.inbox.clone()),
+        };
+        let id = self
+            .aether()
+            .subscribe(pattern.clone(), listener)
+            .ok_or_else(|| closed(ResonateErrorKind::Closed))?;
+        self.subscriptions.push((pattern, group, id));
+        Ok(())
+    }
+
+    /// Stops resonating on `pattern` (alone or in a group). Waves already
+    /// queued stay. Returns whether it was resonating on it.
+    pub async fn stop_resonating(&mut self, pattern: impl Into<Channel>) -> bool {
+        let pattern = pattern.into();
+        let ids: Vec<SubscriptionId> = self
+            .subscriptions
+            .iter()
+            .filter(|(p, _, _)| *p == pattern)
+            .map(|(_, _, id)| *id)
+            .collect();
+        self.subscriptions.retain(|(p, _, _)| *p != pattern);
+        self.aether().unsubscribe(&ids);
+        !ids.is_empty()
+    }
+
+    /// The patterns it resonates on.
+    pub fn patterns(&self) -> impl Iterator<Item = &Channel> + '_ {
+        self.subscriptions.iter().map(|(p, _, _)| p)
+    }
+
+    /// The next wave; `None` once the aether is closed and the queue drained.
+    ///
+    /// Wakes when a wave arrives; no polling.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if the future is dropped before it completes (in a
+    /// `select!`), no wave is lost; it stays queued for the next call.
+    pub async fn receive(&mut self) -> Option<Wave> {
+        poll_fn(|cx| self.inbox.poll_recv(cx)).await
+    }
+
+    /// The next wave if one is queued, without waiting.
+    pub fn try_receive(&mut self) -> Option<Wave> {
+        self.inbox.try_recv().flatten()
+    }
+
+    /// How many waves wait in its receive queue.
+    pub fn queued(&self) -> usize {
+        self.inbox.len()
+    }
+
+    /// Its noise floor: waves arriving weaker are not delivered.
+    pub fn noise_floor(&self) -> f64 {
+        self.inbox.noise_floor()
+    }
+
+    /// Changes its noise floor (in `[0, 1]`) while it runs.
+    pub fn set_noise_floor(&self, floor: f64) -> Result<(), VibratorError> {
+        check_noise_floor(floor)?;
+        self.inbox.set_noise_floor(floor);
+        Ok(())
+    }
+
+    /// What it received and dropped so far, read without locks: `delivered`
+    /// counts waves put in its queue, drops count waves it did not get.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inbox.stats().snapshot()
+    }
+
+    /// Emits `wave`; see [`Emitter::emit`].
+    pub async fn emit(&self, wave: Wave) -> Result<WaveId, EmitError> {
+        self.emitter.emit(wave).await
+    }
+
+    /// Emits a full-strength wave on `channel` carrying `payload` as JSON.
+    pub async fn emit_wave(
+        &self,
+        channel: impl Into<Channel>,
+        payload: impl Serialize,
+    ) -> Result<WaveId, EmitError> {
+        self.emitter.emit_wave(channel, payload).await
+    }
+
+    /// Replies to `request` on its reply channel; see [`Emitter::reply`].
+    pub async fn reply(
+        &self,
+        request: &Wave,
+        payload: impl IntoPayload,
+    ) -> Result<WaveId, EmitError> {
+        self.emitter.reply(request, payload).await
+    }
+
+    /// Emits `wave` as a request and waits for the first reply, up to the
+    /// aether's `request_timeout_ms`.
+    pub async fn request(&self, wave: Wave) -> Result<Wave, RequestError> {
+        let timeout = self.aether().config().request_timeout();
+        self.request_with_timeout(wave, timeout).await
+    }
+
+    /// Emits `wave` as a request and waits up to `timeout` for the first
+    /// reply. Fails with `NoResponders` at once if nobody resonates on its
+    /// channel, and with `TimedOut` if no reply comes in time.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future forgets the request; a late reply is counted as
+    /// unrouted.
+    pub async fn request_with_timeout(
+        &self,
+        mut wave: Wave,
+        timeout: Duration,
+    ) -> Result<Wave, RequestError> {
+        let mux = self.reply_mux()?;
+        let (reply_to, token, reply) = mux.register();
+        let forget = ForgetOnDrop { mux, token };
+        wave.set_reply_to(reply_to);
+        let routed = self.emitter.send(wave).await?;
+        if routed.matched == 0 {
+            return Err(RequestError::new(
+                RequestErrorKind::NoResponders,
+                "no vibrator resonates on the request's channel",
+            ));
+        }
+        let outcome = tokio::time::timeout(timeout, reply).await;
+        drop(forget);
+        match outcome {
+            Ok(Ok(wave)) => Ok(wave),
+            Ok(Err(_)) => Err(closed(RequestErrorKind::Closed)),
+            Err(_) => Err(RequestError::new(
+                RequestErrorKind::TimedOut,
+                format!("no reply within {timeout:?}"),
+            )),
+        }
+    }
+
+    fn reply_mux(&self) -> Result<&Arc<ReplyMux>, RequestError> {
+        if let Some((mux, _)) = self.replies.get() {
+            return Ok(mux);
+        }
+        let mux = Arc::new(ReplyMux::new(self.emitter.id));
+        let id = self
+            .aether()
+            .subscribe(mux.pattern(), Listener::Replies(mux.clone()))
+            .ok_or_else(|| closed(RequestErrorKind::Closed))?;
+        if let Err((_, id)) = self.replies.set((mux, id)) {
+            // Another request got there first; keep its subscription.
+            self.aether().unsubscribe(&[id]);
+        }
+        Ok(&self.replies.get().expect("set above").0)
+    }
+}
+
+/// Removes a request's waiter when the request ends, however it ends.
+struct ForgetOnDrop<'a> {
+    mux: &'a ReplyMux,
+    token: u64,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.mux.cancel(self.token);
+    }
+}
+
+impl Emitter {
+    /// The name its waves carry.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Emits `wave` into the aether.
+    ///
+    /// A fresh wave (no hops yet) is stamped with this vibrator as its source
+    /// and the current time. The channel must be valid and concrete, or the
+    /// wave is refused with `InvalidChannel` and nothing is sent. A wave past
+    /// `max_propagation` hops, or already weaker than `min_amplitude`, is
+    /// accepted but dropped and counted, as DESIGN.md's attenuation rules say.
+    pub async fn emit(&self, wave: Wave) -> Result<WaveId, EmitError> {
+        let id = wave.id();
+        self.send(wave).await?;
+        Ok(id)
+    }
+
+    async fn send(&self, mut wave: Wave) -> Result<crate::medium::Routed, EmitError> {
+        let now_ns = unix_nanos();
+        wave.stamp_emission(&self.name, self.id, now_ns);
+        self.aether.dispatch(wave, now_ns)
+    }
+
+    /// Emits a full-strength wave on `channel` carrying `payload` as JSON.
+    pub async fn emit_wave(
+        &self,
+        channel: impl Into<Channel>,
+        payload: impl Serialize,
+    ) -> Result<WaveId, EmitError> {
+        let bytes = serde_json::to_vec(&payload)
+            .map_err(|e| EmitError::with_source(EmitErrorKind::Payload, e))?;
+        self.emit(Wave::new(channel, bytes)).await
+    }
+
+    /// Replies to `request` on its reply channel, with its correlation key.
+    pub async fn reply(
+        &self,
+        request: &Wave,
+        payload: impl IntoPayload,
+    ) -> Result<WaveId, EmitError> {
+        let reply_to = request.reply_to().ok_or_else(|| {
+            EmitError::new(
+                EmitErrorKind::InvalidChannel,
+                format!(
+                    "wave {} is not a request: it has no reply channel",
+                    request.id()
+                ),
+            )
+        })?;
+        let wave = Wave::builder(reply_to.clone())
+            .correlation_key(request.correlation_key())
+            .payload(payload)
+            .build()
+            .map_err(|e| EmitError::with_source(EmitErrorKind::InvalidChannel, e))?;
+        self.emit(wave).await
+    }
+}
+
+impl Stream for Vibrator {
+    type Item = Wave;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Wave>> {
+        self.inbox.poll_recv(cx)
+    }
+}
+
+impl Drop for Vibrator {
+    fn drop(&mut self) {
+        let mut ids: Vec<SubscriptionId> =
+            self.subscriptions.iter().map(|(_, _, id)| *id).collect();
+        if let Some((_, id)) = self.replies.get() {
+            ids.push(*id);
+        }
+        self.aether().unsubscribe(&ids);
+        self.aether().deregister_inbox(self.inbox.id());
+        self.inbox.close();
+    }
+}
+
+impl fmt::Debug for Vibrator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vibrator")
+            .field("name", &self.name())
+            .field("patterns", &self.patterns().collect::<Vec<_>>())
+            .field("noise_floor", &self.noise_floor())
+            .field("queued", &self.queued())
+            .finish()
+    }
+}
+
+impl fmt::Debug for Emitter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Emitter").field("name", &self.name).finish()
+    }
+}

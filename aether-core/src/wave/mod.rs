@@ -1,0 +1,467 @@
+//! Waves: the messages of the aether.
+//!
+//! A [`Wave`] carries a payload on a [`Channel`] with an [`Amplitude`]
+//! (importance), a [`Phase`] (state), a time decay and a hop count. Build one
+//! with [`Wave::new`] or [`Wave::builder`]:
+//!
+//! ```
+//! use aether_core::{Channel, Phase, Wave};
+//!
+//! let wave = Wave::builder(Channel::new("orders.cancelled"))
+//!     .amplitude(0.7)
+//!     .phase(Phase::RETRACT)
+//!     .correlation_key("order-42")
+//!     .json(&serde_json::json!({"order_id": 42}))
+//!     .build()?;
+//! assert_eq!(wave.amplitude().value(), 0.7);
+//! assert_eq!(wave.payload()["order_id"], 42);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod amplitude;
+mod id;
+mod payload;
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use serde::{Serialize, de::DeserializeOwned};
+
+pub use amplitude::{Amplitude, AmplitudeError, Phase, PhaseError};
+pub use id::WaveId;
+pub use payload::IntoPayload;
+
+pub(crate) use id::{process_nonce, unix_nanos};
+
+use crate::{
+    Channel,
+    attenuation::{DEFAULT_ATTENUATION_FACTOR, effective_amplitude},
+    channel::ChannelError,
+};
+
+/// One message on the aether.
+///
+/// Cloning is cheap: the channel, source and payload are reference counted.
+#[derive(Clone)]
+pub struct Wave {
+    id: WaveId,
+    channel: Channel,
+    /// The amplitude as last measured (at emit, arrival, decay or hop).
+    amplitude: Amplitude,
+    /// `a0`: the amplitude it was emitted or re-amplified with.
+    source_amplitude: Amplitude,
+    phase: Phase,
+    decay_per_s: f64,
+    hops: u32,
+    /// Per-hop attenuation of the aether the wave is in. Not carried on the
+    /// wire: a receiving aether applies its own.
+    attenuation_factor: f64,
+    source: Option<Arc<str>>,
+    origin: u64,
+    emitted_at_ns: u64,
+    amplified_at_ns: u64,
+    correlation_key: Option<Arc<str>>,
+    reply_to: Option<Channel>,
+    payload: Bytes,
+}
+
+impl Wave {
+    /// A full-strength wave, in phase 0, with no time decay.
+    ///
+    /// The channel is checked when the wave is emitted.
+    pub fn new(channel: impl Into<Channel>, payload: impl IntoPayload) -> Self {
+        Self {
+            id: WaveId::generate(),
+            channel: channel.into(),
+            amplitude: Amplitude::MAX,
+            source_amplitude: Amplitude::MAX,
+            phase: Phase::ASSERT,
+            decay_per_s: 0.0,
+            hops: 0,
+            attenuation_factor: DEFAULT_ATTENUATION_FACTOR,
+            source: None,
+            origin: 0,
+            emitted_at_ns: 0,
+            amplified_at_ns: 0,
+            correlation_key: None,
+            reply_to: None,
+            payload: payload.into_payload(),
+        }
+    }
+
+    /// A builder for a wave on `channel`.
+    pub fn builder(channel: impl Into<Channel>) -> WaveBuilder {
+        WaveBuilder {
+            wave: Wave::new(channel, Bytes::new()),
+            error: None,
+        }
+    }
+
+    /// Unique, time-ordered id.
+    pub fn id(&self) -> WaveId {
+        self.id
+    }
+
+    /// The channel (frequency) the wave travels on.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// The amplitude as last measured: at emit, on arrival (after attenuation),
+    /// or by [`Wave::apply_time_decay`] / [`Wave::propagate`].
+    pub fn amplitude(&self) -> Amplitude {
+        self.amplitude
+    }
+
+    /// The amplitude the wave was emitted (or re-amplified) with.
+    pub fn source_amplitude(&self) -> Amplitude {
+        self.source_amplitude
+    }
+
+    /// The phase (state).
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Time decay per second (0 = none).
+    pub fn decay_per_s(&self) -> f64 {
+        self.decay_per_s
+    }
+
+    /// How many hops (relays, replays, re-emissions) the wave has made.
+    pub fn propagation_count(&self) -> u32 {
+        self.hops
+    }
+
+    /// Name of the vibrator that emitted it, once emitted.
+    pub fn source(&self) -> Option<&str> {
+        self.source.as_deref()
+    }
+
+    /// Key for interference (defaults to the channel).
+    pub fn correlation_key(&self) -> &str {
+        self.correlation_key
+            .as_deref()
+            .unwrap_or_else(|| self.channel.as_str())
+    }
+
+    /// Where a reply should go, for a request.
+    pub fn reply_to(&self) -> Option<&Channel> {
+        self.reply_to.as_ref()
+    }
+
+    /// When it was emitted (Unix time), once emitted.
+    pub fn emitted_at(&self) -> Option<std::time::SystemTime> {
+        (self.emitted_at_ns != 0)
+            .then(|| std::time::UNIX_EPOCH + Duration::from_nanos(self.emitted_at_ns))
+    }
+
+    /// The payload bytes, untouched.
+    pub fn payload_bytes(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// Takes the payload bytes out of the wave.
+    pub fn into_payload(self) -> Bytes {
+        self.payload
+    }
+
+    /// The payload read as JSON; `Value::Null` if it is not JSON. Use
+    /// [`Wave::json`] to get the error instead.
+    pub fn payload(&self) -> serde_json::Value {
+        self.json().unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The payload deserialized from JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.payload)
+    }
+
+    /// The effective amplitude at Unix time `now_ns`, by the attenuation rule.
+    pub fn effective_amplitude_at(&self, now_ns: u64) -> f64 {
+        let age = Duration::from_nanos(now_ns.saturating_sub(self.amplified_at_ns));
+        effective_amplitude(
+            self.source_amplitude.value(),
+            self.decay_per_s,
+            if self.amplified_at_ns == 0 {
+                Duration::ZERO
+            } else {
+                age
+            },
+            self.attenuation_factor,
+            self.hops,
+        )
+    }
+
+    /// Measures the amplitude again now, after time decay.
+    pub fn apply_time_decay(&mut self) {
+        self.amplitude = Amplitude::from_rule(self.effective_amplitude_at(unix_nanos()));
+    }
+
+    /// Makes one hop: the propagation count goes up and the amplitude is
+    /// attenuated once more (×0.95 by default).
+    pub fn propagate(&mut self) {
+        self.hops = self.hops.saturating_add(1);
+        self.apply_time_decay();
+    }
+
+    /// Re-amplifies the wave for a deliberate resend (retry, replay): its
+    /// amplitude is raised to `amplitude` (at most 1.0), its decay clock
+    /// restarts, and it makes one hop.
+    pub fn reamplify(&mut self, amplitude: f64) -> Result<(), AmplitudeError> {
+        self.source_amplitude = Amplitude::new(amplitude)?;
+        self.amplified_at_ns = unix_nanos();
+        self.propagate();
+        Ok(())
+    }
+
+    /// Sets the per-hop attenuation this wave is measured with.
+    pub(crate) fn set_attenuation_factor(&mut self, factor: f64) {
+        self.attenuation_factor = factor;
+    }
+
+    /// Stamps a fresh wave at emission: source, origin and clocks. A wave that
+    /// has already hopped keeps its source and clocks.
+    pub(crate) fn stamp_emission(&mut self, source: &Arc<str>, origin: u64, now_ns: u64) {
+        if self.hops == 0 {
+            self.source = Some(source.clone());
+            self.origin = origin;
+            self.emitted_at_ns = now_ns;
+            self.amplified_at_ns = now_ns;
+        }
+    }
+
+    pub(crate) fn origin(&self) -> u64 {
+        self.origin
+    }
+
+    pub(crate) fn set_amplitude(&mut self, amplitude: Amplitude) {
+        self.amplitude = amplitude;
+    }
+
+    pub(crate) fn set_reply_to(&mut self, reply_to: Channel) {
+        self.reply_to = Some(reply_to);
+    }
+}
+
+impl fmt::Debug for Wave {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("Wave");
+        s.field("id", &self.id)
+            .field("channel", &self.channel.as_str())
+            .field("amplitude", &self.amplitude)
+            .field("phase", &self.phase)
+            .field("hops", &self.hops);
+        if let Some(source) = &self.source {
+            s.field("source", source);
+        }
+        if let Some(key) = &self.correlation_key {
+            s.field("correlation_key", key);
+        }
+        if let Some(reply_to) = &self.reply_to {
+            s.field("reply_to", &reply_to.as_str());
+        }
+        match std::str::from_utf8(&self.payload) {
+            Ok(text) if text.len() <= 256 => s.field("payload", &text),
+            _ => s.field("payload_len", &self.payload.len()),
+        };
+        s.finish()
+    }
+}
+
+/// Builds a [`Wave`]; [`WaveBuilder::build`] refuses bad values with a typed
+/// error instead of clamping them.
+#[derive(Debug)]
+pub struct WaveBuilder {
+    wave: Wave,
+    error: Option<WaveError>,
+}
+
+impl WaveBuilder {
+    fn fail(mut self, error: WaveError) -> Self {
+        self.error.get_or_insert(error);
+        self
+    }
+
+    /// Importance in `[0, 1]` (default 1.0).
+    pub fn amplitude(mut self, amplitude: f64) -> Self {
+        match Amplitude::new(amplitude) {
+            Ok(a) => {
+                self.wave.amplitude = a;
+                self.wave.source_amplitude = a;
+                self
+            }
+            Err(e) => self.fail(WaveError::Amplitude(e)),
+        }
+    }
+
+    /// State, as a [`Phase`] or an angle in radians (default 0).
+    pub fn phase(mut self, phase: impl IntoPhase) -> Self {
+        match phase.into_phase() {
+            Ok(p) => {
+                self.wave.phase = p;
+                self
+            }
+            Err(e) => self.fail(WaveError::Phase(e)),
+        }
+    }
+
+    /// Time decay per second, finite and `>= 0` (default 0: no decay).
+    pub fn decay_per_s(mut self, decay_per_s: f64) -> Self {
+        if decay_per_s.is_finite() && decay_per_s >= 0.0 {
+            self.wave.decay_per_s = decay_per_s;
+            self
+        } else {
+            self.fail(WaveError::Decay { value: decay_per_s })
+        }
+    }
+
+    /// The decay that makes the wave die after `ttl` under `min_amplitude`
+    /// (use the aether's). Call after [`WaveBuilder::amplitude`].
+    pub fn time_to_live(self, ttl: Duration, min_amplitude: f64) -> Self {
+        let a0 = self.wave.source_amplitude.value();
+        self.decay_per_s(crate::attenuation::decay_for_ttl(a0, min_amplitude, ttl))
+    }
+
+    /// Key for interference (default: the channel).
+    pub fn correlation_key(mut self, key: impl AsRef<str>) -> Self {
+        self.wave.correlation_key = Some(Arc::from(key.as_ref()));
+        self
+    }
+
+    /// Where replies should go.
+    pub fn reply_to(mut self, channel: impl Into<Channel>) -> Self {
+        self.wave.reply_to = Some(channel.into());
+        self
+    }
+
+    /// The payload bytes.
+    pub fn payload(mut self, payload: impl IntoPayload) -> Self {
+        self.wave.payload = payload.into_payload();
+        self
+    }
+
+    /// The payload, serialized as JSON.
+    pub fn json<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
+        match serde_json::to_vec(value) {
+            Ok(bytes) => {
+                self.wave.payload = Bytes::from(bytes);
+                self
+            }
+            Err(e) => self.fail(WaveError::Json(Arc::new(e))),
+        }
+    }
+
+    /// The wave, or the first bad value given.
+    pub fn build(self) -> Result<Wave, WaveError> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        self.wave.channel.validate().map_err(WaveError::Channel)?;
+        if let Some(reply_to) = &self.wave.reply_to {
+            reply_to.validate_concrete().map_err(WaveError::Channel)?;
+        }
+        Ok(self.wave)
+    }
+}
+
+/// Something that converts into a [`Phase`]: a `Phase` or radians.
+pub trait IntoPhase {
+    /// The phase.
+    fn into_phase(self) -> Result<Phase, PhaseError>;
+}
+
+impl IntoPhase for Phase {
+    fn into_phase(self) -> Result<Phase, PhaseError> {
+        Ok(self)
+    }
+}
+
+impl IntoPhase for f64 {
+    fn into_phase(self) -> Result<Phase, PhaseError> {
+        Phase::new(self)
+    }
+}
+
+/// A wave could not be built.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WaveError {
+    /// The channel (or reply channel) is invalid.
+    #[error(transparent)]
+    Channel(ChannelError),
+    /// The amplitude is out of range.
+    #[error(transparent)]
+    Amplitude(AmplitudeError),
+    /// The phase is not finite.
+    #[error(transparent)]
+    Phase(PhaseError),
+    /// The decay is negative or not finite.
+    #[error("decay_per_s {value} is invalid: it must be a finite number >= 0")]
+    Decay {
+        /// The refused value.
+        value: f64,
+    },
+    /// The payload could not be serialized as JSON.
+    #[error("payload could not be serialized as JSON: {0}")]
+    Json(Arc<serde_json::Error>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_refuses_bad_values() {
+        assert!(matches!(
+            Wave::builder("a").amplitude(1.1).build(),
+            Err(WaveError::Amplitude(_))
+        ));
+        assert!(matches!(
+            Wave::builder("a").amplitude(f64::NAN).build(),
+            Err(WaveError::Amplitude(_))
+        ));
+        assert!(matches!(
+            Wave::builder("a").decay_per_s(-1.0).build(),
+            Err(WaveError::Decay { .. })
+        ));
+        assert!(matches!(
+            Wave::builder("a").phase(f64::NAN).build(),
+            Err(WaveError::Phase(_))
+        ));
+        assert!(matches!(
+            Wave::builder("a..b").build(),
+            Err(WaveError::Channel(_))
+        ));
+    }
+
+    #[test]
+    fn propagate_attenuates_by_default_factor() {
+        let mut wave = Wave::new("a", ());
+        wave.propagate();
+        assert_eq!(wave.propagation_count(), 1);
+        assert!((wave.amplitude().value() - 0.95).abs() < 1e-12);
+        wave.propagate();
+        assert!((wave.amplitude().value() - 0.9025).abs() < 1e-12);
+        assert_eq!(wave.source_amplitude().value(), 1.0);
+    }
+
+    #[test]
+    fn time_decay_lowers_amplitude() {
+        let mut wave = Wave::builder("a").decay_per_s(1.0).build().unwrap();
+        let source: Arc<str> = Arc::from("s");
+        wave.stamp_emission(&source, 1, unix_nanos() - 1_000_000_000);
+        wave.apply_time_decay();
+        let a = wave.amplitude().value();
+        assert!(a < 0.37 && a > 0.36, "{a}");
+    }
+
+    #[test]
+    fn reamplify_raises_and_hops() {
+        let mut wave = Wave::builder("a").amplitude(0.2).build().unwrap();
+        wave.reamplify(1.0).unwrap();
+        assert_eq!(wave.propagation_count(), 1);
+        assert!((wave.amplitude().value() - 0.95).abs() < 1e-9);
+        assert!(wave.reamplify(1.5).is_err());
+    }
+}

@@ -1,0 +1,622 @@
+//! The behaviour suite: what every medium must do, written once against the
+//! public API. A test file instantiates it for one medium with
+//! `behaviour_suite!(factory)`, where the factory makes an [`Aether`] from a
+//! configuration.
+
+#![allow(dead_code)]
+
+use std::{future::Future, pin::Pin, time::Duration};
+
+use aether_core::{
+    Aether, AetherConfig, Channel, DropReason, EmitErrorKind, RequestErrorKind, ResonateErrorKind,
+    Vibrator, VibratorErrorKind, Wave,
+};
+use futures_util::StreamExt;
+use serde_json::json;
+
+/// Makes aethers on one medium.
+pub trait Medium: Send + Sync {
+    /// An aether with `config`.
+    fn aether(&self, config: AetherConfig) -> Pin<Box<dyn Future<Output = Aether> + Send + '_>>;
+}
+
+/// Fails the test if `fut` takes longer than 10 s.
+pub async fn within<T>(fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .expect("behaviour case took longer than 10 s")
+}
+
+async fn default_aether(m: &dyn Medium) -> Aether {
+    m.aether(AetherConfig::default()).await
+}
+
+/// Receives one wave, failing after 5 s.
+pub async fn recv(v: &mut Vibrator) -> Wave {
+    tokio::time::timeout(Duration::from_secs(5), v.receive())
+        .await
+        .expect("no wave within 5 s")
+        .expect("receive returned None")
+}
+
+/// Asserts that nothing arrives within a short settle time.
+pub async fn assert_silent(v: &mut Vibrator) {
+    if let Ok(wave) = tokio::time::timeout(Duration::from_millis(100), v.receive()).await {
+        panic!("expected no wave, got {wave:?}");
+    }
+}
+
+pub async fn delivers_on_exact_channel(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let mut rx = Vibrator::create("rx", &aether).await.unwrap();
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    rx.resonate_on(Channel::new("user.created")).await.unwrap();
+    tx.emit_wave(Channel::new("user.created"), json!({"user_id": "123"}))
+        .await
+        .unwrap();
+    let wave = recv(&mut rx).await;
+    assert_eq!(wave.channel().as_str(), "user.created");
+    assert_eq!(wave.payload()["user_id"], "123");
+    assert_eq!(wave.source(), Some("tx"));
+    assert_eq!(wave.propagation_count(), 0);
+    assert_eq!(wave.amplitude().value(), 1.0);
+    assert!(wave.emitted_at().is_some());
+}
+
+pub async fn wildcard_delivery_sets(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let mut tail = Vibrator::create("tail", &aether).await.unwrap();
+    let mut inner = Vibrator::create("inner", &aether).await.unwrap();
+    let mut all = Vibrator::create("all", &aether).await.unwrap();
+    tail.resonate_on("orders.*").await.unwrap();
+    inner.resonate_on("orders.*.done").await.unwrap();
+    all.resonate_on("*").await.unwrap();
+    let channels = ["orders", "orders.created", "orders.pay.done", "users.x"];
+    for channel in channels {
+        tx.emit_wave(channel, json!(channel)).await.unwrap();
+    }
+    let mut got_all = Vec::new();
+    for _ in channels {
+        got_all.push(recv(&mut all).await.channel().to_string());
+    }
+    assert_eq!(got_all, channels);
+    assert_eq!(recv(&mut tail).await.channel(), "orders.created");
+    assert_eq!(recv(&mut tail).await.channel(), "orders.pay.done");
+    assert_eq!(recv(&mut inner).await.channel(), "orders.pay.done");
+    assert_silent(&mut tail).await;
+    assert_silent(&mut inner).await;
+}
+
+pub async fn unmatched_waves_are_not_delivered(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let mut rx = Vibrator::create("rx", &aether).await.unwrap();
+    rx.resonate_on("a.b").await.unwrap();
+    tx.emit_wave("a.c", json!(1)).await.unwrap();
+    tx.emit_wave("a.b.c", json!(2)).await.unwrap();
+    tx.emit_wave("a", json!(3)).await.unwrap();
+    assert_silent(&mut rx).await;
+}
+
+pub async fn invalid_channels_are_refused_and_nothing_is_sent(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let mut rx = Vibrator::create("rx", &aether).await.unwrap();
+    rx.resonate_on("*").await.unwrap();
+    for bad in ["", "a..b", "a b", "a.*", "a.>", "ord*", &"x".repeat(300)] {
+        let err = tx.emit_wave(bad, json!(1)).await.unwrap_err();
+        assert_eq!(err.kind(), EmitErrorKind::InvalidChannel, "{bad:?}");
+        assert!(err.to_string().contains("invalid channel"), "{err}");
+    }
+    for bad in ["", "a..b", "a.>.b", "x*"] {
+        let err = rx.resonate_on(bad).await.unwrap_err();
+        assert_eq!(err.kind(), ResonateErrorKind::InvalidChannel, "{bad:?}");
+    }
+    assert_eq!(aether.stats().emitted, 0);
+    assert_silent(&mut rx).await;
+}
+
+pub async fn one_delivery_per_vibrator_however_many_patterns_match(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let mut rx = Vibrator::create("rx", &aether).await.unwrap();
+    rx.resonate_on("orders.created").await.unwrap();
+    rx.resonate_on("orders.*").await.unwrap();
+    rx.resonate_on("*").await.unwrap();
+    tx.emit_wave("orders.created", json!(1)).await.unwrap();
+    assert_eq!(recv(&mut rx).await.payload(), json!(1));
+    assert_silent(&mut rx).await;
+}
+
+pub async fn noise_floor_hides_weak_waves_and_counts_them(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let mut quiet = Vibrator::builder("quiet")
+        .noise_floor(0.5)
+        .create(&aether)
+        .await
+        .unwrap();
+    let mut open = Vibrator::create("open", &aether).await.unwrap();
+    quiet.resonate_on("n.*").await.unwrap();
+    open.resonate_on("n.*").await.unwrap();
+    for (i, amplitude) in [0.2, 0.49, 0.5, 0.9].into_iter().enumerate() {
+        let wave = Wave::builder(format!("n.{i}"))
+            .amplitude(amplitude)
+            .build()
+            .unwrap();
+        tx.emit(wave).await.unwrap();
+    }
+    for i in 0..4 {
+        assert_eq!(recv(&mut open).await.channel().as_str(), format!("n.{i}"));
+    }
+    assert_eq!(recv(&mut quiet).await.amplitude().value(), 0.5);
+    assert_eq!(recv(&mut quiet).await.amplitude().value(), 0.9);
+    assert_silent(&mut quiet).await;
+    assert_eq!(quiet.stats().dropped(DropReason::BelowNoiseFloor), 2);
+    assert_eq!(quiet.stats().delivered, 2);
+    assert_eq!(open.stats().dropped_total(), 0);
+
+    // The floor can change while the vibrator runs.
+    quiet.set_noise_floor(0.1).unwrap();
+    tx.emit(Wave::builder("n.x").amplitude(0.2).build().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut quiet).await.channel(), "n.x");
+    assert_eq!(
+        quiet.set_noise_floor(1.5).unwrap_err().kind(),
+        VibratorErrorKind::InvalidSetting
+    );
+}
+
+pub async fn dead_waves_expire_and_are_counted(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let mut rx = Vibrator::create("rx", &aether).await.unwrap();
+    rx.resonate_on("e").await.unwrap();
+    let weak = Wave::builder("e").amplitude(0.005).build().unwrap();
+    assert!(weak.amplitude().value() < aether.config().min_amplitude);
+    tx.emit(weak).await.unwrap();
+    assert_silent(&mut rx).await;
+    assert_eq!(aether.stats().dropped(DropReason::Expired), 1);
+}
+
+pub async fn time_decay_kills_relayed_waves(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let mut relay = Vibrator::create("relay", &aether).await.unwrap();
+    let mut rx = Vibrator::create("rx", &aether).await.unwrap();
+    relay.resonate_on("d.in").await.unwrap();
+    rx.resonate_on("d.out").await.unwrap();
+    // ln(1/0.01)/0.05 s: the wave lives about 50 ms.
+    let wave = Wave::builder("d.in")
+        .time_to_live(Duration::from_millis(50), 0.01)
+        .build()
+        .unwrap();
+    tx.emit(wave).await.unwrap();
+    let got = recv(&mut relay).await;
+    assert!(got.amplitude().value() > 0.5);
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let before = aether.stats().dropped(DropReason::Expired);
+    let relayed = Wave::builder("d.out")
+        .time_to_live(Duration::from_millis(50), 0.01)
+        .build()
+        .unwrap();
+    tx.emit(relayed).await.unwrap();
+    assert!(
+        recv(&mut rx).await.amplitude().value() > 0.5,
+        "fresh wave lives"
+    );
+    let mut old = got;
+    old.propagate();
+    relay.emit(old).await.unwrap();
+    assert_silent(&mut rx).await;
+    assert_eq!(aether.stats().dropped(DropReason::Expired), before + 1);
+}
+
+pub async fn hops_attenuate_by_the_configured_factor(m: &dyn Medium) {
+    let aether = m
+        .aether(AetherConfig {
+            attenuation_factor: 0.5,
+            ..Default::default()
+        })
+        .await;
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let mut relay = Vibrator::create("relay", &aether).await.unwrap();
+    let mut rx = Vibrator::create("rx", &aether).await.unwrap();
+    relay.resonate_on("h.a").await.unwrap();
+    rx.resonate_on("h.b").await.unwrap();
+    tx.emit(Wave::builder("h.a").amplitude(0.8).build().unwrap())
+        .await
+        .unwrap();
+    let first = recv(&mut relay).await;
+    assert_eq!(
+        first.amplitude().value(),
+        0.8,
+        "no attenuation at first emit"
+    );
+    // Relay: same wave on another channel, one hop further.
+    let mut hop = Wave::builder("h.b").amplitude(0.8).build().unwrap();
+    hop.propagate();
+    relay.emit(hop).await.unwrap();
+    let second = recv(&mut rx).await;
+    assert_eq!(second.propagation_count(), 1);
+    assert!(
+        (second.amplitude().value() - 0.4).abs() < 1e-9,
+        "{second:?}"
+    );
+    assert_eq!(second.source_amplitude().value(), 0.8);
+}
+
+pub async fn propagation_limit_drops_looping_waves(m: &dyn Medium) {
+    let aether = m
+        .aether(AetherConfig {
+            max_propagation: 3,
+            ..Default::default()
+        })
+        .await;
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let mut rx = Vibrator::create("rx", &aether).await.unwrap();
+    rx.resonate_on("loop").await.unwrap();
+    let mut wave = Wave::new("loop", ());
+    for _ in 0..3 {
+        wave.propagate();
+    }
+    assert!(wave.propagation_count() <= aether.config().max_propagation);
+    tx.emit(wave.clone()).await.unwrap();
+    assert_eq!(recv(&mut rx).await.propagation_count(), 3);
+    wave.propagate();
+    tx.emit(wave).await.unwrap();
+    assert_silent(&mut rx).await;
+    assert_eq!(aether.stats().dropped(DropReason::PropagationLimit), 1);
+}
+
+pub async fn full_queue_sheds_the_weakest_first(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let mut rx = Vibrator::builder("rx")
+        .queue_capacity(3)
+        .create(&aether)
+        .await
+        .unwrap();
+    rx.resonate_on("q").await.unwrap();
+    let mut marker = Vibrator::create("marker", &aether).await.unwrap();
+    marker.resonate_on("q").await.unwrap();
+    for amplitude in [0.5, 0.2, 0.9, 0.6, 0.5] {
+        tx.emit(Wave::builder("q").amplitude(amplitude).build().unwrap())
+            .await
+            .unwrap();
+    }
+    // Wait until all five were routed (the marker has a big queue).
+    for _ in 0..5 {
+        recv(&mut marker).await;
+    }
+    let got: Vec<f64> = (0..3)
+        .map(|_| {
+            rx.try_receive()
+                .expect("three waves kept")
+                .amplitude()
+                .value()
+        })
+        .collect();
+    assert_eq!(got, vec![0.5, 0.9, 0.6]);
+    assert!(rx.try_receive().is_none());
+    assert_eq!(rx.stats().dropped(DropReason::QueueFull), 2);
+    assert_eq!(aether.stats().dropped(DropReason::QueueFull), 2);
+}
+
+pub async fn groups_share_waves_one_member_each(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let mut members = Vec::new();
+    for i in 0..3 {
+        let mut v = Vibrator::create(format!("worker-{i}"), &aether)
+            .await
+            .unwrap();
+        v.resonate_in_group("jobs.*", "workers").await.unwrap();
+        members.push(v);
+    }
+    let mut audit = Vibrator::create("audit", &aether).await.unwrap();
+    audit.resonate_on("jobs.*").await.unwrap();
+    let total = 60;
+    for i in 0..total {
+        tx.emit_wave("jobs.run", json!(i)).await.unwrap();
+    }
+    for _ in 0..total {
+        recv(&mut audit).await;
+    }
+    let mut seen = Vec::new();
+    let mut per_member = Vec::new();
+    for v in &mut members {
+        let mut n = 0;
+        while let Ok(Some(w)) = tokio::time::timeout(Duration::from_millis(200), v.receive()).await
+        {
+            seen.push(w.payload().as_i64().unwrap());
+            n += 1;
+        }
+        per_member.push(n);
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..total).collect::<Vec<_>>(),
+        "each wave exactly once"
+    );
+    assert!(per_member.iter().all(|n| *n > 0), "{per_member:?}");
+    assert!(
+        members[0]
+            .resonate_in_group("x", "bad group")
+            .await
+            .unwrap_err()
+            .kind()
+            == ResonateErrorKind::InvalidGroup
+    );
+}
+
+pub async fn own_waves_can_be_skipped(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let mut chatty = Vibrator::builder("chatty")
+        .skip_own_waves(true)
+        .create(&aether)
+        .await
+        .unwrap();
+    let mut echo = Vibrator::create("echo", &aether).await.unwrap();
+    let other = Vibrator::create("other", &aether).await.unwrap();
+    chatty.resonate_on("room").await.unwrap();
+    echo.resonate_on("room").await.unwrap();
+    chatty.emit_wave("room", json!("mine")).await.unwrap();
+    echo.emit_wave("room", json!("echo's")).await.unwrap();
+    other.emit_wave("room", json!("theirs")).await.unwrap();
+    assert_eq!(recv(&mut chatty).await.payload(), json!("echo's"));
+    assert_eq!(recv(&mut chatty).await.payload(), json!("theirs"));
+    // Without the option, a vibrator hears itself, and can filter by source.
+    assert_eq!(recv(&mut echo).await.source(), Some("chatty"));
+    let own = recv(&mut echo).await;
+    assert_eq!(own.source(), Some(echo.name()));
+}
+
+pub async fn request_gets_the_reply(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let mut server = Vibrator::create("pricing", &aether).await.unwrap();
+    server.resonate_on("price.get").await.unwrap();
+    let server_task = tokio::spawn(async move {
+        let request = recv(&mut server).await;
+        let sku = request.payload()["sku"].as_str().unwrap().to_owned();
+        server
+            .reply(&request, json!({"sku": sku, "price": 42}))
+            .await
+            .unwrap();
+        server
+    });
+    let client = Vibrator::create("shop", &aether).await.unwrap();
+    let request = Wave::builder("price.get")
+        .json(&json!({"sku": "A-1"}))
+        .correlation_key("A-1")
+        .build()
+        .unwrap();
+    let reply = client
+        .request_with_timeout(request, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(reply.payload()["price"], 42);
+    assert_eq!(reply.source(), Some("pricing"));
+    assert_eq!(reply.correlation_key(), "A-1");
+    server_task.await.unwrap();
+}
+
+pub async fn request_without_responders_fails_fast(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let client = Vibrator::create("shop", &aether).await.unwrap();
+    let started = std::time::Instant::now();
+    let err = client
+        .request_with_timeout(Wave::new("nobody.home", ()), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), RequestErrorKind::NoResponders);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+pub async fn request_times_out_without_reply(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let mut mute = Vibrator::create("mute", &aether).await.unwrap();
+    mute.resonate_on("ask").await.unwrap();
+    let client = Vibrator::create("shop", &aether).await.unwrap();
+    let err = client
+        .request_with_timeout(Wave::new("ask", ()), Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), RequestErrorKind::TimedOut);
+    // The request itself was delivered.
+    assert!(recv(&mut mute).await.reply_to().is_some());
+}
+
+pub async fn reply_needs_a_request(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let v = Vibrator::create("v", &aether).await.unwrap();
+    let err = v.reply(&Wave::new("a", ()), ()).await.unwrap_err();
+    assert_eq!(err.kind(), EmitErrorKind::InvalidChannel);
+}
+
+pub async fn receive_wakes_on_arrival(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let mut rx = Vibrator::create("rx", &aether).await.unwrap();
+    rx.resonate_on("late").await.unwrap();
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let waiter = tokio::spawn(async move { recv(&mut rx).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiter.is_finished());
+    tx.emit_wave("late", json!("now")).await.unwrap();
+    assert_eq!(waiter.await.unwrap().payload(), json!("now"));
+}
+
+pub async fn receive_is_cancel_safe(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let mut rx = Vibrator::create("rx", &aether).await.unwrap();
+    rx.resonate_on("c").await.unwrap();
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    for round in 0..20 {
+        tokio::select! {
+            _ = rx.receive() => panic!("nothing was emitted yet"),
+            _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+        }
+        tx.emit_wave("c", json!(round)).await.unwrap();
+        assert_eq!(recv(&mut rx).await.payload(), json!(round));
+    }
+}
+
+pub async fn waves_arrive_in_order_as_a_stream(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let mut rx = Vibrator::create("rx", &aether).await.unwrap();
+    rx.resonate_on("seq").await.unwrap();
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let n = 500;
+    let emitter = tx.emitter();
+    let producer = tokio::spawn(async move {
+        for i in 0..n {
+            emitter.emit_wave("seq", json!(i)).await.unwrap();
+        }
+    });
+    let got: Vec<i64> = (&mut rx)
+        .take(n)
+        .map(|w| w.payload().as_i64().unwrap())
+        .collect()
+        .await;
+    producer.await.unwrap();
+    assert_eq!(got, (0..n as i64).collect::<Vec<_>>());
+}
+
+pub async fn stop_resonating_and_drop_unsubscribe(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let mut rx = Vibrator::create("rx", &aether).await.unwrap();
+    rx.resonate_on("s.a").await.unwrap();
+    rx.resonate_on("s.b").await.unwrap();
+    assert!(rx.stop_resonating("s.a").await);
+    assert!(!rx.stop_resonating("s.zz").await);
+    tx.emit_wave("s.a", json!(1)).await.unwrap();
+    tx.emit_wave("s.b", json!(2)).await.unwrap();
+    assert_eq!(recv(&mut rx).await.payload(), json!(2));
+    assert_silent(&mut rx).await;
+    drop(rx);
+    let before = aether.stats().unrouted;
+    tx.emit_wave("s.b", json!(3)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(aether.stats().unrouted, before + 1);
+}
+
+pub async fn close_drains_then_ends(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let mut rx = Vibrator::create("rx", &aether).await.unwrap();
+    rx.resonate_on("z").await.unwrap();
+    tx.emit_wave("z", json!(1)).await.unwrap();
+    tx.emit_wave("z", json!(2)).await.unwrap();
+    recv(&mut rx).await;
+    aether.close();
+    assert!(aether.is_closed());
+    assert_eq!(recv(&mut rx).await.payload(), json!(2));
+    assert!(rx.receive().await.is_none());
+    assert_eq!(
+        tx.emit_wave("z", json!(3)).await.unwrap_err().kind(),
+        EmitErrorKind::Closed
+    );
+    assert_eq!(
+        Vibrator::create("late", &aether).await.unwrap_err().kind(),
+        VibratorErrorKind::Closed
+    );
+}
+
+pub async fn bad_vibrator_settings_are_refused(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    for bad in ["", "has space", "sl/ash", &"n".repeat(65)] {
+        let err = Vibrator::create(bad, &aether).await.unwrap_err();
+        assert_eq!(err.kind(), VibratorErrorKind::InvalidName, "{bad:?}");
+    }
+    let err = Vibrator::builder("ok")
+        .noise_floor(-0.1)
+        .create(&aether)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), VibratorErrorKind::InvalidSetting);
+    assert!(err.to_string().contains("noise_floor"), "{err}");
+    let err = Vibrator::builder("ok")
+        .queue_capacity(0)
+        .create(&aether)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), VibratorErrorKind::InvalidSetting);
+}
+
+pub async fn stats_account_for_every_wave(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let mut rx = Vibrator::builder("rx")
+        .noise_floor(0.3)
+        .create(&aether)
+        .await
+        .unwrap();
+    rx.resonate_on("acct.*").await.unwrap();
+    let amplitudes = [1.0, 0.2, 0.005, 0.9, 0.1];
+    for a in amplitudes {
+        tx.emit(Wave::builder("acct.x").amplitude(a).build().unwrap())
+            .await
+            .unwrap();
+    }
+    tx.emit_wave("nobody", json!(0)).await.unwrap();
+    recv(&mut rx).await;
+    recv(&mut rx).await;
+    assert_silent(&mut rx).await;
+    let stats = aether.stats();
+    assert_eq!(stats.emitted, 6);
+    assert_eq!(stats.delivered, 2);
+    assert_eq!(stats.unrouted, 1);
+    assert_eq!(stats.dropped(DropReason::Expired), 1);
+    assert_eq!(stats.dropped(DropReason::BelowNoiseFloor), 2);
+    assert_eq!(
+        stats.emitted,
+        stats.delivered + stats.unrouted + stats.dropped_total()
+    );
+}
+
+/// Instantiates every case for one medium: `behaviour_suite!(factory)`,
+/// with `factory: impl Medium` built once per test.
+#[macro_export]
+macro_rules! behaviour_suite {
+    ($factory:expr) => {
+        $crate::behaviour_suite!(@cases $factory;
+            delivers_on_exact_channel,
+            wildcard_delivery_sets,
+            unmatched_waves_are_not_delivered,
+            invalid_channels_are_refused_and_nothing_is_sent,
+            one_delivery_per_vibrator_however_many_patterns_match,
+            noise_floor_hides_weak_waves_and_counts_them,
+            dead_waves_expire_and_are_counted,
+            time_decay_kills_relayed_waves,
+            hops_attenuate_by_the_configured_factor,
+            propagation_limit_drops_looping_waves,
+            full_queue_sheds_the_weakest_first,
+            groups_share_waves_one_member_each,
+            own_waves_can_be_skipped,
+            request_gets_the_reply,
+            request_without_responders_fails_fast,
+            request_times_out_without_reply,
+            reply_needs_a_request,
+            receive_wakes_on_arrival,
+            receive_is_cancel_safe,
+            waves_arrive_in_order_as_a_stream,
+            stop_resonating_and_drop_unsubscribe,
+            close_drains_then_ends,
+            bad_vibrator_settings_are_refused,
+            stats_account_for_every_wave,
+        );
+    };
+    (@cases $factory:expr; $($case:ident,)+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let medium = $factory;
+                behaviour::within(behaviour::$case(&medium)).await;
+            }
+        )+
+    };
+}
