@@ -1,0 +1,399 @@
+//! The core-API snippets users know from the product's first documents,
+//! compiled and run. Each test keeps a snippet's statements as they were
+//! written (adding only `?`/`unwrap` and a harness); helper tasks play the
+//! other services and close the aether so that `while let` loops end.
+
+use std::time::Duration;
+
+use aether_core::{Aether, AetherConfig, Channel, DropReason, Vibrator, Wave};
+use serde_json::json;
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Receives one wave or fails after 5 s.
+async fn recv(v: &mut Vibrator) -> Wave {
+    tokio::time::timeout(Duration::from_secs(5), v.receive())
+        .await
+        .expect("no wave within 5 s")
+        .expect("aether closed")
+}
+
+// README: "Initialize the Aether layer".
+#[tokio::test]
+async fn readme_initialize() -> Result {
+    let aether = Aether::new(AetherConfig::default())?;
+    assert_eq!(aether.config(), &AetherConfig::default());
+    let aether = Aether::default();
+    assert!(!aether.is_closed());
+    Ok(())
+}
+
+// README: "Create a service": resonate, receive in a loop, emit.
+#[tokio::test]
+async fn readme_create_a_service() -> Result {
+    let aether = Aether::default();
+    let helper = {
+        let aether = aether.clone();
+        tokio::spawn(async move {
+            let other = Vibrator::create("orders-source", &aether).await.unwrap();
+            other.emit_wave("orders", json!({"n": 1})).await.unwrap();
+            other.emit_wave("orders", json!({"n": 2})).await.unwrap();
+            // Let the loop take both waves, then end it.
+            while aether.stats().delivered < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            aether.close();
+        })
+    };
+    let payload = json!({"order_id": "123"});
+    let mut seen = 0;
+
+    let mut vibrator = Vibrator::new("service-alpha", &aether)?;
+
+    // Listen on a specific frequency (channel)
+    vibrator.resonate_on(Channel::new("orders")).await?;
+
+    // Receive messages
+    while let Some(wave) = vibrator.receive().await {
+        println!("Received wave: {:?}", wave);
+        seen += 1;
+    }
+
+    // Send a message: the aether was closed to end the loop above, so the
+    // emit is refused with a typed error rather than lost.
+    let sent = vibrator.emit(Wave::new("order.created", payload)).await;
+    assert_eq!(seen, 2);
+    assert_eq!(sent.unwrap_err().kind(), aether_core::EmitErrorKind::Closed);
+    helper.await?;
+    Ok(())
+}
+
+// README quick start, steps 1-3.
+#[tokio::test]
+async fn readme_quick_start() -> Result {
+    let aether = Aether::default();
+    let mut watcher = Vibrator::create("watcher", &aether).await?;
+    watcher.resonate_on("user.created").await?;
+
+    let mut service = Vibrator::create("my-service", &aether).await?;
+    service.resonate_on(Channel::new("events")).await?;
+
+    // Send
+    service
+        .emit_wave(
+            Channel::new("user.created"),
+            serde_json::json!({"user_id": "123"}),
+        )
+        .await?;
+    assert_eq!(recv(&mut watcher).await.payload()["user_id"], "123");
+
+    let feeder = Vibrator::create("feeder", &aether).await?;
+    feeder.emit_wave("events", json!({"kind": "ping"})).await?;
+    let closer = aether.clone();
+    tokio::spawn(async move {
+        while closer.stats().delivered < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        closer.close();
+    });
+
+    // Receive
+    let mut received = Vec::new();
+    while let Some(wave) = service.receive().await {
+        println!("Received: {:?}", wave.payload());
+        received.push(wave.payload());
+    }
+    assert_eq!(received, vec![json!({"kind": "ping"})]);
+    Ok(())
+}
+
+// ARCHITECTURE, Example 1: simple event notification.
+#[tokio::test]
+async fn architecture_example_1_notifier() -> Result {
+    let aether = Aether::default();
+    let helper = {
+        let aether = aether.clone();
+        tokio::spawn(async move {
+            let mut mailer = Vibrator::create("mailer", &aether).await.unwrap();
+            mailer.resonate_on("email.send").await.unwrap();
+            let signup = Vibrator::create("signup", &aether).await.unwrap();
+            signup
+                .emit_wave("user.registered", json!({"email": "ada@example.org"}))
+                .await
+                .unwrap();
+            let mail = recv(&mut mailer).await;
+            aether.close();
+            mail
+        })
+    };
+
+    let mut service = Vibrator::create("notifier", &aether).await?;
+
+    service.resonate_on(Channel::new("user.registered")).await?;
+
+    while let Some(wave) = service.receive().await {
+        println!("New user registered: {:?}", wave.payload());
+
+        // Send welcome email
+        service
+            .emit_wave(
+                Channel::new("email.send"),
+                serde_json::json!({
+                    "to": wave.payload()["email"],
+                    "template": "welcome"
+                }),
+            )
+            .await
+            .unwrap();
+    }
+
+    let mail = helper.await?;
+    assert_eq!(mail.payload()["to"], "ada@example.org");
+    assert_eq!(mail.payload()["template"], "welcome");
+    assert_eq!(mail.source(), Some("notifier"));
+    Ok(())
+}
+
+// ARCHITECTURE, Example 2: one emit reaches every interested service.
+#[tokio::test]
+async fn architecture_example_2_cooperation() -> Result {
+    let aether = Aether::default();
+    let mut services = Vec::new();
+    for name in ["inventory", "payment", "notification"] {
+        let mut v = Vibrator::create(name, &aether).await?;
+        v.resonate_on(Channel::new("orders.*")).await?;
+        services.push(v);
+    }
+    let service = Vibrator::create("orders", &aether).await?;
+
+    // Order service
+    service
+        .emit_wave(
+            Channel::new("orders.created"),
+            json!({"order_id": "123", "items": ["A", "B"]}),
+        )
+        .await?;
+
+    for v in &mut services {
+        let wave = recv(v).await;
+        assert_eq!(wave.payload()["items"][1], "B");
+    }
+    Ok(())
+}
+
+// ARCHITECTURE: attenuation, channels, resonance.
+#[tokio::test]
+async fn architecture_attenuation_and_channels() -> Result {
+    let mut wave = Wave::new("orders.created", json!({}));
+    // Natural decay over time
+    wave.apply_time_decay();
+    assert_eq!(wave.amplitude().value(), 1.0, "no decay configured");
+
+    // Decay on each propagation
+    wave.propagate(); // amplitude becomes 0.95x
+    assert!((wave.amplitude().value() - 0.95).abs() < 1e-12);
+
+    let aether = Aether::default();
+    let mut vibrator = Vibrator::create("orders-watcher", &aether).await?;
+    // Resonate at a specific frequency (channel)
+    vibrator.resonate_on(Channel::new("orders.*")).await?;
+
+    // Basic channel
+    let basic = Channel::new("orders");
+    // Hierarchical channels
+    let created = Channel::new("orders.created");
+    let updated = Channel::new("orders.updated");
+    // Wildcard matching
+    let all_orders = Channel::new("orders.*"); // All orders events
+    let everything = Channel::new("*"); // All channels
+
+    assert!(created.matches(&all_orders) && updated.matches(&all_orders));
+    assert!(!basic.matches(&all_orders));
+    assert!(basic.matches(&everything) && created.matches(&everything));
+    Ok(())
+}
+
+// ARCHITECTURE: priority control with amplitude.
+#[tokio::test]
+async fn architecture_priority_with_amplitude() -> Result {
+    let channel = Channel::new("orders.high_priority");
+    // High‑priority messages with higher amplitude
+    let high = Wave::builder(channel.clone())
+        .amplitude(1.0) // highest priority
+        .build()?;
+
+    // Normal messages
+    let normal = Wave::builder(channel)
+        .amplitude(0.5) // normal priority
+        .build()?;
+
+    // Under pressure the stronger wave is the one kept.
+    let aether = Aether::default();
+    let mut rx = Vibrator::builder("rx")
+        .queue_capacity(1)
+        .create(&aether)
+        .await?;
+    rx.resonate_on("orders.*").await?;
+    let tx = Vibrator::create("tx", &aether).await?;
+    tx.emit(normal).await?;
+    tx.emit(high).await?;
+    assert_eq!(recv(&mut rx).await.amplitude().value(), 1.0);
+    assert_eq!(rx.stats().dropped(DropReason::QueueFull), 1);
+    Ok(())
+}
+
+// ARCHITECTURE: adjust attenuation factors; increase buffer size.
+#[tokio::test]
+async fn architecture_config_literals() -> Result {
+    let config = AetherConfig {
+        attenuation_factor: 0.95, // gentle attenuation
+        max_propagation: 10,      // max 10 hops
+        ..Default::default()
+    };
+    assert_eq!(Aether::new(config)?.config().max_propagation, 10);
+
+    let config = AetherConfig {
+        channel_buffer_size: 10000, // default: 1000
+        ..Default::default()
+    };
+    assert_eq!(AetherConfig::default().channel_buffer_size, 1000);
+    assert_eq!(Aether::new(config)?.config().channel_buffer_size, 10000);
+    Ok(())
+}
+
+// ARCHITECTURE, troubleshooting: messages do not arrive.
+#[tokio::test]
+async fn troubleshooting_messages_do_not_arrive() -> Result {
+    let aether = Aether::default();
+    let wave = Wave::new("orders.created", json!({}));
+
+    // Solution 1: Check channel matching
+    let channel = Channel::new("orders.created");
+    let pattern = Channel::new("orders.*");
+    assert!(channel.matches(&pattern));
+
+    // Solution 2: Check amplitude threshold
+    assert!(wave.amplitude().value() > 0.01);
+
+    // Solution 3: Check propagation count limits
+    assert!(wave.propagation_count() < aether.config().max_propagation);
+    Ok(())
+}
+
+// ARCHITECTURE, troubleshooting: duplicate messages (filter your own).
+#[tokio::test]
+async fn troubleshooting_duplicate_messages() -> Result {
+    let aether = Aether::default();
+    let mut vibrator = Vibrator::create("chat", &aether).await?;
+    vibrator.resonate_on("room").await?;
+    let other = Vibrator::create("friend", &aether).await?;
+    vibrator.emit_wave("room", json!("mine")).await?;
+    other.emit_wave("room", json!("theirs")).await?;
+    let closer = aether.clone();
+    tokio::spawn(async move {
+        while closer.stats().delivered < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        closer.close();
+    });
+
+    let mut kept = Vec::new();
+    while let Some(wave) = vibrator.receive().await {
+        // Solution: Check the source and filter your own messages
+        if wave.source() == Some(vibrator.name()) {
+            continue; // skip messages sent by yourself
+        }
+        kept.push(wave.payload());
+    }
+    assert_eq!(kept, vec![json!("theirs")]);
+    Ok(())
+}
+
+// ARCHITECTURE: CQRS, saga, error handling, logging and the test example.
+#[tokio::test]
+async fn architecture_patterns() -> Result {
+    let aether = Aether::default();
+    let mut saga = Vibrator::create("saga", &aether).await?;
+    let vibrator = Vibrator::create("cqrs", &aether).await?;
+    saga.resonate_on("saga.*").await?;
+    saga.resonate_on("commands.*").await?;
+    saga.resonate_on("queries.*").await?;
+    let command_payload = json!({"order": 1});
+    let query_payload = json!({"order": 1});
+
+    // Command
+    vibrator
+        .emit_wave(Channel::new("commands.create_order"), command_payload)
+        .await?;
+    // Query
+    vibrator
+        .emit_wave(Channel::new("queries.get_order"), query_payload)
+        .await?;
+    assert_eq!(recv(&mut saga).await.channel(), "commands.create_order");
+    assert_eq!(recv(&mut saga).await.channel(), "queries.get_order");
+
+    // Saga: each step resonates on the previous one and emits the next.
+    let steps = [
+        ("saga.order.start", "saga.inventory.reserve"),
+        ("saga.inventory.reserve", "saga.payment.process"),
+        ("saga.payment.process", "saga.order.complete"),
+    ];
+    vibrator.emit_wave(steps[0].0, json!({"order": 7})).await?;
+    for (heard, next) in steps {
+        let wave = recv(&mut saga).await;
+        assert_eq!(wave.channel(), heard);
+        saga.emit_wave(next, wave.payload()).await?;
+    }
+    assert_eq!(recv(&mut saga).await.channel(), "saga.order.complete");
+
+    // Error handling
+    let channel = Channel::new("bad channel");
+    let payload = json!({});
+    let mut failed = false;
+    if let Err(e) = vibrator.emit_wave(channel, payload).await {
+        tracing::error!("Send failed: {}", e);
+        failed = true;
+        // retry logic
+    }
+    assert!(failed);
+
+    // Logging and monitoring
+    let wave = Wave::new("orders.created", ());
+    tracing::info!(
+        "Wave received: channel={}, amplitude={:.2}",
+        wave.channel(),
+        wave.amplitude().value()
+    );
+    Ok(())
+}
+
+// ARCHITECTURE, best practices: the test example, verbatim.
+#[tokio::test]
+async fn test_wave_propagation() {
+    let aether = Aether::default();
+    let sender = Vibrator::create("sender", &aether).await.unwrap();
+    let mut receiver = Vibrator::create("receiver", &aether).await.unwrap();
+
+    receiver.resonate_on(Channel::new("test")).await.unwrap();
+
+    sender
+        .emit_wave(Channel::new("test"), json!({"data": "test"}))
+        .await
+        .unwrap();
+
+    let wave = receiver.receive().await;
+    assert!(wave.is_some());
+}
+
+// The `[aether]` section of config/default.toml is the default configuration.
+#[test]
+fn default_toml_matches_default_config() -> Result {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/default.toml");
+    let loaded = config::Config::builder()
+        .add_source(config::File::with_name(path))
+        .build()?
+        .get::<AetherConfig>("aether")?;
+    assert_eq!(loaded, AetherConfig::default());
+    Ok(())
+}
