@@ -1,1 +1,340 @@
+//! The embedded medium beside plain tokio channels, in the same run.
+//!
+//! - `one_to_one`: 1 emitter → 1 resonator, against `tokio::sync::mpsc`.
+//! - `fan_out_4`: 1 emitter → 4 resonators on a wildcard, against
+//!   `tokio::sync::broadcast` with 4 receivers.
+//!
+//! Payloads are 128 bytes. Queues are sized so nothing may be shed, and every
+//! run checks that every message arrived (zero loss). After the criterion
+//! groups, a summary measures each pair again and prints the ratios
+//! (aether / tokio) and the one-way latency percentiles.
+//!
+//! `cargo bench -p aether-core --bench embedded`; set `AETHER_BENCH_QUICK=1`
+//! to run only the summary.
 
+use std::{
+    hint::black_box,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use aether_core::{Aether, AetherConfig, Channel, DropReason, Vibrator, Wave};
+use bytes::Bytes;
+use criterion::{Criterion, Throughput};
+use tokio::{
+    runtime::Runtime,
+    sync::{broadcast, mpsc},
+};
+
+const PAYLOAD: usize = 128;
+const BATCH: usize = 20_000;
+const FAN_OUT: usize = 4;
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn payload() -> Bytes {
+    Bytes::from(vec![0xAB; PAYLOAD])
+}
+
+fn aether_for(batch: usize) -> Aether {
+    Aether::new(AetherConfig {
+        channel_buffer_size: batch,
+        ..Default::default()
+    })
+    .expect("config")
+}
+
+async fn mpsc_one_to_one(n: usize) -> Duration {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(n);
+    let payload = payload();
+    let start = Instant::now();
+    let consumer = tokio::spawn(async move {
+        let mut got = 0;
+        while got < n {
+            black_box(rx.recv().await.expect("sender alive"));
+            got += 1;
+        }
+    });
+    for _ in 0..n {
+        tx.send(payload.clone()).await.expect("receiver alive");
+    }
+    consumer.await.expect("consumer");
+    start.elapsed()
+}
+
+async fn aether_one_to_one(n: usize) -> Duration {
+    let aether = aether_for(n);
+    let mut rx = Vibrator::create("rx", &aether).await.expect("rx");
+    rx.resonate_on("bench.one").await.expect("resonate");
+    let tx = Vibrator::create("tx", &aether).await.expect("tx");
+    let channel = Channel::new("bench.one");
+    let payload = payload();
+    let start = Instant::now();
+    let consumer = tokio::spawn(async move {
+        for _ in 0..n {
+            black_box(rx.receive().await.expect("aether open"));
+        }
+        rx
+    });
+    for _ in 0..n {
+        tx.emit(Wave::new(channel.clone(), payload.clone()))
+            .await
+            .expect("emit");
+    }
+    let rx = consumer.await.expect("consumer");
+    let elapsed = start.elapsed();
+    assert_eq!(rx.stats().dropped_total(), 0, "no loss");
+    elapsed
+}
+
+async fn broadcast_fan_out(n: usize) -> Duration {
+    let (tx, _) = broadcast::channel::<Bytes>(n);
+    let payload = payload();
+    let consumers: Vec<_> = (0..FAN_OUT)
+        .map(|_| {
+            let mut rx = tx.subscribe();
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    black_box(rx.recv().await.expect("no lag, no loss"));
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    for _ in 0..n {
+        tx.send(payload.clone()).expect("receivers alive");
+    }
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    start.elapsed()
+}
+
+async fn aether_fan_out(n: usize) -> Duration {
+    let aether = aether_for(n);
+    let mut consumers = Vec::new();
+    for i in 0..FAN_OUT {
+        let mut rx = Vibrator::create(format!("rx{i}"), &aether)
+            .await
+            .expect("rx");
+        rx.resonate_on("bench.*").await.expect("resonate");
+        consumers.push(rx);
+    }
+    let tx = Vibrator::create("tx", &aether).await.expect("tx");
+    let channel = Channel::new("bench.fan");
+    let payload = payload();
+    let start = Instant::now();
+    let consumers: Vec<_> = consumers
+        .into_iter()
+        .map(|mut rx| {
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    black_box(rx.receive().await.expect("aether open"));
+                }
+            })
+        })
+        .collect();
+    for _ in 0..n {
+        tx.emit(Wave::new(channel.clone(), payload.clone()))
+            .await
+            .expect("emit");
+    }
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(aether.stats().dropped(DropReason::QueueFull), 0, "no loss");
+    assert_eq!(aether.stats().delivered, (n * FAN_OUT) as u64);
+    elapsed
+}
+
+/// One-way latency: one message in flight at a time; the receiver notes how
+/// long after the send it got it.
+async fn aether_latency(samples: usize) -> Vec<Duration> {
+    let aether = Aether::default();
+    let mut rx = Vibrator::create("rx", &aether).await.expect("rx");
+    rx.resonate_on("bench.lat").await.expect("resonate");
+    let tx = Vibrator::create("tx", &aether).await.expect("tx");
+    let base = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let seen = received.clone();
+    let consumer = tokio::spawn(async move {
+        let mut out = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let wave = rx.receive().await.expect("open");
+            let sent = u64::from_le_bytes(wave.payload_bytes()[..8].try_into().expect("8 bytes"));
+            out.push(base.elapsed() - Duration::from_nanos(sent));
+            seen.fetch_add(1, Ordering::Release);
+        }
+        out
+    });
+    let channel = Channel::new("bench.lat");
+    for i in 0..samples {
+        let mut body = vec![0u8; PAYLOAD];
+        body[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
+        tx.emit(Wave::new(channel.clone(), body))
+            .await
+            .expect("emit");
+        while received.load(Ordering::Acquire) <= i as u64 {
+            tokio::task::yield_now().await;
+        }
+    }
+    consumer.await.expect("consumer")
+}
+
+async fn mpsc_latency(samples: usize) -> Vec<Duration> {
+    let (tx, mut rx) = mpsc::channel::<(Instant, Bytes)>(16);
+    let received = Arc::new(AtomicU64::new(0));
+    let seen = received.clone();
+    let consumer = tokio::spawn(async move {
+        let mut out = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let (sent, body) = rx.recv().await.expect("open");
+            black_box(body);
+            out.push(sent.elapsed());
+            seen.fetch_add(1, Ordering::Release);
+        }
+        out
+    });
+    let payload = payload();
+    for i in 0..samples {
+        tx.send((Instant::now(), payload.clone()))
+            .await
+            .expect("send");
+        while received.load(Ordering::Acquire) <= i as u64 {
+            tokio::task::yield_now().await;
+        }
+    }
+    consumer.await.expect("consumer")
+}
+
+fn criterion_groups(c: &mut Criterion, rt: &Runtime) {
+    let mut group = c.benchmark_group("one_to_one");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("tokio_mpsc", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| rt.block_on(mpsc_one_to_one(BATCH)))
+                .sum()
+        })
+    });
+    group.bench_function("aether_embedded", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| rt.block_on(aether_one_to_one(BATCH)))
+                .sum()
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("fan_out_4");
+    group.throughput(Throughput::Elements((BATCH * FAN_OUT) as u64));
+    group.bench_function("tokio_broadcast", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| rt.block_on(broadcast_fan_out(BATCH)))
+                .sum()
+        })
+    });
+    group.bench_function("aether_embedded", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| rt.block_on(aether_fan_out(BATCH))).sum())
+    });
+    group.finish();
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn rate(rt: &Runtime, rounds: usize, per_round: usize, f: impl Fn(usize) -> Duration) -> f64 {
+    // Warm up once, then the median of `rounds`.
+    let _ = rt;
+    f(per_round);
+    median(
+        (0..rounds)
+            .map(|_| per_round as f64 / f(per_round).as_secs_f64())
+            .collect(),
+    )
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn summary(rt: &Runtime) {
+    let rounds = 9;
+    let n = 100_000;
+    let mpsc = rate(rt, rounds, n, |n| rt.block_on(mpsc_one_to_one(n)));
+    let one = rate(rt, rounds, n, |n| rt.block_on(aether_one_to_one(n)));
+    let bcast = rate(rt, rounds, n, |n| rt.block_on(broadcast_fan_out(n))) * FAN_OUT as f64;
+    let fan = rate(rt, rounds, n, |n| rt.block_on(aether_fan_out(n))) * FAN_OUT as f64;
+    let mut lat = rt.block_on(aether_latency(20_000));
+    let mut raw_lat = rt.block_on(mpsc_latency(20_000));
+    lat.sort();
+    raw_lat.sort();
+
+    println!();
+    println!(
+        "summary (median of {rounds} rounds of {n} messages, {PAYLOAD}-byte payloads, 2 worker threads)"
+    );
+    println!("| scenario | tokio | aether embedded | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| 1 -> 1 (msg/s), vs mpsc | {:.0} | {:.0} | {:.2}x |",
+        mpsc,
+        one,
+        one / mpsc
+    );
+    println!(
+        "| 1 -> 4 (deliveries/s), vs broadcast | {:.0} | {:.0} | {:.2}x |",
+        bcast,
+        fan,
+        fan / bcast
+    );
+    println!(
+        "| one-way latency p50 / p99 (us) | {:.2} / {:.2} | {:.2} / {:.2} | {:.2}x (p50) |",
+        percentile(&raw_lat, 0.5).as_secs_f64() * 1e6,
+        percentile(&raw_lat, 0.99).as_secs_f64() * 1e6,
+        percentile(&lat, 0.5).as_secs_f64() * 1e6,
+        percentile(&lat, 0.99).as_secs_f64() * 1e6,
+        percentile(&lat, 0.5).as_secs_f64() / percentile(&raw_lat, 0.5).as_secs_f64()
+    );
+    println!("loss: 0 (checked in every round)");
+}
+
+fn main() {
+    let rt = runtime();
+    let quick = std::env::var_os("AETHER_BENCH_QUICK").is_some();
+    // Under `cargo test --benches` (no `--bench` flag) run each case once.
+    let testing = !std::env::args().any(|a| a == "--bench");
+    if testing {
+        rt.block_on(async {
+            mpsc_one_to_one(1000).await;
+            aether_one_to_one(1000).await;
+            broadcast_fan_out(1000).await;
+            aether_fan_out(1000).await;
+            assert_eq!(aether_latency(100).await.len(), 100);
+        });
+        println!("embedded bench: smoke run ok");
+        return;
+    }
+    if !quick {
+        let mut c = Criterion::default()
+            .configure_from_args()
+            .sample_size(20)
+            .measurement_time(Duration::from_secs(4));
+        criterion_groups(&mut c, &rt);
+        c.final_summary();
+    }
+    summary(&rt);
+}

@@ -31,7 +31,9 @@
 //! assert!("orders created".parse::<Channel>().is_err());
 //! ```
 
-use std::{fmt, hash, str::FromStr, sync::Arc};
+use std::{fmt, hash, str::FromStr};
+
+use smol_str::SmolStr;
 
 /// The most tokens a channel may have.
 pub const MAX_TOKENS: usize = 16;
@@ -40,13 +42,14 @@ pub const MAX_BYTES: usize = 256;
 
 /// A channel (frequency) or channel pattern.
 ///
-/// Cloning is cheap (a reference count). [`Channel::new`] never fails: an
+/// Cloning is cheap (names up to 23 bytes are stored inline, longer ones
+/// behind a reference count). [`Channel::new`] never fails: an
 /// invalid name is kept together with the reason it is invalid, so that the
 /// call that uses it (emit, resonate) returns a typed error and sends nothing.
 /// Use [`Channel::parse`] (or [`str::parse`]) to get the error at once.
 #[derive(Clone)]
 pub struct Channel {
-    name: Arc<str>,
+    name: SmolStr,
     shape: Result<Shape, Invalid>,
 }
 
@@ -103,7 +106,7 @@ pub enum Invalid {
 /// A channel name was refused. Says which name and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChannelError {
-    name: Arc<str>,
+    name: SmolStr,
     reason: Invalid,
 }
 
@@ -162,7 +165,7 @@ impl Channel {
         let name = name.as_ref();
         Self {
             shape: classify(name),
-            name: Arc::from(name),
+            name: SmolStr::new(name),
         }
     }
 

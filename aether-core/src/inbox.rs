@@ -1,9 +1,15 @@
 //! A vibrator's receive queue: bounded, amplitude-aware, waking on arrival.
 //!
-//! Mediums [`offer`](Inbox::offer) waves; the vibrator polls them out. When
+//! Mediums [`offer`](Inbox::offer) waves; the vibrator takes them out. When
 //! the queue is full the weakest wave is shed: the incoming one if it is no
 //! stronger than the weakest queued wave (so among equals the newest goes, and
 //! order is kept), otherwise the oldest of the weakest queued waves.
+//!
+//! The vibrator takes every queued wave at once into a batch of its own
+//! (swapping buffers, so nothing is copied or allocated), and locks again only
+//! when that batch is empty. Emitter and receiver thus meet on the lock once
+//! per batch, not once per wave. A taken batch belongs to the vibrator: at
+//! most `capacity` waves wait in the queue, and at most as many in the batch.
 //!
 //! Why a `std::sync::Mutex` around a `VecDeque` and not a channel: shedding
 //! needs to look at and remove any element, and the critical sections are a
@@ -78,12 +84,6 @@ impl State {
                 self.weakest = (n > 1).then_some((min, n - 1));
             }
         }
-    }
-
-    fn pop(&mut self) -> Option<Wave> {
-        let wave = self.queue.pop_front()?;
-        self.forget(wave.amplitude().value());
-        Some(wave)
     }
 
     fn weakest_amplitude(&mut self) -> f64 {
@@ -193,27 +193,30 @@ impl Inbox {
         outcome
     }
 
-    /// Takes the next wave; `Ready(None)` once closed and drained.
-    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Wave>> {
-        if let Some(ready) = self.try_recv() {
+    /// Moves every queued wave into the (empty) `batch`: `Ready(true)` when it
+    /// got some, `Ready(false)` once closed and drained.
+    pub(crate) fn poll_take(&self, cx: &mut Context<'_>, batch: &mut VecDeque<Wave>) -> Poll<bool> {
+        if let Some(ready) = self.try_take(batch) {
             return Poll::Ready(ready);
         }
         self.waker.register(cx.waker());
-        match self.try_recv() {
+        match self.try_take(batch) {
             Some(ready) => Poll::Ready(ready),
             None => Poll::Pending,
         }
     }
 
-    /// `Some(Some(wave))`, `Some(None)` when closed and drained, `None` when
-    /// empty but open.
-    pub(crate) fn try_recv(&self) -> Option<Option<Wave>> {
+    /// `Some(true)` if waves were moved into `batch`, `Some(false)` when closed
+    /// and drained, `None` when empty but open.
+    pub(crate) fn try_take(&self, batch: &mut VecDeque<Wave>) -> Option<bool> {
+        debug_assert!(batch.is_empty());
         let mut state = self.lock();
-        match state.pop() {
-            Some(wave) => Some(Some(wave)),
-            None if state.closed => Some(None),
-            None => None,
+        if !state.queue.is_empty() {
+            std::mem::swap(&mut state.queue, batch);
+            state.weakest = None;
+            return Some(true);
         }
+        state.closed.then_some(false)
     }
 
     /// Number of waves waiting.
@@ -245,9 +248,9 @@ pub(crate) mod tests {
     }
 
     fn drain(inbox: &Inbox) -> Vec<u32> {
-        std::iter::from_fn(|| inbox.try_recv().flatten())
-            .map(|w| tag(&w))
-            .collect()
+        let mut batch = VecDeque::new();
+        inbox.try_take(&mut batch);
+        batch.iter().map(tag).collect()
     }
 
     #[test]
@@ -279,7 +282,7 @@ pub(crate) mod tests {
         assert_eq!(inbox.offer(wave_with(0.3, 2)), Offer::Queued);
         inbox.close();
         assert_eq!(inbox.offer(wave_with(0.9, 3)), Offer::Closed);
-        assert_eq!(inbox.try_recv().flatten().map(|w| tag(&w)), Some(2));
-        assert!(matches!(inbox.try_recv(), Some(None)));
+        assert_eq!(drain(&inbox), vec![2]);
+        assert_eq!(inbox.try_take(&mut VecDeque::new()), Some(false));
     }
 }

@@ -25,6 +25,7 @@
 //! ```
 
 use std::{
+    collections::VecDeque,
     fmt,
     future::poll_fn,
     pin::Pin,
@@ -38,6 +39,7 @@ use std::{
 
 use futures_core::Stream;
 use serde::Serialize;
+use smol_str::SmolStr;
 
 use crate::{
     Aether, Channel, EmitError, EmitErrorKind, IntoPayload, RequestError, RequestErrorKind,
@@ -60,6 +62,8 @@ pub const MAX_NAME_BYTES: usize = 64;
 pub struct Vibrator {
     emitter: Emitter,
     inbox: Arc<Inbox>,
+    /// Waves taken from the inbox, handed out one by one.
+    batch: VecDeque<Wave>,
     subscriptions: Vec<(Channel, Option<Arc<str>>, SubscriptionId)>,
     replies: OnceLock<(Arc<ReplyMux>, SubscriptionId)>,
 }
@@ -68,7 +72,7 @@ pub struct Vibrator {
 /// emit while the vibrator receives elsewhere.
 #[derive(Clone)]
 pub struct Emitter {
-    name: Arc<str>,
+    name: SmolStr,
     id: u64,
     aether: Aether,
 }
@@ -131,11 +135,12 @@ impl VibratorBuilder {
         }
         Ok(Vibrator {
             emitter: Emitter {
-                name: Arc::from(self.name),
+                name: SmolStr::new(self.name),
                 id,
                 aether: aether.clone(),
             },
             inbox,
+            batch: VecDeque::new(),
             subscriptions: Vec::new(),
             replies: OnceLock::new(),
         })
@@ -287,17 +292,29 @@ impl Vibrator {
     /// Cancel safe: if the future is dropped before it completes (in a
     /// `select!`), no wave is lost; it stays queued for the next call.
     pub async fn receive(&mut self) -> Option<Wave> {
-        poll_fn(|cx| self.inbox.poll_recv(cx)).await
+        poll_fn(|cx| self.poll_wave(cx)).await
+    }
+
+    fn poll_wave(&mut self, cx: &mut Context<'_>) -> Poll<Option<Wave>> {
+        if let Some(wave) = self.batch.pop_front() {
+            return Poll::Ready(Some(wave));
+        }
+        self.inbox
+            .poll_take(cx, &mut self.batch)
+            .map(|_| self.batch.pop_front())
     }
 
     /// The next wave if one is queued, without waiting.
     pub fn try_receive(&mut self) -> Option<Wave> {
-        self.inbox.try_recv().flatten()
+        if self.batch.is_empty() {
+            self.inbox.try_take(&mut self.batch);
+        }
+        self.batch.pop_front()
     }
 
-    /// How many waves wait in its receive queue.
+    /// How many waves wait for it.
     pub fn queued(&self) -> usize {
-        self.inbox.len()
+        self.batch.len() + self.inbox.len()
     }
 
     /// Its noise floor: waves arriving weaker are not delivered.
@@ -365,7 +382,7 @@ impl Vibrator {
         let (reply_to, token, reply) = mux.register();
         let forget = ForgetOnDrop { mux, token };
         wave.set_reply_to(reply_to);
-        let routed = self.emitter.send(wave).await?;
+        let (_, routed) = self.emitter.send(wave).await?;
         if routed.matched == 0 {
             return Err(RequestError::new(
                 RequestErrorKind::NoResponders,
@@ -427,15 +444,16 @@ impl Emitter {
     /// `max_propagation` hops, or already weaker than `min_amplitude`, is
     /// accepted but dropped and counted, as DESIGN.md's attenuation rules say.
     pub async fn emit(&self, wave: Wave) -> Result<WaveId, EmitError> {
-        let id = wave.id();
-        self.send(wave).await?;
-        Ok(id)
+        self.send(wave).await.map(|(id, _)| id)
     }
 
-    async fn send(&self, mut wave: Wave) -> Result<crate::medium::Routed, EmitError> {
+    async fn send(&self, mut wave: Wave) -> Result<(WaveId, crate::medium::Routed), EmitError> {
         let now_ns = unix_nanos();
         wave.stamp_emission(&self.name, self.id, now_ns);
-        self.aether.dispatch(wave, now_ns)
+        let id = wave.id();
+        self.aether
+            .dispatch(wave, now_ns)
+            .map(|routed| (id, routed))
     }
 
     /// Emits a full-strength wave on `channel` carrying `payload` as JSON.
@@ -477,7 +495,7 @@ impl Stream for Vibrator {
     type Item = Wave;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Wave>> {
-        self.inbox.poll_recv(cx)
+        self.get_mut().poll_wave(cx)
     }
 }
 

@@ -6,15 +6,14 @@
 //! matching receive queue once, however many of that vibrator's patterns
 //! match; a group gets it once, at its next member in turn.
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-    },
+use std::sync::{
+    Arc, RwLock,
+    atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
+use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
+use smol_str::SmolStr;
 
 use super::{Listener, Routed, SubscriptionId};
 use crate::{
@@ -32,7 +31,7 @@ pub(crate) struct EmbeddedMedium {
 
 #[derive(Default)]
 struct Table {
-    exact: HashMap<Arc<str>, Vec<Target>>,
+    exact: FxHashMap<SmolStr, Vec<Target>>,
     patterns: Vec<(Channel, Target)>,
 }
 
@@ -110,7 +109,7 @@ impl EmbeddedMedium {
             patterns.push((pattern, new_target));
         } else {
             exact
-                .entry(Arc::from(pattern.as_str()))
+                .entry(SmolStr::new(pattern.as_str()))
                 .or_default()
                 .push(new_target);
         }

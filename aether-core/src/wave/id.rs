@@ -23,10 +23,17 @@ pub struct WaveId(u128);
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
 impl WaveId {
+    /// The id of a wave not emitted yet.
+    pub const NIL: WaveId = WaveId(0);
+
     /// A new id for now.
     pub fn generate() -> Self {
-        let millis = unix_nanos() / 1_000_000;
-        Self::at(millis, SEQUENCE.fetch_add(1, Ordering::Relaxed))
+        Self::at_nanos(unix_nanos())
+    }
+
+    /// A new id for Unix time `now_ns`.
+    pub(crate) fn at_nanos(now_ns: u64) -> Self {
+        Self::at(now_ns / 1_000_000, SEQUENCE.fetch_add(1, Ordering::Relaxed))
     }
 
     fn at(millis: u64, sequence: u64) -> Self {

@@ -24,6 +24,8 @@ mod payload;
 
 use std::{fmt, sync::Arc, time::Duration};
 
+use smol_str::SmolStr;
+
 use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -41,7 +43,8 @@ use crate::{
 
 /// One message on the aether.
 ///
-/// Cloning is cheap: the channel, source and payload are reference counted.
+/// Cloning is cheap: short names are stored inline, the payload is reference
+/// counted.
 #[derive(Clone)]
 pub struct Wave {
     id: WaveId,
@@ -56,11 +59,11 @@ pub struct Wave {
     /// Per-hop attenuation of the aether the wave is in. Not carried on the
     /// wire: a receiving aether applies its own.
     attenuation_factor: f64,
-    source: Option<Arc<str>>,
+    source: Option<SmolStr>,
     origin: u64,
     emitted_at_ns: u64,
     amplified_at_ns: u64,
-    correlation_key: Option<Arc<str>>,
+    correlation_key: Option<SmolStr>,
     reply_to: Option<Channel>,
     payload: Bytes,
 }
@@ -71,7 +74,7 @@ impl Wave {
     /// The channel is checked when the wave is emitted.
     pub fn new(channel: impl Into<Channel>, payload: impl IntoPayload) -> Self {
         Self {
-            id: WaveId::generate(),
+            id: WaveId::NIL,
             channel: channel.into(),
             amplitude: Amplitude::MAX,
             source_amplitude: Amplitude::MAX,
@@ -97,7 +100,9 @@ impl Wave {
         }
     }
 
-    /// Unique, time-ordered id.
+    /// Unique, time-ordered id, given when the wave is emitted ([`WaveId::NIL`]
+    /// before). Each emission of a fresh wave is a new wave with a new id; a
+    /// wave that hops keeps its id.
     pub fn id(&self) -> WaveId {
         self.id
     }
@@ -220,10 +225,11 @@ impl Wave {
         self.attenuation_factor = factor;
     }
 
-    /// Stamps a fresh wave at emission: source, origin and clocks. A wave that
-    /// has already hopped keeps its source and clocks.
-    pub(crate) fn stamp_emission(&mut self, source: &Arc<str>, origin: u64, now_ns: u64) {
+    /// Stamps a fresh wave at emission: id, source, origin and clocks. A wave
+    /// that has already hopped keeps them.
+    pub(crate) fn stamp_emission(&mut self, source: &SmolStr, origin: u64, now_ns: u64) {
         if self.hops == 0 {
+            self.id = WaveId::at_nanos(now_ns);
             self.source = Some(source.clone());
             self.origin = origin;
             self.emitted_at_ns = now_ns;
@@ -325,7 +331,7 @@ impl WaveBuilder {
 
     /// Key for interference (default: the channel).
     pub fn correlation_key(mut self, key: impl AsRef<str>) -> Self {
-        self.wave.correlation_key = Some(Arc::from(key.as_ref()));
+        self.wave.correlation_key = Some(SmolStr::new(key.as_ref()));
         self
     }
 
@@ -449,7 +455,7 @@ mod tests {
     #[test]
     fn time_decay_lowers_amplitude() {
         let mut wave = Wave::builder("a").decay_per_s(1.0).build().unwrap();
-        let source: Arc<str> = Arc::from("s");
+        let source = SmolStr::new("s");
         wave.stamp_emission(&source, 1, unix_nanos() - 1_000_000_000);
         wave.apply_time_decay();
         let a = wave.amplitude().value();
