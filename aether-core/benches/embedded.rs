@@ -278,8 +278,12 @@ fn summary(rt: &Runtime) {
     let one = rate(rt, rounds, n, |n| rt.block_on(aether_one_to_one(n)));
     let bcast = rate(rt, rounds, n, |n| rt.block_on(broadcast_fan_out(n))) * FAN_OUT as f64;
     let fan = rate(rt, rounds, n, |n| rt.block_on(aether_fan_out(n))) * FAN_OUT as f64;
-    let mut lat = rt.block_on(aether_latency(20_000));
-    let mut raw_lat = rt.block_on(mpsc_latency(20_000));
+    // Alternate and keep the last of three, so neither side runs cold.
+    let (mut lat, mut raw_lat) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        raw_lat = rt.block_on(mpsc_latency(20_000));
+        lat = rt.block_on(aether_latency(20_000));
+    }
     lat.sort();
     raw_lat.sort();
 

@@ -14,7 +14,7 @@ use crate::{
     inbox::Inbox,
     medium::{Listener, Medium, Routed, SubscriptionId, embedded::EmbeddedMedium},
     stats::{Counters, DropReason, StatsSnapshot},
-    wave::{Amplitude, unix_nanos},
+    wave::unix_nanos,
 };
 
 /// A handle to an aether. Cheap to clone; every clone is the same aether.
@@ -120,6 +120,7 @@ impl Aether {
     }
 
     /// Checks, measures and routes a stamped wave: the path every emit takes.
+    #[inline]
     pub(crate) fn dispatch(&self, mut wave: Wave, now_ns: u64) -> Result<Routed, EmitError> {
         if self.is_closed() {
             return Err(EmitError::new(
@@ -142,10 +143,9 @@ impl Aether {
             stats.dropped(DropReason::PropagationLimit);
             return Ok(Routed::default());
         }
-        wave.set_attenuation_factor(config.attenuation_factor);
         if wave.propagation_count() > 0 || wave.decay_per_s() > 0.0 {
             let now = if now_ns == 0 { unix_nanos() } else { now_ns };
-            wave.set_amplitude(Amplitude::from_rule(wave.effective_amplitude_at(now)));
+            wave.measure(now, config.attenuation_factor);
         }
         if wave.amplitude().value() < config.min_amplitude {
             stats.dropped(DropReason::Expired);

@@ -50,7 +50,8 @@ pub const MAX_BYTES: usize = 256;
 #[derive(Clone)]
 pub struct Channel {
     name: SmolStr,
-    shape: Result<Shape, Invalid>,
+    /// One byte: the reason of an invalid name is worked out again when asked.
+    shape: Shape,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +60,8 @@ enum Shape {
     Concrete,
     /// Has wildcards: can only be resonated on.
     Pattern,
+    /// Breaks the grammar.
+    Invalid,
 }
 
 /// Why a channel name is invalid.
@@ -164,7 +167,7 @@ impl Channel {
     pub fn new(name: impl AsRef<str>) -> Self {
         let name = name.as_ref();
         Self {
-            shape: classify(name),
+            shape: classify(name).unwrap_or(Shape::Invalid),
             name: SmolStr::new(name),
         }
     }
@@ -183,26 +186,29 @@ impl Channel {
 
     /// `Ok` if the name follows the channel grammar (wildcards allowed).
     pub fn validate(&self) -> Result<(), ChannelError> {
-        self.shape.map(|_| ()).map_err(|reason| self.error(reason))
+        match classify_cached(self) {
+            Ok(_) => Ok(()),
+            Err(reason) => Err(self.error(reason)),
+        }
     }
 
     /// `Ok` if the channel can be emitted on: valid and without wildcards.
     pub fn validate_concrete(&self) -> Result<(), ChannelError> {
-        match self.shape {
+        match classify_cached(self) {
             Ok(Shape::Concrete) => Ok(()),
-            Ok(Shape::Pattern) => Err(self.error(Invalid::WildcardNotAllowed)),
+            Ok(_) => Err(self.error(Invalid::WildcardNotAllowed)),
             Err(reason) => Err(self.error(reason)),
         }
     }
 
     /// Whether the name follows the grammar.
     pub fn is_valid(&self) -> bool {
-        self.shape.is_ok()
+        self.shape != Shape::Invalid
     }
 
     /// Whether the channel holds a wildcard (and so can only be resonated on).
     pub fn is_pattern(&self) -> bool {
-        self.shape == Ok(Shape::Pattern)
+        self.shape == Shape::Pattern
     }
 
     /// The tokens of the name.
@@ -221,9 +227,9 @@ impl Channel {
     /// matches nothing.
     pub fn matches(&self, pattern: &Channel) -> bool {
         match (self.shape, pattern.shape) {
-            (Ok(_), Ok(Shape::Concrete)) => self.name == pattern.name,
-            (Ok(_), Ok(Shape::Pattern)) => matches_tokens(&self.name, &pattern.name),
-            _ => false,
+            (Shape::Invalid, _) | (_, Shape::Invalid) => false,
+            (_, Shape::Concrete) => self.name == pattern.name,
+            (_, Shape::Pattern) => matches_tokens(&self.name, &pattern.name),
         }
     }
 
@@ -232,6 +238,14 @@ impl Channel {
             name: self.name.clone(),
             reason,
         }
+    }
+}
+
+/// The shape, or the reason it is invalid (worked out again only then).
+fn classify_cached(channel: &Channel) -> Result<Shape, Invalid> {
+    match channel.shape {
+        Shape::Invalid => classify(&channel.name),
+        shape => Ok(shape),
     }
 }
 

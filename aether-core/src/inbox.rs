@@ -67,6 +67,7 @@ struct State {
 }
 
 impl State {
+    #[inline]
     fn push(&mut self, wave: Wave) {
         let amplitude = wave.amplitude().value();
         self.weakest = match self.weakest {
@@ -153,6 +154,7 @@ impl Inbox {
     }
 
     /// Offers a wave measured on arrival. Counts what it does.
+    #[inline]
     pub(crate) fn offer(&self, wave: Wave) -> Offer {
         if wave.origin() == self.id && self.skip_own.load(Ordering::Relaxed) {
             return Offer::SkippedOwn;

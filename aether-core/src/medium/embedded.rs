@@ -129,6 +129,7 @@ impl EmbeddedMedium {
     }
 
     /// Offers `wave` to every matching listener, counting in `stats`.
+    #[inline]
     pub(crate) fn route(&self, wave: Wave, stats: &Counters) -> Routed {
         let table = self.table.read().unwrap_or_else(|e| e.into_inner());
         let mut recipients: SmallVec<[Recipient<'_>; 4]> = SmallVec::new();
@@ -175,6 +176,7 @@ fn add_inbox<'a>(recipients: &mut SmallVec<[Recipient<'a>; 4]>, inbox: &'a Arc<I
     }
 }
 
+#[inline]
 fn deliver(recipient: Recipient<'_>, wave: Wave, stats: &Counters) {
     match recipient {
         Recipient::Inbox(inbox) => match inbox.offer(wave) {

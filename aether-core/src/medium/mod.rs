@@ -53,6 +53,7 @@ impl Medium {
         }
     }
 
+    #[inline]
     pub(crate) fn route(&self, wave: Wave, stats: &crate::stats::Counters) -> Routed {
         match self {
             Medium::Embedded(m) => m.route(wave, stats),

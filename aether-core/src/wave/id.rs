@@ -18,13 +18,18 @@ use std::{
 /// process) and are unique across processes with overwhelming probability.
 /// Displayed as 32 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct WaveId(u128);
+pub struct WaveId {
+    // Two halves rather than a `u128`, whose 16-byte alignment would pad
+    // every wave; the derived order is the order of the number.
+    hi: u64,
+    lo: u64,
+}
 
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
 impl WaveId {
     /// The id of a wave not emitted yet.
-    pub const NIL: WaveId = WaveId(0);
+    pub const NIL: WaveId = WaveId { hi: 0, lo: 0 };
 
     /// A new id for now.
     pub fn generate() -> Self {
@@ -39,28 +44,31 @@ impl WaveId {
     fn at(millis: u64, sequence: u64) -> Self {
         let high = (u128::from(millis) & 0xFFFF_FFFF_FFFF) << 80;
         let node = u128::from(process_nonce() as u32) << 48;
-        Self(high | node | (u128::from(sequence) & 0xFFFF_FFFF_FFFF))
+        Self::from_u128(high | node | (u128::from(sequence) & 0xFFFF_FFFF_FFFF))
     }
 
     /// The id as a number.
     pub fn as_u128(self) -> u128 {
-        self.0
+        (u128::from(self.hi) << 64) | u128::from(self.lo)
     }
 
     /// An id from its number (as read off the wire).
     pub fn from_u128(value: u128) -> Self {
-        Self(value)
+        Self {
+            hi: (value >> 64) as u64,
+            lo: value as u64,
+        }
     }
 
     /// Unix milliseconds at which the id was made.
     pub fn timestamp_ms(self) -> u64 {
-        (self.0 >> 80) as u64
+        self.hi >> 16
     }
 }
 
 impl fmt::Display for WaveId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        write!(f, "{:032x}", self.as_u128())
     }
 }
 
@@ -74,7 +82,7 @@ impl FromStr for WaveId {
     type Err = std::num::ParseIntError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        u128::from_str_radix(s, 16).map(Self)
+        u128::from_str_radix(s, 16).map(Self::from_u128)
     }
 }
 
@@ -85,10 +93,11 @@ pub(crate) fn process_nonce() -> u64 {
 }
 
 /// Nanoseconds since the Unix epoch (0 if the clock is before it).
+#[inline]
 pub(crate) fn unix_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
+        .map(|d| d.as_secs() * 1_000_000_000 + u64::from(d.subsec_nanos()))
         .unwrap_or(0)
 }
 

@@ -43,29 +43,36 @@ use crate::{
 
 /// One message on the aether.
 ///
-/// Cloning is cheap: short names are stored inline, the payload is reference
-/// counted.
+/// Cloning is cheap: short names are stored inline, the payload and the
+/// rarely used fields (correlation key, reply channel, time decay) are
+/// reference counted. The struct is kept small because every wave is moved
+/// into a receive queue and out again on another thread.
 #[derive(Clone)]
 pub struct Wave {
-    id: WaveId,
+    payload: Bytes,
     channel: Channel,
+    source: Option<SmolStr>,
+    id: WaveId,
     /// The amplitude as last measured (at emit, arrival, decay or hop).
     amplitude: Amplitude,
     /// `a0`: the amplitude it was emitted or re-amplified with.
     source_amplitude: Amplitude,
     phase: Phase,
-    decay_per_s: f64,
-    hops: u32,
-    /// Per-hop attenuation of the aether the wave is in. Not carried on the
-    /// wire: a receiving aether applies its own.
-    attenuation_factor: f64,
-    source: Option<SmolStr>,
-    origin: u64,
     emitted_at_ns: u64,
+    /// Instance id of the emitting vibrator (for skipping one's own waves).
+    origin: u64,
+    hops: u8,
+    extras: Option<Arc<Extras>>,
+}
+
+/// The fields most waves leave at their defaults.
+#[derive(Clone, Debug, Default)]
+struct Extras {
+    decay_per_s: f64,
+    /// When the decay clock last restarted (re-amplification); 0 = at emission.
     amplified_at_ns: u64,
     correlation_key: Option<SmolStr>,
     reply_to: Option<Channel>,
-    payload: Bytes,
 }
 
 impl Wave {
@@ -74,21 +81,17 @@ impl Wave {
     /// The channel is checked when the wave is emitted.
     pub fn new(channel: impl Into<Channel>, payload: impl IntoPayload) -> Self {
         Self {
-            id: WaveId::NIL,
+            payload: payload.into_payload(),
             channel: channel.into(),
+            source: None,
+            id: WaveId::NIL,
             amplitude: Amplitude::MAX,
             source_amplitude: Amplitude::MAX,
             phase: Phase::ASSERT,
-            decay_per_s: 0.0,
-            hops: 0,
-            attenuation_factor: DEFAULT_ATTENUATION_FACTOR,
-            source: None,
-            origin: 0,
             emitted_at_ns: 0,
-            amplified_at_ns: 0,
-            correlation_key: None,
-            reply_to: None,
-            payload: payload.into_payload(),
+            origin: 0,
+            hops: 0,
+            extras: None,
         }
     }
 
@@ -98,6 +101,10 @@ impl Wave {
             wave: Wave::new(channel, Bytes::new()),
             error: None,
         }
+    }
+
+    fn extras_mut(&mut self) -> &mut Extras {
+        Arc::make_mut(self.extras.get_or_insert_with(Default::default))
     }
 
     /// Unique, time-ordered id, given when the wave is emitted ([`WaveId::NIL`]
@@ -130,12 +137,12 @@ impl Wave {
 
     /// Time decay per second (0 = none).
     pub fn decay_per_s(&self) -> f64 {
-        self.decay_per_s
+        self.extras.as_ref().map_or(0.0, |e| e.decay_per_s)
     }
 
     /// How many hops (relays, replays, re-emissions) the wave has made.
     pub fn propagation_count(&self) -> u32 {
-        self.hops
+        u32::from(self.hops)
     }
 
     /// Name of the vibrator that emitted it, once emitted.
@@ -145,14 +152,15 @@ impl Wave {
 
     /// Key for interference (defaults to the channel).
     pub fn correlation_key(&self) -> &str {
-        self.correlation_key
-            .as_deref()
+        self.extras
+            .as_ref()
+            .and_then(|e| e.correlation_key.as_deref())
             .unwrap_or_else(|| self.channel.as_str())
     }
 
     /// Where a reply should go, for a request.
     pub fn reply_to(&self) -> Option<&Channel> {
-        self.reply_to.as_ref()
+        self.extras.as_ref().and_then(|e| e.reply_to.as_ref())
     }
 
     /// When it was emitted (Unix time), once emitted.
@@ -182,29 +190,38 @@ impl Wave {
         serde_json::from_slice(&self.payload)
     }
 
-    /// The effective amplitude at Unix time `now_ns`, by the attenuation rule.
-    pub fn effective_amplitude_at(&self, now_ns: u64) -> f64 {
-        let age = Duration::from_nanos(now_ns.saturating_sub(self.amplified_at_ns));
+    /// The effective amplitude at Unix time `now_ns` with a per-hop
+    /// `attenuation_factor`, by the attenuation rule.
+    pub fn effective_amplitude(&self, now_ns: u64, attenuation_factor: f64) -> f64 {
+        let clock_start = self
+            .extras
+            .as_ref()
+            .map(|e| e.amplified_at_ns)
+            .filter(|t| *t != 0)
+            .unwrap_or(self.emitted_at_ns);
+        let age = if clock_start == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(now_ns.saturating_sub(clock_start))
+        };
         effective_amplitude(
             self.source_amplitude.value(),
-            self.decay_per_s,
-            if self.amplified_at_ns == 0 {
-                Duration::ZERO
-            } else {
-                age
-            },
-            self.attenuation_factor,
-            self.hops,
+            self.decay_per_s(),
+            age,
+            attenuation_factor,
+            self.propagation_count(),
         )
     }
 
-    /// Measures the amplitude again now, after time decay.
+    /// Measures the amplitude again now, after time decay, with the default
+    /// per-hop factor (an aether measures again with its own when the wave is
+    /// emitted or arrives).
     pub fn apply_time_decay(&mut self) {
-        self.amplitude = Amplitude::from_rule(self.effective_amplitude_at(unix_nanos()));
+        self.measure(unix_nanos(), DEFAULT_ATTENUATION_FACTOR);
     }
 
     /// Makes one hop: the propagation count goes up and the amplitude is
-    /// attenuated once more (×0.95 by default).
+    /// attenuated once more (×0.95 with the default factor).
     pub fn propagate(&mut self) {
         self.hops = self.hops.saturating_add(1);
         self.apply_time_decay();
@@ -215,25 +232,25 @@ impl Wave {
     /// restarts, and it makes one hop.
     pub fn reamplify(&mut self, amplitude: f64) -> Result<(), AmplitudeError> {
         self.source_amplitude = Amplitude::new(amplitude)?;
-        self.amplified_at_ns = unix_nanos();
+        self.extras_mut().amplified_at_ns = unix_nanos();
         self.propagate();
         Ok(())
     }
 
-    /// Sets the per-hop attenuation this wave is measured with.
-    pub(crate) fn set_attenuation_factor(&mut self, factor: f64) {
-        self.attenuation_factor = factor;
+    /// Sets the measured amplitude by the rule, at `now_ns` with `factor`.
+    pub(crate) fn measure(&mut self, now_ns: u64, factor: f64) {
+        self.amplitude = Amplitude::from_rule(self.effective_amplitude(now_ns, factor));
     }
 
-    /// Stamps a fresh wave at emission: id, source, origin and clocks. A wave
+    /// Stamps a fresh wave at emission: id, source, origin and clock. A wave
     /// that has already hopped keeps them.
+    #[inline]
     pub(crate) fn stamp_emission(&mut self, source: &SmolStr, origin: u64, now_ns: u64) {
         if self.hops == 0 {
             self.id = WaveId::at_nanos(now_ns);
             self.source = Some(source.clone());
             self.origin = origin;
             self.emitted_at_ns = now_ns;
-            self.amplified_at_ns = now_ns;
         }
     }
 
@@ -241,12 +258,8 @@ impl Wave {
         self.origin
     }
 
-    pub(crate) fn set_amplitude(&mut self, amplitude: Amplitude) {
-        self.amplitude = amplitude;
-    }
-
     pub(crate) fn set_reply_to(&mut self, reply_to: Channel) {
-        self.reply_to = Some(reply_to);
+        self.extras_mut().reply_to = Some(reply_to);
     }
 }
 
@@ -261,11 +274,13 @@ impl fmt::Debug for Wave {
         if let Some(source) = &self.source {
             s.field("source", source);
         }
-        if let Some(key) = &self.correlation_key {
-            s.field("correlation_key", key);
-        }
-        if let Some(reply_to) = &self.reply_to {
-            s.field("reply_to", &reply_to.as_str());
+        if let Some(extras) = &self.extras {
+            if let Some(key) = &extras.correlation_key {
+                s.field("correlation_key", key);
+            }
+            if let Some(reply_to) = &extras.reply_to {
+                s.field("reply_to", &reply_to.as_str());
+            }
         }
         match std::str::from_utf8(&self.payload) {
             Ok(text) if text.len() <= 256 => s.field("payload", &text),
@@ -315,7 +330,7 @@ impl WaveBuilder {
     /// Time decay per second, finite and `>= 0` (default 0: no decay).
     pub fn decay_per_s(mut self, decay_per_s: f64) -> Self {
         if decay_per_s.is_finite() && decay_per_s >= 0.0 {
-            self.wave.decay_per_s = decay_per_s;
+            self.wave.extras_mut().decay_per_s = decay_per_s;
             self
         } else {
             self.fail(WaveError::Decay { value: decay_per_s })
@@ -331,13 +346,13 @@ impl WaveBuilder {
 
     /// Key for interference (default: the channel).
     pub fn correlation_key(mut self, key: impl AsRef<str>) -> Self {
-        self.wave.correlation_key = Some(SmolStr::new(key.as_ref()));
+        self.wave.extras_mut().correlation_key = Some(SmolStr::new(key.as_ref()));
         self
     }
 
     /// Where replies should go.
     pub fn reply_to(mut self, channel: impl Into<Channel>) -> Self {
-        self.wave.reply_to = Some(channel.into());
+        self.wave.extras_mut().reply_to = Some(channel.into());
         self
     }
 
@@ -364,7 +379,7 @@ impl WaveBuilder {
             return Err(error);
         }
         self.wave.channel.validate().map_err(WaveError::Channel)?;
-        if let Some(reply_to) = &self.wave.reply_to {
+        if let Some(reply_to) = self.wave.reply_to() {
             reply_to.validate_concrete().map_err(WaveError::Channel)?;
         }
         Ok(self.wave)
