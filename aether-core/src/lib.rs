@@ -67,6 +67,11 @@ pub use stats::{DropReason, StatsSnapshot};
 pub use vibrator::{Emitter, Vibrator, VibratorBuilder};
 pub use wave::{Amplitude, IntoPayload, Phase, Wave, WaveBuilder, WaveError, WaveId};
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 #[cfg(test)]
 mod send_sync {
     fn assert_send_sync<T: Send + Sync>() {}

@@ -97,7 +97,8 @@ impl Counters {
 /// For an aether, `emitted` counts waves accepted by `emit`, `delivered`
 /// counts waves put in a receive queue (once per receiver), and `unrouted`
 /// counts emitted waves no vibrator resonated on. For a vibrator, `emitted`
-/// counts its own emits and `delivered` the waves it was given.
+/// counts the waves it emitted (through it or its emitters), `delivered` the
+/// waves put in its queue, and the drops those it did not get.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
     /// Waves accepted for emission.

@@ -75,6 +75,8 @@ pub struct Emitter {
     name: SmolStr,
     id: u64,
     aether: Aether,
+    /// The vibrator's queue, whose counters count its emits too.
+    inbox: Arc<Inbox>,
 }
 
 /// Options of a new vibrator; see [`Vibrator::builder`].
@@ -138,6 +140,7 @@ impl VibratorBuilder {
                 name: SmolStr::new(self.name),
                 id,
                 aether: aether.clone(),
+                inbox: inbox.clone(),
             },
             inbox,
             batch: VecDeque::new(),
@@ -454,9 +457,9 @@ impl Emitter {
         let now_ns = unix_nanos();
         wave.stamp_emission(&self.name, self.id, now_ns);
         let id = wave.id();
-        self.aether
-            .dispatch(wave, now_ns)
-            .map(|routed| (id, routed))
+        let routed = self.aether.dispatch(wave, now_ns)?;
+        self.inbox.stats().emitted();
+        Ok((id, routed))
     }
 
     /// Emits a full-strength wave on `channel` carrying `payload` as JSON.

@@ -133,11 +133,6 @@ fn print_stats(stats: &StatsSnapshot) {
     }
 }
 
-/// The README's Rust examples, compiled and run by `cargo test --doc`.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;
-
 #[cfg(test)]
 mod tests {
     use aether_core::DropReason;

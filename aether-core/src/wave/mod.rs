@@ -61,7 +61,9 @@ pub struct Wave {
     emitted_at_ns: u64,
     /// Instance id of the emitting vibrator (for skipping one's own waves).
     origin: u64,
-    hops: u8,
+    /// Wider than the largest `max_propagation` (255), so that a count that
+    /// stops at its maximum is still past any limit.
+    hops: u16,
     extras: Option<Arc<Extras>>,
 }
 

@@ -271,6 +271,28 @@ pub async fn propagation_limit_drops_looping_waves(m: &dyn Medium) {
     assert_eq!(aether.stats().dropped(DropReason::PropagationLimit), 1);
 }
 
+pub async fn propagation_limit_holds_at_its_maximum(m: &dyn Medium) {
+    let aether = m
+        .aether(AetherConfig {
+            max_propagation: 255,
+            attenuation_factor: 1.0,
+            ..Default::default()
+        })
+        .await;
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let mut rx = Vibrator::create("rx", &aether).await.unwrap();
+    rx.resonate_on("loop").await.unwrap();
+    let mut wave = Wave::new("loop", ());
+    for _ in 0..300 {
+        wave.propagate();
+    }
+    assert!(wave.propagation_count() > 255);
+    tx.emit(wave).await.unwrap();
+    assert_silent(&mut rx).await;
+    assert_eq!(aether.stats().dropped(DropReason::PropagationLimit), 1);
+    assert_eq!(tx.stats().emitted, 1, "a vibrator counts its own emits");
+}
+
 pub async fn full_queue_sheds_the_weakest_first(m: &dyn Medium) {
     let aether = default_aether(m).await;
     let tx = Vibrator::create("tx", &aether).await.unwrap();
@@ -594,6 +616,7 @@ macro_rules! behaviour_suite {
             time_decay_kills_relayed_waves,
             hops_attenuate_by_the_configured_factor,
             propagation_limit_drops_looping_waves,
+            propagation_limit_holds_at_its_maximum,
             full_queue_sheds_the_weakest_first,
             groups_share_waves_one_member_each,
             own_waves_can_be_skipped,
