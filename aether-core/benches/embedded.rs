@@ -281,8 +281,9 @@ fn summary(rt: &Runtime) {
     // Alternate and keep the last of three, so neither side runs cold.
     let (mut lat, mut raw_lat) = (Vec::new(), Vec::new());
     for _ in 0..3 {
-        raw_lat = rt.block_on(mpsc_latency(20_000));
-        lat = rt.block_on(aether_latency(20_000));
+        // Senders run in spawned tasks, on the workers, like the receivers.
+        raw_lat = rt.block_on(async { tokio::spawn(mpsc_latency(20_000)).await.expect("task") });
+        lat = rt.block_on(async { tokio::spawn(aether_latency(20_000)).await.expect("task") });
     }
     lat.sort();
     raw_lat.sort();
