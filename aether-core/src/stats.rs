@@ -126,3 +126,31 @@ impl StatsSnapshot {
         DropReason::ALL.iter().map(|r| (*r, self.dropped(*r)))
     }
 }
+
+/// A table, one counter a line, every drop reason included.
+///
+/// ```
+/// let table = aether_core::StatsSnapshot::default().to_string();
+/// assert!(table.starts_with("emitted"));
+/// assert!(table.contains("dropped below_noise_floor"));
+/// ```
+impl fmt::Display for StatsSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let totals = [
+            ("emitted", self.emitted),
+            ("delivered", self.delivered),
+            ("unrouted", self.unrouted),
+        ];
+        for (name, n) in totals {
+            writeln!(f, "{name:<26} {n:>8}")?;
+        }
+        for (i, (reason, n)) in self.drops().enumerate() {
+            let name = format!("dropped {reason}");
+            write!(f, "{name:<26} {n:>8}")?;
+            if i + 1 < DropReason::ALL.len() {
+                writeln!(f)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -9,28 +9,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::{collections::BTreeMap, error::Error, fmt::Display, str::FromStr, time::Duration};
+use std::{collections::BTreeMap, error::Error, time::Duration};
 
 use aether_core::{Aether, StatsSnapshot, Vibrator, Wave};
 use serde_json::json;
-
-/// The text of `--help`.
-pub const HELP: &str = "\
-aether-gateway: observes every wave of the aether and prints a tally per
-channel and the aether's statistics, then exits.
-
-Usage: aether-gateway [OPTIONS]
-
-Options:
-      --count <N>  how many waves the local feeder emits [default: 8]
-  -h, --help       print this help
-
-It runs on the embedded medium, in this process: a local feeder emits waves
-on a few channels at amplitudes 1.0, 0.5 and 0.005 in turn (the last one is
-under min_amplitude, so it expires and is counted). The NATS medium,
-Prometheus metrics (/metrics), /health, /ready and the live dashboard come
-with the next release of the bus.
-";
 
 /// Channels and amplitudes the local feeder emits on, in turn.
 const FEED_CHANNELS: [&str; 4] = [
@@ -41,49 +23,27 @@ const FEED_CHANNELS: [&str; 4] = [
 ];
 const FEED_AMPLITUDES: [f64; 3] = [1.0, 0.5, 0.005];
 
-/// What to do, from the command line.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Command {
-    /// Print [`HELP`].
-    Help,
-    /// Observe and report.
-    Run(Options),
-}
-
-/// Settings of a run.
-#[derive(Clone, Debug, PartialEq)]
+/// Settings of a run, from the command line (`--help` describes them).
+#[derive(Clone, Debug, PartialEq, clap::Parser)]
+#[command(
+    name = "aether-gateway",
+    about = "Observes every wave of the aether and prints a tally per channel and the \
+aether's statistics, then exits.",
+    after_help = "It runs on the embedded medium, in this process: a local feeder emits waves \
+on a few channels at amplitudes 1.0, 0.5 and 0.005 in turn (the last one is under \
+min_amplitude, so it expires and is counted). The NATS medium, Prometheus metrics (/metrics), \
+/health, /ready and the live dashboard come with the next release of the bus."
+)]
 pub struct Options {
     /// How many waves the local feeder emits.
+    #[arg(long, default_value_t = 8)]
     pub count: u64,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { count: 8 }
+        <Self as clap::Parser>::parse_from(["aether-gateway"])
     }
-}
-
-/// Reads the arguments (without the program name); the error says what is
-/// wrong.
-pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
-    let mut options = Options::default();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--count" => options.count = value(&arg, args.next())?,
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(Command::Run(options))
-}
-
-fn value<T: FromStr>(flag: &str, value: Option<String>) -> Result<T, String>
-where
-    T::Err: Display,
-{
-    let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
-    value.parse().map_err(|e| format!("{flag} {value:?}: {e}"))
 }
 
 /// What the gateway saw on one channel.
@@ -129,13 +89,7 @@ pub async fn run(
         println!("  {channel:<20} {:>5}  {mean:>14.3}", t.waves);
     }
     let stats = aether.stats();
-    println!("aether.stats()");
-    println!("  {:<26} {:>5}", "emitted", stats.emitted);
-    println!("  {:<26} {:>5}", "delivered", stats.delivered);
-    println!("  {:<26} {:>5}", "unrouted", stats.unrouted);
-    for (reason, n) in stats.drops() {
-        println!("  {:<26} {n:>5}", format!("dropped {reason}"));
-    }
+    println!("aether.stats()\n{stats}");
     Ok((tally, stats))
 }
 
@@ -145,24 +99,24 @@ mod tests {
 
     use super::*;
 
-    fn args(line: &str) -> Vec<String> {
-        line.split_whitespace().map(String::from).collect()
+    use clap::{Parser, error::ErrorKind};
+
+    fn parse(line: &str) -> Result<Options, clap::Error> {
+        Options::try_parse_from(std::iter::once("bin").chain(line.split_whitespace()))
+    }
+
+    fn refusal(line: &str) -> String {
+        parse(line).unwrap_err().to_string()
     }
 
     #[test]
     fn parses_options_and_refuses_bad_ones() {
-        assert_eq!(parse_args(args("")), Ok(Command::Run(Options::default())));
-        assert_eq!(parse_args(args("--help")), Ok(Command::Help));
-        assert_eq!(
-            parse_args(args("--count 3")),
-            Ok(Command::Run(Options { count: 3 }))
-        );
-        assert!(parse_args(args("--count -1")).is_err());
-        assert!(
-            parse_args(args("--metrics"))
-                .unwrap_err()
-                .contains("unknown")
-        );
+        assert_eq!(parse("").unwrap(), Options::default());
+        assert_eq!(Options::default().count, 8);
+        assert_eq!(parse("--help").unwrap_err().kind(), ErrorKind::DisplayHelp);
+        assert_eq!(parse("--count 3").unwrap(), Options { count: 3 });
+        assert!(parse("--count -1").is_err());
+        assert!(refusal("--metrics").contains("unexpected argument"));
     }
 
     #[tokio::test]

@@ -8,85 +8,41 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::{error::Error, fmt::Display, str::FromStr, time::Duration};
+use std::{error::Error, time::Duration};
 
 use aether_core::{Aether, Amplitude, Channel, StatsSnapshot, Vibrator, Wave};
 use serde_json::json;
 
-/// The text of `--help`.
-pub const HELP: &str = "\
-aether-service-alpha: emits waves on a channel of the aether, then exits.
-
-Usage: aether-service-alpha [OPTIONS]
-
-Options:
-      --count <N>          how many waves to emit [default: 5]
-      --channel <CHANNEL>  channel to emit on, like orders.created [default: orders.created]
-      --amplitude <A>      amplitude (importance) of each wave, in [0, 1] [default: 1]
-  -h, --help               print this help
-
-It runs on the embedded medium, in this process: a local listener resonates
-on the channel and shows each wave as it arrives, then the aether's
-statistics are printed. The NATS medium, to reach services in other
-processes, comes with the next release of the bus.
-";
-
-/// What to do, from the command line.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Command {
-    /// Print [`HELP`].
-    Help,
-    /// Emit waves.
-    Run(Options),
-}
-
-/// Settings of a run.
-#[derive(Clone, Debug, PartialEq)]
+/// Settings of a run, from the command line (`--help` describes them).
+#[derive(Clone, Debug, PartialEq, clap::Parser)]
+#[command(
+    name = "aether-service-alpha",
+    about = "Emits waves on a channel of the aether, then exits.",
+    after_help = "It runs on the embedded medium, in this process: a local listener resonates \
+on the channel and shows each wave as it arrives, then the aether's statistics are printed. \
+The NATS medium, to reach services in other processes, comes with the next release of the bus."
+)]
 pub struct Options {
     /// How many waves to emit.
+    #[arg(long, default_value_t = 5)]
     pub count: u64,
-    /// The (concrete) channel to emit on.
+    /// The (concrete) channel to emit on, like orders.created.
+    #[arg(long, default_value = "orders.created", value_parser = <Channel as std::str::FromStr>::from_str)]
     pub channel: Channel,
-    /// Amplitude of each wave.
+    /// Amplitude (importance) of each wave, in [0, 1].
+    #[arg(long, default_value = "1", value_parser = parse_amplitude)]
     pub amplitude: Amplitude,
+}
+
+fn parse_amplitude(text: &str) -> Result<Amplitude, String> {
+    let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    Amplitude::new(value).map_err(|e| e.to_string())
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self {
-            count: 5,
-            channel: Channel::new("orders.created"),
-            amplitude: Amplitude::MAX,
-        }
+        <Self as clap::Parser>::parse_from(["aether-service-alpha"])
     }
-}
-
-/// Reads the arguments (without the program name); the error says what is
-/// wrong.
-pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
-    let mut options = Options::default();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--count" => options.count = value(&arg, args.next())?,
-            "--channel" => options.channel = value(&arg, args.next())?,
-            "--amplitude" => {
-                let amplitude = value(&arg, args.next())?;
-                options.amplitude = Amplitude::new(amplitude).map_err(|e| e.to_string())?;
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(Command::Run(options))
-}
-
-fn value<T: FromStr>(flag: &str, value: Option<String>) -> Result<T, String>
-where
-    T::Err: Display,
-{
-    let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
-    value.parse().map_err(|e| format!("{flag} {value:?}: {e}"))
 }
 
 /// Emits `options.count` waves on `aether`, printing each one and whether it
@@ -119,18 +75,8 @@ pub async fn run(
         }
     }
     let stats = aether.stats();
-    print_stats(&stats);
+    println!("aether.stats()\n{stats}");
     Ok(stats)
-}
-
-fn print_stats(stats: &StatsSnapshot) {
-    println!(
-        "aether: emitted {}, delivered {}, unrouted {}",
-        stats.emitted, stats.delivered, stats.unrouted
-    );
-    for (reason, n) in stats.drops().filter(|(_, n)| *n > 0) {
-        println!("  dropped {reason}: {n}");
-    }
 }
 
 #[cfg(test)]
@@ -139,35 +85,31 @@ mod tests {
 
     use super::*;
 
-    fn args(line: &str) -> Vec<String> {
-        line.split_whitespace().map(String::from).collect()
+    use clap::{Parser, error::ErrorKind};
+
+    fn parse(line: &str) -> Result<Options, clap::Error> {
+        Options::try_parse_from(std::iter::once("bin").chain(line.split_whitespace()))
+    }
+
+    fn refusal(line: &str) -> String {
+        parse(line).unwrap_err().to_string()
     }
 
     #[test]
     fn parses_options_and_refuses_bad_ones() {
-        assert_eq!(parse_args(args("")), Ok(Command::Run(Options::default())));
-        assert_eq!(parse_args(args("--count 2 --help")), Ok(Command::Help));
-        let Ok(Command::Run(options)) = parse_args(args("--count 3 --channel a.b")) else {
-            panic!("valid arguments");
-        };
+        assert_eq!(parse("").unwrap(), Options::default());
+        assert_eq!(Options::default().count, 5);
+        assert_eq!(
+            parse("--count 2 --help").unwrap_err().kind(),
+            ErrorKind::DisplayHelp
+        );
+        let options = parse("--count 3 --channel a.b").unwrap();
         assert_eq!((options.count, options.channel.as_str()), (3, "a.b"));
-        assert!(
-            parse_args(args("--count"))
-                .unwrap_err()
-                .contains("needs a value")
-        );
-        assert!(parse_args(args("--count x")).is_err());
-        assert!(
-            parse_args(args("--amplitude 2"))
-                .unwrap_err()
-                .contains("[0, 1]")
-        );
-        assert!(
-            parse_args(args("--channel a..b"))
-                .unwrap_err()
-                .contains("invalid channel")
-        );
-        assert!(parse_args(args("--nats")).unwrap_err().contains("unknown"));
+        assert!(refusal("--count").contains("a value is required"));
+        assert!(parse("--count x").is_err());
+        assert!(refusal("--amplitude 2").contains("[0, 1]"));
+        assert!(refusal("--channel a..b").contains("invalid channel"));
+        assert!(refusal("--nats").contains("unexpected argument"));
     }
 
     #[tokio::test]

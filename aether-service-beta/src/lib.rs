@@ -9,30 +9,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::{error::Error, fmt::Display, str::FromStr, time::Duration};
+use std::{error::Error, time::Duration};
 
 use aether_core::{Aether, Channel, DropReason, StatsSnapshot, Vibrator, Wave};
 use serde_json::json;
-
-/// The text of `--help`.
-pub const HELP: &str = "\
-aether-service-beta: resonates on a channel pattern and prints what it hears,
-then exits.
-
-Usage: aether-service-beta [OPTIONS]
-
-Options:
-      --pattern <PATTERN>  channels to resonate on, like orders.* [default: orders.*]
-      --noise-floor <F>    waves weaker than this are not heard, in [0, 1] [default: 0.3]
-      --count <N>          how many waves the local feeder emits [default: 6]
-  -h, --help               print this help
-
-It runs on the embedded medium, in this process: a local feeder emits waves
-on orders.created, orders.confirmed, users.signed_up and orders.cancelled at
-amplitudes 1.0, 0.6 and 0.2 in turn, and beta says which it heard and why it
-did not hear the others. The NATS medium, to hear services in other
-processes, comes with the next release of the bus.
-";
 
 /// Channels and amplitudes the local feeder emits on, in turn.
 const FEED_CHANNELS: [&str; 4] = [
@@ -43,59 +23,32 @@ const FEED_CHANNELS: [&str; 4] = [
 ];
 const FEED_AMPLITUDES: [f64; 3] = [1.0, 0.6, 0.2];
 
-/// What to do, from the command line.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Command {
-    /// Print [`HELP`].
-    Help,
-    /// Resonate and report.
-    Run(Options),
-}
-
-/// Settings of a run.
-#[derive(Clone, Debug, PartialEq)]
+/// Settings of a run, from the command line (`--help` describes them).
+#[derive(Clone, Debug, PartialEq, clap::Parser)]
+#[command(
+    name = "aether-service-beta",
+    about = "Resonates on a channel pattern and prints what it hears, then exits.",
+    after_help = "It runs on the embedded medium, in this process: a local feeder emits waves \
+on orders.created, orders.confirmed, users.signed_up and orders.cancelled at amplitudes 1.0, \
+0.6 and 0.2 in turn, and beta says which it heard and why it did not hear the others. The NATS \
+medium, to hear services in other processes, comes with the next release of the bus."
+)]
 pub struct Options {
-    /// The pattern to resonate on.
+    /// Channels to resonate on, like orders.*
+    #[arg(long, default_value = "orders.*", value_parser = <Channel as std::str::FromStr>::from_str)]
     pub pattern: Channel,
-    /// Its noise floor, in `[0, 1]`.
+    /// Waves weaker than this are not heard, in [0, 1].
+    #[arg(long, default_value_t = 0.3)]
     pub noise_floor: f64,
     /// How many waves the local feeder emits.
+    #[arg(long, default_value_t = 6)]
     pub count: u64,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self {
-            pattern: Channel::new("orders.*"),
-            noise_floor: 0.3,
-            count: 6,
-        }
+        <Self as clap::Parser>::parse_from(["aether-service-beta"])
     }
-}
-
-/// Reads the arguments (without the program name); the error says what is
-/// wrong.
-pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
-    let mut options = Options::default();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--pattern" => options.pattern = value(&arg, args.next())?,
-            "--noise-floor" => options.noise_floor = value(&arg, args.next())?,
-            "--count" => options.count = value(&arg, args.next())?,
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(Command::Run(options))
-}
-
-fn value<T: FromStr>(flag: &str, value: Option<String>) -> Result<T, String>
-where
-    T::Err: Display,
-{
-    let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
-    value.parse().map_err(|e| format!("{flag} {value:?}: {e}"))
 }
 
 /// Resonates on `options.pattern` while a local feeder emits
@@ -148,32 +101,29 @@ pub async fn run(
 mod tests {
     use super::*;
 
-    fn args(line: &str) -> Vec<String> {
-        line.split_whitespace().map(String::from).collect()
+    use clap::{Parser, error::ErrorKind};
+
+    fn parse(line: &str) -> Result<Options, clap::Error> {
+        Options::try_parse_from(std::iter::once("bin").chain(line.split_whitespace()))
+    }
+
+    fn refusal(line: &str) -> String {
+        parse(line).unwrap_err().to_string()
     }
 
     #[test]
     fn parses_options_and_refuses_bad_ones() {
-        assert_eq!(parse_args(args("")), Ok(Command::Run(Options::default())));
-        assert_eq!(parse_args(args("-h")), Ok(Command::Help));
-        let Ok(Command::Run(options)) = parse_args(args("--pattern a.* --noise-floor 0")) else {
-            panic!("valid arguments");
-        };
+        assert_eq!(parse("").unwrap(), Options::default());
+        assert_eq!(Options::default().noise_floor, 0.3);
+        assert_eq!(parse("-h").unwrap_err().kind(), ErrorKind::DisplayHelp);
+        let options = parse("--pattern a.* --noise-floor 0").unwrap();
         assert_eq!(
             (options.pattern.as_str(), options.noise_floor),
             ("a.*", 0.0)
         );
-        assert!(
-            parse_args(args("--pattern a..b"))
-                .unwrap_err()
-                .contains("invalid channel")
-        );
-        assert!(
-            parse_args(args("--noise-floor"))
-                .unwrap_err()
-                .contains("needs a value")
-        );
-        assert!(parse_args(args("--what")).unwrap_err().contains("unknown"));
+        assert!(refusal("--pattern a..b").contains("invalid channel"));
+        assert!(refusal("--noise-floor").contains("a value is required"));
+        assert!(refusal("--what").contains("unexpected argument"));
     }
 
     #[tokio::test]
