@@ -333,6 +333,34 @@ fn main() {
         println!("embedded bench: smoke run ok");
         return;
     }
+    // `AETHER_BENCH_PROFILE=one|fan`: that scenario only, aether and tokio
+    // alternating, printing each round's ratio (for a profiler, or to try a
+    // change quickly).
+    if let Ok(which) = std::env::var("AETHER_BENCH_PROFILE") {
+        let n = 100_000;
+        let mut ratios = Vec::new();
+        for _ in 0..15 {
+            let (raw, ours) = match which.as_str() {
+                "fan" => (
+                    rt.block_on(broadcast_fan_out(n)),
+                    rt.block_on(aether_fan_out(n)),
+                ),
+                _ => (
+                    rt.block_on(mpsc_one_to_one(n)),
+                    rt.block_on(aether_one_to_one(n)),
+                ),
+            };
+            ratios.push(raw.as_secs_f64() / ours.as_secs_f64());
+            println!(
+                "{which}: tokio {:.2} M/s, aether {:.2} M/s, ratio {:.2}",
+                n as f64 / raw.as_secs_f64() / 1e6,
+                n as f64 / ours.as_secs_f64() / 1e6,
+                ratios.last().expect("pushed")
+            );
+        }
+        println!("{which}: median ratio {:.2}", median(ratios));
+        return;
+    }
     if !quick {
         let mut c = Criterion::default()
             .configure_from_args()

@@ -14,16 +14,24 @@
 //! Why a `std::sync::Mutex` around a `VecDeque` and not a channel: shedding
 //! needs to look at and remove any element, and the critical sections are a
 //! few instructions long, never across an `.await`.
+//!
+//! Emitters and the receiver run on different cores, so the fields are laid
+//! out by who writes them, each group on its own cache line: the settings
+//! emitters read on every offer, the lock, the count of queued waves (which
+//! the receiver reads to decide whether to lock at all), the waker, and the
+//! counters. Without that, the receiver's lock attempts would evict the
+//! settings every emitter reads.
 
 use std::{
     collections::VecDeque,
     sync::{
         Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
 };
 
+use crossbeam_utils::CachePadded;
 use futures_util::task::AtomicWaker;
 
 use crate::{
@@ -47,14 +55,24 @@ pub(crate) enum Offer {
 }
 
 pub(crate) struct Inbox {
+    settings: CachePadded<Settings>,
+    state: CachePadded<Mutex<State>>,
+    /// How many waves `state.queue` holds, written under the lock and read
+    /// without it: the receiver locks only when there is something to take.
+    queued: CachePadded<AtomicUsize>,
+    /// Set (after `state.closed`) when the queue closes.
+    closed: AtomicBool,
+    waker: CachePadded<AtomicWaker>,
+    stats: CachePadded<Counters>,
+}
+
+/// What every offer reads; written only when a setting changes.
+struct Settings {
     id: u64,
     capacity: usize,
-    state: Mutex<State>,
-    waker: AtomicWaker,
     /// `f64` bits: waves weaker than this are not delivered.
     noise_floor: AtomicU64,
     skip_own: AtomicBool,
-    stats: Counters,
 }
 
 #[derive(Default)]
@@ -121,18 +139,22 @@ impl State {
 impl Inbox {
     pub(crate) fn new(id: u64, capacity: usize, noise_floor: f64, skip_own: bool) -> Self {
         Self {
-            id,
-            capacity,
-            state: Mutex::new(State::default()),
-            waker: AtomicWaker::new(),
-            noise_floor: AtomicU64::new(noise_floor.to_bits()),
-            skip_own: AtomicBool::new(skip_own),
-            stats: Counters::default(),
+            settings: CachePadded::new(Settings {
+                id,
+                capacity,
+                noise_floor: AtomicU64::new(noise_floor.to_bits()),
+                skip_own: AtomicBool::new(skip_own),
+            }),
+            state: CachePadded::new(Mutex::new(State::default())),
+            queued: CachePadded::new(AtomicUsize::new(0)),
+            closed: AtomicBool::new(false),
+            waker: CachePadded::new(AtomicWaker::new()),
+            stats: CachePadded::new(Counters::default()),
         }
     }
 
     pub(crate) fn id(&self) -> u64 {
-        self.id
+        self.settings.id
     }
 
     pub(crate) fn stats(&self) -> &Counters {
@@ -140,11 +162,13 @@ impl Inbox {
     }
 
     pub(crate) fn noise_floor(&self) -> f64 {
-        f64::from_bits(self.noise_floor.load(Ordering::Relaxed))
+        f64::from_bits(self.settings.noise_floor.load(Ordering::Relaxed))
     }
 
     pub(crate) fn set_noise_floor(&self, floor: f64) {
-        self.noise_floor.store(floor.to_bits(), Ordering::Relaxed);
+        self.settings
+            .noise_floor
+            .store(floor.to_bits(), Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -156,7 +180,8 @@ impl Inbox {
     /// Offers a wave measured on arrival. Counts what it does.
     #[inline]
     pub(crate) fn offer(&self, wave: Wave) -> Offer {
-        if wave.origin() == self.id && self.skip_own.load(Ordering::Relaxed) {
+        let settings = &*self.settings;
+        if wave.origin() == settings.id && settings.skip_own.load(Ordering::Relaxed) {
             return Offer::SkippedOwn;
         }
         let amplitude = wave.amplitude().value();
@@ -169,8 +194,9 @@ impl Inbox {
             return Offer::Closed;
         }
         let was_empty = state.queue.is_empty();
-        let outcome = if state.queue.len() < self.capacity {
+        let outcome = if state.queue.len() < settings.capacity {
             state.push(wave);
+            self.queued.store(state.queue.len(), Ordering::Release);
             Offer::Queued
         } else if amplitude <= state.weakest_amplitude() {
             drop(state);
@@ -187,8 +213,8 @@ impl Inbox {
         };
         drop(state);
         self.stats.delivered();
-        // The receiver registers its waker before it looks at the queue under
-        // the lock, so waking only on empty -> non-empty loses no wake-up.
+        // The receiver registers its waker before it looks at `queued` again,
+        // so waking only on empty -> non-empty loses no wake-up.
         if was_empty {
             self.waker.wake();
         }
@@ -201,6 +227,8 @@ impl Inbox {
         if let Some(ready) = self.try_take(batch) {
             return Poll::Ready(ready);
         }
+        // An offer stores `queued` before it wakes, and `register` orders
+        // this check after any wake it missed, so no arrival is lost.
         self.waker.register(cx.waker());
         match self.try_take(batch) {
             Some(ready) => Poll::Ready(ready),
@@ -209,13 +237,21 @@ impl Inbox {
     }
 
     /// `Some(true)` if waves were moved into `batch`, `Some(false)` when closed
-    /// and drained, `None` when empty but open.
+    /// and drained, `None` when empty but open. Locks only if the queue holds
+    /// waves or has closed.
     pub(crate) fn try_take(&self, batch: &mut VecDeque<Wave>) -> Option<bool> {
         debug_assert!(batch.is_empty());
+        // `closed` first: it is set after the last wave was queued, so when it
+        // reads true, `queued` is final.
+        let closed = self.closed.load(Ordering::Acquire);
+        if self.queued.load(Ordering::Acquire) == 0 && !closed {
+            return None;
+        }
         let mut state = self.lock();
         if !state.queue.is_empty() {
             std::mem::swap(&mut state.queue, batch);
             state.weakest = None;
+            self.queued.store(0, Ordering::Relaxed);
             return Some(true);
         }
         state.closed.then_some(false)
@@ -223,12 +259,13 @@ impl Inbox {
 
     /// Number of waves waiting.
     pub(crate) fn len(&self) -> usize {
-        self.lock().queue.len()
+        self.queued.load(Ordering::Acquire)
     }
 
     /// Stops taking waves; the queued ones can still be received.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
+        self.closed.store(true, Ordering::Release);
         self.waker.wake();
     }
 }

@@ -7,10 +7,11 @@
 //! match; a group gets it once, at its next member in turn.
 
 use std::sync::{
-    Arc, RwLock,
+    Arc, Mutex,
     atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
+use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use smol_str::SmolStr;
@@ -23,37 +24,65 @@ use crate::{
     stats::{Counters, DropReason},
 };
 
+/// The routing table is read on every emit and changed only when someone
+/// resonates or stops: emitters read an immutable snapshot without any lock
+/// or shared write, and a change copies the table and swaps the copy in.
 #[derive(Default)]
 pub(crate) struct EmbeddedMedium {
-    table: RwLock<Table>,
+    table: ArcSwap<Table>,
+    /// Serializes changes (copy, change, swap), so none is lost.
+    writer: Mutex<()>,
     next_id: AtomicU64,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Table {
     exact: FxHashMap<SmolStr, Vec<Target>>,
-    patterns: Vec<(Channel, Target)>,
+    /// Each distinct pattern once, so a wave is matched against it once
+    /// however many vibrators resonate on it.
+    patterns: Vec<(Channel, Vec<Target>)>,
 }
 
+#[derive(Clone)]
 enum Target {
     Inbox(SubscriptionId, Arc<Inbox>),
     Replies(SubscriptionId, Arc<ReplyMux>),
-    Group {
-        name: Arc<str>,
-        members: Vec<(SubscriptionId, Arc<Inbox>)>,
-        next: AtomicUsize,
-    },
+    Group(Arc<Group>),
+}
+
+/// A group's members on one pattern; each wave goes to the next in turn.
+struct Group {
+    name: Arc<str>,
+    members: Vec<(SubscriptionId, Arc<Inbox>)>,
+    next: AtomicUsize,
+}
+
+impl Group {
+    /// A copy with `members` (a table change makes a new group).
+    fn with_members(&self, members: Vec<(SubscriptionId, Arc<Inbox>)>) -> Group {
+        Group {
+            name: self.name.clone(),
+            members,
+            next: AtomicUsize::new(self.next.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 impl Target {
-    /// Removes the subscriptions in `ids`; `false` when nothing is left.
-    fn retain(&mut self, ids: &[SubscriptionId]) -> bool {
+    /// Removes the subscriptions in `ids`; `None` when nothing is left.
+    fn without(self, ids: &[SubscriptionId]) -> Option<Target> {
         match self {
-            Target::Inbox(id, _) | Target::Replies(id, _) => !ids.contains(id),
-            Target::Group { members, .. } => {
-                members.retain(|(id, _)| !ids.contains(id));
-                !members.is_empty()
+            Target::Inbox(id, _) | Target::Replies(id, _) if ids.contains(&id) => None,
+            Target::Group(group) if group.members.iter().any(|(id, _)| ids.contains(id)) => {
+                let members: Vec<_> = group
+                    .members
+                    .iter()
+                    .filter(|(id, _)| !ids.contains(id))
+                    .cloned()
+                    .collect();
+                (!members.is_empty()).then(|| Target::Group(Arc::new(group.with_members(members))))
             }
+            kept => Some(kept),
         }
     }
 }
@@ -64,55 +93,56 @@ enum Recipient<'a> {
 }
 
 impl EmbeddedMedium {
+    /// Copies the table, lets `change` edit the copy, and swaps it in.
+    fn change<R>(&self, change: impl FnOnce(&mut Table) -> R) -> R {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = Table::clone(&self.table.load());
+        let result = change(&mut table);
+        self.table.store(Arc::new(table));
+        result
+    }
+
     pub(crate) fn subscribe(&self, pattern: Channel, listener: Listener) -> SubscriptionId {
         let id = SubscriptionId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-        let Table { exact, patterns } = &mut *table;
-        let targets: Vec<&mut Target> = if pattern.is_pattern() {
-            patterns
-                .iter_mut()
-                .filter(|(p, _)| *p == pattern)
-                .map(|(_, t)| t)
-                .collect()
-        } else {
-            exact
-                .get_mut(pattern.as_str())
-                .map(|ts| ts.iter_mut().collect())
-                .unwrap_or_default()
-        };
-        let new_target = match listener {
-            Listener::Inbox(inbox) => Target::Inbox(id, inbox),
-            Listener::Replies(mux) => Target::Replies(id, mux),
-            Listener::Group(name, inbox) => {
-                // Join the group if it already listens on this pattern.
-                for target in targets {
-                    if let Target::Group {
-                        name: existing,
-                        members,
-                        ..
-                    } = target
-                    {
-                        if *existing == name {
-                            members.push((id, inbox));
-                            return id;
-                        }
+        self.change(|table| {
+            let targets = if pattern.is_pattern() {
+                match table.patterns.iter().position(|(p, _)| *p == pattern) {
+                    Some(i) => &mut table.patterns[i].1,
+                    None => {
+                        table.patterns.push((pattern, Vec::new()));
+                        &mut table.patterns.last_mut().expect("pushed").1
                     }
                 }
-                Target::Group {
-                    name,
-                    members: vec![(id, inbox)],
-                    next: AtomicUsize::new(0),
+            } else {
+                table
+                    .exact
+                    .entry(SmolStr::new(pattern.as_str()))
+                    .or_default()
+            };
+            let new_target = match listener {
+                Listener::Inbox(inbox) => Target::Inbox(id, inbox),
+                Listener::Replies(mux) => Target::Replies(id, mux),
+                Listener::Group(name, inbox) => {
+                    // Join the group if it already listens on this pattern.
+                    let existing = targets.iter_mut().find_map(|t| match t {
+                        Target::Group(group) if group.name == name => Some(group),
+                        _ => None,
+                    });
+                    if let Some(group) = existing {
+                        let mut members = group.members.clone();
+                        members.push((id, inbox));
+                        *group = Arc::new(group.with_members(members));
+                        return;
+                    }
+                    Target::Group(Arc::new(Group {
+                        name,
+                        members: vec![(id, inbox)],
+                        next: AtomicUsize::new(0),
+                    }))
                 }
-            }
-        };
-        if pattern.is_pattern() {
-            patterns.push((pattern, new_target));
-        } else {
-            exact
-                .entry(SmolStr::new(pattern.as_str()))
-                .or_default()
-                .push(new_target);
-        }
+            };
+            targets.push(new_target);
+        });
         id
     }
 
@@ -120,27 +150,34 @@ impl EmbeddedMedium {
         if ids.is_empty() {
             return;
         }
-        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-        table.exact.retain(|_, targets| {
-            targets.retain_mut(|t| t.retain(ids));
-            !targets.is_empty()
+        self.change(|table| {
+            let keep = |targets: &mut Vec<Target>| {
+                *targets = std::mem::take(targets)
+                    .into_iter()
+                    .filter_map(|t| t.without(ids))
+                    .collect();
+                !targets.is_empty()
+            };
+            table.exact.retain(|_, targets| keep(targets));
+            table.patterns.retain_mut(|(_, targets)| keep(targets));
         });
-        table.patterns.retain_mut(|(_, t)| t.retain(ids));
     }
 
     /// Offers `wave` to every matching listener, counting in `stats`.
     #[inline]
     pub(crate) fn route(&self, wave: Wave, stats: &Counters) -> Routed {
-        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let table = self.table.load();
         let mut recipients: SmallVec<[Recipient<'_>; 4]> = SmallVec::new();
         if let Some(targets) = table.exact.get(wave.channel().as_str()) {
             for target in targets {
                 visit(&mut recipients, target);
             }
         }
-        for (pattern, target) in &table.patterns {
+        for (pattern, targets) in &table.patterns {
             if wave.channel().matches(pattern) {
-                visit(&mut recipients, target);
+                for target in targets {
+                    visit(&mut recipients, target);
+                }
             }
         }
         let matched = recipients.len();
@@ -160,9 +197,9 @@ fn visit<'a>(recipients: &mut SmallVec<[Recipient<'a>; 4]>, target: &'a Target) 
     match target {
         Target::Inbox(_, inbox) => add_inbox(recipients, inbox),
         Target::Replies(_, mux) => recipients.push(Recipient::Replies(mux)),
-        Target::Group { members, next, .. } => {
-            let turn = next.fetch_add(1, Ordering::Relaxed) % members.len();
-            add_inbox(recipients, &members[turn].1);
+        Target::Group(group) => {
+            let turn = group.next.fetch_add(1, Ordering::Relaxed) % group.members.len();
+            add_inbox(recipients, &group.members[turn].1);
         }
     }
 }
