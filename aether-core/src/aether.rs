@@ -9,10 +9,16 @@ use std::{
     },
 };
 
+use tokio::sync::broadcast;
+
 use crate::{
-    AetherConfig, ConfigError, EmitError, EmitErrorKind, Wave,
+    AetherConfig, ConfigError, ConnectError, ConnectErrorKind, EmitError, EmitErrorKind,
+    ResonateError, ResonateErrorKind, Wave,
+    connection::{ConnectionEvent, ConnectionStatus},
     inbox::Inbox,
-    medium::{Listener, Medium, Routed, SubscriptionId, embedded::EmbeddedMedium},
+    medium::{
+        Listener, Medium, Routed, SubscriptionId, embedded::EmbeddedMedium, nats::NatsMedium,
+    },
     stats::{Counters, DropReason, StatsSnapshot},
     wave::unix_nanos,
 };
@@ -20,7 +26,8 @@ use crate::{
 /// A handle to an aether. Cheap to clone; every clone is the same aether.
 ///
 /// `Aether::default()` is the embedded medium with the default settings: in
-/// process, no network, no configuration.
+/// process, no network, no configuration. [`Aether::connect`] is the same
+/// aether over NATS, across processes and machines.
 ///
 /// ```
 /// use aether_core::{Aether, AetherConfig};
@@ -37,7 +44,7 @@ pub struct Aether {
 
 struct Inner {
     config: AetherConfig,
-    stats: Counters,
+    stats: Arc<Counters>,
     medium: Medium,
     closed: AtomicBool,
     /// Every live receive queue, to close them all with the aether.
@@ -49,15 +56,78 @@ impl Aether {
     /// out of range.
     pub fn new(config: AetherConfig) -> Result<Self, ConfigError> {
         config.validate()?;
-        Ok(Self {
+        let medium = Medium::Embedded(EmbeddedMedium::default());
+        Ok(Self::with_medium(config, Arc::default(), medium))
+    }
+
+    /// An aether over NATS, reaching the servers of `config.nats` (TLS and
+    /// credentials included). Vibrators work exactly as on the embedded
+    /// medium, across every process connected to the same servers with the
+    /// same `subject_prefix`.
+    ///
+    /// Fails if a setting is invalid, or if no server can be reached (unless
+    /// `nats.retry_on_initial_connect`). Once connected, the connection is
+    /// restored by itself after a loss: subscriptions come back, and waves
+    /// emitted meanwhile wait in the outbox ([`Aether::connection`]).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use aether_core::{Aether, AetherConfig, Vibrator, config::NatsConfig};
+    ///
+    /// let aether = Aether::connect(AetherConfig {
+    ///     nats: NatsConfig { urls: vec!["nats://127.0.0.1:4222".into()], ..Default::default() },
+    ///     ..Default::default()
+    /// })
+    /// .await?;
+    /// let shop = Vibrator::create("shop", &aether).await?;
+    /// shop.emit_wave("orders.created", serde_json::json!({"order_id": 7})).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(config: AetherConfig) -> Result<Self, ConnectError> {
+        config
+            .validate()
+            .map_err(|e| ConnectError::with_source(ConnectErrorKind::Config, e))?;
+        let stats = Arc::new(Counters::default());
+        let medium = Medium::Nats(Box::new(NatsMedium::connect(&config, stats.clone()).await?));
+        Ok(Self::with_medium(config, stats, medium))
+    }
+
+    fn with_medium(config: AetherConfig, stats: Arc<Counters>, medium: Medium) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 config,
-                stats: Counters::default(),
-                medium: Medium::Embedded(EmbeddedMedium::default()),
+                stats,
+                medium,
                 closed: AtomicBool::new(false),
                 inboxes: Mutex::new(HashMap::new()),
             }),
-        })
+        }
+    }
+
+    /// The connection to the medium now: state, reconnects, slow-consumer
+    /// events, malformed messages refused, outbox use. Read without locks.
+    pub fn connection(&self) -> ConnectionStatus {
+        match &self.inner.medium {
+            Medium::Embedded(_) => ConnectionStatus::embedded(),
+            Medium::Nats(nats) => nats.status(),
+        }
+    }
+
+    /// Every change of the connection from now on. The embedded medium has
+    /// none: its receiver ends at once.
+    pub fn connection_events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        match &self.inner.medium {
+            Medium::Embedded(_) => broadcast::channel(1).1,
+            Medium::Nats(nats) => nats.events(),
+        }
+    }
+
+    pub(crate) fn nats(&self) -> Option<&NatsMedium> {
+        match &self.inner.medium {
+            Medium::Nats(nats) => Some(nats),
+            Medium::Embedded(_) => None,
+        }
     }
 
     /// The settings it runs with.
@@ -74,6 +144,9 @@ impl Aether {
     /// `receive` returns the waves already queued, then `None`.
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
+        if let Medium::Nats(nats) = &self.inner.medium {
+            nats.close();
+        }
         let inboxes: Vec<Arc<Inbox>> = self
             .lock_inboxes()
             .drain()
@@ -107,21 +180,44 @@ impl Aether {
         self.lock_inboxes().remove(&id);
     }
 
-    pub(crate) fn subscribe(
+    pub(crate) async fn subscribe(
         &self,
         pattern: crate::Channel,
         listener: Listener,
-    ) -> Option<SubscriptionId> {
-        (!self.is_closed()).then(|| self.inner.medium.subscribe(pattern, listener))
+    ) -> Result<SubscriptionId, ResonateError> {
+        if self.is_closed() {
+            return Err(ResonateError::new(
+                ResonateErrorKind::Closed,
+                "the aether was closed; create a new one",
+            ));
+        }
+        match &self.inner.medium {
+            Medium::Embedded(m) => Ok(m.subscribe(pattern, listener)),
+            Medium::Nats(m) => m.subscribe(pattern, listener).await,
+        }
     }
 
     pub(crate) fn unsubscribe(&self, ids: &[SubscriptionId]) {
         self.inner.medium.unsubscribe(ids);
     }
 
-    /// Checks, measures and routes a stamped wave: the path every emit takes.
+    /// Checks, measures and routes a stamped wave on the embedded medium.
     #[inline]
-    pub(crate) fn dispatch(&self, mut wave: Wave, now_ns: u64) -> Result<Routed, EmitError> {
+    pub(crate) fn dispatch(&self, wave: Wave, now_ns: u64) -> Result<Routed, EmitError> {
+        let Some(wave) = self.admit(wave, now_ns)? else {
+            return Ok(Routed::default());
+        };
+        match &self.inner.medium {
+            Medium::Embedded(m) => Ok(m.route(wave, &self.inner.stats)),
+            Medium::Nats(_) => unreachable!("waves go to NATS through NatsMedium::publish"),
+        }
+    }
+
+    /// The checks every emit passes on every medium: `Err` if refused,
+    /// `Ok(None)` if accepted but dropped (and counted), else the wave
+    /// measured and ready to route.
+    #[inline]
+    pub(crate) fn admit(&self, mut wave: Wave, now_ns: u64) -> Result<Option<Wave>, EmitError> {
         if self.is_closed() {
             return Err(EmitError::new(
                 EmitErrorKind::Closed,
@@ -141,7 +237,7 @@ impl Aether {
         stats.emitted();
         if wave.propagation_count() > config.max_propagation {
             stats.dropped(DropReason::PropagationLimit);
-            return Ok(Routed::default());
+            return Ok(None);
         }
         if wave.propagation_count() > 0 || wave.decay_per_s() > 0.0 {
             let now = if now_ns == 0 { unix_nanos() } else { now_ns };
@@ -149,9 +245,9 @@ impl Aether {
         }
         if wave.amplitude().value() < config.min_amplitude {
             stats.dropped(DropReason::Expired);
-            return Ok(Routed::default());
+            return Ok(None);
         }
-        Ok(self.inner.medium.route(wave, stats))
+        Ok(Some(wave))
     }
 }
 
@@ -163,8 +259,12 @@ impl Default for Aether {
 
 impl fmt::Debug for Aether {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let medium = match &self.inner.medium {
+            Medium::Embedded(_) => "embedded",
+            Medium::Nats(_) => "nats",
+        };
         f.debug_struct("Aether")
-            .field("medium", &"embedded")
+            .field("medium", &medium)
             .field("closed", &self.is_closed())
             .field("config", &self.inner.config)
             .finish()

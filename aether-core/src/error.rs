@@ -102,6 +102,13 @@ kinds! {
         Payload => "payload error",
         /// The aether was closed.
         Closed => "aether closed",
+        /// Disconnected from NATS, and the outbox that keeps waves until the
+        /// connection is back is full. Retry later, or raise
+        /// `nats.outbox_capacity`.
+        OutboxFull => "outbox full",
+        /// The medium refused the wave (over NATS: larger than the server's
+        /// `max_payload`, or the connection is closed for good).
+        Medium => "medium error",
     }
 }
 
@@ -114,6 +121,9 @@ kinds! {
         InvalidGroup => "invalid group",
         /// The aether was closed.
         Closed => "aether closed",
+        /// The medium could not subscribe (over NATS: the connection is
+        /// closed for good).
+        Medium => "medium error",
     }
 }
 
@@ -128,6 +138,24 @@ kinds! {
         Emit => "request not emitted",
         /// The aether was closed.
         Closed => "aether closed",
+        /// The reply is not a valid wave (over NATS: a malformed envelope).
+        BadReply => "malformed reply",
+    }
+}
+
+kinds! {
+    /// Why an aether could not reach its medium.
+    ConnectErrorKind => ConnectError {
+        /// A setting is invalid.
+        Config => "invalid configuration",
+        /// A TLS file could not be read or used.
+        Tls => "TLS setup failed",
+        /// A credentials file could not be read.
+        Credentials => "credentials unusable",
+        /// The server refused the credentials.
+        Authorization => "not authorized",
+        /// No server answered (in time).
+        Unreachable => "no server reachable",
     }
 }
 
@@ -150,5 +178,26 @@ impl From<EmitError> for RequestError {
             _ => RequestErrorKind::Emit,
         };
         Self::with_source(kind, err)
+    }
+}
+
+kinds! {
+    /// Why a message body could not be read as a wave envelope
+    /// ([`crate::wire::decode`]).
+    WireErrorKind => WireError {
+        /// The first byte is not the envelope's magic byte (`0xAE`): the body
+        /// is not an Aether envelope.
+        BadMagic => "not an Aether envelope",
+        /// The envelope has a version this build does not read.
+        UnsupportedVersion => "unsupported envelope version",
+        /// The envelope sets flags its version does not define.
+        UnknownFlags => "unknown envelope flags",
+        /// The body ends before a field it announces.
+        Truncated => "truncated envelope",
+        /// The body is larger than the limit.
+        Oversized => "envelope too large",
+        /// A field holds a value out of range or malformed (amplitude, phase,
+        /// decay, source name, correlation key, reply channel).
+        InvalidField => "invalid envelope field",
     }
 }

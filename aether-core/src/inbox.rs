@@ -31,11 +31,13 @@ use std::{
     task::{Context, Poll},
 };
 
+use arc_swap::ArcSwap;
 use crossbeam_utils::CachePadded;
 use futures_util::task::AtomicWaker;
 
 use crate::{
-    Wave,
+    Channel, Wave,
+    medium::SubscriptionId,
     stats::{Counters, DropReason},
 };
 
@@ -64,6 +66,10 @@ pub(crate) struct Inbox {
     closed: AtomicBool,
     waker: CachePadded<AtomicWaker>,
     stats: CachePadded<Counters>,
+    /// The vibrator's own (not group) resonances, oldest first, for mediums
+    /// that deliver once per subscription (NATS): a wave is taken from the
+    /// oldest of them that hears it.
+    patterns: ArcSwap<Vec<(SubscriptionId, Channel)>>,
 }
 
 /// What every offer reads; written only when a setting changes.
@@ -98,10 +104,10 @@ impl State {
     }
 
     fn forget(&mut self, amplitude: f64) {
-        if let Some((min, n)) = self.weakest {
-            if amplitude == min {
-                self.weakest = (n > 1).then_some((min, n - 1));
-            }
+        if let Some((min, n)) = self.weakest
+            && amplitude == min
+        {
+            self.weakest = (n > 1).then_some((min, n - 1));
         }
     }
 
@@ -150,7 +156,40 @@ impl Inbox {
             closed: AtomicBool::new(false),
             waker: CachePadded::new(AtomicWaker::new()),
             stats: CachePadded::new(Counters::default()),
+            patterns: ArcSwap::default(),
         }
+    }
+
+    pub(crate) fn add_pattern(&self, id: SubscriptionId, pattern: Channel) {
+        self.patterns.rcu(|patterns| {
+            let mut patterns = Vec::clone(patterns);
+            patterns.push((id, pattern.clone()));
+            patterns
+        });
+    }
+
+    pub(crate) fn remove_pattern(&self, id: SubscriptionId) {
+        self.patterns.rcu(|patterns| {
+            let mut patterns = Vec::clone(patterns);
+            patterns.retain(|(other, _)| *other != id);
+            patterns
+        });
+    }
+
+    /// Whether a wave on `channel` that came through subscription `id` is
+    /// also heard through another of the vibrator's resonances, which then
+    /// delivers it: an older own resonance, or for a group subscription
+    /// (`grouped`) any own resonance.
+    pub(crate) fn heard_elsewhere(
+        &self,
+        channel: &Channel,
+        id: SubscriptionId,
+        grouped: bool,
+    ) -> bool {
+        self.patterns
+            .load()
+            .iter()
+            .any(|(other, pattern)| (grouped || other.0 < id.0) && channel.matches(pattern))
     }
 
     pub(crate) fn id(&self) -> u64 {

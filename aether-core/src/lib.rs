@@ -38,6 +38,9 @@
 //! | [`vibrator`] | a service's endpoint: emit, resonate, receive, request |
 //! | [`mod@aether`] | the medium handle and the emit path |
 //! | [`config`] | settings and their validation |
+//! | [`connection`] | the connection to NATS: state, events, outbox |
+//! | [`subject`] | how channels travel as NATS subjects |
+//! | [`wire`] | the binary envelope of a wave on the wire |
 //! | [`stats`] | lock-free counters of deliveries and drops |
 //! | [`error`] | typed errors per operation |
 
@@ -48,24 +51,63 @@ pub mod aether;
 pub mod attenuation;
 pub mod channel;
 pub mod config;
+pub mod connection;
 pub mod error;
 mod inbox;
 mod medium;
 mod reply;
+mod secret;
 pub mod stats;
+pub mod subject;
 pub mod vibrator;
 pub mod wave;
 
 pub use aether::Aether;
 pub use channel::{Channel, ChannelError};
 pub use config::{AetherConfig, ConfigError};
+pub use connection::{ConnectionEvent, ConnectionState, ConnectionStatus};
 pub use error::{
-    EmitError, EmitErrorKind, Error, RequestError, RequestErrorKind, ResonateError,
-    ResonateErrorKind, VibratorError, VibratorErrorKind,
+    ConnectError, ConnectErrorKind, EmitError, EmitErrorKind, Error, RequestError,
+    RequestErrorKind, ResonateError, ResonateErrorKind, VibratorError, VibratorErrorKind,
+    WireError, WireErrorKind,
 };
+pub use secret::Secret;
 pub use stats::{DropReason, StatsSnapshot};
 pub use vibrator::{Emitter, Vibrator, VibratorBuilder};
 pub use wave::{Amplitude, IntoPayload, Phase, Wave, WaveBuilder, WaveError, WaveId};
+
+/// The binary envelope of a wave: the body of its message on the wire (NATS).
+///
+/// Versioned and laid out byte by byte in ARCHITECTURE.md ("Wire format"),
+/// with test vectors in `aether-core/tests/vectors/wire/`, so a client in
+/// another language can emit and read waves. The channel is not in the
+/// envelope (it is the NATS subject), so [`decode`](wire::decode) is given it.
+///
+/// ```
+/// use aether_core::{Channel, Wave, wire};
+///
+/// let wave = Wave::builder("orders.created").amplitude(0.8).payload("hi").build()?;
+/// let body = wire::encode(&wave);
+/// assert_eq!(body.len(), wire::encoded_len(&wave));
+///
+/// let back = wire::decode(Channel::new("orders.created"), body, &wire::Limits::default())?;
+/// assert_eq!(back.amplitude().value(), 0.8);
+/// assert_eq!(&back.payload_bytes()[..], b"hi");
+///
+/// let err = wire::decode(Channel::new("orders.created"), "{}".into(), &wire::Limits::default());
+/// assert_eq!(err.unwrap_err().kind(), wire::WireErrorKind::BadMagic);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub mod wire {
+    pub use crate::error::{WireError, WireErrorKind};
+    #[doc(hidden)]
+    pub use crate::wave::wire::Parts;
+    pub use crate::wave::wire::{
+        DEFAULT_MAX_BODY_BYTES, FLAG_CORRELATION_KEY, FLAG_DECAY, FLAG_REPLY_TO, HEADER_LEN,
+        KNOWN_FLAGS, Limits, MAGIC, MAX_CORRELATION_KEY_LEN, MAX_SOURCE_LEN, VERSION, check,
+        decode, encode, encoded_len,
+    };
+}
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

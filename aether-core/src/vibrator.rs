@@ -232,7 +232,7 @@ impl Vibrator {
     /// Resonates on `pattern`: waves on matching channels are delivered to
     /// this vibrator, once each however many of its patterns match.
     pub async fn resonate_on(&mut self, pattern: impl Into<Channel>) -> Result<(), ResonateError> {
-        self.subscribe(pattern.into(), None)
+        self.subscribe(pattern.into(), None).await
     }
 
     /// Resonates on `pattern` as a member of `group`: each matching wave goes
@@ -243,10 +243,10 @@ impl Vibrator {
         group: &str,
     ) -> Result<(), ResonateError> {
         check_name(group, ResonateErrorKind::InvalidGroup, "group name")?;
-        self.subscribe(pattern.into(), Some(Arc::from(group)))
+        self.subscribe(pattern.into(), Some(Arc::from(group))).await
     }
 
-    fn subscribe(
+    async fn subscribe(
         &mut self,
         pattern: Channel,
         group: Option<Arc<str>>,
@@ -258,10 +258,7 @@ impl Vibrator {
             None => Listener::Inbox(self.inbox.clone()),
             Some(group) => Listener::Group(group.clone(), self.inbox.clone()),
         };
-        let id = self
-            .aether()
-            .subscribe(pattern.clone(), listener)
-            .ok_or_else(|| closed(ResonateErrorKind::Closed))?;
+        let id = self.aether().subscribe(pattern.clone(), listener).await?;
         self.subscriptions.push((pattern, group, id));
         Ok(())
     }
@@ -340,7 +337,7 @@ impl Vibrator {
 
     /// Emits `wave`; see [`Emitter::emit`].
     pub async fn emit(&self, wave: Wave) -> Result<WaveId, EmitError> {
-        self.emitter.send(wave).map(|(id, _)| id)
+        self.emitter.emit(wave).await
     }
 
     /// Emits a full-strength wave on `channel` carrying `payload` as JSON.
@@ -381,16 +378,19 @@ impl Vibrator {
         mut wave: Wave,
         timeout: Duration,
     ) -> Result<Wave, RequestError> {
-        let mux = self.reply_mux()?;
+        if let Some(nats) = self.aether().nats() {
+            let Some(wave) = self.emitter.admit(wave)?.1 else {
+                return Err(no_responders());
+            };
+            return nats.request(&wave, timeout).await;
+        }
+        let mux = self.reply_mux().await?;
         let (reply_to, token, reply) = mux.register();
         let forget = ForgetOnDrop { mux, token };
         wave.set_reply_to(reply_to);
         let (_, routed) = self.emitter.send(wave)?;
         if routed.matched == 0 {
-            return Err(RequestError::new(
-                RequestErrorKind::NoResponders,
-                "no vibrator resonates on the request's channel",
-            ));
+            return Err(no_responders());
         }
         let outcome = tokio::time::timeout(timeout, reply).await;
         drop(forget);
@@ -404,7 +404,7 @@ impl Vibrator {
         }
     }
 
-    fn reply_mux(&self) -> Result<&Arc<ReplyMux>, RequestError> {
+    async fn reply_mux(&self) -> Result<&Arc<ReplyMux>, RequestError> {
         if let Some((mux, _)) = self.replies.get() {
             return Ok(mux);
         }
@@ -412,13 +412,21 @@ impl Vibrator {
         let id = self
             .aether()
             .subscribe(mux.pattern(), Listener::Replies(mux.clone()))
-            .ok_or_else(|| closed(RequestErrorKind::Closed))?;
+            .await
+            .map_err(|_| closed(RequestErrorKind::Closed))?;
         if let Err((_, id)) = self.replies.set((mux, id)) {
             // Another request got there first; keep its subscription.
             self.aether().unsubscribe(&[id]);
         }
         Ok(&self.replies.get().expect("set above").0)
     }
+}
+
+fn no_responders() -> RequestError {
+    RequestError::new(
+        RequestErrorKind::NoResponders,
+        "no vibrator resonates on the request's channel",
+    )
 }
 
 /// Removes a request's waiter when the request ends, however it ends.
@@ -447,11 +455,18 @@ impl Emitter {
     /// `max_propagation` hops, or already weaker than `min_amplitude`, is
     /// accepted but dropped and counted, as DESIGN.md's attenuation rules say.
     pub async fn emit(&self, wave: Wave) -> Result<WaveId, EmitError> {
-        self.send(wave).map(|(id, _)| id)
+        let Some(nats) = self.aether.nats() else {
+            return self.send(wave).map(|(id, _)| id);
+        };
+        let (id, admitted) = self.admit(wave)?;
+        if let Some(wave) = admitted {
+            nats.publish(&wave).await?;
+        }
+        Ok(id)
     }
 
-    /// The emit path, without an `async` layer: a wave is moved as few times
-    /// as possible on its way into a receive queue.
+    /// The embedded emit path, without an `async` layer: a wave is moved as
+    /// few times as possible on its way into a receive queue.
     #[inline]
     fn send(&self, mut wave: Wave) -> Result<(WaveId, crate::medium::Routed), EmitError> {
         let now_ns = unix_nanos();
@@ -460,6 +475,17 @@ impl Emitter {
         let routed = self.aether.dispatch(wave, now_ns)?;
         self.inbox.stats().emitted();
         Ok((id, routed))
+    }
+
+    /// Stamps and checks a wave for a medium that routes elsewhere (NATS):
+    /// its id, and the wave unless it was dropped (and counted).
+    fn admit(&self, mut wave: Wave) -> Result<(WaveId, Option<Wave>), EmitError> {
+        let now_ns = unix_nanos();
+        wave.stamp_emission(&self.name, self.id, now_ns);
+        let id = wave.id();
+        let admitted = self.aether.admit(wave, now_ns)?;
+        self.inbox.stats().emitted();
+        Ok((id, admitted))
     }
 
     /// Emits a full-strength wave on `channel` carrying `payload` as JSON.

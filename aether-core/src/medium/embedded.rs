@@ -16,13 +16,8 @@ use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use smol_str::SmolStr;
 
-use super::{Listener, Routed, SubscriptionId};
-use crate::{
-    Channel, Wave,
-    inbox::{Inbox, Offer},
-    reply::ReplyMux,
-    stats::{Counters, DropReason},
-};
+use super::{Listener, Routed, SubscriptionId, offer_counted};
+use crate::{Channel, Wave, inbox::Inbox, reply::ReplyMux, stats::Counters};
 
 /// The routing table is read on every emit and changed only when someone
 /// resonates or stops: emitters read an immutable snapshot without any lock
@@ -216,15 +211,9 @@ fn add_inbox<'a>(recipients: &mut SmallVec<[Recipient<'a>; 4]>, inbox: &'a Arc<I
 #[inline]
 fn deliver(recipient: Recipient<'_>, wave: Wave, stats: &Counters) {
     match recipient {
-        Recipient::Inbox(inbox) => match inbox.offer(wave) {
-            Offer::Queued => stats.delivered(),
-            Offer::QueuedShedding => {
-                stats.delivered();
-                stats.dropped(DropReason::QueueFull);
-            }
-            Offer::Dropped(reason) => stats.dropped(reason),
-            Offer::SkippedOwn | Offer::Closed => {}
-        },
+        Recipient::Inbox(inbox) => {
+            offer_counted(inbox, wave, stats);
+        }
         Recipient::Replies(mux) => {
             if mux.complete(wave) {
                 stats.delivered();

@@ -7,10 +7,16 @@
 //! and noise floor and shedding in the receive queue after.
 
 pub(crate) mod embedded;
+pub(crate) mod nats;
 
 use std::sync::Arc;
 
-use crate::{Channel, Wave, inbox::Inbox, reply::ReplyMux};
+use crate::{
+    Wave,
+    inbox::{Inbox, Offer},
+    reply::ReplyMux,
+    stats::{Counters, DropReason},
+};
 
 /// Identifies one subscription on a medium.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,25 +44,32 @@ pub(crate) struct Routed {
 /// The medium of an aether.
 pub(crate) enum Medium {
     Embedded(embedded::EmbeddedMedium),
+    /// Boxed: one per aether, and much larger than the embedded table.
+    Nats(Box<nats::NatsMedium>),
 }
 
 impl Medium {
-    pub(crate) fn subscribe(&self, pattern: Channel, listener: Listener) -> SubscriptionId {
-        match self {
-            Medium::Embedded(m) => m.subscribe(pattern, listener),
-        }
-    }
-
     pub(crate) fn unsubscribe(&self, ids: &[SubscriptionId]) {
         match self {
             Medium::Embedded(m) => m.unsubscribe(ids),
+            Medium::Nats(m) => m.unsubscribe(ids),
         }
     }
+}
 
-    #[inline]
-    pub(crate) fn route(&self, wave: Wave, stats: &crate::stats::Counters) -> Routed {
-        match self {
-            Medium::Embedded(m) => m.route(wave, stats),
+/// Offers `wave` to `inbox`, counting the outcome in `stats`; `false` if the
+/// vibrator is gone.
+#[inline]
+pub(crate) fn offer_counted(inbox: &Inbox, wave: Wave, stats: &Counters) -> bool {
+    match inbox.offer(wave) {
+        Offer::Queued => stats.delivered(),
+        Offer::QueuedShedding => {
+            stats.delivered();
+            stats.dropped(DropReason::QueueFull);
         }
+        Offer::Dropped(reason) => stats.dropped(reason),
+        Offer::SkippedOwn => {}
+        Offer::Closed => return false,
     }
+    true
 }

@@ -21,6 +21,7 @@
 mod amplitude;
 mod id;
 mod payload;
+pub(crate) mod wire;
 
 use std::{fmt, sync::Arc, time::Duration};
 

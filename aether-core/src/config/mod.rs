@@ -1,8 +1,12 @@
 //! Configuration of an aether.
 
+mod nats;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use nats::{NatsAuth, NatsConfig, NatsTls};
 
 use crate::attenuation::DEFAULT_ATTENUATION_FACTOR;
 
@@ -44,6 +48,9 @@ pub struct AetherConfig {
     pub default_noise_floor: f64,
     /// Timeout of requests made without one, in milliseconds. Default 5000.
     pub request_timeout_ms: u64,
+    /// How [`Aether::connect`](crate::Aether::connect) reaches NATS (not
+    /// used by the embedded medium).
+    pub nats: NatsConfig,
 }
 
 impl Default for AetherConfig {
@@ -55,6 +62,7 @@ impl Default for AetherConfig {
             min_amplitude: 0.01,
             default_noise_floor: 0.0,
             request_timeout_ms: 5000,
+            nats: NatsConfig::default(),
         }
     }
 }
@@ -62,13 +70,6 @@ impl Default for AetherConfig {
 impl AetherConfig {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let check = |ok: bool, key: &'static str, value: String, rule: &'static str| {
-            if ok {
-                Ok(())
-            } else {
-                Err(ConfigError { key, value, rule })
-            }
-        };
         check(
             (1..=10_000_000).contains(&self.channel_buffer_size),
             "channel_buffer_size",
@@ -104,12 +105,27 @@ impl AetherConfig {
             "request_timeout_ms",
             self.request_timeout_ms.to_string(),
             "must be at least 1",
-        )
+        )?;
+        self.nats.validate()
     }
 
     /// [`AetherConfig::request_timeout_ms`] as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// `Ok` if `ok`, else the error naming `key`, its `value` and the `rule`.
+fn check(
+    ok: bool,
+    key: &'static str,
+    value: String,
+    rule: &'static str,
+) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError { key, value, rule })
     }
 }
 

@@ -1,0 +1,220 @@
+//! Settings of the NATS medium.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, check};
+use crate::{Channel, Secret};
+
+/// How an aether reaches NATS: [`Aether::connect`](crate::Aether::connect)
+/// reads it from [`AetherConfig::nats`](crate::AetherConfig::nats).
+///
+/// ```
+/// use aether_core::{AetherConfig, config::NatsConfig};
+///
+/// let config = AetherConfig {
+///     nats: NatsConfig {
+///         urls: vec!["nats://10.0.0.1:4222".into(), "nats://10.0.0.2:4222".into()],
+///         subject_prefix: "shop".into(),
+///         ..Default::default()
+///     },
+///     ..Default::default()
+/// };
+/// config.validate()?;
+/// # Ok::<(), aether_core::ConfigError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Servers of one cluster; the client picks one and fails over to the
+    /// others. Default `["nats://127.0.0.1:4222"]`.
+    pub urls: Vec<String>,
+    /// Every channel `c` travels on the subject `<subject_prefix>.c`, so
+    /// several aethers can share one NATS account. Tokens of a channel,
+    /// no wildcards. Default `aether`.
+    pub subject_prefix: String,
+    /// The connection's name, shown by the server's monitoring.
+    pub connection_name: Option<String>,
+    /// Waves kept while disconnected, sent in order on reconnect; when it is
+    /// full, `emit` fails with `OutboxFull`. Default 10,000.
+    pub outbox_capacity: usize,
+    /// Messages the client may hold for one subscription before the server
+    /// connection drops them (counted as slow-consumer events). Waves are
+    /// moved from there into the vibrator's queue as they come, so this only
+    /// absorbs bursts. Default 262,144.
+    pub subscription_capacity: usize,
+    /// Commands (publishes, subscribes) queued for the connection before
+    /// `emit` waits. Default 65,536.
+    pub client_capacity: usize,
+    /// Time allowed to connect to one server, in milliseconds. Default 5000.
+    pub connect_timeout_ms: u64,
+    /// How often the client pings the server, in milliseconds; two missed
+    /// pongs mark the connection dead. Default 10,000.
+    pub ping_interval_ms: u64,
+    /// Longest wait between reconnect attempts, in milliseconds (the delay
+    /// grows up to it). Default 2000.
+    pub reconnect_delay_max_ms: u64,
+    /// Reconnect attempts before giving up; none = forever (default).
+    pub max_reconnects: Option<usize>,
+    /// Keep trying when no server answers at start, instead of failing.
+    /// Default false.
+    pub retry_on_initial_connect: bool,
+    /// Largest message body (envelope and payload) accepted off the wire,
+    /// in bytes. Default 1 MiB (the server's default `max_payload`).
+    pub max_wave_bytes: usize,
+    /// TLS to the servers.
+    pub tls: NatsTls,
+    /// Credentials, at most one kind.
+    pub auth: NatsAuth,
+}
+
+/// TLS settings: server verification against `ca_file` (or the system's
+/// roots), and a client certificate for mutual TLS.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsTls {
+    /// Refuse to talk without TLS. Implied by any file below or a `tls://`
+    /// URL.
+    pub required: bool,
+    /// PEM file of the certificate authorities that sign the servers.
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate (mutual TLS), with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of the client key, with `cert_file`.
+    pub key_file: Option<PathBuf>,
+}
+
+/// Credentials for the servers. Secrets print as `[redacted]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsAuth {
+    /// A token.
+    pub token: Option<Secret>,
+    /// A user name, with `password`.
+    pub user: Option<String>,
+    /// The user's password.
+    pub password: Option<Secret>,
+    /// An NKey seed (`SU...`).
+    pub nkey_seed: Option<Secret>,
+    /// A `.creds` file (JWT and NKey seed) from `nsc`.
+    pub credentials_file: Option<PathBuf>,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            urls: vec!["nats://127.0.0.1:4222".to_string()],
+            subject_prefix: "aether".to_string(),
+            connection_name: None,
+            outbox_capacity: 10_000,
+            subscription_capacity: 262_144,
+            client_capacity: 65_536,
+            connect_timeout_ms: 5000,
+            ping_interval_ms: 10_000,
+            reconnect_delay_max_ms: 2000,
+            max_reconnects: None,
+            retry_on_initial_connect: false,
+            max_wave_bytes: 1_048_576,
+            tls: NatsTls::default(),
+            auth: NatsAuth::default(),
+        }
+    }
+}
+
+impl NatsConfig {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            !self.urls.is_empty(),
+            "nats.urls",
+            "[]".into(),
+            "must name at least one server",
+        )?;
+        for url in &self.urls {
+            check(
+                url.parse::<async_nats::ServerAddr>().is_ok(),
+                "nats.urls",
+                url.clone(),
+                "is not a server address (nats://host:port or tls://host:port)",
+            )?;
+        }
+        let prefix = Channel::new(self.subject_prefix.as_str());
+        check(
+            prefix.validate_concrete().is_ok() && !self.subject_prefix.starts_with("_INBOX"),
+            "nats.subject_prefix",
+            self.subject_prefix.clone(),
+            "must be channel tokens ([A-Za-z0-9_-], dot-separated) without wildcards",
+        )?;
+        for (key, value) in [
+            ("nats.outbox_capacity", self.outbox_capacity),
+            ("nats.subscription_capacity", self.subscription_capacity),
+            ("nats.client_capacity", self.client_capacity),
+        ] {
+            check(
+                (1..=100_000_000).contains(&value),
+                key,
+                value.to_string(),
+                "must be between 1 and 100000000",
+            )?;
+        }
+        for (key, value) in [
+            ("nats.connect_timeout_ms", self.connect_timeout_ms),
+            ("nats.ping_interval_ms", self.ping_interval_ms),
+            ("nats.reconnect_delay_max_ms", self.reconnect_delay_max_ms),
+        ] {
+            check(value > 0, key, value.to_string(), "must be at least 1")?;
+        }
+        check(
+            self.max_wave_bytes >= crate::wire::HEADER_LEN,
+            "nats.max_wave_bytes",
+            self.max_wave_bytes.to_string(),
+            "must hold at least the envelope header (63 bytes)",
+        )?;
+        check(
+            self.tls.cert_file.is_some() == self.tls.key_file.is_some(),
+            "nats.tls.cert_file",
+            format!("{:?}", self.tls.cert_file),
+            "and nats.tls.key_file must be given together",
+        )?;
+        let auth = &self.auth;
+        let kinds = [
+            auth.token.is_some(),
+            auth.user.is_some() || auth.password.is_some(),
+            auth.nkey_seed.is_some(),
+            auth.credentials_file.is_some(),
+        ];
+        check(
+            kinds.iter().filter(|k| **k).count() <= 1,
+            "nats.auth",
+            "several kinds".into(),
+            "must use one of token, user/password, nkey_seed, credentials_file",
+        )?;
+        check(
+            auth.user.is_some() == auth.password.is_some(),
+            "nats.auth.user",
+            format!("{:?}", auth.user),
+            "and nats.auth.password must be given together",
+        )
+    }
+
+    /// Whether TLS is asked for, by a setting or a `tls://` URL.
+    pub fn tls_required(&self) -> bool {
+        self.tls.required
+            || self.tls.ca_file.is_some()
+            || self.tls.cert_file.is_some()
+            || self.urls.iter().any(|u| u.starts_with("tls://"))
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub(crate) fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+
+    pub(crate) fn reconnect_delay_max(&self) -> Duration {
+        Duration::from_millis(self.reconnect_delay_max_ms)
+    }
+}

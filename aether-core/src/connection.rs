@@ -1,0 +1,144 @@
+//! The life of an aether's connection to its medium, for operators.
+//!
+//! [`Aether::connection`](crate::Aether::connection) gives a
+//! [`ConnectionStatus`] at any time, read without locks;
+//! [`Aether::connection_events`](crate::Aether::connection_events) follows
+//! every change as a [`ConnectionEvent`].
+
+use std::{
+    fmt,
+    sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed},
+};
+
+/// Whether an aether can reach its medium.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnectionState {
+    /// In process: the embedded medium is always there.
+    Embedded,
+    /// Connected to a NATS server.
+    Connected,
+    /// Not connected (yet or any more): waves wait in the outbox.
+    Disconnected,
+    /// Closed for good.
+    Closed,
+}
+
+impl ConnectionState {
+    /// A short snake_case name, fit for a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionState::Embedded => "embedded",
+            ConnectionState::Connected => "connected",
+            ConnectionState::Disconnected => "disconnected",
+            ConnectionState::Closed => "closed",
+        }
+    }
+}
+
+impl fmt::Display for ConnectionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Something that happened to the connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionEvent {
+    /// Connected (or reconnected) to a server; subscriptions are restored.
+    Connected,
+    /// The connection was lost; the client is reconnecting.
+    Disconnected,
+    /// The outbox was sent after a reconnect: this many waves, in order.
+    OutboxFlushed(usize),
+    /// The client dropped a message for a subscription whose buffer was
+    /// full (a slow consumer).
+    SlowConsumer,
+    /// The server is shutting down gracefully (lame duck mode).
+    LameDuck,
+    /// The server reported an error (authorization, permissions, ...).
+    ServerError(String),
+    /// The connection was closed for good.
+    Closed,
+}
+
+/// The connection at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionStatus {
+    /// The state now.
+    pub state: ConnectionState,
+    /// Times the connection was lost.
+    pub disconnects: u64,
+    /// Times it was (re)established, the first connect included.
+    pub connects: u64,
+    /// Messages the client dropped because a subscription's buffer was full
+    /// (each one reported by the client as a slow-consumer event).
+    pub slow_consumer_events: u64,
+    /// Messages that arrived but were not valid waves (malformed, truncated,
+    /// oversized, unknown version), refused and counted.
+    pub malformed: u64,
+    /// Waves waiting in the outbox for the connection to come back.
+    pub outbox_len: usize,
+    /// Most waves the outbox keeps.
+    pub outbox_capacity: usize,
+    /// Waves sent from the outbox after reconnects.
+    pub outbox_flushed: u64,
+}
+
+impl ConnectionStatus {
+    /// The status of an embedded aether.
+    pub(crate) fn embedded() -> Self {
+        Self {
+            state: ConnectionState::Embedded,
+            disconnects: 0,
+            connects: 0,
+            slow_consumer_events: 0,
+            malformed: 0,
+            outbox_len: 0,
+            outbox_capacity: 0,
+            outbox_flushed: 0,
+        }
+    }
+}
+
+/// Counters behind a [`ConnectionStatus`].
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionCounters {
+    pub(crate) state: AtomicU8,
+    pub(crate) disconnects: AtomicU64,
+    pub(crate) connects: AtomicU64,
+    pub(crate) slow_consumer_events: AtomicU64,
+    pub(crate) malformed: AtomicU64,
+    pub(crate) outbox_flushed: AtomicU64,
+    pub(crate) outbox_len: AtomicUsize,
+}
+
+impl ConnectionCounters {
+    pub(crate) fn set_state(&self, state: ConnectionState) {
+        self.state.store(state as u8, Relaxed);
+    }
+
+    pub(crate) fn state(&self) -> ConnectionState {
+        match self.state.load(Relaxed) {
+            s if s == ConnectionState::Connected as u8 => ConnectionState::Connected,
+            s if s == ConnectionState::Closed as u8 => ConnectionState::Closed,
+            s if s == ConnectionState::Embedded as u8 => ConnectionState::Embedded,
+            _ => ConnectionState::Disconnected,
+        }
+    }
+
+    pub(crate) fn snapshot(&self, outbox_capacity: usize) -> ConnectionStatus {
+        ConnectionStatus {
+            state: self.state(),
+            disconnects: self.disconnects.load(Relaxed),
+            connects: self.connects.load(Relaxed),
+            slow_consumer_events: self.slow_consumer_events.load(Relaxed),
+            malformed: self.malformed.load(Relaxed),
+            outbox_len: self.outbox_len.load(Relaxed),
+            outbox_capacity,
+            outbox_flushed: self.outbox_flushed.load(Relaxed),
+        }
+    }
+}

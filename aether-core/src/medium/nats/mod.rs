@@ -1,0 +1,480 @@
+//! The NATS medium: the same aether across processes and machines.
+//!
+//! One async-nats client (one connection, failing over between the cluster's
+//! servers) per aether. An emit encodes the wave's envelope
+//! ([`crate::wire`]) and publishes it on the channel's subject
+//! ([`crate::subject`]); while disconnected it waits in the [`outbox`]. Each
+//! resonance is a NATS subscription (a queue subscription for a group) with
+//! a task that moves its messages into the vibrator's receive queue as they
+//! come: decoding, measuring the wave on arrival, and counting what it
+//! refuses. The receive queue, not the client's buffer, is where a slow
+//! vibrator sheds, weakest first; the client's buffer is sized so it only
+//! absorbs bursts, and any drop there is counted as a slow-consumer event.
+//! Requests use NATS request/reply (with the server's "no responders").
+
+mod outbox;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_nats::{Client, ConnectOptions, Event, Message, Subscriber, connection::State};
+use futures_util::StreamExt;
+use tokio::{
+    sync::{Notify, broadcast},
+    task::AbortHandle,
+};
+
+use self::outbox::Outbox;
+use super::{Listener, SubscriptionId, offer_counted};
+use crate::{
+    AetherConfig, Channel, ConnectError, ConnectErrorKind, EmitError, EmitErrorKind, RequestError,
+    RequestErrorKind, ResonateError, ResonateErrorKind, Wave,
+    connection::{ConnectionCounters, ConnectionEvent, ConnectionState, ConnectionStatus},
+    inbox::Inbox,
+    stats::{Counters, DropReason},
+    subject, wire,
+};
+
+/// Waves refused off the wire are logged at most this often per aether.
+const MALFORMED_LOG_EVERY: u64 = 1000;
+
+pub(crate) struct NatsMedium {
+    client: Client,
+    shared: Arc<Shared>,
+    /// Each subscription's task (whose end unsubscribes) and queue.
+    subscriptions: Mutex<HashMap<SubscriptionId, (AbortHandle, Arc<Inbox>)>>,
+    next_id: AtomicU64,
+    flusher: AbortHandle,
+}
+
+/// What the connection's event handler, the flusher and the subscription
+/// tasks share with the medium.
+struct Shared {
+    prefix: String,
+    config: AetherConfig,
+    limits: wire::Limits,
+    stats: Arc<Counters>,
+    counters: ConnectionCounters,
+    events: broadcast::Sender<ConnectionEvent>,
+    outbox: Outbox,
+    wake_flusher: Notify,
+}
+
+impl NatsMedium {
+    /// Connects to the servers of `config.nats`.
+    pub(crate) async fn connect(
+        config: &AetherConfig,
+        stats: Arc<Counters>,
+    ) -> Result<Self, ConnectError> {
+        let nats = &config.nats;
+        let (events, _) = broadcast::channel(1024);
+        let shared = Arc::new(Shared {
+            prefix: nats.subject_prefix.clone(),
+            config: config.clone(),
+            limits: wire::Limits {
+                max_body_bytes: nats.max_wave_bytes,
+            },
+            stats,
+            counters: ConnectionCounters::default(),
+            events,
+            outbox: Outbox::new(nats.outbox_capacity),
+            wake_flusher: Notify::new(),
+        });
+        shared.counters.set_state(ConnectionState::Disconnected);
+        let options = options(config, &shared).await?;
+        let servers = nats
+            .urls
+            .iter()
+            .map(|url| url.parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConnectError::with_source(ConnectErrorKind::Config, e))?;
+        let client = options.connect(servers).await.map_err(|e| {
+            use async_nats::ConnectErrorKind as K;
+            let kind = match e.kind() {
+                K::Authentication | K::AuthorizationViolation => ConnectErrorKind::Authorization,
+                K::Tls => ConnectErrorKind::Tls,
+                K::ServerParse => ConnectErrorKind::Config,
+                _ => ConnectErrorKind::Unreachable,
+            };
+            ConnectError::with_source(kind, e)
+        })?;
+        if client.connection_state() == State::Connected {
+            shared.counters.set_state(ConnectionState::Connected);
+        }
+        let flusher = tokio::spawn(flush_on_reconnect(client.clone(), shared.clone()));
+        Ok(Self {
+            client,
+            shared,
+            subscriptions: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            flusher: flusher.abort_handle(),
+        })
+    }
+
+    pub(crate) fn status(&self) -> ConnectionStatus {
+        self.shared.counters.snapshot(self.shared.outbox.capacity())
+    }
+
+    pub(crate) fn events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Publishes an admitted wave, or keeps it in the outbox while the
+    /// connection is down.
+    pub(crate) async fn publish(&self, wave: &Wave) -> Result<(), EmitError> {
+        let shared = &*self.shared;
+        let subject = subject::channel_subject(&shared.prefix, wave.channel());
+        let body = wire::encode(wave);
+        if self.client.connection_state() == State::Connected
+            && shared.outbox.is_idle(&shared.counters)
+        {
+            return self
+                .client
+                .publish(subject, body)
+                .await
+                .map_err(|e| EmitError::with_source(EmitErrorKind::Medium, e));
+        }
+        shared
+            .outbox
+            .push((subject, body), &shared.counters)
+            .map_err(|_| {
+                EmitError::new(
+                    EmitErrorKind::OutboxFull,
+                    format!(
+                        "disconnected from NATS and the outbox holds {} waves already; \
+                         retry later or raise nats.outbox_capacity",
+                        shared.outbox.capacity()
+                    ),
+                )
+            })?;
+        // The connection may have come back (and the flusher finished)
+        // between the check and the push: make sure this wave is not left.
+        if self.client.connection_state() == State::Connected {
+            shared.wake_flusher.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Emits `wave` as a NATS request and waits for the first reply.
+    pub(crate) async fn request(
+        &self,
+        wave: &Wave,
+        timeout: Duration,
+    ) -> Result<Wave, RequestError> {
+        let shared = &*self.shared;
+        let subject = subject::channel_subject(&shared.prefix, wave.channel());
+        let request = async_nats::Request::new()
+            .payload(wire::encode(wave))
+            .timeout(Some(timeout));
+        let reply = self
+            .client
+            .send_request(subject, request)
+            .await
+            .map_err(|e| {
+                use async_nats::RequestErrorKind as K;
+                match e.kind() {
+                    K::NoResponders => RequestError::new(
+                        RequestErrorKind::NoResponders,
+                        "no vibrator resonates on the request's channel",
+                    ),
+                    K::TimedOut => RequestError::new(
+                        RequestErrorKind::TimedOut,
+                        format!("no reply within {timeout:?}"),
+                    ),
+                    _ => RequestError::with_source(RequestErrorKind::Emit, e),
+                }
+            })?;
+        let channel = subject::subject_channel(&shared.prefix, &reply.subject)
+            .unwrap_or_else(|| wave.channel().clone());
+        let mut reply = wire::decode(channel, reply.payload, &shared.limits).map_err(|e| {
+            shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            RequestError::with_source(RequestErrorKind::BadReply, e)
+        })?;
+        reply.measure(crate::wave::unix_nanos(), shared.config.attenuation_factor);
+        shared.stats.delivered();
+        Ok(reply)
+    }
+
+    /// Subscribes `listener` to `pattern`.
+    pub(crate) async fn subscribe(
+        &self,
+        pattern: Channel,
+        listener: Listener,
+    ) -> Result<SubscriptionId, ResonateError> {
+        let id = SubscriptionId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let subject = subject::pattern_subject(&self.shared.prefix, &pattern);
+        let (subscriber, inbox, grouped) = match listener {
+            Listener::Inbox(inbox) => (self.client.subscribe(subject).await, inbox, false),
+            Listener::Group(group, inbox) => (
+                self.client
+                    .queue_subscribe(subject, group.to_string())
+                    .await,
+                inbox,
+                true,
+            ),
+            Listener::Replies(_) => {
+                unreachable!("requests over NATS use NATS request/reply, not a reply listener")
+            }
+        };
+        let subscriber =
+            subscriber.map_err(|e| ResonateError::with_source(ResonateErrorKind::Medium, e))?;
+        if !grouped {
+            inbox.add_pattern(id, pattern);
+        }
+        let task = tokio::spawn(forward(
+            subscriber,
+            self.shared.clone(),
+            inbox.clone(),
+            id,
+            grouped,
+        ));
+        self.lock_subscriptions()
+            .insert(id, (task.abort_handle(), inbox));
+        Ok(id)
+    }
+
+    pub(crate) fn unsubscribe(&self, ids: &[SubscriptionId]) {
+        let mut subscriptions = self.lock_subscriptions();
+        for id in ids {
+            // Dropping the subscriber (with its task) unsubscribes.
+            if let Some((task, inbox)) = subscriptions.remove(id) {
+                task.abort();
+                inbox.remove_pattern(*id);
+            }
+        }
+    }
+
+    /// Stops every subscription and the flusher.
+    pub(crate) fn close(&self) {
+        for (_, (task, _)) in self.lock_subscriptions().drain() {
+            task.abort();
+        }
+        self.flusher.abort();
+        self.shared.counters.set_state(ConnectionState::Closed);
+    }
+
+    fn lock_subscriptions(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<SubscriptionId, (AbortHandle, Arc<Inbox>)>> {
+        self.subscriptions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for NatsMedium {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The client's options from the configuration.
+async fn options(
+    config: &AetherConfig,
+    shared: &Arc<Shared>,
+) -> Result<ConnectOptions, ConnectError> {
+    let nats = &config.nats;
+    let max_delay = nats.reconnect_delay_max();
+    let events = shared.clone();
+    let mut options = ConnectOptions::new()
+        .subscription_capacity(nats.subscription_capacity)
+        .client_capacity(nats.client_capacity)
+        .connection_timeout(nats.connect_timeout())
+        .ping_interval(nats.ping_interval())
+        .request_timeout(Some(config.request_timeout()))
+        // Reply subjects are channels under the prefix, so a replier emits
+        // its reply like any wave.
+        .custom_inbox_prefix(format!("{}._INBOX", nats.subject_prefix))
+        .max_reconnects(nats.max_reconnects)
+        .reconnect_delay_callback(move |attempts| {
+            let exponent = attempts.min(16) as u32;
+            Duration::from_millis(10u64 << exponent).min(max_delay)
+        })
+        .event_callback(move |event| {
+            let shared = events.clone();
+            async move { shared.on_event(event) }
+        });
+    if let Some(name) = &nats.connection_name {
+        options = options.name(name);
+    }
+    if nats.retry_on_initial_connect {
+        options = options.retry_on_initial_connect();
+    }
+    if nats.tls_required() {
+        options = options.require_tls(true);
+    }
+    if let Some(ca) = &nats.tls.ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&nats.tls.cert_file, &nats.tls.key_file) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    let auth = &nats.auth;
+    if let Some(token) = &auth.token {
+        options = options.token(token.expose().to_string());
+    }
+    if let (Some(user), Some(password)) = (&auth.user, &auth.password) {
+        options = options.user_and_password(user.clone(), password.expose().to_string());
+    }
+    if let Some(seed) = &auth.nkey_seed {
+        options = options.nkey(seed.expose().to_string());
+    }
+    if let Some(path) = &auth.credentials_file {
+        options = options.credentials_file(path).await.map_err(|e| {
+            ConnectError::new(
+                ConnectErrorKind::Credentials,
+                format!("cannot use credentials file {}: {e}", path.display()),
+            )
+        })?;
+    }
+    Ok(options)
+}
+
+impl Shared {
+    fn on_event(&self, event: Event) {
+        let counters = &self.counters;
+        let ours = match event {
+            Event::Connected => {
+                counters.connects.fetch_add(1, Ordering::Relaxed);
+                counters.set_state(ConnectionState::Connected);
+                self.wake_flusher.notify_one();
+                tracing::info!("connected to NATS");
+                ConnectionEvent::Connected
+            }
+            Event::Disconnected => {
+                counters.disconnects.fetch_add(1, Ordering::Relaxed);
+                counters.set_state(ConnectionState::Disconnected);
+                tracing::warn!("disconnected from NATS; reconnecting");
+                ConnectionEvent::Disconnected
+            }
+            Event::SlowConsumer(sid) => {
+                counters
+                    .slow_consumer_events
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(sid, "slow consumer: the client dropped a message");
+                ConnectionEvent::SlowConsumer
+            }
+            Event::LameDuckMode => {
+                tracing::warn!("NATS server entered lame duck mode");
+                ConnectionEvent::LameDuck
+            }
+            Event::ServerError(error) => {
+                tracing::warn!(%error, "NATS server error");
+                ConnectionEvent::ServerError(error.to_string())
+            }
+            Event::Closed => {
+                counters.set_state(ConnectionState::Closed);
+                ConnectionEvent::Closed
+            }
+            Event::Draining | Event::ClientError(_) => {
+                tracing::debug!(%event, "NATS client event");
+                return;
+            }
+        };
+        // Nobody listening is fine.
+        let _ = self.events.send(ours);
+    }
+
+    /// Counts and (sparingly) logs a message that is not a valid wave.
+    fn refuse(&self, subject: &str, error: &dyn std::fmt::Display) {
+        let n = self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+        if n.is_multiple_of(MALFORMED_LOG_EVERY) {
+            tracing::warn!(subject, %error, refused = n + 1, "refused a message that is not a valid wave");
+        }
+    }
+}
+
+/// Sends the outbox, in order, each time the connection comes back.
+async fn flush_on_reconnect(client: Client, shared: Arc<Shared>) {
+    loop {
+        shared.wake_flusher.notified().await;
+        if client.connection_state() != State::Connected {
+            continue;
+        }
+        shared.outbox.start_flush();
+        let mut sent = 0;
+        while let Some(item) = shared.outbox.next_to_flush(&shared.counters) {
+            let (subject, body) = item.clone();
+            if let Err(error) = client.publish(subject, body).await {
+                tracing::warn!(%error, "could not flush the outbox; keeping the waves");
+                shared.outbox.put_back(item, &shared.counters);
+                break;
+            }
+            sent += 1;
+        }
+        if sent > 0 {
+            shared
+                .counters
+                .outbox_flushed
+                .fetch_add(sent as u64, Ordering::Relaxed);
+            let _ = shared.events.send(ConnectionEvent::OutboxFlushed(sent));
+        }
+    }
+}
+
+/// Moves a subscription's messages into the vibrator's queue.
+async fn forward(
+    mut subscriber: Subscriber,
+    shared: Arc<Shared>,
+    inbox: Arc<Inbox>,
+    id: SubscriptionId,
+    grouped: bool,
+) {
+    while let Some(message) = subscriber.next().await {
+        if !arrive(&shared, &inbox, id, grouped, message) {
+            break;
+        }
+    }
+}
+
+/// Takes one message off the wire; `false` once the vibrator is gone.
+fn arrive(
+    shared: &Shared,
+    inbox: &Inbox,
+    id: SubscriptionId,
+    grouped: bool,
+    message: Message,
+) -> bool {
+    let Some(channel) = subject::subject_channel(&shared.prefix, &message.subject) else {
+        shared.refuse(
+            &message.subject,
+            &"the subject is not a channel of this aether",
+        );
+        return true;
+    };
+    let mut wave = match wire::decode(channel, message.payload, &shared.limits) {
+        Ok(wave) => wave,
+        Err(error) => {
+            shared.refuse(&message.subject, &error);
+            return true;
+        }
+    };
+    // Another of this vibrator's resonances hears the wave too: it is
+    // delivered there, once.
+    if inbox.heard_elsewhere(wave.channel(), id, grouped) {
+        return true;
+    }
+    if let Some(reply) = &message.reply
+        && let Some(reply_to) = subject::subject_channel(&shared.prefix, reply)
+    {
+        wave.set_reply_to(reply_to);
+    }
+    let config = &shared.config;
+    let stats = &*shared.stats;
+    if wave.propagation_count() > config.max_propagation {
+        stats.dropped(DropReason::PropagationLimit);
+        return true;
+    }
+    if wave.propagation_count() > 0 || wave.decay_per_s() > 0.0 {
+        wave.measure(crate::wave::unix_nanos(), config.attenuation_factor);
+    }
+    if wave.amplitude().value() < config.min_amplitude {
+        stats.dropped(DropReason::Expired);
+        return true;
+    }
+    offer_counted(inbox, wave, stats)
+}

@@ -1,0 +1,953 @@
+//! The versioned binary envelope of a wave: the body of a NATS message.
+//!
+//! Laid out byte by byte in ARCHITECTURE.md ("Wire format"), with the test
+//! vectors in `tests/vectors/wire/`. The channel is not in the envelope: it
+//! travels as the NATS subject (an opaque token when frequency hopping), so
+//! [`decode`] is given it.
+//!
+//! This module lives under `wave` so that it reads and sets the fields of
+//! [`Wave`] directly. Decoding is split in two: `decode` frames the body
+//! (magic, version, flags, lengths, truncation) into a `Raw` of borrowed
+//! slices, and `Raw::build` checks every value and makes the wave. The test
+//! helper `Parts::into_wave` goes through the same `build`, so the rules a
+//! decoded wave obeys are written once.
+//!
+//! Decoding never panics: every read goes through `Reader::take`, which
+//! checks bounds with `get` and checked additions.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use smol_str::SmolStr;
+
+use super::{Amplitude, Extras, Phase, Wave, WaveId};
+use crate::{
+    Channel,
+    channel::is_token_char,
+    error::{WireError, WireErrorKind},
+};
+
+/// The first byte of every envelope.
+pub const MAGIC: u8 = 0xAE;
+
+/// The envelope version this build writes and reads.
+pub const VERSION: u8 = 1;
+
+/// Length of the fixed part of the envelope, up to and including the source
+/// name length byte.
+pub const HEADER_LEN: usize = 63;
+
+/// Flag bit 0: the time decay section (`decay_per_s`, `amplified_at`) follows
+/// the source name.
+pub const FLAG_DECAY: u16 = 1 << 0;
+
+/// Flag bit 1: the correlation key section follows.
+pub const FLAG_CORRELATION_KEY: u16 = 1 << 1;
+
+/// Flag bit 2: the reply channel section follows.
+pub const FLAG_REPLY_TO: u16 = 1 << 2;
+
+/// The flags version 1 knows; any other bit set is refused
+/// ([`WireErrorKind::UnknownFlags`]).
+pub const KNOWN_FLAGS: u16 = FLAG_DECAY | FLAG_CORRELATION_KEY | FLAG_REPLY_TO;
+
+/// The longest source name, in bytes (the vibrator name limit).
+pub const MAX_SOURCE_LEN: usize = crate::vibrator::MAX_NAME_BYTES;
+
+/// The longest correlation key, in bytes.
+pub const MAX_CORRELATION_KEY_LEN: usize = 256;
+
+/// The default [`Limits::max_body_bytes`]: 1 MiB, NATS's default
+/// `max_payload`.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1_048_576;
+
+// The source length is one byte on the wire.
+const _: () = assert!(MAX_SOURCE_LEN <= u8::MAX as usize);
+
+/// Offsets of the fixed fields.
+const AT_FLAGS: usize = 2;
+const AT_SOURCE_LEN: usize = 62;
+
+/// What [`decode`] accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest body decoded, in bytes; a larger one is refused as
+    /// [`WireErrorKind::Oversized`]. Default [`DEFAULT_MAX_BODY_BYTES`].
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- encoding
+
+/// The variable sections of a wave as they go on the wire.
+struct Sections<'a> {
+    source: &'a [u8],
+    decay: Option<(f64, u64)>,
+    key: Option<&'a [u8]>,
+    reply_to: Option<&'a [u8]>,
+}
+
+impl<'a> Sections<'a> {
+    fn of(wave: &'a Wave) -> Self {
+        let source = wave
+            .source
+            .as_deref()
+            .filter(|s| source_problem(s.as_bytes()).is_none())
+            .map_or(&[][..], str::as_bytes);
+        let Some(extras) = wave.extras.as_deref() else {
+            return Self {
+                source,
+                decay: None,
+                key: None,
+                reply_to: None,
+            };
+        };
+        let decay = (extras.decay_per_s.to_bits() != 0 || extras.amplified_at_ns != 0)
+            .then_some((extras.decay_per_s, extras.amplified_at_ns));
+        let key = extras
+            .correlation_key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .map(|k| truncate_at_char_boundary(k, MAX_CORRELATION_KEY_LEN).as_bytes());
+        let reply_to = extras
+            .reply_to
+            .as_ref()
+            .filter(|c| c.validate_concrete().is_ok())
+            .map(|c| c.as_str().as_bytes());
+        Self {
+            source,
+            decay,
+            key,
+            reply_to,
+        }
+    }
+
+    fn flags(&self) -> u16 {
+        let mut flags = 0;
+        if self.decay.is_some() {
+            flags |= FLAG_DECAY;
+        }
+        if self.key.is_some() {
+            flags |= FLAG_CORRELATION_KEY;
+        }
+        if self.reply_to.is_some() {
+            flags |= FLAG_REPLY_TO;
+        }
+        flags
+    }
+
+    fn len(&self, payload_len: usize) -> usize {
+        HEADER_LEN
+            + self.source.len()
+            + self.decay.map_or(0, |_| 16)
+            + self.key.map_or(0, |k| 2 + k.len())
+            + self.reply_to.map_or(0, |r| 2 + r.len())
+            + payload_len
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character
+/// boundary.
+fn truncate_at_char_boundary(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The length in bytes of `encode(wave)`.
+pub fn encoded_len(wave: &Wave) -> usize {
+    Sections::of(wave).len(wave.payload.len())
+}
+
+/// The envelope of `wave`: the body of its NATS message.
+///
+/// One allocation of exactly [`encoded_len`] bytes; the payload is copied
+/// once. The channel is not written (it is the NATS subject).
+///
+/// Encoding never fails. A wave the builder and the emit path accept always
+/// travels exactly, with one exception that [`check`] reports: a correlation
+/// key the wire cannot carry. An empty key is written as no key (the receiver
+/// reads the channel as the key), and one longer than
+/// [`MAX_CORRELATION_KEY_LEN`] bytes is cut at the last character boundary
+/// within it. (A source name or reply channel that is not valid is left out;
+/// the public API cannot make one.)
+pub fn encode(wave: &Wave) -> Bytes {
+    let sections = Sections::of(wave);
+    let len = sections.len(wave.payload.len());
+    let mut out = Vec::with_capacity(len);
+    out.push(MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&sections.flags().to_le_bytes());
+    out.extend_from_slice(&wave.id.as_u128().to_be_bytes());
+    out.extend_from_slice(&wave.emitted_at_ns.to_le_bytes());
+    out.extend_from_slice(&wave.origin.to_le_bytes());
+    out.extend_from_slice(&wave.amplitude.value().to_le_bytes());
+    out.extend_from_slice(&wave.source_amplitude.value().to_le_bytes());
+    out.extend_from_slice(&wave.phase.radians().to_le_bytes());
+    out.extend_from_slice(&wave.hops.to_le_bytes());
+    // At most MAX_SOURCE_LEN (64) bytes: Sections::of keeps valid names only.
+    out.push(sections.source.len() as u8);
+    out.extend_from_slice(sections.source);
+    if let Some((decay_per_s, amplified_at_ns)) = sections.decay {
+        out.extend_from_slice(&decay_per_s.to_le_bytes());
+        out.extend_from_slice(&amplified_at_ns.to_le_bytes());
+    }
+    // Keys are at most 256 bytes and reply channels are valid (at most 256
+    // bytes), so both lengths fit in a u16.
+    if let Some(key) = sections.key {
+        out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        out.extend_from_slice(key);
+    }
+    if let Some(reply_to) = sections.reply_to {
+        out.extend_from_slice(&(reply_to.len() as u16).to_le_bytes());
+        out.extend_from_slice(reply_to);
+    }
+    out.extend_from_slice(&wave.payload);
+    debug_assert_eq!(out.len(), len);
+    debug_assert_eq!(out.capacity(), len);
+    Bytes::from(out)
+}
+
+/// `Ok` if [`encode`] carries `wave` exactly; otherwise an
+/// [`WireErrorKind::InvalidField`] error saying what it would change (an empty
+/// correlation key, or one longer than [`MAX_CORRELATION_KEY_LEN`] bytes).
+/// A medium calls it before sending to refuse such a wave instead.
+pub fn check(wave: &Wave) -> Result<(), WireError> {
+    let source = wave.source.as_deref().map(str::as_bytes);
+    if let Some(problem) = source.and_then(source_problem) {
+        return Err(invalid(problem));
+    }
+    if let Some(extras) = wave.extras.as_deref() {
+        if let Some(key) = extras.correlation_key.as_deref() {
+            key_length_problem(key.len()).map_or(Ok(()), |p| Err(invalid(p)))?;
+        }
+        if let Some(reply_to) = &extras.reply_to {
+            reply_to
+                .validate_concrete()
+                .map_err(|e| invalid(format!("reply channel: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- decoding
+
+/// Reads `body` as an envelope into a wave on `channel` (the NATS subject it
+/// came on).
+///
+/// The payload of the wave is a slice of `body` (no copy). A body that is
+/// larger than `limits` allows, not an envelope, of another version, with
+/// unknown flags, cut short, or with a value out of range is refused with the
+/// matching [`WireErrorKind`] and a message naming the field and the value.
+/// Never panics, whatever the bytes.
+pub fn decode(channel: Channel, body: Bytes, limits: &Limits) -> Result<Wave, WireError> {
+    let len = body.len();
+    if len > limits.max_body_bytes {
+        return Err(WireError::new(
+            WireErrorKind::Oversized,
+            format!(
+                "body is {len} bytes, the limit is {} (Limits::max_body_bytes)",
+                limits.max_body_bytes
+            ),
+        ));
+    }
+    let mut reader = Reader { body: &body, at: 0 };
+    let [magic] = reader.array("magic byte")?;
+    if magic != MAGIC {
+        return Err(WireError::new(
+            WireErrorKind::BadMagic,
+            format!("first byte is {magic:#04x}, an Aether envelope starts with {MAGIC:#04x}"),
+        ));
+    }
+    let [version] = reader.array("version")?;
+    if version != VERSION {
+        return Err(WireError::new(
+            WireErrorKind::UnsupportedVersion,
+            format!("envelope version {version}; this build reads version {VERSION}"),
+        ));
+    }
+    let flags = u16::from_le_bytes(reader.array("flags")?);
+    if flags & !KNOWN_FLAGS != 0 {
+        return Err(WireError::new(
+            WireErrorKind::UnknownFlags,
+            format!(
+                "flags {flags:#06x} hold unknown bits {:#06x} (version {VERSION} knows {KNOWN_FLAGS:#06x})",
+                flags & !KNOWN_FLAGS
+            ),
+        ));
+    }
+    if len < HEADER_LEN {
+        return Err(WireError::new(
+            WireErrorKind::Truncated,
+            format!("body is {len} bytes, shorter than the {HEADER_LEN}-byte header"),
+        ));
+    }
+    debug_assert_eq!(reader.at, AT_FLAGS + 2);
+    let id = u128::from_be_bytes(reader.array("wave id")?);
+    let emitted_at_ns = u64::from_le_bytes(reader.array("emitted_at")?);
+    let origin = u64::from_le_bytes(reader.array("origin")?);
+    let amplitude = f64::from_le_bytes(reader.array("amplitude")?);
+    let source_amplitude = f64::from_le_bytes(reader.array("source amplitude")?);
+    let phase = f64::from_le_bytes(reader.array("phase")?);
+    let hops = u16::from_le_bytes(reader.array("hops")?);
+    debug_assert_eq!(reader.at, AT_SOURCE_LEN);
+    let [source_len] = reader.array("source name length")?;
+    let source_len = usize::from(source_len);
+    if source_len > MAX_SOURCE_LEN {
+        return Err(invalid(format!(
+            "source name length {source_len} is over the limit of {MAX_SOURCE_LEN} bytes"
+        )));
+    }
+    let source = reader.take(source_len, "source name")?;
+    let decay = if flags & FLAG_DECAY != 0 {
+        let decay_per_s = f64::from_le_bytes(reader.array("decay_per_s")?);
+        let amplified_at_ns = u64::from_le_bytes(reader.array("amplified_at")?);
+        Some((decay_per_s, amplified_at_ns))
+    } else {
+        None
+    };
+    let key = if flags & FLAG_CORRELATION_KEY != 0 {
+        let key_len = usize::from(u16::from_le_bytes(reader.array("correlation key length")?));
+        if let Some(problem) = key_length_problem(key_len) {
+            return Err(invalid(problem));
+        }
+        Some(reader.take(key_len, "correlation key")?)
+    } else {
+        None
+    };
+    let reply_to = if flags & FLAG_REPLY_TO != 0 {
+        let reply_len = usize::from(u16::from_le_bytes(reader.array("reply channel length")?));
+        if reply_len > crate::channel::MAX_BYTES {
+            return Err(invalid(format!(
+                "reply channel length {reply_len} is over the limit of {} bytes",
+                crate::channel::MAX_BYTES
+            )));
+        }
+        Some(reader.take(reply_len, "reply channel")?)
+    } else {
+        None
+    };
+    let payload_start = reader.at;
+    Raw {
+        id,
+        emitted_at_ns,
+        origin,
+        amplitude,
+        source_amplitude,
+        phase,
+        hops,
+        source,
+        decay,
+        key,
+        reply_to,
+    }
+    .build(channel, body.slice(payload_start..))
+}
+
+/// A cursor over the body whose reads are all bounds-checked.
+struct Reader<'a> {
+    body: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// The next `n` bytes, or `Truncated` naming `field`.
+    fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8], WireError> {
+        let bytes = self
+            .at
+            .checked_add(n)
+            .and_then(|end| self.body.get(self.at..end));
+        match bytes {
+            Some(bytes) => {
+                self.at += n;
+                Ok(bytes)
+            }
+            None => Err(WireError::new(
+                WireErrorKind::Truncated,
+                format!(
+                    "{field} needs {n} bytes at offset {}, but the body ends at {}",
+                    self.at,
+                    self.body.len()
+                ),
+            )),
+        }
+    }
+
+    /// The next `N` bytes as an array.
+    fn array<const N: usize>(&mut self, field: &str) -> Result<[u8; N], WireError> {
+        let bytes = self.take(N, field)?;
+        <[u8; N]>::try_from(bytes).map_err(|_| {
+            WireError::new(WireErrorKind::Truncated, format!("{field} needs {N} bytes"))
+        })
+    }
+}
+
+/// The fields of an envelope, framed but not yet checked.
+struct Raw<'a> {
+    id: u128,
+    emitted_at_ns: u64,
+    origin: u64,
+    amplitude: f64,
+    source_amplitude: f64,
+    phase: f64,
+    hops: u16,
+    /// Empty: no source.
+    source: &'a [u8],
+    decay: Option<(f64, u64)>,
+    key: Option<&'a [u8]>,
+    reply_to: Option<&'a [u8]>,
+}
+
+impl Raw<'_> {
+    /// Checks every value and makes the wave; the one place the rules of a
+    /// decoded wave are written.
+    fn build(self, channel: Channel, payload: Bytes) -> Result<Wave, WireError> {
+        let amplitude = unit_amplitude("amplitude", self.amplitude)?;
+        let source_amplitude = unit_amplitude("source amplitude", self.source_amplitude)?;
+        // Only angles already in [0, 2π) are accepted, so `Phase::new` keeps
+        // the value bit for bit.
+        if !(0.0..std::f64::consts::TAU).contains(&self.phase) {
+            return Err(invalid(format!("phase {} is outside [0, 2π)", self.phase)));
+        }
+        let phase = Phase::new(self.phase)
+            .map_err(|_| invalid(format!("phase {} is outside [0, 2π)", self.phase)))?;
+        let source = if self.source.is_empty() {
+            None
+        } else {
+            if let Some(problem) = source_problem(self.source) {
+                return Err(invalid(problem));
+            }
+            // The alphabet is ASCII, so the bytes are UTF-8.
+            let text = std::str::from_utf8(self.source)
+                .map_err(|_| invalid("source name is not UTF-8".to_string()))?;
+            Some(SmolStr::new(text))
+        };
+        let bad_decay = self.decay.filter(|(d, _)| !(d.is_finite() && *d >= 0.0));
+        if let Some((decay_per_s, _)) = bad_decay {
+            return Err(invalid(format!(
+                "decay_per_s {decay_per_s} is invalid: it must be a finite number >= 0"
+            )));
+        }
+        let correlation_key = match self.key {
+            None => None,
+            Some(key) => {
+                if let Some(problem) = key_length_problem(key.len()) {
+                    return Err(invalid(problem));
+                }
+                let text = std::str::from_utf8(key).map_err(|e| {
+                    invalid(format!(
+                        "correlation key is not valid UTF-8 (from byte {} of {})",
+                        e.valid_up_to(),
+                        key.len()
+                    ))
+                })?;
+                Some(SmolStr::new(text))
+            }
+        };
+        let reply_to = match self.reply_to {
+            None => None,
+            Some(reply_to) => {
+                let text = std::str::from_utf8(reply_to).map_err(|e| {
+                    invalid(format!(
+                        "reply channel is not valid UTF-8 (from byte {} of {})",
+                        e.valid_up_to(),
+                        reply_to.len()
+                    ))
+                })?;
+                let channel = Channel::new(text);
+                channel
+                    .validate_concrete()
+                    .map_err(|e| invalid(format!("reply channel: {e}")))?;
+                Some(channel)
+            }
+        };
+        let extras = (self.decay.is_some() || correlation_key.is_some() || reply_to.is_some())
+            .then(|| {
+                let (decay_per_s, amplified_at_ns) = self.decay.unwrap_or((0.0, 0));
+                Arc::new(Extras {
+                    decay_per_s,
+                    amplified_at_ns,
+                    correlation_key,
+                    reply_to,
+                })
+            });
+        Ok(Wave {
+            payload,
+            channel,
+            source,
+            id: WaveId::from_u128(self.id),
+            amplitude,
+            source_amplitude,
+            phase,
+            emitted_at_ns: self.emitted_at_ns,
+            origin: self.origin,
+            hops: self.hops,
+            extras,
+        })
+    }
+}
+
+fn invalid(message: String) -> WireError {
+    WireError::new(WireErrorKind::InvalidField, message)
+}
+
+fn unit_amplitude(field: &str, value: f64) -> Result<Amplitude, WireError> {
+    Amplitude::new(value).map_err(|_| invalid(format!("{field} {value} is outside [0, 1]")))
+}
+
+/// Why `name` is not a source name (`A-Z a-z 0-9 _ - .`, 1 to 64 bytes).
+fn source_problem(name: &[u8]) -> Option<String> {
+    if name.is_empty() {
+        return Some("source name is empty".to_string());
+    }
+    if name.len() > MAX_SOURCE_LEN {
+        return Some(format!(
+            "source name length {} is over the limit of {MAX_SOURCE_LEN} bytes",
+            name.len()
+        ));
+    }
+    name.iter()
+        .position(|&b| !(is_token_char(char::from(b)) || b == b'.'))
+        .map(|i| {
+            format!(
+                "source name {:?} has byte {:#04x} at {i}; use A-Z a-z 0-9 _ - .",
+                String::from_utf8_lossy(name),
+                name[i]
+            )
+        })
+}
+
+/// Why a correlation key of `len` bytes cannot travel.
+fn key_length_problem(len: usize) -> Option<String> {
+    if len == 0 {
+        Some(format!(
+            "correlation key length is 0; it must be 1 to {MAX_CORRELATION_KEY_LEN} bytes \
+             (no key: leave the flag off)"
+        ))
+    } else if len > MAX_CORRELATION_KEY_LEN {
+        Some(format!(
+            "correlation key length {len} is over the limit of {MAX_CORRELATION_KEY_LEN} bytes"
+        ))
+    } else {
+        None
+    }
+}
+
+// ---------------------------------------------------------------- test help
+
+/// Every field of a wave but its channel, as plain values: for tests, which
+/// build waves with any id, origin or clock and compare waves field by field.
+///
+/// Not part of the supported API.
+#[doc(hidden)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parts {
+    /// The wave id as a number.
+    pub id: u128,
+    /// Unix ns of emission, 0 if not emitted.
+    pub emitted_at_ns: u64,
+    /// Emitter instance id, 0 if unknown.
+    pub origin: u64,
+    /// Amplitude as last measured.
+    pub amplitude: f64,
+    /// Amplitude at emission (`a0`).
+    pub source_amplitude: f64,
+    /// Phase in radians.
+    pub phase: f64,
+    /// Hop count.
+    pub hops: u16,
+    /// Source name.
+    pub source: Option<String>,
+    /// Time decay per second.
+    pub decay_per_s: f64,
+    /// Unix ns the decay clock restarted, 0 = at emission.
+    pub amplified_at_ns: u64,
+    /// Correlation key as set (not defaulted to the channel).
+    pub correlation_key: Option<String>,
+    /// Reply channel.
+    pub reply_to: Option<String>,
+    /// Payload bytes.
+    pub payload: Bytes,
+}
+
+impl Default for Parts {
+    /// The fields of `Wave::new(channel, ())`.
+    fn default() -> Self {
+        Self {
+            id: 0,
+            emitted_at_ns: 0,
+            origin: 0,
+            amplitude: 1.0,
+            source_amplitude: 1.0,
+            phase: 0.0,
+            hops: 0,
+            source: None,
+            decay_per_s: 0.0,
+            amplified_at_ns: 0,
+            correlation_key: None,
+            reply_to: None,
+            payload: Bytes::new(),
+        }
+    }
+}
+
+impl Parts {
+    /// The fields of `wave`.
+    pub fn of(wave: &Wave) -> Self {
+        let extras = wave.extras.as_deref();
+        Self {
+            id: wave.id.as_u128(),
+            emitted_at_ns: wave.emitted_at_ns,
+            origin: wave.origin,
+            amplitude: wave.amplitude.value(),
+            source_amplitude: wave.source_amplitude.value(),
+            phase: wave.phase.radians(),
+            hops: wave.hops,
+            source: wave.source.as_ref().map(ToString::to_string),
+            decay_per_s: extras.map_or(0.0, |e| e.decay_per_s),
+            amplified_at_ns: extras.map_or(0, |e| e.amplified_at_ns),
+            correlation_key: extras
+                .and_then(|e| e.correlation_key.as_ref())
+                .map(ToString::to_string),
+            reply_to: extras
+                .and_then(|e| e.reply_to.as_ref())
+                .map(|c| c.as_str().to_string()),
+            payload: wave.payload.clone(),
+        }
+    }
+
+    /// A wave on `channel` with these fields, checked exactly as [`decode`]
+    /// checks them.
+    pub fn into_wave(self, channel: Channel) -> Result<Wave, WireError> {
+        let decay = (self.decay_per_s.to_bits() != 0 || self.amplified_at_ns != 0)
+            .then_some((self.decay_per_s, self.amplified_at_ns));
+        if self.source.as_deref() == Some("") {
+            return Err(invalid("source name is empty".to_string()));
+        }
+        Raw {
+            id: self.id,
+            emitted_at_ns: self.emitted_at_ns,
+            origin: self.origin,
+            amplitude: self.amplitude,
+            source_amplitude: self.source_amplitude,
+            phase: self.phase,
+            hops: self.hops,
+            source: self.source.as_deref().map_or(&[][..], str::as_bytes),
+            decay,
+            key: self.correlation_key.as_deref().map(str::as_bytes),
+            reply_to: self.reply_to.as_deref().map(str::as_bytes),
+        }
+        .build(channel, self.payload)
+    }
+
+    /// Whether every field equals `other`'s, floats compared bit for bit.
+    pub fn same_as(&self, other: &Parts) -> bool {
+        self.id == other.id
+            && self.emitted_at_ns == other.emitted_at_ns
+            && self.origin == other.origin
+            && self.amplitude.to_bits() == other.amplitude.to_bits()
+            && self.source_amplitude.to_bits() == other.source_amplitude.to_bits()
+            && self.phase.to_bits() == other.phase.to_bits()
+            && self.hops == other.hops
+            && self.source == other.source
+            && self.decay_per_s.to_bits() == other.decay_per_s.to_bits()
+            && self.amplified_at_ns == other.amplified_at_ns
+            && self.correlation_key == other.correlation_key
+            && self.reply_to == other.reply_to
+            && self.payload == other.payload
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(body: &[u8]) -> WireErrorKind {
+        decode(
+            Channel::new("a"),
+            Bytes::copy_from_slice(body),
+            &Limits::default(),
+        )
+        .expect_err("decoded")
+        .kind()
+    }
+
+    fn message(body: &[u8]) -> String {
+        decode(
+            Channel::new("a"),
+            Bytes::copy_from_slice(body),
+            &Limits::default(),
+        )
+        .expect_err("decoded")
+        .to_string()
+    }
+
+    fn full() -> Wave {
+        Parts {
+            id: 0x0194_a8df_647b_0000_1234_0000_0000_0042,
+            emitted_at_ns: 1_738_000_000_123_456_789,
+            origin: 7,
+            amplitude: 0.5,
+            source_amplitude: 0.7,
+            phase: std::f64::consts::PI,
+            hops: 2,
+            source: Some("shop".into()),
+            decay_per_s: 0.25,
+            amplified_at_ns: 1_738_000_001_000_000_000,
+            correlation_key: Some("order-42".into()),
+            reply_to: Some("_reply.shop.1".into()),
+            payload: Bytes::from_static(br#"{"order_id":42}"#),
+        }
+        .into_wave(Channel::new("orders.cancelled"))
+        .unwrap()
+    }
+
+    /// Offsets in the envelope of `full()`.
+    const AT_DECAY: usize = HEADER_LEN + 4;
+    const AT_KEY_LEN: usize = AT_DECAY + 16;
+    const AT_REPLY_LEN: usize = AT_KEY_LEN + 2 + 8;
+
+    fn full_body() -> Vec<u8> {
+        encode(&full()).to_vec()
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field() {
+        let wave = full();
+        let body = encode(&wave);
+        assert_eq!(body.len(), encoded_len(&wave));
+        assert_eq!(body[0], MAGIC);
+        assert_eq!(body[1], VERSION);
+        assert_eq!(
+            u16::from_le_bytes([body[2], body[3]]),
+            FLAG_DECAY | FLAG_CORRELATION_KEY | FLAG_REPLY_TO
+        );
+        let back = decode(
+            Channel::new("orders.cancelled"),
+            body.clone(),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert!(Parts::of(&back).same_as(&Parts::of(&wave)));
+        assert_eq!(back.channel().as_str(), "orders.cancelled");
+        assert_eq!(
+            back.payload_bytes().as_ptr(),
+            body[body.len() - back.payload_bytes().len()..].as_ptr()
+        );
+        assert!(check(&wave).is_ok());
+    }
+
+    #[test]
+    fn minimal_wave_is_the_header() {
+        let body = encode(&Wave::new("a", ()));
+        assert_eq!(body.len(), HEADER_LEN);
+        let back = decode(Channel::new("a"), body, &Limits::default()).unwrap();
+        assert!(back.extras.is_none());
+        assert_eq!(back.correlation_key(), "a");
+    }
+
+    #[test]
+    fn oversized() {
+        let body = full_body();
+        let limits = Limits {
+            max_body_bytes: body.len() - 1,
+        };
+        let err = decode(Channel::new("a"), Bytes::from(body.clone()), &limits).unwrap_err();
+        assert_eq!(err.kind(), WireErrorKind::Oversized);
+        assert!(err.to_string().contains("limit is"), "{err}");
+        let limits = Limits {
+            max_body_bytes: body.len(),
+        };
+        assert!(decode(Channel::new("a"), Bytes::from(body), &limits).is_ok());
+        assert_eq!(Limits::default().max_body_bytes, 1_048_576);
+    }
+
+    #[test]
+    fn bad_magic() {
+        let mut body = full_body();
+        body[0] = b'{';
+        assert_eq!(kind(&body), WireErrorKind::BadMagic);
+        assert!(message(&body).contains("0x7b"), "{}", message(&body));
+        assert_eq!(kind(b"x"), WireErrorKind::BadMagic);
+    }
+
+    #[test]
+    fn unsupported_version() {
+        let mut body = full_body();
+        for version in [0, 2, 255] {
+            body[1] = version;
+            assert_eq!(kind(&body), WireErrorKind::UnsupportedVersion);
+            // A version is reported as such however short the body.
+            assert_eq!(kind(&body[..2]), WireErrorKind::UnsupportedVersion);
+        }
+        assert!(message(&body).contains("version 255"));
+    }
+
+    #[test]
+    fn unknown_flags() {
+        for bit in 3..16 {
+            let mut body = encode(&Wave::new("a", ())).to_vec();
+            body[2..4].copy_from_slice(&(1u16 << bit).to_le_bytes());
+            assert_eq!(kind(&body), WireErrorKind::UnknownFlags, "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn truncated() {
+        let body = full_body();
+        // Every cut inside the sections is truncated; the payload may be cut
+        // anywhere (it is the rest of the body).
+        let payload_start = body.len() - full().payload_bytes().len();
+        for cut in 0..payload_start {
+            assert_eq!(kind(&body[..cut]), WireErrorKind::Truncated, "cut {cut}");
+        }
+        for cut in payload_start..=body.len() {
+            let back = decode(
+                Channel::new("a"),
+                Bytes::copy_from_slice(&body[..cut]),
+                &Limits::default(),
+            )
+            .unwrap();
+            assert_eq!(back.payload_bytes().len(), cut - payload_start);
+        }
+        assert!(message(&body[..10]).contains("shorter than the 63-byte header"));
+        assert!(message(&body[..HEADER_LEN + 2]).contains("source name needs 4 bytes"));
+    }
+
+    #[test]
+    fn invalid_fields() {
+        let set = |at: usize, bytes: &[u8]| {
+            let mut body = full_body();
+            body[at..at + bytes.len()].copy_from_slice(bytes);
+            body
+        };
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                set(36, &1.5f64.to_le_bytes()),
+                "amplitude 1.5 is outside [0, 1]",
+            ),
+            (
+                set(36, &f64::NAN.to_le_bytes()),
+                "amplitude NaN is outside [0, 1]",
+            ),
+            (
+                set(44, &(-0.5f64).to_le_bytes()),
+                "source amplitude -0.5 is outside [0, 1]",
+            ),
+            (
+                set(52, &std::f64::consts::TAU.to_le_bytes()),
+                "phase 6.283185307179586 is outside [0, 2π)",
+            ),
+            (
+                set(52, &(-1.0f64).to_le_bytes()),
+                "phase -1 is outside [0, 2π)",
+            ),
+            (
+                set(52, &f64::INFINITY.to_le_bytes()),
+                "phase inf is outside",
+            ),
+            (
+                set(AT_SOURCE_LEN, &[65]),
+                "source name length 65 is over the limit of 64",
+            ),
+            (
+                set(HEADER_LEN + 1, b" "),
+                "source name \"s op\" has byte 0x20 at 1",
+            ),
+            (
+                set(HEADER_LEN, &[0xff]),
+                "source name \"\u{fffd}hop\" has byte 0xff at 0",
+            ),
+            (
+                set(AT_DECAY, &(-1.0f64).to_le_bytes()),
+                "decay_per_s -1 is invalid",
+            ),
+            (
+                set(AT_DECAY, &f64::NAN.to_le_bytes()),
+                "decay_per_s NaN is invalid",
+            ),
+            (set(AT_KEY_LEN, &[0, 0]), "correlation key length is 0"),
+            (
+                set(AT_KEY_LEN, &257u16.to_le_bytes()),
+                "correlation key length 257 is over the limit of 256",
+            ),
+            (
+                set(AT_KEY_LEN + 2, &[0xc3]),
+                "correlation key is not valid UTF-8",
+            ),
+            (set(AT_REPLY_LEN, &[0, 0]), "reply channel: "),
+            (
+                set(AT_REPLY_LEN, &300u16.to_le_bytes()),
+                "reply channel length 300 is over the limit",
+            ),
+            (set(AT_REPLY_LEN + 2 + 7, b"*"), "reply channel: "),
+            (
+                set(AT_REPLY_LEN + 2, &[0xff]),
+                "reply channel is not valid UTF-8",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = decode(Channel::new("a"), Bytes::from(body), &Limits::default())
+                .expect_err(expected);
+            assert_eq!(err.kind(), WireErrorKind::InvalidField, "{err}");
+            assert!(
+                err.to_string().contains(expected),
+                "{err} lacks {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_the_wire_cannot_carry() {
+        let long = "é".repeat(200); // 400 bytes
+        let wave = Wave::builder("a").correlation_key(&long).build().unwrap();
+        assert_eq!(
+            check(&wave).unwrap_err().kind(),
+            WireErrorKind::InvalidField
+        );
+        let back = decode(Channel::new("a"), encode(&wave), &Limits::default()).unwrap();
+        assert_eq!(back.correlation_key(), "é".repeat(128));
+        let mut odd = "a".to_string();
+        odd.push_str(&"é".repeat(200));
+        let wave = Wave::builder("a").correlation_key(&odd).build().unwrap();
+        let back = decode(Channel::new("a"), encode(&wave), &Limits::default()).unwrap();
+        assert_eq!(back.correlation_key().len(), 255);
+
+        let wave = Wave::builder("a.b").correlation_key("").build().unwrap();
+        assert!(check(&wave).is_err());
+        assert_eq!(encode(&wave).len(), HEADER_LEN);
+        let back = decode(Channel::new("a.b"), encode(&wave), &Limits::default()).unwrap();
+        assert_eq!(back.correlation_key(), "a.b");
+    }
+
+    #[test]
+    fn parts_are_checked_like_decode() {
+        let bad = Parts {
+            amplitude: 2.0,
+            ..Parts::default()
+        };
+        assert_eq!(
+            bad.into_wave(Channel::new("a")).unwrap_err().kind(),
+            WireErrorKind::InvalidField
+        );
+        let bad = Parts {
+            source: Some(String::new()),
+            ..Parts::default()
+        };
+        assert!(bad.into_wave(Channel::new("a")).is_err());
+        let wave = Parts::default().into_wave(Channel::new("a")).unwrap();
+        assert_eq!(encode(&wave), encode(&Wave::new("a", ())));
+    }
+}

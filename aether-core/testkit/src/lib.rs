@@ -1,0 +1,64 @@
+//! Test-only helpers for Aether integration tests.
+//!
+//! * [`NatsServer`] / [`NatsCluster`]: real `nats-server` processes on loopback ports,
+//!   with optional JetStream, TLS, auth and cluster routes, and kill / stop / restart.
+//! * [`TestPki`]: a throw-away CA with server and client certificates (rcgen).
+//! * [`NKeyUser`]: a freshly generated NATS user NKey.
+//! * [`TcpProxy`]: a loopback TCP proxy that can stall, cut and refuse connections.
+//! * [`RawNats`]: a minimal NATS text-protocol client for interoperability checks.
+//!
+//! Every wait in this crate is bounded by a timeout; nothing here binds anything but
+//! `127.0.0.1`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod cluster;
+mod error;
+mod nkey;
+mod pki;
+mod proxy;
+mod raw;
+mod server;
+
+pub use cluster::{NatsCluster, NatsClusterBuilder};
+pub use error::Error;
+pub use nkey::NKeyUser;
+pub use pki::TestPki;
+pub use proxy::TcpProxy;
+pub use raw::{ClientAuth, RawMessage, RawNats};
+pub use server::{Auth, ClusterConfig, NatsServer, NatsServerBuilder, nats_server_path};
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+
+/// Returns a TCP port on 127.0.0.1 that was free a moment ago (bind `127.0.0.1:0`, read the
+/// port, drop the listener). Another process may grab it before you bind it; callers that
+/// start servers retry on bind failures.
+pub fn free_port() -> Result<u16, Error> {
+    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .map_err(|e| Error::io("binding 127.0.0.1:0 to find a free port", e))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the local address of a probe listener", e))?
+        .port();
+    Ok(port)
+}
+
+/// Returns `count` distinct free ports (all probe listeners are held until every port is
+/// chosen, so the ports differ from each other).
+pub(crate) fn free_ports(count: usize) -> Result<Vec<u16>, Error> {
+    let mut listeners = Vec::with_capacity(count);
+    let mut ports = Vec::with_capacity(count);
+    for _ in 0..count {
+        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .map_err(|e| Error::io("binding 127.0.0.1:0 to find a free port", e))?;
+        ports.push(
+            listener
+                .local_addr()
+                .map_err(|e| Error::io("reading the local address of a probe listener", e))?
+                .port(),
+        );
+        listeners.push(listener);
+    }
+    drop(listeners);
+    Ok(ports)
+}

@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Writes the wave envelope test vectors (NAME.bin) from vectors.json.
+
+An encoder of the Aether wave envelope, version 1, written from the table in
+ARCHITECTURE.md ("Wire format") and independent of the Rust code: it shows
+that a client in another language can produce envelopes. Python 3, standard
+library only.
+
+    python3 make_vectors.py           # (re)writes every NAME.bin
+    python3 make_vectors.py --check   # compares them with the files; exit 1 if any differs
+
+The Rust test `aether-core/tests/wire.rs` decodes and encodes the same cases
+and compares with the committed .bin files byte for byte.
+"""
+
+import json
+import math
+import os
+import struct
+import sys
+
+MAGIC = 0xAE
+VERSION = 1
+HEADER_LEN = 63
+FLAG_DECAY = 1 << 0
+FLAG_CORRELATION_KEY = 1 << 1
+FLAG_REPLY_TO = 1 << 2
+MAX_SOURCE_LEN = 64
+MAX_KEY_LEN = 256
+MAX_CHANNEL_LEN = 256
+SOURCE_ALPHABET = set(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-."
+)
+TOKEN_ALPHABET = SOURCE_ALPHABET - {"."}
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def u64(text):
+    value = int(text)
+    assert 0 <= value < 1 << 64, text
+    return value
+
+
+def f64(text):
+    value = float(text)
+    assert not math.isnan(value), text
+    return value
+
+
+def concrete_channel(name):
+    """Checks a channel is valid and has no wildcards (Channel::validate_concrete)."""
+    assert 0 < len(name.encode()) <= MAX_CHANNEL_LEN, name
+    tokens = name.split(".")
+    assert len(tokens) <= 16, name
+    for token in tokens:
+        assert token and set(token) <= TOKEN_ALPHABET, name
+    return name
+
+
+def encode(case):
+    """The envelope of the wave described by `case`, as bytes."""
+    amplitude = f64(case["amplitude"])
+    source_amplitude = f64(case["source_amplitude"])
+    phase = f64(case["phase"])
+    assert 0.0 <= amplitude <= 1.0 and 0.0 <= source_amplitude <= 1.0
+    assert 0.0 <= phase < 2 * math.pi
+    hops = case["hops"]
+    assert 0 <= hops <= 0xFFFF
+
+    source = (case["source"] or "").encode("ascii")
+    assert len(source) <= MAX_SOURCE_LEN and set(source.decode()) <= SOURCE_ALPHABET
+
+    flags = 0
+    sections = b""
+    decay = case["decay"]
+    if decay is not None:
+        decay_per_s = f64(decay["decay_per_s"])
+        amplified_at_ns = u64(decay["amplified_at_ns"])
+        assert math.isfinite(decay_per_s) and decay_per_s >= 0.0
+        # Written only when it says something: both zero is no decay.
+        if decay_per_s != 0.0 or math.copysign(1.0, decay_per_s) < 0 or amplified_at_ns != 0:
+            flags |= FLAG_DECAY
+            sections += struct.pack("<dQ", decay_per_s, amplified_at_ns)
+    if case["correlation_key"] is not None:
+        key = case["correlation_key"].encode("utf-8")
+        assert 1 <= len(key) <= MAX_KEY_LEN
+        flags |= FLAG_CORRELATION_KEY
+        sections += struct.pack("<H", len(key)) + key
+    if case["reply_to"] is not None:
+        reply_to = concrete_channel(case["reply_to"]).encode("ascii")
+        flags |= FLAG_REPLY_TO
+        sections += struct.pack("<H", len(reply_to)) + reply_to
+
+    if "payload_hex" in case:
+        payload = bytes.fromhex(case["payload_hex"])
+    else:
+        payload = case["payload_utf8"].encode("utf-8")
+
+    wave_id = int(case["id"], 16)
+    assert len(case["id"]) == 32 and 0 <= wave_id < 1 << 128
+    header = (
+        struct.pack("<BBH", MAGIC, VERSION, flags)
+        + wave_id.to_bytes(16, "big")
+        + struct.pack(
+            "<QQdddHB",
+            u64(case["emitted_at_ns"]),
+            u64(case["origin"]),
+            amplitude,
+            source_amplitude,
+            phase,
+            hops,
+            len(source),
+        )
+    )
+    assert len(header) == HEADER_LEN
+    return header + source + sections + payload
+
+
+def mutate(base, case):
+    """A bad vector: `base` patched, cut, then extended as `case` says."""
+    body = bytearray(base)
+    for patch in case.get("patch", []):
+        data = bytes.fromhex(patch["hex"])
+        at = patch["at"]
+        assert at + len(data) <= len(body), case["name"]
+        body[at : at + len(data)] = data
+    if "truncate_to" in case:
+        assert case["truncate_to"] <= len(body), case["name"]
+        del body[case["truncate_to"] :]
+    if "append_hex" in case:
+        body += bytes.fromhex(case["append_hex"])
+    return bytes(body)
+
+
+def all_vectors():
+    with open(os.path.join(HERE, "vectors.json"), encoding="utf-8") as f:
+        doc = json.load(f)
+    out = {}
+    for case in doc["vectors"]:
+        assert case["name"] not in out, case["name"]
+        out[case["name"]] = encode(case)
+    for case in doc["bad"]:
+        assert case["name"] not in out, case["name"]
+        out[case["name"]] = mutate(out[case["base"]], case)
+    return out
+
+
+def main(argv):
+    check = "--check" in argv[1:]
+    vectors = all_vectors()
+    problems = []
+    for name, body in vectors.items():
+        path = os.path.join(HERE, name + ".bin")
+        if check:
+            try:
+                with open(path, "rb") as f:
+                    on_disk = f.read()
+            except FileNotFoundError:
+                problems.append(f"{name}.bin is missing")
+                continue
+            if on_disk != body:
+                problems.append(
+                    f"{name}.bin differs: file {on_disk.hex()}, encoder {body.hex()}"
+                )
+        else:
+            with open(path, "wb") as f:
+                f.write(body)
+    stray = sorted(
+        f for f in os.listdir(HERE) if f.endswith(".bin") and f[:-4] not in vectors
+    )
+    problems += [f"{f} is not described in vectors.json" for f in stray]
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not check:
+        print(f"wrote {len(vectors)} vectors to {HERE}")
+    elif not problems:
+        print(f"{len(vectors)} vectors match")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,586 @@
+//! The wave envelope (`aether_core::wire`): the test vectors of
+//! `tests/vectors/wire/`, byte for byte in both directions, a real emitted
+//! wave, and property tests: arbitrary valid waves round trip; arbitrary and
+//! mutated bodies never panic the decoder, and whatever it accepts is in range.
+
+use std::{
+    f64::consts::{PI, TAU},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use aether_core::{
+    Aether, Channel, Vibrator, Wave,
+    wire::{self, HEADER_LEN, Limits, Parts, WireErrorKind},
+};
+use bytes::Bytes;
+use proptest::{prelude::*, sample::Index};
+use serde_json::Value;
+
+// ------------------------------------------------------------ test vectors
+
+fn vectors_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/wire")
+}
+
+fn vectors_json() -> Value {
+    let path = vectors_dir().join("vectors.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    serde_json::from_str(&text).expect("vectors.json is JSON")
+}
+
+fn bin(name: &str) -> Vec<u8> {
+    let path = vectors_dir().join(format!("{name}.bin"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"))
+}
+
+fn hex(text: &str) -> Vec<u8> {
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            assert_eq!(pair.len(), 2, "odd hex {text:?}");
+            u8::from_str_radix(std::str::from_utf8(pair).expect("hex"), 16).expect("hex")
+        })
+        .collect()
+}
+
+fn string(case: &Value, key: &str) -> String {
+    case[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} of {case}"))
+        .to_string()
+}
+
+fn opt_string(case: &Value, key: &str) -> Option<String> {
+    case[key].as_str().map(str::to_string)
+}
+
+fn u64_of(case: &Value, key: &str) -> u64 {
+    string(case, key).parse().expect(key)
+}
+
+/// Floats are strings, parsed by Rust's correctly rounding parser (as by
+/// Python's `float`), so both sides get the same bits.
+fn f64_of(case: &Value, key: &str) -> f64 {
+    string(case, key).parse().expect(key)
+}
+
+/// The fields a vector describes.
+fn parts_of(case: &Value) -> Parts {
+    let (decay_per_s, amplified_at_ns) = match &case["decay"] {
+        Value::Null => (0.0, 0),
+        decay => (
+            f64_of(decay, "decay_per_s"),
+            u64_of(decay, "amplified_at_ns"),
+        ),
+    };
+    let payload = match case.get("payload_hex") {
+        Some(h) => hex(h.as_str().expect("payload_hex")),
+        None => string(case, "payload_utf8").into_bytes(),
+    };
+    Parts {
+        id: u128::from_str_radix(&string(case, "id"), 16).expect("id"),
+        emitted_at_ns: u64_of(case, "emitted_at_ns"),
+        origin: u64_of(case, "origin"),
+        amplitude: f64_of(case, "amplitude"),
+        source_amplitude: f64_of(case, "source_amplitude"),
+        phase: f64_of(case, "phase"),
+        hops: u16::try_from(case["hops"].as_u64().expect("hops")).expect("hops"),
+        source: opt_string(case, "source"),
+        decay_per_s,
+        amplified_at_ns,
+        correlation_key: opt_string(case, "correlation_key"),
+        reply_to: opt_string(case, "reply_to"),
+        payload: Bytes::from(payload),
+    }
+}
+
+fn kind_named(name: &str) -> WireErrorKind {
+    match name {
+        "BadMagic" => WireErrorKind::BadMagic,
+        "UnsupportedVersion" => WireErrorKind::UnsupportedVersion,
+        "UnknownFlags" => WireErrorKind::UnknownFlags,
+        "Truncated" => WireErrorKind::Truncated,
+        "Oversized" => WireErrorKind::Oversized,
+        "InvalidField" => WireErrorKind::InvalidField,
+        other => panic!("unknown error kind {other:?} in vectors.json"),
+    }
+}
+
+fn good_cases() -> Vec<Value> {
+    vectors_json()["vectors"]
+        .as_array()
+        .expect("vectors")
+        .clone()
+}
+
+fn bad_cases() -> Vec<Value> {
+    vectors_json()["bad"].as_array().expect("bad").clone()
+}
+
+#[test]
+fn vectors_decode_to_their_fields() {
+    let cases = good_cases();
+    assert!(cases.len() >= 4);
+    for case in &cases {
+        let name = string(case, "name");
+        let channel = string(case, "channel");
+        let body = Bytes::from(bin(&name));
+        let wave = wire::decode(Channel::new(&channel), body.clone(), &Limits::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let expected = parts_of(case);
+        let got = Parts::of(&wave);
+        assert!(
+            got.same_as(&expected),
+            "{name}: decoded {got:#?}, vectors.json says {expected:#?}"
+        );
+        // The same through the public getters.
+        assert_eq!(wave.channel().as_str(), channel, "{name}");
+        assert_eq!(wave.id().as_u128(), expected.id, "{name}");
+        assert_eq!(wave.amplitude().value(), expected.amplitude, "{name}");
+        assert_eq!(
+            wave.source_amplitude().value(),
+            expected.source_amplitude,
+            "{name}"
+        );
+        assert_eq!(wave.phase().radians(), expected.phase, "{name}");
+        assert_eq!(wave.propagation_count(), u32::from(expected.hops), "{name}");
+        assert_eq!(wave.source(), expected.source.as_deref(), "{name}");
+        assert_eq!(wave.decay_per_s(), expected.decay_per_s, "{name}");
+        assert_eq!(
+            wave.correlation_key(),
+            expected.correlation_key.as_deref().unwrap_or(&channel),
+            "{name}"
+        );
+        assert_eq!(
+            wave.reply_to().map(Channel::as_str),
+            expected.reply_to.as_deref(),
+            "{name}"
+        );
+        assert_eq!(
+            wave.emitted_at(),
+            (expected.emitted_at_ns != 0)
+                .then(|| std::time::UNIX_EPOCH
+                    + std::time::Duration::from_nanos(expected.emitted_at_ns)),
+            "{name}"
+        );
+        assert_eq!(wave.payload_bytes(), &expected.payload, "{name}");
+        // The payload is the tail of the body, not a copy.
+        if !wave.payload_bytes().is_empty() {
+            let start = body.len() - wave.payload_bytes().len();
+            assert_eq!(
+                wave.payload_bytes().as_ptr(),
+                body[start..].as_ptr(),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn vectors_encode_to_their_bytes() {
+    for case in good_cases() {
+        let name = string(&case, "name");
+        let wave = parts_of(&case)
+            .into_wave(Channel::new(string(&case, "channel")))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(wire::check(&wave).is_ok(), "{name}");
+        let body = wire::encode(&wave);
+        let expected = bin(&name);
+        assert_eq!(
+            body.as_ref(),
+            expected.as_slice(),
+            "{name}: encoded {}, {name}.bin holds {}",
+            hex_string(&body),
+            hex_string(&expected)
+        );
+        assert_eq!(wire::encoded_len(&wave), expected.len(), "{name}");
+    }
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn the_minimal_vector_is_a_new_wave() {
+    assert_eq!(
+        wire::encode(&Wave::new("a", ())).as_ref(),
+        bin("minimal").as_slice()
+    );
+    assert_eq!(bin("minimal").len(), HEADER_LEN);
+}
+
+#[test]
+fn bad_vectors_fail_with_their_kind() {
+    let cases = bad_cases();
+    let kinds: std::collections::HashSet<_> = cases
+        .iter()
+        .map(|case| kind_named(&string(case, "error")))
+        .collect();
+    assert_eq!(kinds.len(), 6, "every error kind has a bad vector");
+    for case in &cases {
+        let name = string(case, "name");
+        // The file is its base vector mutated as vectors.json says.
+        let mut expected = bin(&string(case, "base"));
+        for patch in case["patch"].as_array().into_iter().flatten() {
+            let at = usize::try_from(patch["at"].as_u64().expect("at")).expect("at");
+            let data = hex(patch["hex"].as_str().expect("hex"));
+            expected[at..at + data.len()].copy_from_slice(&data);
+        }
+        if let Some(len) = case["truncate_to"].as_u64() {
+            expected.truncate(usize::try_from(len).expect("truncate_to"));
+        }
+        if let Some(h) = case["append_hex"].as_str() {
+            expected.extend(hex(h));
+        }
+        let body = bin(&name);
+        assert_eq!(body, expected, "{name}.bin is not its base mutated");
+
+        let limits = Limits {
+            max_body_bytes: case["max_body_bytes"]
+                .as_u64()
+                .map_or(Limits::default().max_body_bytes, |n| {
+                    usize::try_from(n).expect("max_body_bytes")
+                }),
+        };
+        let err = wire::decode(Channel::new("a"), Bytes::from(body), &limits)
+            .expect_err(&format!("{name} decoded"));
+        assert_eq!(
+            err.kind(),
+            kind_named(&string(case, "error")),
+            "{name}: {err}"
+        );
+        let contains = string(case, "message_contains");
+        assert!(
+            err.to_string().contains(&contains),
+            "{name}: {err:?} lacks {contains:?}"
+        );
+    }
+}
+
+#[test]
+fn every_bin_file_is_described() {
+    let json = vectors_json();
+    let mut named: Vec<String> = json["vectors"]
+        .as_array()
+        .into_iter()
+        .chain(json["bad"].as_array())
+        .flatten()
+        .map(|case| string(case, "name"))
+        .collect();
+    named.sort();
+    let mut files: Vec<String> = std::fs::read_dir(vectors_dir())
+        .expect("vectors dir")
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".bin").map(str::to_string)
+        })
+        .collect();
+    files.sort();
+    assert_eq!(files, named);
+}
+
+/// The independent Python encoder writes the same bytes as the committed
+/// files (skipped when `python3` is not installed).
+#[test]
+fn python_encoder_agrees() {
+    let script = vectors_dir().join("make_vectors.py");
+    match Command::new("python3").arg(&script).arg("--check").output() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("note: python3 not found, make_vectors.py --check skipped");
+        }
+        Err(e) => panic!("running python3: {e}"),
+        Ok(out) => assert!(
+            out.status.success(),
+            "make_vectors.py --check failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+#[test]
+fn the_wave_carries_the_channel_given() {
+    let body = Bytes::from(bin("full"));
+    let wave = wire::decode(Channel::new("hop.7f3a9c"), body, &Limits::default()).unwrap();
+    assert_eq!(wave.channel().as_str(), "hop.7f3a9c");
+    assert_eq!(wave.correlation_key(), "order-42");
+}
+
+/// A wave stamped by a real emission (id, source, origin, clock) and then
+/// relayed travels exactly.
+#[tokio::test]
+async fn an_emitted_wave_round_trips() {
+    let aether = Aether::default();
+    let mut listener = Vibrator::create("listener", &aether).await.unwrap();
+    listener.resonate_on("orders.*").await.unwrap();
+    let shop = Vibrator::create("shop.eu-1", &aether).await.unwrap();
+    let wave = Wave::builder("orders.created")
+        .amplitude(0.9)
+        .phase(PI)
+        .decay_per_s(0.01)
+        .correlation_key("order-1")
+        .reply_to("_reply.shop.1")
+        .json(&serde_json::json!({"order_id": 1}))
+        .build()
+        .unwrap();
+    shop.emit(wave).await.unwrap();
+    let mut wave = listener.receive().await.unwrap();
+    wave.propagate();
+    assert!(wire::check(&wave).is_ok());
+    let body = wire::encode(&wave);
+    let back = wire::decode(wave.channel().clone(), body, &Limits::default()).unwrap();
+    assert!(Parts::of(&back).same_as(&Parts::of(&wave)));
+    assert_eq!(back.source(), Some("shop.eu-1"));
+    assert_ne!(Parts::of(&back).origin, 0);
+    assert_eq!(back.id(), wave.id());
+    assert_eq!(back.payload()["order_id"], 1);
+}
+
+// ------------------------------------------------------------ properties
+
+fn amplitude() -> impl Strategy<Value = f64> {
+    prop_oneof![Just(0.0), Just(1.0), 0.0..=1.0f64]
+}
+
+fn phase() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        Just(0.0),
+        Just(PI),
+        Just(f64::from_bits(TAU.to_bits() - 1)),
+        0.0..TAU
+    ]
+}
+
+/// A strategy from a regex, compiled once (a `&str` strategy compiles its
+/// regex again for every case).
+fn regex(pattern: &str) -> impl Strategy<Value = String> + use<> {
+    proptest::string::string_regex(pattern).expect("regex")
+}
+
+fn channel_name() -> impl Strategy<Value = String> {
+    prop::collection::vec(regex("[A-Za-z0-9_-]{1,8}"), 1..5).prop_map(|tokens| tokens.join("."))
+}
+
+/// Any wave the wire carries, with any id, clock, origin and hop count.
+fn valid_parts() -> impl Strategy<Value = Parts> {
+    let numbers = (
+        any::<u128>(),
+        any::<u64>(),
+        any::<u64>(),
+        amplitude(),
+        amplitude(),
+        phase(),
+        any::<u16>(),
+    );
+    let sections = (
+        prop::option::of(regex("[A-Za-z0-9_.-]{1,64}")),
+        prop_oneof![
+            Just((0.0, 0)),
+            (0.0..1e6f64, any::<u64>()),
+            (Just(0.0), any::<u64>())
+        ],
+        // At most 64 characters of at most 4 bytes: at most 256 bytes.
+        prop::option::of(prop::collection::vec(any::<char>(), 1..=64).prop_map(String::from_iter)),
+        prop::option::of(channel_name()),
+        prop::collection::vec(any::<u8>(), 0..96),
+    );
+    (numbers, sections).prop_map(
+        |(
+            (id, emitted_at_ns, origin, amplitude, source_amplitude, phase, hops),
+            (source, (decay_per_s, amplified_at_ns), correlation_key, reply_to, payload),
+        )| Parts {
+            id,
+            emitted_at_ns,
+            origin,
+            amplitude,
+            source_amplitude,
+            phase,
+            hops,
+            source,
+            decay_per_s,
+            amplified_at_ns,
+            correlation_key,
+            reply_to,
+            payload: Bytes::from(payload),
+        },
+    )
+}
+
+/// Whatever the decoder accepts is a wave whose every field is in range, and
+/// that travels again unchanged.
+fn assert_in_range(wave: &Wave, channel: &str, body_len: usize) {
+    let parts = Parts::of(wave);
+    assert_eq!(wave.channel().as_str(), channel);
+    assert!((0.0..=1.0).contains(&parts.amplitude), "{parts:?}");
+    assert!((0.0..=1.0).contains(&parts.source_amplitude), "{parts:?}");
+    assert!((0.0..TAU).contains(&parts.phase), "{parts:?}");
+    assert!(
+        parts.decay_per_s.is_finite() && parts.decay_per_s >= 0.0,
+        "{parts:?}"
+    );
+    if let Some(source) = &parts.source {
+        assert!((1..=64).contains(&source.len()), "{parts:?}");
+        assert!(
+            source
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)),
+            "{parts:?}"
+        );
+    }
+    if let Some(key) = &parts.correlation_key {
+        assert!((1..=256).contains(&key.len()), "{parts:?}");
+    }
+    if let Some(reply_to) = wave.reply_to() {
+        assert!(reply_to.validate_concrete().is_ok(), "{parts:?}");
+    }
+    assert!(parts.payload.len() <= body_len - HEADER_LEN);
+    assert!(wire::check(wave).is_ok());
+    let again = wire::decode(
+        wave.channel().clone(),
+        wire::encode(wave),
+        &Limits::default(),
+    )
+    .expect("a decoded wave encodes to a valid envelope");
+    assert!(Parts::of(&again).same_as(&parts));
+}
+
+/// Something done to a valid envelope.
+#[derive(Clone, Debug)]
+enum Mutation {
+    Flip(Index, u8),
+    Set(Index, u8),
+    Truncate(Index),
+    Append(Vec<u8>),
+    /// Rewrites the source length byte, the key length or the reply length
+    /// (when present) with any value.
+    Length(u8, u16),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        4 => (any::<Index>(), 1..=255u8).prop_map(|(at, mask)| Mutation::Flip(at, mask)),
+        2 => (any::<Index>(), any::<u8>()).prop_map(|(at, byte)| Mutation::Set(at, byte)),
+        2 => any::<Index>().prop_map(Mutation::Truncate),
+        1 => prop::collection::vec(any::<u8>(), 1..16).prop_map(Mutation::Append),
+        3 => (0..3u8, any::<u16>()).prop_map(|(which, value)| Mutation::Length(which, value)),
+    ]
+}
+
+/// Offsets of the source length byte and, when present, of the key and reply
+/// length fields, in the envelope of `parts`.
+fn length_fields(parts: &Parts) -> (usize, Option<usize>, Option<usize>) {
+    let source_len = parts.source.as_ref().map_or(0, String::len);
+    let has_decay = parts.decay_per_s.to_bits() != 0 || parts.amplified_at_ns != 0;
+    let mut at = HEADER_LEN + source_len + if has_decay { 16 } else { 0 };
+    let key = parts.correlation_key.as_ref().map(|key| {
+        let field = at;
+        at += 2 + key.len();
+        field
+    });
+    let reply = parts.reply_to.as_ref().map(|_| at);
+    (HEADER_LEN - 1, key, reply)
+}
+
+fn apply(body: &mut Vec<u8>, mutation: &Mutation, fields: (usize, Option<usize>, Option<usize>)) {
+    match mutation {
+        Mutation::Flip(at, mask) if !body.is_empty() => {
+            let i = at.index(body.len());
+            body[i] ^= mask;
+        }
+        Mutation::Set(at, byte) if !body.is_empty() => {
+            let i = at.index(body.len());
+            body[i] = *byte;
+        }
+        Mutation::Truncate(at) => {
+            let len = at.index(body.len() + 1);
+            body.truncate(len);
+        }
+        Mutation::Append(bytes) => body.extend_from_slice(bytes),
+        Mutation::Length(0, value) if body.len() > fields.0 => {
+            body[fields.0] = *value as u8;
+        }
+        Mutation::Length(which, value) => {
+            let field = if *which == 1 { fields.1 } else { fields.2 };
+            if let Some(at) = field.filter(|at| at + 2 <= body.len()) {
+                body[at..at + 2].copy_from_slice(&value.to_le_bytes());
+            }
+        }
+        _ => {}
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    /// Every valid wave travels exactly: each field, bit for bit, and the
+    /// payload is not copied on the way in.
+    #[test]
+    fn valid_waves_round_trip(parts in valid_parts(), channel in channel_name()) {
+        let wave = parts.clone().into_wave(Channel::new(&channel)).expect("valid parts");
+        prop_assert!(wire::check(&wave).is_ok());
+        let body = wire::encode(&wave);
+        prop_assert_eq!(body.len(), wire::encoded_len(&wave));
+        let back = wire::decode(Channel::new(&channel), body.clone(), &Limits::default())
+            .expect("decodes");
+        prop_assert!(Parts::of(&back).same_as(&parts), "{:?} != {:?}", Parts::of(&back), parts);
+        prop_assert_eq!(back.channel().as_str(), channel.as_str());
+        prop_assert_eq!(back.correlation_key(), wave.correlation_key());
+        prop_assert_eq!(back.reply_to().map(Channel::as_str), wave.reply_to().map(Channel::as_str));
+        prop_assert_eq!(back.emitted_at(), wave.emitted_at());
+        if !back.payload_bytes().is_empty() {
+            let start = body.len() - back.payload_bytes().len();
+            prop_assert_eq!(back.payload_bytes().as_ptr(), body[start..].as_ptr());
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(50_000))]
+
+    /// Any bytes at all, and bytes that start like an envelope (so that the
+    /// decoder reads past the magic, version and flags): never a panic.
+    #[test]
+    fn arbitrary_bytes_never_panic(
+        body in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..128),
+            (0..8u8, prop::collection::vec(any::<u8>(), 0..200)).prop_map(|(flags, rest)| {
+                let mut body = vec![wire::MAGIC, wire::VERSION, flags, 0];
+                body.extend(rest);
+                body
+            }),
+        ]
+    ) {
+        let len = body.len();
+        if let Ok(wave) = wire::decode(Channel::new("a.b"), Bytes::from(body), &Limits::default()) {
+            assert_in_range(&wave, "a.b", len);
+        }
+    }
+
+    /// Valid envelopes with bytes flipped or set, cut anywhere, extended, or
+    /// with a length field rewritten: never a panic; an error, or a wave in
+    /// range.
+    #[test]
+    fn mutated_envelopes_never_panic(
+        parts in valid_parts(),
+        mutations in prop::collection::vec(mutation(), 1..4),
+        small_limit in prop::option::weighted(0.05, 0..400usize),
+    ) {
+        let fields = length_fields(&parts);
+        let wave = parts.into_wave(Channel::new("a.b")).expect("valid parts");
+        let mut body = wire::encode(&wave).to_vec();
+        for mutation in &mutations {
+            apply(&mut body, mutation, fields);
+        }
+        let limits = small_limit.map_or_else(Limits::default, |max_body_bytes| Limits { max_body_bytes });
+        let len = body.len();
+        match wire::decode(Channel::new("a.b"), Bytes::from(body), &limits) {
+            Ok(wave) => {
+                prop_assert!(len <= limits.max_body_bytes);
+                assert_in_range(&wave, "a.b", len);
+            }
+            Err(err) => prop_assert!(!err.to_string().is_empty()),
+        }
+    }
+}
