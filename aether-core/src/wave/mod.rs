@@ -347,9 +347,13 @@ impl WaveBuilder {
         self.decay_per_s(crate::attenuation::decay_for_ttl(a0, min_amplitude, ttl))
     }
 
-    /// Key for interference (default: the channel).
+    /// Key for interference (default: the channel): 1 to 256 bytes.
     pub fn correlation_key(mut self, key: impl AsRef<str>) -> Self {
-        self.wave.extras_mut().correlation_key = Some(SmolStr::new(key.as_ref()));
+        let key = key.as_ref();
+        if key.is_empty() || key.len() > MAX_CORRELATION_KEY_BYTES {
+            return self.fail(WaveError::CorrelationKey { len: key.len() });
+        }
+        self.wave.extras_mut().correlation_key = Some(SmolStr::new(key));
         self
     }
 
@@ -429,7 +433,16 @@ pub enum WaveError {
     /// The payload could not be serialized as JSON.
     #[error("payload could not be serialized as JSON: {0}")]
     Json(Arc<serde_json::Error>),
+    /// The correlation key is empty or too long.
+    #[error("correlation key of {len} bytes is invalid: it must be 1 to 256 bytes")]
+    CorrelationKey {
+        /// Its length in bytes.
+        len: usize,
+    },
 }
+
+/// Longest correlation key, in bytes (what the wire envelope carries).
+pub const MAX_CORRELATION_KEY_BYTES: usize = 256;
 
 #[cfg(test)]
 mod tests {
@@ -453,6 +466,20 @@ mod tests {
             Wave::builder("a").phase(f64::NAN).build(),
             Err(WaveError::Phase(_))
         ));
+        assert!(matches!(
+            Wave::builder("a").correlation_key("").build(),
+            Err(WaveError::CorrelationKey { len: 0 })
+        ));
+        assert!(matches!(
+            Wave::builder("a").correlation_key("k".repeat(257)).build(),
+            Err(WaveError::CorrelationKey { len: 257 })
+        ));
+        assert!(
+            Wave::builder("a")
+                .correlation_key("k".repeat(256))
+                .build()
+                .is_ok()
+        );
         assert!(matches!(
             Wave::builder("a..b").build(),
             Err(WaveError::Channel(_))

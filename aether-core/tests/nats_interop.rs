@@ -1,0 +1,256 @@
+//! Clients that are not aether-core, speaking the raw NATS text protocol
+//! over a TCP socket, exchange waves with vibrators: they publish envelopes
+//! (the committed test vectors, written by an independent Python encoder)
+//! and read the envelopes vibrators emit, byte by byte as ARCHITECTURE.md
+//! lays them out. Garbage is refused, counted, and does not stop the stream.
+
+use std::{path::PathBuf, time::Duration};
+
+use aether_core::{
+    Aether, AetherConfig, Channel, DropReason, Phase, Vibrator, Wave, config::NatsConfig, wire,
+};
+use aether_testkit::{NatsServer, RawNats};
+use tokio::time::{Instant, sleep, timeout};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn vector(name: &str) -> Vec<u8> {
+    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests/vectors/wire", name]
+        .iter()
+        .collect();
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+async fn setup() -> (NatsServer, Aether, RawNats) {
+    let server = NatsServer::builder().start().await.unwrap();
+    let aether = Aether::connect(AetherConfig {
+        nats: NatsConfig {
+            urls: vec![server.url()],
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let raw = RawNats::connect(server.addr()).await.unwrap();
+    (server, aether, raw)
+}
+
+/// Publishes `body` from the raw client until `rx` hears something (the
+/// vibrator's subscription is live on the server), and returns it.
+async fn publish_until_heard(
+    raw: &mut RawNats,
+    subject: &str,
+    body: &[u8],
+    rx: &mut Vibrator,
+) -> Wave {
+    loop {
+        raw.publish(subject, None, body).await.unwrap();
+        raw.ping().await.unwrap();
+        if let Ok(Some(wave)) = timeout(Duration::from_millis(50), rx.receive()).await {
+            return wave;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_client_emits_a_wave_that_a_vibrator_receives() {
+    timeout(LIMIT, async {
+        let (_server, aether, mut raw) = setup().await;
+        let mut rx = Vibrator::create("rx", &aether).await.unwrap();
+        rx.resonate_on("orders.*").await.unwrap();
+
+        // `emitted.bin`: source "shop", payload "hello", a fixed id.
+        let wave = publish_until_heard(
+            &mut raw,
+            "aether.orders.created",
+            &vector("emitted.bin"),
+            &mut rx,
+        )
+        .await;
+        assert_eq!(wave.channel().as_str(), "orders.created");
+        assert_eq!(wave.source(), Some("shop"));
+        assert_eq!(&wave.payload_bytes()[..], b"hello");
+        assert_eq!(wave.id().to_string(), "0194a8df647b5eed2a4b00000000002a");
+        assert_eq!(wave.amplitude().value(), 1.0);
+        assert_eq!(wave.propagation_count(), 0);
+
+        // `hopped.bin` arrives attenuated by its hops, measured on arrival.
+        raw.publish("aether.orders.relayed", None, &vector("hopped.bin"))
+            .await
+            .unwrap();
+        let hopped = timeout(Duration::from_secs(5), rx.receive())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(hopped.propagation_count(), 3);
+        assert!(hopped.amplitude().value() < hopped.source_amplitude().value());
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_client_reads_the_envelope_a_vibrator_emits() {
+    timeout(LIMIT, async {
+        let (_server, aether, mut raw) = setup().await;
+        raw.subscribe("aether.orders.>", 1, None).await.unwrap();
+        raw.ping().await.unwrap();
+        let tx = Vibrator::create("order-service", &aether).await.unwrap();
+        let wave = Wave::builder("orders.cancelled")
+            .amplitude(0.75)
+            .phase(Phase::RETRACT)
+            .correlation_key("order-42")
+            .payload("{\"order_id\":42}")
+            .build()
+            .unwrap();
+        let id = tx.emit(wave).await.unwrap();
+
+        let message = raw
+            .next_message(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .expect("a message");
+        assert_eq!(message.subject, "aether.orders.cancelled");
+        let body = message.payload;
+        // The fixed header, read by hand from the documented offsets.
+        assert_eq!(body[0], wire::MAGIC);
+        assert_eq!(body[1], wire::VERSION);
+        let flags = u16::from_le_bytes([body[2], body[3]]);
+        assert_eq!(flags, wire::FLAG_CORRELATION_KEY);
+        assert_eq!(
+            u128::from_be_bytes(body[4..20].try_into().unwrap()),
+            id.as_u128()
+        );
+        let f64_at = |at: usize| f64::from_le_bytes(body[at..at + 8].try_into().unwrap());
+        assert_eq!(f64_at(36), 0.75);
+        assert_eq!(f64_at(44), 0.75);
+        assert_eq!(f64_at(52), std::f64::consts::PI);
+        assert_eq!(u16::from_le_bytes([body[60], body[61]]), 0);
+        let source_len = body[62] as usize;
+        assert_eq!(&body[63..63 + source_len], b"order-service");
+        let key_at = 63 + source_len;
+        let key_len = u16::from_le_bytes([body[key_at], body[key_at + 1]]) as usize;
+        assert_eq!(&body[key_at + 2..key_at + 2 + key_len], b"order-42");
+        assert_eq!(&body[key_at + 2 + key_len..], b"{\"order_id\":42}");
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_client_requests_and_a_vibrator_replies() {
+    timeout(LIMIT, async {
+        let (_server, aether, mut raw) = setup().await;
+        let mut svc = Vibrator::create("echo", &aether).await.unwrap();
+        svc.resonate_on("svc.echo").await.unwrap();
+        let responder = tokio::spawn(async move {
+            while let Some(request) = svc.receive().await {
+                let body = request.payload_bytes().clone();
+                svc.reply(&request, body).await.unwrap();
+            }
+        });
+        // Replies travel on a reply subject under the prefix.
+        raw.subscribe("aether._INBOX.raw.*", 7, None).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let reply = loop {
+            raw.publish(
+                "aether.svc.echo",
+                Some("aether._INBOX.raw.1"),
+                &vector("emitted.bin"),
+            )
+            .await
+            .unwrap();
+            if let Some(reply) = raw.next_message(Duration::from_millis(50)).await.unwrap() {
+                break reply;
+            }
+            assert!(Instant::now() < deadline, "no reply");
+        };
+        assert_eq!(reply.subject, "aether._INBOX.raw.1");
+        let wave = wire::decode(
+            Channel::new("_INBOX.raw.1"),
+            reply.payload.into(),
+            &wire::Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(wave.source(), Some("echo"));
+        assert_eq!(&wave.payload_bytes()[..], b"hello");
+        responder.abort();
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_off_the_wire_is_refused_counted_and_the_stream_goes_on() {
+    timeout(LIMIT, async {
+        let (_server, aether, mut raw) = setup().await;
+        let mut rx = Vibrator::create("rx", &aether).await.unwrap();
+        rx.resonate_on("in.*").await.unwrap();
+        publish_until_heard(&mut raw, "aether.in.probe", &vector("minimal.bin"), &mut rx).await;
+        while rx.try_receive().is_some() {}
+
+        let garbage: Vec<Vec<u8>> = vec![
+            b"{\"not\": \"an envelope\"}".to_vec(),
+            Vec::new(),
+            vector("truncated_header.bin"),
+            vector("version_2.bin"),
+            vector("unknown_flag_bit3.bin"),
+            vector("amplitude_nan.bin"),
+            vector("truncated_source.bin"),
+            vec![0xAE; 5000],
+        ];
+        let before = aether.connection().malformed;
+        for body in &garbage {
+            raw.publish("aether.in.bad", None, body).await.unwrap();
+        }
+        // A valid envelope on a subject that is no channel is refused too.
+        raw.publish("aether.in.b$d", None, &vector("minimal.bin"))
+            .await
+            .unwrap();
+        // A valid wave in the middle of the garbage arrives.
+        raw.publish("aether.in.bad", None, &vector("minimal.bin"))
+            .await
+            .unwrap();
+        raw.publish("aether.in.good", None, &vector("emitted.bin"))
+            .await
+            .unwrap();
+        raw.ping().await.unwrap();
+
+        let good = timeout(Duration::from_secs(5), rx.receive())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(good.channel().as_str(), "in.bad");
+        let good = timeout(Duration::from_secs(5), rx.receive())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(good.channel().as_str(), "in.good");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let refused = garbage.len() as u64 + 1;
+        while aether.connection().malformed < before + refused {
+            assert!(Instant::now() < deadline, "{:?}", aether.connection());
+            sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(aether.connection().malformed, before + refused);
+        assert_eq!(rx.stats().dropped_total(), 0);
+
+        // A wave long dead on arrival (its decay clock started in 2025) is
+        // counted as expired, not delivered.
+        raw.publish("aether.in.full", None, &vector("full.bin"))
+            .await
+            .unwrap();
+        raw.publish("aether.in.after", None, &vector("emitted.bin"))
+            .await
+            .unwrap();
+        let after = timeout(Duration::from_secs(5), rx.receive())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(after.channel().as_str(), "in.after");
+        assert_eq!(aether.stats().dropped(DropReason::Expired), 1);
+    })
+    .await
+    .expect("bounded");
+}
