@@ -148,7 +148,9 @@ kinds! {
     ConnectErrorKind => ConnectError {
         /// A setting is invalid.
         Config => "invalid configuration",
-        /// A TLS file could not be read or used.
+        /// TLS failed: a file could not be read or used, or the handshake
+        /// was refused (a server certificate not trusted, or the client's
+        /// certificate refused).
         Tls => "TLS setup failed",
         /// A credentials file could not be read.
         Credentials => "credentials unusable",

@@ -99,6 +99,9 @@ impl NatsMedium {
             let kind = match e.kind() {
                 K::Authentication | K::AuthorizationViolation => ConnectErrorKind::Authorization,
                 K::Tls => ConnectErrorKind::Tls,
+                // A refused handshake comes back as an I/O error around the
+                // rustls error: retrying would not help, so say it is TLS.
+                K::Io if is_tls_handshake(&e) => ConnectErrorKind::Tls,
                 K::ServerParse => ConnectErrorKind::Config,
                 _ => ConnectErrorKind::Unreachable,
             };
@@ -270,6 +273,15 @@ impl Drop for NatsMedium {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// Whether a connect error is a TLS handshake refused (a certificate not
+/// trusted, or refused by the server).
+fn is_tls_handshake(e: &async_nats::ConnectError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .and_then(|io| io.get_ref())
+        .is_some_and(|inner| inner.is::<async_nats::rustls::Error>())
 }
 
 /// The client's options from the configuration.
