@@ -36,8 +36,10 @@
 //! | [`wave`] | waves, amplitude, phase, ids, payloads |
 //! | [`attenuation`] | the effective-amplitude rule |
 //! | [`vibrator`] | a service's endpoint: emit, resonate, receive, request |
+//! | [`hopping`] | time-synchronized frequency hopping over opaque wire channels |
 //! | [`mod@aether`] | the medium handle and the emit path |
 //! | [`config`] | settings and their validation |
+//! | [`physics`] | interference, its patterns, and the resonance graph |
 //! | [`connection`] | the connection to NATS: state, events, outbox |
 //! | [`subject`] | how channels travel as NATS subjects |
 //! | [`wire`] | the binary envelope of a wave on the wire |
@@ -53,8 +55,10 @@ pub mod channel;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod hopping;
 mod inbox;
 mod medium;
+pub mod physics;
 mod reply;
 mod secret;
 pub mod stats;
@@ -70,6 +74,10 @@ pub use error::{
     ConnectError, ConnectErrorKind, EmitError, EmitErrorKind, Error, RequestError,
     RequestErrorKind, ResonateError, ResonateErrorKind, VibratorError, VibratorErrorKind,
     WireError, WireErrorKind,
+};
+pub use physics::{
+    Interference, InterferenceEvent, InterferenceKind, InterferencePattern, InvolvedWave,
+    PhysicsConfig, PhysicsEngine, ResonanceEdge, ResonanceGraph,
 };
 pub use secret::Secret;
 pub use stats::{DropReason, StatsSnapshot};

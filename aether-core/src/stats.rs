@@ -20,15 +20,19 @@ pub enum DropReason {
     BelowNoiseFloor,
     /// The receiving vibrator's queue was full and this was the weakest wave.
     QueueFull,
+    /// A hopping wave stamped outside the receiver's window of time slots,
+    /// or on a wire channel that is not its slot's hop: a replay.
+    Replay,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 5] = [
         DropReason::Expired,
         DropReason::PropagationLimit,
         DropReason::BelowNoiseFloor,
         DropReason::QueueFull,
+        DropReason::Replay,
     ];
 
     /// A short snake_case name, fit for a metric label.
@@ -38,6 +42,7 @@ impl DropReason {
             DropReason::PropagationLimit => "propagation_limit",
             DropReason::BelowNoiseFloor => "below_noise_floor",
             DropReason::QueueFull => "queue_full",
+            DropReason::Replay => "replay",
         }
     }
 

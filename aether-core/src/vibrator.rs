@@ -66,6 +66,8 @@ pub struct Vibrator {
     batch: VecDeque<Wave>,
     subscriptions: Vec<(Channel, Option<Arc<str>>, SubscriptionId)>,
     replies: OnceLock<(Arc<ReplyMux>, SubscriptionId)>,
+    /// Its frequency hopping (`crate::hopping`); stops with the vibrator.
+    hopping: crate::hopping::Hopping,
 }
 
 /// A cloneable handle that emits with a vibrator's identity, for tasks that
@@ -146,6 +148,7 @@ impl VibratorBuilder {
             batch: VecDeque::new(),
             subscriptions: Vec::new(),
             replies: OnceLock::new(),
+            hopping: Default::default(),
         })
     }
 }
@@ -422,6 +425,26 @@ impl Vibrator {
     }
 }
 
+/// What the hopping module needs of a vibrator.
+impl Vibrator {
+    pub(crate) fn inbox(&self) -> &Arc<Inbox> {
+        &self.inbox
+    }
+
+    pub(crate) fn hopping(&self) -> &crate::hopping::Hopping {
+        &self.hopping
+    }
+
+    pub(crate) fn hopping_mut(&mut self) -> &mut crate::hopping::Hopping {
+        &mut self.hopping
+    }
+
+    /// Emits `wave` stamped at `now_ns`; see [`Emitter::emit_at`].
+    pub(crate) async fn emit_at(&self, wave: Wave, now_ns: u64) -> Result<WaveId, EmitError> {
+        self.emitter.emit_at(wave, now_ns).await
+    }
+}
+
 fn no_responders() -> RequestError {
     RequestError::new(
         RequestErrorKind::NoResponders,
@@ -486,6 +509,25 @@ impl Emitter {
         let admitted = self.aether.admit(wave, now_ns)?;
         self.inbox.stats().emitted();
         Ok((id, admitted))
+    }
+
+    /// Emits `wave` like [`Emitter::emit`], stamped at `now_ns` instead of
+    /// the clock's reading now: for frequency hopping, whose wire channel is
+    /// chosen from that same time.
+    pub(crate) async fn emit_at(&self, mut wave: Wave, now_ns: u64) -> Result<WaveId, EmitError> {
+        wave.stamp_emission(&self.name, self.id, now_ns);
+        let id = wave.id();
+        let Some(nats) = self.aether.nats() else {
+            self.aether.dispatch(wave, now_ns)?;
+            self.inbox.stats().emitted();
+            return Ok(id);
+        };
+        let admitted = self.aether.admit(wave, now_ns)?;
+        self.inbox.stats().emitted();
+        if let Some(wave) = admitted {
+            nats.publish(&wave).await?;
+        }
+        Ok(id)
     }
 
     /// Emits a full-strength wave on `channel` carrying `payload` as JSON.

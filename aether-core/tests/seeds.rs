@@ -397,3 +397,169 @@ fn default_toml_matches_default_config() -> Result {
     assert_eq!(loaded, AetherConfig::default());
     Ok(())
 }
+
+/// A wave emitted `at_ms` after an arbitrary instant, with any phase and key
+/// (`wire::Parts` builds waves with a given emission time, so the physics
+/// snippets need no sleeping).
+fn wave_at(channel: &str, key: &str, phase: f64, payload: &str, at_ms: u64) -> Wave {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    aether_core::wire::Parts {
+        id: u128::from(NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+        emitted_at_ns: (1_700_000_000_000 + at_ms) * 1_000_000,
+        phase,
+        source: Some("orders-service".to_string()),
+        correlation_key: Some(key.to_string()),
+        payload: payload.to_string().into(),
+        ..Default::default()
+    }
+    .into_wave(Channel::new(channel))
+    .expect("valid wave")
+}
+
+// ARCHITECTURE, Example 3: using the physics engine. A stuck producer repeats
+// the same order every 100 ms (a standing wave), then the order is approved
+// and rejected at once (a cancellation).
+#[test]
+fn architecture_example_3_physics_engine() {
+    use aether_core::InterferencePattern;
+    use aether_core::{Interference, PhysicsEngine};
+
+    let approved = wave_at("orders", "order-7", 0.0, "approved", 1000);
+    let rejected = wave_at("orders", "order-7", std::f64::consts::PI, "rejected", 1020);
+    let mut waves = (0..4)
+        .map(|n| {
+            wave_at(
+                "orders",
+                &format!("retry-{n}"),
+                0.0,
+                r#"{"order_id":1}"#,
+                n * 100,
+            )
+        })
+        .collect::<Vec<_>>();
+    waves.extend([approved.clone(), rejected.clone()]);
+    let (mut standing, mut cancelled) = (0, 0);
+
+    let mut physics = PhysicsEngine::new();
+
+    for wave in waves {
+        // Detect interference patterns
+        if let Some(pattern) = physics.detect_patterns("orders", wave) {
+            match pattern {
+                InterferencePattern::StandingWave => {
+                    println!("Standing wave detected: the same pattern repeats");
+                    standing += 1;
+                }
+                InterferencePattern::Cancellation => {
+                    println!("Wave cancellation detected: conflicting messages exist");
+                    cancelled += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!((standing, cancelled), (1, 1));
+    let interference: Interference = physics.calculate_interference(&approved, &rejected);
+    assert!(interference.coherent && interference.amplitude < 1e-9);
+}
+
+// ARCHITECTURE, Example 3 over a live aether: approved and rejected for the
+// same order, emitted by two services and heard by a third.
+#[tokio::test]
+async fn architecture_physics_engine_on_received_waves() -> Result {
+    use aether_core::{InterferencePattern, Phase, PhysicsEngine};
+
+    let aether = Aether::default();
+    let mut auditor = Vibrator::create("auditor", &aether).await?;
+    auditor.resonate_on("orders.*").await?;
+    let risk = Vibrator::create("risk", &aether).await?;
+    let fraud = Vibrator::create("fraud", &aether).await?;
+    let decision = |channel: &str, phase: Phase| {
+        Wave::builder(Channel::new(channel))
+            .correlation_key("order-7")
+            .phase(phase)
+            .build()
+    };
+    risk.emit(decision("orders.approved", Phase::ASSERT)?)
+        .await?;
+    fraud
+        .emit(decision("orders.rejected", Phase::RETRACT)?)
+        .await?;
+
+    let mut physics = PhysicsEngine::new();
+    let first = recv(&mut auditor).await;
+    assert_eq!(physics.detect_patterns("orders", first), None);
+    let wave = recv(&mut auditor).await;
+    let event = physics.detect_on("orders", &wave).expect("a cancellation");
+    assert_eq!(event.pattern, InterferencePattern::Cancellation);
+    let sources: Vec<_> = event.waves.iter().map(|w| w.source()).collect();
+    assert_eq!(sources, [Some("risk"), Some("fraud")]);
+    Ok(())
+}
+
+// ARCHITECTURE: interference. In-phase waves reinforce, out-of-phase waves
+// weaken.
+#[test]
+fn architecture_interference() -> Result {
+    use aether_core::{InterferenceKind, PhysicsEngine};
+
+    let physics_engine = PhysicsEngine::new();
+    let strong = |phase: f64| {
+        Wave::builder("orders.review")
+            .amplitude(0.8)
+            .phase(phase)
+            .build()
+    };
+    let weak = |phase: f64| {
+        Wave::builder("orders.review")
+            .amplitude(0.5)
+            .phase(phase)
+            .build()
+    };
+
+    // Constructive interference: in‑phase waves reinforce
+    let (wave1, wave2) = (strong(0.0)?, weak(0.0)?);
+    let interference = physics_engine.calculate_interference(&wave1, &wave2);
+    assert!((interference.amplitude - 1.3).abs() < 1e-9);
+    assert_eq!(interference.kind, InterferenceKind::Constructive);
+
+    // Destructive interference: out‑of‑phase waves weaken
+    let (wave1, wave2) = (strong(0.0)?, weak(std::f64::consts::PI)?);
+    let interference = physics_engine.calculate_interference(&wave1, &wave2);
+    assert!((interference.amplitude - 0.3).abs() < 1e-9);
+    assert_eq!(interference.kind, InterferenceKind::Destructive);
+    assert!(interference.coherent);
+    Ok(())
+}
+
+// README: "Time-synchronized hopping & noise floor (quick demo)": the channel
+// rotates every slot, and the receiver gets the wave on its base channel.
+#[tokio::test]
+async fn readme_time_synchronized_hopping() -> Result {
+    let aether = Aether::default();
+    use aether_core::{Channel, Vibrator, Wave};
+
+    let hop_count = 4;
+    let hop_interval_ms = 200;
+
+    let mut receiver = Vibrator::create("receiver", &aether).await?;
+    receiver
+        .resonate_hopping(Channel::new("orders"), hop_count)
+        .await?;
+
+    let sender = Vibrator::create("sender", &aether).await?;
+    sender
+        .emit_time_hopping_wave(
+            Channel::new("orders"),
+            hop_count,
+            hop_interval_ms,
+            serde_json::json!({"msg": "hop"}),
+        )
+        .await?;
+
+    let wave: Wave = recv(&mut receiver).await;
+    assert_eq!(wave.channel(), "orders");
+    assert_eq!(wave.payload()["msg"], "hop");
+    assert_eq!(wave.source(), Some("sender"));
+    Ok(())
+}

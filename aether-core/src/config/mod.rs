@@ -1,11 +1,13 @@
 //! Configuration of an aether.
 
+mod hopping;
 mod nats;
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use hopping::{HOP_INTERVAL_MS_RANGE, HoppingConfig, MIN_HOPPING_SECRET_BYTES};
 pub use nats::{NatsAuth, NatsConfig, NatsTls};
 
 use crate::attenuation::DEFAULT_ATTENUATION_FACTOR;
@@ -51,6 +53,8 @@ pub struct AetherConfig {
     /// How [`Aether::connect`](crate::Aether::connect) reaches NATS (not
     /// used by the embedded medium).
     pub nats: NatsConfig,
+    /// How vibrators hop (the secret and the slot length), on every medium.
+    pub hopping: HoppingConfig,
 }
 
 impl Default for AetherConfig {
@@ -63,6 +67,7 @@ impl Default for AetherConfig {
             default_noise_floor: 0.0,
             request_timeout_ms: 5000,
             nats: NatsConfig::default(),
+            hopping: HoppingConfig::default(),
         }
     }
 }
@@ -106,7 +111,8 @@ impl AetherConfig {
             self.request_timeout_ms.to_string(),
             "must be at least 1",
         )?;
-        self.nats.validate()
+        self.nats.validate()?;
+        self.hopping.validate()
     }
 
     /// [`AetherConfig::request_timeout_ms`] as a duration.
@@ -139,6 +145,12 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// The error naming `key`, its `value` and the `rule` it breaks (for the
+    /// settings of other modules, such as `physics`).
+    pub(crate) fn new(key: &'static str, value: String, rule: &'static str) -> Self {
+        Self { key, value, rule }
+    }
+
     /// The name of the bad field.
     pub fn key(&self) -> &'static str {
         self.key

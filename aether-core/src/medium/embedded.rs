@@ -17,7 +17,7 @@ use smallvec::SmallVec;
 use smol_str::SmolStr;
 
 use super::{Listener, Routed, SubscriptionId, offer_counted};
-use crate::{Channel, Wave, inbox::Inbox, reply::ReplyMux, stats::Counters};
+use crate::{Channel, Wave, hopping::HopGate, inbox::Inbox, reply::ReplyMux, stats::Counters};
 
 /// The routing table is read on every emit and changed only when someone
 /// resonates or stops: emitters read an immutable snapshot without any lock
@@ -43,6 +43,7 @@ enum Target {
     Inbox(SubscriptionId, Arc<Inbox>),
     Replies(SubscriptionId, Arc<ReplyMux>),
     Group(Arc<Group>),
+    Hopping(SubscriptionId, Arc<HopGate>),
 }
 
 /// A group's members on one pattern; each wave goes to the next in turn.
@@ -67,7 +68,11 @@ impl Target {
     /// Removes the subscriptions in `ids`; `None` when nothing is left.
     fn without(self, ids: &[SubscriptionId]) -> Option<Target> {
         match self {
-            Target::Inbox(id, _) | Target::Replies(id, _) if ids.contains(&id) => None,
+            Target::Inbox(id, _) | Target::Replies(id, _) | Target::Hopping(id, _)
+                if ids.contains(&id) =>
+            {
+                None
+            }
             Target::Group(group) if group.members.iter().any(|(id, _)| ids.contains(id)) => {
                 let members: Vec<_> = group
                     .members
@@ -85,6 +90,7 @@ impl Target {
 enum Recipient<'a> {
     Inbox(&'a Arc<Inbox>),
     Replies(&'a Arc<ReplyMux>),
+    Hopping(&'a Arc<HopGate>),
 }
 
 impl EmbeddedMedium {
@@ -117,6 +123,7 @@ impl EmbeddedMedium {
             let new_target = match listener {
                 Listener::Inbox(inbox) => Target::Inbox(id, inbox),
                 Listener::Replies(mux) => Target::Replies(id, mux),
+                Listener::Hopping(gate) => Target::Hopping(id, gate),
                 Listener::Group(name, inbox) => {
                     // Join the group if it already listens on this pattern.
                     let existing = targets.iter_mut().find_map(|t| match t {
@@ -192,6 +199,7 @@ fn visit<'a>(recipients: &mut SmallVec<[Recipient<'a>; 4]>, target: &'a Target) 
     match target {
         Target::Inbox(_, inbox) => add_inbox(recipients, inbox),
         Target::Replies(_, mux) => recipients.push(Recipient::Replies(mux)),
+        Target::Hopping(_, gate) => recipients.push(Recipient::Hopping(gate)),
         Target::Group(group) => {
             let turn = group.next.fetch_add(1, Ordering::Relaxed) % group.members.len();
             add_inbox(recipients, &group.members[turn].1);
@@ -220,6 +228,9 @@ fn deliver(recipient: Recipient<'_>, wave: Wave, stats: &Counters) {
             } else {
                 stats.unrouted();
             }
+        }
+        Recipient::Hopping(gate) => {
+            gate.offer(wave, stats);
         }
     }
 }

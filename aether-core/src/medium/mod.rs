@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::{
     Wave,
+    hopping::HopGate,
     inbox::{Inbox, Offer},
     reply::ReplyMux,
     stats::{Counters, DropReason},
@@ -32,6 +33,10 @@ pub(crate) enum Listener {
     Group(Arc<str>, Arc<Inbox>),
     /// The waiters of a vibrator's requests.
     Replies(Arc<ReplyMux>),
+    /// A vibrator's hopping resonance, on one of its wire channels: the gate
+    /// checks the wave and hands it to the receive queue with its base
+    /// channel.
+    Hopping(Arc<HopGate>),
 }
 
 /// How many receivers a wave reached.

@@ -261,6 +261,12 @@ impl Wave {
         self.origin
     }
 
+    /// Puts the wave on `channel` (a hopping wave gets its base channel back
+    /// on arrival).
+    pub(crate) fn set_channel(&mut self, channel: Channel) {
+        self.channel = channel;
+    }
+
     pub(crate) fn set_reply_to(&mut self, reply_to: Channel) {
         self.extras_mut().reply_to = Some(reply_to);
     }

@@ -36,6 +36,7 @@ use crate::{
     AetherConfig, Channel, ConnectError, ConnectErrorKind, EmitError, EmitErrorKind, RequestError,
     RequestErrorKind, ResonateError, ResonateErrorKind, Wave,
     connection::{ConnectionCounters, ConnectionEvent, ConnectionState, ConnectionStatus},
+    hopping::HopGate,
     inbox::Inbox,
     stats::{Counters, DropReason},
     subject, wire,
@@ -212,6 +213,9 @@ impl NatsMedium {
     ) -> Result<SubscriptionId, ResonateError> {
         let id = SubscriptionId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let subject = subject::pattern_subject(&self.shared.prefix, &pattern);
+        if let Listener::Hopping(gate) = listener {
+            return self.subscribe_hopping(id, subject, gate).await;
+        }
         let (subscriber, inbox, grouped) = match listener {
             Listener::Inbox(inbox) => (self.client.subscribe(subject).await, inbox, false),
             Listener::Group(group, inbox) => (
@@ -224,6 +228,7 @@ impl NatsMedium {
             Listener::Replies(_) => {
                 unreachable!("requests over NATS use NATS request/reply, not a reply listener")
             }
+            Listener::Hopping(_) => unreachable!("handled above"),
         };
         let subscriber =
             subscriber.map_err(|e| ResonateError::with_source(ResonateErrorKind::Medium, e))?;
@@ -237,6 +242,25 @@ impl NatsMedium {
             id,
             grouped,
         ));
+        self.lock_subscriptions()
+            .insert(id, (task.abort_handle(), inbox));
+        Ok(id)
+    }
+
+    /// Subscribes a hopping resonance's gate to one wire channel's subject.
+    async fn subscribe_hopping(
+        &self,
+        id: SubscriptionId,
+        subject: String,
+        gate: Arc<HopGate>,
+    ) -> Result<SubscriptionId, ResonateError> {
+        let subscriber = self
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(|e| ResonateError::with_source(ResonateErrorKind::Medium, e))?;
+        let inbox = gate.inbox().clone();
+        let task = tokio::spawn(forward_hopping(subscriber, self.shared.clone(), gate));
         self.lock_subscriptions()
             .insert(id, (task.abort_handle(), inbox));
         Ok(id)
@@ -443,6 +467,17 @@ async fn forward(
     }
 }
 
+/// Moves a hopping subscription's messages through its gate.
+async fn forward_hopping(mut subscriber: Subscriber, shared: Arc<Shared>, gate: Arc<HopGate>) {
+    while let Some(message) = subscriber.next().await {
+        if let Some(wave) = take(&shared, message, |_| false)
+            && !gate.offer(wave, &shared.stats)
+        {
+            break;
+        }
+    }
+}
+
 /// Takes one message off the wire; `false` once the vibrator is gone.
 fn arrive(
     shared: &Shared,
@@ -451,24 +486,40 @@ fn arrive(
     grouped: bool,
     message: Message,
 ) -> bool {
+    match take(shared, message, |channel| {
+        inbox.heard_elsewhere(channel, id, grouped)
+    }) {
+        Some(wave) => offer_counted(inbox, wave, &shared.stats),
+        None => true,
+    }
+}
+
+/// The wave a message carries, measured on arrival; `None` if it is not a
+/// wave (counted as malformed), is `heard_elsewhere`, or is dropped (and
+/// counted).
+fn take(
+    shared: &Shared,
+    message: Message,
+    heard_elsewhere: impl FnOnce(&Channel) -> bool,
+) -> Option<Wave> {
     let Some(channel) = subject::subject_channel(&shared.prefix, &message.subject) else {
         shared.refuse(
             &message.subject,
             &"the subject is not a channel of this aether",
         );
-        return true;
+        return None;
     };
     let mut wave = match wire::decode(channel, message.payload, &shared.limits) {
         Ok(wave) => wave,
         Err(error) => {
             shared.refuse(&message.subject, &error);
-            return true;
+            return None;
         }
     };
     // Another of this vibrator's resonances hears the wave too: it is
     // delivered there, once.
-    if inbox.heard_elsewhere(wave.channel(), id, grouped) {
-        return true;
+    if heard_elsewhere(wave.channel()) {
+        return None;
     }
     if let Some(reply) = &message.reply
         && let Some(reply_to) = subject::subject_channel(&shared.prefix, reply)
@@ -479,14 +530,14 @@ fn arrive(
     let stats = &*shared.stats;
     if wave.propagation_count() > config.max_propagation {
         stats.dropped(DropReason::PropagationLimit);
-        return true;
+        return None;
     }
     if wave.propagation_count() > 0 || wave.decay_per_s() > 0.0 {
         wave.measure(crate::wave::unix_nanos(), config.attenuation_factor);
     }
     if wave.amplitude().value() < config.min_amplitude {
         stats.dropped(DropReason::Expired);
-        return true;
+        return None;
     }
-    offer_counted(inbox, wave, stats)
+    Some(wave)
 }

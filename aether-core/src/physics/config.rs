@@ -1,0 +1,267 @@
+//! Settings of the physics engine: windows, tolerances and the caps that
+//! bound its memory.
+
+use std::{f64::consts::FRAC_PI_2, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+/// Settings of a [`PhysicsEngine`](super::PhysicsEngine). Every field has a
+/// default; [`PhysicsConfig::validate`] refuses a value out of range, naming
+/// the key (`physics.<field>`).
+///
+/// Memory is bounded whatever the traffic: at most `max_tracked_keys`
+/// coherence windows of at most `max_window_waves` waves each, at most
+/// `max_tracked_keys` standing-wave rings of `standing_min_repeats` waves
+/// each, and at most `max_edges` resonance edges. About 80 bytes per wave
+/// kept, plus the names: with the defaults, under 60 MB in the worst case
+/// (every window full), and a few hundred bytes per key in the usual one.
+///
+/// ```
+/// use aether_core::PhysicsConfig;
+///
+/// let config = PhysicsConfig { coherence_window_ms: 500, ..Default::default() };
+/// assert!(config.validate().is_ok());
+///
+/// let bad = PhysicsConfig { phase_tolerance: 2.0, ..Default::default() };
+/// assert_eq!(bad.validate().unwrap_err().key(), "physics.phase_tolerance");
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PhysicsConfig {
+    /// Two waves interfere only if their emission times are at most this far
+    /// apart, in milliseconds. Default 1000.
+    pub coherence_window_ms: u64,
+    /// How far from 0 (in phase) or from π (opposite) a phase difference may
+    /// be, in radians, in `[0, π/2)`. Default 0.1.
+    pub phase_tolerance: f64,
+    /// Most waves kept per (channel, correlation key) window; the oldest goes
+    /// first. 1 to 4096. Default 64.
+    pub max_window_waves: usize,
+    /// Most (channel, correlation key) windows, and most (channel, payload)
+    /// rings, tracked at once; past it the least recently used one is
+    /// forgotten. 1 to 10,000,000. Default 10,000.
+    pub max_tracked_keys: usize,
+    /// Occurrences of the same (channel, payload) at a steady period that make
+    /// a standing wave. 3 to 64. Default 4.
+    pub standing_min_repeats: usize,
+    /// How much the intervals between those occurrences may vary, as a
+    /// fraction of their mean, in `(0, 1]`. Default 0.2 (20 %).
+    pub standing_jitter: f64,
+    /// The occurrences of a standing wave all fall within this span, in
+    /// milliseconds. Default 10,000.
+    pub standing_window_ms: u64,
+    /// Time constant of the resonance rates and mean amplitudes (an
+    /// exponentially decayed window), in milliseconds. Default 10,000.
+    pub resonance_window_ms: u64,
+    /// A resonance edge not seen for this long is dropped, in milliseconds.
+    /// Default 60,000.
+    pub resonance_idle_ms: u64,
+    /// Most resonance edges kept; past it the least recently seen one is
+    /// dropped. 1 to 10,000,000. Default 10,000.
+    pub max_edges: usize,
+}
+
+impl Default for PhysicsConfig {
+    fn default() -> Self {
+        Self {
+            coherence_window_ms: 1000,
+            phase_tolerance: 0.1,
+            max_window_waves: 64,
+            max_tracked_keys: 10_000,
+            standing_min_repeats: 4,
+            standing_jitter: 0.2,
+            standing_window_ms: 10_000,
+            resonance_window_ms: 10_000,
+            resonance_idle_ms: 60_000,
+            max_edges: 10_000,
+        }
+    }
+}
+
+/// The longest window accepted: one day.
+const MAX_WINDOW_MS: u64 = 86_400_000;
+
+impl PhysicsConfig {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let window = |key, ms: u64| {
+            check(
+                (1..=MAX_WINDOW_MS).contains(&ms),
+                key,
+                ms.to_string(),
+                "must be between 1 and 86400000 (one day)",
+            )
+        };
+        window("physics.coherence_window_ms", self.coherence_window_ms)?;
+        check(
+            (0.0..FRAC_PI_2).contains(&self.phase_tolerance),
+            "physics.phase_tolerance",
+            self.phase_tolerance.to_string(),
+            "must be in [0, π/2) radians",
+        )?;
+        check(
+            (1..=4096).contains(&self.max_window_waves),
+            "physics.max_window_waves",
+            self.max_window_waves.to_string(),
+            "must be between 1 and 4096",
+        )?;
+        check(
+            (1..=10_000_000).contains(&self.max_tracked_keys),
+            "physics.max_tracked_keys",
+            self.max_tracked_keys.to_string(),
+            "must be between 1 and 10000000",
+        )?;
+        check(
+            (3..=64).contains(&self.standing_min_repeats),
+            "physics.standing_min_repeats",
+            self.standing_min_repeats.to_string(),
+            "must be between 3 and 64",
+        )?;
+        check(
+            self.standing_jitter > 0.0 && self.standing_jitter <= 1.0,
+            "physics.standing_jitter",
+            self.standing_jitter.to_string(),
+            "must be in (0, 1]",
+        )?;
+        window("physics.standing_window_ms", self.standing_window_ms)?;
+        window("physics.resonance_window_ms", self.resonance_window_ms)?;
+        window("physics.resonance_idle_ms", self.resonance_idle_ms)?;
+        check(
+            (1..=10_000_000).contains(&self.max_edges),
+            "physics.max_edges",
+            self.max_edges.to_string(),
+            "must be between 1 and 10000000",
+        )
+    }
+
+    /// [`PhysicsConfig::coherence_window_ms`] as a duration.
+    pub fn coherence_window(&self) -> Duration {
+        Duration::from_millis(self.coherence_window_ms)
+    }
+
+    /// [`PhysicsConfig::standing_window_ms`] as a duration.
+    pub fn standing_window(&self) -> Duration {
+        Duration::from_millis(self.standing_window_ms)
+    }
+
+    /// [`PhysicsConfig::resonance_window_ms`] as a duration.
+    pub fn resonance_window(&self) -> Duration {
+        Duration::from_millis(self.resonance_window_ms)
+    }
+}
+
+/// `Ok` if `ok`, else the error naming `key`, its `value` and the `rule`.
+fn check(
+    ok: bool,
+    key: &'static str,
+    value: String,
+    rule: &'static str,
+) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(key, value, rule))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(PhysicsConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases: [(PhysicsConfig, &str); 10] = [
+            (
+                PhysicsConfig {
+                    coherence_window_ms: 0,
+                    ..Default::default()
+                },
+                "physics.coherence_window_ms",
+            ),
+            (
+                PhysicsConfig {
+                    phase_tolerance: f64::NAN,
+                    ..Default::default()
+                },
+                "physics.phase_tolerance",
+            ),
+            (
+                PhysicsConfig {
+                    max_window_waves: 0,
+                    ..Default::default()
+                },
+                "physics.max_window_waves",
+            ),
+            (
+                PhysicsConfig {
+                    max_tracked_keys: 0,
+                    ..Default::default()
+                },
+                "physics.max_tracked_keys",
+            ),
+            (
+                PhysicsConfig {
+                    standing_min_repeats: 2,
+                    ..Default::default()
+                },
+                "physics.standing_min_repeats",
+            ),
+            (
+                PhysicsConfig {
+                    standing_jitter: 0.0,
+                    ..Default::default()
+                },
+                "physics.standing_jitter",
+            ),
+            (
+                PhysicsConfig {
+                    standing_window_ms: MAX_WINDOW_MS + 1,
+                    ..Default::default()
+                },
+                "physics.standing_window_ms",
+            ),
+            (
+                PhysicsConfig {
+                    resonance_window_ms: 0,
+                    ..Default::default()
+                },
+                "physics.resonance_window_ms",
+            ),
+            (
+                PhysicsConfig {
+                    resonance_idle_ms: 0,
+                    ..Default::default()
+                },
+                "physics.resonance_idle_ms",
+            ),
+            (
+                PhysicsConfig {
+                    max_edges: 0,
+                    ..Default::default()
+                },
+                "physics.max_edges",
+            ),
+        ];
+        for (config, key) in cases {
+            let err = config.validate().expect_err(key);
+            assert_eq!(err.key(), key);
+            assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn reads_from_json_with_defaults_and_refuses_unknown_keys() {
+        let config: PhysicsConfig =
+            serde_json::from_str(r#"{"coherence_window_ms": 250}"#).expect("valid");
+        assert_eq!(config.coherence_window_ms, 250);
+        assert_eq!(config.max_tracked_keys, 10_000);
+        assert!(serde_json::from_str::<PhysicsConfig>(r#"{"coherence": 1}"#).is_err());
+    }
+}
