@@ -1,0 +1,735 @@
+//! The NATS medium beside raw async-nats, on the same nats-server, in the
+//! same run.
+//!
+//! - `1 -> 1`: one sender connection, one receiver connection. Raw: a
+//!   `Client::subscribe` counting N messages, another client publishing N
+//!   `Bytes`. Aether: a vibrator resonating on `bench.one` on one aether,
+//!   another vibrator emitting N waves on a second aether.
+//! - `1 -> 4`: one sender connection, one receiving connection with four
+//!   subscriptions (raw: four subscribers on `bench.*` on one client; aether:
+//!   four vibrators on one aether, on `bench.*`). Rates count deliveries
+//!   (4 per message).
+//! - request/reply: a responder on one connection echoes the payload, a
+//!   requester on another makes sequential requests; p50 and p99.
+//!
+//! Payloads are 128 bytes. Every round starts only once the subscriptions are
+//! live (probe messages until each receiver sees one, then a fence message
+//! that drains them), and checks zero loss: every receiver gets exactly N,
+//! no slow-consumer event (the client's subscription buffers hold the whole
+//! batch), no drop counted by aether. The bench starts its own nats-server
+//! (aether-testkit); both sides run on a multi-thread tokio runtime with 2
+//! workers, raw and aether alternating round by round.
+//!
+//! `cargo bench -p aether-core --bench nats` prints the summary (median of 5
+//! rounds each). `AETHER_BENCH_PROFILE=one|fan|req` runs only that scenario,
+//! repeated, printing each round (for a profiler); `AETHER_BENCH_SIDE=raw|aether`
+//! then runs only that side. Under `cargo test` (no `--bench` argument) it
+//! runs one small round of each case and checks it.
+
+use std::{
+    hint::black_box,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use aether_core::{Aether, AetherConfig, Channel, Vibrator, Wave, config::NatsConfig, wire};
+use aether_testkit::NatsServer;
+use async_nats::{Client, ConnectOptions, Event, Subscriber};
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt};
+use tokio::{runtime::Runtime, task::JoinHandle, time::timeout};
+
+const PAYLOAD: usize = 128;
+/// Messages per throughput round.
+const N: usize = 200_000;
+const FAN_OUT: usize = 4;
+/// Measured rounds per side in the summary (after one warm-up round).
+const ROUNDS: usize = 5;
+/// Requests timed per request/reply round, after `WARM_UP_REQUESTS`.
+const SAMPLES: usize = 5_000;
+const WARM_UP_REQUESTS: usize = 500;
+/// Commands queued for a connection before a publish waits: aether's
+/// default, given to both sides.
+const CLIENT_CAPACITY: usize = 65_536;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on a whole round (and on the fence): past it, messages were lost.
+const ROUND_LIMIT: Duration = Duration::from_secs(60);
+/// Bound on subscriptions becoming live.
+const PROBE_LIMIT: Duration = Duration::from_secs(10);
+/// How long a receiver waits for a probe before another is sent.
+const PROBE_WAIT: Duration = Duration::from_millis(20);
+/// Probe and fence payloads: shorter than `PAYLOAD`, so never mistaken for
+/// data.
+const PROBE: &[u8] = b"probe";
+const FENCE: &[u8] = b"fence";
+
+const ONE_SUBJECT: &str = "bench.one";
+const FAN_SUBJECT: &str = "bench.fan";
+const FAN_PATTERN: &str = "bench.*";
+const REQ_SUBJECT: &str = "bench.req";
+/// The emitter's name: it travels in every envelope.
+const EMITTER: &str = "tx";
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn payload() -> Bytes {
+    Bytes::from(vec![0xAB; PAYLOAD])
+}
+
+/// Subscription buffers (client and vibrator) that hold a whole batch.
+fn capacity(n: usize) -> usize {
+    n + 1000
+}
+
+/// Runs `f` as a task on the runtime's workers (not on the `block_on`
+/// thread), so senders, receivers and the clients' connection tasks all
+/// share the two workers.
+fn on_workers<F>(rt: &Runtime, f: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    rt.block_on(async {
+        tokio::spawn(f)
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    })
+}
+
+// --- raw async-nats -------------------------------------------------------
+
+/// A raw client with `capacity` messages of buffer per subscription, and a
+/// count of its slow-consumer events.
+async fn raw_connect(url: &str, capacity: usize) -> (Client, Arc<AtomicU64>) {
+    let slow = Arc::new(AtomicU64::new(0));
+    let counter = slow.clone();
+    let client = ConnectOptions::new()
+        .subscription_capacity(capacity)
+        .client_capacity(CLIENT_CAPACITY)
+        .request_timeout(Some(REQUEST_TIMEOUT))
+        .event_callback(move |event| {
+            let counter = counter.clone();
+            async move {
+                if let Event::SlowConsumer(_) = event {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+        .connect(url)
+        .await
+        .expect("raw client connects");
+    (client, slow)
+}
+
+/// Publishes probes until every subscriber has seen one, then a fence that
+/// each reads up to: afterwards the subscriptions are live and empty.
+async fn raw_probe(client: &Client, subject: &'static str, subs: &mut [Subscriber]) {
+    let deadline = Instant::now() + PROBE_LIMIT;
+    let mut live = vec![false; subs.len()];
+    while !live.iter().all(|l| *l) {
+        assert!(
+            Instant::now() < deadline,
+            "raw: subscriptions not live within {PROBE_LIMIT:?}"
+        );
+        client
+            .publish(subject, Bytes::from_static(PROBE))
+            .await
+            .expect("probe");
+        client.flush().await.expect("flush");
+        for (sub, live) in subs.iter_mut().zip(&mut live) {
+            if !*live {
+                *live = matches!(timeout(PROBE_WAIT, sub.next()).await, Ok(Some(_)));
+            }
+        }
+    }
+    client
+        .publish(subject, Bytes::from_static(FENCE))
+        .await
+        .expect("fence");
+    client.flush().await.expect("flush");
+    for sub in subs {
+        loop {
+            let message = timeout(ROUND_LIMIT, sub.next())
+                .await
+                .expect("raw: the fence arrives")
+                .expect("subscription open");
+            if message.payload == FENCE {
+                break;
+            }
+        }
+    }
+}
+
+/// Publishes `n` messages on `subject`; each subscriber must receive exactly
+/// `n`. Returns the time from the first publish to the last delivery.
+async fn raw_run(
+    label: &str,
+    tx: &Client,
+    subject: &'static str,
+    subs: Vec<Subscriber>,
+    n: usize,
+) -> Duration {
+    let payload = payload();
+    let start = Instant::now();
+    let (consumers, progress) = consume(subs, |mut sub, got| async move {
+        while got.load(Ordering::Relaxed) < n {
+            let message = sub.next().await.expect("subscription open");
+            assert_eq!(message.payload.len(), PAYLOAD, "a data message");
+            black_box(message);
+            got.fetch_add(1, Ordering::Relaxed);
+        }
+        sub
+    });
+    for _ in 0..n {
+        tx.publish(subject, payload.clone()).await.expect("publish");
+    }
+    tx.flush().await.expect("flush");
+    let subs = finish(label, consumers, &progress, n).await;
+    let elapsed = start.elapsed();
+    for mut sub in subs {
+        assert!(
+            sub.next().now_or_never().is_none(),
+            "{label}: more than {n} messages"
+        );
+    }
+    elapsed
+}
+
+async fn raw_one_to_one(url: String, n: usize) -> Duration {
+    let (rx, rx_slow) = raw_connect(&url, capacity(n)).await;
+    let (tx, tx_slow) = raw_connect(&url, capacity(n)).await;
+    let mut subs = vec![rx.subscribe(ONE_SUBJECT).await.expect("subscribe")];
+    raw_probe(&tx, ONE_SUBJECT, &mut subs).await;
+    let elapsed = raw_run("raw 1 -> 1", &tx, ONE_SUBJECT, subs, n).await;
+    assert_eq!(rx_slow.load(Ordering::Relaxed), 0, "raw: slow consumer");
+    assert_eq!(tx_slow.load(Ordering::Relaxed), 0, "raw: slow consumer");
+    elapsed
+}
+
+/// Four subscribers on one receiving client: the same wire traffic as four
+/// vibrators on one aether (one connection, four subscriptions).
+async fn raw_fan_out(url: String, n: usize) -> Duration {
+    let (rx, rx_slow) = raw_connect(&url, capacity(n)).await;
+    let (tx, tx_slow) = raw_connect(&url, capacity(n)).await;
+    let mut subs = Vec::new();
+    for _ in 0..FAN_OUT {
+        subs.push(rx.subscribe(FAN_PATTERN).await.expect("subscribe"));
+    }
+    raw_probe(&tx, FAN_SUBJECT, &mut subs).await;
+    let elapsed = raw_run("raw 1 -> 4", &tx, FAN_SUBJECT, subs, n).await;
+    assert_eq!(rx_slow.load(Ordering::Relaxed), 0, "raw: slow consumer");
+    assert_eq!(tx_slow.load(Ordering::Relaxed), 0, "raw: slow consumer");
+    elapsed
+}
+
+/// Sequential requests to an echoing responder on another connection:
+/// `warm_up` untimed, then `samples` timed.
+async fn raw_request_reply(url: String, warm_up: usize, samples: usize) -> Vec<Duration> {
+    let (responder, _) = raw_connect(&url, capacity(0)).await;
+    let (requester, slow) = raw_connect(&url, capacity(0)).await;
+    let mut sub = responder.subscribe(REQ_SUBJECT).await.expect("subscribe");
+    let echo = tokio::spawn(async move {
+        while let Some(message) = sub.next().await {
+            if let Some(reply) = message.reply {
+                responder
+                    .publish(reply, message.payload)
+                    .await
+                    .expect("reply");
+            }
+        }
+    });
+    let payload = payload();
+    let request = || async {
+        let reply = requester
+            .request(REQ_SUBJECT, payload.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        assert_eq!(reply.payload, payload, "raw: the reply echoes the request");
+        Ok::<_, String>(())
+    };
+    // Live when a request gets its answer (until then: no responders).
+    let deadline = Instant::now() + PROBE_LIMIT;
+    while let Err(error) = request().await {
+        assert!(
+            Instant::now() < deadline,
+            "raw: responder not live within {PROBE_LIMIT:?}: {error}"
+        );
+    }
+    for _ in 0..warm_up {
+        request().await.expect("raw request");
+    }
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let start = Instant::now();
+        request().await.expect("raw request");
+        out.push(start.elapsed());
+    }
+    echo.abort();
+    assert_eq!(slow.load(Ordering::Relaxed), 0, "raw: slow consumer");
+    out
+}
+
+// --- aether over NATS -----------------------------------------------------
+
+/// An aether on the bench's server whose vibrators and NATS subscriptions
+/// hold `capacity` waves each.
+async fn aether_connect(url: &str, capacity: usize) -> Aether {
+    Aether::connect(AetherConfig {
+        channel_buffer_size: capacity,
+        request_timeout_ms: REQUEST_TIMEOUT.as_millis() as u64,
+        nats: NatsConfig {
+            urls: vec![url.to_string()],
+            subscription_capacity: capacity,
+            client_capacity: CLIENT_CAPACITY,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .expect("aether connects")
+}
+
+/// Emits probes until every vibrator has heard one, then a fence that each
+/// reads up to.
+async fn aether_probe(tx: &Vibrator, channel: &Channel, rxs: &mut [Vibrator]) {
+    let deadline = Instant::now() + PROBE_LIMIT;
+    let mut live = vec![false; rxs.len()];
+    while !live.iter().all(|l| *l) {
+        assert!(
+            Instant::now() < deadline,
+            "aether: resonances not live within {PROBE_LIMIT:?}"
+        );
+        tx.emit(Wave::new(channel.clone(), Bytes::from_static(PROBE)))
+            .await
+            .expect("probe");
+        for (rx, live) in rxs.iter_mut().zip(&mut live) {
+            if !*live {
+                *live = matches!(timeout(PROBE_WAIT, rx.receive()).await, Ok(Some(_)));
+            }
+        }
+    }
+    tx.emit(Wave::new(channel.clone(), Bytes::from_static(FENCE)))
+        .await
+        .expect("fence");
+    for rx in rxs {
+        loop {
+            let wave = timeout(ROUND_LIMIT, rx.receive())
+                .await
+                .expect("aether: the fence arrives")
+                .expect("aether open");
+            if wave.payload_bytes() == FENCE {
+                break;
+            }
+        }
+    }
+}
+
+/// Emits `n` waves on `channel`; each vibrator must receive exactly `n`,
+/// with no drop and no slow-consumer event on `rx_aether`.
+async fn aether_run(
+    label: &str,
+    tx: &Vibrator,
+    channel: &Channel,
+    rx_aether: &Aether,
+    rxs: Vec<Vibrator>,
+    n: usize,
+) -> Duration {
+    let payload = payload();
+    let start = Instant::now();
+    let (consumers, progress) = consume(rxs, |mut rx, got| async move {
+        while got.load(Ordering::Relaxed) < n {
+            let wave = rx.receive().await.expect("aether open");
+            assert_eq!(wave.payload_bytes().len(), PAYLOAD, "a data wave");
+            black_box(wave);
+            got.fetch_add(1, Ordering::Relaxed);
+        }
+        rx
+    });
+    for _ in 0..n {
+        tx.emit(Wave::new(channel.clone(), payload.clone()))
+            .await
+            .expect("emit");
+    }
+    let rxs = finish(label, consumers, &progress, n).await;
+    let elapsed = start.elapsed();
+    for mut rx in rxs {
+        assert!(rx.try_receive().is_none(), "{label}: more than {n} waves");
+        assert_eq!(rx.stats().dropped_total(), 0, "{label}: waves dropped");
+    }
+    let status = rx_aether.connection();
+    assert_eq!(status.slow_consumer_events, 0, "{label}: slow consumer");
+    assert_eq!(status.malformed, 0, "{label}: malformed waves");
+    assert_eq!(
+        rx_aether.stats().dropped_total(),
+        0,
+        "{label}: waves dropped"
+    );
+    elapsed
+}
+
+async fn aether_one_to_one(url: String, n: usize) -> Duration {
+    let rx_aether = aether_connect(&url, capacity(n)).await;
+    let tx_aether = aether_connect(&url, capacity(n)).await;
+    let mut rx = Vibrator::create("rx", &rx_aether).await.expect("rx");
+    rx.resonate_on(ONE_SUBJECT).await.expect("resonate");
+    let tx = Vibrator::create(EMITTER, &tx_aether).await.expect("tx");
+    let channel = Channel::new(ONE_SUBJECT);
+    let mut rxs = vec![rx];
+    aether_probe(&tx, &channel, &mut rxs).await;
+    aether_run("aether 1 -> 1", &tx, &channel, &rx_aether, rxs, n).await
+}
+
+async fn aether_fan_out(url: String, n: usize) -> Duration {
+    let rx_aether = aether_connect(&url, capacity(n)).await;
+    let tx_aether = aether_connect(&url, capacity(n)).await;
+    let mut rxs = Vec::new();
+    for i in 0..FAN_OUT {
+        let mut rx = Vibrator::create(format!("rx{i}"), &rx_aether)
+            .await
+            .expect("rx");
+        rx.resonate_on(FAN_PATTERN).await.expect("resonate");
+        rxs.push(rx);
+    }
+    let tx = Vibrator::create(EMITTER, &tx_aether).await.expect("tx");
+    let channel = Channel::new(FAN_SUBJECT);
+    aether_probe(&tx, &channel, &mut rxs).await;
+    aether_run("aether 1 -> 4", &tx, &channel, &rx_aether, rxs, n).await
+}
+
+async fn aether_request_reply(url: String, warm_up: usize, samples: usize) -> Vec<Duration> {
+    let responder_aether = aether_connect(&url, capacity(0)).await;
+    let requester_aether = aether_connect(&url, capacity(0)).await;
+    let mut responder = Vibrator::create("responder", &responder_aether)
+        .await
+        .expect("responder");
+    responder.resonate_on(REQ_SUBJECT).await.expect("resonate");
+    let echo = tokio::spawn(async move {
+        while let Some(wave) = responder.receive().await {
+            responder
+                .reply(&wave, wave.payload_bytes().clone())
+                .await
+                .expect("reply");
+        }
+    });
+    let requester = Vibrator::create("requester", &requester_aether)
+        .await
+        .expect("requester");
+    let channel = Channel::new(REQ_SUBJECT);
+    let payload = payload();
+    let request = || async {
+        let reply = requester
+            .request_with_timeout(Wave::new(channel.clone(), payload.clone()), REQUEST_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        assert_eq!(
+            reply.payload_bytes(),
+            &payload,
+            "aether: the reply echoes the request"
+        );
+        Ok::<_, String>(())
+    };
+    let deadline = Instant::now() + PROBE_LIMIT;
+    while let Err(error) = request().await {
+        assert!(
+            Instant::now() < deadline,
+            "aether: responder not live within {PROBE_LIMIT:?}: {error}"
+        );
+    }
+    for _ in 0..warm_up {
+        request().await.expect("aether request");
+    }
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let start = Instant::now();
+        request().await.expect("aether request");
+        out.push(start.elapsed());
+    }
+    echo.abort();
+    for aether in [&responder_aether, &requester_aether] {
+        let status = aether.connection();
+        assert_eq!(status.slow_consumer_events, 0, "aether: slow consumer");
+        assert_eq!(status.malformed, 0, "aether: malformed waves");
+        assert_eq!(aether.stats().dropped_total(), 0, "aether: waves dropped");
+    }
+    out
+}
+
+// --- shared ---------------------------------------------------------------
+
+/// Spawns one consumer per receiver, each counting into its own progress
+/// counter (read if the round times out).
+fn consume<R, F, Fut>(receivers: Vec<R>, body: F) -> (Vec<JoinHandle<R>>, Vec<Arc<AtomicUsize>>)
+where
+    R: Send + 'static,
+    F: Fn(R, Arc<AtomicUsize>) -> Fut,
+    Fut: Future<Output = R> + Send + 'static,
+{
+    receivers
+        .into_iter()
+        .map(|receiver| {
+            let got = Arc::new(AtomicUsize::new(0));
+            (tokio::spawn(body(receiver, got.clone())), got)
+        })
+        .unzip()
+}
+
+/// Waits (bounded) for every consumer to have its `n` messages; fails loudly
+/// with what arrived if one does not.
+async fn finish<R>(
+    label: &str,
+    consumers: Vec<JoinHandle<R>>,
+    progress: &[Arc<AtomicUsize>],
+    n: usize,
+) -> Vec<R> {
+    let deadline = tokio::time::Instant::now() + ROUND_LIMIT;
+    let mut out = Vec::with_capacity(consumers.len());
+    for consumer in consumers {
+        match tokio::time::timeout_at(deadline, consumer).await {
+            Ok(result) => {
+                out.push(result.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())))
+            }
+            Err(_) => {
+                let got: Vec<usize> = progress.iter().map(|g| g.load(Ordering::Relaxed)).collect();
+                panic!(
+                    "{label}: messages lost: receivers got {got:?} of {n} within {ROUND_LIMIT:?}"
+                );
+            }
+        }
+    }
+    out
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn spread(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)))
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() - 1) as f64 * p).round() as usize]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Scenario {
+    One,
+    Fan,
+    Req,
+}
+
+/// One measurement: messages (deliveries) per second for throughput, p50
+/// and p99 in microseconds for request/reply.
+#[derive(Clone, Copy)]
+enum Measure {
+    Rate(f64),
+    Latency { p50: f64, p99: f64 },
+}
+
+impl Measure {
+    /// The headline figure: the rate, or p50.
+    fn value(self) -> f64 {
+        match self {
+            Measure::Rate(r) => r,
+            Measure::Latency { p50, .. } => p50,
+        }
+    }
+}
+
+fn measure(rt: &Runtime, url: &str, scenario: Scenario, aether: bool) -> Measure {
+    let url = url.to_string();
+    match (scenario, aether) {
+        (Scenario::One, false) => Measure::Rate(rate(N, on_workers(rt, raw_one_to_one(url, N)))),
+        (Scenario::One, true) => Measure::Rate(rate(N, on_workers(rt, aether_one_to_one(url, N)))),
+        (Scenario::Fan, false) => {
+            Measure::Rate(rate(N * FAN_OUT, on_workers(rt, raw_fan_out(url, N))))
+        }
+        (Scenario::Fan, true) => {
+            Measure::Rate(rate(N * FAN_OUT, on_workers(rt, aether_fan_out(url, N))))
+        }
+        (Scenario::Req, side) => {
+            let mut samples = if side {
+                on_workers(rt, aether_request_reply(url, WARM_UP_REQUESTS, SAMPLES))
+            } else {
+                on_workers(rt, raw_request_reply(url, WARM_UP_REQUESTS, SAMPLES))
+            };
+            Measure::Latency {
+                p50: micros(percentile(&mut samples, 0.5)),
+                p99: micros(percentile(&mut samples, 0.99)),
+            }
+        }
+    }
+}
+
+fn rate(messages: usize, elapsed: Duration) -> f64 {
+    messages as f64 / elapsed.as_secs_f64()
+}
+
+/// Rounds of one scenario, raw and aether alternating after one warm-up
+/// round of each: (raw, aether, aether/raw per round).
+fn rounds(
+    rt: &Runtime,
+    url: &str,
+    scenario: Scenario,
+    rounds: usize,
+) -> (Vec<Measure>, Vec<Measure>, Vec<f64>) {
+    measure(rt, url, scenario, false);
+    measure(rt, url, scenario, true);
+    let (mut raw, mut ours, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let r = measure(rt, url, scenario, false);
+        let a = measure(rt, url, scenario, true);
+        ratios.push(a.value() / r.value());
+        raw.push(r);
+        ours.push(a);
+    }
+    (raw, ours, ratios)
+}
+
+fn summary(rt: &Runtime, url: &str) {
+    let one = rounds(rt, url, Scenario::One, ROUNDS);
+    let fan = rounds(rt, url, Scenario::Fan, ROUNDS);
+    let req = rounds(rt, url, Scenario::Req, ROUNDS);
+
+    let rates = |m: &[Measure]| median(m.iter().map(|m| m.value()).collect());
+    let p99s = |m: &[Measure]| {
+        median(
+            m.iter()
+                .map(|m| match m {
+                    Measure::Latency { p99, .. } => *p99,
+                    Measure::Rate(_) => f64::NAN,
+                })
+                .collect(),
+        )
+    };
+    let row = |name: &str, (raw, ours, ratios): &(Vec<Measure>, Vec<Measure>, Vec<f64>)| {
+        let (lo, hi) = spread(ratios);
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.2}x ({lo:.2}-{hi:.2}) |",
+            rates(raw),
+            rates(ours),
+            rates(ours) / rates(raw),
+        );
+    };
+
+    println!();
+    println!(
+        "summary (median of {ROUNDS} rounds, raw and aether alternating; {N} messages per \
+         throughput round, {SAMPLES} requests per latency round; {PAYLOAD}-byte payloads, \
+         2 worker threads, own nats-server on loopback)"
+    );
+    println!("| scenario | raw async-nats | aether nats | ratio (min-max over rounds) |");
+    println!("|---|---|---|---|");
+    row("1 -> 1 (msg/s)", &one);
+    row("1 -> 4 (deliveries/s)", &fan);
+    let (raw, ours, ratios) = &req;
+    let (lo, hi) = spread(ratios);
+    println!(
+        "| request/reply p50 / p99 (us) | {:.1} / {:.1} | {:.1} / {:.1} | {:.2}x ({lo:.2}-{hi:.2}) (p50) |",
+        rates(raw),
+        p99s(raw),
+        rates(ours),
+        p99s(ours),
+        rates(ours) / rates(raw),
+    );
+    println!(
+        "bytes per message body: raw {PAYLOAD}, aether {} (envelope header {} + source name {} + payload)",
+        wire::HEADER_LEN + EMITTER.len() + PAYLOAD,
+        wire::HEADER_LEN,
+        EMITTER.len(),
+    );
+    println!(
+        "loss: 0 (checked in every round: each receiver got exactly N, no slow-consumer event, no drop)"
+    );
+}
+
+/// `AETHER_BENCH_PROFILE=one|fan|req`: that scenario only, repeated, raw and
+/// aether alternating (or one side with `AETHER_BENCH_SIDE`), printing each
+/// round.
+fn profile(rt: &Runtime, url: &str, which: &str) {
+    let scenario = match which {
+        "one" => Scenario::One,
+        "fan" => Scenario::Fan,
+        "req" => Scenario::Req,
+        other => panic!("AETHER_BENCH_PROFILE={other}: expected one, fan or req"),
+    };
+    let side = std::env::var("AETHER_BENCH_SIDE").ok();
+    let (raw_on, ours_on) = match side.as_deref() {
+        None => (true, true),
+        Some("raw") => (true, false),
+        Some("aether") => (false, true),
+        Some(other) => panic!("AETHER_BENCH_SIDE={other}: expected raw or aether"),
+    };
+    let show = |m: Measure| match m {
+        Measure::Rate(r) => format!("{:.3} M/s", r / 1e6),
+        Measure::Latency { p50, p99 } => format!("p50 {p50:.1} us, p99 {p99:.1} us"),
+    };
+    let mut ratios = Vec::new();
+    for round in 0..15 {
+        let raw = raw_on.then(|| measure(rt, url, scenario, false));
+        let ours = ours_on.then(|| measure(rt, url, scenario, true));
+        let mut line = format!("{which} round {round}:");
+        if let Some(r) = raw {
+            line.push_str(&format!(" raw {}", show(r)));
+        }
+        if let Some(a) = ours {
+            line.push_str(&format!(" aether {}", show(a)));
+        }
+        if let (Some(r), Some(a)) = (raw, ours) {
+            ratios.push(a.value() / r.value());
+            line.push_str(&format!(" ratio {:.2}", a.value() / r.value()));
+        }
+        println!("{line}");
+    }
+    if !ratios.is_empty() {
+        println!("{which}: median ratio (aether / raw) {:.2}", median(ratios));
+    }
+}
+
+fn main() {
+    let rt = runtime();
+    let server = rt.block_on(NatsServer::builder().start()).expect(
+        "nats-server starts (install it with `apt-get install -y nats-server` or set NATS_SERVER_BIN)",
+    );
+    let url = server.url();
+    // Under `cargo test --benches` (no `--bench` flag): one small round each.
+    let testing = !std::env::args().any(|a| a == "--bench");
+    if testing {
+        on_workers(&rt, raw_one_to_one(url.clone(), 1000));
+        on_workers(&rt, aether_one_to_one(url.clone(), 1000));
+        on_workers(&rt, raw_fan_out(url.clone(), 1000));
+        on_workers(&rt, aether_fan_out(url.clone(), 1000));
+        assert_eq!(
+            on_workers(&rt, raw_request_reply(url.clone(), 0, 50)).len(),
+            50
+        );
+        assert_eq!(
+            on_workers(&rt, aether_request_reply(url.clone(), 0, 50)).len(),
+            50
+        );
+        println!("nats bench: smoke run ok");
+    } else if let Ok(which) = std::env::var("AETHER_BENCH_PROFILE") {
+        profile(&rt, &url, &which);
+    } else {
+        summary(&rt, &url);
+    }
+    let _guard = rt.enter();
+    drop(server);
+}
