@@ -3,6 +3,9 @@
 //! - `one_to_one`: 1 emitter → 1 resonator, against `tokio::sync::mpsc`.
 //! - `fan_out_4`: 1 emitter → 4 resonators on a wildcard, against
 //!   `tokio::sync::broadcast` with 4 receivers.
+//! - `physics`: 1 → 1 with the physics engine running (someone called
+//!   `aether.physics()`, so every delivery is observed, within the engine's
+//!   budget), against the same with the engine idle, in the same run.
 //!
 //! Payloads are 128 bytes. Queues are sized so nothing may be shed, and every
 //! run checks that every message arrived (zero loss). After the criterion
@@ -10,7 +13,8 @@
 //! (aether / tokio) and the one-way latency percentiles.
 //!
 //! `cargo bench -p aether-core --bench embedded`; set `AETHER_BENCH_QUICK=1`
-//! to run only the summary.
+//! to run only the summary, `AETHER_BENCH_PROFILE=one|fan|physics` for one
+//! scenario round after round.
 
 use std::{
     hint::black_box,
@@ -21,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aether_core::{Aether, AetherConfig, Channel, DropReason, Vibrator, Wave};
+use aether_core::{Aether, AetherConfig, Channel, DropReason, PhysicsStats, Vibrator, Wave};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput};
 use tokio::{
@@ -72,7 +76,13 @@ async fn mpsc_one_to_one(n: usize) -> Duration {
 }
 
 async fn aether_one_to_one(n: usize) -> Duration {
+    aether_one_to_one_physics(n, false).await.0
+}
+
+/// 1 → 1, with the physics engine running if `physics` (and what it did).
+async fn aether_one_to_one_physics(n: usize, physics: bool) -> (Duration, Option<PhysicsStats>) {
     let aether = aether_for(n);
+    let engine = physics.then(|| aether.physics());
     let mut rx = Vibrator::create("rx", &aether).await.expect("rx");
     rx.resonate_on("bench.one").await.expect("resonate");
     let tx = Vibrator::create("tx", &aether).await.expect("tx");
@@ -93,7 +103,7 @@ async fn aether_one_to_one(n: usize) -> Duration {
     let rx = consumer.await.expect("consumer");
     let elapsed = start.elapsed();
     assert_eq!(rx.stats().dropped_total(), 0, "no loss");
-    elapsed
+    (elapsed, engine.map(|e| e.stats()))
 }
 
 async fn broadcast_fan_out(n: usize) -> Duration {
@@ -249,6 +259,35 @@ fn criterion_groups(c: &mut Criterion, rt: &Runtime) {
         b.iter_custom(|iters| (0..iters).map(|_| rt.block_on(aether_fan_out(BATCH))).sum())
     });
     group.finish();
+
+    let mut group = c.benchmark_group("physics");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for (name, on) in [("off", false), ("on", true)] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| rt.block_on(aether_one_to_one_physics(BATCH, on)).0)
+                    .sum()
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Physics off and on, alternating round by round: the median rates and
+/// what the engine did in its last round.
+fn physics_rates(rt: &Runtime, rounds: usize, n: usize) -> (f64, f64, PhysicsStats) {
+    let run = |on: bool| rt.block_on(aether_one_to_one_physics(n, on));
+    run(false);
+    run(true);
+    let (mut off, mut on, mut last) = (Vec::new(), Vec::new(), PhysicsStats::default());
+    for _ in 0..rounds {
+        off.push(n as f64 / run(false).0.as_secs_f64());
+        let (elapsed, stats) = run(true);
+        on.push(n as f64 / elapsed.as_secs_f64());
+        last = stats.expect("physics on");
+    }
+    (median(off), median(on), last)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -278,6 +317,7 @@ fn summary(rt: &Runtime) {
     let one = rate(rt, rounds, n, |n| rt.block_on(aether_one_to_one(n)));
     let bcast = rate(rt, rounds, n, |n| rt.block_on(broadcast_fan_out(n))) * FAN_OUT as f64;
     let fan = rate(rt, rounds, n, |n| rt.block_on(aether_fan_out(n))) * FAN_OUT as f64;
+    let (physics_off, physics_on, physics) = physics_rates(rt, rounds, n);
     // Alternate and keep the last of three, so neither side runs cold.
     let (mut lat, mut raw_lat) = (Vec::new(), Vec::new());
     for _ in 0..3 {
@@ -315,6 +355,19 @@ fn summary(rt: &Runtime) {
         percentile(&lat, 0.5).as_secs_f64() / percentile(&raw_lat, 0.5).as_secs_f64()
     );
     println!("loss: 0 (checked in every round)");
+    println!();
+    println!("| physics engine, 1 -> 1 | off (msg/s) | on (msg/s) | on / off |");
+    println!("|---|---|---|---|");
+    println!(
+        "| `aether.physics()` called or not | {:.0} | {:.0} | {:.2}x |",
+        physics_off,
+        physics_on,
+        physics_on / physics_off
+    );
+    println!(
+        "engine in its last round of {n}: observed {}, skipped over budget {}, dropped (buffers full) {}, busy {:?}",
+        physics.observed, physics.skipped_over_budget, physics.dropped_buffer_full, physics.busy
+    );
 }
 
 fn main() {
@@ -328,6 +381,8 @@ fn main() {
             aether_one_to_one(1000).await;
             broadcast_fan_out(1000).await;
             aether_fan_out(1000).await;
+            let (_, stats) = aether_one_to_one_physics(1000, true).await;
+            assert!(stats.expect("physics on").running);
             assert_eq!(aether_latency(100).await.len(), 100);
         });
         println!("embedded bench: smoke run ok");
@@ -338,6 +393,26 @@ fn main() {
     // change quickly).
     if let Ok(which) = std::env::var("AETHER_BENCH_PROFILE") {
         let n = 100_000;
+        if which == "physics" {
+            let mut ratios = Vec::new();
+            for _ in 0..15 {
+                let (off, on, stats) = physics_rates(&rt, 1, n);
+                ratios.push(on / off);
+                println!(
+                    "physics: off {:.2} M/s, on {:.2} M/s, ratio {:.2}, engine busy {:.0} % of the run \
+                     (observed {}, skipped {}, dropped {})",
+                    off / 1e6,
+                    on / 1e6,
+                    on / off,
+                    stats.busy.as_secs_f64() * on / n as f64 * 100.0,
+                    stats.observed,
+                    stats.skipped_over_budget,
+                    stats.dropped_buffer_full
+                );
+            }
+            println!("physics: median ratio {:.2}", median(ratios));
+            return;
+        }
         let mut ratios = Vec::new();
         for _ in 0..15 {
             let (raw, ours) = match which.as_str() {

@@ -12,13 +12,18 @@ use std::{
 use tokio::sync::broadcast;
 
 use crate::{
-    AetherConfig, ConfigError, ConnectError, ConnectErrorKind, EmitError, EmitErrorKind,
-    ResonateError, ResonateErrorKind, Wave,
+    AetherConfig, Channel, ConfigError, ConnectError, ConnectErrorKind, EmitError, EmitErrorKind,
+    ReflectionReason, ResonateError, ResonateErrorKind, Wave,
     connection::{ConnectionEvent, ConnectionStatus},
+    diffraction,
     inbox::Inbox,
     medium::{
-        Listener, Medium, Routed, SubscriptionId, embedded::EmbeddedMedium, nats::NatsMedium,
+        Listener, Medium, Routed, SubscriptionId,
+        embedded::{EmbeddedMedium, Reached},
+        nats::NatsMedium,
     },
+    physics::{Physics, PhysicsHub},
+    reflection,
     stats::{Counters, DropReason, StatsSnapshot},
     wave::unix_nanos,
 };
@@ -49,6 +54,23 @@ struct Inner {
     closed: AtomicBool,
     /// Every live receive queue, to close them all with the aether.
     inboxes: Mutex<HashMap<u64, Weak<Inbox>>>,
+    /// The physics engine on the bus: idle until someone asks for it.
+    physics: Arc<PhysicsHub>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The engine thread ends with the aether.
+        self.physics.stop();
+    }
+}
+
+/// What the checks every emit passes made of a wave.
+pub(crate) enum Admitted {
+    /// Measured and ready to route.
+    Ready(Wave),
+    /// Accepted but dropped, counted for this reason (it may reflect).
+    Dropped(DropReason, Wave),
 }
 
 impl Aether {
@@ -94,6 +116,7 @@ impl Aether {
     }
 
     fn with_medium(config: AetherConfig, stats: Arc<Counters>, medium: Medium) -> Self {
+        let physics = Arc::new(PhysicsHub::new(config.physics.clone()));
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -101,6 +124,7 @@ impl Aether {
                 medium,
                 closed: AtomicBool::new(false),
                 inboxes: Mutex::new(HashMap::new()),
+                physics,
             }),
         }
     }
@@ -140,10 +164,33 @@ impl Aether {
         self.inner.stats.snapshot()
     }
 
+    /// The physics engine at work on this aether's deliveries: interference
+    /// events as they happen, the resonance graph, and what it did.
+    ///
+    /// The engine starts on the first call (on a thread of its own, off the
+    /// emit and receive paths) and runs until the aether is closed or
+    /// dropped; until then nothing is observed and deliveries pay one relaxed
+    /// atomic load. It observes at most `physics.max_waves_per_s` deliveries
+    /// a second and skips (and counts) the rest. Over NATS, an aether's
+    /// engine sees the waves its own vibrators receive; a gateway that
+    /// resonates on `*` sees them all. See [`Physics`].
+    pub fn physics(&self) -> Physics {
+        if !self.is_closed() {
+            self.inner.physics.activate();
+        }
+        Physics::new(self.inner.physics.clone())
+    }
+
+    pub(crate) fn physics_hub(&self) -> &Arc<PhysicsHub> {
+        &self.inner.physics
+    }
+
     /// Closes the aether: emits fail with `Closed`, and every vibrator's
-    /// `receive` returns the waves already queued, then `None`.
+    /// `receive` returns the waves already queued, then `None`. The physics
+    /// engine stops, and its followers end.
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.physics.stop();
         if let Medium::Nats(nats) = &self.inner.medium {
             nats.close();
         }
@@ -204,20 +251,110 @@ impl Aether {
     /// Checks, measures and routes a stamped wave on the embedded medium.
     #[inline]
     pub(crate) fn dispatch(&self, wave: Wave, now_ns: u64) -> Result<Routed, EmitError> {
-        let Some(wave) = self.admit(wave, now_ns)? else {
-            return Ok(Routed::default());
+        let Medium::Embedded(medium) = &self.inner.medium else {
+            unreachable!("waves go to NATS through NatsMedium::publish")
         };
+        if wave.is_tracked() {
+            return self.dispatch_tracked(medium, wave, now_ns);
+        }
+        match self.admit(wave, now_ns)? {
+            Admitted::Ready(wave) => Ok(medium.route(wave, &self.inner.stats)),
+            Admitted::Dropped(..) => Ok(Routed::default()),
+        }
+    }
+
+    /// [`Aether::dispatch`] for a wave that diffracts or reflects: when
+    /// nobody resonates on its channel it bends to the parent channel
+    /// (`diffraction.rs`) until someone does; when it cannot be delivered it
+    /// comes back to its source (`reflection.rs`).
+    #[cold]
+    #[inline(never)]
+    fn dispatch_tracked(
+        &self,
+        medium: &EmbeddedMedium,
+        wave: Wave,
+        now_ns: u64,
+    ) -> Result<Routed, EmitError> {
+        let stats = &*self.inner.stats;
+        let mut wave = match self.admit(wave, now_ns)? {
+            Admitted::Ready(wave) => wave,
+            Admitted::Dropped(reason, wave) => {
+                let emitted = wave.channel().clone();
+                self.reflect_embedded(medium, wave, emitted, reason.into());
+                return Ok(Routed::default());
+            }
+        };
+        let emitted = wave.channel().clone();
+        loop {
+            let routing = wave.channel().clone();
+            wave = match medium.route_on(&routing, wave, stats) {
+                Reached::Listeners(routed) => return Ok(routed),
+                Reached::Nobody(unheard) => unheard,
+            };
+            let failure = if wave.is_diffracting() {
+                match diffraction::bend(&mut wave, &self.inner.config, stats) {
+                    Ok(()) => continue,
+                    Err(failure) => failure,
+                }
+            } else {
+                stats.unrouted();
+                ReflectionReason::NoResonator
+            };
+            self.reflect_embedded(medium, wave, emitted, failure);
+            return Ok(Routed::default());
+        }
+    }
+
+    /// Sends `wave`, which failed for `reason`, back to its source if it
+    /// reflects on failure; `emitted` is the channel it was emitted on.
+    fn reflect_embedded(
+        &self,
+        medium: &EmbeddedMedium,
+        wave: Wave,
+        emitted: Channel,
+        reason: ReflectionReason,
+    ) {
+        if wave.reflects_on_failure() && wave.origin() != 0 {
+            self.route_reflection(medium, wave.into_reflection(reason, emitted));
+        }
+    }
+
+    /// Routes a reflection to its source's reflection channel, counted as
+    /// emitted and reflected.
+    fn route_reflection(&self, medium: &EmbeddedMedium, reflected: Wave) {
+        let stats = &*self.inner.stats;
+        stats.emitted();
+        stats.reflected();
+        let routing = reflection::channel_of(reflected.origin());
+        if let Reached::Nobody(_) = medium.route_on(&routing, reflected, stats) {
+            // Its source is gone.
+            stats.unrouted();
+        }
+    }
+
+    /// Sends a reflection (made by `Wave::into_reflection`) to its source,
+    /// on any medium.
+    pub(crate) async fn send_reflection(&self, reflected: Wave) -> Result<(), EmitError> {
+        if self.is_closed() {
+            return Err(EmitError::new(
+                EmitErrorKind::Closed,
+                "the aether was closed; create a new one to emit again",
+            ));
+        }
         match &self.inner.medium {
-            Medium::Embedded(m) => Ok(m.route(wave, &self.inner.stats)),
-            Medium::Nats(_) => unreachable!("waves go to NATS through NatsMedium::publish"),
+            Medium::Embedded(medium) => {
+                self.route_reflection(medium, reflected);
+                Ok(())
+            }
+            Medium::Nats(nats) => nats.reflect(reflected).await,
         }
     }
 
     /// The checks every emit passes on every medium: `Err` if refused,
-    /// `Ok(None)` if accepted but dropped (and counted), else the wave
+    /// `Dropped` if accepted but dropped (and counted), else the wave
     /// measured and ready to route.
     #[inline]
-    pub(crate) fn admit(&self, mut wave: Wave, now_ns: u64) -> Result<Option<Wave>, EmitError> {
+    pub(crate) fn admit(&self, mut wave: Wave, now_ns: u64) -> Result<Admitted, EmitError> {
         if self.is_closed() {
             return Err(EmitError::new(
                 EmitErrorKind::Closed,
@@ -237,7 +374,7 @@ impl Aether {
         stats.emitted();
         if wave.propagation_count() > config.max_propagation {
             stats.dropped(DropReason::PropagationLimit);
-            return Ok(None);
+            return Ok(Admitted::Dropped(DropReason::PropagationLimit, wave));
         }
         if wave.propagation_count() > 0 || wave.decay_per_s() > 0.0 {
             let now = if now_ns == 0 { unix_nanos() } else { now_ns };
@@ -245,9 +382,9 @@ impl Aether {
         }
         if wave.amplitude().value() < config.min_amplitude {
             stats.dropped(DropReason::Expired);
-            return Ok(None);
+            return Ok(Admitted::Dropped(DropReason::Expired, wave));
         }
-        Ok(Some(wave))
+        Ok(Admitted::Ready(wave))
     }
 }
 

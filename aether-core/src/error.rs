@@ -109,6 +109,10 @@ kinds! {
         /// The medium refused the wave (over NATS: larger than the server's
         /// `max_payload`, or the connection is closed for good).
         Medium => "medium error",
+        /// The wave cannot be reflected (`Vibrator::reflect`): it was not
+        /// emitted with `reflect_on_failure(true)`, its source is unknown, or
+        /// the reason's message is too long.
+        Reflection => "cannot reflect",
     }
 }
 

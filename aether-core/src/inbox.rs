@@ -25,7 +25,7 @@
 use std::{
     collections::VecDeque,
     sync::{
-        Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
@@ -34,10 +34,12 @@ use std::{
 use arc_swap::ArcSwap;
 use crossbeam_utils::CachePadded;
 use futures_util::task::AtomicWaker;
+use smol_str::SmolStr;
 
 use crate::{
     Channel, Wave,
     medium::SubscriptionId,
+    physics::PhysicsHub,
     stats::{Counters, DropReason},
 };
 
@@ -75,6 +77,11 @@ pub(crate) struct Inbox {
 /// What every offer reads; written only when a setting changes.
 struct Settings {
     id: u64,
+    /// The vibrator's name: the resonator of the deliveries the aether's
+    /// physics engine observes.
+    name: SmolStr,
+    /// The aether's physics, which observes deliveries once it runs.
+    physics: Arc<PhysicsHub>,
     capacity: usize,
     /// `f64` bits: waves weaker than this are not delivered.
     noise_floor: AtomicU64,
@@ -143,10 +150,19 @@ impl State {
 }
 
 impl Inbox {
-    pub(crate) fn new(id: u64, capacity: usize, noise_floor: f64, skip_own: bool) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        name: SmolStr,
+        physics: Arc<PhysicsHub>,
+        capacity: usize,
+        noise_floor: f64,
+        skip_own: bool,
+    ) -> Self {
         Self {
             settings: CachePadded::new(Settings {
                 id,
+                name,
+                physics,
                 capacity,
                 noise_floor: AtomicU64::new(noise_floor.to_bits()),
                 skip_own: AtomicBool::new(skip_own),
@@ -196,6 +212,22 @@ impl Inbox {
         self.settings.id
     }
 
+    /// The vibrator's name.
+    pub(crate) fn name(&self) -> &SmolStr {
+        &self.settings.name
+    }
+
+    /// The aether's physics.
+    #[inline]
+    pub(crate) fn physics(&self) -> &PhysicsHub {
+        &self.settings.physics
+    }
+
+    /// Whether the queue was closed (the vibrator or the aether is gone).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     pub(crate) fn stats(&self) -> &Counters {
         &self.stats
     }
@@ -220,7 +252,12 @@ impl Inbox {
     #[inline]
     pub(crate) fn offer(&self, wave: Wave) -> Offer {
         let settings = &*self.settings;
-        if wave.origin() == settings.id && settings.skip_own.load(Ordering::Relaxed) {
+        // A reflection comes back to its source: it is not one of its waves
+        // to skip.
+        if wave.origin() == settings.id
+            && settings.skip_own.load(Ordering::Relaxed)
+            && !wave.is_reflected()
+        {
             return Offer::SkippedOwn;
         }
         let amplitude = wave.amplitude().value();
@@ -313,6 +350,11 @@ impl Inbox {
 pub(crate) mod tests {
     use super::*;
 
+    fn inbox(capacity: usize, noise_floor: f64) -> Inbox {
+        let physics = Arc::new(PhysicsHub::new(Default::default()));
+        Inbox::new(1, "rx".into(), physics, capacity, noise_floor, false)
+    }
+
     pub(crate) fn wave_with(amplitude: f64, tag: u32) -> Wave {
         Wave::builder("t")
             .amplitude(amplitude)
@@ -333,7 +375,7 @@ pub(crate) mod tests {
 
     #[test]
     fn sheds_weakest_first() {
-        let inbox = Inbox::new(1, 3, 0.0, false);
+        let inbox = inbox(3, 0.0);
         assert_eq!(inbox.offer(wave_with(0.5, 1)), Offer::Queued);
         assert_eq!(inbox.offer(wave_with(0.2, 2)), Offer::Queued);
         assert_eq!(inbox.offer(wave_with(0.9, 3)), Offer::Queued);
@@ -352,7 +394,7 @@ pub(crate) mod tests {
 
     #[test]
     fn noise_floor_and_close() {
-        let inbox = Inbox::new(1, 3, 0.3, false);
+        let inbox = inbox(3, 0.3);
         assert_eq!(
             inbox.offer(wave_with(0.29, 1)),
             Offer::Dropped(DropReason::BelowNoiseFloor)

@@ -39,7 +39,9 @@
 //! | [`hopping`] | time-synchronized frequency hopping over opaque wire channels |
 //! | [`mod@aether`] | the medium handle and the emit path |
 //! | [`config`] | settings and their validation |
-//! | [`physics`] | interference, its patterns, and the resonance graph |
+//! | [`physics`] | interference, its patterns, the resonance graph, and the engine on the bus |
+//! | [`diffraction`] | waves that bend to a parent channel when nobody hears them |
+//! | [`reflection`] | waves that come back to their source when they cannot be delivered |
 //! | [`connection`] | the connection to NATS: state, events, outbox |
 //! | [`subject`] | how channels travel as NATS subjects |
 //! | [`wire`] | the binary envelope of a wave on the wire |
@@ -54,11 +56,13 @@ pub mod attenuation;
 pub mod channel;
 pub mod config;
 pub mod connection;
+pub mod diffraction;
 pub mod error;
 pub mod hopping;
 mod inbox;
 mod medium;
 pub mod physics;
+pub mod reflection;
 mod reply;
 mod secret;
 pub mod stats;
@@ -76,9 +80,11 @@ pub use error::{
     WireError, WireErrorKind,
 };
 pub use physics::{
-    Interference, InterferenceEvent, InterferenceKind, InterferencePattern, InvolvedWave,
-    PhysicsConfig, PhysicsEngine, ResonanceEdge, ResonanceGraph,
+    Interference, InterferenceEvent, InterferenceFollower, InterferenceKind, InterferencePattern,
+    InvolvedWave, Physics, PhysicsConfig, PhysicsEngine, PhysicsEvents, PhysicsStats,
+    ResonanceEdge, ResonanceGraph,
 };
+pub use reflection::ReflectionReason;
 pub use secret::Secret;
 pub use stats::{DropReason, StatsSnapshot};
 pub use vibrator::{Emitter, Vibrator, VibratorBuilder};
@@ -111,8 +117,9 @@ pub mod wire {
     #[doc(hidden)]
     pub use crate::wave::wire::Parts;
     pub use crate::wave::wire::{
-        DEFAULT_MAX_BODY_BYTES, FLAG_CORRELATION_KEY, FLAG_DECAY, FLAG_REPLY_TO, HEADER_LEN,
-        KNOWN_FLAGS, Limits, MAGIC, MAX_CORRELATION_KEY_LEN, MAX_SOURCE_LEN, VERSION, check,
+        DEFAULT_MAX_BODY_BYTES, FLAG_CORRELATION_KEY, FLAG_DECAY, FLAG_DIFFRACT, FLAG_REFLECT,
+        FLAG_REFLECTED, FLAG_REPLY_TO, HEADER_LEN, KNOWN_FLAGS, Limits, MAGIC,
+        MAX_CORRELATION_KEY_LEN, MAX_REFLECTION_MESSAGE_LEN, MAX_SOURCE_LEN, VERSION, check,
         decode, encode, encoded_len,
     };
 }
@@ -134,5 +141,11 @@ mod send_sync {
         assert_send_sync::<crate::Wave>();
         assert_send_sync::<crate::Channel>();
         assert_send_sync::<crate::EmitError>();
+        assert_send_sync::<crate::Physics>();
+        assert_send_sync::<crate::PhysicsStats>();
+        assert_send_sync::<crate::ReflectionReason>();
+        fn assert_send<T: Send>() {}
+        assert_send::<crate::PhysicsEvents>();
+        assert_send::<crate::InterferenceFollower>();
     }
 }

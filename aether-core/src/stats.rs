@@ -63,6 +63,8 @@ pub(crate) struct Counters {
     emitted: AtomicU64,
     delivered: AtomicU64,
     unrouted: AtomicU64,
+    diffracted: AtomicU64,
+    reflected: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -79,6 +81,14 @@ impl Counters {
         self.unrouted.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn diffracted(&self) {
+        self.diffracted.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn reflected(&self) {
+        self.reflected.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn dropped(&self, reason: DropReason) {
         self.dropped[reason.index()].fetch_add(1, Relaxed);
     }
@@ -92,6 +102,8 @@ impl Counters {
             emitted: self.emitted.load(Relaxed),
             delivered: self.delivered.load(Relaxed),
             unrouted: self.unrouted.load(Relaxed),
+            diffracted: self.diffracted.load(Relaxed),
+            reflected: self.reflected.load(Relaxed),
             dropped,
         }
     }
@@ -101,17 +113,28 @@ impl Counters {
 ///
 /// For an aether, `emitted` counts waves accepted by `emit`, `delivered`
 /// counts waves put in a receive queue (once per receiver), and `unrouted`
-/// counts emitted waves no vibrator resonated on. For a vibrator, `emitted`
-/// counts the waves it emitted (through it or its emitters), `delivered` the
-/// waves put in its queue, and the drops those it did not get.
+/// counts emitted waves no vibrator resonated on. A reflection is a wave too:
+/// the aether that sends it counts it as emitted (and as `reflected`), so
+/// that every emitted wave is still delivered, unrouted or dropped. For a
+/// vibrator, `emitted` counts the waves it emitted (through it or its
+/// emitters, reflections it sent included), `delivered` the waves put in its
+/// queue, and the drops those it did not get.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
     /// Waves accepted for emission.
     pub emitted: u64,
     /// Waves placed in receive queues.
     pub delivered: u64,
-    /// Emitted waves that matched no resonator.
+    /// Emitted waves that matched no resonator (for a diffracting wave: on
+    /// its channel nor on any parent channel).
     pub unrouted: u64,
+    /// Bends of diffracting waves to a parent channel, one per level: a wave
+    /// that finds its resonator on its grandparent counts 2.
+    pub diffracted: u64,
+    /// Reflections sent back to their source: waves emitted with
+    /// `reflect_on_failure` that could not be delivered, and waves a
+    /// receiver refused with `Vibrator::reflect`.
+    pub reflected: u64,
     dropped: [u64; DropReason::ALL.len()],
 }
 
@@ -145,6 +168,8 @@ impl fmt::Display for StatsSnapshot {
             ("emitted", self.emitted),
             ("delivered", self.delivered),
             ("unrouted", self.unrouted),
+            ("diffracted", self.diffracted),
+            ("reflected", self.reflected),
         ];
         for (name, n) in totals {
             writeln!(f, "{name:<26} {n:>8}")?;

@@ -42,11 +42,15 @@ use serde::Serialize;
 use smol_str::SmolStr;
 
 use crate::{
-    Aether, Channel, EmitError, EmitErrorKind, IntoPayload, RequestError, RequestErrorKind,
-    ResonateError, ResonateErrorKind, VibratorError, VibratorErrorKind, Wave, WaveId,
+    Aether, Channel, EmitError, EmitErrorKind, IntoPayload, ReflectionReason, RequestError,
+    RequestErrorKind, ResonateError, ResonateErrorKind, VibratorError, VibratorErrorKind, Wave,
+    WaveId,
+    aether::Admitted,
     channel::is_token_char,
     inbox::Inbox,
     medium::{Listener, SubscriptionId},
+    physics::InterferenceFollower,
+    reflection::{self, MAX_REFLECTION_MESSAGE_BYTES},
     reply::ReplyMux,
     stats::StatsSnapshot,
     wave::{process_nonce, unix_nanos},
@@ -79,6 +83,10 @@ pub struct Emitter {
     aether: Aether,
     /// The vibrator's queue, whose counters count its emits too.
     inbox: Arc<Inbox>,
+    /// Its resonance on its reflection channel, made when it first emits a
+    /// wave that reflects on failure; shared with the vibrator, which ends
+    /// it.
+    reflections: Arc<tokio::sync::OnceCell<SubscriptionId>>,
 }
 
 /// Options of a new vibrator; see [`Vibrator::builder`].
@@ -133,16 +141,25 @@ impl VibratorBuilder {
             ));
         }
         let id = next_vibrator_id();
-        let inbox = Arc::new(Inbox::new(id, capacity, floor, self.skip_own_waves));
+        let name = SmolStr::new(self.name);
+        let inbox = Arc::new(Inbox::new(
+            id,
+            name.clone(),
+            aether.physics_hub().clone(),
+            capacity,
+            floor,
+            self.skip_own_waves,
+        ));
         if !aether.register_inbox(&inbox) {
             return Err(closed(VibratorErrorKind::Closed));
         }
         Ok(Vibrator {
             emitter: Emitter {
-                name: SmolStr::new(self.name),
+                name,
                 id,
                 aether: aether.clone(),
                 inbox: inbox.clone(),
+                reflections: Arc::default(),
             },
             inbox,
             batch: VecDeque::new(),
@@ -352,6 +369,78 @@ impl Vibrator {
         self.emitter.emit_wave(channel, payload).await
     }
 
+    /// Sends `wave`, which this vibrator received, back to its source as a
+    /// reflection carrying `reason`: a refusal, or a handler error (a
+    /// negative acknowledgement). See [`Emitter::reflect`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use aether_core::{Aether, ReflectionReason, Vibrator, Wave};
+    ///
+    /// let aether = Aether::default();
+    /// let mut inventory = Vibrator::create("inventory", &aether).await?;
+    /// inventory.resonate_on("orders.*").await?;
+    /// let mut shop = Vibrator::create("shop", &aether).await?;
+    /// let order = Wave::builder("orders.created").reflect_on_failure(true).json(&42);
+    /// shop.emit(order.build()?).await?;
+    ///
+    /// let order = inventory.receive().await.unwrap();
+    /// inventory.reflect(&order, ReflectionReason::Refused("out of stock".into())).await?;
+    ///
+    /// let refused = shop.receive().await.unwrap();
+    /// assert_eq!(refused.reflection().and_then(|r| r.message()), Some("out of stock"));
+    /// assert_eq!(refused.payload(), 42);
+    /// # Ok(()) }
+    /// ```
+    pub async fn reflect(&self, wave: &Wave, reason: ReflectionReason) -> Result<(), EmitError> {
+        self.emitter.reflect(wave, reason).await
+    }
+
+    /// The interference events of the channels that match `pattern`, from
+    /// now on: cancellations (conflicting messages), standing waves (a loop
+    /// or a stuck producer), constructive interference (duplicates). Starts
+    /// the aether's physics engine if it does not run yet
+    /// ([`Aether::physics`]).
+    ///
+    /// Over NATS, an aether's engine sees the waves its own vibrators
+    /// receive: follow from an aether whose vibrators hear those channels
+    /// (a gateway resonating on `*` sees them all).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use aether_core::{Aether, InterferencePattern, Phase, Vibrator, Wave};
+    ///
+    /// let aether = Aether::default();
+    /// let mut billing = Vibrator::create("billing", &aether).await?;
+    /// billing.resonate_on("orders.*").await?;
+    /// let mut conflicts = billing.follow_interference("orders.*")?;
+    ///
+    /// let review = Vibrator::create("review", &aether).await?;
+    /// for phase in [Phase::ASSERT, Phase::RETRACT] {
+    ///     let verdict = Wave::builder("orders.review").correlation_key("order-42").phase(phase);
+    ///     review.emit(verdict.build()?).await?;
+    /// }
+    /// let event = conflicts.next().await.unwrap();
+    /// assert_eq!(event.pattern, InterferencePattern::Cancellation);
+    /// # Ok(()) }
+    /// ```
+    pub fn follow_interference(
+        &self,
+        pattern: impl Into<Channel>,
+    ) -> Result<InterferenceFollower, ResonateError> {
+        let pattern = pattern.into();
+        pattern
+            .validate()
+            .map_err(|e| ResonateError::with_source(ResonateErrorKind::InvalidChannel, e))?;
+        if self.aether().is_closed() {
+            return Err(closed(ResonateErrorKind::Closed));
+        }
+        let events = self.aether().physics().events();
+        Ok(InterferenceFollower::new(events, pattern))
+    }
+
     /// Replies to `request` on its reply channel; see [`Emitter::reply`].
     pub async fn reply(
         &self,
@@ -370,7 +459,8 @@ impl Vibrator {
 
     /// Emits `wave` as a request and waits up to `timeout` for the first
     /// reply. Fails with `NoResponders` at once if nobody resonates on its
-    /// channel, and with `TimedOut` if no reply comes in time.
+    /// channel, and with `TimedOut` if no reply comes in time. A request
+    /// neither diffracts nor reflects.
     ///
     /// # Cancel safety
     ///
@@ -381,8 +471,9 @@ impl Vibrator {
         mut wave: Wave,
         timeout: Duration,
     ) -> Result<Wave, RequestError> {
+        wave.clear_tracking();
         if let Some(nats) = self.aether().nats() {
-            let Some(wave) = self.emitter.admit(wave)?.1 else {
+            let Admitted::Ready(wave) = self.emitter.admit(wave)?.1 else {
                 return Err(no_responders());
             };
             return nats.request(&wave, timeout).await;
@@ -477,15 +568,86 @@ impl Emitter {
     /// wave is refused with `InvalidChannel` and nothing is sent. A wave past
     /// `max_propagation` hops, or already weaker than `min_amplitude`, is
     /// accepted but dropped and counted, as DESIGN.md's attenuation rules say.
+    ///
+    /// A wave that [diffracts](crate::WaveBuilder::diffracting) bends to a
+    /// parent channel when nobody resonates on its own; one that
+    /// [reflects on failure](crate::WaveBuilder::reflect_on_failure) comes
+    /// back to this vibrator if it cannot be delivered (from its first such
+    /// wave on, the vibrator resonates on its reflection channel).
     pub async fn emit(&self, wave: Wave) -> Result<WaveId, EmitError> {
+        if wave.reflects_on_failure() && wave.propagation_count() == 0 {
+            self.listen_for_reflections().await?;
+        }
         let Some(nats) = self.aether.nats() else {
             return self.send(wave).map(|(id, _)| id);
         };
         let (id, admitted) = self.admit(wave)?;
-        if let Some(wave) = admitted {
-            nats.publish(&wave).await?;
-        }
+        nats.publish_admitted(admitted).await?;
         Ok(id)
+    }
+
+    /// Resonates on this vibrator's reflection channel, once: a fresh wave
+    /// it emits names it as its origin, so its reflections come back there.
+    #[cold]
+    async fn listen_for_reflections(&self) -> Result<(), EmitError> {
+        if self.reflections.initialized() || self.inbox.is_closed() {
+            return Ok(());
+        }
+        self.reflections
+            .get_or_try_init(|| {
+                let listener = Listener::Inbox(self.inbox.clone());
+                self.aether
+                    .subscribe(reflection::channel_of(self.id), listener)
+            })
+            .await
+            .map_err(|e| {
+                let kind = match e.kind() {
+                    ResonateErrorKind::Closed => EmitErrorKind::Closed,
+                    _ => EmitErrorKind::Medium,
+                };
+                EmitError::with_source(kind, e)
+            })?;
+        Ok(())
+    }
+
+    /// Sends `wave`, which a vibrator received, back to its source as a
+    /// reflection carrying `reason` (a [`Refused`](ReflectionReason::Refused)
+    /// or a [`HandlerError`](ReflectionReason::HandlerError), typically): the
+    /// same id, payload and correlation key, on the channel it arrived on,
+    /// phase shifted by π ([`crate::reflection`]). Counted as emitted, and
+    /// as `reflected` by the aether.
+    ///
+    /// Fails with [`EmitErrorKind::Reflection`] if the wave was not emitted
+    /// with `reflect_on_failure(true)` (its source does not listen for
+    /// reflections; a reflection itself never reflects), if its source is
+    /// unknown (a wave from a client that is not a vibrator), or if the
+    /// reason's message is longer than 1024 bytes.
+    pub async fn reflect(&self, wave: &Wave, reason: ReflectionReason) -> Result<(), EmitError> {
+        let refuse = |why: String| Err(EmitError::new(EmitErrorKind::Reflection, why));
+        if !wave.reflects_on_failure() {
+            return refuse(format!(
+                "wave {} was not emitted with reflect_on_failure(true): its source does not \
+                 listen for reflections",
+                wave.id()
+            ));
+        }
+        if wave.origin() == 0 {
+            return refuse(format!(
+                "wave {} has no known source vibrator to reflect to",
+                wave.id()
+            ));
+        }
+        let len = reason.message().map_or(0, str::len);
+        if len > MAX_REFLECTION_MESSAGE_BYTES {
+            return refuse(format!(
+                "the reflection message is {len} bytes, the limit is \
+                 {MAX_REFLECTION_MESSAGE_BYTES}"
+            ));
+        }
+        let reflected = wave.clone().into_reflection(reason, wave.channel().clone());
+        self.aether.send_reflection(reflected).await?;
+        self.inbox.stats().emitted();
+        Ok(())
     }
 
     /// The embedded emit path, without an `async` layer: a wave is moved as
@@ -501,8 +663,8 @@ impl Emitter {
     }
 
     /// Stamps and checks a wave for a medium that routes elsewhere (NATS):
-    /// its id, and the wave unless it was dropped (and counted).
-    fn admit(&self, mut wave: Wave) -> Result<(WaveId, Option<Wave>), EmitError> {
+    /// its id, and what the checks made of it.
+    fn admit(&self, mut wave: Wave) -> Result<(WaveId, Admitted), EmitError> {
         let now_ns = unix_nanos();
         wave.stamp_emission(&self.name, self.id, now_ns);
         let id = wave.id();
@@ -515,6 +677,9 @@ impl Emitter {
     /// the clock's reading now: for frequency hopping, whose wire channel is
     /// chosen from that same time.
     pub(crate) async fn emit_at(&self, mut wave: Wave, now_ns: u64) -> Result<WaveId, EmitError> {
+        if wave.reflects_on_failure() && wave.propagation_count() == 0 {
+            self.listen_for_reflections().await?;
+        }
         wave.stamp_emission(&self.name, self.id, now_ns);
         let id = wave.id();
         let Some(nats) = self.aether.nats() else {
@@ -524,9 +689,7 @@ impl Emitter {
         };
         let admitted = self.aether.admit(wave, now_ns)?;
         self.inbox.stats().emitted();
-        if let Some(wave) = admitted {
-            nats.publish(&wave).await?;
-        }
+        nats.publish_admitted(admitted).await?;
         Ok(id)
     }
 
@@ -578,6 +741,9 @@ impl Drop for Vibrator {
         let mut ids: Vec<SubscriptionId> =
             self.subscriptions.iter().map(|(_, _, id)| *id).collect();
         if let Some((_, id)) = self.replies.get() {
+            ids.push(*id);
+        }
+        if let Some(id) = self.emitter.reflections.get() {
             ids.push(*id);
         }
         self.aether().unsubscribe(&ids);

@@ -36,3 +36,74 @@ impl behaviour::Medium for Nats {
 }
 
 behaviour_suite!(Nats::default());
+
+/// Over NATS each aether's physics engine sees the waves its own vibrators
+/// receive; a gateway that resonates on `*` sees them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_aether_s_engine_sees_what_its_vibrators_receive() {
+    use std::time::Duration;
+
+    use aether_core::Vibrator;
+
+    behaviour::within(async {
+        let medium = Nats::default();
+        let shop_side = behaviour::Medium::aether(&medium, AetherConfig::default()).await;
+        let gateway_side = behaviour::Medium::aether(&medium, AetherConfig::default()).await;
+        let (shop_physics, gateway_physics) = (shop_side.physics(), gateway_side.physics());
+        let mut gateway = Vibrator::create("gateway", &gateway_side).await.unwrap();
+        gateway.resonate_on("*").await.unwrap();
+        let mut inventory = Vibrator::create("inventory", &shop_side).await.unwrap();
+        inventory.resonate_on("orders.*").await.unwrap();
+        let shop = Vibrator::create("shop", &shop_side).await.unwrap();
+        // The gateway subscribed on another connection: wait until the
+        // server delivers to it.
+        loop {
+            shop.emit_wave("warmup", serde_json::json!(0))
+                .await
+                .unwrap();
+            let heard = tokio::time::timeout(Duration::from_millis(50), gateway.receive()).await;
+            if heard.is_ok() {
+                break;
+            }
+        }
+        for channel in ["orders.created", "orders.created", "users.created"] {
+            shop.emit_wave(channel, serde_json::json!(1)).await.unwrap();
+        }
+        for _ in 0..2 {
+            behaviour::recv(&mut inventory).await;
+        }
+        let on = |edges: Vec<aether_core::ResonanceEdge>, resonator: &str, channel: &str| {
+            edges
+                .into_iter()
+                .find(|e| e.resonator == resonator && e.channel == channel)
+                .map(|e| e.deliveries)
+        };
+        behaviour::eventually("the gateway's edges", || {
+            let edges = gateway_physics.edges();
+            (on(edges.clone(), "gateway", "orders.created") == Some(2)
+                && on(edges, "gateway", "users.created") == Some(1))
+            .then_some(())
+        })
+        .await;
+        behaviour::eventually("the shop side's edge", || {
+            (on(shop_physics.edges(), "inventory", "orders.created") == Some(2)).then_some(())
+        })
+        .await;
+        // Each engine saw its own vibrators' deliveries only.
+        assert!(
+            shop_physics
+                .edges()
+                .iter()
+                .all(|e| e.resonator == "inventory"),
+            "{:?}",
+            shop_physics.edges()
+        );
+        assert!(
+            gateway_physics
+                .edges()
+                .iter()
+                .all(|e| e.resonator == "gateway" && e.emitter == "shop")
+        );
+    })
+    .await;
+}

@@ -10,7 +10,7 @@ use std::{
 };
 
 use aether_core::{
-    Aether, Channel, Vibrator, Wave,
+    Aether, Channel, ReflectionReason, Vibrator, Wave,
     wire::{self, HEADER_LEN, Limits, Parts, WireErrorKind},
 };
 use bytes::Bytes;
@@ -65,7 +65,20 @@ fn f64_of(case: &Value, key: &str) -> f64 {
     string(case, key).parse().expect(key)
 }
 
-/// The fields a vector describes.
+/// A reflection reason by its name in vectors.json.
+fn reason_named(name: &str, message: &str) -> ReflectionReason {
+    match name {
+        "NoResonator" => ReflectionReason::NoResonator,
+        "Expired" => ReflectionReason::Expired,
+        "PropagationLimit" => ReflectionReason::PropagationLimit,
+        "Refused" => ReflectionReason::Refused(message.to_string()),
+        "HandlerError" => ReflectionReason::HandlerError(message.to_string()),
+        other => panic!("unknown reflection reason {other:?} in vectors.json"),
+    }
+}
+
+/// The fields a vector describes (`diffracting`, `reflect_on_failure` and
+/// `reflection` may be left out: false, false, null).
 fn parts_of(case: &Value) -> Parts {
     let (decay_per_s, amplified_at_ns) = match &case["decay"] {
         Value::Null => (0.0, 0),
@@ -91,6 +104,15 @@ fn parts_of(case: &Value) -> Parts {
         amplified_at_ns,
         correlation_key: opt_string(case, "correlation_key"),
         reply_to: opt_string(case, "reply_to"),
+        diffracting: case["diffracting"].as_bool().unwrap_or(false),
+        reflect_on_failure: case["reflect_on_failure"].as_bool().unwrap_or(false),
+        reflection: match &case["reflection"] {
+            Value::Null => None,
+            r => Some((
+                reason_named(&string(r, "reason"), r["message"].as_str().unwrap_or("")),
+                string(r, "channel"),
+            )),
+        },
         payload: Bytes::from(payload),
     }
 }
@@ -165,6 +187,17 @@ fn vectors_decode_to_their_fields() {
             "{name}"
         );
         assert_eq!(wave.payload_bytes(), &expected.payload, "{name}");
+        assert_eq!(wave.is_diffracting(), expected.diffracting, "{name}");
+        assert_eq!(
+            wave.reflects_on_failure(),
+            expected.reflect_on_failure,
+            "{name}"
+        );
+        assert_eq!(
+            wave.reflection(),
+            expected.reflection.as_ref().map(|(reason, _)| reason),
+            "{name}"
+        );
         // The payload is the tail of the body, not a copy.
         if !wave.payload_bytes().is_empty() {
             let start = body.len() - wave.payload_bytes().len();
@@ -344,6 +377,19 @@ fn amplitude() -> impl Strategy<Value = f64> {
     prop_oneof![Just(0.0), Just(1.0), 0.0..=1.0f64]
 }
 
+fn reflection() -> impl Strategy<Value = (ReflectionReason, String)> {
+    let reason = prop_oneof![
+        Just(ReflectionReason::NoResonator),
+        Just(ReflectionReason::Expired),
+        Just(ReflectionReason::PropagationLimit),
+        prop::collection::vec(any::<char>(), 0..=256)
+            .prop_map(|c| ReflectionReason::Refused(String::from_iter(c))),
+        prop::collection::vec(any::<char>(), 0..=64)
+            .prop_map(|c| ReflectionReason::HandlerError(String::from_iter(c))),
+    ];
+    (reason, channel_name())
+}
+
 fn phase() -> impl Strategy<Value = f64> {
     prop_oneof![
         Just(0.0),
@@ -386,10 +432,16 @@ fn valid_parts() -> impl Strategy<Value = Parts> {
         prop::option::of(channel_name()),
         prop::collection::vec(any::<u8>(), 0..96),
     );
-    (numbers, sections).prop_map(
+    let bounce = (
+        any::<bool>(),
+        any::<bool>(),
+        prop::option::weighted(0.2, reflection()),
+    );
+    (numbers, sections, bounce).prop_map(
         |(
             (id, emitted_at_ns, origin, amplitude, source_amplitude, phase, hops),
             (source, (decay_per_s, amplified_at_ns), correlation_key, reply_to, payload),
+            (diffracting, reflect_on_failure, reflection),
         )| Parts {
             id,
             emitted_at_ns,
@@ -403,6 +455,9 @@ fn valid_parts() -> impl Strategy<Value = Parts> {
             amplified_at_ns,
             correlation_key,
             reply_to,
+            diffracting,
+            reflect_on_failure,
+            reflection,
             payload: Bytes::from(payload),
         },
     )
@@ -434,6 +489,13 @@ fn assert_in_range(wave: &Wave, channel: &str, body_len: usize) {
     }
     if let Some(reply_to) = wave.reply_to() {
         assert!(reply_to.validate_concrete().is_ok(), "{parts:?}");
+    }
+    if let Some((reason, channel)) = &parts.reflection {
+        assert!(reason.message().map_or(0, str::len) <= wire::MAX_REFLECTION_MESSAGE_LEN);
+        assert!(
+            Channel::new(channel).validate_concrete().is_ok(),
+            "{parts:?}"
+        );
     }
     assert!(parts.payload.len() <= body_len - HEADER_LEN);
     assert!(wire::check(wave).is_ok());
@@ -545,7 +607,7 @@ proptest! {
     fn arbitrary_bytes_never_panic(
         body in prop_oneof![
             prop::collection::vec(any::<u8>(), 0..128),
-            (0..8u8, prop::collection::vec(any::<u8>(), 0..200)).prop_map(|(flags, rest)| {
+            (0..64u8, prop::collection::vec(any::<u8>(), 0..200)).prop_map(|(flags, rest)| {
                 let mut body = vec![wire::MAGIC, wire::VERSION, flags, 0];
                 body.extend(rest);
                 body

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub use hopping::{HOP_INTERVAL_MS_RANGE, HoppingConfig, MIN_HOPPING_SECRET_BYTES};
 pub use nats::{NatsAuth, NatsConfig, NatsTls};
 
-use crate::attenuation::DEFAULT_ATTENUATION_FACTOR;
+use crate::{attenuation::DEFAULT_ATTENUATION_FACTOR, physics::PhysicsConfig};
 
 /// Settings of an [`Aether`](crate::Aether). Every field has a default; a
 /// value out of range is refused when the aether starts, naming the field.
@@ -55,6 +55,9 @@ pub struct AetherConfig {
     pub nats: NatsConfig,
     /// How vibrators hop (the secret and the slot length), on every medium.
     pub hopping: HoppingConfig,
+    /// The physics engine on the bus (interference, resonance, its budget)
+    /// and diffraction, on every medium.
+    pub physics: PhysicsConfig,
 }
 
 impl Default for AetherConfig {
@@ -68,6 +71,7 @@ impl Default for AetherConfig {
             request_timeout_ms: 5000,
             nats: NatsConfig::default(),
             hopping: HoppingConfig::default(),
+            physics: PhysicsConfig::default(),
         }
     }
 }
@@ -112,7 +116,8 @@ impl AetherConfig {
             "must be at least 1",
         )?;
         self.nats.validate()?;
-        self.hopping.validate()
+        self.hopping.validate()?;
+        self.physics.validate()
     }
 
     /// [`AetherConfig::request_timeout_ms`] as a duration.

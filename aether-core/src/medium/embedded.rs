@@ -169,19 +169,7 @@ impl EmbeddedMedium {
     #[inline]
     pub(crate) fn route(&self, wave: Wave, stats: &Counters) -> Routed {
         let table = self.table.load();
-        let mut recipients: SmallVec<[Recipient<'_>; 4]> = SmallVec::new();
-        if let Some(targets) = table.exact.get(wave.channel().as_str()) {
-            for target in targets {
-                visit(&mut recipients, target);
-            }
-        }
-        for (pattern, targets) in &table.patterns {
-            if wave.channel().matches(pattern) {
-                for target in targets {
-                    visit(&mut recipients, target);
-                }
-            }
-        }
+        let mut recipients = table.recipients(wave.channel());
         let matched = recipients.len();
         let Some(last) = recipients.pop() else {
             stats.unrouted();
@@ -192,6 +180,54 @@ impl EmbeddedMedium {
         }
         deliver(last, wave, stats);
         Routed { matched }
+    }
+
+    /// Offers `wave` to every listener of `routing`, which may be another
+    /// channel than the wave's own (a reflection travels on its source's
+    /// reflection channel), counting in `stats`; gives the wave back,
+    /// uncounted, when nobody listens (a diffracting wave then bends).
+    pub(crate) fn route_on(&self, routing: &Channel, wave: Wave, stats: &Counters) -> Reached {
+        let table = self.table.load();
+        let mut recipients = table.recipients(routing);
+        let matched = recipients.len();
+        let Some(last) = recipients.pop() else {
+            return Reached::Nobody(wave);
+        };
+        for recipient in recipients {
+            deliver(recipient, wave.clone(), stats);
+        }
+        deliver(last, wave, stats);
+        Reached::Listeners(Routed { matched })
+    }
+}
+
+/// Whom [`EmbeddedMedium::route_on`] reached.
+pub(crate) enum Reached {
+    /// These listeners.
+    Listeners(Routed),
+    /// Nobody: the wave, given back.
+    Nobody(Wave),
+}
+
+impl Table {
+    /// Who hears a wave on `channel`: each receive queue once, a group's
+    /// next member, reply waiters and hopping gates.
+    #[inline]
+    fn recipients(&self, channel: &Channel) -> SmallVec<[Recipient<'_>; 4]> {
+        let mut recipients = SmallVec::new();
+        if let Some(targets) = self.exact.get(channel.as_str()) {
+            for target in targets {
+                visit(&mut recipients, target);
+            }
+        }
+        for (pattern, targets) in &self.patterns {
+            if channel.matches(pattern) {
+                for target in targets {
+                    visit(&mut recipients, target);
+                }
+            }
+        }
+        recipients
     }
 }
 

@@ -15,6 +15,7 @@ use crate::{
     Wave,
     hopping::HopGate,
     inbox::{Inbox, Offer},
+    physics::PhysicsHub,
     reply::ReplyMux,
     stats::{Counters, DropReason},
 };
@@ -64,17 +65,55 @@ impl Medium {
 
 /// Offers `wave` to `inbox`, counting the outcome in `stats`; `false` if the
 /// vibrator is gone.
+///
+/// This is where the aether's physics engine observes deliveries, on every
+/// medium: while it runs, a wave put in the queue is recorded with the
+/// vibrator's name (`physics/bus.rs`). While it does not, this costs one
+/// relaxed load.
 #[inline]
 pub(crate) fn offer_counted(inbox: &Inbox, wave: Wave, stats: &Counters) -> bool {
-    match inbox.offer(wave) {
-        Offer::Queued => stats.delivered(),
+    let physics = inbox.physics();
+    if physics.is_active() {
+        return offer_observed(inbox, wave, stats, physics);
+    }
+    count(inbox.offer(wave), stats).1
+}
+
+/// [`offer_counted`] while the physics engine runs: a copy of the wave is
+/// made before the offer (if its buffer has room) and recorded if the wave
+/// was delivered.
+#[inline(never)]
+fn offer_observed(inbox: &Inbox, wave: Wave, stats: &Counters, physics: &PhysicsHub) -> bool {
+    if wave.is_reflected() {
+        return count(inbox.offer(wave), stats).1;
+    }
+    let shard = physics.shard();
+    let copy = shard.has_room().then(|| wave.clone());
+    let (delivered, open) = count(inbox.offer(wave), stats);
+    if delivered {
+        physics.record(shard, copy, inbox.name());
+    }
+    open
+}
+
+/// Counts what became of an offer: (delivered, the vibrator is still there).
+#[inline]
+fn count(offer: Offer, stats: &Counters) -> (bool, bool) {
+    match offer {
+        Offer::Queued => {
+            stats.delivered();
+            (true, true)
+        }
         Offer::QueuedShedding => {
             stats.delivered();
             stats.dropped(DropReason::QueueFull);
+            (true, true)
         }
-        Offer::Dropped(reason) => stats.dropped(reason),
-        Offer::SkippedOwn => {}
-        Offer::Closed => return false,
+        Offer::Dropped(reason) => {
+            stats.dropped(reason);
+            (false, true)
+        }
+        Offer::SkippedOwn => (false, true),
+        Offer::Closed => (false, false),
     }
-    true
 }

@@ -61,6 +61,20 @@ pub struct PhysicsConfig {
     /// Most resonance edges kept; past it the least recently seen one is
     /// dropped. 1 to 10,000,000. Default 10,000.
     pub max_edges: usize,
+    /// The budget of an aether's engine ([`Aether::physics`]): most
+    /// deliveries it observes per second. Past it, whole batches are skipped
+    /// (and counted), so the engine never takes more than its share of a
+    /// core: each costs the engine thread about 1 to 1.5 µs, so the default
+    /// takes at most 5 to 8 % of one core. 1 to 100,000,000. Default 50,000.
+    ///
+    /// [`Aether::physics`]: crate::Aether::physics
+    pub max_waves_per_s: u64,
+    /// Amplitude kept by a diffracting wave at each bend to a parent
+    /// channel, in `(0, 1]`. Default 0.5.
+    pub diffraction_factor: f64,
+    /// Interference events kept for followers: a follower further behind
+    /// skips the oldest (counted). 1 to 1,000,000. Default 1024.
+    pub follower_buffer: usize,
 }
 
 impl Default for PhysicsConfig {
@@ -76,6 +90,9 @@ impl Default for PhysicsConfig {
             resonance_window_ms: 10_000,
             resonance_idle_ms: 60_000,
             max_edges: 10_000,
+            max_waves_per_s: 50_000,
+            diffraction_factor: 0.5,
+            follower_buffer: 1024,
         }
     }
 }
@@ -133,6 +150,24 @@ impl PhysicsConfig {
             "physics.max_edges",
             self.max_edges.to_string(),
             "must be between 1 and 10000000",
+        )?;
+        check(
+            (1..=100_000_000).contains(&self.max_waves_per_s),
+            "physics.max_waves_per_s",
+            self.max_waves_per_s.to_string(),
+            "must be between 1 and 100000000",
+        )?;
+        check(
+            self.diffraction_factor > 0.0 && self.diffraction_factor <= 1.0,
+            "physics.diffraction_factor",
+            self.diffraction_factor.to_string(),
+            "must be in (0, 1]",
+        )?;
+        check(
+            (1..=1_000_000).contains(&self.follower_buffer),
+            "physics.follower_buffer",
+            self.follower_buffer.to_string(),
+            "must be between 1 and 1000000",
         )
     }
 
@@ -177,7 +212,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let cases: [(PhysicsConfig, &str); 10] = [
+        let cases: [(PhysicsConfig, &str); 14] = [
             (
                 PhysicsConfig {
                     coherence_window_ms: 0,
@@ -247,6 +282,34 @@ mod tests {
                     ..Default::default()
                 },
                 "physics.max_edges",
+            ),
+            (
+                PhysicsConfig {
+                    max_waves_per_s: 0,
+                    ..Default::default()
+                },
+                "physics.max_waves_per_s",
+            ),
+            (
+                PhysicsConfig {
+                    diffraction_factor: 0.0,
+                    ..Default::default()
+                },
+                "physics.diffraction_factor",
+            ),
+            (
+                PhysicsConfig {
+                    diffraction_factor: f64::NAN,
+                    ..Default::default()
+                },
+                "physics.diffraction_factor",
+            ),
+            (
+                PhysicsConfig {
+                    follower_buffer: 0,
+                    ..Default::default()
+                },
+                "physics.follower_buffer",
             ),
         ];
         for (config, key) in cases {

@@ -12,6 +12,12 @@
 //!   interference (duplicates, confirmations), with the waves involved.
 //! - [`PhysicsEngine::observe_delivery`] and [`PhysicsEngine::edges`]: the
 //!   [resonance graph](ResonanceGraph), emitter → resonator by channel.
+//! - On the bus: [`Aether::physics`](crate::Aether::physics) gives an
+//!   aether's engine at work on its deliveries ([`Physics`]: events, edges,
+//!   statistics), and [`Vibrator::follow_interference`](crate::Vibrator::follow_interference)
+//!   follows the events of some channels ([`InterferenceFollower`]). The
+//!   engine runs on a thread of its own, off the emit and receive paths,
+//!   within a budget, and only once someone asks for it (`bus.rs`).
 //!
 //! ```
 //! use aether_core::{InterferencePattern, Phase, PhysicsEngine, Wave};
@@ -62,7 +68,9 @@
 //!
 //! [`detect_patterns`]: PhysicsEngine::detect_patterns
 
+mod bus;
 mod config;
+mod follow;
 mod interference;
 mod lru;
 mod pattern;
@@ -77,7 +85,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+pub(crate) use bus::PhysicsHub;
+pub use bus::{Physics, PhysicsStats};
 pub use config::PhysicsConfig;
+pub use follow::{InterferenceFollower, PhysicsEvents};
 pub use interference::{Interference, InterferenceKind};
 pub use pattern::{InterferenceEvent, InterferencePattern, InvolvedWave};
 pub use resonance::{ResonanceEdge, ResonanceGraph};

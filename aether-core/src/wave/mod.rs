@@ -40,7 +40,15 @@ use crate::{
     Channel,
     attenuation::{DEFAULT_ATTENUATION_FACTOR, effective_amplitude},
     channel::ChannelError,
+    reflection::{Reflection, ReflectionReason},
 };
+
+/// [`Wave::flags`] bit: the wave bends to a parent channel when nobody
+/// resonates on its own.
+pub(crate) const DIFFRACTS: u8 = 1 << 0;
+/// [`Wave::flags`] bit: the wave comes back to its source if it cannot be
+/// delivered.
+pub(crate) const REFLECTS: u8 = 1 << 1;
 
 /// One message on the aether.
 ///
@@ -65,6 +73,9 @@ pub struct Wave {
     /// Wider than the largest `max_propagation` (255), so that a count that
     /// stops at its maximum is still past any limit.
     hops: u16,
+    /// [`DIFFRACTS`] and [`REFLECTS`]: what the emitting aether does when the
+    /// wave cannot be delivered (one byte, in what would be padding).
+    flags: u8,
     extras: Option<Arc<Extras>>,
 }
 
@@ -76,6 +87,8 @@ struct Extras {
     amplified_at_ns: u64,
     correlation_key: Option<SmolStr>,
     reply_to: Option<Channel>,
+    /// Set on a reflected wave: why it came back, and from which channel.
+    reflection: Option<Box<Reflection>>,
 }
 
 impl Wave {
@@ -94,6 +107,7 @@ impl Wave {
             emitted_at_ns: 0,
             origin: 0,
             hops: 0,
+            flags: 0,
             extras: None,
         }
     }
@@ -164,6 +178,33 @@ impl Wave {
     /// Where a reply should go, for a request.
     pub fn reply_to(&self) -> Option<&Channel> {
         self.extras.as_ref().and_then(|e| e.reply_to.as_ref())
+    }
+
+    /// Whether it bends to the nearest parent channel that has a resonator
+    /// when nobody resonates on its own ([`WaveBuilder::diffracting`]).
+    pub fn is_diffracting(&self) -> bool {
+        self.flags & DIFFRACTS != 0
+    }
+
+    /// Whether it comes back to its source if it cannot be delivered
+    /// ([`WaveBuilder::reflect_on_failure`]).
+    pub fn reflects_on_failure(&self) -> bool {
+        self.flags & REFLECTS != 0
+    }
+
+    /// Whether this is a reflection: a wave that came back to its source
+    /// ([`crate::reflection`]).
+    pub fn is_reflected(&self) -> bool {
+        self.reflection().is_some()
+    }
+
+    /// Why it came back to its source, for a reflected wave.
+    pub fn reflection(&self) -> Option<&ReflectionReason> {
+        self.reflection_info().map(|r| &r.reason)
+    }
+
+    fn reflection_info(&self) -> Option<&Reflection> {
+        self.extras.as_ref().and_then(|e| e.reflection.as_deref())
     }
 
     /// When it was emitted (Unix time), once emitted.
@@ -270,6 +311,77 @@ impl Wave {
     pub(crate) fn set_reply_to(&mut self, reply_to: Channel) {
         self.extras_mut().reply_to = Some(reply_to);
     }
+
+    /// Whether the emitting aether follows its fate: it diffracts or
+    /// reflects (one byte read on the emit path).
+    #[inline]
+    pub(crate) fn is_tracked(&self) -> bool {
+        self.flags != 0
+    }
+
+    /// Neither diffracts nor reflects (a request fails with `NoResponders`
+    /// instead).
+    pub(crate) fn clear_tracking(&mut self) {
+        self.flags = 0;
+    }
+
+    /// The correlation key as set, without the default.
+    pub(crate) fn explicit_correlation_key(&self) -> Option<&str> {
+        self.extras
+            .as_ref()
+            .and_then(|e| e.correlation_key.as_deref())
+    }
+
+    /// Bends to `parent` (diffraction): one more hop, and its source
+    /// amplitude `a0` weakened by `factor`, so that every later measure
+    /// keeps the loss. The aether then measures it again.
+    pub(crate) fn diffract(&mut self, parent: Channel, factor: f64) {
+        self.channel = parent;
+        self.hops = self.hops.saturating_add(1);
+        self.source_amplitude = Amplitude::from_rule(self.source_amplitude.value() * factor);
+    }
+
+    /// This wave reflected for `reason`, as emitted on `channel` (before any
+    /// diffraction): same id, source, origin, emission time, payload and
+    /// correlation key (made explicit, so it travels), phase shifted by π, at
+    /// full strength, without hops, time decay, reply channel or the flags
+    /// that would make it bend or reflect again.
+    pub(crate) fn into_reflection(mut self, reason: ReflectionReason, channel: Channel) -> Wave {
+        let key = match self.explicit_correlation_key() {
+            Some(key) => SmolStr::new(key),
+            None => SmolStr::new(channel.as_str()),
+        };
+        self.phase = self.phase.inverted();
+        self.amplitude = Amplitude::MAX;
+        self.source_amplitude = Amplitude::MAX;
+        self.hops = 0;
+        self.flags = 0;
+        self.channel = channel.clone();
+        self.extras = Some(Arc::new(Extras {
+            correlation_key: Some(key),
+            reflection: Some(Box::new(Reflection { reason, channel })),
+            ..Default::default()
+        }));
+        self
+    }
+
+    /// A reflection that travelled on its source's reflection channel gets
+    /// the channel it was emitted on back.
+    pub(crate) fn restore_reflected_channel(&mut self) {
+        if let Some(channel) = self.reflection_info().map(|r| r.channel.clone()) {
+            self.channel = channel;
+        }
+    }
+}
+
+impl Wave {
+    fn set_flag(&mut self, flag: u8, on: bool) {
+        if on {
+            self.flags |= flag;
+        } else {
+            self.flags &= !flag;
+        }
+    }
 }
 
 impl fmt::Debug for Wave {
@@ -290,6 +402,15 @@ impl fmt::Debug for Wave {
             if let Some(reply_to) = &extras.reply_to {
                 s.field("reply_to", &reply_to.as_str());
             }
+            if let Some(reflection) = &extras.reflection {
+                s.field("reflection", &reflection.reason);
+            }
+        }
+        if self.is_diffracting() {
+            s.field("diffracting", &true);
+        }
+        if self.reflects_on_failure() {
+            s.field("reflect_on_failure", &true);
         }
         match std::str::from_utf8(&self.payload) {
             Ok(text) if text.len() <= 256 => s.field("payload", &text),
@@ -366,6 +487,34 @@ impl WaveBuilder {
     /// Where replies should go.
     pub fn reply_to(mut self, channel: impl Into<Channel>) -> Self {
         self.wave.extras_mut().reply_to = Some(channel.into());
+        self
+    }
+
+    /// Diffraction (default off): when nobody resonates on its channel, the
+    /// wave bends to the nearest parent channel that has a resonator
+    /// (`orders.eu.created` → `orders.eu` → `orders`). Each bend is one
+    /// more hop (so `max_propagation` still holds) and weakens it by the
+    /// aether's `physics.diffraction_factor` (default 0.5); a wave that
+    /// dies on the way is dropped as expired.
+    ///
+    /// Over NATS the emitting aether learns that nobody listens from the
+    /// server's "no responders" status: such a wave is published with a
+    /// reply subject and tracked for a moment, which costs a little more
+    /// than an ordinary emit (README, "Physics"). Requests ignore it (they
+    /// fail with `NoResponders`).
+    pub fn diffracting(mut self, diffracting: bool) -> Self {
+        self.wave.set_flag(DIFFRACTS, diffracting);
+        self
+    }
+
+    /// Reflection (default off): if the wave cannot be delivered (nobody
+    /// resonates on its channel, it died, it went past the hop limit) or a
+    /// receiver refuses it ([`Vibrator::reflect`](crate::Vibrator::reflect)),
+    /// it comes back to the vibrator that emitted it, phase shifted by π,
+    /// with the reason ([`crate::reflection`]). Over NATS it is tracked like
+    /// a diffracting wave. Requests ignore it.
+    pub fn reflect_on_failure(mut self, reflect: bool) -> Self {
+        self.wave.set_flag(REFLECTS, reflect);
         self
     }
 
@@ -511,6 +660,17 @@ mod tests {
         wave.apply_time_decay();
         let a = wave.amplitude().value();
         assert!(a < 0.37 && a > 0.36, "{a}");
+    }
+
+    #[test]
+    fn a_wave_stays_small() {
+        // Every wave is moved into a queue and out again: the flags of
+        // diffraction and reflection live in what was padding.
+        assert!(
+            std::mem::size_of::<Wave>() <= 160,
+            "{}",
+            std::mem::size_of::<Wave>()
+        );
     }
 
     #[test]

@@ -20,11 +20,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use smol_str::SmolStr;
 
-use super::{Amplitude, Extras, Phase, Wave, WaveId};
+use super::{Amplitude, DIFFRACTS, Extras, Phase, REFLECTS, Wave, WaveId};
 use crate::{
     Channel,
     channel::is_token_char,
     error::{WireError, WireErrorKind},
+    reflection::{MAX_REFLECTION_MESSAGE_BYTES, Reflection, ReflectionReason},
 };
 
 /// The first byte of every envelope.
@@ -47,9 +48,27 @@ pub const FLAG_CORRELATION_KEY: u16 = 1 << 1;
 /// Flag bit 2: the reply channel section follows.
 pub const FLAG_REPLY_TO: u16 = 1 << 2;
 
+/// Flag bit 3: the wave diffracts (no section).
+pub const FLAG_DIFFRACT: u16 = 1 << 3;
+
+/// Flag bit 4: the wave reflects on failure (no section).
+pub const FLAG_REFLECT: u16 = 1 << 4;
+
+/// Flag bit 5: the wave is a reflection; the reflection section (reason,
+/// message, the channel it was emitted on) follows the reply channel.
+pub const FLAG_REFLECTED: u16 = 1 << 5;
+
 /// The flags version 1 knows; any other bit set is refused
 /// ([`WireErrorKind::UnknownFlags`]).
-pub const KNOWN_FLAGS: u16 = FLAG_DECAY | FLAG_CORRELATION_KEY | FLAG_REPLY_TO;
+pub const KNOWN_FLAGS: u16 = FLAG_DECAY
+    | FLAG_CORRELATION_KEY
+    | FLAG_REPLY_TO
+    | FLAG_DIFFRACT
+    | FLAG_REFLECT
+    | FLAG_REFLECTED;
+
+/// The longest reflection message, in bytes.
+pub const MAX_REFLECTION_MESSAGE_LEN: usize = MAX_REFLECTION_MESSAGE_BYTES;
 
 /// The longest source name, in bytes (the vibrator name limit).
 pub const MAX_SOURCE_LEN: usize = crate::vibrator::MAX_NAME_BYTES;
@@ -89,9 +108,13 @@ impl Default for Limits {
 /// The variable sections of a wave as they go on the wire.
 struct Sections<'a> {
     source: &'a [u8],
+    /// [`FLAG_DIFFRACT`] and [`FLAG_REFLECT`], which have no section.
+    bare_flags: u16,
     decay: Option<(f64, u64)>,
     key: Option<&'a [u8]>,
     reply_to: Option<&'a [u8]>,
+    /// Reason code, message, channel.
+    reflection: Option<(u8, &'a [u8], &'a [u8])>,
 }
 
 impl<'a> Sections<'a> {
@@ -101,12 +124,21 @@ impl<'a> Sections<'a> {
             .as_deref()
             .filter(|s| source_problem(s.as_bytes()).is_none())
             .map_or(&[][..], str::as_bytes);
+        let mut bare_flags = 0;
+        if wave.flags & DIFFRACTS != 0 {
+            bare_flags |= FLAG_DIFFRACT;
+        }
+        if wave.flags & REFLECTS != 0 {
+            bare_flags |= FLAG_REFLECT;
+        }
         let Some(extras) = wave.extras.as_deref() else {
             return Self {
                 source,
+                bare_flags,
                 decay: None,
                 key: None,
                 reply_to: None,
+                reflection: None,
             };
         };
         let decay = (extras.decay_per_s.to_bits() != 0 || extras.amplified_at_ns != 0)
@@ -121,16 +153,31 @@ impl<'a> Sections<'a> {
             .as_ref()
             .filter(|c| c.validate_concrete().is_ok())
             .map(|c| c.as_str().as_bytes());
+        let reflection = extras
+            .reflection
+            .as_deref()
+            .filter(|r| r.channel.validate_concrete().is_ok())
+            .map(|r| {
+                let message = r.reason.message().unwrap_or("");
+                let message = truncate_at_char_boundary(message, MAX_REFLECTION_MESSAGE_LEN);
+                (
+                    r.reason.code(),
+                    message.as_bytes(),
+                    r.channel.as_str().as_bytes(),
+                )
+            });
         Self {
             source,
+            bare_flags,
             decay,
             key,
             reply_to,
+            reflection,
         }
     }
 
     fn flags(&self) -> u16 {
-        let mut flags = 0;
+        let mut flags = self.bare_flags;
         if self.decay.is_some() {
             flags |= FLAG_DECAY;
         }
@@ -139,6 +186,9 @@ impl<'a> Sections<'a> {
         }
         if self.reply_to.is_some() {
             flags |= FLAG_REPLY_TO;
+        }
+        if self.reflection.is_some() {
+            flags |= FLAG_REFLECTED;
         }
         flags
     }
@@ -149,6 +199,9 @@ impl<'a> Sections<'a> {
             + self.decay.map_or(0, |_| 16)
             + self.key.map_or(0, |k| 2 + k.len())
             + self.reply_to.map_or(0, |r| 2 + r.len())
+            + self
+                .reflection
+                .map_or(0, |(_, m, c)| 1 + 2 + m.len() + 2 + c.len())
             + payload_len
     }
 }
@@ -180,8 +233,9 @@ pub fn encoded_len(wave: &Wave) -> usize {
 /// exactly ([`check`] says so for any wave). As a defence only, a field the
 /// envelope cannot carry is never written out of bounds: an empty key is
 /// written as no key, one longer than [`MAX_CORRELATION_KEY_LEN`] bytes is
-/// cut at the last character boundary within it, and an invalid source name
-/// or reply channel is left out.
+/// cut at the last character boundary within it (and so is a reflection
+/// message longer than [`MAX_REFLECTION_MESSAGE_LEN`]), and an invalid source
+/// name, reply channel or reflected channel is left out (with its section).
 pub fn encode(wave: &Wave) -> Bytes {
     let sections = Sections::of(wave);
     let len = sections.len(wave.payload.len());
@@ -213,6 +267,14 @@ pub fn encode(wave: &Wave) -> Bytes {
         out.extend_from_slice(&(reply_to.len() as u16).to_le_bytes());
         out.extend_from_slice(reply_to);
     }
+    // A message is at most 1024 bytes, a channel at most 256.
+    if let Some((code, message, channel)) = sections.reflection {
+        out.push(code);
+        out.extend_from_slice(&(message.len() as u16).to_le_bytes());
+        out.extend_from_slice(message);
+        out.extend_from_slice(&(channel.len() as u16).to_le_bytes());
+        out.extend_from_slice(channel);
+    }
     out.extend_from_slice(&wave.payload);
     debug_assert_eq!(out.len(), len);
     debug_assert_eq!(out.capacity(), len);
@@ -221,7 +283,8 @@ pub fn encode(wave: &Wave) -> Bytes {
 
 /// `Ok` if [`encode`] carries `wave` exactly; otherwise an
 /// [`WireErrorKind::InvalidField`] error saying what it would change (an empty
-/// correlation key, or one longer than [`MAX_CORRELATION_KEY_LEN`] bytes).
+/// correlation key, or one longer than [`MAX_CORRELATION_KEY_LEN`] bytes, a
+/// reflection message longer than [`MAX_REFLECTION_MESSAGE_LEN`] bytes).
 /// A medium calls it before sending to refuse such a wave instead.
 pub fn check(wave: &Wave) -> Result<(), WireError> {
     let source = wave.source.as_deref().map(str::as_bytes);
@@ -236,6 +299,16 @@ pub fn check(wave: &Wave) -> Result<(), WireError> {
             reply_to
                 .validate_concrete()
                 .map_err(|e| invalid(format!("reply channel: {e}")))?;
+        }
+        if let Some(reflection) = &extras.reflection {
+            let len = reflection.reason.message().map_or(0, str::len);
+            if len > MAX_REFLECTION_MESSAGE_LEN {
+                return Err(invalid(message_length_problem(len)));
+            }
+            reflection
+                .channel
+                .validate_concrete()
+                .map_err(|e| invalid(format!("reflected channel: {e}")))?;
         }
     }
     Ok(())
@@ -338,6 +411,32 @@ pub fn decode(channel: Channel, body: Bytes, limits: &Limits) -> Result<Wave, Wi
     } else {
         None
     };
+    let reflection = if flags & FLAG_REFLECTED != 0 {
+        let [code] = reader.array("reflection reason")?;
+        let message_len = usize::from(u16::from_le_bytes(
+            reader.array("reflection message length")?,
+        ));
+        if message_len > MAX_REFLECTION_MESSAGE_LEN {
+            return Err(invalid(message_length_problem(message_len)));
+        }
+        let message = reader.take(message_len, "reflection message")?;
+        let channel_len = usize::from(u16::from_le_bytes(
+            reader.array("reflected channel length")?,
+        ));
+        if channel_len > crate::channel::MAX_BYTES {
+            return Err(invalid(format!(
+                "reflected channel length {channel_len} is over the limit of {} bytes",
+                crate::channel::MAX_BYTES
+            )));
+        }
+        Some((
+            code,
+            message,
+            reader.take(channel_len, "reflected channel")?,
+        ))
+    } else {
+        None
+    };
     let payload_start = reader.at;
     Raw {
         id,
@@ -347,10 +446,12 @@ pub fn decode(channel: Channel, body: Bytes, limits: &Limits) -> Result<Wave, Wi
         source_amplitude,
         phase,
         hops,
+        flags,
         source,
         decay,
         key,
         reply_to,
+        reflection,
     }
     .build(channel, body.slice(payload_start..))
 }
@@ -402,11 +503,15 @@ struct Raw<'a> {
     source_amplitude: f64,
     phase: f64,
     hops: u16,
+    /// The envelope's flags (the bits without a section matter here).
+    flags: u16,
     /// Empty: no source.
     source: &'a [u8],
     decay: Option<(f64, u64)>,
     key: Option<&'a [u8]>,
     reply_to: Option<&'a [u8]>,
+    /// Reason code, message, channel.
+    reflection: Option<(u8, &'a [u8], &'a [u8])>,
 }
 
 impl Raw<'_> {
@@ -472,16 +577,33 @@ impl Raw<'_> {
                 Some(channel)
             }
         };
-        let extras = (self.decay.is_some() || correlation_key.is_some() || reply_to.is_some())
-            .then(|| {
-                let (decay_per_s, amplified_at_ns) = self.decay.unwrap_or((0.0, 0));
-                Arc::new(Extras {
-                    decay_per_s,
-                    amplified_at_ns,
-                    correlation_key,
-                    reply_to,
-                })
-            });
+        let reflection = match self.reflection {
+            None => None,
+            Some((code, message, channel)) => {
+                Some(Box::new(reflection_of(code, message, channel)?))
+            }
+        };
+        let extras = (self.decay.is_some()
+            || correlation_key.is_some()
+            || reply_to.is_some()
+            || reflection.is_some())
+        .then(|| {
+            let (decay_per_s, amplified_at_ns) = self.decay.unwrap_or((0.0, 0));
+            Arc::new(Extras {
+                decay_per_s,
+                amplified_at_ns,
+                correlation_key,
+                reply_to,
+                reflection,
+            })
+        });
+        let mut flags = 0;
+        if self.flags & FLAG_DIFFRACT != 0 {
+            flags |= DIFFRACTS;
+        }
+        if self.flags & FLAG_REFLECT != 0 {
+            flags |= REFLECTS;
+        }
         Ok(Wave {
             payload,
             channel,
@@ -493,9 +615,53 @@ impl Raw<'_> {
             emitted_at_ns: self.emitted_at_ns,
             origin: self.origin,
             hops: self.hops,
+            flags,
             extras,
         })
     }
+}
+
+/// The reflection section's values, checked.
+fn reflection_of(code: u8, message: &[u8], channel: &[u8]) -> Result<Reflection, WireError> {
+    let text = std::str::from_utf8(message).map_err(|e| {
+        invalid(format!(
+            "reflection message is not valid UTF-8 (from byte {} of {})",
+            e.valid_up_to(),
+            message.len()
+        ))
+    })?;
+    let reason = ReflectionReason::from_code(code, text).ok_or_else(|| {
+        if code > 4 {
+            invalid(format!(
+                "reflection reason {code} is unknown (version {VERSION} knows 0 to 4)"
+            ))
+        } else {
+            invalid(format!(
+                "reflection reason {code} carries no message, but the section holds {} bytes",
+                message.len()
+            ))
+        }
+    })?;
+    let channel = std::str::from_utf8(channel)
+        .map(Channel::new)
+        .map_err(|e| {
+            invalid(format!(
+                "reflected channel is not valid UTF-8 (from byte {} of {})",
+                e.valid_up_to(),
+                channel.len()
+            ))
+        })?;
+    channel
+        .validate_concrete()
+        .map_err(|e| invalid(format!("reflected channel: {e}")))?;
+    Ok(Reflection { reason, channel })
+}
+
+/// Why a reflection message of `len` bytes cannot travel.
+fn message_length_problem(len: usize) -> String {
+    format!(
+        "reflection message length {len} is over the limit of {MAX_REFLECTION_MESSAGE_LEN} bytes"
+    )
 }
 
 fn invalid(message: String) -> WireError {
@@ -577,6 +743,12 @@ pub struct Parts {
     pub correlation_key: Option<String>,
     /// Reply channel.
     pub reply_to: Option<String>,
+    /// Diffracts ([`FLAG_DIFFRACT`]).
+    pub diffracting: bool,
+    /// Reflects on failure ([`FLAG_REFLECT`]).
+    pub reflect_on_failure: bool,
+    /// For a reflection: why, and the channel it was emitted on.
+    pub reflection: Option<(ReflectionReason, String)>,
     /// Payload bytes.
     pub payload: Bytes,
 }
@@ -597,6 +769,9 @@ impl Default for Parts {
             amplified_at_ns: 0,
             correlation_key: None,
             reply_to: None,
+            diffracting: false,
+            reflect_on_failure: false,
+            reflection: None,
             payload: Bytes::new(),
         }
     }
@@ -623,6 +798,11 @@ impl Parts {
             reply_to: extras
                 .and_then(|e| e.reply_to.as_ref())
                 .map(|c| c.as_str().to_string()),
+            diffracting: wave.flags & DIFFRACTS != 0,
+            reflect_on_failure: wave.flags & REFLECTS != 0,
+            reflection: extras
+                .and_then(|e| e.reflection.as_deref())
+                .map(|r| (r.reason.clone(), r.channel.as_str().to_string())),
             payload: wave.payload.clone(),
         }
     }
@@ -635,6 +815,13 @@ impl Parts {
         if self.source.as_deref() == Some("") {
             return Err(invalid("source name is empty".to_string()));
         }
+        let mut flags = 0;
+        if self.diffracting {
+            flags |= FLAG_DIFFRACT;
+        }
+        if self.reflect_on_failure {
+            flags |= FLAG_REFLECT;
+        }
         Raw {
             id: self.id,
             emitted_at_ns: self.emitted_at_ns,
@@ -643,10 +830,18 @@ impl Parts {
             source_amplitude: self.source_amplitude,
             phase: self.phase,
             hops: self.hops,
+            flags,
             source: self.source.as_deref().map_or(&[][..], str::as_bytes),
             decay,
             key: self.correlation_key.as_deref().map(str::as_bytes),
             reply_to: self.reply_to.as_deref().map(str::as_bytes),
+            reflection: self.reflection.as_ref().map(|(reason, channel)| {
+                (
+                    reason.code(),
+                    reason.message().unwrap_or("").as_bytes(),
+                    channel.as_bytes(),
+                )
+            }),
         }
         .build(channel, self.payload)
     }
@@ -665,6 +860,9 @@ impl Parts {
             && self.amplified_at_ns == other.amplified_at_ns
             && self.correlation_key == other.correlation_key
             && self.reply_to == other.reply_to
+            && self.diffracting == other.diffracting
+            && self.reflect_on_failure == other.reflect_on_failure
+            && self.reflection == other.reflection
             && self.payload == other.payload
     }
 }
@@ -708,6 +906,7 @@ mod tests {
             correlation_key: Some("order-42".into()),
             reply_to: Some("_reply.shop.1".into()),
             payload: Bytes::from_static(br#"{"order_id":42}"#),
+            ..Parts::default()
         }
         .into_wave(Channel::new("orders.cancelled"))
         .unwrap()
@@ -796,7 +995,7 @@ mod tests {
 
     #[test]
     fn unknown_flags() {
-        for bit in 3..16 {
+        for bit in 6..16 {
             let mut body = encode(&Wave::new("a", ())).to_vec();
             body[2..4].copy_from_slice(&(1u16 << bit).to_le_bytes());
             assert_eq!(kind(&body), WireErrorKind::UnknownFlags, "bit {bit}");
@@ -921,6 +1120,97 @@ mod tests {
         assert!(check(&wave).is_ok());
         let back = decode(Channel::new("a"), encode(&wave), &Limits::default()).unwrap();
         assert_eq!(back.correlation_key(), longest);
+    }
+
+    #[test]
+    fn flags_and_reflections_travel() {
+        let wave = Wave::builder("alerts.disk")
+            .diffracting(true)
+            .reflect_on_failure(true)
+            .build()
+            .unwrap();
+        let body = encode(&wave);
+        assert_eq!(body.len(), HEADER_LEN, "bits 3 and 4 have no section");
+        assert_eq!(
+            u16::from_le_bytes([body[2], body[3]]),
+            FLAG_DIFFRACT | FLAG_REFLECT
+        );
+        let back = decode(Channel::new("alerts.disk"), body, &Limits::default()).unwrap();
+        assert!(back.is_diffracting() && back.reflects_on_failure());
+
+        let reason = ReflectionReason::HandlerError("boom".into());
+        let reflected = full().into_reflection(reason.clone(), Channel::new("orders.cancelled"));
+        assert!(check(&reflected).is_ok());
+        let body = encode(&reflected);
+        assert_eq!(body.len(), encoded_len(&reflected));
+        assert_eq!(
+            u16::from_le_bytes([body[2], body[3]]),
+            FLAG_CORRELATION_KEY | FLAG_REFLECTED
+        );
+        // Decoded on the subject it travelled on: its source's reflection
+        // channel; the medium puts the channel it was emitted on back.
+        let subject = Channel::new("_reflect.0000000000000007");
+        let mut back = decode(subject, body, &Limits::default()).unwrap();
+        assert_eq!(back.channel().as_str(), "_reflect.0000000000000007");
+        assert_eq!(back.reflection(), Some(&reason));
+        back.restore_reflected_channel();
+        assert_eq!(back.channel().as_str(), "orders.cancelled");
+        assert!(Parts::of(&back).same_as(&Parts::of(&reflected)));
+        assert_eq!(back.phase(), Phase::ASSERT, "full() is in phase π");
+    }
+
+    #[test]
+    fn bad_reflection_sections() {
+        let reason = ReflectionReason::Refused("no".into());
+        let reflected = full().into_reflection(reason, Channel::new("a.b"));
+        // Header, source "shop", key "order-42": the section starts at 77
+        // (code), then the message length, "no", the channel length, "a.b".
+        let at = HEADER_LEN + 4 + 2 + 8;
+        let set = |offset: usize, bytes: &[u8]| {
+            let mut body = encode(&reflected).to_vec();
+            assert_eq!(body[at], 3);
+            body[offset..offset + bytes.len()].copy_from_slice(bytes);
+            body
+        };
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (set(at, &[0]), "reflection reason 0 carries no message, but"),
+            (set(at, &[7]), "reflection reason 7 is unknown"),
+            (
+                set(at + 3, &[0xff]),
+                "reflection message is not valid UTF-8",
+            ),
+            (
+                set(at + 1, &2000u16.to_le_bytes()),
+                "reflection message length 2000 is over the limit of 1024",
+            ),
+            (set(at + 7, b"*"), "reflected channel: "),
+            (
+                set(at + 5, &300u16.to_le_bytes()),
+                "reflected channel length 300 is over the limit",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = decode(Channel::new("a"), Bytes::from(body), &Limits::default())
+                .expect_err(expected);
+            assert_eq!(err.kind(), WireErrorKind::InvalidField, "{err}");
+            assert!(
+                err.to_string().contains(expected),
+                "{err} lacks {expected:?}"
+            );
+        }
+        let body = encode(&reflected);
+        assert_eq!(kind(&body[..at + 4]), WireErrorKind::Truncated);
+
+        // A message the envelope cannot carry: `check` says so, `encode`
+        // cuts it at a character boundary.
+        let long = ReflectionReason::Refused("é".repeat(600));
+        let reflected = full().into_reflection(long, Channel::new("a.b"));
+        assert!(check(&reflected).is_err());
+        let back = decode(Channel::new("a"), encode(&reflected), &Limits::default()).unwrap();
+        assert_eq!(
+            back.reflection().and_then(|r| r.message()).map(str::len),
+            Some(1024)
+        );
     }
 
     #[test]

@@ -10,9 +10,12 @@
 //! refuses. The receive queue, not the client's buffer, is where a slow
 //! vibrator sheds, weakest first; the client's buffer is sized so it only
 //! absorbs bursts, and any drop there is counted as a slow-consumer event.
-//! Requests use NATS request/reply (with the server's "no responders").
+//! Requests use NATS request/reply (with the server's "no responders"), and
+//! so do diffracting and reflectable waves, to learn that nobody heard them
+//! ([`probe`]).
 
 mod outbox;
+mod probe;
 
 use std::{
     collections::HashMap,
@@ -30,14 +33,19 @@ use tokio::{
     task::AbortHandle,
 };
 
-use self::outbox::Outbox;
+use self::{
+    outbox::Outbox,
+    probe::{PROBE_PREFIX, Probe},
+};
 use super::{Listener, SubscriptionId, offer_counted};
 use crate::{
     AetherConfig, Channel, ConnectError, ConnectErrorKind, EmitError, EmitErrorKind, RequestError,
     RequestErrorKind, ResonateError, ResonateErrorKind, Wave,
+    aether::Admitted,
     connection::{ConnectionCounters, ConnectionEvent, ConnectionState, ConnectionStatus},
     hopping::HopGate,
     inbox::Inbox,
+    reflection,
     stats::{Counters, DropReason},
     subject, wire,
 };
@@ -52,7 +60,14 @@ pub(crate) struct NatsMedium {
     subscriptions: Mutex<HashMap<SubscriptionId, (AbortHandle, Arc<Inbox>)>>,
     next_id: AtomicU64,
     flusher: AbortHandle,
+    /// This aether's id, in its probe reply subjects.
+    id: u64,
+    /// Started with the first tracked wave.
+    probe: tokio::sync::OnceCell<(Arc<Probe>, AbortHandle)>,
 }
+
+/// Ids of the NATS aethers of this process.
+static NEXT_AETHER: AtomicU64 = AtomicU64::new(1);
 
 /// What the connection's event handler, the flusher and the subscription
 /// tasks share with the medium.
@@ -118,6 +133,9 @@ impl NatsMedium {
             subscriptions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             flusher: flusher.abort_handle(),
+            id: (crate::wave::process_nonce() << 32)
+                | (NEXT_AETHER.fetch_add(1, Ordering::Relaxed) & 0xFFFF_FFFF),
+            probe: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -130,39 +148,52 @@ impl NatsMedium {
     }
 
     /// Publishes an admitted wave, or keeps it in the outbox while the
-    /// connection is down.
+    /// connection is down. A wave that diffracts or reflects is tracked
+    /// ([`probe`]).
     pub(crate) async fn publish(&self, wave: &Wave) -> Result<(), EmitError> {
-        let shared = &*self.shared;
-        let subject = subject::channel_subject(&shared.prefix, wave.channel());
-        let body = wire::encode(wave);
-        if self.client.connection_state() == State::Connected
-            && shared.outbox.is_idle(&shared.counters)
-        {
-            return self
-                .client
-                .publish(subject, body)
-                .await
-                .map_err(|e| EmitError::with_source(EmitErrorKind::Medium, e));
+        if wave.is_tracked() {
+            return self.publish_tracked(wave.clone()).await;
         }
-        shared
-            .outbox
-            .push((subject, body), &shared.counters)
-            .map_err(|_| {
-                EmitError::new(
-                    EmitErrorKind::OutboxFull,
-                    format!(
-                        "disconnected from NATS and the outbox holds {} waves already; \
-                         retry later or raise nats.outbox_capacity",
-                        shared.outbox.capacity()
-                    ),
-                )
-            })?;
-        // The connection may have come back (and the flusher finished)
-        // between the check and the push: make sure this wave is not left.
-        if self.client.connection_state() == State::Connected {
-            shared.wake_flusher.notify_one();
+        let subject = subject::channel_subject(&self.shared.prefix, wave.channel());
+        send(
+            &self.client,
+            &self.shared,
+            subject,
+            None,
+            wire::encode(wave),
+        )
+        .await
+    }
+
+    #[cold]
+    async fn publish_tracked(&self, wave: Wave) -> Result<(), EmitError> {
+        let (probe, _) = self
+            .probe
+            .get_or_try_init(|| Probe::start(self.client.clone(), self.shared.clone(), self.id))
+            .await?;
+        let emitted = wave.channel().clone();
+        probe.publish(wave, emitted).await
+    }
+
+    /// Publishes what the checks of an emit made of a wave: the wave, or its
+    /// reflection if it was dropped and reflects on failure.
+    pub(crate) async fn publish_admitted(&self, admitted: Admitted) -> Result<(), EmitError> {
+        match admitted {
+            Admitted::Ready(wave) => self.publish(&wave).await,
+            Admitted::Dropped(reason, wave) => {
+                if wave.reflects_on_failure() && wave.origin() != 0 {
+                    let emitted = wave.channel().clone();
+                    self.reflect(wave.into_reflection(reason.into(), emitted))
+                        .await?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
+    }
+
+    /// Sends a reflection to its source's reflection channel.
+    pub(crate) async fn reflect(&self, reflected: Wave) -> Result<(), EmitError> {
+        reflect(&self.client, &self.shared, reflected).await
     }
 
     /// Emits `wave` as a NATS request and waits for the first reply.
@@ -283,6 +314,9 @@ impl NatsMedium {
             task.abort();
         }
         self.flusher.abort();
+        if let Some((_, task)) = self.probe.get() {
+            task.abort();
+        }
         self.shared.counters.set_state(ConnectionState::Closed);
     }
 
@@ -424,6 +458,64 @@ impl Shared {
     }
 }
 
+/// Publishes `body` on `subject` (with a reply subject for a tracked wave),
+/// or keeps it in the outbox while the connection is down.
+async fn send(
+    client: &Client,
+    shared: &Shared,
+    subject: String,
+    reply: Option<String>,
+    body: bytes::Bytes,
+) -> Result<(), EmitError> {
+    if client.connection_state() == State::Connected && shared.outbox.is_idle(&shared.counters) {
+        return publish_with(client, subject, reply, body)
+            .await
+            .map_err(|e| EmitError::with_source(EmitErrorKind::Medium, e));
+    }
+    shared
+        .outbox
+        .push((subject, reply, body), &shared.counters)
+        .map_err(|_| {
+            EmitError::new(
+                EmitErrorKind::OutboxFull,
+                format!(
+                    "disconnected from NATS and the outbox holds {} waves already; \
+                     retry later or raise nats.outbox_capacity",
+                    shared.outbox.capacity()
+                ),
+            )
+        })?;
+    // The connection may have come back (and the flusher finished)
+    // between the check and the push: make sure this wave is not left.
+    if client.connection_state() == State::Connected {
+        shared.wake_flusher.notify_one();
+    }
+    Ok(())
+}
+
+/// Hands a message to the client, with its reply subject if it has one.
+async fn publish_with(
+    client: &Client,
+    subject: String,
+    reply: Option<String>,
+    body: bytes::Bytes,
+) -> Result<(), async_nats::PublishError> {
+    match reply {
+        None => client.publish(subject, body).await,
+        Some(reply) => client.publish_with_reply(subject, reply, body).await,
+    }
+}
+
+/// Sends a reflection to its source's reflection channel, counted as emitted
+/// and reflected.
+async fn reflect(client: &Client, shared: &Shared, reflected: Wave) -> Result<(), EmitError> {
+    let routing = reflection::channel_of(reflected.origin());
+    let subject = subject::channel_subject(&shared.prefix, &routing);
+    shared.stats.emitted();
+    shared.stats.reflected();
+    send(client, shared, subject, None, wire::encode(&reflected)).await
+}
+
 /// Sends the outbox, in order, each time the connection comes back.
 async fn flush_on_reconnect(client: Client, shared: Arc<Shared>) {
     loop {
@@ -434,8 +526,8 @@ async fn flush_on_reconnect(client: Client, shared: Arc<Shared>) {
         shared.outbox.start_flush();
         let mut sent = 0;
         while let Some(item) = shared.outbox.next_to_flush(&shared.counters) {
-            let (subject, body) = item.clone();
-            if let Err(error) = client.publish(subject, body).await {
+            let (subject, reply, body) = item.clone();
+            if let Err(error) = publish_with(&client, subject, reply, body).await {
                 tracing::warn!(%error, "could not flush the outbox; keeping the waves");
                 shared.outbox.put_back(item, &shared.counters);
                 break;
@@ -476,6 +568,14 @@ async fn forward_hopping(mut subscriber: Subscriber, shared: Arc<Shared>, gate: 
             break;
         }
     }
+}
+
+/// Whether `channel` is a probe reply subject's.
+fn is_probe(channel: &Channel) -> bool {
+    channel
+        .as_str()
+        .strip_prefix(PROBE_PREFIX)
+        .is_some_and(|rest| rest.starts_with('.'))
 }
 
 /// Takes one message off the wire; `false` once the vibrator is gone.
@@ -521,8 +621,13 @@ fn take(
     if heard_elsewhere(wave.channel()) {
         return None;
     }
+    // A reflection travelled on its source's reflection channel.
+    wave.restore_reflected_channel();
+    // A probe's reply subject is not a reply channel: a tracked wave is not
+    // a request.
     if let Some(reply) = &message.reply
         && let Some(reply_to) = subject::subject_channel(&shared.prefix, reply)
+        && !is_probe(&reply_to)
     {
         wave.set_reply_to(reply_to);
     }

@@ -18,8 +18,9 @@ use bytes::Bytes;
 
 use crate::connection::ConnectionCounters;
 
-/// A wave ready for the wire: its subject and its envelope.
-pub(super) type Outgoing = (String, Bytes);
+/// A wave ready for the wire: its subject, its reply subject (a tracked
+/// wave's probe subject), and its envelope.
+pub(super) type Outgoing = (String, Option<String>, Bytes);
 
 pub(super) struct Outbox {
     queue: Mutex<VecDeque<Outgoing>>,
@@ -100,7 +101,7 @@ mod tests {
     use super::*;
 
     fn item(n: u8) -> Outgoing {
-        (format!("s.{n}"), Bytes::from(vec![n]))
+        (format!("s.{n}"), None, Bytes::from(vec![n]))
     }
 
     #[test]

@@ -25,9 +25,21 @@ HEADER_LEN = 63
 FLAG_DECAY = 1 << 0
 FLAG_CORRELATION_KEY = 1 << 1
 FLAG_REPLY_TO = 1 << 2
+FLAG_DIFFRACT = 1 << 3
+FLAG_REFLECT = 1 << 4
+FLAG_REFLECTED = 1 << 5
 MAX_SOURCE_LEN = 64
 MAX_KEY_LEN = 256
 MAX_CHANNEL_LEN = 256
+MAX_REFLECTION_MESSAGE_LEN = 1024
+# Reflection reason codes; only Refused and HandlerError carry a message.
+REASONS = {
+    "NoResonator": 0,
+    "Expired": 1,
+    "PropagationLimit": 2,
+    "Refused": 3,
+    "HandlerError": 4,
+}
 SOURCE_ALPHABET = set(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-."
 )
@@ -72,6 +84,10 @@ def encode(case):
     assert len(source) <= MAX_SOURCE_LEN and set(source.decode()) <= SOURCE_ALPHABET
 
     flags = 0
+    if case.get("diffracting", False):
+        flags |= FLAG_DIFFRACT
+    if case.get("reflect_on_failure", False):
+        flags |= FLAG_REFLECT
     sections = b""
     decay = case["decay"]
     if decay is not None:
@@ -91,6 +107,20 @@ def encode(case):
         reply_to = concrete_channel(case["reply_to"]).encode("ascii")
         flags |= FLAG_REPLY_TO
         sections += struct.pack("<H", len(reply_to)) + reply_to
+    reflection = case.get("reflection")
+    if reflection is not None:
+        code = REASONS[reflection["reason"]]
+        message = reflection.get("message", "").encode("utf-8")
+        assert code >= 3 or not message, "only Refused and HandlerError carry a message"
+        assert len(message) <= MAX_REFLECTION_MESSAGE_LEN
+        channel = concrete_channel(reflection["channel"]).encode("ascii")
+        flags |= FLAG_REFLECTED
+        sections += (
+            struct.pack("<BH", code, len(message))
+            + message
+            + struct.pack("<H", len(channel))
+            + channel
+        )
 
     if "payload_hex" in case:
         payload = bytes.fromhex(case["payload_hex"])

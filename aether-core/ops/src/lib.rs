@@ -1,0 +1,75 @@
+//! What every Aether program needs to be operable, one module per idea:
+//!
+//! | module | what it gives a program |
+//! | --- | --- |
+//! | [`settings`] | layered settings: `config/default.toml`, the `config/<AETHER_ENV>.toml` overlay, then `AETHER__SECTION__KEY` variables; refused at start with the key and the value named |
+//! | [`reload`] | hot reload: the files are polled, a change is loaded and validated, then published (or refused, keeping the old value) |
+//! | [`logging`] | `tracing` to stderr, human or JSON, with a level that can change while the program runs |
+//! | [`shutdown`] | a cloneable shutdown token fed by SIGINT and SIGTERM, and a bounded drain |
+//! | [`panic`](mod@panic) | a panic hook that logs the panic and counts it |
+//! | [`resources`] | RSS, VMS, threads and open files of the process, limits, and a leak hint |
+//!
+//! A program puts them together like this (the `examples/operable.rs`
+//! program of this crate does it in full):
+//!
+//! ```no_run
+//! use std::{sync::Arc, sync::atomic::AtomicU64, time::Duration};
+//!
+//! use aether_core::AetherConfig;
+//! use aether_ops::{
+//!     logging, panic::install_panic_hook, reload,
+//!     settings::{LogSettings, ServiceSettings, SettingsError, SettingsSource, Validate, validate_section},
+//!     shutdown::{Shutdown, run_until_shutdown},
+//! };
+//!
+//! #[derive(Debug, Default, serde::Deserialize)]
+//! #[serde(default, deny_unknown_fields)]
+//! struct Settings {
+//!     aether: AetherConfig,
+//!     log: LogSettings,
+//!     service: ServiceSettings,
+//! }
+//!
+//! impl Validate for Settings {
+//!     fn validate(&self) -> Result<(), SettingsError> {
+//!         validate_section("aether", &self.aether)?;
+//!         validate_section("log", &self.log)?;
+//!         validate_section("service", &self.service)
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let source = SettingsSource::from_process("config");
+//!     let settings: Settings = source.load()?; // refuses bad settings, naming the key
+//!     let log = logging::init(&settings.log)?;
+//!     install_panic_hook(Arc::new(AtomicU64::new(0)));
+//!     let grace = settings.service.shutdown_grace();
+//!     let watcher = reload::watch(source, Duration::from_millis(200), settings, move |old: &Settings, new| {
+//!         if old.log.level != new.log.level {
+//!             let _ = log.set_level(&new.log.level);
+//!         }
+//!     })?;
+//!     let shutdown = Shutdown::on_signals()?;
+//!     let work = {
+//!         let shutdown = shutdown.clone();
+//!         async move { shutdown.wait().await } // stop taking work, drain, return
+//!     };
+//!     run_until_shutdown(work, &shutdown, grace).await;
+//!     drop(watcher);
+//!     Ok(())
+//! }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+pub mod logging;
+pub mod panic;
+pub mod reload;
+pub mod resources;
+pub mod settings;
+pub mod shutdown;
+
+#[cfg(test)]
+mod test_support;

@@ -1,0 +1,382 @@
+//! Hot reload: settings files are polled, and a change is loaded, validated
+//! and published, or refused while the old settings stay.
+//!
+//! [`watch`] starts a [`Watcher`] on a thread of its own. Every `interval`
+//! it looks at the files (modification time and content, so that two
+//! writes within one tick of the file system's clock are not missed); when
+//! they changed, and stayed the same for one more interval (so that a file
+//! is not read half written), it loads and validates the settings again:
+//!
+//! - accepted: `on_change(old, new)` is called, the reload is counted,
+//!   then the new value is published to every [`Watcher::subscribe`]
+//!   receiver (so a receiver that sees it knows the callback has run);
+//! - refused (a missing file, bad TOML, an unknown key, a value out of
+//!   range): a `warn!` names the key and the value, the old value stays and
+//!   the refusal is counted. The same bad files are not tried again until
+//!   they change.
+//!
+//! Environment variables are read once more at each reload, but a change
+//! of them alone does not start one: only the files are watched. Dropping
+//! the watcher (or [`Watcher::stop`]) stops the thread; receivers keep the
+//! last value.
+//!
+//! Settings a program reads once at start (a NATS URL, a queue's capacity)
+//! do not change by being published: the program decides in `on_change`
+//! what it applies (a log level, a noise floor) and what waits for a
+//! restart.
+
+use std::{
+    collections::hash_map::DefaultHasher,
+    fmt,
+    hash::{Hash, Hasher},
+    io,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, SystemTime},
+};
+
+use serde::de::DeserializeOwned;
+use tokio::sync::watch as channel;
+
+use crate::settings::{SettingsError, SettingsSource, Validate};
+
+/// How many reloads were accepted and refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReloadStats {
+    /// Changes loaded, validated and published.
+    pub reloads: u64,
+    /// Changes refused (the old value stayed).
+    pub refusals: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    reloads: AtomicU64,
+    refusals: AtomicU64,
+}
+
+/// Watches settings files and publishes each accepted change. Stops when
+/// dropped.
+pub struct Watcher<T> {
+    receiver: channel::Receiver<Arc<T>>,
+    counters: Arc<Counters>,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl<T> fmt::Debug for Watcher<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watcher")
+            .field("stats", &self.stats())
+            .field("running", &self.thread.is_some())
+            .finish()
+    }
+}
+
+/// Watches the files of `source` every `interval` (200 ms is a good
+/// value), starting from `current` (the settings the program loaded at
+/// start). See the [module documentation](self).
+pub fn watch<T, F>(
+    source: SettingsSource,
+    interval: Duration,
+    current: T,
+    on_change: F,
+) -> io::Result<Watcher<T>>
+where
+    T: DeserializeOwned + Validate + Send + Sync + 'static,
+    F: Fn(&T, &T) + Send + 'static,
+{
+    let paths = source.files();
+    watch_with(
+        paths,
+        interval,
+        current,
+        move || source.load::<T>(),
+        on_change,
+    )
+}
+
+/// Like [`watch`] with any loader: `load` is called when one of `paths`
+/// changes, and must validate.
+pub fn watch_with<T, L, F>(
+    paths: Vec<PathBuf>,
+    interval: Duration,
+    current: T,
+    mut load: L,
+    on_change: F,
+) -> io::Result<Watcher<T>>
+where
+    T: Send + Sync + 'static,
+    L: FnMut() -> Result<T, SettingsError> + Send + 'static,
+    F: Fn(&T, &T) + Send + 'static,
+{
+    let (sender, receiver) = channel::channel(Arc::new(current));
+    let counters = Arc::new(Counters::default());
+    let (stop, stopped) = mpsc::channel::<()>();
+    let mut seen = fingerprint(&paths);
+    let mut settling = false;
+    // The thread logs to the subscriber in force where `watch` was called
+    // (the global one, in a program).
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
+    let thread = {
+        let counters = Arc::clone(&counters);
+        thread::Builder::new()
+            .name("aether-settings-watch".into())
+            .spawn(move || {
+                let _logs = tracing::dispatcher::set_default(&dispatch);
+                // Sleeps until the next poll, or returns when the watcher is
+                // dropped (the sender is gone).
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    let now = fingerprint(&paths);
+                    if now != seen {
+                        // Changed: load at the next poll if it stays so, not
+                        // a file caught half written.
+                        seen = now;
+                        settling = true;
+                        continue;
+                    }
+                    if !settling {
+                        continue;
+                    }
+                    settling = false;
+                    // Log, count and call back before publishing: whoever
+                    // sees the new value (or the count) sees all of it done.
+                    match load() {
+                        Ok(new) => {
+                            let old = Arc::clone(&sender.borrow());
+                            let new = Arc::new(new);
+                            tracing::info!(files = ?paths, "settings reloaded");
+                            on_change(&old, &new);
+                            counters.reloads.fetch_add(1, Ordering::Relaxed);
+                            sender.send_replace(new);
+                        }
+                        Err(err) => {
+                            tracing::warn!(
+                                key = err.key().unwrap_or("-"),
+                                value = err.value().unwrap_or("-"),
+                                error = %err,
+                                "settings change refused; the previous settings stay"
+                            );
+                            counters.refusals.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })?
+    };
+    Ok(Watcher {
+        receiver,
+        counters,
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}
+
+impl<T> Watcher<T> {
+    /// A receiver of the settings in force: `borrow()` gives the latest,
+    /// `changed().await` waits for the next accepted change.
+    pub fn subscribe(&self) -> channel::Receiver<Arc<T>> {
+        self.receiver.clone()
+    }
+
+    /// The settings in force.
+    pub fn current(&self) -> Arc<T> {
+        Arc::clone(&self.receiver.borrow())
+    }
+
+    /// Reloads accepted and refused so far (for a metrics exporter).
+    pub fn stats(&self) -> ReloadStats {
+        ReloadStats {
+            reloads: self.counters.reloads.load(Ordering::Relaxed),
+            refusals: self.counters.refusals.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops watching and waits for the thread (at most one poll and one
+    /// load). Receivers keep the last value.
+    pub fn stop(mut self) {
+        self.shut();
+    }
+
+    fn shut(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            // A panic in `on_change` ended the thread already; nothing to do.
+            let _ = thread.join();
+        }
+    }
+}
+
+impl<T> Drop for Watcher<T> {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}
+
+/// What identifies the state of the files: for each, its modification
+/// time, and a hash of its content (none if it cannot be read).
+fn fingerprint(paths: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
+    paths
+        .iter()
+        .map(|path| {
+            let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+            let content = std::fs::read(path).ok()?;
+            let mut hasher = DefaultHasher::new();
+            content.hash(&mut hasher);
+            Some((modified, hasher.finish()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::test_support::{Captured, Program, eventually};
+
+    const BOUND: Duration = Duration::from_secs(5);
+
+    fn write(dir: &tempfile::TempDir, text: &str) {
+        std::fs::write(dir.path().join("default.toml"), text).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_change_is_published_a_bad_one_refused_and_a_fix_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            &dir,
+            "[service]\nnoise_floor = 0.1\n[log]\nlevel = \"info\"\n",
+        );
+        let source =
+            SettingsSource::new(dir.path(), None, [("AETHER__AETHER__MAX_PROPAGATION", "7")]);
+        let start: Program = source.load().unwrap();
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let watcher = {
+            let changes = Arc::clone(&changes);
+            watch(
+                source,
+                Duration::from_millis(20),
+                start,
+                move |old: &Program, new| {
+                    changes
+                        .lock()
+                        .unwrap()
+                        .push((old.log.level.clone(), new.log.level.clone()));
+                },
+            )
+            .unwrap()
+        };
+        let mut settings = watcher.subscribe();
+        assert_eq!(settings.borrow().service.noise_floor, 0.1);
+
+        write(
+            &dir,
+            "[service]\nnoise_floor = 0.2\n[log]\nlevel = \"debug\"\n",
+        );
+        tokio::time::timeout(BOUND, settings.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let now = watcher.current();
+        assert_eq!(
+            (now.service.noise_floor, now.log.level.as_str()),
+            (0.2, "debug")
+        );
+        assert_eq!(now.aether.max_propagation, 7, "the variables still apply");
+        assert_eq!(
+            *changes.lock().unwrap(),
+            [("info".to_string(), "debug".to_string())]
+        );
+        assert_eq!(
+            watcher.stats(),
+            ReloadStats {
+                reloads: 1,
+                refusals: 0
+            }
+        );
+
+        write(
+            &dir,
+            "[service]\nnoise_floor = 1.5\n[log]\nlevel = \"debug\"\n",
+        );
+        eventually("the refusal", BOUND, || watcher.stats().refusals == 1).await;
+        assert_eq!(
+            watcher.current().service.noise_floor,
+            0.2,
+            "the old value stays"
+        );
+        assert!(!settings.has_changed().unwrap());
+
+        write(
+            &dir,
+            "[service]\nnoise_floor = 0.3\n[log]\nlevel = \"debug\"\n",
+        );
+        tokio::time::timeout(BOUND, settings.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(settings.borrow_and_update().service.noise_floor, 0.3);
+        assert_eq!(
+            watcher.stats(),
+            ReloadStats {
+                reloads: 2,
+                refusals: 1
+            }
+        );
+
+        // A removed file is refused too; putting it back is a change.
+        std::fs::remove_file(dir.path().join("default.toml")).unwrap();
+        eventually("the second refusal", BOUND, || {
+            watcher.stats().refusals == 2
+        })
+        .await;
+        write(&dir, "[service]\nnoise_floor = 0.4\n");
+        tokio::time::timeout(BOUND, settings.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(watcher.current().service.noise_floor, 0.4);
+        watcher.stop();
+        assert!(settings.changed().await.is_err(), "closed once stopped");
+        assert_eq!(
+            settings.borrow().service.noise_floor,
+            0.4,
+            "the last value stays"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_logged_with_the_key_and_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        write(&dir, "");
+        let out = Captured::default();
+        let (dispatch, _handle) =
+            crate::logging::dispatch(&crate::settings::LogSettings::default(), out.clone())
+                .unwrap();
+        let source = SettingsSource::new(dir.path(), None, Vec::<(String, String)>::new());
+        // The watcher logs where it was started.
+        let watcher = tracing::dispatcher::with_default(&dispatch, || {
+            watch(
+                source,
+                Duration::from_millis(20),
+                Program::default(),
+                |_, _| {},
+            )
+            .unwrap()
+        });
+        write(&dir, "[service]\nnoise_floor = 1.5\n");
+        eventually("the refusal", BOUND, || watcher.stats().refusals == 1).await;
+        let text = out.text();
+        assert!(text.contains("WARN"), "{text}");
+        assert!(
+            text.contains("key=\"service.noise_floor\" value=\"1.5\""),
+            "{text}"
+        );
+        assert!(text.contains("the previous settings stay"), "{text}");
+    }
+}

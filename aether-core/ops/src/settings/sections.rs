@@ -1,0 +1,166 @@
+//! The sections every program shares: `[log]`, `[telemetry]`, `[service]`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, de};
+
+use super::{SettingsError, Validate};
+
+/// The `[log]` section: what is logged, and how.
+///
+/// ```toml
+/// [log]
+/// level = "info,aether_core=debug"  # EnvFilter directives
+/// format = "json"                   # or "human" (the default)
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `tracing` filter directives: a level (`trace`, `debug`, `info`,
+    /// `warn`, `error`, `off`), or `target=level` pairs, comma-separated.
+    /// Changes at run time through hot reload. Default `info`.
+    pub level: String,
+    /// Human-readable lines or JSON objects. Default human.
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Human,
+        }
+    }
+}
+
+impl Validate for LogSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        crate::logging::parse_directives(&self.level)
+            .map(drop)
+            .map_err(|err| SettingsError::invalid("level", &self.level, err.reason()))
+    }
+}
+
+/// How log lines are written: `human` or `json` (any case).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event (the default).
+    #[default]
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    /// By hand, for a refusal that names the choices (the `config` crate's
+    /// own enum support does not).
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.to_ascii_lowercase().as_str() {
+            "human" => Ok(Self::Human),
+            "json" => Ok(Self::Json),
+            _ => Err(de::Error::unknown_variant(&text, &["human", "json"])),
+        }
+    }
+}
+
+/// The `[telemetry]` section, for traces and metrics exported over OTLP
+/// (used by a later release; read and checked now).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Where to send OTLP data, `http://` or `https://`; none: nothing is
+    /// exported.
+    pub otlp_endpoint: Option<String>,
+    /// The name the program reports; none: the program's own name.
+    pub service_name: Option<String>,
+}
+
+impl Validate for TelemetrySettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        if let Some(endpoint) = &self.otlp_endpoint {
+            let scheme_ok = ["http://", "https://"]
+                .iter()
+                .any(|scheme| endpoint.len() > scheme.len() && endpoint.starts_with(scheme));
+            if !scheme_ok {
+                return Err(SettingsError::invalid(
+                    "otlp_endpoint",
+                    endpoint,
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
+        if let Some(name) = &self.service_name
+            && name.trim().is_empty()
+        {
+            return Err(SettingsError::invalid(
+                "service_name",
+                format!("{name:?}"),
+                "must not be empty",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The `[service]` section: how a service takes its waves, and how long it
+/// may take to stop.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceSettings {
+    /// The service's noise floor, in `[0, 1]`: waves weaker than this are
+    /// not delivered to it. Default 0.
+    pub noise_floor: f64,
+    /// Most waves handled per second; none: no limit. When set, above 0.
+    pub rate_limit_per_s: Option<f64>,
+    /// Time allowed to drain at shutdown, in milliseconds, at least 1.
+    /// Default 10,000.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self {
+            noise_floor: 0.0,
+            rate_limit_per_s: None,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl ServiceSettings {
+    /// [`ServiceSettings::shutdown_grace_ms`] as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+impl Validate for ServiceSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        if !(0.0..=1.0).contains(&self.noise_floor) {
+            return Err(SettingsError::invalid(
+                "noise_floor",
+                self.noise_floor.to_string(),
+                "must be in [0, 1]",
+            ));
+        }
+        if let Some(rate) = self.rate_limit_per_s
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            return Err(SettingsError::invalid(
+                "rate_limit_per_s",
+                rate.to_string(),
+                "must be a number above 0",
+            ));
+        }
+        if self.shutdown_grace_ms == 0 {
+            return Err(SettingsError::invalid(
+                "shutdown_grace_ms",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,223 @@
+use std::path::Path;
+
+use tempfile::TempDir;
+
+use super::*;
+use crate::test_support::{Program, REPOSITORY_DEFAULTS};
+
+fn dir_with(files: &[(&str, &str)]) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+fn load_in(dir: &Path, env: Option<&str>, vars: &[(&str, &str)]) -> Result<Program, SettingsError> {
+    load_with(dir, env, vars.iter().copied())
+}
+
+#[test]
+fn the_repository_defaults_are_the_defaults() {
+    let text = std::fs::read_to_string(REPOSITORY_DEFAULTS).unwrap();
+    let dir = dir_with(&[("default.toml", &text)]);
+    assert_eq!(load_in(dir.path(), None, &[]).unwrap(), Program::default());
+}
+
+#[test]
+fn the_overlay_overrides_the_defaults_and_must_exist() {
+    let dir = dir_with(&[
+        (
+            "default.toml",
+            "[aether]\nmin_amplitude = 0.02\nmax_propagation = 7\n[log]\nlevel = \"info\"\n",
+        ),
+        (
+            "production.toml",
+            "[aether]\nmin_amplitude = 0.03\n[log]\nformat = \"json\"\n",
+        ),
+    ]);
+    let program = load_in(dir.path(), Some("production"), &[]).unwrap();
+    assert_eq!(program.aether.min_amplitude, 0.03);
+    assert_eq!(program.aether.max_propagation, 7);
+    assert_eq!(program.log.format, LogFormat::Json);
+
+    let err = load_in(dir.path(), Some("staging"), &[]).unwrap_err();
+    assert_eq!(err.kind(), SettingsErrorKind::MissingFile);
+    let text = err.to_string();
+    assert!(
+        text.contains("staging.toml") && text.contains("AETHER_ENV=staging"),
+        "{text}"
+    );
+
+    let err = load_in(dir.path(), Some("../production"), &[]).unwrap_err();
+    assert_eq!(err.kind(), SettingsErrorKind::BadEnvironment);
+
+    let empty = tempfile::tempdir().unwrap();
+    let err = load_in(empty.path(), None, &[]).unwrap_err();
+    assert_eq!(err.kind(), SettingsErrorKind::MissingFile);
+    assert!(err.to_string().contains("default.toml"), "{err}");
+}
+
+#[test]
+fn variables_override_the_files() {
+    let dir = dir_with(&[("default.toml", "[aether]\nmin_amplitude = 0.02\n")]);
+    let program = load_in(
+        dir.path(),
+        None,
+        &[
+            ("AETHER__AETHER__MIN_AMPLITUDE", "0.05"),
+            ("AETHER__SERVICE__NOISE_FLOOR", "0.2"),
+            ("aether__service__rate_limit_per_s", "150"),
+            ("AETHER__AETHER__NATS__RETRY_ON_INITIAL_CONNECT", "true"),
+            ("AETHER__AETHER__NATS__URLS", "nats://a:4222, nats://b:4222"),
+            ("AETHER__AETHER__HOPPING__SECRET", "0123456789abcdef0123"),
+            ("AETHER__LOG__LEVEL", ""), // empty: unset
+            ("AETHER_ENV_UNRELATED", "x"),
+            ("PATH", "/bin"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(program.aether.min_amplitude, 0.05);
+    assert_eq!(program.service.noise_floor, 0.2);
+    assert_eq!(program.service.rate_limit_per_s, Some(150.0));
+    assert!(program.aether.nats.retry_on_initial_connect);
+    assert_eq!(program.aether.nats.urls, ["nats://a:4222", "nats://b:4222"]);
+    assert_eq!(
+        program.aether.hopping.secret.as_ref().map(|s| s.expose()),
+        Some("0123456789abcdef0123")
+    );
+    assert_eq!(program.log.level, "info");
+}
+
+#[test]
+fn an_unknown_key_is_named() {
+    let dir = dir_with(&[("default.toml", "[aether]\nmin_amplitud = 0.05\n")]);
+    let err = load_in(dir.path(), None, &[]).unwrap_err();
+    assert_eq!(err.kind(), SettingsErrorKind::UnknownKey);
+    assert_eq!(err.key(), Some("aether.min_amplitud"));
+    let text = err.to_string();
+    assert!(
+        text.starts_with("unknown setting aether.min_amplitud: expected one of"),
+        "{text}"
+    );
+
+    let dir = dir_with(&[("default.toml", "")]);
+    let err = load_in(dir.path(), None, &[("AETHER__SERVICE__NOISE_FLOR", "0.2")]).unwrap_err();
+    assert_eq!(err.key(), Some("service.noise_flor"), "{err}");
+    let err = load_in(dir.path(), None, &[("AETHER__SERVIC__NOISE_FLOOR", "0.2")]).unwrap_err();
+    assert_eq!(err.key(), Some("servic"), "{err}");
+    assert!(err.to_string().contains("unknown setting servic"), "{err}");
+}
+
+#[test]
+fn a_wrong_type_is_named_with_its_value() {
+    let dir = dir_with(&[("default.toml", "[aether]\nmin_amplitude = \"loud\"\n")]);
+    let err = load_in(dir.path(), None, &[]).unwrap_err();
+    assert_eq!(err.kind(), SettingsErrorKind::WrongType);
+    assert_eq!(
+        (err.key(), err.value()),
+        (Some("aether.min_amplitude"), Some("loud"))
+    );
+    let text = err.to_string();
+    assert!(
+        text.starts_with("wrong type for setting aether.min_amplitude = loud: expected"),
+        "{text}"
+    );
+    assert!(text.contains("default.toml"), "the file is named: {text}");
+
+    let dir = dir_with(&[("default.toml", "")]);
+    let err = load_in(
+        dir.path(),
+        None,
+        &[("AETHER__SERVICE__SHUTDOWN_GRACE_MS", "soon")],
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), SettingsErrorKind::WrongType);
+    assert_eq!(
+        (err.key(), err.value()),
+        (Some("service.shutdown_grace_ms"), Some("soon"))
+    );
+    assert!(err.to_string().contains("the environment"), "{err}");
+
+    let err = load_in(dir.path(), None, &[("AETHER__LOG__FORMAT", "xml")]).unwrap_err();
+    assert_eq!(
+        (err.key(), err.value()),
+        (Some("log.format"), Some("xml")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("`human`"), "{err}");
+}
+
+#[test]
+fn an_out_of_range_value_is_named_with_its_value() {
+    let dir = dir_with(&[("default.toml", "[service]\nnoise_floor = 1.5\n")]);
+    let err = load_in(dir.path(), None, &[]).unwrap_err();
+    assert_eq!(err.kind(), SettingsErrorKind::Invalid);
+    assert_eq!(
+        err.to_string(),
+        "invalid setting service.noise_floor = 1.5: must be in [0, 1]"
+    );
+
+    let dir = dir_with(&[("default.toml", "")]);
+    let cases = [
+        (
+            "AETHER__AETHER__MIN_AMPLITUDE",
+            "2",
+            "aether.min_amplitude",
+            "must be in [0, 1)",
+        ),
+        (
+            "AETHER__AETHER__NATS__URLS",
+            "http://x",
+            "aether.nats.urls",
+            "http://x",
+        ),
+        (
+            "AETHER__SERVICE__RATE_LIMIT_PER_S",
+            "0",
+            "service.rate_limit_per_s",
+            "above 0",
+        ),
+        ("AETHER__LOG__LEVEL", "inof", "log.level", "inof"),
+        (
+            "AETHER__LOG__LEVEL",
+            "aether=loud",
+            "log.level",
+            "aether=loud",
+        ),
+        (
+            "AETHER__TELEMETRY__OTLP_ENDPOINT",
+            "collector:4317",
+            "telemetry.otlp_endpoint",
+            "http",
+        ),
+        (
+            "AETHER__RESOURCES__MAX_RSS_BYTES",
+            "0",
+            "resources.max_rss_bytes",
+            "at least 1",
+        ),
+    ];
+    for (variable, value, key, said) in cases {
+        let err = load_in(dir.path(), None, &[(variable, value)]).unwrap_err();
+        assert_eq!(err.key(), Some(key), "{variable}: {err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(key) && text.contains(said),
+            "{variable}: {text}"
+        );
+    }
+}
+
+#[test]
+fn a_refused_secret_is_not_shown() {
+    let dir = dir_with(&[("default.toml", "")]);
+    let err = load_in(
+        dir.path(),
+        None,
+        &[("AETHER__AETHER__HOPPING__SECRET", "too-short")],
+    )
+    .unwrap_err();
+    assert_eq!(err.key(), Some("aether.hopping.secret"));
+    assert!(!err.to_string().contains("too-short"), "{err}");
+}

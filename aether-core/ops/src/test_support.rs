@@ -1,0 +1,81 @@
+//! A program's settings as the tests compose them, and small helpers.
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use aether_core::AetherConfig;
+use serde::Deserialize;
+
+use crate::{
+    resources::ResourceLimits,
+    settings::{
+        LogSettings, ServiceSettings, SettingsError, TelemetrySettings, Validate, validate_section,
+    },
+};
+
+/// What a program composes: the aether's settings plus the shared sections.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Program {
+    pub(crate) aether: AetherConfig,
+    pub(crate) log: LogSettings,
+    pub(crate) telemetry: TelemetrySettings,
+    pub(crate) service: ServiceSettings,
+    pub(crate) resources: ResourceLimits,
+}
+
+impl Validate for Program {
+    fn validate(&self) -> Result<(), SettingsError> {
+        validate_section("aether", &self.aether)?;
+        validate_section("log", &self.log)?;
+        validate_section("telemetry", &self.telemetry)?;
+        validate_section("service", &self.service)?;
+        validate_section("resources", &self.resources)
+    }
+}
+
+/// The repository's own `config/default.toml`.
+pub(crate) const REPOSITORY_DEFAULTS: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/default.toml");
+
+/// Waits until `done()` holds, checking every 5 ms; panics naming `what`
+/// after `bound`.
+pub(crate) async fn eventually(what: &str, bound: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < bound, "{what}: not within {bound:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A log writer into a shared buffer.
+#[derive(Clone, Default)]
+pub(crate) struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'w self) -> Captured {
+        self.clone()
+    }
+}
