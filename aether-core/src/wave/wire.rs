@@ -240,45 +240,90 @@ pub fn encode(wave: &Wave) -> Bytes {
     let sections = Sections::of(wave);
     let len = sections.len(wave.payload.len());
     let mut out = Vec::with_capacity(len);
-    out.push(MAGIC);
-    out.push(VERSION);
-    out.extend_from_slice(&sections.flags().to_le_bytes());
-    out.extend_from_slice(&wave.id.as_u128().to_be_bytes());
-    out.extend_from_slice(&wave.emitted_at_ns.to_le_bytes());
-    out.extend_from_slice(&wave.origin.to_le_bytes());
-    out.extend_from_slice(&wave.amplitude.value().to_le_bytes());
-    out.extend_from_slice(&wave.source_amplitude.value().to_le_bytes());
-    out.extend_from_slice(&wave.phase.radians().to_le_bytes());
-    out.extend_from_slice(&wave.hops.to_le_bytes());
+    write(wave, &sections, &mut out);
+    debug_assert_eq!(out.len(), len);
+    debug_assert_eq!(out.capacity(), len);
+    Bytes::from(out)
+}
+
+/// Like [`encode`], but into a per-thread arena of 64 KiB blocks: no
+/// allocation per wave, and the envelope's clones (the connection keeps one)
+/// are reference counts. For the hot emit path of a medium.
+pub(crate) fn encode_pooled(wave: &Wave) -> Bytes {
+    thread_local! {
+        static ARENA: std::cell::RefCell<bytes::BytesMut> =
+            std::cell::RefCell::new(bytes::BytesMut::new());
+    }
+    const BLOCK: usize = 64 * 1024;
+    let sections = Sections::of(wave);
+    let len = sections.len(wave.payload.len());
+    if len > BLOCK / 4 {
+        return encode(wave);
+    }
+    ARENA.with_borrow_mut(|arena| {
+        if arena.capacity() < len {
+            *arena = bytes::BytesMut::with_capacity(BLOCK);
+        }
+        write(wave, &sections, arena);
+        debug_assert_eq!(arena.len(), len);
+        arena.split().freeze()
+    })
+}
+
+/// Where [`write`] puts bytes: a `Vec` or an arena.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl Sink for bytes::BytesMut {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Writes the envelope of `wave`, laid out by `sections`, into `out`.
+fn write(wave: &Wave, sections: &Sections<'_>, out: &mut impl Sink) {
+    out.put(&[MAGIC, VERSION]);
+    out.put(&sections.flags().to_le_bytes());
+    out.put(&wave.id.as_u128().to_be_bytes());
+    out.put(&wave.emitted_at_ns.to_le_bytes());
+    out.put(&wave.origin.to_le_bytes());
+    out.put(&wave.amplitude.value().to_le_bytes());
+    out.put(&wave.source_amplitude.value().to_le_bytes());
+    out.put(&wave.phase.radians().to_le_bytes());
+    out.put(&wave.hops.to_le_bytes());
     // At most MAX_SOURCE_LEN (64) bytes: Sections::of keeps valid names only.
-    out.push(sections.source.len() as u8);
-    out.extend_from_slice(sections.source);
+    out.put(&[sections.source.len() as u8]);
+    out.put(sections.source);
     if let Some((decay_per_s, amplified_at_ns)) = sections.decay {
-        out.extend_from_slice(&decay_per_s.to_le_bytes());
-        out.extend_from_slice(&amplified_at_ns.to_le_bytes());
+        out.put(&decay_per_s.to_le_bytes());
+        out.put(&amplified_at_ns.to_le_bytes());
     }
     // Keys are at most 256 bytes and reply channels are valid (at most 256
     // bytes), so both lengths fit in a u16.
     if let Some(key) = sections.key {
-        out.extend_from_slice(&(key.len() as u16).to_le_bytes());
-        out.extend_from_slice(key);
+        out.put(&(key.len() as u16).to_le_bytes());
+        out.put(key);
     }
     if let Some(reply_to) = sections.reply_to {
-        out.extend_from_slice(&(reply_to.len() as u16).to_le_bytes());
-        out.extend_from_slice(reply_to);
+        out.put(&(reply_to.len() as u16).to_le_bytes());
+        out.put(reply_to);
     }
     // A message is at most 1024 bytes, a channel at most 256.
     if let Some((code, message, channel)) = sections.reflection {
-        out.push(code);
-        out.extend_from_slice(&(message.len() as u16).to_le_bytes());
-        out.extend_from_slice(message);
-        out.extend_from_slice(&(channel.len() as u16).to_le_bytes());
-        out.extend_from_slice(channel);
+        out.put(&[code]);
+        out.put(&(message.len() as u16).to_le_bytes());
+        out.put(message);
+        out.put(&(channel.len() as u16).to_le_bytes());
+        out.put(channel);
     }
-    out.extend_from_slice(&wave.payload);
-    debug_assert_eq!(out.len(), len);
-    debug_assert_eq!(out.capacity(), len);
-    Bytes::from(out)
+    out.put(&wave.payload);
 }
 
 /// `Ok` if [`encode`] carries `wave` exactly; otherwise an

@@ -26,8 +26,10 @@ use std::{
     time::Duration,
 };
 
-use async_nats::{Client, ConnectOptions, Event, Message, Subscriber, connection::State};
+use arc_swap::ArcSwap;
+use async_nats::{Client, ConnectOptions, Event, Message, Subject, Subscriber, connection::State};
 use futures_util::StreamExt;
+use rustc_hash::FxHashMap;
 use tokio::{
     sync::{Notify, broadcast},
     task::AbortHandle,
@@ -64,7 +66,14 @@ pub(crate) struct NatsMedium {
     id: u64,
     /// Started with the first tracked wave.
     probe: tokio::sync::OnceCell<(Arc<Probe>, AbortHandle)>,
+    /// The subject of each channel emitted on, built once: a clone is a
+    /// reference count, where building it costs two allocations per emit.
+    subjects: ArcSwap<FxHashMap<Box<str>, Subject>>,
 }
+
+/// Most channels whose subjects are kept; past it, subjects are built per
+/// emit (an aether emitting on unbounded channel names stays bounded).
+const MAX_CACHED_SUBJECTS: usize = 4096;
 
 /// Ids of the NATS aethers of this process.
 static NEXT_AETHER: AtomicU64 = AtomicU64::new(1);
@@ -136,6 +145,7 @@ impl NatsMedium {
             id: (crate::wave::process_nonce() << 32)
                 | (NEXT_AETHER.fetch_add(1, Ordering::Relaxed) & 0xFFFF_FFFF),
             probe: tokio::sync::OnceCell::new(),
+            subjects: ArcSwap::default(),
         })
     }
 
@@ -154,15 +164,40 @@ impl NatsMedium {
         if wave.is_tracked() {
             return self.publish_tracked(wave.clone()).await;
         }
-        let subject = subject::channel_subject(&self.shared.prefix, wave.channel());
-        send(
-            &self.client,
-            &self.shared,
-            subject,
-            None,
-            wire::encode(wave),
-        )
-        .await
+        let shared = &*self.shared;
+        // The fast path: connected (as the connection's events last said; a
+        // wave sent just after an unnoticed loss waits in the client's own
+        // queue) and nothing waiting in the outbox.
+        if shared.counters.state() == ConnectionState::Connected
+            && shared.outbox.is_idle(&shared.counters)
+        {
+            return self
+                .client
+                .publish(
+                    self.subject_of(wave.channel()),
+                    crate::wave::wire::encode_pooled(wave),
+                )
+                .await
+                .map_err(|e| EmitError::with_source(EmitErrorKind::Medium, e));
+        }
+        let subject = subject::channel_subject(&shared.prefix, wave.channel());
+        send(&self.client, shared, subject, None, wire::encode(wave)).await
+    }
+
+    /// The subject of `channel`, from the cache when it is there.
+    fn subject_of(&self, channel: &Channel) -> Subject {
+        if let Some(subject) = self.subjects.load().get(channel.as_str()) {
+            return subject.clone();
+        }
+        let subject = Subject::from(subject::channel_subject(&self.shared.prefix, channel));
+        if self.subjects.load().len() < MAX_CACHED_SUBJECTS {
+            self.subjects.rcu(|cached| {
+                let mut cached = FxHashMap::clone(cached);
+                cached.insert(channel.as_str().into(), subject.clone());
+                cached
+            });
+        }
+        subject
     }
 
     #[cold]
@@ -552,8 +587,9 @@ async fn forward(
     id: SubscriptionId,
     grouped: bool,
 ) {
+    let mut last = LastChannel::default();
     while let Some(message) = subscriber.next().await {
-        if !arrive(&shared, &inbox, id, grouped, message) {
+        if !arrive(&shared, &inbox, id, grouped, message, &mut last) {
             break;
         }
     }
@@ -561,12 +597,31 @@ async fn forward(
 
 /// Moves a hopping subscription's messages through its gate.
 async fn forward_hopping(mut subscriber: Subscriber, shared: Arc<Shared>, gate: Arc<HopGate>) {
+    let mut last = LastChannel::default();
     while let Some(message) = subscriber.next().await {
-        if let Some(wave) = take(&shared, message, |_| false)
+        if let Some(wave) = take(&shared, message, &mut last, |_| false)
             && !gate.offer(wave, &shared.stats)
         {
             break;
         }
+    }
+}
+
+/// The channel of the last subject a subscription saw, so that messages on
+/// one subject (the common case) skip parsing and validating it again.
+#[derive(Default)]
+struct LastChannel(Option<(Subject, Channel)>);
+
+impl LastChannel {
+    fn resolve(&mut self, prefix: &str, subject: &Subject) -> Option<Channel> {
+        if let Some((last, channel)) = &self.0
+            && last == subject
+        {
+            return Some(channel.clone());
+        }
+        let channel = subject::subject_channel(prefix, subject)?;
+        self.0 = Some((subject.clone(), channel.clone()));
+        Some(channel)
     }
 }
 
@@ -585,8 +640,9 @@ fn arrive(
     id: SubscriptionId,
     grouped: bool,
     message: Message,
+    last: &mut LastChannel,
 ) -> bool {
-    match take(shared, message, |channel| {
+    match take(shared, message, last, |channel| {
         inbox.heard_elsewhere(channel, id, grouped)
     }) {
         Some(wave) => offer_counted(inbox, wave, &shared.stats),
@@ -600,9 +656,10 @@ fn arrive(
 fn take(
     shared: &Shared,
     message: Message,
+    last: &mut LastChannel,
     heard_elsewhere: impl FnOnce(&Channel) -> bool,
 ) -> Option<Wave> {
-    let Some(channel) = subject::subject_channel(&shared.prefix, &message.subject) else {
+    let Some(channel) = last.resolve(&shared.prefix, &message.subject) else {
         shared.refuse(
             &message.subject,
             &"the subject is not a channel of this aether",
