@@ -73,7 +73,7 @@ pub(crate) struct NatsMedium {
 
 /// Most channels whose subjects are kept; past it, subjects are built per
 /// emit (an aether emitting on unbounded channel names stays bounded).
-const MAX_CACHED_SUBJECTS: usize = 4096;
+const MAX_CACHED_SUBJECTS: usize = 1024;
 
 /// Ids of the NATS aethers of this process.
 static NEXT_AETHER: AtomicU64 = AtomicU64::new(1);
@@ -190,7 +190,9 @@ impl NatsMedium {
             return subject.clone();
         }
         let subject = Subject::from(subject::channel_subject(&self.shared.prefix, channel));
-        if self.subjects.load().len() < MAX_CACHED_SUBJECTS {
+        // Reply, probe, reflection and hop channels (`_...`) change all the
+        // time: caching them would only churn the map.
+        if !channel.as_str().starts_with('_') && self.subjects.load().len() < MAX_CACHED_SUBJECTS {
             self.subjects.rcu(|cached| {
                 let mut cached = FxHashMap::clone(cached);
                 cached.insert(channel.as_str().into(), subject.clone());
