@@ -1,0 +1,312 @@
+//! The gateway at work: the observer, the HTTP server and the resource
+//! checks, started together on an aether and stopped together.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, atomic::AtomicU64},
+    time::Duration,
+};
+
+use aether_core::{Aether, Channel, ConnectionState, Vibrator, hopping::HopKey};
+use aether_ops::{
+    resources::{ResourceLimits, ResourceMonitor, RssSampler},
+    settings::validate_section,
+    shutdown::Shutdown,
+};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+use crate::{
+    GatewayConfig, GatewayError,
+    family::HopAttribution,
+    http::{AppState, router},
+    metrics::{Metrics, Sources},
+    observer::{Observer, ObserverParts},
+    snapshot::{Published, Snapshot},
+};
+
+/// The name of the observer vibrator, the `resonator` of its edges.
+pub const OBSERVER_NAME: &str = "gateway";
+
+/// How often resource usage is checked against `[resources]`.
+const RESOURCE_CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// Options of a gateway beyond its `[gateway]` section; see
+/// [`Gateway::builder`].
+#[derive(Debug)]
+pub struct GatewayBuilder {
+    config: GatewayConfig,
+    panics: Option<Arc<AtomicU64>>,
+    resource_limits: ResourceLimits,
+}
+
+impl GatewayBuilder {
+    /// Exports this counter (fed by `aether_ops::panic::install_panic_hook`)
+    /// as `aether_panics_total`.
+    pub fn panic_counter(mut self, panics: Arc<AtomicU64>) -> Self {
+        self.panics = Some(panics);
+        self
+    }
+
+    /// Checks the process against these limits every 10 s, logging a
+    /// warning for each one exceeded ([`Gateway::set_resource_limits`]
+    /// changes them while it runs).
+    pub fn resource_limits(mut self, limits: ResourceLimits) -> Self {
+        self.resource_limits = limits;
+        self
+    }
+
+    /// Starts observing `aether` and serving HTTP; returns once the address
+    /// is bound and the observer resonates. Everything stops when
+    /// `shutdown` is triggered, or on [`Gateway::stop`], or when the
+    /// `Gateway` is dropped.
+    pub async fn start(self, aether: &Aether, shutdown: Shutdown) -> Result<Gateway, GatewayError> {
+        let config = self.config;
+        validate_section("gateway", &config)?;
+        let hops = if config.hopping.is_empty() {
+            None
+        } else {
+            let hopping = &aether.config().hopping;
+            let key = HopKey::new(hopping.secret.as_ref());
+            Some(HopAttribution::new(
+                &key,
+                &config.hopping,
+                hopping.hop_interval_ms,
+                config.family_depth,
+            )?)
+        };
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| GatewayError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| GatewayError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let mut vibrator = Vibrator::builder(OBSERVER_NAME)
+            .queue_capacity(config.observer_queue_capacity)
+            .create(aether)
+            .await?;
+        vibrator.resonate_on(Channel::new("*")).await?;
+        let physics = config.physics.then(|| aether.physics());
+        let observer_stats = Arc::new(Mutex::new(vibrator.stats()));
+        let metrics = Metrics::new(Sources {
+            aether: aether.clone(),
+            physics: physics.clone(),
+            observer: observer_stats.clone(),
+            panics: self.panics,
+            top_edges: config.top_edges,
+            family_depth: config.family_depth,
+        })?;
+        let (snapshot_tx, snapshots) =
+            watch::channel(Arc::new(Published::new(Snapshot::default())));
+
+        // The gateway's own stop: triggered by the program's shutdown, by
+        // `stop`, or on drop, without triggering the program's.
+        let stop = Shutdown::new();
+        {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = shutdown.wait() => stop.trigger(),
+                    () = stop.wait() => {}
+                }
+            });
+        }
+        let medium = match aether.connection().state {
+            ConnectionState::Embedded => "embedded",
+            _ => "nats",
+        };
+        let observer = Observer::new(ObserverParts {
+            vibrator,
+            metrics: metrics.clone(),
+            family_depth: config.family_depth,
+            max_families: config.max_channel_families,
+            hops,
+            physics,
+            recent_events: config.recent_events,
+            top_edges: config.top_edges,
+            interval: config.snapshot_interval(),
+            rest: Duration::from_millis(config.observer_rest_ms),
+            medium,
+            observer_stats,
+            snapshots: snapshot_tx,
+        });
+        let observer = tokio::spawn(observer.run(stop.clone()));
+        let app = router(AppState {
+            metrics: metrics.clone(),
+            aether: aether.clone(),
+            snapshots: snapshots.clone(),
+            shutdown: stop.clone(),
+        });
+        let server = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.wait().await })
+                    .await
+            })
+        };
+        let (limits, limits_rx) = watch::channel(self.resource_limits);
+        tokio::spawn(check_resources(limits_rx, stop.clone()));
+        tracing::info!(%addr, medium, "gateway listening");
+        Ok(Gateway {
+            addr,
+            stop,
+            metrics,
+            snapshots,
+            limits,
+            tasks: Some((observer, server)),
+        })
+    }
+}
+
+/// Checks resource usage against the limits every 10 s until `stop`.
+async fn check_resources(mut limits: watch::Receiver<ResourceLimits>, stop: Shutdown) {
+    let mut monitor = ResourceMonitor::new(
+        *limits.borrow_and_update(),
+        RssSampler::new(Duration::from_secs(3600), 30),
+    );
+    let mut every = tokio::time::interval(RESOURCE_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            () = stop.wait() => return,
+            Ok(()) = limits.changed() => monitor.set_limits(*limits.borrow_and_update()),
+            _ = every.tick() => {
+                // Off Linux there is nothing to read: nothing to check.
+                let _ = monitor.check();
+            }
+        }
+    }
+}
+
+/// A running gateway: observer, HTTP server and resource checks.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use aether_core::{Aether, Vibrator};
+/// use aether_gateway::{Gateway, GatewayConfig};
+/// use aether_ops::shutdown::Shutdown;
+///
+/// let aether = Aether::default();
+/// let config = GatewayConfig { listen: "127.0.0.1:0".parse()?, ..Default::default() };
+/// let gateway = Gateway::start(&aether, config, Shutdown::new()).await?;
+/// println!("metrics at http://{}/metrics", gateway.addr());
+///
+/// let shop = Vibrator::create("shop", &aether).await?;
+/// shop.emit_wave("orders.created", serde_json::json!({"order_id": 1})).await?;
+/// # for _ in 0..200 {
+/// #     if gateway.metrics_text().contains("family=\"orders.created\"} 1") { break }
+/// #     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+/// # }
+/// assert!(gateway.metrics_text().contains("aether_gateway_waves_observed_total{family=\"orders.created\"} 1"));
+/// gateway.stop().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Gateway {
+    addr: SocketAddr,
+    stop: Shutdown,
+    metrics: Metrics,
+    snapshots: watch::Receiver<Arc<Published>>,
+    limits: watch::Sender<ResourceLimits>,
+    #[allow(clippy::type_complexity)]
+    tasks: Option<(JoinHandle<()>, JoinHandle<std::io::Result<()>>)>,
+}
+
+impl Gateway {
+    /// A gateway with `config` and no further options.
+    pub fn builder(config: GatewayConfig) -> GatewayBuilder {
+        GatewayBuilder {
+            config,
+            panics: None,
+            resource_limits: ResourceLimits::default(),
+        }
+    }
+
+    /// Starts a gateway with `config` on `aether`: see
+    /// [`GatewayBuilder::start`].
+    pub async fn start(
+        aether: &Aether,
+        config: GatewayConfig,
+        shutdown: Shutdown,
+    ) -> Result<Self, GatewayError> {
+        Self::builder(config).start(aether, shutdown).await
+    }
+
+    /// The address it serves HTTP on (the port chosen, if 0 was asked).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Every metric now, in Prometheus' text format: what `/metrics` says.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+
+    /// The latest snapshot for the dashboard: what `/snapshot` says.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshots.borrow().snapshot.clone()
+    }
+
+    /// Changes the resource limits it checks (after a settings reload).
+    pub fn set_resource_limits(&self, limits: ResourceLimits) {
+        self.limits.send_replace(limits);
+    }
+
+    /// Stops it: the observer stops resonating, open dashboards are ended,
+    /// the server stops taking connections and finishes the requests it
+    /// has. Returns once all that is done.
+    pub async fn stop(self) -> Result<(), GatewayError> {
+        self.stop.trigger();
+        self.wait().await
+    }
+
+    /// Waits until it has stopped (after the program's shutdown was
+    /// triggered, or the aether was closed and a shutdown followed).
+    pub async fn wait(mut self) -> Result<(), GatewayError> {
+        let Some((observer, server)) = self.tasks.take() else {
+            return Ok(());
+        };
+        let observed = observer.await;
+        // The observer ends with the aether too; the server then has no
+        // more reason to run.
+        self.stop.trigger();
+        let served = server.await;
+        observed.map_err(|e| GatewayError::Task(e.to_string()))?;
+        served
+            .map_err(|e| GatewayError::Task(e.to_string()))?
+            .map_err(GatewayError::Serve)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        // Stops the tasks of a gateway nobody waits for; a no-op after
+        // `wait` (already triggered).
+        self.stop.trigger();
+    }
+}
+
+/// Runs a gateway on `aether` until `shutdown` is triggered, then stops it:
+/// the entry point for a program that runs the gateway beside other work
+/// (the `aether-gateway` program calls [`Gateway::builder`] for its extra
+/// options).
+pub async fn serve(
+    aether: Aether,
+    config: GatewayConfig,
+    shutdown: Shutdown,
+) -> Result<(), GatewayError> {
+    Gateway::start(&aether, config, shutdown)
+        .await?
+        .wait()
+        .await
+}

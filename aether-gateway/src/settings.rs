@@ -1,0 +1,331 @@
+//! The gateway's settings: the `[gateway]` section ([`GatewayConfig`]) and
+//! the program's settings file ([`GatewaySettings`]), read with
+//! `aether_ops::settings` (`config/default.toml`, the `AETHER_ENV` overlay,
+//! then `AETHER__GATEWAY__…` variables).
+//!
+//! ```toml
+//! [gateway]
+//! medium = "nats"              # or "embedded" (the default)
+//! listen = "127.0.0.1:9464"
+//! family_depth = 2             # orders.created.eu counts as orders.created
+//! max_channel_families = 100   # more distinct families fold into "other"
+//! observer_queue_capacity = 100000
+//!
+//! [[gateway.hopping]]          # hopping waves of this base count as its family
+//! base = "orders"
+//! hop_count = 4
+//! ```
+
+use std::{net::SocketAddr, time::Duration};
+
+use aether_core::AetherConfig;
+use aether_ops::{
+    resources::ResourceLimits,
+    settings::{
+        LogSettings, ServiceSettings, SettingsError, TelemetrySettings, Validate, validate_section,
+    },
+};
+use serde::{Deserialize, Deserializer, Serialize, de};
+
+/// The default HTTP port: Prometheus' range for exporters, where no other
+/// program of the workspace listens.
+pub const DEFAULT_PORT: u16 = 9464;
+
+/// The medium the gateway observes, when it makes its own aether.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Medium {
+    /// In this process (`Aether::new`): what the program itself emits.
+    #[default]
+    Embedded,
+    /// Through NATS (`Aether::connect` with `[aether.nats]`): the whole bus.
+    Nats,
+}
+
+impl Medium {
+    /// `embedded` or `nats`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Medium::Embedded => "embedded",
+            Medium::Nats => "nats",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Medium {
+    /// By hand, for a refusal that names the choices.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.to_ascii_lowercase().as_str() {
+            "embedded" => Ok(Self::Embedded),
+            "nats" => Ok(Self::Nats),
+            _ => Err(de::Error::unknown_variant(&text, &["embedded", "nats"])),
+        }
+    }
+}
+
+/// A hopping base whose waves the gateway attributes to it: an entry of
+/// `[[gateway.hopping]]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoppingBase {
+    /// The base channel, as senders give it to `emit_hopping`.
+    pub base: String,
+    /// Its number of hops, as senders and receivers use it.
+    pub hop_count: u32,
+}
+
+/// The `[gateway]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The medium to observe when the program makes its aether. Default
+    /// `embedded`; `--nats <url>` sets `nats`.
+    pub medium: Medium,
+    /// Where to serve HTTP (`/metrics`, `/health`, `/ready`, `/`,
+    /// `/events`). Default `127.0.0.1:9464`; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Tokens of a channel that make its family, the label waves are
+    /// counted under: with 2, `orders.created.eu` counts as
+    /// `orders.created`. 1 to 16, default 2.
+    pub family_depth: usize,
+    /// Most distinct families counted apart; the waves of any further
+    /// family count as `other`, so a metric has at most this many plus one
+    /// label values. 1 to 10,000, default 100.
+    pub max_channel_families: usize,
+    /// Capacity of the observer's receive queue, in waves. When the gateway
+    /// falls behind, the queue sheds its weakest waves (and counts them)
+    /// rather than slow anyone down. 1 to 10,000,000, default 100,000.
+    pub observer_queue_capacity: usize,
+    /// How long the observer rests after emptying its queue, in
+    /// milliseconds, before it waits for waves again: emitters then wake it
+    /// once per batch instead of once per wave, which costs them less. The
+    /// latency it measures includes this rest. 0 (wake on every wave) to
+    /// 100, default 1.
+    pub observer_rest_ms: u64,
+    /// Whether to run the aether's physics engine, for interference events
+    /// and the resonance graph. Default true.
+    pub physics: bool,
+    /// Most resonance edges exported with their rate (the busiest) and
+    /// shown on the dashboard. 0 to 1,000, default 20.
+    pub top_edges: usize,
+    /// Interference events the dashboard keeps, newest first. 1 to 1,000,
+    /// default 50.
+    pub recent_events: usize,
+    /// How often the dashboard's snapshot is made and sent, in
+    /// milliseconds. 50 to 60,000, default 500.
+    pub snapshot_interval_ms: u64,
+    /// Hopping bases to attribute: a wave on a hopping wire channel counts
+    /// under its base's family when it is the base's hop for the wave's
+    /// slot (computed with the aether's `hopping.secret` and
+    /// `hop_interval_ms`), else under `hopping`.
+    pub hopping: Vec<HoppingBase>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            medium: Medium::Embedded,
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            family_depth: 2,
+            max_channel_families: 100,
+            observer_queue_capacity: 100_000,
+            observer_rest_ms: 1,
+            physics: true,
+            top_edges: 20,
+            recent_events: 50,
+            snapshot_interval_ms: 500,
+            hopping: Vec::new(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// [`GatewayConfig::snapshot_interval_ms`] as a duration.
+    pub fn snapshot_interval(&self) -> Duration {
+        Duration::from_millis(self.snapshot_interval_ms)
+    }
+}
+
+fn in_range<T: PartialOrd + ToString>(
+    key: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+    what: &str,
+) -> Result<(), SettingsError> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(SettingsError::invalid(key, value.to_string(), what))
+    }
+}
+
+impl Validate for GatewayConfig {
+    fn validate(&self) -> Result<(), SettingsError> {
+        in_range("family_depth", self.family_depth, 1..=16, "must be 1 to 16")?;
+        in_range(
+            "max_channel_families",
+            self.max_channel_families,
+            1..=10_000,
+            "must be 1 to 10000",
+        )?;
+        in_range(
+            "observer_queue_capacity",
+            self.observer_queue_capacity,
+            1..=10_000_000,
+            "must be 1 to 10000000",
+        )?;
+        in_range(
+            "observer_rest_ms",
+            self.observer_rest_ms,
+            0..=100,
+            "must be 0 to 100",
+        )?;
+        in_range("top_edges", self.top_edges, 0..=1_000, "must be 0 to 1000")?;
+        in_range(
+            "recent_events",
+            self.recent_events,
+            1..=1_000,
+            "must be 1 to 1000",
+        )?;
+        in_range(
+            "snapshot_interval_ms",
+            self.snapshot_interval_ms,
+            50..=60_000,
+            "must be 50 to 60000",
+        )?;
+        for base in &self.hopping {
+            let channel = aether_core::Channel::new(base.base.as_str());
+            if let Err(err) = channel.validate_concrete() {
+                return Err(SettingsError::invalid(
+                    "hopping.base",
+                    &base.base,
+                    err.to_string(),
+                ));
+            }
+            if aether_core::hopping::is_hop_channel(&channel) {
+                return Err(SettingsError::invalid(
+                    "hopping.base",
+                    &base.base,
+                    "is a wire channel; give the base its senders use",
+                ));
+            }
+            in_range(
+                "hopping.hop_count",
+                base.hop_count,
+                1..=u32::MAX,
+                "must be at least 1",
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The gateway program's settings: the aether's (`[aether]`), the
+/// gateway's (`[gateway]`) and the sections every program shares
+/// (`[log]`, `[service]` for `shutdown_grace_ms`, `[resources]`,
+/// `[telemetry]`). Every section may be left out.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// The aether's settings; `[aether.nats]` when the medium is NATS.
+    pub aether: AetherConfig,
+    /// The gateway's own settings.
+    pub gateway: GatewayConfig,
+    /// Logging: level (changes on reload) and format.
+    pub log: LogSettings,
+    /// Of this section the gateway uses `shutdown_grace_ms`.
+    pub service: ServiceSettings,
+    /// Limits that log a warning when exceeded (change on reload).
+    pub resources: ResourceLimits,
+    /// Read and checked; not used yet.
+    pub telemetry: TelemetrySettings,
+}
+
+impl Validate for GatewaySettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        validate_section("aether", &self.aether)?;
+        validate_section("gateway", &self.gateway)?;
+        validate_section("log", &self.log)?;
+        validate_section("service", &self.service)?;
+        validate_section("resources", &self.resources)?;
+        validate_section("telemetry", &self.telemetry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aether_ops::settings::SettingsSource;
+
+    use super::*;
+
+    fn load(toml: &str, vars: &[(&str, &str)]) -> Result<GatewaySettings, SettingsError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("default.toml"), toml).unwrap();
+        SettingsSource::new(dir.path(), None, vars.iter().copied()).load()
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let settings = load("", &[]).unwrap();
+        assert_eq!(settings, GatewaySettings::default());
+        assert_eq!(settings.gateway.listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(settings.gateway.medium, Medium::Embedded);
+    }
+
+    #[test]
+    fn the_repository_defaults_load() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/default.toml"
+        ))
+        .unwrap();
+        let settings = load(&text, &[]).unwrap();
+        assert_eq!(settings.aether, AetherConfig::default());
+        assert_eq!(settings.gateway, GatewayConfig::default());
+    }
+
+    #[test]
+    fn reads_the_section_and_the_environment() {
+        let toml = "[gateway]\nmedium = \"NATS\"\nfamily_depth = 1\n\
+                    [[gateway.hopping]]\nbase = \"orders\"\nhop_count = 4\n";
+        let settings = load(
+            toml,
+            &[
+                ("AETHER__GATEWAY__LISTEN", "0.0.0.0:9999"),
+                ("AETHER__GATEWAY__MAX_CHANNEL_FAMILIES", "7"),
+            ],
+        )
+        .unwrap();
+        let gateway = settings.gateway;
+        assert_eq!(gateway.medium, Medium::Nats);
+        assert_eq!(gateway.family_depth, 1);
+        assert_eq!(gateway.max_channel_families, 7);
+        assert_eq!(gateway.listen.port(), 9999);
+        assert_eq!(
+            gateway.hopping,
+            vec![HoppingBase {
+                base: "orders".into(),
+                hop_count: 4
+            }]
+        );
+    }
+
+    #[test]
+    fn refuses_bad_values_naming_the_key() {
+        let err = load("[gateway]\nfamily_depth = 0\n", &[]).unwrap_err();
+        assert_eq!(err.key(), Some("gateway.family_depth"));
+        let err = load("[gateway]\nmedium = \"carrier-pigeon\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("embedded"), "{err}");
+        let err = load("[gateway]\nlisten = \"nowhere\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("gateway.listen"), "{err}");
+        let err = load("[gateway]\nmax_families = 3\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("max_families"), "{err}");
+        let toml = "[[gateway.hopping]]\nbase = \"_hop.abc\"\nhop_count = 4\n";
+        let err = load(toml, &[]).unwrap_err();
+        assert_eq!(err.key(), Some("gateway.hopping.base"));
+        let toml = "[[gateway.hopping]]\nbase = \"orders\"\nhop_count = 0\n";
+        let err = load(toml, &[]).unwrap_err();
+        assert_eq!(err.key(), Some("gateway.hopping.hop_count"));
+    }
+}

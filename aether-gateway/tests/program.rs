@@ -1,0 +1,122 @@
+//! The `aether-gateway` program: `--help`, a run on the embedded medium
+//! with its demo until SIGTERM (exit 0), and bad settings refused.
+
+mod support;
+
+use std::{process::Stdio, time::Duration};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use support::{eventually, get, sample};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const PROGRAM: &str = env!("CARGO_BIN_EXE_aether-gateway");
+const BOUND: Duration = Duration::from_secs(15);
+
+fn settings_dir(toml: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("default.toml"), toml).unwrap();
+    dir
+}
+
+fn command() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(PROGRAM);
+    // This process's settings variables are not the test's.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("AETHER") {
+            command.env_remove(name);
+        }
+    }
+    command.kill_on_drop(true);
+    command
+}
+
+#[tokio::test]
+async fn help_says_what_it_does() {
+    let output = command().arg("--help").output().await.unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for words in [
+        "Observes every wave",
+        "/metrics",
+        "--nats",
+        "--config-dir",
+        "9464",
+    ] {
+        assert!(help.contains(words), "{words}: {help}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_until_sigterm_and_exits_0() {
+    let dir = settings_dir("[gateway]\nlisten = \"127.0.0.1:0\"\nsnapshot_interval_ms = 100\n");
+    let mut child = command()
+        .arg("--config-dir")
+        .arg(dir.path())
+        .arg("--demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(BOUND, lines.next_line())
+        .await
+        .expect("the address within 15 s")
+        .unwrap()
+        .expect("a line");
+    let addr: std::net::SocketAddr = line
+        .trim_start_matches("aether-gateway: serving http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|_| panic!("an address: {line}"));
+    assert_eq!(get(addr, "/health").await.status, 200);
+    assert_eq!(get(addr, "/ready").await.status, 200);
+    let text = eventually("the demo's waves", BOUND, || async {
+        let text = get(addr, "/metrics").await.body;
+        let seen = sample(
+            &text,
+            "aether_gateway_waves_observed_total{family=\"orders.created\"}",
+        );
+        (seen.unwrap_or(0.0) > 0.0).then_some(text)
+    })
+    .await;
+    // The program counts its allocations.
+    assert!(sample(&text, "aether_allocator_live_bytes").unwrap() > 0.0);
+    assert!(sample(&text, "aether_allocator_allocations_total").unwrap() > 0.0);
+    assert_eq!(sample(&text, "aether_panics_total"), Some(0.0));
+
+    let pid = Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    kill(pid, Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(BOUND, child.wait())
+        .await
+        .expect("it exits within 15 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn bad_settings_are_refused_naming_the_key() {
+    let dir = settings_dir("");
+    let output = command()
+        .arg("--config-dir")
+        .arg(dir.path())
+        .env("AETHER__GATEWAY__FAMILY_DEPTH", "0")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("gateway.family_depth"), "{stderr}");
+
+    let output = command()
+        .arg("--config-dir")
+        .arg(dir.path().join("missing"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("default.toml"), "{stderr}");
+}
