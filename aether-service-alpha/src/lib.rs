@@ -1,42 +1,174 @@
-//! Service alpha: emits waves on a channel.
+//! Service alpha: the shop of the sample flow.
 //!
-//! For now it runs on the embedded medium, in one process: a local listener
-//! resonates on the channel and stands in for the rest of the bus, so each
-//! wave can be seen arriving. The NATS medium, which lets services in other
-//! processes hear it, comes with the next release of the bus.
+//! It emits `orders.created` (JSON `{order_id, item, qty}`, the items taken
+//! in turn from a small catalogue) at a configured rate, resonates on
+//! `inventory.*`, and for each answer about one of its own orders (matched
+//! by the order id, which is also the correlation key) emits
+//! `orders.confirmed` (phase 0) after `inventory.reserved`, or
+//! `orders.cancelled` (phase π, [`Phase::RETRACT`]) after
+//! `inventory.insufficient`. `aether-service-beta` gives the answers.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::{error::Error, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    error::Error,
+    path::PathBuf,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
-use aether_core::{Aether, Amplitude, Channel, StatsSnapshot, Vibrator, Wave};
+use aether_core::{Aether, AetherConfig, Phase, Vibrator, Wave};
+use aether_ops::{
+    resources::ResourceLimits,
+    settings::{
+        LogSettings, ServiceSettings, SettingsError, TelemetrySettings, Validate, validate_section,
+    },
+    shutdown::Shutdown,
+};
+use serde::{Deserialize, Serialize, de::IgnoredAny};
 use serde_json::json;
+use tokio::time::Instant;
 
-/// Settings of a run, from the command line (`--help` describes them).
+/// The pattern alpha resonates on for the answers to its orders.
+pub const ANSWERS: &str = "inventory.*";
+/// The pattern alpha also resonates on to hear its own outcomes come back:
+/// then they have left this process (over NATS, reached the server), and it
+/// may stop.
+pub const ORDERS: &str = "orders.*";
+
+/// An error of a run: the aether refused something (closed, bad name).
+pub type AlphaError = Box<dyn Error + Send + Sync>;
+
+/// The `[alpha]` section.
+///
+/// ```toml
+/// [alpha]
+/// rate_per_s = 5
+/// # count = 100          # stop after this many orders; default: until shutdown
+/// items = ["widget", "gadget", "gizmo"]
+/// qty = 1
+/// drain_ms = 2000
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlphaSettings {
+    /// Orders emitted per second, above 0 and at most 10,000. Default 5.
+    pub rate_per_s: f64,
+    /// How many orders to emit; none (the default): until shutdown.
+    pub count: Option<u64>,
+    /// The catalogue, ordered in turn. Default widget, gadget, gizmo.
+    pub items: Vec<String>,
+    /// Units of each order, at least 1. Default 1.
+    pub qty: u64,
+    /// How long to wait for the answers still due once it stops ordering
+    /// (after `count` orders, or at shutdown), in milliseconds. Default
+    /// 2,000.
+    pub drain_ms: u64,
+}
+
+impl Default for AlphaSettings {
+    fn default() -> Self {
+        Self {
+            rate_per_s: 5.0,
+            count: None,
+            items: ["widget", "gadget", "gizmo"].map(String::from).to_vec(),
+            qty: 1,
+            drain_ms: 2_000,
+        }
+    }
+}
+
+impl Validate for AlphaSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        if !(self.rate_per_s.is_finite() && self.rate_per_s > 0.0 && self.rate_per_s <= 10_000.0) {
+            return Err(SettingsError::invalid(
+                "rate_per_s",
+                self.rate_per_s.to_string(),
+                "must be above 0 and at most 10000",
+            ));
+        }
+        if self.items.is_empty() || self.items.iter().any(|item| item.trim().is_empty()) {
+            return Err(SettingsError::invalid(
+                "items",
+                format!("{:?}", self.items),
+                "must name at least one item, none empty",
+            ));
+        }
+        if self.qty == 0 {
+            return Err(SettingsError::invalid("qty", "0", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// The program's settings: the shared sections and `[alpha]`. The
+/// `[gateway]` and `[beta]` sections of a shared settings directory are
+/// accepted and not read.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlphaProgramSettings {
+    /// The aether's settings; `[aether.nats]` with `--nats`.
+    pub aether: AetherConfig,
+    /// Logging: level and format.
+    pub log: LogSettings,
+    /// Read and checked.
+    pub service: ServiceSettings,
+    /// Read and checked.
+    pub resources: ResourceLimits,
+    /// Read and checked.
+    pub telemetry: TelemetrySettings,
+    /// Alpha's own settings.
+    pub alpha: AlphaSettings,
+    /// The gateway's section, not read.
+    pub gateway: IgnoredAny,
+    /// Beta's section, not read.
+    pub beta: IgnoredAny,
+}
+
+impl Validate for AlphaProgramSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        validate_section("aether", &self.aether)?;
+        validate_section("log", &self.log)?;
+        validate_section("service", &self.service)?;
+        validate_section("resources", &self.resources)?;
+        validate_section("telemetry", &self.telemetry)?;
+        validate_section("alpha", &self.alpha)
+    }
+}
+
+/// The command line (`--help` describes it).
 #[derive(Clone, Debug, PartialEq, clap::Parser)]
 #[command(
     name = "aether-service-alpha",
-    about = "Emits waves on a channel of the aether, then exits.",
-    after_help = "It runs on the embedded medium, in this process: a local listener resonates \
-on the channel and shows each wave as it arrives, then the aether's statistics are printed. \
-The NATS medium, to reach services in other processes, comes with the next release of the bus."
+    version,
+    about = "The shop of the sample flow: emits orders.created at a steady rate, hears \
+inventory.reserved or inventory.insufficient for each, and emits orders.confirmed or \
+orders.cancelled (phase RETRACT, pi).",
+    after_help = "Settings come from DIR/default.toml, then DIR/$AETHER_ENV.toml, then \
+AETHER__SECTION__KEY variables; its own are the [alpha] section (rate_per_s, count, items, \
+qty, drain_ms). With --count it stops after that many orders and their answers; otherwise \
+it runs until SIGINT (Ctrl-C) or SIGTERM. Either way it prints what it did and exits with \
+status 0. It serves no HTTP port.\n\nWithout --nats it runs on the embedded medium and \
+talks only to itself: no inventory answers. To reach aether-service-beta and \
+aether-gateway in other processes, give all of them the same --nats URL (or run \
+`cargo run --example shop` for all three in one process)."
 )]
 pub struct Options {
-    /// How many waves to emit.
-    #[arg(long, default_value_t = 5)]
-    pub count: u64,
-    /// The (concrete) channel to emit on, like orders.created.
-    #[arg(long, default_value = "orders.created", value_parser = <Channel as std::str::FromStr>::from_str)]
-    pub channel: Channel,
-    /// Amplitude (importance) of each wave, in [0, 1].
-    #[arg(long, default_value = "1", value_parser = parse_amplitude)]
-    pub amplitude: Amplitude,
-}
-
-fn parse_amplitude(text: &str) -> Result<Amplitude, String> {
-    let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
-    Amplitude::new(value).map_err(|e| e.to_string())
+    /// Directory of the settings files (default.toml, then the AETHER_ENV
+    /// overlay).
+    #[arg(long, value_name = "DIR", default_value = "config")]
+    pub config_dir: PathBuf,
+    /// Join the bus of this NATS server (nats:// or tls://; repeat for a
+    /// cluster) instead of the embedded medium.
+    #[arg(long, value_name = "URL")]
+    pub nats: Vec<String>,
+    /// Emit this many orders, then stop (default: until shutdown).
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Orders per second (default 5).
+    #[arg(long, value_name = "R")]
+    pub rate: Option<f64>,
 }
 
 impl Default for Options {
@@ -45,83 +177,266 @@ impl Default for Options {
     }
 }
 
-/// Emits `options.count` waves on `aether`, printing each one and whether it
-/// arrived, then the aether's statistics, which it returns.
-pub async fn run(
-    aether: &Aether,
-    options: &Options,
-) -> Result<StatsSnapshot, Box<dyn Error + Send + Sync>> {
-    let alpha = Vibrator::create("service-alpha", aether).await?;
-    let mut listener = Vibrator::create("listener", aether).await?;
-    listener.resonate_on(&options.channel).await?;
-    println!(
-        "service-alpha: {} × {} at amplitude {} (embedded medium)",
-        options.count, options.channel, options.amplitude
-    );
-    for seq in 1..=options.count {
-        let wave = Wave::builder(&options.channel)
-            .amplitude(options.amplitude.value())
-            .json(&json!({"seq": seq, "from": "service-alpha"}))
-            .build()?;
-        let id = alpha.emit(wave).await?;
-        let arrived = tokio::time::timeout(Duration::from_millis(100), listener.receive()).await;
-        match arrived {
-            Ok(Some(wave)) => println!(
-                "  → {} #{seq} {id}: delivered, amplitude {:.2}",
-                wave.channel(),
-                wave.amplitude().value()
-            ),
-            _ => println!("  → {} #{seq} {id}: not delivered", options.channel),
+impl Options {
+    /// Puts the options given over `settings`.
+    pub fn apply(&self, settings: &mut AlphaProgramSettings) {
+        if !self.nats.is_empty() {
+            settings.aether.nats.urls = self.nats.clone();
+        }
+        if let Some(count) = self.count {
+            settings.alpha.count = Some(count);
+        }
+        if let Some(rate) = self.rate {
+            settings.alpha.rate_per_s = rate;
         }
     }
-    let stats = aether.stats();
-    println!("aether.stats()\n{stats}");
-    Ok(stats)
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AlphaReport {
+    /// `orders.created` emitted.
+    pub created: u64,
+    /// `orders.confirmed` emitted (after `inventory.reserved`).
+    pub confirmed: u64,
+    /// `orders.cancelled` emitted (after `inventory.insufficient`).
+    pub cancelled: u64,
+    /// Orders left without an answer when it stopped.
+    pub unanswered: u64,
+}
+
+impl std::fmt::Display for AlphaReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "service-alpha: created {}, confirmed {}, cancelled {}, unanswered {}",
+            self.created, self.confirmed, self.cancelled, self.unanswered
+        )
+    }
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    order_id: String,
+}
+
+/// A prefix for this run's order ids, so that several alphas on one bus
+/// tell their orders apart.
+fn run_prefix() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{:x}{:08x}", std::process::id(), nanos)
+}
+
+/// Emits orders on `aether` as `settings` say and confirms or cancels each
+/// as its answer arrives, until `settings.count` orders have been answered
+/// or `shutdown`; then waits at most `settings.drain_ms` for the answers
+/// still due (and to hear its own outcomes back, so that none is left
+/// unsent when the program exits), and returns what it did.
+pub async fn run(
+    aether: &Aether,
+    settings: &AlphaSettings,
+    shutdown: Shutdown,
+) -> Result<AlphaReport, AlphaError> {
+    let mut alpha = Vibrator::create("service-alpha", aether).await?;
+    alpha.resonate_on(ANSWERS).await?;
+    alpha.resonate_on(ORDERS).await?;
+    let prefix = run_prefix();
+    let mut pending: HashMap<String, String> = HashMap::new();
+    // Outcomes emitted and not yet heard back.
+    let mut unechoed: HashSet<String> = HashSet::new();
+    let mut report = AlphaReport::default();
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / settings.rate_per_s));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let drain = Duration::from_millis(settings.drain_ms);
+    let mut drain_until = (settings.count == Some(0)).then(|| Instant::now() + drain);
+    tracing::info!(rate_per_s = settings.rate_per_s, count = ?settings.count, "service-alpha orders");
+    loop {
+        let ordering = drain_until.is_none();
+        if !ordering && pending.is_empty() && unechoed.is_empty() {
+            break;
+        }
+        let until = drain_until.unwrap_or_else(|| Instant::now() + drain);
+        tokio::select! {
+            biased;
+            () = shutdown.wait(), if ordering => drain_until = Some(Instant::now() + drain),
+            _ = ticks.tick(), if ordering => {
+                let item = &settings.items[(report.created % settings.items.len() as u64) as usize];
+                report.created += 1;
+                let order_id = format!("{prefix}-{}", report.created);
+                let order = Wave::builder("orders.created")
+                    .correlation_key(&order_id)
+                    .json(&json!({"order_id": order_id, "item": item, "qty": settings.qty}))
+                    .build()?;
+                pending.insert(order_id, item.clone());
+                alpha.emit(order).await?;
+                if Some(report.created) == settings.count {
+                    drain_until = Some(Instant::now() + drain);
+                }
+            }
+            () = tokio::time::sleep_until(until), if !ordering => break,
+            wave = alpha.receive() => {
+                let Some(wave) = wave else { break };
+                let (channel, phase) = match wave.channel().as_str() {
+                    "inventory.reserved" => ("orders.confirmed", Phase::ASSERT),
+                    "inventory.insufficient" => ("orders.cancelled", Phase::RETRACT),
+                    "orders.confirmed" | "orders.cancelled" => {
+                        unechoed.remove(wave.correlation_key());
+                        continue;
+                    }
+                    _ => continue,
+                };
+                let Ok(answer) = wave.json::<Answer>() else { continue };
+                // Another alpha's order, or an answer already handled.
+                let Some(item) = pending.remove(&answer.order_id) else { continue };
+                let outcome = Wave::builder(channel)
+                    .phase(phase)
+                    .correlation_key(&answer.order_id)
+                    .json(&json!({"order_id": answer.order_id, "item": item}))
+                    .build()?;
+                alpha.emit(outcome).await?;
+                unechoed.insert(answer.order_id);
+                if phase == Phase::ASSERT {
+                    report.confirmed += 1;
+                } else {
+                    report.cancelled += 1;
+                }
+            }
+        }
+    }
+    report.unanswered = pending.len() as u64;
+    if !unechoed.is_empty() {
+        tracing::warn!(
+            outcomes = unechoed.len(),
+            "outcomes not heard back before stopping"
+        );
+    }
+    tracing::info!("{report}");
+    Ok(report)
 }
 
 #[cfg(test)]
 mod tests {
-    use aether_core::DropReason;
+    use aether_ops::settings::SettingsSource;
+    use aether_service_beta::BetaSettings;
+    use clap::{Parser, error::ErrorKind};
 
     use super::*;
-
-    use clap::{Parser, error::ErrorKind};
 
     fn parse(line: &str) -> Result<Options, clap::Error> {
         Options::try_parse_from(std::iter::once("bin").chain(line.split_whitespace()))
     }
 
-    fn refusal(line: &str) -> String {
-        parse(line).unwrap_err().to_string()
+    #[test]
+    fn parses_options_and_says_what_it_does() {
+        assert_eq!(parse("").unwrap(), Options::default());
+        let help = parse("--help").unwrap_err();
+        assert_eq!(help.kind(), ErrorKind::DisplayHelp);
+        let help = help.to_string();
+        for words in [
+            "orders.created",
+            "--nats",
+            "--config-dir",
+            "--count",
+            "--rate",
+        ] {
+            assert!(help.contains(words), "{words}: {help}");
+        }
+        let mut settings = AlphaProgramSettings::default();
+        parse("--nats nats://a:4222 --count 3 --rate 20")
+            .unwrap()
+            .apply(&mut settings);
+        assert_eq!(settings.aether.nats.urls, vec!["nats://a:4222".to_string()]);
+        assert_eq!(
+            (settings.alpha.count, settings.alpha.rate_per_s),
+            (Some(3), 20.0)
+        );
+        assert!(parse("--count x").is_err());
+        assert!(parse("--what").is_err());
+    }
+
+    fn load(toml: &str) -> Result<AlphaProgramSettings, SettingsError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("default.toml"), toml).unwrap();
+        SettingsSource::new(dir.path(), None, std::iter::empty::<(String, String)>())
+            .list_key("alpha.items")
+            .load()
     }
 
     #[test]
-    fn parses_options_and_refuses_bad_ones() {
-        assert_eq!(parse("").unwrap(), Options::default());
-        assert_eq!(Options::default().count, 5);
+    fn reads_and_checks_its_section() {
+        assert_eq!(load("").unwrap().alpha, AlphaSettings::default());
+        let settings = load("[alpha]\nrate_per_s = 50\ncount = 7\nitems = [\"a\"]\n[beta]\nstock = { a = 1 }\n[gateway]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+        assert_eq!(settings.alpha.count, Some(7));
+        assert_eq!(settings.alpha.items, vec!["a".to_string()]);
+        let refusal = load("[alpha]\nrate_per_s = 0\n").unwrap_err().to_string();
+        assert!(refusal.contains("alpha.rate_per_s"), "{refusal}");
+        assert!(load("[alpha]\nitems = []\n").is_err());
+        assert!(load("[alpha]\nrates = 1\n").is_err());
+    }
+
+    /// The whole flow on the embedded medium, with beta in the same
+    /// process: some orders confirmed, the gadgets past the stock cancelled.
+    #[tokio::test]
+    async fn confirms_what_beta_reserves_and_cancels_the_rest() {
+        let aether = Aether::default();
+        let stop_beta = Shutdown::new();
+        let beta = tokio::spawn({
+            let (aether, stop) = (aether.clone(), stop_beta.clone());
+            async move {
+                aether_service_beta::run(&aether, &BetaSettings::default(), stop)
+                    .await
+                    .unwrap()
+            }
+        });
+        // Beta resonates before the first order: it is spawned first, on
+        // this (current-thread) runtime, and runs as soon as alpha waits.
+        tokio::task::yield_now().await;
+        let settings = AlphaSettings {
+            rate_per_s: 1_000.0,
+            count: Some(12),
+            ..AlphaSettings::default()
+        };
+        let report = tokio::time::timeout(
+            Duration::from_secs(10),
+            run(&aether, &settings, Shutdown::new()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        // 4 gadgets ordered, 3 in stock.
         assert_eq!(
-            parse("--count 2 --help").unwrap_err().kind(),
-            ErrorKind::DisplayHelp
+            report,
+            AlphaReport {
+                created: 12,
+                confirmed: 11,
+                cancelled: 1,
+                unanswered: 0
+            }
         );
-        let options = parse("--count 3 --channel a.b").unwrap();
-        assert_eq!((options.count, options.channel.as_str()), (3, "a.b"));
-        assert!(refusal("--count").contains("a value is required"));
-        assert!(parse("--count x").is_err());
-        assert!(refusal("--amplitude 2").contains("[0, 1]"));
-        assert!(refusal("--channel a..b").contains("invalid channel"));
-        assert!(refusal("--nats").contains("unexpected argument"));
+        stop_beta.trigger();
+        let beta = beta.await.unwrap();
+        assert_eq!((beta.reserved, beta.insufficient), (11, 1));
     }
 
     #[tokio::test]
-    async fn emits_and_counts() {
-        let aether = Aether::default();
-        let stats = run(&aether, &Options::default()).await.unwrap();
-        assert_eq!((stats.emitted, stats.delivered), (5, 5));
-        let weak = Options {
-            amplitude: Amplitude::new(0.001).unwrap(),
-            ..Options::default()
+    async fn alone_it_stops_after_draining() {
+        let settings = AlphaSettings {
+            rate_per_s: 1_000.0,
+            count: Some(3),
+            drain_ms: 50,
+            ..AlphaSettings::default()
         };
-        let stats = run(&Aether::default(), &weak).await.unwrap();
-        assert_eq!(stats.dropped(DropReason::Expired), 5);
+        let report = run(&Aether::default(), &settings, Shutdown::new())
+            .await
+            .unwrap();
+        assert_eq!((report.created, report.unanswered), (3, 3));
+        let shutdown = Shutdown::new();
+        shutdown.trigger();
+        let report = run(&Aether::default(), &AlphaSettings::default(), shutdown)
+            .await
+            .unwrap();
+        assert_eq!(report, AlphaReport::default());
     }
 }

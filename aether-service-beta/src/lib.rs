@@ -1,48 +1,148 @@
-//! Service beta: resonates on a channel pattern and shows what it hears.
+//! Service beta: the inventory of the sample shop.
 //!
-//! For now it runs on the embedded medium, in one process: a local feeder
-//! emits waves on a few channels and amplitudes, standing in for the rest of
-//! the bus, so that resonance and the noise floor can be seen at work. The
-//! NATS medium, which lets it hear services in other processes, comes with
-//! the next release of the bus.
+//! It resonates on `orders.*` in the group `inventory` (several betas share
+//! the orders, each order reaching one of them), keeps a stock in memory,
+//! from its settings (`[beta] stock`), and answers each `orders.created`
+//! with `inventory.reserved` (phase 0) when the stock covers it, or
+//! `inventory.insufficient` (phase π, [`Phase::RETRACT`]) when it does not,
+//! with the order id as correlation key. `orders.confirmed` and
+//! `orders.cancelled` are heard and counted, nothing more.
+//!
+//! Each beta has its own stock: two betas with `gadget = 3` can reserve six
+//! gadgets between them.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::{error::Error, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    error::Error,
+    path::PathBuf,
+    time::Duration,
+};
 
-use aether_core::{Aether, Channel, DropReason, StatsSnapshot, Vibrator, Wave};
+use aether_core::{Aether, AetherConfig, Phase, Vibrator, Wave};
+use aether_ops::{
+    resources::ResourceLimits,
+    settings::{
+        LogSettings, ServiceSettings, SettingsError, TelemetrySettings, Validate, validate_section,
+    },
+    shutdown::Shutdown,
+};
+use serde::{Deserialize, Serialize, de::IgnoredAny};
 use serde_json::json;
+use tokio::time::Instant;
 
-/// Channels and amplitudes the local feeder emits on, in turn.
-const FEED_CHANNELS: [&str; 4] = [
-    "orders.created",
-    "orders.confirmed",
-    "users.signed_up",
-    "orders.cancelled",
-];
-const FEED_AMPLITUDES: [f64; 3] = [1.0, 0.6, 0.2];
+/// The pattern beta resonates on.
+pub const ORDERS: &str = "orders.*";
+/// The group beta resonates in: one member hears each order.
+pub const GROUP: &str = "inventory";
+/// The pattern beta also resonates on (outside the group) to hear its own
+/// answers come back: then they have left this process.
+pub const ANSWERS: &str = "inventory.*";
+/// Most time beta waits at shutdown to hear its last answers back.
+pub const DRAIN: Duration = Duration::from_secs(2);
 
-/// Settings of a run, from the command line (`--help` describes them).
+/// An error of a run: the aether refused something (closed, bad name).
+pub type BetaError = Box<dyn Error + Send + Sync>;
+
+/// The `[beta]` section.
+///
+/// ```toml
+/// [beta]
+/// stock = { widget = 50, gadget = 3, gizmo = 20 }
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BetaSettings {
+    /// Units in stock at start, by item. An item not listed has none.
+    /// Default: widget 50, gadget 3, gizmo 20.
+    pub stock: BTreeMap<String, u64>,
+}
+
+impl Default for BetaSettings {
+    fn default() -> Self {
+        Self {
+            stock: [("widget", 50), ("gadget", 3), ("gizmo", 20)]
+                .into_iter()
+                .map(|(item, units)| (item.to_string(), units))
+                .collect(),
+        }
+    }
+}
+
+impl Validate for BetaSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        match self.stock.keys().find(|item| item.trim().is_empty()) {
+            Some(item) => Err(SettingsError::invalid(
+                "stock",
+                item.clone(),
+                "item names must not be empty",
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The program's settings: the shared sections and `[beta]`. The
+/// `[gateway]` and `[alpha]` sections of a shared settings directory are
+/// accepted and not read.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BetaProgramSettings {
+    /// The aether's settings; `[aether.nats]` with `--nats`.
+    pub aether: AetherConfig,
+    /// Logging: level and format.
+    pub log: LogSettings,
+    /// Read and checked.
+    pub service: ServiceSettings,
+    /// Read and checked.
+    pub resources: ResourceLimits,
+    /// Read and checked.
+    pub telemetry: TelemetrySettings,
+    /// Beta's own settings.
+    pub beta: BetaSettings,
+    /// The gateway's section, not read.
+    pub gateway: IgnoredAny,
+    /// Alpha's section, not read.
+    pub alpha: IgnoredAny,
+}
+
+impl Validate for BetaProgramSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        validate_section("aether", &self.aether)?;
+        validate_section("log", &self.log)?;
+        validate_section("service", &self.service)?;
+        validate_section("resources", &self.resources)?;
+        validate_section("telemetry", &self.telemetry)?;
+        validate_section("beta", &self.beta)
+    }
+}
+
+/// The command line (`--help` describes it).
 #[derive(Clone, Debug, PartialEq, clap::Parser)]
 #[command(
     name = "aether-service-beta",
-    about = "Resonates on a channel pattern and prints what it hears, then exits.",
-    after_help = "It runs on the embedded medium, in this process: a local feeder emits waves \
-on orders.created, orders.confirmed, users.signed_up and orders.cancelled at amplitudes 1.0, \
-0.6 and 0.2 in turn, and beta says which it heard and why it did not hear the others. The NATS \
-medium, to hear services in other processes, comes with the next release of the bus."
+    version,
+    about = "The inventory of the sample shop: resonates on orders.* (group \"inventory\"), \
+reserves stock for each orders.created and answers inventory.reserved, or \
+inventory.insufficient in phase RETRACT (pi) when the stock is short.",
+    after_help = "Settings come from DIR/default.toml, then DIR/$AETHER_ENV.toml, then \
+AETHER__SECTION__KEY variables; the stock is the [beta] section, for example \
+stock = { widget = 50, gadget = 3 }. It runs until SIGINT (Ctrl-C) or SIGTERM, prints \
+what it did and exits with status 0. It serves no HTTP port.\n\nWithout --nats it runs on \
+the embedded medium and hears only its own process, that is nothing: to serve \
+aether-service-alpha in another process, give both the same --nats URL."
 )]
 pub struct Options {
-    /// Channels to resonate on, like orders.*
-    #[arg(long, default_value = "orders.*", value_parser = <Channel as std::str::FromStr>::from_str)]
-    pub pattern: Channel,
-    /// Waves weaker than this are not heard, in [0, 1].
-    #[arg(long, default_value_t = 0.3)]
-    pub noise_floor: f64,
-    /// How many waves the local feeder emits.
-    #[arg(long, default_value_t = 6)]
-    pub count: u64,
+    /// Directory of the settings files (default.toml, then the AETHER_ENV
+    /// overlay).
+    #[arg(long, value_name = "DIR", default_value = "config")]
+    pub config_dir: PathBuf,
+    /// Join the bus of this NATS server (nats:// or tls://; repeat for a
+    /// cluster) instead of the embedded medium.
+    #[arg(long, value_name = "URL")]
+    pub nats: Vec<String>,
 }
 
 impl Default for Options {
@@ -51,92 +151,253 @@ impl Default for Options {
     }
 }
 
-/// Resonates on `options.pattern` while a local feeder emits
-/// `options.count` waves; prints each and whether beta heard it, then
-/// returns beta's own statistics.
+impl Options {
+    /// Puts the options given over `settings`.
+    pub fn apply(&self, settings: &mut BetaProgramSettings) {
+        if !self.nats.is_empty() {
+            settings.aether.nats.urls = self.nats.clone();
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BetaReport {
+    /// Orders answered `inventory.reserved`.
+    pub reserved: u64,
+    /// Orders answered `inventory.insufficient`.
+    pub insufficient: u64,
+    /// `orders.confirmed` and `orders.cancelled` heard.
+    pub outcomes_heard: u64,
+    /// Waves on `orders.*` that were not understood, ignored.
+    pub ignored: u64,
+    /// The stock left, by item.
+    pub stock: BTreeMap<String, u64>,
+}
+
+impl std::fmt::Display for BetaReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "service-beta: reserved {}, insufficient {}, outcomes heard {}, ignored {}, stock left {:?}",
+            self.reserved, self.insufficient, self.outcomes_heard, self.ignored, self.stock
+        )
+    }
+}
+
+/// An order, as alpha emits it on `orders.created`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    /// Unique on the bus; the correlation key of every wave about it.
+    pub order_id: String,
+    /// What is ordered.
+    pub item: String,
+    /// How many.
+    pub qty: u64,
+}
+
+/// Answers orders on `aether` from the stock of `settings` until
+/// `shutdown` (or until the aether is closed); then waits at most
+/// [`DRAIN`] to hear its last answers back (so that none is left unsent
+/// when the program exits), answering what still comes, and returns what
+/// it did.
 pub async fn run(
     aether: &Aether,
-    options: &Options,
-) -> Result<StatsSnapshot, Box<dyn Error + Send + Sync>> {
-    let mut beta = Vibrator::builder("service-beta")
-        .noise_floor(options.noise_floor)
-        .create(aether)
-        .await?;
-    beta.resonate_on(&options.pattern).await?;
-    let feeder = Vibrator::create("feeder", aether).await?;
-    println!(
-        "service-beta resonates on {} with noise floor {} (embedded medium)",
-        options.pattern, options.noise_floor
-    );
-    for seq in 0..options.count {
-        let channel = Channel::new(FEED_CHANNELS[seq as usize % FEED_CHANNELS.len()]);
-        let amplitude = FEED_AMPLITUDES[seq as usize % FEED_AMPLITUDES.len()];
-        let wave = Wave::builder(&channel)
-            .amplitude(amplitude)
-            .json(&json!({"seq": seq + 1}))
-            .build()?;
-        feeder.emit(wave).await?;
-        let heard = tokio::time::timeout(Duration::from_millis(100), beta.receive()).await;
-        let outcome = match heard {
-            Ok(Some(_)) => "heard",
-            _ if !channel.matches(&options.pattern) => "not heard: no resonance",
-            _ => "not heard: under the noise floor",
+    settings: &BetaSettings,
+    shutdown: Shutdown,
+) -> Result<BetaReport, BetaError> {
+    let mut beta = Vibrator::create("service-beta", aether).await?;
+    beta.resonate_in_group(ORDERS, GROUP).await?;
+    beta.resonate_on(ANSWERS).await?;
+    // Answers emitted and not yet heard back.
+    let mut unechoed: HashSet<String> = HashSet::new();
+    let mut draining_until: Option<Instant> = None;
+    let mut report = BetaReport {
+        stock: settings.stock.clone(),
+        ..BetaReport::default()
+    };
+    tracing::info!(stock = ?report.stock, "service-beta resonates on {ORDERS} in group {GROUP}");
+    loop {
+        if draining_until.is_some() && unechoed.is_empty() {
+            break;
+        }
+        let until = draining_until.unwrap_or_else(|| Instant::now() + DRAIN);
+        let wave = tokio::select! {
+            biased;
+            () = shutdown.wait(), if draining_until.is_none() => {
+                draining_until = Some(Instant::now() + DRAIN);
+                continue;
+            }
+            () = tokio::time::sleep_until(until), if draining_until.is_some() => break,
+            wave = beta.receive() => match wave {
+                Some(wave) => wave,
+                None => break,
+            },
         };
-        println!(
-            "  {:<18} amplitude {amplitude:.1}  {outcome}",
-            channel.as_str()
+        match wave.channel().as_str() {
+            "orders.created" => match wave.json::<Order>() {
+                Ok(order) => {
+                    let answer = answer(&mut report, &order)?;
+                    beta.emit(answer).await?;
+                    unechoed.insert(order.order_id);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "an order that is not one, ignored");
+                    report.ignored += 1;
+                }
+            },
+            "orders.confirmed" | "orders.cancelled" => {
+                tracing::debug!(channel = %wave.channel(), key = wave.correlation_key(), "outcome");
+                report.outcomes_heard += 1;
+            }
+            "inventory.reserved" | "inventory.insufficient" => {
+                unechoed.remove(wave.correlation_key());
+            }
+            _ => report.ignored += 1,
+        }
+    }
+    if !unechoed.is_empty() {
+        tracing::warn!(
+            answers = unechoed.len(),
+            "answers not heard back before stopping"
         );
     }
-    let stats = beta.stats();
-    println!(
-        "service-beta: delivered {}, {} {}",
-        stats.delivered,
-        DropReason::BelowNoiseFloor,
-        stats.dropped(DropReason::BelowNoiseFloor)
-    );
-    Ok(stats)
+    tracing::info!("{report}");
+    Ok(report)
+}
+
+/// Reserves `order` from the stock, or refuses it: the wave to emit.
+fn answer(report: &mut BetaReport, order: &Order) -> Result<Wave, BetaError> {
+    let units = report.stock.get_mut(&order.item);
+    let available = units.as_deref().copied().unwrap_or(0);
+    let wave = match units {
+        Some(units) if *units >= order.qty => {
+            *units -= order.qty;
+            report.reserved += 1;
+            Wave::builder("inventory.reserved")
+                .phase(Phase::ASSERT)
+                .correlation_key(&order.order_id)
+                .json(&json!({
+                    "order_id": order.order_id,
+                    "item": order.item,
+                    "qty": order.qty,
+                    "left": *units,
+                }))
+                .build()?
+        }
+        _ => {
+            report.insufficient += 1;
+            Wave::builder("inventory.insufficient")
+                .phase(Phase::RETRACT)
+                .correlation_key(&order.order_id)
+                .json(&json!({
+                    "order_id": order.order_id,
+                    "item": order.item,
+                    "qty": order.qty,
+                    "available": available,
+                }))
+                .build()?
+        }
+    };
+    Ok(wave)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
+    use aether_ops::settings::SettingsSource;
     use clap::{Parser, error::ErrorKind};
+
+    use super::*;
 
     fn parse(line: &str) -> Result<Options, clap::Error> {
         Options::try_parse_from(std::iter::once("bin").chain(line.split_whitespace()))
     }
 
-    fn refusal(line: &str) -> String {
-        parse(line).unwrap_err().to_string()
+    #[test]
+    fn parses_options_and_says_what_it_does() {
+        assert_eq!(parse("").unwrap(), Options::default());
+        assert_eq!(Options::default().config_dir, PathBuf::from("config"));
+        let help = parse("--help").unwrap_err();
+        assert_eq!(help.kind(), ErrorKind::DisplayHelp);
+        let help = help.to_string();
+        for words in ["inventory.reserved", "--nats", "--config-dir", "[beta]"] {
+            assert!(help.contains(words), "{words}: {help}");
+        }
+        let options = parse("--nats nats://a:4222 --nats nats://b:4222").unwrap();
+        let mut settings = BetaProgramSettings::default();
+        options.apply(&mut settings);
+        assert_eq!(settings.aether.nats.urls.len(), 2);
+        assert!(parse("--what").is_err());
+    }
+
+    fn load(toml: &str, vars: &[(&str, &str)]) -> Result<BetaProgramSettings, SettingsError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("default.toml"), toml).unwrap();
+        SettingsSource::new(dir.path(), None, vars.iter().copied()).load()
     }
 
     #[test]
-    fn parses_options_and_refuses_bad_ones() {
-        assert_eq!(parse("").unwrap(), Options::default());
-        assert_eq!(Options::default().noise_floor, 0.3);
-        assert_eq!(parse("-h").unwrap_err().kind(), ErrorKind::DisplayHelp);
-        let options = parse("--pattern a.* --noise-floor 0").unwrap();
-        assert_eq!(
-            (options.pattern.as_str(), options.noise_floor),
-            ("a.*", 0.0)
-        );
-        assert!(refusal("--pattern a..b").contains("invalid channel"));
-        assert!(refusal("--noise-floor").contains("a value is required"));
-        assert!(refusal("--what").contains("unexpected argument"));
+    fn reads_its_stock_and_tolerates_the_other_programs_sections() {
+        let settings = load("", &[]).unwrap();
+        assert_eq!(settings.beta, BetaSettings::default());
+        let settings = load(
+            "[beta]\nstock = { widget = 2 }\n[gateway]\nlisten = \"127.0.0.1:0\"\n[alpha]\nrate_per_s = 1\n",
+            &[("AETHER__BETA__STOCK__GADGET", "7")],
+        )
+        .unwrap();
+        assert_eq!(settings.beta.stock.get("widget"), Some(&2));
+        assert_eq!(settings.beta.stock.get("gadget"), Some(&7));
+        assert!(load("[beta]\nstocks = 1\n", &[]).is_err());
+        assert!(load("[betta]\n", &[]).is_err());
     }
 
     #[tokio::test]
-    async fn hears_only_matching_waves_above_its_floor() {
-        // Feeds: orders.created 1.0, orders.confirmed 0.6, users.signed_up 0.2,
-        // orders.cancelled 1.0, orders.created 0.6, orders.confirmed 0.2.
-        let stats = run(&Aether::default(), &Options::default()).await.unwrap();
-        assert_eq!(stats.delivered, 4);
-        assert_eq!(stats.dropped(DropReason::BelowNoiseFloor), 1);
-        let bad = Options {
-            noise_floor: 2.0,
-            ..Options::default()
+    async fn reserves_until_the_stock_runs_out_then_refuses_in_retract() {
+        let aether = Aether::default();
+        let shutdown = Shutdown::new();
+        let settings = BetaSettings {
+            stock: [("gadget".to_string(), 2)].into_iter().collect(),
         };
-        assert!(run(&Aether::default(), &bad).await.is_err());
+        let beta = tokio::spawn({
+            let (aether, shutdown) = (aether.clone(), shutdown.clone());
+            async move { run(&aether, &settings, shutdown).await.unwrap() }
+        });
+        let mut shop = Vibrator::create("shop", &aether).await.unwrap();
+        shop.resonate_on("inventory.*").await.unwrap();
+        let mut answers = Vec::new();
+        for (n, item) in ["gadget", "gadget", "gadget", "widget"].iter().enumerate() {
+            let order = json!({"order_id": format!("o-{n}"), "item": item, "qty": 1});
+            // Beta may not resonate yet: emit until it answers.
+            let answer = loop {
+                shop.emit_wave("orders.created", order.clone())
+                    .await
+                    .unwrap();
+                if let Ok(answer) =
+                    tokio::time::timeout(Duration::from_millis(100), shop.receive()).await
+                {
+                    break answer.unwrap();
+                }
+            };
+            assert_eq!(answer.correlation_key(), format!("o-{n}"));
+            answers.push((answer.channel().as_str().to_string(), answer.phase()));
+        }
+        assert_eq!(
+            answers,
+            vec![
+                ("inventory.reserved".to_string(), Phase::ASSERT),
+                ("inventory.reserved".to_string(), Phase::ASSERT),
+                ("inventory.insufficient".to_string(), Phase::RETRACT),
+                ("inventory.insufficient".to_string(), Phase::RETRACT),
+            ]
+        );
+        shutdown.trigger();
+        let report = tokio::time::timeout(Duration::from_secs(5), beta)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((report.reserved, report.insufficient), (2, 2));
+        assert_eq!(report.stock.get("gadget"), Some(&0));
     }
 }

@@ -1,0 +1,185 @@
+//! The sample shop, whole, in one process on the embedded medium:
+//! `aether-service-alpha` orders, `aether-service-beta` reserves stock or
+//! refuses, alpha confirms or cancels, and the gateway observes it all and
+//! serves its metrics and dashboard.
+//!
+//! ```bash
+//! cargo run --example shop                  # until Ctrl-C; open the printed URL
+//! cargo run --example shop -- --seconds 5   # a bounded run, then the summary
+//! ```
+//!
+//! At the end it prints what each service did and what the gateway
+//! observed, checks that they agree and that the flow happened (at least
+//! one order confirmed and one cancelled: the default stock has 3 gadgets,
+//! gone after about 2 s at 5 orders per second), and exits with status 0,
+//! or 1 when they do not.
+
+use std::{
+    error::Error,
+    net::SocketAddr,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use aether_core::Aether;
+use aether_gateway::{Gateway, GatewayConfig};
+use aether_ops::shutdown::Shutdown;
+use aether_service_alpha::{AlphaReport, AlphaSettings};
+use aether_service_beta::{BetaReport, BetaSettings};
+use clap::Parser;
+
+/// The command line.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "shop",
+    about = "Runs aether-service-alpha (orders), aether-service-beta (inventory) and the \
+aether-gateway (metrics and dashboard) together, in one process on the embedded medium.",
+    after_help = "It runs until SIGINT (Ctrl-C) or SIGTERM, or for --seconds, then prints a \
+summary and exits with status 0 when the flow happened and the counts agree, 1 otherwise."
+)]
+struct Options {
+    /// Stop after this many seconds (default: at Ctrl-C).
+    #[arg(long, value_name = "N")]
+    seconds: Option<f64>,
+    /// Orders per second.
+    #[arg(long, value_name = "R", default_value_t = 5.0)]
+    rate: f64,
+    /// Where the gateway serves HTTP (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    listen: SocketAddr,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let options = Options::parse();
+    match shop(options).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What the gateway counted for `family`.
+fn observed(gateway: &Gateway, family: &str) -> u64 {
+    let series = format!("aether_gateway_waves_observed_total{{family=\"{family}\"}}");
+    gateway
+        .metrics_text()
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            (key == series).then(|| value.parse::<f64>().ok())?
+        })
+        .map_or(0, |value| value as u64)
+}
+
+const FAMILIES: [&str; 5] = [
+    "orders.created",
+    "inventory.reserved",
+    "inventory.insufficient",
+    "orders.confirmed",
+    "orders.cancelled",
+];
+
+/// What the gateway should have counted, family by family.
+fn expected(alpha: &AlphaReport, beta: &BetaReport) -> [u64; 5] {
+    [
+        alpha.created,
+        beta.reserved,
+        beta.insufficient,
+        alpha.confirmed,
+        alpha.cancelled,
+    ]
+}
+
+async fn shop(options: Options) -> Result<bool, Box<dyn Error + Send + Sync>> {
+    let alpha_settings = AlphaSettings {
+        rate_per_s: options.rate,
+        ..AlphaSettings::default()
+    };
+    aether_ops::settings::Validate::validate(&alpha_settings)?;
+    let signals = Shutdown::on_signals()?;
+    let aether = Aether::default();
+    let config = GatewayConfig {
+        listen: options.listen,
+        ..GatewayConfig::default()
+    };
+    let gateway = Gateway::start(&aether, config, Shutdown::new()).await?;
+    let beta_settings = BetaSettings::default();
+    println!(
+        "shop: dashboard http://{addr}/  metrics http://{addr}/metrics  stock {:?}",
+        beta_settings.stock,
+        addr = gateway.addr()
+    );
+    let stop_beta = Shutdown::new();
+    let beta = tokio::spawn({
+        let (aether, stop) = (aether.clone(), stop_beta.clone());
+        async move { aether_service_beta::run(&aether, &beta_settings, stop).await }
+    });
+    let stop_alpha = Shutdown::new();
+    let alpha = tokio::spawn({
+        let (aether, stop) = (aether.clone(), stop_alpha.clone());
+        async move { aether_service_alpha::run(&aether, &alpha_settings, stop).await }
+    });
+    match options.seconds {
+        Some(seconds) => tokio::select! {
+            () = signals.wait() => {}
+            () = tokio::time::sleep(Duration::from_secs_f64(seconds.max(0.0))) => {}
+        },
+        None => {
+            println!("shop: running until Ctrl-C");
+            signals.wait().await;
+        }
+    }
+    // Alpha first (it stops ordering and waits for the answers due), then
+    // beta, then the gateway once it has seen everything.
+    stop_alpha.trigger();
+    let alpha = alpha.await??;
+    stop_beta.trigger();
+    let beta = beta.await??;
+    let want = expected(&alpha, &beta);
+    let counted = || FAMILIES.map(|family| observed(&gateway, family));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while counted() != want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = counted();
+    println!("{alpha}");
+    println!("{beta}");
+    println!("gateway observed:");
+    for ((family, seen), want) in FAMILIES.iter().zip(seen).zip(want) {
+        if seen == want {
+            println!("  {family:<24} {seen}");
+        } else {
+            println!("  {family:<24} {seen}  (expected {want})");
+        }
+    }
+    gateway.stop().await?;
+    aether.close();
+
+    let mut problems = Vec::new();
+    if alpha.confirmed == 0 {
+        problems.push("no order was confirmed".to_string());
+    }
+    if alpha.cancelled == 0 {
+        problems.push(
+            "no order was cancelled (the gadgets run out after about 2 s: run longer)".to_string(),
+        );
+    }
+    if (alpha.confirmed, alpha.cancelled) != (beta.reserved, beta.insufficient) {
+        problems.push("alpha's outcomes do not match beta's answers".to_string());
+    }
+    if alpha.confirmed + alpha.cancelled + alpha.unanswered != alpha.created {
+        problems.push("alpha's orders do not add up".to_string());
+    }
+    if seen != want {
+        problems.push("the gateway's counts differ from the services'".to_string());
+    }
+    for problem in &problems {
+        eprintln!("shop: {problem}");
+    }
+    Ok(problems.is_empty())
+}
