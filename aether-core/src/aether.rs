@@ -185,6 +185,27 @@ impl Aether {
         &self.inner.physics
     }
 
+    /// Waits until every wave emitted so far has left this process: over
+    /// NATS, the outbox is empty and the connection's buffer written to the
+    /// server (the embedded medium has nothing in flight). Call it before
+    /// [`Aether::close`] or exit, or waves still on their way are lost.
+    /// Fails with `Medium` if the connection is down for longer than
+    /// `timeout`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let aether = aether_core::Aether::default();
+    /// aether.flush(std::time::Duration::from_secs(1)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn flush(&self, timeout: std::time::Duration) -> Result<(), EmitError> {
+        match &self.inner.medium {
+            Medium::Embedded(_) => Ok(()),
+            Medium::Nats(nats) => nats.flush(timeout).await,
+        }
+    }
+
     /// Closes the aether: emits fail with `Closed`, and every vibrator's
     /// `receive` returns the waves already queued, then `None`. The physics
     /// engine stops, and its followers end.

@@ -113,8 +113,14 @@ async fn server_killed_and_restarted_mid_stream_loses_nothing_accepted() {
         assert_eq!(refused, 50);
         assert_eq!(aether.connection().outbox_len, outbox);
 
+        // Nothing can leave while the server is down: flush says so.
+        let err = aether.flush(Duration::from_millis(50)).await.unwrap_err();
+        assert_eq!(err.kind(), EmitErrorKind::Medium, "{err}");
+
         // Back on the same port: the outbox is sent in order after reconnect.
         server.restart().await.unwrap();
+        aether.flush(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(aether.connection().outbox_len, 0);
         let last = *accepted_while_down.last().unwrap();
         let got = receive_through(&mut rx, last).await;
         let down: Vec<u64> = got

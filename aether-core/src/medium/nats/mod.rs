@@ -346,6 +346,30 @@ impl NatsMedium {
     }
 
     /// Stops every subscription and the flusher.
+    /// Waits (up to `timeout`) until the outbox is empty and the client has
+    /// written everything it holds to the server.
+    pub(crate) async fn flush(&self, timeout: Duration) -> Result<(), EmitError> {
+        let shared = &*self.shared;
+        let done = async {
+            while !shared.outbox.is_idle(&shared.counters) {
+                shared.wake_flusher.notify_one();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            self.client.flush().await
+        };
+        match tokio::time::timeout(timeout, done).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(EmitError::with_source(EmitErrorKind::Medium, e)),
+            Err(_) => Err(EmitError::new(
+                EmitErrorKind::Medium,
+                format!(
+                    "waves still waiting after {timeout:?} ({} in the outbox); is NATS reachable?",
+                    shared.counters.outbox_len.load(Ordering::Relaxed)
+                ),
+            )),
+        }
+    }
+
     pub(crate) fn close(&self) {
         for (_, (task, _)) in self.lock_subscriptions().drain() {
             task.abort();
