@@ -22,15 +22,7 @@ fn settings_dir(toml: &str) -> tempfile::TempDir {
 }
 
 fn command() -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(PROGRAM);
-    // This process's settings variables are not the test's.
-    for (name, _) in std::env::vars() {
-        if name.starts_with("AETHER") {
-            command.env_remove(name);
-        }
-    }
-    command.kill_on_drop(true);
-    command
+    aether_testkit::program(PROGRAM)
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@
 #![warn(missing_docs)]
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     error::Error,
     path::PathBuf,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -32,10 +32,6 @@ use tokio::time::Instant;
 
 /// The pattern alpha resonates on for the answers to its orders.
 pub const ANSWERS: &str = "inventory.*";
-/// The pattern alpha also resonates on to hear its own outcomes come back:
-/// then they have left this process (over NATS, reached the server), and it
-/// may stop.
-pub const ORDERS: &str = "orders.*";
 
 /// An error of a run: the aether refused something (closed, bad name).
 pub type AlphaError = Box<dyn Error + Send + Sync>;
@@ -232,8 +228,8 @@ fn run_prefix() -> String {
 /// Emits orders on `aether` as `settings` say and confirms or cancels each
 /// as its answer arrives, until `settings.count` orders have been answered
 /// or `shutdown`; then waits at most `settings.drain_ms` for the answers
-/// still due (and to hear its own outcomes back, so that none is left
-/// unsent when the program exits), and returns what it did.
+/// still due, flushes the aether (so that no outcome is left unsent when the
+/// program exits), and returns what it did.
 pub async fn run(
     aether: &Aether,
     settings: &AlphaSettings,
@@ -241,11 +237,8 @@ pub async fn run(
 ) -> Result<AlphaReport, AlphaError> {
     let mut alpha = Vibrator::create("service-alpha", aether).await?;
     alpha.resonate_on(ANSWERS).await?;
-    alpha.resonate_on(ORDERS).await?;
     let prefix = run_prefix();
     let mut pending: HashMap<String, String> = HashMap::new();
-    // Outcomes emitted and not yet heard back.
-    let mut unechoed: HashSet<String> = HashSet::new();
     let mut report = AlphaReport::default();
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / settings.rate_per_s));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -254,7 +247,7 @@ pub async fn run(
     tracing::info!(rate_per_s = settings.rate_per_s, count = ?settings.count, "service-alpha orders");
     loop {
         let ordering = drain_until.is_none();
-        if !ordering && pending.is_empty() && unechoed.is_empty() {
+        if !ordering && pending.is_empty() {
             break;
         }
         let until = drain_until.unwrap_or_else(|| Instant::now() + drain);
@@ -281,10 +274,6 @@ pub async fn run(
                 let (channel, phase) = match wave.channel().as_str() {
                     "inventory.reserved" => ("orders.confirmed", Phase::ASSERT),
                     "inventory.insufficient" => ("orders.cancelled", Phase::RETRACT),
-                    "orders.confirmed" | "orders.cancelled" => {
-                        unechoed.remove(wave.correlation_key());
-                        continue;
-                    }
                     _ => continue,
                 };
                 let Ok(answer) = wave.json::<Answer>() else { continue };
@@ -296,7 +285,6 @@ pub async fn run(
                     .json(&json!({"order_id": answer.order_id, "item": item}))
                     .build()?;
                 alpha.emit(outcome).await?;
-                unechoed.insert(answer.order_id);
                 if phase == Phase::ASSERT {
                     report.confirmed += 1;
                 } else {
@@ -306,11 +294,8 @@ pub async fn run(
         }
     }
     report.unanswered = pending.len() as u64;
-    if !unechoed.is_empty() {
-        tracing::warn!(
-            outcomes = unechoed.len(),
-            "outcomes not heard back before stopping"
-        );
+    if let Err(error) = aether.flush(drain).await {
+        tracing::warn!(%error, "outcomes may be left unsent");
     }
     tracing::info!("{report}");
     Ok(report)

@@ -13,15 +13,7 @@ const PROGRAM: &str = env!("CARGO_BIN_EXE_aether-service-alpha");
 const BOUND: Duration = Duration::from_secs(20);
 
 fn command() -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(PROGRAM);
-    // This process's settings variables are not the test's.
-    for (name, _) in std::env::vars() {
-        if name.starts_with("AETHER") {
-            command.env_remove(name);
-        }
-    }
-    command.kill_on_drop(true);
-    command
+    aether_testkit::program(PROGRAM)
 }
 
 #[tokio::test]

@@ -14,12 +14,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    error::Error,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{collections::BTreeMap, error::Error, path::PathBuf, time::Duration};
 
 use aether_core::{Aether, AetherConfig, Phase, Vibrator, Wave};
 use aether_ops::{
@@ -31,16 +26,12 @@ use aether_ops::{
 };
 use serde::{Deserialize, Serialize, de::IgnoredAny};
 use serde_json::json;
-use tokio::time::Instant;
 
 /// The pattern beta resonates on.
 pub const ORDERS: &str = "orders.*";
 /// The group beta resonates in: one member hears each order.
 pub const GROUP: &str = "inventory";
-/// The pattern beta also resonates on (outside the group) to hear its own
-/// answers come back: then they have left this process.
-pub const ANSWERS: &str = "inventory.*";
-/// Most time beta waits at shutdown to hear its last answers back.
+/// Most time beta waits at shutdown for its last answers to leave.
 pub const DRAIN: Duration = Duration::from_secs(2);
 
 /// An error of a run: the aether refused something (closed, bad name).
@@ -197,10 +188,9 @@ pub struct Order {
 }
 
 /// Answers orders on `aether` from the stock of `settings` until
-/// `shutdown` (or until the aether is closed); then waits at most
-/// [`DRAIN`] to hear its last answers back (so that none is left unsent
-/// when the program exits), answering what still comes, and returns what
-/// it did.
+/// `shutdown` (or until the aether is closed); then answers the orders
+/// already queued, flushes the aether for at most [`DRAIN`] (so that no
+/// answer is left unsent when the program exits), and returns what it did.
 pub async fn run(
     aether: &Aether,
     settings: &BetaSettings,
@@ -208,62 +198,53 @@ pub async fn run(
 ) -> Result<BetaReport, BetaError> {
     let mut beta = Vibrator::create("service-beta", aether).await?;
     beta.resonate_in_group(ORDERS, GROUP).await?;
-    beta.resonate_on(ANSWERS).await?;
-    // Answers emitted and not yet heard back.
-    let mut unechoed: HashSet<String> = HashSet::new();
-    let mut draining_until: Option<Instant> = None;
     let mut report = BetaReport {
         stock: settings.stock.clone(),
         ..BetaReport::default()
     };
     tracing::info!(stock = ?report.stock, "service-beta resonates on {ORDERS} in group {GROUP}");
     loop {
-        if draining_until.is_some() && unechoed.is_empty() {
-            break;
-        }
-        let until = draining_until.unwrap_or_else(|| Instant::now() + DRAIN);
         let wave = tokio::select! {
             biased;
-            () = shutdown.wait(), if draining_until.is_none() => {
-                draining_until = Some(Instant::now() + DRAIN);
-                continue;
-            }
-            () = tokio::time::sleep_until(until), if draining_until.is_some() => break,
+            () = shutdown.wait() => break,
             wave = beta.receive() => match wave {
                 Some(wave) => wave,
                 None => break,
             },
         };
-        match wave.channel().as_str() {
-            "orders.created" => match wave.json::<Order>() {
-                Ok(order) => {
-                    let answer = answer(&mut report, &order)?;
-                    beta.emit(answer).await?;
-                    unechoed.insert(order.order_id);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "an order that is not one, ignored");
-                    report.ignored += 1;
-                }
-            },
-            "orders.confirmed" | "orders.cancelled" => {
-                tracing::debug!(channel = %wave.channel(), key = wave.correlation_key(), "outcome");
-                report.outcomes_heard += 1;
-            }
-            "inventory.reserved" | "inventory.insufficient" => {
-                unechoed.remove(wave.correlation_key());
-            }
-            _ => report.ignored += 1,
-        }
+        handle(&beta, &mut report, wave).await?;
     }
-    if !unechoed.is_empty() {
-        tracing::warn!(
-            answers = unechoed.len(),
-            "answers not heard back before stopping"
-        );
+    // Orders that arrived before the shutdown are answered too.
+    while let Some(wave) = beta.try_receive() {
+        handle(&beta, &mut report, wave).await?;
+    }
+    if let Err(error) = aether.flush(DRAIN).await {
+        tracing::warn!(%error, "answers may be left unsent");
     }
     tracing::info!("{report}");
     Ok(report)
+}
+
+/// Answers an order, counts an outcome, or ignores anything else.
+async fn handle(beta: &Vibrator, report: &mut BetaReport, wave: Wave) -> Result<(), BetaError> {
+    match wave.channel().as_str() {
+        "orders.created" => match wave.json::<Order>() {
+            Ok(order) => {
+                let answer = answer(report, &order)?;
+                beta.emit(answer).await?;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "an order that is not one, ignored");
+                report.ignored += 1;
+            }
+        },
+        "orders.confirmed" | "orders.cancelled" => {
+            tracing::debug!(channel = %wave.channel(), key = wave.correlation_key(), "outcome");
+            report.outcomes_heard += 1;
+        }
+        _ => report.ignored += 1,
+    }
+    Ok(())
 }
 
 /// Reserves `order` from the stock, or refuses it: the wave to emit.

@@ -330,7 +330,8 @@ fn write(wave: &Wave, sections: &Sections<'_>, out: &mut impl Sink) {
 /// [`WireErrorKind::InvalidField`] error saying what it would change (an empty
 /// correlation key, or one longer than [`MAX_CORRELATION_KEY_LEN`] bytes, a
 /// reflection message longer than [`MAX_REFLECTION_MESSAGE_LEN`] bytes).
-/// A medium calls it before sending to refuse such a wave instead.
+/// The public API cannot build such a wave (the builder and `reflect`
+/// refuse those values); it is a check for waves made by other means.
 pub fn check(wave: &Wave) -> Result<(), WireError> {
     let source = wave.source.as_deref().map(str::as_bytes);
     if let Some(problem) = source.and_then(source_problem) {

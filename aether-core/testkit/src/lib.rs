@@ -62,3 +62,17 @@ pub(crate) fn free_ports(count: usize) -> Result<Vec<u16>, Error> {
     drop(listeners);
     Ok(ports)
 }
+
+/// A command for the program at `path` (an `env!("CARGO_BIN_EXE_...")`)
+/// under test: without this process's `AETHER*` settings variables, which
+/// are the test runner's and not the test's, and killed when dropped.
+pub fn program(path: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(path);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("AETHER") {
+            command.env_remove(name);
+        }
+    }
+    command.kill_on_drop(true);
+    command
+}

@@ -165,12 +165,8 @@ impl NatsMedium {
             return self.publish_tracked(wave.clone()).await;
         }
         let shared = &*self.shared;
-        // The fast path: connected (as the connection's events last said; a
-        // wave sent just after an unnoticed loss waits in the client's own
-        // queue) and nothing waiting in the outbox.
-        if shared.counters.state() == ConnectionState::Connected
-            && shared.outbox.is_idle(&shared.counters)
-        {
+        // The fast path: a cached subject and a pooled envelope.
+        if shared.may_bypass_outbox() {
             return self
                 .client
                 .publish(
@@ -186,13 +182,14 @@ impl NatsMedium {
 
     /// The subject of `channel`, from the cache when it is there.
     fn subject_of(&self, channel: &Channel) -> Subject {
-        if let Some(subject) = self.subjects.load().get(channel.as_str()) {
+        let cached = self.subjects.load();
+        if let Some(subject) = cached.get(channel.as_str()) {
             return subject.clone();
         }
         let subject = Subject::from(subject::channel_subject(&self.shared.prefix, channel));
         // Reply, probe, reflection and hop channels (`_...`) change all the
         // time: caching them would only churn the map.
-        if !channel.as_str().starts_with('_') && self.subjects.load().len() < MAX_CACHED_SUBJECTS {
+        if !channel.as_str().starts_with('_') && cached.len() < MAX_CACHED_SUBJECTS {
             self.subjects.rcu(|cached| {
                 let mut cached = FxHashMap::clone(cached);
                 cached.insert(channel.as_str().into(), subject.clone());
@@ -466,6 +463,14 @@ async fn options(
 }
 
 impl Shared {
+    /// Whether an emit may go straight to the client: connected, as the
+    /// connection's events last said (a wave sent just after a loss nobody
+    /// noticed yet waits in the client's own queue), and nothing waiting in
+    /// the outbox or being flushed.
+    fn may_bypass_outbox(&self) -> bool {
+        self.counters.state() == ConnectionState::Connected && self.outbox.is_idle(&self.counters)
+    }
+
     fn on_event(&self, event: Event) {
         let counters = &self.counters;
         let ours = match event {
@@ -528,7 +533,7 @@ async fn send(
     reply: Option<String>,
     body: bytes::Bytes,
 ) -> Result<(), EmitError> {
-    if client.connection_state() == State::Connected && shared.outbox.is_idle(&shared.counters) {
+    if shared.may_bypass_outbox() {
         return publish_with(client, subject, reply, body)
             .await
             .map_err(|e| EmitError::with_source(EmitErrorKind::Medium, e));
@@ -548,7 +553,7 @@ async fn send(
         })?;
     // The connection may have come back (and the flusher finished)
     // between the check and the push: make sure this wave is not left.
-    if client.connection_state() == State::Connected {
+    if shared.counters.state() == ConnectionState::Connected {
         shared.wake_flusher.notify_one();
     }
     Ok(())
