@@ -473,7 +473,7 @@ impl Vibrator {
     ) -> Result<Wave, RequestError> {
         wave.clear_tracking();
         if let Some(nats) = self.aether().nats() {
-            let Admitted::Ready(wave) = self.emitter.admit(wave)?.1 else {
+            let Admitted::Ready(wave) = self.emitter.admit(wave, unix_nanos())?.1 else {
                 return Err(no_responders());
             };
             return nats.request(&wave, timeout).await;
@@ -482,7 +482,7 @@ impl Vibrator {
         let (reply_to, token, reply) = mux.register();
         let forget = ForgetOnDrop { mux, token };
         wave.set_reply_to(reply_to);
-        let (_, routed) = self.emitter.send(wave)?;
+        let (_, routed) = self.emitter.send(wave, unix_nanos())?;
         if routed.matched == 0 {
             return Err(no_responders());
         }
@@ -578,10 +578,11 @@ impl Emitter {
         if wave.reflects_on_failure() && wave.propagation_count() == 0 {
             self.listen_for_reflections().await?;
         }
+        let now_ns = unix_nanos();
         let Some(nats) = self.aether.nats() else {
-            return self.send(wave).map(|(id, _)| id);
+            return self.send(wave, now_ns).map(|(id, _)| id);
         };
-        let (id, admitted) = self.admit(wave)?;
+        let (id, admitted) = self.admit(wave, now_ns)?;
         nats.publish_admitted(admitted).await?;
         Ok(id)
     }
@@ -653,8 +654,11 @@ impl Emitter {
     /// The embedded emit path, without an `async` layer: a wave is moved as
     /// few times as possible on its way into a receive queue.
     #[inline]
-    fn send(&self, mut wave: Wave) -> Result<(WaveId, crate::medium::Routed), EmitError> {
-        let now_ns = unix_nanos();
+    fn send(
+        &self,
+        mut wave: Wave,
+        now_ns: u64,
+    ) -> Result<(WaveId, crate::medium::Routed), EmitError> {
         wave.stamp_emission(&self.name, self.id, now_ns);
         let id = wave.id();
         let routed = self.aether.dispatch(wave, now_ns)?;
@@ -664,8 +668,7 @@ impl Emitter {
 
     /// Stamps and checks a wave for a medium that routes elsewhere (NATS):
     /// its id, and what the checks made of it.
-    fn admit(&self, mut wave: Wave) -> Result<(WaveId, Admitted), EmitError> {
-        let now_ns = unix_nanos();
+    fn admit(&self, mut wave: Wave, now_ns: u64) -> Result<(WaveId, Admitted), EmitError> {
         wave.stamp_emission(&self.name, self.id, now_ns);
         let id = wave.id();
         let admitted = self.aether.admit(wave, now_ns)?;
@@ -676,19 +679,14 @@ impl Emitter {
     /// Emits `wave` like [`Emitter::emit`], stamped at `now_ns` instead of
     /// the clock's reading now: for frequency hopping, whose wire channel is
     /// chosen from that same time.
-    pub(crate) async fn emit_at(&self, mut wave: Wave, now_ns: u64) -> Result<WaveId, EmitError> {
+    pub(crate) async fn emit_at(&self, wave: Wave, now_ns: u64) -> Result<WaveId, EmitError> {
         if wave.reflects_on_failure() && wave.propagation_count() == 0 {
             self.listen_for_reflections().await?;
         }
-        wave.stamp_emission(&self.name, self.id, now_ns);
-        let id = wave.id();
         let Some(nats) = self.aether.nats() else {
-            self.aether.dispatch(wave, now_ns)?;
-            self.inbox.stats().emitted();
-            return Ok(id);
+            return self.send(wave, now_ns).map(|(id, _)| id);
         };
-        let admitted = self.aether.admit(wave, now_ns)?;
-        self.inbox.stats().emitted();
+        let (id, admitted) = self.admit(wave, now_ns)?;
         nats.publish_admitted(admitted).await?;
         Ok(id)
     }
