@@ -24,6 +24,7 @@ use crate::{
     },
     physics::{Physics, PhysicsHub},
     reflection,
+    security::Security,
     stats::{Counters, DropReason, StatsSnapshot},
     wave::unix_nanos,
 };
@@ -56,6 +57,8 @@ struct Inner {
     inboxes: Mutex<HashMap<u64, Weak<Inbox>>>,
     /// The physics engine on the bus: idle until someone asks for it.
     physics: Arc<PhysicsHub>,
+    /// Signatures and access rules (`[aether.security]`).
+    security: Arc<Security>,
 }
 
 impl Drop for Inner {
@@ -78,8 +81,9 @@ impl Aether {
     /// out of range.
     pub fn new(config: AetherConfig) -> Result<Self, ConfigError> {
         config.validate()?;
+        let security = Arc::new(Security::from_config(&config.security)?);
         let medium = Medium::Embedded(EmbeddedMedium::default());
-        Ok(Self::with_medium(config, Arc::default(), medium))
+        Ok(Self::with_medium(config, Arc::default(), medium, security))
     }
 
     /// An aether over NATS, reaching the servers of `config.nats` (TLS and
@@ -110,12 +114,23 @@ impl Aether {
         config
             .validate()
             .map_err(|e| ConnectError::with_source(ConnectErrorKind::Config, e))?;
+        let security = Arc::new(
+            Security::from_config(&config.security)
+                .map_err(|e| ConnectError::with_source(ConnectErrorKind::Config, e))?,
+        );
         let stats = Arc::new(Counters::default());
-        let medium = Medium::Nats(Box::new(NatsMedium::connect(&config, stats.clone()).await?));
-        Ok(Self::with_medium(config, stats, medium))
+        let medium = Medium::Nats(Box::new(
+            NatsMedium::connect(&config, stats.clone(), security.clone()).await?,
+        ));
+        Ok(Self::with_medium(config, stats, medium, security))
     }
 
-    fn with_medium(config: AetherConfig, stats: Arc<Counters>, medium: Medium) -> Self {
+    fn with_medium(
+        config: AetherConfig,
+        stats: Arc<Counters>,
+        medium: Medium,
+        security: Arc<Security>,
+    ) -> Self {
         let physics = Arc::new(PhysicsHub::new(config.physics.clone()));
         Self {
             inner: Arc::new(Inner {
@@ -125,6 +140,7 @@ impl Aether {
                 closed: AtomicBool::new(false),
                 inboxes: Mutex::new(HashMap::new()),
                 physics,
+                security,
             }),
         }
     }
@@ -162,6 +178,16 @@ impl Aether {
     /// Counters of every wave emitted into this aether, read without locks.
     pub fn stats(&self) -> StatsSnapshot {
         self.inner.stats.snapshot()
+    }
+
+    /// Counts an emit refused by a vibrator's rate limit.
+    pub(crate) fn count_rate_limited(&self) {
+        self.inner.stats.rate_limited();
+    }
+
+    /// The aether's counters, for the reliability layer.
+    pub(crate) fn counters(&self) -> &Arc<Counters> {
+        &self.inner.stats
     }
 
     /// The physics engine at work on this aether's deliveries: interference
@@ -257,6 +283,19 @@ impl Aether {
             return Err(ResonateError::new(
                 ResonateErrorKind::Closed,
                 "the aether was closed; create a new one",
+            ));
+        }
+        let security = &self.inner.security;
+        if security.is_enabled()
+            && let Some(name) = listener.owner()
+            && !security.may_resonate(name, &pattern)
+        {
+            return Err(ResonateError::new(
+                ResonateErrorKind::Denied,
+                format!(
+                    "the ACL ([aether.security] acl) does not let {name:?} resonate on {:?}",
+                    pattern.as_str()
+                ),
             ));
         }
         match &self.inner.medium {
@@ -390,6 +429,10 @@ impl Aether {
                 .validate_concrete()
                 .map_err(|e| EmitError::with_source(EmitErrorKind::InvalidChannel, e))?;
         }
+        let security = &self.inner.security;
+        if security.is_enabled() && !security.may_emit(wave.source(), wave.channel()) {
+            return Err(denied(&wave));
+        }
         let config = &self.inner.config;
         let stats = &self.inner.stats;
         stats.emitted();
@@ -407,6 +450,19 @@ impl Aether {
         }
         Ok(Admitted::Ready(wave))
     }
+}
+
+/// The refusal of a wave the ACL does not let its source emit.
+#[cold]
+fn denied(wave: &Wave) -> EmitError {
+    EmitError::new(
+        EmitErrorKind::Denied,
+        format!(
+            "the ACL ([aether.security] acl) does not let {:?} emit on {:?}",
+            wave.source().unwrap_or("an unnamed source"),
+            wave.channel().as_str()
+        ),
+    )
 }
 
 impl Default for Aether {

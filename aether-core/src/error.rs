@@ -113,6 +113,19 @@ kinds! {
         /// emitted with `reflect_on_failure(true)`, its source is unknown, or
         /// the reason's message is too long.
         Reflection => "cannot reflect",
+        /// The vibrator is over its emit rate limit
+        /// ([`crate::RateLimit`]); nothing was sent. The message says when
+        /// the next emit is allowed; retrying later succeeds.
+        RateLimited => "rate limited",
+        /// The emit did not complete within the time allowed
+        /// ([`crate::reliable`]).
+        TimedOut => "emit timed out",
+        /// A circuit breaker is open after repeated failures and failed the
+        /// call at once ([`crate::reliable`]).
+        CircuitOpen => "circuit open",
+        /// The aether's ACL does not let this vibrator emit on the channel
+        /// (`[aether.security] acl`).
+        Denied => "emit denied",
     }
 }
 
@@ -128,6 +141,9 @@ kinds! {
         /// The medium could not subscribe (over NATS: the connection is
         /// closed for good).
         Medium => "medium error",
+        /// The aether's ACL does not let this vibrator resonate on the
+        /// pattern (`[aether.security] acl`).
+        Denied => "resonance denied",
     }
 }
 
@@ -144,6 +160,12 @@ kinds! {
         Closed => "aether closed",
         /// The reply is not a valid wave (over NATS: a malformed envelope).
         BadReply => "malformed reply",
+        /// The vibrator is over its emit rate limit; the request was not
+        /// sent.
+        RateLimited => "request rate limited",
+        /// A circuit breaker is open after repeated failures and failed the
+        /// request at once ([`crate::reliable`]).
+        CircuitOpen => "circuit open",
     }
 }
 
@@ -181,6 +203,7 @@ impl From<EmitError> for RequestError {
     fn from(err: EmitError) -> Self {
         let kind = match err.kind() {
             EmitErrorKind::Closed => RequestErrorKind::Closed,
+            EmitErrorKind::RateLimited => RequestErrorKind::RateLimited,
             _ => RequestErrorKind::Emit,
         };
         Self::with_source(kind, err)

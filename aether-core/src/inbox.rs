@@ -217,6 +217,11 @@ impl Inbox {
         &self.settings.name
     }
 
+    /// Most waves the queue holds.
+    pub(crate) fn capacity(&self) -> usize {
+        self.settings.capacity
+    }
+
     /// The aether's physics.
     #[inline]
     pub(crate) fn physics(&self) -> &PhysicsHub {

@@ -62,9 +62,13 @@ pub mod hopping;
 mod inbox;
 mod medium;
 pub mod physics;
+pub mod rate_limit;
 pub mod reflection;
+pub mod reliable;
 mod reply;
 mod secret;
+mod security;
+pub mod spans;
 pub mod stats;
 pub mod subject;
 pub mod vibrator;
@@ -84,11 +88,15 @@ pub use physics::{
     InvolvedWave, Physics, PhysicsConfig, PhysicsEngine, PhysicsEvents, PhysicsStats,
     ResonanceEdge, ResonanceGraph,
 };
+pub use rate_limit::RateLimit;
 pub use reflection::ReflectionReason;
 pub use secret::Secret;
 pub use stats::{DropReason, StatsSnapshot};
 pub use vibrator::{Emitter, Vibrator, VibratorBuilder};
-pub use wave::{Amplitude, IntoPayload, Phase, Wave, WaveBuilder, WaveError, WaveId};
+pub use wave::{
+    Amplitude, IntoPayload, Phase, TRACE_FLAG_SAMPLED, TraceContext, TraceContextError, Wave,
+    WaveBuilder, WaveError, WaveId,
+};
 
 /// The binary envelope of a wave: the body of its message on the wire (NATS).
 ///
@@ -118,9 +126,9 @@ pub mod wire {
     pub use crate::wave::wire::Parts;
     pub use crate::wave::wire::{
         DEFAULT_MAX_BODY_BYTES, FLAG_CORRELATION_KEY, FLAG_DECAY, FLAG_DIFFRACT, FLAG_REFLECT,
-        FLAG_REFLECTED, FLAG_REPLY_TO, HEADER_LEN, KNOWN_FLAGS, Limits, MAGIC,
-        MAX_CORRELATION_KEY_LEN, MAX_REFLECTION_MESSAGE_LEN, MAX_SOURCE_LEN, VERSION, check,
-        decode, encode, encoded_len,
+        FLAG_REFLECTED, FLAG_REPLY_TO, FLAG_SIGNED, FLAG_TRACE, HEADER_LEN, KNOWN_FLAGS, Limits,
+        MAGIC, MAX_CORRELATION_KEY_LEN, MAX_REFLECTION_MESSAGE_LEN, MAX_SOURCE_LEN, SIGNATURE_LEN,
+        Signature, TRACE_LEN, VERSION, check, decode, encode, encode_signed, encoded_len, verify,
     };
 }
 

@@ -23,16 +23,23 @@ pub enum DropReason {
     /// A hopping wave stamped outside the receiver's window of time slots,
     /// or on a wire channel that is not its slot's hop: a replay.
     Replay,
+    /// It arrived without the valid signature its source's key requires
+    /// (or unsigned where signatures are required): a forged source.
+    Forged,
+    /// Its source may not emit on its channel (the aether's ACL).
+    Denied,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Expired,
         DropReason::PropagationLimit,
         DropReason::BelowNoiseFloor,
         DropReason::QueueFull,
         DropReason::Replay,
+        DropReason::Forged,
+        DropReason::Denied,
     ];
 
     /// A short snake_case name, fit for a metric label.
@@ -43,6 +50,8 @@ impl DropReason {
             DropReason::BelowNoiseFloor => "below_noise_floor",
             DropReason::QueueFull => "queue_full",
             DropReason::Replay => "replay",
+            DropReason::Forged => "forged",
+            DropReason::Denied => "denied",
         }
     }
 
@@ -65,6 +74,11 @@ pub(crate) struct Counters {
     unrouted: AtomicU64,
     diffracted: AtomicU64,
     reflected: AtomicU64,
+    rate_limited: AtomicU64,
+    retries: AtomicU64,
+    timeouts: AtomicU64,
+    breaker_opens: AtomicU64,
+    breaker_rejections: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -89,6 +103,26 @@ impl Counters {
         self.reflected.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn retried(&self) {
+        self.retries.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn timed_out(&self) {
+        self.timeouts.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn breaker_opened(&self) {
+        self.breaker_opens.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn breaker_rejected(&self) {
+        self.breaker_rejections.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn dropped(&self, reason: DropReason) {
         self.dropped[reason.index()].fetch_add(1, Relaxed);
     }
@@ -104,6 +138,11 @@ impl Counters {
             unrouted: self.unrouted.load(Relaxed),
             diffracted: self.diffracted.load(Relaxed),
             reflected: self.reflected.load(Relaxed),
+            rate_limited: self.rate_limited.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+            timeouts: self.timeouts.load(Relaxed),
+            breaker_opens: self.breaker_opens.load(Relaxed),
+            breaker_rejections: self.breaker_rejections.load(Relaxed),
             dropped,
         }
     }
@@ -135,6 +174,18 @@ pub struct StatsSnapshot {
     /// `reflect_on_failure` that could not be delivered, and waves a
     /// receiver refused with `Vibrator::reflect`.
     pub reflected: u64,
+    /// Emits refused because the vibrator was over its rate limit
+    /// ([`crate::RateLimit`]): not sent, so not counted as emitted.
+    pub rate_limited: u64,
+    /// Retries made by [`crate::reliable::Reliable`] policies on this
+    /// aether (after a retryable error).
+    pub retries: u64,
+    /// Tries of a `Reliable` policy that timed out.
+    pub timeouts: u64,
+    /// Times a `Reliable` policy's circuit breaker opened.
+    pub breaker_opens: u64,
+    /// Calls failed at once by an open circuit breaker.
+    pub breaker_rejections: u64,
     dropped: [u64; DropReason::ALL.len()],
 }
 
@@ -170,6 +221,11 @@ impl fmt::Display for StatsSnapshot {
             ("unrouted", self.unrouted),
             ("diffracted", self.diffracted),
             ("reflected", self.reflected),
+            ("rate_limited", self.rate_limited),
+            ("retries", self.retries),
+            ("timeouts", self.timeouts),
+            ("breaker_opens", self.breaker_opens),
+            ("breaker_rejections", self.breaker_rejections),
         ];
         for (name, n) in totals {
             writeln!(f, "{name:<26} {n:>8}")?;

@@ -42,14 +42,15 @@ use serde::Serialize;
 use smol_str::SmolStr;
 
 use crate::{
-    Aether, Channel, EmitError, EmitErrorKind, IntoPayload, ReflectionReason, RequestError,
-    RequestErrorKind, ResonateError, ResonateErrorKind, VibratorError, VibratorErrorKind, Wave,
-    WaveId,
+    Aether, Channel, EmitError, EmitErrorKind, IntoPayload, RateLimit, ReflectionReason,
+    RequestError, RequestErrorKind, ResonateError, ResonateErrorKind, VibratorError,
+    VibratorErrorKind, Wave, WaveId,
     aether::Admitted,
     channel::is_token_char,
     inbox::Inbox,
     medium::{Listener, SubscriptionId},
     physics::InterferenceFollower,
+    rate_limit::LimitSlot,
     reflection::{self, MAX_REFLECTION_MESSAGE_BYTES},
     reply::ReplyMux,
     stats::StatsSnapshot,
@@ -87,6 +88,8 @@ pub struct Emitter {
     /// wave that reflects on failure; shared with the vibrator, which ends
     /// it.
     reflections: Arc<tokio::sync::OnceCell<SubscriptionId>>,
+    /// Its emit rate limit, shared with the vibrator and its other emitters.
+    limit: Arc<LimitSlot>,
 }
 
 /// Options of a new vibrator; see [`Vibrator::builder`].
@@ -96,9 +99,17 @@ pub struct VibratorBuilder {
     noise_floor: Option<f64>,
     skip_own_waves: bool,
     queue_capacity: Option<usize>,
+    rate_limit: Option<RateLimit>,
 }
 
 impl VibratorBuilder {
+    /// Limits how fast it emits ([`crate::rate_limit`]): an emit over the
+    /// limit fails with [`EmitErrorKind::RateLimited`]. Default: no limit.
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
     /// Waves arriving weaker than this are not delivered (and are counted).
     /// In `[0, 1]`; default: the aether's `default_noise_floor`.
     pub fn noise_floor(mut self, floor: f64) -> Self {
@@ -153,6 +164,8 @@ impl VibratorBuilder {
         if !aether.register_inbox(&inbox) {
             return Err(closed(VibratorErrorKind::Closed));
         }
+        let limit = Arc::new(LimitSlot::default());
+        limit.set(self.rate_limit);
         Ok(Vibrator {
             emitter: Emitter {
                 name,
@@ -160,6 +173,7 @@ impl VibratorBuilder {
                 aether: aether.clone(),
                 inbox: inbox.clone(),
                 reflections: Arc::default(),
+                limit,
             },
             inbox,
             batch: VecDeque::new(),
@@ -231,6 +245,7 @@ impl Vibrator {
             noise_floor: None,
             skip_own_waves: false,
             queue_capacity: None,
+            rate_limit: None,
         }
     }
 
@@ -324,6 +339,14 @@ impl Vibrator {
             .map(|_| self.batch.pop_front())
     }
 
+    /// The consumer span in which to handle `wave`, which this vibrator
+    /// received: its parent is the span that emitted the wave, so the trace
+    /// goes on here, and what is emitted inside it continues it
+    /// ([`crate::spans`]). `Span::none()` while tracing is off.
+    pub fn span_of(&self, wave: &Wave) -> tracing::Span {
+        crate::spans::receive_span(wave, self.name())
+    }
+
     /// The next wave if one is queued, without waiting.
     pub fn try_receive(&mut self) -> Option<Wave> {
         if self.batch.is_empty() {
@@ -347,6 +370,18 @@ impl Vibrator {
         check_noise_floor(floor)?;
         self.inbox.set_noise_floor(floor);
         Ok(())
+    }
+
+    /// Sets or lifts its emit rate limit while it runs, for it and all its
+    /// emitters ([`crate::rate_limit`]). A new limit starts with a full
+    /// burst.
+    pub fn set_rate_limit(&self, limit: Option<RateLimit>) {
+        self.emitter.limit.set(limit);
+    }
+
+    /// Its emit rate limit, if any.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.emitter.limit.get()
     }
 
     /// What it received and dropped so far, read without locks: `delivered`
@@ -472,6 +507,7 @@ impl Vibrator {
         timeout: Duration,
     ) -> Result<Wave, RequestError> {
         wave.clear_tracking();
+        self.emitter.within_rate_limit()?;
         if let Some(nats) = self.aether().nats() {
             let Admitted::Ready(wave) = self.emitter.admit(wave, unix_nanos())?.1 else {
                 return Err(no_responders());
@@ -574,7 +610,11 @@ impl Emitter {
     /// [reflects on failure](crate::WaveBuilder::reflect_on_failure) comes
     /// back to this vibrator if it cannot be delivered (from its first such
     /// wave on, the vibrator resonates on its reflection channel).
+    ///
+    /// Over the vibrator's [rate limit](Vibrator::set_rate_limit), fails at
+    /// once with [`EmitErrorKind::RateLimited`] and sends nothing.
     pub async fn emit(&self, wave: Wave) -> Result<WaveId, EmitError> {
+        self.within_rate_limit()?;
         if wave.reflects_on_failure() && wave.propagation_count() == 0 {
             self.listen_for_reflections().await?;
         }
@@ -585,6 +625,17 @@ impl Emitter {
         let (id, admitted) = self.admit(wave, now_ns)?;
         nats.publish_admitted(admitted).await?;
         Ok(id)
+    }
+
+    /// `Ok` unless the vibrator is over its rate limit; a refusal is
+    /// counted by the vibrator and the aether. Without a limit: one relaxed
+    /// load and a branch.
+    #[inline]
+    fn within_rate_limit(&self) -> Result<(), EmitError> {
+        self.limit.check(&self.name).inspect_err(|_| {
+            self.inbox.stats().rate_limited();
+            self.aether.count_rate_limited();
+        })
     }
 
     /// Resonates on this vibrator's reflection channel, once: a fresh wave
@@ -660,6 +711,7 @@ impl Emitter {
         now_ns: u64,
     ) -> Result<(WaveId, crate::medium::Routed), EmitError> {
         wave.stamp_emission(&self.name, self.id, now_ns);
+        let _span = crate::spans::emitting(&mut wave, &self.name);
         let id = wave.id();
         let routed = self.aether.dispatch(wave, now_ns)?;
         self.inbox.stats().emitted();
@@ -670,6 +722,7 @@ impl Emitter {
     /// its id, and what the checks made of it.
     fn admit(&self, mut wave: Wave, now_ns: u64) -> Result<(WaveId, Admitted), EmitError> {
         wave.stamp_emission(&self.name, self.id, now_ns);
+        let _span = crate::spans::emitting(&mut wave, &self.name);
         let id = wave.id();
         let admitted = self.aether.admit(wave, now_ns)?;
         self.inbox.stats().emitted();
@@ -680,6 +733,7 @@ impl Emitter {
     /// the clock's reading now: for frequency hopping, whose wire channel is
     /// chosen from that same time.
     pub(crate) async fn emit_at(&self, wave: Wave, now_ns: u64) -> Result<WaveId, EmitError> {
+        self.within_rate_limit()?;
         if wave.reflects_on_failure() && wave.propagation_count() == 0 {
             self.listen_for_reflections().await?;
         }

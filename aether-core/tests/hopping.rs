@@ -254,12 +254,14 @@ fn hopping_config_is_validated_and_never_shows_the_secret() {
 }
 
 /// The secret comes from the environment like any setting, through the
-/// `config` crate: `AETHER__HOPPING__SECRET` over `config/default.toml`.
+/// `config` crate as README.md shows it: `AETHER__AETHER__HOPPING__SECRET`
+/// (`AETHER__<SECTION>__<KEY>`, the section being `[aether]`) over
+/// `config/default.toml`.
 #[test]
 fn the_secret_is_read_from_the_environment() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/default.toml");
     let env = std::collections::HashMap::from([(
-        "AETHER__HOPPING__SECRET".to_string(),
+        "AETHER__AETHER__HOPPING__SECRET".to_string(),
         SECRET.to_string(),
     )]);
     let loaded = config::Config::builder()
@@ -268,7 +270,6 @@ fn the_secret_is_read_from_the_environment() {
             config::Environment::with_prefix("AETHER")
                 .prefix_separator("__")
                 .separator("__")
-                .keep_prefix(true)
                 .source(Some(env)),
         )
         .build()

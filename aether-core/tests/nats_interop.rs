@@ -195,7 +195,7 @@ async fn garbage_off_the_wire_is_refused_counted_and_the_stream_goes_on() {
             Vec::new(),
             vector("truncated_header.bin"),
             vector("version_2.bin"),
-            vector("unknown_flag_bit6.bin"),
+            vector("unknown_flag_bit8.bin"),
             vector("amplitude_nan.bin"),
             vector("truncated_source.bin"),
             vec![0xAE; 5000],

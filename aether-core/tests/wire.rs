@@ -10,8 +10,8 @@ use std::{
 };
 
 use aether_core::{
-    Aether, Channel, ReflectionReason, Vibrator, Wave,
-    wire::{self, HEADER_LEN, Limits, Parts, WireErrorKind},
+    Aether, Channel, ReflectionReason, TraceContext, Vibrator, Wave,
+    wire::{self, HEADER_LEN, Limits, Parts, Signature, WireErrorKind},
 };
 use bytes::Bytes;
 use proptest::{prelude::*, sample::Index};
@@ -113,6 +113,7 @@ fn parts_of(case: &Value) -> Parts {
                 string(r, "channel"),
             )),
         },
+        trace: opt_string(case, "trace").map(|t| t.parse().expect("trace")),
         payload: Bytes::from(payload),
     }
 }
@@ -198,9 +199,34 @@ fn vectors_decode_to_their_fields() {
             expected.reflection.as_ref().map(|(reason, _)| reason),
             "{name}"
         );
-        // The payload is the tail of the body, not a copy.
+        assert_eq!(wave.trace_context(), expected.trace, "{name}");
+        // A signed vector's signature checks with its key and subject only.
+        let signed = signing_of(case);
+        match &signed {
+            Some((subject, key)) => {
+                assert_eq!(
+                    wire::verify(subject, &body, key),
+                    Signature::Valid,
+                    "{name}"
+                );
+                assert_eq!(
+                    wire::verify("aether.orders.cancelled", &body, key),
+                    Signature::Invalid,
+                    "{name}"
+                );
+                assert_eq!(
+                    wire::verify(subject, &body, b"another key"),
+                    Signature::Invalid,
+                    "{name}"
+                );
+            }
+            None => assert_eq!(wire::verify("any", &body, b"k"), Signature::Unsigned),
+        }
+        // The payload is the tail of the body (before a signature), not a
+        // copy.
         if !wave.payload_bytes().is_empty() {
-            let start = body.len() - wave.payload_bytes().len();
+            let end = body.len() - signed.map_or(0, |_| wire::SIGNATURE_LEN);
+            let start = end - wave.payload_bytes().len();
             assert_eq!(
                 wave.payload_bytes().as_ptr(),
                 body[start..].as_ptr(),
@@ -218,7 +244,10 @@ fn vectors_encode_to_their_bytes() {
             .into_wave(Channel::new(string(&case, "channel")))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(wire::check(&wave).is_ok(), "{name}");
-        let body = wire::encode(&wave);
+        let body = match signing_of(&case) {
+            Some((subject, key)) => wire::encode_signed(&wave, &subject, &key),
+            None => wire::encode(&wave),
+        };
         let expected = bin(&name);
         assert_eq!(
             body.as_ref(),
@@ -227,8 +256,20 @@ fn vectors_encode_to_their_bytes() {
             hex_string(&body),
             hex_string(&expected)
         );
-        assert_eq!(wire::encoded_len(&wave), expected.len(), "{name}");
+        // `encoded_len` is the unsigned length.
+        let signature = signing_of(&case).map_or(0, |_| wire::SIGNATURE_LEN);
+        assert_eq!(
+            wire::encoded_len(&wave) + signature,
+            expected.len(),
+            "{name}"
+        );
     }
+}
+
+/// The subject and key a signed vector is signed for.
+fn signing_of(case: &Value) -> Option<(String, Vec<u8>)> {
+    let signed = case.get("signed")?;
+    Some((string(signed, "subject"), hex(&string(signed, "key_hex"))))
 }
 
 fn hex_string(bytes: &[u8]) -> String {
@@ -436,12 +477,13 @@ fn valid_parts() -> impl Strategy<Value = Parts> {
         any::<bool>(),
         any::<bool>(),
         prop::option::weighted(0.2, reflection()),
+        prop::option::weighted(0.3, trace()),
     );
     (numbers, sections, bounce).prop_map(
         |(
             (id, emitted_at_ns, origin, amplitude, source_amplitude, phase, hops),
             (source, (decay_per_s, amplified_at_ns), correlation_key, reply_to, payload),
-            (diffracting, reflect_on_failure, reflection),
+            (diffracting, reflect_on_failure, reflection, trace),
         )| Parts {
             id,
             emitted_at_ns,
@@ -458,9 +500,17 @@ fn valid_parts() -> impl Strategy<Value = Parts> {
             diffracting,
             reflect_on_failure,
             reflection,
+            trace,
             payload: Bytes::from(payload),
         },
     )
+}
+
+fn trace() -> impl Strategy<Value = TraceContext> {
+    (any::<[u8; 16]>(), any::<[u8; 8]>(), any::<u8>())
+        .prop_filter_map("zero ids are invalid", |(trace, span, flags)| {
+            TraceContext::new(trace, span, flags).ok()
+        })
 }
 
 /// Whatever the decoder accepts is a wave whose every field is in range, and
@@ -595,6 +645,32 @@ proptest! {
             let start = body.len() - back.payload_bytes().len();
             prop_assert_eq!(back.payload_bytes().as_ptr(), body[start..].as_ptr());
         }
+    }
+
+    /// A signed wave decodes to the same fields and verifies with its key
+    /// and subject only; changing any one byte of the body makes it fail to
+    /// verify (or to decode), never pass.
+    #[test]
+    fn signed_waves_verify_and_any_change_is_caught(
+        parts in valid_parts(),
+        channel in channel_name(),
+        key in prop::collection::vec(any::<u8>(), 16..64),
+        at in any::<Index>(),
+        mask in 1..=255u8,
+    ) {
+        let wave = parts.clone().into_wave(Channel::new(&channel)).expect("valid parts");
+        let subject = format!("aether.{channel}");
+        let body = wire::encode_signed(&wave, &subject, &key);
+        prop_assert_eq!(body.len(), wire::encoded_len(&wave) + wire::SIGNATURE_LEN);
+        prop_assert_eq!(wire::verify(&subject, &body, &key), Signature::Valid);
+        prop_assert_eq!(wire::verify(&format!("{subject}.x"), &body, &key), Signature::Invalid);
+        let back = wire::decode(Channel::new(&channel), body.clone(), &Limits::default())
+            .expect("decodes");
+        prop_assert!(Parts::of(&back).same_as(&parts));
+        let mut changed = body.to_vec();
+        let i = at.index(changed.len());
+        changed[i] ^= mask;
+        prop_assert_ne!(wire::verify(&subject, &changed, &key), Signature::Valid);
     }
 }
 

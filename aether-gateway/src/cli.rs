@@ -22,7 +22,7 @@ small shop."
 pub struct Options {
     /// Directory of the settings files (default.toml, then the AETHER_ENV
     /// overlay).
-    #[arg(long, value_name = "DIR", default_value = "config")]
+    #[arg(long, value_name = "DIR", default_value = "config", global = true)]
     pub config_dir: PathBuf,
     /// Observe the bus of this NATS server (nats:// or tls://; repeat for a
     /// cluster) instead of the embedded medium.
@@ -36,6 +36,71 @@ pub struct Options {
     /// to show.
     #[arg(long, conflicts_with = "nats")]
     pub demo: bool,
+    /// Work on the journal instead of serving (`replay`, `journal`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The gateway's subcommands: the journal of `[gateway.journal]`.
+#[derive(Clone, Debug, PartialEq, clap::Subcommand)]
+pub enum Command {
+    /// Emits journaled waves again, as re-emissions: each the wave observed
+    /// (same id, source, payload) with one more hop, so it is attenuated
+    /// and subject to max_propagation like any hop. Then exits.
+    Replay(ReplayArgs),
+    /// Lists or counts journaled waves, without emitting anything.
+    Journal(JournalArgs),
+}
+
+/// Which journaled waves a subcommand takes.
+#[derive(Clone, Debug, Default, PartialEq, clap::Args)]
+pub struct SelectArgs {
+    /// The journal's directory (default: [gateway.journal] dir).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Waves observed at or after this time: RFC 3339
+    /// (2026-05-01T12:00:00Z) or Unix milliseconds.
+    #[arg(long, value_name = "TIME", value_parser = crate::replay::parse_time)]
+    pub from: Option<u64>,
+    /// Waves observed at or before this time (same forms).
+    #[arg(long, value_name = "TIME", value_parser = crate::replay::parse_time)]
+    pub to: Option<u64>,
+    /// Channel patterns of the waves to take, like 'orders.*' (repeat, or
+    /// separate with commas; default: all).
+    #[arg(long, value_name = "PATTERN", value_delimiter = ',')]
+    pub channels: Vec<String>,
+}
+
+/// `replay`'s options.
+#[derive(Clone, Debug, Default, PartialEq, clap::Args)]
+pub struct ReplayArgs {
+    /// Which waves.
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Emit on the bus of this NATS server (repeat for a cluster); without
+    /// it, on the medium of the settings ([gateway] medium).
+    #[arg(long, value_name = "URL")]
+    pub nats: Vec<String>,
+    /// Re-amplify each wave to this amplitude (0 to 1; its decay clock
+    /// restarts) instead of only adding a hop.
+    #[arg(long, value_name = "A")]
+    pub amplitude: Option<f64>,
+    /// The name the replayed waves are emitted from (their source stays
+    /// the original one).
+    #[arg(long, value_name = "NAME", default_value = "replay")]
+    pub name: String,
+}
+
+/// `journal`'s options.
+#[derive(Clone, Debug, Default, PartialEq, clap::Args)]
+pub struct JournalArgs {
+    /// Which waves.
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Print one line per wave: sequence number, time, channel, id,
+    /// source, hops, amplitude, payload bytes.
+    #[arg(long)]
+    pub list: bool,
 }
 
 impl Default for Options {
@@ -56,6 +121,12 @@ impl Options {
         }
         if let Some(listen) = self.listen {
             settings.gateway.listen = listen;
+        }
+        if let Some(Command::Replay(replay)) = &self.command
+            && !replay.nats.is_empty()
+        {
+            settings.gateway.medium = Medium::Nats;
+            settings.aether.nats.urls = replay.nats.clone();
         }
     }
 }
@@ -84,6 +155,26 @@ mod tests {
         assert!(parse("--listen nowhere").is_err());
         assert!(parse("--demo --nats nats://a:4222").is_err());
         assert!(parse("--count 3").is_err());
+        let options = parse(
+            "replay --from 2023-11-14T22:13:20Z --to 1700000000001 --channels orders.*,stock.* \
+             --nats nats://a:4222 --config-dir x",
+        )
+        .unwrap();
+        let Some(Command::Replay(replay)) = &options.command else {
+            panic!("{options:?}")
+        };
+        assert_eq!(replay.select.from, Some(1_700_000_000_000));
+        assert_eq!(replay.select.to, Some(1_700_000_000_001));
+        assert_eq!(replay.select.channels, vec!["orders.*", "stock.*"]);
+        assert_eq!(options.config_dir, PathBuf::from("x"));
+        let mut settings = GatewaySettings::default();
+        options.apply(&mut settings);
+        assert_eq!(settings.gateway.medium, Medium::Nats);
+        assert!(parse("replay --from yesterday").is_err());
+        assert!(matches!(
+            parse("journal --list").unwrap().command,
+            Some(Command::Journal(JournalArgs { list: true, .. }))
+        ));
     }
 
     #[test]

@@ -35,6 +35,12 @@ pub enum GatewayError {
     /// The HTTP server failed while running.
     #[error("the HTTP server failed: {0}")]
     Serve(#[source] io::Error),
+    /// The journal (`[gateway.journal]`) could not be opened or read.
+    #[error("journal: {0}")]
+    Journal(#[from] aether_journal::JournalError),
+    /// A replay could not emit (the aether refused a wave).
+    #[error("replay: {0}")]
+    Replay(String),
     /// A task of the gateway panicked.
     #[error("a gateway task failed: {0}")]
     Task(String),

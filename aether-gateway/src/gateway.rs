@@ -19,6 +19,7 @@ use crate::{
     GatewayConfig, GatewayError,
     family::HopAttribution,
     http::{AppState, router},
+    journal::{JournalLink, JournalMetrics, restore, run_writer},
     metrics::{Metrics, Sources},
     observer::{Observer, ObserverParts},
     snapshot::{Published, Snapshot},
@@ -103,6 +104,37 @@ impl GatewayBuilder {
         let (snapshot_tx, snapshots) =
             watch::channel(Arc::new(Published::new(Snapshot::default())));
 
+        // The journal: repaired and read before the observer counts, so
+        // the counters resume where the previous run left them.
+        let (journal, restored, writer) = if config.journal.enabled {
+            let journal_config = config.journal.clone();
+            let restored = tokio::task::spawn_blocking(move || restore(&journal_config))
+                .await
+                .map_err(|e| GatewayError::Task(e.to_string()))??;
+            let journal_metrics = JournalMetrics::new(metrics.registry())?;
+            journal_metrics
+                .repaired_bytes
+                .inc_by(restored.recovery.truncated_bytes);
+            let (sender, receiver) = std::sync::mpsc::sync_channel(config.journal.queue_capacity);
+            let link = JournalLink {
+                sender,
+                patterns: config.journal.patterns(),
+                metrics: journal_metrics.clone(),
+                snapshot_interval: Duration::from_millis(config.journal.snapshot_interval_ms),
+            };
+            let state = restored.state;
+            let tail = restored.tail;
+            let file = restored.journal;
+            let recovery = restored.recovery;
+            let writer = std::thread::Builder::new()
+                .name("aether-journal".into())
+                .spawn(move || run_writer(file, receiver, journal_metrics))
+                .map_err(|e| GatewayError::Task(e.to_string()))?;
+            (Some(link), Some((state, tail, recovery)), Some(writer))
+        } else {
+            (None, None, None)
+        };
+
         // The gateway's own stop: triggered by the program's shutdown, by
         // `stop`, or on drop, without triggering the program's.
         let stop = Shutdown::new();
@@ -133,6 +165,12 @@ impl GatewayBuilder {
             medium,
             observer_stats,
             snapshots: snapshot_tx,
+            journal,
+        });
+        let mut observer = observer;
+        let recovery = restored.map(|(state, tail, recovery)| {
+            observer.restore(&state, &tail);
+            recovery
         });
         let observer = tokio::spawn(observer.run(stop.clone()));
         let app = router(AppState {
@@ -159,6 +197,8 @@ impl GatewayBuilder {
             snapshots,
             limits,
             tasks: Some((observer, server)),
+            writer,
+            recovery,
         })
     }
 }
@@ -215,6 +255,9 @@ pub struct Gateway {
     limits: watch::Sender<ResourceLimits>,
     #[allow(clippy::type_complexity)]
     tasks: Option<(JoinHandle<()>, JoinHandle<std::io::Result<()>>)>,
+    /// The journal's writer thread, when it journals.
+    writer: Option<std::thread::JoinHandle<()>>,
+    recovery: Option<aether_journal::Recovery>,
 }
 
 impl Gateway {
@@ -257,6 +300,11 @@ impl Gateway {
         self.snapshots.borrow().snapshot.clone()
     }
 
+    /// What opening its journal found and repaired, when it journals.
+    pub fn journal_recovery(&self) -> Option<&aether_journal::Recovery> {
+        self.recovery.as_ref()
+    }
+
     /// Changes the resource limits it checks (after a settings reload).
     pub fn set_resource_limits(&self, limits: ResourceLimits) {
         self.limits.send_replace(limits);
@@ -281,6 +329,14 @@ impl Gateway {
         // more reason to run.
         self.stop.trigger();
         let served = server.await;
+        // The observer dropped its end of the journal's queue: the writer
+        // writes what is left, the last snapshot, and ends.
+        if let Some(writer) = self.writer.take() {
+            tokio::task::spawn_blocking(move || writer.join())
+                .await
+                .map_err(|e| GatewayError::Task(e.to_string()))?
+                .map_err(|_| GatewayError::Task("the journal writer panicked".into()))?;
+        }
         observed.map_err(|e| GatewayError::Task(e.to_string()))?;
         served
             .map_err(|e| GatewayError::Task(e.to_string()))?

@@ -41,6 +41,8 @@
 //! | [`observer`] | the vibrator on `*` and the task that counts its waves |
 //! | [`metrics`] | the Prometheus registry: observed, and read at scrape time |
 //! | [`snapshot`] | what the dashboard shows |
+//! | [`journal`] | the journal of observed waves, snapshots of the counters, restart |
+//! | [`replay`] | re-emitting journaled waves, and listing them |
 //! | `http` | `/metrics`, `/health`, `/ready`, `/`, `/events`, `/snapshot` |
 //! | [`gateway`](mod@gateway) | starting and stopping it all on an aether |
 //! | [`allocator`] | allocator statistics from a counting global allocator |
@@ -57,16 +59,18 @@ mod error;
 pub mod family;
 pub mod gateway;
 mod http;
+pub mod journal;
 pub mod metrics;
 pub mod observer;
+pub mod replay;
 pub mod settings;
 pub mod snapshot;
 
-pub use cli::Options;
+pub use cli::{Command, Options};
 pub use error::GatewayError;
 pub use gateway::{Gateway, GatewayBuilder, serve};
 pub use metrics::Metrics;
-pub use settings::{GatewayConfig, GatewaySettings, Medium};
+pub use settings::{GatewayConfig, GatewaySettings, JournalConfig, Medium};
 pub use snapshot::Snapshot;
 
 #[cfg(test)]

@@ -10,16 +10,18 @@ use std::{
 
 use aether_core::Aether;
 use aether_gateway::{
-    Gateway, GatewaySettings, Medium, Options,
+    Command, Gateway, GatewaySettings, Medium, Options,
     allocator::{INSTRUMENTED_SYSTEM, StatsAlloc},
+    cli::SelectArgs,
     demo,
+    replay::{Selection, format_time, replay},
 };
 use aether_ops::{
-    logging,
     panic::install_panic_hook,
     reload,
     settings::{SettingsSource, Validate},
     shutdown::{Shutdown, ShutdownOutcome, run_until_shutdown},
+    telemetry,
 };
 use clap::Parser;
 
@@ -45,7 +47,13 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
     let mut settings: GatewaySettings = source.load()?;
     options.apply(&mut settings);
     settings.validate()?;
-    let log = logging::init(&settings.log)?;
+    // Logs, and spans over OTLP when [telemetry] otlp_endpoint is set (sent
+    // until the guard is dropped, at the end).
+    let (log, _spans) =
+        telemetry::init(&settings.log, &settings.telemetry, env!("CARGO_PKG_NAME"))?;
+    if let Some(command) = &options.command {
+        return run_command(command, &settings).await;
+    }
     let panics = Arc::new(AtomicU64::new(0));
     install_panic_hook(Arc::clone(&panics));
     let shutdown = Shutdown::on_signals()?;
@@ -108,5 +116,82 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
         ShutdownOutcome::TimedOut => {}
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Which journaled waves `select` takes, with the settings' defaults.
+fn selection(select: &SelectArgs, settings: &GatewaySettings) -> Result<Selection, Box<dyn Error>> {
+    let mut channels = Vec::new();
+    for pattern in &select.channels {
+        channels.push(aether_core::Channel::parse(pattern)?);
+    }
+    Ok(Selection {
+        dir: select
+            .dir
+            .clone()
+            .unwrap_or_else(|| settings.gateway.journal.dir.clone()),
+        from_ms: select.from,
+        to_ms: select.to,
+        channels,
+    })
+}
+
+/// `replay` and `journal`: work on the journal, print a summary, exit.
+async fn run_command(command: &Command, settings: &GatewaySettings) -> Result<(), Box<dyn Error>> {
+    match command {
+        Command::Replay(args) => {
+            let selection = selection(&args.select, settings)?;
+            let aether = match settings.gateway.medium {
+                Medium::Embedded => Aether::new(settings.aether.clone())?,
+                Medium::Nats => Aether::connect(settings.aether.clone()).await?,
+            };
+            let report = replay(&aether, &args.name, selection, args.amplitude).await?;
+            aether.close();
+            println!(
+                "aether-gateway: replayed {} waves ({} refused) of {} records read",
+                report.emitted, report.refused, report.read
+            );
+            if report.refused > 0 {
+                return Err(format!("{} waves were refused", report.refused).into());
+            }
+        }
+        Command::Journal(args) => {
+            let selection = selection(&args.select, settings)?;
+            let selected = tokio::task::spawn_blocking(move || selection.read()).await??;
+            if args.list {
+                for (seq, time_ms, wave) in &selected.waves {
+                    println!(
+                        "{seq}\t{}\t{}\t{}\t{}\thops={}\tamplitude={}\t{} bytes",
+                        format_time(*time_ms),
+                        wave.channel(),
+                        wave.id(),
+                        wave.source().unwrap_or("-"),
+                        wave.propagation_count(),
+                        wave.amplitude().value(),
+                        wave.payload_bytes().len(),
+                    );
+                }
+            }
+            let first = selected.waves.first().map(|(_, t, _)| format_time(*t));
+            let last = selected.waves.last().map(|(_, t, _)| format_time(*t));
+            println!(
+                "aether-gateway: {} waves selected of {} records read{}",
+                selected.waves.len(),
+                selected.read,
+                match (first, last) {
+                    (Some(first), Some(last)) => format!(", from {first} to {last}"),
+                    _ => String::new(),
+                }
+            );
+            if let Some(damage) = selected.damage {
+                println!(
+                    "aether-gateway: the journal ends early at {} offset {} ({})",
+                    damage.segment.display(),
+                    damage.offset,
+                    damage.kind
+                );
+            }
+        }
+    }
     Ok(())
 }

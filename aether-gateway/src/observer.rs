@@ -13,7 +13,7 @@
 //! `snapshot_interval_ms` publishes a [`Snapshot`] for the dashboard.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     f64::consts::{PI, TAU},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
@@ -29,6 +29,10 @@ use tokio::sync::watch;
 
 use crate::{
     family::{Families, HOPPING, HopAttribution, family_of},
+    gateway::OBSERVER_NAME,
+    journal::{
+        EdgeCount, EdgeKey, FamilyCount, JournalLink, JournalState, MAX_SAVED_EDGES, count_edge,
+    },
     metrics::Metrics,
     metrics::scrape::pattern_name,
     snapshot::{BusStats, EdgeRow, EventRow, FamilyRow, Published, Snapshot, unix_ms},
@@ -75,6 +79,8 @@ pub(crate) struct ObserverParts {
     pub(crate) medium: &'static str,
     pub(crate) observer_stats: Arc<Mutex<StatsSnapshot>>,
     pub(crate) snapshots: watch::Sender<Arc<Published>>,
+    /// The journal writer's queue, when the gateway journals.
+    pub(crate) journal: Option<JournalLink>,
 }
 
 /// The observer task's state.
@@ -92,6 +98,11 @@ pub(crate) struct Observer {
     interval_amplitude: f64,
     last_snapshot: Instant,
     rate: Option<f64>,
+    /// Resonance edges counted before the gateway (re)started, from its
+    /// journal; the live graph's are added to them.
+    restored_edges: HashMap<EdgeKey, EdgeCount>,
+    /// Counts by phase: assert, retract, other.
+    by_phase: [u64; 3],
 }
 
 impl Observer {
@@ -111,7 +122,124 @@ impl Observer {
             interval_amplitude: 0.0,
             last_snapshot: Instant::now(),
             rate: None,
+            restored_edges: HashMap::new(),
+            by_phase: [0; 3],
         }
+    }
+
+    /// Resumes the counts of a previous run: its snapshot `state`, then the
+    /// waves it journaled after that snapshot, counted again. Prometheus
+    /// counters continue from there.
+    pub(crate) fn restore(&mut self, state: &crate::journal::JournalState, tail: &[Wave]) {
+        let metrics = self.parts.metrics.clone();
+        for family in &state.families {
+            let entry = self
+                .families
+                .get_or_insert_with(&family.family, |label| FamilyState {
+                    counter: metrics.waves_observed.with_label_values(&[label]),
+                    waves: 0,
+                    amplitude_sum: 0.0,
+                    waves_at_last_snapshot: 0,
+                    rate: None,
+                });
+            entry.counter.inc_by(family.waves);
+            entry.waves += family.waves;
+            entry.waves_at_last_snapshot = entry.waves;
+            entry.amplitude_sum += family.amplitude_sum;
+        }
+        for (i, n) in state.by_phase.iter().enumerate() {
+            metrics.by_phase[i].inc_by(*n);
+            self.by_phase[i] += n;
+        }
+        self.waves += state.waves_observed;
+        for (bucket, n) in self
+            .amplitude_buckets
+            .iter_mut()
+            .zip(state.amplitude_buckets)
+        {
+            *bucket += n;
+        }
+        for edge in &state.edges {
+            let key = (
+                edge.emitter.clone(),
+                edge.resonator.clone(),
+                edge.channel.clone(),
+            );
+            self.restored_edges.insert(key, edge.clone());
+        }
+        if let Some(journal) = &self.parts.journal {
+            journal
+                .metrics
+                .records
+                .inc_by(state.journaled + tail.len() as u64);
+            for (reason, n) in &state.journal_dropped {
+                journal
+                    .metrics
+                    .dropped
+                    .with_label_values(&[reason.as_str()])
+                    .inc_by(*n);
+            }
+        }
+        for wave in tail {
+            let stamp_ms = wave.emitted_at().map_or(0, unix_ms);
+            self.count(wave, stamp_ms);
+            count_edge(&mut self.restored_edges, wave, OBSERVER_NAME);
+        }
+        // Rates start from here, not from the restored totals.
+        for (_, family) in self.families.iter_mut() {
+            family.waves_at_last_snapshot = family.waves;
+        }
+        self.interval_waves = 0;
+        self.interval_amplitude = 0.0;
+    }
+
+    /// What a journal snapshot keeps: the counts and the resonance graph.
+    fn journal_state(&self, journal: &JournalLink) -> JournalState {
+        let mut edges = self.merged_edges();
+        edges.sort_by_key(|edge| std::cmp::Reverse(edge.last_seen_ms));
+        edges.truncate(MAX_SAVED_EDGES);
+        JournalState {
+            waves_observed: self.waves,
+            by_phase: self.by_phase,
+            amplitude_buckets: self.amplitude_buckets,
+            families: self
+                .families
+                .iter()
+                .map(|(family, state)| FamilyCount {
+                    family: family.to_string(),
+                    waves: state.waves,
+                    amplitude_sum: state.amplitude_sum,
+                })
+                .collect(),
+            edges,
+            journaled: 0,
+            journal_dropped: journal.dropped(),
+        }
+    }
+
+    /// The restored edges with the live graph's added, and the live rates.
+    fn merged_edges(&self) -> Vec<EdgeCount> {
+        let mut merged = self.restored_edges.clone();
+        if let Some(physics) = &self.parts.physics {
+            for edge in physics.edges() {
+                let key = (
+                    edge.emitter.clone(),
+                    edge.resonator.clone(),
+                    edge.channel.to_string(),
+                );
+                let last_seen_ms = unix_ms(edge.last_seen);
+                let entry = merged.entry(key).or_insert_with_key(|(e, r, c)| EdgeCount {
+                    emitter: e.clone(),
+                    resonator: r.clone(),
+                    channel: c.clone(),
+                    ..Default::default()
+                });
+                entry.deliveries += edge.deliveries;
+                entry.mean_amplitude = edge.mean_amplitude;
+                entry.last_seen_ms = entry.last_seen_ms.max(last_seen_ms);
+            }
+        }
+        merged.into_values().collect()
     }
 
     /// Observes until `shutdown` (or until the aether is closed), then
@@ -122,6 +250,14 @@ impl Observer {
         tokio::pin!(stop);
         let mut tick = tokio::time::interval(self.parts.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let journal_every = self
+            .parts
+            .journal
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |j| j.snapshot_interval);
+        let mut journal_tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + journal_every, journal_every);
+        journal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // While it rests, it does not wait on its queue, so no emitter has
         // to wake it: waves gather and are taken as one batch.
         let rest = tokio::time::sleep(Duration::ZERO);
@@ -132,6 +268,7 @@ impl Observer {
                 biased;
                 () = &mut stop => break,
                 _ = tick.tick() => self.publish(),
+                _ = journal_tick.tick(), if self.parts.journal.is_some() => self.snapshot_journal(false),
                 event = next_event(&mut self.events), if self.events.is_some() => match event {
                     Some(event) => self.record(&event),
                     None => self.events = None,
@@ -150,6 +287,15 @@ impl Observer {
             }
         }
         self.publish();
+        self.snapshot_journal(true);
+    }
+
+    /// Queues a snapshot of the counts behind the waves queued so far;
+    /// `wait` for room (at the end) rather than skip it.
+    fn snapshot_journal(&self, wait: bool) {
+        if let Some(journal) = &self.parts.journal {
+            journal.snapshot(self.journal_state(journal), wait);
+        }
     }
 
     /// Observes `first` and the waves queued behind it, up to a batch;
@@ -169,13 +315,28 @@ impl Observer {
     }
 
     fn observe(&mut self, wave: &Wave, now: SystemTime, now_ms: u64) {
+        let amplitude = self.count(wave, wave.emitted_at().map_or(now_ms, unix_ms));
+        let metrics = &self.parts.metrics;
+        metrics.amplitude.observe(amplitude);
+        if let Some(emitted) = wave.emitted_at() {
+            // A clock behind the emitter's counts as no delay.
+            let latency = now.duration_since(emitted).unwrap_or_default();
+            metrics.latency.observe(latency.as_secs_f64());
+        }
+        self.interval_waves += 1;
+        self.interval_amplitude += amplitude;
+        if let Some(journal) = &self.parts.journal {
+            journal.offer(wave, now_ms);
+        }
+    }
+
+    /// Counts `wave` (stamped `stamp_ms`) by family, phase and amplitude
+    /// bucket; returns its amplitude.
+    fn count(&mut self, wave: &Wave, stamp_ms: u64) -> f64 {
         let channel = wave.channel();
         let family = if is_hop_channel(channel) {
             match &mut self.parts.hops {
-                Some(hops) => {
-                    let stamp_ms = wave.emitted_at().map_or(now_ms, unix_ms);
-                    hops.family_or_hopping(channel, stamp_ms)
-                }
+                Some(hops) => hops.family_or_hopping(channel, stamp_ms),
                 None => HOPPING,
             }
         } else {
@@ -195,18 +356,13 @@ impl Observer {
         state.counter.inc();
         state.waves += 1;
         state.amplitude_sum += amplitude;
-        metrics.amplitude.observe(amplitude);
-        if let Some(emitted) = wave.emitted_at() {
-            // A clock behind the emitter's counts as no delay.
-            let latency = now.duration_since(emitted).unwrap_or_default();
-            metrics.latency.observe(latency.as_secs_f64());
-        }
-        metrics.by_phase[phase_index(wave.phase().radians(), self.phase_tolerance)].inc();
+        let phase = phase_index(wave.phase().radians(), self.phase_tolerance);
+        metrics.by_phase[phase].inc();
+        self.by_phase[phase] += 1;
         self.waves += 1;
-        self.interval_waves += 1;
-        self.interval_amplitude += amplitude;
         let bucket = ((amplitude * 10.0) as usize).min(9);
         self.amplitude_buckets[bucket] += 1;
+        amplitude
     }
 
     fn record(&mut self, event: &InterferenceEvent) {
@@ -270,7 +426,12 @@ impl Observer {
             .set(i64::try_from(self.families.len()).unwrap_or(i64::MAX));
 
         let (edges, edges_total, interference_totals) = match &self.parts.physics {
-            None => (Vec::new(), 0, Default::default()),
+            None if self.restored_edges.is_empty() => (Vec::new(), 0, Default::default()),
+            None => (
+                self.edge_rows(),
+                self.merged_edges().len(),
+                Default::default(),
+            ),
             Some(physics) => {
                 let edges = physics.edges();
                 let stats = physics.stats();
@@ -282,12 +443,16 @@ impl Observer {
                 .into_iter()
                 .map(|p| (pattern_name(p), stats.events(p)))
                 .collect();
-                let rows = edges
-                    .iter()
-                    .take(self.parts.top_edges)
-                    .map(EdgeRow::of)
-                    .collect();
-                (rows, edges.len(), totals)
+                if self.restored_edges.is_empty() {
+                    let rows = edges
+                        .iter()
+                        .take(self.parts.top_edges)
+                        .map(EdgeRow::of)
+                        .collect();
+                    (rows, edges.len(), totals)
+                } else {
+                    (self.edge_rows(), self.merged_edges().len(), totals)
+                }
             }
         };
         let snapshot = Snapshot {
@@ -311,6 +476,58 @@ impl Observer {
         self.parts
             .snapshots
             .send_replace(Arc::new(Published::new(snapshot)));
+    }
+}
+
+impl Observer {
+    /// The busiest edges of the live graph and the restored one: live
+    /// edges with their rate and the deliveries of both runs, restored
+    /// edges not seen since with a rate of 0.
+    fn edge_rows(&self) -> Vec<EdgeRow> {
+        let live: HashMap<EdgeKey, aether_core::ResonanceEdge> = self
+            .parts
+            .physics
+            .as_ref()
+            .map(|p| p.edges())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| {
+                (
+                    (
+                        e.emitter.clone(),
+                        e.resonator.clone(),
+                        e.channel.to_string(),
+                    ),
+                    e,
+                )
+            })
+            .collect();
+        let mut rows: Vec<EdgeRow> = self
+            .merged_edges()
+            .into_iter()
+            .map(|edge| {
+                let key = (
+                    edge.emitter.clone(),
+                    edge.resonator.clone(),
+                    edge.channel.clone(),
+                );
+                EdgeRow {
+                    rate_per_s: live.get(&key).map_or(0.0, |e| e.rate_per_s),
+                    emitter: edge.emitter,
+                    resonator: edge.resonator,
+                    channel: edge.channel,
+                    mean_amplitude: edge.mean_amplitude,
+                    deliveries: edge.deliveries,
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            b.rate_per_s
+                .total_cmp(&a.rate_per_s)
+                .then(b.deliveries.cmp(&a.deliveries))
+        });
+        rows.truncate(self.parts.top_edges);
+        rows
     }
 }
 

@@ -18,6 +18,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+pub use crate::journal::{FsyncMode, JournalConfig};
 use aether_core::AetherConfig;
 use aether_ops::{
     resources::ResourceLimits,
@@ -25,7 +26,7 @@ use aether_ops::{
         LogSettings, ServiceSettings, SettingsError, TelemetrySettings, Validate, validate_section,
     },
 };
-use serde::{Deserialize, Deserializer, Serialize, de};
+use serde::{Deserialize, Deserializer, Serialize, de, de::IgnoredAny};
 
 /// The default HTTP port: Prometheus' range for exporters, where no other
 /// program of the workspace listens.
@@ -120,6 +121,9 @@ pub struct GatewayConfig {
     /// slot (computed with the aether's `hopping.secret` and
     /// `hop_interval_ms`), else under `hopping`.
     pub hopping: Vec<HoppingBase>,
+    /// The journal of observed waves and snapshots of the counters
+    /// (`[gateway.journal]`); off by default.
+    pub journal: JournalConfig,
 }
 
 impl Default for GatewayConfig {
@@ -136,6 +140,7 @@ impl Default for GatewayConfig {
             recent_events: 50,
             snapshot_interval_ms: 500,
             hopping: Vec::new(),
+            journal: JournalConfig::default(),
         }
     }
 }
@@ -194,6 +199,7 @@ impl Validate for GatewayConfig {
             50..=60_000,
             "must be 50 to 60000",
         )?;
+        validate_section("journal", &self.journal)?;
         for base in &self.hopping {
             let channel = aether_core::Channel::new(base.base.as_str());
             if let Err(err) = channel.validate_concrete() {
@@ -224,7 +230,10 @@ impl Validate for GatewayConfig {
 /// The gateway program's settings: the aether's (`[aether]`), the
 /// gateway's (`[gateway]`) and the sections every program shares
 /// (`[log]`, `[service]` for `shutdown_grace_ms`, `[resources]`,
-/// `[telemetry]`). Every section may be left out.
+/// `[telemetry]`). Every section may be left out. The sections of the
+/// other programs of the workspace (`[alpha]`, `[beta]`) are accepted and
+/// not read, so that the three share one settings directory; any other
+/// unknown section or key is refused.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewaySettings {
@@ -240,6 +249,11 @@ pub struct GatewaySettings {
     pub resources: ResourceLimits,
     /// Read and checked; not used yet.
     pub telemetry: TelemetrySettings,
+    /// `aether-service-alpha`'s section of a shared settings directory:
+    /// accepted, not read (alpha checks it).
+    pub alpha: IgnoredAny,
+    /// `aether-service-beta`'s section, likewise.
+    pub beta: IgnoredAny,
 }
 
 impl Validate for GatewaySettings {
@@ -309,6 +323,28 @@ mod tests {
                 hop_count: 4
             }]
         );
+    }
+
+    /// One settings directory for the gateway and both services: the
+    /// gateway accepts their sections without reading them, and still
+    /// refuses a typo in its own section or an unknown section.
+    #[test]
+    fn shares_a_directory_with_the_services() {
+        let shared = "[aether]\nmin_amplitude = 0.02\n[service]\nnoise_floor = 0.1\n\
+                      [gateway]\nfamily_depth = 3\n\
+                      [alpha]\nrate_per_s = 20\nitems = [\"widget\"]\n\
+                      [beta]\nstock = { widget = 5 }\n";
+        let settings = load(shared, &[("AETHER__ALPHA__COUNT", "7")]).unwrap();
+        assert_eq!(settings.gateway.family_depth, 3);
+        assert_eq!(settings.aether.min_amplitude, 0.02);
+
+        let typo = format!("{shared}[gateway.hoping]\nbase = \"x\"\n");
+        let err = load(&typo, &[]).unwrap_err();
+        assert_eq!(err.key(), Some("gateway.hoping"), "{err}");
+        let err = load(&format!("{shared}[gamma]\nx = 1\n"), &[]).unwrap_err();
+        assert_eq!(err.key(), Some("gamma"), "{err}");
+        let err = load(shared, &[("AETHER__GATEWAY__FAMILY_DEPT", "2")]).unwrap_err();
+        assert_eq!(err.key(), Some("gateway.family_dept"), "{err}");
     }
 
     #[test]

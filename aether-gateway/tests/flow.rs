@@ -1,29 +1,25 @@
-//! The sample flow across a real NATS bus: the `aether-gateway` program as
-//! a process, `aether-service-beta` (inventory) and `aether-service-alpha`
-//! (orders) each on its own NATS connection, as separate processes would
-//! be. The gateway's `/metrics` must show the whole flow, agreeing with
-//! what the services say they did.
+//! The sample flow across a real NATS bus: the `aether-gateway`,
+//! `aether-service-beta` (inventory) and `aether-service-alpha` (orders)
+//! programs as processes, sharing one settings folder. The gateway's
+//! `/metrics` must show the whole flow, agreeing with what the services say
+//! they did.
 //!
-//! Alpha and beta run through their `run` functions here: cargo builds the
-//! binaries of this package only for its tests, not those of its
-//! dependencies. Their programs are the same `run` behind settings and
-//! signals.
+//! Alpha and beta run as their programs (built for the test by
+//! `aether_testkit::workspace_program`), stopped with SIGTERM; the counts
+//! they report must be the gateway's.
 
 mod support;
 
-use std::{process::Stdio, time::Duration};
+use std::{collections::HashMap, process::Stdio, time::Duration};
 
 use aether_core::{Aether, AetherConfig, Vibrator, config::NatsConfig};
-use aether_ops::shutdown::Shutdown;
-use aether_service_alpha::AlphaSettings;
-use aether_service_beta::BetaSettings;
 use aether_testkit::NatsServer;
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
 use support::{eventually, get, sample};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 const PROGRAM: &str = env!("CARGO_BIN_EXE_aether-gateway");
 const BOUND: Duration = Duration::from_secs(10);
@@ -47,6 +43,36 @@ async fn connect(url: &str) -> Aether {
     .expect("connects to the test server")
 }
 
+/// Stops a service program with SIGTERM, checks it exits 0, and reads the
+/// counts of its report, the stdout line that starts with `prefix`
+/// (`service-alpha: created 3, confirmed 2, ...`).
+async fn stop(mut child: tokio::process::Child, prefix: &str) -> HashMap<String, u64> {
+    let pid = Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    kill(pid, Signal::SIGTERM).unwrap();
+    let mut stdout = String::new();
+    let mut pipe = child.stdout.take().unwrap();
+    tokio::time::timeout(BOUND, pipe.read_to_string(&mut stdout))
+        .await
+        .expect("it reports within 10 s of SIGTERM")
+        .unwrap();
+    let status = tokio::time::timeout(BOUND, child.wait())
+        .await
+        .expect("it exits")
+        .unwrap();
+    assert!(status.success(), "{prefix} {status}");
+    let report = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no report in {stdout:?}"));
+    report
+        .split(", ")
+        .filter_map(|part| {
+            let (name, value) = part.trim().rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
 fn observed(text: &str, family: &str) -> u64 {
     let series = format!("aether_gateway_waves_observed_total{{family=\"{family}\"}}");
     sample(text, &series).map_or(0, |value| value as u64)
@@ -54,12 +80,22 @@ fn observed(text: &str, family: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_sees_orders_reserved_refused_confirmed_and_cancelled() {
-    tokio::time::timeout(Duration::from_secs(30), flow())
+    // Built before the clock starts: a first build takes a while.
+    let [beta_bin, alpha_bin] = tokio::task::spawn_blocking(|| {
+        ["aether-service-beta", "aether-service-alpha"].map(|bin| {
+            aether_testkit::workspace_program(PROGRAM, bin, bin)
+                .to_string_lossy()
+                .into_owned()
+        })
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), flow(&beta_bin, &alpha_bin))
         .await
         .expect("the flow within 30 s");
 }
 
-async fn flow() {
+async fn flow(beta_bin: &str, alpha_bin: &str) {
     let server = NatsServer::builder().start().await.expect("nats-server");
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
@@ -110,28 +146,21 @@ async fn flow() {
     })
     .await;
 
-    let stop_beta = Shutdown::new();
-    let beta = tokio::spawn({
-        let (aether, stop) = (connect(&url).await, stop_beta.clone());
-        async move {
-            aether_service_beta::run(&aether, &BetaSettings::default(), stop)
-                .await
-                .unwrap()
-        }
-    });
-    let stop_alpha = Shutdown::new();
-    let alpha = tokio::spawn({
-        let (aether, stop) = (connect(&url).await, stop_alpha.clone());
-        let settings = AlphaSettings {
-            rate_per_s: 50.0,
-            ..AlphaSettings::default()
-        };
-        async move {
-            aether_service_alpha::run(&aether, &settings, stop)
-                .await
-                .unwrap()
-        }
-    });
+    // Beta, then alpha, as the programs, on the same bus and settings.
+    let service = |bin: &str, extra: &[&str]| {
+        let mut command = aether_testkit::program(bin);
+        command
+            .arg("--config-dir")
+            .arg(dir.path())
+            .arg("--nats")
+            .arg(&url)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        command.spawn().unwrap()
+    };
+    let beta = service(beta_bin, &[]);
+    let alpha = service(alpha_bin, &["--rate", "50"]);
 
     // Every step of the flow, through the gateway.
     eventually("every family of the flow in /metrics", BOUND, || async {
@@ -143,23 +172,24 @@ async fn flow() {
     })
     .await;
 
-    stop_alpha.trigger();
-    let alpha = alpha.await.unwrap();
-    stop_beta.trigger();
-    let beta = beta.await.unwrap();
-    assert!(alpha.confirmed > 0 && alpha.cancelled > 0, "{alpha}");
+    let alpha = stop(alpha, "service-alpha:").await;
+    let beta = stop(beta, "service-beta:").await;
+    assert!(
+        alpha["confirmed"] > 0 && alpha["cancelled"] > 0,
+        "{alpha:?}"
+    );
     assert_eq!(
-        (alpha.confirmed, alpha.cancelled),
-        (beta.reserved, beta.insufficient),
-        "{alpha}; {beta}"
+        (alpha["confirmed"], alpha["cancelled"]),
+        (beta["reserved"], beta["insufficient"]),
+        "{alpha:?}; {beta:?}"
     );
     // And the gateway's counts are the services' own.
     let want = [
-        alpha.created,
-        beta.reserved,
-        beta.insufficient,
-        alpha.confirmed,
-        alpha.cancelled,
+        alpha["created"],
+        beta["reserved"],
+        beta["insufficient"],
+        alpha["confirmed"],
+        alpha["cancelled"],
     ];
     eventually(
         "the gateway's counts agree with the services'",

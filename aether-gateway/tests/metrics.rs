@@ -104,6 +104,59 @@ async fn counts_waves_by_family_with_histograms_and_drops() {
     gateway.stop().await.unwrap();
 }
 
+/// Rate-limited emits and the reliability layer's retries, timeouts and
+/// breaker are counted by the aether and exported.
+#[tokio::test]
+async fn rate_limits_and_reliability_are_exported() {
+    use aether_core::{
+        RateLimit,
+        reliable::{ReliabilityConfig, Reliable},
+    };
+    let aether = Aether::default();
+    let gateway = start(&aether, config()).await;
+    let limit = RateLimit::per_second(0.001).unwrap().with_burst(1).unwrap();
+    let shop = Vibrator::builder("shop")
+        .rate_limit(limit)
+        .create(&aether)
+        .await
+        .unwrap();
+    shop.emit_wave("orders.created", serde_json::json!({}))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let refused = shop
+            .emit_wave("orders.created", serde_json::json!({}))
+            .await;
+        assert!(refused.is_err());
+    }
+    shop.set_rate_limit(None);
+    let reliability = ReliabilityConfig {
+        attempts: 2,
+        base_backoff_ms: 1,
+        max_backoff_ms: 1,
+        timeout_ms: 50,
+        breaker_failures: 2,
+        ..ReliabilityConfig::default()
+    };
+    let reliable = Reliable::new(reliability, &aether).unwrap();
+    // The gateway's observer hears the request and never answers: two
+    // tries time out, and the breaker opens.
+    let ask = Wave::builder("pricing.quote").build().unwrap();
+    assert!(reliable.request(&shop, ask).await.is_err());
+    let ask = Wave::builder("pricing.quote").build().unwrap();
+    assert!(reliable.request(&shop, ask).await.is_err()); // the breaker is open
+    let text = scrape(&gateway).await;
+    for (name, value) in [
+        ("aether_emits_rate_limited_total", 2.0),
+        ("aether_reliability_retries_total", 1.0),
+        ("aether_reliability_timeouts_total", 2.0),
+        ("aether_reliability_breaker_opens_total", 1.0),
+        ("aether_reliability_breaker_rejections_total", 1.0),
+    ] {
+        assert_eq!(sample(&text, name), Some(value), "{name}: {text}");
+    }
+}
+
 #[tokio::test]
 async fn the_observer_sheds_and_counts_instead_of_slowing_the_bus() {
     // One thread: the observer cannot run while the shop emits.
@@ -163,9 +216,13 @@ async fn label_cardinality_is_bounded() {
             .await
             .unwrap();
     }
-    let text = eventually("500 waves observed", BOUND, || async {
+    // The families gauge is set at each snapshot (`snapshot_interval_ms`),
+    // the counters at each wave.
+    let text = eventually("500 waves observed and a snapshot after", BOUND, || async {
         let text = scrape(&gateway).await;
-        (sample(&text, "aether_gateway_wave_amplitude_count") == Some(500.0)).then_some(text)
+        (sample(&text, "aether_gateway_wave_amplitude_count") == Some(500.0)
+            && sample(&text, "aether_gateway_channel_families") == Some(11.0))
+        .then_some(text)
     })
     .await;
     let families = label_values(&text, "aether_gateway_waves_observed_total", "family");

@@ -15,10 +15,11 @@ use std::{
     collections::HashMap,
     error::Error,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use aether_core::{Aether, AetherConfig, Phase, Vibrator, Wave};
+use aether_core::{Aether, AetherConfig, EmitErrorKind, Phase, Vibrator, Wave};
 use aether_ops::{
     resources::ResourceLimits,
     settings::{
@@ -28,7 +29,8 @@ use aether_ops::{
 };
 use serde::{Deserialize, Serialize, de::IgnoredAny};
 use serde_json::json;
-use tokio::time::Instant;
+use tokio::{sync::watch, time::Instant};
+use tracing::Instrument;
 
 /// The pattern alpha resonates on for the answers to its orders.
 pub const ANSWERS: &str = "inventory.*";
@@ -199,14 +201,18 @@ pub struct AlphaReport {
     pub cancelled: u64,
     /// Orders left without an answer when it stopped.
     pub unanswered: u64,
+    /// Orders and outcomes not emitted because the vibrator was over its
+    /// rate limit (`[service] rate_limit_per_s`).
+    pub rate_limited: u64,
 }
 
 impl std::fmt::Display for AlphaReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "service-alpha: created {}, confirmed {}, cancelled {}, unanswered {}",
-            self.created, self.confirmed, self.cancelled, self.unanswered
+            "service-alpha: created {}, confirmed {}, cancelled {}, unanswered {}, \
+             rate_limited {}",
+            self.created, self.confirmed, self.cancelled, self.unanswered, self.rate_limited
         )
     }
 }
@@ -229,22 +235,55 @@ fn run_prefix() -> String {
 /// as its answer arrives, until `settings.count` orders have been answered
 /// or `shutdown`; then waits at most `settings.drain_ms` for the answers
 /// still due, flushes the aether (so that no outcome is left unsent when the
-/// program exits), and returns what it did.
+/// program exits), and returns what it did. Its vibrator has the aether's
+/// default noise floor and no rate limit; [`run_live`] takes them from
+/// `[service]`, and follows changes.
 pub async fn run(
     aether: &Aether,
     settings: &AlphaSettings,
     shutdown: Shutdown,
 ) -> Result<AlphaReport, AlphaError> {
+    let program = AlphaProgramSettings {
+        alpha: settings.clone(),
+        service: ServiceSettings {
+            noise_floor: aether.config().default_noise_floor,
+            ..ServiceSettings::default()
+        },
+        ..AlphaProgramSettings::default()
+    };
+    let (_keep, settings) = watch::channel(Arc::new(program));
+    run_live(aether, settings, shutdown).await
+}
+
+/// Like [`run`], with the settings in force in `settings` (the receiver of
+/// a hot-reload watcher, `aether_ops::reload::Watcher::subscribe`): the
+/// order rate (`alpha.rate_per_s`), the vibrator's noise floor and rate
+/// limit (`service.noise_floor`, `service.rate_limit_per_s`) and the other
+/// `[alpha]` keys change as soon as a new value is published. Each change
+/// is logged (`info`).
+pub async fn run_live(
+    aether: &Aether,
+    mut settings: watch::Receiver<Arc<AlphaProgramSettings>>,
+    shutdown: Shutdown,
+) -> Result<AlphaReport, AlphaError> {
+    let mut current = Arc::clone(&settings.borrow_and_update());
     let mut alpha = Vibrator::create("service-alpha", aether).await?;
+    current.service.apply_to(&alpha)?;
     alpha.resonate_on(ANSWERS).await?;
     let prefix = run_prefix();
     let mut pending: HashMap<String, String> = HashMap::new();
     let mut report = AlphaReport::default();
-    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / settings.rate_per_s));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let drain = Duration::from_millis(settings.drain_ms);
-    let mut drain_until = (settings.count == Some(0)).then(|| Instant::now() + drain);
-    tracing::info!(rate_per_s = settings.rate_per_s, count = ?settings.count, "service-alpha orders");
+    let mut sequence = 0u64;
+    let mut ticks = order_ticks(current.alpha.rate_per_s);
+    let mut drain = Duration::from_millis(current.alpha.drain_ms);
+    let mut drain_until = (current.alpha.count == Some(0)).then(|| Instant::now() + drain);
+    tracing::info!(
+        rate_per_s = current.alpha.rate_per_s,
+        count = ?current.alpha.count,
+        noise_floor = current.service.noise_floor,
+        rate_limit_per_s = ?current.service.rate_limit_per_s,
+        "service-alpha orders"
+    );
     loop {
         let ordering = drain_until.is_none();
         if !ordering && pending.is_empty() {
@@ -254,23 +293,51 @@ pub async fn run(
         tokio::select! {
             biased;
             () = shutdown.wait(), if ordering => drain_until = Some(Instant::now() + drain),
+            Ok(()) = settings.changed() => {
+                let new = Arc::clone(&settings.borrow_and_update());
+                if new.alpha.rate_per_s != current.alpha.rate_per_s {
+                    ticks = order_ticks(new.alpha.rate_per_s);
+                }
+                new.service.apply_to(&alpha)?;
+                drain = Duration::from_millis(new.alpha.drain_ms);
+                tracing::info!(
+                    rate_per_s = new.alpha.rate_per_s,
+                    count = ?new.alpha.count,
+                    noise_floor = new.service.noise_floor,
+                    rate_limit_per_s = ?new.service.rate_limit_per_s,
+                    "service-alpha settings applied"
+                );
+                current = new;
+            }
             _ = ticks.tick(), if ordering => {
-                let item = &settings.items[(report.created % settings.items.len() as u64) as usize];
-                report.created += 1;
-                let order_id = format!("{prefix}-{}", report.created);
+                let settings = &current.alpha;
+                let item = &settings.items[(sequence % settings.items.len() as u64) as usize];
+                sequence += 1;
+                let order_id = format!("{prefix}-{sequence}");
                 let order = Wave::builder("orders.created")
                     .correlation_key(&order_id)
                     .json(&json!({"order_id": order_id, "item": item, "qty": settings.qty}))
                     .build()?;
-                pending.insert(order_id, item.clone());
-                alpha.emit(order).await?;
-                if Some(report.created) == settings.count {
+                match alpha.emit(order).await {
+                    Ok(_) => {
+                        report.created += 1;
+                        pending.insert(order_id, item.clone());
+                    }
+                    Err(error) if error.kind() == EmitErrorKind::RateLimited => {
+                        tracing::debug!(%error, "order not emitted");
+                        report.rate_limited += 1;
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+                if settings.count.is_some_and(|count| report.created >= count) {
                     drain_until = Some(Instant::now() + drain);
                 }
             }
             () = tokio::time::sleep_until(until), if !ordering => break,
             wave = alpha.receive() => {
                 let Some(wave) = wave else { break };
+                // The outcome is emitted in the answer's consumer span.
+                let span = alpha.span_of(&wave);
                 let (channel, phase) = match wave.channel().as_str() {
                     "inventory.reserved" => ("orders.confirmed", Phase::ASSERT),
                     "inventory.insufficient" => ("orders.cancelled", Phase::RETRACT),
@@ -284,11 +351,14 @@ pub async fn run(
                     .correlation_key(&answer.order_id)
                     .json(&json!({"order_id": answer.order_id, "item": item}))
                     .build()?;
-                alpha.emit(outcome).await?;
-                if phase == Phase::ASSERT {
-                    report.confirmed += 1;
-                } else {
-                    report.cancelled += 1;
+                match alpha.emit(outcome).instrument(span).await {
+                    Ok(_) if phase == Phase::ASSERT => report.confirmed += 1,
+                    Ok(_) => report.cancelled += 1,
+                    Err(error) if error.kind() == EmitErrorKind::RateLimited => {
+                        tracing::warn!(%error, order_id = answer.order_id, "outcome not emitted");
+                        report.rate_limited += 1;
+                    }
+                    Err(error) => return Err(error.into()),
                 }
             }
         }
@@ -299,6 +369,14 @@ pub async fn run(
     }
     tracing::info!("{report}");
     Ok(report)
+}
+
+/// A steady clock of orders at `rate_per_s`, first tick at once; a late
+/// tick delays the next ones rather than bursting.
+fn order_ticks(rate_per_s: f64) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate_per_s));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
 }
 
 #[cfg(test)]
@@ -397,7 +475,8 @@ mod tests {
                 created: 12,
                 confirmed: 11,
                 cancelled: 1,
-                unanswered: 0
+                unanswered: 0,
+                rate_limited: 0,
             }
         );
         stop_beta.trigger();

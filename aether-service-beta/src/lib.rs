@@ -14,9 +14,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::{collections::BTreeMap, error::Error, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, error::Error, path::PathBuf, sync::Arc, time::Duration};
 
-use aether_core::{Aether, AetherConfig, Phase, Vibrator, Wave};
+use aether_core::{Aether, AetherConfig, EmitErrorKind, Phase, Vibrator, Wave};
 use aether_ops::{
     resources::ResourceLimits,
     settings::{
@@ -26,6 +26,8 @@ use aether_ops::{
 };
 use serde::{Deserialize, Serialize, de::IgnoredAny};
 use serde_json::json;
+use tokio::sync::watch;
+use tracing::Instrument;
 
 /// The pattern beta resonates on.
 pub const ORDERS: &str = "orders.*";
@@ -162,6 +164,9 @@ pub struct BetaReport {
     pub outcomes_heard: u64,
     /// Waves on `orders.*` that were not understood, ignored.
     pub ignored: u64,
+    /// Orders left unanswered because the vibrator was over its rate limit
+    /// (`[service] rate_limit_per_s`); their stock stays.
+    pub rate_limited: u64,
     /// The stock left, by item.
     pub stock: BTreeMap<String, u64>,
 }
@@ -170,8 +175,14 @@ impl std::fmt::Display for BetaReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "service-beta: reserved {}, insufficient {}, outcomes heard {}, ignored {}, stock left {:?}",
-            self.reserved, self.insufficient, self.outcomes_heard, self.ignored, self.stock
+            "service-beta: reserved {}, insufficient {}, outcomes heard {}, ignored {}, \
+             rate_limited {}, stock left {:?}",
+            self.reserved,
+            self.insufficient,
+            self.outcomes_heard,
+            self.ignored,
+            self.rate_limited,
+            self.stock
         )
     }
 }
@@ -191,32 +202,77 @@ pub struct Order {
 /// `shutdown` (or until the aether is closed); then answers the orders
 /// already queued, flushes the aether for at most [`DRAIN`] (so that no
 /// answer is left unsent when the program exits), and returns what it did.
+/// Its vibrator has the aether's default noise floor and no rate limit;
+/// [`run_live`] takes them from `[service]`, and follows changes.
 pub async fn run(
     aether: &Aether,
     settings: &BetaSettings,
     shutdown: Shutdown,
 ) -> Result<BetaReport, BetaError> {
+    let program = BetaProgramSettings {
+        beta: settings.clone(),
+        service: ServiceSettings {
+            noise_floor: aether.config().default_noise_floor,
+            ..ServiceSettings::default()
+        },
+        ..BetaProgramSettings::default()
+    };
+    let (_keep, settings) = watch::channel(Arc::new(program));
+    run_live(aether, settings, shutdown).await
+}
+
+/// Like [`run`], with the settings in force in `settings` (the receiver of
+/// a hot-reload watcher): the vibrator's noise floor and rate limit
+/// (`service.noise_floor`, `service.rate_limit_per_s`) change as soon as a
+/// new value is published, and each change is logged (`info`). The stock
+/// is read once, at start.
+pub async fn run_live(
+    aether: &Aether,
+    mut settings: watch::Receiver<Arc<BetaProgramSettings>>,
+    shutdown: Shutdown,
+) -> Result<BetaReport, BetaError> {
+    let start = Arc::clone(&settings.borrow_and_update());
     let mut beta = Vibrator::create("service-beta", aether).await?;
+    start.service.apply_to(&beta)?;
     beta.resonate_in_group(ORDERS, GROUP).await?;
     let mut report = BetaReport {
-        stock: settings.stock.clone(),
+        stock: start.beta.stock.clone(),
         ..BetaReport::default()
     };
-    tracing::info!(stock = ?report.stock, "service-beta resonates on {ORDERS} in group {GROUP}");
+    tracing::info!(
+        stock = ?report.stock,
+        noise_floor = start.service.noise_floor,
+        rate_limit_per_s = ?start.service.rate_limit_per_s,
+        "service-beta resonates on {ORDERS} in group {GROUP}"
+    );
     loop {
         let wave = tokio::select! {
             biased;
             () = shutdown.wait() => break,
+            Ok(()) = settings.changed() => {
+                let new = Arc::clone(&settings.borrow_and_update());
+                new.service.apply_to(&beta)?;
+                tracing::info!(
+                    noise_floor = new.service.noise_floor,
+                    rate_limit_per_s = ?new.service.rate_limit_per_s,
+                    "service-beta settings applied"
+                );
+                continue;
+            }
             wave = beta.receive() => match wave {
                 Some(wave) => wave,
                 None => break,
             },
         };
-        handle(&beta, &mut report, wave).await?;
+        // In the wave's consumer span: the answer continues its trace.
+        let span = beta.span_of(&wave);
+        handle(&beta, &mut report, wave).instrument(span).await?;
     }
     // Orders that arrived before the shutdown are answered too.
     while let Some(wave) = beta.try_receive() {
-        handle(&beta, &mut report, wave).await?;
+        // In the wave's consumer span: the answer continues its trace.
+        let span = beta.span_of(&wave);
+        handle(&beta, &mut report, wave).instrument(span).await?;
     }
     if let Err(error) = aether.flush(DRAIN).await {
         tracing::warn!(%error, "answers may be left unsent");
@@ -231,7 +287,21 @@ async fn handle(beta: &Vibrator, report: &mut BetaReport, wave: Wave) -> Result<
         "orders.created" => match wave.json::<Order>() {
             Ok(order) => {
                 let answer = answer(report, &order)?;
-                beta.emit(answer).await?;
+                let reserved = answer.channel().as_str() == "inventory.reserved";
+                match beta.emit(answer).await {
+                    Ok(_) => {}
+                    Err(error) if error.kind() == EmitErrorKind::RateLimited => {
+                        tracing::warn!(%error, order_id = order.order_id, "order not answered");
+                        report.rate_limited += 1;
+                        if reserved {
+                            report.reserved -= 1;
+                            *report.stock.entry(order.item).or_default() += order.qty;
+                        } else {
+                            report.insufficient -= 1;
+                        }
+                    }
+                    Err(error) => return Err(error.into()),
+                }
             }
             Err(error) => {
                 tracing::warn!(%error, "an order that is not one, ignored");

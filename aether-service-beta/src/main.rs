@@ -4,16 +4,18 @@ use std::{
     error::Error,
     process::ExitCode,
     sync::{Arc, atomic::AtomicU64},
+    time::Duration,
 };
 
 use aether_core::Aether;
 use aether_ops::{
-    logging,
     panic::install_panic_hook,
+    reload,
     settings::{SettingsSource, Validate},
     shutdown::Shutdown,
+    telemetry,
 };
-use aether_service_beta::{BetaProgramSettings, Options, run};
+use aether_service_beta::{BetaProgramSettings, Options, run_live};
 use clap::Parser;
 
 #[tokio::main(flavor = "current_thread")]
@@ -34,7 +36,10 @@ async fn program(options: Options) -> Result<(), Box<dyn Error + Send + Sync>> {
     let mut settings: BetaProgramSettings = source.load()?;
     options.apply(&mut settings);
     settings.validate()?;
-    let _log = logging::init(&settings.log)?;
+    // Logs, and spans over OTLP when [telemetry] otlp_endpoint is set; the
+    // guard sends the last spans when the program ends.
+    let (log, mut spans) =
+        telemetry::init(&settings.log, &settings.telemetry, env!("CARGO_PKG_NAME"))?;
     install_panic_hook(Arc::new(AtomicU64::new(0)));
     let shutdown = Shutdown::on_signals()?;
     let aether = if options.nats.is_empty() {
@@ -44,8 +49,33 @@ async fn program(options: Options) -> Result<(), Box<dyn Error + Send + Sync>> {
     };
     // On stdout, for scripts: beta is connected and about to resonate.
     println!("aether-service-beta: connected, resonating on orders.* (group inventory)");
-    let report = run(&aether, &settings.beta, shutdown).await?;
+    // Hot reload: the files are read again when they change, with the
+    // command-line options still over them; a refused change is logged
+    // and the settings in force stay.
+    let watcher = reload::watch_with(
+        source.files(),
+        Duration::from_millis(200),
+        settings,
+        move || {
+            let mut settings: BetaProgramSettings = source.load_unvalidated()?;
+            options.apply(&mut settings);
+            settings.validate()?;
+            Ok(settings)
+        },
+        move |old: &BetaProgramSettings, new| {
+            if old.log.level != new.log.level {
+                match log.set_level(&new.log.level) {
+                    Ok(()) => tracing::info!(level = %new.log.level, "log level changed"),
+                    Err(error) => tracing::warn!(%error, "log level kept"),
+                }
+            }
+        },
+    )?;
+    let report = run_live(&aether, watcher.subscribe(), shutdown).await;
+    watcher.stop();
+    let report = report?;
     aether.close();
+    spans.shutdown();
     println!("{report}");
     Ok(())
 }

@@ -95,3 +95,96 @@ async fn answers() {
         "{report}; {alpha}"
     );
 }
+
+/// Hot reload on the running program: raising `[service] noise_floor` in
+/// its settings file makes it deaf to weak orders without a restart; an
+/// invalid value is refused, logged with the key, and the floor stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn its_noise_floor_changes_while_it_runs() {
+    tokio::time::timeout(Duration::from_secs(40), noise_floor_reloads())
+        .await
+        .expect("within 40 s");
+}
+
+/// Writes the settings file the way an editor does (write, then rename).
+fn write_settings(dir: &std::path::Path, text: &str) {
+    let temp = dir.join("default.toml.new");
+    std::fs::write(&temp, text).unwrap();
+    std::fs::rename(temp, dir.join("default.toml")).unwrap();
+}
+
+async fn noise_floor_reloads() {
+    use aether_core::{Vibrator, Wave};
+
+    let server = NatsServer::builder().start().await.expect("nats-server");
+    let dir = tempfile::tempdir().unwrap();
+    let stock = "[beta]\nstock = { widget = 100 }\n";
+    write_settings(dir.path(), stock);
+    let mut beta = command()
+        .arg("--config-dir")
+        .arg(dir.path())
+        .args(["--nats", &server.url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(beta.stdout.take().unwrap()).lines();
+    let ready = out.next_line().await.unwrap().expect("a line");
+    assert!(ready.contains("resonating"), "{ready}");
+    let mut log = BufReader::new(beta.stderr.take().unwrap()).lines();
+    let mut until = async |words: &[&str]| loop {
+        let line = log.next_line().await.unwrap().expect("a log line");
+        if words.iter().all(|word| line.contains(word)) {
+            return line;
+        }
+    };
+
+    let aether = Aether::connect(AetherConfig {
+        nats: NatsConfig {
+            urls: vec![server.url()],
+            ..NatsConfig::default()
+        },
+        ..AetherConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut shop = Vibrator::create("shop", &aether).await.unwrap();
+    shop.resonate_on("inventory.*").await.unwrap();
+    let order = |id: &str, amplitude: f64| {
+        Wave::builder("orders.created")
+            .amplitude(amplitude)
+            .json(&serde_json::json!({"order_id": id, "item": "widget", "qty": 1}))
+            .build()
+            .unwrap()
+    };
+    // Beta answers the orders of one emitter in order: the first answer
+    // after a weak and a strong order says whether the weak one was heard.
+    let mut first_answer = async |weak: &str, strong: &str| {
+        shop.emit(order(weak, 0.3)).await.unwrap();
+        shop.emit(order(strong, 1.0)).await.unwrap();
+        let answer = shop.receive().await.unwrap();
+        let id = answer.payload()["order_id"].as_str().unwrap().to_string();
+        if id == weak {
+            let strong_answer = shop.receive().await.unwrap();
+            assert_eq!(strong_answer.payload()["order_id"], strong);
+        }
+        id
+    };
+    assert_eq!(first_answer("weak-1", "strong-1").await, "weak-1");
+
+    write_settings(
+        dir.path(),
+        &format!("{stock}[service]\nnoise_floor = 0.5\n"),
+    );
+    until(&["settings applied", "noise_floor=0.5"]).await;
+    assert_eq!(first_answer("weak-2", "strong-2").await, "strong-2");
+
+    write_settings(dir.path(), &format!("{stock}[service]\nnoise_floor = 2\n"));
+    let refusal = until(&["settings change refused"]).await;
+    assert!(refusal.contains("service.noise_floor"), "{refusal}");
+    assert_eq!(first_answer("weak-3", "strong-3").await, "strong-3");
+
+    let pid = Pid::from_raw(i32::try_from(beta.id().unwrap()).unwrap());
+    kill(pid, Signal::SIGTERM).unwrap();
+    assert!(beta.wait().await.unwrap().success());
+}

@@ -8,6 +8,7 @@
 //! | [`shutdown`] | a cloneable shutdown token fed by SIGINT and SIGTERM, and a bounded drain |
 //! | [`panic`](mod@panic) | a panic hook that logs the panic and counts it |
 //! | [`resources`] | RSS, VMS, threads and open files of the process, limits, and a leak hint |
+//! | [`telemetry`] | OpenTelemetry: the spans of the waves (and the program's own) exported over OTLP/HTTP when `[telemetry] otlp_endpoint` is set, beside the logs |
 //!
 //! A program puts them together like this (the `examples/operable.rs`
 //! program of this crate does it in full):
@@ -70,6 +71,7 @@ pub mod reload;
 pub mod resources;
 pub mod settings;
 pub mod shutdown;
+pub mod telemetry;
 
 #[cfg(test)]
 mod test_support;

@@ -29,7 +29,7 @@ use tracing::Dispatch;
 use tracing_subscriber::{
     EnvFilter, Layer, Registry,
     fmt::{self, MakeWriter},
-    layer::{Layered, SubscriberExt},
+    layer::SubscriberExt,
     reload,
 };
 
@@ -159,12 +159,14 @@ where
     build(settings, writer, false)
 }
 
-fn install(dispatch: Dispatch) -> Result<(), LoggingError> {
+pub(crate) fn install(dispatch: Dispatch) -> Result<(), LoggingError> {
     tracing::dispatcher::set_global_default(dispatch)
         .map_err(|err| LoggingError::AlreadyInitialized(err.to_string()))
 }
 
-type Filtered = Layered<reload::Layer<EnvFilter, Registry>, Registry>;
+/// A layer of the process's subscriber beside the log output, with its
+/// own filter: the span export of [`crate::telemetry`].
+pub(crate) type ExtraLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
 fn build<W>(
     settings: &LogSettings,
@@ -174,18 +176,40 @@ fn build<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    build_with(settings, writer, ansi, None)
+}
+
+/// The subscriber: the log output under the reloadable level filter (a
+/// filter of that layer only, so that the level never hides spans from
+/// `extra`), and `extra` if any.
+pub(crate) fn build_with<W>(
+    settings: &LogSettings,
+    writer: W,
+    ansi: bool,
+    extra: Option<ExtraLayer>,
+) -> Result<(Dispatch, LogHandle), LoggingError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let (filter, handle) = reload::Layer::new(parse_directives(&settings.level)?);
-    let output: Box<dyn Layer<Filtered> + Send + Sync> = match settings.format {
-        LogFormat::Human => Box::new(fmt::layer().with_ansi(ansi).with_writer(writer)),
+    let output: ExtraLayer = match settings.format {
+        LogFormat::Human => Box::new(
+            fmt::layer()
+                .with_ansi(ansi)
+                .with_writer(writer)
+                .with_filter(filter),
+        ),
         LogFormat::Json => Box::new(
             fmt::layer()
                 .json()
                 .flatten_event(true)
                 .with_current_span(true)
-                .with_writer(writer),
+                .with_writer(writer)
+                .with_filter(filter),
         ),
     };
-    let subscriber = Registry::default().with(filter).with(output);
+    let layers: Vec<ExtraLayer> = std::iter::once(output).chain(extra).collect();
+    let subscriber = Registry::default().with(layers);
     let handle = LogHandle {
         filter: handle,
         directives: Arc::new(Mutex::new(settings.level.clone())),

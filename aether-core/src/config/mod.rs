@@ -1,14 +1,18 @@
 //! Configuration of an aether.
 
+mod durability;
 mod hopping;
 mod nats;
+mod security;
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use durability::{DurabilityConfig, DurableStorage};
 pub use hopping::{HOP_INTERVAL_MS_RANGE, HoppingConfig, MIN_HOPPING_SECRET_BYTES};
 pub use nats::{NatsAuth, NatsConfig, NatsTls};
+pub use security::{AclRule, MIN_SIGNING_KEY_BYTES, NatsPermissions, SecurityConfig};
 
 use crate::{attenuation::DEFAULT_ATTENUATION_FACTOR, physics::PhysicsConfig};
 
@@ -58,6 +62,12 @@ pub struct AetherConfig {
     /// The physics engine on the bus (interference, resonance, its budget)
     /// and diffraction, on every medium.
     pub physics: PhysicsConfig,
+    /// Source authentication (signed waves) and channel access rules, on
+    /// every medium; off by default.
+    pub security: SecurityConfig,
+    /// Durable channels over NATS (JetStream) and the emitter's outbox on
+    /// disk; off by default (`[aether.durability]`).
+    pub durability: DurabilityConfig,
 }
 
 impl Default for AetherConfig {
@@ -72,6 +82,8 @@ impl Default for AetherConfig {
             nats: NatsConfig::default(),
             hopping: HoppingConfig::default(),
             physics: PhysicsConfig::default(),
+            security: SecurityConfig::default(),
+            durability: DurabilityConfig::default(),
         }
     }
 }
@@ -117,6 +129,8 @@ impl AetherConfig {
         )?;
         self.nats.validate()?;
         self.hopping.validate()?;
+        self.security.validate()?;
+        self.durability.validate()?;
         self.physics.validate()
     }
 

@@ -40,6 +40,17 @@ pub(crate) enum Listener {
     Hopping(Arc<HopGate>),
 }
 
+impl Listener {
+    /// The name of the vibrator that listens, if a vibrator does.
+    pub(crate) fn owner(&self) -> Option<&str> {
+        match self {
+            Listener::Inbox(inbox) | Listener::Group(_, inbox) => Some(inbox.name()),
+            Listener::Hopping(gate) => Some(gate.inbox().name()),
+            Listener::Replies(_) => None,
+        }
+    }
+}
+
 /// How many receivers a wave reached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Routed {

@@ -21,6 +21,7 @@
 mod amplitude;
 mod id;
 mod payload;
+mod trace;
 pub(crate) mod wire;
 
 use std::{fmt, sync::Arc, time::Duration};
@@ -33,6 +34,7 @@ use serde::{Serialize, de::DeserializeOwned};
 pub use amplitude::{Amplitude, AmplitudeError, Phase, PhaseError};
 pub use id::WaveId;
 pub use payload::IntoPayload;
+pub use trace::{TRACE_FLAG_SAMPLED, TraceContext, TraceContextError};
 
 pub(crate) use id::{process_nonce, unix_nanos};
 
@@ -89,6 +91,8 @@ struct Extras {
     reply_to: Option<Channel>,
     /// Set on a reflected wave: why it came back, and from which channel.
     reflection: Option<Box<Reflection>>,
+    /// The trace of the span that emitted it.
+    trace: Option<TraceContext>,
 }
 
 impl Wave {
@@ -201,6 +205,20 @@ impl Wave {
     /// Why it came back to its source, for a reflected wave.
     pub fn reflection(&self) -> Option<&ReflectionReason> {
         self.reflection_info().map(|r| &r.reason)
+    }
+
+    /// The trace context it carries: the trace, and the span that emitted
+    /// it ([`WaveBuilder::trace_context`], [`Wave::set_trace_context`]).
+    pub fn trace_context(&self) -> Option<TraceContext> {
+        self.extras.as_ref().and_then(|e| e.trace)
+    }
+
+    /// Sets (or clears) the trace context it carries: an emitter's tracing
+    /// layer calls it just before the wave leaves.
+    pub fn set_trace_context(&mut self, context: Option<TraceContext>) {
+        if context.is_some() || self.trace_context().is_some() {
+            self.extras_mut().trace = context;
+        }
     }
 
     fn reflection_info(&self) -> Option<&Reflection> {
@@ -405,6 +423,9 @@ impl fmt::Debug for Wave {
             if let Some(reflection) = &extras.reflection {
                 s.field("reflection", &reflection.reason);
             }
+            if let Some(trace) = &extras.trace {
+                s.field("trace", trace);
+            }
         }
         if self.is_diffracting() {
             s.field("diffracting", &true);
@@ -487,6 +508,13 @@ impl WaveBuilder {
     /// Where replies should go.
     pub fn reply_to(mut self, channel: impl Into<Channel>) -> Self {
         self.wave.extras_mut().reply_to = Some(channel.into());
+        self
+    }
+
+    /// The trace it belongs to (default none): the span that emits it, so
+    /// that the receiver's span joins the same trace.
+    pub fn trace_context(mut self, context: TraceContext) -> Self {
+        self.wave.extras_mut().trace = Some(context);
         self
     }
 

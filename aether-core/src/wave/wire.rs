@@ -20,7 +20,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use smol_str::SmolStr;
 
-use super::{Amplitude, DIFFRACTS, Extras, Phase, REFLECTS, Wave, WaveId};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::{Amplitude, DIFFRACTS, Extras, Phase, REFLECTS, TraceContext, Wave, WaveId};
 use crate::{
     Channel,
     channel::is_token_char,
@@ -58,6 +61,15 @@ pub const FLAG_REFLECT: u16 = 1 << 4;
 /// message, the channel it was emitted on) follows the reply channel.
 pub const FLAG_REFLECTED: u16 = 1 << 5;
 
+/// Flag bit 6: the trace section (W3C trace id, span id, trace flags)
+/// follows the reflection section.
+pub const FLAG_TRACE: u16 = 1 << 6;
+
+/// Flag bit 7: the body ends with a [`SIGNATURE_LEN`]-byte HMAC-SHA256 of
+/// the subject and the rest of the body, made with the source's key
+/// ([`encode_signed`], [`verify`]).
+pub const FLAG_SIGNED: u16 = 1 << 7;
+
 /// The flags version 1 knows; any other bit set is refused
 /// ([`WireErrorKind::UnknownFlags`]).
 pub const KNOWN_FLAGS: u16 = FLAG_DECAY
@@ -65,7 +77,15 @@ pub const KNOWN_FLAGS: u16 = FLAG_DECAY
     | FLAG_REPLY_TO
     | FLAG_DIFFRACT
     | FLAG_REFLECT
-    | FLAG_REFLECTED;
+    | FLAG_REFLECTED
+    | FLAG_TRACE
+    | FLAG_SIGNED;
+
+/// Length of the trace section: trace id (16), span id (8), flags (1).
+pub const TRACE_LEN: usize = 25;
+
+/// Length of the signature at the end of a signed body.
+pub const SIGNATURE_LEN: usize = 32;
 
 /// The longest reflection message, in bytes.
 pub const MAX_REFLECTION_MESSAGE_LEN: usize = MAX_REFLECTION_MESSAGE_BYTES;
@@ -115,6 +135,9 @@ struct Sections<'a> {
     reply_to: Option<&'a [u8]>,
     /// Reason code, message, channel.
     reflection: Option<(u8, &'a [u8], &'a [u8])>,
+    trace: Option<TraceContext>,
+    /// A signature follows the payload.
+    signed: bool,
 }
 
 impl<'a> Sections<'a> {
@@ -139,6 +162,8 @@ impl<'a> Sections<'a> {
                 key: None,
                 reply_to: None,
                 reflection: None,
+                trace: None,
+                signed: false,
             };
         };
         let decay = (extras.decay_per_s.to_bits() != 0 || extras.amplified_at_ns != 0)
@@ -173,6 +198,8 @@ impl<'a> Sections<'a> {
             key,
             reply_to,
             reflection,
+            trace: extras.trace,
+            signed: false,
         }
     }
 
@@ -190,6 +217,12 @@ impl<'a> Sections<'a> {
         if self.reflection.is_some() {
             flags |= FLAG_REFLECTED;
         }
+        if self.trace.is_some() {
+            flags |= FLAG_TRACE;
+        }
+        if self.signed {
+            flags |= FLAG_SIGNED;
+        }
         flags
     }
 
@@ -202,7 +235,9 @@ impl<'a> Sections<'a> {
             + self
                 .reflection
                 .map_or(0, |(_, m, c)| 1 + 2 + m.len() + 2 + c.len())
+            + self.trace.map_or(0, |_| TRACE_LEN)
             + payload_len
+            + if self.signed { SIGNATURE_LEN } else { 0 }
     }
 }
 
@@ -323,7 +358,77 @@ fn write(wave: &Wave, sections: &Sections<'_>, out: &mut impl Sink) {
         out.put(&(channel.len() as u16).to_le_bytes());
         out.put(channel);
     }
+    if let Some(trace) = &sections.trace {
+        out.put(&trace.trace_id());
+        out.put(&trace.span_id());
+        out.put(&[trace.flags()]);
+    }
     out.put(&wave.payload);
+}
+
+/// Like [`encode`], then signed for `subject` (the NATS subject the body is
+/// published on) with `key`, the key of the wave's source: [`FLAG_SIGNED`]
+/// is set and the body ends with the [`SIGNATURE_LEN`]-byte HMAC-SHA256 of
+/// the subject's length (u16, little-endian), the subject, and every byte of
+/// the body before the signature. The subject is signed so that a signed
+/// body cannot be replayed onto another channel.
+pub fn encode_signed(wave: &Wave, subject: &str, key: &[u8]) -> Bytes {
+    let mut sections = Sections::of(wave);
+    sections.signed = true;
+    let len = sections.len(wave.payload.len());
+    let mut out = Vec::with_capacity(len);
+    write(wave, &sections, &mut out);
+    let signature = signature_of(subject, &out, key);
+    out.extend_from_slice(&signature);
+    debug_assert_eq!(out.len(), len);
+    Bytes::from(out)
+}
+
+/// The HMAC-SHA256 of `subject` and `signed` with `key`.
+fn signature_of(subject: &str, signed: &[u8], key: &[u8]) -> [u8; SIGNATURE_LEN] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    // Subjects are at most a few hundred bytes; a longer one is cut in the
+    // length only, and still signed whole.
+    mac.update(&(subject.len().min(usize::from(u16::MAX)) as u16).to_le_bytes());
+    mac.update(subject.as_bytes());
+    mac.update(signed);
+    mac.finalize().into_bytes().into()
+}
+
+/// What [`verify`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signature {
+    /// The body carries no signature ([`FLAG_SIGNED`] is clear).
+    Unsigned,
+    /// The signature matches `key` and the subject.
+    Valid,
+    /// The body claims a signature that does not match (wrong key, another
+    /// subject, or altered bytes).
+    Invalid,
+}
+
+/// Checks the signature of `body` (an envelope published on `subject`)
+/// against `key`, in constant time. A body too short to hold the flags and a
+/// signature is [`Signature::Invalid`] when it claims one.
+pub fn verify(subject: &str, body: &[u8], key: &[u8]) -> Signature {
+    let Some(flags) = body.get(AT_FLAGS..AT_FLAGS + 2) else {
+        return Signature::Unsigned;
+    };
+    if u16::from_le_bytes([flags[0], flags[1]]) & FLAG_SIGNED == 0 {
+        return Signature::Unsigned;
+    }
+    let Some(split) = body.len().checked_sub(SIGNATURE_LEN) else {
+        return Signature::Invalid;
+    };
+    let (signed, signature) = body.split_at(split);
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(&(subject.len().min(usize::from(u16::MAX)) as u16).to_le_bytes());
+    mac.update(subject.as_bytes());
+    mac.update(signed);
+    match mac.verify_slice(signature) {
+        Ok(()) => Signature::Valid,
+        Err(_) => Signature::Invalid,
+    }
 }
 
 /// `Ok` if [`encode`] carries `wave` exactly; otherwise an
@@ -483,7 +588,25 @@ pub fn decode(channel: Channel, body: Bytes, limits: &Limits) -> Result<Wave, Wi
     } else {
         None
     };
+    let trace = if flags & FLAG_TRACE != 0 {
+        Some(reader.take(TRACE_LEN, "trace section")?)
+    } else {
+        None
+    };
     let payload_start = reader.at;
+    let mut payload_end = len;
+    if flags & FLAG_SIGNED != 0 {
+        if len - payload_start < SIGNATURE_LEN {
+            return Err(WireError::new(
+                WireErrorKind::Truncated,
+                format!(
+                    "signature needs {SIGNATURE_LEN} bytes at the end, but only {} follow the sections",
+                    len - payload_start
+                ),
+            ));
+        }
+        payload_end = len - SIGNATURE_LEN;
+    }
     Raw {
         id,
         emitted_at_ns,
@@ -498,8 +621,9 @@ pub fn decode(channel: Channel, body: Bytes, limits: &Limits) -> Result<Wave, Wi
         key,
         reply_to,
         reflection,
+        trace,
     }
-    .build(channel, body.slice(payload_start..))
+    .build(channel, body.slice(payload_start..payload_end))
 }
 
 /// A cursor over the body whose reads are all bounds-checked.
@@ -558,6 +682,8 @@ struct Raw<'a> {
     reply_to: Option<&'a [u8]>,
     /// Reason code, message, channel.
     reflection: Option<(u8, &'a [u8], &'a [u8])>,
+    /// The trace section's [`TRACE_LEN`] bytes.
+    trace: Option<&'a [u8]>,
 }
 
 impl Raw<'_> {
@@ -629,10 +755,15 @@ impl Raw<'_> {
                 Some(Box::new(reflection_of(code, message, channel)?))
             }
         };
+        let trace = match self.trace {
+            None => None,
+            Some(bytes) => Some(trace_of(bytes)?),
+        };
         let extras = (self.decay.is_some()
             || correlation_key.is_some()
             || reply_to.is_some()
-            || reflection.is_some())
+            || reflection.is_some()
+            || trace.is_some())
         .then(|| {
             let (decay_per_s, amplified_at_ns) = self.decay.unwrap_or((0.0, 0));
             Arc::new(Extras {
@@ -641,6 +772,7 @@ impl Raw<'_> {
                 correlation_key,
                 reply_to,
                 reflection,
+                trace,
             })
         });
         let mut flags = 0;
@@ -701,6 +833,15 @@ fn reflection_of(code: u8, message: &[u8], channel: &[u8]) -> Result<Reflection,
         .validate_concrete()
         .map_err(|e| invalid(format!("reflected channel: {e}")))?;
     Ok(Reflection { reason, channel })
+}
+
+/// The trace section's values, checked.
+fn trace_of(bytes: &[u8]) -> Result<TraceContext, WireError> {
+    let mut reader = Reader { body: bytes, at: 0 };
+    let trace_id = reader.array::<16>("trace id")?;
+    let span_id = reader.array::<8>("span id")?;
+    let [flags] = reader.array::<1>("trace flags")?;
+    TraceContext::new(trace_id, span_id, flags).map_err(|e| invalid(e.to_string()))
 }
 
 /// Why a reflection message of `len` bytes cannot travel.
@@ -795,6 +936,8 @@ pub struct Parts {
     pub reflect_on_failure: bool,
     /// For a reflection: why, and the channel it was emitted on.
     pub reflection: Option<(ReflectionReason, String)>,
+    /// The trace context.
+    pub trace: Option<TraceContext>,
     /// Payload bytes.
     pub payload: Bytes,
 }
@@ -818,6 +961,7 @@ impl Default for Parts {
             diffracting: false,
             reflect_on_failure: false,
             reflection: None,
+            trace: None,
             payload: Bytes::new(),
         }
     }
@@ -849,6 +993,7 @@ impl Parts {
             reflection: extras
                 .and_then(|e| e.reflection.as_deref())
                 .map(|r| (r.reason.clone(), r.channel.as_str().to_string())),
+            trace: extras.and_then(|e| e.trace),
             payload: wave.payload.clone(),
         }
     }
@@ -888,8 +1033,13 @@ impl Parts {
                     channel.as_bytes(),
                 )
             }),
+            trace: None,
         }
         .build(channel, self.payload)
+        .map(|mut wave| {
+            wave.set_trace_context(self.trace);
+            wave
+        })
     }
 
     /// Whether every field equals `other`'s, floats compared bit for bit.
@@ -909,6 +1059,7 @@ impl Parts {
             && self.diffracting == other.diffracting
             && self.reflect_on_failure == other.reflect_on_failure
             && self.reflection == other.reflection
+            && self.trace == other.trace
             && self.payload == other.payload
     }
 }
@@ -1041,7 +1192,7 @@ mod tests {
 
     #[test]
     fn unknown_flags() {
-        for bit in 6..16 {
+        for bit in 8..16 {
             let mut body = encode(&Wave::new("a", ())).to_vec();
             body[2..4].copy_from_slice(&(1u16 << bit).to_le_bytes());
             assert_eq!(kind(&body), WireErrorKind::UnknownFlags, "bit {bit}");

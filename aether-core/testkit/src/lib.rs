@@ -26,7 +26,7 @@ pub use nkey::NKeyUser;
 pub use pki::TestPki;
 pub use proxy::TcpProxy;
 pub use raw::{ClientAuth, RawMessage, RawNats};
-pub use server::{Auth, ClusterConfig, NatsServer, NatsServerBuilder, nats_server_path};
+pub use server::{Auth, ClusterConfig, NatsServer, NatsServerBuilder, User, nats_server_path};
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 
@@ -75,4 +75,30 @@ pub fn program(path: &str) -> tokio::process::Command {
     }
     command.kill_on_drop(true);
     command
+}
+
+/// The path of binary `bin` of workspace package `package`, built now (quietly, offline) in
+/// the profile of the running test binary, `test_exe` (an `env!("CARGO_BIN_EXE_...")` of the
+/// calling package, whose directory the binary is put in).
+///
+/// For tests that run programs of other packages of the workspace: cargo builds only the
+/// calling package's binaries for its tests. Blocking: call it from `spawn_blocking` in async
+/// tests. When the binary is up to date, this is a quick no-op build.
+pub fn workspace_program(test_exe: &str, package: &str, bin: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(test_exe)
+        .parent()
+        .expect("a binary lives in a directory");
+    let mut build = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
+    build.args(["build", "--quiet", "--offline", "-p", package, "--bin", bin]);
+    build
+        .arg("--manifest-path")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml"));
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "cargo build of {package}: {status}");
+    let program = dir.join(bin);
+    assert!(program.exists(), "{}", program.display());
+    program
 }

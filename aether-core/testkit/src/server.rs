@@ -85,6 +85,21 @@ pub enum Auth {
         /// The user's public key (`U...`).
         public_key: String,
     },
+    /// `authorization { users: [ { user, password, <extra> }, ... ] }`: several users, each
+    /// with extra fields such as a `permissions: { ... }` block. The readiness probe logs in
+    /// as the first.
+    Users(Vec<User>),
+}
+
+/// One user of [`Auth::Users`].
+#[derive(Clone, Debug)]
+pub struct User {
+    /// User name.
+    pub user: String,
+    /// Password.
+    pub password: String,
+    /// More fields of the user's entry, written as they are (e.g. `permissions: { ... }`).
+    pub extra: String,
 }
 
 /// A `cluster { ... }` block: the cluster name, the route listen port on 127.0.0.1 (`None`
@@ -324,6 +339,22 @@ impl NatsServerBuilder {
                     "authorization {{\n  users: [\n    {{ nkey: {} }}\n  ]\n}}\n",
                     quote(public_key)
                 ));
+            }
+            Some(Auth::Users(users)) => {
+                c.push_str("authorization {\n  users: [\n");
+                for u in users {
+                    let extra = if u.extra.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {}", u.extra)
+                    };
+                    c.push_str(&format!(
+                        "    {{ user: {}, password: {}{extra} }}\n",
+                        quote(&u.user),
+                        quote(&u.password)
+                    ));
+                }
+                c.push_str("  ]\n}\n");
             }
         }
         if let (Some(cluster), Some(cport)) = (&self.cluster, cluster_port) {
@@ -664,6 +695,13 @@ impl Probe {
             },
             // The server config has only the public key: INFO is all we can check.
             Some(Auth::NKey { .. }) => return Ok(()),
+            Some(Auth::Users(users)) => match users.first() {
+                Some(u) => ClientAuth::UserPassword {
+                    user: u.user.clone(),
+                    password: u.password.clone(),
+                },
+                None => ClientAuth::None,
+            },
         };
         let mut raw = RawNats::connect_with(self.addr, auth).await?;
         if self.jetstream_standalone {

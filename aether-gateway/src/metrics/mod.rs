@@ -19,6 +19,8 @@
 //! | `aether_gateway_dashboard_clients` | gauge | | open `/events` streams |
 //! | `aether_waves_emitted_total`, `…_delivered_total`, `…_unrouted_total`, `…_diffracted_total`, `…_reflected_total` | counter | | the gateway's aether (`Aether::stats`) |
 //! | `aether_waves_dropped_total` | counter | `reason` | the same, drops by reason |
+//! | `aether_emits_rate_limited_total` | counter | | emits refused by a vibrator's rate limit, on the gateway's aether |
+//! | `aether_reliability_retries_total`, `…_timeouts_total`, `…_breaker_opens_total`, `…_breaker_rejections_total` | counter | | `aether_core::reliable` policies on the gateway's aether |
 //! | `aether_interference_events_total` | counter | `pattern` | `constructive`, `cancellation`, `standing_wave` |
 //! | `aether_physics_observed_total`, `aether_physics_skipped_total` | counter | `reason` (skipped) | the physics engine's work |
 //! | `aether_physics_events_lagged_total` | counter | | events followers missed |

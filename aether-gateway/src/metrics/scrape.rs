@@ -66,6 +66,11 @@ struct Bus {
     unrouted: IntCounter,
     diffracted: IntCounter,
     reflected: IntCounter,
+    rate_limited: IntCounter,
+    retries: IntCounter,
+    timeouts: IntCounter,
+    breaker_opens: IntCounter,
+    breaker_rejections: IntCounter,
     dropped: IntCounterVec,
     observer_dropped: IntCounterVec,
 }
@@ -179,6 +184,26 @@ impl ScrapeCollector {
             reflected: m.counter(
                 "aether_waves_reflected_total",
                 "Reflections sent back to their source by the gateway's aether.",
+            )?,
+            rate_limited: m.counter(
+                "aether_emits_rate_limited_total",
+                "Emits refused because a vibrator of the gateway's aether was over its rate limit.",
+            )?,
+            retries: m.counter(
+                "aether_reliability_retries_total",
+                "Retries made by reliability policies on the gateway's aether.",
+            )?,
+            timeouts: m.counter(
+                "aether_reliability_timeouts_total",
+                "Tries of reliability policies on the gateway's aether that timed out.",
+            )?,
+            breaker_opens: m.counter(
+                "aether_reliability_breaker_opens_total",
+                "Times a circuit breaker on the gateway's aether opened.",
+            )?,
+            breaker_rejections: m.counter(
+                "aether_reliability_breaker_rejections_total",
+                "Calls failed at once by an open circuit breaker on the gateway's aether.",
             )?,
             dropped: m.counters(
                 "aether_waves_dropped_total",
@@ -361,6 +386,11 @@ impl ScrapeCollector {
         raise(&bus.unrouted, stats.unrouted);
         raise(&bus.diffracted, stats.diffracted);
         raise(&bus.reflected, stats.reflected);
+        raise(&bus.rate_limited, stats.rate_limited);
+        raise(&bus.retries, stats.retries);
+        raise(&bus.timeouts, stats.timeouts);
+        raise(&bus.breaker_opens, stats.breaker_opens);
+        raise(&bus.breaker_rejections, stats.breaker_rejections);
         let observer = *self
             .sources
             .observer

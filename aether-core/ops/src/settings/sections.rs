@@ -4,6 +4,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, de};
 
+use aether_core::{
+    Aether, RateLimit, Vibrator,
+    reliable::{ReliabilityConfig, Reliable},
+};
+
 use super::{SettingsError, Validate};
 
 /// The `[log]` section: what is logged, and how.
@@ -65,13 +70,20 @@ impl<'de> Deserialize<'de> for LogFormat {
     }
 }
 
-/// The `[telemetry]` section, for traces and metrics exported over OTLP
-/// (used by a later release; read and checked now).
+/// The `[telemetry]` section: spans exported over OTLP/HTTP
+/// ([`crate::telemetry`]). Off by default.
+///
+/// ```toml
+/// [telemetry]
+/// otlp_endpoint = "http://127.0.0.1:4318"  # a collector's OTLP/HTTP port; /v1/traces is added
+/// service_name = "shop"                    # default: the program's name
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetrySettings {
-    /// Where to send OTLP data, `http://` or `https://`; none: nothing is
-    /// exported.
+    /// The OTLP/HTTP endpoint to send spans to, `http://host:port` (the
+    /// traces path `/v1/traces` is added unless given); none (the
+    /// default): nothing is exported.
     pub otlp_endpoint: Option<String>,
     /// The name the program reports; none: the program's own name.
     pub service_name: Option<String>,
@@ -80,16 +92,8 @@ pub struct TelemetrySettings {
 impl Validate for TelemetrySettings {
     fn validate(&self) -> Result<(), SettingsError> {
         if let Some(endpoint) = &self.otlp_endpoint {
-            let scheme_ok = ["http://", "https://"]
-                .iter()
-                .any(|scheme| endpoint.len() > scheme.len() && endpoint.starts_with(scheme));
-            if !scheme_ok {
-                return Err(SettingsError::invalid(
-                    "otlp_endpoint",
-                    endpoint,
-                    "must be an http:// or https:// URL",
-                ));
-            }
+            crate::telemetry::check_endpoint(endpoint)
+                .map_err(|why| SettingsError::invalid("otlp_endpoint", endpoint, why))?;
         }
         if let Some(name) = &self.service_name
             && name.trim().is_empty()
@@ -112,11 +116,19 @@ pub struct ServiceSettings {
     /// The service's noise floor, in `[0, 1]`: waves weaker than this are
     /// not delivered to it. Default 0.
     pub noise_floor: f64,
-    /// Most waves handled per second; none: no limit. When set, above 0.
+    /// Most waves the service's vibrators emit per second, on average
+    /// (bursts of one second's worth allowed); an emit over it is refused
+    /// with `EmitErrorKind::RateLimited` and counted (`rate_limited`).
+    /// None (the default): no limit. When set, above 0 and at most 1e9.
+    /// Changes on reload.
     pub rate_limit_per_s: Option<f64>,
     /// Time allowed to drain at shutdown, in milliseconds, at least 1.
     /// Default 10,000.
     pub shutdown_grace_ms: u64,
+    /// `[service.reliability]`: when present, the service's emits retry
+    /// with backoff, under a timeout and a circuit breaker
+    /// (`aether_core::reliable`). None (the default): one try each.
+    pub reliability: Option<ReliabilityConfig>,
 }
 
 impl Default for ServiceSettings {
@@ -125,6 +137,7 @@ impl Default for ServiceSettings {
             noise_floor: 0.0,
             rate_limit_per_s: None,
             shutdown_grace_ms: 10_000,
+            reliability: None,
         }
     }
 }
@@ -133,6 +146,44 @@ impl ServiceSettings {
     /// [`ServiceSettings::shutdown_grace_ms`] as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// [`ServiceSettings::rate_limit_per_s`] as a vibrator's limit.
+    pub fn rate_limit(&self) -> Result<Option<RateLimit>, SettingsError> {
+        self.rate_limit_per_s
+            .map(RateLimit::per_second)
+            .transpose()
+            .map_err(|_| {
+                SettingsError::invalid(
+                    "rate_limit_per_s",
+                    self.rate_limit_per_s.unwrap_or_default().to_string(),
+                    "must be a number above 0 and at most 1e9",
+                )
+            })
+    }
+
+    /// The reliability policy of `[service.reliability]`, if present, on
+    /// `aether`.
+    pub fn reliable(&self, aether: &Aether) -> Result<Option<Reliable>, SettingsError> {
+        self.reliability
+            .map(|config| Reliable::new(config, aether))
+            .transpose()
+            .map_err(|err| SettingsError::from(err).within("reliability"))
+    }
+
+    /// Gives `vibrator` this section's noise floor and rate limit (at start,
+    /// and again on each reload).
+    pub fn apply_to(&self, vibrator: &Vibrator) -> Result<(), SettingsError> {
+        let limit = self.rate_limit()?;
+        vibrator.set_noise_floor(self.noise_floor).map_err(|_| {
+            SettingsError::invalid(
+                "noise_floor",
+                self.noise_floor.to_string(),
+                "must be in [0, 1]",
+            )
+        })?;
+        vibrator.set_rate_limit(limit);
+        Ok(())
     }
 }
 
@@ -145,14 +196,11 @@ impl Validate for ServiceSettings {
                 "must be in [0, 1]",
             ));
         }
-        if let Some(rate) = self.rate_limit_per_s
-            && !(rate.is_finite() && rate > 0.0)
-        {
-            return Err(SettingsError::invalid(
-                "rate_limit_per_s",
-                rate.to_string(),
-                "must be a number above 0",
-            ));
+        self.rate_limit()?;
+        if let Some(reliability) = &self.reliability {
+            reliability
+                .validate()
+                .map_err(|err| SettingsError::from(err).within("reliability"))?;
         }
         if self.shutdown_grace_ms == 0 {
             return Err(SettingsError::invalid(

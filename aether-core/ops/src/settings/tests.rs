@@ -192,6 +192,24 @@ fn an_out_of_range_value_is_named_with_its_value() {
             "http",
         ),
         (
+            "AETHER__SERVICE__RATE_LIMIT_PER_S",
+            "2e9",
+            "service.rate_limit_per_s",
+            "at most 1e9",
+        ),
+        (
+            "AETHER__SERVICE__RELIABILITY__ATTEMPTS",
+            "0",
+            "service.reliability.attempts",
+            "1 to 100",
+        ),
+        (
+            "AETHER__SERVICE__RELIABILITY__BASE_BACKOFF_MS",
+            "5000",
+            "service.reliability.base_backoff_ms",
+            "at most max_backoff_ms",
+        ),
+        (
             "AETHER__RESOURCES__MAX_RSS_BYTES",
             "0",
             "resources.max_rss_bytes",
@@ -220,4 +238,77 @@ fn a_refused_secret_is_not_shown() {
     .unwrap_err();
     assert_eq!(err.key(), Some("aether.hopping.secret"));
     assert!(!err.to_string().contains("too-short"), "{err}");
+}
+
+/// Every variable the documentation names is one this loader reads: the
+/// names in README.md, config/default.toml and this crate's README that
+/// set a section of [`Program`] load without an unknown key. The aether's
+/// section is `[aether]`, so its variables start `AETHER__AETHER__`; the
+/// single-prefix form names no section and is refused.
+#[test]
+fn the_documented_variables_are_the_ones_read() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let docs = [
+        "README.md",
+        "config/default.toml",
+        "aether-core/ops/README.md",
+    ];
+    let dir = dir_with(&[("default.toml", "")]);
+    let sections = ["aether", "log", "telemetry", "service", "resources"];
+    let mut checked = Vec::new();
+    for doc in docs {
+        let text = std::fs::read_to_string(format!("{root}/{doc}")).unwrap();
+        for (start, _) in text.match_indices(VARIABLE_PREFIX) {
+            let name: String = text[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            let key = name[VARIABLE_PREFIX.len()..].to_ascii_lowercase();
+            let section = key.split("__").next().unwrap_or_default();
+            // Placeholders (AETHER__<SECTION>__<KEY>), bare prefixes
+            // (AETHER__AETHER__) and other programs' sections.
+            if !sections.contains(&section) || !key.contains("__") || key.ends_with('_') {
+                continue;
+            }
+            // A value of the right type is not needed: an unknown key is
+            // refused before any value is read.
+            if let Err(err) = load_in(dir.path(), None, &[(&name, "0123456789abcdef0123")]) {
+                assert_ne!(
+                    err.kind(),
+                    SettingsErrorKind::UnknownKey,
+                    "{doc} names {name}: {err}"
+                );
+            }
+            checked.push(name);
+        }
+    }
+    for doc_says in ["README.md", "config/default.toml"] {
+        let text = std::fs::read_to_string(format!("{root}/{doc_says}")).unwrap();
+        assert!(
+            text.contains("AETHER__AETHER__HOPPING__SECRET"),
+            "{doc_says} names the secret's variable"
+        );
+    }
+    assert!(
+        checked
+            .iter()
+            .any(|n| n == "AETHER__AETHER__HOPPING__SECRET"),
+        "{checked:?}"
+    );
+    let secret = "0123456789abcdef0123";
+    let program = load_in(
+        dir.path(),
+        None,
+        &[("AETHER__AETHER__HOPPING__SECRET", secret)],
+    )
+    .unwrap();
+    assert_eq!(
+        program.aether.hopping.secret.as_ref().map(|s| s.expose()),
+        Some(secret)
+    );
+    let err = load_in(dir.path(), None, &[("AETHER__HOPPING__SECRET", secret)]).unwrap_err();
+    assert_eq!(
+        (err.kind(), err.key()),
+        (SettingsErrorKind::UnknownKey, Some("hopping"))
+    );
 }

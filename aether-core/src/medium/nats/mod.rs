@@ -14,6 +14,8 @@
 //! so do diffracting and reflectable waves, to learn that nobody heard them
 //! ([`probe`]).
 
+mod disk_outbox;
+mod durable;
 mod outbox;
 mod probe;
 
@@ -48,6 +50,7 @@ use crate::{
     hopping::HopGate,
     inbox::Inbox,
     reflection,
+    security::Security,
     stats::{Counters, DropReason},
     subject, wire,
 };
@@ -69,6 +72,8 @@ pub(crate) struct NatsMedium {
     /// The subject of each channel emitted on, built once: a clone is a
     /// reference count, where building it costs two allocations per emit.
     subjects: ArcSwap<FxHashMap<Box<str>, Subject>>,
+    /// Durable channels (JetStream), when configured.
+    durable: Option<Arc<durable::Durable>>,
 }
 
 /// Most channels whose subjects are kept; past it, subjects are built per
@@ -89,6 +94,8 @@ struct Shared {
     events: broadcast::Sender<ConnectionEvent>,
     outbox: Outbox,
     wake_flusher: Notify,
+    /// Signing keys and access rules.
+    security: Arc<Security>,
 }
 
 impl NatsMedium {
@@ -96,6 +103,7 @@ impl NatsMedium {
     pub(crate) async fn connect(
         config: &AetherConfig,
         stats: Arc<Counters>,
+        security: Arc<Security>,
     ) -> Result<Self, ConnectError> {
         let nats = &config.nats;
         let (events, _) = broadcast::channel(1024);
@@ -110,6 +118,7 @@ impl NatsMedium {
             events,
             outbox: Outbox::new(nats.outbox_capacity),
             wake_flusher: Notify::new(),
+            security,
         });
         shared.counters.set_state(ConnectionState::Disconnected);
         let options = options(config, &shared).await?;
@@ -135,6 +144,7 @@ impl NatsMedium {
         if client.connection_state() == State::Connected {
             shared.counters.set_state(ConnectionState::Connected);
         }
+        let durable = durable::Durable::start(&client, &shared).await?;
         let flusher = tokio::spawn(flush_on_reconnect(client.clone(), shared.clone()));
         Ok(Self {
             client,
@@ -146,6 +156,7 @@ impl NatsMedium {
                 | (NEXT_AETHER.fetch_add(1, Ordering::Relaxed) & 0xFFFF_FFFF),
             probe: tokio::sync::OnceCell::new(),
             subjects: ArcSwap::default(),
+            durable,
         })
     }
 
@@ -161,23 +172,32 @@ impl NatsMedium {
     /// connection is down. A wave that diffracts or reflects is tracked
     /// ([`probe`]).
     pub(crate) async fn publish(&self, wave: &Wave) -> Result<(), EmitError> {
+        if let Some(durable) = &self.durable
+            && durable.is_durable(wave.channel())
+        {
+            return durable.publish(&self.shared, wave).await;
+        }
         if wave.is_tracked() {
             return self.publish_tracked(wave.clone()).await;
         }
         let shared = &*self.shared;
         // The fast path: a cached subject and a pooled envelope.
         if shared.may_bypass_outbox() {
+            let subject = self.subject_of(wave.channel());
+            let body = if shared.security.is_enabled() {
+                shared.seal(&subject, wave)
+            } else {
+                crate::wave::wire::encode_pooled(wave)
+            };
             return self
                 .client
-                .publish(
-                    self.subject_of(wave.channel()),
-                    crate::wave::wire::encode_pooled(wave),
-                )
+                .publish(subject, body)
                 .await
                 .map_err(|e| EmitError::with_source(EmitErrorKind::Medium, e));
         }
         let subject = subject::channel_subject(&shared.prefix, wave.channel());
-        send(&self.client, shared, subject, None, wire::encode(wave)).await
+        let body = shared.seal(&subject, wave);
+        send(&self.client, shared, subject, None, body).await
     }
 
     /// The subject of `channel`, from the cache when it is there.
@@ -239,7 +259,7 @@ impl NatsMedium {
         let shared = &*self.shared;
         let subject = subject::channel_subject(&shared.prefix, wave.channel());
         let request = async_nats::Request::new()
-            .payload(wire::encode(wave))
+            .payload(shared.seal(&subject, wave))
             .timeout(Some(timeout));
         let reply = self
             .client
@@ -261,10 +281,26 @@ impl NatsMedium {
             })?;
         let channel = subject::subject_channel(&shared.prefix, &reply.subject)
             .unwrap_or_else(|| wave.channel().clone());
-        let mut reply = wire::decode(channel, reply.payload, &shared.limits).map_err(|e| {
+        let body = reply.payload.clone();
+        let reply_wave = wire::decode(channel, reply.payload, &shared.limits).map_err(|e| {
             shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
             RequestError::with_source(RequestErrorKind::BadReply, e)
         })?;
+        if shared.security.is_enabled()
+            && let Err(reason) = shared
+                .security
+                .check_arrival(&reply.subject, &body, &reply_wave)
+        {
+            shared.stats.dropped(reason);
+            return Err(RequestError::new(
+                RequestErrorKind::BadReply,
+                format!(
+                    "the reply from {:?} was refused: {reason}",
+                    reply_wave.source().unwrap_or("an unnamed source")
+                ),
+            ));
+        }
+        let mut reply = reply_wave;
         reply.measure(crate::wave::unix_nanos(), shared.config.attenuation_factor);
         shared.stats.delivered();
         Ok(reply)
@@ -280,6 +316,21 @@ impl NatsMedium {
         let subject = subject::pattern_subject(&self.shared.prefix, &pattern);
         if let Listener::Hopping(gate) = listener {
             return self.subscribe_hopping(id, subject, gate).await;
+        }
+        if let Some(durable) = &self.durable
+            && durable.covers(&pattern)
+            && let Listener::Inbox(inbox) | Listener::Group(_, inbox) = &listener
+        {
+            let group = match &listener {
+                Listener::Group(group, _) => Some(group.clone()),
+                _ => None,
+            };
+            let inbox = inbox.clone();
+            let task = durable
+                .subscribe(self.shared.clone(), id, pattern, inbox.clone(), group)
+                .await?;
+            self.lock_subscriptions().insert(id, (task, inbox));
+            return Ok(id);
         }
         let (subscriber, inbox, grouped) = match listener {
             Listener::Inbox(inbox) => (self.client.subscribe(subject).await, inbox, false),
@@ -348,7 +399,9 @@ impl NatsMedium {
     pub(crate) async fn flush(&self, timeout: Duration) -> Result<(), EmitError> {
         let shared = &*self.shared;
         let done = async {
-            while !shared.outbox.is_idle(&shared.counters) {
+            while !shared.outbox.is_idle(&shared.counters)
+                || self.durable.as_ref().is_some_and(|d| !d.is_idle())
+            {
                 shared.wake_flusher.notify_one();
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -360,8 +413,10 @@ impl NatsMedium {
             Err(_) => Err(EmitError::new(
                 EmitErrorKind::Medium,
                 format!(
-                    "waves still waiting after {timeout:?} ({} in the outbox); is NATS reachable?",
-                    shared.counters.outbox_len.load(Ordering::Relaxed)
+                    "waves still waiting after {timeout:?} ({} in the outbox, {} in the \
+                     durable outbox); is NATS reachable?",
+                    shared.counters.outbox_len.load(Ordering::Relaxed),
+                    self.durable.as_ref().map_or(0, |d| d.pending())
                 ),
             )),
         }
@@ -372,6 +427,9 @@ impl NatsMedium {
             task.abort();
         }
         self.flusher.abort();
+        if let Some(durable) = &self.durable {
+            durable.stop();
+        }
         if let Some((_, task)) = self.probe.get() {
             task.abort();
         }
@@ -516,6 +574,15 @@ impl Shared {
     }
 
     /// Counts and (sparingly) logs a message that is not a valid wave.
+    /// The envelope of `wave` for `subject`: signed when this aether holds
+    /// its source's key.
+    fn seal(&self, subject: &str, wave: &Wave) -> bytes::Bytes {
+        match self.security.key_of(wave.source()) {
+            Some(key) => wire::encode_signed(wave, subject, key),
+            None => wire::encode(wave),
+        }
+    }
+
     fn refuse(&self, subject: &str, error: &dyn std::fmt::Display) {
         let n = self.counters.malformed.fetch_add(1, Ordering::Relaxed);
         if n.is_multiple_of(MALFORMED_LOG_EVERY) {
@@ -579,7 +646,8 @@ async fn reflect(client: &Client, shared: &Shared, reflected: Wave) -> Result<()
     let subject = subject::channel_subject(&shared.prefix, &routing);
     shared.stats.emitted();
     shared.stats.reflected();
-    send(client, shared, subject, None, wire::encode(&reflected)).await
+    let body = shared.seal(&subject, &reflected);
+    send(client, shared, subject, None, body).await
 }
 
 /// Sends the outbox, in order, each time the connection comes back.
@@ -697,6 +765,10 @@ fn take(
         );
         return None;
     };
+    let body = shared
+        .security
+        .is_enabled()
+        .then(|| message.payload.clone());
     let mut wave = match wire::decode(channel, message.payload, &shared.limits) {
         Ok(wave) => wave,
         Err(error) => {
@@ -704,6 +776,14 @@ fn take(
             return None;
         }
     };
+    if let Some(body) = body
+        && let Err(reason) = shared
+            .security
+            .check_arrival(&message.subject, &body, &wave)
+    {
+        shared.stats.dropped(reason);
+        return None;
+    }
     // Another of this vibrator's resonances hears the wave too: it is
     // delivered there, once.
     if heard_elsewhere(wave.channel()) {

@@ -33,9 +33,7 @@ use futures_util::StreamExt;
 use tokio::task::AbortHandle;
 
 use super::{Shared, reflect, send};
-use crate::{
-    Channel, EmitError, EmitErrorKind, ReflectionReason, Wave, diffraction, subject, wire,
-};
+use crate::{Channel, EmitError, EmitErrorKind, ReflectionReason, Wave, diffraction, subject};
 
 /// The channel prefix of probe reply subjects.
 pub(super) const PROBE_PREFIX: &str = "_probe";
@@ -93,7 +91,7 @@ impl Probe {
     /// Publishes a tracked wave, emitted on `emitted` (before any bend).
     pub(super) async fn publish(&self, wave: Wave, emitted: Channel) -> Result<(), EmitError> {
         let subject = subject::channel_subject(&self.shared.prefix, wave.channel());
-        let body = wire::encode(&wave);
+        let body = self.shared.seal(&subject, &wave);
         let token = self.next.fetch_add(1, Ordering::Relaxed);
         self.track(token, wave, emitted);
         let reply = format!("{}.{token}", self.reply_prefix);

@@ -13,6 +13,8 @@ The Rust test `aether-core/tests/wire.rs` decodes and encodes the same cases
 and compares with the committed .bin files byte for byte.
 """
 
+import hashlib
+import hmac
 import json
 import math
 import os
@@ -28,6 +30,8 @@ FLAG_REPLY_TO = 1 << 2
 FLAG_DIFFRACT = 1 << 3
 FLAG_REFLECT = 1 << 4
 FLAG_REFLECTED = 1 << 5
+FLAG_TRACE = 1 << 6
+FLAG_SIGNED = 1 << 7
 MAX_SOURCE_LEN = 64
 MAX_KEY_LEN = 256
 MAX_CHANNEL_LEN = 256
@@ -122,6 +126,18 @@ def encode(case):
             + channel
         )
 
+    trace = case.get("trace")
+    if trace is not None:
+        # A W3C traceparent of version 00: the section is its three fields.
+        version, trace_id, span_id, trace_flags = trace.split("-")
+        assert version == "00" and len(trace_id) == 32 and len(span_id) == 16
+        assert int(trace_id, 16) != 0 and int(span_id, 16) != 0
+        flags |= FLAG_TRACE
+        sections += bytes.fromhex(trace_id) + bytes.fromhex(span_id) + bytes.fromhex(trace_flags)
+    signed = case.get("signed")
+    if signed is not None:
+        flags |= FLAG_SIGNED
+
     if "payload_hex" in case:
         payload = bytes.fromhex(case["payload_hex"])
     else:
@@ -144,7 +160,14 @@ def encode(case):
         )
     )
     assert len(header) == HEADER_LEN
-    return header + source + sections + payload
+    body = header + source + sections + payload
+    if signed is not None:
+        # HMAC-SHA256 of the subject's length (u16 LE), the subject, and the
+        # body so far, appended.
+        subject = signed["subject"].encode("ascii")
+        message = struct.pack("<H", len(subject)) + subject + body
+        body += hmac.new(bytes.fromhex(signed["key_hex"]), message, hashlib.sha256).digest()
+    return body
 
 
 def mutate(base, case):

@@ -1,0 +1,268 @@
+//! Settings of durable channels: JetStream on the NATS medium, and the
+//! emitter's outbox on disk.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, check};
+use crate::Channel;
+
+/// Where the stream keeps its waves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurableStorage {
+    /// On the server's disk (survives a server restart). The default.
+    #[default]
+    File,
+    /// In the server's memory (lost when the server stops).
+    Memory,
+}
+
+/// Durable channels (`[aether.durability]`), read by the NATS medium:
+/// waves on channels that one of `channels` matches are stored in a
+/// JetStream stream, deduplicated by wave id, and resonances within those
+/// patterns read them through durable consumers that resume where they
+/// stopped. Every other channel keeps the core NATS path. With `channels`
+/// empty (the default) nothing is durable and nothing changes. The embedded
+/// medium has no network to survive and ignores these settings.
+///
+/// ```
+/// use aether_core::{AetherConfig, config::DurabilityConfig};
+///
+/// let config = AetherConfig {
+///     durability: DurabilityConfig {
+///         channels: vec!["orders.*".into()],
+///         outbox_dir: Some("/var/lib/orders/outbox".into()),
+///         ..Default::default()
+///     },
+///     ..Default::default()
+/// };
+/// config.validate()?;
+///
+/// let bad = DurabilityConfig { channels: vec!["_INBOX.*".into()], ..Default::default() };
+/// let err = AetherConfig { durability: bad, ..Default::default() }.validate().unwrap_err();
+/// assert_eq!(err.key(), "durability.channels");
+/// # Ok::<(), aether_core::ConfigError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DurabilityConfig {
+    /// Channel patterns whose waves are durable (the channel grammar: `*`
+    /// inner or trailing, `>`). Empty (the default): none.
+    pub channels: Vec<String>,
+    /// The JetStream stream that stores them: created at connect, or
+    /// updated to these settings. One stream per subject prefix. Default
+    /// `AETHER`.
+    pub stream: String,
+    /// `file` (the default) or `memory`.
+    pub storage: DurableStorage,
+    /// How long the stream remembers a wave id to drop a second copy, in
+    /// milliseconds: a resend within it is stored once. Default 120,000.
+    pub duplicate_window_ms: u64,
+    /// Oldest wave kept, in milliseconds; 0 (the default) = no limit.
+    pub max_age_ms: u64,
+    /// Most bytes kept, the oldest waves going first; 0 (the default) = no
+    /// limit.
+    pub max_bytes: u64,
+    /// How long a consumer's delivery waits for its acknowledgement before
+    /// the server sends it again, in milliseconds. Default 30,000.
+    pub ack_wait_ms: u64,
+    /// Most deliveries of one wave to a consumer; 0 (the default) = no
+    /// limit.
+    pub max_deliver: u32,
+    /// Directory of the emitter's on-disk outbox: durable waves that could
+    /// not be stored (NATS unreachable, or no acknowledgement) are written
+    /// there, synced, before `emit` returns, and sent when the connection is
+    /// back, also by the next process that starts with this directory. None
+    /// (the default): the outbox is in memory, lost with the process.
+    pub outbox_dir: Option<PathBuf>,
+    /// Most bytes of waves the durable outbox holds (in memory or on disk);
+    /// past it, `emit` on a durable channel fails with `OutboxFull`.
+    /// Default 268,435,456 (256 MiB).
+    pub outbox_max_bytes: u64,
+}
+
+impl Default for DurabilityConfig {
+    fn default() -> Self {
+        Self {
+            channels: Vec::new(),
+            stream: "AETHER".to_string(),
+            storage: DurableStorage::File,
+            duplicate_window_ms: 120_000,
+            max_age_ms: 0,
+            max_bytes: 0,
+            ack_wait_ms: 30_000,
+            max_deliver: 0,
+            outbox_dir: None,
+            outbox_max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+impl DurabilityConfig {
+    /// Whether any channel is durable.
+    pub fn is_enabled(&self) -> bool {
+        !self.channels.is_empty()
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for pattern in &self.channels {
+            check(
+                Channel::new(pattern.as_str()).is_valid(),
+                "durability.channels",
+                pattern.clone(),
+                "is not a valid channel or pattern",
+            )?;
+            check(
+                !pattern.starts_with('_') && pattern != "*" && pattern != ">",
+                "durability.channels",
+                pattern.clone(),
+                "would hold the bus's own channels (_INBOX, _reflect, _hop...); \
+                 name the channels to keep",
+            )?;
+        }
+        check(
+            is_stream_name(&self.stream),
+            "durability.stream",
+            self.stream.clone(),
+            "must be 1 to 64 of A-Z a-z 0-9 _ -",
+        )?;
+        check(
+            (100..=86_400_000).contains(&self.duplicate_window_ms),
+            "durability.duplicate_window_ms",
+            self.duplicate_window_ms.to_string(),
+            "must be between 100 and 86400000",
+        )?;
+        check(
+            self.max_age_ms == 0 || self.max_age_ms >= self.duplicate_window_ms,
+            "durability.max_age_ms",
+            self.max_age_ms.to_string(),
+            "must be 0 (no limit) or at least durability.duplicate_window_ms",
+        )?;
+        check(
+            self.max_bytes <= i64::MAX as u64,
+            "durability.max_bytes",
+            self.max_bytes.to_string(),
+            "is too large",
+        )?;
+        check(
+            (100..=86_400_000).contains(&self.ack_wait_ms),
+            "durability.ack_wait_ms",
+            self.ack_wait_ms.to_string(),
+            "must be between 100 and 86400000",
+        )?;
+        if let Some(dir) = &self.outbox_dir {
+            check(
+                !dir.as_os_str().is_empty(),
+                "durability.outbox_dir",
+                String::new(),
+                "must be a directory path; leave it out for an outbox in memory",
+            )?;
+            check(
+                !dir.is_file(),
+                "durability.outbox_dir",
+                dir.display().to_string(),
+                "is a file, not a directory",
+            )?;
+        }
+        check(
+            (1024..=1 << 40).contains(&self.outbox_max_bytes),
+            "durability.outbox_max_bytes",
+            self.outbox_max_bytes.to_string(),
+            "must be between 1024 and 1099511627776",
+        )
+    }
+
+    /// The durable patterns, as channels.
+    pub(crate) fn patterns(&self) -> Vec<Channel> {
+        self.channels
+            .iter()
+            .map(|p| Channel::new(p.as_str()))
+            .collect()
+    }
+
+    /// [`DurabilityConfig::duplicate_window_ms`] as a duration.
+    pub fn duplicate_window(&self) -> Duration {
+        Duration::from_millis(self.duplicate_window_ms)
+    }
+
+    /// [`DurabilityConfig::ack_wait_ms`] as a duration.
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_millis(self.ack_wait_ms)
+    }
+}
+
+/// Whether `name` is a stream name this crate accepts (JetStream refuses
+/// `.`, `*`, `>`, spaces and path separators).
+fn is_stream_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(config: DurabilityConfig) -> &'static str {
+        config.validate().unwrap_err().key()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_off() {
+        let config = DurabilityConfig::default();
+        config.validate().unwrap();
+        assert!(!config.is_enabled());
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let base = DurabilityConfig {
+            channels: vec!["orders.*".into()],
+            ..Default::default()
+        };
+        base.validate().unwrap();
+        for pattern in ["orders..x", "*", ">", "_hop.*"] {
+            let config = DurabilityConfig {
+                channels: vec![pattern.into()],
+                ..base.clone()
+            };
+            assert_eq!(refused(config), "durability.channels");
+        }
+        for stream in ["", "A.B", "a b", "a*"] {
+            let config = DurabilityConfig {
+                stream: stream.into(),
+                ..base.clone()
+            };
+            assert_eq!(refused(config), "durability.stream");
+        }
+        let config = DurabilityConfig {
+            duplicate_window_ms: 0,
+            ..base.clone()
+        };
+        assert_eq!(refused(config), "durability.duplicate_window_ms");
+        let config = DurabilityConfig {
+            max_age_ms: 1000,
+            ..base.clone()
+        };
+        assert_eq!(refused(config), "durability.max_age_ms");
+        let config = DurabilityConfig {
+            ack_wait_ms: 5,
+            ..base.clone()
+        };
+        assert_eq!(refused(config), "durability.ack_wait_ms");
+        let config = DurabilityConfig {
+            outbox_dir: Some(PathBuf::new()),
+            ..base.clone()
+        };
+        assert_eq!(refused(config), "durability.outbox_dir");
+        let config = DurabilityConfig {
+            outbox_max_bytes: 10,
+            ..base
+        };
+        assert_eq!(refused(config), "durability.outbox_max_bytes");
+    }
+}

@@ -1,0 +1,601 @@
+//! The durable outbox: waves on durable channels that could not be stored
+//! in JetStream yet (NATS unreachable, or no acknowledgement), kept in
+//! order, in memory and, with `durability.outbox_dir`, in a file synced
+//! before `emit` returns, so that the next process resends them.
+//!
+//! The file, `durable-outbox.log`, is an 8-byte header then records back
+//! to back (ARCHITECTURE.md gives it byte by byte):
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 4 | magic `AEOX` |
+//! | 4 | 1 | version, `1` |
+//! | 5 | 3 | zero |
+//!
+//! A record is `crc32c u32 | length u32 | body`, the CRC-32C over the
+//! length and the body; the body is a kind byte then its fields: `1` a wave
+//! (`subject length u16 | subject | wave id u128 big-endian | envelope`),
+//! `2` an acknowledgement mark (`count u64`: the first `count` waves of the
+//! file are stored). Integers are little-endian but the id. Reading stops at
+//! the first record that is cut short or fails its checksum, and the file is
+//! cut back there: a crash mid-write loses only the record being written,
+//! whose `emit` had not returned. When every wave is stored the file is cut
+//! back to its header.
+
+use std::{
+    collections::VecDeque,
+    fs::{File, OpenOptions},
+    io::{self, Read, Seek, SeekFrom, Write},
+    path::{Path, PathBuf},
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+};
+
+use bytes::Bytes;
+
+/// The outbox file's name in `outbox_dir`.
+pub(super) const FILE_NAME: &str = "durable-outbox.log";
+/// The lock file's name: one process at a time uses a directory.
+const LOCK_NAME: &str = "durable-outbox.lock";
+/// Magic and version of the file header.
+pub(super) const MAGIC: [u8; 4] = *b"AEOX";
+pub(super) const VERSION: u8 = 1;
+/// The file header's length.
+pub(super) const FILE_HEADER_LEN: usize = 8;
+/// A record's header: CRC-32C and length.
+const RECORD_HEADER_LEN: usize = 8;
+/// Longest record body accepted when reading (an envelope is at most a few
+/// MiB).
+pub(super) const MAX_RECORD_LEN: usize = 64 * 1024 * 1024;
+
+const KIND_WAVE: u8 = 1;
+const KIND_ACKED: u8 = 2;
+
+/// A durable wave waiting to be stored: its subject, its id (the
+/// `Nats-Msg-Id`) and its envelope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Entry {
+    pub(super) subject: String,
+    pub(super) id: u128,
+    pub(super) body: Bytes,
+}
+
+impl Entry {
+    /// What the entry counts against `outbox_max_bytes`.
+    fn cost(&self) -> u64 {
+        (self.subject.len() + self.body.len() + 16) as u64
+    }
+}
+
+/// One record of the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Record {
+    Wave(Entry),
+    /// The first `n` waves of the file are stored.
+    Acked(u64),
+}
+
+/// Appends the file header to `out`.
+pub(super) fn encode_header(out: &mut Vec<u8>) {
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&[0; 3]);
+}
+
+/// Appends `record` to `out`.
+pub(super) fn encode_record(record: &Record, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; RECORD_HEADER_LEN]);
+    match record {
+        Record::Wave(entry) => {
+            out.push(KIND_WAVE);
+            let subject = entry.subject.as_bytes();
+            let len = subject.len().min(u16::MAX as usize);
+            out.extend_from_slice(&(len as u16).to_le_bytes());
+            out.extend_from_slice(&subject[..len]);
+            out.extend_from_slice(&entry.id.to_be_bytes());
+            out.extend_from_slice(&entry.body);
+        }
+        Record::Acked(n) => {
+            out.push(KIND_ACKED);
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+    }
+    let body_len = (out.len() - start - RECORD_HEADER_LEN) as u32;
+    out[start + 4..start + 8].copy_from_slice(&body_len.to_le_bytes());
+    let crc = crc32c::crc32c(&out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// What reading a file found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Scan {
+    /// The records of the valid prefix, in order.
+    pub(super) records: Vec<Record>,
+    /// Length of the valid prefix (header included); what follows is a torn
+    /// or damaged tail.
+    pub(super) valid_len: usize,
+}
+
+/// The file is not an outbox of this format.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not an aether durable outbox (magic {magic:02x?}, version {version})")]
+pub(super) struct Foreign {
+    magic: Vec<u8>,
+    version: u8,
+}
+
+/// Reads a whole file's bytes: the records of its valid prefix. Never
+/// panics; a file shorter than its header that is a prefix of one (a crash
+/// while creating it) is empty. Any other header is [`Foreign`].
+pub(super) fn scan(bytes: &[u8]) -> Result<Scan, Foreign> {
+    let mut header = Vec::with_capacity(FILE_HEADER_LEN);
+    encode_header(&mut header);
+    if bytes.len() < FILE_HEADER_LEN {
+        if header.starts_with(bytes) {
+            return Ok(Scan::default());
+        }
+    } else if bytes[..FILE_HEADER_LEN] == header[..] {
+        let mut scan = Scan {
+            records: Vec::new(),
+            valid_len: FILE_HEADER_LEN,
+        };
+        while let Some((record, len)) = read_record(&bytes[scan.valid_len..]) {
+            scan.records.push(record);
+            scan.valid_len += len;
+        }
+        return Ok(scan);
+    }
+    Err(Foreign {
+        magic: bytes.iter().take(4).copied().collect(),
+        version: bytes.get(4).copied().unwrap_or(0),
+    })
+}
+
+/// The record at the start of `bytes` and its length, if it is whole and
+/// sound.
+fn read_record(bytes: &[u8]) -> Option<(Record, usize)> {
+    let header = bytes.get(..RECORD_HEADER_LEN)?;
+    let crc = u32::from_le_bytes(header[..4].try_into().ok()?);
+    let len = u32::from_le_bytes(header[4..8].try_into().ok()?) as usize;
+    if len > MAX_RECORD_LEN {
+        return None;
+    }
+    let end = RECORD_HEADER_LEN.checked_add(len)?;
+    let checked = bytes.get(4..end)?;
+    if crc32c::crc32c(checked) != crc {
+        return None;
+    }
+    let body = &bytes[RECORD_HEADER_LEN..end];
+    let (&kind, rest) = body.split_first()?;
+    let record = match kind {
+        KIND_WAVE => {
+            let subject_len = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+            let subject = rest.get(2..2 + subject_len)?;
+            let subject = std::str::from_utf8(subject).ok()?.to_string();
+            let id_at = 2 + subject_len;
+            let id = u128::from_be_bytes(rest.get(id_at..id_at + 16)?.try_into().ok()?);
+            let body = Bytes::copy_from_slice(&rest[id_at + 16..]);
+            Record::Wave(Entry { subject, id, body })
+        }
+        KIND_ACKED if rest.len() == 8 => Record::Acked(u64::from_le_bytes(rest.try_into().ok()?)),
+        _ => return None,
+    };
+    Some((record, end))
+}
+
+/// Why a wave could not be put in the outbox.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum AppendError {
+    #[error("the durable outbox holds {0} bytes of waves already")]
+    Full(u64),
+    #[error("cannot write the durable outbox {path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
+}
+
+/// The durable outbox: pending waves in order, mirrored to a file when it
+/// has one.
+pub(super) struct DurableOutbox {
+    state: Mutex<State>,
+    max_bytes: u64,
+    /// How many waves are pending, read without the lock.
+    pending: AtomicUsize,
+    /// Set while the flusher sends; emits then queue behind it.
+    flushing: AtomicBool,
+}
+
+struct State {
+    queue: VecDeque<Entry>,
+    bytes: u64,
+    file: Option<OutboxFile>,
+}
+
+struct OutboxFile {
+    path: PathBuf,
+    file: File,
+    /// Length of the file.
+    len: u64,
+    /// Wave records in the file, and how many of them (the first ones) are
+    /// stored.
+    waves: u64,
+    acked: u64,
+    /// Held for the life of the outbox: one process per directory.
+    _lock: File,
+}
+
+impl DurableOutbox {
+    /// An outbox in memory.
+    pub(super) fn in_memory(max_bytes: u64) -> Self {
+        Self::with(VecDeque::new(), None, max_bytes)
+    }
+
+    /// Opens (or creates) the outbox of `dir`, with the waves a previous
+    /// process left in it. A torn or damaged tail is cut off.
+    pub(super) fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_NAME))?;
+        lock.try_lock().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "{} is in use by another process; give each process its own outbox_dir",
+                    dir.display()
+                ),
+            )
+        })?;
+        let path = dir.join(FILE_NAME);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let scan = scan(&bytes).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}; move it away", path.display()),
+            )
+        })?;
+        if scan.valid_len < bytes.len() {
+            tracing::warn!(
+                path = %path.display(),
+                dropped_bytes = bytes.len() - scan.valid_len,
+                "cut a torn or damaged tail off the durable outbox"
+            );
+        }
+        let mut waves = Vec::new();
+        let mut acked = 0u64;
+        for record in scan.records {
+            match record {
+                Record::Wave(entry) => waves.push(entry),
+                Record::Acked(n) => acked = acked.max(n),
+            }
+        }
+        let queue: VecDeque<Entry> = waves
+            .into_iter()
+            .skip(usize::try_from(acked).unwrap_or(usize::MAX))
+            .collect();
+        // Start from a clean file holding only what is pending.
+        let mut clean = Vec::new();
+        encode_header(&mut clean);
+        for entry in &queue {
+            encode_record(&Record::Wave(entry.clone()), &mut clean);
+        }
+        if clean[..] != bytes[..] {
+            rewrite(&path, &clean)?;
+            file = OpenOptions::new().read(true).write(true).open(&path)?;
+        }
+        sync_dir(dir)?;
+        let file = OutboxFile {
+            path,
+            file,
+            len: clean.len() as u64,
+            waves: queue.len() as u64,
+            acked: 0,
+            _lock: lock,
+        };
+        if !queue.is_empty() {
+            tracing::info!(
+                waves = queue.len(),
+                "durable outbox: waves left by a previous process will be sent"
+            );
+        }
+        Ok(Self::with(queue, Some(file), max_bytes))
+    }
+
+    fn with(queue: VecDeque<Entry>, file: Option<OutboxFile>, max_bytes: u64) -> Self {
+        let bytes = queue.iter().map(Entry::cost).sum();
+        let pending = AtomicUsize::new(queue.len());
+        Self {
+            state: Mutex::new(State { queue, bytes, file }),
+            max_bytes,
+            pending,
+            flushing: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Each change leaves the state whole before anything can fail.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many waves wait.
+    pub(super) fn len(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Nothing waits and nothing is being flushed: an emit may go straight
+    /// to JetStream.
+    pub(super) fn is_idle(&self) -> bool {
+        !self.flushing.load(Ordering::Acquire) && self.len() == 0
+    }
+
+    pub(super) fn set_flushing(&self, flushing: bool) {
+        self.flushing.store(flushing, Ordering::Release);
+    }
+
+    /// Appends a wave: written and synced to the file (when there is one)
+    /// before this returns. Blocking: call it off the async workers.
+    pub(super) fn append(&self, entry: Entry) -> Result<(), AppendError> {
+        let mut state = self.lock();
+        let cost = entry.cost();
+        if state.bytes + cost > self.max_bytes {
+            return Err(AppendError::Full(state.bytes));
+        }
+        if let Some(file) = &mut state.file {
+            let mut record = Vec::with_capacity(entry.body.len() + entry.subject.len() + 64);
+            encode_record(&Record::Wave(entry.clone()), &mut record);
+            file.append(&record, true)
+                .map_err(|error| AppendError::Io {
+                    path: file.path.clone(),
+                    error,
+                })?;
+            file.waves += 1;
+        }
+        state.queue.push_back(entry);
+        state.bytes += cost;
+        self.pending.store(state.queue.len(), Ordering::Release);
+        Ok(())
+    }
+
+    /// The oldest pending wave.
+    pub(super) fn front(&self) -> Option<Entry> {
+        self.lock().queue.front().cloned()
+    }
+
+    /// The oldest pending wave is stored: forgets it. The file records it
+    /// without a sync (losing that mark only means a resend, which the
+    /// stream drops as a duplicate), and is cut back to its header once
+    /// nothing is pending. Blocking.
+    pub(super) fn pop_stored(&self) -> io::Result<()> {
+        let mut state = self.lock();
+        let Some(entry) = state.queue.pop_front() else {
+            return Ok(());
+        };
+        state.bytes -= entry.cost();
+        self.pending.store(state.queue.len(), Ordering::Release);
+        let empty = state.queue.is_empty();
+        let Some(file) = &mut state.file else {
+            return Ok(());
+        };
+        file.acked += 1;
+        if empty {
+            file.file.set_len(FILE_HEADER_LEN as u64)?;
+            file.file.sync_data()?;
+            (file.len, file.waves, file.acked) = (FILE_HEADER_LEN as u64, 0, 0);
+            Ok(())
+        } else {
+            let mut record = Vec::with_capacity(RECORD_HEADER_LEN + 9);
+            encode_record(&Record::Acked(file.acked), &mut record);
+            file.append(&record, false)
+        }
+    }
+}
+
+impl OutboxFile {
+    /// Writes `record` at the end, synced if `sync`; on failure the file is
+    /// cut back so no partial record stays.
+    fn append(&mut self, record: &[u8], sync: bool) -> io::Result<()> {
+        let written = self
+            .file
+            .seek(SeekFrom::Start(self.len))
+            .and_then(|_| self.file.write_all(record))
+            .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
+        match written {
+            Ok(()) => {
+                self.len += record.len() as u64;
+                Ok(())
+            }
+            Err(error) => {
+                let _ = self.file.set_len(self.len);
+                Err(error)
+            }
+        }
+    }
+}
+
+/// Replaces the file at `path` with `bytes`, atomically (a temp file synced,
+/// then renamed over it).
+fn rewrite(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Syncs a directory, so that a file created or renamed in it stays.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn entry(n: u8) -> Entry {
+        Entry {
+            subject: format!("aether.orders.n{n}"),
+            id: u128::from(n) << 64 | 7,
+            body: Bytes::from(vec![n; usize::from(n)]),
+        }
+    }
+
+    fn file_of(records: &[Record]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        encode_header(&mut bytes);
+        for record in records {
+            encode_record(record, &mut bytes);
+        }
+        bytes
+    }
+
+    fn arb_record() -> impl Strategy<Value = Record> {
+        prop_oneof![
+            (
+                "[a-z._]{0,40}",
+                any::<u128>(),
+                prop::collection::vec(any::<u8>(), 0..200)
+            )
+                .prop_map(|(subject, id, body)| Record::Wave(Entry {
+                    subject,
+                    id,
+                    body: body.into()
+                })),
+            any::<u64>().prop_map(Record::Acked),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn records_round_trip(records in prop::collection::vec(arb_record(), 0..20)) {
+            let bytes = file_of(&records);
+            let scan = scan(&bytes).unwrap();
+            prop_assert_eq!(scan.valid_len, bytes.len());
+            prop_assert_eq!(scan.records, records);
+        }
+
+        #[test]
+        fn any_truncation_leaves_a_valid_prefix(
+            records in prop::collection::vec(arb_record(), 1..12),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let bytes = file_of(&records);
+            let cut = cut.index(bytes.len() + 1);
+            let scan = scan(&bytes[..cut]).unwrap();
+            prop_assert!(scan.valid_len <= cut.max(FILE_HEADER_LEN));
+            prop_assert_eq!(&scan.records[..], &records[..scan.records.len()]);
+            // Every whole record before the cut is kept.
+            let whole = (0..=records.len())
+                .rev()
+                .find(|&n| file_of(&records[..n]).len() <= cut)
+                .unwrap_or(0);
+            prop_assert_eq!(scan.records.len(), whole);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = scan(&bytes);
+            let mut file = file_of(&[]);
+            file.extend_from_slice(&bytes);
+            let scan = scan(&file).unwrap();
+            prop_assert!(scan.valid_len <= file.len());
+        }
+
+        #[test]
+        fn a_flipped_byte_never_yields_a_changed_record(
+            records in prop::collection::vec(arb_record(), 1..8),
+            at in any::<prop::sample::Index>(),
+            flip in 1u8..,
+        ) {
+            let mut bytes = file_of(&records);
+            let at = FILE_HEADER_LEN + at.index(bytes.len() - FILE_HEADER_LEN);
+            bytes[at] ^= flip;
+            let scan = scan(&bytes).unwrap();
+            prop_assert!(scan.records.len() < records.len());
+            prop_assert_eq!(&scan.records[..], &records[..scan.records.len()]);
+        }
+    }
+
+    #[test]
+    fn a_foreign_file_is_refused_and_a_torn_header_is_empty() {
+        assert!(scan(b"hello world").is_err());
+        assert!(scan(b"AEOX\x02\0\0\0").is_err());
+        assert_eq!(scan(b"AEO").unwrap(), Scan::default());
+        assert_eq!(scan(b"").unwrap(), Scan::default());
+    }
+
+    #[test]
+    fn pending_waves_survive_a_reopen_and_stored_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let outbox = DurableOutbox::open(dir.path(), 1 << 20).unwrap();
+            for n in 1..=4 {
+                outbox.append(entry(n)).unwrap();
+            }
+            outbox.pop_stored().unwrap();
+            assert_eq!(outbox.front(), Some(entry(2)));
+        }
+        let outbox = DurableOutbox::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(outbox.len(), 3);
+        assert_eq!(outbox.front(), Some(entry(2)));
+        for _ in 0..3 {
+            outbox.pop_stored().unwrap();
+        }
+        assert!(outbox.is_idle());
+        let len = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
+        assert_eq!(len, FILE_HEADER_LEN as u64, "a drained outbox is cut back");
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let outbox = DurableOutbox::open(dir.path(), 1 << 20).unwrap();
+            outbox.append(entry(1)).unwrap();
+            outbox.append(entry(2)).unwrap();
+        }
+        let path = dir.path().join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.truncate(bytes.len() - 3);
+        bytes.extend_from_slice(b"garbage");
+        std::fs::write(&path, &bytes).unwrap();
+        let outbox = DurableOutbox::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(outbox.front(), Some(entry(1)));
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            file_of(&[Record::Wave(entry(1))])
+        );
+    }
+
+    #[test]
+    fn one_process_per_directory_and_a_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = DurableOutbox::open(dir.path(), 200).unwrap();
+        let err = DurableOutbox::open(dir.path(), 200).err().unwrap();
+        assert!(err.to_string().contains("in use"), "{err}");
+        outbox.append(entry(100)).unwrap();
+        assert!(matches!(
+            outbox.append(entry(100)),
+            Err(AppendError::Full(_))
+        ));
+        let memory = DurableOutbox::in_memory(200);
+        memory.append(entry(100)).unwrap();
+        assert_eq!(memory.len(), 1);
+    }
+}

@@ -1,0 +1,616 @@
+//! Durable channels over NATS: JetStream.
+//!
+//! With `[aether.durability] channels` set, the aether keeps one JetStream
+//! stream (created or updated at connect) whose subjects are those
+//! patterns' subjects. An emit on a durable channel is published through
+//! JetStream with the wave id as `Nats-Msg-Id`, and returns once the
+//! server acknowledged it (the wave is stored); if NATS cannot be reached
+//! or does not acknowledge, the wave goes to the durable outbox
+//! ([`super::disk_outbox`]), synced to disk when it has a directory, and a
+//! task stores it when the connection is back. The stream drops a second
+//! copy of an id within its duplicate window, so a resend is harmless.
+//!
+//! A resonance within a durable pattern reads through a durable pull
+//! consumer named after the vibrator (or its group) and the subject, so a
+//! restarted service resumes where it stopped. Waves go into the receive
+//! queue as on the core path (the same decoding and arrival checks); the
+//! consumer waits while the queue is full instead of shedding, and each
+//! wave is acknowledged once it is in the queue: the guarantee ends there.
+//! A redelivered wave whose id the resonance already handed to the queue is
+//! not delivered twice (a bounded window of recent ids).
+//!
+//! Every other channel keeps the core NATS path, untouched: no headers.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_nats::{
+    Client,
+    jetstream::{
+        self, Context,
+        consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+        context::PublishErrorKind,
+        message::PublishMessage,
+        stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+    },
+};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::{sync::Notify, task::AbortHandle};
+
+use super::{
+    LastChannel, Shared,
+    disk_outbox::{AppendError, DurableOutbox, Entry},
+    take,
+};
+use crate::{
+    Channel, ConnectError, ConnectErrorKind, EmitError, EmitErrorKind, ResonateError,
+    ResonateErrorKind, Wave,
+    config::{DurabilityConfig, DurableStorage},
+    connection::ConnectionState,
+    inbox::Inbox,
+    medium::{SubscriptionId, offer_counted},
+    security, subject,
+};
+
+/// Ids of the waves a durable resonance handed out last, to drop
+/// redeliveries.
+const RECENT_IDS: usize = 16_384;
+/// Most waves asked for in one pull.
+const MAX_PULL_BATCH: usize = 256;
+/// Retry delays of the flusher and the consumers.
+const MIN_RETRY: Duration = Duration::from_millis(50);
+const MAX_RETRY: Duration = Duration::from_secs(2);
+/// How often a consumer whose queue is full looks again.
+const FULL_QUEUE_WAIT: Duration = Duration::from_millis(5);
+
+/// The durable side of a NATS aether.
+pub(super) struct Durable {
+    js: Context,
+    config: DurabilityConfig,
+    /// The durable patterns.
+    patterns: Vec<Channel>,
+    /// The stream's subjects: the patterns' subjects, without those another
+    /// pattern covers.
+    subjects: Vec<String>,
+    outbox: Arc<DurableOutbox>,
+    /// Wakes the flusher: a wave was put in the outbox.
+    wake: Notify,
+    flusher: Mutex<Option<AbortHandle>>,
+}
+
+impl Durable {
+    /// Starts the durable side when durable channels are configured: opens
+    /// the outbox (with what a previous process left in it), creates or
+    /// updates the stream if the client is connected, and starts the
+    /// flusher.
+    pub(super) async fn start(
+        client: &Client,
+        shared: &Arc<Shared>,
+    ) -> Result<Option<Arc<Self>>, ConnectError> {
+        let config = &shared.config.durability;
+        if !config.is_enabled() {
+            return Ok(None);
+        }
+        let outbox = match &config.outbox_dir {
+            None => DurableOutbox::in_memory(config.outbox_max_bytes),
+            Some(dir) => {
+                let (dir, max) = (dir.clone(), config.outbox_max_bytes);
+                tokio::task::spawn_blocking(move || DurableOutbox::open(&dir, max))
+                    .await
+                    .map_err(|e| ConnectError::with_source(ConnectErrorKind::Config, e))?
+                    .map_err(|e| {
+                        ConnectError::new(
+                            ConnectErrorKind::Config,
+                            format!("durability.outbox_dir: cannot use the durable outbox: {e}"),
+                        )
+                    })?
+            }
+        };
+        let patterns = config.patterns();
+        let mut subjects = Vec::new();
+        for (i, pattern) in patterns.iter().enumerate() {
+            let covered = patterns.iter().enumerate().any(|(j, other)| {
+                security::covers(other, pattern) && (!security::covers(pattern, other) || j < i)
+            });
+            if !covered {
+                subjects.push(subject::pattern_subject(&shared.prefix, pattern));
+            }
+        }
+        let js = jetstream::ContextBuilder::new()
+            .timeout(shared.config.request_timeout())
+            .build(client.clone());
+        let durable = Arc::new(Self {
+            js,
+            config: config.clone(),
+            patterns,
+            subjects,
+            outbox: Arc::new(outbox),
+            wake: Notify::new(),
+            flusher: Mutex::new(None),
+        });
+        if shared.counters.state() == ConnectionState::Connected {
+            durable.ensure_stream().await.map_err(|e| {
+                ConnectError::new(
+                    ConnectErrorKind::Config,
+                    format!(
+                        "cannot create or update the JetStream stream {:?} for \
+                         durability.channels (is JetStream enabled on the server?): {e}",
+                        durable.config.stream
+                    ),
+                )
+            })?;
+        }
+        let task = tokio::spawn(flush(durable.clone(), shared.clone()));
+        *durable.lock_flusher() = Some(task.abort_handle());
+        Ok(Some(durable))
+    }
+
+    fn lock_flusher(&self) -> std::sync::MutexGuard<'_, Option<AbortHandle>> {
+        self.flusher.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether waves on `channel` are durable. The bus's own channels
+    /// (`_...`) never are.
+    pub(super) fn is_durable(&self, channel: &Channel) -> bool {
+        !channel.as_str().starts_with('_') && self.patterns.iter().any(|p| channel.matches(p))
+    }
+
+    /// Whether a resonance on `pattern` reads durably: it lies within a
+    /// durable pattern.
+    pub(super) fn covers(&self, pattern: &Channel) -> bool {
+        !pattern.as_str().starts_with('_')
+            && self.patterns.iter().any(|p| security::covers(p, pattern))
+    }
+
+    /// Nothing waits in the durable outbox.
+    pub(super) fn is_idle(&self) -> bool {
+        self.outbox.is_idle()
+    }
+
+    /// How many waves wait in the durable outbox.
+    pub(super) fn pending(&self) -> usize {
+        self.outbox.len()
+    }
+
+    pub(super) fn stop(&self) {
+        if let Some(task) = self.lock_flusher().take() {
+            task.abort();
+        }
+    }
+
+    /// Creates the stream, or updates it to these settings.
+    async fn ensure_stream(&self) -> Result<(), jetstream::context::CreateStreamError> {
+        let c = &self.config;
+        let config = stream::Config {
+            name: c.stream.clone(),
+            subjects: self.subjects.clone(),
+            storage: match c.storage {
+                DurableStorage::File => StorageType::File,
+                DurableStorage::Memory => StorageType::Memory,
+            },
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::Old,
+            duplicate_window: c.duplicate_window(),
+            max_age: Duration::from_millis(c.max_age_ms),
+            max_bytes: if c.max_bytes == 0 {
+                -1
+            } else {
+                c.max_bytes as i64
+            },
+            max_messages: -1,
+            max_messages_per_subject: -1,
+            max_consumers: -1,
+            num_replicas: 1,
+            ..Default::default()
+        };
+        self.js.create_or_update_stream(config).await.map(|_| ())
+    }
+
+    /// Publishes `entry` through JetStream and waits for the server's
+    /// acknowledgement.
+    async fn store(&self, entry: &Entry) -> Result<(), jetstream::context::PublishError> {
+        let publish = PublishMessage::build()
+            .payload(entry.body.clone())
+            .message_id(format!("{:032x}", entry.id));
+        let ack = self
+            .js
+            .send_publish(entry.subject.clone(), publish)
+            .await?
+            .await?;
+        if ack.duplicate {
+            tracing::debug!(id = %format_args!("{:032x}", entry.id), "JetStream already held this wave");
+        }
+        Ok(())
+    }
+
+    /// Emits a wave on a durable channel: stored in JetStream, or kept in
+    /// the durable outbox (on disk, synced, when it has a directory) until
+    /// it can be. Returns once one of the two holds it.
+    pub(super) async fn publish(&self, shared: &Shared, wave: &Wave) -> Result<(), EmitError> {
+        let subject = subject::channel_subject(&shared.prefix, wave.channel());
+        let body = shared.seal(&subject, wave);
+        let entry = Entry {
+            subject,
+            id: wave.id().as_u128(),
+            body,
+        };
+        if shared.counters.state() == ConnectionState::Connected && self.outbox.is_idle() {
+            match self.store(&entry).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    return Err(EmitError::with_source(EmitErrorKind::Medium, e));
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "durable wave not acknowledged; keeping it in the outbox");
+                }
+            }
+        }
+        let outbox = self.outbox.clone();
+        let appended = tokio::task::spawn_blocking(move || outbox.append(entry))
+            .await
+            .map_err(|e| EmitError::with_source(EmitErrorKind::Medium, e))?;
+        match appended {
+            Ok(()) => {}
+            Err(AppendError::Full(bytes)) => {
+                return Err(EmitError::new(
+                    EmitErrorKind::OutboxFull,
+                    format!(
+                        "durable wave not stored: NATS does not acknowledge and the durable \
+                         outbox holds {bytes} bytes already; retry later or raise \
+                         durability.outbox_max_bytes"
+                    ),
+                ));
+            }
+            Err(e @ AppendError::Io { .. }) => {
+                return Err(EmitError::with_source(EmitErrorKind::Medium, e));
+            }
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Gets the durable consumer of `config`, or creates it.
+    async fn consumer(&self, config: &pull::Config) -> Result<PullConsumer, ConsumerFailed> {
+        let stream = &self.config.stream;
+        let name = config.durable_name.clone().unwrap_or_default();
+        if let Ok(consumer) = self.js.get_consumer_from_stream(&name, stream).await {
+            return Ok(consumer);
+        }
+        match self
+            .js
+            .create_consumer_on_stream(config.clone(), stream)
+            .await
+        {
+            Ok(consumer) => Ok(consumer),
+            Err(first) => {
+                // The stream may be missing (created by nobody yet, or the
+                // server lost it): make it and try once more.
+                self.ensure_stream().await.map_err(failed)?;
+                self.js
+                    .create_consumer_on_stream(config.clone(), stream)
+                    .await
+                    .map_err(|second| {
+                        tracing::debug!(%first, "creating the durable consumer failed");
+                        failed(second)
+                    })
+            }
+        }
+    }
+
+    /// Resonates durably: a durable pull consumer on `pattern`'s subject,
+    /// named after the vibrator (or `group`), whose waves a task moves into
+    /// `inbox`. While connected, the consumer exists when this returns.
+    pub(super) async fn subscribe(
+        self: &Arc<Self>,
+        shared: Arc<Shared>,
+        id: SubscriptionId,
+        pattern: Channel,
+        inbox: Arc<Inbox>,
+        group: Option<Arc<str>>,
+    ) -> Result<AbortHandle, ResonateError> {
+        let filter = subject::pattern_subject(&shared.prefix, &pattern);
+        let grouped = group.is_some();
+        let owner = group.as_deref().unwrap_or(inbox.name().as_str());
+        let name = consumer_name(owner, grouped, &filter);
+        let config = pull::Config {
+            durable_name: Some(name),
+            description: Some(format!(
+                "aether {} {owner} on {}",
+                if grouped { "group" } else { "vibrator" },
+                pattern.as_str()
+            )),
+            filter_subject: filter,
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.config.ack_wait(),
+            max_deliver: match self.config.max_deliver {
+                0 => -1,
+                n => i64::from(n),
+            },
+            ..Default::default()
+        };
+        let first = if shared.counters.state() == ConnectionState::Connected {
+            Some(
+                self.consumer(&config)
+                    .await
+                    .map_err(|e| ResonateError::with_source(ResonateErrorKind::Medium, e))?,
+            )
+        } else {
+            None
+        };
+        if !grouped {
+            inbox.add_pattern(id, pattern);
+        }
+        let task = tokio::spawn(consume(
+            self.clone(),
+            shared,
+            Resonance {
+                inbox,
+                id,
+                grouped,
+                recent: RecentIds::default(),
+                last: LastChannel::default(),
+            },
+            config,
+            first,
+        ));
+        Ok(task.abort_handle())
+    }
+}
+
+/// The consumer could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create the durable consumer: {0}")]
+struct ConsumerFailed(String);
+
+fn failed(e: impl std::fmt::Display) -> ConsumerFailed {
+    ConsumerFailed(e.to_string())
+}
+
+/// The durable consumer's name: the vibrator's (or group's) name, readable,
+/// and a hash of what it is and the subject, so each resonance has its own
+/// and the same resonance finds it again after a restart.
+fn consumer_name(owner: &str, grouped: bool, subject: &str) -> String {
+    let mut hash = Sha256::new();
+    hash.update(if grouped { b"group\0" } else { b"vibra\0" });
+    hash.update(owner.as_bytes());
+    hash.update(b"\0");
+    hash.update(subject.as_bytes());
+    let digest = hash.finalize();
+    let readable: String = owner
+        .chars()
+        .take(32)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{readable}-{hex}")
+}
+
+/// Sends the durable outbox, in order, whenever it holds waves and the
+/// connection is up; forgets each wave once JetStream acknowledged it.
+async fn flush(durable: Arc<Durable>, shared: Arc<Shared>) {
+    let mut events = shared.events.subscribe();
+    let mut delay = MIN_RETRY;
+    loop {
+        let connected = shared.counters.state() == ConnectionState::Connected;
+        if durable.outbox.len() == 0 || !connected {
+            tokio::select! {
+                _ = durable.wake.notified() => {}
+                _ = events.recv() => {}
+                // The connection's state is read again now and then: an
+                // event may be missed by a lagging receiver.
+                _ = tokio::time::sleep(MAX_RETRY) => {}
+            }
+            continue;
+        }
+        durable.outbox.set_flushing(true);
+        let mut sent = 0usize;
+        let mut failed = false;
+        match durable.ensure_stream().await {
+            Err(error) => {
+                tracing::warn!(%error, "cannot create the durable stream; keeping the outbox");
+                failed = true;
+            }
+            Ok(()) => {
+                while let Some(entry) = durable.outbox.front() {
+                    if let Err(error) = durable.store(&entry).await {
+                        tracing::warn!(%error, "could not store the durable outbox; keeping the waves");
+                        failed = true;
+                        break;
+                    }
+                    let outbox = durable.outbox.clone();
+                    let popped = tokio::task::spawn_blocking(move || outbox.pop_stored()).await;
+                    if let Ok(Err(error)) = popped {
+                        // The wave stays stored; the next process may resend
+                        // it, which the stream drops within its window.
+                        tracing::warn!(%error, "could not mark a stored wave in the durable outbox");
+                    }
+                    sent += 1;
+                }
+            }
+        }
+        durable.outbox.set_flushing(false);
+        if sent > 0 {
+            tracing::info!(sent, "durable outbox sent");
+        }
+        if failed {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_RETRY);
+        } else {
+            delay = MIN_RETRY;
+        }
+    }
+}
+
+/// What a durable resonance's task keeps.
+struct Resonance {
+    inbox: Arc<Inbox>,
+    id: SubscriptionId,
+    grouped: bool,
+    recent: RecentIds,
+    last: LastChannel,
+}
+
+/// Moves a durable consumer's waves into the receive queue, making the
+/// consumer again (and the stream if needed) whenever it is lost.
+async fn consume(
+    durable: Arc<Durable>,
+    shared: Arc<Shared>,
+    mut resonance: Resonance,
+    config: pull::Config,
+    mut consumer: Option<PullConsumer>,
+) {
+    let mut delay = MIN_RETRY;
+    loop {
+        if resonance.inbox.is_closed() {
+            return;
+        }
+        let current = match consumer.take() {
+            Some(c) => c,
+            None => match durable.consumer(&config).await {
+                Ok(c) => c,
+                Err(error) => {
+                    tracing::debug!(%error, "durable consumer not ready; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RETRY);
+                    continue;
+                }
+            },
+        };
+        let batch = resonance.inbox.capacity().clamp(1, MAX_PULL_BATCH);
+        let messages = current
+            .stream()
+            .max_messages_per_batch(batch)
+            .expires(Duration::from_secs(30))
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await;
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::debug!(%error, "cannot pull from the durable consumer; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_RETRY);
+                continue;
+            }
+        };
+        delay = MIN_RETRY;
+        while let Some(item) = messages.next().await {
+            match item {
+                Ok(message) => {
+                    if !arrive(&shared, &mut resonance, message).await {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    use jetstream::consumer::pull::MessagesErrorKind as K;
+                    tracing::debug!(%error, "durable consumer");
+                    if matches!(
+                        error.kind(),
+                        K::ConsumerDeleted | K::PushBasedConsumer | K::RequestLimitExceeded
+                    ) {
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Takes one stored wave into the queue and acknowledges it; `false` once
+/// the vibrator is gone (the wave is then left for redelivery).
+async fn arrive(shared: &Shared, resonance: &mut Resonance, message: jetstream::Message) -> bool {
+    let (message, acker) = message.split();
+    let Resonance {
+        inbox,
+        id,
+        grouped,
+        recent,
+        last,
+    } = resonance;
+    let wave = take(shared, message, last, |channel| {
+        inbox.heard_elsewhere(channel, *id, *grouped)
+    });
+    if let Some(wave) = wave
+        && recent.insert(wave.id().as_u128())
+    {
+        // Wait for room rather than shed a stored wave.
+        while inbox.len() >= inbox.capacity() && !inbox.is_closed() {
+            tokio::time::sleep(FULL_QUEUE_WAIT).await;
+        }
+        if !offer_counted(inbox, wave, &shared.stats) {
+            return false;
+        }
+    }
+    if let Err(error) = acker.ack().await {
+        // Unacknowledged, it comes again after ack_wait, and the window of
+        // recent ids drops it.
+        tracing::debug!(%error, "could not acknowledge a durable wave");
+    }
+    true
+}
+
+/// A bounded set of the ids handed out last.
+#[derive(Default)]
+struct RecentIds {
+    set: HashSet<u128>,
+    order: VecDeque<u128>,
+}
+
+impl RecentIds {
+    /// Whether `id` is new (and now remembered).
+    fn insert(&mut self, id: u128) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > RECENT_IDS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_names_are_stable_distinct_and_valid() {
+        let a = consumer_name("billing.eu", false, "aether.orders.>");
+        assert_eq!(a, consumer_name("billing.eu", false, "aether.orders.>"));
+        assert!(a.starts_with("billing_eu-"), "{a}");
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_ne!(a, consumer_name("billing_eu", false, "aether.orders.>"));
+        assert_ne!(a, consumer_name("billing.eu", true, "aether.orders.>"));
+        assert_ne!(a, consumer_name("billing.eu", false, "aether.orders.*"));
+    }
+
+    #[test]
+    fn recent_ids_drop_repeats_and_stay_bounded() {
+        let mut recent = RecentIds::default();
+        assert!(recent.insert(1));
+        assert!(!recent.insert(1));
+        for id in 2..(RECENT_IDS as u128 + 10) {
+            assert!(recent.insert(id));
+        }
+        assert!(recent.set.len() <= RECENT_IDS);
+        assert!(recent.insert(1), "forgotten once out of the window");
+    }
+}

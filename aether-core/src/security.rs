@@ -1,0 +1,432 @@
+//! Source authentication and channel access rules, as the aether enforces
+//! them ([`crate::config::SecurityConfig`] is how they are set).
+//!
+//! One [`Security`] per aether, shared by its medium: the emit path asks
+//! [`Security::may_emit`] and the NATS medium signs with
+//! [`Security::key_of`]; `resonate_on` asks [`Security::may_resonate`]; every
+//! wave that arrives from the network passes [`Security::check_arrival`]
+//! before it reaches a queue. With nothing configured, each is one branch.
+
+use std::{collections::HashMap, fmt};
+
+use smol_str::SmolStr;
+
+use crate::{
+    Channel, ConfigError, DropReason, Wave,
+    config::SecurityConfig,
+    wire::{self, Signature},
+};
+
+/// The security policy of one aether, ready to enforce.
+#[derive(Default)]
+pub(crate) struct Security {
+    keys: HashMap<SmolStr, Vec<u8>>,
+    require_signatures: bool,
+    /// Empty: everything allowed.
+    rules: Vec<Rule>,
+    enabled: bool,
+}
+
+/// An ACL rule with its patterns parsed.
+struct Rule {
+    /// `None`: every source.
+    source: Option<SmolStr>,
+    emit: Vec<Channel>,
+    resonate: Vec<Channel>,
+}
+
+impl fmt::Debug for Security {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Security")
+            .field("signing_sources", &self.keys.keys().collect::<Vec<_>>())
+            .field("require_signatures", &self.require_signatures)
+            .field("rules", &self.rules.len())
+            .finish()
+    }
+}
+
+impl Security {
+    /// The policy `config` describes, reading key files now. `config` is
+    /// already validated.
+    pub(crate) fn from_config(config: &SecurityConfig) -> Result<Self, ConfigError> {
+        let mut keys = HashMap::new();
+        for (source, key) in &config.signing_keys {
+            keys.insert(SmolStr::new(source), key.expose().as_bytes().to_vec());
+        }
+        for (source, path) in &config.signing_key_files {
+            let mut key = std::fs::read(path).map_err(|e| {
+                ConfigError::new(
+                    "security.signing_key_files",
+                    format!("{source} = {} ({e})", path.display()),
+                    "could not be read",
+                )
+            })?;
+            while key.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                key.pop();
+            }
+            if key.len() < crate::config::MIN_SIGNING_KEY_BYTES {
+                return Err(ConfigError::new(
+                    "security.signing_key_files",
+                    format!("{source} = {}", path.display()),
+                    "holds fewer than 16 bytes; use 32 random bytes",
+                ));
+            }
+            keys.insert(SmolStr::new(source), key);
+        }
+        let rules = config
+            .acl
+            .iter()
+            .map(|rule| Rule {
+                source: (rule.source != "*").then(|| SmolStr::new(&rule.source)),
+                emit: rule.emit.iter().map(Channel::new).collect(),
+                resonate: rule.resonate.iter().map(Channel::new).collect(),
+            })
+            .collect();
+        Ok(Self {
+            keys,
+            require_signatures: config.require_signatures,
+            rules,
+            enabled: config.is_enabled(),
+        })
+    }
+
+    /// Whether anything is enforced.
+    #[inline]
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The signing key of `source`, if this aether holds one.
+    pub(crate) fn key_of(&self, source: Option<&str>) -> Option<&[u8]> {
+        self.keys.get(source?).map(Vec::as_slice)
+    }
+
+    /// Whether `source` may emit on `channel`.
+    pub(crate) fn may_emit(&self, source: Option<&str>, channel: &Channel) -> bool {
+        if self.rules.is_empty() || is_system(channel) {
+            return true;
+        }
+        self.rules_of(source)
+            .any(|rule| rule.emit.iter().any(|p| channel.matches(p)))
+    }
+
+    /// Whether the vibrator `name` may resonate on `pattern`.
+    pub(crate) fn may_resonate(&self, name: &str, pattern: &Channel) -> bool {
+        if self.rules.is_empty() || is_system(pattern) {
+            return true;
+        }
+        self.rules_of(Some(name))
+            .any(|rule| rule.resonate.iter().any(|p| covers(p, pattern)))
+    }
+
+    fn rules_of<'a>(&'a self, source: Option<&'a str>) -> impl Iterator<Item = &'a Rule> + 'a {
+        self.rules
+            .iter()
+            .filter(move |rule| match (&rule.source, source) {
+                (None, _) => true,
+                (Some(want), Some(got)) => want == got,
+                (Some(_), None) => false,
+            })
+    }
+
+    /// Checks a wave that arrived in `body` on `subject`: its signature
+    /// (when its source has a key here, or signatures are required), then
+    /// whether its source may emit on its channel.
+    pub(crate) fn check_arrival(
+        &self,
+        subject: &str,
+        body: &[u8],
+        wave: &Wave,
+    ) -> Result<(), DropReason> {
+        // A reflection keeps the source of the wave it reflects, but is sent
+        // by whoever could not take it, who holds no key of that source: it
+        // is not signed (SECURITY.md).
+        if !wave.is_reflected() {
+            let signed = match self.key_of(wave.source()) {
+                Some(key) => wire::verify(subject, body, key) == Signature::Valid,
+                None => !self.require_signatures,
+            };
+            if !signed {
+                return Err(DropReason::Forged);
+            }
+        }
+        if !self.may_emit(wave.source(), wave.channel()) {
+            return Err(DropReason::Denied);
+        }
+        Ok(())
+    }
+}
+
+/// Whether `channel` is one of the bus's own (replies, reflections, probes,
+/// hopping): its first token starts with `_`.
+fn is_system(channel: &Channel) -> bool {
+    channel.as_str().starts_with('_')
+}
+
+/// Whether every channel `inner` matches is matched by `outer` (both valid
+/// channels or patterns): the rule that lets a resonance within an allowed
+/// pattern, and nothing wider.
+pub(crate) fn covers(outer: &Channel, inner: &Channel) -> bool {
+    if !outer.is_valid() || !inner.is_valid() {
+        return false;
+    }
+    let (outer_fixed, outer_tail) = split_tail(outer.as_str());
+    let (inner_fixed, inner_tail) = split_tail(inner.as_str());
+    if outer_tail {
+        // `inner`'s shortest channel must reach past `outer`'s fixed tokens,
+        // and those tokens must hold for every channel `inner` matches.
+        if inner_fixed.len() < outer_fixed.len() + usize::from(!inner_tail) {
+            return false;
+        }
+    } else if inner_tail || inner_fixed.len() != outer_fixed.len() {
+        return false;
+    }
+    outer_fixed
+        .iter()
+        .zip(&inner_fixed)
+        .all(|(o, i)| *o == "*" || o == i)
+}
+
+/// The tokens of a pattern before a trailing wildcard (`*` or `>` in the
+/// last place: one or more tokens), and whether it has one.
+fn split_tail(pattern: &str) -> (Vec<&str>, bool) {
+    let mut tokens: Vec<&str> = pattern.split('.').collect();
+    let tail = matches!(tokens.last(), Some(&"*") | Some(&">"));
+    if tail {
+        tokens.pop();
+    }
+    (tokens, tail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AclRule;
+    use proptest::prelude::*;
+
+    fn c(name: &str) -> Channel {
+        Channel::new(name)
+    }
+
+    #[test]
+    fn covers_examples() {
+        for (outer, inner, expected) in [
+            ("orders.*", "orders.created", true),
+            ("orders.*", "orders.eu.*", true),
+            ("orders.*", "orders.>", true),
+            ("orders.*", "orders", false),
+            ("orders.*", "*", false),
+            ("orders.created", "orders.created", true),
+            ("orders.created", "orders.*", false),
+            ("orders.*.created", "orders.eu.created", true),
+            ("orders.*.created", "orders.*.created", true),
+            ("orders.*.created", "orders.eu.*", false),
+            ("orders.eu.created", "orders.*.created", false),
+            ("*", "anything.at.all", true),
+            ("*", "*", true),
+            ("*.created", "orders.created", true),
+            ("*.created", "orders.eu.created", false),
+            ("a.*.c.>", "a.b.c.d.e", true),
+            ("a.*.c.>", "a.b.c", false),
+        ] {
+            assert_eq!(
+                covers(&c(outer), &c(inner)),
+                expected,
+                "{outer} covers {inner}"
+            );
+        }
+    }
+
+    /// Channels over a tiny alphabet, so that patterns and channels meet.
+    fn token() -> impl Strategy<Value = String> {
+        prop_oneof![Just("a"), Just("b"), Just("c")].prop_map(String::from)
+    }
+
+    fn concrete() -> impl Strategy<Value = String> {
+        prop::collection::vec(token(), 1..6).prop_map(|t| t.join("."))
+    }
+
+    fn pattern() -> impl Strategy<Value = String> {
+        let inner = prop_oneof![3 => token(), 1 => Just("*".to_string())];
+        (
+            prop::collection::vec(inner, 0..4),
+            prop_oneof![Just(""), Just(".*"), Just(".>")],
+        )
+            .prop_filter_map("a pattern needs a token", |(tokens, tail)| {
+                let joined = tokens.join(".");
+                let name = match (joined.is_empty(), tail) {
+                    (true, "") => return None,
+                    (true, tail) => tail[1..].to_string(),
+                    (false, tail) => format!("{joined}{tail}"),
+                };
+                Some(name)
+            })
+    }
+
+    proptest! {
+        /// Soundness: what a covered pattern matches, the covering one
+        /// matches too (a rule never lets a resonance hear more than it
+        /// allows).
+        #[test]
+        fn covered_patterns_match_within(outer in pattern(), inner in pattern(), channel in concrete()) {
+            let (outer, inner, channel) = (c(&outer), c(&inner), c(&channel));
+            if covers(&outer, &inner) && channel.matches(&inner) {
+                prop_assert!(channel.matches(&outer), "{outer} covers {inner} but not {channel}");
+            }
+        }
+
+        /// Completeness: when `outer` does not cover `inner`, some channel
+        /// `inner` matches escapes `outer` (checked on every channel of up
+        /// to 6 tokens over the alphabet and one outsider token).
+        #[test]
+        fn uncovered_patterns_leak(outer in pattern(), inner in pattern()) {
+            let (outer, inner) = (c(&outer), c(&inner));
+            if !covers(&outer, &inner) {
+                let escapes = all_channels(6).iter().any(|ch| ch.matches(&inner) && !ch.matches(&outer));
+                prop_assert!(escapes, "{outer} does not cover {inner}, yet nothing escapes");
+            }
+        }
+
+        /// A concrete channel is covered exactly when it matches.
+        #[test]
+        fn covering_a_channel_is_matching_it(outer in pattern(), channel in concrete()) {
+            let (outer, channel) = (c(&outer), c(&channel));
+            prop_assert_eq!(covers(&outer, &channel), channel.matches(&outer));
+        }
+    }
+
+    /// Every channel of 1 to `max` tokens over `a`, `b`, `c` and `z`.
+    fn all_channels(max: usize) -> Vec<Channel> {
+        let mut out = Vec::new();
+        let mut layer = vec![String::new()];
+        for _ in 0..max {
+            let mut next = Vec::new();
+            for prefix in &layer {
+                for t in ["a", "b", "c", "z"] {
+                    let name = if prefix.is_empty() {
+                        t.to_string()
+                    } else {
+                        format!("{prefix}.{t}")
+                    };
+                    out.push(c(&name));
+                    next.push(name);
+                }
+            }
+            layer = next;
+        }
+        out
+    }
+
+    fn policy(rules: Vec<AclRule>) -> Security {
+        Security::from_config(&SecurityConfig {
+            acl: rules,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn rules_allow_what_they_name_and_nothing_else() {
+        let security = policy(vec![
+            AclRule {
+                source: "alpha".into(),
+                emit: vec!["orders.*".into()],
+                resonate: vec!["inventory.*".into()],
+            },
+            AclRule {
+                source: "*".into(),
+                emit: vec!["health".into()],
+                resonate: vec![],
+            },
+        ]);
+        assert!(security.may_emit(Some("alpha"), &c("orders.created")));
+        assert!(security.may_emit(Some("alpha"), &c("health")));
+        assert!(!security.may_emit(Some("alpha"), &c("inventory.reserved")));
+        assert!(!security.may_emit(Some("beta"), &c("orders.created")));
+        assert!(security.may_emit(Some("beta"), &c("health")));
+        assert!(!security.may_emit(None, &c("orders.created")));
+        // The bus's own channels are not subject to rules.
+        assert!(security.may_emit(Some("beta"), &c("_reflect.00000000000000ab")));
+        assert!(security.may_resonate("alpha", &c("inventory.*")));
+        assert!(security.may_resonate("alpha", &c("inventory.reserved")));
+        assert!(!security.may_resonate("alpha", &c("*")));
+        assert!(!security.may_resonate("beta", &c("inventory.*")));
+        // No rules: everything.
+        let open = policy(vec![]);
+        assert!(!open.is_enabled());
+        assert!(open.may_emit(None, &c("anything")));
+        assert!(open.may_resonate("x", &c("*")));
+    }
+
+    #[test]
+    fn arrivals_need_a_valid_signature_from_a_known_source() {
+        let key = "0123456789abcdef0123456789abcdef";
+        let mut config = SecurityConfig::default();
+        config
+            .signing_keys
+            .insert("alpha".into(), crate::Secret::new(key));
+        let security = Security::from_config(&config).unwrap();
+        let mut wave = Wave::new("orders.created", "hi");
+        wave.stamp_emission(&SmolStr::new("alpha"), 1, 1);
+        let subject = "aether.orders.created";
+        let signed = wire::encode_signed(&wave, subject, key.as_bytes());
+        assert_eq!(security.check_arrival(subject, &signed, &wave), Ok(()));
+        // Unsigned, signed with another key, or moved to another subject.
+        let unsigned = wire::encode(&wave);
+        assert_eq!(
+            security.check_arrival(subject, &unsigned, &wave),
+            Err(DropReason::Forged)
+        );
+        let forged = wire::encode_signed(&wave, subject, b"not the key of alpha at all");
+        assert_eq!(
+            security.check_arrival(subject, &forged, &wave),
+            Err(DropReason::Forged)
+        );
+        assert_eq!(
+            security.check_arrival("aether.orders.cancelled", &signed, &wave),
+            Err(DropReason::Forged)
+        );
+        // A source without a key passes, unless signatures are required.
+        let mut other = Wave::new("orders.created", "hi");
+        other.stamp_emission(&SmolStr::new("beta"), 2, 1);
+        let body = wire::encode(&other);
+        assert_eq!(security.check_arrival(subject, &body, &other), Ok(()));
+        config.require_signatures = true;
+        let strict = Security::from_config(&config).unwrap();
+        assert_eq!(
+            strict.check_arrival(subject, &body, &other),
+            Err(DropReason::Forged)
+        );
+    }
+
+    #[test]
+    fn key_files_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alpha.key");
+        std::fs::write(&path, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let mut config = SecurityConfig::default();
+        config
+            .signing_key_files
+            .insert("alpha".into(), path.clone());
+        let security = Security::from_config(&config).unwrap();
+        assert_eq!(
+            security.key_of(Some("alpha")),
+            Some(&b"0123456789abcdef0123456789abcdef"[..])
+        );
+        std::fs::write(&path, "short\n").unwrap();
+        let err = Security::from_config(&config).unwrap_err();
+        assert_eq!(err.key(), "security.signing_key_files");
+        assert!(!err.to_string().contains("short"), "{err}");
+        config
+            .signing_key_files
+            .insert("alpha".into(), dir.path().join("missing"));
+        let err = Security::from_config(&config).unwrap_err();
+        assert!(err.to_string().contains("could not be read"), "{err}");
+        // Debug shows who signs, never a key.
+        let debug = format!("{security:?}");
+        assert!(
+            debug.contains("alpha") && !debug.contains("0123456789"),
+            "{debug}"
+        );
+    }
+}

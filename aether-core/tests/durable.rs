@@ -1,0 +1,509 @@
+//! Durable channels on the NATS medium (JetStream) and the durable outbox
+//! on disk, with real processes on loopback: a round trip, a receiver that
+//! restarts and resumes, deduplication by wave id, and emitter processes
+//! killed (SIGKILL) after `emit` returned, with NATS down and with NATS up.
+//! Every test is bounded in time.
+//!
+//! The emitter of the fault tests is this test binary run again: the test
+//! `durable_emitter_process` is that program, and it does nothing unless
+//! `AETHER_DURABLE_EMITTER` is set (see `Emitter`).
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use aether_core::{
+    Aether, AetherConfig, Channel, Vibrator, Wave,
+    config::{DurabilityConfig, DurableStorage, NatsConfig},
+    wire,
+};
+use aether_testkit::NatsServer;
+use serde_json::json;
+use tokio::{
+    sync::mpsc,
+    time::{Instant, sleep, timeout},
+};
+
+/// Each test fails rather than hangs past this.
+const LIMIT: Duration = Duration::from_secs(90);
+/// The stream of these tests.
+const STREAM: &str = "ORDERS";
+
+/// The settings of every aether here: `orders.*` is durable. Only an
+/// emitter with an outbox directory starts without NATS (it keeps trying);
+/// the others connect before `connect` returns.
+fn config(url: &str, outbox_dir: Option<&Path>) -> AetherConfig {
+    AetherConfig {
+        nats: NatsConfig {
+            urls: vec![url.to_string()],
+            ping_interval_ms: 200,
+            reconnect_delay_max_ms: 100,
+            retry_on_initial_connect: outbox_dir.is_some(),
+            ..Default::default()
+        },
+        durability: DurabilityConfig {
+            channels: vec!["orders.*".into()],
+            stream: STREAM.into(),
+            storage: DurableStorage::File,
+            outbox_dir: outbox_dir.map(Path::to_path_buf),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn seq(wave: &Wave) -> u64 {
+    wave.payload()["seq"].as_u64().expect("a sequence number")
+}
+
+/// Receives `n` waves, bounded.
+async fn receive_n(rx: &mut Vibrator, n: usize) -> Vec<Wave> {
+    let mut got = Vec::new();
+    timeout(Duration::from_secs(30), async {
+        while got.len() < n {
+            got.push(rx.receive().await.expect("aether open"));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} waves did not arrive; got {}", got.len()));
+    got
+}
+
+/// Asserts that nothing more arrives within a short while.
+async fn nothing_more(rx: &mut Vibrator) {
+    nothing_more_within(rx, Duration::from_millis(500)).await;
+}
+
+/// Asserts that nothing more arrives within `limit`.
+async fn nothing_more_within(rx: &mut Vibrator, limit: Duration) {
+    if let Ok(Some(wave)) = timeout(limit, rx.receive()).await {
+        panic!("an unexpected wave arrived: {wave:?}");
+    }
+}
+
+/// How many waves the stream holds, asked of the server directly.
+async fn stored(url: &str) -> u64 {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(STREAM).await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_waves_are_stored_and_received_and_other_channels_are_not_stored() {
+    timeout(LIMIT, async {
+        let server = NatsServer::builder().jetstream(true).start().await.unwrap();
+        let url = server.url();
+        let a = Aether::connect(config(&url, None)).await.unwrap();
+        let b = Aether::connect(config(&url, None)).await.unwrap();
+        let mut rx = Vibrator::create("billing", &b).await.unwrap();
+        rx.resonate_on("orders.*").await.unwrap();
+        let mut core_rx = Vibrator::create("audit", &b).await.unwrap();
+        core_rx.resonate_on("audit.*").await.unwrap();
+        let tx = Vibrator::create("shop", &a).await.unwrap();
+
+        let mut ids = Vec::new();
+        for n in 0..3u64 {
+            ids.push(
+                tx.emit_wave("orders.created", json!({"seq": n}))
+                    .await
+                    .unwrap(),
+            );
+        }
+        // emit returned after the server's acknowledgement: stored.
+        assert_eq!(stored(&url).await, 3);
+        let got = receive_n(&mut rx, 3).await;
+        assert_eq!(got.iter().map(seq).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(got.iter().map(|w| w.id()).collect::<Vec<_>>(), ids);
+        assert_eq!(got[0].source(), Some("shop"));
+        assert_eq!(got[0].channel().as_str(), "orders.created");
+
+        // A channel outside the durable patterns takes the core path.
+        tx.emit_wave("audit.seen", json!({"seq": 9})).await.unwrap();
+        let got = receive_n(&mut core_rx, 1).await;
+        assert_eq!(seq(&got[0]), 9);
+        assert_eq!(stored(&url).await, 3);
+        nothing_more(&mut rx).await;
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_receiver_resumes_where_it_stopped() {
+    timeout(LIMIT, async {
+        let server = NatsServer::builder().jetstream(true).start().await.unwrap();
+        let url = server.url();
+        let a = Aether::connect(config(&url, None)).await.unwrap();
+        let tx = Vibrator::create("shop", &a).await.unwrap();
+
+        // A short ack_wait: a wave in flight to a receiver that went away
+        // comes again soon.
+        let receiver = || AetherConfig {
+            durability: DurabilityConfig {
+                ack_wait_ms: 1000,
+                ..config(&url, None).durability
+            },
+            ..config(&url, None)
+        };
+        let first = Aether::connect(receiver()).await.unwrap();
+        let mut rx = Vibrator::create("billing", &first).await.unwrap();
+        rx.resonate_on("orders.*").await.unwrap();
+        tx.emit_wave("orders.created", json!({"seq": 0}))
+            .await
+            .unwrap();
+        assert_eq!(seq(&receive_n(&mut rx, 1).await[0]), 0);
+        // The acknowledgement is on its way; the receiver goes away.
+        first.flush(Duration::from_secs(5)).await.unwrap();
+        drop(rx);
+        drop(first);
+
+        // Emitted while nobody of "billing" runs.
+        for n in 1..=4u64 {
+            tx.emit_wave("orders.created", json!({"seq": n}))
+                .await
+                .unwrap();
+        }
+
+        // The same vibrator name in a new aether resumes: what it missed,
+        // each once, and not what it had taken. (A wave the server handed
+        // to the stopped receiver's last pull before it was gone comes
+        // again after ack_wait, after the others.)
+        let second = Aether::connect(receiver()).await.unwrap();
+        let mut rx = Vibrator::create("billing", &second).await.unwrap();
+        rx.resonate_on("orders.*").await.unwrap();
+        let mut got: Vec<u64> = receive_n(&mut rx, 4).await.iter().map(seq).collect();
+        got.sort_unstable();
+        assert_eq!(got, [1, 2, 3, 4]);
+        nothing_more_within(&mut rx, Duration::from_millis(2500)).await;
+
+        // Another vibrator name is another consumer: it reads everything
+        // the stream holds.
+        let mut other = Vibrator::create("reports", &second).await.unwrap();
+        other.resonate_on("orders.*").await.unwrap();
+        let got = receive_n(&mut other, 5).await;
+        assert_eq!(got.iter().map(seq).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_wave_id_is_stored_once() {
+    timeout(LIMIT, async {
+        let server = NatsServer::builder().jetstream(true).start().await.unwrap();
+        let url = server.url();
+        let a = Aether::connect(config(&url, None)).await.unwrap();
+        let tx = Vibrator::create("shop", &a).await.unwrap();
+        let mut rx = Vibrator::create("billing", &a).await.unwrap();
+        rx.resonate_on("orders.*").await.unwrap();
+
+        // A relayed wave keeps its id: emitting it twice sends the same id.
+        let wave = wire::Parts {
+            id: 0x0123_4567_89ab_cdef_0011_2233_4455_6677,
+            hops: 1,
+            source: Some("shop".into()),
+            payload: serde_json::to_vec(&json!({"seq": 7})).unwrap().into(),
+            ..Default::default()
+        }
+        .into_wave(Channel::new("orders.relayed"))
+        .unwrap();
+        let first = tx.emit(wave.clone()).await.unwrap();
+        let second = tx.emit(wave).await.unwrap();
+        assert_eq!(first, second);
+        assert_eq!(stored(&url).await, 1);
+        let got = receive_n(&mut rx, 1).await;
+        assert_eq!(got[0].id(), first);
+        assert_eq!(seq(&got[0]), 7);
+        nothing_more(&mut rx).await;
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_members_share_one_durable_resonance() {
+    timeout(LIMIT, async {
+        let server = NatsServer::builder().jetstream(true).start().await.unwrap();
+        let url = server.url();
+        let a = Aether::connect(config(&url, None)).await.unwrap();
+        let b = Aether::connect(config(&url, None)).await.unwrap();
+        let mut one = Vibrator::create("worker-1", &a).await.unwrap();
+        let mut two = Vibrator::create("worker-2", &b).await.unwrap();
+        one.resonate_in_group("orders.*", "workers").await.unwrap();
+        two.resonate_in_group("orders.*", "workers").await.unwrap();
+        let tx = Vibrator::create("shop", &a).await.unwrap();
+        let n = 40u64;
+        for s in 0..n {
+            tx.emit_wave("orders.created", json!({"seq": s}))
+                .await
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (seen.len() as u64) < n {
+            assert!(Instant::now() < deadline, "got {} of {n}", seen.len());
+            for rx in [&mut one, &mut two] {
+                if let Ok(Some(wave)) = timeout(Duration::from_millis(20), rx.receive()).await {
+                    seen.push(seq(&wave));
+                }
+            }
+        }
+        seen.sort_unstable();
+        assert_eq!(
+            seen,
+            (0..n).collect::<Vec<_>>(),
+            "each wave once, to one member"
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_keeps_reading_across_a_server_restart() {
+    timeout(LIMIT, async {
+        let mut server = NatsServer::builder().jetstream(true).start().await.unwrap();
+        let url = server.url();
+        let a = Aether::connect(config(&url, None)).await.unwrap();
+        let b = Aether::connect(config(&url, None)).await.unwrap();
+        let tx = Vibrator::create("shop", &a).await.unwrap();
+        let mut rx = Vibrator::create("billing", &b).await.unwrap();
+        rx.resonate_on("orders.*").await.unwrap();
+        tx.emit_wave("orders.created", json!({"seq": 0}))
+            .await
+            .unwrap();
+        assert_eq!(seq(&receive_n(&mut rx, 1).await[0]), 0);
+
+        // Emitted while the server is down: kept in the emitter's outbox.
+        server.kill().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.connection().state == aether_core::ConnectionState::Connected {
+            assert!(Instant::now() < deadline, "the loss was never noticed");
+            sleep(Duration::from_millis(5)).await;
+        }
+        for n in 1..=3u64 {
+            tx.emit_wave("orders.created", json!({"seq": n}))
+                .await
+                .unwrap();
+        }
+        server.restart().await.unwrap();
+        a.flush(Duration::from_secs(20)).await.unwrap();
+        for n in 4..=5u64 {
+            tx.emit_wave("orders.created", json!({"seq": n}))
+                .await
+                .unwrap();
+        }
+        let got: Vec<u64> = receive_n(&mut rx, 5).await.iter().map(seq).collect();
+        assert_eq!(got, [1, 2, 3, 4, 5]);
+        assert_eq!(stored(&url).await, 6);
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_jetstream_is_refused_at_connect() {
+    timeout(LIMIT, async {
+        let server = NatsServer::builder().start().await.unwrap();
+        let Err(err) = Aether::connect(config(&server.url(), None)).await else {
+            panic!("a server without JetStream was accepted");
+        };
+        assert_eq!(err.kind(), aether_core::ConnectErrorKind::Config, "{err}");
+        assert!(err.to_string().contains("JetStream"), "{err}");
+        // Without durable channels the same server is fine.
+        let plain = AetherConfig {
+            durability: DurabilityConfig::default(),
+            ..config(&server.url(), None)
+        };
+        Aether::connect(plain).await.unwrap();
+    })
+    .await
+    .expect("bounded");
+}
+
+/// An emitter process: this test binary, running `durable_emitter_process`.
+struct Emitter {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl Emitter {
+    /// Starts an emitter that emits `count` waves (`seq` 0, 1, ...) on
+    /// `orders.created`, printing `emitted N` after each `emit` returned,
+    /// then waits until its outbox is empty, prints `drained` and waits to
+    /// be killed.
+    fn start(url: &str, outbox_dir: &Path, count: u64) -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "durable_emitter_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("AETHER_DURABLE_EMITTER", "1")
+            .env("EMITTER_URL", url)
+            .env("EMITTER_OUTBOX", outbox_dir)
+            .env("EMITTER_COUNT", count.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Waits (bounded) for the line `wanted`, giving every `emitted N` seen.
+    async fn wait_for(&mut self, wanted: &str) -> Vec<u64> {
+        let mut emitted = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let line = timeout(deadline - Instant::now(), self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("the emitter never said {wanted:?}"))
+                .unwrap_or_else(|| panic!("the emitter ended before saying {wanted:?}"));
+            // The test harness may start the line ("test NAME ... ").
+            if let Some((_, n)) = line.split_once("emitted ") {
+                emitted.push(n.parse().unwrap());
+            }
+            if line.ends_with(wanted) {
+                return emitted;
+            }
+        }
+    }
+
+    /// SIGKILL, and reap.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Emitter {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The emitter program of the fault tests (does nothing unless
+/// `AETHER_DURABLE_EMITTER` is set).
+#[test]
+fn durable_emitter_process() {
+    if std::env::var_os("AETHER_DURABLE_EMITTER").is_none() {
+        return;
+    }
+    let url = std::env::var("EMITTER_URL").unwrap();
+    let outbox = PathBuf::from(std::env::var_os("EMITTER_OUTBOX").unwrap());
+    let count: u64 = std::env::var("EMITTER_COUNT").unwrap().parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let aether = Aether::connect(config(&url, Some(&outbox))).await.unwrap();
+        let tx = Vibrator::create("shop", &aether).await.unwrap();
+        for n in 0..count {
+            tx.emit_wave("orders.created", json!({"seq": n}))
+                .await
+                .unwrap();
+            println!("\nemitted {n}");
+        }
+        aether.flush(Duration::from_secs(60)).await.unwrap();
+        println!("\ndrained");
+        // Killed by the test.
+        sleep(Duration::from_secs(120)).await;
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waves_accepted_while_nats_is_down_survive_a_killed_emitter_and_arrive_once() {
+    timeout(LIMIT, async {
+        let mut server = NatsServer::builder().jetstream(true).start().await.unwrap();
+        let url = server.url();
+        server.kill().await.unwrap();
+        let outbox = tempfile::tempdir().unwrap();
+
+        // NATS is down: each emit returns once its wave is on disk.
+        let n = 25;
+        let mut emitter = Emitter::start(&url, outbox.path(), n);
+        let emitted = emitter.wait_for(&format!("emitted {}", n - 1)).await;
+        assert_eq!(emitted, (0..n).collect::<Vec<_>>());
+        emitter.kill();
+        let file = outbox.path().join("durable-outbox.log");
+        assert!(
+            std::fs::metadata(&file).unwrap().len() > 8,
+            "the waves are on disk"
+        );
+
+        // NATS is back; a receiver, then the emitter again with its outbox.
+        server.restart().await.unwrap();
+        let aether = Aether::connect(config(&url, None)).await.unwrap();
+        let mut rx = Vibrator::create("billing", &aether).await.unwrap();
+        rx.resonate_on("orders.*").await.unwrap();
+        let mut emitter = Emitter::start(&url, outbox.path(), 0);
+        emitter.wait_for("drained").await;
+        emitter.kill();
+
+        let got = receive_n(&mut rx, n as usize).await;
+        assert_eq!(
+            got.iter().map(seq).collect::<Vec<_>>(),
+            (0..n).collect::<Vec<_>>()
+        );
+        nothing_more(&mut rx).await;
+        assert_eq!(stored(&url).await, n);
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().len(),
+            8,
+            "the outbox drained"
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emitter_killed_right_after_emit_returned_delivers_each_wave_once() {
+    timeout(LIMIT, async {
+        let server = NatsServer::builder().jetstream(true).start().await.unwrap();
+        let url = server.url();
+        let outbox = tempfile::tempdir().unwrap();
+        let aether = Aether::connect(config(&url, None)).await.unwrap();
+        let mut rx = Vibrator::create("billing", &aether).await.unwrap();
+        rx.resonate_on("orders.*").await.unwrap();
+
+        // Killed right after the 10th emit returned, while still emitting.
+        let mut emitter = Emitter::start(&url, outbox.path(), 1_000_000);
+        let emitted = emitter.wait_for("emitted 9").await;
+        emitter.kill();
+        assert_eq!(emitted, (0..10).collect::<Vec<_>>());
+
+        // Restarted with the same outbox: whatever it held is sent again.
+        let mut emitter = Emitter::start(&url, outbox.path(), 0);
+        emitter.wait_for("drained").await;
+        emitter.kill();
+
+        // Every wave whose emit returned arrives once; a wave in flight at
+        // the kill arrives at most once; nothing arrives twice.
+        let stored = stored(&url).await;
+        assert!(stored >= 10, "only {stored} stored");
+        let got = receive_n(&mut rx, stored as usize).await;
+        let seqs: Vec<u64> = got.iter().map(seq).collect();
+        assert_eq!(seqs, (0..stored).collect::<Vec<_>>());
+        nothing_more(&mut rx).await;
+    })
+    .await
+    .expect("bounded");
+}
