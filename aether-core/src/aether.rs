@@ -19,6 +19,7 @@ use crate::{
     inbox::Inbox,
     medium::{
         Listener, Medium, Routed, SubscriptionId,
+        durable::EmbeddedDurable,
         embedded::{EmbeddedMedium, Reached},
         nats::NatsMedium,
     },
@@ -59,6 +60,9 @@ struct Inner {
     physics: Arc<PhysicsHub>,
     /// Signatures and access rules (`[aether.security]`).
     security: Arc<Security>,
+    /// Durable channels on the embedded medium (`[aether.durability]`);
+    /// over NATS the medium keeps them.
+    durable: Option<Arc<EmbeddedDurable>>,
 }
 
 impl Drop for Inner {
@@ -82,8 +86,15 @@ impl Aether {
     pub fn new(config: AetherConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         let security = Arc::new(Security::from_config(&config.security)?);
+        let durable = EmbeddedDurable::open(&config)?;
         let medium = Medium::Embedded(EmbeddedMedium::default());
-        Ok(Self::with_medium(config, Arc::default(), medium, security))
+        Ok(Self::with_medium(
+            config,
+            Arc::default(),
+            medium,
+            security,
+            durable,
+        ))
     }
 
     /// An aether over NATS, reaching the servers of `config.nats` (TLS and
@@ -122,7 +133,7 @@ impl Aether {
         let medium = Medium::Nats(Box::new(
             NatsMedium::connect(&config, stats.clone(), security.clone()).await?,
         ));
-        Ok(Self::with_medium(config, stats, medium, security))
+        Ok(Self::with_medium(config, stats, medium, security, None))
     }
 
     fn with_medium(
@@ -130,6 +141,7 @@ impl Aether {
         stats: Arc<Counters>,
         medium: Medium,
         security: Arc<Security>,
+        durable: Option<Arc<EmbeddedDurable>>,
     ) -> Self {
         let physics = Arc::new(PhysicsHub::new(config.physics.clone()));
         Self {
@@ -141,6 +153,7 @@ impl Aether {
                 inboxes: Mutex::new(HashMap::new()),
                 physics,
                 security,
+                durable,
             }),
         }
     }
@@ -160,6 +173,72 @@ impl Aether {
         match &self.inner.medium {
             Medium::Embedded(_) => broadcast::channel(1).1,
             Medium::Nats(nats) => nats.events(),
+        }
+    }
+
+    /// The durable side of an embedded aether, when durable channels are
+    /// configured.
+    #[inline]
+    pub(crate) fn embedded_durable(&self) -> Option<&Arc<EmbeddedDurable>> {
+        self.inner.durable.as_ref()
+    }
+
+    /// Whether durable channels are configured: vibrators then report the
+    /// waves they hand out ([`Aether::hand_out`]).
+    pub(crate) fn has_durable_channels(&self) -> bool {
+        self.inner.config.durability.is_enabled()
+    }
+
+    /// Keeps an admitted wave on a durable channel of the embedded medium in
+    /// the durable outbox (synced, with a directory) and routes it; returns
+    /// once the outbox holds it.
+    pub(crate) async fn emit_durable(
+        &self,
+        durable: &Arc<EmbeddedDurable>,
+        wave: Wave,
+    ) -> Result<(), EmitError> {
+        let aether = self.clone();
+        let durable = durable.clone();
+        let emit = move || {
+            let Medium::Embedded(medium) = &aether.inner.medium else {
+                unreachable!("the embedded durable side belongs to an embedded aether")
+            };
+            durable.emit(medium, &aether.inner.stats, wave)
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime
+                .spawn_blocking(emit)
+                .await
+                .map_err(|e| EmitError::with_source(EmitErrorKind::Medium, e))?,
+            Err(_) => emit(),
+        }
+    }
+
+    /// A vibrator (its queue `inbox`) hands `wave` to its application: a
+    /// durable wave is acknowledged now. `false` if the vibrator handed out
+    /// this wave already (a redelivery), which it then drops.
+    pub(crate) fn hand_out(&self, inbox: u64, wave: &Wave) -> bool {
+        match &self.inner.medium {
+            Medium::Embedded(_) => {
+                if let Some(durable) = &self.inner.durable {
+                    durable.hand_out(wave);
+                }
+                true
+            }
+            Medium::Nats(nats) => nats.hand_out(inbox, wave),
+        }
+    }
+
+    /// A vibrator (its queue `inbox`) went away without handing out
+    /// `waves`: durable ones are not acknowledged, and come again.
+    pub(crate) fn release<'a>(&self, inbox: u64, waves: impl Iterator<Item = &'a Wave>) {
+        match &self.inner.medium {
+            Medium::Embedded(medium) => {
+                if let Some(durable) = &self.inner.durable {
+                    durable.release(medium, &self.inner.stats, waves);
+                }
+            }
+            Medium::Nats(nats) => nats.release(inbox),
         }
     }
 
@@ -299,7 +378,15 @@ impl Aether {
             ));
         }
         match &self.inner.medium {
-            Medium::Embedded(m) => Ok(m.subscribe(pattern, listener)),
+            Medium::Embedded(m) => match &self.inner.durable {
+                None => Ok(m.subscribe(pattern, listener)),
+                Some(durable) => {
+                    let stats = &self.inner.stats;
+                    Ok(durable.subscribe(m, stats, &pattern.clone(), || {
+                        m.subscribe(pattern, listener)
+                    }))
+                }
+            },
             Medium::Nats(m) => m.subscribe(pattern, listener).await,
         }
     }

@@ -72,6 +72,9 @@ pub(crate) struct Inbox {
     /// that deliver once per subscription (NATS): a wave is taken from the
     /// oldest of them that hears it.
     patterns: ArcSwap<Vec<(SubscriptionId, Channel)>>,
+    /// How many `patterns` holds, read without loading them: with one own
+    /// resonance (the common case) no wave is heard elsewhere.
+    pattern_count: AtomicUsize,
 }
 
 /// What every offer reads; written only when a setting changes.
@@ -173,6 +176,7 @@ impl Inbox {
             waker: CachePadded::new(AtomicWaker::new()),
             stats: CachePadded::new(Counters::default()),
             patterns: ArcSwap::default(),
+            pattern_count: AtomicUsize::new(0),
         }
     }
 
@@ -182,6 +186,8 @@ impl Inbox {
             patterns.push((id, pattern.clone()));
             patterns
         });
+        self.pattern_count
+            .store(self.patterns.load().len(), Ordering::Release);
     }
 
     pub(crate) fn remove_pattern(&self, id: SubscriptionId) {
@@ -190,6 +196,8 @@ impl Inbox {
             patterns.retain(|(other, _)| *other != id);
             patterns
         });
+        self.pattern_count
+            .store(self.patterns.load().len(), Ordering::Release);
     }
 
     /// Whether a wave on `channel` that came through subscription `id` is
@@ -202,6 +210,12 @@ impl Inbox {
         id: SubscriptionId,
         grouped: bool,
     ) -> bool {
+        // Only this subscription (or, for a group, none) of its own: nothing
+        // else hears it.
+        let own = self.pattern_count.load(Ordering::Acquire);
+        if own == 0 || (own == 1 && !grouped) {
+            return false;
+        }
         self.patterns
             .load()
             .iter()
@@ -302,6 +316,57 @@ impl Inbox {
         outcome
     }
 
+    /// Offers several waves measured on arrival, in order, under one lock
+    /// and with one wake-up; each outcome is reported to `each`, and counted
+    /// as [`Inbox::offer`] counts it.
+    pub(crate) fn offer_many(
+        &self,
+        waves: impl IntoIterator<Item = Wave>,
+        mut each: impl FnMut(Offer),
+    ) {
+        let settings = &*self.settings;
+        let floor = self.noise_floor();
+        let skip_own = settings.skip_own.load(Ordering::Relaxed);
+        let mut state = self.lock();
+        let was_empty = state.queue.is_empty();
+        let mut queued = false;
+        for wave in waves {
+            let outcome = if state.closed {
+                Offer::Closed
+            } else if skip_own && wave.origin() == settings.id && !wave.is_reflected() {
+                Offer::SkippedOwn
+            } else {
+                let amplitude = wave.amplitude().value();
+                if amplitude < floor {
+                    self.stats.dropped(DropReason::BelowNoiseFloor);
+                    Offer::Dropped(DropReason::BelowNoiseFloor)
+                } else if state.queue.len() < settings.capacity {
+                    state.push(wave);
+                    self.stats.delivered();
+                    queued = true;
+                    Offer::Queued
+                } else if amplitude <= state.weakest_amplitude() {
+                    self.stats.dropped(DropReason::QueueFull);
+                    Offer::Dropped(DropReason::QueueFull)
+                } else {
+                    let shed = state.shed_weakest();
+                    state.push(wave);
+                    drop(shed);
+                    self.stats.dropped(DropReason::QueueFull);
+                    self.stats.delivered();
+                    queued = true;
+                    Offer::QueuedShedding
+                }
+            };
+            each(outcome);
+        }
+        self.queued.store(state.queue.len(), Ordering::Release);
+        drop(state);
+        if was_empty && queued {
+            self.waker.wake();
+        }
+    }
+
     /// Moves every queued wave into the (empty) `batch`: `Ready(true)` when it
     /// got some, `Ready(false)` once closed and drained.
     pub(crate) fn poll_take(&self, cx: &mut Context<'_>, batch: &mut VecDeque<Wave>) -> Poll<bool> {
@@ -395,6 +460,26 @@ pub(crate) mod tests {
         let stats = inbox.stats().snapshot();
         assert_eq!(stats.dropped(DropReason::QueueFull), 2);
         assert_eq!(stats.delivered, 4);
+    }
+
+    proptest::proptest! {
+        /// Offering a batch under one lock does exactly what offering its
+        /// waves one by one does: the same outcomes, queue and counts.
+        #[test]
+        fn a_batch_is_its_waves_one_by_one(
+            amplitudes in proptest::collection::vec(0.0..=1.0f64, 0..40),
+            capacity in 1..8usize,
+            floor in 0.0..0.5f64,
+        ) {
+            let (one, many) = (inbox(capacity, floor), inbox(capacity, floor));
+            let waves = || amplitudes.iter().enumerate().map(|(i, a)| wave_with(*a, i as u32));
+            let expected: Vec<Offer> = waves().map(|w| one.offer(w)).collect();
+            let mut got = Vec::new();
+            many.offer_many(waves(), |offer| got.push(offer));
+            proptest::prop_assert_eq!(got, expected);
+            proptest::prop_assert_eq!(drain(&many), drain(&one));
+            proptest::prop_assert_eq!(many.stats().snapshot(), one.stats().snapshot());
+        }
     }
 
     #[test]

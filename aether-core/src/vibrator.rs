@@ -73,6 +73,10 @@ pub struct Vibrator {
     replies: OnceLock<(Arc<ReplyMux>, SubscriptionId)>,
     /// Its frequency hopping (`crate::hopping`); stops with the vibrator.
     hopping: crate::hopping::Hopping,
+    /// Whether the aether has durable channels: each wave handed out is
+    /// then reported ([`Aether::hand_out`]), which acknowledges a durable
+    /// one.
+    durable: bool,
 }
 
 /// A cloneable handle that emits with a vibrator's identity, for tasks that
@@ -180,6 +184,7 @@ impl VibratorBuilder {
             subscriptions: Vec::new(),
             replies: OnceLock::new(),
             hopping: Default::default(),
+            durable: aether.has_durable_channels(),
         })
     }
 }
@@ -331,12 +336,34 @@ impl Vibrator {
     }
 
     fn poll_wave(&mut self, cx: &mut Context<'_>) -> Poll<Option<Wave>> {
+        if self.durable {
+            return self.poll_wave_durable(cx);
+        }
         if let Some(wave) = self.batch.pop_front() {
             return Poll::Ready(Some(wave));
         }
         self.inbox
             .poll_take(cx, &mut self.batch)
             .map(|_| self.batch.pop_front())
+    }
+
+    /// [`Vibrator::poll_wave`] on an aether with durable channels: a durable
+    /// wave is acknowledged as it is handed out, and a copy of one already
+    /// handed out (a redelivery) is dropped.
+    #[cold]
+    fn poll_wave_durable(&mut self, cx: &mut Context<'_>) -> Poll<Option<Wave>> {
+        loop {
+            if self.batch.is_empty()
+                && !std::task::ready!(self.inbox.poll_take(cx, &mut self.batch))
+            {
+                return Poll::Ready(None);
+            }
+            if let Some(wave) = self.batch.pop_front()
+                && self.aether().hand_out(self.inbox.id(), &wave)
+            {
+                return Poll::Ready(Some(wave));
+            }
+        }
     }
 
     /// The consumer span in which to handle `wave`, which this vibrator
@@ -349,10 +376,15 @@ impl Vibrator {
 
     /// The next wave if one is queued, without waiting.
     pub fn try_receive(&mut self) -> Option<Wave> {
-        if self.batch.is_empty() {
-            self.inbox.try_take(&mut self.batch);
+        loop {
+            if self.batch.is_empty() {
+                self.inbox.try_take(&mut self.batch);
+            }
+            let wave = self.batch.pop_front()?;
+            if !self.durable || self.aether().hand_out(self.inbox.id(), &wave) {
+                return Some(wave);
+            }
         }
-        self.batch.pop_front()
     }
 
     /// How many waves wait for it.
@@ -620,10 +652,38 @@ impl Emitter {
         }
         let now_ns = unix_nanos();
         let Some(nats) = self.aether.nats() else {
+            if let Some(durable) = self.aether.embedded_durable()
+                && durable.is_durable(wave.channel())
+            {
+                return self.send_durable(wave, now_ns).await;
+            }
             return self.send(wave, now_ns).map(|(id, _)| id);
         };
         let (id, admitted) = self.admit(wave, now_ns)?;
         nats.publish_admitted(admitted).await?;
+        Ok(id)
+    }
+
+    /// The embedded emit path of a wave on a durable channel: checked, kept
+    /// in the durable outbox, then routed. A durable wave neither diffracts
+    /// nor reflects on "nobody heard it": the outbox always hears it.
+    #[cold]
+    async fn send_durable(&self, wave: Wave, now_ns: u64) -> Result<WaveId, EmitError> {
+        let (id, admitted) = self.admit(wave, now_ns)?;
+        match admitted {
+            Admitted::Ready(wave) => {
+                let durable = self.aether.embedded_durable().expect("checked by emit");
+                self.aether.emit_durable(durable, wave).await?;
+            }
+            Admitted::Dropped(reason, wave) => {
+                if wave.reflects_on_failure() && wave.origin() != 0 {
+                    let emitted = wave.channel().clone();
+                    self.aether
+                        .send_reflection(wave.into_reflection(reason.into(), emitted))
+                        .await?;
+                }
+            }
+        }
         Ok(id)
     }
 
@@ -801,6 +861,14 @@ impl Drop for Vibrator {
         self.aether().unsubscribe(&ids);
         self.aether().deregister_inbox(self.inbox.id());
         self.inbox.close();
+        if self.durable {
+            // What it never handed out is not acknowledged: durable waves
+            // go to another resonator, or come again later.
+            let mut queued = VecDeque::new();
+            self.inbox.try_take(&mut queued);
+            let left = self.batch.iter().chain(queued.iter());
+            self.emitter.aether.release(self.inbox.id(), left);
+        }
     }
 }
 

@@ -1,8 +1,10 @@
-//! Durable channels on the NATS medium (JetStream) and the durable outbox
-//! on disk, with real processes on loopback: a round trip, a receiver that
-//! restarts and resumes, deduplication by wave id, and emitter processes
-//! killed (SIGKILL) after `emit` returned, with NATS down and with NATS up.
-//! Every test is bounded in time.
+//! Durable channels on the NATS medium (JetStream) and on the embedded
+//! medium, and the durable outbox on disk, with real processes on loopback:
+//! a round trip, a receiver that restarts and resumes, deduplication by wave
+//! id, emitter processes killed (SIGKILL) after `emit` returned, with NATS
+//! down and with NATS up, receivers killed with waves queued and not
+//! received (both mediums), and the embedded outbox's bound. Every test is
+//! bounded in time.
 //!
 //! The emitter of the fault tests is this test binary run again: the test
 //! `durable_emitter_process` is that program, and it does nothing unless
@@ -503,6 +505,389 @@ async fn an_emitter_killed_right_after_emit_returned_delivers_each_wave_once() {
         let seqs: Vec<u64> = got.iter().map(seq).collect();
         assert_eq!(seqs, (0..stored).collect::<Vec<_>>());
         nothing_more(&mut rx).await;
+    })
+    .await
+    .expect("bounded");
+}
+
+// ------------------------------------------------- the embedded medium
+
+/// An embedded aether whose `orders.*` is durable, its outbox in `dir`.
+fn embedded(dir: &Path, outbox_max_bytes: u64) -> Aether {
+    Aether::new(AetherConfig {
+        durability: DurabilityConfig {
+            channels: vec!["orders.*".into()],
+            outbox_dir: Some(dir.to_path_buf()),
+            outbox_max_bytes,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+const OUTBOX_MAX: u64 = 1 << 20;
+
+/// The length of a drained outbox file: its header.
+fn outbox_len(dir: &Path) -> u64 {
+    std::fs::metadata(dir.join("durable-outbox.log"))
+        .unwrap()
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_waves_nobody_heard_are_delivered_when_one_resonates_and_taken_once() {
+    timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let aether = embedded(dir.path(), OUTBOX_MAX);
+        let tx = Vibrator::create("shop", &aether).await.unwrap();
+        for n in 0..5u64 {
+            tx.emit_wave("orders.created", json!({"seq": n}))
+                .await
+                .unwrap();
+        }
+        // Not durable: nobody hears it, nothing keeps it.
+        tx.emit_wave("audit.seen", json!({"seq": 99}))
+            .await
+            .unwrap();
+        let mut rx = Vibrator::create("billing", &aether).await.unwrap();
+        rx.resonate_on("audit.*").await.unwrap();
+        rx.resonate_on("orders.*").await.unwrap();
+        tx.emit_wave("orders.created", json!({"seq": 5}))
+            .await
+            .unwrap();
+        let got: Vec<u64> = receive_n(&mut rx, 6).await.iter().map(seq).collect();
+        assert_eq!(got, [0, 1, 2, 3, 4, 5], "the waiting ones first, in order");
+        nothing_more(&mut rx).await;
+        assert_eq!(outbox_len(dir.path()), 8, "every wave taken: cut back");
+
+        // Taken: a later resonator does not get them again, nor does the
+        // next process.
+        let mut late = Vibrator::create("late", &aether).await.unwrap();
+        late.resonate_on("orders.*").await.unwrap();
+        assert!(late.try_receive().is_none());
+        drop((rx, late, tx));
+        drop(aether);
+        let again = embedded(dir.path(), OUTBOX_MAX);
+        let mut rx = Vibrator::create("billing", &again).await.unwrap();
+        rx.resonate_on("orders.*").await.unwrap();
+        assert!(rx.try_receive().is_none());
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_waves_left_in_a_dropped_vibrators_queue_go_to_another_resonator() {
+    timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let aether = embedded(dir.path(), OUTBOX_MAX);
+        let tx = Vibrator::create("shop", &aether).await.unwrap();
+        let mut one = Vibrator::create("worker-1", &aether).await.unwrap();
+        let mut two = Vibrator::create("worker-2", &aether).await.unwrap();
+        one.resonate_in_group("orders.*", "workers").await.unwrap();
+        two.resonate_in_group("orders.*", "workers").await.unwrap();
+        for n in 0..6u64 {
+            tx.emit_wave("orders.created", json!({"seq": n}))
+                .await
+                .unwrap();
+        }
+        // Each member queued three; one leaves without receiving.
+        assert_eq!((one.queued(), two.queued()), (3, 3));
+        drop(one);
+        let mut got: Vec<u64> = receive_n(&mut two, 6).await.iter().map(seq).collect();
+        got.sort_unstable();
+        assert_eq!(got, [0, 1, 2, 3, 4, 5]);
+        nothing_more(&mut two).await;
+        assert_eq!(outbox_len(dir.path()), 8);
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_outbox_full_is_refused_and_frees_up_as_waves_are_taken() {
+    timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let aether = embedded(dir.path(), 2000);
+        let tx = Vibrator::create("shop", &aether).await.unwrap();
+        let big = "x".repeat(600);
+        let mut accepted = 0u64;
+        let err = loop {
+            match tx
+                .emit_wave("orders.created", json!({"seq": accepted, "pad": big}))
+                .await
+            {
+                Ok(_) => accepted += 1,
+                Err(err) => break err,
+            }
+            assert!(accepted < 10, "the bound was never reached");
+        };
+        assert_eq!(err.kind(), aether_core::EmitErrorKind::OutboxFull, "{err}");
+        assert!(err.to_string().contains("outbox_max_bytes"), "{err}");
+        assert!(accepted >= 1);
+        // Other channels are not held back.
+        tx.emit_wave("audit.seen", json!({})).await.unwrap();
+
+        let mut rx = Vibrator::create("billing", &aether).await.unwrap();
+        rx.resonate_on("orders.*").await.unwrap();
+        let got: Vec<u64> = receive_n(&mut rx, accepted as usize)
+            .await
+            .iter()
+            .map(seq)
+            .collect();
+        assert_eq!(got, (0..accepted).collect::<Vec<_>>());
+        tx.emit_wave("orders.created", json!({"seq": accepted, "pad": big}))
+            .await
+            .unwrap();
+        assert_eq!(seq(&receive_n(&mut rx, 1).await[0]), accepted);
+    })
+    .await
+    .expect("bounded");
+}
+
+/// A child process of these tests: this test binary, running
+/// `durable_embedded_process` (or `durable_receiver_process`).
+struct Process(Emitter);
+
+impl Process {
+    /// `role` is `emit` (emit `count` waves nobody hears, printing `emitted
+    /// N` after each `emit` returned) or `queue` (resonate, emit `count`
+    /// waves, receive two, print `queued`).
+    fn start(role: &str, dir: &Path, count: u64) -> Self {
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "durable_embedded_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("AETHER_DURABLE_EMBEDDED", role)
+            .env("EMITTER_OUTBOX", dir)
+            .env("EMITTER_COUNT", count.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self::from_child(child)
+    }
+
+    /// Follows the lines of a child started with a piped stdout.
+    fn from_child(mut child: Child) -> Self {
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self(Emitter { child, lines })
+    }
+}
+
+/// The program of the embedded crash tests (does nothing unless
+/// `AETHER_DURABLE_EMBEDDED` is set).
+#[test]
+fn durable_embedded_process() {
+    let Some(role) = std::env::var_os("AETHER_DURABLE_EMBEDDED") else {
+        return;
+    };
+    let dir = PathBuf::from(std::env::var_os("EMITTER_OUTBOX").unwrap());
+    let count: u64 = std::env::var("EMITTER_COUNT").unwrap().parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let aether = embedded(&dir, 64 << 20);
+        let tx = Vibrator::create("shop", &aether).await.unwrap();
+        let mut rx = Vibrator::create("billing", &aether).await.unwrap();
+        if role == "queue" {
+            rx.resonate_on("orders.*").await.unwrap();
+        }
+        for n in 0..count {
+            tx.emit_wave("orders.created", json!({"seq": n}))
+                .await
+                .unwrap();
+            println!("\nemitted {n}");
+        }
+        if role == "queue" {
+            // The application takes two; the rest stays queued.
+            assert_eq!(
+                receive_n(&mut rx, 2)
+                    .await
+                    .iter()
+                    .map(seq)
+                    .collect::<Vec<_>>(),
+                [0, 1]
+            );
+            assert_eq!(rx.queued() as u64, count - 2);
+            println!("\nqueued");
+        }
+        // Killed by the test.
+        sleep(Duration::from_secs(120)).await;
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_waves_queued_but_not_received_at_a_kill_arrive_after_restart_once() {
+    timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut process = Process::start("queue", dir.path(), 8);
+        process.0.wait_for("queued").await;
+        process.0.kill();
+
+        let aether = embedded(dir.path(), OUTBOX_MAX);
+        let mut rx = Vibrator::create("billing", &aether).await.unwrap();
+        rx.resonate_on("orders.*").await.unwrap();
+        let got: Vec<u64> = receive_n(&mut rx, 6).await.iter().map(seq).collect();
+        assert_eq!(got, [2, 3, 4, 5, 6, 7], "the two taken do not come again");
+        nothing_more(&mut rx).await;
+        drop(rx);
+        drop(aether);
+
+        // Taken now: a third process gets nothing.
+        let aether = embedded(dir.path(), OUTBOX_MAX);
+        let mut rx = Vibrator::create("billing", &aether).await.unwrap();
+        rx.resonate_on("orders.*").await.unwrap();
+        assert!(rx.try_receive().is_none());
+        assert_eq!(outbox_len(dir.path()), 8);
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_emitter_killed_right_after_emit_returned_delivers_each_wave_once() {
+    timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        // Killed right after the 10th emit returned, while still emitting.
+        let mut process = Process::start("emit", dir.path(), 1_000_000);
+        let emitted = process.0.wait_for("emitted 9").await;
+        process.0.kill();
+        assert_eq!(emitted, (0..10).collect::<Vec<_>>());
+
+        let aether = embedded(dir.path(), 64 << 20);
+        let mut rx = Vibrator::create("billing", &aether).await.unwrap();
+        rx.resonate_on("orders.*").await.unwrap();
+        // Every wave whose emit returned, and perhaps one in flight at the
+        // kill: each once, in order.
+        let mut got = receive_n(&mut rx, 10).await;
+        while let Some(wave) = rx.try_receive() {
+            got.push(wave);
+        }
+        let seqs: Vec<u64> = got.iter().map(seq).collect();
+        assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+        nothing_more(&mut rx).await;
+    })
+    .await
+    .expect("bounded");
+}
+
+// ------------------------------------- NATS: acknowledged at hand-out
+
+/// A receiver's settings: a short ack_wait, so what a killed receiver did
+/// not acknowledge comes again soon.
+fn receiver_config(url: &str) -> AetherConfig {
+    let config = config(url, None);
+    AetherConfig {
+        durability: DurabilityConfig {
+            ack_wait_ms: 1000,
+            ..config.durability.clone()
+        },
+        ..config
+    }
+}
+
+/// The receiver program of the NATS hand-out test (does nothing unless
+/// `AETHER_DURABLE_RECEIVER` is set): "billing" resonates, waits until
+/// `count` waves are in its queue, receives two, and prints `queued`.
+#[test]
+fn durable_receiver_process() {
+    if std::env::var_os("AETHER_DURABLE_RECEIVER").is_none() {
+        return;
+    }
+    let url = std::env::var("EMITTER_URL").unwrap();
+    let count: usize = std::env::var("EMITTER_COUNT").unwrap().parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let aether = Aether::connect(receiver_config(&url)).await.unwrap();
+        let mut rx = Vibrator::create("billing", &aether).await.unwrap();
+        rx.resonate_on("orders.*").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while rx.queued() < count {
+            assert!(
+                Instant::now() < deadline,
+                "queued {} of {count}",
+                rx.queued()
+            );
+            sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            receive_n(&mut rx, 2)
+                .await
+                .iter()
+                .map(seq)
+                .collect::<Vec<_>>(),
+            [0, 1]
+        );
+        // The two acknowledgements are on the wire.
+        aether.flush(Duration::from_secs(10)).await.unwrap();
+        println!("\nqueued");
+        // Killed by the test.
+        sleep(Duration::from_secs(120)).await;
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_waves_queued_but_not_received_at_a_kill_come_to_the_restarted_receiver_once() {
+    timeout(LIMIT, async {
+        let server = NatsServer::builder().jetstream(true).start().await.unwrap();
+        let url = server.url();
+        let a = Aether::connect(config(&url, None)).await.unwrap();
+        let tx = Vibrator::create("shop", &a).await.unwrap();
+        let n = 6u64;
+        for s in 0..n {
+            tx.emit_wave("orders.created", json!({"seq": s}))
+                .await
+                .unwrap();
+        }
+
+        // The receiver queues all six, receives two, and is killed.
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "durable_receiver_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("AETHER_DURABLE_RECEIVER", "1")
+            .env("EMITTER_URL", &url)
+            .env("EMITTER_COUNT", n.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut receiver = Process::from_child(child);
+        receiver.0.wait_for("queued").await;
+        receiver.0.kill();
+
+        // The same name again: the four it never handed out, each once.
+        let b = Aether::connect(receiver_config(&url)).await.unwrap();
+        let mut rx = Vibrator::create("billing", &b).await.unwrap();
+        rx.resonate_on("orders.*").await.unwrap();
+        let got: Vec<u64> = receive_n(&mut rx, 4).await.iter().map(seq).collect();
+        assert_eq!(got, [2, 3, 4, 5]);
+        // Handed out, so acknowledged: nothing comes again after ack_wait.
+        nothing_more_within(&mut rx, Duration::from_millis(2500)).await;
     })
     .await
     .expect("bounded");

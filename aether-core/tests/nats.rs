@@ -107,3 +107,79 @@ async fn each_aether_s_engine_sees_what_its_vibrators_receive() {
     })
     .await;
 }
+
+/// Vibrators of one aether on the same subject share one NATS subscription:
+/// each gets every wave once, a member that leaves stops the deliveries to
+/// it only, one that joins later hears what follows, and a vibrator whose
+/// older resonance hears the wave too gets it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resonances_on_one_subject_share_a_subscription() {
+    use std::time::Duration;
+
+    use aether_core::Vibrator;
+
+    behaviour::within(async {
+        let medium = Nats::default();
+        let receiving = behaviour::Medium::aether(&medium, AetherConfig::default()).await;
+        let sending = behaviour::Medium::aether(&medium, AetherConfig::default()).await;
+        let mut a = Vibrator::create("a", &receiving).await.unwrap();
+        let mut b = Vibrator::create("b", &receiving).await.unwrap();
+        let mut c = Vibrator::create("c", &receiving).await.unwrap();
+        for v in [&mut a, &mut b, &mut c] {
+            v.resonate_on("orders.*").await.unwrap();
+        }
+        // c also resonates on the concrete channel: it hears each wave once.
+        c.resonate_on("orders.created").await.unwrap();
+        let shop = Vibrator::create("shop", &sending).await.unwrap();
+        loop {
+            shop.emit_wave("orders.created", serde_json::json!(-1))
+                .await
+                .unwrap();
+            if tokio::time::timeout(Duration::from_millis(50), a.receive())
+                .await
+                .is_ok()
+            {
+                break;
+            }
+        }
+        // Drain the warm-up waves, then a fence each reads up to.
+        let fence = |n: i64| serde_json::json!(n);
+        shop.emit_wave("orders.created", fence(0)).await.unwrap();
+        for v in [&mut a, &mut b, &mut c] {
+            while behaviour::recv(v).await.payload() != fence(0) {}
+        }
+        for n in 1..=10 {
+            shop.emit_wave("orders.created", fence(n)).await.unwrap();
+        }
+        for v in [&mut a, &mut b, &mut c] {
+            for n in 1..=10 {
+                assert_eq!(behaviour::recv(v).await.payload(), fence(n), "{}", v.name());
+            }
+        }
+        // b leaves; d joins the same subject.
+        drop(b);
+        let mut d = Vibrator::create("d", &receiving).await.unwrap();
+        d.resonate_on("orders.*").await.unwrap();
+        shop.emit_wave("orders.created", fence(11)).await.unwrap();
+        for v in [&mut a, &mut c, &mut d] {
+            assert_eq!(
+                behaviour::recv(v).await.payload(),
+                fence(11),
+                "{}",
+                v.name()
+            );
+        }
+        // Nothing more for anyone: c got each wave once.
+        for v in [&mut a, &mut c, &mut d] {
+            assert!(
+                tokio::time::timeout(Duration::from_millis(200), v.receive())
+                    .await
+                    .is_err(),
+                "{} got a wave twice",
+                v.name()
+            );
+        }
+        assert_eq!(c.stats().delivered, a.stats().delivered);
+    })
+    .await;
+}

@@ -19,13 +19,17 @@ pub enum DurableStorage {
     Memory,
 }
 
-/// Durable channels (`[aether.durability]`), read by the NATS medium:
-/// waves on channels that one of `channels` matches are stored in a
-/// JetStream stream, deduplicated by wave id, and resonances within those
+/// Durable channels (`[aether.durability]`): a wave on a channel that one of
+/// `channels` matches is delivered at least once until an application takes
+/// it (a vibrator hands it out), deduplicated by wave id. Over NATS such
+/// waves are stored in a JetStream stream and resonances within those
 /// patterns read them through durable consumers that resume where they
-/// stopped. Every other channel keeps the core NATS path. With `channels`
-/// empty (the default) nothing is durable and nothing changes. The embedded
-/// medium has no network to survive and ignores these settings.
+/// stopped; on the embedded medium they are kept in the durable outbox
+/// (`outbox_dir`) until taken, and a wave nobody resonated on waits there.
+/// Every other channel keeps its path. With `channels` empty (the default)
+/// nothing is durable and nothing changes. `stream`, `storage`,
+/// `duplicate_window_ms`, `max_age_ms`, `max_bytes`, `ack_wait_ms` and
+/// `max_deliver` are JetStream's, read by the NATS medium only.
 ///
 /// ```
 /// use aether_core::{AetherConfig, config::DurabilityConfig};
@@ -71,14 +75,17 @@ pub struct DurabilityConfig {
     /// Most deliveries of one wave to a consumer; 0 (the default) = no
     /// limit.
     pub max_deliver: u32,
-    /// Directory of the emitter's on-disk outbox: durable waves that could
-    /// not be stored (NATS unreachable, or no acknowledgement) are written
-    /// there, synced, before `emit` returns, and sent when the connection is
-    /// back, also by the next process that starts with this directory. None
-    /// (the default): the outbox is in memory, lost with the process.
+    /// Directory of the on-disk durable outbox, written and synced before
+    /// `emit` returns. Over NATS it holds durable waves that could not be
+    /// stored (NATS unreachable, or no acknowledgement), sent when the
+    /// connection is back; on the embedded medium, every durable wave until
+    /// an application took it. The next process that starts with this
+    /// directory sends or delivers what is left. None (the default): the
+    /// outbox is in memory, lost with the process.
     pub outbox_dir: Option<PathBuf>,
-    /// Most bytes of waves the durable outbox holds (in memory or on disk);
-    /// past it, `emit` on a durable channel fails with `OutboxFull`.
+    /// Most bytes of waves the durable outbox holds (in memory or on disk;
+    /// on the embedded medium, the waves not taken yet); past it, `emit` on
+    /// a durable channel fails with `OutboxFull`.
     /// Default 268,435,456 (256 MiB).
     pub outbox_max_bytes: u64,
 }

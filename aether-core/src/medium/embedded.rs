@@ -16,7 +16,7 @@ use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use smol_str::SmolStr;
 
-use super::{Listener, Routed, SubscriptionId, offer_counted};
+use super::{Listener, Routed, SubscriptionId, offer_counted, offer_outcome};
 use crate::{Channel, Wave, hopping::HopGate, inbox::Inbox, reply::ReplyMux, stats::Counters};
 
 /// The routing table is read on every emit and changed only when someone
@@ -180,6 +180,27 @@ impl EmbeddedMedium {
         }
         deliver(last, wave, stats);
         Routed { matched }
+    }
+
+    /// Offers a durable wave to every matching receive queue, counting in
+    /// `stats`: how many queued it (none: it waits in the durable outbox,
+    /// uncounted as unrouted).
+    pub(crate) fn route_durable(&self, wave: Wave, stats: &Counters) -> usize {
+        let table = self.table.load();
+        let mut recipients = table.recipients(wave.channel());
+        let Some(last) = recipients.pop() else {
+            return 0;
+        };
+        let mut queued = 0;
+        let mut offer = |recipient: Recipient<'_>, wave: Wave| match recipient {
+            Recipient::Inbox(inbox) => queued += usize::from(offer_outcome(inbox, wave, stats).0),
+            other => deliver(other, wave, stats),
+        };
+        for recipient in recipients {
+            offer(recipient, wave.clone());
+        }
+        offer(last, wave);
+        queued
     }
 
     /// Offers `wave` to every listener of `routing`, which may be another

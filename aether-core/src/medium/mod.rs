@@ -6,6 +6,8 @@
 //! hop limit, expiry, stamping) happens in [`Aether`](crate::Aether) before,
 //! and noise floor and shedding in the receive queue after.
 
+pub(crate) mod disk_outbox;
+pub(crate) mod durable;
 pub(crate) mod embedded;
 pub(crate) mod nats;
 
@@ -83,20 +85,32 @@ impl Medium {
 /// relaxed load.
 #[inline]
 pub(crate) fn offer_counted(inbox: &Inbox, wave: Wave, stats: &Counters) -> bool {
+    offer_outcome(inbox, wave, stats).1
+}
+
+/// [`offer_counted`], telling also whether the wave was queued:
+/// (queued, the vibrator is still there). Durable channels need to know.
+#[inline]
+pub(crate) fn offer_outcome(inbox: &Inbox, wave: Wave, stats: &Counters) -> (bool, bool) {
     let physics = inbox.physics();
     if physics.is_active() {
         return offer_observed(inbox, wave, stats, physics);
     }
-    count(inbox.offer(wave), stats).1
+    count(inbox.offer(wave), stats)
 }
 
-/// [`offer_counted`] while the physics engine runs: a copy of the wave is
+/// [`offer_outcome`] while the physics engine runs: a copy of the wave is
 /// made before the offer (if its buffer has room) and recorded if the wave
 /// was delivered.
 #[inline(never)]
-fn offer_observed(inbox: &Inbox, wave: Wave, stats: &Counters, physics: &PhysicsHub) -> bool {
+fn offer_observed(
+    inbox: &Inbox,
+    wave: Wave,
+    stats: &Counters,
+    physics: &PhysicsHub,
+) -> (bool, bool) {
     if wave.is_reflected() {
-        return count(inbox.offer(wave), stats).1;
+        return count(inbox.offer(wave), stats);
     }
     let shard = physics.shard();
     let copy = shard.has_room().then(|| wave.clone());
@@ -104,6 +118,26 @@ fn offer_observed(inbox: &Inbox, wave: Wave, stats: &Counters, physics: &Physics
     if delivered {
         physics.record(shard, copy, inbox.name());
     }
+    (delivered, open)
+}
+
+/// Offers `waves` to `inbox` under one lock (while the physics engine is
+/// idle; one by one while it observes deliveries), counting each outcome in
+/// `stats`; `false` if the vibrator is gone.
+pub(crate) fn offer_all_counted(
+    inbox: &Inbox,
+    waves: impl IntoIterator<Item = Wave>,
+    stats: &Counters,
+) -> bool {
+    let mut open = true;
+    if inbox.physics().is_active() {
+        // Every wave is offered (and counted), whatever the earlier ones met.
+        for wave in waves {
+            open &= offer_counted(inbox, wave, stats);
+        }
+        return open;
+    }
+    inbox.offer_many(waves, |offer| open &= count(offer, stats).1);
     open
 }
 

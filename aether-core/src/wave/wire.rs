@@ -518,16 +518,18 @@ pub fn decode(channel: Channel, body: Bytes, limits: &Limits) -> Result<Wave, Wi
         ));
     }
     debug_assert_eq!(reader.at, AT_FLAGS + 2);
-    let id = u128::from_be_bytes(reader.array("wave id")?);
-    let emitted_at_ns = u64::from_le_bytes(reader.array("emitted_at")?);
-    let origin = u64::from_le_bytes(reader.array("origin")?);
-    let amplitude = f64::from_le_bytes(reader.array("amplitude")?);
-    let source_amplitude = f64::from_le_bytes(reader.array("source amplitude")?);
-    let phase = f64::from_le_bytes(reader.array("phase")?);
-    let hops = u16::from_le_bytes(reader.array("hops")?);
-    debug_assert_eq!(reader.at, AT_SOURCE_LEN);
-    let [source_len] = reader.array("source name length")?;
-    let source_len = usize::from(source_len);
+    // The fixed fields, at fixed offsets of a header known to be whole: one
+    // bounds check for all of them.
+    let header: &[u8; HEADER_LEN] = reader.array_ref("header")?;
+    let id = u128::from_be_bytes(field(header, 4));
+    let emitted_at_ns = u64::from_le_bytes(field(header, 20));
+    let origin = u64::from_le_bytes(field(header, 28));
+    let amplitude = f64::from_le_bytes(field(header, 36));
+    let source_amplitude = f64::from_le_bytes(field(header, 44));
+    let phase = f64::from_le_bytes(field(header, 52));
+    let hops = u16::from_le_bytes(field(header, 60));
+    let source_len = usize::from(header[AT_SOURCE_LEN]);
+    reader.at = HEADER_LEN;
     if source_len > MAX_SOURCE_LEN {
         return Err(invalid(format!(
             "source name length {source_len} is over the limit of {MAX_SOURCE_LEN} bytes"
@@ -626,6 +628,15 @@ pub fn decode(channel: Channel, body: Bytes, limits: &Limits) -> Result<Wave, Wi
     .build(channel, body.slice(payload_start..payload_end))
 }
 
+/// The `N` bytes of `header` at `at`; the offsets are constants within the
+/// header, so this cannot fail.
+#[inline(always)]
+fn field<const N: usize>(header: &[u8; HEADER_LEN], at: usize) -> [u8; N] {
+    let mut out = [0; N];
+    out.copy_from_slice(&header[at..at + N]);
+    out
+}
+
 /// A cursor over the body whose reads are all bounds-checked.
 struct Reader<'a> {
     body: &'a [u8],
@@ -653,6 +664,23 @@ impl<'a> Reader<'a> {
                 ),
             )),
         }
+    }
+
+    /// The first `N` bytes of the body, whatever was read already, as an
+    /// array reference (`Truncated` naming `field` if the body is shorter).
+    fn array_ref<const N: usize>(&self, field: &str) -> Result<&'a [u8; N], WireError> {
+        self.body
+            .get(..N)
+            .and_then(|bytes| <&[u8; N]>::try_from(bytes).ok())
+            .ok_or_else(|| {
+                WireError::new(
+                    WireErrorKind::Truncated,
+                    format!(
+                        "{field} needs {N} bytes, but the body ends at {}",
+                        self.body.len()
+                    ),
+                )
+            })
     }
 
     /// The next `N` bytes as an array.

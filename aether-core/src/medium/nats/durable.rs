@@ -6,7 +6,7 @@
 //! JetStream with the wave id as `Nats-Msg-Id`, and returns once the
 //! server acknowledged it (the wave is stored); if NATS cannot be reached
 //! or does not acknowledge, the wave goes to the durable outbox
-//! ([`super::disk_outbox`]), synced to disk when it has a directory, and a
+//! ([`crate::medium::disk_outbox`]), synced to disk when it has a directory, and a
 //! task stores it when the connection is back. The stream drops a second
 //! copy of an id within its duplicate window, so a resend is harmless.
 //!
@@ -14,50 +14,59 @@
 //! consumer named after the vibrator (or its group) and the subject, so a
 //! restarted service resumes where it stopped. Waves go into the receive
 //! queue as on the core path (the same decoding and arrival checks); the
-//! consumer waits while the queue is full instead of shedding, and each
-//! wave is acknowledged once it is in the queue: the guarantee ends there.
-//! A redelivered wave whose id the resonance already handed to the queue is
-//! not delivered twice (a bounded window of recent ids).
+//! consumer waits while the queue is full instead of shedding. Each wave is
+//! acknowledged when the vibrator hands it to the application (`receive`,
+//! `try_receive`, the stream): until then its acknowledgement waits in a
+//! map of (queue, wave id), and a wave lost with the process, or shed from
+//! a full queue, is delivered again after `ack_wait_ms`. A wave whose id the
+//! vibrator already handed out is not handed out twice (a bounded window of
+//! recent ids per queue): a redelivery of it is acknowledged and dropped,
+//! and a second copy in the queue is dropped at hand-out.
 //!
 //! Every other channel keeps the core NATS path, untouched: no headers.
 
 use std::{
-    collections::{HashSet, VecDeque},
-    sync::{Arc, Mutex},
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
 use async_nats::{
     Client,
     jetstream::{
-        self, Context,
+        self, AckKind, Context,
         consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
         context::PublishErrorKind,
-        message::PublishMessage,
+        message::{Acker, PublishMessage},
         stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
     },
 };
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio::{sync::Notify, task::AbortHandle};
-
-use super::{
-    LastChannel, Shared,
-    disk_outbox::{AppendError, DurableOutbox, Entry},
-    take,
+use tokio::{
+    sync::{Notify, mpsc},
+    task::AbortHandle,
 };
+
+use super::{LastChannel, Shared, take};
 use crate::{
     Channel, ConnectError, ConnectErrorKind, EmitError, EmitErrorKind, ResonateError,
     ResonateErrorKind, Wave,
     config::{DurabilityConfig, DurableStorage},
     connection::ConnectionState,
     inbox::Inbox,
-    medium::{SubscriptionId, offer_counted},
+    medium::{
+        SubscriptionId,
+        disk_outbox::{AppendError, DurableOutbox, Entry},
+        offer_outcome,
+    },
     security, subject,
 };
 
-/// Ids of the waves a durable resonance handed out last, to drop
-/// redeliveries.
+/// Ids of the waves a vibrator handed out last, to drop redeliveries.
 const RECENT_IDS: usize = 16_384;
 /// Most waves asked for in one pull.
 const MAX_PULL_BATCH: usize = 256;
@@ -80,6 +89,24 @@ pub(super) struct Durable {
     /// Wakes the flusher: a wave was put in the outbox.
     wake: Notify,
     flusher: Mutex<Option<AbortHandle>>,
+    /// The acknowledgements waiting for their waves to be handed out, and
+    /// what each queue handed out last, by queue.
+    handouts: Mutex<HashMap<u64, Handouts>>,
+    /// Acknowledgements to send, in order, by the acknowledging task.
+    acks: mpsc::UnboundedSender<(Acker, AckKind)>,
+    /// Acknowledgements given to that task and not yet sent.
+    acks_in_flight: Arc<AtomicUsize>,
+    acker: AbortHandle,
+}
+
+/// One receive queue's durable waves.
+#[derive(Default)]
+struct Handouts {
+    /// Wave id -> the acknowledgement of its latest delivery, for the waves
+    /// in the queue (or shed from it) and not handed out yet.
+    pending: HashMap<u128, Acker>,
+    /// The ids it handed out last.
+    taken: RecentIds,
 }
 
 impl Durable {
@@ -123,6 +150,9 @@ impl Durable {
         let js = jetstream::ContextBuilder::new()
             .timeout(shared.config.request_timeout())
             .build(client.clone());
+        let (acks, to_send) = mpsc::unbounded_channel();
+        let acks_in_flight = Arc::new(AtomicUsize::new(0));
+        let acker = tokio::spawn(send_acks(to_send, acks_in_flight.clone())).abort_handle();
         let durable = Arc::new(Self {
             js,
             config: config.clone(),
@@ -131,6 +161,10 @@ impl Durable {
             outbox: Arc::new(outbox),
             wake: Notify::new(),
             flusher: Mutex::new(None),
+            handouts: Mutex::new(HashMap::new()),
+            acks,
+            acks_in_flight,
+            acker,
         });
         if shared.counters.state() == ConnectionState::Connected {
             durable.ensure_stream().await.map_err(|e| {
@@ -166,9 +200,10 @@ impl Durable {
             && self.patterns.iter().any(|p| security::covers(p, pattern))
     }
 
-    /// Nothing waits in the durable outbox.
+    /// Nothing waits in the durable outbox, and every acknowledgement of a
+    /// wave handed out was given to the client.
     pub(super) fn is_idle(&self) -> bool {
-        self.outbox.is_idle()
+        self.outbox.is_idle() && self.acks_in_flight.load(Ordering::Acquire) == 0
     }
 
     /// How many waves wait in the durable outbox.
@@ -179,6 +214,75 @@ impl Durable {
     pub(super) fn stop(&self) {
         if let Some(task) = self.lock_flusher().take() {
             task.abort();
+        }
+        self.acker.abort();
+    }
+
+    fn lock_handouts(&self) -> MutexGuard<'_, HashMap<u64, Handouts>> {
+        // Every change is one insert or remove: a panic leaves it whole.
+        self.handouts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends `kind` for a delivery, through the acknowledging task.
+    fn acknowledge(&self, acker: Acker, kind: AckKind) {
+        self.acks_in_flight.fetch_add(1, Ordering::AcqRel);
+        if self.acks.send((acker, kind)).is_err() {
+            self.acks_in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether queue `inbox` handed out wave `id` already.
+    fn handed_out(&self, inbox: u64, id: u128) -> bool {
+        self.lock_handouts()
+            .get(&inbox)
+            .is_some_and(|h| h.taken.contains(id))
+    }
+
+    /// Keeps the acknowledgement of wave `id`, about to be queued in
+    /// `inbox` (of `capacity`), until the wave is handed out. Bounded: past
+    /// twice the capacity and a pull batch, an acknowledgement is let go
+    /// (its wave was shed, or comes again and is dropped at hand-out).
+    fn expect(&self, inbox: u64, capacity: usize, id: u128, acker: Acker) {
+        let mut handouts = self.lock_handouts();
+        let pending = &mut handouts.entry(inbox).or_default().pending;
+        pending.insert(id, acker);
+        if pending.len() > 2 * capacity + MAX_PULL_BATCH
+            && let Some(other) = pending.keys().copied().find(|other| *other != id)
+        {
+            pending.remove(&other);
+        }
+    }
+
+    /// Queue `inbox` hands `wave` to its application: a durable wave is
+    /// acknowledged now. `false` if it handed out this wave already.
+    pub(super) fn hand_out(&self, inbox: u64, wave: &Wave) -> bool {
+        if !self.is_durable(wave.channel()) {
+            return true;
+        }
+        let id = wave.id().as_u128();
+        let acker = {
+            let mut handouts = self.lock_handouts();
+            let handouts = handouts.entry(inbox).or_default();
+            if !handouts.taken.insert(id) {
+                return false;
+            }
+            handouts.pending.remove(&id)
+        };
+        if let Some(acker) = acker {
+            self.acknowledge(acker, AckKind::Ack);
+        }
+        true
+    }
+
+    /// Queue `inbox` is gone: the waves it did not hand out are given back
+    /// to the server at once (a negative acknowledgement), for the next
+    /// resonance of that name.
+    pub(super) fn release(&self, inbox: u64) {
+        let Some(handouts) = self.lock_handouts().remove(&inbox) else {
+            return;
+        };
+        for (_, acker) in handouts.pending {
+            self.acknowledge(acker, AckKind::Nak(None));
         }
     }
 
@@ -352,7 +456,6 @@ impl Durable {
                 inbox,
                 id,
                 grouped,
-                recent: RecentIds::default(),
                 last: LastChannel::default(),
             },
             config,
@@ -457,7 +560,6 @@ struct Resonance {
     inbox: Arc<Inbox>,
     id: SubscriptionId,
     grouped: bool,
-    recent: RecentIds,
     last: LastChannel,
 }
 
@@ -508,7 +610,7 @@ async fn consume(
         while let Some(item) = messages.next().await {
             match item {
                 Ok(message) => {
-                    if !arrive(&shared, &mut resonance, message).await {
+                    if !arrive(&durable, &shared, &mut resonance, message).await {
                         return;
                     }
                 }
@@ -528,37 +630,66 @@ async fn consume(
     }
 }
 
-/// Takes one stored wave into the queue and acknowledges it; `false` once
-/// the vibrator is gone (the wave is then left for redelivery).
-async fn arrive(shared: &Shared, resonance: &mut Resonance, message: jetstream::Message) -> bool {
+/// Takes one stored wave into the queue, its acknowledgement kept until
+/// the vibrator hands the wave out; `false` once the vibrator is gone (the
+/// wave is then left for redelivery). A message that is not for the queue
+/// (refused, heard elsewhere, dropped by the checks) or whose wave the
+/// vibrator handed out already is acknowledged at once.
+async fn arrive(
+    durable: &Durable,
+    shared: &Shared,
+    resonance: &mut Resonance,
+    message: jetstream::Message,
+) -> bool {
     let (message, acker) = message.split();
     let Resonance {
         inbox,
         id,
         grouped,
-        recent,
         last,
     } = resonance;
     let wave = take(shared, message, last, |channel| {
         inbox.heard_elsewhere(channel, *id, *grouped)
     });
-    if let Some(wave) = wave
-        && recent.insert(wave.id().as_u128())
-    {
-        // Wait for room rather than shed a stored wave.
-        while inbox.len() >= inbox.capacity() && !inbox.is_closed() {
-            tokio::time::sleep(FULL_QUEUE_WAIT).await;
-        }
-        if !offer_counted(inbox, wave, &shared.stats) {
-            return false;
+    let Some(wave) = wave.filter(|w| !durable.handed_out(inbox.id(), w.id().as_u128())) else {
+        durable.acknowledge(acker, AckKind::Ack);
+        return true;
+    };
+    // Wait for room rather than shed a stored wave.
+    while inbox.len() >= inbox.capacity() && !inbox.is_closed() {
+        tokio::time::sleep(FULL_QUEUE_WAIT).await;
+    }
+    let wave_id = wave.id().as_u128();
+    // Kept before the offer: the vibrator may hand the wave out at once.
+    durable.expect(inbox.id(), inbox.capacity(), wave_id, acker);
+    let (queued, open) = offer_outcome(inbox, wave, &shared.stats);
+    if !queued && open && inbox.len() < inbox.capacity() {
+        // Refused by the queue for good (noise floor, its own wave): done.
+        // (Shed from a queue that filled meanwhile, it comes again.)
+        let acker = durable
+            .lock_handouts()
+            .get_mut(&inbox.id())
+            .and_then(|h| h.pending.remove(&wave_id));
+        if let Some(acker) = acker {
+            durable.acknowledge(acker, AckKind::Ack);
         }
     }
-    if let Err(error) = acker.ack().await {
-        // Unacknowledged, it comes again after ack_wait, and the window of
-        // recent ids drops it.
-        tracing::debug!(%error, "could not acknowledge a durable wave");
+    open
+}
+
+/// Sends acknowledgements in the order they come.
+async fn send_acks(
+    mut acks: mpsc::UnboundedReceiver<(Acker, AckKind)>,
+    in_flight: Arc<AtomicUsize>,
+) {
+    while let Some((acker, kind)) = acks.recv().await {
+        if let Err(error) = acker.ack_with(kind).await {
+            // Unacknowledged, it comes again after ack_wait, and the window
+            // of recent ids drops it.
+            tracing::debug!(%error, "could not acknowledge a durable wave");
+        }
+        in_flight.fetch_sub(1, Ordering::AcqRel);
     }
-    true
 }
 
 /// A bounded set of the ids handed out last.
@@ -569,6 +700,11 @@ struct RecentIds {
 }
 
 impl RecentIds {
+    /// Whether `id` is remembered.
+    fn contains(&self, id: u128) -> bool {
+        self.set.contains(&id)
+    }
+
     /// Whether `id` is new (and now remembered).
     fn insert(&mut self, id: u128) -> bool {
         if !self.set.insert(id) {

@@ -14,7 +14,6 @@
 //! so do diffracting and reflectable waves, to learn that nobody heard them
 //! ([`probe`]).
 
-mod disk_outbox;
 mod durable;
 mod outbox;
 mod probe;
@@ -30,7 +29,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use async_nats::{Client, ConnectOptions, Event, Message, Subject, Subscriber, connection::State};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use rustc_hash::FxHashMap;
 use tokio::{
     sync::{Notify, broadcast},
@@ -41,7 +40,7 @@ use self::{
     outbox::Outbox,
     probe::{PROBE_PREFIX, Probe},
 };
-use super::{Listener, SubscriptionId, offer_counted};
+use super::{Listener, SubscriptionId, offer_all_counted, offer_counted};
 use crate::{
     AetherConfig, Channel, ConnectError, ConnectErrorKind, EmitError, EmitErrorKind, RequestError,
     RequestErrorKind, ResonateError, ResonateErrorKind, Wave,
@@ -63,6 +62,8 @@ pub(crate) struct NatsMedium {
     shared: Arc<Shared>,
     /// Each subscription's task (whose end unsubscribes) and queue.
     subscriptions: Mutex<HashMap<SubscriptionId, (AbortHandle, Arc<Inbox>)>>,
+    /// Plain resonances on one subject share one NATS subscription.
+    fanouts: Mutex<Fanouts>,
     next_id: AtomicU64,
     flusher: AbortHandle,
     /// This aether's id, in its probe reply subjects.
@@ -150,6 +151,7 @@ impl NatsMedium {
             client,
             shared,
             subscriptions: Mutex::new(HashMap::new()),
+            fanouts: Mutex::default(),
             next_id: AtomicU64::new(1),
             flusher: flusher.abort_handle(),
             id: (crate::wave::process_nonce() << 32)
@@ -166,6 +168,22 @@ impl NatsMedium {
 
     pub(crate) fn events(&self) -> broadcast::Receiver<ConnectionEvent> {
         self.shared.events.subscribe()
+    }
+
+    /// A vibrator (queue `inbox`) hands `wave` out: a durable wave is
+    /// acknowledged; `false` for a copy of one it handed out already.
+    pub(crate) fn hand_out(&self, inbox: u64, wave: &Wave) -> bool {
+        self.durable
+            .as_ref()
+            .is_none_or(|d| d.hand_out(inbox, wave))
+    }
+
+    /// A vibrator (queue `inbox`) went away: what it did not hand out comes
+    /// again.
+    pub(crate) fn release(&self, inbox: u64) {
+        if let Some(durable) = &self.durable {
+            durable.release(inbox);
+        }
     }
 
     /// Publishes an admitted wave, or keeps it in the outbox while the
@@ -333,7 +351,7 @@ impl NatsMedium {
             return Ok(id);
         }
         let (subscriber, inbox, grouped) = match listener {
-            Listener::Inbox(inbox) => (self.client.subscribe(subject).await, inbox, false),
+            Listener::Inbox(inbox) => return self.join_fanout(id, subject, pattern, inbox).await,
             Listener::Group(group, inbox) => (
                 self.client
                     .queue_subscribe(subject, group.to_string())
@@ -363,6 +381,61 @@ impl NatsMedium {
         Ok(id)
     }
 
+    /// Adds `inbox` (resonating on `pattern` as `id`) to the fan-out of
+    /// `subject`, subscribing to it first if this aether does not yet: the
+    /// server sends each message once to this aether, which decodes it once
+    /// and offers it to every member.
+    async fn join_fanout(
+        &self,
+        id: SubscriptionId,
+        subject: String,
+        pattern: Channel,
+        inbox: Arc<Inbox>,
+    ) -> Result<SubscriptionId, ResonateError> {
+        inbox.add_pattern(id, pattern);
+        let existing = self.lock_fanouts().by_subject.get(&subject).cloned();
+        let fanout = match existing {
+            Some(fanout) => fanout,
+            None => {
+                let subscriber = match self.client.subscribe(subject.clone()).await {
+                    Ok(subscriber) => subscriber,
+                    Err(e) => {
+                        inbox.remove_pattern(id);
+                        return Err(ResonateError::with_source(ResonateErrorKind::Medium, e));
+                    }
+                };
+                let mut fanouts = self.lock_fanouts();
+                // Another resonance may have subscribed meanwhile: join its
+                // fan-out, and drop this subscriber (which unsubscribes).
+                match fanouts.by_subject.get(&subject) {
+                    Some(fanout) => fanout.clone(),
+                    None => {
+                        let fanout = Arc::new(Fanout {
+                            members: ArcSwap::default(),
+                            task: std::sync::OnceLock::new(),
+                        });
+                        let task =
+                            tokio::spawn(fan_out(subscriber, self.shared.clone(), fanout.clone()));
+                        let _ = fanout.task.set(task.abort_handle());
+                        fanouts.by_subject.insert(subject.clone(), fanout.clone());
+                        fanout
+                    }
+                }
+            }
+        };
+        fanout.members.rcu(|members| {
+            let mut members = Vec::clone(members);
+            members.push((id, inbox.clone()));
+            members
+        });
+        self.lock_fanouts().by_member.insert(id, subject);
+        Ok(id)
+    }
+
+    fn lock_fanouts(&self) -> std::sync::MutexGuard<'_, Fanouts> {
+        self.fanouts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Subscribes a hopping resonance's gate to one wire channel's subject.
     async fn subscribe_hopping(
         &self,
@@ -384,11 +457,31 @@ impl NatsMedium {
 
     pub(crate) fn unsubscribe(&self, ids: &[SubscriptionId]) {
         let mut subscriptions = self.lock_subscriptions();
+        let mut fanouts = self.lock_fanouts();
         for id in ids {
             // Dropping the subscriber (with its task) unsubscribes.
             if let Some((task, inbox)) = subscriptions.remove(id) {
                 task.abort();
                 inbox.remove_pattern(*id);
+            } else if let Some(subject) = fanouts.by_member.remove(id)
+                && let Some(fanout) = fanouts.by_subject.get(&subject).cloned()
+            {
+                let mut left = 0;
+                fanout.members.rcu(|members| {
+                    let mut members = Vec::clone(members);
+                    if let Some(at) = members.iter().position(|(other, _)| other == id) {
+                        let (_, inbox) = members.remove(at);
+                        inbox.remove_pattern(*id);
+                    }
+                    left = members.len();
+                    members
+                });
+                if left == 0 {
+                    fanouts.by_subject.remove(&subject);
+                    if let Some(task) = fanout.task.get() {
+                        task.abort();
+                    }
+                }
             }
         }
     }
@@ -425,6 +518,13 @@ impl NatsMedium {
     pub(crate) fn close(&self) {
         for (_, (task, _)) in self.lock_subscriptions().drain() {
             task.abort();
+        }
+        let mut fanouts = self.lock_fanouts();
+        fanouts.by_member.clear();
+        for (_, fanout) in fanouts.by_subject.drain() {
+            if let Some(task) = fanout.task.get() {
+                task.abort();
+            }
         }
         self.flusher.abort();
         if let Some(durable) = &self.durable {
@@ -693,6 +793,71 @@ async fn forward(
         }
     }
 }
+
+/// The plain resonances of an aether on one subject.
+#[derive(Default)]
+struct Fanouts {
+    by_subject: HashMap<String, Arc<Fanout>>,
+    by_member: HashMap<SubscriptionId, String>,
+}
+
+/// One NATS subscription and the receive queues it feeds.
+struct Fanout {
+    members: ArcSwap<Vec<(SubscriptionId, Arc<Inbox>)>>,
+    /// Its task, whose end unsubscribes.
+    task: std::sync::OnceLock<AbortHandle>,
+}
+
+/// Moves a shared subscription's messages into its members' queues: each
+/// message is decoded once; a member that hears it through an older
+/// resonance of its own gets it there instead.
+///
+/// The messages already waiting when it wakes (up to [`FAN_OUT_BATCH`]) are
+/// decoded first and offered to each queue under one lock, with one
+/// wake-up of its vibrator.
+async fn fan_out(mut subscriber: Subscriber, shared: Arc<Shared>, fanout: Arc<Fanout>) {
+    let mut last = LastChannel::default();
+    let mut batch = Vec::with_capacity(FAN_OUT_BATCH);
+    let mut ended = false;
+    while !ended {
+        let Some(first) = subscriber.next().await else {
+            break;
+        };
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            if let Some(wave) = take(&shared, message, &mut last, |_| false) {
+                batch.push(wave);
+            }
+            if batch.len() < FAN_OUT_BATCH {
+                match subscriber.next().now_or_never() {
+                    Some(Some(message)) => next = Some(message),
+                    Some(None) => ended = true,
+                    None => {}
+                }
+            }
+        }
+        let members = fanout.members.load();
+        if let [(id, inbox)] = &members[..] {
+            let heard = |w: &Wave| !inbox.heard_elsewhere(w.channel(), *id, false);
+            if batch.iter().all(heard) {
+                offer_all_counted(inbox, batch.drain(..), &shared.stats);
+                continue;
+            }
+        }
+        for (id, inbox) in members.iter() {
+            let mine = batch
+                .iter()
+                .filter(|w| !inbox.heard_elsewhere(w.channel(), *id, false))
+                .cloned();
+            offer_all_counted(inbox, mine, &shared.stats);
+        }
+        batch.clear();
+    }
+}
+
+/// Most messages a shared subscription's task decodes before it offers
+/// them.
+const FAN_OUT_BATCH: usize = 256;
 
 /// Moves a hopping subscription's messages through its gate.
 async fn forward_hopping(mut subscriber: Subscriber, shared: Arc<Shared>, gate: Arc<HopGate>) {

@@ -1,7 +1,10 @@
-//! The durable outbox: waves on durable channels that could not be stored
-//! in JetStream yet (NATS unreachable, or no acknowledgement), kept in
-//! order, in memory and, with `durability.outbox_dir`, in a file synced
-//! before `emit` returns, so that the next process resends them.
+//! The durable outbox: waves on durable channels kept in order, in memory
+//! and, with `durability.outbox_dir`, in a file synced before `emit`
+//! returns, so that the next process still has them. Over NATS it holds the
+//! waves JetStream did not store yet (NATS unreachable, or no
+//! acknowledgement), and the next process resends them; on the embedded
+//! medium it holds every durable wave until an application took it
+//! (`medium/durable.rs`), and the next process delivers them.
 //!
 //! The file, `durable-outbox.log`, is an 8-byte header then records back
 //! to back (ARCHITECTURE.md gives it byte by byte):
@@ -16,11 +19,14 @@
 //! length and the body; the body is a kind byte then its fields: `1` a wave
 //! (`subject length u16 | subject | wave id u128 big-endian | envelope`),
 //! `2` an acknowledgement mark (`count u64`: the first `count` waves of the
-//! file are stored). Integers are little-endian but the id. Reading stops at
-//! the first record that is cut short or fails its checksum, and the file is
-//! cut back there: a crash mid-write loses only the record being written,
-//! whose `emit` had not returned. When every wave is stored the file is cut
-//! back to its header.
+//! file are stored), `3` a taken mark (`wave id u128 big-endian`: the
+//! earliest pending wave with this id was taken by an application, embedded
+//! medium). Integers are little-endian but the ids. Reading stops at the
+//! first record that is cut short or fails its checksum, and the file is cut
+//! back there: a crash mid-write loses only the record being written, whose
+//! `emit` had not returned. When nothing is pending the file is cut back to
+//! its header; a file mostly made of waves no longer pending is rewritten to
+//! hold only the pending ones.
 
 use std::{
     collections::VecDeque,
@@ -36,30 +42,34 @@ use std::{
 use bytes::Bytes;
 
 /// The outbox file's name in `outbox_dir`.
-pub(super) const FILE_NAME: &str = "durable-outbox.log";
+pub(crate) const FILE_NAME: &str = "durable-outbox.log";
 /// The lock file's name: one process at a time uses a directory.
 const LOCK_NAME: &str = "durable-outbox.lock";
 /// Magic and version of the file header.
-pub(super) const MAGIC: [u8; 4] = *b"AEOX";
-pub(super) const VERSION: u8 = 1;
+pub(crate) const MAGIC: [u8; 4] = *b"AEOX";
+pub(crate) const VERSION: u8 = 1;
 /// The file header's length.
-pub(super) const FILE_HEADER_LEN: usize = 8;
+pub(crate) const FILE_HEADER_LEN: usize = 8;
 /// A record's header: CRC-32C and length.
 const RECORD_HEADER_LEN: usize = 8;
 /// Longest record body accepted when reading (an envelope is at most a few
 /// MiB).
-pub(super) const MAX_RECORD_LEN: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_RECORD_LEN: usize = 64 * 1024 * 1024;
 
 const KIND_WAVE: u8 = 1;
 const KIND_ACKED: u8 = 2;
+const KIND_TAKEN: u8 = 3;
+/// A file longer than this, and more than four times what its pending waves
+/// take, is rewritten to hold only them.
+const COMPACT_MIN_BYTES: u64 = 16 * 1024 * 1024;
 
 /// A durable wave waiting to be stored: its subject, its id (the
 /// `Nats-Msg-Id`) and its envelope.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Entry {
-    pub(super) subject: String,
-    pub(super) id: u128,
-    pub(super) body: Bytes,
+pub(crate) struct Entry {
+    pub(crate) subject: String,
+    pub(crate) id: u128,
+    pub(crate) body: Bytes,
 }
 
 impl Entry {
@@ -71,21 +81,23 @@ impl Entry {
 
 /// One record of the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Record {
+pub(crate) enum Record {
     Wave(Entry),
     /// The first `n` waves of the file are stored.
     Acked(u64),
+    /// The earliest pending wave with this id was taken.
+    Taken(u128),
 }
 
 /// Appends the file header to `out`.
-pub(super) fn encode_header(out: &mut Vec<u8>) {
+pub(crate) fn encode_header(out: &mut Vec<u8>) {
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
     out.extend_from_slice(&[0; 3]);
 }
 
 /// Appends `record` to `out`.
-pub(super) fn encode_record(record: &Record, out: &mut Vec<u8>) {
+pub(crate) fn encode_record(record: &Record, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; RECORD_HEADER_LEN]);
     match record {
@@ -102,6 +114,10 @@ pub(super) fn encode_record(record: &Record, out: &mut Vec<u8>) {
             out.push(KIND_ACKED);
             out.extend_from_slice(&n.to_le_bytes());
         }
+        Record::Taken(id) => {
+            out.push(KIND_TAKEN);
+            out.extend_from_slice(&id.to_be_bytes());
+        }
     }
     let body_len = (out.len() - start - RECORD_HEADER_LEN) as u32;
     out[start + 4..start + 8].copy_from_slice(&body_len.to_le_bytes());
@@ -111,18 +127,18 @@ pub(super) fn encode_record(record: &Record, out: &mut Vec<u8>) {
 
 /// What reading a file found.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct Scan {
+pub(crate) struct Scan {
     /// The records of the valid prefix, in order.
-    pub(super) records: Vec<Record>,
+    pub(crate) records: Vec<Record>,
     /// Length of the valid prefix (header included); what follows is a torn
     /// or damaged tail.
-    pub(super) valid_len: usize,
+    pub(crate) valid_len: usize,
 }
 
 /// The file is not an outbox of this format.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("not an aether durable outbox (magic {magic:02x?}, version {version})")]
-pub(super) struct Foreign {
+pub(crate) struct Foreign {
     magic: Vec<u8>,
     version: u8,
 }
@@ -130,7 +146,7 @@ pub(super) struct Foreign {
 /// Reads a whole file's bytes: the records of its valid prefix. Never
 /// panics; a file shorter than its header that is a prefix of one (a crash
 /// while creating it) is empty. Any other header is [`Foreign`].
-pub(super) fn scan(bytes: &[u8]) -> Result<Scan, Foreign> {
+pub(crate) fn scan(bytes: &[u8]) -> Result<Scan, Foreign> {
     let mut header = Vec::with_capacity(FILE_HEADER_LEN);
     encode_header(&mut header);
     if bytes.len() < FILE_HEADER_LEN {
@@ -181,14 +197,44 @@ fn read_record(bytes: &[u8]) -> Option<(Record, usize)> {
             Record::Wave(Entry { subject, id, body })
         }
         KIND_ACKED if rest.len() == 8 => Record::Acked(u64::from_le_bytes(rest.try_into().ok()?)),
+        KIND_TAKEN if rest.len() == 16 => Record::Taken(u128::from_be_bytes(rest.try_into().ok()?)),
         _ => return None,
     };
     Some((record, end))
 }
 
+/// The pending waves of a file's records, in order: the waves after the
+/// largest acknowledgement mark, less those a taken mark names (each taken
+/// mark removes the earliest pending wave before it with its id).
+fn pending_of(records: Vec<Record>) -> VecDeque<Entry> {
+    let mut waves: Vec<Option<Entry>> = Vec::new();
+    let mut acked = 0u64;
+    for record in records {
+        match record {
+            Record::Wave(entry) => waves.push(Some(entry)),
+            Record::Acked(n) => acked = acked.max(n),
+            Record::Taken(id) => {
+                let skip = usize::try_from(acked).unwrap_or(usize::MAX);
+                if let Some(slot) = waves
+                    .iter_mut()
+                    .skip(skip)
+                    .find(|w| w.as_ref().is_some_and(|w| w.id == id))
+                {
+                    *slot = None;
+                }
+            }
+        }
+    }
+    waves
+        .into_iter()
+        .skip(usize::try_from(acked).unwrap_or(usize::MAX))
+        .flatten()
+        .collect()
+}
+
 /// Why a wave could not be put in the outbox.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum AppendError {
+pub(crate) enum AppendError {
     #[error("the durable outbox holds {0} bytes of waves already")]
     Full(u64),
     #[error("cannot write the durable outbox {path}: {error}")]
@@ -197,7 +243,7 @@ pub(super) enum AppendError {
 
 /// The durable outbox: pending waves in order, mirrored to a file when it
 /// has one.
-pub(super) struct DurableOutbox {
+pub(crate) struct DurableOutbox {
     state: Mutex<State>,
     max_bytes: u64,
     /// How many waves are pending, read without the lock.
@@ -227,13 +273,13 @@ struct OutboxFile {
 
 impl DurableOutbox {
     /// An outbox in memory.
-    pub(super) fn in_memory(max_bytes: u64) -> Self {
+    pub(crate) fn in_memory(max_bytes: u64) -> Self {
         Self::with(VecDeque::new(), None, max_bytes)
     }
 
     /// Opens (or creates) the outbox of `dir`, with the waves a previous
     /// process left in it. A torn or damaged tail is cut off.
-    pub(super) fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
+    pub(crate) fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let lock = OpenOptions::new()
             .create(true)
@@ -271,18 +317,7 @@ impl DurableOutbox {
                 "cut a torn or damaged tail off the durable outbox"
             );
         }
-        let mut waves = Vec::new();
-        let mut acked = 0u64;
-        for record in scan.records {
-            match record {
-                Record::Wave(entry) => waves.push(entry),
-                Record::Acked(n) => acked = acked.max(n),
-            }
-        }
-        let queue: VecDeque<Entry> = waves
-            .into_iter()
-            .skip(usize::try_from(acked).unwrap_or(usize::MAX))
-            .collect();
+        let queue = pending_of(scan.records);
         // Start from a clean file holding only what is pending.
         let mut clean = Vec::new();
         encode_header(&mut clean);
@@ -328,23 +363,23 @@ impl DurableOutbox {
     }
 
     /// How many waves wait.
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.pending.load(Ordering::Acquire)
     }
 
     /// Nothing waits and nothing is being flushed: an emit may go straight
     /// to JetStream.
-    pub(super) fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         !self.flushing.load(Ordering::Acquire) && self.len() == 0
     }
 
-    pub(super) fn set_flushing(&self, flushing: bool) {
+    pub(crate) fn set_flushing(&self, flushing: bool) {
         self.flushing.store(flushing, Ordering::Release);
     }
 
     /// Appends a wave: written and synced to the file (when there is one)
     /// before this returns. Blocking: call it off the async workers.
-    pub(super) fn append(&self, entry: Entry) -> Result<(), AppendError> {
+    pub(crate) fn append(&self, entry: Entry) -> Result<(), AppendError> {
         let mut state = self.lock();
         let cost = entry.cost();
         if state.bytes + cost > self.max_bytes {
@@ -363,11 +398,46 @@ impl DurableOutbox {
         state.queue.push_back(entry);
         state.bytes += cost;
         self.pending.store(state.queue.len(), Ordering::Release);
+        state.compact_if_sparse();
         Ok(())
     }
 
+    /// Every pending wave, oldest first (the bodies are shared, not copied).
+    pub(crate) fn pending(&self) -> Vec<Entry> {
+        self.lock().queue.iter().cloned().collect()
+    }
+
+    /// The earliest pending wave with this id was taken: forgets it, and
+    /// records it in the file with a taken mark, written but not synced (a
+    /// process killed later still finds it; a mark lost with the machine
+    /// means the wave comes again). When nothing is pending the file is cut
+    /// back to its header, unsynced too (the next append's sync covers it).
+    /// `Ok(false)` if no such wave is pending.
+    pub(crate) fn take(&self, id: u128) -> io::Result<bool> {
+        let mut state = self.lock();
+        let Some(at) = state.queue.iter().position(|e| e.id == id) else {
+            return Ok(false);
+        };
+        let entry = state.queue.remove(at).expect("found above");
+        state.bytes -= entry.cost();
+        self.pending.store(state.queue.len(), Ordering::Release);
+        let empty = state.queue.is_empty();
+        let Some(file) = &mut state.file else {
+            return Ok(true);
+        };
+        if empty {
+            file.file.set_len(FILE_HEADER_LEN as u64)?;
+            (file.len, file.waves, file.acked) = (FILE_HEADER_LEN as u64, 0, 0);
+        } else {
+            let mut record = Vec::with_capacity(RECORD_HEADER_LEN + 17);
+            encode_record(&Record::Taken(id), &mut record);
+            file.append(&record, false)?;
+        }
+        Ok(true)
+    }
+
     /// The oldest pending wave.
-    pub(super) fn front(&self) -> Option<Entry> {
+    pub(crate) fn front(&self) -> Option<Entry> {
         self.lock().queue.front().cloned()
     }
 
@@ -375,7 +445,7 @@ impl DurableOutbox {
     /// without a sync (losing that mark only means a resend, which the
     /// stream drops as a duplicate), and is cut back to its header once
     /// nothing is pending. Blocking.
-    pub(super) fn pop_stored(&self) -> io::Result<()> {
+    pub(crate) fn pop_stored(&self) -> io::Result<()> {
         let mut state = self.lock();
         let Some(entry) = state.queue.pop_front() else {
             return Ok(());
@@ -396,6 +466,39 @@ impl DurableOutbox {
             let mut record = Vec::with_capacity(RECORD_HEADER_LEN + 9);
             encode_record(&Record::Acked(file.acked), &mut record);
             file.append(&record, false)
+        }
+    }
+}
+
+impl State {
+    /// Rewrites a file grown mostly of waves no longer pending (taken out
+    /// of order, so never cut back) to hold only the pending ones. Failing
+    /// to is logged: the file stays valid, only longer.
+    fn compact_if_sparse(&mut self) {
+        let live = self.bytes;
+        let Some(file) = &mut self.file else {
+            return;
+        };
+        if file.len < COMPACT_MIN_BYTES || file.len / 4 < live {
+            return;
+        }
+        let mut clean = Vec::with_capacity(usize::try_from(live).unwrap_or(0) * 2);
+        encode_header(&mut clean);
+        for entry in &self.queue {
+            encode_record(&Record::Wave(entry.clone()), &mut clean);
+        }
+        let reopened = rewrite(&file.path, &clean)
+            .and_then(|()| OpenOptions::new().read(true).write(true).open(&file.path));
+        match reopened {
+            Ok(handle) => {
+                file.file = handle;
+                file.len = clean.len() as u64;
+                file.waves = self.queue.len() as u64;
+                file.acked = 0;
+            }
+            Err(error) => {
+                tracing::warn!(path = %file.path.display(), %error, "could not compact the durable outbox");
+            }
         }
     }
 }
@@ -477,6 +580,7 @@ mod tests {
                     body: body.into()
                 })),
             any::<u64>().prop_map(Record::Acked),
+            any::<u128>().prop_map(Record::Taken),
         ]
     }
 
@@ -559,6 +663,39 @@ mod tests {
         assert!(outbox.is_idle());
         let len = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
         assert_eq!(len, FILE_HEADER_LEN as u64, "a drained outbox is cut back");
+    }
+
+    #[test]
+    fn waves_taken_out_of_order_stay_taken_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let outbox = DurableOutbox::open(dir.path(), 1 << 20).unwrap();
+            for n in 1..=4 {
+                outbox.append(entry(n)).unwrap();
+            }
+            assert!(outbox.take(entry(3).id).unwrap());
+            assert!(outbox.take(entry(1).id).unwrap());
+            assert!(!outbox.take(entry(1).id).unwrap(), "taken once");
+        }
+        let outbox = DurableOutbox::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(outbox.pending(), vec![entry(2), entry(4)]);
+        assert!(outbox.take(entry(4).id).unwrap());
+        assert!(outbox.take(entry(2).id).unwrap());
+        let len = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
+        assert_eq!(len, FILE_HEADER_LEN as u64, "a drained outbox is cut back");
+    }
+
+    #[test]
+    fn a_taken_mark_removes_the_earliest_pending_copy_of_an_id() {
+        let (a, b) = (entry(1), entry(2));
+        let records = vec![
+            Record::Wave(a.clone()),
+            Record::Wave(b.clone()),
+            Record::Wave(a.clone()),
+            Record::Taken(a.id),
+            Record::Acked(1),
+        ];
+        assert_eq!(pending_of(records), VecDeque::from([b, a]));
     }
 
     #[test]
