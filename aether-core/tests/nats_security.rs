@@ -5,18 +5,13 @@
 //!
 //! Not covered: `.creds` (JWT) files, which need a server in operator mode.
 
-use std::{
-    io,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use aether_core::{
     Aether, AetherConfig, ConnectError, ConnectErrorKind, ConnectionEvent, Secret, Vibrator,
     config::{NatsAuth, NatsConfig, NatsTls},
 };
-use aether_testkit::{Auth, NKeyUser, NatsServer, TestPki};
+use aether_testkit::{Auth, LogBuffer, NKeyUser, NatsServer, TestPki};
 use serde_json::json;
 use tokio::time::timeout;
 
@@ -473,27 +468,6 @@ fn debug_of_a_config_holds_no_secret() {
 }
 
 // ---------------------------------------------------------------- secrets in logs
-
-/// A log sink shared by the subscriber's writers and the test.
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl LogBuffer {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl io::Write for LogBuffer {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// On one thread, so the subscriber set for this thread sees every log of
 /// async-nats and of the aether.

@@ -10,7 +10,7 @@ use aether_core::{
     config::{AclRule, NatsConfig, SecurityConfig},
     wire::{self, Signature},
 };
-use aether_testkit::{Auth, ClientAuth, NatsServer, RawNats, User};
+use aether_testkit::{Auth, ClientAuth, LogBuffer, NatsServer, RawNats, User};
 use tokio::time::timeout;
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -458,21 +458,6 @@ fn signing_keys_never_show() {
     }
 }
 
-/// A log sink shared by the subscriber's writers and the test.
-#[derive(Clone, Default)]
-struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Signed, hopping and forged traffic over NATS logged at TRACE: no key or
 /// secret appears in the log. On one thread, so the thread's subscriber sees
 /// every event (see `nats_security.rs` for why a global one is set too).
@@ -517,7 +502,7 @@ async fn logs_hold_no_signing_key_or_hopping_secret() {
     })
     .await
     .expect("bounded");
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     assert!(text.len() > 1000, "the log captured traffic: {text}");
     assert!(text.contains("[redacted]"), "the config was logged");
     for secret in [ALPHA_KEY, HOPPING_SECRET] {

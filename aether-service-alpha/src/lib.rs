@@ -19,7 +19,10 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use aether_core::{Aether, AetherConfig, EmitErrorKind, Phase, Vibrator, Wave};
+use aether_core::{
+    Aether, AetherConfig, EmitError, EmitErrorKind, Phase, Vibrator, Wave, WaveId,
+    reliable::Reliable,
+};
 use aether_ops::{
     resources::ResourceLimits,
     settings::{
@@ -201,6 +204,10 @@ pub struct AlphaReport {
     pub cancelled: u64,
     /// Orders left without an answer when it stopped.
     pub unanswered: u64,
+    /// Orders and outcomes not emitted because the medium failed past what
+    /// `[service.reliability]` allows (timeouts, an open circuit, a full
+    /// outbox), or at the first failure without it.
+    pub failed: u64,
     /// Orders and outcomes not emitted because the vibrator was over its
     /// rate limit (`[service] rate_limit_per_s`).
     pub rate_limited: u64,
@@ -211,8 +218,13 @@ impl std::fmt::Display for AlphaReport {
         write!(
             f,
             "service-alpha: created {}, confirmed {}, cancelled {}, unanswered {}, \
-             rate_limited {}",
-            self.created, self.confirmed, self.cancelled, self.unanswered, self.rate_limited
+             rate_limited {}, failed {}",
+            self.created,
+            self.confirmed,
+            self.cancelled,
+            self.unanswered,
+            self.rate_limited,
+            self.failed
         )
     }
 }
@@ -269,6 +281,7 @@ pub async fn run_live(
     let mut current = Arc::clone(&settings.borrow_and_update());
     let mut alpha = Vibrator::create("service-alpha", aether).await?;
     current.service.apply_to(&alpha)?;
+    let mut reliable = current.service.reliable(aether)?;
     alpha.resonate_on(ANSWERS).await?;
     let prefix = run_prefix();
     let mut pending: HashMap<String, String> = HashMap::new();
@@ -299,6 +312,9 @@ pub async fn run_live(
                     ticks = order_ticks(new.alpha.rate_per_s);
                 }
                 new.service.apply_to(&alpha)?;
+                if new.service.reliability != current.service.reliability {
+                    reliable = new.service.reliable(aether)?;
+                }
                 drain = Duration::from_millis(new.alpha.drain_ms);
                 tracing::info!(
                     rate_per_s = new.alpha.rate_per_s,
@@ -318,16 +334,15 @@ pub async fn run_live(
                     .correlation_key(&order_id)
                     .json(&json!({"order_id": order_id, "item": item, "qty": settings.qty}))
                     .build()?;
-                match alpha.emit(order).await {
+                match send(&alpha, reliable.as_ref(), order).await {
                     Ok(_) => {
                         report.created += 1;
                         pending.insert(order_id, item.clone());
                     }
-                    Err(error) if error.kind() == EmitErrorKind::RateLimited => {
+                    Err(error) => {
                         tracing::debug!(%error, "order not emitted");
-                        report.rate_limited += 1;
+                        report.count_failure(error)?;
                     }
-                    Err(error) => return Err(error.into()),
                 }
                 if settings.count.is_some_and(|count| report.created >= count) {
                     drain_until = Some(Instant::now() + drain);
@@ -351,14 +366,13 @@ pub async fn run_live(
                     .correlation_key(&answer.order_id)
                     .json(&json!({"order_id": answer.order_id, "item": item}))
                     .build()?;
-                match alpha.emit(outcome).instrument(span).await {
+                match send(&alpha, reliable.as_ref(), outcome).instrument(span).await {
                     Ok(_) if phase == Phase::ASSERT => report.confirmed += 1,
                     Ok(_) => report.cancelled += 1,
-                    Err(error) if error.kind() == EmitErrorKind::RateLimited => {
+                    Err(error) => {
                         tracing::warn!(%error, order_id = answer.order_id, "outcome not emitted");
-                        report.rate_limited += 1;
+                        report.count_failure(error)?;
                     }
-                    Err(error) => return Err(error.into()),
                 }
             }
         }
@@ -369,6 +383,34 @@ pub async fn run_live(
     }
     tracing::info!("{report}");
     Ok(report)
+}
+
+/// Emits `wave` through the reliability policy when there is one.
+async fn send(
+    alpha: &Vibrator,
+    reliable: Option<&Reliable>,
+    wave: Wave,
+) -> Result<WaveId, EmitError> {
+    match reliable {
+        Some(reliable) => reliable.emit(alpha, wave).await,
+        None => alpha.emit(wave).await,
+    }
+}
+
+impl AlphaReport {
+    /// Counts an emit that failed in a way a later one may not (over the
+    /// rate limit, a timeout, an open circuit, a full outbox); any other
+    /// failure ends the run.
+    fn count_failure(&mut self, error: EmitError) -> Result<(), AlphaError> {
+        match error.kind() {
+            EmitErrorKind::RateLimited => self.rate_limited += 1,
+            EmitErrorKind::TimedOut | EmitErrorKind::CircuitOpen | EmitErrorKind::OutboxFull => {
+                self.failed += 1
+            }
+            _ => return Err(error.into()),
+        }
+        Ok(())
+    }
 }
 
 /// A steady clock of orders at `rate_per_s`, first tick at once; a late
@@ -477,11 +519,58 @@ mod tests {
                 cancelled: 1,
                 unanswered: 0,
                 rate_limited: 0,
+                failed: 0,
             }
         );
         stop_beta.trigger();
         let beta = beta.await.unwrap();
         assert_eq!((beta.reserved, beta.insufficient), (11, 1));
+    }
+
+    /// With `[service.reliability]`, an order over the rate limit is tried
+    /// again after a backoff instead of being counted as refused.
+    #[tokio::test]
+    async fn the_reliability_policy_retries_what_the_rate_limit_refuses() {
+        let program = |reliability| AlphaProgramSettings {
+            alpha: AlphaSettings {
+                rate_per_s: 1_000.0,
+                count: Some(8),
+                drain_ms: 10,
+                ..AlphaSettings::default()
+            },
+            service: ServiceSettings {
+                // A burst of 5, then one every 100 ms.
+                rate_limit_per_s: Some(5.0),
+                reliability,
+                ..ServiceSettings::default()
+            },
+            ..AlphaProgramSettings::default()
+        };
+        let run_with = |reliability| async move {
+            let aether = Aether::default();
+            let (_keep, settings) = watch::channel(Arc::new(program(reliability)));
+            let report = tokio::time::timeout(
+                Duration::from_secs(10),
+                run_live(&aether, settings, Shutdown::new()),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            (report, aether.stats())
+        };
+        let (plain, _) = run_with(None).await;
+        assert_eq!(plain.created, 8);
+        assert!(plain.rate_limited > 0, "{plain}");
+        let policy = aether_core::reliable::ReliabilityConfig {
+            attempts: 20,
+            base_backoff_ms: 20,
+            max_backoff_ms: 100,
+            ..Default::default()
+        };
+        let (retried, stats) = run_with(Some(policy)).await;
+        assert_eq!(retried.created, 8);
+        assert_eq!(retried.rate_limited, 0, "{retried}");
+        assert!(stats.retries > 0, "{stats:?}");
     }
 
     #[tokio::test]

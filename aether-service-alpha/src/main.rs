@@ -4,7 +4,6 @@ use std::{
     error::Error,
     process::ExitCode,
     sync::{Arc, atomic::AtomicU64},
-    time::Duration,
 };
 
 use aether_core::Aether;
@@ -51,24 +50,12 @@ async fn program(options: Options) -> Result<(), Box<dyn Error + Send + Sync>> {
     // Hot reload: the files are read again when they change, with the
     // command-line options still over them; a refused change is logged
     // and the settings in force stay.
-    let watcher = reload::watch_with(
-        source.files(),
-        Duration::from_millis(200),
+    let watcher = reload::watch_program(
+        source,
         settings,
-        move || {
-            let mut settings: AlphaProgramSettings = source.load_unvalidated()?;
-            options.apply(&mut settings);
-            settings.validate()?;
-            Ok(settings)
-        },
-        move |old: &AlphaProgramSettings, new| {
-            if old.log.level != new.log.level {
-                match log.set_level(&new.log.level) {
-                    Ok(()) => tracing::info!(level = %new.log.level, "log level changed"),
-                    Err(error) => tracing::warn!(%error, "log level kept"),
-                }
-            }
-        },
+        log,
+        |settings: &AlphaProgramSettings| &settings.log,
+        move |settings| options.apply(settings),
     )?;
     let report = run_live(&aether, watcher.subscribe(), shutdown).await;
     watcher.stop();

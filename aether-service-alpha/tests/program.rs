@@ -308,7 +308,7 @@ async fn reloads() {
     let limited: u64 = stdout
         .split("rate_limited ")
         .nth(1)
-        .and_then(|rest| rest.trim().parse().ok())
+        .and_then(|rest| rest.split(',').next()?.trim().parse().ok())
         .unwrap_or_else(|| panic!("{stdout}"));
     assert!(limited > 0, "{stdout}");
 }

@@ -16,7 +16,7 @@
 
 use std::{collections::BTreeMap, error::Error, path::PathBuf, sync::Arc, time::Duration};
 
-use aether_core::{Aether, AetherConfig, EmitErrorKind, Phase, Vibrator, Wave};
+use aether_core::{Aether, AetherConfig, EmitErrorKind, Phase, Vibrator, Wave, reliable::Reliable};
 use aether_ops::{
     resources::ResourceLimits,
     settings::{
@@ -167,6 +167,10 @@ pub struct BetaReport {
     /// Orders left unanswered because the vibrator was over its rate limit
     /// (`[service] rate_limit_per_s`); their stock stays.
     pub rate_limited: u64,
+    /// Orders left unanswered because the medium failed past what
+    /// `[service.reliability]` allows (timeouts, an open circuit, a full
+    /// outbox), or at the first failure without it; their stock stays.
+    pub failed: u64,
     /// The stock left, by item.
     pub stock: BTreeMap<String, u64>,
 }
@@ -176,12 +180,13 @@ impl std::fmt::Display for BetaReport {
         write!(
             f,
             "service-beta: reserved {}, insufficient {}, outcomes heard {}, ignored {}, \
-             rate_limited {}, stock left {:?}",
+             rate_limited {}, failed {}, stock left {:?}",
             self.reserved,
             self.insufficient,
             self.outcomes_heard,
             self.ignored,
             self.rate_limited,
+            self.failed,
             self.stock
         )
     }
@@ -234,6 +239,8 @@ pub async fn run_live(
     let start = Arc::clone(&settings.borrow_and_update());
     let mut beta = Vibrator::create("service-beta", aether).await?;
     start.service.apply_to(&beta)?;
+    let mut reliable = start.service.reliable(aether)?;
+    let mut reliability = start.service.reliability;
     beta.resonate_in_group(ORDERS, GROUP).await?;
     let mut report = BetaReport {
         stock: start.beta.stock.clone(),
@@ -252,6 +259,10 @@ pub async fn run_live(
             Ok(()) = settings.changed() => {
                 let new = Arc::clone(&settings.borrow_and_update());
                 new.service.apply_to(&beta)?;
+                if new.service.reliability != reliability {
+                    reliable = new.service.reliable(aether)?;
+                    reliability = new.service.reliability;
+                }
                 tracing::info!(
                     noise_floor = new.service.noise_floor,
                     rate_limit_per_s = ?new.service.rate_limit_per_s,
@@ -266,13 +277,17 @@ pub async fn run_live(
         };
         // In the wave's consumer span: the answer continues its trace.
         let span = beta.span_of(&wave);
-        handle(&beta, &mut report, wave).instrument(span).await?;
+        handle(&beta, reliable.as_ref(), &mut report, wave)
+            .instrument(span)
+            .await?;
     }
     // Orders that arrived before the shutdown are answered too.
     while let Some(wave) = beta.try_receive() {
         // In the wave's consumer span: the answer continues its trace.
         let span = beta.span_of(&wave);
-        handle(&beta, &mut report, wave).instrument(span).await?;
+        handle(&beta, reliable.as_ref(), &mut report, wave)
+            .instrument(span)
+            .await?;
     }
     if let Err(error) = aether.flush(DRAIN).await {
         tracing::warn!(%error, "answers may be left unsent");
@@ -282,17 +297,38 @@ pub async fn run_live(
 }
 
 /// Answers an order, counts an outcome, or ignores anything else.
-async fn handle(beta: &Vibrator, report: &mut BetaReport, wave: Wave) -> Result<(), BetaError> {
+async fn handle(
+    beta: &Vibrator,
+    reliable: Option<&Reliable>,
+    report: &mut BetaReport,
+    wave: Wave,
+) -> Result<(), BetaError> {
     match wave.channel().as_str() {
         "orders.created" => match wave.json::<Order>() {
             Ok(order) => {
                 let answer = answer(report, &order)?;
                 let reserved = answer.channel().as_str() == "inventory.reserved";
-                match beta.emit(answer).await {
+                let sent = match reliable {
+                    Some(reliable) => reliable.emit(beta, answer).await,
+                    None => beta.emit(answer).await,
+                };
+                match sent {
                     Ok(_) => {}
-                    Err(error) if error.kind() == EmitErrorKind::RateLimited => {
+                    Err(error)
+                        if matches!(
+                            error.kind(),
+                            EmitErrorKind::RateLimited
+                                | EmitErrorKind::TimedOut
+                                | EmitErrorKind::CircuitOpen
+                                | EmitErrorKind::OutboxFull
+                        ) =>
+                    {
                         tracing::warn!(%error, order_id = order.order_id, "order not answered");
-                        report.rate_limited += 1;
+                        if error.kind() == EmitErrorKind::RateLimited {
+                            report.rate_limited += 1;
+                        } else {
+                            report.failed += 1;
+                        }
                         if reserved {
                             report.reserved -= 1;
                             *report.stock.entry(order.item).or_default() += order.qty;

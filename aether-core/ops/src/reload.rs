@@ -43,7 +43,10 @@ use std::{
 use serde::de::DeserializeOwned;
 use tokio::sync::watch as channel;
 
-use crate::settings::{SettingsError, SettingsSource, Validate};
+use crate::{
+    logging::LogHandle,
+    settings::{LogSettings, SettingsError, SettingsSource, Validate},
+};
 
 /// How many reloads were accepted and refused.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -98,6 +101,43 @@ where
         current,
         move || source.load::<T>(),
         on_change,
+    )
+}
+
+/// Watches a program's settings as the sample services do: every 200 ms,
+/// a changed file is read again, `apply` puts the command-line options back
+/// over it, the result is validated, and a new log level (`log_of`) is put
+/// in force through `log`. A refused change is logged and counted, and the
+/// settings in force stay.
+pub fn watch_program<T>(
+    source: SettingsSource,
+    current: T,
+    log: LogHandle,
+    log_of: fn(&T) -> &LogSettings,
+    apply: impl Fn(&mut T) + Send + 'static,
+) -> io::Result<Watcher<T>>
+where
+    T: DeserializeOwned + Validate + Send + Sync + 'static,
+{
+    watch_with(
+        source.files(),
+        Duration::from_millis(200),
+        current,
+        move || {
+            let mut settings: T = source.load_unvalidated()?;
+            apply(&mut settings);
+            settings.validate()?;
+            Ok(settings)
+        },
+        move |old: &T, new: &T| {
+            let level = &log_of(new).level;
+            if &log_of(old).level != level {
+                match log.set_level(level) {
+                    Ok(()) => tracing::info!(%level, "log level changed"),
+                    Err(error) => tracing::warn!(%error, "log level kept"),
+                }
+            }
+        },
     )
 }
 

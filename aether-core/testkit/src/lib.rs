@@ -6,6 +6,7 @@
 //! * [`NKeyUser`]: a freshly generated NATS user NKey.
 //! * [`TcpProxy`]: a loopback TCP proxy that can stall, cut and refuse connections.
 //! * [`RawNats`]: a minimal NATS text-protocol client for interoperability checks.
+//! * [`LogBuffer`]: an in-memory log sink, for tests that read what was logged.
 //!
 //! Every wait in this crate is bounded by a timeout; nothing here binds anything but
 //! `127.0.0.1`.
@@ -14,6 +15,7 @@
 
 mod cluster;
 mod error;
+mod logs;
 mod nkey;
 mod pki;
 mod proxy;
@@ -22,6 +24,7 @@ mod server;
 
 pub use cluster::{NatsCluster, NatsClusterBuilder};
 pub use error::Error;
+pub use logs::LogBuffer;
 pub use nkey::NKeyUser;
 pub use pki::TestPki;
 pub use proxy::TcpProxy;
