@@ -54,6 +54,8 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
     if let Some(command) = &options.command {
         return run_command(command, &settings).await;
     }
+    // The settings in force, at debug: secrets print as [redacted].
+    tracing::debug!(?settings, "settings");
     let panics = Arc::new(AtomicU64::new(0));
     install_panic_hook(Arc::clone(&panics));
     let shutdown = Shutdown::on_signals()?;

@@ -112,3 +112,70 @@ async fn bad_settings_are_refused_naming_the_key() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("default.toml"), "{stderr}");
 }
+
+/// Secrets given through the environment (the hopping secret, a signing
+/// key) appear nowhere the gateway shows: not in its logs at TRACE, not in
+/// /metrics, /snapshot or the dashboard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_show_nowhere() {
+    const HOPPING: &str = "hop-secret-0f3c9a5e-never-shown";
+    const SIGNING: &str = "signing-key-7b2d4e1a-never-shown";
+    let dir = settings_dir(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nsnapshot_interval_ms = 100\n\
+         [[gateway.hopping]]\nbase = \"orders.created\"\nhop_count = 4\n\
+         [log]\nlevel = \"trace\"\n",
+    );
+    let mut child = command()
+        .arg("--config-dir")
+        .arg(dir.path())
+        .arg("--demo")
+        .env("AETHER__AETHER__HOPPING__SECRET", HOPPING)
+        .env("AETHER__AETHER__SECURITY__SIGNING_KEYS__GATEWAY", SIGNING)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(BOUND, lines.next_line())
+        .await
+        .expect("the address within 15 s")
+        .unwrap()
+        .expect("a line");
+    let addr: std::net::SocketAddr = line
+        .trim_start_matches("aether-gateway: serving http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|_| panic!("an address: {line}"));
+    let metrics = eventually("the demo's waves", BOUND, || async {
+        let text = get(addr, "/metrics").await.body;
+        let seen = sample(
+            &text,
+            "aether_gateway_waves_observed_total{family=\"orders.created\"}",
+        );
+        (seen.unwrap_or(0.0) > 0.0).then_some(text)
+    })
+    .await;
+    let snapshot = get(addr, "/snapshot").await.body;
+    let dashboard = get(addr, "/").await.body;
+    let pid = Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    kill(pid, Signal::SIGTERM).unwrap();
+    let output = tokio::time::timeout(BOUND, child.wait_with_output())
+        .await
+        .expect("it exits within 15 s of SIGTERM")
+        .unwrap();
+    assert!(output.status.success(), "{}", output.status);
+    let logs = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    // The settings were logged, with the secrets in them redacted.
+    assert!(logs.contains("settings") && logs.contains("[redacted]"), "{logs}");
+    for (what, text) in [
+        ("logs", &logs),
+        ("/metrics", &metrics),
+        ("/snapshot", &snapshot),
+        ("the dashboard", &dashboard),
+    ] {
+        for secret in [HOPPING, SIGNING] {
+            assert!(!text.contains(secret), "{secret} in {what}");
+        }
+    }
+}
