@@ -167,7 +167,10 @@ async fn secrets_show_nowhere() {
     let logs = String::from_utf8_lossy(&output.stderr).into_owned()
         + &String::from_utf8_lossy(&output.stdout);
     // The settings were logged, with the secrets in them redacted.
-    assert!(logs.contains("settings") && logs.contains("[redacted]"), "{logs}");
+    assert!(
+        logs.contains("settings") && logs.contains("[redacted]"),
+        "{logs}"
+    );
     for (what, text) in [
         ("logs", &logs),
         ("/metrics", &metrics),
