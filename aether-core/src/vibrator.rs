@@ -647,15 +647,19 @@ impl Emitter {
     /// once with [`EmitErrorKind::RateLimited`] and sends nothing.
     pub async fn emit(&self, wave: Wave) -> Result<WaveId, EmitError> {
         self.within_rate_limit()?;
+        // The rare paths' futures are boxed, so that they do not swell every
+        // emit's future (6.8 KB with them inline, 1.5 KB without). The NATS
+        // publish stays inline: boxing it costs an allocation per emit,
+        // which measured slower than the copy it saves.
         if wave.reflects_on_failure() && wave.propagation_count() == 0 {
-            self.listen_for_reflections().await?;
+            Box::pin(self.listen_for_reflections()).await?;
         }
         let now_ns = unix_nanos();
         let Some(nats) = self.aether.nats() else {
             if let Some(durable) = self.aether.embedded_durable()
                 && durable.is_durable(wave.channel())
             {
-                return self.send_durable(wave, now_ns).await;
+                return Box::pin(self.send_durable(wave, now_ns)).await;
             }
             return self.send(wave, now_ns).map(|(id, _)| id);
         };

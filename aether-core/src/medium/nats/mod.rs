@@ -190,13 +190,15 @@ impl NatsMedium {
     /// connection is down. A wave that diffracts or reflects is tracked
     /// ([`probe`]).
     pub(crate) async fn publish(&self, wave: &Wave) -> Result<(), EmitError> {
+        // The rare paths' futures are boxed, so that every emit's future
+        // stays small (it is copied at each call).
         if let Some(durable) = &self.durable
             && durable.is_durable(wave.channel())
         {
-            return durable.publish(&self.shared, wave).await;
+            return Box::pin(durable.publish(&self.shared, wave)).await;
         }
         if wave.is_tracked() {
-            return self.publish_tracked(wave.clone()).await;
+            return Box::pin(self.publish_tracked(wave.clone())).await;
         }
         let shared = &*self.shared;
         // The fast path: a cached subject and a pooled envelope.
@@ -215,7 +217,7 @@ impl NatsMedium {
         }
         let subject = subject::channel_subject(&shared.prefix, wave.channel());
         let body = shared.seal(&subject, wave);
-        send(&self.client, shared, subject, None, body).await
+        Box::pin(send(&self.client, shared, subject, None, body)).await
     }
 
     /// The subject of `channel`, from the cache when it is there.
@@ -255,8 +257,7 @@ impl NatsMedium {
             Admitted::Dropped(reason, wave) => {
                 if wave.reflects_on_failure() && wave.origin() != 0 {
                     let emitted = wave.channel().clone();
-                    self.reflect(wave.into_reflection(reason.into(), emitted))
-                        .await?;
+                    Box::pin(self.reflect(wave.into_reflection(reason.into(), emitted))).await?;
                 }
                 Ok(())
             }
