@@ -12,7 +12,7 @@
 //! | span | made by | kind | parent | attributes |
 //! | --- | --- | --- | --- | --- |
 //! | `aether.emit` | every emit (`Vibrator::emit`, `emit_wave`, `reply`, `request`, hopping waves) | producer | the current span, or the trace context the wave already carries | `messaging.system` = `aether`, `messaging.operation.type` = `send`, `messaging.destination.name` = the channel, `messaging.message.id` = the wave id, `messaging.client.id` = the emitting vibrator |
-//! | `aether.receive` | [`Vibrator::span_of`](crate::Vibrator::span_of), [`receive_span`] | consumer | the trace context the wave carries (the emitter's `aether.emit`) | the same, with `messaging.operation.type` = `receive`, the receiving vibrator as `messaging.client.id`, and the wave's source as `aether.source` |
+//! | `aether.receive` | handing a wave out (`Vibrator::receive`, `try_receive`, the stream), taken by [`Vibrator::span_of`](crate::Vibrator::span_of); [`receive_span`] | consumer | the trace context the wave carries (the emitter's `aether.emit`) | the same, with `messaging.operation.type` = `receive`, the receiving vibrator as `messaging.client.id`, and the wave's source as `aether.source` |
 //!
 //! On emit, the producer span's context is written into the wave
 //! ([`Wave::set_trace_context`]) unless the wave already carries one (set by
@@ -288,6 +288,11 @@ mod tests {
     }
 
     fn install_stand_in() {
+        // tracing caches each callsite's interest process-wide: a callsite
+        // first hit on a thread without a subscriber would be cached as
+        // "never" and the recording tests would miss its spans. A global
+        // subscriber that keeps nothing makes every callsite "sometimes".
+        let _ = tracing::subscriber::set_global_default(Registry::default());
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| install(StandIn).expect("the first installation"));
         assert!(is_installed());
@@ -326,8 +331,20 @@ mod tests {
             .await;
         let answer = shop.receive().await.unwrap();
         drop(shop.span_of(&answer));
+        // Receiving opens the consumer span by itself: without `span_of`, it
+        // ends when the vibrator receives again, or is dropped.
+        shop.emit_wave("orders.created", 2).await.unwrap();
+        let second = inventory.receive().await.unwrap();
+        drop(inventory);
 
         let spans = recorder.0.lock().unwrap().clone();
+        let receives: Vec<&Recorded> = spans
+            .iter()
+            .filter(|s| s.name == RECEIVE_SPAN && s.channel == "orders.created")
+            .collect();
+        assert_eq!(receives.len(), 2, "one consumer span per wave received");
+        let second_emit = second.trace_context().expect("carried");
+        assert_eq!(receives[1].ids.parent, Some(second_emit.span_id()));
         let checkout = find(&spans, "checkout", "");
         let emit = find(&spans, EMIT_SPAN, "orders.created");
         let receive = find(&spans, RECEIVE_SPAN, "orders.created");

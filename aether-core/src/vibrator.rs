@@ -77,6 +77,10 @@ pub struct Vibrator {
     /// then reported ([`Aether::hand_out`]), which acknowledges a durable
     /// one.
     durable: bool,
+    /// The consumer span of the wave handed out last, while spans are on
+    /// ([`crate::spans`]), until [`Vibrator::span_of`] takes it; if nobody
+    /// does, it ends when the next wave is handed out, or with the vibrator.
+    receiving: std::sync::Mutex<Option<(WaveId, tracing::Span)>>,
 }
 
 /// A cloneable handle that emits with a vibrator's identity, for tasks that
@@ -181,6 +185,7 @@ impl VibratorBuilder {
             },
             inbox,
             batch: VecDeque::new(),
+            receiving: std::sync::Mutex::new(None),
             subscriptions: Vec::new(),
             replies: OnceLock::new(),
             hopping: Default::default(),
@@ -336,15 +341,35 @@ impl Vibrator {
     }
 
     fn poll_wave(&mut self, cx: &mut Context<'_>) -> Poll<Option<Wave>> {
-        if self.durable {
-            return self.poll_wave_durable(cx);
+        let wave = if self.durable {
+            self.poll_wave_durable(cx)
+        } else if let Some(wave) = self.batch.pop_front() {
+            Poll::Ready(Some(wave))
+        } else {
+            self.inbox
+                .poll_take(cx, &mut self.batch)
+                .map(|_| self.batch.pop_front())
+        };
+        if let Poll::Ready(Some(wave)) = &wave {
+            self.received(wave);
         }
-        if let Some(wave) = self.batch.pop_front() {
-            return Poll::Ready(Some(wave));
+        wave
+    }
+
+    /// Opens the consumer span of `wave`, handed out now, while spans are on
+    /// (one atomic load while they are off).
+    #[inline]
+    fn received(&mut self, wave: &Wave) {
+        if crate::spans::is_installed() {
+            self.open_receive_span(wave);
         }
-        self.inbox
-            .poll_take(cx, &mut self.batch)
-            .map(|_| self.batch.pop_front())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn open_receive_span(&mut self, wave: &Wave) {
+        let span = crate::spans::receive_span(wave, self.name());
+        *self.receiving.get_mut().unwrap_or_else(|e| e.into_inner()) = Some((wave.id(), span));
     }
 
     /// [`Vibrator::poll_wave`] on an aether with durable channels: a durable
@@ -369,9 +394,20 @@ impl Vibrator {
     /// The consumer span in which to handle `wave`, which this vibrator
     /// received: its parent is the span that emitted the wave, so the trace
     /// goes on here, and what is emitted inside it continues it
-    /// ([`crate::spans`]). `Span::none()` while tracing is off.
+    /// ([`crate::spans`]). For the wave handed out last, it is the span that
+    /// receiving it opened (one consumer span per wave received), which then
+    /// ends when the returned span is dropped: handle the wave inside it
+    /// (`tracing::Instrument`). For another wave, a new span.
+    /// `Span::none()` while tracing is off.
     pub fn span_of(&self, wave: &Wave) -> tracing::Span {
-        crate::spans::receive_span(wave, self.name())
+        let mut receiving = self.receiving.lock().unwrap_or_else(|e| e.into_inner());
+        match receiving.take() {
+            Some((id, span)) if id == wave.id() => span,
+            other => {
+                *receiving = other;
+                crate::spans::receive_span(wave, self.name())
+            }
+        }
     }
 
     /// The next wave if one is queued, without waiting.
@@ -382,6 +418,7 @@ impl Vibrator {
             }
             let wave = self.batch.pop_front()?;
             if !self.durable || self.aether().hand_out(self.inbox.id(), &wave) {
+                self.received(&wave);
                 return Some(wave);
             }
         }
