@@ -72,9 +72,6 @@ pub(crate) struct Inbox {
     /// that deliver once per subscription (NATS): a wave is taken from the
     /// oldest of them that hears it.
     patterns: ArcSwap<Vec<(SubscriptionId, Channel)>>,
-    /// How many `patterns` holds, read without loading them: with one own
-    /// resonance (the common case) no wave is heard elsewhere.
-    pattern_count: AtomicUsize,
 }
 
 /// What every offer reads; written only when a setting changes.
@@ -176,7 +173,6 @@ impl Inbox {
             waker: CachePadded::new(AtomicWaker::new()),
             stats: CachePadded::new(Counters::default()),
             patterns: ArcSwap::default(),
-            pattern_count: AtomicUsize::new(0),
         }
     }
 
@@ -186,8 +182,6 @@ impl Inbox {
             patterns.push((id, pattern.clone()));
             patterns
         });
-        self.pattern_count
-            .store(self.patterns.load().len(), Ordering::Release);
     }
 
     pub(crate) fn remove_pattern(&self, id: SubscriptionId) {
@@ -196,8 +190,6 @@ impl Inbox {
             patterns.retain(|(other, _)| *other != id);
             patterns
         });
-        self.pattern_count
-            .store(self.patterns.load().len(), Ordering::Release);
     }
 
     /// Whether a wave on `channel` that came through subscription `id` is
@@ -210,12 +202,6 @@ impl Inbox {
         id: SubscriptionId,
         grouped: bool,
     ) -> bool {
-        // Only this subscription (or, for a group, none) of its own: nothing
-        // else hears it.
-        let own = self.pattern_count.load(Ordering::Acquire);
-        if own == 0 || (own == 1 && !grouped) {
-            return false;
-        }
         self.patterns
             .load()
             .iter()
@@ -270,47 +256,19 @@ impl Inbox {
     /// Offers a wave measured on arrival. Counts what it does.
     #[inline]
     pub(crate) fn offer(&self, wave: Wave) -> Offer {
-        let settings = &*self.settings;
-        // A reflection comes back to its source: it is not one of its waves
-        // to skip.
-        if wave.origin() == settings.id
-            && settings.skip_own.load(Ordering::Relaxed)
-            && !wave.is_reflected()
-        {
-            return Offer::SkippedOwn;
-        }
-        let amplitude = wave.amplitude().value();
-        if amplitude < self.noise_floor() {
-            self.stats.dropped(DropReason::BelowNoiseFloor);
-            return Offer::Dropped(DropReason::BelowNoiseFloor);
+        if let Some(refused) = self.screen(&wave, self.noise_floor(), self.skips_own()) {
+            return refused;
         }
         let mut state = self.lock();
         if state.closed {
             return Offer::Closed;
         }
         let was_empty = state.queue.is_empty();
-        let outcome = if state.queue.len() < settings.capacity {
-            state.push(wave);
-            self.queued.store(state.queue.len(), Ordering::Release);
-            Offer::Queued
-        } else if amplitude <= state.weakest_amplitude() {
-            drop(state);
-            self.stats.dropped(DropReason::QueueFull);
-            return Offer::Dropped(DropReason::QueueFull);
-        } else {
-            let shed = state.shed_weakest();
-            state.push(wave);
-            drop(state);
-            drop(shed);
-            self.stats.dropped(DropReason::QueueFull);
-            self.stats.delivered();
-            return Offer::QueuedShedding;
-        };
+        let outcome = self.enqueue(&mut state, wave);
         drop(state);
-        self.stats.delivered();
         // The receiver registers its waker before it looks at `queued` again,
         // so waking only on empty -> non-empty loses no wake-up.
-        if was_empty {
+        if was_empty && outcome == Offer::Queued {
             self.waker.wake();
         }
         outcome
@@ -324,47 +282,68 @@ impl Inbox {
         waves: impl IntoIterator<Item = Wave>,
         mut each: impl FnMut(Offer),
     ) {
-        let settings = &*self.settings;
-        let floor = self.noise_floor();
-        let skip_own = settings.skip_own.load(Ordering::Relaxed);
+        let (floor, skip_own) = (self.noise_floor(), self.skips_own());
         let mut state = self.lock();
         let was_empty = state.queue.is_empty();
         let mut queued = false;
         for wave in waves {
             let outcome = if state.closed {
                 Offer::Closed
-            } else if skip_own && wave.origin() == settings.id && !wave.is_reflected() {
-                Offer::SkippedOwn
+            } else if let Some(refused) = self.screen(&wave, floor, skip_own) {
+                refused
             } else {
-                let amplitude = wave.amplitude().value();
-                if amplitude < floor {
-                    self.stats.dropped(DropReason::BelowNoiseFloor);
-                    Offer::Dropped(DropReason::BelowNoiseFloor)
-                } else if state.queue.len() < settings.capacity {
-                    state.push(wave);
-                    self.stats.delivered();
-                    queued = true;
-                    Offer::Queued
-                } else if amplitude <= state.weakest_amplitude() {
-                    self.stats.dropped(DropReason::QueueFull);
-                    Offer::Dropped(DropReason::QueueFull)
-                } else {
-                    let shed = state.shed_weakest();
-                    state.push(wave);
-                    drop(shed);
-                    self.stats.dropped(DropReason::QueueFull);
-                    self.stats.delivered();
-                    queued = true;
-                    Offer::QueuedShedding
-                }
+                let outcome = self.enqueue(&mut state, wave);
+                queued |= outcome != Offer::Dropped(DropReason::QueueFull);
+                outcome
             };
             each(outcome);
         }
-        self.queued.store(state.queue.len(), Ordering::Release);
         drop(state);
         if was_empty && queued {
             self.waker.wake();
         }
+    }
+
+    fn skips_own(&self) -> bool {
+        self.settings.skip_own.load(Ordering::Relaxed)
+    }
+
+    /// What becomes of `wave` before the queue: the vibrator's own (when it
+    /// skips them; a reflection comes back to its source, so it is not one
+    /// to skip), or under the noise floor (counted); `None` if it goes on.
+    #[inline]
+    fn screen(&self, wave: &Wave, floor: f64, skip_own: bool) -> Option<Offer> {
+        if skip_own && wave.origin() == self.settings.id && !wave.is_reflected() {
+            return Some(Offer::SkippedOwn);
+        }
+        if wave.amplitude().value() < floor {
+            self.stats.dropped(DropReason::BelowNoiseFloor);
+            return Some(Offer::Dropped(DropReason::BelowNoiseFloor));
+        }
+        None
+    }
+
+    /// Puts `wave` in the (open) queue, shedding the weakest wave when it is
+    /// full, and counts what it did.
+    #[inline]
+    fn enqueue(&self, state: &mut State, wave: Wave) -> Offer {
+        let amplitude = wave.amplitude().value();
+        let outcome = if state.queue.len() < self.settings.capacity {
+            state.push(wave);
+            Offer::Queued
+        } else if amplitude <= state.weakest_amplitude() {
+            self.stats.dropped(DropReason::QueueFull);
+            return Offer::Dropped(DropReason::QueueFull);
+        } else {
+            let shed = state.shed_weakest();
+            state.push(wave);
+            drop(shed);
+            self.stats.dropped(DropReason::QueueFull);
+            Offer::QueuedShedding
+        };
+        self.queued.store(state.queue.len(), Ordering::Release);
+        self.stats.delivered();
+        outcome
     }
 
     /// Moves every queued wave into the (empty) `batch`: `Ready(true)` when it

@@ -167,6 +167,26 @@ pub fn retryable_emit(kind: EmitErrorKind) -> bool {
     )
 }
 
+/// Emits `wave` from `vibrator` through `policy` when there is one (the
+/// policy a program's settings may or may not have), else once.
+pub async fn emit_with(
+    policy: Option<&Reliable>,
+    vibrator: &Vibrator,
+    wave: Wave,
+) -> Result<WaveId, EmitError> {
+    match policy {
+        Some(policy) => policy.emit(vibrator, wave).await,
+        None => vibrator.emit(wave).await,
+    }
+}
+
+/// Whether an emit failed for now rather than because of the wave: what a
+/// retry may cure ([`retryable_emit`]), or an open breaker. A program counts
+/// such a failure and goes on.
+pub fn failed_for_now(kind: EmitErrorKind) -> bool {
+    retryable_emit(kind) || kind == EmitErrorKind::CircuitOpen
+}
+
 /// Whether a request error may go away by trying again.
 pub fn retryable_request(kind: RequestErrorKind) -> bool {
     matches!(

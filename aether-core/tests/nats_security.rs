@@ -473,21 +473,8 @@ fn debug_of_a_config_holds_no_secret() {
 /// async-nats and of the aether.
 #[tokio::test(flavor = "current_thread")]
 async fn logs_hold_no_secret() {
-    // tracing caches each callsite's interest once, process-wide: with a
-    // single dispatcher registered, a callsite first hit by another test's
-    // thread (which has no subscriber) would be cached as "never" and this
-    // test would not see its events (tokio-rs/tracing#3611). A global
-    // subscriber that keeps nothing makes every callsite "sometimes", so the
-    // thread-local one below sees every event of this thread.
-    let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
     let logs = LogBuffer::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = logs.capture_this_thread();
     let nkey_user = NKeyUser::generate().unwrap();
 
     run(async {

@@ -459,20 +459,13 @@ fn signing_keys_never_show() {
 }
 
 /// Signed, hopping and forged traffic over NATS logged at TRACE: no key or
-/// secret appears in the log. On one thread, so the thread's subscriber sees
-/// every event (see `nats_security.rs` for why a global one is set too).
+/// secret appears in the log. On one thread, so that the capture sees every
+/// event.
 #[tokio::test(flavor = "current_thread")]
 async fn logs_hold_no_signing_key_or_hopping_secret() {
     const HOPPING_SECRET: &str = "hop-secret-5d1c9a7e-never-print";
-    let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
     let logs = LogBuffer::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = logs.capture_this_thread();
     timeout(LIMIT, async {
         let server = NatsServer::start().await.unwrap();
         let mut config = over(&server.url(), keys(&[("alpha", ALPHA_KEY)]));

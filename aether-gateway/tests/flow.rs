@@ -19,7 +19,7 @@ use nix::{
     unistd::Pid,
 };
 use support::{eventually, get, sample};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 
 const PROGRAM: &str = env!("CARGO_BIN_EXE_aether-gateway");
 const BOUND: Duration = Duration::from_secs(10);
@@ -104,33 +104,14 @@ async fn flow(beta_bin: &str, alpha_bin: &str) {
         "[gateway]\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
-    let mut command = tokio::process::Command::new(PROGRAM);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("AETHER") {
-            command.env_remove(name);
-        }
-    }
-    let mut gateway = command
+    let mut command = aether_testkit::program(PROGRAM);
+    command
         .arg("--config-dir")
         .arg(dir.path())
         .arg("--nats")
         .arg(&url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(gateway.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(BOUND, lines.next_line())
-        .await
-        .expect("the address within 10 s")
-        .unwrap()
-        .expect("a line");
-    let addr: std::net::SocketAddr = line
-        .trim_start_matches("aether-gateway: serving http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap_or_else(|_| panic!("an address: {line}"));
+        .stderr(Stdio::null());
+    let (mut gateway, addr) = support::spawn_serving(command, BOUND).await;
 
     // The gateway subscribed on its own connection: wait until it hears
     // the bus.

@@ -26,10 +26,7 @@ use nix::{
     unistd::Pid,
 };
 use support::{eventually, get, sample};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::Child,
-};
+use tokio::process::Child;
 
 const PROGRAM: &str = env!("CARGO_BIN_EXE_aether-gateway");
 const BOUND: Duration = Duration::from_secs(20);
@@ -51,27 +48,14 @@ async fn connect(url: &str) -> Aether {
 /// The gateway program on `config_dir` over the NATS server at `url`, and
 /// the address it serves.
 async fn start_gateway(config_dir: &Path, url: &str) -> (Child, SocketAddr) {
-    let mut child = aether_testkit::program(PROGRAM)
+    let mut command = aether_testkit::program(PROGRAM);
+    command
         .arg("--config-dir")
         .arg(config_dir)
         .arg("--nats")
         .arg(url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the gateway starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let line = tokio::time::timeout(BOUND, lines.next_line())
-        .await
-        .expect("the address within the bound")
-        .expect("stdout")
-        .expect("a line");
-    let addr = line
-        .trim_start_matches("aether-gateway: serving http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap_or_else(|_| panic!("an address: {line}"));
-    (child, addr)
+        .stderr(Stdio::inherit());
+    support::spawn_serving(command, BOUND).await
 }
 
 fn pid(child: &Child) -> Pid {

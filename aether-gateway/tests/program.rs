@@ -10,7 +10,6 @@ use nix::{
     unistd::Pid,
 };
 use support::{eventually, get, sample};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const PROGRAM: &str = env!("CARGO_BIN_EXE_aether-gateway");
 const BOUND: Duration = Duration::from_secs(15);
@@ -44,25 +43,13 @@ async fn help_says_what_it_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_until_sigterm_and_exits_0() {
     let dir = settings_dir("[gateway]\nlisten = \"127.0.0.1:0\"\nsnapshot_interval_ms = 100\n");
-    let mut child = command()
+    let mut command = command();
+    command
         .arg("--config-dir")
         .arg(dir.path())
         .arg("--demo")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(BOUND, lines.next_line())
-        .await
-        .expect("the address within 15 s")
-        .unwrap()
-        .expect("a line");
-    let addr: std::net::SocketAddr = line
-        .trim_start_matches("aether-gateway: serving http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap_or_else(|_| panic!("an address: {line}"));
+        .stderr(Stdio::piped());
+    let (mut child, addr) = support::spawn_serving(command, BOUND).await;
     assert_eq!(get(addr, "/health").await.status, 200);
     assert_eq!(get(addr, "/ready").await.status, 200);
     let text = eventually("the demo's waves", BOUND, || async {
@@ -125,27 +112,15 @@ async fn secrets_show_nowhere() {
          [[gateway.hopping]]\nbase = \"orders.created\"\nhop_count = 4\n\
          [log]\nlevel = \"trace\"\n",
     );
-    let mut child = command()
+    let mut command = command();
+    command
         .arg("--config-dir")
         .arg(dir.path())
         .arg("--demo")
         .env("AETHER__AETHER__HOPPING__SECRET", HOPPING)
         .env("AETHER__AETHER__SECURITY__SIGNING_KEYS__GATEWAY", SIGNING)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(BOUND, lines.next_line())
-        .await
-        .expect("the address within 15 s")
-        .unwrap()
-        .expect("a line");
-    let addr: std::net::SocketAddr = line
-        .trim_start_matches("aether-gateway: serving http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap_or_else(|_| panic!("an address: {line}"));
+        .stderr(Stdio::piped());
+    let (child, addr) = support::spawn_serving(command, BOUND).await;
     let metrics = eventually("the demo's waves", BOUND, || async {
         let text = get(addr, "/metrics").await.body;
         let seen = sample(

@@ -20,8 +20,7 @@ use std::{
 };
 
 use aether_core::{
-    Aether, AetherConfig, EmitError, EmitErrorKind, Phase, Vibrator, Wave, WaveId,
-    reliable::Reliable,
+    Aether, AetherConfig, EmitError, EmitErrorKind, Phase, Vibrator, Wave, reliable,
 };
 use aether_ops::{
     resources::ResourceLimits,
@@ -125,6 +124,20 @@ pub struct AlphaProgramSettings {
     pub gateway: IgnoredAny,
     /// Beta's section, not read.
     pub beta: IgnoredAny,
+}
+
+impl aether_ops::service::ProgramSettings for AlphaProgramSettings {
+    fn aether(&self) -> &AetherConfig {
+        &self.aether
+    }
+
+    fn log(&self) -> &LogSettings {
+        &self.log
+    }
+
+    fn telemetry(&self) -> &TelemetrySettings {
+        &self.telemetry
+    }
 }
 
 impl Validate for AlphaProgramSettings {
@@ -334,7 +347,7 @@ pub async fn run_live(
                     .correlation_key(&order_id)
                     .json(&json!({"order_id": order_id, "item": item, "qty": settings.qty}))
                     .build()?;
-                match send(&alpha, reliable.as_ref(), order).await {
+                match reliable::emit_with(reliable.as_ref(), &alpha, order).await {
                     Ok(_) => {
                         report.created += 1;
                         pending.insert(order_id, item.clone());
@@ -366,7 +379,10 @@ pub async fn run_live(
                     .correlation_key(&answer.order_id)
                     .json(&json!({"order_id": answer.order_id, "item": item}))
                     .build()?;
-                match send(&alpha, reliable.as_ref(), outcome).instrument(span).await {
+                match reliable::emit_with(reliable.as_ref(), &alpha, outcome)
+                    .instrument(span)
+                    .await
+                {
                     Ok(_) if phase == Phase::ASSERT => report.confirmed += 1,
                     Ok(_) => report.cancelled += 1,
                     Err(error) => {
@@ -385,18 +401,6 @@ pub async fn run_live(
     Ok(report)
 }
 
-/// Emits `wave` through the reliability policy when there is one.
-async fn send(
-    alpha: &Vibrator,
-    reliable: Option<&Reliable>,
-    wave: Wave,
-) -> Result<WaveId, EmitError> {
-    match reliable {
-        Some(reliable) => reliable.emit(alpha, wave).await,
-        None => alpha.emit(wave).await,
-    }
-}
-
 impl AlphaReport {
     /// Counts an emit that failed in a way a later one may not (over the
     /// rate limit, a timeout, an open circuit, a full outbox); any other
@@ -404,9 +408,7 @@ impl AlphaReport {
     fn count_failure(&mut self, error: EmitError) -> Result<(), AlphaError> {
         match error.kind() {
             EmitErrorKind::RateLimited => self.rate_limited += 1,
-            EmitErrorKind::TimedOut | EmitErrorKind::CircuitOpen | EmitErrorKind::OutboxFull => {
-                self.failed += 1
-            }
+            kind if reliable::failed_for_now(kind) => self.failed += 1,
             _ => return Err(error.into()),
         }
         Ok(())

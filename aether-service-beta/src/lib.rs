@@ -16,7 +16,10 @@
 
 use std::{collections::BTreeMap, error::Error, path::PathBuf, sync::Arc, time::Duration};
 
-use aether_core::{Aether, AetherConfig, EmitErrorKind, Phase, Vibrator, Wave, reliable::Reliable};
+use aether_core::{
+    Aether, AetherConfig, EmitErrorKind, Phase, Vibrator, Wave,
+    reliable::{self, Reliable},
+};
 use aether_ops::{
     resources::ResourceLimits,
     settings::{
@@ -99,6 +102,20 @@ pub struct BetaProgramSettings {
     pub gateway: IgnoredAny,
     /// Alpha's section, not read.
     pub alpha: IgnoredAny,
+}
+
+impl aether_ops::service::ProgramSettings for BetaProgramSettings {
+    fn aether(&self) -> &AetherConfig {
+        &self.aether
+    }
+
+    fn log(&self) -> &LogSettings {
+        &self.log
+    }
+
+    fn telemetry(&self) -> &TelemetrySettings {
+        &self.telemetry
+    }
 }
 
 impl Validate for BetaProgramSettings {
@@ -308,21 +325,9 @@ async fn handle(
             Ok(order) => {
                 let answer = answer(report, &order)?;
                 let reserved = answer.channel().as_str() == "inventory.reserved";
-                let sent = match reliable {
-                    Some(reliable) => reliable.emit(beta, answer).await,
-                    None => beta.emit(answer).await,
-                };
-                match sent {
+                match reliable::emit_with(reliable, beta, answer).await {
                     Ok(_) => {}
-                    Err(error)
-                        if matches!(
-                            error.kind(),
-                            EmitErrorKind::RateLimited
-                                | EmitErrorKind::TimedOut
-                                | EmitErrorKind::CircuitOpen
-                                | EmitErrorKind::OutboxFull
-                        ) =>
-                    {
+                    Err(error) if reliable::failed_for_now(error.kind()) => {
                         tracing::warn!(%error, order_id = order.order_id, "order not answered");
                         if error.kind() == EmitErrorKind::RateLimited {
                             report.rate_limited += 1;

@@ -1,18 +1,10 @@
 //! `aether-service-beta`: see `--help`.
 
-use std::{
-    error::Error,
-    process::ExitCode,
-    sync::{Arc, atomic::AtomicU64},
-};
+use std::{error::Error, process::ExitCode};
 
-use aether_core::Aether;
 use aether_ops::{
-    panic::install_panic_hook,
-    reload,
+    service::Service,
     settings::{SettingsSource, Validate},
-    shutdown::Shutdown,
-    telemetry,
 };
 use aether_service_beta::{BetaProgramSettings, Options, run_live};
 use clap::Parser;
@@ -35,34 +27,27 @@ async fn program(options: Options) -> Result<(), Box<dyn Error + Send + Sync>> {
     let mut settings: BetaProgramSettings = source.load()?;
     options.apply(&mut settings);
     settings.validate()?;
-    // Logs, and spans over OTLP when [telemetry] otlp_endpoint is set; the
-    // guard sends the last spans when the program ends.
-    let (log, mut spans) =
-        telemetry::init(&settings.log, &settings.telemetry, env!("CARGO_PKG_NAME"))?;
-    install_panic_hook(Arc::new(AtomicU64::new(0)));
-    let shutdown = Shutdown::on_signals()?;
-    let aether = if options.nats.is_empty() {
-        Aether::new(settings.aether.clone())?
-    } else {
-        Aether::connect(settings.aether.clone()).await?
-    };
-    // On stdout, for scripts: beta is connected and about to resonate.
-    println!("aether-service-beta: connected, resonating on orders.* (group inventory)");
-    // Hot reload: the files are read again when they change, with the
-    // command-line options still over them; a refused change is logged
-    // and the settings in force stay.
-    let watcher = reload::watch_program(
+    let nats = !options.nats.is_empty();
+    // Logs and spans, the panic hook, signals, the aether, and hot reload
+    // of the settings with the command-line options still over them.
+    let service = Service::start(
+        env!("CARGO_PKG_NAME"),
         source,
         settings,
-        log,
-        |settings: &BetaProgramSettings| &settings.log,
+        nats,
         move |settings| options.apply(settings),
-    )?;
-    let report = run_live(&aether, watcher.subscribe(), shutdown).await;
-    watcher.stop();
+    )
+    .await?;
+    // On stdout, for scripts: beta is connected and about to resonate.
+    println!("aether-service-beta: connected, resonating on orders.* (group inventory)");
+    let report = run_live(
+        &service.aether,
+        service.settings.subscribe(),
+        service.shutdown.clone(),
+    )
+    .await;
+    service.stop();
     let report = report?;
-    aether.close();
-    spans.shutdown();
     println!("{report}");
     Ok(())
 }

@@ -69,6 +69,7 @@ pub mod logging;
 pub mod panic;
 pub mod reload;
 pub mod resources;
+pub mod service;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

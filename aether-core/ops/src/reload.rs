@@ -45,7 +45,8 @@ use tokio::sync::watch as channel;
 
 use crate::{
     logging::LogHandle,
-    settings::{LogSettings, SettingsError, SettingsSource, Validate},
+    service::ProgramSettings,
+    settings::{SettingsError, SettingsSource, Validate},
 };
 
 /// How many reloads were accepted and refused.
@@ -106,19 +107,15 @@ where
 
 /// Watches a program's settings as the sample services do: every 200 ms,
 /// a changed file is read again, `apply` puts the command-line options back
-/// over it, the result is validated, and a new log level (`log_of`) is put
-/// in force through `log`. A refused change is logged and counted, and the
-/// settings in force stay.
-pub fn watch_program<T>(
+/// over it, the result is validated, and a new log level is put in force
+/// through `log`. A refused change is logged and counted, and the settings
+/// in force stay.
+pub fn watch_program<T: ProgramSettings>(
     source: SettingsSource,
     current: T,
     log: LogHandle,
-    log_of: fn(&T) -> &LogSettings,
     apply: impl Fn(&mut T) + Send + 'static,
-) -> io::Result<Watcher<T>>
-where
-    T: DeserializeOwned + Validate + Send + Sync + 'static,
-{
+) -> io::Result<Watcher<T>> {
     watch_with(
         source.files(),
         Duration::from_millis(200),
@@ -130,8 +127,8 @@ where
             Ok(settings)
         },
         move |old: &T, new: &T| {
-            let level = &log_of(new).level;
-            if &log_of(old).level != level {
+            let level = &new.log().level;
+            if &old.log().level != level {
                 match log.set_level(level) {
                     Ok(()) => tracing::info!(%level, "log level changed"),
                     Err(error) => tracing::warn!(%error, "log level kept"),

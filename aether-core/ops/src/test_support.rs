@@ -1,10 +1,6 @@
 //! A program's settings as the tests compose them, and small helpers.
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use aether_core::AetherConfig;
 use serde::Deserialize;
@@ -52,30 +48,4 @@ pub(crate) async fn eventually(what: &str, bound: Duration, mut done: impl FnMut
 }
 
 /// A log writer into a shared buffer.
-#[derive(Clone, Default)]
-pub(crate) struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    pub(crate) fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-}
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for Captured {
-    type Writer = Captured;
-
-    fn make_writer(&'w self) -> Captured {
-        self.clone()
-    }
-}
+pub(crate) use aether_testkit::LogBuffer as Captured;

@@ -2,12 +2,9 @@
 //! process's logging (`logging::init_with_writer`, global: hence a test
 //! binary of its own).
 
-use std::{
-    io::Write,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
 };
 
 use aether_ops::{
@@ -15,24 +12,11 @@ use aether_ops::{
     panic::install_panic_hook,
     settings::LogSettings,
 };
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use aether_testkit::LogBuffer;
 
 #[test]
 fn panics_in_threads_are_logged_and_counted() {
-    let out = Captured::default();
+    let out = LogBuffer::default();
     let writer = out.clone();
     let handle =
         logging::init_with_writer(&LogSettings::default(), move || writer.clone()).unwrap();
@@ -54,7 +38,7 @@ fn panics_in_threads_are_logged_and_counted() {
     assert!(caught.is_err());
     assert_eq!(panics.load(Ordering::Relaxed), 2);
 
-    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let text = out.text();
     let line = text
         .lines()
         .find(|line| line.contains("worker-7"))
@@ -66,9 +50,5 @@ fn panics_in_threads_are_logged_and_counted() {
     // The global logging's level changes too.
     handle.set_level("error").unwrap();
     tracing::warn!("not written");
-    assert!(
-        !String::from_utf8(out.0.lock().unwrap().clone())
-            .unwrap()
-            .contains("not written")
-    );
+    assert!(!out.text().contains("not written"));
 }

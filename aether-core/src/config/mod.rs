@@ -141,7 +141,7 @@ impl AetherConfig {
 }
 
 /// `Ok` if `ok`, else the error naming `key`, its `value` and the `rule`.
-fn check(
+pub(crate) fn check(
     ok: bool,
     key: &'static str,
     value: String,

@@ -5,7 +5,7 @@ use std::{f64::consts::FRAC_PI_2, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ConfigError;
+use crate::{ConfigError, config::check};
 
 /// Settings of a [`PhysicsEngine`](super::PhysicsEngine). Every field has a
 /// default; [`PhysicsConfig::validate`] refuses a value out of range, naming
@@ -184,20 +184,6 @@ impl PhysicsConfig {
     /// [`PhysicsConfig::resonance_window_ms`] as a duration.
     pub fn resonance_window(&self) -> Duration {
         Duration::from_millis(self.resonance_window_ms)
-    }
-}
-
-/// `Ok` if `ok`, else the error naming `key`, its `value` and the `rule`.
-fn check(
-    ok: bool,
-    key: &'static str,
-    value: String,
-    rule: &'static str,
-) -> Result<(), ConfigError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::new(key, value, rule))
     }
 }
 

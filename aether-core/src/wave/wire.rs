@@ -386,13 +386,19 @@ pub fn encode_signed(wave: &Wave, subject: &str, key: &[u8]) -> Bytes {
 
 /// The HMAC-SHA256 of `subject` and `signed` with `key`.
 fn signature_of(subject: &str, signed: &[u8], key: &[u8]) -> [u8; SIGNATURE_LEN] {
+    mac_of(subject, signed, key).finalize().into_bytes().into()
+}
+
+/// The HMAC-SHA256 state over `subject` (its length as u16 LE, then its
+/// bytes) and `signed`, keyed with `key`.
+fn mac_of(subject: &str, signed: &[u8], key: &[u8]) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     // Subjects are at most a few hundred bytes; a longer one is cut in the
     // length only, and still signed whole.
     mac.update(&(subject.len().min(usize::from(u16::MAX)) as u16).to_le_bytes());
     mac.update(subject.as_bytes());
     mac.update(signed);
-    mac.finalize().into_bytes().into()
+    mac
 }
 
 /// What [`verify`] found.
@@ -421,11 +427,7 @@ pub fn verify(subject: &str, body: &[u8], key: &[u8]) -> Signature {
         return Signature::Invalid;
     };
     let (signed, signature) = body.split_at(split);
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(&(subject.len().min(usize::from(u16::MAX)) as u16).to_le_bytes());
-    mac.update(subject.as_bytes());
-    mac.update(signed);
-    match mac.verify_slice(signature) {
+    match mac_of(subject, signed, key).verify_slice(signature) {
         Ok(()) => Signature::Valid,
         Err(_) => Signature::Invalid,
     }

@@ -219,3 +219,30 @@ pub fn label_values(text: &str, name: &str, label: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// Spawns the gateway program `command` with its stdout piped, and reads
+/// the address it serves from its first line (`aether-gateway: serving
+/// http://ADDR/`), within `bound`.
+pub async fn spawn_serving(
+    mut command: tokio::process::Command,
+    bound: Duration,
+) -> (tokio::process::Child, SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
+
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the gateway starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let line = tokio::time::timeout(bound, tokio::io::BufReader::new(stdout).lines().next_line())
+        .await
+        .expect("the address within the bound")
+        .expect("stdout")
+        .expect("a line");
+    let addr = line
+        .trim_start_matches("aether-gateway: serving http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|_| panic!("an address: {line}"));
+    (child, addr)
+}

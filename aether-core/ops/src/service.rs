@@ -1,0 +1,109 @@
+//! What every service program does at start and at the end, around its own
+//! work: logs and spans, the panic hook, shutdown on signals, its aether, and
+//! the watch of its settings files.
+//!
+//! ```no_run
+//! # use aether_ops::{service::{ProgramSettings, Service}, settings::*};
+//! # use aether_core::AetherConfig;
+//! # #[derive(serde::Deserialize)]
+//! # struct MySettings { aether: AetherConfig, log: LogSettings, telemetry: TelemetrySettings }
+//! # impl Validate for MySettings { fn validate(&self) -> Result<(), SettingsError> { Ok(()) } }
+//! # impl ProgramSettings for MySettings {
+//! #     fn aether(&self) -> &AetherConfig { &self.aether }
+//! #     fn log(&self) -> &LogSettings { &self.log }
+//! #     fn telemetry(&self) -> &TelemetrySettings { &self.telemetry }
+//! # }
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let source = SettingsSource::from_process("config");
+//! let settings: MySettings = source.load()?;
+//! let service = Service::start("my-service", source, settings, false, |_| {}).await?;
+//! // ... the service's work, on service.aether, until service.shutdown ...
+//! service.stop();
+//! # Ok(()) }
+//! ```
+
+use std::{
+    error::Error,
+    sync::{Arc, atomic::AtomicU64},
+};
+
+use aether_core::{Aether, AetherConfig};
+
+use crate::{
+    panic::install_panic_hook,
+    reload::{self, Watcher},
+    settings::{LogSettings, SettingsSource, TelemetrySettings, Validate},
+    shutdown::Shutdown,
+    telemetry::{self, TelemetryGuard},
+};
+
+/// The settings of a service program: what [`Service::start`] needs of them.
+pub trait ProgramSettings: serde::de::DeserializeOwned + Validate + Send + Sync + 'static {
+    /// The `[aether]` section.
+    fn aether(&self) -> &AetherConfig;
+    /// The `[log]` section.
+    fn log(&self) -> &LogSettings;
+    /// The `[telemetry]` section.
+    fn telemetry(&self) -> &TelemetrySettings;
+}
+
+/// A started service program.
+pub struct Service<T> {
+    /// Its aether.
+    pub aether: Aether,
+    /// Triggered by SIGINT or SIGTERM.
+    pub shutdown: Shutdown,
+    /// Its settings, reloaded when the files change.
+    pub settings: Watcher<T>,
+    spans: TelemetryGuard,
+}
+
+impl<T> std::fmt::Debug for Service<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("aether", &self.aether)
+            .field("settings", &self.settings.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: ProgramSettings> Service<T> {
+    /// Starts the program `program` with `settings` (loaded from `source`,
+    /// with the command-line options, `apply`, put over them): logs and
+    /// spans (over OTLP when `[telemetry]` says so), the panic hook,
+    /// shutdown on signals, its aether (over NATS when `nats`, else
+    /// embedded), and the watch of `source` ([`reload::watch_program`]),
+    /// which reloads the settings with `apply` again and follows the log
+    /// level.
+    pub async fn start(
+        program: &str,
+        source: SettingsSource,
+        settings: T,
+        nats: bool,
+        apply: impl Fn(&mut T) + Send + 'static,
+    ) -> Result<Self, Box<dyn Error + Send + Sync>> {
+        let (log, spans) = telemetry::init(settings.log(), settings.telemetry(), program)?;
+        install_panic_hook(Arc::new(AtomicU64::new(0)));
+        let shutdown = Shutdown::on_signals()?;
+        let aether = if nats {
+            Aether::connect(settings.aether().clone()).await?
+        } else {
+            Aether::new(settings.aether().clone())?
+        };
+        let settings = reload::watch_program(source, settings, log, apply)?;
+        Ok(Self {
+            aether,
+            shutdown,
+            settings,
+            spans,
+        })
+    }
+
+    /// Stops watching the settings, closes the aether, and sends the last
+    /// spans.
+    pub fn stop(mut self) {
+        self.settings.stop();
+        self.aether.close();
+        self.spans.shutdown();
+    }
+}
