@@ -14,7 +14,8 @@
 //!
 //! `cargo bench -p aether-core --bench embedded`; set `AETHER_BENCH_QUICK=1`
 //! to run only the summary, `AETHER_BENCH_PROFILE=one|fan|physics` for one
-//! scenario round after round.
+//! scenario round after round (`AETHER_BENCH_SIDE=tokio|aether` with `one`
+//! or `fan`: that side only, for a profiler).
 
 use std::{
     hint::black_box,
@@ -164,6 +165,49 @@ async fn aether_fan_out(n: usize) -> Duration {
     let elapsed = start.elapsed();
     assert_eq!(aether.stats().dropped(DropReason::QueueFull), 0, "no loss");
     assert_eq!(aether.stats().delivered, (n * FAN_OUT) as u64);
+    elapsed
+}
+
+/// The sending side alone: `n` sends with nobody receiving meanwhile.
+async fn mpsc_send_only(n: usize) -> Duration {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(n);
+    let payload = payload();
+    let mut elapsed = Duration::ZERO;
+    // The second round reuses the memory the first one grew.
+    for _ in 0..2 {
+        let start = Instant::now();
+        for _ in 0..n {
+            tx.send(payload.clone()).await.expect("receiver alive");
+        }
+        elapsed = start.elapsed();
+        for _ in 0..n {
+            black_box(rx.recv().await.expect("sent"));
+        }
+    }
+    elapsed
+}
+
+/// [`mpsc_send_only`] for the aether: `n` emits, nobody receiving meanwhile.
+async fn aether_emit_only(n: usize) -> Duration {
+    let aether = aether_for(n);
+    let mut rx = Vibrator::create("rx", &aether).await.expect("rx");
+    rx.resonate_on("bench.one").await.expect("resonate");
+    let tx = Vibrator::create("tx", &aether).await.expect("tx");
+    let channel = Channel::new("bench.one");
+    let payload = payload();
+    let mut elapsed = Duration::ZERO;
+    for _ in 0..2 {
+        let start = Instant::now();
+        for _ in 0..n {
+            tx.emit(Wave::new(channel.clone(), payload.clone()))
+                .await
+                .expect("emit");
+        }
+        elapsed = start.elapsed();
+        for _ in 0..n {
+            black_box(rx.receive().await.expect("emitted"));
+        }
+    }
     elapsed
 }
 
@@ -393,6 +437,21 @@ fn main() {
     // change quickly).
     if let Ok(which) = std::env::var("AETHER_BENCH_PROFILE") {
         let n = 100_000;
+        if which == "emit" {
+            // The sending side alone: n sends into a queue of n with nobody
+            // receiving meanwhile (the receiver drains afterwards).
+            for _ in 0..15 {
+                let (raw, ours) =
+                    rt.block_on(async { (mpsc_send_only(n).await, aether_emit_only(n).await) });
+                println!(
+                    "emit: mpsc send {:.0} ns, aether emit {:.0} ns, ratio {:.2}",
+                    raw.as_nanos() as f64 / n as f64,
+                    ours.as_nanos() as f64 / n as f64,
+                    raw.as_secs_f64() / ours.as_secs_f64()
+                );
+            }
+            return;
+        }
         if which == "physics" {
             let mut ratios = Vec::new();
             for _ in 0..15 {
@@ -413,16 +472,26 @@ fn main() {
             println!("physics: median ratio {:.2}", median(ratios));
             return;
         }
+        // `AETHER_BENCH_SIDE=tokio|aether`: one side only (for `perf stat`).
+        let side = std::env::var("AETHER_BENCH_SIDE").ok();
+        let (raw_on, ours_on) = match side.as_deref() {
+            None => (true, true),
+            Some("tokio") => (true, false),
+            Some("aether") => (false, true),
+            Some(other) => panic!("AETHER_BENCH_SIDE={other}: expected tokio or aether"),
+        };
+        let time =
+            |on: bool, f: &dyn Fn() -> Duration| if on { f() } else { Duration::from_secs(1) };
         let mut ratios = Vec::new();
         for _ in 0..15 {
             let (raw, ours) = match which.as_str() {
                 "fan" => (
-                    rt.block_on(broadcast_fan_out(n)),
-                    rt.block_on(aether_fan_out(n)),
+                    time(raw_on, &|| rt.block_on(broadcast_fan_out(n))),
+                    time(ours_on, &|| rt.block_on(aether_fan_out(n))),
                 ),
                 _ => (
-                    rt.block_on(mpsc_one_to_one(n)),
-                    rt.block_on(aether_one_to_one(n)),
+                    time(raw_on, &|| rt.block_on(mpsc_one_to_one(n))),
+                    time(ours_on, &|| rt.block_on(aether_one_to_one(n))),
                 ),
             };
             ratios.push(raw.as_secs_f64() / ours.as_secs_f64());

@@ -404,9 +404,11 @@ impl Aether {
         if wave.is_tracked() {
             return self.dispatch_tracked(medium, wave, now_ns);
         }
-        match self.admit(wave, now_ns)? {
-            Admitted::Ready(wave) => Ok(medium.route(wave, &self.inner.stats)),
-            Admitted::Dropped(..) => Ok(Routed::default()),
+        let mut wave = wave;
+        // Checked in place: the wave moves once more, into the queue.
+        match self.check(&mut wave, now_ns)? {
+            None => Ok(medium.route(wave, &self.inner.stats)),
+            Some(_) => Ok(Routed::default()),
         }
     }
 
@@ -502,6 +504,17 @@ impl Aether {
     /// measured and ready to route.
     #[inline]
     pub(crate) fn admit(&self, mut wave: Wave, now_ns: u64) -> Result<Admitted, EmitError> {
+        Ok(match self.check(&mut wave, now_ns)? {
+            None => Admitted::Ready(wave),
+            Some(reason) => Admitted::Dropped(reason, wave),
+        })
+    }
+
+    /// [`Aether::admit`] in place: `Err` if refused, `Some(reason)` if
+    /// accepted but dropped (and counted), `None` if measured and ready to
+    /// route.
+    #[inline(always)]
+    fn check(&self, wave: &mut Wave, now_ns: u64) -> Result<Option<DropReason>, EmitError> {
         if self.is_closed() {
             return Err(EmitError::new(
                 EmitErrorKind::Closed,
@@ -518,14 +531,14 @@ impl Aether {
         }
         let security = &self.inner.security;
         if security.is_enabled() && !security.may_emit(wave.source(), wave.channel()) {
-            return Err(denied(&wave));
+            return Err(denied(wave));
         }
         let config = &self.inner.config;
         let stats = &self.inner.stats;
         stats.emitted();
         if wave.propagation_count() > config.max_propagation {
             stats.dropped(DropReason::PropagationLimit);
-            return Ok(Admitted::Dropped(DropReason::PropagationLimit, wave));
+            return Ok(Some(DropReason::PropagationLimit));
         }
         if wave.propagation_count() > 0 || wave.decay_per_s() > 0.0 {
             let now = if now_ns == 0 { unix_nanos() } else { now_ns };
@@ -533,9 +546,9 @@ impl Aether {
         }
         if wave.amplitude().value() < config.min_amplitude {
             stats.dropped(DropReason::Expired);
-            return Ok(Admitted::Dropped(DropReason::Expired, wave));
+            return Ok(Some(DropReason::Expired));
         }
-        Ok(Admitted::Ready(wave))
+        Ok(None)
     }
 }
 

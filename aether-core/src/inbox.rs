@@ -98,7 +98,7 @@ struct State {
 }
 
 impl State {
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, wave: Wave) {
         let amplitude = wave.amplitude().value();
         self.weakest = match self.weakest {
@@ -254,7 +254,7 @@ impl Inbox {
     }
 
     /// Offers a wave measured on arrival. Counts what it does.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn offer(&self, wave: Wave) -> Offer {
         if let Some(refused) = self.screen(&wave, self.noise_floor(), self.skips_own()) {
             return refused;
@@ -325,7 +325,7 @@ impl Inbox {
 
     /// Puts `wave` in the (open) queue, shedding the weakest wave when it is
     /// full, and counts what it did.
-    #[inline]
+    #[inline(always)]
     fn enqueue(&self, state: &mut State, wave: Wave) -> Offer {
         let amplitude = wave.amplitude().value();
         let outcome = if state.queue.len() < self.settings.capacity {

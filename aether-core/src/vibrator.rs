@@ -460,8 +460,10 @@ impl Vibrator {
     }
 
     /// Emits `wave`; see [`Emitter::emit`].
-    pub async fn emit(&self, wave: Wave) -> Result<WaveId, EmitError> {
-        self.emitter.emit(wave).await
+    // Not an `async fn`: the emitter's future itself, without a layer that
+    // would move the wave once more.
+    pub fn emit(&self, wave: Wave) -> impl Future<Output = Result<WaveId, EmitError>> + Send + '_ {
+        self.emitter.emit(wave)
     }
 
     /// Emits a full-strength wave on `channel` carrying `payload` as JSON.

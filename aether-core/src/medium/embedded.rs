@@ -166,7 +166,7 @@ impl EmbeddedMedium {
     }
 
     /// Offers `wave` to every matching listener, counting in `stats`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn route(&self, wave: Wave, stats: &Counters) -> Routed {
         let table = self.table.load();
         let mut recipients = table.recipients(wave.channel());
@@ -273,7 +273,7 @@ fn add_inbox<'a>(recipients: &mut SmallVec<[Recipient<'a>; 4]>, inbox: &'a Arc<I
     }
 }
 
-#[inline]
+#[inline(always)]
 fn deliver(recipient: Recipient<'_>, wave: Wave, stats: &Counters) {
     match recipient {
         Recipient::Inbox(inbox) => {

@@ -83,14 +83,14 @@ impl Medium {
 /// medium: while it runs, a wave put in the queue is recorded with the
 /// vibrator's name (`physics/bus.rs`). While it does not, this costs one
 /// relaxed load.
-#[inline]
+#[inline(always)]
 pub(crate) fn offer_counted(inbox: &Inbox, wave: Wave, stats: &Counters) -> bool {
     offer_outcome(inbox, wave, stats).1
 }
 
 /// [`offer_counted`], telling also whether the wave was queued:
 /// (queued, the vibrator is still there). Durable channels need to know.
-#[inline]
+#[inline(always)]
 pub(crate) fn offer_outcome(inbox: &Inbox, wave: Wave, stats: &Counters) -> (bool, bool) {
     let physics = inbox.physics();
     if physics.is_active() {

@@ -33,7 +33,7 @@ impl WaveId {
 
     /// A new id for now.
     pub fn generate() -> Self {
-        Self::at_nanos(unix_nanos())
+        Self::at_nanos(crate::wave::unix_nanos())
     }
 
     /// A new id for Unix time `now_ns`.
@@ -89,12 +89,12 @@ impl FromStr for WaveId {
 /// A random number drawn once per process (from the OS-seeded hasher keys).
 pub(crate) fn process_nonce() -> u64 {
     static NONCE: OnceLock<u64> = OnceLock::new();
-    *NONCE.get_or_init(|| RandomState::new().hash_one((std::process::id(), unix_nanos())))
+    *NONCE.get_or_init(|| RandomState::new().hash_one((std::process::id(), system_unix_nanos())))
 }
 
-/// Nanoseconds since the Unix epoch (0 if the clock is before it).
-#[inline]
-pub(crate) fn unix_nanos() -> u64 {
+/// Nanoseconds since the Unix epoch (0 if the clock is before it), read
+/// from the system clock.
+pub(crate) fn system_unix_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() * 1_000_000_000 + u64::from(d.subsec_nanos()))
@@ -104,6 +104,7 @@ pub(crate) fn unix_nanos() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wave::unix_nanos;
 
     #[test]
     fn ids_are_unique_and_ordered() {

@@ -19,6 +19,7 @@
 //! ```
 
 mod amplitude;
+mod clock;
 mod id;
 mod payload;
 mod trace;
@@ -36,7 +37,8 @@ pub use id::WaveId;
 pub use payload::IntoPayload;
 pub use trace::{TRACE_FLAG_SAMPLED, TraceContext, TraceContextError};
 
-pub(crate) use id::{process_nonce, unix_nanos};
+pub(crate) use clock::unix_nanos;
+pub(crate) use id::process_nonce;
 
 use crate::{
     Channel,
