@@ -336,8 +336,10 @@ impl Vibrator {
     ///
     /// Cancel safe: if the future is dropped before it completes (in a
     /// `select!`), no wave is lost; it stays queued for the next call.
-    pub async fn receive(&mut self) -> Option<Wave> {
-        poll_fn(|cx| self.poll_wave(cx)).await
+    // Not an `async fn`: the poll itself, without a layer that would move
+    // each wave once more on its way out.
+    pub fn receive(&mut self) -> impl Future<Output = Option<Wave>> + Send + '_ {
+        poll_fn(move |cx| self.poll_wave(cx))
     }
 
     fn poll_wave(&mut self, cx: &mut Context<'_>) -> Poll<Option<Wave>> {
