@@ -8,7 +8,6 @@ use std::{
         OnceLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 /// A 128-bit wave id: 48 bits of Unix milliseconds, 32 bits that are random
@@ -33,7 +32,7 @@ impl WaveId {
 
     /// A new id for now.
     pub fn generate() -> Self {
-        Self::at_nanos(crate::wave::unix_nanos())
+        Self::at_nanos(super::unix_nanos())
     }
 
     /// A new id for Unix time `now_ns`.
@@ -89,16 +88,9 @@ impl FromStr for WaveId {
 /// A random number drawn once per process (from the OS-seeded hasher keys).
 pub(crate) fn process_nonce() -> u64 {
     static NONCE: OnceLock<u64> = OnceLock::new();
-    *NONCE.get_or_init(|| RandomState::new().hash_one((std::process::id(), system_unix_nanos())))
-}
-
-/// Nanoseconds since the Unix epoch (0 if the clock is before it), read
-/// from the system clock.
-pub(crate) fn system_unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() * 1_000_000_000 + u64::from(d.subsec_nanos()))
-        .unwrap_or(0)
+    *NONCE.get_or_init(|| {
+        RandomState::new().hash_one((std::process::id(), super::clock::system_unix_nanos()))
+    })
 }
 
 #[cfg(test)]
