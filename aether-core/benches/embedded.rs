@@ -339,15 +339,29 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-fn rate(rt: &Runtime, rounds: usize, per_round: usize, f: impl Fn(usize) -> Duration) -> f64 {
-    // Warm up once, then the median of `rounds`.
-    let _ = rt;
-    f(per_round);
-    median(
-        (0..rounds)
-            .map(|_| per_round as f64 / f(per_round).as_secs_f64())
-            .collect(),
-    )
+/// Rates of tokio and aether over `rounds` rounds, the two sides
+/// alternating round by round (after one warm-up each), so that a drift of
+/// the machine's speed moves both: (median tokio rate, median aether rate,
+/// median of the per-round ratios, lowest and highest ratio).
+fn paired_rates(
+    rounds: usize,
+    per_round: usize,
+    tokio: impl Fn(usize) -> Duration,
+    aether: impl Fn(usize) -> Duration,
+) -> (f64, f64, f64, f64, f64) {
+    tokio(per_round);
+    aether(per_round);
+    let (mut raw, mut ours, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let r = per_round as f64 / tokio(per_round).as_secs_f64();
+        let a = per_round as f64 / aether(per_round).as_secs_f64();
+        raw.push(r);
+        ours.push(a);
+        ratios.push(a / r);
+    }
+    let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let highest = ratios.iter().copied().fold(0.0, f64::max);
+    (median(raw), median(ours), median(ratios), lowest, highest)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -357,10 +371,19 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn summary(rt: &Runtime) {
     let rounds = 9;
     let n = 100_000;
-    let mpsc = rate(rt, rounds, n, |n| rt.block_on(mpsc_one_to_one(n)));
-    let one = rate(rt, rounds, n, |n| rt.block_on(aether_one_to_one(n)));
-    let bcast = rate(rt, rounds, n, |n| rt.block_on(broadcast_fan_out(n))) * FAN_OUT as f64;
-    let fan = rate(rt, rounds, n, |n| rt.block_on(aether_fan_out(n))) * FAN_OUT as f64;
+    let one = paired_rates(
+        rounds,
+        n,
+        |n| rt.block_on(mpsc_one_to_one(n)),
+        |n| rt.block_on(aether_one_to_one(n)),
+    );
+    let fan = paired_rates(
+        rounds,
+        n,
+        |n| rt.block_on(broadcast_fan_out(n)),
+        |n| rt.block_on(aether_fan_out(n)),
+    );
+    let deliveries = FAN_OUT as f64;
     let (physics_off, physics_on, physics) = physics_rates(rt, rounds, n);
     // Alternate and keep the last of three, so neither side runs cold.
     let (mut lat, mut raw_lat) = (Vec::new(), Vec::new());
@@ -374,21 +397,22 @@ fn summary(rt: &Runtime) {
 
     println!();
     println!(
-        "summary (median of {rounds} rounds of {n} messages, {PAYLOAD}-byte payloads, 2 worker threads)"
+        "summary (medians of {rounds} rounds of {n} messages, the two sides alternating; \
+         {PAYLOAD}-byte payloads, 2 worker threads)"
     );
-    println!("| scenario | tokio | aether embedded | ratio |");
+    println!("| scenario | tokio | aether embedded | ratio (min-max over rounds) |");
     println!("|---|---|---|---|");
     println!(
-        "| 1 -> 1 (msg/s), vs mpsc | {:.0} | {:.0} | {:.2}x |",
-        mpsc,
-        one,
-        one / mpsc
+        "| 1 -> 1 (msg/s), vs mpsc | {:.0} | {:.0} | {:.2}x ({:.2}-{:.2}) |",
+        one.0, one.1, one.2, one.3, one.4
     );
     println!(
-        "| 1 -> 4 (deliveries/s), vs broadcast | {:.0} | {:.0} | {:.2}x |",
-        bcast,
-        fan,
-        fan / bcast
+        "| 1 -> 4 (deliveries/s), vs broadcast | {:.0} | {:.0} | {:.2}x ({:.2}-{:.2}) |",
+        fan.0 * deliveries,
+        fan.1 * deliveries,
+        fan.2,
+        fan.3,
+        fan.4
     );
     println!(
         "| one-way latency p50 / p99 (us) | {:.2} / {:.2} | {:.2} / {:.2} | {:.2}x (p50) |",

@@ -175,6 +175,7 @@ impl EmbeddedMedium {
             stats.unrouted();
             return Routed { matched };
         };
+        note_shared(&recipients, &last);
         for recipient in recipients {
             deliver(recipient, wave.clone(), stats);
         }
@@ -270,6 +271,17 @@ fn add_inbox<'a>(recipients: &mut SmallVec<[Recipient<'a>; 4]>, inbox: &'a Arc<I
         .any(|r| matches!(r, Recipient::Inbox(i) if Arc::ptr_eq(i, inbox)));
     if !seen {
         recipients.push(Recipient::Inbox(inbox));
+    }
+}
+
+/// Tells each receive queue whether this wave goes to others too.
+#[inline(always)]
+fn note_shared(others: &[Recipient<'_>], last: &Recipient<'_>) {
+    let shared = !others.is_empty();
+    for recipient in others.iter().chain(std::iter::once(last)) {
+        if let Recipient::Inbox(inbox) = recipient {
+            inbox.note_shared(shared);
+        }
     }
 }
 
