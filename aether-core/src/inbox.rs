@@ -79,6 +79,11 @@ pub(crate) struct Inbox {
     /// How many waves `state.queue` holds, written under the lock and read
     /// without it: the receiver locks only when there is something to take.
     queued: CachePadded<AtomicUsize>,
+    /// Whether the last wave offered here went to other queues too (written
+    /// only when it changes, on a line of its own so that a change does not
+    /// disturb the settings every offer reads): the receiver then spins
+    /// briefly before it parks ([`Inbox::poll_take`]).
+    shared: CachePadded<AtomicBool>,
     /// Set (after `state.closed`) when the queue closes.
     closed: AtomicBool,
     waker: CachePadded<AtomicWaker>,
@@ -101,10 +106,6 @@ struct Settings {
     /// `f64` bits: waves weaker than this are not delivered.
     noise_floor: AtomicU64,
     skip_own: AtomicBool,
-    /// Whether the last wave offered here went to other queues too (written
-    /// only when it changes): the receiver then spins briefly before it
-    /// parks ([`Inbox::poll_take`]).
-    shared: AtomicBool,
 }
 
 #[derive(Default)]
@@ -185,10 +186,10 @@ impl Inbox {
                 capacity,
                 noise_floor: AtomicU64::new(noise_floor.to_bits()),
                 skip_own: AtomicBool::new(skip_own),
-                shared: AtomicBool::new(false),
             }),
             state: CachePadded::new(Mutex::new(State::default())),
             queued: CachePadded::new(AtomicUsize::new(0)),
+            shared: CachePadded::new(AtomicBool::new(false)),
             closed: AtomicBool::new(false),
             waker: CachePadded::new(AtomicWaker::new()),
             stats: CachePadded::new(Counters::default()),
@@ -327,8 +328,8 @@ impl Inbox {
     /// Notes whether the wave about to be offered goes to other queues too.
     #[inline(always)]
     pub(crate) fn note_shared(&self, shared: bool) {
-        if self.settings.shared.load(Ordering::Relaxed) != shared {
-            self.settings.shared.store(shared, Ordering::Relaxed);
+        if self.shared.load(Ordering::Relaxed) != shared {
+            self.shared.store(shared, Ordering::Relaxed);
         }
     }
 
@@ -380,7 +381,7 @@ impl Inbox {
         if let Some(ready) = self.try_take(batch) {
             return Poll::Ready(ready);
         }
-        if self.settings.shared.load(Ordering::Relaxed) {
+        if self.shared.load(Ordering::Relaxed) {
             for _ in 0..SPIN_CHECKS {
                 for _ in 0..SPINS_PER_CHECK {
                     std::hint::spin_loop();
