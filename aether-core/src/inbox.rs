@@ -505,8 +505,9 @@ pub(crate) mod tests {
     }
 
     /// A receiver whose waves go to other queues too spins before it
-    /// parks; a wave that comes after the spin still wakes it, and one that
-    /// comes during it is taken.
+    /// parks: a wave offered at once (before or during the spin) is taken,
+    /// and one offered long after it (once the receiver has parked) still
+    /// wakes it.
     #[test]
     fn a_shared_receiver_takes_and_wakes_like_any_other() {
         let runtime = tokio::runtime::Builder::new_multi_thread()
