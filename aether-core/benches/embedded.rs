@@ -173,7 +173,8 @@ async fn mpsc_send_only(n: usize) -> Duration {
     let (tx, mut rx) = mpsc::channel::<Bytes>(n);
     let payload = payload();
     let mut elapsed = Duration::ZERO;
-    // The second round reuses the memory the first one grew.
+    // Two rounds, the second timed: the first warms up the code and the
+    // allocator.
     for _ in 0..2 {
         let start = Instant::now();
         for _ in 0..n {
@@ -196,6 +197,7 @@ async fn aether_emit_only(n: usize) -> Duration {
     let channel = Channel::new("bench.one");
     let payload = payload();
     let mut elapsed = Duration::ZERO;
+    // As in `mpsc_send_only`: the second of two rounds is timed.
     for _ in 0..2 {
         let start = Instant::now();
         for _ in 0..n {
@@ -504,8 +506,12 @@ fn main() {
             Some("aether") => (false, true),
             Some(other) => panic!("AETHER_BENCH_SIDE={other}: expected tokio or aether"),
         };
-        let time =
-            |on: bool, f: &dyn Fn() -> Duration| if on { f() } else { Duration::from_secs(1) };
+        let time = |on: bool, f: &dyn Fn() -> Duration| on.then(f);
+        let rate = |d: Option<Duration>| {
+            d.map_or("-".into(), |d| {
+                format!("{:.2}", n as f64 / d.as_secs_f64() / 1e6)
+            })
+        };
         let mut ratios = Vec::new();
         for _ in 0..15 {
             let (raw, ours) = match which.as_str() {
@@ -518,15 +524,20 @@ fn main() {
                     time(ours_on, &|| rt.block_on(aether_one_to_one(n))),
                 ),
             };
-            ratios.push(raw.as_secs_f64() / ours.as_secs_f64());
+            let ratio = raw
+                .zip(ours)
+                .map(|(r, o)| r.as_secs_f64() / o.as_secs_f64());
+            ratios.extend(ratio);
             println!(
-                "{which}: tokio {:.2} M/s, aether {:.2} M/s, ratio {:.2}",
-                n as f64 / raw.as_secs_f64() / 1e6,
-                n as f64 / ours.as_secs_f64() / 1e6,
-                ratios.last().expect("pushed")
+                "{which}: tokio {} M/s, aether {} M/s, ratio {}",
+                rate(raw),
+                rate(ours),
+                ratio.map_or("-".into(), |r| format!("{r:.2}"))
             );
         }
-        println!("{which}: median ratio {:.2}", median(ratios));
+        if !ratios.is_empty() {
+            println!("{which}: median ratio {:.2}", median(ratios));
+        }
         return;
     }
     if !quick {

@@ -397,14 +397,13 @@ impl Aether {
 
     /// Checks, measures and routes a stamped wave on the embedded medium.
     #[inline]
-    pub(crate) fn dispatch(&self, wave: Wave, now_ns: u64) -> Result<Routed, EmitError> {
+    pub(crate) fn dispatch(&self, mut wave: Wave, now_ns: u64) -> Result<Routed, EmitError> {
         let Medium::Embedded(medium) = &self.inner.medium else {
             unreachable!("waves go to NATS through NatsMedium::publish")
         };
         if wave.is_tracked() {
             return self.dispatch_tracked(medium, wave, now_ns);
         }
-        let mut wave = wave;
         // Checked in place: the wave moves once more, into the queue.
         match self.check(&mut wave, now_ns)? {
             None => Ok(medium.route(wave, &self.inner.stats)),

@@ -175,11 +175,11 @@ impl EmbeddedMedium {
             stats.unrouted();
             return Routed { matched };
         };
-        note_shared(&recipients, &last);
+        let shared = !recipients.is_empty();
         for recipient in recipients {
-            deliver(recipient, wave.clone(), stats);
+            deliver(recipient, wave.clone(), shared, stats);
         }
-        deliver(last, wave, stats);
+        deliver(last, wave, shared, stats);
         Routed { matched }
     }
 
@@ -192,10 +192,14 @@ impl EmbeddedMedium {
         let Some(last) = recipients.pop() else {
             return 0;
         };
+        let shared = !recipients.is_empty();
         let mut queued = 0;
         let mut offer = |recipient: Recipient<'_>, wave: Wave| match recipient {
-            Recipient::Inbox(inbox) => queued += usize::from(offer_outcome(inbox, wave, stats).0),
-            other => deliver(other, wave, stats),
+            Recipient::Inbox(inbox) => {
+                inbox.note_shared(shared);
+                queued += usize::from(offer_outcome(inbox, wave, stats).0);
+            }
+            other => deliver(other, wave, shared, stats),
         };
         for recipient in recipients {
             offer(recipient, wave.clone());
@@ -215,10 +219,11 @@ impl EmbeddedMedium {
         let Some(last) = recipients.pop() else {
             return Reached::Nobody(wave);
         };
+        let shared = !recipients.is_empty();
         for recipient in recipients {
-            deliver(recipient, wave.clone(), stats);
+            deliver(recipient, wave.clone(), shared, stats);
         }
-        deliver(last, wave, stats);
+        deliver(last, wave, shared, stats);
         Reached::Listeners(Routed { matched })
     }
 }
@@ -274,21 +279,14 @@ fn add_inbox<'a>(recipients: &mut SmallVec<[Recipient<'a>; 4]>, inbox: &'a Arc<I
     }
 }
 
-/// Tells each receive queue whether this wave goes to others too.
+/// Offers `wave` to `recipient`; a receive queue is told whether the wave
+/// goes to other recipients too (`shared`: its receiver then spins before
+/// it parks, `Inbox::poll_take`).
 #[inline(always)]
-fn note_shared(others: &[Recipient<'_>], last: &Recipient<'_>) {
-    let shared = !others.is_empty();
-    for recipient in others.iter().chain(std::iter::once(last)) {
-        if let Recipient::Inbox(inbox) = recipient {
-            inbox.note_shared(shared);
-        }
-    }
-}
-
-#[inline(always)]
-fn deliver(recipient: Recipient<'_>, wave: Wave, stats: &Counters) {
+fn deliver(recipient: Recipient<'_>, wave: Wave, shared: bool, stats: &Counters) {
     match recipient {
         Recipient::Inbox(inbox) => {
+            inbox.note_shared(shared);
             offer_counted(inbox, wave, stats);
         }
         Recipient::Replies(mux) => {

@@ -19,7 +19,7 @@ use std::{
 
 /// How often (in nanoseconds of the counter) a thread reads the system
 /// clock again.
-pub(crate) const REANCHOR_NS: u64 = 50_000_000;
+const REANCHOR_NS: u64 = 50_000_000;
 
 fn counter() -> &'static quanta::Clock {
     static CLOCK: OnceLock<quanta::Clock> = OnceLock::new();
