@@ -10,7 +10,9 @@
 //! Payloads are 128 bytes. Queues are sized so nothing may be shed, and every
 //! run checks that every message arrived (zero loss). After the criterion
 //! groups, a summary measures each pair again and prints the ratios
-//! (aether / tokio) and the one-way latency percentiles.
+//! (aether / tokio) and the one-way latency percentiles, then the same tokio
+//! channels carrying the aether's `Wave` instead of `Bytes` beside the plain
+//! ones: what the wave type alone costs a channel as fast as tokio's.
 //!
 //! `cargo bench -p aether-core --bench embedded`; set `AETHER_BENCH_QUICK=1`
 //! to run only the summary, `AETHER_BENCH_PROFILE=one|fan|physics` for one
@@ -59,8 +61,20 @@ fn aether_for(batch: usize) -> Aether {
 }
 
 async fn mpsc_one_to_one(n: usize) -> Duration {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(n);
     let payload = payload();
+    mpsc_carrying(n, move || payload.clone()).await
+}
+
+/// `mpsc` carrying a `Wave` (made per message, as the aether side makes
+/// one per emit): what the aether's queue carries.
+async fn mpsc_wave(n: usize) -> Duration {
+    let (channel, payload) = (Channel::new("bench.one"), payload());
+    mpsc_carrying(n, move || Wave::new(channel.clone(), payload.clone())).await
+}
+
+/// 1 -> 1 over `tokio::sync::mpsc`, sending what `message` makes.
+async fn mpsc_carrying<M: Send + 'static>(n: usize, message: impl Fn() -> M) -> Duration {
+    let (tx, mut rx) = mpsc::channel::<M>(n);
     let start = Instant::now();
     let consumer = tokio::spawn(async move {
         let mut got = 0;
@@ -70,7 +84,7 @@ async fn mpsc_one_to_one(n: usize) -> Duration {
         }
     });
     for _ in 0..n {
-        tx.send(payload.clone()).await.expect("receiver alive");
+        tx.send(message()).await.expect("receiver alive");
     }
     consumer.await.expect("consumer");
     start.elapsed()
@@ -108,8 +122,22 @@ async fn aether_one_to_one_physics(n: usize, physics: bool) -> (Duration, Option
 }
 
 async fn broadcast_fan_out(n: usize) -> Duration {
-    let (tx, _) = broadcast::channel::<Bytes>(n);
     let payload = payload();
+    broadcast_carrying(n, move || payload.clone()).await
+}
+
+/// `broadcast` carrying a `Wave` made per message.
+async fn broadcast_wave(n: usize) -> Duration {
+    let (channel, payload) = (Channel::new("bench.fan"), payload());
+    broadcast_carrying(n, move || Wave::new(channel.clone(), payload.clone())).await
+}
+
+/// 1 -> 4 over `tokio::sync::broadcast`, sending what `message` makes.
+async fn broadcast_carrying<M: Clone + Send + 'static>(
+    n: usize,
+    message: impl Fn() -> M,
+) -> Duration {
+    let (tx, _) = broadcast::channel::<M>(n);
     let consumers: Vec<_> = (0..FAN_OUT)
         .map(|_| {
             let mut rx = tx.subscribe();
@@ -122,7 +150,7 @@ async fn broadcast_fan_out(n: usize) -> Duration {
         .collect();
     let start = Instant::now();
     for _ in 0..n {
-        tx.send(payload.clone()).expect("receivers alive");
+        assert!(tx.send(message()).is_ok(), "receivers alive");
     }
     for c in consumers {
         c.await.expect("consumer");
@@ -385,6 +413,21 @@ fn summary(rt: &Runtime) {
         |n| rt.block_on(broadcast_fan_out(n)),
         |n| rt.block_on(aether_fan_out(n)),
     );
+    // tokio's channels carrying the aether's `Wave` instead of `Bytes`:
+    // what the wave alone (making it, moving its 160 bytes, dropping it)
+    // costs a channel as fast as tokio's.
+    let wave_one = paired_rates(
+        rounds,
+        n,
+        |n| rt.block_on(mpsc_one_to_one(n)),
+        |n| rt.block_on(mpsc_wave(n)),
+    );
+    let wave_fan = paired_rates(
+        rounds,
+        n,
+        |n| rt.block_on(broadcast_fan_out(n)),
+        |n| rt.block_on(broadcast_wave(n)),
+    );
     let deliveries = FAN_OUT as f64;
     let (physics_off, physics_on, physics) = physics_rates(rt, rounds, n);
     // Alternate and keep the last of three, so neither side runs cold.
@@ -426,6 +469,23 @@ fn summary(rt: &Runtime) {
     );
     println!("loss: 0 (checked in every round)");
     println!();
+    println!(
+        "| tokio carrying `Bytes`, then the aether's `Wave` | `Bytes` | `Wave` | ratio (min-max over rounds) |"
+    );
+    println!("|---|---|---|---|");
+    println!(
+        "| 1 -> 1 mpsc (msg/s) | {:.0} | {:.0} | {:.2}x ({:.2}-{:.2}) |",
+        wave_one.0, wave_one.1, wave_one.2, wave_one.3, wave_one.4
+    );
+    println!(
+        "| 1 -> 4 broadcast (deliveries/s) | {:.0} | {:.0} | {:.2}x ({:.2}-{:.2}) |",
+        wave_fan.0 * deliveries,
+        wave_fan.1 * deliveries,
+        wave_fan.2,
+        wave_fan.3,
+        wave_fan.4
+    );
+    println!();
     println!("| physics engine, 1 -> 1 | off (msg/s) | on (msg/s) | on / off |");
     println!("|---|---|---|---|");
     println!(
@@ -451,6 +511,8 @@ fn main() {
             aether_one_to_one(1000).await;
             broadcast_fan_out(1000).await;
             aether_fan_out(1000).await;
+            mpsc_wave(1000).await;
+            broadcast_wave(1000).await;
             let (_, stats) = aether_one_to_one_physics(1000, true).await;
             assert!(stats.expect("physics on").running);
             assert_eq!(aether_latency(100).await.len(), 100);

@@ -12,6 +12,16 @@
 //! - request/reply: a responder on one connection echoes the payload, a
 //!   requester on another makes sequential requests; p50 and p99.
 //!
+//! Three more 1 -> 1 rows, each against raw 1 -> 1 in the same rounds, say
+//! where the aether's cost lies:
+//! - `aether emit -> raw receive`: a vibrator emits; a raw subscriber
+//!   decodes each envelope (`wire::decode`). The emitting side's cost.
+//! - `raw publish -> aether receive`: a raw client publishes an envelope
+//!   encoded once; a vibrator receives. The receiving side's cost.
+//! - `raw, envelope-sized bodies`: raw async-nats with a body as long as the
+//!   aether's envelope (header, source name and payload). What the larger
+//!   body alone costs the server and both clients.
+//!
 //! Payloads are 128 bytes. Every round starts only once the subscriptions are
 //! live (probe messages until each receiver sees one, then a fence message
 //! that drains them), and checks zero loss: every receiver gets exactly N,
@@ -21,9 +31,10 @@
 //! workers, raw and aether alternating round by round.
 //!
 //! `cargo bench -p aether-core --bench nats` prints the summary (median of 5
-//! rounds each). `AETHER_BENCH_PROFILE=one|fan|req` runs only that scenario,
-//! repeated, printing each round (for a profiler); `AETHER_BENCH_SIDE=raw|aether`
-//! then runs only that side. Under `cargo test` (no `--bench` argument) it
+//! rounds each). `AETHER_BENCH_PROFILE=one|fan|req|emit|receive|body` runs
+//! only that scenario, repeated, printing each round (for a profiler);
+//! `AETHER_BENCH_SIDE=raw|aether` then runs only that side (`aether` is the
+//! scenario's other side: for `body`, raw with envelope-sized bodies). Under `cargo test` (no `--bench` argument) it
 //! runs one small round of each case and checks it.
 
 use std::{
@@ -82,7 +93,22 @@ fn runtime() -> Runtime {
 }
 
 fn payload() -> Bytes {
-    Bytes::from(vec![0xAB; PAYLOAD])
+    body(PAYLOAD)
+}
+
+fn body(len: usize) -> Bytes {
+    Bytes::from(vec![0xAB; len])
+}
+
+/// The length of the aether's envelope around a `PAYLOAD`-byte payload
+/// emitted by `EMITTER`.
+fn envelope_len() -> usize {
+    wire::HEADER_LEN + EMITTER.len() + PAYLOAD
+}
+
+/// The subject a raw client uses for `channel` (the default prefix).
+fn subject_of(channel: &str) -> String {
+    aether_core::subject::channel_subject("aether", &Channel::new(channel))
 }
 
 /// Subscription buffers (client and vibrator) that hold a whole batch.
@@ -177,13 +203,14 @@ async fn raw_run(
     subject: &'static str,
     subs: Vec<Subscriber>,
     n: usize,
+    len: usize,
 ) -> Duration {
-    let payload = payload();
+    let payload = body(len);
     let start = Instant::now();
     let (consumers, progress) = consume(subs, |mut sub, got| async move {
         while got.load(Ordering::Relaxed) < n {
             let message = sub.next().await.expect("subscription open");
-            assert_eq!(message.payload.len(), PAYLOAD, "a data message");
+            assert_eq!(message.payload.len(), len, "a data message");
             black_box(message);
             got.fetch_add(1, Ordering::Relaxed);
         }
@@ -204,12 +231,13 @@ async fn raw_run(
     elapsed
 }
 
-async fn raw_one_to_one(url: String, n: usize) -> Duration {
+/// Raw 1 -> 1 with `len`-byte bodies.
+async fn raw_one_to_one(url: String, n: usize, len: usize) -> Duration {
     let (rx, rx_slow) = raw_connect(&url, capacity(n)).await;
     let (tx, tx_slow) = raw_connect(&url, capacity(n)).await;
     let mut subs = vec![rx.subscribe(ONE_SUBJECT).await.expect("subscribe")];
     raw_probe(&tx, ONE_SUBJECT, &mut subs).await;
-    let elapsed = raw_run("raw 1 -> 1", &tx, ONE_SUBJECT, subs, n).await;
+    let elapsed = raw_run("raw 1 -> 1", &tx, ONE_SUBJECT, subs, n, len).await;
     assert_eq!(rx_slow.load(Ordering::Relaxed), 0, "raw: slow consumer");
     assert_eq!(tx_slow.load(Ordering::Relaxed), 0, "raw: slow consumer");
     elapsed
@@ -225,7 +253,7 @@ async fn raw_fan_out(url: String, n: usize) -> Duration {
         subs.push(rx.subscribe(FAN_PATTERN).await.expect("subscribe"));
     }
     raw_probe(&tx, FAN_SUBJECT, &mut subs).await;
-    let elapsed = raw_run("raw 1 -> 4", &tx, FAN_SUBJECT, subs, n).await;
+    let elapsed = raw_run("raw 1 -> 4", &tx, FAN_SUBJECT, subs, n, PAYLOAD).await;
     assert_eq!(rx_slow.load(Ordering::Relaxed), 0, "raw: slow consumer");
     assert_eq!(tx_slow.load(Ordering::Relaxed), 0, "raw: slow consumer");
     elapsed
@@ -463,6 +491,160 @@ async fn aether_request_reply(url: String, warm_up: usize, samples: usize) -> Ve
     out
 }
 
+// --- one side aether, the other raw ----------------------------------------
+
+/// A vibrator emits `n` waves; a raw subscriber on the channel's subject
+/// decodes every envelope, and must get exactly `n` data waves.
+async fn emit_to_raw(url: String, n: usize) -> Duration {
+    let (rx, rx_slow) = raw_connect(&url, capacity(n)).await;
+    let tx_aether = aether_connect(&url, capacity(n)).await;
+    let tx = Vibrator::create(EMITTER, &tx_aether).await.expect("tx");
+    let channel = Channel::new(ONE_SUBJECT);
+    let mut sub = rx
+        .subscribe(subject_of(ONE_SUBJECT))
+        .await
+        .expect("subscribe");
+    let limits = wire::Limits::default();
+    let heard = channel.clone();
+    let decode = move |message: async_nats::Message| {
+        wire::decode(heard.clone(), message.payload, &limits)
+            .expect("a vibrator's envelope decodes")
+    };
+    // Live once a probe arrives; then read up to the fence.
+    let deadline = Instant::now() + PROBE_LIMIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "emit -> raw: subscription not live within {PROBE_LIMIT:?}"
+        );
+        tx.emit(Wave::new(channel.clone(), Bytes::from_static(PROBE)))
+            .await
+            .expect("probe");
+        if let Ok(Some(_)) = timeout(PROBE_WAIT, sub.next()).await {
+            break;
+        }
+    }
+    tx.emit(Wave::new(channel.clone(), Bytes::from_static(FENCE)))
+        .await
+        .expect("fence");
+    loop {
+        let message = timeout(ROUND_LIMIT, sub.next())
+            .await
+            .expect("emit -> raw: the fence arrives")
+            .expect("subscription open");
+        if decode(message).payload_bytes() == FENCE {
+            break;
+        }
+    }
+    let payload = payload();
+    let start = Instant::now();
+    let (consumers, progress) = consume(vec![sub], |mut sub, got| {
+        let decode = decode.clone();
+        async move {
+            while got.load(Ordering::Relaxed) < n {
+                let message = sub.next().await.expect("subscription open");
+                let wave = decode(message);
+                assert_eq!(wave.payload_bytes().len(), PAYLOAD, "a data wave");
+                black_box(wave);
+                got.fetch_add(1, Ordering::Relaxed);
+            }
+            sub
+        }
+    });
+    for _ in 0..n {
+        tx.emit(Wave::new(channel.clone(), payload.clone()))
+            .await
+            .expect("emit");
+    }
+    let subs = finish("emit -> raw", consumers, &progress, n).await;
+    let elapsed = start.elapsed();
+    for mut sub in subs {
+        assert!(
+            sub.next().now_or_never().is_none(),
+            "emit -> raw: more than {n} messages"
+        );
+    }
+    assert_eq!(rx_slow.load(Ordering::Relaxed), 0, "raw: slow consumer");
+    elapsed
+}
+
+/// A raw client publishes `n` copies of one envelope (encoded once, as a
+/// client in another language would); a vibrator must receive exactly `n`.
+async fn raw_to_receive(url: String, n: usize) -> Duration {
+    let rx_aether = aether_connect(&url, capacity(n)).await;
+    let (tx, tx_slow) = raw_connect(&url, capacity(n)).await;
+    let mut rx = Vibrator::create("rx", &rx_aether).await.expect("rx");
+    rx.resonate_on(ONE_SUBJECT).await.expect("resonate");
+    let subject = subject_of(ONE_SUBJECT);
+    let envelope = |payload: Bytes| wire::encode(&Wave::new(ONE_SUBJECT, payload));
+    let deadline = Instant::now() + PROBE_LIMIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "raw -> receive: resonance not live within {PROBE_LIMIT:?}"
+        );
+        tx.publish(subject.clone(), envelope(Bytes::from_static(PROBE)))
+            .await
+            .expect("probe");
+        tx.flush().await.expect("flush");
+        if let Ok(Some(_)) = timeout(PROBE_WAIT, rx.receive()).await {
+            break;
+        }
+    }
+    tx.publish(subject.clone(), envelope(Bytes::from_static(FENCE)))
+        .await
+        .expect("fence");
+    tx.flush().await.expect("flush");
+    loop {
+        let wave = timeout(ROUND_LIMIT, rx.receive())
+            .await
+            .expect("raw -> receive: the fence arrives")
+            .expect("aether open");
+        if wave.payload_bytes() == FENCE {
+            break;
+        }
+    }
+    let body = envelope(payload());
+    let start = Instant::now();
+    let (consumers, progress) = consume(vec![rx], |mut rx, got| async move {
+        while got.load(Ordering::Relaxed) < n {
+            let wave = rx.receive().await.expect("aether open");
+            assert_eq!(wave.payload_bytes().len(), PAYLOAD, "a data wave");
+            black_box(wave);
+            got.fetch_add(1, Ordering::Relaxed);
+        }
+        rx
+    });
+    let subject = async_nats::Subject::from(subject);
+    for _ in 0..n {
+        tx.publish(subject.clone(), body.clone())
+            .await
+            .expect("publish");
+    }
+    tx.flush().await.expect("flush");
+    let rxs = finish("raw -> receive", consumers, &progress, n).await;
+    let elapsed = start.elapsed();
+    for mut rx in rxs {
+        assert!(
+            rx.try_receive().is_none(),
+            "raw -> receive: more than {n} waves"
+        );
+    }
+    let status = rx_aether.connection();
+    assert_eq!(
+        status.slow_consumer_events, 0,
+        "raw -> receive: slow consumer"
+    );
+    assert_eq!(status.malformed, 0, "raw -> receive: malformed waves");
+    assert_eq!(
+        rx_aether.stats().dropped_total(),
+        0,
+        "raw -> receive: drops"
+    );
+    assert_eq!(tx_slow.load(Ordering::Relaxed), 0, "raw: slow consumer");
+    elapsed
+}
+
 // --- shared ---------------------------------------------------------------
 
 /// Spawns one consumer per receiver, each counting into its own progress
@@ -533,6 +715,12 @@ enum Scenario {
     One,
     Fan,
     Req,
+    /// Aether emit -> raw receive (against raw 1 -> 1).
+    Emit,
+    /// Raw publish -> aether receive (against raw 1 -> 1).
+    Receive,
+    /// Raw 1 -> 1 with envelope-sized bodies (against raw 1 -> 1).
+    Body,
 }
 
 /// One measurement: messages (deliveries) per second for throughput, p50
@@ -553,11 +741,17 @@ impl Measure {
     }
 }
 
+/// One round of `scenario`: its raw side, or (`aether`) the other side.
 fn measure(rt: &Runtime, url: &str, scenario: Scenario, aether: bool) -> Measure {
     let url = url.to_string();
     match (scenario, aether) {
-        (Scenario::One, false) => Measure::Rate(rate(N, on_workers(rt, raw_one_to_one(url, N)))),
-        (Scenario::One, true) => Measure::Rate(rate(N, on_workers(rt, aether_one_to_one(url, N)))),
+        (Scenario::One | Scenario::Emit | Scenario::Receive | Scenario::Body, false) => {
+            one_to_one(rt, raw_one_to_one(url, N, PAYLOAD))
+        }
+        (Scenario::One, true) => one_to_one(rt, aether_one_to_one(url, N)),
+        (Scenario::Emit, true) => one_to_one(rt, emit_to_raw(url, N)),
+        (Scenario::Receive, true) => one_to_one(rt, raw_to_receive(url, N)),
+        (Scenario::Body, true) => one_to_one(rt, raw_one_to_one(url, N, envelope_len())),
         (Scenario::Fan, false) => {
             Measure::Rate(rate(N * FAN_OUT, on_workers(rt, raw_fan_out(url, N))))
         }
@@ -576,6 +770,11 @@ fn measure(rt: &Runtime, url: &str, scenario: Scenario, aether: bool) -> Measure
             }
         }
     }
+}
+
+/// The rate of a 1 -> 1 round of `N` messages.
+fn one_to_one(rt: &Runtime, round: impl Future<Output = Duration> + Send + 'static) -> Measure {
+    Measure::Rate(rate(N, on_workers(rt, round)))
 }
 
 fn rate(messages: usize, elapsed: Duration) -> f64 {
@@ -607,6 +806,9 @@ fn summary(rt: &Runtime, url: &str) {
     let one = rounds(rt, url, Scenario::One, ROUNDS);
     let fan = rounds(rt, url, Scenario::Fan, ROUNDS);
     let req = rounds(rt, url, Scenario::Req, ROUNDS);
+    let emit = rounds(rt, url, Scenario::Emit, ROUNDS);
+    let receive = rounds(rt, url, Scenario::Receive, ROUNDS);
+    let body = rounds(rt, url, Scenario::Body, ROUNDS);
 
     let rates = |m: &[Measure]| median(m.iter().map(|m| m.value()).collect());
     let p99s = |m: &[Measure]| {
@@ -651,24 +853,39 @@ fn summary(rt: &Runtime, url: &str) {
     );
     println!(
         "bytes per message body: raw {PAYLOAD}, aether {} (envelope header {} + source name {} + payload)",
-        wire::HEADER_LEN + EMITTER.len() + PAYLOAD,
+        envelope_len(),
         wire::HEADER_LEN,
         EMITTER.len(),
     );
+    println!();
+    println!(
+        "where the 1 -> 1 cost lies (each against raw 1 -> 1, {PAYLOAD}-byte bodies, in the same rounds)"
+    );
+    println!("| 1 -> 1 variant (msg/s) | raw async-nats | variant | ratio (min-max over rounds) |");
+    println!("|---|---|---|---|");
+    row("aether emit -> raw receive (decoding)", &emit);
+    row("raw publish (an envelope) -> aether receive", &receive);
+    row(&format!("raw, {}-byte bodies", envelope_len()), &body);
     println!(
         "loss: 0 (checked in every round: each receiver got exactly N, no slow-consumer event, no drop)"
     );
 }
 
-/// `AETHER_BENCH_PROFILE=one|fan|req`: that scenario only, repeated, raw and
-/// aether alternating (or one side with `AETHER_BENCH_SIDE`), printing each
-/// round.
+/// `AETHER_BENCH_PROFILE=one|fan|req|emit|receive|body`: that scenario
+/// only, repeated, raw and aether alternating (or one side with
+/// `AETHER_BENCH_SIDE`; `aether` is the scenario's other side), printing
+/// each round.
 fn profile(rt: &Runtime, url: &str, which: &str) {
     let scenario = match which {
         "one" => Scenario::One,
         "fan" => Scenario::Fan,
         "req" => Scenario::Req,
-        other => panic!("AETHER_BENCH_PROFILE={other}: expected one, fan or req"),
+        "emit" => Scenario::Emit,
+        "receive" => Scenario::Receive,
+        "body" => Scenario::Body,
+        other => {
+            panic!("AETHER_BENCH_PROFILE={other}: expected one, fan, req, emit, receive or body")
+        }
     };
     let side = std::env::var("AETHER_BENCH_SIDE").ok();
     let (raw_on, ours_on) = match side.as_deref() {
@@ -712,8 +929,11 @@ fn main() {
     // Under `cargo test --benches` (no `--bench` flag): one small round each.
     let testing = !std::env::args().any(|a| a == "--bench");
     if testing {
-        on_workers(&rt, raw_one_to_one(url.clone(), 1000));
+        on_workers(&rt, raw_one_to_one(url.clone(), 1000, PAYLOAD));
         on_workers(&rt, aether_one_to_one(url.clone(), 1000));
+        on_workers(&rt, emit_to_raw(url.clone(), 1000));
+        on_workers(&rt, raw_to_receive(url.clone(), 1000));
+        on_workers(&rt, raw_one_to_one(url.clone(), 1000, envelope_len()));
         on_workers(&rt, raw_fan_out(url.clone(), 1000));
         on_workers(&rt, aether_fan_out(url.clone(), 1000));
         assert_eq!(
