@@ -23,7 +23,7 @@
 //! settings every emitter reads.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -37,7 +37,7 @@ use futures_util::task::AtomicWaker;
 use smol_str::SmolStr;
 
 use crate::{
-    Channel, Wave,
+    Channel, Wave, WaveId,
     medium::SubscriptionId,
     physics::PhysicsHub,
     stats::{Counters, DropReason},
@@ -71,6 +71,9 @@ pub(crate) enum Offer {
     SkippedOwn,
     /// The vibrator is gone.
     Closed,
+    /// The vibrator got this wave already, through another of its group
+    /// resonances ([`Inbox::offer_once`]): not a loss, so not counted.
+    Duplicate,
 }
 
 pub(crate) struct Inbox {
@@ -92,6 +95,11 @@ pub(crate) struct Inbox {
     /// that deliver once per subscription (NATS): a wave is taken from the
     /// oldest of them that hears it.
     patterns: ArcSwap<Vec<(SubscriptionId, Channel)>>,
+    /// How many group resonances the vibrator has on a medium that delivers
+    /// once per subscription (NATS, where each is a queue subscription that
+    /// may bring its own copy of a message): with two or more, waves that
+    /// come through them are offered once ([`Inbox::offer_once`]).
+    groups: AtomicUsize,
 }
 
 /// What every offer reads; written only when a setting changes.
@@ -115,6 +123,45 @@ struct State {
     /// `(amplitude, how many queued waves have it)` of the weakest queued
     /// waves, or `None` when not known (worked out again when needed).
     weakest: Option<(f64, usize)>,
+    /// The waves offered last through group resonances, while there are
+    /// two or more (empty otherwise).
+    recent: Recent,
+}
+
+/// The last [`RECENT_WAVES`] waves offered through a vibrator's group
+/// resonances, by id and hop count (a relayed wave keeps its id but travels
+/// one hop more, and is a wave of its own).
+#[derive(Default)]
+struct Recent {
+    order: VecDeque<(WaveId, u32)>,
+    seen: HashSet<(WaveId, u32)>,
+}
+
+/// How many waves [`Recent`] remembers. The copies of one message that two
+/// queue subscriptions of one connection bring arrive a few messages
+/// apart; this many apart, the second would be taken for a new wave.
+const RECENT_WAVES: usize = 4096;
+
+impl Recent {
+    /// Whether `wave` was not offered before, remembering it. A wave without
+    /// an id (a foreign client's, id 0) is always new: it cannot be told
+    /// apart from another.
+    fn first_time(&mut self, wave: &Wave) -> bool {
+        let key = (wave.id(), wave.propagation_count());
+        if key.0 == WaveId::default() {
+            return true;
+        }
+        if !self.seen.insert(key) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > RECENT_WAVES
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.seen.remove(&oldest);
+        }
+        true
+    }
 }
 
 impl State {
@@ -194,6 +241,7 @@ impl Inbox {
             waker: CachePadded::new(AtomicWaker::new()),
             stats: CachePadded::new(Counters::default()),
             patterns: ArcSwap::default(),
+            groups: AtomicUsize::new(0),
         }
     }
 
@@ -280,10 +328,45 @@ impl Inbox {
         if let Some(refused) = self.screen(&wave, self.noise_floor(), self.skips_own()) {
             return refused;
         }
+        let state = self.lock();
+        if state.closed {
+            return Offer::Closed;
+        }
+        self.queue(state, wave)
+    }
+
+    /// Offers a wave that came through one of the vibrator's group
+    /// resonances: while it has two or more (on NATS, each brings its own
+    /// copy of a message whose channel they all hear), a wave it was offered
+    /// already through another is refused as [`Offer::Duplicate`], so that
+    /// the vibrator gets it once, as on the embedded medium. The check and
+    /// the queueing are one critical section, so waves keep their order.
+    pub(crate) fn offer_once(&self, wave: Wave) -> Offer {
+        if self.groups.load(Ordering::Acquire) < 2 {
+            return self.offer(wave);
+        }
+        self.offer_remembered(wave)
+    }
+
+    #[cold]
+    fn offer_remembered(&self, wave: Wave) -> Offer {
         let mut state = self.lock();
         if state.closed {
             return Offer::Closed;
         }
+        if !state.recent.first_time(&wave) {
+            return Offer::Duplicate;
+        }
+        if let Some(refused) = self.screen(&wave, self.noise_floor(), self.skips_own()) {
+            return refused;
+        }
+        self.queue(state, wave)
+    }
+
+    /// Queues a screened wave in the open queue held by `state`, waking the
+    /// receiver if the queue was empty.
+    #[inline(always)]
+    fn queue(&self, mut state: MutexGuard<'_, State>, wave: Wave) -> Offer {
         let was_empty = state.queue.is_empty();
         let outcome = self.enqueue(&mut state, wave);
         drop(state);
@@ -293,6 +376,13 @@ impl Inbox {
             self.waker.wake();
         }
         outcome
+    }
+
+    /// The vibrator resonates in one more group on a medium that delivers
+    /// once per subscription; the returned guard counts it until dropped.
+    pub(crate) fn join_group(self: &Arc<Self>) -> GroupResonance {
+        self.groups.fetch_add(1, Ordering::AcqRel);
+        GroupResonance(self.clone())
     }
 
     /// Offers several waves measured on arrival, in order, under one lock
@@ -436,6 +526,23 @@ impl Inbox {
     }
 }
 
+/// One group resonance of a vibrator, counted by its queue while it lives
+/// ([`Inbox::join_group`]).
+pub(crate) struct GroupResonance(Arc<Inbox>);
+
+impl Drop for GroupResonance {
+    fn drop(&mut self) {
+        let groups = &self.0.groups;
+        if groups.fetch_sub(1, Ordering::AcqRel) <= 2 {
+            // Back to one group or none: nothing left to tell apart.
+            let mut state = self.0.lock();
+            if groups.load(Ordering::Acquire) < 2 {
+                state.recent = Recent::default();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::time::Duration;
@@ -502,6 +609,81 @@ pub(crate) mod tests {
             proptest::prop_assert_eq!(drain(&many), drain(&one));
             proptest::prop_assert_eq!(many.stats().snapshot(), one.stats().snapshot());
         }
+    }
+
+    /// A wave as a vibrator emits it: with an id of its own.
+    fn emitted(amplitude: f64, tag: u32) -> Wave {
+        let mut wave = wave_with(amplitude, tag);
+        wave.stamp_emission(&"tx".into(), 7, 1_000_000 + u64::from(tag));
+        wave
+    }
+
+    proptest::proptest! {
+        /// Through two or more group resonances, every copy of a wave after
+        /// the first is refused as a duplicate and counted nowhere: the
+        /// queue gets what it would get from the waves offered once each.
+        #[test]
+        fn a_wave_through_several_groups_is_offered_once(
+            amplitudes in proptest::collection::vec(0.0..=1.0f64, 0..40),
+            copies in proptest::collection::vec(0..3usize, 40),
+            capacity in 1..8usize,
+            floor in 0.0..0.5f64,
+        ) {
+            let (once, grouped) = (inbox(capacity, floor), Arc::new(inbox(capacity, floor)));
+            let _groups = (grouped.join_group(), grouped.join_group());
+            let waves: Vec<Wave> = amplitudes
+                .iter()
+                .enumerate()
+                .map(|(i, a)| emitted(*a, i as u32))
+                .collect();
+            for (wave, copies) in waves.iter().zip(&copies) {
+                let expected = once.offer(wave.clone());
+                proptest::prop_assert_eq!(grouped.offer_once(wave.clone()), expected);
+                for _ in 0..*copies {
+                    proptest::prop_assert_eq!(grouped.offer_once(wave.clone()), Offer::Duplicate);
+                }
+            }
+            proptest::prop_assert_eq!(drain(&grouped), drain(&once));
+            proptest::prop_assert_eq!(grouped.stats().snapshot(), once.stats().snapshot());
+            // A copy that comes after the wave was taken is a copy still.
+            if let Some(first) = waves.first() {
+                proptest::prop_assert_eq!(grouped.offer_once(first.clone()), Offer::Duplicate);
+            }
+        }
+    }
+
+    #[test]
+    fn what_groups_remember_is_bounded_and_ends_with_them() {
+        let inbox = Arc::new(inbox(8, 0.0));
+        let first = emitted(0.5, 0);
+        // With one group resonance, nothing is remembered.
+        let one = inbox.join_group();
+        assert_eq!(inbox.offer_once(first.clone()), Offer::Queued);
+        assert_eq!(inbox.offer_once(first.clone()), Offer::Queued);
+        let two = inbox.join_group();
+        assert_eq!(inbox.offer_once(first.clone()), Offer::Queued);
+        assert_eq!(inbox.offer_once(first.clone()), Offer::Duplicate);
+        // A relay of it (one hop more) is a wave of its own.
+        let mut relayed = first.clone();
+        relayed.propagate();
+        assert_ne!(inbox.offer_once(relayed), Offer::Duplicate);
+        // A foreign wave without an id cannot be told apart: always new.
+        let foreign = wave_with(0.5, 9);
+        assert_eq!(foreign.id(), WaveId::default());
+        assert_ne!(inbox.offer_once(foreign.clone()), Offer::Duplicate);
+        assert_ne!(inbox.offer_once(foreign), Offer::Duplicate);
+        // Only the last RECENT_WAVES are remembered.
+        for tag in 1..=RECENT_WAVES as u32 {
+            assert_ne!(inbox.offer_once(emitted(0.5, tag)), Offer::Duplicate);
+        }
+        assert!(inbox.lock().recent.seen.len() <= RECENT_WAVES);
+        assert_ne!(inbox.offer_once(first.clone()), Offer::Duplicate);
+        // Back to one group: forgotten, and offered as any wave.
+        drop(two);
+        assert!(inbox.lock().recent.seen.is_empty());
+        assert_ne!(inbox.offer_once(first), Offer::Duplicate);
+        drop(one);
+        assert_eq!(inbox.groups.load(Ordering::Relaxed), 0);
     }
 
     /// A receiver whose waves go to other queues too spins before it

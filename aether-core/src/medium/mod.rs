@@ -88,18 +88,38 @@ pub(crate) fn offer_counted(inbox: &Inbox, wave: Wave, stats: &Counters) -> bool
     offer_outcome(inbox, wave, stats).1
 }
 
+/// [`offer_counted`] for a wave that came through a group resonance of the
+/// vibrator's ([`Inbox::offer_once`]): a copy it got already through
+/// another group is not offered again.
+#[inline(always)]
+pub(crate) fn offer_counted_once(inbox: &Inbox, wave: Wave, stats: &Counters) -> bool {
+    offer_with(inbox, wave, stats, Inbox::offer_once).1
+}
+
 /// [`offer_counted`], telling also whether the wave was queued:
 /// (queued, the vibrator is still there). Durable channels need to know.
 #[inline(always)]
 pub(crate) fn offer_outcome(inbox: &Inbox, wave: Wave, stats: &Counters) -> (bool, bool) {
-    let physics = inbox.physics();
-    if physics.is_active() {
-        return offer_observed(inbox, wave, stats, physics);
-    }
-    count(inbox.offer(wave), stats)
+    offer_with(inbox, wave, stats, Inbox::offer)
 }
 
-/// [`offer_outcome`] while the physics engine runs: a copy of the wave is
+/// Offers `wave` to `inbox` with `offer`, counting the outcome in `stats`,
+/// and observed by the physics engine while it runs.
+#[inline(always)]
+fn offer_with(
+    inbox: &Inbox,
+    wave: Wave,
+    stats: &Counters,
+    offer: impl FnOnce(&Inbox, Wave) -> Offer,
+) -> (bool, bool) {
+    let physics = inbox.physics();
+    if physics.is_active() {
+        return offer_observed(inbox, wave, stats, physics, offer);
+    }
+    count(offer(inbox, wave), stats)
+}
+
+/// [`offer_with`] while the physics engine runs: a copy of the wave is
 /// made before the offer (if its buffer has room) and recorded if the wave
 /// was delivered.
 #[inline(never)]
@@ -108,13 +128,14 @@ fn offer_observed(
     wave: Wave,
     stats: &Counters,
     physics: &PhysicsHub,
+    offer: impl FnOnce(&Inbox, Wave) -> Offer,
 ) -> (bool, bool) {
     if wave.is_reflected() {
-        return count(inbox.offer(wave), stats);
+        return count(offer(inbox, wave), stats);
     }
     let shard = physics.shard();
     let copy = shard.has_room().then(|| wave.clone());
-    let (delivered, open) = count(inbox.offer(wave), stats);
+    let (delivered, open) = count(offer(inbox, wave), stats);
     if delivered {
         physics.record(shard, copy, inbox.name());
     }
@@ -158,7 +179,7 @@ fn count(offer: Offer, stats: &Counters) -> (bool, bool) {
             stats.dropped(reason);
             (false, true)
         }
-        Offer::SkippedOwn => (false, true),
+        Offer::SkippedOwn | Offer::Duplicate => (false, true),
         Offer::Closed => (false, false),
     }
 }

@@ -421,6 +421,49 @@ pub async fn groups_share_waves_one_member_each(m: &dyn Medium) {
     );
 }
 
+/// A vibrator in several groups whose patterns match a wave gets it once,
+/// in order, as with several patterns of its own; and so does one in a
+/// group beside a resonance of its own. (On NATS each group is a queue
+/// subscription of its own, and the server sends one copy to each.)
+pub async fn one_delivery_per_vibrator_however_many_groups_match(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let mut worker = Vibrator::create("worker", &aether).await.unwrap();
+    worker
+        .resonate_in_group("jobs.*", "all-jobs")
+        .await
+        .unwrap();
+    worker
+        .resonate_in_group("jobs.run", "runners")
+        .await
+        .unwrap();
+    worker.resonate_in_group("*", "everything").await.unwrap();
+    let mut auditor = Vibrator::create("auditor", &aether).await.unwrap();
+    auditor
+        .resonate_in_group("jobs.*", "auditors")
+        .await
+        .unwrap();
+    auditor.resonate_on("jobs.run").await.unwrap();
+    let total = 50;
+    for i in 0..total {
+        tx.emit_wave("jobs.run", json!(i)).await.unwrap();
+    }
+    for v in [&mut worker, &mut auditor] {
+        for i in 0..total {
+            assert_eq!(recv(v).await.payload(), json!(i), "{}", v.name());
+        }
+        assert_silent(v).await;
+        assert_eq!(v.stats().delivered, total as u64, "{}", v.name());
+        assert_eq!(v.stats().dropped_total(), 0, "{}", v.name());
+    }
+    // Leaving groups until one is left: still once each.
+    assert!(worker.stop_resonating("jobs.run").await);
+    assert!(worker.stop_resonating("*").await);
+    tx.emit_wave("jobs.run", json!("last")).await.unwrap();
+    assert_eq!(recv(&mut worker).await.payload(), json!("last"));
+    assert_silent(&mut worker).await;
+}
+
 pub async fn own_waves_can_be_skipped(m: &dyn Medium) {
     let aether = default_aether(m).await;
     let mut chatty = Vibrator::builder("chatty")
@@ -1015,6 +1058,7 @@ macro_rules! behaviour_suite {
             propagation_limit_holds_at_its_maximum,
             full_queue_sheds_the_weakest_first,
             groups_share_waves_one_member_each,
+            one_delivery_per_vibrator_however_many_groups_match,
             own_waves_can_be_skipped,
             request_gets_the_reply,
             request_without_responders_fails_fast,

@@ -40,14 +40,14 @@ use self::{
     outbox::Outbox,
     probe::{PROBE_PREFIX, Probe},
 };
-use super::{Listener, SubscriptionId, offer_all_counted, offer_counted};
+use super::{Listener, SubscriptionId, offer_all_counted, offer_counted, offer_counted_once};
 use crate::{
     AetherConfig, Channel, ConnectError, ConnectErrorKind, EmitError, EmitErrorKind, RequestError,
     RequestErrorKind, ResonateError, ResonateErrorKind, Wave,
     aether::Admitted,
     connection::{ConnectionCounters, ConnectionEvent, ConnectionState, ConnectionStatus},
     hopping::HopGate,
-    inbox::Inbox,
+    inbox::{GroupResonance, Inbox},
     reflection,
     security::Security,
     stats::{Counters, DropReason},
@@ -351,15 +351,21 @@ impl NatsMedium {
             self.lock_subscriptions().insert(id, (task, inbox));
             return Ok(id);
         }
-        let (subscriber, inbox, grouped) = match listener {
+        let (subscriber, inbox, group) = match listener {
             Listener::Inbox(inbox) => return self.join_fanout(id, subject, pattern, inbox).await,
-            Listener::Group(group, inbox) => (
-                self.client
-                    .queue_subscribe(subject, group.to_string())
-                    .await,
-                inbox,
-                true,
-            ),
+            Listener::Group(group, inbox) => {
+                // Counted before the server hears of it: a message it sends
+                // to this queue subscription and to another of the
+                // vibrator's is then offered once.
+                let resonance = inbox.join_group();
+                (
+                    self.client
+                        .queue_subscribe(subject, group.to_string())
+                        .await,
+                    inbox,
+                    Some(resonance),
+                )
+            }
             Listener::Replies(_) => {
                 unreachable!("requests over NATS use NATS request/reply, not a reply listener")
             }
@@ -367,7 +373,7 @@ impl NatsMedium {
         };
         let subscriber =
             subscriber.map_err(|e| ResonateError::with_source(ResonateErrorKind::Medium, e))?;
-        if !grouped {
+        if group.is_none() {
             inbox.add_pattern(id, pattern);
         }
         let task = tokio::spawn(forward(
@@ -375,7 +381,7 @@ impl NatsMedium {
             self.shared.clone(),
             inbox.clone(),
             id,
-            grouped,
+            group,
         ));
         self.lock_subscriptions()
             .insert(id, (task.abort_handle(), inbox));
@@ -779,15 +785,18 @@ async fn flush_on_reconnect(client: Client, shared: Arc<Shared>) {
     }
 }
 
-/// Moves a subscription's messages into the vibrator's queue.
+/// Moves a subscription's messages into the vibrator's queue; `group` is
+/// the group resonance it serves, if it is a queue subscription (counted
+/// until the task ends).
 async fn forward(
     mut subscriber: Subscriber,
     shared: Arc<Shared>,
     inbox: Arc<Inbox>,
     id: SubscriptionId,
-    grouped: bool,
+    group: Option<GroupResonance>,
 ) {
     let mut last = LastChannel::default();
+    let grouped = group.is_some();
     while let Some(message) = subscriber.next().await {
         if !arrive(&shared, &inbox, id, grouped, message, &mut last) {
             break;
@@ -910,6 +919,9 @@ fn arrive(
     match take(shared, message, last, |channel| {
         inbox.heard_elsewhere(channel, id, grouped)
     }) {
+        // Each group resonance is a queue subscription of its own, which
+        // may bring a copy of a message another one brings too.
+        Some(wave) if grouped => offer_counted_once(inbox, wave, &shared.stats),
         Some(wave) => offer_counted(inbox, wave, &shared.stats),
         None => true,
     }
