@@ -80,6 +80,16 @@ pub(crate) enum Admitted {
     Dropped(DropReason, Wave),
 }
 
+impl Admitted {
+    /// What [`Aether::check`] made of `wave`: dropped for a reason, or not.
+    pub(crate) fn of(wave: Wave, dropped: Option<DropReason>) -> Self {
+        match dropped {
+            None => Admitted::Ready(wave),
+            Some(reason) => Admitted::Dropped(reason, wave),
+        }
+    }
+}
+
 impl Aether {
     /// An aether on the embedded medium with `config`, refused if a setting is
     /// out of range.
@@ -503,17 +513,19 @@ impl Aether {
     /// measured and ready to route.
     #[inline]
     pub(crate) fn admit(&self, mut wave: Wave, now_ns: u64) -> Result<Admitted, EmitError> {
-        Ok(match self.check(&mut wave, now_ns)? {
-            None => Admitted::Ready(wave),
-            Some(reason) => Admitted::Dropped(reason, wave),
-        })
+        let dropped = self.check(&mut wave, now_ns)?;
+        Ok(Admitted::of(wave, dropped))
     }
 
     /// [`Aether::admit`] in place: `Err` if refused, `Some(reason)` if
     /// accepted but dropped (and counted), `None` if measured and ready to
     /// route.
     #[inline(always)]
-    fn check(&self, wave: &mut Wave, now_ns: u64) -> Result<Option<DropReason>, EmitError> {
+    pub(crate) fn check(
+        &self,
+        wave: &mut Wave,
+        now_ns: u64,
+    ) -> Result<Option<DropReason>, EmitError> {
         if self.is_closed() {
             return Err(EmitError::new(
                 EmitErrorKind::Closed,

@@ -53,7 +53,7 @@ use crate::{
     rate_limit::LimitSlot,
     reflection::{self, MAX_REFLECTION_MESSAGE_BYTES},
     reply::ReplyMux,
-    stats::StatsSnapshot,
+    stats::{DropReason, StatsSnapshot},
     wave::{process_nonce, unix_nanos},
 };
 
@@ -686,7 +686,7 @@ impl Emitter {
     ///
     /// Over the vibrator's [rate limit](Vibrator::set_rate_limit), fails at
     /// once with [`EmitErrorKind::RateLimited`] and sends nothing.
-    pub async fn emit(&self, wave: Wave) -> Result<WaveId, EmitError> {
+    pub async fn emit(&self, mut wave: Wave) -> Result<WaveId, EmitError> {
         self.within_rate_limit()?;
         // The rare paths' futures are boxed, so that they do not swell every
         // emit's future (6.8 KB with them inline, 1.5 KB without). The NATS
@@ -704,8 +704,19 @@ impl Emitter {
             }
             return self.send(wave, now_ns).map(|(id, _)| id);
         };
-        let (id, admitted) = self.admit(wave, now_ns)?;
-        nats.publish_admitted(admitted).await?;
+        // Checked in place, and on the fast path not moved again: what
+        // waits on the client is the subject and the envelope.
+        let dropped = self.admit_in_place(&mut wave, now_ns)?;
+        let id = wave.id();
+        if dropped.is_none()
+            && let Some((subject, body)) = nats.prepare(&wave)
+        {
+            drop(wave);
+            nats.publish_direct(subject, body).await?;
+        } else {
+            let admitted = Admitted::of(wave, dropped);
+            Box::pin(nats.publish_admitted(admitted)).await?;
+        }
         Ok(id)
     }
 
@@ -826,12 +837,23 @@ impl Emitter {
     /// Stamps and checks a wave for a medium that routes elsewhere (NATS):
     /// its id, and what the checks made of it.
     fn admit(&self, mut wave: Wave, now_ns: u64) -> Result<(WaveId, Admitted), EmitError> {
+        let dropped = self.admit_in_place(&mut wave, now_ns)?;
+        Ok((wave.id(), Admitted::of(wave, dropped)))
+    }
+
+    /// [`Emitter::admit`] in place: `Some(reason)` if the wave was accepted
+    /// but dropped (and counted).
+    #[inline]
+    fn admit_in_place(
+        &self,
+        wave: &mut Wave,
+        now_ns: u64,
+    ) -> Result<Option<DropReason>, EmitError> {
         wave.stamp_emission(&self.name, self.id, now_ns);
-        let _span = crate::spans::emitting(&mut wave, &self.name);
-        let id = wave.id();
-        let admitted = self.aether.admit(wave, now_ns)?;
+        let _span = crate::spans::emitting(wave, &self.name);
+        let dropped = self.aether.check(wave, now_ns)?;
         self.inbox.stats().emitted();
-        Ok((id, admitted))
+        Ok(dropped)
     }
 
     /// Emits `wave` like [`Emitter::emit`], stamped at `now_ns` instead of

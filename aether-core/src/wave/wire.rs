@@ -324,17 +324,22 @@ impl Sink for bytes::BytesMut {
 
 /// Writes the envelope of `wave`, laid out by `sections`, into `out`.
 fn write(wave: &Wave, sections: &Sections<'_>, out: &mut impl Sink) {
-    out.put(&[MAGIC, VERSION]);
-    out.put(&sections.flags().to_le_bytes());
-    out.put(&wave.id.as_u128().to_be_bytes());
-    out.put(&wave.emitted_at_ns.to_le_bytes());
-    out.put(&wave.origin.to_le_bytes());
-    out.put(&wave.amplitude.value().to_le_bytes());
-    out.put(&wave.source_amplitude.value().to_le_bytes());
-    out.put(&wave.phase.radians().to_le_bytes());
-    out.put(&wave.hops.to_le_bytes());
+    // The fixed header at its offsets (the table in ARCHITECTURE.md), put
+    // in one piece.
+    let mut header = [0u8; HEADER_LEN];
+    header[0] = MAGIC;
+    header[1] = VERSION;
+    header[2..4].copy_from_slice(&sections.flags().to_le_bytes());
+    header[4..20].copy_from_slice(&wave.id.as_u128().to_be_bytes());
+    header[20..28].copy_from_slice(&wave.emitted_at_ns.to_le_bytes());
+    header[28..36].copy_from_slice(&wave.origin.to_le_bytes());
+    header[36..44].copy_from_slice(&wave.amplitude.value().to_le_bytes());
+    header[44..52].copy_from_slice(&wave.source_amplitude.value().to_le_bytes());
+    header[52..60].copy_from_slice(&wave.phase.radians().to_le_bytes());
+    header[60..62].copy_from_slice(&wave.hops.to_le_bytes());
     // At most MAX_SOURCE_LEN (64) bytes: Sections::of keeps valid names only.
-    out.put(&[sections.source.len() as u8]);
+    header[62] = sections.source.len() as u8;
+    out.put(&header);
     out.put(sections.source);
     if let Some((decay_per_s, amplified_at_ns)) = sections.decay {
         out.put(&decay_per_s.to_le_bytes());

@@ -200,24 +200,60 @@ impl NatsMedium {
         if wave.is_tracked() {
             return Box::pin(self.publish_tracked(wave.clone())).await;
         }
-        let shared = &*self.shared;
-        // The fast path: a cached subject and a pooled envelope.
-        if shared.may_bypass_outbox() {
-            let subject = self.subject_of(wave.channel());
-            let body = if shared.security.is_enabled() {
-                shared.seal(&subject, wave)
-            } else {
-                crate::wave::wire::encode_pooled(wave)
-            };
-            return self
-                .client
-                .publish(subject, body)
-                .await
-                .map_err(|e| EmitError::with_source(EmitErrorKind::Medium, e));
+        if let Some((subject, body)) = self.direct(wave) {
+            return self.publish_direct(subject, body).await;
         }
+        let shared = &*self.shared;
         let subject = subject::channel_subject(&shared.prefix, wave.channel());
         let body = shared.seal(&subject, wave);
         Box::pin(send(&self.client, shared, subject, None, body)).await
+    }
+
+    /// The subject and envelope of a wave that takes the fast path (plain:
+    /// neither durable nor tracked; connected, and nothing waiting in the
+    /// outbox), worked out before anything waits, so that an emit then
+    /// waits on the client with those alone: the wave, and the work done
+    /// on it, are behind it. `None`: [`NatsMedium::publish_admitted`].
+    #[inline]
+    pub(crate) fn prepare(&self, wave: &Wave) -> Option<(Subject, bytes::Bytes)> {
+        if wave.is_tracked()
+            || self
+                .durable
+                .as_ref()
+                .is_some_and(|d| d.is_durable(wave.channel()))
+        {
+            return None;
+        }
+        self.direct(wave)
+    }
+
+    /// The fast path, for a plain wave while connected and nothing waits in
+    /// the outbox: a cached subject and a pooled envelope. `None` otherwise.
+    #[inline]
+    fn direct(&self, wave: &Wave) -> Option<(Subject, bytes::Bytes)> {
+        let shared = &*self.shared;
+        if !shared.may_bypass_outbox() {
+            return None;
+        }
+        let subject = self.subject_of(wave.channel());
+        let body = if shared.security.is_enabled() {
+            shared.seal(&subject, wave)
+        } else {
+            crate::wave::wire::encode_pooled(wave)
+        };
+        Some((subject, body))
+    }
+
+    /// Hands the fast path's subject and envelope to the client.
+    pub(crate) async fn publish_direct(
+        &self,
+        subject: Subject,
+        body: bytes::Bytes,
+    ) -> Result<(), EmitError> {
+        self.client
+            .publish(subject, body)
+            .await
+            .map_err(|e| EmitError::with_source(EmitErrorKind::Medium, e))
     }
 
     /// The subject of `channel`, from the cache when it is there.
