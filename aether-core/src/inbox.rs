@@ -274,7 +274,18 @@ impl Inbox {
         self.patterns
             .load()
             .iter()
-            .any(|(other, pattern)| (grouped || other.0 < id.0) && channel.matches(pattern))
+            .any(|(other, pattern)| hears_before(*other, id, grouped) && channel.matches(pattern))
+    }
+
+    /// Whether another of the vibrator's resonances could hear what
+    /// subscription `id` brings ([`Inbox::heard_elsewhere`] for some
+    /// channel): an older own resonance, or for a group subscription
+    /// (`grouped`) any own resonance.
+    pub(crate) fn may_hear_elsewhere(&self, id: SubscriptionId, grouped: bool) -> bool {
+        self.patterns
+            .load()
+            .iter()
+            .any(|(other, _)| hears_before(*other, id, grouped))
     }
 
     pub(crate) fn id(&self) -> u64 {
@@ -415,6 +426,40 @@ impl Inbox {
         }
     }
 
+    /// Takes `batch`, waves measured on arrival, as the whole queue when it
+    /// can: the queue is open and empty, there is room for every wave, and
+    /// none is under the noise floor or one of the vibrator's own that it
+    /// skips. The batch then becomes the queue (the buffers are swapped:
+    /// no wave moves, `batch` is left empty with the queue's old buffer)
+    /// and `Some(how many)` is returned, counted as delivered. `None`
+    /// otherwise, with `batch` untouched: offer its waves one by one
+    /// ([`Inbox::offer_many`]).
+    pub(crate) fn offer_whole(&self, batch: &mut VecDeque<Wave>) -> Option<u64> {
+        let (floor, skip_own) = (self.noise_floor(), self.skips_own());
+        if batch.is_empty()
+            || batch.len() > self.settings.capacity
+            || batch
+                .iter()
+                .any(|wave| self.screen_would_refuse(wave, floor, skip_own))
+        {
+            return None;
+        }
+        let mut state = self.lock();
+        if state.closed || !state.queue.is_empty() {
+            return None;
+        }
+        std::mem::swap(&mut state.queue, batch);
+        // Worked out again if ever needed (only a full queue sheds).
+        state.weakest = None;
+        let queued = state.queue.len();
+        self.queued.store(queued, Ordering::Release);
+        drop(state);
+        self.stats.delivered_many(queued as u64);
+        // The queue was empty: the receiver may be parked.
+        self.waker.wake();
+        Some(queued as u64)
+    }
+
     /// Notes whether the wave about to be offered goes to other queues too.
     #[inline(always)]
     pub(crate) fn note_shared(&self, shared: bool) {
@@ -432,7 +477,7 @@ impl Inbox {
     /// to skip), or under the noise floor (counted); `None` if it goes on.
     #[inline]
     fn screen(&self, wave: &Wave, floor: f64, skip_own: bool) -> Option<Offer> {
-        if skip_own && wave.origin() == self.settings.id && !wave.is_reflected() {
+        if self.is_own_skipped(wave, skip_own) {
             return Some(Offer::SkippedOwn);
         }
         if wave.amplitude().value() < floor {
@@ -440,6 +485,17 @@ impl Inbox {
             return Some(Offer::Dropped(DropReason::BelowNoiseFloor));
         }
         None
+    }
+
+    /// Whether [`Inbox::screen`] would keep `wave` out, without counting.
+    #[inline]
+    fn screen_would_refuse(&self, wave: &Wave, floor: f64, skip_own: bool) -> bool {
+        self.is_own_skipped(wave, skip_own) || wave.amplitude().value() < floor
+    }
+
+    #[inline]
+    fn is_own_skipped(&self, wave: &Wave, skip_own: bool) -> bool {
+        skip_own && wave.origin() == self.settings.id && !wave.is_reflected()
     }
 
     /// Puts `wave` in the (open) queue, shedding the weakest wave when it is
@@ -526,6 +582,12 @@ impl Inbox {
     }
 }
 
+/// Whether own resonance `other` takes a wave before subscription `id`
+/// when both hear it: it is older, or `id` is a group subscription.
+fn hears_before(other: SubscriptionId, id: SubscriptionId, grouped: bool) -> bool {
+    grouped || other.0 < id.0
+}
+
 /// One group resonance of a vibrator, counted by its queue while it lives
 /// ([`Inbox::join_group`]).
 pub(crate) struct GroupResonance(Arc<Inbox>);
@@ -605,6 +667,26 @@ pub(crate) mod tests {
             let expected: Vec<Offer> = waves().map(|w| one.offer(w)).collect();
             let mut got = Vec::new();
             many.offer_many(waves(), |offer| got.push(offer));
+            // Taken whole exactly when every wave would be queued as it is,
+            // and then the same queue and counts; untouched otherwise.
+            let whole = inbox(capacity, floor);
+            let mut batch: VecDeque<Wave> = waves().collect();
+            let all_queued = !expected.is_empty() && expected.iter().all(|o| *o == Offer::Queued);
+            match whole.offer_whole(&mut batch) {
+                Some(n) => {
+                    proptest::prop_assert!(all_queued);
+                    proptest::prop_assert_eq!(n as usize, amplitudes.len());
+                    proptest::prop_assert!(batch.is_empty());
+                    proptest::prop_assert_eq!(whole.stats().snapshot(), one.stats().snapshot());
+                    let all: Vec<u32> = (0..amplitudes.len() as u32).collect();
+                    proptest::prop_assert_eq!(drain(&whole), all);
+                }
+                None => {
+                    proptest::prop_assert!(!all_queued);
+                    proptest::prop_assert_eq!(batch.len(), amplitudes.len());
+                    proptest::prop_assert_eq!(whole.stats().snapshot().delivered, 0);
+                }
+            }
             proptest::prop_assert_eq!(got, expected);
             proptest::prop_assert_eq!(drain(&many), drain(&one));
             proptest::prop_assert_eq!(many.stats().snapshot(), one.stats().snapshot());

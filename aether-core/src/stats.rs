@@ -91,6 +91,10 @@ impl Counters {
         self.delivered.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn delivered_many(&self, n: u64) {
+        self.delivered.fetch_add(n, Relaxed);
+    }
+
     pub(crate) fn unrouted(&self) {
         self.unrouted.fetch_add(1, Relaxed);
     }

@@ -11,7 +11,7 @@ pub(crate) mod durable;
 pub(crate) mod embedded;
 pub(crate) mod nats;
 
-use std::sync::Arc;
+use std::{collections::VecDeque, sync::Arc};
 
 use crate::{
     Wave,
@@ -160,6 +160,24 @@ pub(crate) fn offer_all_counted(
     }
     inbox.offer_many(waves, |offer| open &= count(offer, stats).1);
     open
+}
+
+/// Offers the waves of `batch` to `inbox` as [`offer_all_counted`] does,
+/// leaving `batch` empty (and keeping its buffer for the next batch). While
+/// the physics engine is idle, a batch that the queue takes whole
+/// ([`Inbox::offer_whole`]) becomes the queue without a wave moving.
+pub(crate) fn offer_batch_counted(
+    inbox: &Inbox,
+    batch: &mut VecDeque<Wave>,
+    stats: &Counters,
+) -> bool {
+    if !inbox.physics().is_active()
+        && let Some(queued) = inbox.offer_whole(batch)
+    {
+        stats.delivered_many(queued);
+        return true;
+    }
+    offer_all_counted(inbox, batch.drain(..), stats)
 }
 
 /// Counts what became of an offer: (delivered, the vibrator is still there).

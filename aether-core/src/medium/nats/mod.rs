@@ -19,7 +19,7 @@ mod outbox;
 mod probe;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -40,7 +40,10 @@ use self::{
     outbox::Outbox,
     probe::{PROBE_PREFIX, Probe},
 };
-use super::{Listener, SubscriptionId, offer_all_counted, offer_counted, offer_counted_once};
+use super::{
+    Listener, SubscriptionId, offer_all_counted, offer_batch_counted, offer_counted,
+    offer_counted_once,
+};
 use crate::{
     AetherConfig, Channel, ConnectError, ConnectErrorKind, EmitError, EmitErrorKind, RequestError,
     RequestErrorKind, ResonateError, ResonateErrorKind, Wave,
@@ -863,7 +866,7 @@ struct Fanout {
 /// wake-up of its vibrator.
 async fn fan_out(mut subscriber: Subscriber, shared: Arc<Shared>, fanout: Arc<Fanout>) {
     let mut last = LastChannel::default();
-    let mut batch = Vec::with_capacity(FAN_OUT_BATCH);
+    let mut batch = VecDeque::with_capacity(FAN_OUT_BATCH);
     let mut ended = false;
     while !ended {
         let Some(first) = subscriber.next().await else {
@@ -872,7 +875,7 @@ async fn fan_out(mut subscriber: Subscriber, shared: Arc<Shared>, fanout: Arc<Fa
         let mut next = Some(first);
         while let Some(message) = next.take() {
             if let Some(wave) = take(&shared, message, &mut last, |_| false) {
-                batch.push(wave);
+                batch.push_back(wave);
             }
             if batch.len() < FAN_OUT_BATCH {
                 match subscriber.next().now_or_never() {
@@ -885,8 +888,8 @@ async fn fan_out(mut subscriber: Subscriber, shared: Arc<Shared>, fanout: Arc<Fa
         let members = fanout.members.load();
         if let [(id, inbox)] = &members[..] {
             let heard = |w: &Wave| !inbox.heard_elsewhere(w.channel(), *id, false);
-            if batch.iter().all(heard) {
-                offer_all_counted(inbox, batch.drain(..), &shared.stats);
+            if !inbox.may_hear_elsewhere(*id, false) || batch.iter().all(heard) {
+                offer_batch_counted(inbox, &mut batch, &shared.stats);
                 continue;
             }
         }
