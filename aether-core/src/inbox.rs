@@ -23,7 +23,7 @@
 //! settings every emitter reads.
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::VecDeque,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -40,6 +40,7 @@ use crate::{
     Channel, Wave, WaveId,
     medium::SubscriptionId,
     physics::PhysicsHub,
+    recent::Recent,
     stats::{Counters, DropReason},
 };
 
@@ -124,45 +125,16 @@ struct State {
     /// waves, or `None` when not known (worked out again when needed).
     weakest: Option<(f64, usize)>,
     /// The waves offered last through group resonances, while there are
-    /// two or more (empty otherwise).
-    recent: Recent,
+    /// two or more (empty otherwise), by id and hop count: a relayed wave
+    /// keeps its id but travels one hop more, and is a wave of its own.
+    recent: Recent<(WaveId, u32), RECENT_WAVES>,
 }
 
-/// The last [`RECENT_WAVES`] waves offered through a vibrator's group
-/// resonances, by id and hop count (a relayed wave keeps its id but travels
-/// one hop more, and is a wave of its own).
-#[derive(Default)]
-struct Recent {
-    order: VecDeque<(WaveId, u32)>,
-    seen: HashSet<(WaveId, u32)>,
-}
-
-/// How many waves [`Recent`] remembers. The copies of one message that two
-/// queue subscriptions of one connection bring arrive a few messages
-/// apart; this many apart, the second would be taken for a new wave.
+/// How many waves a queue remembers of those its group resonances brought
+/// ([`Inbox::offer_once`]). The copies of one message that two queue
+/// subscriptions of one connection bring arrive a few messages apart; this
+/// many apart, the second would be taken for a new wave.
 const RECENT_WAVES: usize = 4096;
-
-impl Recent {
-    /// Whether `wave` was not offered before, remembering it. A wave without
-    /// an id (a foreign client's, id 0) is always new: it cannot be told
-    /// apart from another.
-    fn first_time(&mut self, wave: &Wave) -> bool {
-        let key = (wave.id(), wave.propagation_count());
-        if key.0 == WaveId::default() {
-            return true;
-        }
-        if !self.seen.insert(key) {
-            return false;
-        }
-        self.order.push_back(key);
-        if self.order.len() > RECENT_WAVES
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.seen.remove(&oldest);
-        }
-        true
-    }
-}
 
 impl State {
     #[inline(always)]
@@ -365,7 +337,11 @@ impl Inbox {
         if state.closed {
             return Offer::Closed;
         }
-        if !state.recent.first_time(&wave) {
+        // A foreign wave without an id (id 0) cannot be told apart from
+        // another: always new.
+        if wave.id() != WaveId::default()
+            && !state.recent.insert((wave.id(), wave.propagation_count()))
+        {
             return Offer::Duplicate;
         }
         if let Some(refused) = self.screen(&wave, self.noise_floor(), self.skips_own()) {
@@ -758,11 +734,11 @@ pub(crate) mod tests {
         for tag in 1..=RECENT_WAVES as u32 {
             assert_ne!(inbox.offer_once(emitted(0.5, tag)), Offer::Duplicate);
         }
-        assert!(inbox.lock().recent.seen.len() <= RECENT_WAVES);
+        assert!(inbox.lock().recent.len() <= RECENT_WAVES);
         assert_ne!(inbox.offer_once(first.clone()), Offer::Duplicate);
         // Back to one group: forgotten, and offered as any wave.
         drop(two);
-        assert!(inbox.lock().recent.seen.is_empty());
+        assert_eq!(inbox.lock().recent.len(), 0);
         assert_ne!(inbox.offer_once(first), Offer::Duplicate);
         drop(one);
         assert_eq!(inbox.groups.load(Ordering::Relaxed), 0);

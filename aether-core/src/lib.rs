@@ -63,6 +63,7 @@ mod inbox;
 mod medium;
 pub mod physics;
 pub mod rate_limit;
+mod recent;
 pub mod reflection;
 pub mod reliable;
 mod reply;

@@ -26,7 +26,7 @@
 //! Every other channel keeps the core NATS path, untouched: no headers.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::HashMap,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicUsize, Ordering},
@@ -63,6 +63,7 @@ use crate::{
         disk_outbox::{AppendError, DurableOutbox, Entry},
         offer_outcome,
     },
+    recent::Recent,
     security, subject,
 };
 
@@ -106,7 +107,7 @@ struct Handouts {
     /// in the queue (or shed from it) and not handed out yet.
     pending: HashMap<u128, Acker>,
     /// The ids it handed out last.
-    taken: RecentIds,
+    taken: Recent<u128, RECENT_IDS>,
 }
 
 impl Durable {
@@ -235,7 +236,7 @@ impl Durable {
     fn handed_out(&self, inbox: u64, id: u128) -> bool {
         self.lock_handouts()
             .get(&inbox)
-            .is_some_and(|h| h.taken.contains(id))
+            .is_some_and(|h| h.taken.contains(&id))
     }
 
     /// Keeps the acknowledgement of wave `id`, about to be queued in
@@ -692,34 +693,6 @@ async fn send_acks(
     }
 }
 
-/// A bounded set of the ids handed out last.
-#[derive(Default)]
-struct RecentIds {
-    set: HashSet<u128>,
-    order: VecDeque<u128>,
-}
-
-impl RecentIds {
-    /// Whether `id` is remembered.
-    fn contains(&self, id: u128) -> bool {
-        self.set.contains(&id)
-    }
-
-    /// Whether `id` is new (and now remembered).
-    fn insert(&mut self, id: u128) -> bool {
-        if !self.set.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > RECENT_IDS
-            && let Some(old) = self.order.pop_front()
-        {
-            self.set.remove(&old);
-        }
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -736,17 +709,5 @@ mod tests {
         assert_ne!(a, consumer_name("billing_eu", false, "aether.orders.>"));
         assert_ne!(a, consumer_name("billing.eu", true, "aether.orders.>"));
         assert_ne!(a, consumer_name("billing.eu", false, "aether.orders.*"));
-    }
-
-    #[test]
-    fn recent_ids_drop_repeats_and_stay_bounded() {
-        let mut recent = RecentIds::default();
-        assert!(recent.insert(1));
-        assert!(!recent.insert(1));
-        for id in 2..(RECENT_IDS as u128 + 10) {
-            assert!(recent.insert(id));
-        }
-        assert!(recent.set.len() <= RECENT_IDS);
-        assert!(recent.insert(1), "forgotten once out of the window");
     }
 }
