@@ -108,7 +108,8 @@ fn envelope_len() -> usize {
 
 /// The subject a raw client uses for `channel` (the default prefix).
 fn subject_of(channel: &str) -> String {
-    aether_core::subject::channel_subject("aether", &Channel::new(channel))
+    let prefix = NatsConfig::default().subject_prefix;
+    aether_core::subject::channel_subject(&prefix, &Channel::new(channel))
 }
 
 /// Subscription buffers (client and vibrator) that hold a whole batch.

@@ -103,8 +103,16 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1_048_576;
 // The source length is one byte on the wire.
 const _: () = assert!(MAX_SOURCE_LEN <= u8::MAX as usize);
 
-/// Offsets of the fixed fields.
+/// Offsets of the fixed fields (the table in ARCHITECTURE.md), for the
+/// encoder and the decoder alike.
 const AT_FLAGS: usize = 2;
+const AT_ID: usize = 4;
+const AT_EMITTED_AT: usize = 20;
+const AT_ORIGIN: usize = 28;
+const AT_AMPLITUDE: usize = 36;
+const AT_SOURCE_AMPLITUDE: usize = 44;
+const AT_PHASE: usize = 52;
+const AT_HOPS: usize = 60;
 const AT_SOURCE_LEN: usize = 62;
 
 /// What [`decode`] accepts.
@@ -324,21 +332,28 @@ impl Sink for bytes::BytesMut {
 
 /// Writes the envelope of `wave`, laid out by `sections`, into `out`.
 fn write(wave: &Wave, sections: &Sections<'_>, out: &mut impl Sink) {
-    // The fixed header at its offsets (the table in ARCHITECTURE.md), put
-    // in one piece.
+    // The fixed header, built at its offsets and put in one piece.
     let mut header = [0u8; HEADER_LEN];
     header[0] = MAGIC;
     header[1] = VERSION;
-    header[2..4].copy_from_slice(&sections.flags().to_le_bytes());
-    header[4..20].copy_from_slice(&wave.id.as_u128().to_be_bytes());
-    header[20..28].copy_from_slice(&wave.emitted_at_ns.to_le_bytes());
-    header[28..36].copy_from_slice(&wave.origin.to_le_bytes());
-    header[36..44].copy_from_slice(&wave.amplitude.value().to_le_bytes());
-    header[44..52].copy_from_slice(&wave.source_amplitude.value().to_le_bytes());
-    header[52..60].copy_from_slice(&wave.phase.radians().to_le_bytes());
-    header[60..62].copy_from_slice(&wave.hops.to_le_bytes());
+    put_field(&mut header, AT_FLAGS, sections.flags().to_le_bytes());
+    put_field(&mut header, AT_ID, wave.id.as_u128().to_be_bytes());
+    put_field(&mut header, AT_EMITTED_AT, wave.emitted_at_ns.to_le_bytes());
+    put_field(&mut header, AT_ORIGIN, wave.origin.to_le_bytes());
+    put_field(
+        &mut header,
+        AT_AMPLITUDE,
+        wave.amplitude.value().to_le_bytes(),
+    );
+    put_field(
+        &mut header,
+        AT_SOURCE_AMPLITUDE,
+        wave.source_amplitude.value().to_le_bytes(),
+    );
+    put_field(&mut header, AT_PHASE, wave.phase.radians().to_le_bytes());
+    put_field(&mut header, AT_HOPS, wave.hops.to_le_bytes());
     // At most MAX_SOURCE_LEN (64) bytes: Sections::of keeps valid names only.
-    header[62] = sections.source.len() as u8;
+    header[AT_SOURCE_LEN] = sections.source.len() as u8;
     out.put(&header);
     out.put(sections.source);
     if let Some((decay_per_s, amplified_at_ns)) = sections.decay {
@@ -528,13 +543,13 @@ pub fn decode(channel: Channel, body: Bytes, limits: &Limits) -> Result<Wave, Wi
     // The fixed fields, at fixed offsets of a header known to be whole: one
     // bounds check for all of them.
     let header: &[u8; HEADER_LEN] = reader.array_ref("header")?;
-    let id = u128::from_be_bytes(field(header, 4));
-    let emitted_at_ns = u64::from_le_bytes(field(header, 20));
-    let origin = u64::from_le_bytes(field(header, 28));
-    let amplitude = f64::from_le_bytes(field(header, 36));
-    let source_amplitude = f64::from_le_bytes(field(header, 44));
-    let phase = f64::from_le_bytes(field(header, 52));
-    let hops = u16::from_le_bytes(field(header, 60));
+    let id = u128::from_be_bytes(field(header, AT_ID));
+    let emitted_at_ns = u64::from_le_bytes(field(header, AT_EMITTED_AT));
+    let origin = u64::from_le_bytes(field(header, AT_ORIGIN));
+    let amplitude = f64::from_le_bytes(field(header, AT_AMPLITUDE));
+    let source_amplitude = f64::from_le_bytes(field(header, AT_SOURCE_AMPLITUDE));
+    let phase = f64::from_le_bytes(field(header, AT_PHASE));
+    let hops = u16::from_le_bytes(field(header, AT_HOPS));
     let source_len = usize::from(header[AT_SOURCE_LEN]);
     reader.at = HEADER_LEN;
     if source_len > MAX_SOURCE_LEN {
@@ -642,6 +657,12 @@ fn field<const N: usize>(header: &[u8; HEADER_LEN], at: usize) -> [u8; N] {
     let mut out = [0; N];
     out.copy_from_slice(&header[at..at + N]);
     out
+}
+
+/// Writes `bytes` into `header` at `at`, [`field`]'s inverse.
+#[inline(always)]
+fn put_field<const N: usize>(header: &mut [u8; HEADER_LEN], at: usize, bytes: [u8; N]) {
+    header[at..at + N].copy_from_slice(&bytes);
 }
 
 /// A cursor over the body whose reads are all bounds-checked.

@@ -193,6 +193,9 @@ impl NatsMedium {
     /// connection is down. A wave that diffracts or reflects is tracked
     /// ([`probe`]).
     pub(crate) async fn publish(&self, wave: &Wave) -> Result<(), EmitError> {
+        if let Some((subject, body)) = self.prepare(wave) {
+            return self.publish_direct(subject, body).await;
+        }
         // The rare paths' futures are boxed, so that every emit's future
         // stays small (it is copied at each call).
         if let Some(durable) = &self.durable
@@ -203,39 +206,28 @@ impl NatsMedium {
         if wave.is_tracked() {
             return Box::pin(self.publish_tracked(wave.clone())).await;
         }
-        if let Some((subject, body)) = self.direct(wave) {
-            return self.publish_direct(subject, body).await;
-        }
         let shared = &*self.shared;
         let subject = subject::channel_subject(&shared.prefix, wave.channel());
         let body = shared.seal(&subject, wave);
         Box::pin(send(&self.client, shared, subject, None, body)).await
     }
 
-    /// The subject and envelope of a wave that takes the fast path (plain:
-    /// neither durable nor tracked; connected, and nothing waiting in the
-    /// outbox), worked out before anything waits, so that an emit then
-    /// waits on the client with those alone: the wave, and the work done
-    /// on it, are behind it. `None`: [`NatsMedium::publish_admitted`].
+    /// The fast path's subject and envelope, for a plain wave (neither
+    /// durable nor tracked) while connected with nothing waiting in the
+    /// outbox: a cached subject and a pooled envelope. Worked out before
+    /// anything waits, so that an emit then waits on the client with those
+    /// alone: the wave, and the work done on it, are behind it. `None`:
+    /// [`NatsMedium::publish`] takes another path.
     #[inline]
     pub(crate) fn prepare(&self, wave: &Wave) -> Option<(Subject, bytes::Bytes)> {
+        let shared = &*self.shared;
         if wave.is_tracked()
             || self
                 .durable
                 .as_ref()
                 .is_some_and(|d| d.is_durable(wave.channel()))
+            || !shared.may_bypass_outbox()
         {
-            return None;
-        }
-        self.direct(wave)
-    }
-
-    /// The fast path, for a plain wave while connected and nothing waits in
-    /// the outbox: a cached subject and a pooled envelope. `None` otherwise.
-    #[inline]
-    fn direct(&self, wave: &Wave) -> Option<(Subject, bytes::Bytes)> {
-        let shared = &*self.shared;
-        if !shared.may_bypass_outbox() {
             return None;
         }
         let subject = self.subject_of(wave.channel());
