@@ -374,18 +374,8 @@ impl Aether {
                 "the aether was closed; create a new one",
             ));
         }
-        let security = &self.inner.security;
-        if security.is_enabled()
-            && let Some(name) = listener.owner()
-            && !security.may_resonate(name, &pattern)
-        {
-            return Err(ResonateError::new(
-                ResonateErrorKind::Denied,
-                format!(
-                    "the ACL ([aether.security] acl) does not let {name:?} resonate on {:?}",
-                    pattern.as_str()
-                ),
-            ));
+        if let Some(name) = listener.owner() {
+            self.may_resonate(name, &pattern)?;
         }
         match &self.inner.medium {
             Medium::Embedded(m) => match &self.inner.durable {
@@ -399,6 +389,42 @@ impl Aether {
             },
             Medium::Nats(m) => m.subscribe(pattern, listener).await,
         }
+    }
+
+    /// The aether's signatures and access rules.
+    pub(crate) fn security(&self) -> &Arc<Security> {
+        &self.inner.security
+    }
+
+    /// `Ok` if the ACL lets the vibrator `name` resonate on `pattern` (for
+    /// hopping: on its base channel).
+    pub(crate) fn may_resonate(&self, name: &str, pattern: &Channel) -> Result<(), ResonateError> {
+        let security = &self.inner.security;
+        if security.is_enabled() && !security.may_resonate(name, pattern) {
+            return Err(ResonateError::new(
+                ResonateErrorKind::Denied,
+                format!(
+                    "the ACL ([aether.security] acl) does not let {name:?} resonate on {:?}",
+                    pattern.as_str()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `Ok` if the ACL lets `source` emit on `channel` (for hopping: on its
+    /// base channel).
+    #[inline]
+    pub(crate) fn may_emit(
+        &self,
+        source: Option<&str>,
+        channel: &Channel,
+    ) -> Result<(), EmitError> {
+        let security = &self.inner.security;
+        if security.is_enabled() && !security.may_emit(source, channel) {
+            return Err(denied(source, channel));
+        }
+        Ok(())
     }
 
     pub(crate) fn unsubscribe(&self, ids: &[SubscriptionId]) {
@@ -483,7 +509,11 @@ impl Aether {
         let stats = &*self.inner.stats;
         stats.emitted();
         stats.reflected();
-        let routing = reflection::channel_of(reflected.origin());
+        let Some(routing) = reflection::channel_of(reflected.source(), reflected.origin()) else {
+            // It names no source to return to.
+            stats.unrouted();
+            return;
+        };
         if let Reached::Nobody(_) = medium.route_on(&routing, reflected, stats) {
             // Its source is gone.
             stats.unrouted();
@@ -540,10 +570,7 @@ impl Aether {
                 .validate_concrete()
                 .map_err(|e| EmitError::with_source(EmitErrorKind::InvalidChannel, e))?;
         }
-        let security = &self.inner.security;
-        if security.is_enabled() && !security.may_emit(wave.source(), wave.channel()) {
-            return Err(denied(wave));
-        }
+        self.may_emit(wave.source(), wave.channel())?;
         let config = &self.inner.config;
         let stats = &self.inner.stats;
         stats.emitted();
@@ -565,13 +592,13 @@ impl Aether {
 
 /// The refusal of a wave the ACL does not let its source emit.
 #[cold]
-fn denied(wave: &Wave) -> EmitError {
+fn denied(source: Option<&str>, channel: &Channel) -> EmitError {
     EmitError::new(
         EmitErrorKind::Denied,
         format!(
             "the ACL ([aether.security] acl) does not let {:?} emit on {:?}",
-            wave.source().unwrap_or("an unnamed source"),
-            wave.channel().as_str()
+            source.unwrap_or("an unnamed source"),
+            channel.as_str()
         ),
     )
 }

@@ -211,6 +211,22 @@ impl Channel {
         self.shape == Shape::Pattern
     }
 
+    /// Whether it is one of the bus's own channels (request replies
+    /// `_INBOX`, reflections `_reflect`, delivery probes `_probe`, hopping
+    /// `_hop`): its first token starts with `_`. Applications neither emit
+    /// on them nor name them in access rules; the aether's own paths use
+    /// them. This is the one definition of the rule.
+    ///
+    /// ```
+    /// use aether_core::Channel;
+    /// assert!(Channel::new("_INBOX.alpha.1").is_system());
+    /// assert!(!Channel::new("orders._created").is_system());
+    /// ```
+    #[inline]
+    pub fn is_system(&self) -> bool {
+        self.name.starts_with('_')
+    }
+
     /// The tokens of the name.
     pub fn tokens(&self) -> impl Iterator<Item = &str> + '_ {
         self.name.split('.')

@@ -44,6 +44,12 @@ impl<K: Copy> Error<K> {
         }
     }
 
+    /// Keeps `source` as the cause of an error whose message is already
+    /// written.
+    pub(crate) fn set_source(&mut self, source: impl StdError + Send + Sync + 'static) {
+        self.source = Some(Box::new(source));
+    }
+
     /// What kind of error this is.
     pub fn kind(&self) -> K {
         self.kind

@@ -66,6 +66,7 @@ pub mod rate_limit;
 mod recent;
 pub mod reflection;
 pub mod reliable;
+mod replay;
 mod reply;
 mod secret;
 mod security;

@@ -36,10 +36,15 @@
 //! # How a reflection travels
 //!
 //! Every vibrator that emits a reflectable wave resonates (from its first
-//! one on) on its own reflection channel, `_reflect.<its instance id, 16 hex
-//! digits>`; a wave carries that id as its origin, so whoever reflects it
-//! (the emitting aether, or a receiver in another process) knows where to
-//! send it. The reflected wave is routed on that channel but keeps the
+//! one on) on its own reflection channel, `_reflect.<its name>.<its instance
+//! id, 16 hex digits>`; a wave carries its source's name and that id as its
+//! origin, so whoever reflects it (the emitting aether, or a receiver in
+//! another process) knows where to send it. A reflection is accepted only on
+//! the reflection channel of the source and origin it names, so only that
+//! vibrator receives it; it is signed like any wave where its source has a
+//! key (the reflecting aether signs it with that key), and its own channel
+//! is checked against the ACL as if its source had emitted it again.
+//! Anything else that carries the reflected flag is dropped as forged. The reflected wave is routed on that channel but keeps the
 //! channel it was emitted on; over NATS its envelope carries the reason and
 //! that channel in an optional section (`REFLECTED`, ARCHITECTURE.md "Wire
 //! format"). A reflection arrives at full strength (amplitude 1.0, no hop,
@@ -154,9 +159,36 @@ pub(crate) struct Reflection {
     pub(crate) channel: Channel,
 }
 
-/// The reflection channel of the vibrator whose instance id is `origin`.
-pub(crate) fn channel_of(origin: u64) -> Channel {
-    Channel::new(format!("{REFLECT_PREFIX}.{origin:016x}"))
+/// The reflection channel of the vibrator named `source` whose instance id
+/// is `origin`: `_reflect.<source>.<origin, 16 hex digits>`. The name comes
+/// first so that NATS permissions can give each user its own reflections
+/// (`<prefix>._reflect.<user>.*`); the id tells instances of one name
+/// apart. `None` for a wave that names no source or no origin: it cannot
+/// be reflected.
+pub(crate) fn channel_of(source: Option<&str>, origin: u64) -> Option<Channel> {
+    let source = source.filter(|s| !s.is_empty())?;
+    (origin != 0).then(|| Channel::new(format!("{REFLECT_PREFIX}.{source}.{origin:016x}")))
+}
+
+/// Whether `wave`, just decoded (its channel the one it travelled on), came
+/// the way it may: a reflection only on the reflection channel of the
+/// source and origin it names, and nothing else on a reflection channel.
+/// Anything else is a forgery.
+pub(crate) fn arrived_rightly(wave: &crate::Wave) -> bool {
+    let channel = wave.channel();
+    if wave.is_reflected() {
+        channel_of(wave.source(), wave.origin()).is_some_and(|own| own == *channel)
+    } else {
+        !is_reflection_channel(channel)
+    }
+}
+
+/// Whether `channel` is a reflection channel.
+fn is_reflection_channel(channel: &Channel) -> bool {
+    channel
+        .as_str()
+        .strip_prefix(REFLECT_PREFIX)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
 }
 
 #[cfg(test)]
@@ -209,6 +241,11 @@ mod tests {
         assert_eq!(back.reflection(), Some(&ReflectionReason::Expired));
         assert_eq!(back.correlation_key(), "orders.created");
         assert_eq!(&back.payload_bytes()[..], b"p");
-        assert_eq!(channel_of(0xab).as_str(), "_reflect.00000000000000ab");
+        assert_eq!(
+            channel_of(Some("shop"), 0xab).unwrap().as_str(),
+            "_reflect.shop.00000000000000ab"
+        );
+        assert_eq!(channel_of(None, 0xab), None);
+        assert_eq!(channel_of(Some("shop"), 0), None);
     }
 }

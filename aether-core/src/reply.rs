@@ -16,6 +16,15 @@ use crate::{Channel, Wave};
 /// Channel prefix of reply channels.
 pub(crate) const INBOX_PREFIX: &str = "_INBOX";
 
+/// Whether `channel` is a reply inbox (`_INBOX.…`), of a vibrator or of a
+/// NATS client.
+pub(crate) fn is_reply_channel(channel: &Channel) -> bool {
+    channel
+        .as_str()
+        .strip_prefix(INBOX_PREFIX)
+        .is_some_and(|rest| rest.starts_with('.'))
+}
+
 pub(crate) struct ReplyMux {
     prefix: String,
     next: AtomicU64,

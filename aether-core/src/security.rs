@@ -7,13 +7,14 @@
 //! wave that arrives from the network passes [`Security::check_arrival`]
 //! before it reaches a queue. With nothing configured, each is one branch.
 
-use std::{collections::HashMap, fmt};
+use std::{collections::HashMap, fmt, time::Duration};
 
 use smol_str::SmolStr;
 
 use crate::{
     Channel, ConfigError, DropReason, Wave,
     config::SecurityConfig,
+    replay::ReplayWindow,
     wire::{self, Signature},
 };
 
@@ -25,6 +26,8 @@ pub(crate) struct Security {
     /// Empty: everything allowed.
     rules: Vec<Rule>,
     enabled: bool,
+    replay_window: Duration,
+    replay_memory: usize,
 }
 
 /// An ACL rule with its patterns parsed.
@@ -87,7 +90,16 @@ impl Security {
             require_signatures: config.require_signatures,
             rules,
             enabled: config.is_enabled(),
+            replay_window: Duration::from_millis(config.replay_window_ms),
+            replay_memory: config.replay_memory,
         })
+    }
+
+    /// A fresh replay window for one subscription, where signatures are
+    /// required ([`crate::replay`]).
+    pub(crate) fn replay_window(&self) -> Option<ReplayWindow> {
+        self.require_signatures
+            .then(|| ReplayWindow::new(self.replay_window, self.replay_memory))
     }
 
     /// Whether anything is enforced.
@@ -103,7 +115,7 @@ impl Security {
 
     /// Whether `source` may emit on `channel`.
     pub(crate) fn may_emit(&self, source: Option<&str>, channel: &Channel) -> bool {
-        if self.rules.is_empty() || is_system(channel) {
+        if self.rules.is_empty() || channel.is_system() {
             return true;
         }
         self.rules_of(source)
@@ -112,7 +124,7 @@ impl Security {
 
     /// Whether the vibrator `name` may resonate on `pattern`.
     pub(crate) fn may_resonate(&self, name: &str, pattern: &Channel) -> bool {
-        if self.rules.is_empty() || is_system(pattern) {
+        if self.rules.is_empty() || pattern.is_system() {
             return true;
         }
         self.rules_of(Some(name))
@@ -138,29 +150,22 @@ impl Security {
         body: &[u8],
         wave: &Wave,
     ) -> Result<(), DropReason> {
-        // A reflection keeps the source of the wave it reflects, but is sent
-        // by whoever could not take it, who holds no key of that source: it
-        // is not signed (SECURITY.md).
-        if !wave.is_reflected() {
-            let signed = match self.key_of(wave.source()) {
-                Some(key) => wire::verify(subject, body, key) == Signature::Valid,
-                None => !self.require_signatures,
-            };
-            if !signed {
-                return Err(DropReason::Forged);
-            }
+        // A reflection keeps the source of the wave it reflects, and the
+        // aether that reflects it signs it with that source's key (every
+        // aether that checks a source's waves holds its key): it is checked
+        // like any wave, and its channel is the one it was emitted on.
+        let signed = match self.key_of(wave.source()) {
+            Some(key) => wire::verify(subject, body, key) == Signature::Valid,
+            None => !self.require_signatures,
+        };
+        if !signed {
+            return Err(DropReason::Forged);
         }
         if !self.may_emit(wave.source(), wave.channel()) {
             return Err(DropReason::Denied);
         }
         Ok(())
     }
-}
-
-/// Whether `channel` is one of the bus's own (replies, reflections, probes,
-/// hopping): its first token starts with `_`.
-fn is_system(channel: &Channel) -> bool {
-    channel.as_str().starts_with('_')
 }
 
 /// Whether every channel `inner` matches is matched by `outer` (both valid

@@ -52,7 +52,7 @@ use crate::{
     physics::InterferenceFollower,
     rate_limit::LimitSlot,
     reflection::{self, MAX_REFLECTION_MESSAGE_BYTES},
-    reply::ReplyMux,
+    reply::{self, ReplyMux},
     stats::{DropReason, StatsSnapshot},
     wave::{process_nonce, unix_nanos},
 };
@@ -580,6 +580,7 @@ impl Vibrator {
         timeout: Duration,
     ) -> Result<Wave, RequestError> {
         wave.clear_tracking();
+        application_channel(wave.channel())?;
         self.emitter.within_rate_limit()?;
         if let Some(nats) = self.aether().nats() {
             let Admitted::Ready(wave) = self.emitter.admit(wave, unix_nanos())?.1 else {
@@ -645,6 +646,34 @@ impl Vibrator {
     }
 }
 
+/// Who asks to emit: an application through the public calls, or the
+/// aether's own paths (replies, hopping), which alone use the bus's own
+/// channels.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Application,
+    Own,
+}
+
+/// `Ok` unless `channel` is one of the bus's own, which applications may
+/// not emit on: a forged reply to another's request or a forged reflection
+/// would start there.
+#[inline]
+fn application_channel(channel: &Channel) -> Result<(), EmitError> {
+    if channel.is_system() {
+        return Err(EmitError::new(
+            EmitErrorKind::InvalidChannel,
+            format!(
+                "{:?} is one of the bus's own channels (its first token starts with `_`: \
+                 replies, reflections, probes, hopping); emit on an application channel, \
+                 answer a request with reply, and hop with emit_hopping",
+                channel.as_str()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn no_responders() -> RequestError {
     RequestError::new(
         RequestErrorKind::NoResponders,
@@ -687,7 +716,7 @@ impl Emitter {
     /// Over the vibrator's [rate limit](Vibrator::set_rate_limit), fails at
     /// once with [`EmitErrorKind::RateLimited`] and sends nothing.
     pub fn emit(&self, wave: Wave) -> impl Future<Output = Result<WaveId, EmitError>> + Send + '_ {
-        self.emit_stamped(wave, None)
+        self.emit_stamped(wave, None, Path::Application)
     }
 
     /// Emits `wave` like [`Emitter::emit`], stamped at `now_ns` instead of
@@ -698,12 +727,20 @@ impl Emitter {
         wave: Wave,
         now_ns: u64,
     ) -> impl Future<Output = Result<WaveId, EmitError>> + Send + '_ {
-        self.emit_stamped(wave, Some(now_ns))
+        self.emit_stamped(wave, Some(now_ns), Path::Own)
     }
 
     /// [`Emitter::emit`], stamped at `at`, or when the clock is read after
     /// the rate limit and the reflection channel (`None`).
-    async fn emit_stamped(&self, mut wave: Wave, at: Option<u64>) -> Result<WaveId, EmitError> {
+    async fn emit_stamped(
+        &self,
+        mut wave: Wave,
+        at: Option<u64>,
+        path: Path,
+    ) -> Result<WaveId, EmitError> {
+        if path == Path::Application {
+            application_channel(wave.channel())?;
+        }
         self.within_rate_limit()?;
         // The rare paths' futures are boxed, so that they do not swell every
         // emit's future (6.8 KB with them inline, 1.5 KB without). The NATS
@@ -781,8 +818,9 @@ impl Emitter {
         self.reflections
             .get_or_try_init(|| {
                 let listener = Listener::Inbox(self.inbox.clone());
-                self.aether
-                    .subscribe(reflection::channel_of(self.id), listener)
+                let own = reflection::channel_of(Some(&self.name), self.id)
+                    .expect("a vibrator has a name and an id");
+                self.aether.subscribe(own, listener)
             })
             .await
             .map_err(|e| {
@@ -899,12 +937,25 @@ impl Emitter {
                 ),
             )
         })?;
+        // A reply channel off the wire is another's word: of the bus's own
+        // channels, only a reply inbox may be one.
+        if reply_to.is_system() && !reply::is_reply_channel(reply_to) {
+            return Err(EmitError::new(
+                EmitErrorKind::InvalidChannel,
+                format!(
+                    "wave {} asks for its reply on {:?}, one of the bus's own channels \
+                     that is not a reply inbox; not answered",
+                    request.id(),
+                    reply_to.as_str()
+                ),
+            ));
+        }
         let wave = Wave::builder(reply_to.clone())
             .correlation_key(request.correlation_key())
             .payload(payload)
             .build()
             .map_err(|e| EmitError::with_source(EmitErrorKind::InvalidChannel, e))?;
-        self.emit(wave).await
+        self.emit_stamped(wave, None, Path::Own).await
     }
 }
 

@@ -123,7 +123,7 @@ impl DurabilityConfig {
                 "is not a valid channel or pattern",
             )?;
             check(
-                !pattern.starts_with('_') && pattern != "*" && pattern != ">",
+                !Channel::new(pattern).is_system() && pattern != "*" && pattern != ">",
                 "durability.channels",
                 pattern.clone(),
                 "would hold the bus's own channels (_INBOX, _reflect, _hop...); \

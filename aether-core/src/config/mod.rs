@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 pub use durability::{DurabilityConfig, DurableStorage};
 pub use hopping::{HOP_INTERVAL_MS_RANGE, HoppingConfig, MIN_HOPPING_SECRET_BYTES};
-pub use nats::{NatsAuth, NatsConfig, NatsTls};
-pub use security::{AclRule, MIN_SIGNING_KEY_BYTES, NatsPermissions, SecurityConfig};
+pub use nats::{NatsAuth, NatsConfig, NatsTls, redact_url};
+pub use security::{AclRule, HoppingBase, MIN_SIGNING_KEY_BYTES, NatsPermissions, SecurityConfig};
 
 use crate::{attenuation::DEFAULT_ATTENUATION_FACTOR, physics::PhysicsConfig};
 

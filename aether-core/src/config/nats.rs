@@ -24,7 +24,7 @@ use crate::{Channel, Secret};
 /// config.validate()?;
 /// # Ok::<(), aether_core::ConfigError>(())
 /// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsConfig {
     /// Servers of one cluster; the client picks one and fails over to the
@@ -36,6 +36,13 @@ pub struct NatsConfig {
     pub subject_prefix: String,
     /// The connection's name, shown by the server's monitoring.
     pub connection_name: Option<String>,
+    /// The subject prefix of the client's own inboxes, where replies to
+    /// its requests (and JetStream's answers) arrive. Default
+    /// `<subject_prefix>._INBOX`. Where each NATS user may read only its
+    /// own inboxes (the permissions of
+    /// [`AclRule::nats_permissions`](crate::config::AclRule::nats_permissions)),
+    /// set it to `<subject_prefix>._INBOX.<user's vibrator name>`.
+    pub inbox_prefix: Option<String>,
     /// Waves kept while disconnected, sent in order on reconnect; when it is
     /// full, `emit` fails with `OutboxFull`. Default 10,000.
     pub outbox_capacity: usize,
@@ -107,6 +114,7 @@ impl Default for NatsConfig {
             urls: vec!["nats://127.0.0.1:4222".to_string()],
             subject_prefix: "aether".to_string(),
             connection_name: None,
+            inbox_prefix: None,
             outbox_capacity: 10_000,
             subscription_capacity: 262_144,
             client_capacity: 65_536,
@@ -135,8 +143,19 @@ impl NatsConfig {
             check(
                 url.parse::<async_nats::ServerAddr>().is_ok(),
                 "nats.urls",
-                url.clone(),
+                redact_url(url),
                 "is not a server address (nats://host:port or tls://host:port)",
+            )?;
+        }
+        if let Some(inbox) = &self.inbox_prefix {
+            let own = format!("{}._INBOX", self.subject_prefix);
+            check(
+                Channel::new(inbox.as_str()).validate_concrete().is_ok()
+                    && (*inbox == own || inbox.starts_with(&format!("{own}."))),
+                "nats.inbox_prefix",
+                inbox.clone(),
+                "must be <subject_prefix>._INBOX, optionally followed by more tokens \
+                 (for example aether._INBOX.alpha)",
             )?;
         }
         let prefix = Channel::new(self.subject_prefix.as_str());
@@ -206,6 +225,19 @@ impl NatsConfig {
             || self.urls.iter().any(|u| u.starts_with("tls://"))
     }
 
+    /// The prefix of the client's own inboxes.
+    pub(crate) fn inbox_prefix(&self) -> String {
+        self.inbox_prefix
+            .clone()
+            .unwrap_or_else(|| format!("{}._INBOX", self.subject_prefix))
+    }
+
+    /// The servers' addresses as they may be shown: credentials in a URL
+    /// are redacted.
+    pub fn redacted_urls(&self) -> Vec<String> {
+        self.urls.iter().map(|u| redact_url(u)).collect()
+    }
+
     pub(crate) fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
@@ -216,5 +248,55 @@ impl NatsConfig {
 
     pub(crate) fn reconnect_delay_max(&self) -> Duration {
         Duration::from_millis(self.reconnect_delay_max_ms)
+    }
+}
+
+impl std::fmt::Debug for NatsConfig {
+    /// Like a derived `Debug`, with credentials in URLs redacted (secrets
+    /// in `auth` print as `[redacted]` already).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("urls", &self.redacted_urls())
+            .field("subject_prefix", &self.subject_prefix)
+            .field("connection_name", &self.connection_name)
+            .field("inbox_prefix", &self.inbox_prefix)
+            .field("outbox_capacity", &self.outbox_capacity)
+            .field("subscription_capacity", &self.subscription_capacity)
+            .field("client_capacity", &self.client_capacity)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("ping_interval_ms", &self.ping_interval_ms)
+            .field("reconnect_delay_max_ms", &self.reconnect_delay_max_ms)
+            .field("max_reconnects", &self.max_reconnects)
+            .field("retry_on_initial_connect", &self.retry_on_initial_connect)
+            .field("max_wave_bytes", &self.max_wave_bytes)
+            .field("tls", &self.tls)
+            .field("auth", &self.auth)
+            .finish()
+    }
+}
+
+/// `url` with the credentials it holds (`user:password@`, `token@`)
+/// replaced by `[redacted]@`; unchanged if it holds none.
+///
+/// ```
+/// use aether_core::config::redact_url;
+/// assert_eq!(redact_url("nats://u:p@h:4222"), "nats://[redacted]@h:4222");
+/// assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let tail = &rest[at + 1..];
+            match scheme {
+                Some(scheme) => format!("{scheme}://[redacted]@{tail}"),
+                None => format!("[redacted]@{tail}"),
+            }
+        }
+        None => url.to_string(),
     }
 }

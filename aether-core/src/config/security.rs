@@ -45,7 +45,7 @@ pub const MIN_SIGNING_KEY_BYTES: usize = 16;
 ///
 /// [`DropReason::Forged`]: crate::DropReason::Forged
 /// [`DropReason::Denied`]: crate::DropReason::Denied
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecurityConfig {
     /// Signing keys by source (vibrator name), at least 16 bytes each. Keep
@@ -60,6 +60,31 @@ pub struct SecurityConfig {
     pub require_signatures: bool,
     /// Access rules; none (the default) allows everything.
     pub acl: Vec<AclRule>,
+    /// Where signatures are required, each subscription refuses a wave it
+    /// has already taken, or one stamped more than this far from its own
+    /// clock, as a replay ([`DropReason::Replay`]), in milliseconds. Clocks
+    /// of the bus must agree within it. 1,000 to 3,600,000; default 30,000.
+    pub replay_window_ms: u64,
+    /// Most waves each subscription remembers for the replay window; past
+    /// it, waves stamped before the oldest one remembered are refused too
+    /// (so forgetting never lets a replay through). 1,024 to 10,000,000;
+    /// default 65,536 (about 40 bytes each).
+    ///
+    /// [`DropReason::Replay`]: crate::DropReason::Replay
+    pub replay_memory: usize,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            signing_keys: BTreeMap::new(),
+            signing_key_files: BTreeMap::new(),
+            require_signatures: false,
+            acl: Vec::new(),
+            replay_window_ms: 30_000,
+            replay_memory: 65_536,
+        }
+    }
 }
 
 /// What one source may do. A source with several rules may do what any of
@@ -79,18 +104,19 @@ pub struct AclRule {
     pub resonate: Vec<String>,
 }
 
-/// The bus's own subjects under a prefix, which every client needs: request
-/// replies, reflections, delivery probes and hopping.
-const SYSTEM_TOKENS: [&str; 4] = ["_INBOX", "_reflect", "_probe", "_hop"];
-
 /// NATS server permissions for one client: the subjects it may publish and
-/// subscribe to ([`AclRule::nats_permissions`]).
+/// subscribe to ([`AclRule::nats_permissions`]), and whether it may answer
+/// the requests it receives (`allow_responses`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NatsPermissions {
     /// Subjects the client may publish to.
     pub publish: Vec<String>,
     /// Subjects the client may subscribe to.
     pub subscribe: Vec<String>,
+    /// Whether it may publish a reply to the reply subject of a message it
+    /// received (once, as NATS's `allow_responses` grants): how replies
+    /// reach another user's inbox without a permission on every inbox.
+    pub allow_responses: bool,
 }
 
 impl NatsPermissions {
@@ -105,19 +131,47 @@ impl NatsPermissions {
                 .join(", ")
         };
         format!(
-            "permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [{}] }} }}",
+            "permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [{}] }}, \
+             allow_responses: {} }}",
             list(&self.publish),
-            list(&self.subscribe)
+            list(&self.subscribe),
+            self.allow_responses
         )
     }
 }
 
+/// A base channel that the client hops on, with its wire channels (from
+/// `aether_core::hopping::HopKey::wire_channel` for every hop), for
+/// [`AclRule::nats_permissions_hopping`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoppingBase {
+    /// The base channel, as the ACL names it.
+    pub base: String,
+    /// Its wire channels (`_hop.<32 hex digits>`), one per hop.
+    pub wire_channels: Vec<String>,
+}
+
 impl AclRule {
     /// The permissions that make a NATS server enforce this rule for the
-    /// client that runs the vibrator `source`, with subject prefix `prefix`:
-    /// its emit patterns as publish subjects, its resonate patterns as
-    /// subscribe subjects, and the bus's own subjects (`<prefix>._INBOX.>`,
-    /// `._reflect.>`, `._probe.>`, `._hop.>`) on both.
+    /// NATS user that runs the vibrator `source`, with subject prefix
+    /// `prefix`:
+    ///
+    /// - publish: its emit patterns, and every reflection channel
+    ///   (`<prefix>._reflect.>`: a receiver reflects a wave to its source,
+    ///   whoever that is; the source's aether checks the reflection's
+    ///   signature, subject and channel); replies only to requests it
+    ///   received (`allow_responses`), not to any inbox;
+    /// - subscribe: its resonate patterns, its own inboxes
+    ///   (`<prefix>._INBOX.<source>.>`: set the client's
+    ///   `nats.inbox_prefix` to `<prefix>._INBOX.<source>`), its own
+    ///   reflection channels (`<prefix>._reflect.<source>.*`) and the
+    ///   delivery probes' replies (`<prefix>._probe.>`, which only the
+    ///   server answers: "no responders");
+    /// - hopping subjects: none. [`AclRule::nats_permissions_hopping`] adds
+    ///   the wire channels of the bases the rule allows.
+    ///
+    /// A rule for every source (`*`) cannot name a user's own subjects: it
+    /// gives the inboxes and reflection channels of all.
     ///
     /// ```
     /// use aether_core::config::AclRule;
@@ -130,19 +184,60 @@ impl AclRule {
     /// let permissions = rule.nats_permissions("aether");
     /// assert_eq!(permissions.publish[0], "aether.orders.>");
     /// assert_eq!(permissions.subscribe[0], "aether.inventory.>");
+    /// assert!(permissions.subscribe.contains(&"aether._INBOX.alpha.>".to_string()));
+    /// assert!(permissions.allow_responses);
     /// ```
     pub fn nats_permissions(&self, prefix: &str) -> NatsPermissions {
-        let subjects = |patterns: &[String]| {
-            let mut out: Vec<String> = patterns
+        self.nats_permissions_hopping(prefix, &[])
+    }
+
+    /// [`AclRule::nats_permissions`], with the wire channels of `hopping`
+    /// whose base the rule lets it emit on (publish) or resonate on
+    /// (subscribe): as far as NATS permissions can express the ACL of a
+    /// hopping base, since each base has a fixed set of wire channels.
+    pub fn nats_permissions_hopping(
+        &self,
+        prefix: &str,
+        hopping: &[HoppingBase],
+    ) -> NatsPermissions {
+        let patterns = |patterns: &[String]| -> Vec<String> {
+            patterns
                 .iter()
                 .map(|p| crate::subject::pattern_subject(prefix, &Channel::new(p)))
-                .collect();
-            out.extend(SYSTEM_TOKENS.iter().map(|t| format!("{prefix}.{t}.>")));
-            out
+                .collect()
         };
+        let own = match self.source.as_str() {
+            "*" => ">".to_string(),
+            source => format!("{source}.>"),
+        };
+        let own_reflections = match self.source.as_str() {
+            "*" => ">".to_string(),
+            source => format!("{source}.*"),
+        };
+        let mut publish = patterns(&self.emit);
+        publish.push(format!("{prefix}._reflect.>"));
+        let mut subscribe = patterns(&self.resonate);
+        subscribe.push(format!("{prefix}._INBOX.{own}"));
+        subscribe.push(format!("{prefix}._reflect.{own_reflections}"));
+        subscribe.push(format!("{prefix}._probe.>"));
+        for hop in hopping {
+            let base = Channel::new(&hop.base);
+            let wire = || hop.wire_channels.iter().map(|c| format!("{prefix}.{c}"));
+            if self.emit.iter().any(|p| base.matches(&Channel::new(p))) {
+                publish.extend(wire());
+            }
+            if self
+                .resonate
+                .iter()
+                .any(|p| crate::security::covers(&Channel::new(p), &base))
+            {
+                subscribe.extend(wire());
+            }
+        }
         NatsPermissions {
-            publish: subjects(&self.emit),
-            subscribe: subjects(&self.resonate),
+            publish,
+            subscribe,
+            allow_responses: true,
         }
     }
 }
@@ -195,6 +290,18 @@ impl SecurityConfig {
             "true".into(),
             "needs at least one signing key, or every wave would be dropped",
         )?;
+        check(
+            (1_000..=3_600_000).contains(&self.replay_window_ms),
+            "security.replay_window_ms",
+            self.replay_window_ms.to_string(),
+            "must be 1000 to 3600000 (milliseconds)",
+        )?;
+        check(
+            (1_024..=10_000_000).contains(&self.replay_memory),
+            "security.replay_memory",
+            self.replay_memory.to_string(),
+            "must be 1024 to 10000000 (waves per subscription)",
+        )?;
         for rule in &self.acl {
             check(
                 rule.source == "*" || is_source_name(&rule.source),
@@ -202,20 +309,25 @@ impl SecurityConfig {
                 rule.source.clone(),
                 "is not a vibrator name or *",
             )?;
-            for pattern in rule.emit.iter() {
+            let patterns = rule
+                .emit
+                .iter()
+                .map(|p| ("security.acl.emit", p))
+                .chain(rule.resonate.iter().map(|p| ("security.acl.resonate", p)));
+            for (key, pattern) in patterns {
+                let channel = Channel::new(pattern);
                 check(
-                    Channel::new(pattern).is_valid(),
-                    "security.acl.emit",
+                    channel.is_valid(),
+                    key,
                     pattern.clone(),
                     "is not a valid channel or pattern",
                 )?;
-            }
-            for pattern in rule.resonate.iter() {
                 check(
-                    Channel::new(pattern).is_valid(),
-                    "security.acl.resonate",
+                    !channel.is_system(),
+                    key,
                     pattern.clone(),
-                    "is not a valid channel or pattern",
+                    "is one of the bus's own channels (first token starting with `_`), \
+                     which the aether manages itself; name application channels",
                 )?;
             }
         }

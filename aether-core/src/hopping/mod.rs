@@ -176,6 +176,8 @@ impl Vibrator {
         let sequence =
             HopSequence::new(self.hop_key(), wave.channel().clone(), hop_count, interval)
                 .map_err(|e| EmitError::with_source(EmitErrorKind::InvalidChannel, e))?;
+        // The ACL judges the base channel: the wire channel is the bus's own.
+        self.aether().may_emit(Some(self.name()), sequence.base())?;
         // One clock reading both stamps the wave and picks its slot, so the
         // receiver finds the wire channel of the stamp's slot. A wave that
         // has hopped already keeps its stamp, and so the slot of its stamp.
@@ -213,7 +215,12 @@ impl Vibrator {
         let sequence = HopSequence::new(self.hop_key(), base.into(), hop_count, interval)
             .map_err(|e| ResonateError::with_source(ResonateErrorKind::InvalidChannel, e))?;
         self.stop_hopping(sequence.base()).await;
-        let gate = Arc::new(HopGate::new(sequence, self.inbox().clone()));
+        self.aether().may_resonate(self.name(), sequence.base())?;
+        let gate = Arc::new(HopGate::new(
+            sequence,
+            self.inbox().clone(),
+            self.aether().security().clone(),
+        ));
         let mut window = Window::new(self.aether().clone(), gate.clone());
         window.follow(unix_nanos() / 1_000_000).await?;
         let task = tokio::spawn(window.run()).abort_handle();

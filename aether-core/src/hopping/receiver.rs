@@ -28,6 +28,7 @@ use crate::{
     hopping::Refusal,
     inbox::Inbox,
     medium::{Listener, SubscriptionId, offer_counted},
+    security::Security,
     stats::{Counters, DropReason},
     wave::unix_nanos,
 };
@@ -36,6 +37,9 @@ use crate::{
 pub(crate) struct HopGate {
     sequence: HopSequence,
     inbox: Arc<Inbox>,
+    /// The aether's access rules, applied to the base channel: the wire
+    /// channel is the bus's own and says nothing of who may use it.
+    security: Arc<Security>,
     /// `(slot, wire channel)` of the slots subscribed now, kept by the
     /// window, so that most arrivals need no HMAC.
     known: ArcSwap<Vec<(u64, Channel)>>,
@@ -45,10 +49,11 @@ pub(crate) struct HopGate {
 }
 
 impl HopGate {
-    pub(crate) fn new(sequence: HopSequence, inbox: Arc<Inbox>) -> Self {
+    pub(crate) fn new(sequence: HopSequence, inbox: Arc<Inbox>, security: Arc<Security>) -> Self {
         Self {
             sequence,
             inbox,
+            security,
             known: ArcSwap::default(),
             stopped: AtomicBool::new(false),
         }
@@ -70,7 +75,8 @@ impl HopGate {
     }
 
     /// Offers a wave that arrived on one of the resonance's wire channels:
-    /// refused and counted as a replay, or given its base channel and
+    /// refused and counted as a replay, or as denied when its source may
+    /// not emit on the base channel (the ACL), or given its base channel and
     /// offered to the receive queue. `false` once the vibrator is gone.
     pub(crate) fn offer(&self, mut wave: Wave, stats: &Counters) -> bool {
         if self.stopped.load(Ordering::Acquire) {
@@ -90,7 +96,13 @@ impl HopGate {
             self.inbox.stats().dropped(DropReason::Replay);
             return true;
         }
-        wave.set_channel(self.sequence.base().clone());
+        let base = self.sequence.base();
+        if self.security.is_enabled() && !self.security.may_emit(wave.source(), base) {
+            stats.dropped(DropReason::Denied);
+            self.inbox.stats().dropped(DropReason::Denied);
+            return true;
+        }
+        wave.set_channel(base.clone());
         offer_counted(&self.inbox, wave, stats)
     }
 

@@ -180,9 +180,11 @@ impl HopSequence {
     ) -> Result<Self, HopSettingsError> {
         let problem = if let Err(e) = base.validate_concrete() {
             Some(e.to_string())
-        } else if is_hop_channel(&base) {
+        } else if base.is_system() {
             Some(format!(
-                "the first token {HOP_TOKEN:?} is reserved for wire channels; pick another base"
+                "{:?} is one of the bus's own channels, reserved for the aether (its first \
+                 token starts with `_`, as {HOP_TOKEN:?} wire channels do); pick another base",
+                base.as_str()
             ))
         } else if hop_count == 0 {
             Some("hop_count must be at least 1".to_string())

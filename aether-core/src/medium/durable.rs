@@ -96,7 +96,7 @@ impl EmbeddedDurable {
     /// (`_...`) never are.
     #[inline]
     pub(crate) fn is_durable(&self, channel: &Channel) -> bool {
-        !channel.as_str().starts_with('_') && self.patterns.iter().any(|p| channel.matches(p))
+        !channel.is_system() && self.patterns.iter().any(|p| channel.matches(p))
     }
 
     /// Keeps an admitted wave on a durable channel in the outbox (synced
@@ -150,7 +150,7 @@ impl EmbeddedDurable {
     ) -> R {
         let mut flight = self.lock();
         let subscribed = subscribe();
-        if !pattern.as_str().starts_with('_') {
+        if !pattern.is_system() {
             self.route_waiting(&mut flight, medium, stats, |channel, _| {
                 channel.matches(pattern)
             });

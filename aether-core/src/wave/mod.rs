@@ -257,12 +257,7 @@ impl Wave {
     /// The effective amplitude at Unix time `now_ns` with a per-hop
     /// `attenuation_factor`, by the attenuation rule.
     pub fn effective_amplitude(&self, now_ns: u64, attenuation_factor: f64) -> f64 {
-        let clock_start = self
-            .extras
-            .as_ref()
-            .map(|e| e.amplified_at_ns)
-            .filter(|t| *t != 0)
-            .unwrap_or(self.emitted_at_ns);
+        let clock_start = self.stamped_at_ns();
         let age = if clock_start == 0 {
             Duration::ZERO
         } else {
@@ -316,6 +311,17 @@ impl Wave {
             self.origin = origin;
             self.emitted_at_ns = now_ns;
         }
+    }
+
+    /// When its clock last started (Unix ns, 0 if never): its
+    /// re-amplification if it was re-amplified (a deliberate resend),
+    /// else its emission.
+    pub(crate) fn stamped_at_ns(&self) -> u64 {
+        self.extras
+            .as_ref()
+            .map(|e| e.amplified_at_ns)
+            .filter(|t| *t != 0)
+            .unwrap_or(self.emitted_at_ns)
     }
 
     pub(crate) fn origin(&self) -> u64 {
@@ -386,11 +392,11 @@ impl Wave {
     }
 
     /// A reflection that travelled on its source's reflection channel gets
-    /// the channel it was emitted on back.
-    pub(crate) fn restore_reflected_channel(&mut self) {
-        if let Some(channel) = self.reflection_info().map(|r| r.channel.clone()) {
-            self.channel = channel;
-        }
+    /// the channel it was emitted on back; the channel it travelled on is
+    /// returned.
+    pub(crate) fn restore_reflected_channel(&mut self) -> Option<Channel> {
+        let channel = self.reflection_info().map(|r| r.channel.clone())?;
+        Some(std::mem::replace(&mut self.channel, channel))
     }
 }
 

@@ -153,6 +153,61 @@ pub async fn invalid_channels_are_refused_and_nothing_is_sent(m: &dyn Medium) {
     assert_silent(&mut rx).await;
 }
 
+/// The bus's own channels (replies, reflections, probes, hopping) are not
+/// for applications: a forged reply or reflection would start there.
+pub async fn system_channels_are_refused_to_applications(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let mut rx = Vibrator::create("rx", &aether).await.unwrap();
+    rx.resonate_on("*").await.unwrap();
+    for system in [
+        "_INBOX.x",
+        "_hop.0123",
+        "_reflect.x",
+        "_probe.1.2",
+        "_anything",
+    ] {
+        let err = tx.emit_wave(system, json!(1)).await.unwrap_err();
+        assert_eq!(err.kind(), EmitErrorKind::InvalidChannel, "{system}");
+        assert!(err.to_string().contains("bus's own channels"), "{err}");
+        let err = tx
+            .emit(Wave::builder(system).build().unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), EmitErrorKind::InvalidChannel, "{system}");
+        let err = tx
+            .request_with_timeout(Wave::new(system, ()), Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), RequestErrorKind::Emit, "{system}: {err}");
+        let err = tx.emit_hopping(Wave::new(system, ()), 4).await.unwrap_err();
+        assert_eq!(err.kind(), EmitErrorKind::InvalidChannel, "{system}");
+    }
+    assert_silent(&mut rx).await;
+    // A request whose reply channel is a system channel other than a reply
+    // inbox is not answered there; a real request is.
+    let forged = Wave::builder("questions")
+        .reply_to("_reflect.alpha.0000000000000001")
+        .build()
+        .unwrap();
+    let err = tx.reply(&forged, "a").await.unwrap_err();
+    assert_eq!(err.kind(), EmitErrorKind::InvalidChannel, "{err}");
+    let mut server = Vibrator::create("server", &aether).await.unwrap();
+    server.resonate_on("questions").await.unwrap();
+    let client = Vibrator::create("client", &aether).await.unwrap();
+    let asking = tokio::spawn(async move {
+        client
+            .request_with_timeout(Wave::new("questions", "q"), Duration::from_secs(5))
+            .await
+    });
+    let request = recv(&mut server).await;
+    server.reply(&request, "a").await.unwrap();
+    assert_eq!(&asking.await.unwrap().unwrap().payload_bytes()[..], b"a");
+    assert_eq!(aether.stats().emitted, 2, "only the request and its reply");
+    assert_eq!(recv(&mut rx).await.channel().as_str(), "questions");
+    assert_silent(&mut rx).await;
+}
+
 pub async fn one_delivery_per_vibrator_however_many_patterns_match(m: &dyn Medium) {
     let aether = default_aether(m).await;
     let tx = Vibrator::create("tx", &aether).await.unwrap();
@@ -1049,6 +1104,7 @@ macro_rules! behaviour_suite {
             wildcard_delivery_sets,
             unmatched_waves_are_not_delivered,
             invalid_channels_are_refused_and_nothing_is_sent,
+            system_channels_are_refused_to_applications,
             one_delivery_per_vibrator_however_many_patterns_match,
             noise_floor_hides_weak_waves_and_counts_them,
             dead_waves_expire_and_are_counted,

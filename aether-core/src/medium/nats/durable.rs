@@ -191,14 +191,13 @@ impl Durable {
     /// Whether waves on `channel` are durable. The bus's own channels
     /// (`_...`) never are.
     pub(super) fn is_durable(&self, channel: &Channel) -> bool {
-        !channel.as_str().starts_with('_') && self.patterns.iter().any(|p| channel.matches(p))
+        !channel.is_system() && self.patterns.iter().any(|p| channel.matches(p))
     }
 
     /// Whether a resonance on `pattern` reads durably: it lies within a
     /// durable pattern.
     pub(super) fn covers(&self, pattern: &Channel) -> bool {
-        !pattern.as_str().starts_with('_')
-            && self.patterns.iter().any(|p| security::covers(p, pattern))
+        !pattern.is_system() && self.patterns.iter().any(|p| security::covers(p, pattern))
     }
 
     /// Nothing waits in the durable outbox, and every acknowledgement of a

@@ -52,6 +52,7 @@ use crate::{
     hopping::HopGate,
     inbox::{GroupResonance, Inbox},
     reflection,
+    replay::ReplayWindow,
     security::Security,
     stats::{Counters, DropReason},
     subject, wire,
@@ -132,19 +133,11 @@ impl NatsMedium {
             .map(|url| url.parse::<async_nats::ServerAddr>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ConnectError::with_source(ConnectErrorKind::Config, e))?;
-        let client = options.connect(servers).await.map_err(|e| {
-            use async_nats::ConnectErrorKind as K;
-            let kind = match e.kind() {
-                K::Authentication | K::AuthorizationViolation => ConnectErrorKind::Authorization,
-                K::Tls => ConnectErrorKind::Tls,
-                // A refused handshake comes back as an I/O error around the
-                // rustls error: retrying would not help, so say it is TLS.
-                K::Io if is_tls_handshake(&e) => ConnectErrorKind::Tls,
-                K::ServerParse => ConnectErrorKind::Config,
-                _ => ConnectErrorKind::Unreachable,
-            };
-            ConnectError::with_source(kind, e)
-        })?;
+        let (servers, options) = credentials_out_of_urls(servers, options, &nats.auth);
+        let client = options
+            .connect(servers)
+            .await
+            .map_err(|e| connect_error(&nats.redacted_urls(), e))?;
         if client.connection_state() == State::Connected {
             shared.counters.set_state(ConnectionState::Connected);
         }
@@ -260,7 +253,7 @@ impl NatsMedium {
         let subject = Subject::from(subject::channel_subject(&self.shared.prefix, channel));
         // Reply, probe, reflection and hop channels (`_...`) change all the
         // time: caching them would only churn the map.
-        if !channel.as_str().starts_with('_') && cached.len() < MAX_CACHED_SUBJECTS {
+        if !channel.is_system() && cached.len() < MAX_CACHED_SUBJECTS {
             self.subjects.rcu(|cached| {
                 let mut cached = FxHashMap::clone(cached);
                 cached.insert(channel.as_str().into(), subject.clone());
@@ -336,11 +329,17 @@ impl NatsMedium {
             shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
             RequestError::with_source(RequestErrorKind::BadReply, e)
         })?;
-        if shared.security.is_enabled()
-            && let Err(reason) = shared
-                .security
-                .check_arrival(&reply.subject, &body, &reply_wave)
-        {
+        let checked = if reflection::arrived_rightly(&reply_wave) {
+            match shared.security.is_enabled() {
+                true => shared
+                    .security
+                    .check_arrival(&reply.subject, &body, &reply_wave),
+                false => Ok(()),
+            }
+        } else {
+            Err(DropReason::Forged)
+        };
+        if let Err(reason) = checked {
             shared.stats.dropped(reason);
             return Err(RequestError::new(
                 RequestErrorKind::BadReply,
@@ -587,6 +586,105 @@ impl Drop for NatsMedium {
     }
 }
 
+/// Takes credentials out of the servers' URLs (`nats://user:password@host`,
+/// `nats://token@host`) into the options, where no `[aether.nats.auth]` is
+/// set: the client then never holds them in an address it may log.
+fn credentials_out_of_urls(
+    servers: Vec<async_nats::ServerAddr>,
+    mut options: ConnectOptions,
+    auth: &crate::config::NatsAuth,
+) -> (Vec<async_nats::ServerAddr>, ConnectOptions) {
+    let configured = auth.token.is_some()
+        || auth.user.is_some()
+        || auth.nkey_seed.is_some()
+        || auth.credentials_file.is_some();
+    let mut taken = false;
+    let servers = servers
+        .into_iter()
+        .map(|server| {
+            let Some(user) = server.username().map(str::to_string) else {
+                return server;
+            };
+            let password = server.password().map(str::to_string);
+            if !configured && !taken {
+                options = match password {
+                    Some(password) => options.clone().user_and_password(user, password),
+                    None => options.clone().token(user),
+                };
+                taken = true;
+            }
+            let mut url = server.clone().into_inner();
+            let stripped = url.set_username("").is_ok() && url.set_password(None).is_ok();
+            match stripped {
+                true => async_nats::ServerAddr::from_url(url).unwrap_or(server),
+                false => server,
+            }
+        })
+        .collect();
+    (servers, options)
+}
+
+/// The error of a failed connect to `urls` (redacted), saying which servers
+/// were tried and, for TLS, what to check.
+fn connect_error(urls: &[String], e: async_nats::ConnectError) -> ConnectError {
+    use async_nats::ConnectErrorKind as K;
+    let kind = match e.kind() {
+        K::Authentication | K::AuthorizationViolation => ConnectErrorKind::Authorization,
+        K::Tls => ConnectErrorKind::Tls,
+        // A refused handshake comes back as an I/O error around the rustls
+        // error: retrying would not help, so say it is TLS.
+        K::Io if is_tls_handshake(&e) => ConnectErrorKind::Tls,
+        K::ServerParse => ConnectErrorKind::Config,
+        _ => ConnectErrorKind::Unreachable,
+    };
+    let tried = urls.join(", ");
+    let mut cause = e.to_string();
+    let mut source: &dyn std::error::Error = &e;
+    while let Some(next) = source.source() {
+        let text = next.to_string();
+        if !cause.contains(&text) {
+            cause = format!("{cause}: {text}");
+        }
+        source = next;
+    }
+    let advice = match kind {
+        ConnectErrorKind::Tls => tls_advice(&cause),
+        ConnectErrorKind::Authorization => {
+            "check the credentials in [aether.nats.auth] (or the URL) against the server's users"
+        }
+        ConnectErrorKind::Unreachable => {
+            "check that a nats-server listens there and the address and port are right"
+        }
+        _ => "check [aether.nats]",
+    };
+    let mut error = ConnectError::new(kind, format!("{tried}: {cause}; {advice}"));
+    error.set_source(e);
+    error
+}
+
+/// What to check for a TLS failure, from the words of its cause.
+fn tls_advice(cause: &str) -> &'static str {
+    if cause.contains("InvalidContentType") || cause.contains("corrupt message") {
+        "the server did not answer in TLS: it serves plain NATS on that port; enable TLS on \
+         the server, or set [aether.nats.tls] required = false and use a nats:// URL"
+    } else if cause.contains("BadCertificate")
+        || cause.contains("CertificateRequired")
+        || cause.contains("certificate required")
+    {
+        "the server refused this client's certificate: it requires one (mutual TLS); set \
+         [aether.nats.tls] cert_file and key_file to a certificate signed by a CA the server \
+         trusts"
+    } else if cause.contains("UnknownIssuer") || cause.contains("invalid peer certificate") {
+        "the server's certificate is not signed by a trusted authority: set \
+         [aether.nats.tls] ca_file to the CA that signed it"
+    } else if cause.contains("NotValidForName") {
+        "the server's certificate does not name the host in the URL: connect by a name the \
+         certificate holds"
+    } else {
+        "check [aether.nats.tls] (ca_file, cert_file, key_file) and the server's TLS settings"
+    }
+}
+
 /// Whether a connect error is a TLS handshake refused (a certificate not
 /// trusted, or refused by the server).
 fn is_tls_handshake(e: &async_nats::ConnectError) -> bool {
@@ -612,7 +710,7 @@ async fn options(
         .request_timeout(Some(config.request_timeout()))
         // Reply subjects are channels under the prefix, so a replier emits
         // its reply like any wave.
-        .custom_inbox_prefix(format!("{}._INBOX", nats.subject_prefix))
+        .custom_inbox_prefix(nats.inbox_prefix())
         .max_reconnects(nats.max_reconnects)
         .reconnect_delay_callback(move |attempts| {
             let exponent = attempts.min(16) as u32;
@@ -780,7 +878,11 @@ async fn publish_with(
 /// Sends a reflection to its source's reflection channel, counted as emitted
 /// and reflected.
 async fn reflect(client: &Client, shared: &Shared, reflected: Wave) -> Result<(), EmitError> {
-    let routing = reflection::channel_of(reflected.origin());
+    let Some(routing) = reflection::channel_of(reflected.source(), reflected.origin()) else {
+        // It names no source to return to.
+        shared.stats.unrouted();
+        return Ok(());
+    };
     let subject = subject::channel_subject(&shared.prefix, &routing);
     shared.stats.emitted();
     shared.stats.reflected();
@@ -826,7 +928,7 @@ async fn forward(
     id: SubscriptionId,
     group: Option<GroupResonance>,
 ) {
-    let mut last = LastChannel::default();
+    let mut last = LastChannel::new(&shared);
     let grouped = group.is_some();
     while let Some(message) = subscriber.next().await {
         if !arrive(&shared, &inbox, id, grouped, message, &mut last) {
@@ -857,7 +959,7 @@ struct Fanout {
 /// decoded first and offered to each queue under one lock, with one
 /// wake-up of its vibrator.
 async fn fan_out(mut subscriber: Subscriber, shared: Arc<Shared>, fanout: Arc<Fanout>) {
-    let mut last = LastChannel::default();
+    let mut last = LastChannel::new(&shared);
     let mut batch = VecDeque::with_capacity(FAN_OUT_BATCH);
     let mut ended = false;
     while !ended {
@@ -902,7 +1004,7 @@ const FAN_OUT_BATCH: usize = 256;
 
 /// Moves a hopping subscription's messages through its gate.
 async fn forward_hopping(mut subscriber: Subscriber, shared: Arc<Shared>, gate: Arc<HopGate>) {
-    let mut last = LastChannel::default();
+    let mut last = LastChannel::new(&shared);
     while let Some(message) = subscriber.next().await {
         if let Some(wave) = take(&shared, message, &mut last, |_| false)
             && !gate.offer(wave, &shared.stats)
@@ -912,20 +1014,36 @@ async fn forward_hopping(mut subscriber: Subscriber, shared: Arc<Shared>, gate: 
     }
 }
 
-/// The channel of the last subject a subscription saw, so that messages on
-/// one subject (the common case) skip parsing and validating it again.
+/// What one subscription remembers of what it saw: the channel of the last
+/// subject, so that messages on one subject (the common case) skip parsing
+/// and validating it again, and, where signatures are required, the waves
+/// it took (the replay window).
 #[derive(Default)]
-struct LastChannel(Option<(Subject, Channel)>);
+pub(super) struct LastChannel {
+    last: Option<(Subject, Channel)>,
+    replays: Option<ReplayWindow>,
+}
 
 impl LastChannel {
+    /// For a core NATS subscription. A durable consumer's is the
+    /// `Default`: the stream redelivers what was not acknowledged, and its
+    /// copies must not be refused as replays (the handed-out memory drops
+    /// the ones already taken).
+    fn new(shared: &Shared) -> Self {
+        Self {
+            last: None,
+            replays: shared.security.replay_window(),
+        }
+    }
+
     fn resolve(&mut self, prefix: &str, subject: &Subject) -> Option<Channel> {
-        if let Some((last, channel)) = &self.0
+        if let Some((last, channel)) = &self.last
             && last == subject
         {
             return Some(channel.clone());
         }
         let channel = subject::subject_channel(prefix, subject)?;
-        self.0 = Some((subject.clone(), channel.clone()));
+        self.last = Some((subject.clone(), channel.clone()));
         Some(channel)
     }
 }
@@ -985,6 +1103,15 @@ fn take(
             return None;
         }
     };
+    // A reflection comes only on the reflection channel of the source it
+    // names, and travels as the channel it was emitted on from here on, so
+    // that the ACL judges that channel; nothing else comes on a reflection
+    // channel.
+    if !reflection::arrived_rightly(&wave) {
+        shared.stats.dropped(DropReason::Forged);
+        return None;
+    }
+    let routed_on = wave.restore_reflected_channel();
     if let Some(body) = body
         && let Err(reason) = shared
             .security
@@ -993,13 +1120,17 @@ fn take(
         shared.stats.dropped(reason);
         return None;
     }
-    // Another of this vibrator's resonances hears the wave too: it is
-    // delivered there, once.
-    if heard_elsewhere(wave.channel()) {
+    if let Some(replays) = &mut last.replays
+        && !replays.admit(&wave, crate::wave::unix_nanos())
+    {
+        shared.stats.dropped(DropReason::Replay);
         return None;
     }
-    // A reflection travelled on its source's reflection channel.
-    wave.restore_reflected_channel();
+    // Another of this vibrator's resonances hears the wave too: it is
+    // delivered there, once.
+    if heard_elsewhere(routed_on.as_ref().unwrap_or(wave.channel())) {
+        return None;
+    }
     // A probe's reply subject is not a reply channel: a tracked wave is not
     // a request.
     if let Some(reply) = &message.reply

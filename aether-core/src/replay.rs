@@ -1,0 +1,183 @@
+//! The replay window of signed waves: where signatures are required, a
+//! receiver refuses a wave it has already taken, or one stamped too far from
+//! its own clock to tell. A signature proves who wrote a wave, not that it
+//! is new; the window makes a captured wave worthless once taken, and
+//! worthless everywhere once it is old.
+//!
+//! Each subscription remembers the waves it took (by id, hop count and
+//! whether it is a reflection) for `window` on either side of the clock.
+//! Memory is bounded: past `capacity` waves the oldest remembered one is
+//! forgotten and its stamp becomes a floor, and waves stamped at or before
+//! the floor are refused too, so forgetting never lets a replay through.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    time::Duration,
+};
+
+use crate::{Wave, WaveId};
+
+/// What identifies one taking of a wave: a relay (one more hop) or a
+/// reflection of the same wave is another.
+type Key = (WaveId, u32, bool);
+
+/// The memory of one subscription.
+#[derive(Debug)]
+pub(crate) struct ReplayWindow {
+    window_ns: u64,
+    capacity: usize,
+    seen: HashSet<Key>,
+    /// In the order taken, with their stamps.
+    order: VecDeque<(u64, Key)>,
+    /// Waves stamped at or before this were forgotten or may have been.
+    floor_ns: u64,
+}
+
+impl ReplayWindow {
+    pub(crate) fn new(window: Duration, capacity: usize) -> Self {
+        Self {
+            window_ns: u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
+            capacity: capacity.max(1),
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            floor_ns: 0,
+        }
+    }
+
+    /// Whether `wave` is new at `now_ns` (then it is remembered): `false`
+    /// for a wave taken already, stamped (emitted, or re-amplified for a
+    /// deliberate resend) outside the window, unstamped, or stamped at or
+    /// before the floor.
+    pub(crate) fn admit(&mut self, wave: &Wave, now_ns: u64) -> bool {
+        // A deliberate resend (re-amplified) counts from its resend.
+        let stamp = wave.stamped_at_ns();
+        // What fell out of the window can no longer be replayed: a replay
+        // of it is refused by its stamp.
+        while let Some((oldest, key)) = self.order.front().copied() {
+            if oldest.saturating_add(self.window_ns) >= now_ns {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&key);
+        }
+        if stamp == 0
+            || stamp <= self.floor_ns
+            || stamp.saturating_add(self.window_ns) < now_ns
+            || stamp > now_ns.saturating_add(self.window_ns)
+        {
+            return false;
+        }
+        let key = (wave.id(), wave.propagation_count(), wave.is_reflected());
+        if !self.seen.insert(key) {
+            return false;
+        }
+        self.order.push_back((stamp, key));
+        if self.order.len() > self.capacity
+            && let Some((forgotten, key)) = self.order.pop_front()
+        {
+            self.seen.remove(&key);
+            self.floor_ns = self.floor_ns.max(forgotten);
+        }
+        true
+    }
+
+    /// How many waves it remembers.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.seen.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn wave_at(stamp_ns: u64) -> Wave {
+        let mut wave = Wave::new("orders.created", "x");
+        wave.stamp_emission(&smol_str::SmolStr::new("alpha"), 7, stamp_ns);
+        wave
+    }
+
+    #[test]
+    fn a_wave_is_taken_once_and_only_within_the_window() {
+        let now = 1_000 * SECOND;
+        let mut window = ReplayWindow::new(Duration::from_secs(30), 1_000);
+        let wave = wave_at(now - SECOND);
+        assert!(window.admit(&wave, now));
+        assert!(!window.admit(&wave, now), "the same wave again");
+        assert!(!window.admit(&wave, now + 5 * SECOND), "still again");
+        let mut relayed = wave.clone();
+        relayed.propagate();
+        assert!(
+            window.admit(&relayed, now),
+            "one more hop is another taking"
+        );
+        assert!(!window.admit(&wave_at(now - 31 * SECOND), now), "too old");
+        assert!(
+            !window.admit(&wave_at(now + 31 * SECOND), now),
+            "too far ahead"
+        );
+        assert!(
+            !window.admit(&Wave::new("orders.created", "x"), now),
+            "unstamped"
+        );
+        // Once out of the window, the wave is forgotten, and refused by its
+        // stamp alone.
+        assert!(!window.admit(&wave, now + 40 * SECOND));
+        assert_eq!(window.len(), 0);
+    }
+
+    #[test]
+    fn past_its_capacity_it_refuses_what_it_may_have_forgotten() {
+        let now = 1_000 * SECOND;
+        let mut window = ReplayWindow::new(Duration::from_secs(30), 3);
+        let waves: Vec<Wave> = (0..5).map(|n| wave_at(now - 10 * SECOND + n)).collect();
+        for wave in &waves {
+            assert!(window.admit(wave, now));
+            assert!(window.len() <= 3);
+        }
+        // The first two were forgotten: their stamps are under the floor.
+        assert!(!window.admit(&waves[0], now));
+        assert!(!window.admit(&waves[1], now));
+        assert!(!window.admit(&waves[4], now));
+        assert!(window.admit(&wave_at(now), now), "a newer wave is taken");
+    }
+
+    proptest! {
+        /// Whatever arrives, in whatever order and however often, no
+        /// (wave, hops) is taken twice, nothing outside the window is
+        /// taken, and memory stays within its capacity.
+        #[test]
+        fn no_wave_is_taken_twice(
+            arrivals in prop::collection::vec((0u64..40, 0u64..60, 0u32..2), 1..300),
+            capacity in 1usize..50,
+        ) {
+            let window_ns = 10 * SECOND;
+            let mut window = ReplayWindow::new(Duration::from_nanos(window_ns), capacity);
+            let mut waves = std::collections::HashMap::new();
+            let mut taken = HashSet::new();
+            let mut now = 100 * SECOND;
+            for (which, age_s, hops) in arrivals {
+                now += SECOND / 10;
+                let wave = waves
+                    .entry(which)
+                    .or_insert_with(|| wave_at(now.saturating_sub(age_s * SECOND / 4)))
+                    .clone();
+                let mut wave = wave;
+                for _ in 0..hops {
+                    wave.propagate();
+                }
+                if window.admit(&wave, now) {
+                    let at = wave.stamped_at_ns();
+                    prop_assert!(at + window_ns >= now && at <= now + window_ns);
+                    prop_assert!(taken.insert((wave.id(), wave.propagation_count())), "taken twice");
+                }
+                prop_assert!(window.len() <= capacity);
+            }
+        }
+    }
+}

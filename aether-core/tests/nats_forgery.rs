@@ -1,0 +1,533 @@
+//! Forgeries from outside, over real `nats-server` processes on loopback:
+//! waves carrying the reflected flag where no reflection may come, hopping
+//! waves from sources the ACL does not allow, the bus's own subjects under
+//! the generated NATS permissions, and captured signed waves played again.
+//! The attacker is a raw NATS client that writes envelopes by hand, as a
+//! foreign client would from the wire format. Every test is bounded in time.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aether_core::{
+    Aether, AetherConfig, Channel, DropReason, EmitErrorKind, ReflectionReason, ResonateErrorKind,
+    Secret, Vibrator, Wave,
+    config::{AclRule, HoppingBase, NatsConfig, SecurityConfig},
+    hopping::HopKey,
+    wire,
+};
+use aether_testkit::{Auth, ClientAuth, NatsServer, RawNats, User};
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(30);
+const ALPHA_KEY: &str = "alpha-key-0123456789abcdef-never-print";
+const BETA_KEY: &str = "beta-key-fedcba9876543210-never-print";
+
+fn rules() -> Vec<AclRule> {
+    vec![
+        AclRule {
+            source: "alpha".into(),
+            emit: vec!["orders.*".into()],
+            resonate: vec!["inventory.*".into()],
+        },
+        AclRule {
+            source: "beta".into(),
+            emit: vec!["inventory.*".into()],
+            resonate: vec!["orders.*".into()],
+        },
+    ]
+}
+
+/// Keys of alpha and beta, signatures required, the ACL of `rules`.
+fn strict() -> SecurityConfig {
+    let mut security = SecurityConfig::default();
+    security
+        .signing_keys
+        .insert("alpha".into(), Secret::new(ALPHA_KEY));
+    security
+        .signing_keys
+        .insert("beta".into(), Secret::new(BETA_KEY));
+    security.require_signatures = true;
+    security.acl = rules();
+    security
+}
+
+fn over(url: &str, security: SecurityConfig) -> AetherConfig {
+    AetherConfig {
+        nats: NatsConfig {
+            urls: vec![url.into()],
+            connect_timeout_ms: 2000,
+            reconnect_delay_max_ms: 100,
+            ..Default::default()
+        },
+        security,
+        ..Default::default()
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// An envelope written by hand, as a foreign client would from the wire
+/// format: a fresh wave with payload `payload`, stamped now, with `source`
+/// (none if empty) and `origin`, and, if `reflected_from` is given, the
+/// reflected flag and a reflection section (reason "no resonator") naming
+/// that channel.
+fn envelope(source: &str, origin: u64, reflected_from: Option<&str>, payload: &[u8]) -> Vec<u8> {
+    let plain = wire::encode(
+        &Wave::builder("any.channel")
+            .payload(payload.to_vec())
+            .build()
+            .unwrap(),
+    );
+    let mut header = plain[..wire::HEADER_LEN].to_vec();
+    let mut flags = u16::from_le_bytes([header[2], header[3]]);
+    if reflected_from.is_some() {
+        flags |= wire::FLAG_REFLECTED;
+    }
+    header[2..4].copy_from_slice(&flags.to_le_bytes());
+    let id = now_ns() as u128 ^ (u128::from(origin) << 64) ^ u128::from(payload.len() as u64);
+    header[4..20].copy_from_slice(&id.to_be_bytes());
+    header[20..28].copy_from_slice(&now_ns().to_le_bytes());
+    header[28..36].copy_from_slice(&origin.to_le_bytes());
+    header[wire::HEADER_LEN - 1] = source.len() as u8;
+    let mut body = header;
+    body.extend_from_slice(source.as_bytes());
+    if let Some(channel) = reflected_from {
+        body.push(0); // no resonator
+        body.extend_from_slice(&0u16.to_le_bytes());
+        body.extend_from_slice(&(channel.len() as u16).to_le_bytes());
+        body.extend_from_slice(channel.as_bytes());
+    }
+    body.extend_from_slice(payload);
+    body
+}
+
+/// `body` (published on `subject`) signed with `key`, through the
+/// documented signature: decoded, then encoded signed.
+fn signed(subject: &str, body: &[u8], key: &str) -> Vec<u8> {
+    let channel = Channel::new(subject.strip_prefix("aether.").unwrap());
+    let wave = wire::decode(channel, body.to_vec().into(), &wire::Limits::default()).unwrap();
+    wire::encode_signed(&wave, subject, key.as_bytes()).to_vec()
+}
+
+async fn until_dropped(aether: &Aether, reason: DropReason, n: u64) {
+    timeout(Duration::from_secs(5), async {
+        while aether.stats().dropped(reason) < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{reason} drops: {} of {n}", aether.stats().dropped(reason)));
+}
+
+async fn quiet(vibrator: &mut Vibrator) {
+    if let Ok(Some(wave)) = timeout(Duration::from_millis(300), vibrator.receive()).await {
+        panic!(
+            "{} received {:?} (reflected: {})",
+            vibrator.name(),
+            wave.channel().as_str(),
+            wave.is_reflected()
+        );
+    }
+}
+
+/// A reflection is accepted only on the reflection channel of the source
+/// and origin it names, signed where signatures are required, and with a
+/// channel its source may emit on; a real one still comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_reflections_are_refused_and_a_real_one_comes_back() {
+    timeout(LIMIT, async {
+        let server = NatsServer::start().await.unwrap();
+        let url = server.url();
+        let alpha_side = Aether::connect(over(&url, strict())).await.unwrap();
+        let beta_side = Aether::connect(over(&url, strict())).await.unwrap();
+        let mut alpha = Vibrator::create("alpha", &alpha_side).await.unwrap();
+        let mut beta = Vibrator::create("beta", &beta_side).await.unwrap();
+        beta.resonate_on("orders.created").await.unwrap();
+
+        // A real reflection: nobody resonates on orders.unheard.x.
+        let mut raw = RawNats::connect(server.addr()).await.unwrap();
+        raw.subscribe("aether._reflect.>", 1, None).await.unwrap();
+        raw.ping().await.unwrap();
+        let lost = Wave::builder("orders.unheard.x")
+            .correlation_key("o-1")
+            .reflect_on_failure(true)
+            .build()
+            .unwrap();
+        alpha.emit(lost).await.unwrap();
+        let back = timeout(Duration::from_secs(5), alpha.receive())
+            .await
+            .expect("the reflection comes back")
+            .unwrap();
+        assert_eq!(back.reflection(), Some(&ReflectionReason::NoResonator));
+        assert_eq!(back.channel().as_str(), "orders.unheard.x");
+        let seen = raw
+            .next_message(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        let subject = seen.subject.clone();
+        let origin_hex = subject.rsplit('.').next().unwrap();
+        assert_eq!(subject, format!("aether._reflect.alpha.{origin_hex}"));
+        let origin = u64::from_str_radix(origin_hex, 16).unwrap();
+        // Its captured body is signed for its own subject.
+        assert_eq!(
+            wire::verify(&subject, &seen.payload, ALPHA_KEY.as_bytes()),
+            wire::Signature::Valid
+        );
+
+        // 1. The reflected flag on an application subject, naming alpha and
+        //    a channel alpha may not emit on: refused by beta's aether.
+        let body = envelope("alpha", origin, Some("orders.cancelled"), b"forged");
+        raw.publish("aether.orders.created", None, &body)
+            .await
+            .unwrap();
+        // ... even signed with alpha's key (a leaked key cannot move a
+        //    reflection off its channel either).
+        let body = signed(
+            "aether.orders.created",
+            &envelope("alpha", origin, Some("orders.cancelled"), b"forged-signed"),
+            ALPHA_KEY,
+        );
+        raw.publish("aether.orders.created", None, &body)
+            .await
+            .unwrap();
+        raw.ping().await.unwrap();
+        until_dropped(&beta_side, DropReason::Forged, 2).await;
+        quiet(&mut beta).await;
+
+        let forged_before = alpha_side.stats().dropped(DropReason::Forged);
+        // 2. No source, on alpha's reflection subject.
+        raw.publish(
+            &subject,
+            None,
+            &envelope("", origin, Some("orders.created"), b"a"),
+        )
+        .await
+        .unwrap();
+        // 3. A stranger's name with alpha's origin, on alpha's subject.
+        raw.publish(
+            &subject,
+            None,
+            &envelope("mallory", origin, Some("orders.created"), b"b"),
+        )
+        .await
+        .unwrap();
+        // 4. Unsigned, naming alpha, on alpha's subject: signatures required.
+        raw.publish(
+            &subject,
+            None,
+            &envelope("alpha", origin, Some("orders.created"), b"c"),
+        )
+        .await
+        .unwrap();
+        // 5. Not a reflection at all, on a reflection subject.
+        raw.publish(&subject, None, &envelope("alpha", origin, None, b"d"))
+            .await
+            .unwrap();
+        raw.ping().await.unwrap();
+        until_dropped(&alpha_side, DropReason::Forged, forged_before + 4).await;
+        // 6. Signed with alpha's key on the right subject, but its channel is
+        //    one alpha may not emit on: denied.
+        let body = signed(
+            &subject,
+            &envelope("alpha", origin, Some("inventory.reserved"), b"e"),
+            ALPHA_KEY,
+        );
+        raw.publish(&subject, None, &body).await.unwrap();
+        raw.ping().await.unwrap();
+        until_dropped(&alpha_side, DropReason::Denied, 1).await;
+        quiet(&mut alpha).await;
+
+        // A genuine reflection, written by hand and signed, is still taken.
+        let body = signed(
+            &subject,
+            &envelope("alpha", origin, Some("orders.created"), b"real"),
+            ALPHA_KEY,
+        );
+        raw.publish(&subject, None, &body).await.unwrap();
+        let echo = timeout(Duration::from_secs(5), alpha.receive())
+            .await
+            .expect("a well-formed reflection is delivered")
+            .unwrap();
+        assert!(echo.is_reflected());
+        assert_eq!(echo.channel().as_str(), "orders.created");
+        assert_eq!(&echo.payload_bytes()[..], b"real");
+    })
+    .await
+    .expect("bounded");
+}
+
+/// The ACL judges a hopping wave by its base channel: at emit, at
+/// `resonate_hopping`, and on arrival.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acl_applies_to_the_base_channel_of_hopping() {
+    timeout(LIMIT, async {
+        let server = NatsServer::start().await.unwrap();
+        let url = server.url();
+        let security = SecurityConfig {
+            acl: rules(),
+            ..Default::default()
+        };
+        let guarded = Aether::connect(over(&url, security)).await.unwrap();
+        let open = Aether::connect(over(&url, SecurityConfig::default()))
+            .await
+            .unwrap();
+
+        let alpha = Vibrator::create("alpha", &guarded).await.unwrap();
+        let err = alpha
+            .emit_hopping(Wave::new("inventory.reserved", "x"), 4)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), EmitErrorKind::Denied, "{err}");
+        let mut beta = Vibrator::create("beta", &guarded).await.unwrap();
+        let err = beta
+            .resonate_hopping("inventory.hidden", 4)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ResonateErrorKind::Denied, "{err}");
+        beta.resonate_hopping("orders.hidden", 4).await.unwrap();
+
+        // From another aether with no rules, a stranger hops on the base:
+        // beta's aether refuses it by the base channel.
+        let mallory = Vibrator::create("mallory", &open).await.unwrap();
+        timeout(Duration::from_secs(5), async {
+            while guarded.stats().dropped(DropReason::Denied) == 0 {
+                mallory
+                    .emit_hopping(Wave::new("orders.hidden", "from mallory"), 4)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the stranger's hopping waves are denied");
+        // alpha, allowed on orders.*, hops through.
+        timeout(Duration::from_secs(5), async {
+            loop {
+                alpha
+                    .emit_hopping(Wave::new("orders.hidden", "from alpha"), 4)
+                    .await
+                    .unwrap();
+                if let Ok(Some(wave)) = timeout(Duration::from_millis(50), beta.receive()).await {
+                    assert_eq!(wave.source(), Some("alpha"));
+                    assert_eq!(wave.channel().as_str(), "orders.hidden");
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("alpha's hopping waves arrive");
+        while let Ok(Some(wave)) = timeout(Duration::from_millis(100), beta.receive()).await {
+            assert_eq!(wave.source(), Some("alpha"), "only alpha's waves arrive");
+        }
+    })
+    .await
+    .expect("bounded");
+}
+
+/// With the generated permissions, a user's inboxes and reflections are its
+/// own, hop subjects follow the ACL of their bases, and request/reply still
+/// works through `allow_responses`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_permissions_keep_each_users_system_subjects_its_own() {
+    timeout(LIMIT, async {
+        let key = HopKey::new(None);
+        let hopping = vec![HoppingBase {
+            base: "orders.hidden".into(),
+            wire_channels: (0..4)
+                .map(|h| {
+                    key.wire_channel(&Channel::new("orders.hidden"), h)
+                        .as_str()
+                        .to_string()
+                })
+                .collect(),
+        }];
+        let users = rules()
+            .iter()
+            .map(|rule| User {
+                user: rule.source.clone(),
+                password: format!("{}-pw", rule.source),
+                extra: rule
+                    .nats_permissions_hopping("aether", &hopping)
+                    .to_server_config(),
+            })
+            .collect();
+        let server = NatsServer::builder()
+            .auth(Auth::Users(users))
+            .start()
+            .await
+            .unwrap();
+        let login = |user: &str| {
+            let mut config = over(&server.url(), SecurityConfig::default());
+            config.nats.auth.user = Some(user.into());
+            config.nats.auth.password = Some(Secret::new(format!("{user}-pw")));
+            config.nats.inbox_prefix = Some(format!("aether._INBOX.{user}"));
+            config
+        };
+        let alpha_aether = Aether::connect(login("alpha")).await.unwrap();
+        let beta_aether = Aether::connect(login("beta")).await.unwrap();
+        let mut beta = Vibrator::create("beta", &beta_aether).await.unwrap();
+        beta.resonate_on("orders.*").await.unwrap();
+        let alpha = Vibrator::create("alpha", &alpha_aether).await.unwrap();
+
+        // Request and reply across users: the reply reaches alpha's own
+        // inbox through allow_responses.
+        let responder = tokio::spawn(async move {
+            let request = beta.receive().await.unwrap();
+            beta.reply(&request, "answer").await.unwrap();
+            beta
+        });
+        let reply = loop {
+            let request = Wave::new("orders.check", "question");
+            match alpha
+                .request_with_timeout(request, Duration::from_millis(500))
+                .await
+            {
+                Ok(reply) => break reply,
+                Err(e) => assert_ne!(e.kind(), aether_core::RequestErrorKind::Closed, "{e}"),
+            }
+        };
+        assert_eq!(&reply.payload_bytes()[..], b"answer");
+        let _beta = responder.await.unwrap();
+
+        let raw_as = |user: &'static str| {
+            let addr = server.addr();
+            async move {
+                RawNats::connect_with(
+                    addr,
+                    ClientAuth::UserPassword {
+                        user: user.into(),
+                        password: format!("{user}-pw"),
+                    },
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let refused = |what: &str, result: Result<(), aether_testkit::Error>, verb: &str| {
+            let error = result.expect_err(what).to_string();
+            assert!(
+                error.contains(&format!("Permissions Violation for {verb}")),
+                "{what}: {error}"
+            );
+        };
+        // beta may not read alpha's inboxes or reflections.
+        for subject in [
+            "aether._INBOX.alpha.>",
+            "aether._reflect.alpha.*",
+            "aether._INBOX.>",
+        ] {
+            let mut raw = raw_as("beta").await;
+            raw.subscribe(subject, 1, None).await.unwrap();
+            refused(subject, raw.ping().await, "Subscription");
+        }
+        // Nor write into alpha's inbox unasked, nor hop on a base its rule
+        // does not let it emit on.
+        let hop = format!("aether.{}", hopping[0].wire_channels[0]);
+        for subject in ["aether._INBOX.alpha.x.1", hop.as_str()] {
+            let mut raw = raw_as("beta").await;
+            raw.publish(subject, None, b"x").await.unwrap();
+            refused(subject, raw.ping().await, "Publish");
+        }
+        // alpha may hop on orders.hidden, and read its own inboxes.
+        let mut raw = raw_as("alpha").await;
+        raw.publish(&hop, None, b"x").await.unwrap();
+        raw.subscribe("aether._INBOX.alpha.>", 1, None)
+            .await
+            .unwrap();
+        raw.ping().await.expect("alpha's own subjects");
+    })
+    .await
+    .expect("bounded");
+}
+
+/// Where signatures are required, a captured signed wave played again is
+/// refused as a replay, and so is one stamped outside the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_of_signed_waves_are_refused() {
+    timeout(LIMIT, async {
+        let server = NatsServer::start().await.unwrap();
+        let url = server.url();
+        let receiving = Aether::connect(over(&url, strict())).await.unwrap();
+        let sending = Aether::connect(over(&url, strict())).await.unwrap();
+        let mut beta = Vibrator::create("beta", &receiving).await.unwrap();
+        beta.resonate_on("orders.*").await.unwrap();
+        let alpha = Vibrator::create("alpha", &sending).await.unwrap();
+
+        let mut raw = RawNats::connect(server.addr()).await.unwrap();
+        raw.subscribe("aether.orders.created", 1, None)
+            .await
+            .unwrap();
+        raw.ping().await.unwrap();
+        let first = loop {
+            alpha.emit_wave("orders.created", "order 7").await.unwrap();
+            if let Ok(Some(wave)) = timeout(Duration::from_millis(50), beta.receive()).await {
+                break wave;
+            }
+        };
+        // The captured body of the wave beta took.
+        let captured = loop {
+            let message = raw
+                .next_message(Duration::from_secs(5))
+                .await
+                .unwrap()
+                .unwrap();
+            let wave = wire::decode(
+                Channel::new("orders.created"),
+                message.payload.clone().into(),
+                &wire::Limits::default(),
+            )
+            .unwrap();
+            if wave.id() == first.id() {
+                break message.payload;
+            }
+        };
+        while timeout(Duration::from_millis(100), beta.receive())
+            .await
+            .is_ok()
+        {}
+        let replays_before = receiving.stats().dropped(DropReason::Replay);
+        for _ in 0..3 {
+            raw.publish("aether.orders.created", None, &captured)
+                .await
+                .unwrap();
+        }
+        raw.ping().await.unwrap();
+        until_dropped(&receiving, DropReason::Replay, replays_before + 3).await;
+        quiet(&mut beta).await;
+
+        // Signed by the key's holder, but stamped a minute ago: outside the
+        // 30 s window.
+        let mut stale = envelope("alpha", 9, None, b"stale");
+        let minute_ago = now_ns() - 60_000_000_000;
+        stale[20..28].copy_from_slice(&minute_ago.to_le_bytes());
+        let stale = signed("aether.orders.created", &stale, ALPHA_KEY);
+        raw.publish("aether.orders.created", None, &stale)
+            .await
+            .unwrap();
+        raw.ping().await.unwrap();
+        until_dropped(&receiving, DropReason::Replay, replays_before + 4).await;
+        quiet(&mut beta).await;
+
+        // A fresh signed wave still passes.
+        let fresh = signed(
+            "aether.orders.created",
+            &envelope("alpha", 9, None, b"fresh"),
+            ALPHA_KEY,
+        );
+        raw.publish("aether.orders.created", None, &fresh)
+            .await
+            .unwrap();
+        let wave = timeout(Duration::from_secs(5), beta.receive())
+            .await
+            .expect("a fresh wave is taken")
+            .unwrap();
+        assert_eq!(&wave.payload_bytes()[..], b"fresh");
+    })
+    .await
+    .expect("bounded");
+}
