@@ -11,7 +11,9 @@
 //! `_hop.*` sees only opaque channels; a snoop with another secret hears
 //! nothing; a weak order (amplitude 0.1) hops too, but stays under
 //! inventory's noise floor. The demo prints the hop of each slot, then
-//! checks all of this and exits non-zero if anything is wrong.
+//! checks all of this and exits non-zero if anything is wrong. Over NATS,
+//! waves another program emits on the demo's subjects are skipped and
+//! counted: the demo looks for the waves it emitted, by id.
 
 use std::{
     collections::BTreeSet,
@@ -19,7 +21,7 @@ use std::{
 };
 
 use aether_core::{
-    Aether, AetherConfig, Channel, DropReason, Secret, Vibrator, Wave,
+    Aether, AetherConfig, Channel, DropReason, Secret, Vibrator, Wave, WaveId,
     config::{HoppingConfig, NatsConfig},
     hopping::{HopKey, HopSequence},
 };
@@ -33,10 +35,19 @@ const HOP_COUNT: u32 = 4;
 const HOP_INTERVAL_MS: u64 = 200;
 const SLOTS: u64 = 6;
 
-/// The next wave, or an error if none comes within 2 s.
-async fn next(v: &mut Vibrator) -> Result<Wave> {
-    let wave = tokio::time::timeout(Duration::from_secs(2), v.receive()).await;
-    Ok(wave?.ok_or("the aether was closed")?)
+/// The wave `id` when it comes to `v`, skipping any other (counted in
+/// `foreign`: over NATS another program may emit on the demo's subjects),
+/// or an error if it does not come within 2 s.
+async fn next_with_id(v: &mut Vibrator, id: WaveId, foreign: &mut u64) -> Result<Wave> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let wave = tokio::time::timeout_at(deadline, v.receive()).await;
+        let wave = wave?.ok_or("the aether was closed")?;
+        if wave.id() == id {
+            return Ok(wave);
+        }
+        *foreign += 1;
+    }
 }
 
 /// Fails with `what` unless `ok`.
@@ -121,16 +132,18 @@ async fn main() -> Result {
     // One order per slot, early in the slot; a few more slots in the rare
     // case that every hop so far was the same.
     let mut order = 0;
+    let mut foreign = 0;
     while order < SLOTS || (wire_channels.len() < 2 && order < 4 * SLOTS) {
-        shop.emit_time_hopping_wave(
-            "orders",
-            HOP_COUNT,
-            HOP_INTERVAL_MS,
-            json!({"order": order}),
-        )
-        .await?;
-        let on_wire = next(&mut tap).await?;
-        let heard = next(&mut inventory).await?;
+        let id = shop
+            .emit_time_hopping_wave(
+                "orders",
+                HOP_COUNT,
+                HOP_INTERVAL_MS,
+                json!({"order": order}),
+            )
+            .await?;
+        let on_wire = next_with_id(&mut tap, id, &mut foreign).await?;
+        let heard = next_with_id(&mut inventory, id, &mut foreign).await?;
         let slot = seq.slot(stamp_ms(&on_wire));
         let (hop, wire) = (seq.hop_at_slot(slot), on_wire.channel().as_str());
         println!(
@@ -151,8 +164,8 @@ async fn main() -> Result {
         .amplitude(0.1)
         .json(&json!({"order": "weak"}))
         .build()?;
-    shop.emit_hopping(weak, HOP_COUNT).await?;
-    let on_wire = next(&mut tap).await?;
+    let id = shop.emit_hopping(weak, HOP_COUNT).await?;
+    let on_wire = next_with_id(&mut tap, id, &mut foreign).await?;
     println!(
         "  on the wire as {} (amplitude {})",
         on_wire.channel(),
@@ -200,6 +213,9 @@ async fn main() -> Result {
         "no replay refused",
     )?;
 
+    if foreign > 0 {
+        println!("\n{foreign} waves from elsewhere on the demo's subjects were skipped");
+    }
     println!("\ninventory's statistics:\n{}", inventory.stats());
     aether.close();
     Ok(())

@@ -5,7 +5,9 @@
 //! shop then confirms or cancels. An auditor hears everything (`*`),
 //! fraud-watch has a noise floor, a relay echoes a wave hop by hop up to the
 //! hop limit, and a flash sale with a time-to-live expires. It ends with the
-//! statistics, and checks that every wave is accounted for.
+//! statistics, and checks that every wave is accounted for. Inventory and
+//! pricing refuse and count a wave that is no order or no request, and go
+//! on.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -34,46 +36,73 @@ async fn silent(v: &mut Vibrator) -> bool {
     tokio::time::timeout(wait, v.receive()).await.is_err()
 }
 
+/// Waves a service refused, by reason: a wave that is no order or no
+/// request is counted and skipped, and the service goes on.
+type Refused = BTreeMap<&'static str, u64>;
+
 /// Inventory: reserves stock for each new order, or refuses in phase RETRACT.
-async fn inventory(mut v: Vibrator) -> Result<StatsSnapshot> {
-    let mut stock = BTreeMap::from([("widget".to_string(), 5), ("gadget".to_string(), 1)]);
+async fn inventory(mut v: Vibrator) -> Result<(StatsSnapshot, Refused)> {
+    let mut stock = BTreeMap::from([("widget".to_string(), 5u64), ("gadget".to_string(), 1)]);
+    let mut refused = Refused::new();
     while let Some(order) = v.receive().await {
         if order.channel() != "orders.created" {
             continue; // it hears every orders.* wave; only new orders take stock
         }
         let o = order.payload();
-        let sku = o["sku"].as_str().unwrap_or("?");
-        let qty = o["qty"].as_i64().unwrap_or(0);
-        let left = stock.entry(sku.to_string()).or_insert(0);
-        let (channel, phase) = if *left >= qty {
-            *left -= qty;
-            ("inventory.reserved", Phase::ASSERT)
-        } else {
-            ("inventory.insufficient", Phase::RETRACT)
+        // A SKU and a quantity of at least 1, or it is no order.
+        let (Some(sku), Some(qty)) = (o["sku"].as_str(), o["qty"].as_u64().filter(|q| *q > 0))
+        else {
+            *refused.entry("bad_fields").or_default() += 1;
+            continue;
         };
-        let (id, to) = (&o["order"], format!("→ {channel}"));
-        say!("inventory", to, "order {id}: {qty} × {sku}, {left} left");
+        let left = stock.get(sku).copied().unwrap_or(0);
+        let (channel, phase, left) = if left >= qty {
+            ("inventory.reserved", Phase::ASSERT, left - qty)
+        } else {
+            ("inventory.insufficient", Phase::RETRACT, left)
+        };
         let answer = Wave::builder(channel)
             .phase(phase)
             .correlation_key(order.correlation_key())
-            .json(&json!({"order": id, "sku": sku, "qty": qty}))
-            .build()?;
+            .json(&json!({"order": o["order"], "sku": sku, "qty": qty}))
+            .build();
+        let Ok(answer) = answer else {
+            *refused.entry("bad_key").or_default() += 1;
+            continue;
+        };
+        if phase == Phase::ASSERT {
+            stock.insert(sku.to_string(), left);
+        }
+        let (id, to) = (&o["order"], format!("→ {channel}"));
+        say!("inventory", to, "order {id}: {qty} × {sku}, {left} left");
         v.emit(answer).await?;
     }
-    Ok(v.stats())
+    Ok((v.stats(), refused))
 }
 
 /// Pricing: replies to each `pricing.quote` request.
-async fn pricing(mut v: Vibrator) -> Result<StatsSnapshot> {
+async fn pricing(mut v: Vibrator) -> Result<(StatsSnapshot, Refused)> {
+    let mut refused = Refused::new();
     while let Some(request) = v.receive().await {
+        if request.reply_to().is_none() {
+            // Nobody waits for a reply: not a request.
+            *refused.entry("not_a_request").or_default() += 1;
+            continue;
+        }
         let q = request.payload();
-        let (sku, qty) = (q["sku"].as_str().unwrap_or("?"), &q["qty"]);
-        let unit = if sku == "widget" { 999 } else { 4_500 };
-        let total = unit * qty.as_i64().unwrap_or(0);
+        let (Some(sku), Some(qty)) = (q["sku"].as_str(), q["qty"].as_u64()) else {
+            *refused.entry("bad_fields").or_default() += 1;
+            continue;
+        };
+        let unit: u64 = if sku == "widget" { 999 } else { 4_500 };
+        let Some(total) = unit.checked_mul(qty) else {
+            *refused.entry("bad_qty").or_default() += 1;
+            continue;
+        };
         say!("pricing", "↩ (reply)", "{qty} × {sku} = {total} cents");
         v.reply(&request, json!({"total_cents": total})).await?;
     }
-    Ok(v.stats())
+    Ok((v.stats(), refused))
 }
 
 /// Auditor: tallies every wave it hears, by channel.
@@ -200,11 +229,12 @@ async fn main() -> Result {
 
     aether.close(); // every receive loop drains its queue, then ends
     let (heard, audit) = audit.await??;
-    let (stock, price) = (stock.await??, price.await??);
+    let ((stock, stock_refused), (price, price_refused)) = (stock.await??, price.await??);
     println!("\n7. The auditor heard {} waves", audit.delivered);
     for (channel, n) in &heard {
         println!("  {channel:<24} {n:>3}");
     }
+    println!("  refused: inventory {stock_refused:?}, pricing {price_refused:?}");
 
     let s = aether.stats();
     println!("\naether.stats() (delivered counts once per receiver)\n{s}");
@@ -236,6 +266,7 @@ async fn main() -> Result {
     assert_eq!((s.unrouted, s.dropped(DropReason::Expired)), (1, 1));
     assert_eq!(s.dropped(DropReason::PropagationLimit), 1);
     assert_eq!(s.dropped(DropReason::QueueFull), 0);
+    assert!(stock_refused.is_empty() && price_refused.is_empty());
     println!("\nchecked: emitted = unrouted + expired + propagation_limit + heard by auditor");
     println!("checked: delivered = deliveries into vibrators' queues + {replies} replies");
     Ok(())

@@ -7,12 +7,24 @@
 //! `orders.confirmed` (phase 0) after `inventory.reserved`, or
 //! `orders.cancelled` (phase π, [`Phase::RETRACT`]) after
 //! `inventory.insufficient`. `aether-service-beta` gives the answers.
+//!
+//! An answer that is not one (not JSON, no `order_id` string, an order id
+//! that is empty or longer than 256 bytes) is refused: counted by reason in
+//! [`AlphaReport::refused`], warned about at most once per
+//! [`refusals::WARN_EVERY`], and alpha goes on. An answer about an order it
+//! is not waiting for (another alpha's, one already answered, one never
+//! made) is counted as [`AlphaReport::unmatched`].
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+/// The sample services' one helper for bad waves, shared with
+/// `aether-service-beta` (the same source file).
+#[path = "../../aether-service-beta/src/refusals.rs"]
+pub mod refusals;
+
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     error::Error,
     path::PathBuf,
     sync::Arc,
@@ -33,6 +45,8 @@ use serde::{Deserialize, Serialize, de::IgnoredAny};
 use serde_json::json;
 use tokio::{sync::watch, time::Instant};
 use tracing::Instrument;
+
+use crate::refusals::{Refusal, RefusalLog};
 
 /// The pattern alpha resonates on for the answers to its orders.
 pub const ANSWERS: &str = "inventory.*";
@@ -224,6 +238,13 @@ pub struct AlphaReport {
     /// Orders and outcomes not emitted because the vibrator was over its
     /// rate limit (`[service] rate_limit_per_s`).
     pub rate_limited: u64,
+    /// Answers about no order it waits for: another alpha's order, an order
+    /// already answered, or one never made; nothing emitted.
+    pub unmatched: u64,
+    /// Answers that are not answers, refused, by reason: `not_json`,
+    /// `bad_fields` (no `order_id` string), `bad_order_id` (empty or longer
+    /// than 256 bytes). See [`refusals`].
+    pub refused: BTreeMap<&'static str, u64>,
 }
 
 impl std::fmt::Display for AlphaReport {
@@ -231,13 +252,15 @@ impl std::fmt::Display for AlphaReport {
         write!(
             f,
             "service-alpha: created {}, confirmed {}, cancelled {}, unanswered {}, \
-             rate_limited {}, failed {}",
+             rate_limited {}, failed {}, unmatched {}, refused {}",
             self.created,
             self.confirmed,
             self.cancelled,
             self.unanswered,
             self.rate_limited,
-            self.failed
+            self.failed,
+            self.unmatched,
+            refusals::summary(&self.refused)
         )
     }
 }
@@ -245,6 +268,13 @@ impl std::fmt::Display for AlphaReport {
 #[derive(Deserialize)]
 struct Answer {
     order_id: String,
+}
+
+/// The order id of an answer, or why the wave is no answer.
+fn read_answer(wave: &Wave) -> Result<String, Refusal> {
+    let answer: Answer = refusals::read_json(wave)?;
+    refusals::check_order_id(&answer.order_id)?;
+    Ok(answer.order_id)
 }
 
 /// A prefix for this run's order ids, so that several alphas on one bus
@@ -299,6 +329,7 @@ pub async fn run_live(
     let prefix = run_prefix();
     let mut pending: HashMap<String, String> = HashMap::new();
     let mut report = AlphaReport::default();
+    let mut refusal_log = RefusalLog::new("service-alpha", refusals::WARN_EVERY);
     let mut sequence = 0u64;
     let mut ticks = order_ticks(current.alpha.rate_per_s);
     let mut drain = Duration::from_millis(current.alpha.drain_ms);
@@ -371,13 +402,24 @@ pub async fn run_live(
                     "inventory.insufficient" => ("orders.cancelled", Phase::RETRACT),
                     _ => continue,
                 };
-                let Ok(answer) = wave.json::<Answer>() else { continue };
-                // Another alpha's order, or an answer already handled.
-                let Some(item) = pending.remove(&answer.order_id) else { continue };
+                let order_id = match read_answer(&wave) {
+                    Ok(order_id) => order_id,
+                    Err(refusal) => {
+                        refusal_log.refuse(&mut report.refused, refusal, wave.channel().as_str());
+                        continue;
+                    }
+                };
+                // Another alpha's order, one already answered, or one never
+                // made: only orders it waits for are confirmed or cancelled.
+                let Some(item) = pending.remove(&order_id) else {
+                    report.unmatched += 1;
+                    continue;
+                };
+                // The key is one of its own order ids: the outcome builds.
                 let outcome = Wave::builder(channel)
                     .phase(phase)
-                    .correlation_key(&answer.order_id)
-                    .json(&json!({"order_id": answer.order_id, "item": item}))
+                    .correlation_key(&order_id)
+                    .json(&json!({"order_id": order_id, "item": item}))
                     .build()?;
                 match reliable::emit_with(reliable.as_ref(), &alpha, outcome)
                     .instrument(span)
@@ -386,7 +428,7 @@ pub async fn run_live(
                     Ok(_) if phase == Phase::ASSERT => report.confirmed += 1,
                     Ok(_) => report.cancelled += 1,
                     Err(error) => {
-                        tracing::warn!(%error, order_id = answer.order_id, "outcome not emitted");
+                        tracing::warn!(%error, order_id, "outcome not emitted");
                         report.count_failure(error)?;
                     }
                 }
@@ -522,6 +564,8 @@ mod tests {
                 unanswered: 0,
                 rate_limited: 0,
                 failed: 0,
+                unmatched: 0,
+                refused: BTreeMap::new(),
             }
         );
         stop_beta.trigger();

@@ -312,3 +312,241 @@ async fn reloads() {
         .unwrap_or_else(|| panic!("{stdout}"));
     assert!(limited > 0, "{stdout}");
 }
+
+/// Hostile but well-formed answers, published by a raw NATS client (not
+/// aether-core): valid envelopes on `inventory.reserved` and
+/// `inventory.insufficient` whose payload is no answer, or an answer about
+/// an order alpha never made. Alpha refuses or skips each, counts it, warns
+/// at most once per 10 s, still confirms and cancels its own orders, and its
+/// summary counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_hostile_answers_counts_them_and_goes_on() {
+    tokio::time::timeout(Duration::from_secs(60), hostile_answers())
+        .await
+        .expect("within 60 s");
+}
+
+/// Payloads of answers that are no answer, each with the reason alpha
+/// refuses it for, or [`UNMATCHED`] for an answer about an order it never
+/// made.
+mod hostile {
+    use aether_service_alpha::refusals::*;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    /// Not a refusal: counted as `unmatched`.
+    pub const UNMATCHED: &str = "unmatched";
+
+    fn answer(order_id: Value) -> Vec<u8> {
+        json!({"order_id": order_id, "item": "widget", "qty": 1})
+            .to_string()
+            .into_bytes()
+    }
+
+    /// The payloads written by hand.
+    pub fn by_hand() -> Vec<(&'static str, Vec<u8>)> {
+        vec![
+            (BAD_ORDER_ID, answer(json!(""))),
+            (BAD_ORDER_ID, answer(json!("o".repeat(300)))),
+            (BAD_ORDER_ID, answer(json!("x".repeat(64 * 1024)))),
+            (BAD_FIELDS, answer(json!(7))),
+            (BAD_FIELDS, answer(json!(null))),
+            (BAD_FIELDS, b"{\"item\": \"widget\"}".to_vec()),
+            (BAD_FIELDS, b"[7]".to_vec()),
+            (NOT_JSON, "[".repeat(10_000).into_bytes()),
+            (NOT_JSON, b"\xff\xfe\xfd".to_vec()),
+            (NOT_JSON, b"{\"order_id\": \"\xff\"}".to_vec()),
+            (NOT_JSON, Vec::new()),
+            (UNMATCHED, answer(json!("never-made"))),
+            (UNMATCHED, answer(json!("o".repeat(256)))),
+        ]
+    }
+
+    /// Generated payloads, with their reasons.
+    pub fn generated() -> impl Strategy<Value = (&'static str, Vec<u8>)> {
+        prop_oneof![
+            // Bytes no JSON text starts with.
+            prop::collection::vec(any::<u8>(), 0..512).prop_map(|mut bytes| {
+                bytes.insert(0, 0xff);
+                (NOT_JSON, bytes)
+            }),
+            (129usize..=10_000).prop_map(|depth| (NOT_JSON, "[".repeat(depth).into_bytes())),
+            prop_oneof![
+                any::<i64>().prop_map(Value::from),
+                any::<bool>().prop_map(Value::from),
+                prop::collection::vec("[a-z]{0,8}", 0..4).prop_map(Value::from),
+            ]
+            .prop_map(|id| (BAD_FIELDS, answer(id))),
+            (257usize..=64 * 1024).prop_map(|n| (BAD_ORDER_ID, answer("x".repeat(n).into()))),
+            // Ids alpha never makes (its own are hex, a dash and a number).
+            "never-[a-z0-9]{1,200}".prop_map(|id| (UNMATCHED, answer(id.into()))),
+        ]
+    }
+}
+
+/// `count` of the generated payloads, each on either answer channel.
+fn generated_answers(count: usize) -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    use proptest::{
+        prelude::*,
+        strategy::{Strategy, ValueTree},
+    };
+    let mut runner = proptest::test_runner::TestRunner::default();
+    let strategy = (
+        prop::sample::select(vec!["inventory.reserved", "inventory.insufficient"]),
+        hostile::generated(),
+    );
+    (0..count)
+        .map(|_| {
+            let (channel, (reason, payload)) = strategy.new_tree(&mut runner).unwrap().current();
+            (channel, reason, payload)
+        })
+        .collect()
+}
+
+/// The NATS body of a wave on `channel` with `payload`, keyed `key`: a
+/// valid envelope.
+fn envelope(channel: &str, key: Option<&str>, payload: Vec<u8>) -> Vec<u8> {
+    let mut wave = aether_core::Wave::builder(channel).payload(payload);
+    if let Some(key) = key {
+        wave = wave.correlation_key(key);
+    }
+    aether_core::wire::encode(&wave.build().unwrap()).to_vec()
+}
+
+async fn hostile_answers() {
+    use std::{collections::BTreeMap, process::Stdio};
+
+    use aether_testkit::RawNats;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+    let server = NatsServer::builder().start().await.expect("nats-server");
+    let aether = Aether::connect(AetherConfig {
+        nats: NatsConfig {
+            urls: vec![server.url()],
+            ..NatsConfig::default()
+        },
+        ..AetherConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut ears = aether_core::Vibrator::create("ears", &aether)
+        .await
+        .unwrap();
+    ears.resonate_on("orders.*").await.unwrap();
+    let mut shop = Shop { aether, ears };
+
+    let dir = tempfile::tempdir().unwrap();
+    write_settings(dir.path(), "[alpha]\nrate_per_s = 20\ndrain_ms = 100\n");
+    let mut alpha = command()
+        .arg("--config-dir")
+        .arg(dir.path())
+        .args(["--nats", &server.url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its log, read as it comes so that the pipe never fills.
+    let stderr = alpha.stderr.take().unwrap();
+    let log = tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        let mut all = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            all.push(line);
+        }
+        all
+    });
+    // Alpha resonates on the answers before it orders: once an order is
+    // heard, its answers reach it.
+    let ids = shop.orders(2).await;
+
+    let started = std::time::Instant::now();
+    let mut raw = RawNats::connect(server.addr()).await.unwrap();
+    let mut hostile: Vec<_> = hostile::by_hand()
+        .into_iter()
+        .map(|(reason, payload)| ("inventory.reserved", reason, payload))
+        .collect();
+    hostile.extend(generated_answers(64));
+    let mut refused: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut unmatched = 0;
+    for (channel, reason, payload) in hostile {
+        match reason {
+            hostile::UNMATCHED => unmatched += 1,
+            reason => *refused.entry(reason).or_default() += 1,
+        }
+        let body = envelope(channel, None, payload);
+        raw.publish(&format!("aether.{channel}"), None, &body)
+            .await
+            .unwrap();
+    }
+    // A reply to a request alpha never made: the aether drops it.
+    let reply = envelope("_INBOX.00000000000000ab.7", None, b"{}".to_vec());
+    raw.publish("aether._INBOX.00000000000000ab.7", None, &reply)
+        .await
+        .unwrap();
+    // Its own orders answered after them: confirmed and cancelled. The
+    // answer to the first again: an order already answered, unmatched.
+    let valid = |id: &str| serde_json::json!({"order_id": id}).to_string().into_bytes();
+    for (channel, id) in [
+        ("inventory.reserved", &ids[0]),
+        ("inventory.insufficient", &ids[1]),
+        ("inventory.reserved", &ids[0]),
+    ] {
+        let body = envelope(channel, Some(id), valid(id));
+        raw.publish(&format!("aether.{channel}"), None, &body)
+            .await
+            .unwrap();
+    }
+    unmatched += 1;
+    raw.ping().await.unwrap();
+    let confirmed = shop.next_on("orders.confirmed").await;
+    assert_eq!(confirmed.payload()["order_id"], ids[0].as_str());
+    let cancelled = shop.next_on("orders.cancelled").await;
+    assert_eq!(cancelled.payload()["order_id"], ids[1].as_str());
+    // The duplicate answer is taken before an order made after it is
+    // answered.
+    let later = loop {
+        let id = shop.orders(1).await.remove(0);
+        if !ids.contains(&id) {
+            break id;
+        }
+    };
+    let body = envelope("inventory.reserved", Some(&later), valid(&later));
+    raw.publish("aether.inventory.reserved", None, &body)
+        .await
+        .unwrap();
+    let confirmed = shop.next_on("orders.confirmed").await;
+    assert_eq!(confirmed.payload()["order_id"], later.as_str());
+    let elapsed = started.elapsed();
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(alpha.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut stdout = String::new();
+    alpha
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .await
+        .unwrap();
+    assert!(alpha.wait().await.unwrap().success(), "{stdout}");
+    assert!(stdout.contains("confirmed 2, cancelled 1,"), "{stdout}");
+    let counted = format!(
+        "unmatched {unmatched}, refused {}",
+        aether_service_alpha::refusals::summary(&refused)
+    );
+    assert!(stdout.contains(&counted), "{stdout}: {counted}");
+    // One warning, then at most one per 10 s, however many were refused.
+    let log = log.await.unwrap();
+    let warnings = log
+        .iter()
+        .filter(|line| line.contains("bad waves refused"))
+        .count();
+    let most = 1 + elapsed.as_secs() / 10;
+    assert!(
+        (1..=most as usize).contains(&warnings),
+        "{warnings} warnings in {elapsed:?}: {log:#?}"
+    );
+}

@@ -10,14 +10,22 @@
 //!
 //! Each beta has its own stock: two betas with `gadget = 3` can reserve six
 //! gadgets between them.
+//!
+//! A wave on `orders.created` that is no order (not JSON, fields missing or
+//! of the wrong type, an order id that is empty or longer than 256 bytes, an
+//! item name empty or longer than 256 bytes, a quantity of 0) is refused:
+//! counted by reason in [`BetaReport::refused`], warned about at most once
+//! per [`refusals::WARN_EVERY`], and beta goes on.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod refusals;
+
 use std::{collections::BTreeMap, error::Error, path::PathBuf, sync::Arc, time::Duration};
 
 use aether_core::{
-    Aether, AetherConfig, EmitErrorKind, Phase, Vibrator, Wave,
+    Aether, AetherConfig, EmitErrorKind, Phase, Vibrator, Wave, WaveError,
     reliable::{self, Reliable},
 };
 use aether_ops::{
@@ -31,6 +39,8 @@ use serde::{Deserialize, Serialize, de::IgnoredAny};
 use serde_json::json;
 use tokio::sync::watch;
 use tracing::Instrument;
+
+use crate::refusals::{Refusal, RefusalLog};
 
 /// The pattern beta resonates on.
 pub const ORDERS: &str = "orders.*";
@@ -179,7 +189,8 @@ pub struct BetaReport {
     pub insufficient: u64,
     /// `orders.confirmed` and `orders.cancelled` heard.
     pub outcomes_heard: u64,
-    /// Waves on `orders.*` that were not understood, ignored.
+    /// Waves on other `orders.*` channels (neither `orders.created` nor an
+    /// outcome), ignored.
     pub ignored: u64,
     /// Orders left unanswered because the vibrator was over its rate limit
     /// (`[service] rate_limit_per_s`); their stock stays.
@@ -190,6 +201,10 @@ pub struct BetaReport {
     pub failed: u64,
     /// The stock left, by item.
     pub stock: BTreeMap<String, u64>,
+    /// Waves on `orders.created` that are no order, refused and left
+    /// unanswered, by reason: `not_json`, `bad_fields`, `bad_order_id`,
+    /// `bad_item`, `bad_qty` (see [`refusals`] and [`read_order`]).
+    pub refused: BTreeMap<&'static str, u64>,
 }
 
 impl std::fmt::Display for BetaReport {
@@ -197,14 +212,15 @@ impl std::fmt::Display for BetaReport {
         write!(
             f,
             "service-beta: reserved {}, insufficient {}, outcomes heard {}, ignored {}, \
-             rate_limited {}, failed {}, stock left {:?}",
+             rate_limited {}, failed {}, stock left {:?}, refused {}",
             self.reserved,
             self.insufficient,
             self.outcomes_heard,
             self.ignored,
             self.rate_limited,
             self.failed,
-            self.stock
+            self.stock,
+            refusals::summary(&self.refused)
         )
     }
 }
@@ -212,12 +228,45 @@ impl std::fmt::Display for BetaReport {
 /// An order, as alpha emits it on `orders.created`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {
-    /// Unique on the bus; the correlation key of every wave about it.
+    /// Unique on the bus; the correlation key of every wave about it: 1 to
+    /// [`refusals::MAX_ORDER_ID_BYTES`] bytes.
     pub order_id: String,
-    /// What is ordered.
+    /// What is ordered: 1 to [`MAX_ITEM_BYTES`] bytes.
     pub item: String,
-    /// How many.
+    /// How many, at least 1.
     pub qty: u64,
+}
+
+/// Longest item name of an order, in bytes.
+pub const MAX_ITEM_BYTES: usize = 256;
+
+/// Refused: the item name is empty or longer than [`MAX_ITEM_BYTES`].
+pub const BAD_ITEM: &str = "bad_item";
+/// Refused: a quantity of 0.
+pub const BAD_QTY: &str = "bad_qty";
+
+/// The order of a wave on `orders.created`, or why it is none: its payload
+/// is not JSON ([`refusals::NOT_JSON`]) or not an order
+/// ([`refusals::BAD_FIELDS`]), its order id cannot be a correlation key
+/// ([`refusals::BAD_ORDER_ID`]), its item name is empty or too long
+/// ([`BAD_ITEM`]), or it orders nothing ([`BAD_QTY`]). An order that passes
+/// can always be answered.
+pub fn read_order(wave: &Wave) -> Result<Order, Refusal> {
+    let order: Order = refusals::read_json(wave)?;
+    refusals::check_order_id(&order.order_id)?;
+    if order.item.is_empty() || order.item.len() > MAX_ITEM_BYTES {
+        return Err(Refusal::new(
+            BAD_ITEM,
+            format_args!(
+                "an item name of {} bytes (1 to {MAX_ITEM_BYTES})",
+                order.item.len()
+            ),
+        ));
+    }
+    if order.qty == 0 {
+        return Err(Refusal::new(BAD_QTY, "a quantity of 0"));
+    }
+    Ok(order)
 }
 
 /// Answers orders on `aether` from the stock of `settings` until
@@ -263,6 +312,7 @@ pub async fn run_live(
         stock: start.beta.stock.clone(),
         ..BetaReport::default()
     };
+    let mut refusal_log = RefusalLog::new("service-beta", refusals::WARN_EVERY);
     tracing::info!(
         stock = ?report.stock,
         noise_floor = start.service.noise_floor,
@@ -294,17 +344,29 @@ pub async fn run_live(
         };
         // In the wave's consumer span: the answer continues its trace.
         let span = beta.span_of(&wave);
-        handle(&beta, reliable.as_ref(), &mut report, wave)
-            .instrument(span)
-            .await?;
+        handle(
+            &beta,
+            reliable.as_ref(),
+            &mut report,
+            &mut refusal_log,
+            wave,
+        )
+        .instrument(span)
+        .await?;
     }
     // Orders that arrived before the shutdown are answered too.
     while let Some(wave) = beta.try_receive() {
         // In the wave's consumer span: the answer continues its trace.
         let span = beta.span_of(&wave);
-        handle(&beta, reliable.as_ref(), &mut report, wave)
-            .instrument(span)
-            .await?;
+        handle(
+            &beta,
+            reliable.as_ref(),
+            &mut report,
+            &mut refusal_log,
+            wave,
+        )
+        .instrument(span)
+        .await?;
     }
     if let Err(error) = aether.flush(DRAIN).await {
         tracing::warn!(%error, "answers may be left unsent");
@@ -313,42 +375,59 @@ pub async fn run_live(
     Ok(report)
 }
 
-/// Answers an order, counts an outcome, or ignores anything else.
+/// Answers an order, counts an outcome, or ignores anything else; refuses
+/// (and counts) a wave on `orders.created` that is no order. Fails only
+/// when the aether does (closed, or an emit refused for good).
 async fn handle(
     beta: &Vibrator,
     reliable: Option<&Reliable>,
     report: &mut BetaReport,
+    refusal_log: &mut RefusalLog,
     wave: Wave,
 ) -> Result<(), BetaError> {
     match wave.channel().as_str() {
-        "orders.created" => match wave.json::<Order>() {
-            Ok(order) => {
-                let answer = answer(report, &order)?;
-                let reserved = answer.channel().as_str() == "inventory.reserved";
-                match reliable::emit_with(reliable, beta, answer).await {
-                    Ok(_) => {}
-                    Err(error) if reliable::failed_for_now(error.kind()) => {
-                        tracing::warn!(%error, order_id = order.order_id, "order not answered");
-                        if error.kind() == EmitErrorKind::RateLimited {
-                            report.rate_limited += 1;
-                        } else {
-                            report.failed += 1;
-                        }
-                        if reserved {
-                            report.reserved -= 1;
-                            *report.stock.entry(order.item).or_default() += order.qty;
-                        } else {
-                            report.insufficient -= 1;
-                        }
-                    }
-                    Err(error) => return Err(error.into()),
+        "orders.created" => {
+            let answered = read_order(&wave).and_then(|order| {
+                answer(&report.stock, &order)
+                    .map(|answer| (order, answer))
+                    .map_err(|error| Refusal::new(refusals::BAD_ORDER_ID, error))
+            });
+            let (order, answer) = match answered {
+                Ok(answered) => answered,
+                Err(refusal) => {
+                    refusal_log.refuse(&mut report.refused, refusal, wave.channel().as_str());
+                    return Ok(());
                 }
+            };
+            let reserved = answer.channel().as_str() == "inventory.reserved";
+            // Taken from the stock before the emit, given back if it fails.
+            if reserved {
+                report.reserved += 1;
+                if let Some(units) = report.stock.get_mut(&order.item) {
+                    *units -= order.qty;
+                }
+            } else {
+                report.insufficient += 1;
             }
-            Err(error) => {
-                tracing::warn!(%error, "an order that is not one, ignored");
-                report.ignored += 1;
+            match reliable::emit_with(reliable, beta, answer).await {
+                Ok(_) => {}
+                Err(error) if reliable::failed_for_now(error.kind()) => {
+                    tracing::warn!(%error, order_id = order.order_id, "order not answered");
+                    if error.kind() == EmitErrorKind::RateLimited {
+                        report.rate_limited += 1;
+                    } else {
+                        report.failed += 1;
+                    }
+                    if reserved {
+                        report.reserved -= 1;
+                        *report.stock.entry(order.item).or_default() += order.qty;
+                    } else {
+                        report.insufficient -= 1;
+                    }
+                }
+                Err(error) => return Err(error.into()),
             }
-        },
+        }
         "orders.confirmed" | "orders.cancelled" => {
             tracing::debug!(channel = %wave.channel(), key = wave.correlation_key(), "outcome");
             report.outcomes_heard += 1;
@@ -358,40 +437,35 @@ async fn handle(
     Ok(())
 }
 
-/// Reserves `order` from the stock, or refuses it: the wave to emit.
-fn answer(report: &mut BetaReport, order: &Order) -> Result<Wave, BetaError> {
-    let units = report.stock.get_mut(&order.item);
-    let available = units.as_deref().copied().unwrap_or(0);
-    let wave = match units {
-        Some(units) if *units >= order.qty => {
-            *units -= order.qty;
-            report.reserved += 1;
-            Wave::builder("inventory.reserved")
-                .phase(Phase::ASSERT)
-                .correlation_key(&order.order_id)
-                .json(&json!({
-                    "order_id": order.order_id,
-                    "item": order.item,
-                    "qty": order.qty,
-                    "left": *units,
-                }))
-                .build()?
-        }
-        _ => {
-            report.insufficient += 1;
-            Wave::builder("inventory.insufficient")
-                .phase(Phase::RETRACT)
-                .correlation_key(&order.order_id)
-                .json(&json!({
-                    "order_id": order.order_id,
-                    "item": order.item,
-                    "qty": order.qty,
-                    "available": available,
-                }))
-                .build()?
-        }
-    };
-    Ok(wave)
+/// The answer to `order` from `stock`: `inventory.reserved` when the stock
+/// covers it, else `inventory.insufficient` in phase RETRACT. Nothing is
+/// taken from the stock here. Fails only for an order [`read_order`]
+/// refuses (an order id that cannot be a correlation key).
+fn answer(stock: &BTreeMap<String, u64>, order: &Order) -> Result<Wave, WaveError> {
+    let available = stock.get(&order.item).copied().unwrap_or(0);
+    if available >= order.qty && available > 0 {
+        Wave::builder("inventory.reserved")
+            .phase(Phase::ASSERT)
+            .correlation_key(&order.order_id)
+            .json(&json!({
+                "order_id": order.order_id,
+                "item": order.item,
+                "qty": order.qty,
+                "left": available - order.qty,
+            }))
+            .build()
+    } else {
+        Wave::builder("inventory.insufficient")
+            .phase(Phase::RETRACT)
+            .correlation_key(&order.order_id)
+            .json(&json!({
+                "order_id": order.order_id,
+                "item": order.item,
+                "qty": order.qty,
+                "available": available,
+            }))
+            .build()
+    }
 }
 
 #[cfg(test)]

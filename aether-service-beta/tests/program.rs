@@ -188,3 +188,257 @@ async fn noise_floor_reloads() {
     kill(pid, Signal::SIGTERM).unwrap();
     assert!(beta.wait().await.unwrap().success());
 }
+
+/// Hostile but well-formed waves, published by a raw NATS client (not
+/// aether-core): each is a valid envelope on `orders.created` whose payload
+/// is no order. Beta refuses each, counts it by reason, warns at most once
+/// per 10 s, goes on answering, and its summary counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_hostile_waves_counts_them_and_goes_on() {
+    tokio::time::timeout(Duration::from_secs(60), hostile_waves())
+        .await
+        .expect("within 60 s");
+}
+
+/// Payloads of `orders.created` that are no order, each with the reason
+/// beta refuses it for.
+mod hostile {
+    use aether_service_beta::{BAD_ITEM, BAD_QTY, refusals::*};
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    /// An order with `field` replaced by `value`, or left out if `None`.
+    fn order_with(field: &str, value: Option<Value>) -> Vec<u8> {
+        let mut order = json!({"order_id": "hostile", "item": "widget", "qty": 1});
+        match value {
+            Some(value) => order[field] = value,
+            None => drop(order.as_object_mut().unwrap().remove(field)),
+        }
+        order.to_string().into_bytes()
+    }
+
+    /// The payloads written by hand.
+    pub fn by_hand() -> Vec<(&'static str, Vec<u8>)> {
+        let kib64 = "x".repeat(64 * 1024);
+        vec![
+            (BAD_ORDER_ID, order_with("order_id", Some(json!("")))),
+            (
+                BAD_ORDER_ID,
+                order_with("order_id", Some(json!("o".repeat(300)))),
+            ),
+            (BAD_ORDER_ID, order_with("order_id", Some(json!(kib64)))),
+            (BAD_ITEM, order_with("item", Some(json!(kib64)))),
+            (BAD_ITEM, order_with("item", Some(json!("")))),
+            (BAD_QTY, order_with("qty", Some(json!(0)))),
+            (BAD_FIELDS, order_with("order_id", Some(json!(7)))),
+            (BAD_FIELDS, order_with("qty", Some(json!("1")))),
+            (BAD_FIELDS, order_with("qty", Some(json!(-1)))),
+            (BAD_FIELDS, order_with("qty", Some(json!(1.5)))),
+            (BAD_FIELDS, order_with("item", None)),
+            (BAD_FIELDS, b"[1, 2, 3]".to_vec()),
+            (BAD_FIELDS, b"\"an order\"".to_vec()),
+            (BAD_FIELDS, b"null".to_vec()),
+            (NOT_JSON, "[".repeat(10_000).into_bytes()),
+            (NOT_JSON, b"\xff\xfe\xfd".to_vec()),
+            (
+                NOT_JSON,
+                b"{\"order_id\": \"\xff\", \"item\": \"widget\", \"qty\": 1}".to_vec(),
+            ),
+            (NOT_JSON, Vec::new()),
+        ]
+    }
+
+    /// A JSON value of any type but a string.
+    fn not_a_string() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<bool>().prop_map(Value::from),
+            Just(Value::Null),
+            prop::collection::vec(any::<i64>(), 0..4).prop_map(Value::from),
+        ]
+    }
+
+    /// A string of 257 bytes to 64 KiB, or none.
+    fn bad_length() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            (257usize..=64 * 1024).prop_map(|n| "x".repeat(n))
+        ]
+    }
+
+    /// Generated payloads, with their reasons.
+    pub fn generated() -> impl Strategy<Value = (&'static str, Vec<u8>)> {
+        prop_oneof![
+            // Bytes no JSON text starts with.
+            prop::collection::vec(any::<u8>(), 0..512).prop_map(|mut bytes| {
+                bytes.insert(0, 0xff);
+                (NOT_JSON, bytes)
+            }),
+            (129usize..=10_000).prop_map(|depth| (NOT_JSON, "[".repeat(depth).into_bytes())),
+            not_a_string().prop_map(|v| (BAD_FIELDS, order_with("order_id", Some(v)))),
+            not_a_string().prop_map(|v| (BAD_FIELDS, order_with("item", Some(v)))),
+            prop_oneof![
+                (i64::MIN..0).prop_map(Value::from),
+                (0.001f64..1e9).prop_map(|q| Value::from(q.floor() + 0.5)),
+                "[0-9]{1,5}".prop_map(Value::from),
+            ]
+            .prop_map(|v| (BAD_FIELDS, order_with("qty", Some(v)))),
+            prop::sample::select(vec!["order_id", "item", "qty"])
+                .prop_map(|field| (BAD_FIELDS, order_with(field, None))),
+            bad_length().prop_map(|id| (BAD_ORDER_ID, order_with("order_id", Some(id.into())))),
+            bad_length().prop_map(|item| (BAD_ITEM, order_with("item", Some(item.into())))),
+        ]
+    }
+}
+
+/// What the raw client publishes: `count` of the generated payloads.
+fn generated_payloads(count: usize) -> Vec<(&'static str, Vec<u8>)> {
+    use proptest::strategy::{Strategy, ValueTree};
+    let mut runner = proptest::test_runner::TestRunner::default();
+    (0..count)
+        .map(|_| {
+            hostile::generated()
+                .new_tree(&mut runner)
+                .unwrap()
+                .current()
+        })
+        .collect()
+}
+
+/// The NATS body of a wave on `channel` with `payload`: a valid envelope.
+fn envelope(channel: &str, payload: Vec<u8>) -> Vec<u8> {
+    let wave = aether_core::Wave::builder(channel)
+        .payload(payload)
+        .build()
+        .unwrap();
+    aether_core::wire::encode(&wave).to_vec()
+}
+
+async fn hostile_waves() {
+    use std::collections::BTreeMap;
+
+    use aether_core::{Vibrator, Wave};
+    use aether_testkit::RawNats;
+
+    let server = NatsServer::builder().start().await.expect("nats-server");
+    let dir = tempfile::tempdir().unwrap();
+    write_settings(dir.path(), "[beta]\nstock = { widget = 100 }\n");
+    let mut beta = command()
+        .arg("--config-dir")
+        .arg(dir.path())
+        .args(["--nats", &server.url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(beta.stdout.take().unwrap()).lines();
+    let ready = out.next_line().await.unwrap().expect("a line");
+    assert!(ready.contains("resonating"), "{ready}");
+    // Its log, read as it comes so that the pipe never fills.
+    let stderr = beta.stderr.take().unwrap();
+    let log = tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        let mut all = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            all.push(line);
+        }
+        all
+    });
+
+    let aether = Aether::connect(AetherConfig {
+        nats: NatsConfig {
+            urls: vec![server.url()],
+            ..NatsConfig::default()
+        },
+        ..AetherConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut shop = Vibrator::create("shop", &aether).await.unwrap();
+    shop.resonate_on("inventory.*").await.unwrap();
+    let order = |id: &str| {
+        Wave::builder("orders.created")
+            .correlation_key(id)
+            .json(&serde_json::json!({"order_id": id, "item": "widget", "qty": 1}))
+            .build()
+            .unwrap()
+    };
+    // Beta may not resonate yet: order until it answers.
+    loop {
+        shop.emit(order("first")).await.unwrap();
+        if let Ok(answer) = tokio::time::timeout(Duration::from_millis(200), shop.receive()).await {
+            assert_eq!(answer.unwrap().payload()["order_id"], "first");
+            break;
+        }
+    }
+
+    let started = std::time::Instant::now();
+    let mut raw = RawNats::connect(server.addr()).await.unwrap();
+    let mut hostile = hostile::by_hand();
+    hostile.extend(generated_payloads(64));
+    let mut expected: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for (reason, payload) in hostile {
+        *expected.entry(reason).or_default() += 1;
+        let body = envelope("orders.created", payload);
+        raw.publish("aether.orders.created", None, &body)
+            .await
+            .unwrap();
+    }
+    // Replies to requests beta never made, a reflection of a wave it never
+    // emitted, and a body that is no envelope: the aether refuses or drops
+    // them before beta, and beta goes on.
+    for (subject, channel) in [
+        (
+            "aether._INBOX.00000000000000ab.7",
+            "_INBOX.00000000000000ab.7",
+        ),
+        (
+            "aether._reflect.service-beta.00000000000000ab",
+            "_reflect.service-beta.00000000000000ab",
+        ),
+    ] {
+        let body = envelope(channel, br#"{"order_id": "reply"}"#.to_vec());
+        raw.publish(subject, None, &body).await.unwrap();
+    }
+    raw.publish("aether.orders.created", None, b"{\"order_id\": \"raw\"}")
+        .await
+        .unwrap();
+    raw.ping().await.unwrap();
+
+    // A valid order after them is still answered, and none of them was.
+    shop.emit(order("last")).await.unwrap();
+    loop {
+        let answer = tokio::time::timeout(Duration::from_secs(10), shop.receive())
+            .await
+            .expect("an answer to the last order")
+            .unwrap();
+        let id = answer.payload()["order_id"].as_str().unwrap().to_string();
+        assert!(id == "first" || id == "last", "answered {id}");
+        if id == "last" {
+            assert_eq!(answer.channel().as_str(), "inventory.reserved");
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+
+    let pid = Pid::from_raw(i32::try_from(beta.id().unwrap()).unwrap());
+    kill(pid, Signal::SIGTERM).unwrap();
+    assert!(beta.wait().await.unwrap().success());
+    let report = out.next_line().await.unwrap().expect("the report");
+    let refused = format!(
+        "refused {}",
+        aether_service_beta::refusals::summary(&expected)
+    );
+    assert!(report.contains(&refused), "{report}: {refused}");
+    // One warning, then at most one per 10 s, however many were refused.
+    let log = log.await.unwrap();
+    let warnings = log
+        .iter()
+        .filter(|line| line.contains("bad waves refused"))
+        .count();
+    let most = 1 + elapsed.as_secs() / 10;
+    assert!(
+        (1..=most as usize).contains(&warnings),
+        "{warnings} warnings in {elapsed:?}: {log:#?}"
+    );
+}
