@@ -18,7 +18,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use crate::{
     GatewayConfig, GatewayError,
     family::HopAttribution,
-    http::{AppState, router},
+    http::{AppState, ServeLimits, router, serve_http},
     journal::{JournalLink, JournalMetrics, restore, run_writer},
     metrics::{Metrics, Sources},
     observer::{Observer, ObserverParts},
@@ -179,14 +179,11 @@ impl GatewayBuilder {
             snapshots: snapshots.clone(),
             shutdown: stop.clone(),
         });
-        let server = {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.wait().await })
-                    .await
-            })
+        let limits = ServeLimits {
+            header_read_timeout: config.header_read_timeout(),
+            max_connections: config.max_connections,
         };
+        let server = tokio::spawn(serve_http(listener, app, limits, stop.clone()));
         let (limits, limits_rx) = watch::channel(self.resource_limits);
         tokio::spawn(check_resources(limits_rx, stop.clone()));
         tracing::info!(%addr, medium, "gateway listening");

@@ -8,8 +8,18 @@
 //! | `/` | the live dashboard: one HTML page, plain JavaScript, no build step |
 //! | `/events` | server-sent events: a `snapshot` event (JSON) every `snapshot_interval_ms` |
 //! | `/snapshot` | the latest snapshot, JSON |
+//!
+//! [`serve_http`] runs them on hyper's HTTP/1.1 server with two limits from
+//! `[gateway]`: `header_read_timeout_ms`, after which a connection that has
+//! not sent a whole request head is closed, and `max_connections`, the most
+//! connections open at once.
 
-use std::{convert::Infallible, sync::Arc};
+use std::{
+    convert::Infallible,
+    io,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use aether_core::Aether;
 use aether_ops::shutdown::Shutdown;
@@ -24,8 +34,17 @@ use axum::{
     routing::get,
 };
 use futures_util::{Stream, stream};
+use hyper::server::conn::http1;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+    service::TowerToHyperService,
+};
 use prometheus::IntGauge;
-use tokio::sync::watch;
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+};
 
 use crate::{
     metrics::{Metrics, TEXT_CONTENT_TYPE},
@@ -55,6 +74,105 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/events", get(events))
         .route("/snapshot", get(snapshot))
         .with_state(state)
+}
+
+/// The limits [`serve_http`] holds every connection to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ServeLimits {
+    /// A connection that has not sent a whole request head within this
+    /// (from when it opens, or from the previous answer) is closed.
+    pub(crate) header_read_timeout: Duration,
+    /// Most connections open at once; further ones wait in the listen
+    /// backlog until one closes.
+    pub(crate) max_connections: usize,
+}
+
+/// Most time between two warnings that the connection limit is reached.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener`, HTTP/1.1, within `limits`, until `stop`:
+/// then stops accepting (the listener is closed), lets each connection
+/// finish the request it is answering, closes the idle ones, and returns
+/// once every connection is closed.
+///
+/// `axum::serve` gives no access to hyper's connection settings, so this is
+/// its accept loop with hyper's `header_read_timeout` (on a Tokio timer)
+/// and a semaphore of `max_connections` permits: a permit is taken before
+/// each accept and given back when the connection closes.
+pub(crate) async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    limits: ServeLimits,
+    stop: Shutdown,
+) -> io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let mut last_full_warning: Option<Instant> = None;
+    loop {
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if last_full_warning.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
+                    last_full_warning = Some(Instant::now());
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "HTTP connections at [gateway] max_connections: further ones wait \
+                         until one closes"
+                    );
+                }
+                tokio::select! {
+                    () = stop.wait() => break,
+                    permit = Arc::clone(&slots).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break, // never closed
+                    },
+                }
+            }
+        };
+        let stream = tokio::select! {
+            () = stop.wait() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Per connection (reset before it was taken): the next
+                    // one. Else (out of file descriptors): a pause first.
+                    if !is_connection_error(&error) {
+                        tracing::warn!(%error, "accepting an HTTP connection failed");
+                        tokio::select! {
+                            () = stop.wait() => break,
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                    continue;
+                }
+            },
+        };
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "HTTP connection ended");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// Whether an accept error concerns that one connection only.
+fn is_connection_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -10,6 +10,8 @@
 //! family_depth = 2             # orders.created.eu counts as orders.created
 //! max_channel_families = 100   # more distinct families fold into "other"
 //! observer_queue_capacity = 100000
+//! header_read_timeout_ms = 5000 # a request head not whole by then: closed
+//! max_connections = 1024       # more wait until one closes
 //!
 //! [[gateway.hopping]]          # hopping waves of this base count as its family
 //! base = "orders"
@@ -124,6 +126,17 @@ pub struct GatewayConfig {
     /// The journal of observed waves and snapshots of the counters
     /// (`[gateway.journal]`); off by default.
     pub journal: JournalConfig,
+    /// How long an HTTP connection has to send a whole request head (the
+    /// request line and headers), in milliseconds: the first request's from
+    /// when it opens, a later one's from when the previous answer was sent.
+    /// A connection that has not by then is closed, so that half-sent
+    /// requests do not hold connections open. 100 to 600,000, default
+    /// 5,000.
+    pub header_read_timeout_ms: u64,
+    /// Most HTTP connections open at once. At the limit, further
+    /// connections are not accepted (they wait in the listen backlog) until
+    /// one closes. 1 to 100,000, default 1,024.
+    pub max_connections: usize,
 }
 
 impl Default for GatewayConfig {
@@ -141,6 +154,8 @@ impl Default for GatewayConfig {
             snapshot_interval_ms: 500,
             hopping: Vec::new(),
             journal: JournalConfig::default(),
+            header_read_timeout_ms: 5_000,
+            max_connections: 1_024,
         }
     }
 }
@@ -149,6 +164,11 @@ impl GatewayConfig {
     /// [`GatewayConfig::snapshot_interval_ms`] as a duration.
     pub fn snapshot_interval(&self) -> Duration {
         Duration::from_millis(self.snapshot_interval_ms)
+    }
+
+    /// [`GatewayConfig::header_read_timeout_ms`] as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
     }
 }
 
@@ -198,6 +218,18 @@ impl Validate for GatewayConfig {
             self.snapshot_interval_ms,
             50..=60_000,
             "must be 50 to 60000",
+        )?;
+        in_range(
+            "header_read_timeout_ms",
+            self.header_read_timeout_ms,
+            100..=600_000,
+            "must be 100 to 600000",
+        )?;
+        in_range(
+            "max_connections",
+            self.max_connections,
+            1..=100_000,
+            "must be 1 to 100000",
         )?;
         validate_section("journal", &self.journal)?;
         for base in &self.hopping {
@@ -363,5 +395,23 @@ mod tests {
         let toml = "[[gateway.hopping]]\nbase = \"orders\"\nhop_count = 0\n";
         let err = load(toml, &[]).unwrap_err();
         assert_eq!(err.key(), Some("gateway.hopping.hop_count"));
+        let err = load("[gateway]\nheader_read_timeout_ms = 0\n", &[]).unwrap_err();
+        assert_eq!(err.key(), Some("gateway.header_read_timeout_ms"));
+        let err = load("[gateway]\nmax_connections = 0\n", &[]).unwrap_err();
+        assert_eq!(err.key(), Some("gateway.max_connections"));
+    }
+
+    #[test]
+    fn http_limits_have_defaults_and_can_be_set() {
+        let gateway = GatewayConfig::default();
+        assert_eq!(gateway.header_read_timeout(), Duration::from_secs(5));
+        assert_eq!(gateway.max_connections, 1_024);
+        let settings = load(
+            "[gateway]\nheader_read_timeout_ms = 250\n",
+            &[("AETHER__GATEWAY__MAX_CONNECTIONS", "8")],
+        )
+        .unwrap();
+        assert_eq!(settings.gateway.header_read_timeout_ms, 250);
+        assert_eq!(settings.gateway.max_connections, 8);
     }
 }

@@ -149,3 +149,145 @@ async fn a_busy_port_is_refused_with_its_address() {
         .unwrap_err();
     assert!(err.to_string().contains("gateway.family_depth"), "{err}");
 }
+
+/// Reads from `stream` until the server closes it (end of stream or a
+/// reset), within `bound`; how long that took, or `None` if it stayed open.
+async fn closed_within(stream: &mut tokio::net::TcpStream, bound: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buffer = [0u8; 1024];
+    let closed = tokio::time::timeout(bound, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    closed.ok().map(|()| started.elapsed())
+}
+
+/// Sends `GET /health` on `stream`, keeping the connection open, and reads
+/// the answer, within `bound`; `false` if none came in time.
+async fn health_on(stream: &mut tokio::net::TcpStream, bound: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    tokio::time::timeout(bound, async {
+        while !answer.ends_with(b"\r\n\r\nok\n") {
+            let n = stream.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buffer[..n]);
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// A connection that sends part of a request head, or nothing, is closed
+/// once `header_read_timeout_ms` has passed; a request sent whole is
+/// answered, and a dashboard's event stream, which sends no further
+/// request, stays open past it.
+#[tokio::test]
+async fn a_half_sent_request_is_closed_after_the_header_read_timeout() {
+    use tokio::{io::AsyncWriteExt, net::TcpStream};
+
+    let aether = Aether::default();
+    let gateway = start(
+        &aether,
+        aether_gateway::GatewayConfig {
+            header_read_timeout_ms: 300,
+            ..config()
+        },
+    )
+    .await;
+    let addr = gateway.addr();
+    let timeout = Duration::from_millis(300);
+    let margin = Duration::from_secs(2);
+
+    let mut half = TcpStream::connect(addr).await.unwrap();
+    half.write_all(b"GET /metrics HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let closed = closed_within(&mut half, timeout + margin)
+        .await
+        .expect("the half-sent request's connection is closed");
+    assert!(closed >= timeout - Duration::from_millis(50), "{closed:?}");
+    closed_within(&mut silent, timeout + margin)
+        .await
+        .expect("the silent connection is closed");
+
+    // Whole requests are answered, on a fresh connection and on one kept
+    // open; the kept one is closed once idle past the timeout.
+    assert_eq!(get(addr, "/health").await.status, 200);
+    let mut kept = TcpStream::connect(addr).await.unwrap();
+    assert!(health_on(&mut kept, BOUND).await);
+    assert!(health_on(&mut kept, BOUND).await);
+    closed_within(&mut kept, timeout + margin)
+        .await
+        .expect("the idle connection is closed");
+
+    // 20 snapshots every 50 ms: a stream open three times the timeout.
+    let mut snapshots = 0;
+    sse_until(addr, BOUND, |_| {
+        snapshots += 1;
+        snapshots == 20
+    })
+    .await;
+    gateway.stop().await.unwrap();
+}
+
+/// With `max_connections` open, a further connection is not served until
+/// one of them closes, then it is.
+#[tokio::test]
+async fn a_connection_past_max_connections_waits_until_one_closes() {
+    use tokio::net::TcpStream;
+
+    let aether = Aether::default();
+    let gateway = start(
+        &aether,
+        aether_gateway::GatewayConfig {
+            max_connections: 2,
+            header_read_timeout_ms: 60_000,
+            ..config()
+        },
+    )
+    .await;
+    let addr = gateway.addr();
+    // Two connections, served and kept open.
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    assert!(health_on(&mut first, BOUND).await);
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    assert!(health_on(&mut second, BOUND).await);
+
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    assert!(
+        !health_on(&mut third, Duration::from_millis(500)).await,
+        "a third connection was served with 2 open and max_connections = 2"
+    );
+    // The first two are still served.
+    assert!(health_on(&mut second, BOUND).await);
+
+    drop(first);
+    // The third's request, sent before, is answered now.
+    let answered = tokio::time::timeout(BOUND, async {
+        use tokio::io::AsyncReadExt;
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while !answer.ends_with(b"\r\n\r\nok\n") {
+            let n = third.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buffer[..n]);
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "not served once a connection closed");
+    drop((second, third));
+    gateway.stop().await.unwrap();
+}
