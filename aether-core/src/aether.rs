@@ -49,7 +49,7 @@ pub struct Aether {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     config: AetherConfig,
     stats: Arc<Counters>,
     medium: Medium,
@@ -154,7 +154,7 @@ impl Aether {
         durable: Option<Arc<EmbeddedDurable>>,
     ) -> Self {
         let physics = Arc::new(PhysicsHub::new(config.physics.clone()));
-        Self {
+        let aether = Self {
             inner: Arc::new(Inner {
                 config,
                 stats,
@@ -165,6 +165,53 @@ impl Aether {
                 security,
                 durable,
             }),
+        };
+        aether.start_reports();
+        aether
+    }
+
+    /// Starts the instance reports (`[aether.report]`), if they are on and
+    /// a Tokio runtime runs this.
+    fn start_reports(&self) {
+        let report = &self.inner.config.report;
+        if report.interval_ms == 0 {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("instance reports are on, but no Tokio runtime runs: none is sent");
+            return;
+        };
+        runtime.spawn(crate::report::run(
+            Arc::downgrade(&self.inner),
+            report.instance_name(),
+            std::time::Duration::from_millis(report.interval_ms),
+        ));
+    }
+
+    /// The aether of `inner`, if it is still alive.
+    pub(crate) fn upgrade(inner: &Weak<Inner>) -> Option<Self> {
+        inner.upgrade().map(|inner| Self { inner })
+    }
+
+    /// Its live receive queues.
+    pub(crate) fn inboxes(&self) -> Vec<Arc<Inbox>> {
+        self.lock_inboxes()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// Emits `wave`, on one of the bus's own channels, from the aether
+    /// itself (named `source`): checked and counted like any emit.
+    pub(crate) async fn emit_own(&self, mut wave: Wave, source: &str) -> Result<(), EmitError> {
+        let now_ns = unix_nanos();
+        wave.stamp_emission(&smol_str::SmolStr::new(source), 0, now_ns);
+        match &self.inner.medium {
+            Medium::Embedded(_) => self.dispatch(wave, now_ns).map(|_| ()),
+            Medium::Nats(nats) => {
+                let admitted = self.admit(wave, now_ns)?;
+                nats.publish_admitted(admitted).await
+            }
         }
     }
 
@@ -443,7 +490,7 @@ impl Aether {
         // Checked in place: the wave moves once more, into the queue.
         match self.check(&mut wave, now_ns)? {
             None => Ok(medium.route(wave, &self.inner.stats)),
-            Some(_) => Ok(Routed::default()),
+            Some(_) => Ok(Routed::dropped()),
         }
     }
 
@@ -465,7 +512,7 @@ impl Aether {
             Admitted::Dropped(reason, wave) => {
                 let emitted = wave.channel().clone();
                 self.reflect_embedded(medium, wave, emitted, reason.into());
-                return Ok(Routed::default());
+                return Ok(Routed::dropped());
             }
         };
         let emitted = wave.channel().clone();

@@ -68,6 +68,7 @@ pub mod reflection;
 pub mod reliable;
 mod replay;
 mod reply;
+pub mod report;
 mod secret;
 mod security;
 pub mod spans;

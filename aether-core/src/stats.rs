@@ -70,6 +70,7 @@ impl fmt::Display for DropReason {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     emitted: AtomicU64,
+    published: AtomicU64,
     delivered: AtomicU64,
     unrouted: AtomicU64,
     diffracted: AtomicU64,
@@ -85,6 +86,10 @@ pub(crate) struct Counters {
 impl Counters {
     pub(crate) fn emitted(&self) {
         self.emitted.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn published(&self) {
+        self.published.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn delivered(&self) {
@@ -138,6 +143,7 @@ impl Counters {
         }
         StatsSnapshot {
             emitted: self.emitted.load(Relaxed),
+            published: self.published.load(Relaxed),
             delivered: self.delivered.load(Relaxed),
             unrouted: self.unrouted.load(Relaxed),
             diffracted: self.diffracted.load(Relaxed),
@@ -166,6 +172,10 @@ impl Counters {
 pub struct StatsSnapshot {
     /// Waves accepted for emission.
     pub emitted: u64,
+    /// For a vibrator: the waves it emitted that went out on the medium
+    /// (not dropped by the checks at emit, reflections it sent excluded),
+    /// which an observer of every channel sees. Not kept for an aether.
+    pub published: u64,
     /// Waves placed in receive queues.
     pub delivered: u64,
     /// Emitted waves that matched no resonator (for a diffracting wave: on
@@ -221,6 +231,7 @@ impl fmt::Display for StatsSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let totals = [
             ("emitted", self.emitted),
+            ("published", self.published),
             ("delivered", self.delivered),
             ("unrouted", self.unrouted),
             ("diffracted", self.diffracted),

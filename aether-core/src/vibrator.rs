@@ -203,6 +203,12 @@ fn closed<K: Copy>(kind: K) -> crate::Error<K> {
     crate::Error::new(kind, "the aether was closed; create a new one")
 }
 
+/// Whether `name` is a vibrator name: 1 to [`MAX_NAME_BYTES`] bytes of
+/// `A-Z a-z 0-9 _ - .`.
+pub(crate) fn is_name(name: &str) -> bool {
+    check_name(name, (), "").is_ok()
+}
+
 fn check_name<K: Copy>(name: &str, kind: K, what: &str) -> Result<(), crate::Error<K>> {
     let problem = if name.is_empty() {
         Some("is empty".to_string())
@@ -886,6 +892,9 @@ impl Emitter {
         let id = wave.id();
         let routed = self.aether.dispatch(wave, now_ns)?;
         self.inbox.stats().emitted();
+        if !routed.dropped {
+            self.inbox.stats().published();
+        }
         Ok((id, routed))
     }
 
@@ -908,6 +917,9 @@ impl Emitter {
         let _span = crate::spans::emitting(wave, &self.name);
         let dropped = self.aether.check(wave, now_ns)?;
         self.inbox.stats().emitted();
+        if dropped.is_none() {
+            self.inbox.stats().published();
+        }
         Ok(dropped)
     }
 

@@ -19,6 +19,7 @@ use crate::{
     GatewayConfig, GatewayError,
     family::HopAttribution,
     http::{AppState, ServeLimits, router, serve_http},
+    instances::Instances,
     journal::{JournalLink, JournalMetrics, restore, run_writer},
     metrics::{Metrics, Sources},
     observer::{Observer, ObserverParts},
@@ -166,6 +167,11 @@ impl GatewayBuilder {
             observer_stats,
             snapshots: snapshot_tx,
             journal,
+            instances: Instances::new(
+                metrics.registry(),
+                config.max_instances,
+                Duration::from_millis(config.instance_gone_ms),
+            )?,
         });
         let mut observer = observer;
         let recovery = restored.map(|(state, tail, recovery)| {

@@ -59,6 +59,7 @@ mod error;
 pub mod family;
 pub mod gateway;
 mod http;
+pub mod instances;
 pub mod journal;
 pub mod metrics;
 pub mod observer;

@@ -60,9 +60,10 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
     install_panic_hook(Arc::clone(&panics));
     let shutdown = Shutdown::on_signals()?;
 
+    let config = aether_ops::service::named(&settings.aether, env!("CARGO_PKG_NAME"));
     let aether = match settings.gateway.medium {
-        Medium::Embedded => Aether::new(settings.aether.clone())?,
-        Medium::Nats => Aether::connect(settings.aether.clone()).await?,
+        Medium::Embedded => Aether::new(config)?,
+        Medium::Nats => Aether::connect(config).await?,
     };
     let gateway = Gateway::builder(settings.gateway.clone())
         .panic_counter(panics)
@@ -143,9 +144,10 @@ async fn run_command(command: &Command, settings: &GatewaySettings) -> Result<()
     match command {
         Command::Replay(args) => {
             let selection = selection(&args.select, settings)?;
+            let config = aether_ops::service::named(&settings.aether, "aether-gateway-replay");
             let aether = match settings.gateway.medium {
-                Medium::Embedded => Aether::new(settings.aether.clone())?,
-                Medium::Nats => Aether::connect(settings.aether.clone()).await?,
+                Medium::Embedded => Aether::new(config)?,
+                Medium::Nats => Aether::connect(config).await?,
             };
             let report = replay(&aether, &args.name, selection, args.amplitude).await?;
             aether.close();

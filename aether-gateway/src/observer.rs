@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use crate::{
     family::{Families, HOPPING, HopAttribution, family_of},
     gateway::OBSERVER_NAME,
+    instances::Instances,
     journal::{
         EdgeCount, EdgeKey, FamilyCount, JournalLink, JournalState, MAX_SAVED_EDGES, count_edge,
     },
@@ -81,6 +82,8 @@ pub(crate) struct ObserverParts {
     pub(crate) snapshots: watch::Sender<Arc<Published>>,
     /// The journal writer's queue, when the gateway journals.
     pub(crate) journal: Option<JournalLink>,
+    /// The instances that report on the bus.
+    pub(crate) instances: Instances,
 }
 
 /// The observer task's state.
@@ -304,17 +307,22 @@ impl Observer {
         // One clock reading per batch: the waves were queued by then.
         let now = SystemTime::now();
         let now_ms = unix_ms(now);
-        self.observe(&first, now, now_ms);
+        let instant = Instant::now();
+        self.observe(&first, now, now_ms, instant);
         for _ in 1..BATCH {
             match self.parts.vibrator.try_receive() {
-                Some(wave) => self.observe(&wave, now, now_ms),
+                Some(wave) => self.observe(&wave, now, now_ms, instant),
                 None => return true,
             }
         }
         false
     }
 
-    fn observe(&mut self, wave: &Wave, now: SystemTime, now_ms: u64) {
+    fn observe(&mut self, wave: &Wave, now: SystemTime, now_ms: u64, instant: Instant) {
+        // An instance report is the bus's telemetry, not traffic.
+        if self.parts.instances.take(wave, instant) {
+            return;
+        }
         let amplitude = self.count(wave, wave.emitted_at().map_or(now_ms, unix_ms));
         let metrics = &self.parts.metrics;
         metrics.amplitude.observe(amplitude);
@@ -414,6 +422,7 @@ impl Observer {
         self.interval_waves = 0;
         self.interval_amplitude = 0.0;
 
+        self.parts.instances.sweep(now);
         let observer = self.parts.vibrator.stats();
         *self
             .parts
@@ -467,6 +476,7 @@ impl Observer {
             observer_dropped: observer.dropped_total(),
             families,
             max_families: self.parts.max_families,
+            instances: self.parts.instances.rows(now),
             interference: self.recent.iter().cloned().collect(),
             interference_totals,
             edges,

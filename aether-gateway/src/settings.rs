@@ -137,6 +137,14 @@ pub struct GatewayConfig {
     /// connections are not accepted (they wait in the listen backlog) until
     /// one closes. 1 to 100,000, default 1,024.
     pub max_connections: usize,
+    /// Most instances whose reports (`_report.<instance>`) the gateway
+    /// tracks and exports; a report from one more is refused and counted.
+    /// 1 to 10,000, default 256.
+    pub max_instances: usize,
+    /// How long an instance may stay silent before it is marked gone and
+    /// its series are removed, in milliseconds. 100 to 3,600,000, default
+    /// 5,000 (five reports at the programs' interval).
+    pub instance_gone_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -156,6 +164,8 @@ impl Default for GatewayConfig {
             journal: JournalConfig::default(),
             header_read_timeout_ms: 5_000,
             max_connections: 1_024,
+            max_instances: 256,
+            instance_gone_ms: 5_000,
         }
     }
 }
@@ -230,6 +240,18 @@ impl Validate for GatewayConfig {
             self.max_connections,
             1..=100_000,
             "must be 1 to 100000",
+        )?;
+        in_range(
+            "max_instances",
+            self.max_instances,
+            1..=10_000,
+            "must be 1 to 10000",
+        )?;
+        in_range(
+            "instance_gone_ms",
+            self.instance_gone_ms,
+            100..=3_600_000,
+            "must be 100 to 3600000",
         )?;
         validate_section("journal", &self.journal)?;
         for base in &self.hopping {
@@ -327,7 +349,11 @@ mod tests {
         ))
         .unwrap();
         let settings = load(&text, &[]).unwrap();
-        assert_eq!(settings.aether, AetherConfig::default());
+        // The shipped settings turn instance reports on; the library's
+        // default leaves them off.
+        let mut shipped = AetherConfig::default();
+        shipped.report.interval_ms = 1000;
+        assert_eq!(settings.aether, shipped);
         assert_eq!(settings.gateway, GatewayConfig::default());
     }
 

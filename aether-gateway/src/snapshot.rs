@@ -37,6 +37,8 @@ pub struct Snapshot {
     pub families: Vec<FamilyRow>,
     /// The most families counted apart (then `other`).
     pub max_families: usize,
+    /// The instances that report on the bus, by name.
+    pub instances: Vec<crate::instances::InstanceRow>,
     /// The latest interference events, newest first.
     pub interference: Vec<EventRow>,
     /// Interference events since the engine started, by pattern.

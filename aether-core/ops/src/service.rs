@@ -85,10 +85,11 @@ impl<T: ProgramSettings> Service<T> {
         let (log, spans) = telemetry::init(settings.log(), settings.telemetry(), program)?;
         install_panic_hook(Arc::new(AtomicU64::new(0)));
         let shutdown = Shutdown::on_signals()?;
+        let config = named(settings.aether(), program);
         let aether = if nats {
-            Aether::connect(settings.aether().clone()).await?
+            Aether::connect(config).await?
         } else {
-            Aether::new(settings.aether().clone())?
+            Aether::new(config)?
         };
         let settings = reload::watch_program(source, settings, log, apply)?;
         Ok(Self {
@@ -106,4 +107,22 @@ impl<T: ProgramSettings> Service<T> {
         self.aether.close();
         self.spans.shutdown();
     }
+}
+
+/// `config` with the program's names where the settings give none: the
+/// instance `<program>-<process id>` in its reports, and the NATS
+/// connection name `<program> <instance>`, so that the server's connection
+/// list and logs name each program.
+pub fn named(config: &AetherConfig, program: &str) -> AetherConfig {
+    let mut config = config.clone();
+    let instance = config
+        .report
+        .instance
+        .get_or_insert_with(|| format!("{program}-{}", std::process::id()))
+        .clone();
+    config
+        .nats
+        .connection_name
+        .get_or_insert_with(|| format!("{program} {instance}"));
+    config
 }

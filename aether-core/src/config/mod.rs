@@ -3,6 +3,7 @@
 mod durability;
 mod hopping;
 mod nats;
+mod report;
 mod security;
 
 use std::time::Duration;
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub use durability::{DurabilityConfig, DurableStorage};
 pub use hopping::{HOP_INTERVAL_MS_RANGE, HoppingConfig, MIN_HOPPING_SECRET_BYTES};
 pub use nats::{NatsAuth, NatsConfig, NatsTls, redact_url};
+pub use report::ReportConfig;
 pub use security::{AclRule, HoppingBase, MIN_SIGNING_KEY_BYTES, NatsPermissions, SecurityConfig};
 
 use crate::{attenuation::DEFAULT_ATTENUATION_FACTOR, physics::PhysicsConfig};
@@ -68,6 +70,8 @@ pub struct AetherConfig {
     /// Durable channels over NATS (JetStream) and the emitter's outbox on
     /// disk; off by default (`[aether.durability]`).
     pub durability: DurabilityConfig,
+    /// Instance reports on the bus (`[aether.report]`).
+    pub report: ReportConfig,
 }
 
 impl Default for AetherConfig {
@@ -84,6 +88,7 @@ impl Default for AetherConfig {
             physics: PhysicsConfig::default(),
             security: SecurityConfig::default(),
             durability: DurabilityConfig::default(),
+            report: ReportConfig::default(),
         }
     }
 }
@@ -128,6 +133,7 @@ impl AetherConfig {
             "must be at least 1",
         )?;
         self.nats.validate()?;
+        self.report.validate()?;
         self.hopping.validate()?;
         self.security.validate()?;
         self.durability.validate()?;

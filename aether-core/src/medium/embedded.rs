@@ -173,14 +173,20 @@ impl EmbeddedMedium {
         let matched = recipients.len();
         let Some(last) = recipients.pop() else {
             stats.unrouted();
-            return Routed { matched };
+            return Routed {
+                matched,
+                dropped: false,
+            };
         };
         let shared = !recipients.is_empty();
         for recipient in recipients {
             deliver(recipient, wave.clone(), shared, stats);
         }
         deliver(last, wave, shared, stats);
-        Routed { matched }
+        Routed {
+            matched,
+            dropped: false,
+        }
     }
 
     /// Offers a durable wave to every matching receive queue, counting in
@@ -224,7 +230,10 @@ impl EmbeddedMedium {
             deliver(recipient, wave.clone(), shared, stats);
         }
         deliver(last, wave, shared, stats);
-        Reached::Listeners(Routed { matched })
+        Reached::Listeners(Routed {
+            matched,
+            dropped: false,
+        })
     }
 }
 

@@ -58,6 +58,18 @@ impl Listener {
 pub(crate) struct Routed {
     /// Receive queues and reply waiters that matched.
     pub(crate) matched: usize,
+    /// The checks dropped the wave (and counted it): it went nowhere.
+    pub(crate) dropped: bool,
+}
+
+impl Routed {
+    /// A wave the checks dropped.
+    pub(crate) fn dropped() -> Self {
+        Self {
+            matched: 0,
+            dropped: true,
+        }
+    }
 }
 
 /// The medium of an aether.

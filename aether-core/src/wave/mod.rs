@@ -324,7 +324,11 @@ impl Wave {
             .unwrap_or(self.emitted_at_ns)
     }
 
-    pub(crate) fn origin(&self) -> u64 {
+    /// The instance id of the vibrator that first emitted it (its
+    /// reflections and relays keep it), 0 for a wave from a client that
+    /// names none. Instance reports list each vibrator's id
+    /// ([`crate::report::VibratorReport::origin`]).
+    pub fn origin(&self) -> u64 {
         self.origin
     }
 

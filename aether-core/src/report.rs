@@ -1,0 +1,291 @@
+//! Instance reports: every aether can tell the bus, at an interval, what it
+//! did and what it dropped, so that an operator sees the drops inside every
+//! service, not only the observer's own.
+//!
+//! With `[aether.report] interval_ms` above 0, the aether emits an
+//! [`InstanceReport`] (JSON) on the system channel
+//! `_report.<instance>` every interval: its counters (emitted, delivered,
+//! drops by reason), its connection (state, malformed messages, outbox
+//! use), its receive queues, and each vibrator's own counts. The gateway
+//! observes these waves like any other, exports them per instance, and marks
+//! an instance gone when its reports stop.
+//!
+//! A report travels in order with the waves its aether emitted before it,
+//! so an observer that takes both from one stream can reconcile them: a
+//! vibrator's `published` count against the waves of that origin it saw.
+//!
+//! Reports come off the network: [`InstanceReport::parse`] bounds every
+//! field and refuses the rest with a [`ReportError`]; an observer should
+//! bound how many instances it tracks, since anyone who may publish on the
+//! bus may publish a report.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use aether_core::{Aether, AetherConfig, Vibrator, config::ReportConfig, report::InstanceReport};
+//!
+//! let config = AetherConfig {
+//!     report: ReportConfig { interval_ms: 100, instance: Some("shop-1".into()) },
+//!     ..Default::default()
+//! };
+//! let aether = Aether::new(config)?;
+//! let mut operator = Vibrator::create("operator", &aether).await?;
+//! operator.resonate_on("_report.*").await?;
+//! let wave = operator.receive().await.unwrap();
+//! let report = InstanceReport::parse(&wave)?;
+//! assert_eq!(report.instance, "shop-1");
+//! assert!(report.vibrators.iter().any(|v| v.name == "operator"));
+//! # Ok(()) }
+//! ```
+
+use std::{collections::BTreeMap, fmt, sync::Weak, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Channel, DropReason, StatsSnapshot, Wave};
+
+/// The first token of report channels.
+pub const REPORT_PREFIX: &str = "_report";
+
+/// The largest report accepted, in bytes.
+pub const MAX_REPORT_BYTES: usize = 64 * 1024;
+
+/// Most vibrators one report lists (the busiest first).
+pub const MAX_REPORTED_VIBRATORS: usize = 64;
+
+/// What one aether reports.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceReport {
+    /// The instance's name (`[aether.report] instance`).
+    pub instance: String,
+    /// Counts up from 1 with each report of this run.
+    pub seq: u64,
+    /// The interval between reports, in milliseconds.
+    pub interval_ms: u64,
+    /// `embedded` or `nats`.
+    pub medium: String,
+    /// The connection's state (`ConnectionState::as_str`).
+    pub connection: String,
+    /// Waves accepted for emission by the aether.
+    pub emitted: u64,
+    /// Waves put in its receive queues.
+    pub delivered: u64,
+    /// Waves dropped, by reason (`DropReason::as_str`), every reason listed.
+    pub dropped: BTreeMap<String, u64>,
+    /// Messages off the network that were not waves.
+    pub malformed: u64,
+    /// Messages the client dropped for a full subscription buffer.
+    pub slow_consumer_events: u64,
+    /// Times the connection was lost.
+    pub disconnects: u64,
+    /// Waves waiting in the outbox, and its capacity.
+    pub outbox_len: u64,
+    /// Most waves the outbox holds.
+    pub outbox_capacity: u64,
+    /// Waves in its receive queues now, and their total capacity.
+    pub queued: u64,
+    /// Total capacity of its receive queues.
+    pub queue_capacity: u64,
+    /// Its vibrators (at most [`MAX_REPORTED_VIBRATORS`]).
+    pub vibrators: Vec<VibratorReport>,
+}
+
+/// One vibrator in an [`InstanceReport`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VibratorReport {
+    /// Its name.
+    pub name: String,
+    /// Its instance id, the origin of the waves it emits, as 16 hex digits.
+    pub origin: String,
+    /// Waves it emitted that went out on the medium
+    /// ([`StatsSnapshot::published`]).
+    pub published: u64,
+    /// Waves put in its queue.
+    pub delivered: u64,
+    /// Waves in its queue now.
+    pub queued: u64,
+    /// Its queue's capacity.
+    pub capacity: u64,
+    /// Waves it did not get, by reason; reasons with none are left out.
+    pub dropped: BTreeMap<String, u64>,
+}
+
+/// Why a report was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportError(String);
+
+impl fmt::Display for ReportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "not an instance report: {}", self.0)
+    }
+}
+
+impl std::error::Error for ReportError {}
+
+impl InstanceReport {
+    /// The report `wave` carries, checked: it must be on a report channel
+    /// naming its instance, at most [`MAX_REPORT_BYTES`], valid JSON of this
+    /// shape, with names that are vibrator names and at most
+    /// [`MAX_REPORTED_VIBRATORS`] vibrators.
+    pub fn parse(wave: &Wave) -> Result<Self, ReportError> {
+        let bad = |why: String| Err(ReportError(why));
+        if !is_report(wave.channel()) {
+            return bad(format!(
+                "{:?} is not a report channel",
+                wave.channel().as_str()
+            ));
+        }
+        let body = wave.payload_bytes();
+        if body.len() > MAX_REPORT_BYTES {
+            return bad(format!(
+                "{} bytes, over the limit of {MAX_REPORT_BYTES}",
+                body.len()
+            ));
+        }
+        let report: InstanceReport = match serde_json::from_slice(body) {
+            Ok(report) => report,
+            Err(e) => return bad(e.to_string()),
+        };
+        if channel_of(&report.instance).as_ref() != Some(wave.channel()) {
+            return bad(format!(
+                "instance {:?} does not match its channel {:?}",
+                report.instance,
+                wave.channel().as_str()
+            ));
+        }
+        if report.vibrators.len() > MAX_REPORTED_VIBRATORS {
+            return bad(format!("{} vibrators listed", report.vibrators.len()));
+        }
+        let reasons = report
+            .dropped
+            .keys()
+            .chain(report.vibrators.iter().flat_map(|v| v.dropped.keys()));
+        for reason in reasons {
+            if !DropReason::ALL.iter().any(|r| r.as_str() == reason) {
+                return bad(format!("unknown drop reason {reason:?}"));
+            }
+        }
+        for vibrator in &report.vibrators {
+            if !crate::vibrator::is_name(&vibrator.name)
+                || vibrator.origin.len() != 16
+                || u64::from_str_radix(&vibrator.origin, 16).is_err()
+            {
+                return bad(format!(
+                    "vibrator {:?} of origin {:?} is not well named",
+                    vibrator.name, vibrator.origin
+                ));
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// The report channel of `instance`, if it is a valid instance name.
+pub fn channel_of(instance: &str) -> Option<Channel> {
+    if !crate::vibrator::is_name(instance) {
+        return None;
+    }
+    let channel = Channel::new(format!("{REPORT_PREFIX}.{instance}"));
+    channel.validate_concrete().is_ok().then_some(channel)
+}
+
+/// Whether `channel` is a report channel.
+pub fn is_report(channel: &Channel) -> bool {
+    channel
+        .as_str()
+        .strip_prefix(REPORT_PREFIX)
+        .is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// The drops of `stats`: every reason (`all`) or those with some.
+fn drops(stats: &StatsSnapshot, all: bool) -> BTreeMap<String, u64> {
+    stats
+        .drops()
+        .filter(|(_, n)| all || *n > 0)
+        .map(|(reason, n)| (reason.as_str().to_string(), n))
+        .collect()
+}
+
+/// What the aether reports now, as report number `seq`.
+pub(crate) fn compose(aether: &crate::Aether, instance: &str, seq: u64) -> InstanceReport {
+    let stats = aether.stats();
+    let connection = aether.connection();
+    let mut vibrators: Vec<VibratorReport> = aether
+        .inboxes()
+        .into_iter()
+        .map(|inbox| {
+            let stats = inbox.stats().snapshot();
+            VibratorReport {
+                name: inbox.name().to_string(),
+                origin: format!("{:016x}", inbox.id()),
+                published: stats.published,
+                delivered: stats.delivered,
+                queued: inbox.len() as u64,
+                capacity: inbox.capacity() as u64,
+                dropped: drops(&stats, false),
+            }
+        })
+        .collect();
+    let (queued, queue_capacity) = vibrators
+        .iter()
+        .fold((0, 0), |(q, c), v| (q + v.queued, c + v.capacity));
+    vibrators.sort_by(|a, b| {
+        (b.published + b.delivered)
+            .cmp(&(a.published + a.delivered))
+            .then_with(|| a.origin.cmp(&b.origin))
+    });
+    vibrators.truncate(MAX_REPORTED_VIBRATORS);
+    InstanceReport {
+        instance: instance.to_string(),
+        seq,
+        interval_ms: aether.config().report.interval_ms,
+        medium: match connection.state {
+            crate::ConnectionState::Embedded => "embedded",
+            _ => "nats",
+        }
+        .to_string(),
+        connection: connection.state.as_str().to_string(),
+        emitted: stats.emitted,
+        delivered: stats.delivered,
+        dropped: drops(&stats, true),
+        malformed: connection.malformed,
+        slow_consumer_events: connection.slow_consumer_events,
+        disconnects: connection.disconnects,
+        outbox_len: connection.outbox_len as u64,
+        outbox_capacity: connection.outbox_capacity as u64,
+        queued,
+        queue_capacity,
+        vibrators,
+    }
+}
+
+/// Reports every interval until the aether is closed or dropped. Holds the
+/// aether weakly between reports, so that it does not keep it alive.
+pub(crate) async fn run(inner: Weak<crate::aether::Inner>, instance: String, interval: Duration) {
+    let Some(channel) = channel_of(&instance) else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0;
+    loop {
+        ticks.tick().await;
+        let Some(aether) = crate::Aether::upgrade(&inner) else {
+            return;
+        };
+        if aether.is_closed() {
+            return;
+        }
+        seq += 1;
+        let report = compose(&aether, &instance, seq);
+        let Ok(body) = serde_json::to_vec(&report) else {
+            continue;
+        };
+        let wave = Wave::new(channel.clone(), body);
+        if let Err(error) = aether.emit_own(wave, &instance).await {
+            tracing::debug!(%error, "the instance report was not sent");
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! The instances of the bus, from the reports every aether sends on
+//! `_report.<instance>` ([`aether_core::report`]): what each one emitted,
+//! delivered and dropped by reason, its queues, outbox and connection, and
+//! how many of the waves it sent the gateway saw.
+//!
+//! The observer takes the reports in the same stream as the waves, so when
+//! a report arrives the gateway has taken every wave its instance sent
+//! before it: `published - observed` for its vibrators is exactly what the
+//! gateway missed (`aether_instance_unobserved_waves`), not a race.
+//!
+//! Reports come off the bus, so the registry is bounded: at most
+//! `max_instances` names; a report that does not parse, or that would add
+//! one more, is refused and counted. An instance whose reports stop for
+//! `instance_gone_ms` is marked gone: its series are removed and it is
+//! counted in `aether_gateway_instances_gone_total`.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+use aether_core::{
+    Wave,
+    report::{InstanceReport, is_report},
+};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use serde::Serialize;
+
+/// Origins whose observed waves are remembered (the least recently seen
+/// are forgotten past it).
+const MAX_ORIGINS: usize = 16_384;
+
+/// One instance on the dashboard.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct InstanceRow {
+    /// Its name.
+    pub instance: String,
+    /// `embedded` or `nats`.
+    pub medium: String,
+    /// Its connection state.
+    pub connection: String,
+    /// Waves its vibrators sent out.
+    pub published: u64,
+    /// Of those, the waves the gateway observed.
+    pub observed: u64,
+    /// Sent and not observed by the gateway (as of its last report).
+    pub unobserved: i64,
+    /// Its drops, by reason (those with some).
+    pub dropped: Vec<(String, u64)>,
+    /// Waves in its queues, and their capacity.
+    pub queued: u64,
+    /// Total capacity of its queues.
+    pub queue_capacity: u64,
+    /// Waves waiting in its outbox.
+    pub outbox_len: u64,
+    /// Messages it refused as not waves.
+    pub malformed: u64,
+    /// Milliseconds since its last report.
+    pub last_report_ms: u64,
+}
+
+struct Instance {
+    report: InstanceReport,
+    last_seen: Instant,
+    observed: u64,
+    unobserved: i64,
+}
+
+/// The instances' series.
+struct InstanceMetrics {
+    up: IntGaugeVec,
+    connected: IntGaugeVec,
+    emitted: IntGaugeVec,
+    delivered: IntGaugeVec,
+    published: IntGaugeVec,
+    observed: IntGaugeVec,
+    unobserved: IntGaugeVec,
+    dropped: IntGaugeVec,
+    queued: IntGaugeVec,
+    queue_capacity: IntGaugeVec,
+    outbox: IntGaugeVec,
+    malformed: IntGaugeVec,
+    instances: IntGauge,
+    refused: IntCounterVec,
+    gone: IntCounter,
+}
+
+impl InstanceMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let per = |name: &str, help: &str| -> Result<IntGaugeVec, prometheus::Error> {
+            let gauge = IntGaugeVec::new(Opts::new(name, help), &["instance"])?;
+            registry.register(Box::new(gauge.clone()))?;
+            Ok(gauge)
+        };
+        let dropped = IntGaugeVec::new(
+            Opts::new(
+                "aether_instance_dropped_waves",
+                "Waves an instance dropped since it started, by reason, as of its last report.",
+            ),
+            &["instance", "reason"],
+        )?;
+        registry.register(Box::new(dropped.clone()))?;
+        let instances = IntGauge::new(
+            "aether_gateway_instances",
+            "Instances reporting to the gateway (at most max_instances).",
+        )?;
+        registry.register(Box::new(instances.clone()))?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "aether_gateway_instance_reports_refused_total",
+                "Instance reports refused: malformed, or from one instance more than \
+                 max_instances.",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(refused.clone()))?;
+        let gone = IntCounter::new(
+            "aether_gateway_instances_gone_total",
+            "Instances marked gone after their reports stopped for instance_gone_ms.",
+        )?;
+        registry.register(Box::new(gone.clone()))?;
+        Ok(Self {
+            up: per(
+                "aether_instance_up",
+                "1 for an instance that reports; its series go when it is gone.",
+            )?,
+            connected: per(
+                "aether_instance_connected",
+                "1 if the instance is connected to its medium (embedded counts as connected).",
+            )?,
+            emitted: per(
+                "aether_instance_emitted_waves",
+                "Waves the instance's aether accepted for emission since it started.",
+            )?,
+            delivered: per(
+                "aether_instance_delivered_waves",
+                "Waves put in the instance's receive queues since it started.",
+            )?,
+            published: per(
+                "aether_instance_published_waves",
+                "Waves the instance's vibrators sent out on the medium since they started.",
+            )?,
+            observed: per(
+                "aether_instance_observed_waves",
+                "Of the waves the instance's vibrators sent, those the gateway observed.",
+            )?,
+            unobserved: per(
+                "aether_instance_unobserved_waves",
+                "Waves the instance sent that the gateway did not observe, as of its last \
+                 report: a gap in what the gateway counts.",
+            )?,
+            dropped,
+            queued: per(
+                "aether_instance_queued_waves",
+                "Waves waiting in the instance's receive queues.",
+            )?,
+            queue_capacity: per(
+                "aether_instance_queue_capacity_waves",
+                "Total capacity of the instance's receive queues.",
+            )?,
+            outbox: per(
+                "aether_instance_outbox_waves",
+                "Waves waiting in the instance's outbox for the connection.",
+            )?,
+            malformed: per(
+                "aether_instance_malformed_messages",
+                "Messages the instance refused as not waves since it started.",
+            )?,
+            instances,
+            refused,
+            gone,
+        })
+    }
+
+    fn set(&self, name: &str, instance: &Instance) {
+        let report = &instance.report;
+        let labels = &[name];
+        self.up.with_label_values(labels).set(1);
+        self.connected
+            .with_label_values(labels)
+            .set(i64::from(matches!(
+                report.connection.as_str(),
+                "connected" | "embedded"
+            )));
+        let set = |gauge: &IntGaugeVec, n: u64| {
+            gauge
+                .with_label_values(labels)
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        };
+        set(&self.emitted, report.emitted);
+        set(&self.delivered, report.delivered);
+        set(&self.published, published(report));
+        set(&self.observed, instance.observed);
+        self.unobserved
+            .with_label_values(labels)
+            .set(instance.unobserved);
+        set(&self.queued, report.queued);
+        set(&self.queue_capacity, report.queue_capacity);
+        set(&self.outbox, report.outbox_len);
+        set(&self.malformed, report.malformed);
+        for (reason, n) in &report.dropped {
+            self.dropped
+                .with_label_values(&[name, reason])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn remove(&self, name: &str, report: &InstanceReport) {
+        for gauge in [
+            &self.up,
+            &self.connected,
+            &self.emitted,
+            &self.delivered,
+            &self.published,
+            &self.observed,
+            &self.unobserved,
+            &self.queued,
+            &self.queue_capacity,
+            &self.outbox,
+            &self.malformed,
+        ] {
+            let _ = gauge.remove_label_values(&[name]);
+        }
+        for reason in report.dropped.keys() {
+            let _ = self.dropped.remove_label_values(&[name, reason]);
+        }
+    }
+}
+
+/// The waves `report`'s vibrators sent out.
+fn published(report: &InstanceReport) -> u64 {
+    report.vibrators.iter().map(|v| v.published).sum()
+}
+
+/// The instances that report, bounded.
+pub(crate) struct Instances {
+    max: usize,
+    gone_after: Duration,
+    by_name: HashMap<String, Instance>,
+    /// Waves observed by origin, and the order origins were first seen in.
+    observed: HashMap<u64, u64>,
+    order: VecDeque<u64>,
+    metrics: InstanceMetrics,
+    refused: u64,
+    last_refusal_log: Option<Instant>,
+}
+
+impl Instances {
+    pub(crate) fn new(
+        registry: &Registry,
+        max: usize,
+        gone_after: Duration,
+    ) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            max,
+            gone_after,
+            by_name: HashMap::new(),
+            observed: HashMap::new(),
+            order: VecDeque::new(),
+            metrics: InstanceMetrics::new(registry)?,
+            refused: 0,
+            last_refusal_log: None,
+        })
+    }
+
+    /// Takes a wave the observer took: a report updates its instance; any
+    /// other wave (reflections excluded: they carry their source's origin
+    /// but another sent them) counts for its origin. `true` for a report.
+    pub(crate) fn take(&mut self, wave: &Wave, now: Instant) -> bool {
+        if is_report(wave.channel()) {
+            self.take_report(wave, now);
+            return true;
+        }
+        if !wave.is_reflected() && wave.origin() != 0 {
+            let origin = wave.origin();
+            match self.observed.get_mut(&origin) {
+                Some(n) => *n += 1,
+                None => {
+                    if self.order.len() >= MAX_ORIGINS
+                        && let Some(oldest) = self.order.pop_front()
+                    {
+                        self.observed.remove(&oldest);
+                    }
+                    self.observed.insert(origin, 1);
+                    self.order.push_back(origin);
+                }
+            }
+        }
+        false
+    }
+
+    fn take_report(&mut self, wave: &Wave, now: Instant) {
+        let report = match InstanceReport::parse(wave) {
+            Ok(report) => report,
+            Err(error) => return self.refuse("malformed", &error.to_string(), now),
+        };
+        if !self.by_name.contains_key(&report.instance) && self.by_name.len() >= self.max {
+            let why = format!("{} instances report already", self.max);
+            return self.refuse("too_many_instances", &why, now);
+        }
+        let observed: u64 = report
+            .vibrators
+            .iter()
+            .filter_map(|v| u64::from_str_radix(&v.origin, 16).ok())
+            .map(|origin| self.observed.get(&origin).copied().unwrap_or(0))
+            .sum();
+        let unobserved = i64::try_from(published(&report))
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(observed).unwrap_or(i64::MAX));
+        let name = report.instance.clone();
+        let instance = Instance {
+            report,
+            last_seen: now,
+            observed,
+            unobserved,
+        };
+        self.metrics.set(&name, &instance);
+        self.by_name.insert(name, instance);
+        self.metrics.instances.set(self.by_name.len() as i64);
+    }
+
+    fn refuse(&mut self, reason: &'static str, why: &str, now: Instant) {
+        self.refused += 1;
+        self.metrics.refused.with_label_values(&[reason]).inc();
+        let quiet = self
+            .last_refusal_log
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(10));
+        if !quiet {
+            tracing::warn!(
+                reason,
+                refused = self.refused,
+                "instance report refused: {why}"
+            );
+            self.last_refusal_log = Some(now);
+        }
+    }
+
+    /// Marks gone the instances whose reports stopped.
+    pub(crate) fn sweep(&mut self, now: Instant) {
+        let gone_after = self.gone_after;
+        let gone: Vec<String> = self
+            .by_name
+            .iter()
+            .filter(|(_, i)| now.duration_since(i.last_seen) > gone_after)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            if let Some(instance) = self.by_name.remove(&name) {
+                tracing::info!(instance = name, "instance gone: its reports stopped");
+                self.metrics.remove(&name, &instance.report);
+                self.metrics.gone.inc();
+            }
+        }
+        self.metrics.instances.set(self.by_name.len() as i64);
+    }
+
+    /// The instances for the dashboard, by name.
+    pub(crate) fn rows(&self, now: Instant) -> Vec<InstanceRow> {
+        let mut rows: Vec<InstanceRow> = self
+            .by_name
+            .iter()
+            .map(|(name, i)| {
+                let report = &i.report;
+                InstanceRow {
+                    instance: name.clone(),
+                    medium: report.medium.clone(),
+                    connection: report.connection.clone(),
+                    published: published(report),
+                    observed: i.observed,
+                    unobserved: i.unobserved,
+                    dropped: report
+                        .dropped
+                        .iter()
+                        .filter(|(_, n)| **n > 0)
+                        .map(|(r, n)| (r.clone(), *n))
+                        .collect(),
+                    queued: report.queued,
+                    queue_capacity: report.queue_capacity,
+                    outbox_len: report.outbox_len,
+                    malformed: report.malformed,
+                    last_report_ms: now.duration_since(i.last_seen).as_millis() as u64,
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| a.instance.cmp(&b.instance));
+        rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aether_core::{Channel, report::VibratorReport};
+
+    use super::*;
+
+    fn report_wave(report: &InstanceReport) -> Wave {
+        let channel = aether_core::report::channel_of(&report.instance).unwrap();
+        Wave::new(channel, serde_json::to_vec(report).unwrap())
+    }
+
+    fn report(instance: &str, origin: u64, published: u64) -> InstanceReport {
+        InstanceReport {
+            instance: instance.into(),
+            seq: 1,
+            interval_ms: 1000,
+            medium: "nats".into(),
+            connection: "connected".into(),
+            dropped: [("queue_full".to_string(), 3)].into_iter().collect(),
+            vibrators: vec![VibratorReport {
+                name: "beta".into(),
+                origin: format!("{origin:016x}"),
+                published,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reports_reconcile_bounded_and_gone() {
+        let registry = Registry::new();
+        let mut instances = Instances::new(&registry, 2, Duration::from_secs(5)).unwrap();
+        let now = Instant::now();
+        // Three waves of one origin observed, and a report of five sent.
+        let mut wave = Wave::new("orders.created", "x");
+        wave = aether_core::wire::decode(
+            Channel::new("orders.created"),
+            {
+                let mut body = aether_core::wire::encode(&wave).to_vec();
+                body[28..36].copy_from_slice(&7u64.to_le_bytes());
+                body.into()
+            },
+            &aether_core::wire::Limits::default(),
+        )
+        .unwrap();
+        for _ in 0..3 {
+            assert!(!instances.take(&wave, now));
+        }
+        assert!(instances.take(&report_wave(&report("beta-1", 7, 5)), now));
+        let rows = instances.rows(now);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].published, rows[0].observed, rows[0].unobserved),
+            (5, 3, 2)
+        );
+        let text = render(&registry);
+        assert!(
+            text.contains("aether_instance_unobserved_waves{instance=\"beta-1\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "aether_instance_dropped_waves{instance=\"beta-1\",reason=\"queue_full\"} 3"
+            ),
+            "{text}"
+        );
+        // A second instance fits, a third is refused; garbage is refused.
+        assert!(instances.take(&report_wave(&report("beta-2", 8, 0)), now));
+        assert!(instances.take(&report_wave(&report("beta-3", 9, 0)), now));
+        let garbage = Wave::new(Channel::new("_report.beta-4"), "{\"instance\": 5}");
+        assert!(instances.take(&garbage, now));
+        let mismatched = Wave::new(
+            Channel::new("_report.beta-5"),
+            serde_json::to_vec(&report("beta-6", 1, 0)).unwrap(),
+        );
+        assert!(instances.take(&mismatched, now));
+        assert_eq!(instances.rows(now).len(), 2);
+        let text = render(&registry);
+        assert!(
+            text.contains(
+                "aether_gateway_instance_reports_refused_total{reason=\"too_many_instances\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("aether_gateway_instance_reports_refused_total{reason=\"malformed\"} 2"),
+            "{text}"
+        );
+        // Silent past the timeout: gone, and its series with it.
+        instances.sweep(now + Duration::from_secs(6));
+        assert!(instances.rows(now).is_empty());
+        let text = render(&registry);
+        assert!(!text.contains("instance=\"beta-1\""), "{text}");
+        assert!(
+            text.contains("aether_gateway_instances_gone_total 2"),
+            "{text}"
+        );
+    }
+
+    fn render(registry: &Registry) -> String {
+        use prometheus::Encoder;
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut out)
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+}
