@@ -38,15 +38,30 @@ aether-gateway (metrics and dashboard) together, in one process on the embedded 
 summary and exits with status 0 when the flow happened and the counts agree, 1 otherwise."
 )]
 struct Options {
-    /// Stop after this many seconds (default: at Ctrl-C).
-    #[arg(long, value_name = "N")]
-    seconds: Option<f64>,
-    /// Orders per second.
-    #[arg(long, value_name = "R", default_value_t = 5.0)]
+    /// Stop after this many seconds, 0 or more (default: at Ctrl-C).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = seconds)]
+    seconds: Option<Duration>,
+    /// Orders per second, above 0 and at most 10,000.
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = 5.0,
+        allow_negative_numbers = true
+    )]
     rate: f64,
     /// Where the gateway serves HTTP (port 0 picks a free one).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     listen: SocketAddr,
+}
+
+/// `--seconds`: a number of seconds, 0 or more. (A negative one reaches
+/// this, and is refused with this message, rather than being taken for an
+/// option.)
+fn seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+        .ok_or_else(|| format!("must be a number of seconds, 0 or more, not {text}"))
 }
 
 #[tokio::main]
@@ -127,7 +142,7 @@ async fn shop(options: Options) -> Result<bool, Box<dyn Error + Send + Sync>> {
     match options.seconds {
         Some(seconds) => tokio::select! {
             () = signals.wait() => {}
-            () = tokio::time::sleep(Duration::from_secs_f64(seconds.max(0.0))) => {}
+            () = tokio::time::sleep(seconds) => {}
         },
         None => {
             println!("shop: running until Ctrl-C");
@@ -182,4 +197,40 @@ async fn shop(options: Options) -> Result<bool, Box<dyn Error + Send + Sync>> {
         eprintln!("shop: {problem}");
     }
     Ok(problems.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Parser, error::ErrorKind};
+
+    use super::*;
+
+    fn parse(line: &str) -> Result<Options, clap::Error> {
+        Options::try_parse_from(std::iter::once("shop").chain(line.split_whitespace()))
+    }
+
+    /// Negative numbers are values, not options: `--seconds -5` reaches
+    /// its own check, `--rate -5` alpha's settings check.
+    #[test]
+    fn negative_numbers_reach_the_checks() {
+        for line in ["--seconds -5", "--seconds inf", "--seconds x"] {
+            let refusal = parse(line).unwrap_err();
+            assert_eq!(refusal.kind(), ErrorKind::ValueValidation, "{line}");
+            assert!(
+                refusal.to_string().contains("0 or more"),
+                "{line}: {refusal}"
+            );
+        }
+        assert_eq!(
+            parse("--seconds 1.5").unwrap().seconds,
+            Some(Duration::from_millis(1_500))
+        );
+        let rate = parse("--rate -5").unwrap().rate;
+        let settings = AlphaSettings {
+            rate_per_s: rate,
+            ..AlphaSettings::default()
+        };
+        let refusal = aether_ops::settings::Validate::validate(&settings).unwrap_err();
+        assert!(refusal.to_string().contains("must be above 0"), "{refusal}");
+    }
 }

@@ -60,10 +60,20 @@ pub struct SelectArgs {
     pub dir: Option<PathBuf>,
     /// Waves observed at or after this time: RFC 3339
     /// (2026-05-01T12:00:00Z) or Unix milliseconds.
-    #[arg(long, value_name = "TIME", value_parser = crate::replay::parse_time)]
+    #[arg(
+        long,
+        value_name = "TIME",
+        allow_negative_numbers = true,
+        value_parser = crate::replay::parse_time
+    )]
     pub from: Option<u64>,
     /// Waves observed at or before this time (same forms).
-    #[arg(long, value_name = "TIME", value_parser = crate::replay::parse_time)]
+    #[arg(
+        long,
+        value_name = "TIME",
+        allow_negative_numbers = true,
+        value_parser = crate::replay::parse_time
+    )]
     pub to: Option<u64>,
     /// Channel patterns of the waves to take, like 'orders.*' (repeat, or
     /// separate with commas; default: all).
@@ -83,12 +93,26 @@ pub struct ReplayArgs {
     pub nats: Vec<String>,
     /// Re-amplify each wave to this amplitude (0 to 1; its decay clock
     /// restarts) instead of only adding a hop.
-    #[arg(long, value_name = "A")]
+    #[arg(
+        long,
+        value_name = "A",
+        allow_negative_numbers = true,
+        value_parser = amplitude
+    )]
     pub amplitude: Option<f64>,
     /// The name the replayed waves are emitted from (their source stays
     /// the original one).
     #[arg(long, value_name = "NAME", default_value = "replay")]
     pub name: String,
+}
+
+/// `--amplitude`: a number from 0 to 1. (A negative one reaches this, and
+/// is refused with this message, rather than being taken for an option.)
+fn amplitude(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(amplitude) if (0.0..=1.0).contains(&amplitude) => Ok(amplitude),
+        _ => Err(format!("must be an amplitude from 0 to 1, not {text}")),
+    }
 }
 
 /// `journal`'s options.
@@ -175,6 +199,27 @@ mod tests {
             parse("journal --list").unwrap().command,
             Some(Command::Journal(JournalArgs { list: true, .. }))
         ));
+    }
+
+    /// Negative numbers are values, not options: each numeric option's own
+    /// check refuses them, with its reason.
+    #[test]
+    fn negative_numbers_reach_the_checks() {
+        for (line, words) in [
+            ("replay --amplitude -0.5", "from 0 to 1"),
+            ("replay --amplitude 1.5", "from 0 to 1"),
+            ("replay --from -5", "neither RFC 3339 nor Unix milliseconds"),
+            ("journal --to -1", "neither RFC 3339 nor Unix milliseconds"),
+        ] {
+            let refusal = parse(line).unwrap_err();
+            assert_eq!(refusal.kind(), ErrorKind::ValueValidation, "{line}");
+            let refusal = refusal.to_string();
+            assert!(refusal.contains(words), "{line}: {refusal}");
+        }
+        let Some(Command::Replay(replay)) = parse("replay --amplitude 0.5").unwrap().command else {
+            panic!("replay")
+        };
+        assert_eq!(replay.amplitude, Some(0.5));
     }
 
     #[test]

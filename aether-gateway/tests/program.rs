@@ -157,3 +157,37 @@ async fn secrets_show_nowhere() {
         }
     }
 }
+
+/// The exit status and standard error of `program` with `args`, within
+/// the bound.
+async fn refusal(program: &str, args: &[&str]) -> (Option<i32>, String) {
+    let output = tokio::time::timeout(BOUND, aether_testkit::program(program).args(args).output())
+        .await
+        .expect("it exits within 15 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), stderr)
+}
+
+/// A negative number is a value, not an option: each numeric option's own
+/// check refuses it with its reason (status 2), never as an unexpected
+/// argument.
+#[tokio::test]
+async fn negative_numbers_are_refused_with_the_reason() {
+    let dir = settings_dir("");
+    let config = dir.path().to_str().unwrap();
+    for (args, words) in [
+        (vec!["replay", "--amplitude", "-0.5"], "from 0 to 1"),
+        (vec!["replay", "--from", "-5"], "Unix milliseconds"),
+        (vec!["journal", "--to", "-5"], "Unix milliseconds"),
+    ] {
+        let args: Vec<&str> = ["--config-dir", config].into_iter().chain(args).collect();
+        let (status, stderr) = refusal(PROGRAM, &args).await;
+        assert_eq!(status, Some(2), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("unexpected argument"),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains(words), "{args:?}: {stderr}");
+    }
+}

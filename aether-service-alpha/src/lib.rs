@@ -192,11 +192,18 @@ pub struct Options {
     #[arg(long, value_name = "URL")]
     pub nats: Vec<String>,
     /// Emit this many orders, then stop (default: until shutdown).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = order_count)]
     pub count: Option<u64>,
-    /// Orders per second (default 5).
-    #[arg(long, value_name = "R")]
+    /// Orders per second, above 0 and at most 10,000 (default 5).
+    #[arg(long, value_name = "R", allow_negative_numbers = true)]
     pub rate: Option<f64>,
+}
+
+/// `--count`: a whole number, 0 or more. (A negative one reaches this, and
+/// is refused with this message, rather than being taken for an option.)
+fn order_count(text: &str) -> Result<u64, String> {
+    text.parse::<u64>()
+        .map_err(|_| format!("must be a whole number of orders, 0 or more, not {text}"))
 }
 
 impl Default for Options {
@@ -503,6 +510,27 @@ mod tests {
         );
         assert!(parse("--count x").is_err());
         assert!(parse("--what").is_err());
+    }
+
+    /// Negative numbers are values, not options: `--rate -5` reaches the
+    /// settings' check and its message, `--count -5` the option's own.
+    #[test]
+    fn negative_numbers_reach_the_checks() {
+        let mut settings = AlphaProgramSettings::default();
+        parse("--rate -5").unwrap().apply(&mut settings);
+        let refusal = settings.validate().unwrap_err().to_string();
+        assert!(
+            refusal.contains("alpha.rate_per_s") && refusal.contains("must be above 0"),
+            "{refusal}"
+        );
+        let refusal = parse("--count -5").unwrap_err();
+        assert_eq!(refusal.kind(), ErrorKind::ValueValidation);
+        let refusal = refusal.to_string();
+        assert!(
+            refusal.contains("--count") && refusal.contains("0 or more"),
+            "{refusal}"
+        );
+        assert_eq!(parse("--count 0").unwrap().count, Some(0));
     }
 
     fn load(toml: &str) -> Result<AlphaProgramSettings, SettingsError> {

@@ -550,3 +550,37 @@ async fn hostile_answers() {
         "{warnings} warnings in {elapsed:?}: {log:#?}"
     );
 }
+
+/// A negative number is a value, not an option: `--rate -5` is refused by
+/// the settings' check (status 1, naming the key), `--count -5` by the
+/// option's own (status 2), neither as an unexpected argument.
+#[tokio::test]
+async fn negative_numbers_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("default.toml"), "").unwrap();
+    for (args, status, words) in [
+        (["--rate", "-5"], 1, ["alpha.rate_per_s", "must be above 0"]),
+        (["--count", "-5"], 2, ["--count", "0 or more"]),
+    ] {
+        let output = tokio::time::timeout(
+            BOUND,
+            command()
+                .arg("--config-dir")
+                .arg(dir.path())
+                .args(args)
+                .output(),
+        )
+        .await
+        .expect("it exits within 20 s")
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(status), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("unexpected argument"),
+            "{args:?}: {stderr}"
+        );
+        for word in words {
+            assert!(stderr.contains(word), "{args:?}, {word}: {stderr}");
+        }
+    }
+}
