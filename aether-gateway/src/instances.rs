@@ -227,9 +227,14 @@ impl InstanceMetrics {
     }
 }
 
-/// The waves `report`'s vibrators sent out.
+/// The waves `report`'s vibrators sent out (at most `u64::MAX`: the counts
+/// are the reporter's, whatever they are).
 fn published(report: &InstanceReport) -> u64 {
-    report.vibrators.iter().map(|v| v.published).sum()
+    report
+        .vibrators
+        .iter()
+        .map(|v| v.published)
+        .fold(0, u64::saturating_add)
 }
 
 /// The instances that report, bounded.
@@ -303,7 +308,7 @@ impl Instances {
             .iter()
             .filter_map(|v| u64::from_str_radix(&v.origin, 16).ok())
             .map(|origin| self.observed.get(&origin).copied().unwrap_or(0))
-            .sum();
+            .fold(0, u64::saturating_add);
         let unobserved = i64::try_from(published(&report))
             .unwrap_or(i64::MAX)
             .saturating_sub(i64::try_from(observed).unwrap_or(i64::MAX));
@@ -485,6 +490,19 @@ mod tests {
             text.contains("aether_gateway_instances_gone_total 2"),
             "{text}"
         );
+    }
+
+    /// Counts are the reporter's to give: sums of huge ones saturate
+    /// rather than overflow.
+    #[test]
+    fn huge_counts_saturate() {
+        let registry = Registry::new();
+        let mut instances = Instances::new(&registry, 2, Duration::from_secs(5)).unwrap();
+        let mut huge = report("beta-1", 7, u64::MAX);
+        huge.vibrators.push(huge.vibrators[0].clone());
+        let now = Instant::now();
+        assert!(instances.take(&report_wave(&huge), now));
+        assert_eq!(instances.rows(now)[0].published, u64::MAX);
     }
 
     fn render(registry: &Registry) -> String {
