@@ -387,7 +387,8 @@ async fn test_wave_propagation() {
 }
 
 // The `[aether]` section of config/default.toml is the default
-// configuration, but for the instance reports the shipped settings turn on.
+// configuration, but for what the shipped settings turn on: instance reports
+// and the sample saga's durable channels.
 #[test]
 fn default_toml_matches_default_config() -> Result {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/default.toml");
@@ -397,6 +398,8 @@ fn default_toml_matches_default_config() -> Result {
         .get::<AetherConfig>("aether")?;
     let mut shipped = AetherConfig::default();
     shipped.report.interval_ms = 1000;
+    shipped.durability.channels = vec!["orders.*".into(), "inventory.*".into()];
+    shipped.durability.ack_wait_ms = 5000;
     assert_eq!(loaded, shipped);
     Ok(())
 }

@@ -91,6 +91,13 @@ impl GatewayBuilder {
             .queue_capacity(config.observer_queue_capacity)
             .create(aether)
             .await?;
+        // Durable channels first, read from their stream through the
+        // gateway's own durable consumers, so that it misses none of their
+        // waves across its reconnects; every other channel through `*`,
+        // which leaves the durable ones to those older resonances.
+        for pattern in &aether.config().durability.channels {
+            vibrator.resonate_on(Channel::new(pattern.as_str())).await?;
+        }
         vibrator.resonate_on(Channel::new("*")).await?;
         let physics = config.physics.then(|| aether.physics());
         let observer_stats = Arc::new(Mutex::new(vibrator.stats()));

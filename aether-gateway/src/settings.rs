@@ -349,10 +349,12 @@ mod tests {
         ))
         .unwrap();
         let settings = load(&text, &[]).unwrap();
-        // The shipped settings turn instance reports on; the library's
-        // default leaves them off.
+        // The shipped settings turn instance reports on, and make the
+        // saga's channels durable; the library's defaults do neither.
         let mut shipped = AetherConfig::default();
         shipped.report.interval_ms = 1000;
+        shipped.durability.channels = vec!["orders.*".into(), "inventory.*".into()];
+        shipped.durability.ack_wait_ms = 5000;
         assert_eq!(settings.aether, shipped);
         assert_eq!(settings.gateway, GatewayConfig::default());
     }

@@ -46,7 +46,12 @@ use serde_json::json;
 use tokio::{sync::watch, time::Instant};
 use tracing::Instrument;
 
+use aether_ops::drops::DropWatch;
+
 use crate::refusals::{Refusal, RefusalLog};
+
+/// How often alpha looks for overdue orders and for its own drops.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The pattern alpha resonates on for the answers to its orders.
 pub const ANSWERS: &str = "inventory.*";
@@ -63,6 +68,7 @@ pub type AlphaError = Box<dyn Error + Send + Sync>;
 /// items = ["widget", "gadget", "gizmo"]
 /// qty = 1
 /// drain_ms = 2000
+/// answer_deadline_ms = 15000
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -79,6 +85,11 @@ pub struct AlphaSettings {
     /// (after `count` orders, or at shutdown), in milliseconds. Default
     /// 2,000.
     pub drain_ms: u64,
+    /// An order still unanswered this long after it was emitted is
+    /// counted as overdue (in the summary, with a warning at most once per
+    /// 10 s); its answer is still taken if it comes. In milliseconds, 100
+    /// to 3,600,000; default 15,000.
+    pub answer_deadline_ms: u64,
 }
 
 impl Default for AlphaSettings {
@@ -89,6 +100,7 @@ impl Default for AlphaSettings {
             items: ["widget", "gadget", "gizmo"].map(String::from).to_vec(),
             qty: 1,
             drain_ms: 2_000,
+            answer_deadline_ms: 15_000,
         }
     }
 }
@@ -111,6 +123,13 @@ impl Validate for AlphaSettings {
         }
         if self.qty == 0 {
             return Err(SettingsError::invalid("qty", "0", "must be at least 1"));
+        }
+        if !(100..=3_600_000).contains(&self.answer_deadline_ms) {
+            return Err(SettingsError::invalid(
+                "answer_deadline_ms",
+                self.answer_deadline_ms.to_string(),
+                "must be 100 to 3600000",
+            ));
         }
         Ok(())
     }
@@ -238,6 +257,9 @@ pub struct AlphaReport {
     pub cancelled: u64,
     /// Orders left without an answer when it stopped.
     pub unanswered: u64,
+    /// Orders still unanswered `answer_deadline_ms` after they were
+    /// emitted (whether or not an answer came later).
+    pub overdue: u64,
     /// Orders and outcomes not emitted because the medium failed past what
     /// `[service.reliability]` allows (timeouts, an open circuit, a full
     /// outbox), or at the first failure without it.
@@ -252,6 +274,9 @@ pub struct AlphaReport {
     /// `bad_fields` (no `order_id` string), `bad_order_id` (empty or longer
     /// than 256 bytes). See [`refusals`].
     pub refused: BTreeMap<&'static str, u64>,
+    /// Waves its vibrator did not get, by reason (a full queue sheds the
+    /// weakest first: `queue_full`).
+    pub dropped: BTreeMap<&'static str, u64>,
 }
 
 impl std::fmt::Display for AlphaReport {
@@ -259,15 +284,17 @@ impl std::fmt::Display for AlphaReport {
         write!(
             f,
             "service-alpha: created {}, confirmed {}, cancelled {}, unanswered {}, \
-             rate_limited {}, failed {}, unmatched {}, refused {}",
+             overdue {}, rate_limited {}, failed {}, unmatched {}, refused {}, dropped {}",
             self.created,
             self.confirmed,
             self.cancelled,
             self.unanswered,
+            self.overdue,
             self.rate_limited,
             self.failed,
             self.unmatched,
-            refusals::summary(&self.refused)
+            refusals::summary(&self.refused),
+            aether_ops::drops::summary(&self.dropped)
         )
     }
 }
@@ -334,9 +361,16 @@ pub async fn run_live(
     let mut reliable = current.service.reliable(aether)?;
     alpha.resonate_on(ANSWERS).await?;
     let prefix = run_prefix();
-    let mut pending: HashMap<String, String> = HashMap::new();
+    // Each order waiting for its answer: its item, and when it is overdue
+    // (`None` once counted so).
+    let mut pending: HashMap<String, (String, Option<Instant>)> = HashMap::new();
     let mut report = AlphaReport::default();
     let mut refusal_log = RefusalLog::new("service-alpha", refusals::WARN_EVERY);
+    let mut drops = DropWatch::new("service-alpha", refusals::WARN_EVERY);
+    let mut overdue_warned = 0u64;
+    let mut last_overdue_warning: Option<Instant> = None;
+    let mut checks = tokio::time::interval(CHECK_EVERY);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sequence = 0u64;
     let mut ticks = order_ticks(current.alpha.rate_per_s);
     let mut drain = Duration::from_millis(current.alpha.drain_ms);
@@ -388,7 +422,8 @@ pub async fn run_live(
                 match reliable::emit_with(reliable.as_ref(), &alpha, order).await {
                     Ok(_) => {
                         report.created += 1;
-                        pending.insert(order_id, item.clone());
+                        let deadline = Duration::from_millis(settings.answer_deadline_ms);
+                        pending.insert(order_id, (item.clone(), Some(Instant::now() + deadline)));
                     }
                     Err(error) => {
                         tracing::debug!(%error, "order not emitted");
@@ -397,6 +432,28 @@ pub async fn run_live(
                 }
                 if settings.count.is_some_and(|count| report.created >= count) {
                     drain_until = Some(Instant::now() + drain);
+                }
+            }
+            _ = checks.tick() => {
+                drops.check(&alpha.stats());
+                let now = Instant::now();
+                for (order_id, (_, due)) in pending.iter_mut() {
+                    if due.is_some_and(|due| due <= now) {
+                        *due = None;
+                        report.overdue += 1;
+                        tracing::debug!(order_id, "order overdue");
+                    }
+                }
+                let quiet = last_overdue_warning
+                    .is_some_and(|last| now.duration_since(last) < refusals::WARN_EVERY);
+                if report.overdue > overdue_warned && !quiet {
+                    tracing::warn!(
+                        overdue = report.overdue - overdue_warned,
+                        deadline_ms = current.alpha.answer_deadline_ms,
+                        "service-alpha: orders unanswered past their deadline"
+                    );
+                    overdue_warned = report.overdue;
+                    last_overdue_warning = Some(now);
                 }
             }
             () = tokio::time::sleep_until(until), if !ordering => break,
@@ -418,7 +475,7 @@ pub async fn run_live(
                 };
                 // Another alpha's order, one already answered, or one never
                 // made: only orders it waits for are confirmed or cancelled.
-                let Some(item) = pending.remove(&order_id) else {
+                let Some((item, _)) = pending.remove(&order_id) else {
                     report.unmatched += 1;
                     continue;
                 };
@@ -443,6 +500,7 @@ pub async fn run_live(
         }
     }
     report.unanswered = pending.len() as u64;
+    report.dropped = aether_ops::drops::by_reason(&alpha.stats());
     if let Err(error) = aether.flush(drain).await {
         tracing::warn!(%error, "outcomes may be left unsent");
     }
@@ -590,10 +648,12 @@ mod tests {
                 confirmed: 11,
                 cancelled: 1,
                 unanswered: 0,
+                overdue: 0,
                 rate_limited: 0,
                 failed: 0,
                 unmatched: 0,
                 refused: BTreeMap::new(),
+                dropped: BTreeMap::new(),
             }
         );
         stop_beta.trigger();

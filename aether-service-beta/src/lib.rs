@@ -29,6 +29,7 @@ use aether_core::{
     reliable::{self, Reliable},
 };
 use aether_ops::{
+    drops::DropWatch,
     resources::ResourceLimits,
     settings::{
         LogSettings, ServiceSettings, SettingsError, TelemetrySettings, Validate, validate_section,
@@ -41,6 +42,9 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::refusals::{Refusal, RefusalLog};
+
+/// How often beta looks at its own drops, to warn of them.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The pattern beta resonates on.
 pub const ORDERS: &str = "orders.*";
@@ -205,6 +209,9 @@ pub struct BetaReport {
     /// unanswered, by reason: `not_json`, `bad_fields`, `bad_order_id`,
     /// `bad_item`, `bad_qty` (see [`refusals`] and [`read_order`]).
     pub refused: BTreeMap<&'static str, u64>,
+    /// Waves its vibrator did not get, by reason (a full queue sheds the
+    /// weakest first: `queue_full`).
+    pub dropped: BTreeMap<&'static str, u64>,
 }
 
 impl std::fmt::Display for BetaReport {
@@ -212,7 +219,7 @@ impl std::fmt::Display for BetaReport {
         write!(
             f,
             "service-beta: reserved {}, insufficient {}, outcomes heard {}, ignored {}, \
-             rate_limited {}, failed {}, stock left {:?}, refused {}",
+             rate_limited {}, failed {}, stock left {:?}, refused {}, dropped {}",
             self.reserved,
             self.insufficient,
             self.outcomes_heard,
@@ -220,7 +227,8 @@ impl std::fmt::Display for BetaReport {
             self.rate_limited,
             self.failed,
             self.stock,
-            refusals::summary(&self.refused)
+            refusals::summary(&self.refused),
+            aether_ops::drops::summary(&self.dropped)
         )
     }
 }
@@ -299,8 +307,19 @@ pub async fn run(
 /// is read once, at start.
 pub async fn run_live(
     aether: &Aether,
+    settings: watch::Receiver<Arc<BetaProgramSettings>>,
+    shutdown: Shutdown,
+) -> Result<BetaReport, BetaError> {
+    run_live_then(aether, settings, shutdown, || {}).await
+}
+
+/// [`run_live`], calling `resonating` once beta's resonance holds (the
+/// program tells scripts then, and only then, that it listens).
+pub async fn run_live_then(
+    aether: &Aether,
     mut settings: watch::Receiver<Arc<BetaProgramSettings>>,
     shutdown: Shutdown,
+    resonating: impl FnOnce(),
 ) -> Result<BetaReport, BetaError> {
     let start = Arc::clone(&settings.borrow_and_update());
     let mut beta = Vibrator::create("service-beta", aether).await?;
@@ -308,11 +327,15 @@ pub async fn run_live(
     let mut reliable = start.service.reliable(aether)?;
     let mut reliability = start.service.reliability;
     beta.resonate_in_group(ORDERS, GROUP).await?;
+    resonating();
     let mut report = BetaReport {
         stock: start.beta.stock.clone(),
         ..BetaReport::default()
     };
     let mut refusal_log = RefusalLog::new("service-beta", refusals::WARN_EVERY);
+    let mut drops = DropWatch::new("service-beta", refusals::WARN_EVERY);
+    let mut checks = tokio::time::interval(CHECK_EVERY);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(
         stock = ?report.stock,
         noise_floor = start.service.noise_floor,
@@ -335,6 +358,10 @@ pub async fn run_live(
                     rate_limit_per_s = ?new.service.rate_limit_per_s,
                     "service-beta settings applied"
                 );
+                continue;
+            }
+            _ = checks.tick() => {
+                drops.check(&beta.stats());
                 continue;
             }
             wave = beta.receive() => match wave {
@@ -371,6 +398,8 @@ pub async fn run_live(
     if let Err(error) = aether.flush(DRAIN).await {
         tracing::warn!(%error, "answers may be left unsent");
     }
+    drops.check(&beta.stats());
+    report.dropped = aether_ops::drops::by_reason(&beta.stats());
     tracing::info!("{report}");
     Ok(report)
 }

@@ -6,7 +6,7 @@ use aether_ops::{
     service::Service,
     settings::{SettingsSource, Validate},
 };
-use aether_service_beta::{BetaProgramSettings, Options, run_live};
+use aether_service_beta::{BetaProgramSettings, Options, run_live_then};
 use clap::Parser;
 
 #[tokio::main(flavor = "current_thread")]
@@ -38,12 +38,13 @@ async fn program(options: Options) -> Result<(), Box<dyn Error + Send + Sync>> {
         move |settings| options.apply(settings),
     )
     .await?;
-    // On stdout, for scripts: beta is connected and about to resonate.
-    println!("aether-service-beta: connected, resonating on orders.* (group inventory)");
-    let report = run_live(
+    // On stdout, for scripts, once it is true: beta resonates (a refused
+    // resonance ends the run with the reason instead).
+    let report = run_live_then(
         &service.aether,
         service.settings.subscribe(),
         service.shutdown.clone(),
+        || println!("aether-service-beta: connected, resonating on orders.* (group inventory)"),
     )
     .await;
     service.stop();

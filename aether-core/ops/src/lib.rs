@@ -65,6 +65,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod drops;
 pub mod logging;
 pub mod panic;
 pub mod reload;

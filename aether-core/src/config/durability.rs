@@ -28,8 +28,9 @@ pub enum DurableStorage {
 /// (`outbox_dir`) until taken, and a wave nobody resonated on waits there.
 /// Every other channel keeps its path. With `channels` empty (the default)
 /// nothing is durable and nothing changes. `stream`, `storage`,
-/// `duplicate_window_ms`, `max_age_ms`, `max_bytes`, `ack_wait_ms` and
-/// `max_deliver` are JetStream's, read by the NATS medium only.
+/// `duplicate_window_ms`, `max_age_ms`, `max_bytes`, `ack_wait_ms`,
+/// `max_deliver` and `replicas` are JetStream's, read by the NATS medium
+/// only.
 ///
 /// ```
 /// use aether_core::{AetherConfig, config::DurabilityConfig};
@@ -75,6 +76,11 @@ pub struct DurabilityConfig {
     /// Most deliveries of one wave to a consumer; 0 (the default) = no
     /// limit.
     pub max_deliver: u32,
+    /// Copies of the stream JetStream keeps on different servers of a
+    /// cluster, 1 to 5: with 3, the loss of any one server loses nothing
+    /// stored. 0 (the default): as many as the cluster has servers, up to 3
+    /// (1 on a single server).
+    pub replicas: usize,
     /// Directory of the on-disk durable outbox, written and synced before
     /// `emit` returns. Over NATS it holds durable waves that could not be
     /// stored (NATS unreachable, or no acknowledgement), sent when the
@@ -101,6 +107,7 @@ impl Default for DurabilityConfig {
             max_bytes: 0,
             ack_wait_ms: 30_000,
             max_deliver: 0,
+            replicas: 0,
             outbox_dir: None,
             outbox_max_bytes: 256 * 1024 * 1024,
         }
@@ -159,6 +166,12 @@ impl DurabilityConfig {
             "durability.ack_wait_ms",
             self.ack_wait_ms.to_string(),
             "must be between 100 and 86400000",
+        )?;
+        check(
+            self.replicas <= 5,
+            "durability.replicas",
+            self.replicas.to_string(),
+            "must be 0 (as many as the cluster has servers, up to 3) or 1 to 5",
         )?;
         if let Some(dir) = &self.outbox_dir {
             check(

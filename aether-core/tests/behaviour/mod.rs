@@ -206,7 +206,13 @@ pub async fn system_channels_are_refused_to_applications(m: &dyn Medium) {
     assert_eq!(aether.stats().emitted, 2, "only the request and its reply");
     // rx hears every channel, the reply's inbox too.
     assert_eq!(recv(&mut rx).await.channel().as_str(), "questions");
-    assert!(recv(&mut rx).await.channel().as_str().starts_with("_INBOX."));
+    assert!(
+        recv(&mut rx)
+            .await
+            .channel()
+            .as_str()
+            .starts_with("_INBOX.")
+    );
     assert_silent(&mut rx).await;
 }
 

@@ -80,6 +80,8 @@ const FULL_QUEUE_WAIT: Duration = Duration::from_millis(5);
 /// The durable side of a NATS aether.
 pub(super) struct Durable {
     js: Context,
+    /// The connection, for what the server says of its cluster.
+    client: Client,
     config: DurabilityConfig,
     /// The durable patterns.
     patterns: Vec<Channel>,
@@ -156,6 +158,7 @@ impl Durable {
         let acker = tokio::spawn(send_acks(to_send, acks_in_flight.clone())).abort_handle();
         let durable = Arc::new(Self {
             js,
+            client: client.clone(),
             config: config.clone(),
             patterns,
             subjects,
@@ -287,6 +290,20 @@ impl Durable {
     }
 
     /// Creates the stream, or updates it to these settings.
+    /// The stream's replicas: as set, or as many as the cluster has
+    /// servers (those the server told of, with itself), up to 3.
+    fn replicas(&self) -> usize {
+        match self.config.replicas {
+            0 => {
+                let info = self.client.server_info();
+                let servers: std::collections::HashSet<&String> =
+                    info.connect_urls.iter().collect();
+                servers.len().clamp(1, 3)
+            }
+            n => n,
+        }
+    }
+
     async fn ensure_stream(&self) -> Result<(), jetstream::context::CreateStreamError> {
         let c = &self.config;
         let config = stream::Config {
@@ -308,7 +325,7 @@ impl Durable {
             max_messages: -1,
             max_messages_per_subject: -1,
             max_consumers: -1,
-            num_replicas: 1,
+            num_replicas: self.replicas(),
             ..Default::default()
         };
         self.js.create_or_update_stream(config).await.map(|_| ())
