@@ -1,0 +1,286 @@
+//! The sample saga under faults, with the three programs as processes: a
+//! NATS server killed with SIGKILL mid-flow and restarted loses no order,
+//! and a stalled service's drops reach the gateway per instance.
+//!
+//! The first test runs on the repository's own settings (`config/`), which
+//! make the saga's channels durable; the second on settings of its own with
+//! plain channels, whose full queues shed.
+
+mod support;
+
+use std::{collections::HashMap, path::Path, process::Stdio, time::Duration};
+
+use aether_core::{Aether, AetherConfig, Vibrator, config::NatsConfig};
+use aether_testkit::NatsServer;
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use support::{eventually, get, sample};
+use tokio::{io::AsyncReadExt, process::Child};
+
+const PROGRAM: &str = env!("CARGO_BIN_EXE_aether-gateway");
+const BOUND: Duration = Duration::from_secs(20);
+const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/default.toml");
+
+fn pid(child: &Child) -> Pid {
+    Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap())
+}
+
+/// Waits for a service program to exit (after SIGTERM if `terminate`),
+/// checks it exits 0, and reads the counts of its summary, the stdout line
+/// that starts with `prefix`.
+async fn summary(mut child: Child, prefix: &str, terminate: bool) -> HashMap<String, u64> {
+    if terminate {
+        kill(pid(&child), Signal::SIGTERM).unwrap();
+    }
+    let mut stdout = String::new();
+    let mut pipe = child.stdout.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(60), pipe.read_to_string(&mut stdout))
+        .await
+        .expect("it reports")
+        .unwrap();
+    let status = tokio::time::timeout(BOUND, child.wait())
+        .await
+        .expect("it exits")
+        .unwrap();
+    assert!(status.success(), "{prefix} {status}");
+    let line = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no summary in {stdout:?}"));
+    let mut counts = HashMap::new();
+    for part in line.split(", ") {
+        let mut words = part.trim().split(' ');
+        let Some(name) = words.next() else { continue };
+        // `dropped queue_full 3 below_noise_floor 1`: one count a reason.
+        let rest: Vec<&str> = words.collect();
+        if let [value] = rest[..]
+            && let Ok(n) = value.parse()
+        {
+            counts.insert(name.to_string(), n);
+        }
+        if name == "dropped" {
+            for pair in rest.chunks(2) {
+                if let [reason, n] = pair
+                    && let Ok(n) = n.parse()
+                {
+                    counts.insert(format!("dropped {reason}"), n);
+                }
+            }
+        }
+    }
+    counts
+}
+
+fn observed(text: &str, family: &str) -> u64 {
+    let series = format!("aether_gateway_waves_observed_total{{family=\"{family}\"}}");
+    sample(text, &series).map_or(0, |value| value as u64)
+}
+
+/// The gateway on `url` with the settings in `dir`, once it hears the bus.
+async fn gateway(dir: &Path, url: &str) -> (Child, std::net::SocketAddr) {
+    let mut command = aether_testkit::program(PROGRAM);
+    command
+        .arg("--config-dir")
+        .arg(dir)
+        .arg("--nats")
+        .arg(url)
+        .env("AETHER__GATEWAY__LISTEN", "127.0.0.1:0")
+        .env("AETHER__AETHER__REPORT__INSTANCE", "gateway-1")
+        .stderr(Stdio::null());
+    let (child, addr) = support::spawn_serving(command, BOUND).await;
+    let probe_side = Aether::connect(AetherConfig {
+        nats: NatsConfig {
+            urls: vec![url.to_string()],
+            ..NatsConfig::default()
+        },
+        ..AetherConfig::default()
+    })
+    .await
+    .unwrap();
+    let probe = Vibrator::create("probe", &probe_side).await.unwrap();
+    eventually("the gateway hears the bus", BOUND, || async {
+        probe.emit_wave("probe.ping", 0).await.unwrap();
+        let text = get(addr, "/metrics").await.body;
+        (observed(&text, "probe.ping") > 0).then_some(())
+    })
+    .await;
+    probe_side.close();
+    (child, addr)
+}
+
+fn service(bin: &str, dir: &Path, url: &str, instance: &str, args: &[&str]) -> Child {
+    let mut command = aether_testkit::program(bin);
+    command
+        .arg("--config-dir")
+        .arg(dir)
+        .arg("--nats")
+        .arg(url)
+        .args(args)
+        .env("AETHER__AETHER__REPORT__INSTANCE", instance)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    command.spawn().unwrap()
+}
+
+async fn programs() -> (String, String) {
+    let [beta, alpha] = tokio::task::spawn_blocking(|| {
+        ["aether-service-beta", "aether-service-alpha"].map(|bin| {
+            aether_testkit::workspace_program(PROGRAM, bin, bin)
+                .to_string_lossy()
+                .into_owned()
+        })
+    })
+    .await
+    .unwrap();
+    (beta, alpha)
+}
+
+/// nats-server killed with SIGKILL while alpha orders at 200 a second, and
+/// restarted on the same port 3 s later: every order is answered exactly
+/// once, alpha counts nothing failed or unanswered, and the gateway's counts
+/// are the services' own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_loses_no_order() {
+    let (beta_bin, alpha_bin) = programs().await;
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let mut server = NatsServer::builder()
+            .jetstream(true)
+            .start()
+            .await
+            .expect("nats-server");
+        let url = server.url();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(SHIPPED, dir.path().join("default.toml")).unwrap();
+        let (mut gateway, addr) = gateway(dir.path(), &url).await;
+        let beta = service(&beta_bin, dir.path(), &url, "beta-1", &[]);
+        let alpha = service(
+            &alpha_bin,
+            dir.path(),
+            &url,
+            "alpha-1",
+            &["--rate", "200", "--count", "1200"],
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        server.kill().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        server.restart().await.unwrap();
+
+        let alpha = summary(alpha, "service-alpha:", false).await;
+        let beta = summary(beta, "service-beta:", true).await;
+        eprintln!("alpha {alpha:?}\nbeta {beta:?}");
+        assert_eq!(alpha["created"], 1200, "{alpha:?}");
+        assert_eq!(
+            alpha["confirmed"] + alpha["cancelled"],
+            1200,
+            "every order answered: {alpha:?}"
+        );
+        assert_eq!(
+            (alpha["unanswered"], alpha["failed"], alpha["unmatched"]),
+            (0, 0, 0),
+            "{alpha:?}"
+        );
+        assert_eq!(
+            (beta["reserved"], beta["insufficient"]),
+            (alpha["confirmed"], alpha["cancelled"]),
+            "each order answered once: {alpha:?}; {beta:?}"
+        );
+        let want = [
+            ("orders.created", alpha["created"]),
+            ("inventory.reserved", beta["reserved"]),
+            ("inventory.insufficient", beta["insufficient"]),
+            ("orders.confirmed", alpha["confirmed"]),
+            ("orders.cancelled", alpha["cancelled"]),
+        ];
+        eventually("the gateway's counts are the services'", BOUND, || async {
+            let text = get(addr, "/metrics").await.body;
+            let seen: Vec<_> = want.iter().map(|(f, _)| (*f, observed(&text, f))).collect();
+            (seen == want).then_some(())
+        })
+        .await;
+        kill(pid(&gateway), Signal::SIGTERM).unwrap();
+        let status = tokio::time::timeout(BOUND, gateway.wait())
+            .await
+            .expect("the gateway exits")
+            .unwrap();
+        assert!(status.success(), "{status}");
+    })
+    .await
+    .expect("bounded");
+}
+
+/// Beta with a queue of 100, stopped with SIGSTOP while orders pile up:
+/// once it runs again its queue sheds, its summary counts the sheds, and
+/// the gateway exports the same count for its instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_services_drops_reach_the_gateway() {
+    let (beta_bin, alpha_bin) = programs().await;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let server = NatsServer::start().await.expect("nats-server");
+        let url = server.url();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("default.toml"),
+            "[aether]\nchannel_buffer_size = 100\n[aether.report]\ninterval_ms = 200\n\
+             [alpha]\ndrain_ms = 100\n",
+        )
+        .unwrap();
+        let (mut gateway, addr) = gateway(dir.path(), &url).await;
+        let beta = service(&beta_bin, dir.path(), &url, "beta-1", &[]);
+        let metric = "aether_instance_dropped_waves{instance=\"beta-1\",reason=\"queue_full\"}";
+        eventually("beta reports", BOUND, || async {
+            sample(&get(addr, "/metrics").await.body, metric)
+        })
+        .await;
+        kill(pid(&beta), Signal::SIGSTOP).unwrap();
+        let alpha = service(
+            &alpha_bin,
+            dir.path(),
+            &url,
+            "alpha-1",
+            &["--rate", "1000", "--count", "1500"],
+        );
+        let alpha = summary(alpha, "service-alpha:", false).await;
+        assert_eq!(alpha["created"], 1500, "{alpha:?}");
+        kill(pid(&beta), Signal::SIGCONT).unwrap();
+        // Once the flood is taken, the count stops moving: three reports
+        // alike.
+        let deadline = tokio::time::Instant::now() + BOUND;
+        let (mut last, mut alike) = (-1.0, 0);
+        let seen = loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "beta's drops settle"
+            );
+            let now = sample(&get(addr, "/metrics").await.body, metric).unwrap_or(-1.0);
+            if now > 0.0 && now == last {
+                alike += 1;
+            } else {
+                (last, alike) = (now, 0);
+            }
+            if alike >= 3 {
+                break now as u64;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        let beta = summary(beta, "service-beta:", true).await;
+        eprintln!("alpha {alpha:?}\nbeta {beta:?}\ngateway queue_full {seen}");
+        assert!(
+            beta["dropped queue_full"] > 0,
+            "the stalled queue shed: {beta:?}"
+        );
+        assert_eq!(
+            beta["dropped queue_full"], seen,
+            "the gateway's count for beta is beta's own"
+        );
+        kill(pid(&gateway), Signal::SIGTERM).unwrap();
+        let status = tokio::time::timeout(BOUND, gateway.wait())
+            .await
+            .expect("the gateway exits")
+            .unwrap();
+        assert!(status.success(), "{status}");
+    })
+    .await
+    .expect("bounded");
+}
