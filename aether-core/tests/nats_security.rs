@@ -585,3 +585,95 @@ async fn logs_hold_no_secret() {
         ],
     );
 }
+
+// ---------------------------------------------------------------- what refusals say
+
+/// A refused connect names the servers it tried (credentials redacted) and
+/// says what to check: nobody listening, a plain server asked for TLS, a
+/// TLS server without the client certificate it requires.
+#[tokio::test]
+async fn refusals_name_the_servers_and_what_to_check() {
+    run(async {
+        // Nobody listens on a free port.
+        let port = aether_testkit::free_port().unwrap();
+        let url = format!("nats://someone:{PASSWORD}@127.0.0.1:{port}");
+        let mut unreachable = config(url, NatsTls::default(), NatsAuth::default());
+        unreachable.nats.connect_timeout_ms = 500;
+        let err = refused("nobody listening", unreachable).await;
+        let text = err.to_string();
+        assert_eq!(err.kind(), ConnectErrorKind::Unreachable, "{text}");
+        assert!(
+            text.contains(&format!("nats://[redacted]@127.0.0.1:{port}")),
+            "{text}"
+        );
+        assert!(text.contains("nats-server listens there"), "{text}");
+        assert_no_secret("the refusal", &chain(&err), &[PASSWORD]);
+
+        // TLS required of a server that speaks plain NATS.
+        let plain = NatsServer::start().await.unwrap();
+        let tls = NatsTls {
+            required: true,
+            ..Default::default()
+        };
+        let err = refused(
+            "tls.required against a plain server",
+            config(plain.url(), tls, NatsAuth::default()),
+        )
+        .await;
+        assert_eq!(err.kind(), ConnectErrorKind::Tls, "{}", chain(&err));
+        let text = err.to_string();
+        assert!(text.contains(&plain.url()), "{text}");
+        assert!(text.contains("TLS"), "{text}");
+
+        // A server that requires a client certificate, and none is given.
+        let pki = TestPki::generate().unwrap();
+        let server = NatsServer::builder().tls(&pki, true).start().await.unwrap();
+        let err = refused(
+            "no client certificate",
+            config(server.url(), trust(pki.ca_pem_path()), NatsAuth::default()),
+        )
+        .await;
+        let text = err.to_string();
+        assert_eq!(err.kind(), ConnectErrorKind::Tls, "{}", chain(&err));
+        assert!(
+            text.contains("cert_file") && text.contains("key_file"),
+            "says which settings to give: {text}"
+        );
+    })
+    .await;
+}
+
+/// Credentials in a server URL (`nats://user:password@host`) connect, and
+/// show nowhere: not in `Debug` of the settings, not in the logs at TRACE
+/// (the client is given them apart from the address it logs).
+#[tokio::test(flavor = "current_thread")]
+async fn credentials_in_a_url_are_redacted() {
+    let logs = LogBuffer::default();
+    let _guard = logs.capture_this_thread();
+    run(async {
+        let server = NatsServer::builder()
+            .auth(Auth::UserPassword {
+                user: USER.into(),
+                password: PASSWORD.into(),
+            })
+            .start()
+            .await
+            .unwrap();
+        let url = format!("nats://{USER}:{PASSWORD}@127.0.0.1:{}", server.port());
+        let settings = config(url, NatsTls::default(), NatsAuth::default());
+        let debug = format!("{settings:?} {settings:#?}");
+        assert_no_secret("Debug of the settings", &debug, &[PASSWORD]);
+        assert!(debug.contains("[redacted]@127.0.0.1"), "{debug}");
+        tracing::debug!(?settings, "settings");
+        let aether = connect(settings).await;
+        round_trip(&aether).await;
+        aether.close();
+    })
+    .await;
+    let text = logs.text();
+    assert!(
+        text.contains("[redacted]"),
+        "the settings were logged: {text}"
+    );
+    assert_no_secret("the logs", &text, &[PASSWORD]);
+}
