@@ -442,3 +442,28 @@ async fn hostile_waves() {
         "{warnings} warnings in {elapsed:?}: {log:#?}"
     );
 }
+
+/// An ACL that does not let beta resonate on its orders: beta says so and
+/// exits 1, and never says it resonates.
+#[tokio::test]
+async fn a_denied_resonance_is_said_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("default.toml"),
+        "[[aether.security.acl]]\nsource = \"service-beta\"\nemit = [\"inventory.*\"]\n\
+         resonate = [\"payments.*\"]\n",
+    )
+    .unwrap();
+    let output = tokio::time::timeout(
+        BOUND,
+        command().arg("--config-dir").arg(dir.path()).output(),
+    )
+    .await
+    .expect("it ends by itself")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("resonating"), "{stdout}");
+    assert!(stderr.contains("resonance denied"), "{stderr}");
+}
