@@ -10,7 +10,7 @@ use std::{
 };
 
 use aether_core::{
-    Aether, Channel, ReflectionReason, TraceContext, Vibrator, Wave,
+    Aether, Channel, ReflectionReason, TraceContext, Vibrator, Wave, WaveId,
     wire::{self, HEADER_LEN, Limits, Parts, Signature, WireErrorKind},
 };
 use bytes::Bytes;
@@ -311,14 +311,7 @@ fn bad_vectors_fail_with_their_kind() {
         let body = bin(&name);
         assert_eq!(body, expected, "{name}.bin is not its base mutated");
 
-        let limits = Limits {
-            max_body_bytes: case["max_body_bytes"]
-                .as_u64()
-                .map_or(Limits::default().max_body_bytes, |n| {
-                    usize::try_from(n).expect("max_body_bytes")
-                }),
-        };
-        let err = wire::decode(Channel::new("a"), Bytes::from(body), &limits)
+        let err = wire::decode(Channel::new("a"), Bytes::from(body), &limits_of(case))
             .expect_err(&format!("{name} decoded"));
         assert_eq!(
             err.kind(),
@@ -331,6 +324,273 @@ fn bad_vectors_fail_with_their_kind() {
             "{name}: {err:?} lacks {contains:?}"
         );
     }
+}
+
+/// The limits a bad vector is decoded with (`max_body_bytes` if it says,
+/// else the default).
+fn limits_of(case: &Value) -> Limits {
+    Limits {
+        max_body_bytes: case["max_body_bytes"]
+            .as_u64()
+            .map_or(Limits::default().max_body_bytes, |n| {
+                usize::try_from(n).expect("max_body_bytes")
+            }),
+    }
+}
+
+/// Where several checks apply to one body, the decoder reports the first in
+/// the order of ARCHITECTURE.md ("Wire format", "Checks, in order"): each
+/// such vector, by step, with the kind and message it fails with.
+#[test]
+fn the_first_check_in_order_wins() {
+    use WireErrorKind::{
+        BadMagic, InvalidField, Oversized, Truncated, UnknownFlags, UnsupportedVersion,
+    };
+    let cases: &[(&str, WireErrorKind, &str)] = &[
+        // 1. The size, whatever the bytes.
+        ("oversized_bad_magic", Oversized, "the limit is 64"),
+        // 2. The magic byte: missing, then wrong however short the body.
+        ("empty", Truncated, "magic byte needs 1 bytes"),
+        ("bad_magic_short", BadMagic, "first byte is 0x7b"),
+        ("bad_magic_version_2", BadMagic, "first byte is 0x00"),
+        // 3. The version: missing, then wrong whatever follows.
+        ("magic_only", Truncated, "version needs 1 bytes at offset 1"),
+        ("version_2_short", UnsupportedVersion, "envelope version 2"),
+        (
+            "version_2_unknown_flags",
+            UnsupportedVersion,
+            "envelope version 2",
+        ),
+        // 4. The flags: cut, then unknown bits however short the body.
+        ("flags_cut", Truncated, "flags needs 2 bytes at offset 2"),
+        ("unknown_flag_short", UnknownFlags, "unknown bits 0x0100"),
+        // 5. The header's length, before any of its values.
+        (
+            "truncated_header_bad_amplitude",
+            Truncated,
+            "shorter than the 63-byte header",
+        ),
+        // 6. The source name: its length limit, then its bytes.
+        (
+            "source_too_long_short",
+            InvalidField,
+            "source name length 65 is over the limit of 64",
+        ),
+        (
+            "truncated_source_bad_char",
+            Truncated,
+            "source name needs 4 bytes at offset 63",
+        ),
+        // 7. The sections: each length limit before the bytes it announces,
+        // every section framed before any value is checked.
+        (
+            "truncated_key_bad_decay",
+            Truncated,
+            "correlation key needs 8 bytes at offset 97",
+        ),
+        (
+            "key_empty_short",
+            InvalidField,
+            "correlation key length is 0",
+        ),
+        (
+            "key_too_long_short",
+            InvalidField,
+            "correlation key length 257 is over the limit of 256",
+        ),
+        (
+            "reply_too_long_short",
+            InvalidField,
+            "reply channel length 300 is over the limit of 256",
+        ),
+        (
+            "reflection_message_too_long_short",
+            InvalidField,
+            "reflection message length 2000 is over the limit of 1024",
+        ),
+        (
+            "reflected_channel_too_long_short",
+            InvalidField,
+            "reflected channel length 300 is over the limit of 256",
+        ),
+        (
+            "truncated_reflection_unknown_reason",
+            Truncated,
+            "reflection message needs 12 bytes at offset 80",
+        ),
+        (
+            "truncated_trace_zero_trace_id",
+            Truncated,
+            "trace section needs 25 bytes at offset 68",
+        ),
+        // 8. The signature's room, before any value.
+        (
+            "truncated_signature_bad_amplitude",
+            Truncated,
+            "signature needs 32 bytes",
+        ),
+        // 9. The values, in a fixed order, after every length limit.
+        (
+            "key_too_long_amplitude_nan",
+            InvalidField,
+            "correlation key length 257 is over the limit of 256",
+        ),
+        (
+            "amplitude_and_phase_bad",
+            InvalidField,
+            "amplitude 1.5 is outside [0, 1]",
+        ),
+        (
+            "source_bad_char_decay_negative",
+            InvalidField,
+            "has byte 0x20 at 1",
+        ),
+    ];
+    let bad = bad_cases();
+    for &(name, kind, contains) in cases {
+        let case = bad
+            .iter()
+            .find(|case| case["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not in vectors.json"));
+        assert_eq!(
+            kind_named(&string(case, "error")),
+            kind,
+            "{name} in vectors.json"
+        );
+        let err = wire::decode(Channel::new("a"), Bytes::from(bin(name)), &limits_of(case))
+            .expect_err(name);
+        assert_eq!(err.kind(), kind, "{name}: {err}");
+        assert!(
+            err.to_string().contains(contains),
+            "{name}: {err} lacks {contains:?}"
+        );
+    }
+}
+
+fn good_case(name: &str) -> Value {
+    good_cases()
+        .into_iter()
+        .find(|case| case["name"] == name)
+        .unwrap_or_else(|| panic!("{name} is not in vectors.json"))
+}
+
+/// The id is 16 bytes: the Unix millisecond of emission (48 bits), a
+/// random number per process (32), a sequence (48). `emitted` and `full`
+/// are laid out so; the decoder takes any id, 0 included.
+#[test]
+fn the_id_begins_with_the_emission_millisecond() {
+    for name in ["emitted", "full"] {
+        let case = good_case(name);
+        let ms = u64_of(&case, "emitted_at_ns") / 1_000_000;
+        let body = bin(name);
+        assert_eq!(body[4..10], ms.to_be_bytes()[2..], "{name}");
+        let wave = wire::decode(Channel::new("a"), Bytes::from(body), &Limits::default()).unwrap();
+        assert_eq!(wave.id().timestamp_ms(), ms, "{name}");
+    }
+    // A client that makes no ids sends 0.
+    let case = good_case("foreign");
+    let wave = wire::decode(
+        Channel::new(string(&case, "channel")),
+        Bytes::from(bin("foreign")),
+        &Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(wave.id(), WaveId::NIL);
+    assert_eq!(wave.origin(), 0);
+    assert_ne!(wave.emitted_at(), None);
+}
+
+/// An emission stamps the id and `emitted_at` from one clock reading; a
+/// fresh wave (no hop, no decay) carries its amplitude equal to `a0`, bit
+/// for bit, and is not measured again on the way.
+#[tokio::test]
+async fn a_fresh_emission_has_amplitude_a0_and_a_timed_id() {
+    let aether = Aether::default();
+    let mut listener = Vibrator::create("listener", &aether).await.unwrap();
+    listener.resonate_on("orders.*").await.unwrap();
+    let shop = Vibrator::create("shop", &aether).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let wave = Wave::builder("orders.created")
+            .amplitude(0.8)
+            .build()
+            .unwrap();
+        shop.emit(wave).await.unwrap();
+        let wave = listener.receive().await.unwrap();
+        let body = wire::encode(&wave);
+        assert_eq!(body[36..44], 0.8f64.to_le_bytes(), "amplitude");
+        assert_eq!(body[44..52], 0.8f64.to_le_bytes(), "a0");
+        let emitted_at_ns = Parts::of(&wave).emitted_at_ns;
+        assert_ne!(emitted_at_ns, 0);
+        assert_eq!(wave.id().timestamp_ms(), emitted_at_ns / 1_000_000);
+        assert_eq!(
+            body[4..10],
+            (emitted_at_ns / 1_000_000).to_be_bytes()[2..],
+            "the id's first 6 bytes"
+        );
+        ids.push(body[4..20].to_vec());
+    }
+    // One process: the same random bytes 6 to 9, a later sequence.
+    assert_eq!(ids[0][6..10], ids[1][6..10]);
+    assert!(ids[0][10..] < ids[1][10..]);
+}
+
+/// A JSON payload is UTF-8 JSON text; the envelope carries any payload as
+/// opaque bytes.
+#[test]
+fn json_payloads_are_utf8_json_text() {
+    let wave = Wave::builder("a")
+        .json(&serde_json::json!({"note": "café ☕"}))
+        .build()
+        .unwrap();
+    assert_eq!(
+        wave.payload_bytes().as_ref(),
+        "{\"note\":\"café ☕\"}".as_bytes()
+    );
+    let case = good_case("foreign");
+    let foreign = wire::decode(
+        Channel::new("orders.created"),
+        Bytes::from(bin("foreign")),
+        &Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        foreign.payload_bytes().as_ref(),
+        string(&case, "payload_utf8").as_bytes()
+    );
+    assert_eq!(foreign.payload()["note"], "café ☕");
+    // Not UTF-8 JSON text: a byte order mark, UTF-16, or bytes that are
+    // not JSON. They travel as they are; `json` fails and `payload` is null.
+    let utf16: Vec<u8> = "{\"a\":1}"
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    for payload in [
+        b"\xef\xbb\xbf{\"a\":1}".to_vec(),
+        utf16,
+        vec![0xde, 0xad, 0xbe, 0xef],
+    ] {
+        let wave = Wave::new("a", payload.clone());
+        let back =
+            wire::decode(Channel::new("a"), wire::encode(&wave), &Limits::default()).unwrap();
+        assert_eq!(back.payload_bytes().as_ref(), payload.as_slice());
+        assert!(back.json::<serde_json::Value>().is_err(), "{payload:?}");
+        assert_eq!(back.payload(), serde_json::Value::Null);
+    }
+}
+
+/// A reflection travels on `_reflect.<source name>.<origin as 16 lowercase
+/// hex digits>`, the reflection channel of the source and origin it names.
+#[test]
+fn the_reflected_vector_is_on_its_sources_reflection_channel() {
+    let case = good_case("reflected");
+    let channel = format!(
+        "_reflect.{}.{:016x}",
+        string(&case, "source"),
+        u64_of(&case, "origin")
+    );
+    assert_eq!(channel, "_reflect.shop.000000000000004d");
+    assert_eq!(string(&case, "channel"), channel);
 }
 
 #[test]

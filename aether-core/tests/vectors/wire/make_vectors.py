@@ -9,6 +9,10 @@ library only.
     python3 make_vectors.py           # (re)writes every NAME.bin
     python3 make_vectors.py --check   # compares them with the files; exit 1 if any differs
 
+Either way, `first_error` (a decoder's checks, written from the numbered
+"Checks, in order" list of the same section) must find no error in a good
+vector and, in a bad one, the error kind vectors.json expects.
+
 The Rust test `aether-core/tests/wire.rs` decodes and encodes the same cases
 and compares with the committed .bin files byte for byte.
 """
@@ -186,6 +190,139 @@ def mutate(base, case):
     return bytes(body)
 
 
+def first_error(body, max_body_bytes=1048576):
+    """The kind of the first error a v1 decoder reports for `body`, or None.
+
+    The order of ARCHITECTURE.md ("Checks, in order"): size, magic, version,
+    flags, header, then every length and section front to back (a length is
+    compared with its limit before the bytes it announces are looked for),
+    then the values.
+    """
+    n = len(body)
+    if n > max_body_bytes:
+        return "Oversized"
+    if n < 1:
+        return "Truncated"
+    if body[0] != MAGIC:
+        return "BadMagic"
+    if n < 2:
+        return "Truncated"
+    if body[1] != VERSION:
+        return "UnsupportedVersion"
+    if n < 4:
+        return "Truncated"
+    (flags,) = struct.unpack_from("<H", body, 2)
+    if flags & ~0xFF:
+        return "UnknownFlags"
+    if n < HEADER_LEN:
+        return "Truncated"
+    amplitude, source_amplitude, phase = struct.unpack_from("<ddd", body, 36)
+    source_len = body[62]
+    if source_len > MAX_SOURCE_LEN:
+        return "InvalidField"
+    at = HEADER_LEN
+
+    class Cut(Exception):
+        pass
+
+    def take(count):
+        nonlocal at
+        if at + count > n:
+            raise Cut
+        at += count
+        return body[at - count : at]
+
+    def length():
+        return struct.unpack("<H", take(2))[0]
+
+    sections = {}
+    try:
+        sections["source"] = take(source_len)
+        if flags & FLAG_DECAY:
+            sections["decay"] = struct.unpack("<dQ", take(16))[0]
+        if flags & FLAG_CORRELATION_KEY:
+            key_len = length()
+            if not 1 <= key_len <= MAX_KEY_LEN:
+                return "InvalidField"
+            sections["key"] = take(key_len)
+        if flags & FLAG_REPLY_TO:
+            reply_len = length()
+            if reply_len > MAX_CHANNEL_LEN:
+                return "InvalidField"
+            sections["reply"] = take(reply_len)
+        if flags & FLAG_REFLECTED:
+            code = take(1)[0]
+            message_len = length()
+            if message_len > MAX_REFLECTION_MESSAGE_LEN:
+                return "InvalidField"
+            message = take(message_len)
+            channel_len = length()
+            if channel_len > MAX_CHANNEL_LEN:
+                return "InvalidField"
+            sections["reflection"] = (code, message, take(channel_len))
+        if flags & FLAG_TRACE:
+            sections["trace"] = take(25)
+    except Cut:
+        return "Truncated"
+    if flags & FLAG_SIGNED and n - at < 32:
+        return "Truncated"
+
+    def utf8(raw):
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    def channel_ok(raw):
+        text = utf8(raw)
+        try:
+            return text is not None and concrete_channel(text) == text
+        except AssertionError:
+            return False
+
+    # The values, in order; each failure is InvalidField.
+    checks = [
+        lambda: 0.0 <= amplitude <= 1.0,
+        lambda: 0.0 <= source_amplitude <= 1.0,
+        lambda: 0.0 <= phase < 2 * math.pi,
+        lambda: set(sections["source"].decode("latin-1")) <= SOURCE_ALPHABET,
+        lambda: "decay" not in sections
+        or (math.isfinite(sections["decay"]) and sections["decay"] >= 0.0),
+        lambda: "key" not in sections or utf8(sections["key"]) is not None,
+        lambda: "reply" not in sections or channel_ok(sections["reply"]),
+        lambda: "reflection" not in sections
+        or (
+            utf8(sections["reflection"][1]) is not None
+            and (sections["reflection"][0] in (3, 4)
+                 or (sections["reflection"][0] <= 2 and not sections["reflection"][1]))
+            and channel_ok(sections["reflection"][2])
+        ),
+        lambda: "trace" not in sections
+        or (any(sections["trace"][:16]) and any(sections["trace"][16:24])),
+    ]
+    for check in checks:
+        if not check():
+            return "InvalidField"
+    return None
+
+
+def order_problems():
+    """Good vectors that `first_error` refuses, bad ones it reads otherwise."""
+    with open(os.path.join(HERE, "vectors.json"), encoding="utf-8") as f:
+        doc = json.load(f)
+    vectors = all_vectors()
+    problems = []
+    for case in doc["vectors"]:
+        error = first_error(vectors[case["name"]])
+        if error is not None:
+            problems.append(f"{case['name']}: first_error says {error}, a good vector")
+    for case in doc["bad"]:
+        error = first_error(vectors[case["name"]], case.get("max_body_bytes", 1048576))
+        if error != case["error"]:
+            problems.append(f"{case['name']}: first_error says {error}, vectors.json {case['error']}")
+    return problems
+
+
 def all_vectors():
     with open(os.path.join(HERE, "vectors.json"), encoding="utf-8") as f:
         doc = json.load(f)
@@ -223,6 +360,7 @@ def main(argv):
         f for f in os.listdir(HERE) if f.endswith(".bin") and f[:-4] not in vectors
     )
     problems += [f"{f} is not described in vectors.json" for f in stray]
+    problems += order_problems()
     for problem in problems:
         print(problem, file=sys.stderr)
     if not check:
