@@ -14,6 +14,7 @@ use tokio::sync::broadcast;
 use crate::{
     AetherConfig, Channel, ConfigError, ConnectError, ConnectErrorKind, EmitError, EmitErrorKind,
     ReflectionReason, ResonateError, ResonateErrorKind, Wave,
+    attenuation::Life,
     connection::{ConnectionEvent, ConnectionStatus},
     diffraction,
     inbox::Inbox,
@@ -51,6 +52,8 @@ pub struct Aether {
 
 pub(crate) struct Inner {
     config: AetherConfig,
+    /// The life rules of its waves, from `config`.
+    life: Life,
     stats: Arc<Counters>,
     medium: Medium,
     closed: AtomicBool,
@@ -156,6 +159,7 @@ impl Aether {
         let physics = Arc::new(PhysicsHub::new(config.physics.clone()));
         let aether = Self {
             inner: Arc::new(Inner {
+                life: Life::of(&config),
                 config,
                 stats,
                 medium,
@@ -618,22 +622,15 @@ impl Aether {
                 .map_err(|e| EmitError::with_source(EmitErrorKind::InvalidChannel, e))?;
         }
         self.may_emit(wave.source(), wave.channel())?;
-        let config = &self.inner.config;
         let stats = &self.inner.stats;
         stats.emitted();
-        if wave.propagation_count() > config.max_propagation {
-            stats.dropped(DropReason::PropagationLimit);
-            return Ok(Some(DropReason::PropagationLimit));
+        match self.inner.life.judge(wave, now_ns) {
+            Ok(()) => Ok(None),
+            Err(reason) => {
+                stats.dropped(reason);
+                Ok(Some(reason))
+            }
         }
-        if wave.propagation_count() > 0 || wave.decay_per_s() > 0.0 {
-            let now = if now_ns == 0 { unix_nanos() } else { now_ns };
-            wave.measure(now, config.attenuation_factor);
-        }
-        if wave.amplitude().value() < config.min_amplitude {
-            stats.dropped(DropReason::Expired);
-            return Ok(Some(DropReason::Expired));
-        }
-        Ok(None)
     }
 }
 

@@ -77,7 +77,9 @@ pub struct ConnectionStatus {
     /// (each one reported by the client as a slow-consumer event).
     pub slow_consumer_events: u64,
     /// Messages that arrived but were not valid waves (malformed, truncated,
-    /// oversized, unknown version), refused and counted.
+    /// oversized, unknown version), or came on a subject that is not a
+    /// channel of this aether, refused and counted. (Waves refused by the
+    /// checks that follow, forged, denied, replayed, expired, are drops.)
     pub malformed: u64,
     /// Waves waiting in the outbox for the connection to come back.
     pub outbox_len: usize,

@@ -37,9 +37,7 @@
 //! that nobody heard it (`medium/nats/probe.rs`).
 
 use crate::{
-    AetherConfig, ReflectionReason, Wave,
-    stats::{Counters, DropReason},
-    wave::unix_nanos,
+    AetherConfig, ReflectionReason, Wave, attenuation::Life, stats::Counters, wave::unix_nanos,
 };
 
 /// Bends `wave`, which nobody heard, one level up: `Ok` if it goes on to
@@ -55,14 +53,10 @@ pub(crate) fn bend(
         return Err(ReflectionReason::NoResonator);
     };
     wave.diffract(parent, config.physics.diffraction_factor);
-    if wave.propagation_count() > config.max_propagation {
-        stats.dropped(DropReason::PropagationLimit);
-        return Err(ReflectionReason::PropagationLimit);
-    }
-    wave.measure(unix_nanos(), config.attenuation_factor);
-    if wave.amplitude().value() < config.min_amplitude {
-        stats.dropped(DropReason::Expired);
-        return Err(ReflectionReason::Expired);
+    // A bend is a hop: the wave has hopped, so the rules measure it.
+    if let Err(reason) = Life::of(config).judge(wave, unix_nanos()) {
+        stats.dropped(reason);
+        return Err(reason.into());
     }
     stats.diffracted();
     Ok(())
@@ -71,6 +65,7 @@ pub(crate) fn bend(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::DropReason;
     use crate::physics::PhysicsConfig;
 
     fn config(factor: f64, max_propagation: u32) -> AetherConfig {

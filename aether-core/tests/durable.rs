@@ -18,7 +18,7 @@ use std::{
 };
 
 use aether_core::{
-    Aether, AetherConfig, Channel, Vibrator, Wave,
+    Aether, AetherConfig, Channel, DropReason, Vibrator, Wave,
     config::{DurabilityConfig, DurableStorage, NatsConfig},
     wire,
 };
@@ -533,6 +533,47 @@ fn outbox_len(dir: &Path) -> u64 {
     std::fs::metadata(dir.join("durable-outbox.log"))
         .unwrap()
         .len()
+}
+
+/// A wave that waits in the durable outbox is judged by the life rules of
+/// the aether that delivers it, the hop limit too: one emitted after four
+/// hops, delivered by a process whose limit is two, is dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_outbox_waves_pass_the_hop_limit_when_delivered() {
+    timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let aether = embedded(dir.path(), OUTBOX_MAX);
+        let tx = Vibrator::create("relay", &aether).await.unwrap();
+        let mut wave = Wave::builder("orders.relayed").build().unwrap();
+        for _ in 0..4 {
+            wave.propagate();
+        }
+        tx.emit(wave).await.unwrap();
+        tx.emit_wave("orders.fresh", json!({"seq": 1}))
+            .await
+            .unwrap();
+        drop(tx);
+        drop(aether);
+        let strict = Aether::new(AetherConfig {
+            max_propagation: 2,
+            durability: DurabilityConfig {
+                channels: vec!["orders.*".into()],
+                outbox_dir: Some(dir.path().to_path_buf()),
+                outbox_max_bytes: OUTBOX_MAX,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        let mut rx = Vibrator::create("billing", &strict).await.unwrap();
+        rx.resonate_on("orders.*").await.unwrap();
+        let got = receive_n(&mut rx, 1).await;
+        assert_eq!(got[0].channel().as_str(), "orders.fresh");
+        nothing_more(&mut rx).await;
+        assert_eq!(strict.stats().dropped(DropReason::PropagationLimit), 1);
+    })
+    .await
+    .expect("bounded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,11 +25,12 @@ use std::{
 
 use crate::{
     AetherConfig, Channel, ConfigError, EmitError, EmitErrorKind, Wave,
+    attenuation::Life,
     medium::{
         disk_outbox::{AppendError, DurableOutbox, Entry},
         embedded::EmbeddedMedium,
     },
-    stats::{Counters, DropReason},
+    stats::Counters,
     subject,
     wave::wire,
 };
@@ -42,8 +43,8 @@ pub(crate) struct EmbeddedDurable {
     /// outbox means the same on both mediums.
     prefix: String,
     limits: wire::Limits,
-    attenuation_factor: f64,
-    min_amplitude: f64,
+    /// The life rules of its waves.
+    life: Life,
     outbox: DurableOutbox,
     flight: Mutex<Flight>,
 }
@@ -80,8 +81,7 @@ impl EmbeddedDurable {
             limits: wire::Limits {
                 max_body_bytes: config.nats.max_wave_bytes.max(wire::DEFAULT_MAX_BODY_BYTES),
             },
-            attenuation_factor: config.attenuation_factor,
-            min_amplitude: config.min_amplitude,
+            life: Life::of(config),
             outbox,
             flight: Mutex::new(Flight::default()),
         })))
@@ -227,11 +227,8 @@ impl EmbeddedDurable {
                     continue;
                 }
             };
-            if wave.propagation_count() > 0 || wave.decay_per_s() > 0.0 {
-                wave.measure(crate::wave::unix_nanos(), self.attenuation_factor);
-            }
-            if wave.amplitude().value() < self.min_amplitude {
-                stats.dropped(DropReason::Expired);
+            if let Err(reason) = self.life.judge(&mut wave, 0) {
+                stats.dropped(reason);
                 let _ = self.outbox.take(entry.id);
                 continue;
             }

@@ -332,6 +332,12 @@ impl Wave {
         self.origin
     }
 
+    /// Gives the wave the id `id` (a foreign wave without one, on a durable
+    /// channel).
+    pub(crate) fn set_id(&mut self, id: WaveId) {
+        self.id = id;
+    }
+
     /// Puts the wave on `channel` (a hopping wave gets its base channel back
     /// on arrival).
     pub(crate) fn set_channel(&mut self, channel: Channel) {

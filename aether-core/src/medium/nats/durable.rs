@@ -54,7 +54,7 @@ use tokio::{
 use super::{LastChannel, Shared, take};
 use crate::{
     Channel, ConnectError, ConnectErrorKind, EmitError, EmitErrorKind, ResonateError,
-    ResonateErrorKind, Wave,
+    ResonateErrorKind, Wave, WaveId,
     config::{DurabilityConfig, DurableStorage},
     connection::ConnectionState,
     inbox::Inbox,
@@ -667,6 +667,16 @@ async fn arrive(
     } = resonance;
     let wave = take(shared, message, last, |channel| {
         inbox.heard_elsewhere(channel, *id, *grouped)
+    })
+    .map(|mut wave| {
+        // A foreign client may send no id (0): such waves have no identity
+        // to tell a redelivery by, so each delivery gets one of its own (at
+        // least once, and possibly handed out twice), rather than all of
+        // them sharing id 0 and the later ones taken for redeliveries.
+        if wave.id() == WaveId::NIL {
+            wave.set_id(WaveId::at_nanos(crate::wave::unix_nanos()));
+        }
+        wave
     });
     let Some(wave) = wave.filter(|w| !durable.handed_out(inbox.id(), w.id().as_u128())) else {
         durable.acknowledge(acker, AckKind::Ack);

@@ -48,6 +48,7 @@ use crate::{
     AetherConfig, Channel, ConnectError, ConnectErrorKind, EmitError, EmitErrorKind, RequestError,
     RequestErrorKind, ResonateError, ResonateErrorKind, Wave,
     aether::Admitted,
+    attenuation::Life,
     connection::{ConnectionCounters, ConnectionEvent, ConnectionState, ConnectionStatus},
     hopping::HopGate,
     inbox::{GroupResonance, Inbox},
@@ -350,7 +351,16 @@ impl NatsMedium {
             ));
         }
         let mut reply = reply_wave;
-        reply.measure(crate::wave::unix_nanos(), shared.config.attenuation_factor);
+        if let Err(reason) = Life::of(&shared.config).judge(&mut reply, 0) {
+            shared.stats.dropped(reason);
+            return Err(RequestError::new(
+                RequestErrorKind::BadReply,
+                format!(
+                    "the reply from {:?} arrived {reason}",
+                    reply.source().unwrap_or("an unnamed source")
+                ),
+            ));
+        }
         shared.stats.delivered();
         Ok(reply)
     }
@@ -1139,17 +1149,8 @@ fn take(
     {
         wave.set_reply_to(reply_to);
     }
-    let config = &shared.config;
-    let stats = &*shared.stats;
-    if wave.propagation_count() > config.max_propagation {
-        stats.dropped(DropReason::PropagationLimit);
-        return None;
-    }
-    if wave.propagation_count() > 0 || wave.decay_per_s() > 0.0 {
-        wave.measure(crate::wave::unix_nanos(), config.attenuation_factor);
-    }
-    if wave.amplitude().value() < config.min_amplitude {
-        stats.dropped(DropReason::Expired);
+    if let Err(reason) = Life::of(&shared.config).judge(&mut wave, 0) {
+        shared.stats.dropped(reason);
         return None;
     }
     Some(wave)
