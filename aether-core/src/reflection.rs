@@ -167,7 +167,13 @@ pub(crate) struct Reflection {
 /// be reflected.
 pub(crate) fn channel_of(source: Option<&str>, origin: u64) -> Option<Channel> {
     let source = source.filter(|s| !s.is_empty())?;
-    (origin != 0).then(|| Channel::new(format!("{REFLECT_PREFIX}.{source}.{origin:016x}")))
+    if origin == 0 {
+        return None;
+    }
+    // A foreign source's name may not make a channel (`a..b`): such a
+    // wave has nowhere to come back to.
+    let channel = Channel::new(format!("{REFLECT_PREFIX}.{source}.{origin:016x}"));
+    channel.validate_concrete().is_ok().then_some(channel)
 }
 
 /// Whether `wave`, just decoded (its channel the one it travelled on), came
@@ -247,5 +253,6 @@ mod tests {
         );
         assert_eq!(channel_of(None, 0xab), None);
         assert_eq!(channel_of(Some("shop"), 0), None);
+        assert_eq!(channel_of(Some("a..b"), 1), None, "not a channel");
     }
 }

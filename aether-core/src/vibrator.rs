@@ -204,7 +204,9 @@ fn closed<K: Copy>(kind: K) -> crate::Error<K> {
 }
 
 /// Whether `name` is a vibrator name: 1 to [`MAX_NAME_BYTES`] bytes of
-/// `A-Z a-z 0-9 _ - .`.
+/// `A-Z a-z 0-9 _ -` in tokens separated by single dots. The one
+/// definition of the rule: settings (ACL sources, signing keys, report
+/// instances) use it too.
 pub(crate) fn is_name(name: &str) -> bool {
     check_name(name, (), "").is_ok()
 }
@@ -217,10 +219,13 @@ fn check_name<K: Copy>(name: &str, kind: K, what: &str) -> Result<(), crate::Err
             "is {} bytes, the limit is {MAX_NAME_BYTES}",
             name.len()
         ))
+    } else if let Some(c) = name.chars().find(|c| !(is_token_char(*c) || *c == '.')) {
+        Some(format!("contains {c:?}; use A-Z a-z 0-9 _ - ."))
+    } else if name.split('.').any(str::is_empty) {
+        // Its own channels (replies, reflections) are named after it.
+        Some("has an empty token between dots, or a dot at an end".to_string())
     } else {
-        name.chars()
-            .find(|c| !(is_token_char(*c) || *c == '.'))
-            .map(|c| format!("contains {c:?}; use A-Z a-z 0-9 _ - ."))
+        None
     };
     match problem {
         None => Ok(()),

@@ -335,10 +335,7 @@ impl SecurityConfig {
     }
 }
 
-/// Whether `name` is a vibrator name (the wire's source alphabet).
+/// Whether `name` is a vibrator name.
 fn is_source_name(name: &str) -> bool {
-    (1..=crate::vibrator::MAX_NAME_BYTES).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+    crate::vibrator::is_name(name)
 }

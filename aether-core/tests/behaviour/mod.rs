@@ -710,7 +710,15 @@ pub async fn close_drains_then_ends(m: &dyn Medium) {
 
 pub async fn bad_vibrator_settings_are_refused(m: &dyn Medium) {
     let aether = default_aether(m).await;
-    for bad in ["", "has space", "sl/ash", &"n".repeat(65)] {
+    for bad in [
+        "",
+        "has space",
+        "sl/ash",
+        &"n".repeat(65),
+        "a..b",
+        ".a",
+        "a.",
+    ] {
         let err = Vibrator::create(bad, &aether).await.unwrap_err();
         assert_eq!(err.kind(), VibratorErrorKind::InvalidName, "{bad:?}");
     }
