@@ -149,6 +149,34 @@ impl Aether {
         Ok(Self::with_medium(config, stats, medium, security, None))
     }
 
+    /// An aether over the NATS servers at `urls` (`nats://host:port` or
+    /// `tls://host:port`; several of one cluster separated by commas), every
+    /// other setting at its default: [`Aether::connect`] in one line.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), aether_core::ConnectError> {
+    /// let aether = aether_core::Aether::connect_url("nats://127.0.0.1:4222").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_url(urls: &str) -> Result<Self, ConnectError> {
+        let urls = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(String::from)
+            .collect();
+        let nats = crate::config::NatsConfig {
+            urls,
+            ..Default::default()
+        };
+        Self::connect(AetherConfig {
+            nats,
+            ..Default::default()
+        })
+        .await
+    }
+
     fn with_medium(
         config: AetherConfig,
         stats: Arc<Counters>,

@@ -127,7 +127,10 @@ impl ChannelError {
 
 impl fmt::Display for ChannelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shown: String = self.name.chars().take(64).collect();
+        let mut shown: String = self.name.chars().take(64).collect();
+        if shown.len() < self.name.len() {
+            shown.push('…');
+        }
         write!(f, "invalid channel {shown:?}: ")?;
         match self.reason {
             Invalid::Empty => write!(f, "the name is empty"),

@@ -57,8 +57,15 @@ impl<K: Copy> Error<K> {
 }
 
 impl<K: fmt::Display> fmt::Display for Error<K> {
+    /// `<kind>: <message>`; a message that already starts with its kind's
+    /// words (a source error of the same kind) is not prefixed again.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind, self.message)
+        let kind = self.kind.to_string();
+        if self.message.starts_with(&kind) {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{kind}: {}", self.message)
+        }
     }
 }
 
@@ -132,6 +139,9 @@ kinds! {
         /// The aether's ACL does not let this vibrator emit on the channel
         /// (`[aether.security] acl`).
         Denied => "emit denied",
+        /// `reply` was given a wave that is not a request (it has no reply
+        /// channel).
+        NotARequest => "not a request",
     }
 }
 

@@ -168,7 +168,7 @@ impl Counters {
 /// vibrator, `emitted` counts the waves it emitted (through it or its
 /// emitters, reflections it sent included), `delivered` the waves put in its
 /// queue, and the drops those it did not get.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
     /// Waves accepted for emission.
     pub emitted: u64,
@@ -217,6 +217,40 @@ impl StatsSnapshot {
     /// `(reason, count)` for every reason.
     pub fn drops(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
         DropReason::ALL.iter().map(|r| (*r, self.dropped(*r)))
+    }
+}
+
+/// Every counter by name, the drops as a map by reason:
+///
+/// ```
+/// let debug = format!("{:?}", aether_core::StatsSnapshot::default());
+/// assert!(debug.contains("dropped: {\"expired\": 0, \"propagation_limit\": 0"));
+/// ```
+impl fmt::Debug for StatsSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // In the order of the reasons, by name.
+        struct Drops<'a>(&'a StatsSnapshot);
+        impl fmt::Debug for Drops<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_map()
+                    .entries(self.0.drops().map(|(r, n)| (r.as_str(), n)))
+                    .finish()
+            }
+        }
+        f.debug_struct("StatsSnapshot")
+            .field("emitted", &self.emitted)
+            .field("published", &self.published)
+            .field("delivered", &self.delivered)
+            .field("unrouted", &self.unrouted)
+            .field("diffracted", &self.diffracted)
+            .field("reflected", &self.reflected)
+            .field("rate_limited", &self.rate_limited)
+            .field("retries", &self.retries)
+            .field("timeouts", &self.timeouts)
+            .field("breaker_opens", &self.breaker_opens)
+            .field("breaker_rejections", &self.breaker_rejections)
+            .field("dropped", &Drops(self))
+            .finish()
     }
 }
 

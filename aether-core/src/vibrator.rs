@@ -70,7 +70,6 @@ pub struct Vibrator {
     /// Waves taken from the inbox, handed out one by one.
     batch: VecDeque<Wave>,
     subscriptions: Vec<(Channel, Option<Arc<str>>, SubscriptionId)>,
-    replies: OnceLock<(Arc<ReplyMux>, SubscriptionId)>,
     /// Its frequency hopping (`crate::hopping`); stops with the vibrator.
     hopping: crate::hopping::Hopping,
     /// Whether the aether has durable channels: each wave handed out is
@@ -98,6 +97,24 @@ pub struct Emitter {
     reflections: Arc<tokio::sync::OnceCell<SubscriptionId>>,
     /// Its emit rate limit, shared with the vibrator and its other emitters.
     limit: Arc<LimitSlot>,
+    /// Its reply inbox for requests, shared with the vibrator and its other
+    /// emitters.
+    replies: Arc<Replies>,
+}
+
+/// A vibrator's reply inbox, made at its first request and shared by the
+/// vibrator and its emitters; it resonates until the last of them is gone.
+struct Replies {
+    aether: Aether,
+    cell: OnceLock<(Arc<ReplyMux>, SubscriptionId)>,
+}
+
+impl Drop for Replies {
+    fn drop(&mut self) {
+        if let Some((_, id)) = self.cell.get() {
+            self.aether.unsubscribe(&[*id]);
+        }
+    }
 }
 
 /// Options of a new vibrator; see [`Vibrator::builder`].
@@ -182,12 +199,15 @@ impl VibratorBuilder {
                 inbox: inbox.clone(),
                 reflections: Arc::default(),
                 limit,
+                replies: Arc::new(Replies {
+                    aether: aether.clone(),
+                    cell: OnceLock::new(),
+                }),
             },
             inbox,
             batch: VecDeque::new(),
             receiving: std::sync::Mutex::new(None),
             subscriptions: Vec::new(),
-            replies: OnceLock::new(),
             hopping: Default::default(),
             durable: aether.has_durable_channels(),
         })
@@ -569,17 +589,24 @@ impl Vibrator {
         self.emitter.reply(request, payload).await
     }
 
-    /// Emits `wave` as a request and waits for the first reply, up to the
-    /// aether's `request_timeout_ms`.
+    /// Emits `wave` as a request and waits for the first reply; see
+    /// [`Emitter::request`].
     pub async fn request(&self, wave: Wave) -> Result<Wave, RequestError> {
-        let timeout = self.aether().config().request_timeout();
-        self.request_with_timeout(wave, timeout).await
+        self.emitter.request(wave).await
+    }
+
+    /// Emits `payload` (as JSON) as a request on `channel` and waits for the
+    /// first reply; see [`Emitter::request_wave`].
+    pub async fn request_wave(
+        &self,
+        channel: impl Into<Channel>,
+        payload: impl Serialize,
+    ) -> Result<Wave, RequestError> {
+        self.emitter.request_wave(channel, payload).await
     }
 
     /// Emits `wave` as a request and waits up to `timeout` for the first
-    /// reply. Fails with `NoResponders` at once if nobody resonates on its
-    /// channel, and with `TimedOut` if no reply comes in time. A request
-    /// neither diffracts nor reflects.
+    /// reply; see [`Emitter::request_with_timeout`].
     ///
     /// # Cancel safety
     ///
@@ -587,53 +614,10 @@ impl Vibrator {
     /// unrouted.
     pub async fn request_with_timeout(
         &self,
-        mut wave: Wave,
+        wave: Wave,
         timeout: Duration,
     ) -> Result<Wave, RequestError> {
-        wave.clear_tracking();
-        application_channel(wave.channel())?;
-        self.emitter.within_rate_limit()?;
-        if let Some(nats) = self.aether().nats() {
-            let Admitted::Ready(wave) = self.emitter.admit(wave, unix_nanos())?.1 else {
-                return Err(no_responders());
-            };
-            return nats.request(&wave, timeout).await;
-        }
-        let mux = self.reply_mux().await?;
-        let (reply_to, token, reply) = mux.register();
-        let forget = ForgetOnDrop { mux, token };
-        wave.set_reply_to(reply_to);
-        let (_, routed) = self.emitter.send(wave, unix_nanos())?;
-        if routed.matched == 0 {
-            return Err(no_responders());
-        }
-        let outcome = tokio::time::timeout(timeout, reply).await;
-        drop(forget);
-        match outcome {
-            Ok(Ok(wave)) => Ok(wave),
-            Ok(Err(_)) => Err(closed(RequestErrorKind::Closed)),
-            Err(_) => Err(RequestError::new(
-                RequestErrorKind::TimedOut,
-                format!("no reply within {timeout:?}"),
-            )),
-        }
-    }
-
-    async fn reply_mux(&self) -> Result<&Arc<ReplyMux>, RequestError> {
-        if let Some((mux, _)) = self.replies.get() {
-            return Ok(mux);
-        }
-        let mux = Arc::new(ReplyMux::new(self.emitter.id));
-        let id = self
-            .aether()
-            .subscribe(mux.pattern(), Listener::Replies(mux.clone()))
-            .await
-            .map_err(|_| closed(RequestErrorKind::Closed))?;
-        if let Err((_, id)) = self.replies.set((mux, id)) {
-            // Another request got there first; keep its subscription.
-            self.aether().unsubscribe(&[id]);
-        }
-        Ok(&self.replies.get().expect("set above").0)
+        self.emitter.request_with_timeout(wave, timeout).await
     }
 }
 
@@ -685,10 +669,10 @@ fn application_channel(channel: &Channel) -> Result<(), EmitError> {
     Ok(())
 }
 
-fn no_responders() -> RequestError {
+fn no_responders(channel: &Channel) -> RequestError {
     RequestError::new(
         RequestErrorKind::NoResponders,
-        "no vibrator resonates on the request's channel",
+        format!("no vibrator resonates on {:?}", channel.as_str()),
     )
 }
 
@@ -705,6 +689,95 @@ impl Drop for ForgetOnDrop<'_> {
 }
 
 impl Emitter {
+    /// Emits `wave` as a request and waits for the first reply, up to the
+    /// aether's `request_timeout_ms`. An emitter asks as its vibrator does:
+    /// the reply comes to the vibrator's reply inbox, which lives as long as
+    /// the vibrator or one of its emitters.
+    pub async fn request(&self, wave: Wave) -> Result<Wave, RequestError> {
+        let timeout = self.aether.config().request_timeout();
+        self.request_with_timeout(wave, timeout).await
+    }
+
+    /// Emits `payload` (as JSON) as a request on `channel` and waits for the
+    /// first reply, up to the aether's `request_timeout_ms`: the request
+    /// counterpart of [`Emitter::emit_wave`].
+    pub async fn request_wave(
+        &self,
+        channel: impl Into<Channel>,
+        payload: impl Serialize,
+    ) -> Result<Wave, RequestError> {
+        let bytes = serde_json::to_vec(&payload).map_err(|e| {
+            RequestError::with_source(
+                RequestErrorKind::Emit,
+                EmitError::with_source(EmitErrorKind::Payload, e),
+            )
+        })?;
+        self.request(Wave::new(channel, bytes)).await
+    }
+
+    /// Emits `wave` as a request and waits up to `timeout` for the first
+    /// reply. Fails with `NoResponders` at once if nobody resonates on its
+    /// channel, and with `TimedOut` if no reply comes in time. A request
+    /// neither diffracts nor reflects.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future forgets the request; a late reply is counted as
+    /// unrouted.
+    pub async fn request_with_timeout(
+        &self,
+        mut wave: Wave,
+        timeout: Duration,
+    ) -> Result<Wave, RequestError> {
+        wave.clear_tracking();
+        application_channel(wave.channel())?;
+        self.within_rate_limit()?;
+        if let Some(nats) = self.aether.nats() {
+            let channel = wave.channel().clone();
+            let Admitted::Ready(wave) = self.admit(wave, unix_nanos())?.1 else {
+                return Err(no_responders(&channel));
+            };
+            return nats.request(&wave, timeout).await;
+        }
+        let mux = self.reply_mux().await?;
+        let (reply_to, token, reply) = mux.register();
+        let forget = ForgetOnDrop { mux, token };
+        wave.set_reply_to(reply_to);
+        let channel = wave.channel().clone();
+        let (_, routed) = self.send(wave, unix_nanos())?;
+        if routed.matched == 0 {
+            return Err(no_responders(&channel));
+        }
+        let outcome = tokio::time::timeout(timeout, reply).await;
+        drop(forget);
+        match outcome {
+            Ok(Ok(wave)) => Ok(wave),
+            Ok(Err(_)) => Err(closed(RequestErrorKind::Closed)),
+            Err(_) => Err(RequestError::new(
+                RequestErrorKind::TimedOut,
+                format!("no reply to {:?} within {timeout:?}", channel.as_str()),
+            )),
+        }
+    }
+
+    async fn reply_mux(&self) -> Result<&Arc<ReplyMux>, RequestError> {
+        let replies = &self.replies.cell;
+        if let Some((mux, _)) = replies.get() {
+            return Ok(mux);
+        }
+        let mux = Arc::new(ReplyMux::new(self.id));
+        let id = self
+            .aether
+            .subscribe(mux.pattern(), Listener::Replies(mux.clone()))
+            .await
+            .map_err(|_| closed(RequestErrorKind::Closed))?;
+        if let Err((_, id)) = replies.set((mux, id)) {
+            // Another request got there first; keep its subscription.
+            self.aether.unsubscribe(&[id]);
+        }
+        Ok(&replies.get().expect("set above").0)
+    }
+
     /// The name its waves carry.
     pub fn name(&self) -> &str {
         &self.name
@@ -947,7 +1020,7 @@ impl Emitter {
     ) -> Result<WaveId, EmitError> {
         let reply_to = request.reply_to().ok_or_else(|| {
             EmitError::new(
-                EmitErrorKind::InvalidChannel,
+                EmitErrorKind::NotARequest,
                 format!(
                     "wave {} is not a request: it has no reply channel",
                     request.id()
@@ -988,9 +1061,6 @@ impl Drop for Vibrator {
     fn drop(&mut self) {
         let mut ids: Vec<SubscriptionId> =
             self.subscriptions.iter().map(|(_, _, id)| *id).collect();
-        if let Some((_, id)) = self.replies.get() {
-            ids.push(*id);
-        }
         if let Some(id) = self.emitter.reflections.get() {
             ids.push(*id);
         }

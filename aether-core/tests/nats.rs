@@ -183,3 +183,24 @@ async fn resonances_on_one_subject_share_a_subscription() {
     })
     .await;
 }
+
+/// `Aether::connect_url` connects in one line, with every other setting at
+/// its default; several servers of one cluster are separated by commas, and
+/// a refusal names them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_url_is_connect_in_one_line() {
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let server = NatsServer::start().await.unwrap();
+        let aether = Aether::connect_url(&server.url()).await.unwrap();
+        assert_eq!(aether.config().nats.urls, [server.url()]);
+        let port = aether_testkit::free_port().unwrap();
+        let both = format!("nats://127.0.0.1:{port}, {}", server.url());
+        let aether = Aether::connect_url(&both).await.unwrap();
+        assert_eq!(aether.config().nats.urls.len(), 2);
+        let nobody = format!("nats://127.0.0.1:{port}");
+        let err = Aether::connect_url(&nobody).await.unwrap_err();
+        assert!(err.to_string().contains(&nobody), "{err}");
+    })
+    .await
+    .expect("bounded");
+}

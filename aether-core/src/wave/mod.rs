@@ -243,8 +243,11 @@ impl Wave {
         self.payload
     }
 
-    /// The payload read as JSON; `Value::Null` if it is not JSON. Use
-    /// [`Wave::json`] to get the error instead.
+    /// The payload read as JSON, parsed anew at each call (keep the value
+    /// if you read several fields), for the seed documents' style
+    /// `wave.payload()["email"]`. A payload that is not JSON (UTF-8 JSON
+    /// text) gives `Value::Null`, silently: use [`Wave::json`] to get the
+    /// error, or to read it into a type.
     pub fn payload(&self) -> serde_json::Value {
         self.json().unwrap_or(serde_json::Value::Null)
     }
@@ -586,7 +589,12 @@ impl WaveBuilder {
         if let Some(error) = self.error {
             return Err(error);
         }
-        self.wave.channel.validate().map_err(WaveError::Channel)?;
+        // A wave is emitted on one channel: a pattern is refused here, as
+        // a malformed name is, rather than at emit.
+        self.wave
+            .channel
+            .validate_concrete()
+            .map_err(WaveError::Channel)?;
         if let Some(reply_to) = self.wave.reply_to() {
             reply_to.validate_concrete().map_err(WaveError::Channel)?;
         }

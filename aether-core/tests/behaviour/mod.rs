@@ -578,6 +578,54 @@ pub async fn request_gets_the_reply(m: &dyn Medium) {
     server_task.await.unwrap();
 }
 
+/// A vibrator receives in one task while its emitter, in another, emits and
+/// asks: `request_wave` is `request` with a JSON payload, and its reply
+/// comes to the vibrator's reply inbox, which outlives the vibrator while
+/// an emitter holds it.
+pub async fn an_emitter_emits_and_asks_while_its_vibrator_receives(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let mut pricing = Vibrator::create("pricing", &aether).await.unwrap();
+    pricing.resonate_on("price.get").await.unwrap();
+    let server = tokio::spawn(async move {
+        for _ in 0..2 {
+            let request = recv(&mut pricing).await;
+            let sku = request.payload()["sku"].clone();
+            pricing
+                .reply(&request, json!({"sku": sku, "price": 7}))
+                .await
+                .unwrap();
+        }
+    });
+    let mut shop = Vibrator::create("shop", &aether).await.unwrap();
+    shop.resonate_on("shop.note").await.unwrap();
+    let emitter = shop.emitter();
+    let asking = tokio::spawn(async move {
+        emitter.emit_wave("shop.note", "asked").await.unwrap();
+        let reply = emitter
+            .request_wave("price.get", json!({"sku": "A-1"}))
+            .await
+            .unwrap();
+        (emitter, reply)
+    });
+    assert_eq!(recv(&mut shop).await.payload(), json!("asked"));
+    let (emitter, reply) = asking.await.unwrap();
+    assert_eq!(reply.payload()["price"], 7);
+    // The vibrator gone, its emitter still asks.
+    drop(shop);
+    let again = emitter
+        .request_wave("price.get", json!({"sku": "B-2"}))
+        .await
+        .unwrap();
+    assert_eq!(again.payload()["sku"], "B-2");
+    server.await.unwrap();
+    let err = emitter
+        .request_wave("nobody.home", json!(1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), RequestErrorKind::NoResponders);
+    assert!(err.to_string().contains("\"nobody.home\""), "{err}");
+}
+
 pub async fn request_without_responders_fails_fast(m: &dyn Medium) {
     let aether = default_aether(m).await;
     let client = Vibrator::create("shop", &aether).await.unwrap();
@@ -608,7 +656,38 @@ pub async fn reply_needs_a_request(m: &dyn Medium) {
     let aether = default_aether(m).await;
     let v = Vibrator::create("v", &aether).await.unwrap();
     let err = v.reply(&Wave::new("a", ()), ()).await.unwrap_err();
-    assert_eq!(err.kind(), EmitErrorKind::InvalidChannel);
+    assert_eq!(err.kind(), EmitErrorKind::NotARequest);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "not a request: wave {} is not a request: it has no reply channel",
+            aether_core::WaveId::NIL
+        )
+    );
+}
+
+/// What the errors a newcomer meets first say: each prefix once, a long
+/// name cut with an ellipsis, a pattern refused when the wave is built.
+pub async fn errors_say_it_once(m: &dyn Medium) {
+    let aether = default_aether(m).await;
+    let v = Vibrator::create("v", &aether).await.unwrap();
+    let err = v.emit_wave("orders..created", 1).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid channel \"orders..created\": token 1 is empty (no leading, trailing or doubled dots)"
+    );
+    let long = format!("{}..x", "a".repeat(100));
+    let err = v.emit_wave(long.as_str(), 1).await.unwrap_err().to_string();
+    assert!(err.contains(&format!("\"{}…\"", "a".repeat(64))), "{err}");
+    let built = Wave::builder("orders.*").build().unwrap_err().to_string();
+    assert!(built.contains("wildcard"), "{built}");
+    aether.close();
+    let err = v
+        .emit_wave("orders.created", 1)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err.matches("aether closed").count(), 1, "{err}");
 }
 
 pub async fn receive_wakes_on_arrival(m: &dyn Medium) {
@@ -1136,6 +1215,8 @@ macro_rules! behaviour_suite {
             request_without_responders_fails_fast,
             request_times_out_without_reply,
             reply_needs_a_request,
+            an_emitter_emits_and_asks_while_its_vibrator_receives,
+            errors_say_it_once,
             receive_wakes_on_arrival,
             receive_is_cancel_safe,
             waves_arrive_in_order_as_a_stream,

@@ -314,11 +314,14 @@ impl NatsMedium {
                 match e.kind() {
                     K::NoResponders => RequestError::new(
                         RequestErrorKind::NoResponders,
-                        "no vibrator resonates on the request's channel",
+                        format!("no vibrator resonates on {:?}", wave.channel().as_str()),
                     ),
                     K::TimedOut => RequestError::new(
                         RequestErrorKind::TimedOut,
-                        format!("no reply within {timeout:?}"),
+                        format!(
+                            "no reply to {:?} within {timeout:?}",
+                            wave.channel().as_str()
+                        ),
                     ),
                     _ => RequestError::with_source(RequestErrorKind::Emit, e),
                 }
