@@ -140,6 +140,54 @@ pub mod wire {
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 
+// The user guide's examples (`docs/guide/`), compiled and run as doctests:
+// one hidden item per page.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/contract.md")]
+pub struct GuideContract;
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/waves.md")]
+pub struct GuideWaves;
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/channels.md")]
+pub struct GuideChannels;
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/delivery.md")]
+pub struct GuideDelivery;
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/configuration.md")]
+pub struct GuideConfiguration;
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/statistics.md")]
+pub struct GuideStatistics;
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/nats.md")]
+pub struct GuideNats;
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/durable.md")]
+pub struct GuideDurable;
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/hopping.md")]
+pub struct GuideHopping;
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/physics.md")]
+pub struct GuidePhysics;
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/reliability.md")]
+pub struct GuideReliability;
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/security.md")]
+pub struct GuideSecurity;
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/observability.md")]
+pub struct GuideObservability;
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/operating.md")]
+pub struct GuideOperating;
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/errors.md")]
+pub struct GuideErrors;
+
 #[cfg(test)]
 mod send_sync {
     fn assert_send_sync<T: Send + Sync>() {}
