@@ -789,7 +789,7 @@ impl Emitter {
     /// and the current time. The channel must be valid and concrete, or the
     /// wave is refused with `InvalidChannel` and nothing is sent. A wave past
     /// `max_propagation` hops, or already weaker than `min_amplitude`, is
-    /// accepted but dropped and counted, as DESIGN.md's attenuation rules say.
+    /// accepted but dropped and counted, as docs/guide/contract.md's attenuation rules say.
     ///
     /// A wave that [diffracts](crate::WaveBuilder::diffracting) bends to a
     /// parent channel when nobody resonates on its own; one that

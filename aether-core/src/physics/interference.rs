@@ -1,4 +1,4 @@
-//! Superposition of two waves: the interference rule of DESIGN.md, written
+//! Superposition of two waves: the interference rule of docs/guide/contract.md, written
 //! once here and used by everything that reports interference.
 
 use std::f64::consts::{PI, TAU};
@@ -54,7 +54,7 @@ pub(crate) fn kind_of(d: f64, tol: f64) -> InterferenceKind {
     }
 }
 
-/// The resultant amplitude of two waves, by DESIGN.md's superposition rule.
+/// The resultant amplitude of two waves, by docs/guide/contract.md's superposition rule.
 pub(crate) fn resultant(a1: f64, a2: f64, phase_difference: f64) -> f64 {
     // `a1 * a2` first, so that swapping the waves gives the same bits.
     let squared = a1 * a1 + a2 * a2 + 2.0 * (a1 * a2) * phase_difference.cos();

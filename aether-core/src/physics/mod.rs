@@ -2,7 +2,7 @@
 //! and resonance between services.
 //!
 //! - [`PhysicsEngine::calculate_interference`]: what two waves make together,
-//!   by superposition with phase (DESIGN.md, "Phase and interference"):
+//!   by superposition with phase (docs/guide/contract.md, "Phase and interference"):
 //!   `A = sqrt(a1² + a2² + 2·a1·a2·cos(φ1 − φ2))`.
 //! - [`PhysicsEngine::detect`] (and [`detect_patterns`], its pattern only):
 //!   fed the waves of the aether one by one, reports

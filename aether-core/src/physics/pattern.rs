@@ -45,7 +45,7 @@ pub struct InterferenceEvent {
     /// the waves opposite to it; standing wave: its last repeats.
     pub waves: Vec<InvolvedWave>,
     /// The amplitude of the superposition of [`waves`](Self::waves) (the sum
-    /// of their phasors; for two waves, DESIGN.md's rule): near 0 for a
+    /// of their phasors; for two waves, docs/guide/contract.md's rule): near 0 for a
     /// cancellation of equal waves.
     pub resultant_amplitude: f64,
     /// For a standing wave, the mean interval between its repeats.
