@@ -400,9 +400,30 @@ impl Aether {
         }
     }
 
+    /// Drains the aether, as a client of NATS would before it goes: waits up
+    /// to `timeout` until everything emitted so far has left the process
+    /// ([`Aether::flush`]), then closes it ([`Aether::close`]) whether or not
+    /// it all left. The one call to end with: `Err` says that waves may have
+    /// been left unsent.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let aether = aether_core::Aether::default();
+    /// aether.drain(std::time::Duration::from_secs(2)).await?;
+    /// assert!(aether.is_closed());
+    /// # Ok(()) }
+    /// ```
+    pub async fn drain(&self, timeout: std::time::Duration) -> Result<(), EmitError> {
+        let flushed = self.flush(timeout).await;
+        self.close();
+        flushed
+    }
+
     /// Closes the aether: emits fail with `Closed`, and every vibrator's
     /// `receive` returns the waves already queued, then `None`. The physics
-    /// engine stops, and its followers end.
+    /// engine stops, and its followers end. Waves still on their way are
+    /// dropped with the connection: [`Aether::drain`] sends them first.
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.physics.stop();

@@ -204,3 +204,47 @@ async fn connect_url_is_connect_in_one_line() {
     .await
     .expect("bounded");
 }
+
+/// `drain` sends everything emitted so far, then closes: a receiver on
+/// another aether gets every wave, and the drained aether refuses more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_sends_what_was_emitted_then_closes() {
+    use std::time::Duration;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let server = NatsServer::start().await.unwrap();
+        let receiving = Aether::connect_url(&server.url()).await.unwrap();
+        let sending = Aether::connect_url(&server.url()).await.unwrap();
+        let mut rx = aether_core::Vibrator::create("rx", &receiving)
+            .await
+            .unwrap();
+        rx.resonate_on("drain.*").await.unwrap();
+        let tx = aether_core::Vibrator::create("tx", &sending).await.unwrap();
+        // Once rx hears the bus, emit a burst and drain at once.
+        loop {
+            tx.emit_wave("drain.probe", 0).await.unwrap();
+            if tokio::time::timeout(Duration::from_millis(50), rx.receive())
+                .await
+                .is_ok()
+            {
+                break;
+            }
+        }
+        while tokio::time::timeout(Duration::from_millis(50), rx.receive())
+            .await
+            .is_ok()
+        {}
+        for n in 0..500u32 {
+            tx.emit_wave("drain.burst", n).await.unwrap();
+        }
+        sending.drain(Duration::from_secs(5)).await.unwrap();
+        assert!(sending.is_closed());
+        let err = tx.emit_wave("drain.burst", 0).await.unwrap_err();
+        assert_eq!(err.kind(), aether_core::EmitErrorKind::Closed);
+        for n in 0..500u32 {
+            let wave = rx.receive().await.unwrap();
+            assert_eq!(wave.json::<u32>().unwrap(), n, "every wave, in order");
+        }
+    })
+    .await
+    .expect("bounded");
+}
