@@ -61,6 +61,7 @@ pub mod error;
 pub mod hopping;
 mod inbox;
 mod medium;
+mod names;
 pub mod physics;
 pub mod rate_limit;
 mod recent;

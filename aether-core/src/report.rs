@@ -168,7 +168,7 @@ impl InstanceReport {
             }
         }
         for vibrator in &report.vibrators {
-            if !crate::vibrator::is_name(&vibrator.name)
+            if !crate::names::is_name(&vibrator.name)
                 || vibrator.origin.len() != 16
                 || u64::from_str_radix(&vibrator.origin, 16).is_err()
             {
@@ -184,7 +184,7 @@ impl InstanceReport {
 
 /// The report channel of `instance`, if it is a valid instance name.
 pub fn channel_of(instance: &str) -> Option<Channel> {
-    if !crate::vibrator::is_name(instance) {
+    if !crate::names::is_name(instance) {
         return None;
     }
     let channel = Channel::new(format!("{REPORT_PREFIX}.{instance}"));

@@ -46,7 +46,6 @@ use crate::{
     RequestError, RequestErrorKind, ResonateError, ResonateErrorKind, VibratorError,
     VibratorErrorKind, Wave, WaveId,
     aether::Admitted,
-    channel::is_token_char,
     inbox::Inbox,
     medium::{Listener, SubscriptionId},
     physics::InterferenceFollower,
@@ -57,8 +56,8 @@ use crate::{
     wave::{process_nonce, unix_nanos},
 };
 
-/// Longest vibrator or group name, in bytes.
-pub const MAX_NAME_BYTES: usize = 64;
+pub use crate::names::MAX_NAME_BYTES;
+use crate::names::check_name;
 
 /// A service's endpoint on the aether.
 ///
@@ -221,39 +220,6 @@ fn next_vibrator_id() -> u64 {
 
 fn closed<K: Copy>(kind: K) -> crate::Error<K> {
     crate::Error::new(kind, "the aether was closed; create a new one")
-}
-
-/// Whether `name` is a vibrator name: 1 to [`MAX_NAME_BYTES`] bytes of
-/// `A-Z a-z 0-9 _ -` in tokens separated by single dots. The one
-/// definition of the rule: settings (ACL sources, signing keys, report
-/// instances) use it too.
-pub(crate) fn is_name(name: &str) -> bool {
-    check_name(name, (), "").is_ok()
-}
-
-fn check_name<K: Copy>(name: &str, kind: K, what: &str) -> Result<(), crate::Error<K>> {
-    let problem = if name.is_empty() {
-        Some("is empty".to_string())
-    } else if name.len() > MAX_NAME_BYTES {
-        Some(format!(
-            "is {} bytes, the limit is {MAX_NAME_BYTES}",
-            name.len()
-        ))
-    } else if let Some(c) = name.chars().find(|c| !(is_token_char(*c) || *c == '.')) {
-        Some(format!("contains {c:?}; use A-Z a-z 0-9 _ - ."))
-    } else if name.split('.').any(str::is_empty) {
-        // Its own channels (replies, reflections) are named after it.
-        Some("has an empty token between dots, or a dot at an end".to_string())
-    } else {
-        None
-    };
-    match problem {
-        None => Ok(()),
-        Some(problem) => Err(crate::Error::new(
-            kind,
-            format!("{what} {name:?} {problem}"),
-        )),
-    }
 }
 
 fn check_noise_floor(floor: f64) -> Result<(), VibratorError> {

@@ -337,5 +337,5 @@ impl SecurityConfig {
 
 /// Whether `name` is a vibrator name.
 fn is_source_name(name: &str) -> bool {
-    crate::vibrator::is_name(name)
+    crate::names::is_name(name)
 }

@@ -91,7 +91,7 @@ pub const SIGNATURE_LEN: usize = 32;
 pub const MAX_REFLECTION_MESSAGE_LEN: usize = MAX_REFLECTION_MESSAGE_BYTES;
 
 /// The longest source name, in bytes (the vibrator name limit).
-pub const MAX_SOURCE_LEN: usize = crate::vibrator::MAX_NAME_BYTES;
+pub const MAX_SOURCE_LEN: usize = crate::names::MAX_NAME_BYTES;
 
 /// The longest correlation key, in bytes.
 pub const MAX_CORRELATION_KEY_LEN: usize = 256;
