@@ -11,11 +11,45 @@
 //! the floor are refused too, so forgetting never lets a replay through.
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     time::Duration,
 };
 
+use smol_str::SmolStr;
+
 use crate::{Wave, WaveId};
+
+/// The replay windows of one subscription, one per source: what one
+/// source sends (a flood of waves stamped ahead, say) fills its own memory
+/// and moves its own floor, never another's. Where signatures are required
+/// only sources with a key get this far, so their number is bounded by the
+/// keys configured.
+#[derive(Debug)]
+pub(crate) struct Replays {
+    window: Duration,
+    capacity: usize,
+    by_source: HashMap<SmolStr, ReplayWindow>,
+}
+
+impl Replays {
+    pub(crate) fn new(window: Duration, capacity: usize) -> Self {
+        Self {
+            window,
+            capacity,
+            by_source: HashMap::new(),
+        }
+    }
+
+    /// [`ReplayWindow::admit`] in the window of `wave`'s source.
+    pub(crate) fn admit(&mut self, wave: &Wave, now_ns: u64) -> bool {
+        let source = SmolStr::new(wave.source().unwrap_or(""));
+        let (window, capacity) = (self.window, self.capacity);
+        self.by_source
+            .entry(source)
+            .or_insert_with(|| ReplayWindow::new(window, capacity))
+            .admit(wave, now_ns)
+    }
+}
 
 /// What identifies one taking of a wave: a relay (one more hop) or a
 /// reflection of the same wave is another.
@@ -145,6 +179,24 @@ mod tests {
         assert!(!window.admit(&waves[1], now));
         assert!(!window.admit(&waves[4], now));
         assert!(window.admit(&wave_at(now), now), "a newer wave is taken");
+    }
+
+    #[test]
+    fn one_source_filling_its_memory_leaves_the_others_alone() {
+        let now = 1_000 * SECOND;
+        let mut replays = Replays::new(Duration::from_secs(30), 8);
+        // mallory floods waves stamped 25 s ahead, past its memory.
+        for n in 0..100 {
+            let mut wave = Wave::new("orders.created", "x");
+            wave.stamp_emission(&SmolStr::new("mallory"), 1, now + 25 * SECOND + n);
+            replays.admit(&wave, now);
+        }
+        let mut honest = Wave::new("orders.created", "y");
+        honest.stamp_emission(&SmolStr::new("alpha"), 2, now);
+        assert!(replays.admit(&honest, now), "another source's fresh wave");
+        let mut own = Wave::new("orders.created", "z");
+        own.stamp_emission(&SmolStr::new("mallory"), 1, now);
+        assert!(!replays.admit(&own, now), "under mallory's own floor");
     }
 
     proptest! {

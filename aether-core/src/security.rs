@@ -14,7 +14,7 @@ use smol_str::SmolStr;
 use crate::{
     Channel, ConfigError, DropReason, Wave,
     config::SecurityConfig,
-    replay::ReplayWindow,
+    replay::Replays,
     wire::{self, Signature},
 };
 
@@ -97,9 +97,9 @@ impl Security {
 
     /// A fresh replay window for one subscription, where signatures are
     /// required ([`crate::replay`]).
-    pub(crate) fn replay_window(&self) -> Option<ReplayWindow> {
+    pub(crate) fn replay_window(&self) -> Option<Replays> {
         self.require_signatures
-            .then(|| ReplayWindow::new(self.replay_window, self.replay_memory))
+            .then(|| Replays::new(self.replay_window, self.replay_memory))
     }
 
     /// Whether anything is enforced.

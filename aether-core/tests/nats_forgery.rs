@@ -240,6 +240,20 @@ async fn forged_reflections_are_refused_and_a_real_one_comes_back() {
         raw.publish(&subject, None, &body).await.unwrap();
         raw.ping().await.unwrap();
         until_dropped(&alpha_side, DropReason::Denied, 1).await;
+        // 7. Signed, on the right subject, reflecting one of the bus's own
+        //    channels (a report, a reply, a hop): no application emitted
+        //    there, so it is forged.
+        let forged_before = alpha_side.stats().dropped(DropReason::Forged);
+        for inner in ["_report.spoof", "_INBOX.x.1", "_hop.0123"] {
+            let body = signed(
+                &subject,
+                &envelope("alpha", origin, Some(inner), b"f"),
+                ALPHA_KEY,
+            );
+            raw.publish(&subject, None, &body).await.unwrap();
+        }
+        raw.ping().await.unwrap();
+        until_dropped(&alpha_side, DropReason::Forged, forged_before + 3).await;
         quiet(&mut alpha).await;
 
         // A genuine reflection, written by hand and signed, is still taken.
@@ -527,6 +541,107 @@ async fn replays_of_signed_waves_are_refused() {
             .expect("a fresh wave is taken")
             .unwrap();
         assert_eq!(&wave.payload_bytes()[..], b"fresh");
+    })
+    .await
+    .expect("bounded");
+}
+
+/// The generated permissions with JetStream's subjects for the stream are
+/// enough for durable channels and instance reports, and no more: a user
+/// reports in its own name only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_channels_and_reports_work_under_the_generated_permissions() {
+    timeout(LIMIT, async {
+        let mut rules = rules();
+        rules.push(AclRule {
+            source: "gateway".into(),
+            emit: vec![],
+            resonate: vec!["*".into()],
+        });
+        let users = rules
+            .iter()
+            .map(|rule| User {
+                user: rule.source.clone(),
+                password: format!("{}-pw", rule.source),
+                extra: {
+                    let mut permissions = rule.nats_permissions("aether").with_jetstream("AETHER");
+                    // The test server's own readiness probe logs in as a user.
+                    permissions.subscribe.push("_TESTKIT_INBOX.>".into());
+                    permissions.to_server_config()
+                },
+            })
+            .collect();
+        let server = NatsServer::builder()
+            .jetstream(true)
+            .auth(Auth::Users(users))
+            .start()
+            .await
+            .unwrap();
+        let login = |user: &str| {
+            let mut config = over(&server.url(), SecurityConfig::default());
+            config.nats.auth.user = Some(user.into());
+            config.nats.auth.password = Some(Secret::new(format!("{user}-pw")));
+            config.nats.inbox_prefix = Some(format!("aether._INBOX.{user}"));
+            config.durability.channels = vec!["orders.*".into()];
+            config.report.interval_ms = 100;
+            config.report.instance = Some(format!("{user}.1"));
+            config
+        };
+        let alpha_aether = Aether::connect(login("alpha")).await.unwrap();
+        let beta_aether = Aether::connect(login("beta")).await.unwrap();
+        let mut beta = Vibrator::create("beta", &beta_aether).await.unwrap();
+        beta.resonate_on("orders.*").await.unwrap();
+        // The gateway's user, which may hear every channel, reads reports.
+        let gateway_aether = Aether::connect(login("gateway")).await.unwrap();
+        let mut reports = Vibrator::create("gateway", &gateway_aether).await.unwrap();
+        reports.resonate_on("_report.*").await.unwrap();
+        let alpha = Vibrator::create("alpha", &alpha_aether).await.unwrap();
+        alpha.emit_wave("orders.created", "stored").await.unwrap();
+        let wave = timeout(Duration::from_secs(10), beta.receive())
+            .await
+            .expect("the durable wave arrives")
+            .unwrap();
+        assert_eq!(wave.json::<String>().unwrap(), "stored");
+        // Reports of both users arrive, each in its own name.
+        let mut seen = std::collections::BTreeSet::new();
+        while seen.len() < 2 {
+            let wave = timeout(Duration::from_secs(5), reports.receive())
+                .await
+                .expect("reports arrive")
+                .unwrap();
+            seen.insert(wave.channel().as_str().to_string());
+        }
+        seen.retain(|channel| channel != "_report.gateway.1");
+        while seen.len() < 2 {
+            let wave = timeout(Duration::from_secs(5), reports.receive())
+                .await
+                .expect("reports arrive")
+                .unwrap();
+            seen.insert(wave.channel().as_str().to_string());
+            seen.retain(|channel| channel != "_report.gateway.1");
+        }
+        assert_eq!(
+            seen.into_iter().collect::<Vec<_>>(),
+            ["_report.alpha.1", "_report.beta.1"]
+        );
+        // A user reporting for another is refused by the server.
+        let mut raw = RawNats::connect_with(
+            server.addr(),
+            ClientAuth::UserPassword {
+                user: "alpha".into(),
+                password: "alpha-pw".into(),
+            },
+        )
+        .await
+        .unwrap();
+        raw.publish("aether._report.beta.1", None, b"{}")
+            .await
+            .unwrap();
+        let error = raw.ping().await.expect_err("refused").to_string();
+        assert!(
+            error.contains("Permissions Violation for Publish"),
+            "{error}"
+        );
     })
     .await
     .expect("bounded");

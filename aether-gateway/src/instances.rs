@@ -299,6 +299,17 @@ impl Instances {
             Ok(report) => report,
             Err(error) => return self.refuse("malformed", &error.to_string(), now),
         };
+        // An instance reports in its own name: the wave's source is the
+        // instance (and where signatures are required, the arrival check
+        // proved it), so no one reports for another.
+        if wave.source() != Some(report.instance.as_str()) {
+            let why = format!(
+                "the report of {:?} comes from {:?}",
+                report.instance,
+                wave.source().unwrap_or("no source")
+            );
+            return self.refuse("not_its_own", &why, now);
+        }
         if !self.by_name.contains_key(&report.instance) && self.by_name.len() >= self.max {
             let why = format!("{} instances report already", self.max);
             return self.refuse("too_many_instances", &why, now);
@@ -398,9 +409,23 @@ mod tests {
 
     use super::*;
 
+    /// `wave` as sent by `source`: the envelope written with that source
+    /// name.
+    fn sourced(wave: &Wave, source: &str) -> Wave {
+        use aether_core::wire::{self, HEADER_LEN};
+        let body = wire::encode(wave).to_vec();
+        assert_eq!(body[HEADER_LEN - 1], 0, "no source yet");
+        let mut out = body[..HEADER_LEN].to_vec();
+        out[HEADER_LEN - 1] = source.len() as u8;
+        out.extend_from_slice(source.as_bytes());
+        out.extend_from_slice(&body[HEADER_LEN..]);
+        wire::decode(wave.channel().clone(), out.into(), &wire::Limits::default()).unwrap()
+    }
+
     fn report_wave(report: &InstanceReport) -> Wave {
         let channel = aether_core::report::channel_of(&report.instance).unwrap();
-        Wave::new(channel, serde_json::to_vec(report).unwrap())
+        let wave = Wave::new(channel, serde_json::to_vec(report).unwrap());
+        sourced(&wave, &report.instance)
     }
 
     fn report(instance: &str, origin: u64, published: u64) -> InstanceReport {
@@ -469,6 +494,15 @@ mod tests {
             serde_json::to_vec(&report("beta-6", 1, 0)).unwrap(),
         );
         assert!(instances.take(&mismatched, now));
+        // Well formed, but sent by another than the instance it names.
+        let for_another = sourced(
+            &Wave::new(
+                Channel::new("_report.beta-1"),
+                serde_json::to_vec(&report("beta-1", 7, 999)).unwrap(),
+            ),
+            "service-alpha",
+        );
+        assert!(instances.take(&for_another, now));
         assert_eq!(instances.rows(now).len(), 2);
         let text = render(&registry);
         assert!(
@@ -480,6 +514,17 @@ mod tests {
         assert!(
             text.contains("aether_gateway_instance_reports_refused_total{reason=\"malformed\"} 2"),
             "{text}"
+        );
+        assert!(
+            text.contains(
+                "aether_gateway_instance_reports_refused_total{reason=\"not_its_own\"} 1"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            instances.rows(now)[0].published,
+            5,
+            "beta-1's own report stands"
         );
         // Silent past the timeout: gone, and its series with it.
         instances.sweep(now + Duration::from_secs(6));

@@ -151,6 +151,29 @@ pub struct HoppingBase {
     pub wire_channels: Vec<String>,
 }
 
+impl NatsPermissions {
+    /// Adds what durable channels need of JetStream for the stream
+    /// `stream` (`[aether.durability] stream`): its API for this stream only
+    /// (look it up, create or update it, create, look up and pull from its
+    /// consumers) and the acknowledgements of its deliveries. JetStream
+    /// answers on the client's inbox, which the user may read already.
+    pub fn with_jetstream(mut self, stream: &str) -> Self {
+        self.publish.extend([
+            "$JS.API.INFO".to_string(),
+            format!("$JS.API.STREAM.INFO.{stream}"),
+            format!("$JS.API.STREAM.CREATE.{stream}"),
+            format!("$JS.API.STREAM.UPDATE.{stream}"),
+            format!("$JS.API.CONSUMER.CREATE.{stream}"),
+            format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+            format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>"),
+            format!("$JS.API.CONSUMER.INFO.{stream}.>"),
+            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"),
+            format!("$JS.ACK.{stream}.>"),
+        ]);
+        self
+    }
+}
+
 impl AclRule {
     /// The permissions that make a NATS server enforce this rule for the
     /// NATS user that runs the vibrator `source`, with subject prefix
@@ -216,6 +239,15 @@ impl AclRule {
         };
         let mut publish = patterns(&self.emit);
         publish.push(format!("{prefix}._reflect.>"));
+        // Instance reports, in its own name only: an instance is named after
+        // the source (`<source>` or `<source>.<more>`).
+        match self.source.as_str() {
+            "*" => publish.push(format!("{prefix}._report.>")),
+            source => {
+                publish.push(format!("{prefix}._report.{source}"));
+                publish.push(format!("{prefix}._report.{source}.>"));
+            }
+        }
         let mut subscribe = patterns(&self.resonate);
         subscribe.push(format!("{prefix}._INBOX.{own}"));
         subscribe.push(format!("{prefix}._reflect.{own_reflections}"));

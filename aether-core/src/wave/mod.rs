@@ -404,6 +404,11 @@ impl Wave {
         self
     }
 
+    /// For a reflection, the channel the reflected wave was emitted on.
+    pub(crate) fn reflected_channel(&self) -> Option<&Channel> {
+        self.reflection_info().map(|r| &r.channel)
+    }
+
     /// A reflection that travelled on its source's reflection channel gets
     /// the channel it was emitted on back; the channel it travelled on is
     /// returned.

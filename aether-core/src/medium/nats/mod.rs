@@ -53,7 +53,7 @@ use crate::{
     hopping::HopGate,
     inbox::{GroupResonance, Inbox},
     reflection,
-    replay::ReplayWindow,
+    replay::Replays,
     security::Security,
     stats::{Counters, DropReason},
     subject, wire,
@@ -1034,7 +1034,7 @@ async fn forward_hopping(mut subscriber: Subscriber, shared: Arc<Shared>, gate: 
 #[derive(Default)]
 pub(super) struct LastChannel {
     last: Option<(Subject, Channel)>,
-    replays: Option<ReplayWindow>,
+    replays: Option<Replays>,
 }
 
 impl LastChannel {
