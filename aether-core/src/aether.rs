@@ -512,6 +512,13 @@ impl Aether {
         Ok(())
     }
 
+    /// Whether the aether's ACL (`[aether.security] acl`) lets `source`
+    /// emit on `channel`: what an observer asks before it counts a hopping
+    /// wave under its base. Everything is allowed without rules.
+    pub fn acl_allows_emit(&self, source: Option<&str>, channel: &Channel) -> bool {
+        self.may_emit(source, channel).is_ok()
+    }
+
     /// `Ok` if the ACL lets `source` emit on `channel` (for hopping: on its
     /// base channel).
     #[inline]

@@ -87,6 +87,10 @@ pub struct ConnectionStatus {
     pub outbox_capacity: usize,
     /// Waves sent from the outbox after reconnects.
     pub outbox_flushed: u64,
+    /// Waves of durable channels accepted by `emit` and not stored by
+    /// JetStream yet: in the durable outbox, sent when the server takes
+    /// them again.
+    pub durable_outbox_len: usize,
 }
 
 impl ConnectionStatus {
@@ -101,6 +105,7 @@ impl ConnectionStatus {
             outbox_len: 0,
             outbox_capacity: 0,
             outbox_flushed: 0,
+            durable_outbox_len: 0,
         }
     }
 }
@@ -141,6 +146,7 @@ impl ConnectionCounters {
             outbox_len: self.outbox_len.load(Relaxed),
             outbox_capacity,
             outbox_flushed: self.outbox_flushed.load(Relaxed),
+            durable_outbox_len: 0,
         }
     }
 }

@@ -83,6 +83,9 @@ pub struct InstanceReport {
     pub outbox_len: u64,
     /// Most waves the outbox holds.
     pub outbox_capacity: u64,
+    /// Waves of durable channels accepted and not stored by JetStream yet.
+    #[serde(default)]
+    pub durable_outbox_len: u64,
     /// Waves in its receive queues now, and their total capacity.
     pub queued: u64,
     /// Total capacity of its receive queues.
@@ -255,6 +258,7 @@ pub(crate) fn compose(aether: &crate::Aether, instance: &str, seq: u64) -> Insta
         disconnects: connection.disconnects,
         outbox_len: connection.outbox_len as u64,
         outbox_capacity: connection.outbox_capacity as u64,
+        durable_outbox_len: connection.durable_outbox_len as u64,
         queued,
         queue_capacity,
         vibrators,

@@ -639,6 +639,25 @@ async fn refusals_name_the_servers_and_what_to_check() {
             text.contains("cert_file") && text.contains("key_file"),
             "says which settings to give: {text}"
         );
+
+        // A CA file that holds no certificate, or none at all: named.
+        let not_pem = pki.dir().join("not-a-ca.txt");
+        std::fs::write(&not_pem, "hello\n").unwrap();
+        for (path, says) in [
+            (not_pem.clone(), "holds no PEM CERTIFICATE"),
+            (pki.dir().join("missing.pem"), "cannot be read"),
+        ] {
+            let err = refused(
+                "an unusable ca_file",
+                config(server.url(), trust(path.clone()), NatsAuth::default()),
+            )
+            .await;
+            let text = err.to_string();
+            assert_eq!(err.kind(), ConnectErrorKind::Tls, "{text}");
+            assert!(text.contains("nats.tls.ca_file"), "{text}");
+            assert!(text.contains(&path.display().to_string()), "{text}");
+            assert!(text.contains(says), "{text}");
+        }
     })
     .await;
 }

@@ -170,6 +170,11 @@ impl HopAttribution {
     /// (the wave's emission), if any. Computes each base's hop once per
     /// slot.
     pub fn family(&mut self, wire: &Channel, stamp_ms: u64) -> Option<&str> {
+        self.base(wire, stamp_ms).map(|(family, _)| family)
+    }
+
+    /// The family and the base channel whose hop `wire` is at `stamp_ms`.
+    pub fn base(&mut self, wire: &Channel, stamp_ms: u64) -> Option<(&str, &Channel)> {
         if self.bases.is_empty() || !is_hop_channel(wire) {
             return None;
         }
@@ -191,12 +196,22 @@ impl HopAttribution {
             }
         };
         let &i = self.slots[position].1.get(wire.as_str())?;
-        Some(&self.bases[i].1)
+        let (sequence, family) = &self.bases[i];
+        Some((family, sequence.base()))
     }
 
-    /// The family a hopping wave counts under: its base's, or [`HOPPING`].
-    pub fn family_or_hopping(&mut self, wire: &Channel, stamp_ms: u64) -> &str {
-        self.family(wire, stamp_ms).unwrap_or(HOPPING)
+    /// The family a hopping wave counts under: its base's, if `allowed` (the
+    /// aether's ACL lets its source emit on that base), or [`HOPPING`].
+    pub fn family_or_hopping(
+        &mut self,
+        wire: &Channel,
+        stamp_ms: u64,
+        allowed: impl FnOnce(&Channel) -> bool,
+    ) -> &str {
+        match self.base(wire, stamp_ms) {
+            Some((family, base)) if allowed(base) => family,
+            _ => HOPPING,
+        }
     }
 }
 
@@ -265,7 +280,14 @@ mod tests {
         let foreign = HopSequence::new(stranger, Channel::new("orders.created"), 4, 200).unwrap();
         assert_eq!(attribution.family(&foreign.channel_at(t), t), None);
         assert_eq!(
-            attribution.family_or_hopping(&foreign.channel_at(t), t),
+            attribution.family_or_hopping(&foreign.channel_at(t), t, |_| true),
+            HOPPING
+        );
+        // A known hop counts under its base only where its source may emit.
+        let wire = orders.channel_at(t);
+        assert_eq!(attribution.family_or_hopping(&wire, t, |_| true), "orders");
+        assert_eq!(
+            attribution.family_or_hopping(&wire, t, |base| base.as_str() != "orders.created"),
             HOPPING
         );
         assert_eq!(attribution.family(&Channel::new("orders.created"), t), None);

@@ -3,10 +3,13 @@
 //! delivered and dropped by reason, its queues, outbox and connection, and
 //! how many of the waves it sent the gateway saw.
 //!
-//! The observer takes the reports in the same stream as the waves, so when
-//! a report arrives the gateway has taken every wave its instance sent
-//! before it: `published - observed` for its vibrators is exactly what the
-//! gateway missed (`aether_instance_unobserved_waves`), not a race.
+//! The observer takes the reports in the same stream as the waves of plain
+//! channels, so when a report arrives the gateway has taken every such wave
+//! its instance sent before it. Durable waves come through the gateway's
+//! own consumer, and waves still in an instance's outboxes have not been
+//! sent: so what was sent and not observed
+//! (`aether_instance_unobserved_waves`) is reckoned again at every snapshot,
+//! and settles at what the gateway really missed.
 //!
 //! Reports come off the bus, so the registry is bounded: at most
 //! `max_instances` names; a report that does not parse, or that would add
@@ -314,15 +317,7 @@ impl Instances {
             let why = format!("{} instances report already", self.max);
             return self.refuse("too_many_instances", &why, now);
         }
-        let observed: u64 = report
-            .vibrators
-            .iter()
-            .filter_map(|v| u64::from_str_radix(&v.origin, 16).ok())
-            .map(|origin| self.observed.get(&origin).copied().unwrap_or(0))
-            .fold(0, u64::saturating_add);
-        let unobserved = i64::try_from(published(&report))
-            .unwrap_or(i64::MAX)
-            .saturating_sub(i64::try_from(observed).unwrap_or(i64::MAX));
+        let (observed, unobserved) = self.reconcile(&report);
         let name = report.instance.clone();
         let instance = Instance {
             report,
@@ -333,6 +328,26 @@ impl Instances {
         self.metrics.set(&name, &instance);
         self.by_name.insert(name, instance);
         self.metrics.instances.set(self.by_name.len() as i64);
+    }
+
+    /// What the gateway saw of `report`'s vibrators, and what it has not
+    /// seen of what they sent: published, less what still waits in the
+    /// instance's outboxes (not sent yet, so nobody could see it), less
+    /// what was observed, and never below 0. Recomputed at each report and
+    /// at each snapshot, since waves may arrive after the report that
+    /// counted them (durable waves come through a consumer of their own,
+    /// and an outbox drains later).
+    fn reconcile(&self, report: &InstanceReport) -> (u64, i64) {
+        let observed: u64 = report
+            .vibrators
+            .iter()
+            .filter_map(|v| u64::from_str_radix(&v.origin, 16).ok())
+            .map(|origin| self.observed.get(&origin).copied().unwrap_or(0))
+            .fold(0, u64::saturating_add);
+        let in_flight = report.outbox_len.saturating_add(report.durable_outbox_len);
+        let sent = published(report).saturating_sub(in_flight);
+        let unobserved = i64::try_from(sent.saturating_sub(observed)).unwrap_or(i64::MAX);
+        (observed, unobserved)
     }
 
     fn refuse(&mut self, reason: &'static str, why: &str, now: Instant) {
@@ -351,8 +366,19 @@ impl Instances {
         }
     }
 
-    /// Marks gone the instances whose reports stopped.
+    /// Marks gone the instances whose reports stopped, and reconciles the
+    /// others again with what was observed since their last report.
     pub(crate) fn sweep(&mut self, now: Instant) {
+        let names: Vec<String> = self.by_name.keys().cloned().collect();
+        for name in names {
+            let (observed, unobserved) = self.reconcile(&self.by_name[&name].report);
+            let instance = self.by_name.get_mut(&name).expect("listed above");
+            if (instance.observed, instance.unobserved) != (observed, unobserved) {
+                instance.observed = observed;
+                instance.unobserved = unobserved;
+                self.metrics.set(&name, instance);
+            }
+        }
         let gone_after = self.gone_after;
         let gone: Vec<String> = self
             .by_name

@@ -343,8 +343,13 @@ impl Observer {
     fn count(&mut self, wave: &Wave, stamp_ms: u64) -> f64 {
         let channel = wave.channel();
         let family = if is_hop_channel(channel) {
+            // Counted under its base only if its source may emit there: a
+            // hop of a base it may not use is not that base's traffic.
+            let aether = &self.aether;
             match &mut self.parts.hops {
-                Some(hops) => hops.family_or_hopping(channel, stamp_ms),
+                Some(hops) => hops.family_or_hopping(channel, stamp_ms, |base| {
+                    aether.acl_allows_emit(wave.source(), base)
+                }),
                 None => HOPPING,
             }
         } else {

@@ -257,6 +257,9 @@ pub struct AlphaReport {
     pub cancelled: u64,
     /// Orders left without an answer when it stopped.
     pub unanswered: u64,
+    /// Waves (orders and outcomes) accepted but still in the aether's
+    /// outboxes when it ended, the server unreachable: not sent.
+    pub unsent: u64,
     /// Orders still unanswered `answer_deadline_ms` after they were
     /// emitted (whether or not an answer came later).
     pub overdue: u64,
@@ -284,11 +287,13 @@ impl std::fmt::Display for AlphaReport {
         write!(
             f,
             "service-alpha: created {}, confirmed {}, cancelled {}, unanswered {}, \
-             overdue {}, rate_limited {}, failed {}, unmatched {}, refused {}, dropped {}",
+             unsent {}, overdue {}, rate_limited {}, failed {}, unmatched {}, refused {}, \
+             dropped {}",
             self.created,
             self.confirmed,
             self.cancelled,
             self.unanswered,
+            self.unsent,
             self.overdue,
             self.rate_limited,
             self.failed,
@@ -500,10 +505,14 @@ pub async fn run_live(
         }
     }
     report.unanswered = pending.len() as u64;
-    report.dropped = aether_ops::drops::by_reason(&alpha.stats());
+    report.dropped = aether_ops::drops::of_service(&alpha.stats(), &aether.stats());
     if let Err(error) = aether.flush(drain).await {
         tracing::warn!(%error, "outcomes may be left unsent");
     }
+    // What was accepted and has still not left the process when it ends:
+    // counted, never lost in silence.
+    let connection = aether.connection();
+    report.unsent = (connection.outbox_len + connection.durable_outbox_len) as u64;
     tracing::info!("{report}");
     Ok(report)
 }
@@ -648,6 +657,7 @@ mod tests {
                 confirmed: 11,
                 cancelled: 1,
                 unanswered: 0,
+                unsent: 0,
                 overdue: 0,
                 rate_limited: 0,
                 failed: 0,

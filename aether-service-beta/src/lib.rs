@@ -212,6 +212,9 @@ pub struct BetaReport {
     /// Waves its vibrator did not get, by reason (a full queue sheds the
     /// weakest first: `queue_full`).
     pub dropped: BTreeMap<&'static str, u64>,
+    /// Answers accepted but still in the aether's outboxes when it ended,
+    /// the server unreachable: not sent.
+    pub unsent: u64,
 }
 
 impl std::fmt::Display for BetaReport {
@@ -219,13 +222,14 @@ impl std::fmt::Display for BetaReport {
         write!(
             f,
             "service-beta: reserved {}, insufficient {}, outcomes heard {}, ignored {}, \
-             rate_limited {}, failed {}, stock left {:?}, refused {}, dropped {}",
+             rate_limited {}, failed {}, unsent {}, stock left {:?}, refused {}, dropped {}",
             self.reserved,
             self.insufficient,
             self.outcomes_heard,
             self.ignored,
             self.rate_limited,
             self.failed,
+            self.unsent,
             self.stock,
             refusals::summary(&self.refused),
             aether_ops::drops::summary(&self.dropped)
@@ -398,8 +402,12 @@ pub async fn run_live_then(
     if let Err(error) = aether.flush(DRAIN).await {
         tracing::warn!(%error, "answers may be left unsent");
     }
+    // What was accepted and has still not left the process when it ends:
+    // counted, never lost in silence.
+    let connection = aether.connection();
+    report.unsent = (connection.outbox_len + connection.durable_outbox_len) as u64;
     drops.check(&beta.stats());
-    report.dropped = aether_ops::drops::by_reason(&beta.stats());
+    report.dropped = aether_ops::drops::of_service(&beta.stats(), &aether.stats());
     tracing::info!("{report}");
     Ok(report)
 }

@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use aether_core::StatsSnapshot;
+//! use aether_core::{DropReason, StatsSnapshot};
 //! use aether_ops::drops::{DropWatch, by_reason};
 //!
 //! let mut watch = DropWatch::new("service-beta", Duration::from_secs(10));
@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aether_core::StatsSnapshot;
+use aether_core::{DropReason, StatsSnapshot};
 
 /// The drops of `stats` that happened, by reason.
 pub fn by_reason(stats: &StatsSnapshot) -> BTreeMap<&'static str, u64> {
@@ -31,6 +31,21 @@ pub fn by_reason(stats: &StatsSnapshot) -> BTreeMap<&'static str, u64> {
         .filter(|(_, n)| *n > 0)
         .map(|(reason, n)| (reason.as_str(), n))
         .collect()
+}
+
+/// The drops a service suffered: its vibrator's own (noise floor, full
+/// queue, hopping replays), and those its aether counted before any
+/// vibrator could be told, on arrival: forged, denied and replayed waves.
+pub fn of_service(vibrator: &StatsSnapshot, aether: &StatsSnapshot) -> BTreeMap<&'static str, u64> {
+    let mut drops = by_reason(vibrator);
+    for reason in [DropReason::Forged, DropReason::Denied, DropReason::Replay] {
+        let n = aether.dropped(reason);
+        if n > 0 {
+            let own = drops.entry(reason.as_str()).or_default();
+            *own = (*own).max(n);
+        }
+    }
+    drops
 }
 
 /// `reason n, reason n` or `none`, for a summary line.

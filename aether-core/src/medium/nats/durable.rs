@@ -290,21 +290,30 @@ impl Durable {
     }
 
     /// Creates the stream, or updates it to these settings.
-    /// The stream's replicas: as set, or as many as the cluster has
-    /// servers (those the server told of, with itself), up to 3.
-    fn replicas(&self) -> usize {
+    /// The stream's replicas: as set; or as many as the cluster has
+    /// servers (those the server told of at the last connect, with itself),
+    /// up to 3, and never fewer than the stream has already: a client that
+    /// connected while a node was down sees one server less, and must not
+    /// take a copy away from a stream that has it.
+    async fn replicas(&self) -> usize {
         match self.config.replicas {
             0 => {
                 let info = self.client.server_info();
                 let servers: std::collections::HashSet<&String> =
                     info.connect_urls.iter().collect();
-                servers.len().clamp(1, 3)
+                let seen = servers.len().clamp(1, 3);
+                let existing = match self.js.get_stream(&self.config.stream).await {
+                    Ok(stream) => stream.cached_info().config.num_replicas,
+                    Err(_) => 0,
+                };
+                seen.max(existing)
             }
             n => n,
         }
     }
 
     async fn ensure_stream(&self) -> Result<(), jetstream::context::CreateStreamError> {
+        let replicas = self.replicas().await;
         let c = &self.config;
         let config = stream::Config {
             name: c.stream.clone(),
@@ -325,7 +334,7 @@ impl Durable {
             max_messages: -1,
             max_messages_per_subject: -1,
             max_consumers: -1,
-            num_replicas: self.replicas(),
+            num_replicas: replicas,
             ..Default::default()
         };
         self.js.create_or_update_stream(config).await.map(|_| ())

@@ -54,6 +54,7 @@ use crate::{
     inbox::{GroupResonance, Inbox},
     reflection,
     replay::Replays,
+    reply,
     security::Security,
     stats::{Counters, DropReason},
     subject, wire,
@@ -160,7 +161,9 @@ impl NatsMedium {
     }
 
     pub(crate) fn status(&self) -> ConnectionStatus {
-        self.shared.counters.snapshot(self.shared.outbox.capacity())
+        let mut status = self.shared.counters.snapshot(self.shared.outbox.capacity());
+        status.durable_outbox_len = self.durable.as_ref().map_or(0, |d| d.pending());
+        status
     }
 
     pub(crate) fn events(&self) -> broadcast::Receiver<ConnectionEvent> {
@@ -599,6 +602,35 @@ impl Drop for NatsMedium {
     }
 }
 
+/// `Ok` if `path` (the setting `key`) can be read and holds a PEM block
+/// whose label ends with `label` (`CERTIFICATE`, `PRIVATE KEY`): a file that
+/// cannot be used is refused here, naming it, rather than deep in the
+/// handshake.
+fn pem_file(path: &std::path::Path, key: &str, label: &str) -> Result<(), ConnectError> {
+    let text = std::fs::read(path).map_err(|e| {
+        ConnectError::new(
+            ConnectErrorKind::Tls,
+            format!("{key} = {}: cannot be read ({e})", path.display()),
+        )
+    })?;
+    let text = String::from_utf8_lossy(&text);
+    let found = text.lines().any(|line| {
+        line.strip_prefix("-----BEGIN ")
+            .and_then(|rest| rest.strip_suffix("-----"))
+            .is_some_and(|l| l.ends_with(label))
+    });
+    if !found {
+        return Err(ConnectError::new(
+            ConnectErrorKind::Tls,
+            format!(
+                "{key} = {}: holds no PEM {label} (a block that begins \"-----BEGIN ...{label}-----\")",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Takes credentials out of the servers' URLs (`nats://user:password@host`,
 /// `nats://token@host`) into the options, where no `[aether.nats.auth]` is
 /// set: the client then never holds them in an address it may log.
@@ -743,7 +775,12 @@ async fn options(
         options = options.require_tls(true);
     }
     if let Some(ca) = &nats.tls.ca_file {
+        pem_file(ca, "nats.tls.ca_file", "CERTIFICATE")?;
         options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&nats.tls.cert_file, &nats.tls.key_file) {
+        pem_file(cert, "nats.tls.cert_file", "CERTIFICATE")?;
+        pem_file(key, "nats.tls.key_file", "PRIVATE KEY")?;
     }
     if let (Some(cert), Some(key)) = (&nats.tls.cert_file, &nats.tls.key_file) {
         options = options.add_client_certificate(cert.clone(), key.clone());
@@ -1035,6 +1072,8 @@ async fn forward_hopping(mut subscriber: Subscriber, shared: Arc<Shared>, gate: 
 pub(super) struct LastChannel {
     last: Option<(Subject, Channel)>,
     replays: Option<Replays>,
+    /// A core NATS subscription (not a durable consumer's).
+    core: bool,
 }
 
 impl LastChannel {
@@ -1046,6 +1085,7 @@ impl LastChannel {
         Self {
             last: None,
             replays: shared.security.replay_window(),
+            core: true,
         }
     }
 
@@ -1105,6 +1145,20 @@ fn take(
         );
         return None;
     };
+    // A subscription that hears clients' inboxes (`*`) hears NATS's own
+    // traffic to them too: JetStream's deliveries to a consumer (a copy of
+    // a stored wave, which its channel brings already) and its API's
+    // answers. Neither is a wave of the bus: passed over, not counted.
+    if last.core && reply::is_reply_channel(&channel) {
+        let delivery = message
+            .reply
+            .as_ref()
+            .is_some_and(|reply| reply.starts_with("$JS.ACK."));
+        let envelope = message.payload.first() == Some(&wire::MAGIC);
+        if delivery || !envelope {
+            return None;
+        }
+    }
     let body = shared
         .security
         .is_enabled()
