@@ -247,18 +247,29 @@ fn a_refused_secret_is_not_shown() {
 }
 
 /// Every variable the documentation names is one this loader reads: the
-/// names in README.md, config/default.toml and this crate's README that
+/// names in README.md, the user guide, config/default.toml and this
+/// crate's README that
 /// set a section of [`Program`] load without an unknown key. The aether's
 /// section is `[aether]`, so its variables start `AETHER__AETHER__`; the
 /// single-prefix form names no section and is refused.
 #[test]
 fn the_documented_variables_are_the_ones_read() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-    let docs = [
+    let guide = format!("{root}/docs/guide");
+    let mut docs: Vec<String> = [
         "README.md",
         "config/default.toml",
         "aether-core/ops/README.md",
-    ];
+    ]
+    .map(String::from)
+    .to_vec();
+    for entry in std::fs::read_dir(&guide).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            docs.push(format!("docs/guide/{name}"));
+        }
+    }
     let dir = dir_with(&[("default.toml", "")]);
     let sections = ["aether", "log", "telemetry", "service", "resources"];
     let mut checked = Vec::new();
@@ -288,7 +299,7 @@ fn the_documented_variables_are_the_ones_read() {
             checked.push(name);
         }
     }
-    for doc_says in ["README.md", "config/default.toml"] {
+    for doc_says in ["docs/guide/hopping.md", "config/default.toml"] {
         let text = std::fs::read_to_string(format!("{root}/{doc_says}")).unwrap();
         assert!(
             text.contains("AETHER__AETHER__HOPPING__SECRET"),
