@@ -248,3 +248,37 @@ async fn drain_sends_what_was_emitted_then_closes() {
     .await
     .expect("bounded");
 }
+
+/// The connection's name is the one the settings give, and the server's
+/// monitoring (`/connz`) shows it, so an operator tells programs apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_lists_the_connection_by_its_name() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let port = aether_testkit::free_port().unwrap();
+        let server = NatsServer::builder()
+            .extra_config(format!("http: \"127.0.0.1:{port}\""))
+            .start()
+            .await
+            .unwrap();
+        let mut config = AetherConfig::default();
+        config.nats.urls = vec![server.url()];
+        config.nats.connection_name = Some("aether-service-beta beta-1".into());
+        let _aether = Aether::connect(config).await.unwrap();
+        let mut http = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        http.write_all(b"GET /connz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        http.read_to_string(&mut body).await.unwrap();
+        assert!(
+            body.contains("\"name\": \"aether-service-beta beta-1\""),
+            "{body}"
+        );
+    })
+    .await
+    .expect("bounded");
+}

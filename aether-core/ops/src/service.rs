@@ -126,3 +126,36 @@ pub fn named(config: &AetherConfig, program: &str) -> AetherConfig {
         .get_or_insert_with(|| format!("{program} {instance}"));
     config
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_name_their_instance_and_connection() {
+        let config = named(&AetherConfig::default(), "aether-service-beta");
+        let instance = config.report.instance.clone().unwrap();
+        assert_eq!(
+            instance,
+            format!("aether-service-beta-{}", std::process::id())
+        );
+        assert_eq!(
+            config.nats.connection_name.as_deref(),
+            Some(format!("aether-service-beta {instance}").as_str())
+        );
+        // Names the settings give are kept.
+        let mut given = AetherConfig::default();
+        given.report.instance = Some("beta-1".into());
+        given.nats.connection_name = Some("shop".into());
+        let config = named(&given, "aether-service-beta");
+        assert_eq!(config.report.instance.as_deref(), Some("beta-1"));
+        assert_eq!(config.nats.connection_name.as_deref(), Some("shop"));
+        let mut instance_only = AetherConfig::default();
+        instance_only.report.instance = Some("beta-2".into());
+        let config = named(&instance_only, "aether-service-beta");
+        assert_eq!(
+            config.nats.connection_name.as_deref(),
+            Some("aether-service-beta beta-2")
+        );
+    }
+}
