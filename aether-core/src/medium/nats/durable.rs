@@ -295,25 +295,39 @@ impl Durable {
     /// up to 3, and never fewer than the stream has already: a client that
     /// connected while a node was down sees one server less, and must not
     /// take a copy away from a stream that has it.
-    async fn replicas(&self) -> usize {
+    /// `None` when the stream's copies cannot be known now (the stream
+    /// exists but does not answer: no quorum, a leader being elected): then
+    /// nothing is changed, and the caller tries again later.
+    async fn replicas(&self) -> Option<usize> {
         match self.config.replicas {
             0 => {
                 let info = self.client.server_info();
                 let servers: std::collections::HashSet<&String> =
                     info.connect_urls.iter().collect();
                 let seen = servers.len().clamp(1, 3);
-                let existing = match self.js.get_stream(&self.config.stream).await {
-                    Ok(stream) => stream.cached_info().config.num_replicas,
-                    Err(_) => 0,
-                };
-                seen.max(existing)
+                match self.js.get_stream(&self.config.stream).await {
+                    Ok(stream) => Some(seen.max(stream.cached_info().config.num_replicas)),
+                    Err(e) => match e.kind() {
+                        jetstream::context::GetStreamErrorKind::JetStream(error)
+                            if error.error_code()
+                                == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                        {
+                            Some(seen)
+                        }
+                        _ => None,
+                    },
+                }
             }
-            n => n,
+            n => Some(n),
         }
     }
 
     async fn ensure_stream(&self) -> Result<(), jetstream::context::CreateStreamError> {
-        let replicas = self.replicas().await;
+        let Some(replicas) = self.replicas().await else {
+            return Err(jetstream::context::CreateStreamError::new(
+                jetstream::context::CreateStreamErrorKind::TimedOut,
+            ));
+        };
         let c = &self.config;
         let config = stream::Config {
             name: c.stream.clone(),
