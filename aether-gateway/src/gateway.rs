@@ -191,6 +191,7 @@ impl GatewayBuilder {
             aether: aether.clone(),
             snapshots: snapshots.clone(),
             shutdown: stop.clone(),
+            event_streams: Arc::new(tokio::sync::Semaphore::new(config.max_event_streams)),
         });
         let limits = ServeLimits {
             header_read_timeout: config.header_read_timeout(),

@@ -62,6 +62,10 @@ pub(crate) struct AppState {
     pub(crate) aether: Aether,
     pub(crate) snapshots: watch::Receiver<Arc<Published>>,
     pub(crate) shutdown: Shutdown,
+    /// Permits for open `/events` streams (`max_event_streams`): fewer than
+    /// the connections, so that streams, which live long, cannot take every
+    /// connection and starve `/metrics` and `/health`.
+    pub(crate) event_streams: Arc<Semaphore>,
 }
 
 /// The routes, on `state`.
@@ -214,13 +218,16 @@ async fn snapshot(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Counts an open `/events` stream while it lives.
-struct Client(IntGauge);
+/// Counts an open `/events` stream while it lives, and holds its permit.
+struct Client(
+    IntGauge,
+    #[allow(dead_code)] tokio::sync::OwnedSemaphorePermit,
+);
 
 impl Client {
-    fn new(gauge: IntGauge) -> Self {
+    fn new(gauge: IntGauge, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
         gauge.inc();
-        Self(gauge)
+        Self(gauge, permit)
     }
 }
 
@@ -232,8 +239,14 @@ impl Drop for Client {
 
 async fn events(
     State(state): State<AppState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let client = Client::new(state.metrics.dashboard_clients.clone());
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, (StatusCode, &'static str)> {
+    let Ok(permit) = state.event_streams.clone().try_acquire_owned() else {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many open event streams (max_event_streams); try again later\n",
+        ));
+    };
+    let client = Client::new(state.metrics.dashboard_clients.clone(), permit);
     // The latest snapshot at once, then each new one. The stream ends when
     // the observer stops (its sender is dropped), so shutdown is not held
     // up by open dashboards.
@@ -248,5 +261,5 @@ async fn events(
             Some((Ok(event), (snapshots, false, client)))
         },
     );
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

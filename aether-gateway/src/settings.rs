@@ -137,6 +137,11 @@ pub struct GatewayConfig {
     /// connections are not accepted (they wait in the listen backlog) until
     /// one closes. 1 to 100,000, default 1,024.
     pub max_connections: usize,
+    /// Most `/events` streams (live dashboards) open at once, fewer than
+    /// `max_connections`: a further one is answered 503, so that long-lived
+    /// streams cannot hold every connection and starve `/metrics` and
+    /// `/health`. 1 to 10,000, default 64.
+    pub max_event_streams: usize,
     /// Most instances whose reports (`_report.<instance>`) the gateway
     /// tracks and exports; a report from one more is refused and counted.
     /// 1 to 10,000, default 256.
@@ -164,6 +169,7 @@ impl Default for GatewayConfig {
             journal: JournalConfig::default(),
             header_read_timeout_ms: 5_000,
             max_connections: 1_024,
+            max_event_streams: 64,
             max_instances: 256,
             instance_gone_ms: 5_000,
         }
@@ -241,6 +247,19 @@ impl Validate for GatewayConfig {
             1..=100_000,
             "must be 1 to 100000",
         )?;
+        in_range(
+            "max_event_streams",
+            self.max_event_streams,
+            1..=10_000,
+            "must be 1 to 10000",
+        )?;
+        if self.max_event_streams >= self.max_connections {
+            return Err(SettingsError::invalid(
+                "max_event_streams",
+                self.max_event_streams.to_string(),
+                "must be under max_connections, so that other requests are always served",
+            ));
+        }
         in_range(
             "max_instances",
             self.max_instances,

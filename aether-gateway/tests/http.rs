@@ -254,6 +254,7 @@ async fn a_connection_past_max_connections_waits_until_one_closes() {
         &aether,
         aether_gateway::GatewayConfig {
             max_connections: 2,
+            max_event_streams: 1,
             header_read_timeout_ms: 60_000,
             ..config()
         },
@@ -289,5 +290,61 @@ async fn a_connection_past_max_connections_waits_until_one_closes() {
     .await;
     assert!(answered.is_ok(), "not served once a connection closed");
     drop((second, third));
+    gateway.stop().await.unwrap();
+}
+
+/// Event streams live long, so they are capped below the connections: past
+/// `max_event_streams` a further stream is answered 503, and `/health` is
+/// still served.
+#[tokio::test]
+async fn event_streams_cannot_take_every_connection() {
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpStream,
+    };
+
+    let aether = Aether::default();
+    let gateway = start(
+        &aether,
+        aether_gateway::GatewayConfig {
+            max_connections: 4,
+            max_event_streams: 2,
+            ..config()
+        },
+    )
+    .await;
+    let addr = gateway.addr();
+    async fn open_events(addr: std::net::SocketAddr) -> (TcpStream, String) {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 64];
+        let n = tokio::time::timeout(BOUND, stream.read(&mut head))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let status = String::from_utf8_lossy(&head[..n])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        (stream, status)
+    }
+    let (_a, first) = open_events(addr).await;
+    let (_b, second) = open_events(addr).await;
+    assert!(
+        first.contains("200") && second.contains("200"),
+        "{first} {second}"
+    );
+    let (_c, third) = open_events(addr).await;
+    assert!(third.contains("503"), "{third}");
+    let mut health = TcpStream::connect(addr).await.unwrap();
+    assert!(
+        health_on(&mut health, BOUND).await,
+        "other requests are still served"
+    );
+    drop(health);
     gateway.stop().await.unwrap();
 }

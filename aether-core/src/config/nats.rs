@@ -141,7 +141,7 @@ impl NatsConfig {
         )?;
         for url in &self.urls {
             check(
-                url.parse::<async_nats::ServerAddr>().is_ok(),
+                !url.trim().is_empty() && url.parse::<async_nats::ServerAddr>().is_ok(),
                 "nats.urls",
                 redact_url(url),
                 "is not a server address (nats://host:port or tls://host:port)",

@@ -176,7 +176,10 @@ impl Durable {
                     ConnectErrorKind::Config,
                     format!(
                         "cannot create or update the JetStream stream {:?} for \
-                         durability.channels (is JetStream enabled on the server?): {e}",
+                         durability.channels: {e}; check that JetStream is enabled on the \
+                         server, that this user may use the stream's API \
+                         (NatsPermissions::with_jetstream), and, on a cluster that is \
+                         starting, that it has elected its leaders (then start again)",
                         durable.config.stream
                     ),
                 )
@@ -309,8 +312,7 @@ impl Durable {
                     Ok(stream) => Some(seen.max(stream.cached_info().config.num_replicas)),
                     Err(e) => match e.kind() {
                         jetstream::context::GetStreamErrorKind::JetStream(error)
-                            if error.error_code()
-                                == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                            if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
                         {
                             Some(seen)
                         }
@@ -633,8 +635,13 @@ async fn consume(
         let messages = current
             .stream()
             .max_messages_per_batch(batch)
-            .expires(Duration::from_secs(30))
-            .heartbeat(Duration::from_secs(5))
+            // Short: a pull request outlives a client that died by up to
+            // this long, and a subscriber of `*` elsewhere (a gateway) keeps
+            // the dead client's inbox of interest, so the server may go on
+            // delivering to it until then (each such wave comes again after
+            // `ack_wait_ms`).
+            .expires(Duration::from_secs(5))
+            .heartbeat(Duration::from_secs(2))
             .messages()
             .await;
         let mut messages = match messages {
