@@ -453,12 +453,21 @@ mod tests {
         let gateway = GatewayConfig::default();
         assert_eq!(gateway.header_read_timeout(), Duration::from_secs(5));
         assert_eq!(gateway.max_connections, 1_024);
+        assert_eq!(gateway.max_event_streams, 64);
         let settings = load(
-            "[gateway]\nheader_read_timeout_ms = 250\n",
+            "[gateway]\nheader_read_timeout_ms = 250\nmax_event_streams = 4\n",
             &[("AETHER__GATEWAY__MAX_CONNECTIONS", "8")],
         )
         .unwrap();
         assert_eq!(settings.gateway.header_read_timeout_ms, 250);
         assert_eq!(settings.gateway.max_connections, 8);
+        assert_eq!(settings.gateway.max_event_streams, 4);
+        // Streams must leave connections for the other requests.
+        let err = load(
+            "[gateway]\nmax_connections = 8\nmax_event_streams = 8\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.key(), Some("gateway.max_event_streams"));
     }
 }
