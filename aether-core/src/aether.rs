@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 use crate::{
     AetherConfig, Channel, ConfigError, ConnectError, ConnectErrorKind, EmitError, EmitErrorKind,
     ReflectionReason, ResonateError, ResonateErrorKind, Wave,
-    attenuation::Life,
+    admission::{Admitted, Life},
     connection::{ConnectionEvent, ConnectionStatus},
     diffraction,
     inbox::Inbox,
@@ -72,24 +72,6 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // The engine thread ends with the aether.
         self.physics.stop();
-    }
-}
-
-/// What the checks every emit passes made of a wave.
-pub(crate) enum Admitted {
-    /// Measured and ready to route.
-    Ready(Wave),
-    /// Accepted but dropped, counted for this reason (it may reflect).
-    Dropped(DropReason, Wave),
-}
-
-impl Admitted {
-    /// What [`Aether::check`] made of `wave`: dropped for a reason, or not.
-    pub(crate) fn of(wave: Wave, dropped: Option<DropReason>) -> Self {
-        match dropped {
-            None => Admitted::Ready(wave),
-            Some(reason) => Admitted::Dropped(reason, wave),
-        }
     }
 }
 

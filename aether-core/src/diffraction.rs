@@ -37,7 +37,7 @@
 //! that nobody heard it (`medium/nats/probe.rs`).
 
 use crate::{
-    AetherConfig, ReflectionReason, Wave, attenuation::Life, stats::Counters, wave::unix_nanos,
+    AetherConfig, ReflectionReason, Wave, admission::Life, stats::Counters, wave::unix_nanos,
 };
 
 /// Bends `wave`, which nobody heard, one level up: `Ok` if it goes on to

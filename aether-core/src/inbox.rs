@@ -38,11 +38,15 @@ use smol_str::SmolStr;
 
 use crate::{
     Channel, Wave, WaveId,
-    medium::SubscriptionId,
     physics::PhysicsHub,
     recent::Recent,
     stats::{Counters, DropReason},
 };
+
+/// Identifies one subscription on a medium: which of a queue's
+/// resonances brought a wave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SubscriptionId(pub(crate) u64);
 
 /// How a receiver whose waves also go to other queues waits before it
 /// parks: this many checks of the queue, this many `spin_loop`s apart

@@ -51,6 +51,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod admission;
 pub mod aether;
 pub mod attenuation;
 pub mod channel;
@@ -62,6 +63,7 @@ pub mod hopping;
 mod inbox;
 mod medium;
 mod names;
+mod offer;
 pub mod physics;
 pub mod rate_limit;
 mod recent;
@@ -75,6 +77,7 @@ mod security;
 pub mod spans;
 pub mod stats;
 pub mod subject;
+mod system;
 pub mod vibrator;
 pub mod wave;
 

@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Channel, DropReason, StatsSnapshot, Wave};
 
 /// The first token of report channels.
-pub const REPORT_PREFIX: &str = "_report";
+pub const REPORT_PREFIX: &str = crate::system::REPORT_PREFIX;
 
 /// The largest report accepted, in bytes.
 pub const MAX_REPORT_BYTES: usize = 64 * 1024;
@@ -187,11 +187,7 @@ impl InstanceReport {
 
 /// The report channel of `instance`, if it is a valid instance name.
 pub fn channel_of(instance: &str) -> Option<Channel> {
-    if !crate::names::is_name(instance) {
-        return None;
-    }
-    let channel = Channel::new(format!("{REPORT_PREFIX}.{instance}"));
-    channel.validate_concrete().is_ok().then_some(channel)
+    crate::system::report_channel(instance)
 }
 
 /// Whether `channel` is a report channel.

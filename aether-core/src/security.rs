@@ -168,40 +168,7 @@ impl Security {
     }
 }
 
-/// Whether every channel `inner` matches is matched by `outer` (both valid
-/// channels or patterns): the rule that lets a resonance within an allowed
-/// pattern, and nothing wider.
-pub(crate) fn covers(outer: &Channel, inner: &Channel) -> bool {
-    if !outer.is_valid() || !inner.is_valid() {
-        return false;
-    }
-    let (outer_fixed, outer_tail) = split_tail(outer.as_str());
-    let (inner_fixed, inner_tail) = split_tail(inner.as_str());
-    if outer_tail {
-        // `inner`'s shortest channel must reach past `outer`'s fixed tokens,
-        // and those tokens must hold for every channel `inner` matches.
-        if inner_fixed.len() < outer_fixed.len() + usize::from(!inner_tail) {
-            return false;
-        }
-    } else if inner_tail || inner_fixed.len() != outer_fixed.len() {
-        return false;
-    }
-    outer_fixed
-        .iter()
-        .zip(&inner_fixed)
-        .all(|(o, i)| *o == "*" || o == i)
-}
-
-/// The tokens of a pattern before a trailing wildcard (`*` or `>` in the
-/// last place: one or more tokens), and whether it has one.
-fn split_tail(pattern: &str) -> (Vec<&str>, bool) {
-    let mut tokens: Vec<&str> = pattern.split('.').collect();
-    let tail = matches!(tokens.last(), Some(&"*") | Some(&">"));
-    if tail {
-        tokens.pop();
-    }
-    (tokens, tail)
-}
+pub(crate) use crate::channel::covers;
 
 #[cfg(test)]
 mod tests {

@@ -45,7 +45,7 @@ use crate::{
     Aether, Channel, EmitError, EmitErrorKind, IntoPayload, RateLimit, ReflectionReason,
     RequestError, RequestErrorKind, ResonateError, ResonateErrorKind, VibratorError,
     VibratorErrorKind, Wave, WaveId,
-    aether::Admitted,
+    admission::Admitted,
     inbox::Inbox,
     medium::{Listener, SubscriptionId},
     physics::InterferenceFollower,

@@ -3,6 +3,7 @@
 mod durability;
 mod hopping;
 mod nats;
+mod physics;
 mod report;
 mod security;
 
@@ -16,7 +17,9 @@ pub use nats::{NatsAuth, NatsConfig, NatsTls, redact_url};
 pub use report::ReportConfig;
 pub use security::{AclRule, HoppingBase, MIN_SIGNING_KEY_BYTES, NatsPermissions, SecurityConfig};
 
-use crate::{attenuation::DEFAULT_ATTENUATION_FACTOR, physics::PhysicsConfig};
+pub use physics::PhysicsConfig;
+
+use crate::attenuation::DEFAULT_ATTENUATION_FACTOR;
 
 /// Settings of an [`Aether`](crate::Aether). Every field has a default; a
 /// value out of range is refused when the aether starts, naming the field.

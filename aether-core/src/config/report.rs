@@ -47,7 +47,7 @@ impl ReportConfig {
         )?;
         if let Some(instance) = &self.instance {
             check(
-                crate::report::channel_of(instance).is_some(),
+                crate::system::report_channel(instance).is_some(),
                 "report.instance",
                 instance.clone(),
                 "must be 1 to 64 of A-Z a-z 0-9 _ - ., dot-separated tokens",

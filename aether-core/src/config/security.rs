@@ -261,7 +261,7 @@ impl AclRule {
             if self
                 .resonate
                 .iter()
-                .any(|p| crate::security::covers(&Channel::new(p), &base))
+                .any(|p| crate::channel::covers(&Channel::new(p), &base))
             {
                 subscribe.extend(wire());
             }

@@ -60,6 +60,7 @@
 //! [`HoppingConfig`]: crate::config::HoppingConfig
 //! [`DropReason::Replay`]: crate::DropReason::Replay
 
+pub(crate) mod gate;
 mod receiver;
 mod sequence;
 
@@ -68,7 +69,7 @@ use std::sync::{Arc, OnceLock};
 use serde::Serialize;
 use tokio::task::AbortHandle;
 
-pub(crate) use self::receiver::HopGate;
+pub(crate) use self::gate::HopGate;
 use self::receiver::Window;
 pub use self::sequence::{
     HOP_TOKEN, HopKey, HopSequence, HopSettingsError, Refusal, TOKEN_BYTES, is_hop_channel, slot,

@@ -25,7 +25,7 @@ use std::{
 
 use crate::{
     AetherConfig, Channel, ConfigError, EmitError, EmitErrorKind, Wave,
-    attenuation::Life,
+    admission::Life,
     medium::{
         disk_outbox::{AppendError, DurableOutbox, Entry},
         embedded::EmbeddedMedium,

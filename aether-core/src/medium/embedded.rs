@@ -17,7 +17,9 @@ use smallvec::SmallVec;
 use smol_str::SmolStr;
 
 use super::{Listener, Routed, SubscriptionId, offer_counted, offer_outcome};
-use crate::{Channel, Wave, hopping::HopGate, inbox::Inbox, reply::ReplyMux, stats::Counters};
+use crate::{
+    Channel, Wave, hopping::gate::HopGate, inbox::Inbox, reply::ReplyMux, stats::Counters,
+};
 
 /// The routing table is read on every emit and changed only when someone
 /// resonates or stops: emitters read an immutable snapshot without any lock

@@ -69,7 +69,6 @@
 //! [`detect_patterns`]: PhysicsEngine::detect_patterns
 
 mod bus;
-mod config;
 mod follow;
 mod interference;
 mod lru;
@@ -85,9 +84,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+pub use crate::config::PhysicsConfig;
 pub(crate) use bus::PhysicsHub;
 pub use bus::{Physics, PhysicsStats};
-pub use config::PhysicsConfig;
 pub use follow::{InterferenceFollower, PhysicsEvents};
 pub use interference::{Interference, InterferenceKind};
 pub use pattern::{InterferenceEvent, InterferencePattern, InvolvedWave};

@@ -54,7 +54,7 @@ use tokio::{
 use super::{LastChannel, Shared, take};
 use crate::{
     Channel, ConnectError, ConnectErrorKind, EmitError, EmitErrorKind, ResonateError,
-    ResonateErrorKind, Wave, WaveId,
+    ResonateErrorKind, Wave, WaveId, channel,
     config::{DurabilityConfig, DurableStorage},
     connection::ConnectionState,
     inbox::Inbox,
@@ -64,7 +64,7 @@ use crate::{
         offer_outcome,
     },
     recent::Recent,
-    security, subject,
+    subject,
 };
 
 /// Ids of the waves a vibrator handed out last, to drop redeliveries.
@@ -144,7 +144,7 @@ impl Durable {
         let mut subjects = Vec::new();
         for (i, pattern) in patterns.iter().enumerate() {
             let covered = patterns.iter().enumerate().any(|(j, other)| {
-                security::covers(other, pattern) && (!security::covers(pattern, other) || j < i)
+                channel::covers(other, pattern) && (!channel::covers(pattern, other) || j < i)
             });
             if !covered {
                 subjects.push(subject::pattern_subject(&shared.prefix, pattern));
@@ -203,7 +203,7 @@ impl Durable {
     /// Whether a resonance on `pattern` reads durably: it lies within a
     /// durable pattern.
     pub(super) fn covers(&self, pattern: &Channel) -> bool {
-        !pattern.is_system() && self.patterns.iter().any(|p| security::covers(p, pattern))
+        !pattern.is_system() && self.patterns.iter().any(|p| channel::covers(p, pattern))
     }
 
     /// Nothing waits in the durable outbox, and every acknowledgement of a

@@ -47,10 +47,10 @@ use super::{
 use crate::{
     AetherConfig, Channel, ConnectError, ConnectErrorKind, EmitError, EmitErrorKind, RequestError,
     RequestErrorKind, ResonateError, ResonateErrorKind, Wave,
-    aether::Admitted,
-    attenuation::Life,
+    admission::Admitted,
+    admission::Life,
     connection::{ConnectionCounters, ConnectionEvent, ConnectionState, ConnectionStatus},
-    hopping::HopGate,
+    hopping::gate::HopGate,
     inbox::{GroupResonance, Inbox},
     reflection,
     replay::Replays,

@@ -5,7 +5,7 @@ use std::{f64::consts::FRAC_PI_2, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ConfigError, config::check};
+use super::{ConfigError, check};
 
 /// Settings of a [`PhysicsEngine`](super::PhysicsEngine). Every field has a
 /// default; [`PhysicsConfig::validate`] refuses a value out of range, naming
