@@ -11,31 +11,50 @@ use crate::{
     stats::{Counters, DropReason},
 };
 
-/// Offers `wave` to `inbox`, counting the outcome in `stats`; `false` if the
-/// vibrator is gone.
+/// What became of waves offered to a queue: the one outcome every offer
+/// returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Delivered {
+    /// The (last) wave went into the queue.
+    pub(crate) queued: bool,
+    /// The vibrator is still there: `false` once it is gone, so that its
+    /// subscription ends.
+    pub(crate) open: bool,
+}
+
+impl Delivered {
+    pub(crate) const QUEUED: Self = Self {
+        queued: true,
+        open: true,
+    };
+    pub(crate) const NOT_QUEUED: Self = Self {
+        queued: false,
+        open: true,
+    };
+    pub(crate) const GONE: Self = Self {
+        queued: false,
+        open: false,
+    };
+}
+
+/// Offers `wave` to `inbox`, counting the outcome in `stats`: whether it
+/// was queued, and whether the vibrator is still there.
 ///
 /// This is where the aether's physics engine observes deliveries, on every
 /// medium: while it runs, a wave put in the queue is recorded with the
 /// vibrator's name (`physics/bus.rs`). While it does not, this costs one
 /// relaxed load.
 #[inline(always)]
-pub(crate) fn offer_counted(inbox: &Inbox, wave: Wave, stats: &Counters) -> bool {
-    offer_outcome(inbox, wave, stats).1
+pub(crate) fn offer_counted(inbox: &Inbox, wave: Wave, stats: &Counters) -> Delivered {
+    offer_with(inbox, wave, stats, Inbox::offer)
 }
 
 /// [`offer_counted`] for a wave that came through a group resonance of the
 /// vibrator's ([`Inbox::offer_once`]): a copy it got already through
 /// another group is not offered again.
 #[inline(always)]
-pub(crate) fn offer_counted_once(inbox: &Inbox, wave: Wave, stats: &Counters) -> bool {
-    offer_with(inbox, wave, stats, Inbox::offer_once).1
-}
-
-/// [`offer_counted`], telling also whether the wave was queued:
-/// (queued, the vibrator is still there). Durable channels need to know.
-#[inline(always)]
-pub(crate) fn offer_outcome(inbox: &Inbox, wave: Wave, stats: &Counters) -> (bool, bool) {
-    offer_with(inbox, wave, stats, Inbox::offer)
+pub(crate) fn offer_counted_once(inbox: &Inbox, wave: Wave, stats: &Counters) -> Delivered {
+    offer_with(inbox, wave, stats, Inbox::offer_once)
 }
 
 /// Offers `wave` to `inbox` with `offer`, counting the outcome in `stats`,
@@ -46,7 +65,7 @@ fn offer_with(
     wave: Wave,
     stats: &Counters,
     offer: impl FnOnce(&Inbox, Wave) -> Offer,
-) -> (bool, bool) {
+) -> Delivered {
     let physics = inbox.physics();
     if physics.is_active() {
         return offer_observed(inbox, wave, stats, physics, offer);
@@ -64,37 +83,46 @@ fn offer_observed(
     stats: &Counters,
     physics: &PhysicsHub,
     offer: impl FnOnce(&Inbox, Wave) -> Offer,
-) -> (bool, bool) {
+) -> Delivered {
     if wave.is_reflected() {
         return count(offer(inbox, wave), stats);
     }
     let shard = physics.shard();
     let copy = shard.has_room().then(|| wave.clone());
-    let (delivered, open) = count(offer(inbox, wave), stats);
-    if delivered {
+    let delivered = count(offer(inbox, wave), stats);
+    if delivered.queued {
         physics.record(shard, copy, inbox.name());
     }
-    (delivered, open)
+    delivered
 }
 
 /// Offers `waves` to `inbox` under one lock (while the physics engine is
 /// idle; one by one while it observes deliveries), counting each outcome in
-/// `stats`; `false` if the vibrator is gone.
+/// `stats`: whether the last was queued, and whether the vibrator is still
+/// there.
 pub(crate) fn offer_all_counted(
     inbox: &Inbox,
     waves: impl IntoIterator<Item = Wave>,
     stats: &Counters,
-) -> bool {
+) -> Delivered {
+    let mut last = Delivered::NOT_QUEUED;
     let mut open = true;
     if inbox.physics().is_active() {
         // Every wave is offered (and counted), whatever the earlier ones met.
         for wave in waves {
-            open &= offer_counted(inbox, wave, stats);
+            last = offer_counted(inbox, wave, stats);
+            open &= last.open;
         }
-        return open;
+    } else {
+        inbox.offer_many(waves, |offer| {
+            last = count(offer, stats);
+            open &= last.open;
+        });
     }
-    inbox.offer_many(waves, |offer| open &= count(offer, stats).1);
-    open
+    Delivered {
+        queued: last.queued,
+        open,
+    }
 }
 
 /// Offers the waves of `batch` to `inbox` as [`offer_all_counted`] does,
@@ -105,34 +133,34 @@ pub(crate) fn offer_batch_counted(
     inbox: &Inbox,
     batch: &mut VecDeque<Wave>,
     stats: &Counters,
-) -> bool {
+) -> Delivered {
     if !inbox.physics().is_active()
         && let Some(queued) = inbox.offer_whole(batch)
     {
         stats.delivered_many(queued);
-        return true;
+        return Delivered::QUEUED;
     }
     offer_all_counted(inbox, batch.drain(..), stats)
 }
 
-/// Counts what became of an offer: (delivered, the vibrator is still there).
+/// Counts what became of an offer.
 #[inline]
-fn count(offer: Offer, stats: &Counters) -> (bool, bool) {
+fn count(offer: Offer, stats: &Counters) -> Delivered {
     match offer {
         Offer::Queued => {
             stats.delivered();
-            (true, true)
+            Delivered::QUEUED
         }
         Offer::QueuedShedding => {
             stats.delivered();
             stats.dropped(DropReason::QueueFull);
-            (true, true)
+            Delivered::QUEUED
         }
         Offer::Dropped(reason) => {
             stats.dropped(reason);
-            (false, true)
+            Delivered::NOT_QUEUED
         }
-        Offer::SkippedOwn | Offer::Duplicate => (false, true),
-        Offer::Closed => (false, false),
+        Offer::SkippedOwn | Offer::Duplicate => Delivered::NOT_QUEUED,
+        Offer::Closed => Delivered::GONE,
     }
 }

@@ -15,7 +15,7 @@ use super::sequence::{HopSequence, Refusal};
 use crate::{
     Channel, Wave,
     inbox::Inbox,
-    offer::offer_counted,
+    offer::{Delivered, offer_counted},
     security::Security,
     stats::{Counters, DropReason},
     wave::unix_nanos,
@@ -66,11 +66,11 @@ impl HopGate {
     /// refused and counted as a replay, or as denied when its source may
     /// not emit on the base channel (the ACL), or given its base channel and
     /// offered to the receive queue. `false` once the vibrator is gone.
-    pub(crate) fn offer(&self, mut wave: Wave, stats: &Counters) -> bool {
+    pub(crate) fn offer(&self, mut wave: Wave, stats: &Counters) -> Delivered {
         if self.stopped.load(Ordering::Acquire) {
             // As if already unsubscribed.
             stats.unrouted();
-            return true;
+            return Delivered::NOT_QUEUED;
         }
         let stamp_ms = wave.emitted_at().and_then(|t| {
             let since = t.duration_since(std::time::UNIX_EPOCH).ok()?;
@@ -82,13 +82,13 @@ impl HopGate {
         {
             stats.dropped(DropReason::Replay);
             self.inbox.stats().dropped(DropReason::Replay);
-            return true;
+            return Delivered::NOT_QUEUED;
         }
         let base = self.sequence.base();
         if self.security.is_enabled() && !self.security.may_emit(wave.source(), base) {
             stats.dropped(DropReason::Denied);
             self.inbox.stats().dropped(DropReason::Denied);
-            return true;
+            return Delivered::NOT_QUEUED;
         }
         wave.set_channel(base.clone());
         offer_counted(&self.inbox, wave, stats)

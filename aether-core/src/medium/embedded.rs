@@ -16,7 +16,7 @@ use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use smol_str::SmolStr;
 
-use super::{Listener, Routed, SubscriptionId, offer_counted, offer_outcome};
+use super::{Listener, Routed, SubscriptionId, offer_counted};
 use crate::{
     Channel, Wave, hopping::gate::HopGate, inbox::Inbox, reply::ReplyMux, stats::Counters,
 };
@@ -205,7 +205,7 @@ impl EmbeddedMedium {
         let mut offer = |recipient: Recipient<'_>, wave: Wave| match recipient {
             Recipient::Inbox(inbox) => {
                 inbox.note_shared(shared);
-                queued += usize::from(offer_outcome(inbox, wave, stats).0);
+                queued += usize::from(offer_counted(inbox, wave, stats).queued);
             }
             other => deliver(other, wave, shared, stats),
         };

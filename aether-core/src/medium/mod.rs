@@ -80,5 +80,5 @@ impl Medium {
 }
 
 pub(crate) use crate::offer::{
-    offer_all_counted, offer_batch_counted, offer_counted, offer_counted_once, offer_outcome,
+    offer_all_counted, offer_batch_counted, offer_counted, offer_counted_once,
 };

@@ -61,7 +61,7 @@ use crate::{
     medium::{
         SubscriptionId,
         disk_outbox::{AppendError, DurableOutbox, Entry},
-        offer_outcome,
+        offer_counted,
     },
     recent::Recent,
     subject,
@@ -719,7 +719,8 @@ async fn arrive(
     let wave_id = wave.id().as_u128();
     // Kept before the offer: the vibrator may hand the wave out at once.
     durable.expect(inbox.id(), inbox.capacity(), wave_id, acker);
-    let (queued, open) = offer_outcome(inbox, wave, &shared.stats);
+    let delivered = offer_counted(inbox, wave, &shared.stats);
+    let (queued, open) = (delivered.queued, delivered.open);
     if !queued && open && inbox.len() < inbox.capacity() {
         // Refused by the queue for good (noise floor, its own wave): done.
         // (Shed from a queue that filled meanwhile, it comes again.)

@@ -1057,7 +1057,7 @@ async fn forward_hopping(mut subscriber: Subscriber, shared: Arc<Shared>, gate: 
     let mut last = LastChannel::new(&shared);
     while let Some(message) = subscriber.next().await {
         if let Some(wave) = take(&shared, message, &mut last, |_| false)
-            && !gate.offer(wave, &shared.stats)
+            && !gate.offer(wave, &shared.stats).open
         {
             break;
         }
@@ -1123,8 +1123,8 @@ fn arrive(
     }) {
         // Each group resonance is a queue subscription of its own, which
         // may bring a copy of a message another one brings too.
-        Some(wave) if grouped => offer_counted_once(inbox, wave, &shared.stats),
-        Some(wave) => offer_counted(inbox, wave, &shared.stats),
+        Some(wave) if grouped => offer_counted_once(inbox, wave, &shared.stats).open,
+        Some(wave) => offer_counted(inbox, wave, &shared.stats).open,
         None => true,
     }
 }
