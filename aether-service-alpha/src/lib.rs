@@ -221,8 +221,15 @@ pub struct Options {
 /// `--count`: a whole number, 0 or more. (A negative one reaches this, and
 /// is refused with this message, rather than being taken for an option.)
 fn order_count(text: &str) -> Result<u64, String> {
-    text.parse::<u64>()
-        .map_err(|_| format!("must be a whole number of orders, 0 or more, not {text}"))
+    text.parse::<u64>().map_err(|e| match e.kind() {
+        std::num::IntErrorKind::PosOverflow => {
+            format!(
+                "{text} orders are more than can be counted (at most {})",
+                u64::MAX
+            )
+        }
+        _ => format!("must be a whole number of orders, 0 or more, not {text}"),
+    })
 }
 
 impl Default for Options {
@@ -598,6 +605,10 @@ mod tests {
             "{refusal}"
         );
         assert_eq!(parse("--count 0").unwrap().count, Some(0));
+        let refusal = parse("--count 99999999999999999999999")
+            .unwrap_err()
+            .to_string();
+        assert!(refusal.contains("more than can be counted"), "{refusal}");
     }
 
     fn load(toml: &str) -> Result<AlphaProgramSettings, SettingsError> {
