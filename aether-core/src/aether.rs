@@ -195,9 +195,20 @@ impl Aether {
             tracing::warn!("instance reports are on, but no Tokio runtime runs: none is sent");
             return;
         };
+        let instance = report.instance_name();
+        if self.nats().is_some() && self.inner.security.would_be_forged(&instance) {
+            // Every receiver would drop them as forged: noise in that count.
+            tracing::warn!(
+                instance,
+                "instance reports are off: signatures are required and this aether holds no \
+                 key for the instance's name; name the instance after a source whose key it \
+                 holds ([aether.report] instance)"
+            );
+            return;
+        }
         runtime.spawn(crate::report::run(
             Arc::downgrade(&self.inner),
-            report.instance_name(),
+            instance,
             std::time::Duration::from_millis(report.interval_ms),
         ));
     }

@@ -102,6 +102,13 @@ impl Security {
             .then(|| Replays::new(self.replay_window, self.replay_memory))
     }
 
+    /// Whether waves of `source` would be refused as forged where they
+    /// arrive: signatures are required and this aether holds no key to sign
+    /// them with.
+    pub(crate) fn would_be_forged(&self, source: &str) -> bool {
+        self.require_signatures && self.key_of(Some(source)).is_none()
+    }
+
     /// Whether anything is enforced.
     #[inline]
     pub(crate) fn is_enabled(&self) -> bool {

@@ -646,3 +646,44 @@ async fn durable_channels_and_reports_work_under_the_generated_permissions() {
     .await
     .expect("bounded");
 }
+
+/// Where signatures are required, an aether sends no instance report it
+/// cannot sign (every receiver would count it as forged); named after a
+/// source whose key it holds, it reports, signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_sent_only_where_they_can_be_signed() {
+    timeout(LIMIT, async {
+        let server = NatsServer::start().await.unwrap();
+        let url = server.url();
+        let mut watching = over(&url, strict());
+        watching.security.acl.clear();
+        let watcher_side = Aether::connect(watching).await.unwrap();
+        let mut watcher = Vibrator::create("alpha", &watcher_side).await.unwrap();
+        watcher.resonate_on("_report.*").await.unwrap();
+        let reporting = |instance: &str| {
+            let mut config = over(&url, strict());
+            config.security.acl.clear();
+            config.report.interval_ms = 100;
+            config.report.instance = Some(instance.into());
+            config
+        };
+        let unsigned = Aether::connect(reporting("beta-1")).await.unwrap();
+        let signed = Aether::connect(reporting("beta")).await.unwrap();
+        let wave = timeout(Duration::from_secs(5), watcher.receive())
+            .await
+            .expect("a report arrives")
+            .unwrap();
+        assert_eq!(wave.channel().as_str(), "_report.beta");
+        for _ in 0..5 {
+            let wave = timeout(Duration::from_secs(5), watcher.receive())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(wave.channel().as_str(), "_report.beta", "never beta-1's");
+        }
+        assert_eq!(watcher_side.stats().dropped(DropReason::Forged), 0);
+        drop((unsigned, signed));
+    })
+    .await
+    .expect("bounded");
+}
