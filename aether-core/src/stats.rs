@@ -70,7 +70,10 @@ impl fmt::Display for DropReason {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     emitted: AtomicU64,
-    published: AtomicU64,
+    /// Of `emitted`, those that did not go out under this vibrator's
+    /// origin (dropped at emit, or reflections it sent): counted on those
+    /// rare paths, so that an emit pays for `emitted` alone.
+    unpublished: AtomicU64,
     delivered: AtomicU64,
     unrouted: AtomicU64,
     diffracted: AtomicU64,
@@ -88,8 +91,8 @@ impl Counters {
         self.emitted.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn published(&self) {
-        self.published.fetch_add(1, Relaxed);
+    pub(crate) fn unpublished(&self) {
+        self.unpublished.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn delivered(&self) {
@@ -143,7 +146,10 @@ impl Counters {
         }
         StatsSnapshot {
             emitted: self.emitted.load(Relaxed),
-            published: self.published.load(Relaxed),
+            published: self
+                .emitted
+                .load(Relaxed)
+                .saturating_sub(self.unpublished.load(Relaxed)),
             delivered: self.delivered.load(Relaxed),
             unrouted: self.unrouted.load(Relaxed),
             diffracted: self.diffracted.load(Relaxed),
@@ -174,7 +180,8 @@ pub struct StatsSnapshot {
     pub emitted: u64,
     /// For a vibrator: the waves it emitted that went out on the medium
     /// (not dropped by the checks at emit, reflections it sent excluded),
-    /// which an observer of every channel sees. Not kept for an aether.
+    /// which an observer of every channel sees. For an aether, its
+    /// `emitted`.
     pub published: u64,
     /// Waves placed in receive queues.
     pub delivered: u64,

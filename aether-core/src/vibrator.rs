@@ -919,7 +919,9 @@ impl Emitter {
         }
         let reflected = wave.clone().into_reflection(reason, wave.channel().clone());
         self.aether.send_reflection(reflected).await?;
+        // It goes out under its source's origin, not this vibrator's.
         self.inbox.stats().emitted();
+        self.inbox.stats().unpublished();
         Ok(())
     }
 
@@ -936,8 +938,8 @@ impl Emitter {
         let id = wave.id();
         let routed = self.aether.dispatch(wave, now_ns)?;
         self.inbox.stats().emitted();
-        if !routed.dropped {
-            self.inbox.stats().published();
+        if routed.dropped {
+            self.inbox.stats().unpublished();
         }
         Ok((id, routed))
     }
@@ -961,8 +963,8 @@ impl Emitter {
         let _span = crate::spans::emitting(wave, &self.name);
         let dropped = self.aether.check(wave, now_ns)?;
         self.inbox.stats().emitted();
-        if dropped.is_none() {
-            self.inbox.stats().published();
+        if dropped.is_some() {
+            self.inbox.stats().unpublished();
         }
         Ok(dropped)
     }
