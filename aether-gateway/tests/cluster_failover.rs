@@ -26,7 +26,7 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use support::{eventually, get, sample};
+use support::{eventually, get, observed, sample};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     process::{Child, Command},
@@ -48,15 +48,7 @@ const PROGRAMS: [&str; 3] = ["gateway", "beta", "alpha"];
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_order_is_lost_when_cluster_nodes_fail() {
     // Built before the clock starts: a first build takes a while.
-    let [beta_bin, alpha_bin] = tokio::task::spawn_blocking(|| {
-        ["aether-service-beta", "aether-service-alpha"].map(|bin| {
-            aether_testkit::workspace_program(PROGRAM, bin, bin)
-                .to_string_lossy()
-                .into_owned()
-        })
-    })
-    .await
-    .unwrap();
+    let [beta_bin, alpha_bin] = support::service_programs(PROGRAM).await;
     let deadline = Instant::now() + WHOLE;
     let mut cluster =
         tokio::time::timeout_at(deadline, NatsCluster::builder(3).jetstream(true).start())
@@ -368,23 +360,12 @@ async fn line_starting(
 /// The counts of a summary (`service-alpha: created 3, confirmed 2, ...`).
 fn counts(summary: &str) -> HashMap<String, u64> {
     let (_, counts) = summary.split_once(": ").expect("a summary");
-    counts
-        .split(", ")
-        .filter_map(|part| {
-            let (name, value) = part.trim().rsplit_once(' ')?;
-            Some((name.to_string(), value.parse().ok()?))
-        })
-        .collect()
+    support::summary_counts(counts)
 }
 
 fn terminate(child: &Child) {
     let pid = Pid::from_raw(i32::try_from(child.id().expect("running")).unwrap());
     kill(pid, Signal::SIGTERM).unwrap();
-}
-
-fn observed(text: &str, family: &str) -> u64 {
-    let series = format!("aether_gateway_waves_observed_total{{family=\"{family}\"}}");
-    sample(text, &series).map_or(0, |value| value as u64)
 }
 
 /// The gateway's `/metrics`, or none if it does not answer within 2 s.

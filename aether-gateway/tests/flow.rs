@@ -18,7 +18,7 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use support::{eventually, get, sample};
+use support::{eventually, get, observed};
 use tokio::io::AsyncReadExt;
 
 const PROGRAM: &str = env!("CARGO_BIN_EXE_aether-gateway");
@@ -73,23 +73,10 @@ async fn stop(mut child: tokio::process::Child, prefix: &str) -> HashMap<String,
         .collect()
 }
 
-fn observed(text: &str, family: &str) -> u64 {
-    let series = format!("aether_gateway_waves_observed_total{{family=\"{family}\"}}");
-    sample(text, &series).map_or(0, |value| value as u64)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_sees_orders_reserved_refused_confirmed_and_cancelled() {
     // Built before the clock starts: a first build takes a while.
-    let [beta_bin, alpha_bin] = tokio::task::spawn_blocking(|| {
-        ["aether-service-beta", "aether-service-alpha"].map(|bin| {
-            aether_testkit::workspace_program(PROGRAM, bin, bin)
-                .to_string_lossy()
-                .into_owned()
-        })
-    })
-    .await
-    .unwrap();
+    let [beta_bin, alpha_bin] = support::service_programs(PROGRAM).await;
     tokio::time::timeout(Duration::from_secs(30), flow(&beta_bin, &alpha_bin))
         .await
         .expect("the flow within 30 s");

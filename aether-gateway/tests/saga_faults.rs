@@ -16,7 +16,7 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use support::{eventually, get, sample};
+use support::{eventually, get, observed, sample};
 use tokio::{io::AsyncReadExt, process::Child};
 
 const PROGRAM: &str = env!("CARGO_BIN_EXE_aether-gateway");
@@ -49,33 +49,7 @@ async fn summary(mut child: Child, prefix: &str, terminate: bool) -> HashMap<Str
         .lines()
         .find_map(|line| line.strip_prefix(prefix))
         .unwrap_or_else(|| panic!("no summary in {stdout:?}"));
-    let mut counts = HashMap::new();
-    for part in line.split(", ") {
-        let mut words = part.trim().split(' ');
-        let Some(name) = words.next() else { continue };
-        // `dropped queue_full 3 below_noise_floor 1`: one count a reason.
-        let rest: Vec<&str> = words.collect();
-        if let [value] = rest[..]
-            && let Ok(n) = value.parse()
-        {
-            counts.insert(name.to_string(), n);
-        }
-        if name == "dropped" {
-            for pair in rest.chunks(2) {
-                if let [reason, n] = pair
-                    && let Ok(n) = n.parse()
-                {
-                    counts.insert(format!("dropped {reason}"), n);
-                }
-            }
-        }
-    }
-    counts
-}
-
-fn observed(text: &str, family: &str) -> u64 {
-    let series = format!("aether_gateway_waves_observed_total{{family=\"{family}\"}}");
-    sample(text, &series).map_or(0, |value| value as u64)
+    support::summary_counts(line)
 }
 
 /// The gateway on `url` with the settings in `dir`, once it hears the bus.
@@ -125,15 +99,7 @@ fn service(bin: &str, dir: &Path, url: &str, instance: &str, args: &[&str]) -> C
 }
 
 async fn programs() -> (String, String) {
-    let [beta, alpha] = tokio::task::spawn_blocking(|| {
-        ["aether-service-beta", "aether-service-alpha"].map(|bin| {
-            aether_testkit::workspace_program(PROGRAM, bin, bin)
-                .to_string_lossy()
-                .into_owned()
-        })
-    })
-    .await
-    .unwrap();
+    let [beta, alpha] = support::service_programs(PROGRAM).await;
     (beta, alpha)
 }
 

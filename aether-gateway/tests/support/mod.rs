@@ -246,3 +246,50 @@ pub async fn spawn_serving(
         .unwrap_or_else(|_| panic!("an address: {line}"));
     (child, addr)
 }
+
+/// The sample services' programs, built for the test (before its clock
+/// starts: a first build takes a while): `[beta, alpha]`.
+pub async fn service_programs(gateway_exe: &'static str) -> [String; 2] {
+    tokio::task::spawn_blocking(move || {
+        ["aether-service-beta", "aether-service-alpha"].map(|bin| {
+            aether_testkit::workspace_program(gateway_exe, bin, bin)
+                .to_string_lossy()
+                .into_owned()
+        })
+    })
+    .await
+    .unwrap()
+}
+
+/// The counts of a service's summary line, after its `service-x:` prefix
+/// (`created 3, confirmed 2, ...`); a `dropped queue_full 3 replay 1` part
+/// gives `dropped queue_full` and `dropped replay`.
+pub fn summary_counts(line: &str) -> std::collections::HashMap<String, u64> {
+    let mut counts = std::collections::HashMap::new();
+    for part in line.split(", ") {
+        let mut words = part.trim().split(' ');
+        let Some(name) = words.next() else { continue };
+        let rest: Vec<&str> = words.collect();
+        if let [value] = rest[..]
+            && let Ok(n) = value.parse()
+        {
+            counts.insert(name.to_string(), n);
+        }
+        if name == "dropped" {
+            for pair in rest.chunks(2) {
+                if let [reason, n] = pair
+                    && let Ok(n) = n.parse()
+                {
+                    counts.insert(format!("dropped {reason}"), n);
+                }
+            }
+        }
+    }
+    counts
+}
+
+/// The waves of `family` the gateway observed, in `/metrics` text.
+pub fn observed(text: &str, family: &str) -> u64 {
+    let series = format!("aether_gateway_waves_observed_total{{family=\"{family}\"}}");
+    sample(text, &series).map_or(0, |value| value as u64)
+}
