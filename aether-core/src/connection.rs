@@ -94,6 +94,12 @@ pub struct ConnectionStatus {
 }
 
 impl ConnectionStatus {
+    /// Waves accepted and not sent yet: in the outbox and the durable
+    /// outbox.
+    pub fn unsent(&self) -> usize {
+        self.outbox_len + self.durable_outbox_len
+    }
+
     /// The status of an embedded aether.
     pub(crate) fn embedded() -> Self {
         Self {

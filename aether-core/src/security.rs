@@ -175,7 +175,7 @@ impl Security {
     }
 }
 
-pub(crate) use crate::channel::covers;
+use crate::channel::covers;
 
 #[cfg(test)]
 mod tests {

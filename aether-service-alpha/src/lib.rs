@@ -518,8 +518,7 @@ pub async fn run_live(
     }
     // What was accepted and has still not left the process when it ends:
     // counted, never lost in silence.
-    let connection = aether.connection();
-    report.unsent = (connection.outbox_len + connection.durable_outbox_len) as u64;
+    report.unsent = aether.connection().unsent() as u64;
     tracing::info!("{report}");
     Ok(report)
 }

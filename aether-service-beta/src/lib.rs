@@ -373,30 +373,24 @@ pub async fn run_live_then(
                 None => break,
             },
         };
-        // In the wave's consumer span: the answer continues its trace.
-        let span = beta.span_of(&wave);
-        handle(
+        handle_in_span(
             &beta,
             reliable.as_ref(),
             &mut report,
             &mut refusal_log,
             wave,
         )
-        .instrument(span)
         .await?;
     }
     // Orders that arrived before the shutdown are answered too.
     while let Some(wave) = beta.try_receive() {
-        // In the wave's consumer span: the answer continues its trace.
-        let span = beta.span_of(&wave);
-        handle(
+        handle_in_span(
             &beta,
             reliable.as_ref(),
             &mut report,
             &mut refusal_log,
             wave,
         )
-        .instrument(span)
         .await?;
     }
     if let Err(error) = aether.flush(DRAIN).await {
@@ -404,12 +398,26 @@ pub async fn run_live_then(
     }
     // What was accepted and has still not left the process when it ends:
     // counted, never lost in silence.
-    let connection = aether.connection();
-    report.unsent = (connection.outbox_len + connection.durable_outbox_len) as u64;
+    report.unsent = aether.connection().unsent() as u64;
     drops.check(&beta.stats());
     report.dropped = aether_ops::drops::of_service(&beta.stats(), &aether.stats());
     tracing::info!("{report}");
     Ok(report)
+}
+
+/// [`handle`] in the wave's consumer span, so that the answer continues its
+/// trace.
+async fn handle_in_span(
+    beta: &Vibrator,
+    reliable: Option<&Reliable>,
+    report: &mut BetaReport,
+    refusal_log: &mut RefusalLog,
+    wave: Wave,
+) -> Result<(), BetaError> {
+    let span = beta.span_of(&wave);
+    handle(beta, reliable, report, refusal_log, wave)
+        .instrument(span)
+        .await
 }
 
 /// Answers an order, counts an outcome, or ignores anything else; refuses

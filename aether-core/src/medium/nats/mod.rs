@@ -95,6 +95,8 @@ static NEXT_AETHER: AtomicU64 = AtomicU64::new(1);
 struct Shared {
     prefix: String,
     config: AetherConfig,
+    /// The life rules of arriving waves, from `config`, made once.
+    life: Life,
     limits: wire::Limits,
     stats: Arc<Counters>,
     counters: ConnectionCounters,
@@ -116,6 +118,7 @@ impl NatsMedium {
         let (events, _) = broadcast::channel(1024);
         let shared = Arc::new(Shared {
             prefix: nats.subject_prefix.clone(),
+            life: Life::of(config),
             config: config.clone(),
             limits: wire::Limits {
                 max_body_bytes: nats.max_wave_bytes,
@@ -357,7 +360,7 @@ impl NatsMedium {
             ));
         }
         let mut reply = reply_wave;
-        if let Err(reason) = Life::of(&shared.config).judge(&mut reply, 0) {
+        if let Err(reason) = shared.life.judge(&mut reply, 0) {
             shared.stats.dropped(reason);
             return Err(RequestError::new(
                 RequestErrorKind::BadReply,
@@ -1206,7 +1209,7 @@ fn take(
     {
         wave.set_reply_to(reply_to);
     }
-    if let Err(reason) = Life::of(&shared.config).judge(&mut wave, 0) {
+    if let Err(reason) = shared.life.judge(&mut wave, 0) {
         shared.stats.dropped(reason);
         return None;
     }
