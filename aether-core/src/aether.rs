@@ -12,20 +12,14 @@ use std::{
 use tokio::sync::broadcast;
 
 use crate::{
-    AetherConfig, Channel, ConfigError, ConnectError, ConnectErrorKind, EmitError, EmitErrorKind,
-    ReflectionReason, ResonateError, ResonateErrorKind, Wave,
-    admission::{Admitted, Life},
+    AetherConfig, Channel, ConfigError, EmitError, EmitErrorKind, RequestError, ResonateError,
+    ResonateErrorKind, Wave,
+    admission::Life,
     connection::{ConnectionEvent, ConnectionStatus},
-    diffraction,
     inbox::Inbox,
-    medium::{
-        Listener, Medium, Routed, SubscriptionId,
-        durable::EmbeddedDurable,
-        embedded::{EmbeddedMedium, Reached},
-        nats::NatsMedium,
-    },
+    medium::{Listener, Medium, SubscriptionId, embedded::EmbeddedMedium},
     physics::{Physics, PhysicsHub},
-    reflection,
+    reply::ReplyMux,
     security::Security,
     stats::{Counters, DropReason, StatsSnapshot},
     wave::unix_nanos,
@@ -63,9 +57,6 @@ pub(crate) struct Inner {
     physics: Arc<PhysicsHub>,
     /// Signatures and access rules (`[aether.security]`).
     security: Arc<Security>,
-    /// Durable channels on the embedded medium (`[aether.durability]`);
-    /// over NATS the medium keeps them.
-    durable: Option<Arc<EmbeddedDurable>>,
 }
 
 impl Drop for Inner {
@@ -81,15 +72,9 @@ impl Aether {
     pub fn new(config: AetherConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         let security = Arc::new(Security::from_config(&config.security)?);
-        let durable = EmbeddedDurable::open(&config)?;
-        let medium = Medium::Embedded(EmbeddedMedium::default());
-        Ok(Self::with_medium(
-            config,
-            Arc::default(),
-            medium,
-            security,
-            durable,
-        ))
+        let stats = Arc::new(Counters::default());
+        let medium = Medium::Embedded(EmbeddedMedium::open(&config, stats.clone())?);
+        Ok(Self::with_medium(config, stats, medium, security))
     }
 
     /// An aether over NATS, reaching the servers of `config.nats` (TLS and
@@ -116,7 +101,9 @@ impl Aether {
     /// shop.emit_wave("orders.created", serde_json::json!({"order_id": 7})).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn connect(config: AetherConfig) -> Result<Self, ConnectError> {
+    #[cfg(feature = "nats")]
+    pub async fn connect(config: AetherConfig) -> Result<Self, crate::ConnectError> {
+        use crate::{ConnectError, ConnectErrorKind, medium::nats::NatsMedium};
         config
             .validate()
             .map_err(|e| ConnectError::with_source(ConnectErrorKind::Config, e))?;
@@ -128,7 +115,7 @@ impl Aether {
         let medium = Medium::Nats(Box::new(
             NatsMedium::connect(&config, stats.clone(), security.clone()).await?,
         ));
-        Ok(Self::with_medium(config, stats, medium, security, None))
+        Ok(Self::with_medium(config, stats, medium, security))
     }
 
     /// An aether over the NATS servers at `urls` (`nats://host:port` or
@@ -141,7 +128,8 @@ impl Aether {
     /// let aether = aether_core::Aether::connect_url("nats://127.0.0.1:4222").await?;
     /// # Ok(()) }
     /// ```
-    pub async fn connect_url(urls: &str) -> Result<Self, ConnectError> {
+    #[cfg(feature = "nats")]
+    pub async fn connect_url(urls: &str) -> Result<Self, crate::ConnectError> {
         let urls = urls
             .split(',')
             .map(str::trim)
@@ -164,7 +152,6 @@ impl Aether {
         stats: Arc<Counters>,
         medium: Medium,
         security: Arc<Security>,
-        durable: Option<Arc<EmbeddedDurable>>,
     ) -> Self {
         let physics = Arc::new(PhysicsHub::new(config.physics.clone()));
         let aether = Self {
@@ -177,7 +164,6 @@ impl Aether {
                 inboxes: Mutex::new(HashMap::new()),
                 physics,
                 security,
-                durable,
             }),
         };
         aether.start_reports();
@@ -196,7 +182,7 @@ impl Aether {
             return;
         };
         let instance = report.instance_name();
-        if self.nats().is_some() && self.inner.security.would_be_forged(&instance) {
+        if self.inner.medium.crosses_processes() && self.inner.security.would_be_forged(&instance) {
             // Every receiver would drop them as forged: noise in that count.
             tracing::warn!(
                 instance,
@@ -231,38 +217,20 @@ impl Aether {
     pub(crate) async fn emit_own(&self, mut wave: Wave, source: &str) -> Result<(), EmitError> {
         let now_ns = unix_nanos();
         wave.stamp_emission(&smol_str::SmolStr::new(source), 0, now_ns);
-        match &self.inner.medium {
-            Medium::Embedded(_) => self.dispatch(wave, now_ns).map(|_| ()),
-            Medium::Nats(nats) => {
-                let admitted = self.admit(wave, now_ns)?;
-                nats.publish_admitted(admitted).await
-            }
-        }
+        let dropped = self.check(&mut wave, now_ns)?;
+        self.publish(wave, dropped).await
     }
 
     /// The connection to the medium now: state, reconnects, slow-consumer
     /// events, malformed messages refused, outbox use. Read without locks.
     pub fn connection(&self) -> ConnectionStatus {
-        match &self.inner.medium {
-            Medium::Embedded(_) => ConnectionStatus::embedded(),
-            Medium::Nats(nats) => nats.status(),
-        }
+        self.inner.medium.status()
     }
 
     /// Every change of the connection from now on. The embedded medium has
     /// none: its receiver ends at once.
     pub fn connection_events(&self) -> broadcast::Receiver<ConnectionEvent> {
-        match &self.inner.medium {
-            Medium::Embedded(_) => broadcast::channel(1).1,
-            Medium::Nats(nats) => nats.events(),
-        }
-    }
-
-    /// The durable side of an embedded aether, when durable channels are
-    /// configured.
-    #[inline]
-    pub(crate) fn embedded_durable(&self) -> Option<&Arc<EmbeddedDurable>> {
-        self.inner.durable.as_ref()
+        self.inner.medium.events()
     }
 
     /// Whether durable channels are configured: vibrators then report the
@@ -271,64 +239,43 @@ impl Aether {
         self.inner.config.durability.is_enabled()
     }
 
-    /// Keeps an admitted wave on a durable channel of the embedded medium in
-    /// the durable outbox (synced, with a directory) and routes it; returns
-    /// once the outbox holds it.
-    pub(crate) async fn emit_durable(
-        &self,
-        durable: &Arc<EmbeddedDurable>,
-        wave: Wave,
-    ) -> Result<(), EmitError> {
-        let aether = self.clone();
-        let durable = durable.clone();
-        let emit = move || {
-            let Medium::Embedded(medium) = &aether.inner.medium else {
-                unreachable!("the embedded durable side belongs to an embedded aether")
-            };
-            durable.emit(medium, &aether.inner.stats, wave)
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => runtime
-                .spawn_blocking(emit)
-                .await
-                .map_err(|e| EmitError::with_source(EmitErrorKind::Medium, e))?,
-            Err(_) => emit(),
-        }
-    }
-
     /// A vibrator (its queue `inbox`) hands `wave` to its application: a
     /// durable wave is acknowledged now. `false` if the vibrator handed out
     /// this wave already (a redelivery), which it then drops.
     pub(crate) fn hand_out(&self, inbox: u64, wave: &Wave) -> bool {
-        match &self.inner.medium {
-            Medium::Embedded(_) => {
-                if let Some(durable) = &self.inner.durable {
-                    durable.hand_out(wave);
-                }
-                true
-            }
-            Medium::Nats(nats) => nats.hand_out(inbox, wave),
-        }
+        self.inner.medium.hand_out(inbox, wave)
     }
 
     /// A vibrator (its queue `inbox`) went away without handing out
     /// `waves`: durable ones are not acknowledged, and come again.
     pub(crate) fn release<'a>(&self, inbox: u64, waves: impl Iterator<Item = &'a Wave>) {
-        match &self.inner.medium {
-            Medium::Embedded(medium) => {
-                if let Some(durable) = &self.inner.durable {
-                    durable.release(medium, &self.inner.stats, waves);
-                }
-            }
-            Medium::Nats(nats) => nats.release(inbox),
-        }
+        self.inner.medium.release(inbox, waves);
     }
 
-    pub(crate) fn nats(&self) -> Option<&NatsMedium> {
-        match &self.inner.medium {
-            Medium::Nats(nats) => Some(nats),
-            Medium::Embedded(_) => None,
-        }
+    /// Carries a stamped wave that [`Aether::check`] admitted (`dropped`:
+    /// what the checks made of it).
+    #[inline]
+    pub(crate) async fn publish(
+        &self,
+        wave: Wave,
+        dropped: Option<DropReason>,
+    ) -> Result<(), EmitError> {
+        self.inner.medium.publish(wave, dropped).await
+    }
+
+    /// Emits `wave` as a request and waits up to `timeout` for the first
+    /// reply; `replies` is the asker's reply inbox, `admit` its checks.
+    pub(crate) async fn request<'a>(
+        &self,
+        wave: Wave,
+        timeout: std::time::Duration,
+        replies: impl Future<Output = Result<&'a Arc<ReplyMux>, RequestError>>,
+        admit: impl FnOnce(&mut Wave) -> Result<Option<DropReason>, EmitError>,
+    ) -> Result<Wave, RequestError> {
+        self.inner
+            .medium
+            .request(wave, timeout, replies, admit)
+            .await
     }
 
     /// The settings it runs with.
@@ -387,10 +334,7 @@ impl Aether {
     /// # Ok(()) }
     /// ```
     pub async fn flush(&self, timeout: std::time::Duration) -> Result<(), EmitError> {
-        match &self.inner.medium {
-            Medium::Embedded(_) => Ok(()),
-            Medium::Nats(nats) => nats.flush(timeout).await,
-        }
+        self.inner.medium.flush(timeout).await
     }
 
     /// Drains the aether, as a client of NATS would before it goes: waits up
@@ -420,9 +364,7 @@ impl Aether {
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.physics.stop();
-        if let Medium::Nats(nats) = &self.inner.medium {
-            nats.close();
-        }
+        self.inner.medium.close();
         let inboxes: Vec<Arc<Inbox>> = self
             .lock_inboxes()
             .drain()
@@ -470,18 +412,7 @@ impl Aether {
         if let Some(name) = listener.owner() {
             self.may_resonate(name, &pattern)?;
         }
-        match &self.inner.medium {
-            Medium::Embedded(m) => match &self.inner.durable {
-                None => Ok(m.subscribe(pattern, listener)),
-                Some(durable) => {
-                    let stats = &self.inner.stats;
-                    Ok(durable.subscribe(m, stats, &pattern.clone(), || {
-                        m.subscribe(pattern, listener)
-                    }))
-                }
-            },
-            Medium::Nats(m) => m.subscribe(pattern, listener).await,
-        }
+        self.inner.medium.subscribe(pattern, listener).await
     }
 
     /// The aether's signatures and access rules.
@@ -531,95 +462,6 @@ impl Aether {
         self.inner.medium.unsubscribe(ids);
     }
 
-    /// Checks, measures and routes a stamped wave on the embedded medium.
-    #[inline]
-    pub(crate) fn dispatch(&self, mut wave: Wave, now_ns: u64) -> Result<Routed, EmitError> {
-        let Medium::Embedded(medium) = &self.inner.medium else {
-            unreachable!("waves go to NATS through NatsMedium::publish")
-        };
-        if wave.is_tracked() {
-            return self.dispatch_tracked(medium, wave, now_ns);
-        }
-        // Checked in place: the wave moves once more, into the queue.
-        match self.check(&mut wave, now_ns)? {
-            None => Ok(medium.route(wave, &self.inner.stats)),
-            Some(_) => Ok(Routed::dropped()),
-        }
-    }
-
-    /// [`Aether::dispatch`] for a wave that diffracts or reflects: when
-    /// nobody resonates on its channel it bends to the parent channel
-    /// (`diffraction.rs`) until someone does; when it cannot be delivered it
-    /// comes back to its source (`reflection.rs`).
-    #[cold]
-    #[inline(never)]
-    fn dispatch_tracked(
-        &self,
-        medium: &EmbeddedMedium,
-        wave: Wave,
-        now_ns: u64,
-    ) -> Result<Routed, EmitError> {
-        let stats = &*self.inner.stats;
-        let mut wave = match self.admit(wave, now_ns)? {
-            Admitted::Ready(wave) => wave,
-            Admitted::Dropped(reason, wave) => {
-                let emitted = wave.channel().clone();
-                self.reflect_embedded(medium, wave, emitted, reason.into());
-                return Ok(Routed::dropped());
-            }
-        };
-        let emitted = wave.channel().clone();
-        loop {
-            let routing = wave.channel().clone();
-            wave = match medium.route_on(&routing, wave, stats) {
-                Reached::Listeners(routed) => return Ok(routed),
-                Reached::Nobody(unheard) => unheard,
-            };
-            let failure = if wave.is_diffracting() {
-                match diffraction::bend(&mut wave, &self.inner.config, stats) {
-                    Ok(()) => continue,
-                    Err(failure) => failure,
-                }
-            } else {
-                stats.unrouted();
-                ReflectionReason::NoResonator
-            };
-            self.reflect_embedded(medium, wave, emitted, failure);
-            return Ok(Routed::default());
-        }
-    }
-
-    /// Sends `wave`, which failed for `reason`, back to its source if it
-    /// reflects on failure; `emitted` is the channel it was emitted on.
-    fn reflect_embedded(
-        &self,
-        medium: &EmbeddedMedium,
-        wave: Wave,
-        emitted: Channel,
-        reason: ReflectionReason,
-    ) {
-        if wave.reflects_on_failure() && wave.origin() != 0 {
-            self.route_reflection(medium, wave.into_reflection(reason, emitted));
-        }
-    }
-
-    /// Routes a reflection to its source's reflection channel, counted as
-    /// emitted and reflected.
-    fn route_reflection(&self, medium: &EmbeddedMedium, reflected: Wave) {
-        let stats = &*self.inner.stats;
-        stats.emitted();
-        stats.reflected();
-        let Some(routing) = reflection::channel_of(reflected.source(), reflected.origin()) else {
-            // It names no source to return to.
-            stats.unrouted();
-            return;
-        };
-        if let Reached::Nobody(_) = medium.route_on(&routing, reflected, stats) {
-            // Its source is gone.
-            stats.unrouted();
-        }
-    }
-
     /// Sends a reflection (made by `Wave::into_reflection`) to its source,
     /// on any medium.
     pub(crate) async fn send_reflection(&self, reflected: Wave) -> Result<(), EmitError> {
@@ -629,27 +471,12 @@ impl Aether {
                 "the aether was closed; create a new one to emit again",
             ));
         }
-        match &self.inner.medium {
-            Medium::Embedded(medium) => {
-                self.route_reflection(medium, reflected);
-                Ok(())
-            }
-            Medium::Nats(nats) => nats.reflect(reflected).await,
-        }
+        self.inner.medium.reflect(reflected).await
     }
 
-    /// The checks every emit passes on every medium: `Err` if refused,
-    /// `Dropped` if accepted but dropped (and counted), else the wave
-    /// measured and ready to route.
-    #[inline]
-    pub(crate) fn admit(&self, mut wave: Wave, now_ns: u64) -> Result<Admitted, EmitError> {
-        let dropped = self.check(&mut wave, now_ns)?;
-        Ok(Admitted::of(wave, dropped))
-    }
-
-    /// [`Aether::admit`] in place: `Err` if refused, `Some(reason)` if
-    /// accepted but dropped (and counted), `None` if measured and ready to
-    /// route.
+    /// The checks every emit passes on every medium, in place: `Err` if
+    /// refused, `Some(reason)` if accepted but dropped (and counted), `None`
+    /// if measured and ready to route.
     #[inline(always)]
     pub(crate) fn check(
         &self,
@@ -704,12 +531,8 @@ impl Default for Aether {
 
 impl fmt::Debug for Aether {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let medium = match &self.inner.medium {
-            Medium::Embedded(_) => "embedded",
-            Medium::Nats(_) => "nats",
-        };
         f.debug_struct("Aether")
-            .field("medium", &medium)
+            .field("medium", &self.inner.medium.name())
             .field("closed", &self.is_closed())
             .field("config", &self.inner.config)
             .finish()

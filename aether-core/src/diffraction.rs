@@ -48,18 +48,41 @@ pub(crate) fn bend(
     config: &AetherConfig,
     stats: &Counters,
 ) -> Result<(), ReflectionReason> {
-    let Some(parent) = wave.channel().parent() else {
-        stats.unrouted();
-        return Err(ReflectionReason::NoResonator);
-    };
-    wave.diffract(parent, config.physics.diffraction_factor);
-    // A bend is a hop: the wave has hopped, so the rules measure it.
-    if let Err(reason) = Life::of(config).judge(wave, unix_nanos()) {
-        stats.dropped(reason);
-        return Err(reason.into());
+    Bending::of(config).bend(wave, stats)
+}
+
+/// What bending needs of an aether's settings.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bending {
+    /// Amplitude kept per bend (`physics.diffraction_factor`).
+    factor: f64,
+    /// The life rules a bent wave is judged by.
+    life: Life,
+}
+
+impl Bending {
+    pub(crate) fn of(config: &AetherConfig) -> Self {
+        Self {
+            factor: config.physics.diffraction_factor,
+            life: Life::of(config),
+        }
     }
-    stats.diffracted();
-    Ok(())
+
+    /// [`bend`], with these settings.
+    pub(crate) fn bend(&self, wave: &mut Wave, stats: &Counters) -> Result<(), ReflectionReason> {
+        let Some(parent) = wave.channel().parent() else {
+            stats.unrouted();
+            return Err(ReflectionReason::NoResonator);
+        };
+        wave.diffract(parent, self.factor);
+        // A bend is a hop: the wave has hopped, so the rules measure it.
+        if let Err(reason) = self.life.judge(wave, unix_nanos()) {
+            stats.dropped(reason);
+            return Err(reason.into());
+        }
+        stats.diffracted();
+        Ok(())
+    }
 }
 
 #[cfg(test)]

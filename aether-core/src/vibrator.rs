@@ -45,7 +45,6 @@ use crate::{
     Aether, Channel, EmitError, EmitErrorKind, IntoPayload, RateLimit, ReflectionReason,
     RequestError, RequestErrorKind, ResonateError, ResonateErrorKind, VibratorError,
     VibratorErrorKind, Wave, WaveId,
-    admission::Admitted,
     inbox::Inbox,
     medium::{Listener, SubscriptionId},
     physics::InterferenceFollower,
@@ -635,25 +634,6 @@ fn application_channel(channel: &Channel) -> Result<(), EmitError> {
     Ok(())
 }
 
-fn no_responders(channel: &Channel) -> RequestError {
-    RequestError::new(
-        RequestErrorKind::NoResponders,
-        format!("no vibrator resonates on {:?}", channel.as_str()),
-    )
-}
-
-/// Removes a request's waiter when the request ends, however it ends.
-struct ForgetOnDrop<'a> {
-    mux: &'a ReplyMux,
-    token: u64,
-}
-
-impl Drop for ForgetOnDrop<'_> {
-    fn drop(&mut self) {
-        self.mux.cancel(self.token);
-    }
-}
-
 impl Emitter {
     /// Emits `wave` as a request and waits for the first reply, up to the
     /// aether's `request_timeout_ms`. An emitter asks as its vibrator does:
@@ -698,32 +678,11 @@ impl Emitter {
         wave.clear_tracking();
         application_channel(wave.channel())?;
         self.within_rate_limit()?;
-        if let Some(nats) = self.aether.nats() {
-            let channel = wave.channel().clone();
-            let Admitted::Ready(wave) = self.admit(wave, unix_nanos())?.1 else {
-                return Err(no_responders(&channel));
-            };
-            return nats.request(&wave, timeout).await;
-        }
-        let mux = self.reply_mux().await?;
-        let (reply_to, token, reply) = mux.register();
-        let forget = ForgetOnDrop { mux, token };
-        wave.set_reply_to(reply_to);
-        let channel = wave.channel().clone();
-        let (_, routed) = self.send(wave, unix_nanos())?;
-        if routed.matched == 0 {
-            return Err(no_responders(&channel));
-        }
-        let outcome = tokio::time::timeout(timeout, reply).await;
-        drop(forget);
-        match outcome {
-            Ok(Ok(wave)) => Ok(wave),
-            Ok(Err(_)) => Err(closed(RequestErrorKind::Closed)),
-            Err(_) => Err(RequestError::new(
-                RequestErrorKind::TimedOut,
-                format!("no reply to {:?} within {timeout:?}", channel.as_str()),
-            )),
-        }
+        self.aether
+            .request(wave, timeout, self.reply_mux(), |wave| {
+                self.admit_in_place(wave, unix_nanos())
+            })
+            .await
     }
 
     async fn reply_mux(&self) -> Result<&Arc<ReplyMux>, RequestError> {
@@ -800,50 +759,10 @@ impl Emitter {
             Box::pin(self.listen_for_reflections()).await?;
         }
         let now_ns = at.unwrap_or_else(unix_nanos);
-        let Some(nats) = self.aether.nats() else {
-            if let Some(durable) = self.aether.embedded_durable()
-                && durable.is_durable(wave.channel())
-            {
-                return Box::pin(self.send_durable(wave, now_ns)).await;
-            }
-            return self.send(wave, now_ns).map(|(id, _)| id);
-        };
-        // Checked in place, and on the fast path not moved again: what
-        // waits on the client is the subject and the envelope.
+        // Checked in place, and on the fast path not moved again.
         let dropped = self.admit_in_place(&mut wave, now_ns)?;
         let id = wave.id();
-        if dropped.is_none()
-            && let Some((subject, body)) = nats.prepare(&wave)
-        {
-            drop(wave);
-            nats.publish_direct(subject, body).await?;
-        } else {
-            let admitted = Admitted::of(wave, dropped);
-            Box::pin(nats.publish_admitted(admitted)).await?;
-        }
-        Ok(id)
-    }
-
-    /// The embedded emit path of a wave on a durable channel: checked, kept
-    /// in the durable outbox, then routed. A durable wave neither diffracts
-    /// nor reflects on "nobody heard it": the outbox always hears it.
-    #[cold]
-    async fn send_durable(&self, wave: Wave, now_ns: u64) -> Result<WaveId, EmitError> {
-        let (id, admitted) = self.admit(wave, now_ns)?;
-        match admitted {
-            Admitted::Ready(wave) => {
-                let durable = self.aether.embedded_durable().expect("checked by emit");
-                self.aether.emit_durable(durable, wave).await?;
-            }
-            Admitted::Dropped(reason, wave) => {
-                if wave.reflects_on_failure() && wave.origin() != 0 {
-                    let emitted = wave.channel().clone();
-                    self.aether
-                        .send_reflection(wave.into_reflection(reason.into(), emitted))
-                        .await?;
-                }
-            }
-        }
+        self.aether.publish(wave, dropped).await?;
         Ok(id)
     }
 
@@ -925,34 +844,8 @@ impl Emitter {
         Ok(())
     }
 
-    /// The embedded emit path, without an `async` layer: a wave is moved as
-    /// few times as possible on its way into a receive queue.
-    #[inline]
-    fn send(
-        &self,
-        mut wave: Wave,
-        now_ns: u64,
-    ) -> Result<(WaveId, crate::medium::Routed), EmitError> {
-        wave.stamp_emission(&self.name, self.id, now_ns);
-        let _span = crate::spans::emitting(&mut wave, &self.name);
-        let id = wave.id();
-        let routed = self.aether.dispatch(wave, now_ns)?;
-        self.inbox.stats().emitted();
-        if routed.dropped {
-            self.inbox.stats().unpublished();
-        }
-        Ok((id, routed))
-    }
-
-    /// Stamps and checks a wave for a medium that routes elsewhere (NATS):
-    /// its id, and what the checks made of it.
-    fn admit(&self, mut wave: Wave, now_ns: u64) -> Result<(WaveId, Admitted), EmitError> {
-        let dropped = self.admit_in_place(&mut wave, now_ns)?;
-        Ok((wave.id(), Admitted::of(wave, dropped)))
-    }
-
-    /// [`Emitter::admit`] in place: `Some(reason)` if the wave was accepted
-    /// but dropped (and counted).
+    /// Stamps a wave with this vibrator as its source and checks it, in
+    /// place: `Some(reason)` if it was accepted but dropped (and counted).
     #[inline]
     fn admit_in_place(
         &self,

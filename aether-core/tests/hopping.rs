@@ -3,6 +3,8 @@
 //! embedded medium and over NATS (real `nats-server` processes), with a raw
 //! NATS client as the observer on the wire.
 
+#![cfg(feature = "nats")]
+
 use std::{
     collections::{BTreeSet, HashSet},
     time::{Duration, SystemTime, UNIX_EPOCH},

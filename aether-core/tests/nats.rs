@@ -1,6 +1,8 @@
 //! The behaviour suite on the NATS medium, each case on its own nats-server
 //! process (started on a free loopback port, killed when the case ends).
 
+#![cfg(feature = "nats")]
+
 mod behaviour;
 
 use std::{future::Future, pin::Pin};

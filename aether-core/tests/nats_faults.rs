@@ -3,6 +3,8 @@
 //! that stalls and cuts the connection, and a slow consumer. Every test is
 //! bounded in time and every loop stops by itself.
 
+#![cfg(feature = "nats")]
+
 use std::time::Duration;
 
 use aether_core::{

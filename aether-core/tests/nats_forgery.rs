@@ -5,6 +5,8 @@
 //! The attacker is a raw NATS client that writes envelopes by hand, as a
 //! foreign client would from the wire format. Every test is bounded in time.
 
+#![cfg(feature = "nats")]
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aether_core::{

@@ -4,6 +4,8 @@
 //! and read the envelopes vibrators emit, byte by byte as ARCHITECTURE.md
 //! lays them out. Garbage is refused, counted, and does not stop the stream.
 
+#![cfg(feature = "nats")]
+
 use std::{path::PathBuf, time::Duration};
 
 use aether_core::{

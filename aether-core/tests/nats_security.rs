@@ -5,6 +5,8 @@
 //!
 //! Not covered: `.creds` (JWT) files, which need a server in operator mode.
 
+#![cfg(feature = "nats")]
+
 use std::{path::PathBuf, time::Duration};
 
 use aether_core::{

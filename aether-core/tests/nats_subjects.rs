@@ -2,6 +2,8 @@
 //! and channels, the messages NATS delivers to the pattern's subject are
 //! exactly those on channels that `Channel::matches` accepts.
 
+#![cfg(feature = "nats")]
+
 use aether_core::{Channel, subject};
 use aether_testkit::{NatsServer, RawNats};
 use proptest::prelude::*;

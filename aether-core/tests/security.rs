@@ -3,6 +3,8 @@
 //! loopback with an attacker that holds no key (another aether, or a raw
 //! NATS client replaying captured bytes). Every test is bounded in time.
 
+#![cfg(feature = "nats")]
+
 use std::time::Duration;
 
 use aether_core::{

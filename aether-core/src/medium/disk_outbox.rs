@@ -34,8 +34,9 @@ use std::{
     io::{self, Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
     sync::{
-        Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc,
     },
 };
 
@@ -243,8 +244,17 @@ pub(crate) enum AppendError {
 
 /// The durable outbox: pending waves in order, mirrored to a file when it
 /// has one.
+///
+/// Two locks, always taken file first: `file` serializes what is written
+/// (appends, marks, compaction), `state` guards the pending waves in memory
+/// and is never held across file I/O, so that taking a wave (from a
+/// vibrator's `poll`) never waits on a disk. Taken marks are written by a
+/// thread of the outbox's own.
 pub(crate) struct DurableOutbox {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
+    file: Option<Arc<Mutex<OutboxFile>>>,
+    /// Ids of taken waves on their way to the file.
+    marks: Option<MarkWriter>,
     max_bytes: u64,
     /// How many waves are pending, read without the lock.
     pending: AtomicUsize,
@@ -255,7 +265,6 @@ pub(crate) struct DurableOutbox {
 struct State {
     queue: VecDeque<Entry>,
     bytes: u64,
-    file: Option<OutboxFile>,
 }
 
 struct OutboxFile {
@@ -269,6 +278,12 @@ struct OutboxFile {
     acked: u64,
     /// Held for the life of the outbox: one process per directory.
     _lock: File,
+}
+
+/// The thread that writes taken marks, and the way to it.
+struct MarkWriter {
+    ids: Option<mpsc::Sender<u128>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl DurableOutbox {
@@ -349,8 +364,15 @@ impl DurableOutbox {
     fn with(queue: VecDeque<Entry>, file: Option<OutboxFile>, max_bytes: u64) -> Self {
         let bytes = queue.iter().map(Entry::cost).sum();
         let pending = AtomicUsize::new(queue.len());
+        let state = Arc::new(Mutex::new(State { queue, bytes }));
+        let file = file.map(|file| Arc::new(Mutex::new(file)));
+        let marks = file
+            .as_ref()
+            .map(|file| MarkWriter::start(file.clone(), state.clone()));
         Self {
-            state: Mutex::new(State { queue, bytes, file }),
+            state,
+            file,
+            marks,
             max_bytes,
             pending,
             flushing: AtomicBool::new(false),
@@ -358,8 +380,11 @@ impl DurableOutbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Each change leaves the state whole before anything can fail.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
+    }
+
+    fn lock_file(&self) -> Option<MutexGuard<'_, OutboxFile>> {
+        self.file.as_deref().map(lock)
     }
 
     /// How many waves wait.
@@ -380,25 +405,32 @@ impl DurableOutbox {
     /// Appends a wave: written and synced to the file (when there is one)
     /// before this returns. Blocking: call it off the async workers.
     pub(crate) fn append(&self, entry: Entry) -> Result<(), AppendError> {
-        let mut state = self.lock();
         let cost = entry.cost();
-        if state.bytes + cost > self.max_bytes {
-            return Err(AppendError::Full(state.bytes));
+        let Some(mut file) = self.lock_file() else {
+            let mut state = self.lock();
+            if state.bytes + cost > self.max_bytes {
+                return Err(AppendError::Full(state.bytes));
+            }
+            state.push(entry, cost, &self.pending);
+            return Ok(());
+        };
+        // Appends are serialized by the file lock: only takes, which free
+        // room, come between this check and the push.
+        let held = self.lock().bytes;
+        if held + cost > self.max_bytes {
+            return Err(AppendError::Full(held));
         }
-        if let Some(file) = &mut state.file {
-            let mut record = Vec::with_capacity(entry.body.len() + entry.subject.len() + 64);
-            encode_record(&Record::Wave(entry.clone()), &mut record);
-            file.append(&record, true)
-                .map_err(|error| AppendError::Io {
-                    path: file.path.clone(),
-                    error,
-                })?;
-            file.waves += 1;
-        }
-        state.queue.push_back(entry);
-        state.bytes += cost;
-        self.pending.store(state.queue.len(), Ordering::Release);
-        state.compact_if_sparse();
+        let mut record = Vec::with_capacity(entry.body.len() + entry.subject.len() + 64);
+        encode_record(&Record::Wave(entry.clone()), &mut record);
+        file.append(&record, true)
+            .map_err(|error| AppendError::Io {
+                path: file.path.clone(),
+                error,
+            })?;
+        file.waves += 1;
+        let mut state = self.lock();
+        state.push(entry, cost, &self.pending);
+        file.compact_if_sparse(&state);
         Ok(())
     }
 
@@ -407,33 +439,27 @@ impl DurableOutbox {
         self.lock().queue.iter().cloned().collect()
     }
 
-    /// The earliest pending wave with this id was taken: forgets it, and
-    /// records it in the file with a taken mark, written but not synced (a
-    /// process killed later still finds it; a mark lost with the machine
-    /// means the wave comes again). When nothing is pending the file is cut
-    /// back to its header, unsynced too (the next append's sync covers it).
-    /// `Ok(false)` if no such wave is pending.
-    pub(crate) fn take(&self, id: u128) -> io::Result<bool> {
+    /// The earliest pending wave with this id was taken: forgets it now, in
+    /// memory; the outbox's thread records it in the file with a taken
+    /// mark, written but not synced (a process killed later still finds it;
+    /// a mark lost with the machine means the wave comes again), or cuts
+    /// the file back to its header when nothing is pending. Never touches
+    /// the file itself: a vibrator calls it from `poll`. `false` if no such
+    /// wave is pending.
+    pub(crate) fn take(&self, id: u128) -> bool {
         let mut state = self.lock();
         let Some(at) = state.queue.iter().position(|e| e.id == id) else {
-            return Ok(false);
+            return false;
         };
         let entry = state.queue.remove(at).expect("found above");
         state.bytes -= entry.cost();
         self.pending.store(state.queue.len(), Ordering::Release);
-        let empty = state.queue.is_empty();
-        let Some(file) = &mut state.file else {
-            return Ok(true);
-        };
-        if empty {
-            file.file.set_len(FILE_HEADER_LEN as u64)?;
-            (file.len, file.waves, file.acked) = (FILE_HEADER_LEN as u64, 0, 0);
-        } else {
-            let mut record = Vec::with_capacity(RECORD_HEADER_LEN + 17);
-            encode_record(&Record::Taken(id), &mut record);
-            file.append(&record, false)?;
+        drop(state);
+        if let Some(sender) = self.marks.as_ref().and_then(|m| m.ids.as_ref()) {
+            // The thread ends only with the outbox.
+            let _ = sender.send(id);
         }
-        Ok(true)
+        true
     }
 
     /// The oldest pending wave.
@@ -446,6 +472,7 @@ impl DurableOutbox {
     /// stream drops as a duplicate), and is cut back to its header once
     /// nothing is pending. Blocking.
     pub(crate) fn pop_stored(&self) -> io::Result<()> {
+        let mut file = self.lock_file();
         let mut state = self.lock();
         let Some(entry) = state.queue.pop_front() else {
             return Ok(());
@@ -453,15 +480,13 @@ impl DurableOutbox {
         state.bytes -= entry.cost();
         self.pending.store(state.queue.len(), Ordering::Release);
         let empty = state.queue.is_empty();
-        let Some(file) = &mut state.file else {
+        drop(state);
+        let Some(file) = &mut file else {
             return Ok(());
         };
         file.acked += 1;
         if empty {
-            file.file.set_len(FILE_HEADER_LEN as u64)?;
-            file.file.sync_data()?;
-            (file.len, file.waves, file.acked) = (FILE_HEADER_LEN as u64, 0, 0);
-            Ok(())
+            file.cut_back(true)
         } else {
             let mut record = Vec::with_capacity(RECORD_HEADER_LEN + 9);
             encode_record(&Record::Acked(file.acked), &mut record);
@@ -470,34 +495,115 @@ impl DurableOutbox {
     }
 }
 
+impl Drop for DurableOutbox {
+    fn drop(&mut self) {
+        // The marks still on their way are written before the directory is
+        // free for the next outbox.
+        if let Some(marks) = &mut self.marks {
+            marks.ids = None;
+            if let Some(thread) = marks.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each change leaves its value whole before anything can fail.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl State {
+    fn push(&mut self, entry: Entry, cost: u64, pending: &AtomicUsize) {
+        self.queue.push_back(entry);
+        self.bytes += cost;
+        pending.store(self.queue.len(), Ordering::Release);
+    }
+}
+
+impl MarkWriter {
+    fn start(file: Arc<Mutex<OutboxFile>>, state: Arc<Mutex<State>>) -> Self {
+        let (ids, marks) = mpsc::channel::<u128>();
+        let thread = std::thread::Builder::new()
+            .name("aether-outbox-marks".into())
+            .spawn(move || {
+                while let Ok(first) = marks.recv() {
+                    let taken: Vec<u128> = std::iter::once(first).chain(marks.try_iter()).collect();
+                    let mut file = lock(&file);
+                    // Appends hold the file lock too: nothing pending can
+                    // arrive between this look and the write.
+                    let empty = lock(&state).queue.is_empty();
+                    let written = if empty {
+                        file.cut_back(false)
+                    } else {
+                        let mut records =
+                            Vec::with_capacity(taken.len() * (RECORD_HEADER_LEN + 17));
+                        for id in taken {
+                            encode_record(&Record::Taken(id), &mut records);
+                        }
+                        file.append(&records, false)
+                    };
+                    if let Err(error) = written {
+                        // The waves stay in the file: the next process
+                        // delivers them again.
+                        tracing::warn!(%error, "could not mark durable waves as taken");
+                    }
+                }
+            });
+        match thread {
+            Ok(thread) => Self {
+                ids: Some(ids),
+                thread: Some(thread),
+            },
+            Err(error) => {
+                // Without the thread, marks are not written: taken waves
+                // come again after a restart, none is lost.
+                tracing::warn!(%error, "could not start the durable outbox's mark writer");
+                Self {
+                    ids: None,
+                    thread: None,
+                }
+            }
+        }
+    }
+}
+
+impl OutboxFile {
+    /// Cuts the file back to its header (nothing is pending), synced if
+    /// `sync`.
+    fn cut_back(&mut self, sync: bool) -> io::Result<()> {
+        self.file.set_len(FILE_HEADER_LEN as u64)?;
+        if sync {
+            self.file.sync_data()?;
+        }
+        (self.len, self.waves, self.acked) = (FILE_HEADER_LEN as u64, 0, 0);
+        Ok(())
+    }
+
     /// Rewrites a file grown mostly of waves no longer pending (taken out
-    /// of order, so never cut back) to hold only the pending ones. Failing
-    /// to is logged: the file stays valid, only longer.
-    fn compact_if_sparse(&mut self) {
-        let live = self.bytes;
-        let Some(file) = &mut self.file else {
-            return;
-        };
-        if file.len < COMPACT_MIN_BYTES || file.len / 4 < live {
+    /// of order, so never cut back) to hold only the pending ones in
+    /// `state`. Failing to is logged: the file stays valid, only longer.
+    fn compact_if_sparse(&mut self, state: &State) {
+        let live = state.bytes;
+        if self.len < COMPACT_MIN_BYTES || self.len / 4 < live {
             return;
         }
         let mut clean = Vec::with_capacity(usize::try_from(live).unwrap_or(0) * 2);
         encode_header(&mut clean);
-        for entry in &self.queue {
+        for entry in &state.queue {
             encode_record(&Record::Wave(entry.clone()), &mut clean);
         }
-        let reopened = rewrite(&file.path, &clean)
-            .and_then(|()| OpenOptions::new().read(true).write(true).open(&file.path));
+        let reopened = rewrite(&self.path, &clean)
+            .and_then(|()| OpenOptions::new().read(true).write(true).open(&self.path));
         match reopened {
             Ok(handle) => {
-                file.file = handle;
-                file.len = clean.len() as u64;
-                file.waves = self.queue.len() as u64;
-                file.acked = 0;
+                self.file = handle;
+                self.len = clean.len() as u64;
+                self.waves = state.queue.len() as u64;
+                self.acked = 0;
             }
             Err(error) => {
-                tracing::warn!(path = %file.path.display(), %error, "could not compact the durable outbox");
+                tracing::warn!(path = %self.path.display(), %error, "could not compact the durable outbox");
             }
         }
     }
@@ -673,16 +779,50 @@ mod tests {
             for n in 1..=4 {
                 outbox.append(entry(n)).unwrap();
             }
-            assert!(outbox.take(entry(3).id).unwrap());
-            assert!(outbox.take(entry(1).id).unwrap());
-            assert!(!outbox.take(entry(1).id).unwrap(), "taken once");
+            assert!(outbox.take(entry(3).id));
+            assert!(outbox.take(entry(1).id));
+            assert!(!outbox.take(entry(1).id), "taken once");
         }
         let outbox = DurableOutbox::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(outbox.pending(), vec![entry(2), entry(4)]);
-        assert!(outbox.take(entry(4).id).unwrap());
-        assert!(outbox.take(entry(2).id).unwrap());
+        assert!(outbox.take(entry(4).id));
+        assert!(outbox.take(entry(2).id));
+        drop(outbox);
         let len = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
         assert_eq!(len, FILE_HEADER_LEN as u64, "a drained outbox is cut back");
+    }
+
+    #[test]
+    fn taking_a_wave_never_waits_on_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = std::sync::Arc::new(DurableOutbox::open(dir.path(), 1 << 20).unwrap());
+        for n in 1..=3 {
+            outbox.append(entry(n)).unwrap();
+        }
+        // A disk that does not answer: whoever writes the file waits.
+        let stalled = lock(outbox.file.as_ref().unwrap());
+        let taker = {
+            let outbox = outbox.clone();
+            std::thread::spawn(move || outbox.take(entry(2).id))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !taker.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "take waited on the file"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(taker.join().unwrap());
+        assert_eq!(outbox.len(), 2);
+        drop(stalled);
+        drop(std::sync::Arc::into_inner(outbox).unwrap());
+        let outbox = DurableOutbox::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            outbox.pending(),
+            vec![entry(1), entry(3)],
+            "the mark was written"
+        );
     }
 
     #[test]

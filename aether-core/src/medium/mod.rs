@@ -1,19 +1,31 @@
-//! Mediums: what carries waves between vibrators.
+//! Mediums: what carries waves between vibrators, and the whole boundary
+//! between the bus and what carries it.
 //!
-//! A medium only routes: it finds the receive queues whose patterns match a
+//! A medium routes: it finds the receive queues whose patterns match a
 //! wave's channel ([`Channel::matches`](crate::Channel::matches)) and offers
-//! the wave to them. Everything that is the same on every medium (validation,
-//! hop limit, expiry, stamping) happens in [`Aether`](crate::Aether) before,
-//! and noise floor and shedding in the receive queue after.
+//! the wave to them, keeps durable channels, answers requests and reports
+//! its connection. Everything that is the same on every medium (validation,
+//! the ACL, hop limit, expiry, stamping) happens in [`Aether`](crate::Aether)
+//! before, and noise floor and shedding in the receive queue after. Each
+//! operation here is one match over the two mediums; nothing above this
+//! module knows which medium it runs on.
 
 pub(crate) mod disk_outbox;
-pub(crate) mod durable;
 pub(crate) mod embedded;
+#[cfg(feature = "nats")]
 pub(crate) mod nats;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use crate::{hopping::gate::HopGate, inbox::Inbox, reply::ReplyMux};
+use tokio::sync::broadcast;
+
+use crate::{
+    Channel, DropReason, EmitError, RequestError, RequestErrorKind, ResonateError, Wave,
+    connection::{ConnectionEvent, ConnectionStatus},
+    hopping::gate::HopGate,
+    inbox::Inbox,
+    reply::ReplyMux,
+};
 
 pub(crate) use crate::inbox::SubscriptionId;
 
@@ -44,41 +56,205 @@ impl Listener {
     }
 }
 
-/// How many receivers a wave reached.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Routed {
-    /// Receive queues and reply waiters that matched.
-    pub(crate) matched: usize,
-    /// The checks dropped the wave (and counted it): it went nowhere.
-    pub(crate) dropped: bool,
-}
-
-impl Routed {
-    /// A wave the checks dropped.
-    pub(crate) fn dropped() -> Self {
-        Self {
-            matched: 0,
-            dropped: true,
-        }
-    }
-}
-
 /// The medium of an aether.
 pub(crate) enum Medium {
     Embedded(embedded::EmbeddedMedium),
     /// Boxed: one per aether, and much larger than the embedded table.
+    #[cfg(feature = "nats")]
     Nats(Box<nats::NatsMedium>),
 }
 
 impl Medium {
+    /// Its name, as settings and logs say it.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Medium::Embedded(_) => "embedded",
+            #[cfg(feature = "nats")]
+            Medium::Nats(_) => "nats",
+        }
+    }
+
+    /// Whether its waves reach other processes, whose receivers judge
+    /// their signatures.
+    pub(crate) fn crosses_processes(&self) -> bool {
+        match self {
+            Medium::Embedded(_) => false,
+            #[cfg(feature = "nats")]
+            Medium::Nats(_) => true,
+        }
+    }
+
+    /// The connection now.
+    pub(crate) fn status(&self) -> ConnectionStatus {
+        match self {
+            Medium::Embedded(_) => ConnectionStatus::embedded(),
+            #[cfg(feature = "nats")]
+            Medium::Nats(nats) => nats.status(),
+        }
+    }
+
+    /// Every change of the connection from now on (none in process).
+    pub(crate) fn events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        match self {
+            Medium::Embedded(_) => broadcast::channel(1).1,
+            #[cfg(feature = "nats")]
+            Medium::Nats(nats) => nats.events(),
+        }
+    }
+
+    /// Adds a resonance on `pattern` for `listener`.
+    pub(crate) async fn subscribe(
+        &self,
+        pattern: Channel,
+        listener: Listener,
+    ) -> Result<SubscriptionId, ResonateError> {
+        match self {
+            Medium::Embedded(embedded) => Ok(embedded.subscribe(pattern, listener)),
+            #[cfg(feature = "nats")]
+            Medium::Nats(nats) => nats.subscribe(pattern, listener).await,
+        }
+    }
+
     pub(crate) fn unsubscribe(&self, ids: &[SubscriptionId]) {
         match self {
-            Medium::Embedded(m) => m.unsubscribe(ids),
-            Medium::Nats(m) => m.unsubscribe(ids),
+            Medium::Embedded(embedded) => embedded.unsubscribe(ids),
+            #[cfg(feature = "nats")]
+            Medium::Nats(nats) => nats.unsubscribe(ids),
+        }
+    }
+
+    /// Carries a wave the emit checks admitted (`dropped`: what they made
+    /// of it, `Some` if it was dropped and counted, when it may reflect).
+    /// The common wave goes on without waiting for anything but the
+    /// connection; the rare paths' futures are boxed, so that they do not
+    /// swell every emit's future.
+    #[inline]
+    pub(crate) async fn publish(
+        &self,
+        wave: Wave,
+        dropped: Option<DropReason>,
+    ) -> Result<(), EmitError> {
+        match self {
+            Medium::Embedded(embedded) => match embedded.publish_now(wave, dropped) {
+                None => Ok(()),
+                Some(durable) => Box::pin(embedded.publish_durable(durable)).await,
+            },
+            #[cfg(feature = "nats")]
+            Medium::Nats(nats) => {
+                // What waits on the client is the subject and the envelope:
+                // the wave, and the work done on it, are behind it.
+                if dropped.is_none()
+                    && let Some((subject, body)) = nats.prepare(&wave)
+                {
+                    drop(wave);
+                    return nats.publish_direct(subject, body).await;
+                }
+                Box::pin(nats.publish_admitted(crate::admission::Admitted::of(wave, dropped))).await
+            }
+        }
+    }
+
+    /// Sends a reflection (made by `Wave::into_reflection`) to its source.
+    pub(crate) async fn reflect(&self, reflected: Wave) -> Result<(), EmitError> {
+        match self {
+            Medium::Embedded(embedded) => {
+                embedded.reflect(reflected);
+                Ok(())
+            }
+            #[cfg(feature = "nats")]
+            Medium::Nats(nats) => nats.reflect(reflected).await,
+        }
+    }
+
+    /// Emits `wave` as a request and waits up to `timeout` for the first
+    /// reply. `replies` is the asker's reply inbox, for a medium that
+    /// routes replies to it; `admit` stamps and checks the wave (once it
+    /// names where its reply goes). A wave the checks drop has no
+    /// responders.
+    pub(crate) async fn request<'a>(
+        &self,
+        wave: Wave,
+        timeout: Duration,
+        replies: impl Future<Output = Result<&'a Arc<ReplyMux>, RequestError>>,
+        admit: impl FnOnce(&mut Wave) -> Result<Option<DropReason>, EmitError>,
+    ) -> Result<Wave, RequestError> {
+        match self {
+            Medium::Embedded(embedded) => embedded.request(wave, timeout, replies, admit).await,
+            #[cfg(feature = "nats")]
+            Medium::Nats(nats) => {
+                // NATS answers on its own inboxes.
+                drop(replies);
+                let mut wave = wave;
+                let channel = wave.channel().clone();
+                if admit(&mut wave)?.is_some() {
+                    return Err(no_responders(&channel));
+                }
+                nats.request(&wave, timeout).await
+            }
+        }
+    }
+
+    /// A vibrator (its queue `inbox`) hands `wave` to its application: a
+    /// durable wave is acknowledged now. `false` if the vibrator handed out
+    /// this wave already (a redelivery), which it then drops. Called from
+    /// `poll`: never waits on a disk or the network.
+    pub(crate) fn hand_out(&self, inbox: u64, wave: &Wave) -> bool {
+        match self {
+            Medium::Embedded(embedded) => {
+                let _ = inbox;
+                embedded.hand_out(wave)
+            }
+            #[cfg(feature = "nats")]
+            Medium::Nats(nats) => nats.hand_out(inbox, wave),
+        }
+    }
+
+    /// A vibrator (its queue `inbox`) went away without handing out
+    /// `waves`: durable ones are not acknowledged, and come again.
+    pub(crate) fn release<'a>(&self, inbox: u64, waves: impl Iterator<Item = &'a Wave>) {
+        match self {
+            Medium::Embedded(embedded) => {
+                let _ = inbox;
+                embedded.release(waves);
+            }
+            #[cfg(feature = "nats")]
+            Medium::Nats(nats) => {
+                drop(waves);
+                nats.release(inbox);
+            }
+        }
+    }
+
+    /// Waits until every wave emitted so far has left this process.
+    pub(crate) async fn flush(&self, timeout: Duration) -> Result<(), EmitError> {
+        match self {
+            Medium::Embedded(_) => {
+                let _ = timeout;
+                Ok(())
+            }
+            #[cfg(feature = "nats")]
+            Medium::Nats(nats) => nats.flush(timeout).await,
+        }
+    }
+
+    /// Lets go of the connection; what is still on its way is dropped.
+    pub(crate) fn close(&self) {
+        match self {
+            Medium::Embedded(_) => {}
+            #[cfg(feature = "nats")]
+            Medium::Nats(nats) => nats.close(),
         }
     }
 }
 
-pub(crate) use crate::offer::{
-    offer_all_counted, offer_batch_counted, offer_counted, offer_counted_once,
-};
+/// The refusal of a request nobody resonates on.
+pub(crate) fn no_responders(channel: &Channel) -> RequestError {
+    RequestError::new(
+        RequestErrorKind::NoResponders,
+        format!("no vibrator resonates on {:?}", channel.as_str()),
+    )
+}
+
+pub(crate) use crate::offer::offer_counted;
+#[cfg(feature = "nats")]
+pub(crate) use crate::offer::{offer_all_counted, offer_batch_counted, offer_counted_once};

@@ -380,6 +380,16 @@ impl Wave {
         self.source_amplitude = Amplitude::from_rule(self.source_amplitude.value() * factor);
     }
 
+    /// What a wave that failed for `reason` (dropped, unheard, refused)
+    /// sends back, as emitted on `channel`: its reflection, if it reflects on
+    /// failure and names the vibrator it came from (an origin); `None` for
+    /// every other wave. The one rule of reflect-on-failure, on every medium
+    /// and path.
+    pub(crate) fn failed(self, reason: ReflectionReason, channel: Channel) -> Option<Wave> {
+        (self.reflects_on_failure() && self.origin() != 0)
+            .then(|| self.into_reflection(reason, channel))
+    }
+
     /// This wave reflected for `reason`, as emitted on `channel` (before any
     /// diffraction): same id, source, origin, emission time, payload and
     /// correlation key (made explicit, so it travels), phase shifted by π, at

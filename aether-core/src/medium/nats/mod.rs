@@ -286,9 +286,9 @@ impl NatsMedium {
         match admitted {
             Admitted::Ready(wave) => self.publish(&wave).await,
             Admitted::Dropped(reason, wave) => {
-                if wave.reflects_on_failure() && wave.origin() != 0 {
-                    let emitted = wave.channel().clone();
-                    Box::pin(self.reflect(wave.into_reflection(reason.into(), emitted))).await?;
+                let emitted = wave.channel().clone();
+                if let Some(reflected) = wave.failed(reason.into(), emitted) {
+                    Box::pin(self.reflect(reflected)).await?;
                 }
                 Ok(())
             }

@@ -148,11 +148,10 @@ impl Probe {
             stats.unrouted();
             ReflectionReason::NoResonator
         };
-        if wave.reflects_on_failure() && wave.origin() != 0 {
-            let reflected = wave.into_reflection(failure, emitted);
-            if let Err(error) = reflect(&self.client, &self.shared, reflected).await {
-                tracing::warn!(%error, "could not send a reflection");
-            }
+        if let Some(reflected) = wave.failed(failure, emitted)
+            && let Err(error) = reflect(&self.client, &self.shared, reflected).await
+        {
+            tracing::warn!(%error, "could not send a reflection");
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Durable channels on the embedded medium.
 //!
 //! With `[aether.durability] channels` set, an emit on a durable channel is
-//! appended to the durable outbox ([`super::disk_outbox`]; written and
+//! appended to the durable outbox ([`crate::medium::disk_outbox`]; written and
 //! synced when it has an `outbox_dir`) before `emit` returns, then routed as
 //! usual. The wave stays in the outbox until an application takes it: the
 //! first [`Vibrator`](crate::Vibrator) whose `receive`, `try_receive` or
@@ -28,7 +28,7 @@ use crate::{
     admission::Life,
     medium::{
         disk_outbox::{AppendError, DurableOutbox, Entry},
-        embedded::EmbeddedMedium,
+        embedded::router::Router,
     },
     stats::Counters,
     subject,
@@ -104,7 +104,7 @@ impl EmbeddedDurable {
     /// workers.
     pub(crate) fn emit(
         &self,
-        medium: &EmbeddedMedium,
+        router: &Router,
         stats: &Counters,
         wave: Wave,
     ) -> Result<(), EmitError> {
@@ -131,7 +131,7 @@ impl EmbeddedDurable {
                 return Err(EmitError::with_source(EmitErrorKind::Medium, e));
             }
         }
-        let queued = medium.route_durable(wave, stats);
+        let queued = router.route_durable(wave, stats);
         if queued > 0 {
             *flight.offered.entry(id).or_default() += queued;
         }
@@ -143,7 +143,7 @@ impl EmbeddedDurable {
     /// before any newer durable wave.
     pub(crate) fn subscribe<R>(
         &self,
-        medium: &EmbeddedMedium,
+        router: &Router,
         stats: &Counters,
         pattern: &Channel,
         subscribe: impl FnOnce() -> R,
@@ -151,7 +151,7 @@ impl EmbeddedDurable {
         let mut flight = self.lock();
         let subscribed = subscribe();
         if !pattern.is_system() {
-            self.route_waiting(&mut flight, medium, stats, |channel, _| {
+            self.route_waiting(&mut flight, router, stats, |channel, _| {
                 channel.matches(pattern)
             });
         }
@@ -159,7 +159,8 @@ impl EmbeddedDurable {
     }
 
     /// A vibrator handed `wave` to its application: if it is a pending
-    /// durable wave, it is taken (acknowledged) now.
+    /// durable wave, it is taken (acknowledged) now. Called from a
+    /// vibrator's `poll`: no file I/O here.
     pub(crate) fn hand_out(&self, wave: &Wave) {
         if !self.is_durable(wave.channel()) {
             return;
@@ -167,10 +168,8 @@ impl EmbeddedDurable {
         let id = wave.id().as_u128();
         let mut flight = self.lock();
         flight.offered.remove(&id);
-        if let Err(error) = self.outbox.take(id) {
-            // The wave stays in the file: the next process delivers it again.
-            tracing::warn!(%error, "could not mark a durable wave as taken");
-        }
+        // In memory only: the outbox's own thread writes the taken mark.
+        self.outbox.take(id);
     }
 
     /// A vibrator went away with `waves` queued and never handed out: a
@@ -178,7 +177,7 @@ impl EmbeddedDurable {
     /// if nobody else resonates).
     pub(crate) fn release<'a>(
         &self,
-        medium: &EmbeddedMedium,
+        router: &Router,
         stats: &Counters,
         waves: impl Iterator<Item = &'a Wave>,
     ) {
@@ -195,7 +194,7 @@ impl EmbeddedDurable {
             }
         }
         if !waiting.is_empty() {
-            self.route_waiting(&mut flight, medium, stats, |_, id| waiting.contains(&id));
+            self.route_waiting(&mut flight, router, stats, |_, id| waiting.contains(&id));
         }
     }
 
@@ -205,7 +204,7 @@ impl EmbeddedDurable {
     fn route_waiting(
         &self,
         flight: &mut Flight,
-        medium: &EmbeddedMedium,
+        router: &Router,
         stats: &Counters,
         wanted: impl Fn(&Channel, u128) -> bool,
     ) {
@@ -223,16 +222,16 @@ impl EmbeddedDurable {
                 Ok(wave) => wave,
                 Err(error) => {
                     tracing::warn!(%error, "a durable wave in the outbox does not decode; dropping it");
-                    let _ = self.outbox.take(entry.id);
+                    self.outbox.take(entry.id);
                     continue;
                 }
             };
             if let Err(reason) = self.life.judge(&mut wave, 0) {
                 stats.dropped(reason);
-                let _ = self.outbox.take(entry.id);
+                self.outbox.take(entry.id);
                 continue;
             }
-            let queued = medium.route_durable(wave, stats);
+            let queued = router.route_durable(wave, stats);
             if queued > 0 {
                 flight.offered.insert(entry.id, queued);
             }

@@ -1,4 +1,4 @@
-//! The embedded medium: an in-process router, no network, no configuration.
+//! The embedded medium's router: which receive queues hear a channel.
 //!
 //! Subscriptions are kept in a table: concrete channels in a hash map (one
 //! lookup per wave), patterns in a list checked with
@@ -16,7 +16,7 @@ use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use smol_str::SmolStr;
 
-use super::{Listener, Routed, SubscriptionId, offer_counted};
+use crate::medium::{Listener, SubscriptionId, offer_counted};
 use crate::{
     Channel, Wave, hopping::gate::HopGate, inbox::Inbox, reply::ReplyMux, stats::Counters,
 };
@@ -25,7 +25,7 @@ use crate::{
 /// resonates or stops: emitters read an immutable snapshot without any lock
 /// or shared write, and a change copies the table and swaps the copy in.
 #[derive(Default)]
-pub(crate) struct EmbeddedMedium {
+pub(crate) struct Router {
     table: ArcSwap<Table>,
     /// Serializes changes (copy, change, swap), so none is lost.
     writer: Mutex<()>,
@@ -95,7 +95,7 @@ enum Recipient<'a> {
     Hopping(&'a Arc<HopGate>),
 }
 
-impl EmbeddedMedium {
+impl Router {
     /// Copies the table, lets `change` edit the copy, and swaps it in.
     fn change<R>(&self, change: impl FnOnce(&mut Table) -> R) -> R {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -167,28 +167,23 @@ impl EmbeddedMedium {
         });
     }
 
-    /// Offers `wave` to every matching listener, counting in `stats`.
+    /// Offers `wave` to every matching listener, counting in `stats`: how
+    /// many receive queues and reply waiters matched.
     #[inline(always)]
-    pub(crate) fn route(&self, wave: Wave, stats: &Counters) -> Routed {
+    pub(crate) fn route(&self, wave: Wave, stats: &Counters) -> usize {
         let table = self.table.load();
         let mut recipients = table.recipients(wave.channel());
         let matched = recipients.len();
         let Some(last) = recipients.pop() else {
             stats.unrouted();
-            return Routed {
-                matched,
-                dropped: false,
-            };
+            return matched;
         };
         let shared = !recipients.is_empty();
         for recipient in recipients {
             deliver(recipient, wave.clone(), shared, stats);
         }
         deliver(last, wave, shared, stats);
-        Routed {
-            matched,
-            dropped: false,
-        }
+        matched
     }
 
     /// Offers a durable wave to every matching receive queue, counting in
@@ -223,7 +218,6 @@ impl EmbeddedMedium {
     pub(crate) fn route_on(&self, routing: &Channel, wave: Wave, stats: &Counters) -> Reached {
         let table = self.table.load();
         let mut recipients = table.recipients(routing);
-        let matched = recipients.len();
         let Some(last) = recipients.pop() else {
             return Reached::Nobody(wave);
         };
@@ -232,17 +226,14 @@ impl EmbeddedMedium {
             deliver(recipient, wave.clone(), shared, stats);
         }
         deliver(last, wave, shared, stats);
-        Reached::Listeners(Routed {
-            matched,
-            dropped: false,
-        })
+        Reached::Listeners
     }
 }
 
-/// Whom [`EmbeddedMedium::route_on`] reached.
+/// Whom [`Router::route_on`] reached.
 pub(crate) enum Reached {
-    /// These listeners.
-    Listeners(Routed),
+    /// At least one listener.
+    Listeners,
     /// Nobody: the wave, given back.
     Nobody(Wave),
 }
