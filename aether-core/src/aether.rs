@@ -17,7 +17,7 @@ use crate::{
     admission::Life,
     connection::{ConnectionEvent, ConnectionStatus},
     inbox::Inbox,
-    medium::{Listener, Medium, SubscriptionId, embedded::EmbeddedMedium},
+    medium::{Listener, Medium, Publishing, SubscriptionId, embedded::EmbeddedMedium},
     physics::{Physics, PhysicsHub},
     reply::ReplyMux,
     security::Security,
@@ -261,6 +261,18 @@ impl Aether {
         dropped: Option<DropReason>,
     ) -> Result<(), EmitError> {
         self.inner.medium.publish(wave, dropped).await
+    }
+
+    /// [`Aether::publish`] as far as it goes without waiting; the rest is
+    /// for [`Aether::finish_publish`] (`Medium::start_publish`).
+    #[inline(always)]
+    pub(crate) fn start_publish(&self, wave: Wave, dropped: Option<DropReason>) -> Publishing {
+        self.inner.medium.start_publish(wave, dropped)
+    }
+
+    /// Ends what [`Aether::start_publish`] began.
+    pub(crate) async fn finish_publish(&self, publishing: Publishing) -> Result<(), EmitError> {
+        self.inner.medium.finish_publish(publishing).await
     }
 
     /// Emits `wave` as a request and waits up to `timeout` for the first

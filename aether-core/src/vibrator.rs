@@ -46,7 +46,7 @@ use crate::{
     RequestError, RequestErrorKind, ResonateError, ResonateErrorKind, VibratorError,
     VibratorErrorKind, Wave, WaveId,
     inbox::Inbox,
-    medium::{Listener, SubscriptionId},
+    medium::{Listener, Publishing, SubscriptionId},
     physics::InterferenceFollower,
     rate_limit::LimitSlot,
     reflection::{self, MAX_REFLECTION_MESSAGE_BYTES},
@@ -672,11 +672,21 @@ impl Emitter {
     /// unrouted.
     pub async fn request_with_timeout(
         &self,
+        wave: Wave,
+        timeout: Duration,
+    ) -> Result<Wave, RequestError> {
+        application_channel(wave.channel())?;
+        self.request_on(wave, timeout).await
+    }
+
+    /// A request on any channel, the bus's own included: for the aether's
+    /// own protocols (replicated state).
+    pub(crate) async fn request_on(
+        &self,
         mut wave: Wave,
         timeout: Duration,
     ) -> Result<Wave, RequestError> {
         wave.clear_tracking();
-        application_channel(wave.channel())?;
         self.within_rate_limit()?;
         self.aether
             .request(wave, timeout, self.reply_mux(), |wave| {
@@ -728,6 +738,15 @@ impl Emitter {
         self.emit_stamped(wave, None, Path::Application)
     }
 
+    /// Emits `wave` like [`Emitter::emit`], on any channel, the bus's own
+    /// included: for the aether's own protocols (replicated state).
+    pub(crate) fn emit_own(
+        &self,
+        wave: Wave,
+    ) -> impl Future<Output = Result<WaveId, EmitError>> + Send + '_ {
+        self.emit_stamped(wave, None, Path::Own)
+    }
+
     /// Emits `wave` like [`Emitter::emit`], stamped at `now_ns` instead of
     /// the clock's reading now: for frequency hopping, whose wire channel is
     /// chosen from that same time.
@@ -762,7 +781,11 @@ impl Emitter {
         // Checked in place, and on the fast path not moved again.
         let dropped = self.admit_in_place(&mut wave, now_ns)?;
         let id = wave.id();
-        self.aether.publish(wave, dropped).await?;
+        match self.aether.start_publish(wave, dropped) {
+            // The embedded medium's common wave: in the queues already.
+            Publishing::Done => {}
+            publishing => self.aether.finish_publish(publishing).await?,
+        }
         Ok(id)
     }
 

@@ -125,32 +125,66 @@ impl Medium {
 
     /// Carries a wave the emit checks admitted (`dropped`: what they made
     /// of it, `Some` if it was dropped and counted, when it may reflect).
-    /// The common wave goes on without waiting for anything but the
-    /// connection; the rare paths' futures are boxed, so that they do not
-    /// swell every emit's future.
     #[inline]
     pub(crate) async fn publish(
         &self,
         wave: Wave,
         dropped: Option<DropReason>,
     ) -> Result<(), EmitError> {
+        match self.start_publish(wave, dropped) {
+            Publishing::Done => Ok(()),
+            publishing => self.finish_publish(publishing).await,
+        }
+    }
+
+    /// What [`Medium::publish`] can do without waiting: on the embedded
+    /// medium, route a plain wave all the way into the receive queues; over
+    /// NATS, work out the subject and envelope of a plain wave, so that
+    /// what then waits on the client is those alone (the wave, and the
+    /// work done on it, are behind it). The rest is for
+    /// [`Medium::finish_publish`]. Split in two so that the common wave on
+    /// the embedded medium never builds a future.
+    #[inline(always)]
+    pub(crate) fn start_publish(&self, wave: Wave, dropped: Option<DropReason>) -> Publishing {
         match self {
             Medium::Embedded(embedded) => match embedded.publish_now(wave, dropped) {
-                None => Ok(()),
-                Some(durable) => Box::pin(embedded.publish_durable(durable)).await,
+                None => Publishing::Done,
+                Some(durable) => Publishing::Durable(durable),
             },
             #[cfg(feature = "nats")]
             Medium::Nats(nats) => {
-                // What waits on the client is the subject and the envelope:
-                // the wave, and the work done on it, are behind it.
                 if dropped.is_none()
                     && let Some((subject, body)) = nats.prepare(&wave)
                 {
-                    drop(wave);
-                    return nats.publish_direct(subject, body).await;
+                    return Publishing::Direct(subject, body);
                 }
-                Box::pin(nats.publish_admitted(crate::admission::Admitted::of(wave, dropped))).await
+                Publishing::Admitted(crate::admission::Admitted::of(wave, dropped))
             }
+        }
+    }
+
+    /// Ends what [`Medium::start_publish`] began. The rare paths' futures
+    /// are boxed, so that they do not swell every emit's future; the NATS
+    /// fast path stays inline (boxing it costs an allocation per emit).
+    pub(crate) async fn finish_publish(&self, publishing: Publishing) -> Result<(), EmitError> {
+        match (self, publishing) {
+            (_, Publishing::Done) => Ok(()),
+            (Medium::Embedded(embedded), Publishing::Durable(wave)) => {
+                Box::pin(embedded.publish_durable(wave)).await
+            }
+            #[cfg(feature = "nats")]
+            (Medium::Nats(nats), Publishing::Direct(subject, body)) => {
+                nats.publish_direct(subject, body).await
+            }
+            #[cfg(feature = "nats")]
+            (Medium::Nats(nats), Publishing::Admitted(admitted)) => {
+                Box::pin(nats.publish_admitted(admitted)).await
+            }
+            #[cfg(feature = "nats")]
+            _ => Err(EmitError::new(
+                crate::EmitErrorKind::Medium,
+                "a publish begun on one medium was finished on another",
+            )),
         }
     }
 
@@ -245,6 +279,21 @@ impl Medium {
             Medium::Nats(nats) => nats.close(),
         }
     }
+}
+
+/// A publish begun by [`Medium::start_publish`].
+pub(crate) enum Publishing {
+    /// Nothing is left to do.
+    Done,
+    /// A wave on a durable channel of the embedded medium, for the outbox.
+    Durable(Wave),
+    /// The subject and envelope of a plain wave, for the NATS client.
+    #[cfg(feature = "nats")]
+    Direct(async_nats::Subject, bytes::Bytes),
+    /// Anything else over NATS: tracked, durable, dropped or while the
+    /// outbox is in use.
+    #[cfg(feature = "nats")]
+    Admitted(crate::admission::Admitted),
 }
 
 /// The refusal of a request nobody resonates on.
