@@ -82,6 +82,7 @@ pub mod report;
 mod secret;
 mod security;
 pub mod spans;
+pub mod state;
 pub mod stats;
 pub mod subject;
 mod system;
@@ -198,6 +199,9 @@ pub struct GuideOperating;
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/guide/errors.md")]
 pub struct GuideErrors;
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide/state.md")]
+pub struct GuideState;
 
 #[cfg(test)]
 mod send_sync {

@@ -11,6 +11,7 @@
 //! | 4 | `medium` |
 //! | 5 | `aether`, `report` |
 //! | 6 | `vibrator`, `hopping` (its other parts), `reliable` |
+//! | 7 | `state` (replicated maps, built on vibrators) |
 //!
 //! What a module uses is read from its source outside tests and comments:
 //! `use crate::…` and `crate::…` paths, and names the crate root re-exports
@@ -50,6 +51,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("vibrator", 6),
     ("hopping", 6),
     ("reliable", 6),
+    ("state", 7),
 ];
 
 /// The layer of a module path (`medium::nats`): its longest listed prefix.

@@ -1,0 +1,369 @@
+//! The payloads of the state channels (`_state.<map>.*`), byte by byte.
+//!
+//! Every message starts `magic "AS" | version 1 | kind u8`; integers are
+//! little-endian. ARCHITECTURE.md gives the layout. Decoding never panics
+//! and refuses, whole, anything cut short, too long, over a limit or with
+//! bytes left over.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use smol_str::SmolStr;
+
+use super::{
+    hlc::Stamp,
+    store::{BUCKETS, Digest, Entry},
+};
+
+pub(crate) const MAGIC: [u8; 2] = *b"AS";
+pub(crate) const VERSION: u8 = 1;
+
+const KIND_CHANGES: u8 = 1;
+const KIND_DIGEST: u8 = 2;
+const KIND_HELLO: u8 = 3;
+const KIND_SYNC: u8 = 4;
+
+/// Most entries one message carries.
+pub(crate) const MAX_ENTRIES: usize = 4096;
+/// No bucket: live changes, not a repair.
+const NO_BUCKET: u8 = 0xFF;
+
+/// One message of a map's replicas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Message {
+    /// Entries: live changes (`repair: None`) or a repair of one bucket,
+    /// `last` on its final chunk.
+    Changes {
+        repair: Option<(u8, bool)>,
+        entries: Vec<(String, Entry)>,
+    },
+    /// A replica's digest: peers send it the buckets it lacks.
+    Digest { node: u64, digest: Box<Digest> },
+    /// Presence: a replica is there (or, `leaving`, is going).
+    Hello { node: u64, leaving: bool },
+    /// The answer to a sync request: the buckets that will follow.
+    Sync { node: u64, buckets: Vec<u8> },
+}
+
+/// The limits a decoder enforces.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) max_key_bytes: usize,
+    pub(crate) max_value_bytes: usize,
+}
+
+/// Why a payload was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not a state message: {0}")]
+pub(crate) struct DecodeError(pub(crate) &'static str);
+
+impl Message {
+    pub(crate) fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(64);
+        out.put_slice(&MAGIC);
+        out.put_u8(VERSION);
+        match self {
+            Message::Changes { repair, entries } => {
+                out.put_u8(KIND_CHANGES);
+                match repair {
+                    None => {
+                        out.put_u8(NO_BUCKET);
+                        out.put_u8(0);
+                    }
+                    Some((bucket, last)) => {
+                        out.put_u8(*bucket);
+                        out.put_u8(u8::from(*last));
+                    }
+                }
+                out.put_u16_le(entries.len() as u16);
+                for (key, entry) in entries {
+                    put_entry(&mut out, key, entry);
+                }
+            }
+            Message::Digest { node, digest } => {
+                out.put_u8(KIND_DIGEST);
+                out.put_u64_le(*node);
+                for bucket in digest.0 {
+                    out.put_u64_le(bucket);
+                }
+            }
+            Message::Hello { node, leaving } => {
+                out.put_u8(KIND_HELLO);
+                out.put_u64_le(*node);
+                out.put_u8(u8::from(*leaving));
+            }
+            Message::Sync { node, buckets } => {
+                out.put_u8(KIND_SYNC);
+                out.put_u64_le(*node);
+                out.put_u8(buckets.len() as u8);
+                out.put_slice(buckets);
+            }
+        }
+        out.freeze()
+    }
+
+    pub(crate) fn decode(mut bytes: Bytes, limits: &Limits) -> Result<Message, DecodeError> {
+        let b = &mut bytes;
+        if take(b, 2)?[..] != MAGIC {
+            return Err(DecodeError("bad magic"));
+        }
+        if u8_of(b)? != VERSION {
+            return Err(DecodeError("unknown version"));
+        }
+        let message = match u8_of(b)? {
+            KIND_CHANGES => {
+                let bucket = u8_of(b)?;
+                let last = bool_of(b)?;
+                let repair = match bucket {
+                    NO_BUCKET if !last => None,
+                    NO_BUCKET => return Err(DecodeError("a live change marked last")),
+                    b if usize::from(b) < BUCKETS => Some((b, last)),
+                    _ => return Err(DecodeError("no such bucket")),
+                };
+                let count = usize::from(u16_of(b)?);
+                if count > MAX_ENTRIES {
+                    return Err(DecodeError("too many entries"));
+                }
+                let mut entries = Vec::with_capacity(count.min(64));
+                for _ in 0..count {
+                    entries.push(entry_of(b, limits)?);
+                }
+                Message::Changes { repair, entries }
+            }
+            KIND_DIGEST => {
+                let node = u64_of(b)?;
+                let mut digest = Box::<Digest>::default();
+                for bucket in &mut digest.0 {
+                    *bucket = u64_of(b)?;
+                }
+                Message::Digest { node, digest }
+            }
+            KIND_HELLO => Message::Hello {
+                node: u64_of(b)?,
+                leaving: bool_of(b)?,
+            },
+            KIND_SYNC => {
+                let node = u64_of(b)?;
+                let count = usize::from(u8_of(b)?);
+                let buckets = take(b, count)?.to_vec();
+                if buckets.iter().any(|&x| usize::from(x) >= BUCKETS) {
+                    return Err(DecodeError("no such bucket"));
+                }
+                Message::Sync { node, buckets }
+            }
+            _ => return Err(DecodeError("unknown kind")),
+        };
+        if b.has_remaining() {
+            return Err(DecodeError("bytes left over"));
+        }
+        Ok(message)
+    }
+}
+
+/// `key len u16 | key | physical u64 | logical u32 | node u64 | writer len
+/// u8 | writer | has value u8 | (value len u32 | value)`.
+fn put_entry(out: &mut BytesMut, key: &str, entry: &Entry) {
+    out.put_u16_le(key.len() as u16);
+    out.put_slice(key.as_bytes());
+    out.put_u64_le(entry.stamp.physical_ns);
+    out.put_u32_le(entry.stamp.logical);
+    out.put_u64_le(entry.stamp.node);
+    out.put_u8(entry.writer.len() as u8);
+    out.put_slice(entry.writer.as_bytes());
+    match &entry.value {
+        None => out.put_u8(0),
+        Some(value) => {
+            out.put_u8(1);
+            out.put_u32_le(value.len() as u32);
+            out.put_slice(value);
+        }
+    }
+}
+
+fn entry_of(b: &mut Bytes, limits: &Limits) -> Result<(String, Entry), DecodeError> {
+    let key_len = usize::from(u16_of(b)?);
+    if key_len == 0 || key_len > limits.max_key_bytes {
+        return Err(DecodeError("key empty or too long"));
+    }
+    let key =
+        String::from_utf8(take(b, key_len)?.to_vec()).map_err(|_| DecodeError("key not UTF-8"))?;
+    let stamp = Stamp {
+        physical_ns: u64_of(b)?,
+        logical: u32_of(b)?,
+        node: u64_of(b)?,
+    };
+    let writer_len = usize::from(u8_of(b)?);
+    let writer = std::str::from_utf8(&take(b, writer_len)?)
+        .map(SmolStr::new)
+        .map_err(|_| DecodeError("writer not UTF-8"))?;
+    let value = if bool_of(b)? {
+        let len = usize::try_from(u32_of(b)?).unwrap_or(usize::MAX);
+        if len > limits.max_value_bytes {
+            return Err(DecodeError("value too long"));
+        }
+        Some(take(b, len)?)
+    } else {
+        None
+    };
+    Ok((
+        key,
+        Entry {
+            stamp,
+            value,
+            writer,
+        },
+    ))
+}
+
+fn take(b: &mut Bytes, n: usize) -> Result<Bytes, DecodeError> {
+    if b.remaining() < n {
+        return Err(DecodeError("cut short"));
+    }
+    Ok(b.split_to(n))
+}
+
+fn u8_of(b: &mut Bytes) -> Result<u8, DecodeError> {
+    if b.remaining() < 1 {
+        return Err(DecodeError("cut short"));
+    }
+    Ok(b.get_u8())
+}
+
+fn bool_of(b: &mut Bytes) -> Result<bool, DecodeError> {
+    match u8_of(b)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(DecodeError("a flag neither 0 nor 1")),
+    }
+}
+
+fn u16_of(b: &mut Bytes) -> Result<u16, DecodeError> {
+    if b.remaining() < 2 {
+        return Err(DecodeError("cut short"));
+    }
+    Ok(b.get_u16_le())
+}
+
+fn u32_of(b: &mut Bytes) -> Result<u32, DecodeError> {
+    if b.remaining() < 4 {
+        return Err(DecodeError("cut short"));
+    }
+    Ok(b.get_u32_le())
+}
+
+fn u64_of(b: &mut Bytes) -> Result<u64, DecodeError> {
+    if b.remaining() < 8 {
+        return Err(DecodeError("cut short"));
+    }
+    Ok(b.get_u64_le())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_key_bytes: 256,
+        max_value_bytes: 32 * 1024,
+    };
+
+    fn arb_entry() -> impl Strategy<Value = (String, Entry)> {
+        (
+            "[a-z./]{1,40}",
+            any::<(u64, u32, u64)>(),
+            "[a-z_-]{0,20}",
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..100)),
+        )
+            .prop_map(|(key, (p, l, n), writer, value)| {
+                (
+                    key,
+                    Entry {
+                        stamp: Stamp {
+                            physical_ns: p,
+                            logical: l,
+                            node: n,
+                        },
+                        value: value.map(Bytes::from),
+                        writer: SmolStr::new(writer),
+                    },
+                )
+            })
+    }
+
+    fn arb_message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            (
+                prop::option::of((0u8..BUCKETS as u8, any::<bool>())),
+                prop::collection::vec(arb_entry(), 0..8)
+            )
+                .prop_map(|(repair, entries)| Message::Changes { repair, entries }),
+            (any::<u64>(), prop::array::uniform32(any::<u64>())).prop_map(|(node, half)| {
+                let mut digest = Box::<Digest>::default();
+                digest.0[..32].copy_from_slice(&half);
+                digest.0[32..].copy_from_slice(&half);
+                Message::Digest { node, digest }
+            }),
+            (any::<u64>(), any::<bool>())
+                .prop_map(|(node, leaving)| Message::Hello { node, leaving }),
+            (
+                any::<u64>(),
+                prop::collection::vec(0u8..BUCKETS as u8, 0..64)
+            )
+                .prop_map(|(node, buckets)| Message::Sync { node, buckets }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn messages_round_trip(message in arb_message()) {
+            prop_assert_eq!(Message::decode(message.encode(), &LIMITS).unwrap(), message);
+        }
+
+        #[test]
+        fn any_cut_or_flipped_byte_is_refused_or_another_message_never_a_panic(
+            message in arb_message(),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<(prop::sample::Index, u8)>(),
+        ) {
+            let bytes = message.encode();
+            let cut = cut.index(bytes.len());
+            prop_assert!(Message::decode(bytes.slice(..cut), &LIMITS).is_err());
+            let mut flipped = bytes.to_vec();
+            let at = flip.0.index(flipped.len());
+            flipped[at] ^= flip.1;
+            let _ = Message::decode(Bytes::from(flipped), &LIMITS);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Message::decode(Bytes::from(bytes), &LIMITS);
+        }
+    }
+
+    #[test]
+    fn over_the_limits_is_refused() {
+        let big = Message::Changes {
+            repair: None,
+            entries: vec![(
+                "k".into(),
+                Entry {
+                    stamp: Stamp::default(),
+                    value: Some(Bytes::from(vec![0; 40 * 1024])),
+                    writer: SmolStr::new("w"),
+                },
+            )],
+        };
+        assert_eq!(
+            Message::decode(big.encode(), &LIMITS),
+            Err(DecodeError("value too long"))
+        );
+        let mut claims = BytesMut::new();
+        claims.put_slice(b"AS\x01\x01\xFF\x00");
+        claims.put_u16_le(4000);
+        assert_eq!(
+            Message::decode(claims.freeze(), &LIMITS),
+            Err(DecodeError("cut short")),
+            "a count larger than what follows is refused, not trusted"
+        );
+    }
+}

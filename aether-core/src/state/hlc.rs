@@ -1,0 +1,211 @@
+//! Hybrid logical clocks: stamps that order every write of a map.
+//!
+//! A [`Stamp`] is `(physical ns, logical counter, node id)`, compared in
+//! that order: a strict total order, since no two replicas share a node id
+//! and one replica never stamps twice alike. A [`Clock`] never goes back
+//! (a wall clock that jumps back leaves it where it was and counts on with
+//! the logical counter), and moves past every stamp it observes, so a write
+//! made after seeing another is stamped above it.
+
+use std::{
+    fmt,
+    sync::Mutex,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+/// When a write was made, as a hybrid logical clock reads it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stamp {
+    /// Physical time, Unix nanoseconds (the largest the writer had seen).
+    pub physical_ns: u64,
+    /// Counts writes within one physical reading.
+    pub logical: u32,
+    /// The replica that stamped it.
+    pub node: u64,
+}
+
+impl Stamp {
+    /// Its physical time as a duration since the Unix epoch.
+    pub fn time(&self) -> Duration {
+        Duration::from_nanos(self.physical_ns)
+    }
+}
+
+impl fmt::Display for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}.{:09}+{}@{:016x}",
+            self.physical_ns / 1_000_000_000,
+            self.physical_ns % 1_000_000_000,
+            self.logical,
+            self.node
+        )
+    }
+}
+
+/// Why a stamp from elsewhere was not taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TooFarAhead {
+    /// How far ahead of this replica's clock it was.
+    pub(crate) ahead: Duration,
+}
+
+/// One replica's hybrid logical clock.
+#[derive(Debug)]
+pub(crate) struct Clock {
+    node: u64,
+    max_drift: Duration,
+    last: Mutex<(u64, u32)>,
+    wall: fn() -> u64,
+}
+
+/// The system clock, Unix nanoseconds.
+pub(crate) fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+impl Clock {
+    /// The clock of replica `node`, refusing stamps more than `max_drift`
+    /// ahead of the wall clock.
+    pub(crate) fn new(node: u64, max_drift: Duration) -> Self {
+        Self::with_wall(node, max_drift, wall_ns)
+    }
+
+    /// A clock reading `wall` as its physical time (tests turn it back).
+    pub(crate) fn with_wall(node: u64, max_drift: Duration, wall: fn() -> u64) -> Self {
+        Self {
+            node,
+            max_drift,
+            last: Mutex::new((0, 0)),
+            wall,
+        }
+    }
+
+    /// The node id its stamps carry.
+    pub(crate) fn node(&self) -> u64 {
+        self.node
+    }
+
+    /// A fresh stamp, above every stamp this clock made or observed.
+    pub(crate) fn now(&self) -> Stamp {
+        let wall = (self.wall)();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let (physical, logical) = if wall > last.0 {
+            (wall, 0)
+        } else {
+            // The wall clock stood still or went back: count on.
+            match last.1.checked_add(1) {
+                Some(logical) => (last.0, logical),
+                None => (last.0 + 1, 0),
+            }
+        };
+        *last = (physical, logical);
+        Stamp {
+            physical_ns: physical,
+            logical,
+            node: self.node,
+        }
+    }
+
+    /// Takes in a stamp from elsewhere: refused if it is more than
+    /// `max_drift` ahead of the wall clock; otherwise the clock moves past
+    /// it, so the next local stamp is higher.
+    pub(crate) fn observe(&self, stamp: Stamp) -> Result<(), TooFarAhead> {
+        let wall = (self.wall)();
+        let limit =
+            wall.saturating_add(u64::try_from(self.max_drift.as_nanos()).unwrap_or(u64::MAX));
+        if stamp.physical_ns > limit {
+            return Err(TooFarAhead {
+                ahead: Duration::from_nanos(stamp.physical_ns - wall),
+            });
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if (stamp.physical_ns, stamp.logical) > *last {
+            *last = (stamp.physical_ns, stamp.logical);
+        }
+        Ok(())
+    }
+
+    /// The wall clock's reading now, Unix nanoseconds.
+    pub(crate) fn wall(&self) -> u64 {
+        (self.wall)()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    static WALL: AtomicU64 = AtomicU64::new(1_000_000_000_000);
+
+    fn test_wall() -> u64 {
+        WALL.load(Ordering::SeqCst)
+    }
+
+    proptest! {
+        /// Whatever the wall clock does (forward, still, back), every stamp
+        /// is above the one before, and above every stamp observed.
+        #[test]
+        fn stamps_only_go_up(steps in prop::collection::vec((-5_000i64..5_000, any::<bool>(), 0u64..2_000, 0u32..4), 1..200)) {
+            let clock = Clock::with_wall(7, Duration::from_millis(500), test_wall);
+            let mut wall: i64 = 1_000_000_000;
+            let mut last = Stamp::default();
+            for (jump, observe, ahead, logical) in steps {
+                wall = (wall + jump).max(0);
+                WALL.store(wall as u64, Ordering::SeqCst);
+                if observe {
+                    let seen = Stamp { physical_ns: wall as u64 + ahead, logical, node: 9 };
+                    clock.observe(seen).unwrap();
+                    let next = clock.now();
+                    prop_assert!(next > seen, "{next} not above observed {seen}");
+                    prop_assert!(next > last);
+                    last = next;
+                } else {
+                    let next = clock.now();
+                    prop_assert!(next > last, "{next} not above {last}");
+                    last = next;
+                }
+            }
+        }
+
+        /// Stamps of different nodes never compare equal.
+        #[test]
+        fn stamps_are_a_strict_total_order(a in any::<(u64, u32)>(), b in any::<(u64, u32)>(), na in 1u64..1000, nb in 1000u64..2000) {
+            let x = Stamp { physical_ns: a.0, logical: a.1, node: na };
+            let y = Stamp { physical_ns: b.0, logical: b.1, node: nb };
+            prop_assert_ne!(x, y);
+            prop_assert!((x < y) ^ (y < x));
+        }
+    }
+
+    #[test]
+    fn the_far_future_is_refused_and_leaves_the_clock_alone() {
+        let clock = Clock::new(1, Duration::from_millis(500));
+        let now = wall_ns();
+        let far = Stamp {
+            physical_ns: now + 60_000_000_000,
+            logical: 0,
+            node: 2,
+        };
+        let err = clock.observe(far).unwrap_err();
+        assert!(err.ahead > Duration::from_secs(59));
+        assert!(
+            clock.now() < far,
+            "the refused stamp did not move the clock"
+        );
+        let near = Stamp {
+            physical_ns: now + 100_000_000,
+            logical: 3,
+            node: 2,
+        };
+        clock.observe(near).unwrap();
+        assert!(clock.now() > near);
+    }
+}

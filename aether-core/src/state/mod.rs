@@ -1,0 +1,1330 @@
+//! Replicated state: maps every replica on the bus holds and converges on,
+//! and node-owned state with presence.
+//!
+//! A [`StateMap`] is a named key-value map replicated over the aether's own
+//! waves, so it works the same on the embedded medium and over NATS. Writes
+//! are local first (a `get` right after a `set` sees it) and spread in the
+//! background; conflicts resolve by hybrid logical clock stamps (the highest
+//! wins, a delete is a tombstone), so every replica ends with the same
+//! contents whatever order the waves took. A replica that joins late takes
+//! the whole state from a peer before [`StateMap::open`] returns, and
+//! replicas compare digests at an interval and repair what differs, so
+//! waves lost to a partition, a shed or a restart are made good by
+//! themselves. [`NodeState`] is the node-owned shape: each node writes only
+//! its own keys, reads any node's, and sees who is there.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use aether_core::{Aether, state::StateMap};
+//!
+//! let aether = Aether::default();
+//! let kitchen = StateMap::builder("home").node("kitchen").open(&aether).await?;
+//! let hall = StateMap::builder("home").node("hall").open(&aether).await?;
+//!
+//! kitchen.set_json("living.temp", &21.5).await?;
+//! assert_eq!(kitchen.get_json::<f64>("living.temp")?, Some(21.5)); // local first
+//! hall.changed("living.temp").await; // spreads in the background
+//! assert_eq!(hall.get_json::<f64>("living.temp")?, Some(21.5));
+//! # Ok(()) }
+//! ```
+//!
+//! The rules are in the user guide (`docs/guide/state.md`); the messages,
+//! byte by byte, in ARCHITECTURE.md.
+
+mod codec;
+pub mod hlc;
+mod store;
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    num::NonZeroU32,
+    pin::Pin,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use futures_core::Stream;
+use governor::{Quota, RateLimiter, clock::DefaultClock, state::keyed::HashMapStateStore};
+use serde::{Serialize, de::DeserializeOwned};
+use smol_str::SmolStr;
+use tokio::sync::{Notify, broadcast};
+use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+
+use crate::{
+    Aether, Channel, EmitErrorKind, Emitter, RequestErrorKind, Vibrator, Wave, names::is_name,
+};
+
+pub use self::hlc::Stamp;
+use self::{
+    codec::{Limits, Message},
+    hlc::Clock,
+    store::{Entry, Merged, Store},
+};
+
+/// The settings of a replicated map.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateConfig {
+    /// Longest key, bytes (at most 65,535).
+    pub max_key_bytes: usize,
+    /// Longest value, bytes.
+    pub max_value_bytes: usize,
+    /// A stamp further ahead of this replica's clock is refused.
+    pub max_drift: Duration,
+    /// Tombstones older than this are collected, and a write stamped
+    /// before it is refused. It must be longer than any partition a replica
+    /// may come back from with its state.
+    pub tombstone_horizon: Duration,
+    /// How often a replica says it is there.
+    pub heartbeat_interval: Duration,
+    /// A replica not heard from for this long has left.
+    pub presence_timeout: Duration,
+    /// How often replicas compare digests and repair what differs.
+    pub anti_entropy_interval: Duration,
+    /// How long `open` waits for a peer's state before it goes on alone.
+    pub ready_timeout: Duration,
+    /// Most writes a second taken from one writer; past it they are
+    /// refused (`rate_limited`) and anti-entropy brings them later.
+    pub max_writes_per_s: u32,
+    /// Changes a watcher may fall behind before it misses some (counted).
+    pub watch_buffer: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 256,
+            max_value_bytes: 32 * 1024,
+            max_drift: Duration::from_millis(500),
+            tombstone_horizon: Duration::from_secs(24 * 3600),
+            heartbeat_interval: Duration::from_secs(1),
+            presence_timeout: Duration::from_secs(3),
+            anti_entropy_interval: Duration::from_secs(2),
+            ready_timeout: Duration::from_secs(2),
+            max_writes_per_s: 10_000,
+            watch_buffer: 1024,
+        }
+    }
+}
+
+impl StateConfig {
+    fn validate(&self) -> Result<(), StateError> {
+        let bad = |what: &str| Err(StateError::new(StateErrorKind::Config, what.to_string()));
+        if self.max_key_bytes == 0 || self.max_key_bytes > usize::from(u16::MAX) {
+            return bad("max_key_bytes must be 1 to 65535");
+        }
+        if self.max_value_bytes == 0 || self.max_value_bytes > 16 * 1024 * 1024 {
+            return bad("max_value_bytes must be 1 to 16 MiB");
+        }
+        if self.heartbeat_interval.is_zero() || self.anti_entropy_interval.is_zero() {
+            return bad("heartbeat_interval and anti_entropy_interval must be above zero");
+        }
+        if self.presence_timeout <= self.heartbeat_interval {
+            return bad("presence_timeout must be longer than heartbeat_interval");
+        }
+        if self.tombstone_horizon <= self.anti_entropy_interval {
+            return bad("tombstone_horizon must be longer than anti_entropy_interval");
+        }
+        if self.max_writes_per_s == 0 || self.watch_buffer == 0 {
+            return bad("max_writes_per_s and watch_buffer must be above zero");
+        }
+        Ok(())
+    }
+}
+
+/// What went wrong with a state operation.
+pub type StateError = crate::Error<StateErrorKind>;
+
+/// The kinds of [`StateError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StateErrorKind {
+    /// The map or node name is not a single token of `A-Z a-z 0-9 _ -`.
+    InvalidName,
+    /// A key is empty or longer than `max_key_bytes`.
+    InvalidKey,
+    /// A value is longer than `max_value_bytes`.
+    TooLarge,
+    /// A node-owned key (`node/<name>/...`) of another node.
+    NotOwner,
+    /// A value did not serialize, or did not deserialize as asked.
+    Payload,
+    /// The settings are out of range.
+    Config,
+    /// The aether or the map was closed.
+    Closed,
+    /// The write is kept here but could not be sent; anti-entropy sends it
+    /// when it can.
+    Medium,
+}
+
+impl fmt::Display for StateErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StateErrorKind::InvalidName => "invalid name",
+            StateErrorKind::InvalidKey => "invalid key",
+            StateErrorKind::TooLarge => "value too large",
+            StateErrorKind::NotOwner => "not the owner",
+            StateErrorKind::Payload => "bad payload",
+            StateErrorKind::Config => "invalid state settings",
+            StateErrorKind::Closed => "closed",
+            StateErrorKind::Medium => "not sent",
+        })
+    }
+}
+
+/// Why a replica refused something it received, as counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Not a state message, or over a size limit.
+    Malformed,
+    /// Stamped more than `max_drift` ahead.
+    Future,
+    /// Stamped before the tombstone horizon.
+    TooOld,
+    /// A node-owned key written (or relayed) by another node.
+    NotOwner,
+    /// Past `max_writes_per_s` from one writer.
+    RateLimited,
+}
+
+impl Refusal {
+    /// Every reason, in counter order.
+    pub const ALL: [Refusal; 5] = [
+        Refusal::Malformed,
+        Refusal::Future,
+        Refusal::TooOld,
+        Refusal::NotOwner,
+        Refusal::RateLimited,
+    ];
+
+    /// Its name as a metric label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Refusal::Malformed => "malformed",
+            Refusal::Future => "future",
+            Refusal::TooOld => "too_old",
+            Refusal::NotOwner => "not_owner",
+            Refusal::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// A change applied to a replica, local or remote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The key.
+    pub key: String,
+    /// Its value before (`None`: unset or deleted).
+    pub old: Option<Bytes>,
+    /// Its value now (`None`: deleted).
+    pub new: Option<Bytes>,
+    /// The name of the replica that wrote it.
+    pub writer: String,
+    /// The write's stamp.
+    pub stamp: Stamp,
+}
+
+/// A write of this replica that a write with a higher stamp overwrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Superseded {
+    /// The key.
+    pub key: String,
+    /// The stamp of this replica's write.
+    pub mine: Stamp,
+    /// The write that won.
+    pub by: Change,
+}
+
+/// Someone joined or left a map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Presence {
+    /// A replica named this was heard for the first time (or again).
+    Joined(String),
+    /// A replica named this said it goes, or was not heard for
+    /// `presence_timeout`.
+    Left(String),
+}
+
+/// What a replica did, counted since it opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateStats {
+    /// Keys set.
+    pub keys: usize,
+    /// Tombstones held.
+    pub tombstones: usize,
+    /// Changes applied (local and remote).
+    pub applied: u64,
+    /// Entries received that changed nothing (duplicates, older writes).
+    pub stale: u64,
+    /// Refused, by reason ([`Refusal::ALL`] order).
+    pub refused: [u64; 5],
+    /// Entries that anti-entropy brought in.
+    pub repaired: u64,
+    /// Tombstones collected.
+    pub collected: u64,
+    /// Changes watchers missed because they fell behind.
+    pub watch_lagged: u64,
+    /// Live peers.
+    pub peers: usize,
+}
+
+impl StateStats {
+    /// How many were refused for `reason`.
+    pub fn refused(&self, reason: Refusal) -> u64 {
+        self.refused[reason as usize]
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    applied: AtomicU64,
+    stale: AtomicU64,
+    refused: [AtomicU64; 5],
+    repaired: AtomicU64,
+    collected: AtomicU64,
+    watch_lagged: AtomicU64,
+}
+
+/// Builds a [`StateMap`]: its name, this replica's node name and settings.
+#[derive(Clone, Debug)]
+pub struct StateMapBuilder {
+    map: String,
+    node: Option<String>,
+    config: StateConfig,
+}
+
+impl StateMapBuilder {
+    /// This replica's name: the writer its changes carry, and the owner of
+    /// `node/<name>/...` keys. A vibrator name; default `replica-<random>`.
+    pub fn node(mut self, name: impl Into<String>) -> Self {
+        self.node = Some(name.into());
+        self
+    }
+
+    /// Its settings.
+    pub fn config(mut self, config: StateConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Opens the replica on `aether`: it takes the current state from a
+    /// live peer (up to `ready_timeout`), then returns.
+    pub async fn open(self, aether: &Aether) -> Result<StateMap, StateError> {
+        StateMap::open_with(aether, self).await
+    }
+}
+
+/// One replica of a named, replicated key-value map.
+///
+/// Cheap to clone; every clone is the same replica. Dropping the last clone
+/// (or [`StateMap::close`]) says goodbye to the peers and stops it.
+#[derive(Clone)]
+pub struct StateMap {
+    shared: Arc<Shared>,
+    _guard: Arc<Guard>,
+}
+
+/// Stops the replica when the last handle goes.
+struct Guard(Arc<Shared>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+struct Shared {
+    map: String,
+    node_name: SmolStr,
+    config: StateConfig,
+    limits: Limits,
+    clock: Clock,
+    store: Mutex<Store>,
+    emitter: Emitter,
+    channels: Channels,
+    changes: broadcast::Sender<Change>,
+    superseded: broadcast::Sender<Superseded>,
+    presence: broadcast::Sender<Presence>,
+    peers: Mutex<HashMap<u64, Peer>>,
+    counters: Counters,
+    writers: RateLimiter<SmolStr, HashMapStateStore<SmolStr>, DefaultClock>,
+    /// Wakes `changed` waiters at every applied change.
+    applied: Notify,
+    /// Catch-up: the buckets still expected from the peer that answered.
+    pending_sync: Mutex<Option<(u64, HashSet<u8>)>>,
+    synced: Notify,
+    /// Caught up: the task starts answering catch-ups.
+    ready: Notify,
+    /// No more writes; the task ends.
+    stopped: AtomicBool,
+    /// The replica said goodbye to its peers.
+    goodbye: AtomicBool,
+    stop: Notify,
+}
+
+struct Peer {
+    name: SmolStr,
+    seen: Instant,
+}
+
+/// The channels of one map.
+struct Channels {
+    changes: Channel,
+    digest: Channel,
+    presence: Channel,
+    sync: Channel,
+    /// Repairs addressed to this replica.
+    repair: Channel,
+    prefix: String,
+}
+
+impl Channels {
+    fn of(map: &str, node: u64) -> Self {
+        let prefix = format!("_state.{map}");
+        Self {
+            changes: Channel::new(format!("{prefix}.c")),
+            digest: Channel::new(format!("{prefix}.d")),
+            presence: Channel::new(format!("{prefix}.p")),
+            sync: Channel::new(format!("{prefix}.s")),
+            repair: Channel::new(format!("{prefix}.r.{node:016x}")),
+            prefix,
+        }
+    }
+
+    fn repair_of(&self, node: u64) -> Channel {
+        Channel::new(format!("{}.r.{node:016x}", self.prefix))
+    }
+}
+
+/// A random node id: the process nonce mixed with a count and the time, so
+/// that replicas in one process and across processes differ.
+fn node_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nonce = crate::wave::process_nonce();
+    let mixed = nonce ^ hlc::wall_ns().rotate_left(17);
+    mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(n) | 1
+}
+
+impl StateMap {
+    /// A builder for the replica of map `name` (one token of
+    /// `A-Z a-z 0-9 _ -`).
+    pub fn builder(name: impl Into<String>) -> StateMapBuilder {
+        StateMapBuilder {
+            map: name.into(),
+            node: None,
+            config: StateConfig::default(),
+        }
+    }
+
+    /// Opens a replica of map `name` with the default settings.
+    pub async fn open(aether: &Aether, name: impl Into<String>) -> Result<StateMap, StateError> {
+        Self::builder(name).open(aether).await
+    }
+
+    async fn open_with(aether: &Aether, builder: StateMapBuilder) -> Result<StateMap, StateError> {
+        let StateMapBuilder { map, node, config } = builder;
+        config.validate()?;
+        if map.is_empty() || map.contains('.') || !is_name(&map) {
+            return Err(StateError::new(
+                StateErrorKind::InvalidName,
+                format!("map name {map:?} is not one token of A-Z a-z 0-9 _ -"),
+            ));
+        }
+        let id = node_id();
+        let node_name = node.unwrap_or_else(|| format!("replica-{:08x}", id as u32));
+        if !is_name(&node_name) || node_name.len() > 255 {
+            return Err(StateError::new(
+                StateErrorKind::InvalidName,
+                format!("node name {node_name:?} is not a vibrator name"),
+            ));
+        }
+        let channels = Channels::of(&map, id);
+        let mut vibrator = Vibrator::builder(node_name.clone())
+            .skip_own_waves(true)
+            .queue_capacity(16_384)
+            .create(aether)
+            .await
+            .map_err(|e| StateError::with_source(StateErrorKind::Closed, e))?;
+        // Not yet on the catch-up channel: a replica answers catch-ups only
+        // once it caught up itself, and the first one hears "no
+        // responders" at once.
+        for channel in [
+            &channels.changes,
+            &channels.digest,
+            &channels.presence,
+            &channels.repair,
+        ] {
+            vibrator
+                .resonate_on(channel.clone())
+                .await
+                .map_err(|e| StateError::with_source(StateErrorKind::Closed, e))?;
+        }
+        let quota = Quota::per_second(NonZeroU32::new(config.max_writes_per_s).expect("validated"));
+        let shared = Arc::new(Shared {
+            limits: Limits {
+                max_key_bytes: config.max_key_bytes,
+                max_value_bytes: config.max_value_bytes,
+            },
+            clock: Clock::new(id, config.max_drift),
+            store: Mutex::new(Store::default()),
+            emitter: vibrator.emitter(),
+            channels,
+            changes: broadcast::channel(config.watch_buffer).0,
+            superseded: broadcast::channel(config.watch_buffer).0,
+            presence: broadcast::channel(config.watch_buffer).0,
+            peers: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            writers: RateLimiter::hashmap(quota),
+            applied: Notify::new(),
+            pending_sync: Mutex::new(None),
+            synced: Notify::new(),
+            ready: Notify::new(),
+            stopped: AtomicBool::new(false),
+            goodbye: AtomicBool::new(false),
+            stop: Notify::new(),
+            map,
+            node_name: SmolStr::new(node_name),
+            config,
+        });
+        tokio::spawn(run(shared.clone(), vibrator));
+        let map = StateMap {
+            _guard: Arc::new(Guard(shared.clone())),
+            shared,
+        };
+        map.shared.hello(false).await;
+        map.catch_up().await;
+        map.shared.ready.notify_one();
+        Ok(map)
+    }
+
+    /// Asks a live peer for what this replica lacks and waits (up to
+    /// `ready_timeout`) until it came. Alone on the bus: ready at once.
+    async fn catch_up(&self) {
+        let shared = &self.shared;
+        let timeout = shared.config.ready_timeout;
+        let request = Wave::new(
+            shared.channels.sync.clone(),
+            Message::Digest {
+                node: shared.clock.node(),
+                digest: Box::new(shared.lock_store().digest()),
+            }
+            .encode(),
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
+        let reply = match shared.emitter.request_on(request, timeout).await {
+            Ok(reply) => reply,
+            Err(e) if e.kind() == RequestErrorKind::NoResponders => return,
+            Err(e) => {
+                tracing::warn!(map = %shared.map, error = %e, "no peer gave its state; going on with what this replica has");
+                return;
+            }
+        };
+        let Ok(Message::Sync { node, buckets }) =
+            Message::decode(reply.payload_bytes().clone(), &shared.limits)
+        else {
+            shared.refuse(Refusal::Malformed);
+            return;
+        };
+        {
+            let mut pending = shared.lock_pending();
+            let set: HashSet<u8> = buckets.into_iter().collect();
+            // Repairs that came before the answer were noted against node 0.
+            let arrived = match pending.take() {
+                Some((0, arrived)) => arrived,
+                _ => HashSet::new(),
+            };
+            let left: HashSet<u8> = set.difference(&arrived).copied().collect();
+            if left.is_empty() {
+                return;
+            }
+            *pending = Some((node, left));
+        }
+        loop {
+            let notified = shared.synced.notified();
+            if shared
+                .lock_pending()
+                .as_ref()
+                .is_none_or(|(_, b)| b.is_empty())
+            {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::warn!(map = %shared.map, "a peer's state did not all come within ready_timeout; anti-entropy brings the rest");
+                break;
+            }
+        }
+        *shared.lock_pending() = None;
+    }
+
+    /// The map's name.
+    pub fn name(&self) -> &str {
+        &self.shared.map
+    }
+
+    /// This replica's node name.
+    pub fn node(&self) -> &str {
+        &self.shared.node_name
+    }
+
+    /// Sets `key` to `value` here at once, and sends it to every replica.
+    /// `Medium` if it could not be sent now (it is kept, and anti-entropy
+    /// sends it later).
+    pub async fn set(&self, key: &str, value: impl Into<Bytes>) -> Result<Stamp, StateError> {
+        self.write(key, Some(value.into())).await
+    }
+
+    /// Sets `key` to `value` as JSON.
+    pub async fn set_json(&self, key: &str, value: &impl Serialize) -> Result<Stamp, StateError> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| StateError::with_source(StateErrorKind::Payload, e))?;
+        self.set(key, bytes).await
+    }
+
+    /// Deletes `key` (a tombstone, so no older write brings it back).
+    pub async fn delete(&self, key: &str) -> Result<Stamp, StateError> {
+        self.write(key, None).await
+    }
+
+    async fn write(&self, key: &str, value: Option<Bytes>) -> Result<Stamp, StateError> {
+        let shared = &self.shared;
+        if shared.stopped.load(Ordering::Acquire) {
+            return Err(StateError::new(
+                StateErrorKind::Closed,
+                "the map was closed",
+            ));
+        }
+        shared.check_key(key)?;
+        if let Some(value) = &value
+            && value.len() > shared.config.max_value_bytes
+        {
+            return Err(StateError::new(
+                StateErrorKind::TooLarge,
+                format!(
+                    "a value of {} bytes for {key:?}; at most max_value_bytes = {}",
+                    value.len(),
+                    shared.config.max_value_bytes
+                ),
+            ));
+        }
+        if let Some(owner) = owner_of(key)
+            && owner != shared.node_name.as_str()
+        {
+            return Err(StateError::new(
+                StateErrorKind::NotOwner,
+                format!(
+                    "{key:?} belongs to node {owner:?}; this replica is {:?}",
+                    shared.node_name
+                ),
+            ));
+        }
+        let entry = Entry {
+            stamp: shared.clock.now(),
+            value,
+            writer: shared.node_name.clone(),
+        };
+        let stamp = entry.stamp;
+        shared.apply(key, entry.clone(), false);
+        let message = Message::Changes {
+            repair: None,
+            entries: vec![(key.to_string(), entry)],
+        };
+        shared
+            .emit(shared.channels.changes.clone(), message)
+            .await
+            .map_err(|e| {
+                let kind = if e.kind() == EmitErrorKind::Closed {
+                    StateErrorKind::Closed
+                } else {
+                    StateErrorKind::Medium
+                };
+                StateError::with_source(kind, e)
+            })?;
+        Ok(stamp)
+    }
+
+    /// The value of `key`, if it is set.
+    pub fn get(&self, key: &str) -> Option<Bytes> {
+        self.shared.lock_store().get(key).cloned()
+    }
+
+    /// The value of `key` as JSON of type `T`; `Payload` if it is not.
+    pub fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StateError> {
+        self.get(key)
+            .map(|bytes| serde_json::from_slice(&bytes))
+            .transpose()
+            .map_err(|e| StateError::with_source(StateErrorKind::Payload, e))
+    }
+
+    /// The stamp and writer of `key`'s current entry (a tombstone too).
+    pub fn stamp_of(&self, key: &str) -> Option<(Stamp, String)> {
+        self.shared
+            .lock_store()
+            .entry(key)
+            .map(|e| (e.stamp, e.writer.to_string()))
+    }
+
+    /// Every key set and its value, in key order.
+    pub fn entries(&self) -> Vec<(String, Bytes)> {
+        self.shared
+            .lock_store()
+            .entries()
+            .filter_map(|(k, e)| e.value.as_ref().map(|v| (k.clone(), v.clone())))
+            .collect()
+    }
+
+    /// Keys set.
+    pub fn len(&self) -> usize {
+        self.shared.lock_store().len()
+    }
+
+    /// Whether no key is set.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every change applied from now on to a key that `pattern` matches
+    /// (the channel grammar: `living.*`, `>`; a key that is no channel is
+    /// matched by `*` and `>` only, or by itself).
+    pub fn watch(&self, pattern: &str) -> Watch {
+        Watch {
+            pattern: Channel::new(pattern),
+            raw: pattern.to_string(),
+            changes: tokio_stream_of(self.shared.changes.subscribe()),
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// This replica's writes that a higher stamp overwrote, from now on.
+    pub fn superseded(&self) -> impl Stream<Item = Superseded> + Send + Unpin + 'static {
+        Lossy {
+            inner: tokio_stream_of(self.shared.superseded.subscribe()),
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Joins and leaves of the map's replicas, from now on.
+    pub fn presence(&self) -> impl Stream<Item = Presence> + Send + Unpin + 'static {
+        Lossy {
+            inner: tokio_stream_of(self.shared.presence.subscribe()),
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The live replicas of this map (their node names), this one aside.
+    pub fn peers(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .shared
+            .lock_peers()
+            .values()
+            .map(|p| p.name.to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Waits until a change to `key` is applied here (from now on).
+    pub async fn changed(&self, key: &str) {
+        let mut watch = self.watch(key);
+        let _ = futures_util::StreamExt::next(&mut watch).await;
+    }
+
+    /// What the replica did, counted.
+    pub fn stats(&self) -> StateStats {
+        let shared = &self.shared;
+        let c = &shared.counters;
+        let store = shared.lock_store();
+        StateStats {
+            keys: store.len(),
+            tombstones: store.tombstones(),
+            applied: c.applied.load(Ordering::Relaxed),
+            stale: c.stale.load(Ordering::Relaxed),
+            refused: std::array::from_fn(|i| c.refused[i].load(Ordering::Relaxed)),
+            repaired: c.repaired.load(Ordering::Relaxed),
+            collected: c.collected.load(Ordering::Relaxed),
+            watch_lagged: c.watch_lagged.load(Ordering::Relaxed),
+            peers: shared.lock_peers().len(),
+        }
+    }
+
+    /// Says goodbye to the peers (they see it leave at once) and stops.
+    pub async fn close(&self) {
+        self.shared.say_goodbye().await;
+        self.shared.stop();
+    }
+}
+
+impl fmt::Debug for StateMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateMap")
+            .field("map", &self.shared.map)
+            .field("node", &self.shared.node_name)
+            .field("keys", &self.len())
+            .finish()
+    }
+}
+
+/// The owner of a node-owned key: `node/<owner>/...`.
+fn owner_of(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix("node/")?;
+    Some(rest.split('/').next().unwrap_or(rest))
+}
+
+/// A stream of changes to the keys a pattern matches.
+pub struct Watch {
+    pattern: Channel,
+    raw: String,
+    changes: BroadcastStream<Change>,
+    shared: Arc<Shared>,
+}
+
+impl Watch {
+    fn wants(&self, key: &str) -> bool {
+        key == self.raw
+            || self.raw == ">"
+            || self.raw == "*"
+            || Channel::new(key).matches(&self.pattern)
+    }
+}
+
+impl Stream for Watch {
+    type Item = Change;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Change>> {
+        loop {
+            match Pin::new(&mut self.changes).poll_next(cx) {
+                Poll::Ready(Some(Ok(change))) => {
+                    if self.wants(&change.key) {
+                        return Poll::Ready(Some(change));
+                    }
+                }
+                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
+                    self.shared
+                        .counters
+                        .watch_lagged
+                        .fetch_add(missed, Ordering::Relaxed);
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Watch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watch").field("pattern", &self.raw).finish()
+    }
+}
+
+/// A broadcast receiver as a stream.
+fn tokio_stream_of<T: Clone + Send + 'static>(rx: broadcast::Receiver<T>) -> BroadcastStream<T> {
+    BroadcastStream::new(rx)
+}
+
+/// A broadcast stream whose misses are counted, not handed out.
+struct Lossy<T> {
+    inner: BroadcastStream<T>,
+    shared: Arc<Shared>,
+}
+
+impl<T: Clone + Send + 'static> Stream for Lossy<T> {
+    type Item = T;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        loop {
+            match Pin::new(&mut self.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(item))) => return Poll::Ready(Some(item)),
+                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
+                    self.shared
+                        .counters
+                        .watch_lagged
+                        .fetch_add(missed, Ordering::Relaxed);
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn lock_store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_peers(&self) -> MutexGuard<'_, HashMap<u64, Peer>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_pending(&self) -> MutexGuard<'_, Option<(u64, HashSet<u8>)>> {
+        self.pending_sync.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn refuse(&self, reason: Refusal) {
+        self.counters.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn check_key(&self, key: &str) -> Result<(), StateError> {
+        if key.is_empty() || key.len() > self.config.max_key_bytes {
+            return Err(StateError::new(
+                StateErrorKind::InvalidKey,
+                format!(
+                    "a key of {} bytes; keys are 1 to max_key_bytes = {} bytes",
+                    key.len(),
+                    self.config.max_key_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.stop.notify_one();
+    }
+
+    async fn emit(&self, channel: Channel, message: Message) -> Result<(), crate::EmitError> {
+        self.emitter
+            .emit_own(Wave::new(channel, message.encode()))
+            .await
+            .map(|_| ())
+    }
+
+    /// Says goodbye to the peers, once.
+    async fn say_goodbye(&self) {
+        if !self.goodbye.swap(true, Ordering::AcqRel) {
+            self.hello(true).await;
+        }
+    }
+
+    async fn hello(&self, leaving: bool) {
+        let message = Message::Hello {
+            node: self.clock.node(),
+            leaving,
+        };
+        if let Err(error) = self.emit(self.channels.presence.clone(), message).await {
+            tracing::debug!(map = %self.map, %error, "could not say hello");
+        }
+    }
+
+    /// Merges one entry here (`repair`: brought by anti-entropy) and tells
+    /// watchers, and the writer if its write lost. `true` if it changed
+    /// the map.
+    fn apply(&self, key: &str, entry: Entry, repair: bool) -> bool {
+        let change = Change {
+            key: key.to_string(),
+            old: None,
+            new: entry.value.clone(),
+            writer: entry.writer.to_string(),
+            stamp: entry.stamp,
+        };
+        let merged = self.lock_store().merge(key, entry);
+        match merged {
+            Merged::Stale => {
+                self.counters.stale.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Merged::Applied(old) => {
+                self.counters.applied.fetch_add(1, Ordering::Relaxed);
+                if repair {
+                    self.counters.repaired.fetch_add(1, Ordering::Relaxed);
+                }
+                let change = Change {
+                    old: old.as_ref().and_then(|o| o.value.clone()),
+                    ..change
+                };
+                if let Some(old) = old
+                    && old.stamp.node == self.clock.node()
+                    && change.stamp.node != self.clock.node()
+                {
+                    let _ = self.superseded.send(Superseded {
+                        key: key.to_string(),
+                        mine: old.stamp,
+                        by: change.clone(),
+                    });
+                }
+                let _ = self.changes.send(change);
+                self.applied.notify_waiters();
+                true
+            }
+        }
+    }
+
+    /// Takes in entries from `source` (the wave's source, checked by the
+    /// aether's signatures where they are required).
+    fn take_entries(&self, source: &str, entries: Vec<(String, Entry)>, repair: bool) {
+        let horizon = self.clock.wall().saturating_sub(
+            u64::try_from(self.config.tombstone_horizon.as_nanos()).unwrap_or(u64::MAX),
+        );
+        for (key, entry) in entries {
+            if self.check_key(&key).is_err() {
+                self.refuse(Refusal::Malformed);
+                continue;
+            }
+            // A node-owned key comes only from its owner, whether it wrote
+            // it now or relays it in a repair.
+            let writer_ok = match owner_of(&key) {
+                Some(owner) => owner == source && entry.writer == source,
+                None => repair || entry.writer == source,
+            };
+            if !writer_ok {
+                self.refuse(Refusal::NotOwner);
+                continue;
+            }
+            if self.clock.observe(entry.stamp).is_err() {
+                self.refuse(Refusal::Future);
+                continue;
+            }
+            // Before the horizon a tombstone may have been collected: a
+            // live change that old could bring a key back. A repair's old
+            // value is the survivor of that merge, and is taken.
+            if entry.stamp.physical_ns < horizon && (!repair || entry.value.is_none()) {
+                self.refuse(Refusal::TooOld);
+                continue;
+            }
+            self.apply(&key, entry, repair);
+        }
+    }
+
+    /// Sends `node` the entries of `buckets`, in chunks, the last of each
+    /// bucket marked.
+    async fn send_buckets(&self, node: u64, buckets: &[u8]) {
+        let channel = self.channels.repair_of(node);
+        let budget = self.config.max_value_bytes.max(64 * 1024) * 4;
+        for &bucket in buckets {
+            let entries: Vec<(String, Entry)> = self
+                .lock_store()
+                .bucket(usize::from(bucket))
+                .filter(|(key, e)| {
+                    // Relayed node-owned keys would be refused: send only
+                    // this node's own.
+                    owner_of(key).is_none_or(|o| o == self.node_name.as_str())
+                        && !e.writer.is_empty()
+                })
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect();
+            let mut chunk = Vec::new();
+            let mut size = 0;
+            let mut chunks = Vec::new();
+            for (key, entry) in entries {
+                let cost = key.len() + entry.value.as_ref().map_or(0, Bytes::len) + 64;
+                if !chunk.is_empty() && (size + cost > budget || chunk.len() >= codec::MAX_ENTRIES)
+                {
+                    chunks.push(std::mem::take(&mut chunk));
+                    size = 0;
+                }
+                size += cost;
+                chunk.push((key, entry));
+            }
+            chunks.push(chunk);
+            let n = chunks.len();
+            for (i, entries) in chunks.into_iter().enumerate() {
+                let message = Message::Changes {
+                    repair: Some((bucket, i + 1 == n)),
+                    entries,
+                };
+                if let Err(error) = self.emit(channel.clone(), message).await {
+                    tracing::debug!(map = %self.map, %error, "could not send a repair");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn note_peer(&self, node: u64, name: &str, leaving: bool) {
+        let mut peers = self.lock_peers();
+        if leaving {
+            if let Some(peer) = peers.remove(&node) {
+                let _ = self.presence.send(Presence::Left(peer.name.to_string()));
+            }
+            return;
+        }
+        let now = Instant::now();
+        match peers.get_mut(&node) {
+            Some(peer) => peer.seen = now,
+            None => {
+                // Bounded: a flood of made-up nodes cannot grow it forever.
+                if peers.len() >= 4096 {
+                    return;
+                }
+                peers.insert(
+                    node,
+                    Peer {
+                        name: SmolStr::new(name),
+                        seen: now,
+                    },
+                );
+                let _ = self.presence.send(Presence::Joined(name.to_string()));
+            }
+        }
+    }
+
+    fn expire_peers(&self) {
+        let timeout = self.config.presence_timeout;
+        let mut peers = self.lock_peers();
+        let gone: Vec<u64> = peers
+            .iter()
+            .filter(|(_, p)| p.seen.elapsed() > timeout)
+            .map(|(n, _)| *n)
+            .collect();
+        for node in gone {
+            if let Some(peer) = peers.remove(&node) {
+                let _ = self.presence.send(Presence::Left(peer.name.to_string()));
+            }
+        }
+    }
+
+    /// Handles one wave of the map's channels.
+    async fn handle(&self, vibrator: &Vibrator, wave: Wave) {
+        let Some(source) = wave.source().map(str::to_string) else {
+            self.refuse(Refusal::Malformed);
+            return;
+        };
+        let message = match Message::decode(wave.payload_bytes().clone(), &self.limits) {
+            Ok(message) => message,
+            Err(_) => {
+                self.refuse(Refusal::Malformed);
+                return;
+            }
+        };
+        let channel = wave.channel();
+        match message {
+            Message::Changes { repair, entries } => {
+                let live = *channel == self.channels.changes && repair.is_none();
+                let mine = *channel == self.channels.repair && repair.is_some();
+                if !live && !mine {
+                    self.refuse(Refusal::Malformed);
+                    return;
+                }
+                // Live changes are limited per writer; repairs come only as
+                // answers to this replica's digest, at most one a bucket.
+                if live && self.writers.check_key(&SmolStr::new(&source)).is_err() {
+                    self.refuse(Refusal::RateLimited);
+                    return;
+                }
+                self.take_entries(&source, entries, repair.is_some());
+                if let Some((bucket, true)) = repair {
+                    let mut pending = self.lock_pending();
+                    match pending.as_mut() {
+                        Some((_, left)) => {
+                            left.remove(&bucket);
+                        }
+                        // The answer to the sync request is still on its
+                        // way: note it against node 0.
+                        None => {
+                            *pending = Some((0, HashSet::from([bucket])));
+                        }
+                    }
+                    drop(pending);
+                    self.synced.notify_waiters();
+                }
+            }
+            Message::Digest { node, digest } => {
+                let differing: Vec<u8> = self
+                    .lock_store()
+                    .digest()
+                    .differing(&digest)
+                    .into_iter()
+                    .map(|b| b as u8)
+                    .collect();
+                if *channel == self.channels.sync {
+                    // A catch-up: answer with the buckets that follow.
+                    let answer = Message::Sync {
+                        node: self.clock.node(),
+                        buckets: differing.clone(),
+                    };
+                    if let Err(error) = vibrator.reply(&wave, answer.encode()).await {
+                        tracing::debug!(map = %self.map, %error, "could not answer a sync");
+                        return;
+                    }
+                } else if *channel != self.channels.digest {
+                    self.refuse(Refusal::Malformed);
+                    return;
+                }
+                if !differing.is_empty() {
+                    self.send_buckets(node, &differing).await;
+                }
+            }
+            Message::Hello { node, leaving } => {
+                if *channel != self.channels.presence {
+                    self.refuse(Refusal::Malformed);
+                    return;
+                }
+                let new = !self.lock_peers().contains_key(&node);
+                self.note_peer(node, &source, leaving);
+                if new && !leaving {
+                    // Someone new: say hello back so it knows us soon.
+                    self.hello(false).await;
+                }
+            }
+            Message::Sync { .. } => self.refuse(Refusal::Malformed),
+        }
+    }
+
+    /// The periodic work: presence, anti-entropy, tombstone collection.
+    async fn tick(&self, heartbeat: bool, anti_entropy: bool) {
+        if heartbeat {
+            self.hello(false).await;
+            self.expire_peers();
+        }
+        if anti_entropy {
+            let horizon = self.clock.wall().saturating_sub(
+                u64::try_from(self.config.tombstone_horizon.as_nanos()).unwrap_or(u64::MAX),
+            );
+            let collected = self.lock_store().collect(horizon);
+            self.counters
+                .collected
+                .fetch_add(collected as u64, Ordering::Relaxed);
+            self.writers.retain_recent();
+            let digest = Message::Digest {
+                node: self.clock.node(),
+                digest: Box::new(self.lock_store().digest()),
+            };
+            if let Err(error) = self.emit(self.channels.digest.clone(), digest).await {
+                tracing::debug!(map = %self.map, %error, "could not send the digest");
+            }
+        }
+    }
+}
+
+/// The replica's task: takes in the map's waves and does the periodic
+/// work, until the map is closed or dropped or the aether closes.
+async fn run(shared: Arc<Shared>, mut vibrator: Vibrator) {
+    let mut heartbeat = tokio::time::interval(shared.config.heartbeat_interval);
+    let mut anti_entropy = tokio::time::interval(shared.config.anti_entropy_interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    anti_entropy.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first ticks are at once: skip them (open says hello itself).
+    heartbeat.tick().await;
+    anti_entropy.tick().await;
+    let mut answering = false;
+    loop {
+        if shared.stopped.load(Ordering::Acquire) {
+            break;
+        }
+        tokio::select! {
+            _ = shared.ready.notified(), if !answering => {
+                answering = true;
+                if let Err(error) = vibrator.resonate_on(shared.channels.sync.clone()).await {
+                    tracing::warn!(map = %shared.map, %error, "cannot answer catch-ups");
+                }
+            }
+            wave = vibrator.receive() => match wave {
+                Some(wave) => shared.handle(&vibrator, wave).await,
+                None => break,
+            },
+            _ = heartbeat.tick() => shared.tick(true, false).await,
+            _ = anti_entropy.tick() => shared.tick(false, true).await,
+            _ = shared.stop.notified() => {}
+        }
+    }
+    // Dropped without close: still say goodbye, if the aether is open.
+    shared.say_goodbye().await;
+}
+
+/// Node-owned state: each node writes only its own keys, reads any node's,
+/// and sees who is there (the shape of a distributed state network).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use aether_core::{Aether, state::NodeState};
+///
+/// let aether = Aether::default();
+/// let sensor = NodeState::open(&aether, "sensors", "sensor_kitchen").await?;
+/// let monitor = NodeState::open(&aether, "sensors", "monitor").await?;
+/// sensor.update("temperature", "72.5").await?;
+/// monitor.changed("sensor_kitchen", "temperature").await;
+/// assert_eq!(monitor.read("sensor_kitchen", "temperature").as_deref(), Some(&b"72.5"[..]));
+/// assert_eq!(monitor.peers(), ["sensor_kitchen"]);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct NodeState {
+    map: StateMap,
+}
+
+impl NodeState {
+    /// Opens node `node`'s replica of the node-owned map `name`.
+    pub async fn open(
+        aether: &Aether,
+        name: impl Into<String>,
+        node: impl Into<String>,
+    ) -> Result<NodeState, StateError> {
+        Self::open_with(aether, StateMap::builder(name).node(node)).await
+    }
+
+    /// Opens it with a builder's settings.
+    pub async fn open_with(
+        aether: &Aether,
+        builder: StateMapBuilder,
+    ) -> Result<NodeState, StateError> {
+        let map = builder.open(aether).await?;
+        if map.node().contains('/') {
+            return Err(StateError::new(
+                StateErrorKind::InvalidName,
+                "a node name holds no '/'",
+            ));
+        }
+        Ok(NodeState { map })
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        self.map.node()
+    }
+
+    fn key(node: &str, key: &str) -> String {
+        format!("node/{node}/{key}")
+    }
+
+    /// Sets this node's `key`.
+    pub async fn update(&self, key: &str, value: impl Into<Bytes>) -> Result<Stamp, StateError> {
+        self.map.set(&Self::key(self.node(), key), value).await
+    }
+
+    /// Deletes this node's `key`.
+    pub async fn remove(&self, key: &str) -> Result<Stamp, StateError> {
+        self.map.delete(&Self::key(self.node(), key)).await
+    }
+
+    /// Node `node`'s `key`.
+    pub fn read(&self, node: &str, key: &str) -> Option<Bytes> {
+        self.map.get(&Self::key(node, key))
+    }
+
+    /// Waits until node `node`'s `key` changes here (from now on).
+    pub async fn changed(&self, node: &str, key: &str) {
+        self.map.changed(&Self::key(node, key)).await;
+    }
+
+    /// The live nodes, this one aside.
+    pub fn peers(&self) -> Vec<String> {
+        self.map.peers()
+    }
+
+    /// Joins and leaves, from now on.
+    pub fn presence(&self) -> impl Stream<Item = Presence> + Send + Unpin + 'static {
+        self.map.presence()
+    }
+
+    /// The map underneath (its keys are `node/<name>/<key>`).
+    pub fn map(&self) -> &StateMap {
+        &self.map
+    }
+
+    /// Leaves: peers see it go at once.
+    pub async fn close(&self) {
+        self.map.close().await;
+    }
+}

@@ -1,0 +1,372 @@
+//! A map's contents on one replica, and the merge rule.
+//!
+//! For each key the entry with the highest [`Stamp`] wins; a delete is an
+//! entry too (a tombstone, no value), so a write stamped before it cannot
+//! bring the key back. Merging is commutative, associative and idempotent:
+//! the order waves arrive in, duplicates and replays change nothing. Two
+//! entries with the same stamp (which honest replicas never make) are
+//! ordered by their values, so even then every replica keeps the same one.
+//!
+//! The store keeps a digest: the keys fall into [`BUCKETS`] buckets by a
+//! hash of the key, and each bucket's digest is the XOR of its entries'
+//! fingerprints (key and stamp). Two replicas with the same digest hold
+//! the same entries; anti-entropy sends only the buckets that differ.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use sha2::{Digest as _, Sha256};
+use smol_str::SmolStr;
+
+use super::hlc::Stamp;
+
+/// Buckets of the digest.
+pub(crate) const BUCKETS: usize = 64;
+
+/// What a replica holds for a key: a value, or a tombstone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) stamp: Stamp,
+    /// `None`: deleted.
+    pub(crate) value: Option<Bytes>,
+    /// The name of the replica that wrote it.
+    pub(crate) writer: SmolStr,
+}
+
+impl Entry {
+    /// Whether this entry wins over `other` for the same key.
+    pub(crate) fn beats(&self, other: &Entry) -> bool {
+        (self.stamp, &self.value) > (other.stamp, &other.value)
+    }
+}
+
+/// What merging an entry did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Merged {
+    /// It won: the entry it replaced, if any.
+    Applied(Option<Entry>),
+    /// The store already held this entry or a winning one.
+    Stale,
+}
+
+/// One replica's contents.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Store {
+    entries: BTreeMap<String, Entry>,
+    digest: Digest,
+    tombstones: usize,
+}
+
+/// A store's digest: one fingerprint per bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Digest(pub(crate) [u64; BUCKETS]);
+
+impl Default for Digest {
+    fn default() -> Self {
+        Digest([0; BUCKETS])
+    }
+}
+
+impl Digest {
+    /// The buckets where `self` and `other` differ.
+    pub(crate) fn differing(&self, other: &Digest) -> Vec<usize> {
+        (0..BUCKETS).filter(|&b| self.0[b] != other.0[b]).collect()
+    }
+}
+
+/// The bucket of `key`.
+pub(crate) fn bucket_of(key: &str) -> usize {
+    let hash = Sha256::digest(key.as_bytes());
+    usize::from(hash[0]) % BUCKETS
+}
+
+/// The fingerprint of an entry: its key, stamp and whether it is a
+/// tombstone (a stamp names one write, so its value need not be hashed;
+/// a forged duplicate stamp with another value is settled by the merge).
+fn fingerprint(key: &str, entry: &Entry) -> u64 {
+    let mut hasher = Sha256::new();
+    hasher.update((key.len() as u32).to_le_bytes());
+    hasher.update(key.as_bytes());
+    hasher.update(entry.stamp.physical_ns.to_le_bytes());
+    hasher.update(entry.stamp.logical.to_le_bytes());
+    hasher.update(entry.stamp.node.to_le_bytes());
+    match &entry.value {
+        None => hasher.update([0]),
+        Some(value) => {
+            hasher.update([1]);
+            hasher.update(Sha256::digest(value));
+        }
+    }
+    let hash = hasher.finalize();
+    u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
+}
+
+impl Store {
+    /// Merges `entry` for `key`.
+    pub(crate) fn merge(&mut self, key: &str, entry: Entry) -> Merged {
+        let bucket = bucket_of(key);
+        match self.entries.get_mut(key) {
+            Some(held) if !entry.beats(held) => Merged::Stale,
+            Some(held) => {
+                self.digest.0[bucket] ^= fingerprint(key, held) ^ fingerprint(key, &entry);
+                self.tombstones -= usize::from(held.value.is_none());
+                self.tombstones += usize::from(entry.value.is_none());
+                Merged::Applied(Some(std::mem::replace(held, entry)))
+            }
+            None => {
+                self.digest.0[bucket] ^= fingerprint(key, &entry);
+                self.tombstones += usize::from(entry.value.is_none());
+                self.entries.insert(key.to_string(), entry);
+                Merged::Applied(None)
+            }
+        }
+    }
+
+    /// The entry of `key`, tombstone included.
+    pub(crate) fn entry(&self, key: &str) -> Option<&Entry> {
+        self.entries.get(key)
+    }
+
+    /// The value of `key`, if it is set.
+    pub(crate) fn get(&self, key: &str) -> Option<&Bytes> {
+        self.entries.get(key).and_then(|e| e.value.as_ref())
+    }
+
+    /// Every entry, tombstones included, in key order.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&String, &Entry)> {
+        self.entries.iter()
+    }
+
+    /// The entries of bucket `bucket`.
+    pub(crate) fn bucket(&self, bucket: usize) -> impl Iterator<Item = (&String, &Entry)> {
+        self.entries
+            .iter()
+            .filter(move |(key, _)| bucket_of(key) == bucket)
+    }
+
+    /// Keys set (not deleted).
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len() - self.tombstones
+    }
+
+    /// Tombstones held.
+    pub(crate) fn tombstones(&self) -> usize {
+        self.tombstones
+    }
+
+    pub(crate) fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// Forgets the tombstones stamped before `before_ns`: how many.
+    pub(crate) fn collect(&mut self, before_ns: u64) -> usize {
+        let old: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.value.is_none() && e.stamp.physical_ns < before_ns)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &old {
+            let entry = self.entries.remove(key).expect("listed above");
+            self.digest.0[bucket_of(key)] ^= fingerprint(key, &entry);
+            self.tombstones -= 1;
+        }
+        old.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn entry(physical_ns: u64, node: u64, value: Option<&'static [u8]>) -> Entry {
+        Entry {
+            stamp: Stamp {
+                physical_ns,
+                logical: 0,
+                node,
+            },
+            value: value.map(Bytes::from_static),
+            writer: SmolStr::new("w"),
+        }
+    }
+
+    /// A write: a key among a few, a stamp, a value or a delete.
+    fn arb_write() -> impl Strategy<Value = (String, Entry)> {
+        (
+            prop::sample::select(vec!["a", "b", "c", "living.temp", "node/x/t"]),
+            0u64..50,
+            0u32..3,
+            1u64..5,
+            prop::option::of(prop::sample::select(vec![&b"1"[..], b"2", b"three"])),
+        )
+            .prop_map(|(key, physical_ns, logical, node, value)| {
+                (
+                    key.to_string(),
+                    Entry {
+                        stamp: Stamp {
+                            physical_ns,
+                            logical,
+                            node,
+                        },
+                        value: value.map(Bytes::from_static),
+                        writer: SmolStr::new("w"),
+                    },
+                )
+            })
+    }
+
+    proptest! {
+        /// Any order, with duplicates: the same contents and digest.
+        #[test]
+        fn merge_is_commutative_associative_and_idempotent(
+            writes in prop::collection::vec(arb_write(), 0..40),
+            order in any::<prop::sample::Index>(),
+            dupes in prop::collection::vec(any::<prop::sample::Index>(), 0..20),
+        ) {
+            let mut forward = Store::default();
+            for (k, e) in &writes {
+                forward.merge(k, e.clone());
+            }
+            let mut shuffled = writes.clone();
+            if !shuffled.is_empty() {
+                let n = shuffled.len();
+                shuffled.rotate_left(order.index(n));
+                shuffled.reverse();
+                for d in &dupes {
+                    let w = shuffled[d.index(n)].clone();
+                    shuffled.push(w);
+                }
+            }
+            let mut other = Store::default();
+            for (k, e) in shuffled {
+                other.merge(&k, e);
+            }
+            prop_assert_eq!(&forward, &other);
+            prop_assert_eq!(forward.digest(), other.digest());
+        }
+
+        /// A tombstone is never undone by an older write, whatever order.
+        #[test]
+        fn a_delete_is_never_undone_by_an_older_write(writes in prop::collection::vec(arb_write(), 1..30)) {
+            let mut store = Store::default();
+            for (k, e) in &writes {
+                store.merge(k, e.clone());
+            }
+            for (key, held) in store.entries() {
+                let newest = writes.iter().filter(|(k, _)| k == key).map(|(_, e)| e).fold(None::<&Entry>, |best, e| match best {
+                    Some(b) if !e.beats(b) => Some(b),
+                    _ => Some(e),
+                });
+                prop_assert_eq!(Some(held), newest);
+            }
+        }
+    }
+
+    /// Anti-entropy as the replicas do it: each sends the other the
+    /// buckets where their digests differ.
+    fn exchange(a: &mut Store, b: &mut Store) {
+        for bucket in a.digest().differing(&b.digest()) {
+            let from_a: Vec<_> = a
+                .bucket(bucket)
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect();
+            let from_b: Vec<_> = b
+                .bucket(bucket)
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect();
+            for (k, e) in from_a {
+                b.merge(&k, e);
+            }
+            for (k, e) in from_b {
+                a.merge(&k, e);
+            }
+        }
+    }
+
+    proptest! {
+        /// N replicas, each write delivered to a random subset of them, in
+        /// random order, some twice: after one round of digest exchanges
+        /// every replica holds the same entries, byte for byte, and the
+        /// same digest.
+        #[test]
+        fn replicas_converge_after_losses_duplicates_and_anti_entropy(
+            n in 2usize..6,
+            writes in prop::collection::vec((arb_write(), any::<u8>(), any::<bool>()), 0..60),
+            order in prop::collection::vec(any::<prop::sample::Index>(), 0..60),
+        ) {
+            let mut replicas = vec![Store::default(); n];
+            let mut deliveries: Vec<(usize, String, Entry)> = Vec::new();
+            for ((key, entry), mask, twice) in &writes {
+                for (r, _) in replicas.iter().enumerate() {
+                    if mask & (1 << r) != 0 {
+                        deliveries.push((r, key.clone(), entry.clone()));
+                        if *twice {
+                            deliveries.push((r, key.clone(), entry.clone()));
+                        }
+                    }
+                }
+            }
+            for (i, at) in order.iter().enumerate() {
+                if !deliveries.is_empty() {
+                    let j = at.index(deliveries.len());
+                    let i = i % deliveries.len();
+                    deliveries.swap(i, j);
+                }
+            }
+            for (r, key, entry) in deliveries {
+                replicas[r].merge(&key, entry);
+            }
+            // A chain of exchanges there and back: what any replica holds
+            // reaches the last, then every other.
+            let chain: Vec<usize> = (0..n - 1).chain((0..n - 1).rev()).collect();
+            for r in chain {
+                let (left, right) = replicas.split_at_mut(r + 1);
+                exchange(&mut left[r], &mut right[0]);
+            }
+            // The contents every replica must hold: the winner of each key
+            // among the writes any replica received.
+            let mut all = Store::default();
+            for ((key, entry), mask, _) in &writes {
+                if (0..n).any(|r| mask & (1 << r) != 0) {
+                    all.merge(key, entry.clone());
+                }
+            }
+            for replica in &replicas {
+                prop_assert_eq!(replica, &all);
+                prop_assert_eq!(replica.digest(), all.digest());
+            }
+        }
+    }
+
+    #[test]
+    fn collection_forgets_old_tombstones_only_and_keeps_the_digest_true() {
+        let mut store = Store::default();
+        store.merge("a", entry(10, 1, None));
+        store.merge("b", entry(30, 1, None));
+        store.merge("c", entry(5, 1, Some(b"v")));
+        assert_eq!(store.tombstones(), 2);
+        assert_eq!(store.collect(20), 1);
+        assert!(store.entry("a").is_none());
+        assert!(store.entry("b").is_some());
+        assert_eq!(store.get("c").unwrap(), &Bytes::from_static(b"v"));
+        let mut fresh = Store::default();
+        fresh.merge("b", entry(30, 1, None));
+        fresh.merge("c", entry(5, 1, Some(b"v")));
+        assert_eq!(store.digest(), fresh.digest());
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn equal_stamps_settle_on_the_same_value_everywhere() {
+        let mut x = Store::default();
+        let mut y = Store::default();
+        x.merge("k", entry(1, 1, Some(b"a")));
+        x.merge("k", entry(1, 1, Some(b"b")));
+        y.merge("k", entry(1, 1, Some(b"b")));
+        y.merge("k", entry(1, 1, Some(b"a")));
+        assert_eq!(x, y);
+    }
+}
