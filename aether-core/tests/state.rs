@@ -264,7 +264,10 @@ async fn nodes_own_their_keys_and_see_who_is_there() {
         let monitor = NodeState::open_with(&aether, config().node("monitor"))
             .await
             .unwrap();
-        until("monitor sees the kitchen", || monitor.peers() == ["sensor_kitchen"]).await;
+        until("monitor sees the kitchen", || {
+            monitor.peers() == ["sensor_kitchen"]
+        })
+        .await;
         let mut presence = monitor.presence();
         let hall = NodeState::open_with(&aether, config().node("sensor_hall"))
             .await
