@@ -454,6 +454,28 @@ impl Journal {
         Ok(retained)
     }
 
+    /// Deletes the whole closed segments whose records all come before
+    /// `seq`: what a snapshot at position `seq` covers. The active segment
+    /// stays.
+    pub fn compact_before(&mut self, seq: u64) -> Result<Retained, JournalError> {
+        let mut retained = Retained::default();
+        while self.segments.len() > 1 {
+            let oldest = &self.segments[0];
+            if oldest.base + oldest.records > seq {
+                break;
+            }
+            fs::remove_file(&oldest.path).map_err(|e| JournalError::io(&oldest.path, e))?;
+            retained.segments += 1;
+            retained.records += oldest.records;
+            retained.bytes += oldest.bytes;
+            self.segments.remove(0);
+        }
+        if retained.segments > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(retained)
+    }
+
     /// The sequence number the next record gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq

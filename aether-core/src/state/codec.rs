@@ -158,6 +158,41 @@ impl Message {
     }
 }
 
+/// Entries back to back after a `count u32`: a ledger record, or a
+/// snapshot of a whole map.
+pub(crate) fn encode_all<'a>(entries: impl IntoIterator<Item = (&'a str, &'a Entry)>) -> Vec<u8> {
+    let mut out = BytesMut::with_capacity(64);
+    out.put_u32_le(0);
+    let mut count: u32 = 0;
+    for (key, entry) in entries {
+        put_entry(&mut out, key, entry);
+        count += 1;
+    }
+    out[..4].copy_from_slice(&count.to_le_bytes());
+    out.to_vec()
+}
+
+/// Reads what [`encode_all`] wrote, refused whole if anything is wrong.
+pub(crate) fn decode_all(
+    mut bytes: Bytes,
+    limits: &Limits,
+) -> Result<Vec<(String, Entry)>, DecodeError> {
+    let b = &mut bytes;
+    let count = u32_of(b)? as usize;
+    // Each entry takes at least 24 bytes: a count beyond that is a lie.
+    if count > b.remaining() / 24 {
+        return Err(DecodeError("cut short"));
+    }
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        entries.push(entry_of(b, limits)?);
+    }
+    if b.has_remaining() {
+        return Err(DecodeError("bytes left over"));
+    }
+    Ok(entries)
+}
+
 /// `key len u16 | key | physical u64 | logical u32 | node u64 | writer len
 /// u8 | writer | has value u8 | (value len u32 | value)`.
 fn put_entry(out: &mut BytesMut, key: &str, entry: &Entry) {
@@ -336,7 +371,14 @@ mod tests {
 
         #[test]
         fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
-            let _ = Message::decode(Bytes::from(bytes), &LIMITS);
+            let _ = Message::decode(Bytes::from(bytes.clone()), &LIMITS);
+            let _ = decode_all(Bytes::from(bytes), &LIMITS);
+        }
+
+        #[test]
+        fn ledger_records_round_trip(entries in prop::collection::vec(arb_entry(), 0..20)) {
+            let bytes = encode_all(entries.iter().map(|(k, e)| (k.as_str(), e)));
+            prop_assert_eq!(decode_all(Bytes::from(bytes), &LIMITS).unwrap(), entries);
         }
     }
 

@@ -129,6 +129,15 @@ impl Clock {
         Ok(())
     }
 
+    /// Moves the clock past `stamp` whatever its drift: for stamps this
+    /// replica itself kept (its ledger), which it trusts.
+    pub(crate) fn advance(&self, stamp: Stamp) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if (stamp.physical_ns, stamp.logical) > *last {
+            *last = (stamp.physical_ns, stamp.logical);
+        }
+    }
+
     /// The wall clock's reading now, Unix nanoseconds.
     pub(crate) fn wall(&self) -> u64 {
         (self.wall)()

@@ -34,6 +34,7 @@
 
 mod codec;
 pub mod hlc;
+mod ledger;
 mod store;
 
 use std::{
@@ -65,6 +66,7 @@ pub use self::hlc::Stamp;
 use self::{
     codec::{Limits, Message},
     hlc::Clock,
+    ledger::Ledger,
     store::{Entry, Merged, Store},
 };
 
@@ -162,6 +164,8 @@ pub enum StateErrorKind {
     /// The write is kept here but could not be sent; anti-entropy sends it
     /// when it can.
     Medium,
+    /// The state directory's ledger cannot be opened or read.
+    Ledger,
 }
 
 impl fmt::Display for StateErrorKind {
@@ -175,6 +179,7 @@ impl fmt::Display for StateErrorKind {
             StateErrorKind::Config => "invalid state settings",
             StateErrorKind::Closed => "closed",
             StateErrorKind::Medium => "not sent",
+            StateErrorKind::Ledger => "state directory unusable",
         })
     }
 }
@@ -274,6 +279,9 @@ pub struct StateStats {
     pub watch_lagged: u64,
     /// Live peers.
     pub peers: usize,
+    /// Changes applied but not written to the ledger (a full disk, for
+    /// one): lost to a restart of this replica, not to its peers.
+    pub ledger_failed: u64,
 }
 
 impl StateStats {
@@ -291,6 +299,7 @@ struct Counters {
     repaired: AtomicU64,
     collected: AtomicU64,
     watch_lagged: AtomicU64,
+    ledger_failed: AtomicU64,
 }
 
 /// Builds a [`StateMap`]: its name, this replica's node name and settings.
@@ -299,6 +308,7 @@ pub struct StateMapBuilder {
     map: String,
     node: Option<String>,
     config: StateConfig,
+    dir: Option<std::path::PathBuf>,
 }
 
 impl StateMapBuilder {
@@ -306,6 +316,15 @@ impl StateMapBuilder {
     /// `node/<name>/...` keys. A vibrator name; default `replica-<random>`.
     pub fn node(mut self, name: impl Into<String>) -> Self {
         self.node = Some(name.into());
+        self
+    }
+
+    /// Keeps the map in `dir` (a directory per map, one process at a
+    /// time): every change applied here is appended to a ledger there, and
+    /// a replica opened again on it starts from what it held, then catches
+    /// up from its peers. Without it the map lives in memory.
+    pub fn state_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.dir = Some(dir.into());
         self
     }
 
@@ -342,6 +361,8 @@ impl Drop for Guard {
 }
 
 struct Shared {
+    /// The ledger, with a state directory.
+    ledger: Option<Mutex<Ledger>>,
     map: String,
     node_name: SmolStr,
     config: StateConfig,
@@ -422,6 +443,7 @@ impl StateMap {
             map: name.into(),
             node: None,
             config: StateConfig::default(),
+            dir: None,
         }
     }
 
@@ -431,7 +453,12 @@ impl StateMap {
     }
 
     async fn open_with(aether: &Aether, builder: StateMapBuilder) -> Result<StateMap, StateError> {
-        let StateMapBuilder { map, node, config } = builder;
+        let StateMapBuilder {
+            map,
+            node,
+            config,
+            dir,
+        } = builder;
         config.validate()?;
         if map.is_empty() || map.contains('.') || !is_name(&map) {
             return Err(StateError::new(
@@ -468,14 +495,31 @@ impl StateMap {
                 .await
                 .map_err(|e| StateError::with_source(StateErrorKind::Closed, e))?;
         }
+        let limits = Limits {
+            max_key_bytes: config.max_key_bytes,
+            max_value_bytes: config.max_value_bytes,
+        };
+        let clock = Clock::new(id, config.max_drift);
+        let (ledger, store) = match &dir {
+            None => (None, Store::default()),
+            Some(dir) => {
+                let (ledger, store, skipped) = Ledger::open(dir, &limits)
+                    .map_err(|e| StateError::with_source(StateErrorKind::Ledger, e))?;
+                if skipped > 0 {
+                    tracing::warn!(map, dir = %dir.display(), skipped, "ledger records that do not decode were skipped");
+                }
+                for (_, entry) in store.entries() {
+                    clock.advance(entry.stamp);
+                }
+                (Some(Mutex::new(ledger)), store)
+            }
+        };
         let quota = Quota::per_second(NonZeroU32::new(config.max_writes_per_s).expect("validated"));
         let shared = Arc::new(Shared {
-            limits: Limits {
-                max_key_bytes: config.max_key_bytes,
-                max_value_bytes: config.max_value_bytes,
-            },
-            clock: Clock::new(id, config.max_drift),
-            store: Mutex::new(Store::default()),
+            limits,
+            clock,
+            store: Mutex::new(store),
+            ledger,
             emitter: vibrator.emitter(),
             channels,
             changes: broadcast::channel(config.watch_buffer).0,
@@ -495,14 +539,18 @@ impl StateMap {
             node_name: SmolStr::new(node_name),
             config,
         });
-        tokio::spawn(run(shared.clone(), vibrator));
+        let (answering, answers) = tokio::sync::oneshot::channel();
+        tokio::spawn(run(shared.clone(), vibrator, answering));
         let map = StateMap {
             _guard: Arc::new(Guard(shared.clone())),
             shared,
         };
         map.shared.hello(false).await;
         map.catch_up().await;
+        // Ready: from now on it answers others' catch-ups. Waited for, so
+        // that a replica opened after `open` returned finds it.
         map.shared.ready.notify_one();
+        let _ = answers.await;
         Ok(map)
     }
 
@@ -753,6 +801,7 @@ impl StateMap {
             collected: c.collected.load(Ordering::Relaxed),
             watch_lagged: c.watch_lagged.load(Ordering::Relaxed),
             peers: shared.lock_peers().len(),
+            ledger_failed: c.ledger_failed.load(Ordering::Relaxed),
         }
     }
 
@@ -928,7 +977,21 @@ impl Shared {
             writer: entry.writer.to_string(),
             stamp: entry.stamp,
         };
-        let merged = self.lock_store().merge(key, entry);
+        let merged = {
+            let mut store = self.lock_store();
+            let merged = store.merge(key, entry.clone());
+            if let (Merged::Applied(_), Some(ledger)) = (&merged, &self.ledger) {
+                let written = ledger
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .append(key, &entry, &store);
+                if let Err(error) = written {
+                    self.counters.ledger_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(map = %self.map, %error, "a change was not written to the ledger");
+                }
+            }
+            merged
+        };
         match merged {
             Merged::Stale => {
                 self.counters.stale.fetch_add(1, Ordering::Relaxed);
@@ -1199,7 +1262,12 @@ impl Shared {
 
 /// The replica's task: takes in the map's waves and does the periodic
 /// work, until the map is closed or dropped or the aether closes.
-async fn run(shared: Arc<Shared>, mut vibrator: Vibrator) {
+async fn run(
+    shared: Arc<Shared>,
+    mut vibrator: Vibrator,
+    answering_now: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut answering_now = Some(answering_now);
     let mut heartbeat = tokio::time::interval(shared.config.heartbeat_interval);
     let mut anti_entropy = tokio::time::interval(shared.config.anti_entropy_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1217,6 +1285,9 @@ async fn run(shared: Arc<Shared>, mut vibrator: Vibrator) {
                 answering = true;
                 if let Err(error) = vibrator.resonate_on(shared.channels.sync.clone()).await {
                     tracing::warn!(map = %shared.map, %error, "cannot answer catch-ups");
+                }
+                if let Some(tell) = answering_now.take() {
+                    let _ = tell.send(());
                 }
             }
             wave = vibrator.receive() => match wave {

@@ -1,0 +1,309 @@
+//! Replicated state over NATS: replicas in separate aethers (as separate
+//! processes would be) converge, a late one catches up before `open`
+//! returns, one whose aether vanishes leaves after the presence timeout,
+//! and hostile waves from a raw NATS client (written from ARCHITECTURE.md's
+//! byte layout) are refused and counted without changing the map: a
+//! node-owned key written by another, a stamp from the far future, a change
+//! before the tombstone horizon, garbage. With signatures required, a
+//! wave claiming a replica's name is dropped as forged. Bounded in time.
+
+#![cfg(feature = "nats")]
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aether_core::{
+    Aether, AetherConfig, DropReason, Secret, Wave,
+    config::{NatsConfig, SecurityConfig},
+    state::{NodeState, Presence, Refusal, StateConfig, StateMap},
+    wire,
+};
+use aether_testkit::{NatsServer, RawNats};
+use futures_util::StreamExt;
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn over(url: &str) -> AetherConfig {
+    AetherConfig {
+        nats: NatsConfig {
+            urls: vec![url.into()],
+            ping_interval_ms: 200,
+            reconnect_delay_max_ms: 100,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn fast() -> StateConfig {
+    StateConfig {
+        heartbeat_interval: Duration::from_millis(50),
+        presence_timeout: Duration::from_millis(400),
+        anti_entropy_interval: Duration::from_millis(100),
+        ..Default::default()
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    timeout(Duration::from_secs(10), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never: {what}"));
+}
+
+/// A state message of live changes, from ARCHITECTURE.md: `"AS" | 1 |
+/// kind 1 | bucket 0xFF | last 0 | count u16 | entries`, an entry `key len
+/// u16 | key | physical u64 | logical u32 | node u64 | writer len u8 |
+/// writer | has value u8 | value len u32 | value`, little-endian.
+fn changes(key: &str, physical_ns: u64, writer: &str, value: &[u8]) -> Vec<u8> {
+    let mut out = b"AS\x01\x01\xFF\x00".to_vec();
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(&physical_ns.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&0xBAD_u64.to_le_bytes());
+    out.push(writer.len() as u8);
+    out.extend_from_slice(writer.as_bytes());
+    out.push(1);
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+/// An envelope with `source` and `payload`, as a foreign client writes it
+/// from the wire format: a fresh wave stamped now.
+fn envelope(source: &str, payload: &[u8]) -> Vec<u8> {
+    let plain = wire::encode(
+        &Wave::builder("any.channel")
+            .payload(payload.to_vec())
+            .build()
+            .unwrap(),
+    );
+    let mut header = plain[..wire::HEADER_LEN].to_vec();
+    let id = now_ns() as u128 ^ ((payload.len() as u128) << 64);
+    header[4..20].copy_from_slice(&id.to_be_bytes());
+    header[20..28].copy_from_slice(&now_ns().to_le_bytes());
+    header[28..36].copy_from_slice(&7u64.to_le_bytes());
+    header[wire::HEADER_LEN - 1] = source.len() as u8;
+    let mut body = header;
+    body.extend_from_slice(source.as_bytes());
+    body.extend_from_slice(payload);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_in_separate_aethers_converge_and_a_late_one_catches_up() {
+    timeout(LIMIT, async {
+        let server = NatsServer::start().await.unwrap();
+        let (x, y) = (
+            Aether::connect(over(&server.url())).await.unwrap(),
+            Aether::connect(over(&server.url())).await.unwrap(),
+        );
+        let a = StateMap::builder("home")
+            .node("a")
+            .config(fast())
+            .open(&x)
+            .await
+            .unwrap();
+        let b = StateMap::builder("home")
+            .node("b")
+            .config(fast())
+            .open(&y)
+            .await
+            .unwrap();
+        for n in 0..200 {
+            a.set_json(&format!("k.{n}"), &n).await.unwrap();
+            b.set_json(&format!("j.{n}"), &n).await.unwrap();
+        }
+        b.delete("k.3").await.unwrap();
+        until("both hold everything", || a.len() == 399 && b.len() == 399).await;
+        assert_eq!(a.entries(), b.entries());
+
+        let z = Aether::connect(over(&server.url())).await.unwrap();
+        let late = StateMap::builder("home")
+            .node("late")
+            .config(fast())
+            .open(&z)
+            .await
+            .unwrap();
+        assert_eq!(late.len(), 399, "caught up before open returned");
+        assert_eq!(late.entries(), a.entries());
+        until("late sees both peers", || late.peers() == ["a", "b"]).await;
+
+        // b's aether goes without a goodbye: a sees b leave after the
+        // presence timeout.
+        let mut presence = a.presence();
+        y.close();
+        let left = timeout(Duration::from_secs(3), async {
+            loop {
+                if let Some(Presence::Left(name)) = presence.next().await {
+                    return name;
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(left, "b");
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_waves_are_refused_counted_and_change_nothing() {
+    timeout(LIMIT, async {
+        let server = NatsServer::start().await.unwrap();
+        let aether = Aether::connect(over(&server.url())).await.unwrap();
+        let sensor = NodeState::open_with(
+            &aether,
+            StateMap::builder("sensors")
+                .node("sensor_kitchen")
+                .config(fast()),
+        )
+        .await
+        .unwrap();
+        sensor.update("temperature", "72.5").await.unwrap();
+        let other = Aether::connect(over(&server.url())).await.unwrap();
+        let monitor = NodeState::open_with(
+            &other,
+            StateMap::builder("sensors").node("monitor").config(fast()),
+        )
+        .await
+        .unwrap();
+        assert!(monitor.read("sensor_kitchen", "temperature").is_some());
+
+        let mut raw = RawNats::connect(server.addr()).await.unwrap();
+        let subject = "aether._state.sensors.c";
+        // Another writes the kitchen's key, claiming the kitchen as writer.
+        let forged = changes(
+            "node/sensor_kitchen/temperature",
+            now_ns(),
+            "sensor_kitchen",
+            b"-40",
+        );
+        raw.publish(subject, None, &envelope("mallory", &forged))
+            .await
+            .unwrap();
+        // The far future, and before the horizon.
+        let future = changes("weather", now_ns() + 3_600_000_000_000, "mallory", b"x");
+        raw.publish(subject, None, &envelope("mallory", &future))
+            .await
+            .unwrap();
+        let ancient = changes(
+            "weather",
+            now_ns() - 48 * 3_600_000_000_000,
+            "mallory",
+            b"x",
+        );
+        raw.publish(subject, None, &envelope("mallory", &ancient))
+            .await
+            .unwrap();
+        // Garbage, a count larger than what follows, a value over the cap.
+        raw.publish(subject, None, &envelope("mallory", b"not a state message"))
+            .await
+            .unwrap();
+        let mut short = b"AS\x01\x01\xFF\x00".to_vec();
+        short.extend_from_slice(&4000u16.to_le_bytes());
+        raw.publish(subject, None, &envelope("mallory", &short))
+            .await
+            .unwrap();
+        let huge = changes("big", now_ns(), "mallory", &vec![0; 40 * 1024]);
+        raw.publish(subject, None, &envelope("mallory", &huge))
+            .await
+            .unwrap();
+        raw.ping().await.unwrap();
+
+        for map in [sensor.map(), monitor.map()] {
+            until("every hostile wave refused", || {
+                let s = map.stats();
+                s.refused(Refusal::NotOwner) == 1
+                    && s.refused(Refusal::Future) == 1
+                    && s.refused(Refusal::TooOld) == 1
+                    && s.refused(Refusal::Malformed) == 3
+            })
+            .await;
+            assert_eq!(
+                map.get("node/sensor_kitchen/temperature").as_deref(),
+                Some(&b"72.5"[..])
+            );
+            assert!(map.get("weather").is_none() && map.get("big").is_none());
+        }
+
+        // A well-formed change from a foreign client that names itself is
+        // taken: the format is all a client needs.
+        let honest = changes("weather", now_ns(), "mallory", b"sunny");
+        raw.publish(subject, None, &envelope("mallory", &honest))
+            .await
+            .unwrap();
+        until("the honest change arrives", || {
+            monitor.map().get("weather").is_some()
+        })
+        .await;
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_signatures_required_a_wave_claiming_a_replicas_name_is_forged() {
+    timeout(LIMIT, async {
+        let server = NatsServer::start().await.unwrap();
+        let mut security = SecurityConfig::default();
+        security.signing_keys.insert(
+            "sensor_kitchen".into(),
+            Secret::new("kitchen-key-0123456789abcdef"),
+        );
+        security.require_signatures = true;
+        let config = AetherConfig {
+            security,
+            ..over(&server.url())
+        };
+        let aether = Aether::connect(config).await.unwrap();
+        let kitchen = NodeState::open_with(
+            &aether,
+            StateMap::builder("sensors")
+                .node("sensor_kitchen")
+                .config(fast()),
+        )
+        .await
+        .unwrap();
+        kitchen.update("temperature", "72.5").await.unwrap();
+
+        let mut raw = RawNats::connect(server.addr()).await.unwrap();
+        let forged = changes(
+            "node/sensor_kitchen/temperature",
+            now_ns(),
+            "sensor_kitchen",
+            b"-40",
+        );
+        raw.publish(
+            "aether._state.sensors.c",
+            None,
+            &envelope("sensor_kitchen", &forged),
+        )
+        .await
+        .unwrap();
+        raw.ping().await.unwrap();
+        until("dropped as forged", || {
+            aether.stats().dropped(DropReason::Forged) >= 1
+        })
+        .await;
+        assert_eq!(
+            kitchen.read("sensor_kitchen", "temperature").as_deref(),
+            Some(&b"72.5"[..])
+        );
+    })
+    .await
+    .expect("bounded");
+}
