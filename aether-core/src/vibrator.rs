@@ -784,7 +784,13 @@ impl Emitter {
         match self.aether.start_publish(wave, dropped) {
             // The embedded medium's common wave: in the queues already.
             Publishing::Done => {}
-            publishing => self.aether.finish_publish(publishing).await?,
+            // A wave that did not go out (a full or unwritable outbox) is
+            // not counted as published by this vibrator.
+            publishing => self
+                .aether
+                .finish_publish(publishing)
+                .await
+                .inspect_err(|_| self.inbox.stats().unpublished())?,
         }
         Ok(id)
     }

@@ -177,6 +177,8 @@ async fn embedded_outbox_full_is_refused_and_frees_up_as_waves_are_taken() {
         assert_eq!(err.kind(), aether_core::EmitErrorKind::OutboxFull, "{err}");
         assert!(err.to_string().contains("outbox_max_bytes"), "{err}");
         assert!(accepted >= 1);
+        // What was refused is not counted as published.
+        assert_eq!(tx.stats().published, accepted);
         // Other channels are not held back.
         tx.emit_wave("audit.seen", json!({})).await.unwrap();
 

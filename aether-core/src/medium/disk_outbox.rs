@@ -304,10 +304,9 @@ impl DurableOutbox {
         lock.try_lock().map_err(|_| {
             io::Error::new(
                 io::ErrorKind::WouldBlock,
-                format!(
-                    "{} is in use by another process; give each process its own outbox_dir",
-                    dir.display()
-                ),
+                "in use by another aether, in this process or another; give each \
+                 aether its own outbox_dir"
+                    .to_string(),
             )
         })?;
         let path = dir.join(FILE_NAME);

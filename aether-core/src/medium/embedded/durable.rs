@@ -70,7 +70,7 @@ impl EmbeddedDurable {
             Some(dir) => DurableOutbox::open(dir, durability.outbox_max_bytes).map_err(|e| {
                 ConfigError::new(
                     "durability.outbox_dir",
-                    format!("{}: {e}", dir.display()),
+                    format!("{} ({e})", dir.display()),
                     "cannot be used as the durable outbox",
                 )
             })?,
