@@ -141,9 +141,10 @@ pub mod wire {
     pub use crate::wave::wire::Parts;
     pub use crate::wave::wire::{
         DEFAULT_MAX_BODY_BYTES, FLAG_CORRELATION_KEY, FLAG_DECAY, FLAG_DIFFRACT, FLAG_REFLECT,
-        FLAG_REFLECTED, FLAG_REPLY_TO, FLAG_SIGNED, FLAG_TRACE, HEADER_LEN, KNOWN_FLAGS, Limits,
-        MAGIC, MAX_CORRELATION_KEY_LEN, MAX_REFLECTION_MESSAGE_LEN, MAX_SOURCE_LEN, SIGNATURE_LEN,
-        Signature, TRACE_LEN, VERSION, check, decode, encode, encode_signed, encoded_len, verify,
+        FLAG_REFLECTED, FLAG_REPLY_TO, FLAG_SEALED, FLAG_SIGNED, FLAG_TRACE, HEADER_LEN,
+        KNOWN_FLAGS, Limits, MAGIC, MAX_CORRELATION_KEY_LEN, MAX_REFLECTION_MESSAGE_LEN,
+        MAX_SOURCE_LEN, SIGNATURE_LEN, Signature, TRACE_LEN, VERSION, check, decode, encode,
+        encode_signed, encoded_len, verify,
     };
 }
 

@@ -55,3 +55,17 @@ impl serde::Serialize for Secret {
         serializer.serialize_str("[redacted]")
     }
 }
+
+/// A 32-byte key written as 64 hexadecimal digits (surrounding white space
+/// ignored), or `None`.
+pub(crate) fn key_of_hex(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(key)
+}

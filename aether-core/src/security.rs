@@ -9,6 +9,10 @@
 
 use std::{collections::HashMap, fmt, time::Duration};
 
+use chacha20poly1305::{
+    XChaCha20Poly1305, XNonce,
+    aead::{Aead, AeadCore, KeyInit, OsRng, Payload},
+};
 use smol_str::SmolStr;
 
 use crate::{
@@ -19,9 +23,10 @@ use crate::{
 };
 
 /// The security policy of one aether, ready to enforce.
-#[derive(Default)]
 pub(crate) struct Security {
     keys: HashMap<SmolStr, Vec<u8>>,
+    /// Channels whose payloads travel sealed, and their ciphers.
+    sealed: Vec<(Vec<Channel>, XChaCha20Poly1305)>,
     require_signatures: bool,
     /// Empty: everything allowed.
     rules: Vec<Rule>,
@@ -44,6 +49,7 @@ impl fmt::Debug for Security {
             .field("signing_sources", &self.keys.keys().collect::<Vec<_>>())
             .field("require_signatures", &self.require_signatures)
             .field("rules", &self.rules.len())
+            .field("sealed_rules", &self.sealed.len())
             .finish()
     }
 }
@@ -85,14 +91,102 @@ impl Security {
                 resonate: rule.resonate.iter().map(Channel::new).collect(),
             })
             .collect();
+        let mut sealed = Vec::new();
+        for rule in &config.encryption {
+            let text = match (&rule.key, &rule.key_file, &rule.key_env) {
+                (Some(key), _, _) => key.expose().to_string(),
+                (_, Some(path), _) => std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new(
+                        "security.encryption",
+                        format!("key_file = {} ({e})", path.display()),
+                        "could not be read",
+                    )
+                })?,
+                (_, _, Some(var)) => std::env::var(var).map_err(|_| {
+                    ConfigError::new(
+                        "security.encryption",
+                        format!("key_env = {var}"),
+                        "is not set in the environment",
+                    )
+                })?,
+                _ => String::new(),
+            };
+            let key = crate::secret::key_of_hex(&text).ok_or_else(|| {
+                ConfigError::new(
+                    "security.encryption",
+                    format!("{:?} = [redacted]", rule.channels),
+                    "needs a key of 64 hexadecimal digits (32 bytes)",
+                )
+            })?;
+            let patterns = rule.channels.iter().map(Channel::new).collect();
+            sealed.push((patterns, XChaCha20Poly1305::new(&key.into())));
+        }
         Ok(Self {
             keys,
+            sealed,
             require_signatures: config.require_signatures,
             rules,
             enabled: config.is_enabled(),
             replay_window: Duration::from_millis(config.replay_window_ms),
             replay_memory: config.replay_memory,
         })
+    }
+
+    /// The cipher that seals payloads on `channel`, if a rule names it.
+    fn cipher_of(&self, channel: &Channel) -> Option<&XChaCha20Poly1305> {
+        self.sealed
+            .iter()
+            .find(|(patterns, _)| patterns.iter().any(|p| channel.matches(p)))
+            .map(|(_, cipher)| cipher)
+    }
+
+    /// `wave` as it travels on `subject`: with its payload sealed if its
+    /// channel's payloads are (a fresh random nonce, the subject as
+    /// associated data), else `None` (it travels as it is).
+    pub(crate) fn seal(&self, subject: &str, wave: &Wave) -> Option<Wave> {
+        let cipher = self.cipher_of(wave.channel())?;
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let payload = Payload {
+            msg: wave.payload_bytes(),
+            aad: subject.as_bytes(),
+        };
+        let Ok(ciphertext) = cipher.encrypt(&nonce, payload) else {
+            // Only a payload larger than the cipher takes (256 GiB) fails.
+            return None;
+        };
+        let mut sealed = Vec::with_capacity(nonce.len() + ciphertext.len());
+        sealed.extend_from_slice(&nonce);
+        sealed.extend_from_slice(&ciphertext);
+        Some(wave.sealed_with(sealed.into()))
+    }
+
+    /// Opens a wave that arrived on `subject`: a sealed payload is replaced
+    /// by what it holds. `Undecryptable` if it cannot be opened here (no
+    /// key, another key, tampered), or if its channel's payloads are
+    /// sealed and it came in the clear.
+    pub(crate) fn open(&self, subject: &str, wave: &mut Wave) -> Result<(), DropReason> {
+        let cipher = self.cipher_of(wave.channel());
+        if !wave.is_sealed() {
+            return match cipher {
+                None => Ok(()),
+                Some(_) => Err(DropReason::Undecryptable),
+            };
+        }
+        let cipher = cipher.ok_or(DropReason::Undecryptable)?;
+        let sealed = wave.payload_bytes();
+        if sealed.len() < NONCE_LEN {
+            return Err(DropReason::Undecryptable);
+        }
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        let payload = Payload {
+            msg: ciphertext,
+            aad: subject.as_bytes(),
+        };
+        let opened = cipher
+            .decrypt(XNonce::from_slice(nonce), payload)
+            .map_err(|_| DropReason::Undecryptable)?;
+        wave.unseal(opened.into());
+        Ok(())
     }
 
     /// A fresh replay window for one subscription, where signatures are
@@ -176,6 +270,9 @@ impl Security {
 }
 
 use crate::channel::covers;
+
+/// Length of an XChaCha20-Poly1305 nonce.
+const NONCE_LEN: usize = 24;
 
 #[cfg(test)]
 mod tests {

@@ -28,11 +28,15 @@ pub enum DropReason {
     Forged,
     /// Its source may not emit on its channel (the aether's ACL).
     Denied,
+    /// Its channel's payloads are sealed (`[aether.security] encryption`)
+    /// and it could not be opened here: no key, another key, tampered, or
+    /// not sealed at all.
+    Undecryptable,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Expired,
         DropReason::PropagationLimit,
         DropReason::BelowNoiseFloor,
@@ -40,6 +44,7 @@ impl DropReason {
         DropReason::Replay,
         DropReason::Forged,
         DropReason::Denied,
+        DropReason::Undecryptable,
     ];
 
     /// A short snake_case name, fit for a metric label.
@@ -52,6 +57,7 @@ impl DropReason {
             DropReason::Replay => "replay",
             DropReason::Forged => "forged",
             DropReason::Denied => "denied",
+            DropReason::Undecryptable => "undecryptable",
         }
     }
 

@@ -72,6 +72,31 @@ pub struct SecurityConfig {
     ///
     /// [`DropReason::Replay`]: crate::DropReason::Replay
     pub replay_memory: usize,
+    /// Channels whose payloads travel sealed (XChaCha20-Poly1305), and
+    /// their keys. A receiver without the key, or with another, cannot
+    /// read them: it drops them, counted as
+    /// [`DropReason::Undecryptable`](crate::DropReason::Undecryptable).
+    pub encryption: Vec<EncryptionRule>,
+}
+
+/// Payloads of some channels sealed with one key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionRule {
+    /// Patterns of the channels (as they travel) whose payloads are sealed.
+    pub channels: Vec<String>,
+    /// The key: 64 hexadecimal digits (32 bytes). Give exactly one of
+    /// `key`, `key_file` and `key_env`.
+    #[serde(default)]
+    pub key: Option<Secret>,
+    /// A file holding the key (64 hexadecimal digits), read when the aether
+    /// starts.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// An environment variable holding the key, read when the aether
+    /// starts.
+    #[serde(default)]
+    pub key_env: Option<String>,
 }
 
 impl Default for SecurityConfig {
@@ -83,6 +108,7 @@ impl Default for SecurityConfig {
             acl: Vec::new(),
             replay_window_ms: 30_000,
             replay_memory: 65_536,
+            encryption: Vec::new(),
         }
     }
 }
@@ -281,11 +307,45 @@ impl SecurityConfig {
             || !self.signing_key_files.is_empty()
             || self.require_signatures
             || !self.acl.is_empty()
+            || !self.encryption.is_empty()
     }
 
     /// Checks every field; the error names the first bad one and never
     /// holds a key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for rule in &self.encryption {
+            let sources = usize::from(rule.key.is_some())
+                + usize::from(rule.key_file.is_some())
+                + usize::from(rule.key_env.is_some());
+            check(
+                sources == 1,
+                "security.encryption",
+                format!("{:?}", rule.channels),
+                "needs exactly one of key, key_file and key_env",
+            )?;
+            check(
+                !rule.channels.is_empty(),
+                "security.encryption",
+                "[]".into(),
+                "names no channel",
+            )?;
+            for pattern in &rule.channels {
+                check(
+                    Channel::new(pattern).validate().is_ok(),
+                    "security.encryption",
+                    pattern.clone(),
+                    "is not a channel or pattern",
+                )?;
+            }
+            if let Some(key) = &rule.key {
+                check(
+                    crate::secret::key_of_hex(key.expose()).is_some(),
+                    "security.encryption",
+                    "key = [redacted]".into(),
+                    "is not 64 hexadecimal digits (32 bytes)",
+                )?;
+            }
+        }
         for (source, key) in &self.signing_keys {
             check(
                 is_source_name(source),

@@ -53,6 +53,9 @@ pub(crate) const DIFFRACTS: u8 = 1 << 0;
 /// [`Wave::flags`] bit: the wave comes back to its source if it cannot be
 /// delivered.
 pub(crate) const REFLECTS: u8 = 1 << 1;
+/// [`Wave::flags`] bit: the payload is sealed (nonce and ciphertext),
+/// as it travels on a channel with an encryption rule.
+pub(crate) const SEALED: u8 = 1 << 2;
 
 /// One message on the aether.
 ///
@@ -429,6 +432,25 @@ impl Wave {
 }
 
 impl Wave {
+    /// Whether its payload is sealed (on its way over the network).
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.flags & SEALED != 0
+    }
+
+    /// A copy carrying `sealed` (this wave's payload, sealed) in its place.
+    pub(crate) fn sealed_with(&self, sealed: Bytes) -> Wave {
+        let mut wave = self.clone();
+        wave.payload = sealed;
+        wave.flags |= SEALED;
+        wave
+    }
+
+    /// Puts the opened payload back in place of the sealed one.
+    pub(crate) fn unseal(&mut self, payload: Bytes) {
+        self.payload = payload;
+        self.flags &= !SEALED;
+    }
+
     fn set_flag(&mut self, flag: u8, on: bool) {
         if on {
             self.flags |= flag;

@@ -23,7 +23,7 @@ use smol_str::SmolStr;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{Amplitude, DIFFRACTS, Extras, Phase, REFLECTS, TraceContext, Wave, WaveId};
+use super::{Amplitude, DIFFRACTS, Extras, Phase, REFLECTS, SEALED, TraceContext, Wave, WaveId};
 use crate::{
     Channel,
     channel::is_token_char,
@@ -70,6 +70,11 @@ pub const FLAG_TRACE: u16 = 1 << 6;
 /// ([`encode_signed`], [`verify`]).
 pub const FLAG_SIGNED: u16 = 1 << 7;
 
+/// Flag bit 9: the payload is sealed: a 24-byte nonce, then the payload
+/// encrypted with XChaCha20-Poly1305 and its 16-byte tag, the subject as
+/// associated data ([`crate::config::EncryptionRule`]).
+pub const FLAG_SEALED: u16 = 1 << 9;
+
 /// The flags version 1 knows; any other bit set is refused
 /// ([`WireErrorKind::UnknownFlags`]).
 pub const KNOWN_FLAGS: u16 = FLAG_DECAY
@@ -79,7 +84,8 @@ pub const KNOWN_FLAGS: u16 = FLAG_DECAY
     | FLAG_REFLECT
     | FLAG_REFLECTED
     | FLAG_TRACE
-    | FLAG_SIGNED;
+    | FLAG_SIGNED
+    | FLAG_SEALED;
 
 /// Length of the trace section: trace id (16), span id (8), flags (1).
 pub const TRACE_LEN: usize = 25;
@@ -161,6 +167,9 @@ impl<'a> Sections<'a> {
         }
         if wave.flags & REFLECTS != 0 {
             bare_flags |= FLAG_REFLECT;
+        }
+        if wave.flags & SEALED != 0 {
+            bare_flags |= FLAG_SEALED;
         }
         let Some(extras) = wave.extras.as_deref() else {
             return Self {
@@ -837,6 +846,9 @@ impl Raw<'_> {
         }
         if self.flags & FLAG_REFLECT != 0 {
             flags |= REFLECTS;
+        }
+        if self.flags & FLAG_SEALED != 0 {
+            flags |= SEALED;
         }
         Ok(Wave {
             payload,

@@ -339,6 +339,7 @@ impl NatsMedium {
             shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
             RequestError::with_source(RequestErrorKind::BadReply, e)
         })?;
+        let mut reply_wave = reply_wave;
         let checked = if reflection::arrived_rightly(&reply_wave) {
             match shared.security.is_enabled() {
                 true => shared
@@ -346,6 +347,7 @@ impl NatsMedium {
                     .check_arrival(&reply.subject, &body, &reply_wave),
                 false => Ok(()),
             }
+            .and_then(|()| shared.security.open(&reply.subject, &mut reply_wave))
         } else {
             Err(DropReason::Forged)
         };
@@ -865,7 +867,11 @@ impl Shared {
     /// Counts and (sparingly) logs a message that is not a valid wave.
     /// The envelope of `wave` for `subject`: signed when this aether holds
     /// its source's key.
+    /// The envelope of `wave` on `subject`: its payload sealed where its
+    /// channel's payloads are, then signed where its source has a key.
     fn seal(&self, subject: &str, wave: &Wave) -> bytes::Bytes {
+        let sealed = self.security.seal(subject, wave);
+        let wave = sealed.as_ref().unwrap_or(wave);
         match self.security.key_of(wave.source()) {
             Some(key) => wire::encode_signed(wave, subject, key),
             None => wire::encode(wave),
@@ -1187,6 +1193,12 @@ fn take(
             .security
             .check_arrival(&message.subject, &body, &wave)
     {
+        shared.stats.dropped(reason);
+        return None;
+    }
+    // Sealed or not, every wave is asked: one sealed without a rule here
+    // cannot be read either.
+    if let Err(reason) = shared.security.open(&message.subject, &mut wave) {
         shared.stats.dropped(reason);
         return None;
     }

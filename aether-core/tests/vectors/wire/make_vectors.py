@@ -36,6 +36,9 @@ FLAG_REFLECT = 1 << 4
 FLAG_REFLECTED = 1 << 5
 FLAG_TRACE = 1 << 6
 FLAG_SIGNED = 1 << 7
+# The payload is sealed (nonce, ciphertext, tag): opaque to the envelope.
+FLAG_SEALED = 1 << 9
+KNOWN_FLAGS = 0xFF | FLAG_SEALED
 MAX_SOURCE_LEN = 64
 MAX_KEY_LEN = 256
 MAX_CHANNEL_LEN = 256
@@ -212,7 +215,7 @@ def first_error(body, max_body_bytes=1048576):
     if n < 4:
         return "Truncated"
     (flags,) = struct.unpack_from("<H", body, 2)
-    if flags & ~0xFF:
+    if flags & ~KNOWN_FLAGS:
         return "UnknownFlags"
     if n < HEADER_LEN:
         return "Truncated"
