@@ -20,6 +20,7 @@ use crate::{
     medium::{Listener, Medium, Publishing, SubscriptionId, embedded::EmbeddedMedium},
     physics::{Physics, PhysicsHub},
     reply::ReplyMux,
+    report::{MapReport, MapSource},
     security::Security,
     stats::{Counters, DropReason, StatsSnapshot},
     wave::unix_nanos,
@@ -57,6 +58,8 @@ pub(crate) struct Inner {
     physics: Arc<PhysicsHub>,
     /// Signatures and access rules (`[aether.security]`).
     security: Arc<Security>,
+    /// Replicas of replicated maps on this aether, for its reports.
+    maps: Mutex<Vec<Weak<dyn MapSource>>>,
 }
 
 impl Drop for Inner {
@@ -164,6 +167,7 @@ impl Aether {
                 inboxes: Mutex::new(HashMap::new()),
                 physics,
                 security,
+                maps: Mutex::new(Vec::new()),
             }),
         };
         aether.start_reports();
@@ -202,6 +206,27 @@ impl Aether {
     /// The aether of `inner`, if it is still alive.
     pub(crate) fn upgrade(inner: &Weak<Inner>) -> Option<Self> {
         inner.upgrade().map(|inner| Self { inner })
+    }
+
+    /// Registers a replica of a replicated map, for the instance reports.
+    pub(crate) fn register_map(&self, source: Weak<dyn MapSource>) {
+        let mut maps = self.inner.maps.lock().unwrap_or_else(|e| e.into_inner());
+        maps.retain(|m| m.strong_count() > 0);
+        maps.push(source);
+    }
+
+    /// The reports of its live replicas, by map and node, at most
+    /// [`MAX_REPORTED_MAPS`](crate::report::MAX_REPORTED_MAPS).
+    pub(crate) fn map_reports(&self) -> Vec<MapReport> {
+        let sources: Vec<Arc<dyn MapSource>> = {
+            let mut maps = self.inner.maps.lock().unwrap_or_else(|e| e.into_inner());
+            maps.retain(|m| m.strong_count() > 0);
+            maps.iter().filter_map(Weak::upgrade).collect()
+        };
+        let mut reports: Vec<MapReport> = sources.iter().map(|s| s.map_report()).collect();
+        reports.sort_by(|a, b| (&a.map, &a.node).cmp(&(&b.map, &b.node)));
+        reports.truncate(crate::report::MAX_REPORTED_MAPS);
+        reports
     }
 
     /// Its live receive queues.

@@ -53,6 +53,19 @@ pub const MAX_REPORT_BYTES: usize = 64 * 1024;
 /// Most vibrators one report lists (the busiest first).
 pub const MAX_REPORTED_VIBRATORS: usize = 64;
 
+/// Most replicated maps one report lists.
+pub const MAX_REPORTED_MAPS: usize = 64;
+
+/// The reasons a replica of a map refuses what it receives, as reports and
+/// metrics name them (`state::Refusal::as_str`, in its order).
+pub const MAP_REFUSALS: [&str; 5] = [
+    "malformed",
+    "future",
+    "too_old",
+    "not_owner",
+    "rate_limited",
+];
+
 /// What one aether reports.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,6 +105,45 @@ pub struct InstanceReport {
     pub queue_capacity: u64,
     /// Its vibrators (at most [`MAX_REPORTED_VIBRATORS`]).
     pub vibrators: Vec<VibratorReport>,
+    /// Its replicas of replicated maps (at most [`MAX_REPORTED_MAPS`]).
+    #[serde(default)]
+    pub maps: Vec<MapReport>,
+}
+
+/// One replica of a replicated map in an [`InstanceReport`]
+/// ([`crate::state`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapReport {
+    /// The map's name.
+    pub map: String,
+    /// The replica's node name.
+    pub node: String,
+    /// Keys set.
+    pub keys: u64,
+    /// Tombstones held.
+    pub tombstones: u64,
+    /// Changes applied since it opened.
+    pub applied: u64,
+    /// What it refused, by reason ([`MAP_REFUSALS`]); reasons with none are
+    /// left out.
+    pub refused: BTreeMap<String, u64>,
+    /// Entries anti-entropy brought in.
+    pub repaired: u64,
+    /// Tombstones collected.
+    pub collected: u64,
+    /// Live peers.
+    pub peers: u64,
+    /// Changes its watchers missed.
+    pub watch_lagged: u64,
+    /// Changes its ledger could not write.
+    pub ledger_failed: u64,
+}
+
+/// Something that reports a replica of a map: the state layer, above the
+/// aether, registers its replicas with it ([`crate::Aether`]).
+pub(crate) trait MapSource: Send + Sync {
+    fn map_report(&self) -> MapReport;
 }
 
 /// One vibrator in an [`InstanceReport`].
@@ -168,6 +220,26 @@ impl InstanceReport {
         for reason in reasons {
             if !DropReason::ALL.iter().any(|r| r.as_str() == reason) {
                 return bad(format!("unknown drop reason {reason:?}"));
+            }
+        }
+        if report.maps.len() > MAX_REPORTED_MAPS {
+            return bad(format!("{} maps listed", report.maps.len()));
+        }
+        for map in &report.maps {
+            let token =
+                !map.map.is_empty() && !map.map.contains('.') && crate::names::is_name(&map.map);
+            if !token || !crate::names::is_name(&map.node) {
+                return bad(format!(
+                    "map {:?} of node {:?} is not well named",
+                    map.map, map.node
+                ));
+            }
+            if let Some(reason) = map
+                .refused
+                .keys()
+                .find(|r| !MAP_REFUSALS.contains(&r.as_str()))
+            {
+                return bad(format!("unknown refusal {reason:?}"));
             }
         }
         for vibrator in &report.vibrators {
@@ -258,6 +330,7 @@ pub(crate) fn compose(aether: &crate::Aether, instance: &str, seq: u64) -> Insta
         queued,
         queue_capacity,
         vibrators,
+        maps: aether.map_reports(),
     }
 }
 

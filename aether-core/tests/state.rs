@@ -421,3 +421,47 @@ async fn a_torn_ledger_keeps_what_is_whole_and_snapshots_bound_it() {
     .await
     .expect("bounded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_reports_carry_each_replica() {
+    timeout(LIMIT, async {
+        let aether = Aether::new(aether_core::AetherConfig {
+            report: aether_core::config::ReportConfig {
+                interval_ms: 100,
+                instance: Some("home-1".into()),
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        let mut operator = aether_core::Vibrator::create("operator", &aether)
+            .await
+            .unwrap();
+        operator.resonate_on("_report.*").await.unwrap();
+        let lights = open(&aether, "lights").await;
+        let _sensors = open(&aether, "sensors").await;
+        lights.set("living.light", "on").await.unwrap();
+        loop {
+            let wave = operator.receive().await.unwrap();
+            let report = aether_core::report::InstanceReport::parse(&wave).unwrap();
+            let Some(map) = report.maps.iter().find(|m| m.node == "lights") else {
+                continue;
+            };
+            if map.keys == 1 && map.peers == 1 {
+                assert_eq!(map.map, "home");
+                assert!(report.maps.iter().any(|m| m.node == "sensors"));
+                break;
+            }
+        }
+        drop(lights);
+        // Gone from the next reports.
+        loop {
+            let wave = operator.receive().await.unwrap();
+            let report = aether_core::report::InstanceReport::parse(&wave).unwrap();
+            if report.maps.iter().all(|m| m.node != "lights") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("bounded");
+}

@@ -60,6 +60,27 @@ pub struct InstanceRow {
     pub malformed: u64,
     /// Milliseconds since its last report.
     pub last_report_ms: u64,
+    /// Its replicas of replicated maps.
+    pub maps: Vec<MapRow>,
+}
+
+/// One replica of a replicated map on the dashboard.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct MapRow {
+    /// The map.
+    pub map: String,
+    /// The replica's node name.
+    pub node: String,
+    /// Keys set.
+    pub keys: u64,
+    /// Live peers.
+    pub peers: u64,
+    /// Changes applied.
+    pub applied: u64,
+    /// Entries anti-entropy brought in.
+    pub repaired: u64,
+    /// What it refused, by reason (those with some).
+    pub refused: Vec<(String, u64)>,
 }
 
 struct Instance {
@@ -86,6 +107,120 @@ struct InstanceMetrics {
     instances: IntGauge,
     refused: IntCounterVec,
     gone: IntCounter,
+    maps: MapMetrics,
+}
+
+/// The series of replicated maps, by instance, map and node.
+struct MapMetrics {
+    keys: IntGaugeVec,
+    tombstones: IntGaugeVec,
+    peers: IntGaugeVec,
+    applied: IntGaugeVec,
+    repaired: IntGaugeVec,
+    collected: IntGaugeVec,
+    watch_lagged: IntGaugeVec,
+    ledger_failed: IntGaugeVec,
+    refused: IntGaugeVec,
+}
+
+impl MapMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let per = |name: &str, help: &str| -> Result<IntGaugeVec, prometheus::Error> {
+            let gauge = IntGaugeVec::new(Opts::new(name, help), &["instance", "map", "node"])?;
+            registry.register(Box::new(gauge.clone()))?;
+            Ok(gauge)
+        };
+        let refused = IntGaugeVec::new(
+            Opts::new(
+                "aether_state_refused",
+                "What a replica of a replicated map refused since it opened, by reason \
+                 (malformed, future, too_old, not_owner, rate_limited), as of its last report.",
+            ),
+            &["instance", "map", "node", "reason"],
+        )?;
+        registry.register(Box::new(refused.clone()))?;
+        Ok(Self {
+            keys: per(
+                "aether_state_keys",
+                "Keys set in a replica of a replicated map.",
+            )?,
+            tombstones: per(
+                "aether_state_tombstones",
+                "Deleted keys a replica keeps until the tombstone horizon.",
+            )?,
+            peers: per("aether_state_peers", "Live peers a replica sees.")?,
+            applied: per(
+                "aether_state_changes_applied",
+                "Changes applied to a replica since it opened (local and remote).",
+            )?,
+            repaired: per(
+                "aether_state_repaired_entries",
+                "Entries anti-entropy brought to a replica since it opened.",
+            )?,
+            collected: per(
+                "aether_state_tombstones_collected",
+                "Tombstones a replica collected past the horizon since it opened.",
+            )?,
+            watch_lagged: per(
+                "aether_state_watch_lagged_changes",
+                "Changes a replica's watchers missed because they fell behind.",
+            )?,
+            ledger_failed: per(
+                "aether_state_ledger_failed_changes",
+                "Changes a replica applied but could not write to its ledger.",
+            )?,
+            refused,
+        })
+    }
+
+    fn gauges(&self) -> [&IntGaugeVec; 8] {
+        [
+            &self.keys,
+            &self.tombstones,
+            &self.peers,
+            &self.applied,
+            &self.repaired,
+            &self.collected,
+            &self.watch_lagged,
+            &self.ledger_failed,
+        ]
+    }
+
+    fn set(&self, instance: &str, map: &aether_core::report::MapReport) {
+        let labels = [instance, map.map.as_str(), map.node.as_str()];
+        let values = [
+            map.keys,
+            map.tombstones,
+            map.peers,
+            map.applied,
+            map.repaired,
+            map.collected,
+            map.watch_lagged,
+            map.ledger_failed,
+        ];
+        for (gauge, n) in self.gauges().into_iter().zip(values) {
+            gauge
+                .with_label_values(&labels)
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        for (reason, n) in &map.refused {
+            self.refused
+                .with_label_values(&[instance, &map.map, &map.node, reason])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn remove(&self, instance: &str, map: &aether_core::report::MapReport) {
+        let labels = [instance, map.map.as_str(), map.node.as_str()];
+        for gauge in self.gauges() {
+            let _ = gauge.remove_label_values(&labels);
+        }
+        for reason in map.refused.keys() {
+            let _ = self
+                .refused
+                .remove_label_values(&[instance, &map.map, &map.node, reason]);
+        }
+    }
 }
 
 impl InstanceMetrics {
@@ -172,6 +307,7 @@ impl InstanceMetrics {
             instances,
             refused,
             gone,
+            maps: MapMetrics::new(registry)?,
         })
     }
 
@@ -206,6 +342,33 @@ impl InstanceMetrics {
                 .with_label_values(&[name, reason])
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
+        for map in &report.maps {
+            self.maps.set(name, map);
+        }
+    }
+
+    /// Removes the series of the maps `old` listed and `new` does not.
+    fn forget_maps(&self, name: &str, old: &InstanceReport, new: &InstanceReport) {
+        for map in &old.maps {
+            let kept = new
+                .maps
+                .iter()
+                .any(|m| m.map == map.map && m.node == map.node);
+            if !kept {
+                self.maps.remove(name, map);
+            } else if let Some(now) = new
+                .maps
+                .iter()
+                .find(|m| m.map == map.map && m.node == map.node)
+            {
+                for reason in map.refused.keys().filter(|r| !now.refused.contains_key(*r)) {
+                    let _ = self
+                        .maps
+                        .refused
+                        .remove_label_values(&[name, &map.map, &map.node, reason]);
+                }
+            }
+        }
     }
 
     fn remove(&self, name: &str, report: &InstanceReport) {
@@ -226,6 +389,9 @@ impl InstanceMetrics {
         }
         for reason in report.dropped.keys() {
             let _ = self.dropped.remove_label_values(&[name, reason]);
+        }
+        for map in &report.maps {
+            self.maps.remove(name, map);
         }
     }
 }
@@ -319,6 +485,9 @@ impl Instances {
         }
         let (observed, unobserved) = self.reconcile(&report);
         let name = report.instance.clone();
+        if let Some(old) = self.by_name.get(&name) {
+            self.metrics.forget_maps(&name, &old.report, &report);
+        }
         let instance = Instance {
             report,
             last_seen: now,
@@ -421,6 +590,19 @@ impl Instances {
                     outbox_len: report.outbox_len,
                     malformed: report.malformed,
                     last_report_ms: now.duration_since(i.last_seen).as_millis() as u64,
+                    maps: report
+                        .maps
+                        .iter()
+                        .map(|m| MapRow {
+                            map: m.map.clone(),
+                            node: m.node.clone(),
+                            keys: m.keys,
+                            peers: m.peers,
+                            applied: m.applied,
+                            repaired: m.repaired,
+                            refused: m.refused.iter().map(|(r, n)| (r.clone(), *n)).collect(),
+                        })
+                        .collect(),
                 }
             })
             .collect();
@@ -574,6 +756,51 @@ mod tests {
         let now = Instant::now();
         assert!(instances.take(&report_wave(&huge), now));
         assert_eq!(instances.rows(now)[0].published, u64::MAX);
+    }
+
+    #[test]
+    fn replicated_maps_are_exported_per_replica_and_forgotten_when_they_go() {
+        let registry = Registry::new();
+        let mut instances = Instances::new(&registry, 2, Duration::from_secs(5)).unwrap();
+        let now = Instant::now();
+        let mut with_map = report("home-1", 7, 1);
+        with_map.maps.push(aether_core::report::MapReport {
+            map: "home".into(),
+            node: "lights".into(),
+            keys: 3,
+            peers: 2,
+            applied: 9,
+            repaired: 4,
+            refused: [("not_owner".to_string(), 1)].into_iter().collect(),
+            ..Default::default()
+        });
+        assert!(instances.take(&report_wave(&with_map), now));
+        let text = render(&registry);
+        for line in [
+            r#"aether_state_keys{instance="home-1",map="home",node="lights"} 3"#,
+            r#"aether_state_peers{instance="home-1",map="home",node="lights"} 2"#,
+            r#"aether_state_repaired_entries{instance="home-1",map="home",node="lights"} 4"#,
+            r#"aether_state_refused{instance="home-1",map="home",node="lights",reason="not_owner"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        let rows = instances.rows(now);
+        assert_eq!(rows[0].maps[0].keys, 3);
+        assert_eq!(rows[0].maps[0].refused, [("not_owner".to_string(), 1)]);
+
+        // The replica closed: its series go with the next report.
+        let mut without = report("home-1", 7, 1);
+        without.seq = 2;
+        assert!(instances.take(&report_wave(&without), now));
+        assert!(!render(&registry).contains("aether_state_keys{"));
+
+        // A report naming a refusal nobody makes is refused whole.
+        let mut odd = with_map.clone();
+        odd.maps[0].refused = [("bribed".to_string(), 1)].into_iter().collect();
+        assert!(InstanceReport::parse(&report_wave(&odd)).is_err());
+        let mut dotted = with_map;
+        dotted.maps[0].map = "two.tokens".into();
+        assert!(InstanceReport::parse(&report_wave(&dotted)).is_err());
     }
 
     fn render(registry: &Registry) -> String {

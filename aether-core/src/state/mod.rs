@@ -212,13 +212,7 @@ impl Refusal {
 
     /// Its name as a metric label.
     pub fn as_str(&self) -> &'static str {
-        match self {
-            Refusal::Malformed => "malformed",
-            Refusal::Future => "future",
-            Refusal::TooOld => "too_old",
-            Refusal::NotOwner => "not_owner",
-            Refusal::RateLimited => "rate_limited",
-        }
+        crate::report::MAP_REFUSALS[*self as usize]
     }
 }
 
@@ -540,6 +534,8 @@ impl StateMap {
             config,
         });
         let (answering, answers) = tokio::sync::oneshot::channel();
+        let source: Arc<dyn crate::report::MapSource> = shared.clone();
+        aether.register_map(Arc::downgrade(&source));
         tokio::spawn(run(shared.clone(), vibrator, answering));
         let map = StateMap {
             _guard: Arc::new(Guard(shared.clone())),
@@ -788,21 +784,7 @@ impl StateMap {
 
     /// What the replica did, counted.
     pub fn stats(&self) -> StateStats {
-        let shared = &self.shared;
-        let c = &shared.counters;
-        let store = shared.lock_store();
-        StateStats {
-            keys: store.len(),
-            tombstones: store.tombstones(),
-            applied: c.applied.load(Ordering::Relaxed),
-            stale: c.stale.load(Ordering::Relaxed),
-            refused: std::array::from_fn(|i| c.refused[i].load(Ordering::Relaxed)),
-            repaired: c.repaired.load(Ordering::Relaxed),
-            collected: c.collected.load(Ordering::Relaxed),
-            watch_lagged: c.watch_lagged.load(Ordering::Relaxed),
-            peers: shared.lock_peers().len(),
-            ledger_failed: c.ledger_failed.load(Ordering::Relaxed),
-        }
+        self.shared.stats()
     }
 
     /// Says goodbye to the peers (they see it leave at once) and stops.
@@ -906,7 +888,47 @@ impl<T: Clone + Send + 'static> Stream for Lossy<T> {
     }
 }
 
+impl crate::report::MapSource for Shared {
+    fn map_report(&self) -> crate::report::MapReport {
+        let stats = self.stats();
+        crate::report::MapReport {
+            map: self.map.clone(),
+            node: self.node_name.to_string(),
+            keys: stats.keys as u64,
+            tombstones: stats.tombstones as u64,
+            applied: stats.applied,
+            refused: Refusal::ALL
+                .iter()
+                .filter(|r| stats.refused(**r) > 0)
+                .map(|r| (r.as_str().to_string(), stats.refused(*r)))
+                .collect(),
+            repaired: stats.repaired,
+            collected: stats.collected,
+            peers: stats.peers as u64,
+            watch_lagged: stats.watch_lagged,
+            ledger_failed: stats.ledger_failed,
+        }
+    }
+}
+
 impl Shared {
+    fn stats(&self) -> StateStats {
+        let c = &self.counters;
+        let store = self.lock_store();
+        StateStats {
+            keys: store.len(),
+            tombstones: store.tombstones(),
+            applied: c.applied.load(Ordering::Relaxed),
+            stale: c.stale.load(Ordering::Relaxed),
+            refused: std::array::from_fn(|i| c.refused[i].load(Ordering::Relaxed)),
+            repaired: c.repaired.load(Ordering::Relaxed),
+            collected: c.collected.load(Ordering::Relaxed),
+            watch_lagged: c.watch_lagged.load(Ordering::Relaxed),
+            peers: self.lock_peers().len(),
+            ledger_failed: c.ledger_failed.load(Ordering::Relaxed),
+        }
+    }
+
     fn lock_store(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -1260,11 +1260,28 @@ mod tests {
 
     #[test]
     fn unknown_flags() {
-        for bit in 8..16 {
+        for bit in (8..16).filter(|&bit| 1u16 << bit != FLAG_SEALED) {
             let mut body = encode(&Wave::new("a", ())).to_vec();
             body[2..4].copy_from_slice(&(1u16 << bit).to_le_bytes());
             assert_eq!(kind(&body), WireErrorKind::UnknownFlags, "bit {bit}");
         }
+    }
+
+    #[test]
+    fn the_sealed_flag_round_trips_and_leaves_the_payload_as_it_is() {
+        let sealed = Wave::new("a", "opaque").sealed_with(Bytes::from_static(b"nonce+ciphertext"));
+        let body = encode(&sealed);
+        assert_ne!(u16::from_le_bytes([body[2], body[3]]) & FLAG_SEALED, 0);
+        let back = decode(Channel::new("a"), body, &Limits::default()).unwrap();
+        assert!(back.is_sealed());
+        assert_eq!(&back.payload_bytes()[..], b"nonce+ciphertext");
+        let plain = decode(
+            Channel::new("a"),
+            encode(&Wave::new("a", "x")),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert!(!plain.is_sealed());
     }
 
     #[test]
