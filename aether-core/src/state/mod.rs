@@ -1086,17 +1086,17 @@ impl Shared {
     async fn send_buckets(&self, node: u64, buckets: &[u8]) {
         let channel = self.channels.repair_of(node);
         let budget = self.config.max_value_bytes.max(64 * 1024) * 4;
+        let mut wanted = [false; store::BUCKETS];
         for &bucket in buckets {
-            let entries: Vec<(String, Entry)> = self
-                .lock_store()
-                .bucket(usize::from(bucket))
-                .filter(|(key, e)| {
-                    // Relayed node-owned keys would be refused: send only
-                    // this node's own.
-                    owner_of(key).is_none_or(|o| o == self.node_name.as_str())
-                        && !e.writer.is_empty()
-                })
-                .map(|(k, e)| (k.clone(), e.clone()))
+            wanted[usize::from(bucket)] = true;
+        }
+        let mut grouped = self.lock_store().buckets(&wanted);
+        for &bucket in buckets {
+            // Relayed node-owned keys would be refused: send only this
+            // node's own.
+            let entries: Vec<(String, Entry)> = std::mem::take(&mut grouped[usize::from(bucket)])
+                .into_iter()
+                .filter(|(key, _)| owner_of(key).is_none_or(|o| o == self.node_name.as_str()))
                 .collect();
             let mut chunk = Vec::new();
             let mut size = 0;

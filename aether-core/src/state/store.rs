@@ -15,7 +15,6 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use sha2::{Digest as _, Sha256};
 use smol_str::SmolStr;
 
 use super::hlc::Stamp;
@@ -74,31 +73,51 @@ impl Digest {
     }
 }
 
-/// The bucket of `key`.
-pub(crate) fn bucket_of(key: &str) -> usize {
-    let hash = Sha256::digest(key.as_bytes());
-    usize::from(hash[0]) % BUCKETS
-}
+/// FNV-1a, 64 bits: a stable hash every replica computes alike, cheap
+/// enough for every merge. (The digest finds what differs between honest
+/// replicas; it is not a defence: what a replica takes in is checked entry
+/// by entry.)
+struct Fnv(u64);
 
-/// The fingerprint of an entry: its key, stamp and whether it is a
-/// tombstone (a stamp names one write, so its value need not be hashed;
-/// a forged duplicate stamp with another value is settled by the merge).
-fn fingerprint(key: &str, entry: &Entry) -> u64 {
-    let mut hasher = Sha256::new();
-    hasher.update((key.len() as u32).to_le_bytes());
-    hasher.update(key.as_bytes());
-    hasher.update(entry.stamp.physical_ns.to_le_bytes());
-    hasher.update(entry.stamp.logical.to_le_bytes());
-    hasher.update(entry.stamp.node.to_le_bytes());
-    match &entry.value {
-        None => hasher.update([0]),
-        Some(value) => {
-            hasher.update([1]);
-            hasher.update(Sha256::digest(value));
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
-    let hash = hasher.finalize();
-    u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
+}
+
+/// The bucket of `key`: FNV-1a-64 of its bytes, mod [`BUCKETS`].
+pub(crate) fn bucket_of(key: &str) -> usize {
+    let mut hash = Fnv::new();
+    hash.update(key.as_bytes());
+    (hash.0 % BUCKETS as u64) as usize
+}
+
+/// The fingerprint of an entry: FNV-1a-64 over its key length (u32 LE),
+/// key, stamp (physical u64, logical u32, node u64, LE), then `0` for a
+/// tombstone or `1`, the value's length (u32 LE) and the value.
+fn fingerprint(key: &str, entry: &Entry) -> u64 {
+    let mut hash = Fnv::new();
+    hash.update(&(key.len() as u32).to_le_bytes());
+    hash.update(key.as_bytes());
+    hash.update(&entry.stamp.physical_ns.to_le_bytes());
+    hash.update(&entry.stamp.logical.to_le_bytes());
+    hash.update(&entry.stamp.node.to_le_bytes());
+    match &entry.value {
+        None => hash.update(&[0]),
+        Some(value) => {
+            hash.update(&[1]);
+            hash.update(&(value.len() as u32).to_le_bytes());
+            hash.update(value);
+        }
+    }
+    hash.0
 }
 
 impl Store {
@@ -137,11 +156,17 @@ impl Store {
         self.entries.iter()
     }
 
-    /// The entries of bucket `bucket`.
-    pub(crate) fn bucket(&self, bucket: usize) -> impl Iterator<Item = (&String, &Entry)> {
-        self.entries
-            .iter()
-            .filter(move |(key, _)| bucket_of(key) == bucket)
+    /// The entries of the buckets `wanted` picks, grouped by bucket, in one
+    /// pass over the map.
+    pub(crate) fn buckets(&self, wanted: &[bool; BUCKETS]) -> Vec<Vec<(String, Entry)>> {
+        let mut out = vec![Vec::new(); BUCKETS];
+        for (key, entry) in &self.entries {
+            let bucket = bucket_of(key);
+            if wanted[bucket] {
+                out[bucket].push((key.clone(), entry.clone()));
+            }
+        }
+        out
     }
 
     /// Keys set (not deleted).
@@ -268,21 +293,17 @@ mod tests {
     /// Anti-entropy as the replicas do it: each sends the other the
     /// buckets where their digests differ.
     fn exchange(a: &mut Store, b: &mut Store) {
+        let mut wanted = [false; BUCKETS];
         for bucket in a.digest().differing(&b.digest()) {
-            let from_a: Vec<_> = a
-                .bucket(bucket)
-                .map(|(k, e)| (k.clone(), e.clone()))
-                .collect();
-            let from_b: Vec<_> = b
-                .bucket(bucket)
-                .map(|(k, e)| (k.clone(), e.clone()))
-                .collect();
-            for (k, e) in from_a {
-                b.merge(&k, e);
-            }
-            for (k, e) in from_b {
-                a.merge(&k, e);
-            }
+            wanted[bucket] = true;
+        }
+        let from_a = a.buckets(&wanted);
+        let from_b = b.buckets(&wanted);
+        for (k, e) in from_a.into_iter().flatten() {
+            b.merge(&k, e);
+        }
+        for (k, e) in from_b.into_iter().flatten() {
+            a.merge(&k, e);
         }
     }
 
