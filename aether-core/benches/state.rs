@@ -164,6 +164,96 @@ async fn repair(n: usize) -> Duration {
     end.elapsed()
 }
 
+/// 100 writes on one of 5 replicas: the time until all 5 hold them.
+async fn converge_five(aether_of: impl Fn() -> Aether, n: usize) -> Duration {
+    let mut replicas = Vec::new();
+    for i in 0..5 {
+        replicas.push(replica(&aether_of(), &format!("r{i}"), config()).await);
+    }
+    let value = Bytes::from(vec![0xAB; VALUE]);
+    let start = Instant::now();
+    for i in 0..n {
+        replicas[0]
+            .set(&format!("c.{i}"), value.clone())
+            .await
+            .expect("set");
+    }
+    wait_until(|| replicas.iter().all(|r| r.len() == n)).await;
+    start.elapsed()
+}
+
+/// Write on one replica to the watch of another: one-way latencies (us),
+/// `n` writes spaced apart so each is alone on the bus.
+async fn write_to_watch(x: &Aether, y: &Aether, n: usize) -> Vec<f64> {
+    use futures_util::StreamExt;
+    let writer = replica(x, "writer", config()).await;
+    let reader = replica(y, "reader", config()).await;
+    let mut watch = reader.watch("lat.*");
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let start = Instant::now();
+        writer
+            .set(&format!("lat.{}", i % 100), vec![0xAB; VALUE])
+            .await
+            .expect("set");
+        let change = tokio::time::timeout(Duration::from_secs(5), watch.next())
+            .await
+            .expect("in time")
+            .expect("open");
+        assert!(change.key.starts_with("lat."));
+        out.push(start.elapsed().as_secs_f64() * 1e6);
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    out
+}
+
+/// With a state directory: `n` writes (writes/s, each handed to the
+/// operating system before `set` returns), then the time a replica takes to
+/// open on that directory alone (its ledger: snapshot and records).
+async fn ledger(n: usize) -> (f64, Duration) {
+    let dir = tempfile::tempdir().expect("dir");
+    let aether = Aether::new(aether_core::AetherConfig {
+        channel_buffer_size: 1024,
+        ..Default::default()
+    })
+    .expect("config");
+    let value = Bytes::from(vec![0xAB; VALUE]);
+    let rate = {
+        let map = StateMap::builder("bench")
+            .node("d")
+            .state_dir(dir.path())
+            .open(&aether)
+            .await
+            .expect("open");
+        let start = Instant::now();
+        for i in 0..n {
+            map.set(&format!("k.{i}"), value.clone())
+                .await
+                .expect("set");
+        }
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        map.close().await;
+        rate
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let alone = Aether::default();
+    let start = Instant::now();
+    let map = StateMap::builder("bench")
+        .node("d")
+        .state_dir(dir.path())
+        .open(&alone)
+        .await
+        .expect("reopen");
+    let boot = start.elapsed();
+    assert_eq!(map.len(), n);
+    (rate, boot)
+}
+
+fn percentile(xs: &mut [f64], p: f64) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[((xs.len() - 1) as f64 * p) as usize]
+}
+
 fn summary(label: &str, xs: &mut [f64]) -> (f64, f64, f64) {
     xs.sort_by(f64::total_cmp);
     let _ = label;
@@ -179,6 +269,10 @@ fn main() {
             broadcast_replicate(200).await;
             catch_up(200).await;
             repair(50).await;
+            let shared = Aether::default();
+            converge_five(|| shared.clone(), 20).await;
+            write_to_watch(&shared, &shared, 10).await;
+            ledger(100).await;
         });
         println!("state bench: smoke run ok");
         return;
@@ -199,6 +293,42 @@ fn main() {
         catch.push(rt.block_on(catch_up(10_000)).as_secs_f64() * 1000.0);
         repaired.push(rt.block_on(repair(2_000)).as_secs_f64() * 1000.0);
     }
+    // 100 writes across 5 replicas, and write-to-watch latency: embedded,
+    // then over NATS (own nats-server, each replica its own connection).
+    let shared = Aether::default();
+    let mut five_embedded: Vec<f64> = (0..rounds)
+        .map(|_| {
+            rt.block_on(converge_five(|| shared.clone(), 100))
+                .as_secs_f64()
+                * 1000.0
+        })
+        .collect();
+    let mut watch_embedded = rt.block_on(write_to_watch(&shared, &shared, 2000));
+    let server = rt
+        .block_on(aether_testkit::NatsServer::start())
+        .expect("nats-server");
+    let url = server.url();
+    let connect = || {
+        let url = url.clone();
+        rt.block_on(async move { Aether::connect_url(&url).await.expect("connect") })
+    };
+    let nats_aethers: Vec<Aether> = (0..5).map(|_| connect()).collect();
+    let mut five_nats = Vec::new();
+    for _ in 0..rounds {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let pick =
+            || nats_aethers[next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 5].clone();
+        five_nats.push(rt.block_on(converge_five(pick, 100)).as_secs_f64() * 1000.0);
+    }
+    let mut watch_nats = rt.block_on(write_to_watch(&nats_aethers[0], &nats_aethers[1], 2000));
+    let mut ledger_rates = Vec::new();
+    let mut boots = Vec::new();
+    for _ in 0..3 {
+        let (rate, boot) = rt.block_on(ledger(200_000));
+        ledger_rates.push(rate);
+        boots.push(boot.as_secs_f64() * 1000.0);
+    }
+
     let (o, _, _) = summary("aether", &mut ours);
     let (t, _, _) = summary("broadcast", &mut theirs);
     let (r, rmin, rmax) = summary("ratio", &mut ratios);
@@ -219,5 +349,32 @@ fn main() {
     );
     println!(
         "| repair of a refused burst of 2,000 keys by anti-entropy, interval 200 ms (ms from the burst's end) | {p:.1} ({pmin:.1}-{pmax:.1}) |"
+    );
+    let (e5, e5min, e5max) = summary("five", &mut five_embedded);
+    let (n5, n5min, n5max) = summary("five nats", &mut five_nats);
+    println!(
+        "| 100 writes across 5 replicas, embedded (ms until all hold them) | {e5:.2} ({e5min:.2}-{e5max:.2}) |"
+    );
+    println!(
+        "| 100 writes across 5 replicas, NATS, each its own connection (ms) | {n5:.2} ({n5min:.2}-{n5max:.2}) |"
+    );
+    println!(
+        "| write to another replica's watch, embedded, p50 / p99 (us) | {:.1} / {:.1} |",
+        percentile(&mut watch_embedded, 0.5),
+        percentile(&mut watch_embedded, 0.99)
+    );
+    println!(
+        "| write to another replica's watch, NATS, p50 / p99 (us) | {:.1} / {:.1} |",
+        percentile(&mut watch_nats, 0.5),
+        percentile(&mut watch_nats, 0.99)
+    );
+    let (lr, lrmin, lrmax) = summary("ledger", &mut ledger_rates);
+    let (b, bmin, bmax) = summary("boot", &mut boots);
+    println!(
+        "| writes with a state directory (writes/s, each in the OS before set returns) | {lr:.0} ({lrmin:.0}-{lrmax:.0}) |"
+    );
+    println!(
+        "| open of 200,000 keys from the ledger alone (ms; snapshot every 10,000 records) | {b:.1} ({bmin:.1}-{bmax:.1}), {:.0} keys/s |",
+        200_000.0 / (b / 1000.0)
     );
 }

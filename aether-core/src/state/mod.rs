@@ -578,19 +578,8 @@ impl StateMap {
             shared.refuse(Refusal::Malformed);
             return;
         };
-        {
-            let mut pending = shared.lock_pending();
-            let set: HashSet<u8> = buckets.into_iter().collect();
-            // Repairs that came before the answer were noted against node 0.
-            let arrived = match pending.take() {
-                Some((0, arrived)) => arrived,
-                _ => HashSet::new(),
-            };
-            let left: HashSet<u8> = set.difference(&arrived).copied().collect();
-            if left.is_empty() {
-                return;
-            }
-            *pending = Some((node, left));
+        if !await_buckets(&mut shared.lock_pending(), node, buckets) {
+            return;
         }
         loop {
             let notified = shared.synced.notified();
@@ -802,6 +791,43 @@ impl fmt::Debug for StateMap {
             .field("keys", &self.len())
             .finish()
     }
+}
+
+/// A repair's last chunk of `bucket` came. What a catch-up awaits: `None`
+/// before anything happened; `(0, buckets)` the buckets whose last chunk
+/// came before the peer's answer listed them; `(node, buckets)` the buckets
+/// still awaited from the peer that answered.
+fn note_last_chunk(pending: &mut Option<(u64, HashSet<u8>)>, bucket: u8) {
+    match pending {
+        // The answer to the catch-up is still on its way: noted, to be
+        // taken off what it will list.
+        None => *pending = Some((0, HashSet::from([bucket]))),
+        Some((0, arrived)) => {
+            arrived.insert(bucket);
+        }
+        // The answer came: one bucket fewer awaited.
+        Some((_, left)) => {
+            left.remove(&bucket);
+        }
+    }
+}
+
+/// The peer `node` answered a catch-up with `buckets`: what is still
+/// awaited, less what came already. `false` when nothing is.
+fn await_buckets(pending: &mut Option<(u64, HashSet<u8>)>, node: u64, buckets: Vec<u8>) -> bool {
+    let arrived = match pending.take() {
+        Some((0, arrived)) => arrived,
+        _ => HashSet::new(),
+    };
+    let left: HashSet<u8> = buckets
+        .into_iter()
+        .filter(|b| !arrived.contains(b))
+        .collect();
+    if left.is_empty() {
+        return false;
+    }
+    *pending = Some((node.max(1), left));
+    true
 }
 
 /// The owner of a node-owned key: `node/<owner>/...`.
@@ -1200,16 +1226,7 @@ impl Shared {
                 self.take_entries(&source, entries, repair.is_some());
                 if let Some((bucket, true)) = repair {
                     let mut pending = self.lock_pending();
-                    match pending.as_mut() {
-                        Some((_, left)) => {
-                            left.remove(&bucket);
-                        }
-                        // The answer to the sync request is still on its
-                        // way: note it against node 0.
-                        None => {
-                            *pending = Some((0, HashSet::from([bucket])));
-                        }
-                    }
+                    note_last_chunk(&mut pending, bucket);
                     drop(pending);
                     self.synced.notify_waiters();
                 }
@@ -1419,5 +1436,28 @@ impl NodeState {
     /// Leaves: peers see it go at once.
     pub async fn close(&self) {
         self.map.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repairs_that_come_before_the_answer_count_for_it() {
+        // Two buckets' last chunks come first, then the answer lists three.
+        let mut pending = None;
+        note_last_chunk(&mut pending, 4);
+        note_last_chunk(&mut pending, 9);
+        assert!(await_buckets(&mut pending, 77, vec![4, 9, 12]));
+        assert_eq!(pending, Some((77, HashSet::from([12]))));
+        note_last_chunk(&mut pending, 12);
+        assert_eq!(pending, Some((77, HashSet::new())));
+        // Everything came first: nothing to await.
+        let mut early = None;
+        for b in [1, 2] {
+            note_last_chunk(&mut early, b);
+        }
+        assert!(!await_buckets(&mut early, 5, vec![2, 1]));
     }
 }
