@@ -1,4 +1,6 @@
-//! Replicated state over NATS: replicas in separate aethers (as separate
+//! Replicated state over NATS: the suite both mediums run
+//! (`state_suite/`), each replica on its own connection; then replicas in
+//! separate aethers (as separate
 //! processes would be) converge, a late one catches up before `open`
 //! returns, one whose aether vanishes leaves after the presence timeout,
 //! and hostile waves from a raw NATS client (written from ARCHITECTURE.md's
@@ -9,7 +11,13 @@
 
 #![cfg(feature = "nats")]
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod state_suite;
+
+use std::{
+    future::Future,
+    pin::Pin,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use aether_core::{
     Aether, AetherConfig, DropReason, Secret, Wave,
@@ -22,6 +30,29 @@ use futures_util::StreamExt;
 use tokio::time::timeout;
 
 const LIMIT: Duration = Duration::from_secs(30);
+
+/// Each replica its own connection to one server.
+#[derive(Default)]
+struct Nats {
+    server: tokio::sync::OnceCell<NatsServer>,
+}
+
+impl state_suite::Bus for Nats {
+    fn aether(&self) -> Pin<Box<dyn Future<Output = Aether> + Send + '_>> {
+        Box::pin(async move {
+            let server = self
+                .server
+                .get_or_try_init(NatsServer::start)
+                .await
+                .expect("nats-server starts");
+            Aether::connect(over(&server.url()))
+                .await
+                .expect("connects to the test server")
+        })
+    }
+}
+
+state_suite!(Nats::default());
 
 fn over(url: &str) -> AetherConfig {
     AetherConfig {

@@ -1,0 +1,331 @@
+//! The replicated-state suite, run on both mediums: on the embedded medium
+//! every replica shares one aether; over NATS each has its own connection
+//! to one server, as separate processes would.
+
+#![allow(dead_code)]
+
+use std::{future::Future, pin::Pin, time::Duration};
+
+use aether_core::{
+    Aether,
+    state::{NodeState, Presence, Refusal, StateConfig, StateErrorKind, StateMap},
+};
+use futures_util::StreamExt;
+use tokio::time::timeout;
+
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+/// Where replicas live: an aether for each new replica.
+pub trait Bus: Send + Sync {
+    fn aether(&self) -> Pin<Box<dyn Future<Output = Aether> + Send + '_>>;
+}
+
+pub fn fast() -> StateConfig {
+    StateConfig {
+        heartbeat_interval: Duration::from_millis(50),
+        presence_timeout: Duration::from_millis(300),
+        anti_entropy_interval: Duration::from_millis(100),
+        ready_timeout: Duration::from_secs(2),
+        ..Default::default()
+    }
+}
+
+pub async fn open(aether: &Aether, node: &str) -> StateMap {
+    StateMap::builder("home")
+        .node(node)
+        .config(fast())
+        .open(aether)
+        .await
+        .unwrap()
+}
+
+/// Waits (bounded) until `done` holds.
+pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    timeout(Duration::from_secs(5), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never: {what}"));
+}
+
+pub async fn a_write_is_seen_here_at_once_and_by_every_replica_soon(m: &dyn Bus) {
+    timeout(LIMIT, async {
+        let a = open(&m.aether().await, "a").await;
+        let b = open(&m.aether().await, "b").await;
+        let c = open(&m.aether().await, "c").await;
+        a.set("living.temp", "21.5").await.unwrap();
+        assert_eq!(a.get("living.temp").as_deref(), Some(&b"21.5"[..]));
+        until("b and c have it", || {
+            b.get("living.temp").is_some() && c.get("living.temp").is_some()
+        })
+        .await;
+        assert_eq!(b.entries(), a.entries());
+        let (stamp, writer) = c.stamp_of("living.temp").unwrap();
+        assert_eq!(writer, "a");
+        assert_eq!(Some(stamp), a.stamp_of("living.temp").map(|s| s.0));
+
+        b.delete("living.temp").await.unwrap();
+        until("deleted everywhere", || {
+            a.get("living.temp").is_none() && c.get("living.temp").is_none()
+        })
+        .await;
+        assert_eq!(a.stats().tombstones, 1);
+        assert!(a.is_empty());
+    })
+    .await
+    .expect("bounded");
+}
+
+pub async fn a_late_replica_has_the_whole_state_when_open_returns(m: &dyn Bus) {
+    timeout(LIMIT, async {
+        let a = open(&m.aether().await, "a").await;
+        for n in 0..500 {
+            a.set_json(&format!("k.{n}"), &n).await.unwrap();
+        }
+        a.delete("k.7").await.unwrap();
+        let late = open(&m.aether().await, "late").await;
+        assert_eq!(late.len(), 499, "caught up before open returned");
+        assert_eq!(late.entries(), a.entries());
+        assert_eq!(late.get_json::<u32>("k.42").unwrap(), Some(42));
+        assert!(late.get("k.7").is_none());
+        assert_eq!(late.stats().tombstones, 1, "the tombstone came too");
+    })
+    .await
+    .expect("bounded");
+}
+
+pub async fn watchers_get_each_change_with_old_and_new_values_and_losers_hear_superseded(
+    m: &dyn Bus,
+) {
+    timeout(LIMIT, async {
+        let a = open(&m.aether().await, "a").await;
+        let b = open(&m.aether().await, "b").await;
+        let mut watch = b.watch("living.*");
+        let mut lost = a.superseded();
+        a.set("living.lamp", "off").await.unwrap();
+        let first = watch.next().await.unwrap();
+        assert_eq!(
+            (
+                first.key.as_str(),
+                first.old,
+                first.new.as_deref(),
+                first.writer.as_str()
+            ),
+            ("living.lamp", None, Some(&b"off"[..]), "a")
+        );
+        a.set("hall.lamp", "on").await.unwrap(); // not watched
+        b.set("living.lamp", "on").await.unwrap();
+        let second = watch.next().await.unwrap();
+        assert_eq!(second.old.as_deref(), Some(&b"off"[..]));
+        assert_eq!(second.new.as_deref(), Some(&b"on"[..]));
+        assert_eq!(second.writer, "b");
+        assert!(second.stamp > first.stamp);
+        // b wrote after seeing a's write: a's write lost, and a hears it.
+        let superseded = timeout(Duration::from_secs(5), lost.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(superseded.key, "living.lamp");
+        assert_eq!(superseded.mine, first.stamp);
+        assert_eq!(superseded.by.writer, "b");
+        until("a has b's value", || {
+            a.get("living.lamp").as_deref() == Some(b"on")
+        })
+        .await;
+    })
+    .await
+    .expect("bounded");
+}
+
+pub async fn concurrent_writes_of_one_key_settle_on_the_same_value_everywhere(m: &dyn Bus) {
+    timeout(LIMIT, async {
+        let replicas = [
+            open(&m.aether().await, "a").await,
+            open(&m.aether().await, "b").await,
+            open(&m.aether().await, "c").await,
+        ];
+        let writes = replicas.iter().enumerate().map(|(i, r)| {
+            let r = r.clone();
+            tokio::spawn(async move {
+                for n in 0..50 {
+                    r.set("shared", format!("{i}-{n}")).await.unwrap();
+                }
+            })
+        });
+        for w in writes.collect::<Vec<_>>() {
+            w.await.unwrap();
+        }
+        until("all agree", || {
+            let v = replicas[0].stamp_of("shared");
+            replicas.iter().all(|r| r.stamp_of("shared") == v)
+        })
+        .await;
+        let value = replicas[0].get("shared");
+        assert!(replicas.iter().all(|r| r.get("shared") == value));
+    })
+    .await
+    .expect("bounded");
+}
+
+pub async fn changes_a_replica_missed_are_repaired_by_anti_entropy(m: &dyn Bus) {
+    timeout(LIMIT, async {
+        let a = open(&m.aether().await, "a").await;
+        // b takes at most 2 live changes a second from one writer: it
+        // refuses most of a burst, and anti-entropy brings them.
+        let b = StateMap::builder("home")
+            .node("b")
+            .config(StateConfig {
+                max_writes_per_s: 2,
+                ..fast()
+            })
+            .open(&m.aether().await)
+            .await
+            .unwrap();
+        for n in 0..100 {
+            a.set_json(&format!("burst.{n}"), &n).await.unwrap();
+        }
+        until("b refused some", || {
+            b.stats().refused(Refusal::RateLimited) > 0
+        })
+        .await;
+        until("b repaired", || b.len() == 100).await;
+        assert_eq!(b.entries(), a.entries());
+        assert!(b.stats().repaired > 0);
+    })
+    .await
+    .expect("bounded");
+}
+
+pub async fn bad_writes_are_typed_errors_and_change_nothing(m: &dyn Bus) {
+    timeout(LIMIT, async {
+        let a = open(&m.aether().await, "a").await;
+        let long_key = "k".repeat(257);
+        assert_eq!(
+            a.set(&long_key, "v").await.unwrap_err().kind(),
+            StateErrorKind::InvalidKey
+        );
+        assert_eq!(
+            a.set("", "v").await.unwrap_err().kind(),
+            StateErrorKind::InvalidKey
+        );
+        assert_eq!(
+            a.set("big", vec![0u8; 33 * 1024]).await.unwrap_err().kind(),
+            StateErrorKind::TooLarge
+        );
+        assert_eq!(
+            a.set("node/b/t", "1").await.unwrap_err().kind(),
+            StateErrorKind::NotOwner
+        );
+        a.set("text", "not json").await.unwrap();
+        assert_eq!(
+            a.get_json::<u32>("text").unwrap_err().kind(),
+            StateErrorKind::Payload
+        );
+        assert_eq!(a.len(), 1);
+        let bad_name = StateMap::builder("two.tokens")
+            .open(&m.aether().await)
+            .await
+            .unwrap_err();
+        assert_eq!(bad_name.kind(), StateErrorKind::InvalidName);
+        let bad_config = StateMap::builder("m")
+            .config(StateConfig {
+                presence_timeout: Duration::from_millis(10),
+                ..fast()
+            })
+            .open(&m.aether().await)
+            .await
+            .unwrap_err();
+        assert_eq!(bad_config.kind(), StateErrorKind::Config);
+        a.close().await;
+        assert_eq!(
+            a.set("x", "1").await.unwrap_err().kind(),
+            StateErrorKind::Closed
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
+pub async fn nodes_own_their_keys_and_see_who_is_there(m: &dyn Bus) {
+    timeout(LIMIT, async {
+        let config = || StateMap::builder("sensors").config(fast());
+        let kitchen = NodeState::open_with(&m.aether().await, config().node("sensor_kitchen"))
+            .await
+            .unwrap();
+        let monitor = NodeState::open_with(&m.aether().await, config().node("monitor"))
+            .await
+            .unwrap();
+        until("monitor sees the kitchen", || {
+            monitor.peers() == ["sensor_kitchen"]
+        })
+        .await;
+        let mut presence = monitor.presence();
+        let hall = NodeState::open_with(&m.aether().await, config().node("sensor_hall"))
+            .await
+            .unwrap();
+        assert_eq!(
+            timeout(Duration::from_secs(5), presence.next())
+                .await
+                .unwrap(),
+            Some(Presence::Joined("sensor_hall".into()))
+        );
+        kitchen.update("temperature", "72.5").await.unwrap();
+        hall.update("temperature", "68.0").await.unwrap();
+        until("monitor reads both", || {
+            monitor.read("sensor_kitchen", "temperature").is_some()
+                && monitor.read("sensor_hall", "temperature").is_some()
+        })
+        .await;
+        until("both peers listed", || monitor.peers().len() == 2).await;
+        assert_eq!(monitor.peers(), ["sensor_hall", "sensor_kitchen"]);
+        assert_eq!(
+            monitor
+                .map()
+                .set("node/sensor_kitchen/temperature", "0")
+                .await
+                .unwrap_err()
+                .kind(),
+            StateErrorKind::NotOwner
+        );
+
+        // Closing leaves at once; dropping says goodbye too.
+        hall.close().await;
+        assert_eq!(
+            timeout(Duration::from_millis(250), presence.next())
+                .await
+                .unwrap(),
+            Some(Presence::Left("sensor_hall".into())),
+            "well before the presence timeout"
+        );
+        drop(kitchen);
+        assert_eq!(
+            timeout(Duration::from_secs(5), presence.next())
+                .await
+                .unwrap(),
+            Some(Presence::Left("sensor_kitchen".into()))
+        );
+        assert!(monitor.peers().is_empty());
+        // What a node wrote stays readable after it left.
+        assert!(monitor.read("sensor_kitchen", "temperature").is_some());
+    })
+    .await
+    .expect("bounded");
+}
+
+#[macro_export]
+macro_rules! state_suite {
+    ($factory:expr) => {
+        $crate::state_suite!(@cases $factory; a_write_is_seen_here_at_once_and_by_every_replica_soon, a_late_replica_has_the_whole_state_when_open_returns, watchers_get_each_change_with_old_and_new_values_and_losers_hear_superseded, concurrent_writes_of_one_key_settle_on_the_same_value_everywhere, changes_a_replica_missed_are_repaired_by_anti_entropy, bad_writes_are_typed_errors_and_change_nothing, nodes_own_their_keys_and_see_who_is_there);
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let bus = $factory;
+                state_suite::$case(&bus).await;
+            }
+        )*
+    };
+}
