@@ -718,6 +718,11 @@ impl Emitter {
         &self.name
     }
 
+    /// The aether it emits into.
+    pub(crate) fn aether(&self) -> &Aether {
+        &self.aether
+    }
+
     /// Emits `wave` into the aether.
     ///
     /// A fresh wave (no hops yet) is stamped with this vibrator as its source

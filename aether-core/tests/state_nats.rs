@@ -338,3 +338,192 @@ async fn with_signatures_required_a_wave_claiming_a_replicas_name_is_forged() {
     .await
     .expect("bounded");
 }
+
+/// The node id in a hello payload off the wire (ARCHITECTURE.md: `"AS" | 1 |
+/// kind 3 | node u64 | leaving u8 | owned u64`).
+fn hello_node(subject: &str, body: &[u8]) -> Option<u64> {
+    let channel = aether_core::Channel::new(subject.strip_prefix("aether.")?);
+    let wave = wire::decode(channel, body.to_vec().into(), &wire::Limits::default()).ok()?;
+    let payload = wave.payload_bytes();
+    (payload.len() == 21 && payload[3] == 3)
+        .then(|| u64::from_le_bytes(payload[4..12].try_into().unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_digests_repairs_and_hellos_cannot_make_replicas_flood() {
+    timeout(LIMIT, async {
+        let server = NatsServer::start().await.unwrap();
+        let config = || StateConfig {
+            heartbeat_interval: Duration::from_millis(200),
+            presence_timeout: Duration::from_millis(1000),
+            anti_entropy_interval: Duration::from_millis(200),
+            ..Default::default()
+        };
+        let x = Aether::connect(over(&server.url())).await.unwrap();
+        let alpha = StateMap::builder("lab")
+            .node("alpha")
+            .config(config())
+            .open(&x)
+            .await
+            .unwrap();
+        for i in 0..300 {
+            alpha.set(&format!("k.{i}"), "v").await.unwrap();
+        }
+        let mut raw = RawNats::connect(server.addr()).await.unwrap();
+        raw.subscribe("aether._state.lab.p", 1, None).await.unwrap();
+        raw.subscribe("aether._state.lab.r.>", 2, None)
+            .await
+            .unwrap();
+        raw.ping().await.unwrap();
+        let alpha_id = loop {
+            let m = raw
+                .next_message(Duration::from_secs(5))
+                .await
+                .unwrap()
+                .unwrap();
+            if let Some(node) = hello_node(&m.subject, &m.payload) {
+                break node;
+            }
+        };
+
+        // A digest that claims every bucket differs, from nobody alpha
+        // knows, naming an address: alpha sends no repair anywhere.
+        let mut digest = b"AS\x01\x02".to_vec();
+        digest.extend_from_slice(&0x42u64.to_le_bytes());
+        for i in 0..64u64 {
+            digest.extend_from_slice(&(i * 7919 + 1).to_le_bytes());
+        }
+        for _ in 0..20 {
+            raw.publish("aether._state.lab.d", None, &envelope("mallory", &digest))
+                .await
+                .unwrap();
+        }
+        // A repair nobody asked for, its entry in another bucket than it says.
+        let mut repair = b"AS\x01\x01\x00\x01".to_vec();
+        let entry = changes("k.wrong", now_ns(), "mallory", b"x");
+        repair.extend_from_slice(&entry[6..]);
+        let repair_subject = format!("aether._state.lab.r.{alpha_id:016x}");
+        let bucket_of_wrong = {
+            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+            for byte in b"k.wrong" {
+                hash ^= u64::from(*byte);
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            (hash % 64) as u8
+        };
+        if bucket_of_wrong == 0 {
+            repair[4] = 1;
+        }
+        raw.publish(&repair_subject, None, &envelope("mallory", &repair))
+            .await
+            .unwrap();
+        // 200 hellos from made-up names at once.
+        for i in 0..200u64 {
+            let mut hello = b"AS\x01\x03".to_vec();
+            hello.extend_from_slice(&(1000 + i).to_le_bytes());
+            hello.push(0);
+            hello.extend_from_slice(&0u64.to_le_bytes());
+            raw.publish(
+                "aether._state.lab.p",
+                None,
+                &envelope(&format!("ghost{i}"), &hello),
+            )
+            .await
+            .unwrap();
+        }
+        raw.ping().await.unwrap();
+
+        let (mut hellos, mut repairs) = (0, 0);
+        let until = tokio::time::Instant::now() + Duration::from_secs(1);
+        while let Some(m) = raw
+            .next_message(until.saturating_duration_since(tokio::time::Instant::now()))
+            .await
+            .unwrap()
+        {
+            if m.subject.ends_with(".p") && hello_node(&m.subject, &m.payload) == Some(alpha_id) {
+                hellos += 1;
+            }
+            if m.subject.contains(".r.") && m.subject != repair_subject {
+                repairs += 1;
+            }
+        }
+        assert_eq!(repairs, 0, "a forged digest made alpha send repairs");
+        // Its heartbeats (5 a second) and at most a few hellos back, not 200.
+        assert!(hellos <= 12, "{hellos} hellos from alpha in a second");
+        until_refused(&alpha, Refusal::Malformed, 1).await;
+        assert!(alpha.get("k.wrong").is_none());
+    })
+    .await
+    .expect("bounded");
+}
+
+async fn until_refused(map: &StateMap, reason: Refusal, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while map.stats().refused(reason) < n {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", map.stats());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owners_missed_keys_come_from_it_and_a_departed_owner_leaves_no_repair_loop() {
+    timeout(LIMIT, async {
+        let server = NatsServer::start().await.unwrap();
+        let config = || StateConfig {
+            heartbeat_interval: Duration::from_millis(100),
+            presence_timeout: Duration::from_millis(500),
+            anti_entropy_interval: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let (x, y, z) = (
+            Aether::connect(over(&server.url())).await.unwrap(),
+            Aether::connect(over(&server.url())).await.unwrap(),
+            Aether::connect(over(&server.url())).await.unwrap(),
+        );
+        let kitchen =
+            NodeState::open_with(&x, StateMap::builder("s").node("kitchen").config(config()))
+                .await
+                .unwrap();
+        // The monitor takes one live change a second from a writer: it
+        // misses most of the kitchen's burst.
+        let monitor = NodeState::open_with(
+            &y,
+            StateMap::builder("s").node("monitor").config(StateConfig {
+                max_writes_per_s: 1,
+                ..config()
+            }),
+        )
+        .await
+        .unwrap();
+        for i in 0..30 {
+            kitchen
+                .update(&format!("t{i}"), format!("{i}"))
+                .await
+                .unwrap();
+        }
+        until("the monitor refused some", || {
+            monitor.map().stats().refused(Refusal::RateLimited) > 0
+        })
+        .await;
+        until("the monitor has all 30 from the kitchen", || {
+            (0..30).all(|i| monitor.read("kitchen", &format!("t{i}")).is_some())
+        })
+        .await;
+
+        // The kitchen goes; a newcomer does not get its keys (only an owner
+        // sends them), and nobody repairs forever over it.
+        kitchen.close().await;
+        let late = NodeState::open_with(&z, StateMap::builder("s").node("late").config(config()))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let before = (monitor.map().stats().repaired, late.map().stats().repaired);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let after = (monitor.map().stats().repaired, late.map().stats().repaired);
+        assert_eq!(before, after, "repairs go on after the owner left");
+        assert!(late.read("kitchen", "t0").is_none());
+        assert!(monitor.read("kitchen", "t0").is_some());
+    })
+    .await
+    .expect("bounded");
+}

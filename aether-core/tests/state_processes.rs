@@ -97,6 +97,13 @@ fn state_replica_process() {
             builder = builder.state_dir(dir);
         }
         let map = builder.open(&aether).await.unwrap();
+        if std::env::var_os("CLOSE_AND_EXIT").is_some() {
+            // Seen by its peers, then gone: close, and exit at once.
+            sleep(Duration::from_millis(500)).await;
+            println!("\nclosing");
+            map.close().await;
+            std::process::exit(0);
+        }
         if let Ok(upto) = var("CHECK").parse::<u64>() {
             let missing = (0..=upto)
                 .filter(|i| map.get(&format!("{node}.{i}")).is_none())
@@ -241,6 +248,53 @@ async fn a_durable_replica_killed_mid_write_recovers_from_its_ledger_and_converg
         sleep(ANTI_ENTROPY * 3).await;
         let want = format!("state {} {}", p.len(), fingerprint(&p));
         until_converged(&mut [&mut back], &want, Duration::from_secs(20)).await;
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_closes_and_exits_at_once_is_seen_leaving_at_once() {
+    timeout(LIMIT, async {
+        use futures_util::StreamExt;
+        let server = NatsServer::start().await.unwrap();
+        let here = Aether::connect(over(&server.url())).await.unwrap();
+        let p = StateMap::builder("lab")
+            .node("p")
+            .config(config())
+            .open(&here)
+            .await
+            .unwrap();
+        let mut presence = p.presence();
+        for _ in 0..3 {
+            let mut q = Process::start(
+                "state_replica_process",
+                &[
+                    ("AETHER_STATE_REPLICA", OsString::from("1")),
+                    ("URL", server.url().into()),
+                    ("NODE", "q".into()),
+                    ("CLOSE_AND_EXIT", "1".into()),
+                ],
+            );
+            q.wait_for("closing").await;
+            let closing = Instant::now();
+            let left = timeout(Duration::from_secs(3), async {
+                loop {
+                    if let Some(aether_core::state::Presence::Left(name)) = presence.next().await {
+                        return name;
+                    }
+                }
+            })
+            .await
+            .unwrap();
+            assert_eq!(left, "q");
+            // Well before the presence timeout (1 s): its goodbye came.
+            assert!(
+                closing.elapsed() < Duration::from_millis(700),
+                "{:?}",
+                closing.elapsed()
+            );
+        }
     })
     .await
     .expect("bounded");

@@ -20,6 +20,7 @@ const KIND_CHANGES: u8 = 1;
 const KIND_DIGEST: u8 = 2;
 const KIND_HELLO: u8 = 3;
 const KIND_SYNC: u8 = 4;
+const KIND_ASK: u8 = 5;
 
 /// Most entries one message carries.
 pub(crate) const MAX_ENTRIES: usize = 4096;
@@ -37,8 +38,16 @@ pub(crate) enum Message {
     },
     /// A replica's digest: peers send it the buckets it lacks.
     Digest { node: u64, digest: Box<Digest> },
-    /// Presence: a replica is there (or, `leaving`, is going).
-    Hello { node: u64, leaving: bool },
+    /// Presence: a replica is there (or, `leaving`, is going), with the
+    /// fingerprint of the keys it owns.
+    Hello {
+        node: u64,
+        leaving: bool,
+        owned: u64,
+    },
+    /// A replica `node` asks the owner it is sent to for the keys it owns
+    /// (its fingerprint of them differs from the owner's hello).
+    Ask { node: u64 },
     /// The answer to a sync request: the buckets that will follow.
     Sync { node: u64, buckets: Vec<u8> },
 }
@@ -85,10 +94,19 @@ impl Message {
                     out.put_u64_le(bucket);
                 }
             }
-            Message::Hello { node, leaving } => {
+            Message::Hello {
+                node,
+                leaving,
+                owned,
+            } => {
                 out.put_u8(KIND_HELLO);
                 out.put_u64_le(*node);
                 out.put_u8(u8::from(*leaving));
+                out.put_u64_le(*owned);
+            }
+            Message::Ask { node } => {
+                out.put_u8(KIND_ASK);
+                out.put_u64_le(*node);
             }
             Message::Sync { node, buckets } => {
                 out.put_u8(KIND_SYNC);
@@ -139,7 +157,9 @@ impl Message {
             KIND_HELLO => Message::Hello {
                 node: u64_of(b)?,
                 leaving: bool_of(b)?,
+                owned: u64_of(b)?,
             },
+            KIND_ASK => Message::Ask { node: u64_of(b)? },
             KIND_SYNC => {
                 let node = u64_of(b)?;
                 let count = usize::from(u8_of(b)?);
@@ -338,8 +358,14 @@ mod tests {
                 digest.0[32..].copy_from_slice(&half);
                 Message::Digest { node, digest }
             }),
-            (any::<u64>(), any::<bool>())
-                .prop_map(|(node, leaving)| Message::Hello { node, leaving }),
+            (any::<u64>(), any::<bool>(), any::<u64>()).prop_map(|(node, leaving, owned)| {
+                Message::Hello {
+                    node,
+                    leaving,
+                    owned,
+                }
+            }),
+            any::<u64>().prop_map(|node| Message::Ask { node }),
             (
                 any::<u64>(),
                 prop::collection::vec(0u8..BUCKETS as u8, 0..64)

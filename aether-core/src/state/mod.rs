@@ -370,7 +370,14 @@ struct Shared {
     presence: broadcast::Sender<Presence>,
     peers: Mutex<HashMap<u64, Peer>>,
     counters: Counters,
-    writers: RateLimiter<SmolStr, HashMapStateStore<SmolStr>, DefaultClock>,
+    writers: Limiter,
+    /// Repairs, digests, catch-ups and asks taken from one source a second:
+    /// what one forged message can make a replica send is bounded by it.
+    chatter: Limiter,
+    /// When this replica last said hello back to a newcomer.
+    last_hello_back: Mutex<Option<Instant>>,
+    /// When it last asked each owner for its keys.
+    asked: Mutex<HashMap<u64, Instant>>,
     /// Wakes `changed` waiters at every applied change.
     applied: Notify,
     /// Catch-up: the buckets still expected from the peer that answered.
@@ -389,6 +396,13 @@ struct Peer {
     name: SmolStr,
     seen: Instant,
 }
+
+/// A rate limit per source.
+type Limiter = RateLimiter<SmolStr, HashMapStateStore<SmolStr>, DefaultClock>;
+
+/// Repair chunks, digests, catch-up requests and asks taken from one source
+/// a second (a map's full repair is at most a few chunks per bucket).
+const CHATTER_PER_S: u32 = 512;
 
 /// The channels of one map.
 struct Channels {
@@ -522,6 +536,11 @@ impl StateMap {
             peers: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             writers: RateLimiter::hashmap(quota),
+            chatter: RateLimiter::hashmap(Quota::per_second(
+                NonZeroU32::new(CHATTER_PER_S).expect("non-zero"),
+            )),
+            last_hello_back: Mutex::new(None),
+            asked: Mutex::new(HashMap::new()),
             applied: Notify::new(),
             pending_sync: Mutex::new(None),
             synced: Notify::new(),
@@ -777,8 +796,16 @@ impl StateMap {
     }
 
     /// Says goodbye to the peers (they see it leave at once) and stops.
+    /// Returns once the goodbye left this process (up to a second while
+    /// the connection is down), so a program may exit right after.
     pub async fn close(&self) {
         self.shared.say_goodbye().await;
+        let _ = self
+            .shared
+            .emitter
+            .aether()
+            .flush(Duration::from_secs(1))
+            .await;
         self.shared.stop();
     }
 }
@@ -830,10 +857,21 @@ fn await_buckets(pending: &mut Option<(u64, HashSet<u8>)>, node: u64, buckets: V
     true
 }
 
+/// `entries` grouped by their bucket.
+fn group_by_bucket(entries: Vec<(String, Entry)>) -> Vec<(u8, Vec<(String, Entry)>)> {
+    let mut grouped: std::collections::BTreeMap<u8, Vec<(String, Entry)>> = Default::default();
+    for (key, entry) in entries {
+        grouped
+            .entry(store::bucket_of(&key) as u8)
+            .or_default()
+            .push((key, entry));
+    }
+    grouped.into_iter().collect()
+}
+
 /// The owner of a node-owned key: `node/<owner>/...`.
 fn owner_of(key: &str) -> Option<&str> {
-    let rest = key.strip_prefix("node/")?;
-    Some(rest.split('/').next().unwrap_or(rest))
+    store::owner_of(key)
 }
 
 /// A stream of changes to the keys a pattern matches.
@@ -1008,6 +1046,7 @@ impl Shared {
         let message = Message::Hello {
             node: self.clock.node(),
             leaving,
+            owned: self.lock_store().owned_fingerprint(&self.node_name),
         };
         if let Err(error) = self.emit(self.channels.presence.clone(), message).await {
             tracing::debug!(map = %self.map, %error, "could not say hello");
@@ -1107,23 +1146,33 @@ impl Shared {
         }
     }
 
-    /// Sends `node` the entries of `buckets`, in chunks, the last of each
-    /// bucket marked.
+    /// Sends `node` the entries of `buckets` (node-owned keys aside), in
+    /// chunks, the last of each bucket marked.
     async fn send_buckets(&self, node: u64, buckets: &[u8]) {
-        let channel = self.channels.repair_of(node);
-        let budget = self.config.max_value_bytes.max(64 * 1024) * 4;
         let mut wanted = [false; store::BUCKETS];
         for &bucket in buckets {
             wanted[usize::from(bucket)] = true;
         }
         let mut grouped = self.lock_store().buckets(&wanted);
-        for &bucket in buckets {
-            // Relayed node-owned keys would be refused: send only this
-            // node's own.
-            let entries: Vec<(String, Entry)> = std::mem::take(&mut grouped[usize::from(bucket)])
-                .into_iter()
-                .filter(|(key, _)| owner_of(key).is_none_or(|o| o == self.node_name.as_str()))
-                .collect();
+        let picked = buckets
+            .iter()
+            .map(|&b| (b, std::mem::take(&mut grouped[usize::from(b)])))
+            .collect();
+        self.send_entries(node, picked, true).await;
+    }
+
+    /// Sends `node` each bucket's entries as repair chunks, the last of
+    /// each bucket marked if `mark_last` (what a catch-up counts: the
+    /// shared buckets, not an owner's own keys).
+    async fn send_entries(
+        &self,
+        node: u64,
+        buckets: Vec<(u8, Vec<(String, Entry)>)>,
+        mark_last: bool,
+    ) {
+        let channel = self.channels.repair_of(node);
+        let budget = self.config.max_value_bytes.max(64 * 1024) * 4;
+        for (bucket, entries) in buckets {
             let mut chunk = Vec::new();
             let mut size = 0;
             let mut chunks = Vec::new();
@@ -1141,7 +1190,7 @@ impl Shared {
             let n = chunks.len();
             for (i, entries) in chunks.into_iter().enumerate() {
                 let message = Message::Changes {
-                    repair: Some((bucket, i + 1 == n)),
+                    repair: Some((bucket, mark_last && i + 1 == n)),
                     entries,
                 };
                 if let Err(error) = self.emit(channel.clone(), message).await {
@@ -1209,6 +1258,16 @@ impl Shared {
             }
         };
         let channel = wave.channel();
+        let key = SmolStr::new(&source);
+        // What makes this replica send (repairs, answers, asks) or is a
+        // repair itself is limited per source, so that forged messages
+        // cannot make it flood the bus.
+        let chatty = !matches!(message, Message::Hello { .. })
+            && !matches!(&message, Message::Changes { repair: None, .. });
+        if chatty && self.chatter.check_key(&key).is_err() {
+            self.refuse(Refusal::RateLimited);
+            return;
+        }
         match message {
             Message::Changes { repair, entries } => {
                 let live = *channel == self.channels.changes && repair.is_none();
@@ -1217,10 +1276,23 @@ impl Shared {
                     self.refuse(Refusal::Malformed);
                     return;
                 }
-                // Live changes are limited per writer; repairs come only as
-                // answers to this replica's digest, at most one a bucket.
-                if live && self.writers.check_key(&SmolStr::new(&source)).is_err() {
-                    self.refuse(Refusal::RateLimited);
+                // Live changes are limited per writer, entry by entry.
+                if live {
+                    let n = NonZeroU32::new(u32::try_from(entries.len()).unwrap_or(u32::MAX))
+                        .unwrap_or(NonZeroU32::MIN);
+                    if !matches!(self.writers.check_key_n(&key, n), Ok(Ok(_))) {
+                        self.refuse(Refusal::RateLimited);
+                        return;
+                    }
+                }
+                // A repair chunk holds the keys of its bucket, or the
+                // owner's own keys.
+                if let Some((bucket, _)) = repair
+                    && entries.iter().any(|(k, _)| {
+                        owner_of(k).is_none() && store::bucket_of(k) != usize::from(bucket)
+                    })
+                {
+                    self.refuse(Refusal::Malformed);
                     return;
                 }
                 self.take_entries(&source, entries, repair.is_some());
@@ -1240,7 +1312,9 @@ impl Shared {
                     .map(|b| b as u8)
                     .collect();
                 if *channel == self.channels.sync {
-                    // A catch-up: answer with the buckets that follow.
+                    // A catch-up: this replica's own keys first (only it
+                    // may send them), then the answer, then the buckets.
+                    self.send_own_keys(node).await;
                     let answer = Message::Sync {
                         node: self.clock.node(),
                         buckets: differing.clone(),
@@ -1252,25 +1326,100 @@ impl Shared {
                 } else if *channel != self.channels.digest {
                     self.refuse(Refusal::Malformed);
                     return;
+                } else if !self.is_peer(node, &source) {
+                    // A periodic digest is answered only for a live peer of
+                    // that name: nobody sends repairs to another's address.
+                    return;
                 }
                 if !differing.is_empty() {
                     self.send_buckets(node, &differing).await;
                 }
             }
-            Message::Hello { node, leaving } => {
+            Message::Hello {
+                node,
+                leaving,
+                owned,
+            } => {
                 if *channel != self.channels.presence {
                     self.refuse(Refusal::Malformed);
                     return;
                 }
                 let new = !self.lock_peers().contains_key(&node);
                 self.note_peer(node, &source, leaving);
-                if new && !leaving {
+                if leaving {
+                    return;
+                }
+                if new && self.may_hello_back() {
                     // Someone new: say hello back so it knows us soon.
                     self.hello(false).await;
                 }
+                // Its keys, as it holds them, differ from what is here: ask
+                // it for them (only an owner sends its own keys).
+                if self.lock_store().owned_fingerprint(&source) != owned && self.may_ask(node) {
+                    let ask = Message::Ask {
+                        node: self.clock.node(),
+                    };
+                    if let Err(error) = self.emit(self.channels.repair_of(node), ask).await {
+                        tracing::debug!(map = %self.map, %error, "could not ask an owner");
+                    }
+                }
+            }
+            Message::Ask { node } => {
+                if *channel != self.channels.repair || !self.is_peer(node, &source) {
+                    self.refuse(Refusal::Malformed);
+                    return;
+                }
+                self.send_own_keys(node).await;
             }
             Message::Sync { .. } => self.refuse(Refusal::Malformed),
         }
+    }
+
+    /// Sends `node` the keys this replica owns (`node/<its name>/...`).
+    async fn send_own_keys(&self, node: u64) {
+        let mine = self.lock_store().owned_by(&self.node_name);
+        if !mine.is_empty() {
+            self.send_entries(node, group_by_bucket(mine), false).await;
+        }
+    }
+
+    /// Whether `node` is a live peer named `name`.
+    fn is_peer(&self, node: u64, name: &str) -> bool {
+        self.lock_peers()
+            .get(&node)
+            .is_some_and(|peer| peer.name == name)
+    }
+
+    /// At most one hello back a quarter of a heartbeat, however many
+    /// newcomers (or made-up ones) say hello.
+    fn may_hello_back(&self) -> bool {
+        let mut last = self
+            .last_hello_back
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < self.config.heartbeat_interval / 4) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    /// At most one ask of an owner a heartbeat.
+    fn may_ask(&self, node: u64) -> bool {
+        let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if asked
+            .get(&node)
+            .is_some_and(|t| now.duration_since(*t) < self.config.heartbeat_interval)
+        {
+            return false;
+        }
+        if asked.len() >= 4096 {
+            asked.retain(|_, t| now.duration_since(*t) < self.config.heartbeat_interval);
+        }
+        asked.insert(node, now);
+        true
     }
 
     /// The periodic work: presence, anti-entropy, tombstone collection.
@@ -1288,6 +1437,7 @@ impl Shared {
                 .collected
                 .fetch_add(collected as u64, Ordering::Relaxed);
             self.writers.retain_recent();
+            self.chatter.retain_recent();
             let digest = Message::Digest {
                 node: self.clock.node(),
                 digest: Box::new(self.lock_store().digest()),

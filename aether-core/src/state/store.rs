@@ -53,6 +53,9 @@ pub(crate) enum Merged {
 pub(crate) struct Store {
     entries: BTreeMap<String, Entry>,
     digest: Digest,
+    /// Node-owned keys (`node/<owner>/...`) are not in the digest (only
+    /// their owner may send them): one fingerprint per owner instead.
+    owned: std::collections::HashMap<String, u64>,
     tombstones: usize,
 }
 
@@ -71,6 +74,12 @@ impl Digest {
     pub(crate) fn differing(&self, other: &Digest) -> Vec<usize> {
         (0..BUCKETS).filter(|&b| self.0[b] != other.0[b]).collect()
     }
+}
+
+/// The owner of a node-owned key: `node/<owner>/...`.
+pub(crate) fn owner_of(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix("node/")?;
+    Some(rest.split('/').next().unwrap_or(rest))
 }
 
 /// FNV-1a, 64 bits: a stable hash every replica computes alike, cheap
@@ -121,19 +130,37 @@ fn fingerprint(key: &str, entry: &Entry) -> u64 {
 }
 
 impl Store {
+    /// The fingerprint slot of `key`: its bucket of the digest, or its
+    /// owner's fingerprint.
+    fn slot(&mut self, key: &str) -> &mut u64 {
+        match owner_of(key) {
+            Some(owner) => self.owned.entry(owner.to_string()).or_insert(0),
+            None => &mut self.digest.0[bucket_of(key)],
+        }
+    }
+
+    /// The fingerprint of the keys `owner` owns here (0: none).
+    pub(crate) fn owned_fingerprint(&self, owner: &str) -> u64 {
+        self.owned.get(owner).copied().unwrap_or(0)
+    }
+
     /// Merges `entry` for `key`.
     pub(crate) fn merge(&mut self, key: &str, entry: Entry) -> Merged {
-        let bucket = bucket_of(key);
-        match self.entries.get_mut(key) {
-            Some(held) if !entry.beats(held) => Merged::Stale,
-            Some(held) => {
-                self.digest.0[bucket] ^= fingerprint(key, held) ^ fingerprint(key, &entry);
+        let change = match self.entries.get(key) {
+            Some(held) if !entry.beats(held) => return Merged::Stale,
+            Some(held) => Some(fingerprint(key, held) ^ fingerprint(key, &entry)),
+            None => None,
+        };
+        match change {
+            Some(change) => {
+                *self.slot(key) ^= change;
+                let held = self.entries.get_mut(key).expect("looked up above");
                 self.tombstones -= usize::from(held.value.is_none());
                 self.tombstones += usize::from(entry.value.is_none());
                 Merged::Applied(Some(std::mem::replace(held, entry)))
             }
             None => {
-                self.digest.0[bucket] ^= fingerprint(key, &entry);
+                *self.slot(key) ^= fingerprint(key, &entry);
                 self.tombstones += usize::from(entry.value.is_none());
                 self.entries.insert(key.to_string(), entry);
                 Merged::Applied(None)
@@ -156,11 +183,14 @@ impl Store {
         self.entries.iter()
     }
 
-    /// The entries of the buckets `wanted` picks, grouped by bucket, in one
-    /// pass over the map.
+    /// The entries of the buckets `wanted` picks (node-owned keys aside),
+    /// grouped by bucket, in one pass over the map.
     pub(crate) fn buckets(&self, wanted: &[bool; BUCKETS]) -> Vec<Vec<(String, Entry)>> {
         let mut out = vec![Vec::new(); BUCKETS];
         for (key, entry) in &self.entries {
+            if owner_of(key).is_some() {
+                continue;
+            }
             let bucket = bucket_of(key);
             if wanted[bucket] {
                 out[bucket].push((key.clone(), entry.clone()));
@@ -179,6 +209,16 @@ impl Store {
         self.tombstones
     }
 
+    /// The keys `owner` owns here, with their entries.
+    pub(crate) fn owned_by(&self, owner: &str) -> Vec<(String, Entry)> {
+        let prefix = format!("node/{owner}/");
+        self.entries
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect()
+    }
+
     pub(crate) fn digest(&self) -> Digest {
         self.digest
     }
@@ -193,7 +233,7 @@ impl Store {
             .collect();
         for key in &old {
             let entry = self.entries.remove(key).expect("listed above");
-            self.digest.0[bucket_of(key)] ^= fingerprint(key, &entry);
+            *self.slot(key) ^= fingerprint(key, &entry);
             self.tombstones -= 1;
         }
         old.len()
@@ -304,6 +344,18 @@ mod tests {
         }
         for (k, e) in from_b.into_iter().flatten() {
             a.merge(&k, e);
+        }
+        // Node-owned keys, by owner, where the fingerprints differ (the
+        // replicas do it by asking the owner; here either side relays).
+        for owner in ["x"] {
+            if a.owned_fingerprint(owner) != b.owned_fingerprint(owner) {
+                for (k, e) in a.owned_by(owner) {
+                    b.merge(&k, e);
+                }
+                for (k, e) in b.owned_by(owner) {
+                    a.merge(&k, e);
+                }
+            }
         }
     }
 
