@@ -31,6 +31,8 @@ async fn lights(aether: &Aether) -> Result<(), Box<dyn Error>> {
         .open(aether)
         .await?;
     let mut motion = lights.watch("*.motion");
+    // Watching now: say so, in the map itself.
+    lights.set_json("lights.ready", &true).await?;
     let mut switched = 0;
     // Each room sees motion then none: two switches a room.
     while switched < ROOMS.len() * 2 {
@@ -59,14 +61,8 @@ async fn sensors(aether: &Aether) -> Result<(), Box<dyn Error>> {
         .node("sensors")
         .open(aether)
         .await?;
-    // Wait for the lights to be there, so that they see every change.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !sensors.peers().iter().any(|p| p == "lights") {
-        if tokio::time::Instant::now() > deadline {
-            return Err("the lights never came".into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Wait for the lights to watch, so that they see every change.
+    wait_for(&sensors, "lights.ready", b"true").await?;
     for (n, room) in ROOMS.iter().enumerate() {
         sensors
             .set_json(&format!("{room}.temperature"), &(20.0 + n as f64))
@@ -88,7 +84,13 @@ async fn wait_for(map: &StateMap, key: &str, value: &[u8]) -> Result<(), Box<dyn
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while map.get(key).as_deref() != Some(value) {
         if tokio::time::Instant::now() > deadline {
-            return Err(format!("{key} never became {}", String::from_utf8_lossy(value)).into());
+            return Err(format!(
+                "{key} never became {} (the map holds {:?}; {:?})",
+                String::from_utf8_lossy(value),
+                map.entries(),
+                map.stats()
+            )
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
