@@ -358,7 +358,9 @@ impl Aether {
 
     /// Waits until every wave emitted so far has left this process: over
     /// NATS, the outbox is empty and the connection's buffer written to the
-    /// server (the embedded medium has nothing in flight). Call it before
+    /// server; on the embedded medium, the waves of durable channels handed
+    /// out so far are marked taken in the durable outbox's file (so a
+    /// killed process does not deliver them again). Call it before
     /// [`Aether::close`] or exit, or waves still on their way are lost.
     /// Fails with `Medium` if the connection is down for longer than
     /// `timeout`.

@@ -252,6 +252,9 @@ fn durable_embedded_process() {
                 [0, 1]
             );
             assert_eq!(rx.queued() as u64, count - 2);
+            // The taken marks are written a moment after the hand-out;
+            // flush waits for them.
+            aether.flush(Duration::from_secs(5)).await.unwrap();
             println!("\nqueued");
         }
         // Killed by the test.

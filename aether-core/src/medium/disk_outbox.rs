@@ -280,9 +280,17 @@ struct OutboxFile {
     _lock: File,
 }
 
+/// What the mark writer is given.
+enum Mark {
+    /// A wave taken.
+    Taken(u128),
+    /// Answer once every mark given before is written.
+    Barrier(mpsc::Sender<()>),
+}
+
 /// The thread that writes taken marks, and the way to it.
 struct MarkWriter {
-    ids: Option<mpsc::Sender<u128>>,
+    ids: Option<mpsc::Sender<Mark>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -456,9 +464,22 @@ impl DurableOutbox {
         drop(state);
         if let Some(sender) = self.marks.as_ref().and_then(|m| m.ids.as_ref()) {
             // The thread ends only with the outbox.
-            let _ = sender.send(id);
+            let _ = sender.send(Mark::Taken(id));
         }
         true
+    }
+
+    /// Waits until every taken mark given so far is written to the file
+    /// (not synced: a killed process keeps them). Blocking: call it off the
+    /// async workers.
+    pub(crate) fn settle(&self) {
+        let Some(sender) = self.marks.as_ref().and_then(|m| m.ids.as_ref()) else {
+            return;
+        };
+        let (done, written) = mpsc::channel();
+        if sender.send(Mark::Barrier(done)).is_ok() {
+            let _ = written.recv();
+        }
     }
 
     /// The oldest pending wave.
@@ -520,32 +541,48 @@ impl State {
     }
 }
 
+/// Writes taken marks for `taken`, or cuts the file back when nothing is
+/// pending. A failure is logged: the waves stay in the file, and the next
+/// process delivers them again.
+fn write_marks(file: &Mutex<OutboxFile>, state: &Mutex<State>, taken: &[u128]) {
+    let mut file = lock(file);
+    // Appends hold the file lock too: nothing pending can arrive between
+    // this look and the write.
+    let empty = lock(state).queue.is_empty();
+    let written = if empty {
+        file.cut_back(false)
+    } else {
+        let mut records = Vec::with_capacity(taken.len() * (RECORD_HEADER_LEN + 17));
+        for id in taken {
+            encode_record(&Record::Taken(*id), &mut records);
+        }
+        file.append(&records, false)
+    };
+    if let Err(error) = written {
+        tracing::warn!(%error, "could not mark durable waves as taken");
+    }
+}
+
 impl MarkWriter {
     fn start(file: Arc<Mutex<OutboxFile>>, state: Arc<Mutex<State>>) -> Self {
-        let (ids, marks) = mpsc::channel::<u128>();
+        let (ids, marks) = mpsc::channel::<Mark>();
         let thread = std::thread::Builder::new()
             .name("aether-outbox-marks".into())
             .spawn(move || {
                 while let Ok(first) = marks.recv() {
-                    let taken: Vec<u128> = std::iter::once(first).chain(marks.try_iter()).collect();
-                    let mut file = lock(&file);
-                    // Appends hold the file lock too: nothing pending can
-                    // arrive between this look and the write.
-                    let empty = lock(&state).queue.is_empty();
-                    let written = if empty {
-                        file.cut_back(false)
-                    } else {
-                        let mut records =
-                            Vec::with_capacity(taken.len() * (RECORD_HEADER_LEN + 17));
-                        for id in taken {
-                            encode_record(&Record::Taken(id), &mut records);
+                    let mut taken = Vec::new();
+                    let mut barriers = Vec::new();
+                    for mark in std::iter::once(first).chain(marks.try_iter()) {
+                        match mark {
+                            Mark::Taken(id) => taken.push(id),
+                            Mark::Barrier(done) => barriers.push(done),
                         }
-                        file.append(&records, false)
-                    };
-                    if let Err(error) = written {
-                        // The waves stay in the file: the next process
-                        // delivers them again.
-                        tracing::warn!(%error, "could not mark durable waves as taken");
+                    }
+                    if !taken.is_empty() {
+                        write_marks(&file, &state, &taken);
+                    }
+                    for done in barriers {
+                        let _ = done.send(());
                     }
                 }
             });
@@ -822,6 +859,23 @@ mod tests {
             vec![entry(1), entry(3)],
             "the mark was written"
         );
+    }
+
+    #[test]
+    fn settle_returns_once_the_marks_given_before_are_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = DurableOutbox::open(dir.path(), 1 << 20).unwrap();
+        for n in 1..=3 {
+            outbox.append(entry(n)).unwrap();
+        }
+        assert!(outbox.take(entry(2).id));
+        outbox.settle();
+        // Read while the outbox is open, as the next process would after
+        // a kill now.
+        let bytes = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
+        let records = scan(&bytes).unwrap().records;
+        assert_eq!(records.last(), Some(&Record::Taken(entry(2).id)));
+        DurableOutbox::in_memory(100).settle();
     }
 
     #[test]

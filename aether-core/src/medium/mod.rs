@@ -262,9 +262,9 @@ impl Medium {
     /// Waits until every wave emitted so far has left this process.
     pub(crate) async fn flush(&self, timeout: Duration) -> Result<(), EmitError> {
         match self {
-            Medium::Embedded(_) => {
+            Medium::Embedded(embedded) => {
                 let _ = timeout;
-                Ok(())
+                embedded.flush().await
             }
             #[cfg(feature = "nats")]
             Medium::Nats(nats) => nats.flush(timeout).await,

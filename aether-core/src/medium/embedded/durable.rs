@@ -172,6 +172,12 @@ impl EmbeddedDurable {
         self.outbox.take(id);
     }
 
+    /// Waits until the taken marks of every wave handed out so far are in
+    /// the file. Blocking.
+    pub(crate) fn settle(&self) {
+        self.outbox.settle();
+    }
+
     /// A vibrator went away with `waves` queued and never handed out: a
     /// durable one that no other queue holds is routed again now (it waits
     /// if nobody else resonates).

@@ -206,6 +206,25 @@ impl EmbeddedMedium {
         true
     }
 
+    /// Waits until what was handed out on durable channels is marked taken
+    /// in the durable outbox's file (a killed process then does not deliver
+    /// it again).
+    pub(crate) async fn flush(&self) -> Result<(), EmitError> {
+        let Some(durable) = self.durable.clone() else {
+            return Ok(());
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime
+                .spawn_blocking(move || durable.settle())
+                .await
+                .map_err(|e| EmitError::with_source(EmitErrorKind::Medium, e)),
+            Err(_) => {
+                durable.settle();
+                Ok(())
+            }
+        }
+    }
+
     /// A vibrator went away with `waves` never handed out: durable ones go
     /// to another resonator, or wait.
     pub(crate) fn release<'a>(&self, waves: impl Iterator<Item = &'a Wave>) {
