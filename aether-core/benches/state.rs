@@ -45,7 +45,11 @@ fn config() -> StateConfig {
 }
 
 async fn replica(aether: &Aether, node: &str, config: StateConfig) -> StateMap {
-    StateMap::builder("bench")
+    replica_of("bench", aether, node, config).await
+}
+
+async fn replica_of(map: &str, aether: &Aether, node: &str, config: StateConfig) -> StateMap {
+    StateMap::builder(map)
         .node(node)
         .config(config)
         .open(aether)
@@ -166,9 +170,15 @@ async fn repair(n: usize) -> Duration {
 
 /// 100 writes on one of 5 replicas: the time until all 5 hold them.
 async fn converge_five(aether_of: impl Fn() -> Aether, n: usize) -> Duration {
+    // A map of its own each round: nothing left from another round.
+    static ROUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let map = format!(
+        "five{}",
+        ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let mut replicas = Vec::new();
     for i in 0..5 {
-        replicas.push(replica(&aether_of(), &format!("r{i}"), config()).await);
+        replicas.push(replica_of(&map, &aether_of(), &format!("r{i}"), config()).await);
     }
     let value = Bytes::from(vec![0xAB; VALUE]);
     let start = Instant::now();
