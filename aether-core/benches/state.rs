@@ -221,6 +221,15 @@ async fn write_to_watch(x: &Aether, y: &Aether, n: usize) -> Vec<f64> {
 /// operating system before `set` returns), then the time a replica takes to
 /// open on that directory alone (its ledger: snapshot and records).
 async fn ledger(n: usize) -> (f64, Duration) {
+    ledger_with(n, 10_000).await
+}
+
+/// [`ledger`] with `snapshot_every` (0: no snapshot, every record read).
+async fn ledger_with(n: usize, snapshot_every: u64) -> (f64, Duration) {
+    let config = || StateConfig {
+        snapshot_every,
+        ..Default::default()
+    };
     let dir = tempfile::tempdir().expect("dir");
     let aether = Aether::new(aether_core::AetherConfig {
         channel_buffer_size: 1024,
@@ -231,6 +240,7 @@ async fn ledger(n: usize) -> (f64, Duration) {
     let rate = {
         let map = StateMap::builder("bench")
             .node("d")
+            .config(config())
             .state_dir(dir.path())
             .open(&aether)
             .await
@@ -250,6 +260,7 @@ async fn ledger(n: usize) -> (f64, Duration) {
     let start = Instant::now();
     let map = StateMap::builder("bench")
         .node("d")
+        .config(config())
         .state_dir(dir.path())
         .open(&alone)
         .await
@@ -283,6 +294,7 @@ fn main() {
             converge_five(|| shared.clone(), 20).await;
             write_to_watch(&shared, &shared, 10).await;
             ledger(100).await;
+            ledger_with(100, 0).await;
         });
         println!("state bench: smoke run ok");
         return;
@@ -339,6 +351,10 @@ fn main() {
         boots.push(boot.as_secs_f64() * 1000.0);
     }
 
+    // Boot at 1,000,000 keys: from snapshots, and from every record.
+    let (_, from_snapshot) = rt.block_on(ledger_with(1_000_000, 10_000));
+    let (_, from_records) = rt.block_on(ledger_with(1_000_000, 0));
+
     let (o, _, _) = summary("aether", &mut ours);
     let (t, _, _) = summary("broadcast", &mut theirs);
     let (r, rmin, rmax) = summary("ratio", &mut ratios);
@@ -386,5 +402,11 @@ fn main() {
     println!(
         "| open of 200,000 keys from the ledger alone (ms; snapshot every 10,000 records) | {b:.1} ({bmin:.1}-{bmax:.1}), {:.0} keys/s |",
         200_000.0 / (b / 1000.0)
+    );
+    println!(
+        "| open of 1,000,000 keys: from snapshots vs from every record (ms, one run each) | {:.0} vs {:.0}: {:.1}x |",
+        from_snapshot.as_secs_f64() * 1000.0,
+        from_records.as_secs_f64() * 1000.0,
+        from_records.as_secs_f64() / from_snapshot.as_secs_f64()
     );
 }

@@ -1,8 +1,8 @@
 //! A replica's ledger: with a state directory, every change applied to the
 //! map is appended to a journal (`aether-journal`: checksummed records, a
 //! torn tail cut off on open), with a snapshot of the whole map every
-//! [`SNAPSHOT_EVERY`] records, after which the segments it covers are
-//! deleted. A restarted replica reads the snapshot and the records after
+//! `snapshot_every` records (`StateConfig`), after which the segments it
+//! covers are deleted. A restarted replica reads the snapshot and the records after
 //! it, then catches up from its peers.
 
 use std::path::Path;
@@ -14,9 +14,6 @@ use super::{
     codec::{self, Limits},
     store::{Entry, Store},
 };
-
-/// Records between snapshots: bounds what a restart replays.
-pub(crate) const SNAPSHOT_EVERY: u64 = 10_000;
 
 /// Why the ledger could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -32,13 +29,19 @@ pub(crate) enum LedgerError {
 pub(crate) struct Ledger {
     journal: Journal,
     since_snapshot: u64,
+    /// Records between snapshots (0: never).
+    snapshot_every: u64,
 }
 
 impl Ledger {
     /// Opens the ledger in `dir` and reads back what it holds. A record
     /// that does not decode (written by another version, or damaged past
     /// its checksum) is skipped and counted.
-    pub(crate) fn open(dir: &Path, limits: &Limits) -> Result<(Ledger, Store, u64), LedgerError> {
+    pub(crate) fn open(
+        dir: &Path,
+        limits: &Limits,
+        snapshot_every: u64,
+    ) -> Result<(Ledger, Store, u64), LedgerError> {
         std::fs::create_dir_all(dir).map_err(|e| LedgerError::Dir(dir.to_path_buf(), e))?;
         let options = Options {
             fsync: FsyncPolicy::Every {
@@ -80,6 +83,7 @@ impl Ledger {
             Ledger {
                 journal,
                 since_snapshot: replayed,
+                snapshot_every,
             },
             store,
             skipped,
@@ -88,7 +92,8 @@ impl Ledger {
 
     /// Appends an applied change, handed to the operating system before
     /// this returns (a killed process keeps it; the disk has it within
-    /// 200 ms). Every [`SNAPSHOT_EVERY`] records, `store` is written as a
+    /// 200 ms). Every `snapshot_every` records (or as many as the map has
+    /// entries, if more), `store` is written as a
     /// snapshot and the segments before it are deleted.
     pub(crate) fn append(
         &mut self,
@@ -101,7 +106,14 @@ impl Ledger {
             .append(entry.stamp.physical_ns / 1_000_000, &record)?;
         self.journal.flush()?;
         self.since_snapshot += 1;
-        if self.since_snapshot >= SNAPSHOT_EVERY {
+        // At least as many records as the map has entries between
+        // snapshots: a snapshot costs the whole map, so this keeps what is
+        // written at most twice what is changed, and a restart reads at
+        // most about twice the map.
+        let due = self
+            .snapshot_every
+            .max((store.len() + store.tombstones()) as u64);
+        if self.snapshot_every > 0 && self.since_snapshot >= due {
             let all = codec::encode_all(store.entries().map(|(k, e)| (k.as_str(), e)));
             let position = self
                 .journal

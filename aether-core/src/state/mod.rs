@@ -96,6 +96,10 @@ pub struct StateConfig {
     pub max_writes_per_s: u32,
     /// Changes a watcher may fall behind before it misses some (counted).
     pub watch_buffer: usize,
+    /// With a state directory: records of its ledger between snapshots of
+    /// the whole map, which bound what a restart reads (0: never; a restart
+    /// then reads every record).
+    pub snapshot_every: u64,
 }
 
 impl Default for StateConfig {
@@ -111,6 +115,7 @@ impl Default for StateConfig {
             ready_timeout: Duration::from_secs(2),
             max_writes_per_s: 10_000,
             watch_buffer: 1024,
+            snapshot_every: 10_000,
         }
     }
 }
@@ -511,7 +516,7 @@ impl StateMap {
         let (ledger, store) = match &dir {
             None => (None, Store::default()),
             Some(dir) => {
-                let (ledger, store, skipped) = Ledger::open(dir, &limits)
+                let (ledger, store, skipped) = Ledger::open(dir, &limits, config.snapshot_every)
                     .map_err(|e| StateError::with_source(StateErrorKind::Ledger, e))?;
                 if skipped > 0 {
                     tracing::warn!(map, dir = %dir.display(), skipped, "ledger records that do not decode were skipped");
