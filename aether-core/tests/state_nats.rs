@@ -527,3 +527,63 @@ async fn an_owners_missed_keys_come_from_it_and_a_departed_owner_leaves_no_repai
     .await
     .expect("bounded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_back_without_its_state_is_not_asked_forever() {
+    timeout(LIMIT, async {
+        let server = NatsServer::start().await.unwrap();
+        let config = || StateConfig {
+            heartbeat_interval: Duration::from_millis(100),
+            presence_timeout: Duration::from_millis(500),
+            anti_entropy_interval: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let (x, y) = (
+            Aether::connect(over(&server.url())).await.unwrap(),
+            Aether::connect(over(&server.url())).await.unwrap(),
+        );
+        let kitchen =
+            NodeState::open_with(&x, StateMap::builder("s").node("kitchen").config(config()))
+                .await
+                .unwrap();
+        let monitor =
+            NodeState::open_with(&y, StateMap::builder("s").node("monitor").config(config()))
+                .await
+                .unwrap();
+        kitchen.update("old", "1").await.unwrap();
+        until("the monitor has it", || {
+            monitor.read("kitchen", "old").is_some()
+        })
+        .await;
+        kitchen.close().await;
+
+        // The kitchen again, without its state.
+        let z = Aether::connect(over(&server.url())).await.unwrap();
+        let again =
+            NodeState::open_with(&z, StateMap::builder("s").node("kitchen").config(config()))
+                .await
+                .unwrap();
+        let mut raw = RawNats::connect(server.addr()).await.unwrap();
+        raw.subscribe("aether._state.s.r.>", 1, None).await.unwrap();
+        raw.ping().await.unwrap();
+        let mut messages = 0;
+        let until_at = tokio::time::Instant::now() + Duration::from_secs(2);
+        while raw
+            .next_message(until_at.saturating_duration_since(tokio::time::Instant::now()))
+            .await
+            .unwrap()
+            .is_some()
+        {
+            messages += 1;
+        }
+        // Twenty heartbeats: at most three asks (and their answers).
+        assert!(messages <= 6, "{messages} repair-channel messages in 2 s");
+        assert!(again.read("kitchen", "old").is_none());
+        assert!(
+            monitor.read("kitchen", "old").is_some(),
+            "kept, as a departed owner's keys are"
+        );
+    })
+    .await
+    .expect("bounded");
+}

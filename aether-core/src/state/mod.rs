@@ -381,8 +381,9 @@ struct Shared {
     chatter: Limiter,
     /// When this replica last said hello back to a newcomer.
     last_hello_back: Mutex<Option<Instant>>,
-    /// When it last asked each owner for its keys.
-    asked: Mutex<HashMap<u64, Instant>>,
+    /// Each owner it asked for its keys: when, for which fingerprint the
+    /// owner advertised, and how many times for it.
+    asked: Mutex<HashMap<u64, (Instant, u64, u32)>>,
     /// Wakes `changed` waiters at every applied change.
     applied: Notify,
     /// Catch-up: the buckets still expected from the peer that answered.
@@ -401,6 +402,10 @@ struct Peer {
     name: SmolStr,
     seen: Instant,
 }
+
+/// How many times a replica asks an owner for its keys while the owner
+/// advertises one fingerprint.
+const ASKS_PER_FINGERPRINT: u32 = 3;
 
 /// A rate limit per source.
 type Limiter = RateLimiter<SmolStr, HashMapStateStore<SmolStr>, DefaultClock>;
@@ -1360,7 +1365,9 @@ impl Shared {
                 }
                 // Its keys, as it holds them, differ from what is here: ask
                 // it for them (only an owner sends its own keys).
-                if self.lock_store().owned_fingerprint(&source) != owned && self.may_ask(node) {
+                if self.lock_store().owned_fingerprint(&source) != owned
+                    && self.may_ask(node, owned)
+                {
                     let ask = Message::Ask {
                         node: self.clock.node(),
                     };
@@ -1410,20 +1417,28 @@ impl Shared {
         true
     }
 
-    /// At most one ask of an owner a heartbeat.
-    fn may_ask(&self, node: u64) -> bool {
+    /// At most one ask of an owner a heartbeat, and at most
+    /// [`ASKS_PER_FINGERPRINT`] for one fingerprint it advertises: an owner
+    /// that came back without some keys this replica still holds (they
+    /// stay, as a departed owner's do) is not asked forever.
+    fn may_ask(&self, node: u64, advertised: u64) -> bool {
         let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if asked
-            .get(&node)
-            .is_some_and(|t| now.duration_since(*t) < self.config.heartbeat_interval)
-        {
-            return false;
-        }
+        let heartbeat = self.config.heartbeat_interval;
+        let count = match asked.get(&node) {
+            Some((at, _, _)) if now.duration_since(*at) < heartbeat => return false,
+            Some((_, fingerprint, n)) if *fingerprint == advertised => {
+                if *n >= ASKS_PER_FINGERPRINT {
+                    return false;
+                }
+                n + 1
+            }
+            _ => 1,
+        };
         if asked.len() >= 4096 {
-            asked.retain(|_, t| now.duration_since(*t) < self.config.heartbeat_interval);
+            asked.retain(|_, (at, _, _)| now.duration_since(*at) < heartbeat * 8);
         }
-        asked.insert(node, now);
+        asked.insert(node, (now, advertised, count));
         true
     }
 
