@@ -26,6 +26,8 @@ const KIND_ASK: u8 = 5;
 pub(crate) const MAX_ENTRIES: usize = 4096;
 /// No bucket: live changes, not a repair.
 const NO_BUCKET: u8 = 0xFF;
+/// Not a bucket of the digest: the sender's own node-owned keys.
+pub(crate) const OWN_KEYS: u8 = 0xFE;
 
 /// One message of a map's replicas.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,7 +135,7 @@ impl Message {
                 let repair = match bucket {
                     NO_BUCKET if !last => None,
                     NO_BUCKET => return Err(DecodeError("a live change marked last")),
-                    b if usize::from(b) < BUCKETS => Some((b, last)),
+                    b if usize::from(b) < BUCKETS || b == OWN_KEYS => Some((b, last)),
                     _ => return Err(DecodeError("no such bucket")),
                 };
                 let count = usize::from(u16_of(b)?);
@@ -164,7 +166,10 @@ impl Message {
                 let node = u64_of(b)?;
                 let count = usize::from(u8_of(b)?);
                 let buckets = take(b, count)?.to_vec();
-                if buckets.iter().any(|&x| usize::from(x) >= BUCKETS) {
+                if buckets
+                    .iter()
+                    .any(|&x| usize::from(x) >= BUCKETS && x != OWN_KEYS)
+                {
                     return Err(DecodeError("no such bucket"));
                 }
                 Message::Sync { node, buckets }

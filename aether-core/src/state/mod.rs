@@ -867,18 +867,6 @@ fn await_buckets(pending: &mut Option<(u64, HashSet<u8>)>, node: u64, buckets: V
     true
 }
 
-/// `entries` grouped by their bucket.
-fn group_by_bucket(entries: Vec<(String, Entry)>) -> Vec<(u8, Vec<(String, Entry)>)> {
-    let mut grouped: std::collections::BTreeMap<u8, Vec<(String, Entry)>> = Default::default();
-    for (key, entry) in entries {
-        grouped
-            .entry(store::bucket_of(&key) as u8)
-            .or_default()
-            .push((key, entry));
-    }
-    grouped.into_iter().collect()
-}
-
 /// The owner of a node-owned key: `node/<owner>/...`.
 fn owner_of(key: &str) -> Option<&str> {
     store::owner_of(key)
@@ -1295,11 +1283,15 @@ impl Shared {
                         return;
                     }
                 }
-                // A repair chunk holds the keys of its bucket, or the
-                // owner's own keys.
+                // A repair chunk holds the keys of its bucket, or (the
+                // sender's own keys) keys the sender owns.
                 if let Some((bucket, _)) = repair
                     && entries.iter().any(|(k, _)| {
-                        owner_of(k).is_none() && store::bucket_of(k) != usize::from(bucket)
+                        if bucket == codec::OWN_KEYS {
+                            owner_of(k) != Some(source.as_str())
+                        } else {
+                            owner_of(k).is_some() || store::bucket_of(k) != usize::from(bucket)
+                        }
                     })
                 {
                     self.refuse(Refusal::Malformed);
@@ -1322,12 +1314,17 @@ impl Shared {
                     .map(|b| b as u8)
                     .collect();
                 if *channel == self.channels.sync {
-                    // A catch-up: this replica's own keys first (only it
-                    // may send them), then the answer, then the buckets.
-                    self.send_own_keys(node).await;
+                    // A catch-up: the answer lists the buckets that follow,
+                    // and this replica's own keys (only it may send them)
+                    // as one more.
+                    let own = !self.lock_store().owned_by(&self.node_name).is_empty();
+                    let mut listed = differing.clone();
+                    if own {
+                        listed.push(codec::OWN_KEYS);
+                    }
                     let answer = Message::Sync {
                         node: self.clock.node(),
-                        buckets: differing.clone(),
+                        buckets: listed,
                     };
                     if let Err(error) = vibrator.reply(&wave, answer.encode()).await {
                         tracing::debug!(map = %self.map, %error, "could not answer a sync");
@@ -1343,6 +1340,9 @@ impl Shared {
                 }
                 if !differing.is_empty() {
                     self.send_buckets(node, &differing).await;
+                }
+                if *channel == self.channels.sync {
+                    self.send_own_keys(node).await;
                 }
             }
             Message::Hello {
@@ -1387,11 +1387,13 @@ impl Shared {
         }
     }
 
-    /// Sends `node` the keys this replica owns (`node/<its name>/...`).
+    /// Sends `node` the keys this replica owns (`node/<its name>/...`), as
+    /// chunks of [`codec::OWN_KEYS`], the last marked.
     async fn send_own_keys(&self, node: u64) {
         let mine = self.lock_store().owned_by(&self.node_name);
         if !mine.is_empty() {
-            self.send_entries(node, group_by_bucket(mine), false).await;
+            self.send_entries(node, vec![(codec::OWN_KEYS, mine)], true)
+                .await;
         }
     }
 
