@@ -6,6 +6,8 @@
 
 #![cfg(feature = "nats")]
 
+mod state_suite;
+
 use std::time::Duration;
 
 use aether_core::{
@@ -15,6 +17,7 @@ use aether_core::{
     wire,
 };
 use aether_testkit::{NatsServer, RawNats};
+use state_suite::until;
 use tokio::time::timeout;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -43,16 +46,6 @@ fn sealed(url: &str, key: Option<&str>) -> AetherConfig {
         },
         ..Default::default()
     }
-}
-
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    timeout(Duration::from_secs(10), async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("never: {what}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,7 @@ use aether_core::{
 };
 use aether_testkit::{NatsServer, RawNats};
 use futures_util::StreamExt;
+use state_suite::{fast, until};
 use tokio::time::timeout;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -66,30 +67,11 @@ fn over(url: &str) -> AetherConfig {
     }
 }
 
-fn fast() -> StateConfig {
-    StateConfig {
-        heartbeat_interval: Duration::from_millis(50),
-        presence_timeout: Duration::from_millis(400),
-        anti_entropy_interval: Duration::from_millis(100),
-        ..Default::default()
-    }
-}
-
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64
-}
-
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    timeout(Duration::from_secs(10), async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("never: {what}"));
 }
 
 /// A state message of live changes, from ARCHITECTURE.md: `"AS" | 1 |

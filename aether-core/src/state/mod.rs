@@ -1108,12 +1108,17 @@ impl Shared {
         }
     }
 
+    /// The tombstone horizon now, Unix nanoseconds: tombstones stamped
+    /// before it are collected, and changes stamped before it refused.
+    fn horizon(&self) -> u64 {
+        let horizon = u64::try_from(self.config.tombstone_horizon.as_nanos()).unwrap_or(u64::MAX);
+        self.clock.wall().saturating_sub(horizon)
+    }
+
     /// Takes in entries from `source` (the wave's source, checked by the
     /// aether's signatures where they are required).
     fn take_entries(&self, source: &str, entries: Vec<(String, Entry)>, repair: bool) {
-        let horizon = self.clock.wall().saturating_sub(
-            u64::try_from(self.config.tombstone_horizon.as_nanos()).unwrap_or(u64::MAX),
-        );
+        let horizon = self.horizon();
         for (key, entry) in entries {
             if self.check_key(&key).is_err() {
                 self.refuse(Refusal::Malformed);
@@ -1451,10 +1456,7 @@ impl Shared {
             self.expire_peers();
         }
         if anti_entropy {
-            let horizon = self.clock.wall().saturating_sub(
-                u64::try_from(self.config.tombstone_horizon.as_nanos()).unwrap_or(u64::MAX),
-            );
-            let collected = self.lock_store().collect(horizon);
+            let collected = self.lock_store().collect(self.horizon());
             self.counters
                 .collected
                 .fetch_add(collected as u64, Ordering::Relaxed);
