@@ -44,6 +44,15 @@ fn config() -> StateConfig {
     }
 }
 
+/// An embedded aether whose queues hold `n` changes with room to spare.
+fn aether_for(n: usize) -> Aether {
+    Aether::new(aether_core::AetherConfig {
+        channel_buffer_size: n * 2 + 1024,
+        ..Default::default()
+    })
+    .expect("config")
+}
+
 async fn replica(aether: &Aether, node: &str, config: StateConfig) -> StateMap {
     replica_of("bench", aether, node, config).await
 }
@@ -67,11 +76,7 @@ async fn wait_until(mut done: impl FnMut() -> bool) {
 
 /// Sets `n` keys on one replica; the time until both others hold them.
 async fn aether_replicate(n: usize) -> Duration {
-    let aether = Aether::new(aether_core::AetherConfig {
-        channel_buffer_size: n * 2 + 1024,
-        ..Default::default()
-    })
-    .expect("config");
+    let aether = aether_for(n);
     let writer = replica(&aether, "w", config()).await;
     let a = replica(&aether, "a", config()).await;
     let b = replica(&aether, "b", config()).await;
@@ -118,11 +123,7 @@ async fn broadcast_replicate(n: usize) -> Duration {
 
 /// How long a late replica's `open` takes for a map of `n` keys.
 async fn catch_up(n: usize) -> Duration {
-    let aether = Aether::new(aether_core::AetherConfig {
-        channel_buffer_size: n * 2 + 1024,
-        ..Default::default()
-    })
-    .expect("config");
+    let aether = aether_for(n);
     let writer = replica(&aether, "w", config()).await;
     let value = Bytes::from(vec![0xAB; VALUE]);
     for i in 0..n {
@@ -141,11 +142,7 @@ async fn catch_up(n: usize) -> Duration {
 /// The time from the end of a burst a replica refused until it holds every
 /// key, by anti-entropy alone.
 async fn repair(n: usize) -> Duration {
-    let aether = Aether::new(aether_core::AetherConfig {
-        channel_buffer_size: n * 2 + 1024,
-        ..Default::default()
-    })
-    .expect("config");
+    let aether = aether_for(n);
     let writer = replica(&aether, "w", config()).await;
     let starved = replica(
         &aether,
@@ -231,11 +228,7 @@ async fn ledger_with(n: usize, snapshot_every: u64) -> (f64, Duration) {
         ..Default::default()
     };
     let dir = tempfile::tempdir().expect("dir");
-    let aether = Aether::new(aether_core::AetherConfig {
-        channel_buffer_size: 1024,
-        ..Default::default()
-    })
-    .expect("config");
+    let aether = aether_for(0);
     let value = Bytes::from(vec![0xAB; VALUE]);
     let rate = {
         let map = StateMap::builder("bench")

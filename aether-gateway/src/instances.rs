@@ -347,25 +347,23 @@ impl InstanceMetrics {
         }
     }
 
-    /// Removes the series of the maps `old` listed and `new` does not.
+    /// Removes the series `old` had and `new` does not: replicas gone, and
+    /// refusal reasons a replica no longer lists.
     fn forget_maps(&self, name: &str, old: &InstanceReport, new: &InstanceReport) {
         for map in &old.maps {
-            let kept = new
-                .maps
-                .iter()
-                .any(|m| m.map == map.map && m.node == map.node);
-            if !kept {
-                self.maps.remove(name, map);
-            } else if let Some(now) = new
+            match new
                 .maps
                 .iter()
                 .find(|m| m.map == map.map && m.node == map.node)
             {
-                for reason in map.refused.keys().filter(|r| !now.refused.contains_key(*r)) {
-                    let _ = self
-                        .maps
-                        .refused
-                        .remove_label_values(&[name, &map.map, &map.node, reason]);
+                None => self.maps.remove(name, map),
+                Some(now) => {
+                    for reason in map.refused.keys().filter(|r| !now.refused.contains_key(*r)) {
+                        let _ = self
+                            .maps
+                            .refused
+                            .remove_label_values(&[name, &map.map, &map.node, reason]);
+                    }
                 }
             }
         }

@@ -384,8 +384,6 @@ struct Shared {
     /// Each owner it asked for its keys: when, for which fingerprint the
     /// owner advertised, and how many times for it.
     asked: Mutex<HashMap<u64, (Instant, u64, u32)>>,
-    /// Wakes `changed` waiters at every applied change.
-    applied: Notify,
     /// Catch-up: the buckets still expected from the peer that answered.
     pending_sync: Mutex<Option<(u64, HashSet<u8>)>>,
     synced: Notify,
@@ -551,7 +549,6 @@ impl StateMap {
             )),
             last_hello_back: Mutex::new(None),
             asked: Mutex::new(HashMap::new()),
-            applied: Notify::new(),
             pending_sync: Mutex::new(None),
             synced: Notify::new(),
             ready: Notify::new(),
@@ -677,7 +674,7 @@ impl StateMap {
                 ),
             ));
         }
-        if let Some(owner) = owner_of(key)
+        if let Some(owner) = store::owner_of(key)
             && owner != shared.node_name.as_str()
         {
             return Err(StateError::new(
@@ -760,15 +757,17 @@ impl StateMap {
         Watch {
             pattern: Channel::new(pattern),
             raw: pattern.to_string(),
-            changes: tokio_stream_of(self.shared.changes.subscribe()),
-            shared: self.shared.clone(),
+            changes: Lossy {
+                inner: BroadcastStream::new(self.shared.changes.subscribe()),
+                shared: self.shared.clone(),
+            },
         }
     }
 
     /// This replica's writes that a higher stamp overwrote, from now on.
     pub fn superseded(&self) -> impl Stream<Item = Superseded> + Send + Unpin + 'static {
         Lossy {
-            inner: tokio_stream_of(self.shared.superseded.subscribe()),
+            inner: BroadcastStream::new(self.shared.superseded.subscribe()),
             shared: self.shared.clone(),
         }
     }
@@ -776,7 +775,7 @@ impl StateMap {
     /// Joins and leaves of the map's replicas, from now on.
     pub fn presence(&self) -> impl Stream<Item = Presence> + Send + Unpin + 'static {
         Lossy {
-            inner: tokio_stream_of(self.shared.presence.subscribe()),
+            inner: BroadcastStream::new(self.shared.presence.subscribe()),
             shared: self.shared.clone(),
         }
     }
@@ -867,17 +866,11 @@ fn await_buckets(pending: &mut Option<(u64, HashSet<u8>)>, node: u64, buckets: V
     true
 }
 
-/// The owner of a node-owned key: `node/<owner>/...`.
-fn owner_of(key: &str) -> Option<&str> {
-    store::owner_of(key)
-}
-
 /// A stream of changes to the keys a pattern matches.
 pub struct Watch {
     pattern: Channel,
     raw: String,
-    changes: BroadcastStream<Change>,
-    shared: Arc<Shared>,
+    changes: Lossy<Change>,
 }
 
 impl Watch {
@@ -895,19 +888,8 @@ impl Stream for Watch {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Change>> {
         loop {
             match Pin::new(&mut self.changes).poll_next(cx) {
-                Poll::Ready(Some(Ok(change))) => {
-                    if self.wants(&change.key) {
-                        return Poll::Ready(Some(change));
-                    }
-                }
-                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
-                    self.shared
-                        .counters
-                        .watch_lagged
-                        .fetch_add(missed, Ordering::Relaxed);
-                }
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(change)) if !self.wants(&change.key) => continue,
+                other => return other,
             }
         }
     }
@@ -917,11 +899,6 @@ impl fmt::Debug for Watch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Watch").field("pattern", &self.raw).finish()
     }
-}
-
-/// A broadcast receiver as a stream.
-fn tokio_stream_of<T: Clone + Send + 'static>(rx: broadcast::Receiver<T>) -> BroadcastStream<T> {
-    BroadcastStream::new(rx)
 }
 
 /// A broadcast stream whose misses are counted, not handed out.
@@ -1052,20 +1029,14 @@ impl Shared {
     }
 
     /// Merges one entry here (`repair`: brought by anti-entropy) and tells
-    /// watchers, and the writer if its write lost. `true` if it changed
-    /// the map.
-    fn apply(&self, key: &str, entry: Entry, repair: bool) -> bool {
-        let change = Change {
-            key: key.to_string(),
-            old: None,
-            new: entry.value.clone(),
-            writer: entry.writer.to_string(),
-            stamp: entry.stamp,
-        };
+    /// watchers, and the writer if its write lost.
+    fn apply(&self, key: &str, entry: Entry, repair: bool) {
+        let (stamp, writer, new) = (entry.stamp, entry.writer.clone(), entry.value.clone());
         let merged = {
             let mut store = self.lock_store();
-            let merged = store.merge(key, entry.clone());
-            if let (Merged::Applied(_), Some(ledger)) = (&merged, &self.ledger) {
+            let logged = self.ledger.as_ref().map(|ledger| (ledger, entry.clone()));
+            let merged = store.merge(key, entry);
+            if let (Merged::Applied(_), Some((ledger, entry))) = (&merged, logged) {
                 let written = ledger
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -1077,35 +1048,32 @@ impl Shared {
             }
             merged
         };
-        match merged {
-            Merged::Stale => {
-                self.counters.stale.fetch_add(1, Ordering::Relaxed);
-                false
-            }
-            Merged::Applied(old) => {
-                self.counters.applied.fetch_add(1, Ordering::Relaxed);
-                if repair {
-                    self.counters.repaired.fetch_add(1, Ordering::Relaxed);
-                }
-                let change = Change {
-                    old: old.as_ref().and_then(|o| o.value.clone()),
-                    ..change
-                };
-                if let Some(old) = old
-                    && old.stamp.node == self.clock.node()
-                    && change.stamp.node != self.clock.node()
-                {
-                    let _ = self.superseded.send(Superseded {
-                        key: key.to_string(),
-                        mine: old.stamp,
-                        by: change.clone(),
-                    });
-                }
-                let _ = self.changes.send(change);
-                self.applied.notify_waiters();
-                true
-            }
+        let Merged::Applied(old) = merged else {
+            self.counters.stale.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        self.counters.applied.fetch_add(1, Ordering::Relaxed);
+        if repair {
+            self.counters.repaired.fetch_add(1, Ordering::Relaxed);
         }
+        let change = Change {
+            key: key.to_string(),
+            old: old.as_ref().and_then(|o| o.value.clone()),
+            new,
+            writer: writer.to_string(),
+            stamp,
+        };
+        if let Some(old) = old
+            && old.stamp.node == self.clock.node()
+            && stamp.node != self.clock.node()
+        {
+            let _ = self.superseded.send(Superseded {
+                key: key.to_string(),
+                mine: old.stamp,
+                by: change.clone(),
+            });
+        }
+        let _ = self.changes.send(change);
     }
 
     /// The tombstone horizon now, Unix nanoseconds: tombstones stamped
@@ -1126,7 +1094,7 @@ impl Shared {
             }
             // A node-owned key comes only from its owner, whether it wrote
             // it now or relays it in a repair.
-            let writer_ok = match owner_of(&key) {
+            let writer_ok = match store::owner_of(&key) {
                 Some(owner) => owner == source && entry.writer == source,
                 None => repair || entry.writer == source,
             };
@@ -1161,18 +1129,12 @@ impl Shared {
             .iter()
             .map(|&b| (b, std::mem::take(&mut grouped[usize::from(b)])))
             .collect();
-        self.send_entries(node, picked, true).await;
+        self.send_entries(node, picked).await;
     }
 
     /// Sends `node` each bucket's entries as repair chunks, the last of
-    /// each bucket marked if `mark_last` (what a catch-up counts: the
-    /// shared buckets, not an owner's own keys).
-    async fn send_entries(
-        &self,
-        node: u64,
-        buckets: Vec<(u8, Vec<(String, Entry)>)>,
-        mark_last: bool,
-    ) {
+    /// each bucket marked (what a catch-up counts).
+    async fn send_entries(&self, node: u64, buckets: Vec<(u8, Vec<(String, Entry)>)>) {
         let channel = self.channels.repair_of(node);
         let budget = self.config.max_value_bytes.max(64 * 1024) * 4;
         for (bucket, entries) in buckets {
@@ -1193,7 +1155,7 @@ impl Shared {
             let n = chunks.len();
             for (i, entries) in chunks.into_iter().enumerate() {
                 let message = Message::Changes {
-                    repair: Some((bucket, mark_last && i + 1 == n)),
+                    repair: Some((bucket, i + 1 == n)),
                     entries,
                 };
                 if let Err(error) = self.emit(channel.clone(), message).await {
@@ -1293,9 +1255,10 @@ impl Shared {
                 if let Some((bucket, _)) = repair
                     && entries.iter().any(|(k, _)| {
                         if bucket == codec::OWN_KEYS {
-                            owner_of(k) != Some(source.as_str())
+                            store::owner_of(k) != Some(source.as_str())
                         } else {
-                            owner_of(k).is_some() || store::bucket_of(k) != usize::from(bucket)
+                            store::owner_of(k).is_some()
+                                || store::bucket_of(k) != usize::from(bucket)
                         }
                     })
                 {
@@ -1397,8 +1360,7 @@ impl Shared {
     async fn send_own_keys(&self, node: u64) {
         let mine = self.lock_store().owned_by(&self.node_name);
         if !mine.is_empty() {
-            self.send_entries(node, vec![(codec::OWN_KEYS, mine)], true)
-                .await;
+            self.send_entries(node, vec![(codec::OWN_KEYS, mine)]).await;
         }
     }
 
