@@ -169,3 +169,54 @@ async fn instance_reports_carry_each_replica() {
     .await
     .expect("bounded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_settings_give_maps_a_directory_and_synced_writes_from_many_writers_all_come_back() {
+    timeout(LIMIT, async {
+        let root = tempfile::tempdir().unwrap();
+        let settings = || aether_core::AetherConfig {
+            state: aether_core::state::StateConfig {
+                dir: Some(root.path().into()),
+                sync_writes: true,
+                ..fast()
+            },
+            ..Default::default()
+        };
+        let aether = Aether::new(settings()).unwrap();
+        // No directory and no settings given to the builder: the aether's.
+        let map = StateMap::builder("home")
+            .node("a")
+            .open(&aether)
+            .await
+            .unwrap();
+        // 32 writers at once, each `set` returning once its record is on
+        // the disk (they share fsyncs).
+        let mut writers = tokio::task::JoinSet::new();
+        for w in 0..32 {
+            let map = map.clone();
+            writers.spawn(async move {
+                for i in 0..20 {
+                    map.set(&format!("w{w}.{i}"), format!("{i}")).await.unwrap();
+                }
+            });
+        }
+        while let Some(done) = writers.join_next().await {
+            done.unwrap();
+        }
+        assert_eq!(map.stats().ledger_failed, 0);
+        assert!(root.path().join("home").is_dir(), "map home in <dir>/home");
+        drop(map);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        let again = Aether::new(settings()).unwrap();
+        let back = StateMap::builder("home")
+            .node("a")
+            .open(&again)
+            .await
+            .unwrap();
+        assert_eq!(back.len(), 640, "every acknowledged write, from the ledger");
+        assert_eq!(back.get("w31.19").as_deref(), Some(&b"19"[..]));
+    })
+    .await
+    .expect("bounded");
+}

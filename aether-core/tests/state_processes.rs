@@ -91,6 +91,9 @@ fn state_replica_process() {
         .build()
         .unwrap();
     runtime.block_on(async {
+        if let Ok(writers) = var("SYNC_WRITERS").parse::<u64>() {
+            return synced_writers(writers).await;
+        }
         let aether = Aether::connect(over(&url)).await.unwrap();
         let mut builder = StateMap::builder("lab").node(&node).config(config());
         if let Some(dir) = std::env::var_os("DIR") {
@@ -125,6 +128,35 @@ fn state_replica_process() {
             sleep(Duration::from_millis(50)).await;
         }
     });
+}
+
+/// `SYNC_WRITERS` = n: n writers write keys `w<writer>.<i>` to map `lab`
+/// in `DIR` with `sync_writes` (embedded), each printing `emitted <writer *
+/// 1,000,000 + i>` once its `set` returned, until killed.
+async fn synced_writers(writers: u64) {
+    let aether = Aether::default();
+    let map = StateMap::builder("lab")
+        .node("writer")
+        .config(StateConfig {
+            sync_writes: true,
+            ..config()
+        })
+        .state_dir(std::env::var_os("DIR").expect("DIR"))
+        .open(&aether)
+        .await
+        .unwrap();
+    println!("\nwriting");
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..writers {
+        let map = map.clone();
+        tasks.spawn(async move {
+            for i in 0.. {
+                map.set(&format!("w{w}.{i}"), format!("{i}")).await.unwrap();
+                println!("\nemitted {}", w * 1_000_000 + i);
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
 }
 
 fn start(
@@ -295,6 +327,46 @@ async fn a_replica_that_closes_and_exits_at_once_is_seen_leaving_at_once() {
                 closing.elapsed()
             );
         }
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_synced_writes_killed_mid_write_keeps_every_acknowledged_write() {
+    timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = Process::start(
+            "state_replica_process",
+            &[
+                ("AETHER_STATE_REPLICA", OsString::from("1")),
+                ("SYNC_WRITERS", "16".into()),
+                ("DIR", dir.path().into()),
+            ],
+        );
+        writer.wait_for("writing").await;
+        sleep(Duration::from_millis(700)).await;
+        writer.kill();
+        // Every write whose `set` returned before the kill said so.
+        let acknowledged = writer.rest().await;
+        assert!(acknowledged.len() > 100, "{} writes", acknowledged.len());
+
+        let aether = Aether::default();
+        let map = StateMap::builder("lab")
+            .node("writer")
+            .config(config())
+            .state_dir(dir.path())
+            .open(&aether)
+            .await
+            .unwrap();
+        let lost: Vec<_> = acknowledged
+            .iter()
+            .filter(|n| {
+                let (w, i) = (*n / 1_000_000, *n % 1_000_000);
+                map.get(&format!("w{w}.{i}")).as_deref() != Some(i.to_string().as_bytes())
+            })
+            .collect();
+        assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
     })
     .await
     .expect("bounded");

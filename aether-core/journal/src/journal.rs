@@ -24,6 +24,31 @@ pub const LOCK_FILE: &str = "LOCK";
 /// [`FsyncPolicy::Every`] and [`FsyncPolicy::Never`].
 const BUFFER_BYTES: usize = 256 * 1024;
 
+/// An fsync of the records a journal held when it was made
+/// ([`Journal::sync_later`]).
+#[derive(Debug)]
+pub struct PendingSync {
+    file: File,
+    path: PathBuf,
+    covers: u64,
+}
+
+impl PendingSync {
+    /// Records with a sequence number below this are on the disk once
+    /// [`sync`](Self::sync) returned.
+    pub fn covers(&self) -> u64 {
+        self.covers
+    }
+
+    /// Fsyncs; returns [`covers`](Self::covers).
+    pub fn sync(self) -> Result<u64, JournalError> {
+        self.file
+            .sync_data()
+            .map_err(|e| JournalError::io(&self.path, e))?;
+        Ok(self.covers)
+    }
+}
+
 /// Where the records of a journal stopped being valid, found on open.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Damage {
@@ -353,6 +378,30 @@ impl Journal {
         self.unsynced_records = 0;
         self.last_sync = Instant::now();
         Ok(())
+    }
+
+    /// Writes what was appended and returns a [`PendingSync`] that fsyncs
+    /// it without holding the journal, so appends go on while the disk
+    /// works (group commit: records appended meanwhile wait for the next
+    /// one). Segments closed before were fsynced when they closed, unless
+    /// the policy is [`FsyncPolicy::Never`].
+    pub fn sync_later(&mut self) -> Result<PendingSync, JournalError> {
+        self.write_buffer()?;
+        let path = self
+            .segments
+            .last()
+            .expect("an active segment")
+            .path
+            .clone();
+        let file = self
+            .active
+            .try_clone()
+            .map_err(|e| JournalError::io(&path, e))?;
+        Ok(PendingSync {
+            file,
+            path,
+            covers: self.next_seq,
+        })
     }
 
     /// How long until [`flush`](Self::flush) would fsync under

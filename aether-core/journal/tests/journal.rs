@@ -251,3 +251,33 @@ fn compaction_deletes_only_segments_a_snapshot_covers() {
     // not cover was deleted.
     assert!(Reader::open(dir.path()).unwrap().first_seq().unwrap() <= position);
 }
+
+#[test]
+fn a_pending_sync_covers_what_was_appended_before_it_and_runs_without_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut journal, _) = Journal::open(
+        dir.path(),
+        opts(
+            FsyncPolicy::Every {
+                interval: Duration::from_secs(3600),
+                records: 0,
+            },
+            4096,
+        ),
+    )
+    .unwrap();
+    for n in 0..10u8 {
+        journal.append(1, &[n; 40]).unwrap();
+    }
+    let pending = journal.sync_later().unwrap();
+    assert_eq!(pending.covers(), 10);
+    // The journal takes appends while the fsync has not run.
+    for n in 10..20u8 {
+        journal.append(1, &[n; 40]).unwrap();
+    }
+    assert_eq!(pending.sync().unwrap(), 10);
+    // What it covered was written, and readable.
+    assert_eq!(payloads(dir.path(), 0).len(), 10);
+    journal.flush().unwrap();
+    assert_eq!(payloads(dir.path(), 0).len(), 20);
+}

@@ -6,6 +6,7 @@ mod nats;
 mod physics;
 mod report;
 mod security;
+mod state;
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ pub use security::{
 };
 
 pub use physics::PhysicsConfig;
+pub use state::StateConfig;
 
 use crate::attenuation::DEFAULT_ATTENUATION_FACTOR;
 
@@ -77,6 +79,8 @@ pub struct AetherConfig {
     pub durability: DurabilityConfig,
     /// Instance reports on the bus (`[aether.report]`).
     pub report: ReportConfig,
+    /// Replicated maps opened on the aether (`[aether.state]`).
+    pub state: StateConfig,
 }
 
 impl Default for AetherConfig {
@@ -94,6 +98,7 @@ impl Default for AetherConfig {
             security: SecurityConfig::default(),
             durability: DurabilityConfig::default(),
             report: ReportConfig::default(),
+            state: StateConfig::default(),
         }
     }
 }
@@ -142,6 +147,7 @@ impl AetherConfig {
         self.hopping.validate()?;
         self.security.validate()?;
         self.durability.validate()?;
+        self.state.validate()?;
         self.physics.validate()
     }
 

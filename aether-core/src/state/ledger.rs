@@ -5,7 +5,10 @@
 //! covers are deleted. A restarted replica reads the snapshot and the records after
 //! it, then catches up from its peers.
 
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::{Arc, Mutex, MutexGuard},
+};
 
 use aether_journal::{FsyncPolicy, Journal, Options, Reader, read_snapshot};
 use bytes::Bytes;
@@ -95,14 +98,16 @@ impl Ledger {
     /// 200 ms). Every `snapshot_every` records (or as many as the map has
     /// entries, if more), `store` is written as a
     /// snapshot and the segments before it are deleted.
+    /// Returns the record's sequence number.
     pub(crate) fn append(
         &mut self,
         key: &str,
         entry: &Entry,
         store: &Store,
-    ) -> Result<(), LedgerError> {
+    ) -> Result<u64, LedgerError> {
         let record = codec::encode_all([(key, entry)]);
-        self.journal
+        let seq = self
+            .journal
             .append(entry.stamp.physical_ns / 1_000_000, &record)?;
         self.journal.flush()?;
         self.since_snapshot += 1;
@@ -121,6 +126,97 @@ impl Ledger {
             self.journal.compact_before(position)?;
             self.since_snapshot = 0;
         }
-        Ok(())
+        Ok(seq)
+    }
+}
+
+/// A ledger and its group commit: a writer that must see its record on the
+/// disk waits for an fsync that covers it; one fsync runs at a time, off
+/// the ledger's lock, and the writers that came while it ran share the
+/// next one.
+#[derive(Debug)]
+pub(crate) struct Durable {
+    ledger: Mutex<Ledger>,
+    commit: Mutex<Commit>,
+}
+
+#[derive(Debug, Default)]
+struct Commit {
+    /// Records below this sequence number are on the disk.
+    synced: u64,
+    /// An fsync runs.
+    running: bool,
+    /// Writers waiting: the sequence number they wait for.
+    waiters: Vec<(u64, tokio::sync::oneshot::Sender<Result<(), String>>)>,
+}
+
+impl Durable {
+    pub(crate) fn new(ledger: Ledger) -> Arc<Self> {
+        Arc::new(Self {
+            ledger: Mutex::new(ledger),
+            commit: Mutex::default(),
+        })
+    }
+
+    /// The ledger, to append to.
+    pub(crate) fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn commit(&self) -> MutexGuard<'_, Commit> {
+        self.commit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns once record `seq` is on the disk, or why it may not be.
+    pub(crate) async fn synced(self: &Arc<Self>, seq: u64) -> Result<(), String> {
+        let waiting = {
+            let mut commit = self.commit();
+            if commit.synced > seq {
+                return Ok(());
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            commit.waiters.push((seq, tx));
+            if !commit.running {
+                commit.running = true;
+                let durable = self.clone();
+                tokio::task::spawn_blocking(move || durable.sync_while_waited());
+            }
+            rx
+        };
+        waiting
+            .await
+            .unwrap_or_else(|_| Err("the ledger's fsync stopped".to_string()))
+    }
+
+    /// Fsyncs until no writer waits.
+    fn sync_while_waited(&self) {
+        loop {
+            let pending = self.ledger().journal.sync_later();
+            let result = pending.and_then(|p| p.sync());
+            let mut commit = self.commit();
+            match result {
+                Ok(covers) => {
+                    commit.synced = commit.synced.max(covers);
+                    let synced = commit.synced;
+                    let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut commit.waiters)
+                        .into_iter()
+                        .partition(|(seq, _)| *seq < synced);
+                    commit.waiters = waiting;
+                    for (_, tx) in done {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                Err(error) => {
+                    let error = error.to_string();
+                    for (_, tx) in commit.waiters.drain(..) {
+                        let _ = tx.send(Err(error.clone()));
+                    }
+                }
+            }
+            if commit.waiters.is_empty() {
+                commit.running = false;
+                return;
+            }
+        }
     }
 }

@@ -66,84 +66,10 @@ pub use self::hlc::Stamp;
 use self::{
     codec::{Limits, Message},
     hlc::Clock,
-    ledger::Ledger,
+    ledger::{Durable, Ledger},
     store::{Entry, Merged, Store},
 };
-
-/// The settings of a replicated map.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StateConfig {
-    /// Longest key, bytes (at most 65,535).
-    pub max_key_bytes: usize,
-    /// Longest value, bytes.
-    pub max_value_bytes: usize,
-    /// A stamp further ahead of this replica's clock is refused.
-    pub max_drift: Duration,
-    /// Tombstones older than this are collected, and a write stamped
-    /// before it is refused. It must be longer than any partition a replica
-    /// may come back from with its state.
-    pub tombstone_horizon: Duration,
-    /// How often a replica says it is there.
-    pub heartbeat_interval: Duration,
-    /// A replica not heard from for this long has left.
-    pub presence_timeout: Duration,
-    /// How often replicas compare digests and repair what differs.
-    pub anti_entropy_interval: Duration,
-    /// How long `open` waits for a peer's state before it goes on alone.
-    pub ready_timeout: Duration,
-    /// Most writes a second taken from one writer; past it they are
-    /// refused (`rate_limited`) and anti-entropy brings them later.
-    pub max_writes_per_s: u32,
-    /// Changes a watcher may fall behind before it misses some (counted).
-    pub watch_buffer: usize,
-    /// With a state directory: records of its ledger between snapshots of
-    /// the whole map, which bound what a restart reads (0: never; a restart
-    /// then reads every record).
-    pub snapshot_every: u64,
-}
-
-impl Default for StateConfig {
-    fn default() -> Self {
-        Self {
-            max_key_bytes: 256,
-            max_value_bytes: 32 * 1024,
-            max_drift: Duration::from_millis(500),
-            tombstone_horizon: Duration::from_secs(24 * 3600),
-            heartbeat_interval: Duration::from_secs(1),
-            presence_timeout: Duration::from_secs(3),
-            anti_entropy_interval: Duration::from_secs(2),
-            ready_timeout: Duration::from_secs(2),
-            max_writes_per_s: 10_000,
-            watch_buffer: 1024,
-            snapshot_every: 10_000,
-        }
-    }
-}
-
-impl StateConfig {
-    fn validate(&self) -> Result<(), StateError> {
-        let bad = |what: &str| Err(StateError::new(StateErrorKind::Config, what.to_string()));
-        if self.max_key_bytes == 0 || self.max_key_bytes > usize::from(u16::MAX) {
-            return bad("max_key_bytes must be 1 to 65535");
-        }
-        if self.max_value_bytes == 0 || self.max_value_bytes > 16 * 1024 * 1024 {
-            return bad("max_value_bytes must be 1 to 16 MiB");
-        }
-        if self.heartbeat_interval.is_zero() || self.anti_entropy_interval.is_zero() {
-            return bad("heartbeat_interval and anti_entropy_interval must be above zero");
-        }
-        if self.presence_timeout <= self.heartbeat_interval {
-            return bad("presence_timeout must be longer than heartbeat_interval");
-        }
-        if self.tombstone_horizon <= self.anti_entropy_interval {
-            return bad("tombstone_horizon must be longer than anti_entropy_interval");
-        }
-        if self.max_writes_per_s == 0 || self.watch_buffer == 0 {
-            return bad("max_writes_per_s and watch_buffer must be above zero");
-        }
-        Ok(())
-    }
-}
+pub use crate::config::StateConfig;
 
 /// What went wrong with a state operation.
 pub type StateError = crate::Error<StateErrorKind>;
@@ -306,7 +232,7 @@ struct Counters {
 pub struct StateMapBuilder {
     map: String,
     node: Option<String>,
-    config: StateConfig,
+    config: Option<StateConfig>,
     dir: Option<std::path::PathBuf>,
 }
 
@@ -321,15 +247,16 @@ impl StateMapBuilder {
     /// Keeps the map in `dir` (a directory per map, one process at a
     /// time): every change applied here is appended to a ledger there, and
     /// a replica opened again on it starts from what it held, then catches
-    /// up from its peers. Without it the map lives in memory.
+    /// up from its peers. Without it the map is kept in `<dir>/<map>` of
+    /// the settings' `dir`, or lives in memory if that is not set either.
     pub fn state_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.dir = Some(dir.into());
         self
     }
 
-    /// Its settings.
+    /// Its settings, instead of the aether's `[aether.state]`.
     pub fn config(mut self, config: StateConfig) -> Self {
-        self.config = config;
+        self.config = Some(config);
         self
     }
 
@@ -361,7 +288,7 @@ impl Drop for Guard {
 
 struct Shared {
     /// The ledger, with a state directory.
-    ledger: Option<Mutex<Ledger>>,
+    ledger: Option<Arc<Durable>>,
     map: String,
     node_name: SmolStr,
     config: StateConfig,
@@ -458,7 +385,7 @@ impl StateMap {
         StateMapBuilder {
             map: name.into(),
             node: None,
-            config: StateConfig::default(),
+            config: None,
             dir: None,
         }
     }
@@ -475,7 +402,10 @@ impl StateMap {
             config,
             dir,
         } = builder;
-        config.validate()?;
+        let config = config.unwrap_or_else(|| aether.config().state.clone());
+        config
+            .validate()
+            .map_err(|e| StateError::with_source(StateErrorKind::Config, e))?;
         if map.is_empty() || map.contains('.') || !is_name(&map) {
             return Err(StateError::new(
                 StateErrorKind::InvalidName,
@@ -490,6 +420,7 @@ impl StateMap {
                 format!("node name {node_name:?} is not a vibrator name"),
             ));
         }
+        let dir = dir.or_else(|| config.dir.as_ref().map(|root| root.join(&map)));
         let channels = Channels::of(&map, id);
         let mut vibrator = Vibrator::builder(node_name.clone())
             .skip_own_waves(true)
@@ -527,7 +458,7 @@ impl StateMap {
                 for (_, entry) in store.entries() {
                     clock.advance(entry.stamp);
                 }
-                (Some(Mutex::new(ledger)), store)
+                (Some(Durable::new(ledger)), store)
             }
         };
         let quota = Quota::per_second(NonZeroU32::new(config.max_writes_per_s).expect("validated"));
@@ -636,7 +567,10 @@ impl StateMap {
 
     /// Sets `key` to `value` here at once, and sends it to every replica.
     /// `Medium` if it could not be sent now (it is kept, and anti-entropy
-    /// sends it later).
+    /// sends it later). With a ledger, it returns once the change is handed
+    /// to the operating system, or with `sync_writes` once it is on the
+    /// disk; `Ledger` if it could not be written (it is kept in memory and
+    /// sent, not on this disk).
     pub async fn set(&self, key: &str, value: impl Into<Bytes>) -> Result<Stamp, StateError> {
         self.write(key, Some(value.into())).await
     }
@@ -691,7 +625,7 @@ impl StateMap {
             writer: shared.node_name.clone(),
         };
         let stamp = entry.stamp;
-        shared.apply(key, entry.clone(), false);
+        let logged = shared.apply(key, entry.clone(), false);
         let message = Message::Changes {
             repair: None,
             entries: vec![(key.to_string(), entry)],
@@ -707,6 +641,18 @@ impl StateMap {
                 };
                 StateError::with_source(kind, e)
             })?;
+        match (logged, &shared.ledger) {
+            (Some(Err(error)), Some(_)) => {
+                return Err(StateError::new(StateErrorKind::Ledger, error));
+            }
+            (Some(Ok(seq)), Some(durable)) if shared.config.sync_writes => {
+                durable
+                    .synced(seq)
+                    .await
+                    .map_err(|error| StateError::new(StateErrorKind::Ledger, error))?;
+            }
+            _ => {}
+        }
         Ok(stamp)
     }
 
@@ -1029,28 +975,29 @@ impl Shared {
     }
 
     /// Merges one entry here (`repair`: brought by anti-entropy) and tells
-    /// watchers, and the writer if its write lost.
-    fn apply(&self, key: &str, entry: Entry, repair: bool) {
+    /// watchers, and the writer if its write lost. Returns its ledger
+    /// record's sequence number, or why it was not written (`None`: applied
+    /// nowhere, or no ledger).
+    fn apply(&self, key: &str, entry: Entry, repair: bool) -> Option<Result<u64, String>> {
         let (stamp, writer, new) = (entry.stamp, entry.writer.clone(), entry.value.clone());
+        let mut logged = None;
         let merged = {
             let mut store = self.lock_store();
-            let logged = self.ledger.as_ref().map(|ledger| (ledger, entry.clone()));
+            let copy = self.ledger.as_ref().map(|ledger| (ledger, entry.clone()));
             let merged = store.merge(key, entry);
-            if let (Merged::Applied(_), Some((ledger, entry))) = (&merged, logged) {
-                let written = ledger
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .append(key, &entry, &store);
-                if let Err(error) = written {
+            if let (Merged::Applied(_), Some((ledger, entry))) = (&merged, copy) {
+                let written = ledger.ledger().append(key, &entry, &store);
+                if let Err(error) = &written {
                     self.counters.ledger_failed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(map = %self.map, %error, "a change was not written to the ledger");
                 }
+                logged = Some(written.map_err(|e| e.to_string()));
             }
             merged
         };
         let Merged::Applied(old) = merged else {
             self.counters.stale.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         };
         self.counters.applied.fetch_add(1, Ordering::Relaxed);
         if repair {
@@ -1074,6 +1021,7 @@ impl Shared {
             });
         }
         let _ = self.changes.send(change);
+        logged
     }
 
     /// The tombstone horizon now, Unix nanoseconds: tombstones stamped
@@ -1113,7 +1061,7 @@ impl Shared {
                 self.refuse(Refusal::TooOld);
                 continue;
             }
-            self.apply(&key, entry, repair);
+            let _ = self.apply(&key, entry, repair);
         }
     }
 

@@ -99,6 +99,19 @@ impl Process {
         }
     }
 
+    /// After [`kill`](Self::kill): every `emitted N` the process printed
+    /// and was not read yet.
+    pub async fn rest(&mut self) -> Vec<u64> {
+        let mut emitted = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Ok(Some(line)) = timeout(deadline - Instant::now(), self.lines.recv()).await {
+            if let Some((_, n)) = line.split_once("emitted ") {
+                emitted.push(n.parse().unwrap());
+            }
+        }
+        emitted
+    }
+
     /// SIGKILL, and reap.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -329,3 +329,28 @@ fn the_documented_variables_are_the_ones_read() {
         (SettingsErrorKind::UnknownKey, Some("hopping"))
     );
 }
+
+#[test]
+fn the_state_section_reads_milliseconds_and_names_a_bad_key() {
+    let dir = dir_with(&[(
+        "default.toml",
+        "[aether.state]\nanti_entropy_interval_ms = 250\ndir = \"/var/lib/x\"\nsync_writes = true\n",
+    )]);
+    let program = load_in(dir.path(), None, &[]).unwrap();
+    let state = &program.aether.state;
+    assert_eq!(
+        state.anti_entropy_interval,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(state.dir.as_deref(), Some(Path::new("/var/lib/x")));
+    assert!(state.sync_writes);
+
+    let err = load_in(
+        dir.path(),
+        None,
+        &[("AETHER__AETHER__STATE__PRESENCE_TIMEOUT_MS", "10")],
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), SettingsErrorKind::Invalid);
+    assert_eq!(err.key(), Some("aether.state.presence_timeout_ms"), "{err}");
+}

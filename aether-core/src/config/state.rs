@@ -1,0 +1,168 @@
+//! Settings of replicated maps ([`crate::state`]).
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, check};
+
+/// `[aether.state]`: the settings every [`StateMap`](crate::state::StateMap)
+/// opened on the aether starts from (a builder may give its own). Durations
+/// are written in milliseconds (`max_drift_ms = 500`).
+///
+/// ```
+/// use aether_core::config::StateConfig;
+/// use std::time::Duration;
+///
+/// let state = StateConfig {
+///     anti_entropy_interval: Duration::from_millis(500),
+///     ..Default::default()
+/// };
+/// state.validate()?;
+///
+/// let bad = StateConfig { presence_timeout: Duration::from_millis(100), ..Default::default() };
+/// assert_eq!(bad.validate().unwrap_err().key(), "state.presence_timeout_ms");
+/// # Ok::<(), aether_core::ConfigError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// Longest key, bytes (1 to 65,535). Default 256.
+    pub max_key_bytes: usize,
+    /// Longest value, bytes (at most 16 MiB). Default 32 KiB.
+    pub max_value_bytes: usize,
+    /// A stamp further ahead of this replica's clock is refused. Default
+    /// 500 ms.
+    #[serde(rename = "max_drift_ms", with = "millis")]
+    pub max_drift: Duration,
+    /// Tombstones older than this are collected, and a write stamped
+    /// before it is refused. It must be longer than any partition a replica
+    /// may come back from with its state. Default 24 h.
+    #[serde(rename = "tombstone_horizon_ms", with = "millis")]
+    pub tombstone_horizon: Duration,
+    /// How often a replica says it is there. Default 1 s.
+    #[serde(rename = "heartbeat_interval_ms", with = "millis")]
+    pub heartbeat_interval: Duration,
+    /// A replica not heard from for this long has left. Default 3 s.
+    #[serde(rename = "presence_timeout_ms", with = "millis")]
+    pub presence_timeout: Duration,
+    /// How often replicas compare digests and repair what differs. Default
+    /// 2 s.
+    #[serde(rename = "anti_entropy_interval_ms", with = "millis")]
+    pub anti_entropy_interval: Duration,
+    /// How long `open` waits for a peer's state before it goes on alone.
+    /// Default 2 s.
+    #[serde(rename = "ready_timeout_ms", with = "millis")]
+    pub ready_timeout: Duration,
+    /// Most writes a second taken from one writer; past it they are
+    /// refused (`rate_limited`) and anti-entropy brings them later. Default
+    /// 10,000.
+    pub max_writes_per_s: u32,
+    /// Changes a watcher may fall behind before it misses some (counted).
+    /// Default 1024.
+    pub watch_buffer: usize,
+    /// Where maps keep their ledgers: map `name` in `<dir>/<name>`. None
+    /// (the default): maps live in memory, unless a builder gives a
+    /// directory.
+    pub dir: Option<PathBuf>,
+    /// With a ledger: records between snapshots of the whole map, which
+    /// bound what a restart reads (0: never; a restart then reads every
+    /// record). Default 10,000.
+    pub snapshot_every: u64,
+    /// With a ledger: a write returns only once its record is on the disk
+    /// (fsync). Writes made while one fsync runs share the next one (group
+    /// commit), so many concurrent writers cost few fsyncs. Off (the
+    /// default): a write returns once its record is handed to the operating
+    /// system, which a killed process keeps and the disk has within 200 ms.
+    pub sync_writes: bool,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 256,
+            max_value_bytes: 32 * 1024,
+            max_drift: Duration::from_millis(500),
+            tombstone_horizon: Duration::from_secs(24 * 3600),
+            heartbeat_interval: Duration::from_secs(1),
+            presence_timeout: Duration::from_secs(3),
+            anti_entropy_interval: Duration::from_secs(2),
+            ready_timeout: Duration::from_secs(2),
+            max_writes_per_s: 10_000,
+            watch_buffer: 1024,
+            dir: None,
+            snapshot_every: 10_000,
+            sync_writes: false,
+        }
+    }
+}
+
+impl StateConfig {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ms = |d: Duration| format!("{}", d.as_millis());
+        check(
+            (1..=usize::from(u16::MAX)).contains(&self.max_key_bytes),
+            "state.max_key_bytes",
+            self.max_key_bytes.to_string(),
+            "must be 1 to 65535",
+        )?;
+        check(
+            (1..=16 * 1024 * 1024).contains(&self.max_value_bytes),
+            "state.max_value_bytes",
+            self.max_value_bytes.to_string(),
+            "must be 1 to 16777216",
+        )?;
+        check(
+            !self.heartbeat_interval.is_zero(),
+            "state.heartbeat_interval_ms",
+            ms(self.heartbeat_interval),
+            "must be above zero",
+        )?;
+        check(
+            !self.anti_entropy_interval.is_zero(),
+            "state.anti_entropy_interval_ms",
+            ms(self.anti_entropy_interval),
+            "must be above zero",
+        )?;
+        check(
+            self.presence_timeout > self.heartbeat_interval,
+            "state.presence_timeout_ms",
+            ms(self.presence_timeout),
+            "must be longer than heartbeat_interval_ms",
+        )?;
+        check(
+            self.tombstone_horizon > self.anti_entropy_interval,
+            "state.tombstone_horizon_ms",
+            ms(self.tombstone_horizon),
+            "must be longer than anti_entropy_interval_ms",
+        )?;
+        check(
+            self.max_writes_per_s > 0,
+            "state.max_writes_per_s",
+            self.max_writes_per_s.to_string(),
+            "must be above zero",
+        )?;
+        check(
+            (1..=1_000_000).contains(&self.watch_buffer),
+            "state.watch_buffer",
+            self.watch_buffer.to_string(),
+            "must be 1 to 1000000",
+        )
+    }
+}
+
+/// A duration as whole milliseconds.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
