@@ -94,6 +94,55 @@ async fn aether_one_to_one(n: usize) -> Duration {
     aether_one_to_one_physics(n, false).await.0
 }
 
+/// The seed's JSON value: an order of about 128 bytes of JSON text.
+fn order(i: usize) -> serde_json::Value {
+    serde_json::json!({
+        "order_id": i,
+        "customer": "c-1042",
+        "items": [{"sku": "tea-green-100g", "qty": 2}, {"sku": "cup-white", "qty": 1}],
+        "total_cents": 1890,
+    })
+}
+
+/// `mpsc` carrying the same JSON value serialized per message.
+async fn mpsc_json(n: usize) -> Duration {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(n);
+    let start = Instant::now();
+    let consumer = tokio::spawn(async move {
+        for _ in 0..n {
+            black_box(rx.recv().await.expect("sender alive"));
+        }
+    });
+    for i in 0..n {
+        let bytes = serde_json::to_vec(&order(i)).expect("json");
+        tx.send(Bytes::from(bytes)).await.expect("receiver alive");
+    }
+    consumer.await.expect("consumer");
+    start.elapsed()
+}
+
+/// `emit_wave(channel, json!(...))`, as users write it, 1 -> 1.
+async fn aether_json(n: usize) -> Duration {
+    let aether = aether_for(n);
+    let mut rx = Vibrator::create("rx", &aether).await.expect("rx");
+    rx.resonate_on("bench.json").await.expect("resonate");
+    let tx = Vibrator::create("tx", &aether).await.expect("tx");
+    let start = Instant::now();
+    let consumer = tokio::spawn(async move {
+        for _ in 0..n {
+            black_box(rx.receive().await.expect("aether open"));
+        }
+        rx
+    });
+    for i in 0..n {
+        tx.emit_wave("bench.json", order(i)).await.expect("emit");
+    }
+    let rx = consumer.await.expect("consumer");
+    let elapsed = start.elapsed();
+    assert_eq!(rx.stats().dropped_total(), 0, "no loss");
+    elapsed
+}
+
 /// 1 → 1, with the physics engine running if `physics` (and what it did).
 async fn aether_one_to_one_physics(n: usize, physics: bool) -> (Duration, Option<PhysicsStats>) {
     let aether = aether_for(n);
@@ -428,6 +477,12 @@ fn summary(rt: &Runtime) {
         |n| rt.block_on(broadcast_fan_out(n)),
         |n| rt.block_on(broadcast_wave(n)),
     );
+    let json = paired_rates(
+        rounds,
+        n,
+        |n| rt.block_on(mpsc_json(n)),
+        |n| rt.block_on(aether_json(n)),
+    );
     let deliveries = FAN_OUT as f64;
     let (physics_off, physics_on, physics) = physics_rates(rt, rounds, n);
     // Alternate and keep the last of three, so neither side runs cold.
@@ -458,6 +513,10 @@ fn summary(rt: &Runtime) {
         fan.2,
         fan.3,
         fan.4
+    );
+    println!(
+        "| emit_wave(json!) 1 -> 1 (msg/s), vs mpsc of the value serialized per message | {:.0} | {:.0} | {:.2}x ({:.2}-{:.2}) |",
+        json.0, json.1, json.2, json.3, json.4
     );
     println!(
         "| one-way latency p50 / p99 (us) | {:.2} / {:.2} | {:.2} / {:.2} | {:.2}x (p50) |",
@@ -513,6 +572,8 @@ fn main() {
             aether_fan_out(1000).await;
             mpsc_wave(1000).await;
             broadcast_wave(1000).await;
+            mpsc_json(1000).await;
+            aether_json(1000).await;
             let (_, stats) = aether_one_to_one_physics(1000, true).await;
             assert!(stats.expect("physics on").running);
             assert_eq!(aether_latency(100).await.len(), 100);

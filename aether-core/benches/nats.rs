@@ -100,10 +100,33 @@ fn body(len: usize) -> Bytes {
     Bytes::from(vec![0xAB; len])
 }
 
-/// The length of the aether's envelope around a `PAYLOAD`-byte payload
-/// emitted by `EMITTER`.
+/// The length of the aether's envelope (`version`) around a
+/// `PAYLOAD`-byte payload emitted by `EMITTER`, as an emit stamps it.
+fn envelope_len_as(version: wire::WireVersion) -> usize {
+    let mut wave = Wave::new(ONE_SUBJECT, payload());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_nanos() as u64;
+    // As `Wave::stamp_emission` would: an id in the emission millisecond
+    // whose node is the origin's high half.
+    let origin = 0x5eed_2a4b_0000_0001u64;
+    let id = (u128::from(now / 1_000_000) << 80) | (u128::from(origin >> 32) << 48) | 7;
+    wave = wire::Parts {
+        id,
+        emitted_at_ns: now,
+        origin,
+        source: Some(EMITTER.into()),
+        ..wire::Parts::of(&wave)
+    }
+    .into_wave(Channel::new(ONE_SUBJECT))
+    .expect("a wave");
+    wire::encoded_len_as(version, &wave)
+}
+
+/// The default envelope's length (version 2).
 fn envelope_len() -> usize {
-    wire::HEADER_LEN + EMITTER.len() + PAYLOAD
+    envelope_len_as(wire::WireVersion::V2)
 }
 
 /// The subject a raw client uses for `channel` (the default prefix).
@@ -312,15 +335,22 @@ async fn raw_request_reply(url: String, warm_up: usize, samples: usize) -> Vec<D
 /// An aether on the bench's server whose vibrators and NATS subscriptions
 /// hold `capacity` waves each.
 async fn aether_connect(url: &str, capacity: usize) -> Aether {
+    aether_connect_with(url, capacity, true).await
+}
+
+/// [`aether_connect`], with batch frames on or off.
+async fn aether_connect_with(url: &str, capacity: usize, batch: bool) -> Aether {
+    let mut nats = NatsConfig {
+        urls: vec![url.to_string()],
+        subscription_capacity: capacity,
+        client_capacity: CLIENT_CAPACITY,
+        ..Default::default()
+    };
+    nats.batch.enabled = batch;
     Aether::connect(AetherConfig {
         channel_buffer_size: capacity,
         request_timeout_ms: REQUEST_TIMEOUT.as_millis() as u64,
-        nats: NatsConfig {
-            urls: vec![url.to_string()],
-            subscription_capacity: capacity,
-            client_capacity: CLIENT_CAPACITY,
-            ..Default::default()
-        },
+        nats,
         ..Default::default()
     })
     .await
@@ -406,8 +436,12 @@ async fn aether_run(
 }
 
 async fn aether_one_to_one(url: String, n: usize) -> Duration {
-    let rx_aether = aether_connect(&url, capacity(n)).await;
-    let tx_aether = aether_connect(&url, capacity(n)).await;
+    aether_one_to_one_with(url, n, true).await
+}
+
+async fn aether_one_to_one_with(url: String, n: usize, batch: bool) -> Duration {
+    let rx_aether = aether_connect_with(&url, capacity(n), batch).await;
+    let tx_aether = aether_connect_with(&url, capacity(n), batch).await;
     let mut rx = Vibrator::create("rx", &rx_aether).await.expect("rx");
     rx.resonate_on(ONE_SUBJECT).await.expect("resonate");
     let tx = Vibrator::create(EMITTER, &tx_aether).await.expect("tx");
@@ -507,9 +541,19 @@ async fn emit_to_raw(url: String, n: usize) -> Duration {
         .expect("subscribe");
     let limits = wire::Limits::default();
     let heard = channel.clone();
-    let decode = move |message: async_nats::Message| {
-        wire::decode(heard.clone(), message.payload, &limits)
-            .expect("a vibrator's envelope decodes")
+    // A message is one envelope or a batch frame of several.
+    let decode = move |message: async_nats::Message| -> Vec<Wave> {
+        let envelopes = if wire::is_frame(&message.payload) {
+            wire::frame_envelopes(&message.payload, &limits).expect("a vibrator's frame")
+        } else {
+            vec![message.payload]
+        };
+        envelopes
+            .into_iter()
+            .map(|e| {
+                wire::decode(heard.clone(), e, &limits).expect("a vibrator's envelope decodes")
+            })
+            .collect()
     };
     // Live once a probe arrives; then read up to the fence.
     let deadline = Instant::now() + PROBE_LIMIT;
@@ -533,7 +577,7 @@ async fn emit_to_raw(url: String, n: usize) -> Duration {
             .await
             .expect("emit -> raw: the fence arrives")
             .expect("subscription open");
-        if decode(message).payload_bytes() == FENCE {
+        if decode(message).iter().any(|w| w.payload_bytes() == FENCE) {
             break;
         }
     }
@@ -544,10 +588,11 @@ async fn emit_to_raw(url: String, n: usize) -> Duration {
         async move {
             while got.load(Ordering::Relaxed) < n {
                 let message = sub.next().await.expect("subscription open");
-                let wave = decode(message);
-                assert_eq!(wave.payload_bytes().len(), PAYLOAD, "a data wave");
-                black_box(wave);
-                got.fetch_add(1, Ordering::Relaxed);
+                for wave in decode(message) {
+                    assert_eq!(wave.payload_bytes().len(), PAYLOAD, "a data wave");
+                    black_box(wave);
+                    got.fetch_add(1, Ordering::Relaxed);
+                }
             }
             sub
         }
@@ -646,6 +691,119 @@ async fn raw_to_receive(url: String, n: usize) -> Duration {
     elapsed
 }
 
+// --- steady one-way latency ------------------------------------------------
+
+/// Waves a second in the steady-latency rounds, and how many (the first
+/// tenth not counted).
+const STEADY_RATE: u64 = 10_000;
+const STEADY_N: usize = 10_000;
+const STEADY_SUBJECT: &str = "bench.steady";
+
+/// Sends `STEADY_N` messages at `STEADY_RATE` from a blocking thread paced
+/// by `std::thread::sleep` (tokio's timer ticks in milliseconds, which
+/// would send bursts), each payload starting with its send time in ns since
+/// `epoch`; `send` publishes one.
+async fn pace<F, Fut>(epoch: Instant, send: F)
+where
+    F: Fn(Bytes) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let gap = Duration::from_nanos(1_000_000_000 / STEADY_RATE);
+        let start = Instant::now();
+        for i in 0..STEADY_N {
+            let due = start + gap * i as u32;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            let mut payload = vec![0xAB; PAYLOAD];
+            let sent = epoch.elapsed().as_nanos() as u64;
+            payload[..8].copy_from_slice(&sent.to_le_bytes());
+            handle.block_on(send(Bytes::from(payload)));
+        }
+    })
+    .await
+    .expect("pacer");
+}
+
+/// The latency of a received payload sent by [`pace`].
+fn one_way(epoch: Instant, payload: &[u8]) -> Duration {
+    let sent = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+    epoch.elapsed().saturating_sub(Duration::from_nanos(sent))
+}
+
+/// Raw one-way latency at a steady `STEADY_RATE`.
+async fn raw_steady(url: String) -> Vec<Duration> {
+    let (rx, _) = raw_connect(&url, capacity(STEADY_N)).await;
+    let (tx, _) = raw_connect(&url, capacity(STEADY_N)).await;
+    let mut subs = vec![rx.subscribe(STEADY_SUBJECT).await.expect("subscribe")];
+    raw_probe(&tx, STEADY_SUBJECT, &mut subs).await;
+    let mut sub = subs.pop().expect("one");
+    let epoch = Instant::now();
+    let receiver = tokio::spawn(async move {
+        let mut out = Vec::with_capacity(STEADY_N);
+        while out.len() < STEADY_N {
+            let message = timeout(ROUND_LIMIT, sub.next())
+                .await
+                .expect("raw steady: in time")
+                .expect("open");
+            out.push(one_way(epoch, &message.payload));
+        }
+        out
+    });
+    pace(epoch, move |payload| {
+        let tx = tx.clone();
+        async move { tx.publish(STEADY_SUBJECT, payload).await.expect("publish") }
+    })
+    .await;
+    let out = receiver.await.expect("receiver");
+    out[STEADY_N / 10..].to_vec()
+}
+
+/// Aether one-way latency at a steady `STEADY_RATE`, batch frames on (the
+/// default): what batching adds when the bus is not busy.
+async fn aether_steady(url: String) -> Vec<Duration> {
+    let rx_aether = aether_connect(&url, capacity(STEADY_N)).await;
+    let tx_aether = aether_connect(&url, capacity(STEADY_N)).await;
+    let mut rx = Vibrator::create("rx", &rx_aether).await.expect("rx");
+    rx.resonate_on(STEADY_SUBJECT).await.expect("resonate");
+    let tx = Vibrator::create(EMITTER, &tx_aether).await.expect("tx");
+    let channel = Channel::new(STEADY_SUBJECT);
+    let mut rxs = vec![rx];
+    aether_probe(&tx, &channel, &mut rxs).await;
+    let mut rx = rxs.pop().expect("one");
+    let epoch = Instant::now();
+    let receiver = tokio::spawn(async move {
+        let mut out = Vec::with_capacity(STEADY_N);
+        while out.len() < STEADY_N {
+            let wave = timeout(ROUND_LIMIT, rx.receive())
+                .await
+                .expect("aether steady: in time")
+                .expect("open");
+            out.push(one_way(epoch, wave.payload_bytes()));
+        }
+        (out, rx)
+    });
+    let emitter = tx.emitter();
+    pace(epoch, move |payload| {
+        let emitter = emitter.clone();
+        let channel = channel.clone();
+        async move {
+            emitter
+                .emit(Wave::new(channel, payload))
+                .await
+                .expect("emit");
+        }
+    })
+    .await;
+    let (out, rx) = receiver.await.expect("receiver");
+    assert_eq!(rx.stats().dropped_total(), 0, "aether steady: drops");
+    drop(tx);
+    out[STEADY_N / 10..].to_vec()
+}
+
 // --- shared ---------------------------------------------------------------
 
 /// Spawns one consumer per receiver, each counting into its own progress
@@ -714,6 +872,10 @@ fn micros(d: Duration) -> f64 {
 #[derive(Clone, Copy, PartialEq)]
 enum Scenario {
     One,
+    /// 1 -> 1 with batch frames off (against raw 1 -> 1).
+    OneUnbatched,
+    /// One-way latency at a steady 10,000 messages/s.
+    Steady,
     Fan,
     Req,
     /// Aether emit -> raw receive (against raw 1 -> 1).
@@ -746,10 +908,27 @@ impl Measure {
 fn measure(rt: &Runtime, url: &str, scenario: Scenario, aether: bool) -> Measure {
     let url = url.to_string();
     match (scenario, aether) {
-        (Scenario::One | Scenario::Emit | Scenario::Receive | Scenario::Body, false) => {
-            one_to_one(rt, raw_one_to_one(url, N, PAYLOAD))
-        }
+        (
+            Scenario::One
+            | Scenario::OneUnbatched
+            | Scenario::Emit
+            | Scenario::Receive
+            | Scenario::Body,
+            false,
+        ) => one_to_one(rt, raw_one_to_one(url, N, PAYLOAD)),
         (Scenario::One, true) => one_to_one(rt, aether_one_to_one(url, N)),
+        (Scenario::OneUnbatched, true) => one_to_one(rt, aether_one_to_one_with(url, N, false)),
+        (Scenario::Steady, side) => {
+            let mut samples = if side {
+                on_workers(rt, aether_steady(url))
+            } else {
+                on_workers(rt, raw_steady(url))
+            };
+            Measure::Latency {
+                p50: micros(percentile(&mut samples, 0.5)),
+                p99: micros(percentile(&mut samples, 0.99)),
+            }
+        }
         (Scenario::Emit, true) => one_to_one(rt, emit_to_raw(url, N)),
         (Scenario::Receive, true) => one_to_one(rt, raw_to_receive(url, N)),
         (Scenario::Body, true) => one_to_one(rt, raw_one_to_one(url, N, envelope_len())),
@@ -805,6 +984,8 @@ fn rounds(
 
 fn summary(rt: &Runtime, url: &str) {
     let one = rounds(rt, url, Scenario::One, ROUNDS);
+    let unbatched = rounds(rt, url, Scenario::OneUnbatched, ROUNDS);
+    let steady = rounds(rt, url, Scenario::Steady, ROUNDS);
     let fan = rounds(rt, url, Scenario::Fan, ROUNDS);
     let req = rounds(rt, url, Scenario::Req, ROUNDS);
     let emit = rounds(rt, url, Scenario::Emit, ROUNDS);
@@ -840,23 +1021,39 @@ fn summary(rt: &Runtime, url: &str) {
     );
     println!("| scenario | raw async-nats | aether nats | ratio (min-max over rounds) |");
     println!("|---|---|---|---|");
-    row("1 -> 1 (msg/s)", &one);
+    row("1 -> 1, batch frames on (msg/s)", &one);
+    row("1 -> 1, batch frames off, envelope v2 (msg/s)", &unbatched);
     row("1 -> 4 (deliveries/s)", &fan);
-    let (raw, ours, ratios) = &req;
-    let (lo, hi) = spread(ratios);
+    let latency = |name: &str, (raw, ours, ratios): &(Vec<Measure>, Vec<Measure>, Vec<f64>)| {
+        let (lo, hi) = spread(ratios);
+        let p99_ratios: Vec<f64> = raw
+            .iter()
+            .zip(ours)
+            .map(|(r, o)| match (r, o) {
+                (Measure::Latency { p99: r, .. }, Measure::Latency { p99: o, .. }) => o / r,
+                _ => f64::NAN,
+            })
+            .collect();
+        let (plo, phi) = spread(&p99_ratios);
+        println!(
+            "| {name} p50 / p99 (us) | {:.1} / {:.1} | {:.1} / {:.1} | {:.2}x ({lo:.2}-{hi:.2}) p50, {:.2}x ({plo:.2}-{phi:.2}) p99 |",
+            rates(raw),
+            p99s(raw),
+            rates(ours),
+            p99s(ours),
+            rates(ours) / rates(raw),
+            median(p99_ratios.clone()),
+        );
+    };
+    latency("request/reply", &req);
+    latency("one-way at a steady 10,000/s", &steady);
+    let v1 = envelope_len_as(wire::WireVersion::V1);
+    let v2 = envelope_len();
+    // In a full frame of 256 waves: the frame's head shared, each envelope
+    // with its length varint.
+    let framed = (4 + 256 * (2 + v2)) as f64 / 256.0;
     println!(
-        "| request/reply p50 / p99 (us) | {:.1} / {:.1} | {:.1} / {:.1} | {:.2}x ({lo:.2}-{hi:.2}) (p50) |",
-        rates(raw),
-        p99s(raw),
-        rates(ours),
-        p99s(ours),
-        rates(ours) / rates(raw),
-    );
-    println!(
-        "bytes per message body: raw {PAYLOAD}, aether {} (envelope header {} + source name {} + payload)",
-        envelope_len(),
-        wire::HEADER_LEN,
-        EMITTER.len(),
+        "bytes on the wire per {PAYLOAD}-byte wave from {EMITTER:?}: raw {PAYLOAD}, envelope v1 {v1}, v2 {v2}, v2 in a full frame {framed:.1} (NATS adds its own framing per message: `PUB <subject> <len>` and CRLFs, once per frame)"
     );
     println!();
     println!(
@@ -879,6 +1076,8 @@ fn summary(rt: &Runtime, url: &str) {
 fn profile(rt: &Runtime, url: &str, which: &str) {
     let scenario = match which {
         "one" => Scenario::One,
+        "unbatched" => Scenario::OneUnbatched,
+        "steady" => Scenario::Steady,
         "fan" => Scenario::Fan,
         "req" => Scenario::Req,
         "emit" => Scenario::Emit,
@@ -932,6 +1131,7 @@ fn main() {
     if testing {
         on_workers(&rt, raw_one_to_one(url.clone(), 1000, PAYLOAD));
         on_workers(&rt, aether_one_to_one(url.clone(), 1000));
+        on_workers(&rt, aether_one_to_one_with(url.clone(), 1000, false));
         on_workers(&rt, emit_to_raw(url.clone(), 1000));
         on_workers(&rt, raw_to_receive(url.clone(), 1000));
         on_workers(&rt, raw_one_to_one(url.clone(), 1000, envelope_len()));

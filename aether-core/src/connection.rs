@@ -91,6 +91,14 @@ pub struct ConnectionStatus {
     /// JetStream yet: in the durable outbox, sent when the server takes
     /// them again.
     pub durable_outbox_len: usize,
+    /// Batch frames published: messages that carried several waves
+    /// (`[aether.nats.batch]`).
+    pub frames_sent: u64,
+    /// Waves sent inside those frames.
+    pub waves_framed: u64,
+    /// Batch frames received; each wave in one is counted as if it had come
+    /// alone.
+    pub frames_received: u64,
 }
 
 impl ConnectionStatus {
@@ -112,6 +120,9 @@ impl ConnectionStatus {
             outbox_capacity: 0,
             outbox_flushed: 0,
             durable_outbox_len: 0,
+            frames_sent: 0,
+            waves_framed: 0,
+            frames_received: 0,
         }
     }
 }
@@ -126,9 +137,18 @@ pub(crate) struct ConnectionCounters {
     pub(crate) malformed: AtomicU64,
     pub(crate) outbox_flushed: AtomicU64,
     pub(crate) outbox_len: AtomicUsize,
+    pub(crate) frames_sent: AtomicU64,
+    pub(crate) waves_framed: AtomicU64,
+    pub(crate) frames_received: AtomicU64,
 }
 
 impl ConnectionCounters {
+    /// A frame of `waves` waves was published.
+    pub(crate) fn framed(&self, waves: u64) {
+        self.frames_sent.fetch_add(1, Relaxed);
+        self.waves_framed.fetch_add(waves, Relaxed);
+    }
+
     pub(crate) fn set_state(&self, state: ConnectionState) {
         self.state.store(state as u8, Relaxed);
     }
@@ -153,6 +173,9 @@ impl ConnectionCounters {
             outbox_capacity,
             outbox_flushed: self.outbox_flushed.load(Relaxed),
             durable_outbox_len: 0,
+            frames_sent: self.frames_sent.load(Relaxed),
+            waves_framed: self.waves_framed.load(Relaxed),
+            frames_received: self.frames_received.load(Relaxed),
         }
     }
 }

@@ -54,6 +54,11 @@ impl<K: Copy> Error<K> {
     pub fn kind(&self) -> K {
         self.kind
     }
+
+    /// What went wrong, without the kind's words.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl<K: fmt::Display> fmt::Display for Error<K> {
@@ -244,5 +249,8 @@ kinds! {
         /// A field holds a value out of range or malformed (amplitude, phase,
         /// decay, source name, correlation key, reply channel).
         InvalidField => "invalid envelope field",
+        /// A batch frame whose count or lengths do not match its bytes; it
+        /// is refused whole.
+        BadFrame => "malformed batch frame",
     }
 }

@@ -146,6 +146,11 @@ pub mod wire {
         MAX_SOURCE_LEN, SIGNATURE_LEN, Signature, TRACE_LEN, VERSION, check, decode, encode,
         encode_signed, encoded_len, verify,
     };
+    pub use crate::wave::wire::{
+        FLAG_AMPLITUDE, FLAG_EMITTED_AT, FLAG_ID_NODE, FLAG_PHASE, FLAG_SOURCE_AMPLITUDE, FRAME,
+        KNOWN_FLAGS_V2, MAX_FRAME_WAVES, V2_COMMON_HEADER_LEN, VERSION_2, WireVersion, encode_as,
+        encode_frame, encode_signed_as, encoded_len_as, frame_envelopes, is_frame,
+    };
 }
 
 /// The README's examples, compiled and run as doctests.

@@ -32,11 +32,14 @@ pub enum DropReason {
     /// and it could not be opened here: no key, another key, tampered, or
     /// not sealed at all.
     Undecryptable,
+    /// Emit took it, but the aether closed before it was handed to the
+    /// connection (a batch still queued).
+    Unsent,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Expired,
         DropReason::PropagationLimit,
         DropReason::BelowNoiseFloor,
@@ -45,6 +48,7 @@ impl DropReason {
         DropReason::Forged,
         DropReason::Denied,
         DropReason::Undecryptable,
+        DropReason::Unsent,
     ];
 
     /// A short snake_case name, fit for a metric label.
@@ -58,6 +62,7 @@ impl DropReason {
             DropReason::Forged => "forged",
             DropReason::Denied => "denied",
             DropReason::Undecryptable => "undecryptable",
+            DropReason::Unsent => "unsent",
         }
     }
 

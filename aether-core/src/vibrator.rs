@@ -902,7 +902,7 @@ impl Emitter {
         channel: impl Into<Channel>,
         payload: impl Serialize,
     ) -> Result<WaveId, EmitError> {
-        let bytes = serde_json::to_vec(&payload)
+        let bytes = crate::wave::json_pooled(&payload)
             .map_err(|e| EmitError::with_source(EmitErrorKind::Payload, e))?;
         self.emit(Wave::new(channel, bytes)).await
     }

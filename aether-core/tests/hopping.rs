@@ -701,8 +701,8 @@ async fn nats_hopping_between_aethers() {
                 message.subject
             );
             assert!(!message.subject.contains("orders"), "{}", message.subject);
+            seen += envelopes(&message.payload).len() as u64;
             subjects.insert(message.subject);
-            seen += 1;
         }
         assert!(subjects.len() > 1, "the subject hops: {subjects:?}");
         assert!(subjects.len() <= 4, "over at most hop_count subjects");
@@ -734,6 +734,8 @@ async fn nats_a_raw_replay_is_refused_and_counted() {
             .expect("a wave on the wire");
         let wire = Channel::new(captured.subject.strip_prefix("aether.").unwrap());
         let stamp = wire_stamp_ms(&captured.payload);
+        // A batch frame replays every wave in it.
+        let replayed = envelopes(&captured.payload).len() as u64;
 
         let seq = sequence(SECRET, "orders", 4, NATS_MS);
         let stamp_slot = seq.slot(stamp);
@@ -754,18 +756,31 @@ async fn nats_a_raw_replay_is_refused_and_counted() {
             .unwrap();
         raw.ping().await.unwrap();
         timeout(Duration::from_secs(5), async {
-            until(|| receiver.stats().dropped(DropReason::Replay) == 1).await
+            until(|| receiver.stats().dropped(DropReason::Replay) == replayed).await
         })
         .await
         .expect("the replay is counted");
         assert_eq!(receiver.stats().delivered, before);
-        assert_eq!(b.stats().dropped(DropReason::Replay), 1);
+        assert_eq!(b.stats().dropped(DropReason::Replay), replayed);
     })
     .await;
 }
 
-/// The emission stamp of an envelope (`emitted_at`, Unix ns at offset 20).
+/// The envelopes of a message: itself, or each of a batch frame's.
+fn envelopes(body: &[u8]) -> Vec<bytes::Bytes> {
+    let body = bytes::Bytes::copy_from_slice(body);
+    if aether_core::wire::is_frame(&body) {
+        aether_core::wire::frame_envelopes(&body, &Default::default()).unwrap()
+    } else {
+        vec![body]
+    }
+}
+
+/// The emission millisecond of a message's first wave (its id's time).
 fn wire_stamp_ms(body: &[u8]) -> u64 {
-    let ns = u64::from_le_bytes(body[20..28].try_into().unwrap());
-    ns / 1_000_000
+    let first = envelopes(body).remove(0);
+    aether_core::wire::decode(Channel::new("any"), first, &Default::default())
+        .unwrap()
+        .id()
+        .timestamp_ms()
 }

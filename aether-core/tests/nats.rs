@@ -14,6 +14,9 @@ use tokio::sync::OnceCell;
 #[derive(Default)]
 struct Nats {
     server: OnceCell<NatsServer>,
+    /// Wire version 1, one message per wave (the defaults are version 2
+    /// and batch frames).
+    v1_unbatched: bool,
 }
 
 impl behaviour::Medium for Nats {
@@ -24,20 +27,32 @@ impl behaviour::Medium for Nats {
                 .get_or_try_init(|| NatsServer::builder().start())
                 .await
                 .expect("nats-server starts");
-            Aether::connect(AetherConfig {
-                nats: NatsConfig {
-                    urls: vec![server.url()],
-                    ..config.nats.clone()
-                },
-                ..config
-            })
-            .await
-            .expect("connects to the test server")
+            let mut nats = NatsConfig {
+                urls: vec![server.url()],
+                ..config.nats.clone()
+            };
+            if self.v1_unbatched {
+                nats.wire_version = aether_core::wire::WireVersion::V1;
+                nats.batch.enabled = false;
+            }
+            Aether::connect(AetherConfig { nats, ..config })
+                .await
+                .expect("connects to the test server")
         })
     }
 }
 
 behaviour_suite!(Nats::default());
+
+/// The same suite with wire version 1 and no batch frames.
+mod v1_unbatched {
+    use super::*;
+
+    behaviour_suite!(Nats {
+        v1_unbatched: true,
+        ..Nats::default()
+    });
+}
 
 /// Over NATS each aether's physics engine sees the waves its own vibrators
 /// receive; a gateway that resonates on `*` sees them all.

@@ -78,7 +78,8 @@ fn now_ns() -> u64 {
 /// reflected flag and a reflection section (reason "no resonator") naming
 /// that channel.
 fn envelope(source: &str, origin: u64, reflected_from: Option<&str>, payload: &[u8]) -> Vec<u8> {
-    let plain = wire::encode(
+    let plain = wire::encode_as(
+        wire::WireVersion::V1,
         &Wave::builder("any.channel")
             .payload(payload.to_vec())
             .build()

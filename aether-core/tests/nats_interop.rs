@@ -92,38 +92,118 @@ async fn a_raw_client_emits_a_wave_that_a_vibrator_receives() {
     .expect("bounded");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_raw_client_reads_the_envelope_a_vibrator_emits() {
-    timeout(LIMIT, async {
-        let (_server, aether, mut raw) = setup().await;
-        raw.subscribe("aether.orders.>", 1, None).await.unwrap();
-        raw.ping().await.unwrap();
-        let tx = Vibrator::create("order-service", &aether).await.unwrap();
-        let wave = Wave::builder("orders.cancelled")
-            .amplitude(0.75)
-            .phase(Phase::RETRACT)
-            .correlation_key("order-42")
-            .payload("{\"order_id\":42}")
-            .build()
-            .unwrap();
-        let id = tx.emit(wave).await.unwrap();
+/// A LEB128 varint at `at` (ARCHITECTURE.md, version 2), read by hand.
+fn varint(body: &[u8], at: &mut usize) -> u64 {
+    let (mut value, mut shift) = (0u64, 0);
+    loop {
+        let byte = body[*at];
+        *at += 1;
+        value |= u64::from(byte & 0x7F) << shift;
+        if byte & 0x80 == 0 {
+            return value;
+        }
+        shift += 7;
+    }
+}
 
-        let message = raw
-            .next_message(Duration::from_secs(5))
-            .await
-            .unwrap()
-            .expect("a message");
-        assert_eq!(message.subject, "aether.orders.cancelled");
-        let body = message.payload;
+/// The wave both envelope tests emit, and what a raw client reads of it.
+fn cancelled() -> Wave {
+    Wave::builder("orders.cancelled")
+        .amplitude(0.75)
+        .phase(Phase::RETRACT)
+        .correlation_key("order-42")
+        .payload("{\"order_id\":42}")
+        .build()
+        .unwrap()
+}
+
+/// Emits [`cancelled`] from an aether with `version` and returns its id and
+/// the body the raw client read.
+async fn emitted_body(version: wire::WireVersion) -> (u128, Vec<u8>) {
+    let server = NatsServer::builder().start().await.unwrap();
+    let mut config = NatsConfig {
+        urls: vec![server.url()],
+        wire_version: version,
+        ..Default::default()
+    };
+    config.batch.enabled = true;
+    let aether = Aether::connect(AetherConfig {
+        nats: config,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut raw = RawNats::connect(server.addr()).await.unwrap();
+    raw.subscribe("aether.orders.>", 1, None).await.unwrap();
+    raw.ping().await.unwrap();
+    let tx = Vibrator::create("order-service", &aether).await.unwrap();
+    let id = tx.emit(cancelled()).await.unwrap();
+    let message = raw
+        .next_message(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("a message");
+    assert_eq!(message.subject, "aether.orders.cancelled");
+    (id.as_u128(), message.payload)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_client_reads_the_version_2_envelope_a_vibrator_emits() {
+    timeout(LIMIT, async {
+        let (id, body) = emitted_body(wire::WireVersion::V2).await;
+        // A lone wave leaves as its envelope, not a frame. Read by hand
+        // from the documented layout.
+        assert_eq!(body[0], wire::MAGIC);
+        assert_eq!(body[1], 2);
+        let mut at = 2;
+        let flags = varint(&body, &mut at);
+        // The key's section; amplitude 0.75 and phase π written out; a0
+        // equal to the amplitude, the id's node the origin's, emitted in
+        // the id's millisecond: left out.
+        assert_eq!(flags, (1 << 1) | (1 << 10) | (1 << 12));
+        let u48 = |bytes: &[u8]| {
+            let mut wide = [0u8; 8];
+            wide[..6].copy_from_slice(bytes);
+            u64::from_le_bytes(wide)
+        };
+        let millis = u48(&body[at..at + 6]);
+        let sequence = u48(&body[at + 6..at + 12]);
+        let origin = u64::from_le_bytes(body[at + 12..at + 20].try_into().unwrap());
+        at += 20;
+        let node = origin >> 32;
+        let rebuilt = (u128::from(millis) << 80) | (u128::from(node) << 48) | u128::from(sequence);
+        assert_eq!(rebuilt, id);
+        let past = varint(&body, &mut at);
+        assert!(past < 1_000_000);
+        let emitted_ms = (millis * 1_000_000 + past) / 1_000_000;
+        assert_eq!(emitted_ms, millis);
+        assert_eq!(varint(&body, &mut at), 0, "hops");
+        let f64_at = |at: usize| f64::from_le_bytes(body[at..at + 8].try_into().unwrap());
+        assert_eq!(f64_at(at), 0.75);
+        assert_eq!(f64_at(at + 8), std::f64::consts::PI);
+        at += 16;
+        let source_len = body[at] as usize;
+        at += 1;
+        assert_eq!(&body[at..at + source_len], b"order-service");
+        at += source_len;
+        let key_len = u16::from_le_bytes([body[at], body[at + 1]]) as usize;
+        assert_eq!(&body[at + 2..at + 2 + key_len], b"order-42");
+        assert_eq!(&body[at + 2 + key_len..], b"{\"order_id\":42}");
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_client_reads_the_version_1_envelope_an_aether_set_to_it_emits() {
+    timeout(LIMIT, async {
+        let (id, body) = emitted_body(wire::WireVersion::V1).await;
         // The fixed header, read by hand from the documented offsets.
         assert_eq!(body[0], wire::MAGIC);
         assert_eq!(body[1], wire::VERSION);
         let flags = u16::from_le_bytes([body[2], body[3]]);
         assert_eq!(flags, wire::FLAG_CORRELATION_KEY);
-        assert_eq!(
-            u128::from_be_bytes(body[4..20].try_into().unwrap()),
-            id.as_u128()
-        );
+        assert_eq!(u128::from_be_bytes(body[4..20].try_into().unwrap()), id);
         let f64_at = |at: usize| f64::from_le_bytes(body[at..at + 8].try_into().unwrap());
         assert_eq!(f64_at(36), 0.75);
         assert_eq!(f64_at(44), 0.75);
@@ -135,6 +215,110 @@ async fn a_raw_client_reads_the_envelope_a_vibrator_emits() {
         let key_len = u16::from_le_bytes([body[key_at], body[key_at + 1]]) as usize;
         assert_eq!(&body[key_at + 2..key_at + 2 + key_len], b"order-42");
         assert_eq!(&body[key_at + 2 + key_len..], b"{\"order_id\":42}");
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_client_reads_a_batch_frame_and_sends_one() {
+    timeout(LIMIT, async {
+        let (_server, aether, mut raw) = setup().await;
+        raw.subscribe("aether.jobs.>", 1, None).await.unwrap();
+        raw.ping().await.unwrap();
+        let mut rx = Vibrator::create("rx", &aether).await.unwrap();
+        rx.resonate_on("jobs.*").await.unwrap();
+        let tx = Vibrator::create("jobs", &aether).await.unwrap();
+        // Emitted back to back (fewer than rx's queue holds): some leave
+        // together as frames. The raw client unpacks them by the
+        // documented layout.
+        let total = 500u64;
+        for i in 0..total {
+            tx.emit(Wave::new("jobs.run", i.to_le_bytes().to_vec()))
+                .await
+                .unwrap();
+        }
+        let (mut waves, mut frames) = (Vec::new(), 0);
+        while (waves.len() as u64) < total {
+            let message = raw
+                .next_message(Duration::from_secs(5))
+                .await
+                .unwrap()
+                .expect("every wave reaches the raw client");
+            let body = bytes::Bytes::from(message.payload);
+            if body[1] == 0xFB {
+                frames += 1;
+                let mut at = 2;
+                let count = varint(&body, &mut at);
+                for _ in 0..count {
+                    let len = varint(&body, &mut at) as usize;
+                    waves.push(body.slice(at..at + len));
+                    at += len;
+                }
+                assert_eq!(at, body.len());
+            } else {
+                waves.push(body);
+            }
+        }
+        assert!(frames > 0, "500 waves back to back made no frame");
+        assert_eq!(aether.connection().frames_sent, frames);
+        // In emit order, each a wave of its own.
+        for (i, envelope) in waves.into_iter().enumerate() {
+            let wave =
+                wire::decode(Channel::new("jobs.run"), envelope, &wire::Limits::default()).unwrap();
+            assert_eq!(&wave.payload_bytes()[..], &(i as u64).to_le_bytes());
+        }
+        for i in 0..total {
+            let wave = timeout(Duration::from_secs(5), rx.receive())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&wave.payload_bytes()[..], &i.to_le_bytes());
+        }
+
+        // A raw client's own frame: a v1 vector and a v2 vector, by hand.
+        let (one, two) = (vector("emitted.bin"), vector("v2_emitted.bin"));
+        let mut frame = vec![wire::MAGIC, 0xFB, 2];
+        for envelope in [&one, &two] {
+            assert!(envelope.len() < 128);
+            frame.push(envelope.len() as u8);
+            frame.extend_from_slice(envelope);
+        }
+        let mut orders = Vibrator::create("orders", &aether).await.unwrap();
+        orders.resonate_on("orders.*").await.unwrap();
+        let before = aether.connection().frames_received;
+        let first =
+            publish_until_heard(&mut raw, "aether.orders.created", &frame, &mut orders).await;
+        let second = timeout(Duration::from_secs(5), orders.receive())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.source(), Some("shop"));
+        assert_eq!(&first.payload_bytes()[..], b"hello");
+        assert_eq!(second.channel().as_str(), "orders.created");
+        assert!(aether.connection().frames_received > before);
+        // A frame that says it holds more than it does: refused whole,
+        // counted once, and the stream goes on.
+        let malformed = aether.connection().malformed;
+        let mut lying = frame.clone();
+        lying[2] = 60;
+        raw.publish("aether.orders.created", None, &lying)
+            .await
+            .unwrap();
+        raw.publish("aether.orders.created", None, &one)
+            .await
+            .unwrap();
+        raw.ping().await.unwrap();
+        loop {
+            let wave = timeout(Duration::from_secs(5), orders.receive())
+                .await
+                .unwrap()
+                .unwrap();
+            if aether.connection().malformed == malformed + 1 {
+                assert_eq!(wave.source(), Some("shop"));
+                break;
+            }
+        }
     })
     .await
     .expect("bounded");
@@ -196,7 +380,7 @@ async fn garbage_off_the_wire_is_refused_counted_and_the_stream_goes_on() {
             b"{\"not\": \"an envelope\"}".to_vec(),
             Vec::new(),
             vector("truncated_header.bin"),
-            vector("version_2.bin"),
+            vector("version_3.bin"),
             vector("unknown_flag_bit8.bin"),
             vector("amplitude_nan.bin"),
             vector("truncated_source.bin"),

@@ -97,7 +97,8 @@ fn changes(key: &str, physical_ns: u64, writer: &str, value: &[u8]) -> Vec<u8> {
 /// An envelope with `source` and `payload`, as a foreign client writes it
 /// from the wire format: a fresh wave stamped now.
 fn envelope(source: &str, payload: &[u8]) -> Vec<u8> {
-    let plain = wire::encode(
+    let plain = wire::encode_as(
+        wire::WireVersion::V1,
         &Wave::builder("any.channel")
             .payload(payload.to_vec())
             .build()

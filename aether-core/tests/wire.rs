@@ -11,7 +11,7 @@ use std::{
 
 use aether_core::{
     Aether, Channel, ReflectionReason, TraceContext, Vibrator, Wave, WaveId,
-    wire::{self, HEADER_LEN, Limits, Parts, Signature, WireErrorKind},
+    wire::{self, HEADER_LEN, Limits, Parts, Signature, WireErrorKind, WireVersion},
 };
 use bytes::Bytes;
 use proptest::{prelude::*, sample::Index};
@@ -126,7 +126,17 @@ fn kind_named(name: &str) -> WireErrorKind {
         "Truncated" => WireErrorKind::Truncated,
         "Oversized" => WireErrorKind::Oversized,
         "InvalidField" => WireErrorKind::InvalidField,
+        "BadFrame" => WireErrorKind::BadFrame,
         other => panic!("unknown error kind {other:?} in vectors.json"),
+    }
+}
+
+/// The envelope version a vector is written in (`"version"`, 1 if absent).
+fn version_of(case: &Value) -> WireVersion {
+    match case["version"].as_u64() {
+        None | Some(1) => WireVersion::V1,
+        Some(2) => WireVersion::V2,
+        Some(other) => panic!("version {other} in {case}"),
     }
 }
 
@@ -244,9 +254,10 @@ fn vectors_encode_to_their_bytes() {
             .into_wave(Channel::new(string(&case, "channel")))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(wire::check(&wave).is_ok(), "{name}");
+        let version = version_of(&case);
         let body = match signing_of(&case) {
-            Some((subject, key)) => wire::encode_signed(&wave, &subject, &key),
-            None => wire::encode(&wave),
+            Some((subject, key)) => wire::encode_signed_as(version, &wave, &subject, &key),
+            None => wire::encode_as(version, &wave),
         };
         let expected = bin(&name);
         assert_eq!(
@@ -259,7 +270,7 @@ fn vectors_encode_to_their_bytes() {
         // `encoded_len` is the unsigned length.
         let signature = signing_of(&case).map_or(0, |_| wire::SIGNATURE_LEN);
         assert_eq!(
-            wire::encoded_len(&wave) + signature,
+            wire::encoded_len_as(version, &wave) + signature,
             expected.len(),
             "{name}"
         );
@@ -279,10 +290,16 @@ fn hex_string(bytes: &[u8]) -> String {
 #[test]
 fn the_minimal_vector_is_a_new_wave() {
     assert_eq!(
-        wire::encode(&Wave::new("a", ())).as_ref(),
+        wire::encode_as(WireVersion::V1, &Wave::new("a", ())).as_ref(),
         bin("minimal").as_slice()
     );
     assert_eq!(bin("minimal").len(), HEADER_LEN);
+    // Version 2, the default: 26 bytes.
+    assert_eq!(
+        wire::encode(&Wave::new("a", ())).as_ref(),
+        bin("v2_minimal").as_slice()
+    );
+    assert_eq!(bin("v2_minimal").len(), 26);
 }
 
 #[test]
@@ -355,11 +372,11 @@ fn the_first_check_in_order_wins() {
         ("bad_magic_version_2", BadMagic, "first byte is 0x00"),
         // 3. The version: missing, then wrong whatever follows.
         ("magic_only", Truncated, "version needs 1 bytes at offset 1"),
-        ("version_2_short", UnsupportedVersion, "envelope version 2"),
+        ("version_3_short", UnsupportedVersion, "envelope version 3"),
         (
-            "version_2_unknown_flags",
+            "version_3_unknown_flags",
             UnsupportedVersion,
-            "envelope version 2",
+            "envelope version 3",
         ),
         // 4. The flags: cut, then unknown bits however short the body.
         ("flags_cut", Truncated, "flags needs 2 bytes at offset 2"),
@@ -517,7 +534,7 @@ async fn a_fresh_emission_has_amplitude_a0_and_a_timed_id() {
             .unwrap();
         shop.emit(wave).await.unwrap();
         let wave = listener.receive().await.unwrap();
-        let body = wire::encode(&wave);
+        let body = wire::encode_as(WireVersion::V1, &wave);
         assert_eq!(body[36..44], 0.8f64.to_le_bytes(), "amplitude");
         assert_eq!(body[44..52], 0.8f64.to_le_bytes(), "a0");
         let emitted_at_ns = Parts::of(&wave).emitted_at_ns;
@@ -600,6 +617,8 @@ fn every_bin_file_is_described() {
         .as_array()
         .into_iter()
         .chain(json["bad"].as_array())
+        .chain(json["frames"].as_array())
+        .chain(json["bad_frames"].as_array())
         .flatten()
         .map(|case| string(case, "name"))
         .collect();
@@ -807,7 +826,8 @@ fn assert_in_range(wave: &Wave, channel: &str, body_len: usize) {
             "{parts:?}"
         );
     }
-    assert!(parts.payload.len() <= body_len - HEADER_LEN);
+    // The smallest fixed part: version 2's, 26 bytes.
+    assert!(parts.payload.len() <= body_len - 26);
     assert!(wire::check(wave).is_ok());
     let again = wire::decode(
         wave.channel().clone(),
@@ -948,6 +968,11 @@ proptest! {
                 body.extend(rest);
                 body
             }),
+            (any::<u8>(), prop::collection::vec(any::<u8>(), 0..200)).prop_map(|(flags, rest)| {
+                let mut body = vec![wire::MAGIC, wire::VERSION_2, flags & 0x7F];
+                body.extend(rest);
+                body
+            }),
         ]
     ) {
         let len = body.len();
@@ -964,10 +989,14 @@ proptest! {
         parts in valid_parts(),
         mutations in prop::collection::vec(mutation(), 1..4),
         small_limit in prop::option::weighted(0.05, 0..400usize),
+        v2 in any::<bool>(),
     ) {
         let fields = length_fields(&parts);
         let wave = parts.into_wave(Channel::new("a.b")).expect("valid parts");
-        let mut body = wire::encode(&wave).to_vec();
+        // The length fields' offsets are version 1's; in version 2 the same
+        // rewrites land elsewhere, which is one more mutation.
+        let version = if v2 { WireVersion::V2 } else { WireVersion::V1 };
+        let mut body = wire::encode_as(version, &wave).to_vec();
         for mutation in &mutations {
             apply(&mut body, mutation, fields);
         }
@@ -980,5 +1009,89 @@ proptest! {
             }
             Err(err) => prop_assert!(!err.to_string().is_empty()),
         }
+    }
+
+    /// Frames of valid envelopes (either version) unpack to exactly those
+    /// envelopes; any cut or byte change is refused or unpacks to envelopes
+    /// that are slices of the frame: never a panic.
+    #[test]
+    fn frames_round_trip_and_mutated_frames_never_panic(
+        waves in prop::collection::vec((valid_parts(), any::<bool>()), 1..20),
+        cut in any::<Index>(),
+        flip in prop::option::of((any::<Index>(), any::<u8>())),
+    ) {
+        let envelopes: Vec<Bytes> = waves
+            .into_iter()
+            .map(|(parts, v2)| {
+                let wave = parts.into_wave(Channel::new("a.b")).expect("valid parts");
+                let version = if v2 { WireVersion::V2 } else { WireVersion::V1 };
+                wire::encode_as(version, &wave)
+            })
+            .collect();
+        let frame = wire::encode_frame(&envelopes);
+        let back = wire::frame_envelopes(&frame, &Limits::default()).expect("a frame");
+        prop_assert_eq!(&back, &envelopes);
+        for envelope in back {
+            prop_assert!(wire::decode(Channel::new("a.b"), envelope, &Limits::default()).is_ok());
+        }
+        let mut body = frame.to_vec();
+        if let Some((at, byte)) = flip {
+            let at = at.index(body.len());
+            body[at] = byte;
+        }
+        body.truncate(cut.index(body.len() + 1));
+        let body = Bytes::from(body);
+        if let Ok(parts) = wire::frame_envelopes(&body, &Limits::default()) {
+            let total: usize = parts.iter().map(Bytes::len).sum();
+            prop_assert!(total < body.len());
+            for envelope in parts {
+                let _ = wire::decode(Channel::new("a.b"), envelope, &Limits::default());
+            }
+        }
+    }
+}
+
+/// The frame vectors: each good frame unpacks to its envelopes (the named
+/// vectors' files), and packs again to the same bytes; each bad one fails
+/// with its kind and message.
+#[test]
+fn frame_vectors_unpack_and_bad_ones_are_refused_whole() {
+    let json = vectors_json();
+    let frames = json["frames"].as_array().expect("frames");
+    assert!(frames.len() >= 3);
+    for frame in frames {
+        let name = string(frame, "name");
+        let repeat = frame["repeat"].as_u64().unwrap_or(1) as usize;
+        let named: Vec<Bytes> = frame["envelopes"]
+            .as_array()
+            .expect("envelopes")
+            .iter()
+            .map(|n| Bytes::from(bin(n.as_str().expect("a name"))))
+            .collect();
+        let expected: Vec<Bytes> = std::iter::repeat_n(named, repeat).flatten().collect();
+        let body = Bytes::from(bin(&name));
+        let envelopes = wire::frame_envelopes(&body, &Limits::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(envelopes, expected, "{name}");
+        assert_eq!(wire::encode_frame(&expected), body, "{name}");
+        for envelope in envelopes {
+            wire::decode(Channel::new("a"), envelope, &Limits::default())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+    for case in json["bad_frames"].as_array().expect("bad_frames") {
+        let name = string(case, "name");
+        let err =
+            wire::frame_envelopes(&Bytes::from(bin(&name)), &limits_of(case)).expect_err(&name);
+        assert_eq!(
+            err.kind(),
+            kind_named(&string(case, "error")),
+            "{name}: {err}"
+        );
+        let contains = string(case, "message_contains");
+        assert!(
+            err.to_string().contains(&contains),
+            "{name}: {err} lacks {contains:?}"
+        );
     }
 }

@@ -619,7 +619,8 @@ mod tests {
     /// name.
     fn sourced(wave: &Wave, source: &str) -> Wave {
         use aether_core::wire::{self, HEADER_LEN};
-        let body = wire::encode(wave).to_vec();
+        // Version 1: the source name length at a fixed offset.
+        let body = wire::encode_as(wire::WireVersion::V1, wave).to_vec();
         assert_eq!(body[HEADER_LEN - 1], 0, "no source yet");
         let mut out = body[..HEADER_LEN].to_vec();
         out[HEADER_LEN - 1] = source.len() as u8;
@@ -662,7 +663,10 @@ mod tests {
         wave = aether_core::wire::decode(
             Channel::new("orders.created"),
             {
-                let mut body = aether_core::wire::encode(&wave).to_vec();
+                // Version 1: the origin at offset 28.
+                let mut body =
+                    aether_core::wire::encode_as(aether_core::wire::WireVersion::V1, &wave)
+                        .to_vec();
                 body[28..36].copy_from_slice(&7u64.to_le_bytes());
                 body.into()
             },

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use durability::{DurabilityConfig, DurableStorage};
 pub use hopping::{HOP_INTERVAL_MS_RANGE, HoppingConfig, MIN_HOPPING_SECRET_BYTES};
-pub use nats::{NatsAuth, NatsConfig, NatsTls, redact_url};
+pub use nats::{NatsAuth, NatsBatch, NatsConfig, NatsTls, redact_url};
 pub use report::ReportConfig;
 pub use security::{
     AclRule, EncryptionRule, HoppingBase, MIN_SIGNING_KEY_BYTES, NatsPermissions, SecurityConfig,

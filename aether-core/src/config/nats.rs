@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, check};
-use crate::{Channel, Secret};
+use crate::{Channel, Secret, wire::WireVersion};
 
 /// How an aether reaches NATS: [`Aether::connect`](crate::Aether::connect)
 /// reads it from [`AetherConfig::nats`](crate::AetherConfig::nats).
@@ -70,10 +70,48 @@ pub struct NatsConfig {
     /// Largest message body (envelope and payload) accepted off the wire,
     /// in bytes. Default 1 MiB (the server's default `max_payload`).
     pub max_wave_bytes: usize,
+    /// The envelope this aether writes: 1 (the full one) or 2 (compact,
+    /// the default). Both are always read.
+    pub wire_version: WireVersion,
+    /// Batch frames: waves queued for one subject while the connection is
+    /// busy travel as one message (`[aether.nats.batch]`).
+    pub batch: NatsBatch,
     /// TLS to the servers.
     pub tls: NatsTls,
     /// Credentials, at most one kind.
     pub auth: NatsAuth,
+}
+
+/// `[aether.nats.batch]`: waves emitted on the same subject while the
+/// connection is busy are sent as one NATS message (a batch frame) holding
+/// their envelopes, each still a wave of its own at the receiver. Nothing
+/// waits for a frame to fill unless `linger_us` says so: what is queued when
+/// the connection takes the next message goes. A queue group member gets a
+/// whole frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsBatch {
+    /// Batch at all. Default true; false sends one message per wave.
+    pub enabled: bool,
+    /// Microseconds to wait for more waves before sending what is queued
+    /// (throughput over latency). Default 0; at most 100,000.
+    pub linger_us: u64,
+    /// Largest frame, bytes (a wave larger than this goes alone). Default
+    /// 65,536; 1,024 to `max_wave_bytes`.
+    pub max_bytes: usize,
+    /// Most waves in one frame. Default 256; 2 to 65,535.
+    pub max_waves: usize,
+}
+
+impl Default for NatsBatch {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            linger_us: 0,
+            max_bytes: 65_536,
+            max_waves: 256,
+        }
+    }
 }
 
 /// TLS settings: server verification against `ca_file` (or the system's
@@ -124,6 +162,8 @@ impl Default for NatsConfig {
             max_reconnects: None,
             retry_on_initial_connect: false,
             max_wave_bytes: 1_048_576,
+            wire_version: WireVersion::V2,
+            batch: NatsBatch::default(),
             tls: NatsTls::default(),
             auth: NatsAuth::default(),
         }
@@ -189,6 +229,24 @@ impl NatsConfig {
             "nats.max_wave_bytes",
             self.max_wave_bytes.to_string(),
             "must hold at least the envelope header (63 bytes)",
+        )?;
+        check(
+            self.batch.linger_us <= 100_000,
+            "nats.batch.linger_us",
+            self.batch.linger_us.to_string(),
+            "must be at most 100000",
+        )?;
+        check(
+            (1024..=self.max_wave_bytes.max(1024)).contains(&self.batch.max_bytes),
+            "nats.batch.max_bytes",
+            self.batch.max_bytes.to_string(),
+            "must be 1024 to nats.max_wave_bytes",
+        )?;
+        check(
+            (2..=65_535).contains(&self.batch.max_waves),
+            "nats.batch.max_waves",
+            self.batch.max_waves.to_string(),
+            "must be 2 to 65535",
         )?;
         check(
             self.tls.cert_file.is_some() == self.tls.key_file.is_some(),
@@ -269,6 +327,8 @@ impl std::fmt::Debug for NatsConfig {
             .field("max_reconnects", &self.max_reconnects)
             .field("retry_on_initial_connect", &self.retry_on_initial_connect)
             .field("max_wave_bytes", &self.max_wave_bytes)
+            .field("wire_version", &self.wire_version)
+            .field("batch", &self.batch)
             .field("tls", &self.tls)
             .field("auth", &self.auth)
             .finish()

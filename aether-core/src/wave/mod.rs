@@ -35,6 +35,7 @@ use serde::{Serialize, de::DeserializeOwned};
 pub use amplitude::{Amplitude, AmplitudeError, Phase, PhaseError};
 pub use id::WaveId;
 pub use payload::IntoPayload;
+pub(crate) use payload::json_pooled;
 pub use trace::{TRACE_FLAG_SAMPLED, TraceContext, TraceContextError};
 
 pub(crate) use clock::unix_nanos;
@@ -612,9 +613,9 @@ impl WaveBuilder {
 
     /// The payload, serialized as JSON.
     pub fn json<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
-        match serde_json::to_vec(value) {
+        match payload::json_pooled(value) {
             Ok(bytes) => {
-                self.wave.payload = Bytes::from(bytes);
+                self.wave.payload = bytes;
                 self
             }
             Err(e) => self.fail(WaveError::Json(Arc::new(e))),

@@ -34,12 +34,91 @@ use crate::{
 /// The first byte of every envelope.
 pub const MAGIC: u8 = 0xAE;
 
-/// The envelope version this build writes and reads.
+/// The version byte of version 1, the full envelope (still read; written
+/// when [`WireVersion::V1`] is chosen).
 pub const VERSION: u8 = 1;
 
-/// Length of the fixed part of the envelope, up to and including the source
-/// name length byte.
+/// The version byte of version 2, the compact envelope (written by
+/// default).
+pub const VERSION_2: u8 = 2;
+
+/// The second byte of a batch frame: several envelopes in one body
+/// ([`encode_frame`], [`frame_envelopes`]).
+pub const FRAME: u8 = 0xFB;
+
+/// Length of version 1's fixed part, up to and including the source name
+/// length byte.
 pub const HEADER_LEN: usize = 63;
+
+/// Length of version 2's fixed part for the common wave (amplitude 1, phase
+/// 0, no hops, emitted in its id's millisecond, flags in one byte), up to
+/// and including the source name length byte: at most this, at least 26.
+pub const V2_COMMON_HEADER_LEN: usize = 28;
+
+/// Version 2, flag bit 10: the amplitude (f64) follows; without it, 1.0.
+pub const FLAG_AMPLITUDE: u32 = 1 << 10;
+
+/// Version 2, flag bit 11: the source amplitude `a0` (f64) follows; without
+/// it, equal to the amplitude.
+pub const FLAG_SOURCE_AMPLITUDE: u32 = 1 << 11;
+
+/// Version 2, flag bit 12: the phase (f64) follows; without it, 0.
+pub const FLAG_PHASE: u32 = 1 << 12;
+
+/// Version 2, flag bit 13: the id's 4 random bytes follow; without them,
+/// they are the origin's high 32 bits.
+pub const FLAG_ID_NODE: u32 = 1 << 13;
+
+/// Version 2, flag bit 14: `emitted_at` follows as a u64; without it, as a
+/// varint of the nanoseconds past the id's millisecond.
+pub const FLAG_EMITTED_AT: u32 = 1 << 14;
+
+/// The flags version 2 knows.
+pub const KNOWN_FLAGS_V2: u32 = KNOWN_FLAGS as u32
+    | FLAG_AMPLITUDE
+    | FLAG_SOURCE_AMPLITUDE
+    | FLAG_PHASE
+    | FLAG_ID_NODE
+    | FLAG_EMITTED_AT;
+
+/// Which envelope an aether writes: `[aether.nats] wire_version`, 1 or 2
+/// (the default). Both are always read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum WireVersion {
+    /// The full envelope: a 63-byte fixed part.
+    V1,
+    /// The compact envelope: 28 bytes for the common wave.
+    #[default]
+    V2,
+}
+
+impl WireVersion {
+    /// The version byte.
+    pub fn byte(self) -> u8 {
+        match self {
+            WireVersion::V1 => VERSION,
+            WireVersion::V2 => VERSION_2,
+        }
+    }
+}
+
+impl serde::Serialize for WireVersion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(self.byte())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for WireVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match <u8 as serde::Deserialize>::deserialize(d)? {
+            1 => Ok(WireVersion::V1),
+            2 => Ok(WireVersion::V2),
+            other => Err(serde::de::Error::custom(format!(
+                "wire version {other}; 1 or 2"
+            ))),
+        }
+    }
+}
 
 /// Flag bit 0: the time decay section (`decay_per_s`, `amplified_at`) follows
 /// the source name.
@@ -243,9 +322,65 @@ impl<'a> Sections<'a> {
         flags
     }
 
-    fn len(&self, payload_len: usize) -> usize {
-        HEADER_LEN
-            + self.source.len()
+    /// Version 2's flags for `wave`: the sections' and the defaults left
+    /// out.
+    fn flags_v2(&self, wave: &Wave) -> u32 {
+        let mut flags = u32::from(self.flags());
+        let amplitude = wave.amplitude.value();
+        if amplitude.to_bits() != 1.0f64.to_bits() {
+            flags |= FLAG_AMPLITUDE;
+        }
+        if wave.source_amplitude.value().to_bits() != amplitude.to_bits() {
+            flags |= FLAG_SOURCE_AMPLITUDE;
+        }
+        if wave.phase.radians().to_bits() != 0 {
+            flags |= FLAG_PHASE;
+        }
+        let id = wave.id.as_u128();
+        if id_node(id) != (wave.origin >> 32) as u32 {
+            flags |= FLAG_ID_NODE;
+        }
+        if wave.emitted_at_ns / 1_000_000 != id_millis(id) {
+            flags |= FLAG_EMITTED_AT;
+        }
+        flags
+    }
+
+    /// The length of version 2's fixed part (with the source length byte).
+    fn fixed_len_v2(&self, wave: &Wave) -> usize {
+        let flags = self.flags_v2(wave);
+        let id = wave.id.as_u128();
+        let mut len = 2 + varint_len(flags) + 12 + 8 + 1;
+        len += if flags & FLAG_EMITTED_AT != 0 {
+            8
+        } else {
+            varint_len((wave.emitted_at_ns - id_millis(id) * 1_000_000) as u32)
+        };
+        len += varint_len(u32::from(wave.hops));
+        for (flag, size) in [
+            (FLAG_AMPLITUDE, 8),
+            (FLAG_SOURCE_AMPLITUDE, 8),
+            (FLAG_PHASE, 8),
+            (FLAG_ID_NODE, 4),
+        ] {
+            if flags & flag != 0 {
+                len += size;
+            }
+        }
+        len
+    }
+
+    fn len(&self, version: WireVersion, wave: &Wave) -> usize {
+        let fixed = match version {
+            WireVersion::V1 => HEADER_LEN,
+            WireVersion::V2 => self.fixed_len_v2(wave),
+        };
+        fixed + self.tail_len(wave.payload.len())
+    }
+
+    /// The length of what follows the source name length byte.
+    fn tail_len(&self, payload_len: usize) -> usize {
+        self.source.len()
             + self.decay.map_or(0, |_| 16)
             + self.key.map_or(0, |k| 2 + k.len())
             + self.reply_to.map_or(0, |r| 2 + r.len())
@@ -271,9 +406,58 @@ fn truncate_at_char_boundary(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// The length in bytes of `encode(wave)`.
+/// The wave id's Unix milliseconds (its bytes 0 to 5).
+fn id_millis(id: u128) -> u64 {
+    (id >> 80) as u64
+}
+
+/// The wave id's random bytes 6 to 9.
+fn id_node(id: u128) -> u32 {
+    (id >> 48) as u32
+}
+
+/// The wave id's sequence (its bytes 10 to 15).
+fn id_sequence(id: u128) -> u64 {
+    (id as u64) & 0xFFFF_FFFF_FFFF
+}
+
+/// The bytes of `value` as a LEB128 varint.
+fn varint_len(value: u32) -> usize {
+    match value {
+        0..=0x7F => 1,
+        0x80..=0x3FFF => 2,
+        0x4000..=0x1F_FFFF => 3,
+        0x20_0000..=0xFFF_FFFF => 4,
+        _ => 5,
+    }
+}
+
+/// Writes `value` as a LEB128 varint.
+fn put_varint(out: &mut impl Sink, mut value: u32) {
+    let mut bytes = [0u8; 5];
+    let mut n = 0;
+    loop {
+        let byte = (value & 0x7F) as u8;
+        value >>= 7;
+        if value == 0 {
+            bytes[n] = byte;
+            n += 1;
+            break;
+        }
+        bytes[n] = byte | 0x80;
+        n += 1;
+    }
+    out.put(&bytes[..n]);
+}
+
+/// The length in bytes of `encode(wave)` (version 2).
 pub fn encoded_len(wave: &Wave) -> usize {
-    Sections::of(wave).len(wave.payload.len())
+    encoded_len_as(WireVersion::V2, wave)
+}
+
+/// The length in bytes of `encode_as(version, wave)`.
+pub fn encoded_len_as(version: WireVersion, wave: &Wave) -> usize {
+    Sections::of(wave).len(version, wave)
 }
 
 /// The envelope of `wave`: the body of its NATS message.
@@ -288,11 +472,18 @@ pub fn encoded_len(wave: &Wave) -> usize {
 /// cut at the last character boundary within it (and so is a reflection
 /// message longer than [`MAX_REFLECTION_MESSAGE_LEN`]), and an invalid source
 /// name, reply channel or reflected channel is left out (with its section).
+///
+/// Version 2, the default; [`encode_as`] writes either.
 pub fn encode(wave: &Wave) -> Bytes {
+    encode_as(WireVersion::V2, wave)
+}
+
+/// [`encode`] in `version`.
+pub fn encode_as(version: WireVersion, wave: &Wave) -> Bytes {
     let sections = Sections::of(wave);
-    let len = sections.len(wave.payload.len());
+    let len = sections.len(version, wave);
     let mut out = Vec::with_capacity(len);
-    write(wave, &sections, &mut out);
+    write(version, wave, &sections, &mut out);
     debug_assert_eq!(out.len(), len);
     debug_assert_eq!(out.capacity(), len);
     Bytes::from(out)
@@ -301,22 +492,22 @@ pub fn encode(wave: &Wave) -> Bytes {
 /// Like [`encode`], but into a per-thread arena of 64 KiB blocks: no
 /// allocation per wave, and the envelope's clones (the connection keeps one)
 /// are reference counts. For the hot emit path of a medium.
-pub(crate) fn encode_pooled(wave: &Wave) -> Bytes {
+pub(crate) fn encode_pooled(version: WireVersion, wave: &Wave) -> Bytes {
     thread_local! {
         static ARENA: std::cell::RefCell<bytes::BytesMut> =
             std::cell::RefCell::new(bytes::BytesMut::new());
     }
     const BLOCK: usize = 64 * 1024;
     let sections = Sections::of(wave);
-    let len = sections.len(wave.payload.len());
+    let len = sections.len(version, wave);
     if len > BLOCK / 4 {
-        return encode(wave);
+        return encode_as(version, wave);
     }
     ARENA.with_borrow_mut(|arena| {
         if arena.capacity() < len {
             *arena = bytes::BytesMut::with_capacity(BLOCK);
         }
-        write(wave, &sections, arena);
+        write(version, wave, &sections, arena);
         debug_assert_eq!(arena.len(), len);
         arena.split().freeze()
     })
@@ -339,8 +530,83 @@ impl Sink for bytes::BytesMut {
     }
 }
 
-/// Writes the envelope of `wave`, laid out by `sections`, into `out`.
-fn write(wave: &Wave, sections: &Sections<'_>, out: &mut impl Sink) {
+/// Writes the envelope of `wave` in `version`, laid out by `sections`,
+/// into `out`.
+fn write(version: WireVersion, wave: &Wave, sections: &Sections<'_>, out: &mut impl Sink) {
+    match version {
+        WireVersion::V1 => write_fixed_v1(wave, sections, out),
+        WireVersion::V2 => write_fixed_v2(wave, sections, out),
+    }
+    write_tail(wave, sections, out);
+}
+
+/// Version 2's fixed part, up to and including the source name length.
+fn write_fixed_v2(wave: &Wave, sections: &Sections<'_>, out: &mut impl Sink) {
+    let flags = sections.flags_v2(wave);
+    let id = wave.id.as_u128();
+    // At most 2 + 3 + 12 + 8 + 8 + 3 + 8 + 8 + 8 + 4 + 1 = 73 bytes.
+    let mut fixed = FixedBuf::default();
+    fixed.put(&[MAGIC, VERSION_2]);
+    put_varint(&mut fixed, flags);
+    fixed.put(&id_millis(id).to_le_bytes()[..6]);
+    fixed.put(&id_sequence(id).to_le_bytes()[..6]);
+    fixed.put(&wave.origin.to_le_bytes());
+    if flags & FLAG_EMITTED_AT != 0 {
+        fixed.put(&wave.emitted_at_ns.to_le_bytes());
+    } else {
+        // Under 10^6: the nanoseconds past the id's millisecond.
+        put_varint(
+            &mut fixed,
+            (wave.emitted_at_ns - id_millis(id) * 1_000_000) as u32,
+        );
+    }
+    put_varint(&mut fixed, u32::from(wave.hops));
+    if flags & FLAG_AMPLITUDE != 0 {
+        fixed.put(&wave.amplitude.value().to_le_bytes());
+    }
+    if flags & FLAG_SOURCE_AMPLITUDE != 0 {
+        fixed.put(&wave.source_amplitude.value().to_le_bytes());
+    }
+    if flags & FLAG_PHASE != 0 {
+        fixed.put(&wave.phase.radians().to_le_bytes());
+    }
+    if flags & FLAG_ID_NODE != 0 {
+        fixed.put(&id_node(id).to_be_bytes());
+    }
+    fixed.put(&[sections.source.len() as u8]);
+    out.put(fixed.as_slice());
+}
+
+/// A stack buffer for version 2's fixed part.
+struct FixedBuf {
+    bytes: [u8; 80],
+    len: usize,
+}
+
+impl Default for FixedBuf {
+    fn default() -> Self {
+        Self {
+            bytes: [0; 80],
+            len: 0,
+        }
+    }
+}
+
+impl FixedBuf {
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl Sink for FixedBuf {
+    fn put(&mut self, bytes: &[u8]) {
+        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+}
+
+/// Version 1's fixed header.
+fn write_fixed_v1(wave: &Wave, sections: &Sections<'_>, out: &mut impl Sink) {
     // The fixed header, built at its offsets and put in one piece.
     let mut header = [0u8; HEADER_LEN];
     header[0] = MAGIC;
@@ -364,6 +630,11 @@ fn write(wave: &Wave, sections: &Sections<'_>, out: &mut impl Sink) {
     // At most MAX_SOURCE_LEN (64) bytes: Sections::of keeps valid names only.
     header[AT_SOURCE_LEN] = sections.source.len() as u8;
     out.put(&header);
+}
+
+/// What follows the fixed part, in both versions: the source name, the
+/// sections, the payload.
+fn write_tail(wave: &Wave, sections: &Sections<'_>, out: &mut impl Sink) {
     out.put(sections.source);
     if let Some((decay_per_s, amplified_at_ns)) = sections.decay {
         out.put(&decay_per_s.to_le_bytes());
@@ -401,12 +672,19 @@ fn write(wave: &Wave, sections: &Sections<'_>, out: &mut impl Sink) {
 /// the subject's length (u16, little-endian), the subject, and every byte of
 /// the body before the signature. The subject is signed so that a signed
 /// body cannot be replayed onto another channel.
+///
+/// Version 2, the default; [`encode_signed_as`] writes either.
 pub fn encode_signed(wave: &Wave, subject: &str, key: &[u8]) -> Bytes {
+    encode_signed_as(WireVersion::V2, wave, subject, key)
+}
+
+/// [`encode_signed`] in `version`.
+pub fn encode_signed_as(version: WireVersion, wave: &Wave, subject: &str, key: &[u8]) -> Bytes {
     let mut sections = Sections::of(wave);
     sections.signed = true;
-    let len = sections.len(wave.payload.len());
+    let len = sections.len(version, wave);
     let mut out = Vec::with_capacity(len);
-    write(wave, &sections, &mut out);
+    write(version, wave, &sections, &mut out);
     let signature = signature_of(subject, &out, key);
     out.extend_from_slice(&signature);
     debug_assert_eq!(out.len(), len);
@@ -446,10 +724,10 @@ pub enum Signature {
 /// against `key`, in constant time. A body too short to hold the flags and a
 /// signature is [`Signature::Invalid`] when it claims one.
 pub fn verify(subject: &str, body: &[u8], key: &[u8]) -> Signature {
-    let Some(flags) = body.get(AT_FLAGS..AT_FLAGS + 2) else {
+    let Some(flags) = flags_of(body) else {
         return Signature::Unsigned;
     };
-    if u16::from_le_bytes([flags[0], flags[1]]) & FLAG_SIGNED == 0 {
+    if flags & u32::from(FLAG_SIGNED) == 0 {
         return Signature::Unsigned;
     }
     let Some(split) = body.len().checked_sub(SIGNATURE_LEN) else {
@@ -459,6 +737,108 @@ pub fn verify(subject: &str, body: &[u8], key: &[u8]) -> Signature {
     match mac_of(subject, signed, key).verify_slice(signature) {
         Ok(()) => Signature::Valid,
         Err(_) => Signature::Invalid,
+    }
+}
+
+/// The most envelopes one batch frame may say it holds.
+pub const MAX_FRAME_WAVES: usize = 65_535;
+
+/// A batch frame holding `envelopes` (each a whole envelope, either
+/// version): `0xAE 0xFB`, the count as a varint, then each envelope's
+/// length as a varint and its bytes. One NATS message carries it; the
+/// receiver treats each envelope as if it had come alone.
+pub fn encode_frame<B: AsRef<[u8]>>(envelopes: &[B]) -> Bytes {
+    let len = 2
+        + varint_len(envelopes.len() as u32)
+        + envelopes
+            .iter()
+            .map(|e| varint_len(e.as_ref().len() as u32) + e.as_ref().len())
+            .sum::<usize>();
+    let mut out = Vec::with_capacity(len);
+    out.put(&[MAGIC, FRAME]);
+    put_varint(&mut out, envelopes.len() as u32);
+    for envelope in envelopes {
+        put_varint(&mut out, envelope.as_ref().len() as u32);
+        out.put(envelope.as_ref());
+    }
+    debug_assert_eq!(out.len(), len);
+    Bytes::from(out)
+}
+
+/// Whether `body` is a batch frame (its first two bytes say so).
+pub fn is_frame(body: &[u8]) -> bool {
+    body.starts_with(&[MAGIC, FRAME])
+}
+
+/// The envelopes of the batch frame `body`, as slices of it (no copy).
+/// Checked whole before any is given: a body over the limit is
+/// `Oversized`; one that is not a frame, says it holds no envelope or more
+/// than [`MAX_FRAME_WAVES`] or more than its bytes could, holds an empty
+/// envelope, ends inside one, or has bytes after the last is `BadFrame`.
+/// Never panics. The envelopes themselves are not decoded here.
+pub fn frame_envelopes(body: &Bytes, limits: &Limits) -> Result<Vec<Bytes>, WireError> {
+    let bad = |message: String| WireError::new(WireErrorKind::BadFrame, message);
+    if body.len() > limits.max_body_bytes {
+        return Err(WireError::new(
+            WireErrorKind::Oversized,
+            format!(
+                "frame is {} bytes, the limit is {} (Limits::max_body_bytes)",
+                body.len(),
+                limits.max_body_bytes
+            ),
+        ));
+    }
+    if !is_frame(body) {
+        return Err(bad("not a batch frame (it starts 0xAE 0xFB)".to_string()));
+    }
+    let mut reader = Reader { body, at: 2 };
+    let count = reader
+        .varint(3, "frame count")
+        .map_err(|e| bad(e.message().to_string()))? as usize;
+    // Each envelope takes at least two bytes (its length, and one).
+    let room = (body.len() - reader.at) / 2;
+    if count == 0 || count > MAX_FRAME_WAVES || count > room {
+        return Err(bad(format!(
+            "the frame says it holds {count} envelopes; 1 to {} fit in its {} bytes",
+            room.min(MAX_FRAME_WAVES),
+            body.len()
+        )));
+    }
+    let mut envelopes = Vec::with_capacity(count);
+    for n in 0..count {
+        let len = reader
+            .varint(3, "envelope length")
+            .map_err(|e| bad(format!("envelope {n}: {}", e.message())))? as usize;
+        if len == 0 {
+            return Err(bad(format!("envelope {n} is empty")));
+        }
+        let start = reader.at;
+        reader
+            .take(len, "envelope")
+            .map_err(|e| bad(format!("envelope {n} of {count}: {}", e.message())))?;
+        envelopes.push(body.slice(start..start + len));
+    }
+    if reader.at != body.len() {
+        return Err(bad(format!(
+            "{} bytes follow the last of the {count} envelopes",
+            body.len() - reader.at
+        )));
+    }
+    Ok(envelopes)
+}
+
+/// The flags of an envelope of either version, if its bytes hold them.
+fn flags_of(body: &[u8]) -> Option<u32> {
+    match *body.get(1)? {
+        VERSION => {
+            let flags = body.get(AT_FLAGS..AT_FLAGS + 2)?;
+            Some(u32::from(u16::from_le_bytes([flags[0], flags[1]])))
+        }
+        VERSION_2 => {
+            let mut reader = Reader { body, at: 2 };
+            reader.varint(3, "flags").ok()
+        }
+        _ => None,
     }
 }
 
@@ -526,41 +906,34 @@ pub fn decode(channel: Channel, body: Bytes, limits: &Limits) -> Result<Wave, Wi
         ));
     }
     let [version] = reader.array("version")?;
-    if version != VERSION {
-        return Err(WireError::new(
-            WireErrorKind::UnsupportedVersion,
-            format!("envelope version {version}; this build reads version {VERSION}"),
-        ));
-    }
-    let flags = u16::from_le_bytes(reader.array("flags")?);
-    if flags & !KNOWN_FLAGS != 0 {
-        return Err(WireError::new(
-            WireErrorKind::UnknownFlags,
-            format!(
-                "flags {flags:#06x} hold unknown bits {:#06x} (version {VERSION} knows {KNOWN_FLAGS:#06x})",
-                flags & !KNOWN_FLAGS
-            ),
-        ));
-    }
-    if len < HEADER_LEN {
-        return Err(WireError::new(
-            WireErrorKind::Truncated,
-            format!("body is {len} bytes, shorter than the {HEADER_LEN}-byte header"),
-        ));
-    }
-    debug_assert_eq!(reader.at, AT_FLAGS + 2);
-    // The fixed fields, at fixed offsets of a header known to be whole: one
-    // bounds check for all of them.
-    let header: &[u8; HEADER_LEN] = reader.array_ref("header")?;
-    let id = u128::from_be_bytes(field(header, AT_ID));
-    let emitted_at_ns = u64::from_le_bytes(field(header, AT_EMITTED_AT));
-    let origin = u64::from_le_bytes(field(header, AT_ORIGIN));
-    let amplitude = f64::from_le_bytes(field(header, AT_AMPLITUDE));
-    let source_amplitude = f64::from_le_bytes(field(header, AT_SOURCE_AMPLITUDE));
-    let phase = f64::from_le_bytes(field(header, AT_PHASE));
-    let hops = u16::from_le_bytes(field(header, AT_HOPS));
-    let source_len = usize::from(header[AT_SOURCE_LEN]);
-    reader.at = HEADER_LEN;
+    let (fixed, flags) = match version {
+        VERSION => fixed_v1(&mut reader, len)?,
+        VERSION_2 => fixed_v2(&mut reader)?,
+        FRAME => {
+            return Err(WireError::new(
+                WireErrorKind::UnsupportedVersion,
+                "a batch frame of several envelopes, not one envelope (wire::frame_envelopes reads it)",
+            ));
+        }
+        _ => {
+            return Err(WireError::new(
+                WireErrorKind::UnsupportedVersion,
+                format!(
+                    "envelope version {version}; this build reads versions {VERSION} and {VERSION_2}"
+                ),
+            ));
+        }
+    };
+    let Fixed {
+        id,
+        emitted_at_ns,
+        origin,
+        amplitude,
+        source_amplitude,
+        phase,
+        hops,
+        source_len,
+    } = fixed;
     if source_len > MAX_SOURCE_LEN {
         return Err(invalid(format!(
             "source name length {source_len} is over the limit of {MAX_SOURCE_LEN} bytes"
@@ -659,6 +1032,138 @@ pub fn decode(channel: Channel, body: Bytes, limits: &Limits) -> Result<Wave, Wi
     .build(channel, body.slice(payload_start..payload_end))
 }
 
+/// The fixed fields of an envelope, either version.
+struct Fixed {
+    id: u128,
+    emitted_at_ns: u64,
+    origin: u64,
+    amplitude: f64,
+    source_amplitude: f64,
+    phase: f64,
+    hops: u16,
+    source_len: usize,
+}
+
+/// Version 1's flags and fixed header, after the version byte; the reader
+/// is left after the source name length.
+fn fixed_v1(reader: &mut Reader<'_>, len: usize) -> Result<(Fixed, u16), WireError> {
+    let flags = u16::from_le_bytes(reader.array("flags")?);
+    if flags & !KNOWN_FLAGS != 0 {
+        return Err(WireError::new(
+            WireErrorKind::UnknownFlags,
+            format!(
+                "flags {flags:#06x} hold unknown bits {:#06x} (version {VERSION} knows {KNOWN_FLAGS:#06x})",
+                flags & !KNOWN_FLAGS
+            ),
+        ));
+    }
+    if len < HEADER_LEN {
+        return Err(WireError::new(
+            WireErrorKind::Truncated,
+            format!("body is {len} bytes, shorter than the {HEADER_LEN}-byte header"),
+        ));
+    }
+    debug_assert_eq!(reader.at, AT_FLAGS + 2);
+    // The fixed fields, at fixed offsets of a header known to be whole: one
+    // bounds check for all of them.
+    let header: &[u8; HEADER_LEN] = reader.array_ref("header")?;
+    reader.at = HEADER_LEN;
+    Ok((
+        Fixed {
+            id: u128::from_be_bytes(field(header, AT_ID)),
+            emitted_at_ns: u64::from_le_bytes(field(header, AT_EMITTED_AT)),
+            origin: u64::from_le_bytes(field(header, AT_ORIGIN)),
+            amplitude: f64::from_le_bytes(field(header, AT_AMPLITUDE)),
+            source_amplitude: f64::from_le_bytes(field(header, AT_SOURCE_AMPLITUDE)),
+            phase: f64::from_le_bytes(field(header, AT_PHASE)),
+            hops: u16::from_le_bytes(field(header, AT_HOPS)),
+            source_len: usize::from(header[AT_SOURCE_LEN]),
+        },
+        flags,
+    ))
+}
+
+/// Version 2's flags and fixed part, after the version byte, field by
+/// field (ARCHITECTURE.md); the reader is left after the source name
+/// length. The flags keep their version-1 bits for the sections.
+fn fixed_v2(reader: &mut Reader<'_>) -> Result<(Fixed, u16), WireError> {
+    let flags = reader.varint(3, "flags")?;
+    if flags & !KNOWN_FLAGS_V2 != 0 {
+        return Err(WireError::new(
+            WireErrorKind::UnknownFlags,
+            format!(
+                "flags {flags:#x} hold unknown bits {:#x} (version {VERSION_2} knows {KNOWN_FLAGS_V2:#x})",
+                flags & !KNOWN_FLAGS_V2
+            ),
+        ));
+    }
+    let u48 = |bytes: [u8; 6]| {
+        let mut wide = [0u8; 8];
+        wide[..6].copy_from_slice(&bytes);
+        u64::from_le_bytes(wide)
+    };
+    let millis = u48(reader.array("id time")?);
+    let sequence = u48(reader.array("id sequence")?);
+    let origin = u64::from_le_bytes(reader.array("origin")?);
+    let emitted_at_ns = if flags & FLAG_EMITTED_AT != 0 {
+        u64::from_le_bytes(reader.array("emitted_at")?)
+    } else {
+        let past = reader.varint(3, "emitted_at past the id's millisecond")?;
+        if past >= 1_000_000 {
+            return Err(invalid(format!(
+                "emitted_at is {past} ns past the id's millisecond; at most 999999"
+            )));
+        }
+        millis
+            .checked_mul(1_000_000)
+            .and_then(|ns| ns.checked_add(u64::from(past)))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "the id's millisecond {millis} is past the range of emitted_at (set EMITTED_AT)"
+                ))
+            })?
+    };
+    let hops = reader.varint(3, "hops")?;
+    let hops = u16::try_from(hops)
+        .map_err(|_| invalid(format!("hops {hops} is over the limit of {}", u16::MAX)))?;
+    let amplitude = if flags & FLAG_AMPLITUDE != 0 {
+        f64::from_le_bytes(reader.array("amplitude")?)
+    } else {
+        1.0
+    };
+    let source_amplitude = if flags & FLAG_SOURCE_AMPLITUDE != 0 {
+        f64::from_le_bytes(reader.array("source amplitude")?)
+    } else {
+        amplitude
+    };
+    let phase = if flags & FLAG_PHASE != 0 {
+        f64::from_le_bytes(reader.array("phase")?)
+    } else {
+        0.0
+    };
+    let node = if flags & FLAG_ID_NODE != 0 {
+        u32::from_be_bytes(reader.array("id node")?)
+    } else {
+        (origin >> 32) as u32
+    };
+    let [source_len] = reader.array("source name length")?;
+    let id = (u128::from(millis) << 80) | (u128::from(node) << 48) | u128::from(sequence);
+    Ok((
+        Fixed {
+            id,
+            emitted_at_ns,
+            origin,
+            amplitude,
+            source_amplitude,
+            phase,
+            hops,
+            source_len: usize::from(source_len),
+        },
+        // Every known bit is below 16.
+        flags as u16,
+    ))
+}
+
 /// The `N` bytes of `header` at `at`; the offsets are constants within the
 /// header, so this cannot fail.
 #[inline(always)]
@@ -718,6 +1223,22 @@ impl<'a> Reader<'a> {
                     ),
                 )
             })
+    }
+
+    /// A LEB128 varint of at most `max_bytes` bytes (`Truncated` if the
+    /// body ends inside it, `InvalidField` if it runs longer).
+    fn varint(&mut self, max_bytes: usize, field: &str) -> Result<u32, WireError> {
+        let mut value: u32 = 0;
+        for i in 0..max_bytes {
+            let [byte] = self.array::<1>(field)?;
+            value |= u32::from(byte & 0x7F) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(invalid(format!(
+            "{field}: a varint longer than {max_bytes} bytes"
+        )))
     }
 
     /// The next `N` bytes as an array.
@@ -1136,6 +1657,16 @@ impl Parts {
 mod tests {
     use super::*;
 
+    // The layout tests below are version 1's; version 2 has its own after
+    // them.
+    fn encode(wave: &Wave) -> Bytes {
+        encode_as(WireVersion::V1, wave)
+    }
+
+    fn encoded_len(wave: &Wave) -> usize {
+        encoded_len_as(WireVersion::V1, wave)
+    }
+
     fn kind(body: &[u8]) -> WireErrorKind {
         decode(
             Channel::new("a"),
@@ -1249,7 +1780,7 @@ mod tests {
     #[test]
     fn unsupported_version() {
         let mut body = full_body();
-        for version in [0, 2, 255] {
+        for version in [0, 3, FRAME, 255] {
             body[1] = version;
             assert_eq!(kind(&body), WireErrorKind::UnsupportedVersion);
             // A version is reported as such however short the body.
@@ -1512,5 +2043,181 @@ mod tests {
         assert!(bad.into_wave(Channel::new("a")).is_err());
         let wave = Parts::default().into_wave(Channel::new("a")).unwrap();
         assert_eq!(encode(&wave), encode(&Wave::new("a", ())));
+    }
+
+    // ------------------------------------------------------------ version 2
+
+    fn v2(wave: &Wave) -> Bytes {
+        encode_as(WireVersion::V2, wave)
+    }
+
+    /// A fresh wave as an Aether emitter stamps it: the id's node is the
+    /// origin's high half, `emitted_at` inside the id's millisecond.
+    fn fresh(source: &str, payload: &'static [u8]) -> Wave {
+        let origin = 0x5eed_2a4b_0000_0007u64;
+        let millis = 1_738_000_000_123u64;
+        Parts {
+            id: (u128::from(millis) << 80) | (u128::from(origin >> 32) << 48) | 42,
+            emitted_at_ns: millis * 1_000_000 + 456_789,
+            origin,
+            source: Some(source.into()),
+            payload: Bytes::from_static(payload),
+            ..Parts::default()
+        }
+        .into_wave(Channel::new("orders.created"))
+        .unwrap()
+    }
+
+    fn decoded(body: Bytes) -> Wave {
+        decode(Channel::new("orders.created"), body, &Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn version_2_writes_the_common_wave_in_28_bytes_before_its_source() {
+        let wave = fresh("shop", b"hello");
+        let body = v2(&wave);
+        assert_eq!(body.len(), V2_COMMON_HEADER_LEN + 4 + 5);
+        assert_eq!(body.len(), encoded_len_as(WireVersion::V2, &wave));
+        assert_eq!(&body[..3], &[MAGIC, VERSION_2, 0]);
+        assert_eq!(
+            encode_as(WireVersion::V1, &wave).len() - body.len(),
+            HEADER_LEN - V2_COMMON_HEADER_LEN
+        );
+        assert_eq!(Parts::of(&decoded(body)), Parts::of(&wave));
+        // Wave::new: no id, no time; 26 bytes.
+        assert_eq!(v2(&Wave::new("a", ())).len(), 26);
+    }
+
+    #[test]
+    fn version_2_carries_every_field_and_says_what_it_left_out() {
+        for wave in [full(), fresh("shop", b""), Wave::new("a", ())] {
+            let body = v2(&wave);
+            assert_eq!(body.len(), encoded_len_as(WireVersion::V2, &wave));
+            let back = decode(wave.channel().clone(), body, &Limits::default()).unwrap();
+            assert_eq!(Parts::of(&back), Parts::of(&wave));
+        }
+        // full(): amplitude 0.5, a0 0.7, phase π, id node 0x1234 (not the
+        // origin's); emitted in its id's millisecond.
+        let body = v2(&full());
+        let mut reader = Reader { body: &body, at: 2 };
+        let flags = reader.varint(3, "flags").unwrap();
+        for flag in [
+            FLAG_AMPLITUDE,
+            FLAG_SOURCE_AMPLITUDE,
+            FLAG_PHASE,
+            FLAG_ID_NODE,
+        ] {
+            assert_ne!(flags & flag, 0, "{flag:#x}");
+        }
+        assert_eq!(flags & FLAG_EMITTED_AT, 0);
+        let mut late = Parts::of(&full());
+        late.emitted_at_ns += 5_000_000;
+        let late = late.into_wave(Channel::new("a")).unwrap();
+        let body = v2(&late);
+        let mut reader = Reader { body: &body, at: 2 };
+        assert_ne!(reader.varint(3, "flags").unwrap() & FLAG_EMITTED_AT, 0);
+        assert_eq!(Parts::of(&decoded(body)), Parts::of(&late));
+        // A reader takes a default written out all the same.
+        let mut long = vec![MAGIC, VERSION_2];
+        put_varint(&mut long, FLAG_AMPLITUDE | FLAG_PHASE);
+        long.extend_from_slice(&[0; 12 + 8]); // id, origin
+        long.extend_from_slice(&[0, 0]); // emitted_at, hops
+        long.extend_from_slice(&1.0f64.to_le_bytes());
+        long.extend_from_slice(&0.0f64.to_le_bytes());
+        long.push(0); // no source
+        let back = decoded(Bytes::from(long));
+        assert_eq!(Parts::of(&back), Parts::of(&Wave::new("a", ())));
+    }
+
+    #[test]
+    fn version_2_refuses_bad_varints_and_ranges() {
+        let base = v2(&Wave::new("a", ())).to_vec();
+        // Flags: cut, too long, unknown bits.
+        assert_eq!(kind(&base[..2]), WireErrorKind::Truncated);
+        let mut long = base.clone();
+        long.splice(2..3, [0x80, 0x80, 0x80, 0x00]);
+        assert_eq!(kind(&long), WireErrorKind::InvalidField);
+        let mut unknown = vec![MAGIC, VERSION_2];
+        put_varint(&mut unknown, 1 << 15);
+        assert_eq!(kind(&unknown), WireErrorKind::UnknownFlags);
+        // emitted_at 10^6 ns past its millisecond; hops 65,536.
+        let at_emitted = 3 + 12 + 8;
+        let mut past = base[..at_emitted].to_vec();
+        put_varint(&mut past, 1_000_000);
+        past.extend_from_slice(&base[at_emitted + 1..]);
+        assert!(message(&past).contains("999999"), "{}", message(&past));
+        let mut hops = base[..at_emitted + 1].to_vec();
+        put_varint(&mut hops, 65_536);
+        hops.extend_from_slice(&base[at_emitted + 2..]);
+        assert!(message(&hops).contains("65535"), "{}", message(&hops));
+        // Cut anywhere in the fixed part: truncated, never a panic.
+        let full = v2(&full());
+        for end in 2..40 {
+            assert_eq!(kind(&full[..end]), WireErrorKind::Truncated, "cut at {end}");
+        }
+    }
+
+    #[test]
+    fn version_2_signatures_verify_and_catch_changes() {
+        let wave = full();
+        let body = encode_signed_as(WireVersion::V2, &wave, "aether.orders.cancelled", b"key");
+        assert_eq!(
+            verify("aether.orders.cancelled", &body, b"key"),
+            Signature::Valid
+        );
+        assert_eq!(
+            verify("aether.orders.other", &body, b"key"),
+            Signature::Invalid
+        );
+        let mut changed = body.to_vec();
+        changed[10] ^= 1;
+        assert_eq!(
+            verify("aether.orders.cancelled", &changed, b"key"),
+            Signature::Invalid
+        );
+        assert_eq!(verify("x", &v2(&wave), b"key"), Signature::Unsigned);
+        let back = decode(Channel::new("orders.cancelled"), body, &Limits::default()).unwrap();
+        assert_eq!(Parts::of(&back), Parts::of(&wave));
+    }
+
+    #[test]
+    fn frames_hold_envelopes_of_both_versions_and_are_checked_whole() {
+        let one = v2(&fresh("shop", b"1"));
+        let two = encode_as(WireVersion::V1, &full());
+        let frame = encode_frame(&[one.clone(), two.clone()]);
+        assert!(is_frame(&frame));
+        let envelopes = frame_envelopes(&frame, &Limits::default()).unwrap();
+        assert_eq!(envelopes, vec![one.clone(), two]);
+        // decode refuses a frame as one envelope.
+        assert_eq!(kind(&frame), WireErrorKind::UnsupportedVersion);
+        let bad = |body: Vec<u8>| {
+            frame_envelopes(&Bytes::from(body), &Limits::default())
+                .unwrap_err()
+                .kind()
+        };
+        // Count 0; more than the bytes hold; an empty envelope; cut inside
+        // one; bytes after the last.
+        assert_eq!(bad(vec![MAGIC, FRAME, 0]), WireErrorKind::BadFrame);
+        let mut many = frame.to_vec();
+        many[2] = 0x7F;
+        assert_eq!(bad(many), WireErrorKind::BadFrame);
+        assert_eq!(bad(vec![MAGIC, FRAME, 1, 0, 0xAE]), WireErrorKind::BadFrame);
+        assert_eq!(
+            bad(frame[..frame.len() - 1].to_vec()),
+            WireErrorKind::BadFrame
+        );
+        let mut after = frame.to_vec();
+        after.push(0);
+        assert_eq!(bad(after), WireErrorKind::BadFrame);
+        assert_eq!(bad(vec![MAGIC, FRAME]), WireErrorKind::BadFrame);
+        let small = Limits { max_body_bytes: 10 };
+        assert_eq!(
+            frame_envelopes(&frame, &small).unwrap_err().kind(),
+            WireErrorKind::Oversized
+        );
+        // Any cut of a frame is refused, never a panic.
+        for end in 0..frame.len() {
+            assert!(frame_envelopes(&frame.slice(..end), &Limits::default()).is_err());
+        }
     }
 }

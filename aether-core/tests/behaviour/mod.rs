@@ -452,6 +452,10 @@ pub async fn groups_share_waves_one_member_each(m: &dyn Medium) {
     let total = 60;
     for i in 0..total {
         tx.emit_wave("jobs.run", json!(i)).await.unwrap();
+        // Over NATS, waves that leave together travel as one batch frame,
+        // which one member gets whole: flushed one by one, each is a
+        // message of its own and the group spreads them.
+        aether.flush(Duration::from_secs(5)).await.unwrap();
     }
     for _ in 0..total {
         recv(&mut audit).await;

@@ -93,6 +93,9 @@ struct Connection {
     malformed: IntCounter,
     outbox: IntGauge,
     flushed: IntCounter,
+    frames_sent: IntCounter,
+    waves_framed: IntCounter,
+    frames_received: IntCounter,
 }
 
 struct Process {
@@ -303,6 +306,18 @@ impl ScrapeCollector {
                 "aether_nats_outbox_flushed_total",
                 "Waves sent from the outbox after reconnects.",
             )?,
+            frames_sent: m.counter(
+                "aether_nats_frames_sent_total",
+                "Batch frames published: NATS messages that carried several waves.",
+            )?,
+            waves_framed: m.counter(
+                "aether_nats_waves_framed_total",
+                "Waves sent inside batch frames.",
+            )?,
+            frames_received: m.counter(
+                "aether_nats_frames_received_total",
+                "Batch frames received (each wave in one counted as if it came alone).",
+            )?,
         };
         let process = match ResourceUsage::read() {
             Err(_) => None,
@@ -420,6 +435,9 @@ impl ScrapeCollector {
         raise(&c.slow_consumer, status.slow_consumer_events);
         raise(&c.malformed, status.malformed);
         raise(&c.flushed, status.outbox_flushed);
+        raise(&c.frames_sent, status.frames_sent);
+        raise(&c.waves_framed, status.waves_framed);
+        raise(&c.frames_received, status.frames_received);
         c.outbox.set(saturating_i64(status.outbox_len as u64));
         if let (Some(p), Ok(usage)) = (&self.process, ResourceUsage::read()) {
             p.rss.set(saturating_i64(usage.rss_bytes));

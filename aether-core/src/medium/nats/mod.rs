@@ -14,6 +14,7 @@
 //! so do diffracting and reflectable waves, to learn that nobody heard them
 //! ([`probe`]).
 
+mod batch;
 mod durable;
 mod outbox;
 mod probe;
@@ -37,6 +38,7 @@ use tokio::{
 };
 
 use self::{
+    batch::Batcher,
     outbox::Outbox,
     probe::{PROBE_PREFIX, Probe},
 };
@@ -81,6 +83,9 @@ pub(crate) struct NatsMedium {
     subjects: ArcSwap<FxHashMap<Box<str>, Subject>>,
     /// Durable channels (JetStream), when configured.
     durable: Option<Arc<durable::Durable>>,
+    /// Plain waves' queue to the connection, batched into frames
+    /// (`[aether.nats.batch]`); none when batching is off.
+    batcher: Option<Batcher>,
 }
 
 /// Most channels whose subjects are kept; past it, subjects are built per
@@ -148,7 +153,16 @@ impl NatsMedium {
         }
         let durable = durable::Durable::start(&client, &shared).await?;
         let flusher = tokio::spawn(flush_on_reconnect(client.clone(), shared.clone()));
+        let batcher = nats.batch.enabled.then(|| {
+            Batcher::start(
+                client.clone(),
+                shared.clone(),
+                &nats.batch,
+                nats.client_capacity,
+            )
+        });
         Ok(Self {
+            batcher,
             client,
             shared,
             subscriptions: Mutex::new(HashMap::new()),
@@ -234,7 +248,7 @@ impl NatsMedium {
         let body = if shared.security.is_enabled() {
             shared.seal(&subject, wave)
         } else {
-            crate::wave::wire::encode_pooled(wave)
+            crate::wave::wire::encode_pooled(shared.config.nats.wire_version, wave)
         };
         Some((subject, body))
     }
@@ -245,6 +259,9 @@ impl NatsMedium {
         subject: Subject,
         body: bytes::Bytes,
     ) -> Result<(), EmitError> {
+        if let Some(batcher) = &self.batcher {
+            return batcher.send(subject, body).await;
+        }
         self.client
             .publish(subject, body)
             .await
@@ -555,6 +572,9 @@ impl NatsMedium {
             {
                 shared.wake_flusher.notify_one();
                 tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if let Some(batcher) = &self.batcher {
+                batcher.drained().await;
             }
             self.client.flush().await
         };
@@ -872,9 +892,10 @@ impl Shared {
     fn seal(&self, subject: &str, wave: &Wave) -> bytes::Bytes {
         let sealed = self.security.seal(subject, wave);
         let wave = sealed.as_ref().unwrap_or(wave);
+        let version = self.config.nats.wire_version;
         match self.security.key_of(wave.source()) {
-            Some(key) => wire::encode_signed(wave, subject, key),
-            None => wire::encode(wave),
+            Some(key) => wire::encode_signed_as(version, wave, subject, key),
+            None => wire::encode_as(version, wave),
         }
     }
 
@@ -1027,9 +1048,13 @@ async fn fan_out(mut subscriber: Subscriber, shared: Arc<Shared>, fanout: Arc<Fa
         };
         let mut next = Some(first);
         while let Some(message) = next.take() {
-            if let Some(wave) = take(&shared, message, &mut last, |_| false) {
-                batch.push_back(wave);
-            }
+            take_each(
+                &shared,
+                message,
+                &mut last,
+                |_| false,
+                |wave| batch.push_back(wave),
+            );
             if batch.len() < FAN_OUT_BATCH {
                 match subscriber.next().now_or_never() {
                     Some(Some(message)) => next = Some(message),
@@ -1065,9 +1090,17 @@ const FAN_OUT_BATCH: usize = 256;
 async fn forward_hopping(mut subscriber: Subscriber, shared: Arc<Shared>, gate: Arc<HopGate>) {
     let mut last = LastChannel::new(&shared);
     while let Some(message) = subscriber.next().await {
-        if let Some(wave) = take(&shared, message, &mut last, |_| false)
-            && !gate.offer(wave, &shared.stats).open
-        {
+        let mut open = true;
+        take_each(
+            &shared,
+            message,
+            &mut last,
+            |_| false,
+            |wave| {
+                open &= gate.offer(wave, &shared.stats).open;
+            },
+        );
+        if !open {
             break;
         }
     }
@@ -1127,26 +1160,103 @@ fn arrive(
     message: Message,
     last: &mut LastChannel,
 ) -> bool {
-    match take(shared, message, last, |channel| {
-        inbox.heard_elsewhere(channel, id, grouped)
-    }) {
-        // Each group resonance is a queue subscription of its own, which
-        // may bring a copy of a message another one brings too.
-        Some(wave) if grouped => offer_counted_once(inbox, wave, &shared.stats).open,
-        Some(wave) => offer_counted(inbox, wave, &shared.stats).open,
-        None => true,
-    }
+    let mut open = true;
+    take_each(
+        shared,
+        message,
+        last,
+        |channel| inbox.heard_elsewhere(channel, id, grouped),
+        |wave| {
+            // Each group resonance is a queue subscription of its own,
+            // which may bring a copy of a message another one brings too.
+            open &= if grouped {
+                offer_counted_once(inbox, wave, &shared.stats).open
+            } else {
+                offer_counted(inbox, wave, &shared.stats).open
+            };
+        },
+    );
+    open
 }
 
 /// The wave a message carries, measured on arrival; `None` if it is not a
-/// wave (counted as malformed), is `heard_elsewhere`, or is dropped (and
-/// counted).
+/// wave (counted as malformed; a batch frame is not taken here), is
+/// `heard_elsewhere`, or is dropped (and counted). For durable consumers,
+/// whose every message is acknowledged on its own.
 fn take(
     shared: &Shared,
     message: Message,
     last: &mut LastChannel,
-    heard_elsewhere: impl FnOnce(&Channel) -> bool,
+    mut heard_elsewhere: impl FnMut(&Channel) -> bool,
 ) -> Option<Wave> {
+    let channel = arrival_channel(shared, &message, last)?;
+    take_envelope(
+        shared,
+        &message.subject,
+        message.reply.as_ref(),
+        channel,
+        message.payload,
+        last,
+        &mut heard_elsewhere,
+    )
+}
+
+/// Every wave a message carries (one, or each of a batch frame's), each
+/// checked and counted exactly as if it had come alone, handed to `each`.
+/// A malformed frame is refused whole and counted once.
+fn take_each(
+    shared: &Shared,
+    message: Message,
+    last: &mut LastChannel,
+    mut heard_elsewhere: impl FnMut(&Channel) -> bool,
+    mut each: impl FnMut(Wave),
+) {
+    let Some(channel) = arrival_channel(shared, &message, last) else {
+        return;
+    };
+    if !wire::is_frame(&message.payload) {
+        if let Some(wave) = take_envelope(
+            shared,
+            &message.subject,
+            message.reply.as_ref(),
+            channel,
+            message.payload,
+            last,
+            &mut heard_elsewhere,
+        ) {
+            each(wave);
+        }
+        return;
+    }
+    let envelopes = match wire::frame_envelopes(&message.payload, &shared.limits) {
+        Ok(envelopes) => envelopes,
+        Err(error) => {
+            shared.refuse(&message.subject, &error);
+            return;
+        }
+    };
+    shared
+        .counters
+        .frames_received
+        .fetch_add(1, Ordering::Relaxed);
+    for envelope in envelopes {
+        if let Some(wave) = take_envelope(
+            shared,
+            &message.subject,
+            message.reply.as_ref(),
+            channel.clone(),
+            envelope,
+            last,
+            &mut heard_elsewhere,
+        ) {
+            each(wave);
+        }
+    }
+}
+
+/// The channel of a message's subject, if it is one of this aether's and
+/// the message is a wave of the bus.
+fn arrival_channel(shared: &Shared, message: &Message, last: &mut LastChannel) -> Option<Channel> {
     let Some(channel) = last.resolve(&shared.prefix, &message.subject) else {
         shared.refuse(
             &message.subject,
@@ -1168,14 +1278,26 @@ fn take(
             return None;
         }
     }
-    let body = shared
-        .security
-        .is_enabled()
-        .then(|| message.payload.clone());
-    let mut wave = match wire::decode(channel, message.payload, &shared.limits) {
+    Some(channel)
+}
+
+/// One envelope off the wire (`body`, from a message on `subject` with
+/// `reply`), measured on arrival; `None` if it is not a wave (counted as
+/// malformed), is `heard_elsewhere`, or is dropped (and counted).
+fn take_envelope(
+    shared: &Shared,
+    subject: &Subject,
+    reply: Option<&Subject>,
+    channel: Channel,
+    body: bytes::Bytes,
+    last: &mut LastChannel,
+    heard_elsewhere: &mut impl FnMut(&Channel) -> bool,
+) -> Option<Wave> {
+    let signed = shared.security.is_enabled().then(|| body.clone());
+    let mut wave = match wire::decode(channel, body, &shared.limits) {
         Ok(wave) => wave,
         Err(error) => {
-            shared.refuse(&message.subject, &error);
+            shared.refuse(subject, &error);
             return None;
         }
     };
@@ -1188,17 +1310,15 @@ fn take(
         return None;
     }
     let routed_on = wave.restore_reflected_channel();
-    if let Some(body) = body
-        && let Err(reason) = shared
-            .security
-            .check_arrival(&message.subject, &body, &wave)
+    if let Some(body) = signed
+        && let Err(reason) = shared.security.check_arrival(subject, &body, &wave)
     {
         shared.stats.dropped(reason);
         return None;
     }
     // Sealed or not, every wave is asked: one sealed without a rule here
     // cannot be read either.
-    if let Err(reason) = shared.security.open(&message.subject, &mut wave) {
+    if let Err(reason) = shared.security.open(subject, &mut wave) {
         shared.stats.dropped(reason);
         return None;
     }
@@ -1215,7 +1335,7 @@ fn take(
     }
     // A probe's reply subject is not a reply channel: a tracked wave is not
     // a request.
-    if let Some(reply) = &message.reply
+    if let Some(reply) = reply
         && let Some(reply_to) = subject::subject_channel(&shared.prefix, reply)
         && !is_probe(&reply_to)
     {
