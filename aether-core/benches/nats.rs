@@ -448,8 +448,16 @@ async fn aether_one_to_one_with(url: String, n: usize, batch: bool) -> Duration 
     let channel = Channel::new(ONE_SUBJECT);
     let mut rxs = vec![rx];
     aether_probe(&tx, &channel, &mut rxs).await;
-    aether_run("aether 1 -> 1", &tx, &channel, &rx_aether, rxs, n).await
+    let elapsed = aether_run("aether 1 -> 1", &tx, &channel, &rx_aether, rxs, n).await;
+    let status = tx_aether.connection();
+    FRAMED.fetch_add(status.waves_framed, Ordering::Relaxed);
+    FRAMES.fetch_add(status.frames_sent, Ordering::Relaxed);
+    elapsed
 }
+
+/// Frames the 1 -> 1 rounds sent, and the waves in them.
+static FRAMES: AtomicU64 = AtomicU64::new(0);
+static FRAMED: AtomicU64 = AtomicU64::new(0);
 
 async fn aether_fan_out(url: String, n: usize) -> Duration {
     let rx_aether = aether_connect(&url, capacity(n)).await;
@@ -753,11 +761,13 @@ async fn raw_steady(url: String) -> Vec<Duration> {
         }
         out
     });
+    let sender = tx.clone();
     pace(epoch, move |payload| {
-        let tx = tx.clone();
+        let tx = sender.clone();
         async move { tx.publish(STEADY_SUBJECT, payload).await.expect("publish") }
     })
     .await;
+    tx.flush().await.expect("flush");
     let out = receiver.await.expect("receiver");
     out[STEADY_N / 10..].to_vec()
 }
@@ -798,6 +808,10 @@ async fn aether_steady(url: String) -> Vec<Duration> {
         }
     })
     .await;
+    tx_aether
+        .flush(Duration::from_secs(5))
+        .await
+        .expect("flush");
     let (out, rx) = receiver.await.expect("receiver");
     assert_eq!(rx.stats().dropped_total(), 0, "aether steady: drops");
     drop(tx);
@@ -1047,6 +1061,15 @@ fn summary(rt: &Runtime, url: &str) {
     };
     latency("request/reply", &req);
     latency("one-way at a steady 10,000/s", &steady);
+    let (frames, framed) = (
+        FRAMES.load(Ordering::Relaxed),
+        FRAMED.load(Ordering::Relaxed),
+    );
+    println!(
+        "1 -> 1 with batch frames: {:.1} waves per frame on average, {:.0}% of waves in frames",
+        framed as f64 / frames.max(1) as f64,
+        100.0 * framed as f64 / ((ROUNDS + 1) * (N + 2)) as f64
+    );
     let v1 = envelope_len_as(wire::WireVersion::V1);
     let v2 = envelope_len();
     // In a full frame of 256 waves: the frame's head shared, each envelope
@@ -1148,6 +1171,13 @@ fn main() {
         println!("nats bench: smoke run ok");
     } else if let Ok(which) = std::env::var("AETHER_BENCH_PROFILE") {
         profile(&rt, &url, &which);
+        let frames = FRAMES.load(Ordering::Relaxed);
+        if frames > 0 {
+            println!(
+                "waves per frame: {:.1}",
+                FRAMED.load(Ordering::Relaxed) as f64 / frames as f64
+            );
+        }
     } else {
         summary(&rt, &url);
     }

@@ -153,10 +153,14 @@ impl Medium {
             },
             #[cfg(feature = "nats")]
             Medium::Nats(nats) => {
-                if dropped.is_none()
-                    && let Some((subject, body)) = nats.prepare(&wave)
-                {
-                    return Publishing::Direct(subject, body);
+                if dropped.is_none() {
+                    match nats.prepare(&wave) {
+                        Some(nats::Prepared::Queued) => return Publishing::Done,
+                        Some(nats::Prepared::Direct(subject, body)) => {
+                            return Publishing::Direct(subject, body);
+                        }
+                        None => {}
+                    }
                 }
                 Publishing::Admitted(crate::admission::Admitted::of(wave, dropped))
             }

@@ -513,6 +513,30 @@ pub(crate) fn encode_pooled(version: WireVersion, wave: &Wave) -> Bytes {
     })
 }
 
+/// Appends `wave`'s envelope in `version` to `out`, after its length as a
+/// varint: one entry of a batch frame, written in place (no envelope of its
+/// own first).
+pub(crate) fn encode_framed_into(version: WireVersion, wave: &Wave, out: &mut bytes::BytesMut) {
+    let sections = Sections::of(wave);
+    let len = sections.len(version, wave);
+    out.reserve(3 + len);
+    put_varint(out, len as u32);
+    write(version, wave, &sections, out);
+}
+
+/// Appends an envelope already written to `out`, after its length as a
+/// varint.
+pub(crate) fn put_framed(out: &mut bytes::BytesMut, envelope: &[u8]) {
+    out.reserve(3 + envelope.len());
+    put_varint(out, envelope.len() as u32);
+    out.put(envelope);
+}
+
+/// The bytes of `value` as a LEB128 varint, for a batch frame's writer.
+pub(crate) fn framed_len_len(value: usize) -> usize {
+    varint_len(value as u32)
+}
+
 /// Where [`write`] puts bytes: a `Vec` or an arena.
 trait Sink {
     fn put(&mut self, bytes: &[u8]);

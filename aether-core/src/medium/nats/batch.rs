@@ -1,147 +1,264 @@
 //! Batch frames on the way out (`[aether.nats.batch]`).
 //!
-//! A plain wave's emit hands its subject and envelope to a queue and
-//! returns, as `Client::publish` would; one task takes everything queued
-//! when it wakes, cuts it into runs of consecutive waves on one subject
-//! (at most `max_waves` waves and `max_bytes` bytes each), and publishes
-//! each run as one message: a lone envelope as itself, several as a batch
-//! frame ([`wire::encode_frame`]). Nothing waits for a run to fill unless
-//! `linger_us` is set: while the connection is busy, waves queue, and the
-//! next wake-up takes them all. Runs follow the queue's order, so every
-//! wave keeps its place among the plain waves of its emitter, whatever the
-//! subject.
+//! A plain wave's emit writes its envelope straight into the frame being
+//! filled for its subject (no envelope of its own, no queue of messages)
+//! and returns, as `Client::publish` would; one task takes every run
+//! filled so far when it wakes and publishes each as one message: a lone
+//! envelope as itself (a slice of the run), several as a batch frame. A
+//! run is consecutive waves on one subject, at most `max_waves` waves and
+//! `max_bytes` bytes. Nothing waits for a run to fill unless `linger_us`
+//! is set: while the task publishes, emits fill the next runs, and the
+//! next wake-up takes them all. Runs follow the emit order, so every wave
+//! keeps its place among the plain waves of its emitter, whatever the
+//! subject. When more than `queue_bytes` wait, emit waits for room.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
 
 use async_nats::{Client, Subject};
-use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{Notify, oneshot};
 
 use super::Shared;
-use crate::{EmitError, EmitErrorKind, config::NatsBatch, stats::DropReason, wire};
+use crate::{
+    EmitError, EmitErrorKind, Wave, config::NatsBatch, stats::DropReason, wave::wire,
+    wire::WireVersion,
+};
 
-/// What the task is given.
-enum Outgoing {
-    /// A wave's envelope, for its subject.
-    Wave(Subject, Bytes),
-    /// Answered once everything queued before it is with the client.
-    Drained(oneshot::Sender<()>),
-}
+/// Bytes a run spends before its first entry: the magic, the frame byte,
+/// and the count, always written as 3 varint bytes so that it can be
+/// filled in when the run closes.
+const HEAD: usize = 5;
 
-/// The queue of an aether's batched waves.
+/// The queue of an aether's plain waves to the connection.
 pub(super) struct Batcher {
-    tx: mpsc::Sender<Outgoing>,
+    state: Mutex<State>,
+    /// Wakes the task.
+    wake: Notify,
+    /// Wakes emits waiting for room.
+    room: Notify,
+    config: NatsBatch,
+    /// Most bytes waiting before emit waits.
+    queue_bytes: usize,
 }
 
-/// Bytes a run's frame spends besides its envelopes: the frame's head and
-/// each envelope's length, at most.
-const FRAME_HEAD: usize = 2 + 3;
-const LENGTH: usize = 3;
+#[derive(Default)]
+struct State {
+    runs: VecDeque<Run>,
+    bytes: usize,
+    /// The task waits for `wake`.
+    idle: bool,
+    /// Answered once the runs queued before them are with the client.
+    drains: Vec<oneshot::Sender<()>>,
+    /// No more waves; the task publishes what is queued and ends.
+    closed: bool,
+}
+
+/// Consecutive waves on one subject: a frame being filled.
+struct Run {
+    subject: Subject,
+    buf: BytesMut,
+    waves: usize,
+}
 
 impl Batcher {
-    /// Starts the task that publishes on `client`; it ends when the
-    /// batcher is dropped and the queue is empty.
+    /// Starts the task that publishes on `client`; `queue_bytes` bounds
+    /// what may wait.
     pub(super) fn start(
         client: Client,
         shared: Arc<Shared>,
         config: &NatsBatch,
-        capacity: usize,
-    ) -> Self {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        tokio::spawn(run(client, shared, rx, config.clone()));
-        Self { tx }
+        queue_bytes: usize,
+    ) -> Arc<Self> {
+        let batcher = Arc::new(Self {
+            state: Mutex::default(),
+            wake: Notify::new(),
+            room: Notify::new(),
+            config: config.clone(),
+            queue_bytes: queue_bytes.max(config.max_bytes * 2),
+        });
+        tokio::spawn(run(batcher.clone(), client, shared));
+        batcher
     }
 
-    /// Queues `body` for `subject`; waits only while the queue is full.
-    pub(super) async fn send(&self, subject: Subject, body: Bytes) -> Result<(), EmitError> {
-        self.tx
-            .send(Outgoing::Wave(subject, body))
-            .await
-            .map_err(|_| EmitError::new(EmitErrorKind::Closed, "the connection's sender stopped"))
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `wave`'s envelope (`version`) into the run for `subject`;
+    /// `false` if the queue is full (nothing written: encode it and
+    /// [`send`](Self::send) it, which waits for room).
+    pub(super) fn try_push(&self, subject: &Subject, version: WireVersion, wave: &Wave) -> bool {
+        let mut state = self.lock();
+        if state.closed || state.bytes >= self.queue_bytes {
+            return false;
+        }
+        let before = self.run_for(&mut state, subject, wire::encoded_len_as(version, wave));
+        let run = state.runs.back_mut().expect("a run");
+        wire::encode_framed_into(version, wave, &mut run.buf);
+        run.waves += 1;
+        let added = run.buf.len() - before;
+        state.bytes += added;
+        self.wake_task(state);
+        true
+    }
+
+    /// Queues an envelope already written (a signed or sealed one, or one
+    /// that waited for room) for `subject`; waits while the queue is full.
+    pub(super) async fn send(&self, subject: Subject, envelope: Bytes) -> Result<(), EmitError> {
+        loop {
+            let room = self.room.notified();
+            {
+                let mut state = self.lock();
+                if state.closed {
+                    return Err(EmitError::new(
+                        EmitErrorKind::Closed,
+                        "the connection's sender stopped",
+                    ));
+                }
+                if state.bytes < self.queue_bytes {
+                    let before = self.run_for(&mut state, &subject, envelope.len());
+                    let run = state.runs.back_mut().expect("a run");
+                    wire::put_framed(&mut run.buf, &envelope);
+                    run.waves += 1;
+                    let added = run.buf.len() - before;
+                    state.bytes += added;
+                    self.wake_task(state);
+                    return Ok(());
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// Makes the last run one that takes an envelope of `len` bytes for
+    /// `subject`; returns its length before the envelope.
+    fn run_for(&self, state: &mut State, subject: &Subject, len: usize) -> usize {
+        let entry = wire::framed_len_len(len) + len;
+        let fits = state.runs.back().is_some_and(|run| {
+            run.subject == *subject
+                && run.waves < self.config.max_waves
+                && run.buf.len() + entry <= self.config.max_bytes
+        });
+        if !fits {
+            let mut buf = BytesMut::with_capacity((HEAD + entry).max(self.config.max_bytes));
+            buf.extend_from_slice(&[wire::MAGIC, wire::FRAME, 0, 0, 0]);
+            state.bytes += HEAD;
+            state.runs.push_back(Run {
+                subject: subject.clone(),
+                buf,
+                waves: 0,
+            });
+        }
+        state.runs.back().expect("a run").buf.len()
+    }
+
+    /// Wakes the task if it waits (after the lock is let go).
+    fn wake_task(&self, mut state: MutexGuard<'_, State>) {
+        if state.idle {
+            state.idle = false;
+            drop(state);
+            self.wake.notify_one();
+        }
     }
 
     /// Returns once every wave queued before the call is with the client.
     pub(super) async fn drained(&self) {
         let (done, drained) = oneshot::channel();
-        if self.tx.send(Outgoing::Drained(done)).await.is_ok() {
-            let _ = drained.await;
+        {
+            let mut state = self.lock();
+            if state.closed && state.runs.is_empty() {
+                return;
+            }
+            state.drains.push(done);
+            self.wake_task(state);
         }
+        let _ = drained.await;
+    }
+
+    /// Lets the task publish what is queued and end.
+    pub(super) fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.idle = false;
+        drop(state);
+        self.wake.notify_one();
+        self.room.notify_waiters();
     }
 }
 
-async fn run(
-    client: Client,
-    shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<Outgoing>,
-    config: NatsBatch,
-) {
-    let linger = Duration::from_micros(config.linger_us);
-    let take = config.max_waves.saturating_mul(4).max(64);
-    let mut queued = Vec::with_capacity(take);
-    let mut run = Run::default();
-    while rx.recv_many(&mut queued, take).await > 0 {
-        if !linger.is_zero() {
-            tokio::time::sleep(linger).await;
-            while queued.len() < take {
-                match rx.try_recv() {
-                    Ok(item) => queued.push(item),
-                    Err(_) => break,
+async fn run(batcher: Arc<Batcher>, client: Client, shared: Arc<Shared>) {
+    let linger = Duration::from_micros(batcher.config.linger_us);
+    loop {
+        let taken = {
+            let mut state = batcher.lock();
+            if state.runs.is_empty() && state.drains.is_empty() {
+                if state.closed {
+                    return;
                 }
+                state.idle = true;
+                None
+            } else {
+                state.bytes = 0;
+                Some((
+                    std::mem::take(&mut state.runs),
+                    std::mem::take(&mut state.drains),
+                    state.closed,
+                ))
             }
-        }
-        for item in queued.drain(..) {
-            match item {
-                Outgoing::Wave(subject, body) => {
-                    let fits = run.subject.as_ref() == Some(&subject)
-                        && run.envelopes.len() < config.max_waves
-                        && run.bytes + LENGTH + body.len() <= config.max_bytes;
-                    if !fits {
-                        run.publish(&client, &shared).await;
-                        run.subject = Some(subject);
-                    }
-                    run.bytes += LENGTH + body.len();
-                    run.envelopes.push(body);
-                }
-                Outgoing::Drained(done) => {
-                    run.publish(&client, &shared).await;
-                    let _ = done.send(());
-                }
+        };
+        let Some((runs, drains, closed)) = taken else {
+            batcher.wake.notified().await;
+            if !linger.is_zero() {
+                tokio::time::sleep(linger).await;
             }
+            continue;
+        };
+        batcher.room.notify_waiters();
+        for run in runs {
+            publish(run, &client, &shared).await;
         }
-        run.publish(&client, &shared).await;
-    }
-}
-
-/// Consecutive waves on one subject.
-#[derive(Default)]
-struct Run {
-    subject: Option<Subject>,
-    envelopes: Vec<Bytes>,
-    bytes: usize,
-}
-
-impl Run {
-    /// Publishes the run (a lone envelope as itself) and starts anew.
-    async fn publish(&mut self, client: &Client, shared: &Shared) {
-        self.bytes = FRAME_HEAD;
-        let Some(subject) = self.subject.take() else {
+        for done in drains {
+            let _ = done.send(());
+        }
+        if closed && batcher.lock().runs.is_empty() {
             return;
-        };
-        let waves = self.envelopes.len();
-        let body = if waves == 1 {
-            self.envelopes.pop().expect("one envelope")
-        } else {
-            let frame = wire::encode_frame(&self.envelopes);
-            self.envelopes.clear();
-            shared.counters.framed(waves as u64);
-            frame
-        };
-        if client.publish(subject, body).await.is_err() {
-            // The client stopped (the aether closed): these were taken by
-            // emit and cannot go.
-            for _ in 0..waves {
-                shared.stats.dropped(DropReason::Unsent);
-            }
+        }
+    }
+}
+
+/// Publishes a run: a lone envelope as itself, several as a frame.
+async fn publish(run: Run, client: &Client, shared: &Shared) {
+    let Run {
+        subject,
+        mut buf,
+        waves,
+    } = run;
+    let body = if waves == 1 {
+        let body = buf.freeze();
+        // The entry's length varint, then the envelope.
+        let mut at = HEAD;
+        while body.get(at).is_some_and(|b| b & 0x80 != 0) {
+            at += 1;
+        }
+        body.slice(at + 1..)
+    } else {
+        // The count, as 3 varint bytes (a reader takes up to 3).
+        let count = waves as u32;
+        buf[2] = (count & 0x7F) as u8 | 0x80;
+        buf[3] = ((count >> 7) & 0x7F) as u8 | 0x80;
+        buf[4] = ((count >> 14) & 0x7F) as u8;
+        shared.counters.framed(waves as u64);
+        buf.freeze()
+    };
+    if client.publish(subject, body).await.is_err() {
+        // The client stopped (the aether closed): these were taken by emit
+        // and cannot go.
+        for _ in 0..waves {
+            shared.stats.dropped(DropReason::Unsent);
         }
     }
 }

@@ -85,7 +85,15 @@ pub(crate) struct NatsMedium {
     durable: Option<Arc<durable::Durable>>,
     /// Plain waves' queue to the connection, batched into frames
     /// (`[aether.nats.batch]`); none when batching is off.
-    batcher: Option<Batcher>,
+    batcher: Option<Arc<Batcher>>,
+}
+
+/// What [`NatsMedium::prepare`] made of a plain wave.
+pub(crate) enum Prepared {
+    /// Written into a batch frame: nothing left to do.
+    Queued,
+    /// Its subject and envelope, to hand to the client (or the batcher).
+    Direct(Subject, bytes::Bytes),
 }
 
 /// Most channels whose subjects are kept; past it, subjects are built per
@@ -158,7 +166,7 @@ impl NatsMedium {
                 client.clone(),
                 shared.clone(),
                 &nats.batch,
-                nats.client_capacity,
+                (nats.batch.max_bytes * 64).max(1 << 20),
             )
         });
         Ok(Self {
@@ -207,8 +215,12 @@ impl NatsMedium {
     /// connection is down. A wave that diffracts or reflects is tracked
     /// ([`probe`]).
     pub(crate) async fn publish(&self, wave: &Wave) -> Result<(), EmitError> {
-        if let Some((subject, body)) = self.prepare(wave) {
-            return self.publish_direct(subject, body).await;
+        match self.prepare(wave) {
+            Some(Prepared::Queued) => return Ok(()),
+            Some(Prepared::Direct(subject, body)) => {
+                return self.publish_direct(subject, body).await;
+            }
+            None => {}
         }
         // The rare paths' futures are boxed, so that every emit's future
         // stays small (it is copied at each call).
@@ -233,7 +245,7 @@ impl NatsMedium {
     /// alone: the wave, and the work done on it, are behind it. `None`:
     /// [`NatsMedium::publish`] takes another path.
     #[inline]
-    pub(crate) fn prepare(&self, wave: &Wave) -> Option<(Subject, bytes::Bytes)> {
+    pub(crate) fn prepare(&self, wave: &Wave) -> Option<Prepared> {
         let shared = &*self.shared;
         if wave.is_tracked()
             || self
@@ -245,12 +257,20 @@ impl NatsMedium {
             return None;
         }
         let subject = self.subject_of(wave.channel());
-        let body = if shared.security.is_enabled() {
-            shared.seal(&subject, wave)
-        } else {
-            crate::wave::wire::encode_pooled(shared.config.nats.wire_version, wave)
-        };
-        Some((subject, body))
+        let version = shared.config.nats.wire_version;
+        if shared.security.is_enabled() {
+            return Some(Prepared::Direct(
+                subject.clone(),
+                shared.seal(&subject, wave),
+            ));
+        }
+        if let Some(batcher) = &self.batcher
+            && batcher.try_push(&subject, version, wave)
+        {
+            return Some(Prepared::Queued);
+        }
+        let body = crate::wave::wire::encode_pooled(version, wave);
+        Some(Prepared::Direct(subject, body))
     }
 
     /// Hands the fast path's subject and envelope to the client.
@@ -605,6 +625,9 @@ impl NatsMedium {
             }
         }
         self.flusher.abort();
+        if let Some(batcher) = &self.batcher {
+            batcher.close();
+        }
         if let Some(durable) = &self.durable {
             durable.stop();
         }
