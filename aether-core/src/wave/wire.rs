@@ -911,6 +911,33 @@ pub fn check(wave: &Wave) -> Result<(), WireError> {
 /// matching [`WireErrorKind`] and a message naming the field and the value.
 /// Never panics, whatever the bytes.
 pub fn decode(channel: Channel, body: Bytes, limits: &Limits) -> Result<Wave, WireError> {
+    decode_with(channel, body, limits, None)
+}
+
+/// The source name of the last envelope decoded with it, checked: the
+/// envelopes of one emitter (a batch frame's, a subscription's stream)
+/// check and copy their source name once.
+#[derive(Debug, Default)]
+pub(crate) struct SourceCache {
+    last: Option<SmolStr>,
+}
+
+/// [`decode`], reusing the source name `cache` holds when it is the same.
+pub(crate) fn decode_cached(
+    channel: Channel,
+    body: Bytes,
+    limits: &Limits,
+    cache: &mut SourceCache,
+) -> Result<Wave, WireError> {
+    decode_with(channel, body, limits, Some(cache))
+}
+
+fn decode_with(
+    channel: Channel,
+    body: Bytes,
+    limits: &Limits,
+    cache: Option<&mut SourceCache>,
+) -> Result<Wave, WireError> {
     let len = body.len();
     if len > limits.max_body_bytes {
         return Err(WireError::new(
@@ -932,7 +959,13 @@ pub fn decode(channel: Channel, body: Bytes, limits: &Limits) -> Result<Wave, Wi
     let [version] = reader.array("version")?;
     let (fixed, flags) = match version {
         VERSION => fixed_v1(&mut reader, len)?,
-        VERSION_2 => fixed_v2(&mut reader)?,
+        VERSION_2 => match fixed_v2_fast(&body) {
+            Some((fixed, flags, end)) => {
+                reader.at = end;
+                (fixed, flags)
+            }
+            None => fixed_v2(&mut reader)?,
+        },
         FRAME => {
             return Err(WireError::new(
                 WireErrorKind::UnsupportedVersion,
@@ -1053,7 +1086,7 @@ pub fn decode(channel: Channel, body: Bytes, limits: &Limits) -> Result<Wave, Wi
         reflection,
         trace,
     }
-    .build(channel, body.slice(payload_start..payload_end))
+    .build(channel, body.slice(payload_start..payload_end), cache)
 }
 
 /// The fixed fields of an envelope, either version.
@@ -1104,6 +1137,92 @@ fn fixed_v1(reader: &mut Reader<'_>, len: usize) -> Result<(Fixed, u16), WireErr
             source_len: usize::from(header[AT_SOURCE_LEN]),
         },
         flags,
+    ))
+}
+
+/// The longest fixed part of version 2: magic, version, flags (3), id (12),
+/// origin, `emitted_at` (8), hops (3), amplitude, source amplitude, phase,
+/// id node, source name length.
+const V2_MAX_FIXED: usize = 2 + 3 + 12 + 8 + 8 + 3 + 8 + 8 + 8 + 4 + 1;
+
+/// Version 2's fixed part read in one piece from a body long enough for
+/// any fixed part, and with every value in range; `None` otherwise (then
+/// [`fixed_v2`] reads it field by field and says what is wrong). Returns
+/// where the source name starts.
+#[inline]
+fn fixed_v2_fast(body: &[u8]) -> Option<(Fixed, u16, usize)> {
+    let b: &[u8; V2_MAX_FIXED] = body.get(..V2_MAX_FIXED)?.try_into().ok()?;
+    let mut at = 2;
+    let varint = |at: &mut usize| -> Option<u32> {
+        let mut value = 0u32;
+        for i in 0..3 {
+            let byte = b[*at];
+            *at += 1;
+            value |= u32::from(byte & 0x7F) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    };
+    let flags = varint(&mut at)?;
+    if flags & !KNOWN_FLAGS_V2 != 0 {
+        return None;
+    }
+    let u48 = |at: usize| {
+        let mut wide = [0u8; 8];
+        wide[..6].copy_from_slice(&b[at..at + 6]);
+        u64::from_le_bytes(wide)
+    };
+    let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    let (millis, sequence, origin) = (u48(at), u48(at + 6), u64_at(at + 12));
+    at += 20;
+    let emitted_at_ns = if flags & FLAG_EMITTED_AT != 0 {
+        at += 8;
+        u64_at(at - 8)
+    } else {
+        let past = varint(&mut at)?;
+        if past >= 1_000_000 {
+            return None;
+        }
+        millis
+            .checked_mul(1_000_000)?
+            .checked_add(u64::from(past))?
+    };
+    let hops = u16::try_from(varint(&mut at)?).ok()?;
+    let mut f64_if = |flag: u32, default: f64| {
+        if flags & flag != 0 {
+            at += 8;
+            f64::from_bits(u64_at(at - 8))
+        } else {
+            default
+        }
+    };
+    let amplitude = f64_if(FLAG_AMPLITUDE, 1.0);
+    let source_amplitude = f64_if(FLAG_SOURCE_AMPLITUDE, amplitude);
+    let phase = f64_if(FLAG_PHASE, 0.0);
+    let node = if flags & FLAG_ID_NODE != 0 {
+        at += 4;
+        u32::from_be_bytes(b[at - 4..at].try_into().expect("4 bytes"))
+    } else {
+        (origin >> 32) as u32
+    };
+    let source_len = usize::from(b[at]);
+    at += 1;
+    let id = (u128::from(millis) << 80) | (u128::from(node) << 48) | u128::from(sequence);
+    Some((
+        Fixed {
+            id,
+            emitted_at_ns,
+            origin,
+            amplitude,
+            source_amplitude,
+            phase,
+            hops,
+            source_len,
+        },
+        flags as u16,
+        at,
     ))
 }
 
@@ -1299,7 +1418,12 @@ struct Raw<'a> {
 impl Raw<'_> {
     /// Checks every value and makes the wave; the one place the rules of a
     /// decoded wave are written.
-    fn build(self, channel: Channel, payload: Bytes) -> Result<Wave, WireError> {
+    fn build(
+        self,
+        channel: Channel,
+        payload: Bytes,
+        cache: Option<&mut SourceCache>,
+    ) -> Result<Wave, WireError> {
         let amplitude = unit_amplitude("amplitude", self.amplitude)?;
         let source_amplitude = unit_amplitude("source amplitude", self.source_amplitude)?;
         // Only angles already in [0, 2π) are accepted, so `Phase::new` keeps
@@ -1309,8 +1433,14 @@ impl Raw<'_> {
         }
         let phase = Phase::new(self.phase)
             .map_err(|_| invalid(format!("phase {} is outside [0, 2π)", self.phase)))?;
+        let known = cache
+            .as_ref()
+            .and_then(|c| c.last.as_ref())
+            .filter(|name| name.as_bytes() == self.source);
         let source = if self.source.is_empty() {
             None
+        } else if let Some(name) = known {
+            Some(name.clone())
         } else {
             if let Some(problem) = source_problem(self.source) {
                 return Err(invalid(problem));
@@ -1318,7 +1448,11 @@ impl Raw<'_> {
             // The alphabet is ASCII, so the bytes are UTF-8.
             let text = std::str::from_utf8(self.source)
                 .map_err(|_| invalid("source name is not UTF-8".to_string()))?;
-            Some(SmolStr::new(text))
+            let name = SmolStr::new(text);
+            if let Some(cache) = cache {
+                cache.last = Some(name.clone());
+            }
+            Some(name)
         };
         let bad_decay = self.decay.filter(|(d, _)| !(d.is_finite() && *d >= 0.0));
         if let Some((decay_per_s, _)) = bad_decay {
@@ -1648,7 +1782,7 @@ impl Parts {
             }),
             trace: None,
         }
-        .build(channel, self.payload)
+        .build(channel, self.payload, None)
         .map(|mut wave| {
             wave.set_trace_context(self.trace);
             wave
@@ -2242,6 +2376,86 @@ mod tests {
         // Any cut of a frame is refused, never a panic.
         for end in 0..frame.len() {
             assert!(frame_envelopes(&frame.slice(..end), &Limits::default()).is_err());
+        }
+    }
+
+    /// The one-piece read of version 2's fixed part agrees with the
+    /// field-by-field one wherever it answers, on any bytes.
+    fn same_fixed(body: &[u8]) {
+        let Some((fast, fast_flags, fast_end)) = fixed_v2_fast(body) else {
+            return;
+        };
+        let mut reader = Reader { body, at: 2 };
+        let (slow, slow_flags) = fixed_v2(&mut reader).expect("the fast path took it");
+        assert_eq!((fast_flags, fast_end), (slow_flags, reader.at));
+        assert_eq!(
+            (
+                fast.id,
+                fast.emitted_at_ns,
+                fast.origin,
+                fast.hops,
+                fast.source_len
+            ),
+            (
+                slow.id,
+                slow.emitted_at_ns,
+                slow.origin,
+                slow.hops,
+                slow.source_len
+            )
+        );
+        for (a, b) in [
+            (fast.amplitude, slow.amplitude),
+            (fast.source_amplitude, slow.source_amplitude),
+            (fast.phase, slow.phase),
+        ] {
+            assert_eq!(a.to_bits(), b.to_bits());
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+        #[test]
+        fn the_fast_fixed_part_reads_as_the_careful_one(
+            flags in 0u32..(1 << 15),
+            rest in proptest::collection::vec(proptest::prelude::any::<u8>(), 60..120),
+        ) {
+            // Known flags (an unknown one is the careful path's to refuse).
+            let mut body = vec![MAGIC, VERSION_2];
+            put_varint(&mut body, flags & KNOWN_FLAGS_V2);
+            body.extend(rest);
+            same_fixed(&body);
+        }
+    }
+
+    #[test]
+    fn the_fast_fixed_part_reads_every_vector_shape() {
+        for wave in [
+            full(),
+            fresh(
+                "shop",
+                b"0123456789012345678901234567890123456789012345678901234567890123",
+            ),
+            Wave::new("a", vec![7u8; 80]),
+        ] {
+            let body = v2(&wave);
+            assert!(fixed_v2_fast(&body).is_some());
+            same_fixed(&body);
+            let back = decode(wave.channel().clone(), body, &Limits::default()).unwrap();
+            assert_eq!(Parts::of(&back), Parts::of(&wave));
+        }
+        // A cached source name is the same name, and a new one replaces it.
+        let mut cache = SourceCache::default();
+        for source in ["shop", "shop", "till"] {
+            let wave = fresh(source, b"x");
+            let back = decode_cached(
+                wave.channel().clone(),
+                v2(&wave),
+                &Limits::default(),
+                &mut cache,
+            )
+            .unwrap();
+            assert_eq!(back.source(), Some(source));
         }
     }
 }

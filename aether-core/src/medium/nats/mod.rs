@@ -1139,6 +1139,9 @@ pub(super) struct LastChannel {
     replays: Option<Replays>,
     /// A core NATS subscription (not a durable consumer's).
     core: bool,
+    /// The source name last decoded, checked once for a run of waves from
+    /// one emitter.
+    sources: crate::wave::wire::SourceCache,
 }
 
 impl LastChannel {
@@ -1151,6 +1154,7 @@ impl LastChannel {
             last: None,
             replays: shared.security.replay_window(),
             core: true,
+            sources: Default::default(),
         }
     }
 
@@ -1317,13 +1321,14 @@ fn take_envelope(
     heard_elsewhere: &mut impl FnMut(&Channel) -> bool,
 ) -> Option<Wave> {
     let signed = shared.security.is_enabled().then(|| body.clone());
-    let mut wave = match wire::decode(channel, body, &shared.limits) {
-        Ok(wave) => wave,
-        Err(error) => {
-            shared.refuse(subject, &error);
-            return None;
-        }
-    };
+    let mut wave =
+        match crate::wave::wire::decode_cached(channel, body, &shared.limits, &mut last.sources) {
+            Ok(wave) => wave,
+            Err(error) => {
+                shared.refuse(subject, &error);
+                return None;
+            }
+        };
     // A reflection comes only on the reflection channel of the source it
     // names, and travels as the channel it was emitted on from here on, so
     // that the ACL judges that channel; nothing else comes on a reflection
