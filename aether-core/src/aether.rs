@@ -264,11 +264,18 @@ impl Aether {
         self.inner.config.durability.is_enabled()
     }
 
-    /// A vibrator (its queue `inbox`) hands `wave` to its application: a
-    /// durable wave is acknowledged now. `false` if the vibrator handed out
-    /// this wave already (a redelivery), which it then drops.
-    pub(crate) fn hand_out(&self, inbox: u64, wave: &Wave) -> bool {
-        self.inner.medium.hand_out(inbox, wave)
+    /// A vibrator (its queue `inbox`, counting into `stats`) hands `wave`
+    /// to its application: a durable wave is acknowledged now. `false` if
+    /// the vibrator handed out this wave already (a redelivery, or a
+    /// replayed copy), which it then drops: counted as
+    /// [`DropReason::Duplicate`] by the vibrator and the aether.
+    pub(crate) fn hand_out(&self, inbox: u64, stats: &Counters, wave: &Wave) -> bool {
+        let fresh = self.inner.medium.hand_out(inbox, wave);
+        if !fresh {
+            stats.dropped(DropReason::Duplicate);
+            self.inner.stats.dropped(DropReason::Duplicate);
+        }
+        fresh
     }
 
     /// A vibrator (its queue `inbox`) went away without handing out

@@ -35,11 +35,14 @@ pub enum DropReason {
     /// Emit took it, but the aether closed before it was handed to the
     /// connection (a batch still queued).
     Unsent,
+    /// A copy of a durable wave the receiving vibrator handed out already:
+    /// a redelivery after a lost acknowledgement, or a replayed copy.
+    Duplicate,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Expired,
         DropReason::PropagationLimit,
         DropReason::BelowNoiseFloor,
@@ -49,6 +52,7 @@ impl DropReason {
         DropReason::Denied,
         DropReason::Undecryptable,
         DropReason::Unsent,
+        DropReason::Duplicate,
     ];
 
     /// A short snake_case name, fit for a metric label.
@@ -63,6 +67,7 @@ impl DropReason {
             DropReason::Denied => "denied",
             DropReason::Undecryptable => "undecryptable",
             DropReason::Unsent => "unsent",
+            DropReason::Duplicate => "duplicate",
         }
     }
 

@@ -382,7 +382,9 @@ impl Vibrator {
                 return Poll::Ready(None);
             }
             if let Some(wave) = self.batch.pop_front()
-                && self.aether().hand_out(self.inbox.id(), &wave)
+                && self
+                    .aether()
+                    .hand_out(self.inbox.id(), self.inbox.stats(), &wave)
             {
                 return Poll::Ready(Some(wave));
             }
@@ -415,7 +417,11 @@ impl Vibrator {
                 self.inbox.try_take(&mut self.batch);
             }
             let wave = self.batch.pop_front()?;
-            if !self.durable || self.aether().hand_out(self.inbox.id(), &wave) {
+            if !self.durable
+                || self
+                    .aether()
+                    .hand_out(self.inbox.id(), self.inbox.stats(), &wave)
+            {
                 self.received(&wave);
                 return Some(wave);
             }

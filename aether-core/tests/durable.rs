@@ -521,3 +521,84 @@ async fn nats_waves_queued_but_not_received_at_a_kill_come_to_the_restarted_rece
     .await
     .expect("bounded");
 }
+
+/// A stored message is counted once wherever it is seen: an observer
+/// resonating on everything (`*`, as the gateway does) also hears
+/// JetStream's deliveries to every consumer's inbox, which it passes over;
+/// and a copy of a stored wave that a vibrator handed out already (here
+/// published again by a raw client, as a replay would be) is dropped and
+/// counted as `duplicate`, by the vibrator and its aether.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_copies_count_once_and_a_copy_handed_out_already_is_a_duplicate() {
+    use aether_core::DropReason;
+    use aether_testkit::RawNats;
+    timeout(LIMIT, async {
+        let server = NatsServer::builder().jetstream(true).start().await.unwrap();
+        let url = server.url();
+        let b = Aether::connect(config(&url, None)).await.unwrap();
+        let mut rx = Vibrator::create("billing", &b).await.unwrap();
+        rx.resonate_on("orders.*").await.unwrap();
+        let c = Aether::connect(config(&url, None)).await.unwrap();
+        let mut all = Vibrator::create("gateway", &c).await.unwrap();
+        all.resonate_on("*").await.unwrap();
+        let mut raw = RawNats::connect(server.addr()).await.unwrap();
+
+        let wave = wire::Parts {
+            id: 0x0194_a8df_647b_5eed_2a4b_0000_0000_0001,
+            emitted_at_ns: 1,
+            source: Some("shop".into()),
+            payload: serde_json::to_vec(&json!({"seq": 1})).unwrap().into(),
+            ..Default::default()
+        }
+        .into_wave(Channel::new("orders.created"))
+        .unwrap();
+        let body = wire::encode(&wave);
+        // Until the observer hears it: its subscription is live.
+        loop {
+            raw.publish("aether.orders.created", None, &body)
+                .await
+                .unwrap();
+            raw.ping().await.unwrap();
+            if timeout(Duration::from_millis(100), all.receive())
+                .await
+                .is_ok()
+            {
+                break;
+            }
+        }
+        let got = receive_n(&mut rx, 1).await;
+        assert_eq!(seq(&got[0]), 1);
+        // Every copy after the first that reaches billing is a duplicate.
+        let published = stored(&url).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rx.stats().dropped(DropReason::Duplicate) + 1 < published {
+            assert!(Instant::now() < deadline, "{:?}", rx.stats());
+            let _ = timeout(Duration::from_millis(50), rx.receive()).await;
+        }
+        nothing_more(&mut rx).await;
+        assert_eq!(
+            b.stats().dropped(DropReason::Duplicate),
+            rx.stats().dropped(DropReason::Duplicate)
+        );
+
+        // Garbage stored in the stream: billing's consumer refuses it once,
+        // and the observer counts it once, not once more for the delivery
+        // to billing's inbox it also hears.
+        let before = c.connection().malformed;
+        raw.publish("aether.orders.created", None, b"\x00garbage")
+            .await
+            .unwrap();
+        raw.ping().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while b.connection().malformed == 0 {
+            assert!(Instant::now() < deadline, "billing never refused it");
+            sleep(Duration::from_millis(20)).await;
+        }
+        sleep(Duration::from_millis(300)).await;
+        assert_eq!(c.connection().malformed, before + 1);
+        assert_eq!(b.connection().malformed, 1);
+        assert_eq!(c.stats().dropped(DropReason::Replay), 0);
+    })
+    .await
+    .expect("bounded");
+}

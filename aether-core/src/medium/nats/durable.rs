@@ -53,7 +53,7 @@ use tokio::{
 
 use super::{LastChannel, Shared, take};
 use crate::{
-    Channel, ConnectError, ConnectErrorKind, EmitError, EmitErrorKind, ResonateError,
+    Channel, ConnectError, ConnectErrorKind, DropReason, EmitError, EmitErrorKind, ResonateError,
     ResonateErrorKind, Wave, WaveId, channel,
     config::{DurabilityConfig, DurableStorage},
     connection::ConnectionState,
@@ -708,10 +708,18 @@ async fn arrive(
         }
         wave
     });
-    let Some(wave) = wave.filter(|w| !durable.handed_out(inbox.id(), w.id().as_u128())) else {
+    let Some(wave) = wave else {
         durable.acknowledge(acker, AckKind::Ack);
         return true;
     };
+    if durable.handed_out(inbox.id(), wave.id().as_u128()) {
+        // Handed out already: a redelivery, or a copy replayed into the
+        // stream. Counted, and acknowledged so that it does not come again.
+        inbox.stats().dropped(DropReason::Duplicate);
+        shared.stats.dropped(DropReason::Duplicate);
+        durable.acknowledge(acker, AckKind::Ack);
+        return true;
+    }
     // Wait for room rather than shed a stored wave.
     while inbox.len() >= inbox.capacity() && !inbox.is_closed() {
         tokio::time::sleep(FULL_QUEUE_WAIT).await;

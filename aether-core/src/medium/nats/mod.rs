@@ -1292,16 +1292,20 @@ fn arrival_channel(shared: &Shared, message: &Message, last: &mut LastChannel) -
         return None;
     };
     // A subscription that hears clients' inboxes (`*`) hears NATS's own
-    // traffic to them too: JetStream's deliveries to a consumer (a copy of
-    // a stored wave, which its channel brings already) and its API's
-    // answers. Neither is a wave of the bus: passed over, not counted.
-    if last.core && reply::is_reply_channel(&channel) {
+    // traffic to them too: JetStream's deliveries to every consumer (a copy
+    // of a stored wave, which its publish brought already, under the
+    // wave's own subject, with an acknowledgement reply) and its API's
+    // answers. Neither is a wave of the bus: passed over, not counted, so
+    // that a stored wave or a stored bad message counts once, not once
+    // more per consumer.
+    if last.core {
         let delivery = message
             .reply
             .as_ref()
             .is_some_and(|reply| reply.starts_with("$JS.ACK."));
-        let envelope = message.payload.first() == Some(&wire::MAGIC);
-        if delivery || !envelope {
+        let answer =
+            reply::is_reply_channel(&channel) && message.payload.first() != Some(&wire::MAGIC);
+        if delivery || answer {
             return None;
         }
     }
