@@ -513,15 +513,39 @@ pub(crate) fn encode_pooled(version: WireVersion, wave: &Wave) -> Bytes {
     })
 }
 
-/// Appends `wave`'s envelope in `version` to `out`, after its length as a
-/// varint: one entry of a batch frame, written in place (no envelope of its
-/// own first).
-pub(crate) fn encode_framed_into(version: WireVersion, wave: &Wave, out: &mut bytes::BytesMut) {
-    let sections = Sections::of(wave);
-    let len = sections.len(version, wave);
-    out.reserve(3 + len);
-    put_varint(out, len as u32);
-    write(version, wave, &sections, out);
+/// A wave's envelope about to be written into a batch frame, its layout
+/// worked out once.
+pub(crate) struct Framed<'a> {
+    wave: &'a Wave,
+    sections: Sections<'a>,
+    version: WireVersion,
+    len: usize,
+}
+
+impl<'a> Framed<'a> {
+    pub(crate) fn of(version: WireVersion, wave: &'a Wave) -> Self {
+        let sections = Sections::of(wave);
+        let len = sections.len(version, wave);
+        Self {
+            wave,
+            sections,
+            version,
+            len,
+        }
+    }
+
+    /// The bytes it takes in a frame: its length varint, then itself.
+    pub(crate) fn entry_len(&self) -> usize {
+        varint_len(self.len as u32) + self.len
+    }
+
+    /// Appends it to `out`: its length as a varint, then the envelope,
+    /// written in place (no envelope of its own first).
+    pub(crate) fn write_into(&self, out: &mut bytes::BytesMut) {
+        out.reserve(self.entry_len());
+        put_varint(out, self.len as u32);
+        write(self.version, self.wave, &self.sections, out);
+    }
 }
 
 /// Appends an envelope already written to `out`, after its length as a
@@ -801,6 +825,18 @@ pub fn is_frame(body: &[u8]) -> bool {
 /// envelope, ends inside one, or has bytes after the last is `BadFrame`.
 /// Never panics. The envelopes themselves are not decoded here.
 pub fn frame_envelopes(body: &Bytes, limits: &Limits) -> Result<Vec<Bytes>, WireError> {
+    Ok(frame_ranges(body, limits)?
+        .into_iter()
+        .map(|range| body.slice(range))
+        .collect())
+}
+
+/// Where the envelopes of the batch frame `body` lie, checked as
+/// [`frame_envelopes`] checks them.
+pub(crate) fn frame_ranges(
+    body: &[u8],
+    limits: &Limits,
+) -> Result<Vec<std::ops::Range<usize>>, WireError> {
     let bad = |message: String| WireError::new(WireErrorKind::BadFrame, message);
     if body.len() > limits.max_body_bytes {
         return Err(WireError::new(
@@ -840,7 +876,7 @@ pub fn frame_envelopes(body: &Bytes, limits: &Limits) -> Result<Vec<Bytes>, Wire
         reader
             .take(len, "envelope")
             .map_err(|e| bad(format!("envelope {n} of {count}: {}", e.message())))?;
-        envelopes.push(body.slice(start..start + len));
+        envelopes.push(start..start + len);
     }
     if reader.at != body.len() {
         return Err(bad(format!(
@@ -911,7 +947,7 @@ pub fn check(wave: &Wave) -> Result<(), WireError> {
 /// matching [`WireErrorKind`] and a message naming the field and the value.
 /// Never panics, whatever the bytes.
 pub fn decode(channel: Channel, body: Bytes, limits: &Limits) -> Result<Wave, WireError> {
-    decode_with(channel, body, limits, None)
+    decode_with(channel, &body, 0..body.len(), limits, None)
 }
 
 /// The source name of the last envelope decoded with it, checked: the
@@ -922,22 +958,28 @@ pub(crate) struct SourceCache {
     last: Option<SmolStr>,
 }
 
-/// [`decode`], reusing the source name `cache` holds when it is the same.
+/// [`decode`] of the envelope at `range` of `whole` (a message, or a batch
+/// frame), reusing the source name `cache` holds when it is the same. The
+/// payload is a slice of `whole`.
 pub(crate) fn decode_cached(
     channel: Channel,
-    body: Bytes,
+    whole: &Bytes,
+    range: std::ops::Range<usize>,
     limits: &Limits,
     cache: &mut SourceCache,
 ) -> Result<Wave, WireError> {
-    decode_with(channel, body, limits, Some(cache))
+    decode_with(channel, whole, range, limits, Some(cache))
 }
 
 fn decode_with(
     channel: Channel,
-    body: Bytes,
+    whole: &Bytes,
+    range: std::ops::Range<usize>,
     limits: &Limits,
     cache: Option<&mut SourceCache>,
 ) -> Result<Wave, WireError> {
+    let offset = range.start;
+    let body: &[u8] = whole.get(range).unwrap_or_default();
     let len = body.len();
     if len > limits.max_body_bytes {
         return Err(WireError::new(
@@ -948,7 +990,7 @@ fn decode_with(
             ),
         ));
     }
-    let mut reader = Reader { body: &body, at: 0 };
+    let mut reader = Reader { body, at: 0 };
     let [magic] = reader.array("magic byte")?;
     if magic != MAGIC {
         return Err(WireError::new(
@@ -959,7 +1001,7 @@ fn decode_with(
     let [version] = reader.array("version")?;
     let (fixed, flags) = match version {
         VERSION => fixed_v1(&mut reader, len)?,
-        VERSION_2 => match fixed_v2_fast(&body) {
+        VERSION_2 => match fixed_v2_fast(body) {
             Some((fixed, flags, end)) => {
                 reader.at = end;
                 (fixed, flags)
@@ -1086,7 +1128,11 @@ fn decode_with(
         reflection,
         trace,
     }
-    .build(channel, body.slice(payload_start..payload_end), cache)
+    .build(
+        channel,
+        whole.slice(offset + payload_start..offset + payload_end),
+        cache,
+    )
 }
 
 /// The fixed fields of an envelope, either version.
@@ -2448,9 +2494,11 @@ mod tests {
         let mut cache = SourceCache::default();
         for source in ["shop", "shop", "till"] {
             let wave = fresh(source, b"x");
+            let body = v2(&wave);
             let back = decode_cached(
                 wave.channel().clone(),
-                v2(&wave),
+                &body,
+                0..body.len(),
                 &Limits::default(),
                 &mut cache,
             )

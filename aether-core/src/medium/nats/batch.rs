@@ -24,7 +24,7 @@ use tokio::sync::{Notify, oneshot};
 
 use super::Shared;
 use crate::{
-    EmitError, EmitErrorKind, Wave, config::NatsBatch, stats::DropReason, wave::wire,
+    Channel, EmitError, EmitErrorKind, Wave, config::NatsBatch, stats::DropReason, wave::wire,
     wire::WireVersion,
 };
 
@@ -60,6 +60,8 @@ struct State {
 /// Consecutive waves on one subject: a frame being filled.
 struct Run {
     subject: Subject,
+    /// The channel of the waves `try_push` wrote (none for `send`'s).
+    channel: Option<Channel>,
     buf: BytesMut,
     waves: usize,
 }
@@ -88,20 +90,39 @@ impl Batcher {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes `wave`'s envelope (`version`) into the run for `subject`;
-    /// `false` if the queue is full (nothing written: encode it and
-    /// [`send`](Self::send) it, which waits for room).
-    pub(super) fn try_push(&self, subject: &Subject, version: WireVersion, wave: &Wave) -> bool {
+    /// Writes `wave`'s envelope (`version`) into the run for its channel
+    /// (`subject_of` gives the subject when a run starts); `false` if the
+    /// queue is full (nothing written: encode it and [`send`](Self::send)
+    /// it, which waits for room).
+    pub(super) fn try_push(
+        &self,
+        subject_of: impl FnOnce() -> Subject,
+        version: WireVersion,
+        wave: &Wave,
+    ) -> bool {
+        let framed = wire::Framed::of(version, wave);
+        let entry = framed.entry_len();
         let mut state = self.lock();
         if state.closed || state.bytes >= self.queue_bytes {
             return false;
         }
-        let before = self.run_for(&mut state, subject, wire::encoded_len_as(version, wave));
+        let fits = state.runs.back().is_some_and(|run| {
+            run.channel.as_ref() == Some(wave.channel())
+                && run.waves < self.config.max_waves
+                && run.buf.len() + entry <= self.config.max_bytes
+        });
+        if !fits {
+            self.start_run(
+                &mut state,
+                subject_of(),
+                Some(wave.channel().clone()),
+                entry,
+            );
+        }
         let run = state.runs.back_mut().expect("a run");
-        wire::encode_framed_into(version, wave, &mut run.buf);
+        framed.write_into(&mut run.buf);
         run.waves += 1;
-        let added = run.buf.len() - before;
-        state.bytes += added;
+        state.bytes += entry;
         self.wake_task(state);
         true
     }
@@ -144,16 +165,28 @@ impl Batcher {
                 && run.buf.len() + entry <= self.config.max_bytes
         });
         if !fits {
-            let mut buf = BytesMut::with_capacity((HEAD + entry).max(self.config.max_bytes));
-            buf.extend_from_slice(&[wire::MAGIC, wire::FRAME, 0, 0, 0]);
-            state.bytes += HEAD;
-            state.runs.push_back(Run {
-                subject: subject.clone(),
-                buf,
-                waves: 0,
-            });
+            self.start_run(state, subject.clone(), None, entry);
         }
         state.runs.back().expect("a run").buf.len()
+    }
+
+    /// Starts a run for `subject` with room for an entry of `entry` bytes.
+    fn start_run(
+        &self,
+        state: &mut State,
+        subject: Subject,
+        channel: Option<Channel>,
+        entry: usize,
+    ) {
+        let mut buf = BytesMut::with_capacity((HEAD + entry).max(self.config.max_bytes));
+        buf.extend_from_slice(&[wire::MAGIC, wire::FRAME, 0, 0, 0]);
+        state.bytes += HEAD;
+        state.runs.push_back(Run {
+            subject,
+            channel,
+            buf,
+            waves: 0,
+        });
     }
 
     /// Wakes the task if it waits (after the lock is let go).
@@ -236,6 +269,7 @@ async fn publish(run: Run, client: &Client, shared: &Shared) {
         subject,
         mut buf,
         waves,
+        ..
     } = run;
     let body = if waves == 1 {
         let body = buf.freeze();

@@ -256,19 +256,20 @@ impl NatsMedium {
         {
             return None;
         }
-        let subject = self.subject_of(wave.channel());
         let version = shared.config.nats.wire_version;
         if shared.security.is_enabled() {
+            let subject = self.subject_of(wave.channel());
             return Some(Prepared::Direct(
                 subject.clone(),
                 shared.seal(&subject, wave),
             ));
         }
         if let Some(batcher) = &self.batcher
-            && batcher.try_push(&subject, version, wave)
+            && batcher.try_push(|| self.subject_of(wave.channel()), version, wave)
         {
             return Some(Prepared::Queued);
         }
+        let subject = self.subject_of(wave.channel());
         let body = crate::wave::wire::encode_pooled(version, wave);
         Some(Prepared::Direct(subject, body))
     }
@@ -1222,7 +1223,7 @@ fn take(
         &message.subject,
         message.reply.as_ref(),
         channel,
-        message.payload,
+        (&message.payload, 0..message.payload.len()),
         last,
         &mut heard_elsewhere,
     )
@@ -1247,7 +1248,7 @@ fn take_each(
             &message.subject,
             message.reply.as_ref(),
             channel,
-            message.payload,
+            (&message.payload, 0..message.payload.len()),
             last,
             &mut heard_elsewhere,
         ) {
@@ -1255,7 +1256,7 @@ fn take_each(
         }
         return;
     }
-    let envelopes = match wire::frame_envelopes(&message.payload, &shared.limits) {
+    let envelopes = match crate::wave::wire::frame_ranges(&message.payload, &shared.limits) {
         Ok(envelopes) => envelopes,
         Err(error) => {
             shared.refuse(&message.subject, &error);
@@ -1272,7 +1273,7 @@ fn take_each(
             &message.subject,
             message.reply.as_ref(),
             channel.clone(),
-            envelope,
+            (&message.payload, envelope),
             last,
             &mut heard_elsewhere,
         ) {
@@ -1312,27 +1313,32 @@ fn arrival_channel(shared: &Shared, message: &Message, last: &mut LastChannel) -
     Some(channel)
 }
 
-/// One envelope off the wire (`body`, from a message on `subject` with
-/// `reply`), measured on arrival; `None` if it is not a wave (counted as
+/// One envelope off the wire (`body`: a range of a message on `subject`
+/// with `reply`), measured on arrival; `None` if it is not a wave (counted as
 /// malformed), is `heard_elsewhere`, or is dropped (and counted).
 fn take_envelope(
     shared: &Shared,
     subject: &Subject,
     reply: Option<&Subject>,
     channel: Channel,
-    body: bytes::Bytes,
+    (whole, range): (&bytes::Bytes, std::ops::Range<usize>),
     last: &mut LastChannel,
     heard_elsewhere: &mut impl FnMut(&Channel) -> bool,
 ) -> Option<Wave> {
-    let signed = shared.security.is_enabled().then(|| body.clone());
-    let mut wave =
-        match crate::wave::wire::decode_cached(channel, body, &shared.limits, &mut last.sources) {
-            Ok(wave) => wave,
-            Err(error) => {
-                shared.refuse(subject, &error);
-                return None;
-            }
-        };
+    let envelope = whole.get(range.clone()).unwrap_or_default();
+    let mut wave = match crate::wave::wire::decode_cached(
+        channel,
+        whole,
+        range,
+        &shared.limits,
+        &mut last.sources,
+    ) {
+        Ok(wave) => wave,
+        Err(error) => {
+            shared.refuse(subject, &error);
+            return None;
+        }
+    };
     // A reflection comes only on the reflection channel of the source it
     // names, and travels as the channel it was emitted on from here on, so
     // that the ACL judges that channel; nothing else comes on a reflection
@@ -1342,8 +1348,8 @@ fn take_envelope(
         return None;
     }
     let routed_on = wave.restore_reflected_channel();
-    if let Some(body) = signed
-        && let Err(reason) = shared.security.check_arrival(subject, &body, &wave)
+    if shared.security.is_enabled()
+        && let Err(reason) = shared.security.check_arrival(subject, envelope, &wave)
     {
         shared.stats.dropped(reason);
         return None;
