@@ -406,13 +406,14 @@ impl Inbox {
         }
     }
 
-    /// Takes `batch`, waves measured on arrival, as the whole queue when it
-    /// can: the queue is open and empty, there is room for every wave, and
-    /// none is under the noise floor or one of the vibrator's own that it
-    /// skips. The batch then becomes the queue (the buffers are swapped:
-    /// no wave moves, `batch` is left empty with the queue's old buffer)
-    /// and `Some(how many)` is returned, counted as delivered. `None`
-    /// otherwise, with `batch` untouched: offer its waves one by one
+    /// Takes `batch`, waves measured on arrival, whole when it can: the
+    /// queue is open, there is room for every wave, and none is under the
+    /// noise floor or one of the vibrator's own that it skips. An empty
+    /// queue becomes the batch (the buffers are swapped: no wave moves,
+    /// `batch` is left empty with the queue's old buffer); a queue that
+    /// holds waves takes the batch at its end in one move. `Some(how
+    /// many)` is returned, counted as delivered. `None` otherwise, with
+    /// `batch` untouched: offer its waves one by one
     /// ([`Inbox::offer_many`]).
     pub(crate) fn offer_whole(&self, batch: &mut VecDeque<Wave>) -> Option<u64> {
         let (floor, skip_own) = (self.noise_floor(), self.skips_own());
@@ -425,19 +426,26 @@ impl Inbox {
             return None;
         }
         let mut state = self.lock();
-        if state.closed || !state.queue.is_empty() {
+        if state.closed || state.queue.len() + batch.len() > self.settings.capacity {
             return None;
         }
-        std::mem::swap(&mut state.queue, batch);
+        let was_empty = state.queue.is_empty();
+        let taken = batch.len();
+        if was_empty {
+            std::mem::swap(&mut state.queue, batch);
+        } else {
+            state.queue.append(batch);
+        }
         // Worked out again if ever needed (only a full queue sheds).
         state.weakest = None;
-        let queued = state.queue.len();
-        self.queued.store(queued, Ordering::Release);
+        self.queued.store(state.queue.len(), Ordering::Release);
         drop(state);
-        self.stats.delivered_many(queued as u64);
-        // The queue was empty: the receiver may be parked.
-        self.waker.wake();
-        Some(queued as u64)
+        self.stats.delivered_many(taken as u64);
+        if was_empty {
+            // The receiver may be parked.
+            self.waker.wake();
+        }
+        Some(taken as u64)
     }
 
     /// Notes whether the wave about to be offered goes to other queues too.
