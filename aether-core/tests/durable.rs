@@ -43,6 +43,10 @@ fn config(url: &str, outbox_dir: Option<&Path>) -> AetherConfig {
             ping_interval_ms: 200,
             reconnect_delay_max_ms: 100,
             retry_on_initial_connect: outbox_dir.is_some(),
+            batch: aether_core::config::NatsBatch {
+                enabled: aether_testkit::batch_frames(),
+                ..Default::default()
+            },
             ..Default::default()
         },
         durability: DurabilityConfig {

@@ -609,6 +609,10 @@ async fn nats_aether(server: &NatsServer, secret: &str) -> Aether {
     Aether::connect(AetherConfig {
         nats: NatsConfig {
             urls: vec![server.url()],
+            batch: aether_core::config::NatsBatch {
+                enabled: aether_testkit::batch_frames(),
+                ..Default::default()
+            },
             ..Default::default()
         },
         ..config(Some(secret), NATS_MS)

@@ -26,6 +26,10 @@ fn config(urls: Vec<String>, outbox_capacity: usize) -> AetherConfig {
             outbox_capacity,
             ping_interval_ms: 200,
             reconnect_delay_max_ms: 100,
+            batch: aether_core::config::NatsBatch {
+                enabled: aether_testkit::batch_frames(),
+                ..Default::default()
+            },
             ..Default::default()
         },
         ..Default::default()

@@ -58,6 +58,10 @@ fn over(url: &str, security: SecurityConfig) -> AetherConfig {
             urls: vec![url.into()],
             connect_timeout_ms: 2000,
             reconnect_delay_max_ms: 100,
+            batch: aether_core::config::NatsBatch {
+                enabled: aether_testkit::batch_frames(),
+                ..Default::default()
+            },
             ..Default::default()
         },
         security,

@@ -38,6 +38,10 @@ fn sealed(url: &str, key: Option<&str>) -> AetherConfig {
     AetherConfig {
         nats: NatsConfig {
             urls: vec![url.into()],
+            batch: aether_core::config::NatsBatch {
+                enabled: aether_testkit::batch_frames(),
+                ..Default::default()
+            },
             ..Default::default()
         },
         security: SecurityConfig {

@@ -34,6 +34,10 @@ fn config(url: String, tls: NatsTls, auth: NatsAuth) -> AetherConfig {
             reconnect_delay_max_ms: 100,
             tls,
             auth,
+            batch: aether_core::config::NatsBatch {
+                enabled: aether_testkit::batch_frames(),
+                ..Default::default()
+            },
             ..Default::default()
         },
         ..Default::default()

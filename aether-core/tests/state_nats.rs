@@ -61,6 +61,10 @@ fn over(url: &str) -> AetherConfig {
             urls: vec![url.into()],
             ping_interval_ms: 200,
             reconnect_delay_max_ms: 100,
+            batch: aether_core::config::NatsBatch {
+                enabled: aether_testkit::batch_frames(),
+                ..Default::default()
+            },
             ..Default::default()
         },
         ..Default::default()

@@ -33,6 +33,12 @@ pub use server::{Auth, ClusterConfig, NatsServer, NatsServerBuilder, User, nats_
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 
+/// Whether the tests' aethers send batch frames over NATS: yes unless
+/// `AETHER_TEST_BATCH=off` (`.ci/test` runs the NATS test files both ways).
+pub fn batch_frames() -> bool {
+    std::env::var("AETHER_TEST_BATCH").map_or(true, |v| v != "off")
+}
+
 /// Returns a TCP port on 127.0.0.1 that was free a moment ago (bind `127.0.0.1:0`, read the
 /// port, drop the listener). Another process may grab it before you bind it; callers that
 /// start servers retry on bind failures.
