@@ -545,6 +545,13 @@ async fn stored_copies_count_once_and_a_copy_handed_out_already_is_a_duplicate()
         let c = Aether::connect(config(&url, None)).await.unwrap();
         let mut all = Vibrator::create("gateway", &c).await.unwrap();
         all.resonate_on("*").await.unwrap();
+        // As the gateway: a durable resonance on the durable channels, then
+        // everything; the stored channels are taken (and counted) by the
+        // durable one only.
+        let g = Aether::connect(config(&url, None)).await.unwrap();
+        let mut gateway = Vibrator::create("gateway", &g).await.unwrap();
+        gateway.resonate_on("orders.*").await.unwrap();
+        gateway.resonate_on("*").await.unwrap();
         let mut raw = RawNats::connect(server.addr()).await.unwrap();
 
         let wave = wire::Parts {
@@ -589,6 +596,7 @@ async fn stored_copies_count_once_and_a_copy_handed_out_already_is_a_duplicate()
         // and the observer counts it once, not once more for the delivery
         // to billing's inbox it also hears.
         let before = c.connection().malformed;
+        let gateway_before = g.connection().malformed;
         raw.publish("aether.orders.created", None, b"\x00garbage")
             .await
             .unwrap();
@@ -601,6 +609,24 @@ async fn stored_copies_count_once_and_a_copy_handed_out_already_is_a_duplicate()
         sleep(Duration::from_millis(300)).await;
         assert_eq!(c.connection().malformed, before + 1);
         assert_eq!(b.connection().malformed, 1);
+        // The gateway-like observer: once, by its durable resonance (its
+        // `*` subscription passes the channel over).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while g.connection().malformed == gateway_before {
+            assert!(Instant::now() < deadline, "the gateway never counted it");
+            sleep(Duration::from_millis(20)).await;
+        }
+        sleep(Duration::from_millis(300)).await;
+        assert_eq!(g.connection().malformed, gateway_before + 1);
+        assert_eq!(g.stats().dropped(DropReason::Replay), 0);
+        // Its waves: each once (the raw copies of the wave came by both
+        // subscriptions; the stored ones are handed out once, the rest
+        // counted as duplicates).
+        let mut heard = 0;
+        while let Ok(Some(_)) = timeout(Duration::from_millis(200), gateway.receive()).await {
+            heard += 1;
+        }
+        assert_eq!(heard, 1, "{:?}", gateway.stats());
         assert_eq!(c.stats().dropped(DropReason::Replay), 0);
     })
     .await

@@ -1072,13 +1072,18 @@ async fn fan_out(mut subscriber: Subscriber, shared: Arc<Shared>, fanout: Arc<Fa
         };
         let mut next = Some(first);
         while let Some(message) = next.take() {
-            take_each(
-                &shared,
-                message,
-                &mut last,
-                |_| false,
-                |wave| batch.push_back(wave),
-            );
+            // Taken here unless every member hears the channel through an
+            // older resonance of its own (which then counts it).
+            let heard_elsewhere = |channel: &Channel| {
+                let members = fanout.members.load();
+                !members.is_empty()
+                    && members
+                        .iter()
+                        .all(|(id, inbox)| inbox.heard_elsewhere(channel, *id, false))
+            };
+            take_each(&shared, message, &mut last, heard_elsewhere, |wave| {
+                batch.push_back(wave)
+            });
             if batch.len() < FAN_OUT_BATCH {
                 match subscriber.next().now_or_never() {
                     Some(Some(message)) => next = Some(message),
@@ -1218,6 +1223,11 @@ fn take(
     mut heard_elsewhere: impl FnMut(&Channel) -> bool,
 ) -> Option<Wave> {
     let channel = arrival_channel(shared, &message, last)?;
+    // Another of this vibrator's resonances hears the channel too: the
+    // message is taken, checked and counted there, once.
+    if heard_elsewhere(&channel) {
+        return None;
+    }
     take_envelope(
         shared,
         &message.subject,
@@ -1225,7 +1235,6 @@ fn take(
         channel,
         (&message.payload, 0..message.payload.len()),
         last,
-        &mut heard_elsewhere,
     )
 }
 
@@ -1242,6 +1251,11 @@ fn take_each(
     let Some(channel) = arrival_channel(shared, &message, last) else {
         return;
     };
+    // Another of this vibrator's resonances hears the channel too: the
+    // message is taken, checked and counted there, once.
+    if heard_elsewhere(&channel) {
+        return;
+    }
     if !wire::is_frame(&message.payload) {
         if let Some(wave) = take_envelope(
             shared,
@@ -1250,7 +1264,6 @@ fn take_each(
             channel,
             (&message.payload, 0..message.payload.len()),
             last,
-            &mut heard_elsewhere,
         ) {
             each(wave);
         }
@@ -1275,7 +1288,6 @@ fn take_each(
             channel.clone(),
             (&message.payload, envelope),
             last,
-            &mut heard_elsewhere,
         ) {
             each(wave);
         }
@@ -1285,6 +1297,20 @@ fn take_each(
 /// The channel of a message's subject, if it is one of this aether's and
 /// the message is a wave of the bus.
 fn arrival_channel(shared: &Shared, message: &Message, last: &mut LastChannel) -> Option<Channel> {
+    // A subscription that hears clients' inboxes (`*`) hears NATS's own
+    // traffic to them too: JetStream's deliveries to every consumer (a copy
+    // of a stored message, which its publish brought already, under the
+    // message's own subject, with an acknowledgement reply). Not a message
+    // of the bus: passed over, not counted, whatever its subject, so that
+    // a stored message counts once, not once more per consumer.
+    if last.core
+        && message
+            .reply
+            .as_ref()
+            .is_some_and(|reply| reply.starts_with("$JS.ACK."))
+    {
+        return None;
+    }
     let Some(channel) = last.resolve(&shared.prefix, &message.subject) else {
         shared.refuse(
             &message.subject,
@@ -1292,30 +1318,19 @@ fn arrival_channel(shared: &Shared, message: &Message, last: &mut LastChannel) -
         );
         return None;
     };
-    // A subscription that hears clients' inboxes (`*`) hears NATS's own
-    // traffic to them too: JetStream's deliveries to every consumer (a copy
-    // of a stored wave, which its publish brought already, under the
-    // wave's own subject, with an acknowledgement reply) and its API's
-    // answers. Neither is a wave of the bus: passed over, not counted, so
-    // that a stored wave or a stored bad message counts once, not once
-    // more per consumer.
-    if last.core {
-        let delivery = message
-            .reply
-            .as_ref()
-            .is_some_and(|reply| reply.starts_with("$JS.ACK."));
-        let answer =
-            reply::is_reply_channel(&channel) && message.payload.first() != Some(&wire::MAGIC);
-        if delivery || answer {
-            return None;
-        }
+    // And JetStream's API answers to a client's inbox: not waves either.
+    if last.core
+        && reply::is_reply_channel(&channel)
+        && message.payload.first() != Some(&wire::MAGIC)
+    {
+        return None;
     }
     Some(channel)
 }
 
 /// One envelope off the wire (`body`: a range of a message on `subject`
 /// with `reply`), measured on arrival; `None` if it is not a wave (counted as
-/// malformed), is `heard_elsewhere`, or is dropped (and counted).
+/// malformed) or is dropped (and counted).
 fn take_envelope(
     shared: &Shared,
     subject: &Subject,
@@ -1323,7 +1338,6 @@ fn take_envelope(
     channel: Channel,
     (whole, range): (&bytes::Bytes, std::ops::Range<usize>),
     last: &mut LastChannel,
-    heard_elsewhere: &mut impl FnMut(&Channel) -> bool,
 ) -> Option<Wave> {
     let envelope = whole.get(range.clone()).unwrap_or_default();
     let mut wave = match crate::wave::wire::decode_cached(
@@ -1347,7 +1361,7 @@ fn take_envelope(
         shared.stats.dropped(DropReason::Forged);
         return None;
     }
-    let routed_on = wave.restore_reflected_channel();
+    wave.restore_reflected_channel();
     if shared.security.is_enabled()
         && let Err(reason) = shared.security.check_arrival(subject, envelope, &wave)
     {
@@ -1364,11 +1378,6 @@ fn take_envelope(
         && !replays.admit(&wave, crate::wave::unix_nanos())
     {
         shared.stats.dropped(DropReason::Replay);
-        return None;
-    }
-    // Another of this vibrator's resonances hears the wave too: it is
-    // delivered there, once.
-    if heard_elsewhere(routed_on.as_ref().unwrap_or(wave.channel())) {
         return None;
     }
     // A probe's reply subject is not a reply channel: a tracked wave is not
