@@ -424,11 +424,11 @@ impl Wave {
     }
 
     /// A reflection that travelled on its source's reflection channel gets
-    /// the channel it was emitted on back; the channel it travelled on is
-    /// returned.
-    pub(crate) fn restore_reflected_channel(&mut self) -> Option<Channel> {
-        let channel = self.reflection_info().map(|r| r.channel.clone())?;
-        Some(std::mem::replace(&mut self.channel, channel))
+    /// the channel it was emitted on back.
+    pub(crate) fn restore_reflected_channel(&mut self) {
+        if let Some(channel) = self.reflection_info().map(|r| r.channel.clone()) {
+            self.channel = channel;
+        }
     }
 }
 

@@ -406,6 +406,21 @@ fn truncate_at_char_boundary(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// The wave id of its three parts: Unix milliseconds, the random bytes,
+/// the sequence ([`id_millis`], [`id_node`], [`id_sequence`]).
+fn id_of(millis: u64, node: u32, sequence: u64) -> u128 {
+    (u128::from(millis & 0xFFFF_FFFF_FFFF) << 80)
+        | (u128::from(node) << 48)
+        | u128::from(sequence & 0xFFFF_FFFF_FFFF)
+}
+
+/// A u48, little-endian.
+fn u48_le(bytes: [u8; 6]) -> u64 {
+    let mut wide = [0u8; 8];
+    wide[..6].copy_from_slice(&bytes);
+    u64::from_le_bytes(wide)
+}
+
 /// The wave id's Unix milliseconds (its bytes 0 to 5).
 fn id_millis(id: u128) -> u64 {
     (id >> 80) as u64
@@ -1215,11 +1230,7 @@ fn fixed_v2_fast(body: &[u8]) -> Option<(Fixed, u16, usize)> {
     if flags & !KNOWN_FLAGS_V2 != 0 {
         return None;
     }
-    let u48 = |at: usize| {
-        let mut wide = [0u8; 8];
-        wide[..6].copy_from_slice(&b[at..at + 6]);
-        u64::from_le_bytes(wide)
-    };
+    let u48 = |at: usize| u48_le(b[at..at + 6].try_into().expect("6 bytes"));
     let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
     let (millis, sequence, origin) = (u48(at), u48(at + 6), u64_at(at + 12));
     at += 20;
@@ -1255,7 +1266,7 @@ fn fixed_v2_fast(body: &[u8]) -> Option<(Fixed, u16, usize)> {
     };
     let source_len = usize::from(b[at]);
     at += 1;
-    let id = (u128::from(millis) << 80) | (u128::from(node) << 48) | u128::from(sequence);
+    let id = id_of(millis, node, sequence);
     Some((
         Fixed {
             id,
@@ -1286,13 +1297,8 @@ fn fixed_v2(reader: &mut Reader<'_>) -> Result<(Fixed, u16), WireError> {
             ),
         ));
     }
-    let u48 = |bytes: [u8; 6]| {
-        let mut wide = [0u8; 8];
-        wide[..6].copy_from_slice(&bytes);
-        u64::from_le_bytes(wide)
-    };
-    let millis = u48(reader.array("id time")?);
-    let sequence = u48(reader.array("id sequence")?);
+    let millis = u48_le(reader.array("id time")?);
+    let sequence = u48_le(reader.array("id sequence")?);
     let origin = u64::from_le_bytes(reader.array("origin")?);
     let emitted_at_ns = if flags & FLAG_EMITTED_AT != 0 {
         u64::from_le_bytes(reader.array("emitted_at")?)
@@ -1336,7 +1342,7 @@ fn fixed_v2(reader: &mut Reader<'_>) -> Result<(Fixed, u16), WireError> {
         (origin >> 32) as u32
     };
     let [source_len] = reader.array("source name length")?;
-    let id = (u128::from(millis) << 80) | (u128::from(node) << 48) | u128::from(sequence);
+    let id = id_of(millis, node, sequence);
     Ok((
         Fixed {
             id,
