@@ -330,17 +330,23 @@ fn bad_vectors_fail_with_their_kind() {
 
         let err = wire::decode(Channel::new("a"), Bytes::from(body), &limits_of(case))
             .expect_err(&format!("{name} decoded"));
-        assert_eq!(
-            err.kind(),
-            kind_named(&string(case, "error")),
-            "{name}: {err}"
-        );
-        let contains = string(case, "message_contains");
-        assert!(
-            err.to_string().contains(&contains),
-            "{name}: {err:?} lacks {contains:?}"
-        );
+        fails_as(case, &err);
     }
+}
+
+/// `err` is the kind and holds the message a bad vector `case` says.
+fn fails_as(case: &Value, err: &wire::WireError) {
+    let name = string(case, "name");
+    assert_eq!(
+        err.kind(),
+        kind_named(&string(case, "error")),
+        "{name}: {err}"
+    );
+    let contains = string(case, "message_contains");
+    assert!(
+        err.to_string().contains(&contains),
+        "{name}: {err:?} lacks {contains:?}"
+    );
 }
 
 /// The limits a bad vector is decoded with (`max_body_bytes` if it says,
@@ -1083,15 +1089,6 @@ fn frame_vectors_unpack_and_bad_ones_are_refused_whole() {
         let name = string(case, "name");
         let err =
             wire::frame_envelopes(&Bytes::from(bin(&name)), &limits_of(case)).expect_err(&name);
-        assert_eq!(
-            err.kind(),
-            kind_named(&string(case, "error")),
-            "{name}: {err}"
-        );
-        let contains = string(case, "message_contains");
-        assert!(
-            err.to_string().contains(&contains),
-            "{name}: {err} lacks {contains:?}"
-        );
+        fails_as(case, &err);
     }
 }

@@ -1220,14 +1220,9 @@ fn take(
     shared: &Shared,
     message: Message,
     last: &mut LastChannel,
-    mut heard_elsewhere: impl FnMut(&Channel) -> bool,
+    heard_elsewhere: impl FnMut(&Channel) -> bool,
 ) -> Option<Wave> {
-    let channel = arrival_channel(shared, &message, last)?;
-    // Another of this vibrator's resonances hears the channel too: the
-    // message is taken, checked and counted there, once.
-    if heard_elsewhere(&channel) {
-        return None;
-    }
+    let channel = arrival(shared, &message, last, heard_elsewhere)?;
     take_envelope(
         shared,
         &message.subject,
@@ -1245,28 +1240,27 @@ fn take_each(
     shared: &Shared,
     message: Message,
     last: &mut LastChannel,
-    mut heard_elsewhere: impl FnMut(&Channel) -> bool,
+    heard_elsewhere: impl FnMut(&Channel) -> bool,
     mut each: impl FnMut(Wave),
 ) {
-    let Some(channel) = arrival_channel(shared, &message, last) else {
+    let Some(channel) = arrival(shared, &message, last, heard_elsewhere) else {
         return;
     };
-    // Another of this vibrator's resonances hears the channel too: the
-    // message is taken, checked and counted there, once.
-    if heard_elsewhere(&channel) {
-        return;
-    }
-    if !wire::is_frame(&message.payload) {
+    let mut take_one = |range: std::ops::Range<usize>, channel: Channel| {
+        let body = (&message.payload, range);
         if let Some(wave) = take_envelope(
             shared,
             &message.subject,
             message.reply.as_ref(),
             channel,
-            (&message.payload, 0..message.payload.len()),
+            body,
             last,
         ) {
             each(wave);
         }
+    };
+    if !wire::is_frame(&message.payload) {
+        take_one(0..message.payload.len(), channel);
         return;
     }
     let envelopes = match crate::wave::wire::frame_ranges(&message.payload, &shared.limits) {
@@ -1281,17 +1275,20 @@ fn take_each(
         .frames_received
         .fetch_add(1, Ordering::Relaxed);
     for envelope in envelopes {
-        if let Some(wave) = take_envelope(
-            shared,
-            &message.subject,
-            message.reply.as_ref(),
-            channel.clone(),
-            (&message.payload, envelope),
-            last,
-        ) {
-            each(wave);
-        }
+        take_one(envelope, channel.clone());
     }
+}
+
+/// [`arrival_channel`], unless another of this vibrator's resonances
+/// hears the channel too: the message is taken, checked and counted there,
+/// once.
+fn arrival(
+    shared: &Shared,
+    message: &Message,
+    last: &mut LastChannel,
+    mut heard_elsewhere: impl FnMut(&Channel) -> bool,
+) -> Option<Channel> {
+    arrival_channel(shared, message, last).filter(|channel| !heard_elsewhere(channel))
 }
 
 /// The channel of a message's subject, if it is one of this aether's and
