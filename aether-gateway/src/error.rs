@@ -41,6 +41,12 @@ pub enum GatewayError {
     /// A replay could not emit (the aether refused a wave).
     #[error("replay: {0}")]
     Replay(String),
+    /// A bridged map could not be opened (`[gateway.bridge] maps`).
+    #[error("bridge: {0}")]
+    Bridge(String),
+    /// The certificate or key of `[gateway.tls]` could not be read.
+    #[error("tls: {0}")]
+    Tls(String),
     /// A task of the gateway panicked.
     #[error("a gateway task failed: {0}")]
     Task(String),

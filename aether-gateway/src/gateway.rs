@@ -186,23 +186,47 @@ impl GatewayBuilder {
             recovery
         });
         let observer = tokio::spawn(observer.run(stop.clone()));
+        let tls = match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => {
+                Some(crate::http::tls_acceptor(cert, key).map_err(GatewayError::Tls)?)
+            }
+            _ => None,
+        };
+        let bridge =
+            crate::bridge::Bridge::start(aether, &config.bridge, metrics.registry(), stop.clone())
+                .await?;
+        if let Some(bridge) = &bridge {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            if config.bridge.token.is_none() {
+                tracing::info!(
+                    "collaborative board: {scheme}://{addr}/board#token={} (a random bridge token; set [gateway.bridge] token to choose one)",
+                    bridge.token()
+                );
+            } else {
+                tracing::info!(
+                    "collaborative board: {scheme}://{addr}/board#token=<your bridge token>"
+                );
+            }
+        }
         let app = router(AppState {
             metrics: metrics.clone(),
             aether: aether.clone(),
             snapshots: snapshots.clone(),
             shutdown: stop.clone(),
             event_streams: Arc::new(tokio::sync::Semaphore::new(config.max_event_streams)),
+            bridge: bridge.clone(),
         });
         let limits = ServeLimits {
             header_read_timeout: config.header_read_timeout(),
             max_connections: config.max_connections,
         };
-        let server = tokio::spawn(serve_http(listener, app, limits, stop.clone()));
+        let server = tokio::spawn(serve_http(listener, app, limits, tls, stop.clone()));
         let (limits, limits_rx) = watch::channel(self.resource_limits);
         tokio::spawn(check_resources(limits_rx, stop.clone()));
         tracing::info!(%addr, medium, "gateway listening");
         Ok(Gateway {
             addr,
+            bridge,
             stop,
             metrics,
             snapshots,
@@ -260,6 +284,7 @@ async fn check_resources(mut limits: watch::Receiver<ResourceLimits>, stop: Shut
 #[derive(Debug)]
 pub struct Gateway {
     addr: SocketAddr,
+    bridge: Option<Arc<crate::bridge::Bridge>>,
     stop: Shutdown,
     metrics: Metrics,
     snapshots: watch::Receiver<Arc<Published>>,
@@ -289,6 +314,12 @@ impl Gateway {
         shutdown: Shutdown,
     ) -> Result<Self, GatewayError> {
         Self::builder(config).start(aether, shutdown).await
+    }
+
+    /// The token browsers give the bridge (`[gateway.bridge] token`, or
+    /// the random one made at start); `None` when no map is bridged.
+    pub fn bridge_token(&self) -> Option<&str> {
+        self.bridge.as_ref().map(|b| b.token())
     }
 
     /// The address it serves HTTP on (the port chosen, if 0 was asked).
@@ -340,6 +371,10 @@ impl Gateway {
         // more reason to run.
         self.stop.trigger();
         let served = server.await;
+        // The bridged replicas say goodbye to their peers.
+        if let Some(bridge) = self.bridge.take() {
+            bridge.close().await;
+        }
         // The observer dropped its end of the journal's queue: the writer
         // writes what is left, the last snapshot, and ends.
         if let Some(writer) = self.writer.take() {

@@ -8,11 +8,16 @@
 //! | `/` | the live dashboard: one HTML page, plain JavaScript, no build step |
 //! | `/events` | server-sent events: a `snapshot` event (JSON) every `snapshot_interval_ms` |
 //! | `/snapshot` | the latest snapshot, JSON |
+//! | `/bridge/{map}` | the browser bridge: a replicated map over WebSocket ([`crate::bridge`]) |
+//! | `/board`, `/board.js` | the collaborative board, a page on the bridge's `board` map |
+//! | `/aether.js`, `/aether.d.ts` | the bridge's JavaScript client (an ES module) and its TypeScript declarations |
 //!
 //! [`serve_http`] runs them on hyper's HTTP/1.1 server with two limits from
 //! `[gateway]`: `header_read_timeout_ms`, after which a connection that has
-//! not sent a whole request head is closed, and `max_connections`, the most
-//! connections open at once.
+//! not sent a whole request head is closed (and a TLS handshake not done by
+//! then is dropped), and `max_connections`, the most HTTP connections open
+//! at once (a WebSocket, once upgraded, counts under the bridge's own cap
+//! instead). With `[gateway.tls]` every connection is TLS.
 
 use std::{
     convert::Infallible,
@@ -24,8 +29,8 @@ use std::{
 use aether_core::Aether;
 use aether_ops::shutdown::Shutdown;
 use axum::{
-    Router,
-    extract::State,
+    Extension, Router,
+    extract::{ConnectInfo, State},
     http::{StatusCode, header},
     response::{
         Html, IntoResponse,
@@ -37,7 +42,6 @@ use futures_util::{Stream, stream};
 use hyper::server::conn::http1;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
 use prometheus::IntGauge;
@@ -54,6 +58,14 @@ use crate::{
 
 /// The dashboard page.
 const DASHBOARD: &str = include_str!("dashboard.html");
+/// The collaborative board.
+const BOARD: &str = include_str!("../web/board.html");
+/// The bridge's JavaScript client.
+const CLIENT_JS: &str = include_str!("../web/aether.js");
+/// Its TypeScript declarations.
+const CLIENT_TS: &str = include_str!("../web/aether.d.ts");
+/// The board's script.
+const BOARD_JS: &str = include_str!("../web/board.js");
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -66,6 +78,8 @@ pub(crate) struct AppState {
     /// the connections, so that streams, which live long, cannot take every
     /// connection and starve `/metrics` and `/health`.
     pub(crate) event_streams: Arc<Semaphore>,
+    /// The browser bridge, when maps are bridged.
+    pub(crate) bridge: Option<Arc<crate::bridge::Bridge>>,
 }
 
 /// The routes, on `state`.
@@ -77,6 +91,11 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .route("/events", get(events))
         .route("/snapshot", get(snapshot))
+        .route("/bridge/{map}", get(crate::bridge::upgrade))
+        .route("/board", get(board))
+        .route("/board.js", get(board_js))
+        .route("/aether.js", get(client_js))
+        .route("/aether.d.ts", get(client_ts))
         .with_state(state)
 }
 
@@ -89,6 +108,33 @@ pub(crate) struct ServeLimits {
     /// Most connections open at once; further ones wait in the listen
     /// backlog until one closes.
     pub(crate) max_connections: usize,
+}
+
+/// Reads `[gateway.tls]`'s certificate chain and key into a TLS acceptor.
+pub(crate) fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("certificate {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "certificate {}: no certificate in it",
+            cert.display()
+        ));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("key {}: {e}", key.display()))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key: {e}"))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Most time between two warnings that the connection limit is reached.
@@ -107,10 +153,10 @@ pub(crate) async fn serve_http(
     listener: TcpListener,
     app: Router,
     limits: ServeLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: Shutdown,
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let connections = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
@@ -136,10 +182,10 @@ pub(crate) async fn serve_http(
                 }
             }
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = stop.wait() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Per connection (reset before it was taken): the next
                     // one. Else (out of file descriptors): a pause first.
@@ -154,19 +200,54 @@ pub(crate) async fn serve_http(
                 }
             },
         };
-        let connection =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let connection = connections.watch(connection);
+        let service = TowerToHyperService::new(app.clone().layer(Extension(ConnectInfo(peer))));
+        let (http, tls, stop) = (http.clone(), tls.clone(), stop.clone());
+        let handshake = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "HTTP connection ended");
+            match tls {
+                None => serve_one(&http, stream, service, &stop).await,
+                Some(tls) => match tokio::time::timeout(handshake, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_one(&http, stream, service, &stop).await,
+                    Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake not done in time"),
+                },
             }
             drop(permit);
         });
     }
     drop(listener);
-    connections.shutdown().await;
+    // Every connection gives its permit back once it closed.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(all).await;
     Ok(())
+}
+
+/// Serves one connection (upgrades to WebSocket too) until it closes, or
+/// until `stop`: then it finishes the request it is answering and closes.
+async fn serve_one<I, S>(http: &http1::Builder, io: I, service: S, stop: &Shutdown)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = http
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop.wait() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "HTTP connection ended");
+    }
 }
 
 /// Whether an accept error concerns that one connection only.
@@ -208,6 +289,37 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
 
 async fn dashboard() -> Html<&'static str> {
     Html(DASHBOARD)
+}
+
+async fn board() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'",
+        )],
+        Html(BOARD),
+    )
+}
+
+async fn client_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        CLIENT_JS,
+    )
+}
+
+async fn board_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        BOARD_JS,
+    )
+}
+
+async fn client_ts() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        CLIENT_TS,
+    )
 }
 
 async fn snapshot(State(state): State<AppState>) -> impl IntoResponse {

@@ -43,7 +43,8 @@
 //! | [`snapshot`] | what the dashboard shows |
 //! | [`journal`] | the journal of observed waves, snapshots of the counters, restart |
 //! | [`replay`] | re-emitting journaled waves, and listing them |
-//! | `http` | `/metrics`, `/health`, `/ready`, `/`, `/events`, `/snapshot` |
+//! | [`bridge`] | replicated maps to browsers over WebSocket: limits, the protocol |
+//! | `http` | `/metrics`, `/health`, `/ready`, `/`, `/events`, `/snapshot`, `/bridge/{map}`, `/board`, `/aether.js`; TLS |
 //! | [`gateway`](mod@gateway) | starting and stopping it all on an aether |
 //! | [`allocator`] | allocator statistics from a counting global allocator |
 //! | [`cli`] | the program's command line |
@@ -53,6 +54,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod allocator;
+pub mod bridge;
 pub mod cli;
 pub mod demo;
 mod error;
@@ -71,7 +73,9 @@ pub use cli::{Command, Options};
 pub use error::GatewayError;
 pub use gateway::{Gateway, GatewayBuilder, serve};
 pub use metrics::Metrics;
-pub use settings::{GatewayConfig, GatewaySettings, JournalConfig, Medium};
+pub use settings::{
+    BridgeConfig, GatewayConfig, GatewaySettings, JournalConfig, Medium, TlsConfig,
+};
 pub use snapshot::Snapshot;
 
 #[cfg(test)]

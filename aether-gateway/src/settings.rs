@@ -150,6 +150,78 @@ pub struct GatewayConfig {
     /// its series are removed, in milliseconds. 100 to 3,600,000, default
     /// 5,000 (five reports at the programs' interval).
     pub instance_gone_ms: u64,
+    /// The browser bridge: replicated maps over WebSocket at
+    /// `/bridge/<map>` (`[gateway.bridge]`).
+    pub bridge: BridgeConfig,
+    /// A certificate to serve every endpoint over TLS (`[gateway.tls]`);
+    /// plain HTTP without one.
+    pub tls: TlsConfig,
+}
+
+/// The `[gateway.bridge]` section: which replicated maps browsers reach at
+/// `/bridge/<map>`, and the limits every connection is held to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// The maps browsers may open (map names, one token each). Default
+    /// `["board"]`, the collaborative page's; empty turns the bridge off.
+    pub maps: Vec<String>,
+    /// The token a browser sends first. Unset: the gateway makes a random
+    /// one at start and logs the page's address with it. Set it with
+    /// `AETHER__GATEWAY__BRIDGE__TOKEN` rather than in a file.
+    pub token: Option<String>,
+    /// Most bridge connections open at once, under `max_connections`;
+    /// one more is closed with code 1013 (try again later). 1 to 100,000,
+    /// default 256.
+    pub max_connections: usize,
+    /// Most bridge connections open at once from one IP address; one more
+    /// is closed with code 1013. 1 to 100,000, default 32.
+    pub max_connections_per_address: usize,
+    /// Largest WebSocket message (and frame) taken, in bytes; a larger one
+    /// closes the connection (1009). 1,024 to 16 MiB, default 65,536.
+    pub max_message_bytes: usize,
+    /// Messages a connection may send a second, on average; a connection
+    /// that goes past `burst` above that rate is closed (1008). 1 to
+    /// 100,000, default 100.
+    pub messages_per_s: u32,
+    /// Messages a connection may send at once above the rate. 1 to
+    /// 100,000, default 200.
+    pub burst: u32,
+    /// How long a new connection has to send its first message (the
+    /// token), in milliseconds; it is closed (1008) after. 100 to 60,000,
+    /// default 5,000.
+    pub first_message_ms: u64,
+    /// How long sending one message to a browser may take, in
+    /// milliseconds; a browser that does not read for that long is closed.
+    /// 100 to 600,000, default 10,000.
+    pub send_timeout_ms: u64,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self {
+            maps: vec!["board".to_string()],
+            token: None,
+            max_connections: 256,
+            max_connections_per_address: 32,
+            max_message_bytes: 64 * 1024,
+            messages_per_s: 100,
+            burst: 200,
+            first_message_ms: 5_000,
+            send_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The `[gateway.tls]` section: with both files, every endpoint (the
+/// bridge's WebSocket too) is served over TLS only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM, the server's first.
+    pub cert: Option<std::path::PathBuf>,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<std::path::PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -172,6 +244,8 @@ impl Default for GatewayConfig {
             max_event_streams: 64,
             max_instances: 256,
             instance_gone_ms: 5_000,
+            bridge: BridgeConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -198,6 +272,77 @@ fn in_range<T: PartialOrd + ToString>(
         Ok(())
     } else {
         Err(SettingsError::invalid(key, value.to_string(), what))
+    }
+}
+
+impl GatewayConfig {
+    fn validate_bridge(&self) -> Result<(), SettingsError> {
+        let b = &self.bridge;
+        for map in &b.maps {
+            let ok = !map.is_empty()
+                && map.len() <= 64
+                && map
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
+            if !ok {
+                return Err(SettingsError::invalid(
+                    "bridge.maps",
+                    map.clone(),
+                    "each must be one token of A-Z a-z 0-9 _ - (at most 64 bytes)",
+                ));
+            }
+        }
+        if b.token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(SettingsError::invalid(
+                "bridge.token",
+                "(hidden)",
+                "must be at least 16 bytes, or unset for a random one",
+            ));
+        }
+        in_range(
+            "bridge.max_connections",
+            b.max_connections,
+            1..=100_000,
+            "must be 1 to 100000",
+        )?;
+        if b.max_connections >= self.max_connections {
+            return Err(SettingsError::invalid(
+                "bridge.max_connections",
+                b.max_connections.to_string(),
+                "must be under max_connections, so that other requests are always served",
+            ));
+        }
+        in_range(
+            "bridge.max_connections_per_address",
+            b.max_connections_per_address,
+            1..=100_000,
+            "must be 1 to 100000",
+        )?;
+        in_range(
+            "bridge.max_message_bytes",
+            b.max_message_bytes,
+            1_024..=16 << 20,
+            "must be 1024 to 16777216",
+        )?;
+        in_range(
+            "bridge.messages_per_s",
+            b.messages_per_s,
+            1..=100_000,
+            "must be 1 to 100000",
+        )?;
+        in_range("bridge.burst", b.burst, 1..=100_000, "must be 1 to 100000")?;
+        in_range(
+            "bridge.first_message_ms",
+            b.first_message_ms,
+            100..=60_000,
+            "must be 100 to 60000",
+        )?;
+        in_range(
+            "bridge.send_timeout_ms",
+            b.send_timeout_ms,
+            100..=600_000,
+            "must be 100 to 600000",
+        )
     }
 }
 
@@ -253,6 +398,14 @@ impl Validate for GatewayConfig {
             1..=10_000,
             "must be 1 to 10000",
         )?;
+        self.validate_bridge()?;
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(SettingsError::invalid(
+                "tls",
+                "one file",
+                "needs both cert and key, or neither",
+            ));
+        }
         if self.max_event_streams >= self.max_connections {
             return Err(SettingsError::invalid(
                 "max_event_streams",

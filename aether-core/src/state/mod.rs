@@ -97,6 +97,10 @@ pub enum StateErrorKind {
     Medium,
     /// The state directory's ledger cannot be opened or read.
     Ledger,
+    /// A write stamped elsewhere ([`StateMap::merge`]) is stamped more than
+    /// `max_drift` ahead of this replica's clock, or before the tombstone
+    /// horizon.
+    Stamp,
 }
 
 impl fmt::Display for StateErrorKind {
@@ -111,6 +115,7 @@ impl fmt::Display for StateErrorKind {
             StateErrorKind::Closed => "closed",
             StateErrorKind::Medium => "not sent",
             StateErrorKind::Ledger => "state directory unusable",
+            StateErrorKind::Stamp => "stamp out of range",
         })
     }
 }
@@ -160,6 +165,19 @@ pub struct Change {
     pub writer: String,
     /// The write's stamp.
     pub stamp: Stamp,
+}
+
+/// One entry a replica holds, a tombstone too, with its stamp.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stamped {
+    /// The key.
+    pub key: String,
+    /// Its value (`None`: deleted, a tombstone).
+    pub value: Option<Bytes>,
+    /// The winning write's stamp.
+    pub stamp: Stamp,
+    /// The name of the replica that put it on the bus.
+    pub writer: String,
 }
 
 /// A write of this replica that a write with a higher stamp overwrote.
@@ -589,6 +607,53 @@ impl StateMap {
 
     async fn write(&self, key: &str, value: Option<Bytes>) -> Result<Stamp, StateError> {
         let shared = &self.shared;
+        self.check_write(key, value.as_ref())?;
+        let stamp = shared.clock.now();
+        self.put(key, value, stamp).await?;
+        Ok(stamp)
+    }
+
+    /// Merges a write that was stamped elsewhere: by a replica that is not
+    /// on the bus itself, such as a browser behind the gateway's bridge,
+    /// which keeps its own clock and may write while it is offline. The
+    /// same rules as for any replica's write: the highest stamp wins, a
+    /// delete is a tombstone. `Ok(true)` if it won here (it is then sent to
+    /// every replica, as this replica's write: its writer is this replica's
+    /// name, its stamp the one given); `Ok(false)` if this replica holds
+    /// that write already or a higher one (read it with
+    /// [`StateMap::stamped`]). Refused like a write of this replica (key,
+    /// size, owner), and with `Stamp` when the stamp is more than
+    /// `max_drift` ahead of this replica's clock or before the tombstone
+    /// horizon.
+    pub async fn merge(
+        &self,
+        key: &str,
+        value: Option<Bytes>,
+        stamp: Stamp,
+    ) -> Result<bool, StateError> {
+        let shared = &self.shared;
+        self.check_write(key, value.as_ref())?;
+        if stamp.physical_ns < shared.horizon() {
+            return Err(StateError::new(
+                StateErrorKind::Stamp,
+                format!("a write of {key:?} stamped {stamp}, before the tombstone horizon"),
+            ));
+        }
+        if let Err(far) = shared.clock.observe(stamp) {
+            return Err(StateError::new(
+                StateErrorKind::Stamp,
+                format!(
+                    "a write of {key:?} stamped {:?} ahead of this replica's clock; at most max_drift = {:?}",
+                    far.ahead, shared.config.max_drift
+                ),
+            ));
+        }
+        self.put(key, value, stamp).await
+    }
+
+    /// Refuses a write this replica may not make: closed, key, size, owner.
+    fn check_write(&self, key: &str, value: Option<&Bytes>) -> Result<(), StateError> {
+        let shared = &self.shared;
         if shared.stopped.load(Ordering::Acquire) {
             return Err(StateError::new(
                 StateErrorKind::Closed,
@@ -596,7 +661,7 @@ impl StateMap {
             ));
         }
         shared.check_key(key)?;
-        if let Some(value) = &value
+        if let Some(value) = value
             && value.len() > shared.config.max_value_bytes
         {
             return Err(StateError::new(
@@ -619,13 +684,21 @@ impl StateMap {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Applies a checked write here and, if it won, sends it and waits for
+    /// the ledger as the settings ask. Whether it won.
+    async fn put(&self, key: &str, value: Option<Bytes>, stamp: Stamp) -> Result<bool, StateError> {
+        let shared = &self.shared;
         let entry = Entry {
-            stamp: shared.clock.now(),
+            stamp,
             value,
             writer: shared.node_name.clone(),
         };
-        let stamp = entry.stamp;
-        let logged = shared.apply(key, entry.clone(), false);
+        let Some(logged) = shared.apply(key, entry.clone(), false) else {
+            return Ok(false);
+        };
         let message = Message::Changes {
             repair: None,
             entries: vec![(key.to_string(), entry)],
@@ -653,7 +726,7 @@ impl StateMap {
             }
             _ => {}
         }
-        Ok(stamp)
+        Ok(true)
     }
 
     /// The value of `key`, if it is set.
@@ -675,6 +748,31 @@ impl StateMap {
             .lock_store()
             .entry(key)
             .map(|e| (e.stamp, e.writer.to_string()))
+    }
+
+    /// The entry of `key` with its stamp, a tombstone too.
+    pub fn stamped(&self, key: &str) -> Option<Stamped> {
+        self.shared.lock_store().entry(key).map(|e| Stamped {
+            key: key.to_string(),
+            value: e.value.clone(),
+            stamp: e.stamp,
+            writer: e.writer.to_string(),
+        })
+    }
+
+    /// Every entry with its stamp, tombstones included, in key order: what
+    /// a replica that is not on the bus needs to merge its own writes.
+    pub fn stamped_entries(&self) -> Vec<Stamped> {
+        self.shared
+            .lock_store()
+            .entries()
+            .map(|(k, e)| Stamped {
+                key: k.clone(),
+                value: e.value.clone(),
+                stamp: e.stamp,
+                writer: e.writer.to_string(),
+            })
+            .collect()
     }
 
     /// Every key set and its value, in key order.
@@ -706,6 +804,7 @@ impl StateMap {
             changes: Lossy {
                 inner: BroadcastStream::new(self.shared.changes.subscribe()),
                 shared: self.shared.clone(),
+                missed: 0,
             },
         }
     }
@@ -715,6 +814,7 @@ impl StateMap {
         Lossy {
             inner: BroadcastStream::new(self.shared.superseded.subscribe()),
             shared: self.shared.clone(),
+            missed: 0,
         }
     }
 
@@ -723,6 +823,7 @@ impl StateMap {
         Lossy {
             inner: BroadcastStream::new(self.shared.presence.subscribe()),
             shared: self.shared.clone(),
+            missed: 0,
         }
     }
 
@@ -820,6 +921,13 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// Changes this watch missed because it fell behind (`watch_buffer`):
+    /// a reader that must not miss any (a bridge to another replica) reads
+    /// the whole map again when it grows.
+    pub fn missed(&self) -> u64 {
+        self.changes.missed
+    }
+
     fn wants(&self, key: &str) -> bool {
         key == self.raw
             || self.raw == ">"
@@ -851,6 +959,7 @@ impl fmt::Debug for Watch {
 struct Lossy<T> {
     inner: BroadcastStream<T>,
     shared: Arc<Shared>,
+    missed: u64,
 }
 
 impl<T: Clone + Send + 'static> Stream for Lossy<T> {
@@ -861,6 +970,7 @@ impl<T: Clone + Send + 'static> Stream for Lossy<T> {
             match Pin::new(&mut self.inner).poll_next(cx) {
                 Poll::Ready(Some(Ok(item))) => return Poll::Ready(Some(item)),
                 Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
+                    self.missed += missed;
                     self.shared
                         .counters
                         .watch_lagged
@@ -975,10 +1085,11 @@ impl Shared {
     }
 
     /// Merges one entry here (`repair`: brought by anti-entropy) and tells
-    /// watchers, and the writer if its write lost. Returns its ledger
-    /// record's sequence number, or why it was not written (`None`: applied
-    /// nowhere, or no ledger).
-    fn apply(&self, key: &str, entry: Entry, repair: bool) -> Option<Result<u64, String>> {
+    /// watchers, and the writer if its write lost. `None` if it did not win;
+    /// else its ledger record's sequence number, or why it was not written
+    /// (`None` inside: no ledger).
+    #[allow(clippy::option_option)]
+    fn apply(&self, key: &str, entry: Entry, repair: bool) -> Option<Option<Result<u64, String>>> {
         let (stamp, writer, new) = (entry.stamp, entry.writer.clone(), entry.value.clone());
         let mut logged = None;
         let merged = {
@@ -1021,7 +1132,7 @@ impl Shared {
             });
         }
         let _ = self.changes.send(change);
-        logged
+        Some(logged)
     }
 
     /// The tombstone horizon now, Unix nanoseconds: tombstones stamped

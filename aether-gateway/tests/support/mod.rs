@@ -293,3 +293,4 @@ pub fn observed(text: &str, family: &str) -> u64 {
     let series = format!("aether_gateway_waves_observed_total{{family=\"{family}\"}}");
     sample(text, &series).map_or(0, |value| value as u64)
 }
+pub mod bridge;

@@ -1,0 +1,791 @@
+//! The browser bridge: replicated maps over WebSocket, at `/bridge/<map>`.
+//!
+//! The gateway holds one replica of each map in `[gateway.bridge] maps`.
+//! A browser connects, sends the token first, and gets the map whole; from
+//! then on its writes and the map's changes go both ways as JSON messages
+//! (`protocol`). The browser is a replica of its own: it stamps its writes
+//! with its own hybrid logical clock, and the gateway merges them with
+//! [`StateMap::merge`], by the rules every replica follows, so a tab, a
+//! Rust service and another tab converge, and writes a tab made offline
+//! merge by their stamps when it is back. Cursors (presence) go between
+//! the tabs of one gateway and are not kept.
+//!
+//! Every connection is held to `[gateway.bridge]`'s limits: a cap on
+//! connections, in all and per address (one more is closed with 1013), the
+//! token within `first_message_ms` (compared in constant time, before any
+//! state is sent), a message size cap (1009), a rate limit (1008), a send
+//! timeout for browsers that stop reading, and the map's key and value
+//! caps. Every refusal is counted (`aether_bridge_refused_total`,
+//! `aether_bridge_writes_total`).
+
+pub(crate) mod protocol;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+    num::NonZeroU32,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use aether_core::{
+    Aether,
+    state::{Change, Stamped, StateErrorKind, StateMap},
+};
+use aether_ops::shutdown::Shutdown;
+use axum::{
+    extract::{
+        ConnectInfo, Path, State,
+        ws::{
+            CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+        },
+    },
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use governor::{Quota, RateLimiter};
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::broadcast;
+
+use self::protocol::{EntryOut, Inbound, Outbound, parse_replica, parse_stamp, stamp_text};
+use crate::{http::AppState, settings::BridgeConfig};
+
+/// Close codes (RFC 6455 and IANA's registry).
+mod close {
+    pub(super) const GOING_AWAY: u16 = 1001;
+    pub(super) const POLICY: u16 = 1008;
+    pub(super) const TOO_BIG: u16 = 1009;
+    pub(super) const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// Why the bridge refused a connection or closed one, as counted.
+pub const REFUSALS: [&str; 9] = [
+    "unknown_map",
+    "capacity",
+    "address_capacity",
+    "deadline",
+    "token",
+    "malformed",
+    "too_large",
+    "rate_limited",
+    "slow",
+];
+
+/// What became of a browser's writes, as counted.
+pub const WRITE_OUTCOMES: [&str; 7] = [
+    "applied",
+    "stale",
+    "invalid_key",
+    "too_large",
+    "not_owner",
+    "stamp",
+    "closed",
+];
+
+/// The bridge's metrics.
+#[derive(Clone, Debug)]
+pub(crate) struct BridgeMetrics {
+    connections: IntGaugeVec,
+    refused: IntCounterVec,
+    writes: IntCounterVec,
+    messages: IntCounterVec,
+    resyncs: IntCounter,
+    not_json: IntCounter,
+}
+
+impl BridgeMetrics {
+    fn new(registry: &Registry, maps: &[String]) -> Result<Self, prometheus::Error> {
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "aether_bridge_connections",
+                "Browser bridge connections open, by map",
+            ),
+            &["map"],
+        )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "aether_bridge_refused_total",
+                "Browser bridge connections refused or closed by a limit, by reason",
+            ),
+            &["reason"],
+        )?;
+        let writes = IntCounterVec::new(
+            Opts::new(
+                "aether_bridge_writes_total",
+                "Writes browsers sent through the bridge, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        let messages = IntCounterVec::new(
+            Opts::new(
+                "aether_bridge_messages_total",
+                "Bridge messages, by direction (in: from browsers, out: to them)",
+            ),
+            &["direction"],
+        )?;
+        let resyncs = IntCounter::new(
+            "aether_bridge_resyncs_total",
+            "Snapshots sent again to a connection that fell behind the map's changes",
+        )?;
+        let not_json = IntCounter::new(
+            "aether_bridge_values_not_json_total",
+            "Map values not sent to browsers because they are not JSON (written by a service as raw bytes)",
+        )?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
+        registry.register(Box::new(writes.clone()))?;
+        registry.register(Box::new(messages.clone()))?;
+        registry.register(Box::new(resyncs.clone()))?;
+        registry.register(Box::new(not_json.clone()))?;
+        for map in maps {
+            connections.with_label_values(&[map.as_str()]).set(0);
+        }
+        for reason in REFUSALS {
+            refused.with_label_values(&[reason]).reset();
+        }
+        for outcome in WRITE_OUTCOMES {
+            writes.with_label_values(&[outcome]).reset();
+        }
+        for direction in ["in", "out"] {
+            messages.with_label_values(&[direction]).reset();
+        }
+        Ok(Self {
+            connections,
+            refused,
+            writes,
+            messages,
+            resyncs,
+            not_json,
+        })
+    }
+
+    fn refuse(&self, reason: &str) {
+        self.refused.with_label_values(&[reason]).inc();
+    }
+}
+
+/// A cursor, between the tabs of one map.
+#[derive(Clone, Debug)]
+enum Cursor {
+    Moved {
+        id: Arc<str>,
+        color: Arc<str>,
+        x: i32,
+        y: i32,
+    },
+    Left {
+        id: Arc<str>,
+    },
+}
+
+/// One bridged map: the gateway's replica, and its tabs' cursors.
+struct Hub {
+    map: StateMap,
+    cursors: broadcast::Sender<Cursor>,
+    /// The last position of each connected tab's cursor, for newcomers.
+    positions: Mutex<HashMap<Arc<str>, (Arc<str>, i32, i32)>>,
+}
+
+/// Connections open, in all and per address.
+#[derive(Default)]
+struct Slots {
+    total: usize,
+    by_address: HashMap<IpAddr, usize>,
+}
+
+/// The bridge: its maps, its token, its limits.
+pub(crate) struct Bridge {
+    hubs: HashMap<String, Arc<Hub>>,
+    config: BridgeConfig,
+    token: String,
+    token_digest: [u8; 32],
+    slots: Mutex<Slots>,
+    metrics: BridgeMetrics,
+    stop: Shutdown,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge")
+            .field("maps", &self.hubs.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A random token: 128 bits from the operating system, hex.
+fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system gives random bytes");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Bridge {
+    /// Opens a replica of each map of `config` on `aether`. `None` when no
+    /// map is bridged.
+    pub(crate) async fn start(
+        aether: &Aether,
+        config: &BridgeConfig,
+        registry: &Registry,
+        stop: Shutdown,
+    ) -> Result<Option<Arc<Self>>, crate::GatewayError> {
+        if config.maps.is_empty() {
+            return Ok(None);
+        }
+        let metrics = BridgeMetrics::new(registry, &config.maps)?;
+        let mut hubs = HashMap::new();
+        for name in &config.maps {
+            let map = StateMap::builder(name.as_str())
+                .open(aether)
+                .await
+                .map_err(|e| crate::GatewayError::Bridge(e.to_string()))?;
+            hubs.insert(
+                name.clone(),
+                Arc::new(Hub {
+                    map,
+                    cursors: broadcast::channel(1024).0,
+                    positions: Mutex::new(HashMap::new()),
+                }),
+            );
+        }
+        let token = config.token.clone().unwrap_or_else(random_token);
+        Ok(Some(Arc::new(Self {
+            token_digest: Sha256::digest(token.as_bytes()).into(),
+            token,
+            hubs,
+            config: config.clone(),
+            slots: Mutex::new(Slots::default()),
+            metrics,
+            stop,
+            next_id: AtomicU64::new(1),
+        })))
+    }
+
+    /// The token browsers send.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Closes the bridged replicas (they say goodbye to their peers).
+    pub(crate) async fn close(&self) {
+        for hub in self.hubs.values() {
+            hub.map.close().await;
+        }
+    }
+
+    /// Whether `token` is the token: compared as digests, in constant time,
+    /// so neither its bytes nor its length leak through timing.
+    fn token_ok(&self, token: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        digest.ct_eq(&self.token_digest).into()
+    }
+
+    /// A connection slot for `address`, or the refusal's reason.
+    fn take_slot(self: &Arc<Self>, address: IpAddr) -> Result<Slot, &'static str> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if slots.total >= self.config.max_connections {
+            return Err("capacity");
+        }
+        let mine = slots.by_address.entry(address).or_insert(0);
+        if *mine >= self.config.max_connections_per_address {
+            return Err("address_capacity");
+        }
+        *mine += 1;
+        slots.total += 1;
+        Ok(Slot {
+            bridge: self.clone(),
+            address,
+        })
+    }
+}
+
+/// A connection's place in the caps, given back when it closes.
+struct Slot {
+    bridge: Arc<Bridge>,
+    address: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut slots = self.bridge.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.total -= 1;
+        if let Some(n) = slots.by_address.get_mut(&self.address) {
+            *n -= 1;
+            if *n == 0 {
+                slots.by_address.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// `GET /bridge/{map}`: the WebSocket upgrade.
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    Path(map): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Some(bridge) = state.bridge.clone() else {
+        return (StatusCode::NOT_FOUND, "no map is bridged here\n").into_response();
+    };
+    let Some(hub) = bridge.hubs.get(&map).cloned() else {
+        bridge.metrics.refuse("unknown_map");
+        return (
+            StatusCode::NOT_FOUND,
+            "no such bridged map ([gateway.bridge] maps)\n",
+        )
+            .into_response();
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let size = bridge.config.max_message_bytes;
+    ws.max_message_size(size)
+        .max_frame_size(size)
+        .on_upgrade(move |socket| async move {
+            Connection::run(bridge, hub, map, peer, socket).await;
+        })
+}
+
+/// Why a connection ends.
+enum End {
+    /// The browser closed it, or went.
+    Gone,
+    /// A limit or a bad message: counted, closed with this code.
+    Refused(&'static str, u16, &'static str),
+    /// The gateway stops.
+    Stopping,
+}
+
+/// One browser connection.
+struct Connection {
+    bridge: Arc<Bridge>,
+    hub: Arc<Hub>,
+    map: String,
+    socket: WebSocket,
+    id: Arc<str>,
+    color: Arc<str>,
+    replica: u64,
+}
+
+impl Connection {
+    async fn run(
+        bridge: Arc<Bridge>,
+        hub: Arc<Hub>,
+        map: String,
+        peer: SocketAddr,
+        mut socket: WebSocket,
+    ) {
+        let _slot = match bridge.take_slot(peer.ip()) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                bridge.metrics.refuse(reason);
+                let text = "too many connections; try again later";
+                close_with(&mut socket, close::TRY_AGAIN_LATER, text).await;
+                return;
+            }
+        };
+        let deadline = Duration::from_millis(bridge.config.first_message_ms);
+        let replica = match tokio::time::timeout(deadline, socket.recv()).await {
+            Err(_) => Err(End::Refused(
+                "deadline",
+                close::POLICY,
+                "no token within first_message_ms",
+            )),
+            Ok(None) => Err(End::Gone),
+            Ok(Some(Err(error))) => Err(read_error(&error)),
+            Ok(Some(Ok(Message::Text(text)))) => {
+                bridge.metrics.messages.with_label_values(&["in"]).inc();
+                match Inbound::parse(text.as_str()) {
+                    Ok(Inbound::Auth { token, replica }) => {
+                        if !bridge.token_ok(&token) {
+                            Err(End::Refused("token", close::POLICY, "unauthorized"))
+                        } else if let Some(id) = parse_replica(&replica) {
+                            Ok(id)
+                        } else {
+                            Err(End::Refused(
+                                "malformed",
+                                close::POLICY,
+                                "replica must be 16 lower case hex digits, not all zero",
+                            ))
+                        }
+                    }
+                    _ => Err(End::Refused(
+                        "malformed",
+                        close::POLICY,
+                        "the first message must be auth",
+                    )),
+                }
+            }
+            Ok(Some(Ok(_))) => Err(End::Refused(
+                "malformed",
+                close::POLICY,
+                "the first message must be auth, as text",
+            )),
+        };
+        let replica = match replica {
+            Ok(replica) => replica,
+            Err(end) => {
+                finish(&bridge, &mut socket, end).await;
+                return;
+            }
+        };
+        let n = bridge.next_id.fetch_add(1, Ordering::Relaxed);
+        let id: Arc<str> = format!("{n:x}").into();
+        let hue = n.wrapping_mul(137) % 360;
+        let color: Arc<str> = format!("hsl({hue}, 70%, 45%)").into();
+        let gauge = bridge
+            .metrics
+            .connections
+            .with_label_values(&[map.as_str()]);
+        gauge.inc();
+        let mut connection = Connection {
+            bridge: bridge.clone(),
+            hub,
+            map,
+            socket,
+            id,
+            color,
+            replica,
+        };
+        let end = connection.serve().await;
+        gauge.dec();
+        connection.hub.lock_positions().remove(&connection.id);
+        let _ = connection.hub.cursors.send(Cursor::Left {
+            id: connection.id.clone(),
+        });
+        finish(&bridge, &mut connection.socket, end).await;
+    }
+
+    /// After the token: hello, the map, the cursors, then both ways until
+    /// the end.
+    async fn serve(&mut self) -> End {
+        let stop = self.bridge.stop.clone();
+        let mut watch = self.hub.map.watch(">");
+        let mut cursors = self.hub.cursors.subscribe();
+        let hello = Outbound::Hello {
+            id: &self.id,
+            color: &self.color,
+            map: &self.map,
+            now: stamp_text(aether_core::state::Stamp {
+                physical_ns: now_ns(),
+                logical: 0,
+                node: 1,
+            }),
+        }
+        .text();
+        if let Err(end) = self.send(hello).await {
+            return end;
+        }
+        if let Err(end) = self.send_snapshot().await {
+            return end;
+        }
+        let positions: Vec<_> = self
+            .hub
+            .lock_positions()
+            .iter()
+            .map(|(id, (color, x, y))| (id.clone(), color.clone(), *x, *y))
+            .collect();
+        for (id, color, x, y) in positions {
+            let text = Outbound::Presence {
+                id: &id,
+                color: &color,
+                x,
+                y,
+            }
+            .text();
+            if let Err(end) = self.send(text).await {
+                return end;
+            }
+        }
+        let config = &self.bridge.config;
+        let quota = Quota::per_second(NonZeroU32::new(config.messages_per_s).expect("validated"))
+            .allow_burst(NonZeroU32::new(config.burst).expect("validated"));
+        let limiter = RateLimiter::direct(quota);
+        let mut missed = 0;
+        loop {
+            let step = tokio::select! {
+                () = stop.wait() => return End::Stopping,
+                message = self.socket.recv() => {
+                    if limiter.check().is_err() {
+                        return End::Refused("rate_limited", close::POLICY, "rate limit");
+                    }
+                    match message {
+                        None | Some(Ok(Message::Close(_))) => return End::Gone,
+                        Some(Err(error)) => return read_error(&error),
+                        Some(Ok(Message::Text(text))) => {
+                            self.bridge.metrics.messages.with_label_values(&["in"]).inc();
+                            self.take(text.as_str()).await
+                        }
+                        Some(Ok(Message::Binary(_))) => Err(End::Refused(
+                            "malformed",
+                            close::POLICY,
+                            "messages are JSON text",
+                        )),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                    }
+                }
+                change = watch.next() => match change {
+                    None => return End::Stopping,
+                    Some(change) => {
+                        if watch.missed() != missed {
+                            missed = watch.missed();
+                            self.bridge.metrics.resyncs.inc();
+                            self.send_snapshot().await
+                        } else if change.stamp.node == self.replica {
+                            Ok(())
+                        } else {
+                            self.send_change(&change).await
+                        }
+                    }
+                },
+                cursor = cursors.recv() => match cursor {
+                    Ok(Cursor::Moved { id, color, x, y }) if id != self.id => {
+                        let text = Outbound::Presence { id: &id, color: &color, x, y }.text();
+                        self.send(text).await
+                    }
+                    Ok(Cursor::Left { id }) if id != self.id => {
+                        self.send(Outbound::PresenceLeave { id: &id }.text()).await
+                    }
+                    // Its own, or cursors it fell behind on: they are
+                    // ephemeral, the next move shows where they are.
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => Ok(()),
+                    Err(broadcast::error::RecvError::Closed) => return End::Stopping,
+                },
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Takes one message from the browser.
+    async fn take(&mut self, text: &str) -> Result<(), End> {
+        let malformed = |why| End::Refused("malformed", close::POLICY, why);
+        let message = Inbound::parse(text)
+            .map_err(|_| malformed("not a message of the bridge's protocol"))?;
+        match message {
+            Inbound::Auth { .. } => Err(malformed("auth comes once, first")),
+            Inbound::Set { key, value, stamp } => {
+                let stamp = parse_stamp(&stamp).ok_or_else(|| malformed("bad stamp"))?;
+                let value = Bytes::copy_from_slice(value.get().as_bytes());
+                self.write(&key, Some(value), stamp).await
+            }
+            Inbound::Delete { key, stamp } => {
+                let stamp = parse_stamp(&stamp).ok_or_else(|| malformed("bad stamp"))?;
+                self.write(&key, None, stamp).await
+            }
+            Inbound::Presence { x, y } => {
+                self.hub
+                    .lock_positions()
+                    .insert(self.id.clone(), (self.color.clone(), x, y));
+                let _ = self.hub.cursors.send(Cursor::Moved {
+                    id: self.id.clone(),
+                    color: self.color.clone(),
+                    x,
+                    y,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Merges a browser's write into the gateway's replica. A write that
+    /// lost, or was refused, is answered with the key's entry here, so the
+    /// browser converges.
+    async fn write(
+        &mut self,
+        key: &str,
+        value: Option<Bytes>,
+        stamp: aether_core::state::Stamp,
+    ) -> Result<(), End> {
+        let outcome = match self.hub.map.merge(key, value, stamp).await {
+            Ok(true) => "applied",
+            Ok(false) => "stale",
+            Err(error) => match error.kind() {
+                StateErrorKind::InvalidKey => "invalid_key",
+                StateErrorKind::TooLarge => "too_large",
+                StateErrorKind::NotOwner => "not_owner",
+                StateErrorKind::Stamp => "stamp",
+                StateErrorKind::Closed => "closed",
+                // Kept here and sent by anti-entropy later (Medium), or
+                // kept in memory and not on this disk (Ledger): taken.
+                _ => "applied",
+            },
+        };
+        self.bridge
+            .metrics
+            .writes
+            .with_label_values(&[outcome])
+            .inc();
+        match outcome {
+            "applied" => Ok(()),
+            "stale" => self.send_entry(key).await,
+            reason => {
+                // A key too long to keep is not echoed back whole.
+                let shown = if reason == "invalid_key" { "" } else { key };
+                let text = Outbound::Refused { key: shown, reason }.text();
+                self.send(text).await?;
+                self.send_entry(key).await
+            }
+        }
+    }
+
+    /// The key's entry here, if it has one, as `set` or `delete`.
+    async fn send_entry(&mut self, key: &str) -> Result<(), End> {
+        let Some(entry) = self.hub.map.stamped(key) else {
+            return Ok(());
+        };
+        self.send_stamped(&entry).await
+    }
+
+    async fn send_stamped(&mut self, entry: &Stamped) -> Result<(), End> {
+        let stamp = stamp_text(entry.stamp);
+        let text = match &entry.value {
+            None => Outbound::Delete {
+                key: &entry.key,
+                stamp,
+            }
+            .text(),
+            Some(value) => {
+                let Some(value) = self.json(value) else {
+                    return Ok(());
+                };
+                Outbound::Set {
+                    key: &entry.key,
+                    value: &value,
+                    stamp,
+                }
+                .text()
+            }
+        };
+        self.send(text).await
+    }
+
+    async fn send_change(&mut self, change: &Change) -> Result<(), End> {
+        let entry = Stamped {
+            key: change.key.clone(),
+            value: change.new.clone(),
+            stamp: change.stamp,
+            writer: change.writer.clone(),
+        };
+        self.send_stamped(&entry).await
+    }
+
+    async fn send_snapshot(&mut self) -> Result<(), End> {
+        let all = self.hub.map.stamped_entries();
+        let values: Vec<Option<Box<RawValue>>> = all
+            .iter()
+            .map(|e| e.value.as_ref().and_then(|v| self.json(v)))
+            .collect();
+        let mut entries = BTreeMap::new();
+        for (entry, value) in all.iter().zip(&values) {
+            let stamp = stamp_text(entry.stamp);
+            let out = match (&entry.value, value) {
+                (None, _) => EntryOut::Deleted {
+                    deleted: true,
+                    stamp,
+                },
+                (Some(_), Some(value)) => EntryOut::Value { value, stamp },
+                (Some(_), None) => continue,
+            };
+            entries.insert(entry.key.as_str(), out);
+        }
+        let text = Outbound::Snapshot { entries }.text();
+        self.send(text).await
+    }
+
+    /// A value as JSON, or `None` (counted) if a service wrote bytes that
+    /// are not.
+    fn json(&self, value: &Bytes) -> Option<Box<RawValue>> {
+        let parsed = std::str::from_utf8(value)
+            .ok()
+            .and_then(|text| RawValue::from_string(text.to_string()).ok());
+        if parsed.is_none() {
+            self.bridge.metrics.not_json.inc();
+        }
+        parsed
+    }
+
+    /// Sends one message, within `send_timeout_ms`.
+    async fn send(&mut self, text: String) -> Result<(), End> {
+        let timeout = Duration::from_millis(self.bridge.config.send_timeout_ms);
+        match tokio::time::timeout(timeout, self.socket.send(Message::Text(text.into()))).await {
+            Err(_) => Err(End::Refused(
+                "slow",
+                close::POLICY,
+                "the browser did not read",
+            )),
+            Ok(Err(_)) => Err(End::Gone),
+            Ok(Ok(())) => {
+                self.bridge
+                    .metrics
+                    .messages
+                    .with_label_values(&["out"])
+                    .inc();
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Hub {
+    fn lock_positions(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, (Arc<str>, i32, i32)>> {
+        self.positions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Unix nanoseconds now.
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// What a read error means: a message over the size cap, or a connection
+/// that broke.
+fn read_error(error: &axum::Error) -> End {
+    use tokio_tungstenite::tungstenite;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
+            return End::Refused("too_large", close::TOO_BIG, "message too big");
+        }
+        source = e.source();
+    }
+    End::Gone
+}
+
+/// Counts a refusal and closes with its code.
+async fn finish(bridge: &Bridge, socket: &mut WebSocket, end: End) {
+    match end {
+        End::Gone => {}
+        End::Stopping => close_with(socket, close::GOING_AWAY, "gateway stopping").await,
+        End::Refused(reason, code, text) => {
+            bridge.metrics.refuse(reason);
+            close_with(socket, code, text).await;
+        }
+    }
+}
+
+/// Sends a close frame, for at most a second (the browser may be gone).
+async fn close_with(socket: &mut WebSocket, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        socket.send(Message::Close(Some(frame))),
+    )
+    .await;
+}

@@ -1,0 +1,274 @@
+//! The bridge's messages: JSON text frames, one message each, as the
+//! README's "Browser bridge protocol" block lists them (a test holds the
+//! running server to that block).
+//!
+//! A stamp travels as text that sorts as the stamp does:
+//! `<16 hex: physical ns>-<8 hex: logical>-<16 hex: replica>`, lower case,
+//! so a browser compares two stamps with `<`.
+
+use aether_core::state::Stamp;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize, de::IgnoredAny};
+use serde_json::value::RawValue;
+
+/// A message from a browser. Anything else (another type, a missing or
+/// extra field, a field of another type) is malformed.
+#[derive(Debug)]
+pub(crate) enum Inbound<'a> {
+    /// The first message: the token, and the browser's replica id.
+    Auth {
+        token: Cow<'a, str>,
+        replica: Cow<'a, str>,
+    },
+    /// A write of the browser's replica.
+    Set {
+        key: Cow<'a, str>,
+        value: &'a RawValue,
+        stamp: Cow<'a, str>,
+    },
+    /// A delete of the browser's replica.
+    Delete {
+        key: Cow<'a, str>,
+        stamp: Cow<'a, str>,
+    },
+    /// Where the browser's cursor is (ephemeral: not kept, not replicated).
+    Presence { x: i32, y: i32 },
+}
+
+/// The `type` of a message, read first.
+#[derive(Deserialize)]
+struct Kind<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthIn<'a> {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    #[serde(borrow)]
+    token: Cow<'a, str>,
+    #[serde(borrow)]
+    replica: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetIn<'a> {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(borrow)]
+    value: &'a RawValue,
+    #[serde(borrow)]
+    stamp: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteIn<'a> {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(borrow)]
+    stamp: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceIn {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    x: i32,
+    y: i32,
+}
+
+impl<'a> Inbound<'a> {
+    /// Reads one message: its type first, then the whole message as that
+    /// type's shape, exactly.
+    pub(crate) fn parse(text: &'a str) -> Result<Self, serde_json::Error> {
+        let kind: Kind<'_> = serde_json::from_str(text)?;
+        Ok(match kind.kind.as_ref() {
+            "auth" => {
+                let m: AuthIn<'a> = serde_json::from_str(text)?;
+                Inbound::Auth {
+                    token: m.token,
+                    replica: m.replica,
+                }
+            }
+            "set" => {
+                let m: SetIn<'a> = serde_json::from_str(text)?;
+                Inbound::Set {
+                    key: m.key,
+                    value: m.value,
+                    stamp: m.stamp,
+                }
+            }
+            "delete" => {
+                let m: DeleteIn<'a> = serde_json::from_str(text)?;
+                Inbound::Delete {
+                    key: m.key,
+                    stamp: m.stamp,
+                }
+            }
+            "presence" => {
+                let m: PresenceIn = serde_json::from_str(text)?;
+                Inbound::Presence { x: m.x, y: m.y }
+            }
+            other => {
+                return Err(serde::de::Error::unknown_variant(
+                    other,
+                    &["auth", "set", "delete", "presence"],
+                ));
+            }
+        })
+    }
+}
+
+/// One entry of a snapshot.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum EntryOut<'a> {
+    /// A key set.
+    Value { value: &'a RawValue, stamp: String },
+    /// A key deleted (a tombstone: older writes of it lose).
+    Deleted { deleted: bool, stamp: String },
+}
+
+/// A message to a browser.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub(crate) enum Outbound<'a> {
+    /// On connect, once the token is taken.
+    Hello {
+        id: &'a str,
+        color: &'a str,
+        map: &'a str,
+        now: String,
+    },
+    /// The whole map, tombstones included; sent after `hello`, and again
+    /// when the connection fell behind the map's changes.
+    Snapshot {
+        entries: std::collections::BTreeMap<&'a str, EntryOut<'a>>,
+    },
+    /// A key set (by anyone but this browser).
+    Set {
+        key: &'a str,
+        value: &'a RawValue,
+        stamp: String,
+    },
+    /// A key deleted.
+    Delete { key: &'a str, stamp: String },
+    /// A write of this browser that was not taken, and why; the key's
+    /// entry here, if any, follows as `set` or `delete`.
+    Refused { key: &'a str, reason: &'a str },
+    /// Another browser's cursor.
+    Presence {
+        id: &'a str,
+        color: &'a str,
+        x: i32,
+        y: i32,
+    },
+    /// Another browser went.
+    PresenceLeave { id: &'a str },
+}
+
+impl Outbound<'_> {
+    /// As a text frame.
+    pub(crate) fn text(&self) -> String {
+        serde_json::to_string(self).expect("bridge messages serialize")
+    }
+}
+
+/// A stamp as text: `<physical>-<logical>-<replica>`, fixed-width lower
+/// case hex.
+pub(crate) fn stamp_text(stamp: Stamp) -> String {
+    format!(
+        "{:016x}-{:08x}-{:016x}",
+        stamp.physical_ns, stamp.logical, stamp.node
+    )
+}
+
+/// A stamp from its text, exactly as [`stamp_text`] writes it.
+pub(crate) fn parse_stamp(text: &str) -> Option<Stamp> {
+    let b = text.as_bytes();
+    if b.len() != 42 || b[16] != b'-' || b[25] != b'-' {
+        return None;
+    }
+    Some(Stamp {
+        physical_ns: hex(&text[..16])?,
+        logical: u32::try_from(hex(&text[17..25])?).ok()?,
+        node: parse_replica(&text[26..])?,
+    })
+}
+
+/// A replica id: 16 lower case hex digits, not all zero.
+pub(crate) fn parse_replica(text: &str) -> Option<u64> {
+    if text.len() != 16 {
+        return None;
+    }
+    hex(text).filter(|&id| id != 0)
+}
+
+fn hex(text: &str) -> Option<u64> {
+    if text.is_empty()
+        || !text
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    {
+        return None;
+    }
+    u64::from_str_radix(text, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// A stamp survives its text, and the texts sort as the stamps do.
+        #[test]
+        fn stamp_text_round_trips_and_sorts_as_stamps(
+            a in (any::<u64>(), any::<u32>(), 1u64..),
+            b in (any::<u64>(), any::<u32>(), 1u64..),
+        ) {
+            let x = Stamp { physical_ns: a.0, logical: a.1, node: a.2 };
+            let y = Stamp { physical_ns: b.0, logical: b.1, node: b.2 };
+            prop_assert_eq!(parse_stamp(&stamp_text(x)), Some(x));
+            prop_assert_eq!(stamp_text(x).cmp(&stamp_text(y)), x.cmp(&y));
+        }
+
+        /// Any other text is refused, never mistaken for a stamp.
+        #[test]
+        fn other_texts_are_no_stamps(text in ".{0,50}") {
+            if let Some(stamp) = parse_stamp(&text) {
+                prop_assert_eq!(stamp_text(stamp), text);
+            }
+        }
+    }
+
+    #[test]
+    fn messages_are_strict() {
+        let ok = r#"{"type":"set","key":"k","value":{"a":1},"stamp":"x"}"#;
+        assert!(Inbound::parse(ok).is_ok());
+        for bad in [
+            r#"{"type":"set","key":"k","value":1,"stamp":"x","extra":1}"#,
+            r#"{"type":"set","key":"k","stamp":"x"}"#,
+            r#"{"type":"presence","x":"1","y":2}"#,
+            r#"{"type":"presence","x":1e99,"y":2}"#,
+            r#"{"type":"nope"}"#,
+            r#"[1,2]"#,
+        ] {
+            assert!(Inbound::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_replica("0000000000000000"), None);
+        assert_eq!(parse_replica("00000000000000A1"), None);
+        assert_eq!(parse_replica("00000000000000a1"), Some(0xa1));
+    }
+}

@@ -1,0 +1,662 @@
+//! The browser bridge from outside, over real WebSockets on loopback: the
+//! README's protocol block against the running gateway, convergence with a
+//! Rust replica, every limit against hostile clients (refused, counted,
+//! others unaffected), and TLS.
+
+mod support;
+
+use std::{collections::BTreeSet, time::Duration};
+
+use aether_core::{Aether, state::StateMap};
+use aether_gateway::{BridgeConfig, Gateway, GatewayConfig};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use support::{
+    bridge::{Client, close_of, now_ns, open, stamp},
+    config, start,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+const TOKEN: &str = "a-token-of-the-tests-0123456789";
+
+fn bridged(bridge: BridgeConfig) -> GatewayConfig {
+    GatewayConfig {
+        bridge: BridgeConfig {
+            token: Some(TOKEN.into()),
+            maps: vec!["board".into()],
+            ..bridge
+        },
+        ..config()
+    }
+}
+
+/// The value of a counter or gauge line of the metrics text (0 if absent).
+fn metric(gateway: &Gateway, series: &str) -> u64 {
+    gateway
+        .metrics_text()
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+fn refused(gateway: &Gateway, reason: &str) -> u64 {
+    metric(
+        gateway,
+        &format!("aether_bridge_refused_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+/// Waits (up to 10 s) until `check` holds.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---- the README's protocol block ------------------------------------------
+
+/// The protocol block of the README: its message templates by direction,
+/// and the `<entry>` alternatives.
+struct Protocol {
+    inbound: Vec<Value>,
+    outbound: Vec<Value>,
+    entries: Vec<Value>,
+    reasons: Vec<String>,
+}
+
+/// Makes a template line JSON: bare placeholders become strings.
+fn template(line: &str) -> Value {
+    let quoted = line
+        .replace("<json>", "\"<json>\"")
+        .replace("<int>", "\"<int>\"")
+        .replace("<entry>", "\"<entry>\"")
+        .replace("\"\"<", "\"<")
+        .replace(">\"\"", ">\"");
+    serde_json::from_str(&quoted).unwrap_or_else(|e| panic!("template {line:?}: {e}"))
+}
+
+fn protocol() -> Protocol {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("the README");
+    let start = readme
+        .find("```text\nbrowser -> gateway\n")
+        .expect("the README has the bridge's protocol block");
+    let block = &readme[start + 8..];
+    let block = &block[..block.find("```").expect("the block ends")];
+    let (mut inbound, mut outbound, mut entries, mut reasons) = (vec![], vec![], vec![], vec![]);
+    let mut side = None;
+    for line in block.lines() {
+        match line.trim() {
+            "browser -> gateway" => side = Some(true),
+            "gateway -> browser" => side = Some(false),
+            l if l.starts_with('{') => match side {
+                Some(true) => inbound.push(template(l)),
+                Some(false) => outbound.push(template(l)),
+                None => panic!("a message before a direction: {l}"),
+            },
+            l if l.starts_with("<entry>") => {
+                for alternative in l["<entry>".len()..].split(" or ") {
+                    entries.push(template(alternative.trim()));
+                }
+            }
+            l if l.starts_with("<reason>") => {
+                reasons = l["<reason>".len()..]
+                    .split('|')
+                    .map(|r| r.trim().to_string())
+                    .collect();
+            }
+            _ => {}
+        }
+    }
+    assert!(inbound.len() >= 4 && outbound.len() >= 7 && entries.len() == 2 && !reasons.is_empty());
+    Protocol {
+        inbound,
+        outbound,
+        entries,
+        reasons,
+    }
+}
+
+fn is_stamp(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 42
+        && b[16] == b'-'
+        && b[25] == b'-'
+        && text
+            .bytes()
+            .enumerate()
+            .all(|(i, c)| i == 16 || i == 25 || c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+}
+
+impl Protocol {
+    /// Whether `message` is exactly what `template` says: the same fields,
+    /// no more, each of the type its placeholder names.
+    fn fits(&self, template: &Value, message: &Value) -> bool {
+        match template {
+            Value::String(placeholder) => match placeholder.as_str() {
+                "<json>" => true,
+                "<int>" => message.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
+                "<str>" | "<key>" => message.is_string(),
+                "<stamp>" => message.as_str().is_some_and(is_stamp),
+                "<replica>" => message.as_str().is_some_and(|r| {
+                    r.len() == 16
+                        && r != "0000000000000000"
+                        && is_stamp(&format!("{}-00000000-{r}", "0".repeat(16)))
+                }),
+                "<reason>" => message
+                    .as_str()
+                    .is_some_and(|r| self.reasons.iter().any(|x| x == r)),
+                "<entry>" => self.entries.iter().any(|e| self.fits(e, message)),
+                literal => message.as_str() == Some(literal),
+            },
+            Value::Object(fields) if fields.len() == 1 && fields.contains_key("<key>") => message
+                .as_object()
+                .is_some_and(|m| m.values().all(|v| self.fits(&fields["<key>"], v))),
+            Value::Object(fields) => message.as_object().is_some_and(|m| {
+                m.len() == fields.len()
+                    && fields
+                        .iter()
+                        .all(|(k, t)| m.get(k).is_some_and(|v| self.fits(t, v)))
+            }),
+            other => other == message,
+        }
+    }
+
+    /// The template of `direction` for `message`'s type.
+    fn of<'a>(templates: &'a [Value], kind: &str) -> &'a Value {
+        templates
+            .iter()
+            .find(|t| t["type"] == kind)
+            .unwrap_or_else(|| panic!("the README lists no {kind:?} message"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_block_is_exactly_what_the_gateway_sends_and_accepts() {
+    let protocol = protocol();
+    let aether = Aether::default();
+    let gateway = start(&aether, bridged(BridgeConfig::default())).await;
+    let addr = gateway.addr();
+    let service = StateMap::builder("board")
+        .node("service")
+        .open(&aether)
+        .await
+        .unwrap();
+
+    // Accepted: each browser -> gateway shape, with its effect.
+    let mut a = Client::connect(addr, "board", TOKEN).await;
+    let mut b = Client::connect(addr, "board", TOKEN).await;
+    let set = json!({"type": "set", "key": "k1", "value": {"n": [1, 2]}, "stamp": a.stamp()});
+    assert!(protocol.fits(Protocol::of(&protocol.inbound, "set"), &set));
+    a.send(set).await;
+    eventually("the service has k1", || service.get("k1").is_some()).await;
+    assert_eq!(
+        service.get_json::<Value>("k1").unwrap(),
+        Some(json!({"n": [1, 2]}))
+    );
+    let delete = json!({"type": "delete", "key": "k1", "stamp": a.stamp()});
+    assert!(protocol.fits(Protocol::of(&protocol.inbound, "delete"), &delete));
+    a.send(delete).await;
+    eventually("the service lost k1", || service.get("k1").is_none()).await;
+    let presence = json!({"type": "presence", "x": 10, "y": -3});
+    assert!(protocol.fits(Protocol::of(&protocol.inbound, "presence"), &presence));
+    a.send(presence).await;
+    let seen = b.until("presence", None).await;
+    assert_eq!(
+        (seen["x"].as_i64(), seen["y"].as_i64()),
+        (Some(10), Some(-3))
+    );
+
+    // Sent: set and delete from a service, refused (and the entry after
+    // it), a snapshot with a value and a tombstone, presence-leave.
+    service.set_json("k2", &json!("two")).await.unwrap();
+    b.until("set", Some("k2")).await;
+    service.delete("k2").await.unwrap();
+    b.until("delete", Some("k2")).await;
+    service.set_json("k3", &3).await.unwrap();
+    b.until("set", Some("k3")).await;
+    let big = "x".repeat(40 * 1024);
+    let stamp = b.stamp();
+    b.send(json!({"type": "set", "key": "k3", "value": big, "stamp": stamp}))
+        .await;
+    let refusal = b.until("refused", Some("k3")).await;
+    assert_eq!(refusal["reason"], "too_large");
+    let after = b.until("set", Some("k3")).await;
+    assert_eq!(
+        after["value"], 3,
+        "the refused write is answered with the entry"
+    );
+    a.socket.close(None).await.unwrap();
+    b.until("presence-leave", None).await;
+    let c = Client::connect(addr, "board", TOKEN).await;
+    let snapshot = c.received[1].clone();
+    assert_eq!(snapshot["entries"]["k2"]["deleted"], true, "{snapshot}");
+    assert_eq!(snapshot["entries"]["k3"]["value"], 3, "{snapshot}");
+
+    // Every message received fits its template exactly, and every kind the
+    // README lists was seen.
+    let mut kinds = BTreeSet::new();
+    for message in b.received.iter().chain(&c.received) {
+        let kind = message["type"].as_str().expect("a type").to_string();
+        let template = Protocol::of(&protocol.outbound, &kind);
+        assert!(
+            protocol.fits(template, message),
+            "{message} does not fit {template}"
+        );
+        kinds.insert(kind);
+    }
+    let listed: BTreeSet<String> = protocol
+        .outbound
+        .iter()
+        .map(|t| t["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, listed, "every message the README lists is sent");
+
+    // Exactly: a field more, or one missing, is refused (1008).
+    for template in &protocol.inbound {
+        let kind = template["type"].as_str().unwrap();
+        if kind == "auth" {
+            continue;
+        }
+        let mut sample = match kind {
+            "set" => json!({"type": "set", "key": "x", "value": 1, "stamp": stamp_now()}),
+            "delete" => json!({"type": "delete", "key": "x", "stamp": stamp_now()}),
+            "presence" => json!({"type": "presence", "x": 1, "y": 2}),
+            other => panic!("a message the test does not know: {other}"),
+        };
+        assert!(protocol.fits(template, &sample), "{sample}");
+        sample["extra"] = json!(1);
+        let mut d = Client::connect(addr, "board", TOKEN).await;
+        d.send(sample).await;
+        let (code, _) = close_of(&mut d.socket).await.expect("a close frame");
+        assert_eq!(code, 1008, "{kind} with a field more");
+    }
+    let mut e = Client::connect_silent(addr, "board", TOKEN).await;
+    drop(e.next().await);
+    let missing = json!({"type": "set", "key": "x", "value": 1});
+    e.send(missing).await;
+    assert_eq!(close_of(&mut e.socket).await.map(|c| c.0), Some(1008));
+    assert!(protocol.fits(
+        Protocol::of(&protocol.inbound, "auth"),
+        &json!({"type": "auth", "token": TOKEN, "replica": c.replica})
+    ));
+    service.close().await;
+    gateway.stop().await.unwrap();
+}
+
+fn stamp_now() -> String {
+    stamp(now_ns(), 0, "00000000000000ab")
+}
+
+// ---- convergence -----------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_and_a_rust_replica_converge_by_stamps() {
+    let aether = Aether::default();
+    let gateway = start(&aether, bridged(BridgeConfig::default())).await;
+    let addr = gateway.addr();
+    let service = StateMap::builder("board")
+        .node("service")
+        .open(&aether)
+        .await
+        .unwrap();
+    let mut a = Client::connect(addr, "board", TOKEN).await;
+    let mut b = Client::connect(addr, "board", TOKEN).await;
+
+    // A page writes; the other page and the service see it.
+    let mut watch = service.watch("title");
+    let stamp_a = a.set("title", json!("from a")).await;
+    let seen = b.until("set", Some("title")).await;
+    assert_eq!(
+        (seen["value"].clone(), seen["stamp"].clone()),
+        (json!("from a"), json!(stamp_a))
+    );
+    let change = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(change.new.as_deref(), Some(&b"\"from a\""[..]));
+    assert!(
+        a.try_next(Duration::from_millis(200)).await.is_none(),
+        "a page does not get its own write back"
+    );
+
+    // Concurrent writes of one key: every replica settles on the higher
+    // stamp, whichever came last.
+    let now = now_ns();
+    let low = stamp(now, 0, &a.replica);
+    let high = stamp(now, 1, &b.replica);
+    b.send(json!({"type": "set", "key": "race", "value": "b wins", "stamp": high}))
+        .await;
+    eventually("the service has b's write", || {
+        service.get_json::<String>("race").unwrap().as_deref() == Some("b wins")
+    })
+    .await;
+    assert_eq!(a.until("set", Some("race")).await["value"], "b wins");
+    // A's write, made at the same moment but lower: it lost at the
+    // gateway, and its page is answered with the winner.
+    a.send(json!({"type": "set", "key": "race", "value": "lower", "stamp": low}))
+        .await;
+    let answer = a.until("set", Some("race")).await;
+    assert_eq!(
+        (answer["value"].clone(), answer["stamp"].clone()),
+        (json!("b wins"), json!(high))
+    );
+    assert_eq!(
+        service.get_json::<String>("race").unwrap().as_deref(),
+        Some("b wins")
+    );
+    assert_eq!(
+        metric(&gateway, "aether_bridge_writes_total{outcome=\"stale\"}"),
+        1
+    );
+
+    // A write made offline, older than the map's: it loses on return.
+    let old = stamp(now_ns() - 60_000_000_000, 0, &a.replica);
+    a.send(json!({"type": "set", "key": "title", "value": "stale", "stamp": old}))
+        .await;
+    let answer = a.until("set", Some("title")).await;
+    assert_eq!(answer["value"], "from a");
+    // A delete from a page is a tombstone for the service too.
+    let stamp_b = b.stamp();
+    b.send(json!({"type": "delete", "key": "title", "stamp": stamp_b}))
+        .await;
+    eventually("the service deleted title", || {
+        service.get("title").is_none()
+    })
+    .await;
+    a.until("delete", Some("title")).await;
+
+    // A stamp too far ahead (a page with a wrong clock) is refused.
+    let ahead = stamp(now_ns() + 3_600_000_000_000, 0, &a.replica);
+    a.send(json!({"type": "set", "key": "clock", "value": 1, "stamp": ahead}))
+        .await;
+    let refusal = a.until("refused", Some("clock")).await;
+    assert_eq!(refusal["reason"], "stamp");
+    assert!(service.get("clock").is_none());
+    assert_eq!(
+        metric(&gateway, "aether_bridge_writes_total{outcome=\"stamp\"}"),
+        1
+    );
+    // Another node's keys are not a page's to write.
+    let stamp_owned = a.stamp();
+    a.send(json!({"type": "set", "key": "node/service/x", "value": 1, "stamp": stamp_owned}))
+        .await;
+    assert_eq!(
+        a.until("refused", Some("node/service/x")).await["reason"],
+        "not_owner"
+    );
+
+    // A service writing raw bytes (not JSON): counted, not sent.
+    service.set("raw", &b"\xff\x00"[..]).await.unwrap();
+    service.set_json("after-raw", &1).await.unwrap();
+    a.until("set", Some("after-raw")).await;
+    assert!(!a.received.iter().any(|m| m["key"] == "raw"));
+    // Counted once per page it was not sent to (a and b).
+    eventually("counted for both pages", || {
+        metric(&gateway, "aether_bridge_values_not_json_total") == 2
+    })
+    .await;
+    service.close().await;
+    gateway.stop().await.unwrap();
+}
+
+// ---- hostile clients -------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_are_refused_counted_and_others_unaffected() {
+    let aether = Aether::default();
+    let limits = BridgeConfig {
+        max_connections: 40,
+        max_connections_per_address: 12,
+        max_message_bytes: 4096,
+        messages_per_s: 20,
+        burst: 40,
+        first_message_ms: 300,
+        ..Default::default()
+    };
+    let gateway = start(&aether, bridged(limits)).await;
+    let addr = gateway.addr();
+    let service = StateMap::builder("board")
+        .node("service")
+        .open(&aether)
+        .await
+        .unwrap();
+    let mut good = Client::connect(addr, "board", TOKEN).await;
+
+    // A wrong token: closed before any state is sent.
+    let mut wrong = Client::connect_silent(addr, "board", "not-the-token-at-all").await;
+    service.set_json("secret", &"s").await.unwrap();
+    let mut saw_state = false;
+    let close = loop {
+        match wrong.socket.next().await {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(Message::Text(_))) => saw_state = true,
+            _ => break None,
+        }
+    };
+    assert!(!saw_state, "nothing is sent before the token");
+    let close = close.expect("a close frame");
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (1008, "unauthorized")
+    );
+    assert_eq!(refused(&gateway, "token"), 1);
+
+    // A connection that never speaks.
+    let mut silent = open(addr, "board").await;
+    assert_eq!(close_of(&mut silent).await.map(|c| c.0), Some(1008));
+    assert_eq!(refused(&gateway, "deadline"), 1);
+
+    // A message over the size cap, a binary message, garbage.
+    let mut big = Client::connect(addr, "board", TOKEN).await;
+    big.send_text(format!(
+        "{{\"type\":\"set\",\"key\":\"k\",\"value\":\"{}\",\"stamp\":\"x\"}}",
+        "y".repeat(8192)
+    ))
+    .await;
+    assert_eq!(close_of(&mut big.socket).await.map(|c| c.0), Some(1009));
+    assert_eq!(refused(&gateway, "too_large"), 1);
+    let mut binary = Client::connect(addr, "board", TOKEN).await;
+    binary
+        .socket
+        .send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .unwrap();
+    assert_eq!(close_of(&mut binary.socket).await.map(|c| c.0), Some(1008));
+    let mut garbage = Client::connect(addr, "board", TOKEN).await;
+    garbage.send_text("{\"type\":".into()).await;
+    assert_eq!(close_of(&mut garbage.socket).await.map(|c| c.0), Some(1008));
+    assert_eq!(refused(&gateway, "malformed"), 2);
+
+    // A flood: closed once past the burst.
+    let mut flood = Client::connect(addr, "board", TOKEN).await;
+    for n in 0..500 {
+        let text = json!({"type": "presence", "x": n, "y": n}).to_string();
+        if flood.socket.send(Message::text(text)).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(close_of(&mut flood.socket).await.map(|c| c.0), Some(1008));
+    assert_eq!(refused(&gateway, "rate_limited"), 1);
+
+    // Past the per-address cap: 1013. (`good` holds one slot.)
+    let mut held = Vec::new();
+    for _ in 0..11 {
+        held.push(Client::connect(addr, "board", TOKEN).await);
+    }
+    let mut over = open(addr, "board").await;
+    let (code, _) = close_of(&mut over).await.expect("a close frame");
+    assert_eq!(code, 1013);
+    assert_eq!(refused(&gateway, "address_capacity"), 1);
+    assert_eq!(
+        metric(&gateway, "aether_bridge_connections{map=\"board\"}"),
+        12
+    );
+    drop(held);
+
+    // An unknown map: 404, counted.
+    let response = support::get(addr, "/bridge/nope").await;
+    assert_eq!(response.status, 404);
+    assert_eq!(refused(&gateway, "unknown_map"), 1);
+
+    // Through all of it, the good client kept working both ways.
+    service.set_json("after", &"all").await.unwrap();
+    assert_eq!(good.until("set", Some("after")).await["value"], "all");
+    good.set("from-good", json!(1)).await;
+    eventually("the service has from-good", || {
+        service.get("from-good").is_some()
+    })
+    .await;
+    eventually("the held connections were given back", || {
+        metric(&gateway, "aether_bridge_connections{map=\"board\"}") == 1
+    })
+    .await;
+    // /metrics answers with the bridge busy.
+    assert_eq!(support::get(addr, "/metrics").await.status, 200);
+    service.close().await;
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_cap_refuses_with_1013() {
+    let aether = Aether::default();
+    let limits = BridgeConfig {
+        max_connections: 3,
+        ..Default::default()
+    };
+    let gateway = start(&aether, bridged(limits)).await;
+    let addr = gateway.addr();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(Client::connect(addr, "board", TOKEN).await);
+    }
+    let mut over = open(addr, "board").await;
+    assert_eq!(close_of(&mut over).await.map(|c| c.0), Some(1013));
+    assert_eq!(refused(&gateway, "capacity"), 1);
+    held.pop();
+    eventually("a slot came back", || {
+        metric(&gateway, "aether_bridge_connections{map=\"board\"}") == 2
+    })
+    .await;
+    let mut again = Client::connect(addr, "board", TOKEN).await;
+    again.set("k", json!(1)).await;
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_stops_reading_is_closed_and_counted() {
+    let aether = Aether::default();
+    let limits = BridgeConfig {
+        send_timeout_ms: 300,
+        ..Default::default()
+    };
+    let gateway = start(&aether, bridged(limits)).await;
+    let addr = gateway.addr();
+    let service = StateMap::builder("board")
+        .node("service")
+        .open(&aether)
+        .await
+        .unwrap();
+    // Never reads: the gateway's sends fill the socket's buffers, then one
+    // times out.
+    let _stalled = Client::connect(addr, "board", TOKEN).await;
+    let value = "v".repeat(16 * 1024);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut n = 0u32;
+    while refused(&gateway, "slow") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not closed within 20 s"
+        );
+        service
+            .set_json(&format!("k{}", n % 256), &value)
+            .await
+            .unwrap();
+        n += 1;
+        if n % 64 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    service.close().await;
+    gateway.stop().await.unwrap();
+}
+
+// ---- TLS -------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_certificate_the_bridge_is_served_over_tls_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let aether = Aether::default();
+    let mut config = bridged(BridgeConfig::default());
+    config.tls.cert = Some(cert_path);
+    config.tls.key = Some(key_path);
+    let gateway = start(&aether, config).await;
+    let addr = gateway.addr();
+
+    // Plain HTTP gets no answer.
+    let plain = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(format!("ws://{addr}/bridge/board")),
+    )
+    .await
+    .expect("a plain connection is dropped, not left hanging");
+    assert!(plain.is_err(), "a plain WebSocket is refused");
+
+    // TLS with the certificate as the root: the bridge speaks.
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let client = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client))
+        .connect(name, tcp)
+        .await
+        .expect("the TLS handshake");
+    let (mut socket, _) = tokio_tungstenite::client_async(
+        format!("wss://localhost:{}/bridge/board", addr.port()),
+        tls,
+    )
+    .await
+    .expect("the upgrade over TLS");
+    let auth = json!({"type": "auth", "token": TOKEN, "replica": "00000000000000aa"});
+    socket.send(Message::text(auth.to_string())).await.unwrap();
+    let hello = tokio::time::timeout(Duration::from_secs(5), socket.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let hello: Value = serde_json::from_str(hello.to_text().unwrap()).unwrap();
+    assert_eq!(hello["type"], "hello");
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_generated_token_is_long_and_random() {
+    let aether = Aether::default();
+    let config = GatewayConfig {
+        bridge: BridgeConfig::default(),
+        ..config()
+    };
+    let one = start(&aether, config.clone()).await;
+    let token = one.bridge_token().unwrap().to_string();
+    assert_eq!(token.len(), 32);
+    one.stop().await.unwrap();
+    let two = start(&aether, config).await;
+    assert_ne!(two.bridge_token().unwrap(), token);
+    two.stop().await.unwrap();
+}
