@@ -323,6 +323,8 @@ export class Aether {
         for (const [key, e] of Object.entries(theirs)) {
           this.apply(key, { v: e.deleted ? null : e.value, s: e.stamp, d: !!e.deleted }, true);
         }
+        this.attempt = 0;
+        this.setStatus("live");
         // What this page holds above the gateway's: its own writes made
         // offline (or not yet sent), sent again.
         for (const [key, e] of this.entries) {
@@ -333,8 +335,6 @@ export class Aether {
               : `{"type":"set","key":${JSON.stringify(key)},"value":${JSON.stringify(e.v)},"stamp":"${e.s}"}`);
           }
         }
-        this.attempt = 0;
-        this.setStatus("live");
         this.liveWaiters.splice(0).forEach((resolve) => resolve());
         break;
       }

@@ -294,3 +294,4 @@ pub fn observed(text: &str, family: &str) -> u64 {
     sample(text, &series).map_or(0, |value| value as u64)
 }
 pub mod bridge;
+pub mod cdp;

@@ -1,0 +1,349 @@
+//! The collaborative board in headless Chromium: pages are replicas of the
+//! map `board` through the gateway's bridge, beside a Rust replica.
+//!
+//! The page and aether.js are served by a host of their own (as an
+//! application serves its pages), so that a reload works while the gateway
+//! is down. Needs Debian's `chromium`; without it the tests say so and pass.
+
+mod support;
+
+use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
+
+use aether_core::{Aether, AetherConfig, config::NatsConfig, state::StateMap};
+use aether_gateway::{BridgeConfig, GatewayConfig};
+use aether_testkit::NatsServer;
+use axum::{Router, http::header, routing::get};
+use serde_json::{Value, json};
+use support::{cdp::Browser, config, start};
+
+const TOKEN: &str = "a-token-of-the-browser-tests-42";
+const PROGRAM: &str = env!("CARGO_BIN_EXE_aether-gateway");
+
+/// Serves the board's files from `aether-gateway/web` on a loopback port.
+async fn app_host() -> SocketAddr {
+    fn file(name: &'static str) -> String {
+        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/web"));
+        std::fs::read_to_string(dir.join(name)).unwrap()
+    }
+    let (html, board, client) = (file("board.html"), file("board.js"), file("aether.js"));
+    let js = || [(header::CONTENT_TYPE, "text/javascript")];
+    let app = Router::new()
+        .route(
+            "/board.html",
+            get(move || async move { axum::response::Html(html) }),
+        )
+        .route("/board.js", get(move || async move { (js(), board) }))
+        .route("/aether.js", get(move || async move { (js(), client) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+fn board_url(app: SocketAddr, gateway: SocketAddr) -> String {
+    format!("http://{app}/board.html#token={TOKEN}&gateway=ws://{gateway}")
+}
+
+/// Waits (up to 15 s) until `check` holds.
+async fn settle(what: &str, mut check: impl FnMut() -> bool) {
+    support::eventually(what, Duration::from_secs(15), || {
+        let ok = check();
+        async move { ok.then_some(()) }
+    })
+    .await
+}
+
+/// The page's items as `{key: value}`, read through its client.
+const ITEMS: &str = "Object.fromEntries(board.client.items())";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pages_and_a_rust_replica_converge() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let aether = Aether::default();
+    let gateway = start(
+        &aether,
+        GatewayConfig {
+            bridge: BridgeConfig {
+                token: Some(TOKEN.into()),
+                ..Default::default()
+            },
+            ..config()
+        },
+    )
+    .await;
+    let service = StateMap::builder("board")
+        .node("service")
+        .open(&aether)
+        .await
+        .unwrap();
+    let app = app_host().await;
+    let url = board_url(app, gateway.addr());
+    let a = browser.open(&url).await;
+    let b = browser.open(&url).await;
+    a.wait_for("page a is live", "board.client.status === 'live'", 20)
+        .await;
+    b.wait_for("page b is live", "board.client.status === 'live'", 20)
+        .await;
+
+    // An edit in one page shows in the other within 200 ms (the clocks of
+    // two tabs of one browser are one clock).
+    b.eval(
+        "window.arrived = new Promise((resolve) => board.client.on('item/first', \
+         () => resolve(performance.timeOrigin + performance.now()))); true",
+    )
+    .await;
+    let sent = a
+        .eval(
+            "(() => { const t = performance.timeOrigin + performance.now(); \
+             board.client.set('item/first', {text: 'milk', done: false, at: 1}); return t; })()",
+        )
+        .await
+        .as_f64()
+        .unwrap();
+    let arrived = b.eval("window.arrived").await.as_f64().unwrap();
+    let took_ms = arrived - sent;
+    eprintln!("page to page through the gateway: {took_ms:.2} ms");
+    assert!(took_ms < 200.0, "took {took_ms} ms");
+    b.wait_for(
+        "page b draws the item",
+        "document.querySelector('[data-key=\"item/first\"] .text')?.value === 'milk'",
+        5,
+    )
+    .await;
+    // The Rust replica has it too.
+    settle("the service has item/first", || {
+        service.get("item/first").is_some()
+    })
+    .await;
+
+    // Concurrent edits of one key, from both pages at once: both pages and
+    // the service settle on one value, the higher stamp's.
+    let edit = |who: &str| {
+        format!("board.client.set('item/race', {{text: 'from {who}', done: false, at: 2}})")
+    };
+    let (edit_a, edit_b) = (edit("a"), edit("b"));
+    let (stamp_a, stamp_b) = tokio::join!(a.eval(&edit_a), b.eval(&edit_b));
+    let (stamp_a, stamp_b) = (
+        stamp_a.as_str().unwrap().to_string(),
+        stamp_b.as_str().unwrap().to_string(),
+    );
+    let winner = if stamp_a > stamp_b {
+        "from a"
+    } else {
+        "from b"
+    };
+    for (name, page) in [("a", &a), ("b", &b)] {
+        page.wait_for(
+            &format!("page {name} settles on {winner}"),
+            &format!("board.client.get('item/race')?.text === '{winner}'"),
+            5,
+        )
+        .await;
+    }
+    settle("the service settles", || {
+        service
+            .get_json::<Value>("item/race")
+            .unwrap()
+            .map(|v| v["text"].clone())
+            == Some(json!(winner))
+    })
+    .await;
+    assert_eq!(a.eval(ITEMS).await, b.eval(ITEMS).await);
+
+    // A Rust service writes; the page shows it. The page writes; the
+    // service's watch sees it.
+    service
+        .set_json(
+            "item/rust",
+            &json!({"text": "from rust", "done": true, "at": 3}),
+        )
+        .await
+        .unwrap();
+    a.wait_for(
+        "page a draws the service's item",
+        "document.querySelector('[data-key=\"item/rust\"]')?.dataset.done === 'true'",
+        5,
+    )
+    .await;
+    let mut watch = service.watch("item/from-page");
+    a.eval("board.client.set('item/from-page', {text: 'typed', done: false, at: 4})")
+        .await;
+    let change = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures_util::StreamExt::next(&mut watch),
+    )
+    .await
+    .expect("the service's watch sees the page's write")
+    .unwrap();
+    let value: Value = serde_json::from_slice(change.new.as_deref().unwrap()).unwrap();
+    assert_eq!(value["text"], "typed");
+    // A delete in a page deletes everywhere.
+    b.eval("board.remove('first')").await;
+    a.wait_for(
+        "page a drops the item",
+        "!board.client.has('item/first')",
+        5,
+    )
+    .await;
+    settle("the service drops it", || {
+        service.get("item/first").is_none()
+    })
+    .await;
+
+    // Presence: a page's cursor shows in the other.
+    a.eval("board.client.setPresence(40, 50)").await;
+    b.wait_for(
+        "page b sees a's cursor",
+        "[...board.client.presence().values()].some((c) => c.x === 40 && c.y === 50)",
+        5,
+    )
+    .await;
+    a.close().await;
+    b.wait_for("a's cursor leaves", "board.client.presence().size === 0", 5)
+        .await;
+    service.close().await;
+    gateway.stop().await.unwrap();
+}
+
+/// The gateway program on `port` over NATS at `url`, with the library's
+/// settings (a settings directory `dir` with an empty file).
+async fn gateway_program(dir: &std::path::Path, url: &str, port: u16) -> tokio::process::Child {
+    std::fs::write(dir.join("default.toml"), "").unwrap();
+    let mut command = aether_testkit::program(PROGRAM);
+    command
+        .arg("--config-dir")
+        .arg(dir)
+        .arg("--nats")
+        .arg(url)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("AETHER__GATEWAY__BRIDGE__TOKEN", TOKEN)
+        .stderr(Stdio::inherit());
+    let (child, addr) = support::spawn_serving(command, Duration::from_secs(30)).await;
+    assert_eq!(addr.port(), port);
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_renders_from_the_cache_while_the_gateway_is_down_and_offline_edits_merge() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let nats = NatsServer::start().await.expect("nats-server starts");
+    let aether = Aether::connect(AetherConfig {
+        nats: NatsConfig {
+            urls: vec![nats.url()],
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let service = StateMap::builder("board")
+        .node("service")
+        .open(&aether)
+        .await
+        .unwrap();
+    let settings = tempfile::tempdir().unwrap();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut gateway = gateway_program(settings.path(), &nats.url(), port).await;
+    let gateway_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let app = app_host().await;
+    let page = browser.open(&board_url(app, gateway_addr)).await;
+    page.wait_for("the page is live", "board.client.status === 'live'", 20)
+        .await;
+    page.eval("board.client.set('item/milk', {text: 'milk', done: false, at: 1})")
+        .await;
+    settle("the service has milk", || {
+        service.get("item/milk").is_some()
+    })
+    .await;
+
+    // kill -9 of the gateway; the page reloads and renders from its cache.
+    gateway.start_kill().unwrap();
+    gateway.wait().await.unwrap();
+    page.wait_for(
+        "the page sees the gateway gone",
+        "board.client.status !== 'live'",
+        10,
+    )
+    .await;
+    page.reload().await;
+    page.wait_for(
+        "the reloaded page draws milk from its cache",
+        "document.querySelector('[data-key=\"item/milk\"] .text')?.value === 'milk' \
+         && board.client.status !== 'live'",
+        10,
+    )
+    .await;
+
+    // Edits made offline: a new item, a rename, a delete; meanwhile a
+    // service writes another.
+    page.eval(
+        "board.client.set('item/eggs', {text: 'eggs', done: false, at: 2}); \
+         board.client.set('item/milk', {text: 'oat milk', done: false, at: 1}); true",
+    )
+    .await;
+    service
+        .set_json(
+            "item/bread",
+            &json!({"text": "bread", "done": false, "at": 3}),
+        )
+        .await
+        .unwrap();
+    page.wait_for(
+        "the offline edits are drawn",
+        "document.querySelectorAll('#items li').length === 2",
+        5,
+    )
+    .await;
+    // They are in the cache: a second reload while still offline keeps them.
+    page.reload().await;
+    page.wait_for(
+        "the cache kept the offline edits",
+        "board.client.get('item/eggs')?.text === 'eggs' \
+         && board.client.get('item/milk')?.text === 'oat milk'",
+        10,
+    )
+    .await;
+
+    // The gateway comes back: the page reconnects by itself, its offline
+    // edits merge, and it gets what it missed.
+    let mut gateway = gateway_program(settings.path(), &nats.url(), port).await;
+    page.wait_for(
+        "the page is live again",
+        "board.client.status === 'live'",
+        30,
+    )
+    .await;
+    settle("the service has the offline edits", || {
+        service.get_json::<Value>("item/eggs").unwrap().is_some()
+            && service
+                .get_json::<Value>("item/milk")
+                .unwrap()
+                .map(|v| v["text"].clone())
+                == Some(json!("oat milk"))
+    })
+    .await;
+    page.wait_for(
+        "the page has the service's item",
+        "document.querySelector('[data-key=\"item/bread\"] .text')?.value === 'bread'",
+        10,
+    )
+    .await;
+    let on_page = page.eval(ITEMS).await;
+    let in_service: serde_json::Map<String, Value> = service
+        .entries()
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::from_slice(&v).unwrap()))
+        .collect();
+    assert_eq!(on_page, Value::Object(in_service));
+    gateway.start_kill().unwrap();
+    let _ = gateway.wait().await;
+    service.close().await;
+}
