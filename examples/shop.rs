@@ -129,6 +129,12 @@ async fn shop(options: Options) -> Result<bool, Box<dyn Error + Send + Sync>> {
         beta_settings.stock,
         addr = gateway.addr()
     );
+    if let Some(token) = gateway.bridge_token() {
+        println!(
+            "shop: collaborative board http://{}/board#token={token}",
+            gateway.addr()
+        );
+    }
     let stop_beta = Shutdown::new();
     let beta = tokio::spawn({
         let (aether, stop) = (aether.clone(), stop_beta.clone());

@@ -200,6 +200,12 @@ pub(crate) async fn serve_http(
                 }
             },
         };
+        // Answers go out at once: without this, a second small write (the
+        // bridge's snapshot after its hello) waits for the peer's delayed
+        // acknowledgement of the first, some 40 ms.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY could not be set");
+        }
         let service = TowerToHyperService::new(app.clone().layer(Extension(ConnectInfo(peer))));
         let (http, tls, stop) = (http.clone(), tls.clone(), stop.clone());
         let handshake = limits.header_read_timeout;

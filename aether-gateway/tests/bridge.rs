@@ -660,3 +660,28 @@ async fn a_generated_token_is_long_and_random() {
     assert_ne!(two.bridge_token().unwrap(), token);
     two.stop().await.unwrap();
 }
+
+/// The gateway answers with several small writes in a row (hello, then the
+/// map): they go out at once, not after the page's delayed acknowledgement
+/// of the first (some 40 ms each without TCP_NODELAY).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_connect_without_waiting_for_delayed_acknowledgements() {
+    let aether = Aether::default();
+    let limits = BridgeConfig {
+        max_connections: 512,
+        max_connections_per_address: 512,
+        ..Default::default()
+    };
+    let gateway = start(&aether, bridged(limits)).await;
+    let started = std::time::Instant::now();
+    let mut pages = Vec::new();
+    for _ in 0..200 {
+        pages.push(Client::connect(gateway.addr(), "board", TOKEN).await);
+    }
+    let took = started.elapsed();
+    // 200 x 40 ms would be 8 s; at once it is well under one.
+    eprintln!("200 pages connected in {took:?}");
+    assert!(took < Duration::from_secs(4), "200 pages took {took:?}");
+    drop(pages);
+    gateway.stop().await.unwrap();
+}

@@ -314,10 +314,118 @@ pub async fn nodes_own_their_keys_and_see_who_is_there(m: &dyn Bus) {
     .expect("bounded");
 }
 
+pub async fn writes_stamped_elsewhere_merge_by_the_same_rules(m: &dyn Bus) {
+    use aether_core::state::Stamp;
+    timeout(LIMIT, async {
+        let bridge = open(&m.aether().await, "bridge").await;
+        let other = open(&m.aether().await, "other").await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let offline = Stamp {
+            physical_ns: now - 5_000_000_000,
+            logical: 0,
+            node: 0xb0,
+        };
+        // A write made elsewhere, earlier: it wins where nothing is newer,
+        // and spreads as the bridge's write with its own stamp.
+        assert!(
+            bridge
+                .merge("tab.note", Some("\"first\"".into()), offline)
+                .await
+                .unwrap()
+        );
+        until("other has it", || other.get("tab.note").is_some()).await;
+        assert_eq!(other.stamped("tab.note").unwrap().stamp, offline);
+        assert_eq!(other.stamped("tab.note").unwrap().writer, "bridge");
+        // A newer write of another replica, then an older one from
+        // elsewhere: the older loses everywhere.
+        let newer = other.set("tab.note", "\"newer\"").await.unwrap();
+        until("bridge has the newer", || {
+            bridge.stamp_of("tab.note").map(|s| s.0) == Some(newer)
+        })
+        .await;
+        let late = Stamp {
+            physical_ns: now - 1_000_000_000,
+            logical: 0,
+            node: 0xb0,
+        };
+        assert!(
+            !bridge
+                .merge("tab.note", Some("\"late\"".into()), late)
+                .await
+                .unwrap()
+        );
+        assert_eq!(bridge.get("tab.note").as_deref(), Some(&b"\"newer\""[..]));
+        // The same write twice changes nothing.
+        assert!(
+            !bridge
+                .merge("tab.note", Some("\"newer\"".into()), newer)
+                .await
+                .unwrap()
+        );
+        // A delete from elsewhere is a tombstone everywhere.
+        let gone = Stamp {
+            physical_ns: newer.physical_ns,
+            logical: newer.logical + 1,
+            node: 0xb0,
+        };
+        assert!(bridge.merge("tab.note", None, gone).await.unwrap());
+        until("other deleted it", || other.get("tab.note").is_none()).await;
+        // Stamps out of range, keys and values over the caps, other
+        // nodes' keys: typed errors, nothing applied.
+        let ahead = Stamp {
+            physical_ns: now + 3_600_000_000_000,
+            logical: 0,
+            node: 0xb0,
+        };
+        let refused = bridge
+            .merge("tab.x", Some("1".into()), ahead)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), StateErrorKind::Stamp);
+        let ancient = Stamp {
+            physical_ns: 1,
+            logical: 0,
+            node: 0xb0,
+        };
+        let refused = bridge
+            .merge("tab.x", Some("1".into()), ancient)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), StateErrorKind::Stamp);
+        let now_stamp = Stamp {
+            physical_ns: now,
+            logical: 9,
+            node: 0xb0,
+        };
+        let refused = bridge
+            .merge("node/other/x", Some("1".into()), now_stamp)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), StateErrorKind::NotOwner);
+        let refused = bridge
+            .merge("tab.big", Some(vec![b'1'; 64 * 1024].into()), now_stamp)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), StateErrorKind::TooLarge);
+        assert!(bridge.get("tab.x").is_none() && bridge.get("tab.big").is_none());
+        // Every entry with its stamp, the tombstone too.
+        let held = bridge.stamped_entries();
+        assert!(
+            held.iter()
+                .any(|e| e.key == "tab.note" && e.value.is_none() && e.stamp == gone)
+        );
+    })
+    .await
+    .expect("within the limit");
+}
+
 #[macro_export]
 macro_rules! state_suite {
     ($factory:expr) => {
-        $crate::state_suite!(@cases $factory; a_write_is_seen_here_at_once_and_by_every_replica_soon, a_late_replica_has_the_whole_state_when_open_returns, watchers_get_each_change_with_old_and_new_values_and_losers_hear_superseded, concurrent_writes_of_one_key_settle_on_the_same_value_everywhere, changes_a_replica_missed_are_repaired_by_anti_entropy, bad_writes_are_typed_errors_and_change_nothing, nodes_own_their_keys_and_see_who_is_there);
+        $crate::state_suite!(@cases $factory; a_write_is_seen_here_at_once_and_by_every_replica_soon, a_late_replica_has_the_whole_state_when_open_returns, watchers_get_each_change_with_old_and_new_values_and_losers_hear_superseded, concurrent_writes_of_one_key_settle_on_the_same_value_everywhere, changes_a_replica_missed_are_repaired_by_anti_entropy, bad_writes_are_typed_errors_and_change_nothing, nodes_own_their_keys_and_see_who_is_there, writes_stamped_elsewhere_merge_by_the_same_rules);
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(

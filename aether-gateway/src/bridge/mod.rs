@@ -63,6 +63,7 @@ mod close {
     pub(super) const GOING_AWAY: u16 = 1001;
     pub(super) const POLICY: u16 = 1008;
     pub(super) const TOO_BIG: u16 = 1009;
+    pub(super) const INTERNAL: u16 = 1011;
     pub(super) const TRY_AGAIN_LATER: u16 = 1013;
 }
 
@@ -188,7 +189,12 @@ enum Cursor {
 
 /// One bridged map: the gateway's replica, and its tabs' cursors.
 struct Hub {
-    map: StateMap,
+    /// The gateway's replica, once open: it opens in the background from
+    /// the start (taking the map from a peer may take `ready_timeout`), and
+    /// the first pages wait for it.
+    map: tokio::sync::OnceCell<StateMap>,
+    name: String,
+    aether: Aether,
     cursors: broadcast::Sender<Cursor>,
     /// The last position of each connected tab's cursor, for newcomers.
     positions: Mutex<HashMap<Arc<str>, (Arc<str>, i32, i32)>>,
@@ -243,18 +249,18 @@ impl Bridge {
         let metrics = BridgeMetrics::new(registry, &config.maps)?;
         let mut hubs = HashMap::new();
         for name in &config.maps {
-            let map = StateMap::builder(name.as_str())
-                .open(aether)
-                .await
-                .map_err(|e| crate::GatewayError::Bridge(e.to_string()))?;
-            hubs.insert(
-                name.clone(),
-                Arc::new(Hub {
-                    map,
-                    cursors: broadcast::channel(1024).0,
-                    positions: Mutex::new(HashMap::new()),
-                }),
-            );
+            let hub = Arc::new(Hub {
+                map: tokio::sync::OnceCell::new(),
+                name: name.clone(),
+                aether: aether.clone(),
+                cursors: broadcast::channel(1024).0,
+                positions: Mutex::new(HashMap::new()),
+            });
+            let opening = hub.clone();
+            tokio::spawn(async move {
+                let _ = opening.map().await;
+            });
+            hubs.insert(name.clone(), hub);
         }
         let token = config.token.clone().unwrap_or_else(random_token);
         Ok(Some(Arc::new(Self {
@@ -277,7 +283,9 @@ impl Bridge {
     /// Closes the bridged replicas (they say goodbye to their peers).
     pub(crate) async fn close(&self) {
         for hub in self.hubs.values() {
-            hub.map.close().await;
+            if let Some(map) = hub.map.get() {
+                map.close().await;
+            }
         }
     }
 
@@ -370,6 +378,8 @@ enum End {
 struct Connection {
     bridge: Arc<Bridge>,
     hub: Arc<Hub>,
+    /// The gateway's replica of the map.
+    replica_map: StateMap,
     map: String,
     socket: WebSocket,
     id: Arc<str>,
@@ -439,6 +449,15 @@ impl Connection {
                 return;
             }
         };
+        let Some(replica_map) = hub.map().await else {
+            close_with(
+                &mut socket,
+                close::INTERNAL,
+                "the map is not open; try again later",
+            )
+            .await;
+            return;
+        };
         let n = bridge.next_id.fetch_add(1, Ordering::Relaxed);
         let id: Arc<str> = format!("{n:x}").into();
         let hue = n.wrapping_mul(137) % 360;
@@ -451,6 +470,7 @@ impl Connection {
         let mut connection = Connection {
             bridge: bridge.clone(),
             hub,
+            replica_map,
             map,
             socket,
             id,
@@ -470,7 +490,7 @@ impl Connection {
     /// the end.
     async fn serve(&mut self) -> End {
         let stop = self.bridge.stop.clone();
-        let mut watch = self.hub.map.watch(">");
+        let mut watch = self.replica_map.watch(">");
         let mut cursors = self.hub.cursors.subscribe();
         let hello = Outbound::Hello {
             id: &self.id,
@@ -608,7 +628,7 @@ impl Connection {
         value: Option<Bytes>,
         stamp: aether_core::state::Stamp,
     ) -> Result<(), End> {
-        let outcome = match self.hub.map.merge(key, value, stamp).await {
+        let outcome = match self.replica_map.merge(key, value, stamp).await {
             Ok(true) => "applied",
             Ok(false) => "stale",
             Err(error) => match error.kind() {
@@ -642,7 +662,7 @@ impl Connection {
 
     /// The key's entry here, if it has one, as `set` or `delete`.
     async fn send_entry(&mut self, key: &str) -> Result<(), End> {
-        let Some(entry) = self.hub.map.stamped(key) else {
+        let Some(entry) = self.replica_map.stamped(key) else {
             return Ok(());
         };
         self.send_stamped(&entry).await
@@ -682,7 +702,7 @@ impl Connection {
     }
 
     async fn send_snapshot(&mut self) -> Result<(), End> {
-        let all = self.hub.map.stamped_entries();
+        let all = self.replica_map.stamped_entries();
         let values: Vec<Option<Box<RawValue>>> = all
             .iter()
             .map(|e| e.value.as_ref().and_then(|v| self.json(v)))
@@ -739,6 +759,22 @@ impl Connection {
 }
 
 impl Hub {
+    /// The gateway's replica, opened by the first caller; `None` (logged)
+    /// if it cannot be opened now (a later page tries again).
+    async fn map(&self) -> Option<StateMap> {
+        let opened = self
+            .map
+            .get_or_try_init(|| StateMap::builder(self.name.as_str()).open(&self.aether))
+            .await;
+        match opened {
+            Ok(map) => Some(map.clone()),
+            Err(error) => {
+                tracing::warn!(map = %self.name, %error, "the bridged map could not be opened");
+                None
+            }
+        }
+    }
+
     fn lock_positions(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, (Arc<str>, i32, i32)>> {
         self.positions.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -34,6 +34,11 @@
 //! | `aether_nats_frames_sent_total`, `aether_nats_waves_framed_total`, `aether_nats_frames_received_total` | counter | | batch frames out (and the waves in them) and in |
 //! | `aether_instance_*` | gauge | `instance` (and `reason` for drops) | each reporting instance's counts, from its reports ([`crate::instances`]) |
 //! | `aether_gateway_instances`, `aether_gateway_instance_reports_refused_total`, `aether_gateway_instances_gone_total` | gauge, counter | `reason` (refused) | the instances tracked, reports refused, instances gone |
+//! | `aether_bridge_connections` | gauge | `map` | browser bridge connections open ([`crate::bridge`]) |
+//! | `aether_bridge_refused_total` | counter | `reason` | connections refused or closed by a limit ([`crate::bridge::REFUSALS`]) |
+//! | `aether_bridge_writes_total` | counter | `outcome` | pages' writes ([`crate::bridge::WRITE_OUTCOMES`]) |
+//! | `aether_bridge_messages_total` | counter | `direction` | bridge messages in and out |
+//! | `aether_bridge_resyncs_total`, `aether_bridge_values_not_json_total` | counter | | maps sent whole again to a page that fell behind; values not sent as not JSON |
 //! | `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_threads`, `process_open_fds` | gauge | | from `/proc/self` (Linux) |
 //! | `aether_allocator_allocations_total`, `…_deallocations_total`, `…_reallocations_total`, `…_allocated_bytes_total`, `…_freed_bytes_total`, `aether_allocator_live_bytes` | counter, gauge | | when the counting allocator is installed ([`crate::allocator`]) |
 //! | `aether_panics_total` | counter | | panics in the process (with the panic hook) |
