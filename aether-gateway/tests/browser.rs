@@ -33,7 +33,11 @@ async fn app_host() -> SocketAddr {
             get(move || async move { axum::response::Html(html) }),
         )
         .route("/board.js", get(move || async move { (js(), board) }))
-        .route("/aether.js", get(move || async move { (js(), client) }));
+        .route("/aether.js", get(move || async move { (js(), client) }))
+        .route(
+            "/blank.html",
+            get(|| async { axum::response::Html("<!doctype html><title>blank</title>") }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -346,4 +350,114 @@ async fn a_reload_renders_from_the_cache_while_the_gateway_is_down_and_offline_e
     gateway.start_kill().unwrap();
     let _ = gateway.wait().await;
     service.close().await;
+}
+
+/// A small deterministic generator (xorshift), for the cases below.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The client's merge is the Rust replica's: random writes and deletes of
+/// a few keys (each with its own stamp), taken by pages in three orders
+/// (as sent, reversed, shuffled with duplicates), end the same in every
+/// page and the same as in a Rust replica that merged them
+/// (`StateMap::merge`), 40 cases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_merges_as_a_rust_replica_does() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let app = app_host().await;
+    let page = browser.open(&format!("http://{app}/blank.html")).await;
+    page.wait_for("the blank page", "document.title === 'blank'", 10)
+        .await;
+    page.eval(
+        "import('/aether.js').then((m) => { window.Aether = m.Aether; \
+         window.Quiet = class { constructor() {} send() {} close() {} }; return true; })",
+    )
+    .await;
+    let aether = Aether::default();
+    let now = support::bridge::now_ns();
+    for case in 0..40u64 {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (case + 1));
+        let map = StateMap::builder(format!("case{case}"))
+            .open(&aether)
+            .await
+            .unwrap();
+        let mut ops = Vec::new();
+        for n in 0..(5 + rng.below(40)) {
+            let key = format!("k{}", rng.below(4));
+            let physical = now - rng.below(5_000) * 1_000_000;
+            let stamp =
+                support::bridge::stamp(physical, n as u32, &format!("{:016x}", 1 + rng.below(3)));
+            let value = (rng.below(5) != 0).then(|| json!({"n": rng.below(100)}));
+            ops.push((key, value, stamp));
+        }
+        for (key, value, stamp) in &ops {
+            let parts: Vec<&str> = stamp.split('-').collect();
+            let stamp = aether_core::state::Stamp {
+                physical_ns: u64::from_str_radix(parts[0], 16).unwrap(),
+                logical: u32::from_str_radix(parts[1], 16).unwrap(),
+                node: u64::from_str_radix(parts[2], 16).unwrap(),
+            };
+            let bytes = value.as_ref().map(|v| bytes::Bytes::from(v.to_string()));
+            map.merge(key, bytes, stamp).await.unwrap();
+        }
+        let rust: serde_json::Map<String, Value> = map
+            .stamped_entries()
+            .into_iter()
+            .map(|e| {
+                let value: Value = e
+                    .value
+                    .map_or(Value::Null, |v| serde_json::from_slice(&v).unwrap());
+                let stamp = format!(
+                    "{:016x}-{:08x}-{:016x}",
+                    e.stamp.physical_ns, e.stamp.logical, e.stamp.node
+                );
+                (e.key, json!([value, stamp]))
+            })
+            .collect();
+        map.close().await;
+        let messages: Vec<Value> = ops
+            .iter()
+            .map(|(key, value, stamp)| match value {
+                Some(value) => json!({"type": "set", "key": key, "value": value, "stamp": stamp}),
+                None => json!({"type": "delete", "key": key, "stamp": stamp}),
+            })
+            .collect();
+        let shuffled_seed = rng.next() % 1_000_000;
+        let script = format!(
+            "(() => {{ const ops = {ops}; let seed = {seed};
+               const random = () => (seed = (seed * 48271) % 2147483647) / 2147483647;
+               const shuffled = ops.concat(ops.slice(0, 5)).sort(() => random() - 0.5);
+               return [ops, ops.slice().reverse(), shuffled].map((order) => {{
+                 const page = new Aether('ws://127.0.0.1:9/bridge/x', {{ token: 't', cache: false, WebSocket: Quiet }});
+                 order.forEach((m) => page.receive(m));
+                 page.close();
+                 return Object.fromEntries([...page.entries].map(([k, e]) => [k, [e.d ? null : e.v, e.s]]));
+               }}); }})()",
+            ops = Value::Array(messages),
+            seed = shuffled_seed + 1,
+        );
+        let orders = page.eval(&script).await;
+        let orders = orders.as_array().expect("three maps");
+        for (n, got) in orders.iter().enumerate() {
+            assert_eq!(
+                got,
+                &Value::Object(rust.clone()),
+                "case {case}, order {n}: {ops:?}"
+            );
+        }
+    }
 }
