@@ -685,3 +685,40 @@ async fn pages_connect_without_waiting_for_delayed_acknowledgements() {
     drop(pages);
     gateway.stop().await.unwrap();
 }
+
+/// One page's cursor reaches the others at most 20 times a second, and its
+/// latest position always arrives: a page cannot multiply its message rate
+/// by the number of pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_are_thinned_to_the_latest_and_the_latest_arrives() {
+    let aether = Aether::default();
+    let gateway = start(&aether, bridged(BridgeConfig::default())).await;
+    let addr = gateway.addr();
+    let mut mover = Client::connect(addr, "board", TOKEN).await;
+    let mut watcher = Client::connect(addr, "board", TOKEN).await;
+    let started = std::time::Instant::now();
+    for n in 0..150 {
+        mover
+            .send(json!({"type": "presence", "x": n, "y": -n}))
+            .await;
+    }
+    let mut seen = Vec::new();
+    loop {
+        let message = watcher.until("presence", None).await;
+        seen.push(message["x"].as_i64().unwrap());
+        if message["x"] == 149 {
+            assert_eq!(message["y"], -149);
+            break;
+        }
+    }
+    // At most one per 50 ms (and the first at once) while it moved.
+    let allowed = started.elapsed().as_millis() as usize / 50 + 2;
+    assert!(
+        seen.len() <= allowed,
+        "{} cursor messages in {:?}: {seen:?}",
+        seen.len(),
+        started.elapsed()
+    );
+    assert!(seen.len() < 150, "not thinned: {seen:?}");
+    gateway.stop().await.unwrap();
+}

@@ -67,6 +67,9 @@ mod close {
     pub(super) const TRY_AGAIN_LATER: u16 = 1013;
 }
 
+/// The most often one page's cursor is sent to the others (20 a second).
+const CURSOR_EVERY: Duration = Duration::from_millis(50);
+
 /// Why the bridge refused a connection or closed one, as counted.
 pub const REFUSALS: [&str; 9] = [
     "unknown_map",
@@ -380,6 +383,10 @@ struct Connection {
     hub: Arc<Hub>,
     /// The gateway's replica of the map.
     replica_map: StateMap,
+    /// This page's latest cursor not yet sent to the others, and when one
+    /// was last sent.
+    cursor: Option<(i32, i32)>,
+    cursor_sent: tokio::time::Instant,
     map: String,
     socket: WebSocket,
     id: Arc<str>,
@@ -471,6 +478,8 @@ impl Connection {
             bridge: bridge.clone(),
             hub,
             replica_map,
+            cursor: None,
+            cursor_sent: tokio::time::Instant::now() - CURSOR_EVERY,
             map,
             socket,
             id,
@@ -533,8 +542,13 @@ impl Connection {
         let limiter = RateLimiter::direct(quota);
         let mut missed = 0;
         loop {
+            let cursor_due = self.cursor_sent + CURSOR_EVERY;
             let step = tokio::select! {
                 () = stop.wait() => return End::Stopping,
+                () = tokio::time::sleep_until(cursor_due), if self.cursor.is_some() => {
+                    self.send_cursor();
+                    Ok(())
+                }
                 message = self.socket.recv() => {
                     if limiter.check().is_err() {
                         return End::Refused("rate_limited", close::POLICY, "rate limit");
@@ -608,14 +622,28 @@ impl Connection {
                 self.hub
                     .lock_positions()
                     .insert(self.id.clone(), (self.color.clone(), x, y));
-                let _ = self.hub.cursors.send(Cursor::Moved {
-                    id: self.id.clone(),
-                    color: self.color.clone(),
-                    x,
-                    y,
-                });
+                // Each move goes to every other page: at most one a
+                // CURSOR_EVERY from one page, the latest one, so one page
+                // cannot multiply its rate by the number of pages.
+                self.cursor = Some((x, y));
+                if self.cursor_sent.elapsed() >= CURSOR_EVERY {
+                    self.send_cursor();
+                }
                 Ok(())
             }
+        }
+    }
+
+    /// Sends this page's latest cursor to the map's other pages.
+    fn send_cursor(&mut self) {
+        if let Some((x, y)) = self.cursor.take() {
+            self.cursor_sent = tokio::time::Instant::now();
+            let _ = self.hub.cursors.send(Cursor::Moved {
+                id: self.id.clone(),
+                color: self.color.clone(),
+                x,
+                y,
+            });
         }
     }
 
