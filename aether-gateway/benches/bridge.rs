@@ -68,6 +68,12 @@ async fn gateway(max: usize) -> Gateway {
         .expect("the gateway starts")
 }
 
+/// The relay's room, and the next connection's number.
+type Room = (
+    broadcast::Sender<(u64, String)>,
+    Arc<std::sync::atomic::AtomicU64>,
+);
+
 /// A plain WebSocket relay: every text message goes to the other
 /// connections.
 async fn relay() -> SocketAddr {
@@ -102,11 +108,7 @@ async fn relay() -> SocketAddr {
         .route(
             "/relay",
             get(
-                |State((room, next)): State<(
-                    broadcast::Sender<(u64, String)>,
-                    Arc<std::sync::atomic::AtomicU64>,
-                )>,
-                 ws: WebSocketUpgrade| async move {
+                |State((room, next)): State<Room>, ws: WebSocketUpgrade| async move {
                     let me = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     ws.on_upgrade(move |socket| connection(socket, room, me))
                 },

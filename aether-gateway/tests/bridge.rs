@@ -579,7 +579,7 @@ async fn a_browser_that_stops_reading_is_closed_and_counted() {
             .await
             .unwrap();
         n += 1;
-        if n % 64 == 0 {
+        if n.is_multiple_of(64) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

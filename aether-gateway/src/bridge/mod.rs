@@ -190,6 +190,9 @@ enum Cursor {
     },
 }
 
+/// Each page's last cursor: its id, and its color and position.
+type Positions = HashMap<Arc<str>, (Arc<str>, i32, i32)>;
+
 /// One bridged map: the gateway's replica, and its tabs' cursors.
 struct Hub {
     /// The gateway's replica, once open: it opens in the background from
@@ -200,7 +203,7 @@ struct Hub {
     aether: Aether,
     cursors: broadcast::Sender<Cursor>,
     /// The last position of each connected tab's cursor, for newcomers.
-    positions: Mutex<HashMap<Arc<str>, (Arc<str>, i32, i32)>>,
+    positions: Mutex<Positions>,
 }
 
 /// Connections open, in all and per address.
@@ -803,7 +806,7 @@ impl Hub {
         }
     }
 
-    fn lock_positions(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, (Arc<str>, i32, i32)>> {
+    fn lock_positions(&self) -> std::sync::MutexGuard<'_, Positions> {
         self.positions.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
