@@ -170,8 +170,9 @@ pub struct BridgeConfig {
     /// one at start and logs the page's address with it. Set it with
     /// `AETHER__GATEWAY__BRIDGE__TOKEN` rather than in a file.
     pub token: Option<String>,
-    /// Most bridge connections open at once, under `max_connections`;
-    /// one more is closed with code 1013 (try again later). 1 to 100,000,
+    /// Most bridge connections open at once (an upgraded WebSocket no
+    /// longer counts under `max_connections`); one more is closed with code
+    /// 1013 (try again later). 1 to 100,000,
     /// default 256.
     pub max_connections: usize,
     /// Most bridge connections open at once from one IP address; one more
@@ -305,13 +306,6 @@ impl GatewayConfig {
             1..=100_000,
             "must be 1 to 100000",
         )?;
-        if b.max_connections >= self.max_connections {
-            return Err(SettingsError::invalid(
-                "bridge.max_connections",
-                b.max_connections.to_string(),
-                "must be under max_connections, so that other requests are always served",
-            ));
-        }
         in_range(
             "bridge.max_connections_per_address",
             b.max_connections_per_address,

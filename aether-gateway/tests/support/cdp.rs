@@ -119,6 +119,14 @@ impl Browser {
     /// Sends a command (to a page's session, if given) and returns its
     /// result; panics on an error or after 30 s.
     pub async fn call(&self, method: &str, params: Value, session: Option<&str>) -> Value {
+        let answer = self.call_raw(method, params, session).await;
+        assert!(answer.get("error").is_none(), "{method}: {answer}");
+        answer["result"].clone()
+    }
+
+    /// Sends a command and returns the whole answer, an error too (a page
+    /// that is reloading has no context to evaluate in for a moment).
+    pub async fn call_raw(&self, method: &str, params: Value, session: Option<&str>) -> Value {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let mut command = json!({"id": id, "method": method, "params": &params});
         if let Some(session) = session {
@@ -132,12 +140,10 @@ impl Browser {
             .send(Message::text(command.to_string()))
             .await
             .unwrap();
-        let answer = tokio::time::timeout(Duration::from_secs(30), rx)
+        tokio::time::timeout(Duration::from_secs(30), rx)
             .await
             .unwrap_or_else(|_| panic!("{method} {params}: no answer within 30 s"))
-            .unwrap();
-        assert!(answer.get("error").is_none(), "{method}: {answer}");
-        answer["result"].clone()
+            .unwrap()
     }
 
     /// Opens `url` in a new tab.
@@ -205,18 +211,19 @@ impl Page<'_> {
         loop {
             let answer = self
                 .browser
-                .call(
+                .call_raw(
                     "Runtime.evaluate",
                     json!({"expression": script, "awaitPromise": true, "returnByValue": true}),
                     Some(&self.session),
                 )
                 .await;
-            if answer["result"]["value"] == json!(true) {
+            let value = &answer["result"]["result"]["value"];
+            if *value == json!(true) {
                 return;
             }
             assert!(
-                tokio::time::Instant::now() < deadline && answer["result"]["value"] != json!(false),
-                "not within {seconds} s: {what}"
+                tokio::time::Instant::now() < deadline && *value != json!(false),
+                "not within {seconds} s: {what} ({answer})"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
