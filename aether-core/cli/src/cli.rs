@@ -1,0 +1,367 @@
+//! The command line: every command, its options and examples (`--help`).
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Speaks the aether from a shell: waves as waves, not raw NATS messages.
+#[derive(Debug, Parser)]
+#[command(
+    name = "aether",
+    version,
+    about = "The aether from a shell: listen to waves, emit them, request and reply, benchmark, replicated state, statistics",
+    after_help = "Examples:
+  aether listen 'orders.*'                      print every wave on orders.* as it arrives
+  aether emit orders.created '{\"id\": 1}'       emit one wave (JSON payload)
+  aether request inventory.check '{\"sku\": 7}'  ask, and print the first reply
+  aether reply inventory.check --payload '{\"ok\": true}'
+  aether state set home living.temp 21.5        write a replicated map
+  aether stats                                   the instances on the bus, as a table
+  aether bench --count 100000                    emit/receive against your server
+
+Without --nats the server is nats://127.0.0.1:4222."
+)]
+pub struct Options {
+    #[command(flatten)]
+    pub connection: Connection,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How to reach the bus, shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// NATS server URL (repeat for a cluster; nats:// or tls://).
+    #[arg(long, value_name = "URL", global = true, env = "AETHER_NATS")]
+    pub nats: Vec<String>,
+    /// The settings directory the programs read (its [aether] section:
+    /// servers, TLS, credentials, signing, hopping); flags given here win.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub config_dir: Option<PathBuf>,
+    /// A NATS credentials file (.creds: JWT and NKey seed).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub creds: Option<PathBuf>,
+    /// A NATS token.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        global = true,
+        env = "AETHER_NATS_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// A NATS user (with --password).
+    #[arg(long, value_name = "USER", global = true)]
+    pub user: Option<String>,
+    /// The user's password.
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        global = true,
+        env = "AETHER_NATS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// Require TLS, trusting this CA (PEM) for the server's certificate.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM), for servers that verify clients.
+    #[arg(long, value_name = "FILE", global = true, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, value_name = "FILE", global = true, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// This tool's vibrator name on the bus (the source of what it emits).
+    #[arg(long, value_name = "NAME", global = true, default_value = "aether-cli")]
+    pub name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print waves on PATTERN as they arrive.
+    #[command(after_help = "Examples:
+  aether listen 'orders.*'
+  aether listen '>' --json | jq .channel
+  aether listen 'orders.*' --group workers --noise-floor 0.3 --count 10")]
+    Listen(ListenArgs),
+    /// Emit waves on CHANNEL: PAYLOAD, or each line of standard input.
+    #[command(after_help = "Examples:
+  aether emit orders.created '{\"id\": 1}' --amplitude 0.9 --key order-1
+  aether emit orders.cancelled '{\"id\": 1}' --phase retract
+  aether emit metrics.tick tick --count 1000 --rate 100
+  tail -f events.jsonl | aether emit events.raw")]
+    Emit(EmitArgs),
+    /// Emit a request on CHANNEL and print the first reply.
+    #[command(after_help = "Examples:
+  aether request inventory.check '{\"sku\": 7}' --timeout 2s")]
+    Request(RequestArgs),
+    /// Answer requests on CHANNEL, with a fixed payload or a command's output.
+    #[command(after_help = "Examples:
+  aether reply inventory.check --payload '{\"ok\": true}'
+  aether reply text.upper --command 'tr a-z A-Z'     (the request's payload on the command's stdin)")]
+    Reply(ReplyArgs),
+    /// Measure emit/receive or request/reply against a server.
+    #[command(after_help = "Examples:
+  aether bench --count 200000 --size 128
+  aether bench --mode request --count 10000
+  aether bench --embedded                     (in this process, no server)")]
+    Bench(BenchArgs),
+    /// Replicated maps: get, set, delete, list, watch, peers.
+    #[command(subcommand)]
+    State(StateCommand),
+    /// The statistics every instance on the bus reports, as a table.
+    #[command(
+        after_help = "Instances report when their [aether.report] interval_ms is set (the
+shipped config/default.toml sets 1000).
+
+Examples:
+  aether stats
+  aether stats --wait 5s --json"
+    )]
+    Stats(StatsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Examples:
+  aether completions bash > ~/.local/share/bash-completion/completions/aether
+  aether completions zsh > ~/.zfunc/_aether")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// A duration as people write it: `500ms`, `2s`, `1m`, or seconds.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (500ms, 2s, 1m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{text:?}: the unit is one of ms, s, m, h")),
+    };
+    if !(0.0..=1e9).contains(&seconds) || seconds.is_nan() {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// The channel pattern: `orders.created`, `orders.*`, `>` for all.
+    pub pattern: String,
+    /// One JSON object per wave and line, for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// Hear only waves at least this strong, in [0, 1].
+    #[arg(long, value_name = "AMPLITUDE", default_value_t = 0.0)]
+    pub noise_floor: f64,
+    /// Share the waves with the other listeners of this group (each wave
+    /// to one of them).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// Stop after this many waves.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+}
+
+/// A phase by name or in radians.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PhaseName {
+    /// 0: the wave asserts something.
+    Assert,
+    /// π: the wave retracts it.
+    Retract,
+}
+
+#[derive(Debug, Args)]
+pub struct WaveArgs {
+    /// Importance in [0, 1].
+    #[arg(long, default_value_t = 1.0)]
+    pub amplitude: f64,
+    /// `assert`, `retract`, or radians in [0, 2π).
+    #[arg(long, default_value = "assert")]
+    pub phase: String,
+    /// Decay per second (exponential); 0: none.
+    #[arg(long, value_name = "PER_S", default_value_t = 0.0)]
+    pub decay: f64,
+    /// The correlation key (interference is judged per key).
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EmitArgs {
+    /// The channel, `orders.created`.
+    pub channel: String,
+    /// The payload: JSON if it parses as JSON, else sent as text. Without
+    /// it, each line of standard input is one wave.
+    pub payload: Option<String>,
+    #[command(flatten)]
+    pub wave: WaveArgs,
+    /// Emit the payload this many times.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub count: u64,
+    /// At most this many waves a second (default: as fast as the bus takes them).
+    #[arg(long, value_name = "PER_S")]
+    pub rate: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// The channel, `inventory.check`.
+    pub channel: String,
+    /// The payload: JSON if it parses as JSON, else sent as text.
+    pub payload: String,
+    #[command(flatten)]
+    pub wave: WaveArgs,
+    /// How long to wait for the reply: 500ms, 2s, 1m.
+    #[arg(long, value_parser = duration, default_value = "5s")]
+    pub timeout: Duration,
+    /// Print the reply as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplyArgs {
+    /// The channel (or pattern) to answer on.
+    pub channel: String,
+    /// Answer every request with this payload (JSON if it parses).
+    #[arg(long, conflicts_with = "command", required_unless_present = "command")]
+    pub payload: Option<String>,
+    /// Answer with what this shell command prints, given the request's
+    /// payload on its standard input.
+    #[arg(long, value_name = "SHELL_COMMAND")]
+    pub command: Option<String>,
+    /// Share the requests with the other repliers of this group.
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// Stop after this many requests.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+}
+
+/// What `aether bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    /// One vibrator emits, another receives: rate, latency, loss.
+    Emit,
+    /// Requests one at a time, a replier answers: latency percentiles.
+    Request,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "emit")]
+    pub mode: BenchMode,
+    /// Waves (or requests) in the run.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub count: u64,
+    /// Payload bytes per wave.
+    #[arg(long, value_name = "BYTES", default_value_t = 128)]
+    pub size: usize,
+    /// The channel to measure on (a bench channel of its own by default).
+    #[arg(long, value_name = "CHANNEL")]
+    pub channel: Option<String>,
+    /// Run on the embedded medium, in this process, instead of a server.
+    #[arg(long)]
+    pub embedded: bool,
+    /// The report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Print the value of KEY.
+    Get {
+        /// The map.
+        map: String,
+        /// The key.
+        key: String,
+    },
+    /// Set KEY to VALUE (JSON if it parses, else text).
+    Set {
+        /// The map.
+        map: String,
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Delete KEY (a tombstone).
+    Delete {
+        /// The map.
+        map: String,
+        /// The key.
+        key: String,
+    },
+    /// Print every key and value.
+    List {
+        /// The map.
+        map: String,
+        /// One JSON object, key to value.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print each change to keys that PATTERN matches, as it comes.
+    Watch {
+        /// The map.
+        map: String,
+        /// Keys to watch: `living.*`, `>` (default: all).
+        #[arg(default_value = ">")]
+        pattern: String,
+        /// One JSON object per change and line.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many changes.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// The map's live replicas.
+    Peers {
+        /// The map.
+        map: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// How long to gather reports: 3s, 10s.
+    #[arg(long, value_parser = duration, default_value = "3s")]
+    pub wait: Duration,
+    /// The reports as JSON, one object per instance and line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(duration("soon").is_err());
+        assert!(duration("5 weeks").is_err());
+        assert!(duration("-1s").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Options::command().debug_assert();
+    }
+}

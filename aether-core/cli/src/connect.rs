@@ -1,0 +1,103 @@
+//! Reaching the bus: the settings directory's `[aether]` section if given,
+//! the flags over it, and errors that say what to do.
+
+use aether_core::{Aether, AetherConfig, ConnectErrorKind, Secret};
+use aether_ops::settings::{SettingsSource, Validate};
+use serde::Deserialize;
+
+use crate::{Failure, cli::Connection};
+
+/// The server when none is given.
+pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+
+/// The part of the programs' settings this tool reads: `[aether]`; other
+/// sections are the programs' own and are passed over.
+#[derive(Debug, Default, Deserialize)]
+struct Settings {
+    #[serde(default)]
+    aether: AetherConfig,
+}
+
+impl Validate for Settings {
+    fn validate(&self) -> Result<(), aether_ops::settings::SettingsError> {
+        aether_ops::settings::validate_section("aether", &self.aether)
+    }
+}
+
+/// The aether's settings: the directory's, then the flags.
+pub fn config(connection: &Connection) -> Result<AetherConfig, Failure> {
+    let mut config = match &connection.config_dir {
+        Some(dir) => {
+            if !dir.join("default.toml").is_file() {
+                return Err(Failure::usage(format!(
+                    "{} has no default.toml: give the directory the programs read (--config-dir config)",
+                    dir.display()
+                )));
+            }
+            SettingsSource::from_process(dir)
+                .load::<Settings>()
+                .map_err(|e| Failure::usage(format!("settings: {e}")))?
+                .aether
+        }
+        None => AetherConfig::default(),
+    };
+    if !connection.nats.is_empty() {
+        config.nats.urls = connection.nats.clone();
+    } else if config.nats.urls.is_empty() || connection.config_dir.is_none() {
+        config.nats.urls = vec![DEFAULT_URL.to_string()];
+    }
+    let auth = &mut config.nats.auth;
+    if let Some(creds) = &connection.creds {
+        auth.credentials_file = Some(creds.clone());
+    }
+    if let Some(token) = &connection.token {
+        auth.token = Some(Secret::new(token.clone()));
+    }
+    if let Some(user) = &connection.user {
+        auth.user = Some(user.clone());
+    }
+    if let Some(password) = &connection.password {
+        auth.password = Some(Secret::new(password.clone()));
+    }
+    let tls = &mut config.nats.tls;
+    if let Some(ca) = &connection.tls_ca {
+        tls.required = true;
+        tls.ca_file = Some(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&connection.tls_cert, &connection.tls_key) {
+        tls.required = true;
+        tls.cert_file = Some(cert.clone());
+        tls.key_file = Some(key.clone());
+    }
+    // A tool that comes and goes: it tries once, and says so if it cannot.
+    config.nats.retry_on_initial_connect = false;
+    config.nats.connection_name = Some(format!("aether-cli {}", std::process::id()));
+    config
+        .validate()
+        .map_err(|e| Failure::usage(format!("settings: {e}")))?;
+    Ok(config)
+}
+
+/// Connects to the bus the flags name.
+pub async fn connect(connection: &Connection) -> Result<Aether, Failure> {
+    let config = config(connection)?;
+    let urls = config.nats.urls.join(", ");
+    Aether::connect(config).await.map_err(|error| {
+        let hint = match error.kind() {
+            ConnectErrorKind::Unreachable => format!(
+                "is a nats-server running there? Start one (`nats-server -js`), or name another with --nats URL (tried {urls})"
+            ),
+            ConnectErrorKind::Authorization => {
+                "the server refused the credentials: check --creds, --token or --user/--password".to_string()
+            }
+            ConnectErrorKind::Credentials => {
+                "the credentials file could not be read: check the path given to --creds".to_string()
+            }
+            ConnectErrorKind::Tls => {
+                "TLS failed: check --tls-ca (the CA that signed the server's certificate), and --tls-cert/--tls-key if the server verifies clients".to_string()
+            }
+            _ => "check the settings".to_string(),
+        };
+        Failure::runtime(format!("cannot connect: {error}\n  {hint}"))
+    })
+}

@@ -1,0 +1,174 @@
+//! `state get|set|delete|list|watch|peers`: a replica of the map for the
+//! command's time, which takes the map from a live peer before it answers
+//! and says goodbye when it is done.
+
+use std::time::Duration;
+
+use aether_core::state::{Change, StateMap};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use crate::{
+    Failure,
+    cli::{Connection, StateCommand},
+    connect::connect,
+    show,
+};
+
+/// A value for people: pretty JSON, or text.
+fn value_text(bytes: &[u8]) -> String {
+    show::payload_text(bytes)
+}
+
+/// A value for JSON output: itself when JSON, else text.
+fn value_json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+fn change_json(change: &Change) -> Value {
+    json!({
+        "key": change.key,
+        "value": change.new.as_deref().map(value_json),
+        "old": change.old.as_deref().map(value_json),
+        "deleted": change.new.is_none(),
+        "writer": change.writer,
+        "stamp": change.stamp.to_string(),
+    })
+}
+
+fn change_text(change: &Change) -> String {
+    let what = match &change.new {
+        Some(value) => format!("= {}", value_text(value)),
+        None => "deleted".into(),
+    };
+    format!(
+        "[{}] {} {}  (by {})",
+        show::clock(),
+        show::safe(&change.key),
+        what,
+        show::safe(&change.writer)
+    )
+}
+
+pub async fn run(connection: &Connection, command: StateCommand) -> Result<(), Failure> {
+    let name = match &command {
+        StateCommand::Get { map, .. }
+        | StateCommand::Set { map, .. }
+        | StateCommand::Delete { map, .. }
+        | StateCommand::List { map, .. }
+        | StateCommand::Watch { map, .. }
+        | StateCommand::Peers { map } => map.clone(),
+    };
+    let aether = connect(connection).await?;
+    let map = StateMap::builder(name.as_str())
+        .node(format!("{}-{}", connection.name, std::process::id()))
+        .open(&aether)
+        .await
+        .map_err(|e| Failure::usage(format!("map {name:?}: {e}")))?;
+    let heartbeat = aether.config().state.heartbeat_interval;
+    let result = act(&map, command, heartbeat).await;
+    map.close().await;
+    result
+}
+
+async fn act(map: &StateMap, command: StateCommand, heartbeat: Duration) -> Result<(), Failure> {
+    let failed = |e: aether_core::state::StateError| {
+        use aether_core::state::StateErrorKind::*;
+        match e.kind() {
+            InvalidKey | TooLarge | NotOwner | InvalidName => Failure::usage(e.to_string()),
+            _ => Failure::runtime(e.to_string()),
+        }
+    };
+    match command {
+        StateCommand::Get { key, .. } => match map.get(&key) {
+            Some(value) => {
+                println!("{}", value_text(&value));
+                Ok(())
+            }
+            None => Err(Failure::runtime(format!(
+                "{key:?} is not set in map {:?}",
+                map.name()
+            ))),
+        },
+        StateCommand::Set { key, value, .. } => {
+            let stamp = map
+                .set(&key, show::payload_of(&value))
+                .await
+                .map_err(failed)?;
+            eprintln!("set {} (stamp {stamp})", show::safe(&key));
+            Ok(())
+        }
+        StateCommand::Delete { key, .. } => {
+            let stamp = map.delete(&key).await.map_err(failed)?;
+            eprintln!("deleted {} (stamp {stamp})", show::safe(&key));
+            Ok(())
+        }
+        StateCommand::List { json, .. } => {
+            let entries = map.entries();
+            if json {
+                let object: serde_json::Map<String, Value> = entries
+                    .iter()
+                    .map(|(k, v)| (k.clone(), value_json(v)))
+                    .collect();
+                println!("{}", Value::Object(object));
+            } else {
+                let width = entries
+                    .iter()
+                    .map(|(k, _)| k.len())
+                    .max()
+                    .unwrap_or(0)
+                    .min(40);
+                for (key, value) in &entries {
+                    let value = value_text(value).replace('\n', " ");
+                    println!("{:<width$}  {value}", show::safe(key));
+                }
+                eprintln!("{} keys in map {}", entries.len(), map.name());
+            }
+            Ok(())
+        }
+        StateCommand::Watch {
+            pattern,
+            json,
+            count,
+            ..
+        } => {
+            let mut watch = map.watch(&pattern);
+            eprintln!(
+                "watching {} in map {} (Ctrl-C stops)",
+                show::safe(&pattern),
+                map.name()
+            );
+            let mut seen = 0;
+            while count.is_none_or(|n| seen < n) {
+                let Some(change) = watch.next().await else {
+                    return Err(Failure::runtime("the map closed"));
+                };
+                seen += 1;
+                if json {
+                    println!("{}", change_json(&change));
+                } else {
+                    println!("{}", change_text(&change));
+                }
+            }
+            Ok(())
+        }
+        StateCommand::Peers { .. } => {
+            // Peers say hello at their heartbeat: wait one, then list.
+            tokio::time::sleep(
+                heartbeat.max(Duration::from_millis(200)) + Duration::from_millis(200),
+            )
+            .await;
+            let peers = map.peers();
+            for peer in &peers {
+                println!("{}", show::safe(peer));
+            }
+            eprintln!(
+                "{} live replicas of map {} besides this one",
+                peers.len(),
+                map.name()
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! `stats`: the reports instances send on `_report.<instance>`, gathered
+//! for a while, as a table (or JSON lines).
+
+use std::collections::BTreeMap;
+
+use crate::{
+    Failure,
+    cli::{Connection, StatsArgs},
+    connect::connect,
+    show,
+};
+use aether_core::{Vibrator, report::InstanceReport};
+
+pub async fn run(connection: &Connection, args: StatsArgs) -> Result<(), Failure> {
+    let aether = connect(connection).await?;
+    let mut vibrator = Vibrator::builder(connection.name.clone())
+        .create(&aether)
+        .await
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    vibrator
+        .resonate_on(format!("{}.>", aether_core::report::REPORT_PREFIX))
+        .await
+        .map_err(|e| Failure::runtime(format!("cannot hear reports: {e}")))?;
+    let mut latest: BTreeMap<String, InstanceReport> = BTreeMap::new();
+    let mut refused = 0u64;
+    let deadline = tokio::time::Instant::now() + args.wait;
+    while let Ok(Some(wave)) = tokio::time::timeout_at(deadline, vibrator.receive()).await {
+        match InstanceReport::parse(&wave) {
+            Ok(report) => {
+                latest.insert(report.instance.clone(), report);
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    if args.json {
+        for report in latest.values() {
+            println!("{}", serde_json::to_string(report).unwrap_or_default());
+        }
+    } else {
+        print!("{}", table(&latest));
+    }
+    if refused > 0 {
+        eprintln!("{refused} reports did not parse and were passed over");
+    }
+    if latest.is_empty() {
+        eprintln!(
+            "no instance reported within {:?}: instances report when [aether.report] interval_ms is set; wait longer with --wait",
+            args.wait
+        );
+    }
+    Ok(())
+}
+
+/// The reports as an aligned table, one instance a row.
+fn table(reports: &BTreeMap<String, InstanceReport>) -> String {
+    let header = [
+        "INSTANCE",
+        "MEDIUM",
+        "CONNECTION",
+        "EMITTED",
+        "DELIVERED",
+        "DROPPED",
+        "QUEUED",
+        "OUTBOX",
+        "MALFORMED",
+        "MAPS",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for report in reports.values() {
+        let dropped: u64 = report.dropped.values().sum();
+        let mut reasons: Vec<(&String, &u64)> =
+            report.dropped.iter().filter(|(_, n)| **n > 0).collect();
+        reasons.sort_by(|a, b| b.1.cmp(a.1));
+        let dropped = match reasons.first() {
+            Some((reason, _)) if dropped > 0 => format!("{dropped} ({reason}…)"),
+            _ => dropped.to_string(),
+        };
+        rows.push(vec![
+            show::safe(&report.instance),
+            show::safe(&report.medium),
+            show::safe(&report.connection),
+            report.emitted.to_string(),
+            report.delivered.to_string(),
+            dropped,
+            format!("{}/{}", report.queued, report.queue_capacity),
+            format!("{}/{}", report.outbox_len, report.outbox_capacity),
+            report.malformed.to_string(),
+            report.maps.len().to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_lines_up_and_names_the_first_drop_reason() {
+        let mut reports = BTreeMap::new();
+        let mut report = InstanceReport {
+            instance: "alpha-1".into(),
+            medium: "nats".into(),
+            connection: "connected".into(),
+            emitted: 1200,
+            ..Default::default()
+        };
+        report.dropped.insert("queue_full".into(), 7);
+        report.dropped.insert("expired".into(), 0);
+        reports.insert(report.instance.clone(), report);
+        let text = table(&reports);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("INSTANCE"));
+        assert!(lines[1].contains("7 (queue_full…)"), "{text}");
+        assert_eq!(lines[0].find("MEDIUM"), lines[1].find("nats"));
+    }
+}

@@ -1,0 +1,243 @@
+//! `listen`, `emit`, `request` and `reply`.
+
+use std::{process::Stdio, time::Duration};
+
+use aether_core::{Aether, Channel, Vibrator, Wave, WaveBuilder};
+use bytes::Bytes;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use crate::{
+    Failure,
+    cli::{Connection, EmitArgs, ListenArgs, ReplyArgs, RequestArgs, WaveArgs},
+    connect::connect,
+    show,
+};
+
+/// A vibrator of this tool, named `--name`.
+async fn vibrator(aether: &Aether, connection: &Connection) -> Result<Vibrator, Failure> {
+    Vibrator::builder(connection.name.clone())
+        .queue_capacity(65_536)
+        .create(aether)
+        .await
+        .map_err(|e| Failure::usage(format!("--name {:?}: {e}", connection.name)))
+}
+
+fn channel(text: &str) -> Result<Channel, Failure> {
+    let channel = Channel::new(text);
+    channel
+        .validate()
+        .map_err(|e| Failure::usage(format!("channel {text:?}: {e}")))?;
+    Ok(channel)
+}
+
+pub async fn listen(connection: &Connection, args: ListenArgs) -> Result<(), Failure> {
+    if !(0.0..=1.0).contains(&args.noise_floor) {
+        return Err(Failure::usage("--noise-floor is in [0, 1]"));
+    }
+    let pattern = channel(&args.pattern)?;
+    let aether = connect(connection).await?;
+    let mut vibrator = Vibrator::builder(connection.name.clone())
+        .queue_capacity(65_536)
+        .noise_floor(args.noise_floor)
+        .create(&aether)
+        .await
+        .map_err(|e| Failure::usage(format!("{e}")))?;
+    let resonated = match &args.group {
+        Some(group) => vibrator.resonate_in_group(pattern, group).await,
+        None => vibrator.resonate_on(pattern).await,
+    };
+    resonated.map_err(|e| Failure::usage(format!("cannot listen on {:?}: {e}", args.pattern)))?;
+    eprintln!("listening on {} (Ctrl-C stops)", show::safe(&args.pattern));
+    let mut heard = 0;
+    while args.count.is_none_or(|n| heard < n) {
+        let Some(wave) = vibrator.receive().await else {
+            return Err(Failure::runtime("the connection closed"));
+        };
+        heard += 1;
+        if args.json {
+            println!("{}", show::wave_json(&wave));
+        } else {
+            println!("{}", show::wave_text(&wave));
+        }
+    }
+    Ok(())
+}
+
+/// A wave of `args` on `channel` with `payload`.
+fn wave(channel: &Channel, args: &WaveArgs, payload: Bytes) -> Result<Wave, Failure> {
+    let phase = show::parse_phase(&args.phase).map_err(Failure::usage)?;
+    let mut builder: WaveBuilder = Wave::builder(channel.clone())
+        .amplitude(args.amplitude)
+        .phase(phase)
+        .decay_per_s(args.decay)
+        .payload(payload);
+    if let Some(key) = &args.key {
+        builder = builder.correlation_key(key);
+    }
+    builder.build().map_err(|e| Failure::usage(format!("{e}")))
+}
+
+pub async fn emit(connection: &Connection, args: EmitArgs) -> Result<(), Failure> {
+    let target = channel(&args.channel)?;
+    if let Some(rate) = args.rate
+        && !(rate > 0.0 && rate.is_finite())
+    {
+        return Err(Failure::usage(
+            "--rate is a number of waves a second, above 0",
+        ));
+    }
+    // The first wave is built before connecting: a bad option fails at once.
+    let first = args.payload.as_deref().map(show::payload_of);
+    wave(&target, &args.wave, first.clone().unwrap_or_default())?;
+    let aether = connect(connection).await?;
+    let vibrator = vibrator(&aether, connection).await?;
+    let gap = args.rate.map(|r| Duration::from_secs_f64(1.0 / r));
+    let mut tick = gap.map(tokio::time::interval);
+    let mut sent: u64 = 0;
+    let mut send = async |payload: Bytes| -> Result<(), Failure> {
+        for _ in 0..args.count {
+            if let Some(tick) = tick.as_mut() {
+                tick.tick().await;
+            }
+            let wave = wave(&target, &args.wave, payload.clone())?;
+            vibrator
+                .emit(wave)
+                .await
+                .map_err(|e| Failure::runtime(format!("emit on {}: {e}", args.channel)))?;
+            sent += 1;
+        }
+        Ok(())
+    };
+    match first {
+        Some(payload) => send(payload).await?,
+        None => {
+            let mut lines = BufReader::new(tokio::io::stdin()).lines();
+            while let Some(line) = lines
+                .next_line()
+                .await
+                .map_err(|e| Failure::runtime(format!("reading standard input: {e}")))?
+            {
+                if !line.is_empty() {
+                    send(show::payload_of(&line)).await?;
+                }
+            }
+        }
+    }
+    aether
+        .flush(Duration::from_secs(10))
+        .await
+        .map_err(|e| Failure::runtime(format!("{sent} waves emitted, not all sent: {e}")))?;
+    eprintln!(
+        "emitted {sent} wave{} on {}",
+        if sent == 1 { "" } else { "s" },
+        args.channel
+    );
+    Ok(())
+}
+
+pub async fn request(connection: &Connection, args: RequestArgs) -> Result<(), Failure> {
+    let target = channel(&args.channel)?;
+    let request = wave(&target, &args.wave, show::payload_of(&args.payload))?;
+    let aether = connect(connection).await?;
+    let vibrator = vibrator(&aether, connection).await?;
+    let reply = vibrator
+        .request_with_timeout(request, args.timeout)
+        .await
+        .map_err(|e| {
+            let hint = match e.kind() {
+                aether_core::RequestErrorKind::NoResponders => format!(
+                    "\n  nobody answers on {}: start a replier (`aether reply {} --payload ...`) or check the channel",
+                    args.channel, args.channel
+                ),
+                aether_core::RequestErrorKind::TimedOut => format!(
+                    "\n  no reply within {:?}: the replier may be slow (--timeout), or gone",
+                    args.timeout
+                ),
+                _ => String::new(),
+            };
+            Failure::runtime(format!("request on {}: {e}{hint}", args.channel))
+        })?;
+    if args.json {
+        println!("{}", show::wave_json(&reply));
+    } else {
+        println!("{}", show::wave_text(&reply));
+    }
+    Ok(())
+}
+
+/// The reply to `request`: the fixed payload, or what `command` prints with
+/// the request's payload on its standard input.
+async fn answer(args: &ReplyArgs, request: &Wave) -> Result<Bytes, String> {
+    if let Some(payload) = &args.payload {
+        return Ok(show::payload_of(payload));
+    }
+    let command = args.command.as_deref().unwrap_or("cat");
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let input = request.payload_bytes().clone();
+    let writing = tokio::spawn(async move {
+        let _ = stdin.write_all(&input).await;
+    });
+    let mut output = Vec::new();
+    let mut stdout = child.stdout.take().expect("piped");
+    let read = tokio::time::timeout(Duration::from_secs(30), stdout.read_to_end(&mut output)).await;
+    let _ = writing.await;
+    let status = child.wait().await.map_err(|e| e.to_string())?;
+    match read {
+        Err(_) => Err(format!("{command:?} took more than 30 s")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(_)) if !status.success() => Err(format!("{command:?} exited with {status}")),
+        Ok(Ok(_)) => {
+            let text = String::from_utf8_lossy(&output);
+            Ok(show::payload_of(text.trim_end_matches('\n')))
+        }
+    }
+}
+
+pub async fn reply(connection: &Connection, args: ReplyArgs) -> Result<(), Failure> {
+    let pattern = channel(&args.channel)?;
+    let aether = connect(connection).await?;
+    let mut vibrator = vibrator(&aether, connection).await?;
+    let resonated = match &args.group {
+        Some(group) => vibrator.resonate_in_group(pattern, group).await,
+        None => vibrator.resonate_on(pattern).await,
+    };
+    resonated.map_err(|e| Failure::usage(format!("cannot answer on {:?}: {e}", args.channel)))?;
+    eprintln!("answering on {} (Ctrl-C stops)", show::safe(&args.channel));
+    let mut answered = 0;
+    while args.count.is_none_or(|n| answered < n) {
+        let Some(request) = vibrator.receive().await else {
+            return Err(Failure::runtime("the connection closed"));
+        };
+        if request.reply_to().is_none() {
+            eprintln!(
+                "[{}] a wave on {} that is no request: passed over",
+                show::clock(),
+                show::safe(request.channel().as_str())
+            );
+            continue;
+        }
+        match answer(&args, &request).await {
+            Ok(payload) => {
+                if let Err(e) = vibrator.reply(&request, payload).await {
+                    eprintln!("[{}] reply not sent: {e}", show::clock());
+                }
+            }
+            Err(why) => eprintln!("[{}] no reply: {why}", show::clock()),
+        }
+        answered += 1;
+    }
+    aether
+        .flush(Duration::from_secs(5))
+        .await
+        .map_err(|e| Failure::runtime(format!("replies not all sent: {e}")))?;
+    Ok(())
+}

@@ -1,0 +1,416 @@
+//! The `aether` binary as a process, against real nats-server processes
+//! (and the embedded medium for `bench --embedded`): what it prints, what
+//! it exits with, and what the bus sees.
+
+use std::{process::Stdio, time::Duration};
+
+use aether_core::{Aether, AetherConfig, config::NatsConfig, state::StateMap};
+use aether_testkit::{Auth, NatsServer};
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+const AETHER: &str = env!("CARGO_BIN_EXE_aether");
+
+/// `aether ARGS` on the server at `url`.
+fn aether(url: &str, args: &[&str]) -> Command {
+    let mut command = aether_testkit::program(AETHER);
+    command
+        .args(args)
+        .arg("--nats")
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Runs to its end within 30 s: (status, stdout, stderr).
+async fn run(mut command: Command) -> (i32, String, String) {
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .expect("the command ends within 30 s")
+        .expect("it runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Starts a long-running command and waits for `ready` on its stderr.
+async fn start(mut command: Command, ready: &str) -> Child {
+    let mut child = command.spawn().expect("it starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(ready) {
+                return;
+            }
+        }
+        panic!("ended before saying {ready:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {ready:?} within 20 s"));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+/// The rest of a child's stdout once it exits (within 30 s), and its status.
+async fn finish(child: Child) -> (i32, String) {
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("it ends within 30 s")
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+async fn server() -> NatsServer {
+    NatsServer::start().await.expect("nats-server starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_prints_the_waves_emit_sends_with_their_properties() {
+    let nats = server().await;
+    let url = nats.url();
+    let listener = start(
+        aether(&url, &["listen", "orders.*", "--json", "--count", "3"]),
+        "listening on",
+    )
+    .await;
+    let (status, _, stderr) = run(aether(
+        &url,
+        &[
+            "emit",
+            "orders.created",
+            r#"{"id": 7}"#,
+            "--count",
+            "2",
+            "--amplitude",
+            "0.8",
+            "--phase",
+            "retract",
+            "--key",
+            "order-7",
+        ],
+    ))
+    .await;
+    assert_eq!(status, 0, "{stderr}");
+    assert!(
+        stderr.contains("emitted 2 waves on orders.created"),
+        "{stderr}"
+    );
+    // Payloads from standard input, a line a wave; text that is not JSON
+    // goes as text.
+    let mut piped = aether(&url, &["emit", "orders.noted"]);
+    piped.stdin(Stdio::piped());
+    let mut child = piped.spawn().unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"plain words\n").await.unwrap();
+    }
+    assert_eq!(finish(child).await.0, 0);
+
+    let (status, out) = finish(listener).await;
+    assert_eq!(status, 0);
+    let waves: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(waves.len(), 3, "{out}");
+    for wave in &waves[..2] {
+        assert_eq!(wave["channel"], "orders.created");
+        assert_eq!(wave["payload"], serde_json::json!({"id": 7}));
+        assert_eq!(wave["phase"], "retract");
+        assert_eq!(wave["key"], "order-7");
+        assert_eq!(wave["source"], "aether-cli");
+        assert_eq!(wave["hops"], 0);
+        let amplitude = wave["amplitude"].as_f64().unwrap();
+        assert!((amplitude - 0.8).abs() < 1e-6, "{wave}");
+    }
+    assert_eq!(waves[2]["channel"], "orders.noted");
+    assert_eq!(waves[2]["text"], "plain words");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_human_form_escapes_what_could_drive_a_terminal() {
+    let nats = server().await;
+    let url = nats.url();
+    let listener = start(
+        aether(&url, &["listen", "x.*", "--count", "1"]),
+        "listening on",
+    )
+    .await;
+    let hostile = "ok\u{1b}[2J\u{7}bell";
+    let (status, _, _) = run(aether(&url, &["emit", "x.y", hostile])).await;
+    assert_eq!(status, 0);
+    let (_, out) = finish(listener).await;
+    assert!(
+        out.contains("x.y  amplitude 1.000  phase assert  hops 0  from aether-cli"),
+        "{out}"
+    );
+    assert!(out.contains("ok\\u{1b}[2J\\u{7}bell"), "{out}");
+    assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_gets_the_answer_of_reply_and_says_when_nobody_answers() {
+    let nats = server().await;
+    let url = nats.url();
+    // Nobody answers yet: a clear error, status 1.
+    let (status, _, stderr) = run(aether(
+        &url,
+        &["request", "text.upper", "x", "--timeout", "2s"],
+    ))
+    .await;
+    assert_eq!(status, 1, "{stderr}");
+    assert!(stderr.contains("nobody answers on text.upper"), "{stderr}");
+
+    let replier = start(
+        aether(
+            &url,
+            &[
+                "reply",
+                "text.upper",
+                "--command",
+                "tr a-z A-Z",
+                "--count",
+                "1",
+            ],
+        ),
+        "answering on",
+    )
+    .await;
+    let (status, out, stderr) = run(aether(
+        &url,
+        &["request", "text.upper", r#""hello""#, "--json"],
+    ))
+    .await;
+    assert_eq!(status, 0, "{stderr}");
+    let reply: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(reply["payload"], "HELLO");
+    assert_eq!(finish(replier).await.0, 0);
+
+    let fixed = start(
+        aether(
+            &url,
+            &[
+                "reply",
+                "stock.check",
+                "--payload",
+                r#"{"ok": true}"#,
+                "--count",
+                "1",
+            ],
+        ),
+        "answering on",
+    )
+    .await;
+    let (status, out, _) = run(aether(&url, &["request", "stock.check", "{}"])).await;
+    assert_eq!(status, 0);
+    assert!(out.contains("\"ok\": true"), "{out}");
+    assert_eq!(finish(fixed).await.0, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_say_what_to_do() {
+    let nats = server().await;
+    let url = nats.url();
+    let (status, _, stderr) = run(aether("nats://127.0.0.1:1", &["emit", "a.b", "x"])).await;
+    assert_eq!(status, 1);
+    assert!(
+        stderr.contains("is a nats-server running there?"),
+        "{stderr}"
+    );
+    let (status, _, stderr) = run(aether(&url, &["emit", "a..b", "x"])).await;
+    assert_eq!(status, 2);
+    assert!(stderr.contains("channel \"a..b\""), "{stderr}");
+    let (status, _, stderr) = run(aether(&url, &["emit", "a.b", "x", "--amplitude", "3"])).await;
+    assert_eq!(status, 2, "{stderr}");
+    let (status, _, stderr) = run(aether(&url, &["emit", "a.b", "x", "--phase", "sideways"])).await;
+    assert_eq!(status, 2);
+    assert!(stderr.contains("assert, retract, or radians"), "{stderr}");
+    let (status, _, stderr) =
+        run(aether(&url, &["request", "a.b", "x", "--timeout", "soon"])).await;
+    assert_eq!(status, 2);
+    assert!(stderr.contains("not a duration"), "{stderr}");
+    // A server that wants a token: refused without it, and it says so.
+    let guarded = NatsServer::builder()
+        .auth(Auth::Token("s3cret-token".into()))
+        .start()
+        .await
+        .unwrap();
+    let (status, _, stderr) = run(aether(&guarded.url(), &["emit", "a.b", "x"])).await;
+    assert_eq!(status, 1);
+    assert!(stderr.contains("--token"), "{stderr}");
+    let mut with_token = aether(&guarded.url(), &["emit", "a.b", "x"]);
+    with_token.env("AETHER_NATS_TOKEN", "s3cret-token");
+    let (status, _, stderr) = run(with_token).await;
+    assert_eq!(status, 0, "{stderr}");
+    assert!(!stderr.contains("s3cret-token"));
+}
+
+async fn connect(url: &str, config: AetherConfig) -> Aether {
+    Aether::connect(AetherConfig {
+        nats: NatsConfig {
+            urls: vec![url.to_string()],
+            ..Default::default()
+        },
+        ..config
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_commands_read_and_write_a_map_a_service_holds() {
+    let nats = server().await;
+    let url = nats.url();
+    let bus = connect(&url, AetherConfig::default()).await;
+    let service = StateMap::builder("home")
+        .node("service")
+        .open(&bus)
+        .await
+        .unwrap();
+    service.set_json("hall.light", &"off").await.unwrap();
+
+    let watcher = start(
+        aether(
+            &url,
+            &[
+                "state", "watch", "home", "living.*", "--json", "--count", "1",
+            ],
+        ),
+        "watching",
+    )
+    .await;
+    let (status, _, stderr) = run(aether(
+        &url,
+        &["state", "set", "home", "living.temp", "21.5"],
+    ))
+    .await;
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(service.get_json::<f64>("living.temp").unwrap(), Some(21.5));
+    let (_, out) = finish(watcher).await;
+    let change: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (change["key"].clone(), change["value"].clone()),
+        ("living.temp".into(), 21.5.into())
+    );
+
+    let (status, out, _) = run(aether(&url, &["state", "get", "home", "hall.light"])).await;
+    assert_eq!((status, out.trim()), (0, "\"off\""));
+    let (status, out, _) = run(aether(&url, &["state", "list", "home", "--json"])).await;
+    assert_eq!(status, 0);
+    let all: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        all,
+        serde_json::json!({"hall.light": "off", "living.temp": 21.5})
+    );
+    let (status, _, _) = run(aether(&url, &["state", "delete", "home", "hall.light"])).await;
+    assert_eq!(status, 0);
+    assert_eq!(service.get("hall.light"), None);
+    let (status, _, stderr) = run(aether(&url, &["state", "get", "home", "hall.light"])).await;
+    assert_eq!(status, 1);
+    assert!(stderr.contains("is not set"), "{stderr}");
+    let (status, out, _) = run(aether(&url, &["state", "peers", "home"])).await;
+    assert_eq!(status, 0);
+    assert!(out.lines().any(|l| l == "service"), "{out}");
+    // Another node's keys are refused, status 2.
+    let (status, _, stderr) = run(aether(
+        &url,
+        &["state", "set", "home", "node/service/x", "1"],
+    ))
+    .await;
+    assert_eq!(status, 2, "{stderr}");
+    service.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_tabulates_what_instances_report() {
+    let nats = server().await;
+    let url = nats.url();
+    let mut config = AetherConfig::default();
+    config.report.interval_ms = 200;
+    config.report.instance = Some("probe-1".into());
+    let reporting = connect(&url, config).await;
+    let (status, out, stderr) = run(aether(&url, &["stats", "--wait", "1s"])).await;
+    assert_eq!(status, 0, "{stderr}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("INSTANCE"), "{out}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("probe-1") && l.contains("nats")),
+        "{out}"
+    );
+    let (status, out, _) = run(aether(&url, &["stats", "--wait", "1s", "--json"])).await;
+    assert_eq!(status, 0);
+    let report: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(report["instance"], "probe-1");
+    drop(reporting);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_reports_rates_latency_and_loss() {
+    let nats = server().await;
+    let url = nats.url();
+    let (status, out, stderr) = run(aether(&url, &["bench", "--count", "5000", "--json"])).await;
+    assert_eq!(status, 0, "{stderr}");
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (report["mode"].clone(), report["lost"].clone()),
+        ("emit".into(), 0.into())
+    );
+    assert!(report["sent_per_s"].as_f64().unwrap() > 0.0);
+    assert!(
+        report["latency_ms"]["p99"].as_f64().unwrap()
+            >= report["latency_ms"]["p50"].as_f64().unwrap()
+    );
+    let (status, out, _) = run(aether(
+        &url,
+        &["bench", "--mode", "request", "--count", "200"],
+    ))
+    .await;
+    assert_eq!(status, 0);
+    assert!(
+        out.contains("answered  200") && out.contains("failed    0"),
+        "{out}"
+    );
+    let mut embedded = aether_testkit::program(AETHER);
+    embedded.args(["bench", "--embedded", "--count", "5000"]);
+    let (status, out, _) = run(embedded).await;
+    assert_eq!(status, 0);
+    assert!(
+        out.contains("embedded") && out.contains("loss      0 (0.00%)"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn help_has_examples_and_completions_are_generated() {
+    let mut help = aether_testkit::program(AETHER);
+    help.arg("--help");
+    let (status, out, _) = run(help).await;
+    assert_eq!(status, 0);
+    assert!(
+        out.contains("Examples:") && out.contains("aether listen"),
+        "{out}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let mut completions = aether_testkit::program(AETHER);
+        completions.args(["completions", shell]);
+        let (status, out, _) = run(completions).await;
+        assert_eq!(status, 0);
+        assert!(
+            out.contains("listen") && out.contains("state"),
+            "{shell}: {out}"
+        );
+    }
+}
