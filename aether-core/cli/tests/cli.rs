@@ -414,3 +414,27 @@ async fn help_has_examples_and_completions_are_generated() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_trusted_ca_and_a_clear_refusal_without() {
+    let pki = aether_testkit::TestPki::generate().unwrap();
+    let nats = NatsServer::builder().tls(&pki, true).start().await.unwrap();
+    let url = nats.url();
+    let ca = pki.ca_pem_path();
+    let (cert, key) = (pki.client_cert_path(), pki.client_key_path());
+    let mut args = vec!["emit", "secure.ping", "x", "--tls-ca"];
+    let (ca, cert, key) = (
+        ca.to_str().unwrap(),
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+    );
+    args.extend([ca, "--tls-cert", cert, "--tls-key", key]);
+    let (status, _, stderr) = run(aether(&url, &args)).await;
+    assert_eq!(status, 0, "{stderr}");
+    // Without the client certificate the server refuses; the error says
+    // what to check.
+    let (status, _, stderr) =
+        run(aether(&url, &["emit", "secure.ping", "x", "--tls-ca", ca])).await;
+    assert_eq!(status, 1);
+    assert!(stderr.contains("--tls-cert"), "{stderr}");
+}
