@@ -118,10 +118,12 @@ async fn shop(options: Options) -> Result<bool, Box<dyn Error + Send + Sync>> {
     aether_ops::settings::Validate::validate(&alpha_settings)?;
     let signals = Shutdown::on_signals()?;
     let aether = Aether::default();
-    let config = GatewayConfig {
+    let mut config = GatewayConfig {
         listen: options.listen,
         ..GatewayConfig::default()
     };
+    // The collaborative board, on the browser bridge.
+    config.bridge.maps = vec!["board".into()];
     let gateway = Gateway::start(&aether, config, Shutdown::new()).await?;
     let beta_settings = BetaSettings::default();
     println!(

@@ -55,6 +55,7 @@ async fn gateway(max: usize) -> Gateway {
         bridge: BridgeConfig {
             token: Some(TOKEN.into()),
             max_connections: max,
+            maps: vec!["board".into()],
             max_connections_per_address: max,
             // Measured pages send as fast as they get answers.
             messages_per_s: 100_000,

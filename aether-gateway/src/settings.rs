@@ -164,7 +164,9 @@ pub struct GatewayConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct BridgeConfig {
     /// The maps browsers may open (map names, one token each). Default
-    /// `["board"]`, the collaborative page's; empty turns the bridge off.
+    /// none: the bridge is off, and the gateway holds no replica (the
+    /// shipped `config/default.toml` and the shop example bridge `board`,
+    /// the collaborative page's map).
     pub maps: Vec<String>,
     /// The token a browser sends first. Unset: the gateway makes a random
     /// one at start and logs the page's address with it. Set it with
@@ -201,7 +203,7 @@ pub struct BridgeConfig {
 impl Default for BridgeConfig {
     fn default() -> Self {
         Self {
-            maps: vec!["board".to_string()],
+            maps: Vec::new(),
             token: None,
             max_connections: 256,
             max_connections_per_address: 32,
@@ -522,7 +524,10 @@ mod tests {
         shipped.durability.channels = vec!["orders.*".into(), "inventory.*".into()];
         shipped.durability.ack_wait_ms = 5000;
         assert_eq!(settings.aether, shipped);
-        assert_eq!(settings.gateway, GatewayConfig::default());
+        // And bridge the collaborative board's map.
+        let mut gateway = GatewayConfig::default();
+        gateway.bridge.maps = vec!["board".into()];
+        assert_eq!(settings.gateway, gateway);
     }
 
     #[test]

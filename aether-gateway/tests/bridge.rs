@@ -649,7 +649,10 @@ async fn with_a_certificate_the_bridge_is_served_over_tls_only() {
 async fn a_generated_token_is_long_and_random() {
     let aether = Aether::default();
     let config = GatewayConfig {
-        bridge: BridgeConfig::default(),
+        bridge: BridgeConfig {
+            maps: vec!["board".into()],
+            ..Default::default()
+        },
         ..config()
     };
     let one = start(&aether, config.clone()).await;

@@ -71,6 +71,7 @@ async fn two_pages_and_a_rust_replica_converge() {
         GatewayConfig {
             bridge: BridgeConfig {
                 token: Some(TOKEN.into()),
+                maps: vec!["board".into()],
                 ..Default::default()
             },
             ..config()
@@ -212,9 +213,13 @@ async fn two_pages_and_a_rust_replica_converge() {
 }
 
 /// The gateway program on `port` over NATS at `url`, with the library's
-/// settings (a settings directory `dir` with an empty file).
+/// settings and the map `board` bridged (a settings directory `dir`).
 async fn gateway_program(dir: &std::path::Path, url: &str, port: u16) -> tokio::process::Child {
-    std::fs::write(dir.join("default.toml"), "").unwrap();
+    std::fs::write(
+        dir.join("default.toml"),
+        "[gateway.bridge]\nmaps = [\"board\"]\n",
+    )
+    .unwrap();
     let mut command = aether_testkit::program(PROGRAM);
     command
         .arg("--config-dir")
