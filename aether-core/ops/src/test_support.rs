@@ -21,6 +21,9 @@ pub(crate) struct Program {
     pub(crate) telemetry: TelemetrySettings,
     pub(crate) service: ServiceSettings,
     pub(crate) resources: ResourceLimits,
+    /// The gateway's own section of the shared file, passed over as the
+    /// services pass it over.
+    pub(crate) gateway: serde::de::IgnoredAny,
 }
 
 impl Validate for Program {
