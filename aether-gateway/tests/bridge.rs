@@ -472,7 +472,18 @@ async fn hostile_clients_are_refused_counted_and_others_unaffected() {
     let mut garbage = Client::connect(addr, "board", TOKEN).await;
     garbage.send_text("{\"type\":".into()).await;
     assert_eq!(close_of(&mut garbage.socket).await.map(|c| c.0), Some(1008));
-    assert_eq!(refused(&gateway, "malformed"), 2);
+    // A value too deep for any replica to read, a number out of range.
+    for value in ["[".repeat(1000) + &"]".repeat(1000), "1e999999".to_string()] {
+        let mut deep = Client::connect(addr, "board", TOKEN).await;
+        let stamp = deep.stamp();
+        deep.send_text(format!(
+            "{{\"type\":\"set\",\"key\":\"d\",\"value\":{value},\"stamp\":\"{stamp}\"}}"
+        ))
+        .await;
+        assert_eq!(close_of(&mut deep.socket).await.map(|c| c.0), Some(1008));
+    }
+    assert!(service.get("d").is_none());
+    assert_eq!(refused(&gateway, "malformed"), 4);
 
     // A flood: closed once past the burst.
     let mut flood = Client::connect(addr, "board", TOKEN).await;

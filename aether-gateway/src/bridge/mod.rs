@@ -614,6 +614,12 @@ impl Connection {
             Inbound::Auth { .. } => Err(malformed("auth comes once, first")),
             Inbound::Set { key, value, stamp } => {
                 let stamp = parse_stamp(&stamp).ok_or_else(|| malformed("bad stamp"))?;
+                // Read whole, as every replica will read it: a value nested
+                // past serde_json's depth limit, or a number out of range,
+                // is no value the others could take.
+                if serde_json::from_str::<serde_json::Value>(value.get()).is_err() {
+                    return Err(malformed("a value nested too deep or out of range"));
+                }
                 let value = Bytes::copy_from_slice(value.get().as_bytes());
                 self.write(&key, Some(value), stamp).await
             }
