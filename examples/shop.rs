@@ -6,6 +6,7 @@
 //! ```bash
 //! cargo run --example shop                  # until Ctrl-C; open the printed URL
 //! cargo run --example shop -- --seconds 5   # a bounded run, then the summary
+//! cargo run --example shop -- --faults      # with a retry storm, duplicates and two deciders
 //! ```
 //!
 //! At the end it prints what each service did and what the gateway
@@ -13,6 +14,12 @@
 //! one order confirmed and one cancelled: the default stock has 3 gadgets,
 //! gone after about 2 s at 5 orders per second), and exits with status 0,
 //! or 1 when they do not.
+//!
+//! With `--faults`, alpha retries one order in twenty without backoff and
+//! sends another one in twenty twice, and a second decider answers one
+//! order in twenty the other way; the gateway's physics engine must find
+//! each (a standing wave, constructive interference, a cancellation), and
+//! without `--faults` it must find none.
 
 use std::{
     error::Error,
@@ -21,7 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aether_core::Aether;
+use aether_core::{Aether, AetherConfig};
 use aether_gateway::{Gateway, GatewayConfig};
 use aether_ops::shutdown::Shutdown;
 use aether_service_alpha::{AlphaReport, AlphaSettings};
@@ -52,6 +59,11 @@ struct Options {
     /// Where the gateway serves HTTP (port 0 picks a free one).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     listen: SocketAddr,
+    /// Make faults on purpose, for the dashboard's interference panel: a
+    /// retry storm, duplicates and conflicting answers, each on one order
+    /// in twenty.
+    #[arg(long)]
+    faults: bool,
 }
 
 /// `--seconds`: a number of seconds, 0 or more. (A negative one reaches
@@ -77,9 +89,8 @@ async fn main() -> ExitCode {
     }
 }
 
-/// What the gateway counted for `family`.
-fn observed(gateway: &Gateway, family: &str) -> u64 {
-    let series = format!("aether_gateway_waves_observed_total{{family=\"{family}\"}}");
+/// The value of `series` on the gateway's metrics page (0 if absent).
+fn metric(gateway: &Gateway, series: &str) -> u64 {
     gateway
         .metrics_text()
         .lines()
@@ -91,6 +102,31 @@ fn observed(gateway: &Gateway, family: &str) -> u64 {
         .map_or(0, |value| value as u64)
 }
 
+/// What the gateway counted for `family`.
+fn observed(gateway: &Gateway, family: &str) -> u64 {
+    metric(
+        gateway,
+        &format!("aether_gateway_waves_observed_total{{family=\"{family}\"}}"),
+    )
+}
+
+/// The interference patterns, and the fault each one shows in this shop.
+const PATTERNS: [(&str, &str); 3] = [
+    ("standing_wave", "the retry storm"),
+    ("constructive", "the duplicates"),
+    ("cancellation", "the conflicting answers"),
+];
+
+/// The interference events the gateway's engine found, by pattern.
+fn interference(gateway: &Gateway) -> [u64; 3] {
+    PATTERNS.map(|(pattern, _)| {
+        metric(
+            gateway,
+            &format!("aether_interference_events_total{{pattern=\"{pattern}\"}}"),
+        )
+    })
+}
+
 const FAMILIES: [&str; 5] = [
     "orders.created",
     "inventory.reserved",
@@ -99,10 +135,12 @@ const FAMILIES: [&str; 5] = [
     "orders.cancelled",
 ];
 
-/// What the gateway should have counted, family by family.
+/// What the gateway should have counted, family by family (the answers to
+/// repeated orders, and the second decider's, in either inventory family:
+/// their sum is checked).
 fn expected(alpha: &AlphaReport, beta: &BetaReport) -> [u64; 5] {
     [
-        alpha.created,
+        alpha.created + alpha.duplicated + alpha.retried,
         beta.reserved,
         beta.insufficient,
         alpha.confirmed,
@@ -110,14 +148,33 @@ fn expected(alpha: &AlphaReport, beta: &BetaReport) -> [u64; 5] {
     ]
 }
 
+/// Whether the gateway's counts `seen` agree with `want`.
+fn agree(seen: &[u64; 5], want: &[u64; 5], beta: &BetaReport) -> bool {
+    let extra = beta.repeats + beta.conflicting;
+    if extra == 0 {
+        return seen == want;
+    }
+    seen[0] == want[0] && seen[3..] == want[3..] && seen[1] + seen[2] == want[1] + want[2] + extra
+}
+
 async fn shop(options: Options) -> Result<bool, Box<dyn Error + Send + Sync>> {
-    let alpha_settings = AlphaSettings {
+    let mut alpha_settings = AlphaSettings {
         rate_per_s: options.rate,
         ..AlphaSettings::default()
     };
+    let mut beta_settings = BetaSettings::default();
+    if options.faults {
+        alpha_settings.faults.retry_storm_share = aether_service_alpha::faults::DEMO_SHARE;
+        alpha_settings.faults.duplicate_share = aether_service_alpha::faults::DEMO_SHARE;
+        beta_settings.faults.conflict_share = aether_service_beta::faults::DEMO_SHARE;
+    }
     aether_ops::settings::Validate::validate(&alpha_settings)?;
     let signals = Shutdown::on_signals()?;
-    let aether = Aether::default();
+    // Beta's two answers interfere as one channel, as in config/default.toml:
+    // two deciders answering one order both ways cancel.
+    let mut aether_config = AetherConfig::default();
+    aether_config.physics.correlate = vec!["inventory.*".into()];
+    let aether = Aether::new(aether_config)?;
     let mut config = GatewayConfig {
         listen: options.listen,
         ..GatewayConfig::default()
@@ -125,7 +182,6 @@ async fn shop(options: Options) -> Result<bool, Box<dyn Error + Send + Sync>> {
     // The collaborative board, on the browser bridge.
     config.bridge.maps = vec!["board".into()];
     let gateway = Gateway::start(&aether, config, Shutdown::new()).await?;
-    let beta_settings = BetaSettings::default();
     println!(
         "shop: dashboard http://{addr}/  metrics http://{addr}/metrics  stock {:?}",
         beta_settings.stock,
@@ -166,19 +222,27 @@ async fn shop(options: Options) -> Result<bool, Box<dyn Error + Send + Sync>> {
     let want = expected(&alpha, &beta);
     let counted = || FAMILIES.map(|family| observed(&gateway, family));
     let deadline = Instant::now() + Duration::from_secs(3);
-    while counted() != want && Instant::now() < deadline {
+    while !agree(&counted(), &want, &beta) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seen = counted();
+    let agreed = agree(&seen, &want, &beta);
+    // The engine looks at what it observed every 10 ms.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let events = interference(&gateway);
     println!("{alpha}");
     println!("{beta}");
     println!("gateway observed:");
     for ((family, seen), want) in FAMILIES.iter().zip(seen).zip(want) {
-        if seen == want {
+        if seen == want || agreed {
             println!("  {family:<24} {seen}");
         } else {
             println!("  {family:<24} {seen}  (expected {want})");
         }
+    }
+    println!("interference found:");
+    for ((pattern, fault), n) in PATTERNS.iter().zip(events) {
+        println!("  {pattern:<24} {n}  ({fault})");
     }
     gateway.stop().await?;
     aether.close();
@@ -198,8 +262,17 @@ async fn shop(options: Options) -> Result<bool, Box<dyn Error + Send + Sync>> {
     if alpha.confirmed + alpha.cancelled + alpha.unanswered != alpha.created {
         problems.push("alpha's orders do not add up".to_string());
     }
-    if seen != want {
+    if !agreed {
         problems.push("the gateway's counts differ from the services'".to_string());
+    }
+    let faults_made = [alpha.retried, alpha.duplicated, beta.conflicting];
+    for (((pattern, fault), n), made) in PATTERNS.iter().zip(events).zip(faults_made) {
+        if options.faults && made > 0 && n == 0 {
+            problems.push(format!("{fault} made no {pattern} event"));
+        }
+        if !options.faults && n > 0 {
+            problems.push(format!("the plain flow made {n} {pattern} events"));
+        }
     }
     for problem in &problems {
         eprintln!("shop: {problem}");

@@ -458,6 +458,77 @@ fn a_window_keeps_at_most_max_window_waves() {
     assert_eq!(engine.tracked_keys(), 1);
 }
 
+// ------------------------------------------------------------- correlation
+
+fn correlating(patterns: &[&str]) -> PhysicsEngine {
+    PhysicsEngine::with_config(PhysicsConfig {
+        correlate: patterns.iter().map(|p| p.to_string()).collect(),
+        ..Default::default()
+    })
+    .expect("valid settings")
+}
+
+/// Two deciders answering one order both ways, on two channels: nothing on
+/// their own channels, a cancellation once the channels are correlated.
+#[test]
+fn correlated_channels_interfere_as_one() {
+    let reserved = w("inventory.reserved").key("order-7").payload("r");
+    let insufficient = w("inventory.insufficient")
+        .key("order-7")
+        .payload("i")
+        .phase(PI);
+    let waves = [reserved.at(0), insufficient.at(3)];
+
+    assert_eq!(patterns(&mut PhysicsEngine::new(), &waves), [None, None]);
+
+    let mut engine = correlating(&["inventory.*"]);
+    assert_eq!(engine.detect(&waves[0]), None);
+    let event = engine.detect(&waves[1]).expect("a cancellation");
+    assert_eq!(event.pattern, InterferencePattern::Cancellation);
+    assert_eq!(event.channel.as_str(), "inventory.*");
+    assert_eq!(event.waves.len(), 2);
+    // A channel no pattern matches stays on its own.
+    let created = w("orders.created").key("order-7").payload("o");
+    let mut engine = correlating(&["inventory.*"]);
+    assert_eq!(engine.detect(&created.at(0)), None);
+    assert_eq!(engine.detect(&insufficient.at(1)), None);
+}
+
+proptest! {
+    /// Correlating channels on a pattern is renaming them: the engine finds
+    /// the same patterns, in the same places, as when every wave of the
+    /// matched channels is emitted on one channel.
+    #[test]
+    fn correlating_is_renaming(
+        waves in prop::collection::vec(
+            (0usize..3, 0u8..3, prop::bool::ANY, 0u8..3, 0u64..2000),
+            1..60,
+        ),
+    ) {
+        const CHANNELS: [&str; 3] = ["inventory.reserved", "inventory.insufficient", "orders.created"];
+        let mut correlated = correlating(&["inventory.*"]);
+        let mut renamed = PhysicsEngine::new();
+        let mut sorted = waves;
+        sorted.sort_by_key(|wave| wave.4);
+        for (channel, key, retract, payload, at) in sorted {
+            let phase = if retract { PI } else { 0.0 };
+            let channel = CHANNELS[channel];
+            let one = if channel.starts_with("inventory.") { "inventory.all" } else { channel };
+            let make = |channel: &'static str| {
+                w(channel)
+                    .key(format!("k{key}"))
+                    .payload(format!("p{payload}"))
+                    .phase(phase)
+                    .at(at)
+            };
+            prop_assert_eq!(
+                correlated.detect(&make(channel)).map(|e| (e.pattern, e.waves.len())),
+                renamed.detect(&make(one)).map(|e| (e.pattern, e.waves.len()))
+            );
+        }
+    }
+}
+
 // ------------------------------------------------------------- memory
 
 #[test]

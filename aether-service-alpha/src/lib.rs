@@ -11,9 +11,14 @@
 //! An answer that is not one (not JSON, no `order_id` string, an order id
 //! that is empty or longer than 256 bytes) is refused: counted by reason in
 //! [`AlphaReport::refused`], warned about at most once per
-//! [`refusals::WARN_EVERY`], and alpha goes on. An answer about an order it
-//! is not waiting for (another alpha's, one already answered, one never
-//! made) is counted as [`AlphaReport::unmatched`].
+//! [`refusals::WARN_EVERY`], and alpha goes on. An answer about an order
+//! already answered is counted as [`AlphaReport::repeated`] (the same
+//! answer) or [`AlphaReport::conflicting`] (the other one); about an order
+//! it never made (another alpha's), as [`AlphaReport::unmatched`].
+//!
+//! `[alpha.faults]` (or `--faults`) makes two faults on purpose, for the
+//! physics engine to find: a client that retries without backoff and a
+//! producer that sends some orders twice ([`AlphaFaults`]).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -22,6 +27,11 @@
 /// `aether-service-beta` (the same source file).
 #[path = "../../aether-service-beta/src/refusals.rs"]
 pub mod refusals;
+
+/// The faults the sample flow can make on purpose, shared with
+/// `aether-service-beta` (the same source file).
+#[path = "../../aether-service-beta/src/faults.rs"]
+pub mod faults;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -69,6 +79,12 @@ pub type AlphaError = Box<dyn Error + Send + Sync>;
 /// qty = 1
 /// drain_ms = 2000
 /// answer_deadline_ms = 15000
+///
+/// [alpha.faults]
+/// retry_storm_share = 0.0
+/// retry_every_ms = 100
+/// retries = 8
+/// duplicate_share = 0.0
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -90,6 +106,61 @@ pub struct AlphaSettings {
     /// 10 s); its answer is still taken if it comes. In milliseconds, 100
     /// to 3,600,000; default 15,000.
     pub answer_deadline_ms: u64,
+    /// Faults to make, for the physics engine to find; none by default.
+    pub faults: AlphaFaults,
+}
+
+/// The `[alpha.faults]` section: what goes wrong on purpose (`--faults`
+/// turns it on).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlphaFaults {
+    /// Share of the orders (0 to 1) sent by a client that retries without
+    /// backoff, its timeout shorter than the answer takes: the same order
+    /// again every `retry_every_ms`, `retries` times, whatever comes back
+    /// (a retry storm: a standing wave). Default 0.
+    pub retry_storm_share: f64,
+    /// The retrying client's interval, in milliseconds, 10 to 10,000.
+    /// Default 100.
+    pub retry_every_ms: u64,
+    /// How many times it sends each such order again, 1 to 100. Default 8.
+    pub retries: u32,
+    /// Share of the orders (0 to 1) a faulty producer sends twice at once
+    /// (duplicates: constructive interference). Default 0.
+    pub duplicate_share: f64,
+}
+
+impl Default for AlphaFaults {
+    fn default() -> Self {
+        Self {
+            retry_storm_share: 0.0,
+            retry_every_ms: 100,
+            retries: 8,
+            duplicate_share: 0.0,
+        }
+    }
+}
+
+impl Validate for AlphaFaults {
+    fn validate(&self) -> Result<(), SettingsError> {
+        faults::check_share("faults.retry_storm_share", self.retry_storm_share)?;
+        faults::check_share("faults.duplicate_share", self.duplicate_share)?;
+        if !(10..=10_000).contains(&self.retry_every_ms) {
+            return Err(SettingsError::invalid(
+                "faults.retry_every_ms",
+                self.retry_every_ms.to_string(),
+                "must be 10 to 10000",
+            ));
+        }
+        if !(1..=100).contains(&self.retries) {
+            return Err(SettingsError::invalid(
+                "faults.retries",
+                self.retries.to_string(),
+                "must be 1 to 100",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for AlphaSettings {
@@ -101,6 +172,7 @@ impl Default for AlphaSettings {
             qty: 1,
             drain_ms: 2_000,
             answer_deadline_ms: 15_000,
+            faults: AlphaFaults::default(),
         }
     }
 }
@@ -131,7 +203,7 @@ impl Validate for AlphaSettings {
                 "must be 100 to 3600000",
             ));
         }
-        Ok(())
+        self.faults.validate()
     }
 }
 
@@ -216,6 +288,11 @@ pub struct Options {
     /// Orders per second, above 0 and at most 10,000 (default 5).
     #[arg(long, value_name = "R", allow_negative_numbers = true)]
     pub rate: Option<f64>,
+    /// Make faults on purpose: one order in twenty retried without backoff
+    /// (a retry storm), one in twenty sent twice (duplicates)
+    /// ([alpha.faults] retry_storm_share and duplicate_share = 0.05).
+    #[arg(long)]
+    pub faults: bool,
 }
 
 /// `--count`: a whole number, 0 or more. (A negative one reaches this, and
@@ -250,6 +327,10 @@ impl Options {
         if let Some(rate) = self.rate {
             settings.alpha.rate_per_s = rate;
         }
+        if self.faults {
+            settings.alpha.faults.retry_storm_share = faults::DEMO_SHARE;
+            settings.alpha.faults.duplicate_share = faults::DEMO_SHARE;
+        }
     }
 }
 
@@ -277,9 +358,20 @@ pub struct AlphaReport {
     /// Orders and outcomes not emitted because the vibrator was over its
     /// rate limit (`[service] rate_limit_per_s`).
     pub rate_limited: u64,
-    /// Answers about no order it waits for: another alpha's order, an order
-    /// already answered, or one never made; nothing emitted.
+    /// Answers about no order it waits for: another alpha's order, or one
+    /// never made (or answered too long ago to remember); nothing emitted.
     pub unmatched: u64,
+    /// Answers about an order it already had the same answer for (its
+    /// retries and duplicates answered again); nothing emitted.
+    pub repeated: u64,
+    /// Answers about an order it already had the other answer for
+    /// (reserved after insufficient, or the reverse: two deciders
+    /// disagree); nothing emitted, the first answer stands.
+    pub conflicting: u64,
+    /// Orders sent again by the retrying client (`[alpha.faults]`).
+    pub retried: u64,
+    /// Orders sent twice by the faulty producer (`[alpha.faults]`).
+    pub duplicated: u64,
     /// Answers that are not answers, refused, by reason: `not_json`,
     /// `bad_fields` (no `order_id` string), `bad_order_id` (empty or longer
     /// than 256 bytes). See [`refusals`].
@@ -294,8 +386,8 @@ impl std::fmt::Display for AlphaReport {
         write!(
             f,
             "service-alpha: created {}, confirmed {}, cancelled {}, unanswered {}, \
-             unsent {}, overdue {}, rate_limited {}, failed {}, unmatched {}, refused {}, \
-             dropped {}",
+             unsent {}, overdue {}, rate_limited {}, failed {}, unmatched {}, repeated {}, \
+             conflicting {}, retried {}, duplicated {}, refused {}, dropped {}",
             self.created,
             self.confirmed,
             self.cancelled,
@@ -305,6 +397,10 @@ impl std::fmt::Display for AlphaReport {
             self.rate_limited,
             self.failed,
             self.unmatched,
+            self.repeated,
+            self.conflicting,
+            self.retried,
+            self.duplicated,
             refusals::summary(&self.refused),
             aether_ops::drops::summary(&self.dropped)
         )
@@ -376,6 +472,10 @@ pub async fn run_live(
     // Each order waiting for its answer: its item, and when it is overdue
     // (`None` once counted so).
     let mut pending: HashMap<String, (String, Option<Instant>)> = HashMap::new();
+    // The answers of the latest orders answered: whether confirmed.
+    let mut answered = faults::Latest::<bool>::default();
+    // The retrying client's orders, each sending its order again.
+    let mut storms: tokio::task::JoinSet<u64> = tokio::task::JoinSet::new();
     let mut report = AlphaReport::default();
     let mut refusal_log = RefusalLog::new("service-alpha", refusals::WARN_EVERY);
     let mut drops = DropWatch::new("service-alpha", refusals::WARN_EVERY);
@@ -431,11 +531,28 @@ pub async fn run_live(
                     .correlation_key(&order_id)
                     .json(&json!({"order_id": order_id, "item": item, "qty": settings.qty}))
                     .build()?;
+                let faults = &settings.faults;
+                let duplicate = faults::picked(faults.duplicate_share, sequence, 0.5)
+                    .then(|| order.clone());
+                let storm = faults::picked(faults.retry_storm_share, sequence, 0.0)
+                    .then(|| order.clone());
                 match reliable::emit_with(reliable.as_ref(), &alpha, order).await {
                     Ok(_) => {
                         report.created += 1;
                         let deadline = Duration::from_millis(settings.answer_deadline_ms);
-                        pending.insert(order_id, (item.clone(), Some(Instant::now() + deadline)));
+                        pending.insert(
+                            order_id.clone(),
+                            (item.clone(), Some(Instant::now() + deadline)),
+                        );
+                        if let Some(again) = duplicate {
+                            match alpha.emit(again).await {
+                                Ok(_) => report.duplicated += 1,
+                                Err(error) => report.count_failure(error)?,
+                            }
+                        }
+                        if let Some(again) = storm {
+                            storms.spawn(retry_storm(alpha.emitter(), again, faults.clone()));
+                        }
                     }
                     Err(error) => {
                         tracing::debug!(%error, "order not emitted");
@@ -485,12 +602,24 @@ pub async fn run_live(
                         continue;
                     }
                 };
-                // Another alpha's order, one already answered, or one never
-                // made: only orders it waits for are confirmed or cancelled.
+                // Only orders it waits for are confirmed or cancelled.
+                let confirmed = phase == Phase::ASSERT;
                 let Some((item, _)) = pending.remove(&order_id) else {
-                    report.unmatched += 1;
+                    match answered.get(&order_id) {
+                        Some(&first) if first == confirmed => report.repeated += 1,
+                        Some(_) => {
+                            report.conflicting += 1;
+                            tracing::warn!(
+                                order_id,
+                                channel = %wave.channel(),
+                                "service-alpha: conflicting answers for one order; the first stands"
+                            );
+                        }
+                        None => report.unmatched += 1,
+                    }
                     continue;
                 };
+                answered.insert(order_id.clone(), confirmed);
                 // The key is one of its own order ids: the outcome builds.
                 let outcome = Wave::builder(channel)
                     .phase(phase)
@@ -510,6 +639,10 @@ pub async fn run_live(
                 }
             }
         }
+    }
+    // The retrying client stops by itself, after its retries.
+    while let Some(sent) = storms.join_next().await {
+        report.retried += sent.unwrap_or(0);
     }
     report.unanswered = pending.len() as u64;
     report.dropped = aether_ops::drops::of_service(&alpha.stats(), &aether.stats());
@@ -535,6 +668,26 @@ impl AlphaReport {
         }
         Ok(())
     }
+}
+
+/// The fault of a client whose timeout is shorter than its answer takes:
+/// sends `order` again every `retry_every_ms`, without backoff, `retries`
+/// times, whatever comes back. Returns how many it sent.
+async fn retry_storm(alpha: aether_core::Emitter, order: Wave, faults: AlphaFaults) -> u64 {
+    let mut ticks = tokio::time::interval(Duration::from_millis(faults.retry_every_ms));
+    ticks.tick().await;
+    let mut sent = 0;
+    for _ in 0..faults.retries {
+        ticks.tick().await;
+        match alpha.emit(order.clone()).await {
+            Ok(_) => sent += 1,
+            Err(error) => {
+                tracing::debug!(%error, "retry not sent");
+                break;
+            }
+        }
+    }
+    sent
 }
 
 /// A steady clock of orders at `rate_per_s`, first tick at once; a late
@@ -672,6 +825,10 @@ mod tests {
                 rate_limited: 0,
                 failed: 0,
                 unmatched: 0,
+                repeated: 0,
+                conflicting: 0,
+                retried: 0,
+                duplicated: 0,
                 refused: BTreeMap::new(),
                 dropped: BTreeMap::new(),
             }

@@ -20,9 +20,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod faults;
 pub mod refusals;
 
-use std::{collections::BTreeMap, error::Error, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    error::Error,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use aether_core::{
     Aether, AetherConfig, EmitErrorKind, Phase, Vibrator, Wave, WaveError,
@@ -61,6 +68,9 @@ pub type BetaError = Box<dyn Error + Send + Sync>;
 /// ```toml
 /// [beta]
 /// stock = { widget = 50, gadget = 3, gizmo = 20 }
+///
+/// [beta.faults]
+/// conflict_share = 0.0
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -68,6 +78,21 @@ pub struct BetaSettings {
     /// Units in stock at start, by item. An item not listed has none.
     /// Default: widget 50, gadget 3, gizmo 20.
     pub stock: BTreeMap<String, u64>,
+    /// Faults to make, for the physics engine to find; none by default.
+    pub faults: BetaFaults,
+}
+
+/// The `[beta.faults]` section: what goes wrong on purpose (`--faults`
+/// turns it on).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BetaFaults {
+    /// Share of the orders (0 to 1) that a second decider,
+    /// `service-beta-shadow`, answers too, the other way: after beta's
+    /// `inventory.reserved` comes its `inventory.insufficient` for the same
+    /// order, or the reverse (conflicting messages: a cancellation). Stock
+    /// is taken only by beta's own answer. Default 0.
+    pub conflict_share: f64,
 }
 
 impl Default for BetaSettings {
@@ -77,6 +102,7 @@ impl Default for BetaSettings {
                 .into_iter()
                 .map(|(item, units)| (item.to_string(), units))
                 .collect(),
+            faults: BetaFaults::default(),
         }
     }
 }
@@ -89,7 +115,7 @@ impl Validate for BetaSettings {
                 item.clone(),
                 "item names must not be empty",
             )),
-            None => Ok(()),
+            None => faults::check_share("faults.conflict_share", self.faults.conflict_share),
         }
     }
 }
@@ -167,6 +193,10 @@ pub struct Options {
     /// cluster) instead of the embedded medium.
     #[arg(long, value_name = "URL")]
     pub nats: Vec<String>,
+    /// Make conflicting answers on purpose: a second decider answers one
+    /// order in twenty the other way ([beta.faults] conflict_share = 0.05).
+    #[arg(long)]
+    pub faults: bool,
 }
 
 impl Default for Options {
@@ -180,6 +210,9 @@ impl Options {
     pub fn apply(&self, settings: &mut BetaProgramSettings) {
         if !self.nats.is_empty() {
             settings.aether.nats.urls = self.nats.clone();
+        }
+        if self.faults {
+            settings.beta.faults.conflict_share = faults::DEMO_SHARE;
         }
     }
 }
@@ -215,6 +248,11 @@ pub struct BetaReport {
     /// Answers accepted but still in the aether's outboxes when it ended,
     /// the server unreachable: not sent.
     pub unsent: u64,
+    /// Orders heard again (a client retrying, a producer sending twice):
+    /// answered again with the first answer, the stock untouched.
+    pub repeats: u64,
+    /// Orders the second decider answered the other way (`[beta.faults]`).
+    pub conflicting: u64,
 }
 
 impl std::fmt::Display for BetaReport {
@@ -222,7 +260,8 @@ impl std::fmt::Display for BetaReport {
         write!(
             f,
             "service-beta: reserved {}, insufficient {}, outcomes heard {}, ignored {}, \
-             rate_limited {}, failed {}, unsent {}, stock left {:?}, refused {}, dropped {}",
+             rate_limited {}, failed {}, unsent {}, repeats {}, conflicting {}, stock left {:?}, \
+             refused {}, dropped {}",
             self.reserved,
             self.insufficient,
             self.outcomes_heard,
@@ -230,6 +269,8 @@ impl std::fmt::Display for BetaReport {
             self.rate_limited,
             self.failed,
             self.unsent,
+            self.repeats,
+            self.conflicting,
             self.stock,
             refusals::summary(&self.refused),
             aether_ops::drops::summary(&self.dropped)
@@ -332,16 +373,31 @@ pub async fn run_live_then(
     let mut reliability = start.service.reliability;
     beta.resonate_in_group(ORDERS, GROUP).await?;
     resonating();
-    let mut report = BetaReport {
-        stock: start.beta.stock.clone(),
-        ..BetaReport::default()
+    let shadow = if start.beta.faults.conflict_share > 0.0 {
+        tracing::warn!(
+            share = start.beta.faults.conflict_share,
+            "service-beta: faults on: a second decider answers some orders the other way"
+        );
+        Some(Vibrator::create("service-beta-shadow", aether).await?)
+    } else {
+        None
     };
-    let mut refusal_log = RefusalLog::new("service-beta", refusals::WARN_EVERY);
+    let mut books = Books {
+        report: BetaReport {
+            stock: start.beta.stock.clone(),
+            ..BetaReport::default()
+        },
+        refusal_log: RefusalLog::new("service-beta", refusals::WARN_EVERY),
+        answered: faults::Latest::default(),
+        shadow,
+        conflict_share: start.beta.faults.conflict_share,
+        orders: 0,
+    };
     let mut drops = DropWatch::new("service-beta", refusals::WARN_EVERY);
     let mut checks = tokio::time::interval(CHECK_EVERY);
     checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(
-        stock = ?report.stock,
+        stock = ?books.report.stock,
         noise_floor = start.service.noise_floor,
         rate_limit_per_s = ?start.service.rate_limit_per_s,
         "service-beta resonates on {ORDERS} in group {GROUP}"
@@ -373,29 +429,16 @@ pub async fn run_live_then(
                 None => break,
             },
         };
-        handle_in_span(
-            &beta,
-            reliable.as_ref(),
-            &mut report,
-            &mut refusal_log,
-            wave,
-        )
-        .await?;
+        handle_in_span(&beta, reliable.as_ref(), &mut books, wave).await?;
     }
     // Orders that arrived before the shutdown are answered too.
     while let Some(wave) = beta.try_receive() {
-        handle_in_span(
-            &beta,
-            reliable.as_ref(),
-            &mut report,
-            &mut refusal_log,
-            wave,
-        )
-        .await?;
+        handle_in_span(&beta, reliable.as_ref(), &mut books, wave).await?;
     }
     if let Err(error) = aether.flush(DRAIN).await {
         tracing::warn!(%error, "answers may be left unsent");
     }
+    let mut report = books.report;
     // What was accepted and has still not left the process when it ends:
     // counted, never lost in silence.
     report.unsent = aether.connection().unsent() as u64;
@@ -410,14 +453,49 @@ pub async fn run_live_then(
 async fn handle_in_span(
     beta: &Vibrator,
     reliable: Option<&Reliable>,
-    report: &mut BetaReport,
-    refusal_log: &mut RefusalLog,
+    books: &mut Books,
     wave: Wave,
 ) -> Result<(), BetaError> {
     let span = beta.span_of(&wave);
-    handle(beta, reliable, report, refusal_log, wave)
-        .instrument(span)
-        .await
+    handle(beta, reliable, books, wave).instrument(span).await
+}
+
+/// What beta keeps between orders.
+struct Books {
+    report: BetaReport,
+    refusal_log: RefusalLog,
+    /// The answers to the latest orders, to answer one heard again the
+    /// same way without touching the stock.
+    answered: faults::Latest<Wave>,
+    /// The second decider, when `[beta.faults] conflict_share` asks for one.
+    shadow: Option<Vibrator>,
+    conflict_share: f64,
+    /// Orders answered, counting from 1: the faults pick among them.
+    orders: u64,
+}
+
+/// Emits `answer` with `reliable`; an emit that failed for now (over the
+/// rate limit, the medium failing) is warned about, counted, and `false`.
+async fn send(
+    beta: &Vibrator,
+    reliable: Option<&Reliable>,
+    report: &mut BetaReport,
+    answer: Wave,
+) -> Result<bool, BetaError> {
+    let order_id = answer.correlation_key().to_string();
+    match reliable::emit_with(reliable, beta, answer).await {
+        Ok(_) => Ok(true),
+        Err(error) if reliable::failed_for_now(error.kind()) => {
+            tracing::warn!(%error, order_id, "order not answered");
+            if error.kind() == EmitErrorKind::RateLimited {
+                report.rate_limited += 1;
+            } else {
+                report.failed += 1;
+            }
+            Ok(false)
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Answers an order, counts an outcome, or ignores anything else; refuses
@@ -426,10 +504,10 @@ async fn handle_in_span(
 async fn handle(
     beta: &Vibrator,
     reliable: Option<&Reliable>,
-    report: &mut BetaReport,
-    refusal_log: &mut RefusalLog,
+    books: &mut Books,
     wave: Wave,
 ) -> Result<(), BetaError> {
+    let report = &mut books.report;
     match wave.channel().as_str() {
         "orders.created" => {
             let answered = read_order(&wave).and_then(|order| {
@@ -440,10 +518,18 @@ async fn handle(
             let (order, answer) = match answered {
                 Ok(answered) => answered,
                 Err(refusal) => {
-                    refusal_log.refuse(&mut report.refused, refusal, wave.channel().as_str());
+                    books
+                        .refusal_log
+                        .refuse(&mut report.refused, refusal, wave.channel().as_str());
                     return Ok(());
                 }
             };
+            // Heard again: the same answer, the stock untouched.
+            if let Some(first) = books.answered.get(&order.order_id) {
+                report.repeats += 1;
+                send(beta, reliable, report, first.clone()).await?;
+                return Ok(());
+            }
             let reserved = answer.channel().as_str() == "inventory.reserved";
             // Taken from the stock before the emit, given back if it fails.
             if reserved {
@@ -454,23 +540,26 @@ async fn handle(
             } else {
                 report.insufficient += 1;
             }
-            match reliable::emit_with(reliable, beta, answer).await {
-                Ok(_) => {}
-                Err(error) if reliable::failed_for_now(error.kind()) => {
-                    tracing::warn!(%error, order_id = order.order_id, "order not answered");
-                    if error.kind() == EmitErrorKind::RateLimited {
-                        report.rate_limited += 1;
-                    } else {
-                        report.failed += 1;
-                    }
-                    if reserved {
-                        report.reserved -= 1;
-                        *report.stock.entry(order.item).or_default() += order.qty;
-                    } else {
-                        report.insufficient -= 1;
-                    }
+            if !send(beta, reliable, report, answer.clone()).await? {
+                if reserved {
+                    report.reserved -= 1;
+                    *report.stock.entry(order.item).or_default() += order.qty;
+                } else {
+                    report.insufficient -= 1;
                 }
-                Err(error) => return Err(error.into()),
+                return Ok(());
+            }
+            books.answered.insert(order.order_id.clone(), answer);
+            books.orders += 1;
+            // The fault: a second decider answers the other way.
+            if let Some(shadow) = &books.shadow
+                && faults::picked(books.conflict_share, books.orders, 0.25)
+            {
+                // The same order id built beta's answer: it builds.
+                let other = answer_as(!reserved, &order, 0)?;
+                if send(shadow, None, report, other).await? {
+                    report.conflicting += 1;
+                }
             }
         }
         "orders.confirmed" | "orders.cancelled" => {
@@ -488,7 +577,14 @@ async fn handle(
 /// refuses (an order id that cannot be a correlation key).
 fn answer(stock: &BTreeMap<String, u64>, order: &Order) -> Result<Wave, WaveError> {
     let available = stock.get(&order.item).copied().unwrap_or(0);
-    if available >= order.qty && available > 0 {
+    let reserved = available >= order.qty && available > 0;
+    answer_as(reserved, order, available)
+}
+
+/// `inventory.reserved` of `order` (with the units `available` before it),
+/// or `inventory.insufficient` in phase RETRACT.
+fn answer_as(reserved: bool, order: &Order, available: u64) -> Result<Wave, WaveError> {
+    if reserved {
         Wave::builder("inventory.reserved")
             .phase(Phase::ASSERT)
             .correlation_key(&order.order_id)
@@ -496,7 +592,7 @@ fn answer(stock: &BTreeMap<String, u64>, order: &Order) -> Result<Wave, WaveErro
                 "order_id": order.order_id,
                 "item": order.item,
                 "qty": order.qty,
-                "left": available - order.qty,
+                "left": available.saturating_sub(order.qty),
             }))
             .build()
     } else {

@@ -6,6 +6,7 @@ use std::{f64::consts::FRAC_PI_2, time::Duration};
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, check};
+use crate::Channel;
 
 /// Settings of a [`PhysicsEngine`](super::PhysicsEngine). Every field has a
 /// default; [`PhysicsConfig::validate`] refuses a value out of range, naming
@@ -75,6 +76,14 @@ pub struct PhysicsConfig {
     /// Interference events kept for followers: a follower further behind
     /// skips the oldest (counted). 1 to 1,000,000. Default 1024.
     pub follower_buffer: usize,
+    /// Channel patterns whose channels interfere as one. A wave on a
+    /// channel that one of them matches (the first that does) is correlated
+    /// on that pattern instead of its own channel: with `"inventory.*"`,
+    /// `inventory.reserved` (phase 0) and `inventory.insufficient` (phase
+    /// π) about the same order cancel, two deciders answering one order both
+    /// ways. At most 64 patterns, each a valid channel or pattern. Default
+    /// none: each channel interferes only with itself.
+    pub correlate: Vec<String>,
 }
 
 impl Default for PhysicsConfig {
@@ -93,9 +102,13 @@ impl Default for PhysicsConfig {
             max_waves_per_s: 50_000,
             diffraction_factor: 0.5,
             follower_buffer: 1024,
+            correlate: Vec::new(),
         }
     }
 }
+
+/// Most patterns in `correlate`.
+const MAX_CORRELATE: usize = 64;
 
 /// The longest window accepted: one day.
 const MAX_WINDOW_MS: u64 = 86_400_000;
@@ -168,7 +181,22 @@ impl PhysicsConfig {
             "physics.follower_buffer",
             self.follower_buffer.to_string(),
             "must be between 1 and 1000000",
-        )
+        )?;
+        check(
+            self.correlate.len() <= MAX_CORRELATE,
+            "physics.correlate",
+            format!("{} patterns", self.correlate.len()),
+            "must name at most 64 patterns",
+        )?;
+        for pattern in &self.correlate {
+            check(
+                Channel::new(pattern).is_valid(),
+                "physics.correlate",
+                pattern.clone(),
+                "each must be a valid channel or pattern, such as \"inventory.*\"",
+            )?;
+        }
+        Ok(())
     }
 
     /// [`PhysicsConfig::coherence_window_ms`] as a duration.
@@ -198,7 +226,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let cases: [(PhysicsConfig, &str); 14] = [
+        let cases: [(PhysicsConfig, &str); 16] = [
             (
                 PhysicsConfig {
                     coherence_window_ms: 0,
@@ -296,6 +324,20 @@ mod tests {
                     ..Default::default()
                 },
                 "physics.follower_buffer",
+            ),
+            (
+                PhysicsConfig {
+                    correlate: vec!["inventory..x".into()],
+                    ..Default::default()
+                },
+                "physics.correlate",
+            ),
+            (
+                PhysicsConfig {
+                    correlate: vec!["a.*".into(); 65],
+                    ..Default::default()
+                },
+                "physics.correlate",
             ),
         ];
         for (config, key) in cases {

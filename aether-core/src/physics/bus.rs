@@ -14,7 +14,10 @@
 //!   [`detect`](super::PhysicsEngine::detect) (interference; one wave heard
 //!   by several resonators counts once) and
 //!   [`observe_delivery`](super::PhysicsEngine::observe_delivery) (the
-//!   resonance graph). It ends when the aether is closed or dropped.
+//!   resonance graph). Waves on the bus's own channels
+//!   ([`Channel::is_system`](crate::Channel::is_system): presence, digests
+//!   and reports, steady by design) make the graph but are not looked at
+//!   for interference. It ends when the aether is closed or dropped.
 //! - **Bounded.** Each buffer holds a bounded number of waves: when full,
 //!   deliveries are not observed and are counted (`dropped_buffer_full`).
 //!   The engine observes at most `physics.max_waves_per_s`: past that budget
@@ -262,14 +265,21 @@ impl PhysicsHub {
         let followed = events.receiver_count() > 0;
         let mut engine = self.lock_engine();
         for Observation { wave, resonator } in batch {
-            if followed {
+            // The bus's own channels beat steadily by design (presence,
+            // digests, reports): not faults, so not looked at for
+            // interference; their deliveries still make the graph.
+            let interferes = !wave.channel().is_system();
+            if interferes && followed {
                 if let Some(event) = engine.detect(wave) {
                     self.count_pattern(event.pattern);
                     // A follower may have gone meanwhile: fine.
                     let _ = events.send(Arc::new(event));
                 }
-            } else if let Some(pattern) = engine.detect_patterns(wave.channel().as_str(), wave) {
-                self.count_pattern(pattern);
+            } else if interferes {
+                let on = engine.correlated_on(wave);
+                if let Some(pattern) = engine.detect_patterns(on.as_str(), wave) {
+                    self.count_pattern(pattern);
+                }
             }
             if let Some(source) = wave.source() {
                 let at = wave.emitted_at().unwrap_or(now);
@@ -508,6 +518,39 @@ mod tests {
             .payload(n.to_be_bytes().to_vec())
             .build()
             .unwrap()
+    }
+
+    /// Heartbeats on the bus's own channels recur at a steady period by
+    /// design: they make the resonance graph, never an interference event;
+    /// the same beat on a user's channel is a standing wave.
+    #[test]
+    fn the_bus_own_channels_make_no_interference() {
+        let hub = PhysicsHub::new(PhysicsConfig::default());
+        let (events, mut followed) = broadcast::channel(16);
+        let beat = |channel: &str, n: u64| Observation {
+            wave: crate::wire::Parts {
+                id: u128::from(n) + 1,
+                emitted_at_ns: 1_700_000_000_000_000_000 + n * 100_000_000,
+                source: Some("replica-1".into()),
+                payload: bytes::Bytes::from_static(b"alive"),
+                ..Default::default()
+            }
+            .into_wave(crate::Channel::new(channel))
+            .unwrap(),
+            resonator: SmolStr::new("peer"),
+        };
+        let system: Vec<_> = (0..8).map(|n| beat("_state.board.p", n)).collect();
+        hub.feed(&system, &events);
+        assert_eq!(hub.patterns.each_ref().map(|n| n.load(Ordering::Relaxed)), [0; 3]);
+        assert!(followed.try_recv().is_err());
+        assert_eq!(hub.lock_engine().edges().len(), 1);
+        let user: Vec<_> = (0..8).map(|n| beat("board.beat", 100 + n)).collect();
+        hub.feed(&user, &events);
+        let standing = hub.patterns[pattern_index(InterferencePattern::StandingWave)]
+            .load(Ordering::Relaxed);
+        assert!(standing > 0);
+        let event = followed.try_recv().expect("a standing wave");
+        assert_eq!(event.channel.as_str(), "board.beat");
     }
 
     #[test]

@@ -106,6 +106,8 @@ pub struct PhysicsEngine {
     windows: CoherenceWindows,
     standing: StandingWaves,
     resonance: ResonanceGraph,
+    /// `config.correlate`, parsed.
+    correlate: Vec<Channel>,
 }
 
 impl PhysicsEngine {
@@ -127,6 +129,7 @@ impl PhysicsEngine {
             windows: CoherenceWindows::new(config.max_tracked_keys),
             standing: StandingWaves::new(config.max_tracked_keys),
             resonance: ResonanceGraph::new(&config),
+            correlate: config.correlate.iter().map(Channel::new).collect(),
             config,
         }
     }
@@ -177,10 +180,37 @@ impl PhysicsEngine {
             .map(|o| o.pattern)
     }
 
-    /// Observes `wave` on its own channel: [`detect_at`](Self::detect_at)
+    /// Observes `wave` on the channel it is correlated on
+    /// ([`correlated_on`](Self::correlated_on)): [`detect_at`](Self::detect_at)
     /// at its emission time.
     pub fn detect(&mut self, wave: &Wave) -> Option<InterferenceEvent> {
-        self.detect_on(wave.channel().as_str(), wave)
+        let on = self.correlated_on(wave);
+        self.detect_on(on.as_str(), wave)
+    }
+
+    /// The channel `wave` is correlated on: the first of
+    /// [`PhysicsConfig::correlate`] that its channel matches, or else its own
+    /// channel.
+    ///
+    /// ```
+    /// use aether_core::{PhysicsConfig, PhysicsEngine, Wave};
+    ///
+    /// let engine = PhysicsEngine::with_config(PhysicsConfig {
+    ///     correlate: vec!["inventory.*".into()],
+    ///     ..Default::default()
+    /// })?;
+    /// let reserved = Wave::builder("inventory.reserved").build()?;
+    /// assert_eq!(engine.correlated_on(&reserved).as_str(), "inventory.*");
+    /// let created = Wave::builder("orders.created").build()?;
+    /// assert_eq!(engine.correlated_on(&created).as_str(), "orders.created");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn correlated_on(&self, wave: &Wave) -> Channel {
+        self.correlate
+            .iter()
+            .find(|pattern| wave.channel().matches(pattern))
+            .unwrap_or(wave.channel())
+            .clone()
     }
 
     /// Observes `wave` as heard on `channel`: [`detect_at`](Self::detect_at)
