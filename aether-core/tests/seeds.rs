@@ -400,6 +400,7 @@ fn default_toml_matches_default_config() -> Result {
     shipped.report.interval_ms = 1000;
     shipped.durability.channels = vec!["orders.*".into(), "inventory.*".into()];
     shipped.durability.ack_wait_ms = 5000;
+    shipped.physics.correlate = vec!["inventory.*".into()];
     assert_eq!(loaded, shipped);
     Ok(())
 }

@@ -103,6 +103,7 @@ struct InstanceMetrics {
     queued: IntGaugeVec,
     queue_capacity: IntGaugeVec,
     outbox: IntGaugeVec,
+    outbox_capacity: IntGaugeVec,
     malformed: IntGaugeVec,
     instances: IntGauge,
     refused: IntCounterVec,
@@ -300,6 +301,10 @@ impl InstanceMetrics {
                 "aether_instance_outbox_waves",
                 "Waves waiting in the instance's outbox for the connection.",
             )?,
+            outbox_capacity: per(
+                "aether_instance_outbox_capacity_waves",
+                "Most waves the instance's outbox holds (0 on the embedded medium).",
+            )?,
             malformed: per(
                 "aether_instance_malformed_messages",
                 "Messages the instance refused as not waves since it started.",
@@ -336,7 +341,15 @@ impl InstanceMetrics {
         set(&self.queued, report.queued);
         set(&self.queue_capacity, report.queue_capacity);
         set(&self.outbox, report.outbox_len);
+        set(&self.outbox_capacity, report.outbox_capacity);
         set(&self.malformed, report.malformed);
+        // Every reason from the first report, at 0 until it counts: a
+        // series that starts at 0 lets `delta()` see the first drops.
+        for reason in aether_core::DropReason::ALL {
+            self.dropped
+                .with_label_values(&[name, reason.as_str()])
+                .add(0);
+        }
         for (reason, n) in &report.dropped {
             self.dropped
                 .with_label_values(&[name, reason])
@@ -381,9 +394,13 @@ impl InstanceMetrics {
             &self.queued,
             &self.queue_capacity,
             &self.outbox,
+            &self.outbox_capacity,
             &self.malformed,
         ] {
             let _ = gauge.remove_label_values(&[name]);
+        }
+        for reason in aether_core::DropReason::ALL {
+            let _ = self.dropped.remove_label_values(&[name, reason.as_str()]);
         }
         for reason in report.dropped.keys() {
             let _ = self.dropped.remove_label_values(&[name, reason]);

@@ -4,7 +4,9 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
-use aether_core::{InterferenceEvent, ResonanceEdge, StatsSnapshot};
+use aether_core::{
+    InterferenceEvent, InterferencePattern, InvolvedWave, Phase, ResonanceEdge, StatsSnapshot,
+};
 use serde::Serialize;
 
 use crate::metrics::scrape::pattern_name;
@@ -83,6 +85,44 @@ pub struct EventRow {
     pub period_ms: Option<f64>,
     /// When it happened, Unix milliseconds.
     pub at_ms: u64,
+    /// What it usually means, for an operator.
+    pub diagnosis: &'static str,
+    /// The waves involved, oldest first: the last [`MAX_INVOLVED`].
+    pub involved: Vec<InvolvedRow>,
+}
+
+/// Most waves of an event shown on the dashboard.
+pub const MAX_INVOLVED: usize = 8;
+
+/// One wave of an interference event on the dashboard.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InvolvedRow {
+    /// Its id (32 hex digits).
+    pub id: String,
+    /// Who emitted it.
+    pub source: Option<String>,
+    /// `assert`, `retract`, or the angle in radians.
+    pub phase: String,
+    /// Its amplitude when observed.
+    pub amplitude: f64,
+    /// Milliseconds after the first wave shown.
+    pub after_ms: f64,
+    /// Its hop count.
+    pub hops: u32,
+}
+
+/// What each pattern usually means.
+fn diagnosis(pattern: InterferencePattern) -> &'static str {
+    match pattern {
+        InterferencePattern::StandingWave => {
+            "the same message again and again at a steady period: a retry storm, a loop or a \
+             stuck producer"
+        }
+        InterferencePattern::Cancellation => {
+            "opposite phases for one key: conflicting messages, such as approved and rejected"
+        }
+        _ => "in phase for one key: a duplicate, or a confirmation",
+    }
 }
 
 impl EventRow {
@@ -105,8 +145,33 @@ impl EventRow {
             sources,
             period_ms: event.period.map(|p| p.as_secs_f64() * 1000.0),
             at_ms: unix_ms(event.at),
+            diagnosis: diagnosis(event.pattern),
+            involved: involved(&event.waves),
         }
     }
+}
+
+/// The last [`MAX_INVOLVED`] of `waves`, as rows.
+fn involved(waves: &[InvolvedWave]) -> Vec<InvolvedRow> {
+    let shown = &waves[waves.len().saturating_sub(MAX_INVOLVED)..];
+    let first = shown.first().map(InvolvedWave::at);
+    shown
+        .iter()
+        .map(|wave| InvolvedRow {
+            id: wave.id().to_string(),
+            source: wave.source().map(str::to_string),
+            phase: match wave.phase() {
+                Phase::ASSERT => "assert".into(),
+                Phase::RETRACT => "retract".into(),
+                phase => format!("{:.2} rad", phase.radians()),
+            },
+            amplitude: wave.amplitude(),
+            after_ms: first
+                .and_then(|first| wave.at().duration_since(first).ok())
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+            hops: wave.hops(),
+        })
+        .collect()
 }
 
 /// One resonance edge on the dashboard.

@@ -484,19 +484,20 @@ async fn hostile_answers() {
         .await
         .unwrap();
     // Its own orders answered after them: confirmed and cancelled. The
-    // answer to the first again: an order already answered, unmatched.
+    // answer to the first again: repeated; then the other answer to it:
+    // conflicting (the first answer stands).
     let valid = |id: &str| serde_json::json!({"order_id": id}).to_string().into_bytes();
     for (channel, id) in [
         ("inventory.reserved", &ids[0]),
         ("inventory.insufficient", &ids[1]),
         ("inventory.reserved", &ids[0]),
+        ("inventory.insufficient", &ids[0]),
     ] {
         let body = envelope(channel, Some(id), valid(id));
         raw.publish(&format!("aether.{channel}"), None, &body)
             .await
             .unwrap();
     }
-    unmatched += 1;
     raw.ping().await.unwrap();
     let confirmed = shop.next_on("orders.confirmed").await;
     assert_eq!(confirmed.payload()["order_id"], ids[0].as_str());
@@ -534,7 +535,7 @@ async fn hostile_answers() {
     assert!(alpha.wait().await.unwrap().success(), "{stdout}");
     assert!(stdout.contains("confirmed 2, cancelled 1,"), "{stdout}");
     let counted = format!(
-        "unmatched {unmatched}, refused {}",
+        "unmatched {unmatched}, repeated 1, conflicting 1, retried 0, duplicated 0, refused {}",
         aether_service_alpha::refusals::summary(&refused)
     );
     assert!(stdout.contains(&counted), "{stdout}: {counted}");

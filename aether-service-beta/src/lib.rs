@@ -23,13 +23,7 @@
 pub mod faults;
 pub mod refusals;
 
-use std::{
-    collections::BTreeMap,
-    error::Error,
-    path::PathBuf,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, error::Error, path::PathBuf, sync::Arc, time::Duration};
 
 use aether_core::{
     Aether, AetherConfig, EmitErrorKind, Phase, Vibrator, Wave, WaveError,
@@ -660,12 +654,89 @@ mod tests {
         assert!(load("[betta]\n", &[]).is_err());
     }
 
+    /// An order heard again gets its first answer again, the stock
+    /// untouched; with `conflict_share`, a second decider answers the
+    /// picked orders the other way.
+    #[tokio::test]
+    async fn repeats_are_answered_alike_and_the_shadow_decider_disagrees() {
+        let aether = Aether::default();
+        let shutdown = Shutdown::new();
+        let settings = BetaSettings {
+            stock: [("gadget".to_string(), 1)].into_iter().collect(),
+            faults: BetaFaults {
+                conflict_share: 0.5,
+            },
+        };
+        let mut shop = Vibrator::create("shop", &aether).await.unwrap();
+        shop.resonate_on("inventory.*").await.unwrap();
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let beta = tokio::spawn({
+            let (aether, shutdown) = (aether.clone(), shutdown.clone());
+            let program = BetaProgramSettings {
+                beta: settings,
+                ..BetaProgramSettings::default()
+            };
+            let (_keep, settings) = watch::channel(Arc::new(program));
+            async move {
+                run_live_then(&aether, settings, shutdown, || {
+                    let _ = ready_tx.send(());
+                })
+                .await
+                .unwrap()
+            }
+        });
+        ready.await.unwrap();
+        let order = |n: u32| json!({"order_id": format!("o-{n}"), "item": "gadget", "qty": 1});
+        // o-1 twice (a retry), then o-2: the stock of one gadget goes to o-1.
+        for order in [order(1), order(1), order(2)] {
+            shop.emit_wave("orders.created", order).await.unwrap();
+        }
+        let mut heard = Vec::new();
+        while heard.len() < 4 {
+            let wave = tokio::time::timeout(Duration::from_secs(5), shop.receive())
+                .await
+                .expect("answers")
+                .unwrap();
+            heard.push((
+                wave.correlation_key().to_string(),
+                wave.channel().as_str().to_string(),
+                wave.source().unwrap_or_default().to_string(),
+            ));
+        }
+        let answer = |key: &str, channel: &str, source: &str| {
+            (key.to_string(), channel.to_string(), source.to_string())
+        };
+        assert_eq!(
+            heard,
+            [
+                answer("o-1", "inventory.reserved", "service-beta"),
+                answer("o-1", "inventory.reserved", "service-beta"),
+                answer("o-2", "inventory.insufficient", "service-beta"),
+                // The second order beta answered is picked (share 0.5).
+                answer("o-2", "inventory.reserved", "service-beta-shadow"),
+            ]
+        );
+        shutdown.trigger();
+        let report = beta.await.unwrap();
+        assert_eq!(
+            (
+                report.reserved,
+                report.insufficient,
+                report.repeats,
+                report.conflicting
+            ),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(report.stock["gadget"], 0);
+    }
+
     #[tokio::test]
     async fn reserves_until_the_stock_runs_out_then_refuses_in_retract() {
         let aether = Aether::default();
         let shutdown = Shutdown::new();
         let settings = BetaSettings {
             stock: [("gadget".to_string(), 2)].into_iter().collect(),
+            ..BetaSettings::default()
         };
         let beta = tokio::spawn({
             let (aether, shutdown) = (aether.clone(), shutdown.clone());

@@ -541,13 +541,16 @@ mod tests {
         };
         let system: Vec<_> = (0..8).map(|n| beat("_state.board.p", n)).collect();
         hub.feed(&system, &events);
-        assert_eq!(hub.patterns.each_ref().map(|n| n.load(Ordering::Relaxed)), [0; 3]);
+        assert_eq!(
+            hub.patterns.each_ref().map(|n| n.load(Ordering::Relaxed)),
+            [0; 3]
+        );
         assert!(followed.try_recv().is_err());
         assert_eq!(hub.lock_engine().edges().len(), 1);
         let user: Vec<_> = (0..8).map(|n| beat("board.beat", 100 + n)).collect();
         hub.feed(&user, &events);
-        let standing = hub.patterns[pattern_index(InterferencePattern::StandingWave)]
-            .load(Ordering::Relaxed);
+        let standing =
+            hub.patterns[pattern_index(InterferencePattern::StandingWave)].load(Ordering::Relaxed);
         assert!(standing > 0);
         let event = followed.try_recv().expect("a standing wave");
         assert_eq!(event.channel.as_str(), "board.beat");

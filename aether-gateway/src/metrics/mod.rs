@@ -30,7 +30,7 @@
 //! | `aether_nats_reconnects_total`, `aether_nats_disconnects_total` | counter | | connection changes |
 //! | `aether_nats_slow_consumer_events_total` | counter | | messages the client dropped |
 //! | `aether_nats_malformed_messages_total` | counter | | messages refused as not waves |
-//! | `aether_nats_outbox_waves`, `aether_nats_outbox_flushed_total` | gauge, counter | | waiting for the connection; sent after reconnects |
+//! | `aether_nats_outbox_waves`, `aether_nats_outbox_capacity_waves`, `aether_nats_outbox_flushed_total` | gauge, gauge, counter | | waiting for the connection, most it holds; sent after reconnects |
 //! | `aether_nats_frames_sent_total`, `aether_nats_waves_framed_total`, `aether_nats_frames_received_total` | counter | | batch frames out (and the waves in them) and in |
 //! | `aether_instance_*` | gauge | `instance` (and `reason` for drops) | each reporting instance's counts, from its reports ([`crate::instances`]) |
 //! | `aether_gateway_instances`, `aether_gateway_instance_reports_refused_total`, `aether_gateway_instances_gone_total` | gauge, counter | `reason` (refused) | the instances tracked, reports refused, instances gone |

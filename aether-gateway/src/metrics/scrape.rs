@@ -92,6 +92,7 @@ struct Connection {
     slow_consumer: IntCounter,
     malformed: IntCounter,
     outbox: IntGauge,
+    outbox_capacity: IntGauge,
     flushed: IntCounter,
     frames_sent: IntCounter,
     waves_framed: IntCounter,
@@ -302,6 +303,10 @@ impl ScrapeCollector {
                 "aether_nats_outbox_waves",
                 "Waves waiting in the outbox for the NATS connection to come back.",
             )?,
+            outbox_capacity: m.gauge(
+                "aether_nats_outbox_capacity_waves",
+                "Most waves the outbox holds (nats.outbox_capacity; 0 on the embedded medium).",
+            )?,
             flushed: m.counter(
                 "aether_nats_outbox_flushed_total",
                 "Waves sent from the outbox after reconnects.",
@@ -439,6 +444,8 @@ impl ScrapeCollector {
         raise(&c.waves_framed, status.waves_framed);
         raise(&c.frames_received, status.frames_received);
         c.outbox.set(saturating_i64(status.outbox_len as u64));
+        c.outbox_capacity
+            .set(saturating_i64(status.outbox_capacity as u64));
         if let (Some(p), Ok(usage)) = (&self.process, ResourceUsage::read()) {
             p.rss.set(saturating_i64(usage.rss_bytes));
             p.vms.set(saturating_i64(usage.vms_bytes));

@@ -295,3 +295,4 @@ pub fn observed(text: &str, family: &str) -> u64 {
 }
 pub mod bridge;
 pub mod cdp;
+pub mod programs;

@@ -1,0 +1,97 @@
+//! The programs as processes: the gateway, the sample services, their
+//! summaries.
+
+use std::{collections::HashMap, path::Path, process::Stdio, time::Duration};
+
+use aether_core::{Aether, AetherConfig, Vibrator, config::NatsConfig};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use tokio::{io::AsyncReadExt, process::Child};
+
+use super::{eventually, get, observed};
+
+/// The gateway program of these tests.
+pub const PROGRAM: &str = env!("CARGO_BIN_EXE_aether-gateway");
+const BOUND: Duration = Duration::from_secs(20);
+
+pub fn pid(child: &Child) -> Pid {
+    Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap())
+}
+
+/// Waits for a service program to exit (after SIGTERM if `terminate`),
+/// checks it exits 0, and reads the counts of its summary, the stdout line
+/// that starts with `prefix`.
+pub async fn summary(mut child: Child, prefix: &str, terminate: bool) -> HashMap<String, u64> {
+    if terminate {
+        kill(pid(&child), Signal::SIGTERM).unwrap();
+    }
+    let mut stdout = String::new();
+    let mut pipe = child.stdout.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(60), pipe.read_to_string(&mut stdout))
+        .await
+        .expect("it reports")
+        .unwrap();
+    let status = tokio::time::timeout(BOUND, child.wait())
+        .await
+        .expect("it exits")
+        .unwrap();
+    assert!(status.success(), "{prefix} {status}");
+    let line = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no summary in {stdout:?}"));
+    super::summary_counts(line)
+}
+
+/// The gateway on `url` with the settings in `dir`, once it hears the bus.
+pub async fn gateway(dir: &Path, url: &str) -> (Child, std::net::SocketAddr) {
+    let mut command = aether_testkit::program(PROGRAM);
+    command
+        .arg("--config-dir")
+        .arg(dir)
+        .arg("--nats")
+        .arg(url)
+        .env("AETHER__GATEWAY__LISTEN", "127.0.0.1:0")
+        .env("AETHER__AETHER__REPORT__INSTANCE", "gateway-1")
+        .stderr(Stdio::null());
+    let (child, addr) = super::spawn_serving(command, BOUND).await;
+    let probe_side = Aether::connect(AetherConfig {
+        nats: NatsConfig {
+            urls: vec![url.to_string()],
+            ..NatsConfig::default()
+        },
+        ..AetherConfig::default()
+    })
+    .await
+    .unwrap();
+    let probe = Vibrator::create("probe", &probe_side).await.unwrap();
+    eventually("the gateway hears the bus", BOUND, || async {
+        probe.emit_wave("probe.ping", 0).await.unwrap();
+        let text = get(addr, "/metrics").await.body;
+        (observed(&text, "probe.ping") > 0).then_some(())
+    })
+    .await;
+    probe_side.close();
+    (child, addr)
+}
+
+pub fn service(bin: &str, dir: &Path, url: &str, instance: &str, args: &[&str]) -> Child {
+    let mut command = aether_testkit::program(bin);
+    command
+        .arg("--config-dir")
+        .arg(dir)
+        .arg("--nats")
+        .arg(url)
+        .args(args)
+        .env("AETHER__AETHER__REPORT__INSTANCE", instance)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    command.spawn().unwrap()
+}
+
+pub async fn programs() -> (String, String) {
+    let [beta, alpha] = super::service_programs(PROGRAM).await;
+    (beta, alpha)
+}
