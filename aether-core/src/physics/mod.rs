@@ -47,7 +47,9 @@
 //! # Windows, time and bounds
 //!
 //! Two waves interfere when they share a channel and a correlation key and
-//! were emitted within `coherence_window_ms` of each other. A wave's time is
+//! were emitted within `coherence_window_ms` of each other. "A channel" is
+//! the wave's own, or the first of [`PhysicsConfig::correlate`] its channel
+//! matches ([`PhysicsEngine::correlated_on`]). A wave's time is
 //! its emission time ([`Wave::emitted_at`]); a wave not emitted yet is
 //! observed at the time given to [`PhysicsEngine::detect_at`], or now. The
 //! engine reads no clock of its own otherwise, so it can be driven by the
