@@ -517,12 +517,14 @@ mod tests {
         ))
         .unwrap();
         let settings = load(&text, &[]).unwrap();
-        // The shipped settings turn instance reports on, and make the
-        // saga's channels durable; the library's defaults do neither.
+        // The shipped settings turn instance reports on, make the saga's
+        // channels durable and correlate beta's two answers; the library's
+        // defaults do none of it.
         let mut shipped = AetherConfig::default();
         shipped.report.interval_ms = 1000;
         shipped.durability.channels = vec!["orders.*".into(), "inventory.*".into()];
         shipped.durability.ack_wait_ms = 5000;
+        shipped.physics.correlate = vec!["inventory.*".into()];
         assert_eq!(settings.aether, shipped);
         // And bridge the collaborative board's map.
         let mut gateway = GatewayConfig::default();
