@@ -20,11 +20,10 @@ use std::{
 };
 
 use aether_testkit::NatsServer;
-use nix::sys::signal::{Signal, kill};
 use serde_json::Value;
 use support::{
     eventually, get,
-    programs::{gateway, pid, programs, service, summary},
+    programs::{gateway, programs, service, shipped_bus, stop_gateway, summary},
     sample,
 };
 use tokio::process::Child;
@@ -163,18 +162,8 @@ struct Flow {
 impl Flow {
     async fn start(faults: bool) -> Self {
         let (beta_bin, alpha_bin) = programs().await;
-        let server = NatsServer::builder()
-            .jetstream(true)
-            .start()
-            .await
-            .expect("nats-server");
+        let (server, dir) = shipped_bus().await;
         let url = server.url();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::copy(
-            Path::new(CONFIG).join("default.toml"),
-            dir.path().join("default.toml"),
-        )
-        .unwrap();
         let (gateway, addr) = gateway(dir.path(), &url).await;
         let args: &[&str] = if faults { &["--faults"] } else { &[] };
         let beta = service(&beta_bin, dir.path(), &url, "beta-1", args);
@@ -220,13 +209,7 @@ impl Flow {
 
     async fn stop(self) -> std::collections::HashMap<String, u64> {
         let beta = summary(self.beta, "service-beta:", true).await;
-        let mut gateway = self.gateway;
-        kill(pid(&gateway), Signal::SIGTERM).unwrap();
-        let status = tokio::time::timeout(BOUND, gateway.wait())
-            .await
-            .expect("the gateway exits")
-            .unwrap();
-        assert!(status.success(), "{status}");
+        stop_gateway(self.gateway).await;
         drop(self.prometheus.child);
         beta
     }

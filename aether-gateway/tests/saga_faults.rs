@@ -14,12 +14,11 @@ use aether_testkit::NatsServer;
 use nix::sys::signal::{Signal, kill};
 use support::{
     eventually, get, observed,
-    programs::{gateway, pid, programs, service, summary},
+    programs::{gateway, pid, programs, service, shipped_bus, stop_gateway, summary},
     sample,
 };
 
 const BOUND: Duration = Duration::from_secs(20);
-const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/default.toml");
 
 /// nats-server killed with SIGKILL while alpha orders at 200 a second, and
 /// restarted on the same port 3 s later: every order is answered exactly
@@ -29,15 +28,9 @@ const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/default.to
 async fn a_nats_restart_loses_no_order() {
     let (beta_bin, alpha_bin) = programs().await;
     tokio::time::timeout(Duration::from_secs(90), async {
-        let mut server = NatsServer::builder()
-            .jetstream(true)
-            .start()
-            .await
-            .expect("nats-server");
+        let (mut server, dir) = shipped_bus().await;
         let url = server.url();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::copy(SHIPPED, dir.path().join("default.toml")).unwrap();
-        let (mut gateway, addr) = gateway(dir.path(), &url).await;
+        let (gateway, addr) = gateway(dir.path(), &url).await;
         let beta = service(&beta_bin, dir.path(), &url, "beta-1", &[]);
         let alpha = service(
             &alpha_bin,
@@ -83,12 +76,7 @@ async fn a_nats_restart_loses_no_order() {
             (seen == want).then_some(())
         })
         .await;
-        kill(pid(&gateway), Signal::SIGTERM).unwrap();
-        let status = tokio::time::timeout(BOUND, gateway.wait())
-            .await
-            .expect("the gateway exits")
-            .unwrap();
-        assert!(status.success(), "{status}");
+        stop_gateway(gateway).await;
     })
     .await
     .expect("bounded");
@@ -110,7 +98,7 @@ async fn a_stalled_services_drops_reach_the_gateway() {
              [alpha]\ndrain_ms = 100\n",
         )
         .unwrap();
-        let (mut gateway, addr) = gateway(dir.path(), &url).await;
+        let (gateway, addr) = gateway(dir.path(), &url).await;
         let beta = service(&beta_bin, dir.path(), &url, "beta-1", &[]);
         let metric = "aether_instance_dropped_waves{instance=\"beta-1\",reason=\"queue_full\"}";
         eventually("beta reports", BOUND, || async {
@@ -158,12 +146,7 @@ async fn a_stalled_services_drops_reach_the_gateway() {
             beta["dropped queue_full"], seen,
             "the gateway's count for beta is beta's own"
         );
-        kill(pid(&gateway), Signal::SIGTERM).unwrap();
-        let status = tokio::time::timeout(BOUND, gateway.wait())
-            .await
-            .expect("the gateway exits")
-            .unwrap();
-        assert!(status.success(), "{status}");
+        stop_gateway(gateway).await;
     })
     .await
     .expect("bounded");

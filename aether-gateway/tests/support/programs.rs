@@ -15,6 +15,31 @@ use super::{eventually, get, observed};
 /// The gateway program of these tests.
 pub const PROGRAM: &str = env!("CARGO_BIN_EXE_aether-gateway");
 const BOUND: Duration = Duration::from_secs(20);
+/// The repository's settings, as shipped.
+pub const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/default.toml");
+
+/// A nats-server with JetStream, and a settings folder holding the shipped
+/// settings (the saga's channels durable, beta's answers correlated).
+pub async fn shipped_bus() -> (aether_testkit::NatsServer, tempfile::TempDir) {
+    let server = aether_testkit::NatsServer::builder()
+        .jetstream(true)
+        .start()
+        .await
+        .expect("nats-server");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(SHIPPED, dir.path().join("default.toml")).unwrap();
+    (server, dir)
+}
+
+/// Stops the gateway program with SIGTERM and checks that it exits 0.
+pub async fn stop_gateway(mut gateway: Child) {
+    kill(pid(&gateway), Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(BOUND, gateway.wait())
+        .await
+        .expect("the gateway exits")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
 
 pub fn pid(child: &Child) -> Pid {
     Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap())
