@@ -35,8 +35,9 @@ async fn chromium_sees_waves_arrive_on_the_dashboard() {
             } else {
                 Phase::RETRACT
             };
+            // Markup in a key is shown as text, never run.
             let wave = Wave::builder("orders.created")
-                .correlation_key(format!("order-{}", n / 2))
+                .correlation_key(format!("<i>order</i>-{}", n / 2))
                 .phase(phase)
                 .json(&n)
                 .build()
@@ -98,5 +99,11 @@ async fn chromium_sees_waves_arrive_on_the_dashboard() {
     // The resonance graph and the interference list were drawn too.
     assert!(dom.contains("<circle"), "no graph: {dom}");
     assert!(dom.contains("badge cancellation"), "no event: {dom}");
+    // Each event with what it means and its waves, phases and sources.
+    assert!(dom.contains("conflicting messages"), "no diagnosis: {dom}");
+    assert!(dom.contains("<ol class=\"involved\"><li>+"), "no waves: {dom}");
+    assert!(dom.contains("shop · retract") || dom.contains("shop \u{b7} retract"), "{dom}");
+    assert!(dom.contains("&lt;i&gt;order&lt;/i&gt;"), "the key as text: {dom}");
+    assert!(!dom.contains("<i>order</i>"), "markup from the bus ran: {dom}");
     gateway.stop().await.unwrap();
 }
