@@ -65,6 +65,19 @@ struct FamilyState {
     rate: Option<f64>,
 }
 
+impl FamilyState {
+    /// A family labelled `label`, nothing counted yet.
+    fn new(metrics: &Metrics, label: &str) -> Self {
+        Self {
+            counter: metrics.waves_observed.with_label_values(&[label]),
+            waves: 0,
+            amplitude_sum: 0.0,
+            waves_at_last_snapshot: 0,
+            rate: None,
+        }
+    }
+}
+
 /// What the observer is told to do.
 pub(crate) struct ObserverParts {
     pub(crate) vibrator: Vibrator,
@@ -91,6 +104,9 @@ pub(crate) struct Observer {
     parts: ObserverParts,
     aether: Aether,
     families: Families<FamilyState>,
+    /// The families interference events were correlated on (a pattern such
+    /// as `inventory.*` is one of its own), each with its label.
+    event_families: Families<Box<str>>,
     events: Option<PhysicsEvents>,
     recent: VecDeque<EventRow>,
     phase_tolerance: f64,
@@ -114,6 +130,7 @@ impl Observer {
         let events = parts.physics.as_ref().map(Physics::events);
         Self {
             families: Families::new(parts.max_families),
+            event_families: Families::new(parts.max_families),
             events,
             recent: VecDeque::with_capacity(parts.recent_events),
             phase_tolerance: aether.config().physics.phase_tolerance,
@@ -138,13 +155,7 @@ impl Observer {
         for family in &state.families {
             let entry = self
                 .families
-                .get_or_insert_with(&family.family, |label| FamilyState {
-                    counter: metrics.waves_observed.with_label_values(&[label]),
-                    waves: 0,
-                    amplitude_sum: 0.0,
-                    waves_at_last_snapshot: 0,
-                    rate: None,
-                });
+                .get_or_insert_with(&family.family, |label| FamilyState::new(&metrics, label));
             entry.counter.inc_by(family.waves);
             entry.waves += family.waves;
             entry.waves_at_last_snapshot = entry.waves;
@@ -358,13 +369,7 @@ impl Observer {
         let metrics = &self.parts.metrics;
         let state = self
             .families
-            .get_or_insert_with(family, |label| FamilyState {
-                counter: metrics.waves_observed.with_label_values(&[label]),
-                waves: 0,
-                amplitude_sum: 0.0,
-                waves_at_last_snapshot: 0,
-                rate: None,
-            });
+            .get_or_insert_with(family, |label| FamilyState::new(metrics, label));
         let amplitude = wave.amplitude().value();
         state.counter.inc();
         state.waves += 1;
@@ -379,6 +384,15 @@ impl Observer {
     }
 
     fn record(&mut self, event: &InterferenceEvent) {
+        let family = family_of(event.channel.as_str(), self.parts.family_depth);
+        let label = self
+            .event_families
+            .get_or_insert_with(family, |label| label.into());
+        self.parts
+            .metrics
+            .interference
+            .with_label_values(&[pattern_name(event.pattern), label])
+            .inc();
         if self.recent.len() == self.parts.recent_events {
             self.recent.pop_back();
         }

@@ -101,9 +101,21 @@ async fn chromium_sees_waves_arrive_on_the_dashboard() {
     assert!(dom.contains("badge cancellation"), "no event: {dom}");
     // Each event with what it means and its waves, phases and sources.
     assert!(dom.contains("conflicting messages"), "no diagnosis: {dom}");
-    assert!(dom.contains("<ol class=\"involved\"><li>+"), "no waves: {dom}");
-    assert!(dom.contains("shop · retract") || dom.contains("shop \u{b7} retract"), "{dom}");
-    assert!(dom.contains("&lt;i&gt;order&lt;/i&gt;"), "the key as text: {dom}");
-    assert!(!dom.contains("<i>order</i>"), "markup from the bus ran: {dom}");
+    assert!(
+        dom.contains("<ol class=\"involved\"><li>+"),
+        "no waves: {dom}"
+    );
+    assert!(
+        dom.contains("shop · retract") || dom.contains("shop \u{b7} retract"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("&lt;i&gt;order&lt;/i&gt;"),
+        "the key as text: {dom}"
+    );
+    assert!(
+        !dom.contains("<i>order</i>"),
+        "markup from the bus ran: {dom}"
+    );
     gateway.stop().await.unwrap();
 }

@@ -321,6 +321,20 @@ async fn each_fault_is_found_shown_exported_and_alerted() {
             let series = format!("aether_interference_events_total{{pattern=\"{pattern}\"}}");
             assert!(sample(&text, &series).unwrap_or(0.0) > 0.0, "{series}");
         }
+        // And by the family they were correlated on: the conflict on
+        // beta's two answers as one.
+        let by_family = |pattern: &str, family: &str| {
+            text.lines()
+                .filter(|line| line.starts_with("aether_gateway_interference_events_total{"))
+                .filter(|line| {
+                    line.contains(&format!("pattern=\"{pattern}\""))
+                        && line.contains(&format!("family=\"{family}\""))
+                })
+                .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        assert!(by_family("cancellation", "inventory.*") > 0.0, "{text}");
+        assert!(by_family("standing_wave", "orders.created") > 0.0, "{text}");
         // The dashboard shows the waves involved and who emitted them.
         let snapshot = flow.snapshot().await;
         let events = snapshot["interference"].as_array().unwrap();

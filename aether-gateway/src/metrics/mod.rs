@@ -21,7 +21,8 @@
 //! | `aether_waves_dropped_total` | counter | `reason` | the same, drops by reason |
 //! | `aether_emits_rate_limited_total` | counter | | emits refused by a vibrator's rate limit, on the gateway's aether |
 //! | `aether_reliability_retries_total`, `…_timeouts_total`, `…_breaker_opens_total`, `…_breaker_rejections_total` | counter | | `aether_core::reliable` policies on the gateway's aether |
-//! | `aether_interference_events_total` | counter | `pattern` | `constructive`, `cancellation`, `standing_wave` |
+//! | `aether_interference_events_total` | counter | `pattern` | `constructive`, `cancellation`, `standing_wave` (every event of the engine) |
+//! | `aether_gateway_interference_events_total` | counter | `pattern`, `family` | the events the observer took, by the family of the channel they were correlated on |
 //! | `aether_physics_observed_total`, `aether_physics_skipped_total` | counter | `reason` (skipped) | the physics engine's work |
 //! | `aether_physics_events_lagged_total` | counter | | events followers missed |
 //! | `aether_resonance_edges` | gauge | | edges of the resonance graph |
@@ -71,6 +72,8 @@ pub(crate) const PHASES: [&str; 3] = ["assert", "retract", "other"];
 pub struct Metrics {
     registry: Registry,
     pub(crate) waves_observed: IntCounterVec,
+    /// Interference events taken from the engine, by pattern and family.
+    pub(crate) interference: IntCounterVec,
     pub(crate) by_phase: [IntCounter; 3],
     pub(crate) amplitude: Histogram,
     pub(crate) latency: Histogram,
@@ -119,6 +122,16 @@ impl Metrics {
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
+        let interference = IntCounterVec::new(
+            Opts::new(
+                "aether_gateway_interference_events_total",
+                "Interference events the gateway took from its physics engine, by pattern and \
+                 by the family of the channel they were correlated on (families past the \
+                 configured limit count as \"other\"; events it fell behind on are in \
+                 aether_physics_events_lagged_total).",
+            ),
+            &["pattern", "family"],
+        )?;
         let families = IntGauge::new(
             "aether_gateway_channel_families",
             "Channel family labels in use (at most the configured limit plus \"other\").",
@@ -132,6 +145,7 @@ impl Metrics {
         registry.register(Box::new(amplitude.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(families.clone()))?;
+        registry.register(Box::new(interference.clone()))?;
         registry.register(Box::new(dashboard_clients.clone()))?;
         registry.register(Box::new(scrape::ScrapeCollector::new(sources)?))?;
         Ok(Self {
@@ -141,6 +155,7 @@ impl Metrics {
             amplitude,
             latency,
             families,
+            interference,
             dashboard_clients,
         })
     }
