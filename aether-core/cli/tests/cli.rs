@@ -70,6 +70,19 @@ async fn finish(child: Child) -> (i32, String) {
     )
 }
 
+/// Waits, at most 5 s, until `check` holds: a change a command made reaches
+/// a service's replica a moment after the command exits.
+async fn soon(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn server() -> NatsServer {
     NatsServer::start().await.expect("nats-server starts")
 }
@@ -296,7 +309,10 @@ async fn state_commands_read_and_write_a_map_a_service_holds() {
     ))
     .await;
     assert_eq!(status, 0, "{stderr}");
-    assert_eq!(service.get_json::<f64>("living.temp").unwrap(), Some(21.5));
+    soon("the service sees the set", || {
+        service.get_json::<f64>("living.temp").unwrap() == Some(21.5)
+    })
+    .await;
     let (_, out) = finish(watcher).await;
     let change: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(
@@ -315,7 +331,10 @@ async fn state_commands_read_and_write_a_map_a_service_holds() {
     );
     let (status, _, _) = run(aether(&url, &["state", "delete", "home", "hall.light"])).await;
     assert_eq!(status, 0);
-    assert_eq!(service.get("hall.light"), None);
+    soon("the service sees the delete", || {
+        service.get("hall.light").is_none()
+    })
+    .await;
     let (status, _, stderr) = run(aether(&url, &["state", "get", "home", "hall.light"])).await;
     assert_eq!(status, 1);
     assert!(stderr.contains("is not set"), "{stderr}");
