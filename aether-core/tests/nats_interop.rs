@@ -440,3 +440,36 @@ async fn garbage_off_the_wire_is_refused_counted_and_the_stream_goes_on() {
     .await
     .expect("bounded");
 }
+
+/// A wave larger than the largest message (`nats.max_wave_bytes`, the
+/// server's `max_payload` by default) is refused at `emit` with a typed
+/// error that says what to do, rather than accepted and lost when the
+/// server refuses it; a large wave under it arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_over_the_largest_message_is_refused_at_emit() {
+    let (_server, aether, _raw) = setup().await;
+    let mut rx = Vibrator::create("rx", &aether).await.unwrap();
+    rx.resonate_on("big.*").await.unwrap();
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    for size in [1_100_000, 2_000_000] {
+        let err = tx
+            .emit(Wave::new("big.one", vec![b'a'; size]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), aether_core::EmitErrorKind::Medium, "{err}");
+        assert!(err.to_string().contains("nats.max_wave_bytes"), "{err}");
+    }
+    let wave = Wave::new("big.two", vec![b'b'; 100_000]);
+    let heard = timeout(LIMIT, async {
+        loop {
+            tx.emit(wave.clone()).await.unwrap();
+            if let Ok(Some(wave)) = timeout(Duration::from_millis(200), rx.receive()).await {
+                break wave;
+            }
+        }
+    })
+    .await
+    .expect("the 100 KB wave arrives");
+    assert_eq!(heard.payload_bytes().len(), 100_000);
+    assert_eq!(aether.stats().dropped(DropReason::Unsent), 0);
+}

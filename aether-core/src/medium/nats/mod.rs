@@ -256,6 +256,11 @@ impl NatsMedium {
         {
             return None;
         }
+        // A payload near the largest message takes the path that measures
+        // its envelope and refuses it when too large.
+        if wave.payload_bytes().len() + NEAR_LIMIT > shared.limits.max_body_bytes {
+            return None;
+        }
         let version = shared.config.nats.wire_version;
         if shared.security.is_enabled() {
             let subject = self.subject_of(wave.channel());
@@ -280,6 +285,7 @@ impl NatsMedium {
         subject: Subject,
         body: bytes::Bytes,
     ) -> Result<(), EmitError> {
+        self.shared.check_size(&body)?;
         if let Some(batcher) = &self.batcher {
             return batcher.send(subject, body).await;
         }
@@ -855,7 +861,29 @@ async fn options(
     Ok(options)
 }
 
+/// How near the largest message a payload takes the measured path: more
+/// than any envelope's fields and a batch entry's framing.
+const NEAR_LIMIT: usize = 4096;
+
 impl Shared {
+    /// Refuses an envelope larger than `nats.max_wave_bytes` (by default
+    /// the server's own `max_payload`): no aether would take it off the
+    /// wire, and the server would refuse it after `emit` returned.
+    fn check_size(&self, body: &[u8]) -> Result<(), EmitError> {
+        let max = self.limits.max_body_bytes;
+        if body.len() > max {
+            return Err(EmitError::new(
+                EmitErrorKind::Medium,
+                format!(
+                    "the wave's envelope is {} bytes, over the largest message of {max} bytes \
+                     (nats.max_wave_bytes; the server's max_payload): send a smaller payload",
+                    body.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether an emit may go straight to the client: connected, as the
     /// connection's events last said (a wave sent just after a loss nobody
     /// noticed yet waits in the client's own queue), and nothing waiting in
@@ -940,6 +968,7 @@ async fn send(
     reply: Option<String>,
     body: bytes::Bytes,
 ) -> Result<(), EmitError> {
+    shared.check_size(&body)?;
     if shared.may_bypass_outbox() {
         return publish_with(client, subject, reply, body)
             .await
