@@ -58,3 +58,42 @@ pub fn subject_channel(prefix: &str, subject: &str) -> Option<Channel> {
     channel.validate_concrete().ok()?;
     Some(channel)
 }
+
+/// The name of the durable JetStream consumer through which a resonance
+/// on the subject `pattern_subject` reads a durable channel: `owner` is the
+/// vibrator's name, or its group's when `grouped`. Readable (the owner's
+/// name, up to 32 characters, others than `A-Z a-z 0-9 - _` written `_`)
+/// and a hash of what it is and the subject, so that each resonance has its
+/// own and finds it again after a restart. Known in advance, so that NATS
+/// permissions can name the consumers a user may make and read
+/// (`NatsPermissions::with_jetstream`).
+///
+/// ```
+/// use aether_core::subject::durable_consumer_name;
+///
+/// let name = durable_consumer_name("service-beta", false, "aether.orders.>");
+/// assert!(name.starts_with("service-beta-"));
+/// assert_ne!(name, durable_consumer_name("service-beta", true, "aether.orders.>"));
+/// ```
+pub fn durable_consumer_name(owner: &str, grouped: bool, pattern_subject: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(if grouped { b"group\0" } else { b"vibra\0" });
+    hash.update(owner.as_bytes());
+    hash.update(b"\0");
+    hash.update(pattern_subject.as_bytes());
+    let digest = hash.finalize();
+    let readable: String = owner
+        .chars()
+        .take(32)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{readable}-{hex}")
+}

@@ -12,8 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aether_core::{
     Aether, AetherConfig, Channel, DropReason, EmitErrorKind, ReflectionReason, ResonateErrorKind,
     Secret, Vibrator, Wave,
-    config::{AclRule, HoppingBase, NatsConfig, SecurityConfig},
+    config::{AclRule, DurabilityConfig, HoppingBase, NatsConfig, SecurityConfig},
     hopping::HopKey,
+    subject::durable_consumer_name,
     wire,
 };
 use aether_testkit::{Auth, ClientAuth, NatsServer, RawNats, User};
@@ -65,6 +66,14 @@ fn over(url: &str, security: SecurityConfig) -> AetherConfig {
             ..Default::default()
         },
         security,
+        ..Default::default()
+    }
+}
+
+/// Orders and answers durable, in the stream `AETHER`.
+fn durability() -> DurabilityConfig {
+    DurabilityConfig {
+        channels: vec!["orders.*".into(), "inventory.*".into()],
         ..Default::default()
     }
 }
@@ -571,7 +580,16 @@ async fn durable_channels_and_reports_work_under_the_generated_permissions() {
                 user: rule.source.clone(),
                 password: format!("{}-pw", rule.source),
                 extra: {
-                    let mut permissions = rule.nats_permissions("aether").with_jetstream("AETHER");
+                    let mut permissions = rule.nats_permissions("aether").with_jetstream(
+                        rule,
+                        "aether",
+                        &durability(),
+                        &[],
+                    );
+                    if rule.source == "gateway" {
+                        // The gateway's user manages the stream here.
+                        permissions = permissions.managing_stream("AETHER");
+                    }
                     // The test server's own readiness probe logs in as a user.
                     permissions.subscribe.push("_TESTKIT_INBOX.>".into());
                     permissions.to_server_config()
@@ -589,17 +607,19 @@ async fn durable_channels_and_reports_work_under_the_generated_permissions() {
             config.nats.auth.user = Some(user.into());
             config.nats.auth.password = Some(Secret::new(format!("{user}-pw")));
             config.nats.inbox_prefix = Some(format!("aether._INBOX.{user}"));
-            config.durability.channels = vec!["orders.*".into()];
+            config.durability = durability();
+            config.durability.manage_stream = user == "gateway";
             config.report.interval_ms = 100;
             config.report.instance = Some(format!("{user}.1"));
             config
         };
+        // The gateway's user, which manages the stream and may hear every
+        // channel, reads reports.
+        let gateway_aether = Aether::connect(login("gateway")).await.unwrap();
         let alpha_aether = Aether::connect(login("alpha")).await.unwrap();
         let beta_aether = Aether::connect(login("beta")).await.unwrap();
         let mut beta = Vibrator::create("beta", &beta_aether).await.unwrap();
         beta.resonate_on("orders.*").await.unwrap();
-        // The gateway's user, which may hear every channel, reads reports.
-        let gateway_aether = Aether::connect(login("gateway")).await.unwrap();
         let mut reports = Vibrator::create("gateway", &gateway_aether).await.unwrap();
         reports.resonate_on("_report.*").await.unwrap();
         let alpha = Vibrator::create("alpha", &alpha_aether).await.unwrap();
@@ -690,6 +710,211 @@ async fn reports_are_sent_only_where_they_can_be_signed() {
         }
         assert_eq!(watcher_side.stats().dropped(DropReason::Forged), 0);
         drop((unsigned, signed));
+    })
+    .await
+    .expect("bounded");
+}
+
+/// On a bus shared by several NATS users, the generated JetStream
+/// permissions let each user use its own durable consumers and nothing
+/// else: a user allowed only `metrics.*` cannot make a consumer of the
+/// orders, change or shrink the stream, read its messages directly, nor
+/// pull from or acknowledge for beta's consumer; a user with a consumer of
+/// its own cannot stretch its filter to the orders; a program that does
+/// not manage the stream says so when it is missing. And the saga runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_may_use_only_its_own_durable_consumers() {
+    timeout(Duration::from_secs(60), async {
+        let mut rules = rules();
+        rules.push(AclRule {
+            source: "mallory".into(),
+            emit: vec!["metrics.*".into()],
+            resonate: vec!["metrics.*".into()],
+        });
+        rules.push(AclRule {
+            source: "operator".into(),
+            emit: vec![],
+            resonate: vec![],
+        });
+        let users = rules
+            .iter()
+            .map(|rule| User {
+                user: rule.source.clone(),
+                password: format!("{}-pw", rule.source),
+                extra: {
+                    let mut permissions = rule.nats_permissions("aether").with_jetstream(
+                        rule,
+                        "aether",
+                        &durability(),
+                        &["workers"],
+                    );
+                    if rule.source == "operator" {
+                        permissions = permissions.managing_stream("AETHER");
+                    }
+                    permissions.subscribe.push("_TESTKIT_INBOX.>".into());
+                    permissions.to_server_config()
+                },
+            })
+            .collect();
+        let server = NatsServer::builder()
+            .jetstream(true)
+            .auth(Auth::Users(users))
+            .start()
+            .await
+            .unwrap();
+        let login = |user: &str| {
+            let mut config = over(&server.url(), SecurityConfig::default());
+            config.nats.auth.user = Some(user.into());
+            config.nats.auth.password = Some(Secret::new(format!("{user}-pw")));
+            config.nats.inbox_prefix = Some(format!("aether._INBOX.{user}"));
+            config.durability = durability();
+            config.durability.manage_stream = user == "operator";
+            config
+        };
+        // Before the stream exists, a program that does not manage it
+        // refuses to start and says who makes it.
+        let error = Aether::connect(login("beta"))
+            .await
+            .expect_err("the stream is missing");
+        assert!(error.to_string().contains("manage_stream"), "{error}");
+        let _operator = Aether::connect(login("operator")).await.unwrap();
+        let alpha_aether = Aether::connect(login("alpha")).await.unwrap();
+        let beta_aether = Aether::connect(login("beta")).await.unwrap();
+        let mut beta = Vibrator::create("beta", &beta_aether).await.unwrap();
+        beta.resonate_on("orders.*").await.unwrap();
+        let mut alpha = Vibrator::create("alpha", &alpha_aether).await.unwrap();
+        alpha.resonate_on("inventory.*").await.unwrap();
+        for n in 0..3 {
+            alpha.emit_wave("orders.created", n).await.unwrap();
+        }
+
+        let raw_as = |user: &'static str| {
+            let addr = server.addr();
+            async move {
+                RawNats::connect_with(
+                    addr,
+                    ClientAuth::UserPassword {
+                        user: user.into(),
+                        password: format!("{user}-pw"),
+                    },
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let consumer = |name: &str, filter: &str| {
+            serde_json::json!({
+                "stream_name": "AETHER",
+                "config": {
+                    "durable_name": name,
+                    "filter_subject": filter,
+                    "ack_policy": "explicit",
+                    "deliver_policy": "all",
+                }
+            })
+            .to_string()
+        };
+        let beta_consumer = durable_consumer_name("beta", false, "aether.orders.>");
+        let attacks = [
+            // Its own consumer of the orders, under any name or none.
+            (
+                "$JS.API.CONSUMER.CREATE.AETHER.mallory-1.aether.orders.>".to_string(),
+                consumer("mallory-1", "aether.orders.>"),
+            ),
+            (
+                "$JS.API.CONSUMER.CREATE.AETHER".to_string(),
+                consumer("", "aether.orders.>"),
+            ),
+            (
+                "$JS.API.CONSUMER.DURABLE.CREATE.AETHER.mallory-2".to_string(),
+                consumer("mallory-2", "aether.orders.>"),
+            ),
+            // The replies into the stream; the stream cut to one message.
+            (
+                "$JS.API.STREAM.UPDATE.AETHER".to_string(),
+                serde_json::json!({
+                    "name": "AETHER",
+                    "subjects": ["aether.orders.>", "aether.inventory.>", "aether._INBOX.>"],
+                    "max_msgs": 1,
+                })
+                .to_string(),
+            ),
+            ("$JS.API.STREAM.PURGE.AETHER".to_string(), "{}".to_string()),
+            ("$JS.API.STREAM.DELETE.AETHER".to_string(), String::new()),
+            // Its messages read directly.
+            (
+                "$JS.API.STREAM.MSG.GET.AETHER".to_string(),
+                r#"{"seq":1}"#.to_string(),
+            ),
+            (
+                "$JS.API.DIRECT.GET.AETHER".to_string(),
+                r#"{"seq":1}"#.to_string(),
+            ),
+            // Beta's consumer: pulled from, acknowledged for, deleted.
+            (
+                format!("$JS.API.CONSUMER.MSG.NEXT.AETHER.{beta_consumer}"),
+                r#"{"batch":5}"#.to_string(),
+            ),
+            (
+                format!("$JS.ACK.AETHER.{beta_consumer}.1.1.1.1.0"),
+                String::new(),
+            ),
+            (
+                format!("$JS.API.CONSUMER.DELETE.AETHER.{beta_consumer}"),
+                String::new(),
+            ),
+        ];
+        for (subject, body) in &attacks {
+            let mut raw = raw_as("mallory").await;
+            raw.subscribe("aether._INBOX.mallory.x", 1, None)
+                .await
+                .unwrap();
+            raw.publish(subject, Some("aether._INBOX.mallory.x"), body.as_bytes())
+                .await
+                .unwrap();
+            let error = raw.ping().await.expect_err(subject).to_string();
+            assert!(
+                error.contains("Permissions Violation for Publish"),
+                "{subject}: {error}"
+            );
+        }
+        // alpha may make its own consumer, but only with its own filter.
+        let alpha_consumer = durable_consumer_name("alpha", false, "aether.inventory.>");
+        let mut raw = raw_as("alpha").await;
+        raw.subscribe("aether._INBOX.alpha.x", 1, None)
+            .await
+            .unwrap();
+        raw.publish(
+            &format!("$JS.API.CONSUMER.CREATE.AETHER.{alpha_consumer}.aether.inventory.>"),
+            Some("aether._INBOX.alpha.x"),
+            consumer(&alpha_consumer, "aether.orders.>").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let answer = raw
+            .next_message(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .expect("JetStream answers");
+        let answer: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
+        assert!(answer.get("error").is_some(), "{answer}");
+
+        // The saga: beta takes every order and answers; alpha hears them.
+        for n in 0..3 {
+            let order = timeout(Duration::from_secs(10), beta.receive())
+                .await
+                .expect("every order arrives")
+                .unwrap();
+            assert_eq!(order.json::<i32>().unwrap(), n);
+            beta.emit_wave("inventory.reserved", n).await.unwrap();
+        }
+        for n in 0..3 {
+            let answer = timeout(Duration::from_secs(10), alpha.receive())
+                .await
+                .expect("every answer arrives")
+                .unwrap();
+            assert_eq!(answer.json::<i32>().unwrap(), n);
+        }
     })
     .await
     .expect("bounded");

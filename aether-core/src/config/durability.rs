@@ -57,9 +57,18 @@ pub struct DurabilityConfig {
     /// inner or trailing, `>`). Empty (the default): none.
     pub channels: Vec<String>,
     /// The JetStream stream that stores them: created at connect, or
-    /// updated to these settings. One stream per subject prefix. Default
-    /// `AETHER`.
+    /// updated to these settings (with `manage_stream`). One stream per
+    /// subject prefix. Default `AETHER`.
     pub stream: String,
+    /// Whether this program creates the stream and updates it to these
+    /// settings (the default), or only uses it: with `false` it looks the
+    /// stream up at connect, and refuses to start, saying why, if it is
+    /// missing or does not hold these channels. On a bus shared by several
+    /// NATS users, one user manages the stream (its permissions from
+    /// `NatsPermissions::managing_stream`) and every program runs with
+    /// `false` and the permissions of `NatsPermissions::with_jetstream`, which
+    /// let it use its own consumers and nothing else.
+    pub manage_stream: bool,
     /// `file` (the default) or `memory`.
     pub storage: DurableStorage,
     /// How long the stream remembers a wave id to drop a second copy, in
@@ -101,6 +110,7 @@ impl Default for DurabilityConfig {
         Self {
             channels: Vec::new(),
             stream: "AETHER".to_string(),
+            manage_stream: true,
             storage: DurableStorage::File,
             duplicate_window_ms: 120_000,
             max_age_ms: 0,

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, check};
+use super::{ConfigError, DurabilityConfig, check};
 use crate::{Channel, Secret};
 
 /// Shortest signing key accepted, in bytes. Use 32 random bytes.
@@ -178,26 +178,116 @@ pub struct HoppingBase {
 }
 
 impl NatsPermissions {
-    /// Adds what durable channels need of JetStream for the stream
-    /// `stream` (`[aether.durability] stream`): its API for this stream only
-    /// (look it up, create or update it, create, look up and pull from its
-    /// consumers) and the acknowledgements of its deliveries. JetStream
-    /// answers on the client's inbox, which the user may read already.
-    pub fn with_jetstream(mut self, stream: &str) -> Self {
+    /// Adds what the durable channels of `rule`'s user need of JetStream,
+    /// and nothing more, for the stream of `durability` under subject
+    /// prefix `prefix`:
+    ///
+    /// - the stream: look it up (`$JS.API.STREAM.INFO.<stream>`); never
+    ///   create, update, purge or delete it, nor read its messages directly
+    ///   ([`NatsPermissions::managing_stream`] is for the one user that
+    ///   manages it; run the others with `durability.manage_stream = false`);
+    /// - its consumers: only those of the rule's resonate patterns that lie
+    ///   within a durable channel, by the names the aether gives them
+    ///   ([`crate::subject::durable_consumer_name`]): one for the source's
+    ///   vibrator, and one for each of `groups` (the groups its vibrators
+    ///   resonate in). For each: create it with that filter only
+    ///   (`$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`; the server
+    ///   refuses a filter in the request that differs from the subject's),
+    ///   look it up, pull from it, acknowledge its deliveries.
+    ///
+    /// A vibrator that resonates durably on a pattern narrower than the one
+    /// its rule names reads through a consumer named after that pattern:
+    /// name it in the rule too. A rule for every source (`*`) names no
+    /// consumer. JetStream answers on the client's inbox, which the user
+    /// may read already.
+    ///
+    /// ```
+    /// use aether_core::config::{AclRule, DurabilityConfig};
+    ///
+    /// let beta = AclRule {
+    ///     source: "beta".into(),
+    ///     emit: vec!["inventory.*".into()],
+    ///     resonate: vec!["orders.*".into()],
+    /// };
+    /// let durability = DurabilityConfig {
+    ///     channels: vec!["orders.*".into()],
+    ///     manage_stream: false,
+    ///     ..Default::default()
+    /// };
+    /// let permissions = beta
+    ///     .nats_permissions("aether")
+    ///     .with_jetstream(&beta, "aether", &durability, &[]);
+    /// let consumer = aether_core::subject::durable_consumer_name("beta", false, "aether.orders.>");
+    /// assert!(permissions.publish.contains(&format!("$JS.API.CONSUMER.MSG.NEXT.AETHER.{consumer}")));
+    /// assert!(!permissions.publish.iter().any(|s| s.contains("STREAM.UPDATE")));
+    /// ```
+    pub fn with_jetstream(
+        mut self,
+        rule: &AclRule,
+        prefix: &str,
+        durability: &DurabilityConfig,
+        groups: &[&str],
+    ) -> Self {
+        let stream = &durability.stream;
+        self.publish.extend([
+            "$JS.API.INFO".to_string(),
+            format!("$JS.API.STREAM.INFO.{stream}"),
+        ]);
+        if rule.source == "*" {
+            return self;
+        }
+        let durable = durability.patterns();
+        let owners = std::iter::once((rule.source.as_str(), false))
+            .chain(groups.iter().map(|group| (*group, true)));
+        for (owner, grouped) in owners {
+            for pattern in &rule.resonate {
+                let pattern = Channel::new(pattern);
+                if pattern.is_system()
+                    || !durable.iter().any(|d| crate::channel::covers(d, &pattern))
+                {
+                    continue;
+                }
+                let filter = crate::subject::pattern_subject(prefix, &pattern);
+                let name = crate::subject::durable_consumer_name(owner, grouped, &filter);
+                self.publish.extend([
+                    format!("$JS.API.CONSUMER.CREATE.{stream}.{name}.{filter}"),
+                    format!("$JS.API.CONSUMER.INFO.{stream}.{name}"),
+                    format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}"),
+                    // Acknowledgements, in the form servers send now and
+                    // in the form with a domain and an account hash.
+                    format!("$JS.ACK.{stream}.{name}.>"),
+                    format!("$JS.ACK.*.*.{stream}.{name}.>"),
+                ]);
+            }
+        }
+        unique(&mut self.publish);
+        self
+    }
+
+    /// Adds the management of the stream `stream` (`[aether.durability]
+    /// stream`): look it up, create it, update it to the program's
+    /// settings. For the one user that manages the stream (a program run
+    /// with `durability.manage_stream = true`, the default, or an operator's
+    /// tool); whoever holds these rights can change what the stream keeps
+    /// (its subjects, its limits), so every other user gets
+    /// [`NatsPermissions::with_jetstream`] only. Deleting or purging the
+    /// stream is left to the server's operator.
+    pub fn managing_stream(mut self, stream: &str) -> Self {
         self.publish.extend([
             "$JS.API.INFO".to_string(),
             format!("$JS.API.STREAM.INFO.{stream}"),
             format!("$JS.API.STREAM.CREATE.{stream}"),
             format!("$JS.API.STREAM.UPDATE.{stream}"),
-            format!("$JS.API.CONSUMER.CREATE.{stream}"),
-            format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
-            format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>"),
-            format!("$JS.API.CONSUMER.INFO.{stream}.>"),
-            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"),
-            format!("$JS.ACK.{stream}.>"),
         ]);
+        unique(&mut self.publish);
         self
     }
+}
+
+/// Drops later copies of a subject, keeping the first's place.
+fn unique(subjects: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    subjects.retain(|s| seen.insert(s.clone()));
 }
 
 impl AclRule {

@@ -45,7 +45,6 @@ use async_nats::{
     },
 };
 use futures_util::StreamExt;
-use sha2::{Digest, Sha256};
 use tokio::{
     sync::{Notify, mpsc},
     task::AbortHandle,
@@ -171,15 +170,22 @@ impl Durable {
             acker,
         });
         if shared.counters.state() == ConnectionState::Connected {
-            durable.ensure_stream().await.map_err(|e| {
+            durable.ready_stream().await.map_err(|e| {
+                let advice = if durable.config.manage_stream {
+                    "check that JetStream is enabled on the server, that this user may \
+                     manage the stream (NatsPermissions::managing_stream), and, on a \
+                     cluster that is starting, that it has elected its leaders (then start \
+                     again)"
+                } else {
+                    "with durability.manage_stream = false the stream is made by the user \
+                     that manages it (NatsPermissions::managing_stream): start that program \
+                     first, or check that this user may look the stream up \
+                     (NatsPermissions::with_jetstream)"
+                };
                 ConnectError::new(
                     ConnectErrorKind::Config,
                     format!(
-                        "cannot create or update the JetStream stream {:?} for \
-                         durability.channels: {e}; check that JetStream is enabled on the \
-                         server, that this user may use the stream's API \
-                         (NatsPermissions::with_jetstream), and, on a cluster that is \
-                         starting, that it has elected its leaders (then start again)",
+                        "cannot use the JetStream stream {:?} for durability.channels: {e}; {advice}",
                         durable.config.stream
                     ),
                 )
@@ -324,6 +330,43 @@ impl Durable {
         }
     }
 
+    /// The stream, ready to store: created or updated to these settings
+    /// when this program manages it, else looked up and checked to hold
+    /// every durable channel of this program.
+    async fn ready_stream(&self) -> Result<(), StreamNotReady> {
+        if self.config.manage_stream {
+            return self
+                .ensure_stream()
+                .await
+                .map_err(|e| StreamNotReady(e.to_string()));
+        }
+        let stream = self
+            .js
+            .get_stream(&self.config.stream)
+            .await
+            .map_err(|e| StreamNotReady(format!("cannot look it up: {e}")))?;
+        let held = &stream.cached_info().config.subjects;
+        let missing: Vec<&String> = self
+            .subjects
+            .iter()
+            .filter(|subject| {
+                // Subjects read as patterns: `>` is the trailing wildcard.
+                let wanted = Channel::new(subject.as_str());
+                !held
+                    .iter()
+                    .any(|h| channel::covers(&Channel::new(h.as_str()), &wanted))
+            })
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(StreamNotReady(format!(
+                "it does not hold the subjects {missing:?} (it holds {held:?}); the user that \
+                 manages it adds them"
+            )))
+        }
+    }
+
     async fn ensure_stream(&self) -> Result<(), jetstream::context::CreateStreamError> {
         let Some(replicas) = self.replicas().await else {
             return Err(jetstream::context::CreateStreamError::new(
@@ -434,8 +477,9 @@ impl Durable {
             Ok(consumer) => Ok(consumer),
             Err(first) => {
                 // The stream may be missing (created by nobody yet, or the
-                // server lost it): make it and try once more.
-                self.ensure_stream().await.map_err(failed)?;
+                // server lost it): make it (if this program manages it) and
+                // try once more.
+                self.ready_stream().await.map_err(failed)?;
                 self.js
                     .create_consumer_on_stream(config.clone(), stream)
                     .await
@@ -461,7 +505,7 @@ impl Durable {
         let filter = subject::pattern_subject(&shared.prefix, &pattern);
         let grouped = group.is_some();
         let owner = group.as_deref().unwrap_or(inbox.name().as_str());
-        let name = consumer_name(owner, grouped, &filter);
+        let name = subject::durable_consumer_name(owner, grouped, &filter);
         let config = pull::Config {
             durable_name: Some(name),
             description: Some(format!(
@@ -507,6 +551,11 @@ impl Durable {
     }
 }
 
+/// The stream cannot be used now.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct StreamNotReady(String);
+
 /// The consumer could not be made.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot create the durable consumer: {0}")]
@@ -514,31 +563,6 @@ struct ConsumerFailed(String);
 
 fn failed(e: impl std::fmt::Display) -> ConsumerFailed {
     ConsumerFailed(e.to_string())
-}
-
-/// The durable consumer's name: the vibrator's (or group's) name, readable,
-/// and a hash of what it is and the subject, so each resonance has its own
-/// and the same resonance finds it again after a restart.
-fn consumer_name(owner: &str, grouped: bool, subject: &str) -> String {
-    let mut hash = Sha256::new();
-    hash.update(if grouped { b"group\0" } else { b"vibra\0" });
-    hash.update(owner.as_bytes());
-    hash.update(b"\0");
-    hash.update(subject.as_bytes());
-    let digest = hash.finalize();
-    let readable: String = owner
-        .chars()
-        .take(32)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{readable}-{hex}")
 }
 
 /// Sends the durable outbox, in order, whenever it holds waves and the
@@ -561,9 +585,9 @@ async fn flush(durable: Arc<Durable>, shared: Arc<Shared>) {
         durable.outbox.set_flushing(true);
         let mut sent = 0usize;
         let mut failed = false;
-        match durable.ensure_stream().await {
+        match durable.ready_stream().await {
             Err(error) => {
-                tracing::warn!(%error, "cannot create the durable stream; keeping the outbox");
+                tracing::warn!(%error, "the durable stream cannot be used now; keeping the outbox");
                 failed = true;
             }
             Ok(()) => {
@@ -764,15 +788,27 @@ mod tests {
 
     #[test]
     fn consumer_names_are_stable_distinct_and_valid() {
-        let a = consumer_name("billing.eu", false, "aether.orders.>");
-        assert_eq!(a, consumer_name("billing.eu", false, "aether.orders.>"));
+        let a = subject::durable_consumer_name("billing.eu", false, "aether.orders.>");
+        assert_eq!(
+            a,
+            subject::durable_consumer_name("billing.eu", false, "aether.orders.>")
+        );
         assert!(a.starts_with("billing_eu-"), "{a}");
         assert!(
             a.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         );
-        assert_ne!(a, consumer_name("billing_eu", false, "aether.orders.>"));
-        assert_ne!(a, consumer_name("billing.eu", true, "aether.orders.>"));
-        assert_ne!(a, consumer_name("billing.eu", false, "aether.orders.*"));
+        assert_ne!(
+            a,
+            subject::durable_consumer_name("billing_eu", false, "aether.orders.>")
+        );
+        assert_ne!(
+            a,
+            subject::durable_consumer_name("billing.eu", true, "aether.orders.>")
+        );
+        assert_ne!(
+            a,
+            subject::durable_consumer_name("billing.eu", false, "aether.orders.*")
+        );
     }
 }
