@@ -4,11 +4,16 @@
 //! is new; the window makes a captured wave worthless once taken, and
 //! worthless everywhere once it is old.
 //!
-//! Each subscription remembers the waves it took (by id, hop count and
-//! whether it is a reflection) for `window` on either side of the clock.
-//! Memory is bounded: past `capacity` waves the oldest remembered one is
-//! forgotten and its stamp becomes a floor, and waves stamped at or before
-//! the floor are refused too, so forgetting never lets a replay through.
+//! What receives remembers the waves it took (by id, hop count and whether
+//! it is a reflection) for `window` on either side of the clock: a plain
+//! subscription its own, the members of a group in one aether one memory
+//! between them (a group takes a wave once, whichever member NATS gives a
+//! copy to). Memory is bounded: past `capacity` waves the oldest remembered
+//! one is forgotten and its stamp becomes a floor, and waves stamped at or
+//! before the floor are refused too, so forgetting never lets a replay
+//! through. A fresh memory starts with its floor at its start, less
+//! [`START_SKEW`]: it cannot know what was taken before it (by a process
+//! that restarted, say), so it takes nothing stamped earlier.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -19,6 +24,10 @@ use smol_str::SmolStr;
 
 use crate::{Wave, WaveId};
 
+/// How far before its start a fresh memory still takes waves: the clock
+/// skew between hosts it allows, and the waves in flight when it started.
+pub(crate) const START_SKEW: Duration = Duration::from_secs(1);
+
 /// The replay windows of one subscription, one per source: what one
 /// source sends (a flood of waves stamped ahead, say) fills its own memory
 /// and moves its own floor, never another's. Where signatures are required
@@ -28,14 +37,19 @@ use crate::{Wave, WaveId};
 pub(crate) struct Replays {
     window: Duration,
     capacity: usize,
+    /// Waves stamped at or before this are refused by every source's
+    /// window: they may have been taken before this memory started.
+    start_floor_ns: u64,
     by_source: HashMap<SmolStr, ReplayWindow>,
 }
 
 impl Replays {
-    pub(crate) fn new(window: Duration, capacity: usize) -> Self {
+    /// A memory that takes nothing stamped at or before `start_floor_ns`.
+    pub(crate) fn new(window: Duration, capacity: usize, start_floor_ns: u64) -> Self {
         Self {
             window,
             capacity,
+            start_floor_ns,
             by_source: HashMap::new(),
         }
     }
@@ -43,10 +57,14 @@ impl Replays {
     /// [`ReplayWindow::admit`] in the window of `wave`'s source.
     pub(crate) fn admit(&mut self, wave: &Wave, now_ns: u64) -> bool {
         let source = SmolStr::new(wave.source().unwrap_or(""));
-        let (window, capacity) = (self.window, self.capacity);
+        let (window, capacity, floor) = (self.window, self.capacity, self.start_floor_ns);
         self.by_source
             .entry(source)
-            .or_insert_with(|| ReplayWindow::new(window, capacity))
+            .or_insert_with(|| {
+                let mut memory = ReplayWindow::new(window, capacity);
+                memory.floor_ns = floor;
+                memory
+            })
             .admit(wave, now_ns)
     }
 }
@@ -182,9 +200,24 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_memory_takes_nothing_stamped_before_it_started() {
+        let now = 1_000 * SECOND;
+        let mut replays = Replays::new(Duration::from_secs(30), 8, now - SECOND);
+        assert!(
+            !replays.admit(&wave_at(now - 2 * SECOND), now),
+            "before its start"
+        );
+        assert!(!replays.admit(&wave_at(now - SECOND), now), "at its floor");
+        assert!(
+            replays.admit(&wave_at(now - SECOND / 2), now),
+            "within the skew"
+        );
+    }
+
+    #[test]
     fn one_source_filling_its_memory_leaves_the_others_alone() {
         let now = 1_000 * SECOND;
-        let mut replays = Replays::new(Duration::from_secs(30), 8);
+        let mut replays = Replays::new(Duration::from_secs(30), 8, 0);
         // mallory floods waves stamped 25 s ahead, past its memory.
         for n in 0..100 {
             let mut wave = Wave::new("orders.created", "x");

@@ -189,11 +189,14 @@ impl Security {
         Ok(())
     }
 
-    /// A fresh replay window for one subscription, where signatures are
-    /// required ([`crate::replay`]).
+    /// A fresh replay memory, where signatures are required
+    /// ([`crate::replay`]): it takes nothing stamped before now, less
+    /// [`crate::replay::START_SKEW`].
     pub(crate) fn replay_window(&self) -> Option<Replays> {
+        let start =
+            crate::wave::unix_nanos().saturating_sub(crate::replay::START_SKEW.as_nanos() as u64);
         self.require_signatures
-            .then(|| Replays::new(self.replay_window, self.replay_memory))
+            .then(|| Replays::new(self.replay_window, self.replay_memory, start))
     }
 
     /// Whether waves of `source` would be refused as forged where they

@@ -919,3 +919,113 @@ async fn a_user_may_use_only_its_own_durable_consumers() {
     .await
     .expect("bounded");
 }
+
+/// Where signatures are required, a group takes a captured wave played
+/// again once, whichever of its members NATS gives each copy to; and a
+/// resonance that starts after a wave was stamped does not take it when it
+/// is played again within the replay window (a restarted service would
+/// act on it twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_pass_neither_a_group_nor_a_fresh_resonance() {
+    timeout(LIMIT, async {
+        let server = NatsServer::start().await.unwrap();
+        let url = server.url();
+        let receiving = Aether::connect(over(&url, strict())).await.unwrap();
+        let sending = Aether::connect(over(&url, strict())).await.unwrap();
+        let mut members = Vec::new();
+        for _ in 0..3 {
+            let mut member = Vibrator::create("beta", &receiving).await.unwrap();
+            member
+                .resonate_in_group("orders.*", "workers")
+                .await
+                .unwrap();
+            members.push(member);
+        }
+        let alpha = Vibrator::create("alpha", &sending).await.unwrap();
+        let mut raw = RawNats::connect(server.addr()).await.unwrap();
+        raw.subscribe("aether.orders.created", 1, None)
+            .await
+            .unwrap();
+        raw.ping().await.unwrap();
+        // Until the group is heard (its subscriptions reach the server).
+        let taken_by = |members: &mut Vec<Vibrator>| {
+            let mut taken = 0;
+            for member in members.iter_mut() {
+                while member.try_receive().is_some() {
+                    taken += 1;
+                }
+            }
+            taken
+        };
+        let first = 'first: loop {
+            alpha.emit_wave("orders.created", "order 7").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            for member in members.iter_mut() {
+                if let Some(wave) = member.try_receive() {
+                    break 'first wave;
+                }
+            }
+        };
+        let captured = loop {
+            let message = raw
+                .next_message(Duration::from_secs(5))
+                .await
+                .unwrap()
+                .unwrap();
+            let wave = wire::decode(
+                Channel::new("orders.created"),
+                message.payload.clone().into(),
+                &wire::Limits::default(),
+            )
+            .unwrap();
+            if wave.id() == first.id() {
+                break message.payload;
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        taken_by(&mut members);
+        let replays_before = receiving.stats().dropped(DropReason::Replay);
+        for _ in 0..30 {
+            raw.publish("aether.orders.created", None, &captured)
+                .await
+                .unwrap();
+        }
+        raw.ping().await.unwrap();
+        until_dropped(&receiving, DropReason::Replay, replays_before + 30).await;
+        assert_eq!(taken_by(&mut members), 0, "a member took a replay");
+
+        // A resonance started after the wave: a restarted service.
+        tokio::time::sleep(crate_start_skew()).await;
+        let later = Aether::connect(over(&url, strict())).await.unwrap();
+        let mut restarted = Vibrator::create("beta", &later).await.unwrap();
+        restarted.resonate_on("orders.*").await.unwrap();
+        let mut probe = Vibrator::create("beta", &later).await.unwrap();
+        probe.resonate_on("orders.*").await.unwrap();
+        // Heard once the subscription is at the server: a fresh wave.
+        loop {
+            alpha.emit_wave("orders.created", "fresh").await.unwrap();
+            if let Ok(Some(_)) = timeout(Duration::from_millis(100), probe.receive()).await {
+                break;
+            }
+        }
+        while timeout(Duration::from_millis(100), restarted.receive())
+            .await
+            .is_ok()
+        {}
+        let before = later.stats().dropped(DropReason::Replay);
+        raw.publish("aether.orders.created", None, &captured)
+            .await
+            .unwrap();
+        raw.ping().await.unwrap();
+        until_dropped(&later, DropReason::Replay, before + 1).await;
+        quiet(&mut restarted).await;
+    })
+    .await
+    .expect("bounded");
+}
+
+/// A little more than the skew a fresh replay memory allows before its
+/// start (1 s).
+fn crate_start_skew() -> Duration {
+    Duration::from_millis(1_100)
+}

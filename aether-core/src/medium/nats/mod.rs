@@ -22,7 +22,7 @@ mod probe;
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, Weak,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -118,6 +118,25 @@ struct Shared {
     wake_flusher: Notify,
     /// Signing keys and access rules.
     security: Arc<Security>,
+    /// The replay memory of each group this aether resonates in, shared by
+    /// its members here, while one lives.
+    group_replays: Mutex<HashMap<Arc<str>, Weak<Mutex<Replays>>>>,
+}
+
+impl Shared {
+    /// The replay memory of group `group` in this aether: the one its other
+    /// members here use, or a fresh one (`None` where signatures are not
+    /// required).
+    fn group_replays(&self, group: &Arc<str>) -> Option<Arc<Mutex<Replays>>> {
+        let mut groups = self.group_replays.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(memory) = groups.get(group).and_then(Weak::upgrade) {
+            return Some(memory);
+        }
+        let memory = Arc::new(Mutex::new(self.security.replay_window()?));
+        groups.retain(|_, memory| memory.strong_count() > 0);
+        groups.insert(group.clone(), Arc::downgrade(&memory));
+        Some(memory)
+    }
 }
 
 impl NatsMedium {
@@ -142,6 +161,7 @@ impl NatsMedium {
             outbox: Outbox::new(nats.outbox_capacity),
             wake_flusher: Notify::new(),
             security,
+            group_replays: Mutex::new(HashMap::new()),
         });
         shared.counters.set_state(ConnectionState::Disconnected);
         let options = options(config, &shared).await?;
@@ -458,7 +478,7 @@ impl NatsMedium {
                         .queue_subscribe(subject, group.to_string())
                         .await,
                     inbox,
-                    Some(resonance),
+                    Some((resonance, group)),
                 )
             }
             Listener::Replies(_) => {
@@ -1059,9 +1079,13 @@ async fn forward(
     shared: Arc<Shared>,
     inbox: Arc<Inbox>,
     id: SubscriptionId,
-    group: Option<GroupResonance>,
+    group: Option<(GroupResonance, Arc<str>)>,
 ) {
-    let mut last = LastChannel::new(&shared);
+    let mut last = match &group {
+        // The group takes a wave once, whichever member gets a copy.
+        Some((_, name)) => LastChannel::with_replays(shared.group_replays(name)),
+        None => LastChannel::new(&shared),
+    };
     let grouped = group.is_some();
     while let Some(message) = subscriber.next().await {
         if !arrive(&shared, &inbox, id, grouped, message, &mut last) {
@@ -1171,7 +1195,7 @@ async fn forward_hopping(mut subscriber: Subscriber, shared: Arc<Shared>, gate: 
 #[derive(Default)]
 pub(super) struct LastChannel {
     last: Option<(Subject, Channel)>,
-    replays: Option<Replays>,
+    replays: Option<Arc<Mutex<Replays>>>,
     /// A core NATS subscription (not a durable consumer's).
     core: bool,
     /// The source name last decoded, checked once for a run of waves from
@@ -1185,9 +1209,19 @@ impl LastChannel {
     /// copies must not be refused as replays (the handed-out memory drops
     /// the ones already taken).
     fn new(shared: &Shared) -> Self {
+        Self::with_replays(
+            shared
+                .security
+                .replay_window()
+                .map(|r| Arc::new(Mutex::new(r))),
+        )
+    }
+
+    /// For a core NATS subscription whose replay memory is `replays`.
+    fn with_replays(replays: Option<Arc<Mutex<Replays>>>) -> Self {
         Self {
             last: None,
-            replays: shared.security.replay_window(),
+            replays,
             core: true,
             sources: Default::default(),
         }
@@ -1400,8 +1434,11 @@ fn take_envelope(
         shared.stats.dropped(reason);
         return None;
     }
-    if let Some(replays) = &mut last.replays
-        && !replays.admit(&wave, crate::wave::unix_nanos())
+    if let Some(replays) = &last.replays
+        && !replays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(&wave, crate::wave::unix_nanos())
     {
         shared.stats.dropped(DropReason::Replay);
         return None;
