@@ -461,6 +461,30 @@ impl Aether {
         self.inner.medium.subscribe(pattern, listener).await
     }
 
+    /// `wave` as it is kept at rest (a journal, an archive): with its
+    /// payload sealed as it travels on the wire when its channel's payloads
+    /// are sealed (`[[aether.security.encryption]]`), else as it is. What
+    /// is sealed on the wire stays sealed on disk; [`Aether::open_at_rest`]
+    /// reads it back where the key is held.
+    pub fn sealed_at_rest(&self, wave: &Wave) -> Wave {
+        let subject =
+            crate::subject::channel_subject(&self.inner.config.nats.subject_prefix, wave.channel());
+        self.inner
+            .security
+            .seal(&subject, wave)
+            .unwrap_or_else(|| wave.clone())
+    }
+
+    /// Opens a wave kept by [`Aether::sealed_at_rest`]: a sealed payload is
+    /// replaced by what it holds. `Err(DropReason::Undecryptable)` when this
+    /// aether holds no key for it, another key, or the bytes were changed,
+    /// or when its channel's payloads are sealed and it was kept in clear.
+    pub fn open_at_rest(&self, wave: &mut Wave) -> Result<(), DropReason> {
+        let subject =
+            crate::subject::channel_subject(&self.inner.config.nats.subject_prefix, wave.channel());
+        self.inner.security.open(&subject, wave)
+    }
+
     /// The aether's signatures and access rules.
     pub(crate) fn security(&self) -> &Arc<Security> {
         &self.inner.security

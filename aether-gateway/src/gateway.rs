@@ -126,6 +126,7 @@ impl GatewayBuilder {
             let (sender, receiver) = std::sync::mpsc::sync_channel(config.journal.queue_capacity);
             let link = JournalLink {
                 sender,
+                aether: aether.clone(),
                 patterns: config.journal.patterns(),
                 metrics: journal_metrics.clone(),
                 snapshot_interval: Duration::from_millis(config.journal.snapshot_interval_ms),

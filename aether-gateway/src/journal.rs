@@ -314,18 +314,25 @@ pub(crate) enum Command {
 /// The observer's end of the journal.
 pub(crate) struct JournalLink {
     pub(crate) sender: SyncSender<Command>,
+    /// The gateway's aether: a wave whose channel's payloads are sealed is
+    /// journaled sealed, as it travelled.
+    pub(crate) aether: aether_core::Aether,
     pub(crate) patterns: Vec<Channel>,
     pub(crate) metrics: JournalMetrics,
     pub(crate) snapshot_interval: Duration,
 }
 
 impl JournalLink {
-    /// Queues `wave` if its channel is journaled; never waits.
+    /// Queues `wave` if its channel is journaled, sealed if its channel's
+    /// payloads are; never waits.
     pub(crate) fn offer(&self, wave: &Wave, now_ms: u64) {
         if !self.patterns.iter().any(|p| wave.channel().matches(p)) {
             return;
         }
-        match self.sender.try_send(Command::Wave(wave.clone(), now_ms)) {
+        match self
+            .sender
+            .try_send(Command::Wave(self.aether.sealed_at_rest(wave), now_ms))
+        {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.metrics

@@ -105,6 +105,15 @@ pub async fn replay(
         ..Default::default()
     };
     for (_, _, mut wave) in selected.waves {
+        // Kept sealed when its channel's payloads are: opened with this
+        // aether's key, or not replayed.
+        if let Err(reason) = aether.open_at_rest(&mut wave) {
+            if report.refused == 0 {
+                tracing::warn!(%reason, channel = %wave.channel(), "a journaled wave cannot be opened here; not replayed");
+            }
+            report.refused += 1;
+            continue;
+        }
         match amplitude {
             Some(a) => wave
                 .reamplify(a)

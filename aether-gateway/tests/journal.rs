@@ -386,3 +386,91 @@ async fn a_slow_journal_drops_and_counts_and_never_slows_the_bus() {
     let numbers: Vec<u64> = waves.iter().map(|w| w.json().unwrap()).collect();
     assert!(numbers.windows(2).all(|p| p[0] < p[1]), "in order");
 }
+
+/// A gateway that holds a sealed channel's key journals that channel's
+/// payloads sealed, as they travelled: the secret is nowhere in the
+/// journal's files, the record decodes as a sealed wave, and a replay with
+/// the key gives the payload back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_payloads_stay_sealed_in_the_journal() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        const KEY: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
+        const SECRET: &str = "the-combination-is-1234";
+        let server = NatsServer::start().await.expect("nats-server starts");
+        let url = server.url();
+        let settings = tempfile::tempdir().unwrap();
+        let journal_dir = settings.path().join("journal");
+        let sealing =
+            format!("[[aether.security.encryption]]\nchannels = [\"vault.*\"]\nkey = \"{KEY}\"\n");
+        std::fs::write(
+            settings.path().join("default.toml"),
+            format!(
+                "{sealing}[gateway]\nlisten = \"127.0.0.1:0\"\nsnapshot_interval_ms = 100\n\
+                 [gateway.journal]\nenabled = true\ndir = {:?}\nchannels = [\"vault.*\"]\n\
+                 fsync = \"always\"\n",
+                journal_dir.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let (mut gateway, addr) = start_gateway(settings.path(), &url).await;
+        let mut config = AetherConfig {
+            nats: NatsConfig {
+                urls: vec![url.clone()],
+                reconnect_delay_max_ms: 100,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        config.security.encryption = vec![aether_core::config::EncryptionRule {
+            channels: vec!["vault.*".into()],
+            key: Some(aether_core::Secret::new(KEY)),
+            key_file: None,
+            key_env: None,
+        }];
+        let aether = Aether::connect(config.clone()).await.unwrap();
+        let shop = Vibrator::create("shop", &aether).await.unwrap();
+        eventually("the gateway journals a sealed wave", BOUND, || async {
+            shop.emit_wave("vault.opened", SECRET).await.unwrap();
+            let seen = metric(addr, "aether_gateway_journal_records_total").await;
+            seen.is_some_and(|n| n >= 1.0).then_some(())
+        })
+        .await;
+        gateway.kill().await.unwrap();
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&journal_dir).unwrap() {
+            files.push(std::fs::read(entry.unwrap().path()).unwrap());
+        }
+        assert!(!files.is_empty());
+        for bytes in &files {
+            assert!(
+                !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+                "the secret payload is in the journal in clear"
+            );
+        }
+        let waves = journaled(&journal_dir);
+        assert!(!waves.is_empty());
+        assert!(waves.iter().all(|w| w.is_sealed()), "journaled sealed");
+
+        // Replayed by a gateway with the key: the payload, opened.
+        let mut listener = Vibrator::create("listener", &aether).await.unwrap();
+        listener.resonate_on("vault.*").await.unwrap();
+        let output = aether_testkit::program(PROGRAM)
+            .arg("--config-dir")
+            .arg(settings.path())
+            .args(["replay", "--nats", &url, "--channels", "vault.*"])
+            .args(["--from", "0", "--to", "9999999999999"])
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}");
+        assert!(stdout.contains("0 refused"), "{stdout}");
+        let wave = tokio::time::timeout(BOUND, listener.receive())
+            .await
+            .expect("the replayed wave")
+            .unwrap();
+        assert_eq!(wave.json::<String>().unwrap(), SECRET);
+    })
+    .await
+    .expect("bounded");
+}

@@ -433,8 +433,10 @@ impl Wave {
 }
 
 impl Wave {
-    /// Whether its payload is sealed (on its way over the network).
-    pub(crate) fn is_sealed(&self) -> bool {
+    /// Whether its payload is sealed: on its way over the network, or kept
+    /// at rest ([`crate::Aether::sealed_at_rest`]); its payload is then a
+    /// nonce, the sealed bytes and their tag.
+    pub fn is_sealed(&self) -> bool {
         self.flags & SEALED != 0
     }
 
