@@ -32,7 +32,13 @@ pub struct Options {
 #[derive(Debug, Clone, Args)]
 pub struct Connection {
     /// NATS server URL (repeat for a cluster; nats:// or tls://).
-    #[arg(long, value_name = "URL", global = true, env = "AETHER_NATS")]
+    #[arg(
+        long,
+        value_name = "URL",
+        global = true,
+        env = "AETHER_NATS",
+        hide_env_values = true
+    )]
     pub nats: Vec<String>,
     /// The settings directory the programs read (its [aether] section:
     /// servers, TLS, credentials, signing, hopping); flags given here win.

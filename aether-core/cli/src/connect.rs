@@ -81,7 +81,8 @@ pub fn config(connection: &Connection) -> Result<AetherConfig, Failure> {
 /// Connects to the bus the flags name.
 pub async fn connect(connection: &Connection) -> Result<Aether, Failure> {
     let config = config(connection)?;
-    let urls = config.nats.urls.join(", ");
+    // Credentials in a URL are never printed.
+    let urls = config.nats.redacted_urls().join(", ");
     Aether::connect(config).await.map_err(|error| {
         let hint = match error.kind() {
             ConnectErrorKind::Unreachable => format!(

@@ -66,14 +66,42 @@ pub fn age(at: Option<SystemTime>) -> String {
     }
 }
 
-/// Text with every control character escaped (`\u{1b}`), newlines too.
+/// Whether `c` reorders the text around it on a terminal: the Unicode
+/// bidirectional controls (embeddings, overrides, isolates, marks). Text
+/// from the network could hide what it says behind them.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
+/// Text with every control character escaped (`\u{1b}`), newlines too, and
+/// the bidirectional controls (`\u{202e}`).
 pub fn safe(text: &str) -> String {
     text.chars()
         .flat_map(|c| {
-            if c.is_control() {
+            if c.is_control() || is_bidi_control(c) {
                 c.escape_default().collect::<Vec<_>>()
             } else {
                 vec![c]
+            }
+        })
+        .collect()
+}
+
+/// JSON text with the bidirectional controls inside it written as JSON
+/// escapes (`\u202e`): the same value, shown as it is.
+pub fn json_safe(json: String) -> String {
+    if !json.chars().any(is_bidi_control) {
+        return json;
+    }
+    json.chars()
+        .map(|c| {
+            if is_bidi_control(c) {
+                format!("\\u{:04x}", u32::from(c))
+            } else {
+                c.to_string()
             }
         })
         .collect()
@@ -86,8 +114,9 @@ pub fn payload_text(bytes: &[u8]) -> String {
         return "(empty)".into();
     }
     if let Ok(value) = serde_json::from_slice::<Value>(bytes) {
-        // serde_json escapes control characters inside strings.
-        return serde_json::to_string_pretty(&value).unwrap_or_default();
+        // serde_json escapes control characters inside strings; the
+        // bidirectional controls are escaped here.
+        return json_safe(serde_json::to_string_pretty(&value).unwrap_or_default());
     }
     match std::str::from_utf8(bytes) {
         Ok(text) => safe(text),
@@ -125,6 +154,11 @@ pub fn wave_text(wave: &Wave) -> String {
     let body = payload_text(wave.payload_bytes());
     let body: Vec<String> = body.lines().map(|l| format!("  {l}")).collect();
     format!("{head}\n{}", body.join("\n"))
+}
+
+/// A JSON value as one line, with the bidirectional controls escaped.
+pub fn json_line(value: &Value) -> String {
+    json_safe(value.to_string())
 }
 
 /// One wave as a JSON object, for one line.
@@ -184,6 +218,20 @@ mod tests {
         assert_eq!(payload_of(r#"{ "a" : 1 }"#), Bytes::from(r#"{"a":1}"#));
         assert_eq!(payload_of("plain words"), Bytes::from("plain words"));
         assert_eq!(payload_of("21.5"), Bytes::from("21.5"));
+    }
+
+    #[test]
+    fn bidirectional_controls_never_reach_the_terminal() {
+        let hostile = "invoice\u{202e}fdp.exe\u{2066}x\u{200f}";
+        let shown = safe(hostile);
+        assert!(!shown.chars().any(is_bidi_control), "{shown:?}");
+        assert!(shown.contains("\\u{202e}"), "{shown:?}");
+        let json = json_line(&serde_json::json!({ "key": hostile }));
+        assert!(!json.chars().any(is_bidi_control), "{json}");
+        let back: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(back["key"], hostile, "the same value");
+        let pretty = payload_text(serde_json::to_string(&hostile).unwrap().as_bytes());
+        assert!(!pretty.chars().any(is_bidi_control), "{pretty}");
     }
 
     #[test]

@@ -111,7 +111,7 @@ async fn act(map: &StateMap, command: StateCommand, heartbeat: Duration) -> Resu
                     .iter()
                     .map(|(k, v)| (k.clone(), value_json(v)))
                     .collect();
-                println!("{}", Value::Object(object));
+                println!("{}", show::json_line(&Value::Object(object)));
             } else {
                 let width = entries
                     .iter()
@@ -146,7 +146,7 @@ async fn act(map: &StateMap, command: StateCommand, heartbeat: Duration) -> Resu
                 };
                 seen += 1;
                 if json {
-                    println!("{}", change_json(&change));
+                    println!("{}", show::json_line(&change_json(&change)));
                 } else {
                     println!("{}", change_text(&change));
                 }

@@ -34,7 +34,10 @@ pub async fn run(connection: &Connection, args: StatsArgs) -> Result<(), Failure
     }
     if args.json {
         for report in latest.values() {
-            println!("{}", serde_json::to_string(report).unwrap_or_default());
+            println!(
+                "{}",
+                show::json_safe(serde_json::to_string(report).unwrap_or_default())
+            );
         }
     } else {
         print!("{}", table(&latest));

@@ -55,7 +55,7 @@ pub async fn listen(connection: &Connection, args: ListenArgs) -> Result<(), Fai
         };
         heard += 1;
         if args.json {
-            println!("{}", show::wave_json(&wave));
+            println!("{}", show::json_line(&show::wave_json(&wave)));
         } else {
             println!("{}", show::wave_text(&wave));
         }
@@ -158,7 +158,7 @@ pub async fn request(connection: &Connection, args: RequestArgs) -> Result<(), F
             Failure::runtime(format!("request on {}: {e}{hint}", args.channel))
         })?;
     if args.json {
-        println!("{}", show::wave_json(&reply));
+        println!("{}", show::json_line(&show::wave_json(&reply)));
     } else {
         println!("{}", show::wave_text(&reply));
     }

@@ -457,3 +457,38 @@ async fn tls_with_a_trusted_ca_and_a_clear_refusal_without() {
     assert_eq!(status, 1);
     assert!(stderr.contains("--tls-cert"), "{stderr}");
 }
+
+/// Credentials in a URL never show: not in the hint of any command that
+/// cannot reach the server, nor in `--help` with `AETHER_NATS` set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_urls_never_show() {
+    const PASSWORD: &str = "hunter2-do-not-print";
+    let url = format!("nats://alice:{PASSWORD}@127.0.0.1:1");
+    for args in [
+        &["emit", "a.b", "x"][..],
+        &["listen", "a.*", "--count", "1"],
+        &["request", "a.b", "x"],
+        &["state", "get", "home", "k"],
+        &["stats", "--wait", "100ms"],
+        &["bench", "--count", "10"],
+    ] {
+        let (status, stdout, stderr) = run(aether(&url, args)).await;
+        assert_eq!(status, 1, "{args:?}: {stderr}");
+        assert!(
+            !stdout.contains(PASSWORD) && !stderr.contains(PASSWORD),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains("127.0.0.1:1"),
+            "{args:?} names the server: {stderr}"
+        );
+    }
+    let mut help = Command::new(env!("CARGO_BIN_EXE_aether"));
+    help.arg("--help").env("AETHER_NATS", &url);
+    let (status, stdout, stderr) = run(help).await;
+    assert_eq!(status, 0);
+    assert!(
+        !stdout.contains(PASSWORD) && !stderr.contains(PASSWORD),
+        "{stdout}"
+    );
+}
