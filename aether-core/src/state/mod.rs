@@ -696,7 +696,7 @@ impl StateMap {
             value,
             writer: shared.node_name.clone(),
         };
-        let Some(logged) = shared.apply(key, entry.clone(), false) else {
+        let Some(logged) = shared.apply(key, entry.clone(), false, true) else {
             return Ok(false);
         };
         let message = Message::Changes {
@@ -1084,30 +1084,59 @@ impl Shared {
         }
     }
 
-    /// Merges one entry here (`repair`: brought by anti-entropy) and tells
-    /// watchers, and the writer if its write lost. `None` if it did not win;
-    /// else its ledger record's sequence number, or why it was not written
-    /// (`None` inside: no ledger).
+    /// Merges one entry here (`repair`: brought by anti-entropy; `local`:
+    /// this replica's own write) and tells watchers, and the writer if its
+    /// write lost. `None` if it did not win; else its ledger record's
+    /// sequence number, or why it was not written (`None` inside: no
+    /// ledger).
+    ///
+    /// The merge, the ledger record and the hand-over to watchers are one
+    /// step under the store's lock: for every key, watchers get the changes
+    /// in the order they were applied (strictly increasing stamps, each
+    /// `old` the previous `new`), whichever tasks and peers wrote them.
     #[allow(clippy::option_option)]
-    fn apply(&self, key: &str, entry: Entry, repair: bool) -> Option<Option<Result<u64, String>>> {
+    fn apply(
+        &self,
+        key: &str,
+        entry: Entry,
+        repair: bool,
+        local: bool,
+    ) -> Option<Option<Result<u64, String>>> {
         let (stamp, writer, new) = (entry.stamp, entry.writer.clone(), entry.value.clone());
         let mut logged = None;
-        let merged = {
-            let mut store = self.lock_store();
-            let copy = self.ledger.as_ref().map(|ledger| (ledger, entry.clone()));
-            let merged = store.merge(key, entry);
-            if let (Merged::Applied(_), Some((ledger, entry))) = (&merged, copy) {
-                let written = ledger.ledger().append(key, &entry, &store);
-                if let Err(error) = &written {
-                    self.counters.ledger_failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(map = %self.map, %error, "a change was not written to the ledger");
-                }
-                logged = Some(written.map_err(|e| e.to_string()));
+        let mut store = self.lock_store();
+        let copy = self.ledger.as_ref().map(|ledger| (ledger, entry.clone()));
+        let merged = store.merge(key, entry);
+        if let (Merged::Applied(_), Some((ledger, entry))) = (&merged, copy) {
+            let written = ledger.ledger().append(key, &entry, &store);
+            if let Err(error) = &written {
+                self.counters.ledger_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(map = %self.map, %error, "a change was not written to the ledger");
             }
-            merged
-        };
+            logged = Some(written.map_err(|e| e.to_string()));
+        }
         let Merged::Applied(old) = merged else {
             self.counters.stale.fetch_add(1, Ordering::Relaxed);
+            // A write of this replica that a higher stamp reached first (a
+            // concurrent write, applied between its stamp and its merge):
+            // it lost, and its writer hears it as it would have later.
+            if local
+                && stamp.node == self.clock.node()
+                && let Some(held) = store.entry(key)
+                && held.stamp.node != self.clock.node()
+            {
+                let _ = self.superseded.send(Superseded {
+                    key: key.to_string(),
+                    mine: stamp,
+                    by: Change {
+                        key: key.to_string(),
+                        old: None,
+                        new: held.value.clone(),
+                        writer: held.writer.to_string(),
+                        stamp: held.stamp,
+                    },
+                });
+            }
             return None;
         };
         self.counters.applied.fetch_add(1, Ordering::Relaxed);
@@ -1132,6 +1161,7 @@ impl Shared {
             });
         }
         let _ = self.changes.send(change);
+        drop(store);
         Some(logged)
     }
 
@@ -1172,7 +1202,7 @@ impl Shared {
                 self.refuse(Refusal::TooOld);
                 continue;
             }
-            let _ = self.apply(&key, entry, repair);
+            let _ = self.apply(&key, entry, repair, false);
         }
     }
 

@@ -422,10 +422,93 @@ pub async fn writes_stamped_elsewhere_merge_by_the_same_rules(m: &dyn Bus) {
     .expect("within the limit");
 }
 
+/// Two replicas, two writer tasks on each, on the same two keys: the
+/// watch of one streams each key's changes strictly in stamp order, each
+/// `old` the previous change's `new`, the last one the key's entry.
+pub async fn watch_streams_each_key_in_stamp_order_under_concurrent_writers(m: &dyn Bus) {
+    timeout(Duration::from_secs(60), async {
+        let config = StateConfig {
+            watch_buffer: 1_000_000,
+            max_writes_per_s: 1_000_000,
+            ..fast()
+        };
+        let open = |aether: Aether, node: &'static str| {
+            let config = config.clone();
+            async move {
+                StateMap::builder("home")
+                    .node(node)
+                    .config(config)
+                    .open(&aether)
+                    .await
+                    .unwrap()
+            }
+        };
+        let a = open(m.aether().await, "a").await;
+        let b = open(m.aether().await, "b").await;
+        let mut watch = a.watch(">");
+        const WRITES: u32 = 2_000;
+        let mut writers = Vec::new();
+        for (n, map) in [a.clone(), a.clone(), b.clone(), b.clone()]
+            .into_iter()
+            .enumerate()
+        {
+            writers.push(tokio::spawn(async move {
+                for i in 0..WRITES {
+                    let key = if i % 2 == 0 { "k0" } else { "k1" };
+                    map.set(key, format!("{n}-{i}")).await.unwrap();
+                    if i % 64 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }));
+        }
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        until("a and b agree", || a.entries() == b.entries()).await;
+        let mut last: std::collections::HashMap<String, aether_core::state::Change> =
+            Default::default();
+        let settled = |last: &std::collections::HashMap<String, aether_core::state::Change>| {
+            ["k0", "k1"]
+                .iter()
+                .all(|k| last.get(*k).map(|c| c.stamp) == a.stamp_of(k).map(|(s, _)| s))
+        };
+        while !settled(&last) {
+            let change = timeout(Duration::from_secs(5), watch.next())
+                .await
+                .expect("the watch streams the rest")
+                .expect("open");
+            if let Some(previous) = last.get(&change.key) {
+                assert!(
+                    change.stamp > previous.stamp,
+                    "{}: {} after {}",
+                    change.key,
+                    change.stamp,
+                    previous.stamp
+                );
+                assert_eq!(
+                    change.old, previous.new,
+                    "{}: old is the previous new",
+                    change.key
+                );
+            } else {
+                assert_eq!(change.old, None, "{}: the first change", change.key);
+            }
+            last.insert(change.key.clone(), change);
+        }
+        assert_eq!(watch.missed(), 0);
+        for key in ["k0", "k1"] {
+            assert_eq!(last[key].new.as_deref(), a.get(key).as_deref(), "{key}");
+        }
+    })
+    .await
+    .expect("within the limit");
+}
+
 #[macro_export]
 macro_rules! state_suite {
     ($factory:expr) => {
-        $crate::state_suite!(@cases $factory; a_write_is_seen_here_at_once_and_by_every_replica_soon, a_late_replica_has_the_whole_state_when_open_returns, watchers_get_each_change_with_old_and_new_values_and_losers_hear_superseded, concurrent_writes_of_one_key_settle_on_the_same_value_everywhere, changes_a_replica_missed_are_repaired_by_anti_entropy, bad_writes_are_typed_errors_and_change_nothing, nodes_own_their_keys_and_see_who_is_there, writes_stamped_elsewhere_merge_by_the_same_rules);
+        $crate::state_suite!(@cases $factory; a_write_is_seen_here_at_once_and_by_every_replica_soon, a_late_replica_has_the_whole_state_when_open_returns, watchers_get_each_change_with_old_and_new_values_and_losers_hear_superseded, concurrent_writes_of_one_key_settle_on_the_same_value_everywhere, changes_a_replica_missed_are_repaired_by_anti_entropy, bad_writes_are_typed_errors_and_change_nothing, nodes_own_their_keys_and_see_who_is_there, writes_stamped_elsewhere_merge_by_the_same_rules, watch_streams_each_key_in_stamp_order_under_concurrent_writers);
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(
