@@ -97,9 +97,9 @@ pub struct AlphaSettings {
     pub items: Vec<String>,
     /// Units of each order, at least 1. Default 1.
     pub qty: u64,
-    /// How long to wait for the answers still due once it stops ordering
-    /// (after `count` orders, or at shutdown), in milliseconds. Default
-    /// 2,000.
+    /// How long to wait for the answers still due after a shutdown, in
+    /// milliseconds (after `count` orders, each is waited for until its
+    /// `answer_deadline_ms` instead). Default 2,000.
     pub drain_ms: u64,
     /// An order still unanswered this long after it was emitted is
     /// counted as overdue (in the summary, with a warning at most once per
@@ -266,8 +266,8 @@ inventory.reserved or inventory.insufficient for each, and emits orders.confirme
 orders.cancelled (phase RETRACT, pi).",
     after_help = "Settings come from DIR/default.toml, then DIR/$AETHER_ENV.toml, then \
 AETHER__SECTION__KEY variables; its own are the [alpha] section (rate_per_s, count, items, \
-qty, drain_ms). With --count it stops after that many orders and their answers; otherwise \
-it runs until SIGINT (Ctrl-C) or SIGTERM. Either way it prints what it did and exits with \
+qty, drain_ms). With --count it stops after that many orders and their answers (each waited \
+for until answer_deadline_ms); otherwise it runs until SIGINT (Ctrl-C) or SIGTERM. Either way it prints what it did and exits with \
 status 0. It serves no HTTP port.\n\nWithout --nats it runs on the embedded medium and \
 talks only to itself: no inventory answers. To reach aether-service-beta and \
 aether-gateway in other processes, give all of them the same --nats URL (or run \
@@ -429,9 +429,10 @@ fn run_prefix() -> String {
 }
 
 /// Emits orders on `aether` as `settings` say and confirms or cancels each
-/// as its answer arrives, until `settings.count` orders have been answered
-/// or `shutdown`; then waits at most `settings.drain_ms` for the answers
-/// still due, flushes the aether (so that no outcome is left unsent when the
+/// as its answer arrives, until `settings.count` orders were made (then
+/// waits for each pending answer until its `answer_deadline_ms`, or
+/// `drain_ms` after a shutdown, whichever comes first) or `shutdown` (then
+/// waits at most `settings.drain_ms` for the answers still due), flushes the aether (so that no outcome is left unsent when the
 /// program exits), and returns what it did. Its vibrator has the aether's
 /// default noise floor and no rate limit; [`run_live`] takes them from
 /// `[service]`, and follows changes.
@@ -487,6 +488,7 @@ pub async fn run_live(
     let mut ticks = order_ticks(current.alpha.rate_per_s);
     let mut drain = Duration::from_millis(current.alpha.drain_ms);
     let mut drain_until = (current.alpha.count == Some(0)).then(|| Instant::now() + drain);
+    let mut stopping = false;
     tracing::info!(
         rate_per_s = current.alpha.rate_per_s,
         count = ?current.alpha.count,
@@ -503,6 +505,12 @@ pub async fn run_live(
         tokio::select! {
             biased;
             () = shutdown.wait(), if ordering => drain_until = Some(Instant::now() + drain),
+            // Asked to stop while waiting for the last answers: at most the
+            // drain time more.
+            () = shutdown.wait(), if !ordering && !stopping => {
+                stopping = true;
+                drain_until = drain_until.map(|until| until.min(Instant::now() + drain));
+            }
             Ok(()) = settings.changed() => {
                 let new = Arc::clone(&settings.borrow_and_update());
                 if new.alpha.rate_per_s != current.alpha.rate_per_s {
@@ -560,7 +568,11 @@ pub async fn run_live(
                     }
                 }
                 if settings.count.is_some_and(|count| report.created >= count) {
-                    drain_until = Some(Instant::now() + drain);
+                    // Every order made: each pending one is waited for
+                    // until its answer deadline (the last order's is the
+                    // latest), or until shutdown.
+                    let deadline = Duration::from_millis(settings.answer_deadline_ms);
+                    drain_until = Some(Instant::now() + deadline.max(drain));
                 }
             }
             _ = checks.tick() => {

@@ -73,12 +73,26 @@ const MAX_PULL_BATCH: usize = 256;
 /// Retry delays of the flusher and the consumers.
 const MIN_RETRY: Duration = Duration::from_millis(50);
 const MAX_RETRY: Duration = Duration::from_secs(2);
+/// Longest wait for one JetStream answer while sending (a publish's
+/// acknowledgement, the stream's look-up when the outbox is sent): short,
+/// so that a request lost with a failed server is tried again at once on
+/// the next, rather than after the whole request timeout. A resend is
+/// harmless: the stream drops a second copy of a wave id.
+const ATTEMPT: Duration = Duration::from_secs(1);
 /// How often a consumer whose queue is full looks again.
 const FULL_QUEUE_WAIT: Duration = Duration::from_millis(5);
 
 /// The durable side of a NATS aether.
 pub(super) struct Durable {
+    /// JetStream with the aether's request timeout: the stream and the
+    /// consumers, at connect.
     js: Context,
+    /// JetStream with [`ATTEMPT`] for each answer: publishes, and the
+    /// stream's look-up when the outbox is sent.
+    js_attempt: Context,
+    /// The stream was made ready (created, updated or checked) since the
+    /// start; looked at again only when a publish says it is missing.
+    stream_ready: std::sync::atomic::AtomicBool,
     /// The connection, for what the server says of its cluster.
     client: Client,
     config: DurabilityConfig,
@@ -152,11 +166,16 @@ impl Durable {
         let js = jetstream::ContextBuilder::new()
             .timeout(shared.config.request_timeout())
             .build(client.clone());
+        let js_attempt = jetstream::ContextBuilder::new()
+            .timeout(shared.config.request_timeout().min(ATTEMPT))
+            .build(client.clone());
         let (acks, to_send) = mpsc::unbounded_channel();
         let acks_in_flight = Arc::new(AtomicUsize::new(0));
         let acker = tokio::spawn(send_acks(to_send, acks_in_flight.clone())).abort_handle();
         let durable = Arc::new(Self {
             js,
+            js_attempt,
+            stream_ready: std::sync::atomic::AtomicBool::new(false),
             client: client.clone(),
             config: config.clone(),
             patterns,
@@ -334,6 +353,23 @@ impl Durable {
     /// when this program manages it, else looked up and checked to hold
     /// every durable channel of this program.
     async fn ready_stream(&self) -> Result<(), StreamNotReady> {
+        self.check_stream().await?;
+        self.stream_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// [`Durable::ready_stream`] unless it was made ready already and no
+    /// publish said it is missing since: when the outbox is sent after a
+    /// reconnect the stream is there (a cluster elects its leader on its
+    /// own), and the first publish tells.
+    async fn ready_stream_once(&self) -> Result<(), StreamNotReady> {
+        if self.stream_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.ready_stream().await
+    }
+
+    async fn check_stream(&self) -> Result<(), StreamNotReady> {
         if self.config.manage_stream {
             return self
                 .ensure_stream()
@@ -405,11 +441,17 @@ impl Durable {
         let publish = PublishMessage::build()
             .payload(entry.body.clone())
             .message_id(format!("{:032x}", entry.id));
-        let ack = self
-            .js
-            .send_publish(entry.subject.clone(), publish)
-            .await?
-            .await?;
+        let sent = async {
+            self.js_attempt
+                .send_publish(entry.subject.clone(), publish)
+                .await?
+                .await
+        };
+        let ack = sent.await.inspect_err(|e| {
+            if e.kind() == PublishErrorKind::StreamNotFound {
+                self.stream_ready.store(false, Ordering::Release);
+            }
+        })?;
         if ack.duplicate {
             tracing::debug!(id = %format_args!("{:032x}", entry.id), "JetStream already held this wave");
         }
@@ -585,15 +627,15 @@ async fn flush(durable: Arc<Durable>, shared: Arc<Shared>) {
         durable.outbox.set_flushing(true);
         let mut sent = 0usize;
         let mut failed = false;
-        match durable.ready_stream().await {
+        match durable.ready_stream_once().await {
             Err(error) => {
-                tracing::warn!(%error, "the durable stream cannot be used now; keeping the outbox");
+                tracing::warn!(%error, waiting = durable.outbox.len(), retry_in = ?delay, "durable waves wait in the outbox until the stream answers; nothing is lost");
                 failed = true;
             }
             Ok(()) => {
                 while let Some(entry) = durable.outbox.front() {
                     if let Err(error) = durable.store(&entry).await {
-                        tracing::warn!(%error, "could not store the durable outbox; keeping the waves");
+                        tracing::warn!(%error, waiting = durable.outbox.len(), retry_in = ?delay, "durable waves wait in the outbox until the stream acknowledges them; nothing is lost");
                         failed = true;
                         break;
                     }
