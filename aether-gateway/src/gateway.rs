@@ -178,7 +178,8 @@ impl GatewayBuilder {
                 metrics.registry(),
                 config.max_instances,
                 Duration::from_millis(config.instance_gone_ms),
-            )?,
+            )?
+            .map_limits(config.max_maps_per_instance, config.max_map_series),
         });
         let mut observer = observer;
         let recovery = restored.map(|(state, tail, recovery)| {

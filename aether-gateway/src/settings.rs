@@ -12,6 +12,8 @@
 //! observer_queue_capacity = 100000
 //! header_read_timeout_ms = 5000 # a request head not whole by then: closed
 //! max_connections = 1024       # more wait until one closes
+//! max_maps_per_instance = 16   # replicas exported per reporting instance
+//! max_map_series = 256         # replicas exported in all (8 to 13 series each)
 //!
 //! [[gateway.hopping]]          # hopping waves of this base count as its family
 //! base = "orders"
@@ -146,6 +148,19 @@ pub struct GatewayConfig {
     /// tracks and exports; a report from one more is refused and counted.
     /// 1 to 10,000, default 256.
     pub max_instances: usize,
+    /// Most replicas of replicated maps exported per instance (from its
+    /// reports); the instance's further replicas are not exported, and are
+    /// counted in `aether_gateway_map_replicas_unexported{reason=
+    /// "max_maps_per_instance"}`. 0 to 64, default 16.
+    pub max_maps_per_instance: usize,
+    /// Most replicas of replicated maps exported in all, over every
+    /// instance: the replicas first exported keep their place, further ones
+    /// are counted in `aether_gateway_map_replicas_unexported{reason=
+    /// "max_map_series"}`. Each replica costs 8 series (up to 13 with
+    /// refusal reasons), some 1 KB of `/metrics` with names of 16 bytes:
+    /// the default bounds them at 3,328 series, about 300 KB, and a scrape
+    /// of some 2 ms. 0 to 10,000, default 256.
+    pub max_map_series: usize,
     /// How long an instance may stay silent before it is marked gone and
     /// its series are removed, in milliseconds. 100 to 3,600,000, default
     /// 5,000 (five reports at the programs' interval).
@@ -246,6 +261,8 @@ impl Default for GatewayConfig {
             max_connections: 1_024,
             max_event_streams: 64,
             max_instances: 256,
+            max_maps_per_instance: 16,
+            max_map_series: 256,
             instance_gone_ms: 5_000,
             bridge: BridgeConfig::default(),
             tls: TlsConfig::default(),
@@ -393,6 +410,18 @@ impl Validate for GatewayConfig {
             self.max_event_streams,
             1..=10_000,
             "must be 1 to 10000",
+        )?;
+        in_range(
+            "max_maps_per_instance",
+            self.max_maps_per_instance,
+            0..=aether_core::report::MAX_REPORTED_MAPS,
+            "must be 0 to 64",
+        )?;
+        in_range(
+            "max_map_series",
+            self.max_map_series,
+            0..=10_000,
+            "must be 0 to 10000",
         )?;
         self.validate_bridge()?;
         if self.tls.cert.is_some() != self.tls.key.is_some() {
@@ -608,6 +637,12 @@ mod tests {
         assert_eq!(gateway.header_read_timeout(), Duration::from_secs(5));
         assert_eq!(gateway.max_connections, 1_024);
         assert_eq!(gateway.max_event_streams, 64);
+        assert_eq!(
+            (gateway.max_maps_per_instance, gateway.max_map_series),
+            (16, 256)
+        );
+        let err = load("[gateway]\nmax_maps_per_instance = 65\n", &[]).unwrap_err();
+        assert_eq!(err.key(), Some("gateway.max_maps_per_instance"));
         let settings = load(
             "[gateway]\nheader_read_timeout_ms = 250\nmax_event_streams = 4\n",
             &[("AETHER__GATEWAY__MAX_CONNECTIONS", "8")],

@@ -36,6 +36,7 @@
 //! | `aether_instance_*` | gauge | `instance` (and `reason` for drops) | each reporting instance's counts, from its reports ([`crate::instances`]) |
 //! | `aether_gateway_instances`, `aether_gateway_instance_reports_refused_total`, `aether_gateway_instances_gone_total` | gauge, counter | `reason` (refused) | the instances tracked, reports refused, instances gone |
 //! | `aether_bridge_connections` | gauge | `map` | browser bridge connections open ([`crate::bridge`]) |
+//! | `aether_gateway_map_replicas_unexported` | gauge | `reason` | replicas listed in reports and not exported: past `max_maps_per_instance` or `max_map_series` |
 //! | `aether_bridge_refused_total` | counter | `reason` | connections refused or closed by a limit ([`crate::bridge::REFUSALS`]) |
 //! | `aether_bridge_writes_total` | counter | `outcome` | pages' writes ([`crate::bridge::WRITE_OUTCOMES`]) |
 //! | `aether_bridge_messages_total` | counter | `direction` | bridge messages in and out |
