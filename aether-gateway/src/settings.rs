@@ -155,7 +155,8 @@ pub struct GatewayConfig {
     /// default 1,024.
     pub max_connections: usize,
     /// Most HTTP connections open at once from one IP address; one more
-    /// is closed at once. 1 to 100,000, default 256.
+    /// is closed at once (behind a reverse proxy, every connection is
+    /// the proxy's). 1 to 100,000, default 256.
     pub max_connections_per_address: usize,
     /// Most `/events` streams (live dashboards) open at once, fewer than
     /// `max_connections`: a further one is answered 503, so that long-lived
@@ -164,7 +165,8 @@ pub struct GatewayConfig {
     pub max_event_streams: usize,
     /// Most `/events` streams open at once from one IP address; one more
     /// is answered 503, so that one address cannot take every stream.
-    /// 1 to 10,000, default 8.
+    /// Behind a reverse proxy every page comes from the proxy's address:
+    /// raise it to the dashboards expected. 1 to 10,000, default 8.
     pub max_event_streams_per_address: usize,
     /// The host names the gateway answers to (the `Host` header, without
     /// its port, compared without case). Empty (the default): any. Set it

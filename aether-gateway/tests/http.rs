@@ -345,6 +345,12 @@ async fn scrapes_get_through_while_silent_sockets_fill_max_connections() {
             silent.push(TcpStream::connect(addr).await.unwrap());
         }
     }
+    let text = gateway.metrics_text();
+    let made_room = r#"aether_gateway_http_connections_closed_total{reason="made_room"}"#;
+    assert!(
+        support::sample(&text, made_room).unwrap_or(0.0) >= 32.0,
+        "{made_room}: {text}"
+    );
     drop(silent);
     gateway.stop().await.unwrap();
 }
@@ -375,6 +381,9 @@ async fn connections_per_address_are_capped() {
     closed_within(&mut one_more, BOUND)
         .await
         .expect("a fourth connection from one address is closed");
+    let text = gateway.metrics_text();
+    let refused = r#"aether_gateway_http_connections_closed_total{reason="address_capacity"}"#;
+    assert_eq!(support::sample(&text, refused), Some(1.0), "{text}");
     let mut other = connect_from([127, 0, 0, 3], addr).await;
     assert!(
         health_on(&mut other, BOUND).await,
