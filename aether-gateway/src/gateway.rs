@@ -18,7 +18,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use crate::{
     GatewayConfig, GatewayError,
     family::HopAttribution,
-    http::{AppState, ServeLimits, router, serve_http},
+    http::{AllowedHosts, AppState, EventStreams, ServeLimits, router, serve_http},
     instances::Instances,
     journal::{JournalLink, JournalMetrics, restore, run_writer},
     metrics::{Metrics, Sources},
@@ -179,7 +179,8 @@ impl GatewayBuilder {
                 metrics.registry(),
                 config.max_instances,
                 Duration::from_millis(config.instance_gone_ms),
-            )?,
+            )?
+            .map_limits(config.max_maps_per_instance, config.max_map_series),
         });
         let mut observer = observer;
         let recovery = restored.map(|(state, tail, recovery)| {
@@ -214,14 +215,27 @@ impl GatewayBuilder {
             aether: aether.clone(),
             snapshots: snapshots.clone(),
             shutdown: stop.clone(),
-            event_streams: Arc::new(tokio::sync::Semaphore::new(config.max_event_streams)),
+            event_streams: EventStreams::new(
+                config.max_event_streams,
+                config.max_event_streams_per_address,
+            ),
             bridge: bridge.clone(),
+            allowed_hosts: AllowedHosts::new(&config.allowed_hosts, addr),
         });
         let limits = ServeLimits {
             header_read_timeout: config.header_read_timeout(),
+            write_stall_timeout: config.write_stall_timeout(),
             max_connections: config.max_connections,
+            max_connections_per_address: config.max_connections_per_address,
         };
-        let server = tokio::spawn(serve_http(listener, app, limits, tls, stop.clone()));
+        let server = tokio::spawn(serve_http(
+            listener,
+            app,
+            limits,
+            tls,
+            metrics.http_connections_closed.clone(),
+            stop.clone(),
+        ));
         let (limits, limits_rx) = watch::channel(self.resource_limits);
         tokio::spawn(check_resources(limits_rx, stop.clone()));
         tracing::info!(%addr, medium, "gateway listening");

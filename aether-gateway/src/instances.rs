@@ -16,15 +16,23 @@
 //! one more, is refused and counted. An instance whose reports stop for
 //! `instance_gone_ms` is marked gone: its series are removed and it is
 //! counted in `aether_gateway_instances_gone_total`.
+//!
+//! The replicas of replicated maps that reports list are bounded the same
+//! way, since each costs 8 to 13 series: at most `max_maps_per_instance`
+//! per instance and `max_map_series` in all are exported (and shown). A
+//! replica exported keeps its place while its instance lists it; the others
+//! are counted in `aether_gateway_map_replicas_unexported{reason}`
+//! (`max_maps_per_instance`, `max_map_series`) and take the places freed at
+//! their instance's next report.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     time::{Duration, Instant},
 };
 
 use aether_core::{
     Wave,
-    report::{InstanceReport, is_report},
+    report::{InstanceReport, MapReport, is_report},
 };
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
@@ -60,7 +68,7 @@ pub struct InstanceRow {
     pub malformed: u64,
     /// Milliseconds since its last report.
     pub last_report_ms: u64,
-    /// Its replicas of replicated maps.
+    /// Its replicas of replicated maps that are exported (`max_maps_per_instance`, `max_map_series`).
     pub maps: Vec<MapRow>,
 }
 
@@ -88,6 +96,31 @@ struct Instance {
     last_seen: Instant,
     observed: u64,
     unobserved: i64,
+    /// The replicas of its report that are exported, by map and node.
+    exported: HashSet<MapKey>,
+    /// Its replicas not exported, by [`UNEXPORTED`] reason.
+    unexported: [u64; 2],
+}
+
+/// A replica: its map and node.
+type MapKey = (String, String);
+
+/// Why a replica is not exported: the label values of
+/// `aether_gateway_map_replicas_unexported`.
+const UNEXPORTED: [&str; 2] = ["max_maps_per_instance", "max_map_series"];
+
+fn key_of(map: &MapReport) -> MapKey {
+    (map.map.clone(), map.node.clone())
+}
+
+impl Instance {
+    /// The replicas of its report that are exported.
+    fn exported_maps(&self) -> impl Iterator<Item = &MapReport> {
+        self.report
+            .maps
+            .iter()
+            .filter(|m| self.exported.contains(&(m.map.clone(), m.node.clone())))
+    }
 }
 
 /// The instances' series.
@@ -108,6 +141,7 @@ struct InstanceMetrics {
     instances: IntGauge,
     refused: IntCounterVec,
     gone: IntCounter,
+    unexported: IntGaugeVec,
     maps: MapMetrics,
 }
 
@@ -258,6 +292,18 @@ impl InstanceMetrics {
             "Instances marked gone after their reports stopped for instance_gone_ms.",
         )?;
         registry.register(Box::new(gone.clone()))?;
+        let unexported = IntGaugeVec::new(
+            Opts::new(
+                "aether_gateway_map_replicas_unexported",
+                "Replicas of replicated maps listed in instance reports and not exported, by \
+                 the bound they are past: max_maps_per_instance or max_map_series.",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(unexported.clone()))?;
+        for reason in UNEXPORTED {
+            unexported.with_label_values(&[reason]).set(0);
+        }
         Ok(Self {
             up: per(
                 "aether_instance_up",
@@ -312,6 +358,7 @@ impl InstanceMetrics {
             instances,
             refused,
             gone,
+            unexported,
             maps: MapMetrics::new(registry)?,
         })
     }
@@ -355,18 +402,17 @@ impl InstanceMetrics {
                 .with_label_values(&[name, reason])
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
-        for map in &report.maps {
+        for map in instance.exported_maps() {
             self.maps.set(name, map);
         }
     }
 
-    /// Removes the series `old` had and `new` does not: replicas gone, and
-    /// refusal reasons a replica no longer lists.
-    fn forget_maps(&self, name: &str, old: &InstanceReport, new: &InstanceReport) {
-        for map in &old.maps {
+    /// Removes the series `old` had and `new` does not: replicas gone (or
+    /// no longer exported), and refusal reasons a replica no longer lists.
+    fn forget_maps(&self, name: &str, old: &Instance, new: &Instance) {
+        for map in old.exported_maps() {
             match new
-                .maps
-                .iter()
+                .exported_maps()
                 .find(|m| m.map == map.map && m.node == map.node)
             {
                 None => self.maps.remove(name, map),
@@ -382,7 +428,8 @@ impl InstanceMetrics {
         }
     }
 
-    fn remove(&self, name: &str, report: &InstanceReport) {
+    fn remove(&self, name: &str, instance: &Instance) {
+        let report = &instance.report;
         for gauge in [
             &self.up,
             &self.connected,
@@ -405,7 +452,7 @@ impl InstanceMetrics {
         for reason in report.dropped.keys() {
             let _ = self.dropped.remove_label_values(&[name, reason]);
         }
-        for map in &report.maps {
+        for map in instance.exported_maps() {
             self.maps.remove(name, map);
         }
     }
@@ -432,6 +479,13 @@ pub(crate) struct Instances {
     metrics: InstanceMetrics,
     refused: u64,
     last_refusal_log: Option<Instant>,
+    /// Most replicas exported per instance, and in all.
+    max_maps_per_instance: usize,
+    max_map_series: usize,
+    /// Replicas exported now, in all.
+    map_series: usize,
+    /// Replicas not exported now, by [`UNEXPORTED`] reason.
+    unexported: [u64; 2],
 }
 
 impl Instances {
@@ -449,7 +503,19 @@ impl Instances {
             metrics: InstanceMetrics::new(registry)?,
             refused: 0,
             last_refusal_log: None,
+            max_maps_per_instance: aether_core::report::MAX_REPORTED_MAPS,
+            max_map_series: usize::MAX,
+            map_series: 0,
+            unexported: [0; 2],
         })
+    }
+
+    /// Exports at most `per_instance` replicas of each instance and
+    /// `total` in all (`max_maps_per_instance`, `max_map_series`).
+    pub(crate) fn map_limits(mut self, per_instance: usize, total: usize) -> Self {
+        self.max_maps_per_instance = per_instance;
+        self.max_map_series = total;
+        self
     }
 
     /// Takes a wave the observer took: a report updates its instance; any
@@ -500,18 +566,85 @@ impl Instances {
         }
         let (observed, unobserved) = self.reconcile(&report);
         let name = report.instance.clone();
-        if let Some(old) = self.by_name.get(&name) {
-            self.metrics.forget_maps(&name, &old.report, &report);
+        let old = self.by_name.remove(&name);
+        if let Some(old) = &old {
+            self.forget_places(old);
         }
+        let (exported, unexported) = self.places(&report, old.as_ref().map(|o| &o.exported));
         let instance = Instance {
             report,
             last_seen: now,
             observed,
             unobserved,
+            exported,
+            unexported,
         };
+        if let Some(old) = &old {
+            self.metrics.forget_maps(&name, old, &instance);
+        }
+        self.map_series += instance.exported.len();
+        for (sum, n) in self.unexported.iter_mut().zip(instance.unexported) {
+            *sum += n;
+        }
         self.metrics.set(&name, &instance);
         self.by_name.insert(name, instance);
         self.metrics.instances.set(self.by_name.len() as i64);
+        self.set_unexported();
+    }
+
+    /// Which of `report`'s replicas are exported, and how many are not by
+    /// reason: those exported before (`before`) first, so that they keep
+    /// their places, then the others in the report's order, while the
+    /// instance's and the total's places last. Its own earlier places must
+    /// already be given back ([`Instances::forget_places`]).
+    fn places(
+        &self,
+        report: &InstanceReport,
+        before: Option<&HashSet<MapKey>>,
+    ) -> (HashSet<MapKey>, [u64; 2]) {
+        let mut exported = HashSet::new();
+        let mut unexported = [0; 2];
+        let mut seen = HashSet::new();
+        let was = |m: &MapReport| before.is_some_and(|b| b.contains(&key_of(m)));
+        let kept = report.maps.iter().filter(|m| was(m));
+        let new = report.maps.iter().filter(|m| !was(m));
+        // Replicas within the instance's own bound, exported or not.
+        let mut within = 0;
+        for map in kept.chain(new) {
+            let key = key_of(map);
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            if within >= self.max_maps_per_instance {
+                unexported[0] += 1;
+                continue;
+            }
+            within += 1;
+            if self.map_series + exported.len() >= self.max_map_series {
+                unexported[1] += 1;
+            } else {
+                exported.insert(key);
+            }
+        }
+        (exported, unexported)
+    }
+
+    /// Gives back `instance`'s places and takes its unexported replicas
+    /// out of the sums.
+    fn forget_places(&mut self, instance: &Instance) {
+        self.map_series -= instance.exported.len();
+        for (sum, n) in self.unexported.iter_mut().zip(instance.unexported) {
+            *sum -= n;
+        }
+    }
+
+    fn set_unexported(&self) {
+        for (reason, n) in UNEXPORTED.iter().zip(self.unexported) {
+            self.metrics
+                .unexported
+                .with_label_values(&[reason])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// What the gateway saw of `report`'s vibrators, and what it has not
@@ -573,11 +706,13 @@ impl Instances {
         for name in gone {
             if let Some(instance) = self.by_name.remove(&name) {
                 tracing::info!(instance = name, "instance gone: its reports stopped");
-                self.metrics.remove(&name, &instance.report);
+                self.metrics.remove(&name, &instance);
+                self.forget_places(&instance);
                 self.metrics.gone.inc();
             }
         }
         self.metrics.instances.set(self.by_name.len() as i64);
+        self.set_unexported();
     }
 
     /// The instances for the dashboard, by name.
@@ -605,9 +740,8 @@ impl Instances {
                     outbox_len: report.outbox_len,
                     malformed: report.malformed,
                     last_report_ms: now.duration_since(i.last_seen).as_millis() as u64,
-                    maps: report
-                        .maps
-                        .iter()
+                    maps: i
+                        .exported_maps()
                         .map(|m| MapRow {
                             map: m.map.clone(),
                             node: m.node.clone(),
@@ -820,6 +954,109 @@ mod tests {
         let mut dotted = with_map;
         dotted.maps[0].map = "two.tokens".into();
         assert!(InstanceReport::parse(&report_wave(&dotted)).is_err());
+    }
+
+    /// A report of `instance` with `maps` replicas, each with every
+    /// refusal reason, named as long as names may be.
+    fn report_with_maps(instance: &str, maps: usize) -> InstanceReport {
+        let mut report = report(instance, 1, 1);
+        for n in 0..maps {
+            report.maps.push(aether_core::report::MapReport {
+                map: format!("map-{n:02}"),
+                node: format!("{instance}-node"),
+                keys: 1,
+                refused: aether_core::report::MAP_REFUSALS
+                    .iter()
+                    .map(|r| (r.to_string(), 1))
+                    .collect(),
+                ..Default::default()
+            });
+        }
+        report
+    }
+
+    /// The replicas exported per instance and in all are bounded (as with
+    /// 250 made-up instances of 64 maps each), the rest counted by reason;
+    /// a replica exported keeps its place, and the places of an instance
+    /// gone are taken by others.
+    #[test]
+    fn map_series_are_bounded_and_the_rest_counted() {
+        let registry = Registry::new();
+        let defaults = crate::GatewayConfig::default();
+        let mut instances = Instances::new(&registry, 256, Duration::from_secs(5))
+            .unwrap()
+            .map_limits(defaults.max_maps_per_instance, defaults.max_map_series);
+        let now = Instant::now();
+        for n in 0..250 {
+            let name = format!("forged-instance-{n:03}");
+            assert!(instances.take(&report_wave(&report_with_maps(&name, 64)), now));
+        }
+        let started = Instant::now();
+        let text = render(&registry);
+        let took = started.elapsed();
+        let keys = text
+            .lines()
+            .filter(|l| l.starts_with("aether_state_keys{"))
+            .count();
+        let series = text.lines().filter(|l| !l.starts_with('#')).count();
+        println!(
+            "{} bytes, {series} series, rendered in {took:?}",
+            text.len()
+        );
+        assert_eq!(keys, 256, "replicas exported in all");
+        assert!(text.len() < 1 << 20, "{} bytes", text.len());
+        // 16 each: the first 16 instances.
+        let of = |name: &str| {
+            text.lines()
+                .filter(|l| l.starts_with("aether_state_keys{") && l.contains(name))
+                .count()
+        };
+        assert_eq!(of("\"forged-instance-000\""), 16);
+        assert_eq!(of("\"forged-instance-015\""), 16);
+        assert_eq!(of("\"forged-instance-016\""), 0);
+        let unexported = |reason: &str| {
+            let series = format!("aether_gateway_map_replicas_unexported{{reason=\"{reason}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .and_then(|n| n.parse::<u64>().ok())
+        };
+        assert_eq!(unexported("max_maps_per_instance"), Some(250 * 48));
+        assert_eq!(unexported("max_map_series"), Some(234 * 16));
+
+        // A second report keeps the places; an instance gone gives its
+        // places to the others' next reports.
+        let mut again = report_with_maps("forged-instance-000", 64);
+        again.seq = 2;
+        assert!(instances.take(&report_wave(&again), now));
+        let later = now + Duration::from_secs(4);
+        for n in 1..250 {
+            let mut report = report_with_maps(&format!("forged-instance-{n:03}"), 64);
+            report.seq = 2;
+            assert!(instances.take(&report_wave(&report), later));
+        }
+        instances.sweep(now + Duration::from_secs(6));
+        let mut next = report_with_maps("forged-instance-016", 64);
+        next.seq = 3;
+        assert!(instances.take(&report_wave(&next), later));
+        let text = render(&registry);
+        let keys = |text: &str, name: &str| {
+            text.lines()
+                .filter(|l| l.starts_with("aether_state_keys{") && l.contains(name))
+                .count()
+        };
+        assert_eq!(keys(&text, "instance="), 256);
+        assert_eq!(keys(&text, "\"forged-instance-000\""), 0);
+        assert_eq!(keys(&text, "\"forged-instance-001\""), 16);
+        assert_eq!(keys(&text, "\"forged-instance-016\""), 16);
+        assert_eq!(keys(&text, "\"forged-instance-017\""), 0);
+        let unexported = |reason: &str| {
+            let series = format!("aether_gateway_map_replicas_unexported{{reason=\"{reason}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .and_then(|n| n.parse::<u64>().ok())
+        };
+        assert_eq!(unexported("max_maps_per_instance"), Some(249 * 48));
+        assert_eq!(unexported("max_map_series"), Some(233 * 16));
     }
 
     fn render(registry: &Registry) -> String {

@@ -11,7 +11,14 @@
 //! max_channel_families = 100   # more distinct families fold into "other"
 //! observer_queue_capacity = 100000
 //! header_read_timeout_ms = 5000 # a request head not whole by then: closed
-//! max_connections = 1024       # more wait until one closes
+//! write_stall_timeout_ms = 10000 # a peer that takes nothing this long: closed
+//! max_connections = 1024       # at it, the longest waiting for a request makes room
+//! max_connections_per_address = 256
+//! max_event_streams = 64       # /events streams; more are answered 503
+//! max_event_streams_per_address = 8
+//! allowed_hosts = []           # Host names answered; empty: any
+//! max_maps_per_instance = 16   # replicas exported per reporting instance
+//! max_map_series = 256         # replicas exported in all (8 to 13 series each)
 //!
 //! [[gateway.hopping]]          # hopping waves of this base count as its family
 //! base = "orders"
@@ -133,19 +140,61 @@ pub struct GatewayConfig {
     /// requests do not hold connections open. 100 to 600,000, default
     /// 5,000.
     pub header_read_timeout_ms: u64,
-    /// Most HTTP connections open at once. At the limit, further
-    /// connections are not accepted (they wait in the listen backlog) until
-    /// one closes. 1 to 100,000, default 1,024.
+    /// How long a write to an HTTP connection may make no progress, in
+    /// milliseconds: a peer that takes no byte of its answer (or of its
+    /// event stream, or of its WebSocket) for this long is closed, so that
+    /// peers that never read hold no connection or stream. 100 to
+    /// 600,000, default 10,000.
+    pub write_stall_timeout_ms: u64,
+    /// Most HTTP connections open at once. At the limit, a new connection
+    /// makes room: the connection that has waited longest for a request
+    /// is closed (one that never sent a request before one kept open
+    /// after its answers); when every connection is answering a request,
+    /// the new one is closed at once. New connections never wait, so a
+    /// scrape gets through while the limit is reached. 1 to 100,000,
+    /// default 1,024.
     pub max_connections: usize,
+    /// Most HTTP connections open at once from one IP address; one more
+    /// is closed at once (behind a reverse proxy, every connection is
+    /// the proxy's). 1 to 100,000, default 256.
+    pub max_connections_per_address: usize,
     /// Most `/events` streams (live dashboards) open at once, fewer than
     /// `max_connections`: a further one is answered 503, so that long-lived
     /// streams cannot hold every connection and starve `/metrics` and
     /// `/health`. 1 to 10,000, default 64.
     pub max_event_streams: usize,
+    /// Most `/events` streams open at once from one IP address; one more
+    /// is answered 503, so that one address cannot take every stream.
+    /// Behind a reverse proxy every page comes from the proxy's address:
+    /// raise it to the dashboards expected. 1 to 10,000, default 8.
+    pub max_event_streams_per_address: usize,
+    /// The host names the gateway answers to (the `Host` header, without
+    /// its port, compared without case). Empty (the default): any. Set it
+    /// to the names the gateway is reached by, so that a page whose name
+    /// was rebound to the gateway's address (DNS rebinding) cannot read
+    /// `/snapshot`, `/metrics` or the bridge: a request for another name
+    /// is answered 421 Misdirected Request. `localhost`, loopback
+    /// addresses (`127.0.0.1`, `[::1]`) and the `listen` address are
+    /// always answered; list any other address the gateway is reached by
+    /// (`"10.0.0.5"`). A request without a `Host` is refused too.
+    pub allowed_hosts: Vec<String>,
     /// Most instances whose reports (`_report.<instance>`) the gateway
     /// tracks and exports; a report from one more is refused and counted.
     /// 1 to 10,000, default 256.
     pub max_instances: usize,
+    /// Most replicas of replicated maps exported per instance (from its
+    /// reports); the instance's further replicas are not exported, and are
+    /// counted in `aether_gateway_map_replicas_unexported{reason=
+    /// "max_maps_per_instance"}`. 0 to 64, default 16.
+    pub max_maps_per_instance: usize,
+    /// Most replicas of replicated maps exported in all, over every
+    /// instance: the replicas first exported keep their place, further ones
+    /// are counted in `aether_gateway_map_replicas_unexported{reason=
+    /// "max_map_series"}`. Each replica costs 8 series (up to 13 with
+    /// refusal reasons), some 1 KB of `/metrics` with names of 16 bytes:
+    /// the default bounds them at 3,328 series, about 300 KB, and a scrape
+    /// of some 2 ms. 0 to 10,000, default 256.
+    pub max_map_series: usize,
     /// How long an instance may stay silent before it is marked gone and
     /// its series are removed, in milliseconds. 100 to 3,600,000, default
     /// 5,000 (five reports at the programs' interval).
@@ -243,9 +292,15 @@ impl Default for GatewayConfig {
             hopping: Vec::new(),
             journal: JournalConfig::default(),
             header_read_timeout_ms: 5_000,
+            write_stall_timeout_ms: 10_000,
             max_connections: 1_024,
+            max_connections_per_address: 256,
             max_event_streams: 64,
+            max_event_streams_per_address: 8,
+            allowed_hosts: Vec::new(),
             max_instances: 256,
+            max_maps_per_instance: 16,
+            max_map_series: 256,
             instance_gone_ms: 5_000,
             bridge: BridgeConfig::default(),
             tls: TlsConfig::default(),
@@ -262,6 +317,11 @@ impl GatewayConfig {
     /// [`GatewayConfig::header_read_timeout_ms`] as a duration.
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    /// [`GatewayConfig::write_stall_timeout_ms`] as a duration.
+    pub fn write_stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_stall_timeout_ms)
     }
 }
 
@@ -389,10 +449,55 @@ impl Validate for GatewayConfig {
             "must be 1 to 100000",
         )?;
         in_range(
+            "write_stall_timeout_ms",
+            self.write_stall_timeout_ms,
+            100..=600_000,
+            "must be 100 to 600000",
+        )?;
+        in_range(
+            "max_connections_per_address",
+            self.max_connections_per_address,
+            1..=100_000,
+            "must be 1 to 100000",
+        )?;
+        in_range(
             "max_event_streams",
             self.max_event_streams,
             1..=10_000,
             "must be 1 to 10000",
+        )?;
+        in_range(
+            "max_event_streams_per_address",
+            self.max_event_streams_per_address,
+            1..=10_000,
+            "must be 1 to 10000",
+        )?;
+        for host in &self.allowed_hosts {
+            let address = host.trim_start_matches('[').trim_end_matches(']');
+            let name = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'));
+            if !name && address.parse::<std::net::IpAddr>().is_err() {
+                return Err(SettingsError::invalid(
+                    "allowed_hosts",
+                    host.clone(),
+                    "each must be a host name or an address, without a port",
+                ));
+            }
+        }
+        in_range(
+            "max_maps_per_instance",
+            self.max_maps_per_instance,
+            0..=aether_core::report::MAX_REPORTED_MAPS,
+            "must be 0 to 64",
+        )?;
+        in_range(
+            "max_map_series",
+            self.max_map_series,
+            0..=10_000,
+            "must be 0 to 10000",
         )?;
         self.validate_bridge()?;
         if self.tls.cert.is_some() != self.tls.key.is_some() {
@@ -608,6 +713,29 @@ mod tests {
         assert_eq!(gateway.header_read_timeout(), Duration::from_secs(5));
         assert_eq!(gateway.max_connections, 1_024);
         assert_eq!(gateway.max_event_streams, 64);
+        assert_eq!(gateway.max_event_streams_per_address, 8);
+        assert_eq!(gateway.max_connections_per_address, 256);
+        assert_eq!(gateway.write_stall_timeout(), Duration::from_secs(10));
+        assert!(gateway.allowed_hosts.is_empty());
+        assert_eq!(
+            (gateway.max_maps_per_instance, gateway.max_map_series),
+            (16, 256)
+        );
+        let settings = load(
+            "[gateway]\nallowed_hosts = [\"gateway.example\", \"10.0.0.5\", \"[fd00::1]\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(settings.gateway.allowed_hosts.len(), 3);
+        for bad in ["gateway.example:9464", "", "gate way"] {
+            let toml = format!("[gateway]\nallowed_hosts = [{bad:?}]\n");
+            let err = load(&toml, &[]).unwrap_err();
+            assert_eq!(err.key(), Some("gateway.allowed_hosts"), "{bad}");
+        }
+        let err = load("[gateway]\nwrite_stall_timeout_ms = 10\n", &[]).unwrap_err();
+        assert_eq!(err.key(), Some("gateway.write_stall_timeout_ms"));
+        let err = load("[gateway]\nmax_maps_per_instance = 65\n", &[]).unwrap_err();
+        assert_eq!(err.key(), Some("gateway.max_maps_per_instance"));
         let settings = load(
             "[gateway]\nheader_read_timeout_ms = 250\nmax_event_streams = 4\n",
             &[("AETHER__GATEWAY__MAX_CONNECTIONS", "8")],

@@ -17,6 +17,7 @@
 //! | `aether_gateway_observer_dropped_total` | counter | `reason` | waves the observer did not get (`queue_full` when it fell behind) |
 //! | `aether_gateway_channel_families` | gauge | | family labels in use (at most `max_channel_families` + 1) |
 //! | `aether_gateway_dashboard_clients` | gauge | | open `/events` streams |
+//! | `aether_gateway_http_connections_closed_total` | counter | `reason` | HTTP connections the gateway closed for a limit: `address_capacity`, `capacity` (refused at once), `made_room` (closed for a new one) |
 //! | `aether_waves_emitted_total`, `…_delivered_total`, `…_unrouted_total`, `…_diffracted_total`, `…_reflected_total` | counter | | the gateway's aether (`Aether::stats`) |
 //! | `aether_waves_dropped_total` | counter | `reason` | the same, drops by reason |
 //! | `aether_emits_rate_limited_total` | counter | | emits refused by a vibrator's rate limit, on the gateway's aether |
@@ -35,6 +36,7 @@
 //! | `aether_nats_frames_sent_total`, `aether_nats_waves_framed_total`, `aether_nats_frames_received_total` | counter | | batch frames out (and the waves in them) and in |
 //! | `aether_instance_*` | gauge | `instance` (and `reason` for drops) | each reporting instance's counts, from its reports ([`crate::instances`]) |
 //! | `aether_gateway_instances`, `aether_gateway_instance_reports_refused_total`, `aether_gateway_instances_gone_total` | gauge, counter | `reason` (refused) | the instances tracked, reports refused, instances gone |
+//! | `aether_gateway_map_replicas_unexported` | gauge | `reason` | replicas listed in reports and not exported: past `max_maps_per_instance` or `max_map_series` |
 //! | `aether_bridge_connections` | gauge | `map` | browser bridge connections open ([`crate::bridge`]) |
 //! | `aether_bridge_refused_total` | counter | `reason` | connections refused or closed by a limit ([`crate::bridge::REFUSALS`]) |
 //! | `aether_bridge_writes_total` | counter | `outcome` | pages' writes ([`crate::bridge::WRITE_OUTCOMES`]) |
@@ -79,6 +81,8 @@ pub struct Metrics {
     pub(crate) latency: Histogram,
     pub(crate) families: IntGauge,
     pub(crate) dashboard_clients: IntGauge,
+    /// HTTP connections closed for a limit, by reason.
+    pub(crate) http_connections_closed: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -147,6 +151,20 @@ impl Metrics {
         registry.register(Box::new(families.clone()))?;
         registry.register(Box::new(interference.clone()))?;
         registry.register(Box::new(dashboard_clients.clone()))?;
+        let http_connections_closed = IntCounterVec::new(
+            Opts::new(
+                "aether_gateway_http_connections_closed_total",
+                "HTTP connections the gateway closed for a limit: address_capacity \
+                 (max_connections_per_address) and capacity (max_connections, every \
+                 connection answering) refused at once, made_room (waiting for a request, \
+                 closed for a new connection at max_connections).",
+            ),
+            &["reason"],
+        )?;
+        for reason in crate::http::CLOSE_REASONS {
+            http_connections_closed.with_label_values(&[reason]);
+        }
+        registry.register(Box::new(http_connections_closed.clone()))?;
         registry.register(Box::new(scrape::ScrapeCollector::new(sources)?))?;
         Ok(Self {
             registry,
@@ -157,6 +175,7 @@ impl Metrics {
             families,
             interference,
             dashboard_clients,
+            http_connections_closed,
         })
     }
 

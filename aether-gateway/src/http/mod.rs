@@ -12,17 +12,38 @@
 //! | `/board`, `/board.js` | the collaborative board, a page on the bridge's `board` map |
 //! | `/aether.js`, `/aether.d.ts` | the bridge's JavaScript client (an ES module) and its TypeScript declarations |
 //!
-//! [`serve_http`] runs them on hyper's HTTP/1.1 server with two limits from
-//! `[gateway]`: `header_read_timeout_ms`, after which a connection that has
-//! not sent a whole request head is closed (and a TLS handshake not done by
-//! then is dropped), and `max_connections`, the most HTTP connections open
-//! at once (a WebSocket, once upgraded, counts under the bridge's own cap
-//! instead). With `[gateway.tls]` every connection is TLS.
+//! [`serve_http`] runs them on hyper's HTTP/1.1 server with these limits
+//! from `[gateway]`:
+//!
+//! - `header_read_timeout_ms`: a connection that has not sent a whole
+//!   request head by then is closed (and a TLS handshake not done by then
+//!   is dropped);
+//! - `write_stall_timeout_ms`: a connection whose peer takes no byte of
+//!   what is written to it for that long is closed (`stall.rs`), so a peer
+//!   that never reads holds neither its connection nor its `/events` slot;
+//! - `max_connections` and `max_connections_per_address`: the connections
+//!   open at once, in all and from one IP address; at the first, the
+//!   connection that has waited longest for a request makes room for the
+//!   new one (`connections.rs`). A WebSocket, once upgraded, counts under
+//!   the bridge's own caps instead;
+//! - `max_event_streams` and `max_event_streams_per_address`: the `/events`
+//!   streams open at once, in all and from one address; past them a
+//!   stream is answered 503;
+//! - `allowed_hosts`: the `Host` names answered, on every path; another is
+//!   answered 421 (`host.rs`).
+//!
+//! With `[gateway.tls]` every connection is TLS.
+
+mod connections;
+mod host;
+mod stall;
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     io,
-    sync::Arc,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -44,11 +65,14 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use prometheus::IntGauge;
+use prometheus::{IntCounterVec, IntGauge};
 use tokio::{
     net::TcpListener,
-    sync::{Semaphore, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
 };
+
+pub(crate) use self::{connections::CLOSE_REASONS, host::AllowedHosts};
+use self::{connections::Connections, stall::WriteStall};
 
 use crate::{
     metrics::{Metrics, TEXT_CONTENT_TYPE},
@@ -57,15 +81,15 @@ use crate::{
 };
 
 /// The dashboard page.
-const DASHBOARD: &str = include_str!("dashboard.html");
+const DASHBOARD: &str = include_str!("../dashboard.html");
 /// The collaborative board.
-const BOARD: &str = include_str!("../web/board.html");
+const BOARD: &str = include_str!("../../web/board.html");
 /// The bridge's JavaScript client.
-const CLIENT_JS: &str = include_str!("../web/aether.js");
+const CLIENT_JS: &str = include_str!("../../web/aether.js");
 /// Its TypeScript declarations.
-const CLIENT_TS: &str = include_str!("../web/aether.d.ts");
+const CLIENT_TS: &str = include_str!("../../web/aether.d.ts");
 /// The board's script.
-const BOARD_JS: &str = include_str!("../web/board.js");
+const BOARD_JS: &str = include_str!("../../web/board.js");
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -74,16 +98,82 @@ pub(crate) struct AppState {
     pub(crate) aether: Aether,
     pub(crate) snapshots: watch::Receiver<Arc<Published>>,
     pub(crate) shutdown: Shutdown,
-    /// Permits for open `/events` streams (`max_event_streams`): fewer than
-    /// the connections, so that streams, which live long, cannot take every
-    /// connection and starve `/metrics` and `/health`.
-    pub(crate) event_streams: Arc<Semaphore>,
+    /// The places of open `/events` streams.
+    pub(crate) event_streams: Arc<EventStreams>,
     /// The browser bridge, when maps are bridged.
     pub(crate) bridge: Option<Arc<crate::bridge::Bridge>>,
+    /// The `Host` names answered.
+    pub(crate) allowed_hosts: AllowedHosts,
 }
 
-/// The routes, on `state`.
+/// The places of open `/events` streams: `max_event_streams` in all,
+/// fewer than the connections, so that streams, which live long, cannot
+/// take every connection and starve `/metrics` and `/health`; and
+/// `max_event_streams_per_address` for one IP address, so that one address
+/// cannot take every stream.
+#[derive(Debug)]
+pub(crate) struct EventStreams {
+    all: Arc<Semaphore>,
+    by_address: Mutex<HashMap<IpAddr, usize>>,
+    per_address: usize,
+}
+
+impl EventStreams {
+    pub(crate) fn new(max: usize, per_address: usize) -> Arc<Self> {
+        Arc::new(Self {
+            all: Arc::new(Semaphore::new(max)),
+            by_address: Mutex::new(HashMap::new()),
+            per_address,
+        })
+    }
+
+    /// A place for a stream to `address`, or the refusal's text.
+    fn take(self: &Arc<Self>, address: IpAddr) -> Result<StreamPlace, &'static str> {
+        let mut by_address = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = by_address.entry(address).or_insert(0);
+        if *mine >= self.per_address {
+            return Err("too many open event streams from this address \
+                 (max_event_streams_per_address); try again later\n");
+        }
+        let Ok(permit) = self.all.clone().try_acquire_owned() else {
+            return Err("too many open event streams (max_event_streams); try again later\n");
+        };
+        *mine += 1;
+        Ok(StreamPlace {
+            streams: self.clone(),
+            address,
+            _permit: permit,
+        })
+    }
+}
+
+/// An `/events` stream's place, given back when it is dropped.
+struct StreamPlace {
+    streams: Arc<EventStreams>,
+    address: IpAddr,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for StreamPlace {
+    fn drop(&mut self) {
+        let mut by_address = self
+            .streams
+            .by_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = by_address.get_mut(&self.address) {
+            *n -= 1;
+            if *n == 0 {
+                by_address.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// The routes, on `state`; a request for a host name not allowed is
+/// answered 421 whatever its path.
 pub(crate) fn router(state: AppState) -> Router {
+    let allowed_hosts = state.allowed_hosts.clone();
     Router::new()
         .route("/", get(dashboard))
         .route("/metrics", get(metrics))
@@ -97,6 +187,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/aether.js", get(client_js))
         .route("/aether.d.ts", get(client_ts))
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            allowed_hosts,
+            host::check,
+        ))
 }
 
 /// The limits [`serve_http`] holds every connection to.
@@ -105,9 +199,15 @@ pub(crate) struct ServeLimits {
     /// A connection that has not sent a whole request head within this
     /// (from when it opens, or from the previous answer) is closed.
     pub(crate) header_read_timeout: Duration,
-    /// Most connections open at once; further ones wait in the listen
-    /// backlog until one closes.
+    /// A write that makes no progress for this long fails, and closes its
+    /// connection.
+    pub(crate) write_stall_timeout: Duration,
+    /// Most connections open at once; at the limit, the one that has waited
+    /// longest for a request makes room for a new one.
     pub(crate) max_connections: usize,
+    /// Most connections open at once from one IP address; one more is
+    /// closed at once.
+    pub(crate) max_connections_per_address: usize,
 }
 
 /// Reads `[gateway.tls]`'s certificate chain and key into a TLS acceptor.
@@ -137,51 +237,41 @@ pub(crate) fn tls_acceptor(
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Most time between two warnings that the connection limit is reached.
-const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
+/// Most time between two warnings that a connection was refused.
+const REFUSED_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener`, HTTP/1.1, within `limits`, until `stop`:
 /// then stops accepting (the listener is closed), lets each connection
 /// finish the request it is answering, closes the idle ones, and returns
-/// once every connection is closed.
+/// once every connection is closed. The connections it closes itself are
+/// counted in `closed`, by reason ([`CLOSE_REASONS`]).
 ///
 /// `axum::serve` gives no access to hyper's connection settings, so this is
-/// its accept loop with hyper's `header_read_timeout` (on a Tokio timer)
-/// and a semaphore of `max_connections` permits: a permit is taken before
-/// each accept and given back when the connection closes.
+/// its accept loop with hyper's `header_read_timeout` (on a Tokio timer),
+/// each connection's IO in a [`WriteStall`], and a place for each in
+/// [`Connections`], taken before it is served and given back when it
+/// closes. Each connection's task holds a clone of a channel's sender: the
+/// channel closes once every task has ended.
 pub(crate) async fn serve_http(
     listener: TcpListener,
     app: Router,
     limits: ServeLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    closed: IntCounterVec,
     stop: Shutdown,
 ) -> io::Result<()> {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = Connections::new(
+        limits.max_connections,
+        limits.max_connections_per_address,
+        closed,
+    );
+    let app = app.layer(axum::middleware::from_fn(connections::track));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    let mut last_full_warning: Option<Instant> = None;
+    let (open_tx, mut all_closed) = mpsc::channel::<()>(1);
+    let mut last_refused_warning: Option<Instant> = None;
     loop {
-        let permit = match Arc::clone(&slots).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                if last_full_warning.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
-                    last_full_warning = Some(Instant::now());
-                    tracing::warn!(
-                        max_connections = limits.max_connections,
-                        "HTTP connections at [gateway] max_connections: further ones wait \
-                         until one closes"
-                    );
-                }
-                tokio::select! {
-                    () = stop.wait() => break,
-                    permit = Arc::clone(&slots).acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break, // never closed
-                    },
-                }
-            }
-        };
         let (stream, peer) = tokio::select! {
             () = stop.wait() => break,
             accepted = listener.accept() => match accepted {
@@ -200,38 +290,68 @@ pub(crate) async fn serve_http(
                 }
             },
         };
+        let connection = match connections.open(peer.ip()) {
+            Ok(connection) => connection,
+            Err(reason) => {
+                if last_refused_warning.is_none_or(|at| at.elapsed() >= REFUSED_WARNING_EVERY) {
+                    last_refused_warning = Some(Instant::now());
+                    tracing::warn!(
+                        reason,
+                        %peer,
+                        max_connections = limits.max_connections,
+                        max_connections_per_address = limits.max_connections_per_address,
+                        "HTTP connection refused: closed at once (counted in \
+                         aether_gateway_http_connections_closed_total)"
+                    );
+                }
+                drop(stream);
+                continue;
+            }
+        };
         // Answers go out at once: without this, a second small write (the
         // bridge's snapshot after its hello) waits for the peer's delayed
         // acknowledgement of the first, some 40 ms.
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "TCP_NODELAY could not be set");
         }
-        let service = TowerToHyperService::new(app.clone().layer(Extension(ConnectInfo(peer))));
-        let (http, tls, stop) = (http.clone(), tls.clone(), stop.clone());
+        let stream = WriteStall::new(stream, limits.write_stall_timeout);
+        let service = TowerToHyperService::new(
+            app.clone()
+                .layer(Extension(connection.tracker()))
+                .layer(Extension(ConnectInfo(peer))),
+        );
+        let (http, tls, stop, open) = (http.clone(), tls.clone(), stop.clone(), open_tx.clone());
         let handshake = limits.header_read_timeout;
         tokio::spawn(async move {
             match tls {
-                None => serve_one(&http, stream, service, &stop).await,
+                None => serve_one(&http, stream, service, &connection, &stop).await,
                 Some(tls) => match tokio::time::timeout(handshake, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_one(&http, stream, service, &stop).await,
+                    Ok(Ok(stream)) => serve_one(&http, stream, service, &connection, &stop).await,
                     Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake not done in time"),
                 },
             }
-            drop(permit);
+            drop((connection, open));
         });
     }
     drop(listener);
-    // Every connection gives its permit back once it closed.
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let _ = slots.acquire_many(all).await;
+    // Every connection's task drops its sender once it ends.
+    drop(open_tx);
+    let _ = all_closed.recv().await;
     Ok(())
 }
 
-/// Serves one connection (upgrades to WebSocket too) until it closes, or
-/// until `stop`: then it finishes the request it is answering and closes.
-async fn serve_one<I, S>(http: &http1::Builder, io: I, service: S, stop: &Shutdown)
-where
+/// Serves one connection (upgrades to WebSocket too) until it closes; or
+/// until `stop`, then it finishes the request it is answering and closes;
+/// or until it must make room, then it closes at once unless it has begun
+/// answering a request since, which it finishes first.
+async fn serve_one<I, S>(
+    http: &http1::Builder,
+    io: I,
+    service: S,
+    place: &connections::Connection,
+    stop: &Shutdown,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::HttpService<hyper::body::Incoming> + Send,
     S::Future: Send + 'static,
@@ -247,6 +367,14 @@ where
     let result = tokio::select! {
         result = connection.as_mut() => result,
         () = stop.wait() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        () = place.must_make_room() => {
+            if !place.answering() {
+                tracing::debug!("HTTP connection closed to make room");
+                return;
+            }
             connection.as_mut().graceful_shutdown();
             connection.await
         }
@@ -336,16 +464,13 @@ async fn snapshot(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Counts an open `/events` stream while it lives, and holds its permit.
-struct Client(
-    IntGauge,
-    #[allow(dead_code)] tokio::sync::OwnedSemaphorePermit,
-);
+/// Counts an open `/events` stream while it lives, and holds its place.
+struct Client(IntGauge, #[allow(dead_code)] StreamPlace);
 
 impl Client {
-    fn new(gauge: IntGauge, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+    fn new(gauge: IntGauge, place: StreamPlace) -> Self {
         gauge.inc();
-        Self(gauge, permit)
+        Self(gauge, place)
     }
 }
 
@@ -357,14 +482,13 @@ impl Drop for Client {
 
 async fn events(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, (StatusCode, &'static str)> {
-    let Ok(permit) = state.event_streams.clone().try_acquire_owned() else {
-        return Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many open event streams (max_event_streams); try again later\n",
-        ));
-    };
-    let client = Client::new(state.metrics.dashboard_clients.clone(), permit);
+    let place = state
+        .event_streams
+        .take(peer.ip())
+        .map_err(|why| (StatusCode::SERVICE_UNAVAILABLE, why))?;
+    let client = Client::new(state.metrics.dashboard_clients.clone(), place);
     // The latest snapshot at once, then each new one. The stream ends when
     // the observer stops (its sender is dropped), so shutdown is not held
     // up by open dashboards.
