@@ -224,8 +224,11 @@ async fn ledger(n: usize) -> (f64, Duration) {
 /// [`ledger`] over `keys` keys each written `times` times, with
 /// `snapshot_every` (0: no snapshot, every record read).
 async fn ledger_with(keys: usize, times: usize, snapshot_every: u64) -> (f64, Duration) {
+    // Up to a million keys: past the default caps.
     let config = || StateConfig {
         snapshot_every,
+        max_keys: keys.max(100_000),
+        max_map_bytes: 1 << 30,
         ..Default::default()
     };
     let dir = tempfile::tempdir().expect("dir");
@@ -275,6 +278,7 @@ async fn synced_writes(writers: usize, each: usize) -> f64 {
         .node("d")
         .config(StateConfig {
             sync_writes: true,
+            max_keys: (writers * each).max(100_000),
             ..Default::default()
         })
         .state_dir(dir.path())

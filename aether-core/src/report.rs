@@ -58,12 +58,13 @@ pub const MAX_REPORTED_MAPS: usize = 64;
 
 /// The reasons a replica of a map refuses what it receives, as reports and
 /// metrics name them (`state::Refusal::as_str`, in its order).
-pub const MAP_REFUSALS: [&str; 5] = [
+pub const MAP_REFUSALS: [&str; 6] = [
     "malformed",
     "future",
     "too_old",
     "not_owner",
     "rate_limited",
+    "full",
 ];
 
 /// What one aether reports.

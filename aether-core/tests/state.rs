@@ -220,3 +220,62 @@ async fn the_settings_give_maps_a_directory_and_synced_writes_from_many_writers_
     .await
     .expect("bounded");
 }
+
+/// A map holds at most `max_keys` keys (tombstones count until collected)
+/// and `max_map_bytes` bytes: a local write or a merge past either is
+/// refused with `Full`, naming the setting, and a change from another
+/// replica past them is refused and counted (`full`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_map_holds_at_most_max_keys_and_max_map_bytes() {
+    use aether_core::state::{Refusal, Stamp, StateErrorKind};
+    timeout(LIMIT, async {
+        let aether = Aether::default();
+        let small = StateMap::builder("home")
+            .node("small")
+            .config(aether_core::state::StateConfig {
+                max_keys: 3,
+                max_value_bytes: 3000,
+                max_map_bytes: 4096,
+                ..fast()
+            })
+            .open(&aether)
+            .await
+            .unwrap();
+        let big = open(&aether, "big").await;
+        small.set("a", "1").await.unwrap();
+        small.set("b", "2").await.unwrap();
+        small.delete("b").await.unwrap();
+        small.set("c", "3").await.unwrap();
+        // Three keys, one a tombstone: a fourth is refused, whatever way.
+        let full = small.set("d", "4").await.unwrap_err();
+        assert_eq!(full.kind(), StateErrorKind::Full);
+        assert!(full.to_string().contains("max_keys"), "{full}");
+        let far = Stamp {
+            physical_ns: small.stamp_of("c").unwrap().0.physical_ns,
+            logical: 9,
+            node: 0xabc,
+        };
+        let merged = small.merge("e", Some("5".into()), far).await.unwrap_err();
+        assert_eq!(merged.kind(), StateErrorKind::Full);
+        assert!(small.get("d").is_none() && small.get("e").is_none());
+        // A key held is written again, and deleted.
+        small.set("a", "again").await.unwrap();
+        small.delete("c").await.unwrap();
+        // Bytes: a value that would take the map past max_map_bytes.
+        let large = vec![b'x'; 3000];
+        small.set("a", large.clone()).await.unwrap();
+        let over = small.set("b", large.clone()).await.unwrap_err();
+        assert_eq!(over.kind(), StateErrorKind::Full);
+        assert!(over.to_string().contains("max_map_bytes"), "{over}");
+        // Another replica's new key: refused here, and counted.
+        big.set("z", "from big").await.unwrap();
+        until("small refused z", || {
+            small.stats().refused(Refusal::Full) > 0
+        })
+        .await;
+        assert!(small.get("z").is_none());
+        assert_eq!(Refusal::Full.as_str(), "full");
+    })
+    .await
+    .unwrap();
+}

@@ -126,17 +126,26 @@ async fn relay() -> SocketAddr {
     addr
 }
 
-/// A page on the bridge: authenticated, its hello and snapshot read.
+/// A page on the bridge: authenticated, its hello and snapshot read. Its
+/// replica id may still be held a moment by a page of the same id that
+/// just closed (`replica_in_use`): then it tries again.
 async fn page(addr: SocketAddr, replica: u64) -> Ws {
-    let (mut ws, _) = connect_async(format!("ws://{addr}/bridge/board"))
-        .await
-        .unwrap();
-    let auth = json!({"type": "auth", "token": TOKEN, "replica": format!("{replica:016x}")});
-    ws.send(Message::text(auth.to_string())).await.unwrap();
-    for _ in 0..2 {
-        next_text(&mut ws).await;
+    for _ in 0..500 {
+        let (mut ws, _) = connect_async(format!("ws://{addr}/bridge/board"))
+            .await
+            .unwrap();
+        let auth = json!({"type": "auth", "token": TOKEN, "replica": format!("{replica:016x}")});
+        ws.send(Message::text(auth.to_string())).await.unwrap();
+        let hello = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message within 10 s");
+        if let Some(Ok(Message::Text(_))) = hello {
+            next_text(&mut ws).await;
+            return ws;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    ws
+    panic!("replica {replica:x} still in use after 5 s");
 }
 
 async fn plain(addr: SocketAddr) -> Ws {
@@ -210,7 +219,7 @@ async fn tabs(
     let mut sinks: Vec<Sink> = Vec::new();
     let mut readers = Vec::new();
     for t in 0..tabs {
-        let ws = page(addr, t as u64 + 1).await;
+        let ws = page(addr, 0x1_0000 + t as u64).await;
         let (sink, mut stream) = ws.split();
         sinks.push(sink);
         let latencies = latencies.clone();

@@ -221,14 +221,23 @@ pub struct BridgeConfig {
     /// one at start and logs the page's address with it. Set it with
     /// `AETHER__GATEWAY__BRIDGE__TOKEN` rather than in a file.
     pub token: Option<String>,
-    /// Most bridge connections open at once (an upgraded WebSocket no
-    /// longer counts under `max_connections`); one more is closed with code
-    /// 1013 (try again later). 1 to 100,000,
+    /// Most pages open at once: connections that sent the token (an
+    /// upgraded WebSocket no longer counts under `max_connections`); one
+    /// more is closed with code 1013 (try again later). 1 to 100,000,
     /// default 256.
     pub max_connections: usize,
-    /// Most bridge connections open at once from one IP address; one more
-    /// is closed with code 1013. 1 to 100,000, default 32.
+    /// Most pages open at once from one IP address; one more is closed
+    /// with code 1013. 1 to 100,000, default 32.
     pub max_connections_per_address: usize,
+    /// Most sockets open at once that have not sent the token yet; they
+    /// never take the places of pages. When they are full, the oldest is
+    /// closed (1013, counted `evicted`) to make room for the newcomer, so a
+    /// page that sends its token at once always gets in. 1 to 100,000,
+    /// default 64.
+    pub max_unauthenticated: usize,
+    /// The same from one IP address (its oldest is closed first). 1 to
+    /// 100,000, default 8.
+    pub max_unauthenticated_per_address: usize,
     /// Largest WebSocket message (and frame) taken, in bytes; a larger one
     /// closes the connection (1009). 1,024 to 16 MiB, default 65,536.
     pub max_message_bytes: usize,
@@ -241,12 +250,17 @@ pub struct BridgeConfig {
     pub burst: u32,
     /// How long a new connection has to send its first message (the
     /// token), in milliseconds; it is closed (1008) after. 100 to 60,000,
-    /// default 5,000.
+    /// default 2,000.
     pub first_message_ms: u64,
     /// How long sending one message to a browser may take, in
     /// milliseconds; a browser that does not read for that long is closed.
     /// 100 to 600,000, default 10,000.
     pub send_timeout_ms: u64,
+    /// Most bytes of snapshots (the map whole, sent to a page on connect)
+    /// being sent to pages at once; more pages wait their turn. Pages share
+    /// one snapshot text per version of the map. 65,536 to 1 GiB, default
+    /// 32 MiB.
+    pub max_snapshot_bytes_in_flight: usize,
 }
 
 impl Default for BridgeConfig {
@@ -256,11 +270,14 @@ impl Default for BridgeConfig {
             token: None,
             max_connections: 256,
             max_connections_per_address: 32,
+            max_unauthenticated: 64,
+            max_unauthenticated_per_address: 8,
             max_message_bytes: 64 * 1024,
             messages_per_s: 100,
             burst: 200,
-            first_message_ms: 5_000,
+            first_message_ms: 2_000,
             send_timeout_ms: 10_000,
+            max_snapshot_bytes_in_flight: 32 << 20,
         }
     }
 }
@@ -385,6 +402,24 @@ impl GatewayConfig {
             b.messages_per_s,
             1..=100_000,
             "must be 1 to 100000",
+        )?;
+        in_range(
+            "bridge.max_unauthenticated",
+            b.max_unauthenticated,
+            1..=100_000,
+            "must be 1 to 100000",
+        )?;
+        in_range(
+            "bridge.max_unauthenticated_per_address",
+            b.max_unauthenticated_per_address,
+            1..=100_000,
+            "must be 1 to 100000",
+        )?;
+        in_range(
+            "bridge.max_snapshot_bytes_in_flight",
+            b.max_snapshot_bytes_in_flight,
+            65_536..=1 << 30,
+            "must be 65536 to 1073741824",
         )?;
         in_range("bridge.burst", b.burst, 1..=100_000, "must be 1 to 100000")?;
         in_range(

@@ -12,7 +12,7 @@ use aether_gateway::{BridgeConfig, Gateway, GatewayConfig};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use support::{
-    bridge::{Client, close_of, now_ns, open, stamp},
+    bridge::{Client, close_of, now_ns, open, open_from, stamp},
     config, start,
 };
 use tokio_tungstenite::tungstenite::Message;
@@ -233,7 +233,18 @@ async fn the_readme_block_is_exactly_what_the_gateway_sends_and_accepts() {
     );
     a.socket.close(None).await.unwrap();
     b.until("presence-leave", None).await;
+    // A map larger than one message: parts, then the snapshot.
+    let large = "l".repeat(30 * 1024);
+    for n in 0..12 {
+        service
+            .set_json(&format!("large{n}"), &large)
+            .await
+            .unwrap();
+    }
+    b.until("set", Some("large11")).await;
     let c = Client::connect(addr, "board", TOKEN).await;
+    assert!(!c.parts.is_empty(), "a large map comes in parts");
+    assert_eq!(c.received[1]["entries"]["large0"]["value"], large.as_str());
     let snapshot = c.received[1].clone();
     assert_eq!(snapshot["entries"]["k2"]["deleted"], true, "{snapshot}");
     assert_eq!(snapshot["entries"]["k3"]["value"], 3, "{snapshot}");
@@ -241,7 +252,7 @@ async fn the_readme_block_is_exactly_what_the_gateway_sends_and_accepts() {
     // Every message received fits its template exactly, and every kind the
     // README lists was seen.
     let mut kinds = BTreeSet::new();
-    for message in b.received.iter().chain(&c.received) {
+    for message in b.received.iter().chain(&c.received).chain(&c.parts) {
         let kind = message["type"].as_str().expect("a type").to_string();
         let template = Protocol::of(&protocol.outbound, &kind);
         assert!(
@@ -496,13 +507,14 @@ async fn hostile_clients_are_refused_counted_and_others_unaffected() {
     assert_eq!(close_of(&mut flood.socket).await.map(|c| c.0), Some(1008));
     assert_eq!(refused(&gateway, "rate_limited"), 1);
 
-    // Past the per-address cap: 1013. (`good` holds one slot.)
+    // Past the per-address cap, once the token is checked: 1013. (`good`
+    // holds one slot.)
     let mut held = Vec::new();
     for _ in 0..11 {
         held.push(Client::connect(addr, "board", TOKEN).await);
     }
-    let mut over = open(addr, "board").await;
-    let (code, _) = close_of(&mut over).await.expect("a close frame");
+    let mut over = Client::connect_silent(addr, "board", TOKEN).await;
+    let (code, _) = close_of(&mut over.socket).await.expect("a close frame");
     assert_eq!(code, 1013);
     assert_eq!(refused(&gateway, "address_capacity"), 1);
     assert_eq!(
@@ -547,8 +559,8 @@ async fn the_global_cap_refuses_with_1013() {
     for _ in 0..3 {
         held.push(Client::connect(addr, "board", TOKEN).await);
     }
-    let mut over = open(addr, "board").await;
-    assert_eq!(close_of(&mut over).await.map(|c| c.0), Some(1013));
+    let mut over = Client::connect_silent(addr, "board", TOKEN).await;
+    assert_eq!(close_of(&mut over.socket).await.map(|c| c.0), Some(1013));
     assert_eq!(refused(&gateway, "capacity"), 1);
     held.pop();
     eventually("a slot came back", || {
@@ -734,5 +746,325 @@ async fn cursors_are_thinned_to_the_latest_and_the_latest_arrives() {
         started.elapsed()
     );
     assert!(seen.len() < 150, "not thinned: {seen:?}");
+    gateway.stop().await.unwrap();
+}
+
+// ---- sockets without the token ---------------------------------------------
+
+/// Silent sockets from eight addresses, reopened as fast as the gateway
+/// closes them and above every cap, never take the places of pages with
+/// the token: each of ten pages that sends it at once gets the map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_never_take_the_places_of_pages_with_the_token() {
+    let aether = Aether::default();
+    let limits = BridgeConfig {
+        max_connections: 32,
+        max_connections_per_address: 32,
+        ..Default::default()
+    };
+    let gateway = start(&aether, bridged(limits)).await;
+    let addr = gateway.addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flood = Vec::new();
+    for n in 2..10u8 {
+        let stop = stop.clone();
+        flood.push(tokio::spawn(async move {
+            // Each address holds up to 40 silent sockets, the oldest
+            // dropped for a new one; bounded by the flag and 60 s.
+            let from = std::net::IpAddr::from([127, 0, 0, n]);
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let mut held = std::collections::VecDeque::new();
+            let mut opened = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < deadline
+            {
+                if let Some(socket) = open_from(addr, "board", from).await {
+                    held.push_back(socket);
+                    opened += 1;
+                }
+                if held.len() > 40 {
+                    held.pop_front();
+                }
+            }
+            opened
+        }));
+    }
+    // The flood holds everything it can before the first page comes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut live = 0;
+    for _ in 0..10 {
+        let mut page = Client::connect_silent(addr, "board", TOKEN).await;
+        let hello = page.try_next(Duration::from_secs(5)).await;
+        let snapshot = page.try_next(Duration::from_secs(5)).await;
+        if hello.is_some_and(|m| m["type"] == "hello")
+            && snapshot.is_some_and(|m| m["type"] == "snapshot")
+        {
+            live += 1;
+        }
+        drop(page);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut opened = 0;
+    for worker in flood {
+        opened += worker.await.unwrap();
+    }
+    eprintln!("the flood opened {opened} sockets");
+    assert_eq!(live, 10, "pages with the token that got the map");
+    assert!(opened > 400, "the flood went above every cap: {opened}");
+    assert!(
+        refused(&gateway, "evicted") > 0,
+        "the oldest silent sockets were closed"
+    );
+    gateway.stop().await.unwrap();
+}
+
+// ---- memory ----------------------------------------------------------------
+
+/// A map past `max_keys` refuses a page's write of a new key (`full`):
+/// answered with `refused`, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_map_refuses_a_pages_new_key() {
+    let mut settings = aether_core::AetherConfig::default();
+    settings.state.max_keys = 2;
+    let aether = Aether::new(settings).unwrap();
+    let gateway = start(&aether, bridged(BridgeConfig::default())).await;
+    let mut page = Client::connect(gateway.addr(), "board", TOKEN).await;
+    page.set("a", json!(1)).await;
+    page.set("b", json!(2)).await;
+    page.set("c", json!(3)).await;
+    let refusal = page.until("refused", Some("c")).await;
+    assert_eq!(refusal["reason"], "full");
+    assert_eq!(
+        metric(&gateway, "aether_bridge_writes_total{outcome=\"full\"}"),
+        1
+    );
+    // A key held is still written.
+    page.set("a", json!(4)).await;
+    let other = Client::connect(gateway.addr(), "board", TOKEN).await;
+    assert_eq!(other.received[1]["entries"]["a"]["value"], 4);
+    assert!(other.received[1]["entries"].get("c").is_none());
+    gateway.stop().await.unwrap();
+}
+
+/// Many pages connecting to a large map at once share one snapshot text:
+/// it is built once per version of the map, not once per page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_share_one_snapshot_per_version_of_the_map() {
+    let aether = Aether::default();
+    // Snapshots of about 1 MiB, at most 2 MiB of them in flight: the
+    // pages take turns.
+    let limits = BridgeConfig {
+        max_unauthenticated_per_address: 32,
+        max_snapshot_bytes_in_flight: 2 << 20,
+        ..Default::default()
+    };
+    let gateway = start(&aether, bridged(limits)).await;
+    let addr = gateway.addr();
+    let service = StateMap::builder("board")
+        .node("service")
+        .open(&aether)
+        .await
+        .unwrap();
+    let value = "v".repeat(16 * 1024);
+    for n in 0..64 {
+        service.set_json(&format!("k{n}"), &value).await.unwrap();
+    }
+    let first = Client::connect(addr, "board", TOKEN).await;
+    assert_eq!(first.received[1]["entries"].as_object().unwrap().len(), 64);
+    let pages =
+        futures_util::future::join_all((0..24).map(|_| Client::connect(addr, "board", TOKEN)))
+            .await;
+    for page in &pages {
+        assert_eq!(page.received[1], first.received[1]);
+        assert!(
+            page.longest < 400 * 1024,
+            "no message is as large as the map: {}",
+            page.longest
+        );
+    }
+    assert_eq!(
+        metric(&gateway, "aether_bridge_snapshots_built_total"),
+        1,
+        "one snapshot for 25 pages"
+    );
+    // A change: the next page gets a new one.
+    service.set_json("k64", &1).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut later = Client::connect(addr, "board", TOKEN).await;
+    while later.received[1]["entries"].get("k64").is_none() {
+        assert!(std::time::Instant::now() < deadline, "k64 never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        later = Client::connect(addr, "board", TOKEN).await;
+    }
+    assert_eq!(metric(&gateway, "aether_bridge_snapshots_built_total"), 2);
+    drop(pages);
+    service.close().await;
+    gateway.stop().await.unwrap();
+}
+
+// ---- who a page may speak for ----------------------------------------------
+
+/// A page writes shared keys only: a node-owned key is refused
+/// (`not_owner`), the gateway's own node's too, and never reaches the bus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_may_not_write_the_gateways_node_keys() {
+    let aether = Aether::default();
+    let gateway = start(&aether, bridged(BridgeConfig::default())).await;
+    let service = StateMap::builder("board")
+        .node("service")
+        .open(&aether)
+        .await
+        .unwrap();
+    let mut page = Client::connect(gateway.addr(), "board", TOKEN).await;
+    eventually("the service sees the gateway's replica", || {
+        !service.peers().is_empty()
+    })
+    .await;
+    let node = service.peers()[0].clone();
+    let key = format!("node/{node}/status");
+    let stamp = page.stamp();
+    page.send(json!({"type": "set", "key": key, "value": "forged", "stamp": stamp}))
+        .await;
+    assert_eq!(
+        page.until("refused", Some(&key)).await["reason"],
+        "not_owner"
+    );
+    page.set("after", json!(1)).await;
+    eventually("the service has after", || service.get("after").is_some()).await;
+    assert!(service.get(&key).is_none(), "the forged node key spread");
+    service.close().await;
+    gateway.stop().await.unwrap();
+}
+
+/// A change stamped with a page's replica id that the page did not send
+/// itself (here a service's merge) reaches that page: the bridge leaves
+/// out only what the connection itself merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_gets_every_change_it_did_not_send_whatever_its_stamp() {
+    let aether = Aether::default();
+    let gateway = start(&aether, bridged(BridgeConfig::default())).await;
+    let service = StateMap::builder("board")
+        .node("service")
+        .open(&aether)
+        .await
+        .unwrap();
+    let mut victim = Client::connect(gateway.addr(), "board", TOKEN).await;
+    let node = u64::from_str_radix(&victim.replica, 16).unwrap();
+    let forged = aether_core::state::Stamp {
+        physical_ns: now_ns(),
+        logical: 7,
+        node,
+    };
+    service
+        .merge("title", Some("\"forged\"".into()), forged)
+        .await
+        .unwrap();
+    let seen = victim.until("set", Some("title")).await;
+    assert_eq!(seen["value"], "forged");
+    // Its own writes still do not come back.
+    victim.set("own", json!(1)).await;
+    eventually("the service has own", || service.get("own").is_some()).await;
+    assert!(
+        victim.try_next(Duration::from_millis(300)).await.is_none(),
+        "a page does not get its own write back"
+    );
+    service.close().await;
+    gateway.stop().await.unwrap();
+}
+
+/// A replica id another open page holds is refused at `auth` (1008,
+/// `replica_in_use`, counted), and a write stamped in another open page's
+/// name is refused (`stamp`); a stamp of a page that is not connected (an
+/// offline write relayed from the cache) is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_may_not_speak_for_another_open_page() {
+    let aether = Aether::default();
+    let gateway = start(&aether, bridged(BridgeConfig::default())).await;
+    let addr = gateway.addr();
+    let service = StateMap::builder("board")
+        .node("service")
+        .open(&aether)
+        .await
+        .unwrap();
+    let mut victim = Client::connect(addr, "board", TOKEN).await;
+    let mut twin = Client::connect_as(addr, "board", TOKEN, &victim.replica.clone()).await;
+    assert_eq!(
+        close_of(&mut twin.socket).await,
+        Some((1008, "replica_in_use".to_string()))
+    );
+    assert_eq!(refused(&gateway, "replica_in_use"), 1);
+
+    let mut forger = Client::connect(addr, "board", TOKEN).await;
+    let theirs = stamp(now_ns(), 3, &victim.replica);
+    forger
+        .send(json!({"type": "set", "key": "k", "value": "forged", "stamp": theirs}))
+        .await;
+    assert_eq!(forger.until("refused", Some("k")).await["reason"], "stamp");
+    assert_eq!(
+        metric(&gateway, "aether_bridge_writes_total{outcome=\"stamp\"}"),
+        1
+    );
+    // An earlier page load of this browser, not connected now: taken.
+    let offline = stamp(now_ns(), 0, "00000000000000f1");
+    forger
+        .send(json!({"type": "set", "key": "k", "value": "offline", "stamp": offline}))
+        .await;
+    eventually("the service has the offline write", || {
+        service.get_json::<String>("k").unwrap().as_deref() == Some("offline")
+    })
+    .await;
+    assert_eq!(victim.until("set", Some("k")).await["value"], "offline");
+    // Once the victim is gone, its id is free again.
+    let id = victim.replica.clone();
+    victim.socket.close(None).await.unwrap();
+    drop(victim);
+    let mut back = None;
+    for _ in 0..100 {
+        let mut again = Client::connect_as(addr, "board", TOKEN, &id).await;
+        if again
+            .try_next(Duration::from_secs(5))
+            .await
+            .is_some_and(|m| m["type"] == "hello")
+        {
+            back = Some(again);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(back.is_some(), "the id was given back");
+    service.close().await;
+    gateway.stop().await.unwrap();
+}
+
+/// Two writes of one key with equal stamps and different values (possible
+/// only with a forged id): every replica keeps the same one, and the page
+/// whose write lost is answered with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_stamps_settle_on_one_value_everywhere() {
+    let aether = Aether::default();
+    let gateway = start(&aether, bridged(BridgeConfig::default())).await;
+    let service = StateMap::builder("board")
+        .node("service")
+        .open(&aether)
+        .await
+        .unwrap();
+    let mut page = Client::connect(gateway.addr(), "board", TOKEN).await;
+    let same = stamp(now_ns(), 0, "00000000000000f2");
+    page.send(json!({"type": "set", "key": "tie", "value": "b", "stamp": same}))
+        .await;
+    eventually("the service has b", || service.get("tie").is_some()).await;
+    page.send(json!({"type": "set", "key": "tie", "value": "a", "stamp": same}))
+        .await;
+    let answer = page.until("set", Some("tie")).await;
+    assert_eq!(
+        (answer["value"].clone(), answer["stamp"].clone()),
+        (json!("b"), json!(same))
+    );
+    assert_eq!(
+        service.get_json::<String>("tie").unwrap().as_deref(),
+        Some("b")
+    );
+    service.close().await;
     gateway.stop().await.unwrap();
 }

@@ -139,8 +139,8 @@ async fn saga(
     watch.add("beta", beta.id().unwrap());
     let mut alpha = program(alpha_bin, dir, &urls, "alpha", &[])
         .args(["--rate", RATE, "--count", &ORDERS.to_string()])
-    .spawn()
-    .unwrap();
+        .spawn()
+        .unwrap();
     watch.add("alpha", alpha.id().unwrap());
     let mut alpha_lines = lines(&mut alpha);
     let alpha_started = Instant::now();
@@ -590,8 +590,7 @@ impl Watch {
                 (0..cluster.len())
                     .filter(|&i| Some(i) != spare && running(i))
                     .max_by_key(|&i| {
-                        let programs =
-                            seen.nodes.values().filter(|node| **node == Some(i)).count();
+                        let programs = seen.nodes.values().filter(|node| **node == Some(i)).count();
                         (programs, leader == Some(i))
                     })
             })

@@ -51,7 +51,7 @@ export interface Superseded<T = Json> {
 /** A write of this page the gateway did not take. */
 export interface Refused {
   key: string;
-  reason: "invalid_key" | "too_large" | "not_owner" | "stamp" | "closed";
+  reason: "invalid_key" | "too_large" | "not_owner" | "stamp" | "full" | "closed";
 }
 
 /** One replica of a replicated map, through the gateway's bridge. */
@@ -59,7 +59,7 @@ export declare class Aether {
   /** @param url `ws://host:port/bridge/<map>` (`wss://` over TLS). */
   constructor(url: string, options: AetherOptions);
   readonly url: string;
-  /** This page's replica id (random per page load). */
+  /** This page's replica id: random per page load, and a new one if another open page holds it. */
   readonly replica: string;
   /** Where the connection is. */
   readonly status: Status;

@@ -90,6 +90,10 @@ class Clock {
   }
 }
 
+function sameEntry(a, b) {
+  return a.d === b.d && (a.d || JSON.stringify(a.v) === JSON.stringify(b.v));
+}
+
 function jsonCopy(value) {
   return value === undefined ? null : JSON.parse(JSON.stringify(value));
 }
@@ -126,6 +130,7 @@ export class Aether {
     this.saveTimer = null;
     this.reconnectTimer = null;
     this.liveWaiters = [];
+    this.snapshotParts = null;
     this.cacheKey = this.options.cacheKey || "aether:" + url;
     this.loadCache();
     this.onPageHide = () => this.saveNow();
@@ -289,10 +294,19 @@ export class Aether {
     socket.onclose = (event) => {
       if (this.socket !== socket) return;
       this.socket = null;
+      this.snapshotParts = null;
       this.peers.clear();
       this.firePresence();
       if (event.code === 1008 && event.reason === "unauthorized") {
         this.setStatus("unauthorized");
+        return;
+      }
+      if (event.code === 1008 && event.reason === "replica_in_use") {
+        // Another open page holds this id: take a new one, at once. Writes
+        // stamped with the old one are sent again after the snapshot.
+        this.replica = randomReplica();
+        this.clock.replica = this.replica;
+        this.connect();
         return;
       }
       this.reconnect();
@@ -318,8 +332,13 @@ export class Aether {
         this.clock.offsetMs = gatewayMs - (performance.timeOrigin + performance.now());
         break;
       }
+      case "snapshot-part":
+        // A large map comes in parts; the snapshot that follows ends it.
+        this.snapshotParts = Object.assign(this.snapshotParts || {}, message.entries);
+        break;
       case "snapshot": {
-        const theirs = message.entries;
+        const theirs = Object.assign(this.snapshotParts || {}, message.entries);
+        this.snapshotParts = null;
         for (const [key, e] of Object.entries(theirs)) {
           this.apply(key, { v: e.deleted ? null : e.value, s: e.stamp, d: !!e.deleted }, true);
         }
@@ -369,10 +388,15 @@ export class Aether {
     }
   }
 
-  /** Merges one entry: the higher stamp wins. */
+  /**
+   * Merges one entry: the higher stamp wins. Equal stamps with different
+   * values (only a forged replica id makes them) settle on the gateway's:
+   * its replica chose by the rule every replica follows.
+   */
   apply(key, entry, remote) {
     const held = this.entries.get(key);
-    if (held && held.s >= entry.s) return false;
+    if (held && held.s > entry.s) return false;
+    if (held && held.s === entry.s && (!remote || sameEntry(held, entry))) return false;
     this.clock.observe(entry.s);
     this.entries.set(key, entry);
     if (remote && held && held.s.endsWith(this.replica)) {

@@ -31,6 +31,14 @@ pub struct StateConfig {
     pub max_key_bytes: usize,
     /// Longest value, bytes (at most 16 MiB). Default 32 KiB.
     pub max_value_bytes: usize,
+    /// Most keys a map holds, tombstones counted until they are collected;
+    /// a write of one more is refused (`Full`), and so is a change from
+    /// another replica (counted, `full`). 1 to 100,000,000, default 100,000.
+    pub max_keys: usize,
+    /// Most bytes a map holds, its keys and values counted; past it a
+    /// write is refused like one key too many. At least `max_key_bytes +
+    /// max_value_bytes`, at most 1 TiB; default 64 MiB.
+    pub max_map_bytes: u64,
     /// A stamp further ahead of this replica's clock is refused. Default
     /// 500 ms.
     #[serde(rename = "max_drift_ms", with = "millis")]
@@ -82,6 +90,8 @@ impl Default for StateConfig {
         Self {
             max_key_bytes: 256,
             max_value_bytes: 32 * 1024,
+            max_keys: 100_000,
+            max_map_bytes: 64 << 20,
             max_drift: Duration::from_millis(500),
             tombstone_horizon: Duration::from_secs(24 * 3600),
             heartbeat_interval: Duration::from_secs(1),
@@ -112,6 +122,19 @@ impl StateConfig {
             "state.max_value_bytes",
             self.max_value_bytes.to_string(),
             "must be 1 to 16777216",
+        )?;
+        check(
+            (1..=100_000_000).contains(&self.max_keys),
+            "state.max_keys",
+            self.max_keys.to_string(),
+            "must be 1 to 100000000",
+        )?;
+        let least = (self.max_key_bytes + self.max_value_bytes) as u64;
+        check(
+            (least..=1 << 40).contains(&self.max_map_bytes),
+            "state.max_map_bytes",
+            self.max_map_bytes.to_string(),
+            "must be at least max_key_bytes + max_value_bytes, and at most 1099511627776",
         )?;
         check(
             !self.heartbeat_interval.is_zero(),

@@ -67,7 +67,7 @@ use self::{
     codec::{Limits, Message},
     hlc::Clock,
     ledger::{Durable, Ledger},
-    store::{Entry, Merged, Store},
+    store::{Cap, Caps, Entry, Merged, Store},
 };
 pub use crate::config::StateConfig;
 
@@ -101,6 +101,10 @@ pub enum StateErrorKind {
     /// `max_drift` ahead of this replica's clock, or before the tombstone
     /// horizon.
     Stamp,
+    /// The map holds `max_keys` keys (tombstones counted until collected),
+    /// or the write would take it past `max_map_bytes`: delete keys, or
+    /// raise the setting on every replica.
+    Full,
 }
 
 impl fmt::Display for StateErrorKind {
@@ -116,6 +120,7 @@ impl fmt::Display for StateErrorKind {
             StateErrorKind::Medium => "not sent",
             StateErrorKind::Ledger => "state directory unusable",
             StateErrorKind::Stamp => "stamp out of range",
+            StateErrorKind::Full => "map full",
         })
     }
 }
@@ -134,16 +139,19 @@ pub enum Refusal {
     NotOwner,
     /// Past `max_writes_per_s` from one writer.
     RateLimited,
+    /// A key more than `max_keys`, or past `max_map_bytes`.
+    Full,
 }
 
 impl Refusal {
     /// Every reason, in counter order.
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::Malformed,
         Refusal::Future,
         Refusal::TooOld,
         Refusal::NotOwner,
         Refusal::RateLimited,
+        Refusal::Full,
     ];
 
     /// Its name as a metric label.
@@ -213,7 +221,7 @@ pub struct StateStats {
     /// Entries received that changed nothing (duplicates, older writes).
     pub stale: u64,
     /// Refused, by reason ([`Refusal::ALL`] order).
-    pub refused: [u64; 5],
+    pub refused: [u64; Refusal::ALL.len()],
     /// Entries that anti-entropy brought in.
     pub repaired: u64,
     /// Tombstones collected.
@@ -238,7 +246,7 @@ impl StateStats {
 struct Counters {
     applied: AtomicU64,
     stale: AtomicU64,
-    refused: [AtomicU64; 5],
+    refused: [AtomicU64; Refusal::ALL.len()],
     repaired: AtomicU64,
     collected: AtomicU64,
     watch_lagged: AtomicU64,
@@ -386,6 +394,24 @@ impl Channels {
     }
 }
 
+/// The node that owns `key`: `Some(name)` for a node-owned key
+/// (`node/<name>/...`), which only that node's replica may write; `None`
+/// for a shared key.
+pub fn owner_of(key: &str) -> Option<&str> {
+    store::owner_of(key)
+}
+
+/// What applying an entry did.
+enum Applied {
+    /// It won: its ledger record's sequence number, or why it was not
+    /// written (`None`: no ledger).
+    Won(Option<Result<u64, String>>),
+    /// This replica held it already, or a winning entry.
+    Stale,
+    /// It would win, but the map is full ([`Cap`]).
+    Full(Cap),
+}
+
 /// A random node id: the process nonce mixed with a count and the time, so
 /// that replicas in one process and across processes differ.
 fn node_id() -> u64 {
@@ -465,7 +491,7 @@ impl StateMap {
             max_value_bytes: config.max_value_bytes,
         };
         let clock = Clock::new(id, config.max_drift);
-        let (ledger, store) = match &dir {
+        let (ledger, mut store) = match &dir {
             None => (None, Store::default()),
             Some(dir) => {
                 let (ledger, store, skipped) = Ledger::open(dir, &limits, config.snapshot_every)
@@ -479,6 +505,10 @@ impl StateMap {
                 (Some(Durable::new(ledger)), store)
             }
         };
+        store.set_caps(Caps {
+            max_keys: config.max_keys,
+            max_bytes: config.max_map_bytes,
+        });
         let quota = Quota::per_second(NonZeroU32::new(config.max_writes_per_s).expect("validated"));
         let shared = Arc::new(Shared {
             limits,
@@ -581,6 +611,18 @@ impl StateMap {
     /// This replica's node name.
     pub fn node(&self) -> &str {
         &self.shared.node_name
+    }
+
+    /// This replica's id: the `node` of the stamps of its own writes.
+    pub fn replica_id(&self) -> u64 {
+        self.shared.clock.node()
+    }
+
+    /// A number that changes whenever this replica's contents change (a
+    /// change applied, tombstones collected): what was read at one version
+    /// is still true while the version is the same.
+    pub fn version(&self) -> u64 {
+        self.shared.lock_store().version()
     }
 
     /// Sets `key` to `value` here at once, and sends it to every replica.
@@ -696,8 +738,10 @@ impl StateMap {
             value,
             writer: shared.node_name.clone(),
         };
-        let Some(logged) = shared.apply(key, entry.clone(), false, true) else {
-            return Ok(false);
+        let logged = match shared.apply(key, entry.clone(), false, true) {
+            Applied::Won(logged) => logged,
+            Applied::Stale => return Ok(false),
+            Applied::Full(cap) => return Err(shared.full(key, cap)),
         };
         let message = Message::Changes {
             repair: None,
@@ -1084,24 +1128,35 @@ impl Shared {
         }
     }
 
+    /// Why a write of `key` does not fit: which cap, and how full.
+    fn full(&self, key: &str, cap: Cap) -> StateError {
+        let store = self.lock_store();
+        let message = match cap {
+            Cap::Keys => format!(
+                "map {:?} holds {} keys (tombstones counted until collected); a write of a new key {key:?} is refused at max_keys = {}",
+                self.map,
+                store.held(),
+                self.config.max_keys
+            ),
+            Cap::Bytes => format!(
+                "map {:?} holds {} bytes; the write of {key:?} would take it past max_map_bytes = {}",
+                self.map,
+                store.bytes(),
+                self.config.max_map_bytes
+            ),
+        };
+        StateError::new(StateErrorKind::Full, message)
+    }
+
     /// Merges one entry here (`repair`: brought by anti-entropy; `local`:
     /// this replica's own write) and tells watchers, and the writer if its
-    /// write lost. `None` if it did not win; else its ledger record's
-    /// sequence number, or why it was not written (`None` inside: no
-    /// ledger).
+    /// write lost.
     ///
     /// The merge, the ledger record and the hand-over to watchers are one
     /// step under the store's lock: for every key, watchers get the changes
     /// in the order they were applied (strictly increasing stamps, each
     /// `old` the previous `new`), whichever tasks and peers wrote them.
-    #[allow(clippy::option_option)]
-    fn apply(
-        &self,
-        key: &str,
-        entry: Entry,
-        repair: bool,
-        local: bool,
-    ) -> Option<Option<Result<u64, String>>> {
+    fn apply(&self, key: &str, entry: Entry, repair: bool, local: bool) -> Applied {
         let (stamp, writer, new) = (entry.stamp, entry.writer.clone(), entry.value.clone());
         let mut logged = None;
         let mut store = self.lock_store();
@@ -1115,29 +1170,34 @@ impl Shared {
             }
             logged = Some(written.map_err(|e| e.to_string()));
         }
-        let Merged::Applied(old) = merged else {
-            self.counters.stale.fetch_add(1, Ordering::Relaxed);
-            // A write of this replica that a higher stamp reached first (a
-            // concurrent write, applied between its stamp and its merge):
-            // it lost, and its writer hears it as it would have later.
-            if local
-                && stamp.node == self.clock.node()
-                && let Some(held) = store.entry(key)
-                && held.stamp.node != self.clock.node()
-            {
-                let _ = self.superseded.send(Superseded {
-                    key: key.to_string(),
-                    mine: stamp,
-                    by: Change {
+        let old = match merged {
+            Merged::Applied(old) => old,
+            Merged::Full(cap) => return Applied::Full(cap),
+            Merged::Stale => {
+                self.counters.stale.fetch_add(1, Ordering::Relaxed);
+                // A write of this replica that a higher stamp reached first
+                // (a concurrent write, applied between its stamp and its
+                // merge): it lost, and its writer hears it as it would have
+                // later.
+                if local
+                    && stamp.node == self.clock.node()
+                    && let Some(held) = store.entry(key)
+                    && held.stamp.node != self.clock.node()
+                {
+                    let _ = self.superseded.send(Superseded {
                         key: key.to_string(),
-                        old: None,
-                        new: held.value.clone(),
-                        writer: held.writer.to_string(),
-                        stamp: held.stamp,
-                    },
-                });
+                        mine: stamp,
+                        by: Change {
+                            key: key.to_string(),
+                            old: None,
+                            new: held.value.clone(),
+                            writer: held.writer.to_string(),
+                            stamp: held.stamp,
+                        },
+                    });
+                }
+                return Applied::Stale;
             }
-            return None;
         };
         self.counters.applied.fetch_add(1, Ordering::Relaxed);
         if repair {
@@ -1162,7 +1222,7 @@ impl Shared {
         }
         let _ = self.changes.send(change);
         drop(store);
-        Some(logged)
+        Applied::Won(logged)
     }
 
     /// The tombstone horizon now, Unix nanoseconds: tombstones stamped
@@ -1202,7 +1262,9 @@ impl Shared {
                 self.refuse(Refusal::TooOld);
                 continue;
             }
-            let _ = self.apply(&key, entry, repair, false);
+            if let Applied::Full(_) = self.apply(&key, entry, repair, false) {
+                self.refuse(Refusal::Full);
+            }
         }
     }
 

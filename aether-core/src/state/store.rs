@@ -46,10 +46,44 @@ pub(crate) enum Merged {
     Applied(Option<Entry>),
     /// The store already held this entry or a winning one.
     Stale,
+    /// It would win, but the store is at one of its caps: one key more than
+    /// `max_keys` (what it names), or past `max_bytes`.
+    Full(Cap),
+}
+
+/// A cap of a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cap {
+    /// Keys held, tombstones counted.
+    Keys,
+    /// Bytes of keys and values held.
+    Bytes,
+}
+
+/// What a store may hold: keys (tombstones counted until collected) and
+/// bytes of keys and values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Caps {
+    pub(crate) max_keys: usize,
+    pub(crate) max_bytes: u64,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Caps {
+            max_keys: usize::MAX,
+            max_bytes: u64::MAX,
+        }
+    }
+}
+
+/// What an entry of `key` costs a store: its key and value bytes.
+fn cost(key: &str, entry: &Entry) -> u64 {
+    (key.len() + entry.value.as_ref().map_or(0, Bytes::len)) as u64
 }
 
 /// One replica's contents.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Store {
     entries: BTreeMap<String, Entry>,
     digest: Digest,
@@ -57,7 +91,27 @@ pub(crate) struct Store {
     /// their owner may send them): one fingerprint per owner instead.
     owned: std::collections::HashMap<String, u64>,
     tombstones: usize,
+    /// Bytes of keys and values held.
+    bytes: u64,
+    /// Counts every change of the contents (a merge applied, tombstones
+    /// collected).
+    version: u64,
+    caps: Caps,
 }
+
+/// Two stores are equal when they hold the same entries (how they came to
+/// hold them, and their caps, aside).
+impl PartialEq for Store {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries
+            && self.digest == other.digest
+            && self.owned == other.owned
+            && self.tombstones == other.tombstones
+            && self.bytes == other.bytes
+    }
+}
+
+impl Eq for Store {}
 
 /// A store's digest: one fingerprint per bucket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,13 +198,33 @@ impl Store {
         self.owned.get(owner).copied().unwrap_or(0)
     }
 
-    /// Merges `entry` for `key`.
+    /// Holds it to `caps` from now on (what it holds already stays).
+    pub(crate) fn set_caps(&mut self, caps: Caps) {
+        self.caps = caps;
+    }
+
+    /// Merges `entry` for `key`, within the caps: a write that would take
+    /// the store past one is not applied (a key it holds may always shrink).
     pub(crate) fn merge(&mut self, key: &str, entry: Entry) -> Merged {
-        let change = match self.entries.get(key) {
+        let held_cost = match self.entries.get(key) {
             Some(held) if !entry.beats(held) => return Merged::Stale,
-            Some(held) => Some(fingerprint(key, held) ^ fingerprint(key, &entry)),
+            Some(held) => Some(cost(key, held)),
             None => None,
         };
+        let new_cost = cost(key, &entry);
+        if held_cost.is_none() && self.entries.len() >= self.caps.max_keys {
+            return Merged::Full(Cap::Keys);
+        }
+        let bytes = self.bytes - held_cost.unwrap_or(0) + new_cost;
+        if new_cost > held_cost.unwrap_or(0) && bytes > self.caps.max_bytes {
+            return Merged::Full(Cap::Bytes);
+        }
+        self.bytes = bytes;
+        self.version += 1;
+        let change = self
+            .entries
+            .get(key)
+            .map(|held| fingerprint(key, held) ^ fingerprint(key, &entry));
         match change {
             Some(change) => {
                 *self.slot(key) ^= change;
@@ -209,6 +283,21 @@ impl Store {
         self.tombstones
     }
 
+    /// Keys held, tombstones included (what `max_keys` counts).
+    pub(crate) fn held(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Bytes of keys and values held (what `max_bytes` counts).
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Changes of the contents so far: the same number, the same contents.
+    pub(crate) fn version(&self) -> u64 {
+        self.version
+    }
+
     /// The keys `owner` owns here, with their entries.
     pub(crate) fn owned_by(&self, owner: &str) -> Vec<(String, Entry)> {
         let prefix = format!("node/{owner}/");
@@ -235,6 +324,10 @@ impl Store {
             let entry = self.entries.remove(key).expect("listed above");
             *self.slot(key) ^= fingerprint(key, &entry);
             self.tombstones -= 1;
+            self.bytes -= cost(key, &entry);
+        }
+        if !old.is_empty() {
+            self.version += 1;
         }
         old.len()
     }
@@ -410,6 +503,32 @@ mod tests {
             for replica in &replicas {
                 prop_assert_eq!(replica, &all);
                 prop_assert_eq!(replica.digest(), all.digest());
+            }
+        }
+    }
+
+    proptest! {
+        /// Whatever is merged, a capped store holds at most its keys and
+        /// bytes, counts its bytes truly, and refuses only what would pass
+        /// a cap.
+        #[test]
+        fn a_capped_store_stays_within_its_caps(
+            writes in prop::collection::vec(arb_write(), 0..60),
+            max_keys in 1usize..4,
+            max_bytes in 1u64..16,
+        ) {
+            let mut store = Store::default();
+            store.set_caps(Caps { max_keys, max_bytes });
+            for (key, entry) in writes {
+                let before = (store.held(), store.bytes());
+                let merged = store.merge(&key, entry);
+                if let Merged::Full(_) = merged {
+                    prop_assert_eq!((store.held(), store.bytes()), before);
+                }
+                let bytes: u64 = store.entries().map(|(k, e)| cost(k, e)).sum();
+                prop_assert_eq!(store.bytes(), bytes);
+                prop_assert!(store.held() <= max_keys);
+                prop_assert!(store.bytes() <= max_bytes || matches!(merged, Merged::Stale));
             }
         }
     }

@@ -10,18 +10,26 @@
 //! merge by their stamps when it is back. Cursors (presence) go between
 //! the tabs of one gateway and are not kept.
 //!
-//! Every connection is held to `[gateway.bridge]`'s limits: a cap on
-//! connections, in all and per address (one more is closed with 1013), the
-//! token within `first_message_ms` (compared in constant time, before any
-//! state is sent), a message size cap (1009), a rate limit (1008), a send
-//! timeout for browsers that stop reading, and the map's key and value
-//! caps. Every refusal is counted (`aether_bridge_refused_total`,
-//! `aether_bridge_writes_total`).
+//! Every connection is held to `[gateway.bridge]`'s limits. Until its
+//! token is checked it holds a place among the unauthenticated sockets
+//! (`max_unauthenticated`, in all and per address), where a newcomer takes
+//! the place of the oldest when they are full, so silent sockets never keep
+//! a page that sends the token at once out; it must send the token within
+//! `first_message_ms` (compared in constant time, before any state is
+//! sent). Only then does it take a place among the pages (`max_connections`,
+//! in all and per address; one more is closed with 1013). Then a message
+//! size cap (1009), a rate limit (1008), a send timeout for browsers that
+//! stop reading, and the map's caps. A page speaks for itself only: its
+//! replica id is its own among the open pages, it stamps no write with
+//! another open page's id or the gateway's, and it writes no node-owned
+//! key. Snapshots are built once per version of the map and shared, and
+//! the bytes of snapshots being sent at once are bounded. Every refusal is
+//! counted (`aether_bridge_refused_total`, `aether_bridge_writes_total`).
 
 pub(crate) mod protocol;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     net::{IpAddr, SocketAddr},
     num::NonZeroU32,
     sync::{
@@ -33,14 +41,15 @@ use std::{
 
 use aether_core::{
     Aether,
-    state::{Change, Stamped, StateErrorKind, StateMap},
+    state::{self, Change, Stamped, StateErrorKind, StateMap},
 };
 use aether_ops::shutdown::Shutdown;
 use axum::{
     extract::{
         ConnectInfo, Path, State,
         ws::{
-            CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+            CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade,
+            rejection::WebSocketUpgradeRejection,
         },
     },
     http::StatusCode,
@@ -53,7 +62,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::sync::broadcast;
+use tokio::sync::{Semaphore, broadcast, oneshot};
 
 use self::protocol::{EntryOut, Inbound, Outbound, parse_replica, parse_stamp, stamp_text};
 use crate::{http::AppState, settings::BridgeConfig};
@@ -70,13 +79,24 @@ mod close {
 /// The most often one page's cursor is sent to the others (20 a second).
 const CURSOR_EVERY: Duration = Duration::from_millis(50);
 
+/// About the most bytes of one snapshot message: a larger map goes as
+/// `snapshot-part`s, then the `snapshot`. Each connection's send buffer
+/// keeps the size of the largest message it sent, so this bounds it.
+const SNAPSHOT_PART_BYTES: usize = 256 * 1024;
+
+/// Most (key, stamp) pairs a connection remembers of the writes it merged,
+/// to leave their changes out when they come back from the map.
+const OWN_WRITES: usize = 4096;
+
 /// Why the bridge refused a connection or closed one, as counted.
-pub const REFUSALS: [&str; 9] = [
+pub const REFUSALS: [&str; 11] = [
     "unknown_map",
     "capacity",
     "address_capacity",
     "deadline",
+    "evicted",
     "token",
+    "replica_in_use",
     "malformed",
     "too_large",
     "rate_limited",
@@ -84,13 +104,14 @@ pub const REFUSALS: [&str; 9] = [
 ];
 
 /// What became of a browser's writes, as counted.
-pub const WRITE_OUTCOMES: [&str; 7] = [
+pub const WRITE_OUTCOMES: [&str; 8] = [
     "applied",
     "stale",
     "invalid_key",
     "too_large",
     "not_owner",
     "stamp",
+    "full",
     "closed",
 ];
 
@@ -103,6 +124,7 @@ pub(crate) struct BridgeMetrics {
     messages: IntCounterVec,
     resyncs: IntCounter,
     not_json: IntCounter,
+    snapshots: IntCounter,
 }
 
 impl BridgeMetrics {
@@ -148,7 +170,12 @@ impl BridgeMetrics {
         registry.register(Box::new(writes.clone()))?;
         registry.register(Box::new(messages.clone()))?;
         registry.register(Box::new(resyncs.clone()))?;
+        let snapshots = IntCounter::new(
+            "aether_bridge_snapshots_built_total",
+            "Snapshot texts built (one per version of a map that a page asked for; pages share it)",
+        )?;
         registry.register(Box::new(not_json.clone()))?;
+        registry.register(Box::new(snapshots.clone()))?;
         for map in maps {
             connections.with_label_values(&[map.as_str()]).set(0);
         }
@@ -168,6 +195,7 @@ impl BridgeMetrics {
             messages,
             resyncs,
             not_json,
+            snapshots,
         })
     }
 
@@ -204,6 +232,12 @@ struct Hub {
     cursors: broadcast::Sender<Cursor>,
     /// The last position of each connected tab's cursor, for newcomers.
     positions: Mutex<Positions>,
+    /// The replica ids of the open pages: each is one page's own.
+    replicas: Mutex<HashSet<u64>>,
+    /// The last snapshot built (its messages), and the map's version it
+    /// shows: every page that connects while the map stays the same gets
+    /// these texts.
+    snapshot: tokio::sync::Mutex<Option<(u64, Arc<[Utf8Bytes]>)>>,
 }
 
 /// Connections open, in all and per address.
@@ -213,6 +247,28 @@ struct Slots {
     by_address: HashMap<IpAddr, usize>,
 }
 
+/// Sockets open without the token yet, oldest first: each can be told to
+/// go when a newcomer needs its place.
+#[derive(Default)]
+struct Unauthenticated {
+    next: u64,
+    order: BTreeMap<u64, (IpAddr, oneshot::Sender<()>)>,
+    by_address: HashMap<IpAddr, BTreeSet<u64>>,
+}
+
+impl Unauthenticated {
+    fn remove(&mut self, n: u64) -> Option<oneshot::Sender<()>> {
+        let (address, evict) = self.order.remove(&n)?;
+        if let Some(mine) = self.by_address.get_mut(&address) {
+            mine.remove(&n);
+            if mine.is_empty() {
+                self.by_address.remove(&address);
+            }
+        }
+        Some(evict)
+    }
+}
+
 /// The bridge: its maps, its token, its limits.
 pub(crate) struct Bridge {
     hubs: HashMap<String, Arc<Hub>>,
@@ -220,6 +276,9 @@ pub(crate) struct Bridge {
     token: String,
     token_digest: [u8; 32],
     slots: Mutex<Slots>,
+    unauthenticated: Mutex<Unauthenticated>,
+    /// Bytes of snapshots being sent to pages at once.
+    snapshot_bytes: Semaphore,
     metrics: BridgeMetrics,
     stop: Shutdown,
     next_id: AtomicU64,
@@ -261,6 +320,8 @@ impl Bridge {
                 aether: aether.clone(),
                 cursors: broadcast::channel(1024).0,
                 positions: Mutex::new(HashMap::new()),
+                replicas: Mutex::new(HashSet::new()),
+                snapshot: tokio::sync::Mutex::new(None),
             });
             let opening = hub.clone();
             tokio::spawn(async move {
@@ -275,6 +336,8 @@ impl Bridge {
             hubs,
             config: config.clone(),
             slots: Mutex::new(Slots::default()),
+            unauthenticated: Mutex::new(Unauthenticated::default()),
+            snapshot_bytes: Semaphore::new(config.max_snapshot_bytes_in_flight),
             metrics,
             stop,
             next_id: AtomicU64::new(1),
@@ -318,6 +381,80 @@ impl Bridge {
             bridge: self.clone(),
             address,
         })
+    }
+}
+
+impl Bridge {
+    /// A place among the sockets without the token for one from `address`:
+    /// when they are full (from that address, or in all), the oldest such
+    /// socket is told to go (counted, `evicted`) and the newcomer takes its
+    /// place, so a page that sends its token at once always gets in. The
+    /// receiver fires when this socket is the one told to go.
+    fn take_unauthenticated(
+        self: &Arc<Self>,
+        address: IpAddr,
+    ) -> (UnauthenticatedSlot, oneshot::Receiver<()>) {
+        let mut waiting = self
+            .unauthenticated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let from_here = waiting.by_address.get(&address).map_or(0, BTreeSet::len);
+        let oldest = if from_here >= self.config.max_unauthenticated_per_address {
+            waiting
+                .by_address
+                .get(&address)
+                .and_then(|mine| mine.first().copied())
+        } else if waiting.order.len() >= self.config.max_unauthenticated {
+            waiting.order.keys().next().copied()
+        } else {
+            None
+        };
+        if let Some(evict) = oldest.and_then(|n| waiting.remove(n)) {
+            // Counted here: the socket told to go closes without counting.
+            self.metrics.refuse("evicted");
+            let _ = evict.send(());
+        }
+        let n = waiting.next;
+        waiting.next += 1;
+        let (evict, evicted) = oneshot::channel();
+        waiting.order.insert(n, (address, evict));
+        waiting.by_address.entry(address).or_default().insert(n);
+        let slot = UnauthenticatedSlot {
+            bridge: self.clone(),
+            n,
+        };
+        (slot, evicted)
+    }
+}
+
+/// A socket's place among those without the token, given back when it
+/// sends the token or closes.
+struct UnauthenticatedSlot {
+    bridge: Arc<Bridge>,
+    n: u64,
+}
+
+impl Drop for UnauthenticatedSlot {
+    fn drop(&mut self) {
+        let mut waiting = self
+            .bridge
+            .unauthenticated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        waiting.remove(self.n);
+    }
+}
+
+/// A page's replica id, its own among the open pages of a map until it
+/// closes.
+struct ReplicaClaim {
+    hub: Arc<Hub>,
+    replica: u64,
+}
+
+impl Drop for ReplicaClaim {
+    fn drop(&mut self) {
+        self.hub.lock_replicas().remove(&self.replica);
     }
 }
 
@@ -395,6 +532,44 @@ struct Connection {
     id: Arc<str>,
     color: Arc<str>,
     replica: u64,
+    /// The writes this connection merged, whose changes are not sent back.
+    own_writes: OwnWrites,
+}
+
+/// The (key, stamp) of the writes one connection merged, the latest
+/// [`OWN_WRITES`]: their changes are the page's own, not sent back to it.
+/// Remembered by connection, not by the stamp's replica id, so a change
+/// stamped with a page's id that another sent still reaches it.
+#[derive(Default)]
+struct OwnWrites {
+    set: HashSet<(String, aether_core::state::Stamp)>,
+    order: VecDeque<(String, aether_core::state::Stamp)>,
+}
+
+impl OwnWrites {
+    fn insert(&mut self, key: &str, stamp: aether_core::state::Stamp) {
+        let entry = (key.to_string(), stamp);
+        if self.set.insert(entry.clone()) {
+            self.order.push_back(entry);
+        }
+        while self.order.len() > OWN_WRITES {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    /// Whether the change of `key` stamped `stamp` is one of these (then
+    /// forgotten: each comes back once).
+    fn take(&mut self, key: &str, stamp: aether_core::state::Stamp) -> bool {
+        let entry = (key.to_string(), stamp);
+        if self.set.remove(&entry) {
+            self.order.retain(|e| e != &entry);
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Connection {
@@ -405,17 +580,17 @@ impl Connection {
         peer: SocketAddr,
         mut socket: WebSocket,
     ) {
-        let _slot = match bridge.take_slot(peer.ip()) {
-            Ok(slot) => slot,
-            Err(reason) => {
-                bridge.metrics.refuse(reason);
-                let text = "too many connections; try again later";
+        let (waiting, evicted) = bridge.take_unauthenticated(peer.ip());
+        let deadline = Duration::from_millis(bridge.config.first_message_ms);
+        let first = tokio::select! {
+            first = tokio::time::timeout(deadline, socket.recv()) => first,
+            _ = evicted => {
+                let text = "too many connections without the token; try again";
                 close_with(&mut socket, close::TRY_AGAIN_LATER, text).await;
                 return;
             }
         };
-        let deadline = Duration::from_millis(bridge.config.first_message_ms);
-        let replica = match tokio::time::timeout(deadline, socket.recv()).await {
+        let replica = match first {
             Err(_) => Err(End::Refused(
                 "deadline",
                 close::POLICY,
@@ -459,6 +634,18 @@ impl Connection {
                 return;
             }
         };
+        // The token is good: from now on a page's place, not a waiting
+        // socket's.
+        drop(waiting);
+        let _slot = match bridge.take_slot(peer.ip()) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                bridge.metrics.refuse(reason);
+                let text = "too many connections; try again later";
+                close_with(&mut socket, close::TRY_AGAIN_LATER, text).await;
+                return;
+            }
+        };
         let Some(replica_map) = hub.map().await else {
             close_with(
                 &mut socket,
@@ -466,6 +653,13 @@ impl Connection {
                 "the map is not open; try again later",
             )
             .await;
+            return;
+        };
+        // One page per replica id: another page's id (or the gateway's) is
+        // refused, and the page picks another.
+        let Some(_claim) = hub.claim(replica, replica_map.replica_id()) else {
+            let end = End::Refused("replica_in_use", close::POLICY, "replica_in_use");
+            finish(&bridge, &mut socket, end).await;
             return;
         };
         let n = bridge.next_id.fetch_add(1, Ordering::Relaxed);
@@ -488,6 +682,7 @@ impl Connection {
             id,
             color,
             replica,
+            own_writes: OwnWrites::default(),
         };
         let end = connection.serve().await;
         gauge.dec();
@@ -578,7 +773,7 @@ impl Connection {
                             missed = watch.missed();
                             self.bridge.metrics.resyncs.inc();
                             self.send_snapshot().await
-                        } else if change.stamp.node == self.replica {
+                        } else if self.own_writes.take(&change.key, change.stamp) {
                             Ok(())
                         } else {
                             self.send_change(&change).await
@@ -665,19 +860,38 @@ impl Connection {
         value: Option<Bytes>,
         stamp: aether_core::state::Stamp,
     ) -> Result<(), End> {
-        let outcome = match self.replica_map.merge(key, value, stamp).await {
-            Ok(true) => "applied",
-            Ok(false) => "stale",
-            Err(error) => match error.kind() {
-                StateErrorKind::InvalidKey => "invalid_key",
-                StateErrorKind::TooLarge => "too_large",
-                StateErrorKind::NotOwner => "not_owner",
-                StateErrorKind::Stamp => "stamp",
-                StateErrorKind::Closed => "closed",
-                // Kept here and sent by anti-entropy later (Medium), or
-                // kept in memory and not on this disk (Ledger): taken.
-                _ => "applied",
-            },
+        let outcome = if state::owner_of(key).is_some() {
+            // A page writes shared keys only: a node's keys are its own.
+            "not_owner"
+        } else if stamp.node != self.replica
+            && (stamp.node == self.replica_map.replica_id()
+                || self.hub.lock_replicas().contains(&stamp.node))
+        {
+            // In another open page's name, or the gateway's. (A stamp of
+            // a page that is not connected is a write it made offline,
+            // relayed from the cache: taken.)
+            "stamp"
+        } else {
+            self.own_writes.insert(key, stamp);
+            let outcome = match self.replica_map.merge(key, value, stamp).await {
+                Ok(true) => "applied",
+                Ok(false) => "stale",
+                Err(error) => match error.kind() {
+                    StateErrorKind::InvalidKey => "invalid_key",
+                    StateErrorKind::TooLarge => "too_large",
+                    StateErrorKind::NotOwner => "not_owner",
+                    StateErrorKind::Stamp => "stamp",
+                    StateErrorKind::Full => "full",
+                    StateErrorKind::Closed => "closed",
+                    // Kept here and sent by anti-entropy later (Medium), or
+                    // kept in memory and not on this disk (Ledger): taken.
+                    _ => "applied",
+                },
+            };
+            if outcome != "applied" {
+                self.own_writes.take(key, stamp);
+            }
+            outcome
         };
         self.bridge
             .metrics
@@ -738,45 +952,33 @@ impl Connection {
         self.send_stamped(&entry).await
     }
 
+    /// Sends the map whole: the messages shared by every page while the
+    /// map stays the same, each once its bytes fit in what may be in
+    /// flight to pages at once (`max_snapshot_bytes_in_flight`).
     async fn send_snapshot(&mut self) -> Result<(), End> {
-        let all = self.replica_map.stamped_entries();
-        let values: Vec<Option<Box<RawValue>>> = all
-            .iter()
-            .map(|e| e.value.as_ref().and_then(|v| self.json(v)))
-            .collect();
-        let mut entries = BTreeMap::new();
-        for (entry, value) in all.iter().zip(&values) {
-            let stamp = stamp_text(entry.stamp);
-            let out = match (&entry.value, value) {
-                (None, _) => EntryOut::Deleted {
-                    deleted: true,
-                    stamp,
-                },
-                (Some(_), Some(value)) => EntryOut::Value { value, stamp },
-                (Some(_), None) => continue,
-            };
-            entries.insert(entry.key.as_str(), out);
+        let parts = self.hub.snapshot(&self.replica_map, &self.bridge).await;
+        let most = self.bridge.config.max_snapshot_bytes_in_flight;
+        let bridge = self.bridge.clone();
+        for text in parts.iter() {
+            let bytes = u32::try_from(text.len().clamp(1, most)).unwrap_or(u32::MAX);
+            // Never closed: acquiring fails only if it were.
+            let _permit = bridge.snapshot_bytes.acquire_many(bytes).await;
+            self.send(text.clone()).await?;
         }
-        let text = Outbound::Snapshot { entries }.text();
-        self.send(text).await
+        Ok(())
     }
 
     /// A value as JSON, or `None` (counted) if a service wrote bytes that
     /// are not.
     fn json(&self, value: &Bytes) -> Option<Box<RawValue>> {
-        let parsed = std::str::from_utf8(value)
-            .ok()
-            .and_then(|text| RawValue::from_string(text.to_string()).ok());
-        if parsed.is_none() {
-            self.bridge.metrics.not_json.inc();
-        }
-        parsed
+        json(&self.bridge.metrics, value)
     }
 
     /// Sends one message, within `send_timeout_ms`.
-    async fn send(&mut self, text: String) -> Result<(), End> {
+    async fn send(&mut self, text: impl Into<Utf8Bytes>) -> Result<(), End> {
         let timeout = Duration::from_millis(self.bridge.config.send_timeout_ms);
-        match tokio::time::timeout(timeout, self.socket.send(Message::Text(text.into()))).await {
+        let message = Message::Text(text.into());
+        match tokio::time::timeout(timeout, self.socket.send(message)).await {
             Err(_) => Err(End::Refused(
                 "slow",
                 close::POLICY,
@@ -795,7 +997,84 @@ impl Connection {
     }
 }
 
+/// A value as JSON, or `None` (counted) if a service wrote bytes that are
+/// not.
+fn json(metrics: &BridgeMetrics, value: &Bytes) -> Option<Box<RawValue>> {
+    let parsed = std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| RawValue::from_string(text.to_string()).ok());
+    if parsed.is_none() {
+        metrics.not_json.inc();
+    }
+    parsed
+}
+
 impl Hub {
+    /// Claims `replica` for a page: `None` when another open page holds it,
+    /// or it is the gateway's own replica's (`gateway`).
+    fn claim(self: &Arc<Self>, replica: u64, gateway: u64) -> Option<ReplicaClaim> {
+        if replica == gateway || !self.lock_replicas().insert(replica) {
+            return None;
+        }
+        Some(ReplicaClaim {
+            hub: self.clone(),
+            replica,
+        })
+    }
+
+    fn lock_replicas(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.replicas.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The snapshot of `map` now, as messages (`snapshot-part`s of about
+    /// [`SNAPSHOT_PART_BYTES`], then the `snapshot`): built once per
+    /// version of the map (counted), then shared by every page, each
+    /// sending the same bytes. The version is read before the entries, so
+    /// the messages hold at least every change up to it.
+    async fn snapshot(&self, map: &StateMap, bridge: &Bridge) -> Arc<[Utf8Bytes]> {
+        let mut cached = self.snapshot.lock().await;
+        let version = map.version();
+        if let Some((built, parts)) = cached.as_ref()
+            && *built == version
+        {
+            return parts.clone();
+        }
+        let all = map.stamped_entries();
+        let values: Vec<Option<Box<RawValue>>> = all
+            .iter()
+            .map(|e| e.value.as_ref().and_then(|v| json(&bridge.metrics, v)))
+            .collect();
+        let mut parts = Vec::new();
+        let mut entries = BTreeMap::new();
+        let mut size = 0;
+        for (entry, value) in all.iter().zip(&values) {
+            let stamp = stamp_text(entry.stamp);
+            let out = match (&entry.value, value) {
+                (None, _) => EntryOut::Deleted {
+                    deleted: true,
+                    stamp,
+                },
+                (Some(_), Some(value)) => EntryOut::Value { value, stamp },
+                (Some(_), None) => continue,
+            };
+            let cost = entry.key.len() + value.as_ref().map_or(0, |v| v.get().len()) + 80;
+            if !entries.is_empty() && size + cost > SNAPSHOT_PART_BYTES {
+                let part = Outbound::SnapshotPart {
+                    entries: std::mem::take(&mut entries),
+                };
+                parts.push(Utf8Bytes::from(part.text()));
+                size = 0;
+            }
+            size += cost;
+            entries.insert(entry.key.as_str(), out);
+        }
+        parts.push(Utf8Bytes::from(Outbound::Snapshot { entries }.text()));
+        let parts: Arc<[Utf8Bytes]> = parts.into();
+        bridge.metrics.snapshots.inc();
+        *cached = Some((version, parts.clone()));
+        parts
+    }
+
     /// The gateway's replica, opened by the first caller; `None` (logged)
     /// if it cannot be opened now (a later page tries again).
     async fn map(&self) -> Option<StateMap> {

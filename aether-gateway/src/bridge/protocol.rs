@@ -150,8 +150,15 @@ pub(crate) enum Outbound<'a> {
         map: &'a str,
         now: String,
     },
-    /// The whole map, tombstones included; sent after `hello`, and again
-    /// when the connection fell behind the map's changes.
+    /// Part of the map, before the `snapshot` that ends it: a large map
+    /// goes in parts, so no message (and no connection's send buffer) is
+    /// as large as the map.
+    SnapshotPart {
+        entries: std::collections::BTreeMap<&'a str, EntryOut<'a>>,
+    },
+    /// The whole map, tombstones included (with the `snapshot-part`s just
+    /// before it, if any); sent after `hello`, and again when the
+    /// connection fell behind the map's changes.
     Snapshot {
         entries: std::collections::BTreeMap<&'a str, EntryOut<'a>>,
     },

@@ -21,8 +21,13 @@ pub struct Client {
     pub socket: Socket,
     pub replica: String,
     logical: u32,
-    /// Every message received, in order.
+    /// Every message received, in order (after `connect`: the `hello`, then
+    /// the `snapshot` with the entries of its parts).
     pub received: Vec<Value>,
+    /// The `snapshot-part`s `connect` read, and the length of the longest
+    /// message then.
+    pub parts: Vec<Value>,
+    pub longest: usize,
 }
 
 /// Unix nanoseconds now.
@@ -48,16 +53,68 @@ pub async fn open(addr: SocketAddr, map: &str) -> Socket {
     socket
 }
 
+/// Opens a WebSocket to `/bridge/<map>` from the loopback address `from`
+/// (any of 127.0.0.0/8), without saying anything; `None` if the gateway
+/// did not take it within 10 s.
+pub async fn open_from(addr: SocketAddr, map: &str, from: std::net::IpAddr) -> Option<Socket> {
+    let url = format!("ws://{addr}/bridge/{map}");
+    let connect = async {
+        let tcp = tokio::net::TcpSocket::new_v4().ok()?;
+        tcp.bind(SocketAddr::new(from, 0)).ok()?;
+        let stream = tcp.connect(addr).await.ok()?;
+        let (socket, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .ok()?;
+        Some(socket)
+    };
+    tokio::time::timeout(Duration::from_secs(10), connect)
+        .await
+        .ok()
+        .flatten()
+}
+
 impl Client {
+    /// Connects with the replica id `replica`, sends `auth`; reads nothing.
+    pub async fn connect_as(addr: SocketAddr, map: &str, token: &str, replica: &str) -> Self {
+        let mut socket = open(addr, map).await;
+        let auth = json!({"type": "auth", "token": token, "replica": replica});
+        socket.send(Message::text(auth.to_string())).await.unwrap();
+        Self {
+            socket,
+            replica: replica.to_string(),
+            logical: 0,
+            received: Vec::new(),
+            parts: Vec::new(),
+            longest: 0,
+        }
+    }
+
     /// Connects, sends `auth` with `token` and a replica id, and reads the
     /// `hello` and the `snapshot`.
     pub async fn connect(addr: SocketAddr, map: &str, token: &str) -> Self {
         let mut client = Self::connect_silent(addr, map, token).await;
         let hello = client.next().await;
         assert_eq!(hello["type"], "hello", "{hello}");
-        let snapshot = client.next().await;
-        assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
-        client
+        let mut entries = serde_json::Map::new();
+        loop {
+            let mut message = client.next().await;
+            client.longest = client.longest.max(message.to_string().len());
+            let Some(part) = message["entries"].as_object_mut() else {
+                panic!("a snapshot: {message}");
+            };
+            entries.append(part);
+            match message["type"].as_str() {
+                Some("snapshot-part") => client.parts.push(client.received.pop().unwrap()),
+                Some("snapshot") => {
+                    client.received.pop();
+                    client
+                        .received
+                        .push(json!({"type": "snapshot", "entries": entries}));
+                    return client;
+                }
+                _ => panic!("a snapshot: {message}"),
+            }
+        }
     }
 
     /// Connects and sends `auth`; reads nothing.
@@ -71,6 +128,8 @@ impl Client {
             replica,
             logical: 0,
             received: Vec::new(),
+            parts: Vec::new(),
+            longest: 0,
         }
     }
 
