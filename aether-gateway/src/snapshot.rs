@@ -87,7 +87,8 @@ pub struct EventRow {
     pub at_ms: u64,
     /// What it usually means, for an operator.
     pub diagnosis: &'static str,
-    /// The waves involved, oldest first: the last [`MAX_INVOLVED`].
+    /// The waves involved: the last [`MAX_INVOLVED`] to arrive, in the
+    /// order they were emitted.
     pub involved: Vec<InvolvedRow>,
 }
 
@@ -105,7 +106,7 @@ pub struct InvolvedRow {
     pub phase: String,
     /// Its amplitude when observed.
     pub amplitude: f64,
-    /// Milliseconds after the first wave shown.
+    /// Milliseconds after the first wave shown was emitted.
     pub after_ms: f64,
     /// Its hop count.
     pub hops: u32,
@@ -151,12 +152,17 @@ impl EventRow {
     }
 }
 
-/// The last [`MAX_INVOLVED`] of `waves`, as rows.
+/// The last [`MAX_INVOLVED`] of `waves` (as they arrived), as rows in the
+/// order they were emitted: waves resent after an outage arrive late, and
+/// are shown where they were made.
 fn involved(waves: &[InvolvedWave]) -> Vec<InvolvedRow> {
-    let shown = &waves[waves.len().saturating_sub(MAX_INVOLVED)..];
-    let first = shown.first().map(InvolvedWave::at);
-    shown
+    let mut shown: Vec<&InvolvedWave> = waves[waves.len().saturating_sub(MAX_INVOLVED)..]
         .iter()
+        .collect();
+    shown.sort_by_key(|wave| wave.at());
+    let first = shown.first().map(|wave| wave.at());
+    shown
+        .into_iter()
         .map(|wave| InvolvedRow {
             id: wave.id().to_string(),
             source: wave.source().map(str::to_string),
@@ -166,9 +172,10 @@ fn involved(waves: &[InvolvedWave]) -> Vec<InvolvedRow> {
                 phase => format!("{:.2} rad", phase.radians()),
             },
             amplitude: wave.amplitude(),
-            after_ms: first
-                .and_then(|first| wave.at().duration_since(first).ok())
-                .map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+            after_ms: first.map_or(0.0, |first| match wave.at().duration_since(first) {
+                Ok(after) => after.as_secs_f64() * 1000.0,
+                Err(before) => -before.duration().as_secs_f64() * 1000.0,
+            }),
             hops: wave.hops(),
         })
         .collect()
@@ -253,4 +260,46 @@ impl Published {
 pub(crate) fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod involved_tests {
+    use std::time::{Duration, SystemTime};
+
+    use aether_core::{Phase, PhysicsEngine, Wave};
+
+    use super::EventRow;
+
+    /// A wave resent after an outage arrives after one emitted later: the
+    /// dashboard shows them in the order they were emitted, the offsets
+    /// growing from the first.
+    #[test]
+    fn involved_waves_are_shown_in_emission_order() {
+        let mut engine = PhysicsEngine::new();
+        let t0 = SystemTime::now();
+        let approved = Wave::builder("orders.review")
+            .correlation_key("order-42")
+            .build()
+            .unwrap();
+        let rejected = Wave::builder("orders.review")
+            .correlation_key("order-42")
+            .phase(Phase::RETRACT)
+            .amplitude(0.8)
+            .build()
+            .unwrap();
+        // The rejection, emitted 40 ms after the approval, arrives first.
+        assert!(
+            engine
+                .detect_at("orders.review", &rejected, t0 + Duration::from_millis(40))
+                .is_none()
+        );
+        let event = engine
+            .detect_at("orders.review", &approved, t0)
+            .expect("a cancellation");
+        let row = EventRow::of(&event);
+        let phases: Vec<_> = row.involved.iter().map(|w| w.phase.as_str()).collect();
+        assert_eq!(phases, ["assert", "retract"], "{row:?}");
+        assert_eq!(row.involved[0].after_ms, 0.0);
+        assert!((row.involved[1].after_ms - 40.0).abs() < 1.0, "{row:?}");
+    }
 }
