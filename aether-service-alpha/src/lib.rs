@@ -489,6 +489,7 @@ pub async fn run_live(
     let mut drain = Duration::from_millis(current.alpha.drain_ms);
     let mut drain_until = (current.alpha.count == Some(0)).then(|| Instant::now() + drain);
     let mut stopping = false;
+    let mut finished_by_count = false;
     tracing::info!(
         rate_per_s = current.alpha.rate_per_s,
         count = ?current.alpha.count,
@@ -573,6 +574,7 @@ pub async fn run_live(
                     // latest), or until shutdown.
                     let deadline = Duration::from_millis(settings.answer_deadline_ms);
                     drain_until = Some(Instant::now() + deadline.max(drain));
+                    finished_by_count = true;
                 }
             }
             _ = checks.tick() => {
@@ -658,7 +660,15 @@ pub async fn run_live(
     }
     report.unanswered = pending.len() as u64;
     report.dropped = aether_ops::drops::of_service(&alpha.stats(), &aether.stats());
-    if let Err(error) = aether.flush(drain).await {
+    // After its count, the outcomes are waited for as long as an answer
+    // would be (a cluster electing a new leader holds them for seconds);
+    // after a shutdown, the drain time.
+    let flush_for = if finished_by_count && !stopping {
+        drain.max(Duration::from_millis(current.alpha.answer_deadline_ms))
+    } else {
+        drain
+    };
+    if let Err(error) = aether.flush(flush_for).await {
         tracing::warn!(%error, "outcomes may be left unsent");
     }
     // What was accepted and has still not left the process when it ends:
@@ -859,6 +869,8 @@ mod tests {
                 rate_per_s: 1_000.0,
                 count: Some(8),
                 drain_ms: 10,
+                // Alone: no answer comes, each order is waited for this long.
+                answer_deadline_ms: 100,
                 ..AlphaSettings::default()
             },
             service: ServiceSettings {
@@ -896,18 +908,26 @@ mod tests {
         assert!(stats.retries > 0, "{stats:?}");
     }
 
+    /// Alone, after its count it waits for each answer until its deadline
+    /// (not only the drain time), then counts it unanswered.
     #[tokio::test]
-    async fn alone_it_stops_after_draining() {
+    async fn alone_it_stops_after_the_answer_deadline() {
         let settings = AlphaSettings {
             rate_per_s: 1_000.0,
             count: Some(3),
             drain_ms: 50,
+            answer_deadline_ms: 400,
             ..AlphaSettings::default()
         };
+        let started = std::time::Instant::now();
         let report = run(&Aether::default(), &settings, Shutdown::new())
             .await
             .unwrap();
         assert_eq!((report.created, report.unanswered), (3, 3));
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "waited for the deadline"
+        );
         let shutdown = Shutdown::new();
         shutdown.trigger();
         let report = run(&Aether::default(), &AlphaSettings::default(), shutdown)

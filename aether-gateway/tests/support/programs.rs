@@ -92,8 +92,17 @@ pub async fn gateway(dir: &Path, url: &str) -> (Child, std::net::SocketAddr) {
     .await
     .unwrap();
     let probe = Vibrator::create("probe", &probe_side).await.unwrap();
+    let sent = std::sync::atomic::AtomicU64::new(0);
     eventually("the gateway hears the bus", BOUND, || async {
-        probe.emit_wave("probe.ping", 0).await.unwrap();
+        // Each probe its own message (its own key): several, while the
+        // gateway comes up, make no interference of their own.
+        let n = sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ping = aether_core::Wave::builder("probe.ping")
+            .correlation_key(format!("probe-{n}"))
+            .json(&0)
+            .build()
+            .unwrap();
+        probe.emit(ping).await.unwrap();
         let text = get(addr, "/metrics").await.body;
         (observed(&text, "probe.ping") > 0).then_some(())
     })
