@@ -187,7 +187,10 @@ impl NatsPermissions {
     ///   ([`NatsPermissions::managing_stream`] is for the one user that
     ///   manages it; run the others with `durability.manage_stream = false`);
     /// - its consumers: only those of the rule's resonate patterns that lie
-    ///   within a durable channel, by the names the aether gives them
+    ///   within a durable channel, and of the durable channels that lie
+    ///   within one of them (a gateway resonating on `*` reads each durable
+    ///   channel through a consumer of its own), by the names the aether
+    ///   gives them
     ///   ([`crate::subject::durable_consumer_name`]): one for the source's
     ///   vibrator, and one for each of `groups` (the groups its vibrators
     ///   resonate in). For each: create it with that filter only
@@ -237,17 +240,25 @@ impl NatsPermissions {
             return self;
         }
         let durable = durability.patterns();
+        let allowed: Vec<Channel> = rule.resonate.iter().map(Channel::new).collect();
+        // The rule's patterns within a durable channel, and the durable
+        // channels within the rule's patterns (a gateway on `*` reads each
+        // durable channel through a consumer of its own).
+        let mut patterns: Vec<Channel> = allowed
+            .iter()
+            .filter(|p| !p.is_system() && durable.iter().any(|d| crate::channel::covers(d, p)))
+            .cloned()
+            .collect();
+        for d in &durable {
+            if allowed.iter().any(|p| crate::channel::covers(p, d)) && !patterns.contains(d) {
+                patterns.push(d.clone());
+            }
+        }
         let owners = std::iter::once((rule.source.as_str(), false))
             .chain(groups.iter().map(|group| (*group, true)));
         for (owner, grouped) in owners {
-            for pattern in &rule.resonate {
-                let pattern = Channel::new(pattern);
-                if pattern.is_system()
-                    || !durable.iter().any(|d| crate::channel::covers(d, &pattern))
-                {
-                    continue;
-                }
-                let filter = crate::subject::pattern_subject(prefix, &pattern);
+            for pattern in &patterns {
+                let filter = crate::subject::pattern_subject(prefix, pattern);
                 let name = crate::subject::durable_consumer_name(owner, grouped, &filter);
                 self.publish.extend([
                     format!("$JS.API.CONSUMER.CREATE.{stream}.{name}.{filter}"),
