@@ -461,6 +461,19 @@ impl Aether {
         self.inner.medium.subscribe(pattern, listener).await
     }
 
+    /// Makes the durable consumers named (or finds them made), with the
+    /// settings a resonance gives its own: for the user that manages the
+    /// durable stream, where the programs' permissions do not let them
+    /// make their consumers (`NatsPermissions::without_consumer_creation`;
+    /// the names from `AclRule::durable_consumers`). Nothing to make on the
+    /// embedded medium.
+    pub async fn make_durable_consumers(
+        &self,
+        consumers: &[crate::config::DurableConsumer],
+    ) -> Result<(), crate::ConnectError> {
+        self.inner.medium.make_durable_consumers(consumers).await
+    }
+
     /// `wave` as it is kept at rest (a journal, an archive): with its
     /// payload sealed as it travels on the wire when its channel's payloads
     /// are sealed (`[[aether.security.encryption]]`), else as it is. What

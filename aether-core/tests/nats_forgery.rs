@@ -751,6 +751,10 @@ async fn a_user_may_use_only_its_own_durable_consumers() {
                     if rule.source == "operator" {
                         permissions = permissions.managing_stream("AETHER");
                     }
+                    if rule.source == "beta" {
+                        // Beta reads through consumers the manager made.
+                        permissions = permissions.without_consumer_creation();
+                    }
                     permissions.subscribe.push("_TESTKIT_INBOX.>".into());
                     permissions.to_server_config()
                 },
@@ -777,7 +781,12 @@ async fn a_user_may_use_only_its_own_durable_consumers() {
             .await
             .expect_err("the stream is missing");
         assert!(error.to_string().contains("manage_stream"), "{error}");
-        let _operator = Aether::connect(login("operator")).await.unwrap();
+        let operator = Aether::connect(login("operator")).await.unwrap();
+        let beta_rule = rules.iter().find(|r| r.source == "beta").unwrap();
+        operator
+            .make_durable_consumers(&beta_rule.durable_consumers("aether", &durability(), &[]))
+            .await
+            .unwrap();
         let alpha_aether = Aether::connect(login("alpha")).await.unwrap();
         let beta_aether = Aether::connect(login("beta")).await.unwrap();
         let mut beta = Vibrator::create("beta", &beta_aether).await.unwrap();
@@ -864,15 +873,31 @@ async fn a_user_may_use_only_its_own_durable_consumers() {
                 String::new(),
             ),
         ];
-        for (subject, body) in &attacks {
-            let mut raw = raw_as("mallory").await;
-            raw.subscribe("aether._INBOX.mallory.x", 1, None)
+        // Beta, without the right to make consumers, cannot make its own a
+        // push consumer that delivers the orders where it may not publish.
+        let push = serde_json::json!({
+            "stream_name": "AETHER",
+            "config": {
+                "durable_name": beta_consumer,
+                "filter_subject": "aether.orders.>",
+                "deliver_subject": "aether.metrics.injected",
+                "ack_policy": "none",
+            }
+        })
+        .to_string();
+        let attacks = attacks.into_iter().map(|(s, b)| ("mallory", s, b)).chain([(
+            "beta",
+            format!("$JS.API.CONSUMER.CREATE.AETHER.{beta_consumer}.aether.orders.>"),
+            push,
+        )]);
+        for (user, subject, body) in attacks {
+            let mut raw = raw_as(user).await;
+            let inbox = format!("aether._INBOX.{user}.x");
+            raw.subscribe(&inbox, 1, None).await.unwrap();
+            raw.publish(&subject, Some(&inbox), body.as_bytes())
                 .await
                 .unwrap();
-            raw.publish(subject, Some("aether._INBOX.mallory.x"), body.as_bytes())
-                .await
-                .unwrap();
-            let error = raw.ping().await.expect_err(subject).to_string();
+            let error = raw.ping().await.expect_err(&subject).to_string();
             assert!(
                 error.contains("Permissions Violation for Publish"),
                 "{subject}: {error}"

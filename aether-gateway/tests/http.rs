@@ -437,6 +437,39 @@ async fn streams_that_never_read_leave_room_for_a_dashboard() {
     gateway.stop().await.unwrap();
 }
 
+/// Streams that never read from many addresses fill every place; a
+/// dashboard from another address still gets its stream (the address
+/// holding the most gives up its oldest).
+#[tokio::test]
+async fn streams_from_many_addresses_leave_room_for_a_dashboard() {
+    let aether = Aether::default();
+    let gateway = start(&aether, config()).await;
+    let addr = gateway.addr();
+    let mut hogs = Vec::new();
+    let mut served = 0;
+    for host in 2..=11u8 {
+        for _ in 0..8 {
+            let mut stream = connect_from([127, 0, 0, host], addr).await;
+            if events_status(&mut stream).await.contains("200") {
+                served += 1;
+            }
+            hogs.push(stream);
+        }
+    }
+    assert!(served >= 64, "the hogs took every place ({served})");
+    for attempt in 0..3 {
+        let mut dashboard = connect_from([127, 0, 0, 1], addr).await;
+        let status = events_status(&mut dashboard).await;
+        assert!(
+            status.contains("200"),
+            "the dashboard, try {attempt}: {status}"
+        );
+        hogs.push(dashboard);
+    }
+    drop(hogs);
+    gateway.stop().await.unwrap();
+}
+
 /// A peer that takes no byte of its event stream for
 /// `write_stall_timeout_ms` is closed, and its stream slot given back.
 #[tokio::test]

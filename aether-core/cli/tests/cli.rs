@@ -483,6 +483,17 @@ async fn credentials_in_urls_never_show() {
             "{args:?} names the server: {stderr}"
         );
     }
+    // Several servers in one value, a token in a query: none shown.
+    for url in [
+        format!("nats://alice:{PASSWORD}@127.0.0.1:1,nats://bob:{PASSWORD}@127.0.0.1:2"),
+        format!("nats://127.0.0.1:1?token={PASSWORD}"),
+    ] {
+        let (_, stdout, stderr) = run(aether(&url, &["emit", "a.b", "x"])).await;
+        assert!(
+            !stdout.contains(PASSWORD) && !stderr.contains(PASSWORD),
+            "{url}: {stderr}"
+        );
+    }
     let mut help = Command::new(env!("CARGO_BIN_EXE_aether"));
     help.arg("--help").env("AETHER_NATS", &url);
     let (status, stdout, stderr) = run(help).await;

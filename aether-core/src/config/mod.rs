@@ -17,7 +17,8 @@ pub use hopping::{HOP_INTERVAL_MS_RANGE, HoppingConfig, MIN_HOPPING_SECRET_BYTES
 pub use nats::{NatsAuth, NatsBatch, NatsConfig, NatsTls, redact_url};
 pub use report::ReportConfig;
 pub use security::{
-    AclRule, EncryptionRule, HoppingBase, MIN_SIGNING_KEY_BYTES, NatsPermissions, SecurityConfig,
+    AclRule, DurableConsumer, EncryptionRule, HoppingBase, MIN_SIGNING_KEY_BYTES, NatsPermissions,
+    SecurityConfig,
 };
 
 pub use physics::PhysicsConfig;

@@ -336,28 +336,41 @@ impl std::fmt::Debug for NatsConfig {
 }
 
 /// `url` with the credentials it holds (`user:password@`, `token@`)
-/// replaced by `[redacted]@`; unchanged if it holds none.
+/// replaced by `[redacted]@`, and its query or fragment by `?[redacted]`;
+/// each of several comma-separated servers so; unchanged if it holds none.
 ///
 /// ```
 /// use aether_core::config::redact_url;
 /// assert_eq!(redact_url("nats://u:p@h:4222"), "nats://[redacted]@h:4222");
 /// assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
+/// assert_eq!(
+///     redact_url("nats://a:s1@h:1,nats://b:s2@k:2"),
+///     "nats://[redacted]@h:1,nats://[redacted]@k:2"
+/// );
+/// assert_eq!(redact_url("nats://h:4222?token=s3"), "nats://h:4222?[redacted]");
 /// ```
 pub fn redact_url(url: &str) -> String {
+    // Several servers in one value (`a,b`): each is redacted.
+    if url.contains(',') {
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+    }
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (Some(scheme), rest),
         None => (None, url),
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let tail = &rest[at + 1..];
-            match scheme {
-                Some(scheme) => format!("{scheme}://[redacted]@{tail}"),
-                None => format!("[redacted]@{tail}"),
-            }
-        }
-        None => url.to_string(),
+    // A query or a fragment may carry a token too: never shown.
+    let (rest, hidden) = match rest[authority_end..].find(['?', '#']) {
+        Some(at) => (&rest[..authority_end + at], "?[redacted]"),
+        None => (rest, ""),
+    };
+    let shown = match rest[..authority_end].rfind('@') {
+        Some(at) => format!("[redacted]@{}", &rest[at + 1..]),
+        None => rest.to_string(),
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://{shown}{hidden}"),
+        None => format!("{shown}{hidden}"),
     }
 }
 

@@ -236,48 +236,40 @@ impl NatsPermissions {
             "$JS.API.INFO".to_string(),
             format!("$JS.API.STREAM.INFO.{stream}"),
         ]);
-        if rule.source == "*" {
-            return self;
-        }
-        let durable = durability.patterns();
-        let allowed: Vec<Channel> = rule.resonate.iter().map(Channel::new).collect();
-        // The rule's patterns within a durable channel, and the durable
-        // channels within the rule's patterns (a gateway on `*` reads each
-        // durable channel through a consumer of its own).
-        let mut patterns: Vec<Channel> = allowed
-            .iter()
-            .filter(|p| !p.is_system() && durable.iter().any(|d| crate::channel::covers(d, p)))
-            .cloned()
-            .collect();
-        for d in &durable {
-            if allowed.iter().any(|p| crate::channel::covers(p, d)) && !patterns.contains(d) {
-                patterns.push(d.clone());
-            }
-        }
-        let owners = std::iter::once((rule.source.as_str(), false))
-            .chain(groups.iter().map(|group| (*group, true)));
-        for (owner, grouped) in owners {
-            for pattern in &patterns {
-                let filter = crate::subject::pattern_subject(prefix, pattern);
-                let name = crate::subject::durable_consumer_name(owner, grouped, &filter);
-                self.publish.extend([
-                    format!("$JS.API.CONSUMER.CREATE.{stream}.{name}.{filter}"),
-                    format!("$JS.API.CONSUMER.INFO.{stream}.{name}"),
-                    format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}"),
-                    // Acknowledgements, in the form servers send now and
-                    // in the form with a domain and an account hash.
-                    format!("$JS.ACK.{stream}.{name}.>"),
-                    format!("$JS.ACK.*.*.{stream}.{name}.>"),
-                ]);
-            }
+        for consumer in rule.durable_consumers(prefix, durability, groups) {
+            let DurableConsumer { name, filter } = consumer;
+            self.publish.extend([
+                format!("$JS.API.CONSUMER.CREATE.{stream}.{name}.{filter}"),
+                format!("$JS.API.CONSUMER.INFO.{stream}.{name}"),
+                format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}"),
+                // Acknowledgements, in the form servers send now and in
+                // the form with a domain and an account hash.
+                format!("$JS.ACK.{stream}.{name}.>"),
+                format!("$JS.ACK.*.*.{stream}.{name}.>"),
+            ]);
         }
         unique(&mut self.publish);
         self
     }
 
+    /// Without the right to create consumers: the user reads only through
+    /// consumers the stream's manager made for it
+    /// ([`crate::Aether::make_durable_consumers`], with the names of
+    /// [`AclRule::durable_consumers`]). A user that may create its consumer
+    /// could make it a push consumer whose deliveries go to any subject
+    /// (NATS permissions cannot limit a consumer's delivery subject): it
+    /// would send the waves it may read where it may not publish. Where
+    /// that matters, take the right away.
+    pub fn without_consumer_creation(mut self) -> Self {
+        self.publish
+            .retain(|subject| !subject.starts_with("$JS.API.CONSUMER.CREATE."));
+        self
+    }
+
     /// Adds the management of the stream `stream` (`[aether.durability]
     /// stream`): look it up, create it, update it to the program's
-    /// settings. For the one user that manages the stream (a program run
+    /// settings, and make consumers for the users that may not make their
+    /// own. For the one user that manages the stream (a program run
     /// with `durability.manage_stream = true`, the default, or an operator's
     /// tool); whoever holds these rights can change what the stream keeps
     /// (its subjects, its limits), so every other user gets
@@ -289,9 +281,65 @@ impl NatsPermissions {
             format!("$JS.API.STREAM.INFO.{stream}"),
             format!("$JS.API.STREAM.CREATE.{stream}"),
             format!("$JS.API.STREAM.UPDATE.{stream}"),
+            // The consumers it makes for users that may not make their own
+            // (`Aether::make_durable_consumers`).
+            format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+            format!("$JS.API.CONSUMER.INFO.{stream}.>"),
         ]);
         unique(&mut self.publish);
         self
+    }
+}
+
+/// A durable consumer a user reads through: its name and its filter
+/// subject ([`AclRule::durable_consumers`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DurableConsumer {
+    /// The consumer's name ([`crate::subject::durable_consumer_name`]).
+    pub name: String,
+    /// Its filter subject (a pattern's subject).
+    pub filter: String,
+}
+
+impl AclRule {
+    /// The durable consumers the vibrators of this rule's source (and of
+    /// its `groups`) read through: one for each of the rule's resonate
+    /// patterns that lies within a durable channel, and for each durable
+    /// channel that lies within one of its patterns (a gateway resonating
+    /// on `*` reads each durable channel through a consumer of its own).
+    /// A rule for every source (`*`) names none.
+    pub fn durable_consumers(
+        &self,
+        prefix: &str,
+        durability: &DurabilityConfig,
+        groups: &[&str],
+    ) -> Vec<DurableConsumer> {
+        if self.source == "*" {
+            return Vec::new();
+        }
+        let durable = durability.patterns();
+        let allowed: Vec<Channel> = self.resonate.iter().map(Channel::new).collect();
+        let mut patterns: Vec<Channel> = allowed
+            .iter()
+            .filter(|p| !p.is_system() && durable.iter().any(|d| crate::channel::covers(d, p)))
+            .cloned()
+            .collect();
+        for d in &durable {
+            if allowed.iter().any(|p| crate::channel::covers(p, d)) && !patterns.contains(d) {
+                patterns.push(d.clone());
+            }
+        }
+        let owners = std::iter::once((self.source.as_str(), false))
+            .chain(groups.iter().map(|group| (*group, true)));
+        let mut consumers = Vec::new();
+        for (owner, grouped) in owners {
+            for pattern in &patterns {
+                let filter = crate::subject::pattern_subject(prefix, pattern);
+                let name = crate::subject::durable_consumer_name(owner, grouped, &filter);
+                consumers.push(DurableConsumer { name, filter });
+            }
+        }
+        consumers
     }
 }
 

@@ -84,6 +84,19 @@ impl Medium {
         }
     }
 
+    /// Makes the durable consumers named (over NATS; nothing to make on
+    /// the embedded medium).
+    pub(crate) async fn make_durable_consumers(
+        &self,
+        consumers: &[crate::config::DurableConsumer],
+    ) -> Result<(), crate::ConnectError> {
+        match self {
+            Medium::Embedded(_) => Ok(()),
+            #[cfg(feature = "nats")]
+            Medium::Nats(nats) => nats.make_durable_consumers(consumers).await,
+        }
+    }
+
     /// The connection now.
     pub(crate) fn status(&self) -> ConnectionStatus {
         match self {

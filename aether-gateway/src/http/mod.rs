@@ -68,7 +68,7 @@ use hyper_util::{
 use prometheus::{IntCounterVec, IntGauge};
 use tokio::{
     net::TcpListener,
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
+    sync::{mpsc, watch},
 };
 
 pub(crate) use self::{connections::CLOSE_REASONS, host::AllowedHosts};
@@ -109,64 +109,94 @@ pub(crate) struct AppState {
 /// The places of open `/events` streams: `max_event_streams` in all,
 /// fewer than the connections, so that streams, which live long, cannot
 /// take every connection and starve `/metrics` and `/health`; and
-/// `max_event_streams_per_address` for one IP address, so that one address
-/// cannot take every stream.
+/// `max_event_streams_per_address` for one IP address. When every place is
+/// taken, a newcomer takes the oldest place of the address that holds the
+/// most, if that address holds more than the newcomer's would (that
+/// stream ends; a dashboard's reconnects by itself): streams from many
+/// addresses that never read cannot keep a dashboard out.
 #[derive(Debug)]
 pub(crate) struct EventStreams {
-    all: Arc<Semaphore>,
-    by_address: Mutex<HashMap<IpAddr, usize>>,
+    state: Mutex<Places>,
+    max: usize,
     per_address: usize,
+}
+
+/// The places taken, oldest first.
+#[derive(Debug, Default)]
+struct Places {
+    next: u64,
+    taken: Vec<(u64, IpAddr, Arc<tokio::sync::Notify>)>,
+}
+
+impl Places {
+    fn count(&self, address: IpAddr) -> usize {
+        self.taken.iter().filter(|(_, a, _)| *a == address).count()
+    }
 }
 
 impl EventStreams {
     pub(crate) fn new(max: usize, per_address: usize) -> Arc<Self> {
         Arc::new(Self {
-            all: Arc::new(Semaphore::new(max)),
-            by_address: Mutex::new(HashMap::new()),
+            state: Mutex::new(Places::default()),
+            max,
             per_address,
         })
     }
 
     /// A place for a stream to `address`, or the refusal's text.
     fn take(self: &Arc<Self>, address: IpAddr) -> Result<StreamPlace, &'static str> {
-        let mut by_address = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
-        let mine = by_address.entry(address).or_insert(0);
-        if *mine >= self.per_address {
+        let mut places = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = places.count(address);
+        if mine >= self.per_address {
             return Err("too many open event streams from this address \
                  (max_event_streams_per_address); try again later\n");
         }
-        let Ok(permit) = self.all.clone().try_acquire_owned() else {
-            return Err("too many open event streams (max_event_streams); try again later\n");
-        };
-        *mine += 1;
+        if places.taken.len() >= self.max {
+            // The address that holds the most places gives up its oldest,
+            // if it holds more than this one would.
+            let mut counts: HashMap<IpAddr, usize> = HashMap::new();
+            for (_, a, _) in &places.taken {
+                *counts.entry(*a).or_insert(0) += 1;
+            }
+            let Some((&greedy, &most)) = counts.iter().max_by_key(|(_, n)| **n) else {
+                return Err("too many open event streams (max_event_streams); try again later\n");
+            };
+            if most <= mine + 1 {
+                return Err("too many open event streams (max_event_streams); try again later\n");
+            }
+            let oldest = places
+                .taken
+                .iter()
+                .position(|(_, a, _)| *a == greedy)
+                .expect("counted above");
+            let (_, _, evicted) = places.taken.remove(oldest);
+            evicted.notify_one();
+        }
+        places.next += 1;
+        let id = places.next;
+        let evicted = Arc::new(tokio::sync::Notify::new());
+        places.taken.push((id, address, evicted.clone()));
         Ok(StreamPlace {
             streams: self.clone(),
-            address,
-            _permit: permit,
+            id,
+            evicted,
         })
     }
 }
 
-/// An `/events` stream's place, given back when it is dropped.
+/// An `/events` stream's place, given back when it is dropped (if it was
+/// not taken by a newcomer before).
 struct StreamPlace {
     streams: Arc<EventStreams>,
-    address: IpAddr,
-    _permit: OwnedSemaphorePermit,
+    id: u64,
+    /// Told when a newcomer took this place: the stream ends.
+    evicted: Arc<tokio::sync::Notify>,
 }
 
 impl Drop for StreamPlace {
     fn drop(&mut self) {
-        let mut by_address = self
-            .streams
-            .by_address
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = by_address.get_mut(&self.address) {
-            *n -= 1;
-            if *n == 0 {
-                by_address.remove(&self.address);
-            }
-        }
+        let mut places = self.streams.state.lock().unwrap_or_else(|e| e.into_inner());
+        places.taken.retain(|(id, _, _)| *id != self.id);
     }
 }
 
@@ -496,7 +526,12 @@ async fn events(
         (state.snapshots, true, client),
         |(mut snapshots, first, client)| async move {
             if !first {
-                snapshots.changed().await.ok()?;
+                let evicted = client.1.evicted.clone();
+                tokio::select! {
+                    changed = snapshots.changed() => changed.ok()?,
+                    // A newcomer took this place.
+                    () = evicted.notified() => return None,
+                }
             }
             let json = snapshots.borrow_and_update().json.clone();
             let event = Event::default().event("snapshot").data(&*json);

@@ -533,6 +533,46 @@ impl Durable {
         }
     }
 
+    /// The settings of the durable consumer `name` on the subject `filter`,
+    /// as every resonance makes its own.
+    fn consumer_config(&self, name: String, filter: String, description: String) -> pull::Config {
+        pull::Config {
+            durable_name: Some(name),
+            description: Some(description),
+            filter_subject: filter,
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.config.ack_wait(),
+            max_deliver: match self.config.max_deliver {
+                0 => -1,
+                n => i64::from(n),
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Makes (or finds) each of `consumers`, for resonances of other users
+    /// that may not make their own.
+    pub(super) async fn make_consumers(
+        &self,
+        consumers: &[crate::config::DurableConsumer],
+    ) -> Result<(), ConnectError> {
+        for consumer in consumers {
+            let config = self.consumer_config(
+                consumer.name.clone(),
+                consumer.filter.clone(),
+                format!("aether consumer made for {}", consumer.name),
+            );
+            self.consumer(&config).await.map_err(|e| {
+                ConnectError::new(
+                    ConnectErrorKind::Config,
+                    format!("durable consumer {}: {e}", consumer.name),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     /// Resonates durably: a durable pull consumer on `pattern`'s subject,
     /// named after the vibrator (or `group`), whose waves a task moves into
     /// `inbox`. While connected, the consumer exists when this returns.
@@ -548,23 +588,15 @@ impl Durable {
         let grouped = group.is_some();
         let owner = group.as_deref().unwrap_or(inbox.name().as_str());
         let name = subject::durable_consumer_name(owner, grouped, &filter);
-        let config = pull::Config {
-            durable_name: Some(name),
-            description: Some(format!(
+        let config = self.consumer_config(
+            name,
+            filter,
+            format!(
                 "aether {} {owner} on {}",
                 if grouped { "group" } else { "vibrator" },
                 pattern.as_str()
-            )),
-            filter_subject: filter,
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: self.config.ack_wait(),
-            max_deliver: match self.config.max_deliver {
-                0 => -1,
-                n => i64::from(n),
-            },
-            ..Default::default()
-        };
+            ),
+        );
         let first = if shared.counters.state() == ConnectionState::Connected {
             Some(
                 self.consumer(&config)

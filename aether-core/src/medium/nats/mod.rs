@@ -140,6 +140,21 @@ impl Shared {
 }
 
 impl NatsMedium {
+    /// Makes the durable consumers named, as a resonance would make its
+    /// own: for the stream's manager, when the programs may not make them.
+    pub(crate) async fn make_durable_consumers(
+        &self,
+        consumers: &[crate::config::DurableConsumer],
+    ) -> Result<(), ConnectError> {
+        let Some(durable) = &self.durable else {
+            return Err(ConnectError::new(
+                ConnectErrorKind::Config,
+                "no durable channel is configured ([aether.durability] channels)",
+            ));
+        };
+        durable.make_consumers(consumers).await
+    }
+
     /// Connects to the servers of `config.nats`.
     pub(crate) async fn connect(
         config: &AetherConfig,
