@@ -91,7 +91,10 @@ impl Medium {
         consumers: &[crate::config::DurableConsumer],
     ) -> Result<(), crate::ConnectError> {
         match self {
-            Medium::Embedded(_) => Ok(()),
+            Medium::Embedded(_) => {
+                let _ = consumers;
+                Ok(())
+            }
             #[cfg(feature = "nats")]
             Medium::Nats(nats) => nats.make_durable_consumers(consumers).await,
         }
