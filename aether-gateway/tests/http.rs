@@ -470,6 +470,26 @@ async fn streams_from_many_addresses_leave_room_for_a_dashboard() {
     gateway.stop().await.unwrap();
 }
 
+/// One stream that never reads from each of as many addresses as there are
+/// places: a dashboard from another address still gets in.
+#[tokio::test]
+async fn one_stream_from_each_of_many_addresses_leaves_room_for_a_dashboard() {
+    let aether = Aether::default();
+    let gateway = start(&aether, config()).await;
+    let addr = gateway.addr();
+    let mut hogs = Vec::new();
+    for host in 2..=70u8 {
+        let mut stream = connect_from([127, 0, 0, host], addr).await;
+        let _ = events_status(&mut stream).await;
+        hogs.push(stream);
+    }
+    let mut dashboard = connect_from([127, 0, 0, 1], addr).await;
+    let status = events_status(&mut dashboard).await;
+    assert!(status.contains("200"), "the dashboard: {status}");
+    drop((hogs, dashboard));
+    gateway.stop().await.unwrap();
+}
+
 /// A peer that takes no byte of its event stream for
 /// `write_stall_timeout_ms` is closed, and its stream slot given back.
 #[tokio::test]

@@ -487,6 +487,8 @@ async fn credentials_in_urls_never_show() {
     for url in [
         format!("nats://alice:{PASSWORD}@127.0.0.1:1,nats://bob:{PASSWORD}@127.0.0.1:2"),
         format!("nats://127.0.0.1:1?token={PASSWORD}"),
+        format!("nats://alice:a/{PASSWORD}@127.0.0.1:1"),
+        format!("nats:/alice:{PASSWORD}@127.0.0.1:1"),
     ] {
         let (_, stdout, stderr) = run(aether(&url, &["emit", "a.b", "x"])).await;
         assert!(

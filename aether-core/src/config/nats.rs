@@ -348,6 +348,8 @@ impl std::fmt::Debug for NatsConfig {
 ///     "nats://[redacted]@h:1,nats://[redacted]@k:2"
 /// );
 /// assert_eq!(redact_url("nats://h:4222?token=s3"), "nats://h:4222?[redacted]");
+/// assert_eq!(redact_url("nats://a:s3cr/3t@h:1"), "nats://[redacted]@h:1");
+/// assert_eq!(redact_url("nats:/a:s3@h:1"), "[redacted]@h:1");
 /// ```
 pub fn redact_url(url: &str) -> String {
     // Several servers in one value (`a,b`): each is redacted.
@@ -358,19 +360,20 @@ pub fn redact_url(url: &str) -> String {
         Some((scheme, rest)) => (Some(scheme), rest),
         None => (None, url),
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    // A query or a fragment may carry a token too: never shown.
-    let (rest, hidden) = match rest[authority_end..].find(['?', '#']) {
-        Some(at) => (&rest[..authority_end + at], "?[redacted]"),
+    // Whatever stands before the last `@` may be a secret, whatever it
+    // holds (`/`, `?` and `#` are common in generated passwords), and so
+    // may a query or a fragment after the host.
+    let (shown, hidden_auth) = match rest.rfind('@') {
+        Some(at) => (&rest[at + 1..], "[redacted]@"),
         None => (rest, ""),
     };
-    let shown = match rest[..authority_end].rfind('@') {
-        Some(at) => format!("[redacted]@{}", &rest[at + 1..]),
-        None => rest.to_string(),
+    let (shown, hidden_query) = match shown.find(['?', '#']) {
+        Some(at) => (&shown[..at], "?[redacted]"),
+        None => (shown, ""),
     };
     match scheme {
-        Some(scheme) => format!("{scheme}://{shown}{hidden}"),
-        None => format!("{shown}{hidden}"),
+        Some(scheme) => format!("{scheme}://{hidden_auth}{shown}{hidden_query}"),
+        None => format!("{hidden_auth}{shown}{hidden_query}"),
     }
 }
 

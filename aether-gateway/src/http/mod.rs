@@ -110,10 +110,11 @@ pub(crate) struct AppState {
 /// fewer than the connections, so that streams, which live long, cannot
 /// take every connection and starve `/metrics` and `/health`; and
 /// `max_event_streams_per_address` for one IP address. When every place is
-/// taken, a newcomer takes the oldest place of the address that holds the
-/// most, if that address holds more than the newcomer's would (that
-/// stream ends; a dashboard's reconnects by itself): streams from many
-/// addresses that never read cannot keep a dashboard out.
+/// taken, a newcomer from an address holding fewer than the most takes the
+/// oldest place of the addresses holding the most (that stream ends; a
+/// dashboard's reconnects by itself): streams from many addresses that
+/// never read cannot keep a dashboard out for long, unless they come from
+/// as many addresses as there are places.
 #[derive(Debug)]
 pub(crate) struct EventStreams {
     state: Mutex<Places>,
@@ -158,16 +159,17 @@ impl EventStreams {
             for (_, a, _) in &places.taken {
                 *counts.entry(*a).or_insert(0) += 1;
             }
-            let Some((&greedy, &most)) = counts.iter().max_by_key(|(_, n)| **n) else {
+            let Some(&most) = counts.values().max() else {
                 return Err("too many open event streams (max_event_streams); try again later\n");
             };
-            if most <= mine + 1 {
+            if most <= mine {
                 return Err("too many open event streams (max_event_streams); try again later\n");
             }
+            // Of the addresses holding the most, the oldest place goes.
             let oldest = places
                 .taken
                 .iter()
-                .position(|(_, a, _)| *a == greedy)
+                .position(|(_, a, _)| counts[a] == most)
                 .expect("counted above");
             let (_, _, evicted) = places.taken.remove(oldest);
             evicted.notify_one();
