@@ -137,10 +137,19 @@ async fn saga(
     let watch = Watch::start(addr, nodes, started);
     watch.add("gateway", gateway.id().unwrap());
     watch.add("beta", beta.id().unwrap());
-    let mut alpha = program(alpha_bin, dir, &urls, "alpha", &[])
-        .args(["--rate", RATE, "--count", &ORDERS.to_string()])
-        .spawn()
-        .unwrap();
+    // Answers may take longer than the shipped 15 s deadline while the
+    // durable consumers recover on two loaded cores: alpha waits up to a
+    // minute for each before it counts one unanswered.
+    let mut alpha = program(
+        alpha_bin,
+        dir,
+        &urls,
+        "alpha",
+        &[("AETHER__ALPHA__ANSWER_DEADLINE_MS", "60000")],
+    )
+    .args(["--rate", RATE, "--count", &ORDERS.to_string()])
+    .spawn()
+    .unwrap();
     watch.add("alpha", alpha.id().unwrap());
     let mut alpha_lines = lines(&mut alpha);
     let alpha_started = Instant::now();
