@@ -480,6 +480,10 @@ impl Aether {
     /// is sealed on the wire stays sealed on disk; [`Aether::open_at_rest`]
     /// reads it back where the key is held.
     pub fn sealed_at_rest(&self, wave: &Wave) -> Wave {
+        // Most channels are not sealed: no subject to build for them.
+        if !self.inner.security.seals(wave.channel()) {
+            return wave.clone();
+        }
         let subject =
             crate::subject::channel_subject(&self.inner.config.nats.subject_prefix, wave.channel());
         self.inner

@@ -132,6 +132,11 @@ impl Security {
         })
     }
 
+    /// Whether payloads on `channel` are sealed (a rule names it).
+    pub(crate) fn seals(&self, channel: &Channel) -> bool {
+        !self.sealed.is_empty() && self.cipher_of(channel).is_some()
+    }
+
     /// The cipher that seals payloads on `channel`, if a rule names it.
     fn cipher_of(&self, channel: &Channel) -> Option<&XChaCha20Poly1305> {
         self.sealed

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aether_core::{
     Aether, AetherConfig, Channel, DropReason, EmitErrorKind, ReflectionReason, ResonateErrorKind,
     Secret, Vibrator, Wave,
-    config::{AclRule, DurabilityConfig, HoppingBase, NatsConfig, SecurityConfig},
+    config::{AclRule, DurabilityConfig, HoppingBase, NatsConfig, NatsPermissions, SecurityConfig},
     hopping::HopKey,
     subject::durable_consumer_name,
     wire,
@@ -76,6 +76,53 @@ fn durability() -> DurabilityConfig {
         channels: vec!["orders.*".into(), "inventory.*".into()],
         ..Default::default()
     }
+}
+
+/// A JetStream server whose users are `rules`' sources (password
+/// `<source>-pw`), each with the generated permissions for the durable
+/// channels of [`durability`] (its vibrator and the group `workers`),
+/// shaped further by `shape`.
+async fn durable_server(
+    rules: &[AclRule],
+    shape: impl Fn(&AclRule, NatsPermissions) -> NatsPermissions,
+) -> NatsServer {
+    let users = rules
+        .iter()
+        .map(|rule| {
+            let permissions = rule.nats_permissions("aether").with_jetstream(
+                rule,
+                "aether",
+                &durability(),
+                &["workers"],
+            );
+            let mut permissions = shape(rule, permissions);
+            // The test server's own readiness probe logs in as a user.
+            permissions.subscribe.push("_TESTKIT_INBOX.>".into());
+            User {
+                user: rule.source.clone(),
+                password: format!("{}-pw", rule.source),
+                extra: permissions.to_server_config(),
+            }
+        })
+        .collect();
+    NatsServer::builder()
+        .jetstream(true)
+        .auth(Auth::Users(users))
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Settings of `user` on the server at `url`: its own inbox prefix, the
+/// durable channels of [`durability`], which only `manager` manages.
+fn durable_login(url: &str, user: &str, manager: &str) -> AetherConfig {
+    let mut config = over(url, SecurityConfig::default());
+    config.nats.auth.user = Some(user.into());
+    config.nats.auth.password = Some(Secret::new(format!("{user}-pw")));
+    config.nats.inbox_prefix = Some(format!("aether._INBOX.{user}"));
+    config.durability = durability();
+    config.durability.manage_stream = user == manager;
+    config
 }
 
 fn now_ns() -> u64 {
@@ -574,41 +621,17 @@ async fn durable_channels_and_reports_work_under_the_generated_permissions() {
             emit: vec![],
             resonate: vec!["*".into()],
         });
-        let users = rules
-            .iter()
-            .map(|rule| User {
-                user: rule.source.clone(),
-                password: format!("{}-pw", rule.source),
-                extra: {
-                    let mut permissions = rule.nats_permissions("aether").with_jetstream(
-                        rule,
-                        "aether",
-                        &durability(),
-                        &[],
-                    );
-                    if rule.source == "gateway" {
-                        // The gateway's user manages the stream here.
-                        permissions = permissions.managing_stream("AETHER");
-                    }
-                    // The test server's own readiness probe logs in as a user.
-                    permissions.subscribe.push("_TESTKIT_INBOX.>".into());
-                    permissions.to_server_config()
-                },
-            })
-            .collect();
-        let server = NatsServer::builder()
-            .jetstream(true)
-            .auth(Auth::Users(users))
-            .start()
-            .await
-            .unwrap();
+        let server = durable_server(&rules, |rule, permissions| {
+            if rule.source == "gateway" {
+                // The gateway's user manages the stream here.
+                permissions.managing_stream("AETHER")
+            } else {
+                permissions
+            }
+        })
+        .await;
         let login = |user: &str| {
-            let mut config = over(&server.url(), SecurityConfig::default());
-            config.nats.auth.user = Some(user.into());
-            config.nats.auth.password = Some(Secret::new(format!("{user}-pw")));
-            config.nats.inbox_prefix = Some(format!("aether._INBOX.{user}"));
-            config.durability = durability();
-            config.durability.manage_stream = user == "gateway";
+            let mut config = durable_login(&server.url(), user, "gateway");
             config.report.interval_ms = 100;
             config.report.instance = Some(format!("{user}.1"));
             config
@@ -736,45 +759,14 @@ async fn a_user_may_use_only_its_own_durable_consumers() {
             emit: vec![],
             resonate: vec![],
         });
-        let users = rules
-            .iter()
-            .map(|rule| User {
-                user: rule.source.clone(),
-                password: format!("{}-pw", rule.source),
-                extra: {
-                    let mut permissions = rule.nats_permissions("aether").with_jetstream(
-                        rule,
-                        "aether",
-                        &durability(),
-                        &["workers"],
-                    );
-                    if rule.source == "operator" {
-                        permissions = permissions.managing_stream("AETHER");
-                    }
-                    if rule.source == "beta" {
-                        // Beta reads through consumers the manager made.
-                        permissions = permissions.without_consumer_creation();
-                    }
-                    permissions.subscribe.push("_TESTKIT_INBOX.>".into());
-                    permissions.to_server_config()
-                },
-            })
-            .collect();
-        let server = NatsServer::builder()
-            .jetstream(true)
-            .auth(Auth::Users(users))
-            .start()
-            .await
-            .unwrap();
-        let login = |user: &str| {
-            let mut config = over(&server.url(), SecurityConfig::default());
-            config.nats.auth.user = Some(user.into());
-            config.nats.auth.password = Some(Secret::new(format!("{user}-pw")));
-            config.nats.inbox_prefix = Some(format!("aether._INBOX.{user}"));
-            config.durability = durability();
-            config.durability.manage_stream = user == "operator";
-            config
-        };
+        let server = durable_server(&rules, |rule, permissions| match rule.source.as_str() {
+            "operator" => permissions.managing_stream("AETHER"),
+            // Beta reads through consumers the manager made.
+            "beta" => permissions.without_consumer_creation(),
+            _ => permissions,
+        })
+        .await;
+        let login = |user: &str| durable_login(&server.url(), user, "operator");
         // Before the stream exists, a program that does not manage it
         // refuses to start and says who makes it.
         let error = Aether::connect(login("beta"))
