@@ -483,8 +483,14 @@ impl DurableOutbox {
     }
 
     /// The oldest pending wave.
+    #[cfg(test)]
     pub(crate) fn front(&self) -> Option<Entry> {
         self.lock().queue.front().cloned()
+    }
+
+    /// The `n` oldest pending waves (fewer if fewer wait), oldest first.
+    pub(crate) fn oldest(&self, n: usize) -> Vec<Entry> {
+        self.lock().queue.iter().take(n).cloned().collect()
     }
 
     /// The oldest pending wave is stored: forgets it. The file records it

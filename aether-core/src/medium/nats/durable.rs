@@ -70,15 +70,25 @@ use crate::{
 const RECENT_IDS: usize = 16_384;
 /// Most waves asked for in one pull.
 const MAX_PULL_BATCH: usize = 256;
-/// Retry delays of the flusher and the consumers.
+/// Retry delays of the flusher and the consumers: short, as a cluster
+/// elects a new leader within a second or two.
 const MIN_RETRY: Duration = Duration::from_millis(50);
-const MAX_RETRY: Duration = Duration::from_secs(2);
+const MAX_RETRY: Duration = Duration::from_millis(500);
+/// How often an idle flusher reads the connection's state again.
+const IDLE_LOOK: Duration = Duration::from_secs(2);
 /// Longest wait for one JetStream answer while sending (a publish's
 /// acknowledgement, the stream's look-up when the outbox is sent): short,
 /// so that a request lost with a failed server is tried again at once on
 /// the next, rather than after the whole request timeout. A resend is
 /// harmless: the stream drops a second copy of a wave id.
 const ATTEMPT: Duration = Duration::from_secs(1);
+/// Most outbox waves sent before their acknowledgements are awaited: the
+/// outbox drains at the stream's rate, not one round trip per wave.
+const SEND_WINDOW: usize = 256;
+/// A consumer that hears neither a wave nor the server's idle heartbeat for
+/// two of these pulls again, from whichever server leads it now (a pull
+/// request dies with the server that led the consumer).
+const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How often a consumer whose queue is full looks again.
 const FULL_QUEUE_WAIT: Duration = Duration::from_millis(5);
 
@@ -458,6 +468,50 @@ impl Durable {
         Ok(())
     }
 
+    /// Publishes `entries` one after the other without waiting, then
+    /// awaits their acknowledgements in order: how many, from the first,
+    /// the stream acknowledged, and the error that stopped the rest (those
+    /// may be stored too; sent again, the stream drops the copies).
+    async fn store_in_order(&self, entries: &[Entry]) -> Stored {
+        let mut acks = Vec::with_capacity(entries.len());
+        let mut error = None;
+        for entry in entries {
+            let publish = PublishMessage::build()
+                .payload(entry.body.clone())
+                .message_id(format!("{:032x}", entry.id));
+            match self
+                .js_attempt
+                .send_publish(entry.subject.clone(), publish)
+                .await
+            {
+                Ok(ack) => acks.push(ack),
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        let mut count = 0;
+        for ack in acks {
+            match ack.await {
+                Ok(ack) => {
+                    if ack.duplicate {
+                        tracing::debug!(seq = ack.sequence, "JetStream already held this wave");
+                    }
+                    count += 1;
+                }
+                Err(e) => {
+                    if e.kind() == PublishErrorKind::StreamNotFound {
+                        self.stream_ready.store(false, Ordering::Release);
+                    }
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        Stored { count, error }
+    }
+
     /// Emits a wave on a durable channel: stored in JetStream, or kept in
     /// the durable outbox (on disk, synced, when it has a directory) until
     /// it can be. Returns once one of the two holds it.
@@ -504,12 +558,27 @@ impl Durable {
         Ok(())
     }
 
-    /// Gets the durable consumer of `config`, or creates it.
-    async fn consumer(&self, config: &pull::Config) -> Result<PullConsumer, ConsumerFailed> {
+    /// Gets the durable consumer of `config`, or creates it. `recovering`:
+    /// it was there before, so it is made again only if the server says it
+    /// is gone; any other failure (a timeout while the cluster elects a
+    /// leader) returns at once, to be tried again soon.
+    async fn consumer(
+        &self,
+        config: &pull::Config,
+        recovering: bool,
+    ) -> Result<PullConsumer, ConsumerFailed> {
         let stream = &self.config.stream;
         let name = config.durable_name.clone().unwrap_or_default();
-        if let Ok(consumer) = self.js.get_consumer_from_stream(&name, stream).await {
-            return Ok(consumer);
+        // Looked up with a short timeout: after a failover it is asked
+        // again soon, of whichever server leads it by then.
+        match self
+            .js_attempt
+            .get_consumer_from_stream(&name, stream)
+            .await
+        {
+            Ok(consumer) => return Ok(consumer),
+            Err(e) if recovering && !is_missing(&e) => return Err(failed(e)),
+            Err(_) => {}
         }
         match self
             .js
@@ -563,7 +632,7 @@ impl Durable {
                 consumer.filter.clone(),
                 format!("aether consumer made for {}", consumer.name),
             );
-            self.consumer(&config).await.map_err(|e| {
+            self.consumer(&config, false).await.map_err(|e| {
                 ConnectError::new(
                     ConnectErrorKind::Config,
                     format!("durable consumer {}: {e}", consumer.name),
@@ -599,7 +668,7 @@ impl Durable {
         );
         let first = if shared.counters.state() == ConnectionState::Connected {
             Some(
-                self.consumer(&config)
+                self.consumer(&config, false)
                     .await
                     .map_err(|e| ResonateError::with_source(ResonateErrorKind::Medium, e))?,
             )
@@ -625,6 +694,13 @@ impl Durable {
     }
 }
 
+/// What [`Durable::store_in_order`] stored.
+struct Stored {
+    /// Entries acknowledged, from the first.
+    count: usize,
+    error: Option<jetstream::context::PublishError>,
+}
+
 /// The stream cannot be used now.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -639,11 +715,25 @@ fn failed(e: impl std::fmt::Display) -> ConsumerFailed {
     ConsumerFailed(e.to_string())
 }
 
+/// The server says the consumer (or its stream) does not exist.
+fn is_missing(e: &jetstream::stream::ConsumerError) -> bool {
+    use jetstream::ErrorCode;
+    matches!(
+        e.kind(),
+        jetstream::stream::ConsumerErrorKind::JetStream(error)
+            if [ErrorCode::CONSUMER_NOT_FOUND, ErrorCode::STREAM_NOT_FOUND]
+                .contains(&error.error_code())
+    )
+}
+
 /// Sends the durable outbox, in order, whenever it holds waves and the
 /// connection is up; forgets each wave once JetStream acknowledged it.
 async fn flush(durable: Arc<Durable>, shared: Arc<Shared>) {
     let mut events = shared.events.subscribe();
     let mut delay = MIN_RETRY;
+    // Since the first attempt the stream did not acknowledge, until one it
+    // does.
+    let mut stalled_since: Option<std::time::Instant> = None;
     loop {
         let connected = shared.counters.state() == ConnectionState::Connected;
         if durable.outbox.len() == 0 || !connected {
@@ -652,41 +742,61 @@ async fn flush(durable: Arc<Durable>, shared: Arc<Shared>) {
                 _ = events.recv() => {}
                 // The connection's state is read again now and then: an
                 // event may be missed by a lagging receiver.
-                _ = tokio::time::sleep(MAX_RETRY) => {}
+                _ = tokio::time::sleep(IDLE_LOOK) => {}
             }
             continue;
         }
         durable.outbox.set_flushing(true);
         let mut sent = 0usize;
         let mut failed = false;
+        let attempt = std::time::Instant::now();
         match durable.ready_stream_once().await {
             Err(error) => {
-                tracing::warn!(%error, waiting = durable.outbox.len(), retry_in = ?delay, "durable waves wait in the outbox until the stream answers; nothing is lost");
+                tracing::warn!(%error, waiting = durable.outbox.len(), retry_in = ?delay, "durable waves wait in the outbox until the stream answers (a retry: nothing is lost)");
                 failed = true;
             }
-            Ok(()) => {
-                while let Some(entry) = durable.outbox.front() {
-                    if let Err(error) = durable.store(&entry).await {
-                        tracing::warn!(%error, waiting = durable.outbox.len(), retry_in = ?delay, "durable waves wait in the outbox until the stream acknowledges them; nothing is lost");
-                        failed = true;
-                        break;
-                    }
+            Ok(()) => loop {
+                let window = durable.outbox.oldest(SEND_WINDOW);
+                if window.is_empty() {
+                    break;
+                }
+                let stored = durable.store_in_order(&window).await;
+                if stored.count > 0
+                    && let Some(since) = stalled_since.take()
+                {
+                    tracing::info!(
+                        stalled_ms = since.elapsed().as_millis() as u64,
+                        waiting = durable.outbox.len(),
+                        "the stream acknowledges durable waves again"
+                    );
+                }
+                if stored.count > 0 {
                     let outbox = durable.outbox.clone();
-                    let popped = tokio::task::spawn_blocking(move || outbox.pop_stored()).await;
+                    let count = stored.count;
+                    let popped = tokio::task::spawn_blocking(move || {
+                        (0..count).try_for_each(|_| outbox.pop_stored())
+                    })
+                    .await;
                     if let Ok(Err(error)) = popped {
-                        // The wave stays stored; the next process may resend
-                        // it, which the stream drops within its window.
+                        // The waves stay stored; the next process may resend
+                        // them, which the stream drops within its window.
                         tracing::warn!(%error, "could not mark a stored wave in the durable outbox");
                     }
-                    sent += 1;
+                    sent += stored.count;
                 }
-            }
+                if let Some(error) = stored.error {
+                    tracing::info!(%error, waiting = durable.outbox.len(), retry_in = ?delay, "durable waves wait in the outbox until the stream acknowledges them (a retry: nothing is lost)");
+                    failed = true;
+                    break;
+                }
+            },
         }
         durable.outbox.set_flushing(false);
         if sent > 0 {
             tracing::info!(sent, "durable outbox sent");
         }
         if failed {
+            stalled_since.get_or_insert(attempt);
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(MAX_RETRY);
         } else {
@@ -719,7 +829,7 @@ async fn consume(
         }
         let current = match consumer.take() {
             Some(c) => c,
-            None => match durable.consumer(&config).await {
+            None => match durable.consumer(&config, true).await {
                 Ok(c) => c,
                 Err(error) => {
                     tracing::debug!(%error, "durable consumer not ready; retrying");
@@ -739,7 +849,7 @@ async fn consume(
             // delivering to it until then (each such wave comes again after
             // `ack_wait_ms`).
             .expires(Duration::from_secs(5))
-            .heartbeat(Duration::from_secs(2))
+            .heartbeat(HEARTBEAT)
             .messages()
             .await;
         let mut messages = match messages {
@@ -751,6 +861,7 @@ async fn consume(
                 continue;
             }
         };
+        tracing::debug!(consumer = ?config.durable_name, "pulling from the durable consumer");
         delay = MIN_RETRY;
         while let Some(item) = messages.next().await {
             match item {
@@ -760,14 +871,13 @@ async fn consume(
                     }
                 }
                 Err(error) => {
-                    use jetstream::consumer::pull::MessagesErrorKind as K;
-                    tracing::debug!(%error, "durable consumer");
-                    if matches!(
-                        error.kind(),
-                        K::ConsumerDeleted | K::PushBasedConsumer | K::RequestLimitExceeded
-                    ) {
-                        break;
-                    }
+                    // A missed heartbeat (the server that led the consumer
+                    // is gone, or the pull request with it), a failed pull,
+                    // a deleted consumer: the consumer is looked up again
+                    // and pulled from afresh. Waves delivered to the old
+                    // pull and not taken come again after `ack_wait_ms`.
+                    tracing::debug!(%error, "durable consumer; pulling again");
+                    break;
                 }
             }
         }
