@@ -165,6 +165,9 @@ kinds! {
         /// The aether's ACL does not let this vibrator resonate on the
         /// pattern (`[aether.security] acl`).
         Denied => "resonance denied",
+        /// `stop_resonating` was given a pattern the vibrator does not
+        /// resonate on.
+        NotResonating => "not resonating",
     }
 }
 

@@ -305,8 +305,11 @@ impl Vibrator {
     }
 
     /// Stops resonating on `pattern` (alone or in a group). Waves already
-    /// queued stay. Returns whether it was resonating on it.
-    pub async fn stop_resonating(&mut self, pattern: impl Into<Channel>) -> bool {
+    /// queued stay. `NotResonating` if it did not resonate on it.
+    pub async fn stop_resonating(
+        &mut self,
+        pattern: impl Into<Channel>,
+    ) -> Result<(), ResonateError> {
         let pattern = pattern.into();
         let ids: Vec<SubscriptionId> = self
             .subscriptions
@@ -314,9 +317,19 @@ impl Vibrator {
             .filter(|(p, _, _)| *p == pattern)
             .map(|(_, _, id)| *id)
             .collect();
+        if ids.is_empty() {
+            return Err(ResonateError::new(
+                ResonateErrorKind::NotResonating,
+                format!(
+                    "{:?} does not resonate on {:?}",
+                    self.name(),
+                    pattern.as_str()
+                ),
+            ));
+        }
         self.subscriptions.retain(|(p, _, _)| *p != pattern);
         self.aether().unsubscribe(&ids);
-        !ids.is_empty()
+        Ok(())
     }
 
     /// The patterns it resonates on.

@@ -345,8 +345,9 @@ pub struct AlphaReport {
     pub cancelled: u64,
     /// Orders left without an answer when it stopped.
     pub unanswered: u64,
-    /// Waves (orders and outcomes) accepted but still in the aether's
-    /// outboxes when it ended, the server unreachable: not sent.
+    /// Waves accepted but still in the aether's outboxes when it ended, the
+    /// server unreachable: not sent (orders and outcomes, and the
+    /// instance's own reports and its maps' messages).
     pub unsent: u64,
     /// Orders still unanswered `answer_deadline_ms` after they were
     /// emitted (whether or not an answer came later).
@@ -618,7 +619,7 @@ pub async fn run_live(
                 };
                 // Only orders it waits for are confirmed or cancelled.
                 let confirmed = phase == Phase::ASSERT;
-                let Some((item, _)) = pending.remove(&order_id) else {
+                let Some((item, due)) = pending.remove(&order_id) else {
                     match answered.get(&order_id) {
                         Some(&first) if first == confirmed => report.repeated += 1,
                         Some(_) => {
@@ -634,6 +635,10 @@ pub async fn run_live(
                     continue;
                 };
                 answered.insert(order_id.clone(), confirmed);
+                // Answered past its deadline before a check counted it.
+                if due.is_some_and(|due| due <= Instant::now()) {
+                    report.overdue += 1;
+                }
                 // The key is one of its own order ids: the outcome builds.
                 let outcome = Wave::builder(channel)
                     .phase(phase)
@@ -659,6 +664,12 @@ pub async fn run_live(
         report.retried += sent.unwrap_or(0);
     }
     report.unanswered = pending.len() as u64;
+    // Orders whose deadline passed since the last check.
+    let now = Instant::now();
+    report.overdue += pending
+        .values()
+        .filter(|(_, due)| due.is_some_and(|due| due <= now))
+        .count() as u64;
     report.dropped = aether_ops::drops::of_service(&alpha.stats(), &aether.stats());
     // After its count, the outcomes are waited for as long as an answer
     // would be (a cluster electing a new leader holds them for seconds);
@@ -923,7 +934,13 @@ mod tests {
         let report = run(&Aether::default(), &settings, Shutdown::new())
             .await
             .unwrap();
-        assert_eq!((report.created, report.unanswered), (3, 3));
+        // Each past its deadline by the end, counted overdue whether or not
+        // a check ran after its deadline.
+        assert_eq!(
+            (report.created, report.unanswered, report.overdue),
+            (3, 3, 3),
+            "{report}"
+        );
         assert!(
             started.elapsed() >= Duration::from_millis(400),
             "waited for the deadline"

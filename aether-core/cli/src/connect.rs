@@ -78,12 +78,13 @@ pub fn config(connection: &Connection) -> Result<AetherConfig, Failure> {
     Ok(config)
 }
 
-/// Connects to the bus the flags name.
+/// Connects to the bus the flags name, and says where on stderr.
 pub async fn connect(connection: &Connection) -> Result<Aether, Failure> {
     let config = config(connection)?;
     // Credentials in a URL are never printed.
     let urls = config.nats.redacted_urls().join(", ");
-    Aether::connect(config).await.map_err(|error| {
+    let named = !connection.nats.is_empty() || connection.config_dir.is_some();
+    let aether = Aether::connect(config).await.map_err(|error| {
         let hint = match error.kind() {
             ConnectErrorKind::Unreachable => format!(
                 "is a nats-server running there? Start one (`nats-server -js`), or name another with --nats URL (tried {urls})"
@@ -100,5 +101,28 @@ pub async fn connect(connection: &Connection) -> Result<Aether, Failure> {
             _ => "check the settings".to_string(),
         };
         Failure::runtime(format!("cannot connect: {error}\n  {hint}"))
-    })
+    })?;
+    eprintln!("{}", connected_line(&urls, named));
+    Ok(aether)
+}
+
+/// The line that says which servers the tool uses.
+pub fn connected_line(urls: &str, named: bool) -> String {
+    if named {
+        format!("connected to {urls}")
+    } else {
+        format!(
+            "connected to {urls} (the default: --nats URL, AETHER_NATS or --config-dir names another)"
+        )
+    }
+}
+
+/// Says, after a map came back with nothing, that no other replica of it
+/// answered: the map may live on another bus.
+pub fn alone_note(map: &aether_core::state::StateMap, urls: &str) -> String {
+    format!(
+        "no other replica of map {:?} answered on {urls}: is a program that holds it running \
+         on this bus (and subject prefix)?",
+        map.name()
+    )
 }

@@ -67,12 +67,24 @@ pub async fn run(connection: &Connection, command: StateCommand) -> Result<(), F
         .await
         .map_err(|e| Failure::usage(format!("map {name:?}: {e}")))?;
     let heartbeat = aether.config().state.heartbeat_interval;
-    let result = act(&map, command, heartbeat).await;
+    let urls = aether.config().nats.redacted_urls().join(", ");
+    let result = act(&map, command, heartbeat, &urls).await;
     map.close().await;
     result
 }
 
-async fn act(map: &StateMap, command: StateCommand, heartbeat: Duration) -> Result<(), Failure> {
+async fn act(
+    map: &StateMap,
+    command: StateCommand,
+    heartbeat: Duration,
+    urls: &str,
+) -> Result<(), Failure> {
+    // Said when the map came back with nothing and nobody else holds it.
+    let alone = || {
+        map.peers()
+            .is_empty()
+            .then(|| crate::connect::alone_note(map, urls))
+    };
     let failed = |e: aether_core::state::StateError| {
         use aether_core::state::StateErrorKind::*;
         match e.kind() {
@@ -86,10 +98,10 @@ async fn act(map: &StateMap, command: StateCommand, heartbeat: Duration) -> Resu
                 println!("{}", value_text(&value));
                 Ok(())
             }
-            None => Err(Failure::runtime(format!(
-                "{key:?} is not set in map {:?}",
-                map.name()
-            ))),
+            None => Err(Failure::runtime(match alone() {
+                Some(note) => format!("{key:?} is not set in map {:?}; {note}", map.name()),
+                None => format!("{key:?} is not set in map {:?}", map.name()),
+            })),
         },
         StateCommand::Set { key, value, .. } => {
             let stamp = map
@@ -124,6 +136,11 @@ async fn act(map: &StateMap, command: StateCommand, heartbeat: Duration) -> Resu
                     println!("{:<width$}  {value}", show::safe(key));
                 }
                 eprintln!("{} keys in map {}", entries.len(), map.name());
+            }
+            if entries.is_empty()
+                && let Some(note) = alone()
+            {
+                eprintln!("{note}");
             }
             Ok(())
         }

@@ -175,6 +175,45 @@ pub struct Change {
     pub stamp: Stamp,
 }
 
+impl Change {
+    /// The value now, read as JSON of type `T` (`None`: deleted), as
+    /// written by [`StateMap::set_json`]; an error if it is not a `T`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use aether_core::{Aether, state::StateMap};
+    /// use futures_util::StreamExt;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    /// struct Reading {
+    ///     celsius: f64,
+    /// }
+    ///
+    /// let aether = Aether::default();
+    /// let map = StateMap::open("home", &aether).await?;
+    /// let mut changes = map.watch(">");
+    /// map.set_json("living.temp", &Reading { celsius: 21.5 }).await?;
+    /// map.set_json("living.temp", &Reading { celsius: 22.0 }).await?;
+    /// let first = changes.next().await.unwrap();
+    /// assert_eq!(first.old_json::<Reading>()?, None);
+    /// let second = changes.next().await.unwrap();
+    /// assert_eq!(second.old_json()?, Some(Reading { celsius: 21.5 }));
+    /// assert_eq!(second.new_json()?, Some(Reading { celsius: 22.0 }));
+    /// # Ok(()) }
+    /// ```
+    pub fn new_json<T: DeserializeOwned>(&self) -> Result<Option<T>, serde_json::Error> {
+        self.new.as_deref().map(serde_json::from_slice).transpose()
+    }
+
+    /// The value before, read as JSON of type `T` (`None`: unset or
+    /// deleted); an error if it is not a `T`.
+    pub fn old_json<T: DeserializeOwned>(&self) -> Result<Option<T>, serde_json::Error> {
+        self.old.as_deref().map(serde_json::from_slice).transpose()
+    }
+}
+
 /// One entry a replica holds, a tombstone too, with its stamp.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stamped {
@@ -783,7 +822,16 @@ impl StateMap {
         self.get(key)
             .map(|bytes| serde_json::from_slice(&bytes))
             .transpose()
-            .map_err(|e| StateError::with_source(StateErrorKind::Payload, e))
+            .map_err(|e| {
+                StateError::new(
+                    StateErrorKind::Payload,
+                    format!(
+                        "the value of {key:?} in map {:?} is not a {}: {e}",
+                        self.shared.map,
+                        std::any::type_name::<T>()
+                    ),
+                )
+            })
     }
 
     /// The stamp and writer of `key`'s current entry (a tombstone too).
@@ -1176,13 +1224,12 @@ impl Shared {
             Merged::Stale => {
                 self.counters.stale.fetch_add(1, Ordering::Relaxed);
                 // A write of this replica that a higher stamp reached first
-                // (a concurrent write, applied between its stamp and its
-                // merge): it lost, and its writer hears it as it would have
-                // later.
+                // (a concurrent write, another replica's or this one's,
+                // applied between its stamp and its merge): its `set`
+                // returned, it was never applied, and its writer hears it.
                 if local
                     && stamp.node == self.clock.node()
                     && let Some(held) = store.entry(key)
-                    && held.stamp.node != self.clock.node()
                 {
                     let _ = self.superseded.send(Superseded {
                         key: key.to_string(),

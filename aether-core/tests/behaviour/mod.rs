@@ -525,8 +525,8 @@ pub async fn one_delivery_per_vibrator_however_many_groups_match(m: &dyn Medium)
         assert_eq!(v.stats().dropped_total(), 0, "{}", v.name());
     }
     // Leaving groups until one is left: still once each.
-    assert!(worker.stop_resonating("jobs.run").await);
-    assert!(worker.stop_resonating("*").await);
+    worker.stop_resonating("jobs.run").await.unwrap();
+    worker.stop_resonating("*").await.unwrap();
     tx.emit_wave("jobs.run", json!("last")).await.unwrap();
     assert_eq!(recv(&mut worker).await.payload(), json!("last"));
     assert_silent(&mut worker).await;
@@ -629,6 +629,103 @@ pub async fn an_emitter_emits_and_asks_while_its_vibrator_receives(m: &dyn Mediu
         .unwrap_err();
     assert_eq!(err.kind(), RequestErrorKind::NoResponders);
     assert!(err.to_string().contains("\"nobody.home\""), "{err}");
+}
+
+/// A request goes out after the plain waves its emitter sent before it
+/// (batch frames included): a receiver whose one resonance hears both has
+/// every order before the question, round after round.
+pub async fn a_request_never_overtakes_the_waves_emitted_before_it(m: &dyn Medium) {
+    const ROUNDS: u64 = 30;
+    const ORDERS: u64 = 40;
+    let aether = default_aether(m).await;
+    let mut billing = Vibrator::create("billing", &aether).await.unwrap();
+    billing.resonate_on("shop.*").await.unwrap();
+    let server = tokio::spawn(async move {
+        let mut orders = 0u64;
+        for _ in 0..ROUNDS {
+            loop {
+                let wave = recv(&mut billing).await;
+                if wave.channel().as_str() == "shop.quote" {
+                    billing.reply(&wave, json!(orders)).await.unwrap();
+                    break;
+                }
+                orders += 1;
+            }
+        }
+    });
+    let shop = Vibrator::create("shop", &aether).await.unwrap();
+    for round in 0..ROUNDS {
+        for i in 0..ORDERS {
+            shop.emit_wave("shop.order", json!(i)).await.unwrap();
+        }
+        let reply = shop.request_wave("shop.quote", json!(round)).await.unwrap();
+        assert_eq!(
+            reply.payload(),
+            json!((round + 1) * ORDERS),
+            "round {round}: the quote was answered before the orders emitted ahead of it"
+        );
+    }
+    server.await.unwrap();
+}
+
+/// Waves of one emitter come out of `receive()` in emission order, whatever
+/// resonances of the receiver heard them: orders on `orders.*`, then a
+/// question on `billing.quote` (plain, then in a group), with the receiver
+/// slow on each order.
+pub async fn one_emitter_s_waves_keep_their_order_across_resonances(m: &dyn Medium) {
+    const ROUNDS: u64 = 30;
+    const ORDERS: u64 = 20;
+    for grouped in [false, true] {
+        let aether = default_aether(m).await;
+        let mut billing = Vibrator::create("billing", &aether).await.unwrap();
+        billing.resonate_on("orders.*").await.unwrap();
+        if grouped {
+            billing
+                .resonate_in_group("billing.quote", "quotes")
+                .await
+                .unwrap();
+        } else {
+            billing.resonate_on("billing.quote").await.unwrap();
+        }
+        let server = tokio::spawn(async move {
+            let mut orders = 0u64;
+            for _ in 0..ROUNDS {
+                loop {
+                    let wave = recv(&mut billing).await;
+                    if wave.channel().as_str() == "billing.quote" {
+                        billing.reply(&wave, json!(orders)).await.unwrap();
+                        break;
+                    }
+                    // A receiver with work to do on each order.
+                    for _ in 0..3 {
+                        tokio::task::yield_now().await;
+                    }
+                    orders += 1;
+                }
+            }
+        });
+        let shop = Vibrator::create("shop", &aether).await.unwrap();
+        for round in 0..ROUNDS {
+            for i in 0..ORDERS {
+                let channel = if i % 5 == 4 {
+                    "orders.cancelled"
+                } else {
+                    "orders.created"
+                };
+                shop.emit_wave(channel, json!(i)).await.unwrap();
+            }
+            let reply = shop
+                .request_wave("billing.quote", json!(round))
+                .await
+                .unwrap();
+            assert_eq!(
+                reply.payload(),
+                json!((round + 1) * ORDERS),
+                "grouped {grouped}, round {round}: the quote overtook orders emitted before it"
+            );
+        }
+        server.await.unwrap();
+    }
 }
 
 pub async fn request_without_responders_fails_fast(m: &dyn Medium) {
@@ -749,8 +846,10 @@ pub async fn stop_resonating_and_drop_unsubscribe(m: &dyn Medium) {
     let mut rx = Vibrator::create("rx", &aether).await.unwrap();
     rx.resonate_on("s.a").await.unwrap();
     rx.resonate_on("s.b").await.unwrap();
-    assert!(rx.stop_resonating("s.a").await);
-    assert!(!rx.stop_resonating("s.zz").await);
+    rx.stop_resonating("s.a").await.unwrap();
+    let error = rx.stop_resonating("s.zz").await.unwrap_err();
+    assert_eq!(error.kind(), aether_core::ResonateErrorKind::NotResonating);
+    assert!(error.to_string().contains("s.zz"), "{error}");
     tx.emit_wave("s.a", json!(1)).await.unwrap();
     tx.emit_wave("s.b", json!(2)).await.unwrap();
     assert_eq!(recv(&mut rx).await.payload(), json!(2));
@@ -1221,6 +1320,8 @@ macro_rules! behaviour_suite {
             request_times_out_without_reply,
             reply_needs_a_request,
             an_emitter_emits_and_asks_while_its_vibrator_receives,
+            a_request_never_overtakes_the_waves_emitted_before_it,
+            one_emitter_s_waves_keep_their_order_across_resonances,
             errors_say_it_once,
             receive_wakes_on_arrival,
             receive_is_cancel_safe,

@@ -10,7 +10,7 @@ use aether_core::{
     Aether,
     state::{NodeState, Presence, Refusal, StateConfig, StateErrorKind, StateMap},
 };
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::time::timeout;
 
 pub const LIMIT: Duration = Duration::from_secs(20);
@@ -446,6 +446,7 @@ pub async fn watch_streams_each_key_in_stamp_order_under_concurrent_writers(m: &
         let a = open(m.aether().await, "a").await;
         let b = open(m.aether().await, "b").await;
         let mut watch = a.watch(">");
+        let mut a_lost = a.superseded();
         const WRITES: u32 = 2_000;
         let mut writers = Vec::new();
         for (n, map) in [a.clone(), a.clone(), b.clone(), b.clone()]
@@ -453,21 +454,29 @@ pub async fn watch_streams_each_key_in_stamp_order_under_concurrent_writers(m: &
             .enumerate()
         {
             writers.push(tokio::spawn(async move {
+                let mut stamps = Vec::new();
                 for i in 0..WRITES {
                     let key = if i % 2 == 0 { "k0" } else { "k1" };
-                    map.set(key, format!("{n}-{i}")).await.unwrap();
+                    stamps.push(map.set(key, format!("{n}-{i}")).await.unwrap());
                     if i % 64 == 0 {
                         tokio::task::yield_now().await;
                     }
                 }
+                stamps
             }));
         }
-        for writer in writers {
-            writer.await.unwrap();
+        // The stamps `set` returned to a's two writers.
+        let mut a_wrote = Vec::new();
+        for (n, writer) in writers.into_iter().enumerate() {
+            let stamps = writer.await.unwrap();
+            if n < 2 {
+                a_wrote.extend(stamps);
+            }
         }
         until("a and b agree", || a.entries() == b.entries()).await;
         let mut last: std::collections::HashMap<String, aether_core::state::Change> =
             Default::default();
+        let mut applied = std::collections::HashSet::new();
         let settled = |last: &std::collections::HashMap<String, aether_core::state::Change>| {
             ["k0", "k1"]
                 .iter()
@@ -494,9 +503,27 @@ pub async fn watch_streams_each_key_in_stamp_order_under_concurrent_writers(m: &
             } else {
                 assert_eq!(change.old, None, "{}: the first change", change.key);
             }
+            applied.insert(change.stamp);
             last.insert(change.key.clone(), change);
         }
         assert_eq!(watch.missed(), 0);
+        // Every write of a's that returned a stamp was applied on a, or a
+        // hears that a higher stamp reached first.
+        let mut lost = std::collections::HashSet::new();
+        while let Some(Some(superseded)) = a_lost.next().now_or_never() {
+            lost.insert(superseded.mine);
+        }
+        let unheard: Vec<_> = a_wrote
+            .iter()
+            .filter(|stamp| !applied.contains(*stamp) && !lost.contains(*stamp))
+            .collect();
+        assert!(
+            unheard.is_empty(),
+            "{} of a's {} writes were neither applied nor superseded: {:?}",
+            unheard.len(),
+            a_wrote.len(),
+            &unheard[..unheard.len().min(5)]
+        );
         for key in ["k0", "k1"] {
             assert_eq!(last[key].new.as_deref(), a.get(key).as_deref(), "{key}");
         }

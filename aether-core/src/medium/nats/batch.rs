@@ -198,6 +198,13 @@ impl Batcher {
         }
     }
 
+    /// Nothing queued and nothing being published: every wave emitted so
+    /// far is with the client.
+    pub(super) fn is_quiet(&self) -> bool {
+        let state = self.lock();
+        state.idle && state.runs.is_empty()
+    }
+
     /// Returns once every wave queued before the call is with the client.
     pub(super) async fn drained(&self) {
         let (done, drained) = oneshot::channel();

@@ -336,14 +336,14 @@ impl Durable {
     /// `None` when the stream's copies cannot be known now (the stream
     /// exists but does not answer: no quorum, a leader being elected): then
     /// nothing is changed, and the caller tries again later.
-    async fn replicas(&self) -> Option<usize> {
+    async fn replicas(&self, js: &Context) -> Option<usize> {
         match self.config.replicas {
             0 => {
                 let info = self.client.server_info();
                 let servers: std::collections::HashSet<&String> =
                     info.connect_urls.iter().collect();
                 let seen = servers.len().clamp(1, 3);
-                match self.js.get_stream(&self.config.stream).await {
+                match js.get_stream(&self.config.stream).await {
                     Ok(stream) => Some(seen.max(stream.cached_info().config.num_replicas)),
                     Err(e) => match e.kind() {
                         jetstream::context::GetStreamErrorKind::JetStream(error)
@@ -363,7 +363,13 @@ impl Durable {
     /// when this program manages it, else looked up and checked to hold
     /// every durable channel of this program.
     async fn ready_stream(&self) -> Result<(), StreamNotReady> {
-        self.check_stream().await?;
+        self.ready_stream_with(&self.js).await
+    }
+
+    /// [`Durable::ready_stream`], each JetStream answer waited for as long
+    /// as `js` says.
+    async fn ready_stream_with(&self, js: &Context) -> Result<(), StreamNotReady> {
+        self.check_stream(js).await?;
         self.stream_ready.store(true, Ordering::Release);
         Ok(())
     }
@@ -372,22 +378,25 @@ impl Durable {
     /// publish said it is missing since: when the outbox is sent after a
     /// reconnect the stream is there (a cluster elects its leader on its
     /// own), and the first publish tells.
+    ///
+    /// Each answer is waited for [`ATTEMPT`] at most: while a cluster
+    /// elects its leaders a request may go unanswered, and the next one,
+    /// soon after, reaches the new ones.
     async fn ready_stream_once(&self) -> Result<(), StreamNotReady> {
         if self.stream_ready.load(Ordering::Acquire) {
             return Ok(());
         }
-        self.ready_stream().await
+        self.ready_stream_with(&self.js_attempt).await
     }
 
-    async fn check_stream(&self) -> Result<(), StreamNotReady> {
+    async fn check_stream(&self, js: &Context) -> Result<(), StreamNotReady> {
         if self.config.manage_stream {
             return self
-                .ensure_stream()
+                .ensure_stream(js)
                 .await
                 .map_err(|e| StreamNotReady(e.to_string()));
         }
-        let stream = self
-            .js
+        let stream = js
             .get_stream(&self.config.stream)
             .await
             .map_err(|e| StreamNotReady(format!("cannot look it up: {e}")))?;
@@ -413,8 +422,11 @@ impl Durable {
         }
     }
 
-    async fn ensure_stream(&self) -> Result<(), jetstream::context::CreateStreamError> {
-        let Some(replicas) = self.replicas().await else {
+    async fn ensure_stream(
+        &self,
+        js: &Context,
+    ) -> Result<(), jetstream::context::CreateStreamError> {
+        let Some(replicas) = self.replicas(js).await else {
             return Err(jetstream::context::CreateStreamError::new(
                 jetstream::context::CreateStreamErrorKind::TimedOut,
             ));
@@ -442,7 +454,7 @@ impl Durable {
             num_replicas: replicas,
             ..Default::default()
         };
-        self.js.create_or_update_stream(config).await.map(|_| ())
+        js.create_or_update_stream(config).await.map(|_| ())
     }
 
     /// Publishes `entry` through JetStream and waits for the server's

@@ -4,23 +4,25 @@
 //! servers) per aether. An emit encodes the wave's envelope
 //! ([`crate::wire`]) and publishes it on the channel's subject
 //! ([`crate::subject`]); while disconnected it waits in the [`outbox`]. Each
-//! resonance is a NATS subscription (a queue subscription for a group) with
-//! a task that moves its messages into the vibrator's receive queue as they
-//! come: decoding, measuring the wave on arrival, and counting what it
-//! refuses. The receive queue, not the client's buffer, is where a slow
+//! resonance is a NATS subscription (a queue subscription for a group;
+//! plain resonances on one subject share one), and one task per aether
+//! moves every subscription's messages into the vibrators' receive queues,
+//! in their emitters' order across subscriptions ([`arrivals`]): decoding,
+//! measuring the wave on arrival, and counting what it refuses. The receive queue, not the client's buffer, is where a slow
 //! vibrator sheds, weakest first; the client's buffer is sized so it only
 //! absorbs bursts, and any drop there is counted as a slow-consumer event.
 //! Requests use NATS request/reply (with the server's "no responders"), and
 //! so do diffracting and reflectable waves, to learn that nobody heard them
 //! ([`probe`]).
 
+mod arrivals;
 mod batch;
 mod durable;
 mod outbox;
 mod probe;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     sync::{
         Arc, Mutex, Weak,
         atomic::{AtomicU64, Ordering},
@@ -29,8 +31,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use async_nats::{Client, ConnectOptions, Event, Message, Subject, Subscriber, connection::State};
-use futures_util::{FutureExt, StreamExt};
+use async_nats::{Client, ConnectOptions, Event, Message, Subject, connection::State};
 use rustc_hash::FxHashMap;
 use tokio::{
     sync::{Notify, broadcast},
@@ -42,10 +43,7 @@ use self::{
     outbox::Outbox,
     probe::{PROBE_PREFIX, Probe},
 };
-use super::{
-    Listener, SubscriptionId, offer_all_counted, offer_batch_counted, offer_counted,
-    offer_counted_once,
-};
+use super::{Listener, SubscriptionId};
 use crate::{
     AetherConfig, Channel, ConnectError, ConnectErrorKind, EmitError, EmitErrorKind, RequestError,
     RequestErrorKind, ResonateError, ResonateErrorKind, Wave,
@@ -53,7 +51,7 @@ use crate::{
     admission::Life,
     connection::{ConnectionCounters, ConnectionEvent, ConnectionState, ConnectionStatus},
     hopping::gate::HopGate,
-    inbox::{GroupResonance, Inbox},
+    inbox::Inbox,
     reflection,
     replay::Replays,
     reply,
@@ -68,8 +66,10 @@ const MALFORMED_LOG_EVERY: u64 = 1000;
 pub(crate) struct NatsMedium {
     client: Client,
     shared: Arc<Shared>,
-    /// Each subscription's task (whose end unsubscribes) and queue.
-    subscriptions: Mutex<HashMap<SubscriptionId, (AbortHandle, Arc<Inbox>)>>,
+    /// Each subscription (whose end unsubscribes) and queue.
+    subscriptions: Mutex<HashMap<SubscriptionId, (Handle, Arc<Inbox>)>>,
+    /// Reads the core subscriptions, in emission order across them.
+    arrivals: arrivals::Arrivals,
     /// Plain resonances on one subject share one NATS subscription.
     fanouts: Mutex<Fanouts>,
     next_id: AtomicU64,
@@ -86,6 +86,14 @@ pub(crate) struct NatsMedium {
     /// Plain waves' queue to the connection, batched into frames
     /// (`[aether.nats.batch]`); none when batching is off.
     batcher: Option<Arc<Batcher>>,
+}
+
+/// What ends a subscription.
+enum Handle {
+    /// A durable consumer's task.
+    Task(AbortHandle),
+    /// A core subscription, read by [`arrivals`].
+    Arrival(u64),
 }
 
 /// What [`NatsMedium::prepare`] made of a plain wave.
@@ -207,6 +215,7 @@ impl NatsMedium {
         Ok(Self {
             batcher,
             client,
+            arrivals: arrivals::Arrivals::start(shared.clone()),
             shared,
             subscriptions: Mutex::new(HashMap::new()),
             fanouts: Mutex::default(),
@@ -258,7 +267,12 @@ impl NatsMedium {
             None => {}
         }
         // The rare paths' futures are boxed, so that every emit's future
-        // stays small (it is copied at each call).
+        // stays small (it is copied at each call). Each goes out after the
+        // plain waves emitted before it (batch frames included), so that it
+        // never overtakes them.
+        if !self.batch_quiet() {
+            Box::pin(self.after_batched()).await;
+        }
         if let Some(durable) = &self.durable
             && durable.is_durable(wave.channel())
         {
@@ -330,6 +344,21 @@ impl NatsMedium {
             .map_err(|e| EmitError::with_source(EmitErrorKind::Medium, e))
     }
 
+    /// No plain wave waits in the batch queue.
+    fn batch_quiet(&self) -> bool {
+        self.batcher.as_ref().is_none_or(|b| b.is_quiet())
+    }
+
+    /// Returns once the plain waves queued for batch frames so far are with
+    /// the client: what is sent next on another path (a request, a durable
+    /// or tracked wave) follows them on the connection.
+    #[cold]
+    async fn after_batched(&self) {
+        if let Some(batcher) = &self.batcher {
+            batcher.drained().await;
+        }
+    }
+
     /// The subject of `channel`, from the cache when it is there.
     fn subject_of(&self, channel: &Channel) -> Subject {
         let cached = self.subjects.load();
@@ -385,6 +414,9 @@ impl NatsMedium {
         wave: &Wave,
         timeout: Duration,
     ) -> Result<Wave, RequestError> {
+        if !self.batch_quiet() {
+            self.after_batched().await;
+        }
         let shared = &*self.shared;
         let subject = subject::channel_subject(&shared.prefix, wave.channel());
         let request = async_nats::Request::new()
@@ -478,7 +510,8 @@ impl NatsMedium {
             let task = durable
                 .subscribe(self.shared.clone(), id, pattern, inbox.clone(), group)
                 .await?;
-            self.lock_subscriptions().insert(id, (task, inbox));
+            self.lock_subscriptions()
+                .insert(id, (Handle::Task(task), inbox));
             return Ok(id);
         }
         let (subscriber, inbox, group) = match listener {
@@ -493,7 +526,7 @@ impl NatsMedium {
                         .queue_subscribe(subject, group.to_string())
                         .await,
                     inbox,
-                    Some((resonance, group)),
+                    (resonance, group),
                 )
             }
             Listener::Replies(_) => {
@@ -503,18 +536,20 @@ impl NatsMedium {
         };
         let subscriber =
             subscriber.map_err(|e| ResonateError::with_source(ResonateErrorKind::Medium, e))?;
-        if group.is_none() {
-            inbox.add_pattern(id, pattern);
-        }
-        let task = tokio::spawn(forward(
+        let (resonance, name) = group;
+        // The group takes a wave once, whichever member gets a copy.
+        let last = LastChannel::with_replays(self.shared.group_replays(&name));
+        let key = self.arrivals.add(
             subscriber,
-            self.shared.clone(),
-            inbox.clone(),
-            id,
-            group,
-        ));
+            arrivals::Target::Group {
+                inbox: inbox.clone(),
+                id,
+                _resonance: resonance,
+            },
+            last,
+        );
         self.lock_subscriptions()
-            .insert(id, (task.abort_handle(), inbox));
+            .insert(id, (Handle::Arrival(key), inbox));
         Ok(id)
     }
 
@@ -549,11 +584,14 @@ impl NatsMedium {
                     None => {
                         let fanout = Arc::new(Fanout {
                             members: ArcSwap::default(),
-                            task: std::sync::OnceLock::new(),
+                            key: std::sync::OnceLock::new(),
                         });
-                        let task =
-                            tokio::spawn(fan_out(subscriber, self.shared.clone(), fanout.clone()));
-                        let _ = fanout.task.set(task.abort_handle());
+                        let key = self.arrivals.add(
+                            subscriber,
+                            arrivals::Target::Fanout(fanout.clone()),
+                            LastChannel::new(&self.shared),
+                        );
+                        let _ = fanout.key.set(key);
                         fanouts.by_subject.insert(subject.clone(), fanout.clone());
                         fanout
                     }
@@ -586,9 +624,13 @@ impl NatsMedium {
             .await
             .map_err(|e| ResonateError::with_source(ResonateErrorKind::Medium, e))?;
         let inbox = gate.inbox().clone();
-        let task = tokio::spawn(forward_hopping(subscriber, self.shared.clone(), gate));
+        let key = self.arrivals.add(
+            subscriber,
+            arrivals::Target::Hopping(gate),
+            LastChannel::new(&self.shared),
+        );
         self.lock_subscriptions()
-            .insert(id, (task.abort_handle(), inbox));
+            .insert(id, (Handle::Arrival(key), inbox));
         Ok(id)
     }
 
@@ -596,9 +638,9 @@ impl NatsMedium {
         let mut subscriptions = self.lock_subscriptions();
         let mut fanouts = self.lock_fanouts();
         for id in ids {
-            // Dropping the subscriber (with its task) unsubscribes.
-            if let Some((task, inbox)) = subscriptions.remove(id) {
-                task.abort();
+            // Dropping the subscriber unsubscribes.
+            if let Some((handle, inbox)) = subscriptions.remove(id) {
+                self.end(handle);
                 inbox.remove_pattern(*id);
             } else if let Some(subject) = fanouts.by_member.remove(id)
                 && let Some(fanout) = fanouts.by_subject.get(&subject).cloned()
@@ -615,8 +657,8 @@ impl NatsMedium {
                 });
                 if left == 0 {
                     fanouts.by_subject.remove(&subject);
-                    if let Some(task) = fanout.task.get() {
-                        task.abort();
+                    if let Some(key) = fanout.key.get() {
+                        self.arrivals.remove(*key);
                     }
                 }
             }
@@ -655,17 +697,22 @@ impl NatsMedium {
         }
     }
 
+    /// Ends one subscription.
+    fn end(&self, handle: Handle) {
+        match handle {
+            Handle::Task(task) => task.abort(),
+            Handle::Arrival(key) => self.arrivals.remove(key),
+        }
+    }
+
     pub(crate) fn close(&self) {
-        for (_, (task, _)) in self.lock_subscriptions().drain() {
-            task.abort();
+        for (_, (handle, _)) in self.lock_subscriptions().drain() {
+            self.end(handle);
         }
         let mut fanouts = self.lock_fanouts();
         fanouts.by_member.clear();
-        for (_, fanout) in fanouts.by_subject.drain() {
-            if let Some(task) = fanout.task.get() {
-                task.abort();
-            }
-        }
+        fanouts.by_subject.clear();
+        self.arrivals.stop();
         self.flusher.abort();
         if let Some(batcher) = &self.batcher {
             batcher.close();
@@ -681,7 +728,7 @@ impl NatsMedium {
 
     fn lock_subscriptions(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<SubscriptionId, (AbortHandle, Arc<Inbox>)>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<SubscriptionId, (Handle, Arc<Inbox>)>> {
         self.subscriptions.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -1086,29 +1133,6 @@ async fn flush_on_reconnect(client: Client, shared: Arc<Shared>) {
     }
 }
 
-/// Moves a subscription's messages into the vibrator's queue; `group` is
-/// the group resonance it serves, if it is a queue subscription (counted
-/// until the task ends).
-async fn forward(
-    mut subscriber: Subscriber,
-    shared: Arc<Shared>,
-    inbox: Arc<Inbox>,
-    id: SubscriptionId,
-    group: Option<(GroupResonance, Arc<str>)>,
-) {
-    let mut last = match &group {
-        // The group takes a wave once, whichever member gets a copy.
-        Some((_, name)) => LastChannel::with_replays(shared.group_replays(name)),
-        None => LastChannel::new(&shared),
-    };
-    let grouped = group.is_some();
-    while let Some(message) = subscriber.next().await {
-        if !arrive(&shared, &inbox, id, grouped, message, &mut last) {
-            break;
-        }
-    }
-}
-
 /// The plain resonances of an aether on one subject.
 #[derive(Default)]
 struct Fanouts {
@@ -1119,88 +1143,8 @@ struct Fanouts {
 /// One NATS subscription and the receive queues it feeds.
 struct Fanout {
     members: ArcSwap<Vec<(SubscriptionId, Arc<Inbox>)>>,
-    /// Its task, whose end unsubscribes.
-    task: std::sync::OnceLock<AbortHandle>,
-}
-
-/// Moves a shared subscription's messages into its members' queues: each
-/// message is decoded once; a member that hears it through an older
-/// resonance of its own gets it there instead.
-///
-/// The messages already waiting when it wakes (up to [`FAN_OUT_BATCH`]) are
-/// decoded first and offered to each queue under one lock, with one
-/// wake-up of its vibrator.
-async fn fan_out(mut subscriber: Subscriber, shared: Arc<Shared>, fanout: Arc<Fanout>) {
-    let mut last = LastChannel::new(&shared);
-    let mut batch = VecDeque::with_capacity(FAN_OUT_BATCH);
-    let mut ended = false;
-    while !ended {
-        let Some(first) = subscriber.next().await else {
-            break;
-        };
-        let mut next = Some(first);
-        while let Some(message) = next.take() {
-            // Taken here unless every member hears the channel through an
-            // older resonance of its own (which then counts it).
-            let heard_elsewhere = |channel: &Channel| {
-                let members = fanout.members.load();
-                !members.is_empty()
-                    && members
-                        .iter()
-                        .all(|(id, inbox)| inbox.heard_elsewhere(channel, *id, false))
-            };
-            take_each(&shared, message, &mut last, heard_elsewhere, |wave| {
-                batch.push_back(wave)
-            });
-            if batch.len() < FAN_OUT_BATCH {
-                match subscriber.next().now_or_never() {
-                    Some(Some(message)) => next = Some(message),
-                    Some(None) => ended = true,
-                    None => {}
-                }
-            }
-        }
-        let members = fanout.members.load();
-        if let [(id, inbox)] = &members[..] {
-            let heard = |w: &Wave| !inbox.heard_elsewhere(w.channel(), *id, false);
-            if !inbox.may_hear_elsewhere(*id, false) || batch.iter().all(heard) {
-                offer_batch_counted(inbox, &mut batch, &shared.stats);
-                continue;
-            }
-        }
-        for (id, inbox) in members.iter() {
-            let mine = batch
-                .iter()
-                .filter(|w| !inbox.heard_elsewhere(w.channel(), *id, false))
-                .cloned();
-            offer_all_counted(inbox, mine, &shared.stats);
-        }
-        batch.clear();
-    }
-}
-
-/// Most messages a shared subscription's task decodes before it offers
-/// them.
-const FAN_OUT_BATCH: usize = 256;
-
-/// Moves a hopping subscription's messages through its gate.
-async fn forward_hopping(mut subscriber: Subscriber, shared: Arc<Shared>, gate: Arc<HopGate>) {
-    let mut last = LastChannel::new(&shared);
-    while let Some(message) = subscriber.next().await {
-        let mut open = true;
-        take_each(
-            &shared,
-            message,
-            &mut last,
-            |_| false,
-            |wave| {
-                open &= gate.offer(wave, &shared.stats).open;
-            },
-        );
-        if !open {
-            break;
-        }
-    }
+    /// Its key in [`arrivals`], whose removal unsubscribes.
+    key: std::sync::OnceLock<u64>,
 }
 
 /// What one subscription remembers of what it saw: the channel of the last
@@ -1260,34 +1204,6 @@ fn is_probe(channel: &Channel) -> bool {
         .as_str()
         .strip_prefix(PROBE_PREFIX)
         .is_some_and(|rest| rest.starts_with('.'))
-}
-
-/// Takes one message off the wire; `false` once the vibrator is gone.
-fn arrive(
-    shared: &Shared,
-    inbox: &Inbox,
-    id: SubscriptionId,
-    grouped: bool,
-    message: Message,
-    last: &mut LastChannel,
-) -> bool {
-    let mut open = true;
-    take_each(
-        shared,
-        message,
-        last,
-        |channel| inbox.heard_elsewhere(channel, id, grouped),
-        |wave| {
-            // Each group resonance is a queue subscription of its own,
-            // which may bring a copy of a message another one brings too.
-            open &= if grouped {
-                offer_counted_once(inbox, wave, &shared.stats).open
-            } else {
-                offer_counted(inbox, wave, &shared.stats).open
-            };
-        },
-    );
-    open
 }
 
 /// The wave a message carries, measured on arrival; `None` if it is not a
