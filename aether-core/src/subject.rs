@@ -8,6 +8,13 @@
 //! nats-server. Clients in other languages publish to
 //! [`channel_subject`] and subscribe to [`pattern_subject`].
 //!
+//! One kind of channel travels outside `<prefix>.>`: a replicated map's
+//! catch-up requests (`_state.<map>.s`) go to `<prefix>-catchup.<map>`, so
+//! that a program that observes every channel (a gateway on `*`, which
+//! subscribes to `<prefix>.>`) is no responder to them: a replica alone
+//! with observers hears "no responders" at once instead of waiting for a
+//! reply that cannot come.
+//!
 //! ```
 //! use aether_core::{Channel, subject};
 //!
@@ -18,12 +25,29 @@
 //! let back = subject::subject_channel("aether", "aether.orders.created").unwrap();
 //! assert_eq!(back.as_str(), "orders.created");
 //! assert!(subject::subject_channel("aether", "other.orders").is_none());
+//! let catch_up = Channel::new("_state.home.s");
+//! assert_eq!(subject::channel_subject("aether", &catch_up), "aether-catchup.home");
+//! assert_eq!(subject::subject_channel("aether", "aether-catchup.home"), Some(catch_up));
 //! ```
 
 use crate::Channel;
 
+/// The first token's ending of maps' catch-up subjects.
+const CATCH_UP: &str = "-catchup";
+
+/// The map whose catch-up channel `channel` is (`_state.<map>.s`).
+fn catch_up_map(channel: &str) -> Option<&str> {
+    channel
+        .strip_prefix("_state.")?
+        .strip_suffix(".s")
+        .filter(|map| !map.is_empty() && !map.split('.').any(|t| t == "*" || t == ">"))
+}
+
 /// The subject a wave on `channel` is published to.
 pub fn channel_subject(prefix: &str, channel: &Channel) -> String {
+    if let Some(map) = catch_up_map(channel.as_str()) {
+        return format!("{prefix}{CATCH_UP}.{map}");
+    }
     let mut subject = String::with_capacity(prefix.len() + 1 + channel.as_str().len());
     subject.push_str(prefix);
     subject.push('.');
@@ -34,6 +58,9 @@ pub fn channel_subject(prefix: &str, channel: &Channel) -> String {
 /// The subject (with NATS wildcards) that a resonance on `pattern`
 /// subscribes to.
 pub fn pattern_subject(prefix: &str, pattern: &Channel) -> String {
+    if let Some(map) = catch_up_map(pattern.as_str()) {
+        return format!("{prefix}{CATCH_UP}.{map}");
+    }
     let mut subject = String::with_capacity(prefix.len() + 1 + pattern.as_str().len());
     subject.push_str(prefix);
     let mut tokens = pattern.tokens().peekable();
@@ -53,7 +80,16 @@ pub fn pattern_subject(prefix: &str, pattern: &Channel) -> String {
 /// and names a valid concrete channel; `None` otherwise (the message is not
 /// a wave of this aether).
 pub fn subject_channel(prefix: &str, subject: &str) -> Option<Channel> {
-    let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
+    let rest = subject.strip_prefix(prefix)?;
+    if let Some(map) = rest
+        .strip_prefix(CATCH_UP)
+        .and_then(|r| r.strip_prefix('.'))
+    {
+        let channel = Channel::new(format!("_state.{map}.s"));
+        channel.validate_concrete().ok()?;
+        return (catch_up_map(channel.as_str()) == Some(map)).then_some(channel);
+    }
+    let rest = rest.strip_prefix('.')?;
     let channel = Channel::new(rest);
     channel.validate_concrete().ok()?;
     Some(channel)

@@ -178,6 +178,56 @@ async fn replicas_in_separate_aethers_converge_and_a_late_one_catches_up() {
     .expect("bounded");
 }
 
+/// A replica alone on the bus but for observers of every channel (a
+/// gateway resonates on `*`) hears "no responders" to its catch-up at once:
+/// observers are no responders. With a peer, the peer answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observers_of_every_channel_do_not_hold_up_a_catch_up() {
+    timeout(LIMIT, async {
+        let server = NatsServer::start().await.unwrap();
+        let observing = Aether::connect(over(&server.url())).await.unwrap();
+        let mut observer = aether_core::Vibrator::create("observer", &observing)
+            .await
+            .unwrap();
+        observer.resonate_on("*").await.unwrap();
+        let config = StateConfig {
+            ready_timeout: Duration::from_secs(20),
+            ..fast()
+        };
+        let x = Aether::connect(over(&server.url())).await.unwrap();
+        let started = std::time::Instant::now();
+        let a = StateMap::builder("home")
+            .node("a")
+            .config(config.clone())
+            .open(&x)
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "open waited {:?} for an observer to answer a catch-up",
+            started.elapsed()
+        );
+        a.set_json("k", &1).await.unwrap();
+        // A second replica catches up from the first, through the same
+        // subjects.
+        let y = Aether::connect(over(&server.url())).await.unwrap();
+        let b = StateMap::builder("home")
+            .node("b")
+            .config(config)
+            .open(&y)
+            .await
+            .unwrap();
+        assert_eq!(
+            b.get_json::<i32>("k").unwrap(),
+            Some(1),
+            "caught up before open returned"
+        );
+        drop(observer);
+    })
+    .await
+    .expect("bounded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_waves_are_refused_counted_and_change_nothing() {
     timeout(LIMIT, async {

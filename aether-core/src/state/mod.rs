@@ -192,7 +192,7 @@ impl Change {
     /// }
     ///
     /// let aether = Aether::default();
-    /// let map = StateMap::open("home", &aether).await?;
+    /// let map = StateMap::open(&aether, "home").await?;
     /// let mut changes = map.watch(">");
     /// map.set_json("living.temp", &Reading { celsius: 21.5 }).await?;
     /// map.set_json("living.temp", &Reading { celsius: 22.0 }).await?;
