@@ -10,7 +10,7 @@ use aether_core::{
     Aether,
     state::{NodeState, Presence, Refusal, StateConfig, StateErrorKind, StateMap},
 };
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::time::timeout;
 
 pub const LIMIT: Duration = Duration::from_secs(20);
@@ -509,8 +509,10 @@ pub async fn watch_streams_each_key_in_stamp_order_under_concurrent_writers(m: &
         assert_eq!(watch.missed(), 0);
         // Every write of a's that returned a stamp was applied on a, or a
         // hears that a higher stamp reached first.
+        // Read until quiet (not `now_or_never`: tokio's cooperative budget
+        // makes a ready stream say pending now and then).
         let mut lost = std::collections::HashSet::new();
-        while let Some(Some(superseded)) = a_lost.next().now_or_never() {
+        while let Ok(Some(superseded)) = timeout(Duration::from_millis(300), a_lost.next()).await {
             lost.insert(superseded.mine);
         }
         let unheard: Vec<_> = a_wrote
