@@ -573,6 +573,16 @@ impl Vibrator {
         self.emitter.reply(request, payload).await
     }
 
+    /// Replies to `request` with `payload` as JSON (any `impl Serialize`, a
+    /// derived struct too), as `emit_wave` emits; see [`Emitter::reply`].
+    pub async fn reply_wave(
+        &self,
+        request: &Wave,
+        payload: impl Serialize,
+    ) -> Result<WaveId, EmitError> {
+        self.emitter.reply_wave(request, payload).await
+    }
+
     /// Emits `wave` as a request and waits for the first reply; see
     /// [`Emitter::request`].
     pub async fn request(&self, wave: Wave) -> Result<Wave, RequestError> {
@@ -924,6 +934,18 @@ impl Emitter {
         let bytes = crate::wave::json_pooled(&payload)
             .map_err(|e| EmitError::with_source(EmitErrorKind::Payload, e))?;
         self.emit(Wave::new(channel, bytes)).await
+    }
+
+    /// Replies to `request` with `payload` as JSON (any `impl Serialize`),
+    /// as [`Emitter::emit_wave`] emits.
+    pub async fn reply_wave(
+        &self,
+        request: &Wave,
+        payload: impl Serialize,
+    ) -> Result<WaveId, EmitError> {
+        let bytes = crate::wave::json_pooled(&payload)
+            .map_err(|e| EmitError::with_source(EmitErrorKind::Payload, e))?;
+        self.reply(request, bytes).await
     }
 
     /// Replies to `request` on its reply channel, with its correlation key.

@@ -79,11 +79,10 @@ async fn act(
     heartbeat: Duration,
     urls: &str,
 ) -> Result<(), Failure> {
-    // Said when the map came back with nothing and nobody else holds it.
+    // Said when the map came back with nothing and no peer was heard: an
+    // empty map with no peer (a peer's catch-up answer brings its keys).
     let alone = || {
-        map.peers()
-            .is_empty()
-            .then(|| crate::connect::alone_note(map, urls))
+        (map.peers().is_empty() && map.is_empty()).then(|| crate::connect::alone_note(map, urls))
     };
     let failed = |e: aether_core::state::StateError| {
         use aether_core::state::StateErrorKind::*;
@@ -132,7 +131,12 @@ async fn act(
                     .unwrap_or(0)
                     .min(40);
                 for (key, value) in &entries {
-                    let value = value_text(value).replace('\n', " ");
+                    // One line each: JSON compact, text with its line
+                    // breaks shown as spaces.
+                    let value = match serde_json::from_slice::<Value>(value) {
+                        Ok(json) => show::json_line(&json),
+                        Err(_) => value_text(value).replace('\n', " "),
+                    };
                     println!("{:<width$}  {value}", show::safe(key));
                 }
                 eprintln!("{} keys in map {}", entries.len(), map.name());

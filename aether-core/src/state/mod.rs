@@ -177,7 +177,8 @@ pub struct Change {
 
 impl Change {
     /// The value now, read as JSON of type `T` (`None`: deleted), as
-    /// written by [`StateMap::set_json`]; an error if it is not a `T`.
+    /// written by [`StateMap::set_json`]; `Payload`, naming the key, its
+    /// writer and the type, if it is not a `T`.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -203,14 +204,32 @@ impl Change {
     /// assert_eq!(second.new_json()?, Some(Reading { celsius: 22.0 }));
     /// # Ok(()) }
     /// ```
-    pub fn new_json<T: DeserializeOwned>(&self) -> Result<Option<T>, serde_json::Error> {
-        self.new.as_deref().map(serde_json::from_slice).transpose()
+    pub fn new_json<T: DeserializeOwned>(&self) -> Result<Option<T>, StateError> {
+        self.read_json(self.new.as_deref(), "new")
     }
 
     /// The value before, read as JSON of type `T` (`None`: unset or
-    /// deleted); an error if it is not a `T`.
-    pub fn old_json<T: DeserializeOwned>(&self) -> Result<Option<T>, serde_json::Error> {
-        self.old.as_deref().map(serde_json::from_slice).transpose()
+    /// deleted); `Payload`, naming the key and the type, if it is not a `T`.
+    pub fn old_json<T: DeserializeOwned>(&self) -> Result<Option<T>, StateError> {
+        self.read_json(self.old.as_deref(), "old")
+    }
+
+    fn read_json<T: DeserializeOwned>(
+        &self,
+        value: Option<&[u8]>,
+        which: &str,
+    ) -> Result<Option<T>, StateError> {
+        value.map(serde_json::from_slice).transpose().map_err(|e| {
+            StateError::new(
+                StateErrorKind::Payload,
+                format!(
+                    "the {which} value of {:?} (written by {:?}) is not a {}: {e}",
+                    self.key,
+                    self.writer,
+                    std::any::type_name::<T>()
+                ),
+            )
+        })
     }
 }
 
