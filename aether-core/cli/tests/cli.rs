@@ -338,6 +338,22 @@ async fn state_commands_read_and_write_a_map_a_service_holds() {
     let (status, _, stderr) = run(aether(&url, &["state", "get", "home", "hall.light"])).await;
     assert_eq!(status, 1);
     assert!(stderr.contains("is not set"), "{stderr}");
+    // The map has keys, so a replica answered: nothing said of being alone.
+    assert!(!stderr.contains("no other replica"), "{stderr}");
+    // Every command says where it connected.
+    assert!(stderr.contains(&format!("connected to {url}")), "{stderr}");
+    // A map nobody holds on this bus: said so, naming the server.
+    let (status, _, stderr) = run(aether(&url, &["state", "get", "elsewhere", "k"])).await;
+    assert_eq!(status, 1);
+    assert!(
+        stderr.contains(&format!(
+            "no other replica of map \"elsewhere\" answered on {url}"
+        )),
+        "{stderr}"
+    );
+    let (status, out, stderr) = run(aether(&url, &["state", "list", "elsewhere"])).await;
+    assert_eq!((status, out.as_str()), (0, ""));
+    assert!(stderr.contains("no other replica"), "{stderr}");
     let (status, out, _) = run(aether(&url, &["state", "peers", "home"])).await;
     assert_eq!(status, 0);
     assert!(out.lines().any(|l| l == "service"), "{out}");

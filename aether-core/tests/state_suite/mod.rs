@@ -218,11 +218,22 @@ pub async fn bad_writes_are_typed_errors_and_change_nothing(m: &dyn Bus) {
             a.set("node/b/t", "1").await.unwrap_err().kind(),
             StateErrorKind::NotOwner
         );
+        let mut changes = a.watch("text");
         a.set("text", "not json").await.unwrap();
-        assert_eq!(
-            a.get_json::<u32>("text").unwrap_err().kind(),
-            StateErrorKind::Payload
-        );
+        let error = a.get_json::<u32>("text").unwrap_err();
+        assert_eq!(error.kind(), StateErrorKind::Payload);
+        // It says which value, where, and what it is not.
+        let message = error.to_string();
+        for part in ["\"text\"", "\"home\"", "u32"] {
+            assert!(message.contains(part), "{part} in {message}");
+        }
+        let change = timeout(LIMIT, changes.next()).await.unwrap().unwrap();
+        let error = change.new_json::<u32>().unwrap_err();
+        assert_eq!(error.kind(), StateErrorKind::Payload);
+        let message = error.to_string();
+        for part in ["\"text\"", "\"a\"", "u32"] {
+            assert!(message.contains(part), "{part} in {message}");
+        }
         assert_eq!(a.len(), 1);
         let bad_name = StateMap::builder("two.tokens")
             .open(&m.aether().await)
