@@ -631,6 +631,25 @@ pub async fn an_emitter_emits_and_asks_while_its_vibrator_receives(m: &dyn Mediu
     assert!(err.to_string().contains("\"nobody.home\""), "{err}");
 }
 
+/// Counts the waves `receiver` takes, and answers each of `rounds` questions
+/// on `question` with the count so far, yielding `work` times per wave.
+async fn count_then_answer(mut receiver: Vibrator, question: &str, rounds: u64, work: u32) {
+    let mut counted = 0u64;
+    for _ in 0..rounds {
+        loop {
+            let wave = recv(&mut receiver).await;
+            if wave.channel().as_str() == question {
+                receiver.reply(&wave, json!(counted)).await.unwrap();
+                break;
+            }
+            for _ in 0..work {
+                tokio::task::yield_now().await;
+            }
+            counted += 1;
+        }
+    }
+}
+
 /// A request goes out after the plain waves its emitter sent before it
 /// (batch frames included): a receiver whose one resonance hears both has
 /// every order before the question, round after round.
@@ -640,19 +659,7 @@ pub async fn a_request_never_overtakes_the_waves_emitted_before_it(m: &dyn Mediu
     let aether = default_aether(m).await;
     let mut billing = Vibrator::create("billing", &aether).await.unwrap();
     billing.resonate_on("shop.*").await.unwrap();
-    let server = tokio::spawn(async move {
-        let mut orders = 0u64;
-        for _ in 0..ROUNDS {
-            loop {
-                let wave = recv(&mut billing).await;
-                if wave.channel().as_str() == "shop.quote" {
-                    billing.reply(&wave, json!(orders)).await.unwrap();
-                    break;
-                }
-                orders += 1;
-            }
-        }
-    });
+    let server = tokio::spawn(count_then_answer(billing, "shop.quote", ROUNDS, 0));
     let shop = Vibrator::create("shop", &aether).await.unwrap();
     for round in 0..ROUNDS {
         for i in 0..ORDERS {
@@ -687,23 +694,8 @@ pub async fn one_emitter_s_waves_keep_their_order_across_resonances(m: &dyn Medi
         } else {
             billing.resonate_on("billing.quote").await.unwrap();
         }
-        let server = tokio::spawn(async move {
-            let mut orders = 0u64;
-            for _ in 0..ROUNDS {
-                loop {
-                    let wave = recv(&mut billing).await;
-                    if wave.channel().as_str() == "billing.quote" {
-                        billing.reply(&wave, json!(orders)).await.unwrap();
-                        break;
-                    }
-                    // A receiver with work to do on each order.
-                    for _ in 0..3 {
-                        tokio::task::yield_now().await;
-                    }
-                    orders += 1;
-                }
-            }
-        });
+        // A receiver with work to do on each order.
+        let server = tokio::spawn(count_then_answer(billing, "billing.quote", ROUNDS, 3));
         let shop = Vibrator::create("shop", &aether).await.unwrap();
         for round in 0..ROUNDS {
             for i in 0..ORDERS {

@@ -285,27 +285,18 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>
                 sub.done = true;
             }
             batch.clear();
-        } else if let Some(last_full) = last_full {
-            // Waves kept from earlier rounds were taken before this round's
-            // full pass: complete now.
-            for sub in subs.iter_mut() {
-                for (_, complete) in sub.waves.iter_mut() {
-                    *complete = true;
-                }
-                sub.decode(&shared, Some(last_full));
-            }
-            merge_out(&shared, &mut subs, &mut batch);
         } else {
-            // No full pass: more than a round's bound came during the
-            // sweep. What this round took is not known complete and waits
-            // for the next one; what earlier rounds kept goes now, so that
-            // a sustained flood delays waves by one round at most (in that
-            // flood, across subscriptions, the order is the best known).
+            // Waves kept from earlier rounds go now: after this round's full
+            // pass they are complete; without one (more than a round's
+            // bound came during the sweep) they go anyway, so that a
+            // sustained flood delays waves by one round at most (in it,
+            // across subscriptions, the order is the best known). What this
+            // round took is complete if taken before its last full pass.
             for sub in subs.iter_mut() {
                 for (_, complete) in sub.waves.iter_mut() {
                     *complete = true;
                 }
-                sub.decode(&shared, Some(0));
+                sub.decode(&shared, Some(last_full.unwrap_or(0)));
             }
             merge_out(&shared, &mut subs, &mut batch);
         }

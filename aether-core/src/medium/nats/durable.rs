@@ -460,24 +460,10 @@ impl Durable {
     /// Publishes `entry` through JetStream and waits for the server's
     /// acknowledgement.
     async fn store(&self, entry: &Entry) -> Result<(), jetstream::context::PublishError> {
-        let publish = PublishMessage::build()
-            .payload(entry.body.clone())
-            .message_id(format!("{:032x}", entry.id));
-        let sent = async {
-            self.js_attempt
-                .send_publish(entry.subject.clone(), publish)
-                .await?
-                .await
-        };
-        let ack = sent.await.inspect_err(|e| {
-            if e.kind() == PublishErrorKind::StreamNotFound {
-                self.stream_ready.store(false, Ordering::Release);
-            }
-        })?;
-        if ack.duplicate {
-            tracing::debug!(id = %format_args!("{:032x}", entry.id), "JetStream already held this wave");
+        match self.store_in_order(std::slice::from_ref(entry)).await.error {
+            None => Ok(()),
+            Some(error) => Err(error),
         }
-        Ok(())
     }
 
     /// Publishes `entries` one after the other without waiting, then
