@@ -906,8 +906,8 @@ impl StateMap {
     }
 
     /// Every change applied from now on to a key that `pattern` matches
-    /// (the channel grammar: `living.*`, `>`; a key that is no channel is
-    /// matched by `*` and `>` only, or by itself).
+    /// (the channel grammar: `living.*`, `>`; a key that is no channel, such
+    /// as one with spaces, is matched by `*` and `>` only, or by itself).
     pub fn watch(&self, pattern: &str) -> Watch {
         Watch {
             pattern: Channel::new(pattern),
@@ -1040,10 +1040,22 @@ impl Watch {
     }
 
     fn wants(&self, key: &str) -> bool {
-        key == self.raw
-            || self.raw == ">"
-            || self.raw == "*"
-            || Channel::new(key).matches(&self.pattern)
+        watch_wants(&self.raw, &self.pattern, key)
+    }
+}
+
+/// Whether a watch on `raw` (parsed as `pattern`) hears `key`: a key that
+/// is a concrete channel is matched as one; any other key (spaces, empty
+/// tokens, wildcards of its own) only by its exact text, `*` or `>`.
+fn watch_wants(raw: &str, pattern: &Channel, key: &str) -> bool {
+    if key == raw || raw == ">" {
+        return true;
+    }
+    let channel = Channel::new(key);
+    if channel.is_valid() && !channel.is_pattern() {
+        channel.matches(pattern)
+    } else {
+        raw == "*"
     }
 }
 
@@ -1795,6 +1807,28 @@ impl NodeState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watch_hears_keys_by_the_channel_grammar() {
+        let hears = |raw: &str, key: &str| watch_wants(raw, &Channel::new(raw), key);
+        assert!(hears("living.*", "living.temp"));
+        // A trailing wildcard takes one token or more, as on channels.
+        assert!(hears("living.*", "living.temp.max"));
+        assert!(hears("living.*.max", "living.temp.max"));
+        assert!(!hears("living.*.max", "living.temp.min"));
+        assert!(!hears("living.*", "living"));
+        assert!(!hears("kitchen.*", "living.temp"));
+        assert!(hears("*", "living.temp"));
+        assert!(hears(">", "living.temp"));
+        // A key that is no channel: its exact text, `*` or `>` only.
+        for key in ["bad key with spaces", "a..b", "a.*", ".x"] {
+            assert!(hears(key, key), "{key}");
+            assert!(hears("*", key), "{key}");
+            assert!(hears(">", key), "{key}");
+            assert!(!hears("bad.*", key), "{key}");
+            assert!(!hears("bad", key), "{key}");
+        }
+    }
 
     #[test]
     fn repairs_that_come_before_the_answer_count_for_it() {
