@@ -60,6 +60,10 @@ pub(crate) struct Inner {
     security: Arc<Security>,
     /// Replicas of replicated maps on this aether, for its reports.
     maps: Mutex<Vec<Weak<dyn MapSource>>>,
+    /// The instance name its reports carry, once they run.
+    reporting: std::sync::OnceLock<String>,
+    /// Reports sent (the last one's `seq`).
+    report_seq: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Inner {
@@ -168,6 +172,8 @@ impl Aether {
                 physics,
                 security,
                 maps: Mutex::new(Vec::new()),
+                reporting: std::sync::OnceLock::new(),
+                report_seq: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         aether.start_reports();
@@ -196,6 +202,7 @@ impl Aether {
             );
             return;
         }
+        let _ = self.inner.reporting.set(instance.clone());
         runtime.spawn(crate::report::run(
             Arc::downgrade(&self.inner),
             instance,
@@ -397,10 +404,32 @@ impl Aether {
     /// assert!(aether.is_closed());
     /// # Ok(()) }
     /// ```
+    ///
+    /// An aether that sends instance reports sends a last one, marked
+    /// `leaving`, so that a gateway counts it as gone on purpose rather
+    /// than lost.
     pub async fn drain(&self, timeout: std::time::Duration) -> Result<(), EmitError> {
+        let start = std::time::Instant::now();
         let flushed = self.flush(timeout).await;
+        if let Some(instance) = self.inner.reporting.get()
+            && !self.is_closed()
+        {
+            let seq = self.next_report_seq();
+            let report = crate::report::InstanceReport {
+                leaving: true,
+                ..crate::report::compose(self, instance, seq)
+            };
+            if crate::report::send(self, instance, &report).await {
+                let _ = self.flush(timeout.saturating_sub(start.elapsed())).await;
+            }
+        }
         self.close();
         flushed
+    }
+
+    /// The `seq` of the next instance report.
+    pub(crate) fn next_report_seq(&self) -> u64 {
+        self.inner.report_seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Closes the aether: emits fail with `Closed`, and every vibrator's

@@ -5,13 +5,17 @@
 //! [`EmitErrorKind::RateLimited`](crate::EmitErrorKind::RateLimited) at
 //! once, and nothing is sent: the caller chooses to drop, to wait (the
 //! error says how long) or to retry ([`crate::reliable`] retries it with
-//! backoff). Refusals are counted in the vibrator's and the aether's
-//! statistics (`rate_limited`). Without a limit, an emit costs one relaxed
-//! atomic load and a branch.
+//! backoff). A limit [`RateLimit::waiting_up_to`] a time shapes instead: an
+//! emit over it waits for its turn (the emits of one task stay in order)
+//! and is refused only if its turn is further away than that. Refusals are
+//! counted in the vibrator's and the aether's statistics (`rate_limited`),
+//! and in the instance report the gateway exports. Without a limit, an emit
+//! costs one relaxed atomic load and a branch.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
 //! use aether_core::{Aether, EmitErrorKind, RateLimit, Vibrator};
 //! use serde_json::json;
 //!
@@ -26,6 +30,16 @@
 //!
 //! shop.set_rate_limit(None); // lifted at once
 //! shop.emit_wave("orders.created", json!(4)).await?;
+//!
+//! // Shaped: 20 a second, an emit over it waits up to 1 s for its turn.
+//! let paced = RateLimit::per_second(20.0)?.with_burst(1)?.waiting_up_to(Duration::from_secs(1));
+//! shop.set_rate_limit(Some(paced));
+//! let start = std::time::Instant::now();
+//! for n in 0..3 {
+//!     shop.emit_wave("orders.created", json!(n)).await?;
+//! }
+//! assert!(start.elapsed() >= Duration::from_millis(90)); // two waits of 50 ms
+//! assert_eq!(aether.stats().rate_limited, 1); // none refused
 //! # Ok(()) }
 //! ```
 
@@ -53,6 +67,7 @@ pub const MAX_RATE_PER_S: f64 = 1e9;
 pub struct RateLimit {
     per_second: f64,
     burst: u32,
+    max_wait: Duration,
 }
 
 impl RateLimit {
@@ -72,7 +87,21 @@ impl RateLimit {
         Ok(Self {
             per_second: rate,
             burst,
+            max_wait: Duration::ZERO,
         })
+    }
+
+    /// Shapes instead of refusing: an emit over the limit waits for its
+    /// turn, and is refused only if that turn is more than `max_wait` away
+    /// (zero, the default: refused at once).
+    pub fn waiting_up_to(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
+
+    /// How long an emit over the limit may wait for its turn.
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
     }
 
     /// Allows `burst` emits at once (at least 1).
@@ -108,7 +137,11 @@ impl RateLimit {
 
 impl fmt::Display for RateLimit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/s (burst {})", self.per_second, self.burst)
+        write!(f, "{}/s (burst {})", self.per_second, self.burst)?;
+        if !self.max_wait.is_zero() {
+            write!(f, " waiting up to {:?}", self.max_wait)?;
+        }
+        Ok(())
     }
 }
 
@@ -148,27 +181,52 @@ impl LimitSlot {
         self.check_limited(name)
     }
 
-    #[cold]
-    fn check_limited(&self, name: &str) -> Result<(), EmitError> {
+    /// The time until the next emit is allowed, if it is not now; and the
+    /// limit.
+    fn turn(&self) -> Result<(), (Duration, RateLimit)> {
         let guard = self.limiter.load();
         let Some(limiter) = guard.as_ref() else {
             return Ok(());
         };
-        match limiter.bucket.check() {
-            Ok(()) => Ok(()),
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(limiter.bucket.clock().now());
-                Err(EmitError::new(
-                    EmitErrorKind::RateLimited,
-                    format!(
-                        "vibrator {name:?} is over its rate limit of {}; the next emit is \
-                         allowed in {wait:?}",
-                        limiter.limit
-                    ),
-                ))
+        limiter.bucket.check().map_err(|not_until| {
+            (
+                not_until.wait_time_from(limiter.bucket.clock().now()),
+                limiter.limit,
+            )
+        })
+    }
+
+    #[cold]
+    fn check_limited(&self, name: &str) -> Result<(), EmitError> {
+        self.turn()
+            .map_err(|(wait, limit)| refusal(name, limit, wait))
+    }
+
+    /// Waits for the emit's turn, up to the limit's `max_wait` from now;
+    /// refused if the turn is further away.
+    #[cold]
+    pub(crate) async fn wait_turn(&self, name: &str) -> Result<(), EmitError> {
+        let start = tokio::time::Instant::now();
+        loop {
+            let Err((wait, limit)) = self.turn() else {
+                return Ok(());
+            };
+            if start.elapsed() + wait > limit.max_wait {
+                return Err(refusal(name, limit, wait));
             }
+            tokio::time::sleep(wait).await;
         }
     }
+}
+
+fn refusal(name: &str, limit: RateLimit, wait: Duration) -> EmitError {
+    EmitError::new(
+        EmitErrorKind::RateLimited,
+        format!(
+            "vibrator {name:?} is over its rate limit of {limit}; the next emit is allowed in \
+             {wait:?}"
+        ),
+    )
 }
 
 impl fmt::Debug for LimitSlot {
@@ -214,5 +272,31 @@ mod tests {
         slot.set(None);
         assert!(slot.check("svc").is_ok());
         assert_eq!(slot.get(), None);
+    }
+
+    #[tokio::test]
+    async fn a_shaping_limit_waits_for_the_turn_and_refuses_beyond_its_wait() {
+        let slot = LimitSlot::default();
+        let limit = RateLimit::per_second(10.0).unwrap().with_burst(1).unwrap();
+        slot.set(Some(limit.waiting_up_to(Duration::from_millis(250))));
+        let start = tokio::time::Instant::now();
+        for _ in 0..3 {
+            slot.wait_turn("svc").await.unwrap();
+        }
+        // The first at once, then one every 100 ms.
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(190), "{took:?}");
+        // A turn further than the wait allows: refused, saying so.
+        slot.set(Some(
+            RateLimit::per_second(1.0)
+                .unwrap()
+                .with_burst(1)
+                .unwrap()
+                .waiting_up_to(Duration::from_millis(250)),
+        ));
+        slot.wait_turn("svc").await.unwrap();
+        let err = slot.wait_turn("svc").await.unwrap_err();
+        assert_eq!(err.kind(), EmitErrorKind::RateLimited);
+        assert!(err.to_string().contains("waiting up to 250ms"), "{err}");
     }
 }

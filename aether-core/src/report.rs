@@ -87,6 +87,10 @@ pub struct InstanceReport {
     pub delivered: u64,
     /// Waves dropped, by reason (`DropReason::as_str`), every reason listed.
     pub dropped: BTreeMap<String, u64>,
+    /// Emits its vibrators refused over their rate limits (after any wait
+    /// the limit allows): not sent, the caller told.
+    #[serde(default)]
+    pub rate_limited: u64,
     /// Messages off the network that were not waves.
     pub malformed: u64,
     /// Messages the client dropped for a full subscription buffer.
@@ -109,6 +113,9 @@ pub struct InstanceReport {
     /// Its replicas of replicated maps (at most [`MAX_REPORTED_MAPS`]).
     #[serde(default)]
     pub maps: Vec<MapReport>,
+    /// The last report of an aether that drains: it goes on purpose.
+    #[serde(default)]
+    pub leaving: bool,
 }
 
 /// One replica of a replicated map in an [`InstanceReport`]
@@ -322,6 +329,7 @@ pub(crate) fn compose(aether: &crate::Aether, instance: &str, seq: u64) -> Insta
         emitted: stats.emitted,
         delivered: stats.delivered,
         dropped: drops(&stats, true),
+        rate_limited: stats.rate_limited,
         malformed: connection.malformed,
         slow_consumer_events: connection.slow_consumer_events,
         disconnects: connection.disconnects,
@@ -332,18 +340,18 @@ pub(crate) fn compose(aether: &crate::Aether, instance: &str, seq: u64) -> Insta
         queue_capacity,
         vibrators,
         maps: aether.map_reports(),
+        leaving: false,
     }
 }
 
 /// Reports every interval until the aether is closed or dropped. Holds the
 /// aether weakly between reports, so that it does not keep it alive.
 pub(crate) async fn run(inner: Weak<crate::aether::Inner>, instance: String, interval: Duration) {
-    let Some(channel) = channel_of(&instance) else {
+    if channel_of(&instance).is_none() {
         return;
-    };
+    }
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seq = 0;
     loop {
         ticks.tick().await;
         let Some(aether) = crate::Aether::upgrade(&inner) else {
@@ -352,14 +360,21 @@ pub(crate) async fn run(inner: Weak<crate::aether::Inner>, instance: String, int
         if aether.is_closed() {
             return;
         }
-        seq += 1;
-        let report = compose(&aether, &instance, seq);
-        let Ok(body) = serde_json::to_vec(&report) else {
-            continue;
-        };
-        let wave = Wave::new(channel.clone(), body);
-        if let Err(error) = aether.emit_own(wave, &instance).await {
+        let report = compose(&aether, &instance, aether.next_report_seq());
+        send(&aether, &instance, &report).await;
+    }
+}
+
+/// Emits `report` on the instance's report channel; whether it went.
+pub(crate) async fn send(aether: &crate::Aether, instance: &str, report: &InstanceReport) -> bool {
+    let (Some(channel), Ok(body)) = (channel_of(instance), serde_json::to_vec(report)) else {
+        return false;
+    };
+    match aether.emit_own(Wave::new(channel, body), instance).await {
+        Ok(()) => true,
+        Err(error) => {
             tracing::debug!(%error, "the instance report was not sent");
+            false
         }
     }
 }

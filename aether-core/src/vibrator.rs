@@ -716,7 +716,9 @@ impl Emitter {
         timeout: Duration,
     ) -> Result<Wave, RequestError> {
         wave.clear_tracking();
-        self.within_rate_limit()?;
+        if self.limit.check(&self.name).is_err() {
+            Box::pin(self.wait_for_turn()).await?;
+        }
         self.aether
             .request(wave, timeout, self.reply_mux(), |wave| {
                 self.admit_in_place(wave, unix_nanos())
@@ -766,8 +768,10 @@ impl Emitter {
     /// back to this vibrator if it cannot be delivered (from its first such
     /// wave on, the vibrator resonates on its reflection channel).
     ///
-    /// Over the vibrator's [rate limit](Vibrator::set_rate_limit), fails at
-    /// once with [`EmitErrorKind::RateLimited`] and sends nothing.
+    /// Over the vibrator's [rate limit](Vibrator::set_rate_limit), fails
+    /// with [`EmitErrorKind::RateLimited`] and sends nothing: at once, or
+    /// once its turn is further than the limit's
+    /// [wait](RateLimit::waiting_up_to).
     pub fn emit(&self, wave: Wave) -> impl Future<Output = Result<WaveId, EmitError>> + Send + '_ {
         self.emit_stamped(wave, None, Path::Application)
     }
@@ -803,7 +807,9 @@ impl Emitter {
         if path == Path::Application {
             application_channel(wave.channel())?;
         }
-        self.within_rate_limit()?;
+        if self.limit.check(&self.name).is_err() {
+            Box::pin(self.wait_for_turn()).await?;
+        }
         // The rare paths' futures are boxed, so that they do not swell every
         // emit's future (6.8 KB with them inline, 1.5 KB without). The NATS
         // publish stays inline: boxing it costs an allocation per emit,
@@ -829,12 +835,12 @@ impl Emitter {
         Ok(id)
     }
 
-    /// `Ok` unless the vibrator is over its rate limit; a refusal is
-    /// counted by the vibrator and the aether. Without a limit: one relaxed
-    /// load and a branch.
-    #[inline]
-    fn within_rate_limit(&self) -> Result<(), EmitError> {
-        self.limit.check(&self.name).inspect_err(|_| {
+    /// Over the rate limit: waits for the emit's turn if the limit shapes
+    /// ([`RateLimit::waiting_up_to`]), else (or past that wait) refuses,
+    /// counted by the vibrator and the aether.
+    #[cold]
+    async fn wait_for_turn(&self) -> Result<(), EmitError> {
+        self.limit.wait_turn(&self.name).await.inspect_err(|_| {
             self.inbox.stats().rate_limited();
             self.aether.count_rate_limited();
         })

@@ -101,7 +101,9 @@ impl GatewayBuilder {
         vibrator.resonate_on(Channel::new("*")).await?;
         let physics = config.physics.then(|| aether.physics());
         let observer_stats = Arc::new(Mutex::new(vibrator.stats()));
+        let events_before = Arc::new(Default::default());
         let metrics = Metrics::new(Sources {
+            events_before: Arc::clone(&events_before),
             aether: aether.clone(),
             physics: physics.clone(),
             observer: observer_stats.clone(),
@@ -174,6 +176,7 @@ impl GatewayBuilder {
             medium,
             observer_stats,
             snapshots: snapshot_tx,
+            events_before,
             journal,
             instances: Instances::new(
                 metrics.registry(),

@@ -15,7 +15,10 @@
 //! `max_instances` names; a report that does not parse, or that would add
 //! one more, is refused and counted. An instance whose reports stop for
 //! `instance_gone_ms` is marked gone: its series are removed and it is
-//! counted in `aether_gateway_instances_gone_total`.
+//! counted in `aether_gateway_instances_gone_total` (the alert
+//! `AetherInstanceGone`). An instance that drains sends a last report
+//! marked `leaving`: its series go at once and it is counted in
+//! `aether_gateway_instances_left_total` instead.
 //!
 //! The replicas of replicated maps that reports list are bounded the same
 //! way, since each costs 8 to 13 series: at most `max_maps_per_instance`
@@ -138,9 +141,11 @@ struct InstanceMetrics {
     outbox: IntGaugeVec,
     outbox_capacity: IntGaugeVec,
     malformed: IntGaugeVec,
+    rate_limited: IntGaugeVec,
     instances: IntGauge,
     refused: IntCounterVec,
     gone: IntCounter,
+    left: IntCounter,
     unexported: IntGaugeVec,
     maps: MapMetrics,
 }
@@ -287,11 +292,22 @@ impl InstanceMetrics {
             &["reason"],
         )?;
         registry.register(Box::new(refused.clone()))?;
+        // Every reason from the start, at 0: rules and dashboards see the
+        // series before the first refusal.
+        for reason in ["malformed", "not_its_own", "too_many_instances"] {
+            refused.with_label_values(&[reason]);
+        }
         let gone = IntCounter::new(
             "aether_gateway_instances_gone_total",
-            "Instances marked gone after their reports stopped for instance_gone_ms.",
+            "Instances marked gone after their reports stopped for instance_gone_ms without a \
+             leaving report: crashed, killed or cut off.",
         )?;
         registry.register(Box::new(gone.clone()))?;
+        let left = IntCounter::new(
+            "aether_gateway_instances_left_total",
+            "Instances that drained and sent a leaving report: gone on purpose.",
+        )?;
+        registry.register(Box::new(left.clone()))?;
         let unexported = IntGaugeVec::new(
             Opts::new(
                 "aether_gateway_map_replicas_unexported",
@@ -355,9 +371,15 @@ impl InstanceMetrics {
                 "aether_instance_malformed_messages",
                 "Messages the instance refused as not waves since it started.",
             )?,
+            rate_limited: per(
+                "aether_instance_rate_limited_emits",
+                "Emits the instance refused over a vibrator's rate limit since it started \
+                 (not sent; the emitting code was told).",
+            )?,
             instances,
             refused,
             gone,
+            left,
             unexported,
             maps: MapMetrics::new(registry)?,
         })
@@ -390,6 +412,7 @@ impl InstanceMetrics {
         set(&self.outbox, report.outbox_len);
         set(&self.outbox_capacity, report.outbox_capacity);
         set(&self.malformed, report.malformed);
+        set(&self.rate_limited, report.rate_limited);
         // Every reason from the first report, at 0 until it counts: a
         // series that starts at 0 lets `delta()` see the first drops.
         for reason in aether_core::DropReason::ALL {
@@ -443,6 +466,7 @@ impl InstanceMetrics {
             &self.outbox,
             &self.outbox_capacity,
             &self.malformed,
+            &self.rate_limited,
         ] {
             let _ = gauge.remove_label_values(&[name]);
         }
@@ -563,6 +587,21 @@ impl Instances {
         if !self.by_name.contains_key(&report.instance) && self.by_name.len() >= self.max {
             let why = format!("{} instances report already", self.max);
             return self.refuse("too_many_instances", &why, now);
+        }
+        if report.leaving {
+            // It drained and said so: gone on purpose, not lost.
+            if let Some(instance) = self.by_name.remove(&report.instance) {
+                self.metrics.remove(&report.instance, &instance);
+                self.forget_places(&instance);
+            }
+            tracing::info!(
+                instance = report.instance,
+                "instance left: it drained and said so"
+            );
+            self.metrics.left.inc();
+            self.metrics.instances.set(self.by_name.len() as i64);
+            self.set_unexported();
+            return;
         }
         let (observed, unobserved) = self.reconcile(&report);
         let name = report.instance.clone();
@@ -705,7 +744,11 @@ impl Instances {
             .collect();
         for name in gone {
             if let Some(instance) = self.by_name.remove(&name) {
-                tracing::info!(instance = name, "instance gone: its reports stopped");
+                tracing::warn!(
+                    instance = name,
+                    "instance gone: its reports stopped without a leaving report (it crashed, \
+                     was killed, or is cut off from the bus)"
+                );
                 self.metrics.remove(&name, &instance);
                 self.forget_places(&instance);
                 self.metrics.gone.inc();
@@ -895,6 +938,42 @@ mod tests {
         assert!(
             text.contains("aether_gateway_instances_gone_total 2"),
             "{text}"
+        );
+    }
+
+    /// An instance that drains says so: it is counted as left at once,
+    /// its series go, and a later sweep does not count it as gone.
+    #[test]
+    fn a_leaving_report_is_counted_as_left_not_gone() {
+        let registry = Registry::new();
+        let mut instances = Instances::new(&registry, 2, Duration::from_secs(5)).unwrap();
+        let now = Instant::now();
+        let mut beta = report("beta-1", 7, 1);
+        beta.rate_limited = 250;
+        assert!(instances.take(&report_wave(&beta), now));
+        let text = render(&registry);
+        assert!(
+            text.contains("aether_instance_rate_limited_emits{instance=\"beta-1\"} 250"),
+            "{text}"
+        );
+        assert!(instances.take(&report_wave(&report("alpha-1", 8, 1)), now));
+        let leaving = InstanceReport {
+            leaving: true,
+            seq: 2,
+            ..report("beta-1", 7, 1)
+        };
+        assert!(instances.take(&report_wave(&leaving), now));
+        assert_eq!(instances.rows(now).len(), 1);
+        instances.sweep(now + Duration::from_secs(6));
+        let text = render(&registry);
+        assert!(!text.contains("instance=\"beta-1\""), "{text}");
+        assert!(
+            text.contains("aether_gateway_instances_left_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("aether_gateway_instances_gone_total 1"),
+            "alpha only: {text}"
         );
     }
 

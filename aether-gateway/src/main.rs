@@ -86,6 +86,7 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
         source,
         Duration::from_millis(200),
         settings,
+        GatewaySettings::RELOAD_SCOPE,
         move |old: &GatewaySettings, new| {
             if old.log.level != new.log.level {
                 match log.set_level(&new.log.level) {
@@ -113,7 +114,8 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
     };
     let outcome = run_until_shutdown(work, &shutdown, grace).await;
     watcher.stop();
-    aether.close();
+    // A last report marked leaving, if the gateway's aether reports.
+    let _ = aether.drain(Duration::from_millis(500)).await;
     match outcome {
         ShutdownOutcome::Completed(result) | ShutdownOutcome::Drained(result) => result?,
         ShutdownOutcome::TimedOut => {}

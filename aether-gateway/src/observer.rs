@@ -13,7 +13,7 @@
 //! `snapshot_interval_ms` publishes a [`Snapshot`] for the dashboard.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     f64::consts::{PI, TAU},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
@@ -32,7 +32,8 @@ use crate::{
     gateway::OBSERVER_NAME,
     instances::Instances,
     journal::{
-        EdgeCount, EdgeKey, FamilyCount, JournalLink, JournalState, MAX_SAVED_EDGES, count_edge,
+        EdgeCount, EdgeKey, FamilyCount, InterferenceCount, JournalLink, JournalState,
+        MAX_SAVED_EDGES, count_edge,
     },
     metrics::Metrics,
     metrics::scrape::pattern_name,
@@ -93,6 +94,9 @@ pub(crate) struct ObserverParts {
     pub(crate) medium: &'static str,
     pub(crate) observer_stats: Arc<Mutex<StatsSnapshot>>,
     pub(crate) snapshots: watch::Sender<Arc<Published>>,
+    /// Interference events of earlier runs, by pattern, shared with the
+    /// scrape-time metrics (set by [`Observer::restore`]).
+    pub(crate) events_before: Arc<[std::sync::atomic::AtomicU64; 3]>,
     /// The journal writer's queue, when the gateway journals.
     pub(crate) journal: Option<JournalLink>,
     /// The instances that report on the bus.
@@ -107,6 +111,9 @@ pub(crate) struct Observer {
     /// The families interference events were correlated on (a pattern such
     /// as `inventory.*` is one of its own), each with its label.
     event_families: Families<Box<str>>,
+    /// Events taken, by pattern and family label (what
+    /// `aether_gateway_interference_events_total` counts), for the journal.
+    event_counts: BTreeMap<(&'static str, Box<str>), u64>,
     events: Option<PhysicsEvents>,
     recent: VecDeque<EventRow>,
     phase_tolerance: f64,
@@ -131,6 +138,7 @@ impl Observer {
         Self {
             families: Families::new(parts.max_families),
             event_families: Families::new(parts.max_families),
+            event_counts: BTreeMap::new(),
             events,
             recent: VecDeque::with_capacity(parts.recent_events),
             phase_tolerance: aether.config().physics.phase_tolerance,
@@ -172,6 +180,24 @@ impl Observer {
             .zip(state.amplitude_buckets)
         {
             *bucket += n;
+        }
+        for count in &state.interference {
+            let Some(pattern) = crate::metrics::scrape::known_pattern(&count.pattern) else {
+                continue;
+            };
+            let label = self
+                .event_families
+                .get_or_insert_with(&count.family, |label| label.into())
+                .clone();
+            metrics
+                .interference
+                .with_label_values(&[pattern, &label])
+                .inc_by(count.events);
+            *self.event_counts.entry((pattern, label)).or_default() += count.events;
+        }
+        for (i, (_, name)) in crate::metrics::scrape::PATTERNS.iter().enumerate() {
+            let n = state.engine_events.get(*name).copied().unwrap_or(0);
+            self.parts.events_before[i].store(n, std::sync::atomic::Ordering::Relaxed);
         }
         for edge in &state.edges {
             let key = (
@@ -228,6 +254,26 @@ impl Observer {
             edges,
             journaled: 0,
             journal_dropped: journal.dropped(),
+            interference: self
+                .event_counts
+                .iter()
+                .map(|((pattern, family), events)| InterferenceCount {
+                    pattern: (*pattern).to_string(),
+                    family: family.to_string(),
+                    events: *events,
+                })
+                .collect(),
+            engine_events: self
+                .parts
+                .physics
+                .as_ref()
+                .map(|physics| {
+                    crate::metrics::scrape::engine_events(physics, &self.parts.events_before)
+                        .into_iter()
+                        .map(|(name, n)| (name.to_string(), n))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -388,11 +434,16 @@ impl Observer {
         let label = self
             .event_families
             .get_or_insert_with(family, |label| label.into());
+        let pattern = pattern_name(event.pattern);
         self.parts
             .metrics
             .interference
-            .with_label_values(&[pattern_name(event.pattern), label])
+            .with_label_values(&[pattern, label])
             .inc();
+        *self
+            .event_counts
+            .entry((pattern, label.clone()))
+            .or_default() += 1;
         if self.recent.len() == self.parts.recent_events {
             self.recent.pop_back();
         }
@@ -462,15 +513,10 @@ impl Observer {
             ),
             Some(physics) => {
                 let edges = physics.edges();
-                let stats = physics.stats();
-                let totals = [
-                    aether_core::InterferencePattern::Constructive,
-                    aether_core::InterferencePattern::Cancellation,
-                    aether_core::InterferencePattern::StandingWave,
-                ]
-                .into_iter()
-                .map(|p| (pattern_name(p), stats.events(p)))
-                .collect();
+                let totals =
+                    crate::metrics::scrape::engine_events(physics, &self.parts.events_before)
+                        .into_iter()
+                        .collect();
                 if self.restored_edges.is_empty() {
                     let rows = edges
                         .iter()

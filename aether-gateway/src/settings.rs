@@ -618,6 +618,16 @@ pub struct GatewaySettings {
     pub beta: IgnoredAny,
 }
 
+impl GatewaySettings {
+    /// What the gateway applies on reload (the log level and the resource
+    /// limits); any other of its settings that a reload changes waits for a
+    /// restart, and the reload says so by name.
+    pub const RELOAD_SCOPE: aether_ops::reload::ReloadScope = aether_ops::reload::ReloadScope {
+        applied: &["log.level", "resources"],
+        others: &["alpha", "beta"],
+    };
+}
+
 impl Validate for GatewaySettings {
     fn validate(&self) -> Result<(), SettingsError> {
         validate_section("aether", &self.aether)?;
@@ -664,6 +674,8 @@ mod tests {
         shipped.report.interval_ms = 1000;
         shipped.durability.channels = vec!["orders.*".into(), "inventory.*".into()];
         shipped.durability.ack_wait_ms = 5000;
+        shipped.durability.max_age_ms = 86_400_000;
+        shipped.durability.max_bytes = 1 << 30;
         shipped.physics.correlate = vec!["inventory.*".into()];
         assert_eq!(settings.aether, shipped);
         // And bridge the collaborative board's map.

@@ -141,7 +141,7 @@ impl Prometheus {
             .iter()
             .flat_map(|group| group["rules"].as_array().unwrap())
             .collect();
-        assert_eq!(rules.len(), 9, "{body}");
+        assert_eq!(rules.len(), 10, "{body}");
         assert!(rules.iter().all(|rule| rule["health"] == "ok"), "{body}");
     }
 }
@@ -398,10 +398,11 @@ async fn each_fault_is_found_shown_exported_and_alerted() {
 
 /// The plain flow over NATS: no interference event, and not one alert,
 /// pending or firing, after Prometheus evaluated the rules over the whole
-/// run.
+/// run (alpha drains and leaves at its end: no alert for that). Then a
+/// service killed with SIGKILL raises `AetherInstanceGone`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plain_flow_raises_nothing() {
-    tokio::time::timeout(Duration::from_secs(120), async {
+    tokio::time::timeout(Duration::from_secs(150), async {
         let flow = Flow::start(false).await;
         let alpha = flow.order(200, false).await;
         assert_eq!(alpha["confirmed"] + alpha["cancelled"], 200, "{alpha:?}");
@@ -424,6 +425,37 @@ async fn the_plain_flow_raises_nothing() {
             let series = format!("aether_interference_events_total{{pattern=\"{pattern}\"}}");
             assert_eq!(sample(&text, &series), Some(0.0), "{series}");
         }
+        // Alpha drained and left: counted as left, not gone.
+        assert_eq!(
+            sample(&text, "aether_gateway_instances_left_total"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "aether_gateway_instances_gone_total"),
+            Some(0.0)
+        );
+        // A second beta killed with SIGKILL: gone, and the alert fires.
+        let (beta_bin, _) = programs().await;
+        let mut killed = service(&beta_bin, flow.dir.path(), &flow.url, "beta-2", &[]);
+        eventually("the second beta reports", BOUND, || async {
+            let text = get(flow.addr, "/metrics").await.body;
+            sample(&text, "aether_instance_up{instance=\"beta-2\"}")
+        })
+        .await;
+        killed.start_kill().unwrap();
+        let _ = killed.wait().await;
+        let firing = eventually(
+            "AetherInstanceGone fires",
+            Duration::from_secs(30),
+            || async {
+                let alerts = flow.prometheus.alerts().await;
+                alerts
+                    .contains(&("AetherInstanceGone".to_string(), "firing".to_string()))
+                    .then_some(alerts)
+            },
+        )
+        .await;
+        assert_eq!(firing.len(), 1, "only that alert: {firing:?}");
         let beta = flow.stop().await;
         assert_eq!((beta["repeats"], beta["conflicting"]), (0, 0), "{beta:?}");
     })

@@ -82,6 +82,14 @@ fn probes(snapshot: &serde_json::Value) -> u64 {
     probe["waves"].as_u64().unwrap() - 1
 }
 
+/// The sum of every series of `prefix` (a metric name and its `{`).
+fn events(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 async fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
     sample(&get(addr, "/metrics").await.body, series)
 }
@@ -150,6 +158,19 @@ async fn scenario() {
         (observed >= 500.0 && snapshots >= 2.0).then_some(observed as usize)
     })
     .await;
+    // Interference counted so far (waves without a key correlate on their
+    // channel), then two more snapshots, so that one holds at least that.
+    let text = get(addr, "/metrics").await.body;
+    let engine_events = events(&text, "aether_interference_events_total{");
+    let gateway_events = events(&text, "aether_gateway_interference_events_total{");
+    assert!(engine_events > 0.0 && gateway_events > 0.0, "{text}");
+    let snapshots = sample(&text, "aether_gateway_journal_snapshots_total").unwrap_or(0.0);
+    eventually("two more snapshots", BOUND, || async {
+        let text = get(addr, "/metrics").await.body;
+        (sample(&text, "aether_gateway_journal_snapshots_total").unwrap_or(0.0) >= snapshots + 2.0)
+            .then_some(())
+    })
+    .await;
     eventually("the observed waves in the journal", BOUND, || async {
         (journaled(&journal_dir).len() >= observed_before).then_some(())
     })
@@ -202,6 +223,17 @@ async fn scenario() {
         sample(&text, "aether_gateway_journal_records_total"),
         Some(kept as f64)
     );
+    // The interference counters resume too, the engine's and the gateway's.
+    for (series, before) in [
+        ("aether_interference_events_total{", engine_events),
+        ("aether_gateway_interference_events_total{", gateway_events),
+    ] {
+        let after = events(&text, series);
+        assert!(
+            after >= before,
+            "{series}: {after} after the restart, {before} before"
+        );
+    }
     assert_eq!(
         sample(
             &text,

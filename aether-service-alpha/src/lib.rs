@@ -236,6 +236,18 @@ impl aether_ops::service::ProgramSettings for AlphaProgramSettings {
         &self.aether
     }
 
+    const RELOAD_SCOPE: aether_ops::reload::ReloadScope = aether_ops::reload::ReloadScope {
+        applied: &[
+            "log.level",
+            "service.noise_floor",
+            "service.rate_limit_per_s",
+            "service.rate_limit_wait_ms",
+            "service.reliability",
+            "alpha",
+        ],
+        others: &["gateway", "beta"],
+    };
+
     fn log(&self) -> &LogSettings {
         &self.log
     }
@@ -282,6 +294,12 @@ pub struct Options {
     /// cluster) instead of the embedded medium.
     #[arg(long, value_name = "URL")]
     pub nats: Vec<String>,
+    /// This process's name in its instance reports and the server's
+    /// connection list ([aether.report] instance), stable across restarts
+    /// so that dashboards and alerts follow it. Default:
+    /// `aether-service-alpha-<process id>`.
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<String>,
     /// Emit this many orders, then stop (default: until shutdown).
     #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = order_count)]
     pub count: Option<u64>,
@@ -318,6 +336,9 @@ impl Default for Options {
 impl Options {
     /// Puts the options given over `settings`.
     pub fn apply(&self, settings: &mut AlphaProgramSettings) {
+        if let Some(instance) = &self.instance {
+            settings.aether.report.instance = Some(instance.clone());
+        }
         if !self.nats.is_empty() {
             settings.aether.nats.urls = self.nats.clone();
         }
@@ -885,8 +906,10 @@ mod tests {
                 ..AlphaSettings::default()
             },
             service: ServiceSettings {
-                // A burst of 5, then one every 100 ms.
+                // A burst of 5, then one every 100 ms, refused at once
+                // (no wait for a turn).
                 rate_limit_per_s: Some(5.0),
+                rate_limit_wait_ms: 0,
                 reliability,
                 ..ServiceSettings::default()
             },

@@ -27,7 +27,8 @@ async fn program(options: Options) -> Result<(), Box<dyn Error + Send + Sync>> {
     let mut settings: AlphaProgramSettings = source.load()?;
     options.apply(&mut settings);
     settings.validate()?;
-    let nats = !options.nats.is_empty();
+    let nats = !options.nats.is_empty()
+        || settings.service.medium == aether_ops::settings::ServiceMedium::Nats;
     // Logs and spans, the panic hook, signals, the aether, and hot reload
     // of the settings with the command-line options still over them.
     let service = Service::start(
@@ -47,7 +48,7 @@ async fn program(options: Options) -> Result<(), Box<dyn Error + Send + Sync>> {
         service.shutdown.clone(),
     )
     .await;
-    service.stop();
+    service.stop().await;
     let report = report?;
     println!("{report}");
     Ok(())

@@ -265,11 +265,12 @@ async fn reloads() {
     );
 
     // An emit rate limit of 2 a second (burst 2) over orders at 50 a
-    // second, and the debug log level, which says when an order is refused.
+    // second, refusing at once (no wait for a turn), and the debug log
+    // level, which says when an order is refused.
     write_settings(
         dir.path(),
         "[alpha]\nrate_per_s = 50\n[service]\nnoise_floor = 0.5\nrate_limit_per_s = 2\n\
-         [log]\nlevel = \"debug\"\n",
+         rate_limit_wait_ms = 0\n[log]\nlevel = \"debug\"\n",
     );
     log.until(&["log level changed", "debug"]).await;
     log.until(&["settings applied", "rate_limit_per_s=Some(2.0)"])

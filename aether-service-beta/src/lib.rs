@@ -143,6 +143,17 @@ impl aether_ops::service::ProgramSettings for BetaProgramSettings {
         &self.aether
     }
 
+    const RELOAD_SCOPE: aether_ops::reload::ReloadScope = aether_ops::reload::ReloadScope {
+        applied: &[
+            "log.level",
+            "service.noise_floor",
+            "service.rate_limit_per_s",
+            "service.rate_limit_wait_ms",
+            "service.reliability",
+        ],
+        others: &["gateway", "alpha"],
+    };
+
     fn log(&self) -> &LogSettings {
         &self.log
     }
@@ -187,6 +198,12 @@ pub struct Options {
     /// cluster) instead of the embedded medium.
     #[arg(long, value_name = "URL")]
     pub nats: Vec<String>,
+    /// This process's name in its instance reports and the server's
+    /// connection list ([aether.report] instance), stable across restarts
+    /// so that dashboards and alerts follow it. Default:
+    /// `aether-service-beta-<process id>`.
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<String>,
     /// Make conflicting answers on purpose: a second decider answers one
     /// order in twenty the other way ([beta.faults] conflict_share = 0.05).
     #[arg(long)]
@@ -202,6 +219,9 @@ impl Default for Options {
 impl Options {
     /// Puts the options given over `settings`.
     pub fn apply(&self, settings: &mut BetaProgramSettings) {
+        if let Some(instance) = &self.instance {
+            settings.aether.report.instance = Some(instance.clone());
+        }
         if !self.nats.is_empty() {
             settings.aether.nats.urls = self.nats.clone();
         }
@@ -382,6 +402,7 @@ pub async fn run_live_then(
             ..BetaReport::default()
         },
         refusal_log: RefusalLog::new("service-beta", refusals::WARN_EVERY),
+        unsent_log: RefusalLog::new("service-beta", refusals::WARN_EVERY),
         answered: faults::Latest::default(),
         shadow,
         conflict_share: start.beta.faults.conflict_share,
@@ -458,6 +479,8 @@ async fn handle_in_span(
 struct Books {
     report: BetaReport,
     refusal_log: RefusalLog,
+    /// Warns about answers that could not be sent, at most once per interval.
+    unsent_log: RefusalLog,
     /// The answers to the latest orders, to answer one heard again the
     /// same way without touching the stock.
     answered: faults::Latest<Wave>,
@@ -469,22 +492,32 @@ struct Books {
 }
 
 /// Emits `answer` with `reliable`; an emit that failed for now (over the
-/// rate limit, the medium failing) is warned about, counted, and `false`.
+/// rate limit past its wait, the medium failing) is counted, warned about at
+/// most once per interval, and `false`.
 async fn send(
     beta: &Vibrator,
     reliable: Option<&Reliable>,
     report: &mut BetaReport,
+    log: &mut RefusalLog,
     answer: Wave,
 ) -> Result<bool, BetaError> {
-    let order_id = answer.correlation_key().to_string();
     match reliable::emit_with(reliable, beta, answer).await {
         Ok(_) => Ok(true),
         Err(error) if reliable::failed_for_now(error.kind()) => {
-            tracing::warn!(%error, order_id, "order not answered");
             if error.kind() == EmitErrorKind::RateLimited {
                 report.rate_limited += 1;
             } else {
                 report.failed += 1;
+            }
+            if let Some(since) = log.due_now() {
+                tracing::warn!(
+                    %error,
+                    unanswered = since,
+                    rate_limited = report.rate_limited,
+                    failed = report.failed,
+                    "service-beta: {since} orders not answered since the last warning; \
+                     the summary and the instance report count them"
+                );
             }
             Ok(false)
         }
@@ -521,7 +554,7 @@ async fn handle(
             // Heard again: the same answer, the stock untouched.
             if let Some(first) = books.answered.get(&order.order_id) {
                 report.repeats += 1;
-                send(beta, reliable, report, first.clone()).await?;
+                send(beta, reliable, report, &mut books.unsent_log, first.clone()).await?;
                 return Ok(());
             }
             let reserved = answer.channel().as_str() == "inventory.reserved";
@@ -534,7 +567,15 @@ async fn handle(
             } else {
                 report.insufficient += 1;
             }
-            if !send(beta, reliable, report, answer.clone()).await? {
+            if !send(
+                beta,
+                reliable,
+                report,
+                &mut books.unsent_log,
+                answer.clone(),
+            )
+            .await?
+            {
                 if reserved {
                     report.reserved -= 1;
                     *report.stock.entry(order.item).or_default() += order.qty;
@@ -551,7 +592,7 @@ async fn handle(
             {
                 // The same order id built beta's answer: it builds.
                 let other = answer_as(!reserved, &order, 0)?;
-                if send(shadow, None, report, other).await? {
+                if send(shadow, None, report, &mut books.unsent_log, other).await? {
                     report.conflicting += 1;
                 }
             }

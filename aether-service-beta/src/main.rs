@@ -27,7 +27,8 @@ async fn program(options: Options) -> Result<(), Box<dyn Error + Send + Sync>> {
     let mut settings: BetaProgramSettings = source.load()?;
     options.apply(&mut settings);
     settings.validate()?;
-    let nats = !options.nats.is_empty();
+    let nats = !options.nats.is_empty()
+        || settings.service.medium == aether_ops::settings::ServiceMedium::Nats;
     // Logs and spans, the panic hook, signals, the aether, and hot reload
     // of the settings with the command-line options still over them.
     let service = Service::start(
@@ -44,10 +45,21 @@ async fn program(options: Options) -> Result<(), Box<dyn Error + Send + Sync>> {
         &service.aether,
         service.settings.subscribe(),
         service.shutdown.clone(),
-        || println!("aether-service-beta: connected, resonating on orders.* (group inventory)"),
+        || {
+            if nats {
+                println!(
+                    "aether-service-beta: connected, resonating on orders.* (group inventory)"
+                );
+            } else {
+                println!(
+                    "aether-service-beta: embedded, resonating on orders.* (group inventory) in \
+                     this process only"
+                );
+            }
+        },
     )
     .await;
-    service.stop();
+    service.stop().await;
     let report = report?;
     println!("{report}");
     Ok(())

@@ -136,6 +136,12 @@ impl RefusalLog {
         }
     }
 
+    /// Counts one event now: `Some(n)` when it is time to warn about it,
+    /// `n` the events since the last warning (this one included).
+    pub fn due_now(&mut self) -> Option<u64> {
+        self.due(Instant::now())
+    }
+
     /// Counts one refusal at `now`: `Some(n)` when it is time to warn, `n`
     /// the refusals since the last warning (this one included), else `None`.
     fn due(&mut self, now: Instant) -> Option<u64> {

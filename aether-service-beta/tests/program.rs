@@ -96,6 +96,71 @@ async fn answers() {
     );
 }
 
+/// A burst of orders over beta's rate limit (what an outbox sends at once
+/// when NATS comes back): the limit shapes the answers, it does not drop
+/// them. Every order is answered; none is counted as rate limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_shapes_a_burst_and_answers_every_order() {
+    tokio::time::timeout(Duration::from_secs(40), shaped())
+        .await
+        .expect("within 40 s");
+}
+
+async fn shaped() {
+    let server = NatsServer::builder().start().await.expect("nats-server");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("default.toml"),
+        "[beta]\nstock = { gadget = 1000 }\n[service]\nrate_limit_per_s = 50\n",
+    )
+    .unwrap();
+    let mut beta = command()
+        .arg("--config-dir")
+        .arg(dir.path())
+        .args(["--nats", &server.url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(beta.stdout.take().unwrap()).lines();
+    let ready = lines.next_line().await.unwrap().expect("a line");
+    assert!(ready.contains("resonating"), "{ready}");
+    let alpha_side = Aether::connect(AetherConfig {
+        nats: NatsConfig {
+            urls: vec![server.url()],
+            ..NatsConfig::default()
+        },
+        ..AetherConfig::default()
+    })
+    .await
+    .unwrap();
+    // 200 orders as fast as alpha makes them: four seconds of beta's limit.
+    let settings = AlphaSettings {
+        rate_per_s: 10_000.0,
+        count: Some(200),
+        items: vec!["gadget".into()],
+        ..AlphaSettings::default()
+    };
+    let started = std::time::Instant::now();
+    let alpha = aether_service_alpha::run(&alpha_side, &settings, Shutdown::new())
+        .await
+        .unwrap();
+    assert_eq!((alpha.created, alpha.confirmed), (200, 200), "{alpha}");
+    // Shaped: at 50 a second after a burst of 50, at least 2.5 s.
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let pid = Pid::from_raw(i32::try_from(beta.id().unwrap()).unwrap());
+    kill(pid, Signal::SIGTERM).unwrap();
+    assert!(beta.wait().await.unwrap().success());
+    let report = lines.next_line().await.unwrap().expect("the report");
+    assert!(report.contains("reserved 200,"), "{report}");
+    assert!(report.contains("rate_limited 0,"), "{report}");
+}
+
 /// Hot reload on the running program: raising `[service] noise_floor` in
 /// its settings file makes it deaf to weak orders without a restart; an
 /// invalid value is refused, logged with the key, and the floor stays.

@@ -218,6 +218,12 @@ pub struct EmitArgs {
     /// At most this many waves a second (default: as fast as the bus takes them).
     #[arg(long, value_name = "PER_S")]
     pub rate: Option<f64>,
+    /// How long to wait for the connection: while the outbox is full, and
+    /// at the end for every accepted wave to leave (10s, 1m). Waves still
+    /// unsent then are abandoned: counted on stderr, and the exit status
+    /// is 1.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub wait: Duration,
 }
 
 #[derive(Debug, Args)]

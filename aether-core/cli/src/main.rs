@@ -46,6 +46,11 @@ impl Failure {
         }
     }
 
+    /// What it says.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// The bus, a request or the system failed: status 1.
     pub fn runtime(message: impl Into<String>) -> Self {
         Self {

@@ -2,7 +2,7 @@
 
 use std::{process::Stdio, time::Duration};
 
-use aether_core::{Aether, Channel, Vibrator, Wave, WaveBuilder};
+use aether_core::{Aether, Channel, EmitErrorKind, Vibrator, Wave, WaveBuilder};
 use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -100,39 +100,71 @@ pub async fn emit(connection: &Connection, args: EmitArgs) -> Result<(), Failure
                 tick.tick().await;
             }
             let wave = wave(&target, &args.wave, payload.clone())?;
-            vibrator
-                .emit(wave)
+            emit_waiting(&vibrator, wave, args.wait)
                 .await
                 .map_err(|e| Failure::runtime(format!("emit on {}: {e}", args.channel)))?;
             sent += 1;
         }
         Ok(())
     };
-    match first {
-        Some(payload) => send(payload).await?,
+    let outcome = match first {
+        Some(payload) => send(payload).await,
         None => {
             let mut lines = BufReader::new(tokio::io::stdin()).lines();
-            while let Some(line) = lines
-                .next_line()
-                .await
-                .map_err(|e| Failure::runtime(format!("reading standard input: {e}")))?
-            {
-                if !line.is_empty() {
-                    send(show::payload_of(&line)).await?;
+            loop {
+                match lines.next_line().await {
+                    Ok(Some(line)) if line.is_empty() => {}
+                    Ok(Some(line)) => {
+                        if let Err(failure) = send(show::payload_of(&line)).await {
+                            break Err(failure);
+                        }
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(Failure::runtime(format!("reading standard input: {e}"))),
                 }
             }
         }
+    };
+    // Every accepted wave leaves before the process does, or is counted as
+    // abandoned.
+    let _ = aether.flush(args.wait).await;
+    let unsent = aether.connection().unsent();
+    let plural = |n: u64| if n == 1 { "" } else { "s" };
+    if unsent > 0 {
+        let cause = match &outcome {
+            Err(failure) => format!("{}; ", failure.message()),
+            Ok(()) => String::new(),
+        };
+        return Err(Failure::runtime(format!(
+            "{cause}{sent} wave{} accepted on {}, {unsent} not sent after waiting {:?} for the \
+             connection: abandoned",
+            plural(sent),
+            args.channel,
+            args.wait
+        )));
     }
-    aether
-        .flush(Duration::from_secs(10))
-        .await
-        .map_err(|e| Failure::runtime(format!("{sent} waves emitted, not all sent: {e}")))?;
-    eprintln!(
-        "emitted {sent} wave{} on {}",
-        if sent == 1 { "" } else { "s" },
-        args.channel
-    );
+    outcome?;
+    eprintln!("emitted {sent} wave{} on {}", plural(sent), args.channel);
     Ok(())
+}
+
+/// Emits `wave`, waiting up to `wait` while the outbox is full (the
+/// connection is down and the outbox took all it may).
+async fn emit_waiting(
+    vibrator: &Vibrator,
+    wave: Wave,
+    wait: Duration,
+) -> Result<(), aether_core::EmitError> {
+    let start = tokio::time::Instant::now();
+    loop {
+        match vibrator.emit(wave.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == EmitErrorKind::OutboxFull && start.elapsed() < wait => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 pub async fn request(connection: &Connection, args: RequestArgs) -> Result<(), Failure> {

@@ -151,6 +151,41 @@ async fn listen_prints_the_waves_emit_sends_with_their_properties() {
     assert_eq!(waves[2]["text"], "plain words");
 }
 
+/// The server goes away under `aether emit`: it waits for room while the
+/// outbox is full, then for the connection up to `--wait`, and exits with
+/// status 1 counting the waves it abandons, never in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_counts_what_it_abandons_when_the_server_is_gone() {
+    use tokio::io::AsyncWriteExt;
+    let mut nats = server().await;
+    let url = nats.url();
+    let mut piped = aether(&url, &["emit", "orders.created", "--wait", "1s"]);
+    piped.stdin(Stdio::piped());
+    let mut child = piped.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"0\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.stop().await.unwrap();
+    // More than the outbox holds (10,000).
+    let lines: String = (1..=10_100).map(|n| format!("{n}\n")).collect();
+    stdin.write_all(lines.as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("it ends within 30 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("outbox"),
+        "the emit it could not make: {stderr}"
+    );
+    assert!(
+        stderr.contains("10000 not sent after waiting 1s") && stderr.contains("abandoned"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_human_form_escapes_what_could_drive_a_terminal() {
     let nats = server().await;

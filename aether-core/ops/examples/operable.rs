@@ -82,6 +82,10 @@ async fn run() -> Result<(), Box<dyn Error>> {
         source,
         Duration::from_millis(200),
         settings,
+        reload::ReloadScope {
+            applied: &["log.level", "service.noise_floor", "resources"],
+            others: &[],
+        },
         move |old: &Settings, new| {
             if old.log.level != new.log.level {
                 match log.set_level(&new.log.level) {

@@ -46,7 +46,9 @@
 //!     let log = logging::init(&settings.log)?;
 //!     install_panic_hook(Arc::new(AtomicU64::new(0)));
 //!     let grace = settings.service.shutdown_grace();
-//!     let watcher = reload::watch(source, Duration::from_millis(200), settings, move |old: &Settings, new| {
+//!     // What this program applies while it runs; a reload names any other setting it changed.
+//!     let scope = reload::ReloadScope { applied: &["log.level"], others: &[] };
+//!     let watcher = reload::watch(source, Duration::from_millis(200), settings, scope, move |old: &Settings, new| {
 //!         if old.log.level != new.log.level {
 //!             let _ = log.set_level(&new.log.level);
 //!         }

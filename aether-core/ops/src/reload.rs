@@ -20,10 +20,12 @@
 //! the watcher (or [`Watcher::stop`]) stops the thread; receivers keep the
 //! last value.
 //!
-//! Settings a program reads once at start (a NATS URL, a queue's capacity)
+//! Settings a program reads once at start (a NATS URL, a listen address)
 //! do not change by being published: the program decides in `on_change`
-//! what it applies (a log level, a noise floor) and what waits for a
-//! restart.
+//! what it applies (a log level, a noise floor) and names it in its
+//! [`ReloadScope`]. Each accepted reload logs the settings it changed that
+//! the program applies, and warns, by name, of every other setting it
+//! changed: those take effect only at the next start.
 
 use std::{
     collections::hash_map::DefaultHasher,
@@ -64,6 +66,76 @@ struct Counters {
     refusals: AtomicU64,
 }
 
+/// What a program does with a reload: the settings it applies while it
+/// runs, and the sections of a shared settings file that are other
+/// programs' (their changes are not this program's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReloadScope {
+    /// Dotted names (`service.noise_floor`) or whole sections (`alpha`)
+    /// applied on reload.
+    pub applied: &'static [&'static str],
+    /// Sections that belong to other programs.
+    pub others: &'static [&'static str],
+}
+
+impl ReloadScope {
+    /// Of `changed` (dotted names), those applied on reload, and those
+    /// that wait for a restart; other programs' are left out.
+    pub fn split(&self, changed: &[String]) -> (Vec<String>, Vec<String>) {
+        let covered = |names: &[&str], name: &str| {
+            names.iter().any(|n| {
+                name == *n || (name.starts_with(n) && name.as_bytes().get(n.len()) == Some(&b'.'))
+            })
+        };
+        changed
+            .iter()
+            .filter(|name| !covered(self.others, name))
+            .cloned()
+            .partition(|name| covered(self.applied, name))
+    }
+}
+
+/// The dotted names of the settings whose values differ between two raw
+/// settings trees (a key added, removed or changed).
+pub fn changed_settings(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    fn walk(
+        path: &str,
+        old: Option<&serde_json::Value>,
+        new: Option<&serde_json::Value>,
+        out: &mut Vec<String>,
+    ) {
+        use serde_json::Value::Object;
+        match (old, new) {
+            (Some(Object(a)), Some(Object(b))) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for key in keys {
+                    let name = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    walk(&name, a.get(key), b.get(key), out);
+                }
+            }
+            (Some(Object(a)), None) | (None, Some(Object(a))) => {
+                for (key, value) in a {
+                    let name = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    walk(&name, Some(value), None, out);
+                }
+            }
+            (a, b) if a != b => out.push(path.to_string()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", Some(old), Some(new), &mut out);
+    out
+}
+
 /// Watches settings files and publishes each accepted change. Stops when
 /// dropped.
 pub struct Watcher<T> {
@@ -89,6 +161,7 @@ pub fn watch<T, F>(
     source: SettingsSource,
     interval: Duration,
     current: T,
+    scope: ReloadScope,
     on_change: F,
 ) -> io::Result<Watcher<T>>
 where
@@ -96,13 +169,63 @@ where
     F: Fn(&T, &T) + Send + 'static,
 {
     let paths = source.files();
-    watch_with(
-        paths,
-        interval,
-        current,
-        move || source.load::<T>(),
-        on_change,
-    )
+    let (load, on_change) = scoped(source, scope, |source| source.load::<T>(), on_change);
+    watch_with(paths, interval, current, load, on_change)
+}
+
+/// `load` and `on_change` that also read the raw settings, and on each
+/// accepted change log what changed: applied, or waiting for a restart.
+fn scoped<T, L, F>(
+    source: SettingsSource,
+    scope: ReloadScope,
+    load: L,
+    on_change: F,
+) -> (
+    impl FnMut() -> Result<T, SettingsError> + Send + 'static,
+    impl Fn(&T, &T) + Send + 'static,
+)
+where
+    T: Send + Sync + 'static,
+    L: Fn(&SettingsSource) -> Result<T, SettingsError> + Send + 'static,
+    F: Fn(&T, &T) + Send + 'static,
+{
+    let raw = |source: &SettingsSource| source.load_unvalidated::<serde_json::Value>().ok();
+    // The raw tree in force, and the one just loaded (both on the
+    // watcher's thread: load, then on_change if accepted).
+    let trees = Arc::new(std::sync::Mutex::new((raw(&source), None)));
+    let loading = Arc::clone(&trees);
+    let load = move || {
+        let settings = load(&source)?;
+        lock(&loading).1 = raw(&source);
+        Ok(settings)
+    };
+    let on_change = move |old: &T, new: &T| {
+        let mut trees = lock(&trees);
+        let fresh = trees.1.take();
+        if let (Some(before), Some(after)) = (&trees.0, &fresh) {
+            let (applied, restart) = scope.split(&changed_settings(before, after));
+            if !applied.is_empty() {
+                tracing::info!(settings = %applied.join(", "), "settings applied");
+            }
+            if !restart.is_empty() {
+                tracing::warn!(
+                    settings = %restart.join(", "),
+                    "settings changed that take effect only at the next start: {}",
+                    restart.join(", ")
+                );
+            }
+        }
+        if fresh.is_some() {
+            trees.0 = fresh;
+        }
+        drop(trees);
+        on_change(old, new);
+    };
+    (load, on_change)
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Watches a program's settings as the sample services do: every 200 ms,
@@ -116,11 +239,11 @@ pub fn watch_program<T: ProgramSettings>(
     log: LogHandle,
     apply: impl Fn(&mut T) + Send + 'static,
 ) -> io::Result<Watcher<T>> {
-    watch_with(
-        source.files(),
-        Duration::from_millis(200),
-        current,
-        move || {
+    let paths = source.files();
+    let (load, on_change) = scoped(
+        source,
+        T::RELOAD_SCOPE,
+        move |source| {
             let mut settings: T = source.load_unvalidated()?;
             apply(&mut settings);
             settings.validate()?;
@@ -135,7 +258,8 @@ pub fn watch_program<T: ProgramSettings>(
                 }
             }
         },
-    )
+    );
+    watch_with(paths, Duration::from_millis(200), current, load, on_change)
 }
 
 /// Like [`watch`] with any loader: `load` is called when one of `paths`
@@ -193,12 +317,24 @@ where
                             sender.send_replace(new);
                         }
                         Err(err) => {
-                            tracing::warn!(
-                                key = err.key().unwrap_or("-"),
-                                value = err.value().unwrap_or("-"),
-                                error = %err,
-                                "settings change refused; the previous settings stay"
-                            );
+                            // One line, whatever the parser's message spans.
+                            let error = err
+                                .to_string()
+                                .split_whitespace()
+                                .collect::<Vec<_>>()
+                                .join(" ");
+                            match (err.key(), err.value()) {
+                                (Some(key), Some(value)) => tracing::warn!(
+                                    key,
+                                    value,
+                                    error,
+                                    "settings change refused; the previous settings stay"
+                                ),
+                                _ => tracing::warn!(
+                                    error,
+                                    "settings change refused; the previous settings stay"
+                                ),
+                            }
                             counters.refusals.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -299,6 +435,7 @@ mod tests {
                 source,
                 Duration::from_millis(20),
                 start,
+                Program::RELOAD_SCOPE,
                 move |old: &Program, new| {
                     changes
                         .lock()
@@ -402,6 +539,7 @@ mod tests {
                 source,
                 Duration::from_millis(20),
                 Program::default(),
+                Program::RELOAD_SCOPE,
                 |_, _| {},
             )
             .unwrap()
@@ -415,5 +553,81 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("the previous settings stay"), "{text}");
+        // Bad TOML: no key to name, and one line.
+        write(&dir, "[service\nnoise_floor = 0.1\n");
+        eventually("the second refusal", BOUND, || {
+            watcher.stats().refusals == 2
+        })
+        .await;
+        let text = out.text();
+        let line = text.lines().last().unwrap();
+        assert!(
+            line.contains("WARN") && line.contains("the previous settings stay"),
+            "{text}"
+        );
+        assert!(!line.contains("key=\"-\""), "{line}");
+    }
+
+    #[tokio::test]
+    async fn a_reload_names_the_settings_it_applies_and_those_that_wait_for_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            &dir,
+            "[service]\nnoise_floor = 0.1\nshutdown_grace_ms = 500\n[gateway]\nlisten = \"a\"\n",
+        );
+        let out = Captured::default();
+        let (dispatch, _handle) =
+            crate::logging::dispatch(&crate::settings::LogSettings::default(), out.clone())
+                .unwrap();
+        let source = SettingsSource::new(dir.path(), None, Vec::<(String, String)>::new());
+        let start: Program = source.load().unwrap();
+        let watcher = tracing::dispatcher::with_default(&dispatch, || {
+            watch(
+                source,
+                Duration::from_millis(20),
+                start,
+                Program::RELOAD_SCOPE,
+                |_, _| {},
+            )
+            .unwrap()
+        });
+        // One applied, one read at start, one of another program's section.
+        write(
+            &dir,
+            "[service]\nnoise_floor = 0.2\nshutdown_grace_ms = 900\n[gateway]\nlisten = \"b\"\n",
+        );
+        eventually("the reload", BOUND, || watcher.stats().reloads == 1).await;
+        let text = out.text();
+        let applied = text
+            .lines()
+            .find(|l| l.contains("settings applied"))
+            .expect(&text);
+        assert!(applied.contains("service.noise_floor"), "{applied}");
+        let restart = text
+            .lines()
+            .find(|l| l.contains("only at the next start"))
+            .expect(&text);
+        assert!(
+            restart.contains("WARN") && restart.contains("service.shutdown_grace_ms"),
+            "{restart}"
+        );
+        assert!(!text.contains("gateway.listen"), "{text}");
+    }
+
+    #[test]
+    fn changed_settings_are_named_by_their_dotted_paths() {
+        let old = serde_json::json!({"a": {"b": 1, "c": {"d": "x"}}, "e": [1]});
+        let new = serde_json::json!({"a": {"b": 2, "c": {}}, "e": [1], "f": {"g": true}});
+        assert_eq!(changed_settings(&old, &new), ["a.b", "a.c.d", "f.g"]);
+        let scope = ReloadScope {
+            applied: &["a.b", "f"],
+            others: &["e"],
+        };
+        let (applied, restart) = scope.split(&changed_settings(&old, &new));
+        assert_eq!(applied, ["a.b", "f.g"]);
+        assert_eq!(restart, ["a.c.d"]);
+        // A prefix is a whole name: `a.b` does not cover `a.bc`.
+        let (applied, _) = scope.split(&["a.bc".to_string()]);
+        assert!(applied.is_empty());
     }
 }

@@ -18,7 +18,7 @@
 //! let settings: MySettings = source.load()?;
 //! let service = Service::start("my-service", source, settings, false, |_| {}).await?;
 //! // ... the service's work, on service.aether, until service.shutdown ...
-//! service.stop();
+//! service.stop().await;
 //! # Ok(()) }
 //! ```
 
@@ -45,6 +45,12 @@ pub trait ProgramSettings: serde::de::DeserializeOwned + Validate + Send + Sync 
     fn log(&self) -> &LogSettings;
     /// The `[telemetry]` section.
     fn telemetry(&self) -> &TelemetrySettings;
+    /// What the program applies on reload; a reload names every other
+    /// setting it changed as waiting for a restart. Default: the log level.
+    const RELOAD_SCOPE: crate::reload::ReloadScope = crate::reload::ReloadScope {
+        applied: &["log.level"],
+        others: &[],
+    };
 }
 
 /// A started service program.
@@ -86,6 +92,20 @@ impl<T: ProgramSettings> Service<T> {
         install_panic_hook(Arc::new(AtomicU64::new(0)));
         let shutdown = Shutdown::on_signals()?;
         let config = named(settings.aether(), program);
+        if nats {
+            tracing::info!(
+                servers = %config.nats.urls.join(","),
+                instance = config.report.instance.as_deref().unwrap_or_default(),
+                "{program}: medium nats, servers {}",
+                config.nats.urls.join(",")
+            );
+        } else {
+            tracing::info!(
+                instance = config.report.instance.as_deref().unwrap_or_default(),
+                "{program}: medium embedded (in this process: no other program hears it; \
+                 --nats or [service] medium = \"nats\" for the bus)"
+            );
+        }
         let aether = if nats {
             Aether::connect(config).await?
         } else {
@@ -100,11 +120,15 @@ impl<T: ProgramSettings> Service<T> {
         })
     }
 
-    /// Stops watching the settings, closes the aether, and sends the last
-    /// spans.
-    pub fn stop(mut self) {
+    /// Stops watching the settings, drains the aether (up to 1 s more for
+    /// what is still unsent, and a last instance report marked leaving, so
+    /// that a gateway counts the program as gone on purpose), and sends the
+    /// last spans.
+    pub async fn stop(mut self) {
         self.settings.stop();
-        self.aether.close();
+        if let Err(error) = self.aether.drain(std::time::Duration::from_secs(1)).await {
+            tracing::warn!(%error, "closed with waves unsent");
+        }
         self.spans.shutdown();
     }
 }

@@ -26,6 +26,26 @@ pub(crate) struct Program {
     pub(crate) gateway: serde::de::IgnoredAny,
 }
 
+impl crate::service::ProgramSettings for Program {
+    fn aether(&self) -> &AetherConfig {
+        &self.aether
+    }
+    fn log(&self) -> &LogSettings {
+        &self.log
+    }
+    fn telemetry(&self) -> &TelemetrySettings {
+        &self.telemetry
+    }
+    const RELOAD_SCOPE: crate::reload::ReloadScope = crate::reload::ReloadScope {
+        applied: &[
+            "log.level",
+            "service.noise_floor",
+            "service.rate_limit_per_s",
+        ],
+        others: &["gateway"],
+    };
+}
+
 impl Validate for Program {
     fn validate(&self) -> Result<(), SettingsError> {
         validate_section("aether", &self.aether)?;

@@ -631,7 +631,13 @@ impl StateMap {
             Ok(reply) => reply,
             Err(e) if e.kind() == RequestErrorKind::NoResponders => return,
             Err(e) => {
-                tracing::warn!(map = %shared.map, error = %e, "no peer gave its state; going on with what this replica has");
+                // Alone (no peer heard): nothing was expected. With peers
+                // known, one should have answered.
+                if shared.lock_peers().is_empty() {
+                    tracing::info!(map = %shared.map, "no peer answered; this replica starts from what it has");
+                } else {
+                    tracing::warn!(map = %shared.map, error = %e, "no peer gave its state; going on with what this replica has");
+                }
                 return;
             }
         };

@@ -37,6 +37,23 @@ pub(crate) struct Sources {
     pub(crate) top_edges: usize,
     /// Tokens of a channel family.
     pub(crate) family_depth: usize,
+    /// Interference events of earlier runs, by pattern (in [`PATTERNS`]'
+    /// order), restored from the journal: the engine's counts start at 0.
+    pub(crate) events_before: Arc<[AtomicU64; 3]>,
+}
+
+/// The physics engine's events by pattern, those of earlier runs added.
+pub(crate) fn engine_events(
+    physics: &Physics,
+    before: &[AtomicU64; 3],
+) -> [(&'static str, u64); 3] {
+    let stats = physics.stats();
+    let mut i = 0;
+    PATTERNS.map(|(pattern, name)| {
+        let n = stats.events(pattern) + before[i].load(Ordering::Relaxed);
+        i += 1;
+        (name, n)
+    })
 }
 
 const CONNECTION_STATES: [ConnectionState; 4] = [
@@ -46,11 +63,17 @@ const CONNECTION_STATES: [ConnectionState; 4] = [
     ConnectionState::Closed,
 ];
 
-const PATTERNS: [(InterferencePattern, &str); 3] = [
+pub(crate) const PATTERNS: [(InterferencePattern, &str); 3] = [
     (InterferencePattern::Constructive, "constructive"),
     (InterferencePattern::Cancellation, "cancellation"),
     (InterferencePattern::StandingWave, "standing_wave"),
 ];
+
+/// `name` as the pattern label it is, if it is one (a journal is read
+/// back as data, not trusted).
+pub(crate) fn known_pattern(name: &str) -> Option<&'static str> {
+    PATTERNS.iter().find(|(_, n)| *n == name).map(|(_, n)| *n)
+}
 
 /// The name of an interference pattern, as a label and on the dashboard.
 pub(crate) fn pattern_name(pattern: InterferencePattern) -> &'static str {
@@ -467,8 +490,8 @@ impl ScrapeCollector {
 
     fn refresh_physics(&self, m: &PhysicsMetrics) {
         let stats = m.physics.stats();
-        for (pattern, name) in PATTERNS {
-            raise(&m.events.with_label_values(&[name]), stats.events(pattern));
+        for (name, n) in engine_events(&m.physics, &self.sources.events_before) {
+            raise(&m.events.with_label_values(&[name]), n);
         }
         raise(&m.observed, stats.observed);
         raise(

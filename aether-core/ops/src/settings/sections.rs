@@ -108,20 +108,40 @@ impl Validate for TelemetrySettings {
     }
 }
 
+/// The medium a service program runs on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceMedium {
+    /// In this process: no other program hears it.
+    #[default]
+    Embedded,
+    /// Over NATS, at `[aether.nats] urls`.
+    Nats,
+}
+
 /// The `[service]` section: how a service takes its waves, and how long it
 /// may take to stop.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServiceSettings {
+    /// `embedded` (the default) or `nats`: over NATS the program connects
+    /// to `[aether.nats] urls`, as `--nats` makes it. The gateway has its
+    /// own, `[gateway] medium`. Read at start.
+    pub medium: ServiceMedium,
     /// The service's noise floor, in `[0, 1]`: waves weaker than this are
     /// not delivered to it. Default 0.
     pub noise_floor: f64,
     /// Most waves the service's vibrators emit per second, on average
-    /// (bursts of one second's worth allowed); an emit over it is refused
-    /// with `EmitErrorKind::RateLimited` and counted (`rate_limited`).
+    /// (bursts of one second's worth allowed); an emit over it waits for its
+    /// turn up to `rate_limit_wait_ms`, and beyond is refused with
+    /// `EmitErrorKind::RateLimited` and counted (`rate_limited`).
     /// None (the default): no limit. When set, above 0 and at most 1e9.
     /// Changes on reload.
     pub rate_limit_per_s: Option<f64>,
+    /// How long an emit over `rate_limit_per_s` waits for its turn, in
+    /// milliseconds: the limit shapes a burst instead of refusing it. 0:
+    /// refused at once. Default 10,000. Changes on reload.
+    pub rate_limit_wait_ms: u64,
     /// Time allowed to drain at shutdown, in milliseconds, at least 1.
     /// Default 10,000.
     pub shutdown_grace_ms: u64,
@@ -134,8 +154,10 @@ pub struct ServiceSettings {
 impl Default for ServiceSettings {
     fn default() -> Self {
         Self {
+            medium: ServiceMedium::Embedded,
             noise_floor: 0.0,
             rate_limit_per_s: None,
+            rate_limit_wait_ms: 10_000,
             shutdown_grace_ms: 10_000,
             reliability: None,
         }
@@ -150,8 +172,9 @@ impl ServiceSettings {
 
     /// [`ServiceSettings::rate_limit_per_s`] as a vibrator's limit.
     pub fn rate_limit(&self) -> Result<Option<RateLimit>, SettingsError> {
+        let wait = Duration::from_millis(self.rate_limit_wait_ms);
         self.rate_limit_per_s
-            .map(RateLimit::per_second)
+            .map(|rate| RateLimit::per_second(rate).map(|limit| limit.waiting_up_to(wait)))
             .transpose()
             .map_err(|_| {
                 SettingsError::invalid(

@@ -22,11 +22,14 @@ fn the_repository_defaults_are_the_defaults() {
     let text = std::fs::read_to_string(REPOSITORY_DEFAULTS).unwrap();
     let dir = dir_with(&[("default.toml", &text)]);
     // But for what the shipped settings turn on: instance reports, the
-    // sample saga's durable channels, and beta's answers correlated.
+    // sample saga's durable channels with bounded retention, and beta's
+    // answers correlated.
     let mut shipped = Program::default();
     shipped.aether.report.interval_ms = 1000;
     shipped.aether.durability.channels = vec!["orders.*".into(), "inventory.*".into()];
     shipped.aether.durability.ack_wait_ms = 5000;
+    shipped.aether.durability.max_age_ms = 86_400_000;
+    shipped.aether.durability.max_bytes = 1 << 30;
     shipped.aether.physics.correlate = vec!["inventory.*".into()];
     assert_eq!(load_in(dir.path(), None, &[]).unwrap(), shipped);
 }
