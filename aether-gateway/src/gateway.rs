@@ -103,7 +103,6 @@ impl GatewayBuilder {
         let observer_stats = Arc::new(Mutex::new(vibrator.stats()));
         let events_before = Arc::new(Default::default());
         let metrics = Metrics::new(Sources {
-            events_before: Arc::clone(&events_before),
             aether: aether.clone(),
             physics: physics.clone(),
             observer: observer_stats.clone(),

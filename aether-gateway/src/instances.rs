@@ -146,6 +146,7 @@ struct InstanceMetrics {
     refused: IntCounterVec,
     gone: IntCounter,
     left: IntCounter,
+    unobserved_total: IntCounter,
     unexported: IntGaugeVec,
     maps: MapMetrics,
 }
@@ -308,6 +309,12 @@ impl InstanceMetrics {
             "Instances that drained and sent a leaving report: gone on purpose.",
         )?;
         registry.register(Box::new(left.clone()))?;
+        let unobserved_total = IntCounter::new(
+            "aether_gateway_unobserved_waves_total",
+            "Waves that instances now gone or left sent and the gateway never observed, as \
+             last reckoned: the gap of a short-lived emitter, kept after its series go.",
+        )?;
+        registry.register(Box::new(unobserved_total.clone()))?;
         let unexported = IntGaugeVec::new(
             Opts::new(
                 "aether_gateway_map_replicas_unexported",
@@ -380,6 +387,7 @@ impl InstanceMetrics {
             refused,
             gone,
             left,
+            unobserved_total,
             unexported,
             maps: MapMetrics::new(registry)?,
         })
@@ -510,6 +518,8 @@ pub(crate) struct Instances {
     map_series: usize,
     /// Replicas not exported now, by [`UNEXPORTED`] reason.
     unexported: [u64; 2],
+    /// Since when the gateway has not heard the bus (its connection down).
+    deaf_since: Option<Instant>,
 }
 
 impl Instances {
@@ -531,6 +541,7 @@ impl Instances {
             max_map_series: usize::MAX,
             map_series: 0,
             unexported: [0; 2],
+            deaf_since: None,
         })
     }
 
@@ -589,7 +600,12 @@ impl Instances {
             return self.refuse("too_many_instances", &why, now);
         }
         if report.leaving {
-            // It drained and said so: gone on purpose, not lost.
+            // It drained and said so: gone on purpose, not lost. What it
+            // sent and the gateway never saw outlives it.
+            let (_, unobserved) = self.reconcile(&report);
+            self.metrics
+                .unobserved_total
+                .inc_by(u64::try_from(unobserved).unwrap_or(0));
             if let Some(instance) = self.by_name.remove(&report.instance) {
                 self.metrics.remove(&report.instance, &instance);
                 self.forget_places(&instance);
@@ -723,8 +739,27 @@ impl Instances {
     }
 
     /// Marks gone the instances whose reports stopped, and reconciles the
-    /// others again with what was observed since their last report.
-    pub(crate) fn sweep(&mut self, now: Instant) {
+    /// others again with what was observed since their last report. While
+    /// the gateway itself cannot hear the bus (`hearing` false: its own
+    /// connection is down), no report can reach it, so none is marked
+    /// gone; once it hears again, every instance has `instance_gone_ms`
+    /// anew to report.
+    pub(crate) fn sweep(&mut self, now: Instant, hearing: bool) {
+        match (hearing, self.deaf_since) {
+            (false, None) => {
+                self.deaf_since = Some(now);
+                tracing::info!(
+                    "the gateway does not hear the bus: no instance is marked gone until it does"
+                );
+            }
+            (true, Some(_)) => {
+                self.deaf_since = None;
+                for instance in self.by_name.values_mut() {
+                    instance.last_seen = instance.last_seen.max(now);
+                }
+            }
+            _ => {}
+        }
         let names: Vec<String> = self.by_name.keys().cloned().collect();
         for name in names {
             let (observed, unobserved) = self.reconcile(&self.by_name[&name].report);
@@ -739,6 +774,7 @@ impl Instances {
         let gone: Vec<String> = self
             .by_name
             .iter()
+            .filter(|_| hearing)
             .filter(|(_, i)| now.duration_since(i.last_seen) > gone_after)
             .map(|(name, _)| name.clone())
             .collect();
@@ -752,6 +788,9 @@ impl Instances {
                 self.metrics.remove(&name, &instance);
                 self.forget_places(&instance);
                 self.metrics.gone.inc();
+                self.metrics
+                    .unobserved_total
+                    .inc_by(u64::try_from(instance.unobserved).unwrap_or(0));
             }
         }
         self.metrics.instances.set(self.by_name.len() as i64);
@@ -931,12 +970,17 @@ mod tests {
             "beta-1's own report stands"
         );
         // Silent past the timeout: gone, and its series with it.
-        instances.sweep(now + Duration::from_secs(6));
+        instances.sweep(now + Duration::from_secs(6), true);
         assert!(instances.rows(now).is_empty());
         let text = render(&registry);
         assert!(!text.contains("instance=\"beta-1\""), "{text}");
         assert!(
             text.contains("aether_gateway_instances_gone_total 2"),
+            "{text}"
+        );
+        // What beta-1 sent and was never observed outlives its series.
+        assert!(
+            text.contains("aether_gateway_unobserved_waves_total 2"),
             "{text}"
         );
     }
@@ -964,7 +1008,7 @@ mod tests {
         };
         assert!(instances.take(&report_wave(&leaving), now));
         assert_eq!(instances.rows(now).len(), 1);
-        instances.sweep(now + Duration::from_secs(6));
+        instances.sweep(now + Duration::from_secs(6), true);
         let text = render(&registry);
         assert!(!text.contains("instance=\"beta-1\""), "{text}");
         assert!(
@@ -975,6 +1019,27 @@ mod tests {
             text.contains("aether_gateway_instances_gone_total 1"),
             "alpha only: {text}"
         );
+    }
+
+    /// While the gateway does not hear the bus, silence proves nothing: no
+    /// instance is marked gone, and once it hears again each has the full
+    /// time to report.
+    #[test]
+    fn nobody_is_gone_while_the_gateway_cannot_hear() {
+        let registry = Registry::new();
+        let mut instances = Instances::new(&registry, 2, Duration::from_secs(5)).unwrap();
+        let now = Instant::now();
+        assert!(instances.take(&report_wave(&report("beta-1", 7, 1)), now));
+        instances.sweep(now + Duration::from_secs(30), false);
+        assert_eq!(instances.rows(now).len(), 1, "kept while deaf");
+        instances.sweep(now + Duration::from_secs(31), true);
+        assert_eq!(instances.rows(now).len(), 1, "a fresh start once it hears");
+        instances.sweep(now + Duration::from_secs(37), true);
+        assert!(
+            instances.rows(now).is_empty(),
+            "silent past the timeout after"
+        );
+        assert!(render(&registry).contains("aether_gateway_instances_gone_total 1"));
     }
 
     /// Counts are the reporter's to give: sums of huge ones saturate
@@ -1113,7 +1178,7 @@ mod tests {
             report.seq = 2;
             assert!(instances.take(&report_wave(&report), later));
         }
-        instances.sweep(now + Duration::from_secs(6));
+        instances.sweep(now + Duration::from_secs(6), true);
         let mut next = report_with_maps("forged-instance-016", 64);
         next.seq = 3;
         assert!(instances.take(&report_wave(&next), later));

@@ -185,14 +185,12 @@ impl Observer {
             let Some(pattern) = crate::metrics::scrape::known_pattern(&count.pattern) else {
                 continue;
             };
+            // Kept for the next snapshots; the Prometheus counter starts
+            // at 0, as the engine's does.
             let label = self
                 .event_families
                 .get_or_insert_with(&count.family, |label| label.into())
                 .clone();
-            metrics
-                .interference
-                .with_label_values(&[pattern, &label])
-                .inc_by(count.events);
             *self.event_counts.entry((pattern, label)).or_default() += count.events;
         }
         for (i, (_, name)) in crate::metrics::scrape::PATTERNS.iter().enumerate() {
@@ -492,7 +490,11 @@ impl Observer {
         self.interval_waves = 0;
         self.interval_amplitude = 0.0;
 
-        self.parts.instances.sweep(now);
+        let hearing = matches!(
+            self.aether.connection().state,
+            ConnectionState::Embedded | ConnectionState::Connected
+        );
+        self.parts.instances.sweep(now, hearing);
         let observer = self.parts.vibrator.stats();
         *self
             .parts

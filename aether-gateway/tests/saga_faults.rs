@@ -32,16 +32,41 @@ async fn a_nats_restart_loses_no_order() {
         let url = server.url();
         let (gateway, addr) = gateway(dir.path(), &url).await;
         let beta = service(&beta_bin, dir.path(), &url, "beta-1", &[]);
+        // Alpha serves its own metrics: seen while the bus is down.
+        let own = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let alpha = service(
             &alpha_bin,
             dir.path(),
             &url,
             "alpha-1",
-            &["--rate", "200", "--count", "1200"],
+            &[
+                "--rate",
+                "200",
+                "--count",
+                "1200",
+                "--metrics-listen",
+                &own.to_string(),
+            ],
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
         server.kill().await.unwrap();
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        let outage = std::time::Instant::now();
+        // During the outage, alpha's own /metrics says it is disconnected
+        // and that its orders wait in its durable outbox.
+        eventually("alpha's own metrics show the outage", BOUND, || async {
+            let text = get(own, "/metrics").await.body;
+            let down = sample(
+                &text,
+                "aether_nats_connection_state{state=\"disconnected\"}",
+            );
+            let waiting = sample(&text, "aether_nats_durable_outbox_waves");
+            (down == Some(1.0) && waiting.is_some_and(|n| n > 0.0)).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(3).saturating_sub(outage.elapsed())).await;
         server.restart().await.unwrap();
 
         let alpha = summary(alpha, "service-alpha:", false).await;

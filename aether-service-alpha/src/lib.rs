@@ -255,6 +255,10 @@ impl aether_ops::service::ProgramSettings for AlphaProgramSettings {
     fn telemetry(&self) -> &TelemetrySettings {
         &self.telemetry
     }
+
+    fn metrics_listen(&self) -> Option<std::net::SocketAddr> {
+        self.service.metrics_listen
+    }
 }
 
 impl Validate for AlphaProgramSettings {
@@ -300,6 +304,11 @@ pub struct Options {
     /// `aether-service-alpha-<process id>`.
     #[arg(long, value_name = "NAME")]
     pub instance: Option<String>,
+    /// Serve this process's own Prometheus metrics at
+    /// `http://ADDR/metrics` ([service] metrics_listen): its outbox, drops
+    /// and connection, seen even when the bus is not.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Emit this many orders, then stop (default: until shutdown).
     #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = order_count)]
     pub count: Option<u64>,
@@ -338,6 +347,9 @@ impl Options {
     pub fn apply(&self, settings: &mut AlphaProgramSettings) {
         if let Some(instance) = &self.instance {
             settings.aether.report.instance = Some(instance.clone());
+        }
+        if let Some(listen) = self.metrics_listen {
+            settings.service.metrics_listen = Some(listen);
         }
         if !self.nats.is_empty() {
             settings.aether.nats.urls = self.nats.clone();

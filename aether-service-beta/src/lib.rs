@@ -161,6 +161,10 @@ impl aether_ops::service::ProgramSettings for BetaProgramSettings {
     fn telemetry(&self) -> &TelemetrySettings {
         &self.telemetry
     }
+
+    fn metrics_listen(&self) -> Option<std::net::SocketAddr> {
+        self.service.metrics_listen
+    }
 }
 
 impl Validate for BetaProgramSettings {
@@ -204,6 +208,11 @@ pub struct Options {
     /// `aether-service-beta-<process id>`.
     #[arg(long, value_name = "NAME")]
     pub instance: Option<String>,
+    /// Serve this process's own Prometheus metrics at
+    /// `http://ADDR/metrics` ([service] metrics_listen): its outbox, drops
+    /// and connection, seen even when the bus is not.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Make conflicting answers on purpose: a second decider answers one
     /// order in twenty the other way ([beta.faults] conflict_share = 0.05).
     #[arg(long)]
@@ -221,6 +230,9 @@ impl Options {
     pub fn apply(&self, settings: &mut BetaProgramSettings) {
         if let Some(instance) = &self.instance {
             settings.aether.report.instance = Some(instance.clone());
+        }
+        if let Some(listen) = self.metrics_listen {
+            settings.service.metrics_listen = Some(listen);
         }
         if !self.nats.is_empty() {
             settings.aether.nats.urls = self.nats.clone();

@@ -93,9 +93,10 @@ impl DropWatch {
         tracing::warn!(
             service = self.who,
             dropped = new,
-            by_reason = %summary(&by_reason(stats)),
-            "{}: {new} waves dropped since the last warning (a full queue sheds the weakest first)",
-            self.who
+            since_start = %summary(&by_reason(stats)),
+            "{}: {new} waves dropped since the last warning; since start, by reason: {}",
+            self.who,
+            summary(&by_reason(stats))
         );
         Some(new)
     }

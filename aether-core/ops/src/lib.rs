@@ -69,6 +69,7 @@
 
 pub mod drops;
 pub mod logging;
+pub mod metrics;
 pub mod panic;
 pub mod reload;
 pub mod resources;

@@ -45,6 +45,11 @@ pub trait ProgramSettings: serde::de::DeserializeOwned + Validate + Send + Sync 
     fn log(&self) -> &LogSettings;
     /// The `[telemetry]` section.
     fn telemetry(&self) -> &TelemetrySettings;
+    /// Where the program serves its own metrics, if anywhere
+    /// (`[service] metrics_listen`). Default: nowhere.
+    fn metrics_listen(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
     /// What the program applies on reload; a reload names every other
     /// setting it changed as waiting for a restart. Default: the log level.
     const RELOAD_SCOPE: crate::reload::ReloadScope = crate::reload::ReloadScope {
@@ -111,6 +116,11 @@ impl<T: ProgramSettings> Service<T> {
         } else {
             Aether::new(config)?
         };
+        if let Some(listen) = settings.metrics_listen() {
+            let addr =
+                crate::metrics::serve(aether.clone(), program, listen, shutdown.clone()).await?;
+            tracing::info!(%addr, "{program}: its own metrics on http://{addr}/metrics");
+        }
         let settings = reload::watch_program(source, settings, log, apply)?;
         Ok(Self {
             aether,

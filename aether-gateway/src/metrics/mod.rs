@@ -35,7 +35,7 @@
 //! | `aether_nats_outbox_waves`, `aether_nats_outbox_capacity_waves`, `aether_nats_outbox_flushed_total` | gauge, gauge, counter | | waiting for the connection, most it holds; sent after reconnects |
 //! | `aether_nats_frames_sent_total`, `aether_nats_waves_framed_total`, `aether_nats_frames_received_total` | counter | | batch frames out (and the waves in them) and in |
 //! | `aether_instance_*` | gauge | `instance` (and `reason` for drops) | each reporting instance's counts, from its reports ([`crate::instances`]) |
-//! | `aether_gateway_instances`, `aether_gateway_instance_reports_refused_total`, `aether_gateway_instances_gone_total` | gauge, counter | `reason` (refused) | the instances tracked, reports refused, instances gone |
+//! | `aether_gateway_instances`, `aether_gateway_instance_reports_refused_total`, `aether_gateway_instances_gone_total`, `aether_gateway_instances_left_total`, `aether_gateway_unobserved_waves_total` | gauge, counter | `reason` (refused) | the instances tracked, reports refused, instances gone without a word and left on purpose, what instances no longer listed sent unobserved |
 //! | `aether_gateway_map_replicas_unexported` | gauge | `reason` | replicas listed in reports and not exported: past `max_maps_per_instance` or `max_map_series` |
 //! | `aether_bridge_connections` | gauge | `map` | browser bridge connections open ([`crate::bridge`]) |
 //! | `aether_bridge_refused_total` | counter | `reason` | connections refused or closed by a limit ([`crate::bridge::REFUSALS`]) |
@@ -165,6 +165,9 @@ impl Metrics {
             http_connections_closed.with_label_values(&[reason]);
         }
         registry.register(Box::new(http_connections_closed.clone()))?;
+        registry.register(Box::new(aether_ops::metrics::AetherCollector::new(
+            sources.aether.clone(),
+        )?))?;
         registry.register(Box::new(scrape::ScrapeCollector::new(sources)?))?;
         Ok(Self {
             registry,

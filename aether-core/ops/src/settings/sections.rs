@@ -145,6 +145,12 @@ pub struct ServiceSettings {
     /// Time allowed to drain at shutdown, in milliseconds, at least 1.
     /// Default 10,000.
     pub shutdown_grace_ms: u64,
+    /// Where the program serves its own Prometheus metrics (`/metrics`:
+    /// its aether's counts, connection and outbox, and the process), so
+    /// that they are seen when the bus is not. None (the default): no
+    /// listener. One address per process: set it with `--metrics-listen`
+    /// or `AETHER__SERVICE__METRICS_LISTEN`. Read at start.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// `[service.reliability]`: when present, the service's emits retry
     /// with backoff, under a timeout and a circuit breaker
     /// (`aether_core::reliable`). None (the default): one try each.
@@ -159,6 +165,7 @@ impl Default for ServiceSettings {
             rate_limit_per_s: None,
             rate_limit_wait_ms: 10_000,
             shutdown_grace_ms: 10_000,
+            metrics_listen: None,
             reliability: None,
         }
     }
