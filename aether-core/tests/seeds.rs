@@ -388,7 +388,7 @@ async fn test_wave_propagation() {
 
 // The `[aether]` section of config/default.toml is the default
 // configuration, but for what the shipped settings turn on: instance reports
-// and the sample saga's durable channels.
+// and the sample saga's durable channels, with bounded retention.
 #[test]
 fn default_toml_matches_default_config() -> Result {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/default.toml");
@@ -400,6 +400,8 @@ fn default_toml_matches_default_config() -> Result {
     shipped.report.interval_ms = 1000;
     shipped.durability.channels = vec!["orders.*".into(), "inventory.*".into()];
     shipped.durability.ack_wait_ms = 5000;
+    shipped.durability.max_age_ms = 86_400_000;
+    shipped.durability.max_bytes = 1 << 30;
     shipped.physics.correlate = vec!["inventory.*".into()];
     assert_eq!(loaded, shipped);
     Ok(())
