@@ -98,11 +98,12 @@ impl<T: ProgramSettings> Service<T> {
         let shutdown = Shutdown::on_signals()?;
         let config = named(settings.aether(), program);
         if nats {
+            // Credentials in a URL never reach the log.
+            let servers = config.nats.redacted_urls().join(",");
             tracing::info!(
-                servers = %config.nats.urls.join(","),
+                servers = %servers,
                 instance = config.report.instance.as_deref().unwrap_or_default(),
-                "{program}: medium nats, servers {}",
-                config.nats.urls.join(",")
+                "{program}: medium nats, servers {servers}"
             );
         } else {
             tracing::info!(

@@ -981,7 +981,10 @@ impl Shared {
                 counters.connects.fetch_add(1, Ordering::Relaxed);
                 counters.set_state(ConnectionState::Connected);
                 self.wake_flusher.notify_one();
-                tracing::info!("connected to NATS");
+                tracing::info!(
+                    servers = %self.config.nats.redacted_urls().join(","),
+                    "connected to NATS"
+                );
                 ConnectionEvent::Connected
             }
             Event::Disconnected => {
