@@ -602,13 +602,9 @@ impl Instances {
         if report.leaving {
             // It drained and said so: gone on purpose, not lost. What it
             // sent and the gateway never saw outlives it.
-            let (_, unobserved) = self.reconcile(&report);
-            self.metrics
-                .unobserved_total
-                .inc_by(u64::try_from(unobserved).unwrap_or(0));
-            if let Some(instance) = self.by_name.remove(&report.instance) {
-                self.metrics.remove(&report.instance, &instance);
-                self.forget_places(&instance);
+            if let Some(mut instance) = self.by_name.remove(&report.instance) {
+                (_, instance.unobserved) = self.reconcile(&report);
+                self.forget(&report.instance, &instance);
             }
             tracing::info!(
                 instance = report.instance,
@@ -682,6 +678,16 @@ impl Instances {
             }
         }
         (exported, unexported)
+    }
+
+    /// Removes a departed instance's series and places; what it sent and
+    /// the gateway never saw outlives it in the total.
+    fn forget(&mut self, name: &str, instance: &Instance) {
+        self.metrics.remove(name, instance);
+        self.forget_places(instance);
+        self.metrics
+            .unobserved_total
+            .inc_by(u64::try_from(instance.unobserved).unwrap_or(0));
     }
 
     /// Gives back `instance`'s places and takes its unexported replicas
@@ -785,12 +791,8 @@ impl Instances {
                     "instance gone: its reports stopped without a leaving report (it crashed, \
                      was killed, or is cut off from the bus)"
                 );
-                self.metrics.remove(&name, &instance);
-                self.forget_places(&instance);
+                self.forget(&name, &instance);
                 self.metrics.gone.inc();
-                self.metrics
-                    .unobserved_total
-                    .inc_by(u64::try_from(instance.unobserved).unwrap_or(0));
             }
         }
         self.metrics.instances.set(self.by_name.len() as i64);

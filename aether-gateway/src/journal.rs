@@ -216,22 +216,9 @@ pub struct JournalState {
     pub journaled: u64,
     /// Waves not journaled, by reason.
     pub journal_dropped: HashMap<String, u64>,
-    /// Interference events the gateway took, by pattern and family.
-    pub interference: Vec<InterferenceCount>,
     /// Interference events of the physics engine, by pattern (earlier runs
     /// included).
     pub engine_events: std::collections::BTreeMap<String, u64>,
-}
-
-/// Interference events of one pattern on one family.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct InterferenceCount {
-    /// `constructive`, `cancellation` or `standing_wave`.
-    pub pattern: String,
-    /// The family label.
-    pub family: String,
-    /// Events.
-    pub events: u64,
 }
 
 /// One family's count.

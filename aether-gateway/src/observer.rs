@@ -13,7 +13,7 @@
 //! `snapshot_interval_ms` publishes a [`Snapshot`] for the dashboard.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
     f64::consts::{PI, TAU},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
@@ -32,8 +32,7 @@ use crate::{
     gateway::OBSERVER_NAME,
     instances::Instances,
     journal::{
-        EdgeCount, EdgeKey, FamilyCount, InterferenceCount, JournalLink, JournalState,
-        MAX_SAVED_EDGES, count_edge,
+        EdgeCount, EdgeKey, FamilyCount, JournalLink, JournalState, MAX_SAVED_EDGES, count_edge,
     },
     metrics::Metrics,
     metrics::scrape::pattern_name,
@@ -111,9 +110,6 @@ pub(crate) struct Observer {
     /// The families interference events were correlated on (a pattern such
     /// as `inventory.*` is one of its own), each with its label.
     event_families: Families<Box<str>>,
-    /// Events taken, by pattern and family label (what
-    /// `aether_gateway_interference_events_total` counts), for the journal.
-    event_counts: BTreeMap<(&'static str, Box<str>), u64>,
     events: Option<PhysicsEvents>,
     recent: VecDeque<EventRow>,
     phase_tolerance: f64,
@@ -138,7 +134,6 @@ impl Observer {
         Self {
             families: Families::new(parts.max_families),
             event_families: Families::new(parts.max_families),
-            event_counts: BTreeMap::new(),
             events,
             recent: VecDeque::with_capacity(parts.recent_events),
             phase_tolerance: aether.config().physics.phase_tolerance,
@@ -180,18 +175,6 @@ impl Observer {
             .zip(state.amplitude_buckets)
         {
             *bucket += n;
-        }
-        for count in &state.interference {
-            let Some(pattern) = crate::metrics::scrape::known_pattern(&count.pattern) else {
-                continue;
-            };
-            // Kept for the next snapshots; the Prometheus counter starts
-            // at 0, as the engine's does.
-            let label = self
-                .event_families
-                .get_or_insert_with(&count.family, |label| label.into())
-                .clone();
-            *self.event_counts.entry((pattern, label)).or_default() += count.events;
         }
         for (i, (_, name)) in crate::metrics::scrape::PATTERNS.iter().enumerate() {
             let n = state.engine_events.get(*name).copied().unwrap_or(0);
@@ -252,15 +235,6 @@ impl Observer {
             edges,
             journaled: 0,
             journal_dropped: journal.dropped(),
-            interference: self
-                .event_counts
-                .iter()
-                .map(|((pattern, family), events)| InterferenceCount {
-                    pattern: (*pattern).to_string(),
-                    family: family.to_string(),
-                    events: *events,
-                })
-                .collect(),
             engine_events: self
                 .parts
                 .physics
@@ -432,16 +406,11 @@ impl Observer {
         let label = self
             .event_families
             .get_or_insert_with(family, |label| label.into());
-        let pattern = pattern_name(event.pattern);
         self.parts
             .metrics
             .interference
-            .with_label_values(&[pattern, label])
+            .with_label_values(&[pattern_name(event.pattern), label])
             .inc();
-        *self
-            .event_counts
-            .entry((pattern, label.clone()))
-            .or_default() += 1;
         if self.recent.len() == self.parts.recent_events {
             self.recent.pop_back();
         }

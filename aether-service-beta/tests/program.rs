@@ -43,14 +43,20 @@ async fn answers_orders_over_nats_until_sigterm() {
         .expect("within 20 s");
 }
 
-async fn answers() {
+/// A nats-server, beta on it with `settings` as its default.toml (once it
+/// says it resonates), its stdout's lines, and an aether for alpha's side.
+async fn beta_on_nats(
+    settings: &str,
+) -> (
+    NatsServer,
+    tempfile::TempDir,
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    Aether,
+) {
     let server = NatsServer::builder().start().await.expect("nats-server");
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("default.toml"),
-        "[beta]\nstock = { gadget = 1 }\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("default.toml"), settings).unwrap();
     let mut beta = command()
         .arg("--config-dir")
         .arg(dir.path())
@@ -62,7 +68,6 @@ async fn answers() {
     let mut lines = BufReader::new(beta.stdout.take().unwrap()).lines();
     let ready = lines.next_line().await.unwrap().expect("a line");
     assert!(ready.contains("resonating"), "{ready}");
-
     let alpha_side = Aether::connect(AetherConfig {
         nats: NatsConfig {
             urls: vec![server.url()],
@@ -72,6 +77,12 @@ async fn answers() {
     })
     .await
     .unwrap();
+    (server, dir, beta, lines, alpha_side)
+}
+
+async fn answers() {
+    let (_server, _dir, mut beta, mut lines, alpha_side) =
+        beta_on_nats("[beta]\nstock = { gadget = 1 }\n").await;
     // Items gadget and widget in turn; beta has 1 gadget and no widget.
     let settings = AlphaSettings {
         rate_per_s: 100.0,
@@ -107,33 +118,8 @@ async fn a_rate_limit_shapes_a_burst_and_answers_every_order() {
 }
 
 async fn shaped() {
-    let server = NatsServer::builder().start().await.expect("nats-server");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("default.toml"),
-        "[beta]\nstock = { gadget = 1000 }\n[service]\nrate_limit_per_s = 50\n",
-    )
-    .unwrap();
-    let mut beta = command()
-        .arg("--config-dir")
-        .arg(dir.path())
-        .args(["--nats", &server.url()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(beta.stdout.take().unwrap()).lines();
-    let ready = lines.next_line().await.unwrap().expect("a line");
-    assert!(ready.contains("resonating"), "{ready}");
-    let alpha_side = Aether::connect(AetherConfig {
-        nats: NatsConfig {
-            urls: vec![server.url()],
-            ..NatsConfig::default()
-        },
-        ..AetherConfig::default()
-    })
-    .await
-    .unwrap();
+    let (_server, _dir, mut beta, mut lines, alpha_side) =
+        beta_on_nats("[beta]\nstock = { gadget = 1000 }\n[service]\nrate_limit_per_s = 50\n").await;
     // 200 orders as fast as alpha makes them: four seconds of beta's limit.
     let settings = AlphaSettings {
         rate_per_s: 10_000.0,

@@ -90,13 +90,13 @@ impl DropWatch {
         }
         self.warned = total;
         self.last = Some(Instant::now());
+        let since_start = summary(&by_reason(stats));
         tracing::warn!(
             service = self.who,
             dropped = new,
-            since_start = %summary(&by_reason(stats)),
-            "{}: {new} waves dropped since the last warning; since start, by reason: {}",
-            self.who,
-            summary(&by_reason(stats))
+            "{}: {new} waves dropped since the last warning; since start, by reason: \
+             {since_start}",
+            self.who
         );
         Some(new)
     }

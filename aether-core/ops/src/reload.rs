@@ -104,31 +104,28 @@ pub fn changed_settings(old: &serde_json::Value, new: &serde_json::Value) -> Vec
         new: Option<&serde_json::Value>,
         out: &mut Vec<String>,
     ) {
-        use serde_json::Value::Object;
-        match (old, new) {
-            (Some(Object(a)), Some(Object(b))) => {
-                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-                for key in keys {
-                    let name = if path.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{path}.{key}")
-                    };
-                    walk(&name, a.get(key), b.get(key), out);
-                }
+        let (a, b) = (
+            old.and_then(serde_json::Value::as_object),
+            new.and_then(serde_json::Value::as_object),
+        );
+        if a.is_none() && b.is_none() {
+            if old != new {
+                out.push(path.to_string());
             }
-            (Some(Object(a)), None) | (None, Some(Object(a))) => {
-                for (key, value) in a {
-                    let name = if path.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{path}.{key}")
-                    };
-                    walk(&name, Some(value), None, out);
-                }
-            }
-            (a, b) if a != b => out.push(path.to_string()),
-            _ => {}
+            return;
+        }
+        // A table on either side: its keys, the other side's missing ones
+        // as absent.
+        let empty = serde_json::Map::new();
+        let (a, b) = (a.unwrap_or(&empty), b.unwrap_or(&empty));
+        let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        for key in keys {
+            let name = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            walk(&name, a.get(key), b.get(key), out);
         }
     }
     let mut out = Vec::new();

@@ -60,12 +60,6 @@ pub(crate) const PATTERNS: [(InterferencePattern, &str); 3] = [
     (InterferencePattern::StandingWave, "standing_wave"),
 ];
 
-/// `name` as the pattern label it is, if it is one (a journal is read
-/// back as data, not trusted).
-pub(crate) fn known_pattern(name: &str) -> Option<&'static str> {
-    PATTERNS.iter().find(|(_, n)| *n == name).map(|(_, n)| *n)
-}
-
 /// The name of an interference pattern, as a label and on the dashboard.
 pub(crate) fn pattern_name(pattern: InterferencePattern) -> &'static str {
     PATTERNS
@@ -296,7 +290,6 @@ impl ScrapeCollector {
     }
 }
 
-/// Raises `counter` to `value` (a source's own monotonic count).
 impl Collector for ScrapeCollector {
     fn desc(&self) -> Vec<&Desc> {
         self.parts.iter().flat_map(|part| part.desc()).collect()
