@@ -90,6 +90,43 @@ impl Maker<'_> {
     }
 }
 
+/// Metrics made with a [`Maker`], described and gathered together, one
+/// scrape at a time (each brings its counters up to their sources first).
+pub struct Parts {
+    list: Vec<Box<dyn Collector>>,
+    scraping: Mutex<()>,
+}
+
+impl std::fmt::Debug for Parts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parts")
+            .field("parts", &self.list.len())
+            .finish()
+    }
+}
+
+impl Parts {
+    /// The metrics of `list`.
+    pub fn new(list: Vec<Box<dyn Collector>>) -> Self {
+        Self {
+            list,
+            scraping: Mutex::new(()),
+        }
+    }
+
+    /// What [`Collector::desc`] gives.
+    pub fn desc(&self) -> Vec<&Desc> {
+        self.list.iter().flat_map(|part| part.desc()).collect()
+    }
+
+    /// What [`Collector::collect`] gives, once `refresh` has run.
+    pub fn collect_after(&self, refresh: impl FnOnce()) -> Vec<MetricFamily> {
+        let _one_at_a_time = self.scraping.lock().unwrap_or_else(|e| e.into_inner());
+        refresh();
+        self.list.iter().flat_map(|part| part.collect()).collect()
+    }
+}
+
 /// Brings `counter` up to `value`, the count its source keeps (never down).
 pub fn raise(counter: &IntCounter, value: u64) {
     let current = counter.get();
@@ -146,16 +183,14 @@ pub struct AetherCollector {
     bus: Bus,
     connection: Connection,
     process: Option<Process>,
-    parts: Vec<Box<dyn Collector>>,
-    /// One scrape at a time: each brings the counters up to their sources.
-    scraping: Mutex<()>,
+    parts: Parts,
 }
 
 impl std::fmt::Debug for AetherCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AetherCollector")
             .field("aether", &self.aether)
-            .field("parts", &self.parts.len())
+            .field("parts", &self.parts)
             .finish_non_exhaustive()
     }
 }
@@ -297,8 +332,7 @@ impl AetherCollector {
             bus,
             connection,
             process,
-            parts,
-            scraping: Mutex::new(()),
+            parts: Parts::new(parts),
         })
     }
 
@@ -350,13 +384,11 @@ impl AetherCollector {
 
 impl Collector for AetherCollector {
     fn desc(&self) -> Vec<&Desc> {
-        self.parts.iter().flat_map(|part| part.desc()).collect()
+        self.parts.desc()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let _one_at_a_time = self.scraping.lock().unwrap_or_else(|e| e.into_inner());
-        self.refresh();
-        self.parts.iter().flat_map(|part| part.collect()).collect()
+        self.parts.collect_after(|| self.refresh())
     }
 }
 

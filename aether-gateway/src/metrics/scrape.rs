@@ -14,7 +14,7 @@ use std::{
 };
 
 use aether_core::{Aether, DropReason, InterferencePattern, Physics, StatsSnapshot};
-use aether_ops::metrics::{Maker, raise, saturating_i64};
+use aether_ops::metrics::{Maker, Parts, raise, saturating_i64};
 use prometheus::{
     GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     core::{Collector, Desc},
@@ -95,9 +95,7 @@ pub(crate) struct ScrapeCollector {
     allocator: Option<Allocator>,
     panics: Option<IntCounter>,
     /// Every metric above, to describe and gather them.
-    parts: Vec<Box<dyn Collector>>,
-    /// One scrape at a time: each brings the counters up to their sources.
-    scraping: Mutex<()>,
+    parts: Parts,
 }
 
 impl ScrapeCollector {
@@ -206,8 +204,7 @@ impl ScrapeCollector {
             physics,
             allocator,
             panics,
-            parts,
-            scraping: Mutex::new(()),
+            parts: Parts::new(parts),
         })
     }
 
@@ -292,12 +289,10 @@ impl ScrapeCollector {
 
 impl Collector for ScrapeCollector {
     fn desc(&self) -> Vec<&Desc> {
-        self.parts.iter().flat_map(|part| part.desc()).collect()
+        self.parts.desc()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let _one_at_a_time = self.scraping.lock().unwrap_or_else(|e| e.into_inner());
-        self.refresh();
-        self.parts.iter().flat_map(|part| part.collect()).collect()
+        self.parts.collect_after(|| self.refresh())
     }
 }
