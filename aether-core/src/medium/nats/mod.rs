@@ -1244,7 +1244,11 @@ fn take_each(
         return;
     };
     let mut take_one = |range: std::ops::Range<usize>, channel: Channel| {
-        let body = (&message.payload, range);
+        let alone = copied_if_pinning(&message.payload, &range);
+        let body = match &alone {
+            Some(copy) => (copy, 0..copy.len()),
+            None => (&message.payload, range),
+        };
         if let Some(wave) = take_envelope(
             shared,
             &message.subject,
@@ -1274,6 +1278,21 @@ fn take_each(
     for envelope in envelopes {
         take_one(envelope, channel.clone());
     }
+}
+
+/// A frame larger than this may hold a small wave that would pin it all.
+const PIN_LIMIT: usize = 64 * 1024;
+
+/// The envelope at `range` of the frame `whole`, copied out when keeping
+/// it as a slice would keep far more than itself alive: in a frame over
+/// [`PIN_LIMIT`] bytes, an envelope under a quarter of it. A wave queued
+/// (receive queues count waves, not bytes) then holds its own bytes, not
+/// the frame's: a frame of junk around one small valid wave cannot pin a
+/// megabyte per queued wave. Frames the batcher makes (at most
+/// `nats.batch.max_bytes`, 64 KiB by default) are never copied.
+fn copied_if_pinning(whole: &bytes::Bytes, range: &std::ops::Range<usize>) -> Option<bytes::Bytes> {
+    (whole.len() > PIN_LIMIT && range.len().saturating_mul(4) < whole.len())
+        .then(|| bytes::Bytes::copy_from_slice(whole.get(range.clone()).unwrap_or_default()))
 }
 
 /// [`arrival_channel`], unless another of this vibrator's resonances
@@ -1390,4 +1409,23 @@ fn take_envelope(
         return None;
     }
     Some(wave)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_wave_of_a_large_frame_is_copied_out_and_nothing_else_is() {
+        let frame = bytes::Bytes::from(vec![7u8; 1 << 20]);
+        // One small envelope of a megabyte frame: its own bytes only.
+        let copy = copied_if_pinning(&frame, &(10..110)).expect("copied");
+        assert_eq!((copy.len(), &copy[..]), (100, &frame[10..110]));
+        assert!(!frame.as_ptr_range().contains(&copy.as_ptr()));
+        // A large share of a large frame stays a slice.
+        assert!(copied_if_pinning(&frame, &(0..(1 << 19))).is_none());
+        // A frame the batcher makes (64 KiB by default) is never copied.
+        let batch = frame.slice(..PIN_LIMIT);
+        assert!(copied_if_pinning(&batch, &(0..100)).is_none());
+    }
 }
