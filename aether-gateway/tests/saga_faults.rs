@@ -1,6 +1,8 @@
 //! The sample saga under faults, with the three programs as processes: a
 //! NATS server killed with SIGKILL mid-flow and restarted loses no order,
-//! and a stalled service's drops reach the gateway per instance.
+//! an alpha killed with SIGKILL while cut off from NATS leaves its orders
+//! in its data folder for the next alpha to send, and a stalled service's
+//! drops reach the gateway per instance.
 //!
 //! The first test runs on the repository's own settings (`config/`), which
 //! make the saga's channels durable; the second on settings of its own with
@@ -102,6 +104,109 @@ async fn a_nats_restart_loses_no_order() {
         })
         .await;
         stop_gateway(gateway).await;
+    })
+    .await
+    .expect("bounded");
+}
+
+/// Alpha cut off from NATS (through a proxy that then refuses it) while
+/// it orders, then killed with SIGKILL with orders in its durable outbox:
+/// on the shipped settings the outbox is in alpha's data folder, so the
+/// next alpha started in the same working directory takes the same
+/// directory (and instance name) and sends them. Beta answers every order
+/// of both, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_alpha_leaves_its_orders_to_the_next() {
+    let (beta_bin, alpha_bin) = programs().await;
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let (server, dir) = shipped_bus().await;
+        let url = server.url();
+        let proxy = aether_testkit::TcpProxy::start(server.addr())
+            .await
+            .unwrap();
+        let beta = service(&beta_bin, dir.path(), &url, "beta-1", &[]);
+        let work = tempfile::tempdir().unwrap();
+        let alpha = |url: &str, args: &[&str]| {
+            let mut command = aether_testkit::program(&alpha_bin);
+            command
+                .current_dir(work.path())
+                .arg("--config-dir")
+                .arg(dir.path())
+                .arg("--nats")
+                .arg(url)
+                .args(args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null());
+            command.spawn().unwrap()
+        };
+        let own = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let own_arg = own.to_string();
+        let mut first = alpha(
+            &proxy.url(),
+            &[
+                "--rate",
+                "200",
+                "--count",
+                "600",
+                "--metrics-listen",
+                &own_arg,
+            ],
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        proxy.refuse(true);
+        proxy.cut();
+        // Every order created (600 at 200 a second), those not stored held
+        // in the outbox: its count stays put.
+        let deadline = tokio::time::Instant::now() + BOUND;
+        let (mut last, mut alike) = (-1.0, 0);
+        let held = loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "alpha's outbox settles"
+            );
+            let text = get(own, "/metrics").await.body;
+            let waiting = sample(&text, "aether_nats_durable_outbox_waves").unwrap_or(-1.0);
+            if waiting > 0.0 && waiting == last {
+                alike += 1;
+            } else {
+                (last, alike) = (waiting, 0);
+            }
+            if alike >= 3 {
+                break waiting as u64;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        assert!(held > 100, "orders made during the cut wait: {held}");
+        kill(pid(&first), Signal::SIGKILL).unwrap();
+        first.wait().await.unwrap();
+        let slot = work.path().join("data/aether-service-alpha-1");
+        let log = std::fs::metadata(slot.join("outbox/durable-outbox.log")).unwrap();
+        assert!(log.len() > 8, "the outbox file holds the orders: {log:?}");
+
+        // The next alpha, on the server itself, in the same directory.
+        let second = alpha(&url, &["--rate", "20", "--count", "20"]);
+        let second = summary(second, "service-alpha:", false).await;
+        let beta = summary(beta, "service-beta:", true).await;
+        eprintln!("held {held}\nalpha {second:?}\nbeta {beta:?}");
+        assert_eq!(
+            (second["created"], second["confirmed"] + second["cancelled"]),
+            (20, 20),
+            "{second:?}"
+        );
+        assert!(
+            second["unmatched"] >= held,
+            "the answers to the first alpha's orders reach the next: {second:?}"
+        );
+        assert_eq!(
+            beta["reserved"] + beta["insufficient"],
+            620,
+            "every order of both answered once: {beta:?}"
+        );
+        let log = std::fs::metadata(slot.join("outbox/durable-outbox.log")).unwrap();
+        assert_eq!(log.len(), 8, "the outbox was emptied: {log:?}");
     })
     .await
     .expect("bounded");

@@ -259,6 +259,10 @@ impl aether_ops::service::ProgramSettings for AlphaProgramSettings {
     fn metrics_listen(&self) -> Option<std::net::SocketAddr> {
         self.service.metrics_listen
     }
+
+    fn data_dir(&self) -> Option<&std::path::Path> {
+        self.service.data_dir.as_deref()
+    }
 }
 
 impl Validate for AlphaProgramSettings {

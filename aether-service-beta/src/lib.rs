@@ -1,15 +1,18 @@
 //! Service beta: the inventory of the sample shop.
 //!
 //! It resonates on `orders.*` in the group `inventory` (several betas share
-//! the orders, each order reaching one of them), keeps a stock in memory,
-//! from its settings (`[beta] stock`), and answers each `orders.created`
+//! the orders, each order reaching one of them), keeps a stock (from its
+//! settings, `[beta] stock`, at its first start; then in the replicated
+//! map [`stock::MAP`], with a ledger in its data folder), and answers each
+//! `orders.created`
 //! with `inventory.reserved` (phase 0) when the stock covers it, or
 //! `inventory.insufficient` (phase π, [`Phase::RETRACT`]) when it does not,
 //! with the order id as correlation key. `orders.confirmed` and
 //! `orders.cancelled` are heard and counted, nothing more.
 //!
 //! Each beta has its own stock: two betas with `gadget = 3` can reserve six
-//! gadgets between them.
+//! gadgets between them. A beta started again under its instance name goes
+//! on from the stock it left.
 //!
 //! A wave on `orders.created` that is no order (not JSON, fields missing or
 //! of the wrong type, an order id that is empty or longer than 256 bytes, an
@@ -22,8 +25,15 @@
 
 pub mod faults;
 pub mod refusals;
+pub mod stock;
 
-use std::{collections::BTreeMap, error::Error, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    error::Error,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use aether_core::{
     Aether, AetherConfig, EmitErrorKind, Phase, Vibrator, Wave, WaveError,
@@ -165,6 +175,10 @@ impl aether_ops::service::ProgramSettings for BetaProgramSettings {
     fn metrics_listen(&self) -> Option<std::net::SocketAddr> {
         self.service.metrics_listen
     }
+
+    fn data_dir(&self) -> Option<&std::path::Path> {
+        self.service.data_dir.as_deref()
+    }
 }
 
 impl Validate for BetaProgramSettings {
@@ -279,6 +293,10 @@ pub struct BetaReport {
     pub repeats: u64,
     /// Orders the second decider answered the other way (`[beta.faults]`).
     pub conflicting: u64,
+    /// Items whose units the stock's map had not taken when beta ended
+    /// (refused for now, its rate limit or a full map): a restart goes on
+    /// from their older units.
+    pub stock_unsaved: u64,
 }
 
 impl std::fmt::Display for BetaReport {
@@ -287,7 +305,7 @@ impl std::fmt::Display for BetaReport {
             f,
             "service-beta: reserved {}, insufficient {}, outcomes heard {}, ignored {}, \
              rate_limited {}, failed {}, unsent {}, repeats {}, conflicting {}, stock left {:?}, \
-             refused {}, dropped {}",
+             stock unsaved {}, refused {}, dropped {}",
             self.reserved,
             self.insufficient,
             self.outcomes_heard,
@@ -298,6 +316,7 @@ impl std::fmt::Display for BetaReport {
             self.repeats,
             self.conflicting,
             self.stock,
+            self.stock_unsaved,
             refusals::summary(&self.refused),
             aether_ops::drops::summary(&self.dropped)
         )
@@ -381,15 +400,18 @@ pub async fn run_live(
     settings: watch::Receiver<Arc<BetaProgramSettings>>,
     shutdown: Shutdown,
 ) -> Result<BetaReport, BetaError> {
-    run_live_then(aether, settings, shutdown, || {}).await
+    run_live_then(aether, settings, shutdown, None, || {}).await
 }
 
-/// [`run_live`], calling `resonating` once beta's resonance holds (the
+/// [`run_live`], with the stock's ledger in `data` (the program's data
+/// folder, `aether_ops::data::DataDir::state`; None: the stock's replica
+/// lives in memory), calling `resonating` once beta's resonance holds (the
 /// program tells scripts then, and only then, that it listens).
 pub async fn run_live_then(
     aether: &Aether,
     mut settings: watch::Receiver<Arc<BetaProgramSettings>>,
     shutdown: Shutdown,
+    data: Option<&Path>,
     resonating: impl FnOnce(),
 ) -> Result<BetaReport, BetaError> {
     let start = Arc::clone(&settings.borrow_and_update());
@@ -398,6 +420,9 @@ pub async fn run_live_then(
     let mut reliable = start.service.reliable(aether)?;
     let mut reliability = start.service.reliability;
     beta.resonate_in_group(ORDERS, GROUP).await?;
+    // Orders heard meanwhile wait in beta's queue.
+    let mut ledger = stock::Ledger::open(aether, data).await?;
+    let stock = ledger.start(&start.beta.stock).await;
     resonating();
     let shadow = if start.beta.faults.conflict_share > 0.0 {
         tracing::warn!(
@@ -410,9 +435,10 @@ pub async fn run_live_then(
     };
     let mut books = Books {
         report: BetaReport {
-            stock: start.beta.stock.clone(),
+            stock,
             ..BetaReport::default()
         },
+        ledger,
         refusal_log: RefusalLog::new("service-beta", refusals::WARN_EVERY),
         unsent_log: RefusalLog::new("service-beta", refusals::WARN_EVERY),
         answered: faults::Latest::default(),
@@ -449,6 +475,7 @@ pub async fn run_live_then(
             }
             _ = checks.tick() => {
                 drops.check(&beta.stats());
+                books.ledger.save(&books.report.stock).await;
                 continue;
             }
             wave = beta.receive() => match wave {
@@ -466,6 +493,7 @@ pub async fn run_live_then(
         tracing::warn!(%error, "answers may be left unsent");
     }
     let mut report = books.report;
+    report.stock_unsaved = books.ledger.close(&report.stock).await as u64;
     // What was accepted and has still not left the process when it ends:
     // counted, never lost in silence.
     report.unsent = aether.connection().unsent() as u64;
@@ -501,6 +529,8 @@ struct Books {
     conflict_share: f64,
     /// Orders answered, counting from 1: the faults pick among them.
     orders: u64,
+    /// The stock's replica.
+    ledger: stock::Ledger,
 }
 
 /// Emits `answer` with `reliable`; an emit that failed for now (over the
@@ -576,6 +606,10 @@ async fn handle(
                 if let Some(units) = report.stock.get_mut(&order.item) {
                     *units -= order.qty;
                 }
+                // Written before the answer leaves: a beta killed after
+                // answering never starts again with the units it gave.
+                books.ledger.changed(&order.item);
+                books.ledger.save(&report.stock).await;
             } else {
                 report.insufficient += 1;
             }
@@ -590,7 +624,9 @@ async fn handle(
             {
                 if reserved {
                     report.reserved -= 1;
-                    *report.stock.entry(order.item).or_default() += order.qty;
+                    *report.stock.entry(order.item.clone()).or_default() += order.qty;
+                    books.ledger.changed(&order.item);
+                    books.ledger.save(&report.stock).await;
                 } else {
                     report.insufficient -= 1;
                 }
@@ -731,7 +767,7 @@ mod tests {
             };
             let (_keep, settings) = watch::channel(Arc::new(program));
             async move {
-                run_live_then(&aether, settings, shutdown, || {
+                run_live_then(&aether, settings, shutdown, None, || {
                     let _ = ready_tx.send(());
                 })
                 .await
@@ -781,6 +817,67 @@ mod tests {
             (1, 1, 1, 1)
         );
         assert_eq!(report.stock["gadget"], 0);
+    }
+
+    /// Beta started again on its data folder goes on from the stock it
+    /// left (its ledger), not from its settings; a replica of the map
+    /// reads each beta's units.
+    #[tokio::test]
+    async fn the_stock_goes_on_from_its_ledger_after_a_restart() {
+        let data = tempfile::tempdir().unwrap();
+        let settings = BetaSettings {
+            stock: [("gadget".to_string(), 2)].into_iter().collect(),
+            ..BetaSettings::default()
+        };
+        let mut answers = Vec::new();
+        for run in 0..2 {
+            let aether = Aether::new(AetherConfig {
+                report: aether_core::config::ReportConfig {
+                    interval_ms: 0,
+                    instance: Some("beta-1".into()),
+                },
+                ..AetherConfig::default()
+            })
+            .unwrap();
+            let shutdown = Shutdown::new();
+            let mut shop = Vibrator::create("shop", &aether).await.unwrap();
+            shop.resonate_on("inventory.*").await.unwrap();
+            let (ready_tx, ready) = tokio::sync::oneshot::channel();
+            let beta = tokio::spawn({
+                let (aether, shutdown, dir) =
+                    (aether.clone(), shutdown.clone(), data.path().to_path_buf());
+                let program = BetaProgramSettings {
+                    beta: settings.clone(),
+                    ..BetaProgramSettings::default()
+                };
+                let (_keep, settings) = watch::channel(Arc::new(program));
+                async move {
+                    run_live_then(&aether, settings, shutdown, Some(&dir), || {
+                        let _ = ready_tx.send(());
+                    })
+                    .await
+                    .unwrap()
+                }
+            });
+            ready.await.unwrap();
+            let order = json!({"order_id": format!("o-{run}"), "item": "gadget", "qty": 2 - run});
+            shop.emit_wave("orders.created", order).await.unwrap();
+            let wave = tokio::time::timeout(Duration::from_secs(5), shop.receive())
+                .await
+                .expect("an answer")
+                .unwrap();
+            answers.push(wave.channel().as_str().to_string());
+            let reader = aether_core::state::StateMap::open(&aether, stock::MAP)
+                .await
+                .unwrap();
+            let units = reader.get("node/beta-1/gadget");
+            shutdown.trigger();
+            let report = beta.await.unwrap();
+            assert_eq!(report.stock_unsaved, 0);
+            assert_eq!(units.as_deref(), Some(&b"0"[..]), "run {run}");
+        }
+        // The first run took both gadgets; the second started with none.
+        assert_eq!(answers, ["inventory.reserved", "inventory.insufficient"]);
     }
 
     #[tokio::test]

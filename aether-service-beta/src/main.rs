@@ -45,6 +45,7 @@ async fn program(options: Options) -> Result<(), Box<dyn Error + Send + Sync>> {
         &service.aether,
         service.settings.subscribe(),
         service.shutdown.clone(),
+        service.data.as_ref().map(|data| data.state()).as_deref(),
         || {
             if nats {
                 println!(

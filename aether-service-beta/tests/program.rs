@@ -107,6 +107,68 @@ async fn answers() {
     );
 }
 
+/// Beta's stock outlives it: with a data folder, beta killed with SIGKILL
+/// and started again in the same working directory goes on from the stock
+/// it left (its ledger), not from its settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn its_stock_outlives_a_kill() {
+    tokio::time::timeout(Duration::from_secs(40), async {
+        let server = NatsServer::builder().start().await.expect("nats-server");
+        let dir = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("default.toml"),
+            "[beta]\nstock = { gadget = 3 }\n[service]\ndata_dir = \"data\"\n",
+        )
+        .unwrap();
+        let alpha_side = Aether::connect(AetherConfig {
+            nats: NatsConfig {
+                urls: vec![server.url()],
+                ..NatsConfig::default()
+            },
+            ..AetherConfig::default()
+        })
+        .await
+        .unwrap();
+        let mut confirmed = Vec::new();
+        for _ in 0..2 {
+            let mut beta = command()
+                .current_dir(work.path())
+                .arg("--config-dir")
+                .arg(dir.path())
+                .args(["--nats", &server.url()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut lines = BufReader::new(beta.stdout.take().unwrap()).lines();
+            let ready = lines.next_line().await.unwrap().expect("a line");
+            assert!(ready.contains("resonating"), "{ready}");
+            // Two gadgets ordered each run, three in stock at the first.
+            let settings = AlphaSettings {
+                rate_per_s: 100.0,
+                count: Some(2),
+                items: vec!["gadget".into()],
+                ..AlphaSettings::default()
+            };
+            let alpha = aether_service_alpha::run(&alpha_side, &settings, Shutdown::new())
+                .await
+                .unwrap();
+            confirmed.push(alpha.confirmed);
+            let pid = Pid::from_raw(i32::try_from(beta.id().unwrap()).unwrap());
+            kill(pid, Signal::SIGKILL).unwrap();
+            beta.wait().await.unwrap();
+        }
+        assert_eq!(confirmed, [2, 1], "the second beta had one gadget left");
+        let held = std::fs::read_dir(work.path().join("data/aether-service-beta-1/state"))
+            .unwrap()
+            .count();
+        assert_eq!(held, 1, "the stock map's ledger");
+    })
+    .await
+    .expect("within 40 s");
+}
+
 /// A burst of orders over beta's rate limit (what an outbox sends at once
 /// when NATS comes back): the limit shapes the answers, it does not drop
 /// them. Every order is answered; none is counted as rate limited.

@@ -2,6 +2,7 @@
 //!
 //! | module | what it gives a program |
 //! | --- | --- |
+//! | [`data`] | the program's own directory under `[service] data_dir`, locked while it runs: its durable outbox and its maps' ledgers, and a stable instance name |
 //! | [`settings`] | layered settings: `config/default.toml`, the `config/<AETHER_ENV>.toml` overlay, then `AETHER__SECTION__KEY` variables; refused at start with the key and the value named |
 //! | [`reload`] | hot reload: the files are polled, a change is loaded and validated, then published (or refused, keeping the old value) |
 //! | [`logging`] | `tracing` to stderr, human or JSON, with a level that can change while the program runs |
@@ -67,6 +68,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod data;
 pub mod drops;
 pub mod logging;
 pub mod metrics;

@@ -30,6 +30,7 @@ use std::{
 use aether_core::{Aether, AetherConfig};
 
 use crate::{
+    data::DataDir,
     panic::install_panic_hook,
     reload::{self, Watcher},
     settings::{LogSettings, SettingsSource, TelemetrySettings, Validate},
@@ -50,6 +51,11 @@ pub trait ProgramSettings: serde::de::DeserializeOwned + Validate + Send + Sync 
     fn metrics_listen(&self) -> Option<std::net::SocketAddr> {
         None
     }
+    /// Where the program keeps what must outlive it (`[service]
+    /// data_dir`), if anywhere. Default: nowhere.
+    fn data_dir(&self) -> Option<&std::path::Path> {
+        None
+    }
     /// What the program applies on reload; a reload names every other
     /// setting it changed as waiting for a restart. Default: the log level.
     const RELOAD_SCOPE: crate::reload::ReloadScope = crate::reload::ReloadScope {
@@ -66,6 +72,9 @@ pub struct Service<T> {
     pub shutdown: Shutdown,
     /// Its settings, reloaded when the files change.
     pub settings: Watcher<T>,
+    /// Its own directory under `[service] data_dir`, held while it runs
+    /// (over NATS with a data folder set).
+    pub data: Option<DataDir>,
     spans: TelemetryGuard,
 }
 
@@ -83,7 +92,9 @@ impl<T: ProgramSettings> Service<T> {
     /// with the command-line options, `apply`, put over them): logs and
     /// spans (over OTLP when `[telemetry]` says so), the panic hook,
     /// shutdown on signals, its aether (over NATS when `nats`, else
-    /// embedded), and the watch of `source` ([`reload::watch_program`]),
+    /// embedded; over NATS with a `data_dir`, in a directory of its own
+    /// there, [`DataDir`], with its durable outbox and its instance name
+    /// from it unless the settings name them), and the watch of `source` ([`reload::watch_program`]),
     /// which reloads the settings with `apply` again and follows the log
     /// level.
     pub async fn start(
@@ -96,7 +107,28 @@ impl<T: ProgramSettings> Service<T> {
         let (log, spans) = telemetry::init(settings.log(), settings.telemetry(), program)?;
         install_panic_hook(Arc::new(AtomicU64::new(0)));
         let shutdown = Shutdown::on_signals()?;
-        let config = named(settings.aether(), program);
+        let mut config = settings.aether().clone();
+        let data = match settings.data_dir() {
+            Some(root) if nats => {
+                let data = DataDir::claim(root, program, config.report.instance.as_deref())
+                    .map_err(|e| format!("[service] data_dir: {e}"))?;
+                config
+                    .report
+                    .instance
+                    .get_or_insert_with(|| data.instance().to_string());
+                if config.durability.is_enabled() && config.durability.outbox_dir.is_none() {
+                    config.durability.outbox_dir = Some(data.outbox());
+                }
+                tracing::info!(
+                    dir = %data.path().display(),
+                    "{program}: its data in {}",
+                    data.path().display()
+                );
+                Some(data)
+            }
+            _ => None,
+        };
+        let config = named(&config, program);
         if nats {
             // Credentials in a URL never reach the log.
             let servers = config.nats.redacted_urls().join(",");
@@ -127,6 +159,7 @@ impl<T: ProgramSettings> Service<T> {
             aether,
             shutdown,
             settings,
+            data,
             spans,
         })
     }

@@ -83,6 +83,13 @@ pub fn program(path: &str) -> tokio::process::Command {
         }
     }
     command.kill_on_drop(true);
+    // A working directory of its own, so that what a program keeps
+    // relative to it (`[service] data_dir`) is never in the checkout nor
+    // shared with another test; a test that restarts a program on the same
+    // data sets the same directory.
+    if let Ok(dir) = tempfile::Builder::new().prefix("aether-program-").tempdir() {
+        command.current_dir(dir.keep());
+    }
     command
 }
 

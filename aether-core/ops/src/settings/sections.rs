@@ -151,6 +151,13 @@ pub struct ServiceSettings {
     /// listener. One address per process: set it with `--metrics-listen`
     /// or `AETHER__SERVICE__METRICS_LISTEN`. Read at start.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where the program keeps what must outlive it, over NATS: its
+    /// durable outbox (unless `[aether.durability] outbox_dir` names one)
+    /// and its maps' ledgers, in a directory of its own below this one
+    /// (`aether_ops::data`). A relative path is taken from the working
+    /// directory. None (the library's default): all in memory. The shipped
+    /// settings say `data`. Read at start.
+    pub data_dir: Option<std::path::PathBuf>,
     /// `[service.reliability]`: when present, the service's emits retry
     /// with backoff, under a timeout and a circuit breaker
     /// (`aether_core::reliable`). None (the default): one try each.
@@ -166,6 +173,7 @@ impl Default for ServiceSettings {
             rate_limit_wait_ms: 10_000,
             shutdown_grace_ms: 10_000,
             metrics_listen: None,
+            data_dir: None,
             reliability: None,
         }
     }

@@ -22,8 +22,8 @@ fn the_repository_defaults_are_the_defaults() {
     let text = std::fs::read_to_string(REPOSITORY_DEFAULTS).unwrap();
     let dir = dir_with(&[("default.toml", &text)]);
     // But for what the shipped settings turn on: instance reports, the
-    // sample saga's durable channels with bounded retention, and beta's
-    // answers correlated.
+    // sample saga's durable channels with bounded retention, beta's
+    // answers correlated, and the programs' data folder.
     let mut shipped = Program::default();
     shipped.aether.report.interval_ms = 1000;
     shipped.aether.durability.channels = vec!["orders.*".into(), "inventory.*".into()];
@@ -31,6 +31,7 @@ fn the_repository_defaults_are_the_defaults() {
     shipped.aether.durability.max_age_ms = 86_400_000;
     shipped.aether.durability.max_bytes = 1 << 30;
     shipped.aether.physics.correlate = vec!["inventory.*".into()];
+    shipped.service.data_dir = Some("data".into());
     assert_eq!(load_in(dir.path(), None, &[]).unwrap(), shipped);
 }
 
