@@ -64,7 +64,7 @@ fn new_leaf(
     issuer: &Issuer<'static, KeyPair>,
     common_name: &str,
     sans: Vec<String>,
-    usage: ExtendedKeyUsagePurpose,
+    usage: &[ExtendedKeyUsagePurpose],
 ) -> Result<(String, String), Error> {
     let mut params = CertificateParams::new(sans).map_err(pki_err)?;
     params
@@ -73,7 +73,7 @@ fn new_leaf(
     params.is_ca = IsCa::ExplicitNoCa;
     params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![usage];
+    params.extended_key_usages = usage.to_vec();
     let key = KeyPair::generate().map_err(pki_err)?;
     let cert = params.signed_by(&key, issuer).map_err(pki_err)?;
     Ok((cert.pem(), key.serialize_pem()))
@@ -87,20 +87,29 @@ impl TestPki {
             &ca,
             "aether-test-server",
             vec!["127.0.0.1".to_string(), "localhost".to_string()],
-            ExtendedKeyUsagePurpose::ServerAuth,
+            &[ExtendedKeyUsagePurpose::ServerAuth],
+        )?;
+        let (node_cert_pem, node_key_pem) = new_leaf(
+            &ca,
+            "aether-test-node",
+            vec!["127.0.0.1".to_string(), "localhost".to_string()],
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
         )?;
         let (client_cert_pem, client_key_pem) = new_leaf(
             &ca,
             "aether-test-client",
             Vec::new(),
-            ExtendedKeyUsagePurpose::ClientAuth,
+            &[ExtendedKeyUsagePurpose::ClientAuth],
         )?;
         let (other_ca_pem, other_ca) = new_ca("Unrelated Test CA")?;
         let (other_client_cert_pem, other_client_key_pem) = new_leaf(
             &other_ca,
             "aether-rogue-client",
             Vec::new(),
-            ExtendedKeyUsagePurpose::ClientAuth,
+            &[ExtendedKeyUsagePurpose::ClientAuth],
         )?;
 
         let dir = tempfile::Builder::new()
@@ -111,6 +120,8 @@ impl TestPki {
             ("ca.pem", &ca_pem),
             ("server-cert.pem", &server_cert_pem),
             ("server-key.pem", &server_key_pem),
+            ("node-cert.pem", &node_cert_pem),
+            ("node-key.pem", &node_key_pem),
             ("client-cert.pem", &client_cert_pem),
             ("client-key.pem", &client_key_pem),
             ("other-ca.pem", &other_ca_pem),
@@ -154,6 +165,18 @@ impl TestPki {
     /// Path of the server private key (PKCS#8 PEM).
     pub fn server_key_path(&self) -> PathBuf {
         self.dir().join("server-key.pem")
+    }
+
+    /// A cluster node's certificate (PEM), valid for `127.0.0.1` and
+    /// `localhost` as a server and as a client, signed by the CA: what a
+    /// node presents to clients and, on routes, to the other nodes.
+    pub fn node_cert_path(&self) -> PathBuf {
+        self.inner.dir.path().join("node-cert.pem")
+    }
+
+    /// The key of [`TestPki::node_cert_path`].
+    pub fn node_key_path(&self) -> PathBuf {
+        self.inner.dir.path().join("node-key.pem")
     }
 
     /// Path of the client certificate signed by the CA (PEM).

@@ -1,0 +1,246 @@
+//! The production deployment as shipped: three nats-server nodes started
+//! with `config/nats/node.conf` (JetStream, TLS for clients and routes, a
+//! user per program from `config/nats/users.conf`), and the gateway, beta
+//! and alpha on the `production` overlay (`config/production.toml`), each
+//! told by its environment where the cluster is and who it is.
+
+mod support;
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use aether_core::{Aether, AetherConfig, config::NatsConfig};
+use aether_testkit::{TestPki, nats_server_path};
+use support::{
+    eventually, get, observed,
+    programs::{programs, stop_gateway, summary},
+    spawn_serving,
+};
+use tokio::process::{Child, Command};
+
+const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
+const BOUND: Duration = Duration::from_secs(30);
+
+/// A node of the cluster, started as an operator would, with its values in
+/// its environment.
+struct Node {
+    child: Child,
+    monitor: SocketAddr,
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    urls: Vec<String>,
+    _store: tempfile::TempDir,
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+fn password(user: &str) -> String {
+    format!("{user}-secret-{}", std::process::id())
+}
+
+async fn cluster(pki: &TestPki) -> Cluster {
+    let ports = free_ports(9);
+    let store = tempfile::tempdir().unwrap();
+    let (client, route, monitor) = (&ports[0..3], &ports[3..6], &ports[6..9]);
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let others: Vec<String> = (0..3)
+            .filter(|&j| j != i)
+            .map(|j| {
+                format!(
+                    "nats-route://route:{}@127.0.0.1:{}",
+                    password("route"),
+                    route[j]
+                )
+            })
+            .collect();
+        let mut command = Command::new(nats_server_path().unwrap());
+        command
+            .arg("-c")
+            .arg(Path::new(CONFIG).join("nats/node.conf"))
+            .env("AETHER_NATS_NAME", format!("n{}", i + 1))
+            .env("AETHER_NATS_CLIENT", format!("127.0.0.1:{}", client[i]))
+            .env("AETHER_NATS_CLUSTER", format!("127.0.0.1:{}", route[i]))
+            .env("AETHER_NATS_ROUTE_A", &others[0])
+            .env("AETHER_NATS_ROUTE_B", &others[1])
+            .env("AETHER_NATS_MONITOR", format!("127.0.0.1:{}", monitor[i]))
+            .env(
+                "AETHER_NATS_STORE",
+                store.path().join(format!("n{}", i + 1)),
+            )
+            .env("AETHER_NATS_CERT", pki.node_cert_path())
+            .env("AETHER_NATS_KEY", pki.node_key_path())
+            .env("AETHER_NATS_CA", pki.ca_pem_path())
+            .env("AETHER_NATS_ROUTE_PASSWORD", password("route"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        for user in ["gateway", "alpha", "beta", "ops"] {
+            command.env(
+                format!("AETHER_NATS_{}_PASSWORD", user.to_uppercase()),
+                password(user),
+            );
+        }
+        nodes.push(Node {
+            child: command.spawn().expect("nats-server"),
+            monitor: SocketAddr::from(([127, 0, 0, 1], monitor[i])),
+        });
+    }
+    // Each node is ready when JetStream is: the meta group has a leader.
+    for node in &nodes {
+        eventually("the node's JetStream is ready", BOUND, || async {
+            tokio::net::TcpStream::connect(node.monitor).await.ok()?;
+            (get(node.monitor, "/healthz").await.status == 200).then_some(())
+        })
+        .await;
+    }
+    Cluster {
+        nodes,
+        urls: client
+            .iter()
+            .map(|port| format!("tls://127.0.0.1:{port}"))
+            .collect(),
+        _store: store,
+    }
+}
+
+/// A program on the production overlay, as `user` with `instance`.
+fn program(bin: &str, settings: &Path, cluster: &Cluster, pki: &TestPki, user: &str) -> Command {
+    let mut command = aether_testkit::program(bin);
+    command
+        .arg("--config-dir")
+        .arg(settings)
+        .env("AETHER_ENV", "production")
+        .env("AETHER__AETHER__REPORT__INSTANCE", format!("{user}-1"))
+        .env("AETHER__AETHER__NATS__URLS", cluster.urls.join(","))
+        .env("AETHER__AETHER__NATS__TLS__CA_FILE", pki.ca_pem_path())
+        .env("AETHER__AETHER__NATS__AUTH__USER", user)
+        .env("AETHER__AETHER__NATS__AUTH__PASSWORD", password(user))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    command
+}
+
+/// The shipped settings and the production overlay; the saga on a cluster
+/// with TLS and a user per program: every order answered once, the stream
+/// kept on the three nodes, the gateway's counts the services' own; a user
+/// with a wrong password is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_saga_runs_on_the_shipped_production_cluster() {
+    let (beta_bin, alpha_bin) = programs().await;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let pki = TestPki::generate().unwrap();
+        let mut cluster = cluster(&pki).await;
+        let settings = tempfile::tempdir().unwrap();
+        for file in ["default.toml", "production.toml"] {
+            std::fs::copy(Path::new(CONFIG).join(file), settings.path().join(file)).unwrap();
+        }
+        let mut gateway = program(
+            support::programs::PROGRAM,
+            settings.path(),
+            &cluster,
+            &pki,
+            "gateway",
+        );
+        gateway.env("AETHER__GATEWAY__LISTEN", "127.0.0.1:0");
+        let (gateway, addr) = spawn_serving(gateway, BOUND).await;
+        let mut beta = program(&beta_bin, settings.path(), &cluster, &pki, "beta")
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+            beta.stdout.take().unwrap(),
+        ));
+        let ready = tokio::time::timeout(BOUND, lines.next_line())
+            .await
+            .expect("beta starts")
+            .unwrap()
+            .expect("a line");
+        assert!(ready.contains("connected, resonating"), "{ready}");
+        let mut alpha = program(&alpha_bin, settings.path(), &cluster, &pki, "alpha");
+        alpha.args(["--count", "60", "--rate", "30"]);
+        let alpha = summary(alpha.spawn().unwrap(), "service-alpha:", false).await;
+        assert_eq!(alpha["created"], 60, "{alpha:?}");
+        assert_eq!(
+            (alpha["confirmed"] + alpha["cancelled"], alpha["unanswered"]),
+            (60, 0),
+            "{alpha:?}"
+        );
+        eventually("the gateway counts the orders", BOUND, || async {
+            let text = get(addr, "/metrics").await.body;
+            (observed(&text, "orders.created") == 60).then_some(())
+        })
+        .await;
+        // The stream is kept on all three nodes.
+        let jsz = get(
+            cluster.nodes[0].monitor,
+            "/jsz?accounts=true&streams=true&config=true",
+        )
+        .await
+        .body
+        .replace(char::is_whitespace, "");
+        assert!(jsz.contains("\"num_replicas\":3"), "{jsz}");
+        // A wrong password is refused, with a typed error.
+        let refused = Aether::connect(AetherConfig {
+            nats: NatsConfig {
+                urls: cluster.urls.clone(),
+                connect_timeout_ms: 2000,
+                tls: aether_core::config::NatsTls {
+                    required: true,
+                    ca_file: Some(pki.ca_pem_path()),
+                    ..Default::default()
+                },
+                auth: aether_core::config::NatsAuth {
+                    user: Some("alpha".into()),
+                    password: Some(aether_core::Secret::new("wrong")),
+                    ..Default::default()
+                },
+                ..NatsConfig::default()
+            },
+            ..AetherConfig::default()
+        })
+        .await
+        .expect_err("a wrong password");
+        assert_eq!(
+            refused.kind(),
+            aether_core::ConnectErrorKind::Authorization,
+            "{refused}"
+        );
+        nix::sys::signal::kill(
+            support::programs::pid(&beta),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let mut beta_summary = None;
+        while let Some(line) = tokio::time::timeout(BOUND, lines.next_line())
+            .await
+            .expect("beta reports")
+            .unwrap()
+        {
+            if let Some(counts) = line.strip_prefix("service-beta:") {
+                beta_summary = Some(support::summary_counts(counts));
+            }
+        }
+        assert!(beta.wait().await.unwrap().success());
+        let beta = beta_summary.expect("beta's summary");
+        assert_eq!(
+            beta["reserved"] + beta["insufficient"],
+            60,
+            "each order answered once: {beta:?}"
+        );
+        stop_gateway(gateway).await;
+        for node in &mut cluster.nodes {
+            node.child.kill().await.unwrap();
+        }
+    })
+    .await
+    .expect("bounded");
+}
