@@ -91,6 +91,11 @@ pub struct ConnectionStatus {
     /// JetStream yet: in the durable outbox, sent when the server takes
     /// them again.
     pub durable_outbox_len: usize,
+    /// Bytes those waves take against `durability.outbox_max_bytes`.
+    pub durable_outbox_bytes: u64,
+    /// `durability.outbox_max_bytes` (0 without durable channels): past
+    /// it, emits on durable channels are refused (`OutboxFull`).
+    pub durable_outbox_max_bytes: u64,
     /// Batch frames published: messages that carried several waves
     /// (`[aether.nats.batch]`).
     pub frames_sent: u64,
@@ -120,6 +125,8 @@ impl ConnectionStatus {
             outbox_capacity: 0,
             outbox_flushed: 0,
             durable_outbox_len: 0,
+            durable_outbox_bytes: 0,
+            durable_outbox_max_bytes: 0,
             frames_sent: 0,
             waves_framed: 0,
             frames_received: 0,
@@ -173,6 +180,8 @@ impl ConnectionCounters {
             outbox_capacity,
             outbox_flushed: self.outbox_flushed.load(Relaxed),
             durable_outbox_len: 0,
+            durable_outbox_bytes: 0,
+            durable_outbox_max_bytes: 0,
             frames_sent: self.frames_sent.load(Relaxed),
             waves_framed: self.waves_framed.load(Relaxed),
             frames_received: self.frames_received.load(Relaxed),

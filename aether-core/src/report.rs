@@ -104,6 +104,12 @@ pub struct InstanceReport {
     /// Waves of durable channels accepted and not stored by JetStream yet.
     #[serde(default)]
     pub durable_outbox_len: u64,
+    /// Bytes of those waves, against `durable_outbox_max_bytes`.
+    #[serde(default)]
+    pub durable_outbox_bytes: u64,
+    /// `durability.outbox_max_bytes` (0 without durable channels).
+    #[serde(default)]
+    pub durable_outbox_max_bytes: u64,
     /// Waves in its receive queues now, and their total capacity.
     pub queued: u64,
     /// Total capacity of its receive queues.
@@ -336,6 +342,8 @@ pub(crate) fn compose(aether: &crate::Aether, instance: &str, seq: u64) -> Insta
         outbox_len: connection.outbox_len as u64,
         outbox_capacity: connection.outbox_capacity as u64,
         durable_outbox_len: connection.durable_outbox_len as u64,
+        durable_outbox_bytes: connection.durable_outbox_bytes,
+        durable_outbox_max_bytes: connection.durable_outbox_max_bytes,
         queued,
         queue_capacity,
         vibrators,

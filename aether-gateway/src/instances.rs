@@ -140,6 +140,9 @@ struct InstanceMetrics {
     queue_capacity: IntGaugeVec,
     outbox: IntGaugeVec,
     outbox_capacity: IntGaugeVec,
+    durable_outbox: IntGaugeVec,
+    durable_outbox_bytes: IntGaugeVec,
+    durable_outbox_capacity: IntGaugeVec,
     malformed: IntGaugeVec,
     rate_limited: IntGaugeVec,
     instances: IntGauge,
@@ -374,6 +377,18 @@ impl InstanceMetrics {
                 "aether_instance_outbox_capacity_waves",
                 "Most waves the instance's outbox holds (0 on the embedded medium).",
             )?,
+            durable_outbox: per(
+                "aether_instance_durable_outbox_waves",
+                "Waves of durable channels the instance accepted and JetStream has not stored yet.",
+            )?,
+            durable_outbox_bytes: per(
+                "aether_instance_durable_outbox_bytes",
+                "Bytes of those waves, against durability.outbox_max_bytes.",
+            )?,
+            durable_outbox_capacity: per(
+                "aether_instance_durable_outbox_capacity_bytes",
+                "Most bytes the instance's durable outbox holds (0 without durable channels).",
+            )?,
             malformed: per(
                 "aether_instance_malformed_messages",
                 "Messages the instance refused as not waves since it started.",
@@ -419,6 +434,12 @@ impl InstanceMetrics {
         set(&self.queue_capacity, report.queue_capacity);
         set(&self.outbox, report.outbox_len);
         set(&self.outbox_capacity, report.outbox_capacity);
+        set(&self.durable_outbox, report.durable_outbox_len);
+        set(&self.durable_outbox_bytes, report.durable_outbox_bytes);
+        set(
+            &self.durable_outbox_capacity,
+            report.durable_outbox_max_bytes,
+        );
         set(&self.malformed, report.malformed);
         set(&self.rate_limited, report.rate_limited);
         // Every reason from the first report, at 0 until it counts: a
@@ -473,6 +494,9 @@ impl InstanceMetrics {
             &self.queue_capacity,
             &self.outbox,
             &self.outbox_capacity,
+            &self.durable_outbox,
+            &self.durable_outbox_bytes,
+            &self.durable_outbox_capacity,
             &self.malformed,
             &self.rate_limited,
         ] {
@@ -878,6 +902,8 @@ mod tests {
             medium: "nats".into(),
             connection: "connected".into(),
             dropped: [("queue_full".to_string(), 3)].into_iter().collect(),
+            durable_outbox_bytes: 1200,
+            durable_outbox_max_bytes: 4096,
             vibrators: vec![VibratorReport {
                 name: "beta".into(),
                 origin: format!("{origin:016x}"),
@@ -919,6 +945,13 @@ mod tests {
             (5, 3, 2)
         );
         let text = render(&registry);
+        for series in [
+            "aether_instance_durable_outbox_waves{instance=\"beta-1\"} 0",
+            "aether_instance_durable_outbox_bytes{instance=\"beta-1\"} 1200",
+            "aether_instance_durable_outbox_capacity_bytes{instance=\"beta-1\"} 4096",
+        ] {
+            assert!(text.contains(series), "{series}: {text}");
+        }
         assert!(
             text.contains("aether_instance_unobserved_waves{instance=\"beta-1\"} 2"),
             "{text}"

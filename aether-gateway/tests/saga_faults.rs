@@ -65,7 +65,13 @@ async fn a_nats_restart_loses_no_order() {
                 "aether_nats_connection_state{state=\"disconnected\"}",
             );
             let waiting = sample(&text, "aether_nats_durable_outbox_waves");
-            (down == Some(1.0) && waiting.is_some_and(|n| n > 0.0)).then_some(())
+            let bytes = sample(&text, "aether_nats_durable_outbox_bytes");
+            let capacity = sample(&text, "aether_nats_durable_outbox_capacity_bytes");
+            (down == Some(1.0)
+                && waiting.is_some_and(|n| n > 0.0)
+                && bytes.is_some_and(|n| n > 0.0)
+                && capacity == Some(268_435_456.0))
+            .then_some(())
         })
         .await;
         tokio::time::sleep(Duration::from_secs(3).saturating_sub(outage.elapsed())).await;

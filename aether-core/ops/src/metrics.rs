@@ -163,6 +163,8 @@ struct Connection {
     outbox: IntGauge,
     outbox_capacity: IntGauge,
     durable_outbox: IntGauge,
+    durable_outbox_bytes: IntGauge,
+    durable_outbox_capacity: IntGauge,
     flushed: IntCounter,
     frames_sent: IntCounter,
     waves_framed: IntCounter,
@@ -295,6 +297,14 @@ impl AetherCollector {
                 "aether_nats_durable_outbox_waves",
                 "Waves of durable channels accepted and not stored by JetStream yet.",
             )?,
+            durable_outbox_bytes: m.gauge(
+                "aether_nats_durable_outbox_bytes",
+                "Bytes of those waves, against durability.outbox_max_bytes.",
+            )?,
+            durable_outbox_capacity: m.gauge(
+                "aether_nats_durable_outbox_capacity_bytes",
+                "Most bytes the durable outbox holds (durability.outbox_max_bytes; 0 without durable channels).",
+            )?,
             flushed: m.counter(
                 "aether_nats_outbox_flushed_total",
                 "Waves sent from the outbox after reconnects.",
@@ -373,6 +383,10 @@ impl AetherCollector {
             .set(saturating_i64(status.outbox_capacity as u64));
         c.durable_outbox
             .set(saturating_i64(status.durable_outbox_len as u64));
+        c.durable_outbox_bytes
+            .set(saturating_i64(status.durable_outbox_bytes));
+        c.durable_outbox_capacity
+            .set(saturating_i64(status.durable_outbox_max_bytes));
         if let (Some(p), Ok(usage)) = (&self.process, ResourceUsage::read()) {
             p.rss.set(saturating_i64(usage.rss_bytes));
             p.vms.set(saturating_i64(usage.vms_bytes));

@@ -399,6 +399,11 @@ impl DurableOutbox {
         self.pending.load(Ordering::Acquire)
     }
 
+    /// Bytes the waiting waves count against the bound, and the bound.
+    pub(crate) fn bytes(&self) -> (u64, u64) {
+        (self.lock().bytes, self.max_bytes)
+    }
+
     /// Nothing waits and nothing is being flushed: an emit may go straight
     /// to JetStream.
     pub(crate) fn is_idle(&self) -> bool {

@@ -252,6 +252,11 @@ impl Durable {
         self.outbox.len()
     }
 
+    /// The outbox's bytes and its bound.
+    pub(super) fn pending_bytes(&self) -> (u64, u64) {
+        self.outbox.bytes()
+    }
+
     pub(super) fn stop(&self) {
         if let Some(task) = self.lock_flusher().take() {
             task.abort();

@@ -231,7 +231,11 @@ impl NatsMedium {
 
     pub(crate) fn status(&self) -> ConnectionStatus {
         let mut status = self.shared.counters.snapshot(self.shared.outbox.capacity());
-        status.durable_outbox_len = self.durable.as_ref().map_or(0, |d| d.pending());
+        if let Some(durable) = &self.durable {
+            status.durable_outbox_len = durable.pending();
+            (status.durable_outbox_bytes, status.durable_outbox_max_bytes) =
+                durable.pending_bytes();
+        }
         status
     }
 
