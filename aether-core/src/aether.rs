@@ -503,6 +503,19 @@ impl Aether {
         self.inner.medium.make_durable_consumers(consumers).await
     }
 
+    /// The JetStream stream of the durable channels, as the server reports
+    /// it now: waves and bytes held against its limits, the age of its
+    /// oldest wave. Past `max_bytes` the server deletes the oldest waves,
+    /// taken or not, so an operator watches `bytes` against `max_bytes`
+    /// (the gateway exports them; the alert `AetherStreamNearFull`).
+    /// `ConnectErrorKind::Config` on the embedded medium or without durable
+    /// channels, `Unreachable` when the stream does not answer within 1 s.
+    pub async fn durable_stream(
+        &self,
+    ) -> Result<crate::connection::StreamStatus, crate::ConnectError> {
+        self.inner.medium.durable_stream().await
+    }
+
     /// `wave` as it is kept at rest (a journal, an archive): with its
     /// payload sealed as it travels on the wire when its channel's payloads
     /// are sealed (`[[aether.security.encryption]]`), else as it is. What

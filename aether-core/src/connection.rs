@@ -8,6 +8,7 @@
 use std::{
     fmt,
     sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed},
+    time::Duration,
 };
 
 /// Whether an aether can reach its medium.
@@ -132,6 +133,36 @@ impl ConnectionStatus {
             frames_received: 0,
         }
     }
+}
+
+/// The JetStream stream of the durable channels, as the server reports it
+/// ([`crate::Aether::durable_stream`]): how full it is against its limits.
+/// Past `max_bytes` (or `max_messages`) the server deletes the oldest
+/// waves, taken or not; past `max_age` it deletes those older.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamStatus {
+    /// The stream's name (`durability.stream`).
+    pub name: String,
+    /// Waves it holds.
+    pub messages: u64,
+    /// Bytes they take (per replica).
+    pub bytes: u64,
+    /// Most bytes it keeps; 0: no limit.
+    pub max_bytes: u64,
+    /// Most waves it keeps; 0: no limit.
+    pub max_messages: u64,
+    /// Oldest wave it keeps; zero: no limit.
+    pub max_age: Duration,
+    /// How old its oldest wave is (zero when empty).
+    pub oldest_age: Duration,
+    /// Sequence of its first and last wave.
+    pub first_sequence: u64,
+    /// Sequence of its last wave.
+    pub last_sequence: u64,
+    /// Copies on different servers.
+    pub replicas: usize,
+    /// Its consumers.
+    pub consumers: usize,
 }
 
 /// Counters behind a [`ConnectionStatus`].

@@ -92,7 +92,7 @@ pub mod wave;
 pub use aether::Aether;
 pub use channel::{Channel, ChannelError};
 pub use config::{AetherConfig, ConfigError};
-pub use connection::{ConnectionEvent, ConnectionState, ConnectionStatus};
+pub use connection::{ConnectionEvent, ConnectionState, ConnectionStatus, StreamStatus};
 pub use error::{
     ConnectError, ConnectErrorKind, EmitError, EmitErrorKind, Error, RequestError,
     RequestErrorKind, ResonateError, ResonateErrorKind, VibratorError, VibratorErrorKind,

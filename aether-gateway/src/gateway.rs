@@ -238,6 +238,10 @@ impl GatewayBuilder {
             metrics.http_connections_closed.clone(),
             stop.clone(),
         ));
+        if medium == "nats" && aether.config().durability.is_enabled() {
+            let gauges = crate::stream::StreamGauges::new(metrics.registry())?;
+            tokio::spawn(gauges.run(aether.clone(), stop.clone()));
+        }
         let (limits, limits_rx) = watch::channel(self.resource_limits);
         tokio::spawn(check_resources(limits_rx, stop.clone()));
         tracing::info!(%addr, medium, "gateway listening");

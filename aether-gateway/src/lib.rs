@@ -42,6 +42,7 @@
 //! | [`metrics`] | the Prometheus registry: observed, and read at scrape time |
 //! | [`snapshot`] | what the dashboard shows |
 //! | [`journal`] | the journal of observed waves, snapshots of the counters, restart |
+//! | `stream` | the durable channels' JetStream stream against its limits |
 //! | [`replay`] | re-emitting journaled waves, and listing them |
 //! | [`bridge`] | replicated maps to browsers over WebSocket: limits, the protocol |
 //! | `http` | `/metrics`, `/health`, `/ready`, `/`, `/events`, `/snapshot`, `/bridge/{map}`, `/board`, `/aether.js`; TLS |
@@ -68,6 +69,7 @@ pub mod observer;
 pub mod replay;
 pub mod settings;
 pub mod snapshot;
+mod stream;
 
 pub use cli::{Command, Options};
 pub use error::GatewayError;

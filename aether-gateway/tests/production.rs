@@ -13,7 +13,7 @@ use aether_testkit::{TestPki, nats_server_path};
 use support::{
     eventually, get, observed,
     programs::{programs, stop_gateway, summary},
-    spawn_serving,
+    sample, spawn_serving,
 };
 use tokio::process::{Child, Command};
 
@@ -188,6 +188,18 @@ async fn the_saga_runs_on_the_shipped_production_cluster() {
         .body
         .replace(char::is_whitespace, "");
         assert!(jsz.contains("\"num_replicas\":3"), "{jsz}");
+        // The gateway exports the stream against its bounds.
+        eventually("the gateway exports the stream", BOUND, || async {
+            let text = get(addr, "/metrics").await.body;
+            let replicas = sample(&text, "aether_stream_replicas{stream=\"AETHER\"}");
+            let max = sample(&text, "aether_stream_max_bytes{stream=\"AETHER\"}");
+            let bytes = sample(&text, "aether_stream_bytes{stream=\"AETHER\"}");
+            (replicas == Some(3.0)
+                && max == Some(1_073_741_824.0)
+                && bytes.is_some_and(|b| b > 0.0))
+            .then_some(())
+        })
+        .await;
         // A wrong password is refused, with a typed error.
         let refused = Aether::connect(AetherConfig {
             nats: NatsConfig {

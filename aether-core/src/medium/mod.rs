@@ -100,6 +100,20 @@ impl Medium {
         }
     }
 
+    /// The durable channels' stream (NATS only).
+    pub(crate) async fn durable_stream(
+        &self,
+    ) -> Result<crate::connection::StreamStatus, crate::ConnectError> {
+        match self {
+            Medium::Embedded(_) => Err(crate::ConnectError::new(
+                crate::ConnectErrorKind::Config,
+                "the embedded medium keeps durable waves in its outbox, not in a stream",
+            )),
+            #[cfg(feature = "nats")]
+            Medium::Nats(nats) => nats.durable_stream().await,
+        }
+    }
+
     /// The connection now.
     pub(crate) fn status(&self) -> ConnectionStatus {
         match self {

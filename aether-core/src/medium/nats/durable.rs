@@ -364,6 +364,47 @@ impl Durable {
         }
     }
 
+    /// The stream's state and limits, as the server reports them now
+    /// (one look-up, bounded by [`ATTEMPT`]).
+    pub(super) async fn stream_status(
+        &self,
+    ) -> Result<crate::connection::StreamStatus, ConnectError> {
+        let unreachable = |e: String| {
+            ConnectError::new(
+                ConnectErrorKind::Unreachable,
+                format!("the stream {} did not answer: {e}", self.config.stream),
+            )
+        };
+        let stream = tokio::time::timeout(ATTEMPT, self.js.get_stream(&self.config.stream))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {ATTEMPT:?}")))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let info = stream.cached_info();
+        let oldest_age = if info.state.messages == 0 {
+            Duration::ZERO
+        } else {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as i128;
+            let age = now - info.state.first_timestamp.unix_timestamp_nanos();
+            Duration::from_nanos(u64::try_from(age.max(0)).unwrap_or(u64::MAX))
+        };
+        Ok(crate::connection::StreamStatus {
+            name: info.config.name.clone(),
+            messages: info.state.messages,
+            bytes: info.state.bytes,
+            max_bytes: u64::try_from(info.config.max_bytes).unwrap_or(0),
+            max_messages: u64::try_from(info.config.max_messages).unwrap_or(0),
+            max_age: info.config.max_age,
+            oldest_age,
+            first_sequence: info.state.first_sequence,
+            last_sequence: info.state.last_sequence,
+            replicas: info.config.num_replicas,
+            consumers: info.state.consumer_count,
+        })
+    }
+
     /// The stream, ready to store: created or updated to these settings
     /// when this program manages it, else looked up and checked to hold
     /// every durable channel of this program.

@@ -163,6 +163,19 @@ impl NatsMedium {
         durable.make_consumers(consumers).await
     }
 
+    /// The durable channels' stream, as the server reports it.
+    pub(crate) async fn durable_stream(
+        &self,
+    ) -> Result<crate::connection::StreamStatus, ConnectError> {
+        let Some(durable) = &self.durable else {
+            return Err(ConnectError::new(
+                ConnectErrorKind::Config,
+                "no durable channel is configured ([aether.durability] channels)",
+            ));
+        };
+        durable.stream_status().await
+    }
+
     /// Connects to the servers of `config.nats`.
     pub(crate) async fn connect(
         config: &AetherConfig,
