@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The gateway under load steps (BENCHMARKS.md, "The gateway under overload"):
-# a nats-server and a release gateway with the shipped settings on ports of
-# their own, then `aether emit` at 10k to 800k waves/s for 8 s each; prints
-# what the gateway observed, shed and skipped, and its memory, as a table.
+# a nats-server, a release gateway and beta with the shipped settings on
+# ports of their own, then `aether emit` at 10k to 800k waves/s for 8 s
+# each while alpha orders at 250 a second; prints what the gateway observed,
+# shed and skipped, its memory, and the saga's answers, as a table; then the
+# saga alone at rising order rates.
 #
-#   cargo build --release -p aether-gateway -p aether-cli
+#   cargo build --release -p aether-gateway -p aether-cli -p aether-service-alpha -p aether-service-beta
 #   bash aether-gateway/benches/overload.sh
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -21,18 +23,36 @@ URL="nats://127.0.0.1:$NATS_PORT"
 AETHER__GATEWAY__LISTEN="127.0.0.1:$GW_PORT" "$BIN/aether-gateway" --config-dir "$W/cfg" --nats "$URL" \
     >"$W/gw.out" 2>"$W/gw.log" &
 GW=$!
-trap 'kill $GW $NATS 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
+(cd "$W" && exec "$BIN/aether-service-beta" --config-dir "$W/cfg" --nats "$URL" --instance beta-1 \
+    >"$W/beta.out" 2>"$W/beta.log") &
+BETA=$!
+trap 'kill $GW $BETA $NATS 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
 sleep 2
+# alpha RATE COUNT: orders at RATE until COUNT, waits for every answer;
+# prints "answered overdue seconds".
+alpha() {
+    local start end line
+    start=$(date +%s.%N)
+    line=$(cd "$W" && "$BIN/aether-service-alpha" --config-dir "$W/cfg" --nats "$URL" \
+        --instance alpha-1 --rate "$1" --count "$2" 2>>"$W/alpha.log" | grep '^service-alpha:')
+    end=$(date +%s.%N)
+    field() { echo "$line" | grep -o "$1 [0-9]*" | head -1 | awk '{print $2}'; }
+    echo "$(($(field confirmed) + $(field cancelled))) $(field overdue) $(echo "$end - $start" | bc)"
+}
 metrics() { curl -s "127.0.0.1:$GW_PORT/metrics"; }
 sum() { echo "$1" | awk -v s="$2" 'index($0, s) == 1 { n += $NF } END { printf "%.0f", n }'; }
-echo "| offered waves/s | emitted waves/s | observed | observer shed (queue_full) | physics observed | physics skipped (over budget / buffer full) | gateway RSS MB |"
-echo "| --- | --- | --- | --- | --- | --- | --- |"
+echo "| offered waves/s | emitted waves/s | observed | observer shed (queue_full) | physics observed | physics skipped (over budget / buffer full) | gateway RSS MB | saga: orders answered of 2000 (overdue), seconds |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 for rate in 10000 50000 100000 200000 400000 800000; do
     count=$((rate * 8))
     before=$(metrics)
+    alpha 250 2000 >"$W/saga" &
+    SAGA=$!
     start=$(date +%s.%N)
     "$BIN/aether" emit load.x '{"n":1}' --count "$count" --rate "$rate" --nats "$URL" 2>/dev/null
     end=$(date +%s.%N)
+    wait $SAGA
+    read -r answered overdue took <"$W/saga"
     sleep 3
     after=$(metrics)
     delta() { echo $(($(sum "$after" "$1") - $(sum "$before" "$1"))); }
@@ -42,5 +62,13 @@ for rate in 10000 50000 100000 200000 400000 800000; do
         "$(delta 'aether_gateway_observer_dropped_total{reason="queue_full"}') |" \
         "$(delta aether_physics_observed_total) |" \
         "$(delta 'aether_physics_skipped_total{reason="over_budget"}') / $(delta 'aether_physics_skipped_total{reason="buffer_full"}') |" \
-        "$rss |"
+        "$rss | $answered ($overdue), $took |"
+done
+echo
+echo "| orders offered/s | orders | answered (overdue) | seconds to the last answer | answered/s |"
+echo "| --- | --- | --- | --- | --- |"
+for rate in 500 1000 2000 4000 8000; do
+    count=$((rate * 5))
+    read -r answered overdue took <<<"$(alpha "$rate" "$count")"
+    echo "| $rate | $count | $answered ($overdue) | $took | $(echo "$answered / $took" | bc) |"
 done
