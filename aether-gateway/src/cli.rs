@@ -32,6 +32,11 @@ pub struct Options {
     /// free one).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// This process's name in its instance reports, metrics labels and the
+    /// server's connection list ([aether.report] instance), stable across
+    /// restarts; default aether-gateway-<process id>.
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<String>,
     /// Emit a small shop's waves on the embedded medium, for the dashboard
     /// to show.
     #[arg(long, conflicts_with = "nats")]
@@ -145,6 +150,9 @@ impl Options {
         }
         if let Some(listen) = self.listen {
             settings.gateway.listen = listen;
+        }
+        if let Some(instance) = &self.instance {
+            settings.aether.report.instance = Some(instance.clone());
         }
         if let Some(Command::Replay(replay)) = &self.command
             && !replay.nats.is_empty()

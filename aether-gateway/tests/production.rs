@@ -226,6 +226,19 @@ async fn the_saga_runs_on_the_shipped_production_cluster() {
             aether_core::ConnectErrorKind::Authorization,
             "{refused}"
         );
+        // A program with a wrong password exits, saying why.
+        let mut wrong = program(&beta_bin, settings.path(), &cluster, &pki, "beta");
+        wrong
+            .env("AETHER__AETHER__NATS__AUTH__PASSWORD", "wrong")
+            .env("AETHER__AETHER__REPORT__INSTANCE", "beta-wrong")
+            .stderr(std::process::Stdio::piped());
+        let refused = tokio::time::timeout(BOUND, wrong.output())
+            .await
+            .expect("it exits")
+            .unwrap();
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(1), "{said}");
+        assert!(said.contains("not authorized"), "{said}");
         nix::sys::signal::kill(
             support::programs::pid(&beta),
             nix::sys::signal::Signal::SIGTERM,

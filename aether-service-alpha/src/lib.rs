@@ -304,8 +304,9 @@ pub struct Options {
     pub nats: Vec<String>,
     /// This process's name in its instance reports and the server's
     /// connection list ([aether.report] instance), stable across restarts
-    /// so that dashboards and alerts follow it. Default:
-    /// `aether-service-alpha-<process id>`.
+    /// so that dashboards and alerts follow it. Default: over NATS with a
+    /// `[service] data_dir`, `<host>-aether-service-alpha-<k>` (its data folder's slot),
+    /// else `aether-service-alpha-<process id>`.
     #[arg(long, value_name = "NAME")]
     pub instance: Option<String>,
     /// Serve this process's own Prometheus metrics at

@@ -218,8 +218,9 @@ pub struct Options {
     pub nats: Vec<String>,
     /// This process's name in its instance reports and the server's
     /// connection list ([aether.report] instance), stable across restarts
-    /// so that dashboards and alerts follow it. Default:
-    /// `aether-service-beta-<process id>`.
+    /// so that dashboards and alerts follow it. Default: over NATS with a
+    /// `[service] data_dir`, `<host>-aether-service-beta-<k>` (its data folder's slot),
+    /// else `aether-service-beta-<process id>`.
     #[arg(long, value_name = "NAME")]
     pub instance: Option<String>,
     /// Serve this process's own Prometheus metrics at

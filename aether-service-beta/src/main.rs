@@ -2,6 +2,7 @@
 
 use std::{error::Error, process::ExitCode};
 
+use aether_core::ConnectionState;
 use aether_ops::{
     service::Service,
     settings::{SettingsSource, Validate},
@@ -47,7 +48,14 @@ async fn program(options: Options) -> Result<(), Box<dyn Error + Send + Sync>> {
         service.shutdown.clone(),
         service.data.as_ref().map(|data| data.state()).as_deref(),
         || {
-            if nats {
+            if nats && service.aether.connection().state != ConnectionState::Connected {
+                // retry_on_initial_connect: up, but not connected yet.
+                println!(
+                    "aether-service-beta: resonating on orders.* (group inventory); not connected \
+                     yet, retrying ({})",
+                    service.aether.connection().state
+                );
+            } else if nats {
                 println!(
                     "aether-service-beta: connected, resonating on orders.* (group inventory)"
                 );

@@ -69,9 +69,15 @@ impl fmt::Display for Failure {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     let options = Options::parse();
-    let outcome = tokio::select! {
-        outcome = run(options) => outcome,
-        _ = tokio::signal::ctrl_c() => Ok(()),
+    let outcome = if matches!(options.command, Command::Emit(_)) {
+        // `emit` stops on SIGINT and SIGTERM itself, and says what it
+        // sent and abandoned.
+        run(options).await
+    } else {
+        tokio::select! {
+            outcome = run(options) => outcome,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

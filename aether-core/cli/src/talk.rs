@@ -1,6 +1,13 @@
 //! `listen`, `emit`, `request` and `reply`.
 
-use std::{process::Stdio, time::Duration};
+use std::{
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
+    time::Duration,
+};
 
 use aether_core::{Aether, Channel, EmitErrorKind, Vibrator, Wave, WaveBuilder};
 use bytes::Bytes;
@@ -91,11 +98,13 @@ pub async fn emit(connection: &Connection, args: EmitArgs) -> Result<(), Failure
     wave(&target, &args.wave, first.clone().unwrap_or_default())?;
     let aether = connect(connection).await?;
     let vibrator = vibrator(&aether, connection).await?;
+    let stop = Interruption::watch()?;
     let gap = args.rate.map(|r| Duration::from_secs_f64(1.0 / r));
     let mut tick = gap.map(tokio::time::interval);
     let mut sent: u64 = 0;
     let mut send = async |payload: Bytes| -> Result<(), Failure> {
         for _ in 0..args.count {
+            stop.check()?;
             if let Some(tick) = tick.as_mut() {
                 tick.tick().await;
             }
@@ -112,7 +121,11 @@ pub async fn emit(connection: &Connection, args: EmitArgs) -> Result<(), Failure
         None => {
             let mut lines = BufReader::new(tokio::io::stdin()).lines();
             loop {
-                match lines.next_line().await {
+                let line = tokio::select! {
+                    line = lines.next_line() => line,
+                    () = stop.wait() => break stop.check(),
+                };
+                match line {
                     Ok(Some(line)) if line.is_empty() => {}
                     Ok(Some(line)) => {
                         if let Err(failure) = send(show::payload_of(&line)).await {
@@ -126,8 +139,11 @@ pub async fn emit(connection: &Connection, args: EmitArgs) -> Result<(), Failure
         }
     };
     // Every accepted wave leaves before the process does, or is counted as
-    // abandoned.
-    let _ = aether.flush(args.wait).await;
+    // abandoned. A signal during the wait stops it.
+    tokio::select! {
+        _ = aether.flush(args.wait) => {}
+        () = stop.wait_again() => {}
+    }
     let unsent = aether.connection().unsent();
     let plural = |n: u64| if n == 1 { "" } else { "s" };
     if unsent > 0 {
@@ -135,17 +151,126 @@ pub async fn emit(connection: &Connection, args: EmitArgs) -> Result<(), Failure
             Err(failure) => format!("{}; ", failure.message()),
             Ok(()) => String::new(),
         };
-        return Err(Failure::runtime(format!(
-            "{cause}{sent} wave{} accepted on {}, {unsent} not sent after waiting {:?} for the \
-             connection: abandoned",
-            plural(sent),
-            args.channel,
-            args.wait
-        )));
+        let status = match &outcome {
+            Err(failure) if stop.signal().is_some() => failure.status,
+            _ => 1,
+        };
+        return Err(Failure {
+            message: format!(
+                "{cause}{sent} wave{} accepted on {}, {unsent} not sent after waiting {:?} for \
+                 the connection: abandoned",
+                plural(sent),
+                args.channel,
+                args.wait
+            ),
+            status,
+        });
     }
-    outcome?;
+    if let Err(failure) = outcome {
+        if stop.signal().is_some() {
+            // Interrupted, and nothing left unsent: say what it did.
+            eprintln!(
+                "emitted {sent} wave{} on {}, all sent",
+                plural(sent),
+                args.channel
+            );
+        }
+        return Err(failure);
+    }
     eprintln!("emitted {sent} wave{} on {}", plural(sent), args.channel);
     Ok(())
+}
+
+/// SIGINT or SIGTERM while emitting: the emits stop, what was accepted gets
+/// up to `--wait` to leave, and the tool says how many it sent and
+/// abandoned, exiting 130 (SIGINT) or 143 (SIGTERM). A second signal ends
+/// the wait.
+struct Interruption {
+    /// The signal's number, 0 until one came.
+    signal: Arc<AtomicU8>,
+    /// How many came.
+    count: Arc<AtomicU8>,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl Interruption {
+    fn watch() -> Result<Self, Failure> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind| {
+            signal(kind).map_err(|e| Failure::runtime(format!("cannot watch for signals: {e}")))
+        };
+        let (mut int, mut term) = (
+            listen(SignalKind::interrupt())?,
+            listen(SignalKind::terminate())?,
+        );
+        let this = Self {
+            signal: Arc::new(AtomicU8::new(0)),
+            count: Arc::new(AtomicU8::new(0)),
+            notify: Arc::new(tokio::sync::Notify::new()),
+        };
+        let (signal, count, notify) = (
+            Arc::clone(&this.signal),
+            Arc::clone(&this.count),
+            Arc::clone(&this.notify),
+        );
+        tokio::spawn(async move {
+            loop {
+                let number = tokio::select! {
+                    Some(()) = int.recv() => 2,
+                    Some(()) = term.recv() => 15,
+                    else => return,
+                };
+                let _ = signal.compare_exchange(0, number, Ordering::AcqRel, Ordering::Acquire);
+                count.fetch_add(1, Ordering::AcqRel);
+                notify.notify_waiters();
+            }
+        });
+        Ok(this)
+    }
+
+    /// The signal that came, if one did.
+    fn signal(&self) -> Option<u8> {
+        match self.signal.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    /// Fails once a signal came: status 128 + its number.
+    fn check(&self) -> Result<(), Failure> {
+        match self.signal() {
+            None => Ok(()),
+            Some(n) => Err(Failure {
+                message: format!(
+                    "interrupted by {}",
+                    if n == 2 { "SIGINT" } else { "SIGTERM" }
+                ),
+                status: 128 + n,
+            }),
+        }
+    }
+
+    /// Until a signal comes (at once if one came).
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.signal().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Until a signal beyond the first comes.
+    async fn wait_again(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.count.load(Ordering::Acquire) >= 2 {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Emits `wave`, waiting up to `wait` while the outbox is full (the

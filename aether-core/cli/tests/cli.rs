@@ -186,6 +186,88 @@ async fn emit_counts_what_it_abandons_when_the_server_is_gone() {
     );
 }
 
+/// SIGTERM or SIGINT under a long `aether emit`: it stops emitting, says
+/// how many waves it emitted and that all were sent, and exits 143 or 130;
+/// with the server gone, it counts what it abandons, and a second signal
+/// ends its wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_stopped_by_a_signal_says_what_it_sent() {
+    use nix::{
+        sys::signal::{Signal, kill},
+        unistd::Pid,
+    };
+    let mut nats = server().await;
+    let url = nats.url();
+    for (signal, status) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
+        let mut command = aether(
+            &url,
+            &[
+                "emit",
+                "load.x",
+                "1",
+                "--count",
+                "100000000",
+                "--rate",
+                "1000",
+            ],
+        );
+        let child = command.spawn().unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let started = std::time::Instant::now();
+        kill(Pid::from_raw(child.id().unwrap() as i32), signal).unwrap();
+        let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+            .await
+            .expect("it stops")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(status), "{stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(stderr.contains("interrupted by"), "{stderr}");
+        assert!(
+            stderr.contains("waves on load.x, all sent"),
+            "it says what it emitted: {stderr}"
+        );
+    }
+    // The server gone: what is unsent is counted as abandoned; a second
+    // SIGINT ends the wait at once.
+    let mut command = aether(
+        &url,
+        &[
+            "emit",
+            "load.x",
+            "1",
+            "--count",
+            "100000000",
+            "--rate",
+            "1000",
+            "--wait",
+            "60s",
+        ],
+    );
+    let child = command.spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = Pid::from_raw(child.id().unwrap() as i32);
+    kill(pid, Signal::SIGINT).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kill(pid, Signal::SIGINT).unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("the second signal ends the wait")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted by SIGINT") && stderr.contains("abandoned"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_human_form_escapes_what_could_drive_a_terminal() {
     let nats = server().await;
