@@ -749,6 +749,12 @@ impl Emitter {
         &self.name
     }
 
+    /// Its vibrator's statistics ([`Vibrator::stats`]), read without locks:
+    /// for a thread that emits while another receives.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inbox.stats().snapshot()
+    }
+
     /// The aether it emits into.
     pub(crate) fn aether(&self) -> &Aether {
         &self.aether

@@ -25,12 +25,15 @@ pub(crate) enum LedgerError {
     Dir(std::path::PathBuf, std::io::Error),
     #[error(transparent)]
     Journal(#[from] aether_journal::JournalError),
+    #[error("the map was closed: its ledger is closed")]
+    Closed,
 }
 
 /// The ledger of one replica.
 #[derive(Debug)]
 pub(crate) struct Ledger {
-    journal: Journal,
+    /// None once the map closed (the directory is free for another).
+    journal: Option<Journal>,
     since_snapshot: u64,
     /// Records between snapshots (0: never).
     snapshot_every: u64,
@@ -84,7 +87,7 @@ impl Ledger {
         }
         Ok((
             Ledger {
-                journal,
+                journal: Some(journal),
                 since_snapshot: replayed,
                 snapshot_every,
             },
@@ -106,10 +109,9 @@ impl Ledger {
         store: &Store,
     ) -> Result<u64, LedgerError> {
         let record = codec::encode_all([(key, entry)]);
-        let seq = self
-            .journal
-            .append(entry.stamp.physical_ns / 1_000_000, &record)?;
-        self.journal.flush()?;
+        let journal = self.journal.as_mut().ok_or(LedgerError::Closed)?;
+        let seq = journal.append(entry.stamp.physical_ns / 1_000_000, &record)?;
+        journal.flush()?;
         self.since_snapshot += 1;
         // At least as many records as the map has entries between
         // snapshots: a snapshot costs the whole map, so this keeps what is
@@ -120,13 +122,22 @@ impl Ledger {
             .max((store.len() + store.tombstones()) as u64);
         if self.snapshot_every > 0 && self.since_snapshot >= due {
             let all = codec::encode_all(store.entries().map(|(k, e)| (k.as_str(), e)));
-            let position = self
-                .journal
-                .write_snapshot(super::hlc::wall_ns() / 1_000_000, &all)?;
-            self.journal.compact_before(position)?;
+            let position = journal.write_snapshot(super::hlc::wall_ns() / 1_000_000, &all)?;
+            journal.compact_before(position)?;
             self.since_snapshot = 0;
         }
         Ok(seq)
+    }
+
+    /// Closes the journal (what it holds stays on the disk) and frees the
+    /// directory for another replica, in this process or another; appends
+    /// after it fail.
+    pub(crate) fn close(&mut self) {
+        if let Some(journal) = self.journal.take()
+            && let Err(error) = journal.close()
+        {
+            tracing::warn!(%error, "closing a map's ledger");
+        }
     }
 }
 
@@ -191,8 +202,11 @@ impl Durable {
     /// Fsyncs until no writer waits.
     fn sync_while_waited(&self) {
         loop {
-            let pending = self.ledger().journal.sync_later();
-            let result = pending.and_then(|p| p.sync());
+            let pending = match self.ledger().journal.as_mut() {
+                Some(journal) => journal.sync_later().map_err(|e| e.to_string()),
+                None => Err(LedgerError::Closed.to_string()),
+            };
+            let result = pending.and_then(|p| p.sync().map_err(|e| e.to_string()));
             let mut commit = self.commit();
             match result {
                 Ok(covers) => {
@@ -207,7 +221,6 @@ impl Durable {
                     }
                 }
                 Err(error) => {
-                    let error = error.to_string();
                     for (_, tx) in commit.waiters.drain(..) {
                         let _ = tx.send(Err(error.clone()));
                     }

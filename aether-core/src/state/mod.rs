@@ -968,9 +968,10 @@ impl StateMap {
         self.shared.stats()
     }
 
-    /// Says goodbye to the peers (they see it leave at once) and stops.
-    /// Returns once the goodbye left this process (up to a second while
-    /// the connection is down), so a program may exit right after.
+    /// Says goodbye to the peers (they see it leave at once) and stops,
+    /// closing its ledger (the state directory is free for another
+    /// replica). Returns once the goodbye left this process (up to a second
+    /// while the connection is down), so a program may exit right after.
     pub async fn close(&self) {
         self.shared.say_goodbye().await;
         let _ = self
@@ -980,6 +981,11 @@ impl StateMap {
             .flush(Duration::from_secs(1))
             .await;
         self.shared.stop();
+        // The ledger's directory is free for a replica opened again, in
+        // this process too.
+        if let Some(ledger) = &self.shared.ledger {
+            ledger.ledger().close();
+        }
     }
 }
 

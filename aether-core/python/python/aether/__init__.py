@@ -1,0 +1,649 @@
+"""Aether for Python: waves and replicated maps, in one process or over NATS.
+
+    import aether
+
+    bus = aether.connect()                      # in this process
+    bus = aether.connect("nats://pi:4222")      # over NATS
+    home = bus.map("home", node="pi-01")
+    home["living.temp"] = 24.5
+
+    @home.on_change("living.*")
+    def changed(change):
+        print(change.key, change.old, "->", change.new, "by", change.writer)
+
+Every rule (stamps, last writer wins, tombstones, signatures, sealed
+channels, limits) is the Rust core's. Each blocking call has an asyncio
+form (`*_async`); a blocking call made inside a running event loop raises
+`BlockingInEventLoop` instead of stalling the loop. The user guide's page
+`docs/guide/python.md` says the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import logging
+import threading
+import weakref
+from collections.abc import MutableMapping
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple, TypeVar
+
+from . import _aether
+from ._aether import (
+    BlockingInEventLoop,
+    Change,
+    Closed,
+    ConfigurationError,
+    ConnectionError,
+    Denied,
+    Error,
+    Full,
+    InvalidChannel,
+    InvalidName,
+    InvalidValue,
+    NoResponders,
+    NotOwner,
+    RateLimited,
+    Timeout,
+    TooLarge,
+    Wave,
+    __version__,
+)
+
+__all__ = [
+    "BlockingInEventLoop",
+    "Bus",
+    "Change",
+    "Closed",
+    "ConfigurationError",
+    "ConnectionError",
+    "Denied",
+    "Error",
+    "Full",
+    "InvalidChannel",
+    "InvalidName",
+    "InvalidValue",
+    "Map",
+    "NoResponders",
+    "NodeState",
+    "NotOwner",
+    "RateLimited",
+    "Timeout",
+    "TooLarge",
+    "Vibrator",
+    "Watch",
+    "Wave",
+    "__version__",
+    "connect",
+    "connect_async",
+]
+
+_log = logging.getLogger("aether")
+
+# At exit, blocking calls end and handler threads stop before the
+# interpreter goes: a thread it stopped while it waited in the core would
+# abort the process.
+_buses: "weakref.WeakSet[Bus]" = weakref.WeakSet()
+_watches: "weakref.WeakSet[Watch]" = weakref.WeakSet()
+
+
+@atexit.register
+def _at_exit() -> None:
+    for watch in list(_watches):
+        watch.close()
+    _aether._exiting(1.0)
+    for bus in list(_buses):
+        bus.close()
+
+Handler = TypeVar("Handler", bound=Callable[[Change], Any])
+
+
+def _blocking(what: str) -> None:
+    """Refuses a blocking call from a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise BlockingInEventLoop(
+        f"{what} blocks, and this thread runs an asyncio event loop: "
+        f"await {what}_async(...) instead"
+    )
+
+
+def connect(
+    url: Optional[str] = None,
+    *,
+    name: Optional[str] = None,
+    config_dir: Optional[str] = None,
+    token: Optional[str] = None,
+    user: Optional[str] = None,
+    password: Optional[str] = None,
+    creds: Optional[str] = None,
+    tls_ca: Optional[str] = None,
+    tls_cert: Optional[str] = None,
+    tls_key: Optional[str] = None,
+) -> "Bus":
+    """A bus: in this process (no URL, or "embedded"), over the NATS servers
+    of `url` ("nats://host:4222", several separated by commas), or over
+    those of a settings folder's `[aether.nats] urls` (`config_dir`, with
+    its `[aether]` section and `AETHER__*` variables under the arguments)."""
+    _blocking("connect")
+    return Bus(
+        _aether.connect(
+            url,
+            name=name,
+            config_dir=config_dir,
+            token=token,
+            user=user,
+            password=password,
+            creds=creds,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+        )
+    )
+
+
+async def connect_async(
+    url: Optional[str] = None,
+    *,
+    name: Optional[str] = None,
+    config_dir: Optional[str] = None,
+    token: Optional[str] = None,
+    user: Optional[str] = None,
+    password: Optional[str] = None,
+    creds: Optional[str] = None,
+    tls_ca: Optional[str] = None,
+    tls_cert: Optional[str] = None,
+    tls_key: Optional[str] = None,
+) -> "Bus":
+    """`connect`, for asyncio."""
+    raw = await _aether.connect(
+        url,
+        name=name,
+        config_dir=config_dir,
+        token=token,
+        user=user,
+        password=password,
+        creds=creds,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        async_=True,
+    )
+    return Bus(raw)
+
+
+class Bus:
+    """An aether: the bus this script is on. `with aether.connect() as bus:`
+    drains it at the end (what was emitted leaves the process first)."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        _buses.add(self)
+
+    @property
+    def name(self) -> str:
+        """Its instance name (`name=`)."""
+        return str(self._raw.name)
+
+    @property
+    def medium(self) -> str:
+        """`embedded` or `nats`."""
+        return str(self._raw.medium)
+
+    @property
+    def state(self) -> str:
+        """`embedded`, `connected`, `disconnected` or `closed`."""
+        return str(self._raw.state)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._raw.closed)
+
+    def vibrator(
+        self,
+        name: str,
+        *,
+        noise_floor: Optional[float] = None,
+        queue_capacity: Optional[int] = None,
+    ) -> "Vibrator":
+        """A vibrator named `name`: the source of the waves it emits."""
+        return Vibrator(
+            self._raw.vibrator(name, noise_floor=noise_floor, queue_capacity=queue_capacity)
+        )
+
+    def map(self, name: str, *, node: Optional[str] = None, dir: Optional[str] = None) -> "Map":
+        """A replica of map `name`, once it has a live peer's state (up to
+        `[aether.state] ready_timeout_ms`, 2 s); `node` names this replica
+        (the writer of its changes), `dir` keeps it on disk in `dir/name`."""
+        _blocking("map")
+        return Map(self._raw.map(name, node=node, dir=dir))
+
+    async def map_async(
+        self, name: str, *, node: Optional[str] = None, dir: Optional[str] = None
+    ) -> "Map":
+        """`map`, for asyncio."""
+        return Map(await self._raw.map(name, node=node, dir=dir, async_=True))
+
+    def node_state(self, name: str, node: str, *, dir: Optional[str] = None) -> "NodeState":
+        """Node `node`'s replica of the node-owned map `name`."""
+        _blocking("node_state")
+        return NodeState(self._raw.node_state(name, node, dir=dir))
+
+    def stats(self) -> Dict[str, Any]:
+        """Waves emitted, delivered, dropped by reason; the connection."""
+        return dict(self._raw.stats())
+
+    def drain(self, timeout: float = 5.0) -> None:
+        """Waits up to `timeout` seconds until what was emitted left this
+        process, then closes."""
+        _blocking("drain")
+        self._raw.drain(timeout)
+
+    def close(self) -> None:
+        """Closes at once; what is still unsent is dropped, and counted."""
+        self._raw.close()
+
+    def __enter__(self) -> "Bus":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.closed:
+            self.drain()
+
+    async def __aenter__(self) -> "Bus":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Bus(name={self.name!r}, medium={self.medium!r}, state={self.state!r})"
+
+
+class Vibrator:
+    """Emits waves, resonates on channel patterns, receives what they match.
+
+    `for wave in vibrator:` receives until the bus closes; `async for` too.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        # Waves taken for an asyncio receive that was cancelled: handed out
+        # first, never lost.
+        self._kept: Deque[Wave] = collections.deque()
+
+    @property
+    def name(self) -> str:
+        return str(self._raw.name)
+
+    def emit(
+        self,
+        channel: str,
+        payload: Any = None,
+        *,
+        amplitude: float = 1.0,
+        phase: float = 0.0,
+        key: Optional[str] = None,
+    ) -> str:
+        """Emits `payload` (any JSON value, or `bytes` as they are) on
+        `channel`; returns the wave's id."""
+        _blocking("emit")
+        return str(self._raw.emit(channel, payload, amplitude=amplitude, phase=phase, key=key))
+
+    async def emit_async(
+        self,
+        channel: str,
+        payload: Any = None,
+        *,
+        amplitude: float = 1.0,
+        phase: float = 0.0,
+        key: Optional[str] = None,
+    ) -> str:
+        """`emit`, for asyncio."""
+        return str(
+            await self._raw.emit(
+                channel, payload, amplitude=amplitude, phase=phase, key=key, async_=True
+            )
+        )
+
+    def resonate(self, pattern: str, *, group: Optional[str] = None) -> "Vibrator":
+        """Resonates on `pattern` (`*` one token, `>` the rest), alone or in
+        `group` (each wave to one member); returns itself."""
+        self._raw.resonate(pattern, group)
+        return self
+
+    def stop_resonating(self, pattern: str) -> None:
+        self._raw.stop_resonating(pattern)
+
+    def receive(self, timeout: Optional[float] = None) -> Optional[Wave]:
+        """The next wave, waiting up to `timeout` seconds (None: until one
+        comes); None when none came in time or the bus closed. Ctrl-C
+        interrupts the wait."""
+        _blocking("receive")
+        if self._kept:
+            return self._kept.popleft()
+        try:
+            return self._raw.receive(timeout)  # type: ignore[no-any-return]
+        except Closed:
+            return None  # the interpreter exits: as if the bus closed
+
+    async def receive_async(self) -> Optional[Wave]:
+        """The next wave; None when the bus closed. Cancelling it loses no
+        wave."""
+        if self._kept:
+            return self._kept.popleft()
+        wave = await self._raw._receive_async(self._keep)
+        return wave  # type: ignore[no-any-return]
+
+    def _keep(self, wave: Optional[Wave]) -> None:
+        if wave is not None:
+            self._kept.append(wave)
+
+    def try_receive(self) -> Optional[Wave]:
+        """A wave already queued, or None at once."""
+        if self._kept:
+            return self._kept.popleft()
+        return self._raw.try_receive()  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[Wave]:
+        return self
+
+    def __next__(self) -> Wave:
+        wave = self.receive()
+        if wave is None:
+            raise StopIteration
+        return wave
+
+    def __aiter__(self) -> "Vibrator":
+        return self
+
+    async def __anext__(self) -> Wave:
+        wave = await self.receive_async()
+        if wave is None:
+            raise StopAsyncIteration
+        return wave
+
+    def request(
+        self,
+        channel: str,
+        payload: Any = None,
+        *,
+        timeout: float = 5.0,
+        key: Optional[str] = None,
+    ) -> Wave:
+        """Emits a request and waits for the first reply: `NoResponders`
+        when nobody resonates on `channel`, `Timeout` when no reply came."""
+        _blocking("request")
+        return self._raw.request(channel, payload, timeout=timeout, key=key)  # type: ignore[no-any-return]
+
+    async def request_async(
+        self,
+        channel: str,
+        payload: Any = None,
+        *,
+        timeout: float = 5.0,
+        key: Optional[str] = None,
+    ) -> Wave:
+        """`request`, for asyncio."""
+        return await self._raw.request(channel, payload, timeout=timeout, key=key, async_=True)  # type: ignore[no-any-return]
+
+    def reply(self, request: Wave, payload: Any = None) -> str:
+        """Replies to `request` (a wave with `is_request`)."""
+        _blocking("reply")
+        return str(self._raw.reply(request, payload))
+
+    async def reply_async(self, request: Wave, payload: Any = None) -> str:
+        """`reply`, for asyncio."""
+        return str(await self._raw.reply(request, payload, async_=True))
+
+    def stats(self) -> Dict[str, Any]:
+        """Emitted, delivered to it, dropped by reason."""
+        return dict(self._raw.stats())
+
+    def __repr__(self) -> str:
+        return f"Vibrator({self.name!r})"
+
+
+T = TypeVar("T")
+
+
+class Watch:
+    """Changes (or presence events) as they come: `for change in watch:`
+    blocks, `async for` awaits, `next(timeout)` waits a bounded time;
+    `close()` ends them."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._kept: Deque[Any] = collections.deque()
+        _watches.add(self)
+
+    def next(self, timeout: Optional[float] = None) -> Optional[Any]:
+        """The next one, waiting up to `timeout` seconds; None when the time
+        passed or the watch ended."""
+        _blocking("next")
+        if self._kept:
+            return self._kept.popleft()
+        try:
+            _ended, item = self._raw._next(timeout)
+        except Closed:
+            return None  # the interpreter exits
+        return item
+
+    def __iter__(self) -> "Watch":
+        return self
+
+    def __next__(self) -> Any:
+        if self._kept:
+            return self._kept.popleft()
+        try:
+            ended, item = self._raw._next(None)
+        except Closed:
+            raise StopIteration from None  # the interpreter exits
+        if ended:
+            raise StopIteration
+        return item
+
+    def __aiter__(self) -> "Watch":
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._kept:
+            return self._kept.popleft()
+        ended, item = await self._raw._next_async(self._keep)
+        if ended:
+            raise StopAsyncIteration
+        return item
+
+    def _keep(self, result: Tuple[bool, Any]) -> None:
+        if result[1] is not None:
+            self._kept.append(result[1])
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+class Map(MutableMapping):  # type: ignore[type-arg]
+    """A replica of a replicated map: a dict of JSON values that every
+    replica shares, the last writer winning per key.
+
+    Reads are local and immediate; a write returns once this replica holds
+    it (and its ledger, with `dir`), and reaches the others in milliseconds.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._handlers: List[Tuple[Watch, threading.Thread]] = []
+        self.handler_errors = 0
+        """Exceptions raised by `on_change` handlers (each logged)."""
+
+    @property
+    def name(self) -> str:
+        return str(self._raw.name)
+
+    @property
+    def node(self) -> str:
+        """This replica's name: the writer of its changes."""
+        return str(self._raw.node)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._raw[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.set(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self.delete(key)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self._raw
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw.keys())
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._raw.get(key, default)
+
+    def keys(self) -> List[str]:  # type: ignore[override]
+        """The keys now (a list: the map may change while one iterates)."""
+        return list(self._raw.keys())
+
+    def items(self) -> List[Tuple[str, Any]]:  # type: ignore[override]
+        """`(key, value)` pairs now."""
+        return list(self._raw.items())
+
+    def values(self) -> List[Any]:  # type: ignore[override]
+        return [value for _, value in self._raw.items()]
+
+    def set(self, key: str, value: Any) -> str:
+        """Sets `key` to `value` (any JSON value); returns the write's stamp."""
+        _blocking("set")
+        return str(self._raw.set(key, value))
+
+    async def set_async(self, key: str, value: Any) -> str:
+        return str(await self._raw.set(key, value, async_=True))
+
+    def delete(self, key: str) -> str:
+        """Deletes `key` (a tombstone every replica learns); returns its stamp."""
+        _blocking("delete")
+        return str(self._raw.delete(key))
+
+    async def delete_async(self, key: str) -> str:
+        return str(await self._raw.delete(key, async_=True))
+
+    def watch(self, pattern: str = ">") -> Watch:
+        """Changes to the keys `pattern` matches (`>` every key, `*` one
+        token, `living.*`), from now on."""
+        return Watch(self._raw.watch(pattern))
+
+    def presence(self) -> Watch:
+        """`("joined" | "left", replica)` as replicas come and go."""
+        return Watch(self._raw.presence())
+
+    def on_change(self, pattern: str = ">") -> Callable[[Handler], Handler]:
+        """Decorates a handler called with each `Change` to the keys
+        `pattern` matches, from now on, in a thread of its own (one per
+        handler, in the order the changes happen here). A handler may write
+        to the map; one that raises is logged and counted in
+        `handler_errors`, and goes on with the next change."""
+
+        def register(handler: Handler) -> Handler:
+            watch = self.watch(pattern)
+
+            def run() -> None:
+                try:
+                    changes = iter(watch)
+                    for change in changes:
+                        try:
+                            handler(change)
+                        except Exception:
+                            self.handler_errors += 1
+                            _log.exception(
+                                "on_change handler %s failed on %r",
+                                getattr(handler, "__name__", handler),
+                                change,
+                            )
+                except Closed:
+                    pass  # the interpreter exits
+
+            thread = threading.Thread(
+                target=run,
+                name=f"aether-{self.name}-{pattern}",
+                daemon=True,
+            )
+            thread.start()
+            self._handlers.append((watch, thread))
+            return handler
+
+        return register
+
+    def peers(self) -> List[str]:
+        """The other replicas heard now."""
+        return list(self._raw.peers())
+
+    def stats(self) -> Dict[str, Any]:
+        """Keys, tombstones, changes applied, refused by reason, peers."""
+        return dict(self._raw.stats())
+
+    def close(self) -> None:
+        """Stops the handlers, says goodbye to the peers and closes."""
+        for watch, _ in self._handlers:
+            watch.close()
+        for _, thread in self._handlers:
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
+        self._handlers.clear()
+        self._raw.close()
+
+    def __repr__(self) -> str:
+        return repr(self._raw)
+
+
+class NodeState:
+    """Node-owned state: this node writes only its own keys, reads any
+    node's, and sees who is there (`peers()`)."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.map = Map(raw.map)
+        """The map underneath: node `n`'s `key` is `node/n/key`."""
+
+    @property
+    def node(self) -> str:
+        return str(self._raw.node)
+
+    def update(self, key: str, value: Any) -> str:
+        """Sets this node's `key` to `value` (any JSON value)."""
+        _blocking("update")
+        return str(self._raw.update(key, value))
+
+    async def update_async(self, key: str, value: Any) -> str:
+        return str(await self._raw.update(key, value, async_=True))
+
+    def remove(self, key: str) -> str:
+        """Deletes this node's `key`."""
+        _blocking("remove")
+        return str(self._raw.remove(key))
+
+    def read(self, node: str, key: str, default: Any = None) -> Any:
+        """Node `node`'s `key`, or `default`."""
+        return self._raw.read(node, key, default)
+
+    def peers(self) -> List[str]:
+        """The other nodes heard now."""
+        return list(self._raw.peers())
+
+    def on_update(self) -> Callable[[Handler], Handler]:
+        """Decorates a handler called with each `Change` of any node's keys
+        (`change.key` is `node/<name>/<key>`), as `Map.on_change`."""
+        return self.map.on_change(">")
+
+    def close(self) -> None:
+        self.map.close()

@@ -1,0 +1,302 @@
+//! `connect`: an aether for Python, embedded in this process or over NATS,
+//! with the programs' settings folder and options.
+
+use std::{path::PathBuf, time::Duration};
+
+use aether_core::{Aether, AetherConfig, Secret};
+use aether_ops::settings::{SettingsSource, Validate};
+use pyo3::{prelude::*, types::PyDict};
+use serde::Deserialize;
+
+use crate::{errors, map, vibrator, wait};
+
+/// The part of a settings folder a script reads: `[aether]`; the programs'
+/// own sections are passed over.
+#[derive(Debug, Default, Deserialize)]
+struct Settings {
+    #[serde(default)]
+    aether: AetherConfig,
+}
+
+impl Validate for Settings {
+    fn validate(&self) -> Result<(), aether_ops::settings::SettingsError> {
+        aether_ops::settings::validate_section("aether", &self.aether)
+    }
+}
+
+/// How to reach the bus, as `connect`'s arguments give it.
+#[derive(Default)]
+pub(crate) struct Options {
+    url: Option<String>,
+    name: Option<String>,
+    config_dir: Option<PathBuf>,
+    token: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    creds: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+impl Options {
+    /// Embedded (no URL and no settings folder, or the URL `embedded`), or
+    /// over NATS; and the settings.
+    fn config(&self) -> PyResult<(bool, AetherConfig)> {
+        let mut config = match &self.config_dir {
+            Some(dir) => {
+                if !dir.join("default.toml").is_file() {
+                    return Err(errors::ConfigurationError::new_err(format!(
+                        "{} has no default.toml: give the folder the programs read",
+                        dir.display()
+                    )));
+                }
+                SettingsSource::from_process(dir)
+                    .load::<Settings>()
+                    .map_err(|e| errors::ConfigurationError::new_err(format!("settings: {e}")))?
+                    .aether
+            }
+            None => AetherConfig::default(),
+        };
+        let nats = match self.url.as_deref() {
+            Some("embedded") => false,
+            Some(urls) => {
+                config.nats.urls = urls.split(',').map(|u| u.trim().to_string()).collect();
+                true
+            }
+            None => self.config_dir.is_some(),
+        };
+        if let Some(name) = &self.name {
+            config.report.instance = Some(name.clone());
+            config.nats.connection_name = Some(format!("aether-python {name}"));
+        } else if config.nats.connection_name.is_none() {
+            config.nats.connection_name = Some(format!("aether-python {}", std::process::id()));
+        }
+        let auth = &mut config.nats.auth;
+        if let Some(creds) = &self.creds {
+            auth.credentials_file = Some(creds.clone());
+        }
+        if let Some(token) = &self.token {
+            auth.token = Some(Secret::new(token.clone()));
+        }
+        if let Some(user) = &self.user {
+            auth.user = Some(user.clone());
+        }
+        if let Some(password) = &self.password {
+            auth.password = Some(Secret::new(password.clone()));
+        }
+        let tls = &mut config.nats.tls;
+        if let Some(ca) = &self.tls_ca {
+            tls.required = true;
+            tls.ca_file = Some(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            tls.required = true;
+            tls.cert_file = Some(cert.clone());
+            tls.key_file = Some(key.clone());
+        }
+        config.validate().map_err(errors::config)?;
+        Ok((nats, config))
+    }
+
+    async fn open(self) -> PyResult<Aether> {
+        let (nats, config) = self.config()?;
+        if nats {
+            Aether::connect(config).await.map_err(errors::connect)
+        } else {
+            Aether::new(config).map_err(errors::config)
+        }
+    }
+}
+
+/// Connects: `connect()` is an aether in this process only; `connect(url)`
+/// one over the NATS servers of `url` (several separated by commas);
+/// `connect(config_dir=...)` one over the servers of that settings
+/// folder's `[aether.nats] urls` (its `[aether]` section and `AETHER__*`
+/// variables apply, under the arguments). `async_=True` gives an asyncio
+/// future instead of waiting.
+#[pyfunction]
+#[pyo3(signature = (url=None, *, name=None, config_dir=None, token=None, user=None, password=None, creds=None, tls_ca=None, tls_cert=None, tls_key=None, async_=false))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn connect<'py>(
+    py: Python<'py>,
+    url: Option<String>,
+    name: Option<String>,
+    config_dir: Option<PathBuf>,
+    token: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    creds: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    async_: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let options = Options {
+        url,
+        name,
+        config_dir,
+        token,
+        user,
+        password,
+        creds,
+        tls_ca,
+        tls_cert,
+        tls_key,
+    };
+    let open = async move { options.open().await.map(Bus::from) };
+    if async_ {
+        wait::future(py, open, None)
+    } else {
+        Ok(Bound::new(py, wait::block(py, open)?)?.into_any())
+    }
+}
+
+/// An aether: the bus a script is on.
+#[pyclass(module = "aether._aether", frozen)]
+pub(crate) struct Bus {
+    pub(crate) aether: Aether,
+}
+
+impl From<Aether> for Bus {
+    fn from(aether: Aether) -> Self {
+        Self { aether }
+    }
+}
+
+#[pymethods]
+impl Bus {
+    /// `embedded` or `nats`.
+    #[getter]
+    fn medium(&self) -> &'static str {
+        match self.aether.connection().state {
+            aether_core::ConnectionState::Embedded => "embedded",
+            _ => "nats",
+        }
+    }
+
+    /// The instance name in reports (`name=`), the default node name of
+    /// its maps.
+    #[getter]
+    fn name(&self) -> String {
+        self.aether.config().report.instance_name()
+    }
+
+    /// The connection: `embedded`, `connected`, `disconnected`, `closed`.
+    #[getter]
+    fn state(&self) -> String {
+        self.aether.connection().state.to_string()
+    }
+
+    /// A vibrator named `name` on this bus.
+    #[pyo3(signature = (name, *, noise_floor=None, queue_capacity=None))]
+    fn vibrator(
+        &self,
+        py: Python<'_>,
+        name: String,
+        noise_floor: Option<f64>,
+        queue_capacity: Option<usize>,
+    ) -> PyResult<vibrator::Vibrator> {
+        let aether = self.aether.clone();
+        wait::block(py, async move {
+            vibrator::Vibrator::create(aether, name, noise_floor, queue_capacity).await
+        })
+    }
+
+    /// A replica of map `name` (waits up to `ready_timeout` for a peer's
+    /// state); `async_=True` gives an asyncio future of it.
+    #[pyo3(signature = (name, *, node=None, dir=None, async_=false))]
+    fn map<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        node: Option<String>,
+        dir: Option<PathBuf>,
+        async_: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let aether = self.aether.clone();
+        let open = async move { map::Map::open(aether, name, node, dir).await };
+        if async_ {
+            wait::future(py, open, None)
+        } else {
+            Ok(Bound::new(py, wait::block(py, open)?)?.into_any())
+        }
+    }
+
+    /// Node `node`'s replica of the node-owned map `name`.
+    #[pyo3(signature = (name, node, *, dir=None))]
+    fn node_state(
+        &self,
+        py: Python<'_>,
+        name: String,
+        node: String,
+        dir: Option<PathBuf>,
+    ) -> PyResult<map::NodeState> {
+        let aether = self.aether.clone();
+        let (state, map) = wait::block(py, async move {
+            map::NodeState::open(aether, name, node, dir).await
+        })?;
+        map::NodeState::new(py, state, map)
+    }
+
+    /// What this aether did: waves emitted, delivered, dropped by reason,
+    /// and its connection.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = stats_dict(py, &self.aether.stats())?;
+        let connection = self.aether.connection();
+        out.set_item("connection", connection.state.to_string())?;
+        out.set_item("outbox", connection.outbox_len)?;
+        out.set_item("unsent", connection.unsent())?;
+        Ok(out)
+    }
+
+    /// Waits until what was emitted left this process (up to `timeout`
+    /// seconds), then closes.
+    #[pyo3(signature = (timeout=5.0))]
+    fn drain(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+        let aether = self.aether.clone();
+        let timeout = seconds(timeout)?;
+        wait::block(py, async move {
+            aether.drain(timeout).await.map_err(errors::emit)
+        })
+    }
+
+    /// Closes at once: what is still unsent is dropped (and counted).
+    fn close(&self) {
+        self.aether.close();
+    }
+
+    /// Whether it was closed.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.aether.is_closed()
+    }
+}
+
+/// `seconds` as a duration, refused when negative or not finite.
+pub(crate) fn seconds(seconds: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(seconds).map_err(|_| {
+        errors::InvalidValue::new_err(format!(
+            "a duration of {seconds} s: it must be a finite number >= 0"
+        ))
+    })
+}
+
+/// A statistics snapshot as a dict: the counts, and `dropped` by reason.
+pub(crate) fn stats_dict<'py>(
+    py: Python<'py>,
+    stats: &aether_core::StatsSnapshot,
+) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    out.set_item("emitted", stats.emitted)?;
+    out.set_item("published", stats.published)?;
+    out.set_item("delivered", stats.delivered)?;
+    out.set_item("unrouted", stats.unrouted)?;
+    out.set_item("rate_limited", stats.rate_limited)?;
+    let dropped = PyDict::new(py);
+    for (reason, count) in stats.drops() {
+        dropped.set_item(reason.as_str(), count)?;
+    }
+    out.set_item("dropped", dropped)?;
+    Ok(out)
+}

@@ -1,0 +1,141 @@
+//! Running the core's futures for Python, on one tokio runtime of the
+//! package's (two worker threads, made at first use):
+//!
+//! - [`block`]: the calling thread waits with the GIL released, so other
+//!   Python threads (a map's handlers) run meanwhile; every 100 ms it takes
+//!   the GIL back to look for signals, so Ctrl-C interrupts a wait with
+//!   `KeyboardInterrupt`, and the future is dropped.
+//! - [`future`]: an asyncio future of the running event loop, resolved from
+//!   the runtime with `call_soon_threadsafe`; no thread waits for it.
+//!   When the asyncio future was cancelled meanwhile, a value that must not
+//!   be lost (a wave taken from a queue) is handed to `keep` instead.
+
+use std::{
+    future::Future,
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use pyo3::{IntoPyObjectExt, prelude::*};
+use tokio::runtime::Runtime;
+
+/// How often a blocking wait looks for signals.
+const SIGNAL_EVERY: Duration = Duration::from_millis(100);
+
+/// The package's runtime.
+pub(crate) fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("aether-runtime")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    })
+}
+
+/// Set once the interpreter exits (`atexit`): blocking calls end at once
+/// with `aether.Closed`, and nothing is handed back to Python any more. A
+/// thread the interpreter would stop while it waits outside the GIL would
+/// abort the process instead of exiting.
+static EXITING: AtomicBool = AtomicBool::new(false);
+/// Threads waiting in [`block`] now.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+
+fn exiting() -> PyErr {
+    crate::errors::Closed::new_err("the interpreter is exiting")
+}
+
+/// Runs `work` to its end on the runtime while this thread waits with the
+/// GIL released; a signal (Ctrl-C) ends the wait with its exception.
+pub(crate) fn block<T, F>(py: Python<'_>, work: F) -> PyResult<T>
+where
+    F: Future<Output = PyResult<T>> + Send,
+    T: Send,
+{
+    if EXITING.load(Ordering::Acquire) {
+        return Err(exiting());
+    }
+    let mut work = Box::pin(work);
+    WAITING.fetch_add(1, Ordering::AcqRel);
+    struct Waiting;
+    impl Drop for Waiting {
+        fn drop(&mut self) {
+            WAITING.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    let _waiting = Waiting;
+    loop {
+        let done = py.detach(|| {
+            runtime().block_on(async { tokio::time::timeout(SIGNAL_EVERY, &mut work).await })
+        });
+        match done {
+            Ok(result) => return result,
+            Err(_) if EXITING.load(Ordering::Acquire) => return Err(exiting()),
+            Err(_) => py.check_signals()?,
+        }
+    }
+}
+
+/// At the interpreter's exit (the package registers it with `atexit`):
+/// blocking calls end, and this waits up to `timeout` seconds for the
+/// threads inside them to leave.
+#[pyfunction]
+pub(crate) fn _exiting(py: Python<'_>, timeout: f64) {
+    EXITING.store(true, Ordering::Release);
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(timeout.clamp(0.0, 10.0));
+    py.detach(|| {
+        while WAITING.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+}
+
+/// An asyncio future of the running event loop, resolved with what `work`
+/// gives; `keep(value)` is called instead (in the event loop) when the
+/// asyncio future was cancelled before it.
+pub(crate) fn future<'py, T, F>(
+    py: Python<'py>,
+    work: F,
+    keep: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+    let event_loop = py
+        .import("asyncio")?
+        .call_method0("get_running_loop")
+        .map_err(|_| {
+            crate::errors::Error::new_err(
+                "an _async call needs a running asyncio event loop (await it in a coroutine)",
+            )
+        })?;
+    let future = event_loop.call_method0("create_future")?;
+    let resolve = py.import("aether._bridge")?.getattr("resolve")?.unbind();
+    let (event_loop, target) = (event_loop.unbind(), future.clone().unbind());
+    runtime().spawn(async move {
+        let result = work.await;
+        if EXITING.load(Ordering::Acquire) {
+            return;
+        }
+        Python::attach(|py| {
+            let (ok, value) = match result.and_then(|value| value.into_py_any(py)) {
+                Ok(value) => (true, value),
+                Err(error) => (false, error.into_value(py).into_any()),
+            };
+            let keep = keep.unwrap_or_else(|| py.None());
+            // A closed loop takes nothing: the program has moved on.
+            let _ = event_loop.call_method1(
+                py,
+                "call_soon_threadsafe",
+                (resolve, target, ok, value, keep),
+            );
+        });
+    });
+    Ok(future)
+}

@@ -1,0 +1,155 @@
+"""Replicated maps from Python, in one process: the dict protocol, changes
+and handlers, node-owned state, ledgers, and what is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import List
+
+import pytest
+
+import aether
+from conftest import eventually
+
+
+def test_a_map_is_a_dict_that_replicas_share(bus: aether.Bus) -> None:
+    home = bus.map("home", node="pi-01")
+    pc = bus.map("home", node="pc")
+    home["living.temp"] = 24.5
+    home["lights"] = {"kitchen": True, "hall": [1, 2, None]}
+    stamp = home.set("flag", "on")
+    assert stamp and stamp != home.set("flag", "on"), "each write its own stamp"
+    eventually(lambda: len(pc) == 3)
+    assert pc["living.temp"] == 24.5
+    assert pc["lights"] == {"kitchen": True, "hall": [1, 2, None]}
+    assert "flag" in pc and "nothing" not in pc
+    assert pc.get("nothing", 7) == 7
+    assert sorted(pc) == ["flag", "lights", "living.temp"]
+    assert sorted(pc.keys()) == sorted(k for k, _ in pc.items())
+    assert dict(pc.items())["flag"] == "on"
+    with pytest.raises(KeyError):
+        pc["nothing"]
+    del pc["flag"]
+    eventually(lambda: "flag" not in home)
+    with pytest.raises(KeyError):
+        del pc["flag"]
+    eventually(lambda: pc.peers() == ["pi-01"] and home.peers() == ["pc"])
+    assert home.stats()["keys"] == 2
+
+
+def test_handlers_hear_changes_and_may_write(bus: aether.Bus) -> None:
+    home = bus.map("home", node="pi-01")
+    pc = bus.map("home", node="pc")
+    heard: List[aether.Change] = []
+
+    @home.on_change("living.*")
+    def lights(change: aether.Change) -> None:
+        heard.append(change)
+        # A handler that writes to the map does not deadlock.
+        home["lights.living"] = change.new is not None and change.new > 25
+
+    pc["living.temp"] = 26.0
+    eventually(lambda: home.get("lights.living") is True)
+    pc["kitchen.temp"] = 30.0  # not living.*: not heard
+    pc["living.temp"] = 20.0
+    eventually(lambda: home.get("lights.living") is False)
+    del pc["living.temp"]
+    eventually(lambda: len(heard) == 3)
+    first, second, third = heard
+    assert (first.key, first.old, first.new, first.writer) == ("living.temp", None, 26.0, "pc")
+    assert (second.old, second.new) == (26.0, 20.0)
+    assert third.deleted and third.new is None and third.old == 20.0
+    assert first.stamp and first.stamp < second.stamp < third.stamp or first.stamp != second.stamp
+
+
+def test_a_handler_that_raises_is_counted_and_goes_on(bus: aether.Bus) -> None:
+    home = bus.map("home")
+    seen: List[str] = []
+
+    @home.on_change()
+    def fragile(change: aether.Change) -> None:
+        seen.append(change.key)
+        if change.key == "bad":
+            raise ValueError("boom")
+
+    home["bad"] = 1
+    home["good"] = 2
+    eventually(lambda: seen == ["bad", "good"])
+    assert home.handler_errors == 1
+    home.close()
+    with pytest.raises(aether.Closed):
+        home["after"] = 1
+
+
+def test_watch_blocking_bounded_and_async(bus: aether.Bus) -> None:
+    home = bus.map("home")
+    watch = home.watch("a.*")
+    home["a.x"] = 1
+    change = watch.next(timeout=5)
+    assert change is not None and change.key == "a.x"
+    assert watch.next(timeout=0.05) is None
+
+    async def main() -> None:
+        w = home.watch(">")
+        await home.set_async("b", 2)
+        got = await asyncio.wait_for(w.__anext__(), 5)
+        assert got.key == "b" and got.new == 2
+        # A cancelled wait loses no change.
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(w.__anext__(), 0.05)
+        await home.set_async("c", 3)
+        await asyncio.sleep(0.1)
+        got = await asyncio.wait_for(w.__anext__(), 5)
+        assert got.key == "c"
+        w.close()
+        with pytest.raises(StopAsyncIteration):
+            await w.__anext__()
+
+    asyncio.run(main())
+
+
+def test_node_state_each_node_writes_its_own(bus: aether.Bus) -> None:
+    kitchen = bus.node_state("sensors", "sensor_kitchen")
+    monitor = bus.node_state("sensors", "monitor")
+    kitchen.update("temperature", "72.5")
+    eventually(lambda: monitor.read("sensor_kitchen", "temperature") == "72.5")
+    assert monitor.read("sensor_kitchen", "humidity", "n/a") == "n/a"
+    eventually(lambda: monitor.peers() == ["sensor_kitchen"])
+    # Another node's key is refused.
+    with pytest.raises(aether.NotOwner):
+        monitor.map["node/sensor_kitchen/temperature"] = "0"
+    kitchen.remove("temperature")
+    eventually(lambda: monitor.read("sensor_kitchen", "temperature") is None)
+
+
+def test_bad_values_are_refused_and_the_map_goes_on(bus: aether.Bus) -> None:
+    home = bus.map("home")
+    with pytest.raises(aether.InvalidValue):
+        home["x"] = {1, 2}
+    with pytest.raises(aether.InvalidValue):
+        home["x"] = float("inf")
+    with pytest.raises(aether.TooLarge):
+        home["x"] = "v" * 40000
+    with pytest.raises(aether.InvalidValue):
+        home[""] = 1
+    with pytest.raises(aether.InvalidName):
+        bus.map("bad name")
+    assert len(home) == 0
+    home["x"] = 1
+    assert home["x"] == 1
+
+
+def test_a_ledger_keeps_the_map_across_a_restart(tmp_path: Path) -> None:
+    first = aether.connect()
+    home = first.map("home", node="pi", dir=str(tmp_path))
+    home["kept"] = {"v": 1}
+    home.close()
+    first.close()
+    assert (tmp_path / "home").is_dir()
+    second = aether.connect()
+    again = second.map("home", node="pi", dir=str(tmp_path))
+    assert again["kept"] == {"v": 1}
+    second.close()

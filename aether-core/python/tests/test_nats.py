@@ -1,0 +1,121 @@
+"""Python beside the Rust programs over a real nats-server of the test's
+own: one map between a Python replica and the `aether` command line, orders
+answered by `aether-service-beta`, a writer killed with SIGKILL, and a bus
+restart under a live subscription."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List
+
+import aether
+from conftest import NatsServer, eventually, program, run
+
+
+def test_a_python_replica_and_a_rust_replica_converge(nats: NatsServer) -> None:
+    bus = aether.connect(nats.url, name="py-home")
+    assert bus.medium == "nats"
+    home = bus.map("home", node="py")
+    heard: List[aether.Change] = []
+    home.on_change()(heard.append)
+    home["living.temp"] = 24.5
+    cli = program("aether")
+    got = run([cli, "--nats", nats.url, "state", "get", "home", "living.temp"])
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout) == 24.5
+    done = run([cli, "--nats", nats.url, "state", "set", "home", "lights", '{"on": true}'])
+    assert done.returncode == 0, done.stderr
+    eventually(lambda: home.get("lights") == {"on": True})
+    eventually(lambda: any(c.key == "lights" and c.writer != "py" for c in heard))
+    # Concurrent writes to one key from both sides end the same everywhere.
+    for n in range(20):
+        home["race"] = f"py-{n}"
+    run([cli, "--nats", nats.url, "state", "set", "home", "race", '"cli"'])
+    listed = eventually(
+        lambda: (
+            lambda out: out.returncode == 0 and json.loads(out.stdout).get("race") == home.get("race") and out
+        )(run([cli, "--nats", nats.url, "state", "list", "home", "--json"]))
+    )
+    assert listed
+    bus.close()
+
+
+def test_python_places_orders_that_beta_answers(nats: NatsServer, tmp_path: Path) -> None:
+    (tmp_path / "default.toml").write_text("")
+    beta = subprocess.Popen(
+        [program("aether-service-beta"), "--nats", nats.url, "--config-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert beta.stdout is not None
+        assert "resonating" in beta.stdout.readline()
+        bus = aether.connect(nats.url)
+        shop = bus.vibrator("py-shop").resonate("inventory.*")
+        for n in range(5):
+            shop.emit("orders.created", {"order_id": f"py-{n}", "item": "gadget", "qty": 1}, key=f"py-{n}")
+        answers = {}
+        while len(answers) < 5:
+            wave = shop.receive(timeout=10)
+            assert wave is not None, answers
+            answers[wave.key] = wave.channel
+        # Beta holds 3 gadgets: three reserved, then insufficient.
+        assert sorted(answers.values()) == ["inventory.insufficient"] * 2 + ["inventory.reserved"] * 3
+        bus.close()
+    finally:
+        beta.send_signal(signal.SIGTERM)
+        beta.wait(timeout=20)
+
+
+def test_a_writer_killed_with_sigkill_keeps_what_it_wrote(tmp_path: Path) -> None:
+    script = (
+        "import aether, sys\n"
+        f"home = aether.connect().map('home', node='pi', dir={str(tmp_path)!r})\n"
+        "n = 0\n"
+        "while True:\n"
+        "    home[f'k{n}'] = n\n"
+        "    print(n, flush=True)\n"
+        "    n += 1\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None
+    last = -1
+    while last < 200:
+        last = int(writer.stdout.readline())
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    bus = aether.connect()
+    home = bus.map("home", node="pi", dir=str(tmp_path))
+    # Every write it said was done is there.
+    missing = [n for n in range(last + 1) if home.get(f"k{n}") != n]
+    assert missing == []
+    bus.close()
+
+
+def test_a_subscription_lives_through_a_server_restart(nats: NatsServer) -> None:
+    bus = aether.connect(nats.url)
+    ear = bus.vibrator("ear").resonate("news")
+    mouth = bus.vibrator("mouth")
+    mouth.emit("news", 1)
+    first = ear.receive(timeout=5)
+    assert first is not None and first.payload == 1
+    nats.stop()
+    eventually(lambda: bus.state == "disconnected")
+    nats.start()
+    eventually(lambda: bus.state == "connected", timeout=15)
+    # Resubscribed: a wave emitted once both are back arrives.
+    def delivered() -> bool:
+        mouth.emit("news", 2)
+        wave = ear.receive(timeout=0.5)
+        return wave is not None and wave.payload == 2
+
+    eventually(delivered, timeout=15)
+    bus.close()

@@ -1,0 +1,163 @@
+"""Waves from Python, in one process: emit, resonate, receive, request and
+reply, groups, statistics; blocking and asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import aether
+
+
+def test_a_wave_goes_from_one_vibrator_to_another(bus: aether.Bus) -> None:
+    shop = bus.vibrator("py-shop")
+    stock = bus.vibrator("py-stock").resonate("orders.*")
+    wave_id = shop.emit("orders.created", {"order_id": 1, "items": ["a", "b"]}, amplitude=0.8, phase=math.pi, key="o-1")
+    wave = stock.receive(timeout=5)
+    assert wave is not None
+    assert wave.channel == "orders.created"
+    assert wave.payload == {"order_id": 1, "items": ["a", "b"]}
+    assert wave.source == "py-shop"
+    assert wave.key == "o-1"
+    assert wave.id == wave_id
+    assert abs(wave.amplitude - 0.8) < 1e-9
+    assert abs(wave.phase - math.pi) < 1e-9
+    # Bytes go as they are; what is not JSON comes back as bytes.
+    shop.emit("orders.raw", b"\x00\xffraw")
+    raw = stock.receive(timeout=5)
+    assert raw is not None and raw.payload == b"\x00\xffraw" and raw.data == b"\x00\xffraw"
+    # Nothing more: a bounded receive gives None.
+    assert stock.receive(timeout=0.05) is None
+    assert stock.stats()["delivered"] == 2
+    assert shop.stats()["emitted"] == 2
+
+
+def test_iteration_and_groups(bus: aether.Bus) -> None:
+    shop = bus.vibrator("shop")
+    members = [bus.vibrator(f"worker-{i}").resonate("jobs.>", group="workers") for i in range(2)]
+    for n in range(10):
+        shop.emit("jobs.run.now", n)
+    taken = []
+    for member in members:
+        while True:
+            wave = member.receive(timeout=0.2)
+            if wave is None:
+                break
+            taken.append(wave.payload)
+    # Each job to one member of the group.
+    assert sorted(taken) == list(range(10))
+    # `for wave in vibrator` ends when the bus closes.
+    listener = bus.vibrator("listener").resonate("news")
+    shop.emit("news", "first")
+    seen = []
+    closer = threading.Timer(0.3, bus.close)
+    closer.start()
+    for wave in listener:
+        seen.append(wave.payload)
+    assert seen == ["first"]
+
+
+def test_request_and_reply_across_threads(bus: aether.Bus) -> None:
+    server = bus.vibrator("quote").resonate("billing.quote")
+
+    def answer() -> None:
+        wave = server.receive(timeout=5)
+        assert wave is not None and wave.is_request
+        server.reply(wave, {"total": wave.payload["qty"] * 3})
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    client = bus.vibrator("client")
+    reply = client.request("billing.quote", {"qty": 4}, timeout=5)
+    thread.join()
+    assert reply.payload == {"total": 12}
+    with pytest.raises(aether.NoResponders):
+        client.request("nobody.here", {}, timeout=1)
+
+
+def test_bad_input_is_refused_and_nothing_is_sent(bus: aether.Bus) -> None:
+    shop = bus.vibrator("shop")
+    ear = bus.vibrator("ear").resonate(">")
+    with pytest.raises(aether.InvalidChannel):
+        shop.emit("orders.*", 1)
+    with pytest.raises(aether.InvalidChannel):
+        shop.emit("", 1)
+    with pytest.raises(aether.InvalidValue):
+        shop.emit("orders.x", {1, 2})
+    with pytest.raises(aether.InvalidValue):
+        shop.emit("orders.x", {"t": float("nan")})
+    with pytest.raises(aether.InvalidValue):
+        shop.emit("orders.x", object())
+    with pytest.raises(aether.InvalidValue):
+        shop.emit("orders.x", 1, amplitude=2.0)
+    with pytest.raises(aether.InvalidValue):
+        ear.receive(timeout=-1)
+    with pytest.raises(aether.InvalidName):
+        bus.vibrator("bad name!")
+    with pytest.raises(aether.InvalidChannel):
+        ear.resonate("a..b")
+    assert ear.receive(timeout=0.1) is None
+    assert isinstance(aether.InvalidChannel("x"), aether.Error)
+    # The bus goes on.
+    shop.emit("orders.ok", 1)
+    wave = ear.receive(timeout=5)
+    assert wave is not None and wave.payload == 1
+
+
+def test_asyncio_receive_emit_and_request() -> None:
+    async def main() -> None:
+        bus = await aether.connect_async()
+        shop = bus.vibrator("shop")
+        ear = bus.vibrator("ear").resonate("orders.*")
+        await shop.emit_async("orders.created", {"n": 1})
+        wave = await asyncio.wait_for(ear.receive_async(), 5)
+        assert wave is not None and wave.payload == {"n": 1}
+        # A cancelled receive loses no wave.
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ear.receive_async(), 0.05)
+        await shop.emit_async("orders.created", {"n": 2})
+        await asyncio.sleep(0.1)
+        wave = await asyncio.wait_for(ear.receive_async(), 5)
+        assert wave is not None and wave.payload == {"n": 2}
+        # async for, ended by closing the bus.
+        await shop.emit_async("orders.created", {"n": 3})
+        asyncio.get_running_loop().call_later(0.2, bus.close)
+        seen = [w.payload async for w in ear]
+        assert seen == [{"n": 3}]
+        # A blocking call in the loop is refused, not stalled.
+        with pytest.raises(aether.BlockingInEventLoop):
+            shop.emit("orders.created", 1)
+        with pytest.raises(aether.BlockingInEventLoop):
+            aether.connect()
+
+    asyncio.run(main())
+
+
+def test_ctrl_c_interrupts_a_blocking_receive() -> None:
+    script = (
+        "import aether, sys\n"
+        "v = aether.connect().vibrator('w').resonate('x')\n"
+        "print('ready', flush=True)\n"
+        "try:\n"
+        "    v.receive()\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+        "    sys.exit(3)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    started = time.monotonic()
+    child.send_signal(signal.SIGINT)
+    assert child.wait(timeout=5) == 3
+    assert child.stdout.read().strip() == "interrupted"
+    assert time.monotonic() - started < 2
