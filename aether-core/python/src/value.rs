@@ -12,8 +12,99 @@ use pyo3::{
 
 use crate::errors::InvalidValue;
 
+/// How deep a value may nest.
+const MAX_DEPTH: usize = 128;
+
+/// Why the direct encoding stopped.
+enum Fast {
+    /// A type it does not write: the general path takes it.
+    Unsupported,
+    /// A value JSON cannot hold.
+    Invalid(String),
+}
+
+/// Writes `value` as JSON straight into `out` for the plain types (`None`,
+/// bool, str, int within 64 bits, float, list, tuple, dict with str keys),
+/// the bulk of what scripts send.
+fn encode(value: &Bound<'_, PyAny>, out: &mut Vec<u8>, depth: usize) -> Result<(), Fast> {
+    use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+    if depth > MAX_DEPTH {
+        return Err(Fast::Invalid(format!(
+            "a value nested deeper than {MAX_DEPTH}"
+        )));
+    }
+    if value.is_none() {
+        out.extend_from_slice(b"null");
+    } else if let Ok(b) = value.cast_exact::<PyBool>() {
+        out.extend_from_slice(if b.is_true() { b"true" } else { b"false" });
+    } else if let Ok(s) = value.cast_exact::<PyString>() {
+        let text = s.to_cow().map_err(|e| Fast::Invalid(e.to_string()))?;
+        serde_json::to_writer(&mut *out, &*text).map_err(|e| Fast::Invalid(e.to_string()))?;
+    } else if let Ok(i) = value.cast_exact::<PyInt>() {
+        if let Ok(n) = i.extract::<i64>() {
+            out.extend_from_slice(n.to_string().as_bytes());
+        } else if let Ok(n) = i.extract::<u64>() {
+            out.extend_from_slice(n.to_string().as_bytes());
+        } else {
+            return Err(Fast::Unsupported);
+        }
+    } else if let Ok(f) = value.cast_exact::<PyFloat>() {
+        let f = f.value();
+        if !f.is_finite() {
+            return Err(Fast::Invalid("NaN or an infinity".to_string()));
+        }
+        serde_json::to_writer(&mut *out, &f).map_err(|e| Fast::Invalid(e.to_string()))?;
+    } else if let Ok(list) = value.cast_exact::<PyList>() {
+        out.push(b'[');
+        for (n, item) in list.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            encode(&item, out, depth + 1)?;
+        }
+        out.push(b']');
+    } else if let Ok(tuple) = value.cast_exact::<PyTuple>() {
+        out.push(b'[');
+        for (n, item) in tuple.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            encode(&item, out, depth + 1)?;
+        }
+        out.push(b']');
+    } else if let Ok(dict) = value.cast_exact::<PyDict>() {
+        out.push(b'{');
+        for (n, (key, item)) in dict.iter().enumerate() {
+            let Ok(key) = key.cast_exact::<PyString>() else {
+                return Err(Fast::Unsupported);
+            };
+            if n > 0 {
+                out.push(b',');
+            }
+            let key = key.to_cow().map_err(|e| Fast::Invalid(e.to_string()))?;
+            serde_json::to_writer(&mut *out, &*key).map_err(|e| Fast::Invalid(e.to_string()))?;
+            out.push(b':');
+            encode(&item, out, depth + 1)?;
+        }
+        out.push(b'}');
+    } else {
+        return Err(Fast::Unsupported);
+    }
+    Ok(())
+}
+
 /// `value` as JSON, its bytes.
 pub(crate) fn to_json(value: &Bound<'_, PyAny>) -> PyResult<Bytes> {
+    let mut out = Vec::with_capacity(128);
+    match encode(value, &mut out, 0) {
+        Ok(()) => return Ok(Bytes::from(out)),
+        Err(Fast::Invalid(problem)) => {
+            return Err(InvalidValue::new_err(format!(
+                "{problem} cannot be sent as JSON"
+            )));
+        }
+        Err(Fast::Unsupported) => {}
+    }
     let json: serde_json::Value = pythonize::depythonize(value).map_err(|e| {
         InvalidValue::new_err(format!("{} cannot be sent as JSON: {e}", type_name(value)))
     })?;
@@ -34,13 +125,17 @@ pub(crate) fn payload(value: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     to_json(value)
 }
 
-/// What `bytes` hold: the value when they are JSON, else the bytes.
+/// What `bytes` hold: the value when they are JSON, else the bytes. Read
+/// by Python's own `json.loads`, so numbers come back as Python writes them.
 pub(crate) fn from_bytes<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-    match serde_json::from_slice::<serde_json::Value>(bytes) {
-        Ok(json) => Ok(
-            pythonize::pythonize(py, &json).map_err(|e| InvalidValue::new_err(e.to_string()))?
-        ),
-        Err(_) => Ok(PyBytes::new(py, bytes).into_any()),
+    static LOADS: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+    let loads = LOADS.get_or_try_init(py, || {
+        py.import("json")?.getattr("loads").map(Bound::unbind)
+    })?;
+    let raw = PyBytes::new(py, bytes);
+    match loads.bind(py).call1((&raw,)) {
+        Ok(value) => Ok(value),
+        Err(_) => Ok(raw.into_any()),
     }
 }
 

@@ -1,7 +1,8 @@
 //! Running the core's futures for Python, on one tokio runtime of the
 //! package's (two worker threads, made at first use):
 //!
-//! - [`block`]: the calling thread waits with the GIL released, so other
+//! - [`block`]: a call that ends at once is done in the calling thread;
+//!   otherwise the calling thread waits with the GIL released, so other
 //!   Python threads (a map's handlers) run meanwhile; every 100 ms it takes
 //!   the GIL back to look for signals, so Ctrl-C interrupts a wait with
 //!   `KeyboardInterrupt`, and the future is dropped.
@@ -16,6 +17,7 @@ use std::{
         OnceLock,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
@@ -61,6 +63,16 @@ where
         return Err(exiting());
     }
     let mut work = Box::pin(work);
+    // Most calls end without waiting (an emit handed to the connection, a
+    // write to a map in memory): polled once here, in the runtime's
+    // context and with the GIL held, they cost no thread switch.
+    {
+        let _context = runtime().enter();
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Poll::Ready(result) = work.as_mut().poll(&mut cx) {
+            return result;
+        }
+    }
     WAITING.fetch_add(1, Ordering::AcqRel);
     struct Waiting;
     impl Drop for Waiting {

@@ -161,3 +161,46 @@ def test_ctrl_c_interrupts_a_blocking_receive() -> None:
     assert child.wait(timeout=5) == 3
     assert child.stdout.read().strip() == "interrupted"
     assert time.monotonic() - started < 2
+
+
+def test_values_arrive_as_json_would_carry_them(bus: aether.Bus) -> None:
+    import json
+    import random
+
+    shop = bus.vibrator("shop")
+    ear = bus.vibrator("ear").resonate("values")
+    fixed = [
+        None, True, False, 0, -1, 2**63 - 1, 2**64 - 1, -(2**63), 1.5, -0.0, 1e300, 5e-324,
+        "", "é\u2028\"\\\n\t\x00", "🜁", [], {}, [1, [2, [3]]], (1, "a"), {"k": {"n": [None, 1.25]}},
+    ]
+    rng = random.Random(7)
+
+    def value(depth: int = 0) -> object:
+        kind = rng.randrange(7 if depth < 4 else 4)
+        if kind == 0:
+            return rng.randrange(-(2**40), 2**40)
+        if kind == 1:
+            return rng.uniform(-1e6, 1e6)
+        if kind == 2:
+            return "".join(chr(rng.randrange(0, 0x3000)) for _ in range(rng.randrange(8)))
+        if kind == 3:
+            return rng.choice([None, True, False])
+        if kind == 4:
+            return [value(depth + 1) for _ in range(rng.randrange(4))]
+        if kind == 5:
+            return tuple(value(depth + 1) for _ in range(rng.randrange(4)))
+        return {f"k{i}": value(depth + 1) for i in range(rng.randrange(4))}
+
+    for sent in fixed + [value() for _ in range(300)]:
+        shop.emit("values", sent)
+        wave = ear.receive(timeout=5)
+        assert wave is not None
+        assert wave.payload == json.loads(json.dumps(sent)), sent
+    # Past 64 bits, and keys that are not strings: as the general path says.
+    with pytest.raises(aether.InvalidValue):
+        shop.emit("values", {"deep": [[[[[]]]]] * 1, "x": [[]] * 2, "big": 2**70})
+    deep: object = 1
+    for _ in range(200):
+        deep = [deep]
+    with pytest.raises(aether.InvalidValue):
+        shop.emit("values", deep)

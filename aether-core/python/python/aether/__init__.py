@@ -99,11 +99,14 @@ def _at_exit() -> None:
 Handler = TypeVar("Handler", bound=Callable[[Change], Any])
 
 
+# asyncio's own check for a running loop, without raising when there is
+# none (it is called on every blocking call).
+_running_loop = asyncio.events._get_running_loop
+
+
 def _blocking(what: str) -> None:
     """Refuses a blocking call from a running event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
+    if _running_loop() is None:
         return
     raise BlockingInEventLoop(
         f"{what} blocks, and this thread runs an asyncio event loop: "
