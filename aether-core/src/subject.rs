@@ -43,6 +43,14 @@ fn catch_up_map(channel: &str) -> Option<&str> {
         .filter(|map| !map.is_empty() && !map.split('.').any(|t| t == "*" || t == ">"))
 }
 
+/// Whether waves on `channel` travel where no observer of the bus hears
+/// them: a map's catch-up requests (outside `<prefix>.>`). They are not
+/// counted as published, so that a gateway's reconciliation of what an
+/// instance published with what it observed stays exact.
+pub(crate) fn unobservable(channel: &Channel) -> bool {
+    catch_up_map(channel.as_str()).is_some()
+}
+
 /// The subject a wave on `channel` is published to.
 pub fn channel_subject(prefix: &str, channel: &Channel) -> String {
     if let Some(map) = catch_up_map(channel.as_str()) {

@@ -931,7 +931,7 @@ impl Emitter {
         let _span = crate::spans::emitting(wave, &self.name);
         let dropped = self.aether.check(wave, now_ns)?;
         self.inbox.stats().emitted();
-        if dropped.is_some() {
+        if dropped.is_some() || crate::subject::unobservable(wave.channel()) {
             self.inbox.stats().unpublished();
         }
         Ok(dropped)

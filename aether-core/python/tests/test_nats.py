@@ -119,3 +119,46 @@ def test_a_subscription_lives_through_a_server_restart(nats: NatsServer) -> None
 
     eventually(delivered, timeout=15)
     bus.close()
+
+
+def test_a_partitioned_python_replica_converges_with_a_rust_one(nats: NatsServer) -> None:
+    from conftest import Proxy
+
+    proxy = Proxy(nats.port)
+    cli = program("aether")
+    # A Rust replica that stays: the command line watching the map.
+    watcher = subprocess.Popen(
+        [cli, "--nats", nats.url, "state", "watch", "home"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        bus = aether.connect(proxy.url, name="py-part")
+        home = bus.map("home", node="py")
+        home["before"] = 1
+        eventually(lambda: json.loads(run([cli, "--nats", nats.url, "state", "get", "home", "before"]).stdout or "null") == 1)
+        proxy.cut()
+        eventually(lambda: bus.state == "disconnected")
+        # Both sides write while apart, one key on both.
+        for n in range(50):
+            home[f"py.{n}"] = n
+        home["both"] = "python"
+        assert run([cli, "--nats", nats.url, "state", "set", "home", "rust.1", "1"]).returncode == 0
+        assert run([cli, "--nats", nats.url, "state", "set", "home", "both", '"rust"']).returncode == 0
+        proxy.heal()
+        eventually(lambda: bus.state == "connected", timeout=15)
+
+        def converged() -> bool:
+            listed = run([cli, "--nats", nats.url, "state", "list", "home", "--json"])
+            if listed.returncode != 0:
+                return False
+            theirs = json.loads(listed.stdout)
+            return bool(theirs == dict(home.items()) and len(theirs) == 53)
+
+        eventually(converged, timeout=20, every=0.5)
+        assert home["rust.1"] == 1 and home["both"] in ("python", "rust")
+        bus.close()
+    finally:
+        watcher.kill()
+        watcher.wait()
+        proxy.close()
