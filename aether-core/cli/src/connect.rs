@@ -1,28 +1,13 @@
 //! Reaching the bus: the settings directory's `[aether]` section if given,
 //! the flags over it, and errors that say what to do.
 
-use aether_core::{Aether, AetherConfig, ConnectErrorKind, Secret};
-use aether_ops::settings::{SettingsSource, Validate};
-use serde::Deserialize;
+use aether_core::{Aether, AetherConfig, ConnectErrorKind};
+use aether_ops::settings::client::{Access, aether_section};
 
 use crate::{Failure, cli::Connection};
 
 /// The server when none is given.
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
-
-/// The part of the programs' settings this tool reads: `[aether]`; other
-/// sections are the programs' own and are passed over.
-#[derive(Debug, Default, Deserialize)]
-struct Settings {
-    #[serde(default)]
-    aether: AetherConfig,
-}
-
-impl Validate for Settings {
-    fn validate(&self) -> Result<(), aether_ops::settings::SettingsError> {
-        aether_ops::settings::validate_section("aether", &self.aether)
-    }
-}
 
 /// The aether's settings: the directory's, then the flags.
 pub fn config(connection: &Connection) -> Result<AetherConfig, Failure> {
@@ -34,10 +19,7 @@ pub fn config(connection: &Connection) -> Result<AetherConfig, Failure> {
                     dir.display()
                 )));
             }
-            SettingsSource::from_process(dir)
-                .load::<Settings>()
-                .map_err(|e| Failure::usage(format!("settings: {e}")))?
-                .aether
+            aether_section(dir).map_err(|e| Failure::usage(format!("settings: {e}")))?
         }
         None => AetherConfig::default(),
     };
@@ -46,29 +28,16 @@ pub fn config(connection: &Connection) -> Result<AetherConfig, Failure> {
     } else if config.nats.urls.is_empty() || connection.config_dir.is_none() {
         config.nats.urls = vec![DEFAULT_URL.to_string()];
     }
-    let auth = &mut config.nats.auth;
-    if let Some(creds) = &connection.creds {
-        auth.credentials_file = Some(creds.clone());
+    Access {
+        creds: connection.creds.clone(),
+        token: connection.token.clone(),
+        user: connection.user.clone(),
+        password: connection.password.clone(),
+        tls_ca: connection.tls_ca.clone(),
+        tls_cert: connection.tls_cert.clone(),
+        tls_key: connection.tls_key.clone(),
     }
-    if let Some(token) = &connection.token {
-        auth.token = Some(Secret::new(token.clone()));
-    }
-    if let Some(user) = &connection.user {
-        auth.user = Some(user.clone());
-    }
-    if let Some(password) = &connection.password {
-        auth.password = Some(Secret::new(password.clone()));
-    }
-    let tls = &mut config.nats.tls;
-    if let Some(ca) = &connection.tls_ca {
-        tls.required = true;
-        tls.ca_file = Some(ca.clone());
-    }
-    if let (Some(cert), Some(key)) = (&connection.tls_cert, &connection.tls_key) {
-        tls.required = true;
-        tls.cert_file = Some(cert.clone());
-        tls.key_file = Some(key.clone());
-    }
+    .apply(&mut config);
     // A tool that comes and goes: it tries once, and says so if it cannot.
     config.nats.retry_on_initial_connect = false;
     config.nats.connection_name = Some(format!("aether-cli {}", std::process::id()));

@@ -140,10 +140,19 @@ pub async fn emit(connection: &Connection, args: EmitArgs) -> Result<(), Failure
     };
     // Every accepted wave leaves before the process does, or is counted as
     // abandoned. A signal during the wait stops it.
+    let waiting = aether.connection().unsent();
+    if waiting > 0 && stop.signal().is_some() {
+        eprintln!(
+            "interrupted: waiting up to {:?} for {waiting} unsent waves (again to abandon them)",
+            args.wait
+        );
+    }
+    let wait_started = tokio::time::Instant::now();
     tokio::select! {
         _ = aether.flush(args.wait) => {}
         () = stop.wait_again() => {}
     }
+    let waited = wait_started.elapsed();
     let unsent = aether.connection().unsent();
     let plural = |n: u64| if n == 1 { "" } else { "s" };
     if unsent > 0 {
@@ -157,11 +166,11 @@ pub async fn emit(connection: &Connection, args: EmitArgs) -> Result<(), Failure
         };
         return Err(Failure {
             message: format!(
-                "{cause}{sent} wave{} accepted on {}, {unsent} not sent after waiting {:?} for \
+                "{cause}{sent} wave{} accepted on {}, {unsent} not sent after waiting {:.1?} for \
                  the connection: abandoned",
                 plural(sent),
                 args.channel,
-                args.wait
+                waited.min(args.wait)
             ),
             status,
         });

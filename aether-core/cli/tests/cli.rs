@@ -181,7 +181,7 @@ async fn emit_counts_what_it_abandons_when_the_server_is_gone() {
         "the emit it could not make: {stderr}"
     );
     assert!(
-        stderr.contains("10000 not sent after waiting 1s") && stderr.contains("abandoned"),
+        stderr.contains("10000 not sent after waiting 1.0s") && stderr.contains("abandoned"),
         "{stderr}"
     );
 }

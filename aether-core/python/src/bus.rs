@@ -3,26 +3,11 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use aether_core::{Aether, AetherConfig, Secret};
-use aether_ops::settings::{SettingsSource, Validate};
+use aether_core::{Aether, AetherConfig};
+use aether_ops::settings::client::{Access, aether_section};
 use pyo3::{prelude::*, types::PyDict};
-use serde::Deserialize;
 
 use crate::{errors, map, vibrator, wait};
-
-/// The part of a settings folder a script reads: `[aether]`; the programs'
-/// own sections are passed over.
-#[derive(Debug, Default, Deserialize)]
-struct Settings {
-    #[serde(default)]
-    aether: AetherConfig,
-}
-
-impl Validate for Settings {
-    fn validate(&self) -> Result<(), aether_ops::settings::SettingsError> {
-        aether_ops::settings::validate_section("aether", &self.aether)
-    }
-}
 
 /// How to reach the bus, as `connect`'s arguments give it.
 #[derive(Default)]
@@ -30,13 +15,7 @@ pub(crate) struct Options {
     url: Option<String>,
     name: Option<String>,
     config_dir: Option<PathBuf>,
-    token: Option<String>,
-    user: Option<String>,
-    password: Option<String>,
-    creds: Option<PathBuf>,
-    tls_ca: Option<PathBuf>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
+    access: Access,
 }
 
 impl Options {
@@ -51,10 +30,8 @@ impl Options {
                         dir.display()
                     )));
                 }
-                SettingsSource::from_process(dir)
-                    .load::<Settings>()
+                aether_section(dir)
                     .map_err(|e| errors::ConfigurationError::new_err(format!("settings: {e}")))?
-                    .aether
             }
             None => AetherConfig::default(),
         };
@@ -72,29 +49,7 @@ impl Options {
         } else if config.nats.connection_name.is_none() {
             config.nats.connection_name = Some(format!("aether-python {}", std::process::id()));
         }
-        let auth = &mut config.nats.auth;
-        if let Some(creds) = &self.creds {
-            auth.credentials_file = Some(creds.clone());
-        }
-        if let Some(token) = &self.token {
-            auth.token = Some(Secret::new(token.clone()));
-        }
-        if let Some(user) = &self.user {
-            auth.user = Some(user.clone());
-        }
-        if let Some(password) = &self.password {
-            auth.password = Some(Secret::new(password.clone()));
-        }
-        let tls = &mut config.nats.tls;
-        if let Some(ca) = &self.tls_ca {
-            tls.required = true;
-            tls.ca_file = Some(ca.clone());
-        }
-        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-            tls.required = true;
-            tls.cert_file = Some(cert.clone());
-            tls.key_file = Some(key.clone());
-        }
+        self.access.apply(&mut config);
         config.validate().map_err(errors::config)?;
         Ok((nats, config))
     }
@@ -136,13 +91,15 @@ pub(crate) fn connect<'py>(
         url,
         name,
         config_dir,
-        token,
-        user,
-        password,
-        creds,
-        tls_ca,
-        tls_cert,
-        tls_key,
+        access: Access {
+            creds,
+            token,
+            user,
+            password,
+            tls_ca,
+            tls_cert,
+            tls_key,
+        },
     };
     let open = async move { options.open().await.map(Bus::from) };
     if async_ {

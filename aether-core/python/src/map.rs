@@ -171,7 +171,9 @@ impl Map {
         Ok(list)
     }
 
-    /// Changes to the keys `pattern` matches (`>` every key), from now on.
+    /// Changes to the keys `pattern` matches (`>` every key), from now on;
+    /// a key that is not a channel (spaces, empty tokens) is heard by its
+    /// exact text, `*` or `>`.
     #[pyo3(signature = (pattern=">"))]
     fn watch(&self, pattern: &str) -> Events {
         let changes = self.map.watch(pattern).map(Item::Change);

@@ -153,3 +153,38 @@ def test_a_ledger_keeps_the_map_across_a_restart(tmp_path: Path) -> None:
     again = second.map("home", node="pi", dir=str(tmp_path))
     assert again["kept"] == {"v": 1}
     second.close()
+
+
+def test_closing_ends_watches_and_refuses_new_ones(bus: aether.Bus) -> None:
+    home = bus.map("home")
+    watch = home.watch()
+    seen: List[object] = []
+    ended = threading.Event()
+
+    def follow() -> None:
+        for change in watch:
+            seen.append(change)
+        ended.set()
+
+    threading.Thread(target=follow, daemon=True).start()
+    home["a"] = 1
+    eventually(lambda: len(seen) == 1)
+    home.close()
+    assert ended.wait(5), "the watch ended with the map"
+    with pytest.raises(aether.Closed):
+        home.watch()
+    with pytest.raises(aether.Closed):
+        home.on_change()(print)
+    # Closing the bus ends the watches of its maps too.
+    other = bus.map("other")
+    w = other.watch()
+    done = threading.Event()
+    threading.Thread(target=lambda: (list(w), done.set()), daemon=True).start()
+    bus.close()
+    assert done.wait(5), "the watch ended with the bus"
+
+
+def test_on_change_takes_a_function(bus: aether.Bus) -> None:
+    home = bus.map("home")
+    with pytest.raises(TypeError):
+        home.on_change()(5)  # type: ignore[type-var]

@@ -104,13 +104,13 @@ Handler = TypeVar("Handler", bound=Callable[[Change], Any])
 _running_loop = asyncio.events._get_running_loop
 
 
-def _blocking(what: str) -> None:
+def _blocking(what: str, instead: Optional[str] = None) -> None:
     """Refuses a blocking call from a running event loop."""
     if _running_loop() is None:
         return
     raise BlockingInEventLoop(
         f"{what} blocks, and this thread runs an asyncio event loop: "
-        f"await {what}_async(...) instead"
+        f"{instead or f'await {what}_async(...)'} instead"
     )
 
 
@@ -184,6 +184,8 @@ class Bus:
 
     def __init__(self, raw: Any) -> None:
         self._raw = raw
+        # Maps are dicts (unhashable): weak references in a list.
+        self._maps: "List[weakref.ref[Map]]" = []
         _buses.add(self)
 
     @property
@@ -222,18 +224,31 @@ class Bus:
         `[aether.state] ready_timeout_ms`, 2 s); `node` names this replica
         (the writer of its changes), `dir` keeps it on disk in `dir/name`."""
         _blocking("map")
-        return Map(self._raw.map(name, node=node, dir=dir))
+        return self._track(Map(self._raw.map(name, node=node, dir=dir)))
+
+    def _track(self, m: "Map") -> "Map":
+        self._maps = [ref for ref in self._maps if ref() is not None]
+        self._maps.append(weakref.ref(m))
+        return m
+
+    def _end_watches(self) -> None:
+        for ref in self._maps:
+            m = ref()
+            if m is not None:
+                m._end_watches()
 
     async def map_async(
         self, name: str, *, node: Optional[str] = None, dir: Optional[str] = None
     ) -> "Map":
         """`map`, for asyncio."""
-        return Map(await self._raw.map(name, node=node, dir=dir, async_=True))
+        return self._track(Map(await self._raw.map(name, node=node, dir=dir, async_=True)))
 
     def node_state(self, name: str, node: str, *, dir: Optional[str] = None) -> "NodeState":
         """Node `node`'s replica of the node-owned map `name`."""
         _blocking("node_state")
-        return NodeState(self._raw.node_state(name, node, dir=dir))
+        state = NodeState(self._raw.node_state(name, node, dir=dir))
+        self._track(state.map)
+        return state
 
     def stats(self) -> Dict[str, Any]:
         """Waves emitted, delivered, dropped by reason; the connection."""
@@ -243,11 +258,16 @@ class Bus:
         """Waits up to `timeout` seconds until what was emitted left this
         process, then closes."""
         _blocking("drain")
-        self._raw.drain(timeout)
+        try:
+            self._raw.drain(timeout)
+        finally:
+            self._end_watches()
 
     def close(self) -> None:
-        """Closes at once; what is still unsent is dropped, and counted."""
+        """Closes at once; what is still unsent is dropped, and counted.
+        Its maps' watches and handlers end."""
         self._raw.close()
+        self._end_watches()
 
     def __enter__(self) -> "Bus":
         return self
@@ -426,7 +446,7 @@ class Watch:
     def next(self, timeout: Optional[float] = None) -> Optional[Any]:
         """The next one, waiting up to `timeout` seconds; None when the time
         passed or the watch ended."""
-        _blocking("next")
+        _blocking("next", "async for, or await watch.__anext__(),")
         if self._kept:
             return self._kept.popleft()
         try:
@@ -478,6 +498,8 @@ class Map(MutableMapping):  # type: ignore[type-arg]
 
     def __init__(self, raw: Any) -> None:
         self._raw = raw
+        self._closed = False
+        self._watches: "weakref.WeakSet[Watch]" = weakref.WeakSet()
         self._handlers: List[Tuple[Watch, threading.Thread]] = []
         self.handler_errors = 0
         """Exceptions raised by `on_change` handlers (each logged)."""
@@ -541,14 +563,29 @@ class Map(MutableMapping):  # type: ignore[type-arg]
     async def delete_async(self, key: str) -> str:
         return str(await self._raw.delete(key, async_=True))
 
+    def _open(self) -> None:
+        if self._closed:
+            raise Closed(f"the map {self.name!r} was closed")
+
     def watch(self, pattern: str = ">") -> Watch:
         """Changes to the keys `pattern` matches (`>` every key, `*` one
-        token, `living.*`), from now on."""
-        return Watch(self._raw.watch(pattern))
+        token, `living.*`), from now on; it ends when the map or its bus
+        closes."""
+        self._open()
+        watch = Watch(self._raw.watch(pattern))
+        self._watches.add(watch)
+        return watch
 
     def presence(self) -> Watch:
         """`("joined" | "left", replica)` as replicas come and go."""
-        return Watch(self._raw.presence())
+        self._open()
+        watch = Watch(self._raw.presence())
+        self._watches.add(watch)
+        return watch
+
+    def _end_watches(self) -> None:
+        for watch in list(self._watches):
+            watch.close()
 
     def on_change(self, pattern: str = ">") -> Callable[[Handler], Handler]:
         """Decorates a handler called with each `Change` to the keys
@@ -557,7 +594,11 @@ class Map(MutableMapping):  # type: ignore[type-arg]
         to the map; one that raises is logged and counted in
         `handler_errors`, and goes on with the next change."""
 
+        self._open()
+
         def register(handler: Handler) -> Handler:
+            if not callable(handler):
+                raise TypeError(f"on_change decorates a function, not {type(handler).__name__}")
             watch = self.watch(pattern)
 
             def run() -> None:
@@ -596,9 +637,10 @@ class Map(MutableMapping):  # type: ignore[type-arg]
         return dict(self._raw.stats())
 
     def close(self) -> None:
-        """Stops the handlers, says goodbye to the peers and closes."""
-        for watch, _ in self._handlers:
-            watch.close()
+        """Stops the handlers and watches, says goodbye to the peers and
+        closes; writes, watches and handlers after it raise `Closed`."""
+        self._closed = True
+        self._end_watches()
         for _, thread in self._handlers:
             if thread is not threading.current_thread():
                 thread.join(timeout=5)
