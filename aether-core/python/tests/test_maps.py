@@ -188,3 +188,25 @@ def test_on_change_takes_a_function(bus: aether.Bus) -> None:
     home = bus.map("home")
     with pytest.raises(TypeError):
         home.on_change()(5)  # type: ignore[type-var]
+
+
+def test_text_that_is_not_unicode_is_an_invalid_value(bus: aether.Bus) -> None:
+    home = bus.map("home")
+    shop = bus.vibrator("shop")
+    bad = "a\udcffb"
+    for attempt in (
+        lambda: home.__setitem__(bad, 1),
+        lambda: home[bad],
+        lambda: home.get(bad),
+        lambda: home.delete(bad),
+        lambda: bus.vibrator(bad),
+        lambda: bus.map(bad),
+        lambda: shop.emit(bad, 1),
+        lambda: shop.emit("ok", 1, key=bad),
+        lambda: shop.resonate(bad),
+    ):
+        with pytest.raises(aether.InvalidValue):
+            attempt()
+    assert bad not in home
+    home["fine"] = 1
+    assert home["fine"] == 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import functools
 import logging
 import threading
 import weakref
@@ -112,6 +113,41 @@ def _blocking(what: str, instead: Optional[str] = None) -> None:
         f"{what} blocks, and this thread runs an asyncio event loop: "
         f"{instead or f'await {what}_async(...)'} instead"
     )
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _not_text(error: UnicodeEncodeError) -> InvalidValue:
+    return InvalidValue(
+        f"{error.object[:40]!r} is not text that can be sent: it holds a lone surrogate "
+        f"at {error.start}"
+    )
+
+
+def _texts(method: F) -> F:
+    """Names, channels and keys that are not valid Unicode raise
+    InvalidValue, as other bad values do."""
+
+    if asyncio.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def checked_async(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await method(*args, **kwargs)
+            except UnicodeEncodeError as error:
+                raise _not_text(error) from None
+
+        return checked_async  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except UnicodeEncodeError as error:
+            raise _not_text(error) from None
+
+    return checked  # type: ignore[return-value]
 
 
 def connect(
@@ -207,6 +243,7 @@ class Bus:
     def closed(self) -> bool:
         return bool(self._raw.closed)
 
+    @_texts
     def vibrator(
         self,
         name: str,
@@ -219,6 +256,7 @@ class Bus:
             self._raw.vibrator(name, noise_floor=noise_floor, queue_capacity=queue_capacity)
         )
 
+    @_texts
     def map(self, name: str, *, node: Optional[str] = None, dir: Optional[str] = None) -> "Map":
         """A replica of map `name`, once it has a live peer's state (up to
         `[aether.state] ready_timeout_ms`, 2 s); `node` names this replica
@@ -237,12 +275,14 @@ class Bus:
             if m is not None:
                 m._end_watches()
 
+    @_texts
     async def map_async(
         self, name: str, *, node: Optional[str] = None, dir: Optional[str] = None
     ) -> "Map":
         """`map`, for asyncio."""
         return self._track(Map(await self._raw.map(name, node=node, dir=dir, async_=True)))
 
+    @_texts
     def node_state(self, name: str, node: str, *, dir: Optional[str] = None) -> "NodeState":
         """Node `node`'s replica of the node-owned map `name`."""
         _blocking("node_state")
@@ -314,7 +354,10 @@ class Vibrator:
         """Emits `payload` (any JSON value, or `bytes` as they are) on
         `channel`; returns the wave's id."""
         _blocking("emit")
-        return str(self._raw.emit(channel, payload, amplitude=amplitude, phase=phase, key=key))
+        try:
+            return str(self._raw.emit(channel, payload, amplitude=amplitude, phase=phase, key=key))
+        except UnicodeEncodeError as error:
+            raise _not_text(error) from None
 
     async def emit_async(
         self,
@@ -332,12 +375,14 @@ class Vibrator:
             )
         )
 
+    @_texts
     def resonate(self, pattern: str, *, group: Optional[str] = None) -> "Vibrator":
         """Resonates on `pattern` (`*` one token, `>` the rest), alone or in
         `group` (each wave to one member); returns itself."""
         self._raw.resonate(pattern, group)
         return self
 
+    @_texts
     def stop_resonating(self, pattern: str) -> None:
         self._raw.stop_resonating(pattern)
 
@@ -389,6 +434,7 @@ class Vibrator:
             raise StopAsyncIteration
         return wave
 
+    @_texts
     def request(
         self,
         channel: str,
@@ -402,6 +448,7 @@ class Vibrator:
         _blocking("request")
         return self._raw.request(channel, payload, timeout=timeout, key=key)  # type: ignore[no-any-return]
 
+    @_texts
     async def request_async(
         self,
         channel: str,
@@ -513,6 +560,7 @@ class Map(MutableMapping):  # type: ignore[type-arg]
         """This replica's name: the writer of its changes."""
         return str(self._raw.node)
 
+    @_texts
     def __getitem__(self, key: str) -> Any:
         return self._raw[key]
 
@@ -525,7 +573,10 @@ class Map(MutableMapping):  # type: ignore[type-arg]
         self.delete(key)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key in self._raw
+        try:
+            return isinstance(key, str) and key in self._raw
+        except UnicodeEncodeError:
+            return False  # no such key can be stored
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._raw.keys())
@@ -533,6 +584,7 @@ class Map(MutableMapping):  # type: ignore[type-arg]
     def __len__(self) -> int:
         return len(self._raw)
 
+    @_texts
     def get(self, key: str, default: Any = None) -> Any:
         return self._raw.get(key, default)
 
@@ -547,19 +599,23 @@ class Map(MutableMapping):  # type: ignore[type-arg]
     def values(self) -> List[Any]:  # type: ignore[override]
         return [value for _, value in self._raw.items()]
 
+    @_texts
     def set(self, key: str, value: Any) -> str:
         """Sets `key` to `value` (any JSON value); returns the write's stamp."""
         _blocking("set")
         return str(self._raw.set(key, value))
 
+    @_texts
     async def set_async(self, key: str, value: Any) -> str:
         return str(await self._raw.set(key, value, async_=True))
 
+    @_texts
     def delete(self, key: str) -> str:
         """Deletes `key` (a tombstone every replica learns); returns its stamp."""
         _blocking("delete")
         return str(self._raw.delete(key))
 
+    @_texts
     async def delete_async(self, key: str) -> str:
         return str(await self._raw.delete(key, async_=True))
 
@@ -567,6 +623,7 @@ class Map(MutableMapping):  # type: ignore[type-arg]
         if self._closed:
             raise Closed(f"the map {self.name!r} was closed")
 
+    @_texts
     def watch(self, pattern: str = ">") -> Watch:
         """Changes to the keys `pattern` matches (`>` every key, `*` one
         token, `living.*`), from now on; it ends when the map or its bus
@@ -664,19 +721,23 @@ class NodeState:
     def node(self) -> str:
         return str(self._raw.node)
 
+    @_texts
     def update(self, key: str, value: Any) -> str:
         """Sets this node's `key` to `value` (any JSON value)."""
         _blocking("update")
         return str(self._raw.update(key, value))
 
+    @_texts
     async def update_async(self, key: str, value: Any) -> str:
         return str(await self._raw.update(key, value, async_=True))
 
+    @_texts
     def remove(self, key: str) -> str:
         """Deletes this node's `key`."""
         _blocking("remove")
         return str(self._raw.remove(key))
 
+    @_texts
     def read(self, node: str, key: str, default: Any = None) -> Any:
         """Node `node`'s `key`, or `default`."""
         return self._raw.read(node, key, default)

@@ -94,3 +94,7 @@ def connect(
     tls_key: Optional[str] = None,
     async_: bool = False,
 ) -> Any: ...
+
+def _exiting(timeout: float) -> None:
+    """At the interpreter's exit: blocking calls end; waits up to `timeout`
+    seconds for the threads inside them."""
