@@ -102,11 +102,7 @@ pub(crate) fn connect<'py>(
         },
     };
     let open = async move { options.open().await.map(Bus::from) };
-    if async_ {
-        wait::future(py, open, None)
-    } else {
-        Ok(Bound::new(py, wait::block(py, open)?)?.into_any())
-    }
+    wait::call(py, async_, open)
 }
 
 /// An aether: the bus a script is on.
@@ -173,11 +169,7 @@ impl Bus {
     ) -> PyResult<Bound<'py, PyAny>> {
         let aether = self.aether.clone();
         let open = async move { map::Map::open(aether, name, node, dir).await };
-        if async_ {
-            wait::future(py, open, None)
-        } else {
-            Ok(Bound::new(py, wait::block(py, open)?)?.into_any())
-        }
+        wait::call(py, async_, open)
     }
 
     /// Node `node`'s replica of the node-owned map `name`.

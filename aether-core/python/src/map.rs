@@ -86,11 +86,7 @@ fn write<'py>(
         .map(|stamp| stamp.to_string())
         .map_err(errors::state)
     };
-    if async_ {
-        wait::future(py, write, None)
-    } else {
-        Ok(wait::block(py, write)?.into_pyobject(py)?.into_any())
-    }
+    wait::call(py, async_, write)
 }
 
 #[pymethods]

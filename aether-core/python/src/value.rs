@@ -108,7 +108,7 @@ pub(crate) fn to_json(value: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     let json: serde_json::Value = pythonize::depythonize(value).map_err(|e| {
         InvalidValue::new_err(format!("{} cannot be sent as JSON: {e}", type_name(value)))
     })?;
-    check_finite(&json, value)?;
+    check_finite(value)?;
     serde_json::to_vec(&json).map(Bytes::from).map_err(|e| {
         InvalidValue::new_err(format!("{} cannot be sent as JSON: {e}", type_name(value)))
     })
@@ -123,6 +123,14 @@ pub(crate) fn payload(value: &Bound<'_, PyAny>) -> PyResult<Bytes> {
         return Ok(Bytes::from(bytes.to_vec()));
     }
     to_json(value)
+}
+
+/// A payload given or not: None (or nothing) is JSON `null`.
+pub(crate) fn payload_or_null(value: Option<&Bound<'_, PyAny>>) -> PyResult<Bytes> {
+    match value {
+        Some(value) if !value.is_none() => payload(value),
+        _ => Ok(Bytes::from_static(b"null")),
+    }
 }
 
 /// What `bytes` hold: the value when they are JSON, else the bytes. Read
@@ -149,7 +157,7 @@ fn type_name(value: &Bound<'_, PyAny>) -> String {
 
 /// What JSON cannot hold, though it would convert: NaN and infinities
 /// (they would become `null`) and sets (which `json.dumps` refuses too).
-fn check_finite(_json: &serde_json::Value, value: &Bound<'_, PyAny>) -> PyResult<()> {
+fn check_finite(value: &Bound<'_, PyAny>) -> PyResult<()> {
     if let Some(problem) = not_json(value)? {
         return Err(InvalidValue::new_err(format!(
             "{problem} cannot be sent as JSON"

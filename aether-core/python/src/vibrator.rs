@@ -6,7 +6,6 @@
 use std::{sync::Arc, time::Duration};
 
 use aether_core::{Aether, Emitter};
-use bytes::Bytes;
 use pyo3::{
     prelude::*,
     types::{PyBytes, PyDict},
@@ -54,10 +53,7 @@ fn build(
     phase: f64,
     key: Option<&str>,
 ) -> PyResult<aether_core::Wave> {
-    let body = match payload {
-        Some(payload) if !payload.is_none() => value::payload(payload)?,
-        _ => Bytes::from_static(b"null"),
-    };
+    let body = value::payload_or_null(payload)?;
     let mut builder = aether_core::Wave::builder(channel)
         .amplitude(amplitude)
         .phase(phase)
@@ -100,11 +96,7 @@ impl Vibrator {
                 .map(|id| id.to_string())
                 .map_err(errors::emit)
         };
-        if async_ {
-            wait::future(py, emit, None)
-        } else {
-            Ok(wait::block(py, emit)?.into_pyobject(py)?.into_any())
-        }
+        wait::call(py, async_, emit)
     }
 
     /// Resonates on `pattern` (`*` one token, `>` the rest), alone or as a
@@ -191,11 +183,7 @@ impl Vibrator {
                 .map(Wave::from)
                 .map_err(errors::request)
         };
-        if async_ {
-            wait::future(py, request, None)
-        } else {
-            Ok(Bound::new(py, wait::block(py, request)?)?.into_any())
-        }
+        wait::call(py, async_, request)
     }
 
     /// Replies to `request` (a wave received with a reply channel) with
@@ -208,10 +196,7 @@ impl Vibrator {
         payload: Option<&Bound<'py, PyAny>>,
         async_: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let body = match payload {
-            Some(payload) if !payload.is_none() => value::payload(payload)?,
-            _ => Bytes::from_static(b"null"),
-        };
+        let body = value::payload_or_null(payload)?;
         let (emitter, request) = (self.emitter.clone(), request.wave.clone());
         let reply = async move {
             emitter
@@ -220,11 +205,7 @@ impl Vibrator {
                 .map(|id| id.to_string())
                 .map_err(errors::emit)
         };
-        if async_ {
-            wait::future(py, reply, None)
-        } else {
-            Ok(wait::block(py, reply)?.into_pyobject(py)?.into_any())
-        }
+        wait::call(py, async_, reply)
     }
 
     /// What this vibrator did: emitted, delivered to it, dropped by reason.

@@ -107,6 +107,20 @@ pub(crate) fn _exiting(py: Python<'_>, timeout: f64) {
     });
 }
 
+/// `work`'s value: waited for ([`block`]), or, with `async_`, an asyncio
+/// future of it ([`future`]): the two forms of every call that may wait.
+pub(crate) fn call<'py, T, F>(py: Python<'py>, async_: bool, work: F) -> PyResult<Bound<'py, PyAny>>
+where
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+    if async_ {
+        future(py, work, None)
+    } else {
+        block(py, work)?.into_bound_py_any(py)
+    }
+}
+
 /// An asyncio future of the running event loop, resolved with what `work`
 /// gives; `keep(value)` is called instead (in the event loop) when the
 /// asyncio future was cancelled before it.
