@@ -124,9 +124,14 @@ kinds! {
         /// connection is back is full. Retry later, or raise
         /// `nats.outbox_capacity`.
         OutboxFull => "outbox full",
-        /// The medium refused the wave (over NATS: larger than the server's
-        /// `max_payload`, or the connection is closed for good).
+        /// The medium refused the wave (over NATS: the connection is closed
+        /// for good).
         Medium => "medium error",
+        /// The wave is larger than the medium carries: over NATS, its
+        /// envelope is over `nats.max_wave_bytes` (the server's
+        /// `max_payload`, 1 MiB by default). Nothing was sent. The embedded
+        /// medium takes waves of any size.
+        TooLarge => "wave too large",
         /// The wave cannot be reflected (`Vibrator::reflect`): it was not
         /// emitted with `reflect_on_failure(true)`, its source is unknown, or
         /// the reason's message is too long.

@@ -220,6 +220,74 @@ async fn a_raw_client_reads_the_version_1_envelope_an_aether_set_to_it_emits() {
     .expect("bounded");
 }
 
+/// A steady stream from a thread outside the runtime (as the Python
+/// package's emits are) is gathered into frames instead of waking the
+/// sender once per wave; a lone wave on a quiet bus still leaves at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_from_another_thread_leaves_in_frames_and_a_lone_wave_at_once() {
+    timeout(LIMIT, async {
+        let (_server, aether, _raw) = setup().await;
+        let mut rx = Vibrator::builder("rx")
+            .queue_capacity(100_000)
+            .create(&aether)
+            .await
+            .unwrap();
+        rx.resonate_on("stream.*").await.unwrap();
+        let tx = Vibrator::create("stream", &aether).await.unwrap();
+        let emitter = tx.emitter();
+        let handle = tokio::runtime::Handle::current();
+        let total = 20_000u64;
+        std::thread::spawn(move || {
+            for i in 0..total {
+                // Paced as a script's emits are: a few microseconds apart.
+                let at = std::time::Instant::now();
+                while at.elapsed() < Duration::from_micros(3) {
+                    std::hint::spin_loop();
+                }
+                handle
+                    .block_on(emitter.emit(Wave::new("stream.tick", i.to_le_bytes().to_vec())))
+                    .unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+        aether.flush(Duration::from_secs(10)).await.unwrap();
+        let connection = aether.connection();
+        let messages = connection.frames_sent + (total - connection.waves_framed);
+        assert!(
+            messages * 4 < total,
+            "{total} waves left in {messages} messages ({} frames)",
+            connection.frames_sent
+        );
+        for i in 0..total {
+            let wave = timeout(Duration::from_secs(5), rx.receive())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&wave.payload_bytes()[..], &i.to_le_bytes());
+        }
+
+        // Quiet now: a lone wave is not held back for a frame.
+        sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        tx.emit(Wave::new("stream.last", b"1".to_vec()))
+            .await
+            .unwrap();
+        let last = timeout(Duration::from_secs(5), rx.receive())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(last.channel().as_str(), "stream.last");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "a lone wave took {:?}",
+            started.elapsed()
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raw_client_reads_a_batch_frame_and_sends_one() {
     timeout(LIMIT, async {
@@ -456,7 +524,7 @@ async fn a_wave_over_the_largest_message_is_refused_at_emit() {
             .emit(Wave::new("big.one", vec![b'a'; size]))
             .await
             .unwrap_err();
-        assert_eq!(err.kind(), aether_core::EmitErrorKind::Medium, "{err}");
+        assert_eq!(err.kind(), aether_core::EmitErrorKind::TooLarge, "{err}");
         assert!(err.to_string().contains("nats.max_wave_bytes"), "{err}");
     }
     let wave = Wave::new("big.two", vec![b'b'; 100_000]);

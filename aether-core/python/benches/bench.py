@@ -29,8 +29,8 @@ from typing import Callable, List, Tuple
 import aether
 
 PAYLOAD = {"pad": "x" * 116}  # 128 bytes of JSON
-ROUNDS = int(os.environ.get("AETHER_BENCH_ROUNDS", "5"))
-COUNT = int(os.environ.get("AETHER_BENCH_COUNT", "50000"))
+ROUNDS = int(os.environ.get("AETHER_BENCH_ROUNDS", "7"))
+COUNT = int(os.environ.get("AETHER_BENCH_COUNT", "200000"))
 LATENCY_SAMPLES = int(os.environ.get("AETHER_BENCH_SAMPLES", "300"))
 
 

@@ -117,6 +117,7 @@ pub(crate) fn emit(error: EmitError) -> PyErr {
         EmitErrorKind::RateLimited => RateLimited::new_err(message),
         EmitErrorKind::TimedOut => Timeout::new_err(message),
         EmitErrorKind::Denied => Denied::new_err(message),
+        EmitErrorKind::TooLarge => TooLarge::new_err(message),
         _ => Error::new_err(message),
     }
 }

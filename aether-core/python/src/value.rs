@@ -133,6 +133,28 @@ pub(crate) fn payload_or_null(value: Option<&Bound<'_, PyAny>>) -> PyResult<Byte
     }
 }
 
+/// `text` as Rust text; text that is not valid Unicode (a lone
+/// surrogate) raises `aether.InvalidValue`, as other bad values do.
+pub(crate) fn text<'a>(
+    text: &'a Bound<'_, pyo3::types::PyString>,
+) -> PyResult<std::borrow::Cow<'a, str>> {
+    text.to_cow().map_err(|error| {
+        let py = text.py();
+        if !error.is_instance_of::<pyo3::exceptions::PyUnicodeEncodeError>(py) {
+            return error;
+        }
+        let start = error
+            .value(py)
+            .getattr("start")
+            .and_then(|start| start.extract::<usize>())
+            .unwrap_or(0);
+        let head: String = text.to_string_lossy().chars().take(40).collect();
+        InvalidValue::new_err(format!(
+            "{head:?} is not text that can be sent: it holds a lone surrogate at {start}"
+        ))
+    })
+}
+
 /// What `bytes` hold: the value when they are JSON, else the bytes. Read
 /// by Python's own `json.loads`, so numbers come back as Python writes them.
 pub(crate) fn from_bytes<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyAny>> {

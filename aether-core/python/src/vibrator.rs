@@ -5,10 +5,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use aether_core::{Aether, Emitter};
+use aether_core::{Aether, Channel, Emitter};
 use pyo3::{
     prelude::*,
-    types::{PyBytes, PyDict},
+    types::{PyBytes, PyDict, PyString},
 };
 use tokio::sync::Mutex;
 
@@ -20,6 +20,10 @@ pub(crate) struct Vibrator {
     name: String,
     emitter: Emitter,
     receiver: Arc<Mutex<aether_core::Vibrator>>,
+    /// The channel of the last emit, by the identity of its Python text:
+    /// a script emits on a few channels, written as literals (the same
+    /// object each time), so most emits skip reading and checking it.
+    last_channel: std::sync::Mutex<Option<(Py<PyString>, Channel)>>,
 }
 
 impl Vibrator {
@@ -41,17 +45,32 @@ impl Vibrator {
             name,
             emitter: vibrator.emitter(),
             receiver: Arc::new(Mutex::new(vibrator)),
+            last_channel: std::sync::Mutex::default(),
         })
+    }
+
+    /// `text` as a channel; the last one again when `text` is the same
+    /// Python object.
+    fn channel(&self, text: &Bound<'_, PyString>) -> PyResult<Channel> {
+        let mut last = self.last_channel.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((object, channel)) = &*last
+            && object.is(text)
+        {
+            return Ok(channel.clone());
+        }
+        let channel = Channel::from(&*value::text(text)?);
+        *last = Some((text.clone().unbind(), channel.clone()));
+        Ok(channel)
     }
 }
 
 /// A wave built from Python's arguments.
 fn build(
-    channel: &str,
+    channel: Channel,
     payload: Option<&Bound<'_, PyAny>>,
     amplitude: f64,
     phase: f64,
-    key: Option<&str>,
+    key: Option<&Bound<'_, PyString>>,
 ) -> PyResult<aether_core::Wave> {
     let body = value::payload_or_null(payload)?;
     let mut builder = aether_core::Wave::builder(channel)
@@ -59,7 +78,7 @@ fn build(
         .phase(phase)
         .payload(body);
     if let Some(key) = key {
-        builder = builder.correlation_key(key);
+        builder = builder.correlation_key(&*value::text(key)?);
     }
     builder.build().map_err(errors::wave)
 }
@@ -72,22 +91,26 @@ impl Vibrator {
         &self.name
     }
 
-    /// Emits `payload` (JSON, or `bytes` as they are) on `channel`; returns
-    /// the wave's id once the aether took it (over NATS with the channel
-    /// durable: once JetStream stored it).
+    /// Emits `payload` (any JSON value, or `bytes` as they are) on
+    /// `channel`; returns the wave's id once the aether took it (over NATS
+    /// with the channel durable: once JetStream stored it). The package's
+    /// `Vibrator.emit` is this method itself: it is the hot path.
     #[pyo3(signature = (channel, payload=None, *, amplitude=1.0, phase=0.0, key=None, async_=false))]
     #[allow(clippy::too_many_arguments)]
     fn emit<'py>(
         &self,
         py: Python<'py>,
-        channel: &str,
+        channel: &Bound<'py, PyString>,
         payload: Option<&Bound<'py, PyAny>>,
         amplitude: f64,
         phase: f64,
-        key: Option<&str>,
+        key: Option<&Bound<'py, PyString>>,
         async_: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let wave = build(channel, payload, amplitude, phase, key)?;
+        if !async_ {
+            wait::refuse_in_event_loop(py, "emit", "await emit_async(...)")?;
+        }
+        let wave = build(self.channel(channel)?, payload, amplitude, phase, key)?;
         let emitter = self.emitter.clone();
         let emit = async move {
             emitter
@@ -166,14 +189,14 @@ impl Vibrator {
     fn request<'py>(
         &self,
         py: Python<'py>,
-        channel: &str,
+        channel: &Bound<'py, PyString>,
         payload: Option<&Bound<'py, PyAny>>,
         timeout: f64,
         amplitude: f64,
-        key: Option<&str>,
+        key: Option<&Bound<'py, PyString>>,
         async_: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let wave = build(channel, payload, amplitude, 0.0, key)?;
+        let wave = build(self.channel(channel)?, payload, amplitude, 0.0, key)?;
         let timeout = bus::seconds(timeout)?;
         let emitter = self.emitter.clone();
         let request = async move {

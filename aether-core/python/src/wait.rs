@@ -62,7 +62,7 @@ where
     if EXITING.load(Ordering::Acquire) {
         return Err(exiting());
     }
-    let mut work = Box::pin(work);
+    let mut work = std::pin::pin!(work);
     // Most calls end without waiting (an emit handed to the connection, a
     // write to a map in memory): polled once here, in the runtime's
     // context and with the GIL held, they cost no thread switch.
@@ -91,6 +91,24 @@ where
             Err(_) => py.check_signals()?,
         }
     }
+}
+
+/// Refuses a call that may block (`what`) from a thread that runs an
+/// asyncio event loop: it would stall the loop. `instead` names what to
+/// call there.
+pub(crate) fn refuse_in_event_loop(py: Python<'_>, what: &str, instead: &str) -> PyResult<()> {
+    static RUNNING_LOOP: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+    let running = RUNNING_LOOP.get_or_try_init(py, || {
+        py.import("asyncio.events")?
+            .getattr("_get_running_loop")
+            .map(Bound::unbind)
+    })?;
+    if running.call0(py)?.is_none(py) {
+        return Ok(());
+    }
+    Err(crate::errors::BlockingInEventLoop::new_err(format!(
+        "{what} blocks, and this thread runs an asyncio event loop: {instead} instead"
+    )))
 }
 
 /// At the interpreter's exit (the package registers it with `atexit`):

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import List
 
+import pytest
+
 import aether
 from conftest import NatsServer, eventually, program, run
 
@@ -162,3 +164,32 @@ def test_a_partitioned_python_replica_converges_with_a_rust_one(nats: NatsServer
         watcher.kill()
         watcher.wait()
         proxy.close()
+
+
+def test_presence_says_who_joins_and_leaves(nats: NatsServer) -> None:
+    here = aether.connect(nats.url, name="here")
+    home = here.map("home", node="here")
+    events = home.presence()
+    there = aether.connect(nats.url, name="there")
+    there.map("home", node="there")
+    joined = events.next(timeout=10)
+    assert joined is not None and tuple(joined) == ("joined", "there")
+    assert eventually(lambda: "there" in home.peers())
+    there.close()
+    left = events.next(timeout=10)
+    assert left is not None and tuple(left) == ("left", "there")
+    assert "there" not in home.peers()
+    here.close()
+
+
+def test_a_wave_over_the_largest_message_is_too_large(nats: NatsServer) -> None:
+    bus = aether.connect(nats.url)
+    ear = bus.vibrator("ear").resonate("big.>")
+    mouth = bus.vibrator("mouth")
+    with pytest.raises(aether.TooLarge, match="max_wave_bytes"):
+        mouth.emit("big.one", b"x" * 2_000_000)
+    # Nothing was sent, and the bus goes on.
+    mouth.emit("big.two", b"y" * 100_000)
+    wave = ear.receive(timeout=5)
+    assert wave is not None and wave.channel == "big.two" and len(wave.payload) == 100_000
+    bus.close()

@@ -85,9 +85,10 @@ pub struct NatsConfig {
 /// `[aether.nats.batch]`: waves emitted on the same subject while the
 /// connection is busy are sent as one NATS message (a batch frame) holding
 /// their envelopes, each still a wave of its own at the receiver. Nothing
-/// waits for a frame to fill unless `linger_us` says so: what is queued when
-/// the connection takes the next message goes. A queue group member gets a
-/// whole frame.
+/// waits for a frame to fill unless `linger_us` says so, or the stream is
+/// faster than about 100,000 waves a second (then what comes is gathered
+/// for up to a millisecond): what is queued when the connection takes the
+/// next message goes. A queue group member gets a whole frame.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsBatch {

@@ -67,7 +67,14 @@ impl WaveId {
 
 impl fmt::Display for WaveId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.as_u128())
+        // By hand: `{:032x}` costs a tenth of an emit from Python.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 32];
+        let value = self.as_u128();
+        for (i, digit) in text.iter_mut().enumerate() {
+            *digit = HEX[((value >> (124 - 4 * i)) & 0xF) as usize];
+        }
+        f.write_str(std::str::from_utf8(&text).expect("hex digits"))
     }
 }
 
@@ -107,5 +114,15 @@ mod tests {
         let text = ids[3].to_string();
         assert_eq!(text.len(), 32);
         assert_eq!(text.parse::<WaveId>().unwrap(), ids[3]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn an_id_prints_as_32_lower_hex_digits_and_parses_back(value: u128) {
+            let id = WaveId::from_u128(value);
+            let text = id.to_string();
+            proptest::prop_assert_eq!(&text, &format!("{value:032x}"));
+            proptest::prop_assert_eq!(text.parse::<WaveId>().unwrap(), id);
+        }
     }
 }

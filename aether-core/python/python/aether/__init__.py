@@ -337,6 +337,9 @@ class Vibrator:
         # Waves taken for an asyncio receive that was cancelled: handed out
         # first, never lost.
         self._kept: Deque[Wave] = collections.deque()
+        # The hot path: `emit` is the native method itself (it makes the
+        # same checks as the method below, which documents and types it).
+        setattr(self, "emit", raw.emit)
 
     @property
     def name(self) -> str:
@@ -354,10 +357,7 @@ class Vibrator:
         """Emits `payload` (any JSON value, or `bytes` as they are) on
         `channel`; returns the wave's id."""
         _blocking("emit")
-        try:
-            return str(self._raw.emit(channel, payload, amplitude=amplitude, phase=phase, key=key))
-        except UnicodeEncodeError as error:
-            raise _not_text(error) from None
+        return str(self._raw.emit(channel, payload, amplitude=amplitude, phase=phase, key=key))
 
     async def emit_async(
         self,

@@ -972,7 +972,7 @@ impl Shared {
         let max = self.limits.max_body_bytes;
         if body.len() > max {
             return Err(EmitError::new(
-                EmitErrorKind::Medium,
+                EmitErrorKind::TooLarge,
                 format!(
                     "the wave's envelope is {} bytes, over the largest message of {max} bytes \
                      (nats.max_wave_bytes; the server's max_payload): send a smaller payload",
