@@ -339,6 +339,12 @@ impl Aether {
         self.inner.stats.snapshot()
     }
 
+    /// Counts an emit that passed the checks but that the medium refused
+    /// (too large, a full outbox): emitted, not published.
+    pub(crate) fn count_unpublished(&self) {
+        self.inner.stats.unpublished();
+    }
+
     /// Counts an emit refused by a vibrator's rate limit.
     pub(crate) fn count_rate_limited(&self) {
         self.inner.stats.rate_limited();
@@ -633,6 +639,7 @@ impl Aether {
             Ok(()) => Ok(None),
             Err(reason) => {
                 stats.dropped(reason);
+                stats.unpublished();
                 Ok(Some(reason))
             }
         }

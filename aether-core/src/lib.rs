@@ -67,6 +67,8 @@ pub mod diffraction;
 pub mod error;
 pub mod hopping;
 mod inbox;
+#[cfg(feature = "nats")]
+pub mod lan;
 mod medium;
 mod names;
 mod offer;

@@ -836,7 +836,10 @@ impl Emitter {
                 .aether
                 .finish_publish(publishing)
                 .await
-                .inspect_err(|_| self.inbox.stats().unpublished())?,
+                .inspect_err(|_| {
+                    self.inbox.stats().unpublished();
+                    self.aether.count_unpublished();
+                })?,
         }
         Ok(id)
     }
@@ -930,9 +933,13 @@ impl Emitter {
         wave.stamp_emission(&self.name, self.id, now_ns);
         let _span = crate::spans::emitting(wave, &self.name);
         let dropped = self.aether.check(wave, now_ns)?;
-        self.inbox.stats().emitted();
-        if dropped.is_some() || crate::subject::unobservable(wave.channel()) {
-            self.inbox.stats().unpublished();
+        let stats = self.inbox.stats();
+        stats.emitted();
+        if let Some(reason) = dropped {
+            stats.dropped(reason);
+            stats.unpublished();
+        } else if crate::subject::unobservable(wave.channel()) {
+            stats.unpublished();
         }
         Ok(dropped)
     }

@@ -10,7 +10,7 @@
 //! | 3 | `admission`, `inbox`, `offer`, `physics`, `reply`, `security`, `spans`, `diffraction`, `hopping::sequence`, `hopping::gate` |
 //! | 4 | `medium` |
 //! | 5 | `aether`, `report` |
-//! | 6 | `vibrator`, `hopping` (its other parts), `reliable` |
+//! | 6 | `vibrator`, `hopping` (its other parts), `reliable`, `lan` (finding a bus's node) |
 //! | 7 | `state` (replicated maps, built on vibrators) |
 //!
 //! What a module uses is read from its source outside tests and comments:
@@ -51,6 +51,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("vibrator", 6),
     ("hopping", 6),
     ("reliable", 6),
+    ("lan", 6),
     ("state", 7),
 ];
 

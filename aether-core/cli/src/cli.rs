@@ -19,7 +19,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
   aether stats                                   the instances on the bus, as a table
   aether bench --count 100000                    emit/receive against your server
 
-Without --nats the server is nats://127.0.0.1:4222."
+Without --nats the server is this machine's `aether node` of the bus, else
+nats://127.0.0.1:4222."
 )]
 pub struct Options {
     #[command(flatten)]
@@ -77,6 +78,19 @@ pub struct Connection {
     /// The client certificate's key (PEM).
     #[arg(long, value_name = "FILE", global = true, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// The bus on the LAN (`aether node`): its node on this machine is the
+    /// server when no --nats or --config-dir is given.
+    #[arg(
+        long,
+        value_name = "BUS",
+        global = true,
+        env = "AETHER_BUS",
+        default_value = aether_core::lan::DEFAULT_BUS
+    )]
+    pub bus: String,
+    /// The bus's secret file (default: the one this machine's node holds).
+    #[arg(long, value_name = "FILE", global = true, env = "AETHER_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
     /// This tool's vibrator name on the bus (the source of what it emits).
     #[arg(long, value_name = "NAME", global = true, default_value = "aether-cli")]
     pub name: String,
@@ -125,6 +139,17 @@ Examples:
   aether stats --wait 5s --json"
     )]
     Stats(StatsArgs),
+    /// Run this machine's node of a bus on the LAN: a NATS server for the
+    /// programs here, joined to the bus's other nodes.
+    #[command(after_help = "Examples:
+  aether node --new-secret ~/.config/aether/secret     (once; copy the file to every machine)
+  aether node --secret-file ~/.config/aether/secret    (on each machine)
+  aether node --secret-file s --peer 192.168.1.20:6222 (name another node by hand)
+  aether node --status
+
+Programs on this machine then connect with no URL (the CLI, the Python
+package, Aether::discover).")]
+    Node(crate::node::NodeArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = "Examples:
   aether completions bash > ~/.local/share/bash-completion/completions/aether

@@ -1,7 +1,7 @@
 //! Reaching the bus: the settings directory's `[aether]` section if given,
 //! the flags over it, and errors that say what to do.
 
-use aether_core::{Aether, AetherConfig, ConnectErrorKind};
+use aether_core::{Aether, AetherConfig, ConnectErrorKind, lan::LanOptions};
 use aether_ops::settings::client::{Access, aether_section};
 
 use crate::{Failure, cli::Connection};
@@ -10,7 +10,7 @@ use crate::{Failure, cli::Connection};
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
 /// The aether's settings: the directory's, then the flags.
-pub fn config(connection: &Connection) -> Result<AetherConfig, Failure> {
+pub async fn config(connection: &Connection) -> Result<AetherConfig, Failure> {
     let mut config = match &connection.config_dir {
         Some(dir) => {
             if !dir.join("default.toml").is_file() {
@@ -23,21 +23,35 @@ pub fn config(connection: &Connection) -> Result<AetherConfig, Failure> {
         }
         None => AetherConfig::default(),
     };
+    let mut on_lan = false;
     if !connection.nats.is_empty() {
         config.nats.urls = connection.nats.clone();
     } else if config.nats.urls.is_empty() || connection.config_dir.is_none() {
-        config.nats.urls = vec![DEFAULT_URL.to_string()];
+        // This machine's node of the bus, if one runs, or with the bus's
+        // secret file one on the LAN; else the default.
+        let lan = LanOptions {
+            bus: connection.bus.clone(),
+            secret_file: connection.secret_file.clone(),
+            ..LanOptions::default()
+        };
+        match lan.find(config.clone()).await {
+            Ok(found) => {
+                config = found;
+                on_lan = true;
+            }
+            Err(e) if e.kind() == ConnectErrorKind::Unreachable => {
+                if connection.secret_file.is_some() {
+                    // The bus was asked for by its secret: no fallback.
+                    return Err(Failure::runtime(format!("cannot connect: {e}")));
+                }
+                config.nats.urls = vec![DEFAULT_URL.to_string()];
+            }
+            Err(e) => return Err(Failure::usage(format!("bus {:?}: {e}", connection.bus))),
+        }
     }
-    Access {
-        creds: connection.creds.clone(),
-        token: connection.token.clone(),
-        user: connection.user.clone(),
-        password: connection.password.clone(),
-        tls_ca: connection.tls_ca.clone(),
-        tls_cert: connection.tls_cert.clone(),
-        tls_key: connection.tls_key.clone(),
+    if !on_lan {
+        access(connection).apply(&mut config);
     }
-    .apply(&mut config);
     // A tool that comes and goes: it tries once, and says so if it cannot.
     config.nats.retry_on_initial_connect = false;
     config.nats.connection_name = Some(format!("aether-cli {}", std::process::id()));
@@ -47,16 +61,29 @@ pub fn config(connection: &Connection) -> Result<AetherConfig, Failure> {
     Ok(config)
 }
 
+/// The credentials and TLS the flags give.
+fn access(connection: &Connection) -> Access {
+    Access {
+        creds: connection.creds.clone(),
+        token: connection.token.clone(),
+        user: connection.user.clone(),
+        password: connection.password.clone(),
+        tls_ca: connection.tls_ca.clone(),
+        tls_cert: connection.tls_cert.clone(),
+        tls_key: connection.tls_key.clone(),
+    }
+}
+
 /// Connects to the bus the flags name, and says where on stderr.
 pub async fn connect(connection: &Connection) -> Result<Aether, Failure> {
-    let config = config(connection)?;
+    let config = config(connection).await?;
     // Credentials in a URL are never printed.
     let urls = config.nats.redacted_urls().join(", ");
     let named = !connection.nats.is_empty() || connection.config_dir.is_some();
     let aether = Aether::connect(config).await.map_err(|error| {
         let hint = match error.kind() {
             ConnectErrorKind::Unreachable => format!(
-                "is a nats-server running there? Start one (`nats-server -js`), or name another with --nats URL (tried {urls})"
+                "is a nats-server running there? Start one (`nats-server -js`), or this machine's node of a bus on the LAN (`aether node --secret-file FILE`), or name another with --nats URL (tried {urls})"
             ),
             ConnectErrorKind::Authorization => {
                 "the server refused the credentials: check --creds, --token or --user/--password".to_string()

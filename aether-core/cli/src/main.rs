@@ -10,6 +10,7 @@
 //! | `bench` | `bench`: emit/receive and request/reply, with the benchmarks' report shape |
 //! | `state` | `state get|set|delete|list|watch|peers` |
 //! | `stats` | `stats`: the instances' reports as a table |
+//! | `node` | `node`: this machine's node of a bus on the LAN (a supervised nats-server) |
 //!
 //! Exit status: 0 done; 1 the bus or a request failed (the message says
 //! why and what to try); 2 the command line or a value on it is wrong.
@@ -19,6 +20,7 @@
 mod bench;
 mod cli;
 mod connect;
+mod node;
 mod show;
 mod state;
 mod stats;
@@ -69,9 +71,9 @@ impl fmt::Display for Failure {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     let options = Options::parse();
-    let outcome = if matches!(options.command, Command::Emit(_)) {
+    let outcome = if matches!(options.command, Command::Emit(_) | Command::Node(_)) {
         // `emit` stops on SIGINT and SIGTERM itself, and says what it
-        // sent and abandoned.
+        // sent and abandoned; `node` stops its server first.
         run(options).await
     } else {
         tokio::select! {
@@ -98,6 +100,7 @@ async fn run(options: Options) -> Result<(), Failure> {
         Command::Bench(args) => bench::run(connection, args).await,
         Command::State(command) => state::run(connection, command).await,
         Command::Stats(args) => stats::run(connection, args).await,
+        Command::Node(args) => node::run(connection, args).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -105,6 +105,43 @@ pub(crate) fn connect<'py>(
     wait::call(py, async_, open)
 }
 
+/// Connects to a bus on the LAN (`aether node`): this machine's node of
+/// `bus`, else, with the bus's `secret_file`, a node announced on the LAN
+/// within `wait` seconds; the password comes from the secret. `bus` and
+/// `secret_file` default to `AETHER_BUS` and `AETHER_SECRET_FILE`.
+#[pyfunction]
+#[pyo3(signature = (bus=None, *, secret_file=None, wait=3.0, name=None, async_=false))]
+pub(crate) fn discover<'py>(
+    py: Python<'py>,
+    bus: Option<String>,
+    secret_file: Option<PathBuf>,
+    wait: f64,
+    name: Option<String>,
+    async_: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+    let lan = aether_core::lan::LanOptions {
+        bus: bus
+            .or_else(|| env("AETHER_BUS"))
+            .unwrap_or_else(|| aether_core::lan::DEFAULT_BUS.to_string()),
+        secret_file: secret_file.or_else(|| env("AETHER_SECRET_FILE").map(PathBuf::from)),
+        wait: seconds(wait)?,
+        ..Default::default()
+    };
+    let options = Options {
+        name,
+        ..Options::default()
+    };
+    let (_, config) = options.config()?;
+    let open = async move {
+        Aether::discover(config, &lan)
+            .await
+            .map(Bus::from)
+            .map_err(errors::connect)
+    };
+    wait::call(py, async_, open)
+}
+
 /// An aether: the bus a script is on.
 #[pyclass(module = "aether._aether", frozen)]
 pub(crate) struct Bus {
@@ -201,11 +238,16 @@ impl Bus {
 
     /// Waits until what was emitted left this process (up to `timeout`
     /// seconds), then closes.
-    #[pyo3(signature = (timeout=5.0))]
-    fn drain(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+    #[pyo3(signature = (timeout=5.0, *, async_=false))]
+    fn drain<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: f64,
+        async_: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let aether = self.aether.clone();
         let timeout = seconds(timeout)?;
-        wait::block(py, async move {
+        wait::call(py, async_, async move {
             aether.drain(timeout).await.map_err(errors::emit)
         })
     }

@@ -4,7 +4,7 @@
 //!
 //! | module | what it binds |
 //! | --- | --- |
-//! | [`bus`] | `connect`: an aether, embedded or over NATS, from arguments and a settings folder |
+//! | [`bus`] | `connect`: an aether, embedded or over NATS, from arguments and a settings folder; `discover`: a bus on the LAN |
 //! | [`vibrator`] | `Vibrator` and `Wave`: emit, resonate, receive, request, reply |
 //! | [`map`] | `Map` and `NodeState`: replicated maps, their changes and presence |
 //! | [`wait`] | running the core's futures: blocking (the GIL released, Ctrl-C heard) or as asyncio futures |
@@ -27,7 +27,9 @@ use pyo3::prelude::*;
 fn _aether(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_function(wrap_pyfunction!(bus::connect, m)?)?;
+    m.add_function(wrap_pyfunction!(bus::discover, m)?)?;
     m.add_function(wrap_pyfunction!(wait::_exiting, m)?)?;
+    m.add_function(wrap_pyfunction!(wait::_forked, m)?)?;
     m.add_class::<bus::Bus>()?;
     m.add_class::<vibrator::Vibrator>()?;
     m.add_class::<vibrator::Wave>()?;

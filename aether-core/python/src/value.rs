@@ -38,7 +38,9 @@ fn encode(value: &Bound<'_, PyAny>, out: &mut Vec<u8>, depth: usize) -> Result<(
     } else if let Ok(b) = value.cast_exact::<PyBool>() {
         out.extend_from_slice(if b.is_true() { b"true" } else { b"false" });
     } else if let Ok(s) = value.cast_exact::<PyString>() {
-        let text = s.to_cow().map_err(|e| Fast::Invalid(e.to_string()))?;
+        let text = s
+            .to_cow()
+            .map_err(|_| Fast::Invalid("text holding a lone surrogate".to_string()))?;
         serde_json::to_writer(&mut *out, &*text).map_err(|e| Fast::Invalid(e.to_string()))?;
     } else if let Ok(i) = value.cast_exact::<PyInt>() {
         if let Ok(n) = i.extract::<i64>() {
@@ -81,7 +83,9 @@ fn encode(value: &Bound<'_, PyAny>, out: &mut Vec<u8>, depth: usize) -> Result<(
             if n > 0 {
                 out.push(b',');
             }
-            let key = key.to_cow().map_err(|e| Fast::Invalid(e.to_string()))?;
+            let key = key
+                .to_cow()
+                .map_err(|_| Fast::Invalid("a key holding a lone surrogate".to_string()))?;
             serde_json::to_writer(&mut *out, &*key).map_err(|e| Fast::Invalid(e.to_string()))?;
             out.push(b':');
             encode(&item, out, depth + 1)?;
@@ -121,6 +125,12 @@ pub(crate) fn payload(value: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     }
     if let Ok(bytes) = value.cast::<PyByteArray>() {
         return Ok(Bytes::from(bytes.to_vec()));
+    }
+    if let Ok(view) = value.cast::<pyo3::types::PyMemoryView>() {
+        // A buffer is sent as its bytes, as `bytes(view)` gives them.
+        let bytes = view.call_method0("tobytes")?;
+        let bytes = bytes.cast::<PyBytes>()?;
+        return Ok(Bytes::copy_from_slice(bytes.as_bytes()));
     }
     to_json(value)
 }

@@ -288,7 +288,8 @@ impl Wave {
         PyBytes::new(py, self.wave.payload_bytes())
     }
 
-    /// Its amplitude (importance), in (0, 1].
+    /// Its amplitude (importance), in [0, 1]; a wave emitted at 0 (or
+    /// under the aether's expiry floor) expires at once, counted.
     #[getter]
     fn amplitude(&self) -> f64 {
         self.wave.amplitude().value()
@@ -300,7 +301,7 @@ impl Wave {
         self.wave.phase().radians()
     }
 
-    /// Its correlation key ("" when none).
+    /// Its correlation key (the channel when it was emitted without one).
     #[getter]
     fn key(&self) -> &str {
         self.wave.correlation_key()

@@ -6,10 +6,18 @@
 //!   Python threads (a map's handlers) run meanwhile; every 100 ms it takes
 //!   the GIL back to look for signals, so Ctrl-C interrupts a wait with
 //!   `KeyboardInterrupt`, and the future is dropped.
-//! - [`future`]: an asyncio future of the running event loop, resolved from
-//!   the runtime with `call_soon_threadsafe`; no thread waits for it.
-//!   When the asyncio future was cancelled meanwhile, a value that must not
-//!   be lost (a wave taken from a queue) is handed to `keep` instead.
+//! - [`future`]: an asyncio future of the running event loop. A call that
+//!   ends at once is done in the calling thread too (so calls keep the
+//!   order they were made in, as their blocking forms do) and the future
+//!   comes back resolved; otherwise it is resolved from the runtime with
+//!   `call_soon_threadsafe`, and no thread waits for it. When the asyncio
+//!   future was cancelled meanwhile, a value that must not be lost (a wave
+//!   taken from a queue) is handed to `keep` instead.
+//!
+//! At the interpreter's exit (`_exiting`), blocking calls end and the
+//! runtime stops calling into Python; a process forked after the runtime
+//! started has none of its threads, and refuses every call that would
+//! need them (`_forked`).
 
 use std::{
     future::Future,
@@ -31,6 +39,7 @@ const SIGNAL_EVERY: Duration = Duration::from_millis(100);
 pub(crate) fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
+        RUNTIME_STARTED.store(true, Ordering::Release);
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("aether-runtime")
@@ -47,6 +56,36 @@ pub(crate) fn runtime() -> &'static Runtime {
 static EXITING: AtomicBool = AtomicBool::new(false);
 /// Threads waiting in [`block`] now.
 static WAITING: AtomicUsize = AtomicUsize::new(0);
+/// Runtime tasks handing a result to Python now: the exit waits for them
+/// (a thread that takes the GIL while the interpreter finalizes aborts the
+/// process).
+static ATTACHING: AtomicUsize = AtomicUsize::new(0);
+/// Set in a child process forked after the runtime started (its threads
+/// are not there).
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+/// In a forked child (`os.register_at_fork`): the runtime is gone here.
+#[pyfunction]
+pub(crate) fn _forked() {
+    if RUNTIME_STARTED.load(Ordering::Acquire) {
+        FORKED.store(true, Ordering::Release);
+    }
+}
+
+/// The runtime was made in this process.
+static RUNTIME_STARTED: AtomicBool = AtomicBool::new(false);
+
+/// `Err` in a child forked after the runtime started.
+pub(crate) fn usable() -> PyResult<()> {
+    if FORKED.load(Ordering::Acquire) {
+        return Err(crate::errors::Error::new_err(
+            "this process was forked from one that had connected: the bus and everything made \
+             from it cannot be used here (their threads stayed in the parent); connect in the \
+             child, or fork before connecting",
+        ));
+    }
+    Ok(())
+}
 
 fn exiting() -> PyErr {
     crate::errors::Closed::new_err("the interpreter is exiting")
@@ -62,6 +101,7 @@ where
     if EXITING.load(Ordering::Acquire) {
         return Err(exiting());
     }
+    usable()?;
     let mut work = std::pin::pin!(work);
     // Most calls end without waiting (an emit handed to the connection, a
     // write to a map in memory): polled once here, in the runtime's
@@ -116,10 +156,12 @@ pub(crate) fn refuse_in_event_loop(py: Python<'_>, what: &str, instead: &str) ->
 /// threads inside them to leave.
 #[pyfunction]
 pub(crate) fn _exiting(py: Python<'_>, timeout: f64) {
-    EXITING.store(true, Ordering::Release);
+    EXITING.store(true, Ordering::SeqCst);
     let deadline = std::time::Instant::now() + Duration::from_secs_f64(timeout.clamp(0.0, 10.0));
     py.detach(|| {
-        while WAITING.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+        while (WAITING.load(Ordering::SeqCst) > 0 || ATTACHING.load(Ordering::SeqCst) > 0)
+            && std::time::Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(5));
         }
     });
@@ -160,11 +202,36 @@ where
             )
         })?;
     let future = event_loop.call_method0("create_future")?;
+    usable()?;
+    let mut work = Box::pin(work);
+    // Polled once here first: most calls end at once, in the order they
+    // were made, and the future comes back resolved.
+    {
+        let _context = runtime().enter();
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Poll::Ready(result) = work.as_mut().poll(&mut cx) {
+            match result.and_then(|value| value.into_py_any(py)) {
+                Ok(value) => future.call_method1("set_result", (value,))?,
+                Err(error) => future.call_method1("set_exception", (error.into_value(py),))?,
+            };
+            return Ok(future);
+        }
+    }
     let resolve = py.import("aether._bridge")?.getattr("resolve")?.unbind();
     let (event_loop, target) = (event_loop.unbind(), future.clone().unbind());
     runtime().spawn(async move {
         let result = work.await;
-        if EXITING.load(Ordering::Acquire) {
+        // Counted before the exit is looked at, so that the exit either
+        // sees this hand-over and waits for it, or this sees the exit.
+        ATTACHING.fetch_add(1, Ordering::SeqCst);
+        struct Attaching;
+        impl Drop for Attaching {
+            fn drop(&mut self) {
+                ATTACHING.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _attaching = Attaching;
+        if EXITING.load(Ordering::SeqCst) {
             return;
         }
         Python::attach(|py| {

@@ -26,10 +26,11 @@ def free_port() -> int:
 
 
 class NatsServer:
-    def __init__(self, jetstream: bool = False) -> None:
+    def __init__(self, jetstream: bool = False, max_payload: "int | None" = None) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="aether-py-nats-")
         self.jetstream = jetstream
+        self.max_payload = max_payload
         self.process: "subprocess.Popen[bytes] | None" = None
         self.start()
 
@@ -42,6 +43,10 @@ class NatsServer:
         args = [binary, "-a", "127.0.0.1", "-p", str(self.port)]
         if self.jetstream:
             args += ["-js", "-sd", self.dir]
+        if self.max_payload is not None:
+            config = Path(self.dir) / "server.conf"
+            config.write_text(f"max_payload: {self.max_payload}\n")
+            args += ["-c", str(config)]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -193,3 +193,67 @@ def test_a_wave_over_the_largest_message_is_too_large(nats: NatsServer) -> None:
     wave = ear.receive(timeout=5)
     assert wave is not None and wave.channel == "big.two" and len(wave.payload) == 100_000
     bus.close()
+
+
+RECEIVER = r"""
+import aether, json, sys
+bus = aether.connect(sys.argv[1])
+ear = bus.vibrator("ear", queue_capacity=100_000).resonate("tail.>")
+print("ready", flush=True)
+got = []
+while True:
+    wave = ear.receive(timeout=3)
+    if wave is None:
+        break
+    got.append(wave.payload)
+print(json.dumps(got), flush=True)
+"""
+
+EMITTER = r"""
+import asyncio, aether, sys
+async def main():
+    bus = await aether.connect_async(sys.argv[1])
+    mouth = bus.vibrator("mouth")
+    # Gathered together: they leave in the order of the calls.
+    await asyncio.gather(*(mouth.emit_async("tail.n", n) for n in range(500)))
+    for n in range(500, 1000):
+        await mouth.emit_async("tail.n", n)
+    # No drain, no close: the bus is dropped and the interpreter exits.
+asyncio.run(main())
+"""
+
+
+def test_what_a_script_emitted_last_leaves_before_it_exits(nats: NatsServer) -> None:
+    receiver = subprocess.Popen(
+        [sys.executable, "-c", RECEIVER, nats.url], stdout=subprocess.PIPE, text=True
+    )
+    assert receiver.stdout is not None
+    assert receiver.stdout.readline().strip() == "ready"
+    emitter = subprocess.run([sys.executable, "-c", EMITTER, nats.url], timeout=60)
+    assert emitter.returncode == 0
+    got = json.loads(receiver.stdout.readline())
+    receiver.wait(timeout=30)
+    assert got == list(range(1000))
+
+
+def test_the_servers_own_max_payload_bounds_a_wave() -> None:
+    server = NatsServer(max_payload=8192)
+    try:
+        bus = aether.connect(server.url)
+        ear = bus.vibrator("ear", queue_capacity=200_000).resonate("small.>")
+        mouth = bus.vibrator("mouth")
+        with pytest.raises(aether.TooLarge, match="max_payload"):
+            mouth.emit("small.big", b"x" * 9000)
+        # A fast stream of small waves: frames stay under the server's limit.
+        for n in range(20_000):
+            mouth.emit("small.n", n)
+        got = [ear.receive(timeout=5) for _ in range(20_000)]
+        assert [w.payload for w in got if w is not None] == list(range(20_000))
+        stats = bus.stats()
+        assert stats["dropped"] == {} or sum(stats["dropped"].values()) == 0, stats
+        # The refused wave was emitted, not published.
+        mine = mouth.stats()
+        assert mine["published"] == 20_000, mine
+        bus.close()
+    finally:
+        server.stop()

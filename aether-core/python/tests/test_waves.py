@@ -204,3 +204,40 @@ def test_values_arrive_as_json_would_carry_them(bus: aether.Bus) -> None:
         deep = [deep]
     with pytest.raises(aether.InvalidValue):
         shop.emit("values", deep)
+
+
+def test_buffers_go_as_their_bytes_and_weak_waves_are_counted(bus: aether.Bus) -> None:
+    shop = bus.vibrator("shop")
+    ear = bus.vibrator("ear").resonate("buf.>")
+    shop.emit("buf.view", memoryview(b"abc"))
+    shop.emit("buf.array", bytearray(b"def"))
+    got = [ear.receive(timeout=5) for _ in range(2)]
+    assert [w.payload for w in got if w is not None] == [b"abc", b"def"]
+    # A wave emitted at amplitude 0 expires at once: emitted, dropped by
+    # its reason, not published, at the vibrator and the bus alike.
+    shop.emit("buf.weak", 1, amplitude=0.0)
+    mine = shop.stats()
+    assert mine["emitted"] == 3 and mine["published"] == 2, mine
+    assert mine["dropped"].get("expired") == 1, mine
+    assert bus.stats()["dropped"].get("expired") == 1
+    assert ear.receive(timeout=0.2) is None
+
+
+def test_a_forked_child_is_told_to_connect_itself(bus: aether.Bus) -> None:
+    import os
+
+    shop = bus.vibrator("shop")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: every call refuses, none hangs
+        try:
+            shop.emit("fork.x", 1)
+            os.write(write, b"emitted")
+        except aether.Error as error:
+            os.write(write, str(error).encode())
+        os._exit(0)
+    os.close(write)
+    said = os.read(read, 1000).decode()
+    os.waitpid(pid, 0)
+    assert "forked" in said and "connect in the child" in said, said
+    shop.emit("fork.parent", 1)  # the parent goes on

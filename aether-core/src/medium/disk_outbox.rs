@@ -294,6 +294,9 @@ struct MarkWriter {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// How long opening waits for an outbox that is in use to be let go.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl DurableOutbox {
     /// An outbox in memory.
     pub(crate) fn in_memory(max_bytes: u64) -> Self {
@@ -309,14 +312,20 @@ impl DurableOutbox {
             .truncate(false)
             .write(true)
             .open(dir.join(LOCK_NAME))?;
-        lock.try_lock().map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::WouldBlock,
-                "in use by another aether, in this process or another; give each \
-                 aether its own outbox_dir"
-                    .to_string(),
-            )
-        })?;
+        // An aether of this process dropped a moment ago lets go of it as
+        // its last task ends: it is given a little while.
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        while lock.try_lock().is_err() {
+            if std::time::Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "in use by another aether, in this process or another; give each \
+                     aether its own outbox_dir"
+                        .to_string(),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let path = dir.join(FILE_NAME);
         let mut file = OpenOptions::new()
             .create(true)

@@ -25,6 +25,7 @@ import atexit
 import collections
 import functools
 import logging
+import os
 import threading
 import weakref
 from collections.abc import MutableMapping
@@ -78,21 +79,43 @@ __all__ = [
     "__version__",
     "connect",
     "connect_async",
+    "discover",
+    "discover_async",
 ]
 
 _log = logging.getLogger("aether")
 
 # At exit, blocking calls end and handler threads stop before the
 # interpreter goes: a thread it stopped while it waited in the core would
-# abort the process.
-_buses: "weakref.WeakSet[Bus]" = weakref.WeakSet()
+# abort the process. A bus is held here until it is closed, as a
+# connection is (a script that drops its last reference to a bus without
+# closing it still has what it emitted sent, at the latest at exit).
+_buses: "set[Bus]" = set()
 _watches: "weakref.WeakSet[Watch]" = weakref.WeakSet()
+
+
+# A child forked after connecting has none of the runtime's threads: its
+# calls raise aether.Error instead of hanging.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_aether._forked)
+
+# How long, at the interpreter's exit, each open bus may take to send
+# what was emitted.
+_EXIT_DRAIN_S = 5.0
 
 
 @atexit.register
 def _at_exit() -> None:
     for watch in list(_watches):
         watch.close()
+    # What was emitted leaves the process before the interpreter goes,
+    # as `drain` does (bounded); then blocking calls end.
+    for bus in list(_buses):
+        if not bus.closed:
+            try:
+                bus._raw.drain(_EXIT_DRAIN_S)
+            except Exception as error:  # the exit goes on; the loss is logged
+                _log.warning("at exit, bus %s could not send everything: %s", bus.name, error)
     _aether._exiting(1.0)
     for bus in list(_buses):
         bus.close()
@@ -214,9 +237,38 @@ async def connect_async(
     return Bus(raw)
 
 
+def discover(
+    bus: Optional[str] = None,
+    *,
+    secret_file: Optional[str] = None,
+    wait: float = 3.0,
+    name: Optional[str] = None,
+) -> "Bus":
+    """Connects to a bus on the LAN that `aether node` runs: this
+    machine's node of `bus` (default `AETHER_BUS`, else "aether"), else,
+    given the bus's `secret_file` (default `AETHER_SECRET_FILE`), a node
+    announced on the LAN within `wait` seconds. Raises
+    `aether.ConnectionError` saying what to run when none is found."""
+    _blocking("discover")
+    return Bus(_aether.discover(bus, secret_file=secret_file, wait=wait, name=name))
+
+
+async def discover_async(
+    bus: Optional[str] = None,
+    *,
+    secret_file: Optional[str] = None,
+    wait: float = 3.0,
+    name: Optional[str] = None,
+) -> "Bus":
+    """`discover`, for asyncio."""
+    raw = await _aether.discover(bus, secret_file=secret_file, wait=wait, name=name, async_=True)
+    return Bus(raw)
+
+
 class Bus:
     """An aether: the bus this script is on. `with aether.connect() as bus:`
-    drains it at the end (what was emitted leaves the process first)."""
+    (and `async with`) drains it at the end, and so does the interpreter's
+    exit for a bus still open: what was emitted leaves the process first."""
 
     def __init__(self, raw: Any) -> None:
         self._raw = raw
@@ -270,6 +322,7 @@ class Bus:
         return m
 
     def _end_watches(self) -> None:
+        _buses.discard(self)
         for ref in self._maps:
             m = ref()
             if m is not None:
@@ -303,6 +356,13 @@ class Bus:
         finally:
             self._end_watches()
 
+    async def drain_async(self, timeout: float = 5.0) -> None:
+        """`drain`, for asyncio."""
+        try:
+            await self._raw.drain(timeout, async_=True)
+        finally:
+            self._end_watches()
+
     def close(self) -> None:
         """Closes at once; what is still unsent is dropped, and counted.
         Its maps' watches and handlers end."""
@@ -320,7 +380,8 @@ class Bus:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        self.close()
+        if not self.closed:
+            await self.drain_async()
 
     def __repr__(self) -> str:
         return f"Bus(name={self.name!r}, medium={self.medium!r}, state={self.state!r})"

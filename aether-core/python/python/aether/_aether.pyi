@@ -95,6 +95,16 @@ def connect(
     async_: bool = False,
 ) -> Any: ...
 
+def discover(
+    bus: Optional[str] = None,
+    *,
+    secret_file: Optional[str] = None,
+    wait: float = 3.0,
+    name: Optional[str] = None,
+    async_: bool = False,
+) -> Any: ...
+
+def _forked() -> None: ...
 def _exiting(timeout: float) -> None:
     """At the interpreter's exit: blocking calls end; waits up to `timeout`
     seconds for the threads inside them."""

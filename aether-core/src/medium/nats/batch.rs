@@ -69,6 +69,9 @@ pub(super) struct Batcher {
     config: NatsBatch,
     /// Most bytes waiting before emit waits.
     queue_bytes: usize,
+    /// The server's largest message (0: not known): a frame never
+    /// outgrows it.
+    server_max: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -102,6 +105,7 @@ impl Batcher {
         shared: Arc<Shared>,
         config: &NatsBatch,
         queue_bytes: usize,
+        server_max: Arc<std::sync::atomic::AtomicUsize>,
     ) -> Arc<Self> {
         let batcher = Arc::new(Self {
             state: Mutex::default(),
@@ -109,9 +113,19 @@ impl Batcher {
             room: Notify::new(),
             config: config.clone(),
             queue_bytes: queue_bytes.max(config.max_bytes * 2),
+            server_max,
         });
         tokio::spawn(run(batcher.clone(), client, shared));
         batcher
+    }
+
+    /// The largest frame: `max_bytes`, or less when the server takes
+    /// only smaller messages.
+    fn max_frame(&self) -> usize {
+        match self.server_max.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => self.config.max_bytes,
+            server => server.min(self.config.max_bytes),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -134,10 +148,11 @@ impl Batcher {
         if state.closed || state.bytes >= self.queue_bytes {
             return false;
         }
+        let max_frame = self.max_frame();
         let fits = state.runs.back().is_some_and(|run| {
             run.channel.as_ref() == Some(wave.channel())
                 && run.waves < self.config.max_waves
-                && run.buf.len() + entry <= self.config.max_bytes
+                && run.buf.len() + entry <= max_frame
         });
         if !fits {
             self.start_run(
@@ -187,10 +202,11 @@ impl Batcher {
     /// `subject`; returns its length before the envelope.
     fn run_for(&self, state: &mut State, subject: &Subject, len: usize) -> usize {
         let entry = wire::framed_len_len(len) + len;
+        let max_frame = self.max_frame();
         let fits = state.runs.back().is_some_and(|run| {
             run.subject == *subject
                 && run.waves < self.config.max_waves
-                && run.buf.len() + entry <= self.config.max_bytes
+                && run.buf.len() + entry <= max_frame
         });
         if !fits {
             self.start_run(state, subject.clone(), None, entry);
@@ -207,7 +223,7 @@ impl Batcher {
         entry: usize,
     ) {
         let mut buf =
-            BytesMut::with_capacity((HEAD + entry).max(FIRST_CAPACITY.min(self.config.max_bytes)));
+            BytesMut::with_capacity((HEAD + entry).max(FIRST_CAPACITY.min(self.max_frame())));
         buf.extend_from_slice(&[wire::MAGIC, wire::FRAME, 0, 0, 0]);
         state.bytes += HEAD;
         state.runs.push_back(Run {

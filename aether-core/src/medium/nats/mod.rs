@@ -119,6 +119,9 @@ struct Shared {
     /// The life rules of arriving waves, from `config`, made once.
     life: Life,
     limits: wire::Limits,
+    /// The server's own largest message (`max_payload`, from its INFO at
+    /// each connect); 0 until known.
+    server_max_payload: Arc<std::sync::atomic::AtomicUsize>,
     stats: Arc<Counters>,
     counters: ConnectionCounters,
     events: broadcast::Sender<ConnectionEvent>,
@@ -191,6 +194,7 @@ impl NatsMedium {
             limits: wire::Limits {
                 max_body_bytes: nats.max_wave_bytes,
             },
+            server_max_payload: Arc::default(),
             stats,
             counters: ConnectionCounters::default(),
             events,
@@ -215,6 +219,7 @@ impl NatsMedium {
         if client.connection_state() == State::Connected {
             shared.counters.set_state(ConnectionState::Connected);
         }
+        shared.note_server(&client);
         let durable = durable::Durable::start(&client, &shared).await?;
         let flusher = tokio::spawn(flush_on_reconnect(client.clone(), shared.clone()));
         let batcher = nats.batch.enabled.then(|| {
@@ -223,6 +228,7 @@ impl NatsMedium {
                 shared.clone(),
                 &nats.batch,
                 (nats.batch.max_bytes * 64).max(1 << 20),
+                shared.server_max_payload.clone(),
             )
         });
         Ok(Self {
@@ -324,7 +330,7 @@ impl NatsMedium {
         }
         // A payload near the largest message takes the path that measures
         // its envelope and refuses it when too large.
-        if wave.payload_bytes().len() + NEAR_LIMIT > shared.limits.max_body_bytes {
+        if wave.payload_bytes().len() + NEAR_LIMIT > shared.max_message() {
             return None;
         }
         let version = shared.config.nats.wire_version;
@@ -969,18 +975,36 @@ impl Shared {
     /// the server's own `max_payload`): no aether would take it off the
     /// wire, and the server would refuse it after `emit` returned.
     fn check_size(&self, body: &[u8]) -> Result<(), EmitError> {
-        let max = self.limits.max_body_bytes;
+        let max = self.max_message();
         if body.len() > max {
             return Err(EmitError::new(
                 EmitErrorKind::TooLarge,
                 format!(
                     "the wave's envelope is {} bytes, over the largest message of {max} bytes \
-                     (nats.max_wave_bytes; the server's max_payload): send a smaller payload",
+                     (nats.max_wave_bytes, or the server's own max_payload if smaller): send a \
+                     smaller payload",
                     body.len()
                 ),
             ));
         }
         Ok(())
+    }
+
+    /// The largest envelope that may be sent: `nats.max_wave_bytes`, or
+    /// the server's `max_payload` when that is smaller.
+    fn max_message(&self) -> usize {
+        match self.server_max_payload.load(Ordering::Relaxed) {
+            0 => self.limits.max_body_bytes,
+            server => server.min(self.limits.max_body_bytes),
+        }
+    }
+
+    /// Reads the largest message of the server `client` is connected to.
+    fn note_server(&self, client: &Client) {
+        let max = client.server_info().max_payload;
+        if max > 0 {
+            self.server_max_payload.store(max, Ordering::Relaxed);
+        }
     }
 
     /// Whether an emit may go straight to the client: connected, as the
@@ -1132,6 +1156,8 @@ async fn flush_on_reconnect(client: Client, shared: Arc<Shared>) {
         if client.connection_state() != State::Connected {
             continue;
         }
+        // Another server may take smaller messages.
+        shared.note_server(&client);
         shared.outbox.start_flush();
         let mut sent = 0;
         while let Some(item) = shared.outbox.next_to_flush(&shared.counters) {

@@ -1,0 +1,123 @@
+//! The cluster's members, as the node's server sees its routes (its
+//! monitoring port's `/routez`): joins and leaves logged, and `--status`.
+
+use std::collections::BTreeSet;
+
+use aether_core::lan::{self, NodeRecord};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::Failure;
+
+/// The largest monitoring answer read.
+const MAX_ANSWER: u64 = 4 << 20;
+
+/// `GET path` on the monitoring address `base` (`http://127.0.0.1:port`):
+/// the body, if it answered 200.
+async fn get(base: &str, path: &str) -> Option<serde_json::Value> {
+    let host = base.strip_prefix("http://")?;
+    let mut stream = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        tokio::net::TcpStream::connect(host),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        (&mut stream).take(MAX_ANSWER).read_to_end(&mut answer),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let at = answer.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&answer[..at]).ok()?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    serde_json::from_slice(&answer[at + 4..]).ok()
+}
+
+/// The names of the servers this one has routes to.
+async fn routed(monitor: &str) -> Option<BTreeSet<String>> {
+    let routes = get(monitor, "/routez").await?;
+    Some(
+        routes
+            .get("routes")
+            .and_then(|r| r.as_array())
+            .map(|routes| {
+                routes
+                    .iter()
+                    .filter_map(|route| {
+                        route
+                            .get("remote_name")
+                            .or_else(|| route.get("remote_id"))
+                            .and_then(|n| n.as_str())
+                            .map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
+}
+
+/// The members last seen, for logging who joins and leaves.
+pub struct Members {
+    monitor: String,
+    known: BTreeSet<String>,
+}
+
+impl Members {
+    pub fn new(monitor: String) -> Self {
+        Self {
+            monitor,
+            known: BTreeSet::new(),
+        }
+    }
+
+    /// Reads the routes once, and logs the changes.
+    pub async fn poll(&mut self, me: &str) {
+        let Some(now) = routed(&self.monitor).await else {
+            return;
+        };
+        for joined in now.difference(&self.known) {
+            eprintln!("node {me}: {joined} joined ({} other nodes)", now.len());
+        }
+        for left in self.known.difference(&now) {
+            eprintln!("node {me}: {left} left ({} other nodes)", now.len());
+        }
+        self.known = now;
+    }
+}
+
+/// `aether node --status`.
+pub async fn status(bus: &str) -> Result<(), Failure> {
+    let dir = lan::runtime_dir();
+    let record = NodeRecord::read_in(&dir, bus).ok_or_else(|| {
+        Failure::runtime(format!(
+            "no node of bus {bus:?} runs on this machine (no live record in {}): start one with \
+             `aether node --bus {bus} --secret-file FILE`",
+            dir.display()
+        ))
+    })?;
+    let others = routed(&record.monitor).await.ok_or_else(|| {
+        Failure::runtime(format!(
+            "node {} does not answer on {}: is its nats-server running?",
+            record.name, record.monitor
+        ))
+    })?;
+    println!(
+        "bus {bus}: node {} (this machine), programs at {}",
+        record.name, record.url
+    );
+    if others.is_empty() {
+        println!("no other node");
+    }
+    for other in &others {
+        println!("  {other}");
+    }
+    println!("{} nodes in all", others.len() + 1);
+    Ok(())
+}

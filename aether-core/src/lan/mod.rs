@@ -1,0 +1,237 @@
+//! A bus on a LAN with nothing to configure but one secret file.
+//!
+//! `aether node` runs a NATS server for its machine, with a cluster
+//! listener and client and route passwords derived from the bus's secret
+//! ([`LanSecret`]), and leaves a [`NodeRecord`] for the programs of its
+//! machine. A program calls [`Aether::discover`]: it finds the node of its
+//! bus on this machine and connects with the password its own copy of the
+//! secret gives. A program without the secret cannot connect; a node
+//! without it cannot join.
+//!
+//! | module | idea |
+//! | --- | --- |
+//! | `secret` | the secret file, and what is derived from it (passwords, fingerprint, seal key) |
+//! | `record` | the record a running node leaves for the programs of its machine |
+//! | `scout` | nodes announced on the LAN by multicast DNS, checked, and found |
+
+mod record;
+mod scout;
+mod secret;
+
+use std::{path::PathBuf, time::Duration};
+
+pub use record::{NodeRecord, runtime_dir};
+pub use scout::{Announcement, Ignored, SERVICE_TYPE, Scout, Sighting, Sightings};
+pub use secret::{CLIENT_USER, LanSecret, MIN_SECRET_BYTES, ROUTE_USER, SecretError};
+
+use crate::{Aether, AetherConfig, ConnectError, ConnectErrorKind};
+
+/// The bus a node or program belongs to when none is named.
+pub const DEFAULT_BUS: &str = "aether";
+
+/// `Ok` if `bus` may name a bus: 1 to 64 ASCII letters, digits, `-` and
+/// `_` (it names the NATS cluster and the node record's file).
+pub fn check_bus_name(bus: &str) -> Result<(), String> {
+    let valid = !bus.is_empty()
+        && bus.len() <= 64
+        && bus
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{bus:?} cannot name a bus: use 1 to 64 letters, digits, '-' or '_'"
+        ))
+    }
+}
+
+/// How a program finds its bus on the LAN (`[aether.lan]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LanOptions {
+    /// The bus's name. Default [`DEFAULT_BUS`].
+    pub bus: String,
+    /// The bus's secret file; default: the one the node of this machine
+    /// was started with.
+    pub secret_file: Option<PathBuf>,
+    /// Where node records are ([`runtime_dir`] by default).
+    pub runtime_dir: Option<PathBuf>,
+    /// How long to look for a node on the LAN. Default 3 s.
+    pub wait: Duration,
+    /// The network interface to look on (default: every interface).
+    pub interface: Option<String>,
+}
+
+impl Default for LanOptions {
+    fn default() -> Self {
+        Self {
+            bus: DEFAULT_BUS.to_string(),
+            secret_file: None,
+            runtime_dir: None,
+            wait: Duration::from_secs(3),
+            interface: None,
+        }
+    }
+}
+
+impl LanOptions {
+    /// The settings that reach the node this finds: `config` with the
+    /// node's URL and the password from the secret.
+    pub fn resolve(&self, mut config: AetherConfig) -> Result<AetherConfig, ConnectError> {
+        check_bus_name(&self.bus).map_err(|e| ConnectError::new(ConnectErrorKind::Config, e))?;
+        let dir = self.runtime_dir.clone().unwrap_or_else(runtime_dir);
+        let Some(record) = NodeRecord::read_in(&dir, &self.bus) else {
+            return Err(ConnectError::new(
+                ConnectErrorKind::Unreachable,
+                format!(
+                    "no node of bus {:?} runs on this machine (no live record in {}): start one \
+                     with `aether node --bus {} --secret-file FILE`, or name a server with \
+                     --nats URL / AETHER_NATS",
+                    self.bus,
+                    dir.display(),
+                    self.bus
+                ),
+            ));
+        };
+        let secret_file = self.secret_file.as_ref().unwrap_or(&record.secret_file);
+        let secret = LanSecret::load(secret_file)
+            .map_err(|e| ConnectError::new(ConnectErrorKind::Credentials, e.to_string()))?;
+        config.nats.urls = vec![record.url];
+        config.nats.auth.user = Some(CLIENT_USER.to_string());
+        config.nats.auth.password = Some(secret.client_password());
+        config.nats.auth.token = None;
+        config.nats.auth.nkey_seed = None;
+        config.nats.auth.credentials_file = None;
+        Ok(config)
+    }
+}
+
+impl LanOptions {
+    /// [`resolve`](Self::resolve), else a node of the bus announced on the
+    /// LAN within [`wait`](Self::wait) (this needs the secret file: the
+    /// node of this machine cannot lend its own).
+    pub async fn find(&self, config: AetherConfig) -> Result<AetherConfig, ConnectError> {
+        let unreachable = match self.resolve(config.clone()) {
+            Ok(config) => return Ok(config),
+            Err(e) if e.kind() == ConnectErrorKind::Unreachable => e,
+            Err(e) => return Err(e),
+        };
+        let Some(secret_file) = &self.secret_file else {
+            return Err(ConnectError::new(
+                ConnectErrorKind::Unreachable,
+                format!(
+                    "{unreachable}; to find a node of the bus on the LAN instead, give the bus's                      secret file (--secret-file, AETHER_SECRET_FILE or [aether.lan] secret_file)"
+                ),
+            ));
+        };
+        let secret = LanSecret::load(secret_file)
+            .map_err(|e| ConnectError::new(ConnectErrorKind::Credentials, e.to_string()))?;
+        let scout = Scout::start(self.interface.as_deref())
+            .map_err(|e| ConnectError::new(ConnectErrorKind::Unreachable, e))?;
+        let found = match scout.browse(&self.bus, &secret.fingerprint()) {
+            Ok(sightings) => tokio::time::timeout(self.wait, async {
+                while let Some(sighting) = sightings.next().await {
+                    match sighting {
+                        Sighting::Announced(node) => return Some(node),
+                        Sighting::Ignored(name, why) => {
+                            tracing::info!(node = %name, %why, "passed over a node's announcement");
+                        }
+                        Sighting::Withdrawn(_) => {}
+                    }
+                }
+                None
+            })
+            .await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for nodes on the LAN");
+                Ok(None)
+            }
+        };
+        // Stopping waits for the goodbye packets: not on this task.
+        std::thread::spawn(move || scout.stop());
+        let Ok(Some(node)) = found else {
+            return Err(ConnectError::new(
+                ConnectErrorKind::Unreachable,
+                format!(
+                    "no node of bus {:?} with this secret answered on the LAN within {:?}: start                      one here (`aether node --bus {} --secret-file FILE`), check that the other                      machines' nodes run with the same bus and secret file, or name a server                      with --nats URL / AETHER_NATS",
+                    self.bus, self.wait, self.bus
+                ),
+            ));
+        };
+        let mut config = config;
+        config.nats.urls = node.clients.iter().map(|a| format!("nats://{a}")).collect();
+        config.nats.auth.user = Some(CLIENT_USER.to_string());
+        config.nats.auth.password = Some(secret.client_password());
+        config.nats.auth.token = None;
+        config.nats.auth.nkey_seed = None;
+        config.nats.auth.credentials_file = None;
+        Ok(config)
+    }
+}
+
+impl Aether {
+    /// Connects to the bus `lan` names with `config`'s other settings: to
+    /// the node of this machine ([`NodeRecord`]), else to one announced on
+    /// the LAN ([`LanOptions::find`]), with the password the bus's secret
+    /// gives. Fails with a message that says what to run when none is
+    /// found.
+    pub async fn discover(config: AetherConfig, lan: &LanOptions) -> Result<Aether, ConnectError> {
+        Aether::connect(lan.find(config).await?).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bus_names_are_checked() {
+        assert!(check_bus_name("home").is_ok());
+        assert!(check_bus_name("lab-2_b").is_ok());
+        for bad in ["", "a b", "x.y", "../etc", &"x".repeat(65), "é"] {
+            assert!(check_bus_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_program_reaches_the_node_of_its_machine_with_the_derived_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret_file = dir.path().join("secret");
+        std::fs::write(&secret_file, LanSecret::generate()).unwrap();
+        let lan = LanOptions {
+            bus: "home".into(),
+            runtime_dir: Some(dir.path().to_path_buf()),
+            ..LanOptions::default()
+        };
+        let none = lan.resolve(AetherConfig::default()).unwrap_err();
+        assert_eq!(none.kind(), ConnectErrorKind::Unreachable);
+        assert!(
+            none.to_string().contains("aether node --bus home"),
+            "{none}"
+        );
+        NodeRecord {
+            bus: "home".into(),
+            name: "pc".into(),
+            url: "nats://127.0.0.1:4999".into(),
+            monitor: "http://127.0.0.1:8999".into(),
+            secret_file: secret_file.clone(),
+            pid: std::process::id(),
+        }
+        .write_in(dir.path())
+        .unwrap();
+        let config = lan.resolve(AetherConfig::default()).unwrap();
+        assert_eq!(config.nats.urls, ["nats://127.0.0.1:4999"]);
+        assert_eq!(config.nats.auth.user.as_deref(), Some(CLIENT_USER));
+        let secret = LanSecret::load(&secret_file).unwrap();
+        assert_eq!(config.nats.auth.password, Some(secret.client_password()));
+        // A secret file of its own that is not one: a clear error.
+        std::fs::write(dir.path().join("short"), "abc").unwrap();
+        let wrong = LanOptions {
+            secret_file: Some(dir.path().join("short")),
+            ..lan
+        };
+        let err = wrong.resolve(AetherConfig::default()).unwrap_err();
+        assert_eq!(err.kind(), ConnectErrorKind::Credentials);
+        assert!(err.to_string().contains("at least 16"), "{err}");
+    }
+}

@@ -1,0 +1,144 @@
+//! The record a running `aether node` leaves for the programs of its
+//! machine: where its server listens and which secret file it holds.
+//!
+//! One file per bus, `node-<bus>.json`, in the runtime directory
+//! ([`runtime_dir`]), written whole (a temporary file renamed over it) and
+//! readable by its user only. A record whose process is gone is stale and
+//! ignored.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What a node tells the programs of its machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The bus it belongs to.
+    pub bus: String,
+    /// Its name in the cluster (the NATS server's name).
+    pub name: String,
+    /// Its server's client URL on this machine (`nats://127.0.0.1:port`).
+    pub url: String,
+    /// Its server's monitoring address (`http://127.0.0.1:port`).
+    pub monitor: String,
+    /// The secret file it was started with.
+    pub secret_file: PathBuf,
+    /// The node's process.
+    pub pid: u32,
+}
+
+/// Where node records live: `AETHER_RUNTIME_DIR`, else
+/// `$XDG_RUNTIME_DIR/aether`, else `<temp>/aether-<user id>`.
+pub fn runtime_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("AETHER_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("aether");
+    }
+    std::env::temp_dir().join(format!("aether-{}", user_id()))
+}
+
+#[cfg(unix)]
+fn user_id() -> String {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid().to_string())
+        .unwrap_or_else(|_| "user".to_string())
+}
+
+#[cfg(not(unix))]
+fn user_id() -> String {
+    std::env::var("USERNAME").unwrap_or_else(|_| "user".to_string())
+}
+
+impl NodeRecord {
+    /// The record's file for `bus` in `dir`.
+    pub fn path_in(dir: &Path, bus: &str) -> PathBuf {
+        dir.join(format!("node-{bus}.json"))
+    }
+
+    /// Writes it into `dir` (made if missing), replacing the last.
+    pub fn write_in(&self, dir: &Path) -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(dir)?;
+        let path = Self::path_in(dir, &self.bus);
+        let partial = path.with_extension(format!("json.{}", std::process::id()));
+        let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            use std::io::Write;
+            options.open(&partial)?.write_all(&text)?;
+        }
+        std::fs::rename(&partial, &path)?;
+        Ok(path)
+    }
+
+    /// The live record for `bus` in `dir`: none when there is none, it
+    /// cannot be read, or its process is gone.
+    pub fn read_in(dir: &Path, bus: &str) -> Option<Self> {
+        let text = std::fs::read(Self::path_in(dir, bus)).ok()?;
+        let record: Self = serde_json::from_slice(&text).ok()?;
+        (record.bus == bus && process_alive(record.pid)).then_some(record)
+    }
+
+    /// Removes `bus`'s record from `dir` if it is this process's.
+    pub fn remove_in(dir: &Path, bus: &str) {
+        let path = Self::path_in(dir, bus);
+        if let Ok(text) = std::fs::read(&path)
+            && let Ok(record) = serde_json::from_slice::<Self>(&text)
+            && record.pid == std::process::id()
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn process_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn process_alive(_pid: u32) -> bool {
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(pid: u32) -> NodeRecord {
+        NodeRecord {
+            bus: "home".into(),
+            name: "pc-1".into(),
+            url: "nats://127.0.0.1:4300".into(),
+            monitor: "http://127.0.0.1:8300".into(),
+            secret_file: "/etc/aether/secret".into(),
+            pid,
+        }
+    }
+
+    #[test]
+    fn a_live_record_is_read_back_and_a_stale_one_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mine = record(std::process::id());
+        mine.write_in(dir.path()).unwrap();
+        assert_eq!(NodeRecord::read_in(dir.path(), "home"), Some(mine));
+        assert_eq!(NodeRecord::read_in(dir.path(), "office"), None);
+        // A process that cannot exist: the record is stale.
+        record(u32::MAX - 1).write_in(dir.path()).unwrap();
+        assert_eq!(NodeRecord::read_in(dir.path(), "home"), None);
+        // Only its own process removes it.
+        NodeRecord::remove_in(dir.path(), "home");
+        assert!(NodeRecord::path_in(dir.path(), "home").exists());
+        record(std::process::id()).write_in(dir.path()).unwrap();
+        NodeRecord::remove_in(dir.path(), "home");
+        assert!(!NodeRecord::path_in(dir.path(), "home").exists());
+        // Junk in the file is no record.
+        std::fs::write(NodeRecord::path_in(dir.path(), "home"), b"{not json").unwrap();
+        assert_eq!(NodeRecord::read_in(dir.path(), "home"), None);
+    }
+}
