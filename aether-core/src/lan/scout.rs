@@ -71,13 +71,31 @@ impl Announcement {
     /// Checks what a resolved service says: one of `bus` with the secret
     /// whose fingerprint is `fingerprint`, or why it is passed over.
     pub fn parse(service: &ResolvedService, bus: &str, fingerprint: &str) -> Result<Self, Ignored> {
-        let text = |key: &str| -> Result<&str, Ignored> {
-            service
-                .get_property_val_str(key)
+        Self::parse_parts(
+            &service.fullname,
+            service.port,
+            service.addresses.iter().map(|a| a.to_ip_addr()),
+            |key| service.get_property_val_str(key),
+            bus,
+            fingerprint,
+        )
+    }
+
+    /// [`parse`](Self::parse), from the record's parts.
+    fn parse_parts<'a>(
+        fullname: &str,
+        port: u16,
+        addresses: impl Iterator<Item = IpAddr>,
+        property: impl Fn(&str) -> Option<&'a str>,
+        bus: &str,
+        fingerprint: &str,
+    ) -> Result<Self, Ignored> {
+        let text = |key: &str| -> Result<&'a str, Ignored> {
+            property(key)
                 .filter(|v| v.len() <= 128)
                 .ok_or_else(|| Ignored::Malformed(format!("no {key} (or one too long)")))
         };
-        let name = instance_of(&service.fullname);
+        let name = instance_of(fullname);
         if name.is_empty() || name.len() > 128 {
             return Err(Ignored::Malformed("no usable instance name".into()));
         }
@@ -108,15 +126,12 @@ impl Announcement {
             .ok()
             .filter(|p| *p != 0)
             .ok_or_else(|| Ignored::Malformed("a cluster port that is not a port".into()))?;
-        if service.port == 0 {
+        if port == 0 {
             return Err(Ignored::Malformed("port 0".into()));
         }
         // Every usable address, most likely first: IPv4, then IPv6 that is
         // not link-local (which would need its interface's scope).
-        let addresses: BTreeSet<(bool, IpAddr)> = service
-            .addresses
-            .iter()
-            .map(|a| a.to_ip_addr())
+        let addresses: BTreeSet<(bool, IpAddr)> = addresses
             .filter(|ip| match ip {
                 IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_multicast() && !v4.is_broadcast(),
                 IpAddr::V6(v6) => {
@@ -137,7 +152,7 @@ impl Announcement {
             fingerprint: fingerprint.to_string(),
             clients: addresses
                 .iter()
-                .map(|(_, ip)| SocketAddr::new(*ip, service.port))
+                .map(|(_, ip)| SocketAddr::new(*ip, port))
                 .collect(),
             routes: addresses
                 .iter()
@@ -273,5 +288,112 @@ impl Scout {
         if let Ok(done) = self.daemon.shutdown() {
             let _ = done.recv_timeout(std::time::Duration::from_secs(1));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FP: &str = "0123456789abcdef";
+
+    fn good() -> Vec<(&'static str, String)> {
+        vec![
+            ("v", "1".into()),
+            ("bus", "home".into()),
+            ("fp", FP.into()),
+            ("cluster", "6222".into()),
+        ]
+    }
+
+    fn parse(
+        pairs: &[(&'static str, String)],
+        addresses: &[&str],
+        port: u16,
+    ) -> Result<Announcement, Ignored> {
+        let addresses: Vec<IpAddr> = addresses.iter().map(|a| a.parse().unwrap()).collect();
+        Announcement::parse_parts(
+            &format!("pi.{SERVICE_TYPE}"),
+            port,
+            addresses.into_iter(),
+            |key| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v.as_str())
+            },
+            "home",
+            FP,
+        )
+    }
+
+    #[test]
+    fn a_node_of_the_bus_is_taken_with_every_usable_address() {
+        let found = parse(
+            &good(),
+            &["192.168.1.20", "fe80::1", "fd00::20", "224.0.0.251"],
+            4222,
+        )
+        .unwrap();
+        assert_eq!(found.name, "pi");
+        assert_eq!(
+            found.clients,
+            [
+                "192.168.1.20:4222".parse::<SocketAddr>().unwrap(),
+                "[fd00::20]:4222".parse().unwrap()
+            ]
+        );
+        assert_eq!(found.routes[0], "192.168.1.20:6222".parse().unwrap());
+    }
+
+    #[test]
+    fn other_buses_other_secrets_and_malformed_announcements_are_passed_over() {
+        let addr = &["10.0.0.2"][..];
+        let with = |key: &'static str, value: &str| {
+            let mut pairs = good();
+            pairs.retain(|(k, _)| *k != key);
+            pairs.push((key, value.to_string()));
+            pairs
+        };
+        let without = |key: &'static str| {
+            let mut pairs = good();
+            pairs.retain(|(k, _)| *k != key);
+            pairs
+        };
+        assert_eq!(
+            parse(&with("bus", "office"), addr, 4222),
+            Err(Ignored::OtherBus("office".into()))
+        );
+        assert_eq!(
+            parse(&with("fp", "fedcba9876543210"), addr, 4222),
+            Err(Ignored::OtherSecret)
+        );
+        for bad in [
+            with("v", "2"),
+            with("bus", "../etc"),
+            with("bus", &"b".repeat(200)),
+            with("fp", "not hex at all!!"),
+            with("fp", "0123"),
+            with("cluster", "0"),
+            with("cluster", "70000"),
+            with("cluster", "-1"),
+            without("bus"),
+            without("fp"),
+            without("cluster"),
+            without("v"),
+        ] {
+            assert!(
+                matches!(parse(&bad, addr, 4222), Err(Ignored::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            parse(&good(), addr, 0),
+            Err(Ignored::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(&good(), &["fe80::1", "0.0.0.0", "255.255.255.255"], 4222),
+            Err(Ignored::Malformed(_))
+        ));
     }
 }
