@@ -295,6 +295,27 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
         started.elapsed()
     );
 
+    // A second node on host 0's data directory is refused, and the first
+    // goes on.
+    let second = lan.run(
+        0,
+        dir.path(),
+        &[
+            "node",
+            "--no-scout",
+            "--secret-file",
+            secret.to_str().unwrap(),
+            "--data",
+            dir.path().join("data0").to_str().unwrap(),
+        ],
+    );
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another aether node runs"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
     // Replicas on hosts 1 and 2; a write on host 0 reaches them.
     let mut watchers: Vec<Running> = (1..3)
         .map(|i| {

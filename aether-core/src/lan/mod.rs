@@ -21,7 +21,10 @@ mod secret;
 use std::{path::PathBuf, time::Duration};
 
 pub use record::{NodeRecord, runtime_dir};
-pub use scout::{Announcement, Ignored, SERVICE_TYPE, Scout, Sighting, Sightings};
+pub use scout::{
+    Announcement, Ignored, SERVICE_TYPE, Scout, Sighting, Sightings, check_node_name,
+    local_addresses,
+};
 pub use secret::{CLIENT_USER, LanSecret, MIN_SECRET_BYTES, ROUTE_USER, SecretError};
 
 use crate::{Aether, AetherConfig, ConnectError, ConnectErrorKind};
@@ -128,7 +131,7 @@ impl LanOptions {
             .map_err(|e| ConnectError::new(ConnectErrorKind::Credentials, e.to_string()))?;
         let scout = Scout::start(self.interface.as_deref())
             .map_err(|e| ConnectError::new(ConnectErrorKind::Unreachable, e))?;
-        let found = match scout.browse(&self.bus, &secret.fingerprint()) {
+        let found = match scout.browse(&self.bus, &secret) {
             Ok(sightings) => tokio::time::timeout(self.wait, async {
                 while let Some(sighting) = sightings.next().await {
                     match sighting {

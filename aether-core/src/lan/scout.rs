@@ -2,26 +2,91 @@
 //!
 //! A node announces the service `_aether._tcp.local.` under its name: the
 //! port programs connect to, and TXT entries `v=1`, `bus=<bus>`,
-//! `fp=<fingerprint of the secret>` and `cluster=<route port>`. Never the
-//! secret, nor anything it could be worked out from. What comes off the
-//! network is hostile until checked ([`Announcement::parse`]): a record
-//! that is malformed, of another version, of another bus or of another
-//! secret is passed over with the reason, never joined.
+//! `fp=<fingerprint of the secret>`, `cluster=<route port>`,
+//! `addrs=<its addresses>` and `sig=<proof>`: an HMAC, under a key derived
+//! from the secret, of everything else it says. Never the secret, nor
+//! anything it could be worked out from. What comes off the network is
+//! hostile until checked ([`Announcement::parse`]): a record that is
+//! malformed, of another version, of another bus or secret, or whose proof
+//! does not hold (a copy of the fingerprint pointing elsewhere) is passed
+//! over with the reason, never joined; routes and programs go only to the
+//! addresses the proof covers. A withdrawal cannot be signed: it changes
+//! nothing but a log line.
 
-use std::{
-    collections::BTreeSet,
-    net::{IpAddr, SocketAddr},
-};
+use std::net::{IpAddr, SocketAddr};
 
 use mdns_sd::{IfKind, ResolvedService, ServiceDaemon, ServiceEvent, ServiceInfo};
 
-use super::check_bus_name;
+use super::{LanSecret, check_bus_name};
 
 /// The DNS-SD service type of Aether nodes.
 pub const SERVICE_TYPE: &str = "_aether._tcp.local.";
 
 /// The announcement format's version.
 const VERSION: &str = "1";
+
+/// Most addresses a node announces.
+const MAX_ADDRESSES: usize = 8;
+
+/// What a node's proof covers, in one canonical text.
+fn signed_text(
+    bus: &str,
+    name: &str,
+    client_port: u16,
+    cluster_port: u16,
+    addresses: &str,
+) -> String {
+    format!("v{VERSION}|{bus}|{name}|{client_port}|{cluster_port}|{addresses}")
+}
+
+/// `Ok` if `name` may name a node: 1 to 63 ASCII letters, digits, `-`,
+/// `_` and `.` (it is logged and becomes the server's name).
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} cannot name a node: use 1 to 63 letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+/// An address others may reach: not loopback, unspecified, multicast,
+/// broadcast or IPv6 link-local (which would need its interface's scope).
+fn usable(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            !v4.is_unspecified() && !v4.is_multicast() && !v4.is_broadcast() && !v4.is_loopback()
+        }
+        IpAddr::V6(v6) => {
+            !v6.is_unspecified()
+                && !v6.is_multicast()
+                && !v6.is_loopback()
+                && (v6.segments()[0] & 0xffc0) != 0xfe80
+        }
+    }
+}
+
+/// This machine's usable addresses (on `interface` only, if named), IPv4
+/// first, at most [`MAX_ADDRESSES`].
+pub fn local_addresses(interface: Option<&str>) -> Vec<IpAddr> {
+    let mut found: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| interface.is_none_or(|name| i.name == name))
+        .map(|i| i.ip())
+        .filter(usable)
+        .collect();
+    found.sort_by_key(|ip| (ip.is_ipv6(), *ip));
+    found.dedup();
+    found.truncate(MAX_ADDRESSES);
+    found
+}
 
 /// A node as its announcement describes it, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +112,9 @@ pub enum Ignored {
     OtherBus(String),
     /// A node of this bus whose secret differs.
     OtherSecret,
+    /// The fingerprint of this bus's secret, but a proof that does not
+    /// hold: a copy, or a record changed on the way.
+    Unproven,
 }
 
 impl std::fmt::Display for Ignored {
@@ -55,6 +123,9 @@ impl std::fmt::Display for Ignored {
             Self::Malformed(why) => write!(f, "not a valid announcement: {why}"),
             Self::OtherBus(bus) => write!(f, "a node of bus {bus:?}"),
             Self::OtherSecret => f.write_str("its secret differs from this bus's"),
+            Self::Unproven => f.write_str(
+                "it shows this bus's fingerprint but not the proof that it holds the secret",
+            ),
         }
     }
 }
@@ -70,35 +141,40 @@ pub(super) fn instance_of(fullname: &str) -> &str {
 impl Announcement {
     /// Checks what a resolved service says: one of `bus` with the secret
     /// whose fingerprint is `fingerprint`, or why it is passed over.
-    pub fn parse(service: &ResolvedService, bus: &str, fingerprint: &str) -> Result<Self, Ignored> {
+    pub fn parse(
+        service: &ResolvedService,
+        bus: &str,
+        secret: &LanSecret,
+    ) -> Result<Self, Ignored> {
         Self::parse_parts(
             &service.fullname,
             service.port,
-            service.addresses.iter().map(|a| a.to_ip_addr()),
             |key| service.get_property_val_str(key),
             bus,
-            fingerprint,
+            secret,
         )
     }
 
-    /// [`parse`](Self::parse), from the record's parts.
+    /// [`parse`](Self::parse), from the record's parts. The addresses are
+    /// the ones the proof covers, not the record's own (which anyone may
+    /// add to).
     fn parse_parts<'a>(
         fullname: &str,
         port: u16,
-        addresses: impl Iterator<Item = IpAddr>,
         property: impl Fn(&str) -> Option<&'a str>,
         bus: &str,
-        fingerprint: &str,
+        secret: &LanSecret,
     ) -> Result<Self, Ignored> {
+        let fingerprint = secret.fingerprint();
+        let fingerprint = fingerprint.as_str();
         let text = |key: &str| -> Result<&'a str, Ignored> {
             property(key)
                 .filter(|v| v.len() <= 128)
                 .ok_or_else(|| Ignored::Malformed(format!("no {key} (or one too long)")))
         };
         let name = instance_of(fullname);
-        if name.is_empty() || name.len() > 128 {
-            return Err(Ignored::Malformed("no usable instance name".into()));
-        }
+        check_node_name(name)
+            .map_err(|_| Ignored::Malformed("a node name that is not one".into()))?;
         if text("v")? != VERSION {
             return Err(Ignored::Malformed(format!(
                 "version {:?}, this one reads {VERSION}",
@@ -129,20 +205,24 @@ impl Announcement {
         if port == 0 {
             return Err(Ignored::Malformed("port 0".into()));
         }
-        // Every usable address, most likely first: IPv4, then IPv6 that is
-        // not link-local (which would need its interface's scope).
-        let addresses: BTreeSet<(bool, IpAddr)> = addresses
-            .filter(|ip| match ip {
-                IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_multicast() && !v4.is_broadcast(),
-                IpAddr::V6(v6) => {
-                    !v6.is_unspecified()
-                        && !v6.is_multicast()
-                        && (v6.segments()[0] & 0xffc0) != 0xfe80
-                }
-            })
-            .map(|ip| (ip.is_ipv6(), ip))
-            .take(16)
-            .collect();
+        let listed = text("addrs")?;
+        let expected = secret.proof(&signed_text(bus, name, port, cluster, listed));
+        if text("sig")? != expected {
+            return Err(Ignored::Unproven);
+        }
+        let mut addresses: Vec<IpAddr> = Vec::new();
+        for address in listed
+            .split(',')
+            .filter(|a| !a.is_empty())
+            .take(MAX_ADDRESSES)
+        {
+            let ip: IpAddr = address
+                .parse()
+                .map_err(|_| Ignored::Malformed(format!("{address:?} is not an address")))?;
+            if usable(&ip) {
+                addresses.push(ip);
+            }
+        }
         if addresses.is_empty() {
             return Err(Ignored::Malformed("no usable address".into()));
         }
@@ -152,11 +232,11 @@ impl Announcement {
             fingerprint: fingerprint.to_string(),
             clients: addresses
                 .iter()
-                .map(|(_, ip)| SocketAddr::new(*ip, port))
+                .map(|ip| SocketAddr::new(*ip, port))
                 .collect(),
             routes: addresses
                 .iter()
-                .map(|(_, ip)| SocketAddr::new(*ip, cluster))
+                .map(|ip| SocketAddr::new(*ip, cluster))
                 .collect(),
         })
     }
@@ -179,7 +259,7 @@ pub enum Sighting {
 pub struct Sightings {
     events: mdns_sd::Receiver<ServiceEvent>,
     bus: String,
-    fingerprint: String,
+    secret: LanSecret,
 }
 
 impl Sightings {
@@ -190,7 +270,7 @@ impl Sightings {
                 ServiceEvent::ServiceResolved(service) => {
                     let name = instance_of(&service.fullname).to_string();
                     return Some(
-                        match Announcement::parse(&service, &self.bus, &self.fingerprint) {
+                        match Announcement::parse(&service, &self.bus, &self.secret) {
                             Ok(found) => Sighting::Announced(found),
                             Err(why) => Sighting::Ignored(name, why),
                         },
@@ -230,24 +310,40 @@ impl Scout {
         Ok(Self { daemon })
     }
 
-    /// Announces this node: `name` of `bus`, programs on `client_port`,
-    /// routes on `cluster_port`, on `addresses` (none: every address of
-    /// the interfaces in use).
+    /// Announces this node, signed with `secret`: `name` of `bus`,
+    /// programs on `client_port`, routes on `cluster_port`, at `addresses`
+    /// ([`local_addresses`] gives this machine's).
     pub fn announce(
         &self,
         name: &str,
         bus: &str,
-        fingerprint: &str,
+        secret: &LanSecret,
         client_port: u16,
         cluster_port: u16,
         addresses: &[IpAddr],
     ) -> Result<(), String> {
+        if addresses.is_empty() {
+            return Err(format!(
+                "node {name:?} has no address other machines can reach (only loopback?): \
+                 give one with --listen, or run with --no-scout"
+            ));
+        }
         let cluster = cluster_port.to_string();
+        let listed = addresses
+            .iter()
+            .take(MAX_ADDRESSES)
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let fingerprint = secret.fingerprint();
+        let proof = secret.proof(&signed_text(bus, name, client_port, cluster_port, &listed));
         let properties = [
             ("v", VERSION),
             ("bus", bus),
-            ("fp", fingerprint),
+            ("fp", fingerprint.as_str()),
             ("cluster", cluster.as_str()),
+            ("addrs", listed.as_str()),
+            ("sig", proof.as_str()),
         ];
         let host = format!("{name}.local.");
         let info = ServiceInfo::new(
@@ -259,19 +355,14 @@ impl Scout {
             &properties[..],
         )
         .map_err(|e| format!("cannot announce {name:?}: {e}"))?;
-        let info = if addresses.is_empty() {
-            info.enable_addr_auto()
-        } else {
-            info
-        };
         self.daemon
             .register(info)
             .map_err(|e| format!("cannot announce {name:?}: {e}"))
     }
 
-    /// Nodes of `bus` with the secret of `fingerprint` as they are
+    /// Nodes of `bus` that prove they hold `secret`, as they are
     /// announced and withdrawn.
-    pub fn browse(&self, bus: &str, fingerprint: &str) -> Result<Sightings, String> {
+    pub fn browse(&self, bus: &str, secret: &LanSecret) -> Result<Sightings, String> {
         let events = self
             .daemon
             .browse(SERVICE_TYPE)
@@ -279,7 +370,7 @@ impl Scout {
         Ok(Sightings {
             events,
             bus: bus.to_string(),
-            fingerprint: fingerprint.to_string(),
+            secret: secret.clone(),
         })
     }
 
@@ -295,27 +386,40 @@ impl Scout {
 mod tests {
     use super::*;
 
-    const FP: &str = "0123456789abcdef";
-
-    fn good() -> Vec<(&'static str, String)> {
-        vec![
-            ("v", "1".into()),
-            ("bus", "home".into()),
-            ("fp", FP.into()),
-            ("cluster", "6222".into()),
-        ]
+    fn secret() -> LanSecret {
+        LanSecret::from_bytes(b"the secret of the test bus").unwrap()
     }
 
-    fn parse(
-        pairs: &[(&'static str, String)],
-        addresses: &[&str],
-        port: u16,
-    ) -> Result<Announcement, Ignored> {
-        let addresses: Vec<IpAddr> = addresses.iter().map(|a| a.parse().unwrap()).collect();
+    /// A node's TXT entries as it announces them, then changed by `change`.
+    fn announced(
+        addresses: &str,
+        change: impl FnOnce(&mut Vec<(&'static str, String)>),
+    ) -> Vec<(&'static str, String)> {
+        let secret = secret();
+        let mut pairs = vec![
+            ("v", "1".to_string()),
+            ("bus", "home".to_string()),
+            ("fp", secret.fingerprint()),
+            ("cluster", "6222".to_string()),
+            ("addrs", addresses.to_string()),
+            (
+                "sig",
+                secret.proof(&signed_text("home", "pi", 4222, 6222, addresses)),
+            ),
+        ];
+        change(&mut pairs);
+        pairs
+    }
+
+    fn set(pairs: &mut Vec<(&'static str, String)>, key: &'static str, value: &str) {
+        pairs.retain(|(k, _)| *k != key);
+        pairs.push((key, value.to_string()));
+    }
+
+    fn parse(pairs: &[(&'static str, String)], port: u16) -> Result<Announcement, Ignored> {
         Announcement::parse_parts(
             &format!("pi.{SERVICE_TYPE}"),
             port,
-            addresses.into_iter(),
             |key| {
                 pairs
                     .iter()
@@ -323,18 +427,13 @@ mod tests {
                     .map(|(_, v)| v.as_str())
             },
             "home",
-            FP,
+            &secret(),
         )
     }
 
     #[test]
-    fn a_node_of_the_bus_is_taken_with_every_usable_address() {
-        let found = parse(
-            &good(),
-            &["192.168.1.20", "fe80::1", "fd00::20", "224.0.0.251"],
-            4222,
-        )
-        .unwrap();
+    fn a_node_of_the_bus_is_taken_at_the_addresses_its_proof_covers() {
+        let found = parse(&announced("192.168.1.20,fd00::20", |_| {}), 4222).unwrap();
         assert_eq!(found.name, "pi");
         assert_eq!(
             found.clients,
@@ -344,28 +443,50 @@ mod tests {
             ]
         );
         assert_eq!(found.routes[0], "192.168.1.20:6222".parse().unwrap());
+        // Loopback and link-local addresses are never routes.
+        let found = parse(&announced("127.0.0.1,fe80::1,10.0.0.2", |_| {}), 4222).unwrap();
+        assert_eq!(
+            found.routes,
+            ["10.0.0.2:6222".parse::<SocketAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn a_copied_fingerprint_pointing_elsewhere_is_passed_over() {
+        // The right fingerprint, a proof copied from a real node, and the
+        // copier's own address, port or name: none holds.
+        let real = announced("10.0.0.2", |_| {});
+        let sig = real.iter().find(|(k, _)| *k == "sig").unwrap().1.clone();
+        for forged in [
+            announced("10.0.0.66", |p| set(p, "sig", &sig)),
+            announced("10.0.0.2,10.0.0.66", |p| set(p, "sig", &sig)),
+            announced("10.0.0.2", |p| set(p, "cluster", "6666")),
+            announced("10.0.0.2", |p| {
+                set(p, "sig", "00000000000000000000000000000000")
+            }),
+            announced("10.0.0.2", |p| p.retain(|(k, _)| *k != "sig")),
+        ] {
+            assert!(
+                matches!(
+                    parse(&forged, 4222),
+                    Err(Ignored::Unproven | Ignored::Malformed(_))
+                ),
+                "{forged:?}"
+            );
+        }
+        assert_eq!(parse(&real, 4999), Err(Ignored::Unproven));
     }
 
     #[test]
     fn other_buses_other_secrets_and_malformed_announcements_are_passed_over() {
-        let addr = &["10.0.0.2"][..];
-        let with = |key: &'static str, value: &str| {
-            let mut pairs = good();
-            pairs.retain(|(k, _)| *k != key);
-            pairs.push((key, value.to_string()));
-            pairs
-        };
-        let without = |key: &'static str| {
-            let mut pairs = good();
-            pairs.retain(|(k, _)| *k != key);
-            pairs
-        };
+        let with = |key: &'static str, value: &str| announced("10.0.0.2", |p| set(p, key, value));
+        let without = |key: &'static str| announced("10.0.0.2", |p| p.retain(|(k, _)| *k != key));
         assert_eq!(
-            parse(&with("bus", "office"), addr, 4222),
+            parse(&with("bus", "office"), 4222),
             Err(Ignored::OtherBus("office".into()))
         );
         assert_eq!(
-            parse(&with("fp", "fedcba9876543210"), addr, 4222),
+            parse(&with("fp", "fedcba9876543210"), 4222),
             Err(Ignored::OtherSecret)
         );
         for bad in [
@@ -377,23 +498,33 @@ mod tests {
             with("cluster", "0"),
             with("cluster", "70000"),
             with("cluster", "-1"),
+            with("addrs", "not-an-address"),
             without("bus"),
             without("fp"),
             without("cluster"),
             without("v"),
+            without("addrs"),
         ] {
             assert!(
-                matches!(parse(&bad, addr, 4222), Err(Ignored::Malformed(_))),
+                matches!(
+                    parse(&bad, 4222),
+                    Err(Ignored::Malformed(_) | Ignored::Unproven)
+                ),
                 "{bad:?}"
             );
         }
         assert!(matches!(
-            parse(&good(), addr, 0),
+            parse(&announced("10.0.0.2", |_| {}), 0),
             Err(Ignored::Malformed(_))
         ));
-        assert!(matches!(
-            parse(&good(), &["fe80::1", "0.0.0.0", "255.255.255.255"], 4222),
-            Err(Ignored::Malformed(_))
-        ));
+        // A name that would write its own log lines.
+        let parsed = Announcement::parse_parts(
+            &format!("e\u{1b}[31mRED\nFAKE.{SERVICE_TYPE}"),
+            4222,
+            |_| None,
+            "home",
+            &secret(),
+        );
+        assert!(matches!(parsed, Err(Ignored::Malformed(_))));
     }
 }

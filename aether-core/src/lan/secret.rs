@@ -114,6 +114,16 @@ impl LanSecret {
         Secret::new(self.derive_hex("seal"))
     }
 
+    /// The proof that whoever made `text` holds the secret: 32 hex digits
+    /// of an HMAC under a key of its own (a node signs its announcement
+    /// with it; nothing else derived here can be worked out from it).
+    pub fn proof(&self, text: &str) -> String {
+        let key = self.derive("announce");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
+        mac.update(text.as_bytes());
+        hex(&mac.finalize().into_bytes())[..32].to_string()
+    }
+
     /// What nodes announce so that a node or program can tell a bus with
     /// its secret from another before it connects: 16 hex digits, from
     /// which nothing else derived here can be worked out.

@@ -95,6 +95,17 @@ pub async fn run(connection: &Connection, args: NodeArgs) -> Result<(), Failure>
         )
     })?;
     let secret = LanSecret::load(&secret_file).map_err(|e| Failure::usage(e.to_string()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(&secret_file)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            eprintln!(
+                "warning: {} can be read by other users of this machine: `chmod 600` it",
+                secret_file.display()
+            );
+        }
+    }
     let secret_file = std::fs::canonicalize(&secret_file).unwrap_or(secret_file);
     let binary = server::find_binary(args.nats_server.as_deref())?;
     let data = args.data.clone().unwrap_or_else(|| default_data_dir(&bus));
@@ -104,15 +115,46 @@ pub async fn run(connection: &Connection, args: NodeArgs) -> Result<(), Failure>
         Some(name) => name.clone(),
         None => node_name(&data)?,
     };
+    lan::check_node_name(&name).map_err(Failure::usage)?;
+    for peer in &args.peer {
+        if peer.parse::<SocketAddr>().is_err()
+            && !peer.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+            })
+        {
+            return Err(Failure::usage(format!(
+                "--peer {peer:?}: give another node's cluster address as HOST:PORT"
+            )));
+        }
+    }
     let host = args.listen.as_str();
     let addr = |port: u16| -> Result<SocketAddr, Failure> {
         format!("{host}:{port}")
             .parse()
             .map_err(|_| Failure::usage(format!("--listen {host:?} is not an IP address")))
     };
+    // One node per data directory: a second would stop the first's server.
+    let lock_path = data.join("node.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| Failure::runtime(format!("cannot write {}: {e}", lock_path.display())))?;
+    if lock.try_lock().is_err() {
+        return Err(Failure::usage(format!(
+            "another aether node runs with the data directory {}: give each node its own --data",
+            data.display()
+        )));
+    }
     // A server left running by a node that was killed holds the ports
     // and the name: it goes first.
     server::stop_leftover(&data);
+    for (port, flag) in [(args.port, "--port"), (args.cluster_port, "--cluster-port")] {
+        if let Some(port) = port
+            && !server::is_free(host, port)
+        {
+            return Err(Failure::usage(format!(
+                "{flag} {port}: the port is in use on {host}; choose another, or leave it out for a free one"
+            )));
+        }
+    }
     // The ports of the last start, while free: programs of this machine
     // reconnect to the same port after a restart.
     let last = server::Ports::read(&data);
@@ -167,6 +209,7 @@ pub async fn run(connection: &Connection, args: NodeArgs) -> Result<(), Failure>
     if let Some(scout) = scout {
         scout.scout.stop();
     }
+    drop(lock);
     outcome
 }
 
@@ -190,21 +233,20 @@ struct Scouting {
 impl Scouting {
     fn start(args: &NodeArgs, plan: &ServerPlan, secret: &LanSecret) -> Result<Self, String> {
         let scout = lan::Scout::start(args.interface.as_deref())?;
-        let fingerprint = secret.fingerprint();
         let addresses: Vec<std::net::IpAddr> = if plan.client.ip().is_unspecified() {
-            Vec::new()
+            lan::local_addresses(args.interface.as_deref())
         } else {
             vec![plan.client.ip()]
         };
         scout.announce(
             &plan.name,
             &plan.bus,
-            &fingerprint,
+            secret,
             plan.client.port(),
             plan.cluster.port(),
             &addresses,
         )?;
-        let found = scout.browse(&plan.bus, &fingerprint)?;
+        let found = scout.browse(&plan.bus, secret)?;
         Ok(Self { scout, found })
     }
 }
@@ -227,10 +269,18 @@ impl Node {
         let mut members = members::Members::new(self.record.monitor.clone());
         let mut peers = peers::Peers::default();
         let data = self.config_path.parent().unwrap_or(Path::new("."));
+        let mut first = true;
         loop {
             let mut child = spawn(&self.binary, &self.config_path)?;
             server::note_child(data, child.id());
             if !wait_listening(plan.client.port(), &mut child).await {
+                if first {
+                    return Err(Failure::runtime(format!(
+                        "nats-server ({}) stopped as it started: its messages above say why \
+                         (a port in use, a file it cannot write, a binary that is not nats-server)",
+                        self.binary.display()
+                    )));
+                }
                 eprintln!(
                     "node {}: nats-server ({}) exited before it listened; starting it again in {:?}",
                     plan.name,
@@ -238,6 +288,7 @@ impl Node {
                     backoff
                 );
             } else {
+                first = false;
                 self.record.write_in(&self.runtime).map_err(|e| {
                     Failure::runtime(format!(
                         "cannot write the node record in {}: {e}",
@@ -394,10 +445,16 @@ fn node_name(data: &Path) -> Result<String, Failure> {
             return Ok(name);
         }
     }
-    let host = std::fs::read_to_string("/etc/hostname")
+    let host: String = std::fs::read_to_string("/etc/hostname")
         .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(40)
+                .collect()
+        })
+        .filter(|h: &String| !h.is_empty())
         .unwrap_or_else(|| "node".to_string());
     let suffix: String = LanSecret::generate().chars().take(4).collect();
     let name = format!("{host}-{suffix}");

@@ -26,7 +26,7 @@ impl Peers {
                 }
                 let addresses: Vec<String> = node.routes.iter().map(|a| a.to_string()).collect();
                 eprintln!(
-                    "node {me}: found node {} at {}",
+                    "node {me}: found node {:?} at {}",
                     node.name,
                     addresses.join(", ")
                 );
@@ -37,15 +37,21 @@ impl Peers {
                 if self.ignored.insert((name.clone(), why.to_string())) {
                     eprintln!("node {me}: passed over the announcement of {name:?}: {why}");
                 }
+                if self.ignored.len() > 1024 {
+                    self.ignored.clear();
+                }
                 false
             }
+            // Kept: a withdrawal is not signed (anyone may send one), and
+            // whether a node is there is the routes' business (a route to a
+            // node that stopped retries until it is back).
             Sighting::Withdrawn(name) => {
-                if self.found.remove(&name).is_some() {
-                    eprintln!("node {me}: node {name} withdrew its announcement");
-                    true
-                } else {
-                    false
+                if self.found.contains_key(&name) {
+                    eprintln!(
+                        "node {me}: node {name:?} withdrew its announcement; its route stays"
+                    );
                 }
+                false
             }
         }
     }
@@ -59,5 +65,40 @@ impl Peers {
             .range::<str, _>((std::ops::Bound::Excluded(me), std::ops::Bound::Unbounded))
             .flat_map(|(_, addresses)| addresses)
             .map(|a| a.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aether_core::lan::{Announcement, Ignored};
+
+    use super::*;
+
+    fn node(name: &str, address: &str) -> Sighting {
+        Sighting::Announced(Announcement {
+            name: name.into(),
+            bus: "home".into(),
+            fingerprint: "0123456789abcdef".into(),
+            clients: vec![format!("{address}:4222").parse().unwrap()],
+            routes: vec![format!("{address}:6222").parse().unwrap()],
+        })
+    }
+
+    #[test]
+    fn routes_go_one_way_per_pair_and_a_withdrawal_keeps_them() {
+        let mut peers = Peers::default();
+        assert!(
+            !peers.hear(node("m", "10.0.0.9"), "m"),
+            "its own announcement"
+        );
+        assert!(peers.hear(node("a", "10.0.0.1"), "m"));
+        assert!(peers.hear(node("z", "10.0.0.3"), "m"));
+        assert!(!peers.hear(node("z", "10.0.0.3"), "m"), "the same again");
+        // Only to the names after its own.
+        assert_eq!(peers.routes("m").collect::<Vec<_>>(), ["10.0.0.3:6222"]);
+        // Anyone can send a withdrawal: it changes no route.
+        assert!(!peers.hear(Sighting::Withdrawn("z".into()), "m"));
+        assert_eq!(peers.routes("m").collect::<Vec<_>>(), ["10.0.0.3:6222"]);
+        assert!(!peers.hear(Sighting::Ignored("x".into(), Ignored::Unproven), "m"));
     }
 }
