@@ -171,11 +171,12 @@ def test_presence_says_who_joins_and_leaves(nats: NatsServer) -> None:
     home = here.map("home", node="here")
     events = home.presence()
     there = aether.connect(nats.url, name="there")
-    there.map("home", node="there")
+    there_home = there.map("home", node="there")  # held: a map dropped leaves
     joined = events.next(timeout=10)
     assert joined is not None and tuple(joined) == ("joined", "there")
     assert eventually(lambda: "there" in home.peers())
     there.close()
+    del there_home
     left = events.next(timeout=10)
     assert left is not None and tuple(left) == ("left", "there")
     assert "there" not in home.peers()
