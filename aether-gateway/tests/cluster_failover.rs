@@ -440,18 +440,27 @@ impl Election {
             ));
             return None;
         }
-        let survivor = (0..cluster.len()).find(|&i| i != victim && cluster.node(i).is_running())?;
-        let addr = cluster.node(survivor).addr();
+        // Every other node is asked, each time round: the one asked first
+        // may be the next to be killed while the election still runs.
+        let others: Vec<SocketAddr> = (0..cluster.len())
+            .filter(|&i| i != victim)
+            .map(|i| cluster.node(i).addr())
+            .collect();
+        if others.is_empty() {
+            return None;
+        }
         let killed_at = SystemTime::now();
         let leader_back = tokio::spawn(async move {
             let until = Instant::now() + Duration::from_secs(30);
             // After the kill: the old leader may answer until then.
             tokio::time::sleep(Duration::from_millis(50)).await;
             while Instant::now() < until {
-                if let Some(info) = stream_info_within(addr, Duration::from_millis(150)).await
-                    && info["cluster"]["leader"].is_string()
-                {
-                    return Some(SystemTime::now());
+                for addr in &others {
+                    if let Some(info) = stream_info_within(*addr, Duration::from_millis(150)).await
+                        && info["cluster"]["leader"].is_string()
+                    {
+                        return Some(SystemTime::now());
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
