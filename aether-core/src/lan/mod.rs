@@ -80,7 +80,7 @@ impl Default for LanOptions {
 impl LanOptions {
     /// The settings that reach the node this finds: `config` with the
     /// node's URL and the password from the secret.
-    pub fn resolve(&self, mut config: AetherConfig) -> Result<AetherConfig, ConnectError> {
+    pub fn resolve(&self, config: AetherConfig) -> Result<AetherConfig, ConnectError> {
         check_bus_name(&self.bus).map_err(|e| ConnectError::new(ConnectErrorKind::Config, e))?;
         let dir = self.runtime_dir.clone().unwrap_or_else(runtime_dir);
         let Some(record) = NodeRecord::read_in(&dir, &self.bus) else {
@@ -99,14 +99,20 @@ impl LanOptions {
         let secret_file = self.secret_file.as_ref().unwrap_or(&record.secret_file);
         let secret = LanSecret::load(secret_file)
             .map_err(|e| ConnectError::new(ConnectErrorKind::Credentials, e.to_string()))?;
-        config.nats.urls = vec![record.url];
-        config.nats.auth.user = Some(CLIENT_USER.to_string());
-        config.nats.auth.password = Some(secret.client_password());
-        config.nats.auth.token = None;
-        config.nats.auth.nkey_seed = None;
-        config.nats.auth.credentials_file = None;
-        Ok(config)
+        Ok(reaching(config, vec![record.url], &secret))
     }
+}
+
+/// `config` reaching a node at `urls` with the password `secret` gives,
+/// and no other credentials.
+fn reaching(mut config: AetherConfig, urls: Vec<String>, secret: &LanSecret) -> AetherConfig {
+    config.nats.urls = urls;
+    config.nats.auth = crate::config::NatsAuth {
+        user: Some(CLIENT_USER.to_string()),
+        password: Some(secret.client_password()),
+        ..Default::default()
+    };
+    config
 }
 
 impl LanOptions {
@@ -161,14 +167,8 @@ impl LanOptions {
                 ),
             ));
         };
-        let mut config = config;
-        config.nats.urls = node.clients.iter().map(|a| format!("nats://{a}")).collect();
-        config.nats.auth.user = Some(CLIENT_USER.to_string());
-        config.nats.auth.password = Some(secret.client_password());
-        config.nats.auth.token = None;
-        config.nats.auth.nkey_seed = None;
-        config.nats.auth.credentials_file = None;
-        Ok(config)
+        let urls = node.clients.iter().map(|a| format!("nats://{a}")).collect();
+        Ok(reaching(config, urls, &secret))
     }
 }
 
