@@ -196,6 +196,16 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.kill();
+        // A failed run shows what every process said.
+        if std::thread::panicking() {
+            while let Ok(line) = self.lines.try_recv() {
+                self.seen.push(line);
+            }
+            eprintln!("--- process {} said:", self.child.id());
+            for line in &self.seen {
+                eprintln!("  {line}");
+            }
+        }
     }
 }
 
@@ -456,38 +466,122 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
     let read = lan.run(3, dir.path(), &["state", "get", "home", "living.temp"]);
     assert!(!read.status.success(), "the stranger read the map");
     assert!(wait_members(&lan, 3, dir.path(), 1, Duration::from_secs(5)));
-    // Straight at a node of the bus with its own secret's password: refused.
+    // Straight at a node of the bus, trusting its own secret's authority:
+    // the node's certificate is not one it accepts.
     let password = LanSecret::load(&other).unwrap().client_password();
     let url = format!("nats://{}:{}", lan.address(0), client_port(dir.path(), 0));
-    let direct = lan.run(
-        3,
-        dir.path(),
-        &[
-            "--nats",
-            &url,
-            "--user",
-            aether_core::lan::CLIENT_USER,
-            "--password",
-            password.expose(),
-            "state",
-            "get",
-            "home",
-            "living.temp",
-        ],
-    );
-    assert!(!direct.status.success());
+    let own_ca = LanSecret::load(&other)
+        .unwrap()
+        .authority()
+        .write_in(&dir.path().join("stranger-ca"))
+        .unwrap();
+    let bus_ca = LanSecret::load(&secret)
+        .unwrap()
+        .authority()
+        .write_in(&dir.path().join("bus-ca"))
+        .unwrap();
+    let direct = |ca: &Path| {
+        lan.run(
+            3,
+            dir.path(),
+            &[
+                "--nats",
+                &url,
+                "--tls-ca",
+                &ca.display().to_string(),
+                "--user",
+                aether_core::lan::CLIENT_USER,
+                "--password",
+                password.expose(),
+                "state",
+                "get",
+                "home",
+                "living.temp",
+            ],
+        )
+    };
+    let refused = direct(&own_ca);
+    assert!(!refused.status.success());
     assert!(
-        String::from_utf8_lossy(&direct.stderr).contains("refused the credentials"),
+        String::from_utf8_lossy(&refused.stderr).contains("not signed by a trusted authority"),
         "{}",
-        String::from_utf8_lossy(&direct.stderr)
+        String::from_utf8_lossy(&refused.stderr)
     );
+    // Even with the bus's authority (its certificate is public), its own
+    // secret's password is refused.
+    let refused = direct(&bus_ca);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("refused the credentials"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // What a host on the LAN meets on either listener: TLS with a
+    // certificate from the bus's authority (the client listener says only
+    // its INFO line in the clear, and that it requires TLS).
+    let info = lan
+        .command(
+            3,
+            dir.path(),
+            "timeout",
+            &[
+                "3",
+                "bash",
+                "-c",
+                &format!(
+                    "exec 3<>/dev/tcp/{}/{}; head -n 1 <&3",
+                    lan.address(0),
+                    client_port(dir.path(), 0)
+                ),
+            ],
+        )
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.starts_with("INFO ") && info.contains("\"tls_required\":true"),
+        "{info}"
+    );
+    // The cluster listener starts with TLS: its certificate checks out
+    // against the bus's authority only.
+    let cluster = ports_of(dir.path(), 0)["cluster"].as_u64().unwrap() as u16;
+    for (port, ca, verified) in [(cluster, &bus_ca, true), (cluster, &own_ca, false)] {
+        let out = lan
+            .command(
+                3,
+                dir.path(),
+                "timeout",
+                &[
+                    "5",
+                    "openssl",
+                    "s_client",
+                    "-connect",
+                    &format!("{}:{port}", lan.address(0)),
+                    "-CAfile",
+                    &ca.display().to_string(),
+                    "-verify_return_error",
+                ],
+            )
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            text.contains("Verify return code: 0 (ok)"),
+            verified,
+            "port {port} with {}: {text}",
+            ca.display()
+        );
+    }
     // And the bus still counts three.
     assert!(wait_members(&lan, 0, dir.path(), 3, Duration::from_secs(5)));
 }
 
+fn ports_of(dir: &Path, i: usize) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join(format!("data{i}/ports.json"))).unwrap())
+        .unwrap()
+}
+
 fn client_port(dir: &Path, i: usize) -> u16 {
-    let ports: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join(format!("data{i}/ports.json"))).unwrap())
-            .unwrap();
-    ports["client"].as_u64().unwrap() as u16
+    ports_of(dir, i)["client"].as_u64().unwrap() as u16
 }

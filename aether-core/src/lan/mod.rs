@@ -4,19 +4,24 @@
 //! listener and client and route passwords derived from the bus's secret
 //! ([`LanSecret`]), and leaves a [`NodeRecord`] for the programs of its
 //! machine. A program calls [`Aether::discover`]: it finds the node of its
-//! bus on this machine and connects with the password its own copy of the
-//! secret gives. A program without the secret cannot connect; a node
-//! without it cannot join.
+//! bus on this machine (or one announced on the LAN) and connects over TLS,
+//! checking the node's certificate against the bus's own authority
+//! ([`LanAuthority`], derived from the secret too), with the password its
+//! own copy of the secret gives. A program without the secret cannot
+//! connect; a node without it cannot join; a host without it can neither
+//! read a link nor stand in for a node.
 //!
 //! | module | idea |
 //! | --- | --- |
 //! | `secret` | the secret file, and what is derived from it (passwords, fingerprint, seal key) |
+//! | `tls` | the bus's certificate authority, derived from the secret; nodes' certificates |
 //! | `record` | the record a running node leaves for the programs of its machine |
 //! | `scout` | nodes announced on the LAN by multicast DNS, checked, and found |
 
 mod record;
 mod scout;
 mod secret;
+mod tls;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -26,6 +31,7 @@ pub use scout::{
     local_addresses,
 };
 pub use secret::{CLIENT_USER, LanSecret, MIN_SECRET_BYTES, ROUTE_USER, SecretError};
+pub use tls::{LanAuthority, NodeCertificate, machine_addresses};
 
 use crate::{Aether, AetherConfig, ConnectError, ConnectErrorKind};
 
@@ -99,20 +105,41 @@ impl LanOptions {
         let secret_file = self.secret_file.as_ref().unwrap_or(&record.secret_file);
         let secret = LanSecret::load(secret_file)
             .map_err(|e| ConnectError::new(ConnectErrorKind::Credentials, e.to_string()))?;
-        Ok(reaching(config, vec![record.url], &secret))
+        reaching(config, vec![record.url], &secret, &dir)
     }
 }
 
-/// `config` reaching a node at `urls` with the password `secret` gives,
-/// and no other credentials.
-fn reaching(mut config: AetherConfig, urls: Vec<String>, secret: &LanSecret) -> AetherConfig {
+/// `config` reaching a node at `urls` over TLS, trusting only the bus's
+/// authority (its certificate written in `dir`), with the password
+/// `secret` gives and no other credentials.
+fn reaching(
+    mut config: AetherConfig,
+    urls: Vec<String>,
+    secret: &LanSecret,
+    dir: &std::path::Path,
+) -> Result<AetherConfig, ConnectError> {
+    let ca_file = secret.authority().write_in(dir).map_err(|e| {
+        ConnectError::new(
+            ConnectErrorKind::Config,
+            format!(
+                "cannot write the bus's certificate authority in {}: {e}",
+                dir.display()
+            ),
+        )
+    })?;
     config.nats.urls = urls;
     config.nats.auth = crate::config::NatsAuth {
         user: Some(CLIENT_USER.to_string()),
         password: Some(secret.client_password()),
         ..Default::default()
     };
-    config
+    config.nats.tls = crate::config::NatsTls {
+        required: true,
+        ca_file: Some(ca_file),
+        cert_file: None,
+        key_file: None,
+    };
+    Ok(config)
 }
 
 impl LanOptions {
@@ -168,7 +195,8 @@ impl LanOptions {
             ));
         };
         let urls = node.clients.iter().map(|a| format!("nats://{a}")).collect();
-        Ok(reaching(config, urls, &secret))
+        let dir = self.runtime_dir.clone().unwrap_or_else(runtime_dir);
+        reaching(config, urls, &secret, &dir)
     }
 }
 
@@ -227,6 +255,13 @@ mod tests {
         assert_eq!(config.nats.auth.user.as_deref(), Some(CLIENT_USER));
         let secret = LanSecret::load(&secret_file).unwrap();
         assert_eq!(config.nats.auth.password, Some(secret.client_password()));
+        // Over TLS, trusting the bus's own authority only.
+        assert!(config.nats.tls.required);
+        let ca = config.nats.tls.ca_file.as_ref().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(ca).unwrap(),
+            secret.authority().pem()
+        );
         // A secret file of its own that is not one: a clear error.
         std::fs::write(dir.path().join("short"), "abc").unwrap();
         let wrong = LanOptions {

@@ -85,7 +85,7 @@ impl LanSecret {
         hex(&key)
     }
 
-    fn derive(&self, label: &str) -> [u8; 32] {
+    pub(super) fn derive(&self, label: &str) -> [u8; 32] {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.bytes).expect("any key length");
         mac.update(b"aether-lan/v1/");
         mac.update(label.as_bytes());

@@ -57,8 +57,9 @@ pub struct NodeArgs {
     /// networks where nodes cannot find each other by themselves.
     #[arg(long, value_name = "HOST:PORT")]
     pub peer: Vec<String>,
-    /// Where the node keeps its name, its server's configuration and
-    /// (with --jetstream) JetStream's store.
+    /// Where the node keeps its name, its server's configuration, its
+    /// certificates (`tls/`, with the bus's authority in `tls/ca.pem` for
+    /// other NATS clients) and (with --jetstream) JetStream's store.
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Run JetStream (durable channels). A cluster's JetStream needs a
@@ -180,7 +181,13 @@ pub async fn run(connection: &Connection, args: NodeArgs) -> Result<(), Failure>
         monitor_port: ports.monitor,
         routes: args.peer.clone(),
         jetstream: args.jetstream.then(|| data.join("jetstream")),
+        tls: data.join("tls"),
     };
+    let mut names = lan::machine_addresses();
+    if !plan.client.ip().is_unspecified() {
+        names.push(plan.client.ip());
+    }
+    server::write_certificates(&plan.tls, &secret, &name, &names)?;
     let config_path = data.join("nats-server.conf");
     write_private(&config_path, plan.config(&secret).as_bytes())?;
     let record = NodeRecord {
@@ -296,7 +303,7 @@ impl Node {
                     ))
                 })?;
                 eprintln!(
-                    "node {} of bus {}: programs connect to nats://{} (this machine: {}), nodes to {}{}",
+                    "node {} of bus {}: programs connect to nats://{} (this machine: {}), nodes to {}, over TLS from the bus's authority{}",
                     plan.name,
                     plan.bus,
                     plan.client,
@@ -463,7 +470,7 @@ fn node_name(data: &Path) -> Result<String, Failure> {
     Ok(name)
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

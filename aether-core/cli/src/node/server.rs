@@ -138,6 +138,31 @@ pub struct ServerPlan {
     pub routes: Vec<String>,
     /// JetStream's store, when JetStream is on.
     pub jetstream: Option<PathBuf>,
+    /// Where the node's certificate (`node.pem`), key (`node-key.pem`) and
+    /// the bus's authority (`ca.pem`) are ([`write_certificates`]).
+    pub tls: PathBuf,
+}
+
+/// Writes into `dir` the bus's authority and a new certificate for the
+/// node `name` reached at `addresses`, for its server's TLS.
+pub fn write_certificates(
+    dir: &Path,
+    secret: &LanSecret,
+    name: &str,
+    addresses: &[std::net::IpAddr],
+) -> Result<(), Failure> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Failure::runtime(format!("cannot make {}: {e}", dir.display())))?;
+    let authority = secret.authority();
+    let node = authority.issue(name, addresses);
+    for (file, text) in [
+        ("ca.pem", authority.pem()),
+        ("node.pem", node.cert_pem.as_str()),
+        ("node-key.pem", node.key_pem.as_str()),
+    ] {
+        super::write_private(&dir.join(file), text.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// Quotes `text` for a NATS configuration file.
@@ -176,6 +201,25 @@ impl ServerPlan {
         // noticed within about 15 s, not NATS's default 4 minutes.
         let _ = writeln!(text, "ping_interval: \"5s\"");
         let _ = writeln!(text, "ping_max: 3");
+        // Every link is TLS with a certificate from the bus's authority:
+        // programs check the node's; nodes check each other's both ways.
+        let tls_block = |text: &mut String, indent: &str, verify: bool| {
+            let _ = writeln!(text, "{indent}tls {{");
+            for (key, file) in [
+                ("cert_file", "node.pem"),
+                ("key_file", "node-key.pem"),
+                ("ca_file", "ca.pem"),
+            ] {
+                let path = self.tls.join(file).display().to_string();
+                let _ = writeln!(text, "{indent}  {key}: {}", quoted(&path));
+            }
+            if verify {
+                let _ = writeln!(text, "{indent}  verify: true");
+            }
+            let _ = writeln!(text, "{indent}  timeout: 2");
+            let _ = writeln!(text, "{indent}}}");
+        };
+        tls_block(&mut text, "", false);
         let _ = writeln!(text, "authorization {{");
         let _ = writeln!(text, "  user: {}", quoted(CLIENT_USER));
         let _ = writeln!(text, "  password: {}", quoted(client_password.expose()));
@@ -183,6 +227,7 @@ impl ServerPlan {
         let _ = writeln!(text, "cluster {{");
         let _ = writeln!(text, "  name: {}", quoted(&self.bus));
         let _ = writeln!(text, "  listen: {}", quoted(&self.cluster.to_string()));
+        tls_block(&mut text, "  ", true);
         let _ = writeln!(text, "  authorization {{");
         let _ = writeln!(text, "    user: {}", quoted(ROUTE_USER));
         let _ = writeln!(text, "    password: {}", quoted(route_password.expose()));
@@ -225,6 +270,7 @@ mod tests {
             monitor_port: 8300,
             routes: vec!["10.0.0.2:6300".into()],
             jetstream: None,
+            tls: "/data/tls".into(),
         };
         let text = plan.config(&secret);
         assert!(text.contains(r#"server_name: "pc \"one\"""#), "{text}");
@@ -235,5 +281,14 @@ mod tests {
         )));
         assert!(!text.contains("a secret of the test bus"));
         assert!(!text.contains("jetstream"));
+        // TLS for programs and, verified both ways, for routes.
+        assert!(
+            text.contains(r#"cert_file: "/data/tls/node.pem""#),
+            "{text}"
+        );
+        assert_eq!(text.matches("tls {").count(), 2, "{text}");
+        assert_eq!(text.matches("verify: true").count(), 1, "{text}");
+        let cluster = text.split("cluster {").nth(1).unwrap();
+        assert!(cluster.contains("verify: true"), "{text}");
     }
 }
