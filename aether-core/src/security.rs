@@ -7,7 +7,10 @@
 //! wave that arrives from the network passes [`Security::check_arrival`]
 //! before it reaches a queue. With nothing configured, each is one branch.
 
-use std::{collections::HashMap, fmt, time::Duration};
+use std::{borrow::Cow, collections::HashMap, fmt, time::Duration};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 use chacha20poly1305::{
     XChaCha20Poly1305, XNonce,
@@ -25,6 +28,8 @@ use crate::{
 /// The security policy of one aether, ready to enforce.
 pub(crate) struct Security {
     keys: HashMap<SmolStr, Vec<u8>>,
+    /// Every other source's key is derived from this one, when set.
+    base: Option<Vec<u8>>,
     /// Channels whose payloads travel sealed, and their ciphers.
     sealed: Vec<(Vec<Channel>, XChaCha20Poly1305)>,
     require_signatures: bool,
@@ -82,6 +87,16 @@ impl Security {
             }
             keys.insert(SmolStr::new(source), key);
         }
+        // A bus joined on the LAN derives the keys from its secret; with
+        // none, every wave would be dropped.
+        if config.require_signatures && keys.is_empty() && config.signing_key_base.is_none() {
+            return Err(ConfigError::new(
+                "security.require_signatures",
+                "true".into(),
+                "needs at least one signing key, or every wave would be dropped (a bus \
+                 joined on the LAN derives them from its secret)",
+            ));
+        }
         let rules = config
             .acl
             .iter()
@@ -109,7 +124,14 @@ impl Security {
                         "is not set in the environment",
                     )
                 })?,
-                _ => String::new(),
+                _ => {
+                    return Err(ConfigError::new(
+                        "security.encryption",
+                        format!("{:?}", rule.channels),
+                        "names no key: give key, key_file or key_env (only a bus joined on \
+                         the LAN, whose secret gives the key, may leave it out)",
+                    ));
+                }
             };
             let key = crate::secret::key_of_hex(&text).ok_or_else(|| {
                 ConfigError::new(
@@ -123,6 +145,10 @@ impl Security {
         }
         Ok(Self {
             keys,
+            base: config
+                .signing_key_base
+                .as_ref()
+                .map(|key| key.expose().as_bytes().to_vec()),
             sealed,
             require_signatures: config.require_signatures,
             rules,
@@ -217,9 +243,18 @@ impl Security {
         self.enabled
     }
 
-    /// The signing key of `source`, if this aether holds one.
-    pub(crate) fn key_of(&self, source: Option<&str>) -> Option<&[u8]> {
-        self.keys.get(source?).map(Vec::as_slice)
+    /// The signing key of `source`, if this aether holds one (its own, or
+    /// one derived from the base key).
+    pub(crate) fn key_of(&self, source: Option<&str>) -> Option<Cow<'_, [u8]>> {
+        let source = source?;
+        if let Some(key) = self.keys.get(source) {
+            return Some(Cow::Borrowed(key));
+        }
+        let base = self.base.as_deref()?;
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(base).expect("any key length");
+        mac.update(b"aether/signing-key/");
+        mac.update(source.as_bytes());
+        Some(Cow::Owned(mac.finalize().into_bytes().to_vec()))
     }
 
     /// Whether `source` may emit on `channel`.
@@ -264,7 +299,7 @@ impl Security {
         // aether that checks a source's waves holds its key): it is checked
         // like any wave, and its channel is the one it was emitted on.
         let signed = match self.key_of(wave.source()) {
-            Some(key) => wire::verify(subject, body, key) == Signature::Valid,
+            Some(key) => wire::verify(subject, body, &key) == Signature::Valid,
             None => !self.require_signatures,
         };
         if !signed {
@@ -484,6 +519,57 @@ mod tests {
     }
 
     #[test]
+    fn keys_derived_from_a_base_sign_for_every_source_and_only_with_that_base() {
+        let mut config = SecurityConfig {
+            require_signatures: true,
+            signing_key_base: Some(crate::Secret::new("the base key of the test bus")),
+            ..Default::default()
+        };
+        config
+            .signing_keys
+            .insert("alpha".into(), crate::Secret::new("alpha's very own key"));
+        let one = Security::from_config(&config).unwrap();
+        let two = Security::from_config(&config).unwrap();
+        config.signing_key_base = Some(crate::Secret::new("the base key of another bus"));
+        let stranger = Security::from_config(&config).unwrap();
+        let subject = "aether.home.temp";
+        for source in ["beta", "a-script-on-a-pi"] {
+            let mut wave = Wave::new("home.temp", "21");
+            wave.stamp_emission(&SmolStr::new(source), 1, 1);
+            let key = one.key_of(Some(source)).unwrap();
+            assert_ne!(key, stranger.key_of(Some(source)).unwrap());
+            let signed = wire::encode_signed(&wave, subject, &key);
+            assert_eq!(two.check_arrival(subject, &signed, &wave), Ok(()));
+            assert_eq!(
+                stranger.check_arrival(subject, &signed, &wave),
+                Err(DropReason::Forged)
+            );
+        }
+        // Each source its own key; a key named outright is used as it is.
+        assert_ne!(one.key_of(Some("beta")), one.key_of(Some("gamma")));
+        assert_eq!(
+            one.key_of(Some("alpha")).as_deref(),
+            Some(&b"alpha's very own key"[..])
+        );
+        // A sealed channel with no key is refused where no secret gives one.
+        config.encryption = vec![crate::config::EncryptionRule {
+            channels: vec!["home.>".into()],
+            key: None,
+            key_file: None,
+            key_env: None,
+        }];
+        assert!(config.validate().is_ok());
+        let err = Security::from_config(&config).unwrap_err();
+        assert_eq!(err.key(), "security.encryption");
+        assert!(err.to_string().contains("names no key"), "{err}");
+        // Too short a base is refused, and it prints redacted.
+        config.signing_key_base = Some(crate::Secret::new("short"));
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.key(), "security.signing_key_base");
+        assert!(!format!("{config:?}").contains("short"));
+    }
+
+    #[test]
     fn key_files_are_read_and_checked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("alpha.key");
@@ -494,7 +580,7 @@ mod tests {
             .insert("alpha".into(), path.clone());
         let security = Security::from_config(&config).unwrap();
         assert_eq!(
-            security.key_of(Some("alpha")),
+            security.key_of(Some("alpha")).as_deref(),
             Some(&b"0123456789abcdef0123456789abcdef"[..])
         );
         std::fs::write(&path, "short\n").unwrap();

@@ -28,6 +28,11 @@ pub struct Options {
     /// cluster) instead of the embedded medium.
     #[arg(long, value_name = "URL")]
     pub nats: Vec<String>,
+    /// Observe the bus on the LAN ([gateway] medium = "lan"): this
+    /// machine's `aether node`, else one announced on the LAN
+    /// (`AETHER_BUS`, `AETHER_SECRET_FILE` or [aether.lan] name the bus).
+    #[arg(long, conflicts_with = "nats")]
+    pub lan: bool,
     /// Serve HTTP on this address (default 127.0.0.1:9464; port 0 picks a
     /// free one).
     #[arg(long, value_name = "ADDR")]
@@ -144,6 +149,9 @@ impl Options {
         if !self.nats.is_empty() {
             settings.gateway.medium = Medium::Nats;
             settings.aether.nats.urls = self.nats.clone();
+        }
+        if self.lan {
+            settings.gateway.medium = Medium::Lan;
         }
         if self.demo {
             settings.gateway.medium = Medium::Embedded;

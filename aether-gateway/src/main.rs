@@ -64,6 +64,7 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
     let aether = match settings.gateway.medium {
         Medium::Embedded => Aether::new(config)?,
         Medium::Nats => Aether::connect(config).await?,
+        Medium::Lan => Aether::join_lan(config).await?,
     };
     let gateway = Gateway::builder(settings.gateway.clone())
         .panic_counter(panics)
@@ -150,6 +151,7 @@ async fn run_command(command: &Command, settings: &GatewaySettings) -> Result<()
             let aether = match settings.gateway.medium {
                 Medium::Embedded => Aether::new(config)?,
                 Medium::Nats => Aether::connect(config).await?,
+                Medium::Lan => Aether::join_lan(config).await?,
             };
             let report = replay(&aether, &args.name, selection, args.amplitude).await?;
             aether.close();

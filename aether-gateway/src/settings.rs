@@ -50,14 +50,18 @@ pub enum Medium {
     Embedded,
     /// Through NATS (`Aether::connect` with `[aether.nats]`): the whole bus.
     Nats,
+    /// The bus on the LAN `[aether.lan]` names (`Aether::join_lan`): this
+    /// machine's `aether node`, else one announced on the LAN.
+    Lan,
 }
 
 impl Medium {
-    /// `embedded` or `nats`.
+    /// `embedded`, `nats` or `lan`.
     pub fn as_str(self) -> &'static str {
         match self {
             Medium::Embedded => "embedded",
             Medium::Nats => "nats",
+            Medium::Lan => "lan",
         }
     }
 }
@@ -69,7 +73,11 @@ impl<'de> Deserialize<'de> for Medium {
         match text.to_ascii_lowercase().as_str() {
             "embedded" => Ok(Self::Embedded),
             "nats" => Ok(Self::Nats),
-            _ => Err(de::Error::unknown_variant(&text, &["embedded", "nats"])),
+            "lan" => Ok(Self::Lan),
+            _ => Err(de::Error::unknown_variant(
+                &text,
+                &["embedded", "nats", "lan"],
+            )),
         }
     }
 }

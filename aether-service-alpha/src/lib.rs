@@ -302,6 +302,11 @@ pub struct Options {
     /// cluster) instead of the embedded medium.
     #[arg(long, value_name = "URL")]
     pub nats: Vec<String>,
+    /// Join the bus on the LAN ([service] medium = "lan"): this machine's
+    /// `aether node`, else one announced on the LAN (`AETHER_BUS`,
+    /// `AETHER_SECRET_FILE` or [aether.lan] name the bus).
+    #[arg(long, conflicts_with = "nats")]
+    pub lan: bool,
     /// This process's name in its instance reports and the server's
     /// connection list ([aether.report] instance), stable across restarts
     /// so that dashboards and alerts follow it. Default: over NATS with a
@@ -358,6 +363,9 @@ impl Options {
         }
         if !self.nats.is_empty() {
             settings.aether.nats.urls = self.nats.clone();
+        }
+        if self.lan {
+            settings.service.medium = aether_ops::settings::ServiceMedium::Lan;
         }
         if let Some(count) = self.count {
             settings.alpha.count = Some(count);

@@ -27,15 +27,19 @@ async fn program(options: Options) -> Result<(), Box<dyn Error + Send + Sync>> {
     let mut settings: AlphaProgramSettings = source.load()?;
     options.apply(&mut settings);
     settings.validate()?;
-    let nats = !options.nats.is_empty()
-        || settings.service.medium == aether_ops::settings::ServiceMedium::Nats;
+    let medium = if options.nats.is_empty() {
+        settings.service.medium
+    } else {
+        aether_ops::settings::ServiceMedium::Nats
+    };
+    let nats = medium.crosses_processes();
     // Logs and spans, the panic hook, signals, the aether, and hot reload
     // of the settings with the command-line options still over them.
     let service = Service::start(
         env!("CARGO_PKG_NAME"),
         source,
         settings,
-        nats,
+        medium,
         move |settings| options.apply(settings),
     )
     .await?;

@@ -33,7 +33,7 @@ use crate::{
     data::DataDir,
     panic::install_panic_hook,
     reload::{self, Watcher},
-    settings::{LogSettings, SettingsSource, TelemetrySettings, Validate},
+    settings::{LogSettings, ServiceMedium, SettingsSource, TelemetrySettings, Validate},
     shutdown::Shutdown,
     telemetry::{self, TelemetryGuard},
 };
@@ -91,8 +91,8 @@ impl<T: ProgramSettings> Service<T> {
     /// Starts the program `program` with `settings` (loaded from `source`,
     /// with the command-line options, `apply`, put over them): logs and
     /// spans (over OTLP when `[telemetry]` says so), the panic hook,
-    /// shutdown on signals, its aether (over NATS when `nats`, else
-    /// embedded; over NATS with a `data_dir`, in a directory of its own
+    /// shutdown on signals, its aether on `medium` (over NATS or a bus on
+    /// the LAN with a `data_dir`, in a directory of its own
     /// there, [`DataDir`], with its durable outbox and its instance name
     /// from it unless the settings name them), and the watch of `source` ([`reload::watch_program`]),
     /// which reloads the settings with `apply` again and follows the log
@@ -101,13 +101,14 @@ impl<T: ProgramSettings> Service<T> {
         program: &str,
         source: SettingsSource,
         settings: T,
-        nats: bool,
+        medium: ServiceMedium,
         apply: impl Fn(&mut T) + Send + 'static,
     ) -> Result<Self, Box<dyn Error + Send + Sync>> {
         let (log, spans) = telemetry::init(settings.log(), settings.telemetry(), program)?;
         install_panic_hook(Arc::new(AtomicU64::new(0)));
         let shutdown = Shutdown::on_signals()?;
         let mut config = settings.aether().clone();
+        let nats = medium.crosses_processes();
         let data = match settings.data_dir() {
             Some(root) if nats => {
                 let data = DataDir::claim(root, program, config.report.instance.as_deref())
@@ -129,7 +130,15 @@ impl<T: ProgramSettings> Service<T> {
             _ => None,
         };
         let config = named(&config, program);
-        if nats {
+        if medium == ServiceMedium::Lan {
+            let lan = aether_core::lan::LanOptions::from_config(&config.lan);
+            tracing::info!(
+                bus = %lan.bus,
+                instance = config.report.instance.as_deref().unwrap_or_default(),
+                "{program}: medium lan, bus {}",
+                lan.bus
+            );
+        } else if nats {
             // Credentials in a URL never reach the log.
             let servers = config.nats.redacted_urls().join(",");
             tracing::info!(
@@ -144,10 +153,10 @@ impl<T: ProgramSettings> Service<T> {
                  --nats or [service] medium = \"nats\" for the bus)"
             );
         }
-        let aether = if nats {
-            Aether::connect(config).await?
-        } else {
-            Aether::new(config)?
+        let aether = match medium {
+            ServiceMedium::Lan => Aether::join_lan(config).await?,
+            ServiceMedium::Nats => Aether::connect(config).await?,
+            ServiceMedium::Embedded => Aether::new(config)?,
         };
         if let Some(listen) = settings.metrics_listen() {
             let addr =

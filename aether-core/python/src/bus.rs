@@ -110,13 +110,15 @@ pub(crate) fn connect<'py>(
 /// within `wait` seconds; the password comes from the secret. `bus` and
 /// `secret_file` default to `AETHER_BUS` and `AETHER_SECRET_FILE`.
 #[pyfunction]
-#[pyo3(signature = (bus=None, *, secret_file=None, wait=3.0, name=None, async_=false))]
+#[pyo3(signature = (bus=None, *, secret_file=None, wait=3.0, name=None, config_dir=None, async_=false))]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn discover<'py>(
     py: Python<'py>,
     bus: Option<String>,
     secret_file: Option<PathBuf>,
     wait: f64,
     name: Option<String>,
+    config_dir: Option<PathBuf>,
     async_: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
@@ -130,6 +132,7 @@ pub(crate) fn discover<'py>(
     };
     let options = Options {
         name,
+        config_dir,
         ..Options::default()
     };
     let (_, config) = options.config()?;

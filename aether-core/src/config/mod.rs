@@ -2,6 +2,7 @@
 
 mod durability;
 mod hopping;
+mod lan;
 mod nats;
 mod physics;
 mod report;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use durability::{DurabilityConfig, DurableStorage};
 pub use hopping::{HOP_INTERVAL_MS_RANGE, HoppingConfig, MIN_HOPPING_SECRET_BYTES};
+pub use lan::LanConfig;
 pub use nats::{NatsAuth, NatsBatch, NatsConfig, NatsTls, redact_url};
 pub use report::ReportConfig;
 pub use security::{
@@ -82,6 +84,9 @@ pub struct AetherConfig {
     pub report: ReportConfig,
     /// Replicated maps opened on the aether (`[aether.state]`).
     pub state: StateConfig,
+    /// The bus on the LAN a program joins when it discovers its server
+    /// (`[aether.lan]`).
+    pub lan: LanConfig,
 }
 
 impl Default for AetherConfig {
@@ -100,6 +105,7 @@ impl Default for AetherConfig {
             durability: DurabilityConfig::default(),
             report: ReportConfig::default(),
             state: StateConfig::default(),
+            lan: LanConfig::default(),
         }
     }
 }
@@ -149,6 +155,7 @@ impl AetherConfig {
         self.security.validate()?;
         self.durability.validate()?;
         self.state.validate()?;
+        self.lan.validate()?;
         self.physics.validate()
     }
 

@@ -55,8 +55,17 @@ pub struct SecurityConfig {
     /// Files holding signing keys, by source: the file's bytes, without a
     /// trailing newline, are the key. Read when the aether starts.
     pub signing_key_files: BTreeMap<String, PathBuf>,
+    /// A key every source's signing key is derived from (an HMAC-SHA256
+    /// of the source's name under it), for a bus whose members are all
+    /// trusted alike: a signature then proves that its sender holds this
+    /// key, not who it is. A source named in `signing_keys` or
+    /// `signing_key_files` signs with its own key instead. A bus found on
+    /// the LAN (`Aether::discover`) with `require_signatures` and no keys
+    /// uses one derived from its secret. Prints as `[redacted]`.
+    pub signing_key_base: Option<Secret>,
     /// Drop arriving waves whose source has no key here (unsigned, or
-    /// signed by a name nobody vouches for). Needs at least one key.
+    /// signed by a name nobody vouches for). Needs at least one key (or
+    /// `signing_key_base`).
     pub require_signatures: bool,
     /// Access rules; none (the default) allows everything.
     pub acl: Vec<AclRule>,
@@ -86,7 +95,8 @@ pub struct EncryptionRule {
     /// Patterns of the channels (as they travel) whose payloads are sealed.
     pub channels: Vec<String>,
     /// The key: 64 hexadecimal digits (32 bytes). Give exactly one of
-    /// `key`, `key_file` and `key_env`.
+    /// `key`, `key_file` and `key_env` (on a bus found on the LAN, none:
+    /// the key derived from the bus's secret).
     #[serde(default)]
     pub key: Option<Secret>,
     /// A file holding the key (64 hexadecimal digits), read when the aether
@@ -104,6 +114,7 @@ impl Default for SecurityConfig {
         Self {
             signing_keys: BTreeMap::new(),
             signing_key_files: BTreeMap::new(),
+            signing_key_base: None,
             require_signatures: false,
             acl: Vec::new(),
             replay_window_ms: 30_000,
@@ -454,6 +465,7 @@ impl SecurityConfig {
     pub fn is_enabled(&self) -> bool {
         !self.signing_keys.is_empty()
             || !self.signing_key_files.is_empty()
+            || self.signing_key_base.is_some()
             || self.require_signatures
             || !self.acl.is_empty()
             || !self.encryption.is_empty()
@@ -466,11 +478,13 @@ impl SecurityConfig {
             let sources = usize::from(rule.key.is_some())
                 + usize::from(rule.key_file.is_some())
                 + usize::from(rule.key_env.is_some());
+            // None: a bus joined on the LAN fills in its secret's key;
+            // anywhere else the aether refuses to start without one.
             check(
-                sources == 1,
+                sources <= 1,
                 "security.encryption",
                 format!("{:?}", rule.channels),
-                "needs exactly one of key, key_file and key_env",
+                "gives more than one of key, key_file and key_env",
             )?;
             check(
                 !rule.channels.is_empty(),
@@ -523,14 +537,14 @@ impl SecurityConfig {
                 "also has a key in security.signing_keys; give one",
             )?;
         }
-        check(
-            !self.require_signatures
-                || !self.signing_keys.is_empty()
-                || !self.signing_key_files.is_empty(),
-            "security.require_signatures",
-            "true".into(),
-            "needs at least one signing key, or every wave would be dropped",
-        )?;
+        if let Some(base) = &self.signing_key_base {
+            check(
+                base.expose().len() >= MIN_SIGNING_KEY_BYTES,
+                "security.signing_key_base",
+                "[redacted]".into(),
+                "is shorter than 16 bytes; use 32 random bytes",
+            )?;
+        }
         check(
             (1_000..=3_600_000).contains(&self.replay_window_ms),
             "security.replay_window_ms",

@@ -84,6 +84,26 @@ impl Default for LanOptions {
 }
 
 impl LanOptions {
+    /// The options `[aether.lan]` gives, with `AETHER_BUS` and
+    /// `AETHER_SECRET_FILE` where it names no bus or secret file.
+    pub fn from_config(lan: &crate::config::LanConfig) -> Self {
+        let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+        Self {
+            bus: lan
+                .bus
+                .clone()
+                .or_else(|| env("AETHER_BUS"))
+                .unwrap_or_else(|| DEFAULT_BUS.to_string()),
+            secret_file: lan
+                .secret_file
+                .clone()
+                .or_else(|| env("AETHER_SECRET_FILE").map(PathBuf::from)),
+            runtime_dir: None,
+            wait: Duration::from_millis(lan.wait_ms),
+            interface: lan.interface.clone(),
+        }
+    }
+
     /// The settings that reach the node this finds: `config` with the
     /// node's URL and the password from the secret.
     pub fn resolve(&self, config: AetherConfig) -> Result<AetherConfig, ConnectError> {
@@ -139,6 +159,21 @@ fn reaching(
         cert_file: None,
         key_file: None,
     };
+    // Sealed channels with no key of their own: the bus's seal key.
+    for rule in &mut config.security.encryption {
+        if rule.key.is_none() && rule.key_file.is_none() && rule.key_env.is_none() {
+            rule.key = Some(secret.seal_key());
+        }
+    }
+    // Signatures asked for with no key named: keys derived from the secret.
+    let security = &mut config.security;
+    if security.require_signatures
+        && security.signing_keys.is_empty()
+        && security.signing_key_files.is_empty()
+        && security.signing_key_base.is_none()
+    {
+        security.signing_key_base = Some(secret.signing_base());
+    }
     Ok(config)
 }
 
@@ -209,6 +244,13 @@ impl Aether {
     pub async fn discover(config: AetherConfig, lan: &LanOptions) -> Result<Aether, ConnectError> {
         Aether::connect(lan.find(config).await?).await
     }
+
+    /// [`discover`](Self::discover) with the bus `config`'s `[aether.lan]`
+    /// names ([`LanOptions::from_config`]).
+    pub async fn join_lan(config: AetherConfig) -> Result<Aether, ConnectError> {
+        let lan = LanOptions::from_config(&config.lan);
+        Aether::discover(config, &lan).await
+    }
 }
 
 #[cfg(test)]
@@ -255,12 +297,38 @@ mod tests {
         assert_eq!(config.nats.auth.user.as_deref(), Some(CLIENT_USER));
         let secret = LanSecret::load(&secret_file).unwrap();
         assert_eq!(config.nats.auth.password, Some(secret.client_password()));
+        assert_eq!(config.security, crate::config::SecurityConfig::default());
         // Over TLS, trusting the bus's own authority only.
         assert!(config.nats.tls.required);
         let ca = config.nats.tls.ca_file.as_ref().unwrap();
         assert_eq!(
             std::fs::read_to_string(ca).unwrap(),
             secret.authority().pem()
+        );
+        // Sealed channels and signatures asked for without keys: the
+        // secret's; a key named stays.
+        let mut asking = AetherConfig::default();
+        asking.security.require_signatures = true;
+        asking.security.encryption = vec![
+            crate::config::EncryptionRule {
+                channels: vec!["home.>".into()],
+                key: None,
+                key_file: None,
+                key_env: None,
+            },
+            crate::config::EncryptionRule {
+                channels: vec!["lab.>".into()],
+                key: None,
+                key_file: None,
+                key_env: Some("LAB_KEY".into()),
+            },
+        ];
+        let config = lan.resolve(asking).unwrap();
+        assert_eq!(config.security.encryption[0].key, Some(secret.seal_key()));
+        assert_eq!(config.security.encryption[1].key, None);
+        assert_eq!(
+            config.security.signing_key_base,
+            Some(secret.signing_base())
         );
         // A secret file of its own that is not one: a clear error.
         std::fs::write(dir.path().join("short"), "abc").unwrap();

@@ -108,10 +108,18 @@ impl LanSecret {
         Secret::new(self.derive_hex("route"))
     }
 
-    /// The key that seals the bus's payloads (`[aether.security]
-    /// encryption`).
+    /// The key that seals the payloads of the channels a program's
+    /// `[aether.security] encryption` rules name without a key of their
+    /// own.
     pub fn seal_key(&self) -> Secret {
         Secret::new(self.derive_hex("seal"))
+    }
+
+    /// The key every source's signing key is derived from when a program
+    /// asks for signatures (`require_signatures`) and names no keys
+    /// ([`SecurityConfig::signing_key_base`](crate::config::SecurityConfig::signing_key_base)).
+    pub fn signing_base(&self) -> Secret {
+        Secret::new(self.derive_hex("signing"))
     }
 
     /// The proof that whoever made `text` holds the secret: 32 hex digits
@@ -156,6 +164,7 @@ mod tests {
             secret.client_password().expose().to_string(),
             secret.route_password().expose().to_string(),
             secret.seal_key().expose().to_string(),
+            secret.signing_base().expose().to_string(),
         ];
         for (i, a) in values.iter().enumerate() {
             assert_eq!(a.len(), 64);

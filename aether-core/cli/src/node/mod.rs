@@ -34,7 +34,12 @@ pub use server::ServerPlan;
 pub struct NodeArgs {
     /// Write a new random secret to FILE (readable by its owner only) and
     /// exit; copy it to the bus's other machines.
-    #[arg(long, value_name = "FILE", exclusive = true)]
+    // Not `exclusive`: the global options, which may come from the
+    // environment (AETHER_BUS), would conflict with it.
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "status", "node_name", "listen", "port", "cluster_port", "peer", "data",
+        "jetstream", "interface", "no_scout", "nats_server",
+    ])]
     pub new_secret: Option<PathBuf>,
     /// Print the running node's members and exit.
     #[arg(long)]

@@ -117,6 +117,16 @@ pub enum ServiceMedium {
     Embedded,
     /// Over NATS, at `[aether.nats] urls`.
     Nats,
+    /// Over the bus `[aether.lan]` names on the LAN: this machine's
+    /// `aether node`, else one announced on the LAN.
+    Lan,
+}
+
+impl ServiceMedium {
+    /// Whether other programs hear it (every medium but the embedded one).
+    pub fn crosses_processes(self) -> bool {
+        self != ServiceMedium::Embedded
+    }
 }
 
 /// The `[service]` section: how a service takes its waves, and how long it
@@ -124,8 +134,9 @@ pub enum ServiceMedium {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServiceSettings {
-    /// `embedded` (the default) or `nats`: over NATS the program connects
-    /// to `[aether.nats] urls`, as `--nats` makes it. The gateway has its
+    /// `embedded` (the default), `nats` or `lan`: over NATS the program
+    /// connects to `[aether.nats] urls`, as `--nats` makes it; on `lan`, to
+    /// the bus `[aether.lan]` names, as `--lan` makes it. The gateway has its
     /// own, `[gateway] medium`. Read at start.
     pub medium: ServiceMedium,
     /// The service's noise floor, in `[0, 1]`: waves weaker than this are

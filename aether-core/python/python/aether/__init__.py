@@ -243,14 +243,23 @@ def discover(
     secret_file: Optional[str] = None,
     wait: float = 3.0,
     name: Optional[str] = None,
+    config_dir: Optional[str] = None,
 ) -> "Bus":
     """Connects to a bus on the LAN that `aether node` runs: this
     machine's node of `bus` (default `AETHER_BUS`, else "aether"), else,
     given the bus's `secret_file` (default `AETHER_SECRET_FILE`), a node
-    announced on the LAN within `wait` seconds. Raises
-    `aether.ConnectionError` saying what to run when none is found."""
+    announced on the LAN within `wait` seconds, over TLS checked against
+    the bus's own authority. `config_dir` is a settings folder whose
+    `[aether]` section applies too (sealed channels without a key of their
+    own, and signatures asked for without keys, use keys derived from the
+    secret). Raises `aether.ConnectionError` saying what to run when none
+    is found."""
     _blocking("discover")
-    return Bus(_aether.discover(bus, secret_file=secret_file, wait=wait, name=name))
+    return Bus(
+        _aether.discover(
+            bus, secret_file=secret_file, wait=wait, name=name, config_dir=config_dir
+        )
+    )
 
 
 async def discover_async(
@@ -259,9 +268,17 @@ async def discover_async(
     secret_file: Optional[str] = None,
     wait: float = 3.0,
     name: Optional[str] = None,
+    config_dir: Optional[str] = None,
 ) -> "Bus":
     """`discover`, for asyncio."""
-    raw = await _aether.discover(bus, secret_file=secret_file, wait=wait, name=name, async_=True)
+    raw = await _aether.discover(
+        bus,
+        secret_file=secret_file,
+        wait=wait,
+        name=name,
+        config_dir=config_dir,
+        async_=True,
+    )
     return Bus(raw)
 
 

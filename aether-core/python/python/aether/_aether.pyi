@@ -101,6 +101,7 @@ def discover(
     secret_file: Optional[str] = None,
     wait: float = 3.0,
     name: Optional[str] = None,
+    config_dir: Optional[str] = None,
     async_: bool = False,
 ) -> Any: ...
 

@@ -1072,7 +1072,7 @@ impl Shared {
         let wave = sealed.as_ref().unwrap_or(wave);
         let version = self.config.nats.wire_version;
         match self.security.key_of(wave.source()) {
-            Some(key) => wire::encode_signed_as(version, wave, subject, key),
+            Some(key) => wire::encode_signed_as(version, wave, subject, &key),
             None => wire::encode_as(version, wave),
         }
     }
