@@ -11,13 +11,15 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::mpsc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use aether_core::lan::LanSecret;
 
 const AETHER: &str = env!("CARGO_BIN_EXE_aether");
 const BUS: &str = "lantest";
+/// Writes timed from one host to another.
+const WRITES: usize = 100;
 
 /// Network namespaces on one bridge, removed when dropped.
 struct Lan {
@@ -120,8 +122,10 @@ impl Drop for Lan {
 /// read as they come.
 struct Running {
     child: Child,
-    lines: mpsc::Receiver<String>,
+    lines: mpsc::Receiver<(SystemTime, String)>,
     seen: Vec<String>,
+    /// When each line of `seen` was read off the pipe.
+    read_at: Vec<SystemTime>,
 }
 
 impl Running {
@@ -136,26 +140,33 @@ impl Running {
         // failure messages.
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx.send(if stdout {
-                    format!("stderr: {line}")
-                } else {
-                    line
-                });
+                let _ = tx.send((
+                    SystemTime::now(),
+                    if stdout {
+                        format!("stderr: {line}")
+                    } else {
+                        line
+                    },
+                ));
             }
         });
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx2.send(if stdout {
-                    line
-                } else {
-                    format!("stdout: {line}")
-                });
+                let _ = tx2.send((
+                    SystemTime::now(),
+                    if stdout {
+                        line
+                    } else {
+                        format!("stdout: {line}")
+                    },
+                ));
             }
         });
         Self {
             child,
             lines,
             seen: Vec::new(),
+            read_at: Vec::new(),
         }
     }
 
@@ -167,8 +178,9 @@ impl Running {
         let deadline = Instant::now() + limit;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.lines.recv_timeout(left) {
-                Ok(line) => {
+                Ok((at, line)) => {
                     self.seen.push(line.clone());
+                    self.read_at.push(at);
                     if wanted(&line) {
                         return Some(line);
                     }
@@ -181,10 +193,9 @@ impl Running {
 
     /// Forgets the lines seen so far: the next waits look at new ones.
     fn forget(&mut self) {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
+        while self.lines.try_recv().is_ok() {}
         self.seen.clear();
+        self.read_at.clear();
     }
 
     fn kill(&mut self) {
@@ -198,7 +209,7 @@ impl Drop for Running {
         self.kill();
         // A failed run shows what every process said.
         if std::thread::panicking() {
-            while let Ok(line) = self.lines.try_recv() {
+            while let Ok((_, line)) = self.lines.try_recv() {
                 self.seen.push(line);
             }
             eprintln!("--- process {} said:", self.child.id());
@@ -379,6 +390,33 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
     }
     let got = lan.run(2, dir.path(), &["state", "get", "home", "living.temp"]);
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "24.5");
+
+    // From a write on host 0 to the change on host 2 (the stamp is the
+    // writer's clock; the hosts share the machine's): a figure, not a
+    // bound.
+    let mut latencies = Vec::new();
+    for i in 0..WRITES {
+        let key = format!("lat.{i}");
+        let set = lan.run(0, dir.path(), &["state", "set", "home", &key, "1"]);
+        assert!(set.status.success());
+        let quoted = format!("\"key\":\"{key}\"");
+        let line = watchers[1]
+            .wait_for(Duration::from_secs(10), |l| l.contains(&quoted))
+            .unwrap_or_else(|| panic!("host 2 did not hear {key}"));
+        let at = watchers[1].read_at[watchers[1].seen.iter().rposition(|l| *l == line).unwrap()];
+        let change: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let stamp = change["stamp"].as_str().unwrap();
+        let wall: f64 = stamp.split('+').next().unwrap().parse().unwrap();
+        let written = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(wall);
+        latencies.push(at.duration_since(written).unwrap_or_default());
+    }
+    latencies.sort();
+    eprintln!(
+        "write on host 0 to the change on host 2, {WRITES} writes: p50 {:?}, p99 {:?}, max {:?}",
+        latencies[WRITES / 2],
+        latencies[WRITES * 99 / 100],
+        latencies[WRITES - 1]
+    );
 
     // Host 1's node is killed with its server: the others notice and go on.
     for node in &mut nodes {
