@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -176,6 +177,22 @@ def test_another_secret_is_turned_away(node: Node, tmp_path: Path) -> None:
         aether.discover(secret_file=str(other))
     assert "not signed by a trusted authority" in str(refused.value)
     assert time.monotonic() - started < 10
+
+
+def test_the_lan_guides_example_runs(node: Node, tmp_path: Path) -> None:
+    from test_docs import blocks
+    from conftest import REPO
+
+    code = "\n".join(blocks(REPO / "docs/guide/lan.md"))
+    assert "aether.discover()" in code
+    done = subprocess.run(
+        [sys.executable, "-c", code + "\nimport time; time.sleep(0.3)\n"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, f"{code}\n{done.stderr}"
 
 
 def test_no_node_says_what_to_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
