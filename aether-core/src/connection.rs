@@ -97,6 +97,14 @@ pub struct ConnectionStatus {
     /// `durability.outbox_max_bytes` (0 without durable channels): past
     /// it, emits on durable channels are refused (`OutboxFull`).
     pub durable_outbox_max_bytes: u64,
+    /// JetStream streams that answered the last question of which capture
+    /// the durable channels (asked at connect and every 30 s), for the
+    /// channel most answered for: 1 when all is well; 2 or more when
+    /// streams in several JetStream domains (a leaf node's own and its
+    /// hub's) each store every wave, so that a cut link strands waves on
+    /// one side (logged as an error); 0 before the first answer or without
+    /// durable channels.
+    pub durable_captures: usize,
     /// Batch frames published: messages that carried several waves
     /// (`[aether.nats.batch]`).
     pub frames_sent: u64,
@@ -128,6 +136,7 @@ impl ConnectionStatus {
             durable_outbox_len: 0,
             durable_outbox_bytes: 0,
             durable_outbox_max_bytes: 0,
+            durable_captures: 0,
             frames_sent: 0,
             waves_framed: 0,
             frames_received: 0,
@@ -213,6 +222,7 @@ impl ConnectionCounters {
             durable_outbox_len: 0,
             durable_outbox_bytes: 0,
             durable_outbox_max_bytes: 0,
+            durable_captures: 0,
             frames_sent: self.frames_sent.load(Relaxed),
             waves_framed: self.waves_framed.load(Relaxed),
             frames_received: self.frames_received.load(Relaxed),

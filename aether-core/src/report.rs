@@ -110,6 +110,11 @@ pub struct InstanceReport {
     /// `durability.outbox_max_bytes` (0 without durable channels).
     #[serde(default)]
     pub durable_outbox_max_bytes: u64,
+    /// Streams that capture its durable channels
+    /// (`ConnectionStatus::durable_captures`): more than 1 is a
+    /// misconfiguration that strands waves across a cut link.
+    #[serde(default)]
+    pub durable_captures: u64,
     /// Waves in its receive queues now, and their total capacity.
     pub queued: u64,
     /// Total capacity of its receive queues.
@@ -344,6 +349,7 @@ pub(crate) fn compose(aether: &crate::Aether, instance: &str, seq: u64) -> Insta
         durable_outbox_len: connection.durable_outbox_len as u64,
         durable_outbox_bytes: connection.durable_outbox_bytes,
         durable_outbox_max_bytes: connection.durable_outbox_max_bytes,
+        durable_captures: connection.durable_captures as u64,
         queued,
         queue_capacity,
         vibrators,

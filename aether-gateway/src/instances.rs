@@ -143,6 +143,7 @@ struct InstanceMetrics {
     durable_outbox: IntGaugeVec,
     durable_outbox_bytes: IntGaugeVec,
     durable_outbox_capacity: IntGaugeVec,
+    durable_captures: IntGaugeVec,
     malformed: IntGaugeVec,
     rate_limited: IntGaugeVec,
     instances: IntGauge,
@@ -389,6 +390,10 @@ impl InstanceMetrics {
                 "aether_instance_durable_outbox_capacity_bytes",
                 "Most bytes the instance's durable outbox holds (0 without durable channels).",
             )?,
+            durable_captures: per(
+                "aether_instance_durable_captures",
+                "JetStream streams that capture one of the instance's durable channels (1 when all is well; more: streams in several domains each store every wave).",
+            )?,
             malformed: per(
                 "aether_instance_malformed_messages",
                 "Messages the instance refused as not waves since it started.",
@@ -440,6 +445,7 @@ impl InstanceMetrics {
             &self.durable_outbox_capacity,
             report.durable_outbox_max_bytes,
         );
+        set(&self.durable_captures, report.durable_captures);
         set(&self.malformed, report.malformed);
         set(&self.rate_limited, report.rate_limited);
         // Every reason from the first report, at 0 until it counts: a
@@ -497,6 +503,7 @@ impl InstanceMetrics {
             &self.durable_outbox,
             &self.durable_outbox_bytes,
             &self.durable_outbox_capacity,
+            &self.durable_captures,
             &self.malformed,
             &self.rate_limited,
         ] {
@@ -904,6 +911,7 @@ mod tests {
             dropped: [("queue_full".to_string(), 3)].into_iter().collect(),
             durable_outbox_bytes: 1200,
             durable_outbox_max_bytes: 4096,
+            durable_captures: 2,
             vibrators: vec![VibratorReport {
                 name: "beta".into(),
                 origin: format!("{origin:016x}"),
@@ -949,6 +957,7 @@ mod tests {
             "aether_instance_durable_outbox_waves{instance=\"beta-1\"} 0",
             "aether_instance_durable_outbox_bytes{instance=\"beta-1\"} 1200",
             "aether_instance_durable_outbox_capacity_bytes{instance=\"beta-1\"} 4096",
+            "aether_instance_durable_captures{instance=\"beta-1\"} 2",
         ] {
             assert!(text.contains(series), "{series}: {text}");
         }

@@ -287,7 +287,7 @@ orders.cancelled (phase RETRACT, pi).",
     after_help = "Settings come from DIR/default.toml, then DIR/$AETHER_ENV.toml, then \
 AETHER__SECTION__KEY variables; its own are the [alpha] section (rate_per_s, count, items, \
 qty, drain_ms). With --count it stops after that many orders and their answers (each waited \
-for until answer_deadline_ms); otherwise it runs until SIGINT (Ctrl-C) or SIGTERM. Either way it prints what it did and exits with \
+for until answer_deadline_ms, and longer while orders wait in its outbox for a cut link); otherwise it runs until SIGINT (Ctrl-C) or SIGTERM. Either way it prints what it did and exits with \
 status 0. It serves no HTTP port.\n\nWithout --nats it runs on the embedded medium and \
 talks only to itself: no inventory answers. To reach aether-service-beta and \
 aether-gateway in other processes, give all of them the same --nats URL (or run \
@@ -646,7 +646,26 @@ pub async fn run_live(
                     last_overdue_warning = Some(now);
                 }
             }
-            () = tokio::time::sleep_until(until), if !ordering => break,
+            () = tokio::time::sleep_until(until), if !ordering => {
+                // With --count, orders still in an outbox (the link to the
+                // bus cut) have not reached beta yet: wait for them to
+                // leave, and then for their answers, unless asked to stop.
+                let status = aether.connection();
+                if finished_by_count
+                    && !stopping
+                    && (status.durable_outbox_len > 0 || status.outbox_len > 0)
+                {
+                    let deadline = Duration::from_millis(current.alpha.answer_deadline_ms);
+                    drain_until = Some(Instant::now() + deadline.max(drain));
+                    tracing::info!(
+                        held = status.durable_outbox_len + status.outbox_len,
+                        "service-alpha: orders still in the outbox; waiting for them to leave \
+                         and for their answers"
+                    );
+                    continue;
+                }
+                break;
+            }
             wave = alpha.receive() => {
                 let Some(wave) = wave else { break };
                 // The outcome is emitted in the answer's consumer span.

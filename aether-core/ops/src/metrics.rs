@@ -165,6 +165,7 @@ struct Connection {
     durable_outbox: IntGauge,
     durable_outbox_bytes: IntGauge,
     durable_outbox_capacity: IntGauge,
+    durable_captures: IntGauge,
     flushed: IntCounter,
     frames_sent: IntCounter,
     waves_framed: IntCounter,
@@ -305,6 +306,10 @@ impl AetherCollector {
                 "aether_nats_durable_outbox_capacity_bytes",
                 "Most bytes the durable outbox holds (durability.outbox_max_bytes; 0 without durable channels).",
             )?,
+            durable_captures: m.gauge(
+                "aether_nats_durable_captures",
+                "JetStream streams that capture one durable channel (1 when all is well; more: streams in several domains each store every wave).",
+            )?,
             flushed: m.counter(
                 "aether_nats_outbox_flushed_total",
                 "Waves sent from the outbox after reconnects.",
@@ -387,6 +392,8 @@ impl AetherCollector {
             .set(saturating_i64(status.durable_outbox_bytes));
         c.durable_outbox_capacity
             .set(saturating_i64(status.durable_outbox_max_bytes));
+        c.durable_captures
+            .set(saturating_i64(status.durable_captures as u64));
         if let (Some(p), Ok(usage)) = (&self.process, ResourceUsage::read()) {
             p.rss.set(saturating_i64(usage.rss_bytes));
             p.vms.set(saturating_i64(usage.vms_bytes));

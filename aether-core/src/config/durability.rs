@@ -69,6 +69,16 @@ pub struct DurabilityConfig {
     /// `false` and the permissions of `NatsPermissions::with_jetstream`, which
     /// let it use its own consumers and nothing else.
     pub manage_stream: bool,
+    /// The JetStream domain whose stream stores the durable channels (its
+    /// API at `$JS.<domain>.API`): on a leaf node, the hub's domain (`hub`
+    /// for a hub started with `jetstream { domain: hub }`), so that waves
+    /// emitted at the edge are stored in the hub, the durable outbox
+    /// keeping them while the leaf's link is cut. A program whose server
+    /// has a JetStream of another domain with a stream that also captures
+    /// these channels refuses to start (both would store every wave).
+    /// None (the default): the JetStream of the server the program
+    /// connects to.
+    pub domain: Option<String>,
     /// `file` (the default) or `memory`.
     pub storage: DurableStorage,
     /// How long the stream remembers a wave id to drop a second copy, in
@@ -88,7 +98,8 @@ pub struct DurabilityConfig {
     /// Copies of the stream JetStream keeps on different servers of a
     /// cluster, 1 to 5: with 3, the loss of any one server loses nothing
     /// stored. 0 (the default): as many as the cluster has servers, up to 3
-    /// (1 on a single server).
+    /// (1 on a single server; with a `domain`, the stream's own, else 1:
+    /// name it for a hub's cluster).
     pub replicas: usize,
     /// Directory of the on-disk durable outbox, written and synced before
     /// `emit` returns. Over NATS it holds durable waves that could not be
@@ -111,6 +122,7 @@ impl Default for DurabilityConfig {
             channels: Vec::new(),
             stream: "AETHER".to_string(),
             manage_stream: true,
+            domain: None,
             storage: DurableStorage::File,
             duplicate_window_ms: 120_000,
             max_age_ms: 0,
@@ -132,6 +144,18 @@ impl DurabilityConfig {
 
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(domain) = &self.domain {
+            check(
+                !domain.is_empty()
+                    && domain.len() <= 64
+                    && domain
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "durability.domain",
+                domain.clone(),
+                "is not a JetStream domain (1 to 64 of A-Z a-z 0-9 - _)",
+            )?;
+        }
         for pattern in &self.channels {
             check(
                 Channel::new(pattern.as_str()).is_valid(),

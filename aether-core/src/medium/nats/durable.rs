@@ -50,12 +50,12 @@ use tokio::{
     task::AbortHandle,
 };
 
-use super::{LastChannel, Shared, take};
+use super::{LastChannel, Shared, captures, take};
 use crate::{
     Channel, ConnectError, ConnectErrorKind, DropReason, EmitError, EmitErrorKind, ResonateError,
     ResonateErrorKind, Wave, WaveId, channel,
     config::{DurabilityConfig, DurableStorage},
-    connection::ConnectionState,
+    connection::{ConnectionEvent, ConnectionState},
     inbox::Inbox,
     medium::{
         SubscriptionId,
@@ -82,6 +82,14 @@ const IDLE_LOOK: Duration = Duration::from_secs(2);
 /// the next, rather than after the whole request timeout. A resend is
 /// harmless: the stream drops a second copy of a wave id.
 const ATTEMPT: Duration = Duration::from_secs(1);
+/// How long a program with `durability.domain` waits at its start for the
+/// streams that capture its durable channels to answer.
+const PROBE_AT_START: Duration = Duration::from_millis(500);
+/// How long the capture watcher waits for answers, and how often it asks.
+const PROBE_WAIT: Duration = Duration::from_secs(2);
+const PROBE_EVERY: Duration = Duration::from_secs(30);
+/// One error line per this many waves acknowledged from a wrong domain.
+const WRONG_DOMAIN_WARN_EVERY: u64 = 1_000;
 /// Most outbox waves sent before their acknowledgements are awaited: the
 /// outbox drains at the stream's rate, not one round trip per wave.
 const SEND_WINDOW: usize = 256;
@@ -114,7 +122,8 @@ pub(super) struct Durable {
     outbox: Arc<DurableOutbox>,
     /// Wakes the flusher: a wave was put in the outbox.
     wake: Notify,
-    flusher: Mutex<Option<AbortHandle>>,
+    /// The flusher's and the capture watcher's tasks.
+    tasks: Mutex<Vec<AbortHandle>>,
     /// The acknowledgements waiting for their waves to be handed out, and
     /// what each queue handed out last, by queue.
     handouts: Mutex<HashMap<u64, Handouts>>,
@@ -123,6 +132,12 @@ pub(super) struct Durable {
     /// Acknowledgements given to that task and not yet sent.
     acks_in_flight: Arc<AtomicUsize>,
     acker: AbortHandle,
+    /// Waves acknowledged by a stream of another domain than
+    /// `durability.domain`.
+    wrong_domain: std::sync::atomic::AtomicU64,
+    /// Streams that answered the last capture probe, for the durable
+    /// channel most answered for.
+    captures: AtomicUsize,
 }
 
 /// One receive queue's durable waves.
@@ -173,12 +188,15 @@ impl Durable {
                 subjects.push(subject::pattern_subject(&shared.prefix, pattern));
             }
         }
-        let js = jetstream::ContextBuilder::new()
-            .timeout(shared.config.request_timeout())
-            .build(client.clone());
-        let js_attempt = jetstream::ContextBuilder::new()
-            .timeout(shared.config.request_timeout().min(ATTEMPT))
-            .build(client.clone());
+        let context = |timeout: Duration| {
+            let builder = jetstream::ContextBuilder::new().timeout(timeout);
+            match &config.domain {
+                Some(domain) => builder.domain(domain.as_str()).build(client.clone()),
+                None => builder.build(client.clone()),
+            }
+        };
+        let js = context(shared.config.request_timeout());
+        let js_attempt = context(shared.config.request_timeout().min(ATTEMPT));
         let (acks, to_send) = mpsc::unbounded_channel();
         let acks_in_flight = Arc::new(AtomicUsize::new(0));
         let acker = tokio::spawn(send_acks(to_send, acks_in_flight.clone())).abort_handle();
@@ -192,11 +210,13 @@ impl Durable {
             subjects,
             outbox: Arc::new(outbox),
             wake: Notify::new(),
-            flusher: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
             handouts: Mutex::new(HashMap::new()),
             acks,
             acks_in_flight,
             acker,
+            wrong_domain: std::sync::atomic::AtomicU64::new(0),
+            captures: AtomicUsize::new(0),
         });
         if shared.counters.state() == ConnectionState::Connected {
             durable.ready_stream().await.map_err(|e| {
@@ -211,22 +231,35 @@ impl Durable {
                      first, or check that this user may look the stream up \
                      (NatsPermissions::with_jetstream)"
                 };
+                let domain = match &durable.config.domain {
+                    Some(domain) => format!(
+                        "; durability.domain = {domain:?}: check that a server of that \
+                         domain is reachable from this one (a leaf node's link to its hub)"
+                    ),
+                    None => "; on a leaf node without JetStream of its own, set \
+                             durability.domain to the hub's JetStream domain"
+                        .to_string(),
+                };
                 ConnectError::new(
                     ConnectErrorKind::Config,
                     format!(
-                        "cannot use the JetStream stream {:?} for durability.channels: {e}; {advice}",
+                        "cannot use the JetStream stream {:?} for durability.channels: {e}; {advice}{domain}",
                         durable.config.stream
                     ),
                 )
             })?;
+            durable.refuse_a_second_capture().await?;
         }
         let task = tokio::spawn(flush(durable.clone(), shared.clone()));
-        *durable.lock_flusher() = Some(task.abort_handle());
+        let watcher = tokio::spawn(watch_captures(Arc::downgrade(&durable), shared.clone()));
+        durable
+            .lock_tasks()
+            .extend([task.abort_handle(), watcher.abort_handle()]);
         Ok(Some(durable))
     }
 
-    fn lock_flusher(&self) -> std::sync::MutexGuard<'_, Option<AbortHandle>> {
-        self.flusher.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_tasks(&self) -> MutexGuard<'_, Vec<AbortHandle>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether waves on `channel` are durable. The bus's own channels
@@ -258,7 +291,7 @@ impl Durable {
     }
 
     pub(super) fn stop(&self) {
-        if let Some(task) = self.lock_flusher().take() {
+        for task in self.lock_tasks().drain(..) {
             task.abort();
         }
         self.acker.abort();
@@ -343,6 +376,18 @@ impl Durable {
     /// nothing is changed, and the caller tries again later.
     async fn replicas(&self, js: &Context) -> Option<usize> {
         match self.config.replicas {
+            // The servers this one knows are not the domain's.
+            0 if self.config.domain.is_some() => match js.get_stream(&self.config.stream).await {
+                Ok(stream) => Some(stream.cached_info().config.num_replicas),
+                Err(e) => match e.kind() {
+                    jetstream::context::GetStreamErrorKind::JetStream(error)
+                        if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                    {
+                        Some(1)
+                    }
+                    _ => None,
+                },
+            },
             0 => {
                 let info = self.client.server_info();
                 let servers: std::collections::HashSet<&String> =
@@ -542,6 +587,7 @@ impl Durable {
                     if ack.duplicate {
                         tracing::debug!(seq = ack.sequence, "JetStream already held this wave");
                     }
+                    self.check_ack_domain(&ack);
                     count += 1;
                 }
                 Err(e) => {
@@ -554,6 +600,85 @@ impl Durable {
             }
         }
         Stored { count, error }
+    }
+
+    /// Warns (at most every [`WRONG_DOMAIN_WARN_EVERY`] acknowledgements)
+    /// when a wave was acknowledged by a stream of another domain than
+    /// `durability.domain`: a stream made there since the start captures
+    /// the durable channels too.
+    fn check_ack_domain(&self, ack: &jetstream::publish::PublishAck) {
+        let Some(domain) = &self.config.domain else {
+            return;
+        };
+        let from = ack.domain.as_str();
+        if from == domain {
+            return;
+        }
+        let n = self.wrong_domain.fetch_add(1, Ordering::Relaxed);
+        if n.is_multiple_of(WRONG_DOMAIN_WARN_EVERY) {
+            tracing::error!(
+                stream = %ack.stream,
+                acknowledged_by = from,
+                expected = %domain,
+                waves = n + 1,
+                "a durable wave was acknowledged by a stream of another JetStream domain than \
+                 durability.domain: a stream there captures these channels too, and every \
+                 wave is stored twice; remove it"
+            );
+        }
+    }
+
+    /// With a `domain`, refuses to start when a stream other than the
+    /// domain's also captures the durable channels (a stream of the leaf's
+    /// own JetStream): every wave would be stored in both, the nearer one
+    /// acknowledging it, and stranded there while the link to the domain is
+    /// cut. Without a `domain` the same is watched for after the start
+    /// ([`watch_captures`]), since a program cannot tell which of two
+    /// streams it was meant to use.
+    async fn refuse_a_second_capture(&self) -> Result<(), ConnectError> {
+        let Some(domain) = &self.config.domain else {
+            return Ok(());
+        };
+        let captures = match captures::probe(&self.client, &self.subjects, PROBE_AT_START, 2).await
+        {
+            Ok(captures) => captures,
+            Err(error) => {
+                tracing::warn!(%error, "could not ask which streams capture the durable channels");
+                return Ok(());
+            }
+        };
+        self.captures
+            .store(captures::most(&captures), Ordering::Relaxed);
+        let Some((subject, streams)) = captures::doubled(&captures) else {
+            return Ok(());
+        };
+        let mut others: Vec<&String> = streams.iter().collect();
+        if let Some(ours) = others.iter().position(|s| **s == self.config.stream) {
+            others.remove(ours);
+        }
+        let others = others
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(ConnectError::new(
+            ConnectErrorKind::Config,
+            format!(
+                "the stream {others} also captures {subject} beside the stream {:?} of \
+                 domain {domain:?} (durability.domain): durable waves would be stored in \
+                 both, and stranded at the nearer while the link to {domain:?} is cut; \
+                 remove that stream (on a leaf node, the leaf's own), or run the leaf \
+                 without JetStream",
+                self.config.stream
+            ),
+        ))
+    }
+
+    /// Streams now answering for the durable channel that most answer for
+    /// (`ConnectionStatus::durable_captures`): 1 when all is well, more when
+    /// streams in two JetStream domains capture the same channels.
+    pub(super) fn captures(&self) -> usize {
+        self.captures.load(Ordering::Relaxed)
     }
 
     /// Emits a wave on a durable channel: stored in JetStream, or kept in
@@ -845,6 +970,69 @@ async fn flush(durable: Arc<Durable>, shared: Arc<Shared>) {
             delay = (delay * 2).min(MAX_RETRY);
         } else {
             delay = MIN_RETRY;
+        }
+    }
+}
+
+/// Asks which streams capture the durable channels after each connect and
+/// every [`PROBE_EVERY`] (a leaf's link may come back without this
+/// program's connection noticing), keeping the answer for the status and
+/// saying so when more than one does, and when that ends.
+async fn watch_captures(durable: std::sync::Weak<Durable>, shared: Arc<Shared>) {
+    let mut events = shared.events.subscribe();
+    let mut doubled_before = false;
+    loop {
+        let Some(durable) = durable.upgrade() else {
+            return;
+        };
+        if shared.counters.state() == ConnectionState::Connected {
+            match captures::probe(&durable.client, &durable.subjects, PROBE_WAIT, usize::MAX).await
+            {
+                Ok(found) => {
+                    durable
+                        .captures
+                        .store(captures::most(&found), Ordering::Relaxed);
+                    match captures::doubled(&found) {
+                        Some((subject, streams)) if !doubled_before => {
+                            doubled_before = true;
+                            tracing::error!(
+                                subject = %subject,
+                                streams = ?streams,
+                                "more than one JetStream stream captures the durable channels: \
+                                 streams of two JetStream domains (a leaf node's own and its \
+                                 hub's) each store every wave and the nearer acknowledges it, so \
+                                 while the link between them is cut waves are stored on one side \
+                                 only and its consumers never see them; keep one: remove the \
+                                 leaf's stream and set durability.domain to the hub's domain \
+                                 (docs/guide/edge.md)"
+                            );
+                        }
+                        None if doubled_before => {
+                            doubled_before = false;
+                            tracing::info!(
+                                "one JetStream stream captures the durable channels again"
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "could not ask which streams capture the durable channels");
+                }
+            }
+        }
+        drop(durable);
+        let next = tokio::time::sleep(PROBE_EVERY);
+        tokio::pin!(next);
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(ConnectionEvent::Connected) => break,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    _ => {}
+                },
+                () = &mut next => break,
+            }
         }
     }
 }

@@ -17,6 +17,7 @@
 
 mod arrivals;
 mod batch;
+mod captures;
 mod durable;
 mod outbox;
 mod probe;
@@ -254,6 +255,7 @@ impl NatsMedium {
             status.durable_outbox_len = durable.pending();
             (status.durable_outbox_bytes, status.durable_outbox_max_bytes) =
                 durable.pending_bytes();
+            status.durable_captures = durable.captures();
         }
         status
     }
@@ -1062,9 +1064,6 @@ impl Shared {
         let _ = self.events.send(ours);
     }
 
-    /// Counts and (sparingly) logs a message that is not a valid wave.
-    /// The envelope of `wave` for `subject`: signed when this aether holds
-    /// its source's key.
     /// The envelope of `wave` on `subject`: its payload sealed where its
     /// channel's payloads are, then signed where its source has a key.
     fn seal(&self, subject: &str, wave: &Wave) -> bytes::Bytes {
@@ -1077,6 +1076,7 @@ impl Shared {
         }
     }
 
+    /// Counts and (sparingly) logs a message that is not a valid wave.
     fn refuse(&self, subject: &str, error: &dyn std::fmt::Display) {
         let n = self.counters.malformed.fetch_add(1, Ordering::Relaxed);
         if n.is_multiple_of(MALFORMED_LOG_EVERY) {
@@ -1365,6 +1365,11 @@ fn arrival_channel(shared: &Shared, message: &Message, last: &mut LastChannel) -
             .as_ref()
             .is_some_and(|reply| reply.starts_with("$JS.ACK."))
     {
+        return None;
+    }
+    // A durable aether's question of which streams capture its channels
+    // (`captures.rs`): no wave, and no one's fault.
+    if captures::is_probe(message) {
         return None;
     }
     let Some(channel) = last.resolve(&shared.prefix, &message.subject) else {
