@@ -78,6 +78,11 @@ pub struct Connection {
     /// The client certificate's key (PEM).
     #[arg(long, value_name = "FILE", global = true, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// The JetStream domain whose stream stores the durable channels (as
+    /// the nats CLI's --js-domain): on a leaf node, the hub's. Over
+    /// [aether.durability] domain in the settings.
+    #[arg(long, value_name = "DOMAIN", global = true, env = "AETHER_JS_DOMAIN")]
+    pub js_domain: Option<String>,
     /// The bus on the LAN (`aether node`): its node on this machine is the
     /// server when no --nats or --config-dir is given.
     #[arg(

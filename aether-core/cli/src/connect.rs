@@ -52,6 +52,9 @@ pub async fn config(connection: &Connection) -> Result<AetherConfig, Failure> {
     if !on_lan {
         access(connection).apply(&mut config);
     }
+    if let Some(domain) = &connection.js_domain {
+        config.durability.domain = Some(domain.clone());
+    }
     // A tool that comes and goes: it tries once, and says so if it cannot.
     config.nats.retry_on_initial_connect = false;
     config.nats.connection_name = Some(format!("aether-cli {}", std::process::id()));
