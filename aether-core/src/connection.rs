@@ -97,13 +97,14 @@ pub struct ConnectionStatus {
     /// `durability.outbox_max_bytes` (0 without durable channels): past
     /// it, emits on durable channels are refused (`OutboxFull`).
     pub durable_outbox_max_bytes: u64,
-    /// JetStream streams that answered the last question of which capture
-    /// the durable channels (asked at connect and every 30 s), for the
-    /// channel most answered for: 1 when all is well; 2 or more when
-    /// streams in several JetStream domains (a leaf node's own and its
-    /// hub's) each store every wave, so that a cut link strands waves on
-    /// one side (logged as an error); 0 before the first answer or without
-    /// durable channels.
+    /// The most JetStream streams seen answering, since the start, the
+    /// question of which capture a durable channel (asked at each connect
+    /// and every 30 s): 1 when all is well; 2 or more when streams in
+    /// several JetStream domains (a leaf node's own and its hub's) each
+    /// store every wave, so that a cut link strands waves on one side
+    /// (logged as an error; kept until the program starts again, since a
+    /// cut hides the second stream without mending anything); 0 before the
+    /// first answer or without durable channels.
     pub durable_captures: usize,
     /// Batch frames published: messages that carried several waves
     /// (`[aether.nats.batch]`).

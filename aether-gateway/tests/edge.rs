@@ -20,7 +20,10 @@ use aether_core::{
 };
 use aether_testkit::{TcpProxy, TestPki, nats_server_path};
 use futures_util::StreamExt;
-use support::{eventually, get, programs::programs, programs::summary};
+use support::{
+    eventually, get,
+    programs::{beta_ready, programs, stop_beta, summary},
+};
 use tokio::process::{Child, Command};
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
@@ -174,45 +177,6 @@ fn program(bin: &str, settings: &Path, url: &str, at_leaf: bool, work: &Path) ->
     command
 }
 
-async fn beta_ready(
-    beta: &mut Child,
-) -> tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>> {
-    let mut lines =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(beta.stdout.take().unwrap()));
-    let ready = tokio::time::timeout(BOUND, lines.next_line())
-        .await
-        .expect("beta starts")
-        .unwrap()
-        .expect("a line");
-    assert!(ready.contains("connected, resonating"), "{ready}");
-    lines
-}
-
-/// Beta's answers, each order once, after SIGTERM.
-async fn stop_beta(
-    beta: &mut Child,
-    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-) -> u64 {
-    nix::sys::signal::kill(
-        support::programs::pid(beta),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let mut counts = None;
-    while let Some(line) = tokio::time::timeout(BOUND, lines.next_line())
-        .await
-        .expect("beta reports")
-        .unwrap()
-    {
-        if let Some(rest) = line.strip_prefix("service-beta:") {
-            counts = Some(support::summary_counts(rest));
-        }
-    }
-    assert!(beta.wait().await.unwrap().success());
-    let counts = counts.expect("beta's summary");
-    counts["reserved"] + counts["insufficient"]
-}
-
 async fn connect(url: &str) -> Aether {
     Aether::connect(AetherConfig {
         nats: NatsConfig {
@@ -293,8 +257,11 @@ async fn a_leaf_without_jetstream_stores_in_the_hub_across_a_cut() {
         let hub_map = StateMap::open(&at_hub, "edge-home").await.unwrap();
         let edge_map = StateMap::open(&at_edge, "edge-home").await.unwrap();
 
+        // Each answer waited for 2 s, less than the cut: orders that left
+        // the outbox after the heal get their whole deadline from then.
         let alpha = program(&alpha_bin, settings.path(), &leaf.url(), true, work.path())
             .args(["--count", "40", "--rate", "10"])
+            .env("AETHER__ALPHA__ANSWER_DEADLINE_MS", "2000")
             .spawn()
             .unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -392,7 +359,8 @@ async fn a_leaf_with_its_own_jetstream_refuses_a_second_capture() {
         local
             .create_stream(async_nats::jetstream::stream::Config {
                 name: "SHOP".into(),
-                subjects: vec!["aether.orders.>".into()],
+                // Narrower than the durable channels, and overlapping them.
+                subjects: vec!["aether.*.created".into()],
                 ..Default::default()
             })
             .await
@@ -515,6 +483,10 @@ async fn two_regions_joined_by_gateways_run_the_saga() {
                 .env("AETHER_NATS_ROUTE_A", &route)
                 .env("AETHER_NATS_ROUTE_B", &route)
                 .env("AETHER_NATS_GATEWAY", format!("127.0.0.1:{}", gateways[i]))
+                .env(
+                    "AETHER_NATS_GATEWAY_ADVERTISE",
+                    format!("127.0.0.1:{}", gateways[i]),
+                )
                 .env("AETHER_NATS_OTHER_REGION", names[1 - i])
                 .env(
                     "AETHER_NATS_OTHER_GATEWAY",

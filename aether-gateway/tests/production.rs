@@ -12,7 +12,7 @@ use aether_core::{Aether, AetherConfig, config::NatsConfig};
 use aether_testkit::{TestPki, nats_server_path};
 use support::{
     eventually, get, observed,
-    programs::{programs, stop_gateway, summary},
+    programs::{beta_ready, programs, stop_beta, stop_gateway, summary},
     sample, spawn_serving,
 };
 use tokio::process::{Child, Command};
@@ -156,15 +156,7 @@ async fn the_saga_runs_on_the_shipped_production_cluster() {
         let mut beta = program(&beta_bin, settings.path(), &cluster, &pki, "beta")
             .spawn()
             .unwrap();
-        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
-            beta.stdout.take().unwrap(),
-        ));
-        let ready = tokio::time::timeout(BOUND, lines.next_line())
-            .await
-            .expect("beta starts")
-            .unwrap()
-            .expect("a line");
-        assert!(ready.contains("connected, resonating"), "{ready}");
+        let mut lines = beta_ready(&mut beta).await;
         let mut alpha = program(&alpha_bin, settings.path(), &cluster, &pki, "alpha");
         alpha.args(["--count", "60", "--rate", "30"]);
         let alpha = summary(alpha.spawn().unwrap(), "service-alpha:", false).await;
@@ -194,9 +186,13 @@ async fn the_saga_runs_on_the_shipped_production_cluster() {
             let replicas = sample(&text, "aether_stream_replicas{stream=\"AETHER\"}");
             let max = sample(&text, "aether_stream_max_bytes{stream=\"AETHER\"}");
             let bytes = sample(&text, "aether_stream_bytes{stream=\"AETHER\"}");
+            // One stream (its leader, of three copies) answers the
+            // question of which capture the durable channels.
+            let captures = sample(&text, "aether_nats_durable_captures");
             (replicas == Some(3.0)
                 && max == Some(1_073_741_824.0)
-                && bytes.is_some_and(|b| b > 0.0))
+                && bytes.is_some_and(|b| b > 0.0)
+                && captures == Some(1.0))
             .then_some(())
         })
         .await;
@@ -239,28 +235,8 @@ async fn the_saga_runs_on_the_shipped_production_cluster() {
         let said = String::from_utf8_lossy(&refused.stderr);
         assert_eq!(refused.status.code(), Some(1), "{said}");
         assert!(said.contains("not authorized"), "{said}");
-        nix::sys::signal::kill(
-            support::programs::pid(&beta),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let mut beta_summary = None;
-        while let Some(line) = tokio::time::timeout(BOUND, lines.next_line())
-            .await
-            .expect("beta reports")
-            .unwrap()
-        {
-            if let Some(counts) = line.strip_prefix("service-beta:") {
-                beta_summary = Some(support::summary_counts(counts));
-            }
-        }
-        assert!(beta.wait().await.unwrap().success());
-        let beta = beta_summary.expect("beta's summary");
-        assert_eq!(
-            beta["reserved"] + beta["insufficient"],
-            60,
-            "each order answered once: {beta:?}"
-        );
+        let answered = stop_beta(&mut beta, &mut lines).await;
+        assert_eq!(answered, 60, "each order answered once");
         stop_gateway(gateway).await;
         for node in &mut cluster.nodes {
             node.child.kill().await.unwrap();

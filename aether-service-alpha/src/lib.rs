@@ -500,6 +500,10 @@ pub async fn run(
     run_live(aether, settings, shutdown).await
 }
 
+/// How often alpha, done with its --count, looks whether orders still wait
+/// in its outbox.
+const OUTBOX_LOOK: Duration = Duration::from_millis(250);
+
 /// Like [`run`], with the settings in force in `settings` (the receiver of
 /// a hot-reload watcher, `aether_ops::reload::Watcher::subscribe`): the
 /// order rate (`alpha.rate_per_s`), the vibrator's noise floor and rate
@@ -537,6 +541,9 @@ pub async fn run_live(
     let mut drain_until = (current.alpha.count == Some(0)).then(|| Instant::now() + drain);
     let mut stopping = false;
     let mut finished_by_count = false;
+    // With --count, orders wait in an outbox (a cut link) past the time
+    // the last order was due.
+    let mut waiting_for_outbox = false;
     tracing::info!(
         rate_per_s = current.alpha.rate_per_s,
         count = ?current.alpha.count,
@@ -650,18 +657,27 @@ pub async fn run_live(
                 // With --count, orders still in an outbox (the link to the
                 // bus cut) have not reached beta yet: wait for them to
                 // leave, and then for their answers, unless asked to stop.
+                // Looked at every OUTBOX_LOOK while it holds orders; once it
+                // is empty, each order that left it gets its whole answer
+                // deadline again.
                 let status = aether.connection();
-                if finished_by_count
-                    && !stopping
-                    && (status.durable_outbox_len > 0 || status.outbox_len > 0)
-                {
+                let held = status.durable_outbox_len + status.outbox_len;
+                if finished_by_count && !stopping && held > 0 {
+                    if !waiting_for_outbox {
+                        tracing::info!(
+                            held,
+                            "service-alpha: orders still in the outbox; waiting for them to \
+                             leave and for their answers"
+                        );
+                    }
+                    waiting_for_outbox = true;
+                    drain_until = Some(Instant::now() + OUTBOX_LOOK);
+                    continue;
+                }
+                if waiting_for_outbox && !stopping {
+                    waiting_for_outbox = false;
                     let deadline = Duration::from_millis(current.alpha.answer_deadline_ms);
                     drain_until = Some(Instant::now() + deadline.max(drain));
-                    tracing::info!(
-                        held = status.durable_outbox_len + status.outbox_len,
-                        "service-alpha: orders still in the outbox; waiting for them to leave \
-                         and for their answers"
-                    );
                     continue;
                 }
                 break;

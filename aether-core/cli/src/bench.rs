@@ -48,7 +48,7 @@ pub async fn run(connection: &Connection, args: BenchArgs) -> Result<(), Failure
     let (aether, medium) = if args.embedded {
         (Aether::default(), "embedded".to_string())
     } else {
-        let urls = config(connection).await?.nats.redacted_urls().join(", ");
+        let urls = config(connection).await?.0.nats.redacted_urls().join(", ");
         (connect(connection).await?, urls)
     };
     let channel = args

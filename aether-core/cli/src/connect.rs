@@ -9,8 +9,19 @@ use crate::{Failure, cli::Connection};
 /// The server when none is given.
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
+/// How the server was chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reached {
+    /// Named: --nats, AETHER_NATS or the settings directory.
+    Named,
+    /// This machine's node of the bus, or one found on the LAN.
+    Node,
+    /// None named and no node runs: the default URL.
+    Default,
+}
+
 /// The aether's settings: the directory's, then the flags.
-pub async fn config(connection: &Connection) -> Result<AetherConfig, Failure> {
+pub async fn config(connection: &Connection) -> Result<(AetherConfig, Reached), Failure> {
     let mut config = match &connection.config_dir {
         Some(dir) => {
             if !dir.join("default.toml").is_file() {
@@ -23,7 +34,7 @@ pub async fn config(connection: &Connection) -> Result<AetherConfig, Failure> {
         }
         None => AetherConfig::default(),
     };
-    let mut on_lan = false;
+    let mut reached = Reached::Named;
     if !connection.nats.is_empty() {
         config.nats.urls = connection.nats.clone();
     } else if config.nats.urls.is_empty() || connection.config_dir.is_none() {
@@ -37,7 +48,7 @@ pub async fn config(connection: &Connection) -> Result<AetherConfig, Failure> {
         match lan.find(config.clone()).await {
             Ok(found) => {
                 config = found;
-                on_lan = true;
+                reached = Reached::Node;
             }
             Err(e) if e.kind() == ConnectErrorKind::Unreachable => {
                 if connection.secret_file.is_some() {
@@ -45,14 +56,22 @@ pub async fn config(connection: &Connection) -> Result<AetherConfig, Failure> {
                     return Err(Failure::runtime(format!("cannot connect: {e}")));
                 }
                 config.nats.urls = vec![DEFAULT_URL.to_string()];
+                reached = Reached::Default;
             }
             Err(e) => return Err(Failure::usage(format!("bus {:?}: {e}", connection.bus))),
         }
     }
-    if !on_lan {
+    if reached != Reached::Node {
         access(connection).apply(&mut config);
     }
     if let Some(domain) = &connection.js_domain {
+        if config.durability.channels.is_empty() {
+            return Err(Failure::usage(format!(
+                "--js-domain {domain:?} names where durable channels are stored, and none is \
+                 configured: give the settings that name them (--config-dir DIR, \
+                 [aether.durability] channels)"
+            )));
+        }
         config.durability.domain = Some(domain.clone());
     }
     // A tool that comes and goes: it tries once, and says so if it cannot.
@@ -61,7 +80,7 @@ pub async fn config(connection: &Connection) -> Result<AetherConfig, Failure> {
     config
         .validate()
         .map_err(|e| Failure::usage(format!("settings: {e}")))?;
-    Ok(config)
+    Ok((config, reached))
 }
 
 /// The credentials and TLS the flags give.
@@ -79,10 +98,9 @@ fn access(connection: &Connection) -> Access {
 
 /// Connects to the bus the flags name, and says where on stderr.
 pub async fn connect(connection: &Connection) -> Result<Aether, Failure> {
-    let config = config(connection).await?;
+    let (config, reached) = config(connection).await?;
     // Credentials in a URL are never printed.
     let urls = config.nats.redacted_urls().join(", ");
-    let named = !connection.nats.is_empty() || connection.config_dir.is_some();
     let aether = Aether::connect(config).await.map_err(|error| {
         let hint = match error.kind() {
             ConnectErrorKind::Unreachable => format!(
@@ -101,18 +119,20 @@ pub async fn connect(connection: &Connection) -> Result<Aether, Failure> {
         };
         Failure::runtime(format!("cannot connect: {error}\n  {hint}"))
     })?;
-    eprintln!("{}", connected_line(&urls, named));
+    eprintln!("{}", connected_line(&urls, reached, &connection.bus));
     Ok(aether)
 }
 
-/// The line that says which servers the tool uses.
-pub fn connected_line(urls: &str, named: bool) -> String {
-    if named {
-        format!("connected to {urls}")
-    } else {
-        format!(
-            "connected to {urls} (the default: --nats URL, AETHER_NATS or --config-dir names another)"
-        )
+/// The line that says which servers the tool uses, and why.
+pub fn connected_line(urls: &str, reached: Reached, bus: &str) -> String {
+    match reached {
+        Reached::Named => format!("connected to {urls}"),
+        Reached::Node => format!("connected to {urls}: a node of bus {bus:?}, over TLS"),
+        Reached::Default => format!(
+            "connected to {urls}: no node of bus {bus:?} runs on this machine, so the default \
+             server (--nats URL, AETHER_NATS or --config-dir names another; --secret-file \
+             finds the bus on the LAN and never falls back)"
+        ),
     }
 }
 

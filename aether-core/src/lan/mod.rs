@@ -109,7 +109,9 @@ impl LanOptions {
     pub fn resolve(&self, config: AetherConfig) -> Result<AetherConfig, ConnectError> {
         check_bus_name(&self.bus).map_err(|e| ConnectError::new(ConnectErrorKind::Config, e))?;
         let dir = self.runtime_dir.clone().unwrap_or_else(runtime_dir);
-        let Some(record) = NodeRecord::read_in(&dir, &self.bus) else {
+        let record = NodeRecord::read_in(&dir, &self.bus)
+            .map_err(|e| ConnectError::new(ConnectErrorKind::Config, e.to_string()))?;
+        let Some(record) = record else {
             return Err(ConnectError::new(
                 ConnectErrorKind::Unreachable,
                 format!(
@@ -224,7 +226,7 @@ impl LanOptions {
             return Err(ConnectError::new(
                 ConnectErrorKind::Unreachable,
                 format!(
-                    "no node of bus {:?} with this secret answered on the LAN within {:?}: start                      one here (`aether node --bus {} --secret-file FILE`), check that the other                      machines' nodes run with the same bus and secret file, or name a server                      with --nats URL / AETHER_NATS",
+                    "no node of bus {:?} with this secret answered on the LAN within {:?}: start one here (`aether node --bus {} --secret-file FILE`), check that the other machines' nodes run with the same bus and secret file, or name a server with --nats URL / AETHER_NATS",
                     self.bus, self.wait, self.bus
                 ),
             ));

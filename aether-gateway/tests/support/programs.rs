@@ -129,3 +129,40 @@ pub async fn programs() -> (String, String) {
     let [beta, alpha] = super::service_programs(PROGRAM).await;
     (beta, alpha)
 }
+
+/// Beta's standard output, line by line.
+pub type Lines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// Beta's output, once its first line says it is connected and resonating
+/// (within 30 s); its stdout must be piped.
+pub async fn beta_ready(beta: &mut Child) -> Lines {
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        beta.stdout.take().expect("beta's stdout piped"),
+    ));
+    let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("beta starts")
+        .unwrap()
+        .expect("a line");
+    assert!(ready.contains("connected, resonating"), "{ready}");
+    lines
+}
+
+/// Stops beta with SIGTERM, checks it exits 0, and returns the orders it
+/// answered (reserved and insufficient, each order once).
+pub async fn stop_beta(beta: &mut Child, lines: &mut Lines) -> u64 {
+    kill(pid(beta), Signal::SIGTERM).unwrap();
+    let mut counts = None;
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("beta reports")
+        .unwrap()
+    {
+        if let Some(rest) = line.strip_prefix("service-beta:") {
+            counts = Some(super::summary_counts(rest));
+        }
+    }
+    assert!(beta.wait().await.unwrap().success());
+    let counts = counts.expect("beta's summary");
+    counts["reserved"] + counts["insufficient"]
+}

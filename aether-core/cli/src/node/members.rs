@@ -95,7 +95,9 @@ impl Members {
 /// `aether node --status`.
 pub async fn status(bus: &str) -> Result<(), Failure> {
     let dir = lan::runtime_dir();
-    let record = NodeRecord::read_in(&dir, bus).ok_or_else(|| {
+    let record = NodeRecord::read_in(&dir, bus)
+        .map_err(|e| Failure::runtime(e.to_string()))?
+        .ok_or_else(|| {
         Failure::runtime(format!(
             "no node of bus {bus:?} runs on this machine (no live record in {}): start one with \
              `aether node --bus {bus} --secret-file FILE`",

@@ -7,12 +7,21 @@ use std::{
 
 use aether_core::lan::Sighting;
 
+/// Most lines a minute about announcements passed over: past it they are
+/// counted, and the count said when the minute ends (a host flooding the
+/// LAN with forged names fills no disk).
+const PASSED_OVER_LINES_A_MINUTE: u32 = 20;
+
 /// The nodes found, by name, and the announcements passed over (each
-/// logged once).
+/// logged once, at most [`PASSED_OVER_LINES_A_MINUTE`] a minute).
 #[derive(Default)]
 pub struct Peers {
     found: BTreeMap<String, Vec<SocketAddr>>,
     ignored: BTreeSet<(String, String)>,
+    /// The minute's start, lines said in it, and lines held back.
+    minute: Option<std::time::Instant>,
+    said: u32,
+    held: u64,
 }
 
 impl Peers {
@@ -35,7 +44,26 @@ impl Peers {
             }
             Sighting::Ignored(name, why) => {
                 if self.ignored.insert((name.clone(), why.to_string())) {
-                    eprintln!("node {me}: passed over the announcement of {name:?}: {why}");
+                    let now = std::time::Instant::now();
+                    if self
+                        .minute
+                        .is_none_or(|start| now.duration_since(start).as_secs() >= 60)
+                    {
+                        if self.held > 0 {
+                            eprintln!(
+                                "node {me}: passed over {} more announcements in the last minute \
+                                 (a host floods the LAN with them?)",
+                                self.held
+                            );
+                        }
+                        (self.minute, self.said, self.held) = (Some(now), 0, 0);
+                    }
+                    if self.said < PASSED_OVER_LINES_A_MINUTE {
+                        self.said += 1;
+                        eprintln!("node {me}: passed over the announcement of {name:?}: {why}");
+                    } else {
+                        self.held += 1;
+                    }
                 }
                 if self.ignored.len() > 1024 {
                     self.ignored.clear();
@@ -100,5 +128,20 @@ mod tests {
         assert!(!peers.hear(Sighting::Withdrawn("z".into()), "m"));
         assert_eq!(peers.routes("m").collect::<Vec<_>>(), ["10.0.0.3:6222"]);
         assert!(!peers.hear(Sighting::Ignored("x".into(), Ignored::Unproven), "m"));
+    }
+
+    #[test]
+    fn a_flood_of_forged_names_is_counted_not_logged_line_by_line() {
+        let mut peers = Peers::default();
+        for i in 0..5_000 {
+            peers.hear(
+                Sighting::Ignored(format!("forged-{i}"), Ignored::Unproven),
+                "m",
+            );
+        }
+        assert_eq!(peers.said, PASSED_OVER_LINES_A_MINUTE);
+        assert_eq!(peers.held, 5_000 - u64::from(PASSED_OVER_LINES_A_MINUTE));
+        assert!(peers.ignored.len() <= 1025);
+        assert!(peers.routes("m").next().is_none());
     }
 }

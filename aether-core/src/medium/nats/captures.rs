@@ -39,6 +39,19 @@ pub(super) fn probe_subject(pattern: &str) -> String {
         .join(".")
 }
 
+/// Whether two NATS subjects (with `*` and `>`) have a subject in common.
+pub(super) fn collide(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.split('.'), b.split('.'));
+    loop {
+        match (a.next(), b.next()) {
+            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some(x), Some(y)) if x == y || x == "*" || y == "*" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// Whether `message` is a capture probe (a message of no bus: not counted).
 pub(super) fn is_probe(message: &Message) -> bool {
     message.payload.is_empty()
@@ -130,6 +143,31 @@ mod tests {
         ] {
             assert_eq!(probe_subject(pattern), probe);
             assert!(!probe.contains(['*', '>']));
+        }
+    }
+
+    #[test]
+    fn subjects_collide_when_some_subject_matches_both() {
+        for (a, b) in [
+            ("aether.orders.*", "aether.orders.created"),
+            ("aether.orders.*", "aether.*.created"),
+            ("aether.orders.>", "aether.orders.created.late"),
+            ("aether.>", "aether.orders.*"),
+            (">", "aether"),
+            ("aether.orders.created", "aether.orders.created"),
+        ] {
+            assert!(collide(a, b), "{a} {b}");
+            assert!(collide(b, a), "{b} {a}");
+        }
+        for (a, b) in [
+            ("aether.orders.*", "aether.inventory.*"),
+            ("aether.orders.*", "aether.orders.created.late"),
+            ("aether.orders", "aether.orders.created"),
+            ("aether.>", "aether"),
+            ("other.>", "aether.orders.*"),
+        ] {
+            assert!(!collide(a, b), "{a} {b}");
+            assert!(!collide(b, a), "{b} {a}");
         }
     }
 

@@ -82,9 +82,6 @@ const IDLE_LOOK: Duration = Duration::from_secs(2);
 /// the next, rather than after the whole request timeout. A resend is
 /// harmless: the stream drops a second copy of a wave id.
 const ATTEMPT: Duration = Duration::from_secs(1);
-/// How long a program with `durability.domain` waits at its start for the
-/// streams that capture its durable channels to answer.
-const PROBE_AT_START: Duration = Duration::from_millis(500);
 /// How long the capture watcher waits for answers, and how often it asks.
 const PROBE_WAIT: Duration = Duration::from_secs(2);
 const PROBE_EVERY: Duration = Duration::from_secs(30);
@@ -628,50 +625,81 @@ impl Durable {
         }
     }
 
-    /// With a `domain`, refuses to start when a stream other than the
-    /// domain's also captures the durable channels (a stream of the leaf's
-    /// own JetStream): every wave would be stored in both, the nearer one
-    /// acknowledging it, and stranded there while the link to the domain is
-    /// cut. Without a `domain` the same is watched for after the start
-    /// ([`watch_captures`]), since a program cannot tell which of two
-    /// streams it was meant to use.
+    /// With a `domain`, refuses to start when the JetStream of the server
+    /// this program connects to (a leaf's own, of another domain) holds a
+    /// stream whose subjects overlap the durable channels: it would store
+    /// and acknowledge the waves it captures, which then never reach the
+    /// domain's stream while the link to it is cut. Streams elsewhere (the
+    /// JetStream of another leaf) are the capture watcher's to report
+    /// ([`watch_captures`]): they stop no one here.
     async fn refuse_a_second_capture(&self) -> Result<(), ConnectError> {
         let Some(domain) = &self.config.domain else {
             return Ok(());
         };
-        let captures = match captures::probe(&self.client, &self.subjects, PROBE_AT_START, 2).await
-        {
-            Ok(captures) => captures,
-            Err(error) => {
-                tracing::warn!(%error, "could not ask which streams capture the durable channels");
-                return Ok(());
-            }
-        };
-        self.captures
-            .store(captures::most(&captures), Ordering::Relaxed);
-        let Some((subject, streams)) = captures::doubled(&captures) else {
+        let local = jetstream::ContextBuilder::new()
+            .timeout(ATTEMPT)
+            .build(self.client.clone());
+        // No JetStream here (a leaf without one), or the domain's own. Read
+        // as JSON: nats-server 2.9's answer is not read whole by the
+        // client's account type.
+        let info = tokio::time::timeout(
+            ATTEMPT,
+            self.client.request("$JS.API.INFO", bytes::Bytes::new()),
+        )
+        .await;
+        let Ok(Ok(info)) = info else {
             return Ok(());
         };
-        let mut others: Vec<&String> = streams.iter().collect();
-        if let Some(ours) = others.iter().position(|s| **s == self.config.stream) {
-            others.remove(ours);
+        let Ok(info) = serde_json::from_slice::<serde_json::Value>(&info.payload) else {
+            return Ok(());
+        };
+        if info.get("error").is_some() {
+            return Ok(());
         }
-        let others = others
-            .iter()
-            .map(|s| format!("{s:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        Err(ConnectError::new(
-            ConnectErrorKind::Config,
-            format!(
-                "the stream {others} also captures {subject} beside the stream {:?} of \
-                 domain {domain:?} (durability.domain): durable waves would be stored in \
-                 both, and stranded at the nearer while the link to {domain:?} is cut; \
-                 remove that stream (on a leaf node, the leaf's own), or run the leaf \
-                 without JetStream",
-                self.config.stream
-            ),
-        ))
+        let own = info
+            .get("domain")
+            .and_then(|d| d.as_str())
+            .map(str::to_string);
+        if own.as_deref() == Some(domain.as_str()) {
+            return Ok(());
+        }
+        // By name, then each one's subjects: what nats-server 2.9 answers
+        // to a whole listing is not read whole by the client.
+        let mut names = local.stream_names();
+        while let Some(name) = names.next().await {
+            let name = match name {
+                Ok(name) => name,
+                Err(error) => {
+                    tracing::warn!(%error, "could not list the streams of this server's own JetStream");
+                    break;
+                }
+            };
+            let Ok(stream) = local.get_stream(&name).await else {
+                continue;
+            };
+            let stream = stream.cached_info();
+            let overlap = stream.config.subjects.iter().find_map(|theirs| {
+                self.subjects
+                    .iter()
+                    .find(|ours| captures::collide(theirs, ours))
+                    .map(|ours| (theirs, ours))
+            });
+            if let Some((theirs, ours)) = overlap {
+                return Err(ConnectError::new(
+                    ConnectErrorKind::Config,
+                    format!(
+                        "the stream {:?} of this server's own JetStream (domain {}) also \
+                         captures {theirs}, which overlaps the durable channels ({ours}): \
+                         durable waves would be stored there as well as in domain {domain:?} \
+                         (durability.domain), and stranded there while the link to it is cut; \
+                         remove that stream, or run this server without JetStream",
+                        stream.config.name,
+                        own.as_deref().unwrap_or("none"),
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Streams now answering for the durable channel that most answer for
@@ -989,9 +1017,11 @@ async fn watch_captures(durable: std::sync::Weak<Durable>, shared: Arc<Shared>) 
             match captures::probe(&durable.client, &durable.subjects, PROBE_WAIT, usize::MAX).await
             {
                 Ok(found) => {
+                    // The most since the start: a cut link hides the
+                    // second stream without mending anything.
                     durable
                         .captures
-                        .store(captures::most(&found), Ordering::Relaxed);
+                        .fetch_max(captures::most(&found), Ordering::Relaxed);
                     match captures::doubled(&found) {
                         Some((subject, streams)) if !doubled_before => {
                             doubled_before = true;
@@ -1000,7 +1030,7 @@ async fn watch_captures(durable: std::sync::Weak<Durable>, shared: Arc<Shared>) 
                                 streams = ?streams,
                                 "more than one JetStream stream captures the durable channels: \
                                  streams of two JetStream domains (a leaf node's own and its \
-                                 hub's) each store every wave and the nearer acknowledges it, so \
+                                 hub's, or another leaf's) each store every wave and the nearer acknowledges it, so \
                                  while the link between them is cut waves are stored on one side \
                                  only and its consumers never see them; keep one: remove the \
                                  leaf's stream and set durability.domain to the hub's domain \
@@ -1010,7 +1040,9 @@ async fn watch_captures(durable: std::sync::Weak<Durable>, shared: Arc<Shared>) 
                         None if doubled_before => {
                             doubled_before = false;
                             tracing::info!(
-                                "one JetStream stream captures the durable channels again"
+                                "one JetStream stream answers for the durable channels again \
+                                 (or a link to the other is cut); durable_captures keeps the \
+                                 most seen until this program starts again"
                             );
                         }
                         _ => {}
