@@ -141,7 +141,7 @@ impl Prometheus {
             .iter()
             .flat_map(|group| group["rules"].as_array().unwrap())
             .collect();
-        assert_eq!(rules.len(), 11, "{body}");
+        assert_eq!(rules.len(), 12, "{body}");
         assert!(rules.iter().all(|rule| rule["health"] == "ok"), "{body}");
     }
 }
