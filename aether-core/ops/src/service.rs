@@ -16,7 +16,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let source = SettingsSource::from_process("config");
 //! let settings: MySettings = source.load()?;
-//! let service = Service::start("my-service", source, settings, false, |_| {}).await?;
+//! let service = Service::start("my-service", source, settings, ServiceMedium::Embedded, |_| {}).await?;
 //! // ... the service's work, on service.aether, until service.shutdown ...
 //! service.stop().await;
 //! # Ok(()) }
