@@ -66,13 +66,11 @@ pub(super) fn is_probe(message: &Message) -> bool {
 /// stream subjects given, not their probes), each as JetStream named it.
 pub(super) type Captures = BTreeMap<String, Vec<String>>;
 
-/// Probes each of `subjects` and gathers the answers for `wait`. Stops
-/// early once any subject has `enough` answers.
+/// Probes each of `subjects` and gathers the answers for `wait`.
 pub(super) async fn probe(
     client: &Client,
     subjects: &[String],
     wait: Duration,
-    enough: usize,
 ) -> Result<Captures, async_nats::Error> {
     let inbox = client.new_inbox();
     let mut answers = client.subscribe(format!("{inbox}.*")).await?;
@@ -109,11 +107,7 @@ pub(super) async fn probe(
         else {
             continue;
         };
-        let streams = captures.entry(subject.clone()).or_default();
-        streams.push(stream);
-        if streams.len() >= enough {
-            break;
-        }
+        captures.entry(subject.clone()).or_default().push(stream);
     }
     Ok(captures)
 }

@@ -1014,8 +1014,7 @@ async fn watch_captures(durable: std::sync::Weak<Durable>, shared: Arc<Shared>) 
             return;
         };
         if shared.counters.state() == ConnectionState::Connected {
-            match captures::probe(&durable.client, &durable.subjects, PROBE_WAIT, usize::MAX).await
-            {
+            match captures::probe(&durable.client, &durable.subjects, PROBE_WAIT).await {
                 Ok(found) => {
                     // The most since the start: a cut link hides the
                     // second stream without mending anything.
