@@ -290,12 +290,21 @@ async fn hostile_waves_are_refused_counted_and_change_nothing() {
         raw.publish(subject, None, &envelope("mallory", &huge))
             .await
             .unwrap();
+        // A hold (what a flush sends) is taken by the same rules: the
+        // kitchen's key from another is refused.
+        let mut hold = b"AS\x01\x06".to_vec();
+        hold.extend_from_slice(&7u64.to_le_bytes());
+        hold.extend_from_slice(&9u64.to_le_bytes());
+        hold.extend_from_slice(&forged[6..]);
+        raw.publish("aether._state.sensors.k", None, &envelope("mallory", &hold))
+            .await
+            .unwrap();
         raw.ping().await.unwrap();
 
         for map in [sensor.map(), monitor.map()] {
             until("every hostile wave refused", || {
                 let s = map.stats();
-                s.refused(Refusal::NotOwner) == 1
+                s.refused(Refusal::NotOwner) == 2
                     && s.refused(Refusal::Future) == 1
                     && s.refused(Refusal::TooOld) == 1
                     && s.refused(Refusal::Malformed) == 3

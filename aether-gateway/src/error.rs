@@ -41,6 +41,9 @@ pub enum GatewayError {
     /// A replay could not emit (the aether refused a wave).
     #[error("replay: {0}")]
     Replay(String),
+    /// The keeper (`[aether.state.keeper]`) could not start.
+    #[error("keeper: {0}")]
+    Keeper(String),
     /// A bridged map could not be opened (`[gateway.bridge] maps`).
     #[error("bridge: {0}")]
     Bridge(String),

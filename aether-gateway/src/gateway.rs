@@ -199,6 +199,14 @@ impl GatewayBuilder {
         let bridge =
             crate::bridge::Bridge::start(aether, &config.bridge, metrics.registry(), stop.clone())
                 .await?;
+        if !aether.config().state.keeper.maps.is_empty() {
+            let keeper_metrics = crate::keeping::KeeperMetrics::new(metrics.registry())?;
+            let keeper = aether_core::state::Keeper::start(aether, "gateway")
+                .await
+                .map_err(|e| GatewayError::Keeper(e.to_string()))?;
+            tracing::info!(maps = ?keeper.maps(), "keeping maps for the bus");
+            tokio::spawn(keeper_metrics.run(keeper, stop.clone()));
+        }
         if let Some(bridge) = &bridge {
             let scheme = if tls.is_some() { "https" } else { "http" };
             if config.bridge.token.is_none() {

@@ -64,6 +64,7 @@ pub mod gateway;
 mod http;
 pub mod instances;
 pub mod journal;
+mod keeping;
 pub mod metrics;
 pub mod observer;
 pub mod replay;

@@ -134,6 +134,18 @@ pub enum Command {
     /// Replicated maps: get, set, delete, list, watch, peers.
     #[command(subcommand)]
     State(StateCommand),
+    /// Keep maps for the bus on this machine's disk, so what programs and
+    /// one-shot commands write outlives them (`aether node` keeps every
+    /// map by itself).
+    #[command(after_help = "Examples:
+  aether keep --dir /var/lib/aether/maps             (every map on the bus)
+  aether keep home sensors --dir maps                (two maps)
+  aether keep 'room-*' --dir maps --max-maps 64
+
+A write is acknowledged once the keeper holds it on its disk: `aether state
+set` waits for that, as a script's map.flush() does. Started again on the
+same directory, a keeper serves everything it held.")]
+    Keep(KeepArgs),
     /// The statistics every instance on the bus reports, as a table.
     #[command(
         after_help = "Instances report when their [aether.report] interval_ms is set (the
@@ -339,6 +351,8 @@ pub enum StateCommand {
         key: String,
         /// The value.
         value: String,
+        #[command(flatten)]
+        held: HeldArgs,
     },
     /// Delete KEY (a tombstone).
     Delete {
@@ -346,6 +360,8 @@ pub enum StateCommand {
         map: String,
         /// The key.
         key: String,
+        #[command(flatten)]
+        held: HeldArgs,
     },
     /// Print every key and value.
     List {
@@ -374,6 +390,41 @@ pub enum StateCommand {
         /// The map.
         map: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct KeepArgs {
+    /// The maps to keep, by name or pattern (`*` for any run of
+    /// characters).
+    #[arg(value_name = "MAP", default_value = "*")]
+    pub maps: Vec<String>,
+    /// Where the maps are kept, one directory each (one keeper at a time).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The keeper's name on the bus (default `keeper-<host name>`).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Most maps kept; others are refused, counted and logged (default:
+    /// the settings' [aether.state.keeper] max_maps, 256).
+    #[arg(long, value_name = "N")]
+    pub max_maps: Option<usize>,
+}
+
+/// How a write waits to be held elsewhere.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct HeldArgs {
+    /// How long to wait for a keeper or another replica to acknowledge the
+    /// write; it fails (exit 1) when none does.
+    #[arg(long, value_parser = duration, default_value = "5s", value_name = "DURATION")]
+    pub wait: Duration,
+    /// Wait for this many keepers (`aether node`, a gateway that keeps
+    /// maps) instead of any one replica.
+    #[arg(long, value_name = "N", conflicts_with = "no_wait")]
+    pub keepers: Option<usize>,
+    /// Return once the write is sent, held by nobody else perhaps (it is
+    /// lost if no other replica or keeper is running).
+    #[arg(long, conflicts_with = "wait")]
+    pub no_wait: bool,
 }
 
 #[derive(Debug, Args)]

@@ -20,9 +20,9 @@ pub enum Reached {
     Default,
 }
 
-/// The aether's settings: the directory's, then the flags.
-pub async fn config(connection: &Connection) -> Result<(AetherConfig, Reached), Failure> {
-    let mut config = match &connection.config_dir {
+/// The settings `--config-dir` gives (the defaults without it).
+pub fn settings(connection: &Connection) -> Result<AetherConfig, Failure> {
+    Ok(match &connection.config_dir {
         Some(dir) => {
             if !dir.join("default.toml").is_file() {
                 return Err(Failure::usage(format!(
@@ -33,7 +33,12 @@ pub async fn config(connection: &Connection) -> Result<(AetherConfig, Reached), 
             aether_section(dir).map_err(|e| Failure::usage(format!("settings: {e}")))?
         }
         None => AetherConfig::default(),
-    };
+    })
+}
+
+/// The aether's settings: the directory's, then the flags.
+pub async fn config(connection: &Connection) -> Result<(AetherConfig, Reached), Failure> {
+    let mut config = settings(connection)?;
     let mut reached = Reached::Named;
     if !connection.nats.is_empty() {
         config.nats.urls = connection.nats.clone();

@@ -20,6 +20,7 @@
 mod bench;
 mod cli;
 mod connect;
+mod keep;
 mod node;
 mod show;
 mod state;
@@ -71,9 +72,13 @@ impl fmt::Display for Failure {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     let options = Options::parse();
-    let outcome = if matches!(options.command, Command::Emit(_) | Command::Node(_)) {
+    let outcome = if matches!(
+        options.command,
+        Command::Emit(_) | Command::Node(_) | Command::Keep(_)
+    ) {
         // `emit` stops on SIGINT and SIGTERM itself, and says what it
-        // sent and abandoned; `node` stops its server first.
+        // sent and abandoned; `node` stops its server first; `keep` closes
+        // its maps.
         run(options).await
     } else {
         tokio::select! {
@@ -101,6 +106,7 @@ async fn run(options: Options) -> Result<(), Failure> {
         Command::State(command) => state::run(connection, command).await,
         Command::Stats(args) => stats::run(connection, args).await,
         Command::Node(args) => node::run(connection, args).await,
+        Command::Keep(args) => keep::run(connection, args).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

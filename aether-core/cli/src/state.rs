@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use aether_core::state::{Change, StateMap};
+use aether_core::state::{Change, HeldBy, StateErrorKind, StateMap};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::{
     Failure,
-    cli::{Connection, StateCommand},
+    cli::{Connection, HeldArgs, StateCommand},
     connect::connect,
     show,
 };
@@ -49,6 +49,27 @@ fn change_text(change: &Change) -> String {
         what,
         show::safe(&change.writer)
     )
+}
+
+/// Waits as `held` says for the write to be held elsewhere: what to add
+/// to the line that reports it.
+async fn wait_held(map: &StateMap, held: HeldArgs) -> Result<String, Failure> {
+    if held.no_wait {
+        return Ok(", held here only".to_string());
+    }
+    let want = held.keepers.map_or(HeldBy::ONE, HeldBy::keepers);
+    let by = map.flush_to(want, held.wait).await.map_err(|e| {
+        if e.kind() == StateErrorKind::NotHeld {
+            Failure::runtime(format!(
+                "{e} (--wait DURATION waits longer; --no-wait returns without waiting, and \
+                 the write is lost when this command exits with no other replica running)"
+            ))
+        } else {
+            Failure::runtime(e.to_string())
+        }
+    })?;
+    let names: Vec<String> = by.by.iter().map(|n| show::safe(n)).collect();
+    Ok(format!(", held by {}", names.join(", ")))
 }
 
 pub async fn run(connection: &Connection, command: StateCommand) -> Result<(), Failure> {
@@ -102,17 +123,21 @@ async fn act(
                 None => format!("{key:?} is not set in map {:?}", map.name()),
             })),
         },
-        StateCommand::Set { key, value, .. } => {
+        StateCommand::Set {
+            key, value, held, ..
+        } => {
             let stamp = map
                 .set(&key, show::payload_of(&value))
                 .await
                 .map_err(failed)?;
-            eprintln!("set {} (stamp {stamp})", show::safe(&key));
+            let by = wait_held(map, held).await?;
+            eprintln!("set {} (stamp {stamp}){by}", show::safe(&key));
             Ok(())
         }
-        StateCommand::Delete { key, .. } => {
+        StateCommand::Delete { key, held, .. } => {
             let stamp = map.delete(&key).await.map_err(failed)?;
-            eprintln!("deleted {} (stamp {stamp})", show::safe(&key));
+            let by = wait_held(map, held).await?;
+            eprintln!("deleted {} (stamp {stamp}){by}", show::safe(&key));
             Ok(())
         }
         StateCommand::List { json, .. } => {

@@ -4,7 +4,11 @@
 
 use std::{process::Stdio, time::Duration};
 
-use aether_core::{Aether, AetherConfig, config::NatsConfig, state::StateMap};
+use aether_core::{
+    Aether, AetherConfig,
+    config::NatsConfig,
+    state::{HeldBy, StateErrorKind, StateMap},
+};
 use aether_testkit::{Auth, NatsServer};
 use serde_json::Value;
 use tokio::{
@@ -637,4 +641,231 @@ async fn credentials_in_urls_never_show() {
         !stdout.contains(PASSWORD) && !stderr.contains(PASSWORD),
         "{stdout}"
     );
+}
+
+/// `aether keep` on the server at `url`, keeping every map in `dir`, ready.
+async fn keeper(url: &str, dir: &std::path::Path, name: &str, extra: &[&str]) -> Child {
+    let dir = dir.to_str().unwrap();
+    let mut args = vec!["keep", "--dir", dir, "--name", name];
+    args.extend_from_slice(extra);
+    start(aether(url, &args), "keeping maps").await
+}
+
+/// A replica of `map` on its own connection, as another program's.
+async fn replica(url: &str, map: &str, node: &str) -> (Aether, StateMap) {
+    let bus = connect(url, AetherConfig::default()).await;
+    let map = StateMap::builder(map).node(node).open(&bus).await.unwrap();
+    (bus, map)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_state_set_fails_and_a_keeper_holds_what_one_shot_commands_write() {
+    let nats = server().await;
+    let url = nats.url();
+    let (status, _, stderr) = run(aether(
+        &url,
+        &[
+            "state",
+            "set",
+            "home",
+            "living.temp",
+            "24.5",
+            "--wait",
+            "1s",
+        ],
+    ))
+    .await;
+    assert_eq!(status, 1, "nobody holds it: {stderr}");
+    assert!(
+        stderr.contains("aether node") && stderr.contains("--no-wait"),
+        "says what to run: {stderr}"
+    );
+    let (status, _, stderr) = run(aether(
+        &url,
+        &["state", "set", "home", "living.temp", "24.5", "--no-wait"],
+    ))
+    .await;
+    assert_eq!(status, 0, "{stderr}");
+    assert!(stderr.contains("held here only"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut keeping = keeper(&url, dir.path(), "keeper-one", &[]).await;
+    let (status, _, stderr) = run(aether(
+        &url,
+        &["state", "set", "home", "living.temp", "24.5"],
+    ))
+    .await;
+    assert_eq!(status, 0, "{stderr}");
+    assert!(stderr.contains("held by keeper-one"), "{stderr}");
+    let (status, out, stderr) = run(aether(&url, &["state", "get", "home", "living.temp"])).await;
+    assert_eq!((status, out.trim()), (0, "24.5"), "{stderr}");
+    let (status, out, _) = run(aether(&url, &["state", "list", "home", "--json"])).await;
+    assert_eq!(status, 0);
+    let all: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(all, serde_json::json!({"living.temp": 24.5}));
+    let (status, _, stderr) = run(aether(&url, &["state", "delete", "home", "living.temp"])).await;
+    assert_eq!(status, 0, "{stderr}");
+    let (status, _, stderr) = run(aether(&url, &["state", "get", "home", "living.temp"])).await;
+    assert_eq!(status, 1, "deleted: {stderr}");
+    assert!(stderr.contains("is not set"), "{stderr}");
+    // Waiting for two keepers with one running fails.
+    let (status, _, stderr) = run(aether(
+        &url,
+        &[
+            "state",
+            "set",
+            "home",
+            "k",
+            "1",
+            "--keepers",
+            "2",
+            "--wait",
+            "1s",
+        ],
+    ))
+    .await;
+    assert_eq!(status, 1, "{stderr}");
+    assert!(stderr.contains("2 keeper(s)"), "{stderr}");
+    keeping.start_kill().unwrap();
+    let _ = keeping.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keeper_killed_and_restarted_serves_every_acknowledged_write() {
+    const ROUNDS: usize = 4;
+    const WRITES: usize = 400;
+    let nats = server().await;
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut keeping = keeper(&url, dir.path(), "keeper", &[]).await;
+    let mut acknowledged: Vec<(String, usize)> = Vec::new();
+    let mut not_held = 0;
+    for round in 0..ROUNDS {
+        // A writer that waits for the keeper after each write, while the
+        // keeper is killed under it and started again.
+        let (bus, writer) = replica(&url, "home", &format!("writer-{round}")).await;
+        let writing = tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut failed = 0;
+            for n in 0..WRITES {
+                let key = format!("r{round}.k{n}");
+                writer.set_json(&key, &n).await.unwrap();
+                match writer
+                    .flush_to(HeldBy::keepers(1), Duration::from_secs(3))
+                    .await
+                {
+                    Ok(_) => acked.push((key, n)),
+                    Err(e) if e.kind() == StateErrorKind::NotHeld => failed += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            writer.close().await;
+            (acked, failed)
+        });
+        tokio::time::sleep(Duration::from_millis(50 + 50 * round as u64)).await;
+        assert!(!writing.is_finished(), "killed while the writer writes");
+        keeping.kill().await.unwrap();
+        keeping = keeper(&url, dir.path(), "keeper", &[]).await;
+        let (acked, failed) = tokio::time::timeout(Duration::from_secs(60), writing)
+            .await
+            .expect("the writer ends")
+            .unwrap();
+        bus.close();
+        not_held += failed;
+        acknowledged.extend(acked);
+        // Killed right after the last acknowledgement, with no other
+        // replica alive: only its ledger has the writes.
+        keeping.kill().await.unwrap();
+        keeping = keeper(&url, dir.path(), "keeper", &[]).await;
+        let (bus, reader) = replica(&url, "home", &format!("reader-{round}")).await;
+        let lost: Vec<&String> = acknowledged
+            .iter()
+            .filter(|(key, n)| reader.get_json::<usize>(key).unwrap() != Some(*n))
+            .map(|(key, _)| key)
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "round {round}: {} of {} acknowledged writes lost: {:?}",
+            lost.len(),
+            acknowledged.len(),
+            &lost[..lost.len().min(5)]
+        );
+        reader.close().await;
+        bus.close();
+    }
+    eprintln!(
+        "{} writes acknowledged, {not_held} not (while the keeper was down), 0 lost",
+        acknowledged.len()
+    );
+    assert!(acknowledged.len() >= ROUNDS * WRITES / 2, "most were held");
+    keeping.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_keepers_one_killed_for_good_the_other_serves_everything() {
+    let nats = server().await;
+    let url = nats.url();
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut first = keeper(&url, one.path(), "keeper-a", &[]).await;
+    let mut second = keeper(&url, two.path(), "keeper-b", &["home", "garage"]).await;
+    let (bus, writer) = replica(&url, "home", "writer").await;
+    for n in 0..100 {
+        writer.set_json(&format!("k{n}"), &n).await.unwrap();
+    }
+    let held = writer
+        .flush_to(HeldBy::keepers(2), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        (held.writes, held.by.as_slice()),
+        (100, &["keeper-a".to_string(), "keeper-b".to_string()][..])
+    );
+    writer.close().await;
+    bus.close();
+    first.kill().await.unwrap();
+    let (bus, reader) = replica(&url, "home", "reader").await;
+    assert_eq!(reader.len(), 100, "keeper-b had it all");
+    assert_eq!(reader.get_json::<u32>("k99").unwrap(), Some(99));
+    reader.close().await;
+    bus.close();
+    // A map keeper-b's patterns do not name, past keeper-a's death: held
+    // by nobody, said so.
+    let (status, _, stderr) = run(aether(
+        &url,
+        &["state", "set", "attic", "box", "1", "--wait", "1s"],
+    ))
+    .await;
+    assert_eq!(status, 1, "{stderr}");
+    assert!(second.try_wait().unwrap().is_none(), "keeper-b runs on");
+    second.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keeper_past_its_bound_refuses_the_next_map_and_keeps_running() {
+    let nats = server().await;
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut keeping = keeper(&url, dir.path(), "small", &["--max-maps", "1"]).await;
+    let (status, _, stderr) = run(aether(&url, &["state", "set", "home", "k", "1"])).await;
+    assert_eq!(status, 0, "{stderr}");
+    let (status, _, stderr) = run(aether(
+        &url,
+        &["state", "set", "garage", "door", "\"shut\"", "--wait", "1s"],
+    ))
+    .await;
+    assert_eq!(status, 1, "past max_maps: {stderr}");
+    assert!(keeping.try_wait().unwrap().is_none(), "still running");
+    let (status, out, stderr) = run(aether(&url, &["state", "get", "home", "k"])).await;
+    assert_eq!((status, out.trim()), (0, "1"), "{stderr}");
+    // It stops cleanly on SIGTERM.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(keeping.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(10), keeping.wait_with_output())
+        .await
+        .expect("it stops on SIGTERM")
+        .unwrap();
+    assert!(output.status.success());
 }

@@ -613,6 +613,48 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
     }
     // And the bus still counts three.
     assert!(wait_members(&lan, 0, dir.path(), 3, Duration::from_secs(5)));
+    drop(stranger);
+
+    // What a one-shot command writes outlives every program and the other
+    // nodes: the nodes keep every map. With no program holding the map, a
+    // write on host 0 is held by the nodes' keepers; hosts 0 and 1 stop,
+    // host 2's node starts again alone, and reads it from its own disk.
+    drop(watchers);
+    let set = lan.run(0, dir.path(), &["state", "set", "home", "door", "7"]);
+    let said = String::from_utf8_lossy(&set.stderr);
+    assert!(set.status.success() && said.contains("held by"), "{said}");
+    for node in &mut nodes {
+        node.forget();
+    }
+    for i in [0, 1, 2] {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(nodes[i].child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        assert!(
+            nodes[i]
+                .wait_for(Duration::from_secs(15), |l| l.contains("node stopped"))
+                .is_some(),
+            "node {i} did not stop: {:?}",
+            nodes[i].seen
+        );
+    }
+    nodes[2] = node(&lan, 2, dir.path(), &secret);
+    assert!(
+        nodes[2]
+            .wait_for(Duration::from_secs(20), |l| l.contains("keeping maps"))
+            .is_some(),
+        "node 2's keeper did not start: {:?}",
+        nodes[2].seen
+    );
+    let got = lan.run(2, dir.path(), &["state", "get", "home", "door"]);
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        "7",
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
 }
 
 fn ports_of(dir: &Path, i: usize) -> serde_json::Value {

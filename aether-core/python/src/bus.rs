@@ -198,17 +198,20 @@ impl Bus {
 
     /// A replica of map `name` (waits up to `ready_timeout` for a peer's
     /// state); `async_=True` gives an asyncio future of it.
-    #[pyo3(signature = (name, *, node=None, dir=None, async_=false))]
+    #[pyo3(signature = (name, *, node=None, dir=None, acked=None, async_=false))]
+    #[allow(clippy::too_many_arguments)]
     fn map<'py>(
         &self,
         py: Python<'py>,
         name: String,
         node: Option<String>,
         dir: Option<PathBuf>,
+        acked: Option<f64>,
         async_: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let acked = acked.map(|s| map::seconds("acked", s)).transpose()?;
         let aether = self.aether.clone();
-        let open = async move { map::Map::open(aether, name, node, dir).await };
+        let open = async move { map::Map::open(aether, name, node, dir, acked).await };
         wait::call(py, async_, open)
     }
 

@@ -66,6 +66,12 @@ create_exception!(
     "Over a rate limit: nothing was sent or written."
 );
 create_exception!(aether, NotOwner, Error, "A node-owned key of another node.");
+create_exception!(
+    aether,
+    NotHeld,
+    Error,
+    "No keeper or other replica acknowledged a map's writes in time: they are held here only."
+);
 create_exception!(aether, Denied, Error, "Refused by the access rules.");
 create_exception!(
     aether,
@@ -100,6 +106,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("Full", py.get_type::<Full>())?;
     m.add("RateLimited", py.get_type::<RateLimited>())?;
     m.add("NotOwner", py.get_type::<NotOwner>())?;
+    m.add("NotHeld", py.get_type::<NotHeld>())?;
     m.add("Denied", py.get_type::<Denied>())?;
     m.add("ConnectionError", py.get_type::<ConnectionError>())?;
     m.add("ConfigurationError", py.get_type::<ConfigurationError>())?;
@@ -173,6 +180,7 @@ pub(crate) fn state(error: StateError) -> PyErr {
         StateErrorKind::Config => ConfigurationError::new_err(message),
         StateErrorKind::Closed => Closed::new_err(message),
         StateErrorKind::Full => Full::new_err(message),
+        StateErrorKind::NotHeld => NotHeld::new_err(message),
         _ => Error::new_err(message),
     }
 }

@@ -41,6 +41,8 @@ fn builder(name: &str, node: Option<String>, dir: Option<PathBuf>) -> state::Sta
 #[pyclass(module = "aether._aether", frozen)]
 pub(crate) struct Map {
     map: StateMap,
+    /// Each write waits this long to be held by another replica.
+    acked: Option<Duration>,
 }
 
 impl Map {
@@ -49,13 +51,23 @@ impl Map {
         name: String,
         node: Option<String>,
         dir: Option<PathBuf>,
+        acked: Option<Duration>,
     ) -> PyResult<Self> {
         let map = builder(&name, node, dir)
             .open(&aether)
             .await
             .map_err(errors::state)?;
-        Ok(Self { map })
+        Ok(Self { map, acked })
     }
+}
+
+/// A timeout in seconds from Python: finite and not negative.
+pub(crate) fn seconds(what: &str, value: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        pyo3::exceptions::PyValueError::new_err(format!(
+            "{what} must be a number of seconds, 0 or more: {value}"
+        ))
+    })
 }
 
 /// `key`'s value in `map`, or None.
@@ -71,6 +83,7 @@ fn write<'py>(
     map: &StateMap,
     key: String,
     value: Option<&Bound<'py, PyAny>>,
+    acked: Option<Duration>,
     async_: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let body = match value {
@@ -79,14 +92,34 @@ fn write<'py>(
     };
     let map = map.clone();
     let write = async move {
-        match body {
+        let stamp = match body {
             Some(body) => map.set(&key, body).await,
             None => map.delete(&key).await,
         }
-        .map(|stamp| stamp.to_string())
-        .map_err(errors::state)
+        .map_err(errors::state)?;
+        if let Some(timeout) = acked {
+            map.flush(timeout).await.map_err(errors::state)?;
+        }
+        Ok(stamp.to_string())
     };
     wait::call(py, async_, write)
+}
+
+/// What a flush waited for, as a dict for Python.
+struct Held(state::Held);
+
+impl<'py> IntoPyObject<'py> for Held {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let out = PyDict::new(py);
+        out.set_item("writes", self.0.writes)?;
+        out.set_item("by", PyList::new(py, &self.0.by)?)?;
+        out.set_item("keepers", self.0.keepers)?;
+        Ok(out.into_any())
+    }
 }
 
 #[pymethods]
@@ -130,7 +163,7 @@ impl Map {
         value: &Bound<'py, PyAny>,
         async_: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        write(py, &self.map, key, Some(value), async_)
+        write(py, &self.map, key, Some(value), self.acked, async_)
     }
 
     /// Deletes `key` (a tombstone that replicates); returns its stamp.
@@ -141,7 +174,32 @@ impl Map {
         key: String,
         async_: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        write(py, &self.map, key, None, async_)
+        write(py, &self.map, key, None, self.acked, async_)
+    }
+
+    /// Waits until `replicas` other replicas, `keepers` of them keepers,
+    /// hold every write of this replica not acknowledged yet, up to
+    /// `timeout` seconds; `aether.NotHeld` if they do not in time. Returns
+    /// `{"writes": n, "by": [names], "keepers": k}`.
+    #[pyo3(signature = (timeout=5.0, *, replicas=1, keepers=0, async_=false))]
+    fn flush<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: f64,
+        replicas: usize,
+        keepers: usize,
+        async_: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let timeout = seconds("timeout", timeout)?;
+        let want = state::HeldBy {
+            replicas: replicas.max(keepers),
+            keepers,
+        };
+        let map = self.map.clone();
+        wait::call(py, async_, async move {
+            let held = map.flush_to(want, timeout).await.map_err(errors::state)?;
+            Ok(Held(held))
+        })
     }
 
     fn __contains__(&self, key: &str) -> bool {
@@ -251,7 +309,7 @@ impl NodeState {
     pub(crate) fn new(py: Python<'_>, state: state::NodeState, map: StateMap) -> PyResult<Self> {
         Ok(Self {
             state,
-            map: Py::new(py, Map { map })?,
+            map: Py::new(py, Map { map, acked: None })?,
         })
     }
 }
@@ -285,6 +343,7 @@ impl NodeState {
             map,
             format!("node/{}/{key}", self.state.node()),
             Some(value),
+            None,
             async_,
         )
     }
@@ -297,6 +356,7 @@ impl NodeState {
             py,
             map,
             format!("node/{}/{key}", self.state.node()),
+            None,
             None,
             async_,
         )

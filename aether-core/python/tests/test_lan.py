@@ -34,6 +34,12 @@ class Node:
     def __init__(self, tmp: Path, bus: str) -> None:
         self.secret = tmp / "secret"
         subprocess.run([program("aether"), "node", "--new-secret", str(self.secret)], check=True, capture_output=True)
+        self.tmp = tmp
+        self.bus = bus
+        self.start()
+
+    def start(self) -> None:
+        tmp, bus = self.tmp, self.bus
         env = dict(os.environ)
         if os.environ.get("NATS_SERVER_BIN"):
             env["AETHER_NATS_SERVER"] = os.environ["NATS_SERVER_BIN"]
@@ -93,6 +99,25 @@ def test_scripts_find_the_node_and_share_a_map(node: Node) -> None:
         home["living.temp"] = 24.5
         eventually(lambda: seen.get("living.temp") == 24.5)
         assert one.state == "connected"
+
+
+def test_a_value_a_script_wrote_outlives_it_and_a_restart_of_the_node(node: Node) -> None:
+    write = (
+        "import aether\n"
+        "with aether.discover() as bus:\n"
+        "    home = bus.map('home', node='script')\n"
+        "    home['hall.light'] = 'on'\n"
+        "    print(home.flush(timeout=5.0, keepers=1)['keepers'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", write], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1", "the node's keeper held it"
+    node.stop()
+    node.start()
+    # The node's keeper opens what it kept once the server listens.
+    eventually(lambda: any("keeping maps" in line for line in node.said), 20)
+    with aether.discover() as bus:
+        assert bus.map("home")["hall.light"] == "on"
 
 
 def test_sealed_and_signed_with_keys_from_the_secret(node: Node, tmp_path: Path) -> None:

@@ -210,3 +210,38 @@ def test_text_that_is_not_unicode_is_an_invalid_value(bus: aether.Bus) -> None:
     assert bad not in home
     home["fine"] = 1
     assert home["fine"] == 1
+
+
+def test_flush_waits_for_another_replica_and_raises_not_held_alone(bus: aether.Bus) -> None:
+    home = bus.map("held", node="script")
+    assert home.flush(timeout=0.1) == {"writes": 0, "by": [], "keepers": 0}
+    home["hall.light"] = "on"
+    started = time.monotonic()
+    with pytest.raises(aether.NotHeld, match="aether node"):
+        home.flush(timeout=0.3)
+    assert time.monotonic() - started >= 0.3
+    other = bus.map("held", node="pc")
+    assert home.flush(timeout=5.0) == {"writes": 1, "by": ["pc"], "keepers": 0}
+    assert other["hall.light"] == "on"
+    with pytest.raises(aether.NotHeld):
+        home["hall.fan"] = "off"
+        home.flush(timeout=0.3, keepers=1)
+    with pytest.raises(ValueError):
+        home.flush(timeout=-1)
+
+
+def test_a_map_opened_acked_waits_on_every_write(bus: aether.Bus) -> None:
+    alone = bus.map("acked", node="script", acked=0.3)
+    with pytest.raises(aether.NotHeld):
+        alone["k"] = 1
+    assert alone["k"] == 1, "kept here all the same"
+    pc = bus.map("acked", node="pc")
+    alone["k"] = 2
+    assert pc["k"] == 2
+    del alone["k"]
+
+    async def main() -> None:
+        await alone.set_async("j", 3)
+        assert await alone.flush_async(timeout=1.0) == {"writes": 0, "by": [], "keepers": 0}
+
+    asyncio.run(main())

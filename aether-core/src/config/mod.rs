@@ -24,7 +24,7 @@ pub use security::{
 };
 
 pub use physics::PhysicsConfig;
-pub use state::StateConfig;
+pub use state::{KeeperConfig, StateConfig};
 
 use crate::attenuation::DEFAULT_ATTENUATION_FACTOR;
 

@@ -83,6 +83,61 @@ pub struct StateConfig {
     /// default): a write returns once its record is handed to the operating
     /// system, which a killed process keeps and the disk has within 200 ms.
     pub sync_writes: bool,
+    /// `[aether.state.keeper]`: the maps a program that runs a
+    /// [`Keeper`](crate::state::Keeper) keeps for others (the gateway,
+    /// `aether node`).
+    pub keeper: KeeperConfig,
+}
+
+/// `[aether.state.keeper]`: which maps a [`Keeper`](crate::state::Keeper)
+/// keeps, in `<dir>/<map>` of `[aether.state] dir`, and its bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeeperConfig {
+    /// Maps to keep, by name or pattern (`*` stands for any run of
+    /// characters): `["*"]` keeps every map on the bus. Empty (the
+    /// default): none.
+    pub maps: Vec<String>,
+    /// Most maps kept (1 to 100,000); another map is refused, counted and
+    /// logged. Each map is bounded by `max_keys` and `max_map_bytes`.
+    /// Default 256.
+    pub max_maps: usize,
+}
+
+impl Default for KeeperConfig {
+    fn default() -> Self {
+        Self {
+            maps: Vec::new(),
+            max_maps: 256,
+        }
+    }
+}
+
+impl KeeperConfig {
+    /// Whether it keeps map `name`.
+    pub fn keeps(&self, name: &str) -> bool {
+        self.maps.iter().any(|pattern| glob(pattern, name))
+    }
+}
+
+/// `pattern` (with `*` for any run of characters) matches all of `text`.
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 impl Default for StateConfig {
@@ -103,6 +158,7 @@ impl Default for StateConfig {
             dir: None,
             snapshot_every: 10_000,
             sync_writes: false,
+            keeper: KeeperConfig::default(),
         }
     }
 }
@@ -171,6 +227,31 @@ impl StateConfig {
             "state.watch_buffer",
             self.watch_buffer.to_string(),
             "must be 1 to 1000000",
+        )?;
+        let keeper = &self.keeper;
+        check(
+            (1..=100_000).contains(&keeper.max_maps),
+            "state.keeper.max_maps",
+            keeper.max_maps.to_string(),
+            "must be 1 to 100000",
+        )?;
+        for pattern in &keeper.maps {
+            check(
+                !pattern.is_empty()
+                    && pattern.len() <= 255
+                    && pattern
+                        .chars()
+                        .all(|c| c == '*' || c == '-' || c == '_' || c.is_ascii_alphanumeric()),
+                "state.keeper.maps",
+                format!("{pattern:?}"),
+                "each must be a map name, with * for any run of characters",
+            )?;
+        }
+        check(
+            keeper.maps.is_empty() || self.dir.is_some(),
+            "state.keeper.maps",
+            format!("{:?}", keeper.maps),
+            "a keeper keeps its maps on disk: set state.dir",
         )
     }
 }
@@ -187,5 +268,74 @@ mod millis {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod keeper_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn keeper(maps: &[&str]) -> KeeperConfig {
+        KeeperConfig {
+            maps: maps.iter().map(|m| m.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn patterns_name_maps() {
+        assert!(keeper(&["*"]).keeps("home"));
+        assert!(keeper(&["home"]).keeps("home"));
+        assert!(!keeper(&["home"]).keeps("homes"));
+        assert!(keeper(&["room-*"]).keeps("room-1"));
+        assert!(!keeper(&["room-*"]).keeps("garage"));
+        assert!(keeper(&["*-log"]).keeps("door-log"));
+        assert!(keeper(&["a*b*c"]).keeps("aXbYc"));
+        assert!(!keeper(&["a*b*c"]).keeps("aXcYb"));
+        assert!(!keeper(&["ab*ba"]).keeps("aba"), "the ends do not overlap");
+        assert!(!keeper(&[]).keeps("home"));
+    }
+
+    #[test]
+    fn a_keeper_needs_a_directory_and_names() {
+        let mut state = StateConfig::default();
+        state.keeper.maps = vec!["*".into()];
+        assert_eq!(state.validate().unwrap_err().key(), "state.keeper.maps");
+        state.dir = Some("/tmp/x".into());
+        assert!(state.validate().is_ok());
+        state.keeper.maps = vec!["a.b".into()];
+        assert_eq!(state.validate().unwrap_err().key(), "state.keeper.maps");
+        state.keeper.maps = vec!["*".into()];
+        state.keeper.max_maps = 0;
+        assert_eq!(state.validate().unwrap_err().key(), "state.keeper.max_maps");
+    }
+
+    proptest! {
+        /// A pattern made of a name's pieces with `*` between matches it;
+        /// a name matches itself and `*`; a plain pattern only itself.
+        #[test]
+        fn a_pattern_matches_what_it_was_cut_from(
+            name in "[a-z0-9_-]{0,20}",
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+            other in "[a-z0-9_-]{1,20}",
+        ) {
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(name.len() + 1)).collect();
+            at.sort_unstable();
+            at.dedup();
+            let mut pattern = String::new();
+            let mut last = 0;
+            for &cut in &at {
+                pattern.push_str(&name[last..cut]);
+                pattern.push('*');
+                last = cut;
+            }
+            pattern.push_str(&name[last..]);
+            prop_assert!(glob(&pattern, &name), "{} / {}", pattern, name);
+            prop_assert!(glob("*", &name));
+            prop_assert!(glob(&name, &name));
+            prop_assert_eq!(glob(&name, &other), name == other);
+        }
     }
 }

@@ -21,6 +21,8 @@ const KIND_DIGEST: u8 = 2;
 const KIND_HELLO: u8 = 3;
 const KIND_SYNC: u8 = 4;
 const KIND_ASK: u8 = 5;
+const KIND_HOLD: u8 = 6;
+const KIND_HELD: u8 = 7;
 
 /// Most entries one message carries.
 pub(crate) const MAX_ENTRIES: usize = 4096;
@@ -52,7 +54,28 @@ pub(crate) enum Message {
     Ask { node: u64 },
     /// The answer to a sync request: the buckets that will follow.
     Sync { node: u64, buckets: Vec<u8> },
+    /// A writer `node` asks every replica to take its writes and say so
+    /// ([`Message::Held`], to its repair channel, echoing `token`).
+    Hold {
+        node: u64,
+        token: u64,
+        entries: Vec<(String, Entry)>,
+    },
+    /// A replica `node` holds the writes of the hold `token` (`refused`:
+    /// [`HELD_ALL`], or why it took not all of them); `keeper`: it keeps
+    /// the map for others, on its disk.
+    Held {
+        node: u64,
+        token: u64,
+        keeper: bool,
+        refused: u8,
+    },
 }
+
+/// [`Message::Held`]'s `refused` when every write is held.
+pub(crate) const HELD_ALL: u8 = 0;
+/// [`Message::Held`]'s `refused` when the replica's ledger failed.
+pub(crate) const HELD_NOT_LOGGED: u8 = 0x10;
 
 /// The limits a decoder enforces.
 #[derive(Clone, Copy, Debug)]
@@ -110,6 +133,31 @@ impl Message {
                 out.put_u8(KIND_ASK);
                 out.put_u64_le(*node);
             }
+            Message::Hold {
+                node,
+                token,
+                entries,
+            } => {
+                out.put_u8(KIND_HOLD);
+                out.put_u64_le(*node);
+                out.put_u64_le(*token);
+                out.put_u16_le(entries.len() as u16);
+                for (key, entry) in entries {
+                    put_entry(&mut out, key, entry);
+                }
+            }
+            Message::Held {
+                node,
+                token,
+                keeper,
+                refused,
+            } => {
+                out.put_u8(KIND_HELD);
+                out.put_u64_le(*node);
+                out.put_u64_le(*token);
+                out.put_u8(u8::from(*keeper));
+                out.put_u8(*refused);
+            }
             Message::Sync { node, buckets } => {
                 out.put_u8(KIND_SYNC);
                 out.put_u64_le(*node);
@@ -162,6 +210,29 @@ impl Message {
                 owned: u64_of(b)?,
             },
             KIND_ASK => Message::Ask { node: u64_of(b)? },
+            KIND_HOLD => {
+                let node = u64_of(b)?;
+                let token = u64_of(b)?;
+                let count = usize::from(u16_of(b)?);
+                if count > MAX_ENTRIES {
+                    return Err(DecodeError("too many entries"));
+                }
+                let mut entries = Vec::with_capacity(count.min(64));
+                for _ in 0..count {
+                    entries.push(entry_of(b, limits)?);
+                }
+                Message::Hold {
+                    node,
+                    token,
+                    entries,
+                }
+            }
+            KIND_HELD => Message::Held {
+                node: u64_of(b)?,
+                token: u64_of(b)?,
+                keeper: bool_of(b)?,
+                refused: u8_of(b)?,
+            },
             KIND_SYNC => {
                 let node = u64_of(b)?;
                 let count = usize::from(u8_of(b)?);
@@ -376,6 +447,23 @@ mod tests {
                 prop::collection::vec(0u8..BUCKETS as u8, 0..64)
             )
                 .prop_map(|(node, buckets)| Message::Sync { node, buckets }),
+            (
+                any::<(u64, u64)>(),
+                prop::collection::vec(arb_entry(), 0..8)
+            )
+                .prop_map(|((node, token), entries)| Message::Hold {
+                    node,
+                    token,
+                    entries
+                }),
+            any::<(u64, u64, bool, u8)>().prop_map(|(node, token, keeper, refused)| {
+                Message::Held {
+                    node,
+                    token,
+                    keeper,
+                    refused,
+                }
+            }),
         ]
     }
 

@@ -33,7 +33,9 @@
 //! byte by byte, in ARCHITECTURE.md.
 
 mod codec;
+mod held;
 pub mod hlc;
+mod keeper;
 mod ledger;
 mod store;
 
@@ -62,12 +64,16 @@ use crate::{
     Aether, Channel, EmitErrorKind, Emitter, RequestErrorKind, Vibrator, Wave, names::is_name,
 };
 
-pub use self::hlc::Stamp;
 use self::{
     codec::{Limits, Message},
     hlc::Clock,
     ledger::{Durable, Ledger},
     store::{Cap, Caps, Entry, Merged, Store},
+};
+pub use self::{
+    held::{Held, HeldBy},
+    hlc::Stamp,
+    keeper::{Keeper, KeeperStats},
 };
 pub use crate::config::StateConfig;
 
@@ -105,6 +111,9 @@ pub enum StateErrorKind {
     /// or the write would take it past `max_map_bytes`: delete keys, or
     /// raise the setting on every replica.
     Full,
+    /// No replica (or not as many as asked, or no keeper) acknowledged
+    /// the writes of a [`StateMap::flush`] in time.
+    NotHeld,
 }
 
 impl fmt::Display for StateErrorKind {
@@ -121,6 +130,7 @@ impl fmt::Display for StateErrorKind {
             StateErrorKind::Ledger => "state directory unusable",
             StateErrorKind::Stamp => "stamp out of range",
             StateErrorKind::Full => "map full",
+            StateErrorKind::NotHeld => "not acknowledged",
         })
     }
 }
@@ -318,9 +328,19 @@ pub struct StateMapBuilder {
     node: Option<String>,
     config: Option<StateConfig>,
     dir: Option<std::path::PathBuf>,
+    keeper: bool,
 }
 
 impl StateMapBuilder {
+    /// This replica keeps the map for others (it needs a state
+    /// directory): its acknowledgements of [`StateMap::flush`] say so, and
+    /// a flush may wait for keepers ([`HeldBy::keepers`]). [`Keeper`] opens
+    /// its maps so.
+    pub fn keeper(mut self, keeper: bool) -> Self {
+        self.keeper = keeper;
+        self
+    }
+
     /// This replica's name: the writer its changes carry, and the owner of
     /// `node/<name>/...` keys. A vibrator name; default `replica-<random>`.
     pub fn node(mut self, name: impl Into<String>) -> Self {
@@ -373,6 +393,14 @@ impl Drop for Guard {
 struct Shared {
     /// The ledger, with a state directory.
     ledger: Option<Arc<Durable>>,
+    /// It keeps the map for others.
+    keeper: bool,
+    /// This replica's writes no other replica acknowledged yet: their
+    /// stamps, by key.
+    unacked: Mutex<HashMap<String, Stamp>>,
+    /// The flushes waiting: each hold's token and where its
+    /// acknowledgements go.
+    flushes: Mutex<HashMap<u64, tokio::sync::mpsc::UnboundedSender<(u64, held::Ack)>>>,
     map: String,
     node_name: SmolStr,
     config: StateConfig,
@@ -429,6 +457,8 @@ struct Channels {
     digest: Channel,
     presence: Channel,
     sync: Channel,
+    /// Writers' holds ([`StateMap::flush`]).
+    hold: Channel,
     /// Repairs addressed to this replica.
     repair: Channel,
     prefix: String,
@@ -442,6 +472,7 @@ impl Channels {
             digest: Channel::new(format!("{prefix}.d")),
             presence: Channel::new(format!("{prefix}.p")),
             sync: Channel::new(format!("{prefix}.s")),
+            hold: Channel::new(format!("{prefix}.k")),
             repair: Channel::new(format!("{prefix}.r.{node:016x}")),
             prefix,
         }
@@ -457,6 +488,17 @@ impl Channels {
 /// for a shared key.
 pub fn owner_of(key: &str) -> Option<&str> {
     store::owner_of(key)
+}
+
+/// What taking in entries did.
+#[derive(Default)]
+struct Taken {
+    /// The first reason one was refused.
+    refused: Option<Refusal>,
+    /// The last ledger record written.
+    logged: Option<u64>,
+    /// One won but was not written to the ledger.
+    not_logged: bool,
 }
 
 /// What applying an entry did.
@@ -489,6 +531,7 @@ impl StateMap {
             node: None,
             config: None,
             dir: None,
+            keeper: false,
         }
     }
 
@@ -503,6 +546,7 @@ impl StateMap {
             node,
             config,
             dir,
+            keeper,
         } = builder;
         let config = config.unwrap_or_else(|| aether.config().state.clone());
         config
@@ -523,6 +567,14 @@ impl StateMap {
             ));
         }
         let dir = dir.or_else(|| config.dir.as_ref().map(|root| root.join(&map)));
+        if keeper && dir.is_none() {
+            return Err(StateError::new(
+                StateErrorKind::Config,
+                format!(
+                    "a keeper of map {map:?} needs a state directory (state_dir, or [aether.state] dir)"
+                ),
+            ));
+        }
         let channels = Channels::of(&map, id);
         let mut vibrator = Vibrator::builder(node_name.clone())
             .skip_own_waves(true)
@@ -537,6 +589,7 @@ impl StateMap {
             &channels.changes,
             &channels.digest,
             &channels.presence,
+            &channels.hold,
             &channels.repair,
         ] {
             vibrator
@@ -573,6 +626,9 @@ impl StateMap {
             clock,
             store: Mutex::new(store),
             ledger,
+            keeper,
+            unacked: Mutex::new(HashMap::new()),
+            flushes: Mutex::new(HashMap::new()),
             emitter: vibrator.emitter(),
             channels,
             changes: broadcast::channel(config.watch_buffer).0,
@@ -803,7 +859,10 @@ impl StateMap {
             writer: shared.node_name.clone(),
         };
         let logged = match shared.apply(key, entry.clone(), false, true) {
-            Applied::Won(logged) => logged,
+            Applied::Won(logged) => {
+                shared.lock_unacked().insert(key.to_string(), stamp);
+                logged
+            }
             Applied::Stale => return Ok(false),
             Applied::Full(cap) => return Err(shared.full(key, cap)),
         };
@@ -1323,12 +1382,18 @@ impl Shared {
     }
 
     /// Takes in entries from `source` (the wave's source, checked by the
-    /// aether's signatures where they are required).
-    fn take_entries(&self, source: &str, entries: Vec<(String, Entry)>, repair: bool) {
+    /// aether's signatures where they are required): what was refused, and
+    /// the ledger's part.
+    fn take_entries(&self, source: &str, entries: Vec<(String, Entry)>, repair: bool) -> Taken {
         let horizon = self.horizon();
+        let mut taken = Taken::default();
+        let refuse = |taken: &mut Taken, reason: Refusal| {
+            self.refuse(reason);
+            taken.refused.get_or_insert(reason);
+        };
         for (key, entry) in entries {
             if self.check_key(&key).is_err() {
-                self.refuse(Refusal::Malformed);
+                refuse(&mut taken, Refusal::Malformed);
                 continue;
             }
             // A node-owned key comes only from its owner, whether it wrote
@@ -1338,24 +1403,30 @@ impl Shared {
                 None => repair || entry.writer == source,
             };
             if !writer_ok {
-                self.refuse(Refusal::NotOwner);
+                refuse(&mut taken, Refusal::NotOwner);
                 continue;
             }
             if self.clock.observe(entry.stamp).is_err() {
-                self.refuse(Refusal::Future);
+                refuse(&mut taken, Refusal::Future);
                 continue;
             }
             // Before the horizon a tombstone may have been collected: a
             // live change that old could bring a key back. A repair's old
             // value is the survivor of that merge, and is taken.
             if entry.stamp.physical_ns < horizon && (!repair || entry.value.is_none()) {
-                self.refuse(Refusal::TooOld);
+                refuse(&mut taken, Refusal::TooOld);
                 continue;
             }
-            if let Applied::Full(_) = self.apply(&key, entry, repair, false) {
-                self.refuse(Refusal::Full);
+            match self.apply(&key, entry, repair, false) {
+                Applied::Full(_) => refuse(&mut taken, Refusal::Full),
+                Applied::Won(Some(Ok(seq))) => {
+                    taken.logged = Some(taken.logged.map_or(seq, |s: u64| s.max(seq)));
+                }
+                Applied::Won(Some(Err(_))) => taken.not_logged = true,
+                Applied::Won(None) | Applied::Stale => {}
             }
         }
+        taken
     }
 
     /// Sends `node` the entries of `buckets` (node-owned keys aside), in
@@ -1451,7 +1522,7 @@ impl Shared {
     }
 
     /// Handles one wave of the map's channels.
-    async fn handle(&self, vibrator: &Vibrator, wave: Wave) {
+    async fn handle(self: &Arc<Self>, vibrator: &Vibrator, wave: Wave) {
         let Some(source) = wave.source().map(str::to_string) else {
             self.refuse(Refusal::Malformed);
             return;
@@ -1506,7 +1577,7 @@ impl Shared {
                     self.refuse(Refusal::Malformed);
                     return;
                 }
-                self.take_entries(&source, entries, repair.is_some());
+                let _ = self.take_entries(&source, entries, repair.is_some());
                 if let Some((bucket, true)) = repair {
                     let mut pending = self.lock_pending();
                     note_last_chunk(&mut pending, bucket);
@@ -1591,6 +1662,29 @@ impl Shared {
                     return;
                 }
                 self.send_own_keys(node).await;
+            }
+            Message::Hold {
+                node,
+                token,
+                entries,
+            } => {
+                if *channel != self.channels.hold {
+                    self.refuse(Refusal::Malformed);
+                    return;
+                }
+                self.take_hold(&source, node, token, entries).await;
+            }
+            Message::Held {
+                node,
+                token,
+                keeper,
+                refused,
+            } => {
+                if *channel != self.channels.repair {
+                    self.refuse(Refusal::Malformed);
+                    return;
+                }
+                self.take_held(&source, node, token, keeper, refused);
             }
             Message::Sync { .. } => self.refuse(Refusal::Malformed),
         }

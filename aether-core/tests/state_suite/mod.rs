@@ -8,7 +8,9 @@ use std::{future::Future, pin::Pin, time::Duration};
 
 use aether_core::{
     Aether,
-    state::{NodeState, Presence, Refusal, StateConfig, StateErrorKind, StateMap},
+    state::{
+        Held, HeldBy, Keeper, NodeState, Presence, Refusal, StateConfig, StateErrorKind, StateMap,
+    },
 };
 use futures_util::StreamExt;
 use tokio::time::timeout;
@@ -545,10 +547,180 @@ pub async fn watch_streams_each_key_in_stamp_order_under_concurrent_writers(m: &
     .expect("within the limit");
 }
 
+/// A keeper of every map in `dir`, with the fast settings and `caps`.
+pub async fn keeper(
+    aether: &Aether,
+    dir: &std::path::Path,
+    caps: impl FnOnce(&mut StateConfig),
+) -> Keeper {
+    let mut config = StateConfig {
+        dir: Some(dir.into()),
+        ..fast()
+    };
+    config.keeper.maps = vec!["*".into()];
+    caps(&mut config);
+    Keeper::start_with(aether, "keeper", config)
+        .await
+        .expect("the keeper starts")
+}
+
+pub async fn a_flush_waits_for_another_replica_and_says_when_none_holds_the_writes(m: &dyn Bus) {
+    timeout(LIMIT, async {
+        let a = open(&m.aether().await, "a").await;
+        assert_eq!(
+            a.flush(Duration::from_millis(100)).await.unwrap(),
+            Held::default(),
+            "nothing to wait for"
+        );
+        a.set("hall.light", "on").await.unwrap();
+        a.delete("hall.fan").await.unwrap();
+        let started = std::time::Instant::now();
+        let alone = a.flush(Duration::from_millis(400)).await.unwrap_err();
+        assert_eq!(alone.kind(), StateErrorKind::NotHeld, "{alone}");
+        assert!(started.elapsed() >= Duration::from_millis(400));
+        assert!(
+            alone.to_string().contains("aether node"),
+            "says what to run: {alone}"
+        );
+        assert_eq!(a.unacknowledged(), 2, "still waiting");
+
+        let b = open(&m.aether().await, "b").await;
+        let held = a.flush(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(
+            (held.writes, held.by.as_slice(), held.keepers),
+            (2, &["b".to_string()][..], 0)
+        );
+        assert_eq!(b.get("hall.light").as_deref(), Some(&b"on"[..]));
+        assert_eq!(a.unacknowledged(), 0);
+        // Two replicas asked for, one there: not held; then a third.
+        a.set("hall.light", "off").await.unwrap();
+        let one = a
+            .flush_to(HeldBy::replicas(2), Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert_eq!(one.kind(), StateErrorKind::NotHeld);
+        let _c = open(&m.aether().await, "c").await;
+        let held = a
+            .flush_to(HeldBy::replicas(2), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(held.by, ["b", "c"]);
+        // No keeper among them.
+        a.set("hall.light", "on").await.unwrap();
+        let none = a
+            .flush_to(HeldBy::keepers(1), Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert_eq!(none.kind(), StateErrorKind::NotHeld);
+    })
+    .await
+    .expect("bounded");
+}
+
+pub async fn a_keeper_holds_a_map_its_writers_left_and_again_after_its_restart(m: &dyn Bus) {
+    timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let aether = m.aether().await;
+        let kept = keeper(&aether, dir.path(), |_| {}).await;
+        // A one-shot writer: writes, waits for the keeper, goes.
+        for n in 0..3 {
+            let writer = open(&m.aether().await, &format!("script-{n}")).await;
+            writer.set_json(&format!("k.{n}"), &n).await.unwrap();
+            writer.delete("gone").await.unwrap();
+            let held = writer
+                .flush_to(HeldBy::keepers(1), Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert_eq!(
+                (held.keepers, held.by.as_slice()),
+                (1, &["keeper".to_string()][..])
+            );
+            writer.close().await;
+        }
+        assert_eq!(kept.maps(), ["home"]);
+        assert_eq!(kept.stats().maps, 1);
+        let late = open(&m.aether().await, "late").await;
+        assert_eq!(late.len(), 3, "caught up from the keeper");
+        late.close().await;
+        // The keeper stops and starts again on its directory: it opens what
+        // it kept before anyone asks.
+        kept.close().await;
+        drop(kept);
+        let again = keeper(&aether, dir.path(), |_| {}).await;
+        assert_eq!(again.maps(), ["home"]);
+        let late = open(&m.aether().await, "later").await;
+        assert_eq!(late.get_json::<u32>("k.2").unwrap(), Some(2));
+        assert_eq!(late.len(), 3);
+        again.close().await;
+    })
+    .await
+    .expect("bounded");
+}
+
+pub async fn a_full_keeper_refuses_with_its_reason_and_keeps_running(m: &dyn Bus) {
+    timeout(LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let aether = m.aether().await;
+        let kept = keeper(&aether, dir.path(), |c| {
+            c.max_keys = 2;
+            c.keeper.max_maps = 1;
+        })
+        .await;
+        let writer = open(&m.aether().await, "writer").await;
+        for n in 0..3 {
+            writer.set_json(&format!("k.{n}"), &n).await.unwrap();
+        }
+        let full = writer
+            .flush_to(HeldBy::keepers(1), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(full.kind(), StateErrorKind::Full, "{full}");
+        assert!(full.to_string().contains("keeper \"keeper\""), "{full}");
+        // (Its replica answers while its `open` still catches up.)
+        until("the keeper lists the map", || kept.map("home").is_some()).await;
+        let map = kept.map("home").unwrap();
+        assert_eq!(map.len(), 2);
+        assert!(map.stats().refused(Refusal::Full) >= 1);
+        // A second map is past max_maps: counted, not kept.
+        let other = StateMap::builder("garage")
+            .node("writer")
+            .config(fast())
+            .open(&m.aether().await)
+            .await
+            .unwrap();
+        other.set("door", "shut").await.unwrap();
+        let none = other
+            .flush_to(HeldBy::keepers(1), Duration::from_millis(500))
+            .await
+            .unwrap_err();
+        assert_eq!(none.kind(), StateErrorKind::NotHeld);
+        until("the refused map is counted", || {
+            kept.stats().refused_maps == 1
+        })
+        .await;
+        assert_eq!(kept.maps(), ["home"]);
+        // Still keeping: a write that fits is held.
+        writer.delete("k.0").await.unwrap();
+        let fits = StateMap::builder("home")
+            .node("second")
+            .config(fast())
+            .open(&m.aether().await)
+            .await
+            .unwrap();
+        fits.delete("k.1").await.unwrap();
+        fits.flush_to(HeldBy::keepers(1), Duration::from_secs(5))
+            .await
+            .unwrap();
+        kept.close().await;
+    })
+    .await
+    .expect("bounded");
+}
+
 #[macro_export]
 macro_rules! state_suite {
     ($factory:expr) => {
-        $crate::state_suite!(@cases $factory; a_write_is_seen_here_at_once_and_by_every_replica_soon, a_late_replica_has_the_whole_state_when_open_returns, watchers_get_each_change_with_old_and_new_values_and_losers_hear_superseded, concurrent_writes_of_one_key_settle_on_the_same_value_everywhere, changes_a_replica_missed_are_repaired_by_anti_entropy, bad_writes_are_typed_errors_and_change_nothing, nodes_own_their_keys_and_see_who_is_there, writes_stamped_elsewhere_merge_by_the_same_rules, watch_streams_each_key_in_stamp_order_under_concurrent_writers);
+        $crate::state_suite!(@cases $factory; a_write_is_seen_here_at_once_and_by_every_replica_soon, a_late_replica_has_the_whole_state_when_open_returns, watchers_get_each_change_with_old_and_new_values_and_losers_hear_superseded, concurrent_writes_of_one_key_settle_on_the_same_value_everywhere, changes_a_replica_missed_are_repaired_by_anti_entropy, bad_writes_are_typed_errors_and_change_nothing, nodes_own_their_keys_and_see_who_is_there, writes_stamped_elsewhere_merge_by_the_same_rules, watch_streams_each_key_in_stamp_order_under_concurrent_writers, a_flush_waits_for_another_replica_and_says_when_none_holds_the_writes, a_keeper_holds_a_map_its_writers_left_and_again_after_its_restart, a_full_keeper_refuses_with_its_reason_and_keeps_running);
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(

@@ -11,6 +11,7 @@
 //! | `members` | the cluster's members, read from the server's monitoring port |
 //! | `peers` | the nodes multicast DNS finds, as routes |
 
+mod keeping;
 mod members;
 mod peers;
 mod server;
@@ -38,7 +39,7 @@ pub struct NodeArgs {
     // environment (AETHER_BUS), would conflict with it.
     #[arg(long, value_name = "FILE", conflicts_with_all = [
         "status", "node_name", "listen", "port", "cluster_port", "peer", "data",
-        "jetstream", "interface", "no_scout", "nats_server",
+        "jetstream", "interface", "no_scout", "nats_server", "keep", "no_keep",
     ])]
     pub new_secret: Option<PathBuf>,
     /// Print the running node's members and exit.
@@ -82,6 +83,16 @@ pub struct NodeArgs {
     /// The nats-server binary (default: AETHER_NATS_SERVER, then PATH).
     #[arg(long, value_name = "PATH")]
     pub nats_server: Option<PathBuf>,
+    /// The maps this node keeps for the bus in `<data>/state`, by name or
+    /// pattern (`*` for any run of characters; repeat for several):
+    /// default every map, so what a one-shot command or script writes
+    /// outlives it.
+    #[arg(long, value_name = "PATTERN", default_value = "*")]
+    pub keep: Vec<String>,
+    /// Keep no map (a map then lives only as long as the programs that
+    /// hold it).
+    #[arg(long, conflicts_with = "keep")]
+    pub no_keep: bool,
 }
 
 /// Runs the command.
@@ -209,7 +220,14 @@ pub async fn run(connection: &Connection, args: NodeArgs) -> Result<(), Failure>
     } else {
         Some(Scouting::start(&args, &plan, &secret).map_err(Failure::runtime)?)
     };
+    let mut keeper = crate::connect::settings(connection)?;
+    keeper.state.keeper.maps = if args.no_keep {
+        Vec::new()
+    } else {
+        args.keep.clone()
+    };
     let node = Node {
+        keeper,
         binary,
         config_path,
         secret,
@@ -227,6 +245,9 @@ pub async fn run(connection: &Connection, args: NodeArgs) -> Result<(), Failure>
 
 /// What the node runs with.
 struct Node {
+    /// The settings its keeper connects with, the maps it keeps in
+    /// `[state.keeper] maps` (none: no keeper).
+    keeper: aether_core::AetherConfig,
     binary: PathBuf,
     config_path: PathBuf,
     secret: LanSecret,
@@ -282,6 +303,7 @@ impl Node {
         let mut peers = peers::Peers::default();
         let data = self.config_path.parent().unwrap_or(Path::new("."));
         let mut first = true;
+        let mut keeping: Option<keeping::Keeping> = None;
         loop {
             let mut child = spawn(&self.binary, &self.config_path)?;
             server::note_child(data, child.id());
@@ -320,6 +342,14 @@ impl Node {
                         ""
                     }
                 );
+                if keeping.is_none() && !self.keeper.state.keeper.maps.is_empty() {
+                    keeping = Some(keeping::Keeping::start(
+                        self.keeper.clone(),
+                        &self.record,
+                        &self.runtime,
+                        data,
+                    )?);
+                }
                 backoff = Duration::from_millis(500);
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 let status = loop {
@@ -331,9 +361,9 @@ impl Node {
                     };
                     tokio::select! {
                         status = child.wait() => break status,
-                        _ = tokio::signal::ctrl_c() => return self.stop(child, &plan.bus).await,
-                        _ = terminate.recv() => return self.stop(child, &plan.bus).await,
-                        _ = hangup.recv() => return self.stop(child, &plan.bus).await,
+                        _ = tokio::signal::ctrl_c() => return self.stop(child, &plan.bus, keeping).await,
+                        _ = terminate.recv() => return self.stop(child, &plan.bus, keeping).await,
+                        _ = hangup.recv() => return self.stop(child, &plan.bus, keeping).await,
                         _ = tick.tick() => members.poll(&plan.name).await,
                         Some(sighting) = found => {
                             if peers.hear(sighting, &plan.name) {
@@ -352,11 +382,17 @@ impl Node {
                 );
                 NodeRecord::remove_in(&self.runtime, &plan.bus);
             }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = tokio::signal::ctrl_c() => return Ok(()),
-                _ = terminate.recv() => return Ok(()),
-                _ = hangup.recv() => return Ok(()),
+            let stopping = tokio::select! {
+                _ = tokio::time::sleep(backoff) => false,
+                _ = tokio::signal::ctrl_c() => true,
+                _ = terminate.recv() => true,
+                _ = hangup.recv() => true,
+            };
+            if stopping {
+                if let Some(keeping) = keeping {
+                    keeping.stop().await;
+                }
+                return Ok(());
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
@@ -387,8 +423,16 @@ impl Node {
         Ok(())
     }
 
-    /// Stops the server and removes the record.
-    async fn stop(&self, mut child: Child, bus: &str) -> Result<(), Failure> {
+    /// Stops the keeper, then the server, and removes the record.
+    async fn stop(
+        &self,
+        mut child: Child,
+        bus: &str,
+        keeping: Option<keeping::Keeping>,
+    ) -> Result<(), Failure> {
+        if let Some(keeping) = keeping {
+            keeping.stop().await;
+        }
         NodeRecord::remove_in(&self.runtime, bus);
         if let Some(pid) = child.id() {
             let _ = nix::sys::signal::kill(

@@ -45,6 +45,7 @@ from ._aether import (
     InvalidName,
     InvalidValue,
     NoResponders,
+    NotHeld,
     NotOwner,
     RateLimited,
     Timeout,
@@ -69,6 +70,7 @@ __all__ = [
     "Map",
     "NoResponders",
     "NodeState",
+    "NotHeld",
     "NotOwner",
     "RateLimited",
     "Timeout",
@@ -326,12 +328,22 @@ class Bus:
         )
 
     @_texts
-    def map(self, name: str, *, node: Optional[str] = None, dir: Optional[str] = None) -> "Map":
+    def map(
+        self,
+        name: str,
+        *,
+        node: Optional[str] = None,
+        dir: Optional[str] = None,
+        acked: Optional[float] = None,
+    ) -> "Map":
         """A replica of map `name`, once it has a live peer's state (up to
         `[aether.state] ready_timeout_ms`, 2 s); `node` names this replica
-        (the writer of its changes), `dir` keeps it on disk in `dir/name`."""
+        (the writer of its changes), `dir` keeps it on disk in `dir/name`.
+        With `acked` (seconds), every `set` and `delete` returns only once a
+        keeper or another replica holds the write, and raises
+        `aether.NotHeld` when none does in time (see `Map.flush`)."""
         _blocking("map")
-        return self._track(Map(self._raw.map(name, node=node, dir=dir)))
+        return self._track(Map(self._raw.map(name, node=node, dir=dir, acked=acked)))
 
     def _track(self, m: "Map") -> "Map":
         self._maps = [ref for ref in self._maps if ref() is not None]
@@ -347,10 +359,17 @@ class Bus:
 
     @_texts
     async def map_async(
-        self, name: str, *, node: Optional[str] = None, dir: Optional[str] = None
+        self,
+        name: str,
+        *,
+        node: Optional[str] = None,
+        dir: Optional[str] = None,
+        acked: Optional[float] = None,
     ) -> "Map":
         """`map`, for asyncio."""
-        return self._track(Map(await self._raw.map(name, node=node, dir=dir, async_=True)))
+        return self._track(
+            Map(await self._raw.map(name, node=node, dir=dir, acked=acked, async_=True))
+        )
 
     @_texts
     def node_state(self, name: str, node: str, *, dir: Optional[str] = None) -> "NodeState":
@@ -696,6 +715,26 @@ class Map(MutableMapping):  # type: ignore[type-arg]
     @_texts
     async def delete_async(self, key: str) -> str:
         return str(await self._raw.delete(key, async_=True))
+
+    def flush(
+        self, timeout: float = 5.0, *, replicas: int = 1, keepers: int = 0
+    ) -> Dict[str, Any]:
+        """Waits until `replicas` other replicas (`keepers` of them keepers,
+        such as `aether node`) hold every write of this replica that none
+        acknowledged yet, up to `timeout` seconds. Returns `{"writes": n,
+        "by": [replica names], "keepers": k}`; raises `aether.NotHeld` when
+        they do not in time (the writes stay here, and a later flush sends
+        them again), and `aether.Full` when a replica's map is full."""
+        _blocking("flush")
+        return dict(self._raw.flush(timeout, replicas=replicas, keepers=keepers))
+
+    async def flush_async(
+        self, timeout: float = 5.0, *, replicas: int = 1, keepers: int = 0
+    ) -> Dict[str, Any]:
+        """`flush`, for asyncio."""
+        return dict(
+            await self._raw.flush(timeout, replicas=replicas, keepers=keepers, async_=True)
+        )
 
     def _open(self) -> None:
         if self._closed:

@@ -1,0 +1,303 @@
+//! Acknowledged writes: a map's `set` followed by `flush_to(keepers(1))`,
+//! the keeper in another connection with its ledger on disk, beside the
+//! writes their users compare it with, each acknowledged by its server, in
+//! the same run on the same machine:
+//!
+//! - a Redis `SET` (the server on 127.0.0.1:6379, if one runs; a plain
+//!   RESP exchange on one connection);
+//! - a NATS KV `put` (async-nats, a bucket on a JetStream nats-server of
+//!   the benchmark's own).
+//!
+//! One writer, one write at a time, 128-byte values: latency p50 and p99
+//! of each write, and writes a second. The keeper hands each change to the
+//! operating system before it acknowledges (on disk within 200 ms), as
+//! JetStream and Redis with their defaults do; `sync_writes` (an fsync
+//! before the acknowledgement) is measured too.
+//!
+//! `cargo bench -p aether-core --bench keepers` (rounds alternate the
+//! sides; medians and min-max); under `cargo test` each side runs once,
+//! small, Redis left out.
+
+use std::time::{Duration, Instant};
+
+use aether_core::{
+    Aether,
+    state::{HeldBy, Keeper, StateConfig, StateMap},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    runtime::Runtime,
+};
+
+const VALUE: usize = 128;
+const REDIS: &str = "127.0.0.1:6379";
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Each write's latency, in microseconds, and the writes a second.
+struct Run {
+    latencies: Vec<f64>,
+    rate: f64,
+}
+
+fn timed(latencies: Vec<f64>, total: Duration) -> Run {
+    let rate = latencies.len() as f64 / total.as_secs_f64();
+    Run { latencies, rate }
+}
+
+/// `n` writes of a map, each flushed to one keeper.
+async fn aether(url: &str, n: usize, sync_writes: bool) -> Run {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StateConfig {
+        dir: Some(dir.path().into()),
+        sync_writes,
+        ..Default::default()
+    };
+    config.keeper.maps = vec!["*".into()];
+    let keeping = Aether::connect_url(url).await.expect("connect");
+    let keeper = Keeper::start_with(&keeping, "keeper", config)
+        .await
+        .expect("keeper");
+    let writing = Aether::connect_url(url).await.expect("connect");
+    let map = StateMap::builder("bench")
+        .node("writer")
+        .open(&writing)
+        .await
+        .expect("map");
+    let value = vec![b'v'; VALUE];
+    let flush = |map: &StateMap| {
+        let map = map.clone();
+        async move {
+            map.flush_to(HeldBy::keepers(1), Duration::from_secs(5))
+                .await
+                .expect("held")
+        }
+    };
+    // The keeper opens the map at the first flush.
+    map.set("warm", value.clone()).await.expect("set");
+    flush(&map).await;
+    let mut latencies = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        map.set(&format!("k{}", i % 1000), value.clone())
+            .await
+            .expect("set");
+        let held = flush(&map).await;
+        assert_eq!(held.keepers, 1);
+        latencies.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let run = timed(latencies, start.elapsed());
+    map.close().await;
+    keeper.close().await;
+    run
+}
+
+/// `n` NATS KV puts, each acknowledged by the stream.
+async fn nats_kv(url: &str, n: usize) -> Run {
+    let client = async_nats::connect(url).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let kv = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: format!("bench{}", std::process::id()),
+            history: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("bucket");
+    let value = bytes::Bytes::from(vec![b'v'; VALUE]);
+    kv.put("warm", value.clone()).await.expect("put");
+    let mut latencies = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        kv.put(format!("k{}", i % 1000), value.clone())
+            .await
+            .expect("put");
+        latencies.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    timed(latencies, start.elapsed())
+}
+
+/// `n` Redis `SET`s on one connection, each answered `+OK` before the
+/// next; none if no Redis answers at [`REDIS`].
+async fn redis(n: usize) -> Option<Run> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(REDIS))
+        .await
+        .ok()?
+        .ok()?;
+    stream.set_nodelay(true).ok()?;
+    let value = vec![b'v'; VALUE];
+    let mut answer = [0u8; 5];
+    let set = |key: &str| {
+        let mut out = format!(
+            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
+            key.len(),
+            value.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&value);
+        out.extend_from_slice(b"\r\n");
+        out
+    };
+    let prefix = format!("aether-bench-{}-", std::process::id());
+    let warm = set(&format!("{prefix}warm"));
+    stream.write_all(&warm).await.ok()?;
+    stream.read_exact(&mut answer).await.ok()?;
+    if &answer != b"+OK\r\n" {
+        return None;
+    }
+    let mut latencies = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        let request = set(&format!("{prefix}k{}", i % 1000));
+        let t = Instant::now();
+        stream.write_all(&request).await.ok()?;
+        stream.read_exact(&mut answer).await.ok()?;
+        assert_eq!(&answer, b"+OK\r\n");
+        latencies.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let run = timed(latencies, start.elapsed());
+    // Leave nothing behind on the machine's Redis.
+    for i in 0..1000.min(n) {
+        let key = format!("{prefix}k{i}");
+        let del = format!("*2\r\n$3\r\nDEL\r\n${}\r\n{key}\r\n", key.len());
+        stream.write_all(del.as_bytes()).await.ok()?;
+        let mut reply = [0u8; 4];
+        stream.read_exact(&mut reply).await.ok()?;
+    }
+    Some(run)
+}
+
+fn percentile(xs: &mut [f64], p: f64) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[((xs.len() - 1) as f64 * p) as usize]
+}
+
+fn median(xs: &mut [f64]) -> (f64, f64, f64) {
+    xs.sort_by(f64::total_cmp);
+    (xs[xs.len() / 2], xs[0], xs[xs.len() - 1])
+}
+
+/// Per round: p50, p99 and rate.
+#[derive(Default)]
+struct Side {
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    rate: Vec<f64>,
+}
+
+impl Side {
+    fn add(&mut self, mut run: Run) {
+        self.p50.push(percentile(&mut run.latencies, 0.5));
+        self.p99.push(percentile(&mut run.latencies, 0.99));
+        self.rate.push(run.rate);
+    }
+}
+
+fn main() {
+    let rt = runtime();
+    let testing = !std::env::args().any(|a| a == "--bench");
+    let server = rt
+        .block_on(
+            aether_testkit::NatsServer::builder()
+                .jetstream(true)
+                .start(),
+        )
+        .expect("nats-server");
+    let url = server.url();
+    if testing {
+        rt.block_on(async {
+            let run = aether(&url, 20, false).await;
+            assert_eq!(run.latencies.len(), 20);
+            let run = nats_kv(&url, 20).await;
+            assert_eq!(run.latencies.len(), 20);
+        });
+        println!("keepers bench: smoke run ok");
+        return;
+    }
+    let rounds = 5;
+    let n = 2_000;
+    let (mut ours, mut synced, mut kv, mut red) = (
+        Side::default(),
+        Side::default(),
+        Side::default(),
+        Side::default(),
+    );
+    let (mut vs_kv, mut vs_redis) = (Vec::new(), Vec::new());
+    let mut have_redis = true;
+    for round in 0..rounds {
+        let (a, k) = if round % 2 == 0 {
+            let a = rt.block_on(aether(&url, n, false));
+            (a, rt.block_on(nats_kv(&url, n)))
+        } else {
+            let k = rt.block_on(nats_kv(&url, n));
+            (rt.block_on(aether(&url, n, false)), k)
+        };
+        let r = if have_redis {
+            rt.block_on(redis(n))
+        } else {
+            None
+        };
+        vs_kv.push(a.rate / k.rate);
+        if let Some(r) = &r {
+            vs_redis.push(a.rate / r.rate);
+        }
+        have_redis = r.is_some();
+        println!(
+            "round {round}: aether {:.0}/s, NATS KV {:.0}/s, Redis {}",
+            a.rate,
+            k.rate,
+            r.as_ref()
+                .map_or("not running".to_string(), |r| format!("{:.0}/s", r.rate))
+        );
+        ours.add(a);
+        kv.add(k);
+        if let Some(r) = r {
+            red.add(r);
+        }
+        synced.add(rt.block_on(aether(&url, n / 4, true)));
+    }
+    println!(
+        "\nsummary (medians of {rounds} rounds of {n} writes, one writer, one write at a time, {VALUE}-byte values, 2 worker threads)"
+    );
+    println!("| write, acknowledged by | p50 us | p99 us | writes/s | aether / it (min-max) |");
+    println!("|---|---|---|---|---|");
+    let row = |label: &str, side: &mut Side, ratio: Option<&mut Vec<f64>>| {
+        if side.rate.is_empty() {
+            println!("| {label} | - | - | - | not running |");
+            return;
+        }
+        let (p50, _, _) = median(&mut side.p50);
+        let (p99, _, _) = median(&mut side.p99);
+        let (rate, _, _) = median(&mut side.rate);
+        let ratio = ratio.map_or(String::new(), |r| {
+            let (m, lo, hi) = median(r);
+            format!("{m:.2}x ({lo:.2}-{hi:.2})")
+        });
+        println!("| {label} | {p50:.0} | {p99:.0} | {rate:.0} | {ratio} |");
+    };
+    row(
+        "aether `set` + `flush_to(keepers(1))` (keeper's ledger in the OS)",
+        &mut ours,
+        None,
+    );
+    row(
+        "aether, the keeper with `sync_writes` (fsync)",
+        &mut synced,
+        None,
+    );
+    row(
+        "NATS KV `put` (JetStream file store)",
+        &mut kv,
+        Some(&mut vs_kv),
+    );
+    row("Redis `SET`", &mut red, Some(&mut vs_redis));
+}

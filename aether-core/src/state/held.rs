@@ -1,0 +1,410 @@
+//! Acknowledged writes: a writer asks the map's other replicas to take its
+//! writes and say so, and waits until enough of them (or a keeper) did.
+//!
+//! [`StateMap::flush`] sends this replica's writes that no replica has
+//! acknowledged yet as a [`Message::Hold`] on the map's hold channel
+//! (`_state.<map>.k`), again and again until the deadline; each replica
+//! that hears it merges the entries as live changes (the same checks) and
+//! answers [`Message::Held`] on the writer's repair channel once they are
+//! applied, and written to its ledger when it has one. A replica that
+//! refuses one (its map is full, a stamp out of range) says why, and the
+//! flush fails with that reason.
+
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    sync::{Arc, MutexGuard},
+    time::Duration,
+};
+
+use smol_str::SmolStr;
+use tokio::sync::mpsc;
+
+use super::{
+    Refusal, Shared, StateError, StateErrorKind, StateMap,
+    codec::{self, HELD_ALL, HELD_NOT_LOGGED, Message},
+    node_id,
+    store::Entry,
+};
+
+/// How many acknowledgements a flush waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldBy {
+    /// Other replicas, keepers counted.
+    pub replicas: usize,
+    /// Of which keepers (replicas that keep the map on their disk for
+    /// others: `aether node`, a gateway with `[aether.state.keeper]`).
+    pub keepers: usize,
+}
+
+impl HeldBy {
+    /// One other replica, a keeper or not: what [`StateMap::flush`] waits
+    /// for.
+    pub const ONE: HeldBy = HeldBy {
+        replicas: 1,
+        keepers: 0,
+    };
+
+    /// `n` other replicas, keepers or not.
+    pub fn replicas(n: usize) -> HeldBy {
+        HeldBy {
+            replicas: n,
+            keepers: 0,
+        }
+    }
+
+    /// `n` keepers.
+    pub fn keepers(n: usize) -> HeldBy {
+        HeldBy {
+            replicas: n,
+            keepers: n,
+        }
+    }
+
+    fn met(&self, acks: &HashMap<u64, Ack>) -> bool {
+        let keepers = acks.values().filter(|a| a.keeper).count();
+        acks.len() >= self.replicas && keepers >= self.keepers
+    }
+}
+
+impl Default for HeldBy {
+    fn default() -> Self {
+        HeldBy::ONE
+    }
+}
+
+/// What a flush waited for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    /// This replica's writes it sent (0: none was waiting).
+    pub writes: usize,
+    /// The replicas that acknowledged them all, by name (each once).
+    pub by: Vec<String>,
+    /// How many of them are keepers.
+    pub keepers: usize,
+}
+
+/// One replica's acknowledgement of a hold.
+#[derive(Clone, Debug)]
+pub(super) struct Ack {
+    pub(super) name: SmolStr,
+    pub(super) keeper: bool,
+    pub(super) refused: u8,
+}
+
+/// The first resend of a hold, then doubling.
+const FIRST_RESEND: Duration = Duration::from_millis(100);
+/// The longest time between two sends of a hold.
+const LAST_RESEND: Duration = Duration::from_secs(1);
+
+impl StateMap {
+    /// Waits until another replica of the map (a keeper or not) holds every
+    /// write this replica made that none acknowledged yet, up to `timeout`:
+    /// `NotHeld` if none said so in time (the writes stay here and spread
+    /// as usual; a later flush sends them again). A replica that refuses a
+    /// write fails it with its reason (`Full` when its map is full).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use aether_core::{Aether, state::StateMap};
+    ///
+    /// let aether = Aether::default();
+    /// let keeper = StateMap::open(&aether, "home").await?;
+    /// let script = StateMap::open(&aether, "home").await?;
+    /// script.set("hall.light", "on").await?;
+    /// let held = script.flush(Duration::from_secs(2)).await?;
+    /// assert_eq!(held.writes, 1);
+    /// assert_eq!(keeper.get("hall.light").as_deref(), Some(&b"on"[..]));
+    /// # Ok(()) }
+    /// ```
+    pub async fn flush(&self, timeout: Duration) -> Result<Held, StateError> {
+        self.flush_to(HeldBy::ONE, timeout).await
+    }
+
+    /// [`flush`](Self::flush), waiting for `want` acknowledgements: several
+    /// replicas, or keepers.
+    pub async fn flush_to(&self, want: HeldBy, timeout: Duration) -> Result<Held, StateError> {
+        let shared = &self.shared;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let waiting = shared.unacked_entries();
+        let mut held = Held {
+            writes: waiting.len(),
+            ..Held::default()
+        };
+        if waiting.is_empty() || want.replicas == 0 {
+            return Ok(held);
+        }
+        let mut by: HashMap<u64, Ack> = HashMap::new();
+        for chunk in chunks(waiting, shared.config.max_value_bytes) {
+            let acks = shared.hold(&chunk, want, deadline, timeout).await?;
+            if by.is_empty() {
+                by = acks;
+            } else {
+                by.retain(|node, _| acks.contains_key(node));
+            }
+            shared.acknowledged(&chunk);
+        }
+        held.keepers = by.values().filter(|a| a.keeper).count();
+        held.by = by.into_values().map(|a| a.name.to_string()).collect();
+        held.by.sort();
+        Ok(held)
+    }
+
+    /// How many writes of this replica no other replica acknowledged yet.
+    pub fn unacknowledged(&self) -> usize {
+        self.shared.lock_unacked().len()
+    }
+}
+
+/// Entries in chunks a message carries.
+fn chunks(entries: Vec<(String, Entry)>, max_value_bytes: usize) -> Vec<Vec<(String, Entry)>> {
+    let budget = max_value_bytes.max(64 * 1024) * 4;
+    let mut out = vec![Vec::new()];
+    let mut size = 0;
+    for (key, entry) in entries {
+        let cost = key.len() + entry.value.as_ref().map_or(0, |v| v.len()) + 64;
+        let last = out.last_mut().expect("one");
+        if !last.is_empty() && (size + cost > budget || last.len() >= codec::MAX_ENTRIES) {
+            out.push(Vec::new());
+            size = 0;
+        }
+        size += cost;
+        out.last_mut().expect("one").push((key, entry));
+    }
+    out
+}
+
+/// Forgets a flush's token when it ends, however it ends.
+struct Waiting<'a> {
+    shared: &'a Shared,
+    token: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.shared.lock_flushes().remove(&self.token);
+    }
+}
+
+impl Shared {
+    pub(super) fn lock_unacked(&self) -> MutexGuard<'_, HashMap<String, super::Stamp>> {
+        self.unacked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_flushes(&self) -> MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<(u64, Ack)>>> {
+        self.flushes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This replica's writes not acknowledged yet, as held now (a write a
+    /// higher stamp overwrote since is no longer this replica's to hold).
+    fn unacked_entries(&self) -> Vec<(String, Entry)> {
+        let mut unacked = self.lock_unacked();
+        let store = self.lock_store();
+        unacked.retain(|key, stamp| store.entry(key).is_some_and(|e| e.stamp == *stamp));
+        unacked
+            .keys()
+            .filter_map(|key| Some((key.clone(), store.entry(key)?.clone())))
+            .collect()
+    }
+
+    /// Forgets the writes of `chunk` as waiting (unless written again).
+    fn acknowledged(&self, chunk: &[(String, Entry)]) {
+        let mut unacked = self.lock_unacked();
+        for (key, entry) in chunk {
+            if unacked.get(key) == Some(&entry.stamp) {
+                unacked.remove(key);
+            }
+        }
+    }
+
+    /// Sends `entries` as a hold until `want` replicas acknowledged them
+    /// all, or the deadline.
+    async fn hold(
+        &self,
+        entries: &[(String, Entry)],
+        want: HeldBy,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<HashMap<u64, Ack>, StateError> {
+        let token = node_id();
+        let (tell, mut acks) = mpsc::unbounded_channel();
+        self.lock_flushes().insert(token, tell);
+        let _waiting = Waiting {
+            shared: self,
+            token,
+        };
+        let message = Message::Hold {
+            node: self.clock.node(),
+            token,
+            entries: entries.to_vec(),
+        };
+        let mut held: HashMap<u64, Ack> = HashMap::new();
+        let mut resend = FIRST_RESEND;
+        let mut next = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {
+                    if let Err(error) = self.emit(self.channels.hold.clone(), message.clone()).await {
+                        tracing::debug!(map = %self.map, %error, "could not send a hold");
+                    }
+                    next = tokio::time::Instant::now() + resend;
+                    resend = (resend * 2).min(LAST_RESEND);
+                }
+                ack = acks.recv() => {
+                    let Some((node, ack)) = ack else { continue };
+                    if ack.refused != HELD_ALL {
+                        return Err(self.refused_by(&ack, entries.len()));
+                    }
+                    held.insert(node, ack);
+                    if want.met(&held) {
+                        return Ok(held);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(self.not_held(want, &held, entries.len(), timeout));
+                }
+            }
+        }
+    }
+
+    fn refused_by(&self, ack: &Ack, writes: usize) -> StateError {
+        let who = if ack.keeper { "keeper" } else { "replica" };
+        let (kind, why) = match ack.refused {
+            HELD_NOT_LOGGED => (
+                StateErrorKind::Ledger,
+                "it could not write them to its ledger".to_string(),
+            ),
+            code => match Refusal::ALL.get(usize::from(code).wrapping_sub(1)) {
+                Some(Refusal::Full) => (
+                    StateErrorKind::Full,
+                    "its map is full (max_keys or max_map_bytes)".to_string(),
+                ),
+                Some(Refusal::Future | Refusal::TooOld) => (
+                    StateErrorKind::Stamp,
+                    "a stamp is out of its range (clocks apart by more than max_drift)".to_string(),
+                ),
+                Some(reason) => (StateErrorKind::NotHeld, reason.as_str().to_string()),
+                None => (StateErrorKind::NotHeld, format!("reason {code}")),
+            },
+        };
+        StateError::new(
+            kind,
+            format!(
+                "{who} {:?} of map {:?} refused {} of this replica's {writes} writes: {why}",
+                ack.name.as_str(),
+                self.map,
+                if writes == 1 { "one" } else { "some" },
+            ),
+        )
+    }
+
+    fn not_held(
+        &self,
+        want: HeldBy,
+        held: &HashMap<u64, Ack>,
+        writes: usize,
+        timeout: Duration,
+    ) -> StateError {
+        let keepers = held.values().filter(|a| a.keeper).count();
+        let asked = if want.keepers > 0 {
+            format!("{} keeper(s)", want.keepers)
+        } else if want.replicas == 1 {
+            "a keeper or another replica".to_string()
+        } else {
+            format!("{} other replicas", want.replicas)
+        };
+        StateError::new(
+            StateErrorKind::NotHeld,
+            format!(
+                "{asked} of map {:?} did not acknowledge this replica's {writes} write(s) within {timeout:?} \
+                 ({} replica(s), {keepers} keeper(s) did): they are kept here only, and lost when \
+                 the last replica holding them stops; run a keeper (`aether node` keeps every map, \
+                 or a gateway with [aether.state.keeper] maps)",
+                self.map,
+                held.len(),
+            ),
+        )
+    }
+
+    /// A writer's hold: merges its entries as live changes and answers
+    /// whether they are held here. Not answered when past the writer's
+    /// rate (it sends again).
+    pub(super) async fn take_hold(
+        self: &Arc<Self>,
+        source: &str,
+        node: u64,
+        token: u64,
+        entries: Vec<(String, Entry)>,
+    ) {
+        // Writes new here count against the writer's rate, as live
+        // changes do; a hold of writes held already costs nothing.
+        let fresh = {
+            let store = self.lock_store();
+            entries
+                .iter()
+                .filter(|(k, e)| store.entry(k).is_none_or(|held| held.stamp < e.stamp))
+                .count()
+        };
+        if let Some(n) = NonZeroU32::new(u32::try_from(fresh).unwrap_or(u32::MAX))
+            && !matches!(
+                self.writers.check_key_n(&SmolStr::new(source), n),
+                Ok(Ok(_))
+            )
+        {
+            self.refuse(Refusal::RateLimited);
+            return;
+        }
+        let taken = self.take_entries(source, entries, false);
+        let mut refused = taken.refused.map_or(HELD_ALL, |reason| reason as u8 + 1);
+        if taken.not_logged {
+            refused = HELD_NOT_LOGGED;
+        }
+        let answer = Message::Held {
+            node: self.clock.node(),
+            token,
+            keeper: self.keeper,
+            refused,
+        };
+        let channel = self.channels.repair_of(node);
+        match (&self.ledger, taken.logged) {
+            (Some(ledger), Some(seq)) if self.config.sync_writes && refused == HELD_ALL => {
+                // On the disk before it says so, without holding up the
+                // map's other waves.
+                let (ledger, shared) = (ledger.clone(), self.clone());
+                tokio::spawn(async move {
+                    let answer = match ledger.synced(seq).await {
+                        Ok(()) => answer,
+                        Err(_) => Message::Held {
+                            node: shared.clock.node(),
+                            token,
+                            keeper: shared.keeper,
+                            refused: HELD_NOT_LOGGED,
+                        },
+                    };
+                    let _ = shared.emit(channel, answer).await;
+                });
+            }
+            _ => {
+                if let Err(error) = self.emit(channel, answer).await {
+                    tracing::debug!(map = %self.map, %error, "could not acknowledge a hold");
+                }
+            }
+        }
+    }
+
+    /// A replica's acknowledgement of one of this replica's holds.
+    pub(super) fn take_held(&self, source: &str, node: u64, token: u64, keeper: bool, refused: u8) {
+        if let Some(tell) = self.lock_flushes().get(&token) {
+            let _ = tell.send((
+                node,
+                Ack {
+                    name: SmolStr::new(source),
+                    keeper,
+                    refused,
+                },
+            ));
+        }
+    }
+}
