@@ -5,7 +5,11 @@ mod support;
 
 use std::{collections::HashSet, time::Duration};
 
-use aether_core::{Aether, AetherConfig, Phase, Secret, Vibrator, Wave, config::HoppingConfig};
+use aether_core::{
+    Aether, AetherConfig, Phase, Secret, Vibrator, Wave,
+    config::HoppingConfig,
+    state::{HeldBy, StateConfig, StateMap},
+};
 use aether_gateway::{GatewayConfig, settings::HoppingBase};
 use support::{config, eventually, get, label_values, sample, start};
 
@@ -497,4 +501,43 @@ fn promtool_check(text: &str) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_keeper_maps_keeps_them_and_exports_its_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = AetherConfig::default();
+    settings.state.dir = Some(dir.path().into());
+    settings.state.keeper.maps = vec!["home".into(), "garage".into()];
+    settings.state.keeper.max_maps = 1;
+    let aether = Aether::new(settings).unwrap();
+    let gateway = start(&aether, config()).await;
+    // The other replicas in memory: the directory is the gateway's.
+    let open = |name: &'static str| {
+        StateMap::builder(name)
+            .config(StateConfig::default())
+            .open(&aether)
+    };
+    let script = open("home").await.unwrap();
+    script.set("hall.light", "on").await.unwrap();
+    let held = script
+        .flush_to(HeldBy::keepers(1), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(held.by, ["gateway"]);
+    script.close().await;
+    // Held on the gateway's disk: a late replica catches up from it.
+    let late = open("home").await.unwrap();
+    assert_eq!(late.get("hall.light").as_deref(), Some(&b"on"[..]));
+    // A second map the patterns name, past max_maps: counted.
+    let garage = open("garage").await.unwrap();
+    garage.set("door", "shut").await.unwrap();
+    let text = eventually("the keeper's counts exported", BOUND, || async {
+        let text = scrape(&gateway).await;
+        (sample(&text, "aether_keeper_maps") == Some(1.0)
+            && sample(&text, "aether_keeper_refused_maps_total") == Some(1.0))
+        .then_some(text)
+    })
+    .await;
+    assert_eq!(sample(&text, "aether_keeper_failed_maps_total"), Some(0.0));
 }

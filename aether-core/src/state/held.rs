@@ -102,7 +102,8 @@ impl StateMap {
     /// write this replica made that none acknowledged yet, up to `timeout`:
     /// `NotHeld` if none said so in time (the writes stay here and spread
     /// as usual; a later flush sends them again). A replica that refuses a
-    /// write fails it with its reason (`Full` when its map is full).
+    /// write fails it with its reason (`Full` when its map is full);
+    /// `Closed` on a closed map.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -127,6 +128,12 @@ impl StateMap {
     /// replicas, or keepers.
     pub async fn flush_to(&self, want: HeldBy, timeout: Duration) -> Result<Held, StateError> {
         let shared = &self.shared;
+        if shared.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(StateError::new(
+                StateErrorKind::Closed,
+                "the map was closed",
+            ));
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let waiting = shared.unacked_entries();
         let mut held = Held {
@@ -137,7 +144,9 @@ impl StateMap {
             return Ok(held);
         }
         let mut by: HashMap<u64, Ack> = HashMap::new();
-        for chunk in chunks(waiting, shared.config.max_value_bytes) {
+        // A chunk fits in one second of a receiver's rate for this writer.
+        let most = (shared.config.max_writes_per_s as usize).clamp(1, codec::MAX_ENTRIES);
+        for chunk in chunks(waiting, shared.config.max_value_bytes, most) {
             let acks = shared.hold(&chunk, want, deadline, timeout).await?;
             if by.is_empty() {
                 by = acks;
@@ -158,15 +167,19 @@ impl StateMap {
     }
 }
 
-/// Entries in chunks a message carries.
-fn chunks(entries: Vec<(String, Entry)>, max_value_bytes: usize) -> Vec<Vec<(String, Entry)>> {
+/// Entries in chunks a message carries, `most` entries each at most.
+fn chunks(
+    entries: Vec<(String, Entry)>,
+    max_value_bytes: usize,
+    most: usize,
+) -> Vec<Vec<(String, Entry)>> {
     let budget = max_value_bytes.max(64 * 1024) * 4;
     let mut out = vec![Vec::new()];
     let mut size = 0;
     for (key, entry) in entries {
         let cost = key.len() + entry.value.as_ref().map_or(0, |v| v.len()) + 64;
         let last = out.last_mut().expect("one");
-        if !last.is_empty() && (size + cost > budget || last.len() >= codec::MAX_ENTRIES) {
+        if !last.is_empty() && (size + cost > budget || last.len() >= most) {
             out.push(Vec::new());
             size = 0;
         }
@@ -241,16 +254,20 @@ impl Shared {
             entries: entries.to_vec(),
         };
         let mut held: HashMap<u64, Ack> = HashMap::new();
+        let send = || async {
+            if let Err(error) = self.emit(self.channels.hold.clone(), message.clone()).await {
+                tracing::debug!(map = %self.map, %error, "could not send a hold");
+            }
+        };
+        send().await;
         let mut resend = FIRST_RESEND;
-        let mut next = tokio::time::Instant::now();
+        let mut next = tokio::time::Instant::now() + resend;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {
-                    if let Err(error) = self.emit(self.channels.hold.clone(), message.clone()).await {
-                        tracing::debug!(map = %self.map, %error, "could not send a hold");
-                    }
-                    next = tokio::time::Instant::now() + resend;
+                    send().await;
                     resend = (resend * 2).min(LAST_RESEND);
+                    next = tokio::time::Instant::now() + resend;
                 }
                 ack = acks.recv() => {
                     let Some((node, ack)) = ack else { continue };
@@ -339,7 +356,7 @@ impl Shared {
         entries: Vec<(String, Entry)>,
     ) {
         // Writes new here count against the writer's rate, as live
-        // changes do; a hold of writes held already costs nothing.
+        // changes do; a hold of writes held already costs one.
         let fresh = {
             let store = self.lock_store();
             entries
@@ -347,12 +364,12 @@ impl Shared {
                 .filter(|(k, e)| store.entry(k).is_none_or(|held| held.stamp < e.stamp))
                 .count()
         };
-        if let Some(n) = NonZeroU32::new(u32::try_from(fresh).unwrap_or(u32::MAX))
-            && !matches!(
-                self.writers.check_key_n(&SmolStr::new(source), n),
-                Ok(Ok(_))
-            )
-        {
+        let n =
+            NonZeroU32::new(u32::try_from(fresh).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
+        if !matches!(
+            self.writers.check_key_n(&SmolStr::new(source), n),
+            Ok(Ok(_))
+        ) {
             self.refuse(Refusal::RateLimited);
             return;
         }
@@ -368,7 +385,11 @@ impl Shared {
             refused,
         };
         let channel = self.channels.repair_of(node);
-        match (&self.ledger, taken.logged) {
+        // With `sync_writes`, held means on the disk: the entries may have
+        // come earlier as live changes, so the fsync must cover every
+        // record appended so far.
+        let last = self.ledger.as_ref().and_then(|l| l.ledger().last());
+        match (&self.ledger, taken.logged.max(last)) {
             (Some(ledger), Some(seq)) if self.config.sync_writes && refused == HELD_ALL => {
                 // On the disk before it says so, without holding up the
                 // map's other waves.

@@ -37,6 +37,8 @@ pub(crate) struct Ledger {
     since_snapshot: u64,
     /// Records between snapshots (0: never).
     snapshot_every: u64,
+    /// The last record appended by this process.
+    last: Option<u64>,
 }
 
 impl Ledger {
@@ -90,6 +92,7 @@ impl Ledger {
                 journal: Some(journal),
                 since_snapshot: replayed,
                 snapshot_every,
+                last: None,
             },
             store,
             skipped,
@@ -112,6 +115,7 @@ impl Ledger {
         let journal = self.journal.as_mut().ok_or(LedgerError::Closed)?;
         let seq = journal.append(entry.stamp.physical_ns / 1_000_000, &record)?;
         journal.flush()?;
+        self.last = Some(seq);
         self.since_snapshot += 1;
         // At least as many records as the map has entries between
         // snapshots: a snapshot costs the whole map, so this keeps what is
@@ -127,6 +131,11 @@ impl Ledger {
             self.since_snapshot = 0;
         }
         Ok(seq)
+    }
+
+    /// The sequence number of the last record this process appended.
+    pub(crate) fn last(&self) -> Option<u64> {
+        self.last
     }
 
     /// Closes the journal (what it holds stays on the disk) and frees the

@@ -1539,8 +1539,15 @@ impl Shared {
         // What makes this replica send (repairs, answers, asks) or is a
         // repair itself is limited per source, so that forged messages
         // cannot make it flood the bus.
-        let chatty = !matches!(message, Message::Hello { .. })
-            && !matches!(&message, Message::Changes { repair: None, .. });
+        // (A hold is limited as the writer's changes are; an
+        // acknowledgement makes this replica send nothing.)
+        let chatty = !matches!(
+            message,
+            Message::Hello { .. }
+                | Message::Changes { repair: None, .. }
+                | Message::Hold { .. }
+                | Message::Held { .. }
+        );
         if chatty && self.chatter.check_key(&key).is_err() {
             self.refuse(Refusal::RateLimited);
             return;

@@ -612,6 +612,16 @@ pub async fn a_flush_waits_for_another_replica_and_says_when_none_holds_the_writ
             .await
             .unwrap_err();
         assert_eq!(none.kind(), StateErrorKind::NotHeld);
+        // A writer that waits after every write, faster than the 512
+        // repair messages a second taken from one source: neither its
+        // holds nor their acknowledgements are refused.
+        for n in 0..1200 {
+            a.set_json("count", &n).await.unwrap();
+            a.flush(Duration::from_secs(5)).await.unwrap();
+        }
+        for map in [&a, &b] {
+            assert_eq!(map.stats().refused(Refusal::RateLimited), 0);
+        }
     })
     .await
     .expect("bounded");
