@@ -20,7 +20,7 @@ use crate::{
     medium::{Listener, Medium, Publishing, SubscriptionId, embedded::EmbeddedMedium},
     physics::{Physics, PhysicsHub},
     reply::ReplyMux,
-    report::{MapReport, MapSource},
+    report::{InstanceReport, MapReport, MapSource},
     security::Security,
     stats::{Counters, DropReason, StatsSnapshot},
     wave::unix_nanos,
@@ -203,11 +203,101 @@ impl Aether {
             return;
         }
         let _ = self.inner.reporting.set(instance.clone());
-        runtime.spawn(crate::report::run(
-            Arc::downgrade(&self.inner),
-            instance,
-            std::time::Duration::from_millis(report.interval_ms),
-        ));
+        let interval = std::time::Duration::from_millis(report.interval_ms);
+        // Held weakly between reports, so that they do not keep it alive.
+        let inner = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            crate::report::run(&instance, interval, || {
+                let aether = Aether::upgrade(&inner).filter(|a| !a.is_closed())?;
+                let instance = instance.clone();
+                Some(async move {
+                    let report = aether.compose_report(&instance, aether.next_report_seq());
+                    aether.send_report(&instance, &report).await
+                })
+            })
+            .await;
+        });
+    }
+
+    /// What it reports now, as report number `seq` of `instance`.
+    pub(crate) fn compose_report(&self, instance: &str, seq: u64) -> InstanceReport {
+        use crate::report::{MAX_REPORTED_VIBRATORS, VibratorReport, drops};
+        let stats = self.stats();
+        let connection = self.connection();
+        let mut vibrators: Vec<VibratorReport> = self
+            .inboxes()
+            .into_iter()
+            .map(|inbox| {
+                let stats = inbox.stats().snapshot();
+                VibratorReport {
+                    name: inbox.name().to_string(),
+                    origin: format!("{:016x}", inbox.id()),
+                    published: stats.published,
+                    delivered: stats.delivered,
+                    queued: inbox.len() as u64,
+                    capacity: inbox.capacity() as u64,
+                    dropped: drops(&stats, false),
+                }
+            })
+            .collect();
+        let (queued, queue_capacity) = vibrators
+            .iter()
+            .fold((0, 0), |(q, c), v| (q + v.queued, c + v.capacity));
+        vibrators.sort_by(|a, b| {
+            (b.published + b.delivered)
+                .cmp(&(a.published + a.delivered))
+                .then_with(|| a.origin.cmp(&b.origin))
+        });
+        vibrators.truncate(MAX_REPORTED_VIBRATORS);
+        InstanceReport {
+            instance: instance.to_string(),
+            seq,
+            interval_ms: self.config().report.interval_ms,
+            medium: match connection.state {
+                crate::ConnectionState::Embedded => "embedded",
+                _ => "nats",
+            }
+            .to_string(),
+            connection: connection.state.as_str().to_string(),
+            emitted: stats.emitted,
+            delivered: stats.delivered,
+            dropped: drops(&stats, true),
+            rate_limited: stats.rate_limited,
+            malformed: connection.malformed,
+            slow_consumer_events: connection.slow_consumer_events,
+            disconnects: connection.disconnects,
+            outbox_len: connection.outbox_len as u64,
+            outbox_capacity: connection.outbox_capacity as u64,
+            durable_outbox_len: connection.durable_outbox_len as u64,
+            durable_outbox_bytes: connection.durable_outbox_bytes,
+            durable_outbox_max_bytes: connection.durable_outbox_max_bytes,
+            durable_captures: connection.durable_captures as u64,
+            queued,
+            queue_capacity,
+            vibrators,
+            maps: self.map_reports(),
+            leaving: false,
+        }
+    }
+
+    /// Emits `report` on the instance's report channel; whether it went.
+    pub(crate) async fn send_report(&self, instance: &str, report: &InstanceReport) -> bool {
+        let (Some(channel), Ok(body)) = (
+            crate::report::channel_of(instance),
+            serde_json::to_vec(report),
+        ) else {
+            return false;
+        };
+        match self
+            .emit_own(crate::Wave::new(channel, body), instance)
+            .await
+        {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::debug!(%error, "the instance report was not sent");
+                false
+            }
+        }
     }
 
     /// The aether of `inner`, if it is still alive.
@@ -421,11 +511,11 @@ impl Aether {
             && !self.is_closed()
         {
             let seq = self.next_report_seq();
-            let report = crate::report::InstanceReport {
+            let report = InstanceReport {
                 leaving: true,
-                ..crate::report::compose(self, instance, seq)
+                ..self.compose_report(instance, seq)
             };
-            if crate::report::send(self, instance, &report).await {
+            if self.send_report(instance, &report).await {
                 let _ = self.flush(timeout.saturating_sub(start.elapsed())).await;
             }
         }

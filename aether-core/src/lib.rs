@@ -117,7 +117,7 @@ pub use wave::{
 
 /// The binary envelope of a wave: the body of its message on the wire (NATS).
 ///
-/// Versioned and laid out byte by byte in ARCHITECTURE.md ("Wire format"),
+/// Versioned and laid out byte by byte in docs/guide/wire.md ("Wire format"),
 /// with test vectors in `aether-core/tests/vectors/wire/`, so a client in
 /// another language can emit and read waves. The channel is not in the
 /// envelope (it is the NATS subject), so [`decode`](wire::decode) is given it.

@@ -46,7 +46,7 @@
 //! is checked against the ACL as if its source had emitted it again.
 //! Anything else that carries the reflected flag is dropped as forged. The reflected wave is routed on that channel but keeps the
 //! channel it was emitted on; over NATS its envelope carries the reason and
-//! that channel in an optional section (`REFLECTED`, ARCHITECTURE.md "Wire
+//! that channel in an optional section (`REFLECTED`, docs/guide/wire.md "Wire
 //! format"). A reflection arrives at full strength (amplitude 1.0, no hop,
 //! no time decay), whatever weakened the original, so that neither the
 //! cause of the failure nor the source's noise floor hides it; it is never

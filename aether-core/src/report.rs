@@ -38,7 +38,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::{collections::BTreeMap, fmt, sync::Weak, time::Duration};
+use std::{collections::BTreeMap, fmt, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -290,7 +290,7 @@ pub fn is_report(channel: &Channel) -> bool {
 }
 
 /// The drops of `stats`: every reason (`all`) or those with some.
-fn drops(stats: &StatsSnapshot, all: bool) -> BTreeMap<String, u64> {
+pub(crate) fn drops(stats: &StatsSnapshot, all: bool) -> BTreeMap<String, u64> {
     stats
         .drops()
         .filter(|(_, n)| all || *n > 0)
@@ -298,97 +298,24 @@ fn drops(stats: &StatsSnapshot, all: bool) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// What the aether reports now, as report number `seq`.
-pub(crate) fn compose(aether: &crate::Aether, instance: &str, seq: u64) -> InstanceReport {
-    let stats = aether.stats();
-    let connection = aether.connection();
-    let mut vibrators: Vec<VibratorReport> = aether
-        .inboxes()
-        .into_iter()
-        .map(|inbox| {
-            let stats = inbox.stats().snapshot();
-            VibratorReport {
-                name: inbox.name().to_string(),
-                origin: format!("{:016x}", inbox.id()),
-                published: stats.published,
-                delivered: stats.delivered,
-                queued: inbox.len() as u64,
-                capacity: inbox.capacity() as u64,
-                dropped: drops(&stats, false),
-            }
-        })
-        .collect();
-    let (queued, queue_capacity) = vibrators
-        .iter()
-        .fold((0, 0), |(q, c), v| (q + v.queued, c + v.capacity));
-    vibrators.sort_by(|a, b| {
-        (b.published + b.delivered)
-            .cmp(&(a.published + a.delivered))
-            .then_with(|| a.origin.cmp(&b.origin))
-    });
-    vibrators.truncate(MAX_REPORTED_VIBRATORS);
-    InstanceReport {
-        instance: instance.to_string(),
-        seq,
-        interval_ms: aether.config().report.interval_ms,
-        medium: match connection.state {
-            crate::ConnectionState::Embedded => "embedded",
-            _ => "nats",
-        }
-        .to_string(),
-        connection: connection.state.as_str().to_string(),
-        emitted: stats.emitted,
-        delivered: stats.delivered,
-        dropped: drops(&stats, true),
-        rate_limited: stats.rate_limited,
-        malformed: connection.malformed,
-        slow_consumer_events: connection.slow_consumer_events,
-        disconnects: connection.disconnects,
-        outbox_len: connection.outbox_len as u64,
-        outbox_capacity: connection.outbox_capacity as u64,
-        durable_outbox_len: connection.durable_outbox_len as u64,
-        durable_outbox_bytes: connection.durable_outbox_bytes,
-        durable_outbox_max_bytes: connection.durable_outbox_max_bytes,
-        durable_captures: connection.durable_captures as u64,
-        queued,
-        queue_capacity,
-        vibrators,
-        maps: aether.map_reports(),
-        leaving: false,
-    }
-}
-
-/// Reports every interval until the aether is closed or dropped. Holds the
-/// aether weakly between reports, so that it does not keep it alive.
-pub(crate) async fn run(inner: Weak<crate::aether::Inner>, instance: String, interval: Duration) {
-    if channel_of(&instance).is_none() {
+/// Reports every interval: `next` composes and sends one report, or says
+/// there is nothing more to report (the aether was closed or dropped). The
+/// aether composes and sends its own reports (`Aether::send_report`); this
+/// keeps the time.
+pub(crate) async fn run<F>(instance: &str, interval: Duration, mut next: impl FnMut() -> Option<F>)
+where
+    F: std::future::Future<Output = bool>,
+{
+    if channel_of(instance).is_none() {
         return;
     }
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let Some(aether) = crate::Aether::upgrade(&inner) else {
+        let Some(sent) = next() else {
             return;
         };
-        if aether.is_closed() {
-            return;
-        }
-        let report = compose(&aether, &instance, aether.next_report_seq());
-        send(&aether, &instance, &report).await;
-    }
-}
-
-/// Emits `report` on the instance's report channel; whether it went.
-pub(crate) async fn send(aether: &crate::Aether, instance: &str, report: &InstanceReport) -> bool {
-    let (Some(channel), Ok(body)) = (channel_of(instance), serde_json::to_vec(report)) else {
-        return false;
-    };
-    match aether.emit_own(Wave::new(channel, body), instance).await {
-        Ok(()) => true,
-        Err(error) => {
-            tracing::debug!(%error, "the instance report was not sent");
-            false
-        }
+        sent.await;
     }
 }

@@ -18,7 +18,7 @@
 //! ([`Wave::set_trace_context`]) unless the wave already carries one (set by
 //! the caller, or kept by a relayed wave): then that one stays, and the
 //! producer span joins its trace. Over NATS the context travels in the
-//! envelope (ARCHITECTURE.md, "Wire format"); on the embedded medium the wave
+//! envelope (docs/guide/wire.md, "Wire format"); on the embedded medium the wave
 //! itself carries it.
 //!
 //! A receiver runs its handling inside the consumer span, so that what it

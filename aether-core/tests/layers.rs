@@ -17,7 +17,9 @@
 //! `use crate::…` and `crate::…` paths, and names the crate root re-exports
 //! (`crate::{Aether, …}`) traced to the module that defines them.
 
-use std::{collections::BTreeMap, fs, path::Path};
+use std::path::Path;
+
+use aether_testkit::sources::{cycles, read_crate, reexports, uses};
 
 const LAYERS: &[(&str, u8)] = &[
     ("channel", 0),
@@ -64,136 +66,16 @@ fn layer(path: &str) -> Option<u8> {
         .map(|(_, layer)| *layer)
 }
 
-/// The module path of a source file under `src`.
-fn module_of(src: &Path, file: &Path) -> String {
-    let relative = file.strip_prefix(src).unwrap().with_extension("");
-    let mut parts: Vec<String> = relative
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect();
-    if parts.last().is_some_and(|p| p == "mod") {
-        parts.pop();
-    }
-    parts.join("::")
-}
-
-/// The source of `text` outside `#[cfg(test)]` (at the end of a file) and
-/// comment lines.
-fn code(text: &str) -> String {
-    let text = text.split("#[cfg(test)]").next().unwrap_or_default();
-    text.lines()
-        .filter(|line| !line.trim_start().starts_with("//"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// The crate-root names and the modules they come from (`pub use x::{A}`).
-fn reexports(lib: &str) -> BTreeMap<String, String> {
-    let mut names = BTreeMap::new();
-    for statement in lib.split(';') {
-        let Some(rest) = statement.trim().strip_prefix("pub use ") else {
-            continue;
-        };
-        let Some((module, items)) = rest.split_once("::") else {
-            continue;
-        };
-        let items = items.trim_start_matches('{').trim_end_matches('}');
-        for item in items.split(',') {
-            let item = item.trim();
-            if item.starts_with(char::is_uppercase) {
-                names.insert(item.to_string(), module.to_string());
-            }
-        }
-    }
-    names
-}
-
-/// Every module path `code` uses, as far as its second token.
-fn uses(code: &str, reexports: &BTreeMap<String, String>) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut rest = code;
-    while let Some(at) = rest.find("crate::") {
-        rest = &rest[at + "crate::".len()..];
-        if let Some(group) = rest.strip_prefix('{') {
-            // `use crate::{a::b, C, d::{e, f}}`: the first two tokens of each.
-            let mut depth = 0;
-            let mut item = String::new();
-            for c in group.chars() {
-                match c {
-                    '{' => depth += 1,
-                    '}' if depth == 0 => {
-                        found.push(item.clone());
-                        break;
-                    }
-                    '}' => depth -= 1,
-                    ',' if depth == 0 => {
-                        found.push(std::mem::take(&mut item));
-                        continue;
-                    }
-                    _ => {}
-                }
-                if depth == 0 {
-                    item.push(c);
-                }
-            }
-        } else {
-            let path: String = rest
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
-                .collect();
-            found.push(path);
-        }
-    }
-    found
-        .into_iter()
-        .filter_map(|item| {
-            let item = item.trim().trim_start_matches("self::");
-            let tokens: Vec<&str> = item
-                .split("::")
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .collect();
-            let first = *tokens.first()?;
-            if first.starts_with(char::is_uppercase) {
-                return reexports.get(first).cloned();
-            }
-            match tokens.get(1) {
-                Some(second) if second.starts_with(char::is_lowercase) => {
-                    Some(format!("{first}::{second}"))
-                }
-                _ => Some(first.to_string()),
-            }
-        })
-        .collect()
-}
-
 #[test]
 fn no_module_uses_one_of_a_higher_layer() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let lib = fs::read_to_string(src.join("lib.rs")).unwrap();
-    let reexports = reexports(&code(&lib));
-    let mut files = Vec::new();
-    let mut dirs = vec![src.clone()];
-    while let Some(dir) = dirs.pop() {
-        for entry in fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                files.push(path);
-            }
-        }
-    }
     let mut violations = Vec::new();
     let mut checked = 0;
-    for file in files {
-        let module = module_of(&src, &file);
-        if module == "lib" {
-            continue;
-        }
-        let own = layer(&module).unwrap_or_else(|| panic!("{module} is in no layer: place it"));
-        for used in uses(&code(&fs::read_to_string(&file).unwrap()), &reexports) {
-            let Some(theirs) = layer(&used) else { continue };
+    for file in read_crate(&src) {
+        let module = &file.module;
+        let own = layer(module).unwrap_or_else(|| panic!("{module} is in no layer: place it"));
+        for used in &file.uses {
+            let Some(theirs) = layer(used) else { continue };
             checked += 1;
             if theirs > own {
                 violations.push(format!(
@@ -206,6 +88,36 @@ fn no_module_uses_one_of_a_higher_layer() {
     violations.sort();
     violations.dedup();
     assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+/// No two files of any crate of the workspace import each other, directly
+/// or around a circle, inside a layer or not: what both need lives in a
+/// lower module.
+#[test]
+fn no_file_imports_itself_around_a_circle_in_any_crate() {
+    let core = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let crates = [
+        core.join("src"),
+        core.join("ops/src"),
+        core.join("journal/src"),
+        core.join("testkit/src"),
+        core.join("cli/src"),
+        core.join("python/src"),
+        core.join("../aether-gateway/src"),
+        core.join("../aether-service-alpha/src"),
+        core.join("../aether-service-beta/src"),
+    ];
+    let mut found = Vec::new();
+    let mut files = 0;
+    for src in &crates {
+        let sources = read_crate(src);
+        files += sources.len();
+        for cycle in cycles(&sources) {
+            found.push(format!("{}: {}", src.display(), cycle.join(" <-> ")));
+        }
+    }
+    assert!(files > 100, "the check read the sources ({files} files)");
+    assert!(found.is_empty(), "import cycles:\n{}", found.join("\n"));
 }
 
 #[test]

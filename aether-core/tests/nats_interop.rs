@@ -1,7 +1,7 @@
 //! Clients that are not aether-core, speaking the raw NATS text protocol
 //! over a TCP socket, exchange waves with vibrators: they publish envelopes
 //! (the committed test vectors, written by an independent Python encoder)
-//! and read the envelopes vibrators emit, byte by byte as ARCHITECTURE.md
+//! and read the envelopes vibrators emit, byte by byte as docs/guide/wire.md
 //! lays them out. Garbage is refused, counted, and does not stop the stream.
 
 #![cfg(feature = "nats")]
@@ -92,7 +92,7 @@ async fn a_raw_client_emits_a_wave_that_a_vibrator_receives() {
     .expect("bounded");
 }
 
-/// A LEB128 varint at `at` (ARCHITECTURE.md, version 2), read by hand.
+/// A LEB128 varint at `at` (docs/guide/wire.md, version 2), read by hand.
 fn varint(body: &[u8], at: &mut usize) -> u64 {
     let (mut value, mut shift) = (0u64, 0);
     loop {

@@ -22,7 +22,7 @@ use std::{
 use aether_core::{
     Aether, AetherConfig, DropReason, Secret, Wave,
     config::{NatsConfig, SecurityConfig},
-    state::{NodeState, Presence, Refusal, StateConfig, StateMap},
+    state::{Keeper, NodeState, Presence, Refusal, StateConfig, StateMap},
     wire,
 };
 use aether_testkit::{NatsServer, RawNats};
@@ -251,6 +251,17 @@ async fn hostile_waves_are_refused_counted_and_change_nothing() {
         .unwrap();
         assert!(monitor.read("sensor_kitchen", "temperature").is_some());
 
+        // A keeper of every map on the bus, which garbage must not make
+        // open one.
+        let dir = tempfile::tempdir().unwrap();
+        let mut keeping = StateConfig {
+            dir: Some(dir.path().into()),
+            ..fast()
+        };
+        keeping.keeper.maps = vec!["*".into()];
+        let keeper = Keeper::start_with(&aether, "keeper", keeping)
+            .await
+            .unwrap();
         let mut raw = RawNats::connect(server.addr()).await.unwrap();
         let subject = "aether._state.sensors.c";
         // Another writes the kitchen's key, claiming the kitchen as writer.
@@ -299,6 +310,26 @@ async fn hostile_waves_are_refused_counted_and_change_nothing() {
         raw.publish("aether._state.sensors.k", None, &envelope("mallory", &hold))
             .await
             .unwrap();
+        // Garbage on the hold and presence channels of made-up maps, and a
+        // hold cut short.
+        for (n, body) in [
+            &b"not a state message"[..],
+            b"AS\x01\x06\x01\x02",
+            b"AS\x01\x09",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for kind in ["k", "p"] {
+                raw.publish(
+                    &format!("aether._state.junk{n}.{kind}"),
+                    None,
+                    &envelope("mallory", body),
+                )
+                .await
+                .unwrap();
+            }
+        }
         raw.ping().await.unwrap();
 
         for map in [sensor.map(), monitor.map()] {
@@ -317,6 +348,13 @@ async fn hostile_waves_are_refused_counted_and_change_nothing() {
             assert!(map.get("weather").is_none() && map.get("big").is_none());
         }
 
+        until("the keeper keeps the map its replicas hold", || {
+            keeper.maps() == ["sensors"]
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(keeper.maps(), ["sensors"], "garbage opened no map");
+        assert!(!dir.path().join("junk0").exists());
         // A well-formed change from a foreign client that names itself is
         // taken: the format is all a client needs.
         let honest = changes("weather", now_ns(), "mallory", b"sunny");

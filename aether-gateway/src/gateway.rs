@@ -26,8 +26,7 @@ use crate::{
     snapshot::{Published, Snapshot},
 };
 
-/// The name of the observer vibrator, the `resonator` of its edges.
-pub const OBSERVER_NAME: &str = "gateway";
+pub use crate::observer::OBSERVER_NAME;
 
 /// How often resource usage is checked against `[resources]`.
 const RESOURCE_CHECK_EVERY: Duration = Duration::from_secs(10);

@@ -29,7 +29,6 @@ use tokio::sync::watch;
 
 use crate::{
     family::{Families, HOPPING, HopAttribution, family_of},
-    gateway::OBSERVER_NAME,
     instances::Instances,
     journal::{
         EdgeCount, EdgeKey, FamilyCount, JournalLink, JournalState, MAX_SAVED_EDGES, count_edge,
@@ -38,6 +37,9 @@ use crate::{
     metrics::scrape::pattern_name,
     snapshot::{BusStats, EdgeRow, EventRow, FamilyRow, Published, Snapshot, unix_ms},
 };
+
+/// The name of the observer vibrator, the `resonator` of its edges.
+pub const OBSERVER_NAME: &str = "gateway";
 
 /// Waves taken from the queue at once before the task looks at its other
 /// work (snapshots, events, shutdown).

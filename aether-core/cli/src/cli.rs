@@ -96,7 +96,8 @@ pub struct Connection {
     /// The bus's secret file (default: the one this machine's node holds).
     #[arg(long, value_name = "FILE", global = true, env = "AETHER_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
-    /// This tool's vibrator name on the bus (the source of what it emits).
+    /// This tool's vibrator name on the bus (the source of what it emits;
+    /// for `keep`, the keeper's name, `keeper-<host name>` when not given).
     #[arg(long, value_name = "NAME", global = true, default_value = "aether-cli")]
     pub name: String,
 }
@@ -401,9 +402,6 @@ pub struct KeepArgs {
     /// Where the maps are kept, one directory each (one keeper at a time).
     #[arg(long, value_name = "DIR")]
     pub dir: PathBuf,
-    /// The keeper's name on the bus (default `keeper-<host name>`).
-    #[arg(long, value_name = "NAME")]
-    pub name: Option<String>,
     /// Most maps kept; others are refused, counted and logged (default:
     /// the settings' [aether.state.keeper] max_maps, 256).
     #[arg(long, value_name = "N")]
@@ -419,8 +417,9 @@ pub struct HeldArgs {
     pub wait: Duration,
     /// Wait for this many keepers (`aether node`, a gateway that keeps
     /// maps) instead of any one replica.
-    #[arg(long, value_name = "N", conflicts_with = "no_wait")]
-    pub keepers: Option<usize>,
+    #[arg(long, value_name = "N", conflicts_with = "no_wait",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub keepers: Option<u16>,
     /// Return once the write is sent, held by nobody else perhaps (it is
     /// lost if no other replica or keeper is running).
     #[arg(long, conflicts_with = "wait")]

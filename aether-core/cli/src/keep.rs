@@ -7,6 +7,7 @@ use crate::{
     Failure,
     cli::{Connection, KeepArgs},
     connect::connect,
+    show,
 };
 
 pub async fn run(connection: &Connection, args: KeepArgs) -> Result<(), Failure> {
@@ -23,7 +24,9 @@ pub async fn run(connection: &Connection, args: KeepArgs) -> Result<(), Failure>
     config
         .validate()
         .map_err(|e| Failure::usage(format!("settings: {e}")))?;
-    let name = args.name.clone().unwrap_or_else(|| {
+    // The global --name, unless left at the command line's own default.
+    let given = (connection.name != "aether-cli").then(|| connection.name.clone());
+    let name = given.unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         let host = host.trim();
         let host: String = host
@@ -43,6 +46,7 @@ pub async fn run(connection: &Connection, args: KeepArgs) -> Result<(), Failure>
             format!("keeper-{host}")
         }
     });
+    let max_maps = config.keeper.max_maps;
     let keeper = Keeper::start_with(&aether, name.as_str(), config)
         .await
         .map_err(|e| Failure::usage(format!("cannot keep maps: {e}")))?;
@@ -52,9 +56,42 @@ pub async fn run(connection: &Connection, args: KeepArgs) -> Result<(), Failure>
         args.dir.display(),
         keeper.maps().len()
     );
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+    // What it keeps, refuses and cannot open, said as it happens.
+    let mut kept: std::collections::BTreeSet<String> = keeper.maps().into_iter().collect();
+    let mut said = keeper.stats();
+    let mut look = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+            _ = look.tick() => {
+                for map in keeper.maps() {
+                    if kept.insert(map.clone()) {
+                        eprintln!("keeper {name}: keeping map {} ({} maps)", show::safe(&map), kept.len());
+                    }
+                }
+                let now = keeper.stats();
+                if now.refused_maps > said.refused_maps {
+                    eprintln!(
+                        "keeper {name}: {} more map(s) not kept: it keeps max_maps = {} maps \
+                         already ({} refused in all; --max-maps raises it)",
+                        now.refused_maps - said.refused_maps,
+                        max_maps,
+                        now.refused_maps
+                    );
+                }
+                if now.failed_maps > said.failed_maps {
+                    eprintln!(
+                        "keeper {name}: {} map(s) could not be opened in {} ({} in all): \
+                         another program may keep that directory, or its disk is full",
+                        now.failed_maps - said.failed_maps,
+                        args.dir.display(),
+                        now.failed_maps
+                    );
+                }
+                said = now;
+            }
+        }
     }
     let stats = keeper.stats();
     keeper.close().await;

@@ -57,7 +57,9 @@ async fn wait_held(map: &StateMap, held: HeldArgs) -> Result<String, Failure> {
     if held.no_wait {
         return Ok(", held here only".to_string());
     }
-    let want = held.keepers.map_or(HeldBy::ONE, HeldBy::keepers);
+    let want = held
+        .keepers
+        .map_or(HeldBy::ONE, |n| HeldBy::keepers(usize::from(n)));
     let by = map.flush_to(want, held.wait).await.map_err(|e| {
         if e.kind() == StateErrorKind::NotHeld {
             Failure::runtime(format!(

@@ -708,6 +708,13 @@ async fn a_lone_state_set_fails_and_a_keeper_holds_what_one_shot_commands_write(
     let (status, _, stderr) = run(aether(&url, &["state", "get", "home", "living.temp"])).await;
     assert_eq!(status, 1, "deleted: {stderr}");
     assert!(stderr.contains("is not set"), "{stderr}");
+    // Zero keepers is no wait: refused, as bad usage.
+    let (status, _, stderr) = run(aether(
+        &url,
+        &["state", "set", "home", "k", "1", "--keepers", "0"],
+    ))
+    .await;
+    assert_eq!(status, 2, "{stderr}");
     // Waiting for two keepers with one running fails.
     let (status, _, stderr) = run(aether(
         &url,

@@ -186,11 +186,19 @@ impl Map {
         &self,
         py: Python<'py>,
         timeout: f64,
-        replicas: usize,
-        keepers: usize,
+        replicas: i64,
+        keepers: i64,
         async_: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let timeout = seconds("timeout", timeout)?;
+        let (Ok(replicas @ 1..), Ok(keepers)) =
+            (usize::try_from(replicas), usize::try_from(keepers))
+        else {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "flush waits for replicas=1 or more, keepers=0 or more: replicas={replicas}, \
+                 keepers={keepers}"
+            )));
+        };
         let want = state::HeldBy {
             replicas: replicas.max(keepers),
             keepers,

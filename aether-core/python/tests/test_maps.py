@@ -228,6 +228,12 @@ def test_flush_waits_for_another_replica_and_raises_not_held_alone(bus: aether.B
         home.flush(timeout=0.3, keepers=1)
     with pytest.raises(ValueError):
         home.flush(timeout=-1)
+    for bad in ({"replicas": 0}, {"replicas": -1}, {"keepers": -1}):
+        with pytest.raises(ValueError):
+            home.flush(timeout=0.1, **bad)
+    # Held by "pc", no keeper: a flush that asks for one sends it again.
+    with pytest.raises(aether.NotHeld, match="1 replica"):
+        home.flush(timeout=0.3, keepers=1)
 
 
 def test_a_map_opened_acked_waits_on_every_write(bus: aether.Bus) -> None:

@@ -7,7 +7,7 @@
 //! (`medium/durable.rs`), and the next process delivers them.
 //!
 //! The file, `durable-outbox.log`, is an 8-byte header then records back
-//! to back (ARCHITECTURE.md gives it byte by byte):
+//! to back (docs/guide/wire.md gives it byte by byte):
 //!
 //! | offset | size | field |
 //! | --- | --- | --- |

@@ -1,7 +1,7 @@
 //! The payloads of the state channels (`_state.<map>.*`), byte by byte.
 //!
 //! Every message starts `magic "AS" | version 1 | kind u8`; integers are
-//! little-endian. ARCHITECTURE.md gives the layout. Decoding never panics
+//! little-endian. docs/guide/wire.md gives the layout. Decoding never panics
 //! and refuses, whole, anything cut short, too long, over a limit or with
 //! bytes left over.
 

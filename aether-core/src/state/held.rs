@@ -84,6 +84,15 @@ pub struct Held {
     pub keepers: usize,
 }
 
+/// A write of this replica and the most replicas (and keepers) that
+/// acknowledged it so far.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Acked {
+    pub(super) stamp: super::Stamp,
+    pub(super) replicas: usize,
+    pub(super) keepers: usize,
+}
+
 /// One replica's acknowledgement of a hold.
 #[derive(Clone, Debug)]
 pub(super) struct Ack {
@@ -125,7 +134,10 @@ impl StateMap {
     }
 
     /// [`flush`](Self::flush), waiting for `want` acknowledgements: several
-    /// replicas, or keepers.
+    /// replicas, or keepers. A write is sent again until as many replicas
+    /// and keepers as asked acknowledged it, whatever an earlier flush
+    /// waited for. `Config` if `want` asks for no replica, or for more
+    /// keepers than replicas.
     pub async fn flush_to(&self, want: HeldBy, timeout: Duration) -> Result<Held, StateError> {
         let shared = &self.shared;
         if shared.stopped.load(std::sync::atomic::Ordering::Acquire) {
@@ -134,13 +146,23 @@ impl StateMap {
                 "the map was closed",
             ));
         }
+        if want.replicas == 0 || want.keepers > want.replicas {
+            return Err(StateError::new(
+                StateErrorKind::Config,
+                format!(
+                    "a flush waits for at least one replica, keepers among them: {} replicas \
+                     of which {} keepers",
+                    want.replicas, want.keepers
+                ),
+            ));
+        }
         let deadline = tokio::time::Instant::now() + timeout;
-        let waiting = shared.unacked_entries();
+        let waiting = shared.unacked_entries(want);
         let mut held = Held {
             writes: waiting.len(),
             ..Held::default()
         };
-        if waiting.is_empty() || want.replicas == 0 {
+        if waiting.is_empty() {
             return Ok(held);
         }
         let mut by: HashMap<u64, Ack> = HashMap::new();
@@ -148,12 +170,13 @@ impl StateMap {
         let most = (shared.config.max_writes_per_s as usize).clamp(1, codec::MAX_ENTRIES);
         for chunk in chunks(waiting, shared.config.max_value_bytes, most) {
             let acks = shared.hold(&chunk, want, deadline, timeout).await?;
+            let keepers = acks.values().filter(|a| a.keeper).count();
+            shared.acknowledged(&chunk, acks.len(), keepers);
             if by.is_empty() {
                 by = acks;
             } else {
                 by.retain(|node, _| acks.contains_key(node));
             }
-            shared.acknowledged(&chunk);
         }
         held.keepers = by.values().filter(|a| a.keeper).count();
         held.by = by.into_values().map(|a| a.name.to_string()).collect();
@@ -163,7 +186,12 @@ impl StateMap {
 
     /// How many writes of this replica no other replica acknowledged yet.
     pub fn unacknowledged(&self) -> usize {
-        self.shared.lock_unacked().len()
+        let _ = self.shared.unacked_entries(HeldBy::ONE);
+        self.shared
+            .lock_unacked()
+            .values()
+            .filter(|a| a.replicas == 0)
+            .count()
     }
 }
 
@@ -202,7 +230,7 @@ impl Drop for Waiting<'_> {
 }
 
 impl Shared {
-    pub(super) fn lock_unacked(&self) -> MutexGuard<'_, HashMap<String, super::Stamp>> {
+    pub(super) fn lock_unacked(&self) -> MutexGuard<'_, HashMap<String, Acked>> {
         self.unacked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -210,24 +238,32 @@ impl Shared {
         self.flushes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// This replica's writes not acknowledged yet, as held now (a write a
-    /// higher stamp overwrote since is no longer this replica's to hold).
-    fn unacked_entries(&self) -> Vec<(String, Entry)> {
+    /// This replica's writes not yet acknowledged as `want` asks, as held
+    /// now (a write a higher stamp overwrote since is no longer this
+    /// replica's to hold, and is forgotten).
+    pub(super) fn unacked_entries(&self, want: HeldBy) -> Vec<(String, Entry)> {
         let mut unacked = self.lock_unacked();
         let store = self.lock_store();
-        unacked.retain(|key, stamp| store.entry(key).is_some_and(|e| e.stamp == *stamp));
+        unacked.retain(|key, acked| store.entry(key).is_some_and(|e| e.stamp == acked.stamp));
         unacked
-            .keys()
-            .filter_map(|key| Some((key.clone(), store.entry(key)?.clone())))
+            .iter()
+            .filter(|(_, acked)| {
+                !(acked.replicas >= want.replicas && acked.keepers >= want.keepers)
+            })
+            .filter_map(|(key, _)| Some((key.clone(), store.entry(key)?.clone())))
             .collect()
     }
 
-    /// Forgets the writes of `chunk` as waiting (unless written again).
-    fn acknowledged(&self, chunk: &[(String, Entry)]) {
+    /// Notes that `replicas` replicas, `keepers` of them keepers, hold the
+    /// writes of `chunk` (unless written again since).
+    fn acknowledged(&self, chunk: &[(String, Entry)], replicas: usize, keepers: usize) {
         let mut unacked = self.lock_unacked();
         for (key, entry) in chunk {
-            if unacked.get(key) == Some(&entry.stamp) {
-                unacked.remove(key);
+            if let Some(acked) = unacked.get_mut(key)
+                && acked.stamp == entry.stamp
+            {
+                acked.replicas = acked.replicas.max(replicas);
+                acked.keepers = acked.keepers.max(keepers);
             }
         }
     }
@@ -298,9 +334,13 @@ impl Shared {
                     StateErrorKind::Full,
                     "its map is full (max_keys or max_map_bytes)".to_string(),
                 ),
-                Some(Refusal::Future | Refusal::TooOld) => (
+                Some(Refusal::Future) => (
                     StateErrorKind::Stamp,
-                    "a stamp is out of its range (clocks apart by more than max_drift)".to_string(),
+                    "a stamp is ahead of its clock by more than max_drift".to_string(),
+                ),
+                Some(Refusal::TooOld) => (
+                    StateErrorKind::Stamp,
+                    "a stamp is older than its tombstone horizon".to_string(),
                 ),
                 Some(reason) => (StateErrorKind::NotHeld, reason.as_str().to_string()),
                 None => (StateErrorKind::NotHeld, format!("reason {code}")),
@@ -332,15 +372,24 @@ impl Shared {
         } else {
             format!("{} other replicas", want.replicas)
         };
+        let fewer = if held.is_empty() {
+            "none did: they are held by this replica only, and lost if it stops before another \
+             replica takes them"
+                .to_string()
+        } else {
+            format!(
+                "{} replica(s), {keepers} keeper(s) of them, did: fewer than asked",
+                held.len()
+            )
+        };
         StateError::new(
             StateErrorKind::NotHeld,
             format!(
-                "{asked} of map {:?} did not acknowledge this replica's {writes} write(s) within {timeout:?} \
-                 ({} replica(s), {keepers} keeper(s) did): they are kept here only, and lost when \
-                 the last replica holding them stops; run a keeper (`aether node` keeps every map, \
-                 or a gateway with [aether.state.keeper] maps)",
+                "{asked} of map {:?} did not acknowledge this replica's {writes} write(s) within \
+                 {timeout:?}; {fewer}. Run a keeper: `aether keep --dir DIR`, `aether node` \
+                 (it keeps every map), or a gateway with [aether.state.keeper] maps; a keeper \
+                 that keeps max_maps maps already keeps no new one",
                 self.map,
-                held.len(),
             ),
         )
     }

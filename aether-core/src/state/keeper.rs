@@ -20,7 +20,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{StateConfig, StateError, StateErrorKind, StateMap};
+use super::{
+    StateConfig, StateError, StateErrorKind, StateMap,
+    codec::{Limits, Message},
+};
 use crate::{Aether, Vibrator, names::is_name};
 
 /// What a keeper did, counted since it started.
@@ -76,6 +79,8 @@ struct Inner {
     failed_maps: AtomicU64,
     /// When a refusal was last logged.
     warned: Mutex<Option<Instant>>,
+    /// Held while it runs: the directory is this keeper's.
+    _lock: std::fs::File,
 }
 
 /// How many refused map names a keeper remembers (each is counted once).
@@ -123,6 +128,24 @@ impl Keeper {
                 format!("cannot make the keeper's directory {}: {e}", dir.display()),
             )
         })?;
+        // One keeper a directory: a second would find every map's ledger
+        // taken and keep nothing.
+        let lock_path = dir.join("keeper.lock");
+        let lock = std::fs::File::create(&lock_path).map_err(|e| {
+            StateError::new(
+                StateErrorKind::Ledger,
+                format!("cannot write {}: {e}", lock_path.display()),
+            )
+        })?;
+        if lock.try_lock().is_err() {
+            return Err(StateError::new(
+                StateErrorKind::Ledger,
+                format!(
+                    "another keeper keeps {}: give each keeper a directory of its own",
+                    dir.display()
+                ),
+            ));
+        }
         let mut vibrator = Vibrator::builder(format!("{name}-keeper"))
             .skip_own_waves(true)
             .queue_capacity(16_384)
@@ -146,6 +169,7 @@ impl Keeper {
             refused_maps: AtomicU64::new(0),
             failed_maps: AtomicU64::new(0),
             warned: Mutex::new(None),
+            _lock: lock,
         });
         // What it kept before: open again before anything else, so a
         // replica that asks finds it.
@@ -289,13 +313,29 @@ impl Inner {
     }
 }
 
-/// Opens a replica of each map named that it hears of.
+/// Opens a replica of each map named that it hears of: a replica's hello
+/// or a writer's hold, well formed (anything else on those channels opens
+/// nothing).
 async fn listen(inner: Arc<Inner>, mut vibrator: Vibrator) {
+    let limits = Limits {
+        max_key_bytes: inner.config.max_key_bytes,
+        max_value_bytes: inner.config.max_value_bytes,
+    };
     while let Some(wave) = vibrator.receive().await {
-        let Some(map) = wave.channel().as_str().split('.').nth(1) else {
+        let mut tokens = wave.channel().as_str().split('.');
+        let (Some("_state"), Some(map), Some(kind), None) =
+            (tokens.next(), tokens.next(), tokens.next(), tokens.next())
+        else {
             continue;
         };
-        if !is_name(map) || !inner.claim(map) {
+        if !is_name(map) || !inner.config.keeper.keeps(map) {
+            continue;
+        }
+        let heard = matches!(
+            (kind, Message::decode(wave.payload_bytes().clone(), &limits)),
+            ("p", Ok(Message::Hello { leaving: false, .. })) | ("k", Ok(Message::Hold { .. }))
+        );
+        if !heard || !inner.claim(map) {
             continue;
         }
         let (inner, map) = (inner.clone(), map.to_string());

@@ -59,7 +59,21 @@ impl Ledger {
             segment_bytes: 8 * 1024 * 1024,
             ..Default::default()
         };
-        let (journal, _recovery) = Journal::open(dir, options)?;
+        let (journal, recovery) = Journal::open(dir, options)?;
+        if recovery.repaired() {
+            // A torn tail (a kill mid-write) or a damaged record: what
+            // follows the first damage is gone from this ledger; the
+            // replica takes it again from its peers, if they hold it.
+            tracing::warn!(
+                dir = %dir.display(),
+                damage = ?recovery.damage,
+                removed_bytes = recovery.truncated_bytes,
+                removed_segments = recovery.removed_segments,
+                kept_records = recovery.records,
+                "a map's ledger was damaged: it was cut at the first damaged record, and the \
+                 records after it were removed"
+            );
+        }
         let mut store = Store::default();
         let mut skipped = 0;
         let mut from = 0;

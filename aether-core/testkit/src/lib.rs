@@ -21,6 +21,7 @@ mod pki;
 mod proxy;
 mod raw;
 mod server;
+pub mod sources;
 
 pub use cluster::{NatsCluster, NatsClusterBuilder};
 pub use error::Error;

@@ -605,6 +605,22 @@ pub async fn a_flush_waits_for_another_replica_and_says_when_none_holds_the_writ
             .await
             .unwrap();
         assert_eq!(held.by, ["b", "c"]);
+        // Held by two replicas, none a keeper: a flush that asks for a
+        // keeper sends the write again, and fails.
+        let none = a
+            .flush_to(HeldBy::keepers(1), Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert_eq!(none.kind(), StateErrorKind::NotHeld, "{none}");
+        assert!(
+            none.to_string().contains("2 replica(s), 0 keeper(s)"),
+            "{none}"
+        );
+        let nobody = a
+            .flush_to(HeldBy::replicas(0), Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert_eq!(nobody.kind(), StateErrorKind::Config);
         // No keeper among them.
         a.set("hall.light", "on").await.unwrap();
         let none = a
@@ -632,6 +648,19 @@ pub async fn a_keeper_holds_a_map_its_writers_left_and_again_after_its_restart(m
         let dir = tempfile::tempdir().unwrap();
         let aether = m.aether().await;
         let kept = keeper(&aether, dir.path(), |_| {}).await;
+        // One keeper a directory.
+        let mut again = StateConfig {
+            dir: Some(dir.path().into()),
+            ..fast()
+        };
+        again.keeper.maps = vec!["*".into()];
+        let second = Keeper::start_with(&aether, "second", again)
+            .await
+            .unwrap_err();
+        assert!(
+            second.to_string().contains("another keeper keeps"),
+            "{second}"
+        );
         // A one-shot writer: writes, waits for the keeper, goes.
         for n in 0..3 {
             let writer = open(&m.aether().await, &format!("script-{n}")).await;

@@ -65,7 +65,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{Semaphore, broadcast, oneshot};
 
 use self::protocol::{EntryOut, Inbound, Outbound, parse_replica, parse_stamp, stamp_text};
-use crate::{http::AppState, settings::BridgeConfig};
+use crate::settings::BridgeConfig;
 
 /// Close codes (RFC 6455 and IANA's registry).
 mod close {
@@ -479,12 +479,12 @@ impl Drop for Slot {
 
 /// `GET /bridge/{map}`: the WebSocket upgrade.
 pub(crate) async fn upgrade(
-    State(state): State<AppState>,
+    State(bridge): State<Option<Arc<Bridge>>>,
     Path(map): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let Some(bridge) = state.bridge.clone() else {
+    let Some(bridge) = bridge else {
         return (StatusCode::NOT_FOUND, "no map is bridged here\n").into_response();
     };
     let Some(hub) = bridge.hubs.get(&map).cloned() else {

@@ -106,6 +106,13 @@ pub(crate) struct AppState {
     pub(crate) allowed_hosts: AllowedHosts,
 }
 
+/// The bridge's handler takes the bridge alone.
+impl axum::extract::FromRef<AppState> for Option<Arc<crate::bridge::Bridge>> {
+    fn from_ref(state: &AppState) -> Self {
+        state.bridge.clone()
+    }
+}
+
 /// The places of open `/events` streams: `max_event_streams` in all,
 /// fewer than the connections, so that streams, which live long, cannot
 /// take every connection and starve `/metrics` and `/health`; and

@@ -2,7 +2,7 @@
 """Writes the wave envelope test vectors (NAME.bin) from vectors.json.
 
 An encoder of the Aether wave envelope, versions 1 and 2, and of batch
-frames, written from the tables in ARCHITECTURE.md ("Wire format",
+frames, written from the tables in docs/guide/wire.md ("Wire format",
 "Version 2: the compact envelope", "Batch frames") and independent of the
 Rust code: it shows that a client in another language can produce
 envelopes. Python 3, standard library only.
@@ -407,7 +407,7 @@ def v2_header(body):
 def first_error(body, max_body_bytes=DEFAULT_MAX_BODY_BYTES):
     """The kind of the first error a decoder reports for `body`, or None.
 
-    The order of ARCHITECTURE.md ("Checks, in order"): size, magic, version,
+    The order of docs/guide/wire.md ("Checks, in order"): size, magic, version,
     then the version's header (v1: flags, then the 63-byte header; v2: the
     flags, then each field of the compact header), then every length and
     section front to back (a length is compared with its limit before the

@@ -50,12 +50,14 @@ use tokio::{
     task::AbortHandle,
 };
 
-use super::{LastChannel, Shared, captures, take};
+mod capture_checks;
+
+use super::{LastChannel, Shared, take};
 use crate::{
     Channel, ConnectError, ConnectErrorKind, DropReason, EmitError, EmitErrorKind, ResonateError,
     ResonateErrorKind, Wave, WaveId, channel,
     config::{DurabilityConfig, DurableStorage},
-    connection::{ConnectionEvent, ConnectionState},
+    connection::ConnectionState,
     inbox::Inbox,
     medium::{
         SubscriptionId,
@@ -248,7 +250,10 @@ impl Durable {
             durable.refuse_a_second_capture().await?;
         }
         let task = tokio::spawn(flush(durable.clone(), shared.clone()));
-        let watcher = tokio::spawn(watch_captures(Arc::downgrade(&durable), shared.clone()));
+        let watcher = tokio::spawn(capture_checks::watch_captures(
+            Arc::downgrade(&durable),
+            shared.clone(),
+        ));
         durable
             .lock_tasks()
             .extend([task.abort_handle(), watcher.abort_handle()]);
@@ -599,116 +604,6 @@ impl Durable {
         Stored { count, error }
     }
 
-    /// Warns (at most every [`WRONG_DOMAIN_WARN_EVERY`] acknowledgements)
-    /// when a wave was acknowledged by a stream of another domain than
-    /// `durability.domain`: a stream made there since the start captures
-    /// the durable channels too.
-    fn check_ack_domain(&self, ack: &jetstream::publish::PublishAck) {
-        let Some(domain) = &self.config.domain else {
-            return;
-        };
-        let from = ack.domain.as_str();
-        if from == domain {
-            return;
-        }
-        let n = self.wrong_domain.fetch_add(1, Ordering::Relaxed);
-        if n.is_multiple_of(WRONG_DOMAIN_WARN_EVERY) {
-            tracing::error!(
-                stream = %ack.stream,
-                acknowledged_by = from,
-                expected = %domain,
-                waves = n + 1,
-                "a durable wave was acknowledged by a stream of another JetStream domain than \
-                 durability.domain: a stream there captures these channels too, and every \
-                 wave is stored twice; remove it"
-            );
-        }
-    }
-
-    /// With a `domain`, refuses to start when the JetStream of the server
-    /// this program connects to (a leaf's own, of another domain) holds a
-    /// stream whose subjects overlap the durable channels: it would store
-    /// and acknowledge the waves it captures, which then never reach the
-    /// domain's stream while the link to it is cut. Streams elsewhere (the
-    /// JetStream of another leaf) are the capture watcher's to report
-    /// ([`watch_captures`]): they stop no one here.
-    async fn refuse_a_second_capture(&self) -> Result<(), ConnectError> {
-        let Some(domain) = &self.config.domain else {
-            return Ok(());
-        };
-        let local = jetstream::ContextBuilder::new()
-            .timeout(ATTEMPT)
-            .build(self.client.clone());
-        // No JetStream here (a leaf without one), or the domain's own. Read
-        // as JSON: nats-server 2.9's answer is not read whole by the
-        // client's account type.
-        let info = tokio::time::timeout(
-            ATTEMPT,
-            self.client.request("$JS.API.INFO", bytes::Bytes::new()),
-        )
-        .await;
-        let Ok(Ok(info)) = info else {
-            return Ok(());
-        };
-        let Ok(info) = serde_json::from_slice::<serde_json::Value>(&info.payload) else {
-            return Ok(());
-        };
-        if info.get("error").is_some() {
-            return Ok(());
-        }
-        let own = info
-            .get("domain")
-            .and_then(|d| d.as_str())
-            .map(str::to_string);
-        if own.as_deref() == Some(domain.as_str()) {
-            return Ok(());
-        }
-        // By name, then each one's subjects: what nats-server 2.9 answers
-        // to a whole listing is not read whole by the client.
-        let mut names = local.stream_names();
-        while let Some(name) = names.next().await {
-            let name = match name {
-                Ok(name) => name,
-                Err(error) => {
-                    tracing::warn!(%error, "could not list the streams of this server's own JetStream");
-                    break;
-                }
-            };
-            let Ok(stream) = local.get_stream(&name).await else {
-                continue;
-            };
-            let stream = stream.cached_info();
-            let overlap = stream.config.subjects.iter().find_map(|theirs| {
-                self.subjects
-                    .iter()
-                    .find(|ours| captures::collide(theirs, ours))
-                    .map(|ours| (theirs, ours))
-            });
-            if let Some((theirs, ours)) = overlap {
-                return Err(ConnectError::new(
-                    ConnectErrorKind::Config,
-                    format!(
-                        "the stream {:?} of this server's own JetStream (domain {}) also \
-                         captures {theirs}, which overlaps the durable channels ({ours}): \
-                         durable waves would be stored there as well as in domain {domain:?} \
-                         (durability.domain), and stranded there while the link to it is cut; \
-                         remove that stream, or run this server without JetStream",
-                        stream.config.name,
-                        own.as_deref().unwrap_or("none"),
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Streams now answering for the durable channel that most answer for
-    /// (`ConnectionStatus::durable_captures`): 1 when all is well, more when
-    /// streams in two JetStream domains capture the same channels.
-    pub(super) fn captures(&self) -> usize {
-        self.captures.load(Ordering::Relaxed)
-    }
-
     /// Emits a wave on a durable channel: stored in JetStream, or kept in
     /// the durable outbox (on disk, synced, when it has a directory) until
     /// it can be. Returns once one of the two holds it.
@@ -998,72 +893,6 @@ async fn flush(durable: Arc<Durable>, shared: Arc<Shared>) {
             delay = (delay * 2).min(MAX_RETRY);
         } else {
             delay = MIN_RETRY;
-        }
-    }
-}
-
-/// Asks which streams capture the durable channels after each connect and
-/// every [`PROBE_EVERY`] (a leaf's link may come back without this
-/// program's connection noticing), keeping the answer for the status and
-/// saying so when more than one does, and when that ends.
-async fn watch_captures(durable: std::sync::Weak<Durable>, shared: Arc<Shared>) {
-    let mut events = shared.events.subscribe();
-    let mut doubled_before = false;
-    loop {
-        let Some(durable) = durable.upgrade() else {
-            return;
-        };
-        if shared.counters.state() == ConnectionState::Connected {
-            match captures::probe(&durable.client, &durable.subjects, PROBE_WAIT).await {
-                Ok(found) => {
-                    // The most since the start: a cut link hides the
-                    // second stream without mending anything.
-                    durable
-                        .captures
-                        .fetch_max(captures::most(&found), Ordering::Relaxed);
-                    match captures::doubled(&found) {
-                        Some((subject, streams)) if !doubled_before => {
-                            doubled_before = true;
-                            tracing::error!(
-                                subject = %subject,
-                                streams = ?streams,
-                                "more than one JetStream stream captures the durable channels: \
-                                 streams of two JetStream domains (a leaf node's own and its \
-                                 hub's, or another leaf's) each store every wave and the nearer acknowledges it, so \
-                                 while the link between them is cut waves are stored on one side \
-                                 only and its consumers never see them; keep one: remove the \
-                                 leaf's stream and set durability.domain to the hub's domain \
-                                 (docs/guide/edge.md)"
-                            );
-                        }
-                        None if doubled_before => {
-                            doubled_before = false;
-                            tracing::info!(
-                                "one JetStream stream answers for the durable channels again \
-                                 (or a link to the other is cut); durable_captures keeps the \
-                                 most seen until this program starts again"
-                            );
-                        }
-                        _ => {}
-                    }
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "could not ask which streams capture the durable channels");
-                }
-            }
-        }
-        drop(durable);
-        let next = tokio::time::sleep(PROBE_EVERY);
-        tokio::pin!(next);
-        loop {
-            tokio::select! {
-                event = events.recv() => match event {
-                    Ok(ConnectionEvent::Connected) => break,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                    _ => {}
-                },
-                () = &mut next => break,
-            }
         }
     }
 }
