@@ -176,21 +176,25 @@ pub(crate) fn channel_of(source: Option<&str>, origin: u64) -> Option<Channel> {
     channel.validate_concrete().is_ok().then_some(channel)
 }
 
-/// Whether `wave`, just decoded (its channel the one it travelled on), came
-/// the way it may: a reflection only on the reflection channel of the
+/// Whether a wave just decoded on `channel` (the one it travelled on),
+/// from `source` and `origin`, came the way it may: a reflection (of a
+/// wave emitted on `reflects`) only on the reflection channel of the
 /// source and origin it names, and reflecting a wave of an application
-/// channel; and nothing else on a reflection channel.
-/// Anything else is a forgery.
-pub(crate) fn arrived_rightly(wave: &crate::Wave) -> bool {
-    let channel = wave.channel();
-    if wave.is_reflected() {
+/// channel; and nothing else on a reflection channel. Anything else is a
+/// forgery. (`Wave::arrived_rightly` asks it of a wave.)
+pub(crate) fn arrived_rightly(
+    channel: &Channel,
+    reflects: Option<&Channel>,
+    source: Option<&str>,
+    origin: u64,
+) -> bool {
+    match reflects {
         // What it reflects was emitted by an application: on an
         // application channel, never on one of the bus's own.
-        let emitted_on = wave.reflected_channel();
-        channel_of(wave.source(), wave.origin()).is_some_and(|own| own == *channel)
-            && emitted_on.is_some_and(|c| !c.is_system())
-    } else {
-        !is_reflection_channel(channel)
+        Some(emitted_on) => {
+            channel_of(source, origin).is_some_and(|own| own == *channel) && !emitted_on.is_system()
+        }
+        None => !is_reflection_channel(channel),
     }
 }
 

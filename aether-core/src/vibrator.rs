@@ -69,7 +69,7 @@ pub struct Vibrator {
     batch: VecDeque<Wave>,
     subscriptions: Vec<(Channel, Option<Arc<str>>, SubscriptionId)>,
     /// Its frequency hopping (`crate::hopping`); stops with the vibrator.
-    hopping: crate::hopping::Hopping,
+    hopping: crate::hopping::resonances::Hopping,
     /// Whether the aether has durable channels: each wave handed out is
     /// then reported ([`Aether::hand_out`]), which acknowledges a durable
     /// one.
@@ -621,11 +621,11 @@ impl Vibrator {
         &self.inbox
     }
 
-    pub(crate) fn hopping(&self) -> &crate::hopping::Hopping {
+    pub(crate) fn hopping(&self) -> &crate::hopping::resonances::Hopping {
         &self.hopping
     }
 
-    pub(crate) fn hopping_mut(&mut self) -> &mut crate::hopping::Hopping {
+    pub(crate) fn hopping_mut(&mut self) -> &mut crate::hopping::resonances::Hopping {
         &mut self.hopping
     }
 

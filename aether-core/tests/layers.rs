@@ -13,6 +13,10 @@
 //! | 6 | `vibrator`, `hopping` (its other parts), `reliable`, `lan` (finding a bus's node) |
 //! | 7 | `state` (replicated maps, built on vibrators) |
 //!
+//! And in every crate of the workspace, no file imports another that
+//! imports it back, directly or around a circle, inside a layer or not
+//! (`aether_testkit::sources::cycles`).
+//!
 //! What a module uses is read from its source outside tests and comments:
 //! `use crate::…` and `crate::…` paths, and names the crate root re-exports
 //! (`crate::{Aether, …}`) traced to the module that defines them.

@@ -45,11 +45,39 @@ use std::{
 use serde::de::DeserializeOwned;
 use tokio::sync::watch as channel;
 
+use aether_core::AetherConfig;
+
 use crate::{
     logging::LogHandle,
-    service::ProgramSettings,
-    settings::{SettingsError, SettingsSource, Validate},
+    settings::{LogSettings, SettingsError, SettingsSource, TelemetrySettings, Validate},
 };
+
+/// The settings of a service program: what [`Service::start`](crate::service::Service::start)
+/// and its reloads need of them.
+pub trait ProgramSettings: serde::de::DeserializeOwned + Validate + Send + Sync + 'static {
+    /// The `[aether]` section.
+    fn aether(&self) -> &AetherConfig;
+    /// The `[log]` section.
+    fn log(&self) -> &LogSettings;
+    /// The `[telemetry]` section.
+    fn telemetry(&self) -> &TelemetrySettings;
+    /// Where the program serves its own metrics, if anywhere
+    /// (`[service] metrics_listen`). Default: nowhere.
+    fn metrics_listen(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
+    /// Where the program keeps what must outlive it (`[service]
+    /// data_dir`), if anywhere. Default: nowhere.
+    fn data_dir(&self) -> Option<&std::path::Path> {
+        None
+    }
+    /// What the program applies on reload; a reload names every other
+    /// setting it changed as waiting for a restart. Default: the log level.
+    const RELOAD_SCOPE: ReloadScope = ReloadScope {
+        applied: &["log.level"],
+        others: &[],
+    };
+}
 
 /// How many reloads were accepted and refused.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

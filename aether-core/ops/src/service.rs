@@ -33,36 +33,12 @@ use crate::{
     data::DataDir,
     panic::install_panic_hook,
     reload::{self, Watcher},
-    settings::{LogSettings, ServiceMedium, SettingsSource, TelemetrySettings, Validate},
+    settings::{ServiceMedium, SettingsSource},
     shutdown::Shutdown,
     telemetry::{self, TelemetryGuard},
 };
 
-/// The settings of a service program: what [`Service::start`] needs of them.
-pub trait ProgramSettings: serde::de::DeserializeOwned + Validate + Send + Sync + 'static {
-    /// The `[aether]` section.
-    fn aether(&self) -> &AetherConfig;
-    /// The `[log]` section.
-    fn log(&self) -> &LogSettings;
-    /// The `[telemetry]` section.
-    fn telemetry(&self) -> &TelemetrySettings;
-    /// Where the program serves its own metrics, if anywhere
-    /// (`[service] metrics_listen`). Default: nowhere.
-    fn metrics_listen(&self) -> Option<std::net::SocketAddr> {
-        None
-    }
-    /// Where the program keeps what must outlive it (`[service]
-    /// data_dir`), if anywhere. Default: nowhere.
-    fn data_dir(&self) -> Option<&std::path::Path> {
-        None
-    }
-    /// What the program applies on reload; a reload names every other
-    /// setting it changed as waiting for a restart. Default: the log level.
-    const RELOAD_SCOPE: crate::reload::ReloadScope = crate::reload::ReloadScope {
-        applied: &["log.level"],
-        others: &[],
-    };
-}
+pub use crate::reload::ProgramSettings;
 
 /// A started service program.
 pub struct Service<T> {

@@ -1,13 +1,13 @@
 //! `connect`: an aether for Python, embedded in this process or over NATS,
 //! with the programs' settings folder and options.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use aether_core::{Aether, AetherConfig};
 use aether_ops::settings::client::{Access, aether_section};
 use pyo3::{prelude::*, types::PyDict};
 
-use crate::{errors, map, vibrator, wait};
+use crate::{errors, map, value, vibrator, wait};
 
 /// How to reach the bus, as `connect`'s arguments give it.
 #[derive(Default)]
@@ -127,7 +127,7 @@ pub(crate) fn discover<'py>(
             .or_else(|| env("AETHER_BUS"))
             .unwrap_or_else(|| aether_core::lan::DEFAULT_BUS.to_string()),
         secret_file: secret_file.or_else(|| env("AETHER_SECRET_FILE").map(PathBuf::from)),
-        wait: seconds(wait)?,
+        wait: value::seconds(wait)?,
         ..Default::default()
     };
     let options = Options {
@@ -209,7 +209,7 @@ impl Bus {
         acked: Option<f64>,
         async_: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let acked = acked.map(|s| map::seconds("acked", s)).transpose()?;
+        let acked = acked.map(value::seconds).transpose()?;
         let aether = self.aether.clone();
         let open = async move { map::Map::open(aether, name, node, dir, acked).await };
         wait::call(py, async_, open)
@@ -234,7 +234,7 @@ impl Bus {
     /// What this aether did: waves emitted, delivered, dropped by reason,
     /// and its connection.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let out = stats_dict(py, &self.aether.stats())?;
+        let out = value::stats_dict(py, &self.aether.stats())?;
         let connection = self.aether.connection();
         out.set_item("connection", connection.state.to_string())?;
         out.set_item("outbox", connection.outbox_len)?;
@@ -252,7 +252,7 @@ impl Bus {
         async_: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let aether = self.aether.clone();
-        let timeout = seconds(timeout)?;
+        let timeout = value::seconds(timeout)?;
         wait::call(py, async_, async move {
             aether.drain(timeout).await.map_err(errors::emit)
         })
@@ -268,32 +268,4 @@ impl Bus {
     fn closed(&self) -> bool {
         self.aether.is_closed()
     }
-}
-
-/// `seconds` as a duration, refused when negative or not finite.
-pub(crate) fn seconds(seconds: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(seconds).map_err(|_| {
-        errors::InvalidValue::new_err(format!(
-            "a duration of {seconds} s: it must be a finite number >= 0"
-        ))
-    })
-}
-
-/// A statistics snapshot as a dict: the counts, and `dropped` by reason.
-pub(crate) fn stats_dict<'py>(
-    py: Python<'py>,
-    stats: &aether_core::StatsSnapshot,
-) -> PyResult<Bound<'py, PyDict>> {
-    let out = PyDict::new(py);
-    out.set_item("emitted", stats.emitted)?;
-    out.set_item("published", stats.published)?;
-    out.set_item("delivered", stats.delivered)?;
-    out.set_item("unrouted", stats.unrouted)?;
-    out.set_item("rate_limited", stats.rate_limited)?;
-    let dropped = PyDict::new(py);
-    for (reason, count) in stats.drops() {
-        dropped.set_item(reason.as_str(), count)?;
-    }
-    out.set_item("dropped", dropped)?;
-    Ok(out)
 }

@@ -24,7 +24,7 @@ use pyo3::{
 };
 use tokio::sync::{Mutex, Notify};
 
-use crate::{bus, errors, value, wait};
+use crate::{errors, value, wait};
 
 fn builder(name: &str, node: Option<String>, dir: Option<PathBuf>) -> state::StateMapBuilder {
     let mut builder = StateMap::builder(name);
@@ -59,15 +59,6 @@ impl Map {
             .map_err(errors::state)?;
         Ok(Self { map, acked })
     }
-}
-
-/// A timeout in seconds from Python: finite and not negative.
-pub(crate) fn seconds(what: &str, value: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(value).map_err(|_| {
-        pyo3::exceptions::PyValueError::new_err(format!(
-            "{what} must be a number of seconds, 0 or more: {value}"
-        ))
-    })
 }
 
 /// `key`'s value in `map`, or None.
@@ -190,7 +181,7 @@ impl Map {
         keepers: i64,
         async_: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let timeout = seconds("timeout", timeout)?;
+        let timeout = value::seconds(timeout)?;
         let (Ok(replicas @ 1..), Ok(keepers)) =
             (usize::try_from(replicas), usize::try_from(keepers))
         else {
@@ -487,7 +478,7 @@ impl Events {
     /// comes): `(ended, item)`.
     #[pyo3(signature = (timeout=None))]
     fn _next<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
-        let timeout = timeout.map(bus::seconds).transpose()?;
+        let timeout = timeout.map(value::seconds).transpose()?;
         let (ended, item) = wait::block(py, self.next_item(timeout))?;
         (ended, item)
             .into_pyobject(py)

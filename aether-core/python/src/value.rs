@@ -4,13 +4,15 @@
 //! an object, NaN, a dict with non-string keys) is refused with
 //! `aether.InvalidValue` before anything is sent.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use pyo3::{
     prelude::*,
-    types::{PyByteArray, PyBytes},
+    types::{PyByteArray, PyBytes, PyDict},
 };
 
-use crate::errors::InvalidValue;
+use crate::errors::{self, InvalidValue};
 
 /// How deep a value may nest.
 const MAX_DEPTH: usize = 128;
@@ -232,4 +234,32 @@ fn not_json(value: &Bound<'_, PyAny>) -> PyResult<Option<&'static str>> {
         }
     }
     Ok(None)
+}
+
+/// `seconds` as a duration, refused when negative or not finite.
+pub(crate) fn seconds(seconds: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(seconds).map_err(|_| {
+        errors::InvalidValue::new_err(format!(
+            "a duration of {seconds} s: it must be a finite number >= 0"
+        ))
+    })
+}
+
+/// A statistics snapshot as a dict: the counts, and `dropped` by reason.
+pub(crate) fn stats_dict<'py>(
+    py: Python<'py>,
+    stats: &aether_core::StatsSnapshot,
+) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    out.set_item("emitted", stats.emitted)?;
+    out.set_item("published", stats.published)?;
+    out.set_item("delivered", stats.delivered)?;
+    out.set_item("unrouted", stats.unrouted)?;
+    out.set_item("rate_limited", stats.rate_limited)?;
+    let dropped = PyDict::new(py);
+    for (reason, count) in stats.drops() {
+        dropped.set_item(reason.as_str(), count)?;
+    }
+    out.set_item("dropped", dropped)?;
+    Ok(out)
 }

@@ -12,7 +12,7 @@ use pyo3::{
 };
 use tokio::sync::Mutex;
 
-use crate::{bus, errors, value, wait};
+use crate::{errors, value, wait};
 
 /// A vibrator: emits waves, resonates on channel patterns, receives.
 #[pyclass(module = "aether._aether", frozen)]
@@ -154,7 +154,7 @@ impl Vibrator {
     /// comes or the aether closes); None when none came or it closed.
     #[pyo3(signature = (timeout=None))]
     fn receive(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Wave>> {
-        let timeout = timeout.map(bus::seconds).transpose()?;
+        let timeout = timeout.map(value::seconds).transpose()?;
         let receiver = Arc::clone(&self.receiver);
         wait::block(py, receive(receiver, timeout))
     }
@@ -197,7 +197,7 @@ impl Vibrator {
         async_: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let wave = build(self.channel(channel)?, payload, amplitude, 0.0, key)?;
-        let timeout = bus::seconds(timeout)?;
+        let timeout = value::seconds(timeout)?;
         let emitter = self.emitter.clone();
         let request = async move {
             emitter
@@ -233,7 +233,7 @@ impl Vibrator {
 
     /// What this vibrator did: emitted, delivered to it, dropped by reason.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        bus::stats_dict(py, &self.emitter.stats())
+        value::stats_dict(py, &self.emitter.stats())
     }
 
     fn __repr__(&self) -> String {

@@ -226,7 +226,7 @@ def test_flush_waits_for_another_replica_and_raises_not_held_alone(bus: aether.B
     with pytest.raises(aether.NotHeld):
         home["hall.fan"] = "off"
         home.flush(timeout=0.3, keepers=1)
-    with pytest.raises(ValueError):
+    with pytest.raises(aether.InvalidValue):
         home.flush(timeout=-1)
     for bad in ({"replicas": 0}, {"replicas": -1}, {"keepers": -1}):
         with pytest.raises(ValueError):

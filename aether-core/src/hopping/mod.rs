@@ -62,55 +62,22 @@
 
 pub(crate) mod gate;
 mod receiver;
+pub(crate) mod resonances;
 mod sequence;
 
 use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
-use tokio::task::AbortHandle;
 
 pub(crate) use self::gate::HopGate;
-use self::receiver::Window;
 pub use self::sequence::{
     HOP_TOKEN, HopKey, HopSequence, HopSettingsError, Refusal, TOKEN_BYTES, is_hop_channel, slot,
 };
+use self::{receiver::Window, resonances::Resonance};
 use crate::{
     Channel, EmitError, EmitErrorKind, ResonateError, ResonateErrorKind, Secret, Vibrator,
     VibratorError, VibratorErrorKind, Wave, WaveId, config::HoppingConfig, wave::unix_nanos,
 };
-
-/// A vibrator's hopping: its own secret, if any, and its hopping
-/// resonances, whose windows stop when it is dropped.
-#[derive(Default)]
-pub(crate) struct Hopping {
-    /// The key of its own secret, or of the aether's, made once.
-    key: OnceLock<HopKey>,
-    /// Each base it hops on.
-    resonances: Vec<Resonance>,
-}
-
-/// One hopping resonance: its gate and the task that moves its window.
-struct Resonance {
-    gate: Arc<HopGate>,
-    task: AbortHandle,
-}
-
-impl Resonance {
-    /// Stops delivering at once; the task's window unsubscribes when the
-    /// aborted task is dropped.
-    fn stop(&self) {
-        self.gate.stop();
-        self.task.abort();
-    }
-}
-
-impl Drop for Hopping {
-    fn drop(&mut self) {
-        for resonance in &self.resonances {
-            resonance.stop();
-        }
-    }
-}
 
 impl Vibrator {
     /// Emits a full-strength wave carrying `payload` as JSON on the wire

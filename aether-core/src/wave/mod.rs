@@ -423,6 +423,16 @@ impl Wave {
         self.reflection_info().map(|r| &r.channel)
     }
 
+    /// Whether it came the way it may ([`crate::reflection::arrived_rightly`]).
+    pub(crate) fn arrived_rightly(&self) -> bool {
+        crate::reflection::arrived_rightly(
+            self.channel(),
+            self.reflected_channel(),
+            self.source(),
+            self.origin(),
+        )
+    }
+
     /// A reflection that travelled on its source's reflection channel gets
     /// the channel it was emitted on back.
     pub(crate) fn restore_reflected_channel(&mut self) {

@@ -2,11 +2,12 @@ use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::time::{Instant, sleep};
 
 use crate::raw::RawNats;
-use crate::server::{ClusterConfig, NatsServer, is_bind_failure, unique_suffix};
+use crate::server::{
+    ClusterConfig, NatsServer, is_bind_failure, jetstream_api_ready, js_request, unique_suffix,
+};
 use crate::{Error, free_ports};
 
 /// Default bound for route formation (and clustered JetStream readiness).
@@ -314,38 +315,4 @@ async fn wait_placement(addr: SocketAddr, replicas: usize, deadline: Instant) ->
     )
     .await
     .map(|_| ())
-}
-
-/// Asks `$JS.API.INFO` once (1 s bound); `Ok` when the answer carries no error.
-pub(crate) async fn jetstream_api_ready(raw: &mut RawNats) -> Result<(), Error> {
-    js_request(raw, "$JS.API.INFO", b"", Duration::from_secs(1))
-        .await
-        .map(|_| ())
-}
-
-/// One JetStream API request; `Error::Protocol` when the answer carries an `error`,
-/// `Error::Timeout` when none comes within `limit`.
-async fn js_request(
-    raw: &mut RawNats,
-    subject: &str,
-    payload: &[u8],
-    limit: Duration,
-) -> Result<Value, Error> {
-    let inbox = format!("_TESTKIT_INBOX.{}", unique_suffix());
-    let sid = 1_000_000 + crate::server::next_id();
-    raw.subscribe(&inbox, sid, None).await?;
-    raw.publish(subject, Some(&inbox), payload).await?;
-    let answer = raw.next_message(limit).await;
-    raw.unsubscribe(sid).await?;
-    match answer? {
-        None => Err(Error::Timeout(format!("no answer to {subject}"))),
-        Some(m) => {
-            let v: Value = serde_json::from_slice(&m.payload)
-                .map_err(|e| Error::Protocol(format!("bad answer to {subject}: {e}")))?;
-            match v.get("error") {
-                Some(err) => Err(Error::Protocol(format!("{subject} error: {err}"))),
-                None => Ok(v),
-            }
-        }
-    }
 }

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use serde_json::Value;
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep, timeout};
@@ -705,7 +706,7 @@ impl Probe {
         };
         let mut raw = RawNats::connect_with(self.addr, auth).await?;
         if self.jetstream_standalone {
-            crate::cluster::jetstream_api_ready(&mut raw).await?;
+            jetstream_api_ready(&mut raw).await?;
         }
         Ok(())
     }
@@ -724,6 +725,40 @@ impl Drop for NatsServer {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// Asks `$JS.API.INFO` once (1 s bound); `Ok` when the answer carries no error.
+pub(crate) async fn jetstream_api_ready(raw: &mut RawNats) -> Result<(), Error> {
+    js_request(raw, "$JS.API.INFO", b"", Duration::from_secs(1))
+        .await
+        .map(|_| ())
+}
+
+/// One JetStream API request; `Error::Protocol` when the answer carries an `error`,
+/// `Error::Timeout` when none comes within `limit`.
+pub(crate) async fn js_request(
+    raw: &mut RawNats,
+    subject: &str,
+    payload: &[u8],
+    limit: Duration,
+) -> Result<Value, Error> {
+    let inbox = format!("_TESTKIT_INBOX.{}", unique_suffix());
+    let sid = 1_000_000 + next_id();
+    raw.subscribe(&inbox, sid, None).await?;
+    raw.publish(subject, Some(&inbox), payload).await?;
+    let answer = raw.next_message(limit).await;
+    raw.unsubscribe(sid).await?;
+    match answer? {
+        None => Err(Error::Timeout(format!("no answer to {subject}"))),
+        Some(m) => {
+            let v: Value = serde_json::from_slice(&m.payload)
+                .map_err(|e| Error::Protocol(format!("bad answer to {subject}: {e}")))?;
+            match v.get("error") {
+                Some(err) => Err(Error::Protocol(format!("{subject} error: {err}"))),
+                None => Ok(v),
             }
         }
     }

@@ -34,7 +34,7 @@
 //!
 //! With `[gateway.tls]` every connection is TLS.
 
-mod connections;
+pub(crate) mod connections;
 mod host;
 mod stall;
 
@@ -71,7 +71,7 @@ use tokio::{
     sync::{mpsc, watch},
 };
 
-pub(crate) use self::{connections::CLOSE_REASONS, host::AllowedHosts};
+pub(crate) use self::host::AllowedHosts;
 use self::{connections::Connections, stall::WriteStall};
 
 use crate::{

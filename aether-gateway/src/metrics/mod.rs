@@ -161,7 +161,7 @@ impl Metrics {
             ),
             &["reason"],
         )?;
-        for reason in crate::http::CLOSE_REASONS {
+        for reason in crate::http::connections::CLOSE_REASONS {
             http_connections_closed.with_label_values(&[reason]);
         }
         registry.register(Box::new(http_connections_closed.clone()))?;

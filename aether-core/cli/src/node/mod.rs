@@ -24,76 +24,14 @@ use std::{
 };
 
 use aether_core::lan::{self, LanSecret, NodeRecord};
-use clap::Args;
 use tokio::process::{Child, Command};
 
-use crate::{Failure, cli::Connection};
+use crate::{
+    Failure,
+    cli::{Connection, NodeArgs},
+};
 
 pub use server::ServerPlan;
-
-#[derive(Debug, Args)]
-pub struct NodeArgs {
-    /// Write a new random secret to FILE (readable by its owner only) and
-    /// exit; copy it to the bus's other machines.
-    // Not `exclusive`: the global options, which may come from the
-    // environment (AETHER_BUS), would conflict with it.
-    #[arg(long, value_name = "FILE", conflicts_with_all = [
-        "status", "node_name", "listen", "port", "cluster_port", "peer", "data",
-        "jetstream", "interface", "no_scout", "nats_server", "keep", "no_keep",
-    ])]
-    pub new_secret: Option<PathBuf>,
-    /// Print the running node's members and exit.
-    #[arg(long)]
-    pub status: bool,
-    /// This node's name in the cluster (default: the host name and a
-    /// suffix kept in the data directory).
-    #[arg(long, value_name = "NAME")]
-    pub node_name: Option<String>,
-    /// The address programs and other nodes reach this machine on (the
-    /// listeners bind it; default all addresses).
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
-    pub listen: String,
-    /// The port programs connect to (default: a free one).
-    #[arg(long)]
-    pub port: Option<u16>,
-    /// The port other nodes' routes connect to (default: a free one).
-    #[arg(long)]
-    pub cluster_port: Option<u16>,
-    /// Another node's cluster address, HOST:PORT (repeat for several): for
-    /// networks where nodes cannot find each other by themselves.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub peer: Vec<String>,
-    /// Where the node keeps its name, its server's configuration, its
-    /// certificates (`tls/`, with the bus's authority in `tls/ca.pem` for
-    /// other NATS clients) and (with --jetstream) JetStream's store.
-    #[arg(long, value_name = "DIR")]
-    pub data: Option<PathBuf>,
-    /// Run JetStream (durable channels). A cluster's JetStream needs a
-    /// majority of its nodes up: three nodes survive the loss of one, two
-    /// do not, and one alone never starts it.
-    #[arg(long)]
-    pub jetstream: bool,
-    /// The network interface to announce and look for nodes on (default:
-    /// every interface with multicast).
-    #[arg(long, value_name = "NAME")]
-    pub interface: Option<String>,
-    /// Neither announce this node nor look for others (only --peer).
-    #[arg(long)]
-    pub no_scout: bool,
-    /// The nats-server binary (default: AETHER_NATS_SERVER, then PATH).
-    #[arg(long, value_name = "PATH")]
-    pub nats_server: Option<PathBuf>,
-    /// The maps this node keeps for the bus in `<data>/state`, by name or
-    /// pattern (`*` for any run of characters; repeat for several):
-    /// default every map, so what a one-shot command or script writes
-    /// outlives it.
-    #[arg(long, value_name = "PATTERN", default_value = "*")]
-    pub keep: Vec<String>,
-    /// Keep no map (a map then lives only as long as the programs that
-    /// hold it).
-    #[arg(long, conflicts_with = "keep")]
-    pub no_keep: bool,
-}
 
 /// Runs the command.
 pub async fn run(connection: &Connection, args: NodeArgs) -> Result<(), Failure> {

@@ -480,7 +480,7 @@ impl NatsMedium {
             RequestError::with_source(RequestErrorKind::BadReply, e)
         })?;
         let mut reply_wave = reply_wave;
-        let checked = if reflection::arrived_rightly(&reply_wave) {
+        let checked = if reply_wave.arrived_rightly() {
             match shared.security.is_enabled() {
                 true => shared
                     .security

@@ -251,7 +251,7 @@ pub(super) fn take_envelope(
     // names, and travels as the channel it was emitted on from here on, so
     // that the ACL judges that channel; nothing else comes on a reflection
     // channel.
-    if !reflection::arrived_rightly(&wave) {
+    if !wave.arrived_rightly() {
         shared.stats.dropped(DropReason::Forged);
         return None;
     }
