@@ -32,14 +32,7 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 #[tokio::main]
 async fn main() -> ExitCode {
     // Bad arguments exit with status 2 and say what is wrong.
-    let options = Options::parse();
-    match run(options).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    aether_ops::service::exit_status(run(Options::parse()).await)
 }
 
 async fn run(options: Options) -> Result<(), Box<dyn Error>> {

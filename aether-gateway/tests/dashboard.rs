@@ -7,22 +7,17 @@
 
 mod support;
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{process::Stdio, time::Duration};
 
 use aether_core::{Aether, Phase, Vibrator, Wave};
 use support::{config, start};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_sees_waves_arrive_on_the_dashboard() {
-    if !Path::new(CHROMIUM).exists() {
-        eprintln!(
-            "note: {CHROMIUM} is not installed, so the dashboard was not opened in a browser \
-             (Debian: apt-get install -y chromium)"
-        );
+    let profile = tempfile::tempdir().unwrap();
+    let Some(mut chromium) = support::cdp::chromium(profile.path()) else {
         return;
-    }
+    };
     let aether = Aether::default();
     let gateway = start(&aether, config()).await;
     let mut inventory = Vibrator::create("inventory", &aether).await.unwrap();
@@ -48,26 +43,13 @@ async fn chromium_sees_waves_arrive_on_the_dashboard() {
         }
     });
 
-    let profile = tempfile::tempdir().unwrap();
     // The page stops listening after 4 snapshots (`?snapshots=4`): a page
     // with an open stream never settles, and Chromium would not dump it.
     let url = format!("http://{}/?snapshots=4", gateway.addr());
-    let run = tokio::process::Command::new(CHROMIUM)
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-dev-shm-usage",
-            &format!("--user-data-dir={}", profile.path().display()),
-            "--virtual-time-budget=3000",
-            "--dump-dom",
-            &url,
-        ])
-        .stdin(Stdio::null())
+    let run = chromium
+        .args(["--virtual-time-budget=3000", "--dump-dom", &url])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(Duration::from_secs(60), run)
         .await

@@ -231,39 +231,18 @@ pub struct AlphaProgramSettings {
     pub beta: IgnoredAny,
 }
 
-impl aether_ops::service::ProgramSettings for AlphaProgramSettings {
-    fn aether(&self) -> &AetherConfig {
-        &self.aether
-    }
-
-    const RELOAD_SCOPE: aether_ops::reload::ReloadScope = aether_ops::reload::ReloadScope {
-        applied: &[
-            "log.level",
-            "service.noise_floor",
-            "service.rate_limit_per_s",
-            "service.rate_limit_wait_ms",
-            "service.reliability",
-            "alpha",
-        ],
-        others: &["gateway", "beta"],
-    };
-
-    fn log(&self) -> &LogSettings {
-        &self.log
-    }
-
-    fn telemetry(&self) -> &TelemetrySettings {
-        &self.telemetry
-    }
-
-    fn metrics_listen(&self) -> Option<std::net::SocketAddr> {
-        self.service.metrics_listen
-    }
-
-    fn data_dir(&self) -> Option<&std::path::Path> {
-        self.service.data_dir.as_deref()
-    }
-}
+aether_ops::service_program_settings!(
+    AlphaProgramSettings,
+    applied: [
+        "log.level",
+        "service.noise_floor",
+        "service.rate_limit_per_s",
+        "service.rate_limit_wait_ms",
+        "service.reliability",
+        "alpha",
+    ],
+    others: ["gateway", "beta"],
+);
 
 impl Validate for AlphaProgramSettings {
     fn validate(&self) -> Result<(), SettingsError> {

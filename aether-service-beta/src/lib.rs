@@ -148,38 +148,17 @@ pub struct BetaProgramSettings {
     pub alpha: IgnoredAny,
 }
 
-impl aether_ops::service::ProgramSettings for BetaProgramSettings {
-    fn aether(&self) -> &AetherConfig {
-        &self.aether
-    }
-
-    const RELOAD_SCOPE: aether_ops::reload::ReloadScope = aether_ops::reload::ReloadScope {
-        applied: &[
-            "log.level",
-            "service.noise_floor",
-            "service.rate_limit_per_s",
-            "service.rate_limit_wait_ms",
-            "service.reliability",
-        ],
-        others: &["gateway", "alpha"],
-    };
-
-    fn log(&self) -> &LogSettings {
-        &self.log
-    }
-
-    fn telemetry(&self) -> &TelemetrySettings {
-        &self.telemetry
-    }
-
-    fn metrics_listen(&self) -> Option<std::net::SocketAddr> {
-        self.service.metrics_listen
-    }
-
-    fn data_dir(&self) -> Option<&std::path::Path> {
-        self.service.data_dir.as_deref()
-    }
-}
+aether_ops::service_program_settings!(
+    BetaProgramSettings,
+    applied: [
+        "log.level",
+        "service.noise_floor",
+        "service.rate_limit_per_s",
+        "service.rate_limit_wait_ms",
+        "service.reliability",
+    ],
+    others: ["gateway", "alpha"],
+);
 
 impl Validate for BetaProgramSettings {
     fn validate(&self) -> Result<(), SettingsError> {

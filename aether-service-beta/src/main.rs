@@ -3,47 +3,29 @@
 use std::{error::Error, process::ExitCode};
 
 use aether_core::ConnectionState;
-use aether_ops::{
-    service::Service,
-    settings::{SettingsSource, Validate},
-};
+use aether_ops::{service::Service, settings::SettingsSource};
 use aether_service_beta::{BetaProgramSettings, Options, run_live_then};
 use clap::Parser;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     // Bad arguments exit with status 2 and say what is wrong.
-    let options = Options::parse();
-    match program(options).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    aether_ops::service::exit_status(program(Options::parse()).await)
 }
 
 async fn program(options: Options) -> Result<(), Box<dyn Error + Send + Sync>> {
     let source = SettingsSource::from_process(&options.config_dir);
-    let mut settings: BetaProgramSettings = source.load()?;
-    options.apply(&mut settings);
-    settings.validate()?;
-    let medium = if options.nats.is_empty() {
-        settings.service.medium
-    } else {
-        aether_ops::settings::ServiceMedium::Nats
-    };
-    let nats = medium.crosses_processes();
     // Logs and spans, the panic hook, signals, the aether, and hot reload
     // of the settings with the command-line options still over them.
-    let service = Service::start(
+    let nats_named = !options.nats.is_empty();
+    let service: Service<BetaProgramSettings> = Service::launch(
         env!("CARGO_PKG_NAME"),
         source,
-        settings,
-        medium,
+        nats_named,
         move |settings| options.apply(settings),
     )
     .await?;
+    let nats = service.medium.crosses_processes();
     // On stdout, for scripts, once it is true: beta resonates (a refused
     // resonance ends the run with the reason instead).
     let report = run_live_then(

@@ -49,7 +49,9 @@ use aether_core::AetherConfig;
 
 use crate::{
     logging::LogHandle,
-    settings::{LogSettings, SettingsError, SettingsSource, TelemetrySettings, Validate},
+    settings::{
+        LogSettings, ServiceSettings, SettingsError, SettingsSource, TelemetrySettings, Validate,
+    },
 };
 
 /// The settings of a service program: what [`Service::start`](crate::service::Service::start)
@@ -61,15 +63,20 @@ pub trait ProgramSettings: serde::de::DeserializeOwned + Validate + Send + Sync 
     fn log(&self) -> &LogSettings;
     /// The `[telemetry]` section.
     fn telemetry(&self) -> &TelemetrySettings;
-    /// Where the program serves its own metrics, if anywhere
-    /// (`[service] metrics_listen`). Default: nowhere.
-    fn metrics_listen(&self) -> Option<std::net::SocketAddr> {
+    /// The `[service]` section, for a program that has one (its medium,
+    /// metrics address and data directory). Default: none.
+    fn service(&self) -> Option<&ServiceSettings> {
         None
     }
+    /// Where the program serves its own metrics, if anywhere
+    /// (`[service] metrics_listen`).
+    fn metrics_listen(&self) -> Option<std::net::SocketAddr> {
+        self.service().and_then(|s| s.metrics_listen)
+    }
     /// Where the program keeps what must outlive it (`[service]
-    /// data_dir`), if anywhere. Default: nowhere.
+    /// data_dir`), if anywhere.
     fn data_dir(&self) -> Option<&std::path::Path> {
-        None
+        self.service().and_then(|s| s.data_dir.as_deref())
     }
     /// What the program applies on reload; a reload names every other
     /// setting it changed as waiting for a restart. Default: the log level.

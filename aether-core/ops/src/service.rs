@@ -51,6 +51,8 @@ pub struct Service<T> {
     /// Its own directory under `[service] data_dir`, held while it runs
     /// (over NATS with a data folder set).
     pub data: Option<DataDir>,
+    /// The medium it runs on.
+    pub medium: ServiceMedium,
     spans: TelemetryGuard,
 }
 
@@ -145,8 +147,30 @@ impl<T: ProgramSettings> Service<T> {
             shutdown,
             settings,
             data,
+            medium,
             spans,
         })
+    }
+
+    /// Loads the program's settings from `source`, puts the command line
+    /// over them (`apply`), checks them, and starts it ([`Service::start`])
+    /// on its `[service] medium`, or over NATS when `nats_named` (servers
+    /// named on the command line).
+    pub async fn launch(
+        program: &str,
+        source: SettingsSource,
+        nats_named: bool,
+        apply: impl Fn(&mut T) + Send + 'static,
+    ) -> Result<Self, Box<dyn Error + Send + Sync>> {
+        let mut settings: T = source.load()?;
+        apply(&mut settings);
+        settings.validate()?;
+        let medium = if nats_named {
+            ServiceMedium::Nats
+        } else {
+            settings.service().map(|s| s.medium).unwrap_or_default()
+        };
+        Self::start(program, source, settings, medium, apply).await
     }
 
     /// Stops watching the settings, drains the aether (up to 1 s more for
@@ -159,6 +183,56 @@ impl<T: ProgramSettings> Service<T> {
             tracing::warn!(%error, "closed with waves unsent");
         }
         self.spans.shutdown();
+    }
+}
+
+/// Implements [`ProgramSettings`] for a program's settings type with the
+/// sections `aether`, `log`, `service` and `telemetry`, and the settings a
+/// reload applies (`applied`) and the sections it leaves to a restart or
+/// to other programs (`others`):
+///
+/// ```ignore
+/// aether_ops::service_program_settings!(BetaProgramSettings,
+///     applied: ["log.level", "service.noise_floor"], others: ["gateway", "alpha"]);
+/// ```
+#[macro_export]
+macro_rules! service_program_settings {
+    ($settings:ty, applied: [$($applied:expr),* $(,)?], others: [$($others:expr),* $(,)?] $(,)?) => {
+        impl $crate::service::ProgramSettings for $settings {
+            const RELOAD_SCOPE: $crate::reload::ReloadScope = $crate::reload::ReloadScope {
+                applied: &[$($applied),*],
+                others: &[$($others),*],
+            };
+
+            fn aether(&self) -> &::aether_core::AetherConfig {
+                &self.aether
+            }
+
+            fn log(&self) -> &$crate::settings::LogSettings {
+                &self.log
+            }
+
+            fn telemetry(&self) -> &$crate::settings::TelemetrySettings {
+                &self.telemetry
+            }
+
+            fn service(&self) -> ::std::option::Option<&$crate::settings::ServiceSettings> {
+                ::std::option::Option::Some(&self.service)
+            }
+        }
+    };
+}
+
+/// A program's exit status from its run: success, or the error said on
+/// standard error (`error: ...`) and status 1. (Bad arguments exit with
+/// status 2 before the run, from the argument parser.)
+pub fn exit_status<E: std::fmt::Display>(run: Result<(), E>) -> std::process::ExitCode {
+    match run {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

@@ -125,6 +125,26 @@ impl<V> Lru<V> {
         }
     }
 
+    /// Forgets, from the least recently used end, at most `most` entries
+    /// last seen (`last`) more than `span` before `now`: amortized
+    /// expiry, a little on each use.
+    pub(crate) fn sweep(&mut self, most: usize, now: u64, span: u64, last: impl Fn(&V) -> u64) {
+        for _ in 0..most {
+            match self.peek_lru() {
+                Some(v) if last(v).saturating_add(span) < now => {
+                    self.pop_lru();
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Forgets every entry last seen (`last`) more than `span` before
+    /// `now`.
+    pub(crate) fn expire(&mut self, now: u64, span: u64, last: impl Fn(&V) -> u64) {
+        self.retain(|v| last(v).saturating_add(span) >= now);
+    }
+
     /// The entries, most recently used first.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &V> + '_ {
         let mut at = self.head;

@@ -115,14 +115,7 @@ impl StandingWaves {
             },
         });
 
-        for _ in 0..SWEEP {
-            match self.table.peek_lru() {
-                Some(r) if r.last_ns.saturating_add(span_ns) < now => {
-                    self.table.pop_lru();
-                }
-                _ => break,
-            }
-        }
+        self.table.sweep(SWEEP, now, span_ns, |r| r.last_ns);
         result
     }
 
@@ -130,8 +123,7 @@ impl StandingWaves {
     /// window at `now_ns`.
     pub(crate) fn expire(&mut self, now_ns: u64, window_ms: u64) {
         let span_ns = window_ms.saturating_mul(1_000_000);
-        self.table
-            .retain(|r| r.last_ns.saturating_add(span_ns) >= now_ns);
+        self.table.expire(now_ns, span_ns, |r| r.last_ns);
     }
 }
 

@@ -170,14 +170,7 @@ impl CoherenceWindows {
         window.waves.push_back(seen.clone());
         window.last_ns = window.last_ns.max(now);
 
-        for _ in 0..SWEEP {
-            match self.table.peek_lru() {
-                Some(w) if w.last_ns.saturating_add(window_ns) < now => {
-                    self.table.pop_lru();
-                }
-                _ => break,
-            }
-        }
+        self.table.sweep(SWEEP, now, window_ns, |w| w.last_ns);
         result
     }
 
@@ -185,7 +178,6 @@ impl CoherenceWindows {
     /// at `now_ns`.
     pub(crate) fn expire(&mut self, now_ns: u64, window_ms: u64) {
         let window_ns = window_ms.saturating_mul(1_000_000);
-        self.table
-            .retain(|w| w.last_ns.saturating_add(window_ns) >= now_ns);
+        self.table.expire(now_ns, window_ns, |w| w.last_ns);
     }
 }

@@ -60,8 +60,9 @@ pub(crate) struct Clock {
     wall: fn() -> u64,
 }
 
-/// The system clock, Unix nanoseconds.
-pub(crate) fn wall_ns() -> u64 {
+/// The system clock, Unix nanoseconds: the physical part of a stamp made
+/// now.
+pub fn wall_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))

@@ -704,7 +704,7 @@ impl Connection {
             color: &self.color,
             map: &self.map,
             now: stamp_text(aether_core::state::Stamp {
-                physical_ns: now_ns(),
+                physical_ns: aether_core::state::hlc::wall_ns(),
                 logical: 0,
                 node: 1,
             }),
@@ -1094,13 +1094,6 @@ impl Hub {
     fn lock_positions(&self) -> std::sync::MutexGuard<'_, Positions> {
         self.positions.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// Unix nanoseconds now.
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// What a read error means: a message over the size cap, or a connection

@@ -43,36 +43,46 @@ pub struct Page<'a> {
     target: String,
 }
 
+/// Headless Chromium with a profile of its own in `profile`, or `None`
+/// (with a note) when it is not installed.
+pub fn chromium(profile: &Path) -> Option<tokio::process::Command> {
+    if !Path::new(CHROMIUM).exists() {
+        eprintln!(
+            "note: {CHROMIUM} is not installed, so the page was not opened in a browser \
+             (Debian: apt-get install -y chromium)"
+        );
+        return None;
+    }
+    let mut command = tokio::process::Command::new(CHROMIUM);
+    command
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    Some(command)
+}
+
 impl Browser {
     /// Starts Chromium, or `None` (with a note) when it is not installed.
     pub async fn launch() -> Option<Self> {
-        if !Path::new(CHROMIUM).exists() {
-            eprintln!(
-                "note: {CHROMIUM} is not installed, so the page was not opened in a browser \
-                 (Debian: apt-get install -y chromium)"
-            );
-            return None;
-        }
         let profile = tempfile::tempdir().unwrap();
-        let mut child = tokio::process::Command::new(CHROMIUM)
+        let mut child = chromium(profile.path())?
             .args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-dev-shm-usage",
                 // Tabs in the background keep their timers at full speed.
                 "--disable-background-timer-throttling",
                 "--disable-renderer-backgrounding",
                 "--disable-backgrounding-occluded-windows",
                 "--remote-debugging-port=0",
-                &format!("--user-data-dir={}", profile.path().display()),
                 "about:blank",
             ])
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .expect("chromium starts");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
