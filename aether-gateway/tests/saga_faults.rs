@@ -21,6 +21,9 @@ use support::{
 };
 
 const BOUND: Duration = Duration::from_secs(20);
+/// Orders of a killed alpha that may be stored as the link is cut, their
+/// acknowledgements lost with it.
+const IN_FLIGHT_AT_THE_CUT: u64 = 5;
 
 /// nats-server killed with SIGKILL while alpha orders at 200 a second, and
 /// restarted on the same port 3 s later: every order is answered exactly
@@ -202,8 +205,12 @@ async fn a_killed_alpha_leaves_its_orders_to_the_next() {
             (20, 20),
             "{second:?}"
         );
+        // An order whose store the cut overtook (stored, its acknowledgement
+        // lost) is still counted in the outbox, and beta may answer it
+        // before the next alpha listens: a few at most, the sends in flight
+        // as the link was cut.
         assert!(
-            second["unmatched"] >= held,
+            second["unmatched"] + IN_FLIGHT_AT_THE_CUT >= held,
             "the answers to the first alpha's orders reach the next: {second:?}"
         );
         assert_eq!(
