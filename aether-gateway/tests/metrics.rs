@@ -525,6 +525,12 @@ async fn a_gateway_with_keeper_maps_keeps_them_and_exports_its_counts() {
         .await
         .unwrap();
     assert_eq!(held.by, ["gateway"]);
+    // The keeper's replica answers catch-ups once its own open is done (it
+    // acknowledges writes before that).
+    eventually("the keeper keeps the map", BOUND, || async {
+        (sample(&scrape(&gateway).await, "aether_keeper_maps") == Some(1.0)).then_some(())
+    })
+    .await;
     script.close().await;
     // Held on the gateway's disk: a late replica catches up from it.
     let late = open("home").await.unwrap();
