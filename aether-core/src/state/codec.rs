@@ -107,10 +107,7 @@ impl Message {
                         out.put_u8(u8::from(*last));
                     }
                 }
-                out.put_u16_le(entries.len() as u16);
-                for (key, entry) in entries {
-                    put_entry(&mut out, key, entry);
-                }
+                put_counted(&mut out, entries);
             }
             Message::Digest { node, digest } => {
                 out.put_u8(KIND_DIGEST);
@@ -141,10 +138,7 @@ impl Message {
                 out.put_u8(KIND_HOLD);
                 out.put_u64_le(*node);
                 out.put_u64_le(*token);
-                out.put_u16_le(entries.len() as u16);
-                for (key, entry) in entries {
-                    put_entry(&mut out, key, entry);
-                }
+                put_counted(&mut out, entries);
             }
             Message::Held {
                 node,
@@ -186,14 +180,7 @@ impl Message {
                     b if usize::from(b) < BUCKETS || b == OWN_KEYS => Some((b, last)),
                     _ => return Err(DecodeError("no such bucket")),
                 };
-                let count = usize::from(u16_of(b)?);
-                if count > MAX_ENTRIES {
-                    return Err(DecodeError("too many entries"));
-                }
-                let mut entries = Vec::with_capacity(count.min(64));
-                for _ in 0..count {
-                    entries.push(entry_of(b, limits)?);
-                }
+                let entries = counted_of(b, limits)?;
                 Message::Changes { repair, entries }
             }
             KIND_DIGEST => {
@@ -213,14 +200,7 @@ impl Message {
             KIND_HOLD => {
                 let node = u64_of(b)?;
                 let token = u64_of(b)?;
-                let count = usize::from(u16_of(b)?);
-                if count > MAX_ENTRIES {
-                    return Err(DecodeError("too many entries"));
-                }
-                let mut entries = Vec::with_capacity(count.min(64));
-                for _ in 0..count {
-                    entries.push(entry_of(b, limits)?);
-                }
+                let entries = counted_of(b, limits)?;
                 Message::Hold {
                     node,
                     token,
@@ -285,6 +265,27 @@ pub(crate) fn decode_all(
     }
     if b.has_remaining() {
         return Err(DecodeError("bytes left over"));
+    }
+    Ok(entries)
+}
+
+/// `count u16 | entries` (a message's entries).
+fn put_counted(out: &mut BytesMut, entries: &[(String, Entry)]) {
+    out.put_u16_le(entries.len() as u16);
+    for (key, entry) in entries {
+        put_entry(out, key, entry);
+    }
+}
+
+/// What [`put_counted`] wrote: at most [`MAX_ENTRIES`].
+fn counted_of(b: &mut Bytes, limits: &Limits) -> Result<Vec<(String, Entry)>, DecodeError> {
+    let count = usize::from(u16_of(b)?);
+    if count > MAX_ENTRIES {
+        return Err(DecodeError("too many entries"));
+    }
+    let mut entries = Vec::with_capacity(count.min(64));
+    for _ in 0..count {
+        entries.push(entry_of(b, limits)?);
     }
     Ok(entries)
 }

@@ -186,17 +186,21 @@ impl StateMap {
 
     /// How many writes of this replica no other replica acknowledged yet.
     pub fn unacknowledged(&self) -> usize {
-        let _ = self.shared.unacked_entries(HeldBy::ONE);
-        self.shared
-            .lock_unacked()
-            .values()
-            .filter(|a| a.replicas == 0)
+        let shared = &self.shared;
+        let unacked = shared.lock_unacked();
+        let store = shared.lock_store();
+        unacked
+            .iter()
+            .filter(|(key, a)| {
+                a.replicas == 0 && store.entry(key).is_some_and(|e| e.stamp == a.stamp)
+            })
             .count()
     }
 }
 
-/// Entries in chunks a message carries, `most` entries each at most.
-fn chunks(
+/// Entries in chunks a message carries (a repair, a hold), `most`
+/// entries each at most; one chunk, maybe empty, at least.
+pub(super) fn chunks(
     entries: Vec<(String, Entry)>,
     max_value_bytes: usize,
     most: usize,
@@ -437,7 +441,11 @@ impl Shared {
         // With `sync_writes`, held means on the disk: the entries may have
         // come earlier as live changes, so the fsync must cover every
         // record appended so far.
-        let last = self.ledger.as_ref().and_then(|l| l.ledger().last());
+        let last = if self.config.sync_writes {
+            self.ledger.as_ref().and_then(|l| l.ledger().last())
+        } else {
+            None
+        };
         match (&self.ledger, taken.logged.max(last)) {
             (Some(ledger), Some(seq)) if self.config.sync_writes && refused == HELD_ALL => {
                 // On the disk before it says so, without holding up the

@@ -246,6 +246,11 @@ impl Inner {
         names
     }
 
+    /// Whether `map` is kept or being opened.
+    fn known(&self, map: &str) -> bool {
+        lock(&self.maps).contains_key(map) || lock(&self.opening).contains(map)
+    }
+
     /// Takes `map` to be opened by the caller: `false` if it is kept or
     /// being opened already, not named by the patterns, or past
     /// `max_maps` (then counted and logged).
@@ -328,7 +333,9 @@ async fn listen(inner: Arc<Inner>, mut vibrator: Vibrator) {
         else {
             continue;
         };
-        if !is_name(map) || !inner.config.keeper.keeps(map) {
+        // Maps kept or being opened cost no decoding: their replicas
+        // take their waves.
+        if !is_name(map) || !inner.config.keeper.keeps(map) || inner.known(map) {
             continue;
         }
         let heard = matches!(

@@ -286,22 +286,9 @@ impl Shared {
     /// each bucket marked (what a catch-up counts).
     pub(super) async fn send_entries(&self, node: u64, buckets: Vec<(u8, Vec<(String, Entry)>)>) {
         let channel = self.channels.repair_of(node);
-        let budget = self.config.max_value_bytes.max(64 * 1024) * 4;
         for (bucket, entries) in buckets {
-            let mut chunk = Vec::new();
-            let mut size = 0;
-            let mut chunks = Vec::new();
-            for (key, entry) in entries {
-                let cost = key.len() + entry.value.as_ref().map_or(0, Bytes::len) + 64;
-                if !chunk.is_empty() && (size + cost > budget || chunk.len() >= codec::MAX_ENTRIES)
-                {
-                    chunks.push(std::mem::take(&mut chunk));
-                    size = 0;
-                }
-                size += cost;
-                chunk.push((key, entry));
-            }
-            chunks.push(chunk);
+            let chunks =
+                super::held::chunks(entries, self.config.max_value_bytes, codec::MAX_ENTRIES);
             let n = chunks.len();
             for (i, entries) in chunks.into_iter().enumerate() {
                 let message = Message::Changes {
