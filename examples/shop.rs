@@ -174,13 +174,17 @@ async fn shop(options: Options) -> Result<bool, Box<dyn Error + Send + Sync>> {
     // two deciders answering one order both ways cancel.
     let mut aether_config = AetherConfig::default();
     aether_config.physics.correlate = vec!["inventory.*".into()];
+    // It reports what it does every second, as the shipped settings make
+    // the programs do: the dashboard's Instances and Replicated maps panels.
+    aether_config.report.interval_ms = 1000;
+    aether_config.report.instance = Some("shop".into());
     let aether = Aether::new(aether_config)?;
     let mut config = GatewayConfig {
         listen: options.listen,
         ..GatewayConfig::default()
     };
-    // The collaborative board, on the browser bridge.
-    config.bridge.maps = vec!["board".into()];
+    // The collaborative pages, on the browser bridge.
+    config.bridge.maps = vec!["board".into(), "kanban".into(), "notebook".into()];
     let gateway = Gateway::start(&aether, config, Shutdown::new()).await?;
     println!(
         "shop: dashboard http://{addr}/  metrics http://{addr}/metrics  stock {:?}",
@@ -192,6 +196,12 @@ async fn shop(options: Options) -> Result<bool, Box<dyn Error + Send + Sync>> {
             "shop: collaborative board http://{}/board#token={token}",
             gateway.addr()
         );
+        for page in ["kanban", "notebook"] {
+            println!(
+                "shop: {page} http://{}/{page}#token={token}",
+                gateway.addr()
+            );
+        }
     }
     let stop_beta = Shutdown::new();
     let beta = tokio::spawn({

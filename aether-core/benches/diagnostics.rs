@@ -108,17 +108,25 @@ struct Detection {
     elapsed: Duration,
 }
 
+/// A vibrator that hears every wave on `patterns`, with a queue of
+/// `capacity` waves (none shed while the run is measured).
+async fn sink(aether: &Aether, capacity: usize, patterns: &[&str]) -> Vibrator {
+    let mut sink = Vibrator::builder("sink")
+        .queue_capacity(capacity)
+        .create(aether)
+        .await
+        .unwrap();
+    for pattern in patterns {
+        sink.resonate_on(*pattern).await.unwrap();
+    }
+    sink
+}
+
 /// Emits `orders` orders at `per_ms` orders a millisecond, 1 % of them with
 /// each fault, and follows the engine's events.
 async fn detect(orders: u64, per_ms: u64, retry_every: Duration) -> Detection {
     let aether = aether();
-    let mut sink = Vibrator::builder("sink")
-        .queue_capacity(1 << 20)
-        .create(&aether)
-        .await
-        .unwrap();
-    sink.resonate_on("*").await.unwrap();
-    sink.resonate_on("*.*").await.unwrap();
+    let mut sink = sink(&aether, 1 << 20, &["*", "*.*"]).await;
     let drain = tokio::spawn(async move { while sink.receive().await.is_some() {} });
     let mut follower = Vibrator::create("operator", &aether)
         .await
@@ -255,12 +263,7 @@ async fn detect(orders: u64, per_ms: u64, retry_every: Duration) -> Detection {
 /// engine on (followed) or off; returns waves per second received.
 async fn throughput(orders: u64, physics: bool) -> f64 {
     let aether = aether();
-    let mut sink = Vibrator::builder("sink")
-        .queue_capacity(1 << 22)
-        .create(&aether)
-        .await
-        .unwrap();
-    sink.resonate_on("*.*").await.unwrap();
+    let mut sink = sink(&aether, 1 << 22, &["*.*"]).await;
     let _follower = physics.then(|| aether.physics().events());
     let shop = Vibrator::create("shop", &aether).await.unwrap();
     let waves: Vec<Wave> = (1..=orders).flat_map(healthy).collect();

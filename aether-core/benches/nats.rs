@@ -34,8 +34,10 @@
 //! rounds each). `AETHER_BENCH_PROFILE=one|fan|req|emit|receive|body` runs
 //! only that scenario, repeated, printing each round (for a profiler);
 //! `AETHER_BENCH_SIDE=raw|aether` then runs only that side (`aether` is the
-//! scenario's other side: for `body`, raw with envelope-sized bodies). Under `cargo test` (no `--bench` argument) it
-//! runs one small round of each case and checks it.
+//! scenario's other side: for `body`, raw with envelope-sized bodies), and
+//! `AETHER_BENCH_ROUNDS` sets how many rounds (15; 2 under callgrind).
+//! Under `cargo test` (no `--bench` argument) it runs one small round of
+//! each case and checks it.
 
 use std::{
     hint::black_box,
@@ -1122,7 +1124,13 @@ fn profile(rt: &Runtime, url: &str, which: &str) {
         Measure::Latency { p50, p99 } => format!("p50 {p50:.1} us, p99 {p99:.1} us"),
     };
     let mut ratios = Vec::new();
-    for round in 0..15 {
+    // Fewer under an instruction counter (`AETHER_BENCH_ROUNDS=2` under
+    // callgrind).
+    let rounds = std::env::var("AETHER_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(15);
+    for round in 0..rounds {
         let raw = raw_on.then(|| measure(rt, url, scenario, false));
         let ours = ours_on.then(|| measure(rt, url, scenario, true));
         let mut line = format!("{which} round {round}:");

@@ -40,6 +40,9 @@ fn runtime() -> Runtime {
 fn config() -> StateConfig {
     StateConfig {
         anti_entropy_interval: Duration::from_millis(200),
+        // Past the rate measured, as for a writer this fast: at the default
+        // (10,000 a second per writer) the rest would come by repair.
+        max_writes_per_s: 5_000_000,
         ..Default::default()
     }
 }
@@ -77,9 +80,15 @@ async fn wait_until(mut done: impl FnMut() -> bool) {
 /// Sets `n` keys on one replica; the time until both others hold them.
 async fn aether_replicate(n: usize) -> Duration {
     let aether = aether_for(n);
-    let writer = replica(&aether, "w", config()).await;
-    let a = replica(&aether, "a", config()).await;
-    let b = replica(&aether, "b", config()).await;
+    replicate("bench", [&aether, &aether, &aether], n).await
+}
+
+/// One writer and two replicas of `map`, on the aethers given; the time
+/// from the first write until both replicas hold all `n` keys.
+async fn replicate(map: &str, aethers: [&Aether; 3], n: usize) -> Duration {
+    let writer = replica_of(map, aethers[0], "w", config()).await;
+    let a = replica_of(map, aethers[1], "a", config()).await;
+    let b = replica_of(map, aethers[2], "b", config()).await;
     let value = Bytes::from(vec![0xAB; VALUE]);
     let start = Instant::now();
     for i in 0..n {
@@ -89,7 +98,13 @@ async fn aether_replicate(n: usize) -> Duration {
             .expect("set");
     }
     wait_until(|| a.len() == n && b.len() == n).await;
-    start.elapsed()
+    let took = start.elapsed();
+    // Every change came live: none refused and brought by repair.
+    assert_eq!(a.stats().repaired + b.stats().repaired, 0);
+    for map in [writer, a, b] {
+        map.close().await;
+    }
+    took
 }
 
 /// The same changes as bytes through a broadcast to 2 receivers, each
@@ -115,6 +130,59 @@ async fn broadcast_replicate(n: usize) -> Duration {
         tx.send((format!("k.{i}"), value.clone()))
             .expect("receivers");
     }
+    for r in receivers {
+        assert_eq!(r.await.expect("task"), n);
+    }
+    start.elapsed()
+}
+
+/// Over NATS: one writer and two replicas, each its own connection; the
+/// time until both replicas hold all `n` keys.
+async fn nats_aether_replicate(aethers: &[Aether], map: &str, n: usize) -> Duration {
+    replicate(map, [&aethers[0], &aethers[1], &aethers[2]], n).await
+}
+
+/// Raw async-nats: the same pairs published one per message (the key, a
+/// newline, the value) to two subscribers on their own connections, each
+/// putting them in a `BTreeMap`.
+async fn nats_raw_replicate(url: &str, subject: &str, n: usize) -> Duration {
+    use futures_util::StreamExt;
+    let publisher = async_nats::connect(url).await.expect("connect");
+    let mut receivers = Vec::new();
+    for _ in 0..2 {
+        let client = async_nats::connect(url).await.expect("connect");
+        let mut subscriber = client
+            .subscribe(subject.to_string())
+            .await
+            .expect("subscribe");
+        client.flush().await.expect("flush");
+        receivers.push(tokio::spawn(async move {
+            let _client = client;
+            let mut map = BTreeMap::new();
+            while map.len() < n {
+                let message = subscriber.next().await.expect("open");
+                let split = message
+                    .payload
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .expect("key");
+                let key = String::from_utf8(message.payload[..split].to_vec()).expect("utf-8");
+                map.insert(key, message.payload.slice(split + 1..));
+            }
+            map.len()
+        }));
+    }
+    let value = vec![0xAB; VALUE];
+    let start = Instant::now();
+    for i in 0..n {
+        let mut body = format!("k.{i}\n").into_bytes();
+        body.extend_from_slice(&value);
+        publisher
+            .publish(subject.to_string(), body.into())
+            .await
+            .expect("publish");
+    }
+    publisher.flush().await.expect("flush");
     for r in receivers {
         assert_eq!(r.await.expect("task"), n);
     }
@@ -321,6 +389,20 @@ fn summary(label: &str, xs: &mut [f64]) -> (f64, f64, f64) {
 fn main() {
     let rt = runtime();
     let testing = !std::env::args().any(|a| a == "--bench");
+    // `AETHER_BENCH_PROFILE=boot`: the boot rows alone.
+    if !testing && std::env::var("AETHER_BENCH_PROFILE").as_deref() == Ok("boot") {
+        for (keys, times) in [(1_000_000, 1), (100_000, 10)] {
+            let (_, snapshot) = rt.block_on(ledger_with(keys, times, 10_000));
+            let (_, records) = rt.block_on(ledger_with(keys, times, 0));
+            println!(
+                "open of {keys} keys written {times}x: from snapshots {:.0} ms, from every record {:.0} ms: {:.1}x",
+                snapshot.as_secs_f64() * 1000.0,
+                records.as_secs_f64() * 1000.0,
+                records.as_secs_f64() / snapshot.as_secs_f64()
+            );
+        }
+        return;
+    }
     if testing {
         rt.block_on(async {
             aether_replicate(200).await;
@@ -333,6 +415,15 @@ fn main() {
             ledger(100).await;
             ledger_with(100, 2, 0).await;
             synced_writes(4, 10).await;
+            let server = aether_testkit::NatsServer::start()
+                .await
+                .expect("nats-server");
+            let mut aethers = Vec::new();
+            for _ in 0..3 {
+                aethers.push(Aether::connect_url(&server.url()).await.expect("connect"));
+            }
+            nats_aether_replicate(&aethers, "smoke", 200).await;
+            nats_raw_replicate(&server.url(), "raw.smoke", 200).await;
         });
         println!("state bench: smoke run ok");
         return;
@@ -346,6 +437,48 @@ fn main() {
         theirs.push(n as f64 / t);
         ours.push(n as f64 / o);
         ratios.push(t / o);
+    }
+    // Over NATS (own nats-server), beside raw async-nats.
+    let server = rt
+        .block_on(aether_testkit::NatsServer::start())
+        .expect("nats-server");
+    let url = server.url();
+    let connect = || {
+        let url = url.clone();
+        rt.block_on(async move { Aether::connect_url(&url).await.expect("connect") })
+    };
+    let nats_aethers: Vec<Aether> = (0..5).map(|_| connect()).collect();
+    let (mut nats_ours, mut nats_raw, mut nats_ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let t = rt
+            .block_on(nats_raw_replicate(&url, &format!("raw.{round}"), n))
+            .as_secs_f64();
+        let o = rt
+            .block_on(nats_aether_replicate(
+                &nats_aethers,
+                &format!("bench{round}"),
+                n,
+            ))
+            .as_secs_f64();
+        nats_raw.push(n as f64 / t);
+        nats_ours.push(n as f64 / o);
+        nats_ratios.push(t / o);
+    }
+    let (no, _, _) = summary("aether over nats", &mut nats_ours);
+    let (nt, _, _) = summary("raw nats", &mut nats_raw);
+    let (nr, nrmin, nrmax) = summary("ratio nats", &mut nats_ratios);
+    // `AETHER_BENCH_PROFILE=replicate`: the replication rounds alone.
+    if std::env::var("AETHER_BENCH_PROFILE").as_deref() == Ok("replicate") {
+        let (o, _, _) = summary("aether", &mut ours);
+        let (t, _, _) = summary("broadcast", &mut theirs);
+        let (r, rmin, rmax) = summary("ratio", &mut ratios);
+        println!(
+            "replicate {n} keys, embedded: broadcast {t:.0}/s, aether {o:.0}/s, {r:.2}x ({rmin:.2}-{rmax:.2})"
+        );
+        println!(
+            "replicate {n} keys, NATS: raw {nt:.0}/s, aether {no:.0}/s, {nr:.2}x ({nrmin:.2}-{nrmax:.2})"
+        );
+        return;
     }
     let mut catch = Vec::new();
     let mut repaired = Vec::new();
@@ -364,15 +497,6 @@ fn main() {
         })
         .collect();
     let mut watch_embedded = rt.block_on(write_to_watch(&shared, &shared, 2000));
-    let server = rt
-        .block_on(aether_testkit::NatsServer::start())
-        .expect("nats-server");
-    let url = server.url();
-    let connect = || {
-        let url = url.clone();
-        rt.block_on(async move { Aether::connect_url(&url).await.expect("connect") })
-    };
-    let nats_aethers: Vec<Aether> = (0..5).map(|_| connect()).collect();
     let mut five_nats = Vec::new();
     for _ in 0..rounds {
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -416,6 +540,9 @@ fn main() {
     println!("|---|---|---|---|");
     println!(
         "| 1 writer -> 2 replicas, {n} keys (changes/s until both hold all) | {t:.0} | {o:.0} | {r:.2}x ({rmin:.2}-{rmax:.2}) |"
+    );
+    println!(
+        "| the same over NATS, beside raw async-nats one publish per pair | {nt:.0} | {no:.0} | {nr:.2}x ({nrmin:.2}-{nrmax:.2}) |"
     );
     println!("\n| promise | median (min-max) |");
     println!("|---|---|");

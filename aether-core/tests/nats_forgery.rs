@@ -18,36 +18,16 @@ use aether_core::{
     wire,
 };
 use aether_testkit::{Auth, ClientAuth, NatsServer, RawNats, User};
+use security_support::{ALPHA_KEY, BETA_KEY, keys, rules, until_dropped};
 use tokio::time::timeout;
 
-const LIMIT: Duration = Duration::from_secs(30);
-const ALPHA_KEY: &str = "alpha-key-0123456789abcdef-never-print";
-const BETA_KEY: &str = "beta-key-fedcba9876543210-never-print";
+mod security_support;
 
-fn rules() -> Vec<AclRule> {
-    vec![
-        AclRule {
-            source: "alpha".into(),
-            emit: vec!["orders.*".into()],
-            resonate: vec!["inventory.*".into()],
-        },
-        AclRule {
-            source: "beta".into(),
-            emit: vec!["inventory.*".into()],
-            resonate: vec!["orders.*".into()],
-        },
-    ]
-}
+const LIMIT: Duration = Duration::from_secs(30);
 
 /// Keys of alpha and beta, signatures required, the ACL of `rules`.
 fn strict() -> SecurityConfig {
-    let mut security = SecurityConfig::default();
-    security
-        .signing_keys
-        .insert("alpha".into(), Secret::new(ALPHA_KEY));
-    security
-        .signing_keys
-        .insert("beta".into(), Secret::new(BETA_KEY));
+    let mut security = keys(&[("alpha", ALPHA_KEY), ("beta", BETA_KEY)]);
     security.require_signatures = true;
     security.acl = rules();
     security
@@ -176,16 +156,6 @@ fn signed(subject: &str, body: &[u8], key: &str) -> Vec<u8> {
     wire::encode_signed(&wave, subject, key.as_bytes()).to_vec()
 }
 
-async fn until_dropped(aether: &Aether, reason: DropReason, n: u64) {
-    timeout(Duration::from_secs(5), async {
-        while aether.stats().dropped(reason) < n {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{reason} drops: {} of {n}", aether.stats().dropped(reason)));
-}
-
 async fn quiet(vibrator: &mut Vibrator) {
     if let Ok(Some(wave)) = timeout(Duration::from_millis(300), vibrator.receive()).await {
         panic!(
@@ -263,43 +233,29 @@ async fn forged_reflections_are_refused_and_a_real_one_comes_back() {
         quiet(&mut beta).await;
 
         let forged_before = alpha_side.stats().dropped(DropReason::Forged);
-        // 2. No source, on alpha's reflection subject.
-        raw.publish(
-            &subject,
-            None,
-            &envelope("", origin, Some("orders.created"), b"a"),
-        )
-        .await
-        .unwrap();
-        // 3. A stranger's name with alpha's origin, on alpha's subject.
-        raw.publish(
-            &subject,
-            None,
-            &envelope("mallory", origin, Some("orders.created"), b"b"),
-        )
-        .await
-        .unwrap();
-        // 4. Unsigned, naming alpha, on alpha's subject: signatures required.
-        raw.publish(
-            &subject,
-            None,
-            &envelope("alpha", origin, Some("orders.created"), b"c"),
-        )
-        .await
-        .unwrap();
-        // 5. Not a reflection at all, on a reflection subject.
-        raw.publish(&subject, None, &envelope("alpha", origin, None, b"d"))
-            .await
-            .unwrap();
+        for (source, reflected_from, payload) in [
+            // 2. No source, on alpha's reflection subject.
+            ("", Some("orders.created"), b"a"),
+            // 3. A stranger's name with alpha's origin, on alpha's subject.
+            ("mallory", Some("orders.created"), b"b"),
+            // 4. Unsigned, naming alpha, on alpha's subject: signatures
+            //    required.
+            ("alpha", Some("orders.created"), b"c"),
+            // 5. Not a reflection at all, on a reflection subject.
+            ("alpha", None, b"d"),
+        ] {
+            let body = envelope(source, origin, reflected_from, payload);
+            raw.publish(&subject, None, &body).await.unwrap();
+        }
         raw.ping().await.unwrap();
         until_dropped(&alpha_side, DropReason::Forged, forged_before + 4).await;
         // 6. Signed with alpha's key on the right subject, but its channel is
         //    one alpha may not emit on: denied.
-        let body = signed(
-            &subject,
-            &envelope("alpha", origin, Some("inventory.reserved"), b"e"),
-            ALPHA_KEY,
-        );
+        let signed_by_alpha = |reflected_from: &str, payload: &[u8]| {
+            let body = envelope("alpha", origin, Some(reflected_from), payload);
+            signed(&subject, &body, ALPHA_KEY)
+        };
+        let body = signed_by_alpha("inventory.reserved", b"e");
         raw.publish(&subject, None, &body).await.unwrap();
         raw.ping().await.unwrap();
         until_dropped(&alpha_side, DropReason::Denied, 1).await;
@@ -308,11 +264,7 @@ async fn forged_reflections_are_refused_and_a_real_one_comes_back() {
         //    there, so it is forged.
         let forged_before = alpha_side.stats().dropped(DropReason::Forged);
         for inner in ["_report.spoof", "_INBOX.x.1", "_hop.0123"] {
-            let body = signed(
-                &subject,
-                &envelope("alpha", origin, Some(inner), b"f"),
-                ALPHA_KEY,
-            );
+            let body = signed_by_alpha(inner, b"f");
             raw.publish(&subject, None, &body).await.unwrap();
         }
         raw.ping().await.unwrap();
@@ -320,11 +272,7 @@ async fn forged_reflections_are_refused_and_a_real_one_comes_back() {
         quiet(&mut alpha).await;
 
         // A genuine reflection, written by hand and signed, is still taken.
-        let body = signed(
-            &subject,
-            &envelope("alpha", origin, Some("orders.created"), b"real"),
-            ALPHA_KEY,
-        );
+        let body = signed_by_alpha("orders.created", b"real");
         raw.publish(&subject, None, &body).await.unwrap();
         let echo = timeout(Duration::from_secs(5), alpha.receive())
             .await

@@ -309,6 +309,35 @@ async fn mutual_tls_accepts_the_ca_signed_client_only() {
 
 // ---------------------------------------------------------------- authentication
 
+/// The server at `url` takes `auth` (a wave round trips, and the connected
+/// aether's Debug holds none of `secrets`) and refuses each of `refusals`
+/// as unauthorized, its error naming none of `secrets`.
+async fn accepts_only(
+    url: String,
+    auth: NatsAuth,
+    refusals: Vec<(&str, NatsAuth)>,
+    secrets: &[&str],
+) {
+    let aether = connect(config(url.clone(), NatsTls::default(), auth)).await;
+    round_trip(&aether).await;
+    assert_no_secret(
+        "the connected aether's Debug",
+        &format!("{aether:?}"),
+        secrets,
+    );
+
+    for (what, auth) in refusals {
+        let err = refused(what, config(url.clone(), NatsTls::default(), auth)).await;
+        assert_eq!(
+            err.kind(),
+            ConnectErrorKind::Authorization,
+            "{what}: {}",
+            chain(&err)
+        );
+        assert_no_secret(what, &format!("{} {err:?}", chain(&err)), secrets);
+    }
+}
+
 #[tokio::test]
 async fn token_auth_accepts_the_token_and_refuses_others() {
     run(async {
@@ -317,44 +346,16 @@ async fn token_auth_accepts_the_token_and_refuses_others() {
             .start()
             .await
             .unwrap();
-        let secrets = [TOKEN, WRONG_TOKEN];
-
-        let aether = connect(config(server.url(), NatsTls::default(), token(TOKEN))).await;
-        round_trip(&aether).await;
-        assert_no_secret(
-            "the connected aether's Debug",
-            &format!("{aether:?}"),
-            &secrets,
-        );
-
-        let wrong = refused(
-            "wrong token",
-            config(server.url(), NatsTls::default(), token(WRONG_TOKEN)),
+        accepts_only(
+            server.url(),
+            token(TOKEN),
+            vec![
+                ("wrong token", token(WRONG_TOKEN)),
+                ("no token", NatsAuth::default()),
+            ],
+            &[TOKEN, WRONG_TOKEN],
         )
         .await;
-        assert_eq!(
-            wrong.kind(),
-            ConnectErrorKind::Authorization,
-            "{}",
-            chain(&wrong)
-        );
-        assert_no_secret(
-            "the error",
-            &format!("{} {wrong:?}", chain(&wrong)),
-            &secrets,
-        );
-
-        let missing = refused(
-            "no token",
-            config(server.url(), NatsTls::default(), NatsAuth::default()),
-        )
-        .await;
-        assert_eq!(
-            missing.kind(),
-            ConnectErrorKind::Authorization,
-            "{}",
-            chain(&missing)
-        );
     })
     .await;
 }
@@ -370,35 +371,17 @@ async fn user_password_auth_accepts_the_pair_and_refuses_others() {
             .start()
             .await
             .unwrap();
-        let secrets = [PASSWORD, WRONG_PASSWORD];
-
-        let aether = connect(config(
+        accepts_only(
             server.url(),
-            NatsTls::default(),
             user_password(USER, PASSWORD),
-        ))
+            vec![
+                ("wrong password", user_password(USER, WRONG_PASSWORD)),
+                ("unknown user", user_password("intruder", PASSWORD)),
+                ("no credentials", NatsAuth::default()),
+            ],
+            &[PASSWORD, WRONG_PASSWORD],
+        )
         .await;
-        round_trip(&aether).await;
-        assert_no_secret(
-            "the connected aether's Debug",
-            &format!("{aether:?}"),
-            &secrets,
-        );
-
-        for (what, auth) in [
-            ("wrong password", user_password(USER, WRONG_PASSWORD)),
-            ("unknown user", user_password("intruder", PASSWORD)),
-            ("no credentials", NatsAuth::default()),
-        ] {
-            let err = refused(what, config(server.url(), NatsTls::default(), auth)).await;
-            assert_eq!(
-                err.kind(),
-                ConnectErrorKind::Authorization,
-                "{what}: {}",
-                chain(&err)
-            );
-            assert_no_secret(what, &format!("{} {err:?}", chain(&err)), &secrets);
-        }
     })
     .await;
 }
@@ -415,30 +398,17 @@ async fn nkey_auth_accepts_the_key_and_refuses_others() {
             .start()
             .await
             .unwrap();
-        let secrets = [user.seed(), stranger.seed()];
-
-        let aether = connect(config(server.url(), NatsTls::default(), nkey(user.seed()))).await;
-        round_trip(&aether).await;
-        assert_no_secret(
-            "the connected aether's Debug",
-            &format!("{aether:?}"),
-            &secrets,
-        );
-
-        for (what, auth) in [
-            ("another user's seed", nkey(stranger.seed())),
-            ("a malformed seed", nkey("SUnot-a-seed")),
-            ("no credentials", NatsAuth::default()),
-        ] {
-            let err = refused(what, config(server.url(), NatsTls::default(), auth)).await;
-            assert_eq!(
-                err.kind(),
-                ConnectErrorKind::Authorization,
-                "{what}: {}",
-                chain(&err)
-            );
-            assert_no_secret(what, &format!("{} {err:?}", chain(&err)), &secrets);
-        }
+        accepts_only(
+            server.url(),
+            nkey(user.seed()),
+            vec![
+                ("another user's seed", nkey(stranger.seed())),
+                ("a malformed seed", nkey("SUnot-a-seed")),
+                ("no credentials", NatsAuth::default()),
+            ],
+            &[user.seed(), stranger.seed()],
+        )
+        .await;
     })
     .await;
 }

@@ -13,36 +13,12 @@ use aether_core::{
     wire::{self, Signature},
 };
 use aether_testkit::{Auth, ClientAuth, LogBuffer, NatsServer, RawNats, User};
+use security_support::{ALPHA_KEY, BETA_KEY, keys, rules, until_dropped};
 use tokio::time::timeout;
 
+mod security_support;
+
 const LIMIT: Duration = Duration::from_secs(20);
-const ALPHA_KEY: &str = "alpha-key-0123456789abcdef-never-print";
-const BETA_KEY: &str = "beta-key-fedcba9876543210-never-print";
-
-fn keys(pairs: &[(&str, &str)]) -> SecurityConfig {
-    let mut security = SecurityConfig::default();
-    for (source, key) in pairs {
-        security
-            .signing_keys
-            .insert((*source).into(), Secret::new(*key));
-    }
-    security
-}
-
-fn rules() -> Vec<AclRule> {
-    vec![
-        AclRule {
-            source: "alpha".into(),
-            emit: vec!["orders.*".into()],
-            resonate: vec!["inventory.*".into()],
-        },
-        AclRule {
-            source: "beta".into(),
-            emit: vec!["inventory.*".into()],
-            resonate: vec!["orders.*".into()],
-        },
-    ]
-}
 
 fn over(url: &str, security: SecurityConfig) -> AetherConfig {
     AetherConfig {
@@ -66,17 +42,6 @@ async fn emit_until_heard(tx: &Vibrator, wave: &Wave, rx: &mut Vibrator) -> Wave
             return heard;
         }
     }
-}
-
-/// Waits until `aether` has counted `n` drops for `reason`.
-async fn until_dropped(aether: &Aether, reason: DropReason, n: u64) {
-    timeout(Duration::from_secs(5), async {
-        while aether.stats().dropped(reason) < n {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{reason} drops: {} of {n}", aether.stats().dropped(reason)));
 }
 
 #[tokio::test]

@@ -8,6 +8,8 @@ use std::time::Duration;
 use aether_core::{Aether, AetherConfig, Channel, DropReason, Vibrator, Wave};
 use serde_json::json;
 
+mod shipped;
+
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Receives one wave or fails after 5 s.
@@ -396,14 +398,7 @@ fn default_toml_matches_default_config() -> Result {
         .add_source(config::File::with_name(path))
         .build()?
         .get::<AetherConfig>("aether")?;
-    let mut shipped = AetherConfig::default();
-    shipped.report.interval_ms = 1000;
-    shipped.durability.channels = vec!["orders.*".into(), "inventory.*".into()];
-    shipped.durability.ack_wait_ms = 5000;
-    shipped.durability.max_age_ms = 86_400_000;
-    shipped.durability.max_bytes = 1 << 30;
-    shipped.physics.correlate = vec!["inventory.*".into()];
-    assert_eq!(loaded, shipped);
+    assert_eq!(loaded, shipped::aether());
     Ok(())
 }
 

@@ -10,7 +10,10 @@ mod state_suite;
 
 use std::{future::Future, pin::Pin, time::Duration};
 
-use aether_core::{Aether, state::StateMap};
+use aether_core::{
+    Aether,
+    state::{Refusal, StateMap},
+};
 use state_suite::{LIMIT, fast, open, until};
 use tokio::time::timeout;
 
@@ -227,7 +230,7 @@ async fn the_settings_give_maps_a_directory_and_synced_writes_from_many_writers_
 /// replica past them is refused and counted (`full`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_map_holds_at_most_max_keys_and_max_map_bytes() {
-    use aether_core::state::{Refusal, Stamp, StateErrorKind};
+    use aether_core::state::{Stamp, StateErrorKind};
     timeout(LIMIT, async {
         let aether = Aether::default();
         let small = StateMap::builder("home")
@@ -278,4 +281,72 @@ async fn a_map_holds_at_most_max_keys_and_max_map_bytes() {
     })
     .await
     .unwrap();
+}
+
+/// A writer in a tight loop on a one-thread runtime leaves the replicas'
+/// tasks their turn: the changes flow while it writes, not after.
+#[tokio::test(flavor = "current_thread")]
+async fn a_writer_in_a_loop_on_one_thread_lets_its_changes_flow_while_it_writes() {
+    timeout(Duration::from_secs(30), async {
+        let aether = Aether::default();
+        let writer = open(&aether, "writer").await;
+        let reader = open(&aether, "reader").await;
+        let n = 30_000;
+        let mut seen_during = 0;
+        for i in 0..n {
+            writer.set(&format!("k.{i}"), "v").await.unwrap();
+            if i == n - 1 {
+                seen_during = reader.len();
+            }
+        }
+        assert!(
+            seen_during > 0,
+            "the reader got nothing while the writer wrote {n} keys"
+        );
+        until("the reader holds every key", || reader.len() == n).await;
+    })
+    .await
+    .expect("bounded");
+}
+
+/// A writer allowed more a second than a reader allows it: a message of
+/// its changes larger than the reader's limit gives the reader what the
+/// limit allows (not nothing), the rest refused (counted) and brought by
+/// anti-entropy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_more_changes_than_a_reader_allows_gives_it_its_limit_and_the_rest_by_repair()
+{
+    timeout(Duration::from_secs(30), async {
+        let aether = Aether::default();
+        let builder = |node: &str, max_writes_per_s: u32| {
+            StateMap::builder("home")
+                .node(node)
+                .config(aether_core::state::StateConfig {
+                    max_writes_per_s,
+                    ..fast()
+                })
+        };
+        let writer = builder("writer", 1_000_000).open(&aether).await.unwrap();
+        let reader = builder("reader", 1_000).open(&aether).await.unwrap();
+        let n = 5_000;
+        for i in 0..n {
+            writer.set(&format!("k.{i}"), "v").await.unwrap();
+        }
+        until("the reader holds every key", || reader.len() == n).await;
+        let stats = reader.stats();
+        assert!(
+            stats.refused(Refusal::RateLimited) > 0,
+            "the burst was past the reader's limit: {stats:?}"
+        );
+        assert!(stats.repaired > 0, "the rest came by repair: {stats:?}");
+        // Live: what its limit allowed (the first messages may take part of
+        // it, and a message past what is left then waits for repair).
+        let live = stats.applied - stats.repaired;
+        assert!(
+            live > 0 && live < n as u64,
+            "the reader took part live, within its limit: {stats:?}"
+        );
+    })
+    .await
+    .expect("bounded");
 }

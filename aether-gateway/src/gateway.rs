@@ -208,15 +208,22 @@ impl GatewayBuilder {
         }
         if let Some(bridge) = &bridge {
             let scheme = if tls.is_some() { "https" } else { "http" };
-            if config.bridge.token.is_none() {
-                tracing::info!(
-                    "collaborative board: {scheme}://{addr}/board#token={} (a random bridge token; set [gateway.bridge] token to choose one)",
-                    bridge.token()
-                );
-            } else {
-                tracing::info!(
-                    "collaborative board: {scheme}://{addr}/board#token=<your bridge token>"
-                );
+            for (page, what) in [
+                ("board", "collaborative board"),
+                ("kanban", "kanban board"),
+                ("notebook", "notebook"),
+            ] {
+                if !config.bridge.maps.iter().any(|m| m == page) {
+                    continue;
+                }
+                if config.bridge.token.is_none() {
+                    tracing::info!(
+                        "{what}: {scheme}://{addr}/{page}#token={} (a random bridge token; set [gateway.bridge] token to choose one)",
+                        bridge.token()
+                    );
+                } else {
+                    tracing::info!("{what}: {scheme}://{addr}/{page}#token=<your bridge token>");
+                }
             }
         }
         let app = router(AppState {

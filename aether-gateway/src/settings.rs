@@ -781,6 +781,10 @@ impl Validate for JournalConfig {
 }
 
 #[cfg(test)]
+#[path = "../../aether-core/tests/shipped/mod.rs"]
+mod shipped;
+
+#[cfg(test)]
 mod tests {
     use aether_ops::settings::SettingsSource;
 
@@ -811,17 +815,10 @@ mod tests {
         // The shipped settings turn instance reports on, make the saga's
         // channels durable and correlate beta's two answers; the library's
         // defaults do none of it.
-        let mut shipped = AetherConfig::default();
-        shipped.report.interval_ms = 1000;
-        shipped.durability.channels = vec!["orders.*".into(), "inventory.*".into()];
-        shipped.durability.ack_wait_ms = 5000;
-        shipped.durability.max_age_ms = 86_400_000;
-        shipped.durability.max_bytes = 1 << 30;
-        shipped.physics.correlate = vec!["inventory.*".into()];
-        assert_eq!(settings.aether, shipped);
-        // And bridge the collaborative board's map.
+        assert_eq!(settings.aether, shipped::aether());
+        // And bridge the collaborative pages' maps.
         let mut gateway = GatewayConfig::default();
-        gateway.bridge.maps = vec!["board".into()];
+        gateway.bridge.maps = vec!["board".into(), "kanban".into(), "notebook".into()];
         assert_eq!(settings.gateway, gateway);
     }
 

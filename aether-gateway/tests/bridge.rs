@@ -30,6 +30,30 @@ fn bridged(bridge: BridgeConfig) -> GatewayConfig {
     }
 }
 
+/// The service's replica of the board in `aether`.
+async fn service_board(aether: &Aether) -> StateMap {
+    StateMap::builder("board")
+        .node("service")
+        .open(aether)
+        .await
+        .unwrap()
+}
+
+/// An aether, a gateway on it bridging the board with the default limits,
+/// and the service's replica of the board.
+async fn board() -> (Aether, Gateway, StateMap) {
+    let aether = Aether::default();
+    let gateway = start(&aether, bridged(BridgeConfig::default())).await;
+    let service = service_board(&aether).await;
+    (aether, gateway, service)
+}
+
+/// Closes the service's replica, then stops the gateway.
+async fn close_board(service: StateMap, gateway: Gateway) {
+    service.close().await;
+    gateway.stop().await.unwrap();
+}
+
 /// The value of a counter or gauge line of the metrics text (0 if absent).
 fn metric(gateway: &Gateway, series: &str) -> u64 {
     gateway
@@ -179,14 +203,8 @@ impl Protocol {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_block_is_exactly_what_the_gateway_sends_and_accepts() {
     let protocol = protocol();
-    let aether = Aether::default();
-    let gateway = start(&aether, bridged(BridgeConfig::default())).await;
+    let (_aether, gateway, service) = board().await;
     let addr = gateway.addr();
-    let service = StateMap::builder("board")
-        .node("service")
-        .open(&aether)
-        .await
-        .unwrap();
 
     // Accepted: each browser -> gateway shape, with its effect.
     let mut a = Client::connect(addr, "board", TOKEN).await;
@@ -296,8 +314,7 @@ async fn the_readme_block_is_exactly_what_the_gateway_sends_and_accepts() {
         Protocol::of(&protocol.inbound, "auth"),
         &json!({"type": "auth", "token": TOKEN, "replica": c.replica})
     ));
-    service.close().await;
-    gateway.stop().await.unwrap();
+    close_board(service, gateway).await;
 }
 
 fn stamp_now() -> String {
@@ -308,14 +325,8 @@ fn stamp_now() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_and_a_rust_replica_converge_by_stamps() {
-    let aether = Aether::default();
-    let gateway = start(&aether, bridged(BridgeConfig::default())).await;
+    let (_aether, gateway, service) = board().await;
     let addr = gateway.addr();
-    let service = StateMap::builder("board")
-        .node("service")
-        .open(&aether)
-        .await
-        .unwrap();
     let mut a = Client::connect(addr, "board", TOKEN).await;
     let mut b = Client::connect(addr, "board", TOKEN).await;
 
@@ -413,8 +424,7 @@ async fn pages_and_a_rust_replica_converge_by_stamps() {
         metric(&gateway, "aether_bridge_values_not_json_total") == 2
     })
     .await;
-    service.close().await;
-    gateway.stop().await.unwrap();
+    close_board(service, gateway).await;
 }
 
 // ---- hostile clients -------------------------------------------------------
@@ -433,11 +443,7 @@ async fn hostile_clients_are_refused_counted_and_others_unaffected() {
     };
     let gateway = start(&aether, bridged(limits)).await;
     let addr = gateway.addr();
-    let service = StateMap::builder("board")
-        .node("service")
-        .open(&aether)
-        .await
-        .unwrap();
+    let service = service_board(&aether).await;
     let mut good = Client::connect(addr, "board", TOKEN).await;
 
     // A wrong token: closed before any state is sent.
@@ -542,8 +548,7 @@ async fn hostile_clients_are_refused_counted_and_others_unaffected() {
     .await;
     // /metrics answers with the bridge busy.
     assert_eq!(support::get(addr, "/metrics").await.status, 200);
-    service.close().await;
-    gateway.stop().await.unwrap();
+    close_board(service, gateway).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -581,11 +586,7 @@ async fn a_browser_that_stops_reading_is_closed_and_counted() {
     };
     let gateway = start(&aether, bridged(limits)).await;
     let addr = gateway.addr();
-    let service = StateMap::builder("board")
-        .node("service")
-        .open(&aether)
-        .await
-        .unwrap();
+    let service = service_board(&aether).await;
     // Never reads: the gateway's sends fill the socket's buffers, then one
     // times out.
     let _stalled = Client::connect(addr, "board", TOKEN).await;
@@ -606,8 +607,7 @@ async fn a_browser_that_stops_reading_is_closed_and_counted() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    service.close().await;
-    gateway.stop().await.unwrap();
+    close_board(service, gateway).await;
 }
 
 // ---- TLS -------------------------------------------------------------------
@@ -861,11 +861,7 @@ async fn pages_share_one_snapshot_per_version_of_the_map() {
     };
     let gateway = start(&aether, bridged(limits)).await;
     let addr = gateway.addr();
-    let service = StateMap::builder("board")
-        .node("service")
-        .open(&aether)
-        .await
-        .unwrap();
+    let service = service_board(&aether).await;
     let value = "v".repeat(16 * 1024);
     for n in 0..64 {
         service.set_json(&format!("k{n}"), &value).await.unwrap();
@@ -899,8 +895,7 @@ async fn pages_share_one_snapshot_per_version_of_the_map() {
     }
     assert_eq!(metric(&gateway, "aether_bridge_snapshots_built_total"), 2);
     drop(pages);
-    service.close().await;
-    gateway.stop().await.unwrap();
+    close_board(service, gateway).await;
 }
 
 // ---- who a page may speak for ----------------------------------------------
@@ -909,13 +904,7 @@ async fn pages_share_one_snapshot_per_version_of_the_map() {
 /// (`not_owner`), the gateway's own node's too, and never reaches the bus.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_may_not_write_the_gateways_node_keys() {
-    let aether = Aether::default();
-    let gateway = start(&aether, bridged(BridgeConfig::default())).await;
-    let service = StateMap::builder("board")
-        .node("service")
-        .open(&aether)
-        .await
-        .unwrap();
+    let (_aether, gateway, service) = board().await;
     let mut page = Client::connect(gateway.addr(), "board", TOKEN).await;
     eventually("the service sees the gateway's replica", || {
         !service.peers().is_empty()
@@ -933,8 +922,7 @@ async fn a_page_may_not_write_the_gateways_node_keys() {
     page.set("after", json!(1)).await;
     eventually("the service has after", || service.get("after").is_some()).await;
     assert!(service.get(&key).is_none(), "the forged node key spread");
-    service.close().await;
-    gateway.stop().await.unwrap();
+    close_board(service, gateway).await;
 }
 
 /// A change stamped with a page's replica id that the page did not send
@@ -942,13 +930,7 @@ async fn a_page_may_not_write_the_gateways_node_keys() {
 /// out only what the connection itself merged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_gets_every_change_it_did_not_send_whatever_its_stamp() {
-    let aether = Aether::default();
-    let gateway = start(&aether, bridged(BridgeConfig::default())).await;
-    let service = StateMap::builder("board")
-        .node("service")
-        .open(&aether)
-        .await
-        .unwrap();
+    let (_aether, gateway, service) = board().await;
     let mut victim = Client::connect(gateway.addr(), "board", TOKEN).await;
     let node = u64::from_str_radix(&victim.replica, 16).unwrap();
     let forged = aether_core::state::Stamp {
@@ -969,8 +951,7 @@ async fn a_page_gets_every_change_it_did_not_send_whatever_its_stamp() {
         victim.try_next(Duration::from_millis(300)).await.is_none(),
         "a page does not get its own write back"
     );
-    service.close().await;
-    gateway.stop().await.unwrap();
+    close_board(service, gateway).await;
 }
 
 /// A replica id another open page holds is refused at `auth` (1008,
@@ -979,14 +960,8 @@ async fn a_page_gets_every_change_it_did_not_send_whatever_its_stamp() {
 /// offline write relayed from the cache) is taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_may_not_speak_for_another_open_page() {
-    let aether = Aether::default();
-    let gateway = start(&aether, bridged(BridgeConfig::default())).await;
+    let (_aether, gateway, service) = board().await;
     let addr = gateway.addr();
-    let service = StateMap::builder("board")
-        .node("service")
-        .open(&aether)
-        .await
-        .unwrap();
     let mut victim = Client::connect(addr, "board", TOKEN).await;
     let mut twin = Client::connect_as(addr, "board", TOKEN, &victim.replica.clone()).await;
     assert_eq!(
@@ -1033,8 +1008,7 @@ async fn a_page_may_not_speak_for_another_open_page() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(back.is_some(), "the id was given back");
-    service.close().await;
-    gateway.stop().await.unwrap();
+    close_board(service, gateway).await;
 }
 
 /// Two writes of one key with equal stamps and different values (possible
@@ -1042,13 +1016,7 @@ async fn a_page_may_not_speak_for_another_open_page() {
 /// whose write lost is answered with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn equal_stamps_settle_on_one_value_everywhere() {
-    let aether = Aether::default();
-    let gateway = start(&aether, bridged(BridgeConfig::default())).await;
-    let service = StateMap::builder("board")
-        .node("service")
-        .open(&aether)
-        .await
-        .unwrap();
+    let (_aether, gateway, service) = board().await;
     let mut page = Client::connect(gateway.addr(), "board", TOKEN).await;
     let same = stamp(now_ns(), 0, "00000000000000f2");
     page.send(json!({"type": "set", "key": "tie", "value": "b", "stamp": same}))
@@ -1065,6 +1033,5 @@ async fn equal_stamps_settle_on_one_value_everywhere() {
         service.get_json::<String>("tie").unwrap().as_deref(),
         Some("b")
     );
-    service.close().await;
-    gateway.stop().await.unwrap();
+    close_board(service, gateway).await;
 }

@@ -7,17 +7,15 @@
 
 mod support;
 
-use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use aether_core::{Aether, AetherConfig, config::NatsConfig, state::StateMap};
+use aether_core::{Aether, state::StateMap};
 use aether_gateway::{BridgeConfig, GatewayConfig};
-use aether_testkit::NatsServer;
 use axum::{Router, http::header, routing::get};
 use serde_json::{Value, json};
 use support::{cdp::Browser, config, start};
 
 const TOKEN: &str = "a-token-of-the-browser-tests-42";
-const PROGRAM: &str = env!("CARGO_BIN_EXE_aether-gateway");
 
 /// Serves the board's files from `aether-gateway/web` on a loopback port.
 async fn app_host() -> SocketAddr {
@@ -26,6 +24,7 @@ async fn app_host() -> SocketAddr {
         std::fs::read_to_string(dir.join(name)).unwrap()
     }
     let (html, board, client) = (file("board.html"), file("board.js"), file("aether.js"));
+    let page = file("page.js");
     let js = || [(header::CONTENT_TYPE, "text/javascript")];
     let app = Router::new()
         .route(
@@ -34,6 +33,7 @@ async fn app_host() -> SocketAddr {
         )
         .route("/board.js", get(move || async move { (js(), board) }))
         .route("/aether.js", get(move || async move { (js(), client) }))
+        .route("/page.js", get(move || async move { (js(), page) }))
         .route(
             "/blank.html",
             get(|| async { axum::response::Html("<!doctype html><title>blank</title>") }),
@@ -117,6 +117,25 @@ async fn two_pages_and_a_rust_replica_converge() {
         5,
     )
     .await;
+    // Page b, with the focus in that item's text, still draws what others
+    // add, and keeps the focus and what is typed.
+    b.eval(
+        "(() => { const f = document.querySelector('[data-key=\"item/first\"] .text'); \
+         f.focus(); f.value = 'mil'; return true; })()",
+    )
+    .await;
+    a.eval("board.client.set('item/second', {text: 'eggs', done: false, at: 5})")
+        .await;
+    b.wait_for(
+        "page b draws a's item under a focused field",
+        "!!document.querySelector('[data-key=\"item/second\"]') \
+         && document.activeElement?.dataset.focus === 'text/item/first' \
+         && document.activeElement.value === 'mil'",
+        5,
+    )
+    .await;
+    b.eval("document.activeElement.value = 'milk'; document.activeElement.blur(); true")
+        .await;
     // The Rust replica has it too.
     settle("the service has item/first", || {
         service.get("item/first").is_some()
@@ -212,55 +231,14 @@ async fn two_pages_and_a_rust_replica_converge() {
     gateway.stop().await.unwrap();
 }
 
-/// The gateway program on `port` over NATS at `url`, with the library's
-/// settings and the map `board` bridged (a settings directory `dir`).
-async fn gateway_program(dir: &std::path::Path, url: &str, port: u16) -> tokio::process::Child {
-    std::fs::write(
-        dir.join("default.toml"),
-        "[gateway.bridge]\nmaps = [\"board\"]\n",
-    )
-    .unwrap();
-    let mut command = aether_testkit::program(PROGRAM);
-    command
-        .arg("--config-dir")
-        .arg(dir)
-        .arg("--nats")
-        .arg(url)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .env("AETHER__GATEWAY__BRIDGE__TOKEN", TOKEN)
-        .stderr(Stdio::inherit());
-    let (child, addr) = support::spawn_serving(command, Duration::from_secs(30)).await;
-    assert_eq!(addr.port(), port);
-    child
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_renders_from_the_cache_while_the_gateway_is_down_and_offline_edits_merge() {
     let Some(browser) = Browser::launch().await else {
         return;
     };
-    let nats = NatsServer::start().await.expect("nats-server starts");
-    let aether = Aether::connect(AetherConfig {
-        nats: NatsConfig {
-            urls: vec![nats.url()],
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let service = StateMap::builder("board")
-        .node("service")
-        .open(&aether)
-        .await
-        .unwrap();
-    let settings = tempfile::tempdir().unwrap();
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let mut gateway = gateway_program(settings.path(), &nats.url(), port).await;
+    let bus = support::programs::BridgeBus::start("board").await;
+    let (service, port) = (&bus.service, bus.port);
+    let mut gateway = bus.gateway(&["board"], TOKEN).await;
     let gateway_addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let app = app_host().await;
     let page = browser.open(&board_url(app, gateway_addr)).await;
@@ -323,7 +301,7 @@ async fn a_reload_renders_from_the_cache_while_the_gateway_is_down_and_offline_e
 
     // The gateway comes back: the page reconnects by itself, its offline
     // edits merge, and it gets what it missed.
-    let mut gateway = gateway_program(settings.path(), &nats.url(), port).await;
+    let mut gateway = bus.gateway(&["board"], TOKEN).await;
     page.wait_for(
         "the page is live again",
         "board.client.status === 'live'",

@@ -101,3 +101,78 @@ async fn chromium_sees_waves_arrive_on_the_dashboard() {
     );
     gateway.stop().await.unwrap();
 }
+
+/// The main job's dashboard, as a new user opens it: with instance reports
+/// on, the Instances and Replicated maps panels fill; the connection badge
+/// never says the gateway is unreachable while snapshots come, and says so
+/// once the gateway is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_panels_fill_and_the_badge_says_what_is_true() {
+    let Some(browser) = support::cdp::Browser::launch().await else {
+        return;
+    };
+    let mut settings = aether_core::AetherConfig::default();
+    settings.report.interval_ms = 200;
+    settings.report.instance = Some("shop".into());
+    let aether = Aether::new(settings).unwrap();
+    let gateway = start(&aether, config()).await;
+    let _board = aether_core::state::StateMap::builder("board")
+        .node("shop")
+        .open(&aether)
+        .await
+        .unwrap();
+    let page = browser.open(&format!("http://{}/", gateway.addr())).await;
+    page.wait_for(
+        "the dashboard is up",
+        "!!document.getElementById('connection')",
+        10,
+    )
+    .await;
+    // Every badge the page shows from here on.
+    page.eval(
+        "window.badges = []; const badge = document.getElementById('connection'); \
+         new MutationObserver(() => badges.push(badge.textContent + '|' + badge.className)) \
+         .observe(badge, {childList: true, characterData: true, subtree: true, attributes: true}); true",
+    )
+    .await;
+    page.wait_for(
+        "the instance's row",
+        "!!document.querySelector('#instances tr[data-instance=\"shop\"]')",
+        15,
+    )
+    .await;
+    page.wait_for(
+        "the map's row",
+        "!!document.querySelector('#maps tr[data-map=\"board\"]')",
+        15,
+    )
+    .await;
+    page.wait_for(
+        "the badge is the gateway's own status",
+        "document.getElementById('connection').className === 'badge ok'",
+        5,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let badges = page.eval("window.badges").await;
+    let shown: Vec<&str> = badges
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b.as_str())
+        .collect();
+    assert!(
+        shown
+            .iter()
+            .all(|b| !b.contains("unreachable") && !b.ends_with(" bad")),
+        "the badge said something untrue while snapshots came: {shown:?}"
+    );
+    gateway.stop().await.unwrap();
+    page.wait_for(
+        "the badge says the gateway is gone, and the panels are greyed",
+        "document.getElementById('connection').textContent === 'gateway unreachable' \
+         && document.body.dataset.stale === 'true'",
+        15,
+    )
+    .await;
+}

@@ -5,10 +5,7 @@ mod support;
 
 use std::{process::Stdio, time::Duration};
 
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
+use aether_testkit::process;
 use support::{eventually, get, sample};
 
 const PROGRAM: &str = env!("CARGO_BIN_EXE_aether-gateway");
@@ -24,35 +21,25 @@ fn command() -> tokio::process::Command {
     aether_testkit::program(PROGRAM)
 }
 
-#[tokio::test]
-async fn help_says_what_it_does() {
-    let output = command().arg("--help").output().await.unwrap();
-    assert!(output.status.success());
-    let help = String::from_utf8(output.stdout).unwrap();
-    for words in [
-        "Observes every wave",
-        "/metrics",
-        "--nats",
-        "--config-dir",
-        "9464",
-    ] {
-        assert!(help.contains(words), "{words}: {help}");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runs_until_sigterm_and_exits_0() {
-    let dir = settings_dir("[gateway]\nlisten = \"127.0.0.1:0\"\nsnapshot_interval_ms = 100\n");
+/// The gateway with its demo, the settings in `dir` and the variables
+/// `vars`, once it serves (its log piped): the process and its address.
+async fn demo(
+    dir: &tempfile::TempDir,
+    vars: &[(&str, &str)],
+) -> (tokio::process::Child, std::net::SocketAddr) {
     let mut command = command();
     command
         .arg("--config-dir")
         .arg(dir.path())
         .arg("--demo")
+        .envs(vars.iter().copied())
         .stderr(Stdio::piped());
-    let (mut child, addr) = support::spawn_serving(command, BOUND).await;
-    assert_eq!(get(addr, "/health").await.status, 200);
-    assert_eq!(get(addr, "/ready").await.status, 200);
-    let text = eventually("the demo's waves", BOUND, || async {
+    support::spawn_serving(command, BOUND).await
+}
+
+/// The gateway's /metrics at `addr` once they count the demo's orders.
+async fn demo_waves(addr: std::net::SocketAddr) -> String {
+    eventually("the demo's waves", BOUND, || async {
         let text = get(addr, "/metrics").await.body;
         let seen = sample(
             &text,
@@ -60,18 +47,37 @@ async fn runs_until_sigterm_and_exits_0() {
         );
         (seen.unwrap_or(0.0) > 0.0).then_some(text)
     })
+    .await
+}
+
+#[tokio::test]
+async fn help_says_what_it_does() {
+    process::assert_help_says(
+        command(),
+        &[
+            "Observes every wave",
+            "/metrics",
+            "--nats",
+            "--config-dir",
+            "9464",
+        ],
+    )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_until_sigterm_and_exits_0() {
+    let dir = settings_dir("[gateway]\nlisten = \"127.0.0.1:0\"\nsnapshot_interval_ms = 100\n");
+    let (mut child, addr) = demo(&dir, &[]).await;
+    assert_eq!(get(addr, "/health").await.status, 200);
+    assert_eq!(get(addr, "/ready").await.status, 200);
+    let text = demo_waves(addr).await;
     // The program counts its allocations.
     assert!(sample(&text, "aether_allocator_live_bytes").unwrap() > 0.0);
     assert!(sample(&text, "aether_allocator_allocations_total").unwrap() > 0.0);
     assert_eq!(sample(&text, "aether_panics_total"), Some(0.0));
 
-    let pid = Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
-    kill(pid, Signal::SIGTERM).unwrap();
-    let status = tokio::time::timeout(BOUND, child.wait())
-        .await
-        .expect("it exits within 15 s of SIGTERM")
-        .unwrap();
+    let status = process::terminate_within(&mut child, BOUND).await;
     assert!(status.success(), "{status}");
 }
 
@@ -112,28 +118,18 @@ async fn secrets_show_nowhere() {
          [[gateway.hopping]]\nbase = \"orders.created\"\nhop_count = 4\n\
          [log]\nlevel = \"trace\"\n",
     );
-    let mut command = command();
-    command
-        .arg("--config-dir")
-        .arg(dir.path())
-        .arg("--demo")
-        .env("AETHER__AETHER__HOPPING__SECRET", HOPPING)
-        .env("AETHER__AETHER__SECURITY__SIGNING_KEYS__GATEWAY", SIGNING)
-        .stderr(Stdio::piped());
-    let (child, addr) = support::spawn_serving(command, BOUND).await;
-    let metrics = eventually("the demo's waves", BOUND, || async {
-        let text = get(addr, "/metrics").await.body;
-        let seen = sample(
-            &text,
-            "aether_gateway_waves_observed_total{family=\"orders.created\"}",
-        );
-        (seen.unwrap_or(0.0) > 0.0).then_some(text)
-    })
+    let (child, addr) = demo(
+        &dir,
+        &[
+            ("AETHER__AETHER__HOPPING__SECRET", HOPPING),
+            ("AETHER__AETHER__SECURITY__SIGNING_KEYS__GATEWAY", SIGNING),
+        ],
+    )
     .await;
+    let metrics = demo_waves(addr).await;
     let snapshot = get(addr, "/snapshot").await.body;
     let dashboard = get(addr, "/").await.body;
-    let pid = Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
-    kill(pid, Signal::SIGTERM).unwrap();
+    process::signal(&child, nix::sys::signal::Signal::SIGTERM);
     let output = tokio::time::timeout(BOUND, child.wait_with_output())
         .await
         .expect("it exits within 15 s of SIGTERM")
@@ -161,10 +157,9 @@ async fn secrets_show_nowhere() {
 /// The exit status and standard error of `program` with `args`, within
 /// the bound.
 async fn refusal(program: &str, args: &[&str]) -> (Option<i32>, String) {
-    let output = tokio::time::timeout(BOUND, aether_testkit::program(program).args(args).output())
-        .await
-        .expect("it exits within 15 s")
-        .unwrap();
+    let mut command = aether_testkit::program(program);
+    command.args(args);
+    let output = process::output_within(command, BOUND).await;
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     (output.status.code(), stderr)
 }

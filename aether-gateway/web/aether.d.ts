@@ -63,6 +63,8 @@ export declare class Aether {
   readonly replica: string;
   /** Where the connection is. */
   readonly status: Status;
+  /** How many changes this page's copy has seen: a version for caching reads. */
+  readonly changes: number;
   /** This page's presence id and color, once live. */
   readonly id: string | null;
   readonly color: string | null;

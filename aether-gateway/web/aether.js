@@ -111,6 +111,8 @@ export class Aether {
     this.clock = new Clock(this.replica);
     /** key -> { v: value, s: stamp, d: deleted } */
     this.entries = new Map();
+    /** How many changes this copy has seen (a version for those who cache reads). */
+    this.changes = 0;
     this.listeners = new Map();
     this.supersedeListeners = new Set();
     this.presenceListeners = new Set();
@@ -410,6 +412,7 @@ export class Aether {
   }
 
   fire(key, value, old) {
+    this.changes += 1;
     for (const name of [key, "*"]) {
       this.listeners.get(name)?.forEach((cb) => {
         try {

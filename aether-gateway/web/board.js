@@ -1,30 +1,15 @@
-// The collaborative board: a shared list on the bridge's `board` map, using
-// only aether.js. Items are keys `item/<id>` holding { text, done, at }.
+// The collaborative board: a shared list on the bridge's `board` map, on
+// aether.js (page.js). Items are keys `item/<id>` holding { text, done, at }.
 //
-// Settings come from the address's fragment:
+// Settings come from the address's fragment (page.js):
 //   board#token=<bridge token>&gateway=ws://host:port&map=board
-// The gateway defaults to the one that served the page.
-import { Aether } from "./aether.js";
+import { connect, drawOnChange, newId } from "./page.js";
 
-const params = new URLSearchParams(location.hash.slice(1));
-const map = params.get("map") || "board";
-const scheme = location.protocol === "https:" ? "wss" : "ws";
-const gateway = params.get("gateway") || `${scheme}://${location.host}`;
-const token = params.get("token") || "";
-
-const client = new Aether(`${gateway}/bridge/${map}`, { token, cacheKey: `aether-board:${map}` });
+const client = connect("board", "board");
 globalThis.board = { client, add, toggle, rename, remove };
 
 const list = document.getElementById("items");
-const status = document.getElementById("status");
 const peers = document.getElementById("peers");
-document.getElementById("map-name").textContent = map;
-
-function newId() {
-  const bytes = new Uint8Array(6);
-  crypto.getRandomValues(bytes);
-  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
-}
 
 function add(text) {
   const id = newId();
@@ -61,6 +46,7 @@ function render() {
     done.addEventListener("change", () => toggle(id));
     const text = document.createElement("input");
     text.className = "text";
+    text.dataset.focus = `text/${key}`;
     text.value = String(item.text ?? "");
     text.addEventListener("change", () => rename(id, text.value));
     const del = document.createElement("button");
@@ -70,27 +56,9 @@ function render() {
     row.append(done, text, del);
     return row;
   });
-  const focused = document.activeElement?.closest?.("li")?.dataset.key;
-  if (focused) return; // do not redraw under someone typing; the next change will
   list.replaceChildren(...rows);
   list.dataset.count = String(rows.length);
 }
-
-let pending = false;
-client.on("*", () => {
-  if (pending) return;
-  pending = true;
-  requestAnimationFrame(() => {
-    pending = false;
-    render();
-  });
-});
-client.onStatus((s) => {
-  status.textContent = s === "unauthorized" ? "unauthorized: open the address the gateway logged (…/board#token=…)" : s;
-  status.dataset.status = s;
-});
-status.textContent = client.status;
-status.dataset.status = client.status;
 
 const cursors = new Map();
 client.onPresence((others) => {
@@ -131,4 +99,4 @@ document.getElementById("add").addEventListener("submit", (event) => {
   input.value = "";
 });
 
-render();
+drawOnChange(client, render);

@@ -46,9 +46,7 @@ use aether_core::{
 };
 use aether_ops::{
     resources::ResourceLimits,
-    settings::{
-        LogSettings, ServiceSettings, SettingsError, TelemetrySettings, Validate, validate_section,
-    },
+    settings::{LogSettings, ServiceSettings, SettingsError, TelemetrySettings, Validate},
     shutdown::Shutdown,
 };
 use serde::{Deserialize, Serialize, de::IgnoredAny};
@@ -242,18 +240,8 @@ aether_ops::service_program_settings!(
         "alpha",
     ],
     others: ["gateway", "beta"],
+    own: alpha,
 );
-
-impl Validate for AlphaProgramSettings {
-    fn validate(&self) -> Result<(), SettingsError> {
-        validate_section("aether", &self.aether)?;
-        validate_section("log", &self.log)?;
-        validate_section("service", &self.service)?;
-        validate_section("resources", &self.resources)?;
-        validate_section("telemetry", &self.telemetry)?;
-        validate_section("alpha", &self.alpha)
-    }
-}
 
 /// The command line (`--help` describes it).
 #[derive(Clone, Debug, PartialEq, clap::Parser)]
@@ -334,18 +322,14 @@ impl Default for Options {
 impl Options {
     /// Puts the options given over `settings`.
     pub fn apply(&self, settings: &mut AlphaProgramSettings) {
-        if let Some(instance) = &self.instance {
-            settings.aether.report.instance = Some(instance.clone());
-        }
-        if let Some(listen) = self.metrics_listen {
-            settings.service.metrics_listen = Some(listen);
-        }
-        if !self.nats.is_empty() {
-            settings.aether.nats.urls = self.nats.clone();
-        }
-        if self.lan {
-            settings.service.medium = aether_ops::settings::ServiceMedium::Lan;
-        }
+        aether_ops::service::apply_service_options(
+            &mut settings.aether,
+            &mut settings.service,
+            self.instance.as_ref(),
+            self.metrics_listen,
+            &self.nats,
+            self.lan,
+        );
         if let Some(count) = self.count {
             settings.alpha.count = Some(count);
         }

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use aether_core::{Aether, AetherConfig, config::NatsConfig};
+use aether_core::{Aether, AetherConfig};
 use aether_ops::shutdown::Shutdown;
 use aether_service_beta::BetaSettings;
-use aether_testkit::NatsServer;
+use aether_testkit::{NatsServer, process};
 
 const PROGRAM: &str = env!("CARGO_BIN_EXE_aether-service-alpha");
 const BOUND: Duration = Duration::from_secs(20);
@@ -16,34 +16,32 @@ fn command() -> tokio::process::Command {
     aether_testkit::program(PROGRAM)
 }
 
+/// An aether on the nats-server at `url`.
+async fn connect(url: String) -> Aether {
+    let mut config = AetherConfig::default();
+    config.nats.urls = vec![url];
+    Aether::connect(config).await.unwrap()
+}
+
 #[tokio::test]
 async fn help_says_what_it_does() {
-    let output = command().arg("--help").output().await.unwrap();
-    assert!(output.status.success());
-    let help = String::from_utf8(output.stdout).unwrap();
-    for words in [
-        "orders.created",
-        "--nats",
-        "--count",
-        "--rate",
-        "--config-dir",
-    ] {
-        assert!(help.contains(words), "{words}: {help}");
-    }
+    process::assert_help_says(
+        command(),
+        &[
+            "orders.created",
+            "--nats",
+            "--count",
+            "--rate",
+            "--config-dir",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_over_nats_and_exits_0() {
     let server = NatsServer::builder().start().await.expect("nats-server");
-    let beta_side = Aether::connect(AetherConfig {
-        nats: NatsConfig {
-            urls: vec![server.url()],
-            ..NatsConfig::default()
-        },
-        ..AetherConfig::default()
-    })
-    .await
-    .unwrap();
+    let beta_side = connect(server.url()).await;
     let stop_beta = Shutdown::new();
     let beta = tokio::spawn({
         let stop = stop_beta.clone();
@@ -59,17 +57,16 @@ async fn orders_over_nats_and_exits_0() {
         "[alpha]\ndrain_ms = 5000\n",
     )
     .unwrap();
-    let output = tokio::time::timeout(
-        BOUND,
-        command()
-            .arg("--config-dir")
-            .arg(dir.path())
-            .args(["--nats", &server.url(), "--count", "30", "--rate", "100"])
-            .output(),
-    )
-    .await
-    .expect("it exits within 20 s")
-    .unwrap();
+    let mut alpha = command();
+    alpha.arg("--config-dir").arg(dir.path()).args([
+        "--nats",
+        &server.url(),
+        "--count",
+        "30",
+        "--rate",
+        "100",
+    ]);
+    let output = process::output_within(alpha, BOUND).await;
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(output.status.success(), "{stdout}");
     assert!(stdout.contains("created 30,"), "{stdout}");
@@ -169,36 +166,34 @@ fn write_settings(dir: &std::path::Path, text: &str) {
     std::fs::rename(temp, dir.join("default.toml")).unwrap();
 }
 
-async fn reloads() {
-    use std::process::Stdio;
-    use tokio::io::{AsyncBufReadExt, BufReader};
-
+/// A nats-server, the test's shop on it, and alpha on it with `settings`
+/// as its default.toml (stdout and stderr piped).
+async fn shop_and_alpha(
+    settings: &str,
+) -> (NatsServer, tempfile::TempDir, Shop, tokio::process::Child) {
     let server = NatsServer::builder().start().await.expect("nats-server");
-    let aether = Aether::connect(AetherConfig {
-        nats: NatsConfig {
-            urls: vec![server.url()],
-            ..NatsConfig::default()
-        },
-        ..AetherConfig::default()
-    })
-    .await
-    .unwrap();
+    let aether = connect(server.url()).await;
     let mut ears = aether_core::Vibrator::create("ears", &aether)
         .await
         .unwrap();
     ears.resonate_on("orders.*").await.unwrap();
-    let mut shop = Shop { aether, ears };
+    let shop = Shop { aether, ears };
 
     let dir = tempfile::tempdir().unwrap();
-    write_settings(dir.path(), "[alpha]\nrate_per_s = 1\n");
-    let mut alpha = command()
-        .arg("--config-dir")
-        .arg(dir.path())
-        .args(["--nats", &server.url()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    write_settings(dir.path(), settings);
+    let alpha = process::spawn_on_nats(
+        command(),
+        dir.path(),
+        &server.url(),
+        std::process::Stdio::piped(),
+    );
+    (server, dir, shop, alpha)
+}
+
+async fn reloads() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let (_server, dir, mut shop, mut alpha) = shop_and_alpha("[alpha]\nrate_per_s = 1\n").await;
     let (send, lines) = tokio::sync::mpsc::unbounded_channel();
     let stderr = alpha.stderr.take().unwrap();
     tokio::spawn(async move {
@@ -295,17 +290,7 @@ async fn reloads() {
     log.until(&["DEBUG", "order not emitted", "rate limit"])
         .await;
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(alpha.id().unwrap() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let mut stdout = String::new();
-    tokio::io::AsyncReadExt::read_to_string(alpha.stdout.as_mut().unwrap(), &mut stdout)
-        .await
-        .unwrap();
-    let status = alpha.wait().await.unwrap();
-    assert!(status.success(), "{stdout}");
+    let stdout = process::terminate_with_stdout(&mut alpha).await;
     let limited: u64 = stdout
         .split("rate_limited ")
         .nth(1)
@@ -415,47 +400,14 @@ fn envelope(channel: &str, key: Option<&str>, payload: Vec<u8>) -> Vec<u8> {
 }
 
 async fn hostile_answers() {
-    use std::{collections::BTreeMap, process::Stdio};
+    use std::collections::BTreeMap;
 
     use aether_testkit::RawNats;
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-    let server = NatsServer::builder().start().await.expect("nats-server");
-    let aether = Aether::connect(AetherConfig {
-        nats: NatsConfig {
-            urls: vec![server.url()],
-            ..NatsConfig::default()
-        },
-        ..AetherConfig::default()
-    })
-    .await
-    .unwrap();
-    let mut ears = aether_core::Vibrator::create("ears", &aether)
-        .await
-        .unwrap();
-    ears.resonate_on("orders.*").await.unwrap();
-    let mut shop = Shop { aether, ears };
-
-    let dir = tempfile::tempdir().unwrap();
-    write_settings(dir.path(), "[alpha]\nrate_per_s = 20\ndrain_ms = 100\n");
-    let mut alpha = command()
-        .arg("--config-dir")
-        .arg(dir.path())
-        .args(["--nats", &server.url()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (server, _dir, mut shop, mut alpha) =
+        shop_and_alpha("[alpha]\nrate_per_s = 20\ndrain_ms = 100\n").await;
     // Its log, read as it comes so that the pipe never fills.
-    let stderr = alpha.stderr.take().unwrap();
-    let log = tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        let mut all = Vec::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            all.push(line);
-        }
-        all
-    });
+    let log = process::collect_log(&mut alpha);
     // Alpha resonates on the answers before it orders: once an order is
     // heard, its answers reach it.
     let ids = shop.orders(2).await;
@@ -520,20 +472,7 @@ async fn hostile_answers() {
     assert_eq!(confirmed.payload()["order_id"], later.as_str());
     let elapsed = started.elapsed();
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(alpha.id().unwrap() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let mut stdout = String::new();
-    alpha
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .await
-        .unwrap();
-    assert!(alpha.wait().await.unwrap().success(), "{stdout}");
+    let stdout = process::terminate_with_stdout(&mut alpha).await;
     assert!(stdout.contains("confirmed 2, cancelled 1,"), "{stdout}");
     let counted = format!(
         "unmatched {unmatched}, repeated 1, conflicting 1, retried 0, duplicated 0, refused {}",
@@ -542,15 +481,7 @@ async fn hostile_answers() {
     assert!(stdout.contains(&counted), "{stdout}: {counted}");
     // One warning, then at most one per 10 s, however many were refused.
     let log = log.await.unwrap();
-    let warnings = log
-        .iter()
-        .filter(|line| line.contains("bad waves refused"))
-        .count();
-    let most = 1 + elapsed.as_secs() / 10;
-    assert!(
-        (1..=most as usize).contains(&warnings),
-        "{warnings} warnings in {elapsed:?}: {log:#?}"
-    );
+    process::assert_limited_warnings(&log, "bad waves refused", elapsed, Duration::from_secs(10));
 }
 
 /// A negative number is a value, not an option: `--rate -5` is refused by
@@ -564,17 +495,9 @@ async fn negative_numbers_are_refused_with_the_reason() {
         (["--rate", "-5"], 1, ["alpha.rate_per_s", "must be above 0"]),
         (["--count", "-5"], 2, ["--count", "0 or more"]),
     ] {
-        let output = tokio::time::timeout(
-            BOUND,
-            command()
-                .arg("--config-dir")
-                .arg(dir.path())
-                .args(args)
-                .output(),
-        )
-        .await
-        .expect("it exits within 20 s")
-        .unwrap();
+        let mut alpha = command();
+        alpha.arg("--config-dir").arg(dir.path()).args(args);
+        let output = process::output_within(alpha, BOUND).await;
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(status), "{args:?}: {stderr}");
         assert!(

@@ -4,15 +4,14 @@
 
 use std::{process::Stdio, time::Duration};
 
-use aether_core::{Aether, AetherConfig, config::NatsConfig};
+use aether_core::{Aether, AetherConfig};
 use aether_ops::shutdown::Shutdown;
 use aether_service_alpha::AlphaSettings;
-use aether_testkit::NatsServer;
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
+use aether_testkit::{
+    NatsServer,
+    process::{self, StdoutLines},
 };
-use tokio::io::{AsyncBufReadExt, BufReader};
+use nix::sys::signal::Signal;
 
 const PROGRAM: &str = env!("CARGO_BIN_EXE_aether-service-beta");
 const BOUND: Duration = Duration::from_secs(20);
@@ -21,19 +20,38 @@ fn command() -> tokio::process::Command {
     aether_testkit::program(PROGRAM)
 }
 
+/// An aether on the nats-server at `url`.
+async fn connect(url: String) -> Aether {
+    let mut config = AetherConfig::default();
+    config.nats.urls = vec![url];
+    Aether::connect(config).await.unwrap()
+}
+
+/// Beta started on `url` with the settings in `dir` (from `command`), once
+/// its first line says it resonates: the lines after it.
+async fn started_beta(
+    command: tokio::process::Command,
+    dir: &std::path::Path,
+    url: &str,
+    stderr: Stdio,
+) -> (tokio::process::Child, StdoutLines) {
+    let mut beta = process::spawn_on_nats(command, dir, url, stderr);
+    let lines = process::ready(&mut beta, BOUND, "resonating").await;
+    (beta, lines)
+}
+
 #[tokio::test]
 async fn help_says_what_it_does() {
-    let output = command().arg("--help").output().await.unwrap();
-    assert!(output.status.success());
-    let help = String::from_utf8(output.stdout).unwrap();
-    for words in [
-        "orders.*",
-        "inventory.insufficient",
-        "--nats",
-        "--config-dir",
-    ] {
-        assert!(help.contains(words), "{words}: {help}");
-    }
+    process::assert_help_says(
+        command(),
+        &[
+            "orders.*",
+            "inventory.insufficient",
+            "--nats",
+            "--config-dir",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,32 +69,14 @@ async fn beta_on_nats(
     NatsServer,
     tempfile::TempDir,
     tokio::process::Child,
-    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    StdoutLines,
     Aether,
 ) {
     let server = NatsServer::builder().start().await.expect("nats-server");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("default.toml"), settings).unwrap();
-    let mut beta = command()
-        .arg("--config-dir")
-        .arg(dir.path())
-        .args(["--nats", &server.url()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(beta.stdout.take().unwrap()).lines();
-    let ready = lines.next_line().await.unwrap().expect("a line");
-    assert!(ready.contains("resonating"), "{ready}");
-    let alpha_side = Aether::connect(AetherConfig {
-        nats: NatsConfig {
-            urls: vec![server.url()],
-            ..NatsConfig::default()
-        },
-        ..AetherConfig::default()
-    })
-    .await
-    .unwrap();
+    let (beta, lines) = started_beta(command(), dir.path(), &server.url(), Stdio::null()).await;
+    let alpha_side = connect(server.url()).await;
     (server, dir, beta, lines, alpha_side)
 }
 
@@ -96,10 +96,7 @@ async fn answers() {
     assert_eq!(alpha.created, 20);
     assert!(alpha.confirmed <= 1 && alpha.cancelled > 0, "{alpha}");
 
-    let pid = Pid::from_raw(i32::try_from(beta.id().unwrap()).unwrap());
-    kill(pid, Signal::SIGTERM).unwrap();
-    let status = beta.wait().await.unwrap();
-    assert!(status.success(), "{status}");
+    process::terminate(&mut beta).await;
     let report = lines.next_line().await.unwrap().expect("the report");
     assert!(
         report.contains(&format!("insufficient {}", alpha.cancelled)),
@@ -121,29 +118,13 @@ async fn its_stock_outlives_a_kill() {
             "[beta]\nstock = { gadget = 3 }\n[service]\ndata_dir = \"data\"\n",
         )
         .unwrap();
-        let alpha_side = Aether::connect(AetherConfig {
-            nats: NatsConfig {
-                urls: vec![server.url()],
-                ..NatsConfig::default()
-            },
-            ..AetherConfig::default()
-        })
-        .await
-        .unwrap();
+        let alpha_side = connect(server.url()).await;
         let mut confirmed = Vec::new();
         for _ in 0..2 {
-            let mut beta = command()
-                .current_dir(work.path())
-                .arg("--config-dir")
-                .arg(dir.path())
-                .args(["--nats", &server.url()])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let mut lines = BufReader::new(beta.stdout.take().unwrap()).lines();
-            let ready = lines.next_line().await.unwrap().expect("a line");
-            assert!(ready.contains("resonating"), "{ready}");
+            let mut command = command();
+            command.current_dir(work.path());
+            let (mut beta, _lines) =
+                started_beta(command, dir.path(), &server.url(), Stdio::null()).await;
             // Two gadgets ordered each run, three in stock at the first.
             let settings = AlphaSettings {
                 rate_per_s: 100.0,
@@ -155,8 +136,7 @@ async fn its_stock_outlives_a_kill() {
                 .await
                 .unwrap();
             confirmed.push(alpha.confirmed);
-            let pid = Pid::from_raw(i32::try_from(beta.id().unwrap()).unwrap());
-            kill(pid, Signal::SIGKILL).unwrap();
+            process::signal(&beta, Signal::SIGKILL);
             beta.wait().await.unwrap();
         }
         assert_eq!(confirmed, [2, 1], "the second beta had one gadget left");
@@ -201,9 +181,7 @@ async fn shaped() {
         started.elapsed()
     );
 
-    let pid = Pid::from_raw(i32::try_from(beta.id().unwrap()).unwrap());
-    kill(pid, Signal::SIGTERM).unwrap();
-    assert!(beta.wait().await.unwrap().success());
+    process::terminate(&mut beta).await;
     let report = lines.next_line().await.unwrap().expect("the report");
     assert!(report.contains("reserved 200,"), "{report}");
     assert!(report.contains("rate_limited 0,"), "{report}");
@@ -233,18 +211,9 @@ async fn noise_floor_reloads() {
     let dir = tempfile::tempdir().unwrap();
     let stock = "[beta]\nstock = { widget = 100 }\n";
     write_settings(dir.path(), stock);
-    let mut beta = command()
-        .arg("--config-dir")
-        .arg(dir.path())
-        .args(["--nats", &server.url()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(beta.stdout.take().unwrap()).lines();
-    let ready = out.next_line().await.unwrap().expect("a line");
-    assert!(ready.contains("resonating"), "{ready}");
-    let mut log = BufReader::new(beta.stderr.take().unwrap()).lines();
+    let (mut beta, _out) = started_beta(command(), dir.path(), &server.url(), Stdio::piped()).await;
+    let mut log =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(beta.stderr.take().unwrap()));
     let mut until = async |words: &[&str]| loop {
         let line = log.next_line().await.unwrap().expect("a log line");
         if words.iter().all(|word| line.contains(word)) {
@@ -252,15 +221,7 @@ async fn noise_floor_reloads() {
         }
     };
 
-    let aether = Aether::connect(AetherConfig {
-        nats: NatsConfig {
-            urls: vec![server.url()],
-            ..NatsConfig::default()
-        },
-        ..AetherConfig::default()
-    })
-    .await
-    .unwrap();
+    let aether = connect(server.url()).await;
     let mut shop = Vibrator::create("shop", &aether).await.unwrap();
     shop.resonate_on("inventory.*").await.unwrap();
     let order = |id: &str, amplitude: f64| {
@@ -297,9 +258,7 @@ async fn noise_floor_reloads() {
     assert!(refusal.contains("service.noise_floor"), "{refusal}");
     assert_eq!(first_answer("weak-3", "strong-3").await, "strong-3");
 
-    let pid = Pid::from_raw(i32::try_from(beta.id().unwrap()).unwrap());
-    kill(pid, Signal::SIGTERM).unwrap();
-    assert!(beta.wait().await.unwrap().success());
+    process::terminate(&mut beta).await;
 }
 
 /// Hostile but well-formed waves, published by a raw NATS client (not
@@ -436,37 +395,12 @@ async fn hostile_waves() {
     let server = NatsServer::builder().start().await.expect("nats-server");
     let dir = tempfile::tempdir().unwrap();
     write_settings(dir.path(), "[beta]\nstock = { widget = 100 }\n");
-    let mut beta = command()
-        .arg("--config-dir")
-        .arg(dir.path())
-        .args(["--nats", &server.url()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(beta.stdout.take().unwrap()).lines();
-    let ready = out.next_line().await.unwrap().expect("a line");
-    assert!(ready.contains("resonating"), "{ready}");
+    let (mut beta, mut out) =
+        started_beta(command(), dir.path(), &server.url(), Stdio::piped()).await;
     // Its log, read as it comes so that the pipe never fills.
-    let stderr = beta.stderr.take().unwrap();
-    let log = tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        let mut all = Vec::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            all.push(line);
-        }
-        all
-    });
+    let log = process::collect_log(&mut beta);
 
-    let aether = Aether::connect(AetherConfig {
-        nats: NatsConfig {
-            urls: vec![server.url()],
-            ..NatsConfig::default()
-        },
-        ..AetherConfig::default()
-    })
-    .await
-    .unwrap();
+    let aether = connect(server.url()).await;
     let mut shop = Vibrator::create("shop", &aether).await.unwrap();
     shop.resonate_on("inventory.*").await.unwrap();
     let order = |id: &str| {
@@ -534,9 +468,7 @@ async fn hostile_waves() {
     }
     let elapsed = started.elapsed();
 
-    let pid = Pid::from_raw(i32::try_from(beta.id().unwrap()).unwrap());
-    kill(pid, Signal::SIGTERM).unwrap();
-    assert!(beta.wait().await.unwrap().success());
+    process::terminate(&mut beta).await;
     let report = out.next_line().await.unwrap().expect("the report");
     let refused = format!(
         "refused {}",
@@ -545,15 +477,7 @@ async fn hostile_waves() {
     assert!(report.contains(&refused), "{report}: {refused}");
     // One warning, then at most one per 10 s, however many were refused.
     let log = log.await.unwrap();
-    let warnings = log
-        .iter()
-        .filter(|line| line.contains("bad waves refused"))
-        .count();
-    let most = 1 + elapsed.as_secs() / 10;
-    assert!(
-        (1..=most as usize).contains(&warnings),
-        "{warnings} warnings in {elapsed:?}: {log:#?}"
-    );
+    process::assert_limited_warnings(&log, "bad waves refused", elapsed, Duration::from_secs(10));
 }
 
 /// An ACL that does not let beta resonate on its orders: beta says so and
@@ -567,13 +491,9 @@ async fn a_denied_resonance_is_said_and_nothing_else() {
          resonate = [\"payments.*\"]\n",
     )
     .unwrap();
-    let output = tokio::time::timeout(
-        BOUND,
-        command().arg("--config-dir").arg(dir.path()).output(),
-    )
-    .await
-    .expect("it ends by itself")
-    .unwrap();
+    let mut beta = command();
+    beta.arg("--config-dir").arg(dir.path());
+    let output = process::output_within(beta, BOUND).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");

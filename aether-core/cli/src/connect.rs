@@ -106,8 +106,24 @@ pub async fn connect(connection: &Connection) -> Result<Aether, Failure> {
     let (config, reached) = config(connection).await?;
     // Credentials in a URL are never printed.
     let urls = config.nats.redacted_urls().join(", ");
-    let aether = Aether::connect(config).await.map_err(|error| {
+    let mut tried = Aether::connect(config.clone()).await;
+    // A node's server refuses logins for an instant while it reads its
+    // configuration again (a route added): one more try.
+    if reached == Reached::Node
+        && tried
+            .as_ref()
+            .is_err_and(|e| e.kind() == ConnectErrorKind::Authorization)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        tried = Aether::connect(config).await;
+    }
+    let aether = tried.map_err(|error| {
         let hint = match error.kind() {
+            ConnectErrorKind::Authorization if reached == Reached::Node => {
+                "this machine's node refused the credentials its bus's secret gives: was the \
+                 secret file replaced since the node started? (`aether node --status`)"
+                    .to_string()
+            }
             ConnectErrorKind::Unreachable => format!(
                 "is a nats-server running there? Start one (`nats-server -js`), or this machine's node of a bus on the LAN (`aether node --secret-file FILE`), or name another with --nats URL (tried {urls})"
             ),

@@ -74,11 +74,11 @@ async fn main() -> ExitCode {
     let options = Options::parse();
     let outcome = if matches!(
         options.command,
-        Command::Emit(_) | Command::Node(_) | Command::Keep(_)
+        Command::Emit(_) | Command::Listen(_) | Command::Node(_) | Command::Keep(_)
     ) {
         // `emit` stops on SIGINT and SIGTERM itself, and says what it
-        // sent and abandoned; `node` stops its server first; `keep` closes
-        // its maps.
+        // sent and abandoned; `listen` what it heard and dropped; `node`
+        // stops its server first; `keep` closes its maps.
         run(options).await
     } else {
         tokio::select! {

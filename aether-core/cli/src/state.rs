@@ -202,7 +202,8 @@ async fn act(
             Ok(())
         }
         StateCommand::Peers { .. } => {
-            // Peers say hello at their heartbeat: wait one, then list.
+            // The catch-up brought the members the answering peer knows:
+            // wait a heartbeat for hellos and pings, then list.
             tokio::time::sleep(
                 heartbeat.max(Duration::from_millis(200)) + Duration::from_millis(200),
             )

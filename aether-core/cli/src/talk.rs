@@ -55,10 +55,36 @@ pub async fn listen(connection: &Connection, args: ListenArgs) -> Result<(), Fai
     };
     resonated.map_err(|e| Failure::usage(format!("cannot listen on {:?}: {e}", args.pattern)))?;
     eprintln!("listening on {} (Ctrl-C stops)", show::safe(&args.pattern));
-    let mut heard = 0;
-    while args.count.is_none_or(|n| heard < n) {
-        let Some(wave) = vibrator.receive().await else {
-            return Err(Failure::runtime("the connection closed"));
+    let stop = Interruption::watch()?;
+    // Waves this listener did not get (its queue full while the output
+    // lags, or refused on arrival) are said on stderr as they happen, once
+    // a second at most, by a task of their own (printing the waves may
+    // block on a slow reader), and in all at the end.
+    let said = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watcher = tokio::spawn({
+        let (aether, said) = (aether.clone(), Arc::clone(&said));
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let before = said.load(Ordering::Acquire);
+                said.store(say_drops(&aether, before, false), Ordering::Release);
+            }
+        }
+    });
+    let mut heard: u64 = 0;
+    let outcome = loop {
+        if args.count.is_some_and(|n| heard >= n) {
+            break Ok(());
+        }
+        let wave = tokio::select! {
+            wave = vibrator.receive() => wave,
+            // Ctrl-C is how a listener ends: not a failure.
+            () = stop.wait() => break Ok(()),
+        };
+        let Some(wave) = wave else {
+            break Err(Failure::runtime("the connection closed"));
         };
         heard += 1;
         if args.json {
@@ -66,8 +92,49 @@ pub async fn listen(connection: &Connection, args: ListenArgs) -> Result<(), Fai
         } else {
             println!("{}", show::wave_text(&wave));
         }
+    };
+    watcher.abort();
+    say_drops(&aether, said.load(Ordering::Acquire), true);
+    if stop.signal().is_some() {
+        let left = vibrator.queued();
+        let unprinted = match left {
+            0 => String::new(),
+            n => format!(", {n} more received and not printed (it stopped first)"),
+        };
+        eprintln!(
+            "heard {heard} wave{}{unprinted}",
+            if heard == 1 { "" } else { "s" }
+        );
     }
-    Ok(())
+    outcome
+}
+
+/// Says on stderr the waves this process dropped since `said` were
+/// counted (by reason), or at the `end`, all of them if any; returns the
+/// count said.
+fn say_drops(aether: &aether_core::Aether, said: u64, end: bool) -> u64 {
+    let stats = aether.stats();
+    let total = stats.dropped_total();
+    if total == 0 || (total == said && !end) {
+        return total;
+    }
+    let reasons: Vec<String> = stats
+        .drops()
+        .filter(|(_, n)| *n > 0)
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    if end {
+        eprintln!("dropped {total} waves in all ({})", reasons.join(", "));
+    } else {
+        eprintln!(
+            "dropped {} more waves ({} in all: {}): queue_full means this listener falls behind \
+             what comes (its output is slower than the bus)",
+            total - said,
+            total,
+            reasons.join(", ")
+        );
+    }
+    total
 }
 
 /// A wave of `args` on `channel` with `payload`.
@@ -102,6 +169,7 @@ pub async fn emit(connection: &Connection, args: EmitArgs) -> Result<(), Failure
     let gap = args.rate.map(|r| Duration::from_secs_f64(1.0 / r));
     let mut tick = gap.map(tokio::time::interval);
     let mut sent: u64 = 0;
+    let mut empty: u64 = 0;
     let mut send = async |payload: Bytes| -> Result<(), Failure> {
         for _ in 0..args.count {
             stop.check()?;
@@ -120,15 +188,25 @@ pub async fn emit(connection: &Connection, args: EmitArgs) -> Result<(), Failure
         Some(payload) => send(payload).await,
         None => {
             let mut lines = BufReader::new(tokio::io::stdin()).lines();
+            let mut number: u64 = 0;
             loop {
                 let line = tokio::select! {
                     line = lines.next_line() => line,
                     () = stop.wait() => break stop.check(),
                 };
+                number += 1;
                 match line {
-                    Ok(Some(line)) if line.is_empty() => {}
+                    Ok(Some(line)) if line.is_empty() => empty += 1,
                     Ok(Some(line)) => {
-                        if let Err(failure) = send(show::payload_of(&line)).await {
+                        if let Err(mut failure) = send(show::payload_of(&line)).await {
+                            if stop.signal().is_none() {
+                                // Which line, and that the rest is not sent.
+                                failure.message = format!(
+                                    "line {number} of standard input: {}; the lines after it \
+                                     were not read",
+                                    failure.message
+                                );
+                            }
                             break Err(failure);
                         }
                     }
@@ -186,7 +264,15 @@ pub async fn emit(connection: &Connection, args: EmitArgs) -> Result<(), Failure
         }
         return Err(failure);
     }
-    eprintln!("emitted {sent} wave{} on {}", plural(sent), args.channel);
+    let skipped = match empty {
+        0 => String::new(),
+        n => format!(" ({n} empty line{} skipped)", plural(n)),
+    };
+    eprintln!(
+        "emitted {sent} wave{} on {}{skipped}",
+        plural(sent),
+        args.channel
+    );
     Ok(())
 }
 

@@ -876,3 +876,112 @@ async fn a_keeper_past_its_bound_refuses_the_next_map_and_keeps_running() {
         .unwrap();
     assert!(output.status.success());
 }
+
+/// A listener whose output is not read falls behind a fast emitter: what
+/// it drops is said on its standard error (`queue_full`, counted), and,
+/// once stopped, how many it heard and dropped in all. An emit from
+/// standard input counts the empty lines it skips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_falls_behind_says_what_it_drops() {
+    let nats = server().await;
+    let url = nats.url();
+    let mut listen = aether(&url, &["listen", "fast.>"]);
+    // Its standard output is a pipe nobody reads: it fills, and the
+    // listener stops taking waves off its queue.
+    let mut listener = listen.spawn().expect("it starts");
+    let mut errors = BufReader::new(listener.stderr.take().unwrap()).lines();
+    let (said, mut lines) = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = errors.next_line().await.unwrap() {
+            if line.contains("listening on") {
+                return (line, errors);
+            }
+        }
+        panic!("the listener ended before listening");
+    })
+    .await
+    .expect("it listens within 20 s");
+    assert!(said.contains("fast.>"));
+    let mut piped = aether(&url, &["emit", "fast.lane"]);
+    piped.stdin(Stdio::piped());
+    let mut emitter = piped.spawn().unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = emitter.stdin.take().unwrap();
+        let mut text = String::from("\n\n");
+        for i in 0..150_000 {
+            text.push_str(&format!("wave number {i} with some words\n"));
+        }
+        stdin.write_all(text.as_bytes()).await.unwrap();
+    }
+    let output = tokio::time::timeout(Duration::from_secs(60), emitter.wait_with_output())
+        .await
+        .expect("the emitter ends within 60 s")
+        .unwrap();
+    let emitted = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{emitted}");
+    assert!(
+        emitted.contains("emitted 150000 waves on fast.lane (2 empty lines skipped)"),
+        "{emitted}"
+    );
+    let dropping = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("dropped ") {
+                return line;
+            }
+        }
+        panic!("the listener ended without saying what it dropped");
+    })
+    .await
+    .expect("the listener says what it drops within 10 s");
+    assert!(dropping.contains("queue_full"), "{dropping}");
+    // Everything emitted has reached it (the emitter flushed before it
+    // exited; a moment for the server to pass the last on).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(listener.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    // Its queue is still full: the output is read now, so it can end.
+    let mut out = listener.stdout.take().unwrap();
+    tokio::spawn(async move {
+        let mut sink = tokio::io::sink();
+        let _ = tokio::io::copy(&mut out, &mut sink).await;
+    });
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            rest.push(line);
+        }
+        listener.wait().await.unwrap()
+    })
+    .await
+    .expect("the listener ends within 30 s of SIGINT");
+    assert!(ended.success(), "{rest:?}");
+    let all = rest
+        .iter()
+        .find(|l| l.starts_with("dropped ") && l.contains(" waves in all "))
+        .unwrap_or_else(|| panic!("no total of drops: {rest:?}"));
+    let summary = rest
+        .iter()
+        .find_map(|l| l.strip_prefix("heard "))
+        .unwrap_or_else(|| panic!("no count heard: {rest:?}"));
+    let numbers: Vec<u64> = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let (heard, unprinted) = (numbers[0], numbers.get(1).copied().unwrap_or(0));
+    let dropped: u64 = all
+        .strip_prefix("dropped ")
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(dropped > 0 && heard > 0, "{rest:?}");
+    // Every wave emitted is accounted for: printed, dropped (counted), or
+    // received and left unprinted when it stopped (said).
+    assert_eq!(
+        heard + dropped + unprinted,
+        150_000,
+        "heard {heard}, dropped {dropped}, unprinted {unprinted}: {rest:?}"
+    );
+}

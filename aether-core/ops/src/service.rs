@@ -33,7 +33,11 @@ use crate::{
     data::DataDir,
     panic::install_panic_hook,
     reload::{self, Watcher},
-    settings::{ServiceMedium, SettingsSource},
+    resources::ResourceLimits,
+    settings::{
+        LogSettings, ServiceMedium, ServiceSettings, SettingsError, SettingsSource,
+        TelemetrySettings, Validate, validate_section,
+    },
     shutdown::Shutdown,
     telemetry::{self, TelemetryGuard},
 };
@@ -195,8 +199,28 @@ impl<T: ProgramSettings> Service<T> {
 /// aether_ops::service_program_settings!(BetaProgramSettings,
 ///     applied: ["log.level", "service.noise_floor"], others: ["gateway", "alpha"]);
 /// ```
+///
+/// With `own: section` (the program's own section, a field of the type
+/// beside `resources`), it also implements [`Validate`] with
+/// [`validate_service_sections`].
 #[macro_export]
 macro_rules! service_program_settings {
+    ($settings:ty, applied: [$($applied:expr),* $(,)?], others: [$($others:expr),* $(,)?], own: $own:ident $(,)?) => {
+        $crate::service_program_settings!($settings, applied: [$($applied),*], others: [$($others),*]);
+
+        impl $crate::settings::Validate for $settings {
+            fn validate(&self) -> ::std::result::Result<(), $crate::settings::SettingsError> {
+                $crate::service::validate_service_sections(
+                    &self.aether,
+                    &self.log,
+                    &self.service,
+                    &self.resources,
+                    &self.telemetry,
+                    (::std::stringify!($own), &self.$own),
+                )
+            }
+        }
+    };
     ($settings:ty, applied: [$($applied:expr),* $(,)?], others: [$($others:expr),* $(,)?] $(,)?) => {
         impl $crate::service::ProgramSettings for $settings {
             const RELOAD_SCOPE: $crate::reload::ReloadScope = $crate::reload::ReloadScope {
@@ -221,6 +245,52 @@ macro_rules! service_program_settings {
             }
         }
     };
+}
+
+/// Checks a service program's settings: the sections every one has
+/// (`aether`, `log`, `service`, `resources`, `telemetry`, in that order),
+/// then its own, `own` (its name and the section); the first refusal names
+/// its key within its section.
+pub fn validate_service_sections(
+    aether: &AetherConfig,
+    log: &LogSettings,
+    service: &ServiceSettings,
+    resources: &ResourceLimits,
+    telemetry: &TelemetrySettings,
+    own: (&str, &dyn Validate),
+) -> Result<(), SettingsError> {
+    validate_section("aether", aether)?;
+    validate_section("log", log)?;
+    validate_section("service", service)?;
+    validate_section("resources", resources)?;
+    validate_section("telemetry", telemetry)?;
+    validate_section(own.0, own.1)
+}
+
+/// Puts the command-line options every service program has over its
+/// settings: `--instance` (`[aether.report] instance`), `--metrics-listen`
+/// (`[service] metrics_listen`), `--nats` (the servers, when any is named)
+/// and `--lan` (`[service] medium = "lan"`).
+pub fn apply_service_options(
+    aether: &mut AetherConfig,
+    service: &mut ServiceSettings,
+    instance: Option<&String>,
+    metrics_listen: Option<std::net::SocketAddr>,
+    nats: &[String],
+    lan: bool,
+) {
+    if let Some(instance) = instance {
+        aether.report.instance = Some(instance.clone());
+    }
+    if let Some(listen) = metrics_listen {
+        service.metrics_listen = Some(listen);
+    }
+    if !nats.is_empty() {
+        aether.nats.urls = nats.to_vec();
+    }
+    if lan {
+        service.medium = ServiceMedium::Lan;
+    }
 }
 
 /// A program's exit status from its run: success, or the error said on

@@ -72,6 +72,12 @@ create_exception!(
     Error,
     "No keeper or other replica acknowledged a map's writes in time: they are held here only."
 );
+create_exception!(
+    aether,
+    NotSent,
+    Error,
+    "A map's changes are not leaving (the bus refused the last send): the write is kept here and sent later, or by anti-entropy."
+);
 create_exception!(aether, Denied, Error, "Refused by the access rules.");
 create_exception!(
     aether,
@@ -107,6 +113,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("RateLimited", py.get_type::<RateLimited>())?;
     m.add("NotOwner", py.get_type::<NotOwner>())?;
     m.add("NotHeld", py.get_type::<NotHeld>())?;
+    m.add("NotSent", py.get_type::<NotSent>())?;
     m.add("Denied", py.get_type::<Denied>())?;
     m.add("ConnectionError", py.get_type::<ConnectionError>())?;
     m.add("ConfigurationError", py.get_type::<ConfigurationError>())?;
@@ -181,6 +188,7 @@ pub(crate) fn state(error: StateError) -> PyErr {
         StateErrorKind::Closed => Closed::new_err(message),
         StateErrorKind::Full => Full::new_err(message),
         StateErrorKind::NotHeld => NotHeld::new_err(message),
+        StateErrorKind::Medium => NotSent::new_err(message),
         _ => Error::new_err(message),
     }
 }

@@ -123,6 +123,34 @@ def test_a_subscription_lives_through_a_server_restart(nats: NatsServer) -> None
     bus.close()
 
 
+def test_writes_the_bus_will_not_take_raise_not_sent_and_arrive_later(nats: NatsServer, tmp_path: Path) -> None:
+    # A small outbox: with the server down, the map's changes stop leaving.
+    (tmp_path / "default.toml").write_text("[aether.nats]\noutbox_capacity = 16\n")
+    bus = aether.connect(nats.url, config_dir=str(tmp_path))
+    other = aether.connect(nats.url)
+    home = bus.map("down", node="writer")
+    seen = other.map("down", node="reader")
+    home["first"] = 1
+    eventually(lambda: seen.get("first") == 1)
+    nats.stop()
+    eventually(lambda: bus.state == "disconnected")
+    refused = 0
+    for n in range(300):
+        try:
+            home[f"k{n}"] = n
+        except aether.NotSent:
+            refused += 1
+        time.sleep(0.001)
+    assert refused > 0
+    assert home.stats()["unsent"] > 0
+    assert len(home) == 301, "every write is kept here"
+    nats.start()
+    eventually(lambda: len(seen) == 301, timeout=30)
+    assert dict(seen.items()) == dict(home.items())
+    bus.close()
+    other.close()
+
+
 def test_a_partitioned_python_replica_converges_with_a_rust_one(nats: NatsServer) -> None:
     from conftest import Proxy
 

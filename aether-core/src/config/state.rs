@@ -48,14 +48,17 @@ pub struct StateConfig {
     /// may come back from with its state. Default 24 h.
     #[serde(rename = "tombstone_horizon_ms", with = "millis")]
     pub tombstone_horizon: Duration,
-    /// How often a replica says it is there. Default 1 s.
+    /// How often a replica probes one member of the map (the next of a
+    /// shuffled round), and about one of the map's replicas says hello to
+    /// all. Default 1 s.
     #[serde(rename = "heartbeat_interval_ms", with = "millis")]
     pub heartbeat_interval: Duration,
-    /// A replica not heard from for this long has left. Default 3 s.
+    /// A member that answers none of its probes for this long has left.
+    /// Default 3 s.
     #[serde(rename = "presence_timeout_ms", with = "millis")]
     pub presence_timeout: Duration,
-    /// How often replicas compare digests and repair what differs. Default
-    /// 2 s.
+    /// How often a replica's next probe carries its digest, and the member
+    /// probed sends it what differs. Default 2 s.
     #[serde(rename = "anti_entropy_interval_ms", with = "millis")]
     pub anti_entropy_interval: Duration,
     /// How long `open` waits for a peer's state before it goes on alone.

@@ -75,6 +75,7 @@ mod follow;
 mod interference;
 mod lru;
 mod pattern;
+mod recent;
 mod resonance;
 mod standing;
 mod window;

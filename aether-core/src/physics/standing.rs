@@ -11,30 +11,19 @@ use std::collections::VecDeque;
 
 use smallvec::SmallVec;
 
-use super::{PhysicsConfig, channel_for, lru::Lru, pattern::Seen};
-use crate::{Channel, Wave};
+use super::{
+    PhysicsConfig,
+    pattern::Seen,
+    recent::{Recent, RecentTable},
+};
+use crate::Wave;
 
-/// The last occurrences of one (channel, payload), in arrival order.
-struct Ring {
-    channel: Channel,
-    /// The keyed fingerprint of (channel, payload): the payload itself is
-    /// not kept (it may be large).
-    fingerprint: u64,
-    waves: VecDeque<Seen>,
-    last_ns: u64,
-}
-
-impl Ring {
-    /// Makes this the ring of `fingerprint`, empty, keeping its buffer (at
-    /// most `standing_min_repeats` waves): a ring forgotten to make room is
-    /// reused, so a flood of new payloads allocates nothing.
-    fn reset(&mut self, channel: Channel, fingerprint: u64, now: u64) {
-        self.channel = channel;
-        self.fingerprint = fingerprint;
-        self.waves.clear();
-        self.last_ns = now;
-    }
-}
+/// The last occurrences of one (channel, payload), in arrival order, under
+/// the keyed fingerprint of (channel, payload): the payload itself is not
+/// kept (it may be large). A ring forgotten to make room is reused with its
+/// buffer (at most `standing_min_repeats` waves), so a flood of new payloads
+/// allocates nothing.
+type Ring = Recent<u64>;
 
 /// A standing wave found.
 pub(crate) struct Standing {
@@ -44,20 +33,18 @@ pub(crate) struct Standing {
     pub(crate) involved: Vec<Seen>,
 }
 
-/// At most `max_tracked_keys` rings, the least recently used forgotten.
+/// At most `max_tracked_keys` rings, the least recently used forgotten;
+/// rings idle for longer than the standing window are dropped a few at a
+/// time on each wave, and all by [`StandingWaves::expire`].
 #[derive(Debug)]
 pub(crate) struct StandingWaves {
-    table: Lru<Ring>,
+    table: RecentTable<u64>,
 }
-
-/// Rings idle for longer than the standing window are dropped this many at a
-/// time on each wave; [`StandingWaves::expire`] drops them all.
-const SWEEP: usize = 2;
 
 impl StandingWaves {
     pub(crate) fn new(max_keys: usize) -> Self {
         Self {
-            table: Lru::new(max_keys),
+            table: RecentTable::new(max_keys, usize::MAX),
         }
     }
 
@@ -79,32 +66,14 @@ impl StandingWaves {
     ) -> Option<Standing> {
         let span_ns = config.standing_window_ms.saturating_mul(1_000_000);
         let now = seen.at_ns;
-        let ring = self
+        let ring: &mut Ring = self
             .table
-            .get_or_insert_with(fingerprint, |evicted| match evicted {
-                Some(mut ring) => {
-                    ring.reset(channel_for(channel, wave), fingerprint, now);
-                    ring
-                }
-                None => Ring {
-                    channel: channel_for(channel, wave),
-                    fingerprint,
-                    waves: VecDeque::new(),
-                    last_ns: now,
-                },
-            });
-        if ring.channel.as_str() != channel || ring.fingerprint != fingerprint {
-            ring.reset(channel_for(channel, wave), fingerprint, now);
-        }
+            .entry(fingerprint, channel, wave, &fingerprint, now);
         if ring.waves.iter().any(|w| w.same_sighting(seen)) {
             return None;
         }
         ring.waves.retain(|w| w.at_ns.abs_diff(now) <= span_ns);
-        if ring.waves.len() >= config.standing_min_repeats {
-            ring.waves.pop_front();
-        }
-        ring.waves.push_back(seen.clone());
-        ring.last_ns = ring.last_ns.max(now);
+        ring.push(seen, config.standing_min_repeats);
 
         let result = steady_period(&ring.waves, config).map(|period_ns| Standing {
             period_ns,
@@ -115,15 +84,14 @@ impl StandingWaves {
             },
         });
 
-        self.table.sweep(SWEEP, now, span_ns, |r| r.last_ns);
+        self.table.sweep(now, span_ns);
         result
     }
 
     /// Drops every ring whose last occurrence is older than the standing
     /// window at `now_ns`.
     pub(crate) fn expire(&mut self, now_ns: u64, window_ms: u64) {
-        let span_ns = window_ms.saturating_mul(1_000_000);
-        self.table.expire(now_ns, span_ns, |r| r.last_ns);
+        self.table.expire(now_ns, window_ms);
     }
 }
 

@@ -2,44 +2,18 @@
 //! `coherence_window_ms`, where constructive interference and cancellation
 //! are found.
 
-use std::collections::VecDeque;
-
 use smol_str::SmolStr;
 
 use super::{
-    InterferencePattern, PhysicsConfig, channel_for,
+    InterferencePattern, PhysicsConfig,
     interference::{InterferenceKind, kind_of, phase_difference},
-    lru::Lru,
     pattern::Seen,
+    recent::RecentTable,
 };
-use crate::{Channel, Wave};
+use crate::Wave;
 
-/// The recent waves of one (channel, correlation key), in arrival order.
-struct Window {
-    channel: Channel,
-    key: SmolStr,
-    waves: VecDeque<Seen>,
-    /// The latest emission time among them.
-    last_ns: u64,
-}
-
-impl Window {
-    /// Makes this the window of (`channel`, `key`), empty, keeping its
-    /// buffer if it is small (a window forgotten to make room is reused, so
-    /// a flood of new keys allocates little, and no buffer stays large).
-    fn reset(&mut self, channel: Channel, key: &str, now: u64) {
-        self.channel = channel;
-        self.key = SmolStr::new(key);
-        if self.waves.capacity() > REUSED_CAPACITY {
-            self.waves = VecDeque::new();
-        } else {
-            self.waves.clear();
-        }
-        self.last_ns = now;
-    }
-}
-
-/// The largest buffer (in waves) a reused window keeps.
+/// The largest buffer (in waves) a window reused for another (channel,
+/// correlation key) keeps.
 const REUSED_CAPACITY: usize = 8;
 
 /// What a wave made with its window.
@@ -49,21 +23,19 @@ pub(crate) struct Coherent {
     pub(crate) involved: Vec<Seen>,
 }
 
-/// At most `max_tracked_keys` windows, the least recently used forgotten.
+/// At most `max_tracked_keys` windows (the recent waves of one (channel,
+/// correlation key)), the least recently used forgotten; windows whose last
+/// wave left the coherence window are dropped a few at a time on each wave,
+/// and all by [`CoherenceWindows::expire`].
 #[derive(Debug)]
 pub(crate) struct CoherenceWindows {
-    table: Lru<Window>,
+    table: RecentTable<SmolStr>,
 }
-
-/// Windows whose last wave left the coherence window are dropped this many at
-/// a time from the least recently used end on each wave (amortized O(1));
-/// [`CoherenceWindows::expire`] drops them all.
-const SWEEP: usize = 2;
 
 impl CoherenceWindows {
     pub(crate) fn new(max_keys: usize) -> Self {
         Self {
-            table: Lru::new(max_keys),
+            table: RecentTable::new(max_keys, REUSED_CAPACITY),
         }
     }
 
@@ -87,25 +59,7 @@ impl CoherenceWindows {
         let window_ns = config.coherence_window_ms.saturating_mul(1_000_000);
         let now = seen.at_ns;
         let key = wave.correlation_key();
-        let window = self
-            .table
-            .get_or_insert_with(fingerprint, |evicted| match evicted {
-                Some(mut window) => {
-                    window.reset(channel_for(channel, wave), key, now);
-                    window
-                }
-                None => Window {
-                    channel: channel_for(channel, wave),
-                    key: SmolStr::new(key),
-                    waves: VecDeque::new(),
-                    last_ns: now,
-                },
-            });
-        if window.channel.as_str() != channel || window.key != key {
-            // Two identities on one 64-bit keyed fingerprint: practically
-            // never; the newer one takes the slot.
-            window.reset(channel_for(channel, wave), key, now);
-        }
+        let window = self.table.entry(fingerprint, channel, wave, key, now);
         while window
             .waves
             .front()
@@ -164,20 +118,15 @@ impl CoherenceWindows {
             },
         });
 
-        if window.waves.len() >= config.max_window_waves {
-            window.waves.pop_front();
-        }
-        window.waves.push_back(seen.clone());
-        window.last_ns = window.last_ns.max(now);
+        window.push(seen, config.max_window_waves);
 
-        self.table.sweep(SWEEP, now, window_ns, |w| w.last_ns);
+        self.table.sweep(now, window_ns);
         result
     }
 
     /// Drops every window whose last wave is older than the coherence window
     /// at `now_ns`.
     pub(crate) fn expire(&mut self, now_ns: u64, window_ms: u64) {
-        let window_ns = window_ms.saturating_mul(1_000_000);
-        self.table.expire(now_ns, window_ns, |w| w.last_ns);
+        self.table.expire(now_ns, window_ms);
     }
 }

@@ -23,6 +23,13 @@ const KIND_SYNC: u8 = 4;
 const KIND_ASK: u8 = 5;
 const KIND_HOLD: u8 = 6;
 const KIND_HELD: u8 = 7;
+const KIND_PING: u8 = 8;
+const KIND_ACK: u8 = 9;
+const KIND_GONE: u8 = 10;
+const KIND_ROSTER: u8 = 11;
+
+/// Most members one roster message names.
+pub(crate) const MAX_ROSTER: usize = 1024;
 
 /// Most entries one message carries.
 pub(crate) const MAX_ENTRIES: usize = 4096;
@@ -61,6 +68,19 @@ pub(crate) enum Message {
         token: u64,
         entries: Vec<(String, Entry)>,
     },
+    /// A probe of a replica `node` that is there, to the repair channel
+    /// of the replica probed, with the fingerprint of the keys it owns:
+    /// [`Message::Ack`] answers it.
+    Ping { node: u64, owned: u64 },
+    /// The answer to a [`Message::Ping`], to the prober's repair channel.
+    Ack { node: u64, owned: u64 },
+    /// Presence: the replica `node` did not answer its probes for
+    /// `presence_timeout` (it answers with a hello if it is there).
+    Gone { node: u64 },
+    /// Members of the map a replica knows (node ids, names, and the
+    /// fingerprint of the keys each owns as held there), to the repair
+    /// channel of a replica that caught up from it.
+    Roster { members: Vec<(u64, SmolStr, u64)> },
     /// A replica `node` holds the writes of the hold `token` (`refused`:
     /// [`HELD_ALL`], or why it took not all of them); `keeper`: it keeps
     /// the map for others, on its disk.
@@ -152,6 +172,29 @@ impl Message {
                 out.put_u8(u8::from(*keeper));
                 out.put_u8(*refused);
             }
+            Message::Ping { node, owned } | Message::Ack { node, owned } => {
+                out.put_u8(if matches!(self, Message::Ping { .. }) {
+                    KIND_PING
+                } else {
+                    KIND_ACK
+                });
+                out.put_u64_le(*node);
+                out.put_u64_le(*owned);
+            }
+            Message::Gone { node } => {
+                out.put_u8(KIND_GONE);
+                out.put_u64_le(*node);
+            }
+            Message::Roster { members } => {
+                out.put_u8(KIND_ROSTER);
+                out.put_u16_le(members.len() as u16);
+                for (node, name, owned) in members {
+                    out.put_u64_le(*node);
+                    out.put_u8(name.len() as u8);
+                    out.put_slice(name.as_bytes());
+                    out.put_u64_le(*owned);
+                }
+            }
             Message::Sync { node, buckets } => {
                 out.put_u8(KIND_SYNC);
                 out.put_u64_le(*node);
@@ -213,6 +256,31 @@ impl Message {
                 keeper: bool_of(b)?,
                 refused: u8_of(b)?,
             },
+            KIND_PING => Message::Ping {
+                node: u64_of(b)?,
+                owned: u64_of(b)?,
+            },
+            KIND_ACK => Message::Ack {
+                node: u64_of(b)?,
+                owned: u64_of(b)?,
+            },
+            KIND_GONE => Message::Gone { node: u64_of(b)? },
+            KIND_ROSTER => {
+                let count = usize::from(u16_of(b)?);
+                if count > MAX_ROSTER {
+                    return Err(DecodeError("too many members"));
+                }
+                let mut members = Vec::with_capacity(count.min(64));
+                for _ in 0..count {
+                    let node = u64_of(b)?;
+                    let len = usize::from(u8_of(b)?);
+                    let name = std::str::from_utf8(&take(b, len)?)
+                        .map(SmolStr::new)
+                        .map_err(|_| DecodeError("name not UTF-8"))?;
+                    members.push((node, name, u64_of(b)?));
+                }
+                Message::Roster { members }
+            }
             KIND_SYNC => {
                 let node = u64_of(b)?;
                 let count = usize::from(u8_of(b)?);
@@ -271,10 +339,18 @@ pub(crate) fn decode_all(
 
 /// `count u16 | entries` (a message's entries).
 fn put_counted(out: &mut BytesMut, entries: &[(String, Entry)]) {
+    // Sized once: a chunk of thousands of entries is not copied as it grows.
+    let len = 2 + entries
+        .iter()
+        .map(|(key, entry)| entry_len(key, entry))
+        .sum::<usize>();
+    out.reserve(len);
+    let start = out.len();
     out.put_u16_le(entries.len() as u16);
     for (key, entry) in entries {
         put_entry(out, key, entry);
     }
+    debug_assert_eq!(out.len() - start, len);
 }
 
 /// What [`put_counted`] wrote: at most [`MAX_ENTRIES`].
@@ -283,7 +359,9 @@ fn counted_of(b: &mut Bytes, limits: &Limits) -> Result<Vec<(String, Entry)>, De
     if count > MAX_ENTRIES {
         return Err(DecodeError("too many entries"));
     }
-    let mut entries = Vec::with_capacity(count.min(64));
+    // Each entry takes at least 25 bytes: a count the payload cannot hold
+    // reserves no more than it can.
+    let mut entries = Vec::with_capacity(count.min(b.len() / 25));
     for _ in 0..count {
         entries.push(entry_of(b, limits)?);
     }
@@ -292,6 +370,16 @@ fn counted_of(b: &mut Bytes, limits: &Limits) -> Result<Vec<(String, Entry)>, De
 
 /// `key len u16 | key | physical u64 | logical u32 | node u64 | writer len
 /// u8 | writer | has value u8 | (value len u32 | value)`.
+/// How many bytes [`put_entry`] writes.
+fn entry_len(key: &str, entry: &Entry) -> usize {
+    2 + key.len()
+        + 20
+        + 1
+        + entry.writer.len()
+        + 1
+        + entry.value.as_ref().map_or(0, |v| 4 + v.len())
+}
+
 fn put_entry(out: &mut BytesMut, key: &str, entry: &Entry) {
     out.put_u16_le(key.len() as u16);
     out.put_slice(key.as_bytes());
@@ -457,6 +545,17 @@ mod tests {
                     token,
                     entries
                 }),
+            any::<(u64, u64)>().prop_map(|(node, owned)| Message::Ping { node, owned }),
+            any::<(u64, u64)>().prop_map(|(node, owned)| Message::Ack { node, owned }),
+            any::<u64>().prop_map(|node| Message::Gone { node }),
+            prop::collection::vec((any::<u64>(), "[a-z_-]{1,20}", any::<u64>()), 0..8).prop_map(
+                |members| Message::Roster {
+                    members: members
+                        .into_iter()
+                        .map(|(n, name, owned)| (n, SmolStr::new(name), owned))
+                        .collect(),
+                }
+            ),
             any::<(u64, u64, bool, u8)>().prop_map(|(node, token, keeper, refused)| {
                 Message::Held {
                     node,

@@ -156,6 +156,8 @@ impl StateMap {
                 ),
             ));
         }
+        // The writes still queued leave before the hold that names them.
+        shared.send_outgoing().await;
         let deadline = tokio::time::Instant::now() + timeout;
         let waiting = shared.unacked_entries(want);
         let mut held = Held {
@@ -169,7 +171,9 @@ impl StateMap {
         // A chunk fits in one second of a receiver's rate for this writer.
         let most = (shared.config.max_writes_per_s as usize).clamp(1, codec::MAX_ENTRIES);
         for chunk in chunks(waiting, shared.config.max_value_bytes, most) {
-            let acks = shared.hold(&chunk, want, deadline, timeout).await?;
+            let acks = shared
+                .hold(&chunk, held.writes, want, deadline, timeout)
+                .await?;
             let keepers = acks.values().filter(|a| a.keeper).count();
             shared.acknowledged(&chunk, acks.len(), keepers);
             if by.is_empty() {
@@ -272,11 +276,12 @@ impl Shared {
         }
     }
 
-    /// Sends `entries` as a hold until `want` replicas acknowledged them
-    /// all, or the deadline.
+    /// Sends `entries` (a chunk of the flush's `writes`) as a hold until
+    /// `want` replicas acknowledged them all, or the deadline.
     async fn hold(
         &self,
         entries: &[(String, Entry)],
+        writes: usize,
         want: HeldBy,
         deadline: tokio::time::Instant,
         timeout: Duration,
@@ -312,7 +317,7 @@ impl Shared {
                 ack = acks.recv() => {
                     let Some((node, ack)) = ack else { continue };
                     if ack.refused != HELD_ALL {
-                        return Err(self.refused_by(&ack, entries.len()));
+                        return Err(self.refused_by(&ack, writes));
                     }
                     held.insert(node, ack);
                     if want.met(&held) {
@@ -320,7 +325,7 @@ impl Shared {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    return Err(self.not_held(want, &held, entries.len(), timeout));
+                    return Err(self.not_held(want, &held, writes, timeout));
                 }
             }
         }

@@ -298,12 +298,22 @@ impl Inner {
 
     /// Opens the replica of a claimed map.
     async fn open(&self, map: String) {
-        let opened = StateMap::builder(map.as_str())
-            .node(self.name.as_str())
-            .config(self.config.clone())
-            .keeper(true)
-            .open(&self.aether)
-            .await;
+        let attempt = || {
+            StateMap::builder(map.as_str())
+                .node(self.name.as_str())
+                .config(self.config.clone())
+                .keeper(true)
+                .open(&self.aether)
+        };
+        let mut opened = attempt().await;
+        // Once more, a moment later: the replica it takes over from (a
+        // keeper closed just before, on this directory) may still be
+        // letting go of it.
+        if let Err(error) = &opened {
+            tracing::info!(keeper = %self.name, map, %error, "opening the map again");
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            opened = attempt().await;
+        }
         match opened {
             Ok(replica) => {
                 tracing::info!(keeper = %self.name, map, keys = replica.len(), "keeping map");

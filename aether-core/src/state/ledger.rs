@@ -80,9 +80,8 @@ impl Ledger {
         if let Some(snapshot) = read_snapshot(dir)? {
             match codec::decode_all(Bytes::from(snapshot.data), limits) {
                 Ok(entries) => {
-                    for (key, entry) in entries {
-                        store.merge(&key, entry);
-                    }
+                    // Written in key order: built in one pass.
+                    store = Store::from_sorted(entries);
                     from = from.max(snapshot.position);
                 }
                 Err(_) => skipped += 1,

@@ -37,6 +37,7 @@ mod held;
 pub mod hlc;
 mod keeper;
 mod ledger;
+mod members;
 mod node;
 mod protocol;
 mod store;
@@ -63,9 +64,7 @@ use smol_str::SmolStr;
 use tokio::sync::{Notify, broadcast};
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 
-use crate::{
-    Aether, Channel, EmitErrorKind, Emitter, RequestErrorKind, Vibrator, Wave, names::is_name,
-};
+use crate::{Aether, Channel, Emitter, RequestErrorKind, Vibrator, Wave, names::is_name};
 
 use self::{
     codec::{Limits, Message},
@@ -104,8 +103,9 @@ pub enum StateErrorKind {
     Config,
     /// The aether or the map was closed.
     Closed,
-    /// The write is kept here but could not be sent; anti-entropy sends it
-    /// when it can.
+    /// The write is kept here but this replica's changes are not leaving
+    /// (the medium refused the last send); anti-entropy sends them when it
+    /// can.
     Medium,
     /// The state directory's ledger cannot be opened or read.
     Ledger,
@@ -307,6 +307,10 @@ pub struct StateStats {
     /// Changes applied but not written to the ledger (a full disk, for
     /// one): lost to a restart of this replica, not to its peers.
     pub ledger_failed: u64,
+    /// This replica's changes the aether did not take to send (a medium
+    /// that failed, a closing aether): held here, its peers get them from
+    /// anti-entropy.
+    pub unsent: u64,
 }
 
 impl StateStats {
@@ -325,6 +329,7 @@ struct Counters {
     collected: AtomicU64,
     watch_lagged: AtomicU64,
     ledger_failed: AtomicU64,
+    unsent: AtomicU64,
 }
 
 /// Builds a [`StateMap`]: its name, this replica's node name and settings.
@@ -418,19 +423,30 @@ struct Shared {
     changes: broadcast::Sender<Change>,
     superseded: broadcast::Sender<Superseded>,
     presence: broadcast::Sender<Presence>,
-    peers: Mutex<HashMap<u64, Peer>>,
+    members: Mutex<members::Members>,
     counters: Counters,
     writers: Limiter,
     /// Repairs, digests, catch-ups and asks taken from one source a second:
     /// what one forged message can make a replica send is bounded by it.
     chatter: Limiter,
-    /// When this replica last said hello back to a newcomer.
+    /// When this replica last said hello to all, told it is gone.
     last_hello_back: Mutex<Option<Instant>>,
     /// Each owner it asked for its keys: when, for which fingerprint the
     /// owner advertised, and how many times for it.
     asked: Mutex<HashMap<u64, (Instant, u64, u32)>>,
     /// Catch-up: the buckets still expected from the peer that answered.
     pending_sync: Mutex<Option<(u64, HashSet<u8>)>>,
+    /// This replica's changes not sent yet: the replica's task sends them,
+    /// those made while the last message went out together in the next.
+    outgoing: Mutex<Vec<(String, store::Entry)>>,
+    /// Sends of `outgoing` one at a time, so that changes leave in order.
+    sending: tokio::sync::Mutex<()>,
+    /// `outgoing` has changes to send.
+    send_due: Notify,
+    /// The task gathers a stream of writes: it takes `outgoing` by itself.
+    gathering: AtomicBool,
+    /// Why the last send of `outgoing` failed, until one succeeds.
+    send_failed: Mutex<Option<String>>,
     synced: Notify,
     /// Caught up: the task starts answering catch-ups.
     ready: Notify,
@@ -438,12 +454,18 @@ struct Shared {
     stopped: AtomicBool,
     /// The replica said goodbye to its peers.
     goodbye: AtomicBool,
+    /// An anti-entropy round is due: the next probe carries the digest.
+    digest_due: AtomicBool,
+    /// Who gives this replica members, and until when: the replica it
+    /// caught up from (the first roster's sender, or the answer's), within
+    /// twice `ready_timeout` of the catch-up.
+    answerer: Mutex<(Option<SmolStr>, Option<Instant>)>,
+    /// When this replica last sent repairs for each member's digest.
+    repaired_for: Mutex<HashMap<u64, Instant>>,
     stop: Notify,
-}
-
-struct Peer {
-    name: SmolStr,
-    seen: Instant,
+    /// The replica's task, awaited by `close` (its end leaves the
+    /// map's channels, the catch-up group among them).
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// How many times a replica asks an owner for its keys while the owner
@@ -460,7 +482,6 @@ const CHATTER_PER_S: u32 = 512;
 /// The channels of one map.
 struct Channels {
     changes: Channel,
-    digest: Channel,
     presence: Channel,
     sync: Channel,
     /// Writers' holds ([`StateMap::flush`]).
@@ -475,7 +496,6 @@ impl Channels {
         let prefix = format!("_state.{map}");
         Self {
             changes: Channel::new(format!("{prefix}.c")),
-            digest: Channel::new(format!("{prefix}.d")),
             presence: Channel::new(format!("{prefix}.p")),
             sync: Channel::new(format!("{prefix}.s")),
             hold: Channel::new(format!("{prefix}.k")),
@@ -596,7 +616,6 @@ impl StateMap {
         // responders" at once.
         for channel in [
             &channels.changes,
-            &channels.digest,
             &channels.presence,
             &channels.hold,
             &channels.repair,
@@ -643,7 +662,7 @@ impl StateMap {
             changes: broadcast::channel(config.watch_buffer).0,
             superseded: broadcast::channel(config.watch_buffer).0,
             presence: broadcast::channel(config.watch_buffer).0,
-            peers: Mutex::new(HashMap::new()),
+            members: Mutex::new(members::Members::new(id ^ hlc::wall_ns())),
             counters: Counters::default(),
             writers: RateLimiter::hashmap(quota),
             chatter: RateLimiter::hashmap(Quota::per_second(
@@ -652,11 +671,20 @@ impl StateMap {
             last_hello_back: Mutex::new(None),
             asked: Mutex::new(HashMap::new()),
             pending_sync: Mutex::new(None),
+            outgoing: Mutex::new(Vec::new()),
+            sending: tokio::sync::Mutex::new(()),
+            send_due: Notify::new(),
+            gathering: AtomicBool::new(false),
+            send_failed: Mutex::new(None),
             synced: Notify::new(),
             ready: Notify::new(),
             stopped: AtomicBool::new(false),
             goodbye: AtomicBool::new(false),
+            digest_due: AtomicBool::new(false),
+            answerer: Mutex::new((None, None)),
+            repaired_for: Mutex::new(HashMap::new()),
             stop: Notify::new(),
+            task: Mutex::new(None),
             map,
             node_name: SmolStr::new(node_name),
             config,
@@ -664,72 +692,19 @@ impl StateMap {
         let (answering, answers) = tokio::sync::oneshot::channel();
         let source: Arc<dyn crate::report::MapSource> = shared.clone();
         aether.register_map(Arc::downgrade(&source));
-        tokio::spawn(run(shared.clone(), vibrator, answering));
+        let task = tokio::spawn(run(shared.clone(), vibrator, answering));
+        *shared.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         let map = StateMap {
             _guard: Arc::new(Guard(shared.clone())),
             shared,
         };
         map.shared.hello(false).await;
-        map.catch_up().await;
+        map.shared.catch_up().await;
         // Ready: from now on it answers others' catch-ups. Waited for, so
         // that a replica opened after `open` returned finds it.
         map.shared.ready.notify_one();
         let _ = answers.await;
         Ok(map)
-    }
-
-    /// Asks a live peer for what this replica lacks and waits (up to
-    /// `ready_timeout`) until it came. Alone on the bus: ready at once.
-    async fn catch_up(&self) {
-        let shared = &self.shared;
-        let timeout = shared.config.ready_timeout;
-        let request = Wave::new(
-            shared.channels.sync.clone(),
-            Message::Digest {
-                node: shared.clock.node(),
-                digest: Box::new(shared.lock_store().digest()),
-            }
-            .encode(),
-        );
-        let deadline = tokio::time::Instant::now() + timeout;
-        let reply = match shared.emitter.request_on(request, timeout).await {
-            Ok(reply) => reply,
-            Err(e) if e.kind() == RequestErrorKind::NoResponders => return,
-            Err(e) => {
-                // Alone (no peer heard): nothing was expected. With peers
-                // known, one should have answered.
-                if shared.lock_peers().is_empty() {
-                    tracing::info!(map = %shared.map, "no peer answered; this replica starts from what it has");
-                } else {
-                    tracing::warn!(map = %shared.map, error = %e, "no peer gave its state; going on with what this replica has");
-                }
-                return;
-            }
-        };
-        let Ok(Message::Sync { node, buckets }) =
-            Message::decode(reply.payload_bytes().clone(), &shared.limits)
-        else {
-            shared.refuse(Refusal::Malformed);
-            return;
-        };
-        if !await_buckets(&mut shared.lock_pending(), node, buckets) {
-            return;
-        }
-        loop {
-            let notified = shared.synced.notified();
-            if shared
-                .lock_pending()
-                .as_ref()
-                .is_none_or(|(_, b)| b.is_empty())
-            {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                tracing::warn!(map = %shared.map, "a peer's state did not all come within ready_timeout; anti-entropy brings the rest");
-                break;
-            }
-        }
-        *shared.lock_pending() = None;
     }
 
     /// The map's name.
@@ -754,9 +729,11 @@ impl StateMap {
         self.shared.lock_store().version()
     }
 
-    /// Sets `key` to `value` here at once, and sends it to every replica.
-    /// `Medium` if it could not be sent now (it is kept, and anti-entropy
-    /// sends it later). With a ledger, it returns once the change is handed
+    /// Sets `key` to `value` here at once, and sends it to every replica:
+    /// the replica's task sends it, with the other changes made while its
+    /// last message went out (one message for a burst). `Medium` while the
+    /// medium refuses this replica's changes (the write is kept, and sent
+    /// later or brought by anti-entropy; `stats().unsent` counts them). With a ledger, it returns once the change is handed
     /// to the operating system, or with `sync_writes` once it is on the
     /// disk; `Ledger` if it could not be written (it is kept in memory and
     /// sent, not on this disk).
@@ -831,6 +808,12 @@ impl StateMap {
                 "the map was closed",
             ));
         }
+        if shared.emitter.aether().is_closed() {
+            return Err(StateError::new(
+                StateErrorKind::Closed,
+                "the aether was closed",
+            ));
+        }
         shared.check_key(key)?;
         if let Some(value) = value
             && value.len() > shared.config.max_value_bytes
@@ -882,21 +865,9 @@ impl StateMap {
             Applied::Stale => return Ok(false),
             Applied::Full(cap) => return Err(shared.full(key, cap)),
         };
-        let message = Message::Changes {
-            repair: None,
-            entries: vec![(key.to_string(), entry)],
-        };
-        shared
-            .emit(shared.channels.changes.clone(), message)
-            .await
-            .map_err(|e| {
-                let kind = if e.kind() == EmitErrorKind::Closed {
-                    StateErrorKind::Closed
-                } else {
-                    StateErrorKind::Medium
-                };
-                StateError::with_source(kind, e)
-            })?;
+        // Sent by the replica's task: changes made while one message goes
+        // out leave together in the next.
+        shared.queue_change(key.to_string(), entry).await;
         match (logged, &shared.ledger) {
             (Some(Err(error)), Some(_)) => {
                 return Err(StateError::new(StateErrorKind::Ledger, error));
@@ -908,6 +879,17 @@ impl StateMap {
                     .map_err(|error| StateError::new(StateErrorKind::Ledger, error))?;
             }
             _ => {}
+        }
+        // The last send of this replica's changes failed: this one is kept
+        // and queued, and the writer hears that they are not leaving.
+        if let Some(error) = shared.send_failing() {
+            return Err(StateError::new(
+                StateErrorKind::Medium,
+                format!(
+                    "changes of map {:?} are not leaving ({error}); this write is kept here and sent when the medium takes it, or by anti-entropy",
+                    shared.map
+                ),
+            ));
         }
         Ok(true)
     }
@@ -1021,15 +1003,7 @@ impl StateMap {
 
     /// The live replicas of this map (their node names), this one aside.
     pub fn peers(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .shared
-            .lock_peers()
-            .values()
-            .map(|p| p.name.to_string())
-            .collect();
-        names.sort();
-        names.dedup();
-        names
+        self.shared.lock_members().names()
     }
 
     /// Waits until a change to `key` is applied here (from now on).
@@ -1048,14 +1022,27 @@ impl StateMap {
     /// replica). Returns once the goodbye left this process (up to a second
     /// while the connection is down), so a program may exit right after.
     pub async fn close(&self) {
+        self.shared.send_outgoing().await;
         self.shared.say_goodbye().await;
+        self.shared.stop();
+        // Off the map's channels (the catch-up group among them) before
+        // `close` returns, the goodbye and the leaving sent: a catch-up
+        // asked right after goes to a replica still open.
+        let task = self
+            .shared
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
         let _ = self
             .shared
             .emitter
             .aether()
             .flush(Duration::from_secs(1))
             .await;
-        self.shared.stop();
         // The ledger's directory is free for a replica opened again, in
         // this process too.
         if let Some(ledger) = &self.shared.ledger {

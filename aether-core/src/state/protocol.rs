@@ -1,7 +1,8 @@
 //! The replicas' protocol: taking in what peers send (changes, repairs,
-//! digests, hellos, asks, holds), answering catch-ups and repairing by
-//! anti-entropy, presence, and the replica's task that runs it all. The
-//! payloads are in `codec.rs`, the merge in `store.rs`.
+//! digests, hellos, probes, asks, holds), answering catch-ups and repairing
+//! by anti-entropy with a few peers a round, presence, and the replica's
+//! task that runs it all. The payloads are in `codec.rs`, the merge in
+//! `store.rs`, who the members are in `members.rs`.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
@@ -42,8 +43,9 @@ impl Shared {
             repaired: c.repaired.load(Ordering::Relaxed),
             collected: c.collected.load(Ordering::Relaxed),
             watch_lagged: c.watch_lagged.load(Ordering::Relaxed),
-            peers: self.lock_peers().len(),
+            peers: self.lock_members().len(),
             ledger_failed: c.ledger_failed.load(Ordering::Relaxed),
+            unsent: c.unsent.load(Ordering::Relaxed),
         }
     }
 
@@ -51,8 +53,8 @@ impl Shared {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn lock_peers(&self) -> MutexGuard<'_, HashMap<u64, Peer>> {
-        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    pub(super) fn lock_members(&self) -> MutexGuard<'_, members::Members> {
+        self.members.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(super) fn lock_pending(&self) -> MutexGuard<'_, Option<(u64, HashSet<u8>)>> {
@@ -94,6 +96,159 @@ impl Shared {
     }
 
     /// Says goodbye to the peers, once.
+    /// Asks a live peer for what this replica lacks and waits (up to
+    /// `ready_timeout`) until it came. Alone on the bus: ready at once.
+    pub(super) async fn catch_up(&self) {
+        let timeout = self.config.ready_timeout;
+        let request = Wave::new(
+            self.channels.sync.clone(),
+            Message::Digest {
+                node: self.clock.node(),
+                digest: Box::new(self.lock_store().digest()),
+            }
+            .encode(),
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.answerer.lock().unwrap_or_else(|e| e.into_inner()).1 =
+            Some(Instant::now() + timeout * 2);
+        // Asked again every eighth of the time while no answer came (six
+        // more asks at most), each ask still awaited to the deadline (the
+        // first answer is taken): the group member asked may be gone or
+        // stuck (a replica closing, or stopped or killed with its
+        // connection not yet dropped by the server), and each ask goes to
+        // one at random.
+        let mut asks = futures_util::stream::FuturesUnordered::new();
+        let ask = || {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.emitter.request_on(request.clone(), left)
+        };
+        asks.push(ask());
+        let mut again = std::iter::repeat_n(timeout / 8, 6);
+        let mut next = again.next().map(|at| tokio::time::Instant::now() + at);
+        let reply = loop {
+            tokio::select! {
+                answer = futures_util::StreamExt::next(&mut asks), if !asks.is_empty() => match answer {
+                    Some(Ok(reply)) => break reply,
+                    Some(Err(e)) if e.kind() == RequestErrorKind::NoResponders => return,
+                    Some(Err(_)) if next.is_some() || !asks.is_empty() => {}
+                    Some(Err(e)) => {
+                        // Alone (no peer heard): nothing was expected. With
+                        // peers known, one should have answered.
+                        if self.lock_members().len() == 0 {
+                            tracing::info!(map = %self.map, "no peer answered; this replica starts from what it has");
+                        } else {
+                            tracing::warn!(map = %self.map, error = %e, "no peer gave its state; going on with what this replica has");
+                        }
+                        return;
+                    }
+                    None => {}
+                },
+                _ = tokio::time::sleep_until(next.unwrap_or(deadline)), if next.is_some() => {
+                    asks.push(ask());
+                    next = again.next().map(|at| tokio::time::Instant::now() + at);
+                }
+            }
+        };
+        drop(asks);
+        let Ok(Message::Sync { node, buckets }) =
+            Message::decode(reply.payload_bytes().clone(), &self.limits)
+        else {
+            self.refuse(Refusal::Malformed);
+            return;
+        };
+        if let Some(source) = reply.source() {
+            self.answerer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .0
+                .get_or_insert_with(|| SmolStr::new(source));
+        }
+        if !await_buckets(&mut self.lock_pending(), node, buckets) {
+            return;
+        }
+        loop {
+            let notified = self.synced.notified();
+            if self
+                .lock_pending()
+                .as_ref()
+                .is_none_or(|(_, b)| b.is_empty())
+            {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::warn!(map = %self.map, "a peer's state did not all come within ready_timeout; anti-entropy brings the rest");
+                break;
+            }
+        }
+        *self.lock_pending() = None;
+    }
+
+    /// Queues a change of this replica's for its task to send.
+    pub(super) async fn queue_change(&self, key: String, entry: Entry) {
+        let queued = {
+            let mut outgoing = self.outgoing.lock().unwrap_or_else(|e| e.into_inner());
+            outgoing.push((key, entry));
+            outgoing.len()
+        };
+        // While the task gathers a stream it takes the queue by itself.
+        if queued == 1 && !self.gathering.load(Ordering::Acquire) {
+            self.send_due.notify_one();
+        }
+        if queued >= MAX_QUEUED_CHANGES {
+            // A writer faster than its medium sends them itself: the queue
+            // stays bounded, and the writer slows to what the medium takes.
+            self.send_outgoing().await;
+        } else {
+            // A writer in a loop leaves the runtime's other tasks (this
+            // replica's among them) their turn, as a channel's sender does.
+            tokio::task::consume_budget().await;
+        }
+    }
+
+    /// Why the last send of this replica's changes failed, if it did (and
+    /// none succeeded since).
+    pub(super) fn send_failing(&self) -> Option<String> {
+        self.send_failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sends this replica's queued changes, as few messages as fit (a
+    /// chunk within a receiver's limit of this writer for one second), in
+    /// the order they were made.
+    pub(super) async fn send_outgoing(&self) -> usize {
+        let _one_at_a_time = self.sending.lock().await;
+        let mut sent_in_all = 0;
+        loop {
+            let queued =
+                std::mem::take(&mut *self.outgoing.lock().unwrap_or_else(|e| e.into_inner()));
+            if queued.is_empty() {
+                return sent_in_all;
+            }
+            sent_in_all += queued.len();
+            let most = (self.config.max_writes_per_s as usize).clamp(1, codec::MAX_ENTRIES);
+            for entries in super::held::chunks(queued, self.config.max_value_bytes, most) {
+                let n = entries.len() as u64;
+                let message = Message::Changes {
+                    repair: None,
+                    entries,
+                };
+                let sent = self.emit(self.channels.changes.clone(), message).await;
+                let mut failed = self.send_failed.lock().unwrap_or_else(|e| e.into_inner());
+                match sent {
+                    Ok(()) => *failed = None,
+                    Err(error) => {
+                        // Held here: anti-entropy brings them to the peers.
+                        self.counters.unsent.fetch_add(n, Ordering::Relaxed);
+                        tracing::warn!(map = %self.map, %error, changes = n, "changes not sent; anti-entropy brings them to the peers");
+                        *failed = Some(error.to_string());
+                    }
+                }
+            }
+        }
+    }
+
     pub(super) async fn say_goodbye(&self) {
         if !self.goodbye.swap(true, Ordering::AcqRel) {
             self.hello(true).await;
@@ -140,7 +295,11 @@ impl Shared {
     /// in the order they were applied (strictly increasing stamps, each
     /// `old` the previous `new`), whichever tasks and peers wrote them.
     pub(super) fn apply(&self, key: &str, entry: Entry, repair: bool, local: bool) -> Applied {
-        let (stamp, writer, new) = (entry.stamp, entry.writer.clone(), entry.value.clone());
+        let stamp = entry.stamp;
+        // What a change told to listeners needs of the entry, kept only if
+        // someone listens.
+        let listened = self.changes.receiver_count() > 0 || self.superseded.receiver_count() > 0;
+        let kept = listened.then(|| (entry.writer.clone(), entry.value.clone()));
         let mut logged = None;
         let mut store = self.lock_store();
         let copy = self.ledger.as_ref().map(|ledger| (ledger, entry.clone()));
@@ -185,24 +344,34 @@ impl Shared {
         if repair {
             self.counters.repaired.fetch_add(1, Ordering::Relaxed);
         }
-        let change = Change {
-            key: key.to_string(),
-            old: old.as_ref().and_then(|o| o.value.clone()),
-            new,
-            writer: writer.to_string(),
-            stamp,
-        };
-        if let Some(old) = old
-            && old.stamp.node == self.clock.node()
-            && stamp.node != self.clock.node()
+        let superseded = old
+            .as_ref()
+            .filter(|old| old.stamp.node == self.clock.node() && stamp.node != self.clock.node())
+            .map(|old| old.stamp);
+        // Made only for those who listen: watchers, or the writer whose
+        // write this one superseded.
+        let watched = self.changes.receiver_count() > 0;
+        if let Some((writer, new)) = kept
+            && (watched || (superseded.is_some() && self.superseded.receiver_count() > 0))
         {
-            let _ = self.superseded.send(Superseded {
+            let change = Change {
                 key: key.to_string(),
-                mine: old.stamp,
-                by: change.clone(),
-            });
+                old: old.and_then(|o| o.value),
+                new,
+                writer: writer.to_string(),
+                stamp,
+            };
+            if let Some(mine) = superseded {
+                let _ = self.superseded.send(Superseded {
+                    key: key.to_string(),
+                    mine,
+                    by: change.clone(),
+                });
+            }
+            if watched {
+                let _ = self.changes.send(change);
+            }
         }
-        let _ = self.changes.send(change);
         drop(store);
         Applied::Won(logged)
     }
@@ -303,46 +472,53 @@ impl Shared {
         }
     }
 
-    pub(super) fn note_peer(&self, node: u64, name: &str, leaving: bool) {
-        let mut peers = self.lock_peers();
-        if leaving {
-            if let Some(peer) = peers.remove(&node) {
-                let _ = self.presence.send(Presence::Left(peer.name.to_string()));
-            }
-            return;
-        }
-        let now = Instant::now();
-        match peers.get_mut(&node) {
-            Some(peer) => peer.seen = now,
-            None => {
-                // Bounded: a flood of made-up nodes cannot grow it forever.
-                if peers.len() >= 4096 {
-                    return;
-                }
-                peers.insert(
-                    node,
-                    Peer {
-                        name: SmolStr::new(name),
-                        seen: now,
-                    },
-                );
-                let _ = self.presence.send(Presence::Joined(name.to_string()));
-            }
+    /// Tells the watchers of presence, if anything changed.
+    pub(super) fn tell(&self, presence: Option<Presence>) {
+        if let Some(presence) = presence {
+            let _ = self.presence.send(presence);
         }
     }
 
-    pub(super) fn expire_peers(&self) {
-        let timeout = self.config.presence_timeout;
-        let mut peers = self.lock_peers();
-        let gone: Vec<u64> = peers
-            .iter()
-            .filter(|(_, p)| p.seen.elapsed() > timeout)
-            .map(|(n, _)| *n)
-            .collect();
-        for node in gone {
-            if let Some(peer) = peers.remove(&node) {
-                let _ = self.presence.send(Presence::Left(peer.name.to_string()));
-            }
+    /// Sends `message` to the repair channel of replica `node`.
+    pub(super) async fn send_to(&self, node: u64, message: Message) {
+        if let Err(error) = self.emit(self.channels.repair_of(node), message).await {
+            tracing::debug!(map = %self.map, %error, "could not send to a member");
+        }
+    }
+
+    /// Asks the owner `node` (named `source`) for its keys if its
+    /// fingerprint of them (`owned`) differs from what is here.
+    pub(super) async fn compare_owned(&self, node: u64, source: &str, owned: u64) {
+        if self.lock_store().owned_fingerprint(source) != owned && self.may_ask(node, owned) {
+            let ask = Message::Ask {
+                node: self.clock.node(),
+            };
+            self.send_to(node, ask).await;
+        }
+    }
+
+    /// Sends `node` the members this replica knows, itself among them,
+    /// each with the fingerprint of its keys as held here (the newcomer
+    /// asks the owners whose keys it lacks).
+    pub(super) async fn send_roster(&self, node: u64) {
+        let mut members = self.lock_members().roster();
+        members.retain(|(n, _)| *n != node);
+        members.push((self.clock.node(), self.node_name.clone()));
+        let members: Vec<(u64, SmolStr, u64)> = {
+            let store = self.lock_store();
+            members
+                .into_iter()
+                .map(|(n, name)| {
+                    let owned = store.owned_fingerprint(&name);
+                    (n, name, owned)
+                })
+                .collect()
+        };
+        for chunk in members.chunks(codec::MAX_ROSTER) {
+            let roster = Message::Roster {
+                members: chunk.to_vec(),
+            };
+            self.send_to(node, roster).await;
         }
     }
 
@@ -366,12 +542,16 @@ impl Shared {
         // cannot make it flood the bus.
         // (A hold is limited as the writer's changes are; an
         // acknowledgement makes this replica send nothing.)
+        // (A hello, an answer to a probe or a gone makes it send at most
+        // one hello or ask, each limited by time.)
         let chatty = !matches!(
             message,
             Message::Hello { .. }
                 | Message::Changes { repair: None, .. }
                 | Message::Hold { .. }
                 | Message::Held { .. }
+                | Message::Ack { .. }
+                | Message::Gone { .. }
         );
         if chatty && self.chatter.check_key(&key).is_err() {
             self.refuse(Refusal::RateLimited);
@@ -385,11 +565,29 @@ impl Shared {
                     self.refuse(Refusal::Malformed);
                     return;
                 }
-                // Live changes are limited per writer, entry by entry.
+                // Live changes are limited per writer, entry by entry. A
+                // message of more than this replica allows a writer in one
+                // second (a writer with a higher limit of its own) takes
+                // that many and refuses the rest: anti-entropy brings them.
+                let mut entries = entries;
                 if live {
                     let n = NonZeroU32::new(u32::try_from(entries.len()).unwrap_or(u32::MAX))
                         .unwrap_or(NonZeroU32::MIN);
-                    if !matches!(self.writers.check_key_n(&key, n), Ok(Ok(_))) {
+                    let allowed = match self.writers.check_key_n(&key, n) {
+                        Ok(Ok(())) => true,
+                        Ok(Err(_)) => false,
+                        Err(governor::InsufficientCapacity(most)) => NonZeroU32::new(most)
+                            .is_some_and(|most| {
+                                let taken =
+                                    matches!(self.writers.check_key_n(&key, most), Ok(Ok(())));
+                                if taken {
+                                    entries.truncate(most.get() as usize);
+                                    self.refuse(Refusal::RateLimited);
+                                }
+                                taken
+                            }),
+                    };
+                    if !allowed {
                         self.refuse(Refusal::RateLimited);
                         return;
                     }
@@ -442,19 +640,32 @@ impl Shared {
                         tracing::debug!(map = %self.map, %error, "could not answer a sync");
                         return;
                     }
-                } else if *channel != self.channels.digest {
+                } else if *channel != self.channels.repair {
                     self.refuse(Refusal::Malformed);
                     return;
-                } else if !self.is_peer(node, &source) {
-                    // A periodic digest is answered only for a live peer of
-                    // that name: nobody sends repairs to another's address.
-                    return;
+                } else {
+                    // An anti-entropy round's digest is also a probe: it
+                    // is answered as a ping is.
+                    let ack = Message::Ack {
+                        node: self.clock.node(),
+                        owned: self.own_fingerprint(),
+                    };
+                    self.send_to(node, ack).await;
+                    if !self.is_peer(node, &source) || !self.may_repair(node) {
+                        // Repairs go only to a live member of that name
+                        // (nobody sends them to another's address), once
+                        // an anti-entropy interval at most (digests in its
+                        // name cannot make this replica send its map over
+                        // and over).
+                        return;
+                    }
                 }
                 if !differing.is_empty() {
                     self.send_buckets(node, &differing).await;
                 }
                 if *channel == self.channels.sync {
                     self.send_own_keys(node).await;
+                    self.send_roster(node).await;
                 }
             }
             Message::Hello {
@@ -466,25 +677,107 @@ impl Shared {
                     self.refuse(Refusal::Malformed);
                     return;
                 }
-                let new = !self.lock_peers().contains_key(&node);
-                self.note_peer(node, &source, leaving);
-                if leaving {
+                if node == self.clock.node() {
+                    // A goodbye in this replica's id while it is here (made
+                    // up by another): say hello to all, who take it back.
+                    if leaving && self.may_hello_back() {
+                        self.hello(false).await;
+                    }
                     return;
                 }
-                if new && self.may_hello_back() {
-                    // Someone new: say hello back so it knows us soon.
-                    self.hello(false).await;
+                let now = Instant::now();
+                if leaving {
+                    let left = self.lock_members().left(node, now);
+                    self.tell(left);
+                    return;
                 }
+                let joined = {
+                    let mut members = self.lock_members();
+                    let joined = members.spoke(node, &source, now);
+                    if joined.is_some() {
+                        members.check(node, now);
+                    }
+                    joined
+                };
+                self.tell(joined);
                 // Its keys, as it holds them, differ from what is here: ask
                 // it for them (only an owner sends its own keys).
-                if self.lock_store().owned_fingerprint(&source) != owned
-                    && self.may_ask(node, owned)
-                {
-                    let ask = Message::Ask {
-                        node: self.clock.node(),
+                self.compare_owned(node, &source, owned).await;
+            }
+            Message::Ping { node, owned } | Message::Ack { node, owned } => {
+                if *channel != self.channels.repair || node == self.clock.node() {
+                    self.refuse(Refusal::Malformed);
+                    return;
+                }
+                let joined = {
+                    let mut members = self.lock_members();
+                    let now = Instant::now();
+                    // An answer clears a check; a ping does not (anyone may
+                    // ping in a made-up id). Heard here alone: checked here,
+                    // so a made-up sender is gone a presence timeout later.
+                    let joined = if matches!(message, Message::Ack { .. }) {
+                        members.heard(node, &source, now)
+                    } else {
+                        members.spoke(node, &source, now)
                     };
-                    if let Err(error) = self.emit(self.channels.repair_of(node), ask).await {
-                        tracing::debug!(map = %self.map, %error, "could not ask an owner");
+                    if joined.is_some() {
+                        members.check_alone(node, now);
+                    }
+                    joined
+                };
+                self.tell(joined);
+                if matches!(message, Message::Ping { .. }) {
+                    let ack = Message::Ack {
+                        node: self.clock.node(),
+                        owned: self.own_fingerprint(),
+                    };
+                    self.send_to(node, ack).await;
+                }
+                self.compare_owned(node, &source, owned).await;
+            }
+            Message::Gone { node } => {
+                if *channel != self.channels.presence {
+                    self.refuse(Refusal::Malformed);
+                    return;
+                }
+                if node == self.clock.node() {
+                    // Said gone while here: say hello to all, who take it
+                    // back on its own word.
+                    if self.may_hello_back() {
+                        self.hello(false).await;
+                    }
+                    return;
+                }
+                let left = self.lock_members().left(node, Instant::now());
+                self.tell(left);
+            }
+            Message::Roster { members } => {
+                if *channel != self.channels.repair {
+                    self.refuse(Refusal::Malformed);
+                    return;
+                }
+                // Only the replica this one caught up from gives it members,
+                // while it catches up.
+                let from_answerer = {
+                    let mut answerer = self.answerer.lock().unwrap_or_else(|e| e.into_inner());
+                    let (name, until) = &mut *answerer;
+                    until.is_some_and(|until| Instant::now() < until)
+                        && *name.get_or_insert_with(|| SmolStr::new(&source)) == source
+                };
+                if !from_answerer {
+                    self.refuse(Refusal::Malformed);
+                    return;
+                }
+                let me = self.clock.node();
+                let now = Instant::now();
+                for (node, name, owned) in members {
+                    if node == me || !crate::names::is_name(&name) {
+                        continue;
+                    }
+                    let joined = self.lock_members().told(node, &name, now);
+                    self.tell(joined);
+                    if owned != 0 && self.is_peer(node, &name) {
+                        self.compare_owned(node, &name, owned).await;
                     }
                 }
             }
@@ -531,15 +824,18 @@ impl Shared {
         }
     }
 
-    /// Whether `node` is a live peer named `name`.
+    /// Whether `node` is a live member named `name`.
     pub(super) fn is_peer(&self, node: u64, name: &str) -> bool {
-        self.lock_peers()
-            .get(&node)
-            .is_some_and(|peer| peer.name == name)
+        self.lock_members().is(node, name)
     }
 
-    /// At most one hello back a quarter of a heartbeat, however many
-    /// newcomers (or made-up ones) say hello.
+    /// The fingerprint of the keys this replica owns.
+    pub(super) fn own_fingerprint(&self) -> u64 {
+        self.lock_store().owned_fingerprint(&self.node_name)
+    }
+
+    /// At most one hello to all a quarter of a heartbeat, however often
+    /// this replica is said gone.
     pub(super) fn may_hello_back(&self) -> bool {
         let mut last = self
             .last_hello_back
@@ -550,6 +846,26 @@ impl Shared {
             return false;
         }
         *last = Some(now);
+        true
+    }
+
+    /// Whether to answer a digest of member `node` with repairs: once an
+    /// anti-entropy interval (half of one, so that a member's rounds are
+    /// all answered) at most.
+    pub(super) fn may_repair(&self, node: u64) -> bool {
+        let mut repaired = self.repaired_for.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let every = self.config.anti_entropy_interval / 2;
+        if repaired
+            .get(&node)
+            .is_some_and(|at| now.duration_since(*at) < every)
+        {
+            return false;
+        }
+        if repaired.len() >= members::MAX_MEMBERS {
+            repaired.retain(|_, at| now.duration_since(*at) < every);
+        }
+        repaired.insert(node, now);
         true
     }
 
@@ -581,8 +897,44 @@ impl Shared {
     /// The periodic work: presence, anti-entropy, tombstone collection.
     pub(super) async fn tick(&self, heartbeat: bool, anti_entropy: bool) {
         if heartbeat {
-            self.hello(false).await;
-            self.expire_peers();
+            let (mut round, hello) = {
+                let mut members = self.lock_members();
+                let round = members.round(Instant::now(), self.config.presence_timeout);
+                (round, members.says_hello())
+            };
+            for (node, name) in round.gone {
+                self.tell(Some(Presence::Left(name.to_string())));
+                let gone = Message::Gone { node };
+                if let Err(error) = self.emit(self.channels.presence.clone(), gone).await {
+                    tracing::debug!(map = %self.map, %error, "could not say a member is gone");
+                }
+            }
+            if let Some(node) = round.probe
+                && self.digest_due.swap(false, Ordering::AcqRel)
+            {
+                let digest = Message::Digest {
+                    node: self.clock.node(),
+                    digest: Box::new(self.lock_store().digest()),
+                };
+                self.send_to(node, digest).await;
+            } else if let Some(node) = round.probe {
+                round.ping.push(node);
+            }
+            if !round.ping.is_empty() {
+                // One fingerprint for every ping of the round (a burst of
+                // newcomers checked at once may be thousands).
+                let owned = self.own_fingerprint();
+                for node in round.ping {
+                    let ping = Message::Ping {
+                        node: self.clock.node(),
+                        owned,
+                    };
+                    self.send_to(node, ping).await;
+                }
+            }
+            if hello {
+                self.hello(false).await;
+            }
         }
         if anti_entropy {
             let collected = self.lock_store().collect(self.horizon());
@@ -591,16 +943,39 @@ impl Shared {
                 .fetch_add(collected as u64, Ordering::Relaxed);
             self.writers.retain_recent();
             self.chatter.retain_recent();
-            let digest = Message::Digest {
-                node: self.clock.node(),
-                digest: Box::new(self.lock_store().digest()),
+            // The next probe carries the digest: a pull from the member
+            // probed, so that a difference anywhere reaches every replica
+            // in a number of rounds that grows with the logarithm of the
+            // map's replicas. Set to run more often than probes, it goes
+            // to a member at random at once.
+            let partner = if self.config.anti_entropy_interval >= self.config.heartbeat_interval {
+                self.digest_due.store(true, Ordering::Release);
+                None
+            } else {
+                self.lock_members().partner()
             };
-            if let Err(error) = self.emit(self.channels.digest.clone(), digest).await {
-                tracing::debug!(map = %self.map, %error, "could not send the digest");
+            if let Some(node) = partner {
+                let digest = Message::Digest {
+                    node: self.clock.node(),
+                    digest: Box::new(self.lock_store().digest()),
+                };
+                self.send_to(node, digest).await;
             }
         }
     }
 }
+
+/// Two wakes to send this close together: the writes are a stream.
+const STREAM_GAP: Duration = Duration::from_micros(200);
+
+/// How long a stream's writes are gathered into one message at a time.
+const GATHER: Duration = Duration::from_millis(1);
+
+/// Changes queued to send past which a writer sends them itself.
+const MAX_QUEUED_CHANGES: usize = 4 * codec::MAX_ENTRIES;
+
+/// The group the replicas ready to answer catch-ups are in (one answers).
+const CATCH_UP_GROUP: &str = "catchup";
 
 /// The replica's task: takes in the map's waves and does the periodic
 /// work, until the map is closed or dropped or the aether closes.
@@ -618,6 +993,8 @@ pub(super) async fn run(
     heartbeat.tick().await;
     anti_entropy.tick().await;
     let mut answering = false;
+    let mut last_wake: Option<tokio::time::Instant> = None;
+    let mut gather_until: Option<tokio::time::Instant> = None;
     loop {
         if shared.stopped.load(Ordering::Acquire) {
             break;
@@ -625,7 +1002,9 @@ pub(super) async fn run(
         tokio::select! {
             _ = shared.ready.notified(), if !answering => {
                 answering = true;
-                if let Err(error) = vibrator.resonate_on(shared.channels.sync.clone()).await {
+                // One replica of the group answers each catch-up.
+                let answers = vibrator.resonate_in_group(shared.channels.sync.clone(), CATCH_UP_GROUP);
+                if let Err(error) = answers.await {
                     tracing::warn!(map = %shared.map, %error, "cannot answer catch-ups");
                 }
                 if let Some(tell) = answering_now.take() {
@@ -638,9 +1017,37 @@ pub(super) async fn run(
             },
             _ = heartbeat.tick() => shared.tick(true, false).await,
             _ = anti_entropy.tick() => shared.tick(false, true).await,
+            _ = shared.send_due.notified() => {
+                // Woken again within STREAM_GAP: a stream of writes. It is
+                // gathered for GATHER at a time while it lasts (writers do
+                // not wake the task meanwhile); a lone write leaves at once.
+                let now = tokio::time::Instant::now();
+                let streaming = last_wake.is_some_and(|at| now - at < STREAM_GAP);
+                last_wake = Some(now);
+                if streaming {
+                    shared.gathering.store(true, Ordering::Release);
+                    gather_until = Some(now + GATHER);
+                } else {
+                    shared.send_outgoing().await;
+                }
+            }
+            _ = tokio::time::sleep_until(gather_until.unwrap_or_else(tokio::time::Instant::now)), if gather_until.is_some() => {
+                if shared.send_outgoing().await > 1 {
+                    gather_until = Some(tokio::time::Instant::now() + GATHER);
+                } else {
+                    // The stream ended: what came after the last take
+                    // (with no wake) leaves now.
+                    shared.gathering.store(false, Ordering::Release);
+                    gather_until = None;
+                    shared.send_outgoing().await;
+                    last_wake = Some(tokio::time::Instant::now());
+                }
+            }
             _ = shared.stop.notified() => {}
         }
     }
-    // Dropped without close: still say goodbye, if the aether is open.
+    // Dropped without close: still send what was written and say goodbye,
+    // if the aether is open.
+    shared.send_outgoing().await;
     shared.say_goodbye().await;
 }

@@ -101,6 +101,11 @@ impl Phase {
         if !radians.is_finite() {
             return Err(PhaseError { value: radians });
         }
+        // Most phases are in range already (every one off the wire that a
+        // wave was emitted with): no division for them.
+        if (0.0..2.0 * PI).contains(&radians) {
+            return Ok(Self(radians));
+        }
         let wrapped = radians.rem_euclid(2.0 * PI);
         // rem_euclid can round up to exactly 2π for tiny negative inputs.
         Ok(Self(if wrapped >= 2.0 * PI { 0.0 } else { wrapped }))

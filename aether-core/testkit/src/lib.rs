@@ -7,6 +7,8 @@
 //! * [`TcpProxy`]: a loopback TCP proxy that can stall, cut and refuse connections.
 //! * [`RawNats`]: a minimal NATS text-protocol client for interoperability checks.
 //! * [`LogBuffer`]: an in-memory log sink, for tests that read what was logged.
+//! * [`process`]: a program under test as a process: started, its first line waited for,
+//!   its log read, signalled and stopped.
 //!
 //! Every wait in this crate is bounded by a timeout; nothing here binds anything but
 //! `127.0.0.1`.
@@ -18,6 +20,7 @@ mod error;
 mod logs;
 mod nkey;
 mod pki;
+pub mod process;
 mod proxy;
 mod raw;
 mod server;

@@ -10,6 +10,9 @@
 //! | `/snapshot` | the latest snapshot, JSON |
 //! | `/bridge/{map}` | the browser bridge: a replicated map over WebSocket ([`crate::bridge`]) |
 //! | `/board`, `/board.js` | the collaborative board, a page on the bridge's `board` map |
+//! | `/page.js` | what the collaborative pages' scripts share |
+//! | `/kanban`, `/kanban.js` | a kanban board on the bridge's `kanban` map |
+//! | `/notebook`, `/notebook.js` | a Markdown notebook, a key per line, on the bridge's `notebook` map |
 //! | `/aether.js`, `/aether.d.ts` | the bridge's JavaScript client (an ES module) and its TypeScript declarations |
 //!
 //! [`serve_http`] runs them on hyper's HTTP/1.1 server with these limits
@@ -90,6 +93,14 @@ const CLIENT_JS: &str = include_str!("../../web/aether.js");
 const CLIENT_TS: &str = include_str!("../../web/aether.d.ts");
 /// The board's script.
 const BOARD_JS: &str = include_str!("../../web/board.js");
+/// What the collaborative pages' scripts share.
+const PAGE_JS: &str = include_str!("../../web/page.js");
+/// The kanban board and its script.
+const KANBAN: &str = include_str!("../../web/kanban.html");
+const KANBAN_JS: &str = include_str!("../../web/kanban.js");
+/// The notebook and its script.
+const NOTEBOOK: &str = include_str!("../../web/notebook.html");
+const NOTEBOOK_JS: &str = include_str!("../../web/notebook.js");
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -221,9 +232,14 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/events", get(events))
         .route("/snapshot", get(snapshot))
         .route("/bridge/{map}", get(crate::bridge::upgrade))
-        .route("/board", get(board))
-        .route("/board.js", get(board_js))
-        .route("/aether.js", get(client_js))
+        .route("/board", get(|| page(BOARD)))
+        .route("/board.js", get(|| script(BOARD_JS)))
+        .route("/page.js", get(|| script(PAGE_JS)))
+        .route("/kanban", get(|| page(KANBAN)))
+        .route("/kanban.js", get(|| script(KANBAN_JS)))
+        .route("/notebook", get(|| page(NOTEBOOK)))
+        .route("/notebook.js", get(|| script(NOTEBOOK_JS)))
+        .route("/aether.js", get(|| script(CLIENT_JS)))
         .route("/aether.d.ts", get(client_ts))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
@@ -464,27 +480,21 @@ async fn dashboard() -> Html<&'static str> {
     Html(DASHBOARD)
 }
 
-async fn board() -> impl IntoResponse {
+/// A collaborative page: its own scripts only, its bridge anywhere.
+async fn page(html: &'static str) -> impl IntoResponse {
     (
         [(
             header::CONTENT_SECURITY_POLICY,
             "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'",
         )],
-        Html(BOARD),
+        Html(html),
     )
 }
 
-async fn client_js() -> impl IntoResponse {
+async fn script(js: &'static str) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        CLIENT_JS,
-    )
-}
-
-async fn board_js() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        BOARD_JS,
+        js,
     )
 }
 

@@ -227,18 +227,11 @@ pub async fn spawn_serving(
     mut command: tokio::process::Command,
     bound: Duration,
 ) -> (tokio::process::Child, SocketAddr) {
-    use tokio::io::AsyncBufReadExt;
-
     let mut child = command
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("the gateway starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let line = tokio::time::timeout(bound, tokio::io::BufReader::new(stdout).lines().next_line())
-        .await
-        .expect("the address within the bound")
-        .expect("stdout")
-        .expect("a line");
+    let (_, line) = aether_testkit::process::first_line(&mut child, bound).await;
     let addr = line
         .trim_start_matches("aether-gateway: serving http://")
         .trim_end_matches('/')

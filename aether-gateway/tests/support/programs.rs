@@ -70,14 +70,99 @@ pub async fn summary(mut child: Child, prefix: &str, terminate: bool) -> HashMap
     super::summary_counts(line)
 }
 
+/// A nats-server, an aether on it, a service's replica of `map` on that
+/// aether, a settings folder and a free loopback port: what the tests of
+/// pages on the gateway program stand on.
+pub struct BridgeBus {
+    pub nats: aether_testkit::NatsServer,
+    pub aether: Aether,
+    pub service: aether_core::state::StateMap,
+    pub settings: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl BridgeBus {
+    pub async fn start(map: &str) -> Self {
+        let nats = aether_testkit::NatsServer::start()
+            .await
+            .expect("nats-server starts");
+        let aether = Aether::connect(AetherConfig {
+            nats: NatsConfig {
+                urls: vec![nats.url()],
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let service = aether_core::state::StateMap::builder(map)
+            .node("service")
+            .open(&aether)
+            .await
+            .unwrap();
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        Self {
+            nats,
+            aether,
+            service,
+            settings: tempfile::tempdir().unwrap(),
+            port,
+        }
+    }
+
+    /// The gateway program on the bus's port, bridging `maps`.
+    pub async fn gateway(&self, maps: &[&str], token: &str) -> Child {
+        bridging_gateway(
+            self.settings.path(),
+            &self.nats.url(),
+            self.port,
+            maps,
+            token,
+        )
+        .await
+    }
+}
+
+/// `aether-gateway --config-dir dir --nats url`.
+fn gateway_command(dir: &Path, url: &str) -> tokio::process::Command {
+    let mut command = aether_testkit::program(PROGRAM);
+    command.arg("--config-dir").arg(dir).arg("--nats").arg(url);
+    command
+}
+
+/// The gateway program on `port` over NATS at `url`, bridging `maps` with
+/// `token` (a settings directory `dir`; the library's settings otherwise).
+pub async fn bridging_gateway(
+    dir: &Path,
+    url: &str,
+    port: u16,
+    maps: &[&str],
+    token: &str,
+) -> Child {
+    let maps: Vec<String> = maps.iter().map(|m| format!("{m:?}")).collect();
+    std::fs::write(
+        dir.join("default.toml"),
+        format!("[gateway.bridge]\nmaps = [{}]\n", maps.join(", ")),
+    )
+    .unwrap();
+    let mut command = gateway_command(dir, url);
+    command
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("AETHER__GATEWAY__BRIDGE__TOKEN", token)
+        .stderr(Stdio::inherit());
+    let (child, addr) = super::spawn_serving(command, Duration::from_secs(30)).await;
+    assert_eq!(addr.port(), port);
+    child
+}
+
 /// The gateway on `url` with the settings in `dir`, once it hears the bus.
 pub async fn gateway(dir: &Path, url: &str) -> (Child, std::net::SocketAddr) {
-    let mut command = aether_testkit::program(PROGRAM);
+    let mut command = gateway_command(dir, url);
     command
-        .arg("--config-dir")
-        .arg(dir)
-        .arg("--nats")
-        .arg(url)
         .env("AETHER__GATEWAY__LISTEN", "127.0.0.1:0")
         .env("AETHER__AETHER__REPORT__INSTANCE", "gateway-1")
         .stderr(Stdio::null());
@@ -131,21 +216,12 @@ pub async fn programs() -> (String, String) {
 }
 
 /// Beta's standard output, line by line.
-pub type Lines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+pub type Lines = aether_testkit::process::StdoutLines;
 
 /// Beta's output, once its first line says it is connected and resonating
 /// (within 30 s); its stdout must be piped.
 pub async fn beta_ready(beta: &mut Child) -> Lines {
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
-        beta.stdout.take().expect("beta's stdout piped"),
-    ));
-    let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("beta starts")
-        .unwrap()
-        .expect("a line");
-    assert!(ready.contains("connected, resonating"), "{ready}");
-    lines
+    aether_testkit::process::ready(beta, Duration::from_secs(30), "connected, resonating").await
 }
 
 /// Stops beta with SIGTERM, checks it exits 0, and returns the orders it

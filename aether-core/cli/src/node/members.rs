@@ -40,27 +40,39 @@ async fn get(base: &str, path: &str) -> Option<serde_json::Value> {
     serde_json::from_slice(&answer[at + 4..]).ok()
 }
 
-/// The names of the servers this one has routes to.
-async fn routed(monitor: &str) -> Option<BTreeSet<String>> {
-    let routes = get(monitor, "/routez").await?;
-    Some(
-        routes
-            .get("routes")
-            .and_then(|r| r.as_array())
-            .map(|routes| {
-                routes
-                    .iter()
-                    .filter_map(|route| {
-                        route
-                            .get("remote_name")
-                            .or_else(|| route.get("remote_id"))
-                            .and_then(|n| n.as_str())
-                            .map(str::to_string)
-                    })
-                    .collect()
+/// The servers one has routes to, as its `/routez` lists them.
+struct Routed {
+    /// Their names (their IDs, from servers before 2.10).
+    names: BTreeSet<String>,
+    /// Their addresses (routes dialled or accepted, configured or learned
+    /// from the cluster's gossip).
+    hosts: BTreeSet<std::net::IpAddr>,
+}
+
+/// What the server at `monitor` is routed to now.
+async fn routed(monitor: &str) -> Option<Routed> {
+    let answer = get(monitor, "/routez").await?;
+    let routes = answer
+        .get("routes")
+        .and_then(|r| r.as_array())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    Some(Routed {
+        names: routes
+            .iter()
+            .filter_map(|route| {
+                route
+                    .get("remote_name")
+                    .or_else(|| route.get("remote_id"))
+                    .and_then(|n| n.as_str())
+                    .map(str::to_string)
             })
-            .unwrap_or_default(),
-    )
+            .collect(),
+        hosts: routes
+            .iter()
+            .filter_map(|route| route.get("ip")?.as_str()?.parse().ok())
+            .collect(),
+    })
 }
 
 /// The members last seen, for logging who joins and leaves.
@@ -77,11 +89,10 @@ impl Members {
         }
     }
 
-    /// Reads the routes once, and logs the changes.
-    pub async fn poll(&mut self, me: &str) {
-        let Some(now) = routed(&self.monitor).await else {
-            return;
-        };
+    /// Reads the routes once, and logs the changes: the addresses of the
+    /// servers routed to, if the server answered.
+    pub async fn poll(&mut self, me: &str) -> Option<BTreeSet<std::net::IpAddr>> {
+        let Routed { names: now, hosts } = routed(&self.monitor).await?;
         for joined in now.difference(&self.known) {
             eprintln!("node {me}: {joined} joined ({} other nodes)", now.len());
         }
@@ -89,6 +100,7 @@ impl Members {
             eprintln!("node {me}: {left} left ({} other nodes)", now.len());
         }
         self.known = now;
+        Some(hosts)
     }
 }
 
@@ -104,12 +116,15 @@ pub async fn status(bus: &str) -> Result<(), Failure> {
             dir.display()
         ))
     })?;
-    let others = routed(&record.monitor).await.ok_or_else(|| {
-        Failure::runtime(format!(
-            "node {} does not answer on {}: is its nats-server running?",
-            record.name, record.monitor
-        ))
-    })?;
+    let others = routed(&record.monitor)
+        .await
+        .map(|r| r.names)
+        .ok_or_else(|| {
+            Failure::runtime(format!(
+                "node {} does not answer on {}: is its nats-server running?",
+                record.name, record.monitor
+            ))
+        })?;
     println!(
         "bus {bus}: node {} (this machine), programs at {}",
         record.name, record.url

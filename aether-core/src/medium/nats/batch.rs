@@ -86,6 +86,10 @@ struct State {
     drains: Vec<oneshot::Sender<()>>,
     /// No more waves; the task publishes what is queued and ends.
     closed: bool,
+    /// The longest frame the task took last: a run starts with this much
+    /// room (a stream's frames are filled without growing their buffer
+    /// again and again; quiet traffic's stay small).
+    last_frame: usize,
 }
 
 /// Consecutive waves on one subject: a frame being filled.
@@ -222,8 +226,8 @@ impl Batcher {
         channel: Option<Channel>,
         entry: usize,
     ) {
-        let mut buf =
-            BytesMut::with_capacity((HEAD + entry).max(FIRST_CAPACITY.min(self.max_frame())));
+        let room = FIRST_CAPACITY.max(state.last_frame).min(self.max_frame());
+        let mut buf = BytesMut::with_capacity((HEAD + entry).max(room));
         buf.extend_from_slice(&[wire::MAGIC, wire::FRAME, 0, 0, 0]);
         state.bytes += HEAD;
         state.runs.push_back(Run {
@@ -365,6 +369,7 @@ async fn run(batcher: Arc<Batcher>, client: Client, shared: Arc<Shared>) {
                 Taken::Gather
             } else {
                 state.bytes = 0;
+                state.last_frame = state.runs.iter().map(|r| r.buf.len()).max().unwrap_or(0);
                 Taken::Runs(
                     std::mem::take(&mut state.runs),
                     std::mem::take(&mut state.drains),

@@ -1,0 +1,580 @@
+//! Raw async-nats and Aether over NATS, on the benchmark's own nats-server
+//! (the API shapes of `aether-core/benches/nats.rs` and `state.rs`).
+
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use aether_core::{
+    Aether, AetherConfig, Channel, Vibrator, Wave,
+    config::NatsConfig,
+    state::{StateConfig, StateMap},
+};
+use async_nats::{Client, ConnectOptions};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::common::*;
+
+/// Commands queued for a connection before a publish waits: aether's
+/// default, given to both sides.
+const CLIENT_CAPACITY: usize = 65_536;
+
+fn capacity(n: usize) -> usize {
+    n + 1000
+}
+
+// --- raw async-nats -------------------------------------------------------
+
+async fn raw_connect(url: &str, capacity: usize) -> Result<Client, String> {
+    ConnectOptions::new()
+        .subscription_capacity(capacity)
+        .client_capacity(CLIENT_CAPACITY)
+        .request_timeout(Some(REQUEST_TIMEOUT))
+        .connect(url)
+        .await
+        .map_err(e("raw connect"))
+}
+
+/// Subscribers of `fan` tallies on one receiving client (subject `pattern`),
+/// each counting in its own task.
+async fn raw_subscribers(
+    rx: &Client,
+    pattern: &'static str,
+    tallies: &[Arc<Tally>],
+    tasks: &mut Tasks,
+) -> Result<(), String> {
+    for tally in tallies {
+        let mut sub = rx.subscribe(pattern).await.map_err(e("subscribe"))?;
+        let tally = tally.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                tally.on(&m.payload);
+            }
+        }));
+    }
+    Ok(())
+}
+
+/// 1 -> `fan`: a publish per message; `fan` subscriptions on one client.
+pub async fn raw_throughput(url: String, n: usize, fan: usize) -> Result<Outcome, String> {
+    let rx = raw_connect(&url, capacity(n)).await?;
+    let tx = raw_connect(&url, capacity(n)).await?;
+    let (pattern, subject) = if fan == 1 {
+        ("bench.one", "bench.one")
+    } else {
+        ("bench.*", "bench.fan")
+    };
+    let tallies: Vec<_> = (0..fan).map(|_| Tally::new()).collect();
+    let mut tasks = Tasks::default();
+    raw_subscribers(&rx, pattern, &tallies, &mut tasks).await?;
+    live!(
+        "raw nats",
+        &tallies,
+        async {
+            tx.publish(subject, Bytes::from_static(PROBE))
+                .await
+                .map_err(e("probe"))?;
+            tx.flush().await.map_err(e("flush"))
+        }
+        .await
+    )?;
+    let payload = payload();
+    let start = now_ns();
+    for _ in 0..n {
+        tx.publish(subject, payload.clone())
+            .await
+            .map_err(e("publish"))?;
+    }
+    tx.flush().await.map_err(e("flush"))?;
+    Ok(finish(&tallies, n, start).await)
+}
+
+pub async fn raw_request_reply(
+    url: String,
+    warm_up: usize,
+    samples: usize,
+) -> Result<Vec<Duration>, String> {
+    let responder = raw_connect(&url, capacity(0)).await?;
+    let requester = raw_connect(&url, capacity(0)).await?;
+    let mut sub = responder
+        .subscribe("bench.req")
+        .await
+        .map_err(e("subscribe"))?;
+    let mut tasks = Tasks::default();
+    tasks.push(tokio::spawn(async move {
+        while let Some(message) = sub.next().await {
+            if let Some(reply) = message.reply {
+                let _ = responder.publish(reply, message.payload).await;
+            }
+        }
+    }));
+    let payload = payload();
+    macro_rules! request {
+        () => {{
+            let r: Result<(), String> = async {
+                let reply = requester
+                    .request("bench.req", payload.clone())
+                    .await
+                    .map_err(e("raw request"))?;
+                if reply.payload != payload {
+                    return Err("raw: the reply is not the request".into());
+                }
+                Ok(())
+            }
+            .await;
+            r
+        }};
+    }
+    let deadline = Instant::now() + PROBE_LIMIT;
+    while let Err(error) = request!() {
+        if Instant::now() > deadline {
+            return Err(format!("raw: responder not live: {error}"));
+        }
+    }
+    timed!(warm_up, samples, request!())
+}
+
+pub async fn raw_steady(
+    url: String,
+    n: usize,
+    skip: usize,
+) -> Result<(Vec<Duration>, usize), String> {
+    let rx = raw_connect(&url, capacity(n)).await?;
+    let tx = raw_connect(&url, capacity(n)).await?;
+    let tally = Tally::timing();
+    let mut tasks = Tasks::default();
+    raw_subscribers(
+        &rx,
+        "bench.steady",
+        std::slice::from_ref(&tally),
+        &mut tasks,
+    )
+    .await?;
+    live!(
+        "raw nats",
+        std::slice::from_ref(&tally),
+        async {
+            tx.publish("bench.steady", Bytes::from_static(PROBE))
+                .await
+                .map_err(e("probe"))?;
+            tx.flush().await.map_err(e("flush"))
+        }
+        .await
+    )?;
+    let handle = tokio::runtime::Handle::current();
+    let sender = tx.clone();
+    pace(n, move |p| {
+        handle
+            .block_on(sender.publish("bench.steady", p))
+            .map_err(e("publish"))
+    })
+    .await?;
+    tx.flush().await.map_err(e("flush"))?;
+    Ok(steady_outcome(&tally, n, skip).await)
+}
+
+// --- aether over NATS -----------------------------------------------------
+
+pub async fn aether_connect(url: &str, capacity: usize) -> Result<Aether, String> {
+    let nats = NatsConfig {
+        urls: vec![url.to_string()],
+        subscription_capacity: capacity,
+        client_capacity: CLIENT_CAPACITY,
+        ..Default::default()
+    };
+    Aether::connect(AetherConfig {
+        channel_buffer_size: capacity,
+        request_timeout_ms: REQUEST_TIMEOUT.as_millis() as u64,
+        nats,
+        ..Default::default()
+    })
+    .await
+    .map_err(e("aether connect"))
+}
+
+async fn aether_receivers(
+    rx_aether: &Aether,
+    pattern: &'static str,
+    tallies: &[Arc<Tally>],
+    tasks: &mut Tasks,
+) -> Result<(), String> {
+    for (i, tally) in tallies.iter().enumerate() {
+        let mut rx = Vibrator::create(format!("rx{i}"), rx_aether)
+            .await
+            .map_err(e("rx"))?;
+        rx.resonate_on(pattern).await.map_err(e("resonate"))?;
+        let tally = tally.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(wave) = rx.receive().await {
+                tally.on(wave.payload_bytes());
+            }
+        }));
+    }
+    Ok(())
+}
+
+/// 1 -> `fan`, batch frames on (the default): `fan` vibrators on one
+/// aether, a vibrator emitting on another.
+pub async fn aether_throughput(url: String, n: usize, fan: usize) -> Result<Outcome, String> {
+    let rx_aether = aether_connect(&url, capacity(n)).await?;
+    let tx_aether = aether_connect(&url, capacity(n)).await?;
+    let (pattern, subject) = if fan == 1 {
+        ("bench.one", "bench.one")
+    } else {
+        ("bench.*", "bench.fan")
+    };
+    let tallies: Vec<_> = (0..fan).map(|_| Tally::new()).collect();
+    let mut tasks = Tasks::default();
+    aether_receivers(&rx_aether, pattern, &tallies, &mut tasks).await?;
+    let tx = Vibrator::create("tx", &tx_aether).await.map_err(e("tx"))?;
+    let channel = Channel::new(subject);
+    live!(
+        "aether",
+        &tallies,
+        async {
+            tx.emit(Wave::new(channel.clone(), Bytes::from_static(PROBE)))
+                .await
+                .map_err(e("probe"))
+        }
+        .await
+    )?;
+    let payload = payload();
+    let start = now_ns();
+    for _ in 0..n {
+        tx.emit(Wave::new(channel.clone(), payload.clone()))
+            .await
+            .map_err(e("emit"))?;
+    }
+    let outcome = finish(&tallies, n, start).await;
+    let dropped = rx_aether.stats().dropped_total();
+    if dropped > 0 {
+        eprintln!("aether: {dropped} waves dropped");
+    }
+    Ok(outcome)
+}
+
+pub async fn aether_request_reply(
+    url: String,
+    warm_up: usize,
+    samples: usize,
+) -> Result<Vec<Duration>, String> {
+    let responder_aether = aether_connect(&url, capacity(0)).await?;
+    let requester_aether = aether_connect(&url, capacity(0)).await?;
+    let mut responder = Vibrator::create("responder", &responder_aether)
+        .await
+        .map_err(e("responder"))?;
+    responder
+        .resonate_on("bench.req")
+        .await
+        .map_err(e("resonate"))?;
+    let mut tasks = Tasks::default();
+    tasks.push(tokio::spawn(async move {
+        while let Some(wave) = responder.receive().await {
+            let _ = responder.reply(&wave, wave.payload_bytes().clone()).await;
+        }
+    }));
+    let requester = Vibrator::create("requester", &requester_aether)
+        .await
+        .map_err(e("requester"))?;
+    let channel = Channel::new("bench.req");
+    let payload = payload();
+    macro_rules! request {
+        () => {{
+            let r: Result<(), String> = async {
+                let reply = requester
+                    .request_with_timeout(
+                        Wave::new(channel.clone(), payload.clone()),
+                        REQUEST_TIMEOUT,
+                    )
+                    .await
+                    .map_err(e("aether request"))?;
+                if reply.payload_bytes() != &payload {
+                    return Err("aether: the reply is not the request".into());
+                }
+                Ok(())
+            }
+            .await;
+            r
+        }};
+    }
+    let deadline = Instant::now() + PROBE_LIMIT;
+    while let Err(error) = request!() {
+        if Instant::now() > deadline {
+            return Err(format!("aether: responder not live: {error}"));
+        }
+    }
+    timed!(warm_up, samples, request!())
+}
+
+pub async fn aether_steady(
+    url: String,
+    n: usize,
+    skip: usize,
+) -> Result<(Vec<Duration>, usize), String> {
+    let rx_aether = aether_connect(&url, capacity(n)).await?;
+    let tx_aether = aether_connect(&url, capacity(n)).await?;
+    let tally = Tally::timing();
+    let mut tasks = Tasks::default();
+    aether_receivers(
+        &rx_aether,
+        "bench.steady",
+        std::slice::from_ref(&tally),
+        &mut tasks,
+    )
+    .await?;
+    let tx = Vibrator::create("tx", &tx_aether).await.map_err(e("tx"))?;
+    let channel = Channel::new("bench.steady");
+    live!(
+        "aether",
+        std::slice::from_ref(&tally),
+        async {
+            tx.emit(Wave::new(channel.clone(), Bytes::from_static(PROBE)))
+                .await
+                .map_err(e("probe"))
+        }
+        .await
+    )?;
+    let handle = tokio::runtime::Handle::current();
+    let emitter = tx.emitter();
+    pace(n, move |p| {
+        handle
+            .block_on(emitter.emit(Wave::new(channel.clone(), p)))
+            .map(|_| ())
+            .map_err(e("emit"))
+    })
+    .await?;
+    tx_aether
+        .flush(Duration::from_secs(5))
+        .await
+        .map_err(e("flush"))?;
+    let out = steady_outcome(&tally, n, skip).await;
+    drop(tx);
+    Ok(out)
+}
+
+// --- state: aether StateMap over NATS, NATS KV ------------------------------
+
+const STATE_VALUE: usize = 128;
+
+fn state_config() -> StateConfig {
+    StateConfig {
+        // The default 10,000 writes/s from one writer would refuse part of
+        // the burst (anti-entropy brings it later); raised so the burst is
+        // replicated live, as the other peers' are.
+        max_writes_per_s: 1_000_000,
+        max_keys: 1_000_000,
+        max_map_bytes: 1 << 30,
+        ..Default::default()
+    }
+}
+
+/// Two replicas of map `name`, each on its own aether (connection).
+async fn replicas(url: &str, name: &str) -> Result<(StateMap, StateMap, Aether, Aether), String> {
+    let x = aether_connect(url, 1 << 17).await?;
+    let y = aether_connect(url, 1 << 17).await?;
+    let open = |aether: Aether, node: &'static str| {
+        let name = name.to_string();
+        async move {
+            StateMap::builder(name)
+                .node(node)
+                .config(state_config())
+                .open(&aether)
+                .await
+                .map_err(e("open"))
+        }
+    };
+    let writer = open(x.clone(), "writer").await?;
+    let reader = open(y.clone(), "reader").await?;
+    // Live once the reader holds a write of the writer's.
+    let deadline = Instant::now() + PROBE_LIMIT;
+    writer.set("probe", vec![1u8]).await.map_err(e("set"))?;
+    while reader.get("probe").is_none() {
+        if Instant::now() > deadline {
+            return Err("aether state: replicas not joined".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok((writer, reader, x, y))
+}
+
+pub async fn aether_state_latency(
+    url: String,
+    round: usize,
+    warm: usize,
+    samples: usize,
+) -> Result<Vec<Duration>, String> {
+    let (writer, reader, _x, _y) = replicas(&url, &format!("lat{round}")).await?;
+    let mut watch = reader.watch("lat.*");
+    let value = Bytes::from(vec![0xAB; STATE_VALUE]);
+    let mut out = Vec::with_capacity(samples);
+    for i in 0..warm + samples {
+        let start = Instant::now();
+        let key = format!("lat.{}", i % 100);
+        let (set, seen) = tokio::join!(writer.set(&key, value.clone()), async {
+            let change = tokio::time::timeout(REQUEST_TIMEOUT, watch.next()).await;
+            (start.elapsed(), change)
+        });
+        set.map_err(e("set"))?;
+        match seen.1 {
+            Ok(Some(change)) if change.key == key => {}
+            other => {
+                return Err(format!(
+                    "aether state: watch gave {:?}",
+                    other.map(|c| c.map(|c| c.key))
+                ));
+            }
+        }
+        if i >= warm {
+            out.push(seen.0);
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    writer.close().await;
+    reader.close().await;
+    Ok(out)
+}
+
+/// `n` keys set one after another on the writer; keys a second until the
+/// reader holds them all (and how many it lacks at the bound).
+pub async fn aether_state_rate(
+    url: String,
+    round: usize,
+    n: usize,
+) -> Result<(f64, usize), String> {
+    let (writer, reader, _x, _y) = replicas(&url, &format!("rate{round}")).await?;
+    let value = Bytes::from(vec![0xAB; STATE_VALUE]);
+    let base = reader.len();
+    let start = Instant::now();
+    for i in 0..n {
+        writer
+            .set(&format!("k.{i}"), value.clone())
+            .await
+            .map_err(e("set"))?;
+    }
+    let held = wait_held(start, n, || reader.len() - base).await;
+    writer.close().await;
+    reader.close().await;
+    Ok(held)
+}
+
+/// Polls `held` until it reaches `n` (or nothing new for `IDLE_LIMIT`):
+/// the rate, and what is missing.
+pub async fn wait_held(start: Instant, n: usize, held: impl Fn() -> usize) -> (f64, usize) {
+    let mut seen = held();
+    let mut quiet = Instant::now();
+    let mut done = start.elapsed();
+    while held() < n && start.elapsed() < ROUND_LIMIT {
+        let now = held();
+        if now != seen {
+            seen = now;
+            quiet = Instant::now();
+            done = start.elapsed();
+        } else if quiet.elapsed() > IDLE_LIMIT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let h = held();
+    if h >= n {
+        done = start.elapsed();
+    }
+    (h.min(n) as f64 / done.as_secs_f64(), n.saturating_sub(h))
+}
+
+async fn kv_bucket(
+    url: &str,
+    name: &str,
+) -> Result<
+    (
+        async_nats::jetstream::kv::Store,
+        async_nats::jetstream::kv::Store,
+        async_nats::jetstream::Context,
+    ),
+    String,
+> {
+    let wc = async_nats::connect(url).await.map_err(e("connect"))?;
+    let rc = async_nats::connect(url).await.map_err(e("connect"))?;
+    let wjs = async_nats::jetstream::new(wc);
+    let rjs = async_nats::jetstream::new(rc);
+    let writer = wjs
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: name.to_string(),
+            history: 1,
+            ..Default::default()
+        })
+        .await
+        .map_err(e(
+            "NATS KV bucket (async-nats's KV needs nats-server 2.10 or later)",
+        ))?;
+    let reader = rjs.get_key_value(name).await.map_err(e("kv"))?;
+    Ok((writer, reader, wjs))
+}
+
+pub async fn kv_state_latency(
+    url: String,
+    round: usize,
+    warm: usize,
+    samples: usize,
+) -> Result<Vec<Duration>, String> {
+    let name = format!("lat{round}");
+    let (writer, reader, js) = kv_bucket(&url, &name).await?;
+    let mut watch = reader.watch_all().await.map_err(e("watch"))?;
+    let value = Bytes::from(vec![0xAB; STATE_VALUE]);
+    let mut out = Vec::with_capacity(samples);
+    for i in 0..warm + samples {
+        let start = Instant::now();
+        let key = format!("lat.{}", i % 100);
+        let (put, seen) = tokio::join!(writer.put(&key, value.clone()), async {
+            let entry = tokio::time::timeout(REQUEST_TIMEOUT, watch.next()).await;
+            (start.elapsed(), entry)
+        });
+        put.map_err(e("put"))?;
+        match seen.1 {
+            Ok(Some(Ok(entry))) if entry.key == key => {}
+            Ok(Some(Ok(entry))) => return Err(format!("kv: watch gave {}", entry.key)),
+            other => {
+                return Err(format!(
+                    "kv: watch ended: {:?}",
+                    other.map(|o| o.map(|r| r.is_ok()))
+                ));
+            }
+        }
+        if i >= warm {
+            out.push(seen.0);
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let _ = js.delete_key_value(&name).await;
+    Ok(out)
+}
+
+pub async fn kv_state_rate(url: String, round: usize, n: usize) -> Result<(f64, usize), String> {
+    let name = format!("rate{round}");
+    let (writer, reader, js) = kv_bucket(&url, &name).await?;
+    let mut watch = reader.watch_all().await.map_err(e("watch"))?;
+    let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = held.clone();
+    let mut tasks = Tasks::default();
+    tasks.push(tokio::spawn(async move {
+        let mut keys = HashSet::new();
+        while let Some(Ok(entry)) = watch.next().await {
+            keys.insert(entry.key);
+            counter.store(keys.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+    }));
+    let value = Bytes::from(vec![0xAB; STATE_VALUE]);
+    let start = Instant::now();
+    for i in 0..n {
+        writer
+            .put(format!("k.{i}"), value.clone())
+            .await
+            .map_err(e("put"))?;
+    }
+    let out = wait_held(start, n, || held.load(std::sync::atomic::Ordering::Relaxed)).await;
+    drop(tasks);
+    let _ = js.delete_key_value(&name).await;
+    Ok(out)
+}

@@ -1,0 +1,144 @@
+// React hooks over the bridge's client: a key of a replicated map as state.
+// React is a peer dependency; this module adds nothing else. Types:
+// react.d.ts beside it.
+//
+//   import { useAether } from "aether-bridge/react";
+//   const [count, setCount] = useAether("count", 0, { url, token });
+//   setCount((n) => n + 1);
+//   const todos = useAetherPrefix("todo/", { url, token });  // [[key, value], ...]
+//
+// Every hook of one page on one map (same url and token) shares one
+// client, so a page is one replica however many components read it. The
+// value renders from the offline cache at once, re-renders on every change
+// of the key (this page's, another page's, a service's), and a write is
+// local first, as the client's are.
+
+import { useCallback, useEffect, useRef, useSyncExternalStore } from "react";
+import { Aether } from "./aether.js";
+
+const clients = new Map();
+
+/**
+ * The client this page's hooks share for `url` and `options.token`, made
+ * on first use. `close()` on it closes it for every hook; the next hook to
+ * ask makes another.
+ */
+export function sharedClient(url, options) {
+  if (typeof url !== "string" || url.length === 0) {
+    throw new TypeError("useAether needs options.url, the bridge's ws:// or wss:// address, or options.client");
+  }
+  const slot = url + "\u0000" + (options?.token ?? "");
+  let client = clients.get(slot);
+  if (!client || client.status === "closed") {
+    client = new Aether(url, options);
+    clients.set(slot, client);
+  }
+  return client;
+}
+
+function clientOf(options) {
+  if (options == null || typeof options !== "object") {
+    throw new TypeError("useAether needs options: { url, token } or { client }");
+  }
+  if (options.client) return options.client;
+  const { url, onSupersede: _superseded, onRefused: _refused, client: _none, ...rest } = options;
+  return sharedClient(url, rest);
+}
+
+/**
+ * `[value, set]` for `key`, as `useState` gives: `value` is the key's
+ * value, or `fallback` while the key is not set (or deleted); `set(v)` or
+ * `set(prev => next)` writes it here at once and sends it; `set(undefined)`
+ * deletes it. `options.onSupersede(superseded)` is told when a write of
+ * this page to `key` lost to a higher stamp, `options.onRefused(refused)`
+ * when the gateway refused one (it is taken back: the value returns to
+ * what the gateway holds, or the fallback).
+ */
+export function useAether(key, fallback, options) {
+  const client = clientOf(options);
+  // One snapshot per stamp of the key: the same object between changes,
+  // as useSyncExternalStore needs.
+  const seen = useRef(null);
+  const subscribe = useCallback((changed) => client.on(key, () => changed()), [client, key]);
+  const snapshot = () => {
+    const stamp = client.stampOf(key);
+    const last = seen.current;
+    if (!last || last.client !== client || last.key !== key || last.stamp !== stamp) {
+      seen.current = { client, key, stamp, value: client.get(key) };
+    }
+    return seen.current.value;
+  };
+  const value = useSyncExternalStore(subscribe, snapshot, snapshot);
+  const fallbackNow = useRef(fallback);
+  fallbackNow.current = fallback;
+  const set = useCallback(
+    (next) => {
+      const prev = client.has(key) ? client.get(key) : fallbackNow.current;
+      const written = typeof next === "function" ? next(prev) : next;
+      if (written === undefined) {
+        client.delete(key);
+      } else {
+        client.set(key, written);
+      }
+    },
+    [client, key],
+  );
+  const told = useRef(options);
+  told.current = options;
+  useEffect(() => {
+    const stops = [
+      client.onSupersede((superseded) => {
+        if (superseded.key === key) told.current.onSupersede?.(superseded);
+      }),
+      client.onRefused((refused) => {
+        if (refused.key === key) told.current.onRefused?.(refused);
+      }),
+    ];
+    return () => stops.forEach((stop) => stop());
+  }, [client, key]);
+  return [value === undefined ? fallback : value, set];
+}
+
+/**
+ * Every key under `prefix` and its value, sorted by key (`[key, value][]`),
+ * re-rendered when one of them changes: a list kept as a key per item
+ * (`todo/<id>`), which concurrent writers never overwrite whole.
+ */
+export function useAetherPrefix(prefix, options) {
+  const client = clientOf(options);
+  const seen = useRef(null);
+  const subscribe = useCallback(
+    (changed) =>
+      client.on("*", (_value, _old, key) => {
+        if (key.startsWith(prefix)) changed();
+      }),
+    [client, prefix],
+  );
+  const snapshot = () => {
+    const last = seen.current;
+    if (last && last.client === client && last.prefix === prefix && last.changes === client.changes) {
+      return last.items;
+    }
+    const keys = client.keys().filter((key) => key.startsWith(prefix));
+    const stamps = keys.map((key) => client.stampOf(key));
+    if (
+      last && last.client === client && last.prefix === prefix &&
+      last.stamps.length === stamps.length && last.stamps.every((s, i) => s === stamps[i])
+    ) {
+      last.changes = client.changes;
+      return last.items;
+    }
+    const items = keys.map((key) => [key, client.get(key)]);
+    seen.current = { client, prefix, changes: client.changes, stamps, items };
+    return items;
+  };
+  return useSyncExternalStore(subscribe, snapshot, snapshot);
+}
+
+/** The connection's status (`connecting`, `live`, `offline`, `unauthorized`, `closed`), re-rendered as it changes. */
+export function useAetherStatus(options) {
+  const client = clientOf(options);
+  const subscribe = useCallback((changed) => client.onStatus(() => changed()), [client]);
+  const status = () => client.status;
+  return useSyncExternalStore(subscribe, status, status);
+}

@@ -1,0 +1,155 @@
+// An in-memory stand-in for the gateway's bridge, speaking its protocol
+// (docs/guide/browser.md) to clients given its `WebSocket` class: `auth`,
+// then `hello` and `snapshot`; writes merged by stamps and sent to the
+// other sockets; a write to a `node/...` key refused (`not_owner`); a
+// wrong token closed with 1008 `unauthorized`; past the
+// rate limit, 1008 `rate_limited`. `down()` makes every connection fail
+// as a stopped gateway's would; `up()` lets them in again.
+
+export function stamp(physicalNs, logical, replica) {
+  return BigInt(physicalNs).toString(16).padStart(16, "0") + "-" +
+    logical.toString(16).padStart(8, "0") + "-" + replica;
+}
+
+export class Bridge {
+  constructor({ token = "secret", perSecond = 1000, burst = 1000 } = {}) {
+    this.token = token;
+    this.perSecond = perSecond;
+    this.burst = burst;
+    this.isUp = true;
+    /** key -> { value, stamp, deleted } */
+    this.entries = new Map();
+    this.sockets = new Set();
+    this.attempts = 0;
+    /** Every message a client sent, with when it came. */
+    this.received = [];
+    const bridge = this;
+    this.WebSocket = class FakeSocket {
+      constructor(url) {
+        this.url = url;
+        this.readyState = 0;
+        this.tokens = bridge.burst;
+        this.refilled = Date.now();
+        bridge.attempts += 1;
+        setTimeout(() => {
+          if (!bridge.isUp) {
+            this.readyState = 3;
+            this.onclose?.({ code: 1006, reason: "" });
+            return;
+          }
+          this.readyState = 1;
+          bridge.sockets.add(this);
+          this.onopen?.();
+        }, 1);
+      }
+      send(text) {
+        if (this.readyState !== 1) throw new Error("not open");
+        const message = JSON.parse(text);
+        setTimeout(() => bridge.handle(this, message), 0);
+      }
+      close(code = 1000, reason = "") {
+        if (this.readyState === 3) return;
+        this.readyState = 3;
+        bridge.sockets.delete(this);
+        setTimeout(() => this.onclose?.({ code, reason }), 0);
+      }
+      deliver(message) {
+        if (this.readyState === 1) this.onmessage?.({ data: JSON.stringify(message) });
+      }
+    };
+  }
+
+  down() {
+    this.isUp = false;
+    for (const socket of [...this.sockets]) socket.close(1006, "");
+  }
+
+  up() {
+    this.isUp = true;
+  }
+
+  /** A write made elsewhere (a service's, another page's). */
+  write(key, value, stampText) {
+    this.merge(key, { value, stamp: stampText, deleted: false }, null);
+  }
+
+  merge(key, entry, from) {
+    const held = this.entries.get(key);
+    if (held && held.stamp >= entry.stamp) {
+      from?.deliver(held.deleted
+        ? { type: "delete", key, stamp: held.stamp }
+        : { type: "set", key, value: held.value, stamp: held.stamp });
+      return;
+    }
+    this.entries.set(key, entry);
+    for (const socket of this.sockets) {
+      if (socket !== from && socket.authed) {
+        socket.deliver(entry.deleted
+          ? { type: "delete", key, stamp: entry.stamp }
+          : { type: "set", key, value: entry.value, stamp: entry.stamp });
+      }
+    }
+  }
+
+  handle(socket, message) {
+    if (socket.readyState !== 1) return;
+    this.received.push({ at: Date.now(), message });
+    const now = Date.now();
+    socket.tokens = Math.min(this.burst, socket.tokens + ((now - socket.refilled) / 1000) * this.perSecond);
+    socket.refilled = now;
+    if (socket.tokens < 1) {
+      socket.close(1008, "rate_limited");
+      return;
+    }
+    socket.tokens -= 1;
+    if (!socket.authed) {
+      if (message.type !== "auth" || message.token !== this.token) {
+        socket.close(1008, "unauthorized");
+        return;
+      }
+      socket.authed = true;
+      socket.deliver({ type: "hello", id: "p1", color: "#123456", now: stamp(BigInt(Date.now()) * 1000000n, 0, "0000000000000001") });
+      const entries = {};
+      for (const [key, e] of this.entries) entries[key] = e;
+      socket.deliver({ type: "snapshot", entries });
+      return;
+    }
+    if ((message.type === "set" || message.type === "delete") && message.key.startsWith("node/")) {
+      // As the gateway: a page writes shared keys only.
+      socket.deliver({ type: "refused", key: message.key, reason: "not_owner" });
+      return;
+    }
+    if (message.type === "set") {
+      this.merge(message.key, { value: message.value, stamp: message.stamp, deleted: false }, socket);
+    } else if (message.type === "delete") {
+      this.merge(message.key, { value: null, stamp: message.stamp, deleted: true }, socket);
+    }
+  }
+}
+
+/** localStorage as the tabs of one browser share it. */
+export class MemoryStorage {
+  constructor() {
+    this.items = new Map();
+  }
+  getItem(key) {
+    return this.items.has(key) ? this.items.get(key) : null;
+  }
+  setItem(key, value) {
+    this.items.set(key, String(value));
+  }
+  removeItem(key) {
+    this.items.delete(key);
+  }
+}
+
+/** Waits until `check()` is true, or fails after `ms`. */
+export async function until(check, ms = 3000, what = "the condition") {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));

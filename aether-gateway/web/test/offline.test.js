@@ -1,0 +1,153 @@
+// The client's offline layer, in Node against an in-memory bridge: what a
+// page writes offline is kept and sent once live, tabs share the cache by
+// stamps, a stale offline write loses, a wrong token stops reconnecting,
+// and the client paces itself under the gateway's rate limit.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { Aether } from "../aether.js";
+import { Bridge, MemoryStorage, sleep, stamp, until } from "./bridge.js";
+
+const URL = "ws://gateway.test/bridge/board";
+
+function client(bridge, storage, extra = {}) {
+  return new Aether(URL, {
+    token: "secret",
+    WebSocket: bridge.WebSocket,
+    storage,
+    backoffMs: 5,
+    maxBackoffMs: 20,
+    ...extra,
+  });
+}
+
+test("writes made offline are kept and sent once live", async () => {
+  const bridge = new Bridge();
+  bridge.down();
+  const page = client(bridge, new MemoryStorage());
+  await until(() => page.status === "offline", 1000, "offline");
+  const written = page.set("todo/1", { text: "milk" });
+  page.set("todo/2", { text: "eggs" });
+  page.delete("todo/2");
+  assert.deepEqual(page.get("todo/1"), { text: "milk" });
+  await sleep(50);
+  assert.equal(bridge.entries.size, 0, "nothing reached a stopped gateway");
+  bridge.up();
+  await page.whenLive();
+  await until(() => bridge.entries.size === 2, 2000, "the offline writes");
+  assert.deepEqual(bridge.entries.get("todo/1"), { value: { text: "milk" }, stamp: written, deleted: false });
+  assert.equal(bridge.entries.get("todo/2").deleted, true, "the delete went as a tombstone");
+  page.close();
+});
+
+test("a reload renders from the cache and sends what the last load wrote offline", async () => {
+  const bridge = new Bridge();
+  const storage = new MemoryStorage();
+  const first = client(bridge, storage);
+  await first.whenLive();
+  first.set("title", "shopping");
+  await until(() => bridge.entries.has("title"), 1000, "the live write");
+  bridge.down();
+  await until(() => first.status === "offline", 1000, "offline");
+  first.set("note", "written offline");
+  first.close(); // the tab closes with the write unsent; the cache keeps it
+
+  const reload = client(bridge, storage);
+  assert.equal(reload.get("title"), "shopping", "rendered from the cache, gateway down");
+  assert.equal(reload.get("note"), "written offline");
+  bridge.up();
+  await reload.whenLive();
+  await until(() => bridge.entries.has("note"), 2000, "the earlier load's offline write");
+  assert.equal(bridge.entries.get("note").value, "written offline");
+  reload.close();
+});
+
+test("tabs share the cache by stamps: an older write never overwrites a newer one", async () => {
+  const bridge = new Bridge();
+  bridge.down();
+  const storage = new MemoryStorage();
+  const older = client(bridge, storage);
+  const newer = client(bridge, storage);
+  older.set("color", "red");
+  await sleep(2);
+  newer.set("color", "blue");
+  newer.saveNow();
+  older.saveNow(); // saved last, with the lower stamp
+  older.set("only-older", 1);
+  older.saveNow();
+  const third = client(bridge, storage);
+  assert.equal(third.get("color"), "blue", "the higher stamp is what the cache keeps");
+  assert.equal(third.get("only-older"), 1, "each tab's own keys are kept");
+  for (const page of [older, newer, third]) page.close();
+});
+
+test("a stale offline write loses to a newer stamp, and its page is told", async () => {
+  const bridge = new Bridge();
+  bridge.down();
+  const page = client(bridge, new MemoryStorage());
+  const mine = page.set("card/7", { column: "doing" });
+  const lost = [];
+  page.onSupersede((s) => lost.push(s));
+  // Meanwhile a service moved the card, later than the page's write.
+  const later = stamp((BigInt(Date.now()) + 5000n) * 1000000n, 0, "00000000000000aa");
+  bridge.write("card/7", { column: "done" }, later);
+  bridge.up();
+  await page.whenLive();
+  await until(() => page.get("card/7")?.column === "done", 1000, "the newer write");
+  await sleep(30);
+  assert.equal(bridge.entries.get("card/7").stamp, later, "the gateway kept the newer write");
+  assert.equal(lost.length, 1);
+  assert.equal(lost[0].mine, mine);
+  assert.deepEqual(lost[0].by, { value: { column: "done" }, stamp: later });
+  page.close();
+});
+
+test("a wrong token is unauthorized and stops reconnecting", async () => {
+  const bridge = new Bridge({ token: "right" });
+  const page = new Aether(URL, {
+    token: "wrong",
+    WebSocket: bridge.WebSocket,
+    storage: new MemoryStorage(),
+    backoffMs: 5,
+    maxBackoffMs: 10,
+  });
+  const statuses = [];
+  page.onStatus((s) => statuses.push(s));
+  await until(() => page.status === "unauthorized", 1000, "unauthorized");
+  const attempts = bridge.attempts;
+  await sleep(150); // many backoffs' worth
+  assert.equal(bridge.attempts, attempts, "no attempt after unauthorized");
+  assert.equal(page.status, "unauthorized");
+  assert.deepEqual(statuses, ["unauthorized"]);
+  page.close();
+});
+
+test("a burst of writes is paced under the gateway's rate limit and all arrive", async () => {
+  // The gateway allows 60 a second after a burst of 10; the client sends 40
+  // a second after a burst of 5.
+  const bridge = new Bridge({ perSecond: 60, burst: 10 });
+  const page = client(bridge, new MemoryStorage(), { sendPerSecond: 40, sendBurst: 5 });
+  await page.whenLive();
+  const start = Date.now();
+  for (let i = 0; i < 30; i++) page.set(`k/${i}`, i);
+  await until(() => bridge.entries.size === 30, 5000, "every write");
+  const took = Date.now() - start;
+  assert.equal(page.status, "live", "never disconnected for its rate");
+  // 5 at once, then 25 at 40 a second: at least about 600 ms.
+  assert.ok(took >= 500, `paced: ${took} ms`);
+  const writes = bridge.received.filter((r) => r.message.type === "set");
+  const firstSecond = writes.filter((r) => r.at - start < 250).length;
+  assert.ok(firstSecond <= 5 + 40 * 0.25 + 1, `at most the burst and the rate: ${firstSecond} in 250 ms`);
+  page.close();
+});
+
+test("writes to one key while paced leave as the latest only", async () => {
+  const bridge = new Bridge();
+  const page = client(bridge, new MemoryStorage(), { sendPerSecond: 20, sendBurst: 1 });
+  await page.whenLive();
+  for (let i = 0; i <= 100; i++) page.set("counter", i);
+  await until(() => bridge.entries.get("counter")?.value === 100, 2000, "the last write");
+  const sent = bridge.received.filter((r) => r.message.key === "counter").length;
+  assert.ok(sent <= 3, `${sent} messages for 101 writes to one key`);
+  page.close();
+});

@@ -1,0 +1,70 @@
+// What a TypeScript application writes against the client and its hooks:
+// `tsc --strict --noEmit` must take every line, and refuse each line
+// marked `@ts-expect-error` (it fails if one of them type-checks).
+
+import { Aether, type Json, type Stamp, type Status, type Superseded } from "../aether.js";
+import { sharedClient, useAether, useAetherPrefix, useAetherStatus } from "../react.js";
+
+const url = "ws://127.0.0.1:9464/bridge/board";
+const board = new Aether(url, { token: "t", sendPerSecond: 20 });
+
+const stamp: Stamp = board.set("item/1", { text: "milk", done: false });
+const gone: Stamp = board.delete("item/1");
+const item = board.get<{ text: string; done: boolean }>("item/1");
+const text: string | undefined = item?.text;
+const keys: string[] = board.keys();
+const stop: () => void = board.on("*", (value: Json | undefined, old, key: string) => {});
+board.onSupersede(({ key, mine, by }: Superseded) => {});
+board.onStatus((status: Status) => {});
+const live: Promise<void> = board.whenLive();
+const shared: Aether = sharedClient(url, { token: "t" });
+
+// @ts-expect-error a client needs its options (the token)
+new Aether(url);
+// @ts-expect-error the token is required
+new Aether(url, { cache: false });
+
+type Todo = { text: string; done: boolean };
+
+export function Counter() {
+  const [count, setCount] = useAether("count", 0, { url, token: "t" });
+  const n: number = count;
+  setCount((c) => c + 1);
+  setCount(5);
+  setCount(undefined);
+  // @ts-expect-error a number key is not set to a string
+  setCount("five");
+  // @ts-expect-error the value is a number, not a string
+  const s: string = count;
+
+  const [todos, setTodos] = useAether<Todo[]>("todos", [], {
+    client: board,
+    onSupersede: (lost) => {
+      const mine: Stamp = lost.mine;
+      const winner: Todo[] | undefined = lost.by.value;
+    },
+    onRefused: ({ key, reason }) => {
+      const why: "invalid_key" | "too_large" | "not_owner" | "stamp" | "full" | "closed" = reason;
+    },
+  });
+  setTodos((all) => [...all, { text: "milk", done: false }]);
+  // @ts-expect-error a todo has a text
+  setTodos([{ done: true }]);
+
+  const [title] = useAether("title", "untitled", { client: board });
+  const t: string = title;
+
+  const status: Status = useAetherStatus({ client: board });
+  const items: [string, Todo][] = useAetherPrefix<Todo>("todo/", { client: board });
+  const changes: number = board.changes;
+
+  // @ts-expect-error a url needs its token
+  useAether("k", 0, { url });
+  // @ts-expect-error the hook needs a url and token, or a client
+  useAether("k", 0, {});
+  // @ts-expect-error a Date is not JSON
+  useAether("when", new Date(), { client: board });
+  // @ts-expect-error a function is not JSON
+  useAether("f", () => 1, { client: board });
+  return [n, s, t, status, todos, items, changes, stamp, gone, text, keys, stop, live, shared];
+}
