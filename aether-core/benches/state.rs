@@ -155,7 +155,12 @@ async fn nats_raw_replicate(url: &str, subject: &str, n: usize) -> Duration {
             .subscribe(subject.to_string())
             .await
             .expect("subscribe");
-        client.flush().await.expect("flush");
+        // The server has taken the subscription once a message this
+        // connection sent after it comes back (a flush only writes it).
+        let inbox = client.new_inbox();
+        let mut echo = client.subscribe(inbox.clone()).await.expect("subscribe");
+        client.publish(inbox, Bytes::new()).await.expect("publish");
+        echo.next().await.expect("echo");
         receivers.push(tokio::spawn(async move {
             let _client = client;
             let mut map = BTreeMap::new();
@@ -404,17 +409,24 @@ fn main() {
         return;
     }
     if testing {
+        // Each step bounded: a smoke run that stops says where.
+        async fn step<T>(name: &str, run: impl std::future::Future<Output = T>) -> T {
+            match tokio::time::timeout(Duration::from_secs(60), run).await {
+                Ok(out) => out,
+                Err(_) => panic!("the smoke run's step {name} took over 60 s"),
+            }
+        }
         rt.block_on(async {
-            aether_replicate(200).await;
-            broadcast_replicate(200).await;
-            catch_up(200).await;
-            repair(50).await;
+            step("aether_replicate", aether_replicate(200)).await;
+            step("broadcast_replicate", broadcast_replicate(200)).await;
+            step("catch_up", catch_up(200)).await;
+            step("repair", repair(50)).await;
             let shared = Aether::default();
-            converge_five(|| shared.clone(), 20).await;
-            write_to_watch(&shared, &shared, 10).await;
-            ledger(100).await;
-            ledger_with(100, 2, 0).await;
-            synced_writes(4, 10).await;
+            step("converge_five", converge_five(|| shared.clone(), 20)).await;
+            step("write_to_watch", write_to_watch(&shared, &shared, 10)).await;
+            step("ledger", ledger(100)).await;
+            step("ledger_with", ledger_with(100, 2, 0)).await;
+            step("synced_writes", synced_writes(4, 10)).await;
             let server = aether_testkit::NatsServer::start()
                 .await
                 .expect("nats-server");
@@ -422,8 +434,16 @@ fn main() {
             for _ in 0..3 {
                 aethers.push(Aether::connect_url(&server.url()).await.expect("connect"));
             }
-            nats_aether_replicate(&aethers, "smoke", 200).await;
-            nats_raw_replicate(&server.url(), "raw.smoke", 200).await;
+            step(
+                "nats_aether_replicate",
+                nats_aether_replicate(&aethers, "smoke", 200),
+            )
+            .await;
+            step(
+                "nats_raw_replicate",
+                nats_raw_replicate(&server.url(), "raw.smoke", 200),
+            )
+            .await;
         });
         println!("state bench: smoke run ok");
         return;
