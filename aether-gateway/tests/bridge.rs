@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use support::{
     bridge::{Client, close_of, now_ns, open, open_from, stamp},
-    config, start,
+    config, get, start,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -98,6 +98,8 @@ fn template(line: &str) -> Value {
     let quoted = line
         .replace("<json>", "\"<json>\"")
         .replace("<int>", "\"<int>\"")
+        .replace("<prev>", "\"<prev>\"")
+        .replace("<id>", "\"<id>\"")
         .replace("<entry>", "\"<entry>\"")
         .replace("\"\"<", "\"<")
         .replace(">\"\"", ">\"");
@@ -165,6 +167,8 @@ impl Protocol {
             Value::String(placeholder) => match placeholder.as_str() {
                 "<json>" => true,
                 "<int>" => message.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
+                "<id>" => message.as_u64().is_some_and(|n| n < 1 << 53),
+                "<prev>" => message.is_null() || message.as_str().is_some_and(is_stamp),
                 "<str>" | "<key>" => message.is_string(),
                 "<stamp>" => message.as_str().is_some_and(is_stamp),
                 "<replica>" => message.as_str().is_some_and(|r| {
@@ -181,11 +185,14 @@ impl Protocol {
             Value::Object(fields) if fields.len() == 1 && fields.contains_key("<key>") => message
                 .as_object()
                 .is_some_and(|m| m.values().all(|v| self.fits(&fields["<key>"], v))),
+            // Every field the template has, no other; a `<prev>` may be
+            // left out.
             Value::Object(fields) => message.as_object().is_some_and(|m| {
-                m.len() == fields.len()
-                    && fields
-                        .iter()
-                        .all(|(k, t)| m.get(k).is_some_and(|v| self.fits(t, v)))
+                m.keys().all(|k| fields.contains_key(k))
+                    && fields.iter().all(|(k, t)| match m.get(k) {
+                        Some(v) => self.fits(t, v),
+                        None => t == "<prev>",
+                    })
             }),
             other => other == message,
         }
@@ -209,10 +216,29 @@ async fn the_readme_block_is_exactly_what_the_gateway_sends_and_accepts() {
     // Accepted: each browser -> gateway shape, with its effect.
     let mut a = Client::connect(addr, "board", TOKEN).await;
     let mut b = Client::connect(addr, "board", TOKEN).await;
-    let set = json!({"type": "set", "key": "k1", "value": {"n": [1, 2]}, "stamp": a.stamp()});
+    let first = a.stamp();
+    let set =
+        json!({"type": "set", "key": "k1", "value": {"n": [1, 2]}, "stamp": first, "prev": null});
     assert!(protocol.fits(Protocol::of(&protocol.inbound, "set"), &set));
     a.send(set).await;
-    eventually("the service has k1", || service.get("k1").is_some()).await;
+    let sync = json!({"type": "sync", "id": 9_007_199_254_740_991_u64});
+    assert!(protocol.fits(Protocol::of(&protocol.inbound, "sync"), &sync));
+    a.send(sync).await;
+    let synced = a.until("synced", None).await;
+    assert_eq!(synced["id"], 9_007_199_254_740_991_u64);
+    assert!(
+        service.get("k1").is_some(),
+        "synced after the write before it was taken"
+    );
+    let relayed = b.until("set", Some("k1")).await;
+    assert_eq!(
+        relayed.get("prev"),
+        Some(&Value::Null),
+        "the writer's prev, passed on"
+    );
+    let again = json!({"type": "set", "key": "k1", "value": {"n": [1, 2]}, "stamp": a.stamp(), "prev": first});
+    a.send(again).await;
+    assert_eq!(b.until("set", Some("k1")).await["prev"], first.as_str());
     assert_eq!(
         service.get_json::<Value>("k1").unwrap(),
         Some(json!({"n": [1, 2]}))
@@ -233,7 +259,11 @@ async fn the_readme_block_is_exactly_what_the_gateway_sends_and_accepts() {
     // Sent: set and delete from a service, refused (and the entry after
     // it), a snapshot with a value and a tombstone, presence-leave.
     service.set_json("k2", &json!("two")).await.unwrap();
-    b.until("set", Some("k2")).await;
+    let from_service = b.until("set", Some("k2")).await;
+    assert!(
+        from_service.get("prev").is_none(),
+        "no prev for a service's write: {from_service}"
+    );
     service.delete("k2").await.unwrap();
     b.until("delete", Some("k2")).await;
     service.set_json("k3", &3).await.unwrap();
@@ -270,7 +300,13 @@ async fn the_readme_block_is_exactly_what_the_gateway_sends_and_accepts() {
     // Every message received fits its template exactly, and every kind the
     // README lists was seen.
     let mut kinds = BTreeSet::new();
-    for message in b.received.iter().chain(&c.received).chain(&c.parts) {
+    for message in a
+        .received
+        .iter()
+        .chain(&b.received)
+        .chain(&c.received)
+        .chain(&c.parts)
+    {
         let kind = message["type"].as_str().expect("a type").to_string();
         let template = Protocol::of(&protocol.outbound, &kind);
         assert!(
@@ -296,6 +332,7 @@ async fn the_readme_block_is_exactly_what_the_gateway_sends_and_accepts() {
             "set" => json!({"type": "set", "key": "x", "value": 1, "stamp": stamp_now()}),
             "delete" => json!({"type": "delete", "key": "x", "stamp": stamp_now()}),
             "presence" => json!({"type": "presence", "x": 1, "y": 2}),
+            "sync" => json!({"type": "sync", "id": 1}),
             other => panic!("a message the test does not know: {other}"),
         };
         assert!(protocol.fits(template, &sample), "{sample}");
@@ -1034,4 +1071,58 @@ async fn equal_stamps_settle_on_one_value_everywhere() {
         Some("b")
     );
     close_board(service, gateway).await;
+}
+
+/// A mistyped map is told as such (a page would otherwise take the 404 of
+/// its upgrade for a gateway that is down), and a plain request still
+/// gets the 404; a close says its reason first, as the client reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_map_and_each_close_say_why() {
+    let aether = Aether::default();
+    let limits = BridgeConfig {
+        messages_per_s: 5,
+        burst: 5,
+        ..Default::default()
+    };
+    let gateway = start(&aether, bridged(limits)).await;
+    let addr = gateway.addr();
+    let mut typo = open(addr, "bord").await;
+    assert_eq!(
+        close_of(&mut typo).await,
+        Some((1008, "unknown_map".to_string()))
+    );
+    assert_eq!(refused(&gateway, "unknown_map"), 1);
+    assert_eq!(get(addr, "/bridge/bord").await.status, 404);
+
+    let mut wrong = Client::connect_silent(addr, "board", "not-the-token").await;
+    assert_eq!(
+        close_of(&mut wrong.socket).await,
+        Some((1008, "unauthorized".to_string()))
+    );
+
+    let mut fast = Client::connect(addr, "board", TOKEN).await;
+    for n in 0..20 {
+        let set = json!({"type": "set", "key": format!("k{n}"), "value": n, "stamp": fast.stamp()});
+        // The gateway closes it part way: later sends may fail.
+        if fast
+            .socket
+            .send(Message::text(set.to_string()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (code, reason) = close_of(&mut fast.socket).await.expect("a close frame");
+    assert_eq!(code, 1008);
+    assert!(reason.starts_with("rate_limited: "), "{reason}");
+
+    let mut odd = Client::connect(addr, "board", TOKEN).await;
+    odd.send(
+        json!({"type": "set", "key": "k", "value": 1, "stamp": stamp_now(), "prev": "yesterday"}),
+    )
+    .await;
+    let (code, reason) = close_of(&mut odd.socket).await.expect("a close frame");
+    assert_eq!((code, reason.as_str()), (1008, "malformed: bad prev"));
+    gateway.stop().await.unwrap();
 }

@@ -444,3 +444,119 @@ async fn the_page_merges_as_a_rust_replica_does() {
         }
     }
 }
+
+/// What the client tells a page, against the real gateway: a mistyped map
+/// and a wrong token end `whenLive` with their reasons (and the wrong
+/// token's write is dropped, never kept for another page to send), pending
+/// writes are counted until the gateway confirms them, a value that is not
+/// JSON is a TypeError, and a write made after reading another page's is
+/// no lost race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_says_what_became_of_the_page_and_its_writes() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let aether = Aether::default();
+    let gateway = start(
+        &aether,
+        GatewayConfig {
+            bridge: BridgeConfig {
+                token: Some(TOKEN.into()),
+                maps: vec!["board".into()],
+                ..Default::default()
+            },
+            ..config()
+        },
+    )
+    .await;
+    let service = StateMap::builder("board")
+        .node("service")
+        .open(&aether)
+        .await
+        .unwrap();
+    let app = app_host().await;
+    let url = board_url(app, gateway.addr());
+    let a = browser.open(&url).await;
+    let b = browser.open(&url).await;
+    for page in [&a, &b] {
+        page.wait_for("the page is live", "board.client.status === 'live'", 20)
+            .await;
+    }
+    let gw = gateway.addr();
+    let typo = a
+        .eval(&format!(
+            "(async () => {{ const {{ Aether }} = await import('/aether.js');
+               const typo = new Aether('ws://{gw}/bridge/bord', {{ token: '{TOKEN}' }});
+               try {{ await typo.whenLive(); return 'live'; }}
+               catch (e) {{ return `${{e.name}} ${{e.reason}} ${{typo.status}}`; }} }})()"
+        ))
+        .await;
+    assert_eq!(typo, "AetherError unknown_map unknown_map");
+    let wrong = a
+        .eval(&format!(
+            "(async () => {{ const {{ Aether }} = await import('/aether.js');
+               const wrong = new Aether('ws://{gw}/bridge/board', {{ token: 'not-the-token' }});
+               const refused = [];
+               wrong.onRefused((r) => refused.push(`${{r.key}} ${{r.reason}}`));
+               wrong.set('x/wrongtoken', 1);
+               try {{ await wrong.whenLive(); return 'live'; }}
+               catch (e) {{ return [e.reason, wrong.has('x/wrongtoken'), refused.join(),
+                 Object.values(localStorage).filter((v) => v.includes('wrongtoken')).length].join(' '); }} }})()"
+        ))
+        .await;
+    assert_eq!(wrong, "unauthorized false x/wrongtoken unauthorized 0");
+
+    let pending = a
+        .eval(
+            "(async () => { const c = board.client; c.set('p/1', 1); c.set('p/2', 2);
+               const before = c.pendingWrites; await c.waitForPendingWrites();
+               return `${before} ${c.pendingWrites}`; })()",
+        )
+        .await;
+    assert_eq!(pending, "2 0");
+    settle("the service has the confirmed writes", || {
+        service.get("p/1").is_some() && service.get("p/2").is_some()
+    })
+    .await;
+    // Reloaded, page b sends nothing of the wrong token's.
+    b.reload().await;
+    b.wait_for("page b is live again", "board.client.status === 'live'", 20)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(service.get("x/wrongtoken").is_none());
+
+    let not_json = a
+        .eval(
+            "(() => { try { board.client.set('when', { at: new Date(0) }); return 'taken'; }
+               catch (e) { return `${e.constructor.name}: ${e.message}`; } })()",
+        )
+        .await;
+    assert_eq!(
+        not_json,
+        "TypeError: the value of \"when\" at .at is a Date, not JSON (write its toISOString() or getTime())"
+    );
+
+    // B changes the title after seeing A's: A is not told of a lost race.
+    a.eval(
+        "window.lost = []; board.client.onSupersede((s) => window.lost.push(s));
+         board.client.set('title', 'from a'); true",
+    )
+    .await;
+    b.wait_for(
+        "b sees a's title",
+        "board.client.get('title') === 'from a'",
+        5,
+    )
+    .await;
+    b.eval("board.client.set('title', 'from b'); true").await;
+    a.wait_for(
+        "a sees b's title",
+        "board.client.get('title') === 'from b'",
+        5,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.eval("window.lost.length").await, 0);
+    service.close().await;
+    gateway.stop().await.unwrap();
+}

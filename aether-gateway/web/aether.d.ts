@@ -1,20 +1,37 @@
 // Types of aether.js, the browser client of the gateway's bridge.
 
-/** Any value JSON can carry. */
+/** Any value JSON can carry. (NaN and the infinities are numbers to TypeScript: `set` refuses them when run.) */
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
-/** Where the connection is. */
-export type Status = "connecting" | "live" | "offline" | "unauthorized" | "closed";
+/** Where the connection is; the last three are ends. */
+export type Status = "connecting" | "live" | "offline" | "unauthorized" | "unknown_map" | "closed";
+
+/**
+ * Why the status changed: for `offline`, `unreachable`, `connection_lost`,
+ * `rate_limited`, `stopping`, `capacity`, `evicted`, `slow`, `too_large`,
+ * `deadline`, `malformed` (or another the gateway gives); for the ends,
+ * `unauthorized` and `unknown_map`; else null.
+ */
+export type StatusReason = string | null;
 
 /** A stamp: `<16 hex physical ns>-<8 hex logical>-<16 hex replica>`; texts sort as stamps. */
 export type Stamp = string;
 
+/** What the client throws, and its promises reject with. */
+export declare class AetherError extends Error {
+  readonly name: "AetherError";
+  readonly reason: "unauthorized" | "unknown_map" | "closed" | "storage_full";
+}
+
+/** Throws the TypeError (or RangeError) `set` would for `value` under `key`. */
+export declare function checkJson(key: string, value: unknown): void;
+
 export interface AetherOptions {
-  /** The bridge token (`[gateway.bridge] token`). */
+  /** The bridge token (`[gateway.bridge] token`). Required. */
   token: string;
   /** Keep the map in `storage` so a reload renders while the gateway is down. Default true. */
   cache?: boolean;
-  /** The storage key of the cache. Default `"aether:" + url`. */
+  /** The storage key of the cache, before the token's fingerprint. Default `"aether:" + url`. */
   cacheKey?: string;
   /** Where the cache lives. Default `localStorage`. */
   storage?: Storage;
@@ -22,7 +39,7 @@ export interface AetherOptions {
   maxKeyBytes?: number;
   /** Largest value, as JSON text in UTF-8 bytes. Default 32768. */
   maxValueBytes?: number;
-  /** Messages sent a second at most (under the gateway's rate limit). Default 50. */
+  /** Messages sent a second at most (under the gateway's rate limit; halved at each `rate_limited`). Default 50. */
   sendPerSecond?: number;
   /** Messages sent at once above that rate. Default 100. */
   sendBurst?: number;
@@ -41,17 +58,19 @@ export interface Cursor {
   y: number;
 }
 
-/** A write of this page that a higher stamp overwrote. */
-export interface Superseded<T = Json> {
+/** A write of this page that lost a race to a higher stamp. */
+export interface Superseded<T extends Json = Json> {
   key: string;
   mine: Stamp;
   by: { value: T | undefined; stamp: Stamp };
+  /** true: its writer had not seen this page's write; null: not known (a service's write, or another gateway's page). */
+  concurrent: true | null;
 }
 
-/** A write of this page the gateway did not take. */
+/** A write of this page that was not taken. */
 export interface Refused {
   key: string;
-  reason: "invalid_key" | "too_large" | "not_owner" | "stamp" | "full" | "closed";
+  reason: "invalid_key" | "too_large" | "not_owner" | "stamp" | "full" | "closed" | "unauthorized" | "unknown_map";
 }
 
 /** One replica of a replicated map, through the gateway's bridge. */
@@ -63,37 +82,50 @@ export declare class Aether {
   readonly replica: string;
   /** Where the connection is. */
   readonly status: Status;
+  /** Why it is there. */
+  readonly statusReason: StatusReason;
   /** How many changes this page's copy has seen: a version for caching reads. */
   readonly changes: number;
+  /** Keys this page wrote that the gateway has not confirmed yet. */
+  readonly pendingWrites: number;
   /** This page's presence id and color, once live. */
   readonly id: string | null;
   readonly color: string | null;
 
-  get<T = Json>(key: string): T | undefined;
+  get<T extends Json = Json>(key: string): T | undefined;
   has(key: string): boolean;
   keys(): string[];
-  items<T = Json>(): [string, T][];
+  items<T extends Json = Json>(): [string, T][];
   stampOf(key: string): Stamp | undefined;
 
-  /** Sets `key` here at once and sends it; throws on a key or value over the caps. */
-  set<T = Json>(key: string, value: T): Stamp;
-  /** Deletes `key` here at once (a tombstone) and sends it. */
+  /**
+   * Sets `key` here at once, keeps it in the cache and sends it. Throws,
+   * having written nothing: TypeError (not JSON), RangeError (over a cap),
+   * AetherError (ended, or `storage_full`).
+   */
+  set<T extends Json>(key: string, value: T): Stamp;
+  /** Deletes `key` here at once (a tombstone), keeps it and sends it. */
   delete(key: string): Stamp;
 
-  /** Every change of `key` (`"*"`: any key); returns a function that stops it. */
-  on<T = Json>(key: string, callback: (value: T | undefined, old: T | undefined, key: string) => void): () => void;
-  onSupersede<T = Json>(callback: (superseded: Superseded<T>) => void): () => void;
+  /** Every change of `key` (`"*"`: any key; `"todo/*"`: every key under `todo/`); returns a function that stops it. */
+  on<T extends Json = Json>(key: string, callback: (value: T | undefined, old: T | undefined, key: string) => void): () => void;
+  onSupersede<T extends Json = Json>(callback: (superseded: Superseded<T>) => void): () => void;
   onRefused(callback: (refused: Refused) => void): () => void;
-  onStatus(callback: (status: Status) => void): () => void;
-  /** Resolves once the map came from the gateway. */
+  onStatus(callback: (status: Status, reason: StatusReason) => void): () => void;
+  onPendingWrites(callback: (count: number) => void): () => void;
+  /** A change this page could not keep in its cache (`storage_full`). */
+  onError(callback: (error: AetherError) => void): () => void;
+  /** Resolves once the map came from the gateway; rejects (AetherError) on an end. */
   whenLive(): Promise<void>;
+  /** Resolves once every write made so far reached the gateway; rejects (AetherError) on an end. */
+  waitForPendingWrites(): Promise<void>;
 
   /** Shows this page's cursor to the map's other pages (ephemeral). */
   setPresence(x: number, y: number): void;
   presence(): Map<string, Cursor>;
   onPresence(callback: (peers: Map<string, Cursor>) => void): () => void;
 
-  /** Closes the connection for good; the cache is kept. */
+  /** Closes the connection for good; the cache is kept, with writes not sent yet. */
   close(): void;
 }
 

@@ -10,13 +10,12 @@
 // The page is a replica of its own: writes apply here at once, are stamped
 // with this page's hybrid logical clock and sent; the gateway merges them
 // by the rules every replica follows (the highest stamp wins, a delete is
-// a tombstone). The map is cached in localStorage, so a reload renders at
-// once, even while the gateway is down; writes made offline are kept there
-// and sent when the connection is back, where they win or lose by their
-// stamps like any write.
+// a tombstone). The map is cached in localStorage, a storage item per key,
+// so a reload renders at once, even while the gateway is down; writes made
+// offline are kept there and sent when the connection is back, where they
+// win or lose by their stamps like any write.
 
 const DEFAULTS = {
-  token: "",
   cache: true,
   cacheKey: null,
   maxKeyBytes: 256,
@@ -26,11 +25,31 @@ const DEFAULTS = {
   backoffMs: 250,
   maxBackoffMs: 10000,
   WebSocket: globalThis.WebSocket,
-  storage: globalThis.localStorage,
 };
+
+/** Deepest nesting of a value (the gateway refuses past 128). */
+const MAX_DEPTH = 100;
 
 const encoder = new TextEncoder();
 const ZERO_NODE = "0000000000000000";
+/** Outbox slots that are not keys (a key is never empty). */
+const PRESENCE = "\u0000presence";
+const SYNC = "\u0000sync";
+
+/** Statuses after which the client neither connects nor takes writes. */
+const TERMINAL = new Set(["unauthorized", "unknown_map", "closed"]);
+
+/**
+ * What the client throws, and what its promises reject with: `reason` says
+ * which (`unauthorized`, `unknown_map`, `closed`, `storage_full`).
+ */
+export class AetherError extends Error {
+  constructor(reason, message) {
+    super(message);
+    this.name = "AetherError";
+    this.reason = reason;
+  }
+}
 
 /** A random replica id: 64 bits, 16 lower case hex digits, not all zero. */
 function randomReplica() {
@@ -43,10 +62,28 @@ function randomReplica() {
   return id;
 }
 
+/** A short fingerprint of a text (53 bits, not a secret's hash). */
+function fingerprint(text) {
+  let h1 = 0xdeadbeef;
+  let h2 = 0x41c6ce57;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    h1 = Math.imul(h1 ^ c, 2654435761);
+    h2 = Math.imul(h2 ^ c, 1597334677);
+  }
+  h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507) ^ Math.imul(h2 ^ (h2 >>> 13), 3266489909);
+  h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507) ^ Math.imul(h1 ^ (h1 >>> 13), 3266489909);
+  return (4294967296 * (2097151 & h2) + (h1 >>> 0)).toString(16);
+}
+
 /** A stamp as the bridge writes it: texts sort as stamps do. */
 function stampText(physical, logical, replica) {
   return physical.toString(16).padStart(16, "0") + "-" +
     logical.toString(16).padStart(8, "0") + "-" + replica;
+}
+
+function isStamp(text) {
+  return typeof text === "string" && /^[0-9a-f]{16}-[0-9a-f]{8}-[0-9a-f]{16}$/.test(text);
 }
 
 function parseStamp(text) {
@@ -98,33 +135,141 @@ function jsonCopy(value) {
   return value === undefined ? null : JSON.parse(JSON.stringify(value));
 }
 
+/** Where in a value a part is: `.items[2].when`. */
+function pathOf(path) {
+  return path.length === 0 ? "" : " at " + path.map((p) =>
+    typeof p === "number" ? `[${p}]` : /^[A-Za-z_$][\w$]*$/.test(p) ? `.${p}` : `[${JSON.stringify(p)}]`).join("");
+}
+
+/**
+ * Throws a TypeError (a RangeError for nesting) naming `key` and where in
+ * `value` the first part that JSON cannot carry as it is lies: undefined,
+ * NaN and the infinities, bigints, functions, symbols, objects that are not
+ * plain (a Date, a Map, a class's instance), holes in arrays, cycles.
+ */
+export function checkJson(key, value) {
+  const open = new Set();
+  const fail = (path, what) => {
+    throw new TypeError(`the value of ${JSON.stringify(key)}${pathOf(path)} is ${what}`);
+  };
+  const walk = (v, path) => {
+    switch (typeof v) {
+      case "string":
+      case "boolean":
+        return;
+      case "number":
+        if (!Number.isFinite(v)) fail(path, `${v}, not a JSON number`);
+        return;
+      case "undefined":
+        fail(path, path.length === 0
+          ? "undefined: delete(key) removes a key"
+          : "undefined, not JSON (leave the field out, or write null)");
+        return;
+      case "bigint":
+        fail(path, "a bigint, not JSON (write it as a string or a number)");
+        return;
+      case "function":
+        fail(path, "a function, not JSON");
+        return;
+      case "symbol":
+        fail(path, "a symbol, not JSON");
+        return;
+      default:
+        break;
+    }
+    if (v === null) return;
+    if (path.length >= MAX_DEPTH) {
+      throw new RangeError(`the value of ${JSON.stringify(key)} is nested more than ${MAX_DEPTH} deep`);
+    }
+    if (open.has(v)) fail(path, "a cycle (the value contains itself)");
+    open.add(v);
+    if (Array.isArray(v)) {
+      for (let i = 0; i < v.length; i++) {
+        if (!(i in v)) fail([...path, i], "a hole in an array, not JSON");
+        walk(v[i], [...path, i]);
+      }
+    } else {
+      const proto = Object.getPrototypeOf(v);
+      if (proto !== Object.prototype && proto !== null) {
+        const name = typeof v.constructor === "function" && v.constructor.name ? `a ${v.constructor.name}` : "an object that is not plain";
+        const hint = v instanceof Date ? " (write its toISOString() or getTime())"
+          : v instanceof Map ? " (write Object.fromEntries(map))"
+          : v instanceof Set ? " (write an array of it)" : "";
+        fail(path, `${name}, not JSON${hint}`);
+      }
+      if (Object.getOwnPropertySymbols(v).length > 0) fail(path, "an object with symbol keys, not JSON");
+      for (const name of Object.keys(v)) walk(v[name], [...path, name]);
+    }
+    open.delete(v);
+  };
+  walk(value, []);
+}
+
+/** Why a socket closed, as a reason code: the gateway's (`rate_limited: ...`), else by the close code. */
+function closeReason(event, opened) {
+  const match = /^([a-z_]+)(:|$)/.exec(event.reason || "");
+  if (match) return match[1];
+  switch (event.code) {
+    case 1000: return "closed";
+    case 1001: return "stopping";
+    case 1006: return opened ? "connection_lost" : "unreachable";
+    case 1008: return "policy";
+    case 1009: return "too_large";
+    case 1011: return "internal";
+    case 1013: return "capacity";
+    default: return `close_${event.code}`;
+  }
+}
+
+function isQuotaError(error) {
+  return error && (error.name === "QuotaExceededError" || error.name === "NS_ERROR_DOM_QUOTA_REACHED" ||
+    error.code === 22 || error.code === 1014);
+}
+
+function defaultStorage() {
+  try {
+    return globalThis.localStorage ?? null;
+  } catch {
+    return null; // storage disabled (a sandboxed frame, privacy settings)
+  }
+}
+
 export class Aether {
   /**
    * @param {string} url the bridge's address, `ws://host:port/bridge/<map>`
    *   (`wss://` when the gateway serves TLS)
-   * @param {object} options see aether.d.ts
+   * @param {object} options see aether.d.ts; `token` is required
    */
-  constructor(url, options = {}) {
+  constructor(url, options) {
+    if (typeof url !== "string" || !/^wss?:\/\/[^/]/.test(url)) {
+      throw new TypeError(`the bridge's address is ws://host:port/bridge/<map> (or wss://), not ${JSON.stringify(url)}`);
+    }
+    if (options == null || typeof options !== "object" || typeof options.token !== "string" || options.token === "") {
+      throw new TypeError("options.token is required: the bridge's token ([gateway.bridge] token)");
+    }
     this.url = url;
-    this.options = { ...DEFAULTS, ...options };
+    this.options = { ...DEFAULTS, storage: defaultStorage(), ...options };
     this.replica = randomReplica();
     this.clock = new Clock(this.replica);
-    /** key -> { v: value, s: stamp, d: deleted } */
+    /** key -> { v: value, s: stamp, d: deleted, p: the writer's previous stamp (null: none, undefined: not known) } */
     this.entries = new Map();
     /** How many changes this copy has seen (a version for those who cache reads). */
     this.changes = 0;
     this.listeners = new Map();
+    this.prefixListeners = new Map();
     this.supersedeListeners = new Set();
     this.presenceListeners = new Set();
     this.statusListeners = new Set();
     this.refusedListeners = new Set();
+    this.pendingListeners = new Set();
+    this.errorListeners = new Set();
     this.peers = new Map();
     this.status = "connecting";
+    this.statusReason = null;
     this.id = null;
     this.color = null;
     this.socket = null;
     this.attempt = 0;
-    this.closed = false;
     this.outbox = new Map();
     this.tokens = this.options.sendBurst;
     this.refilled = performance.now();
@@ -133,7 +278,20 @@ export class Aether {
     this.reconnectTimer = null;
     this.liveWaiters = [];
     this.snapshotParts = null;
-    this.cacheKey = this.options.cacheKey || "aether:" + url;
+    /** key -> the stamp of a write the gateway has not confirmed yet. */
+    this.unconfirmed = new Map();
+    /** [key, stamp] of writes sent since the last `sync`. */
+    this.sentSinceSync = [];
+    /** sync id -> the [key, stamp] it confirms. */
+    this.syncs = new Map();
+    this.nextSync = 1;
+    this.pendingWaiters = [];
+    /** Keys changed here whose storage item is not written yet. */
+    this.dirty = new Set();
+    this.cacheFull = false;
+    // One cache per address and token: a page with another token never
+    // reads this one's, nor sends its writes.
+    this.cacheKey = (this.options.cacheKey || "aether:" + url) + "#" + fingerprint(this.options.token);
     this.loadCache();
     this.onPageHide = () => this.saveNow();
     globalThis.addEventListener?.("pagehide", this.onPageHide);
@@ -171,26 +329,45 @@ export class Aether {
 
   // ---- writing -----------------------------------------------------------
 
-  /** Sets `key` to `value` (any JSON value) here at once, and sends it. */
+  /**
+   * Sets `key` to `value` (a JSON value) here at once, keeps it in the
+   * cache and sends it. Throws a TypeError for a value JSON cannot carry,
+   * a RangeError over the caps, an AetherError once the client is closed,
+   * unauthorized or on an unknown map, or when the cache is full
+   * (`storage_full`): then nothing was written.
+   */
   set(key, value) {
+    this.writable();
     this.checkKey(key);
-    const text = JSON.stringify(value === undefined ? null : value);
+    checkJson(key, value);
+    const text = JSON.stringify(value);
     if (encoder.encode(text).length > this.options.maxValueBytes) {
       throw new RangeError(`a value of more than ${this.options.maxValueBytes} bytes for ${JSON.stringify(key)}`);
     }
-    const stamp = this.clock.now();
-    this.apply(key, { v: JSON.parse(text), s: stamp, d: false }, false);
-    this.queue(key, `{"type":"set","key":${JSON.stringify(key)},"value":${text},"stamp":"${stamp}"}`);
-    return stamp;
+    return this.write(key, { v: JSON.parse(text), s: this.clock.now(), d: false });
   }
 
-  /** Deletes `key` here at once (a tombstone), and sends it. */
+  /** Deletes `key` here at once (a tombstone), keeps it and sends it; throws as `set` does. */
   delete(key) {
+    this.writable();
     this.checkKey(key);
-    const stamp = this.clock.now();
-    this.apply(key, { v: null, s: stamp, d: true }, false);
-    this.queue(key, JSON.stringify({ type: "delete", key, stamp }));
-    return stamp;
+    return this.write(key, { v: null, s: this.clock.now(), d: true });
+  }
+
+  write(key, entry) {
+    entry.p = this.entries.get(key)?.s ?? null;
+    this.keep(key, entry);
+    this.apply(key, entry, false);
+    this.track(key, entry.s);
+    this.queue(key, entry);
+    return entry.s;
+  }
+
+  writable() {
+    if (TERMINAL.has(this.status)) {
+      throw new AetherError(this.status === "closed" ? "closed" : this.statusReason,
+        `this client is ${this.status}: it takes no more writes`);
+    }
   }
 
   checkKey(key) {
@@ -202,41 +379,100 @@ export class Aether {
     }
   }
 
+  /** How many keys this page wrote that the gateway has not confirmed yet. */
+  get pendingWrites() {
+    return this.unconfirmed.size;
+  }
+
+  /**
+   * Resolves once every write made so far has reached the gateway (taken,
+   * lost to a newer stamp, or refused: `onRefused` says). Rejects with an
+   * AetherError if the client closes or becomes unauthorized first.
+   */
+  waitForPendingWrites() {
+    if (TERMINAL.has(this.status)) return Promise.reject(this.terminalError());
+    if (this.unconfirmed.size === 0) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.pendingWaiters.push({ left: new Map(this.unconfirmed), resolve, reject });
+    });
+  }
+
   // ---- listening ---------------------------------------------------------
 
   /**
    * Calls `callback(value, old, key)` on every change of `key` (`"*"`: any
-   * key), local or remote; `value` is `undefined` once deleted. Returns a
-   * function that stops it.
+   * key; `"todo/*"`: every key that begins with `todo/`), local or remote;
+   * `value` is `undefined` once deleted. Returns a function that stops it.
    */
   on(key, callback) {
-    if (!this.listeners.has(key)) this.listeners.set(key, new Set());
-    this.listeners.get(key).add(callback);
-    return () => this.listeners.get(key)?.delete(callback);
+    const prefix = key !== "*" && typeof key === "string" && key.endsWith("*");
+    const listeners = prefix ? this.prefixListeners : this.listeners;
+    const name = prefix ? key.slice(0, -1) : key;
+    if (!listeners.has(name)) listeners.set(name, new Set());
+    listeners.get(name).add(callback);
+    return () => listeners.get(name)?.delete(callback);
   }
 
-  /** Calls `callback({ key, mine, by })` when a write of this page lost to a higher stamp. */
+  /**
+   * Calls `callback({ key, mine, by, concurrent })` when a write of this page
+   * lost a race: a higher stamp overwrote it, written by one who had not
+   * seen it (`concurrent: true`), or by a service or another gateway's page
+   * whose view is not known (`concurrent: null`). Not when a writer that
+   * had seen this page's write changed the key after it.
+   */
   onSupersede(callback) {
     this.supersedeListeners.add(callback);
     return () => this.supersedeListeners.delete(callback);
   }
 
-  /** Calls `callback({ key, reason })` when the gateway refused a write of this page. */
+  /** Calls `callback({ key, reason })` when a write of this page was not taken (refused by the gateway, or dropped as unauthorized). */
   onRefused(callback) {
     this.refusedListeners.add(callback);
     return () => this.refusedListeners.delete(callback);
   }
 
-  /** Calls `callback(status)`: "connecting", "live", "offline", "unauthorized", "closed". */
+  /**
+   * Calls `callback(status, reason)`: status "connecting", "live",
+   * "offline", "unauthorized", "unknown_map", "closed"; reason why it went
+   * offline (`unreachable`, `connection_lost`, `rate_limited`, `stopping`,
+   * ...) or ended, else null.
+   */
   onStatus(callback) {
     this.statusListeners.add(callback);
     return () => this.statusListeners.delete(callback);
   }
 
-  /** Resolves once the page is live (the map came from the gateway). */
+  /** Calls `callback(count)` when the number of writes not yet confirmed changes. */
+  onPendingWrites(callback) {
+    this.pendingListeners.add(callback);
+    return () => this.pendingListeners.delete(callback);
+  }
+
+  /** Calls `callback(error)` (an AetherError) when a change could not be kept in the cache (`storage_full`). */
+  onError(callback) {
+    this.errorListeners.add(callback);
+    return () => this.errorListeners.delete(callback);
+  }
+
+  /**
+   * Resolves once the page is live (the map came from the gateway); rejects
+   * with an AetherError once the client cannot be: unauthorized, an
+   * unknown map, closed.
+   */
   whenLive() {
     if (this.status === "live") return Promise.resolve();
-    return new Promise((resolve) => this.liveWaiters.push(resolve));
+    if (TERMINAL.has(this.status)) return Promise.reject(this.terminalError());
+    return new Promise((resolve, reject) => this.liveWaiters.push({ resolve, reject }));
+  }
+
+  terminalError() {
+    const reason = this.status === "closed" ? "closed" : this.statusReason;
+    const why = {
+      unauthorized: "the gateway refused the token",
+      unknown_map: `the gateway bridges no map at ${this.url} ([gateway.bridge] maps)`,
+      closed: "the client was closed",
+    }[reason] ?? `the client is ${this.status}`;
+    return new AetherError(reason, why);
   }
 
   // ---- presence ----------------------------------------------------------
@@ -244,7 +480,7 @@ export class Aether {
   /** Shows this page's cursor to the map's other pages (not kept). */
   setPresence(x, y) {
     const text = JSON.stringify({ type: "presence", x: Math.round(x) | 0, y: Math.round(y) | 0 });
-    if (this.status === "live") this.queue("\u0000presence", text);
+    if (this.status === "live") this.queueText(PRESENCE, text);
   }
 
   /** The other pages' cursors: id -> { color, x, y }. */
@@ -258,52 +494,69 @@ export class Aether {
     return () => this.presenceListeners.delete(callback);
   }
 
-  /** Closes the connection for good (the cache is kept). */
+  /** Closes the connection for good (the cache is kept, with any unsent writes). */
   close() {
-    this.closed = true;
+    if (this.status === "closed") return;
     clearTimeout(this.reconnectTimer);
+    clearTimeout(this.flushTimer);
     this.saveNow();
     globalThis.removeEventListener?.("pagehide", this.onPageHide);
-    this.socket?.close(1000, "closed");
-    this.setStatus("closed");
+    const socket = this.socket;
+    this.socket = null;
+    socket?.close(1000, "closed");
+    this.end("closed", null);
   }
 
   // ---- the connection ----------------------------------------------------
 
   connect() {
-    if (this.closed) return;
-    this.setStatus(this.attempt === 0 ? "connecting" : "offline");
+    if (TERMINAL.has(this.status)) return;
+    if (this.attempt === 0) this.setStatus("connecting", null);
     let socket;
     try {
       socket = new this.options.WebSocket(this.url);
-    } catch (error) {
-      this.reconnect();
+    } catch {
+      this.reconnect("unreachable");
       return;
     }
     this.socket = socket;
+    let opened = false;
     socket.onopen = () => {
+      if (this.socket !== socket) return;
+      opened = true;
       socket.send(JSON.stringify({ type: "auth", token: this.options.token, replica: this.replica }));
     };
     socket.onmessage = (event) => {
+      if (this.socket !== socket) return; // one this client let go of
       let message;
       try {
         message = JSON.parse(event.data);
       } catch {
         return;
       }
-      this.receive(message);
+      if (message && typeof message === "object") this.receive(message);
     };
     socket.onclose = (event) => {
       if (this.socket !== socket) return;
       this.socket = null;
       this.snapshotParts = null;
+      this.syncs.clear();
+      this.sentSinceSync = [];
+      this.outbox.clear(); // sent again from the snapshot's diff
       this.peers.clear();
       this.firePresence();
-      if (event.code === 1008 && event.reason === "unauthorized") {
-        this.setStatus("unauthorized");
+      const reason = closeReason(event, opened);
+      if (reason === "unauthorized" || reason === "unknown_map") {
+        this.drop(reason);
         return;
       }
-      if (event.code === 1008 && event.reason === "replica_in_use") {
+      if (reason === "rate_limited") {
+        // Sent faster than the gateway takes: half the pace from now on.
+        this.options.sendPerSecond = Math.max(1, this.options.sendPerSecond / 2);
+        this.options.sendBurst = Math.max(1, Math.floor(this.options.sendBurst / 2));
+        this.tokens = 0;
+      }
+      if (reason === "replica_in_use") {
         // Another open page holds this id: take a new one, at once. Writes
         // stamped with the old one are sent again after the snapshot.
         this.replica = randomReplica();
@@ -311,18 +564,60 @@ export class Aether {
         this.connect();
         return;
       }
-      this.reconnect();
+      this.reconnect(reason);
     };
     socket.onerror = () => {};
   }
 
-  reconnect() {
-    if (this.closed) return;
-    this.setStatus("offline");
+  reconnect(reason) {
+    if (TERMINAL.has(this.status)) return;
+    this.setStatus("offline", reason);
     const base = Math.min(this.options.maxBackoffMs, this.options.backoffMs * 2 ** this.attempt);
     const delay = base * (0.8 + 0.4 * Math.random());
     this.attempt += 1;
     this.reconnectTimer = setTimeout(() => this.connect(), delay);
+  }
+
+  /**
+   * The gateway will never take this page (a wrong token, an unknown map):
+   * nothing written under it may reach the bus, by this page or by another
+   * with the right token, so the copy and its cache are dropped, and each
+   * write not confirmed is told to `onRefused`.
+   */
+  drop(reason) {
+    const unsent = [...this.unconfirmed.keys()];
+    this.unconfirmed.clear();
+    const storage = this.storage();
+    if (storage) {
+      for (const item of this.cacheItems(storage)) {
+        try {
+          storage.removeItem(item);
+        } catch {
+          // nothing to keep
+        }
+      }
+    }
+    this.dirty.clear();
+    clearTimeout(this.saveTimer);
+    this.saveTimer = null;
+    const held = [...this.entries];
+    this.entries.clear();
+    for (const [key, e] of held) {
+      if (!e.d) this.fire(key, undefined, e.v);
+    }
+    this.end(reason, reason);
+    for (const key of unsent) {
+      this.refusedListeners.forEach((cb) => cb({ key, reason }));
+    }
+    this.firePending();
+  }
+
+  /** Ends the client: a terminal status; waiting promises reject. */
+  end(status, reason) {
+    this.setStatus(status, reason);
+    const error = this.terminalError();
+    this.liveWaiters.splice(0).forEach((w) => w.reject(error));
+    this.pendingWaiters.splice(0).forEach((w) => w.reject(error));
   }
 
   receive(message) {
@@ -330,8 +625,10 @@ export class Aether {
       case "hello": {
         this.id = message.id;
         this.color = message.color;
-        const gatewayMs = Number(BigInt("0x" + message.now.slice(0, 16)) / 1000000n);
-        this.clock.offsetMs = gatewayMs - (performance.timeOrigin + performance.now());
+        if (isStamp(message.now)) {
+          const gatewayMs = Number(BigInt("0x" + message.now.slice(0, 16)) / 1000000n);
+          this.clock.offsetMs = gatewayMs - (performance.timeOrigin + performance.now());
+        }
         break;
       }
       case "snapshot-part":
@@ -342,29 +639,45 @@ export class Aether {
         const theirs = Object.assign(this.snapshotParts || {}, message.entries);
         this.snapshotParts = null;
         for (const [key, e] of Object.entries(theirs)) {
-          this.apply(key, { v: e.deleted ? null : e.value, s: e.stamp, d: !!e.deleted }, true);
+          if (e && isStamp(e.stamp)) {
+            this.apply(key, { v: e.deleted ? null : e.value, s: e.stamp, d: !!e.deleted }, true);
+          }
         }
         this.attempt = 0;
-        this.setStatus("live");
+        this.setStatus("live", null);
         // What this page holds above the gateway's: its own writes made
-        // offline (or not yet sent), sent again.
+        // offline (or not yet sent), and those of earlier loads the cache
+        // kept, sent again; what the gateway holds already is confirmed.
         for (const [key, e] of this.entries) {
           const held = theirs[key];
           if (!held || held.stamp < e.s) {
-            this.queue(key, e.d
-              ? JSON.stringify({ type: "delete", key, stamp: e.s })
-              : `{"type":"set","key":${JSON.stringify(key)},"value":${JSON.stringify(e.v)},"stamp":"${e.s}"}`);
+            this.track(key, e.s);
+            this.queue(key, e);
+          } else {
+            this.confirm(key, held.stamp);
           }
         }
-        this.liveWaiters.splice(0).forEach((resolve) => resolve());
+        this.liveWaiters.splice(0).forEach((w) => w.resolve());
         break;
       }
       case "set":
-        this.apply(message.key, { v: message.value, s: message.stamp, d: false }, true);
-        break;
       case "delete":
-        this.apply(message.key, { v: null, s: message.stamp, d: true }, true);
+        if (typeof message.key === "string" && isStamp(message.stamp)) {
+          const deleted = message.type === "delete";
+          const prev = message.prev === null || isStamp(message.prev) ? message.prev : undefined;
+          this.apply(message.key, { v: deleted ? null : message.value, s: message.stamp, d: deleted, p: prev }, true);
+        }
         break;
+      case "synced": {
+        // The gateway took every message before this sync: the writes of
+        // this sync and of any earlier one.
+        for (const [id, confirmed] of [...this.syncs]) {
+          if (id > message.id) break;
+          this.syncs.delete(id);
+          for (const [key, stamp] of confirmed) this.confirm(key, stamp);
+        }
+        break;
+      }
       case "refused": {
         // The gateway did not take this page's write: forget it here; the
         // gateway's entry, if any, follows.
@@ -372,8 +685,9 @@ export class Aether {
         if (old && old.s.endsWith(this.replica)) {
           this.entries.delete(message.key);
           this.fire(message.key, undefined, old.d ? undefined : old.v);
-          this.scheduleSave();
+          this.forget(message.key);
         }
+        this.settle(message.key);
         this.refusedListeners.forEach((cb) => cb({ key: message.key, reason: message.reason }));
         break;
       }
@@ -401,26 +715,34 @@ export class Aether {
     if (held && held.s === entry.s && (!remote || sameEntry(held, entry))) return false;
     this.clock.observe(entry.s);
     this.entries.set(key, entry);
-    if (remote && held && held.s.endsWith(this.replica)) {
-      const by = { value: entry.d ? undefined : entry.v, stamp: entry.s };
-      this.supersedeListeners.forEach((cb) => cb({ key, mine: held.s, by }));
+    if (remote && held && held.s !== entry.s && held.s.endsWith(this.replica)) {
+      // Lost a race unless the winner's writer had seen this write (its
+      // previous stamp of the key is this one or later).
+      const concurrent = entry.p === undefined ? null : entry.p === null || entry.p < held.s ? true : false;
+      if (concurrent !== false) {
+        const by = { value: entry.d ? undefined : entry.v, stamp: entry.s };
+        this.supersedeListeners.forEach((cb) => cb({ key, mine: held.s, by, concurrent }));
+      }
     }
+    if (remote) this.markDirty(key);
     const old = held && !held.d ? held.v : undefined;
     this.fire(key, entry.d ? undefined : entry.v, old);
-    this.scheduleSave();
     return true;
   }
 
   fire(key, value, old) {
     this.changes += 1;
-    for (const name of [key, "*"]) {
-      this.listeners.get(name)?.forEach((cb) => {
-        try {
-          cb(value === undefined ? undefined : jsonCopy(value), old, key);
-        } catch (error) {
-          console.error(error);
-        }
-      });
+    const call = (cb) => {
+      try {
+        cb(value === undefined ? undefined : jsonCopy(value), old, key);
+      } catch (error) {
+        console.error(error);
+      }
+    };
+    this.listeners.get(key)?.forEach(call);
+    this.listeners.get("*")?.forEach(call);
+    for (const [prefix, callbacks] of this.prefixListeners) {
+      if (key.startsWith(prefix)) callbacks.forEach(call);
     }
   }
 
@@ -429,18 +751,70 @@ export class Aether {
     this.presenceListeners.forEach((cb) => cb(peers));
   }
 
-  setStatus(status) {
-    if (this.status === status) return;
+  setStatus(status, reason) {
+    if (this.status === status && this.statusReason === reason) return;
     this.status = status;
-    this.statusListeners.forEach((cb) => cb(status));
+    this.statusReason = reason;
+    this.statusListeners.forEach((cb) => cb(status, reason));
+  }
+
+  // ---- writes not yet confirmed ------------------------------------------
+
+  track(key, stamp) {
+    const before = this.unconfirmed.size;
+    this.unconfirmed.set(key, stamp);
+    if (this.unconfirmed.size !== before) this.firePending();
+  }
+
+  /** The gateway holds `key` at `stamp` or later: writes up to it reached it. */
+  confirm(key, stamp) {
+    const mine = this.unconfirmed.get(key);
+    if (mine !== undefined && mine <= stamp) {
+      this.unconfirmed.delete(key);
+      this.firePending();
+    }
+    this.settleWaiters((left) => {
+      const waited = left.get(key);
+      if (waited !== undefined && waited <= stamp) left.delete(key);
+    });
+  }
+
+  /** A write of `key` was refused: nothing of it is pending. */
+  settle(key) {
+    if (this.unconfirmed.delete(key)) this.firePending();
+    this.settleWaiters((left) => left.delete(key));
+  }
+
+  settleWaiters(change) {
+    this.pendingWaiters = this.pendingWaiters.filter((w) => {
+      change(w.left);
+      if (w.left.size > 0) return true;
+      w.resolve();
+      return false;
+    });
+  }
+
+  firePending() {
+    const count = this.unconfirmed.size;
+    if (count === this.lastPending) return;
+    this.lastPending = count;
+    this.pendingListeners.forEach((cb) => cb(count));
   }
 
   // ---- sending, paced under the gateway's rate limit ---------------------
 
-  queue(slot, text) {
+  queue(key, entry) {
+    const prev = entry.p === undefined ? "" : `,"prev":${JSON.stringify(entry.p)}`;
+    const text = entry.d
+      ? `{"type":"delete","key":${JSON.stringify(key)},"stamp":"${entry.s}"${prev}}`
+      : `{"type":"set","key":${JSON.stringify(key)},"value":${JSON.stringify(entry.v)},"stamp":"${entry.s}"${prev}}`;
+    this.queueText(key, text, entry.s);
+  }
+
+  queueText(slot, text, stamp) {
     if (this.status !== "live") return; // sent by the snapshot's diff
     this.outbox.delete(slot);
-    this.outbox.set(slot, text);
+    this.outbox.set(slot, { text, stamp });
     this.flush();
   }
 
@@ -450,9 +824,21 @@ export class Aether {
     this.tokens = Math.min(sendBurst, this.tokens + ((now - this.refilled) / 1000) * sendPerSecond);
     this.refilled = now;
     while (this.tokens >= 1 && this.outbox.size > 0 && this.socket?.readyState === 1) {
-      const [slot, text] = this.outbox.entries().next().value;
+      const [slot, { text, stamp }] = this.outbox.entries().next().value;
       this.outbox.delete(slot);
-      this.socket.send(text);
+      if (slot === SYNC) {
+        const id = this.nextSync++;
+        this.syncs.set(id, this.sentSinceSync);
+        this.sentSinceSync = [];
+        this.socket.send(`{"type":"sync","id":${id}}`);
+      } else {
+        this.socket.send(text);
+        if (slot !== PRESENCE) {
+          this.sentSinceSync.push([slot, stamp]);
+          // One sync after the writes sent: its answer confirms them.
+          if (!this.outbox.has(SYNC)) this.outbox.set(SYNC, {});
+        }
+      }
       this.tokens -= 1;
     }
     if (this.outbox.size > 0 && this.flushTimer === null) {
@@ -464,54 +850,123 @@ export class Aether {
     }
   }
 
-  // ---- the offline cache -------------------------------------------------
+  // ---- the offline cache: an item per key --------------------------------
+
+  storage() {
+    return this.options.cache ? this.options.storage : null;
+  }
+
+  itemOf(key) {
+    return this.cacheKey + "\n" + key;
+  }
+
+  /** The storage items of this cache. */
+  cacheItems(storage) {
+    const prefix = this.cacheKey + "\n";
+    const items = [];
+    for (let i = 0; i < storage.length; i++) {
+      const name = storage.key(i);
+      if (name !== null && (name === this.cacheKey || name.startsWith(prefix))) items.push(name);
+    }
+    return items;
+  }
+
+  static readItem(text) {
+    let e;
+    try {
+      e = JSON.parse(text);
+    } catch {
+      return null;
+    }
+    if (!Array.isArray(e) || !isStamp(e[1])) return null;
+    const p = e[3] === null || isStamp(e[3]) ? e[3] : undefined;
+    return { v: e[2] === 1 ? null : e[0], s: e[1], d: e[2] === 1, p };
+  }
 
   loadCache() {
-    const storage = this.options.cache ? this.options.storage : null;
+    const storage = this.storage();
     if (!storage) return;
-    let cached;
     try {
-      cached = JSON.parse(storage.getItem(this.cacheKey) || "null");
-    } catch {
-      cached = null;
-    }
-    if (!cached || typeof cached !== "object") return;
-    if (typeof cached.offsetMs === "number") this.clock.offsetMs = cached.offsetMs;
-    for (const [key, e] of Object.entries(cached.entries || {})) {
-      if (Array.isArray(e) && typeof e[1] === "string" && e[1].length === 42) {
-        this.apply(key, { v: e[0], s: e[1], d: e[2] === 1 }, false);
+      const meta = JSON.parse(storage.getItem(this.cacheKey) || "null");
+      if (meta && typeof meta.offsetMs === "number") this.clock.offsetMs = meta.offsetMs;
+      const prefix = this.cacheKey + "\n";
+      for (const name of this.cacheItems(storage)) {
+        if (name === this.cacheKey) continue;
+        const entry = Aether.readItem(storage.getItem(name));
+        if (entry) this.apply(name.slice(prefix.length), entry, false);
       }
+    } catch {
+      // an unreadable cache renders nothing; the gateway's map follows
     }
   }
 
-  scheduleSave() {
-    if (!this.options.cache || this.saveTimer !== null) return;
-    this.saveTimer = setTimeout(() => this.saveNow(), 50);
+  /** Writes one entry's item now, unless another tab wrote a newer one; throws when storage is full. */
+  keep(key, entry) {
+    const storage = this.storage();
+    if (!storage) return;
+    const name = this.itemOf(key);
+    const held = Aether.readItem(storage.getItem(name));
+    if (held && held.s >= entry.s) return;
+    const text = JSON.stringify(entry.d ? [null, entry.s, 1, entry.p ?? null] : [entry.v, entry.s, 0, entry.p ?? null]);
+    try {
+      storage.setItem(name, text);
+    } catch (error) {
+      if (isQuotaError(error)) {
+        throw new AetherError("storage_full", `the offline cache is full: ${JSON.stringify(key)} was not written (free space in localStorage, or make the client with cache: false)`);
+      }
+      throw error;
+    }
+    this.dirty.delete(key);
   }
 
-  /** Writes the cache, merged with what other tabs wrote there. */
+  markDirty(key) {
+    if (!this.storage()) return;
+    this.dirty.add(key);
+    if (this.saveTimer === null) this.saveTimer = setTimeout(() => this.saveNow(), 50);
+  }
+
+  forget(key) {
+    const storage = this.storage();
+    this.dirty.delete(key);
+    try {
+      storage?.removeItem(this.itemOf(key));
+    } catch {
+      // nothing to keep
+    }
+  }
+
+  /** Writes the changes not kept yet (tabs merge by stamps: a newer item is never overwritten). */
   saveNow() {
     clearTimeout(this.saveTimer);
     this.saveTimer = null;
-    const storage = this.options.cache ? this.options.storage : null;
+    const storage = this.storage();
     if (!storage) return;
-    let cached = null;
-    try {
-      cached = JSON.parse(storage.getItem(this.cacheKey) || "null");
-    } catch {
-      cached = null;
-    }
-    const entries = cached && typeof cached.entries === "object" ? cached.entries : {};
-    for (const [key, e] of this.entries) {
-      const held = entries[key];
-      if (!Array.isArray(held) || !(held[1] >= e.s)) {
-        entries[key] = e.d ? [null, e.s, 1] : [e.v, e.s];
+    let failed = null;
+    for (const key of [...this.dirty]) {
+      const entry = this.entries.get(key);
+      try {
+        if (entry) this.keep(key, entry);
+        else this.dirty.delete(key);
+      } catch (error) {
+        failed = error;
+        break;
       }
     }
     try {
-      storage.setItem(this.cacheKey, JSON.stringify({ offsetMs: this.clock.offsetMs, entries }));
+      storage.setItem(this.cacheKey, JSON.stringify({ offsetMs: this.clock.offsetMs }));
     } catch (error) {
-      console.warn("aether: the offline cache could not be written", error);
+      failed = failed || error;
+    }
+    const full = failed !== null;
+    if (full && !this.cacheFull) {
+      const error = failed instanceof AetherError ? failed
+        : new AetherError("storage_full", "the offline cache could not be written: a reload offline shows an older copy");
+      this.errorListeners.forEach((cb) => cb(error));
+      if (this.errorListeners.size === 0) console.warn("aether:", error.message);
+    }
+    this.cacheFull = full;
+    if (full && this.saveTimer === null && !TERMINAL.has(this.status)) {
+      this.saveTimer = setTimeout(() => this.saveNow(), 1000); // tried again while space is short
     }
   }
 }

@@ -12,19 +12,23 @@ export function connect(map, page) {
   const name = params.get("map") || map;
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const gateway = params.get("gateway") || `${scheme}://${location.host}`;
-  const token = params.get("token") || "";
+  // Without one, the gateway refuses the page, and the badge says how to
+  // get it.
+  const token = params.get("token") || "none";
   const client = new Aether(`${gateway}/bridge/${name}`, { token, cacheKey: `aether-${page}:${name}` });
   const shown = document.getElementById("map-name");
   if (shown) shown.textContent = name;
   const status = document.getElementById("status");
-  const show = (s) => {
+  const show = (s, reason) => {
     status.textContent = s === "unauthorized"
       ? `unauthorized: open the address the gateway logged (…/${page}#token=…)`
-      : s;
+      : s === "unknown_map"
+        ? `the gateway bridges no map named ${name}`
+        : s === "offline" && reason ? `offline (${reason.replace(/_/g, " ")})` : s;
     status.dataset.status = s;
   };
   client.onStatus(show);
-  show(client.status);
+  show(client.status, client.statusReason);
   return client;
 }
 

@@ -16,9 +16,9 @@ export interface ClientOptions {
 }
 
 export type UseAetherOptions<T extends Json = Json> = (ConnectOptions | ClientOptions) & {
-  /** A write of this page to the key lost to a higher stamp. */
+  /** A write of this page to the key lost a race to a higher stamp. */
   onSupersede?: (superseded: Superseded<T>) => void;
-  /** The gateway refused a write of this page to the key (it is taken back). */
+  /** A write of this page to the key was not taken (it is taken back). */
   onRefused?: (refused: Refused) => void;
 };
 
@@ -46,6 +46,9 @@ export declare function useAetherPrefix<T extends Json = Json>(
   prefix: string,
   options: ConnectOptions | ClientOptions,
 ): [string, T][];
+
+/** Writes of this page the gateway has not confirmed yet, re-rendered as it changes. */
+export declare function usePendingWrites(options: ConnectOptions | ClientOptions): number;
 
 /** The connection's status, re-rendered as it changes. */
 export declare function useAetherStatus(options: ConnectOptions | ClientOptions): Status;

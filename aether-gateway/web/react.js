@@ -109,9 +109,7 @@ export function useAetherPrefix(prefix, options) {
   const seen = useRef(null);
   const subscribe = useCallback(
     (changed) =>
-      client.on("*", (_value, _old, key) => {
-        if (key.startsWith(prefix)) changed();
-      }),
+      client.on(prefix + "*", () => changed()),
     [client, prefix],
   );
   const snapshot = () => {
@@ -135,7 +133,18 @@ export function useAetherPrefix(prefix, options) {
   return useSyncExternalStore(subscribe, snapshot, snapshot);
 }
 
-/** The connection's status (`connecting`, `live`, `offline`, `unauthorized`, `closed`), re-rendered as it changes. */
+/**
+ * How many writes of this page the gateway has not confirmed yet,
+ * re-rendered as it changes: an "unsaved changes" mark.
+ */
+export function usePendingWrites(options) {
+  const client = clientOf(options);
+  const subscribe = useCallback((changed) => client.onPendingWrites(() => changed()), [client]);
+  const count = () => client.pendingWrites;
+  return useSyncExternalStore(subscribe, count, count);
+}
+
+/** The connection's status (`connecting`, `live`, `offline`, `unauthorized`, `unknown_map`, `closed`), re-rendered as it changes. */
 export function useAetherStatus(options) {
   const client = clientOf(options);
   const subscribe = useCallback((changed) => client.onStatus(() => changed()), [client]);

@@ -88,6 +88,10 @@ const SNAPSHOT_PART_BYTES: usize = 256 * 1024;
 /// to leave their changes out when they come back from the map.
 const OWN_WRITES: usize = 4096;
 
+/// Most pages' writes a map remembers the `prev` of, to pass it on with
+/// the write to its other pages (who tell a lost race by it).
+const PREVS: usize = 16_384;
+
 /// Why the bridge refused a connection or closed one, as counted.
 pub const REFUSALS: [&str; 11] = [
     "unknown_map",
@@ -234,10 +238,47 @@ struct Hub {
     positions: Mutex<Positions>,
     /// The replica ids of the open pages: each is one page's own.
     replicas: Mutex<HashSet<u64>>,
+    /// The `prev` of the latest pages' writes merged here.
+    prevs: Mutex<Prevs>,
     /// The last snapshot built (its messages), and the map's version it
     /// shows: every page that connects while the map stays the same gets
     /// these texts.
     snapshot: tokio::sync::Mutex<Option<(u64, Arc<[Utf8Bytes]>)>>,
+}
+
+/// The stamp of the entry a page's write replaced at that page (`None`:
+/// it held none), by the write's key and stamp, the latest [`PREVS`].
+#[derive(Default)]
+struct Prevs {
+    by_write: HashMap<(String, aether_core::state::Stamp), Option<aether_core::state::Stamp>>,
+    order: VecDeque<(String, aether_core::state::Stamp)>,
+}
+
+impl Prevs {
+    fn insert(
+        &mut self,
+        key: &str,
+        stamp: aether_core::state::Stamp,
+        prev: Option<aether_core::state::Stamp>,
+    ) {
+        let write = (key.to_string(), stamp);
+        if self.by_write.insert(write.clone(), prev).is_none() {
+            self.order.push_back(write);
+        }
+        while self.order.len() > PREVS {
+            if let Some(old) = self.order.pop_front() {
+                self.by_write.remove(&old);
+            }
+        }
+    }
+
+    /// What the page that wrote `key` at `stamp` had seen of it, as the
+    /// message's `prev`; `None` for a write no page here made.
+    fn of(&self, key: &str, stamp: aether_core::state::Stamp) -> Option<Option<String>> {
+        self.by_write
+            .get(&(key.to_string(), stamp))
+            .map(|prev| prev.map(stamp_text))
+    }
 }
 
 /// Connections open, in all and per address.
@@ -321,6 +362,7 @@ impl Bridge {
                 cursors: broadcast::channel(1024).0,
                 positions: Mutex::new(HashMap::new()),
                 replicas: Mutex::new(HashSet::new()),
+                prevs: Mutex::new(Prevs::default()),
                 snapshot: tokio::sync::Mutex::new(None),
             });
             let opening = hub.clone();
@@ -484,16 +526,25 @@ pub(crate) async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let Some(bridge) = bridge else {
-        return (StatusCode::NOT_FOUND, "no map is bridged here\n").into_response();
-    };
-    let Some(hub) = bridge.hubs.get(&map).cloned() else {
-        bridge.metrics.refuse("unknown_map");
-        return (
-            StatusCode::NOT_FOUND,
-            "no such bridged map ([gateway.bridge] maps)\n",
-        )
-            .into_response();
+    let hub = bridge
+        .as_ref()
+        .and_then(|bridge| bridge.hubs.get(&map).cloned());
+    let (Some(bridge), Some(hub)) = (bridge.clone(), hub) else {
+        if let Some(bridge) = &bridge {
+            bridge.metrics.refuse("unknown_map");
+        }
+        // A page is told why at once (a 404 to its upgrade would look to
+        // it like a gateway that is down); a plain request gets the 404.
+        return match ws {
+            Ok(ws) => ws.on_upgrade(|mut socket| async move {
+                close_with(&mut socket, close::POLICY, "unknown_map".into()).await;
+            }),
+            Err(_) => (
+                StatusCode::NOT_FOUND,
+                "no such bridged map ([gateway.bridge] maps)\n",
+            )
+                .into_response(),
+        };
     };
     let ws = match ws {
         Ok(ws) => ws,
@@ -585,8 +636,8 @@ impl Connection {
         let first = tokio::select! {
             first = tokio::time::timeout(deadline, socket.recv()) => first,
             _ = evicted => {
-                let text = "too many connections without the token; try again";
-                close_with(&mut socket, close::TRY_AGAIN_LATER, text).await;
+                let text = "evicted: too many connections without the token; try again";
+                close_with(&mut socket, close::TRY_AGAIN_LATER, text.into()).await;
                 return;
             }
         };
@@ -641,8 +692,8 @@ impl Connection {
             Ok(slot) => slot,
             Err(reason) => {
                 bridge.metrics.refuse(reason);
-                let text = "too many connections; try again later";
-                close_with(&mut socket, close::TRY_AGAIN_LATER, text).await;
+                let text = format!("{reason}: too many connections; try again later");
+                close_with(&mut socket, close::TRY_AGAIN_LATER, text.into()).await;
                 return;
             }
         };
@@ -650,7 +701,7 @@ impl Connection {
             close_with(
                 &mut socket,
                 close::INTERNAL,
-                "the map is not open; try again later",
+                "map_not_open: the map is not open; try again later".into(),
             )
             .await;
             return;
@@ -807,8 +858,14 @@ impl Connection {
             .map_err(|_| malformed("not a message of the bridge's protocol"))?;
         match message {
             Inbound::Auth { .. } => Err(malformed("auth comes once, first")),
-            Inbound::Set { key, value, stamp } => {
+            Inbound::Set {
+                key,
+                value,
+                stamp,
+                prev,
+            } => {
                 let stamp = parse_stamp(&stamp).ok_or_else(|| malformed("bad stamp"))?;
+                let prev = parse_prev(prev).ok_or_else(|| malformed("bad prev"))?;
                 // Read whole, as every replica will read it: a value nested
                 // past serde_json's depth limit, or a number out of range,
                 // is no value the others could take.
@@ -816,12 +873,16 @@ impl Connection {
                     return Err(malformed("a value nested too deep or out of range"));
                 }
                 let value = Bytes::copy_from_slice(value.get().as_bytes());
-                self.write(&key, Some(value), stamp).await
+                self.write(&key, Some(value), stamp, prev).await
             }
-            Inbound::Delete { key, stamp } => {
+            Inbound::Delete { key, stamp, prev } => {
                 let stamp = parse_stamp(&stamp).ok_or_else(|| malformed("bad stamp"))?;
-                self.write(&key, None, stamp).await
+                let prev = parse_prev(prev).ok_or_else(|| malformed("bad prev"))?;
+                self.write(&key, None, stamp, prev).await
             }
+            // Messages are taken in order: every write before it is merged
+            // (or answered) by now.
+            Inbound::Sync { id } => self.send(Outbound::Synced { id }.text()).await,
             Inbound::Presence { x, y } => {
                 self.hub
                     .lock_positions()
@@ -859,6 +920,7 @@ impl Connection {
         key: &str,
         value: Option<Bytes>,
         stamp: aether_core::state::Stamp,
+        prev: Option<Option<aether_core::state::Stamp>>,
     ) -> Result<(), End> {
         let outcome = if state::owner_of(key).is_some() {
             // A page writes shared keys only: a node's keys are its own.
@@ -873,6 +935,10 @@ impl Connection {
             "stamp"
         } else {
             self.own_writes.insert(key, stamp);
+            // Known before the change reaches the other pages' connections.
+            if let Some(prev) = prev {
+                self.hub.lock_prevs().insert(key, stamp, prev);
+            }
             let outcome = match self.replica_map.merge(key, value, stamp).await {
                 Ok(true) => "applied",
                 Ok(false) => "stale",
@@ -921,10 +987,12 @@ impl Connection {
 
     async fn send_stamped(&mut self, entry: &Stamped) -> Result<(), End> {
         let stamp = stamp_text(entry.stamp);
+        let prev = self.hub.lock_prevs().of(&entry.key, entry.stamp);
         let text = match &entry.value {
             None => Outbound::Delete {
                 key: &entry.key,
                 stamp,
+                prev,
             }
             .text(),
             Some(value) => {
@@ -935,6 +1003,7 @@ impl Connection {
                     key: &entry.key,
                     value: &value,
                     stamp,
+                    prev,
                 }
                 .text()
             }
@@ -1026,6 +1095,10 @@ impl Hub {
         self.replicas.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_prevs(&self) -> std::sync::MutexGuard<'_, Prevs> {
+        self.prevs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The snapshot of `map` now, as messages (`snapshot-part`s of about
     /// [`SNAPSHOT_PART_BYTES`], then the `snapshot`): built once per
     /// version of the map (counted), then shared by every page, each
@@ -1110,23 +1183,40 @@ fn read_error(error: &axum::Error) -> End {
     End::Gone
 }
 
+/// A message's `prev` read: `Some(None)` when the page did not say,
+/// `Some(Some(None))` when it held no entry, `None` when it is no stamp.
+fn parse_prev(prev: Option<Option<String>>) -> Option<Option<Option<aether_core::state::Stamp>>> {
+    match prev {
+        None => Some(None),
+        Some(None) => Some(Some(None)),
+        Some(Some(text)) => parse_stamp(&text).map(|stamp| Some(Some(stamp))),
+    }
+}
+
 /// Counts a refusal and closes with its code.
 async fn finish(bridge: &Bridge, socket: &mut WebSocket, end: End) {
     match end {
         End::Gone => {}
-        End::Stopping => close_with(socket, close::GOING_AWAY, "gateway stopping").await,
+        End::Stopping => close_with(socket, close::GOING_AWAY, "stopping".into()).await,
         End::Refused(reason, code, text) => {
             bridge.metrics.refuse(reason);
+            // The reason first, as a page's client reads it: `rate_limited:
+            // rate limit`; a wrong token is `unauthorized`.
+            let text = match reason {
+                "token" => "unauthorized".into(),
+                _ if reason == text => reason.into(),
+                _ => format!("{reason}: {text}").into(),
+            };
             close_with(socket, code, text).await;
         }
     }
 }
 
 /// Sends a close frame, for at most a second (the browser may be gone).
-async fn close_with(socket: &mut WebSocket, code: u16, reason: &'static str) {
+async fn close_with(socket: &mut WebSocket, code: u16, reason: std::borrow::Cow<'static, str>) {
     let frame = CloseFrame {
         code,
-        reason: reason.into(),
+        reason: reason.as_ref().into(),
     };
     let _ = tokio::time::timeout(
         Duration::from_secs(1),

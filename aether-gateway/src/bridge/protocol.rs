@@ -21,17 +21,23 @@ pub(crate) enum Inbound<'a> {
         token: Cow<'a, str>,
         replica: Cow<'a, str>,
     },
-    /// A write of the browser's replica.
+    /// A write of the browser's replica, with the stamp of the entry it
+    /// replaced there (`prev`: absent when the browser does not say,
+    /// `null` when it held none).
     Set {
         key: Cow<'a, str>,
         value: &'a RawValue,
         stamp: Cow<'a, str>,
+        prev: Option<Option<String>>,
     },
     /// A delete of the browser's replica.
     Delete {
         key: Cow<'a, str>,
         stamp: Cow<'a, str>,
+        prev: Option<Option<String>>,
     },
+    /// Asks for `synced` with this id once every earlier message is taken.
+    Sync { id: u64 },
     /// Where the browser's cursor is (ephemeral: not kept, not replicated).
     Presence { x: i32, y: i32 },
 }
@@ -65,6 +71,8 @@ struct SetIn<'a> {
     value: &'a RawValue,
     #[serde(borrow)]
     stamp: Cow<'a, str>,
+    #[serde(default, deserialize_with = "present")]
+    prev: Option<Option<String>>,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +84,25 @@ struct DeleteIn<'a> {
     key: Cow<'a, str>,
     #[serde(borrow)]
     stamp: Cow<'a, str>,
+    #[serde(default, deserialize_with = "present")]
+    prev: Option<Option<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncIn {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    id: u64,
+}
+
+/// A field that may be absent (`None`), `null` (`Some(None)`) or a value.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -106,6 +133,7 @@ impl<'a> Inbound<'a> {
                     key: m.key,
                     value: m.value,
                     stamp: m.stamp,
+                    prev: m.prev,
                 }
             }
             "delete" => {
@@ -113,16 +141,21 @@ impl<'a> Inbound<'a> {
                 Inbound::Delete {
                     key: m.key,
                     stamp: m.stamp,
+                    prev: m.prev,
                 }
             }
             "presence" => {
                 let m: PresenceIn = serde_json::from_str(text)?;
                 Inbound::Presence { x: m.x, y: m.y }
             }
+            "sync" => {
+                let m: SyncIn = serde_json::from_str(text)?;
+                Inbound::Sync { id: m.id }
+            }
             other => {
                 return Err(serde::de::Error::unknown_variant(
                     other,
-                    &["auth", "set", "delete", "presence"],
+                    &["auth", "set", "delete", "presence", "sync"],
                 ));
             }
         })
@@ -162,14 +195,25 @@ pub(crate) enum Outbound<'a> {
     Snapshot {
         entries: std::collections::BTreeMap<&'a str, EntryOut<'a>>,
     },
-    /// A key set (by anyone but this browser).
+    /// A key set (by anyone but this browser); `prev` as the page that
+    /// wrote it sent it, absent when the writer was not a page here.
     Set {
         key: &'a str,
         value: &'a RawValue,
         stamp: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        prev: Option<Option<String>>,
     },
     /// A key deleted.
-    Delete { key: &'a str, stamp: String },
+    Delete {
+        key: &'a str,
+        stamp: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        prev: Option<Option<String>>,
+    },
+    /// Every message of this browser up to its `sync` with this id is
+    /// taken.
+    Synced { id: u64 },
     /// A write of this browser that was not taken, and why; the key's
     /// entry here, if any, follows as `set` or `delete`.
     Refused { key: &'a str, reason: &'a str },
@@ -271,6 +315,34 @@ mod tests {
             r#"{"type":"presence","x":1e99,"y":2}"#,
             r#"{"type":"nope"}"#,
             r#"[1,2]"#,
+        ] {
+            assert!(Inbound::parse(bad).is_err(), "{bad}");
+        }
+        // `prev` absent, null or a stamp's text, each read as such.
+        let prev = |text: &str| match Inbound::parse(text).expect("a message") {
+            Inbound::Set { prev, .. } | Inbound::Delete { prev, .. } => prev,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(prev(ok), None);
+        assert_eq!(
+            prev(r#"{"type":"delete","key":"k","stamp":"x","prev":null}"#),
+            Some(None)
+        );
+        assert_eq!(
+            prev(r#"{"type":"set","key":"k","value":1,"stamp":"x","prev":"p"}"#),
+            Some(Some("p".to_string()))
+        );
+        assert!(
+            Inbound::parse(r#"{"type":"set","key":"k","value":1,"stamp":"x","prev":1}"#).is_err()
+        );
+        assert!(matches!(
+            Inbound::parse(r#"{"type":"sync","id":7}"#),
+            Ok(Inbound::Sync { id: 7 })
+        ));
+        for bad in [
+            r#"{"type":"sync"}"#,
+            r#"{"type":"sync","id":-1}"#,
+            r#"{"type":"sync","id":1,"x":1}"#,
         ] {
             assert!(Inbound::parse(bad).is_err(), "{bad}");
         }

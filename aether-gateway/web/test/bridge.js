@@ -1,10 +1,12 @@
 // An in-memory stand-in for the gateway's bridge, speaking its protocol
 // (docs/guide/browser.md) to clients given its `WebSocket` class: `auth`,
 // then `hello` and `snapshot`; writes merged by stamps and sent to the
-// other sockets; a write to a `node/...` key refused (`not_owner`); a
-// wrong token closed with 1008 `unauthorized`; past the
-// rate limit, 1008 `rate_limited`. `down()` makes every connection fail
-// as a stopped gateway's would; `up()` lets them in again.
+// other sockets with the writer's `prev`; `sync` answered with `synced`
+// after the writes before it; a write to a `node/...` key refused
+// (`not_owner`); a wrong token closed with 1008 `unauthorized`, a map
+// not in `maps` (when given) with 1008 `unknown_map`; past the rate limit, 1008
+// `rate_limited`. `down()` makes every connection fail as a stopped
+// gateway's would; `up()` lets them in again.
 
 export function stamp(physicalNs, logical, replica) {
   return BigInt(physicalNs).toString(16).padStart(16, "0") + "-" +
@@ -12,8 +14,11 @@ export function stamp(physicalNs, logical, replica) {
 }
 
 export class Bridge {
-  constructor({ token = "secret", perSecond = 1000, burst = 1000 } = {}) {
+  constructor({ token = "secret", perSecond = 1000, burst = 1000, maps = null } = {}) {
     this.token = token;
+    this.maps = maps;
+    /** Whether `sync` is answered (a test holds the answers back). */
+    this.answerSyncs = true;
     this.perSecond = perSecond;
     this.burst = burst;
     this.isUp = true;
@@ -32,6 +37,7 @@ export class Bridge {
         this.refilled = Date.now();
         bridge.attempts += 1;
         setTimeout(() => {
+          if (this.readyState === 3) return; // closed while connecting: never opens
           if (!bridge.isUp) {
             this.readyState = 3;
             this.onclose?.({ code: 1006, reason: "" });
@@ -40,6 +46,8 @@ export class Bridge {
           this.readyState = 1;
           bridge.sockets.add(this);
           this.onopen?.();
+          const map = new URL(url).pathname.replace(/^\/bridge\//, "");
+          if (bridge.maps && !bridge.maps.includes(map)) this.close(1008, "unknown_map");
         }, 1);
       }
       send(text) {
@@ -68,26 +76,28 @@ export class Bridge {
     this.isUp = true;
   }
 
-  /** A write made elsewhere (a service's, another page's). */
+  /** A write made elsewhere (a service's: its `prev` is not known). */
   write(key, value, stampText) {
     this.merge(key, { value, stamp: stampText, deleted: false }, null);
+  }
+
+  static change(key, e) {
+    const message = e.deleted
+      ? { type: "delete", key, stamp: e.stamp }
+      : { type: "set", key, value: e.value, stamp: e.stamp };
+    if (e.prev !== undefined) message.prev = e.prev;
+    return message;
   }
 
   merge(key, entry, from) {
     const held = this.entries.get(key);
     if (held && held.stamp >= entry.stamp) {
-      from?.deliver(held.deleted
-        ? { type: "delete", key, stamp: held.stamp }
-        : { type: "set", key, value: held.value, stamp: held.stamp });
+      from?.deliver(Bridge.change(key, held));
       return;
     }
     this.entries.set(key, entry);
     for (const socket of this.sockets) {
-      if (socket !== from && socket.authed) {
-        socket.deliver(entry.deleted
-          ? { type: "delete", key, stamp: entry.stamp }
-          : { type: "set", key, value: entry.value, stamp: entry.stamp });
-      }
+      if (socket !== from && socket.authed) socket.deliver(Bridge.change(key, entry));
     }
   }
 
@@ -110,8 +120,14 @@ export class Bridge {
       socket.authed = true;
       socket.deliver({ type: "hello", id: "p1", color: "#123456", now: stamp(BigInt(Date.now()) * 1000000n, 0, "0000000000000001") });
       const entries = {};
-      for (const [key, e] of this.entries) entries[key] = e;
+      for (const [key, e] of this.entries) {
+        entries[key] = e.deleted ? { deleted: true, stamp: e.stamp } : { value: e.value, stamp: e.stamp };
+      }
       socket.deliver({ type: "snapshot", entries });
+      return;
+    }
+    if (message.type === "sync") {
+      if (this.answerSyncs) socket.deliver({ type: "synced", id: message.id });
       return;
     }
     if ((message.type === "set" || message.type === "delete") && message.key.startsWith("node/")) {
@@ -120,23 +136,43 @@ export class Bridge {
       return;
     }
     if (message.type === "set") {
-      this.merge(message.key, { value: message.value, stamp: message.stamp, deleted: false }, socket);
+      this.merge(message.key, { value: message.value, stamp: message.stamp, deleted: false, prev: message.prev }, socket);
     } else if (message.type === "delete") {
-      this.merge(message.key, { value: null, stamp: message.stamp, deleted: true }, socket);
+      this.merge(message.key, { value: null, stamp: message.stamp, deleted: true, prev: message.prev }, socket);
     }
   }
 }
 
-/** localStorage as the tabs of one browser share it. */
+/** localStorage as the tabs of one browser share it; `quota` bytes of text at most (a full one throws as browsers do). */
 export class MemoryStorage {
-  constructor() {
+  constructor({ quota = Infinity } = {}) {
     this.items = new Map();
+    this.quota = quota;
+  }
+  get length() {
+    return this.items.size;
+  }
+  key(i) {
+    return [...this.items.keys()][i] ?? null;
+  }
+  used() {
+    let n = 0;
+    for (const [k, v] of this.items) n += k.length + v.length;
+    return n;
   }
   getItem(key) {
     return this.items.has(key) ? this.items.get(key) : null;
   }
   setItem(key, value) {
-    this.items.set(key, String(value));
+    const text = String(value);
+    const grows = key.length + text.length - (this.items.has(key) ? key.length + this.items.get(key).length : 0);
+    if (this.used() + grows > this.quota) {
+      const error = new Error("the quota has been exceeded");
+      error.name = "QuotaExceededError";
+      error.code = 22;
+      throw error;
+    }
+    this.items.set(key, text);
   }
   removeItem(key) {
     this.items.delete(key);

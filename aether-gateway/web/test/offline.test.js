@@ -35,7 +35,7 @@ test("writes made offline are kept and sent once live", async () => {
   bridge.up();
   await page.whenLive();
   await until(() => bridge.entries.size === 2, 2000, "the offline writes");
-  assert.deepEqual(bridge.entries.get("todo/1"), { value: { text: "milk" }, stamp: written, deleted: false });
+  assert.deepEqual(bridge.entries.get("todo/1"), { value: { text: "milk" }, stamp: written, deleted: false, prev: null });
   assert.equal(bridge.entries.get("todo/2").deleted, true, "the delete went as a tombstone");
   page.close();
 });
@@ -99,6 +99,7 @@ test("a stale offline write loses to a newer stamp, and its page is told", async
   assert.equal(lost.length, 1);
   assert.equal(lost[0].mine, mine);
   assert.deepEqual(lost[0].by, { value: { column: "done" }, stamp: later });
+  assert.equal(lost[0].concurrent, null, "a service's write: whether it saw the page's is not known");
   page.close();
 });
 

@@ -2,8 +2,8 @@
 // `tsc --strict --noEmit` must take every line, and refuse each line
 // marked `@ts-expect-error` (it fails if one of them type-checks).
 
-import { Aether, type Json, type Stamp, type Status, type Superseded } from "../aether.js";
-import { sharedClient, useAether, useAetherPrefix, useAetherStatus } from "../react.js";
+import { Aether, AetherError, type Json, type Stamp, type Status, type StatusReason, type Superseded } from "../aether.js";
+import { sharedClient, useAether, useAetherPrefix, useAetherStatus, usePendingWrites } from "../react.js";
 
 const url = "ws://127.0.0.1:9464/bridge/board";
 const board = new Aether(url, { token: "t", sendPerSecond: 20 });
@@ -14,9 +14,24 @@ const item = board.get<{ text: string; done: boolean }>("item/1");
 const text: string | undefined = item?.text;
 const keys: string[] = board.keys();
 const stop: () => void = board.on("*", (value: Json | undefined, old, key: string) => {});
-board.onSupersede(({ key, mine, by }: Superseded) => {});
-board.onStatus((status: Status) => {});
-const live: Promise<void> = board.whenLive();
+board.onSupersede(({ key, mine, by, concurrent }: Superseded) => {
+  const raced: true | null = concurrent;
+});
+board.onStatus((status: Status, reason: StatusReason) => {});
+board.onPendingWrites((count: number) => {});
+board.onError((error: AetherError) => {
+  const why: "unauthorized" | "unknown_map" | "closed" | "storage_full" = error.reason;
+});
+board.on<{ text: string; done: boolean }>("todo/*", (todo, old, key) => todo?.done);
+const live: Promise<void> = board.whenLive().catch((e: unknown) => {
+  if (e instanceof AetherError && e.reason === "unauthorized") return;
+});
+const flushed: Promise<void> = board.waitForPendingWrites();
+const pending: number = board.pendingWrites;
+const reason: StatusReason = board.statusReason;
+type Todo2 = { text: string; done: boolean; tags: string[]; due: string | null };
+board.set<Todo2>("todo/2", { text: "eggs", done: false, tags: ["shop"], due: null });
+board.set("nested", { a: [{ b: { c: [1, 2, { d: null }] } }] });
 const shared: Aether = sharedClient(url, { token: "t" });
 
 // @ts-expect-error a client needs its options (the token)
@@ -44,7 +59,7 @@ export function Counter() {
       const winner: Todo[] | undefined = lost.by.value;
     },
     onRefused: ({ key, reason }) => {
-      const why: "invalid_key" | "too_large" | "not_owner" | "stamp" | "full" | "closed" = reason;
+      const why: "invalid_key" | "too_large" | "not_owner" | "stamp" | "full" | "closed" | "unauthorized" | "unknown_map" = reason;
     },
   });
   setTodos((all) => [...all, { text: "milk", done: false }]);
@@ -55,6 +70,7 @@ export function Counter() {
   const t: string = title;
 
   const status: Status = useAetherStatus({ client: board });
+  const unsaved: number = usePendingWrites({ client: board });
   const items: [string, Todo][] = useAetherPrefix<Todo>("todo/", { client: board });
   const changes: number = board.changes;
 
@@ -66,5 +82,5 @@ export function Counter() {
   useAether("when", new Date(), { client: board });
   // @ts-expect-error a function is not JSON
   useAether("f", () => 1, { client: board });
-  return [n, s, t, status, todos, items, changes, stamp, gone, text, keys, stop, live, shared];
+  return [n, s, t, status, unsaved, todos, items, changes, stamp, gone, text, keys, stop, live, shared, flushed, pending, reason];
 }
