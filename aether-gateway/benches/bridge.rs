@@ -188,6 +188,41 @@ async fn ping_pong(a: &mut Ws, b: &mut Ws, n: u64) -> (Vec<f64>, Vec<f64>) {
     (rtt, one)
 }
 
+/// The next `set`, past the `synced` answers.
+async fn next_set(ws: &mut Ws) -> String {
+    loop {
+        let text = next_text(ws).await;
+        if text.starts_with("{\"type\":\"set\"") {
+            return text;
+        }
+    }
+}
+
+/// As [`ping_pong`] between the pages of replicas `0xc` and `0xd`, each
+/// write as aether.js sends it: with the `prev` it replaced, and a `sync`
+/// after it (whose `synced` comes back).
+async fn ping_pong_as_client(a: &mut Ws, b: &mut Ws, n: u64) -> Vec<f64> {
+    let with_prev =
+        |text: String, prev: &str| format!("{},\"prev\":{prev}}}", &text[..text.len() - 1]);
+    let sync = |i: u64| Message::text(format!("{{\"type\":\"sync\",\"id\":{}}}", i + 1));
+    let mut rtt = Vec::new();
+    for i in 0..n {
+        let start = Instant::now();
+        a.send(Message::text(with_prev(set("ping", i, 0xc), "null")))
+            .await
+            .unwrap();
+        a.send(sync(i)).await.unwrap();
+        next_set(b).await;
+        b.send(Message::text(with_prev(set("pong", i, 0xd), "null")))
+            .await
+            .unwrap();
+        b.send(sync(i)).await.unwrap();
+        next_set(a).await;
+        rtt.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    rtt
+}
+
 fn percentile(samples: &mut [f64], p: f64) -> f64 {
     samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
@@ -309,6 +344,8 @@ fn main() {
             let (mut a, mut b) = (page(addr, 0xa).await, page(addr, 0xb).await);
             let (rtt, _) = ping_pong(&mut a, &mut b, 20).await;
             assert_eq!(rtt.len(), 20);
+            let (mut a, mut b) = (page(addr, 0xc).await, page(addr, 0xd).await);
+            assert_eq!(ping_pong_as_client(&mut a, &mut b, 20).await.len(), 20);
             let (mut a, mut b) = (plain(relay).await, plain(relay).await);
             ping_pong(&mut a, &mut b, 20).await;
             let (delivered, expected, _, _) = tabs(addr, 8, 50, 1).await;
@@ -335,6 +372,7 @@ fn main() {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         let (mut ours99, mut theirs99, mut one50, mut one99, mut ratios) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut client50, mut client99, mut client_ratios) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             let (mut a, mut b) = (plain(relay).await, plain(relay).await);
             let (mut r, _) = ping_pong(&mut a, &mut b, n).await;
@@ -349,6 +387,12 @@ fn main() {
             theirs.push(t50);
             theirs99.push(t99);
             ratios.push(o50 / t50);
+            let (mut a, mut b) = (page(addr, 0xc).await, page(addr, 0xd).await);
+            let mut c = ping_pong_as_client(&mut a, &mut b, n).await;
+            let c50 = percentile(&mut c, 0.5);
+            client50.push(c50);
+            client99.push(percentile(&mut c, 0.99));
+            client_ratios.push(c50 / o50);
         }
         println!("round trip page -> gateway -> page -> gateway -> page, {n} per round, {rounds} alternating rounds, medians (min-max):");
         println!(
@@ -360,6 +404,11 @@ fn main() {
             median(theirs.clone()), spread(&theirs), median(theirs99.clone()), spread(&theirs99)
         );
         println!("  ratio bridge / relay p50: {:.2}x ({})", median(ratios.clone()), spread(&ratios));
+        println!(
+            "  as aether.js sends (prev, a sync each write) p50 {:.0} us ({}) p99 {:.0} us ({}); / bridge p50 {:.2}x ({})",
+            median(client50.clone()), spread(&client50), median(client99.clone()), spread(&client99),
+            median(client_ratios.clone()), spread(&client_ratios)
+        );
         println!(
             "one way page -> gateway -> page: p50 {:.0} us ({}) p99 {:.0} us ({})",
             median(one50.clone()), spread(&one50), median(one99.clone()), spread(&one99)

@@ -482,6 +482,15 @@ async fn the_client_says_what_became_of_the_page_and_its_writes() {
         page.wait_for("the page is live", "board.client.status === 'live'", 20)
             .await;
     }
+    // Each counts the other before any pointer moved.
+    for page in [&a, &b] {
+        page.wait_for(
+            "one other here",
+            "document.getElementById('peers').dataset.peers === '1'",
+            5,
+        )
+        .await;
+    }
     let gw = gateway.addr();
     let typo = a
         .eval(&format!(

@@ -135,6 +135,17 @@ function jsonCopy(value) {
   return value === undefined ? null : JSON.parse(JSON.stringify(value));
 }
 
+/** Whether `text` is well-formed UTF-16 (no lone surrogate, which no JSON reader of the gateway takes). */
+const wellFormed = typeof String.prototype.isWellFormed === "function"
+  ? (text) => text.isWellFormed()
+  : (text) => !/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(text);
+
+const LONE_SURROGATE = "a string with a lone surrogate (half of a UTF-16 pair: no valid text)";
+
+function article(name) {
+  return /^[AEIOU]/.test(name) ? `an ${name}` : `a ${name}`;
+}
+
 /** Where in a value a part is: `.items[2].when`. */
 function pathOf(path) {
   return path.length === 0 ? "" : " at " + path.map((p) =>
@@ -155,6 +166,8 @@ export function checkJson(key, value) {
   const walk = (v, path) => {
     switch (typeof v) {
       case "string":
+        if (!wellFormed(v)) fail(path, LONE_SURROGATE);
+        return;
       case "boolean":
         return;
       case "number":
@@ -188,17 +201,21 @@ export function checkJson(key, value) {
         if (!(i in v)) fail([...path, i], "a hole in an array, not JSON");
         walk(v[i], [...path, i]);
       }
+      if (Object.keys(v).length !== v.length) fail(path, "an array with properties besides its items, which JSON leaves out");
     } else {
       const proto = Object.getPrototypeOf(v);
       if (proto !== Object.prototype && proto !== null) {
-        const name = typeof v.constructor === "function" && v.constructor.name ? `a ${v.constructor.name}` : "an object that is not plain";
+        const name = typeof v.constructor === "function" && v.constructor.name ? article(v.constructor.name) : "an object that is not plain";
         const hint = v instanceof Date ? " (write its toISOString() or getTime())"
           : v instanceof Map ? " (write Object.fromEntries(map))"
           : v instanceof Set ? " (write an array of it)" : "";
         fail(path, `${name}, not JSON${hint}`);
       }
       if (Object.getOwnPropertySymbols(v).length > 0) fail(path, "an object with symbol keys, not JSON");
-      for (const name of Object.keys(v)) walk(v[name], [...path, name]);
+      for (const name of Object.keys(v)) {
+        if (!wellFormed(name)) fail(path, `an object with a field name that is ${LONE_SURROGATE}`);
+        walk(v[name], [...path, name]);
+      }
     }
     open.delete(v);
   };
@@ -249,9 +266,16 @@ export class Aether {
     }
     this.url = url;
     this.options = { ...DEFAULTS, storage: defaultStorage(), ...options };
+    if (typeof this.options.WebSocket !== "function") {
+      throw new TypeError("no WebSocket class here: pass options.WebSocket (in Node before 22, the ws package's)");
+    }
     this.replica = randomReplica();
     this.clock = new Clock(this.replica);
-    /** key -> { v: value, s: stamp, d: deleted, p: the writer's previous stamp (null: none, undefined: not known) } */
+    /**
+     * key -> { v: value, s: stamp, d: deleted, p: the writer's previous
+     * stamp (null: none, undefined: not known), u: written here (or by an
+     * earlier load) and not confirmed by the gateway yet }
+     */
     this.entries = new Map();
     /** How many changes this copy has seen (a version for those who cache reads). */
     this.changes = 0;
@@ -356,6 +380,7 @@ export class Aether {
 
   write(key, entry) {
     entry.p = this.entries.get(key)?.s ?? null;
+    entry.u = true; // not confirmed by the gateway yet: kept so in the cache
     this.keep(key, entry);
     this.apply(key, entry, false);
     this.track(key, entry.s);
@@ -373,6 +398,9 @@ export class Aether {
   checkKey(key) {
     if (typeof key !== "string" || key.length === 0) {
       throw new TypeError("a key is a non-empty string");
+    }
+    if (!wellFormed(key)) {
+      throw new TypeError(`the key ${JSON.stringify(key)} is ${LONE_SURROGATE}`);
     }
     if (encoder.encode(key).length > this.options.maxKeyBytes) {
       throw new RangeError(`a key of more than ${this.options.maxKeyBytes} bytes`);
@@ -504,7 +532,9 @@ export class Aether {
     const socket = this.socket;
     this.socket = null;
     socket?.close(1000, "closed");
-    this.end("closed", null);
+    // After another end (unauthorized, unknown_map) that end stays what
+    // the client says.
+    if (!TERMINAL.has(this.status)) this.end("closed", null);
   }
 
   // ---- the connection ----------------------------------------------------
@@ -648,9 +678,10 @@ export class Aether {
         // What this page holds above the gateway's: its own writes made
         // offline (or not yet sent), and those of earlier loads the cache
         // kept, sent again; what the gateway holds already is confirmed.
-        for (const [key, e] of this.entries) {
+        for (const [key, e] of [...this.entries]) {
           const held = theirs[key];
           if (!held || held.stamp < e.s) {
+            if (!this.sendable(key, e)) continue;
             this.track(key, e.s);
             this.queue(key, e);
           } else {
@@ -682,7 +713,7 @@ export class Aether {
         // The gateway did not take this page's write: forget it here; the
         // gateway's entry, if any, follows.
         const old = this.entries.get(message.key);
-        if (old && old.s.endsWith(this.replica)) {
+        if (old && (old.s.endsWith(this.replica) || old.u)) {
           this.entries.delete(message.key);
           this.fire(message.key, undefined, old.d ? undefined : old.v);
           this.forget(message.key);
@@ -758,6 +789,27 @@ export class Aether {
     this.statusListeners.forEach((cb) => cb(status, reason));
   }
 
+  /**
+   * Whether a held entry may be sent: one the cache kept that `set` would
+   * refuse (an earlier client's, or a changed storage) would make the
+   * gateway close the connection at every attempt, so it is dropped and
+   * told to `onRefused` (`malformed`).
+   */
+  sendable(key, entry) {
+    try {
+      this.checkKey(key);
+      if (!entry.d) checkJson(key, entry.v);
+      return true;
+    } catch {
+      this.entries.delete(key);
+      this.forget(key);
+      this.settle(key);
+      if (!entry.d) this.fire(key, undefined, entry.v);
+      this.refusedListeners.forEach((cb) => cb({ key, reason: "malformed" }));
+      return false;
+    }
+  }
+
   // ---- writes not yet confirmed ------------------------------------------
 
   track(key, stamp) {
@@ -772,6 +824,11 @@ export class Aether {
     if (mine !== undefined && mine <= stamp) {
       this.unconfirmed.delete(key);
       this.firePending();
+    }
+    const entry = this.entries.get(key);
+    if (entry?.u && entry.s <= stamp) {
+      entry.u = false;
+      this.markDirty(key);
     }
     this.settleWaiters((left) => {
       const waited = left.get(key);
@@ -880,7 +937,7 @@ export class Aether {
     }
     if (!Array.isArray(e) || !isStamp(e[1])) return null;
     const p = e[3] === null || isStamp(e[3]) ? e[3] : undefined;
-    return { v: e[2] === 1 ? null : e[0], s: e[1], d: e[2] === 1, p };
+    return { v: e[2] === 1 ? null : e[0], s: e[1], d: e[2] === 1, p, u: e[4] === 1 };
   }
 
   loadCache() {
@@ -893,7 +950,11 @@ export class Aether {
       for (const name of this.cacheItems(storage)) {
         if (name === this.cacheKey) continue;
         const entry = Aether.readItem(storage.getItem(name));
-        if (entry) this.apply(name.slice(prefix.length), entry, false);
+        if (!entry) continue;
+        const key = name.slice(prefix.length);
+        // A write no gateway confirmed yet (this page's before a reload,
+        // or another tab's): pending here too, until one does.
+        if (this.apply(key, entry, false) && entry.u) this.track(key, entry.s);
       }
     } catch {
       // an unreadable cache renders nothing; the gateway's map follows
@@ -906,8 +967,12 @@ export class Aether {
     if (!storage) return;
     const name = this.itemOf(key);
     const held = Aether.readItem(storage.getItem(name));
-    if (held && held.s >= entry.s) return;
-    const text = JSON.stringify(entry.d ? [null, entry.s, 1, entry.p ?? null] : [entry.v, entry.s, 0, entry.p ?? null]);
+    if (held && (held.s > entry.s || (held.s === entry.s && held.u === !!entry.u))) {
+      this.dirty.delete(key);
+      return;
+    }
+    const u = entry.u ? 1 : 0;
+    const text = JSON.stringify(entry.d ? [null, entry.s, 1, entry.p ?? null, u] : [entry.v, entry.s, 0, entry.p ?? null, u]);
     try {
       storage.setItem(name, text);
     } catch (error) {

@@ -81,15 +81,24 @@ client.onPresence((others) => {
     dot.style.background = c.color;
     dot.style.left = `${c.x}px`;
     dot.style.top = `${c.y}px`;
+    // A page here whose pointer has not moved yet is counted, not drawn.
+    dot.hidden = c.x < 0 || c.y < 0;
   }
 });
 
 let lastMove = 0;
+let pointer = [-1, -1];
 document.addEventListener("mousemove", (event) => {
+  pointer = [event.clientX, event.clientY];
   const now = performance.now();
   if (now - lastMove < 50) return;
   lastMove = now;
-  client.setPresence(event.clientX, event.clientY);
+  client.setPresence(...pointer);
+});
+// Each time the page is live, it says it is here (the others count it
+// before its pointer moves).
+client.onStatus((status) => {
+  if (status === "live") client.setPresence(...pointer);
 });
 
 document.getElementById("add").addEventListener("submit", (event) => {

@@ -247,11 +247,13 @@ struct Hub {
 }
 
 /// The stamp of the entry a page's write replaced at that page (`None`:
-/// it held none), by the write's key and stamp, the latest [`PREVS`].
+/// it held none), by the write's stamp (a page's stamps are its own and
+/// never repeat; the key is kept to tell a forged repeat), the latest
+/// [`PREVS`].
 #[derive(Default)]
 struct Prevs {
-    by_write: HashMap<(String, aether_core::state::Stamp), Option<aether_core::state::Stamp>>,
-    order: VecDeque<(String, aether_core::state::Stamp)>,
+    by_stamp: HashMap<aether_core::state::Stamp, (String, Option<aether_core::state::Stamp>)>,
+    order: VecDeque<aether_core::state::Stamp>,
 }
 
 impl Prevs {
@@ -261,13 +263,16 @@ impl Prevs {
         stamp: aether_core::state::Stamp,
         prev: Option<aether_core::state::Stamp>,
     ) {
-        let write = (key.to_string(), stamp);
-        if self.by_write.insert(write.clone(), prev).is_none() {
-            self.order.push_back(write);
+        if self
+            .by_stamp
+            .insert(stamp, (key.to_string(), prev))
+            .is_none()
+        {
+            self.order.push_back(stamp);
         }
         while self.order.len() > PREVS {
             if let Some(old) = self.order.pop_front() {
-                self.by_write.remove(&old);
+                self.by_stamp.remove(&old);
             }
         }
     }
@@ -275,9 +280,10 @@ impl Prevs {
     /// What the page that wrote `key` at `stamp` had seen of it, as the
     /// message's `prev`; `None` for a write no page here made.
     fn of(&self, key: &str, stamp: aether_core::state::Stamp) -> Option<Option<String>> {
-        self.by_write
-            .get(&(key.to_string(), stamp))
-            .map(|prev| prev.map(stamp_text))
+        self.by_stamp
+            .get(&stamp)
+            .filter(|(written, _)| written == key)
+            .map(|(_, prev)| prev.map(stamp_text))
     }
 }
 

@@ -162,10 +162,15 @@ test("a value JSON cannot carry is refused with a TypeError naming the key and w
     [cycle, /at \.self is a cycle/],
     // eslint-disable-next-line no-sparse-arrays
     [[1, , 3], /at \[1\] is a hole/],
+    [Object.assign([1, 2], { extra: 3 }), /"k" is an array with properties besides its items/],
+    [{ text: "\udc00" }, /at \.text is a string with a lone surrogate/],
+    [{ ["\ud800x"]: 1 }, /an object with a field name that is a string with a lone surrogate/],
+    [new Error("e"), /"k" is an Error, not JSON/],
   ];
   for (const [value, message] of cases) {
     assert.throws(() => page.set("k", value), (e) => e instanceof TypeError && message.test(e.message), String(message));
   }
+  assert.throws(() => page.set("\udc00", 1), (e) => e instanceof TypeError && /lone surrogate/.test(e.message));
   let deep = 1;
   for (let i = 0; i < 150; i++) deep = [deep];
   assert.throws(() => page.set("k", deep), RangeError);
@@ -306,4 +311,62 @@ test("the guide's counter, a key per page summed, loses no concurrent increment;
   await sleep(30);
   assert.ok(pages.every((p) => p.get("naive") < 10), "one key read and written back loses increments");
   for (const page of pages) page.close();
+});
+
+test("writes not confirmed stay pending across a reload, and are told if the gateway refuses the token", async () => {
+  const bridge = new Bridge();
+  bridge.down();
+  const storage = new MemoryStorage();
+  const first = client(bridge, storage);
+  first.set("t8/d", "unsent");
+  first.close();
+  const reload = client(bridge, storage);
+  assert.equal(reload.pendingWrites, 1, "the last load's unsent write is pending here");
+  let settled = false;
+  const waiting = reload.waitForPendingWrites().then(() => (settled = true));
+  await sleep(30);
+  assert.equal(settled, false, "not resolved while nothing was sent");
+  bridge.up();
+  await waiting;
+  assert.equal(bridge.entries.get("t8/d").value, "unsent");
+  await sleep(80); // the confirmation reaches the cache
+  reload.close();
+  const third = client(bridge, storage);
+  assert.equal(third.pendingWrites, 0, "confirmed: not pending after the next reload");
+  third.close();
+
+  const wrongStorage = new MemoryStorage();
+  bridge.down();
+  const offline = client(bridge, wrongStorage, { token: "wrong" });
+  offline.set("x/wrongtoken", 1);
+  offline.close();
+  const again = client(bridge, wrongStorage, { token: "wrong" });
+  const refused = [];
+  again.onRefused((r) => refused.push(r));
+  bridge.up();
+  await until(() => again.status === "unauthorized", 1000, "unauthorized");
+  assert.deepEqual(refused, [{ key: "x/wrongtoken", reason: "unauthorized" }], "the earlier load's write told as dropped");
+});
+
+test("a cached value the gateway would refuse is dropped and told, not sent at every reconnect", async () => {
+  const bridge = new Bridge();
+  const storage = new MemoryStorage();
+  const first = client(bridge, storage);
+  await first.whenLive();
+  first.set("fine", 1);
+  await first.waitForPendingWrites();
+  first.close();
+  // As an earlier client, or another program, may have left it.
+  const item = [...storage.items.keys()].find((k) => k.endsWith("\nfine"));
+  storage.setItem(item.replace(/fine$/, "bad"), JSON.stringify(["\udc00", "7000000000000000-00000000-00000000000000aa", 0, null, 1]));
+  const page = client(bridge, storage);
+  const refused = [];
+  page.onRefused((r) => refused.push(r));
+  await page.whenLive();
+  await page.waitForPendingWrites();
+  assert.deepEqual(refused, [{ key: "bad", reason: "malformed" }]);
+  assert.equal(page.has("bad"), false);
+  assert.equal(bridge.entries.has("bad"), false);
+  assert.equal(page.status, "live");
+  page.close();
 });
