@@ -57,14 +57,9 @@ async fn settle(what: &str, mut check: impl FnMut() -> bool) {
     .await
 }
 
-/// The page's items as `{key: value}`, read through its client.
-const ITEMS: &str = "Object.fromEntries(board.client.items())";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_pages_and_a_rust_replica_converge() {
-    let Some(browser) = Browser::launch().await else {
-        return;
-    };
+/// An aether, a gateway on it bridging the map `board`, and a service's
+/// replica of that map.
+async fn board() -> (Aether, aether_gateway::Gateway, StateMap) {
     let aether = Aether::default();
     let gateway = start(
         &aether,
@@ -83,6 +78,18 @@ async fn two_pages_and_a_rust_replica_converge() {
         .open(&aether)
         .await
         .unwrap();
+    (aether, gateway, service)
+}
+
+/// The page's items as `{key: value}`, read through its client.
+const ITEMS: &str = "Object.fromEntries(board.client.items())";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pages_and_a_rust_replica_converge() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let (_aether, gateway, service) = board().await;
     let app = app_host().await;
     let url = board_url(app, gateway.addr());
     let a = browser.open(&url).await;
@@ -456,24 +463,7 @@ async fn the_client_says_what_became_of_the_page_and_its_writes() {
     let Some(browser) = Browser::launch().await else {
         return;
     };
-    let aether = Aether::default();
-    let gateway = start(
-        &aether,
-        GatewayConfig {
-            bridge: BridgeConfig {
-                token: Some(TOKEN.into()),
-                maps: vec!["board".into()],
-                ..Default::default()
-            },
-            ..config()
-        },
-    )
-    .await;
-    let service = StateMap::builder("board")
-        .node("service")
-        .open(&aether)
-        .await
-        .unwrap();
+    let (_aether, gateway, service) = board().await;
     let app = app_host().await;
     let url = board_url(app, gateway.addr());
     let a = browser.open(&url).await;
@@ -544,6 +534,33 @@ async fn the_client_says_what_became_of_the_page_and_its_writes() {
         not_json,
         "TypeError: the value of \"when\" at .at is a Date, not JSON (write its toISOString() or getTime())"
     );
+
+    // A page sending far past the gateway's limit is told `rate_limited`
+    // each time it is cut off (the gateway's close frame is read, not lost
+    // to a reset), slows down, and everything arrives.
+    let fast = a
+        .eval(&format!(
+            "(async () => {{ const {{ Aether }} = await import('/aether.js');
+               const fast = new Aether('ws://{gw}/bridge/board', {{ token: '{TOKEN}', sendPerSecond: 2000, sendBurst: 2000, cache: false, backoffMs: 50 }});
+               const seen = [];
+               fast.onStatus((status, reason) => {{ if (status === 'offline') seen.push(reason); }});
+               await fast.whenLive();
+               for (let i = 0; i < 400; i++) fast.set(`fast/${{i}}`, i);
+               await fast.waitForPendingWrites();
+               fast.close();
+               return seen.join(' '); }})()"
+        ))
+        .await;
+    let fast = fast.as_str().expect("the reasons");
+    assert!(fast.contains("rate_limited"), "{fast}");
+    assert!(
+        fast.split(' ').all(|reason| reason == "rate_limited"),
+        "every cut told as rate_limited: {fast}"
+    );
+    settle("the service has the fast page's writes", || {
+        (0..400).all(|i| service.get(&format!("fast/{i}")).is_some())
+    })
+    .await;
 
     // B changes the title after seeing A's: A is not told of a lost race.
     a.eval(

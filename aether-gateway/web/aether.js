@@ -143,7 +143,7 @@ const wellFormed = typeof String.prototype.isWellFormed === "function"
 const LONE_SURROGATE = "a string with a lone surrogate (half of a UTF-16 pair: no valid text)";
 
 function article(name) {
-  return /^[AEIOU]/.test(name) ? `an ${name}` : `a ${name}`;
+  return /^[AEIO]/.test(name) ? `an ${name}` : `a ${name}`;
 }
 
 /** Where in a value a part is: `.items[2].when`. */
@@ -196,14 +196,20 @@ export function checkJson(key, value) {
     }
     if (open.has(v)) fail(path, "a cycle (the value contains itself)");
     open.add(v);
+    const proto = Object.getPrototypeOf(v);
+    if (Object.getOwnPropertySymbols(v).length > 0) fail(path, "an object with symbol keys, not JSON");
     if (Array.isArray(v)) {
+      if (proto !== Array.prototype) {
+        fail(path, `${article(v.constructor?.name || "array subclass")}, not a plain array`);
+      }
       for (let i = 0; i < v.length; i++) {
         if (!(i in v)) fail([...path, i], "a hole in an array, not JSON");
         walk(v[i], [...path, i]);
       }
-      if (Object.keys(v).length !== v.length) fail(path, "an array with properties besides its items, which JSON leaves out");
+      if (Object.getOwnPropertyNames(v).length !== v.length + 1) {
+        fail(path, "an array with properties besides its items, which JSON leaves out");
+      }
     } else {
-      const proto = Object.getPrototypeOf(v);
       if (proto !== Object.prototype && proto !== null) {
         const name = typeof v.constructor === "function" && v.constructor.name ? article(v.constructor.name) : "an object that is not plain";
         const hint = v instanceof Date ? " (write its toISOString() or getTime())"
@@ -211,7 +217,9 @@ export function checkJson(key, value) {
           : v instanceof Set ? " (write an array of it)" : "";
         fail(path, `${name}, not JSON${hint}`);
       }
-      if (Object.getOwnPropertySymbols(v).length > 0) fail(path, "an object with symbol keys, not JSON");
+      if (Object.getOwnPropertyNames(v).length !== Object.keys(v).length) {
+        fail(path, "an object with a field that is not enumerable, which JSON leaves out");
+      }
       for (const name of Object.keys(v)) {
         if (!wellFormed(name)) fail(path, `an object with a field name that is ${LONE_SURROGATE}`);
         walk(v[name], [...path, name]);
@@ -313,6 +321,8 @@ export class Aether {
     /** Keys changed here whose storage item is not written yet. */
     this.dirty = new Set();
     this.cacheFull = false;
+    /** Keys of cache items that could not be read: dropped and told once live. */
+    this.unreadable = [];
     // One cache per address and token: a page with another token never
     // reads this one's, nor sends its writes.
     this.cacheKey = (this.options.cacheKey || "aether:" + url) + "#" + fingerprint(this.options.token);
@@ -678,6 +688,10 @@ export class Aether {
         // What this page holds above the gateway's: its own writes made
         // offline (or not yet sent), and those of earlier loads the cache
         // kept, sent again; what the gateway holds already is confirmed.
+        for (const key of this.unreadable.splice(0)) {
+          this.forget(key);
+          this.refusedListeners.forEach((cb) => cb({ key, reason: "malformed" }));
+        }
         for (const [key, e] of [...this.entries]) {
           const held = theirs[key];
           if (!held || held.stamp < e.s) {
@@ -949,9 +963,12 @@ export class Aether {
       const prefix = this.cacheKey + "\n";
       for (const name of this.cacheItems(storage)) {
         if (name === this.cacheKey) continue;
-        const entry = Aether.readItem(storage.getItem(name));
-        if (!entry) continue;
         const key = name.slice(prefix.length);
+        const entry = Aether.readItem(storage.getItem(name));
+        if (!entry) {
+          this.unreadable.push(key);
+          continue;
+        }
         // A write no gateway confirmed yet (this page's before a reload,
         // or another tab's): pending here too, until one does.
         if (this.apply(key, entry, false) && entry.u) this.track(key, entry.s);

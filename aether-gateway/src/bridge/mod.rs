@@ -687,6 +687,7 @@ impl Connection {
         let replica = match replica {
             Ok(replica) => replica,
             Err(end) => {
+                drop(waiting);
                 finish(&bridge, &mut socket, end).await;
                 return;
             }
@@ -694,7 +695,7 @@ impl Connection {
         // The token is good: from now on a page's place, not a waiting
         // socket's.
         drop(waiting);
-        let _slot = match bridge.take_slot(peer.ip()) {
+        let slot = match bridge.take_slot(peer.ip()) {
             Ok(slot) => slot,
             Err(reason) => {
                 bridge.metrics.refuse(reason);
@@ -704,6 +705,7 @@ impl Connection {
             }
         };
         let Some(replica_map) = hub.map().await else {
+            drop(slot);
             close_with(
                 &mut socket,
                 close::INTERNAL,
@@ -714,8 +716,9 @@ impl Connection {
         };
         // One page per replica id: another page's id (or the gateway's) is
         // refused, and the page picks another.
-        let Some(_claim) = hub.claim(replica, replica_map.replica_id()) else {
+        let Some(claim) = hub.claim(replica, replica_map.replica_id()) else {
             let end = End::Refused("replica_in_use", close::POLICY, "replica_in_use");
+            drop(slot);
             finish(&bridge, &mut socket, end).await;
             return;
         };
@@ -747,6 +750,10 @@ impl Connection {
         let _ = connection.hub.cursors.send(Cursor::Left {
             id: connection.id.clone(),
         });
+        // The page's place and replica id are free again before the
+        // closing handshake (up to a second).
+        drop(claim);
+        drop(slot);
         finish(&bridge, &mut connection.socket, end).await;
     }
 
@@ -1219,14 +1226,30 @@ async fn finish(bridge: &Bridge, socket: &mut WebSocket, end: End) {
 }
 
 /// Sends a close frame, for at most a second (the browser may be gone).
+///
+/// Then it reads, unanswered, until the browser's own close frame (the
+/// closing handshake), for at most another second: a socket dropped while
+/// the browser is still sending is reset, and the browser may then lose
+/// the close frame and its reason (it saw `rate_limited` as a lost
+/// connection most times).
 async fn close_with(socket: &mut WebSocket, code: u16, reason: std::borrow::Cow<'static, str>) {
     let frame = CloseFrame {
         code,
         reason: reason.as_ref().into(),
     };
-    let _ = tokio::time::timeout(
+    let sent = tokio::time::timeout(
         Duration::from_secs(1),
         socket.send(Message::Close(Some(frame))),
     )
     .await;
+    if matches!(sent, Ok(Ok(()))) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(message)) = socket.recv().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
 }

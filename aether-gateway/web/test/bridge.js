@@ -8,6 +8,20 @@
 // `rate_limited`. `down()` makes every connection fail as a stopped
 // gateway's would; `up()` lets them in again.
 
+import { Aether } from "../aether.js";
+
+/** A page of the map `board` on `bridge`, with the token "secret" and quick reconnects. */
+export function client(bridge, storage = new MemoryStorage(), extra = {}) {
+  return new Aether("ws://gateway.test/bridge/board", {
+    token: "secret",
+    WebSocket: bridge.WebSocket,
+    storage,
+    backoffMs: 5,
+    maxBackoffMs: 20,
+    ...extra,
+  });
+}
+
 export function stamp(physicalNs, logical, replica) {
   return BigInt(physicalNs).toString(16).padStart(16, "0") + "-" +
     logical.toString(16).padStart(8, "0") + "-" + replica;

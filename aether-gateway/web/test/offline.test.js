@@ -6,20 +6,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Aether } from "../aether.js";
-import { Bridge, MemoryStorage, sleep, stamp, until } from "./bridge.js";
+import { Bridge, MemoryStorage, client, sleep, stamp, until } from "./bridge.js";
 
 const URL = "ws://gateway.test/bridge/board";
 
-function client(bridge, storage, extra = {}) {
-  return new Aether(URL, {
-    token: "secret",
-    WebSocket: bridge.WebSocket,
-    storage,
-    backoffMs: 5,
-    maxBackoffMs: 20,
-    ...extra,
-  });
-}
 
 test("writes made offline are kept and sent once live", async () => {
   const bridge = new Bridge();

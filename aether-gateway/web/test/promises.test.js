@@ -9,20 +9,10 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { Aether, AetherError } from "../aether.js";
-import { Bridge, MemoryStorage, sleep, until } from "./bridge.js";
+import { Bridge, MemoryStorage, client, sleep, until } from "./bridge.js";
 
 const URL = "ws://gateway.test/bridge/board";
 
-function client(bridge, storage = new MemoryStorage(), extra = {}) {
-  return new Aether(URL, {
-    token: "secret",
-    WebSocket: bridge.WebSocket,
-    storage,
-    backoffMs: 5,
-    maxBackoffMs: 20,
-    ...extra,
-  });
-}
 
 async function rejection(promise, ms = 2000) {
   const outcome = await Promise.race([
@@ -166,6 +156,10 @@ test("a value JSON cannot carry is refused with a TypeError naming the key and w
     [{ text: "\udc00" }, /at \.text is a string with a lone surrogate/],
     [{ ["\ud800x"]: 1 }, /an object with a field name that is a string with a lone surrogate/],
     [new Error("e"), /"k" is an Error, not JSON/],
+    [Object.assign([1], { [Symbol("s")]: 1 }), /"k" is an object with symbol keys/],
+    [new (class Row extends Array {})(), /"k" is a Row, not a plain array/],
+    [Object.defineProperty({ a: 1 }, "hidden", { value: 2 }), /a field that is not enumerable/],
+    [new Uint8Array(2), /"k" is a Uint8Array/],
   ];
   for (const [value, message] of cases) {
     assert.throws(() => page.set("k", value), (e) => e instanceof TypeError && message.test(e.message), String(message));
@@ -359,13 +353,18 @@ test("a cached value the gateway would refuse is dropped and told, not sent at e
   // As an earlier client, or another program, may have left it.
   const item = [...storage.items.keys()].find((k) => k.endsWith("\nfine"));
   storage.setItem(item.replace(/fine$/, "bad"), JSON.stringify(["\udc00", "7000000000000000-00000000-00000000000000aa", 0, null, 1]));
+  storage.setItem(item.replace(/fine$/, "garbled"), "not json{");
   const page = client(bridge, storage);
   const refused = [];
   page.onRefused((r) => refused.push(r));
   await page.whenLive();
   await page.waitForPendingWrites();
-  assert.deepEqual(refused, [{ key: "bad", reason: "malformed" }]);
+  assert.deepEqual(
+    refused.sort((x, y) => x.key.localeCompare(y.key)),
+    [{ key: "bad", reason: "malformed" }, { key: "garbled", reason: "malformed" }],
+  );
   assert.equal(page.has("bad"), false);
+  assert.equal([...storage.items.keys()].filter((k) => /\n(bad|garbled)$/.test(k)).length, 0, "both gone from the cache");
   assert.equal(bridge.entries.has("bad"), false);
   assert.equal(page.status, "live");
   page.close();

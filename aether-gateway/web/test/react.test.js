@@ -184,6 +184,8 @@ test("a refused write reaches the component, and the value goes back", async () 
   const client = sharedClient(URL, opts);
   await client.whenLive();
   await settle(() => page.seen()[0] === "fallback", "the first render");
+  // The hook listens from its effect, which runs after the render.
+  await settle(() => client.refusedListeners.size > 0, "the hook's listener");
   page.seen()[1]("mine");
   await settle(() => refused.length === 1, "the refusal told");
   assert.deepEqual(refused[0], { key: "node/other/x", reason: "not_owner" });
