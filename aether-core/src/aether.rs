@@ -419,6 +419,12 @@ impl Aether {
             .await
     }
 
+    /// Whether its medium reaches other processes (NATS), not only this
+    /// one's (embedded).
+    pub(crate) fn crosses_processes(&self) -> bool {
+        self.inner.medium.crosses_processes()
+    }
+
     /// The settings it runs with.
     pub fn config(&self) -> &AetherConfig {
         &self.inner.config

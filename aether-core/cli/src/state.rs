@@ -74,6 +74,10 @@ async fn wait_held(map: &StateMap, held: HeldArgs) -> Result<String, Failure> {
     Ok(format!(", held by {}", names.join(", ")))
 }
 
+/// The least time a command waits for the map's other replicas to give it
+/// the map (`[aether.state] ready_timeout` when longer).
+const COMMAND_READY_TIMEOUT: Duration = Duration::from_secs(6);
+
 pub async fn run(connection: &Connection, command: StateCommand) -> Result<(), Failure> {
     let name = match &command {
         StateCommand::Get { map, .. }
@@ -84,8 +88,15 @@ pub async fn run(connection: &Connection, command: StateCommand) -> Result<(), F
         | StateCommand::Peers { map } => map.clone(),
     };
     let aether = connect(connection).await?;
+    // A command has one chance to take the map from the replicas that hold
+    // it: it waits for a slow one (a loaded Raspberry Pi, a keeper busy
+    // writing) longer than a long-running program's default. Alone on the
+    // bus it does not wait at all (no one is there to answer).
+    let mut config = aether.config().state.clone();
+    config.ready_timeout = config.ready_timeout.max(COMMAND_READY_TIMEOUT);
     let map = StateMap::builder(name.as_str())
         .node(format!("{}-{}", connection.name, std::process::id()))
+        .config(config)
         .open(&aether)
         .await
         .map_err(|e| Failure::usage(format!("map {name:?}: {e}")))?;

@@ -125,11 +125,28 @@ impl Shared {
         asks.push(ask());
         let mut again = std::iter::repeat_n(timeout / 8, 6);
         let mut next = again.next().map(|at| tokio::time::Instant::now() + at);
+        // Over NATS the server may say no one listens while a member of the
+        // group is a connection closing (a replica just closed or killed),
+        // though another member is there: asked twice more, a moment
+        // apart, before the bus is taken as empty of the map.
+        const QUIET: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(150)];
+        let mut quiet: &[Duration] = if self.emitter.aether().crosses_processes() {
+            &QUIET
+        } else {
+            &[]
+        };
         let reply = loop {
             tokio::select! {
                 answer = futures_util::StreamExt::next(&mut asks), if !asks.is_empty() => match answer {
                     Some(Ok(reply)) => break reply,
-                    Some(Err(e)) if e.kind() == RequestErrorKind::NoResponders => return,
+                    Some(Err(e)) if e.kind() == RequestErrorKind::NoResponders => {
+                        let Some((pause, rest)) = quiet.split_first() else {
+                            return;
+                        };
+                        quiet = rest;
+                        tokio::time::sleep(*pause).await;
+                        asks.push(ask());
+                    }
                     Some(Err(_)) if next.is_some() || !asks.is_empty() => {}
                     Some(Err(e)) => {
                         // Alone (no peer heard): nothing was expected. With
