@@ -64,6 +64,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::{Semaphore, broadcast, oneshot};
 
+mod hub;
+mod metrics;
+
+use self::hub::{Cursor, Hub, Prevs};
+pub(crate) use self::metrics::BridgeMetrics;
+pub use self::metrics::{REFUSALS, WRITE_OUTCOMES};
 use self::protocol::{EntryOut, Inbound, Outbound, parse_replica, parse_stamp, stamp_text};
 use crate::settings::BridgeConfig;
 
@@ -91,201 +97,6 @@ const OWN_WRITES: usize = 4096;
 /// Most pages' writes a map remembers the `prev` of, to pass it on with
 /// the write to its other pages (who tell a lost race by it).
 const PREVS: usize = 16_384;
-
-/// Why the bridge refused a connection or closed one, as counted.
-pub const REFUSALS: [&str; 11] = [
-    "unknown_map",
-    "capacity",
-    "address_capacity",
-    "deadline",
-    "evicted",
-    "token",
-    "replica_in_use",
-    "malformed",
-    "too_large",
-    "rate_limited",
-    "slow",
-];
-
-/// What became of a browser's writes, as counted.
-pub const WRITE_OUTCOMES: [&str; 8] = [
-    "applied",
-    "stale",
-    "invalid_key",
-    "too_large",
-    "not_owner",
-    "stamp",
-    "full",
-    "closed",
-];
-
-/// The bridge's metrics.
-#[derive(Clone, Debug)]
-pub(crate) struct BridgeMetrics {
-    connections: IntGaugeVec,
-    refused: IntCounterVec,
-    writes: IntCounterVec,
-    messages: IntCounterVec,
-    resyncs: IntCounter,
-    not_json: IntCounter,
-    snapshots: IntCounter,
-}
-
-impl BridgeMetrics {
-    fn new(registry: &Registry, maps: &[String]) -> Result<Self, prometheus::Error> {
-        let connections = IntGaugeVec::new(
-            Opts::new(
-                "aether_bridge_connections",
-                "Browser bridge connections open, by map",
-            ),
-            &["map"],
-        )?;
-        let refused = IntCounterVec::new(
-            Opts::new(
-                "aether_bridge_refused_total",
-                "Browser bridge connections refused or closed by a limit, by reason",
-            ),
-            &["reason"],
-        )?;
-        let writes = IntCounterVec::new(
-            Opts::new(
-                "aether_bridge_writes_total",
-                "Writes browsers sent through the bridge, by outcome",
-            ),
-            &["outcome"],
-        )?;
-        let messages = IntCounterVec::new(
-            Opts::new(
-                "aether_bridge_messages_total",
-                "Bridge messages, by direction (in: from browsers, out: to them)",
-            ),
-            &["direction"],
-        )?;
-        let resyncs = IntCounter::new(
-            "aether_bridge_resyncs_total",
-            "Snapshots sent again to a connection that fell behind the map's changes",
-        )?;
-        let not_json = IntCounter::new(
-            "aether_bridge_values_not_json_total",
-            "Map values not sent to browsers because they are not JSON (written by a service as raw bytes)",
-        )?;
-        registry.register(Box::new(connections.clone()))?;
-        registry.register(Box::new(refused.clone()))?;
-        registry.register(Box::new(writes.clone()))?;
-        registry.register(Box::new(messages.clone()))?;
-        registry.register(Box::new(resyncs.clone()))?;
-        let snapshots = IntCounter::new(
-            "aether_bridge_snapshots_built_total",
-            "Snapshot texts built (one per version of a map that a page asked for; pages share it)",
-        )?;
-        registry.register(Box::new(not_json.clone()))?;
-        registry.register(Box::new(snapshots.clone()))?;
-        for map in maps {
-            connections.with_label_values(&[map.as_str()]).set(0);
-        }
-        for reason in REFUSALS {
-            refused.with_label_values(&[reason]).reset();
-        }
-        for outcome in WRITE_OUTCOMES {
-            writes.with_label_values(&[outcome]).reset();
-        }
-        for direction in ["in", "out"] {
-            messages.with_label_values(&[direction]).reset();
-        }
-        Ok(Self {
-            connections,
-            refused,
-            writes,
-            messages,
-            resyncs,
-            not_json,
-            snapshots,
-        })
-    }
-
-    fn refuse(&self, reason: &str) {
-        self.refused.with_label_values(&[reason]).inc();
-    }
-}
-
-/// A cursor, between the tabs of one map.
-#[derive(Clone, Debug)]
-enum Cursor {
-    Moved {
-        id: Arc<str>,
-        color: Arc<str>,
-        x: i32,
-        y: i32,
-    },
-    Left {
-        id: Arc<str>,
-    },
-}
-
-/// Each page's last cursor: its id, and its color and position.
-type Positions = HashMap<Arc<str>, (Arc<str>, i32, i32)>;
-
-/// One bridged map: the gateway's replica, and its tabs' cursors.
-struct Hub {
-    /// The gateway's replica, once open: it opens in the background from
-    /// the start (taking the map from a peer may take `ready_timeout`), and
-    /// the first pages wait for it.
-    map: tokio::sync::OnceCell<StateMap>,
-    name: String,
-    aether: Aether,
-    cursors: broadcast::Sender<Cursor>,
-    /// The last position of each connected tab's cursor, for newcomers.
-    positions: Mutex<Positions>,
-    /// The replica ids of the open pages: each is one page's own.
-    replicas: Mutex<HashSet<u64>>,
-    /// The `prev` of the latest pages' writes merged here.
-    prevs: Mutex<Prevs>,
-    /// The last snapshot built (its messages), and the map's version it
-    /// shows: every page that connects while the map stays the same gets
-    /// these texts.
-    snapshot: tokio::sync::Mutex<Option<(u64, Arc<[Utf8Bytes]>)>>,
-}
-
-/// The stamp of the entry a page's write replaced at that page (`None`:
-/// it held none), by the write's stamp (a page's stamps are its own and
-/// never repeat; the key is kept to tell a forged repeat), the latest
-/// [`PREVS`].
-#[derive(Default)]
-struct Prevs {
-    by_stamp: HashMap<aether_core::state::Stamp, (String, Option<aether_core::state::Stamp>)>,
-    order: VecDeque<aether_core::state::Stamp>,
-}
-
-impl Prevs {
-    fn insert(
-        &mut self,
-        key: &str,
-        stamp: aether_core::state::Stamp,
-        prev: Option<aether_core::state::Stamp>,
-    ) {
-        if self
-            .by_stamp
-            .insert(stamp, (key.to_string(), prev))
-            .is_none()
-        {
-            self.order.push_back(stamp);
-        }
-        while self.order.len() > PREVS {
-            if let Some(old) = self.order.pop_front() {
-                self.by_stamp.remove(&old);
-            }
-        }
-    }
-
-    /// What the page that wrote `key` at `stamp` had seen of it, as the
-    /// message's `prev`; `None` for a write no page here made.
-    fn of(&self, key: &str, stamp: aether_core::state::Stamp) -> Option<Option<String>> {
-        self.by_stamp
-            .get(&stamp)
-            .filter(|(written, _)| written == key)
-            .map(|(_, prev)| prev.map(stamp_text))
-    }
-}
 
 /// Connections open, in all and per address.
 #[derive(Default)]
@@ -490,19 +301,6 @@ impl Drop for UnauthenticatedSlot {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         waiting.remove(self.n);
-    }
-}
-
-/// A page's replica id, its own among the open pages of a map until it
-/// closes.
-struct ReplicaClaim {
-    hub: Arc<Hub>,
-    replica: u64,
-}
-
-impl Drop for ReplicaClaim {
-    fn drop(&mut self) {
-        self.hub.lock_replicas().remove(&self.replica);
     }
 }
 
@@ -1089,97 +887,6 @@ fn json(metrics: &BridgeMetrics, value: &Bytes) -> Option<Box<RawValue>> {
         metrics.not_json.inc();
     }
     parsed
-}
-
-impl Hub {
-    /// Claims `replica` for a page: `None` when another open page holds it,
-    /// or it is the gateway's own replica's (`gateway`).
-    fn claim(self: &Arc<Self>, replica: u64, gateway: u64) -> Option<ReplicaClaim> {
-        if replica == gateway || !self.lock_replicas().insert(replica) {
-            return None;
-        }
-        Some(ReplicaClaim {
-            hub: self.clone(),
-            replica,
-        })
-    }
-
-    fn lock_replicas(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
-        self.replicas.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lock_prevs(&self) -> std::sync::MutexGuard<'_, Prevs> {
-        self.prevs.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The snapshot of `map` now, as messages (`snapshot-part`s of about
-    /// [`SNAPSHOT_PART_BYTES`], then the `snapshot`): built once per
-    /// version of the map (counted), then shared by every page, each
-    /// sending the same bytes. The version is read before the entries, so
-    /// the messages hold at least every change up to it.
-    async fn snapshot(&self, map: &StateMap, bridge: &Bridge) -> Arc<[Utf8Bytes]> {
-        let mut cached = self.snapshot.lock().await;
-        let version = map.version();
-        if let Some((built, parts)) = cached.as_ref()
-            && *built == version
-        {
-            return parts.clone();
-        }
-        let all = map.stamped_entries();
-        let values: Vec<Option<Box<RawValue>>> = all
-            .iter()
-            .map(|e| e.value.as_ref().and_then(|v| json(&bridge.metrics, v)))
-            .collect();
-        let mut parts = Vec::new();
-        let mut entries = BTreeMap::new();
-        let mut size = 0;
-        for (entry, value) in all.iter().zip(&values) {
-            let stamp = stamp_text(entry.stamp);
-            let out = match (&entry.value, value) {
-                (None, _) => EntryOut::Deleted {
-                    deleted: true,
-                    stamp,
-                },
-                (Some(_), Some(value)) => EntryOut::Value { value, stamp },
-                (Some(_), None) => continue,
-            };
-            let cost = entry.key.len() + value.as_ref().map_or(0, |v| v.get().len()) + 80;
-            if !entries.is_empty() && size + cost > SNAPSHOT_PART_BYTES {
-                let part = Outbound::SnapshotPart {
-                    entries: std::mem::take(&mut entries),
-                };
-                parts.push(Utf8Bytes::from(part.text()));
-                size = 0;
-            }
-            size += cost;
-            entries.insert(entry.key.as_str(), out);
-        }
-        parts.push(Utf8Bytes::from(Outbound::Snapshot { entries }.text()));
-        let parts: Arc<[Utf8Bytes]> = parts.into();
-        bridge.metrics.snapshots.inc();
-        *cached = Some((version, parts.clone()));
-        parts
-    }
-
-    /// The gateway's replica, opened by the first caller; `None` (logged)
-    /// if it cannot be opened now (a later page tries again).
-    async fn map(&self) -> Option<StateMap> {
-        let opened = self
-            .map
-            .get_or_try_init(|| StateMap::builder(self.name.as_str()).open(&self.aether))
-            .await;
-        match opened {
-            Ok(map) => Some(map.clone()),
-            Err(error) => {
-                tracing::warn!(map = %self.name, %error, "the bridged map could not be opened");
-                None
-            }
-        }
-    }
-
-    fn lock_positions(&self) -> std::sync::MutexGuard<'_, Positions> {
-        self.positions.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 /// What a read error means: a message over the size cap, or a connection

@@ -1,0 +1,120 @@
+//! The bridge's metrics: connections, refusals by reason, writes by
+//! outcome, messages, resyncs, values not JSON, snapshots built.
+
+use super::*;
+
+/// Why the bridge refused a connection or closed one, as counted.
+pub const REFUSALS: [&str; 11] = [
+    "unknown_map",
+    "capacity",
+    "address_capacity",
+    "deadline",
+    "evicted",
+    "token",
+    "replica_in_use",
+    "malformed",
+    "too_large",
+    "rate_limited",
+    "slow",
+];
+
+/// What became of a browser's writes, as counted.
+pub const WRITE_OUTCOMES: [&str; 8] = [
+    "applied",
+    "stale",
+    "invalid_key",
+    "too_large",
+    "not_owner",
+    "stamp",
+    "full",
+    "closed",
+];
+
+/// The bridge's metrics.
+#[derive(Clone, Debug)]
+pub(crate) struct BridgeMetrics {
+    pub(super) connections: IntGaugeVec,
+    pub(super) refused: IntCounterVec,
+    pub(super) writes: IntCounterVec,
+    pub(super) messages: IntCounterVec,
+    pub(super) resyncs: IntCounter,
+    pub(super) not_json: IntCounter,
+    pub(super) snapshots: IntCounter,
+}
+
+impl BridgeMetrics {
+    pub(super) fn new(registry: &Registry, maps: &[String]) -> Result<Self, prometheus::Error> {
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "aether_bridge_connections",
+                "Browser bridge connections open, by map",
+            ),
+            &["map"],
+        )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "aether_bridge_refused_total",
+                "Browser bridge connections refused or closed by a limit, by reason",
+            ),
+            &["reason"],
+        )?;
+        let writes = IntCounterVec::new(
+            Opts::new(
+                "aether_bridge_writes_total",
+                "Writes browsers sent through the bridge, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        let messages = IntCounterVec::new(
+            Opts::new(
+                "aether_bridge_messages_total",
+                "Bridge messages, by direction (in: from browsers, out: to them)",
+            ),
+            &["direction"],
+        )?;
+        let resyncs = IntCounter::new(
+            "aether_bridge_resyncs_total",
+            "Snapshots sent again to a connection that fell behind the map's changes",
+        )?;
+        let not_json = IntCounter::new(
+            "aether_bridge_values_not_json_total",
+            "Map values not sent to browsers because they are not JSON (written by a service as raw bytes)",
+        )?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
+        registry.register(Box::new(writes.clone()))?;
+        registry.register(Box::new(messages.clone()))?;
+        registry.register(Box::new(resyncs.clone()))?;
+        let snapshots = IntCounter::new(
+            "aether_bridge_snapshots_built_total",
+            "Snapshot texts built (one per version of a map that a page asked for; pages share it)",
+        )?;
+        registry.register(Box::new(not_json.clone()))?;
+        registry.register(Box::new(snapshots.clone()))?;
+        for map in maps {
+            connections.with_label_values(&[map.as_str()]).set(0);
+        }
+        for reason in REFUSALS {
+            refused.with_label_values(&[reason]).reset();
+        }
+        for outcome in WRITE_OUTCOMES {
+            writes.with_label_values(&[outcome]).reset();
+        }
+        for direction in ["in", "out"] {
+            messages.with_label_values(&[direction]).reset();
+        }
+        Ok(Self {
+            connections,
+            refused,
+            writes,
+            messages,
+            resyncs,
+            not_json,
+            snapshots,
+        })
+    }
+
+    pub(super) fn refuse(&self, reason: &str) {
+        self.refused.with_label_values(&[reason]).inc();
+    }
+}
