@@ -727,11 +727,7 @@ export class Aether {
         // The gateway did not take this page's write: forget it here; the
         // gateway's entry, if any, follows.
         const old = this.entries.get(message.key);
-        if (old && (old.s.endsWith(this.replica) || old.u)) {
-          this.entries.delete(message.key);
-          this.fire(message.key, undefined, old.d ? undefined : old.v);
-          this.forget(message.key);
-        }
+        if (old && (old.s.endsWith(this.replica) || old.u)) this.discard(message.key, old);
         this.settle(message.key);
         this.refusedListeners.forEach((cb) => cb({ key: message.key, reason: message.reason }));
         break;
@@ -815,10 +811,8 @@ export class Aether {
       if (!entry.d) checkJson(key, entry.v);
       return true;
     } catch {
-      this.entries.delete(key);
-      this.forget(key);
+      this.discard(key, entry);
       this.settle(key);
-      if (!entry.d) this.fire(key, undefined, entry.v);
       this.refusedListeners.forEach((cb) => cb({ key, reason: "malformed" }));
       return false;
     }
@@ -1005,6 +999,13 @@ export class Aether {
     if (!this.storage()) return;
     this.dirty.add(key);
     if (this.saveTimer === null) this.saveTimer = setTimeout(() => this.saveNow(), 50);
+  }
+
+  /** Takes `entry` of `key` out of the copy and the cache, told to the listeners. */
+  discard(key, entry) {
+    this.entries.delete(key);
+    this.forget(key);
+    if (!entry.d) this.fire(key, undefined, entry.v);
   }
 
   forget(key) {
