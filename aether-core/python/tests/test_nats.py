@@ -286,3 +286,30 @@ def test_the_servers_own_max_payload_bounds_a_wave() -> None:
         bus.close()
     finally:
         server.stop()
+
+
+def test_a_script_that_exits_without_closing_leaves_at_once(nats: NatsServer) -> None:
+    bus = aether.connect(nats.url)
+    home = bus.map("home", node="watcher")
+    script = (
+        "import sys, time, aether\n"
+        f"home = aether.connect({nats.url!r}).map('home', node='script')\n"
+        "deadline = time.monotonic() + 20\n"
+        "while 'watcher' not in home.peers() and time.monotonic() < deadline:\n"
+        "    time.sleep(0.02)\n"
+        "home['hall.light'] = 'on'\n"
+        "while home.get('go') is None and time.monotonic() < deadline:\n"
+        "    time.sleep(0.02)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    try:
+        eventually(lambda: "script" in home.peers() and home.get("hall.light") == "on", 20)
+        home["go"] = True
+        assert child.wait(timeout=30) == 0, child.stderr.read() if child.stderr else ""
+        exited = time.monotonic()
+        eventually(lambda: "script" not in home.peers(), 5, 0.005)
+        # The presence timeout is 3 s: the goodbye said at exit, not it.
+        assert time.monotonic() - exited < 1.0
+    finally:
+        child.kill()
+        bus.close()

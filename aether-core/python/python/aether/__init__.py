@@ -112,6 +112,11 @@ _EXIT_DRAIN_S = 5.0
 def _at_exit() -> None:
     for watch in list(_watches):
         watch.close()
+    # Each map still open says goodbye while its bus is up: the other
+    # replicas see this script leave at once, not a presence timeout later.
+    for bus in list(_buses):
+        if not bus.closed:
+            bus._leave_maps()
     # What was emitted leaves the process before the interpreter goes,
     # as `drain` does (bounded); then blocking calls end.
     for bus in list(_buses):
@@ -351,6 +356,12 @@ class Bus:
         self._maps = [ref for ref in self._maps if ref() is not None]
         self._maps.append(weakref.ref(m))
         return m
+
+    def _leave_maps(self) -> None:
+        for ref in self._maps:
+            m = ref()
+            if m is not None:
+                m._leave()
 
     def _end_watches(self) -> None:
         _buses.discard(self)
@@ -822,6 +833,16 @@ class Map(MutableMapping):  # type: ignore[type-arg]
                 thread.join(timeout=5)
         self._handlers.clear()
         self._raw.close()
+
+    def _leave(self) -> None:
+        """At the interpreter's exit: says goodbye (bounded) unless closed."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._raw.close()
+        except Exception as error:  # the exit goes on; the peers time it out
+            _log.warning("at exit, map %s could not say goodbye: %s", self.name, error)
 
     def __repr__(self) -> str:
         return repr(self._raw)
