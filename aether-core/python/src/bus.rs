@@ -1,10 +1,14 @@
 //! `connect`: an aether for Python, embedded in this process or over NATS,
 //! with the programs' settings folder and options.
 
-use std::path::PathBuf;
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
-use aether_core::{Aether, AetherConfig};
+use aether_core::{Aether, AetherConfig, ConnectError, ConnectErrorKind, lan::LanOptions};
 use aether_ops::settings::client::{Access, aether_section};
+use futures_util::future::Either;
 use pyo3::{prelude::*, types::PyDict};
 
 use crate::{errors, map, value, vibrator, wait};
@@ -106,8 +110,9 @@ pub(crate) fn connect<'py>(
 }
 
 /// Connects to a bus on the LAN (`aether node`): this machine's node of
-/// `bus`, else, with the bus's `secret_file`, a node announced on the LAN
-/// within `wait` seconds; the password comes from the secret. `bus` and
+/// `bus`, waiting up to `wait` seconds for it to start (its record in the
+/// runtime directory), or, with the bus's `secret_file`, a node announced
+/// on the LAN within `wait` seconds; the password comes from the secret. `bus` and
 /// `secret_file` default to `AETHER_BUS` and `AETHER_SECRET_FILE`.
 #[pyfunction]
 #[pyo3(signature = (bus=None, *, secret_file=None, wait=3.0, name=None, config_dir=None, async_=false))]
@@ -122,7 +127,7 @@ pub(crate) fn discover<'py>(
     async_: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
-    let lan = aether_core::lan::LanOptions {
+    let lan = LanOptions {
         bus: bus
             .or_else(|| env("AETHER_BUS"))
             .unwrap_or_else(|| aether_core::lan::DEFAULT_BUS.to_string()),
@@ -137,12 +142,66 @@ pub(crate) fn discover<'py>(
     };
     let (_, config) = options.config()?;
     let open = async move {
-        Aether::discover(config, &lan)
+        let config = find(config, &lan).await.map_err(errors::connect)?;
+        Aether::connect(config)
             .await
             .map(Bus::from)
             .map_err(errors::connect)
     };
     wait::call(py, async_, open)
+}
+
+/// How often `discover` looks again for this machine's node record.
+const RECORD_POLL: Duration = Duration::from_millis(100);
+
+/// The settings that reach a node of the bus: this machine's, looked for
+/// until `lan.wait` ends (a script started with its node, at boot, runs
+/// before the node has written its record), and meanwhile, with a secret
+/// file, one announced on the LAN. The error says what it waited for.
+async fn find(config: AetherConfig, lan: &LanOptions) -> Result<AetherConfig, ConnectError> {
+    let deadline = Instant::now() + lan.wait;
+    let local = async {
+        loop {
+            match lan.resolve(config.clone()) {
+                Err(e)
+                    if e.kind() == ConnectErrorKind::Unreachable && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(RECORD_POLL).await;
+                }
+                done => return done,
+            }
+        }
+    };
+    let waited = |e: ConnectError, what: &str| {
+        ConnectError::new(
+            e.kind(),
+            format!(
+                "waited {:?} for this machine's node of bus {:?} to appear{what}: {e}",
+                lan.wait, lan.bus
+            ),
+        )
+    };
+    if lan.secret_file.is_none() {
+        return local.await.map_err(|e| match e.kind() {
+            ConnectErrorKind::Unreachable => waited(e, ""),
+            _ => e,
+        });
+    }
+    // `find` looks at this machine's record once, then on the LAN for
+    // `wait`: whichever reaches a node first.
+    let remote = lan.find(config.clone());
+    let (local, remote) = (std::pin::pin!(local), std::pin::pin!(remote));
+    let unreachable = |e: &ConnectError| e.kind() == ConnectErrorKind::Unreachable;
+    match futures_util::future::select(local, remote).await {
+        Either::Left((Ok(config), _)) | Either::Right((Ok(config), _)) => Ok(config),
+        Either::Left((Err(e), remote)) if unreachable(&e) => remote
+            .await
+            .map_err(|e| waited(e, " and for one on the LAN")),
+        Either::Right((Err(e), local)) if unreachable(&e) => local
+            .await
+            .map_err(|_| waited(e, " and for one on the LAN")),
+        Either::Left((Err(e), _)) | Either::Right((Err(e), _)) => Err(e),
+    }
 }
 
 /// An aether: the bus a script is on.

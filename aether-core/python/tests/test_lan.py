@@ -223,6 +223,38 @@ def test_the_lan_guides_example_runs(node: Node, tmp_path: Path) -> None:
 def test_no_node_says_what_to_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AETHER_RUNTIME_DIR", str(tmp_path / "empty"))
     monkeypatch.delenv("AETHER_SECRET_FILE", raising=False)
+    started = time.monotonic()
     with pytest.raises(aether.ConnectionError) as none:
-        aether.discover("nobody-here")
+        aether.discover("nobody-here", wait=0.5)
     assert "aether node --bus nobody-here" in str(none.value)
+    assert 'waited 500ms for this machine\'s node of bus "nobody-here" to appear' in str(none.value)
+    assert 0.5 <= time.monotonic() - started < 5
+
+
+def test_a_script_started_before_its_node_waits_for_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # At boot a script and its node start together: discover waits for the
+    # node's record, not only for an answer from the LAN.
+    monkeypatch.setenv("AETHER_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.delenv("AETHER_SECRET_FILE", raising=False)
+    bus = f"py{os.getpid()}boot"
+    monkeypatch.setenv("AETHER_BUS", bus)
+    script = (
+        "import aether\n"
+        "with aether.discover(wait=30) as bus:\n"
+        "    home = bus.map('home', node='early')\n"
+        "    home['booted'] = True\n"
+        "    print(bus.state, home.flush(timeout=10.0, keepers=1)['keepers'])\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    node = None
+    try:
+        time.sleep(1.0)
+        assert child.poll() is None, child.communicate()[1]
+        node = Node(tmp_path, bus)
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+        assert out.split() == ["connected", "1"]
+    finally:
+        child.kill()
+        if node is not None:
+            node.stop()

@@ -255,14 +255,16 @@ def discover(
     config_dir: Optional[str] = None,
 ) -> "Bus":
     """Connects to a bus on the LAN that `aether node` runs: this
-    machine's node of `bus` (default `AETHER_BUS`, else "aether"), else,
-    given the bus's `secret_file` (default `AETHER_SECRET_FILE`), a node
-    announced on the LAN within `wait` seconds, over TLS checked against
-    the bus's own authority. `config_dir` is a settings folder whose
-    `[aether]` section applies too (sealed channels without a key of their
-    own, and signatures asked for without keys, use keys derived from the
-    secret). Raises `aether.ConnectionError` saying what to run when none
-    is found."""
+    machine's node of `bus` (default `AETHER_BUS`, else "aether"), waiting
+    up to `wait` seconds for it to start (a script started with its node,
+    at boot, runs before the node is up), or, given the bus's
+    `secret_file` (default `AETHER_SECRET_FILE`), a node announced on the
+    LAN within `wait` seconds, whichever comes first, over TLS checked
+    against the bus's own authority. `config_dir` is a settings folder
+    whose `[aether]` section applies too (sealed channels without a key of
+    their own, and signatures asked for without keys, use keys derived from
+    the secret). Raises `aether.ConnectionError` saying what it waited for
+    and what to run when none is found."""
     _blocking("discover")
     return Bus(
         _aether.discover(
