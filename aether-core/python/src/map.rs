@@ -27,7 +27,9 @@ use tokio::sync::{Mutex, Notify};
 use crate::{errors, value, wait};
 
 fn builder(name: &str, node: Option<String>, dir: Option<PathBuf>) -> state::StateMapBuilder {
-    let mut builder = StateMap::builder(name);
+    // Values from other replicas are read by the rule a write is checked
+    // by: JSON a script could write back, or raw bytes.
+    let mut builder = StateMap::builder(name).values(value::takes);
     if let Some(node) = node {
         builder = builder.node(node);
     }
@@ -78,7 +80,7 @@ fn write<'py>(
     async_: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let body = match value {
-        Some(value) => Some(value::to_json(value)?),
+        Some(value) => Some(value::map_value(value)?),
         None => None,
     };
     let map = map.clone();

@@ -3,6 +3,13 @@
 //! dicts with string keys), raw for `bytes`. What JSON cannot hold (a set,
 //! an object, NaN, a dict with non-string keys) is refused with
 //! `aether.InvalidValue` before anything is sent.
+//!
+//! A map's values follow one rule both ways ([`map_value_of`]): a write is
+//! checked by it, and a replica takes a value from another only if it
+//! passes (JSON as a script writes it, or raw bytes that are not JSON at
+//! all); JSON that breaks it (NaN, `1e999`, a lone surrogate, an integer of
+//! a thousand digits, deep nesting, a byte order mark) is refused and
+//! counted as malformed, as the core counts other malformed state.
 
 use std::time::Duration;
 
@@ -262,4 +269,262 @@ pub(crate) fn stats_dict<'py>(
     }
     out.set_item("dropped", dropped)?;
     Ok(out)
+}
+
+/// What a map's value is, by the one rule a write from Python is checked
+/// by and a value from another replica is read by.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Value {
+    /// JSON as a script writes it: UTF-8 text with no byte order mark,
+    /// finite numbers, integers within 64 bits, text without a lone
+    /// surrogate, nothing inside more than [`MAX_DEPTH`] lists or objects.
+    Json,
+    /// Not JSON at all (what a Rust program wrote as raw bytes): read as
+    /// `bytes`.
+    Raw,
+    /// JSON that breaks the rule: a script could neither write it back nor
+    /// always print it, so a replica refuses it (counted as malformed).
+    Malformed(&'static str),
+}
+
+/// The rule for a map's value: `bytes` as [`Value`].
+pub(crate) fn map_value_of(bytes: &[u8]) -> Value {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Value::Raw;
+    };
+    let (text, bom) = match text.strip_prefix('\u{feff}') {
+        Some(rest) => (rest, true),
+        None => (text, false),
+    };
+    let mut scan = Scan {
+        text: text.as_bytes(),
+        at: 0,
+        problem: bom.then_some("JSON after a byte order mark"),
+    };
+    if scan.document().is_none() {
+        return Value::Raw;
+    }
+    match scan.problem {
+        Some(problem) => Value::Malformed(problem),
+        None => Value::Json,
+    }
+}
+
+/// Whether a replica takes `bytes` from another as a value (the map's
+/// value check: JSON by the rule, or raw bytes).
+pub(crate) fn takes(bytes: &[u8]) -> bool {
+    !matches!(map_value_of(bytes), Value::Malformed(_))
+}
+
+/// A map's value as JSON, by the same rule as [`takes`]: `InvalidValue`
+/// when `value` is not one.
+pub(crate) fn map_value(value: &Bound<'_, PyAny>) -> PyResult<Bytes> {
+    let json = to_json(value)?;
+    match map_value_of(&json) {
+        Value::Json => Ok(json),
+        Value::Malformed(problem) => Err(InvalidValue::new_err(format!(
+            "{problem} cannot be a map's value"
+        ))),
+        Value::Raw => Err(InvalidValue::new_err(format!(
+            "{} cannot be a map's value: it is not JSON",
+            type_name(value)
+        ))),
+    }
+}
+
+/// A scan of JSON text without recursion: `None` when it is not JSON
+/// (with NaN and infinities, deep nesting, any number and any escape taken
+/// as JSON), the first break of the rule in `problem`.
+struct Scan<'a> {
+    text: &'a [u8],
+    at: usize,
+    problem: Option<&'static str>,
+}
+
+impl Scan<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.text.get(self.at).copied()
+    }
+
+    fn space(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> bool {
+        let ate = self.peek() == Some(byte);
+        if ate {
+            self.at += 1;
+        }
+        ate
+    }
+
+    fn word(&mut self, word: &str) -> bool {
+        let ate = self.text[self.at..].starts_with(word.as_bytes());
+        if ate {
+            self.at += word.len();
+        }
+        ate
+    }
+
+    fn breaks(&mut self, problem: &'static str) {
+        self.problem.get_or_insert(problem);
+    }
+
+    fn document(&mut self) -> Option<()> {
+        // The open lists and objects: `true` for an object.
+        let mut open: Vec<bool> = Vec::new();
+        self.space();
+        loop {
+            // A value, inside `open.len()` lists and objects.
+            if open.len() > MAX_DEPTH {
+                self.breaks("a value nested deeper than 128");
+            }
+            match self.peek()? {
+                b'{' | b'[' => {
+                    let object = self.peek() == Some(b'{');
+                    self.at += 1;
+                    self.space();
+                    if self.eat(if object { b'}' } else { b']' }) {
+                        // Empty: the value ends here.
+                    } else {
+                        open.push(object);
+                        if object {
+                            self.key()?;
+                        }
+                        continue;
+                    }
+                }
+                b'"' => self.string()?,
+                b't' if self.word("true") => {}
+                b'f' if self.word("false") => {}
+                b'n' if self.word("null") => {}
+                b'N' if self.word("NaN") => self.breaks("NaN"),
+                b'I' if self.word("Infinity") => self.breaks("an infinity"),
+                b'-' if self.word("-Infinity") => self.breaks("an infinity"),
+                b'-' | b'0'..=b'9' => self.number()?,
+                _ => return None,
+            }
+            // After a value: the next of its list or object, or its end.
+            loop {
+                self.space();
+                let Some(&object) = open.last() else {
+                    return (self.at == self.text.len()).then_some(());
+                };
+                if self.eat(b',') {
+                    self.space();
+                    if object {
+                        self.key()?;
+                    }
+                    break;
+                }
+                if !self.eat(if object { b'}' } else { b']' }) {
+                    return None;
+                }
+                open.pop();
+            }
+        }
+    }
+
+    /// An object's key and its colon, then the space before its value.
+    fn key(&mut self) -> Option<()> {
+        if self.peek() != Some(b'"') {
+            return None;
+        }
+        self.string()?;
+        self.space();
+        self.eat(b':').then_some(())?;
+        self.space();
+        Some(())
+    }
+
+    fn string(&mut self) -> Option<()> {
+        self.at += 1;
+        loop {
+            match self.peek()? {
+                b'"' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                b'\\' => {
+                    self.at += 1;
+                    match self.peek()? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.at += 1,
+                        b'u' => {
+                            let unit = self.unit()?;
+                            if (0xD800..0xDC00).contains(&unit) {
+                                let low = if self.text[self.at..].starts_with(b"\\u") {
+                                    self.at += 1;
+                                    Some(self.unit()?)
+                                } else {
+                                    None
+                                };
+                                if !low.is_some_and(|low| (0xDC00..0xE000).contains(&low)) {
+                                    self.breaks("text holding a lone surrogate");
+                                }
+                            } else if (0xDC00..0xE000).contains(&unit) {
+                                self.breaks("text holding a lone surrogate");
+                            }
+                        }
+                        _ => return None,
+                    }
+                }
+                0..0x20 => return None,
+                _ => self.at += 1,
+            }
+        }
+    }
+
+    /// `uXXXX`: the code unit.
+    fn unit(&mut self) -> Option<u32> {
+        let hex = self.text.get(self.at + 1..self.at + 5)?;
+        let unit = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+        if !hex.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        self.at += 5;
+        Some(unit)
+    }
+
+    fn number(&mut self) -> Option<()> {
+        let start = self.at;
+        self.eat(b'-');
+        let digits = |scan: &mut Self| {
+            let from = scan.at;
+            while scan.peek().is_some_and(|b| b.is_ascii_digit()) {
+                scan.at += 1;
+            }
+            scan.at > from
+        };
+        if self.eat(b'0') {
+            if self.peek().is_some_and(|b| b.is_ascii_digit()) {
+                return None;
+            }
+        } else if !digits(self) {
+            return None;
+        }
+        let mut integer = true;
+        if self.eat(b'.') {
+            integer = false;
+            digits(self).then_some(())?;
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            integer = false;
+            self.at += 1;
+            if !self.eat(b'+') {
+                self.eat(b'-');
+            }
+            digits(self).then_some(())?;
+        }
+        let text = std::str::from_utf8(&self.text[start..self.at]).ok()?;
+        if integer {
+            if text.parse::<i64>().is_err() && text.parse::<u64>().is_err() {
+                self.breaks("an integer beyond 64 bits");
+            }
+        } else if !text.parse::<f64>().is_ok_and(f64::is_finite) {
+            self.breaks("a number beyond a float's range");
+        }
+        Some(())
+    }
 }

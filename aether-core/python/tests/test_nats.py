@@ -313,3 +313,44 @@ def test_a_script_that_exits_without_closing_leaves_at_once(nats: NatsServer) ->
     finally:
         child.kill()
         bus.close()
+
+
+def test_values_a_script_could_not_write_are_refused_counted_and_the_map_goes_on(nats: NatsServer) -> None:
+    bus = aether.connect(nats.url)
+    home = bus.map("home", node="reader")
+    heard: List[aether.Change] = []
+    home.on_change()(heard.append)
+    cli = program("aether")
+    deep = "[" * 200 + "]" * 200
+    bad = {
+        "nan": "NaN",
+        "inf": "1e999",
+        "surrogate": '"\\ud800"',
+        "digits": "7" * 5000,
+        "deep": deep,
+        "bom": '\ufeff{"a": 1}',
+    }
+    # Beside them, what a script may read: JSON, and bytes that are not JSON.
+    good = {"json": ('{"on": true}', {"on": True}), "raw": ("v4", b"v4")}
+    for key, (text, _) in good.items():
+        done = run([cli, "--nats", nats.url, "state", "set", "home", key, text, "--no-wait"])
+        assert done.returncode == 0, done.stderr
+    for n, (key, text) in enumerate(bad.items(), start=1):
+        done = run([cli, "--nats", nats.url, "state", "set", "home", key, text, "--no-wait"])
+        assert done.returncode == 0, done.stderr
+        eventually(lambda: home.stats()["refused"]["malformed"] >= n)
+        assert key not in home and home.get(key) is None
+    for key, (_, value) in good.items():
+        eventually(lambda: home.get(key) == value)
+    # It goes on: a later write arrives, and every value it holds prints
+    # and can be written back.
+    done = run([cli, "--nats", nats.url, "state", "set", "home", "after", "1", "--no-wait"])
+    assert done.returncode == 0, done.stderr
+    eventually(lambda: home.get("after") == 1)
+    for key, value in home.items():
+        json.dumps(value if not isinstance(value, bytes) else value.decode())
+        if not isinstance(value, bytes):
+            home[key] = value
+    assert {change.key for change in heard}.isdisjoint(bad)
+    assert home.handler_errors == 0
+    bus.close()

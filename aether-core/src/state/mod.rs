@@ -340,9 +340,47 @@ pub struct StateMapBuilder {
     config: Option<StateConfig>,
     dir: Option<std::path::PathBuf>,
     keeper: bool,
+    values: Option<ValueCheck>,
 }
 
+/// Which values a replica takes from the others ([`StateMapBuilder::values`]).
+pub type ValueCheck = fn(&[u8]) -> bool;
+
 impl StateMapBuilder {
+    /// This replica takes a value from another replica (a change, a repair,
+    /// a catch-up, a hold) only if `check` passes it; any other is refused
+    /// and counted as [`Refusal::Malformed`], as a message that does not
+    /// decode is. A binding whose language cannot hold every byte string
+    /// (Python's JSON) reads by its own rule so. Tombstones always pass.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use aether_core::{Aether, state::{Refusal, StateMap}};
+    ///
+    /// let aether = Aether::default();
+    /// let reader = StateMap::builder("home")
+    ///     .values(|value| value != b"NaN")
+    ///     .open(&aether)
+    ///     .await?;
+    /// let writer = StateMap::open(&aether, "home").await?;
+    /// writer.set("temp", "NaN").await?;
+    /// writer.set("ok", "1").await?;
+    /// let arrived = async {
+    ///     while reader.get("ok").is_none() {
+    ///         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    ///     }
+    /// };
+    /// tokio::time::timeout(std::time::Duration::from_secs(10), arrived).await?;
+    /// assert_eq!(reader.get("temp"), None);
+    /// assert_eq!(reader.stats().refused(Refusal::Malformed), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn values(mut self, check: ValueCheck) -> Self {
+        self.values = Some(check);
+        self
+    }
+
     /// This replica keeps the map for others (it needs a state
     /// directory): its acknowledgements of [`StateMap::flush`] say so, and
     /// a flush may wait for keepers ([`HeldBy::keepers`]). [`Keeper`] opens
@@ -406,6 +444,8 @@ struct Shared {
     ledger: Option<Arc<Durable>>,
     /// It keeps the map for others.
     keeper: bool,
+    /// The values it takes from others ([`StateMapBuilder::values`]).
+    values: Option<ValueCheck>,
     /// This replica's writes, by key, and how many replicas and keepers
     /// acknowledged each (forgotten when a higher stamp overwrites it).
     unacked: Mutex<HashMap<String, held::Acked>>,
@@ -558,6 +598,7 @@ impl StateMap {
             config: None,
             dir: None,
             keeper: false,
+            values: None,
         }
     }
 
@@ -573,6 +614,7 @@ impl StateMap {
             config,
             dir,
             keeper,
+            values,
         } = builder;
         let config = config.unwrap_or_else(|| aether.config().state.clone());
         config
@@ -655,6 +697,7 @@ impl StateMap {
             store: Mutex::new(store),
             ledger,
             keeper,
+            values,
             unacked: Mutex::new(HashMap::new()),
             flushes: Mutex::new(HashMap::new()),
             emitter: vibrator.emitter(),

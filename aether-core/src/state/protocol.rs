@@ -416,7 +416,11 @@ impl Shared {
             taken.refused.get_or_insert(reason);
         };
         for (key, entry) in entries {
-            if self.check_key(&key).is_err() {
+            let value_ok = match (self.values, &entry.value) {
+                (Some(check), Some(value)) => check(value),
+                _ => true,
+            };
+            if self.check_key(&key).is_err() || !value_ok {
                 refuse(&mut taken, Refusal::Malformed);
                 continue;
             }

@@ -822,7 +822,9 @@ class Map(MutableMapping):  # type: ignore[type-arg]
         return list(self._raw.peers())
 
     def stats(self) -> Dict[str, Any]:
-        """Keys, tombstones, changes applied, refused by reason, peers."""
+        """Keys, tombstones, changes applied, refused by reason (`malformed`
+        counts values from other replicas that a script could not have
+        written, such as NaN), peers."""
         return dict(self._raw.stats())
 
     def close(self) -> None:
