@@ -7,6 +7,8 @@
 //! * [`TcpProxy`]: a loopback TCP proxy that can stall, cut and refuse connections.
 //! * [`RawNats`]: a minimal NATS text-protocol client for interoperability checks.
 //! * [`LogBuffer`]: an in-memory log sink, for tests that read what was logged.
+//! * [`netns`]: hosts of a test's own in network namespaces, and long-running programs
+//!   on them whose output is read as it comes.
 //! * [`process`]: a program under test as a process: started, its first line waited for,
 //!   its log read, signalled and stopped.
 //!
@@ -18,6 +20,7 @@
 mod cluster;
 mod error;
 mod logs;
+pub mod netns;
 mod nkey;
 mod pki;
 pub mod process;
