@@ -6,6 +6,12 @@ each one's temperature.
     python temperature.py --nats nats://pi:4222 sensor kitchen
     python temperature.py --nats nats://pi:4222 sensor bedroom
     python temperature.py --nats nats://pi:4222 monitor
+    python temperature.py --lan sensor kitchen  # on a Pi running `aether node`
+    python temperature.py --lan monitor
+
+The monitor lists the sensors, not the keepers that hold the map for
+others on a LAN bus (`aether node` runs one a node): `node.peers()` leaves
+them out, `node.keepers()` names them.
 """
 
 from __future__ import annotations
@@ -47,10 +53,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("role", nargs="?", choices=["sensor", "monitor", "all"], default="all")
     parser.add_argument("name", nargs="?", default="kitchen", help="the sensor's name")
     parser.add_argument("--nats", help="a NATS server (default: this process only)")
+    parser.add_argument("--lan", action="store_true", help="this machine's `aether node` (aether.discover)")
     parser.add_argument("--seconds", type=float, default=6.0, help="how long to run (0: until Ctrl-C)")
     parser.add_argument("--every", type=float, default=2.0, help="seconds between readings")
     args = parser.parse_args(argv)
-    bus = aether.connect(args.nats)
+    bus = aether.discover() if args.lan else aether.connect(args.nats)
     stop = threading.Event()
     jobs: List[Callable[[], None]] = []
     if args.role in ("sensor", "all"):

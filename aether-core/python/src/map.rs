@@ -98,6 +98,28 @@ fn write<'py>(
     wait::call(py, async_, write)
 }
 
+/// The replicas `map` hears, keepers among them only if `keepers`.
+fn peers(map: &StateMap, keepers: bool) -> Vec<String> {
+    if keepers {
+        return map.peers();
+    }
+    let mut names: Vec<String> = map
+        .peer_roles()
+        .into_iter()
+        .filter_map(|(name, keeper)| (!keeper).then_some(name))
+        .collect();
+    names.dedup();
+    names
+}
+
+/// The keepers `map` hears.
+fn only_keepers(map: &StateMap) -> Vec<String> {
+    map.peer_roles()
+        .into_iter()
+        .filter_map(|(name, keeper)| keeper.then_some(name))
+        .collect()
+}
+
 /// What a flush waited for, as a dict for Python.
 struct Held(state::Held);
 
@@ -240,9 +262,17 @@ impl Map {
         Events::new(self.map.presence().map(Item::Presence))
     }
 
-    /// The replicas heard now (not this one).
-    fn peers(&self) -> Vec<String> {
-        self.map.peers()
+    /// The replicas heard now (not this one), keepers aside unless
+    /// `keepers`.
+    #[pyo3(signature = (*, keepers=false))]
+    fn peers(&self, keepers: bool) -> Vec<String> {
+        peers(&self.map, keepers)
+    }
+
+    /// The keepers heard now (`aether node`'s replicas, which keep the map
+    /// for others).
+    fn keepers(&self) -> Vec<String> {
+        only_keepers(&self.map)
     }
 
     /// What this replica did: keys, tombstones, changes applied, refused by
@@ -381,9 +411,16 @@ impl NodeState {
         )
     }
 
-    /// The nodes heard now (not this one).
-    fn peers(&self) -> Vec<String> {
-        self.state.peers()
+    /// The nodes heard now (not this one), keepers aside unless
+    /// `keepers`.
+    #[pyo3(signature = (*, keepers=false))]
+    fn peers(&self, keepers: bool) -> Vec<String> {
+        peers(self.state.map(), keepers)
+    }
+
+    /// The keepers heard now.
+    fn keepers(&self) -> Vec<String> {
+        only_keepers(self.state.map())
     }
 
     /// Says goodbye and closes.

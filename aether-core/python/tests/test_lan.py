@@ -19,7 +19,7 @@ from typing import Iterator, List
 import pytest
 
 import aether
-from conftest import eventually, program
+from conftest import REPO, eventually, program
 
 SEALED_AND_SIGNED = """
 [aether.security]
@@ -258,3 +258,35 @@ def test_a_script_started_before_its_node_waits_for_it(tmp_path: Path, monkeypat
         child.kill()
         if node is not None:
             node.stop()
+
+
+def test_peers_leave_the_nodes_keepers_out(node: Node) -> None:
+    # The node keeps every map: its keeper is a replica of the sensors'
+    # map too, told apart from the sensors.
+    with aether.discover() as bus:
+        monitor = bus.node_state("sensors", "monitor")
+        kitchen = bus.node_state("sensors", "sensor_kitchen")
+        kitchen.update("temperature", 21.5)
+        eventually(lambda: len(monitor.keepers()) == 1 and monitor.peers() == ["sensor_kitchen"], 20)
+        keeper = monitor.keepers()[0]
+        assert sorted(monitor.peers(keepers=True)) == sorted(["sensor_kitchen", keeper])
+        assert monitor.map.keepers() == [keeper]
+        assert monitor.map.peers() == ["sensor_kitchen"]
+        assert monitor.read(keeper, "temperature") is None
+        # A map opened after the keeper knows it is one too.
+        later = bus.map("sensors", node="later")
+        eventually(lambda: later.keepers() == [keeper] and "monitor" in later.peers(), 20)
+        assert keeper not in later.peers()
+
+
+def test_the_temperature_example_lists_sensors_not_keepers(node: Node) -> None:
+    example = REPO / "aether-core/python/examples/temperature.py"
+    done = subprocess.run(
+        [sys.executable, str(example), "--lan", "--seconds", "4", "--every", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("monitor: 3 nodes: sensor_bedroom:"), done.stdout

@@ -92,6 +92,9 @@ pub(crate) enum Message {
     },
 }
 
+/// [`Message::Held`]'s `token` when it acknowledges no hold: a keeper
+/// tells a replica it meets that it keeps the map (hold tokens are odd).
+pub(crate) const KEEPER_TOKEN: u64 = 0;
 /// [`Message::Held`]'s `refused` when every write is held.
 pub(crate) const HELD_ALL: u8 = 0;
 /// [`Message::Held`]'s `refused` when the replica's ledger failed.

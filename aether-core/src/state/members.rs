@@ -25,7 +25,7 @@
 //! below run whole groups of replicas as a model.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -68,6 +68,10 @@ pub(super) struct Members {
     /// flood of made-up hellos does not make each one less likely to be
     /// checked).
     young: VecDeque<(u64, Instant)>,
+    /// Members that said they keep the map for others: remembered while
+    /// gone too (a replica's id is its own for its life), up to
+    /// [`MAX_MEMBERS`].
+    keepers: HashSet<u64>,
     rng: u64,
 }
 
@@ -93,6 +97,7 @@ impl Members {
             probing: HashMap::new(),
             checking: HashMap::new(),
             young: VecDeque::new(),
+            keepers: HashSet::new(),
             rng: seed | 1,
         }
     }
@@ -281,6 +286,33 @@ impl Members {
     /// The live members.
     pub(super) fn len(&self) -> usize {
         self.live.len()
+    }
+
+    /// The live member `node` keeps the map for others (it said so).
+    pub(super) fn keeps(&mut self, node: u64) {
+        if !self.live.contains_key(&node) {
+            return;
+        }
+        if self.keepers.len() >= MAX_MEMBERS {
+            let live = &self.live;
+            self.keepers.retain(|n| live.contains_key(n));
+        }
+        if self.keepers.len() < MAX_MEMBERS {
+            self.keepers.insert(node);
+        }
+    }
+
+    /// The live members' names, each with whether it is a keeper, sorted,
+    /// each pair once.
+    pub(super) fn roles(&self) -> Vec<(String, bool)> {
+        let mut roles: Vec<(String, bool)> = self
+            .live
+            .iter()
+            .map(|(node, name)| (name.to_string(), self.keepers.contains(node)))
+            .collect();
+        roles.sort();
+        roles.dedup();
+        roles
     }
 
     /// The live members' names, sorted, each once.
@@ -508,6 +540,25 @@ mod tests {
             per_replica[&1000] <= per_replica[&10] * 1.5,
             "{per_replica:?}"
         );
+    }
+
+    #[test]
+    fn a_keeper_is_told_apart_and_stays_one_when_taken_back() {
+        let now = Instant::now();
+        let mut m = Members::new(7);
+        m.heard(1, "script", now);
+        m.heard(2, "pi", now);
+        m.keeps(2);
+        m.keeps(3); // not a member: nothing
+        assert_eq!(
+            m.roles(),
+            [("pi".to_string(), true), ("script".to_string(), false)]
+        );
+        m.left(2, now);
+        assert_eq!(m.roles(), [("script".to_string(), false)]);
+        m.heard(2, "pi", now);
+        assert_eq!(m.roles()[0], ("pi".to_string(), true));
+        assert_eq!(m.names(), ["pi", "script"]);
     }
 
     #[test]

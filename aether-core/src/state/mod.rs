@@ -1049,6 +1049,37 @@ impl StateMap {
         self.shared.lock_members().names()
     }
 
+    /// [`peers`](Self::peers), each with whether it keeps the map for
+    /// others (a [`Keeper`]'s replica, such as `aether node`'s): a keeper
+    /// says so to each replica it meets. Sorted, each pair once.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use aether_core::{Aether, config::StateConfig, state::{Keeper, StateMap}};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let mut config = StateConfig { dir: Some(dir.path().into()), ..Default::default() };
+    /// config.keeper.maps = vec!["*".into()];
+    /// let aether = Aether::default();
+    /// let _keeper = Keeper::start_with(&aether, "pi", config).await?;
+    /// let sensor = StateMap::builder("sensors").node("kitchen").open(&aether).await?;
+    /// let monitor = StateMap::builder("sensors").node("monitor").open(&aether).await?;
+    /// let keeper = ("pi".to_string(), true);
+    /// let told = async {
+    ///     while !monitor.peer_roles().contains(&keeper) || !sensor.peer_roles().contains(&keeper) {
+    ///         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    ///     }
+    /// };
+    /// tokio::time::timeout(std::time::Duration::from_secs(10), told).await?;
+    /// assert_eq!(monitor.peer_roles(), [("kitchen".to_string(), false), keeper]);
+    /// assert_eq!(monitor.peers(), ["kitchen", "pi"]);
+    /// # Ok(()) }
+    /// ```
+    pub fn peer_roles(&self) -> Vec<(String, bool)> {
+        self.shared.lock_members().roles()
+    }
+
     /// Waits until a change to `key` is applied here (from now on).
     pub async fn changed(&self, key: &str) {
         let mut watch = self.watch(key);

@@ -493,6 +493,23 @@ impl Shared {
         }
     }
 
+    /// Tells the watchers of presence that `node` joined, if it did; a
+    /// keeper tells a replica it meets that it is one, so that the
+    /// replica's peers tell keepers apart.
+    pub(super) async fn met(&self, node: u64, joined: Option<Presence>) {
+        let new = joined.is_some();
+        self.tell(joined);
+        if new && self.keeper {
+            let said = Message::Held {
+                node: self.clock.node(),
+                token: codec::KEEPER_TOKEN,
+                keeper: true,
+                refused: codec::HELD_ALL,
+            };
+            self.send_to(node, said).await;
+        }
+    }
+
     /// Tells the watchers of presence, if anything changed.
     pub(super) fn tell(&self, presence: Option<Presence>) {
         if let Some(presence) = presence {
@@ -720,7 +737,7 @@ impl Shared {
                     }
                     joined
                 };
-                self.tell(joined);
+                self.met(node, joined).await;
                 // Its keys, as it holds them, differ from what is here: ask
                 // it for them (only an owner sends its own keys).
                 self.compare_owned(node, &source, owned).await;
@@ -746,7 +763,7 @@ impl Shared {
                     }
                     joined
                 };
-                self.tell(joined);
+                self.met(node, joined).await;
                 if matches!(message, Message::Ping { .. }) {
                     let ack = Message::Ack {
                         node: self.clock.node(),
@@ -796,7 +813,7 @@ impl Shared {
                         continue;
                     }
                     let joined = self.lock_members().told(node, &name, now);
-                    self.tell(joined);
+                    self.met(node, joined).await;
                     if owned != 0 && self.is_peer(node, &name) {
                         self.compare_owned(node, &name, owned).await;
                     }
@@ -826,9 +843,31 @@ impl Shared {
                 keeper,
                 refused,
             } => {
-                if *channel != self.channels.repair {
+                if *channel != self.channels.repair || node == self.clock.node() {
                     self.refuse(Refusal::Malformed);
                     return;
+                }
+                if keeper {
+                    // A keeper says so when it acknowledges, and to each
+                    // replica it meets (token 0, no hold's).
+                    let joined = {
+                        let mut members = self.lock_members();
+                        let joined = if token == codec::KEEPER_TOKEN {
+                            let now = Instant::now();
+                            let joined = members.spoke(node, &source, now);
+                            if joined.is_some() {
+                                members.check_alone(node, now);
+                            }
+                            joined
+                        } else {
+                            None
+                        };
+                        if members.is(node, &source) {
+                            members.keeps(node);
+                        }
+                        joined
+                    };
+                    self.tell(joined);
                 }
                 self.take_held(&source, node, token, keeper, refused);
             }

@@ -817,9 +817,16 @@ class Map(MutableMapping):  # type: ignore[type-arg]
 
         return register
 
-    def peers(self) -> List[str]:
-        """The other replicas heard now."""
-        return list(self._raw.peers())
+    def peers(self, *, keepers: bool = False) -> List[str]:
+        """The other replicas heard now, by name: the scripts and programs
+        that have the map open. Keepers (`aether node` keeps every map of
+        its bus, one replica a node) are left out unless `keepers=True`."""
+        return list(self._raw.peers(keepers=keepers))
+
+    def keepers(self) -> List[str]:
+        """The keepers heard now: replicas that keep the map for others on
+        their disk (`aether node`'s, named after their node)."""
+        return list(self._raw.keepers())
 
     def stats(self) -> Dict[str, Any]:
         """Keys, tombstones, changes applied, refused by reason (`malformed`
@@ -886,9 +893,14 @@ class NodeState:
         """Node `node`'s `key`, or `default`."""
         return self._raw.read(node, key, default)
 
-    def peers(self) -> List[str]:
-        """The other nodes heard now."""
-        return list(self._raw.peers())
+    def peers(self, *, keepers: bool = False) -> List[str]:
+        """The other nodes heard now; keepers (`aether node`'s replicas,
+        which write no node keys) only with `keepers=True`."""
+        return list(self._raw.peers(keepers=keepers))
+
+    def keepers(self) -> List[str]:
+        """The keepers heard now."""
+        return list(self._raw.keepers())
 
     def on_update(self) -> Callable[[Handler], Handler]:
         """Decorates a handler called with each `Change` of any node's keys
