@@ -7,244 +7,49 @@
 //! it says so and passes over.
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::mpsc,
+    process::{Command, Output},
     time::{Duration, Instant, SystemTime},
 };
 
 use aether_core::lan::LanSecret;
+use aether_testkit::netns::{Lan, Running};
 
 const AETHER: &str = env!("CARGO_BIN_EXE_aether");
 const BUS: &str = "lantest";
 /// Writes timed from one host to another.
 const WRITES: usize = 100;
 
-/// Network namespaces on one bridge, removed when dropped.
-struct Lan {
-    bridge: String,
-    hosts: Vec<String>,
+/// Hosts of the test's own (see [`aether_testkit::netns`]), each of the
+/// bus `BUS`.
+trait OnLan {
+    /// `program args` on host `i`.
+    fn on(&self, i: usize, program: &str, args: &[&str]) -> Command;
+    /// `aether args` on host `i`, run to its end.
+    fn run(&self, i: usize, args: &[&str]) -> Output;
 }
 
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-impl Lan {
-    /// `n` hosts, or none when namespaces cannot be made here.
-    fn create(n: usize) -> Option<Self> {
-        let tag = format!("ae{}", std::process::id() % 100_000);
-        let bridge = format!("{tag}br");
-        if !ip(&["netns", "add", &bridge]) {
-            return None;
-        }
-        let mut lan = Self {
-            bridge: bridge.clone(),
-            hosts: Vec::new(),
-        };
-        let ok = ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"])
-            && ip(&["-n", &bridge, "link", "set", "br0", "up"]);
-        assert!(ok, "cannot make the bridge");
-        for i in 0..n {
-            lan.add_host(&tag, i);
-        }
-        Some(lan)
-    }
-
-    fn add_host(&mut self, tag: &str, i: usize) {
-        let host = format!("{tag}h{i}");
-        let (inside, outside) = (format!("{tag}v{i}"), format!("{tag}b{i}"));
-        let address = format!("{}/24", self.address(i));
-        let ok = ip(&["netns", "add", &host])
-            && ip(&[
-                "-n",
-                &host,
-                "link",
-                "add",
-                &inside,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &outside,
-                "netns",
-                &self.bridge,
-            ])
-            && ip(&["-n", &self.bridge, "link", "set", &outside, "master", "br0"])
-            && ip(&["-n", &self.bridge, "link", "set", &outside, "up"])
-            && ip(&["-n", &host, "addr", "add", &address, "dev", &inside])
-            && ip(&["-n", &host, "link", "set", &inside, "up", "multicast", "on"])
-            && ip(&["-n", &host, "link", "set", "lo", "up"]);
-        assert!(ok, "cannot make host {host}");
-        self.hosts.push(host);
-    }
-
-    fn address(&self, i: usize) -> String {
-        format!("10.231.0.{}", i + 1)
-    }
-
-    /// `program args` run on host `i`, with the host's own runtime folder.
-    fn command(&self, i: usize, dir: &Path, program: &str, args: &[&str]) -> Command {
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", &self.hosts[i], program])
-            .args(args)
-            .env("AETHER_RUNTIME_DIR", dir.join(format!("run{i}")))
-            .env("AETHER_BUS", BUS)
-            .env_remove("AETHER_NATS")
-            .env_remove("AETHER_SECRET_FILE")
-            .stdin(Stdio::null());
+impl OnLan for Lan {
+    fn on(&self, i: usize, program: &str, args: &[&str]) -> Command {
+        let mut command = self.command(i, program);
+        command.args(args).env("AETHER_BUS", BUS);
         command
     }
 
-    fn run(&self, i: usize, dir: &Path, args: &[&str]) -> Output {
-        self.command(i, dir, AETHER, args)
-            .output()
-            .expect("aether runs")
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        for host in self.hosts.iter().chain([&self.bridge]) {
-            ip(&["netns", "del", host]);
-        }
-    }
-}
-
-/// A long-running program whose standard error (or output) lines are
-/// read as they come.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<(SystemTime, String)>,
-    seen: Vec<String>,
-    /// When each line of `seen` was read off the pipe.
-    read_at: Vec<SystemTime>,
-}
-
-impl Running {
-    fn start(mut command: Command, stdout: bool) -> Self {
-        command.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = command.spawn().expect("starts");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        let err = child.stderr.take().unwrap();
-        let tx2 = tx.clone();
-        // Both streams; the one not asked for is marked, for the
-        // failure messages.
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx.send((
-                    SystemTime::now(),
-                    if stdout {
-                        format!("stderr: {line}")
-                    } else {
-                        line
-                    },
-                ));
-            }
-        });
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx2.send((
-                    SystemTime::now(),
-                    if stdout {
-                        line
-                    } else {
-                        format!("stdout: {line}")
-                    },
-                ));
-            }
-        });
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-            read_at: Vec::new(),
-        }
-    }
-
-    /// Waits up to `limit` for a line that `wanted` accepts.
-    fn wait_for(&mut self, limit: Duration, wanted: impl Fn(&str) -> bool) -> Option<String> {
-        if let Some(line) = self.seen.iter().find(|l| wanted(l)) {
-            return Some(line.clone());
-        }
-        let deadline = Instant::now() + limit;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok((at, line)) => {
-                    self.seen.push(line.clone());
-                    self.read_at.push(at);
-                    if wanted(&line) {
-                        return Some(line);
-                    }
-                }
-                Err(_) => return None,
-            }
-        }
-        None
-    }
-
-    /// Forgets the lines seen so far: the next waits look at new ones.
-    fn forget(&mut self) {
-        while self.lines.try_recv().is_ok() {}
-        self.seen.clear();
-        self.read_at.clear();
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.kill();
-        // A failed run shows what every process said.
-        if std::thread::panicking() {
-            while let Ok((_, line)) = self.lines.try_recv() {
-                self.seen.push(line);
-            }
-            eprintln!("--- process {} said:", self.child.id());
-            for line in &self.seen {
-                eprintln!("  {line}");
-            }
-        }
+    fn run(&self, i: usize, args: &[&str]) -> Output {
+        self.on(i, AETHER, args).output().expect("aether runs")
     }
 }
 
 fn node(lan: &Lan, i: usize, dir: &Path, secret: &Path) -> Running {
-    let data = dir.join(format!("data{i}"));
-    let mut command = lan.command(
-        i,
-        dir,
-        AETHER,
-        &[
-            "node",
-            "--secret-file",
-            secret.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-        ],
-    );
-    if let Some(server) = std::env::var_os("NATS_SERVER_BIN") {
-        command.env("AETHER_NATS_SERVER", server);
-    }
-    Running::start(command, false)
+    node_with(lan, i, dir, secret, &[])
 }
 
 /// Polls `aether node --status` on host `i` until it counts `n` nodes.
-fn wait_members(lan: &Lan, i: usize, dir: &Path, n: usize, limit: Duration) -> bool {
+fn wait_members(lan: &Lan, i: usize, n: usize, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        let out = lan.run(i, dir, &["node", "--status"]);
+        let out = lan.run(i, &["node", "--status"]);
         if String::from_utf8_lossy(&out.stdout).contains(&format!("{n} nodes in all")) {
             return true;
         }
@@ -280,14 +85,14 @@ fn leftover_server(dir: &Path, i: usize) -> Option<i32> {
 
 #[test]
 fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
-    let Some(mut lan) = Lan::create(3) else {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut lan) = Lan::create(3, dir.path()) else {
         eprintln!(
             "skipped: cannot make network namespaces here (needs root and `ip`); the LAN test \
              runs where it can"
         );
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
     let _servers = Servers(dir.path().to_path_buf());
     let secret = dir.path().join("secret");
     std::fs::write(&secret, LanSecret::generate()).unwrap();
@@ -306,7 +111,7 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
     }
     for (i, node) in nodes.iter().enumerate() {
         assert!(
-            wait_members(&lan, i, dir.path(), 3, Duration::from_secs(30)),
+            wait_members(&lan, i, 3, Duration::from_secs(30)),
             "host {i} never saw 3 nodes: {:?}",
             node.seen
         );
@@ -320,7 +125,6 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
     // goes on.
     let second = lan.run(
         0,
-        dir.path(),
         &[
             "node",
             "--no-scout",
@@ -349,7 +153,7 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
     let mut watchers: Vec<Running> = (1..3)
         .map(|i| {
             Running::start(
-                lan.command(i, dir.path(), AETHER, &["state", "watch", "home", "--json"]),
+                lan.on(i, AETHER, &["state", "watch", "home", "--json"]),
                 true,
             )
         })
@@ -367,7 +171,7 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
     // it writes.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let peers = lan.run(0, dir.path(), &["state", "peers", "home"]);
+        let peers = lan.run(0, &["state", "peers", "home"]);
         let peers = String::from_utf8_lossy(&peers.stdout);
         if watchers.iter().all(|w| {
             let name = format!("aether-cli-{}", w.child.id());
@@ -380,11 +184,7 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
             "host 0 never heard the replicas of hosts 1 and 2"
         );
     }
-    let set = lan.run(
-        0,
-        dir.path(),
-        &["state", "set", "home", "living.temp", "24.5"],
-    );
+    let set = lan.run(0, &["state", "set", "home", "living.temp", "24.5"]);
     assert!(
         set.status.success(),
         "{}",
@@ -400,7 +200,7 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
             watcher.seen
         );
     }
-    let got = lan.run(2, dir.path(), &["state", "get", "home", "living.temp"]);
+    let got = lan.run(2, &["state", "get", "home", "living.temp"]);
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "24.5");
 
     // From a write on host 0 to the change on host 2 (the stamp is the
@@ -409,7 +209,7 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
     let mut latencies = Vec::new();
     for i in 0..WRITES {
         let key = format!("lat.{i}");
-        let set = lan.run(0, dir.path(), &["state", "set", "home", &key, "1"]);
+        let set = lan.run(0, &["state", "set", "home", &key, "1"]);
         assert!(set.status.success());
         let quoted = format!("\"key\":\"{key}\"");
         let line = watchers[1]
@@ -472,15 +272,9 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
         lost.elapsed()
     );
     for i in [0, 2] {
-        assert!(wait_members(
-            &lan,
-            i,
-            dir.path(),
-            2,
-            Duration::from_secs(30)
-        ));
+        assert!(wait_members(&lan, i, 2, Duration::from_secs(30)));
     }
-    let set = lan.run(0, dir.path(), &["state", "set", "home", "lights", "true"]);
+    let set = lan.run(0, &["state", "set", "home", "lights", "true"]);
     assert!(
         set.status.success(),
         "{}",
@@ -495,15 +289,26 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
         nodes.iter().map(|n| &n.seen).collect::<Vec<_>>()
     );
 
+    // The survivors retry the route to the lost node every second, and
+    // say so once, not once a try (an SD card fills).
+    for i in [0, 2] {
+        nodes[i].drain(Duration::from_secs(if i == 0 { 6 } else { 0 }));
+        let retries = nodes[i]
+            .seen
+            .iter()
+            .filter(|l| l.contains("Error trying to connect to route"))
+            .count();
+        assert!(
+            retries <= 2,
+            "node {i} logged {retries} failed route attempts in {:?}: {:?}",
+            lost.elapsed(),
+            nodes[i].seen
+        );
+    }
+
     // Host 1 comes back on the same ports; its replica catches up.
     nodes[1] = node(&lan, 1, dir.path(), &secret);
-    assert!(wait_members(
-        &lan,
-        0,
-        dir.path(),
-        3,
-        Duration::from_secs(30)
-    ));
+    assert!(wait_members(&lan, 0, 3, Duration::from_secs(30)));
     assert!(
         watchers[0]
             .wait_for(Duration::from_secs(30), |l| l.contains("lights"))
@@ -515,7 +320,7 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
     // A fourth host with another secret: passed over, kept out.
     let other = dir.path().join("other-secret");
     std::fs::write(&other, LanSecret::generate()).unwrap();
-    lan.add_host(&format!("ae{}", std::process::id() % 100_000), 3);
+    assert_eq!(lan.add_host(), 3);
     let mut stranger = node(&lan, 3, dir.path(), &other);
     assert!(
         stranger
@@ -525,9 +330,9 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
         "the stranger's node did not pass over the bus's nodes: {:?}",
         stranger.seen
     );
-    let read = lan.run(3, dir.path(), &["state", "get", "home", "living.temp"]);
+    let read = lan.run(3, &["state", "get", "home", "living.temp"]);
     assert!(!read.status.success(), "the stranger read the map");
-    assert!(wait_members(&lan, 3, dir.path(), 1, Duration::from_secs(5)));
+    assert!(wait_members(&lan, 3, 1, Duration::from_secs(5)));
     // Straight at a node of the bus, trusting its own secret's authority:
     // the node's certificate is not one it accepts.
     let password = LanSecret::load(&other).unwrap().client_password();
@@ -545,7 +350,6 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
     let direct = |ca: &Path| {
         lan.run(
             3,
-            dir.path(),
             &[
                 "--nats",
                 &url,
@@ -582,9 +386,8 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
     // certificate from the bus's authority (the client listener says only
     // its INFO line in the clear, and that it requires TLS).
     let info = lan
-        .command(
+        .on(
             3,
-            dir.path(),
             "timeout",
             &[
                 "3",
@@ -609,9 +412,8 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
     let cluster = ports_of(dir.path(), 0)["cluster"].as_u64().unwrap() as u16;
     for (port, ca, verified) in [(cluster, &bus_ca, true), (cluster, &own_ca, false)] {
         let out = lan
-            .command(
+            .on(
                 3,
-                dir.path(),
                 "timeout",
                 &[
                     "5",
@@ -636,7 +438,7 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
         );
     }
     // And the bus still counts three.
-    assert!(wait_members(&lan, 0, dir.path(), 3, Duration::from_secs(5)));
+    assert!(wait_members(&lan, 0, 3, Duration::from_secs(5)));
     drop(stranger);
 
     // What a one-shot command writes outlives every program and the other
@@ -644,7 +446,7 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
     // write on host 0 is held by the nodes' keepers; hosts 0 and 1 stop,
     // host 2's node starts again alone, and reads it from its own disk.
     drop(watchers);
-    let set = lan.run(0, dir.path(), &["state", "set", "home", "door", "7"]);
+    let set = lan.run(0, &["state", "set", "home", "door", "7"]);
     let said = String::from_utf8_lossy(&set.stderr);
     assert!(set.status.success() && said.contains("held by"), "{said}");
     for node in &mut nodes {
@@ -672,7 +474,7 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
         "node 2's keeper did not start: {:?}",
         nodes[2].seen
     );
-    let got = lan.run(2, dir.path(), &["state", "get", "home", "door"]);
+    let got = lan.run(2, &["state", "get", "home", "door"]);
     assert_eq!(
         String::from_utf8_lossy(&got.stdout).trim(),
         "7",
@@ -688,4 +490,227 @@ fn ports_of(dir: &Path, i: usize) -> serde_json::Value {
 
 fn client_port(dir: &Path, i: usize) -> u16 {
     ports_of(dir, i)["client"].as_u64().unwrap() as u16
+}
+
+/// An outsider without the secret on host `i`: it claims `names` on
+/// multicast DNS (its own announcements under the nodes' names, answering
+/// their probes), until dropped.
+struct Claimer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Claimer {
+    fn start(lan: &Lan, i: usize, names: Vec<String>) -> Self {
+        let namespace = format!("/var/run/netns/{}", lan.host(i));
+        let address: std::net::IpAddr = lan.address(i).parse().unwrap();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (up, is_up) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // This thread, and the responder's thread it starts, on host i.
+            let host = std::fs::File::open(&namespace).unwrap();
+            nix::sched::setns(&host, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let scout = aether_core::lan::Scout::start(None).unwrap();
+            let not_the_secret =
+                LanSecret::from_bytes(b"an outsider's own secret, not the bus's").unwrap();
+            for name in &names {
+                scout
+                    .announce(name, BUS, &not_the_secret, 4222, 6222, &[address], 1)
+                    .unwrap();
+            }
+            let _ = up.send(());
+            let _ = stopped.recv_timeout(Duration::from_secs(300));
+            scout.stop();
+        });
+        is_up.recv_timeout(Duration::from_secs(10)).unwrap();
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Claimer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Stops every node of `nodes` with SIGTERM, and waits for each.
+fn stop_all(nodes: &mut [Running]) {
+    for node in nodes.iter() {
+        node.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+    for (i, node) in nodes.iter_mut().enumerate() {
+        assert!(
+            node.wait_for(Duration::from_secs(10), |l| l.contains("node stopped"))
+                .is_some(),
+            "node {i} did not stop: {:?}",
+            node.seen
+        );
+        let _ = node.child.wait();
+    }
+}
+
+fn node_with(lan: &Lan, i: usize, dir: &Path, secret: &Path, extra: &[&str]) -> Running {
+    let data = dir.join(format!("data{i}"));
+    let mut args = vec![
+        "node",
+        "--secret-file",
+        secret.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let mut command = lan.on(i, AETHER, &args);
+    if let Some(server) = std::env::var_os("NATS_SERVER_BIN") {
+        command.env("AETHER_NATS_SERVER", server);
+    }
+    Running::start(command, false)
+}
+
+/// Until `aether state get` on host `i` reads `value` for `key` of `map`
+/// (within `limit`).
+fn reads(lan: &Lan, i: usize, map: &str, key: &str, value: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let got = lan.run(i, &["state", "get", map, key]);
+        if String::from_utf8_lossy(&got.stdout).trim() == value {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    false
+}
+
+#[test]
+fn the_bus_forms_again_without_multicast_dns_and_follows_a_node_that_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut lan) = Lan::create(4, dir.path()) else {
+        eprintln!(
+            "skipped: cannot make network namespaces here (needs root and `ip`); the LAN test \
+             runs where it can"
+        );
+        return;
+    };
+    let _servers = Servers(dir.path().to_path_buf());
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, LanSecret::generate()).unwrap();
+    let start = |lan: &Lan, extra: &[&str]| -> Vec<Running> {
+        (0..3)
+            .map(|i| node_with(lan, i, dir.path(), &secret, extra))
+            .collect()
+    };
+    let formed = |lan: &Lan, nodes: &[Running], what: &str| {
+        for i in 0..3 {
+            assert!(
+                wait_members(lan, i, 3, Duration::from_secs(30)),
+                "{what}: host {i} never saw 3 nodes: {:?}",
+                nodes.iter().map(|n| &n.seen).collect::<Vec<_>>()
+            );
+        }
+    };
+
+    // Three nodes find each other by multicast DNS, and remember it.
+    let mut nodes = start(&lan, &[]);
+    formed(&lan, &nodes, "first start");
+    stop_all(&mut nodes);
+
+    // Started again where multicast DNS finds no one: each dials the
+    // nodes it remembers.
+    let started = Instant::now();
+    let mut nodes = start(&lan, &["--no-scout"]);
+    formed(&lan, &nodes, "without multicast DNS");
+    eprintln!(
+        "three nodes without multicast DNS formed one bus in {:?}",
+        started.elapsed()
+    );
+    stop_all(&mut nodes);
+
+    // A power cut, and a host without the secret answering for every
+    // node's name as they start: multicast DNS renames their
+    // announcements; the nodes are still one bus.
+    let names: Vec<String> = (0..3)
+        .map(|i| {
+            std::fs::read_to_string(dir.path().join(format!("data{i}/name")))
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    let outsider = Claimer::start(&lan, 3, names);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut nodes = start(&lan, &[]);
+    formed(&lan, &nodes, "with an outsider claiming the names");
+    let renamed = nodes.iter_mut().any(|n| {
+        n.wait_for(Duration::from_secs(5), |l| {
+            l.contains("another host on the LAN answers for")
+        })
+        .is_some()
+    });
+    let set = lan.run(0, &["state", "set", "home", "after.cut", "1"]);
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    for i in [1, 2] {
+        assert!(
+            reads(&lan, i, "home", "after.cut", "1", Duration::from_secs(15)),
+            "host {i} did not read host 0's write"
+        );
+    }
+    let status = lan.run(0, &["node", "--status"]);
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(
+        status.contains("other_secret"),
+        "the outsider's announcements are counted: {status}"
+    );
+    assert!(
+        renamed,
+        "no node saw its name claimed (the attack did not happen): {status}"
+    );
+    drop(outsider);
+
+    // Host 2's address changes under its node (a DHCP renewal): back on
+    // the bus within 20 s, its writes reaching the others and theirs it.
+    for node in &mut nodes {
+        node.forget();
+    }
+    let moved = Instant::now();
+    lan.change_address(2, 77);
+    assert!(
+        nodes[2]
+            .wait_for(Duration::from_secs(10), |l| l
+                .contains("this machine's addresses changed"))
+            .is_some(),
+        "host 2's node did not notice: {:?}",
+        nodes[2].seen
+    );
+    let set = lan.run(2, &["state", "set", "home", "moved", "2", "--wait", "20s"]);
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    for i in [0, 1] {
+        assert!(
+            reads(&lan, i, "home", "moved", "2", Duration::from_secs(20)),
+            "host {i} did not read the moved host's write: {:?}",
+            nodes.iter().map(|n| &n.seen).collect::<Vec<_>>()
+        );
+    }
+    let set = lan.run(0, &["state", "set", "home", "back", "3", "--wait", "20s"]);
+    assert!(set.status.success());
+    assert!(
+        reads(&lan, 2, "home", "back", "3", Duration::from_secs(20)),
+        "the moved host did not read host 0's write"
+    );
+    eprintln!(
+        "a node whose address changed was back on the bus in {:?}",
+        moved.elapsed()
+    );
 }

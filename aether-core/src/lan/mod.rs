@@ -27,10 +27,12 @@ use std::{path::PathBuf, time::Duration};
 
 pub use record::{NodeRecord, runtime_dir};
 pub use scout::{
-    Announcement, Ignored, SERVICE_TYPE, Scout, Sighting, Sightings, check_node_name,
-    local_addresses,
+    Announcement, Ignored, Renames, SERVICE_TYPE, Scout, Sighting, Sightings, Signed,
+    check_node_name, local_addresses,
 };
-pub use secret::{CLIENT_USER, LanSecret, MIN_SECRET_BYTES, ROUTE_USER, SecretError};
+pub use secret::{
+    CLIENT_USER, LanSecret, MAX_SECRET_BYTES, MIN_SECRET_BYTES, ROUTE_USER, SecretError,
+};
 pub use tls::{LanAuthority, NodeCertificate, machine_addresses};
 
 use crate::{Aether, AetherConfig, ConnectError, ConnectErrorKind};
@@ -291,6 +293,7 @@ mod tests {
             monitor: "http://127.0.0.1:8999".into(),
             secret_file: secret_file.clone(),
             pid: std::process::id(),
+            data: None,
         }
         .write_in(dir.path())
         .unwrap();

@@ -27,6 +27,10 @@ pub struct NodeRecord {
     pub secret_file: PathBuf,
     /// The node's process.
     pub pid: u32,
+    /// The node's data directory (where `aether node --status` reads what
+    /// it counted).
+    #[serde(default)]
+    pub data: Option<PathBuf>,
 }
 
 /// Where node records live: `AETHER_RUNTIME_DIR`, else
@@ -177,6 +181,7 @@ mod tests {
             monitor: "http://127.0.0.1:8300".into(),
             secret_file: "/etc/aether/secret".into(),
             pid,
+            data: None,
         }
     }
 

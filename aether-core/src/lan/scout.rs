@@ -1,17 +1,26 @@
 //! Nodes announced on the LAN by multicast DNS (DNS-SD), and found.
 //!
 //! A node announces the service `_aether._tcp.local.` under its name: the
-//! port programs connect to, and TXT entries `v=1`, `bus=<bus>`,
-//! `fp=<fingerprint of the secret>`, `cluster=<route port>`,
-//! `addrs=<its addresses>` and `sig=<proof>`: an HMAC, under a key derived
-//! from the secret, of everything else it says. Never the secret, nor
-//! anything it could be worked out from. What comes off the network is
-//! hostile until checked ([`Announcement::parse`]): a record that is
-//! malformed, of another version, of another bus or secret, or whose proof
-//! does not hold (a copy of the fingerprint pointing elsewhere) is passed
-//! over with the reason, never joined; routes and programs go only to the
-//! addresses the proof covers. A withdrawal cannot be signed: it changes
-//! nothing but a log line.
+//! port programs connect to, and TXT entries `v=2`, `bus=<bus>`,
+//! `name=<node name>`, `fp=<fingerprint of the secret>`,
+//! `cluster=<route port>`, `addrs=<its addresses>`, `seq=<announcement
+//! number>` and `sig=<proof>`: an HMAC, under a key derived from the
+//! secret, of everything else it says. Never the secret, nor anything it
+//! could be worked out from. What comes off the network is hostile until
+//! checked ([`Announcement::parse`]): a record that is malformed, of
+//! another version, of another bus or secret, or whose proof does not hold
+//! (a copy of the fingerprint pointing elsewhere) is passed over with the
+//! reason, never joined; routes and programs go only to the addresses the
+//! proof covers. A withdrawal cannot be signed: it changes nothing but a
+//! log line.
+//!
+//! A node is known by the name its proof covers, never by the DNS-SD
+//! instance label: multicast DNS renames a label another host claims
+//! (`pi` becomes `pi (2)`), and anyone on the LAN may claim one. A node
+//! numbers its announcements (`seq`, higher each time it announces new
+//! addresses): an older announcement replayed after a node moved is passed
+//! over as stale. Announcements of version 1 (no `name`, no `seq`: the
+//! label is the name) are still read.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -23,20 +32,137 @@ use super::{LanSecret, check_bus_name};
 pub const SERVICE_TYPE: &str = "_aether._tcp.local.";
 
 /// The announcement format's version.
-const VERSION: &str = "1";
+const VERSION: &str = "2";
+
+/// The version before it, still read: no `name` (the instance label is
+/// the name) and no `seq`.
+const VERSION_1: &str = "1";
 
 /// Most addresses a node announces.
 const MAX_ADDRESSES: usize = 8;
 
-/// What a node's proof covers, in one canonical text.
-fn signed_text(
-    bus: &str,
-    name: &str,
-    client_port: u16,
-    cluster_port: u16,
-    addresses: &str,
-) -> String {
-    format!("v{VERSION}|{bus}|{name}|{client_port}|{cluster_port}|{addresses}")
+/// Everything a node's announcement says of it, with the proof that it
+/// holds the secret: what a node keeps of the nodes it saw (the proof is
+/// checked again when read back).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Signed {
+    /// The format's version (`"1"` or `"2"`).
+    pub v: String,
+    /// The node's name.
+    pub name: String,
+    /// Where programs connect.
+    pub client_port: u16,
+    /// Where routes connect.
+    pub cluster_port: u16,
+    /// Its addresses, comma-separated, as announced.
+    pub addrs: String,
+    /// The announcement's number (0 in version 1).
+    pub seq: u64,
+    /// The proof: an HMAC of the rest under a key derived from the secret.
+    pub sig: String,
+}
+
+impl Signed {
+    /// What the proof covers, in one canonical text.
+    fn text(&self, bus: &str) -> String {
+        let Self {
+            name,
+            client_port,
+            cluster_port,
+            addrs,
+            ..
+        } = self;
+        if self.v == VERSION_1 {
+            format!("v1|{bus}|{name}|{client_port}|{cluster_port}|{addrs}")
+        } else {
+            format!(
+                "v{}|{bus}|{name}|{client_port}|{cluster_port}|{addrs}|{}",
+                self.v, self.seq
+            )
+        }
+    }
+
+    /// This node's announcement, proven with `secret`.
+    fn new(
+        name: &str,
+        bus: &str,
+        secret: &LanSecret,
+        client_port: u16,
+        cluster_port: u16,
+        addresses: &[IpAddr],
+        seq: u64,
+    ) -> Self {
+        let mut signed = Self {
+            v: VERSION.to_string(),
+            name: name.to_string(),
+            client_port,
+            cluster_port,
+            addrs: addresses
+                .iter()
+                .take(MAX_ADDRESSES)
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            seq,
+            sig: String::new(),
+        };
+        signed.sig = secret.proof(&signed.text(bus));
+        signed
+    }
+
+    /// The node it describes, if it is one of `bus` whose proof holds
+    /// under `secret`; the addresses taken are the ones the proof covers.
+    pub fn check(&self, bus: &str, secret: &LanSecret) -> Result<Announcement, Ignored> {
+        if self.v != VERSION && self.v != VERSION_1 {
+            return Err(Ignored::Malformed(format!(
+                "version {:?}, this one reads {VERSION_1} and {VERSION}",
+                self.v
+            )));
+        }
+        check_node_name(&self.name)
+            .map_err(|_| Ignored::Malformed("a node name that is not one".into()))?;
+        if self.cluster_port == 0 || self.client_port == 0 {
+            return Err(Ignored::Malformed("port 0".into()));
+        }
+        if self.addrs.len() > 128 {
+            return Err(Ignored::Malformed("an address list too long".into()));
+        }
+        if !secret.proves(&self.text(bus), &self.sig) {
+            return Err(Ignored::Unproven);
+        }
+        let mut addresses: Vec<IpAddr> = Vec::new();
+        for address in self
+            .addrs
+            .split(',')
+            .filter(|a| !a.is_empty())
+            .take(MAX_ADDRESSES)
+        {
+            let ip: IpAddr = address
+                .parse()
+                .map_err(|_| Ignored::Malformed(format!("{address:?} is not an address")))?;
+            if usable(&ip) {
+                addresses.push(ip);
+            }
+        }
+        if addresses.is_empty() {
+            return Err(Ignored::Malformed("no usable address".into()));
+        }
+        Ok(Announcement {
+            name: self.name.clone(),
+            bus: bus.to_string(),
+            fingerprint: secret.fingerprint(),
+            clients: addresses
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, self.client_port))
+                .collect(),
+            routes: addresses
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, self.cluster_port))
+                .collect(),
+            seq: self.seq,
+            signed: self.clone(),
+        })
+    }
 }
 
 /// `Ok` if `name` may name a node: 1 to 63 ASCII letters, digits, `-`,
@@ -101,6 +227,11 @@ pub struct Announcement {
     pub clients: Vec<SocketAddr>,
     /// Where routes connect, one per address it announced.
     pub routes: Vec<SocketAddr>,
+    /// The announcement's number: a node's later announcements have higher
+    /// ones (0 for version 1).
+    pub seq: u64,
+    /// What it said, with its proof.
+    pub signed: Signed,
 }
 
 /// Why an announcement is passed over.
@@ -115,6 +246,23 @@ pub enum Ignored {
     /// The fingerprint of this bus's secret, but a proof that does not
     /// hold: a copy, or a record changed on the way.
     Unproven,
+    /// A proven announcement older than one heard already from the same
+    /// node (a replay after it moved): its number, and the one heard.
+    Stale(u64, u64),
+}
+
+impl Ignored {
+    /// The reason's name, as counted: `malformed`, `other_bus`,
+    /// `other_secret`, `unproven` or `stale`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed",
+            Self::OtherBus(_) => "other_bus",
+            Self::OtherSecret => "other_secret",
+            Self::Unproven => "unproven",
+            Self::Stale(..) => "stale",
+        }
+    }
 }
 
 impl std::fmt::Display for Ignored {
@@ -125,6 +273,10 @@ impl std::fmt::Display for Ignored {
             Self::OtherSecret => f.write_str("its secret differs from this bus's"),
             Self::Unproven => f.write_str(
                 "it shows this bus's fingerprint but not the proof that it holds the secret",
+            ),
+            Self::Stale(seq, heard) => write!(
+                f,
+                "announcement {seq} is older than announcement {heard} of the same node (a replay?)"
             ),
         }
     }
@@ -172,13 +324,10 @@ impl Announcement {
                 .filter(|v| v.len() <= 128)
                 .ok_or_else(|| Ignored::Malformed(format!("no {key} (or one too long)")))
         };
-        let name = instance_of(fullname);
-        check_node_name(name)
-            .map_err(|_| Ignored::Malformed("a node name that is not one".into()))?;
-        if text("v")? != VERSION {
+        let version = text("v")?;
+        if version != VERSION && version != VERSION_1 {
             return Err(Ignored::Malformed(format!(
-                "version {:?}, this one reads {VERSION}",
-                text("v")?
+                "version {version:?}, this one reads {VERSION_1} and {VERSION}"
             )));
         }
         let their_bus = text("bus")?;
@@ -197,48 +346,30 @@ impl Announcement {
         if their_fingerprint != fingerprint {
             return Err(Ignored::OtherSecret);
         }
-        let cluster: u16 = text("cluster")?
+        // The name the proof covers; version 1 had the label for it.
+        let (name, seq) = if version == VERSION_1 {
+            (instance_of(fullname), 0)
+        } else {
+            let seq = text("seq")?
+                .parse()
+                .map_err(|_| Ignored::Malformed("a seq that is not a number".into()))?;
+            (text("name")?, seq)
+        };
+        let cluster_port: u16 = text("cluster")?
             .parse()
             .ok()
             .filter(|p| *p != 0)
             .ok_or_else(|| Ignored::Malformed("a cluster port that is not a port".into()))?;
-        if port == 0 {
-            return Err(Ignored::Malformed("port 0".into()));
-        }
-        let listed = text("addrs")?;
-        let expected = secret.proof(&signed_text(bus, name, port, cluster, listed));
-        if text("sig")? != expected {
-            return Err(Ignored::Unproven);
-        }
-        let mut addresses: Vec<IpAddr> = Vec::new();
-        for address in listed
-            .split(',')
-            .filter(|a| !a.is_empty())
-            .take(MAX_ADDRESSES)
-        {
-            let ip: IpAddr = address
-                .parse()
-                .map_err(|_| Ignored::Malformed(format!("{address:?} is not an address")))?;
-            if usable(&ip) {
-                addresses.push(ip);
-            }
-        }
-        if addresses.is_empty() {
-            return Err(Ignored::Malformed("no usable address".into()));
-        }
-        Ok(Self {
+        Signed {
+            v: version.to_string(),
             name: name.to_string(),
-            bus: bus.to_string(),
-            fingerprint: fingerprint.to_string(),
-            clients: addresses
-                .iter()
-                .map(|ip| SocketAddr::new(*ip, port))
-                .collect(),
-            routes: addresses
-                .iter()
-                .map(|ip| SocketAddr::new(*ip, cluster))
-                .collect(),
-        })
+            client_port: port,
+            cluster_port,
+            addrs: text("addrs")?.to_string(),
+            seq,
+            sig: text("sig")?.to_string(),
+        }
+        .check(bus, secret)
     }
 }
 
@@ -285,6 +416,26 @@ impl Sightings {
     }
 }
 
+/// Names multicast DNS changed for this process, as it resolved a conflict:
+/// another host answered for one of them (by mistake, or to hide the
+/// node: the node is still known by the name its proof covers).
+#[derive(Debug)]
+pub struct Renames {
+    events: mdns_sd::Receiver<mdns_sd::DaemonEvent>,
+}
+
+impl Renames {
+    /// The next name changed, as `(what it was, what it is now)`; none once
+    /// the scout stopped.
+    pub async fn next(&self) -> Option<(String, String)> {
+        loop {
+            if let mdns_sd::DaemonEvent::NameChange(change) = self.events.recv_async().await.ok()? {
+                return Some((change.original, change.new_name));
+            }
+        }
+    }
+}
+
 /// This process's multicast DNS responder and browser.
 pub struct Scout {
     daemon: ServiceDaemon,
@@ -312,7 +463,10 @@ impl Scout {
 
     /// Announces this node, signed with `secret`: `name` of `bus`,
     /// programs on `client_port`, routes on `cluster_port`, at `addresses`
-    /// ([`local_addresses`] gives this machine's).
+    /// ([`local_addresses`] gives this machine's), as its announcement
+    /// number `seq` (higher than any it made before: others pass over a
+    /// lower one as stale). Announcing again replaces what was announced.
+    #[allow(clippy::too_many_arguments)]
     pub fn announce(
         &self,
         name: &str,
@@ -321,6 +475,7 @@ impl Scout {
         client_port: u16,
         cluster_port: u16,
         addresses: &[IpAddr],
+        seq: u64,
     ) -> Result<(), String> {
         if addresses.is_empty() {
             return Err(format!(
@@ -328,22 +483,19 @@ impl Scout {
                  give one with --listen, or run with --no-scout"
             ));
         }
+        let signed = Signed::new(name, bus, secret, client_port, cluster_port, addresses, seq);
         let cluster = cluster_port.to_string();
-        let listed = addresses
-            .iter()
-            .take(MAX_ADDRESSES)
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+        let seq = seq.to_string();
         let fingerprint = secret.fingerprint();
-        let proof = secret.proof(&signed_text(bus, name, client_port, cluster_port, &listed));
         let properties = [
             ("v", VERSION),
             ("bus", bus),
+            ("name", name),
             ("fp", fingerprint.as_str()),
             ("cluster", cluster.as_str()),
-            ("addrs", listed.as_str()),
-            ("sig", proof.as_str()),
+            ("addrs", signed.addrs.as_str()),
+            ("seq", seq.as_str()),
+            ("sig", signed.sig.as_str()),
         ];
         let host = format!("{name}.local.");
         let info = ServiceInfo::new(
@@ -360,6 +512,20 @@ impl Scout {
             .map_err(|e| format!("cannot announce {name:?}: {e}"))
     }
 
+    /// What [`announce`](Self::announce) signs: `name` of `bus` at
+    /// `addresses`, its announcement number `seq`.
+    pub fn sign(
+        name: &str,
+        bus: &str,
+        secret: &LanSecret,
+        client_port: u16,
+        cluster_port: u16,
+        addresses: &[IpAddr],
+        seq: u64,
+    ) -> Signed {
+        Signed::new(name, bus, secret, client_port, cluster_port, addresses, seq)
+    }
+
     /// Nodes of `bus` that prove they hold `secret`, as they are
     /// announced and withdrawn.
     pub fn browse(&self, bus: &str, secret: &LanSecret) -> Result<Sightings, String> {
@@ -372,6 +538,14 @@ impl Scout {
             bus: bus.to_string(),
             secret: secret.clone(),
         })
+    }
+
+    /// The names multicast DNS changes from here on.
+    pub fn renames(&self) -> Result<Renames, String> {
+        self.daemon
+            .monitor()
+            .map(|events| Renames { events })
+            .map_err(|e| format!("cannot watch multicast DNS: {e}"))
     }
 
     /// Withdraws the announcement and stops.
@@ -396,29 +570,35 @@ mod tests {
         change: impl FnOnce(&mut Vec<(&'static str, String)>),
     ) -> Vec<(&'static str, String)> {
         let secret = secret();
+        let addrs: Vec<IpAddr> = addresses
+            .split(',')
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        let mut signed = Signed::new("pi", "home", &secret, 4222, 6222, &addrs, 7);
+        // Addresses as given, even those that do not parse.
+        signed.addrs = addresses.to_string();
+        signed.sig = secret.proof(&signed.text("home"));
         let mut pairs = vec![
-            ("v", "1".to_string()),
+            ("v", "2".to_string()),
             ("bus", "home".to_string()),
+            ("name", "pi".to_string()),
             ("fp", secret.fingerprint()),
             ("cluster", "6222".to_string()),
             ("addrs", addresses.to_string()),
-            (
-                "sig",
-                secret.proof(&signed_text("home", "pi", 4222, 6222, addresses)),
-            ),
+            ("seq", "7".to_string()),
+            ("sig", signed.sig),
         ];
         change(&mut pairs);
         pairs
     }
 
-    fn set(pairs: &mut Vec<(&'static str, String)>, key: &'static str, value: &str) {
-        pairs.retain(|(k, _)| *k != key);
-        pairs.push((key, value.to_string()));
-    }
-
-    fn parse(pairs: &[(&'static str, String)], port: u16) -> Result<Announcement, Ignored> {
+    fn parse_as(
+        label: &str,
+        pairs: &[(&'static str, String)],
+        port: u16,
+    ) -> Result<Announcement, Ignored> {
         Announcement::parse_parts(
-            &format!("pi.{SERVICE_TYPE}"),
+            &format!("{label}.{SERVICE_TYPE}"),
             port,
             |key| {
                 pairs
@@ -429,6 +609,67 @@ mod tests {
             "home",
             &secret(),
         )
+    }
+
+    #[test]
+    fn a_node_is_known_by_the_name_its_proof_covers_whatever_its_label() {
+        // Multicast DNS renamed the label (another host claimed it): the
+        // node is still "pi".
+        for label in ["pi", "pi (2)", "pi (17)", "anything at all"] {
+            let found = parse_as(label, &announced("10.0.0.2", |_| {}), 4222).unwrap();
+            assert_eq!(found.name, "pi", "{label}");
+            assert_eq!(found.seq, 7);
+        }
+        // The name is proven: another in the record is not taken.
+        assert_eq!(
+            parse_as("pi", &announced("10.0.0.2", |p| set(p, "name", "pj")), 4222),
+            Err(Ignored::Unproven)
+        );
+        assert_eq!(
+            parse_as("pi", &announced("10.0.0.2", |p| set(p, "seq", "8")), 4222),
+            Err(Ignored::Unproven)
+        );
+        // Version 1: the label is the name, no number.
+        let secret = secret();
+        let v1 = vec![
+            ("v", "1".to_string()),
+            ("bus", "home".to_string()),
+            ("fp", secret.fingerprint()),
+            ("cluster", "6222".to_string()),
+            ("addrs", "10.0.0.2".to_string()),
+            ("sig", secret.proof("v1|home|pi|4222|6222|10.0.0.2")),
+        ];
+        let found = parse_as("pi", &v1, 4222).unwrap();
+        assert_eq!((found.name.as_str(), found.seq), ("pi", 0));
+        // A renamed version-1 label is no name at all.
+        assert!(matches!(
+            parse_as("pi (2)", &v1, 4222),
+            Err(Ignored::Malformed(_))
+        ));
+        assert_eq!(parse_as("pj", &v1, 4222), Err(Ignored::Unproven));
+    }
+
+    #[test]
+    fn what_a_node_keeps_of_another_is_checked_again_when_read_back() {
+        let found = parse(&announced("10.0.0.2", |_| {}), 4222).unwrap();
+        let kept: Signed =
+            serde_json::from_str(&serde_json::to_string(&found.signed).unwrap()).unwrap();
+        assert_eq!(kept.check("home", &secret()), Ok(found.clone()));
+        let mut moved = kept.clone();
+        moved.addrs = "10.0.0.66".into();
+        assert_eq!(moved.check("home", &secret()), Err(Ignored::Unproven));
+        let other = LanSecret::from_bytes(b"the secret of another bus").unwrap();
+        assert_eq!(kept.check("home", &other), Err(Ignored::Unproven));
+        assert_eq!(kept.check("office", &secret()), Err(Ignored::Unproven));
+    }
+
+    fn set(pairs: &mut Vec<(&'static str, String)>, key: &'static str, value: &str) {
+        pairs.retain(|(k, _)| *k != key);
+        pairs.push((key, value.to_string()));
+    }
+
+    fn parse(pairs: &[(&'static str, String)], port: u16) -> Result<Announcement, Ignored> {
+        parse_as("pi", pairs, port)
     }
 
     #[test]
@@ -490,7 +731,11 @@ mod tests {
             Err(Ignored::OtherSecret)
         );
         for bad in [
-            with("v", "2"),
+            with("v", "3"),
+            with("seq", "-1"),
+            with("name", "a b"),
+            without("name"),
+            without("seq"),
             with("bus", "../etc"),
             with("bus", &"b".repeat(200)),
             with("fp", "not hex at all!!"),

@@ -15,6 +15,10 @@ use crate::Secret;
 /// The fewest bytes a secret file may hold (after trimming whitespace).
 pub const MIN_SECRET_BYTES: usize = 16;
 
+/// The most bytes a secret file may hold: more is not a secret file (a
+/// device such as `/dev/zero` would never end).
+pub const MAX_SECRET_BYTES: usize = 4096;
+
 /// Why a secret could not be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecretError {
@@ -25,6 +29,15 @@ pub enum SecretError {
         path: PathBuf,
         /// Why.
         reason: String,
+    },
+    /// The file holds more than a secret file does.
+    #[error(
+        "{path} holds more than {MAX_SECRET_BYTES} bytes: not a secret file (make one with \
+         `aether node --new-secret FILE`)"
+    )]
+    TooLong {
+        /// The file.
+        path: PathBuf,
     },
     /// The file holds too little to be a secret.
     #[error(
@@ -55,10 +68,23 @@ impl LanSecret {
     /// Reads the secret in `path` (surrounding whitespace is not part of
     /// it, so an editor's newline changes nothing).
     pub fn load(path: &Path) -> Result<Self, SecretError> {
-        let bytes = std::fs::read(path).map_err(|e| SecretError::Unreadable {
+        use std::io::Read;
+        let unreadable = |e: std::io::Error| SecretError::Unreadable {
             path: path.to_path_buf(),
             reason: e.to_string(),
-        })?;
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|file| {
+                file.take(MAX_SECRET_BYTES as u64 + 1)
+                    .read_to_end(&mut bytes)
+            })
+            .map_err(unreadable)?;
+        if bytes.len() > MAX_SECRET_BYTES {
+            return Err(SecretError::TooLong {
+                path: path.to_path_buf(),
+            });
+        }
         Self::from_bytes(&bytes).map_err(|len| SecretError::TooShort {
             path: path.to_path_buf(),
             len,
@@ -132,6 +158,18 @@ impl LanSecret {
         hex(&mac.finalize().into_bytes())[..32].to_string()
     }
 
+    /// Whether `proof` is [`proof`](Self::proof) of `text`, compared in
+    /// constant time.
+    pub fn proves(&self, text: &str, proof: &str) -> bool {
+        let Some(bytes) = unhex(proof).filter(|b| b.len() == 16) else {
+            return false;
+        };
+        let key = self.derive("announce");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
+        mac.update(text.as_bytes());
+        mac.verify_truncated_left(&bytes).is_ok()
+    }
+
     /// What nodes announce so that a node or program can tell a bus with
     /// its secret from another before it connects: 16 hex digits, from
     /// which nothing else derived here can be worked out.
@@ -142,6 +180,21 @@ impl LanSecret {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of lower-case `text` in hex, if it is that.
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .filter(|pair| pair.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
+        .collect()
 }
 
 /// The NATS user of programs on a LAN bus.

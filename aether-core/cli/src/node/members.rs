@@ -136,5 +136,29 @@ pub async fn status(bus: &str) -> Result<(), Failure> {
         println!("  {other}");
     }
     println!("{} nodes in all", others.len() + 1);
+    if let Some(counts) = record.data.as_deref().and_then(super::known::Counts::read) {
+        println!(
+            "announced at {}; {} nodes known (found or remembered); addresses changed {} times; \
+             renamed by multicast DNS {} times",
+            if counts.addresses.is_empty() {
+                "no address".to_string()
+            } else {
+                counts.addresses.join(", ")
+            },
+            counts.nodes_known,
+            counts.address_changes,
+            counts.renamed
+        );
+        if counts.passed_over.is_empty() {
+            println!("announcements passed over: none");
+        } else {
+            let by_reason: Vec<String> = counts
+                .passed_over
+                .iter()
+                .map(|(why, n)| format!("{why} {n}"))
+                .collect();
+            println!("announcements passed over: {}", by_reason.join(", "));
+        }
+    }
     Ok(())
 }

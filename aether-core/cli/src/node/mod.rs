@@ -9,9 +9,15 @@
 //! | --- | --- |
 //! | `server` | finding nats-server, free ports, its configuration file |
 //! | `members` | the cluster's members, read from the server's monitoring port |
-//! | `peers` | the nodes multicast DNS finds, as routes |
+//! | `peers` | the nodes multicast DNS finds or the node remembers, as routes |
+//! | `known` | what a node keeps between runs: the nodes it saw, its announcement number, its counts |
+//!
+//! A node whose machine's addresses change (a DHCP renewal, a move from
+//! Wi-Fi to Ethernet) notices within [`ADDRESS_CHECK`], announces the new
+//! ones, and starts its server again with a certificate naming them.
 
 mod keeping;
+mod known;
 mod members;
 mod peers;
 mod server;
@@ -102,15 +108,7 @@ pub async fn run(connection: &Connection, args: NodeArgs) -> Result<(), Failure>
             .map_err(|_| Failure::usage(format!("--listen {host:?} is not an IP address")))
     };
     // One node per data directory: a second would stop the first's server.
-    let lock_path = data.join("node.lock");
-    let lock = std::fs::File::create(&lock_path)
-        .map_err(|e| Failure::runtime(format!("cannot write {}: {e}", lock_path.display())))?;
-    if lock.try_lock().is_err() {
-        return Err(Failure::usage(format!(
-            "another aether node runs with the data directory {}: give each node its own --data",
-            data.display()
-        )));
-    }
+    let lock = lock_data(&data).await?;
     // A server left running by a node that was killed holds the ports
     // and the name: it goes first.
     server::stop_leftover(&data);
@@ -172,12 +170,22 @@ pub async fn run(connection: &Connection, args: NodeArgs) -> Result<(), Failure>
         monitor: format!("http://127.0.0.1:{}", plan.monitor_port),
         secret_file,
         pid: std::process::id(),
+        data: Some(data.clone()),
     };
     let runtime = lan::runtime_dir();
+    let (remembered, forgotten) = known::load(&data, &bus, &secret);
+    if forgotten > 0 {
+        eprintln!(
+            "node {name}: passed over {forgotten} of the nodes remembered in {}: their proof \
+             does not hold for this bus and secret",
+            data.join("nodes.json").display()
+        );
+    }
     let scout = if args.no_scout {
         None
     } else {
-        Some(Scouting::start(&args, &plan, &secret).map_err(Failure::runtime)?)
+        let seq = known::next_seq(&data)?;
+        Some(Scouting::start(&args, &plan, &secret, seq).map_err(Failure::runtime)?)
     };
     let mut keeper = crate::connect::settings(connection)?;
     keeper.state.keeper.maps = if args.no_keep {
@@ -193,13 +201,55 @@ pub async fn run(connection: &Connection, args: NodeArgs) -> Result<(), Failure>
         record,
         runtime,
         by_hand: args.peer.clone(),
+        interface: args.interface.clone(),
+        data: data.clone(),
     };
-    let outcome = node.supervise(&mut plan, scout.as_ref()).await;
-    if let Some(scout) = scout {
-        scout.scout.stop();
-    }
+    let outcome = node.supervise(&mut plan, scout, remembered).await;
+    let _ = std::fs::remove_file(data.join(STOPPING));
     drop(lock);
     outcome
+}
+
+/// The file a node writes in its data directory while it stops (its
+/// process id): a node started meanwhile waits for it instead of refusing.
+const STOPPING: &str = "stopping";
+
+/// The longest a node started on a directory waits for the node before it
+/// to stop.
+const WAIT_FOR_PREVIOUS: Duration = Duration::from_secs(10);
+
+/// Takes the data directory's lock: one node a directory (a second would
+/// stop the first's server). A node still stopping there is waited for,
+/// and said.
+async fn lock_data(data: &Path) -> Result<std::fs::File, Failure> {
+    let lock_path = data.join("node.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| Failure::runtime(format!("cannot write {}: {e}", lock_path.display())))?;
+    if lock.try_lock().is_ok() {
+        return Ok(lock);
+    }
+    if let Some(pid) = std::fs::read_to_string(data.join(STOPPING))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+    {
+        eprintln!(
+            "the node before this one on {} (pid {pid}) is still stopping: waiting for it \
+             (at most {} s)",
+            data.display(),
+            WAIT_FOR_PREVIOUS.as_secs()
+        );
+        let until = tokio::time::Instant::now() + WAIT_FOR_PREVIOUS;
+        while tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if lock.try_lock().is_ok() {
+                return Ok(lock);
+            }
+        }
+    }
+    Err(Failure::usage(format!(
+        "another aether node runs with the data directory {}: give each node its own --data",
+        data.display()
+    )))
 }
 
 /// What the node runs with.
@@ -214,22 +264,29 @@ struct Node {
     runtime: PathBuf,
     /// Peers named with --peer.
     by_hand: Vec<String>,
+    /// The interface named with --interface.
+    interface: Option<String>,
+    /// Its data directory.
+    data: PathBuf,
 }
 
 /// Announcing this node and finding the others.
 struct Scouting {
     scout: lan::Scout,
     found: lan::Sightings,
+    renames: lan::Renames,
 }
 
 impl Scouting {
-    fn start(args: &NodeArgs, plan: &ServerPlan, secret: &LanSecret) -> Result<Self, String> {
+    fn start(
+        args: &NodeArgs,
+        plan: &ServerPlan,
+        secret: &LanSecret,
+        seq: u64,
+    ) -> Result<Self, String> {
         let scout = lan::Scout::start(args.interface.as_deref())?;
-        let addresses: Vec<std::net::IpAddr> = if plan.client.ip().is_unspecified() {
-            lan::local_addresses(args.interface.as_deref())
-        } else {
-            vec![plan.client.ip()]
-        };
+        let renames = scout.renames()?;
+        let addresses = announced_addresses(plan, args.interface.as_deref());
         scout.announce(
             &plan.name,
             &plan.bus,
@@ -237,48 +294,123 @@ impl Scouting {
             plan.client.port(),
             plan.cluster.port(),
             &addresses,
+            seq,
         )?;
         let found = scout.browse(&plan.bus, secret)?;
-        Ok(Self { scout, found })
+        Ok(Self {
+            scout,
+            found,
+            renames,
+        })
     }
+}
+
+/// The addresses a node announces: this machine's (on `interface` only,
+/// if named) when it listens on all, else the one it listens on.
+fn announced_addresses(plan: &ServerPlan, interface: Option<&str>) -> Vec<std::net::IpAddr> {
+    if plan.client.ip().is_unspecified() {
+        lan::local_addresses(interface)
+    } else {
+        vec![plan.client.ip()]
+    }
+}
+
+/// How often a node looks at its machine's addresses.
+const ADDRESS_CHECK: Duration = Duration::from_secs(2);
+
+/// The signals that stop a node, listened for from its start to its end
+/// (one that comes while the server restarts is not lost): Ctrl-C in a
+/// terminal, `systemctl stop`, the terminal closing.
+struct Stops {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Stops {
+    fn new() -> Result<Self, Failure> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| Failure::runtime(format!("cannot listen for {name}: {e}")))
+        };
+        Ok(Self {
+            interrupt: listen(SignalKind::interrupt(), "SIGINT")?,
+            terminate: listen(SignalKind::terminate(), "SIGTERM")?,
+            hangup: listen(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// Until one of them comes.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+            _ = self.hangup.recv() => {}
+        }
+    }
+}
+
+/// Why the server's run ended.
+enum Ended {
+    /// It exited by itself.
+    Exited(std::io::Result<std::process::ExitStatus>),
+    /// This machine's addresses changed: it starts again with the new ones.
+    Moved,
+    /// The node is told to stop.
+    Stopping,
 }
 
 impl Node {
     /// Runs the server until a signal, starting it again when it dies;
-    /// routes follow the nodes `scout` finds.
+    /// routes follow the nodes `scout` finds and the node remembers.
     async fn supervise(
         &self,
         plan: &mut ServerPlan,
-        scout: Option<&Scouting>,
+        scout: Option<Scouting>,
+        remembered: Vec<lan::Announcement>,
     ) -> Result<(), Failure> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut terminate = signal(SignalKind::terminate())
-            .map_err(|e| Failure::runtime(format!("cannot listen for SIGTERM: {e}")))?;
-        // The terminal it ran in closed: it stops, and its server with it.
-        let mut hangup = signal(SignalKind::hangup())
-            .map_err(|e| Failure::runtime(format!("cannot listen for SIGHUP: {e}")))?;
+        let mut stops = Stops::new()?;
         let mut backoff = Duration::from_millis(500);
         let mut members = members::Members::new(self.record.monitor.clone());
         let mut peers = peers::Peers::default();
-        let data = self.config_path.parent().unwrap_or(Path::new("."));
+        let data = self.data.as_path();
         let mut first = true;
         let mut keeping: Option<keeping::Keeping> = None;
+        let mut counts = known::Counts {
+            addresses: announced_addresses(plan, self.interface.as_deref())
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            ..known::Counts::default()
+        };
+        // The nodes seen last time: dialled at once, whether or not
+        // multicast DNS finds them (a power cut, a LAN where it is blocked
+        // or disturbed).
+        let taken = peers.remember(remembered, &plan.name);
+        if taken > 0 {
+            eprintln!(
+                "node {}: dials the {taken} nodes it remembers from its last run",
+                plan.name
+            );
+        }
         // The nodes already there, before the server starts: it starts with
         // routes to them, and they need not reload to reach it.
-        if let Some(scout) = scout {
+        if let Some(scout) = &scout {
             let until = tokio::time::Instant::now() + SCOUT_FIRST;
             while let Ok(Some(sighting)) = tokio::time::timeout_at(until, scout.found.next()).await
             {
                 peers.hear(sighting, &plan.name);
             }
-            self.write_routes(plan, &peers)?;
         }
-        loop {
+        self.write_routes(plan, &peers)?;
+        known::save(&self.data, peers.signed())?;
+        self.keep_counts(&peers, &mut counts)?;
+        let outcome = loop {
             let mut child = spawn(&self.binary, &self.config_path)?;
             server::note_child(data, child.id());
-            if !wait_listening(plan.client.port(), &mut child).await {
+            let ended = if !wait_listening(plan.client.port(), &mut child).await {
                 if first {
-                    return Err(Failure::runtime(format!(
+                    break Err(Failure::runtime(format!(
                         "nats-server ({}) stopped as it started: its messages above say why \
                          (a port in use, a file it cannot write, a binary that is not nats-server)",
                         self.binary.display()
@@ -290,6 +422,7 @@ impl Node {
                     self.binary.display(),
                     backoff
                 );
+                None
             } else {
                 first = false;
                 self.record.write_in(&self.runtime).map_err(|e| {
@@ -320,45 +453,32 @@ impl Node {
                     )?);
                 }
                 backoff = Duration::from_millis(500);
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                // The routes the running server has read (it retries those
-                // itself when one drops), and since when each route written
-                // but not read has gone unrouted: the server reads its
-                // configuration again only for a route it has not read,
-                // unrouted for RELOAD_GRACE (the node found is likely
-                // dialling this one, or the cluster's gossip connecting
-                // them).
-                let mut read: Vec<String> = plan.routes.clone();
-                let mut unrouted: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
-                let status = loop {
-                    let found = async {
-                        match scout {
-                            Some(scout) => scout.found.next().await,
-                            None => std::future::pending().await,
-                        }
-                    };
-                    tokio::select! {
-                        status = child.wait() => break status,
-                        _ = tokio::signal::ctrl_c() => return self.stop(child, &plan.bus, keeping).await,
-                        _ = terminate.recv() => return self.stop(child, &plan.bus, keeping).await,
-                        _ = hangup.recv() => return self.stop(child, &plan.bus, keeping).await,
-                        _ = tick.tick() => {
-                            let routed = members.poll(&plan.name).await;
-                            if plan.routes != read
-                                && let Some(routed) = routed
-                                && reload_if_unrouted(plan, &read, &routed, &mut unrouted, &child)
-                            {
-                                read.clone_from(&plan.routes);
-                                unrouted.clear();
-                            }
-                        }
-                        Some(sighting) = found => {
-                            if peers.hear(sighting, &plan.name) {
-                                self.write_routes(plan, &peers)?;
-                            }
-                        }
+                let ended = self
+                    .watch(
+                        plan,
+                        &mut child,
+                        scout.as_ref(),
+                        &mut peers,
+                        &mut members,
+                        &mut counts,
+                        &mut stops,
+                    )
+                    .await?;
+                match ended {
+                    Ended::Stopping => {
+                        self.stop(child, &plan.bus, keeping).await;
+                        break Ok(());
                     }
-                };
+                    Ended::Moved => {
+                        // Programs of this machine reconnect to the same
+                        // port; the record stays.
+                        stop_server(&mut child).await;
+                        continue;
+                    }
+                    Ended::Exited(status) => Some(status),
+                }
+            };
+            if let Some(status) = ended {
                 eprintln!(
                     "node {}: nats-server stopped ({}); starting it again in {:?}",
                     plan.name,
@@ -371,18 +491,190 @@ impl Node {
             }
             let stopping = tokio::select! {
                 _ = tokio::time::sleep(backoff) => false,
-                _ = tokio::signal::ctrl_c() => true,
-                _ = terminate.recv() => true,
-                _ = hangup.recv() => true,
+                _ = stops.next() => true,
             };
             if stopping {
-                if let Some(keeping) = keeping {
-                    keeping.stop().await;
+                let _ = std::fs::write(data.join(STOPPING), std::process::id().to_string());
+                if let Some(keeping) = keeping.take() {
+                    let _ = tokio::time::timeout(KEEPER_STOP, keeping.stop()).await;
                 }
-                return Ok(());
+                eprintln!("node stopped");
+                break Ok(());
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
+        };
+        if let Some(scout) = scout {
+            scout.scout.stop();
         }
+        outcome
+    }
+
+    /// Watches a running server until it exits, the node is told to stop,
+    /// or this machine's addresses change; meanwhile routes follow the
+    /// nodes found, and joins and leaves are logged.
+    #[allow(clippy::too_many_arguments)]
+    async fn watch(
+        &self,
+        plan: &mut ServerPlan,
+        child: &mut Child,
+        scout: Option<&Scouting>,
+        peers: &mut peers::Peers,
+        members: &mut members::Members,
+        counts: &mut known::Counts,
+        stops: &mut Stops,
+    ) -> Result<Ended, Failure> {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut addresses = tokio::time::interval(ADDRESS_CHECK);
+        // The routes the running server has read (it retries those
+        // itself when one drops), and since when each route written
+        // but not read has gone unrouted: the server reads its
+        // configuration again only for a route it has not read,
+        // unrouted for RELOAD_GRACE (the node found is likely
+        // dialling this one, or the cluster's gossip connecting
+        // them).
+        let mut read: Vec<String> = plan.routes.clone();
+        let mut unrouted: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
+        loop {
+            let found = async {
+                match scout {
+                    Some(scout) => scout.found.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let renamed = async {
+                match scout {
+                    Some(scout) => scout.renames.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                status = child.wait() => {
+                    // The server may have been signalled with the node (a
+                    // terminal's Ctrl-C reaches both): a stop that comes
+                    // with it is a stop, not a crash.
+                    return Ok(
+                        match tokio::time::timeout(Duration::from_millis(300), stops.next()).await {
+                            Ok(()) => Ended::Stopping,
+                            Err(_) => Ended::Exited(status),
+                        },
+                    );
+                }
+                _ = stops.next() => return Ok(Ended::Stopping),
+                _ = tick.tick() => {
+                    let routed = members.poll(&plan.name).await;
+                    if plan.routes != read
+                        && let Some(routed) = routed
+                        && reload_if_unrouted(plan, &read, &routed, &mut unrouted, child)
+                    {
+                        read.clone_from(&plan.routes);
+                        unrouted.clear();
+                    }
+                }
+                _ = addresses.tick() => {
+                    if self.moved(plan, scout, counts)? {
+                        self.keep_counts(peers, counts)?;
+                        return Ok(Ended::Moved);
+                    }
+                }
+                Some((was, now)) = renamed => {
+                    counts.renamed += 1;
+                    eprintln!(
+                        "node {}: another host on the LAN answers for {was:?}: multicast DNS \
+                         announces this node as {now:?} (the other nodes know it by the name its \
+                         proof covers)",
+                        plan.name
+                    );
+                    counts.write(&self.data)?;
+                }
+                Some(sighting) = found => {
+                    if peers.hear(sighting, &plan.name) {
+                        self.write_routes(plan, peers)?;
+                        known::save(&self.data, peers.signed())?;
+                    }
+                    self.keep_counts(peers, counts)?;
+                }
+            }
+        }
+    }
+
+    /// Whether this machine's addresses changed since they were announced:
+    /// if so, the new ones are announced, and the server's certificate and
+    /// configuration name them (it must start again to read them).
+    fn moved(
+        &self,
+        plan: &mut ServerPlan,
+        scout: Option<&Scouting>,
+        counts: &mut known::Counts,
+    ) -> Result<bool, Failure> {
+        if !plan.client.ip().is_unspecified() {
+            return Ok(false);
+        }
+        let now = lan::local_addresses(self.interface.as_deref());
+        let listed: Vec<String> = now.iter().map(|a| a.to_string()).collect();
+        // None at all (a cable out, Wi-Fi between networks): nothing to
+        // announce yet; the change is taken when one comes.
+        if now.is_empty() || listed == counts.addresses {
+            return Ok(false);
+        }
+        eprintln!(
+            "node {}: this machine's addresses changed ({} to {}): announcing the new ones and \
+             starting the server again with them",
+            plan.name,
+            if counts.addresses.is_empty() {
+                "none".to_string()
+            } else {
+                counts.addresses.join(", ")
+            },
+            listed.join(", ")
+        );
+        counts.addresses = listed;
+        counts.address_changes += 1;
+        if plan.cluster.ip().is_unspecified() {
+            plan.advertise = now
+                .first()
+                .map(|ip| SocketAddr::new(*ip, plan.cluster.port()));
+        }
+        server::write_certificates(
+            &plan.tls,
+            &self.secret,
+            &plan.name,
+            &lan::machine_addresses(),
+        )?;
+        write_private(&self.config_path, plan.config(&self.secret).as_bytes())?;
+        if let Some(scout) = scout {
+            let seq = known::next_seq(&self.data)?;
+            if let Err(why) = scout.scout.announce(
+                &plan.name,
+                &plan.bus,
+                &self.secret,
+                plan.client.port(),
+                plan.cluster.port(),
+                &now,
+                seq,
+            ) {
+                eprintln!("node {}: {why}", plan.name);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes what the node counted, for `aether node --status`, when it
+    /// changed.
+    fn keep_counts(&self, peers: &peers::Peers, counts: &mut known::Counts) -> Result<(), Failure> {
+        let passed_over = peers
+            .passed_over()
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), *v))
+            .collect();
+        if counts.passed_over == passed_over
+            && counts.nodes_known == peers.len()
+            && self.data.join("status.json").exists()
+        {
+            return Ok(());
+        }
+        counts.passed_over = passed_over;
+        counts.nodes_known = peers.len();
+        counts.write(&self.data)
     }
 
     /// Writes the routes to the peers known now into the server's
@@ -402,31 +694,46 @@ impl Node {
         write_private(&self.config_path, plan.config(&self.secret).as_bytes())
     }
 
-    /// Stops the keeper, then the server, and removes the record.
-    async fn stop(
-        &self,
-        mut child: Child,
-        bus: &str,
-        keeping: Option<keeping::Keeping>,
-    ) -> Result<(), Failure> {
-        if let Some(keeping) = keeping {
-            keeping.stop().await;
-        }
+    /// Stops the keeper and the server, each within its bound, and
+    /// removes the record.
+    async fn stop(&self, mut child: Child, bus: &str, keeping: Option<keeping::Keeping>) {
+        let _ = std::fs::write(self.data.join(STOPPING), std::process::id().to_string());
         NodeRecord::remove_in(&self.runtime, bus);
-        if let Some(pid) = child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
+        // The keeper's maps say goodbye while the server is still there
+        // (it may be gone already: a terminal's Ctrl-C reaches both).
+        if let Some(keeping) = keeping
+            && tokio::time::timeout(KEEPER_STOP, keeping.stop())
+                .await
+                .is_err()
+        {
+            eprintln!(
+                "node: its keeper did not close within {KEEPER_STOP:?}; its ledgers hold what they acknowledged"
             );
         }
-        if tokio::time::timeout(Duration::from_secs(5), child.wait())
-            .await
-            .is_err()
-        {
-            let _ = child.kill().await;
-        }
+        stop_server(&mut child).await;
         eprintln!("node stopped");
-        Ok(())
+    }
+}
+
+/// How long a stopping node gives its keeper to close its maps.
+const KEEPER_STOP: Duration = Duration::from_millis(800);
+
+/// How long a stopping server is given before it is killed.
+const SERVER_STOP: Duration = Duration::from_secs(1);
+
+/// Stops the server: SIGTERM, then SIGKILL past [`SERVER_STOP`].
+async fn stop_server(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(SERVER_STOP, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
     }
 }
 
@@ -570,11 +877,23 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
 }
 
 fn new_secret(path: &Path) -> Result<(), Failure> {
+    use std::os::unix::fs::DirBuilderExt;
     if path.exists() {
         return Err(Failure::usage(format!(
             "{} exists: a new secret would lock its bus's machines out; remove it first",
             path.display()
         )));
+    }
+    // Its folder, if missing (`~/.config/aether` on a fresh machine),
+    // readable by its owner only.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Failure::runtime(format!("cannot make {}: {e}", dir.display())))?;
     }
     write_private(path, format!("{}\n", LanSecret::generate()).as_bytes())?;
     eprintln!(

@@ -142,6 +142,9 @@ pub fn stop_leftover(data: &Path) {
     }
 }
 
+/// Every how many failed attempts to dial a route the server logs one.
+pub const ROUTE_ERROR_REPORTS: u32 = 600;
+
 /// What the server is configured with.
 #[derive(Debug, Clone)]
 pub struct ServerPlan {
@@ -226,6 +229,11 @@ impl ServerPlan {
         // noticed within about 15 s, not NATS's default 4 minutes.
         let _ = writeln!(text, "ping_interval: \"5s\"");
         let _ = writeln!(text, "ping_max: 3");
+        // A route to a node that is gone is retried every second for as
+        // long as it is configured: one line in every 600 failed attempts
+        // (about ten minutes), not one each (an SD card fills).
+        let _ = writeln!(text, "connect_error_reports: {ROUTE_ERROR_REPORTS}");
+        let _ = writeln!(text, "reconnect_error_reports: {ROUTE_ERROR_REPORTS}");
         // Every link is TLS with a certificate from the bus's authority:
         // programs check the node's; nodes check each other's both ways.
         let tls_block = |text: &mut String, indent: &str, verify: bool| {
