@@ -79,8 +79,18 @@ class Bus:
     def close(self) -> None: ...
 
 class Vibrator: ...
-class Map: ...
-class NodeState: ...
+class Map:
+    def peers(self, *, keepers: bool = False) -> Any:
+        """The other replicas heard now; keepers only with `keepers=True`."""
+    def keepers(self) -> Any:
+        """The keepers heard now (replicas that keep the map for others)."""
+    def stats(self) -> Any:
+        """Counts; `refused["malformed"]` includes values from other
+        replicas that break the rule a write obeys."""
+
+class NodeState:
+    def peers(self, *, keepers: bool = False) -> Any: ...
+    def keepers(self) -> Any: ...
 
 def connect(
     url: Optional[str] = None,
@@ -105,7 +115,10 @@ def discover(
     name: Optional[str] = None,
     config_dir: Optional[str] = None,
     async_: bool = False,
-) -> Any: ...
+) -> Any:
+    """This machine's node of `bus`, waited for up to `wait` seconds (a
+    script may start before its node), or with `secret_file` one announced
+    on the LAN within `wait`; `ConnectionError` says what it waited for."""
 
 def _forked() -> None: ...
 def _exiting(timeout: float) -> None:
