@@ -49,6 +49,7 @@
 //! | [`gateway`](mod@gateway) | starting and stopping it all on an aether |
 //! | [`allocator`] | allocator statistics from a counting global allocator |
 //! | [`cli`] | the program's command line |
+//! | [`connect`] | the program's aether on its medium; a LAN bus without JetStream |
 //! | [`demo`] | a small shop's waves, for the dashboard |
 
 #![forbid(unsafe_code)]
@@ -57,6 +58,7 @@
 pub mod allocator;
 pub mod bridge;
 pub mod cli;
+pub mod connect;
 pub mod demo;
 mod error;
 pub mod family;

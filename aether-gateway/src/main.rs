@@ -8,11 +8,11 @@ use std::{
     time::Duration,
 };
 
-use aether_core::Aether;
 use aether_gateway::{
-    Command, Gateway, GatewaySettings, Medium, Options,
+    Command, Gateway, GatewaySettings, Options,
     allocator::{INSTRUMENTED_SYSTEM, StatsAlloc},
     cli::SelectArgs,
+    connect::connect,
     demo,
     replay::{Selection, format_time, replay},
 };
@@ -54,11 +54,7 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
     let shutdown = Shutdown::on_signals()?;
 
     let config = aether_ops::service::named(&settings.aether, env!("CARGO_PKG_NAME"));
-    let aether = match settings.gateway.medium {
-        Medium::Embedded => Aether::new(config)?,
-        Medium::Nats => Aether::connect(config).await?,
-        Medium::Lan => Aether::join_lan(config).await?,
-    };
+    let aether = connect(config, &settings.gateway).await?;
     let gateway = Gateway::builder(settings.gateway.clone())
         .panic_counter(panics)
         .resource_limits(settings.resources)
@@ -141,11 +137,7 @@ async fn run_command(command: &Command, settings: &GatewaySettings) -> Result<()
         Command::Replay(args) => {
             let selection = selection(&args.select, settings)?;
             let config = aether_ops::service::named(&settings.aether, "aether-gateway-replay");
-            let aether = match settings.gateway.medium {
-                Medium::Embedded => Aether::new(config)?,
-                Medium::Nats => Aether::connect(config).await?,
-                Medium::Lan => Aether::join_lan(config).await?,
-            };
+            let aether = connect(config, &settings.gateway).await?;
             let report = replay(&aether, &args.name, selection, args.amplitude).await?;
             aether.close();
             println!(

@@ -5,7 +5,8 @@
 //!
 //! ```toml
 //! [gateway]
-//! medium = "nats"              # or "embedded" (the default)
+//! medium = "nats"              # or "embedded" (the default), or "lan"
+//! require_durable_channels = false # on a LAN bus without JetStream: start without them
 //! listen = "127.0.0.1:9464"
 //! family_depth = 2             # orders.created.eu counts as orders.created
 //! max_channel_families = 100   # more distinct families fold into "other"
@@ -100,6 +101,12 @@ pub struct GatewayConfig {
     /// The medium to observe when the program makes its aether. Default
     /// `embedded`; `--nats <url>` sets `nats`.
     pub medium: Medium,
+    /// On a LAN bus (`medium = "lan"`) with no JetStream (nodes started
+    /// without `--jetstream`), whether the gateway exits for want of the
+    /// durable channels of `[aether.durability] channels` (true) or starts
+    /// without them and says so once (false, the default). Over `nats` the
+    /// durable channels are always required.
+    pub require_durable_channels: bool,
     /// Where to serve HTTP (`/metrics`, `/health`, `/ready`, `/`,
     /// `/events`). Default `127.0.0.1:9464`; port 0 picks a free one.
     pub listen: SocketAddr,
@@ -305,6 +312,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             medium: Medium::Embedded,
+            require_durable_channels: false,
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             family_depth: 2,
             max_channel_families: 100,
