@@ -245,3 +245,52 @@ async fn the_saga_runs_on_the_shipped_production_cluster() {
     .await
     .expect("bounded");
 }
+
+/// A raw `GET path` with `host` as its `Host` header; the status code.
+async fn status_for_host(addr: SocketAddr, path: &str, host: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(BOUND, stream.read_exact(&mut head))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap()
+}
+
+/// The production overlay answers only the names the gateway is reached
+/// by: a page whose name was rebound to the gateway's address (DNS
+/// rebinding) cannot read `/metrics` or `/snapshot`.
+#[tokio::test]
+async fn the_production_gateway_refuses_another_host_name() {
+    let source = aether_ops::settings::SettingsSource::new(
+        CONFIG,
+        Some("production"),
+        [("AETHER__GATEWAY__LISTEN", "127.0.0.1:0")],
+    );
+    let settings: aether_gateway::GatewaySettings = source.load().unwrap();
+    let gateway = support::start(&Aether::default(), settings.gateway).await;
+    let addr = gateway.addr();
+    for path in ["/metrics", "/snapshot", "/"] {
+        for host in [
+            "evil.example".to_string(),
+            format!("evil.example:{}", addr.port()),
+        ] {
+            assert_eq!(
+                status_for_host(addr, path, &host).await,
+                421,
+                "{path} {host}"
+            );
+        }
+        for host in [addr.to_string(), format!("localhost:{}", addr.port())] {
+            assert_eq!(
+                status_for_host(addr, path, &host).await,
+                200,
+                "{path} {host}"
+            );
+        }
+    }
+    gateway.stop().await.unwrap();
+}
