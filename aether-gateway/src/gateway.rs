@@ -225,6 +225,22 @@ impl GatewayBuilder {
                     tracing::info!("{what}: {scheme}://{addr}/{page}#token=<your bridge token>");
                 }
             }
+            // Every other bridged map, on the page that shows any map.
+            for map in &config.bridge.maps {
+                if ["board", "kanban", "notebook"].contains(&map.as_str()) {
+                    continue;
+                }
+                if config.bridge.token.is_none() {
+                    tracing::info!(
+                        "map {map}: {scheme}://{addr}/map#token={}&map={map} (a random bridge token; set [gateway.bridge] token to choose one)",
+                        bridge.token()
+                    );
+                } else {
+                    tracing::info!(
+                        "map {map}: {scheme}://{addr}/map#token=<your bridge token>&map={map}"
+                    );
+                }
+            }
         }
         let app = router(AppState {
             metrics: metrics.clone(),

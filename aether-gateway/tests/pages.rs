@@ -1,6 +1,6 @@
-//! The kanban board and the notebook in headless Chromium, served by the
-//! gateway: two pages of each are replicas of their map through the bridge,
-//! beside a Rust replica. Concurrent edits are made in both pages in one
+//! The kanban board, the notebook and the page of any map in headless
+//! Chromium, served by the gateway: two pages of each board are replicas of
+//! their map through the bridge, beside a Rust replica. Concurrent edits are made in both pages in one
 //! turn (neither has seen the other's), and every replica must end as the
 //! higher stamp says. Needs Debian's `chromium`; without it the tests say
 //! so and pass.
@@ -25,7 +25,7 @@ async fn gateway(aether: &Aether) -> aether_gateway::Gateway {
         GatewayConfig {
             bridge: BridgeConfig {
                 token: Some(TOKEN.into()),
-                maps: vec!["kanban".into(), "notebook".into()],
+                maps: vec!["kanban".into(), "notebook".into(), "home".into()],
                 ..Default::default()
             },
             ..config()
@@ -388,5 +388,62 @@ async fn notebook_pages_edit_lines_apart_settle_one_line_by_stamps_and_escape_th
         a.eval("document.querySelector('#preview img') === null && window.owned !== true")
             .await,
         json!(true)
+    );
+}
+
+/// `/map` shows any bridged map, a row per key with its value as JSON,
+/// live: a key a service writes, changes and deletes; markup in a value is
+/// shown as text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_map_page_shows_each_key_of_a_map_live() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let aether = Aether::default();
+    let gateway = gateway(&aether).await;
+    let service = StateMap::builder("home")
+        .node("service")
+        .open(&aether)
+        .await
+        .unwrap();
+    service.set_json("living.temp", &json!(24.5)).await.unwrap();
+    let url = format!("http://{}/map#token={TOKEN}&map=home", gateway.addr());
+    let page = browser.open(&url).await;
+    let cell = |key: &str| {
+        format!("document.querySelector('tr[data-key=\"{key}\"] td.value')?.textContent")
+    };
+    page.wait_for(
+        "the page shows the key",
+        &format!("{} === '24.5'", cell("living.temp")),
+        10,
+    )
+    .await;
+    service
+        .set_json("door", &json!({"open": "<b>yes</b>"}))
+        .await
+        .unwrap();
+    service.set_json("living.temp", &json!(25)).await.unwrap();
+    page.wait_for(
+        "the page shows a change and a new key, markup as text",
+        &format!(
+            "{} === '25' && {} === '{{\"open\":\"<b>yes</b>\"}}' \
+             && !document.querySelector('#entries b')",
+            cell("living.temp"),
+            cell("door")
+        ),
+        10,
+    )
+    .await;
+    service.delete("door").await.unwrap();
+    page.wait_for(
+        "the page drops a deleted key",
+        "document.getElementById('entries').dataset.count === '1'",
+        10,
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.getElementById('map-name').textContent")
+            .await,
+        json!("home")
     );
 }

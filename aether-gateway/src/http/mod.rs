@@ -13,6 +13,7 @@
 //! | `/page.js` | what the collaborative pages' scripts share |
 //! | `/kanban`, `/kanban.js` | a kanban board on the bridge's `kanban` map |
 //! | `/notebook`, `/notebook.js` | a Markdown notebook, a key per line, on the bridge's `notebook` map |
+//! | `/map`, `/map.js` | any bridged map read live, a row per key (`map#token=…&map=<map>`) |
 //! | `/aether.js`, `/aether.d.ts` | the bridge's JavaScript client (an ES module) and its TypeScript declarations |
 //!
 //! [`serve_http`] runs them on hyper's HTTP/1.1 server with these limits
@@ -101,6 +102,9 @@ const KANBAN_JS: &str = include_str!("../../web/kanban.js");
 /// The notebook and its script.
 const NOTEBOOK: &str = include_str!("../../web/notebook.html");
 const NOTEBOOK_JS: &str = include_str!("../../web/notebook.js");
+/// Any bridged map, read live, and its script.
+const MAP: &str = include_str!("../../web/map.html");
+const MAP_JS: &str = include_str!("../../web/map.js");
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -239,6 +243,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/kanban.js", get(|| script(KANBAN_JS)))
         .route("/notebook", get(|| page(NOTEBOOK)))
         .route("/notebook.js", get(|| script(NOTEBOOK_JS)))
+        .route("/map", get(|| page(MAP)))
+        .route("/map.js", get(|| script(MAP_JS)))
         .route("/aether.js", get(|| script(CLIENT_JS)))
         .route("/aether.d.ts", get(client_ts))
         .with_state(state)
