@@ -89,6 +89,16 @@ pub async fn run(connection: &Connection, args: KeepArgs) -> Result<(), Failure>
                         now.failed_maps
                     );
                 }
+                if now.ledger_failed > said.ledger_failed {
+                    eprintln!(
+                        "keeper {name}: {} change(s) could not be written to the ledgers in {} \
+                         ({} in all; is the disk full?): their writers are told, and they are \
+                         written again once the disk has room",
+                        now.ledger_failed - said.ledger_failed,
+                        args.dir.display(),
+                        now.ledger_failed
+                    );
+                }
                 said = now;
             }
         }
@@ -97,8 +107,9 @@ pub async fn run(connection: &Connection, args: KeepArgs) -> Result<(), Failure>
     keeper.close().await;
     aether.close();
     eprintln!(
-        "keeper {name}: stopped, {} maps kept, {} refused (max_maps), {} not opened",
-        stats.maps, stats.refused_maps, stats.failed_maps
+        "keeper {name}: stopped, {} maps kept, {} refused (max_maps), {} not opened, {} changes \
+         not written to a ledger",
+        stats.maps, stats.refused_maps, stats.failed_maps, stats.ledger_failed
     );
     Ok(())
 }

@@ -985,3 +985,118 @@ async fn a_listener_that_falls_behind_says_what_it_drops() {
         "heard {heard}, dropped {dropped}, unprinted {unprinted}: {rest:?}"
     );
 }
+
+/// A tmpfs of `size` mounted on `dir` for the test's life (none where
+/// mounting is not allowed).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(dir.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot resize the tmpfs");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keeper_on_a_full_disk_acknowledges_only_what_its_ledger_holds() {
+    const WRITES: usize = 300;
+    let parent = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&parent.path().join("disk"), "256k") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let nats = server().await;
+    let url = nats.url();
+    let dir = disk.0.join("maps");
+    let mut keeping = keeper(&url, &dir, "keeper", &[]).await;
+    let (bus, writer) = replica(&url, "home", "writer").await;
+    let value = "x".repeat(1500);
+    let (mut acked, mut refused) = (Vec::new(), 0);
+    for n in 0..WRITES {
+        let key = format!("k{n}");
+        writer.set_json(&key, &value).await.unwrap();
+        match writer
+            .flush_to(HeldBy::keepers(1), Duration::from_secs(3))
+            .await
+        {
+            Ok(_) => acked.push(key),
+            Err(e) if e.kind() == StateErrorKind::Ledger => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        refused > 0,
+        "the disk never filled: {} acknowledged",
+        acked.len()
+    );
+    eprintln!(
+        "a full disk: {} writes acknowledged, {refused} refused as not written to the ledger",
+        acked.len()
+    );
+    // Only its ledger has them.
+    keeping.kill().await.unwrap();
+    keeping = keeper(&url, &dir, "keeper", &[]).await;
+    let (reader_bus, reader) = replica(&url, "home", "reader").await;
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|key| reader.get_json::<String>(key).unwrap().as_ref() != Some(&value))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    reader.close().await;
+    reader_bus.close();
+    // Space comes back: the writer's writes not held are held once it
+    // flushes again, and survive another restart.
+    disk.resize("8m");
+    writer
+        .flush_to(HeldBy::keepers(1), Duration::from_secs(10))
+        .await
+        .expect("held once the disk has room");
+    keeping.kill().await.unwrap();
+    keeping = keeper(&url, &dir, "keeper", &[]).await;
+    writer.close().await;
+    bus.close();
+    let (reader_bus, reader) = replica(&url, "home", "reader-2").await;
+    let missing = (0..WRITES)
+        .filter(|n| {
+            reader
+                .get_json::<String>(&format!("k{n}"))
+                .unwrap()
+                .as_ref()
+                != Some(&value)
+        })
+        .count();
+    assert_eq!(missing, 0, "every write held once the disk had room");
+    reader.close().await;
+    reader_bus.close();
+    keeping.kill().await.unwrap();
+}

@@ -431,6 +431,9 @@ impl Shared {
             self.refuse(Refusal::RateLimited);
             return;
         }
+        // Changes its ledger could not write (a full disk) are written
+        // again first: a hold is acknowledged only once they are.
+        self.retry_unlogged();
         let taken = self.take_entries(source, entries, false);
         let mut refused = taken.refused.map_or(HELD_ALL, |reason| reason as u8 + 1);
         if taken.not_logged {

@@ -36,6 +36,9 @@ pub struct KeeperStats {
     pub refused_maps: u64,
     /// Maps it could not open (their ledger unreadable, for one).
     pub failed_maps: u64,
+    /// Changes its maps' ledgers could not write (a full disk), in all: no
+    /// write they carried was acknowledged until written.
+    pub ledger_failed: u64,
 }
 
 /// A keeper of the maps `[aether.state.keeper] maps` names.
@@ -196,10 +199,14 @@ impl Keeper {
 
     /// What it did, counted.
     pub fn stats(&self) -> KeeperStats {
+        // Each map's counts are read off the keeper's lock: a map's own
+        // tasks may wait for it while they hold the map.
+        let maps: Vec<StateMap> = lock(&self.inner.maps).values().cloned().collect();
         KeeperStats {
-            maps: lock(&self.inner.maps).len(),
+            maps: maps.len(),
             refused_maps: self.inner.refused_maps.load(Ordering::Relaxed),
             failed_maps: self.inner.failed_maps.load(Ordering::Relaxed),
+            ledger_failed: maps.iter().map(|map| map.stats().ledger_failed).sum(),
         }
     }
 

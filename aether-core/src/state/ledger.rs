@@ -39,6 +39,10 @@ pub(crate) struct Ledger {
     snapshot_every: u64,
     /// The last record appended by this process.
     last: Option<u64>,
+    /// Keys whose entry in the map is not in the ledger: its append failed
+    /// (a full disk). Holds covering them are not acknowledged; they are
+    /// written again at the next append or hold.
+    unlogged: std::collections::BTreeSet<String>,
 }
 
 impl Ledger {
@@ -106,6 +110,7 @@ impl Ledger {
                 since_snapshot: replayed,
                 snapshot_every,
                 last: None,
+                unlogged: Default::default(),
             },
             store,
             skipped,
@@ -118,12 +123,64 @@ impl Ledger {
     /// entries, if more), `store` is written as a
     /// snapshot and the segments before it are deleted.
     /// Returns the record's sequence number.
+    /// A change that cannot be appended leaves its key unlogged (see
+    /// [`holds`](Self::holds)) until an append of it succeeds.
     pub(crate) fn append(
         &mut self,
         key: &str,
         entry: &Entry,
         store: &Store,
     ) -> Result<u64, LedgerError> {
+        if !self.unlogged.is_empty() {
+            self.retry(store);
+        }
+        match self.append_one(key, entry, store) {
+            Ok(seq) => {
+                self.unlogged.remove(key);
+                Ok(seq)
+            }
+            Err(error) => {
+                // At most the map's keys.
+                if !matches!(error, LedgerError::Closed) {
+                    self.unlogged.insert(key.to_string());
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Whether the ledger holds the map's entry for `key` (false while an
+    /// append of it failed and none since succeeded).
+    pub(crate) fn holds(&self, key: &str) -> bool {
+        !self.unlogged.contains(key)
+    }
+
+    /// How many keys of the map the ledger does not hold.
+    pub(crate) fn unlogged(&self) -> usize {
+        self.unlogged.len()
+    }
+
+    /// Appends again the entries whose append failed, as `store` holds
+    /// them now: how many are held now.
+    pub(crate) fn retry(&mut self, store: &Store) -> usize {
+        let keys: Vec<String> = self.unlogged.iter().cloned().collect();
+        let mut held = 0;
+        for key in keys {
+            let written = match store.entry(&key) {
+                Some(entry) => self.append_one(&key, &entry.clone(), store).map(|_| ()),
+                // Gone from the map (collected): nothing to hold.
+                None => Ok(()),
+            };
+            if written.is_err() {
+                break;
+            }
+            self.unlogged.remove(&key);
+            held += 1;
+        }
+        held
+    }
+
+    fn append_one(&mut self, key: &str, entry: &Entry, store: &Store) -> Result<u64, LedgerError> {
         let record = codec::encode_all([(key, entry)]);
         let journal = self.journal.as_mut().ok_or(LedgerError::Closed)?;
         let seq = journal.append(entry.stamp.physical_ns / 1_000_000, &record)?;

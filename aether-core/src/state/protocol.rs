@@ -393,6 +393,27 @@ impl Shared {
         Applied::Won(logged)
     }
 
+    /// Appends again the changes the ledger could not write, if any; says
+    /// so when they are all held again.
+    pub(super) fn retry_unlogged(&self) {
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        if ledger.ledger().unlogged() == 0 {
+            return;
+        }
+        let store = self.lock_store();
+        let mut ledger = ledger.ledger();
+        let held = ledger.retry(&store);
+        if held > 0 && ledger.unlogged() == 0 {
+            tracing::warn!(
+                map = %self.map,
+                changes = held,
+                "the ledger holds again the changes it could not write"
+            );
+        }
+    }
+
     /// The tombstone horizon now, Unix nanoseconds: tombstones stamped
     /// before it are collected, and changes stamped before it refused.
     pub(super) fn horizon(&self) -> u64 {
@@ -451,7 +472,17 @@ impl Shared {
                     taken.logged = Some(taken.logged.map_or(seq, |s: u64| s.max(seq)));
                 }
                 Applied::Won(Some(Err(_))) => taken.not_logged = true,
-                Applied::Won(None) | Applied::Stale => {}
+                // Held already (it came as a live change first, or a later
+                // one won): held on the disk only if its append did not
+                // fail.
+                Applied::Stale => {
+                    if let Some(ledger) = &self.ledger
+                        && !ledger.ledger().holds(&key)
+                    {
+                        taken.not_logged = true;
+                    }
+                }
+                Applied::Won(None) => {}
             }
         }
         taken
