@@ -108,8 +108,12 @@ pub async fn run(connection: &Connection, args: KeepArgs) -> Result<(), Failure>
     aether.close();
     eprintln!(
         "keeper {name}: stopped, {} maps kept, {} refused (max_maps), {} not opened, {} changes \
-         not written to a ledger",
-        stats.maps, stats.refused_maps, stats.failed_maps, stats.ledger_failed
+         not written to a ledger, {} ledgers found damaged",
+        stats.maps,
+        stats.refused_maps,
+        stats.failed_maps,
+        stats.ledger_failed,
+        stats.ledgers_damaged
     );
     Ok(())
 }

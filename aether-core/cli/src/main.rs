@@ -72,6 +72,9 @@ impl fmt::Display for Failure {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     let options = Options::parse();
+    if matches!(options.command, Command::Node(_) | Command::Keep(_)) {
+        log_warnings();
+    }
     let outcome = if matches!(
         options.command,
         Command::Emit(_) | Command::Listen(_) | Command::Node(_) | Command::Keep(_)
@@ -93,6 +96,22 @@ async fn main() -> ExitCode {
             ExitCode::from(failure.status)
         }
     }
+}
+
+/// The library's warnings (a ledger damaged or on a full disk, a peer
+/// refused) on standard error, for the commands that run until stopped:
+/// `AETHER_LOG` (`warn` by default; `info`, `debug`, or directives such as
+/// `aether_core::state=debug`) says how much.
+fn log_warnings() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AETHER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
 }
 
 async fn run(options: Options) -> Result<(), Failure> {

@@ -1100,3 +1100,137 @@ async fn a_keeper_on_a_full_disk_acknowledges_only_what_its_ledger_holds() {
     reader_bus.close();
     keeping.kill().await.unwrap();
 }
+
+/// Like [`start`], keeping what it says after `ready`.
+async fn start_logged(
+    mut command: Command,
+    ready: &str,
+) -> (Child, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let mut child = command.spawn().expect("it starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let said = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.contains(ready);
+            said.lock().unwrap().push(line);
+            if done {
+                return;
+            }
+        }
+        panic!("ended before saying {ready:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {ready:?} within 20 s"));
+    let keep = said.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            keep.lock().unwrap().push(line);
+        }
+    });
+    (child, said)
+}
+
+/// The segment files under `dir`, at any depth.
+fn segments_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(segments_in(&path));
+        } else if path.extension().is_some_and(|e| e == "log") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_ledger_loses_only_the_damaged_record_and_says_so() {
+    const KEYS: usize = 20;
+    let nats = server().await;
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut keeping = keeper(&url, dir.path(), "keeper", &[]).await;
+    let (bus, writer) = replica(&url, "solo", "writer").await;
+    for n in 0..KEYS {
+        writer.set_json(&format!("k{n}"), &n).await.unwrap();
+        writer
+            .flush_to(HeldBy::keepers(1), Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    writer.close().await;
+    bus.close();
+    processes_stop(&mut keeping).await;
+    // The map's own: its folder 0700, its files 0600.
+    let segments = segments_in(dir.path());
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&segments[0]), 0o600);
+    assert_eq!(mode(segments[0].parent().unwrap()), 0o700);
+    // Four bytes zeroed inside the record in the middle of the map's
+    // ledger (records follow the 24-byte segment header, each a 16-byte
+    // header whose bytes 4 to 8 are its payload's length).
+    let mut bytes = std::fs::read(&segments[0]).unwrap();
+    let mut record = 24;
+    for _ in 0..KEYS / 2 {
+        let len = u32::from_le_bytes(bytes[record + 4..record + 8].try_into().unwrap());
+        record += 16 + len as usize;
+    }
+    bytes[record + 20..record + 24].fill(0);
+    std::fs::write(&segments[0], &bytes).unwrap();
+
+    let (mut keeping, said) = start_logged(
+        aether(
+            &url,
+            &[
+                "keep",
+                "--dir",
+                dir.path().to_str().unwrap(),
+                "--name",
+                "keeper",
+            ],
+        ),
+        "keeping maps",
+    )
+    .await;
+    let (bus, reader) = replica(&url, "solo", "reader").await;
+    let back = (0..KEYS)
+        .filter(|n| reader.get_json::<usize>(&format!("k{n}")).unwrap() == Some(*n))
+        .count();
+    assert!(
+        back >= KEYS - 1,
+        "{back} of {KEYS} keys back: {:?}",
+        said.lock().unwrap()
+    );
+    reader.close().await;
+    bus.close();
+    soon("the damage is logged", || {
+        said.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("ledger was damaged") && l.contains("solo"))
+    })
+    .await;
+    // The damaged file as it was, kept aside.
+    let aside: Vec<_> = segments_in(dir.path())
+        .into_iter()
+        .filter(|p| p.components().any(|c| c.as_os_str() == "damaged"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), bytes);
+    processes_stop(&mut keeping).await;
+    let said = said.lock().unwrap().join("\n");
+    assert!(said.contains("1 ledgers found damaged"), "{said}");
+}
+
+/// SIGTERM, and the process's end.
+async fn processes_stop(child: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("it stops")
+        .unwrap();
+}

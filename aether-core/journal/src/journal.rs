@@ -164,7 +164,7 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf, u64)>, Jour
 /// Scans one segment: its valid records, the newest time, the end of the
 /// valid part and the damage. `expected_start` is where the previous
 /// segment ends, if there is one.
-fn scan(
+pub(crate) fn scan(
     path: &Path,
     len: u64,
     base: u64,
@@ -205,12 +205,9 @@ impl Journal {
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<(Self, Recovery), JournalError> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).map_err(|e| JournalError::io(&dir, e))?;
+        create_private_dir(&dir)?;
         let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
+        let lock = private(OpenOptions::new().create(true).truncate(false).write(true))
             .open(&lock_path)
             .map_err(|e| JournalError::io(&lock_path, e))?;
         match lock.try_lock() {
@@ -564,6 +561,24 @@ impl Drop for Journal {
     }
 }
 
+/// `options`, creating files readable and writable by their owner only
+/// (0600 on Unix): what a journal holds is the program's own.
+pub(crate) fn private(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
+    options
+}
+
+/// Makes `dir` and its missing parents, those it makes for their owner
+/// only (0700 on Unix).
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), JournalError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|e| JournalError::io(dir, e))
+}
+
 fn create_segment(
     dir: &Path,
     base: u64,
@@ -571,10 +586,7 @@ fn create_segment(
     fsync: FsyncPolicy,
 ) -> Result<(File, Segment), JournalError> {
     let path = dir.join(segment_name(base));
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
+    let mut file = private(OpenOptions::new().create(true).truncate(true).write(true))
         .open(&path)
         .map_err(|e| JournalError::io(&path, e))?;
     file.write_all(&segment_header(base, previous_end))

@@ -95,6 +95,11 @@
 //! `snapshot.bin` and the directory fsynced, so a crash leaves the old
 //! snapshot or the new one; a leftover temporary file is deleted on open.
 //! A [`Reader`] reads the same checks without changing anything.
+//!
+//! A writer whose records stand on their own (each merged by its own
+//! stamp, whatever its place) calls [`salvage`] before opening: the
+//! damaged files are copied aside and the valid records after the damage
+//! are returned, to be appended again.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -104,6 +109,7 @@ mod format;
 mod journal;
 mod options;
 mod reader;
+mod salvage;
 mod snapshot;
 
 pub use error::JournalError;
@@ -114,6 +120,7 @@ pub use format::{
 pub use journal::{Damage, Journal, LOCK_FILE, PendingSync, Recovery, Retained};
 pub use options::{FsyncPolicy, Options, Retention};
 pub use reader::{Reader, Records};
+pub use salvage::{Salvage, salvage};
 pub use snapshot::{
     MAX_SNAPSHOT_LEN, SNAPSHOT_FILE, SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC, SNAPSHOT_TEMP_FILE,
     SNAPSHOT_VERSION, Snapshot, read_snapshot,

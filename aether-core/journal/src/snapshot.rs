@@ -61,7 +61,14 @@ pub(crate) fn write(dir: &Path, snapshot: &Snapshot) -> Result<(), JournalError>
 
     let temp = dir.join(SNAPSHOT_TEMP_FILE);
     let path = dir.join(SNAPSHOT_FILE);
-    let mut file = File::create(&temp).map_err(|e| JournalError::io(&temp, e))?;
+    let mut file = crate::journal::private(
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true),
+    )
+    .open(&temp)
+    .map_err(|e| JournalError::io(&temp, e))?;
     file.write_all(&bytes)
         .and_then(|()| file.sync_all())
         .map_err(|e| JournalError::io(&temp, e))?;

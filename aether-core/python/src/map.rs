@@ -288,6 +288,7 @@ impl Map {
         out.set_item("peers", stats.peers)?;
         out.set_item("watch_lagged", stats.watch_lagged)?;
         out.set_item("ledger_failed", stats.ledger_failed)?;
+        out.set_item("ledger_damaged", stats.ledger_damaged)?;
         out.set_item("unsent", stats.unsent)?;
         let refused = PyDict::new(py);
         for reason in state::Refusal::ALL {

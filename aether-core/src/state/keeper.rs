@@ -39,6 +39,9 @@ pub struct KeeperStats {
     /// Changes its maps' ledgers could not write (a full disk), in all: no
     /// write they carried was acknowledged until written.
     pub ledger_failed: u64,
+    /// Maps whose ledger was damaged when they opened (repaired: the
+    /// damage logged with the map's name, the damaged files kept aside).
+    pub ledgers_damaged: u64,
 }
 
 /// A keeper of the maps `[aether.state.keeper] maps` names.
@@ -207,6 +210,7 @@ impl Keeper {
             refused_maps: self.inner.refused_maps.load(Ordering::Relaxed),
             failed_maps: self.inner.failed_maps.load(Ordering::Relaxed),
             ledger_failed: maps.iter().map(|map| map.stats().ledger_failed).sum(),
+            ledgers_damaged: maps.iter().map(|map| map.stats().ledger_damaged).sum(),
         }
     }
 

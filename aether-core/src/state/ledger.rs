@@ -29,9 +29,27 @@ pub(crate) enum LedgerError {
     Closed,
 }
 
+/// What opening a damaged ledger did.
+#[derive(Debug)]
+pub(crate) struct Repair {
+    /// Where the damage was, and what it was.
+    pub(crate) damage: String,
+    /// Records before the damage, kept.
+    pub(crate) kept: u64,
+    /// Valid records after it, read on.
+    pub(crate) read_on: u64,
+    /// Bytes after it that were part of no valid record (the damaged
+    /// records: what is lost, unless other replicas hold it).
+    pub(crate) lost_bytes: u64,
+    /// Where the damaged files were copied, as they were.
+    pub(crate) kept_aside: Result<std::path::PathBuf, String>,
+}
+
 /// The ledger of one replica.
 #[derive(Debug)]
 pub(crate) struct Ledger {
+    /// What its opening repaired, if it was damaged.
+    repair: Option<Repair>,
     /// None once the map closed (the directory is free for another).
     journal: Option<Journal>,
     since_snapshot: u64,
@@ -54,7 +72,15 @@ impl Ledger {
         limits: &Limits,
         snapshot_every: u64,
     ) -> Result<(Ledger, Store, u64), LedgerError> {
-        std::fs::create_dir_all(dir).map_err(|e| LedgerError::Dir(dir.to_path_buf(), e))?;
+        // The map's own: its folder (and those made for it) 0700, its
+        // files 0600.
+        let mut folder = std::fs::DirBuilder::new();
+        folder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut folder, 0o700);
+        folder
+            .create(dir)
+            .map_err(|e| LedgerError::Dir(dir.to_path_buf(), e))?;
         let options = Options {
             fsync: FsyncPolicy::Every {
                 interval: std::time::Duration::from_millis(200),
@@ -63,20 +89,30 @@ impl Ledger {
             segment_bytes: 8 * 1024 * 1024,
             ..Default::default()
         };
-        let (journal, recovery) = Journal::open(dir, options)?;
-        if recovery.repaired() {
-            // A torn tail (a kill mid-write) or a damaged record: what
-            // follows the first damage is gone from this ledger; the
-            // replica takes it again from its peers, if they hold it.
-            tracing::warn!(
-                dir = %dir.display(),
-                damage = ?recovery.damage,
-                removed_bytes = recovery.truncated_bytes,
-                removed_segments = recovery.removed_segments,
-                kept_records = recovery.records,
-                "a map's ledger was damaged: it was cut at the first damaged record, and the \
-                 records after it were removed"
-            );
+        // Damage (a torn tail, bytes changed on the disk): the damaged files
+        // are kept aside, and every valid record after the damage is read
+        // on and appended again once the journal is cut there; a change is
+        // merged by its stamp, so its place does not matter.
+        let salvage = aether_journal::salvage(dir)?;
+        let (mut journal, recovery) = Journal::open(dir, options)?;
+        let mut repair = None;
+        if let (Some(salvage), Some(damage)) = (salvage, &recovery.damage) {
+            for record in &salvage.records {
+                journal.append(record.time_ms, &record.payload)?;
+            }
+            journal.flush()?;
+            repair = Some(Repair {
+                damage: format!(
+                    "{} in {} at byte {}",
+                    damage.kind,
+                    damage.segment.display(),
+                    damage.offset
+                ),
+                kept: recovery.records,
+                read_on: salvage.records.len() as u64,
+                lost_bytes: salvage.skipped_bytes,
+                kept_aside: salvage.kept_aside,
+            });
         }
         let mut store = Store::default();
         let mut skipped = 0;
@@ -106,6 +142,7 @@ impl Ledger {
         }
         Ok((
             Ledger {
+                repair,
                 journal: Some(journal),
                 since_snapshot: replayed,
                 snapshot_every,
@@ -201,6 +238,11 @@ impl Ledger {
             self.since_snapshot = 0;
         }
         Ok(seq)
+    }
+
+    /// What opening it repaired, if it was damaged.
+    pub(crate) fn repair(&self) -> Option<&Repair> {
+        self.repair.as_ref()
     }
 
     /// The sequence number of the last record this process appended.

@@ -307,6 +307,9 @@ pub struct StateStats {
     /// Changes applied but not written to the ledger (a full disk, for
     /// one): lost to a restart of this replica, not to its peers.
     pub ledger_failed: u64,
+    /// 1 if this replica's ledger was damaged when it opened (the damage
+    /// logged with the map's name, the damaged files kept aside), else 0.
+    pub ledger_damaged: u64,
     /// This replica's changes the aether did not take to send (a medium
     /// that failed, a closing aether): held here, its peers get them from
     /// anti-entropy.
@@ -329,6 +332,7 @@ struct Counters {
     collected: AtomicU64,
     watch_lagged: AtomicU64,
     ledger_failed: AtomicU64,
+    ledger_damaged: AtomicU64,
     unsent: AtomicU64,
 }
 
@@ -672,6 +676,7 @@ impl StateMap {
             max_value_bytes: config.max_value_bytes,
         };
         let clock = Clock::new(id, config.max_drift);
+        let mut damaged = false;
         let (ledger, mut store) = match &dir {
             None => (None, Store::default()),
             Some(dir) => {
@@ -679,6 +684,23 @@ impl StateMap {
                     .map_err(|e| StateError::with_source(StateErrorKind::Ledger, e))?;
                 if skipped > 0 {
                     tracing::warn!(map, dir = %dir.display(), skipped, "ledger records that do not decode were skipped");
+                }
+                if let Some(repair) = ledger.repair() {
+                    damaged = true;
+                    tracing::warn!(
+                        map,
+                        damage = %repair.damage,
+                        kept = repair.kept,
+                        read_on = repair.read_on,
+                        lost_bytes = repair.lost_bytes,
+                        kept_aside = %match &repair.kept_aside {
+                            Ok(path) => path.display().to_string(),
+                            Err(why) => why.clone(),
+                        },
+                        "a map's ledger was damaged: the records before and after the damage \
+                         were kept, the damaged bytes lost (other replicas may hold them); the \
+                         damaged files as they were are kept aside"
+                    );
                 }
                 for (_, entry) in store.entries() {
                     clock.advance(entry.stamp);
@@ -706,7 +728,10 @@ impl StateMap {
             superseded: broadcast::channel(config.watch_buffer).0,
             presence: broadcast::channel(config.watch_buffer).0,
             members: Mutex::new(members::Members::new(id ^ hlc::wall_ns())),
-            counters: Counters::default(),
+            counters: Counters {
+                ledger_damaged: AtomicU64::new(u64::from(damaged)),
+                ..Counters::default()
+            },
             writers: RateLimiter::hashmap(quota),
             chatter: RateLimiter::hashmap(Quota::per_second(
                 NonZeroU32::new(CHATTER_PER_S).expect("non-zero"),

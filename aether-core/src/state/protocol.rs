@@ -45,6 +45,7 @@ impl Shared {
             watch_lagged: c.watch_lagged.load(Ordering::Relaxed),
             peers: self.lock_members().len(),
             ledger_failed: c.ledger_failed.load(Ordering::Relaxed),
+            ledger_damaged: c.ledger_damaged.load(Ordering::Relaxed),
             unsent: c.unsent.load(Ordering::Relaxed),
         }
     }

@@ -1,0 +1,248 @@
+//! Reading on past damage, for a writer whose records do not depend on
+//! their order or their number (a replicated map's ledger: each record a
+//! change merged by its own stamp). [`Journal::open`](crate::Journal::open)
+//! keeps only the records before the first damage; [`salvage`], called
+//! before it, copies the damaged segment and those after it aside and
+//! returns every valid record found after the damage, so that the caller
+//! appends them again once the journal is open: a damaged record costs
+//! that record, not the journal's tail.
+//!
+//! After damage the reader looks for the next valid record byte by byte: a
+//! header whose length fits, whose time is a plausible Unix time in
+//! milliseconds (2001 to 2286) and whose checksum holds over the payload.
+
+use std::{
+    fs::{self, OpenOptions},
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    Damage, JournalError, LOCK_FILE,
+    format::{MAX_RECORD_LEN, RECORD_HEADER_LEN, Record, SEGMENT_HEADER_LEN, record_crc},
+    journal::{list_segments, scan},
+};
+
+/// Record times a salvage takes, Unix milliseconds (2001 to 2286).
+const PLAUSIBLE_MS: std::ops::Range<u64> = 1_000_000_000_000..10_000_000_000_000;
+
+/// What [`salvage`] found past a journal's first damage.
+#[derive(Debug)]
+pub struct Salvage {
+    /// The first damage: [`Journal::open`](crate::Journal::open) cuts
+    /// the journal there.
+    pub damage: Damage,
+    /// Where the damaged segment and those after it were copied, as they
+    /// were; why not, if they could not be (a full disk).
+    pub kept_aside: Result<PathBuf, String>,
+    /// The valid records after the damage, in the order found (their
+    /// `seq` is their place in this list).
+    pub records: Vec<Record>,
+    /// Bytes after the damage that were part of no valid record.
+    pub skipped_bytes: u64,
+}
+
+/// Looks for damage in the journal in `dir` (which no writer may hold);
+/// if there is some, keeps the damaged files aside in
+/// `dir/damaged/<unix ms>/` and returns the valid records after it.
+pub fn salvage(dir: impl AsRef<Path>) -> Result<Option<Salvage>, JournalError> {
+    let dir = dir.as_ref();
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| JournalError::io(&lock_path, e))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => return Err(JournalError::Locked(dir.to_path_buf())),
+        Err(fs::TryLockError::Error(e)) => return Err(JournalError::io(lock_path, e)),
+    }
+    let found = list_segments(dir)?;
+    let mut expected: Option<u64> = None;
+    let mut first = None;
+    for (i, (base, path, len)) in found.iter().enumerate() {
+        let (records, _, valid, kind) = scan(path, *len, *base, expected)?;
+        if let Some(kind) = kind {
+            first = Some((
+                i,
+                Damage {
+                    segment: path.clone(),
+                    offset: valid,
+                    kind,
+                },
+            ));
+            break;
+        }
+        expected = Some(base + records);
+    }
+    let Some((i, damage)) = first else {
+        return Ok(None);
+    };
+    let kept_aside = keep_aside(dir, &found[i..]);
+    let mut records = Vec::new();
+    let mut skipped_bytes = 0;
+    for (n, (_, path, _)) in found[i..].iter().enumerate() {
+        let data = fs::read(path).map_err(|e| JournalError::io(path, e))?;
+        let from = if n == 0 {
+            usize::try_from(damage.offset).unwrap_or(usize::MAX)
+        } else {
+            SEGMENT_HEADER_LEN
+        };
+        skipped_bytes += read_on(&data, from.min(data.len()), &mut records);
+    }
+    drop(lock);
+    Ok(Some(Salvage {
+        damage,
+        kept_aside,
+        records,
+        skipped_bytes,
+    }))
+}
+
+/// Copies `segments` into a new folder under `dir/damaged/`, readable by
+/// its owner only.
+fn keep_aside(dir: &Path, segments: &[(u64, PathBuf, u64)]) -> Result<PathBuf, String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let aside = dir.join("damaged").join(now.to_string());
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(&aside)
+        .map_err(|e| format!("cannot make {}: {e}", aside.display()))?;
+    for (_, path, _) in segments {
+        let name = path.file_name().unwrap_or_default();
+        fs::copy(path, aside.join(name))
+            .map_err(|e| format!("cannot copy {} aside: {e}", path.display()))?;
+    }
+    Ok(aside)
+}
+
+/// The valid records of `data` from `from` on, looking for the next one
+/// after anything that is not; the bytes skipped.
+fn read_on(data: &[u8], from: usize, out: &mut Vec<Record>) -> u64 {
+    let mut at = from;
+    let mut skipped = 0u64;
+    while at + RECORD_HEADER_LEN <= data.len() {
+        match record_at(data, at) {
+            Some((time_ms, payload)) => {
+                at += RECORD_HEADER_LEN + payload.len();
+                out.push(Record {
+                    seq: out.len() as u64,
+                    time_ms,
+                    payload: payload.to_vec(),
+                });
+            }
+            None => {
+                at += 1;
+                skipped += 1;
+            }
+        }
+    }
+    skipped + (data.len() - at.min(data.len())) as u64
+}
+
+/// The record at `at`, if one is there whole and valid.
+fn record_at(data: &[u8], at: usize) -> Option<(u64, &[u8])> {
+    let header = data.get(at..at + RECORD_HEADER_LEN)?;
+    let crc = u32::from_le_bytes(header[..4].try_into().ok()?);
+    let len = u32::from_le_bytes(header[4..8].try_into().ok()?) as usize;
+    let time_ms = u64::from_le_bytes(header[8..16].try_into().ok()?);
+    if len > MAX_RECORD_LEN || !PLAUSIBLE_MS.contains(&time_ms) {
+        return None;
+    }
+    let payload = data.get(at + RECORD_HEADER_LEN..at + RECORD_HEADER_LEN + len)?;
+    (record_crc(&header[4..16], payload) == crc).then_some((time_ms, payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Journal, Options};
+
+    const T: u64 = 1_700_000_000_000;
+
+    fn journal_of(dir: &Path, n: u64) -> PathBuf {
+        let (mut journal, _) = Journal::open(dir, Options::default()).unwrap();
+        for i in 0..n {
+            journal
+                .append(T + i, format!("record {i:03}").as_bytes())
+                .unwrap();
+        }
+        journal.close().unwrap();
+        list_segments(dir).unwrap()[0].1.clone()
+    }
+
+    #[test]
+    fn a_damaged_record_costs_that_record_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = journal_of(dir.path(), 20);
+        // Four bytes zeroed in the middle of the file.
+        let mut bytes = fs::read(&segment).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle..middle + 4].fill(0);
+        fs::write(&segment, &bytes).unwrap();
+        let found = salvage(dir.path()).unwrap().expect("damage found");
+        let kept = std::fs::read(
+            found
+                .kept_aside
+                .as_ref()
+                .unwrap()
+                .join(segment.file_name().unwrap()),
+        )
+        .unwrap();
+        assert_eq!(kept, bytes, "kept aside as it was");
+        let (journal, recovery) = Journal::open(dir.path(), Options::default()).unwrap();
+        drop(journal);
+        let before = recovery.records;
+        let after = found.records.len() as u64;
+        assert_eq!(before + after, 19, "one record lost of 20");
+        assert!(found.skipped_bytes > 0);
+        // Nothing damaged: nothing to do.
+        let clean = tempfile::tempdir().unwrap();
+        journal_of(clean.path(), 5);
+        assert!(salvage(clean.path()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_writer_holding_the_journal_is_not_read_under() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_journal, _) = Journal::open(dir.path(), Options::default()).unwrap();
+        assert!(matches!(salvage(dir.path()), Err(JournalError::Locked(_))));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn whatever_bytes_are_damaged_no_valid_record_is_lost_but_theirs(
+            at in 0usize..2_000,
+            span in 1usize..40,
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let segment = journal_of(dir.path(), 60);
+            let mut bytes = fs::read(&segment).unwrap();
+            let at = SEGMENT_HEADER_LEN + at % (bytes.len() - SEGMENT_HEADER_LEN);
+            let end = (at + span).min(bytes.len());
+            for b in &mut bytes[at..end] {
+                *b ^= byte | 1;
+            }
+            fs::write(&segment, &bytes).unwrap();
+            let found = salvage(dir.path()).unwrap();
+            let (journal, recovery) = Journal::open(dir.path(), Options::default()).unwrap();
+            drop(journal);
+            let read_on = found.map_or(0, |s| s.records.len() as u64);
+            // Each record is 16 + 10 bytes: a damaged span touches at most
+            // span / 26 + 2 of them.
+            let touched = (span as u64) / 26 + 2;
+            proptest::prop_assert!(recovery.records + read_on + touched >= 60);
+            proptest::prop_assert!(recovery.records + read_on <= 60);
+        }
+    }
+}
