@@ -296,10 +296,14 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
         let retries = nodes[i]
             .seen
             .iter()
-            .filter(|l| l.contains("Error trying to connect to route"))
+            .filter(|l| {
+                l.contains("Error trying to connect to route") && !l.contains("(attempt 1)")
+            })
             .count();
+        // The first failure of each route connection is said (a server
+        // of 2.10 or later has several to each node), not the next ones.
         assert!(
-            retries <= 2,
+            retries == 0,
             "node {i} logged {retries} failed route attempts in {:?}: {:?}",
             lost.elapsed(),
             nodes[i].seen
@@ -712,5 +716,11 @@ fn the_bus_forms_again_without_multicast_dns_and_follows_a_node_that_moves() {
     eprintln!(
         "a node whose address changed was back on the bus in {:?}",
         moved.elapsed()
+    );
+    let status = lan.run(2, &["node", "--status"]);
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(
+        status.contains("announced at 10.231.0.77") && status.contains("addresses changed 1 times"),
+        "{status}"
     );
 }

@@ -1,14 +1,10 @@
 //! `connect`: an aether for Python, embedded in this process or over NATS,
 //! with the programs' settings folder and options.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::path::PathBuf;
 
-use aether_core::{Aether, AetherConfig, ConnectError, ConnectErrorKind, lan::LanOptions};
+use aether_core::{Aether, AetherConfig, ConnectError, lan::LanOptions};
 use aether_ops::settings::client::{Access, aether_section};
-use futures_util::future::Either;
 use pyo3::{prelude::*, types::PyDict};
 
 use crate::{errors, map, value, vibrator, wait};
@@ -151,57 +147,10 @@ pub(crate) fn discover<'py>(
     wait::call(py, async_, open)
 }
 
-/// How often `discover` looks again for this machine's node record.
-const RECORD_POLL: Duration = Duration::from_millis(100);
-
-/// The settings that reach a node of the bus: this machine's, looked for
-/// until `lan.wait` ends (a script started with its node, at boot, runs
-/// before the node has written its record), and meanwhile, with a secret
-/// file, one announced on the LAN. The error says what it waited for.
+/// The settings that reach a node of the bus ([`LanOptions::find`]:
+/// this machine's, waited for until `lan.wait` ends, or one on the LAN).
 async fn find(config: AetherConfig, lan: &LanOptions) -> Result<AetherConfig, ConnectError> {
-    let deadline = Instant::now() + lan.wait;
-    let local = async {
-        loop {
-            match lan.resolve(config.clone()) {
-                Err(e)
-                    if e.kind() == ConnectErrorKind::Unreachable && Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(RECORD_POLL).await;
-                }
-                done => return done,
-            }
-        }
-    };
-    let waited = |e: ConnectError, what: &str| {
-        ConnectError::new(
-            e.kind(),
-            format!(
-                "waited {:?} for this machine's node of bus {:?} to appear{what}: {e}",
-                lan.wait, lan.bus
-            ),
-        )
-    };
-    if lan.secret_file.is_none() {
-        return local.await.map_err(|e| match e.kind() {
-            ConnectErrorKind::Unreachable => waited(e, ""),
-            _ => e,
-        });
-    }
-    // `find` looks at this machine's record once, then on the LAN for
-    // `wait`: whichever reaches a node first.
-    let remote = lan.find(config.clone());
-    let (local, remote) = (std::pin::pin!(local), std::pin::pin!(remote));
-    let unreachable = |e: &ConnectError| e.kind() == ConnectErrorKind::Unreachable;
-    match futures_util::future::select(local, remote).await {
-        Either::Left((Ok(config), _)) | Either::Right((Ok(config), _)) => Ok(config),
-        Either::Left((Err(e), remote)) if unreachable(&e) => remote
-            .await
-            .map_err(|e| waited(e, " and for one on the LAN")),
-        Either::Right((Err(e), local)) if unreachable(&e) => local
-            .await
-            .map_err(|_| waited(e, " and for one on the LAN")),
-        Either::Left((Err(e), _)) | Either::Right((Err(e), _)) => Err(e),
-    }
+    lan.find(config).await
 }
 
 /// An aether: the bus a script is on.

@@ -181,11 +181,68 @@ fn reaching(
     Ok(config)
 }
 
+/// How often [`LanOptions::find`] looks again for this machine's node record.
+const RECORD_POLL: Duration = Duration::from_millis(100);
+
 impl LanOptions {
-    /// [`resolve`](Self::resolve), else a node of the bus announced on the
-    /// LAN within [`wait`](Self::wait) (this needs the secret file: the
-    /// node of this machine cannot lend its own).
+    /// The settings that reach a node of the bus: this machine's
+    /// ([`resolve`](Self::resolve)), looked for until
+    /// [`wait`](Self::wait) ends (a program started with its node, at
+    /// boot, runs before the node has written its record), and meanwhile,
+    /// with the secret file, one announced on the LAN: whichever is found
+    /// first. The error says what it waited for.
     pub async fn find(&self, config: AetherConfig) -> Result<AetherConfig, ConnectError> {
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let local = async {
+            loop {
+                match self.resolve(config.clone()) {
+                    Err(e)
+                        if e.kind() == ConnectErrorKind::Unreachable
+                            && tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(RECORD_POLL).await;
+                    }
+                    done => return done,
+                }
+            }
+        };
+        let waited = |e: ConnectError, what: &str| {
+            ConnectError::new(
+                e.kind(),
+                format!(
+                    "waited {:?} for this machine's node of bus {:?} to appear{what}: {e}",
+                    self.wait, self.bus
+                ),
+            )
+        };
+        let unreachable = |e: &ConnectError| e.kind() == ConnectErrorKind::Unreachable;
+        if self.secret_file.is_none() {
+            return local
+                .await
+                .map_err(|e| if unreachable(&e) { waited(e, "") } else { e });
+        }
+        let remote = self.find_on_lan(config.clone());
+        tokio::pin!(local, remote);
+        tokio::select! {
+            found = &mut local => match found {
+                Err(e) if unreachable(&e) => remote
+                    .await
+                    .map_err(|e| waited(e, " and for one on the LAN")),
+                done => done,
+            },
+            found = &mut remote => match found {
+                Err(e) if unreachable(&e) => local
+                    .await
+                    .map_err(|_| waited(e, " and for one on the LAN")),
+                done => done,
+            },
+        }
+    }
+
+    /// [`resolve`](Self::resolve) once, else a node of the bus announced
+    /// on the LAN within [`wait`](Self::wait) (this needs the secret file:
+    /// the node of this machine cannot lend its own).
+    async fn find_on_lan(&self, config: AetherConfig) -> Result<AetherConfig, ConnectError> {
         let unreachable = match self.resolve(config.clone()) {
             Ok(config) => return Ok(config),
             Err(e) if e.kind() == ConnectErrorKind::Unreachable => e,

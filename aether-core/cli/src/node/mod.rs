@@ -629,6 +629,7 @@ impl Node {
         );
         counts.addresses = listed;
         counts.address_changes += 1;
+        counts.write(&self.data)?;
         if plan.cluster.ip().is_unspecified() {
             plan.advertise = now
                 .first()
