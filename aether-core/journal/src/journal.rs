@@ -10,6 +10,7 @@ use std::{
 
 use crate::{
     FsyncPolicy, JournalError, Options, Snapshot,
+    files::{create_private_dir, private},
     format::{
         DamageKind, MAX_RECORD_LEN, Next, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentReader,
         encode_record, parse_segment_name, segment_header, segment_name,
@@ -559,24 +560,6 @@ impl Drop for Journal {
         // Best effort: a journal closed with `close` has nothing left.
         let _ = self.write_buffer();
     }
-}
-
-/// `options`, creating files readable and writable by their owner only
-/// (0600 on Unix): what a journal holds is the program's own.
-pub(crate) fn private(options: &mut OpenOptions) -> &mut OpenOptions {
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
-    options
-}
-
-/// Makes `dir` and its missing parents, those it makes for their owner
-/// only (0700 on Unix).
-pub(crate) fn create_private_dir(dir: &Path) -> Result<(), JournalError> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).map_err(|e| JournalError::io(dir, e))
 }
 
 fn create_segment(

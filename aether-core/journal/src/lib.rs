@@ -105,6 +105,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod error;
+mod files;
 mod format;
 mod journal;
 mod options;

@@ -61,7 +61,7 @@ pub(crate) fn write(dir: &Path, snapshot: &Snapshot) -> Result<(), JournalError>
 
     let temp = dir.join(SNAPSHOT_TEMP_FILE);
     let path = dir.join(SNAPSHOT_FILE);
-    let mut file = crate::journal::private(
+    let mut file = crate::files::private(
         fs::OpenOptions::new()
             .create(true)
             .truncate(true)
