@@ -189,9 +189,10 @@ async fn a_try_times_out() {
         .unwrap_err();
     assert_eq!(err.kind(), RequestErrorKind::TimedOut);
     let took = start.elapsed();
-    // Two tries of 300 ms and a wait of 100 to 200 ms.
+    // Two tries of 300 ms and a wait of 100 to 200 ms: at least 700 ms;
+    // the tries are counted below (a loaded machine stretches the rest).
     assert!(
-        took >= Duration::from_millis(700) && took < Duration::from_millis(800),
+        took >= Duration::from_millis(700) && took < Duration::from_secs(3),
         "{took:?}"
     );
     let stats = aether.stats();
