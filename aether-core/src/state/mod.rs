@@ -32,7 +32,9 @@
 //! The rules are in the user guide (`docs/guide/state.md`); the messages,
 //! byte by byte, in docs/guide/wire.md.
 
+mod change;
 mod codec;
+mod error;
 mod held;
 pub mod hlc;
 mod keeper;
@@ -66,275 +68,24 @@ use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 
 use crate::{Aether, Channel, Emitter, RequestErrorKind, Vibrator, Wave, names::is_name};
 
-use self::{
-    codec::{Limits, Message},
-    hlc::Clock,
-    ledger::{Durable, Ledger},
-    store::{Cap, Caps, Entry, Merged, Store},
-};
+use self::change::Counters;
 pub use self::{
+    change::{Change, Presence, Stamped, StateStats, Superseded},
+    error::{Refusal, StateError, StateErrorKind},
     held::{Held, HeldBy},
     hlc::Stamp,
     keeper::{Keeper, KeeperStats},
     node::NodeState,
     watch::Watch,
 };
+use self::{
+    codec::{Limits, Message},
+    hlc::Clock,
+    ledger::{Durable, Ledger},
+    store::{Cap, Caps, Entry, Merged, Store},
+};
 use self::{protocol::run, watch::Lossy};
 pub use crate::config::StateConfig;
-
-/// What went wrong with a state operation.
-pub type StateError = crate::Error<StateErrorKind>;
-
-/// The kinds of [`StateError`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum StateErrorKind {
-    /// The map or node name is not a single token of `A-Z a-z 0-9 _ -`.
-    InvalidName,
-    /// A key is empty or longer than `max_key_bytes`.
-    InvalidKey,
-    /// A value is longer than `max_value_bytes`.
-    TooLarge,
-    /// A node-owned key (`node/<name>/...`) of another node.
-    NotOwner,
-    /// A value did not serialize, or did not deserialize as asked.
-    Payload,
-    /// The settings are out of range.
-    Config,
-    /// The aether or the map was closed.
-    Closed,
-    /// The write is kept here but this replica's changes are not leaving
-    /// (the medium refused the last send); anti-entropy sends them when it
-    /// can.
-    Medium,
-    /// The state directory's ledger cannot be opened or read.
-    Ledger,
-    /// A write stamped elsewhere ([`StateMap::merge`]) is stamped more than
-    /// `max_drift` ahead of this replica's clock, or before the tombstone
-    /// horizon.
-    Stamp,
-    /// The map holds `max_keys` keys (tombstones counted until collected),
-    /// or the write would take it past `max_map_bytes`: delete keys, or
-    /// raise the setting on every replica.
-    Full,
-    /// No replica (or not as many as asked, or no keeper) acknowledged
-    /// the writes of a [`StateMap::flush`] in time.
-    NotHeld,
-}
-
-impl fmt::Display for StateErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            StateErrorKind::InvalidName => "invalid name",
-            StateErrorKind::InvalidKey => "invalid key",
-            StateErrorKind::TooLarge => "value too large",
-            StateErrorKind::NotOwner => "not the owner",
-            StateErrorKind::Payload => "bad payload",
-            StateErrorKind::Config => "invalid state settings",
-            StateErrorKind::Closed => "closed",
-            StateErrorKind::Medium => "not sent",
-            StateErrorKind::Ledger => "state directory unusable",
-            StateErrorKind::Stamp => "stamp out of range",
-            StateErrorKind::Full => "map full",
-            StateErrorKind::NotHeld => "not acknowledged",
-        })
-    }
-}
-
-/// Why a replica refused something it received, as counted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Refusal {
-    /// Not a state message, or over a size limit.
-    Malformed,
-    /// Stamped more than `max_drift` ahead.
-    Future,
-    /// Stamped before the tombstone horizon.
-    TooOld,
-    /// A node-owned key written (or relayed) by another node.
-    NotOwner,
-    /// Past `max_writes_per_s` from one writer.
-    RateLimited,
-    /// A key more than `max_keys`, or past `max_map_bytes`.
-    Full,
-}
-
-impl Refusal {
-    /// Every reason, in counter order.
-    pub const ALL: [Refusal; 6] = [
-        Refusal::Malformed,
-        Refusal::Future,
-        Refusal::TooOld,
-        Refusal::NotOwner,
-        Refusal::RateLimited,
-        Refusal::Full,
-    ];
-
-    /// Its name as a metric label.
-    pub fn as_str(&self) -> &'static str {
-        crate::report::MAP_REFUSALS[*self as usize]
-    }
-}
-
-/// A change applied to a replica, local or remote.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Change {
-    /// The key.
-    pub key: String,
-    /// Its value before (`None`: unset or deleted).
-    pub old: Option<Bytes>,
-    /// Its value now (`None`: deleted).
-    pub new: Option<Bytes>,
-    /// The name of the replica that wrote it.
-    pub writer: String,
-    /// The write's stamp.
-    pub stamp: Stamp,
-}
-
-impl Change {
-    /// The value now, read as JSON of type `T` (`None`: deleted), as
-    /// written by [`StateMap::set_json`]; `Payload`, naming the key, its
-    /// writer and the type, if it is not a `T`.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use aether_core::{Aether, state::StateMap};
-    /// use futures_util::StreamExt;
-    /// use serde::{Deserialize, Serialize};
-    ///
-    /// #[derive(Serialize, Deserialize, Debug, PartialEq)]
-    /// struct Reading {
-    ///     celsius: f64,
-    /// }
-    ///
-    /// let aether = Aether::default();
-    /// let map = StateMap::open(&aether, "home").await?;
-    /// let mut changes = map.watch(">");
-    /// map.set_json("living.temp", &Reading { celsius: 21.5 }).await?;
-    /// map.set_json("living.temp", &Reading { celsius: 22.0 }).await?;
-    /// let first = changes.next().await.unwrap();
-    /// assert_eq!(first.old_json::<Reading>()?, None);
-    /// let second = changes.next().await.unwrap();
-    /// assert_eq!(second.old_json()?, Some(Reading { celsius: 21.5 }));
-    /// assert_eq!(second.new_json()?, Some(Reading { celsius: 22.0 }));
-    /// # Ok(()) }
-    /// ```
-    pub fn new_json<T: DeserializeOwned>(&self) -> Result<Option<T>, StateError> {
-        self.read_json(self.new.as_deref(), "new")
-    }
-
-    /// The value before, read as JSON of type `T` (`None`: unset or
-    /// deleted); `Payload`, naming the key and the type, if it is not a `T`.
-    pub fn old_json<T: DeserializeOwned>(&self) -> Result<Option<T>, StateError> {
-        self.read_json(self.old.as_deref(), "old")
-    }
-
-    fn read_json<T: DeserializeOwned>(
-        &self,
-        value: Option<&[u8]>,
-        which: &str,
-    ) -> Result<Option<T>, StateError> {
-        value.map(serde_json::from_slice).transpose().map_err(|e| {
-            StateError::new(
-                StateErrorKind::Payload,
-                format!(
-                    "the {which} value of {:?} (written by {:?}) is not a {}: {e}",
-                    self.key,
-                    self.writer,
-                    std::any::type_name::<T>()
-                ),
-            )
-        })
-    }
-}
-
-/// One entry a replica holds, a tombstone too, with its stamp.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stamped {
-    /// The key.
-    pub key: String,
-    /// Its value (`None`: deleted, a tombstone).
-    pub value: Option<Bytes>,
-    /// The winning write's stamp.
-    pub stamp: Stamp,
-    /// The name of the replica that put it on the bus.
-    pub writer: String,
-}
-
-/// A write of this replica that a write with a higher stamp overwrote.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Superseded {
-    /// The key.
-    pub key: String,
-    /// The stamp of this replica's write.
-    pub mine: Stamp,
-    /// The write that won.
-    pub by: Change,
-}
-
-/// Someone joined or left a map.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Presence {
-    /// A replica named this was heard for the first time (or again).
-    Joined(String),
-    /// A replica named this said it goes, or was not heard for
-    /// `presence_timeout`.
-    Left(String),
-}
-
-/// What a replica did, counted since it opened.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StateStats {
-    /// Keys set.
-    pub keys: usize,
-    /// Tombstones held.
-    pub tombstones: usize,
-    /// Changes applied (local and remote).
-    pub applied: u64,
-    /// Entries received that changed nothing (duplicates, older writes).
-    pub stale: u64,
-    /// Refused, by reason ([`Refusal::ALL`] order).
-    pub refused: [u64; Refusal::ALL.len()],
-    /// Entries that anti-entropy brought in.
-    pub repaired: u64,
-    /// Tombstones collected.
-    pub collected: u64,
-    /// Changes watchers missed because they fell behind.
-    pub watch_lagged: u64,
-    /// Live peers.
-    pub peers: usize,
-    /// Changes applied but not written to the ledger (a full disk, for
-    /// one): lost to a restart of this replica, not to its peers.
-    pub ledger_failed: u64,
-    /// 1 if this replica's ledger was damaged when it opened (the damage
-    /// logged with the map's name, the damaged files kept aside), else 0.
-    pub ledger_damaged: u64,
-    /// This replica's changes the aether did not take to send (a medium
-    /// that failed, a closing aether): held here, its peers get them from
-    /// anti-entropy.
-    pub unsent: u64,
-}
-
-impl StateStats {
-    /// How many were refused for `reason`.
-    pub fn refused(&self, reason: Refusal) -> u64 {
-        self.refused[reason as usize]
-    }
-}
-
-#[derive(Default)]
-struct Counters {
-    applied: AtomicU64,
-    stale: AtomicU64,
-    refused: [AtomicU64; Refusal::ALL.len()],
-    repaired: AtomicU64,
-    collected: AtomicU64,
-    watch_lagged: AtomicU64,
-    ledger_failed: AtomicU64,
-    ledger_damaged: AtomicU64,
-    unsent: AtomicU64,
-}
 
 /// Builds a [`StateMap`]: its name, this replica's node name and settings.
 #[derive(Clone, Debug)]

@@ -1,0 +1,98 @@
+//! What goes wrong with a state operation, and why a replica refuses
+//! what a peer sends.
+
+use std::fmt;
+
+/// What went wrong with a state operation.
+pub type StateError = crate::Error<StateErrorKind>;
+
+/// The kinds of [`StateError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StateErrorKind {
+    /// The map or node name is not a single token of `A-Z a-z 0-9 _ -`.
+    InvalidName,
+    /// A key is empty or longer than `max_key_bytes`.
+    InvalidKey,
+    /// A value is longer than `max_value_bytes`.
+    TooLarge,
+    /// A node-owned key (`node/<name>/...`) of another node.
+    NotOwner,
+    /// A value did not serialize, or did not deserialize as asked.
+    Payload,
+    /// The settings are out of range.
+    Config,
+    /// The aether or the map was closed.
+    Closed,
+    /// The write is kept here but this replica's changes are not leaving
+    /// (the medium refused the last send); anti-entropy sends them when it
+    /// can.
+    Medium,
+    /// The state directory's ledger cannot be opened or read.
+    Ledger,
+    /// A write stamped elsewhere ([`StateMap::merge`]) is stamped more than
+    /// `max_drift` ahead of this replica's clock, or before the tombstone
+    /// horizon.
+    Stamp,
+    /// The map holds `max_keys` keys (tombstones counted until collected),
+    /// or the write would take it past `max_map_bytes`: delete keys, or
+    /// raise the setting on every replica.
+    Full,
+    /// No replica (or not as many as asked, or no keeper) acknowledged
+    /// the writes of a [`StateMap::flush`] in time.
+    NotHeld,
+}
+
+impl fmt::Display for StateErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StateErrorKind::InvalidName => "invalid name",
+            StateErrorKind::InvalidKey => "invalid key",
+            StateErrorKind::TooLarge => "value too large",
+            StateErrorKind::NotOwner => "not the owner",
+            StateErrorKind::Payload => "bad payload",
+            StateErrorKind::Config => "invalid state settings",
+            StateErrorKind::Closed => "closed",
+            StateErrorKind::Medium => "not sent",
+            StateErrorKind::Ledger => "state directory unusable",
+            StateErrorKind::Stamp => "stamp out of range",
+            StateErrorKind::Full => "map full",
+            StateErrorKind::NotHeld => "not acknowledged",
+        })
+    }
+}
+
+/// Why a replica refused something it received, as counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Not a state message, or over a size limit.
+    Malformed,
+    /// Stamped more than `max_drift` ahead.
+    Future,
+    /// Stamped before the tombstone horizon.
+    TooOld,
+    /// A node-owned key written (or relayed) by another node.
+    NotOwner,
+    /// Past `max_writes_per_s` from one writer.
+    RateLimited,
+    /// A key more than `max_keys`, or past `max_map_bytes`.
+    Full,
+}
+
+impl Refusal {
+    /// Every reason, in counter order.
+    pub const ALL: [Refusal; 6] = [
+        Refusal::Malformed,
+        Refusal::Future,
+        Refusal::TooOld,
+        Refusal::NotOwner,
+        Refusal::RateLimited,
+        Refusal::Full,
+    ];
+
+    /// Its name as a metric label.
+    pub fn as_str(&self) -> &'static str {
+        crate::report::MAP_REFUSALS[*self as usize]
+    }
+}
