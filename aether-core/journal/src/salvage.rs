@@ -18,6 +18,7 @@ use std::{
 
 use crate::{
     Damage, JournalError, LOCK_FILE,
+    files::{create_private_dir, private},
     format::{MAX_RECORD_LEN, RECORD_HEADER_LEN, Record, SEGMENT_HEADER_LEN, record_crc},
     journal::{list_segments, scan},
 };
@@ -50,10 +51,7 @@ pub fn salvage(dir: impl AsRef<Path>) -> Result<Option<Salvage>, JournalError> {
         return Ok(None);
     }
     let lock_path = dir.join(LOCK_FILE);
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let lock = private(OpenOptions::new().create(true).truncate(false).write(true))
         .open(&lock_path)
         .map_err(|e| JournalError::io(&lock_path, e))?;
     match lock.try_lock() {
@@ -110,13 +108,7 @@ fn keep_aside(dir: &Path, segments: &[(u64, PathBuf, u64)]) -> Result<PathBuf, S
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     let aside = dir.join("damaged").join(now.to_string());
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(&aside)
-        .map_err(|e| format!("cannot make {}: {e}", aside.display()))?;
+    create_private_dir(&aside).map_err(|e| e.to_string())?;
     for (_, path, _) in segments {
         let name = path.file_name().unwrap_or_default();
         fs::copy(path, aside.join(name))

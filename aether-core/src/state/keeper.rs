@@ -205,13 +205,19 @@ impl Keeper {
         // Each map's counts are read off the keeper's lock: a map's own
         // tasks may wait for it while they hold the map.
         let maps: Vec<StateMap> = lock(&self.inner.maps).values().cloned().collect();
-        KeeperStats {
+        let mut stats = KeeperStats {
             maps: maps.len(),
             refused_maps: self.inner.refused_maps.load(Ordering::Relaxed),
             failed_maps: self.inner.failed_maps.load(Ordering::Relaxed),
-            ledger_failed: maps.iter().map(|map| map.stats().ledger_failed).sum(),
-            ledgers_damaged: maps.iter().map(|map| map.stats().ledger_damaged).sum(),
+            ledger_failed: 0,
+            ledgers_damaged: 0,
+        };
+        for map in &maps {
+            let counts = map.stats();
+            stats.ledger_failed += counts.ledger_failed;
+            stats.ledgers_damaged += counts.ledger_damaged;
         }
+        stats
     }
 
     /// Stops listening and closes every replica (each says goodbye; its

@@ -21,8 +21,6 @@ use super::{
 /// Why the ledger could not be used.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LedgerError {
-    #[error("cannot make the state directory {0}: {1}")]
-    Dir(std::path::PathBuf, std::io::Error),
     #[error(transparent)]
     Journal(#[from] aether_journal::JournalError),
     #[error("the map was closed: its ledger is closed")]
@@ -72,15 +70,6 @@ impl Ledger {
         limits: &Limits,
         snapshot_every: u64,
     ) -> Result<(Ledger, Store, u64), LedgerError> {
-        // The map's own: its folder (and those made for it) 0700, its
-        // files 0600.
-        let mut folder = std::fs::DirBuilder::new();
-        folder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut folder, 0o700);
-        folder
-            .create(dir)
-            .map_err(|e| LedgerError::Dir(dir.to_path_buf(), e))?;
         let options = Options {
             fsync: FsyncPolicy::Every {
                 interval: std::time::Duration::from_millis(200),
