@@ -1,0 +1,100 @@
+//! What the `aether` binary's process tests share: the binary on a server
+//! of the test's own, run to its end or started and waited for.
+
+#![allow(dead_code)]
+
+use std::{process::Stdio, time::Duration};
+
+use aether_core::{Aether, AetherConfig, config::NatsConfig};
+use aether_testkit::NatsServer;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+pub const AETHER: &str = env!("CARGO_BIN_EXE_aether");
+
+/// `aether ARGS` on the server at `url`.
+pub fn aether(url: &str, args: &[&str]) -> Command {
+    let mut command = aether_testkit::program(AETHER);
+    command
+        .args(args)
+        .arg("--nats")
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Runs to its end within 30 s: (status, stdout, stderr).
+pub async fn run(mut command: Command) -> (i32, String, String) {
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .expect("the command ends within 30 s")
+        .expect("it runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Starts a long-running command and waits for `ready` on its stderr.
+pub async fn start(mut command: Command, ready: &str) -> Child {
+    let mut child = command.spawn().expect("it starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(ready) {
+                return;
+            }
+        }
+        panic!("ended before saying {ready:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {ready:?} within 20 s"));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+/// The rest of a child's stdout once it exits (within 30 s), and its status.
+pub async fn finish(child: Child) -> (i32, String) {
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("it ends within 30 s")
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// Waits, at most 5 s, until `check` holds: a change a command made reaches
+/// a service's replica a moment after the command exits.
+pub async fn soon(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub async fn server() -> NatsServer {
+    NatsServer::start().await.expect("nats-server starts")
+}
+
+pub async fn connect(url: &str, config: AetherConfig) -> Aether {
+    Aether::connect(AetherConfig {
+        nats: NatsConfig {
+            urls: vec![url.to_string()],
+            ..Default::default()
+        },
+        ..config
+    })
+    .await
+    .unwrap()
+}
