@@ -466,7 +466,7 @@ impl Node {
                     .await?;
                 match ended {
                     Ended::Stopping => {
-                        self.stop(child, &plan.bus, keeping).await;
+                        self.stop(Some(child), &plan.bus, keeping).await;
                         break Ok(());
                     }
                     Ended::Moved => {
@@ -494,11 +494,8 @@ impl Node {
                 _ = stops.next() => true,
             };
             if stopping {
-                let _ = std::fs::write(data.join(STOPPING), std::process::id().to_string());
-                if let Some(keeping) = keeping.take() {
-                    let _ = tokio::time::timeout(KEEPER_STOP, keeping.stop()).await;
-                }
-                eprintln!("node stopped");
+                // Its server is down already (the record removed with it).
+                self.stop(None, &plan.bus, keeping.take()).await;
                 break Ok(());
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -695,9 +692,9 @@ impl Node {
         write_private(&self.config_path, plan.config(&self.secret).as_bytes())
     }
 
-    /// Stops the keeper and the server, each within its bound, and
-    /// removes the record.
-    async fn stop(&self, mut child: Child, bus: &str, keeping: Option<keeping::Keeping>) {
+    /// Stops the keeper and the server (if it still runs), each within
+    /// its bound, and removes the record.
+    async fn stop(&self, child: Option<Child>, bus: &str, keeping: Option<keeping::Keeping>) {
         let _ = std::fs::write(self.data.join(STOPPING), std::process::id().to_string());
         NodeRecord::remove_in(&self.runtime, bus);
         // The keeper's maps say goodbye while the server is still there
@@ -711,7 +708,9 @@ impl Node {
                 "node: its keeper did not close within {KEEPER_STOP:?}; its ledgers hold what they acknowledged"
             );
         }
-        stop_server(&mut child).await;
+        if let Some(mut child) = child {
+            stop_server(&mut child).await;
+        }
         eprintln!("node stopped");
     }
 }
