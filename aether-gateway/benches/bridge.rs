@@ -78,9 +78,13 @@ type Room = (
 /// A plain WebSocket relay: every text message goes to the other
 /// connections.
 async fn relay() -> SocketAddr {
-    async fn connection(socket: WebSocket, room: broadcast::Sender<(u64, String)>, me: u64) {
+    async fn connection(
+        socket: WebSocket,
+        room: broadcast::Sender<(u64, String)>,
+        mut heard: broadcast::Receiver<(u64, String)>,
+        me: u64,
+    ) {
         let (mut tx, mut rx) = socket.split();
-        let mut heard = room.subscribe();
         loop {
             tokio::select! {
                 message = rx.next() => match message {
@@ -111,7 +115,10 @@ async fn relay() -> SocketAddr {
             get(
                 |State((room, next)): State<Room>, ws: WebSocketUpgrade| async move {
                     let me = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    ws.on_upgrade(move |socket| connection(socket, room, me))
+                    // In the room before the handshake's answer: a message
+                    // sent once the other end's connect returned reaches it.
+                    let heard = room.subscribe();
+                    ws.on_upgrade(move |socket| connection(socket, room, heard, me))
                 },
             ),
         )
