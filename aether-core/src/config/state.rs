@@ -102,9 +102,19 @@ pub struct KeeperConfig {
     /// default): none.
     pub maps: Vec<String>,
     /// Most maps kept (1 to 100,000); another map is refused, counted and
-    /// logged. Each map is bounded by `max_keys` and `max_map_bytes`.
-    /// Default 256.
+    /// logged. Each map is bounded by `max_keys` and `max_map_bytes`, all
+    /// of them together by `max_bytes`. Default 256.
     pub max_maps: usize,
+    /// Most of them one writer brings (a map is a writer's from the write
+    /// that opened it until it closes): a flood of maps by one writer
+    /// leaves room for the others' (above `max_maps` it is `max_maps`).
+    /// 1 to 100,000; default 64.
+    pub max_maps_per_writer: usize,
+    /// Bytes of keys and values of all its maps together; a write past it
+    /// is refused as `full` (the writer told; counted and logged). Memory
+    /// and disk follow it: see the guide. At least `max_key_bytes +
+    /// max_value_bytes`, at most 1 TiB; default 64 MiB.
+    pub max_bytes: u64,
 }
 
 impl Default for KeeperConfig {
@@ -112,6 +122,8 @@ impl Default for KeeperConfig {
         Self {
             maps: Vec::new(),
             max_maps: 256,
+            max_maps_per_writer: 64,
+            max_bytes: 64 << 20,
         }
     }
 }
@@ -237,6 +249,18 @@ impl StateConfig {
             "state.keeper.max_maps",
             keeper.max_maps.to_string(),
             "must be 1 to 100000",
+        )?;
+        check(
+            (1..=100_000).contains(&keeper.max_maps_per_writer),
+            "state.keeper.max_maps_per_writer",
+            keeper.max_maps_per_writer.to_string(),
+            "must be 1 to 100000",
+        )?;
+        check(
+            (least..=1 << 40).contains(&keeper.max_bytes),
+            "state.keeper.max_bytes",
+            keeper.max_bytes.to_string(),
+            "must be at least max_key_bytes + max_value_bytes, and at most 1099511627776",
         )?;
         for pattern in &keeper.maps {
             check(

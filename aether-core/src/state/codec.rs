@@ -95,6 +95,11 @@ pub(crate) enum Message {
 /// [`Message::Held`]'s `token` when it acknowledges no hold: a keeper
 /// tells a replica it meets that it keeps the map (hold tokens are odd).
 pub(crate) const KEEPER_TOKEN: u64 = 0;
+/// [`Message::Hold`]'s `token` of a knock: a replica that writes and
+/// knows no keeper of its map shows keepers its writes (a map earns a
+/// keeper with a write, not with a hello). Replicas take its writes and
+/// answer nothing.
+pub(crate) const KNOCK_TOKEN: u64 = 0;
 /// [`Message::Held`]'s `refused` when every write is held.
 pub(crate) const HELD_ALL: u8 = 0;
 /// [`Message::Held`]'s `refused` when the replica's ledger failed.
@@ -422,7 +427,9 @@ fn entry_of(b: &mut Bytes, limits: &Limits) -> Result<(String, Entry), DecodeErr
         if len > limits.max_value_bytes {
             return Err(DecodeError("value too long"));
         }
-        Some(take(b, len)?)
+        // A value of its own, not a slice of the message (or snapshot) it
+        // came in: kept for long, a slice would keep the whole message.
+        Some(Bytes::copy_from_slice(&take(b, len)?))
     } else {
         None
     };

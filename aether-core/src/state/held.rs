@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use super::{
     Refusal, Shared, StateError, StateErrorKind, StateMap,
-    codec::{self, HELD_ALL, HELD_NOT_LOGGED, Message},
+    codec::{self, HELD_ALL, HELD_NOT_LOGGED, KNOCK_TOKEN, Message},
     node_id,
     store::Entry,
 };
@@ -435,6 +435,9 @@ impl Shared {
         // again first: a hold is acknowledged only once they are.
         self.retry_unlogged();
         let taken = self.take_entries(source, entries, false);
+        if token == KNOCK_TOKEN {
+            return;
+        }
         let mut refused = taken.refused.map_or(HELD_ALL, |reason| reason as u8 + 1);
         if taken.not_logged {
             refused = HELD_NOT_LOGGED;

@@ -1,17 +1,25 @@
 //! Keepers: replicas that hold maps for others, on their disk, so a map
 //! outlives every program that wrote it.
 //!
-//! A [`Keeper`] listens for any map's presence and holds (`_state.*.p`,
-//! `_state.*.k`) and opens a replica, with a ledger in `<dir>/<map>`, of
-//! each map its patterns name, the first time it hears of it; started
-//! again, it opens every map its directory holds before it listens. Its
-//! replicas are replicas like any other (they converge, answer catch-ups
-//! and anti-entropy) that say they are keepers when they acknowledge a
-//! writer's [`StateMap::flush`]. The number of maps is bounded
-//! (`max_maps`); a map past it is refused, counted and logged.
+//! A [`Keeper`] listens for writers' holds and knocks (`_state.*.k`: a
+//! replica that writes and knows no keeper shows its writes there) and
+//! opens a replica, with a ledger in `<dir>/<map>`, of each map its
+//! patterns name that is written to: a map earns a keeper with a write,
+//! not with a replica's hello. A map that stays empty is closed and its
+//! directory removed. Started again, it opens the maps its directory holds
+//! in the background, several at a time, first those a replica asks for
+//! (a hello); `start` returns once they are open or after two seconds,
+//! whichever is first.
+//!
+//! Its replicas are replicas like any other (they converge, answer
+//! catch-ups and anti-entropy) that say they are keepers when they
+//! acknowledge a writer's [`StateMap::flush`]. Bounds: `max_maps` maps,
+//! `max_maps_per_writer` of them brought by one writer, `max_bytes` of
+//! keys and values in all (a write past it is refused as `full`); each
+//! refusal counted and logged (at most once a minute).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     path::PathBuf,
     sync::{
         Arc, Mutex, MutexGuard,
@@ -21,7 +29,8 @@ use std::{
 };
 
 use super::{
-    StateConfig, StateError, StateErrorKind, StateMap,
+    Refusal, StateConfig, StateError, StateErrorKind, StateMap,
+    budget::Budget,
     codec::{Limits, Message},
 };
 use crate::{Aether, Vibrator, names::is_name};
@@ -29,19 +38,34 @@ use crate::{Aether, Vibrator, names::is_name};
 /// What a keeper did, counted since it started.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeeperStats {
-    /// Maps it keeps.
+    /// Maps it keeps (open).
     pub maps: usize,
-    /// Maps it heard of, which its patterns name, but did not keep:
-    /// `max_maps` was reached.
+    /// Maps its directory holds that are not open yet (a start opens them
+    /// in the background).
+    pub waiting_maps: usize,
+    /// Maps written to, which its patterns name, but not kept: `max_maps`
+    /// was reached.
     pub refused_maps: u64,
+    /// Maps not kept because the writer that brought them has
+    /// `max_maps_per_writer` kept already.
+    pub refused_writer_maps: u64,
     /// Maps it could not open (their ledger unreadable, for one).
     pub failed_maps: u64,
+    /// Maps closed and forgotten because they stayed empty.
+    pub forgotten_maps: u64,
     /// Changes its maps' ledgers could not write (a full disk), in all: no
     /// write they carried was acknowledged until written.
     pub ledger_failed: u64,
     /// Maps whose ledger was damaged when they opened (repaired: the
     /// damage logged with the map's name, the damaged files kept aside).
     pub ledgers_damaged: u64,
+    /// Writes its maps refused as `full`: past `max_bytes` of all maps,
+    /// or a map's own `max_keys` or `max_map_bytes`.
+    pub full_writes: u64,
+    /// Bytes of keys and values its open maps hold together.
+    pub bytes: u64,
+    /// What they may hold together (`max_bytes`).
+    pub max_bytes: u64,
 }
 
 /// A keeper of the maps `[aether.state.keeper] maps` names.
@@ -68,7 +92,7 @@ pub struct KeeperStats {
 /// ```
 pub struct Keeper {
     inner: Arc<Inner>,
-    listener: tokio::task::AbortHandle,
+    tasks: Vec<tokio::task::AbortHandle>,
 }
 
 struct Inner {
@@ -76,26 +100,61 @@ struct Inner {
     name: String,
     config: StateConfig,
     dir: PathBuf,
-    maps: Mutex<HashMap<String, StateMap>>,
-    /// Maps being opened now.
-    opening: Mutex<HashSet<String>>,
-    /// Maps refused, each once (up to [`REMEMBERED`]).
+    /// The keys and values of all its maps together.
+    budget: Arc<Budget>,
+    maps: Mutex<HashMap<String, Kept>>,
+    /// Maps being opened now, each with the writer that brought it.
+    opening: Mutex<HashMap<String, Option<u64>>>,
+    /// Maps its directory holds that are not open yet.
+    waiting: Mutex<BTreeSet<String>>,
+    /// Wakes the opener: a map waiting is asked for.
+    asked: tokio::sync::Notify,
+    /// Maps refused, each counted once (up to [`REMEMBERED`]).
     refused: Mutex<HashSet<String>>,
     refused_maps: AtomicU64,
+    refused_writer_maps: AtomicU64,
     failed_maps: AtomicU64,
+    forgotten_maps: AtomicU64,
     /// When a refusal was last logged.
     warned: Mutex<Option<Instant>>,
-    /// Held while it runs: the directory is this keeper's.
-    _lock: std::fs::File,
+    /// Held while it runs: the directory is this keeper's (let go by
+    /// `close`).
+    dir_lock: Mutex<Option<std::fs::File>>,
+    /// Closed: a map that opens now is closed at once.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// A map kept: its replica, the writer that brought it (none for a map
+/// kept before), since when.
+struct Kept {
+    map: StateMap,
+    writer: Option<u64>,
+    since: Instant,
 }
 
 /// How many refused map names a keeper remembers (each is counted once).
 const REMEMBERED: usize = 4096;
-/// At most one warning of refused maps a minute.
+/// At most one warning of each kind a minute.
 const WARN_EVERY: Duration = Duration::from_secs(60);
+/// How long `start` waits for the maps its directory holds to open.
+const START_WAIT: Duration = Duration::from_secs(2);
+/// Maps opened at once.
+const OPEN_AT_ONCE: usize = 8;
+/// A map opened that holds nothing (no key, no tombstone) this long after
+/// is closed and forgotten.
+const EMPTY_FOR: Duration = Duration::from_secs(10);
+/// How often the keeper looks at its maps.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Why a map was not kept.
+#[derive(Clone, Copy)]
+enum Refused {
+    MaxMaps,
+    Writer,
 }
 
 impl Keeper {
@@ -137,13 +196,13 @@ impl Keeper {
         // One keeper a directory: a second would find every map's ledger
         // taken and keep nothing.
         let lock_path = dir.join("keeper.lock");
-        let lock = std::fs::File::create(&lock_path).map_err(|e| {
+        let dir_lock = std::fs::File::create(&lock_path).map_err(|e| {
             StateError::new(
                 StateErrorKind::Ledger,
                 format!("cannot write {}: {e}", lock_path.display()),
             )
         })?;
-        if lock.try_lock().is_err() {
+        if dir_lock.try_lock().is_err() {
             return Err(StateError::new(
                 StateErrorKind::Ledger,
                 format!(
@@ -167,73 +226,80 @@ impl Keeper {
         let inner = Arc::new(Inner {
             aether: aether.clone(),
             name,
+            budget: Budget::new(config.keeper.max_bytes),
+            waiting: Mutex::new(kept_in(&dir, &config)),
             config,
             dir,
             maps: Mutex::new(HashMap::new()),
-            opening: Mutex::new(HashSet::new()),
+            opening: Mutex::new(HashMap::new()),
+            asked: tokio::sync::Notify::new(),
             refused: Mutex::new(HashSet::new()),
             refused_maps: AtomicU64::new(0),
+            refused_writer_maps: AtomicU64::new(0),
             failed_maps: AtomicU64::new(0),
+            forgotten_maps: AtomicU64::new(0),
             warned: Mutex::new(None),
-            _lock: lock,
+            dir_lock: Mutex::new(Some(dir_lock)),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
-        // What it kept before: open again before anything else, so a
-        // replica that asks finds it.
-        for map in inner.kept_before() {
-            if inner.claim(&map) {
-                inner.open(map).await;
-            }
+        let tasks = vec![
+            tokio::spawn(listen(inner.clone(), vibrator)).abort_handle(),
+            tokio::spawn(open_waiting(inner.clone())).abort_handle(),
+            tokio::spawn(look(inner.clone())).abort_handle(),
+        ];
+        // What it kept before opens in the background; a small directory
+        // is open before `start` returns.
+        let deadline = Instant::now() + START_WAIT;
+        while Instant::now() < deadline
+            && !(lock(&inner.waiting).is_empty() && lock(&inner.opening).is_empty())
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let listener = tokio::spawn(listen(inner.clone(), vibrator)).abort_handle();
-        Ok(Keeper { inner, listener })
+        Ok(Keeper { inner, tasks })
     }
 
-    /// The names of the maps it keeps, sorted.
+    /// The names of the maps it keeps open, sorted.
     pub fn maps(&self) -> Vec<String> {
         let mut names: Vec<String> = lock(&self.inner.maps).keys().cloned().collect();
         names.sort();
         names
     }
 
-    /// Its replica of map `name`, if it keeps it.
+    /// Its replica of map `name`, if it keeps it open.
     pub fn map(&self, name: &str) -> Option<StateMap> {
-        lock(&self.inner.maps).get(name).cloned()
+        lock(&self.inner.maps).get(name).map(|k| k.map.clone())
     }
 
     /// What it did, counted.
     pub fn stats(&self) -> KeeperStats {
-        // Each map's counts are read off the keeper's lock: a map's own
-        // tasks may wait for it while they hold the map.
-        let maps: Vec<StateMap> = lock(&self.inner.maps).values().cloned().collect();
-        let mut stats = KeeperStats {
-            maps: maps.len(),
-            refused_maps: self.inner.refused_maps.load(Ordering::Relaxed),
-            failed_maps: self.inner.failed_maps.load(Ordering::Relaxed),
-            ledger_failed: 0,
-            ledgers_damaged: 0,
-        };
-        for map in &maps {
-            let counts = map.stats();
-            stats.ledger_failed += counts.ledger_failed;
-            stats.ledgers_damaged += counts.ledger_damaged;
-        }
-        stats
+        self.inner.stats()
     }
 
     /// Stops listening and closes every replica (each says goodbye; its
     /// ledger is closed).
     pub async fn close(&self) {
-        self.listener.abort();
-        let maps: Vec<StateMap> = lock(&self.inner.maps).drain().map(|(_, m)| m).collect();
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.inner.closed.store(true, Ordering::Release);
+        let maps: Vec<StateMap> = lock(&self.inner.maps).drain().map(|(_, k)| k.map).collect();
         for map in maps {
             map.close().await;
         }
+        // Maps opening as it closed close as they open.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !lock(&self.inner.opening).is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        lock(&self.inner.dir_lock).take();
     }
 }
 
 impl Drop for Keeper {
     fn drop(&mut self) {
-        self.listener.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -247,49 +313,87 @@ impl std::fmt::Debug for Keeper {
     }
 }
 
+/// The maps `dir` holds that `config`'s patterns name.
+fn kept_in(dir: &std::path::Path, config: &StateConfig) -> BTreeSet<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return BTreeSet::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| is_name(name) && !name.contains('.') && config.keeper.keeps(name))
+        .collect()
+}
+
 impl Inner {
-    /// The maps its directory holds that its patterns name.
-    fn kept_before(&self) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
+    fn stats(&self) -> KeeperStats {
+        // Each map's counts are read off the keeper's lock: a map's own
+        // tasks may wait for it while they hold the map.
+        let maps: Vec<StateMap> = lock(&self.maps).values().map(|k| k.map.clone()).collect();
+        let mut stats = KeeperStats {
+            maps: maps.len(),
+            waiting_maps: lock(&self.waiting).len(),
+            refused_maps: self.refused_maps.load(Ordering::Relaxed),
+            refused_writer_maps: self.refused_writer_maps.load(Ordering::Relaxed),
+            failed_maps: self.failed_maps.load(Ordering::Relaxed),
+            forgotten_maps: self.forgotten_maps.load(Ordering::Relaxed),
+            bytes: self.budget.used(),
+            max_bytes: self.budget.limit(),
+            ..KeeperStats::default()
         };
-        let mut names: Vec<String> = entries
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|name| is_name(name) && !name.contains('.') && self.config.keeper.keeps(name))
-            .collect();
-        names.sort();
-        names
+        for map in &maps {
+            let counts = map.stats();
+            stats.ledger_failed += counts.ledger_failed;
+            stats.ledgers_damaged += counts.ledger_damaged;
+            stats.full_writes += counts.refused(Refusal::Full);
+        }
+        stats
     }
 
     /// Whether `map` is kept or being opened.
     fn known(&self, map: &str) -> bool {
-        lock(&self.maps).contains_key(map) || lock(&self.opening).contains(map)
+        lock(&self.maps).contains_key(map) || lock(&self.opening).contains_key(map)
     }
 
-    /// Takes `map` to be opened by the caller: `false` if it is kept or
-    /// being opened already, not named by the patterns, or past
-    /// `max_maps` (then counted and logged).
-    fn claim(&self, map: &str) -> bool {
+    /// Takes `map` to be opened by the caller, brought by `writer` (none:
+    /// kept before, on its disk): `false` if it is kept or being opened
+    /// already, not named by the patterns, or past a bound (then counted
+    /// and logged).
+    fn claim(&self, map: &str, writer: Option<u64>) -> bool {
         if !self.config.keeper.keeps(map) {
             return false;
         }
+        let on_disk = lock(&self.waiting).contains(map);
+        let writer = if on_disk { None } else { writer };
         let maps = lock(&self.maps);
         let mut opening = lock(&self.opening);
-        if maps.contains_key(map) || opening.contains(map) {
+        if maps.contains_key(map) || opening.contains_key(map) {
             return false;
         }
-        if maps.len() + opening.len() >= self.config.keeper.max_maps {
+        let refused = if maps.len() + opening.len() >= self.config.keeper.max_maps {
+            Some(Refused::MaxMaps)
+        } else if writer.is_some_and(|writer| {
+            let brought = maps.values().filter(|k| k.writer == Some(writer)).count()
+                + opening.values().filter(|w| **w == Some(writer)).count();
+            brought >= self.config.keeper.max_maps_per_writer
+        }) {
+            Some(Refused::Writer)
+        } else {
+            None
+        };
+        if let Some(why) = refused {
             drop((maps, opening));
-            self.refuse(map);
+            self.refuse(map, why);
             return false;
         }
-        opening.insert(map.to_string());
+        opening.insert(map.to_string(), writer);
+        drop((maps, opening));
+        lock(&self.waiting).remove(map);
         true
     }
 
-    fn refuse(&self, map: &str) {
+    fn refuse(&self, map: &str, why: Refused) {
         let mut refused = lock(&self.refused);
         if refused.contains(map) {
             return;
@@ -297,29 +401,49 @@ impl Inner {
         if refused.len() < REMEMBERED {
             refused.insert(map.to_string());
         }
-        let count = self.refused_maps.fetch_add(1, Ordering::Relaxed) + 1;
         drop(refused);
-        let mut warned = lock(&self.warned);
-        if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
-            *warned = Some(Instant::now());
+        let (count, message) = match why {
+            Refused::MaxMaps => (
+                self.refused_maps.fetch_add(1, Ordering::Relaxed) + 1,
+                "a map is not kept: this keeper keeps max_maps maps already (raise \
+                 [aether.state.keeper] max_maps, or name fewer maps)",
+            ),
+            Refused::Writer => (
+                self.refused_writer_maps.fetch_add(1, Ordering::Relaxed) + 1,
+                "a map is not kept: the writer that brought it brought \
+                 max_maps_per_writer maps kept already ([aether.state.keeper])",
+            ),
+        };
+        if self.may_warn() {
             tracing::warn!(
                 keeper = %self.name,
                 map,
-                refused_maps = count,
+                refused = count,
                 max_maps = self.config.keeper.max_maps,
-                "a map is not kept: this keeper keeps max_maps maps already (raise \
-                 [aether.state.keeper] max_maps, or name fewer maps)"
+                max_maps_per_writer = self.config.keeper.max_maps_per_writer,
+                "{message}"
             );
         }
     }
 
-    /// Opens the replica of a claimed map.
-    async fn open(&self, map: String) {
+    fn may_warn(&self) -> bool {
+        let mut warned = lock(&self.warned);
+        let due = warned.is_none_or(|at| at.elapsed() >= WARN_EVERY);
+        if due {
+            *warned = Some(Instant::now());
+        }
+        due
+    }
+
+    /// Opens the replica of a claimed map, and takes in `entries` (a
+    /// writer's knock) that came before it listened.
+    async fn open(&self, map: String, source: Option<(String, Vec<(String, super::Entry)>)>) {
         let attempt = || {
             StateMap::builder(map.as_str())
                 .node(self.name.as_str())
                 .config(self.config.clone())
                 .keeper(true)
+                .budget(self.budget.clone())
                 .open(&self.aether)
         };
         let mut opened = attempt().await;
@@ -328,13 +452,25 @@ impl Inner {
         // letting go of it.
         if let Err(error) = &opened {
             tracing::info!(keeper = %self.name, map, %error, "opening the map again");
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
             opened = attempt().await;
         }
+        let writer = lock(&self.opening).get(&map).copied().flatten();
         match opened {
+            Ok(replica) if self.closed.load(Ordering::Acquire) => replica.close().await,
             Ok(replica) => {
+                if let Some((source, entries)) = source {
+                    replica.take_changes(&source, entries);
+                }
                 tracing::info!(keeper = %self.name, map, keys = replica.len(), "keeping map");
-                lock(&self.maps).insert(map.clone(), replica);
+                lock(&self.maps).insert(
+                    map.clone(),
+                    Kept {
+                        map: replica,
+                        writer,
+                        since: Instant::now(),
+                    },
+                );
             }
             Err(error) => {
                 self.failed_maps.fetch_add(1, Ordering::Relaxed);
@@ -343,11 +479,94 @@ impl Inner {
         }
         lock(&self.opening).remove(&map);
     }
+
+    /// Closes the maps that stayed empty and forgets them (their
+    /// directories removed).
+    async fn forget_empty(&self) {
+        let empty: Vec<(String, StateMap)> = {
+            let maps = lock(&self.maps);
+            maps.iter()
+                .filter(|(_, k)| k.since.elapsed() >= EMPTY_FOR)
+                .map(|(name, k)| (name.clone(), k.map.clone()))
+                .collect()
+        };
+        for (name, map) in empty {
+            let stats = map.stats();
+            if stats.keys + stats.tombstones > 0 {
+                continue;
+            }
+            let Some(kept) = lock(&self.maps).remove(&name) else {
+                continue;
+            };
+            kept.map.close().await;
+            let stats = kept.map.stats();
+            if stats.keys + stats.tombstones > 0 {
+                // Written to as it closed: kept, opened again.
+                lock(&self.waiting).insert(name);
+                self.asked.notify_one();
+                continue;
+            }
+            if let Err(error) = std::fs::remove_dir_all(self.dir.join(&name)) {
+                tracing::warn!(keeper = %self.name, map = name, %error, "cannot remove an empty map's directory");
+            }
+            self.forgotten_maps.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(keeper = %self.name, map = name, "an empty map is forgotten");
+        }
+    }
 }
 
-/// Opens a replica of each map named that it hears of: a replica's hello
-/// or a writer's hold, well formed (anything else on those channels opens
-/// nothing).
+/// Opens the maps waiting (kept before), [`OPEN_AT_ONCE`] at a time, in
+/// name order unless one is asked for.
+async fn open_waiting(inner: Arc<Inner>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(OPEN_AT_ONCE));
+    loop {
+        let next = lock(&inner.waiting).first().cloned();
+        let Some(map) = next else {
+            inner.asked.notified().await;
+            continue;
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        if !inner.claim(&map, None) {
+            // Kept now, or past a bound (counted): not waiting any more.
+            lock(&inner.waiting).remove(&map);
+            continue;
+        }
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            inner.open(map, None).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Each second: forgets the maps that stayed empty, and says when writes
+/// were refused as full.
+async fn look(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(LOOK_EVERY);
+    let mut full_said = 0;
+    loop {
+        tick.tick().await;
+        inner.forget_empty().await;
+        let stats = inner.stats();
+        if stats.full_writes > full_said && inner.may_warn() {
+            tracing::warn!(
+                keeper = %inner.name,
+                full_writes = stats.full_writes,
+                bytes = stats.bytes,
+                max_bytes = stats.max_bytes,
+                "writes are refused as full: the maps kept hold their max_keys or \
+                 max_map_bytes, or all of them together [aether.state.keeper] max_bytes"
+            );
+            full_said = stats.full_writes;
+        }
+    }
+}
+
+/// Opens a replica of each map named that is written to (a writer's hold
+/// or knock, well formed), and of a map kept before that a replica says
+/// hello to. Anything else on those channels opens nothing.
 async fn listen(inner: Arc<Inner>, mut vibrator: Vibrator) {
     let limits = Limits {
         max_key_bytes: inner.config.max_key_bytes,
@@ -365,14 +584,180 @@ async fn listen(inner: Arc<Inner>, mut vibrator: Vibrator) {
         if !is_name(map) || !inner.config.keeper.keeps(map) || inner.known(map) {
             continue;
         }
-        let heard = matches!(
-            (kind, Message::decode(wave.payload_bytes().clone(), &limits)),
-            ("p", Ok(Message::Hello { leaving: false, .. })) | ("k", Ok(Message::Hold { .. }))
-        );
-        if !heard || !inner.claim(map) {
+        let (writer, knock) = match (kind, Message::decode(wave.payload_bytes().clone(), &limits)) {
+            ("p", Ok(Message::Hello { leaving: false, .. })) => {
+                // A hello opens only a map kept before.
+                if lock(&inner.waiting).contains(map) {
+                    (None, None)
+                } else {
+                    continue;
+                }
+            }
+            ("k", Ok(Message::Hold { node, entries, .. })) => {
+                let source = wave.source().map(str::to_string);
+                (Some(node), source.map(|s| (s, entries)))
+            }
+            _ => continue,
+        };
+        if !inner.claim(map, writer) {
             continue;
         }
         let (inner, map) = (inner.clone(), map.to_string());
-        tokio::spawn(async move { inner.open(map).await });
+        tokio::spawn(async move { inner.open(map, knock).await });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Wave, state::HeldBy};
+
+    fn config(dir: &std::path::Path) -> StateConfig {
+        let mut config = StateConfig {
+            dir: Some(dir.into()),
+            heartbeat_interval: Duration::from_millis(50),
+            presence_timeout: Duration::from_millis(300),
+            anti_entropy_interval: Duration::from_millis(100),
+            ..Default::default()
+        };
+        config.keeper.maps = vec!["*".into()];
+        config.keeper.max_maps = 16;
+        config.keeper.max_maps_per_writer = 4;
+        config
+    }
+
+    /// Hellos for made-up maps open nothing; holds for made-up maps by one
+    /// writer take at most its share, and are forgotten once they stay
+    /// empty; a real writer's map is kept throughout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_made_up_maps_leaves_room_for_real_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let aether = Aether::default();
+        let keeper = Keeper::start_with(&aether, "keeper", config(dir.path()))
+            .await
+            .unwrap();
+        let flooder = Vibrator::create("flooder", &aether).await.unwrap();
+        for n in 0..200 {
+            let hello = Message::Hello {
+                node: 7,
+                leaving: false,
+                owned: 0,
+            };
+            let hold = Message::Hold {
+                node: 7,
+                token: 1,
+                entries: Vec::new(),
+            };
+            for (kind, message) in [("p", hello), ("k", hold)] {
+                let channel = format!("_state.junk-{n}.{kind}");
+                flooder
+                    .emitter()
+                    .emit_own(Wave::new(channel.as_str(), message.encode()))
+                    .await
+                    .unwrap();
+            }
+        }
+        let real = StateMap::builder("real")
+            .node("script")
+            .config(StateConfig {
+                dir: None,
+                keeper: Default::default(),
+                ..config(dir.path())
+            })
+            .open(&aether)
+            .await
+            .unwrap();
+        real.set("hall.light", "on").await.unwrap();
+        let held = real
+            .flush_to(HeldBy::keepers(1), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(held.keepers, 1);
+        let stats = keeper.stats();
+        assert!(
+            stats.maps <= 5,
+            "the flooder's share and the real map: {stats:?}"
+        );
+        assert!(keeper.maps().contains(&"real".to_string()));
+        assert_eq!(stats.refused_writer_maps, 196, "{stats:?}");
+        assert_eq!(stats.refused_maps, 0, "{stats:?}");
+        // The made-up maps stay empty: forgotten, their directories gone.
+        tokio::time::timeout(EMPTY_FOR + Duration::from_secs(5), async {
+            while keeper.maps() != ["real"] {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the empty maps are forgotten");
+        assert_eq!(keeper.stats().forgotten_maps, 4);
+        let left: Vec<String> = kept_in(dir.path(), &config(dir.path()))
+            .into_iter()
+            .collect();
+        assert_eq!(left, ["real"]);
+        real.close().await;
+        keeper.close().await;
+    }
+
+    /// The maps a keeper keeps hold at most `max_bytes` together: a write
+    /// past it is refused as full, the writer told why.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_keepers_maps_share_one_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let aether = Aether::default();
+        let mut config = config(dir.path());
+        config.max_value_bytes = 1000;
+        config.keeper.max_bytes = 3000;
+        let keeper = Keeper::start_with(&aether, "keeper", config.clone())
+            .await
+            .unwrap();
+        let mut writers = Vec::new();
+        for name in ["a", "b"] {
+            let map = StateMap::builder(name)
+                .node(format!("writer-{name}"))
+                .config(StateConfig {
+                    dir: None,
+                    keeper: Default::default(),
+                    ..config.clone()
+                })
+                .open(&aether)
+                .await
+                .unwrap();
+            map.set("one", vec![b'x'; 900]).await.unwrap();
+            map.flush_to(HeldBy::keepers(1), Duration::from_secs(5))
+                .await
+                .unwrap();
+            writers.push(map);
+        }
+        writers[0].set("two", vec![b'y'; 900]).await.unwrap();
+        writers[0]
+            .flush_to(HeldBy::keepers(1), Duration::from_secs(5))
+            .await
+            .unwrap();
+        writers[1].set("two", vec![b'z'; 900]).await.unwrap();
+        let full = writers[1]
+            .flush_to(HeldBy::keepers(1), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(full.kind(), StateErrorKind::Full, "{full}");
+        let stats = keeper.stats();
+        assert!(stats.bytes <= 3000 && stats.bytes >= 2700, "{stats:?}");
+        assert!(stats.full_writes >= 1, "{stats:?}");
+        // A delete makes room.
+        writers[0].delete("two").await.unwrap();
+        writers[0]
+            .flush_to(HeldBy::keepers(1), Duration::from_secs(5))
+            .await
+            .unwrap();
+        writers[1].set("two", vec![b'z'; 900]).await.unwrap();
+        writers[1]
+            .flush_to(HeldBy::keepers(1), Duration::from_secs(5))
+            .await
+            .unwrap();
+        keeper.close().await;
+        // Opened again, its maps count what they hold at once.
+        let again = Keeper::start_with(&aether, "keeper", config).await.unwrap();
+        assert_eq!(again.maps(), ["a", "b"]);
+        assert_eq!(again.stats().bytes, stats.bytes - 900 + 3 + 900 - 3 + 3);
+        again.close().await;
     }
 }

@@ -43,6 +43,13 @@ pub(crate) struct Repair {
     pub(crate) kept_aside: Result<std::path::PathBuf, String>,
 }
 
+/// A ledger's segment: what a compaction leaves besides the snapshot
+/// and the records after it is at most one segment.
+const SEGMENT_BYTES: u64 = 1 << 20;
+/// Records since the last snapshot of at least this many bytes (and as
+/// many as the map holds) make the next snapshot due.
+const SNAPSHOT_FLOOR: u64 = 256 << 10;
+
 /// The ledger of one replica.
 #[derive(Debug)]
 pub(crate) struct Ledger {
@@ -51,6 +58,8 @@ pub(crate) struct Ledger {
     /// None once the map closed (the directory is free for another).
     journal: Option<Journal>,
     since_snapshot: u64,
+    /// Bytes of the records appended since the last snapshot.
+    since_snapshot_bytes: u64,
     /// Records between snapshots (0: never).
     snapshot_every: u64,
     /// The last record appended by this process.
@@ -75,7 +84,7 @@ impl Ledger {
                 interval: std::time::Duration::from_millis(200),
                 records: 0,
             },
-            segment_bytes: 8 * 1024 * 1024,
+            segment_bytes: SEGMENT_BYTES,
             ..Default::default()
         };
         // Damage (a torn tail, bytes changed on the disk): the damaged files
@@ -134,6 +143,7 @@ impl Ledger {
                 repair,
                 journal: Some(journal),
                 since_snapshot: replayed,
+                since_snapshot_bytes: 0,
                 snapshot_every,
                 last: None,
                 unlogged: Default::default(),
@@ -213,18 +223,25 @@ impl Ledger {
         journal.flush()?;
         self.last = Some(seq);
         self.since_snapshot += 1;
+        self.since_snapshot_bytes += record.len() as u64;
         // At least as many records as the map has entries between
         // snapshots: a snapshot costs the whole map, so this keeps what is
         // written at most twice what is changed, and a restart reads at
-        // most about twice the map.
+        // most about twice the map. Records as large as the map (and
+        // [`SNAPSHOT_FLOOR`]) are due too: the disk holds about twice the
+        // map, plus a segment, whatever the size of its values.
         let due = self
             .snapshot_every
             .max((store.len() + store.tombstones()) as u64);
-        if self.snapshot_every > 0 && self.since_snapshot >= due {
+        let due_bytes = store.bytes().max(SNAPSHOT_FLOOR);
+        if self.snapshot_every > 0
+            && (self.since_snapshot >= due || self.since_snapshot_bytes >= due_bytes)
+        {
             let all = codec::encode_all(store.entries().map(|(k, e)| (k.as_str(), e)));
             let position = journal.write_snapshot(super::hlc::wall_ns() / 1_000_000, &all)?;
             journal.compact_before(position)?;
             self.since_snapshot = 0;
+            self.since_snapshot_bytes = 0;
         }
         Ok(seq)
     }

@@ -302,6 +302,11 @@ impl Members {
         }
     }
 
+    /// Whether a live member keeps the map for others.
+    pub(super) fn knows_keeper(&self) -> bool {
+        self.keepers.iter().any(|node| self.live.contains_key(node))
+    }
+
     /// The live members' names, each with whether it is a keeper, sorted,
     /// each pair once.
     pub(super) fn roles(&self) -> Vec<(String, bool)> {

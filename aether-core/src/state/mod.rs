@@ -32,6 +32,7 @@
 //! The rules are in the user guide (`docs/guide/state.md`); the messages,
 //! byte by byte, in docs/guide/wire.md.
 
+mod budget;
 mod change;
 mod codec;
 mod error;
@@ -96,6 +97,8 @@ pub struct StateMapBuilder {
     dir: Option<std::path::PathBuf>,
     keeper: bool,
     values: Option<ValueCheck>,
+    /// The keeper's budget its bytes count against.
+    budget: Option<std::sync::Arc<budget::Budget>>,
 }
 
 /// Which values a replica takes from the others ([`StateMapBuilder::values`]).
@@ -142,6 +145,12 @@ impl StateMapBuilder {
     /// its maps so.
     pub fn keeper(mut self, keeper: bool) -> Self {
         self.keeper = keeper;
+        self
+    }
+
+    /// Its bytes count against `budget` with other maps' (a keeper's).
+    pub(crate) fn budget(mut self, budget: std::sync::Arc<budget::Budget>) -> Self {
+        self.budget = Some(budget);
         self
     }
 
@@ -226,6 +235,8 @@ struct Shared {
     chatter: Limiter,
     /// When this replica last said hello to all, told it is gone.
     last_hello_back: Mutex<Option<Instant>>,
+    /// When this replica last knocked (wrote knowing no keeper).
+    last_knock: Mutex<Option<Instant>>,
     /// Each owner it asked for its keys: when, for which fingerprint the
     /// owner advertised, and how many times for it.
     asked: Mutex<HashMap<u64, (Instant, u64, u32)>>,
@@ -354,12 +365,19 @@ impl StateMap {
             dir: None,
             keeper: false,
             values: None,
+            budget: None,
         }
     }
 
     /// Opens a replica of map `name` with the default settings.
     pub async fn open(aether: &Aether, name: impl Into<String>) -> Result<StateMap, StateError> {
         Self::builder(name).open(aether).await
+    }
+
+    /// Takes in entries a writer `source` sent before this replica
+    /// listened (a keeper opening a map on a writer's knock), as a hold's.
+    pub(crate) fn take_changes(&self, source: &str, entries: Vec<(String, Entry)>) {
+        self.shared.take_entries(source, entries, false);
     }
 
     async fn open_with(aether: &Aether, builder: StateMapBuilder) -> Result<StateMap, StateError> {
@@ -370,6 +388,7 @@ impl StateMap {
             dir,
             keeper,
             values,
+            budget,
         } = builder;
         let config = config.unwrap_or_else(|| aether.config().state.clone());
         config
@@ -463,6 +482,9 @@ impl StateMap {
             max_keys: config.max_keys,
             max_bytes: config.max_map_bytes,
         });
+        if let Some(budget) = budget {
+            store.set_budget(budget);
+        }
         let quota = Quota::per_second(NonZeroU32::new(config.max_writes_per_s).expect("validated"));
         let shared = Arc::new(Shared {
             limits,
@@ -488,6 +510,7 @@ impl StateMap {
                 NonZeroU32::new(CHATTER_PER_S).expect("non-zero"),
             )),
             last_hello_back: Mutex::new(None),
+            last_knock: Mutex::new(None),
             asked: Mutex::new(HashMap::new()),
             pending_sync: Mutex::new(None),
             outgoing: Mutex::new(Vec::new()),

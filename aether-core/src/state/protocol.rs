@@ -248,11 +248,21 @@ impl Shared {
             let most = (self.config.max_writes_per_s as usize).clamp(1, codec::MAX_ENTRIES);
             for entries in super::held::chunks(queued, self.config.max_value_bytes, most) {
                 let n = entries.len() as u64;
+                let knock = self.knock_due().then(|| Message::Hold {
+                    node: self.clock.node(),
+                    token: codec::KNOCK_TOKEN,
+                    entries: entries.clone(),
+                });
                 let message = Message::Changes {
                     repair: None,
                     entries,
                 };
                 let sent = self.emit(self.channels.changes.clone(), message).await;
+                if let Some(knock) = knock
+                    && let Err(error) = self.emit(self.channels.hold.clone(), knock).await
+                {
+                    tracing::debug!(map = %self.map, %error, "could not knock for a keeper");
+                }
                 let mut failed = self.send_failed.lock().unwrap_or_else(|e| e.into_inner());
                 match sent {
                     Ok(()) => *failed = None,
@@ -265,6 +275,22 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Whether this replica's next changes go to keepers too: it knows
+    /// none (a keeper opens a map it writes to), and did not knock within
+    /// a heartbeat.
+    fn knock_due(&self) -> bool {
+        if self.keeper || self.lock_members().knows_keeper() {
+            return false;
+        }
+        let mut last = self.last_knock.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < self.config.heartbeat_interval) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     pub(super) async fn say_goodbye(&self) {
@@ -300,6 +326,13 @@ impl Shared {
                 store.bytes(),
                 self.config.max_map_bytes
             ),
+            Cap::Budget => {
+                let (used, limit) = store.budget().map_or((0, 0), |b| (b.used(), b.limit()));
+                format!(
+                    "the maps its keeper keeps hold {used} bytes together; the write of {key:?} to map {:?} would take them past the keeper's max_bytes = {limit}",
+                    self.map
+                )
+            }
         };
         StateError::new(StateErrorKind::Full, message)
     }

@@ -12,12 +12,15 @@
 //! fingerprints (key and stamp). Two replicas with the same digest hold
 //! the same entries; anti-entropy sends only the buckets that differ.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use bytes::Bytes;
 use smol_str::SmolStr;
 
-use super::hlc::Stamp;
+use super::{
+    budget::{Budget, Share},
+    hlc::Stamp,
+};
 
 /// Buckets of the digest.
 pub(crate) const BUCKETS: usize = 64;
@@ -58,6 +61,9 @@ pub(crate) enum Cap {
     Keys,
     /// Bytes of keys and values held.
     Bytes,
+    /// Bytes of every map its keeper keeps, together (the keeper's
+    /// `max_bytes`).
+    Budget,
 }
 
 /// What a store may hold: keys (tombstones counted until collected) and
@@ -97,6 +103,14 @@ pub(crate) struct Store {
     /// collected).
     version: u64,
     caps: Caps,
+    /// Its share of a keeper's budget, if a keeper keeps it.
+    share: Share,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.share.give(self.bytes);
+    }
 }
 
 /// Two stores are equal when they hold the same entries (how they came to
@@ -231,6 +245,36 @@ impl Store {
         self.caps = caps;
     }
 
+    /// Counts it against `budget` from now on: what it holds is taken at
+    /// once (fitting or not), each growth must fit.
+    pub(crate) fn set_budget(&mut self, budget: Arc<Budget>) {
+        self.share.give(self.bytes);
+        self.share = Share::of(budget);
+        self.share.force(self.bytes);
+    }
+
+    /// The budget it counts against, if any.
+    pub(crate) fn budget(&self) -> Option<&Arc<Budget>> {
+        self.share.budget()
+    }
+
+    /// Moves the store's bytes from `self.bytes` to `bytes`, within the
+    /// caps (a shrink always): false, and nothing changed, if past one.
+    fn resize(&mut self, bytes: u64) -> Result<(), Cap> {
+        if bytes > self.bytes {
+            if bytes > self.caps.max_bytes {
+                return Err(Cap::Bytes);
+            }
+            if !self.share.take(bytes - self.bytes) {
+                return Err(Cap::Budget);
+            }
+        } else {
+            self.share.give(self.bytes - bytes);
+        }
+        self.bytes = bytes;
+        Ok(())
+    }
+
     /// Merges `entry` for `key`, within the caps: a write that would take
     /// the store past one is not applied (a key it holds may always shrink).
     pub(crate) fn merge(&mut self, key: &str, entry: Entry) -> Merged {
@@ -241,15 +285,14 @@ impl Store {
                 return Merged::Stale;
             }
             let held_cost = cost(key, held);
-            let bytes = self.bytes - held_cost + new_cost;
-            if new_cost > held_cost && bytes > self.caps.max_bytes {
-                return Merged::Full(Cap::Bytes);
-            }
             let change = fingerprint(key, held) ^ fingerprint(key, &entry);
             let tombstones = self.tombstones - usize::from(held.value.is_none())
                 + usize::from(entry.value.is_none());
+            if let Err(cap) = self.resize(self.bytes - held_cost + new_cost) {
+                return Merged::Full(cap);
+            }
+            let held = self.entries.get_mut(key).expect("held above");
             let old = std::mem::replace(held, entry);
-            self.bytes = bytes;
             self.version += 1;
             self.tombstones = tombstones;
             *self.slot(key) ^= change;
@@ -258,11 +301,9 @@ impl Store {
         if self.entries.len() >= self.caps.max_keys {
             return Merged::Full(Cap::Keys);
         }
-        let bytes = self.bytes + new_cost;
-        if bytes > self.caps.max_bytes {
-            return Merged::Full(Cap::Bytes);
+        if let Err(cap) = self.resize(self.bytes + new_cost) {
+            return Merged::Full(cap);
         }
-        self.bytes = bytes;
         self.version += 1;
         *self.slot(key) ^= fingerprint(key, &entry);
         self.tombstones += usize::from(entry.value.is_none());
@@ -352,7 +393,7 @@ impl Store {
             let entry = self.entries.remove(key).expect("listed above");
             *self.slot(key) ^= fingerprint(key, &entry);
             self.tombstones -= 1;
-            self.bytes -= cost(key, &entry);
+            let _ = self.resize(self.bytes - cost(key, &entry));
         }
         if !old.is_empty() {
             self.version += 1;
