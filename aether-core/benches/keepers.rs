@@ -14,6 +14,11 @@
 //! JetStream and Redis with their defaults do; `sync_writes` (an fsync
 //! before the acknowledgement) is measured too.
 //!
+//! Then what holding costs: a keeper in a process of its own (this
+//! benchmark run again) fed 48 MiB of 32 KiB values in three maps, its
+//! resident memory grown per byte held, beside Redis's `used_memory`
+//! grown per byte for the same keys and values.
+//!
 //! `cargo bench -p aether-core --bench keepers` (rounds alternate the
 //! sides; medians and min-max); under `cargo test` each side runs once,
 //! small, Redis left out.
@@ -213,7 +218,176 @@ impl Side {
     }
 }
 
+/// The keeper process of [`memory`]: a keeper of every map in the
+/// directory named, on the server named, until its stdin closes.
+const CHILD: &str = "AETHER_BENCH_KEEPER_CHILD";
+
+fn keeper_child(spec: &str) {
+    let (url, dir) = spec.split_once('|').expect("url|dir");
+    let rt = runtime();
+    rt.block_on(async {
+        let aether = Aether::connect(aether_core::AetherConfig {
+            nats: aether_core::config::NatsConfig {
+                urls: vec![url.to_string()],
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .await
+        .expect("connects");
+        let mut config = StateConfig {
+            dir: Some(dir.into()),
+            ..Default::default()
+        };
+        config.keeper.maps = vec!["*".into()];
+        config.keeper.max_bytes = 256 << 20;
+        let keeper = Keeper::start_with(&aether, "keeper", config)
+            .await
+            .expect("keeper");
+        println!("ready");
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut buf = [0u8; 16];
+            while std::io::Read::read(&mut std::io::stdin(), &mut buf).is_ok_and(|n| n > 0) {}
+        })
+        .await;
+        keeper.close().await;
+    });
+}
+
+/// Resident memory of process `pid`, bytes.
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+const BIG: usize = 32 * 1024 - 64;
+
+/// Memory grown per byte of keys and values held: a keeper's (its
+/// process's resident memory) for `n` values of [`BIG`] bytes in three
+/// maps, each flushed to it.
+async fn keeper_memory(url: &str, n: usize) -> f64 {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .env(CHILD, format!("{url}|{}", dir.path().display()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the keeper process");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("ready");
+    assert_eq!(line.trim(), "ready");
+    let pid = child.id();
+    let before = rss(pid);
+    let writer = Aether::connect(aether_core::AetherConfig {
+        nats: aether_core::config::NatsConfig {
+            urls: vec![url.to_string()],
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .expect("connects");
+    let value = vec![b'v'; BIG];
+    let mut held = 0u64;
+    for map in ["kitchen", "garden", "garage"] {
+        let replica = StateMap::open(&writer, map).await.expect("opens");
+        for i in 0..n / 3 {
+            let key = format!("k{i}");
+            replica.set(&key, value.clone()).await.expect("set");
+            replica
+                .flush_to(HeldBy::keepers(1), Duration::from_secs(10))
+                .await
+                .expect("held");
+            held += (key.len() + BIG) as u64;
+        }
+        replica.close().await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss(pid);
+    writer.close();
+    drop(child.stdin.take());
+    let _ = child.wait();
+    (after.saturating_sub(before)) as f64 / held as f64
+}
+
+/// The same for Redis: `used_memory` grown per byte, for the same keys
+/// and values (deleted after). None without a Redis.
+async fn redis_memory(n: usize) -> Option<f64> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(REDIS))
+        .await
+        .ok()?
+        .ok()?;
+    async fn used(stream: &mut TcpStream) -> Option<u64> {
+        stream
+            .write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nmemory\r\n")
+            .await
+            .ok()?;
+        let mut text = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            let got = stream.read(&mut buf).await.ok()?;
+            text.extend_from_slice(&buf[..got]);
+            let s = String::from_utf8_lossy(&text);
+            if let Some((head, _)) = s.split_once("\r\n")
+                && let Ok(len) = head.trim_start_matches('$').parse::<usize>()
+                && text.len() >= head.len() + 2 + len + 2
+            {
+                return s
+                    .lines()
+                    .find_map(|l| l.strip_prefix("used_memory:"))
+                    .and_then(|v| v.trim().parse().ok());
+            }
+            if got == 0 {
+                return None;
+            }
+        }
+    }
+    let prefix = format!("aether-bench-mem-{}-", std::process::id());
+    let before = used(&mut stream).await?;
+    let value = vec![b'v'; BIG];
+    let mut held = 0u64;
+    let mut answer = [0u8; 5];
+    for map in ["kitchen", "garden", "garage"] {
+        for i in 0..n / 3 {
+            let key = format!("{prefix}{map}.k{i}");
+            let mut out = format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
+                key.len(),
+                value.len()
+            )
+            .into_bytes();
+            out.extend_from_slice(&value);
+            out.extend_from_slice(b"\r\n");
+            stream.write_all(&out).await.ok()?;
+            stream.read_exact(&mut answer).await.ok()?;
+            held += (format!("k{i}").len() + BIG) as u64;
+        }
+    }
+    let after = used(&mut stream).await?;
+    for map in ["kitchen", "garden", "garage"] {
+        for i in 0..n / 3 {
+            let key = format!("{prefix}{map}.k{i}");
+            let del = format!("*2\r\n$3\r\nDEL\r\n${}\r\n{key}\r\n", key.len());
+            stream.write_all(del.as_bytes()).await.ok()?;
+            let mut reply = [0u8; 4];
+            stream.read_exact(&mut reply).await.ok()?;
+        }
+    }
+    Some(after.saturating_sub(before) as f64 / held as f64)
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        keeper_child(&spec);
+        return;
+    }
     let rt = runtime();
     let testing = !std::env::args().any(|a| a == "--bench");
     let server = rt
@@ -231,6 +405,8 @@ fn main() {
             if let Some(run) = nats_kv(&url, 20).await {
                 assert_eq!(run.latencies.len(), 20);
             }
+            let per_byte = keeper_memory(&url, 30).await;
+            assert!(per_byte.is_finite());
         });
         println!("keepers bench: smoke run ok");
         return;
@@ -315,4 +491,28 @@ fn main() {
         Some(&mut vs_kv),
     );
     row("Redis `SET`", &mut red, Some(&mut vs_redis));
+    // What holding costs: 48 MiB of 32 KiB values.
+    let n = 1_536;
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..3 {
+        ours.push(rt.block_on(keeper_memory(&url, n)));
+        if let Some(r) = rt.block_on(redis_memory(n)) {
+            theirs.push(r);
+        }
+    }
+    let (m, lo, hi) = median(&mut ours);
+    println!(
+        "\nmemory per byte held ({n} values of {BIG} bytes in three maps, 3 rounds): a keeper \
+         {m:.2} ({lo:.2}-{hi:.2})"
+    );
+    if theirs.is_empty() {
+        println!("Redis: left out (none at {REDIS})");
+    } else {
+        let (r, rlo, rhi) = median(&mut theirs);
+        println!(
+            "Redis used_memory {r:.2} ({rlo:.2}-{rhi:.2}); keeper / Redis {:.2}x",
+            m / r
+        );
+    }
 }

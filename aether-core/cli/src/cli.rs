@@ -202,6 +202,29 @@ pub fn duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// A size in bytes: `65536`, `512KiB`, `64MiB`, `1GiB`.
+pub fn size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(at) => text.split_at(at),
+        None => (text, "B"),
+    };
+    let value: u64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (65536, 512KiB, 64MiB, 1GiB)"))?;
+    let unit = match unit {
+        "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(format!("{text:?}: the unit is one of B, KiB, MiB, GiB")),
+    };
+    value
+        .checked_mul(unit)
+        .ok_or_else(|| format!("{text:?} is out of range"))
+}
+
 #[derive(Debug, Args)]
 pub struct ListenArgs {
     /// The channel pattern: `orders.created`, `orders.*`, `>` for all.
@@ -455,6 +478,10 @@ pub struct NodeArgs {
     /// hold it).
     #[arg(long, conflicts_with = "keep")]
     pub no_keep: bool,
+    /// Serve the node's keeper's metrics (maps kept, refused, forgotten,
+    /// bytes held, and its connection's counts) at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_keep")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -470,6 +497,11 @@ pub struct KeepArgs {
     /// the settings' [aether.state.keeper] max_maps, 256).
     #[arg(long, value_name = "N")]
     pub max_maps: Option<usize>,
+    /// Most bytes of keys and values all its maps hold together (512KiB,
+    /// 64MiB); a write past it is refused as full (default: the settings'
+    /// [aether.state.keeper] max_bytes, 64MiB).
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    pub max_bytes: Option<u64>,
 }
 
 /// How a write waits to be held elsewhere.
@@ -513,6 +545,18 @@ mod tests {
         assert!(duration("soon").is_err());
         assert!(duration("5 weeks").is_err());
         assert!(duration("-1s").is_err());
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(size("65536"), Ok(65536));
+        assert_eq!(size("512KiB"), Ok(512 << 10));
+        assert_eq!(size("64MiB"), Ok(64 << 20));
+        assert_eq!(size("1GiB"), Ok(1 << 30));
+        assert!(size("64MB").is_err(), "a unit of its own only");
+        assert!(size("big").is_err());
+        assert!(size("-1").is_err());
+        assert!(size("99999999999999GiB").is_err());
     }
 
     #[test]

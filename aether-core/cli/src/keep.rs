@@ -1,7 +1,9 @@
 //! `keep`: a keeper of the bus's maps on this machine's disk, until a
 //! signal.
 
-use aether_core::state::Keeper;
+use std::{collections::BTreeSet, path::Path};
+
+use aether_core::state::{Keeper, KeeperStats};
 
 use crate::{
     Failure,
@@ -20,6 +22,9 @@ pub async fn run(connection: &Connection, args: KeepArgs) -> Result<(), Failure>
     config.keeper.maps = args.maps.clone();
     if let Some(max) = args.max_maps {
         config.keeper.max_maps = max;
+    }
+    if let Some(max) = args.max_bytes {
+        config.keeper.max_bytes = max;
     }
     config
         .validate()
@@ -46,7 +51,6 @@ pub async fn run(connection: &Connection, args: KeepArgs) -> Result<(), Failure>
             format!("keeper-{host}")
         }
     });
-    let max_maps = config.keeper.max_maps;
     let keeper = Keeper::start_with(&aether, name.as_str(), config)
         .await
         .map_err(|e| Failure::usage(format!("cannot keep maps: {e}")))?;
@@ -57,63 +61,127 @@ pub async fn run(connection: &Connection, args: KeepArgs) -> Result<(), Failure>
         keeper.maps().len()
     );
     // What it keeps, refuses and cannot open, said as it happens.
-    let mut kept: std::collections::BTreeSet<String> = keeper.maps().into_iter().collect();
-    let mut said = keeper.stats();
+    let mut told = Told::new(&keeper);
     let mut look = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
             _ = look.tick() => {
-                for map in keeper.maps() {
-                    if kept.insert(map.clone()) {
-                        eprintln!("keeper {name}: keeping map {} ({} maps)", show::safe(&map), kept.len());
-                    }
-                }
-                let now = keeper.stats();
-                if now.refused_maps > said.refused_maps {
-                    eprintln!(
-                        "keeper {name}: {} more map(s) not kept: it keeps max_maps = {} maps \
-                         already ({} refused in all; --max-maps raises it)",
-                        now.refused_maps - said.refused_maps,
-                        max_maps,
-                        now.refused_maps
-                    );
-                }
-                if now.failed_maps > said.failed_maps {
-                    eprintln!(
-                        "keeper {name}: {} map(s) could not be opened in {} ({} in all): \
-                         another program may keep that directory, or its disk is full",
-                        now.failed_maps - said.failed_maps,
-                        args.dir.display(),
-                        now.failed_maps
-                    );
-                }
-                if now.ledger_failed > said.ledger_failed {
-                    eprintln!(
-                        "keeper {name}: {} change(s) could not be written to the ledgers in {} \
-                         ({} in all; is the disk full?): their writers are told, and they are \
-                         written again once the disk has room",
-                        now.ledger_failed - said.ledger_failed,
-                        args.dir.display(),
-                        now.ledger_failed
-                    );
-                }
-                said = now;
+                told.tell(&name, &keeper, &args.dir);
             }
         }
     }
     let stats = keeper.stats();
     keeper.close().await;
     aether.close();
-    eprintln!(
-        "keeper {name}: stopped, {} maps kept, {} refused (max_maps), {} not opened, {} changes \
-         not written to a ledger, {} ledgers found damaged",
+    eprintln!("keeper {name}: stopped, {}", summary(&stats));
+    Ok(())
+}
+
+/// A keeper's counts in one line.
+pub(crate) fn summary(stats: &KeeperStats) -> String {
+    format!(
+        "{} maps kept ({} bytes of max_bytes {}), {} refused (max_maps), {} refused \
+         (max_maps_per_writer), {} empty forgotten, {} not opened, {} writes refused as full, \
+         {} changes not written to a ledger, {} ledgers found damaged",
         stats.maps,
+        stats.bytes,
+        stats.max_bytes,
         stats.refused_maps,
+        stats.refused_writer_maps,
+        stats.forgotten_maps,
         stats.failed_maps,
+        stats.full_writes,
         stats.ledger_failed,
         stats.ledgers_damaged
-    );
-    Ok(())
+    )
+}
+
+/// What a keeper was last said to have done: each second, what changed
+/// since is said on stderr (`aether keep`, `aether node`).
+pub(crate) struct Told {
+    kept: BTreeSet<String>,
+    said: KeeperStats,
+}
+
+impl Told {
+    pub(crate) fn new(keeper: &Keeper) -> Self {
+        Self {
+            kept: keeper.maps().into_iter().collect(),
+            said: keeper.stats(),
+        }
+    }
+
+    /// Says what changed; returns the counts now.
+    pub(crate) fn tell(&mut self, name: &str, keeper: &Keeper, dir: &Path) -> KeeperStats {
+        let maps = keeper.maps();
+        for map in &maps {
+            if self.kept.insert(map.clone()) {
+                eprintln!(
+                    "keeper {name}: keeping map {} ({} maps)",
+                    show::safe(map),
+                    maps.len()
+                );
+            }
+        }
+        self.kept.retain(|m| maps.contains(m));
+        let (now, said) = (keeper.stats(), &self.said);
+        if now.refused_maps > said.refused_maps {
+            eprintln!(
+                "keeper {name}: {} more map(s) not kept: it keeps max_maps = {} maps already \
+                 ({} refused in all; --max-maps raises it)",
+                now.refused_maps - said.refused_maps,
+                keeper.config().keeper.max_maps,
+                now.refused_maps
+            );
+        }
+        if now.refused_writer_maps > said.refused_writer_maps {
+            eprintln!(
+                "keeper {name}: {} more map(s) not kept: their writer brought \
+                 max_maps_per_writer = {} maps kept already ({} refused in all)",
+                now.refused_writer_maps - said.refused_writer_maps,
+                keeper.config().keeper.max_maps_per_writer,
+                now.refused_writer_maps
+            );
+        }
+        if now.forgotten_maps > said.forgotten_maps {
+            eprintln!(
+                "keeper {name}: {} map(s) stayed empty: closed and forgotten ({} in all)",
+                now.forgotten_maps - said.forgotten_maps,
+                now.forgotten_maps
+            );
+        }
+        if now.full_writes > said.full_writes {
+            eprintln!(
+                "keeper {name}: {} write(s) refused as full ({} in all): its maps hold {} bytes \
+                 of max_bytes {}, or a map its max_keys or max_map_bytes; the writers are told",
+                now.full_writes - said.full_writes,
+                now.full_writes,
+                now.bytes,
+                now.max_bytes
+            );
+        }
+        if now.failed_maps > said.failed_maps {
+            eprintln!(
+                "keeper {name}: {} map(s) could not be opened in {} ({} in all): \
+                 another program may keep that directory, or its disk is full",
+                now.failed_maps - said.failed_maps,
+                dir.display(),
+                now.failed_maps
+            );
+        }
+        if now.ledger_failed > said.ledger_failed {
+            eprintln!(
+                "keeper {name}: {} change(s) could not be written to the ledgers in {} \
+                 ({} in all; is the disk full?): their writers are told, and they are \
+                 written again once the disk has room",
+                now.ledger_failed - said.ledger_failed,
+                dir.display(),
+                now.ledger_failed
+            );
+        }
+        self.said = now.clone();
+        now
+    }
 }

@@ -60,20 +60,24 @@ fn ready(node: &mut Running) {
 
 /// The same, not waited for.
 fn spawn_node(dir: &Path, secret: &Path) -> Running {
+    spawn_node_with(dir, secret, &[])
+}
+
+/// The same, with more arguments.
+fn spawn_node_with(dir: &Path, secret: &Path, extra: &[&str]) -> Running {
     let data = dir.join("data");
-    let mut command = aether(
-        dir,
-        &[
-            "node",
-            "--no-scout",
-            "--listen",
-            "127.0.0.1",
-            "--secret-file",
-            secret.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-        ],
-    );
+    let mut args = vec![
+        "node",
+        "--no-scout",
+        "--listen",
+        "127.0.0.1",
+        "--secret-file",
+        secret.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let mut command = aether(dir, &args);
     command.process_group(0);
     Running::start(command, false)
 }
@@ -187,4 +191,88 @@ fn a_node_stopped_with_its_server_stops_within_two_seconds_and_the_next_start_wa
         second.child.wait().unwrap();
         second.drain(Duration::from_millis(100));
     }
+}
+
+/// `GET http://addr/metrics`'s body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// A metric's value in a scrape.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn a_node_says_serves_and_prints_what_its_keeper_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_in(dir.path());
+    // A keeper small enough to fill: settings as a user writes them.
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("default.toml"),
+        "[aether.state]\nmax_value_bytes = 1000\n[aether.state.keeper]\nmax_bytes = 2000\n",
+    )
+    .unwrap();
+    let mut node = spawn_node_with(
+        dir.path(),
+        &secret,
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--config-dir",
+            config.to_str().unwrap(),
+        ],
+    );
+    ready(&mut node);
+    let line = node
+        .wait_for(Duration::from_secs(10), |l| {
+            l.contains("metrics at http://")
+        })
+        .expect("the node says where its metrics are");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches("/metrics")
+        .to_string();
+    let set = |key: &str| {
+        let value = format!("\"{}\"", "x".repeat(900));
+        aether(dir.path(), &["state", "set", "home", key, &value])
+            .output()
+            .unwrap()
+    };
+    assert!(set("a").status.success());
+    assert!(set("b").status.success());
+    let full = set("c");
+    let said = String::from_utf8_lossy(&full.stderr);
+    assert!(!full.status.success(), "past max_bytes: {said}");
+    assert!(said.contains("max_bytes"), "{said}");
+    // Said on its stderr, served, and printed by --status.
+    assert!(
+        node.wait_for(Duration::from_secs(5), |l| l.contains("refused as full"))
+            .is_some(),
+        "{:?}",
+        node.seen
+    );
+    let text = scrape(&addr);
+    assert_eq!(sample(&text, "aether_keeper_maps"), Some(1.0), "{text}");
+    assert!(sample(&text, "aether_keeper_full_writes_total").unwrap_or(0.0) >= 1.0);
+    assert_eq!(sample(&text, "aether_keeper_max_bytes"), Some(2000.0));
+    let status = aether(dir.path(), &["node", "--status"]).output().unwrap();
+    let printed = String::from_utf8_lossy(&status.stdout);
+    assert!(printed.contains("keeper: 1 maps kept"), "{printed}");
+    assert!(printed.contains("writes refused as full"), "{printed}");
+    killpg(Pid::from_raw(node.child.id() as i32), Signal::SIGTERM).unwrap();
+    node.child.wait().unwrap();
 }

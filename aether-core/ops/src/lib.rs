@@ -7,6 +7,7 @@
 //! | [`reload`] | hot reload: the files are polled, a change is loaded and validated, then published (or refused, keeping the old value) |
 //! | [`logging`] | `tracing` to stderr, human or JSON, with a level that can change while the program runs |
 //! | [`shutdown`] | a cloneable shutdown token fed by SIGINT and SIGTERM, and a bounded drain |
+//! | [`keeper`] | a keeper's counts (maps kept, refused, forgotten, bytes held) as metrics |
 //! | [`panic`](mod@panic) | a panic hook that logs the panic and counts it |
 //! | [`resources`] | RSS, VMS, threads and open files of the process, limits, and a leak hint |
 //! | [`telemetry`] | OpenTelemetry: the spans of the waves (and the program's own) exported over OTLP/HTTP when `[telemetry] otlp_endpoint` is set, beside the logs |
@@ -70,6 +71,7 @@
 
 pub mod data;
 pub mod drops;
+pub mod keeper;
 pub mod logging;
 pub mod metrics;
 pub mod panic;

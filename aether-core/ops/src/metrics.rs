@@ -452,7 +452,19 @@ pub async fn serve(
     listen: SocketAddr,
     shutdown: Shutdown,
 ) -> io::Result<SocketAddr> {
-    let registry = Arc::new(program_registry(&aether, program).map_err(io::Error::other)?);
+    let registry = program_registry(&aether, program).map_err(io::Error::other)?;
+    serve_registry(registry, listen, shutdown).await
+}
+
+/// Serves `registry` at `http://listen/metrics` (and `/health`) until
+/// `shutdown`, as [`serve`] does: a program that adds its own metrics to
+/// [`program_registry`]'s.
+pub async fn serve_registry(
+    registry: Registry,
+    listen: SocketAddr,
+    shutdown: Shutdown,
+) -> io::Result<SocketAddr> {
+    let registry = Arc::new(registry);
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         io::Error::new(
             e.kind(),

@@ -341,7 +341,7 @@ impl Shared {
             code => match Refusal::ALL.get(usize::from(code).wrapping_sub(1)) {
                 Some(Refusal::Full) => (
                     StateErrorKind::Full,
-                    "its map is full (max_keys or max_map_bytes)".to_string(),
+                    "its map is full (max_keys or max_map_bytes), or the maps it keeps are, together (max_bytes)".to_string(),
                 ),
                 Some(Refusal::Future) => (
                     StateErrorKind::Stamp,
@@ -413,6 +413,11 @@ impl Shared {
         token: u64,
         entries: Vec<(String, Entry)>,
     ) {
+        // A knock is for keepers not keeping the map yet: a replica has
+        // its writes as live changes.
+        if token == KNOCK_TOKEN {
+            return;
+        }
         // Writes new here count against the writer's rate, as live
         // changes do; a hold of writes held already costs one.
         let fresh = {
@@ -435,9 +440,6 @@ impl Shared {
         // again first: a hold is acknowledged only once they are.
         self.retry_unlogged();
         let taken = self.take_entries(source, entries, false);
-        if token == KNOCK_TOKEN {
-            return;
-        }
         let mut refused = taken.refused.map_or(HELD_ALL, |reason| reason as u8 + 1);
         if taken.not_logged {
             refused = HELD_NOT_LOGGED;

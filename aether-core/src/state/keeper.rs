@@ -36,7 +36,8 @@ use super::{
 use crate::{Aether, Vibrator, names::is_name};
 
 /// What a keeper did, counted since it started.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct KeeperStats {
     /// Maps it keeps (open).
     pub maps: usize,
@@ -139,7 +140,7 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 /// How long `start` waits for the maps its directory holds to open.
 const START_WAIT: Duration = Duration::from_secs(2);
 /// Maps opened at once.
-const OPEN_AT_ONCE: usize = 8;
+const OPEN_AT_ONCE: usize = 32;
 /// A map opened that holds nothing (no key, no tombstone) this long after
 /// is closed and forgotten.
 const EMPTY_FOR: Duration = Duration::from_secs(10);
@@ -268,6 +269,11 @@ impl Keeper {
     /// Its replica of map `name`, if it keeps it open.
     pub fn map(&self, name: &str) -> Option<StateMap> {
         lock(&self.inner.maps).get(name).map(|k| k.map.clone())
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &StateConfig {
+        &self.inner.config
     }
 
     /// What it did, counted.

@@ -864,6 +864,8 @@ impl StateMap {
     /// let _keeper = Keeper::start_with(&aether, "pi", config).await?;
     /// let sensor = StateMap::builder("sensors").node("kitchen").open(&aether).await?;
     /// let monitor = StateMap::builder("sensors").node("monitor").open(&aether).await?;
+    /// // A map earns a keeper with a write.
+    /// sensor.set("kitchen.temp", "21.5").await?;
     /// let keeper = ("pi".to_string(), true);
     /// let told = async {
     ///     while !monitor.peer_roles().contains(&keeper) || !sensor.peer_roles().contains(&keeper) {

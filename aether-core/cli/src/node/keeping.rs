@@ -1,21 +1,34 @@
 //! The node's keeper: every map on the bus (or those `--keep` names) kept
-//! in `<data>/state`, so a map outlives the programs that wrote it.
+//! in `<data>/state`, so a map outlives the programs that wrote it. What
+//! it does is said on stderr as it happens, written each second to
+//! `<data>/keeper.json` (for `aether node --status`) and, with
+//! `--metrics-listen`, served as metrics with its connection's.
 
-use std::path::{Path, PathBuf};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use aether_core::{
     Aether, AetherConfig,
     lan::{LanOptions, NodeRecord},
-    state::Keeper,
+    state::{Keeper, KeeperStats},
 };
+use aether_ops::{keeper::KeeperMetrics, metrics, shutdown::Shutdown};
 use tokio::task::JoinHandle;
 
-use crate::Failure;
+use super::write_private;
+use crate::{Failure, keep::Told};
+
+/// The file of the keeper's counts in the node's data directory.
+const COUNTS: &str = "keeper.json";
 
 /// A keeper being started, then running, on its own connection to the
 /// node's server.
 pub(super) struct Keeping {
     task: JoinHandle<Option<(Aether, Keeper)>>,
+    stop: Shutdown,
 }
 
 impl Keeping {
@@ -27,6 +40,7 @@ impl Keeping {
         record: &NodeRecord,
         runtime: &Path,
         data: &Path,
+        metrics_listen: Option<SocketAddr>,
     ) -> Result<Self, Failure> {
         config.state.dir = Some(data.join("state"));
         config.nats.connection_name = Some(format!("aether node {} keeper", record.name));
@@ -41,6 +55,9 @@ impl Keeping {
             ..LanOptions::default()
         };
         let name = record.name.clone();
+        let data = data.to_path_buf();
+        let stop = Shutdown::new();
+        let stopping = stop.clone();
         let task = tokio::spawn(async move {
             let config = match lan.resolve(config) {
                 Ok(config) => config,
@@ -56,38 +73,94 @@ impl Keeping {
                     return None;
                 }
             };
-            match Keeper::start(&aether, name.as_str()).await {
-                Ok(keeper) => {
-                    eprintln!(
-                        "node {name}: keeping maps {:?} in {} ({} kept already)",
-                        aether.config().state.keeper.maps,
-                        aether
-                            .config()
-                            .state
-                            .dir
-                            .as_deref()
-                            .map(Path::display)
-                            .map(|d| d.to_string())
-                            .unwrap_or_default(),
-                        keeper.maps().len()
-                    );
-                    Some((aether, keeper))
-                }
+            let dir = data.join("state");
+            let keeper = match Keeper::start(&aether, name.as_str()).await {
+                Ok(keeper) => keeper,
                 Err(error) => {
                     eprintln!("node {name}: maps are not kept: {error}");
-                    None
+                    return None;
+                }
+            };
+            let stats = keeper.stats();
+            eprintln!(
+                "node {name}: keeping maps {:?} in {} ({} open, {} opening; at most {} maps, \
+                 {} bytes together)",
+                keeper.config().keeper.maps,
+                dir.display(),
+                stats.maps,
+                stats.waiting_maps,
+                keeper.config().keeper.max_maps,
+                keeper.config().keeper.max_bytes,
+            );
+            let exported = match metrics_listen {
+                Some(listen) => serve(&aether, listen, &stopping, &name).await,
+                None => None,
+            };
+            let mut told = Told::new(&keeper);
+            let mut look = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = look.tick() => {
+                        let now = told.tell(&name, &keeper, &dir);
+                        if let Some(exported) = &exported {
+                            exported.set(&now);
+                        }
+                        let _ = write_private(
+                            &data.join(COUNTS),
+                            &serde_json::to_vec_pretty(&now).expect("counts serialize"),
+                        );
+                    }
+                    () = stopping.wait() => break,
                 }
             }
+            Some((aether, keeper))
         });
-        Ok(Self { task })
+        Ok(Self { task, stop })
     }
 
     /// Closes the keeper's maps (they say goodbye; their ledgers close)
     /// and its connection.
     pub(super) async fn stop(self) {
+        self.stop.trigger();
         if let Ok(Some((aether, keeper))) = self.task.await {
             keeper.close().await;
             aether.close();
         }
     }
+}
+
+/// Serves the keeper's connection's metrics and its own at `listen`.
+async fn serve(
+    aether: &Aether,
+    listen: SocketAddr,
+    stop: &Shutdown,
+    name: &str,
+) -> Option<KeeperMetrics> {
+    let served = async {
+        let registry = metrics::program_registry(aether, "aether-node")?;
+        let exported = KeeperMetrics::new(&registry)?;
+        Ok::<_, prometheus::Error>((registry, exported))
+    };
+    let (registry, exported) = match served.await {
+        Ok(parts) => parts,
+        Err(error) => {
+            eprintln!("node {name}: no metrics: {error}");
+            return None;
+        }
+    };
+    match metrics::serve_registry(registry, listen, stop.clone()).await {
+        Ok(addr) => {
+            eprintln!("node {name}: metrics at http://{addr}/metrics");
+            Some(exported)
+        }
+        Err(error) => {
+            eprintln!("node {name}: no metrics: {error}");
+            None
+        }
+    }
+}
+
+/// The counts the node's keeper wrote last in `data`.
+pub(super) fn read_counts(data: &Path) -> Option<KeeperStats> {
+    serde_json::from_slice(&std::fs::read(data.join(COUNTS)).ok()?).ok()
 }

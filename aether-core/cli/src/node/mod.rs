@@ -195,6 +195,7 @@ pub async fn run(connection: &Connection, args: NodeArgs) -> Result<(), Failure>
     };
     let node = Node {
         keeper,
+        metrics_listen: args.metrics_listen,
         binary,
         config_path,
         secret,
@@ -257,6 +258,8 @@ struct Node {
     /// The settings its keeper connects with, the maps it keeps in
     /// `[state.keeper] maps` (none: no keeper).
     keeper: aether_core::AetherConfig,
+    /// Where its keeper's metrics are served (--metrics-listen).
+    metrics_listen: Option<SocketAddr>,
     binary: PathBuf,
     config_path: PathBuf,
     secret: LanSecret,
@@ -450,6 +453,7 @@ impl Node {
                         &self.record,
                         &self.runtime,
                         data,
+                        self.metrics_listen,
                     )?);
                 }
                 backoff = Duration::from_millis(500);

@@ -1,0 +1,268 @@
+//! A keeper's bounds as processes (`aether keep`): replicas that only say
+//! hello open nothing, a keeper of many maps answers soon after it starts,
+//! and a keeper on a machine of little memory holds its maps within one
+//! byte budget, refusing the rest as full.
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aether_core::{
+    AetherConfig,
+    state::{HeldBy, StateErrorKind, StateMap},
+};
+use support::{aether, connect, run, server, start};
+use tokio::process::Child;
+
+/// `aether keep` on the server at `url`, keeping every map in `dir`, ready.
+async fn keeper(url: &str, dir: &Path, extra: &[&str]) -> Child {
+    let dir = dir.to_str().unwrap();
+    let mut args = vec!["keep", "--dir", dir, "--name", "keeper"];
+    args.extend_from_slice(extra);
+    start(aether(url, &args), "keeping maps").await
+}
+
+/// SIGTERM, and what it said on stdout and stderr until its end.
+async fn stop(child: Child) -> String {
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("it stops")
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The map directories a keeper's directory holds, sorted.
+fn maps_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().unwrap().is_dir())
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Bytes of the files under `dir`, at any depth.
+fn bytes_under(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            bytes_under(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_that_only_read_open_no_map_on_a_keeper() {
+    let nats = server().await;
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    let keeping = keeper(&url, dir.path(), &[]).await;
+    // Twenty programs open made-up maps, read, and go, writing nothing.
+    let reads = (0..20).map(|n| {
+        let map = format!("junk-{n}");
+        let url = url.clone();
+        async move { run(aether(&url, &["state", "get", &map, "k"])).await }
+    });
+    for (status, _, stderr) in futures_util::future::join_all(reads).await {
+        assert_eq!(status, 1, "not set: {stderr}");
+    }
+    // One writes: its map is kept.
+    let (status, _, stderr) = run(aether(&url, &["state", "set", "home", "k", "1"])).await;
+    assert_eq!(status, 0, "held by the keeper: {stderr}");
+    assert_eq!(maps_in(dir.path()), ["home"]);
+    let (status, out, stderr) = run(aether(&url, &["state", "get", "home", "k"])).await;
+    assert_eq!((status, out.trim()), (0, "1"), "{stderr}");
+    stop(keeping).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keeper_of_256_maps_answers_within_five_seconds_of_its_start() {
+    const MAPS: usize = 256;
+    let nats = server().await;
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    let keeping = keeper(&url, dir.path(), &[]).await;
+    let (status, _, stderr) = run(aether(&url, &["state", "set", "home", "k", "\"v\""])).await;
+    assert_eq!(status, 0, "{stderr}");
+    stop(keeping).await;
+    // The same ledger under 255 more names: 256 maps, max_maps.
+    for n in 0..MAPS - 1 {
+        let to = dir.path().join(format!("m{n:03}"));
+        std::fs::create_dir(&to).unwrap();
+        for file in std::fs::read_dir(dir.path().join("home"))
+            .unwrap()
+            .flatten()
+        {
+            std::fs::copy(file.path(), to.join(file.file_name())).unwrap();
+        }
+    }
+    let started = Instant::now();
+    let keeping = keeper(&url, dir.path(), &[]).await;
+    let ready = started.elapsed();
+    // The last map in name order, the first a program asks for: read by a
+    // one-shot command as soon as the keeper has it.
+    let mut answered = None;
+    while started.elapsed() < Duration::from_secs(15) {
+        let (status, out, _) = run(aether(&url, &["state", "get", "m254", "k"])).await;
+        if status == 0 && out.trim() == "\"v\"" {
+            answered = Some(started.elapsed());
+            break;
+        }
+    }
+    let answered = answered.expect("the map is read within 15 s");
+    eprintln!("{MAPS} maps: the keeper said it was ready in {ready:?}, answered in {answered:?}");
+    assert!(
+        answered < Duration::from_secs(5),
+        "a keeper of {MAPS} maps answered only after {answered:?}"
+    );
+    stop(keeping).await;
+}
+
+/// A memory cgroup (v1) of `limit` bytes for the test's life, or none where
+/// one cannot be made.
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn make(limit: u64) -> Option<Self> {
+        let path = PathBuf::from(format!(
+            "/sys/fs/cgroup/memory/aether-test-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir(&path).ok()?;
+        let group = Self(path);
+        std::fs::write(group.0.join("memory.limit_in_bytes"), limit.to_string()).ok()?;
+        Some(group)
+    }
+
+    fn take(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+
+    /// Processes the kernel killed in it for lack of memory.
+    fn oom_kills(&self) -> u64 {
+        std::fs::read_to_string(self.0.join("memory.oom_control"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Empty once its processes ended.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The peak resident memory of process `pid` (VmHWM), bytes.
+fn peak_rss(pid: u32) -> u64 {
+    memory(pid, "VmHWM:")
+}
+
+/// A memory figure of process `pid` from its status, bytes.
+fn memory(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM")
+        * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keeper_short_of_memory_holds_its_maps_within_its_budget() {
+    const BUDGET: u64 = 16 << 20;
+    const LIMIT: u64 = 96 << 20;
+    let Some(group) = Cgroup::make(LIMIT) else {
+        eprintln!("skipped: cannot make a memory cgroup here (needs root and cgroup v1)");
+        return;
+    };
+    let nats = server().await;
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    let keeping = keeper(&url, dir.path(), &["--max-bytes", "16MiB"]).await;
+    let pid = keeping.id().unwrap();
+    group.take(pid);
+    let idle = memory(pid, "VmRSS:");
+    // Three programs fill a map each with 32 KiB values until the keeper
+    // refuses their writes as full.
+    let value = "x".repeat(32 * 1024 - 2);
+    let mut held = 0u64;
+    let mut full = 0;
+    let mut writers = Vec::new();
+    for map in ["kitchen", "garden", "garage"] {
+        let bus = connect(&url, AetherConfig::default()).await;
+        let replica = StateMap::builder(map)
+            .node(format!("{map}-writer"))
+            .open(&bus)
+            .await
+            .unwrap();
+        writers.push((bus, replica));
+    }
+    'fill: for n in 0..400 {
+        for (_, replica) in &writers {
+            replica.set_json(&format!("k{n}"), &value).await.unwrap();
+            match replica
+                .flush_to(HeldBy::keepers(1), Duration::from_secs(5))
+                .await
+            {
+                Ok(_) => held += 1,
+                Err(e) if e.kind() == StateErrorKind::Full => {
+                    assert!(e.to_string().contains("max_bytes"), "{e}");
+                    full += 1;
+                    if full >= 6 {
+                        break 'fill;
+                    }
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    assert!(full >= 6, "the budget was never reached: {held} held");
+    let data = held * (32 * 1024 + 4);
+    let rss = peak_rss(pid);
+    let now = memory(pid, "VmRSS:");
+    let disk = bytes_under(dir.path());
+    eprintln!(
+        "{held} writes of 32 KiB held ({data} bytes), {full} refused as full; the keeper's \
+         memory {idle} bytes idle, {now} holding them, {rss} at its peak; its disk {disk} bytes"
+    );
+    assert!(data <= BUDGET, "{data} bytes held past the budget");
+    assert!(data >= BUDGET * 9 / 10, "the budget is used: {data}");
+    assert_eq!(group.oom_kills(), 0, "the keeper ran out of memory");
+    // Memory near the data (and the process's own), disk about twice it.
+    assert!(rss <= 2 * BUDGET + (24 << 20), "peak memory {rss}");
+    assert!(disk <= 2 * BUDGET + 3 * (2 << 20), "disk {disk}");
+    // Still keeping, and what it held it still holds after a restart.
+    let said = stop(keeping).await;
+    drop(said);
+    let keeping = keeper(&url, dir.path(), &["--max-bytes", "16MiB"]).await;
+    for (bus, replica) in writers {
+        replica.close().await;
+        bus.close();
+    }
+    let (status, out, stderr) = run(aether(&url, &["state", "get", "garage", "k0"])).await;
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(out.trim().len(), value.len() + 2);
+    stop(keeping).await;
+}
