@@ -20,7 +20,7 @@ use crate::{
     medium::{Listener, Medium, Publishing, SubscriptionId, embedded::EmbeddedMedium},
     physics::{Physics, PhysicsHub},
     reply::ReplyMux,
-    report::{InstanceReport, MapReport, MapSource},
+    report::{InstanceReport, KeeperSource, MapReport, MapSource},
     security::Security,
     stats::{Counters, DropReason, StatsSnapshot},
     wave::unix_nanos,
@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     security: Arc<Security>,
     /// Replicas of replicated maps on this aether, for its reports.
     maps: Mutex<Vec<Weak<dyn MapSource>>>,
+    /// Its keeper, for the instance reports.
+    keeper: Mutex<Option<Weak<dyn KeeperSource>>>,
     /// The instance name its reports carry, once they run.
     reporting: std::sync::OnceLock<String>,
     /// Reports sent (the last one's `seq`).
@@ -172,6 +174,7 @@ impl Aether {
                 physics,
                 security,
                 maps: Mutex::new(Vec::new()),
+                keeper: Mutex::new(None),
                 reporting: std::sync::OnceLock::new(),
                 report_seq: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -277,6 +280,14 @@ impl Aether {
             vibrators,
             maps: self.map_reports(),
             leaving: false,
+            keeper: self
+                .inner
+                .keeper
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .and_then(Weak::upgrade)
+                .map(|k| k.keeper_stats()),
         }
     }
 
@@ -303,6 +314,11 @@ impl Aether {
     /// The aether of `inner`, if it is still alive.
     pub(crate) fn upgrade(inner: &Weak<Inner>) -> Option<Self> {
         inner.upgrade().map(|inner| Self { inner })
+    }
+
+    /// Registers its keeper, for the instance reports.
+    pub(crate) fn register_keeper(&self, source: Weak<dyn KeeperSource>) {
+        *self.inner.keeper.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
     }
 
     /// Registers a replica of a replicated map, for the instance reports.

@@ -127,6 +127,9 @@ pub struct InstanceReport {
     /// The last report of an aether that drains: it goes on purpose.
     #[serde(default)]
     pub leaving: bool,
+    /// Its keeper's counts, if it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keeper: Option<KeeperStats>,
 }
 
 /// One replica of a replicated map in an [`InstanceReport`]
@@ -157,6 +160,47 @@ pub struct MapReport {
     pub watch_lagged: u64,
     /// Changes its ledger could not write.
     pub ledger_failed: u64,
+}
+
+/// What a keeper ([`crate::state::Keeper`]) did, counted since it
+/// started; in an [`InstanceReport`] of the aether it runs on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KeeperStats {
+    /// Maps it keeps (open).
+    pub maps: usize,
+    /// Maps its directory holds that are not open yet (a start opens them
+    /// in the background).
+    pub waiting_maps: usize,
+    /// Maps written to, which its patterns name, but not kept: `max_maps`
+    /// was reached.
+    pub refused_maps: u64,
+    /// Maps not kept because the writer that brought them has
+    /// `max_maps_per_writer` kept already.
+    pub refused_writer_maps: u64,
+    /// Maps it could not open (their ledger unreadable, for one).
+    pub failed_maps: u64,
+    /// Maps closed and forgotten because they stayed empty.
+    pub forgotten_maps: u64,
+    /// Changes its maps' ledgers could not write (a full disk), in all: no
+    /// write they carried was acknowledged until written.
+    pub ledger_failed: u64,
+    /// Maps whose ledger was damaged when they opened (repaired: the
+    /// damage logged with the map's name, the damaged files kept aside).
+    pub ledgers_damaged: u64,
+    /// Writes its maps refused as `full`: past `max_bytes` of all maps,
+    /// or a map's own `max_keys` or `max_map_bytes`.
+    pub full_writes: u64,
+    /// Bytes of keys and values its open maps hold together.
+    pub bytes: u64,
+    /// What they may hold together (`max_bytes`).
+    pub max_bytes: u64,
+}
+
+/// Something that reports a keeper: the state layer registers its
+/// keeper with the aether, for the instance reports.
+pub(crate) trait KeeperSource: Send + Sync {
+    fn keeper_stats(&self) -> KeeperStats;
 }
 
 /// Something that reports a replica of a map: the state layer, above the

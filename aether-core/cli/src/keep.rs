@@ -61,7 +61,7 @@ pub async fn run(connection: &Connection, args: KeepArgs) -> Result<(), Failure>
         keeper.maps().len()
     );
     // What it keeps, refuses and cannot open, said as it happens.
-    let mut told = Told::new(&keeper);
+    let mut told = Told::new(&keeper, "--max-maps");
     let mut look = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -103,13 +103,16 @@ pub(crate) fn summary(stats: &KeeperStats) -> String {
 pub(crate) struct Told {
     kept: BTreeSet<String>,
     said: KeeperStats,
+    /// How this program's user raises max_maps.
+    raise: &'static str,
 }
 
 impl Told {
-    pub(crate) fn new(keeper: &Keeper) -> Self {
+    pub(crate) fn new(keeper: &Keeper, raise: &'static str) -> Self {
         Self {
             kept: keeper.maps().into_iter().collect(),
             said: keeper.stats(),
+            raise,
         }
     }
 
@@ -130,10 +133,11 @@ impl Told {
         if now.refused_maps > said.refused_maps {
             eprintln!(
                 "keeper {name}: {} more map(s) not kept: it keeps max_maps = {} maps already \
-                 ({} refused in all; --max-maps raises it)",
+                 ({} refused in all; {} raises it)",
                 now.refused_maps - said.refused_maps,
                 keeper.config().keeper.max_maps,
-                now.refused_maps
+                now.refused_maps,
+                self.raise
             );
         }
         if now.refused_writer_maps > said.refused_writer_maps {
@@ -164,8 +168,8 @@ impl Told {
         }
         if now.failed_maps > said.failed_maps {
             eprintln!(
-                "keeper {name}: {} map(s) could not be opened in {} ({} in all): \
-                 another program may keep that directory, or its disk is full",
+                "keeper {name}: {} map(s) could not be opened in {} ({} in all): the warning \
+                 above names each map and why",
                 now.failed_maps - said.failed_maps,
                 dir.display(),
                 now.failed_maps

@@ -57,9 +57,14 @@ async fn wait_held(map: &StateMap, held: HeldArgs) -> Result<String, Failure> {
     if held.no_wait {
         return Ok(", held here only".to_string());
     }
-    let want = held
-        .keepers
-        .map_or(HeldBy::ONE, |n| HeldBy::keepers(usize::from(n)));
+    // A keeper when the map has one: another one-shot command that holds
+    // the write for an instant, then exits, is no one to trust with it.
+    let keeper_known = map.peer_roles().iter().any(|(_, keeper)| *keeper);
+    let want = match held.keepers {
+        Some(n) => HeldBy::keepers(usize::from(n)),
+        None if keeper_known => HeldBy::keepers(1),
+        None => HeldBy::ONE,
+    };
     let by = map.flush_to(want, held.wait).await.map_err(|e| {
         if e.kind() == StateErrorKind::NotHeld {
             Failure::runtime(format!(
@@ -107,6 +112,24 @@ pub async fn run(connection: &Connection, command: StateCommand) -> Result<(), F
     result
 }
 
+/// What this replica refused from the others for their stamps, said: a
+/// clock off here or there (none refused: `None`).
+fn clock_note(map: &StateMap) -> Option<String> {
+    use aether_core::state::Refusal;
+    let stats = map.stats();
+    let (future, old) = (
+        stats.refused(Refusal::Future),
+        stats.refused(Refusal::TooOld),
+    );
+    (future + old > 0).then(|| {
+        format!(
+            "{future} entries from other replicas were refused as stamped more than max_drift \
+             ahead of this machine's clock (future), {old} as older than the tombstone horizon \
+             (too_old); this machine's clock or theirs is off: compare `date` on each"
+        )
+    })
+}
+
 async fn act(
     map: &StateMap,
     command: StateCommand,
@@ -131,9 +154,15 @@ async fn act(
                 println!("{}", value_text(&value));
                 Ok(())
             }
-            None => Err(Failure::runtime(match alone() {
-                Some(note) => format!("{key:?} is not set in map {:?}; {note}", map.name()),
-                None => format!("{key:?} is not set in map {:?}", map.name()),
+            None => Err(Failure::runtime(match (clock_note(map), alone()) {
+                (Some(note), _) => format!(
+                    "{key:?} is not set in map {:?} as this replica sees it: {note}",
+                    map.name()
+                ),
+                (None, Some(note)) => {
+                    format!("{key:?} is not set in map {:?}; {note}", map.name())
+                }
+                (None, None) => format!("{key:?} is not set in map {:?}", map.name()),
             })),
         },
         StateCommand::Set {
@@ -179,7 +208,9 @@ async fn act(
                 }
                 eprintln!("{} keys in map {}", entries.len(), map.name());
             }
-            if entries.is_empty()
+            if let Some(note) = clock_note(map) {
+                eprintln!("not every entry is listed: {note}");
+            } else if entries.is_empty()
                 && let Some(note) = alone()
             {
                 eprintln!("{note}");

@@ -41,6 +41,15 @@ pub async fn run(connection: &Connection, args: StatsArgs) -> Result<(), Failure
         }
     } else {
         print!("{}", table(&latest));
+        for report in latest.values() {
+            if let Some(kept) = &report.keeper {
+                println!(
+                    "keeper {}: {}",
+                    show::safe(&report.instance),
+                    crate::keep::summary(kept)
+                );
+            }
+        }
     }
     if refused > 0 {
         eprintln!("{refused} reports did not parse and were passed over");

@@ -499,3 +499,72 @@ async fn processes_stop(child: &mut Child) {
         .expect("it stops")
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_is_kept_aside_and_the_map_kept_on() {
+    let nats = server().await;
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut keeping = keeper(&url, dir.path(), "keeper", &[]).await;
+    let (bus, writer) = replica(&url, "snap", "writer").await;
+    // Records past 256 KiB make the ledger snapshot the map; then a key
+    // after it.
+    let value = "v".repeat(8 * 1024);
+    for _ in 0..40 {
+        writer.set_json("big", &value).await.unwrap();
+        writer
+            .flush_to(HeldBy::keepers(1), Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    writer.set_json("after", &1).await.unwrap();
+    writer
+        .flush_to(HeldBy::keepers(1), Duration::from_secs(5))
+        .await
+        .unwrap();
+    writer.close().await;
+    bus.close();
+    processes_stop(&mut keeping).await;
+    let snapshot = dir.path().join("snap").join("snapshot.bin");
+    let mut bytes = std::fs::read(&snapshot).expect("the ledger took a snapshot");
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 16].fill(0xff);
+    std::fs::write(&snapshot, &bytes).unwrap();
+
+    let (mut keeping, said) = start_logged(
+        aether(
+            &url,
+            &[
+                "keep",
+                "--dir",
+                dir.path().to_str().unwrap(),
+                "--name",
+                "keeper",
+            ],
+        ),
+        "keeping maps",
+    )
+    .await;
+    // The map is kept on: what the records after the snapshot hold is
+    // back, and a new write is acknowledged.
+    let (status, out, stderr) = run(aether(&url, &["state", "get", "snap", "after"])).await;
+    assert_eq!((status, out.trim()), (0, "1"), "{stderr}");
+    let (status, _, stderr) = run(aether(&url, &["state", "set", "snap", "new", "2"])).await;
+    assert_eq!(status, 0, "{stderr}");
+    soon("the damage is logged", || {
+        said.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("ledger was damaged") && l.contains("snap"))
+    })
+    .await;
+    let aside = dir.path().join("snap").join("damaged");
+    let kept: Vec<_> = std::fs::read_dir(&aside)
+        .expect("kept aside")
+        .flatten()
+        .map(|e| e.path().join("snapshot.bin"))
+        .collect();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(std::fs::read(&kept[0]).unwrap(), bytes);
+    processes_stop(&mut keeping).await;
+}

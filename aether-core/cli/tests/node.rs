@@ -221,7 +221,7 @@ fn a_node_says_serves_and_prints_what_its_keeper_refuses() {
     std::fs::create_dir_all(&config).unwrap();
     std::fs::write(
         config.join("default.toml"),
-        "[aether.state]\nmax_value_bytes = 1000\n[aether.state.keeper]\nmax_bytes = 2000\n",
+        "[aether.state]\nmax_value_bytes = 1000\n[aether.state.keeper]\nmax_bytes = 3000\n",
     )
     .unwrap();
     let mut node = spawn_node_with(
@@ -268,11 +268,18 @@ fn a_node_says_serves_and_prints_what_its_keeper_refuses() {
     let text = scrape(&addr);
     assert_eq!(sample(&text, "aether_keeper_maps"), Some(1.0), "{text}");
     assert!(sample(&text, "aether_keeper_full_writes_total").unwrap_or(0.0) >= 1.0);
-    assert_eq!(sample(&text, "aether_keeper_max_bytes"), Some(2000.0));
+    assert_eq!(sample(&text, "aether_keeper_max_bytes"), Some(3000.0));
     let status = aether(dir.path(), &["node", "--status"]).output().unwrap();
     let printed = String::from_utf8_lossy(&status.stdout);
     assert!(printed.contains("keeper: 1 maps kept"), "{printed}");
     assert!(printed.contains("writes refused as full"), "{printed}");
+    // And in its instance reports, which `aether stats` gathers.
+    let stats = aether(dir.path(), &["stats", "--wait", "6s"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&stats.stdout);
+    assert!(table.contains("keeper node-"), "{table}");
+    assert!(table.contains("writes refused as full"), "{table}");
     killpg(Pid::from_raw(node.child.id() as i32), Signal::SIGTERM).unwrap();
     node.child.wait().unwrap();
 }

@@ -121,7 +121,7 @@ pub use format::{
 pub use journal::{Damage, Journal, LOCK_FILE, PendingSync, Recovery, Retained};
 pub use options::{FsyncPolicy, Options, Retention};
 pub use reader::{Reader, Records};
-pub use salvage::{Salvage, salvage};
+pub use salvage::{Salvage, salvage, snapshot_aside};
 pub use snapshot::{
     MAX_SNAPSHOT_LEN, SNAPSHOT_FILE, SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC, SNAPSHOT_TEMP_FILE,
     SNAPSHOT_VERSION, Snapshot, read_snapshot,

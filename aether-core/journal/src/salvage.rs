@@ -101,6 +101,16 @@ pub fn salvage(dir: impl AsRef<Path>) -> Result<Option<Salvage>, JournalError> {
     }))
 }
 
+/// Moves a damaged snapshot of the journal in `dir` aside, into a new
+/// folder under `dir/damaged/` (readable by its owner only): the journal's
+/// records are then read from their start. Where it went.
+pub fn snapshot_aside(dir: &Path) -> Result<PathBuf, String> {
+    let path = dir.join(crate::SNAPSHOT_FILE);
+    let aside = keep_aside(dir, &[(0, path.clone(), 0)])?;
+    fs::remove_file(&path).map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+    Ok(aside)
+}
+
 /// Copies `segments` into a new folder under `dir/damaged/`, readable by
 /// its owner only.
 fn keep_aside(dir: &Path, segments: &[(u64, PathBuf, u64)]) -> Result<PathBuf, String> {

@@ -24,7 +24,7 @@ pub use security::{
 };
 
 pub use physics::PhysicsConfig;
-pub use state::{KeeperConfig, StateConfig};
+pub use state::{ENTRY_BYTES, KeeperConfig, StateConfig};
 
 use crate::attenuation::DEFAULT_ATTENUATION_FACTOR;
 

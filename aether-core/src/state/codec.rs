@@ -104,6 +104,9 @@ pub(crate) const KNOCK_TOKEN: u64 = 0;
 pub(crate) const HELD_ALL: u8 = 0;
 /// [`Message::Held`]'s `refused` when the replica's ledger failed.
 pub(crate) const HELD_NOT_LOGGED: u8 = 0x10;
+/// [`Message::Held`]'s `refused` when a keeper keeps no more maps
+/// (`max_maps`, `max_maps_per_writer`) and does not keep this one.
+pub(crate) const HELD_NOT_KEPT: u8 = 0x11;
 
 /// The limits a decoder enforces.
 #[derive(Clone, Copy, Debug)]

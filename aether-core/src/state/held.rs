@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use super::{
     Refusal, Shared, StateError, StateErrorKind, StateMap,
-    codec::{self, HELD_ALL, HELD_NOT_LOGGED, KNOCK_TOKEN, Message},
+    codec::{self, HELD_ALL, HELD_NOT_KEPT, HELD_NOT_LOGGED, KNOCK_TOKEN, Message},
     node_id,
     store::Entry,
 };
@@ -336,7 +336,13 @@ impl Shared {
         let (kind, why) = match ack.refused {
             HELD_NOT_LOGGED => (
                 StateErrorKind::Ledger,
-                "it could not write them to its ledger".to_string(),
+                "it could not write them to its ledger (its disk is full or failing)".to_string(),
+            ),
+            HELD_NOT_KEPT => (
+                StateErrorKind::Full,
+                "it keeps as many maps as it may (max_maps, or max_maps_per_writer for this \
+                 writer) and this map is not one of them"
+                    .to_string(),
             ),
             code => match Refusal::ALL.get(usize::from(code).wrapping_sub(1)) {
                 Some(Refusal::Full) => (

@@ -31,43 +31,10 @@ use std::{
 use super::{
     Refusal, StateConfig, StateError, StateErrorKind, StateMap,
     budget::Budget,
-    codec::{Limits, Message},
+    codec::{HELD_NOT_KEPT, KNOCK_TOKEN, Limits, Message},
 };
-use crate::{Aether, Vibrator, names::is_name};
-
-/// What a keeper did, counted since it started.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct KeeperStats {
-    /// Maps it keeps (open).
-    pub maps: usize,
-    /// Maps its directory holds that are not open yet (a start opens them
-    /// in the background).
-    pub waiting_maps: usize,
-    /// Maps written to, which its patterns name, but not kept: `max_maps`
-    /// was reached.
-    pub refused_maps: u64,
-    /// Maps not kept because the writer that brought them has
-    /// `max_maps_per_writer` kept already.
-    pub refused_writer_maps: u64,
-    /// Maps it could not open (their ledger unreadable, for one).
-    pub failed_maps: u64,
-    /// Maps closed and forgotten because they stayed empty.
-    pub forgotten_maps: u64,
-    /// Changes its maps' ledgers could not write (a full disk), in all: no
-    /// write they carried was acknowledged until written.
-    pub ledger_failed: u64,
-    /// Maps whose ledger was damaged when they opened (repaired: the
-    /// damage logged with the map's name, the damaged files kept aside).
-    pub ledgers_damaged: u64,
-    /// Writes its maps refused as `full`: past `max_bytes` of all maps,
-    /// or a map's own `max_keys` or `max_map_bytes`.
-    pub full_writes: u64,
-    /// Bytes of keys and values its open maps hold together.
-    pub bytes: u64,
-    /// What they may hold together (`max_bytes`).
-    pub max_bytes: u64,
-}
+pub use crate::report::KeeperStats;
+use crate::{Aether, Vibrator, names::is_name, report::KeeperSource};
 
 /// A keeper of the maps `[aether.state.keeper] maps` names.
 ///
@@ -123,6 +90,8 @@ struct Inner {
     dir_lock: Mutex<Option<std::fs::File>>,
     /// Closed: a map that opens now is closed at once.
     closed: std::sync::atomic::AtomicBool,
+    /// The node id its refusals of holds carry.
+    refusing_node: u64,
 }
 
 /// A map kept: its replica, the writer that brought it (none for a map
@@ -141,14 +110,25 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 const START_WAIT: Duration = Duration::from_secs(2);
 /// Maps opened at once.
 const OPEN_AT_ONCE: usize = 32;
-/// A map opened that holds nothing (no key, no tombstone) this long after
-/// is closed and forgotten.
+/// A map opened that holds no key (tombstones aside) this long after is
+/// closed and forgotten.
 const EMPTY_FOR: Duration = Duration::from_secs(10);
 /// How often the keeper looks at its maps.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a claim of a map came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Claim {
+    /// The caller opens it.
+    Taken,
+    /// Kept or being opened already, or not named: nothing to do.
+    Passed,
+    /// Past a bound: counted and logged.
+    Refused,
 }
 
 /// Why a map was not kept.
@@ -224,11 +204,12 @@ impl Keeper {
                 .await
                 .map_err(|e| StateError::with_source(StateErrorKind::Closed, e))?;
         }
+        let waiting = kept_in(&dir, &config);
         let inner = Arc::new(Inner {
             aether: aether.clone(),
             name,
             budget: Budget::new(config.keeper.max_bytes),
-            waiting: Mutex::new(kept_in(&dir, &config)),
+            waiting: Mutex::new(waiting),
             config,
             dir,
             maps: Mutex::new(HashMap::new()),
@@ -242,7 +223,13 @@ impl Keeper {
             warned: Mutex::new(None),
             dir_lock: Mutex::new(Some(dir_lock)),
             closed: std::sync::atomic::AtomicBool::new(false),
+            refusing_node: {
+                use std::hash::{BuildHasher, RandomState};
+                RandomState::new().hash_one(std::process::id()) | 1
+            },
         });
+        let source: Arc<dyn KeeperSource> = inner.clone();
+        aether.register_keeper(Arc::downgrade(&source));
         let tasks = vec![
             tokio::spawn(listen(inner.clone(), vibrator)).abort_handle(),
             tokio::spawn(open_waiting(inner.clone())).abort_handle(),
@@ -332,6 +319,12 @@ fn kept_in(dir: &std::path::Path, config: &StateConfig) -> BTreeSet<String> {
         .collect()
 }
 
+impl KeeperSource for Inner {
+    fn keeper_stats(&self) -> KeeperStats {
+        self.stats()
+    }
+}
+
 impl Inner {
     fn stats(&self) -> KeeperStats {
         // Each map's counts are read off the keeper's lock: a map's own
@@ -367,15 +360,20 @@ impl Inner {
     /// already, not named by the patterns, or past a bound (then counted
     /// and logged).
     fn claim(&self, map: &str, writer: Option<u64>) -> bool {
+        self.try_claim(map, writer) == Claim::Taken
+    }
+
+    /// [`claim`](Self::claim), saying why not.
+    fn try_claim(&self, map: &str, writer: Option<u64>) -> Claim {
         if !self.config.keeper.keeps(map) {
-            return false;
+            return Claim::Passed;
         }
         let on_disk = lock(&self.waiting).contains(map);
         let writer = if on_disk { None } else { writer };
         let maps = lock(&self.maps);
         let mut opening = lock(&self.opening);
         if maps.contains_key(map) || opening.contains_key(map) {
-            return false;
+            return Claim::Passed;
         }
         let refused = if maps.len() + opening.len() >= self.config.keeper.max_maps {
             Some(Refused::MaxMaps)
@@ -391,12 +389,12 @@ impl Inner {
         if let Some(why) = refused {
             drop((maps, opening));
             self.refuse(map, why);
-            return false;
+            return Claim::Refused;
         }
         opening.insert(map.to_string(), writer);
         drop((maps, opening));
         lock(&self.waiting).remove(map);
-        true
+        Claim::Taken
     }
 
     fn refuse(&self, map: &str, why: Refused) {
@@ -496,17 +494,17 @@ impl Inner {
                 .map(|(name, k)| (name.clone(), k.map.clone()))
                 .collect()
         };
+        // Tombstones alone keep nothing worth a slot: a map of deletes only
+        // is closed too (its other replicas hold the tombstones).
         for (name, map) in empty {
-            let stats = map.stats();
-            if stats.keys + stats.tombstones > 0 {
+            if map.stats().keys > 0 {
                 continue;
             }
             let Some(kept) = lock(&self.maps).remove(&name) else {
                 continue;
             };
             kept.map.close().await;
-            let stats = kept.map.stats();
-            if stats.keys + stats.tombstones > 0 {
+            if kept.map.stats().keys > 0 {
                 // Written to as it closed: kept, opened again.
                 lock(&self.waiting).insert(name);
                 self.asked.notify_one();
@@ -590,6 +588,7 @@ async fn listen(inner: Arc<Inner>, mut vibrator: Vibrator) {
         if !is_name(map) || !inner.config.keeper.keeps(map) || inner.known(map) {
             continue;
         }
+        let mut answer_to = None;
         let (writer, knock) = match (kind, Message::decode(wave.payload_bytes().clone(), &limits)) {
             ("p", Ok(Message::Hello { leaving: false, .. })) => {
                 // A hello opens only a map kept before.
@@ -599,14 +598,43 @@ async fn listen(inner: Arc<Inner>, mut vibrator: Vibrator) {
                     continue;
                 }
             }
-            ("k", Ok(Message::Hold { node, entries, .. })) => {
+            (
+                "k",
+                Ok(Message::Hold {
+                    node,
+                    token,
+                    entries,
+                }),
+            ) => {
+                if token != KNOCK_TOKEN {
+                    answer_to = Some((node, token));
+                }
                 let source = wave.source().map(str::to_string);
                 (Some(node), source.map(|s| (s, entries)))
             }
             _ => continue,
         };
-        if !inner.claim(map, writer) {
-            continue;
+        match inner.try_claim(map, writer) {
+            Claim::Taken => {}
+            Claim::Passed => continue,
+            Claim::Refused => {
+                // A writer waiting for keepers is told this one keeps no
+                // more maps, rather than left to time out.
+                if let Some((node, token)) = answer_to {
+                    let refusal = Message::Held {
+                        node: inner.refusing_node,
+                        token,
+                        keeper: true,
+                        refused: HELD_NOT_KEPT,
+                    };
+                    let channel = format!("_state.{map}.r.{node:016x}");
+                    let _ = vibrator
+                        .emitter()
+                        .emit_own(crate::Wave::new(channel.as_str(), refusal.encode()))
+                        .await;
+                }
+                continue;
+            }
         }
         let (inner, map) = (inner.clone(), map.to_string());
         tokio::spawn(async move { inner.open(map, knock).await });
@@ -712,7 +740,9 @@ mod tests {
         let aether = Aether::default();
         let mut config = config(dir.path());
         config.max_value_bytes = 1000;
-        config.keeper.max_bytes = 3000;
+        // Each entry costs its key, its value and ENTRY_BYTES: three of 900
+        // bytes fit, not four.
+        config.keeper.max_bytes = 4000;
         let keeper = Keeper::start_with(&aether, "keeper", config.clone())
             .await
             .unwrap();
@@ -746,7 +776,11 @@ mod tests {
             .unwrap_err();
         assert_eq!(full.kind(), StateErrorKind::Full, "{full}");
         let stats = keeper.stats();
-        assert!(stats.bytes <= 3000 && stats.bytes >= 2700, "{stats:?}");
+        assert_eq!(
+            stats.bytes,
+            3 * (3 + 900 + crate::config::ENTRY_BYTES),
+            "{stats:?}"
+        );
         assert!(stats.full_writes >= 1, "{stats:?}");
         // A delete makes room.
         writers[0].delete("two").await.unwrap();
@@ -763,7 +797,11 @@ mod tests {
         // Opened again, its maps count what they hold at once.
         let again = Keeper::start_with(&aether, "keeper", config).await.unwrap();
         assert_eq!(again.maps(), ["a", "b"]);
-        assert_eq!(again.stats().bytes, stats.bytes - 900 + 3 + 900 - 3 + 3);
+        // b's second key in, a's a tombstone.
+        assert_eq!(
+            again.stats().bytes,
+            stats.bytes + 3 + crate::config::ENTRY_BYTES
+        );
         again.close().await;
     }
 }

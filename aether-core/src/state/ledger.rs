@@ -115,7 +115,26 @@ impl Ledger {
         let mut store = Store::default();
         let mut skipped = 0;
         let mut from = 0;
-        if let Some(snapshot) = read_snapshot(dir)? {
+        // A damaged snapshot is kept aside and the records read from
+        // their start: what it alone held is lost here (other replicas may
+        // hold it), the rest is kept.
+        let snapshot = match read_snapshot(dir) {
+            Err(aether_journal::JournalError::SnapshotCorrupt { reason, .. }) => {
+                let size = std::fs::metadata(dir.join(aether_journal::SNAPSHOT_FILE))
+                    .map_or(0, |m| m.len());
+                let kept_aside = aether_journal::snapshot_aside(dir);
+                repair = Some(Repair {
+                    damage: format!("the snapshot: {reason}"),
+                    kept: 0,
+                    read_on: 0,
+                    lost_bytes: size,
+                    kept_aside,
+                });
+                None
+            }
+            other => other?,
+        };
+        if let Some(snapshot) = snapshot {
             match codec::decode_all(Bytes::from(snapshot.data), limits) {
                 Ok(entries) => {
                     // Written in key order: built in one pass.

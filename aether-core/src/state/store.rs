@@ -83,9 +83,12 @@ impl Default for Caps {
     }
 }
 
-/// What an entry of `key` costs a store: its key and value bytes.
+pub(crate) use crate::config::ENTRY_BYTES;
+
+/// What an entry of `key` costs a store: its key and value bytes, and
+/// [`ENTRY_BYTES`].
 fn cost(key: &str, entry: &Entry) -> u64 {
-    (key.len() + entry.value.as_ref().map_or(0, Bytes::len)) as u64
+    (key.len() + entry.value.as_ref().map_or(0, Bytes::len)) as u64 + ENTRY_BYTES
 }
 
 /// One replica's contents.
@@ -606,7 +609,7 @@ mod tests {
         fn a_capped_store_stays_within_its_caps(
             writes in prop::collection::vec(arb_write(), 0..60),
             max_keys in 1usize..4,
-            max_bytes in 1u64..16,
+            max_bytes in 1u64..(3 * ENTRY_BYTES + 16),
         ) {
             let mut store = Store::default();
             store.set_caps(Caps { max_keys, max_bytes });

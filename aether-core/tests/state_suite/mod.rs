@@ -761,10 +761,12 @@ pub async fn a_full_keeper_refuses_with_its_reason_and_keeps_running(m: &dyn Bus
             .unwrap();
         other.set("door", "shut").await.unwrap();
         let none = other
-            .flush_to(HeldBy::keepers(1), Duration::from_millis(500))
+            .flush_to(HeldBy::keepers(1), Duration::from_secs(5))
             .await
             .unwrap_err();
-        assert_eq!(none.kind(), StateErrorKind::NotHeld);
+        // Told at once why, not left to time out.
+        assert_eq!(none.kind(), StateErrorKind::Full, "{none}");
+        assert!(none.to_string().contains("max_maps"), "{none}");
         until("the refused map is counted", || {
             kept.stats().refused_maps == 1
         })

@@ -1,8 +1,10 @@
 //! The node's keeper: every map on the bus (or those `--keep` names) kept
 //! in `<data>/state`, so a map outlives the programs that wrote it. What
 //! it does is said on stderr as it happens, written each second to
-//! `<data>/keeper.json` (for `aether node --status`) and, with
-//! `--metrics-listen`, served as metrics with its connection's.
+//! `<data>/keeper.json` (for `aether node --status`), in its connection's
+//! instance reports (`node-<name>`, every 5 s unless `[aether.report]`
+//! says; `aether stats`) and, with `--metrics-listen`, served as metrics
+//! with its connection's.
 
 use std::{
     net::SocketAddr,
@@ -20,6 +22,9 @@ use tokio::task::JoinHandle;
 
 use super::write_private;
 use crate::{Failure, keep::Told};
+
+/// How often the keeper's connection reports, unless the settings say.
+const REPORT_EVERY_MS: u64 = 5_000;
 
 /// The file of the keeper's counts in the node's data directory.
 const COUNTS: &str = "keeper.json";
@@ -44,6 +49,13 @@ impl Keeping {
     ) -> Result<Self, Failure> {
         config.state.dir = Some(data.join("state"));
         config.nats.connection_name = Some(format!("aether node {} keeper", record.name));
+        // Infrastructure reports itself (`aether stats`) unless told how.
+        if config.report.interval_ms == 0 {
+            config.report.interval_ms = REPORT_EVERY_MS;
+        }
+        if config.report.instance.is_none() {
+            config.report.instance = Some(format!("node-{}", record.name));
+        }
         config
             .state
             .validate()
@@ -96,7 +108,7 @@ impl Keeping {
                 Some(listen) => serve(&aether, listen, &stopping, &name).await,
                 None => None,
             };
-            let mut told = Told::new(&keeper);
+            let mut told = Told::new(&keeper, "[aether.state.keeper] max_maps in --config-dir");
             let mut look = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
@@ -105,9 +117,10 @@ impl Keeping {
                         if let Some(exported) = &exported {
                             exported.set(&now);
                         }
+                        let written = Written { keeper: now };
                         let _ = write_private(
                             &data.join(COUNTS),
-                            &serde_json::to_vec_pretty(&now).expect("counts serialize"),
+                            &serde_json::to_vec_pretty(&written).expect("counts serialize"),
                         );
                     }
                     () = stopping.wait() => break,
@@ -160,7 +173,14 @@ async fn serve(
     }
 }
 
-/// The counts the node's keeper wrote last in `data`.
-pub(super) fn read_counts(data: &Path) -> Option<KeeperStats> {
+/// What the node's keeper writes each second: its counts.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub(super) struct Written {
+    pub(super) keeper: KeeperStats,
+}
+
+/// What the node's keeper wrote last in `data`.
+pub(super) fn read_counts(data: &Path) -> Option<Written> {
     serde_json::from_slice(&std::fs::read(data.join(COUNTS)).ok()?).ok()
 }

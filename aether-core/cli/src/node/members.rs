@@ -160,8 +160,8 @@ pub async fn status(bus: &str) -> Result<(), Failure> {
             println!("announcements passed over: {}", by_reason.join(", "));
         }
     }
-    if let Some(kept) = record.data.as_deref().and_then(super::keeping::read_counts) {
-        println!("keeper: {}", crate::keep::summary(&kept));
+    if let Some(written) = record.data.as_deref().and_then(super::keeping::read_counts) {
+        println!("keeper: {}", crate::keep::summary(&written.keeper));
     }
     Ok(())
 }
