@@ -62,6 +62,8 @@ pub(crate) struct Inner {
     maps: Mutex<Vec<Weak<dyn MapSource>>>,
     /// Its keeper, for the instance reports.
     keeper: Mutex<Option<Weak<dyn KeeperSource>>>,
+    /// Set once the bus's time runs on it ([`crate::bustime::start`]).
+    clock_started: tokio::sync::OnceCell<()>,
     /// The instance name its reports carry, once they run.
     reporting: std::sync::OnceLock<String>,
     /// Reports sent (the last one's `seq`).
@@ -175,6 +177,7 @@ impl Aether {
                 security,
                 maps: Mutex::new(Vec::new()),
                 keeper: Mutex::new(None),
+                clock_started: tokio::sync::OnceCell::new(),
                 reporting: std::sync::OnceLock::new(),
                 report_seq: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -252,6 +255,7 @@ impl Aether {
                 .then_with(|| a.origin.cmp(&b.origin))
         });
         vibrators.truncate(MAX_REPORTED_VIBRATORS);
+        let clock = crate::wave::clock::status();
         InstanceReport {
             instance: instance.to_string(),
             seq,
@@ -288,6 +292,9 @@ impl Aether {
                 .as_ref()
                 .and_then(Weak::upgrade)
                 .map(|k| k.keeper_stats()),
+            clock_offset_ms: clock.offset_ns / 1_000_000,
+            clock_uncertainty_ms: clock.uncertainty_ns / 1_000_000,
+            clock_sources: clock.sources as u64,
         }
     }
 
@@ -314,6 +321,11 @@ impl Aether {
     /// The aether of `inner`, if it is still alive.
     pub(crate) fn upgrade(inner: &Weak<Inner>) -> Option<Self> {
         inner.upgrade().map(|inner| Self { inner })
+    }
+
+    /// Set once the bus's time runs on it.
+    pub(crate) fn clock_started(&self) -> &tokio::sync::OnceCell<()> {
+        &self.inner.clock_started
     }
 
     /// Registers its keeper, for the instance reports.

@@ -60,6 +60,7 @@
 mod admission;
 pub mod aether;
 pub mod attenuation;
+pub mod bustime;
 pub mod channel;
 pub mod config;
 pub mod connection;

@@ -130,6 +130,16 @@ pub struct InstanceReport {
     /// Its keeper's counts, if it runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keeper: Option<KeeperStats>,
+    /// Its clock's offset from the bus's time, milliseconds (the bus's
+    /// time is its clock plus it; [`crate::bustime`]).
+    #[serde(default)]
+    pub clock_offset_ms: i64,
+    /// How far that offset may be off, milliseconds.
+    #[serde(default)]
+    pub clock_uncertainty_ms: u64,
+    /// The bus's time sources it heard at its last measurement.
+    #[serde(default)]
+    pub clock_sources: u64,
 }
 
 /// One replica of a replicated map in an [`InstanceReport`]

@@ -55,6 +55,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("aether", 5),
     ("report", 5),
     ("vibrator", 6),
+    ("bustime", 6),
     ("hopping", 6),
     ("reliable", 6),
     ("lan", 6),

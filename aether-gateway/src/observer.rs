@@ -336,7 +336,7 @@ impl Observer {
     /// `true` if that emptied the queue.
     fn observe_batch(&mut self, first: Wave) -> bool {
         // One clock reading per batch: the waves were queued by then.
-        let now = SystemTime::now();
+        let now = aether_core::bustime::now();
         let now_ms = unix_ms(now);
         let instant = Instant::now();
         self.observe(&first, now, now_ms, instant);

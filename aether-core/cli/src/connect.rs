@@ -103,7 +103,17 @@ fn access(connection: &Connection) -> Access {
 
 /// Connects to the bus the flags name, and says where on stderr.
 pub async fn connect(connection: &Connection) -> Result<Aether, Failure> {
-    let (config, reached) = config(connection).await?;
+    connect_with(connection, |_| {}).await
+}
+
+/// [`connect`], the settings changed by `adjust` first (a keeper is one of
+/// the bus's time sources).
+pub async fn connect_with(
+    connection: &Connection,
+    adjust: impl FnOnce(&mut aether_core::AetherConfig),
+) -> Result<Aether, Failure> {
+    let (mut config, reached) = config(connection).await?;
+    adjust(&mut config);
     // Credentials in a URL are never printed.
     let urls = config.nats.redacted_urls().join(", ");
     let mut tried = Aether::connect(config.clone()).await;
@@ -140,6 +150,8 @@ pub async fn connect(connection: &Connection) -> Result<Aether, Failure> {
         };
         Failure::runtime(format!("cannot connect: {error}\n  {hint}"))
     })?;
+    // The bus's time, before this command stamps or hops anything.
+    aether_core::bustime::start(&aether).await;
     eprintln!("{}", connected_line(&urls, reached, &connection.bus));
     Ok(aether)
 }

@@ -8,7 +8,7 @@ use aether_core::state::{Keeper, KeeperStats};
 use crate::{
     Failure,
     cli::{Connection, KeepArgs},
-    connect::connect,
+    connect::connect_with,
     show,
 };
 
@@ -16,7 +16,8 @@ pub async fn run(connection: &Connection, args: KeepArgs) -> Result<(), Failure>
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())
         .map_err(|e| Failure::runtime(format!("cannot listen for SIGTERM: {e}")))?;
-    let aether = connect(connection).await?;
+    // A keeper runs for long: one of the bus's time sources.
+    let aether = connect_with(connection, |config| config.clock.source = true).await?;
     let mut config = aether.config().state.clone();
     config.dir = Some(args.dir.clone());
     config.keeper.maps = args.maps.clone();

@@ -63,6 +63,18 @@ pub async fn run(connection: &Connection, args: StatsArgs) -> Result<(), Failure
     Ok(())
 }
 
+/// An instance's clock against the bus's time (`-7200000ms`: two hours
+/// behind), ± how sure; `own` when it heard no time source.
+fn clock(report: &InstanceReport) -> String {
+    if report.clock_sources == 0 {
+        return "own".to_string();
+    }
+    format!(
+        "{:+}ms ±{}",
+        -report.clock_offset_ms, report.clock_uncertainty_ms
+    )
+}
+
 /// The reports as an aligned table, one instance a row.
 fn table(reports: &BTreeMap<String, InstanceReport>) -> String {
     let header = [
@@ -76,6 +88,7 @@ fn table(reports: &BTreeMap<String, InstanceReport>) -> String {
         "OUTBOX",
         "MALFORMED",
         "MAPS",
+        "CLOCK",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for report in reports.values() {
@@ -98,6 +111,7 @@ fn table(reports: &BTreeMap<String, InstanceReport>) -> String {
             format!("{}/{}", report.outbox_len, report.outbox_capacity),
             report.malformed.to_string(),
             report.maps.len().to_string(),
+            clock(report),
         ]);
     }
     let widths: Vec<usize> = (0..header.len())

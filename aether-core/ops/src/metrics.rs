@@ -166,6 +166,9 @@ struct Connection {
     durable_outbox_bytes: IntGauge,
     durable_outbox_capacity: IntGauge,
     durable_captures: IntGauge,
+    clock_offset: IntGauge,
+    clock_uncertainty: IntGauge,
+    clock_sources: IntGauge,
     flushed: IntCounter,
     frames_sent: IntCounter,
     waves_framed: IntCounter,
@@ -310,6 +313,18 @@ impl AetherCollector {
                 "aether_nats_durable_captures",
                 "JetStream streams that capture one durable channel (1 when all is well; more: streams in several domains each store every wave).",
             )?,
+            clock_offset: m.gauge(
+                "aether_clock_offset_milliseconds",
+                "This process's clock's offset from the bus's time (the bus's time is its clock plus it), from the bus's time sources.",
+            )?,
+            clock_uncertainty: m.gauge(
+                "aether_clock_uncertainty_milliseconds",
+                "How far that offset may be off: half the round trip it was measured with.",
+            )?,
+            clock_sources: m.gauge(
+                "aether_clock_sources",
+                "The bus's time sources heard at the last measurement (0: the clock is this machine's own).",
+            )?,
             flushed: m.counter(
                 "aether_nats_outbox_flushed_total",
                 "Waves sent from the outbox after reconnects.",
@@ -394,6 +409,11 @@ impl AetherCollector {
             .set(saturating_i64(status.durable_outbox_max_bytes));
         c.durable_captures
             .set(saturating_i64(status.durable_captures as u64));
+        let clock = aether_core::bustime::status();
+        c.clock_offset.set(clock.offset_ns / 1_000_000);
+        c.clock_uncertainty
+            .set(saturating_i64(clock.uncertainty_ns / 1_000_000));
+        c.clock_sources.set(saturating_i64(clock.sources as u64));
         if let (Some(p), Ok(usage)) = (&self.process, ResourceUsage::read()) {
             p.rss.set(saturating_i64(usage.rss_bytes));
             p.vms.set(saturating_i64(usage.vms_bytes));

@@ -1,5 +1,6 @@
 //! Configuration of an aether.
 
+mod clock;
 mod durability;
 mod hopping;
 mod lan;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use clock::ClockConfig;
 pub use durability::{DurabilityConfig, DurableStorage};
 pub use hopping::{HOP_INTERVAL_MS_RANGE, HoppingConfig, MIN_HOPPING_SECRET_BYTES};
 pub use lan::LanConfig;
@@ -87,6 +89,9 @@ pub struct AetherConfig {
     /// The bus on the LAN a program joins when it discovers its server
     /// (`[aether.lan]`).
     pub lan: LanConfig,
+    /// The bus's time: whether this program is a source of it, and which
+    /// source it follows (`[aether.clock]`).
+    pub clock: ClockConfig,
 }
 
 impl Default for AetherConfig {
@@ -106,6 +111,7 @@ impl Default for AetherConfig {
             report: ReportConfig::default(),
             state: StateConfig::default(),
             lan: LanConfig::default(),
+            clock: ClockConfig::default(),
         }
     }
 }
@@ -156,6 +162,7 @@ impl AetherConfig {
         self.durability.validate()?;
         self.state.validate()?;
         self.lan.validate()?;
+        self.clock.validate()?;
         self.physics.validate()
     }
 

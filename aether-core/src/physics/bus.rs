@@ -32,7 +32,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     thread,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use crossbeam_utils::CachePadded;
@@ -261,7 +261,7 @@ impl PhysicsHub {
     /// follows, only the patterns are counted: the waves involved are not
     /// gathered (in a flood of one key, that is most of the engine's work).
     fn feed(&self, batch: &[Observation], events: &broadcast::Sender<Arc<InterferenceEvent>>) {
-        let now = SystemTime::now();
+        let now = crate::wave::clock::bus_now();
         let followed = events.receiver_count() > 0;
         let mut engine = self.lock_engine();
         for Observation { wave, resonator } in batch {
@@ -325,7 +325,7 @@ fn run(hub: &PhysicsHub, events: &broadcast::Sender<Arc<InterferenceEvent>>) {
             batch.clear();
         }
         if now.duration_since(last_expire) >= EXPIRE_EVERY {
-            hub.lock_engine().expire(SystemTime::now());
+            hub.lock_engine().expire(crate::wave::clock::bus_now());
             last_expire = now;
         }
         let busy = u64::try_from(now.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -412,7 +412,7 @@ impl Physics {
         self.hub
             .lock_engine()
             .resonance()
-            .edges_at(SystemTime::now())
+            .edges_at(crate::wave::clock::bus_now())
     }
 
     /// Every interference event from now on. A follower that falls more than

@@ -34,7 +34,7 @@
 //! assert!(interference.coherent && interference.amplitude < 1e-9);
 //!
 //! // Waves not emitted yet have no time of their own: give one.
-//! let t0 = SystemTime::now();
+//! let t0 = crate::wave::clock::bus_now();
 //! assert_eq!(physics.detect_at("orders.review", &approved, t0), None);
 //! let event = physics
 //!     .detect_at("orders.review", &rejected, t0 + Duration::from_millis(20))
@@ -152,7 +152,7 @@ impl PhysicsEngine {
         let a2 = w2.amplitude().value();
         let phase_difference = interference::phase_difference(w1.phase(), w2.phase());
         // A wave not emitted yet counts as emitted now.
-        let time = |w: &Wave| unix_ns(w.emitted_at().unwrap_or_else(SystemTime::now));
+        let time = |w: &Wave| unix_ns(w.emitted_at().unwrap_or_else(crate::wave::clock::bus_now));
         let window_ns = self.config.coherence_window_ms.saturating_mul(1_000_000);
         let coherent = w1.channel() == w2.channel()
             && w1.correlation_key() == w2.correlation_key()
@@ -377,7 +377,11 @@ struct Outcome {
 
 /// The time of `wave`: its emission time, or `at`, or now.
 fn wave_time(wave: &Wave, at: Option<SystemTime>) -> u64 {
-    unix_ns(wave.emitted_at().or(at).unwrap_or_else(SystemTime::now))
+    unix_ns(
+        wave.emitted_at()
+            .or(at)
+            .unwrap_or_else(crate::wave::clock::bus_now),
+    )
 }
 
 /// `channel` as a [`Channel`], reusing the wave's when it is the same.

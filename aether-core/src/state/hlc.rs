@@ -7,11 +7,7 @@
 //! the logical counter), and moves past every stamp it observes, so a write
 //! made after seeing another is stamped above it.
 
-use std::{
-    fmt,
-    sync::Mutex,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{fmt, sync::Mutex, time::Duration};
 
 /// When a write was made, as a hybrid logical clock reads it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -60,12 +56,11 @@ pub(crate) struct Clock {
     wall: fn() -> u64,
 }
 
-/// The system clock, Unix nanoseconds: the physical part of a stamp made
-/// now.
+/// The bus's time ([`crate::bustime`]: this machine's clock corrected by
+/// its offset from the bus), Unix nanoseconds: the physical part of a
+/// stamp made now.
 pub fn wall_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    crate::wave::unix_nanos()
 }
 
 impl Clock {

@@ -381,6 +381,8 @@ impl StateMap {
     }
 
     async fn open_with(aether: &Aether, builder: StateMapBuilder) -> Result<StateMap, StateError> {
+        // Stamps follow the bus's time: measured before the first.
+        crate::bustime::start(aether).await;
         let StateMapBuilder {
             map,
             node,

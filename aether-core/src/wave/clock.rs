@@ -10,12 +10,46 @@
 //! slewing, a step) to within that period, and the counter's calibration
 //! error never accumulates past it. Without such a counter quanta reads the
 //! monotonic clock, and this costs what the system clock did.
+//!
+//! What it reads is the bus's time: the system clock plus this process's
+//! offset from the bus ([`crate::bustime`] measures it; 0 until then). A
+//! step of the system clock of more than [`JUMP_NS`] seen at a reanchor is
+//! noted, for the offset to be measured again at once.
 
 use std::{
     cell::Cell,
-    sync::OnceLock,
+    sync::{
+        Mutex, OnceLock,
+        atomic::{AtomicBool, AtomicI64, Ordering},
+    },
     time::{SystemTime, UNIX_EPOCH},
 };
+
+/// This process's offset from the bus's time, nanoseconds (bus time =
+/// system clock + offset).
+static OFFSET_NS: AtomicI64 = AtomicI64::new(0);
+
+/// The system clock stepped since the offset was last measured.
+static JUMPED: AtomicBool = AtomicBool::new(false);
+
+/// A step of the system clock larger than this (against the counter) is a
+/// jump: NTP arriving late, a clock set by hand.
+pub(crate) const JUMP_NS: u64 = 1_000_000_000;
+
+/// Sets this process's offset from the bus's time.
+pub(crate) fn set_offset(ns: i64) {
+    OFFSET_NS.store(ns, Ordering::Relaxed);
+}
+
+/// This process's offset from the bus's time, nanoseconds.
+pub(crate) fn offset() -> i64 {
+    OFFSET_NS.load(Ordering::Relaxed)
+}
+
+/// Whether the system clock jumped since this was last asked.
+pub(crate) fn take_jump() -> bool {
+    JUMPED.swap(false, Ordering::Relaxed)
+}
 
 /// How often (in nanoseconds of the counter) a thread reads the system
 /// clock again.
@@ -32,9 +66,17 @@ thread_local! {
     static ANCHOR: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
 }
 
-/// Nanoseconds since the Unix epoch (0 if the system clock is before it).
+/// The bus's time: nanoseconds since the Unix epoch by the system clock
+/// plus this process's offset from the bus (0 if before the epoch).
 #[inline]
 pub(crate) fn unix_nanos() -> u64 {
+    system_nanos().saturating_add_signed(offset())
+}
+
+/// Nanoseconds since the Unix epoch by this machine's clock, read through
+/// the counter.
+#[inline]
+fn system_nanos() -> u64 {
     let clock = counter();
     let raw = clock.raw();
     ANCHOR.with(|anchor| {
@@ -64,8 +106,52 @@ pub(crate) fn system_unix_nanos() -> u64 {
 #[inline(never)]
 fn reanchor(anchor: &Cell<(u64, u64)>, clock: &quanta::Clock) -> u64 {
     let unix = system_unix_nanos();
-    anchor.set((clock.raw(), unix));
+    let raw = clock.raw();
+    let (raw0, unix0) = anchor.get();
+    if raw0 != 0 && raw >= raw0 {
+        let expected = unix0 + clock.delta_as_nanos(raw0, raw);
+        if unix.abs_diff(expected) > JUMP_NS {
+            JUMPED.store(true, Ordering::Relaxed);
+        }
+    }
+    anchor.set((raw, unix));
     unix
+}
+
+/// What this process knows of the bus's time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClockStatus {
+    /// Its offset from the bus's time, nanoseconds: the bus's time is this
+    /// machine's clock plus it (0 before a measurement, or with no
+    /// source).
+    pub offset_ns: i64,
+    /// How far the offset may be off, nanoseconds: half the round trip of
+    /// the exchange it came from (0 before a measurement).
+    pub uncertainty_ns: u64,
+    /// Sources heard at the last measurement.
+    pub sources: usize,
+    /// Measurements made.
+    pub measurements: u64,
+}
+
+pub(crate) fn status_cell() -> &'static Mutex<ClockStatus> {
+    static STATUS: OnceLock<Mutex<ClockStatus>> = OnceLock::new();
+    STATUS.get_or_init(|| Mutex::new(ClockStatus::default()))
+}
+
+/// The bus's time now: this machine's clock plus its offset from the bus.
+pub fn bus_now() -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_nanos(unix_nanos())
+}
+
+/// What this process knows of the bus's time now.
+pub fn status() -> ClockStatus {
+    let mut status = status_cell()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    status.offset_ns = offset();
+    status
 }
 
 #[cfg(test)]

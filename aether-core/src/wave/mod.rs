@@ -19,7 +19,7 @@
 //! ```
 
 mod amplitude;
-mod clock;
+pub(crate) mod clock;
 mod id;
 mod payload;
 mod trace;

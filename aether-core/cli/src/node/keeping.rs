@@ -49,6 +49,8 @@ impl Keeping {
     ) -> Result<Self, Failure> {
         config.state.dir = Some(data.join("state"));
         config.nats.connection_name = Some(format!("aether node {} keeper", record.name));
+        // The nodes are the bus's time sources.
+        config.clock.source = true;
         // Infrastructure reports itself (`aether stats`) unless told how.
         if config.report.interval_ms == 0 {
             config.report.interval_ms = REPORT_EVERY_MS;
@@ -117,7 +119,13 @@ impl Keeping {
                         if let Some(exported) = &exported {
                             exported.set(&now);
                         }
-                        let written = Written { keeper: now };
+                        let clock = aether_core::bustime::status();
+                        let written = Written {
+                            keeper: now,
+                            clock_offset_ms: clock.offset_ns / 1_000_000,
+                            clock_uncertainty_ms: clock.uncertainty_ns / 1_000_000,
+                            clock_sources: clock.sources as u64,
+                        };
                         let _ = write_private(
                             &data.join(COUNTS),
                             &serde_json::to_vec_pretty(&written).expect("counts serialize"),
@@ -173,11 +181,15 @@ async fn serve(
     }
 }
 
-/// What the node's keeper writes each second: its counts.
+/// What the node's keeper writes each second: its counts, and the clock
+/// of the node against the bus's time.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub(super) struct Written {
     pub(super) keeper: KeeperStats,
+    pub(super) clock_offset_ms: i64,
+    pub(super) clock_uncertainty_ms: u64,
+    pub(super) clock_sources: u64,
 }
 
 /// What the node's keeper wrote last in `data`.

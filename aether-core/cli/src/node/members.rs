@@ -162,6 +162,14 @@ pub async fn status(bus: &str) -> Result<(), Failure> {
     }
     if let Some(written) = record.data.as_deref().and_then(super::keeping::read_counts) {
         println!("keeper: {}", crate::keep::summary(&written.keeper));
+        if written.clock_sources == 0 {
+            println!("clock: this machine's own (no other time source heard)");
+        } else {
+            println!(
+                "clock: {:+} ms from the bus's time (±{} ms; {} sources, this node among them)",
+                -written.clock_offset_ms, written.clock_uncertainty_ms, written.clock_sources
+            );
+        }
     }
     Ok(())
 }

@@ -1,0 +1,137 @@
+//! Processes whose clocks are off (libfaketime's `faketime`), against a
+//! server of the test's own: what a device whose clock disagrees with the
+//! others' is told.
+
+mod support;
+
+use support::{AETHER, run, server, start};
+use tokio::process::Command;
+
+/// `aether ARGS` on the server at `url`, its clock moved by `offset`
+/// (`faketime` syntax: `+2h`, `-1d`).
+fn skewed(offset: &str, url: &str, args: &[&str]) -> Option<Command> {
+    let faketime = which("faketime")?;
+    let mut command = aether_testkit::program(faketime.to_str()?);
+    command
+        .arg("-f")
+        .arg(offset)
+        .arg(AETHER)
+        .args(args)
+        .arg("--nats")
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    Some(command)
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|path| path.is_file())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_refused_entries_for_their_stamps_says_why() {
+    let nats = server().await;
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_str().unwrap();
+    // A keeper and a writer two hours ahead of this machine.
+    let Some(keep) = skewed("+2h", &url, &["keep", "--dir", dir, "--name", "ahead"]) else {
+        eprintln!("skipped: faketime is not installed (apt-get install faketime)");
+        return;
+    };
+    let keeper = start(keep, "keeping maps").await;
+    let set = skewed("+2h", &url, &["state", "set", "clk", "k", "1"]).unwrap();
+    let (status, _, stderr) = run(set).await;
+    assert_eq!(status, 0, "held by the keeper ahead: {stderr}");
+    // A reader that follows a time source nobody runs keeps its own
+    // clock: the entry is two hours in its future, refused.
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("default.toml"),
+        "[aether.clock]\nfollow = \"nobody\"\n",
+    )
+    .unwrap();
+    let own_clock = |args: &[&str]| {
+        let mut all = vec!["--config-dir", config.path().to_str().unwrap()];
+        all.extend_from_slice(args);
+        support::aether(&url, &all)
+    };
+    let (status, _, stderr) = run(own_clock(&["state", "get", "clk", "k"])).await;
+    assert_eq!(status, 1, "{stderr}");
+    assert!(
+        stderr.contains("refused as stamped more than max_drift ahead")
+            && stderr.contains("1 entries"),
+        "says why the key is not there: {stderr}"
+    );
+    let (status, _, stderr) = run(own_clock(&["state", "list", "clk"])).await;
+    assert_eq!(status, 0, "{stderr}");
+    assert!(stderr.contains("not every entry is listed"), "{stderr}");
+    // A reader that follows the bus's time reads it.
+    let (status, out, stderr) = run(support::aether(&url, &["state", "get", "clk", "k"])).await;
+    assert_eq!((status, out.trim()), (0, "1"), "{stderr}");
+    drop(keeper);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_two_hours_apart_share_one_order() {
+    let nats = server().await;
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_str().unwrap();
+    // The keeper, a time source, on this machine's clock; devices two hours
+    // behind, on time and two hours ahead, each a one-shot command.
+    let Some(_) = skewed("+0", &url, &["--version"]) else {
+        eprintln!("skipped: faketime is not installed (apt-get install faketime)");
+        return;
+    };
+    let keeper = start(
+        support::aether(&url, &["keep", "--dir", dir, "--name", "keeper"]),
+        "keeping maps",
+    )
+    .await;
+    let devices = [("b", "-2h"), ("a", "+0"), ("c", "+2h")];
+    for (device, offset) in devices {
+        let set = skewed(offset, &url, &["state", "set", "clk", device, "1"]).unwrap();
+        let (status, _, stderr) = run(set).await;
+        assert_eq!(status, 0, "device {device} ({offset}) writes: {stderr}");
+    }
+    // Every device reads every other's write.
+    for (reader, offset) in devices {
+        for (key, _) in devices {
+            let get = skewed(offset, &url, &["state", "get", "clk", key]).unwrap();
+            let (status, out, stderr) = run(get).await;
+            assert_eq!(
+                (status, out.trim()),
+                (0, "1"),
+                "device {reader} ({offset}) reads {key}: {stderr}"
+            );
+        }
+    }
+    // The later write by the bus's time wins, whatever the devices'
+    // clocks say: the one ahead writes first, the one behind after it.
+    for (value, offset) in [("\"first\"", "+2h"), ("\"second\"", "-2h")] {
+        let set = skewed(offset, &url, &["state", "set", "clk", "last", value]).unwrap();
+        let (status, _, stderr) = run(set).await;
+        assert_eq!(status, 0, "{stderr}");
+    }
+    for (reader, offset) in devices {
+        let get = skewed(offset, &url, &["state", "get", "clk", "last"]).unwrap();
+        let (status, out, stderr) = run(get).await;
+        assert_eq!(
+            (status, out.trim()),
+            (0, "\"second\""),
+            "device {reader} ({offset}): {stderr}"
+        );
+    }
+    // A delete made by the device behind stays a delete.
+    let delete = skewed("-2h", &url, &["state", "delete", "clk", "c"]).unwrap();
+    assert_eq!(run(delete).await.0, 0);
+    let get = skewed("+2h", &url, &["state", "get", "clk", "c"]).unwrap();
+    assert_eq!(run(get).await.0, 1, "deleted");
+    drop(keeper);
+}

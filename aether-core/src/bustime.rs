@@ -1,0 +1,417 @@
+//! The bus's own time: a LAN of devices that never see an NTP server
+//! still shares one order.
+//!
+//! Some programs are the bus's time sources (`[aether.clock] source`:
+//! `aether node`, `aether keep` and the gateway are). Each program that
+//! crosses processes measures its clock against them when it connects and
+//! every `interval_ms` after (at once when its system clock jumps), as
+//! NTP and Cristian's algorithm do: it asks, a source answers with its own
+//! clock, and the offset is the source's time less the middle of the
+//! round trip, its uncertainty half the round trip; of a few exchanges
+//! with each source the fastest counts. The bus's time is the median of
+//! the sources' clocks (a source counts itself among them), or the clock
+//! of the one source `follow` names. The process's clock
+//! ([`crate::wave`]'s) then reads the system clock plus that offset:
+//! stamps, drift checks, tombstone horizons, hopping slots and wave ages
+//! all follow it. Stamps never go back ([`crate::state::hlc`]).
+//!
+//! On the wire (system channels, all sources listen): `_clock.who`, a
+//! request one source answers (none: no sources, measured no further);
+//! `_clock.ask`, to all sources; their answers on
+//! `_clock.time.<asker as 16 hex digits>`. An ask is `asker u64 | ask
+//! u64`, an answer `ask u64 | the source's clock, Unix ns u64`, little
+//! endian. A source is known by its waves' source name; where signatures
+//! are required, only signed answers count.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+pub use crate::wave::clock::{ClockStatus, bus_now as now, status};
+use crate::{
+    Aether, Channel, RequestErrorKind, Vibrator, Wave,
+    wave::clock::{offset, set_offset, status_cell, system_unix_nanos, take_jump},
+};
+
+/// The request one source answers.
+const WHO: &str = "_clock.who";
+/// The ask every source answers.
+const ASK: &str = "_clock.ask";
+/// The queue group of the sources on [`WHO`].
+const GROUP: &str = "clock";
+/// Asks to all sources a measurement makes.
+const ASKS: u64 = 3;
+/// How long answers to one ask are awaited.
+const WINDOW: Duration = Duration::from_millis(50);
+/// How long [`WHO`] is awaited.
+const WHO_TIMEOUT: Duration = Duration::from_millis(300);
+/// How often a jump of the system clock is looked for.
+const JUMP_CHECK: Duration = Duration::from_secs(1);
+
+/// One exchange with a source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Exchange {
+    pub(crate) source: String,
+    /// The source's clock less the middle of the round trip by this one's.
+    pub(crate) offset_ns: i64,
+    /// The round trip, nanoseconds.
+    pub(crate) rtt_ns: u64,
+}
+
+impl Exchange {
+    /// The exchange of an ask sent at `sent` and answered at `received`
+    /// (this machine's clock) with the source's clock `theirs`.
+    pub(crate) fn of(source: &str, sent: u64, received: u64, theirs: u64) -> Self {
+        let rtt = received.saturating_sub(sent);
+        let middle = sent + rtt / 2;
+        Self {
+            source: source.to_string(),
+            offset_ns: (i128::from(theirs) - i128::from(middle))
+                .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64,
+            rtt_ns: rtt,
+        }
+    }
+}
+
+/// The offset and its uncertainty the exchanges give, and how many
+/// sources they came from: the fastest exchange of each source; the
+/// median source by offset (the lower of the two middle ones), or the one
+/// `follow` names. `own`: this process is a source named so, and counts
+/// itself (offset 0). None when no source (or not the followed one) was
+/// heard.
+pub(crate) fn settle(
+    exchanges: &[Exchange],
+    own: Option<&str>,
+    follow: Option<&str>,
+) -> Option<(i64, u64, usize)> {
+    let mut best: HashMap<&str, (i64, u64)> = HashMap::new();
+    for e in exchanges {
+        let entry = best.entry(&e.source).or_insert((e.offset_ns, e.rtt_ns));
+        if e.rtt_ns < entry.1 {
+            *entry = (e.offset_ns, e.rtt_ns);
+        }
+    }
+    if let Some(own) = own {
+        best.insert(own, (0, 0));
+    }
+    if let Some(follow) = follow {
+        let (offset, rtt) = *best.get(follow)?;
+        return Some((offset, rtt / 2, best.len()));
+    }
+    if best.is_empty() || (own.is_some() && best.len() == 1) {
+        return None;
+    }
+    let mut sources: Vec<(i64, u64)> = best.values().copied().collect();
+    sources.sort_unstable();
+    let (offset, rtt) = sources[(sources.len() - 1) / 2];
+    Some((offset, rtt / 2, sources.len()))
+}
+
+fn ask_payload(asker: u64, ask: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(16);
+    out.put_u64_le(asker);
+    out.put_u64_le(ask);
+    out.freeze()
+}
+
+fn answer_payload(ask: u64, now: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(16);
+    out.put_u64_le(ask);
+    out.put_u64_le(now);
+    out.freeze()
+}
+
+/// `(first, second)` of a 16-byte payload; None for any other.
+fn pair(payload: &Bytes) -> Option<(u64, u64)> {
+    let mut b = payload.clone();
+    (b.remaining() == 16).then(|| (b.get_u64_le(), b.get_u64_le()))
+}
+
+fn answers_of(asker: u64) -> Channel {
+    Channel::new(format!("_clock.time.{asker:016x}"))
+}
+
+/// Starts the bus's time on `aether`, once: a source answers; an aether
+/// that crosses processes measures its clock (the first measurement before
+/// this returns, within a second), then keeps measuring while it lives.
+/// [`StateMap::open`](crate::state::StateMap::open) calls it; a program
+/// whose stamps matter before (the command line, the gateway, Python)
+/// calls it once connected.
+pub async fn start(aether: &Aether) {
+    if !aether.crosses_processes() {
+        return;
+    }
+    aether.clock_started().get_or_init(|| run(aether)).await;
+}
+
+async fn run(aether: &Aether) {
+    let config = aether.config().clock.clone();
+    let name = aether.config().report.instance_name();
+    if config.source {
+        match answering(aether, &name).await {
+            Ok(vibrator) => {
+                tokio::spawn(answer(vibrator));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "this program is not a time source of the bus");
+            }
+        }
+    }
+    let asker: u64 = rand_id();
+    let Ok(mut vibrator) = Vibrator::builder(format!("{name}-clock"))
+        .queue_capacity(1024)
+        .build(aether)
+    else {
+        return;
+    };
+    if vibrator.resonate_on(answers_of(asker)).await.is_err() {
+        return;
+    }
+    let own = config.source.then_some(name);
+    let mut measurer = Measurer {
+        vibrator,
+        asker,
+        own,
+        follow: config.follow.clone(),
+        known: 0,
+        warned: false,
+        max_drift: aether.config().state.max_drift,
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), measurer.measure()).await;
+    let interval = Duration::from_millis(config.interval_ms);
+    tokio::spawn(async move {
+        let mut last = Instant::now();
+        loop {
+            tokio::time::sleep(JUMP_CHECK).await;
+            if measurer.vibrator.aether().is_closed() {
+                return;
+            }
+            if take_jump() || last.elapsed() >= interval {
+                last = Instant::now();
+                measurer.measure().await;
+            }
+        }
+    });
+}
+
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one((std::process::id(), system_unix_nanos())) | 1
+}
+
+/// A source's vibrator, listening.
+async fn answering(aether: &Aether, name: &str) -> Result<Vibrator, crate::ResonateError> {
+    let mut vibrator = Vibrator::builder(name)
+        .queue_capacity(1024)
+        .build(aether)
+        .map_err(|e| crate::ResonateError::with_source(crate::ResonateErrorKind::Closed, e))?;
+    vibrator.resonate_on(ASK).await?;
+    vibrator.resonate_in_group(WHO, GROUP).await?;
+    Ok(vibrator)
+}
+
+/// Answers every ask with this machine's clock.
+async fn answer(mut vibrator: Vibrator) {
+    while let Some(wave) = vibrator.receive().await {
+        let Some((asker, ask)) = pair(wave.payload_bytes()) else {
+            continue;
+        };
+        let answer = answer_payload(ask, system_unix_nanos());
+        let sent = if wave.channel().as_str() == WHO {
+            vibrator.reply(&wave, answer).await.map(|_| ())
+        } else {
+            vibrator
+                .emitter()
+                .emit_own(Wave::new(answers_of(asker), answer))
+                .await
+                .map(|_| ())
+        };
+        if let Err(error) = sent {
+            tracing::debug!(%error, "a clock answer was not sent");
+        }
+    }
+}
+
+/// Measures this process's clock against the sources.
+struct Measurer {
+    vibrator: Vibrator,
+    asker: u64,
+    /// This process's name as a source, if it is one.
+    own: Option<String>,
+    follow: Option<String>,
+    /// Sources heard last time: an ask's window ends once all answered.
+    known: usize,
+    warned: bool,
+    max_drift: Duration,
+}
+
+impl Measurer {
+    async fn measure(&mut self) {
+        let exchanges = self.exchanges().await;
+        let settled = settle(&exchanges, self.own.as_deref(), self.follow.as_deref());
+        let mut status = status_cell().lock().unwrap_or_else(|e| e.into_inner());
+        status.measurements += 1;
+        let Some((offset_ns, uncertainty_ns, sources)) = settled else {
+            status.sources = 0;
+            if let Some(follow) = &self.follow
+                && !exchanges.is_empty()
+            {
+                tracing::warn!(
+                    follow,
+                    "the time source [aether.clock] follow names did not answer; the clock \
+                     keeps its last offset"
+                );
+            }
+            return;
+        };
+        let before = offset();
+        set_offset(offset_ns);
+        status.sources = sources;
+        status.uncertainty_ns = uncertainty_ns;
+        self.known = sources.saturating_sub(usize::from(self.own.is_some()));
+        drop(status);
+        let off = Duration::from_nanos(offset_ns.unsigned_abs());
+        if off > self.max_drift / 2 && !self.warned {
+            self.warned = true;
+            tracing::warn!(
+                offset_ms = offset_ns / 1_000_000,
+                sources,
+                "this machine's clock is {off:?} {} the bus's: its stamps, checks and hopping \
+                 follow the bus's time; set its clock right (NTP) all the same",
+                if offset_ns > 0 { "behind" } else { "ahead of" }
+            );
+        } else if before.abs_diff(offset_ns) > 100_000_000 {
+            tracing::info!(
+                offset_ms = offset_ns / 1_000_000,
+                before_ms = before / 1_000_000,
+                sources,
+                "the clock's offset from the bus changed"
+            );
+        }
+    }
+
+    /// A round of exchanges: none if no source answers [`WHO`].
+    async fn exchanges(&mut self) -> Vec<Exchange> {
+        let mut exchanges = Vec::new();
+        let emitter = self.vibrator.emitter();
+        let sent = system_unix_nanos();
+        let who = Wave::new(WHO, ask_payload(self.asker, 0));
+        match emitter.request_on(who, WHO_TIMEOUT).await {
+            Ok(reply) => {
+                let received = system_unix_nanos();
+                if let (Some((0, theirs)), Some(source)) =
+                    (pair(reply.payload_bytes()), reply.source())
+                {
+                    exchanges.push(Exchange::of(source, sent, received, theirs));
+                }
+            }
+            Err(e) if e.kind() == RequestErrorKind::NoResponders => return exchanges,
+            Err(_) => return exchanges,
+        }
+        for ask in 1..=ASKS {
+            let sent = system_unix_nanos();
+            let wave = Wave::new(ASK, ask_payload(self.asker, ask));
+            if emitter.emit_own(wave).await.is_err() {
+                return exchanges;
+            }
+            let deadline = tokio::time::Instant::now() + WINDOW;
+            let mut answered = 0;
+            while let Ok(Some(wave)) =
+                tokio::time::timeout_at(deadline, self.vibrator.receive()).await
+            {
+                let received = system_unix_nanos();
+                let (Some((answered_ask, theirs)), Some(source)) =
+                    (pair(wave.payload_bytes()), wave.source())
+                else {
+                    continue;
+                };
+                if answered_ask != ask {
+                    continue;
+                }
+                exchanges.push(Exchange::of(source, sent, received, theirs));
+                answered += 1;
+                if self.known > 0 && answered >= self.known {
+                    break;
+                }
+            }
+        }
+        exchanges
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn exchange(source: &str, offset_ns: i64, rtt_ns: u64) -> Exchange {
+        Exchange {
+            source: source.into(),
+            offset_ns,
+            rtt_ns,
+        }
+    }
+
+    #[test]
+    fn an_exchange_takes_the_middle_of_its_round_trip() {
+        // Asked at 1,000, answered at 1,400 with 10,200: offset 9,000.
+        let e = Exchange::of("pi", 1_000, 1_400, 10_200);
+        assert_eq!((e.offset_ns, e.rtt_ns), (9_000, 400));
+        // A source behind.
+        assert_eq!(Exchange::of("pi", 5_000, 5_000, 1_000).offset_ns, -4_000);
+    }
+
+    #[test]
+    fn the_bus_follows_the_median_source_or_the_one_named() {
+        let hour = 3_600_000_000_000i64;
+        let heard = [
+            exchange("a", -2 * hour, 900),
+            exchange("b", 10, 500),
+            exchange("b", 30, 300),
+            exchange("c", 2 * hour, 400),
+        ];
+        // The median of three: b's fastest exchange.
+        assert_eq!(settle(&heard, None, None), Some((30, 150, 3)));
+        // A source counts itself: a, self (0), b, c: the lower middle.
+        assert_eq!(settle(&heard, Some("d"), None), Some((0, 0, 4)));
+        assert_eq!(settle(&heard, None, Some("c")), Some((2 * hour, 200, 3)));
+        assert_eq!(
+            settle(&heard, None, Some("z")),
+            None,
+            "the one named is not heard"
+        );
+        assert_eq!(settle(&[], None, None), None);
+        assert_eq!(
+            settle(&[], Some("d"), None),
+            None,
+            "a source alone follows itself"
+        );
+    }
+
+    proptest! {
+        /// Fewer than half the sources, however wrong, cannot move the
+        /// bus's time outside the honest sources' offsets.
+        #[test]
+        fn a_minority_of_wrong_clocks_cannot_move_the_bus(
+            honest in prop::collection::vec(-1_000i64..1_000, 3..9),
+            wrong in prop::collection::vec(any::<i64>(), 0..3),
+        ) {
+            prop_assume!(wrong.len() * 2 < honest.len());
+            let mut heard = Vec::new();
+            for (n, offset) in honest.iter().enumerate() {
+                heard.push(exchange(&format!("h{n}"), *offset, 100));
+            }
+            for (n, offset) in wrong.iter().enumerate() {
+                heard.push(exchange(&format!("w{n}"), *offset, 100));
+            }
+            let (offset, _, sources) = settle(&heard, None, None).unwrap();
+            prop_assert_eq!(sources, honest.len() + wrong.len());
+            prop_assert!(honest.iter().min().unwrap() <= &offset);
+            prop_assert!(&offset <= honest.iter().max().unwrap());
+        }
+    }
+}
