@@ -31,7 +31,7 @@ use std::{
 
 use aether_core::{Aether, ConnectionState, DropReason};
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
     core::{Collector, Desc},
     proto::MetricFamily,
 };
@@ -85,6 +85,13 @@ impl Maker<'_> {
     /// A gauge.
     pub fn gauge(&mut self, name: &str, help: &str) -> prometheus::Result<IntGauge> {
         let metric = IntGauge::new(name, help)?;
+        self.0.push(Box::new(metric.clone()));
+        Ok(metric)
+    }
+
+    /// A gauge of a fractional value (seconds).
+    pub fn float_gauge(&mut self, name: &str, help: &str) -> prometheus::Result<Gauge> {
+        let metric = Gauge::new(name, help)?;
         self.0.push(Box::new(metric.clone()));
         Ok(metric)
     }
@@ -166,8 +173,8 @@ struct Connection {
     durable_outbox_bytes: IntGauge,
     durable_outbox_capacity: IntGauge,
     durable_captures: IntGauge,
-    clock_offset: IntGauge,
-    clock_uncertainty: IntGauge,
+    clock_offset: Gauge,
+    clock_uncertainty: Gauge,
     clock_sources: IntGauge,
     flushed: IntCounter,
     frames_sent: IntCounter,
@@ -313,12 +320,12 @@ impl AetherCollector {
                 "aether_nats_durable_captures",
                 "JetStream streams that capture one durable channel (1 when all is well; more: streams in several domains each store every wave).",
             )?,
-            clock_offset: m.gauge(
-                "aether_clock_offset_milliseconds",
+            clock_offset: m.float_gauge(
+                "aether_clock_offset_seconds",
                 "This process's clock's offset from the bus's time (the bus's time is its clock plus it), from the bus's time sources.",
             )?,
-            clock_uncertainty: m.gauge(
-                "aether_clock_uncertainty_milliseconds",
+            clock_uncertainty: m.float_gauge(
+                "aether_clock_uncertainty_seconds",
                 "How far that offset may be off: half the round trip it was measured with.",
             )?,
             clock_sources: m.gauge(
@@ -410,9 +417,8 @@ impl AetherCollector {
         c.durable_captures
             .set(saturating_i64(status.durable_captures as u64));
         let clock = aether_core::bustime::status();
-        c.clock_offset.set(clock.offset_ns / 1_000_000);
-        c.clock_uncertainty
-            .set(saturating_i64(clock.uncertainty_ns / 1_000_000));
+        c.clock_offset.set(clock.offset_ns as f64 / 1e9);
+        c.clock_uncertainty.set(clock.uncertainty_ns as f64 / 1e9);
         c.clock_sources.set(saturating_i64(clock.sources as u64));
         if let (Some(p), Ok(usage)) = (&self.process, ResourceUsage::read()) {
             p.rss.set(saturating_i64(usage.rss_bytes));
