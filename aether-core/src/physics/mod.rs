@@ -34,7 +34,7 @@
 //! assert!(interference.coherent && interference.amplitude < 1e-9);
 //!
 //! // Waves not emitted yet have no time of their own: give one.
-//! let t0 = crate::wave::clock::bus_now();
+//! let t0 = SystemTime::now();
 //! assert_eq!(physics.detect_at("orders.review", &approved, t0), None);
 //! let event = physics
 //!     .detect_at("orders.review", &rejected, t0 + Duration::from_millis(20))
