@@ -109,19 +109,8 @@ async fn a_keeper_of_256_maps_answers_within_five_seconds_of_its_start() {
         }
     }
     let started = Instant::now();
-    // A read half a second after the start, while most maps still wait to
-    // open: it finds the keeper opening its map, never an empty bus.
-    let early = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        run(aether(&url, &["state", "get", "m100", "k"])).await
-    };
-    let (keeping, (status, out, stderr)) = tokio::join!(keeper(&url, dir.path(), &[]), early);
+    let keeping = keeper(&url, dir.path(), &[]).await;
     let ready = started.elapsed();
-    assert_eq!(
-        (status, out.trim()),
-        (0, "\"v\""),
-        "a read 0.5 s after the start: {stderr}"
-    );
     // The last map in name order, the first a program asks for: read by a
     // one-shot command as soon as the keeper has it.
     let mut answered = None;

@@ -707,19 +707,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(held.keepers, 1);
-        // (Its replica acknowledges while its open still catches up.)
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while !keeper.maps().contains(&"real".to_string()) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-        .expect("the real map is kept");
         let stats = keeper.stats();
         assert!(
             stats.maps <= 5,
             "the flooder's share and the real map: {stats:?}"
         );
+        assert!(keeper.maps().contains(&"real".to_string()));
         assert_eq!(stats.refused_writer_maps, 196, "{stats:?}");
         assert_eq!(stats.refused_maps, 0, "{stats:?}");
         // The made-up maps stay empty: forgotten, their directories gone.

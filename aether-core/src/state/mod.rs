@@ -543,18 +543,10 @@ impl StateMap {
             shared,
         };
         map.shared.hello(false).await;
-        // A keeper's replica answers others' catch-ups at once with what
-        // its ledger holds: a replica opened while the keeper starts, its
-        // maps opening, finds it rather than an empty bus.
-        if keeper {
-            map.shared.ready.notify_one();
-        }
         map.shared.catch_up().await;
         // Ready: from now on it answers others' catch-ups. Waited for, so
         // that a replica opened after `open` returned finds it.
-        if !keeper {
-            map.shared.ready.notify_one();
-        }
+        map.shared.ready.notify_one();
         let _ = answers.await;
         Ok(map)
     }
