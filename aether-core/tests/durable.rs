@@ -302,6 +302,34 @@ async fn a_server_without_jetstream_is_refused_at_connect() {
     .await;
 }
 
+/// Programs that start together each create the stream, as large as the
+/// server lets one be: every one connects (the server's check of its
+/// storage counts a stream being made twice, and the next try finds it
+/// made).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn programs_starting_together_all_get_the_stream() {
+    bounded(async {
+        for _ in 0..3 {
+            let (_server, url) = jetstream().await;
+            let config = AetherConfig {
+                durability: DurabilityConfig {
+                    // The test server's max_file_store.
+                    max_bytes: 1 << 30,
+                    ..config(&url, None).durability
+                },
+                ..config(&url, None)
+            };
+            let starts = (0..6).map(|_| Aether::connect(config.clone()));
+            for started in futures_util::future::join_all(starts).await {
+                if let Err(error) = started {
+                    panic!("a program starting beside others: {error}");
+                }
+            }
+        }
+    })
+    .await;
+}
+
 /// An emitter process: this test binary, running `durable_emitter_process`,
 /// which emits `count` waves (`seq` 0, 1, ...) on `orders.created`,
 /// printing `emitted N` after each `emit` returned, then waits until its

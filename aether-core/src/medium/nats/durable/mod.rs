@@ -70,6 +70,9 @@ use crate::{
 
 /// Ids of the waves a vibrator handed out last, to drop redeliveries.
 const RECENT_IDS: usize = 16_384;
+/// Tries at making the stream when the server counts it twice (see
+/// `Durable::ensure_stream`): 50 + 100 + 200 ms of pauses.
+const STREAM_TRIES: u32 = 4;
 /// Most waves asked for in one pull.
 const MAX_PULL_BATCH: usize = 256;
 /// Retry delays of the flusher and the consumers: short, as a cluster
@@ -547,6 +550,19 @@ impl Durable {
             num_replicas: replicas,
             ..Default::default()
         };
+        // Programs starting together each make the stream; the server's
+        // check of its storage can count the stream twice while another
+        // makes it, and refuse. The next try finds it made and updates it.
+        let mut pause = Duration::from_millis(50);
+        for _ in 1..STREAM_TRIES {
+            match js.create_or_update_stream(config.clone()).await {
+                Err(error) if storage_counted_twice(&error) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                made => return made.map(|_| ()),
+            }
+        }
         js.create_or_update_stream(config).await.map(|_| ())
     }
 
@@ -1056,6 +1072,16 @@ async fn send_acks(
         }
         in_flight.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Whether a refusal to make the stream is the server's storage check
+/// counting a stream that another program was making at the same moment.
+fn storage_counted_twice(error: &jetstream::context::CreateStreamError) -> bool {
+    matches!(
+        error.kind(),
+        jetstream::context::CreateStreamErrorKind::JetStream(error)
+            if error.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED
+    )
 }
 
 #[cfg(test)]
