@@ -49,6 +49,7 @@ pub fn pid(child: &Child) -> Pid {
 /// checks it exits 0, and reads the counts of its summary, the stdout line
 /// that starts with `prefix`.
 pub async fn summary(mut child: Child, prefix: &str, terminate: bool) -> HashMap<String, u64> {
+    let id = child.id();
     if terminate {
         kill(pid(&child), Signal::SIGTERM).unwrap();
     }
@@ -62,7 +63,11 @@ pub async fn summary(mut child: Child, prefix: &str, terminate: bool) -> HashMap
         .await
         .expect("it exits")
         .unwrap();
-    assert!(status.success(), "{prefix} {status}");
+    if !status.success() {
+        // Its stderr read to the end.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        panic!("{prefix} {status}: {:#?}", said_last(id));
+    }
     let line = stdout
         .lines()
         .find_map(|line| line.strip_prefix(prefix))
@@ -206,8 +211,46 @@ pub fn service(bin: &str, dir: &Path, url: &str, instance: &str, args: &[&str]) 
         .args(args)
         .env("AETHER__AETHER__REPORT__INSTANCE", instance)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    command.spawn().unwrap()
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    keep_last_lines(&mut child);
+    child
+}
+
+/// The last lines each service program wrote to stderr, by process id.
+static LAST_LINES: std::sync::Mutex<Vec<(u32, std::collections::VecDeque<String>)>> =
+    std::sync::Mutex::new(Vec::new());
+const LINES_KEPT: usize = 20;
+
+/// Reads `child`'s stderr to its end (so that it never blocks on a full
+/// pipe), keeping its last lines for [`said_last`].
+fn keep_last_lines(child: &mut Child) {
+    use tokio::io::AsyncBufReadExt;
+    let (Some(id), Some(stderr)) = (child.id(), child.stderr.take()) else {
+        return;
+    };
+    LAST_LINES.lock().unwrap().push((id, Default::default()));
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut kept = LAST_LINES.lock().unwrap();
+            if let Some((_, last)) = kept.iter_mut().find(|(pid, _)| *pid == id) {
+                if last.len() == LINES_KEPT {
+                    last.pop_front();
+                }
+                last.push_back(line);
+            }
+        }
+    });
+}
+
+/// What a service program (by its process id) wrote last to stderr.
+fn said_last(id: Option<u32>) -> Vec<String> {
+    let kept = LAST_LINES.lock().unwrap();
+    kept.iter()
+        .find(|(pid, _)| Some(*pid) == id)
+        .map(|(_, last)| last.iter().cloned().collect())
+        .unwrap_or_default()
 }
 
 pub async fn programs() -> (String, String) {
