@@ -87,27 +87,31 @@ async fn replicas_that_only_read_open_no_map_on_a_keeper() {
     stop(keeping).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_keeper_of_256_maps_answers_within_five_seconds_of_its_start() {
-    const MAPS: usize = 256;
-    let nats = server().await;
-    let url = nats.url();
-    let dir = tempfile::tempdir().unwrap();
-    let keeping = keeper(&url, dir.path(), &[]).await;
-    let (status, _, stderr) = run(aether(&url, &["state", "set", "home", "k", "\"v\""])).await;
+/// Maps a keeper keeps: a keeper's directory holding `home` and
+/// `MAPS - 1` copies of it (`m000`, `m001`, ...), each with `k` = "v".
+const MAPS: usize = 256;
+
+async fn kept_maps(url: &str, dir: &Path) {
+    let keeping = keeper(url, dir, &[]).await;
+    let (status, _, stderr) = run(aether(url, &["state", "set", "home", "k", "\"v\""])).await;
     assert_eq!(status, 0, "{stderr}");
     stop(keeping).await;
     // The same ledger under 255 more names: 256 maps, max_maps.
     for n in 0..MAPS - 1 {
-        let to = dir.path().join(format!("m{n:03}"));
+        let to = dir.join(format!("m{n:03}"));
         std::fs::create_dir(&to).unwrap();
-        for file in std::fs::read_dir(dir.path().join("home"))
-            .unwrap()
-            .flatten()
-        {
+        for file in std::fs::read_dir(dir.join("home")).unwrap().flatten() {
             std::fs::copy(file.path(), to.join(file.file_name())).unwrap();
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keeper_of_256_maps_answers_within_five_seconds_of_its_start() {
+    let nats = server().await;
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    kept_maps(&url, dir.path()).await;
     let started = Instant::now();
     let keeping = keeper(&url, dir.path(), &[]).await;
     let ready = started.elapsed();
@@ -129,6 +133,37 @@ async fn a_keeper_of_256_maps_answers_within_five_seconds_of_its_start() {
         answered < Duration::from_secs(5),
         "a keeper of {MAPS} maps answered only after {answered:?}"
     );
+    stop(keeping).await;
+}
+
+/// Reads while a keeper of many maps is still opening them, from the
+/// moment it is on the bus: each waits for the keeper's replica rather
+/// than say the key is not set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_while_a_keeper_opens_its_maps_wait_for_it() {
+    let nats = server().await;
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    kept_maps(&url, dir.path()).await;
+    let mut command = aether(
+        &url,
+        &["keep", "--dir", dir.path().to_str().unwrap(), "--name", "keeper"],
+    );
+    command.env("AETHER_LOG", "info");
+    let keeping = start(command, "connected to NATS").await;
+    // Its listener is up a moment after it connects.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let on_bus = Instant::now();
+    // Maps far apart in name order, each read once, all at once: the
+    // keeper opens what is asked for first.
+    let reads = ["m000", "m127", "m254", "home"].map(|map| {
+        let url = url.clone();
+        async move { (map, run(aether(&url, &["state", "get", map, "k"])).await) }
+    });
+    for (map, (status, out, stderr)) in futures_util::future::join_all(reads).await {
+        assert_eq!((status, out.trim()), (0, "\"v\""), "{map}: {stderr}");
+    }
+    eprintln!("four reads as the keeper opened {MAPS} maps: {:?}", on_bus.elapsed());
     stop(keeping).await;
 }
 

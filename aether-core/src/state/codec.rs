@@ -107,6 +107,11 @@ pub(crate) const HELD_NOT_LOGGED: u8 = 0x10;
 /// [`Message::Held`]'s `refused` when a keeper keeps no more maps
 /// (`max_maps`, `max_maps_per_writer`) and does not keep this one.
 pub(crate) const HELD_NOT_KEPT: u8 = 0x11;
+/// [`Message::Held`]'s `refused`, with [`KEEPER_TOKEN`], to a replica whose
+/// hello asked for a map a keeper kept before and is opening from its
+/// disk: the keeper's replica answers catch-ups in a moment, so the
+/// replica asks again rather than start from nothing.
+pub(crate) const HELD_OPENING: u8 = 0x12;
 
 /// The limits a decoder enforces.
 #[derive(Clone, Copy, Debug)]

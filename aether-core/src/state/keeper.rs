@@ -31,7 +31,7 @@ use std::{
 use super::{
     Refusal, StateConfig, StateError, StateErrorKind, StateMap,
     budget::Budget,
-    codec::{HELD_NOT_KEPT, KNOCK_TOKEN, Limits, Message},
+    codec::{HELD_NOT_KEPT, HELD_OPENING, KEEPER_TOKEN, KNOCK_TOKEN, Limits, Message},
 };
 pub use crate::report::KeeperStats;
 use crate::{Aether, Vibrator, names::is_name, report::KeeperSource};
@@ -350,11 +350,6 @@ impl Inner {
         stats
     }
 
-    /// Whether `map` is kept or being opened.
-    fn known(&self, map: &str) -> bool {
-        lock(&self.maps).contains_key(map) || lock(&self.opening).contains_key(map)
-    }
-
     /// Takes `map` to be opened by the caller, brought by `writer` (none:
     /// kept before, on its disk): `false` if it is kept or being opened
     /// already, not named by the patterns, or past a bound (then counted
@@ -437,6 +432,23 @@ impl Inner {
             *warned = Some(Instant::now());
         }
         due
+    }
+
+    /// Tells replica `node` of `map` what came of its hold `token` (or,
+    /// with [`KEEPER_TOKEN`], of its hello): `refused`, a
+    /// [`Message::Held`] code.
+    async fn tell(&self, vibrator: &Vibrator, map: &str, node: u64, token: u64, refused: u8) {
+        let said = Message::Held {
+            node: self.refusing_node,
+            token,
+            keeper: true,
+            refused,
+        };
+        let channel = format!("_state.{map}.r.{node:016x}");
+        let _ = vibrator
+            .emitter()
+            .emit_own(crate::Wave::new(channel.as_str(), said.encode()))
+            .await;
     }
 
     /// Opens the replica of a claimed map, and takes in `entries` (a
@@ -583,16 +595,33 @@ async fn listen(inner: Arc<Inner>, mut vibrator: Vibrator) {
         else {
             continue;
         };
-        // Maps kept or being opened cost no decoding: their replicas
-        // take their waves.
-        if !is_name(map) || !inner.config.keeper.keeps(map) || inner.known(map) {
+        // Maps kept cost no decoding: their replicas take their waves.
+        if !is_name(map) || !inner.config.keeper.keeps(map) || lock(&inner.maps).contains_key(map) {
+            continue;
+        }
+        let opening = lock(&inner.opening).contains_key(map);
+        if opening && kind != "p" {
             continue;
         }
         let mut answer_to = None;
         let (writer, knock) = match (kind, Message::decode(wave.payload_bytes().clone(), &limits)) {
-            ("p", Ok(Message::Hello { leaving: false, .. })) => {
-                // A hello opens only a map kept before.
-                if lock(&inner.waiting).contains(map) {
+            (
+                "p",
+                Ok(Message::Hello {
+                    node,
+                    leaving: false,
+                    ..
+                }),
+            ) => {
+                // A hello opens only a map kept before; its replica is
+                // told to wait for this keeper's.
+                let on_disk = lock(&inner.waiting).contains(map);
+                if opening || on_disk {
+                    inner
+                        .tell(&vibrator, map, node, KEEPER_TOKEN, HELD_OPENING)
+                        .await;
+                }
+                if on_disk && !opening {
                     (None, None)
                 } else {
                     continue;
@@ -621,17 +650,7 @@ async fn listen(inner: Arc<Inner>, mut vibrator: Vibrator) {
                 // A writer waiting for keepers is told this one keeps no
                 // more maps, rather than left to time out.
                 if let Some((node, token)) = answer_to {
-                    let refusal = Message::Held {
-                        node: inner.refusing_node,
-                        token,
-                        keeper: true,
-                        refused: HELD_NOT_KEPT,
-                    };
-                    let channel = format!("_state.{map}.r.{node:016x}");
-                    let _ = vibrator
-                        .emitter()
-                        .emit_own(crate::Wave::new(channel.as_str(), refusal.encode()))
-                        .await;
+                    inner.tell(&vibrator, map, node, token, HELD_NOT_KEPT).await;
                 }
                 continue;
             }

@@ -266,6 +266,9 @@ struct Shared {
     /// caught up from (the first roster's sender, or the answer's), within
     /// twice `ready_timeout` of the catch-up.
     answerer: Mutex<(Option<SmolStr>, Option<Instant>)>,
+    /// A keeper said it is opening this map from its disk
+    /// ([`codec::HELD_OPENING`]): the catch-up asks until it answers.
+    keeper_opening: AtomicBool,
     /// When this replica last sent repairs for each member's digest.
     repaired_for: Mutex<HashMap<u64, Instant>>,
     stop: Notify,
@@ -526,6 +529,7 @@ impl StateMap {
             goodbye: AtomicBool::new(false),
             digest_due: AtomicBool::new(false),
             answerer: Mutex::new((None, None)),
+            keeper_opening: AtomicBool::new(false),
             repaired_for: Mutex::new(HashMap::new()),
             stop: Notify::new(),
             task: Mutex::new(None),

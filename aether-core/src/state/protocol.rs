@@ -141,11 +141,22 @@ impl Shared {
                 answer = futures_util::StreamExt::next(&mut asks), if !asks.is_empty() => match answer {
                     Some(Ok(reply)) => break reply,
                     Some(Err(e)) if e.kind() == RequestErrorKind::NoResponders => {
-                        let Some((pause, rest)) = quiet.split_first() else {
-                            return;
+                        let pause = match quiet.split_first() {
+                            Some((pause, rest)) => {
+                                quiet = rest;
+                                *pause
+                            }
+                            // A keeper opening the map from its disk answers
+                            // in a moment: asked until the deadline.
+                            None if self.keeper_opening.load(Ordering::Acquire) => OPENING_ASK_EVERY,
+                            None => return,
                         };
-                        quiet = rest;
-                        tokio::time::sleep(*pause).await;
+                        let at = tokio::time::Instant::now() + pause;
+                        if at >= deadline {
+                            tracing::warn!(map = %self.map, "a keeper opening the map did not answer within ready_timeout; going on with what this replica has");
+                            return;
+                        }
+                        tokio::time::sleep_until(at).await;
                         asks.push(ask());
                     }
                     Some(Err(_)) if next.is_some() || !asks.is_empty() => {}
@@ -912,6 +923,11 @@ impl Shared {
                     self.refuse(Refusal::Malformed);
                     return;
                 }
+                if keeper && token == codec::KEEPER_TOKEN && refused == codec::HELD_OPENING {
+                    // Not a member yet: its replica says hello once open.
+                    self.keeper_opening.store(true, Ordering::Release);
+                    return;
+                }
                 if keeper {
                     // A keeper says so when it acknowledges, and to each
                     // replica it meets (token 0, no hold's).
@@ -1101,6 +1117,8 @@ const MAX_QUEUED_CHANGES: usize = 4 * codec::MAX_ENTRIES;
 
 /// The group the replicas ready to answer catch-ups are in (one answers).
 const CATCH_UP_GROUP: &str = "catchup";
+/// How often a catch-up asks again while a keeper opens the map.
+const OPENING_ASK_EVERY: Duration = Duration::from_millis(100);
 
 /// The replica's task: takes in the map's waves and does the periodic
 /// work, until the map is closed or dropped or the aether closes.
