@@ -31,7 +31,7 @@ use std::{
 use super::{
     Refusal, StateConfig, StateError, StateErrorKind, StateMap,
     budget::Budget,
-    codec::{HELD_NOT_KEPT, HELD_OPENING, KEEPER_TOKEN, KNOCK_TOKEN, Limits, Message},
+    codec::{HELD_ALL, HELD_NOT_KEPT, HELD_OPENING, KEEPER_TOKEN, KNOCK_TOKEN, Limits, Message},
 };
 pub use crate::report::KeeperStats;
 use crate::{Aether, Vibrator, names::is_name, report::KeeperSource};
@@ -635,6 +635,16 @@ async fn listen(inner: Arc<Inner>, mut vibrator: Vibrator) {
                     entries,
                 }),
             ) => {
+                // A map earns a keeper with a value: a hold of nothing, or of
+                // deletes alone, opens no map but one kept before (it holds
+                // nothing of the map; a writer's hold is answered so).
+                let valued = entries.iter().any(|(_, entry)| entry.value.is_some());
+                if !valued && !lock(&inner.waiting).contains(map) {
+                    if token != KNOCK_TOKEN {
+                        inner.tell(&vibrator, map, node, token, HELD_ALL).await;
+                    }
+                    continue;
+                }
                 if token != KNOCK_TOKEN {
                     answer_to = Some((node, token));
                 }
@@ -679,9 +689,104 @@ mod tests {
         config
     }
 
+    /// A write of `key` at a fixed stamp: `value`, or a delete.
+    fn entry(value: Option<&str>) -> (String, super::super::Entry) {
+        let entry = super::super::Entry {
+            stamp: crate::state::Stamp {
+                physical_ns: crate::state::hlc::wall_ns(),
+                logical: 0,
+                node: 7,
+            },
+            value: value.map(|v| bytes::Bytes::copy_from_slice(v.as_bytes())),
+            writer: "flooder".into(),
+        };
+        ("key".to_string(), entry)
+    }
+
+    /// Holds and knocks of nothing, or of deletes alone, open no map, and
+    /// a writer's hold is answered: a writer sending them every second
+    /// takes no slot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn holds_without_a_value_open_no_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let aether = Aether::default();
+        let keeper = Keeper::start_with(&aether, "keeper", config(dir.path()))
+            .await
+            .unwrap();
+        let writer = Vibrator::create("writer", &aether).await.unwrap();
+        let mut told = Vibrator::create("told", &aether).await.unwrap();
+        told.resonate_on("_state.*.r.0000000000000007")
+            .await
+            .unwrap();
+        let holds = [
+            (KNOCK_TOKEN, Vec::new()),
+            (KNOCK_TOKEN, vec![entry(None)]),
+            (3, Vec::new()),
+            (5, vec![entry(None)]),
+        ];
+        for (n, (token, entries)) in holds.into_iter().enumerate() {
+            let hold = Message::Hold {
+                node: 7,
+                token,
+                entries,
+            };
+            let channel = format!("_state.empty-{n}.k");
+            writer
+                .emitter()
+                .emit_own(Wave::new(channel.as_str(), hold.encode()))
+                .await
+                .unwrap();
+        }
+        // The two writers' holds are answered, all held (there was nothing
+        // to keep); the knocks are not.
+        let mut tokens = Vec::new();
+        for _ in 0..2 {
+            let wave = tokio::time::timeout(Duration::from_secs(5), told.receive())
+                .await
+                .expect("answered")
+                .unwrap();
+            let limits = Limits {
+                max_key_bytes: 64,
+                max_value_bytes: 64,
+            };
+            let Ok(Message::Held {
+                token,
+                keeper: true,
+                refused: HELD_ALL,
+                ..
+            }) = Message::decode(wave.payload_bytes().clone(), &limits)
+            else {
+                panic!("not a keeper's held: {wave:?}");
+            };
+            tokens.push(token);
+        }
+        tokens.sort_unstable();
+        assert_eq!(tokens, [3, 5]);
+        // A hold of a value is kept.
+        let hold = Message::Hold {
+            node: 7,
+            token: 7,
+            entries: vec![entry(Some("on"))],
+        };
+        writer
+            .emitter()
+            .emit_own(Wave::new("_state.valued.k", hold.encode()))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while keeper.maps() != ["valued"] {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the valued map is kept");
+        assert_eq!(keeper.stats().maps, 1);
+        keeper.close().await;
+    }
+
     /// Hellos for made-up maps open nothing; holds for made-up maps by one
-    /// writer take at most its share, and are forgotten once they stay
-    /// empty; a real writer's map is kept throughout.
+    /// writer take at most its share, and are forgotten once their keys
+    /// are deleted; a real writer's map is kept throughout.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_flood_of_made_up_maps_leaves_room_for_real_ones() {
         let dir = tempfile::tempdir().unwrap();
@@ -699,7 +804,7 @@ mod tests {
             let hold = Message::Hold {
                 node: 7,
                 token: 1,
-                entries: Vec::new(),
+                entries: vec![entry(Some("x"))],
             };
             for (kind, message) in [("p", hello), ("k", hold)] {
                 let channel = format!("_state.junk-{n}.{kind}");
@@ -734,7 +839,21 @@ mod tests {
         assert!(keeper.maps().contains(&"real".to_string()));
         assert_eq!(stats.refused_writer_maps, 196, "{stats:?}");
         assert_eq!(stats.refused_maps, 0, "{stats:?}");
-        // The made-up maps stay empty: forgotten, their directories gone.
+        // The flooder deletes what it wrote: maps of deletes alone are
+        // forgotten, their directories gone.
+        for n in 0..200 {
+            let hold = Message::Hold {
+                node: 7,
+                token: 3,
+                entries: vec![entry(None)],
+            };
+            let channel = format!("_state.junk-{n}.k");
+            flooder
+                .emitter()
+                .emit_own(Wave::new(channel.as_str(), hold.encode()))
+                .await
+                .unwrap();
+        }
         tokio::time::timeout(EMPTY_FOR + Duration::from_secs(5), async {
             while keeper.maps() != ["real"] {
                 tokio::time::sleep(Duration::from_millis(50)).await;
