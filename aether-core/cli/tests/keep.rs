@@ -11,19 +11,11 @@ use aether_core::{
     state::{HeldBy, StateErrorKind, StateMap},
 };
 use serde_json::Value;
-use support::{aether, connect, run, server, soon, start};
+use support::{aether, connect, keeper, run, server, soon};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
 };
-
-/// `aether keep` on the server at `url`, keeping every map in `dir`, ready.
-async fn keeper(url: &str, dir: &std::path::Path, name: &str, extra: &[&str]) -> Child {
-    let dir = dir.to_str().unwrap();
-    let mut args = vec!["keep", "--dir", dir, "--name", name];
-    args.extend_from_slice(extra);
-    start(aether(url, &args), "keeping maps").await
-}
 
 /// A replica of `map` on its own connection, as another program's.
 async fn replica(url: &str, map: &str, node: &str) -> (Aether, StateMap) {

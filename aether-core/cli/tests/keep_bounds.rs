@@ -14,28 +14,7 @@ use aether_core::{
     AetherConfig,
     state::{HeldBy, StateErrorKind, StateMap},
 };
-use support::{aether, connect, run, server, start};
-use tokio::process::Child;
-
-/// `aether keep` on the server at `url`, keeping every map in `dir`, ready.
-async fn keeper(url: &str, dir: &Path, extra: &[&str]) -> Child {
-    let dir = dir.to_str().unwrap();
-    let mut args = vec!["keep", "--dir", dir, "--name", "keeper"];
-    args.extend_from_slice(extra);
-    start(aether(url, &args), "keeping maps").await
-}
-
-/// SIGTERM, and what it said on stdout and stderr until its end.
-async fn stop(child: Child) -> String {
-    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
-        .await
-        .expect("it stops")
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use support::{aether, connect, keeper, run, server, start, terminate};
 
 /// The map directories a keeper's directory holds, sorted.
 fn maps_in(dir: &Path) -> Vec<String> {
@@ -68,7 +47,7 @@ async fn replicas_that_only_read_open_no_map_on_a_keeper() {
     let nats = server().await;
     let url = nats.url();
     let dir = tempfile::tempdir().unwrap();
-    let keeping = keeper(&url, dir.path(), &[]).await;
+    let keeping = keeper(&url, dir.path(), "keeper", &[]).await;
     // Twenty programs open made-up maps, read, and go, writing nothing.
     let reads = (0..20).map(|n| {
         let map = format!("junk-{n}");
@@ -84,7 +63,7 @@ async fn replicas_that_only_read_open_no_map_on_a_keeper() {
     assert_eq!(maps_in(dir.path()), ["home"]);
     let (status, out, stderr) = run(aether(&url, &["state", "get", "home", "k"])).await;
     assert_eq!((status, out.trim()), (0, "1"), "{stderr}");
-    stop(keeping).await;
+    terminate(keeping).await;
 }
 
 /// Maps a keeper keeps: a keeper's directory holding `home` and
@@ -92,10 +71,10 @@ async fn replicas_that_only_read_open_no_map_on_a_keeper() {
 const MAPS: usize = 256;
 
 async fn kept_maps(url: &str, dir: &Path) {
-    let keeping = keeper(url, dir, &[]).await;
+    let keeping = keeper(url, dir, "keeper", &[]).await;
     let (status, _, stderr) = run(aether(url, &["state", "set", "home", "k", "\"v\""])).await;
     assert_eq!(status, 0, "{stderr}");
-    stop(keeping).await;
+    terminate(keeping).await;
     // The same ledger under 255 more names: 256 maps, max_maps.
     for n in 0..MAPS - 1 {
         let to = dir.join(format!("m{n:03}"));
@@ -113,7 +92,7 @@ async fn a_keeper_of_256_maps_answers_within_five_seconds_of_its_start() {
     let dir = tempfile::tempdir().unwrap();
     kept_maps(&url, dir.path()).await;
     let started = Instant::now();
-    let keeping = keeper(&url, dir.path(), &[]).await;
+    let keeping = keeper(&url, dir.path(), "keeper", &[]).await;
     let ready = started.elapsed();
     // The last map in name order, the first a program asks for: read by a
     // one-shot command as soon as the keeper has it.
@@ -133,7 +112,7 @@ async fn a_keeper_of_256_maps_answers_within_five_seconds_of_its_start() {
         answered < Duration::from_secs(5),
         "a keeper of {MAPS} maps answered only after {answered:?}"
     );
-    stop(keeping).await;
+    terminate(keeping).await;
 }
 
 /// Reads while a keeper of many maps is still opening them, from the
@@ -147,7 +126,13 @@ async fn reads_while_a_keeper_opens_its_maps_wait_for_it() {
     kept_maps(&url, dir.path()).await;
     let mut command = aether(
         &url,
-        &["keep", "--dir", dir.path().to_str().unwrap(), "--name", "keeper"],
+        &[
+            "keep",
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--name",
+            "keeper",
+        ],
     );
     command.env("AETHER_LOG", "info");
     let keeping = start(command, "connected to NATS").await;
@@ -163,8 +148,11 @@ async fn reads_while_a_keeper_opens_its_maps_wait_for_it() {
     for (map, (status, out, stderr)) in futures_util::future::join_all(reads).await {
         assert_eq!((status, out.trim()), (0, "\"v\""), "{map}: {stderr}");
     }
-    eprintln!("four reads as the keeper opened {MAPS} maps: {:?}", on_bus.elapsed());
-    stop(keeping).await;
+    eprintln!(
+        "four reads as the keeper opened {MAPS} maps: {:?}",
+        on_bus.elapsed()
+    );
+    terminate(keeping).await;
 }
 
 /// A memory cgroup (v1) of `limit` bytes for the test's life, or none where
@@ -237,7 +225,7 @@ async fn a_keeper_short_of_memory_holds_its_maps_within_its_budget() {
     let nats = server().await;
     let url = nats.url();
     let dir = tempfile::tempdir().unwrap();
-    let keeping = keeper(&url, dir.path(), &["--max-bytes", "16MiB"]).await;
+    let keeping = keeper(&url, dir.path(), "keeper", &["--max-bytes", "16MiB"]).await;
     let pid = keeping.id().unwrap();
     group.take(pid);
     let idle = memory(pid, "VmRSS:");
@@ -297,9 +285,9 @@ async fn a_keeper_short_of_memory_holds_its_maps_within_its_budget() {
     assert!(rss <= 2 * BUDGET + (24 << 20), "peak memory {rss}");
     assert!(disk <= 2 * BUDGET + 3 * (2 << 20), "disk {disk}");
     // Still keeping, and what it held it still holds after a restart.
-    let said = stop(keeping).await;
+    let said = terminate(keeping).await;
     drop(said);
-    let keeping = keeper(&url, dir.path(), &["--max-bytes", "16MiB"]).await;
+    let keeping = keeper(&url, dir.path(), "keeper", &["--max-bytes", "16MiB"]).await;
     for (bus, replica) in writers {
         replica.close().await;
         bus.close();
@@ -307,5 +295,5 @@ async fn a_keeper_short_of_memory_holds_its_maps_within_its_budget() {
     let (status, out, stderr) = run(aether(&url, &["state", "get", "garage", "k0"])).await;
     assert_eq!(status, 0, "{stderr}");
     assert_eq!(out.trim().len(), value.len() + 2);
-    stop(keeping).await;
+    terminate(keeping).await;
 }

@@ -98,3 +98,25 @@ pub async fn connect(url: &str, config: AetherConfig) -> Aether {
     .await
     .unwrap()
 }
+
+/// `aether keep` on the server at `url`, named `name`, keeping every map
+/// in `dir`, ready.
+pub async fn keeper(url: &str, dir: &std::path::Path, name: &str, extra: &[&str]) -> Child {
+    let dir = dir.to_str().unwrap();
+    let mut args = vec!["keep", "--dir", dir, "--name", name];
+    args.extend_from_slice(extra);
+    start(aether(url, &args), "keeping maps").await
+}
+
+/// SIGTERM, and what it said on stdout until its end, which is a success
+/// within 10 s.
+pub async fn terminate(child: Child) -> String {
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("it stops")
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
