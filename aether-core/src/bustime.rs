@@ -160,7 +160,7 @@ async fn run(aether: &Aether) {
             }
         }
     }
-    let asker: u64 = rand_id();
+    let asker: u64 = crate::wave::unique_odd_id();
     let Ok(mut vibrator) = Vibrator::builder(format!("{name}-clock"))
         .queue_capacity(1024)
         .build(aether)
@@ -195,11 +195,6 @@ async fn run(aether: &Aether) {
             }
         }
     });
-}
-
-fn rand_id() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one((std::process::id(), system_unix_nanos())) | 1
 }
 
 /// A source's vibrator, listening.

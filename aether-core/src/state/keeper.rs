@@ -223,10 +223,7 @@ impl Keeper {
             warned: Mutex::new(None),
             dir_lock: Mutex::new(Some(dir_lock)),
             closed: std::sync::atomic::AtomicBool::new(false),
-            refusing_node: {
-                use std::hash::{BuildHasher, RandomState};
-                RandomState::new().hash_one(std::process::id()) | 1
-            },
+            refusing_node: crate::wave::unique_odd_id(),
         });
         let source: Arc<dyn KeeperSource> = inner.clone();
         aether.register_keeper(Arc::downgrade(&source));

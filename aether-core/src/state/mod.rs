@@ -350,11 +350,7 @@ enum Applied {
 /// A random node id: the process nonce mixed with a count and the time, so
 /// that replicas in one process and across processes differ.
 fn node_id() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nonce = crate::wave::process_nonce();
-    let mixed = nonce ^ hlc::wall_ns().rotate_left(17);
-    mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(n) | 1
+    crate::wave::unique_odd_id()
 }
 
 impl StateMap {

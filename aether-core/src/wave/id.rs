@@ -92,6 +92,16 @@ impl FromStr for WaveId {
     }
 }
 
+/// An odd number no other call in any process is likely to return: the
+/// process's nonce mixed with the time and a count. Replicas' node ids,
+/// hold tokens and clock askers are these.
+pub(crate) fn unique_odd_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mixed = process_nonce() ^ super::clock::system_unix_nanos().rotate_left(17);
+    mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(n) | 1
+}
+
 /// A random number drawn once per process (from the OS-seeded hasher keys).
 pub(crate) fn process_nonce() -> u64 {
     static NONCE: OnceLock<u64> = OnceLock::new();

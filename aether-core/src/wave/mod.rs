@@ -39,7 +39,7 @@ pub(crate) use payload::json_pooled;
 pub use trace::{TRACE_FLAG_SAMPLED, TraceContext, TraceContextError};
 
 pub(crate) use clock::unix_nanos;
-pub(crate) use id::process_nonce;
+pub(crate) use id::{process_nonce, unique_odd_id};
 
 use crate::{
     Channel,
