@@ -348,15 +348,10 @@ impl Inner {
     }
 
     /// Takes `map` to be opened by the caller, brought by `writer` (none:
-    /// kept before, on its disk): `false` if it is kept or being opened
-    /// already, not named by the patterns, or past a bound (then counted
-    /// and logged).
-    fn claim(&self, map: &str, writer: Option<u64>) -> bool {
-        self.try_claim(map, writer) == Claim::Taken
-    }
-
-    /// [`claim`](Self::claim), saying why not.
-    fn try_claim(&self, map: &str, writer: Option<u64>) -> Claim {
+    /// kept before, on its disk), or says why not: kept or being opened
+    /// already, or not named by the patterns (passed), or past a bound
+    /// (refused, counted and logged).
+    fn claim(&self, map: &str, writer: Option<u64>) -> Claim {
         if !self.config.keeper.keeps(map) {
             return Claim::Passed;
         }
@@ -541,7 +536,7 @@ async fn open_waiting(inner: Arc<Inner>) {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        if !inner.claim(&map, None) {
+        if inner.claim(&map, None) != Claim::Taken {
             // Kept now, or past a bound (counted): not waiting any more.
             lock(&inner.waiting).remove(&map);
             continue;
@@ -650,7 +645,7 @@ async fn listen(inner: Arc<Inner>, mut vibrator: Vibrator) {
             }
             _ => continue,
         };
-        match inner.try_claim(map, writer) {
+        match inner.claim(map, writer) {
             Claim::Taken => {}
             Claim::Passed => continue,
             Claim::Refused => {
