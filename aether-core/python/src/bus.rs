@@ -239,6 +239,20 @@ impl Bus {
         map::NodeState::new(py, state, map)
     }
 
+    /// This process's clock against the bus's: `offset_ms` (the bus's time
+    /// is this machine's clock plus it), `uncertainty_ms`, the `sources`
+    /// heard at the last measurement, `measurements` made. Stamps, drift
+    /// checks and the horizon use the bus's time.
+    fn clock<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let status = aether_core::bustime::status();
+        let out = PyDict::new(py);
+        out.set_item("offset_ms", status.offset_ns as f64 / 1e6)?;
+        out.set_item("uncertainty_ms", status.uncertainty_ns as f64 / 1e6)?;
+        out.set_item("sources", status.sources)?;
+        out.set_item("measurements", status.measurements)?;
+        Ok(out)
+    }
+
     /// What this aether did: waves emitted, delivered, dropped by reason,
     /// and its connection.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

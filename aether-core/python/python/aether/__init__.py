@@ -398,6 +398,13 @@ class Bus:
         """Waves emitted, delivered, dropped by reason; the connection."""
         return dict(self._raw.stats())
 
+    def clock(self) -> Dict[str, Any]:
+        """This machine's clock against the bus's time, which stamps follow:
+        `offset_ms` (the bus's time is this clock plus it), `uncertainty_ms`,
+        the time `sources` heard at the last measurement (0: none, this
+        clock is used as it is), `measurements` made."""
+        return dict(self._raw.clock())
+
     def drain(self, timeout: float = 5.0) -> None:
         """Waits up to `timeout` seconds until what was emitted left this
         process, then closes."""

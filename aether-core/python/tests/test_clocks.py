@@ -1,0 +1,79 @@
+"""Scripts on devices whose clocks are off (libfaketime's `faketime`), beside
+a keeper whose clock is right: each follows the bus's time, writes, and reads
+every other's writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import NatsServer, program, run
+
+FAKETIME = shutil.which("faketime")
+
+# Three devices: two hours behind, two hours ahead, a day behind (past the
+# tombstone horizon of a day, where its own clock's writes would be refused
+# as too old).
+DEVICES = [("-2h", "behind", 1), ("+2h", "ahead", 2), ("-1d", "day", 3)]
+
+
+def on_device(offset: str, url: str, name: str, body: str) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+    script = (
+        "import aether, json\n"
+        f"bus = aether.connect({url!r}, name={name!r})\n"
+        f"clk = bus.map('clk', node={name!r}, acked=5.0)\n"
+        f"{body}\n"
+        "bus.close()\n"
+    )
+    assert FAKETIME is not None
+    return run([FAKETIME, "-f", offset, sys.executable, "-c", script])
+
+
+@pytest.mark.skipif(FAKETIME is None, reason="faketime is not installed (apt-get install faketime)")
+def test_scripts_hours_apart_read_each_others_writes(nats: NatsServer, tmp_path: Path) -> None:
+    keeper = subprocess.Popen(
+        [program("aether"), "--nats", nats.url, "keep", "--dir", str(tmp_path), "--name", "keeper"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert keeper.stderr is not None
+        for _ in range(50):
+            line = keeper.stderr.readline()
+            if not line or "keeping maps" in line:
+                break
+        assert "keeping maps" in line, line
+        # Each writes its value, held by the keeper (acked), and says the
+        # offset it follows.
+        for offset, name, value in DEVICES:
+            body = f"clk[{name!r}] = {value}\nprint(json.dumps(bus.clock()))"
+            done = on_device(offset, nats.url, name, body)
+            assert done.returncode == 0, f"{name}: {done.stderr}"
+            clock = json.loads(done.stdout)
+            assert clock["sources"] >= 1, clock
+            # The keeper's clock is this machine's: the device's offset from
+            # it is the opposite of its skew, within a second.
+            skew = {"-2h": -7200.0, "+2h": 7200.0, "-1d": -86400.0}[offset]
+            assert abs(clock["offset_ms"] / 1000.0 + skew) < 1.0, clock
+        # Each reads every one's write.
+        want = {name: value for _, name, value in DEVICES}
+        for offset, name, _ in DEVICES:
+            got = on_device(offset, nats.url, name, "print(json.dumps(dict(clk.items())))")
+            assert got.returncode == 0, f"{name}: {got.stderr}"
+            assert json.loads(got.stdout) == want, f"{name} read {got.stdout}"
+        # A later write, by the bus's clock, wins: the device two hours
+        # ahead wrote first, the one a day behind after it.
+        on_device("+2h", nats.url, "ahead", "clk['last'] = 'ahead'")
+        on_device("-1d", nats.url, "day", "clk['last'] = 'day'")
+        got = on_device("+0", nats.url, "reader", "print(json.dumps(clk['last']))")
+        assert got.returncode == 0, got.stderr
+        assert json.loads(got.stdout) == "day"
+    finally:
+        keeper.terminate()
+        keeper.wait(10)
