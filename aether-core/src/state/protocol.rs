@@ -924,8 +924,12 @@ impl Shared {
                     return;
                 }
                 if keeper && token == codec::KEEPER_TOKEN && refused == codec::HELD_OPENING {
-                    // Not a member yet: its replica says hello once open.
-                    self.keeper_opening.store(true, Ordering::Release);
+                    // Not a member yet: its replica says hello once open. A
+                    // keeper's own replicas (their keeper hears their
+                    // hellos too) open from their disk and wait for none.
+                    if !self.keeper {
+                        self.keeper_opening.store(true, Ordering::Release);
+                    }
                     return;
                 }
                 if keeper {
