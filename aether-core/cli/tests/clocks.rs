@@ -90,7 +90,7 @@ async fn devices_two_hours_apart_share_one_order() {
         return;
     };
     let keeper = start(
-        support::aether(&url, &["keep", "--dir", dir, "--name", "keeper"]),
+        support::keep(&url, std::path::Path::new(dir), "keeper", &[]),
         "keeping maps",
     )
     .await;

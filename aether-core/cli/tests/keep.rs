@@ -11,7 +11,7 @@ use aether_core::{
     state::{HeldBy, StateErrorKind, StateMap},
 };
 use serde_json::Value;
-use support::{aether, connect, keeper, run, server, soon};
+use support::{aether, connect, keep, keeper, run, server, soon};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
@@ -438,20 +438,8 @@ async fn a_damaged_ledger_loses_only_the_damaged_record_and_says_so() {
     bytes[record + 20..record + 24].fill(0);
     std::fs::write(&segments[0], &bytes).unwrap();
 
-    let (mut keeping, said) = start_logged(
-        aether(
-            &url,
-            &[
-                "keep",
-                "--dir",
-                dir.path().to_str().unwrap(),
-                "--name",
-                "keeper",
-            ],
-        ),
-        "keeping maps",
-    )
-    .await;
+    let (mut keeping, said) =
+        start_logged(keep(&url, dir.path(), "keeper", &[]), "keeping maps").await;
     let (bus, reader) = replica(&url, "solo", "reader").await;
     let back = (0..KEYS)
         .filter(|n| reader.get_json::<usize>(&format!("k{n}")).unwrap() == Some(*n))
@@ -523,20 +511,8 @@ async fn a_damaged_snapshot_is_kept_aside_and_the_map_kept_on() {
     bytes[middle..middle + 16].fill(0xff);
     std::fs::write(&snapshot, &bytes).unwrap();
 
-    let (mut keeping, said) = start_logged(
-        aether(
-            &url,
-            &[
-                "keep",
-                "--dir",
-                dir.path().to_str().unwrap(),
-                "--name",
-                "keeper",
-            ],
-        ),
-        "keeping maps",
-    )
-    .await;
+    let (mut keeping, said) =
+        start_logged(keep(&url, dir.path(), "keeper", &[]), "keeping maps").await;
     // The map is kept on: what the records after the snapshot hold is
     // back, and a new write is acknowledged.
     let (status, out, stderr) = run(aether(&url, &["state", "get", "snap", "after"])).await;

@@ -14,7 +14,7 @@ use aether_core::{
     AetherConfig,
     state::{HeldBy, StateErrorKind, StateMap},
 };
-use support::{aether, connect, keeper, run, server, start, terminate};
+use support::{aether, connect, keep, keeper, run, server, start, terminate};
 
 /// The map directories a keeper's directory holds, sorted.
 fn maps_in(dir: &Path) -> Vec<String> {
@@ -124,16 +124,7 @@ async fn reads_while_a_keeper_opens_its_maps_wait_for_it() {
     let url = nats.url();
     let dir = tempfile::tempdir().unwrap();
     kept_maps(&url, dir.path()).await;
-    let command = aether(
-        &url,
-        &[
-            "keep",
-            "--dir",
-            dir.path().to_str().unwrap(),
-            "--name",
-            "keeper",
-        ],
-    );
+    let command = keep(&url, dir.path(), "keeper", &[]);
     // From the moment it says it is connected.
     let keeping = start(command, "connected to").await;
     let on_bus = Instant::now();

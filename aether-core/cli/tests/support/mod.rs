@@ -102,10 +102,16 @@ pub async fn connect(url: &str, config: AetherConfig) -> Aether {
 /// `aether keep` on the server at `url`, named `name`, keeping every map
 /// in `dir`, ready.
 pub async fn keeper(url: &str, dir: &std::path::Path, name: &str, extra: &[&str]) -> Child {
+    start(keep(url, dir, name, extra), "keeping maps").await
+}
+
+/// The command of `aether keep` on the server at `url`, named `name`,
+/// keeping every map in `dir`.
+pub fn keep(url: &str, dir: &std::path::Path, name: &str, extra: &[&str]) -> Command {
     let dir = dir.to_str().unwrap();
     let mut args = vec!["keep", "--dir", dir, "--name", name];
     args.extend_from_slice(extra);
-    start(aether(url, &args), "keeping maps").await
+    aether(url, &args)
 }
 
 /// SIGTERM, and what it said on stdout until its end, which is a success
