@@ -436,10 +436,10 @@ impl Inner {
             keeper: true,
             refused,
         };
-        let channel = format!("_state.{map}.r.{node:016x}");
+        let channel = super::repair_channel(map, node);
         let _ = vibrator
             .emitter()
-            .emit_own(crate::Wave::new(channel.as_str(), said.encode()))
+            .emit_own(crate::Wave::new(channel, said.encode()))
             .await;
     }
 

@@ -297,7 +297,7 @@ struct Channels {
     hold: Channel,
     /// Repairs addressed to this replica.
     repair: Channel,
-    prefix: String,
+    map: String,
 }
 
 impl Channels {
@@ -308,14 +308,20 @@ impl Channels {
             presence: Channel::new(format!("{prefix}.p")),
             sync: Channel::new(format!("{prefix}.s")),
             hold: Channel::new(format!("{prefix}.k")),
-            repair: Channel::new(format!("{prefix}.r.{node:016x}")),
-            prefix,
+            repair: repair_channel(map, node),
+            map: map.to_string(),
         }
     }
 
     fn repair_of(&self, node: u64) -> Channel {
-        Channel::new(format!("{}.r.{node:016x}", self.prefix))
+        repair_channel(&self.map, node)
     }
+}
+
+/// The channel of the repairs (and answers) addressed to replica `node`
+/// of `map`.
+fn repair_channel(map: &str, node: u64) -> Channel {
+    Channel::new(format!("_state.{map}.r.{node:016x}"))
 }
 
 /// The node that owns `key`: `Some(name)` for a node-owned key
