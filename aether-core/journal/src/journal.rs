@@ -24,6 +24,9 @@ pub const LOCK_FILE: &str = "LOCK";
 /// Appended bytes kept in memory before they are written, under
 /// [`FsyncPolicy::Every`] and [`FsyncPolicy::Never`].
 const BUFFER_BYTES: usize = 256 * 1024;
+/// The buffer's room kept between writes: a journal that is mostly idle
+/// (one of a keeper's many maps) holds no more than this.
+const IDLE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// An fsync of the records a journal held when it was made
 /// ([`Journal::sync_later`]).
@@ -306,7 +309,7 @@ impl Journal {
                 _lock: lock,
                 segments,
                 active,
-                buffer: Vec::with_capacity(BUFFER_BYTES),
+                buffer: Vec::new(),
                 buffered_records: 0,
                 buffered_newest_ms: 0,
                 next_seq,
@@ -434,6 +437,7 @@ impl Journal {
         active.newest_ms = active.newest_ms.max(self.buffered_newest_ms);
         self.unsynced_records += self.buffered_records;
         self.buffer.clear();
+        self.buffer.shrink_to(IDLE_BUFFER_BYTES);
         self.buffered_records = 0;
         self.buffered_newest_ms = 0;
         Ok(())
