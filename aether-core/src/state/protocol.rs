@@ -387,7 +387,7 @@ impl Shared {
                     && stamp.node == self.clock.node()
                     && let Some(held) = store.entry(key)
                 {
-                    let _ = self.superseded.send(Superseded {
+                    self.superseded.send(Superseded {
                         key: key.to_string(),
                         mine: stamp,
                         by: Change {
@@ -424,14 +424,14 @@ impl Shared {
                 stamp,
             };
             if let Some(mine) = superseded {
-                let _ = self.superseded.send(Superseded {
+                self.superseded.send(Superseded {
                     key: key.to_string(),
                     mine,
                     by: change.clone(),
                 });
             }
             if watched {
-                let _ = self.changes.send(change);
+                self.changes.send(change);
             }
         }
         drop(store);
@@ -589,7 +589,7 @@ impl Shared {
     /// Tells the watchers of presence, if anything changed.
     pub(super) fn tell(&self, presence: Option<Presence>) {
         if let Some(presence) = presence {
-            let _ = self.presence.send(presence);
+            self.presence.send(presence);
         }
     }
 

@@ -59,6 +59,44 @@ impl fmt::Debug for Watch {
     }
 }
 
+/// A broadcast to a replica's watchers, made at its first watcher: its
+/// `watch_buffer` slots are not paid for by a replica nobody watches (a
+/// keeper's many maps).
+pub(super) struct Watchers<T> {
+    capacity: usize,
+    sender: std::sync::OnceLock<broadcast::Sender<T>>,
+}
+
+impl<T: Clone> Watchers<T> {
+    pub(super) fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            sender: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// A new watcher, which hears what is sent from now on.
+    pub(super) fn subscribe(&self) -> broadcast::Receiver<T> {
+        self.sender
+            .get_or_init(|| broadcast::channel(self.capacity).0)
+            .subscribe()
+    }
+
+    /// How many watch now.
+    pub(super) fn receiver_count(&self) -> usize {
+        self.sender
+            .get()
+            .map_or(0, broadcast::Sender::receiver_count)
+    }
+
+    /// Tells every watcher; nothing if none watches.
+    pub(super) fn send(&self, item: T) {
+        if let Some(sender) = self.sender.get() {
+            let _ = sender.send(item);
+        }
+    }
+}
+
 /// A broadcast stream whose misses are counted, not handed out.
 pub(super) struct Lossy<T> {
     pub(super) inner: BroadcastStream<T>,
