@@ -7,11 +7,13 @@
 //! every core subscription of the aether instead, and hands the waves out
 //! in the order their emitters sent them:
 //!
-//! - It waits for a message on any subscription, then sweeps them all in
-//!   passes, taking what each holds, until a pass finds nothing (or a
-//!   bound). A message taken in one pass has every message the client read
-//!   before it taken by the end of the next pass (the client filled that
-//!   channel first), so all but the last pass's messages are complete.
+//! - It waits for a message on any subscription, then sweeps in passes the
+//!   subscriptions that hold messages (each one's waker marks it as the
+//!   client fills its channel), taking what each holds, until a pass finds
+//!   nothing (or a bound). A message taken in one pass has every message
+//!   the client read before it taken by the end of the next pass (the
+//!   client filled that channel, and marked it, first), so all but the last
+//!   pass's messages are complete.
 //! - Waves carry their emitting process and its emit sequence in their id:
 //!   the waves taken are merged so that, for each process, sequences go up,
 //!   keeping each subscription's own order. A wave of the last pass goes now
@@ -23,12 +25,15 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::Arc,
-    task::Poll,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, Wake, Waker},
 };
 
 use async_nats::{Message, Subscriber};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{StreamExt, task::AtomicWaker};
 use tokio::{sync::mpsc, task::AbortHandle};
 
 use super::{Fanout, LastChannel, Shared, take_each};
@@ -73,7 +78,10 @@ pub(super) struct Arrivals {
 impl Arrivals {
     pub(super) fn start(shared: Arc<Shared>) -> Self {
         let (commands, received) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(received, shared)).abort_handle();
+        // Unconstrained: a subscription's channel answers "nothing" only when
+        // it holds nothing, never for a spent cooperative budget (a round is
+        // bounded by ROUND and waits for the next message).
+        let task = tokio::spawn(tokio::task::unconstrained(run(received, shared))).abort_handle();
         Self {
             commands,
             next: std::sync::atomic::AtomicU64::new(1),
@@ -105,6 +113,9 @@ impl Arrivals {
 /// One subscription, as the task holds it.
 struct Sub {
     key: u64,
+    /// Its messages' wakes: the task's, with this subscription's key.
+    wakes: Arc<SubWaker>,
+    waker: Waker,
     subscriber: Subscriber,
     target: Target,
     last: LastChannel,
@@ -201,84 +212,202 @@ impl Sub {
     }
 }
 
+/// Which subscriptions hold messages not taken: each subscription's waker
+/// puts its key here (once, until it is polled again) and wakes the task,
+/// so that a round visits those alone, however many the aether has.
+#[derive(Default)]
+struct Ready {
+    keys: std::sync::Mutex<Vec<u64>>,
+    task: AtomicWaker,
+}
+
+impl Ready {
+    fn take(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.keys.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+}
+
+/// A subscription's waker: the client calls it as it puts a message on the
+/// subscription's channel, before it reads the next one off the connection.
+struct SubWaker {
+    key: u64,
+    queued: AtomicBool,
+    ready: Arc<Ready>,
+}
+
+impl Wake for SubWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.ready
+                .keys
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(self.key);
+            self.ready.task.wake();
+        }
+    }
+}
+
+/// The subscriptions, found by key.
+#[derive(Default)]
+struct Subs {
+    list: Vec<Sub>,
+    at: HashMap<u64, usize>,
+}
+
+impl Subs {
+    fn apply(&mut self, command: Command, ready: &Arc<Ready>) {
+        match command {
+            Command::Add(key, subscriber, target, last) => {
+                let waker = Arc::new(SubWaker {
+                    key,
+                    queued: AtomicBool::new(false),
+                    ready: ready.clone(),
+                });
+                // Polled in the next round, which registers its waker.
+                waker.wake_by_ref();
+                self.at.insert(key, self.list.len());
+                self.list.push(Sub {
+                    key,
+                    waker: Waker::from(waker.clone()),
+                    wakes: waker,
+                    subscriber,
+                    target,
+                    last,
+                    messages: Vec::new(),
+                    waves: VecDeque::new(),
+                    done: false,
+                });
+            }
+            Command::Remove(key) => {
+                if self.at.contains_key(&key) {
+                    self.list.retain(|s| s.key != key);
+                    self.index();
+                }
+            }
+        }
+    }
+
+    fn drop_done(&mut self) {
+        if self.list.iter().any(|s| s.done) {
+            self.list.retain(|s| !s.done);
+            self.index();
+        }
+    }
+
+    fn index(&mut self) {
+        self.at = self
+            .list
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.key, i))
+            .collect();
+    }
+}
+
 async fn run(mut commands: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>) {
-    let mut subs: Vec<Sub> = Vec::new();
+    let ready = Arc::new(Ready::default());
+    let mut subs = Subs::default();
     let mut batch = VecDeque::with_capacity(ROUND);
     loop {
-        let waiting = subs.iter().any(|s| !s.waves.is_empty());
+        let waiting = subs.list.iter().any(|s| !s.waves.is_empty());
         if !waiting {
             // Wait for a command or a message on any subscription.
             let woke = std::future::poll_fn(|cx| {
                 if let Poll::Ready(command) = commands.poll_recv(cx) {
                     return Poll::Ready(Some(command));
                 }
-                for sub in subs.iter_mut() {
-                    match sub.subscriber.poll_next_unpin(cx) {
-                        Poll::Ready(Some(message)) => {
-                            sub.messages.push((0, message));
-                            return Poll::Ready(None);
-                        }
-                        Poll::Ready(None) => {
-                            sub.done = true;
-                            return Poll::Ready(None);
-                        }
-                        Poll::Pending => {}
-                    }
+                ready.task.register(cx.waker());
+                if ready.is_empty() {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(None)
                 }
-                Poll::Pending
             })
             .await;
             match woke {
                 Some(None) => return,
                 Some(Some(command)) => {
-                    apply(&mut subs, command);
+                    subs.apply(command, &ready);
                     continue;
                 }
                 None => {}
             }
         }
         while let Ok(command) = commands.try_recv() {
-            apply(&mut subs, command);
+            subs.apply(command, &ready);
         }
-        // Sweep in passes until one finds nothing, or the bounds. A pass is
-        // full when it emptied every subscription; a message is complete once
-        // a full pass began after it was taken.
-        let mut taken = subs.iter().map(|s| s.messages.len()).sum::<usize>();
+        // Sweep in passes over the subscriptions that hold messages, until
+        // one finds none, or the bounds. A pass is full when it emptied
+        // every subscription; a message is complete once a full pass began
+        // after it was taken. A subscription not emptied (the round's
+        // bound) stays ready for the next round.
+        let mut taken = 0;
         let mut last_full: Option<usize> = None;
-        // Passes count from 1: the message that woke the task is pass 0.
-        for pass in 1..=PASSES {
-            let mut found = false;
+        for pass in 0..=PASSES {
+            let keys = ready.take();
+            if keys.is_empty() {
+                last_full = Some(pass);
+                break;
+            }
             let mut full = true;
-            for sub in subs.iter_mut().filter(|s| !s.done) {
+            let mut rest = keys.into_iter();
+            for key in rest.by_ref() {
+                let Some(&i) = subs.at.get(&key) else {
+                    continue;
+                };
+                let sub = &mut subs.list[i];
+                sub.wakes.queued.store(false, Ordering::Release);
+                let mut cx = Context::from_waker(&sub.waker);
                 loop {
                     if taken >= ROUND {
                         full = false;
+                        sub.waker.wake_by_ref();
                         break;
                     }
-                    match sub.subscriber.next().now_or_never() {
-                        Some(Some(message)) => {
+                    match sub.subscriber.poll_next_unpin(&mut cx) {
+                        Poll::Ready(Some(message)) => {
                             sub.messages.push((pass, message));
                             taken += 1;
-                            found = true;
                         }
-                        Some(None) => {
+                        Poll::Ready(None) => {
                             sub.done = true;
                             break;
                         }
-                        None => break,
+                        Poll::Pending => break,
                     }
+                }
+                if !full {
+                    break;
+                }
+            }
+            // Those not visited (the round's bound) stay ready.
+            for key in rest {
+                if let Some(&i) = subs.at.get(&key) {
+                    subs.list[i].wakes.queued.store(false, Ordering::Release);
+                    subs.list[i].waker.wake_by_ref();
                 }
             }
             if full {
                 last_full = Some(pass);
-            }
-            if !found || !full {
+            } else {
                 break;
             }
         }
-        if subs.len() == 1 {
+        if subs.list.len() == 1 {
             // Nothing to merge with: everything goes, in order.
-            let sub = &mut subs[0];
+            let sub = &mut subs.list[0];
             sub.decode(&shared, None);
             batch.extend(sub.waves.drain(..).map(|(w, _)| w));
             if !batch.is_empty() && !sub.hand_out(&shared, &mut batch) {
@@ -292,30 +421,19 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>
             // sustained flood delays waves by one round at most (in it,
             // across subscriptions, the order is the best known). What this
             // round took is complete if taken before its last full pass.
-            for sub in subs.iter_mut() {
+            let full = Some(last_full.unwrap_or(0));
+            for sub in subs.list.iter_mut() {
+                if sub.messages.is_empty() && sub.waves.is_empty() {
+                    continue;
+                }
                 for (_, complete) in sub.waves.iter_mut() {
                     *complete = true;
                 }
-                sub.decode(&shared, Some(last_full.unwrap_or(0)));
+                sub.decode(&shared, full);
             }
-            merge_out(&shared, &mut subs, &mut batch);
+            merge_out(&shared, &mut subs.list, &mut batch);
         }
-        subs.retain(|s| !s.done);
-    }
-}
-
-fn apply(subs: &mut Vec<Sub>, command: Command) {
-    match command {
-        Command::Add(key, subscriber, target, last) => subs.push(Sub {
-            key,
-            subscriber,
-            target,
-            last,
-            messages: Vec::new(),
-            waves: VecDeque::new(),
-            done: false,
-        }),
-        Command::Remove(key) => subs.retain(|s| s.key != key),
+        subs.drop_done();
     }
 }
 
@@ -333,8 +451,12 @@ fn order_of(wave: &Wave) -> Option<(u32, u64)> {
 /// Hands out the waves that may go, merged in emission order per process;
 /// keeps the others for the next round.
 fn merge_out(shared: &Shared, subs: &mut [Sub], batch: &mut VecDeque<Wave>) {
-    let queues: Vec<Vec<Slot>> = subs
+    let holding: Vec<usize> = (0..subs.len())
+        .filter(|&i| !subs[i].waves.is_empty())
+        .collect();
+    let queues: Vec<Vec<Slot>> = holding
         .iter()
+        .map(|&i| &subs[i])
         .map(|sub| {
             sub.waves
                 .iter()
@@ -343,7 +465,7 @@ fn merge_out(shared: &Shared, subs: &mut [Sub], batch: &mut VecDeque<Wave>) {
         })
         .collect();
     for (i, run) in plan(&queues) {
-        let sub = &mut subs[i];
+        let sub = &mut subs[holding[i]];
         batch.extend(sub.waves.drain(..run).map(|(wave, _)| wave));
         if !sub.hand_out(shared, batch) {
             sub.done = true;
