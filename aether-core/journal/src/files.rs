@@ -9,7 +9,7 @@ use crate::JournalError;
 
 /// `options`, creating files readable and writable by their owner only
 /// (0600 on Unix): what a journal holds is the program's own.
-pub(crate) fn private(options: &mut OpenOptions) -> &mut OpenOptions {
+pub fn private(options: &mut OpenOptions) -> &mut OpenOptions {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
     options
