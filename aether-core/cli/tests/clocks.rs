@@ -137,3 +137,60 @@ async fn devices_two_hours_apart_share_one_order() {
     drop(keeper);
 }
 
+/// Two keepers hold a map; one goes away, a key is deleted, two days pass
+/// (faketime `+2d` for every process from then on), the one that stayed
+/// starts again, then the one that was away with its old ledger: the
+/// deleted key stays deleted (its tombstone is collected after a day).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keeper_back_after_two_days_does_not_bring_a_deleted_key_back() {
+    let nats = server().await;
+    let url = nats.url();
+    let Some(_) = skewed("+0", &url, &["--version"]) else {
+        eprintln!("skipped: faketime is not installed (apt-get install faketime)");
+        return;
+    };
+    let (stays, away) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let keep = |offset: &str, dir: &tempfile::TempDir, name: &str| {
+        let dir = dir.path().to_str().unwrap();
+        skewed(offset, &url, &["keep", "--dir", dir, "--name", name]).unwrap()
+    };
+    let cli = |offset: &str, args: &[&str]| skewed(offset, &url, args).unwrap();
+    let stayer = start(keep("+0", &stays, "stays"), "keeping maps").await;
+    let goer = start(keep("+0", &away, "away"), "keeping maps").await;
+    for (key, value) in [("gone", "\"a\""), ("kept", "\"x\"")] {
+        let (status, _, stderr) = run(cli("+0", &["state", "set", "home", key, value])).await;
+        assert_eq!(status, 0, "{stderr}");
+    }
+    // Both hold both keys (the live changes reach both at once).
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    support::terminate(goer).await;
+    let (status, _, stderr) = run(cli("+0", &["state", "delete", "home", "gone"])).await;
+    assert_eq!(status, 0, "{stderr}");
+    support::terminate(stayer).await;
+    // Two days later: the one that stayed first, its map open (it reads
+    // `kept`), then the one that was away.
+    let stayer = start(keep("+2d", &stays, "stays"), "keeping maps").await;
+    let started = std::time::Instant::now();
+    loop {
+        let (status, out, _) = run(cli("+2d", &["state", "get", "home", "kept"])).await;
+        if status == 0 && out.trim() == "\"x\"" {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 15, "the map reopened");
+    }
+    let goer = start(keep("+2d", &away, "away"), "keeping maps").await;
+    // Its map opened and caught up from the one that stayed (a map opens
+    // well within this); then the one that was away alone: what it holds
+    // is what it gives.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    support::terminate(stayer).await;
+    let (status, out, stderr) = run(cli("+2d", &["state", "get", "home", "gone"])).await;
+    assert_eq!(
+        status, 1,
+        "the deleted key came back as {out:?} from the keeper that was away: {stderr}"
+    );
+    assert!(stderr.contains("not set"), "{stderr}");
+    let (status, out, stderr) = run(cli("+2d", &["state", "get", "home", "kept"])).await;
+    assert_eq!((status, out.trim()), (0, "\"x\""), "{stderr}");
+    support::terminate(goer).await;
+}

@@ -27,6 +27,7 @@ const KIND_PING: u8 = 8;
 const KIND_ACK: u8 = 9;
 const KIND_GONE: u8 = 10;
 const KIND_ROSTER: u8 = 11;
+const KIND_COVERS: u8 = 12;
 
 /// Most members one roster message names.
 pub(crate) const MAX_ROSTER: usize = 1024;
@@ -81,6 +82,11 @@ pub(crate) enum Message {
     /// fingerprint of the keys each owns as held there), to the repair
     /// channel of a replica that caught up from it.
     Roster { members: Vec<(u64, SmolStr, u64)> },
+    /// The bus time (Unix ns) from which the state of the replica `node`
+    /// reflects every change on the bus, to the repair channel of a
+    /// replica that catches up from it, before the buckets: a replica back
+    /// after more than the horizon drops what such a peer lacks.
+    Covers { node: u64, since: u64 },
     /// A replica `node` holds the writes of the hold `token` (`refused`:
     /// [`HELD_ALL`], or why it took not all of them); `keeper`: it keeps
     /// the map for others, on its disk.
@@ -201,6 +207,11 @@ impl Message {
                 out.put_u8(KIND_GONE);
                 out.put_u64_le(*node);
             }
+            Message::Covers { node, since } => {
+                out.put_u8(KIND_COVERS);
+                out.put_u64_le(*node);
+                out.put_u64_le(*since);
+            }
             Message::Roster { members } => {
                 out.put_u8(KIND_ROSTER);
                 out.put_u16_le(members.len() as u16);
@@ -281,6 +292,10 @@ impl Message {
                 owned: u64_of(b)?,
             },
             KIND_GONE => Message::Gone { node: u64_of(b)? },
+            KIND_COVERS => Message::Covers {
+                node: u64_of(b)?,
+                since: u64_of(b)?,
+            },
             KIND_ROSTER => {
                 let count = usize::from(u16_of(b)?);
                 if count > MAX_ROSTER {
@@ -566,6 +581,7 @@ mod tests {
             any::<(u64, u64)>().prop_map(|(node, owned)| Message::Ping { node, owned }),
             any::<(u64, u64)>().prop_map(|(node, owned)| Message::Ack { node, owned }),
             any::<u64>().prop_map(|node| Message::Gone { node }),
+            any::<(u64, u64)>().prop_map(|(node, since)| Message::Covers { node, since }),
             prop::collection::vec((any::<u64>(), "[a-z_-]{1,20}", any::<u64>()), 0..8).prop_map(
                 |members| Message::Roster {
                     members: members

@@ -35,6 +35,7 @@
 mod budget;
 mod change;
 mod codec;
+mod coverage;
 mod error;
 mod held;
 pub mod hlc;
@@ -206,6 +207,11 @@ impl Drop for Guard {
 struct Shared {
     /// The ledger, with a state directory.
     ledger: Option<Arc<Durable>>,
+    /// What its state covers, and whether it is back after more than the
+    /// horizon ([`coverage`]).
+    coverage: Mutex<coverage::Coverage>,
+    /// When it last heard a peer, by the bus's clock (Unix ns).
+    heard: AtomicU64,
     /// It keeps the map for others.
     keeper: bool,
     /// The values it takes from others ([`StateMapBuilder::values`]).
@@ -485,6 +491,18 @@ impl StateMap {
                 (Some(Durable::new(ledger)), store)
             }
         };
+        let coverage =
+            coverage::Coverage::open(dir.as_deref(), clock.wall(), config.tombstone_horizon);
+        if let Some(returning) = &coverage.returning {
+            tracing::warn!(
+                map,
+                last_heard_s_ago = clock.wall().saturating_sub(returning.heard) / 1_000_000_000,
+                "this replica is back after more than tombstone_horizon: it offers nothing until \
+                 it has caught up, and drops what it held from before it went that a peer \
+                 covering its absence lacks (deleted meanwhile)"
+            );
+        }
+        let heard = AtomicU64::new(coverage.last_heard().unwrap_or_else(|| clock.wall()));
         store.set_caps(Caps {
             max_keys: config.max_keys,
             max_bytes: config.max_map_bytes,
@@ -498,6 +516,8 @@ impl StateMap {
             clock,
             store: Mutex::new(store),
             ledger,
+            coverage: Mutex::new(coverage),
+            heard,
             keeper,
             values,
             unacked: Mutex::new(HashMap::new()),
@@ -550,6 +570,7 @@ impl StateMap {
         };
         map.shared.hello(false).await;
         map.shared.catch_up().await;
+        map.shared.settle_coverage();
         // Ready: from now on it answers others' catch-ups. Waited for, so
         // that a replica opened after `open` returned finds it.
         map.shared.ready.notify_one();

@@ -62,6 +62,66 @@ impl Shared {
         self.pending_sync.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub(super) fn lock_coverage(&self) -> MutexGuard<'_, super::coverage::Coverage> {
+        self.coverage.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends a catch-up's part in the replica's coverage: a replica back
+    /// after more than the horizon drops what it held from before it went
+    /// that a peer covering its absence lacks; a replica that caught up
+    /// whole covers from the peer's `since`.
+    pub(super) fn settle_coverage(&self) {
+        let mut coverage = self.lock_coverage();
+        let peer_since = coverage.peer_since;
+        let Some(returning) = coverage.returning.take() else {
+            if let (true, Some(since)) = (coverage.whole, peer_since) {
+                coverage.since = coverage.since.min(since);
+            }
+            return;
+        };
+        drop(coverage);
+        if !returning.covered_by(peer_since) {
+            tracing::warn!(
+                map = %self.map,
+                "back after more than tombstone_horizon, and no peer that covers the absence \
+                 answered its catch-up: it keeps what it holds (a key deleted meanwhile comes \
+                 back if no other replica holds its delete)"
+            );
+            return;
+        }
+        let dropped: Vec<(String, Entry)> = {
+            let store = self.lock_store();
+            returning
+                .to_drop(peer_since, store.entries())
+                .into_iter()
+                .filter_map(|key| store.entry(&key).map(|e| (key, e.clone())))
+                .collect()
+        };
+        for (key, held) in &dropped {
+            let tombstone = Entry {
+                stamp: hlc::Stamp {
+                    logical: held.stamp.logical.saturating_add(1),
+                    ..held.stamp
+                },
+                value: None,
+                writer: self.node_name.clone(),
+            };
+            let _ = self.apply(key, tombstone, true, false);
+            self.refuse(Refusal::TooOld);
+        }
+        // Their tombstones are past the horizon: gone now, as elsewhere.
+        self.lock_store().collect(self.horizon());
+        if !dropped.is_empty() {
+            tracing::warn!(
+                map = %self.map,
+                dropped = dropped.len(),
+                "back after more than tombstone_horizon: entries held from before it went that \
+                 the peer it caught up from no longer holds (deleted meanwhile) were dropped \
+                 (counted too_old)"
+            );
+        }
+    }
+
     pub(super) fn refuse(&self, reason: Refusal) {
         self.counters.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
@@ -195,21 +255,22 @@ impl Shared {
         if !await_buckets(&mut self.lock_pending(), node, buckets) {
             return;
         }
-        loop {
+        let whole = loop {
             let notified = self.synced.notified();
             if self
                 .lock_pending()
                 .as_ref()
                 .is_none_or(|(_, b)| b.is_empty())
             {
-                break;
+                break true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 tracing::warn!(map = %self.map, "a peer's state did not all come within ready_timeout; anti-entropy brings the rest");
-                break;
+                break false;
             }
-        }
+        };
         *self.lock_pending() = None;
+        self.lock_coverage().whole = whole;
     }
 
     /// Queues a change of this replica's for its task to send.
@@ -306,7 +367,17 @@ impl Shared {
 
     pub(super) async fn say_goodbye(&self) {
         if !self.goodbye.swap(true, Ordering::AcqRel) {
+            self.keep_coverage(true);
             self.hello(true).await;
+        }
+    }
+
+    /// Writes the coverage file when due (`now`: at once), saying why not
+    /// if it cannot.
+    pub(super) fn keep_coverage(&self, now: bool) {
+        let heard = self.heard.load(Ordering::Relaxed);
+        if let Err(error) = self.lock_coverage().keep(heard, now) {
+            tracing::warn!(map = %self.map, %error, "cannot write when this replica last heard its peers beside its ledger");
         }
     }
 
@@ -636,6 +707,35 @@ impl Shared {
         }
     }
 
+    /// Whether `source` is the replica this one catches up from, while it
+    /// does (the first to answer it is).
+    fn is_answerer(&self, source: &str) -> bool {
+        let mut answerer = self.answerer.lock().unwrap_or_else(|e| e.into_inner());
+        let (name, until) = &mut *answerer;
+        until.is_some_and(|until| Instant::now() < until)
+            && *name.get_or_insert_with(|| SmolStr::new(source)) == source
+    }
+
+    /// Notes a repair chunk's keys for a replica back after more than the
+    /// horizon, if it comes from the replica it catches up from.
+    fn note_for_return(&self, source: &str, bucket: u8, entries: &[(String, Entry)], last: bool) {
+        if bucket == codec::OWN_KEYS || self.lock_coverage().returning.is_none() {
+            return;
+        }
+        if !self.is_answerer(source) {
+            return;
+        }
+        // A tombstone the peer still holds is a delete: its key is not
+        // held there.
+        let held = entries
+            .iter()
+            .filter(|(_, e)| e.value.is_some())
+            .map(|(k, _)| k.as_str());
+        if let Some(returning) = &mut self.lock_coverage().returning {
+            returning.received(bucket, held, last);
+        }
+    }
+
     /// Handles one wave of the map's channels.
     pub(super) async fn handle(self: &Arc<Self>, vibrator: &Vibrator, wave: Wave) {
         let Some(source) = wave.source().map(str::to_string) else {
@@ -649,6 +749,8 @@ impl Shared {
                 return;
             }
         };
+        // A peer heard (waves of this replica's own are not handed to it).
+        self.heard.store(self.clock.wall(), Ordering::Relaxed);
         let channel = wave.channel();
         let key = SmolStr::new(&source);
         // What makes this replica send (repairs, answers, asks) or is a
@@ -721,6 +823,9 @@ impl Shared {
                     self.refuse(Refusal::Malformed);
                     return;
                 }
+                if let Some((bucket, last)) = repair {
+                    self.note_for_return(&source, bucket, &entries, last);
+                }
                 let _ = self.take_entries(&source, entries, repair.is_some());
                 if let Some((bucket, true)) = repair {
                     let mut pending = self.lock_pending();
@@ -754,6 +859,12 @@ impl Shared {
                         tracing::debug!(map = %self.map, %error, "could not answer a sync");
                         return;
                     }
+                    // Before the buckets, on the same channel.
+                    let covers = Message::Covers {
+                        node: self.clock.node(),
+                        since: self.lock_coverage().since,
+                    };
+                    self.send_to(node, covers).await;
                 } else if *channel != self.channels.repair {
                     self.refuse(Refusal::Malformed);
                     return;
@@ -765,6 +876,11 @@ impl Shared {
                         owned: self.own_fingerprint(),
                     };
                     self.send_to(node, ack).await;
+                    // Back after more than the horizon: nothing offered
+                    // until it has caught up.
+                    if self.lock_coverage().returning.is_some() {
+                        return;
+                    }
                     if !self.is_peer(node, &source) || !self.may_repair(node) {
                         // Repairs go only to a live member of that name
                         // (nobody sends them to another's address), once
@@ -872,13 +988,7 @@ impl Shared {
                 }
                 // Only the replica this one caught up from gives it members,
                 // while it catches up.
-                let from_answerer = {
-                    let mut answerer = self.answerer.lock().unwrap_or_else(|e| e.into_inner());
-                    let (name, until) = &mut *answerer;
-                    until.is_some_and(|until| Instant::now() < until)
-                        && *name.get_or_insert_with(|| SmolStr::new(&source)) == source
-                };
-                if !from_answerer {
+                if !self.is_answerer(&source) {
                     self.refuse(Refusal::Malformed);
                     return;
                 }
@@ -894,6 +1004,13 @@ impl Shared {
                         self.compare_owned(node, &name, owned).await;
                     }
                 }
+            }
+            Message::Covers { since, .. } => {
+                if *channel != self.channels.repair || !self.is_answerer(&source) {
+                    self.refuse(Refusal::Malformed);
+                    return;
+                }
+                self.lock_coverage().peer_since = Some(since);
             }
             Message::Ask { node } => {
                 if *channel != self.channels.repair || !self.is_peer(node, &source) {
@@ -1042,6 +1159,7 @@ impl Shared {
     /// The periodic work: presence, anti-entropy, tombstone collection.
     pub(super) async fn tick(&self, heartbeat: bool, anti_entropy: bool) {
         if heartbeat {
+            self.keep_coverage(false);
             let (mut round, hello) = {
                 let mut members = self.lock_members();
                 let round = members.round(Instant::now(), self.config.presence_timeout);

@@ -1,0 +1,291 @@
+//! What a replica's state covers, and a replica back after more than the
+//! tombstone horizon.
+//!
+//! A replica with a ledger keeps two bus times (Unix ns) in a file beside
+//! its ledger, [`FILE`]: `since`, from which its state reflects every key
+//! on the bus (a key that existed then is held, or its delete is), and
+//! `heard`, when it last heard a peer. A replica that opens more than a
+//! horizon after `heard` is *returning*: deletes made while it was away may
+//! have been collected everywhere (their tombstones live a horizon), so an
+//! entry it holds from before `heard` may be a deleted key. It offers
+//! nothing (no repairs) until it has caught up; if the replica it caught up
+//! from covers its absence (that replica's `since` is no later than its
+//! `heard`: it held every key the returning one held, so lacking one means
+//! it was deleted), each entry stamped before `heard` in a bucket that came
+//! whole and lacking there is dropped, counted `too_old`. With no such
+//! peer, it keeps what it has and says so.
+//!
+//! `since` is the open's time for a new replica, lowered to the `since` of
+//! the replica it caught up from when every bucket came; a replica back
+//! from any absence keeps its own (whatever it held then it still holds,
+//! or its delete).
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use super::store::{self, Entry};
+
+/// The file beside a ledger: `since heard`, two decimal Unix ns, one line.
+pub(crate) const FILE: &str = "covers";
+
+/// How often the file is written while the replica hears its peers (and at
+/// close): a kill loses at most this much of `heard`.
+pub(crate) const WRITE_EVERY: Duration = Duration::from_secs(60);
+
+/// The two times, as read from or written to the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Times {
+    pub(crate) since: u64,
+    pub(crate) heard: u64,
+}
+
+impl Times {
+    /// Reads `dir`'s file: `None` if there is none or it does not parse (a
+    /// replica without one is taken as new, which offers what it holds).
+    pub(crate) fn read(dir: &Path) -> Option<Times> {
+        let text = std::fs::read_to_string(dir.join(FILE)).ok()?;
+        let mut parts = text.split_whitespace().map(str::parse::<u64>);
+        let (Some(Ok(since)), Some(Ok(heard)), None) = (parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        Some(Times { since, heard })
+    }
+
+    /// Writes `dir`'s file whole (a temporary file renamed over it), for
+    /// its owner only as the ledger's are.
+    pub(crate) fn write(self, dir: &Path) -> std::io::Result<()> {
+        let path = dir.join(FILE);
+        let temporary = dir.join(format!("{FILE}.tmp"));
+        let mut file = aether_journal::private(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+        )
+        .open(&temporary)?;
+        std::io::Write::write_all(
+            &mut file,
+            format!("{} {}\n", self.since, self.heard).as_bytes(),
+        )?;
+        std::fs::rename(&temporary, &path)
+    }
+}
+
+/// A replica back after more than the horizon, until it caught up.
+#[derive(Debug, Default)]
+pub(crate) struct Returning {
+    /// When it last heard a peer before it went.
+    pub(crate) heard: u64,
+    /// The keys of each bucket the catch-up brought, and whether its
+    /// last chunk came.
+    pub(crate) received: HashMap<u8, (HashSet<String>, bool)>,
+}
+
+impl Returning {
+    /// Notes a repair chunk of `bucket` during the catch-up.
+    pub(crate) fn received<'a>(
+        &mut self,
+        bucket: u8,
+        keys: impl IntoIterator<Item = &'a str>,
+        last: bool,
+    ) {
+        let (held, whole) = self.received.entry(bucket).or_default();
+        held.extend(keys.into_iter().map(str::to_string));
+        *whole |= last;
+    }
+
+    /// Whether a peer whose state covers from `peer_since` covers this
+    /// replica's absence.
+    pub(crate) fn covered_by(&self, peer_since: Option<u64>) -> bool {
+        peer_since.is_some_and(|since| since <= self.heard)
+    }
+
+    /// The keys to drop of `entries` (this replica's, any buckets): stamped
+    /// before `heard`, in a bucket that came whole, and lacking there; none
+    /// unless the peer (its state covering from `peer_since`) covers the
+    /// absence.
+    pub(crate) fn to_drop<'a>(
+        &self,
+        peer_since: Option<u64>,
+        entries: impl IntoIterator<Item = (&'a String, &'a Entry)>,
+    ) -> Vec<String> {
+        if !self.covered_by(peer_since) {
+            return Vec::new();
+        }
+        entries
+            .into_iter()
+            .filter(|(key, entry)| {
+                entry.value.is_some()
+                    && entry.stamp.physical_ns < self.heard
+                    && store::owner_of(key).is_none()
+                    && self
+                        .received
+                        .get(&(store::bucket_of(key) as u8))
+                        .is_some_and(|(keys, whole)| *whole && !keys.contains(key.as_str()))
+            })
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+}
+
+/// A replica's coverage: its times, where they are kept, and whether it is
+/// returning.
+#[derive(Debug)]
+pub(crate) struct Coverage {
+    pub(crate) dir: Option<PathBuf>,
+    pub(crate) since: u64,
+    pub(crate) returning: Option<Returning>,
+    /// The `since` of the replica it caught up from, once said.
+    pub(crate) peer_since: Option<u64>,
+    /// Its catch-up brought every bucket the peer listed.
+    pub(crate) whole: bool,
+    written: Option<(Instant, u64)>,
+}
+
+impl Coverage {
+    /// At open, `now` by the bus's clock: from the file in `dir` if there
+    /// is one, returning if it last heard a peer more than `horizon` ago.
+    pub(crate) fn open(dir: Option<&Path>, now: u64, horizon: Duration) -> Coverage {
+        let times = dir.and_then(Times::read);
+        let horizon = u64::try_from(horizon.as_nanos()).unwrap_or(u64::MAX);
+        let returning = times
+            .filter(|t| now.saturating_sub(t.heard) > horizon)
+            .map(|t| Returning {
+                heard: t.heard,
+                ..Returning::default()
+            });
+        Coverage {
+            dir: dir.map(Path::to_path_buf),
+            since: times.map_or(now, |t| t.since.min(now)),
+            returning,
+            peer_since: None,
+            whole: false,
+            written: times.map(|t| (Instant::now(), t.heard)),
+        }
+    }
+
+    /// When it last heard a peer, as its file said at open.
+    pub(crate) fn last_heard(&self) -> Option<u64> {
+        self.written.map(|(_, heard)| heard)
+    }
+
+    /// Writes the file if `heard` moved and it was last written more than
+    /// [`WRITE_EVERY`] ago, or `now`; a failure is said by the caller.
+    pub(crate) fn keep(&mut self, heard: u64, now: bool) -> std::io::Result<()> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        let due = match self.written {
+            None => true,
+            Some((at, written)) => heard > written && (now || at.elapsed() >= WRITE_EVERY),
+        };
+        if !due {
+            return Ok(());
+        }
+        Times {
+            since: self.since,
+            heard,
+        }
+        .write(dir)?;
+        self.written = Some((Instant::now(), heard));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    use smol_str::SmolStr;
+
+    use super::*;
+    use crate::state::hlc::Stamp;
+
+    fn entry(physical_ns: u64, value: bool) -> Entry {
+        Entry {
+            stamp: Stamp {
+                physical_ns,
+                logical: 0,
+                node: 1,
+            },
+            value: value.then(|| Bytes::from_static(b"1")),
+            writer: SmolStr::new("w"),
+        }
+    }
+
+    #[test]
+    fn the_file_reads_back_what_was_written_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Times::read(dir.path()), None);
+        let times = Times { since: 5, heard: 9 };
+        times.write(dir.path()).unwrap();
+        assert_eq!(Times::read(dir.path()), Some(times));
+        for bad in ["", "5", "5 9 1", "a 9", "-1 9"] {
+            std::fs::write(dir.path().join(FILE), bad).unwrap();
+            assert_eq!(Times::read(dir.path()), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_replica_is_returning_only_past_the_horizon_from_what_it_last_heard() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = Duration::from_secs(86_400);
+        let ns = |d: Duration| d.as_nanos() as u64;
+        // New: covers from now, not returning.
+        let new = Coverage::open(Some(dir.path()), ns(day * 10), day);
+        assert!(new.returning.is_none());
+        assert_eq!(new.since, ns(day * 10));
+        Times {
+            since: ns(day),
+            heard: ns(day * 3),
+        }
+        .write(dir.path())
+        .unwrap();
+        let within = Coverage::open(Some(dir.path()), ns(day * 4 - Duration::from_secs(1)), day);
+        assert!(within.returning.is_none());
+        assert_eq!(within.since, ns(day));
+        let back = Coverage::open(Some(dir.path()), ns(day * 5), day);
+        assert_eq!(back.returning.as_ref().map(|r| r.heard), Some(ns(day * 3)));
+        assert_eq!(back.since, ns(day));
+    }
+
+    proptest! {
+        /// Only entries with a value, stamped before the absence, in a
+        /// bucket that came whole from a peer that covers the absence, and
+        /// lacking there, are dropped.
+        #[test]
+        fn what_is_dropped_is_old_and_lacking_from_a_peer_that_covers_the_absence(
+            heard in 1_000u64..2_000,
+            peer_since in proptest::option::of(0u64..3_000),
+            mine in proptest::collection::vec(("[a-e]{1,2}", 0u64..3_000, any::<bool>()), 0..20),
+            theirs in proptest::collection::vec("[a-e]{1,2}", 0..20),
+            whole in any::<bool>(),
+        ) {
+            let mut returning = Returning { heard, ..Returning::default() };
+            for key in &theirs {
+                returning.received(store::bucket_of(key) as u8, [key.as_str()], false);
+            }
+            for (key, _, _) in &mine {
+                returning.received(store::bucket_of(key) as u8, [], whole);
+            }
+            let entries: HashMap<String, Entry> = mine
+                .iter()
+                .map(|(k, at, value)| (k.clone(), entry(*at, *value)))
+                .collect();
+            let dropped = returning.to_drop(peer_since, &entries);
+            for (key, e) in &entries {
+                let expected = peer_since.is_some_and(|s| s <= heard)
+                    && whole
+                    && e.value.is_some()
+                    && e.stamp.physical_ns < heard
+                    && !theirs.contains(key);
+                prop_assert_eq!(dropped.contains(key), expected, "{}", key);
+            }
+        }
+    }
+}
