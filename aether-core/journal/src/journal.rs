@@ -576,10 +576,19 @@ fn create_segment(
     let mut file = private(OpenOptions::new().create(true).truncate(true).write(true))
         .open(&path)
         .map_err(|e| JournalError::io(&path, e))?;
-    file.write_all(&segment_header(base, previous_end))
-        .map_err(|e| JournalError::io(&path, e))?;
+    // A segment whose header could not be written (a full disk) holds
+    // nothing: removed, not left to be read as a damaged one.
+    let headed = file
+        .write_all(&segment_header(base, previous_end))
+        .and_then(|()| match fsync {
+            FsyncPolicy::Never => Ok(()),
+            _ => file.sync_all(),
+        });
+    if let Err(error) = headed {
+        let _ = fs::remove_file(&path);
+        return Err(JournalError::io(&path, error));
+    }
     if fsync != FsyncPolicy::Never {
-        file.sync_all().map_err(|e| JournalError::io(&path, e))?;
         sync_dir(dir)?;
     }
     Ok((
