@@ -31,10 +31,13 @@ use std::{
 use super::{
     Refusal, StateConfig, StateError, StateErrorKind, StateMap,
     budget::Budget,
-    codec::{HELD_ALL, HELD_NOT_KEPT, HELD_OPENING, KEEPER_TOKEN, KNOCK_TOKEN, Limits, Message},
+    codec::{
+        HELD_ALL, HELD_NOT_KEPT, HELD_NOT_LOGGED, HELD_OPENING, KEEPER_TOKEN, KNOCK_TOKEN, Limits,
+        Message,
+    },
 };
 pub use crate::report::KeeperStats;
-use crate::{Aether, Vibrator, names::is_name, report::KeeperSource};
+use crate::{Aether, Emitter, Vibrator, names::is_name, report::KeeperSource};
 
 /// A keeper of the maps `[aether.state.keeper] maps` names.
 ///
@@ -429,7 +432,7 @@ impl Inner {
     /// Tells replica `node` of `map` what came of its hold `token` (or,
     /// with [`KEEPER_TOKEN`], of its hello): `refused`, a
     /// [`Message::Held`] code.
-    async fn tell(&self, vibrator: &Vibrator, map: &str, node: u64, token: u64, refused: u8) {
+    async fn tell(&self, emitter: &Emitter, map: &str, node: u64, token: u64, refused: u8) {
         let said = Message::Held {
             node: self.refusing_node,
             token,
@@ -437,15 +440,20 @@ impl Inner {
             refused,
         };
         let channel = super::repair_channel(map, node);
-        let _ = vibrator
-            .emitter()
+        let _ = emitter
             .emit_own(crate::Wave::new(channel, said.encode()))
             .await;
     }
 
     /// Opens the replica of a claimed map, and takes in `entries` (a
-    /// writer's knock) that came before it listened.
-    async fn open(&self, map: String, source: Option<(String, Vec<(String, super::Entry)>)>) {
+    /// writer's knock) that came before it listened. A writer waiting for
+    /// its hold (`answer`) is told if the map cannot be opened.
+    async fn open(
+        &self,
+        map: String,
+        source: Option<(String, Vec<(String, super::Entry)>)>,
+        answer: Option<(Emitter, u64, u64)>,
+    ) {
         let attempt = || {
             StateMap::builder(map.as_str())
                 .node(self.name.as_str())
@@ -483,6 +491,12 @@ impl Inner {
             Err(error) => {
                 self.failed_maps.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(keeper = %self.name, map, %error, "cannot keep map");
+                // Its writes are on no disk here: the writer hears so
+                // rather than have another replica's acknowledgement do.
+                if let Some((emitter, node, token)) = answer {
+                    self.tell(&emitter, &map, node, token, HELD_NOT_LOGGED)
+                        .await;
+                }
             }
         }
         lock(&self.opening).remove(&map);
@@ -543,7 +557,7 @@ async fn open_waiting(inner: Arc<Inner>) {
         }
         let inner = inner.clone();
         tokio::spawn(async move {
-            inner.open(map, None).await;
+            inner.open(map, None, None).await;
             drop(permit);
         });
     }
@@ -580,6 +594,7 @@ async fn listen(inner: Arc<Inner>, mut vibrator: Vibrator) {
         max_key_bytes: inner.config.max_key_bytes,
         max_value_bytes: inner.config.max_value_bytes,
     };
+    let emitter = vibrator.emitter();
     while let Some(wave) = vibrator.receive().await {
         let mut tokens = wave.channel().as_str().split('.');
         let (Some("_state"), Some(map), Some(kind), None) =
@@ -610,7 +625,7 @@ async fn listen(inner: Arc<Inner>, mut vibrator: Vibrator) {
                 let on_disk = lock(&inner.waiting).contains(map);
                 if opening || on_disk {
                     inner
-                        .tell(&vibrator, map, node, KEEPER_TOKEN, HELD_OPENING)
+                        .tell(&emitter, map, node, KEEPER_TOKEN, HELD_OPENING)
                         .await;
                 }
                 if on_disk && !opening {
@@ -633,7 +648,7 @@ async fn listen(inner: Arc<Inner>, mut vibrator: Vibrator) {
                 let valued = entries.iter().any(|(_, entry)| entry.value.is_some());
                 if !valued && !lock(&inner.waiting).contains(map) {
                     if token != KNOCK_TOKEN {
-                        inner.tell(&vibrator, map, node, token, HELD_ALL).await;
+                        inner.tell(&emitter, map, node, token, HELD_ALL).await;
                     }
                     continue;
                 }
@@ -652,13 +667,14 @@ async fn listen(inner: Arc<Inner>, mut vibrator: Vibrator) {
                 // A writer waiting for keepers is told this one keeps no
                 // more maps, rather than left to time out.
                 if let Some((node, token)) = answer_to {
-                    inner.tell(&vibrator, map, node, token, HELD_NOT_KEPT).await;
+                    inner.tell(&emitter, map, node, token, HELD_NOT_KEPT).await;
                 }
                 continue;
             }
         }
         let (inner, map) = (inner.clone(), map.to_string());
-        tokio::spawn(async move { inner.open(map, knock).await });
+        let answer = answer_to.map(|(node, token)| (emitter.clone(), node, token));
+        tokio::spawn(async move { inner.open(map, knock, answer).await });
     }
 }
 
