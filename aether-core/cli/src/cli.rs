@@ -507,9 +507,9 @@ pub struct KeepArgs {
 /// How a write waits to be held elsewhere.
 #[derive(Clone, Copy, Debug, Args)]
 pub struct HeldArgs {
-    /// How long to wait for a keeper (any other replica when the map has
-    /// no keeper) to acknowledge the write; it fails (exit 1) when none
-    /// does.
+    /// How long to wait for a keeper (any other long-running replica when
+    /// the map has no keeper; other one-shot commands acknowledge nothing)
+    /// to acknowledge the write; it fails (exit 1) when none does.
     #[arg(long, value_parser = duration, default_value = "5s", value_name = "DURATION")]
     pub wait: Duration,
     /// Wait for this many keepers (`aether node`, a gateway that keeps

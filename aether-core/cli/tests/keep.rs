@@ -358,6 +358,108 @@ async fn a_keeper_on_a_full_disk_acknowledges_only_what_its_ledger_holds() {
     keeping.kill().await.unwrap();
 }
 
+/// One-shot commands writing at once to maps of a keeper on a full disk:
+/// each that says its write is held names the keeper, and finds it there
+/// after the keeper's SIGKILL and restart. Commands do not vouch for each
+/// other's writes (they exit), and a keeper that cannot open a map on its
+/// full disk tells the writer so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_commands_at_once_on_a_full_disk_are_held_by_the_keeper_alone() {
+    const MAPS: usize = 3;
+    const KEYS: usize = 60;
+    const AT_ONCE: usize = 24;
+    let parent = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&parent.path().join("disk"), "256k") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let nats = server().await;
+    let url = nats.url();
+    let dir = disk.0.join("maps");
+    let mut keeping = keeper(&url, &dir, "keeper", &[]).await;
+    let value = format!("\"{}\"", "x".repeat(1500));
+    let writes: Vec<(String, String)> = (0..KEYS)
+        .flat_map(|k| (0..MAPS).map(move |m| (format!("full{m}"), format!("k{k}"))))
+        .collect();
+    let (mut acked, mut refused) = (Vec::new(), 0);
+    for batch in writes.chunks(AT_ONCE) {
+        let mut running = tokio::task::JoinSet::new();
+        for (map, key) in batch.iter().cloned() {
+            let command = aether(&url, &["state", "set", &map, &key, &value]);
+            running.spawn(async move { (map, key, run(command).await) });
+        }
+        while let Some(done) = running.join_next().await {
+            let (map, key, (status, _, stderr)) = done.unwrap();
+            if status == 0 {
+                assert!(
+                    stderr.contains("held by keeper"),
+                    "{map}/{key} said held by someone else: {stderr}"
+                );
+                acked.push((map, key));
+            } else {
+                refused += 1;
+                assert!(
+                    stderr.contains("ledger") || stderr.contains("not acknowledge"),
+                    "{map}/{key}: {stderr}"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "{} one-shot writes {AT_ONCE} at a time on a full disk: {} held by the keeper, {refused} refused",
+        writes.len(),
+        acked.len()
+    );
+    assert!(refused > 0, "the disk never filled");
+    // A new map on the full disk: the keeper cannot open it, and tells the
+    // writer (each try leaves nothing behind it, nothing called damaged).
+    for _ in 0..3 {
+        let (status, _, stderr) = run(aether(&url, &["state", "set", "late", "k", "1"])).await;
+        assert_eq!(status, 1, "{stderr}");
+        assert!(stderr.contains("ledger"), "the keeper said why: {stderr}");
+    }
+    let damaged = walkdir(&dir)
+        .into_iter()
+        .filter(|p| p.ends_with("damaged"))
+        .collect::<Vec<_>>();
+    assert!(damaged.is_empty(), "{damaged:?}");
+    keeping.kill().await.unwrap();
+    keeping = keeper(&url, &dir, "keeper", &[]).await;
+    let mut lost = Vec::new();
+    for m in 0..MAPS {
+        let map = format!("full{m}");
+        let (bus, reader) = replica(&url, &map, "reader").await;
+        for (_, key) in acked.iter().filter(|(of, _)| *of == map) {
+            if reader.get(key).is_none() {
+                lost.push(format!("{map}/{key}"));
+            }
+        }
+        reader.close().await;
+        bus.close();
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    keeping.kill().await.unwrap();
+}
+
+/// Every path under `dir`, at any depth.
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            all.extend(walkdir(&path));
+        }
+        all.push(path);
+    }
+    all
+}
+
 /// Like [`start`], keeping what it says after `ready`.
 async fn start_logged(
     mut command: Command,

@@ -446,6 +446,9 @@ impl Shared {
         // again first: a hold is acknowledged only once they are.
         self.retry_unlogged();
         let taken = self.take_entries(source, entries, false);
+        if !self.acknowledges {
+            return;
+        }
         let mut refused = taken.refused.map_or(HELD_ALL, |reason| reason as u8 + 1);
         if taken.not_logged {
             refused = HELD_NOT_LOGGED;

@@ -97,6 +97,7 @@ pub struct StateMapBuilder {
     config: Option<StateConfig>,
     dir: Option<std::path::PathBuf>,
     keeper: bool,
+    acknowledges: bool,
     values: Option<ValueCheck>,
     /// The keeper's budget its bytes count against.
     budget: Option<std::sync::Arc<budget::Budget>>,
@@ -146,6 +147,16 @@ impl StateMapBuilder {
     /// its maps so.
     pub fn keeper(mut self, keeper: bool) -> Self {
         self.keeper = keeper;
+        self
+    }
+
+    /// Whether this replica acknowledges other replicas' holds
+    /// ([`StateMap::flush`]); default yes. A replica that will not stay (a
+    /// one-shot command) should not: a write it acknowledged is lost when
+    /// it exits, and its writer was told the write is held. It still takes
+    /// the writes.
+    pub fn acknowledges(mut self, acknowledges: bool) -> Self {
+        self.acknowledges = acknowledges;
         self
     }
 
@@ -214,6 +225,8 @@ struct Shared {
     heard: AtomicU64,
     /// It keeps the map for others.
     keeper: bool,
+    /// It acknowledges others' holds ([`StateMapBuilder::acknowledges`]).
+    acknowledges: bool,
     /// The values it takes from others ([`StateMapBuilder::values`]).
     values: Option<ValueCheck>,
     /// This replica's writes, by key, and how many replicas and keepers
@@ -375,6 +388,7 @@ impl StateMap {
             config: None,
             dir: None,
             keeper: false,
+            acknowledges: true,
             values: None,
             budget: None,
         }
@@ -400,6 +414,7 @@ impl StateMap {
             config,
             dir,
             keeper,
+            acknowledges,
             values,
             budget,
         } = builder;
@@ -516,6 +531,7 @@ impl StateMap {
             clock,
             store: Mutex::new(store),
             ledger,
+            acknowledges,
             coverage: Mutex::new(coverage),
             heard,
             keeper,

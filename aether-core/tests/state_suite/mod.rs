@@ -615,6 +615,18 @@ pub async fn a_flush_waits_for_another_replica_and_says_when_none_holds_the_writ
             "says what to run: {alone}"
         );
         assert_eq!(a.unacknowledged(), 2, "still waiting");
+        // A replica that acknowledges nothing (a one-shot command's) takes
+        // the writes and vouches for none.
+        let passing = StateMap::builder("home")
+            .node("passing")
+            .config(fast())
+            .acknowledges(false)
+            .open(&m.aether().await)
+            .await
+            .unwrap();
+        let unvouched = a.flush(Duration::from_millis(300)).await.unwrap_err();
+        assert_eq!(unvouched.kind(), StateErrorKind::NotHeld, "{unvouched}");
+        assert_eq!(passing.get("hall.light").as_deref(), Some(&b"on"[..]));
 
         let b = open(&m.aether().await, "b").await;
         let held = a.flush(Duration::from_secs(5)).await.unwrap();
