@@ -508,8 +508,9 @@ async fn a_damaged_ledger_loses_only_the_damaged_record_and_says_so() {
     const KEYS: usize = 20;
     let nats = server().await;
     let url = nats.url();
-    let dir = tempfile::tempdir().unwrap();
-    let mut keeping = keeper(&url, dir.path(), "keeper", &[]).await;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("keeper");
+    let mut keeping = keeper(&url, dir.as_path(), "keeper", &[]).await;
     let (bus, writer) = replica(&url, "solo", "writer").await;
     for n in 0..KEYS {
         writer.set_json(&format!("k{n}"), &n).await.unwrap();
@@ -522,12 +523,17 @@ async fn a_damaged_ledger_loses_only_the_damaged_record_and_says_so() {
     bus.close();
     processes_stop(&mut keeping).await;
     // The map's own: its folder 0700, its files 0600.
-    let segments = segments_in(dir.path());
+    let segments = segments_in(dir.as_path());
     assert_eq!(segments.len(), 1, "{segments:?}");
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&segments[0]), 0o600);
     assert_eq!(mode(segments[0].parent().unwrap()), 0o700);
+    // The keeper's too: the directory it made, its lock, what each map
+    // covers.
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("keeper.lock")), 0o600);
+    assert_eq!(mode(&segments[0].parent().unwrap().join("covers")), 0o600);
     // Four bytes zeroed inside the record in the middle of the map's
     // ledger (records follow the 24-byte segment header, each a 16-byte
     // header whose bytes 4 to 8 are its payload's length).
@@ -541,7 +547,7 @@ async fn a_damaged_ledger_loses_only_the_damaged_record_and_says_so() {
     std::fs::write(&segments[0], &bytes).unwrap();
 
     let (mut keeping, said) =
-        start_logged(keep(&url, dir.path(), "keeper", &[]), "keeping maps").await;
+        start_logged(keep(&url, dir.as_path(), "keeper", &[]), "keeping maps").await;
     let (bus, reader) = replica(&url, "solo", "reader").await;
     let back = (0..KEYS)
         .filter(|n| reader.get_json::<usize>(&format!("k{n}")).unwrap() == Some(*n))
@@ -561,7 +567,7 @@ async fn a_damaged_ledger_loses_only_the_damaged_record_and_says_so() {
     })
     .await;
     // The damaged file as it was, kept aside.
-    let aside: Vec<_> = segments_in(dir.path())
+    let aside: Vec<_> = segments_in(dir.as_path())
         .into_iter()
         .filter(|p| p.components().any(|c| c.as_os_str() == "damaged"))
         .collect();

@@ -17,7 +17,7 @@ pub fn private(options: &mut OpenOptions) -> &mut OpenOptions {
 
 /// Makes `dir` and its missing parents, those it makes for their owner
 /// only (0700 on Unix).
-pub(crate) fn create_private_dir(dir: &Path) -> Result<(), JournalError> {
+pub fn create_private_dir(dir: &Path) -> Result<(), JournalError> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]

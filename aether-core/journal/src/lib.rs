@@ -114,7 +114,7 @@ mod salvage;
 mod snapshot;
 
 pub use error::JournalError;
-pub use files::private;
+pub use files::{create_private_dir, private};
 pub use format::{
     DamageKind, MAX_RECORD_LEN, RECORD_HEADER_LEN, Record, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
     SEGMENT_VERSION,

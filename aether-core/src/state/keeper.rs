@@ -171,7 +171,8 @@ impl Keeper {
                 format!("keeper name {name:?} is not a vibrator name"),
             ));
         }
-        std::fs::create_dir_all(&dir).map_err(|e| {
+        // Its owner's only, as the ledgers in it are.
+        aether_journal::create_private_dir(&dir).map_err(|e| {
             StateError::new(
                 StateErrorKind::Ledger,
                 format!("cannot make the keeper's directory {}: {e}", dir.display()),
@@ -180,7 +181,14 @@ impl Keeper {
         // One keeper a directory: a second would find every map's ledger
         // taken and keep nothing.
         let lock_path = dir.join("keeper.lock");
-        let dir_lock = std::fs::File::create(&lock_path).map_err(|e| {
+        let dir_lock = aether_journal::private(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true),
+        )
+        .open(&lock_path)
+        .map_err(|e| {
             StateError::new(
                 StateErrorKind::Ledger,
                 format!("cannot write {}: {e}", lock_path.display()),
