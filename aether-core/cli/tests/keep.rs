@@ -578,6 +578,43 @@ async fn a_damaged_ledger_loses_only_the_damaged_record_and_says_so() {
     assert!(said.contains("1 ledgers found damaged"), "{said}");
 }
 
+/// A ledger whose segment was deleted (by hand, or by a file system
+/// repair) starts empty, and says so, naming the map: its coverage file
+/// remembers how many records it had written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_missing_its_records_says_so() {
+    let nats = server().await;
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut keeping = keeper(&url, dir.path(), "keeper", &[]).await;
+    let (bus, writer) = replica(&url, "solo", "writer").await;
+    for n in 0..5 {
+        writer.set_json(&format!("k{n}"), &n).await.unwrap();
+    }
+    writer
+        .flush_to(HeldBy::keepers(1), Duration::from_secs(5))
+        .await
+        .unwrap();
+    writer.close().await;
+    bus.close();
+    processes_stop(&mut keeping).await;
+    for segment in segments_in(dir.path()) {
+        std::fs::remove_file(segment).unwrap();
+    }
+    let (mut keeping, said) =
+        start_logged(keep(&url, dir.path(), "keeper", &[]), "keeping maps").await;
+    soon("the loss is logged", || {
+        said.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("fewer records than it had written") && l.contains("solo"))
+    })
+    .await;
+    processes_stop(&mut keeping).await;
+    let said = said.lock().unwrap().join("\n");
+    assert!(said.contains("1 ledgers found damaged"), "{said}");
+}
+
 /// SIGTERM, and the process's end.
 async fn processes_stop(child: &mut Child) {
     let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);

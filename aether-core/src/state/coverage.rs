@@ -15,6 +15,10 @@
 //! whole and lacking there is dropped, counted `too_old`. With no such
 //! peer, it keeps what it has and says so.
 //!
+//! The file also keeps how many records the ledger had written: a ledger
+//! found holding fewer (a segment deleted or cut short outside the
+//! journal's own checks) is said damaged.
+//!
 //! `since` is the open's time for a new replica, lowered to the `since` of
 //! the replica it caught up from when every bucket came; a replica back
 //! from any absence keeps its own (whatever it held then it still holds,
@@ -28,18 +32,20 @@ use std::{
 
 use super::store::{self, Entry};
 
-/// The file beside a ledger: `since heard`, two decimal Unix ns, one line.
+/// The file beside a ledger: `since heard records`, decimal (two Unix ns
+/// and the ledger's next record number), one line.
 pub(crate) const FILE: &str = "covers";
 
 /// How often the file is written while the replica hears its peers (and at
 /// close): a kill loses at most this much of `heard`.
 pub(crate) const WRITE_EVERY: Duration = Duration::from_secs(60);
 
-/// The two times, as read from or written to the file.
+/// What the file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Times {
     pub(crate) since: u64,
     pub(crate) heard: u64,
+    pub(crate) records: u64,
 }
 
 impl Times {
@@ -48,11 +54,16 @@ impl Times {
     pub(crate) fn read(dir: &Path) -> Option<Times> {
         let text = std::fs::read_to_string(dir.join(FILE)).ok()?;
         let mut parts = text.split_whitespace().map(str::parse::<u64>);
-        let (Some(Ok(since)), Some(Ok(heard)), None) = (parts.next(), parts.next(), parts.next())
+        let (Some(Ok(since)), Some(Ok(heard)), Some(Ok(records)), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return None;
         };
-        Some(Times { since, heard })
+        Some(Times {
+            since,
+            heard,
+            records,
+        })
     }
 
     /// Writes `dir`'s file whole (a temporary file renamed over it), for
@@ -69,7 +80,7 @@ impl Times {
         .open(&temporary)?;
         std::io::Write::write_all(
             &mut file,
-            format!("{} {}\n", self.since, self.heard).as_bytes(),
+            format!("{} {} {}\n", self.since, self.heard, self.records).as_bytes(),
         )?;
         std::fs::rename(&temporary, &path)
     }
@@ -143,7 +154,8 @@ pub(crate) struct Coverage {
     pub(crate) peer_since: Option<u64>,
     /// Its catch-up brought every bucket the peer listed.
     pub(crate) whole: bool,
-    written: Option<(Instant, u64)>,
+    /// When the file was last written, with its `heard` and `records`.
+    written: Option<(Instant, u64, u64)>,
 }
 
 impl Coverage {
@@ -164,24 +176,33 @@ impl Coverage {
             returning,
             peer_since: None,
             whole: false,
-            written: times.map(|t| (Instant::now(), t.heard)),
+            written: times.map(|t| (Instant::now(), t.heard, t.records)),
         }
     }
 
     /// When it last heard a peer, as its file said at open.
     pub(crate) fn last_heard(&self) -> Option<u64> {
-        self.written.map(|(_, heard)| heard)
+        self.written.map(|(_, heard, _)| heard)
     }
 
-    /// Writes the file if `heard` moved and it was last written more than
+    /// The records its ledger had written, as its file said at open.
+    pub(crate) fn last_records(&self) -> Option<u64> {
+        self.written.map(|(_, _, records)| records)
+    }
+
+    /// Writes the file if `heard` or `records` moved and it was last
+    /// written more than
     /// [`WRITE_EVERY`] ago, or `now`; a failure is said by the caller.
-    pub(crate) fn keep(&mut self, heard: u64, now: bool) -> std::io::Result<()> {
+    pub(crate) fn keep(&mut self, heard: u64, records: u64, now: bool) -> std::io::Result<()> {
         let Some(dir) = &self.dir else {
             return Ok(());
         };
         let due = match self.written {
             None => true,
-            Some((at, written)) => heard > written && (now || at.elapsed() >= WRITE_EVERY),
+            Some((at, was_heard, was_records)) => {
+                (heard > was_heard || records != was_records)
+                    && (now || at.elapsed() >= WRITE_EVERY)
+            }
         };
         if !due {
             return Ok(());
@@ -189,9 +210,10 @@ impl Coverage {
         Times {
             since: self.since,
             heard,
+            records,
         }
         .write(dir)?;
-        self.written = Some((Instant::now(), heard));
+        self.written = Some((Instant::now(), heard, records));
         Ok(())
     }
 }
@@ -222,10 +244,14 @@ mod tests {
     fn the_file_reads_back_what_was_written_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(Times::read(dir.path()), None);
-        let times = Times { since: 5, heard: 9 };
+        let times = Times {
+            since: 5,
+            heard: 9,
+            records: 3,
+        };
         times.write(dir.path()).unwrap();
         assert_eq!(Times::read(dir.path()), Some(times));
-        for bad in ["", "5", "5 9 1", "a 9", "-1 9"] {
+        for bad in ["", "5", "5 9", "5 9 1 1", "a 9 1", "-1 9 1"] {
             std::fs::write(dir.path().join(FILE), bad).unwrap();
             assert_eq!(Times::read(dir.path()), None, "{bad:?}");
         }
@@ -243,6 +269,7 @@ mod tests {
         Times {
             since: ns(day),
             heard: ns(day * 3),
+            records: 0,
         }
         .write(dir.path())
         .unwrap();

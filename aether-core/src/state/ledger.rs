@@ -275,6 +275,12 @@ impl Ledger {
         self.last
     }
 
+    /// The number the next record appended gets (none once closed): how
+    /// many the ledger has written, snapshots' records counted.
+    pub(crate) fn next_seq(&self) -> Option<u64> {
+        self.journal.as_ref().map(Journal::next_seq)
+    }
+
     /// Closes the journal (what it holds stays on the disk) and frees the
     /// directory for another replica, in this process or another; appends
     /// after it fail.

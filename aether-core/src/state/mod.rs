@@ -508,6 +508,21 @@ impl StateMap {
         };
         let coverage =
             coverage::Coverage::open(dir.as_deref(), clock.wall(), config.tombstone_horizon);
+        // A ledger holding fewer records than it had written (a segment
+        // deleted or cut short past what the journal sees) lost them.
+        let holds = ledger.as_ref().and_then(|l| l.ledger().next_seq());
+        if let (false, Some(had), Some(holds)) = (damaged, coverage.last_records(), holds)
+            && holds < had
+        {
+            damaged = true;
+            tracing::warn!(
+                map,
+                had,
+                holds,
+                "a map's ledger holds fewer records than it had written (a file deleted or cut \
+                 short): what they held is lost here (other replicas may hold it)"
+            );
+        }
         if let Some(returning) = &coverage.returning {
             tracing::warn!(
                 map,

@@ -376,7 +376,12 @@ impl Shared {
     /// if it cannot.
     pub(super) fn keep_coverage(&self, now: bool) {
         let heard = self.heard.load(Ordering::Relaxed);
-        if let Err(error) = self.lock_coverage().keep(heard, now) {
+        // Without a ledger there is no file; once closed, what it wrote
+        // last stays.
+        let Some(records) = self.ledger.as_ref().and_then(|l| l.ledger().next_seq()) else {
+            return;
+        };
+        if let Err(error) = self.lock_coverage().keep(heard, records, now) {
             tracing::warn!(map = %self.map, %error, "cannot write when this replica last heard its peers beside its ledger");
         }
     }
