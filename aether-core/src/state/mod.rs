@@ -227,6 +227,8 @@ struct Shared {
     keeper: bool,
     /// It acknowledges others' holds ([`StateMapBuilder::acknowledges`]).
     acknowledges: bool,
+    /// Writes refused as full lately, counted once.
+    full_refused: Mutex<HashSet<(SmolStr, hlc::Stamp)>>,
     /// The values it takes from others ([`StateMapBuilder::values`]).
     values: Option<ValueCheck>,
     /// This replica's writes, by key, and how many replicas and keepers
@@ -547,6 +549,7 @@ impl StateMap {
             store: Mutex::new(store),
             ledger,
             acknowledges,
+            full_refused: Mutex::new(HashSet::new()),
             coverage: Mutex::new(coverage),
             heard,
             keeper,

@@ -122,6 +122,16 @@ impl Shared {
         }
     }
 
+    /// Whether the write of `key` stamped `stamp` is refused as full for
+    /// the first time here (the last [`FULL_REMEMBERED`] are remembered).
+    fn first_full(&self, key: &str, stamp: hlc::Stamp) -> bool {
+        let mut refused = self.full_refused.lock().unwrap_or_else(|e| e.into_inner());
+        if refused.len() >= FULL_REMEMBERED {
+            refused.clear();
+        }
+        refused.insert((SmolStr::new(key), stamp))
+    }
+
     pub(super) fn refuse(&self, reason: Refusal) {
         self.counters.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
@@ -587,7 +597,13 @@ impl Shared {
                 refuse(&mut taken, Refusal::TooOld);
                 continue;
             }
+            let stamp = entry.stamp;
             match self.apply(&key, entry, repair, false) {
+                // A write comes twice (its live change, then its writer's
+                // hold): counted once.
+                Applied::Full(_) if !self.first_full(&key, stamp) => {
+                    taken.refused.get_or_insert(Refusal::Full);
+                }
                 Applied::Full(_) => refuse(&mut taken, Refusal::Full),
                 Applied::Won(Some(Ok(seq))) => {
                     taken.logged = Some(taken.logged.map_or(seq, |s: u64| s.max(seq)));
@@ -1232,6 +1248,10 @@ impl Shared {
         }
     }
 }
+
+/// Writes refused as full remembered, so that one coming again (its
+/// writer's hold) is not counted twice.
+const FULL_REMEMBERED: usize = 1024;
 
 /// Two wakes to send this close together: the writes are a stream.
 const STREAM_GAP: Duration = Duration::from_micros(200);
