@@ -140,6 +140,9 @@ struct State {
 /// many apart, the second would be taken for a new wave.
 const RECENT_WAVES: usize = 4096;
 
+/// The room an empty queue keeps, in waves.
+const IDLE_QUEUE_WAVES: usize = 16;
+
 impl State {
     #[inline(always)]
     fn push(&mut self, wave: Wave) {
@@ -550,6 +553,12 @@ impl Inbox {
         let mut state = self.lock();
         if !state.queue.is_empty() {
             std::mem::swap(&mut state.queue, batch);
+            // The queue is now the receiver's emptied batch: a large one is
+            // not kept idle (buffers are swapped, not copied, so without
+            // this each of many queues would come to hold a large one).
+            if state.queue.capacity() > IDLE_QUEUE_WAVES {
+                state.queue = VecDeque::new();
+            }
             state.weakest = None;
             self.queued.store(0, Ordering::Relaxed);
             return Some(true);
@@ -620,6 +629,23 @@ pub(crate) mod tests {
         let mut batch = VecDeque::new();
         inbox.try_take(&mut batch);
         batch.iter().map(tag).collect()
+    }
+
+    #[test]
+    fn an_emptied_queue_keeps_no_large_buffer() {
+        let inbox = inbox(4096, 0.0);
+        // A receiver takes each burst into its batch and empties it, as a
+        // vibrator does; the batch goes back to the queue at the next take.
+        let mut taken = VecDeque::new();
+        for round in 0..3 {
+            let mut burst: VecDeque<Wave> = (0..1000).map(|n| wave_with(0.5, n)).collect();
+            assert_eq!(inbox.offer_whole(&mut burst), Some(1000));
+            assert_eq!(inbox.try_take(&mut taken), Some(true));
+            assert_eq!(taken.len(), 1000, "round {round}");
+            taken.clear();
+            let room = inbox.lock().queue.capacity();
+            assert!(room <= IDLE_QUEUE_WAVES, "round {round}: {room}");
+        }
     }
 
     #[test]

@@ -319,7 +319,7 @@ impl Subs {
 async fn run(mut commands: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>) {
     let ready = Arc::new(Ready::default());
     let mut subs = Subs::default();
-    let mut batch = VecDeque::with_capacity(ROUND);
+    let mut batch = VecDeque::new();
     loop {
         let waiting = subs.list.iter().any(|s| !s.waves.is_empty());
         if !waiting {
