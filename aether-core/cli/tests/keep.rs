@@ -411,12 +411,20 @@ async fn one_shot_commands_at_once_on_a_full_disk_are_held_by_the_keeper_alone()
         acked.len()
     );
     assert!(refused > 0, "the disk never filled");
-    // A new map on the full disk: the keeper cannot open it, and tells the
-    // writer (each try leaves nothing behind it, nothing called damaged).
-    for _ in 0..3 {
-        let (status, _, stderr) = run(aether(&url, &["state", "set", "late", "k", "1"])).await;
-        assert_eq!(status, 1, "{stderr}");
-        assert!(stderr.contains("ledger"), "the keeper said why: {stderr}");
+    // A new map on the full disk, written by eight at once: the keeper
+    // cannot open it, and tells every writer (each try leaves nothing
+    // behind it, nothing called damaged).
+    for _ in 0..2 {
+        let mut running = tokio::task::JoinSet::new();
+        for n in 0..8 {
+            let command = aether(&url, &["state", "set", "late", &format!("k{n}"), "1"]);
+            running.spawn(run(command));
+        }
+        while let Some(done) = running.join_next().await {
+            let (status, _, stderr) = done.unwrap();
+            assert_eq!(status, 1, "{stderr}");
+            assert!(stderr.contains("ledger"), "the keeper said why: {stderr}");
+        }
     }
     let damaged = walkdir(&dir)
         .into_iter()
@@ -445,6 +453,26 @@ async fn one_shot_commands_at_once_on_a_full_disk_are_held_by_the_keeper_alone()
         &lost[..lost.len().min(5)]
     );
     keeping.kill().await.unwrap();
+}
+
+/// A delete flushed to keepers when no keeper keeps the map is held by no
+/// keeper's disk: it fails saying so, rather than count as held while the
+/// key lives on in a keeper that is away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_no_keeper_keeps_is_not_acknowledged() {
+    let nats = server().await;
+    let url = nats.url();
+    let (one, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = keeper(&url, one.path(), "first", &[]).await;
+    let (status, _, stderr) = run(aether(&url, &["state", "set", "e2", "x", "1"])).await;
+    assert_eq!(status, 0, "{stderr}");
+    support::terminate(first).await;
+    let second = keeper(&url, other.path(), "second", &[]).await;
+    let delete = aether(&url, &["state", "delete", "e2", "x", "--keepers", "1"]);
+    let (status, _, stderr) = run(delete).await;
+    assert_eq!(status, 1, "{stderr}");
+    assert!(stderr.contains("keeps nothing of this map"), "{stderr}");
+    support::terminate(second).await;
 }
 
 /// Every path under `dir`, at any depth.

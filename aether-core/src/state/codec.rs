@@ -118,6 +118,10 @@ pub(crate) const HELD_NOT_KEPT: u8 = 0x11;
 /// disk: the keeper's replica answers catch-ups in a moment, so the
 /// replica asks again rather than start from nothing.
 pub(crate) const HELD_OPENING: u8 = 0x12;
+/// [`Message::Held`]'s `refused` from a keeper that keeps nothing of the
+/// map, to a writer's hold of deletes alone (which opens no map): no
+/// keeper's disk holds those deletes.
+pub(crate) const HELD_NOTHING: u8 = 0x13;
 
 /// The limits a decoder enforces.
 #[derive(Clone, Copy, Debug)]

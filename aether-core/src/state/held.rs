@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use super::{
     Refusal, Shared, StateError, StateErrorKind, StateMap,
-    codec::{self, HELD_ALL, HELD_NOT_KEPT, HELD_NOT_LOGGED, KNOCK_TOKEN, Message},
+    codec::{self, HELD_ALL, HELD_NOT_KEPT, HELD_NOT_LOGGED, HELD_NOTHING, KNOCK_TOKEN, Message},
     node_id,
     store::Entry,
 };
@@ -337,6 +337,12 @@ impl Shared {
             HELD_NOT_LOGGED => (
                 StateErrorKind::Ledger,
                 "it could not write them to its ledger (its disk is full or failing)".to_string(),
+            ),
+            HELD_NOTHING => (
+                StateErrorKind::NotHeld,
+                "it keeps nothing of this map, and a flush of deletes alone opens no map on a \
+                 keeper: no keeper's disk holds them"
+                    .to_string(),
             ),
             HELD_NOT_KEPT => (
                 StateErrorKind::Full,

@@ -32,8 +32,8 @@ use super::{
     Refusal, StateConfig, StateError, StateErrorKind, StateMap,
     budget::Budget,
     codec::{
-        HELD_ALL, HELD_NOT_KEPT, HELD_NOT_LOGGED, HELD_OPENING, KEEPER_TOKEN, KNOCK_TOKEN, Limits,
-        Message,
+        HELD_NOT_KEPT, HELD_NOT_LOGGED, HELD_NOTHING, HELD_OPENING, KEEPER_TOKEN, KNOCK_TOKEN,
+        Limits, Message,
     },
 };
 pub use crate::report::KeeperStats;
@@ -76,6 +76,9 @@ struct Inner {
     maps: Mutex<HashMap<String, Kept>>,
     /// Maps being opened now, each with the writer that brought it.
     opening: Mutex<HashMap<String, Option<u64>>>,
+    /// The writers' holds that came for each map being opened (node, token,
+    /// writes): told if it cannot be opened (locked after `opening`).
+    opening_holds: Mutex<HashMap<String, Vec<Hold>>>,
     /// Maps its directory holds that are not open yet.
     waiting: Mutex<BTreeSet<String>>,
     /// Wakes the opener: a map waiting is asked for.
@@ -110,6 +113,11 @@ struct Kept {
 
 /// How many refused map names a keeper remembers (each is counted once).
 const REMEMBERED: usize = 4096;
+/// Writers' holds remembered for one map while it opens.
+const MAX_HOLDS_WHILE_OPENING: usize = 1024;
+
+/// A writer's hold: its node, its token, and how many writes it holds.
+type Hold = (u64, u64, u64);
 /// At most one warning of each kind a minute.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 /// How long `start` waits for the maps its directory holds to open.
@@ -228,6 +236,7 @@ impl Keeper {
             dir,
             maps: Mutex::new(HashMap::new()),
             opening: Mutex::new(HashMap::new()),
+            opening_holds: Mutex::new(HashMap::new()),
             asked: tokio::sync::Notify::new(),
             refused: Mutex::new(HashSet::new()),
             refused_maps: AtomicU64::new(0),
@@ -380,7 +389,7 @@ impl Inner {
     /// kept before, on its disk), or says why not: kept or being opened
     /// already, or not named by the patterns (passed), or past a bound
     /// (refused, counted and logged).
-    fn claim(&self, map: &str, writer: Option<u64>) -> Claim {
+    fn claim(&self, map: &str, writer: Option<u64>, hold: Option<Hold>) -> Claim {
         if !self.config.keeper.keeps(map) {
             return Claim::Passed;
         }
@@ -388,7 +397,23 @@ impl Inner {
         let writer = if on_disk { None } else { writer };
         let maps = lock(&self.maps);
         let mut opening = lock(&self.opening);
-        if maps.contains_key(map) || opening.contains_key(map) {
+        if maps.contains_key(map) {
+            return Claim::Passed;
+        }
+        // A writer's hold for a map being opened: told if it cannot be.
+        let note = |hold: Option<Hold>| {
+            if let Some(hold) = hold {
+                let mut holds = lock(&self.opening_holds);
+                let waiting = holds.entry(map.to_string()).or_default();
+                // A hold sent again is one hold.
+                let again = waiting.iter().any(|h| (h.0, h.1) == (hold.0, hold.1));
+                if !again && waiting.len() < MAX_HOLDS_WHILE_OPENING {
+                    waiting.push(hold);
+                }
+            }
+        };
+        if opening.contains_key(map) {
+            note(hold);
             return Claim::Passed;
         }
         let refused = if maps.len() + opening.len() >= self.config.keeper.max_maps {
@@ -408,6 +433,7 @@ impl Inner {
             return Claim::Refused;
         }
         opening.insert(map.to_string(), writer);
+        note(hold);
         drop((maps, opening));
         lock(&self.waiting).remove(map);
         Claim::Taken
@@ -472,13 +498,14 @@ impl Inner {
     }
 
     /// Opens the replica of a claimed map, and takes in `entries` (a
-    /// writer's knock) that came before it listened. A writer waiting for
-    /// its hold (`answer`) is told if the map cannot be opened.
+    /// writer's knock) that came before it listened. The writers whose
+    /// holds came meanwhile are told (with `emitter`) if the map cannot be
+    /// opened.
     async fn open(
         &self,
         map: String,
         source: Option<(String, Vec<(String, super::Entry)>)>,
-        answer: Option<(Emitter, u64, u64)>,
+        emitter: Option<Emitter>,
     ) {
         let attempt = || {
             StateMap::builder(map.as_str())
@@ -498,6 +525,7 @@ impl Inner {
             opened = attempt().await;
         }
         let writer = lock(&self.opening).get(&map).copied().flatten();
+        let mut failed = false;
         match opened {
             Ok(replica) if self.closed.load(Ordering::Acquire) => replica.close().await,
             Ok(replica) => {
@@ -517,15 +545,25 @@ impl Inner {
             Err(error) => {
                 self.failed_maps.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(keeper = %self.name, map, %error, "cannot keep map");
-                // Its writes are on no disk here: the writer hears so
-                // rather than have another replica's acknowledgement do.
-                if let Some((emitter, node, token)) = answer {
-                    self.tell(&emitter, &map, node, token, HELD_NOT_LOGGED)
-                        .await;
-                }
+                failed = true;
             }
         }
-        lock(&self.opening).remove(&map);
+        let holds = {
+            let mut opening = lock(&self.opening);
+            let holds = lock(&self.opening_holds).remove(&map);
+            opening.remove(&map);
+            holds.unwrap_or_default()
+        };
+        // Their writes are on no disk here: the writers hear so (counted as
+        // writes not written), rather than wait or take another replica's
+        // acknowledgement. Opened, its replica answers their holds.
+        if let (true, Some(emitter)) = (failed, emitter) {
+            for (node, token, writes) in holds {
+                lock(&self.retired).ledger_failed += writes;
+                self.tell(&emitter, &map, node, token, HELD_NOT_LOGGED)
+                    .await;
+            }
+        }
     }
 
     /// Closes the maps that stayed empty and forgets them (their
@@ -577,7 +615,7 @@ async fn open_waiting(inner: Arc<Inner>) {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        if inner.claim(&map, None) != Claim::Taken {
+        if inner.claim(&map, None, None) != Claim::Taken {
             // Kept now, or past a bound (counted): not waiting any more.
             lock(&inner.waiting).remove(&map);
             continue;
@@ -633,10 +671,9 @@ async fn listen(inner: Arc<Inner>, mut vibrator: Vibrator) {
         if !is_name(map) || !inner.config.keeper.keeps(map) || lock(&inner.maps).contains_key(map) {
             continue;
         }
+        // A map being opened: a hello is told to wait; a writer's hold is
+        // noted, and told if the map cannot be opened.
         let opening = lock(&inner.opening).contains_key(map);
-        if opening && kind != "p" {
-            continue;
-        }
         let mut answer_to = None;
         let (writer, knock) = match (kind, Message::decode(wave.payload_bytes().clone(), &limits)) {
             (
@@ -670,38 +707,38 @@ async fn listen(inner: Arc<Inner>, mut vibrator: Vibrator) {
                 }),
             ) => {
                 // A map earns a keeper with a value: a hold of nothing, or of
-                // deletes alone, opens no map but one kept before (it holds
-                // nothing of the map; a writer's hold is answered so).
+                // deletes alone, opens no map but one kept before. A writer's
+                // such hold is told this keeper keeps nothing of the map (its
+                // deletes are on no disk here).
                 let valued = entries.iter().any(|(_, entry)| entry.value.is_some());
                 if !valued && !lock(&inner.waiting).contains(map) {
                     if token != KNOCK_TOKEN {
-                        inner.tell(&emitter, map, node, token, HELD_ALL).await;
+                        inner.tell(&emitter, map, node, token, HELD_NOTHING).await;
                     }
                     continue;
                 }
                 if token != KNOCK_TOKEN {
-                    answer_to = Some((node, token));
+                    answer_to = Some((node, token, entries.len() as u64));
                 }
                 let source = wave.source().map(str::to_string);
                 (Some(node), source.map(|s| (s, entries)))
             }
             _ => continue,
         };
-        match inner.claim(map, writer) {
+        match inner.claim(map, writer, answer_to) {
             Claim::Taken => {}
             Claim::Passed => continue,
             Claim::Refused => {
                 // A writer waiting for keepers is told this one keeps no
                 // more maps, rather than left to time out.
-                if let Some((node, token)) = answer_to {
+                if let Some((node, token, _)) = answer_to {
                     inner.tell(&emitter, map, node, token, HELD_NOT_KEPT).await;
                 }
                 continue;
             }
         }
-        let (inner, map) = (inner.clone(), map.to_string());
-        let answer = answer_to.map(|(node, token)| (emitter.clone(), node, token));
-        tokio::spawn(async move { inner.open(map, knock, answer).await });
+        let (inner, map, emitter) = (inner.clone(), map.to_string(), emitter.clone());
+        tokio::spawn(async move { inner.open(map, knock, Some(emitter)).await });
     }
 }
 
@@ -772,8 +809,8 @@ mod tests {
                 .await
                 .unwrap();
         }
-        // The two writers' holds are answered, all held (there was nothing
-        // to keep); the knocks are not.
+        // The two writers' holds are answered: this keeper keeps nothing
+        // of those maps; the knocks are not answered.
         let mut tokens = Vec::new();
         for _ in 0..2 {
             let wave = tokio::time::timeout(Duration::from_secs(5), told.receive())
@@ -787,7 +824,7 @@ mod tests {
             let Ok(Message::Held {
                 token,
                 keeper: true,
-                refused: HELD_ALL,
+                refused: HELD_NOTHING,
                 ..
             }) = Message::decode(wave.payload_bytes().clone(), &limits)
             else {
