@@ -229,6 +229,8 @@ struct Shared {
     acknowledges: bool,
     /// Writes refused as full lately, counted once.
     full_refused: Mutex<HashSet<(SmolStr, hlc::Stamp)>>,
+    /// When it last warned that its ledger could not write a change.
+    ledger_warned: Mutex<Option<Instant>>,
     /// The values it takes from others ([`StateMapBuilder::values`]).
     values: Option<ValueCheck>,
     /// This replica's writes, by key, and how many replicas and keepers
@@ -550,6 +552,7 @@ impl StateMap {
             ledger,
             acknowledges,
             full_refused: Mutex::new(HashSet::new()),
+            ledger_warned: Mutex::new(None),
             coverage: Mutex::new(coverage),
             heard,
             keeper,

@@ -455,8 +455,13 @@ impl Shared {
         if let (Merged::Applied(_), Some((ledger, entry))) = (&merged, copy) {
             let written = ledger.ledger().append(key, &entry, &store);
             if let Err(error) = &written {
-                self.counters.ledger_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(map = %self.map, %error, "a change was not written to the ledger");
+                let failed = self.counters.ledger_failed.fetch_add(1, Ordering::Relaxed) + 1;
+                // At most once a minute: a full disk fails every change.
+                let mut warned = self.ledger_warned.lock().unwrap_or_else(|e| e.into_inner());
+                if warned.is_none_or(|at| at.elapsed() >= LEDGER_WARN_EVERY) {
+                    *warned = Some(Instant::now());
+                    tracing::warn!(map = %self.map, %error, changes_not_written = failed, "changes were not written to the ledger (said at most once a minute; counted as ledger_failed)");
+                }
             }
             logged = Some(written.map_err(|e| e.to_string()));
         }
@@ -1248,6 +1253,9 @@ impl Shared {
         }
     }
 }
+
+/// At most one warning a minute of changes the ledger could not write.
+const LEDGER_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Writes refused as full remembered, so that one coming again (its
 /// writer's hold) is not counted twice.
