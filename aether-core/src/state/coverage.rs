@@ -37,8 +37,10 @@ use super::store::{self, Entry};
 pub(crate) const FILE: &str = "covers";
 
 /// How often the file is written while the replica hears its peers (and at
-/// close): a kill loses at most this much of `heard`.
-pub(crate) const WRITE_EVERY: Duration = Duration::from_secs(60);
+/// close): a kill loses at most this much of `heard`, little beside a
+/// horizon of a day, and a keeper of many maps on an SD card writes each
+/// map's file a few times an hour.
+pub(crate) const WRITE_EVERY: Duration = Duration::from_secs(600);
 
 /// What the file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,11 +80,14 @@ impl Times {
                 .truncate(true),
         )
         .open(&temporary)?;
-        std::io::Write::write_all(
-            &mut file,
-            format!("{} {} {}\n", self.since, self.heard, self.records).as_bytes(),
-        )?;
-        std::fs::rename(&temporary, &path)
+        let line = format!("{} {} {}\n", self.since, self.heard, self.records);
+        let written = std::io::Write::write_all(&mut file, line.as_bytes())
+            .and_then(|()| std::fs::rename(&temporary, &path));
+        if written.is_err() {
+            // A full disk: no half-written file left beside the ledger.
+            let _ = std::fs::remove_file(&temporary);
+        }
+        written
     }
 }
 
