@@ -69,7 +69,7 @@ pub async fn run(connection: &Connection, args: KeepArgs) -> Result<(), Failure>
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
             _ = look.tick() => {
-                told.tell(&name, &keeper, &args.dir);
+                told.tell(&name, &keeper, &args.dir, keeper.stats());
             }
         }
     }
@@ -117,8 +117,9 @@ impl Told {
         }
     }
 
-    /// Says what changed; returns the counts now.
-    pub(crate) fn tell(&mut self, name: &str, keeper: &Keeper, dir: &Path) -> KeeperStats {
+    /// Says what changed since it last said, from `now` (the keeper's
+    /// counts, read by the caller: what it exports before it says so).
+    pub(crate) fn tell(&mut self, name: &str, keeper: &Keeper, dir: &Path, now: KeeperStats) {
         let maps = keeper.maps();
         for map in &maps {
             if self.kept.insert(map.clone()) {
@@ -130,7 +131,7 @@ impl Told {
             }
         }
         self.kept.retain(|m| maps.contains(m));
-        let (now, said) = (keeper.stats(), &self.said);
+        let said = &self.said;
         if now.refused_maps > said.refused_maps {
             eprintln!(
                 "keeper {name}: {} more map(s) not kept: it keeps max_maps = {} maps already \
@@ -186,7 +187,6 @@ impl Told {
                 now.ledger_failed
             );
         }
-        self.said = now.clone();
-        now
+        self.said = now;
     }
 }

@@ -115,13 +115,15 @@ impl Keeping {
             loop {
                 tokio::select! {
                     _ = look.tick() => {
-                        let now = told.tell(&name, &keeper, &dir);
+                        // Served and written before it is said: what the
+                        // node says, its metrics and --status already show.
+                        let now = keeper.stats();
                         if let Some(exported) = &exported {
                             exported.set(&now);
                         }
                         let clock = aether_core::bustime::status();
                         let written = Written {
-                            keeper: now,
+                            keeper: now.clone(),
                             clock_offset_ms: clock.offset_ns / 1_000_000,
                             clock_uncertainty_ms: clock.uncertainty_ns / 1_000_000,
                             clock_sources: clock.sources as u64,
@@ -130,6 +132,7 @@ impl Keeping {
                             &data.join(COUNTS),
                             &serde_json::to_vec_pretty(&written).expect("counts serialize"),
                         );
+                        told.tell(&name, &keeper, &dir, now);
                     }
                     () = stopping.wait() => break,
                 }
