@@ -99,11 +99,12 @@ pub async fn run(connection: &Connection, command: StateCommand) -> Result<(), F
     // bus it does not wait at all (no one is there to answer).
     let mut config = aether.config().state.clone();
     config.ready_timeout = config.ready_timeout.max(COMMAND_READY_TIMEOUT);
-    // It exits when done: it acknowledges no other writer's hold, which
-    // would be lost with it.
+    // A command that exits when done acknowledges no other writer's hold,
+    // which would be lost with it; `watch` stays, as a program's replica.
+    let stays = matches!(command, StateCommand::Watch { .. });
     let map = StateMap::builder(name.as_str())
         .node(format!("{}-{}", connection.name, std::process::id()))
-        .acknowledges(false)
+        .acknowledges(stays)
         .config(config)
         .open(&aether)
         .await
