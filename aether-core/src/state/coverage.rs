@@ -30,7 +30,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::store::{self, Entry};
+use std::sync::atomic::Ordering;
+
+use super::{
+    Refusal, codec, hlc,
+    store::{self, Entry},
+};
 
 /// The file beside a ledger: `since heard records`, decimal (two Unix ns
 /// and the ledger's next record number), one line.
@@ -220,6 +225,105 @@ impl Coverage {
         .write(dir)?;
         self.written = Some((Instant::now(), heard, records));
         Ok(())
+    }
+}
+
+/// A replica's coverage as its protocol keeps it.
+impl super::Shared {
+    /// Ends a catch-up's part in the replica's coverage: a replica back
+    /// after more than the horizon drops what it held from before it went
+    /// that a peer covering its absence lacks; a replica that caught up
+    /// whole covers from the peer's `since`.
+    pub(super) fn settle_coverage(&self) {
+        let mut coverage = self.lock_coverage();
+        let peer_since = coverage.peer_since;
+        let Some(returning) = coverage.returning.take() else {
+            if let (true, Some(since)) = (coverage.whole, peer_since) {
+                coverage.since = coverage.since.min(since);
+            }
+            return;
+        };
+        drop(coverage);
+        if !returning.covered_by(peer_since) {
+            tracing::warn!(
+                map = %self.map,
+                "back after more than tombstone_horizon, and no peer that covers the absence \
+                 answered its catch-up: it keeps what it holds (a key deleted meanwhile comes \
+                 back if no other replica holds its delete)"
+            );
+            return;
+        }
+        let dropped: Vec<(String, Entry)> = {
+            let store = self.lock_store();
+            returning
+                .to_drop(peer_since, store.entries())
+                .into_iter()
+                .filter_map(|key| store.entry(&key).map(|e| (key, e.clone())))
+                .collect()
+        };
+        for (key, held) in &dropped {
+            let tombstone = Entry {
+                stamp: hlc::Stamp {
+                    logical: held.stamp.logical.saturating_add(1),
+                    ..held.stamp
+                },
+                value: None,
+                writer: self.node_name.clone(),
+            };
+            let _ = self.apply(key, tombstone, true, false);
+            self.refuse(Refusal::TooOld);
+        }
+        // Their tombstones are past the horizon: gone now, as elsewhere.
+        self.lock_store().collect(self.horizon());
+        if !dropped.is_empty() {
+            tracing::warn!(
+                map = %self.map,
+                dropped = dropped.len(),
+                "back after more than tombstone_horizon: entries held from before it went that \
+                 the peer it caught up from no longer holds (deleted meanwhile) were dropped \
+                 (counted too_old)"
+            );
+        }
+    }
+
+    /// Writes the coverage file when due (`now`: at once), saying why not
+    /// if it cannot.
+    pub(super) fn keep_coverage(&self, now: bool) {
+        let heard = self.heard.load(Ordering::Relaxed);
+        // Without a ledger there is no file; once closed, what it wrote
+        // last stays.
+        let Some(records) = self.ledger.as_ref().and_then(|l| l.ledger().next_seq()) else {
+            return;
+        };
+        if let Err(error) = self.lock_coverage().keep(heard, records, now) {
+            tracing::warn!(map = %self.map, %error, "cannot write when this replica last heard its peers beside its ledger");
+        }
+    }
+
+    /// Notes a repair chunk's keys for a replica back after more than the
+    /// horizon, if it comes from the replica it catches up from.
+    pub(super) fn note_for_return(
+        &self,
+        source: &str,
+        bucket: u8,
+        entries: &[(String, Entry)],
+        last: bool,
+    ) {
+        if bucket == codec::OWN_KEYS || self.lock_coverage().returning.is_none() {
+            return;
+        }
+        if !self.is_answerer(source) {
+            return;
+        }
+        // A tombstone the peer still holds is a delete: its key is not
+        // held there.
+        let held = entries
+            .iter()
+            .filter(|(_, e)| e.value.is_some())
+            .map(|(k, _)| k.as_str());
+        if let Some(returning) = &mut self.lock_coverage().returning {
+            returning.received(bucket, held, last);
+        }
     }
 }
 

@@ -45,6 +45,7 @@ mod members;
 mod node;
 mod protocol;
 mod store;
+mod task;
 mod watch;
 
 use std::{
@@ -86,7 +87,7 @@ use self::{
     ledger::{Durable, Ledger},
     store::{Cap, Caps, Entry, Merged, Store},
 };
-use self::{protocol::run, watch::Lossy};
+use self::{task::run, watch::Lossy};
 pub use crate::config::StateConfig;
 
 /// Builds a [`StateMap`]: its name, this replica's node name and settings.

@@ -1,7 +1,7 @@
 //! The replicas' protocol: taking in what peers send (changes, repairs,
 //! digests, hellos, probes, asks, holds), answering catch-ups and repairing
-//! by anti-entropy with a few peers a round, presence, and the replica's
-//! task that runs it all. The payloads are in `codec.rs`, the merge in
+//! by anti-entropy with a few peers a round, and presence. The replica's
+//! task that runs it all, with its periodic work, is in `task.rs`. The payloads are in `codec.rs`, the merge in
 //! `store.rs`, who the members are in `members.rs`.
 
 #[allow(clippy::wildcard_imports)]
@@ -64,62 +64,6 @@ impl Shared {
 
     pub(super) fn lock_coverage(&self) -> MutexGuard<'_, super::coverage::Coverage> {
         self.coverage.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Ends a catch-up's part in the replica's coverage: a replica back
-    /// after more than the horizon drops what it held from before it went
-    /// that a peer covering its absence lacks; a replica that caught up
-    /// whole covers from the peer's `since`.
-    pub(super) fn settle_coverage(&self) {
-        let mut coverage = self.lock_coverage();
-        let peer_since = coverage.peer_since;
-        let Some(returning) = coverage.returning.take() else {
-            if let (true, Some(since)) = (coverage.whole, peer_since) {
-                coverage.since = coverage.since.min(since);
-            }
-            return;
-        };
-        drop(coverage);
-        if !returning.covered_by(peer_since) {
-            tracing::warn!(
-                map = %self.map,
-                "back after more than tombstone_horizon, and no peer that covers the absence \
-                 answered its catch-up: it keeps what it holds (a key deleted meanwhile comes \
-                 back if no other replica holds its delete)"
-            );
-            return;
-        }
-        let dropped: Vec<(String, Entry)> = {
-            let store = self.lock_store();
-            returning
-                .to_drop(peer_since, store.entries())
-                .into_iter()
-                .filter_map(|key| store.entry(&key).map(|e| (key, e.clone())))
-                .collect()
-        };
-        for (key, held) in &dropped {
-            let tombstone = Entry {
-                stamp: hlc::Stamp {
-                    logical: held.stamp.logical.saturating_add(1),
-                    ..held.stamp
-                },
-                value: None,
-                writer: self.node_name.clone(),
-            };
-            let _ = self.apply(key, tombstone, true, false);
-            self.refuse(Refusal::TooOld);
-        }
-        // Their tombstones are past the horizon: gone now, as elsewhere.
-        self.lock_store().collect(self.horizon());
-        if !dropped.is_empty() {
-            tracing::warn!(
-                map = %self.map,
-                dropped = dropped.len(),
-                "back after more than tombstone_horizon: entries held from before it went that \
-                 the peer it caught up from no longer holds (deleted meanwhile) were dropped \
-                 (counted too_old)"
-            );
-        }
     }
 
     /// Whether the write of `key` stamped `stamp` is refused as full for
@@ -379,20 +323,6 @@ impl Shared {
         if !self.goodbye.swap(true, Ordering::AcqRel) {
             self.keep_coverage(true);
             self.hello(true).await;
-        }
-    }
-
-    /// Writes the coverage file when due (`now`: at once), saying why not
-    /// if it cannot.
-    pub(super) fn keep_coverage(&self, now: bool) {
-        let heard = self.heard.load(Ordering::Relaxed);
-        // Without a ledger there is no file; once closed, what it wrote
-        // last stays.
-        let Some(records) = self.ledger.as_ref().and_then(|l| l.ledger().next_seq()) else {
-            return;
-        };
-        if let Err(error) = self.lock_coverage().keep(heard, records, now) {
-            tracing::warn!(map = %self.map, %error, "cannot write when this replica last heard its peers beside its ledger");
         }
     }
 
@@ -735,31 +665,11 @@ impl Shared {
 
     /// Whether `source` is the replica this one catches up from, while it
     /// does (the first to answer it is).
-    fn is_answerer(&self, source: &str) -> bool {
+    pub(super) fn is_answerer(&self, source: &str) -> bool {
         let mut answerer = self.answerer.lock().unwrap_or_else(|e| e.into_inner());
         let (name, until) = &mut *answerer;
         until.is_some_and(|until| Instant::now() < until)
             && *name.get_or_insert_with(|| SmolStr::new(source)) == source
-    }
-
-    /// Notes a repair chunk's keys for a replica back after more than the
-    /// horizon, if it comes from the replica it catches up from.
-    fn note_for_return(&self, source: &str, bucket: u8, entries: &[(String, Entry)], last: bool) {
-        if bucket == codec::OWN_KEYS || self.lock_coverage().returning.is_none() {
-            return;
-        }
-        if !self.is_answerer(source) {
-            return;
-        }
-        // A tombstone the peer still holds is a delete: its key is not
-        // held there.
-        let held = entries
-            .iter()
-            .filter(|(_, e)| e.value.is_some())
-            .map(|(k, _)| k.as_str());
-        if let Some(returning) = &mut self.lock_coverage().returning {
-            returning.received(bucket, held, last);
-        }
     }
 
     /// Handles one wave of the map's channels.
@@ -1121,137 +1031,6 @@ impl Shared {
     pub(super) fn own_fingerprint(&self) -> u64 {
         self.lock_store().owned_fingerprint(&self.node_name)
     }
-
-    /// At most one hello to all a quarter of a heartbeat, however often
-    /// this replica is said gone.
-    pub(super) fn may_hello_back(&self) -> bool {
-        let mut last = self
-            .last_hello_back
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if last.is_some_and(|t| now.duration_since(t) < self.config.heartbeat_interval / 4) {
-            return false;
-        }
-        *last = Some(now);
-        true
-    }
-
-    /// Whether to answer a digest of member `node` with repairs: once an
-    /// anti-entropy interval (half of one, so that a member's rounds are
-    /// all answered) at most.
-    pub(super) fn may_repair(&self, node: u64) -> bool {
-        let mut repaired = self.repaired_for.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let every = self.config.anti_entropy_interval / 2;
-        if repaired
-            .get(&node)
-            .is_some_and(|at| now.duration_since(*at) < every)
-        {
-            return false;
-        }
-        if repaired.len() >= members::MAX_MEMBERS {
-            repaired.retain(|_, at| now.duration_since(*at) < every);
-        }
-        repaired.insert(node, now);
-        true
-    }
-
-    /// At most one ask of an owner a heartbeat, and at most
-    /// [`ASKS_PER_FINGERPRINT`] for one fingerprint it advertises: an owner
-    /// that came back without some keys this replica still holds (they
-    /// stay, as a departed owner's do) is not asked forever.
-    pub(super) fn may_ask(&self, node: u64, advertised: u64) -> bool {
-        let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let heartbeat = self.config.heartbeat_interval;
-        let count = match asked.get(&node) {
-            Some((at, _, _)) if now.duration_since(*at) < heartbeat => return false,
-            Some((_, fingerprint, n)) if *fingerprint == advertised => {
-                if *n >= ASKS_PER_FINGERPRINT {
-                    return false;
-                }
-                n + 1
-            }
-            _ => 1,
-        };
-        if asked.len() >= 4096 {
-            asked.retain(|_, (at, _, _)| now.duration_since(*at) < heartbeat * 8);
-        }
-        asked.insert(node, (now, advertised, count));
-        true
-    }
-
-    /// The periodic work: presence, anti-entropy, tombstone collection.
-    pub(super) async fn tick(&self, heartbeat: bool, anti_entropy: bool) {
-        if heartbeat {
-            self.keep_coverage(false);
-            let (mut round, hello) = {
-                let mut members = self.lock_members();
-                let round = members.round(Instant::now(), self.config.presence_timeout);
-                (round, members.says_hello())
-            };
-            for (node, name) in round.gone {
-                self.tell(Some(Presence::Left(name.to_string())));
-                let gone = Message::Gone { node };
-                if let Err(error) = self.emit(self.channels.presence.clone(), gone).await {
-                    tracing::debug!(map = %self.map, %error, "could not say a member is gone");
-                }
-            }
-            if let Some(node) = round.probe
-                && self.digest_due.swap(false, Ordering::AcqRel)
-            {
-                let digest = Message::Digest {
-                    node: self.clock.node(),
-                    digest: Box::new(self.lock_store().digest()),
-                };
-                self.send_to(node, digest).await;
-            } else if let Some(node) = round.probe {
-                round.ping.push(node);
-            }
-            if !round.ping.is_empty() {
-                // One fingerprint for every ping of the round (a burst of
-                // newcomers checked at once may be thousands).
-                let owned = self.own_fingerprint();
-                for node in round.ping {
-                    let ping = Message::Ping {
-                        node: self.clock.node(),
-                        owned,
-                    };
-                    self.send_to(node, ping).await;
-                }
-            }
-            if hello {
-                self.hello(false).await;
-            }
-        }
-        if anti_entropy {
-            let collected = self.lock_store().collect(self.horizon());
-            self.counters
-                .collected
-                .fetch_add(collected as u64, Ordering::Relaxed);
-            self.writers.retain_recent();
-            self.chatter.retain_recent();
-            // The next probe carries the digest: a pull from the member
-            // probed, so that a difference anywhere reaches every replica
-            // in a number of rounds that grows with the logarithm of the
-            // map's replicas. Set to run more often than probes, it goes
-            // to a member at random at once.
-            let partner = if self.config.anti_entropy_interval >= self.config.heartbeat_interval {
-                self.digest_due.store(true, Ordering::Release);
-                None
-            } else {
-                self.lock_members().partner()
-            };
-            if let Some(node) = partner {
-                let digest = Message::Digest {
-                    node: self.clock.node(),
-                    digest: Box::new(self.lock_store().digest()),
-                };
-                self.send_to(node, digest).await;
-            }
-        }
-    }
 }
 
 /// At most one warning a minute of changes the ledger could not write.
@@ -1261,91 +1040,8 @@ const LEDGER_WARN_EVERY: Duration = Duration::from_secs(60);
 /// writer's hold) is not counted twice.
 const FULL_REMEMBERED: usize = 1024;
 
-/// Two wakes to send this close together: the writes are a stream.
-const STREAM_GAP: Duration = Duration::from_micros(200);
-
-/// How long a stream's writes are gathered into one message at a time.
-const GATHER: Duration = Duration::from_millis(1);
-
 /// Changes queued to send past which a writer sends them itself.
 const MAX_QUEUED_CHANGES: usize = 4 * codec::MAX_ENTRIES;
 
-/// The group the replicas ready to answer catch-ups are in (one answers).
-const CATCH_UP_GROUP: &str = "catchup";
 /// How often a catch-up asks again while a keeper opens the map.
 const OPENING_ASK_EVERY: Duration = Duration::from_millis(100);
-
-/// The replica's task: takes in the map's waves and does the periodic
-/// work, until the map is closed or dropped or the aether closes.
-pub(super) async fn run(
-    shared: Arc<Shared>,
-    mut vibrator: Vibrator,
-    answering_now: tokio::sync::oneshot::Sender<()>,
-) {
-    let mut answering_now = Some(answering_now);
-    let mut heartbeat = tokio::time::interval(shared.config.heartbeat_interval);
-    let mut anti_entropy = tokio::time::interval(shared.config.anti_entropy_interval);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    anti_entropy.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first ticks are at once: skip them (open says hello itself).
-    heartbeat.tick().await;
-    anti_entropy.tick().await;
-    let mut answering = false;
-    let mut last_wake: Option<tokio::time::Instant> = None;
-    let mut gather_until: Option<tokio::time::Instant> = None;
-    loop {
-        if shared.stopped.load(Ordering::Acquire) {
-            break;
-        }
-        tokio::select! {
-            _ = shared.ready.notified(), if !answering => {
-                answering = true;
-                // One replica of the group answers each catch-up.
-                let answers = vibrator.resonate_in_group(shared.channels.sync.clone(), CATCH_UP_GROUP);
-                if let Err(error) = answers.await {
-                    tracing::warn!(map = %shared.map, %error, "cannot answer catch-ups");
-                }
-                if let Some(tell) = answering_now.take() {
-                    let _ = tell.send(());
-                }
-            }
-            wave = vibrator.receive() => match wave {
-                Some(wave) => shared.handle(&vibrator, wave).await,
-                None => break,
-            },
-            _ = heartbeat.tick() => shared.tick(true, false).await,
-            _ = anti_entropy.tick() => shared.tick(false, true).await,
-            _ = shared.send_due.notified() => {
-                // Woken again within STREAM_GAP: a stream of writes. It is
-                // gathered for GATHER at a time while it lasts (writers do
-                // not wake the task meanwhile); a lone write leaves at once.
-                let now = tokio::time::Instant::now();
-                let streaming = last_wake.is_some_and(|at| now - at < STREAM_GAP);
-                last_wake = Some(now);
-                if streaming {
-                    shared.gathering.store(true, Ordering::Release);
-                    gather_until = Some(now + GATHER);
-                } else {
-                    shared.send_outgoing().await;
-                }
-            }
-            _ = tokio::time::sleep_until(gather_until.unwrap_or_else(tokio::time::Instant::now)), if gather_until.is_some() => {
-                if shared.send_outgoing().await > 1 {
-                    gather_until = Some(tokio::time::Instant::now() + GATHER);
-                } else {
-                    // The stream ended: what came after the last take
-                    // (with no wake) leaves now.
-                    shared.gathering.store(false, Ordering::Release);
-                    gather_until = None;
-                    shared.send_outgoing().await;
-                    last_wake = Some(tokio::time::Instant::now());
-                }
-            }
-            _ = shared.stop.notified() => {}
-        }
-    }
-    // Dropped without close: still send what was written and say goodbye,
-    // if the aether is open.
-    shared.send_outgoing().await;
-    shared.say_goodbye().await;
-}
