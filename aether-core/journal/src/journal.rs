@@ -3,7 +3,7 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::{BufReader, Write},
+    io::{BufReader, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -424,9 +424,12 @@ impl Journal {
         }
         let active = self.segments.last_mut().expect("an active segment");
         if let Err(error) = self.active.write_all(&self.buffer) {
-            // Cut the segment back to its last whole record and give the
-            // sequence numbers back.
+            // Cut the segment back to its last whole record (and the file's
+            // position with it: a new segment is not opened to append, and
+            // the next write must not leave a hole) and give the sequence
+            // numbers back.
             let _ = self.active.set_len(active.bytes);
+            let _ = self.active.seek(SeekFrom::Start(active.bytes));
             self.next_seq = active.base + active.records;
             self.buffer.clear();
             self.buffered_records = 0;

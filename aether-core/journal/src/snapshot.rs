@@ -69,9 +69,12 @@ pub(crate) fn write(dir: &Path, snapshot: &Snapshot) -> Result<(), JournalError>
     )
     .open(&temp)
     .map_err(|e| JournalError::io(&temp, e))?;
-    file.write_all(&bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| JournalError::io(&temp, e))?;
+    if let Err(error) = file.write_all(&bytes).and_then(|()| file.sync_all()) {
+        // A half-written copy would hold the space a full disk needs.
+        drop(file);
+        let _ = fs::remove_file(&temp);
+        return Err(JournalError::io(&temp, error));
+    }
     drop(file);
     fs::rename(&temp, &path).map_err(|e| JournalError::io(&path, e))?;
     sync_dir(dir)
