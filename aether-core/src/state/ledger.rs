@@ -256,11 +256,18 @@ impl Ledger {
         if self.snapshot_every > 0
             && (self.since_snapshot >= due || self.since_snapshot_bytes >= due_bytes)
         {
-            let all = codec::encode_all(store.entries().map(|(k, e)| (k.as_str(), e)));
-            let position = journal.write_snapshot(super::hlc::wall_ns() / 1_000_000, &all)?;
-            journal.compact_before(position)?;
+            // The record is held whatever becomes of the snapshot: a
+            // snapshot that fails (a full disk) is tried again after as
+            // many records more, and the change is not appended again.
             self.since_snapshot = 0;
             self.since_snapshot_bytes = 0;
+            let all = codec::encode_all(store.entries().map(|(k, e)| (k.as_str(), e)));
+            let snapshot = journal
+                .write_snapshot(super::hlc::wall_ns() / 1_000_000, &all)
+                .and_then(|position| journal.compact_before(position));
+            if let Err(error) = snapshot {
+                tracing::warn!(%error, "a map's snapshot was not written; its ledger grows until one is");
+            }
         }
         Ok(seq)
     }
@@ -383,5 +390,49 @@ impl Durable {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use smol_str::SmolStr;
+
+    use super::*;
+    use crate::state::hlc::Stamp;
+
+    /// A snapshot that cannot be written (here its temporary file's name
+    /// is taken by a directory, as a full disk fails it) leaves the record
+    /// written held: the change is not appended again, and the ledger
+    /// reads back each change once.
+    #[test]
+    fn a_failed_snapshot_leaves_the_record_held_and_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_key_bytes: 256,
+            max_value_bytes: 1024,
+        };
+        let (mut ledger, mut store, _) = Ledger::open(dir.path(), &limits, 4).unwrap();
+        std::fs::create_dir(dir.path().join(aether_journal::SNAPSHOT_TEMP_FILE)).unwrap();
+        for n in 0..20u64 {
+            let key = format!("k{n}");
+            let entry = Entry {
+                stamp: Stamp {
+                    physical_ns: 1_000_000 * (n + 1),
+                    logical: 0,
+                    node: 1,
+                },
+                value: Some(Bytes::from(vec![b'v'; 100])),
+                writer: SmolStr::new("w"),
+            };
+            store.merge(&key, entry.clone());
+            ledger.append(&key, &entry, &store).unwrap();
+        }
+        assert_eq!(ledger.unlogged(), 0);
+        assert_eq!(ledger.next_seq(), Some(20), "each change written once");
+        ledger.close();
+        std::fs::remove_dir(dir.path().join(aether_journal::SNAPSHOT_TEMP_FILE)).unwrap();
+        let (_, again, skipped) = Ledger::open(dir.path(), &limits, 4).unwrap();
+        assert_eq!((again.len(), skipped), (20, 0));
     }
 }
