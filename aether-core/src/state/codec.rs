@@ -38,6 +38,9 @@ pub(crate) const MAX_ENTRIES: usize = 4096;
 const NO_BUCKET: u8 = 0xFF;
 /// Not a bucket of the digest: the sender's own node-owned keys.
 pub(crate) const OWN_KEYS: u8 = 0xFE;
+/// In a [`Message::Sync`]'s buckets, no bucket: the answering replica
+/// refused writes as full and lacks some of the bus's state.
+pub(crate) const LACKS_WRITES: u8 = 0xFD;
 
 /// One message of a map's replicas.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -322,7 +325,7 @@ impl Message {
                 let buckets = take(b, count)?.to_vec();
                 if buckets
                     .iter()
-                    .any(|&x| usize::from(x) >= BUCKETS && x != OWN_KEYS)
+                    .any(|&x| usize::from(x) >= BUCKETS && x != OWN_KEYS && x != LACKS_WRITES)
                 {
                     return Err(DecodeError("no such bucket"));
                 }
@@ -570,7 +573,14 @@ mod tests {
             any::<u64>().prop_map(|node| Message::Ask { node }),
             (
                 any::<u64>(),
-                prop::collection::vec(0u8..BUCKETS as u8, 0..64)
+                prop::collection::vec(
+                    prop_oneof![
+                        6 => 0u8..BUCKETS as u8,
+                        1 => Just(OWN_KEYS),
+                        1 => Just(LACKS_WRITES)
+                    ],
+                    0..64
+                )
             )
                 .prop_map(|(node, buckets)| Message::Sync { node, buckets }),
             (

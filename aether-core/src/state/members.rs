@@ -302,6 +302,11 @@ impl Members {
         }
     }
 
+    /// Whether the live member `node` keeps the map for others.
+    pub(super) fn is_keeper(&self, node: u64) -> bool {
+        self.keepers.contains(&node) && self.live.contains_key(&node)
+    }
+
     /// Whether a live member keeps the map for others.
     pub(super) fn knows_keeper(&self) -> bool {
         self.keepers.iter().any(|node| self.live.contains_key(node))

@@ -228,8 +228,9 @@ struct Shared {
     keeper: bool,
     /// It acknowledges others' holds ([`StateMapBuilder::acknowledges`]).
     acknowledges: bool,
-    /// Writes refused as full lately, counted once.
-    full_refused: Mutex<HashSet<(SmolStr, hlc::Stamp)>>,
+    /// Writes refused as full lately: counted once, and while one is not
+    /// held it answers catch-ups as a replica that lacks writes.
+    full_refused: Mutex<protocol::FullRefused>,
     /// When it last warned that its ledger could not write a change.
     ledger_warned: Mutex<Option<Instant>>,
     /// The values it takes from others ([`StateMapBuilder::values`]).
@@ -286,10 +287,10 @@ struct Shared {
     goodbye: AtomicBool,
     /// An anti-entropy round is due: the next probe carries the digest.
     digest_due: AtomicBool,
-    /// Who gives this replica members, and until when: the replica it
-    /// caught up from (the first roster's sender, or the answer's), within
+    /// Who gives this replica members, and until when: the replicas it
+    /// caught up from (the first roster's sender, or the answers'), within
     /// twice `ready_timeout` of the catch-up.
-    answerer: Mutex<(Option<SmolStr>, Option<Instant>)>,
+    answerer: Mutex<(Vec<SmolStr>, Option<Instant>)>,
     /// A keeper said it is opening this map from its disk
     /// ([`codec::HELD_OPENING`]): the catch-up asks until it answers.
     keeper_opening: AtomicBool,
@@ -552,7 +553,7 @@ impl StateMap {
             store: Mutex::new(store),
             ledger,
             acknowledges,
-            full_refused: Mutex::new(HashSet::new()),
+            full_refused: Mutex::default(),
             ledger_warned: Mutex::new(None),
             coverage: Mutex::new(coverage),
             heard,
@@ -588,7 +589,7 @@ impl StateMap {
             stopped: AtomicBool::new(false),
             goodbye: AtomicBool::new(false),
             digest_due: AtomicBool::new(false),
-            answerer: Mutex::new((None, None)),
+            answerer: Mutex::new((Vec::new(), None)),
             keeper_opening: AtomicBool::new(false),
             repaired_for: Mutex::new(HashMap::new()),
             stop: Notify::new(),

@@ -68,12 +68,38 @@ impl Shared {
 
     /// Whether the write of `key` stamped `stamp` is refused as full for
     /// the first time here (the last [`FULL_REMEMBERED`] are remembered).
+    /// From then on the replica's state lacks a write of the bus: it covers
+    /// from now at the earliest.
     fn first_full(&self, key: &str, stamp: hlc::Stamp) -> bool {
         let mut refused = self.full_refused.lock().unwrap_or_else(|e| e.into_inner());
-        if refused.len() >= FULL_REMEMBERED {
-            refused.clear();
+        if refused.seen.len() >= FULL_REMEMBERED {
+            refused.seen.clear();
+            refused.forgot = true;
         }
-        refused.insert((SmolStr::new(key), stamp))
+        let first = refused.seen.insert((SmolStr::new(key), stamp));
+        drop(refused);
+        if first {
+            let mut coverage = self.lock_coverage();
+            coverage.since = coverage.since.max(self.clock.wall());
+        }
+        first
+    }
+
+    /// Whether this replica lacks a write it refused as full (it holds
+    /// neither it nor a later write of its key), or may (it forgot some).
+    pub(super) fn lacks_refused(&self) -> bool {
+        let refused = self.full_refused.lock().unwrap_or_else(|e| e.into_inner());
+        if refused.forgot {
+            return true;
+        }
+        if refused.seen.is_empty() {
+            return false;
+        }
+        let store = self.lock_store();
+        refused
+            .seen
+            .iter()
+            .any(|(key, stamp)| store.entry(key).is_none_or(|held| held.stamp < *stamp))
     }
 
     pub(super) fn refuse(&self, reason: Refusal) {
@@ -110,22 +136,129 @@ impl Shared {
             .map(|_| ())
     }
 
-    /// Says goodbye to the peers, once.
     /// Asks a live peer for what this replica lacks and waits (up to
-    /// `ready_timeout`) until it came. Alone on the bus: ready at once.
+    /// `ready_timeout`) until it came. Alone on the bus: ready at once. A
+    /// peer that says it lacks writes it refused as full is taken, and
+    /// another member asked directly (up to [`LACKING_ASKS`]): it may hold
+    /// them.
     pub(super) async fn catch_up(&self) {
         let timeout = self.config.ready_timeout;
-        let request = Wave::new(
-            self.channels.sync.clone(),
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.answerer.lock().unwrap_or_else(|e| e.into_inner()).1 =
+            Some(Instant::now() + timeout * 2);
+        // Members that answered as lacking writes, or not at all.
+        let mut lacking: Vec<u64> = Vec::new();
+        let mut member = None;
+        loop {
+            let reply = match member {
+                None => self.ask_sync(deadline).await,
+                Some(node) => self.ask_member(node, deadline).await,
+            };
+            let Some(reply) = reply else {
+                if let Some(node) = member {
+                    // Gone meanwhile: the next one.
+                    lacking.push(node);
+                    member = self.next_member(&lacking);
+                    if member.is_some() && lacking.len() <= LACKING_ASKS {
+                        continue;
+                    }
+                }
+                return;
+            };
+            let Ok(Message::Sync { node, mut buckets }) =
+                Message::decode(reply.payload_bytes().clone(), &self.limits)
+            else {
+                self.refuse(Refusal::Malformed);
+                return;
+            };
+            let lacks = buckets.contains(&codec::LACKS_WRITES);
+            buckets.retain(|&b| b != codec::LACKS_WRITES);
+            if let Some(source) = reply.source() {
+                let mut answerer = self.answerer.lock().unwrap_or_else(|e| e.into_inner());
+                if !answerer.0.iter().any(|name| name == source) {
+                    answerer.0.push(SmolStr::new(source));
+                }
+            }
+            // (All of them may have come before the answer.)
+            let waits = await_buckets(&mut self.lock_pending(), node, buckets);
+            let whole = !waits
+                || loop {
+                    let notified = self.synced.notified();
+                    if self
+                        .lock_pending()
+                        .as_ref()
+                        .is_none_or(|(_, b)| b.is_empty())
+                    {
+                        break true;
+                    }
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        tracing::warn!(map = %self.map, "a peer's state did not all come within ready_timeout; anti-entropy brings the rest");
+                        break false;
+                    }
+                };
+            *self.lock_pending() = None;
+            if lacks && whole && lacking.len() < LACKING_ASKS {
+                // Another member it knows (the one that answered said its
+                // roster first), or the group again.
+                lacking.push(node);
+                member = self.next_member(&lacking);
+                // What a returning replica drops is judged by one peer.
+                if let Some(returning) = &mut self.lock_coverage().returning {
+                    returning.received.clear();
+                }
+                continue;
+            }
+            if lacks {
+                tracing::info!(map = %self.map, "caught up from a replica that refused writes as full, and no other answered; anti-entropy brings what others hold");
+            }
+            self.lock_coverage().whole = whole && !lacks;
+            return;
+        }
+    }
+
+    /// A member this replica knows, not among `asked` (keepers first).
+    fn next_member(&self, asked: &[u64]) -> Option<u64> {
+        let members = self.lock_members();
+        let known: Vec<u64> = members
+            .roster()
+            .into_iter()
+            .map(|(node, _)| node)
+            .filter(|node| !asked.contains(node))
+            .collect();
+        known
+            .iter()
+            .copied()
+            .find(|&node| members.is_keeper(node))
+            .or(known.first().copied())
+    }
+
+    /// A catch-up request, the same as to the map's group, to one member
+    /// (on its repair channel): its answer, if it came in time.
+    async fn ask_member(&self, node: u64, deadline: tokio::time::Instant) -> Option<Wave> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.emitter
+            .request_on(self.digest_wave(self.channels.repair_of(node)), left)
+            .await
+            .ok()
+    }
+
+    /// This replica's digest, to `channel`.
+    fn digest_wave(&self, channel: Channel) -> Wave {
+        Wave::new(
+            channel,
             Message::Digest {
                 node: self.clock.node(),
                 digest: Box::new(self.lock_store().digest()),
             }
             .encode(),
-        );
-        let deadline = tokio::time::Instant::now() + timeout;
-        self.answerer.lock().unwrap_or_else(|e| e.into_inner()).1 =
-            Some(Instant::now() + timeout * 2);
+        )
+    }
+
+    /// One catch-up request, asked again while no answer comes: the
+    /// answer, or none (alone on the bus, or none came in time).
+    async fn ask_sync(&self, deadline: tokio::time::Instant) -> Option<Wave> {
+        let timeout = self.config.ready_timeout;
+        let request = self.digest_wave(self.channels.sync.clone());
         // Asked again every eighth of the time while no answer came (six
         // more asks at most), each ask still awaited to the deadline (the
         // first answer is taken): the group member asked may be gone or
@@ -150,10 +283,10 @@ impl Shared {
         } else {
             &[]
         };
-        let reply = loop {
+        loop {
             tokio::select! {
                 answer = futures_util::StreamExt::next(&mut asks), if !asks.is_empty() => match answer {
-                    Some(Ok(reply)) => break reply,
+                    Some(Ok(reply)) => break Some(reply),
                     Some(Err(e)) if e.kind() == RequestErrorKind::NoResponders => {
                         let pause = match quiet.split_first() {
                             Some((pause, rest)) => {
@@ -163,12 +296,12 @@ impl Shared {
                             // A keeper opening the map from its disk answers
                             // in a moment: asked until the deadline.
                             None if self.keeper_opening.load(Ordering::Acquire) => OPENING_ASK_EVERY,
-                            None => return,
+                            None => return None,
                         };
                         let at = tokio::time::Instant::now() + pause;
                         if at >= deadline {
                             tracing::warn!(map = %self.map, "a keeper opening the map did not answer within ready_timeout; going on with what this replica has");
-                            return;
+                            return None;
                         }
                         tokio::time::sleep_until(at).await;
                         asks.push(ask());
@@ -182,7 +315,7 @@ impl Shared {
                         } else {
                             tracing::warn!(map = %self.map, error = %e, "no peer gave its state; going on with what this replica has");
                         }
-                        return;
+                        return None;
                     }
                     None => {}
                 },
@@ -191,40 +324,7 @@ impl Shared {
                     next = again.next().map(|at| tokio::time::Instant::now() + at);
                 }
             }
-        };
-        drop(asks);
-        let Ok(Message::Sync { node, buckets }) =
-            Message::decode(reply.payload_bytes().clone(), &self.limits)
-        else {
-            self.refuse(Refusal::Malformed);
-            return;
-        };
-        if let Some(source) = reply.source() {
-            self.answerer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .0
-                .get_or_insert_with(|| SmolStr::new(source));
         }
-        if !await_buckets(&mut self.lock_pending(), node, buckets) {
-            return;
-        }
-        let whole = loop {
-            let notified = self.synced.notified();
-            if self
-                .lock_pending()
-                .as_ref()
-                .is_none_or(|(_, b)| b.is_empty())
-            {
-                break true;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                tracing::warn!(map = %self.map, "a peer's state did not all come within ready_timeout; anti-entropy brings the rest");
-                break false;
-            }
-        };
-        *self.lock_pending() = None;
-        self.lock_coverage().whole = whole;
     }
 
     /// Queues a change of this replica's for its task to send.
@@ -667,9 +767,14 @@ impl Shared {
     /// does (the first to answer it is).
     pub(super) fn is_answerer(&self, source: &str) -> bool {
         let mut answerer = self.answerer.lock().unwrap_or_else(|e| e.into_inner());
-        let (name, until) = &mut *answerer;
-        until.is_some_and(|until| Instant::now() < until)
-            && *name.get_or_insert_with(|| SmolStr::new(source)) == source
+        let (names, until) = &mut *answerer;
+        if !until.is_some_and(|until| Instant::now() < until) {
+            return false;
+        }
+        if names.is_empty() {
+            names.push(SmolStr::new(source));
+        }
+        names.iter().any(|name| name == source)
     }
 
     /// Handles one wave of the map's channels.
@@ -778,7 +883,12 @@ impl Shared {
                     .into_iter()
                     .map(|b| b as u8)
                     .collect();
-                if *channel == self.channels.sync {
+                // A catch-up comes to the map's group, or (asked again
+                // after a replica that lacks writes) to this replica's
+                // repair channel as a request.
+                let catch_up = *channel == self.channels.sync
+                    || (*channel == self.channels.repair && wave.reply_to().is_some());
+                if catch_up {
                     // A catch-up: the answer lists the buckets that follow,
                     // and this replica's own keys (only it may send them)
                     // as one more.
@@ -786,6 +896,13 @@ impl Shared {
                     let mut listed = differing.clone();
                     if own {
                         listed.push(codec::OWN_KEYS);
+                    }
+                    // A replica that refused writes as full says so: the
+                    // asker takes what it has and asks another (one of
+                    // the members it says first).
+                    let lacks = self.lacks_refused();
+                    if lacks {
+                        listed.push(codec::LACKS_WRITES);
                     }
                     let answer = Message::Sync {
                         node: self.clock.node(),
@@ -801,6 +918,9 @@ impl Shared {
                         since: self.lock_coverage().since,
                     };
                     self.send_to(node, covers).await;
+                    if lacks {
+                        self.send_roster(node).await;
+                    }
                 } else if *channel != self.channels.repair {
                     self.refuse(Refusal::Malformed);
                     return;
@@ -829,7 +949,7 @@ impl Shared {
                 if !differing.is_empty() {
                     self.send_buckets(node, &differing).await;
                 }
-                if *channel == self.channels.sync {
+                if catch_up {
                     self.send_own_keys(node).await;
                     self.send_roster(node).await;
                 }
@@ -1040,8 +1160,20 @@ const LEDGER_WARN_EVERY: Duration = Duration::from_secs(60);
 /// writer's hold) is not counted twice.
 const FULL_REMEMBERED: usize = 1024;
 
+/// The writes a replica refused as full, lately.
+#[derive(Debug, Default)]
+pub(super) struct FullRefused {
+    seen: HashSet<(SmolStr, hlc::Stamp)>,
+    /// More than [`FULL_REMEMBERED`] came: some refused are not listed.
+    forgot: bool,
+}
+
 /// Changes queued to send past which a writer sends them itself.
 const MAX_QUEUED_CHANGES: usize = 4 * codec::MAX_ENTRIES;
+
+/// Replicas asked again by a catch-up whose answer came from one that
+/// lacks writes it refused as full.
+const LACKING_ASKS: usize = 3;
 
 /// How often a catch-up asks again while a keeper opens the map.
 const OPENING_ASK_EVERY: Duration = Duration::from_millis(100);

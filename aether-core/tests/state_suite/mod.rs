@@ -804,10 +804,69 @@ pub async fn a_full_keeper_refuses_with_its_reason_and_keeps_running(m: &dyn Bus
     .expect("bounded");
 }
 
+/// Two keepers, one of them full: a write the full one refused is held by
+/// the other, and a replica that opens later has it whichever keeper its
+/// catch-up asked first (the full one says it lacks writes, and the
+/// replica asks another).
+pub async fn a_late_replica_has_a_write_a_full_keeper_refused(m: &dyn Bus) {
+    timeout(LIMIT, async {
+        let (full_dir, roomy_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut config = StateConfig {
+            dir: Some(full_dir.path().into()),
+            max_keys: 1,
+            ..fast()
+        };
+        config.keeper.maps = vec!["*".into()];
+        let full = Keeper::start_with(&m.aether().await, "full", config)
+            .await
+            .unwrap();
+        let mut config = StateConfig {
+            dir: Some(roomy_dir.path().into()),
+            ..fast()
+        };
+        config.keeper.maps = vec!["*".into()];
+        let roomy = Keeper::start_with(&m.aether().await, "roomy", config)
+            .await
+            .unwrap();
+        let writer = open(&m.aether().await, "writer").await;
+        writer.set("first", "1").await.unwrap();
+        until("both keepers keep the map", || {
+            full.map("home").is_some_and(|m| m.get("first").is_some())
+                && roomy.map("home").is_some_and(|m| m.get("first").is_some())
+        })
+        .await;
+        writer.set("second", "2").await.unwrap();
+        until("the roomy keeper holds the second write", || {
+            roomy.map("home").unwrap().get("second").is_some()
+        })
+        .await;
+        let refused = full.map("home").unwrap();
+        until("the full keeper refused the second write", || {
+            refused.stats().refused(Refusal::Full) >= 1
+        })
+        .await;
+        assert!(refused.get("second").is_none());
+        writer.close().await;
+        for n in 0..6 {
+            let late = open(&m.aether().await, &format!("late-{n}")).await;
+            assert_eq!(
+                late.get("second").as_deref(),
+                Some(&b"2"[..]),
+                "late replica {n} lacks the write the full keeper refused"
+            );
+            late.close().await;
+        }
+        full.close().await;
+        roomy.close().await;
+    })
+    .await
+    .expect("bounded");
+}
+
 #[macro_export]
 macro_rules! state_suite {
     ($factory:expr) => {
-        $crate::state_suite!(@cases $factory; a_write_is_seen_here_at_once_and_by_every_replica_soon, a_late_replica_has_the_whole_state_when_open_returns, a_replica_closed_just_before_a_late_one_opens_leaves_the_answering_to_others, watchers_get_each_change_with_old_and_new_values_and_losers_hear_superseded, concurrent_writes_of_one_key_settle_on_the_same_value_everywhere, changes_a_replica_missed_are_repaired_by_anti_entropy, bad_writes_are_typed_errors_and_change_nothing, nodes_own_their_keys_and_see_who_is_there, writes_stamped_elsewhere_merge_by_the_same_rules, watch_streams_each_key_in_stamp_order_under_concurrent_writers, a_flush_waits_for_another_replica_and_says_when_none_holds_the_writes, a_keeper_holds_a_map_its_writers_left_and_again_after_its_restart, a_full_keeper_refuses_with_its_reason_and_keeps_running);
+        $crate::state_suite!(@cases $factory; a_write_is_seen_here_at_once_and_by_every_replica_soon, a_late_replica_has_the_whole_state_when_open_returns, a_replica_closed_just_before_a_late_one_opens_leaves_the_answering_to_others, watchers_get_each_change_with_old_and_new_values_and_losers_hear_superseded, concurrent_writes_of_one_key_settle_on_the_same_value_everywhere, changes_a_replica_missed_are_repaired_by_anti_entropy, bad_writes_are_typed_errors_and_change_nothing, nodes_own_their_keys_and_see_who_is_there, writes_stamped_elsewhere_merge_by_the_same_rules, watch_streams_each_key_in_stamp_order_under_concurrent_writers, a_flush_waits_for_another_replica_and_says_when_none_holds_the_writes, a_keeper_holds_a_map_its_writers_left_and_again_after_its_restart, a_full_keeper_refuses_with_its_reason_and_keeps_running, a_late_replica_has_a_write_a_full_keeper_refused);
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(
