@@ -431,6 +431,12 @@ async fn one_shot_commands_at_once_on_a_full_disk_are_held_by_the_keeper_alone()
         .filter(|p| p.ends_with("damaged"))
         .collect::<Vec<_>>();
     assert!(damaged.is_empty(), "{damaged:?}");
+    // Nor a directory to open again at the next start.
+    assert!(
+        !dir.join("late").exists(),
+        "{:?}",
+        walkdir(&dir.join("late"))
+    );
     keeping.kill().await.unwrap();
     keeping = keeper(&url, &dir, "keeper", &[]).await;
     let mut lost = Vec::new();

@@ -328,6 +328,18 @@ impl std::fmt::Debug for Keeper {
     }
 }
 
+/// Whether a map's directory holds no record: only its lock and empty
+/// files.
+fn holds_nothing(dir: &std::path::Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().all(|entry| {
+        entry.file_name() == aether_journal::LOCK_FILE
+            || entry.metadata().is_ok_and(|m| m.is_file() && m.len() == 0)
+    })
+}
+
 /// The maps `dir` holds that `config`'s patterns name.
 fn kept_in(dir: &std::path::Path, config: &StateConfig) -> BTreeSet<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -546,6 +558,13 @@ impl Inner {
                 self.failed_maps.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(keeper = %self.name, map, %error, "cannot keep map");
                 failed = true;
+                // A map first written while the disk was full left a
+                // directory that holds nothing: not opened again at every
+                // start.
+                let dir = self.dir.join(&map);
+                if holds_nothing(&dir) {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
             }
         }
         let holds = {
