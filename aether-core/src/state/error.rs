@@ -28,7 +28,8 @@ pub enum StateErrorKind {
     /// (the medium refused the last send); anti-entropy sends them when it
     /// can.
     Medium,
-    /// The state directory's ledger cannot be opened or read.
+    /// A ledger could not be opened, read or written: this replica's state
+    /// directory, or (a flush's) a keeper's disk, full or failing.
     Ledger,
     /// A write stamped elsewhere ([`StateMap::merge`]) is stamped more than
     /// `max_drift` ahead of this replica's clock, or before the tombstone
@@ -54,7 +55,7 @@ impl fmt::Display for StateErrorKind {
             StateErrorKind::Config => "invalid state settings",
             StateErrorKind::Closed => "closed",
             StateErrorKind::Medium => "not sent",
-            StateErrorKind::Ledger => "state directory unusable",
+            StateErrorKind::Ledger => "ledger failed",
             StateErrorKind::Stamp => "stamp out of range",
             StateErrorKind::Full => "map full",
             StateErrorKind::NotHeld => "not acknowledged",

@@ -7,8 +7,10 @@
 //! that hears it merges the entries as live changes (the same checks) and
 //! answers [`Message::Held`] on the writer's repair channel once they are
 //! applied, and written to its ledger when it has one. A replica that
-//! refuses one (its map is full, a stamp out of range) says why, and the
-//! flush fails with that reason.
+//! refuses one (its map is full, a stamp out of range) says why; the flush
+//! fails with that reason once the members that have not answered could
+//! no longer make up what it waits for (another keeper with room may hold
+//! what a full one refused), or at its deadline.
 
 use std::{
     collections::HashMap,
@@ -111,8 +113,10 @@ impl StateMap {
     /// write this replica made that none acknowledged yet, up to `timeout`:
     /// `NotHeld` if none said so in time (the writes stay here and spread
     /// as usual; a later flush sends them again). A replica that refuses a
-    /// write fails it with its reason (`Full` when its map is full);
-    /// `Closed` on a closed map.
+    /// write fails it with its reason (`Full` when its map is full) once
+    /// the members that have not answered could not make up for it (a
+    /// second keeper with room holds what a full one refused), or at the
+    /// deadline; `Closed` on a closed map.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -299,6 +303,7 @@ impl Shared {
             entries: entries.to_vec(),
         };
         let mut held: HashMap<u64, Ack> = HashMap::new();
+        let mut refused: HashMap<u64, Ack> = HashMap::new();
         let send = || async {
             if let Err(error) = self.emit(self.channels.hold.clone(), message.clone()).await {
                 tracing::debug!(map = %self.map, %error, "could not send a hold");
@@ -317,18 +322,53 @@ impl Shared {
                 ack = acks.recv() => {
                     let Some((node, ack)) = ack else { continue };
                     if ack.refused != HELD_ALL {
-                        return Err(self.refused_by(&ack, writes));
+                        if held.contains_key(&node) {
+                            continue;
+                        }
+                        let first = refused.is_empty();
+                        refused.entry(node).or_insert(ack.clone());
+                        if !self.may_yet_hold(want, &held, &refused) {
+                            return Err(self.refused_by(&ack, writes));
+                        }
+                        if first {
+                            tracing::debug!(map = %self.map, refused_by = %ack.name, "a replica refused a hold; waiting for the others");
+                        }
+                        continue;
                     }
+                    refused.remove(&node);
                     held.insert(node, ack);
                     if want.met(&held) {
                         return Ok(held);
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
+                    if let Some(ack) = refused.values().next() {
+                        return Err(self.refused_by(ack, writes));
+                    }
                     return Err(self.not_held(want, &held, writes, timeout));
                 }
             }
         }
+    }
+
+    /// Whether the members that have answered neither way could still
+    /// make up `want` with those that held the writes.
+    fn may_yet_hold(
+        &self,
+        want: HeldBy,
+        held: &HashMap<u64, Ack>,
+        refused: &HashMap<u64, Ack>,
+    ) -> bool {
+        let members = self.lock_members();
+        let open: Vec<u64> = members
+            .roster()
+            .into_iter()
+            .map(|(node, _)| node)
+            .filter(|node| !held.contains_key(node) && !refused.contains_key(node))
+            .collect();
+        let open_keepers = open.iter().filter(|&&node| members.is_keeper(node)).count();
+        let held_keepers = held.values().filter(|a| a.keeper).count();
+        held.len() + open.len() >= want.replicas && held_keepers + open_keepers >= want.keepers
     }
 
     fn refused_by(&self, ack: &Ack, writes: usize) -> StateError {
