@@ -33,7 +33,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 pub use crate::wave::clock::{ClockStatus, bus_now as now, status};
 use crate::{
     Aether, Channel, RequestErrorKind, Vibrator, Wave,
-    wave::clock::{offset, set_offset, status_cell, system_unix_nanos, take_jump},
+    wave::clock::{
+        offset, set_offset, status_cell, steps, system_unix_nanos, take_jump, unmeasured,
+    },
 };
 
 /// The request one source answers.
@@ -245,12 +247,14 @@ struct Measurer {
 
 impl Measurer {
     async fn measure(&mut self) {
+        let steps = steps();
         let exchanges = self.exchanges().await;
         let settled = settle(&exchanges, self.own.as_deref(), self.follow.as_deref());
         let mut status = status_cell().lock().unwrap_or_else(|e| e.into_inner());
         status.measurements += 1;
         let Some((offset_ns, uncertainty_ns, sources)) = settled else {
             status.sources = 0;
+            unmeasured();
             if let Some(follow) = &self.follow
                 && !exchanges.is_empty()
             {
@@ -263,7 +267,10 @@ impl Measurer {
             return;
         };
         let before = offset();
-        set_offset(offset_ns);
+        if !set_offset(offset_ns, steps) {
+            // The system clock stepped while it measured: again at once.
+            return;
+        }
         status.sources = sources;
         status.uncertainty_ns = uncertainty_ns;
         self.known = sources.saturating_sub(usize::from(self.own.is_some()));

@@ -5,6 +5,7 @@ every other's writes."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -75,5 +76,103 @@ def test_scripts_hours_apart_read_each_others_writes(nats: NatsServer, tmp_path:
         assert got.returncode == 0, got.stderr
         assert json.loads(got.stdout) == "day"
     finally:
+        keeper.terminate()
+        keeper.wait(10)
+
+
+# A script whose machine's clock is stepped an hour forward while it runs
+# (NTP arriving late): it writes every 50 ms, each write held by the keeper
+# (`acked`), before, across and after the step.
+JUMPER = """
+import aether, json, select, sys
+bus = aether.connect(sys.argv[1], name="jumper")
+clk = bus.map("clk", node="jumper", acked=5.0)
+print(json.dumps(bus.clock()), flush=True)
+for n in range(int(sys.argv[2])):
+    clk["jumper"] = n
+    if n == 20:
+        print("stepping", flush=True)
+        sys.stdin.readline()
+    # (libfaketime's monotonic clock left alone fails time.sleep)
+    select.select([], [], [], 0.05)
+print(json.dumps(bus.clock()), flush=True)
+bus.close()
+"""
+
+
+@pytest.mark.skipif(FAKETIME is None, reason="faketime is not installed (apt-get install faketime)")
+def test_a_script_whose_clock_is_stepped_while_it_runs_keeps_the_bus_order(
+    nats: NatsServer, tmp_path: Path
+) -> None:
+    keeper = subprocess.Popen(
+        [program("aether"), "--nats", nats.url, "keep", "--dir", str(tmp_path / "keep"), "--name", "keeper"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    jumper = None
+    try:
+        assert keeper.stderr is not None
+        for _ in range(50):
+            line = keeper.stderr.readline()
+            if not line or "keeping maps" in line:
+                break
+        assert "keeping maps" in line, line
+        rc = tmp_path / "faketime.rc"
+        rc.write_text("+0\n")
+        env = dict(
+            os.environ,
+            LD_PRELOAD="/usr/$LIB/faketime/libfaketime.so.1",
+            FAKETIME_TIMESTAMP_FILE=str(rc),
+            FAKETIME_NO_CACHE="1",
+            # A step moves the wall clock alone, as NTP's does.
+            FAKETIME_DONT_FAKE_MONOTONIC="1",
+        )
+        env.pop("FAKETIME", None)
+        jumper = subprocess.Popen(
+            [sys.executable, "-c", JUMPER, nats.url, "60"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert jumper.stdout is not None and jumper.stdin is not None
+        before = json.loads(jumper.stdout.readline())
+        assert before["sources"] >= 1 and abs(before["offset_ms"]) < 1000, before
+        if jumper.stdout.readline().strip() != "stepping":
+            jumper.kill()
+            pytest.fail(f"the script ended before the step: {jumper.communicate()[1]}")
+        rc.write_text("+1h\n")
+        jumper.stdin.write("\n")
+        jumper.stdin.flush()
+        out, err = jumper.communicate(timeout=60)
+        # Every write held, across the step: none stamped an hour ahead
+        # (the keeper refuses those as from the future).
+        assert jumper.returncode == 0, err
+        after = json.loads(out.strip().splitlines()[-1])
+        # It follows the bus: its clock is an hour ahead of it now.
+        assert abs(after["offset_ms"] / 1000.0 + 3600.0) < 1.0, after
+        # A write made later by the bus's clock, on a good clock, wins over
+        # the stepped script's last.
+        done = run(
+            [sys.executable, "-c", "import aether\n"
+             f"bus = aether.connect({nats.url!r}, name='later')\n"
+             "clk = bus.map('clk', node='later', acked=5.0)\n"
+             "clk['jumper'] = 'later'\n"
+             "bus.close()\n"]
+        )
+        assert done.returncode == 0, done.stderr
+        got = run(
+            [sys.executable, "-c", "import aether, json\n"
+             f"bus = aether.connect({nats.url!r}, name='reader')\n"
+             "print(json.dumps(bus.map('clk', node='reader')['jumper']))\n"
+             "bus.close()\n"]
+        )
+        assert got.returncode == 0, got.stderr
+        assert json.loads(got.stdout) == "later"
+    finally:
+        if jumper is not None and jumper.poll() is None:
+            jumper.kill()
         keeper.terminate()
         keeper.wait(10)

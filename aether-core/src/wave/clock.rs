@@ -14,13 +14,17 @@
 //! What it reads is the bus's time: the system clock plus this process's
 //! offset from the bus ([`crate::bustime`] measures it; 0 until then). A
 //! step of the system clock of more than [`JUMP_NS`] seen at a reanchor is
-//! noted, for the offset to be measured again at once.
+//! noted, for the offset to be measured again at once; while the offset
+//! follows the bus's sources, the step is taken out of it at once (and
+//! every thread anchors again), so the bus's time goes on as it was: a
+//! machine whose clock is stepped (NTP arriving late, a clock set by
+//! hand) neither stamps ahead of the bus nor goes back.
 
 use std::{
     cell::Cell,
     sync::{
         Mutex, OnceLock,
-        atomic::{AtomicBool, AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -32,13 +36,45 @@ static OFFSET_NS: AtomicI64 = AtomicI64::new(0);
 /// The system clock stepped since the offset was last measured.
 static JUMPED: AtomicBool = AtomicBool::new(false);
 
+/// The offset follows the bus's sources (their last measurement heard
+/// one): a step of the system clock is taken out of it.
+static MEASURED: AtomicBool = AtomicBool::new(false);
+
+/// Steps of the system clock taken out of the offset: a thread whose
+/// anchor is of an earlier one anchors again.
+static STEPS: AtomicU64 = AtomicU64::new(0);
+
+/// The process's last reading of the system clock against the counter
+/// (any thread's), to find steps by.
+static LAST: Mutex<(u64, u64)> = Mutex::new((0, 0));
+
 /// A step of the system clock larger than this (against the counter) is a
 /// jump: NTP arriving late, a clock set by hand.
 pub(crate) const JUMP_NS: u64 = 1_000_000_000;
 
-/// Sets this process's offset from the bus's time.
-pub(crate) fn set_offset(ns: i64) {
+/// Sets this process's offset from the bus's time, measured against its
+/// sources from when [`steps`] read `since`: none if a step was taken out
+/// of the offset meanwhile (the measurement straddled it; the next one
+/// comes at once).
+pub(crate) fn set_offset(ns: i64, since: u64) -> bool {
+    let _last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if STEPS.load(Ordering::Relaxed) != since {
+        return false;
+    }
     OFFSET_NS.store(ns, Ordering::Relaxed);
+    MEASURED.store(true, Ordering::Relaxed);
+    true
+}
+
+/// Steps of the system clock taken out of the offset so far.
+pub(crate) fn steps() -> u64 {
+    STEPS.load(Ordering::Relaxed)
+}
+
+/// The last measurement heard no source: the system clock's steps are
+/// followed as they come.
+pub(crate) fn unmeasured() {
+    MEASURED.store(false, Ordering::Relaxed);
 }
 
 /// This process's offset from the bus's time, nanoseconds.
@@ -61,9 +97,9 @@ fn counter() -> &'static quanta::Clock {
 }
 
 thread_local! {
-    /// `(counter reading, Unix ns)` of this thread's last anchor; `(0, 0)`
-    /// before its first reading.
-    static ANCHOR: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    /// `(counter reading, Unix ns, steps)` of this thread's last anchor;
+    /// `(0, 0, 0)` before its first reading.
+    static ANCHOR: Cell<(u64, u64, u64)> = const { Cell::new((0, 0, 0)) };
 }
 
 /// The bus's time: nanoseconds since the Unix epoch by the system clock
@@ -80,10 +116,11 @@ fn system_nanos() -> u64 {
     let clock = counter();
     let raw = clock.raw();
     ANCHOR.with(|anchor| {
-        let (raw0, unix0) = anchor.get();
+        let (raw0, unix0, steps) = anchor.get();
         // A counter behind the anchor (another core's, read after a
-        // migration) takes the anchor again, as does a stale one.
-        if raw0 != 0 && raw >= raw0 {
+        // migration) takes the anchor again, as does a stale one, or one
+        // from before a step taken out of the offset.
+        if raw0 != 0 && raw >= raw0 && steps == STEPS.load(Ordering::Relaxed) {
             let elapsed = clock.delta_as_nanos(raw0, raw);
             if elapsed < REANCHOR_NS {
                 return unix0 + elapsed;
@@ -104,17 +141,28 @@ pub(crate) fn system_unix_nanos() -> u64 {
 
 #[cold]
 #[inline(never)]
-fn reanchor(anchor: &Cell<(u64, u64)>, clock: &quanta::Clock) -> u64 {
+fn reanchor(anchor: &Cell<(u64, u64, u64)>, clock: &quanta::Clock) -> u64 {
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
     let unix = system_unix_nanos();
     let raw = clock.raw();
-    let (raw0, unix0) = anchor.get();
+    let (raw0, unix0) = *last;
     if raw0 != 0 && raw >= raw0 {
         let expected = unix0 + clock.delta_as_nanos(raw0, raw);
         if unix.abs_diff(expected) > JUMP_NS {
             JUMPED.store(true, Ordering::Relaxed);
+            if MEASURED.load(Ordering::Relaxed) {
+                let step = (i128::from(unix) - i128::from(expected))
+                    .clamp(i128::from(i64::MIN), i128::from(i64::MAX))
+                    as i64;
+                OFFSET_NS.fetch_sub(step, Ordering::Relaxed);
+                STEPS.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
-    anchor.set((raw, unix));
+    if raw >= raw0 {
+        *last = (raw, unix);
+    }
+    anchor.set((raw, unix, STEPS.load(Ordering::Relaxed)));
     unix
 }
 
