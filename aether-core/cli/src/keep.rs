@@ -12,24 +12,14 @@ use crate::{
     show,
 };
 
+/// How often a keeper's connection reports (`aether keep`, a node's
+/// keeper), unless the settings say.
+pub(crate) const REPORT_EVERY_MS: u64 = 5_000;
+
 pub async fn run(connection: &Connection, args: KeepArgs) -> Result<(), Failure> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())
         .map_err(|e| Failure::runtime(format!("cannot listen for SIGTERM: {e}")))?;
-    // A keeper runs for long: one of the bus's time sources.
-    let aether = connect_with(connection, |config| config.clock.source = true).await?;
-    let mut config = aether.config().state.clone();
-    config.dir = Some(args.dir.clone());
-    config.keeper.maps = args.maps.clone();
-    if let Some(max) = args.max_maps {
-        config.keeper.max_maps = max;
-    }
-    if let Some(max) = args.max_bytes {
-        config.keeper.max_bytes = max;
-    }
-    config
-        .validate()
-        .map_err(|e| Failure::usage(format!("settings: {e}")))?;
     // The global --name, unless left at the command line's own default.
     let given = (connection.name != "aether-cli").then(|| connection.name.clone());
     let name = given.unwrap_or_else(|| {
@@ -52,6 +42,30 @@ pub async fn run(connection: &Connection, args: KeepArgs) -> Result<(), Failure>
             format!("keeper-{host}")
         }
     });
+    // A keeper runs for long: one of the bus's time sources. It reports
+    // itself (`aether stats`) under its name, unless told how.
+    let aether = connect_with(connection, |config| {
+        config.clock.source = true;
+        if config.report.interval_ms == 0 {
+            config.report.interval_ms = REPORT_EVERY_MS;
+        }
+        if config.report.instance.is_none() {
+            config.report.instance = Some(format!("keep-{name}"));
+        }
+    })
+    .await?;
+    let mut config = aether.config().state.clone();
+    config.dir = Some(args.dir.clone());
+    config.keeper.maps = args.maps.clone();
+    if let Some(max) = args.max_maps {
+        config.keeper.max_maps = max;
+    }
+    if let Some(max) = args.max_bytes {
+        config.keeper.max_bytes = max;
+    }
+    config
+        .validate()
+        .map_err(|e| Failure::usage(format!("settings: {e}")))?;
     let keeper = Keeper::start_with(&aether, name.as_str(), config)
         .await
         .map_err(|e| Failure::usage(format!("cannot keep maps: {e}")))?;

@@ -715,3 +715,20 @@ async fn a_damaged_snapshot_is_kept_aside_and_the_map_kept_on() {
     assert_eq!(std::fs::read(&kept[0]).unwrap(), bytes);
     processes_stop(&mut keeping).await;
 }
+
+/// A keeper reports itself under its name without being told to: an
+/// operator's `aether stats` lists it, with its keeper's counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keeper_is_listed_by_name_in_stats() {
+    let nats = server().await;
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut keeping = keeper(&url, dir.path(), "shelf", &[]).await;
+    let (status, out, stderr) = run(aether(&url, &["stats", "--wait", "6s"])).await;
+    assert_eq!(status, 0, "{stderr}");
+    assert!(
+        out.lines().any(|l| l.starts_with("keep-shelf")),
+        "no keep-shelf in: {out}"
+    );
+    keeping.kill().await.unwrap();
+}

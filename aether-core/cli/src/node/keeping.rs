@@ -23,9 +23,6 @@ use tokio::task::JoinHandle;
 use super::write_private;
 use crate::{Failure, keep::Told};
 
-/// How often the keeper's connection reports, unless the settings say.
-const REPORT_EVERY_MS: u64 = 5_000;
-
 /// The file of the keeper's counts in the node's data directory.
 const COUNTS: &str = "keeper.json";
 
@@ -53,7 +50,7 @@ impl Keeping {
         config.clock.source = true;
         // Infrastructure reports itself (`aether stats`) unless told how.
         if config.report.interval_ms == 0 {
-            config.report.interval_ms = REPORT_EVERY_MS;
+            config.report.interval_ms = crate::keep::REPORT_EVERY_MS;
         }
         if config.report.instance.is_none() {
             config.report.instance = Some(format!("node-{}", record.name));
