@@ -724,3 +724,149 @@ fn the_bus_forms_again_without_multicast_dns_and_follows_a_node_that_moves() {
         "{status}"
     );
 }
+
+/// `program args` on host `i` with its clock moved by `skew` (libfaketime
+/// preloaded, as the `faketime` command does): a Pi that kept the time it
+/// had at shutdown. The node's NATS server (a Go program) keeps the real
+/// clock; what is stamped and checked is the node's and the commands'.
+fn skewed(lan: &Lan, i: usize, skew: &str, args: &[&str]) -> Command {
+    let mut command = lan.on(i, AETHER, args);
+    command
+        .env("LD_PRELOAD", "/usr/$LIB/faketime/libfaketime.so.1")
+        .env("FAKETIME", skew);
+    if let Some(server) = std::env::var_os("NATS_SERVER_BIN") {
+        command.env("AETHER_NATS_SERVER", server);
+    }
+    command
+}
+
+/// Three hosts whose clocks are two hours apart (one behind, one right,
+/// one ahead), with no NTP: their nodes form one bus, each host's writes
+/// are read on every other, a write made later by the bus's time wins
+/// whatever the writer's clock says, and each node says how far its clock
+/// is from the bus's.
+#[test]
+fn three_hosts_hours_apart_share_one_order() {
+    const SKEWS: [&str; 3] = ["-2h", "+0", "+2h"];
+    if !Path::new("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1").exists()
+        && !Path::new("/usr/lib/faketime/libfaketime.so.1").exists()
+    {
+        eprintln!("skipped: libfaketime is not installed (apt-get install faketime)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(lan) = Lan::create(3, dir.path()) else {
+        eprintln!(
+            "skipped: cannot make network namespaces here (needs root and `ip`); the LAN test \
+             runs where it can"
+        );
+        return;
+    };
+    let _servers = Servers(dir.path().to_path_buf());
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, LanSecret::generate()).unwrap();
+    let secret_arg = secret.to_str().unwrap().to_string();
+    let mut nodes: Vec<Running> = (0..3)
+        .map(|i| {
+            let data = dir.path().join(format!("data{i}"));
+            let args = [
+                "node",
+                "--secret-file",
+                &secret_arg,
+                "--data",
+                data.to_str().unwrap(),
+            ];
+            Running::start(skewed(&lan, i, SKEWS[i], &args), false)
+        })
+        .collect();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        assert!(
+            node.wait_for(Duration::from_secs(15), |l| l
+                .contains("programs connect to"))
+                .is_some(),
+            "node {i} did not start: {:?}",
+            node.seen
+        );
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        assert!(
+            wait_members(&lan, i, 3, Duration::from_secs(30)),
+            "host {i} never saw 3 nodes: {:?}",
+            node.seen
+        );
+    }
+    let run = |i: usize, args: &[&str]| -> Output {
+        skewed(&lan, i, SKEWS[i], args)
+            .output()
+            .expect("aether runs")
+    };
+    // Each host writes, and reads every host's write.
+    for (i, skew) in SKEWS.iter().enumerate() {
+        let value = i.to_string();
+        let out = run(i, &["state", "set", "clk", &format!("k{i}"), &value]);
+        assert!(
+            out.status.success(),
+            "host {i} ({skew}) could not write: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let reads_on = |i: usize, key: &str, value: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = run(i, &["state", "get", "clk", key]);
+            let text = String::from_utf8_lossy(&got.stdout).trim().to_string();
+            if text == value {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "host {i} ({}) reads {key} as {text:?}, not {value:?}: {}",
+                SKEWS[i],
+                String::from_utf8_lossy(&got.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    for i in 0..3 {
+        for j in 0..3 {
+            reads_on(i, &format!("k{j}"), &j.to_string());
+        }
+    }
+    // The host two hours ahead writes first, the one two hours behind
+    // after it: the later write wins everywhere.
+    for (i, value) in [(2, "\"ahead\""), (0, "\"behind\"")] {
+        let out = run(i, &["state", "set", "clk", "last", value]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for i in 0..3 {
+        reads_on(i, "last", "\"behind\"");
+    }
+    // Each node says its clock's distance from the bus's time: the
+    // median of the three, the host whose clock is right.
+    for (i, want) in [(0, -7_200_000i64), (1, 0), (2, 7_200_000)] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = run(i, &["node", "--status"]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let said = text
+                .lines()
+                .find_map(|l| l.strip_prefix("clock: "))
+                .and_then(|l| l.split(" ms").next())
+                .and_then(|ms| ms.parse::<i64>().ok());
+            if said.is_some_and(|ms| (ms - want).abs() < 1_000) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "host {i} ({}) says: {text}",
+                SKEWS[i]
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    stop_all(&mut nodes);
+}
