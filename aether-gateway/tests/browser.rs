@@ -586,3 +586,88 @@ async fn the_client_says_what_became_of_the_page_and_its_writes() {
     service.close().await;
     gateway.stop().await.unwrap();
 }
+
+/// Pages on machines whose clocks are two hours off (one behind, one
+/// ahead; their `Date.now` and `performance.timeOrigin` moved): each
+/// stamps by the gateway's clock (its `hello` says it), so a write made
+/// later wins whoever made it: the page behind overwrites a service's
+/// earlier write, and a service's later write overwrites the page ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_whose_clocks_are_hours_off_write_in_the_bus_order() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let (_aether, gateway, service) = board().await;
+    let app = app_host().await;
+    let gw = gateway.addr();
+    let mut pages = Vec::new();
+    for skew_ms in [-7_200_000i64, 7_200_000] {
+        let page = browser.open(&format!("http://{app}/blank.html")).await;
+        page.wait_for("the blank page", "document.title === 'blank'", 10)
+            .await;
+        let ready = page
+            .eval(&format!(
+                "(async () => {{
+                   const skew = {skew_ms};
+                   const origin = performance.timeOrigin + skew;
+                   Object.defineProperty(performance, 'timeOrigin', {{ get: () => origin }});
+                   const now = Date.now; Date.now = () => now() + skew;
+                   const {{ Aether }} = await import('/aether.js');
+                   window.client = new Aether('ws://{gw}/bridge/board', {{ token: '{TOKEN}', cache: false }});
+                   await window.client.whenLive();
+                   return Math.round((performance.timeOrigin + performance.now() - now()) / 60000); }})()"
+            ))
+            .await;
+        assert_eq!(ready, json!(skew_ms / 60_000), "the page's clock is off");
+        pages.push(page);
+    }
+    let (behind, ahead) = (&pages[0], &pages[1]);
+    // A service writes, then the page two hours behind.
+    service.set_json("first", &"service").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    behind
+        .eval(
+            "(async () => { client.set('first', 'page behind'); \
+             await client.waitForPendingWrites(); return true; })()",
+        )
+        .await;
+    settle("the later write, the page's, wins at the service", || {
+        service
+            .get_json::<String>("first")
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some("page behind")
+    })
+    .await;
+    // The page two hours ahead writes, then the service.
+    ahead
+        .eval(
+            "(async () => { client.set('second', 'page ahead'); \
+             await client.waitForPendingWrites(); return true; })()",
+        )
+        .await;
+    settle("the service has the page's write", || {
+        service
+            .get_json::<String>("second")
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some("page ahead")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    service.set_json("second", &"service").await.unwrap();
+    for page in [behind, ahead] {
+        page.wait_for(
+            "every page has the later writes",
+            "client.get('first') === 'page behind' && client.get('second') === 'service'",
+            10,
+        )
+        .await;
+    }
+    assert_eq!(
+        service.get_json::<String>("second").unwrap().as_deref(),
+        Some("service")
+    );
+}
