@@ -57,7 +57,10 @@ pub(crate) const JUMP_NS: u64 = 1_000_000_000;
 /// of the offset meanwhile (the measurement straddled it; the next one
 /// comes at once).
 pub(crate) fn set_offset(ns: i64, since: u64) -> bool {
-    let _last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    // A step not seen yet (no thread read the clock since) is seen now:
+    // else it would be taken out of this new offset again.
+    note_step(&mut last, counter());
     if STEPS.load(Ordering::Relaxed) != since {
         return false;
     }
@@ -66,8 +69,11 @@ pub(crate) fn set_offset(ns: i64, since: u64) -> bool {
     true
 }
 
-/// Steps of the system clock taken out of the offset so far.
+/// Steps of the system clock taken out of the offset so far, a step not
+/// seen yet among them: a measurement starts from here.
 pub(crate) fn steps() -> u64 {
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    note_step(&mut last, counter());
     STEPS.load(Ordering::Relaxed)
 }
 
@@ -143,17 +149,24 @@ pub(crate) fn system_unix_nanos() -> u64 {
 #[inline(never)]
 fn reanchor(anchor: &Cell<(u64, u64, u64)>, clock: &quanta::Clock) -> u64 {
     let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let (raw, unix) = note_step(&mut last, clock);
+    anchor.set((raw, unix, STEPS.load(Ordering::Relaxed)));
+    unix
+}
+
+/// Reads the system clock against the counter and compares with `last`
+/// (the process's last reading): a step of more than [`JUMP_NS`] is noted
+/// and, while the offset follows the bus's sources, taken out of it.
+/// Returns the reading.
+fn note_step(last: &mut (u64, u64), clock: &quanta::Clock) -> (u64, u64) {
     let unix = system_unix_nanos();
     let raw = clock.raw();
     let (raw0, unix0) = *last;
     if raw0 != 0 && raw >= raw0 {
         let expected = unix0 + clock.delta_as_nanos(raw0, raw);
-        if unix.abs_diff(expected) > JUMP_NS {
+        if let Some(step) = step_of(expected, unix) {
             JUMPED.store(true, Ordering::Relaxed);
             if MEASURED.load(Ordering::Relaxed) {
-                let step = (i128::from(unix) - i128::from(expected))
-                    .clamp(i128::from(i64::MIN), i128::from(i64::MAX))
-                    as i64;
                 OFFSET_NS.fetch_sub(step, Ordering::Relaxed);
                 STEPS.fetch_add(1, Ordering::Relaxed);
             }
@@ -162,8 +175,16 @@ fn reanchor(anchor: &Cell<(u64, u64, u64)>, clock: &quanta::Clock) -> u64 {
     if raw >= raw0 {
         *last = (raw, unix);
     }
-    anchor.set((raw, unix, STEPS.load(Ordering::Relaxed)));
-    unix
+    (raw, unix)
+}
+
+/// The step of a clock that reads `unix` where `expected` was due, if it
+/// is more than [`JUMP_NS`] either way.
+fn step_of(expected: u64, unix: u64) -> Option<i64> {
+    (unix.abs_diff(expected) > JUMP_NS).then(|| {
+        (i128::from(unix) - i128::from(expected)).clamp(i128::from(i64::MIN), i128::from(i64::MAX))
+            as i64
+    })
 }
 
 /// What this process knows of the bus's time.
@@ -216,6 +237,15 @@ mod tests {
             assert!(ours + 1_000_000 >= before, "{ours} vs {before}");
             assert!(ours <= after + 1_000_000, "{ours} vs {after}");
         }
+    }
+
+    #[test]
+    fn a_step_is_more_than_a_second_either_way() {
+        let s = 1_000_000_000;
+        assert_eq!(step_of(100 * s, 100 * s + s), None);
+        assert_eq!(step_of(100 * s, 100 * s - s), None);
+        assert_eq!(step_of(100 * s, 3700 * s), Some(3600 * s as i64));
+        assert_eq!(step_of(3700 * s, 100 * s), Some(-3600 * s as i64));
     }
 
     #[test]
