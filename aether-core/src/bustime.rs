@@ -178,7 +178,6 @@ async fn run(aether: &Aether) {
         asker,
         own,
         follow: config.follow.clone(),
-        known: 0,
         warned: false,
         max_drift: aether.config().state.max_drift,
     };
@@ -239,8 +238,6 @@ struct Measurer {
     /// This process's name as a source, if it is one.
     own: Option<String>,
     follow: Option<String>,
-    /// Sources heard last time: an ask's window ends once all answered.
-    known: usize,
     warned: bool,
     max_drift: Duration,
 }
@@ -273,7 +270,6 @@ impl Measurer {
         }
         status.sources = sources;
         status.uncertainty_ns = uncertainty_ns;
-        self.known = sources.saturating_sub(usize::from(self.own.is_some()));
         drop(status);
         let off = Duration::from_nanos(offset_ns.unsigned_abs());
         if off > self.max_drift / 2 && !self.warned {
@@ -313,6 +309,7 @@ impl Measurer {
             Err(e) if e.kind() == RequestErrorKind::NoResponders => return exchanges,
             Err(_) => return exchanges,
         }
+        let mut first_heard = 0;
         for ask in 1..=ASKS {
             let sent = system_unix_nanos();
             let wave = Wave::new(ASK, ask_payload(self.asker, ask));
@@ -320,7 +317,11 @@ impl Measurer {
                 return exchanges;
             }
             let deadline = tokio::time::Instant::now() + WINDOW;
+            // The first ask is heard out to the end of its window (a source
+            // new to the bus, or slower, counts too); the next ones end
+            // once as many answered.
             let mut answered = 0;
+            let known = if ask == 1 { 0 } else { first_heard };
             while let Ok(Some(wave)) =
                 tokio::time::timeout_at(deadline, self.vibrator.receive()).await
             {
@@ -335,9 +336,12 @@ impl Measurer {
                 }
                 exchanges.push(Exchange::of(source, sent, received, theirs));
                 answered += 1;
-                if self.known > 0 && answered >= self.known {
+                if known > 0 && answered >= known {
                     break;
                 }
+            }
+            if ask == 1 {
+                first_heard = answered;
             }
         }
         exchanges
