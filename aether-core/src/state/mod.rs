@@ -155,7 +155,8 @@ impl StateMapBuilder {
     /// ([`StateMap::flush`]); default yes. A replica that will not stay (a
     /// one-shot command) should not: a write it acknowledged is lost when
     /// it exits, and its writer was told the write is held. It still takes
-    /// the writes.
+    /// the writes; it answers no catch-up either (a replica that opens
+    /// takes the map from one that stays).
     pub fn acknowledges(mut self, acknowledges: bool) -> Self {
         self.acknowledges = acknowledges;
         self
@@ -226,8 +227,12 @@ struct Shared {
     heard: AtomicU64,
     /// It keeps the map for others.
     keeper: bool,
-    /// It acknowledges others' holds ([`StateMapBuilder::acknowledges`]).
+    /// It acknowledges others' holds and answers catch-ups
+    /// ([`StateMapBuilder::acknowledges`]).
     acknowledges: bool,
+    /// Its catch-up came from replicas that lacked writes they refused as
+    /// full: it says it lacks them too.
+    caught_up_lacking: AtomicBool,
     /// Writes refused as full lately: counted once, and while one is not
     /// held it answers catch-ups as a replica that lacks writes.
     full_refused: Mutex<protocol::FullRefused>,
@@ -591,6 +596,7 @@ impl StateMap {
             digest_due: AtomicBool::new(false),
             answerer: Mutex::new((Vec::new(), None)),
             keeper_opening: AtomicBool::new(false),
+            caught_up_lacking: AtomicBool::new(false),
             repaired_for: Mutex::new(HashMap::new()),
             stop: Notify::new(),
             task: Mutex::new(None),

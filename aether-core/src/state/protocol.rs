@@ -88,6 +88,9 @@ impl Shared {
     /// Whether this replica lacks a write it refused as full (it holds
     /// neither it nor a later write of its key), or may (it forgot some).
     pub(super) fn lacks_refused(&self) -> bool {
+        if self.caught_up_lacking.load(Ordering::Relaxed) {
+            return true;
+        }
         let refused = self.full_refused.lock().unwrap_or_else(|e| e.into_inner());
         if refused.forgot {
             return true;
@@ -158,7 +161,7 @@ impl Shared {
                 if let Some(node) = member {
                     // Gone meanwhile: the next one.
                     lacking.push(node);
-                    member = self.next_member(&lacking);
+                    member = self.next_member(&lacking, deadline).await;
                     if member.is_some() && lacking.len() <= LACKING_ASKS {
                         continue;
                     }
@@ -201,7 +204,7 @@ impl Shared {
                 // Another member it knows (the one that answered said its
                 // roster first), or the group again.
                 lacking.push(node);
-                member = self.next_member(&lacking);
+                member = self.next_member(&lacking, deadline).await;
                 // What a returning replica drops is judged by one peer.
                 if let Some(returning) = &mut self.lock_coverage().returning {
                     returning.received.clear();
@@ -209,6 +212,8 @@ impl Shared {
                 continue;
             }
             if lacks {
+                // It lacks what that one lacks, and says so in turn.
+                self.caught_up_lacking.store(true, Ordering::Relaxed);
                 tracing::info!(map = %self.map, "caught up from a replica that refused writes as full, and no other answered; anti-entropy brings what others hold");
             }
             self.lock_coverage().whole = whole && !lacks;
@@ -216,26 +221,38 @@ impl Shared {
         }
     }
 
-    /// A member this replica knows, not among `asked` (keepers first).
-    fn next_member(&self, asked: &[u64]) -> Option<u64> {
-        let members = self.lock_members();
-        let known: Vec<u64> = members
-            .roster()
-            .into_iter()
-            .map(|(node, _)| node)
-            .filter(|node| !asked.contains(node))
-            .collect();
-        known
-            .iter()
-            .copied()
-            .find(|&node| members.is_keeper(node))
-            .or(known.first().copied())
+    /// A member this replica knows, not among `asked`: a keeper (one that
+    /// has not said so yet is waited for, a moment), else any.
+    async fn next_member(&self, asked: &[u64], deadline: tokio::time::Instant) -> Option<u64> {
+        let wait_until = (tokio::time::Instant::now() + KEEPER_WAIT).min(deadline);
+        loop {
+            let known: Vec<u64> = {
+                let members = self.lock_members();
+                let known: Vec<u64> = members
+                    .roster()
+                    .into_iter()
+                    .map(|(node, _)| node)
+                    .filter(|node| !asked.contains(node))
+                    .collect();
+                if let Some(keeper) = known.iter().copied().find(|&n| members.is_keeper(n)) {
+                    return Some(keeper);
+                }
+                known
+            };
+            if tokio::time::Instant::now() >= wait_until {
+                return known.first().copied();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A catch-up request, the same as to the map's group, to one member
-    /// (on its repair channel): its answer, if it came in time.
+    /// (on its repair channel): its answer, if it came in time (a member
+    /// that will not stay answers none: an eighth of `ready_timeout`).
     async fn ask_member(&self, node: u64, deadline: tokio::time::Instant) -> Option<Wave> {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(self.config.ready_timeout / 8);
         self.emitter
             .request_on(self.digest_wave(self.channels.repair_of(node)), left)
             .await
@@ -887,7 +904,9 @@ impl Shared {
                 // after a replica that lacks writes) to this replica's
                 // repair channel as a request.
                 let catch_up = *channel == self.channels.sync
-                    || (*channel == self.channels.repair && wave.reply_to().is_some());
+                    || (*channel == self.channels.repair
+                        && wave.reply_to().is_some()
+                        && self.acknowledges);
                 if catch_up {
                     // A catch-up: the answer lists the buckets that follow,
                     // and this replica's own keys (only it may send them)
@@ -1174,6 +1193,10 @@ const MAX_QUEUED_CHANGES: usize = 4 * codec::MAX_ENTRIES;
 /// Replicas asked again by a catch-up whose answer came from one that
 /// lacks writes it refused as full.
 const LACKING_ASKS: usize = 3;
+
+/// How long a catch-up that must ask another member waits for a keeper
+/// to say it is one.
+const KEEPER_WAIT: Duration = Duration::from_millis(200);
 
 /// How often a catch-up asks again while a keeper opens the map.
 const OPENING_ASK_EVERY: Duration = Duration::from_millis(100);

@@ -172,10 +172,13 @@ pub(super) async fn run(
         tokio::select! {
             _ = shared.ready.notified(), if !answering => {
                 answering = true;
-                // One replica of the group answers each catch-up.
-                let answers = vibrator.resonate_in_group(shared.channels.sync.clone(), CATCH_UP_GROUP);
-                if let Err(error) = answers.await {
-                    tracing::warn!(map = %shared.map, %error, "cannot answer catch-ups");
+                // One replica of the group answers each catch-up; one that
+                // will not stay is not of the group.
+                if shared.acknowledges {
+                    let answers = vibrator.resonate_in_group(shared.channels.sync.clone(), CATCH_UP_GROUP);
+                    if let Err(error) = answers.await {
+                        tracing::warn!(map = %shared.map, %error, "cannot answer catch-ups");
+                    }
                 }
                 if let Some(tell) = answering_now.take() {
                     let _ = tell.send(());
