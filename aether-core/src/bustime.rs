@@ -231,6 +231,20 @@ async fn answer(mut vibrator: Vibrator) {
     }
 }
 
+/// What a process whose offset from the bus's time is `offset_ns` is
+/// told, past half of `max_drift`: how far its machine's clock is off.
+pub fn off_note(offset_ns: i64, max_drift: Duration) -> Option<String> {
+    let off = Duration::from_nanos(offset_ns.unsigned_abs());
+    (off > max_drift / 2).then(|| {
+        format!(
+            "this machine's clock is {:.3} s {} the bus's: its stamps, checks and hopping \
+             follow the bus's time; set its clock right (NTP) all the same",
+            off.as_secs_f64(),
+            if offset_ns > 0 { "behind" } else { "ahead of" }
+        )
+    })
+}
+
 /// Measures this process's clock against the sources.
 struct Measurer {
     vibrator: Vibrator,
@@ -271,16 +285,10 @@ impl Measurer {
         status.sources = sources;
         status.uncertainty_ns = uncertainty_ns;
         drop(status);
-        let off = Duration::from_nanos(offset_ns.unsigned_abs());
-        if off > self.max_drift / 2 && !self.warned {
+        let off = off_note(offset_ns, self.max_drift);
+        if let (Some(note), false) = (&off, self.warned) {
             self.warned = true;
-            tracing::warn!(
-                offset_ms = offset_ns / 1_000_000,
-                sources,
-                "this machine's clock is {off:?} {} the bus's: its stamps, checks and hopping \
-                 follow the bus's time; set its clock right (NTP) all the same",
-                if offset_ns > 0 { "behind" } else { "ahead of" }
-            );
+            tracing::warn!(offset_ms = offset_ns / 1_000_000, sources, "{note}");
         } else if before.abs_diff(offset_ns) > 100_000_000 {
             tracing::info!(
                 offset_ms = offset_ns / 1_000_000,

@@ -150,9 +150,17 @@ pub async fn connect_with(
         };
         Failure::runtime(format!("cannot connect: {error}\n  {hint}"))
     })?;
-    // The bus's time, before this command stamps or hops anything.
+    // The bus's time, before this command stamps or hops anything; a
+    // machine whose clock is off is told so (a command logs no warnings).
     aether_core::bustime::start(&aether).await;
     eprintln!("{}", connected_line(&urls, reached, &connection.bus));
+    let clock = aether_core::bustime::status();
+    if clock.sources > 0
+        && let Some(note) =
+            aether_core::bustime::off_note(clock.offset_ns, aether.config().state.max_drift)
+    {
+        eprintln!("note: {note}");
+    }
     Ok(aether)
 }
 

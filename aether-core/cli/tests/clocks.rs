@@ -100,6 +100,19 @@ async fn devices_two_hours_apart_share_one_order() {
         let set = skewed(offset, &url, &["state", "set", "clk", device, "1"]).unwrap();
         let (status, _, stderr) = run(set).await;
         assert_eq!(status, 0, "device {device} ({offset}) writes: {stderr}");
+        // A device hours off is told so; the one on time is not.
+        let told = match offset {
+            "-2h" => Some("behind"),
+            "+2h" => Some("ahead of"),
+            _ => None,
+        };
+        match told {
+            Some(way) => assert!(
+                stderr.contains(&format!("s {way} the bus's")),
+                "device {device} ({offset}) not told: {stderr}"
+            ),
+            None => assert!(!stderr.contains("clock is"), "{stderr}"),
+        }
     }
     // Every device reads every other's write.
     for (reader, offset) in devices {
