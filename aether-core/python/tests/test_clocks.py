@@ -23,6 +23,23 @@ FAKETIME = shutil.which("faketime")
 DEVICES = [("-2h", "behind", 1), ("+2h", "ahead", 2), ("-1d", "day", 3)]
 
 
+def start_keeper(nats: NatsServer, directory: Path) -> subprocess.Popen:  # type: ignore[type-arg]
+    """`aether keep` on this machine's clock (a time source), once it keeps."""
+    keeper = subprocess.Popen(
+        [program("aether"), "--nats", nats.url, "keep", "--dir", str(directory), "--name", "keeper"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert keeper.stderr is not None
+    for _ in range(50):
+        line = keeper.stderr.readline()
+        if not line or "keeping maps" in line:
+            break
+    assert "keeping maps" in line, line
+    return keeper
+
+
 def on_device(offset: str, url: str, name: str, body: str) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
     script = (
         "import aether, json\n"
@@ -37,19 +54,8 @@ def on_device(offset: str, url: str, name: str, body: str) -> subprocess.Complet
 
 @pytest.mark.skipif(FAKETIME is None, reason="faketime is not installed (apt-get install faketime)")
 def test_scripts_hours_apart_read_each_others_writes(nats: NatsServer, tmp_path: Path) -> None:
-    keeper = subprocess.Popen(
-        [program("aether"), "--nats", nats.url, "keep", "--dir", str(tmp_path), "--name", "keeper"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    keeper = start_keeper(nats, tmp_path)
     try:
-        assert keeper.stderr is not None
-        for _ in range(50):
-            line = keeper.stderr.readline()
-            if not line or "keeping maps" in line:
-                break
-        assert "keeping maps" in line, line
         # Each writes its value, held by the keeper (acked), and says the
         # offset it follows.
         for offset, name, value in DEVICES:
@@ -104,20 +110,9 @@ bus.close()
 def test_a_script_whose_clock_is_stepped_while_it_runs_keeps_the_bus_order(
     nats: NatsServer, tmp_path: Path
 ) -> None:
-    keeper = subprocess.Popen(
-        [program("aether"), "--nats", nats.url, "keep", "--dir", str(tmp_path / "keep"), "--name", "keeper"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    keeper = start_keeper(nats, tmp_path / "keep")
     jumper = None
     try:
-        assert keeper.stderr is not None
-        for _ in range(50):
-            line = keeper.stderr.readline()
-            if not line or "keeping maps" in line:
-                break
-        assert "keeping maps" in line, line
         rc = tmp_path / "faketime.rc"
         rc.write_text("+0\n")
         env = dict(
