@@ -48,6 +48,9 @@ const GROUP: &str = "clock";
 const ASKS: u64 = 3;
 /// How long answers to one ask are awaited.
 const WINDOW: Duration = Duration::from_millis(50);
+/// How long answers to a measurement's first ask are awaited: every
+/// source is heard out, on a loaded LAN too.
+const FIRST_WINDOW: Duration = Duration::from_millis(100);
 /// How long [`WHO`] is awaited.
 const WHO_TIMEOUT: Duration = Duration::from_millis(300);
 /// How often a jump of the system clock is looked for.
@@ -108,7 +111,21 @@ pub(crate) fn settle(
     }
     let mut sources: Vec<(i64, u64)> = best.values().copied().collect();
     sources.sort_unstable();
-    let (offset, rtt) = sources[(sources.len() - 1) / 2];
+    // Of an even number, the lower middle; a source takes the middle
+    // nearer its own clock (no majority moves it: two sources apart each
+    // keep their own, rather than one following the other).
+    let lower = sources[(sources.len() - 1) / 2];
+    let (offset, rtt) = match (own, sources.len() % 2) {
+        (Some(_), 0) => {
+            let upper = sources[sources.len() / 2];
+            if upper.0.unsigned_abs() < lower.0.unsigned_abs() {
+                upper
+            } else {
+                lower
+            }
+        }
+        _ => lower,
+    };
     Some((offset, rtt / 2, sources.len()))
 }
 
@@ -324,7 +341,8 @@ impl Measurer {
             if emitter.emit_own(wave).await.is_err() {
                 return exchanges;
             }
-            let deadline = tokio::time::Instant::now() + WINDOW;
+            let deadline =
+                tokio::time::Instant::now() + if ask == 1 { FIRST_WINDOW } else { WINDOW };
             // The first ask is heard out to the end of its window (a source
             // new to the bus, or slower, counts too); the next ones end
             // once as many answered.
@@ -390,8 +408,14 @@ mod tests {
         ];
         // The median of three: b's fastest exchange.
         assert_eq!(settle(&heard, None, None), Some((30, 150, 3)));
-        // A source counts itself: a, self (0), b, c: the lower middle.
+        // A source counts itself: a, self (0), b, c: of the two middles,
+        // the one nearer its own clock.
         assert_eq!(settle(&heard, Some("d"), None), Some((0, 0, 4)));
+        // Two sources two hours apart: each keeps its own clock.
+        let two = [exchange("a", -2 * hour, 900)];
+        assert_eq!(settle(&two, Some("b"), None), Some((0, 0, 2)));
+        let two = [exchange("b", 2 * hour, 900)];
+        assert_eq!(settle(&two, Some("a"), None), Some((0, 0, 2)));
         assert_eq!(settle(&heard, None, Some("c")), Some((2 * hour, 200, 3)));
         assert_eq!(
             settle(&heard, None, Some("z")),
