@@ -33,6 +33,7 @@
 //! byte by byte, in docs/guide/wire.md.
 
 mod budget;
+mod catch_up;
 mod change;
 mod codec;
 mod coverage;
