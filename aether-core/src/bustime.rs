@@ -3,25 +3,36 @@
 //!
 //! Some programs are the bus's time sources (`[aether.clock] source`:
 //! `aether node`, `aether keep` and the gateway are). Each program that
-//! crosses processes measures its clock against them when it connects and
-//! every `interval_ms` after (at once when its system clock jumps), as
-//! NTP and Cristian's algorithm do: it asks, a source answers with its own
-//! clock, and the offset is the source's time less the middle of the
-//! round trip, its uncertainty half the round trip; of a few exchanges
-//! with each source the fastest counts. The bus's time is the median of
-//! the sources' clocks (a source counts itself among them), or the clock
-//! of the one source `follow` names. The process's clock
-//! ([`crate::wave`]'s) then reads the system clock plus that offset:
-//! stamps, drift checks, tombstone horizons, hopping slots and wave ages
-//! all follow it. Stamps never go back ([`crate::state::hlc`]).
+//! crosses processes measures its clock against them when it connects,
+//! again after 1, 2, 4, 8 and 16 s (a bus forming: sources start before
+//! they hear each other), then every `interval_ms`; at once when its
+//! system clock jumps, and soon when it refused a stamp from its future
+//! (its own clock may be the one off). It measures as NTP and Cristian's
+//! algorithm do: it asks, a source answers with its clocks, and the offset
+//! is the source's time less the middle of the round trip, its uncertainty
+//! half the round trip; of a few exchanges with each source the fastest
+//! counts.
+//!
+//! The bus's time is the median of the sources' own clocks: a source
+//! measures against the others' system clocks and counts itself among
+//! them. Any other program takes the median of the bus's time as the
+//! sources read it (their clock plus their offset), so one that hears
+//! only some of the sources (its own machine's, on a loaded LAN) still
+//! reads the time they agreed on; before they measured each other that is
+//! their own clocks, as for a source. With `follow`, the named source's
+//! own clock. The process's clock ([`crate::wave`]'s) then reads the
+//! system clock plus that offset: stamps, drift checks, tombstone
+//! horizons, hopping slots and wave ages all follow it. Stamps never go
+//! back ([`crate::state::hlc`]).
 //!
 //! On the wire (system channels, all sources listen): `_clock.who`, a
 //! request one source answers (none: no sources, measured no further);
 //! `_clock.ask`, to all sources; their answers on
 //! `_clock.time.<asker as 16 hex digits>`. An ask is `asker u64 | ask
-//! u64`, an answer `ask u64 | the source's clock, Unix ns u64`, little
-//! endian. A source is known by its waves' source name; where signatures
-//! are required, only signed answers count.
+//! u64` (asks count up through the asker's life), an answer `ask u64 | the
+//! source's clock, Unix ns u64 | its offset from the bus's time, ns i64`,
+//! little endian. A source is known by its waves' source name; where
+//! signatures are required, only signed answers count.
 
 use std::{
     collections::HashMap,
@@ -34,7 +45,8 @@ pub use crate::wave::clock::{ClockStatus, bus_now as now, status};
 use crate::{
     Aether, Channel, RequestErrorKind, Vibrator, Wave,
     wave::clock::{
-        offset, set_offset, status_cell, steps, system_unix_nanos, take_jump, unmeasured,
+        offset, set_offset, status_cell, steps, system_unix_nanos, take_future, take_jump,
+        unmeasured,
     },
 };
 
@@ -55,12 +67,17 @@ const FIRST_WINDOW: Duration = Duration::from_millis(100);
 const WHO_TIMEOUT: Duration = Duration::from_millis(300);
 /// How often a jump of the system clock is looked for.
 const JUMP_CHECK: Duration = Duration::from_secs(1);
+/// The first wait between measurements, doubled after each up to
+/// `interval_ms`, and taken again when the sources heard change.
+const SOON: Duration = Duration::from_secs(1);
+/// The least time between measurements a stamp from the future starts.
+const FUTURE_SPACING: Duration = Duration::from_secs(2);
 
 /// One exchange with a source.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Exchange {
     pub(crate) source: String,
-    /// The source's clock less the middle of the round trip by this one's.
+    /// The source's time less the middle of the round trip by this one's.
     pub(crate) offset_ns: i64,
     /// The round trip, nanoseconds.
     pub(crate) rtt_ns: u64,
@@ -136,17 +153,32 @@ fn ask_payload(asker: u64, ask: u64) -> Bytes {
     out.freeze()
 }
 
-fn answer_payload(ask: u64, now: u64) -> Bytes {
-    let mut out = BytesMut::with_capacity(16);
+fn answer_payload(ask: u64, now: u64, offset: i64) -> Bytes {
+    let mut out = BytesMut::with_capacity(ANSWER_BYTES);
     out.put_u64_le(ask);
     out.put_u64_le(now);
+    out.put_i64_le(offset);
     out.freeze()
 }
 
-/// `(first, second)` of a 16-byte payload; None for any other.
+/// The length of an answer.
+const ANSWER_BYTES: usize = 24;
+
+/// `(first, second)` of a 16-byte payload (an ask); None for any other.
 fn pair(payload: &Bytes) -> Option<(u64, u64)> {
     let mut b = payload.clone();
     (b.remaining() == 16).then(|| (b.get_u64_le(), b.get_u64_le()))
+}
+
+/// An answer: the ask it answers, the source's clock and the bus's time by
+/// the source (its clock plus its offset; saturating); None for any other
+/// payload.
+fn answer_of(payload: &Bytes) -> Option<(u64, u64, u64)> {
+    let mut b = payload.clone();
+    (b.remaining() == ANSWER_BYTES).then(|| {
+        let (ask, clock, offset) = (b.get_u64_le(), b.get_u64_le(), b.get_i64_le());
+        (ask, clock, clock.saturating_add_signed(offset))
+    })
 }
 
 fn answers_of(asker: u64) -> Channel {
@@ -193,23 +225,34 @@ async fn run(aether: &Aether) {
     let mut measurer = Measurer {
         vibrator,
         asker,
+        ask: 0,
         own,
         follow: config.follow.clone(),
         warned: false,
         max_drift: aether.config().state.max_drift,
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), measurer.measure()).await;
+    let mut heard = tokio::time::timeout(Duration::from_secs(1), measurer.measure())
+        .await
+        .unwrap_or(0);
     let interval = Duration::from_millis(config.interval_ms);
     tokio::spawn(async move {
         let mut last = Instant::now();
+        let mut wait = SOON.min(interval);
         loop {
             tokio::time::sleep(JUMP_CHECK).await;
             if measurer.vibrator.aether().is_closed() {
                 return;
             }
-            if take_jump() || last.elapsed() >= interval {
+            let since = last.elapsed();
+            if take_jump() || since >= wait || (since >= FUTURE_SPACING && take_future()) {
                 last = Instant::now();
-                measurer.measure().await;
+                let now_heard = measurer.measure().await;
+                wait = if now_heard == heard {
+                    (wait * 2).min(interval)
+                } else {
+                    SOON.min(interval)
+                };
+                heard = now_heard;
             }
         }
     });
@@ -226,13 +269,13 @@ async fn answering(aether: &Aether, name: &str) -> Result<Vibrator, crate::Reson
     Ok(vibrator)
 }
 
-/// Answers every ask with this machine's clock.
+/// Answers every ask with this machine's clock and its offset.
 async fn answer(mut vibrator: Vibrator) {
     while let Some(wave) = vibrator.receive().await {
         let Some((asker, ask)) = pair(wave.payload_bytes()) else {
             continue;
         };
-        let answer = answer_payload(ask, system_unix_nanos());
+        let answer = answer_payload(ask, system_unix_nanos(), offset());
         let sent = if wave.channel().as_str() == WHO {
             vibrator.reply(&wave, answer).await.map(|_| ())
         } else {
@@ -266,6 +309,9 @@ pub fn off_note(offset_ns: i64, max_drift: Duration) -> Option<String> {
 struct Measurer {
     vibrator: Vibrator,
     asker: u64,
+    /// The last ask sent: asks count up, so a late answer to an earlier
+    /// measurement is not taken for one of this one.
+    ask: u64,
     /// This process's name as a source, if it is one.
     own: Option<String>,
     follow: Option<String>,
@@ -274,7 +320,8 @@ struct Measurer {
 }
 
 impl Measurer {
-    async fn measure(&mut self) {
+    /// Measures: the sources heard (0 for none).
+    async fn measure(&mut self) -> usize {
         let steps = steps();
         let exchanges = self.exchanges().await;
         let settled = settle(&exchanges, self.own.as_deref(), self.follow.as_deref());
@@ -292,12 +339,12 @@ impl Measurer {
                      keeps its last offset"
                 );
             }
-            return;
+            return 0;
         };
         let before = offset();
         if !set_offset(offset_ns, steps) {
             // The system clock stepped while it measured: again at once.
-            return;
+            return sources;
         }
         status.sources = sources;
         status.uncertainty_ns = uncertainty_ns;
@@ -314,6 +361,18 @@ impl Measurer {
                 "the clock's offset from the bus changed"
             );
         }
+        sources
+    }
+
+    /// The time an answer gives: a source measures against the others'
+    /// own clocks (as does one that follows a named source); any other
+    /// program against the bus's time as they read it.
+    fn time_of(&self, clock: u64, bus: u64) -> u64 {
+        if self.own.is_some() || self.follow.is_some() {
+            clock
+        } else {
+            bus
+        }
     }
 
     /// A round of exchanges: none if no source answers [`WHO`].
@@ -325,9 +384,10 @@ impl Measurer {
         match emitter.request_on(who, WHO_TIMEOUT).await {
             Ok(reply) => {
                 let received = system_unix_nanos();
-                if let (Some((0, theirs)), Some(source)) =
-                    (pair(reply.payload_bytes()), reply.source())
+                if let (Some((0, clock, bus)), Some(source)) =
+                    (answer_of(reply.payload_bytes()), reply.source())
                 {
+                    let theirs = self.time_of(clock, bus);
                     exchanges.push(Exchange::of(source, sent, received, theirs));
                 }
             }
@@ -335,38 +395,41 @@ impl Measurer {
             Err(_) => return exchanges,
         }
         let mut first_heard = 0;
-        for ask in 1..=ASKS {
+        for n in 1..=ASKS {
+            self.ask += 1;
+            let ask = self.ask;
             let sent = system_unix_nanos();
             let wave = Wave::new(ASK, ask_payload(self.asker, ask));
             if emitter.emit_own(wave).await.is_err() {
                 return exchanges;
             }
-            let deadline =
-                tokio::time::Instant::now() + if ask == 1 { FIRST_WINDOW } else { WINDOW };
+            let first = n == 1;
+            let deadline = tokio::time::Instant::now() + if first { FIRST_WINDOW } else { WINDOW };
             // The first ask is heard out to the end of its window (a source
             // new to the bus, or slower, counts too); the next ones end
             // once as many answered.
             let mut answered = 0;
-            let known = if ask == 1 { 0 } else { first_heard };
+            let known = if first { 0 } else { first_heard };
             while let Ok(Some(wave)) =
                 tokio::time::timeout_at(deadline, self.vibrator.receive()).await
             {
                 let received = system_unix_nanos();
-                let (Some((answered_ask, theirs)), Some(source)) =
-                    (pair(wave.payload_bytes()), wave.source())
+                let (Some((answered_ask, clock, bus)), Some(source)) =
+                    (answer_of(wave.payload_bytes()), wave.source())
                 else {
                     continue;
                 };
                 if answered_ask != ask {
                     continue;
                 }
+                let theirs = self.time_of(clock, bus);
                 exchanges.push(Exchange::of(source, sent, received, theirs));
                 answered += 1;
                 if known > 0 && answered >= known {
                     break;
                 }
             }
-            if ask == 1 {
+            if first {
                 first_heard = answered;
             }
         }
@@ -395,6 +458,23 @@ mod tests {
         assert_eq!((e.offset_ns, e.rtt_ns), (9_000, 400));
         // A source behind.
         assert_eq!(Exchange::of("pi", 5_000, 5_000, 1_000).offset_ns, -4_000);
+    }
+
+    #[test]
+    fn an_answer_gives_the_sources_clock_and_its_bus_time() {
+        let hour = 3_600_000_000_000u64;
+        let answer = answer_payload(7, 10 * hour, -2 * hour as i64);
+        assert_eq!(answer_of(&answer), Some((7, 10 * hour, 8 * hour)));
+        // A bus time past either end of a u64 saturates.
+        assert_eq!(answer_of(&answer_payload(1, 5, -10)), Some((1, 5, 0)));
+        assert_eq!(
+            answer_of(&answer_payload(1, u64::MAX - 1, 10)),
+            Some((1, u64::MAX - 1, u64::MAX))
+        );
+        // Asks and answers are told apart by their lengths.
+        assert_eq!(answer_of(&ask_payload(1, 2)), None);
+        assert_eq!(pair(&answer), None);
+        assert_eq!(answer_of(&answer.slice(..23)), None);
     }
 
     #[test]

@@ -28,9 +28,10 @@ pub struct ClockConfig {
     /// `keeper`, the gateway's instance), not the median: a machine whose
     /// clock is known good. None (the default): the median.
     pub follow: Option<String>,
-    /// How often the clock is measured again, milliseconds (a jump of the
-    /// machine's clock is measured at once). 1,000 to 3,600,000; default
-    /// 30,000.
+    /// How often the clock is measured again once settled, milliseconds
+    /// (after a start, or a change in the sources heard, it is measured
+    /// after 1, 2, 4 ... s up to this; a jump of the machine's clock at
+    /// once). 1,000 to 3,600,000; default 30,000.
     pub interval_ms: u64,
 }
 

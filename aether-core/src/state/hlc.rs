@@ -114,6 +114,8 @@ impl Clock {
         let limit =
             wall.saturating_add(u64::try_from(self.max_drift.as_nanos()).unwrap_or(u64::MAX));
         if stamp.physical_ns > limit {
+            // This process's clock may be the one off: measured again soon.
+            crate::wave::clock::note_future();
             return Err(TooFarAhead {
                 ahead: Duration::from_nanos(stamp.physical_ns - wall),
             });

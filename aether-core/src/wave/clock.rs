@@ -36,6 +36,11 @@ static OFFSET_NS: AtomicI64 = AtomicI64::new(0);
 /// The system clock stepped since the offset was last measured.
 static JUMPED: AtomicBool = AtomicBool::new(false);
 
+/// A stamp from more than `max_drift` in this process's future was
+/// refused since the offset was last measured: this clock may be the one
+/// off.
+static FUTURE: AtomicBool = AtomicBool::new(false);
+
 /// The offset follows the bus's sources (their last measurement heard
 /// one): a step of the system clock is taken out of it.
 static MEASURED: AtomicBool = AtomicBool::new(false);
@@ -91,6 +96,19 @@ pub(crate) fn offset() -> i64 {
 /// Whether the system clock jumped since this was last asked.
 pub(crate) fn take_jump() -> bool {
     JUMPED.swap(false, Ordering::Relaxed)
+}
+
+/// Notes a stamp refused as from this process's future, for the offset to
+/// be measured again soon.
+pub(crate) fn note_future() {
+    if !FUTURE.load(Ordering::Relaxed) {
+        FUTURE.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether a stamp from the future was refused since this was last asked.
+pub(crate) fn take_future() -> bool {
+    FUTURE.swap(false, Ordering::Relaxed)
 }
 
 /// How often (in nanoseconds of the counter) a thread reads the system
