@@ -550,13 +550,15 @@ impl Durable {
             num_replicas: replicas,
             ..Default::default()
         };
-        // Programs starting together each make the stream; the server's
-        // check of its storage can count the stream twice while another
-        // makes it, and refuse. The next try finds it made and updates it.
+        // Programs starting together each make the stream; while another
+        // makes it the server can count it twice in its storage check, or
+        // take it for another stream holding the same subjects (newer
+        // servers), and refuse. The next try finds it made and updates it;
+        // a refusal that lasts is returned.
         let mut pause = Duration::from_millis(50);
         for _ in 1..STREAM_TRIES {
             match js.create_or_update_stream(config.clone()).await {
-                Err(error) if storage_counted_twice(&error) => {
+                Err(error) if made_meanwhile(&error) => {
                     tokio::time::sleep(pause).await;
                     pause *= 2;
                 }
@@ -1076,11 +1078,14 @@ async fn send_acks(
 
 /// Whether a refusal to make the stream is the server's storage check
 /// counting a stream that another program was making at the same moment.
-fn storage_counted_twice(error: &jetstream::context::CreateStreamError) -> bool {
+/// A refusal the stream being made by another program at the same time
+/// can cause: the next try tells.
+fn made_meanwhile(error: &jetstream::context::CreateStreamError) -> bool {
     matches!(
         error.kind(),
         jetstream::context::CreateStreamErrorKind::JetStream(error)
             if error.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED
+                || error.error_code() == jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP
     )
 }
 
