@@ -8,6 +8,7 @@
 //! | [`vibrator`] | `Vibrator` and `Wave`: emit, resonate, receive, request, reply |
 //! | [`map`] | `Map` and `NodeState`: replicated maps, their changes and presence |
 //! | [`wait`] | running the core's futures: blocking (the GIL released, Ctrl-C heard) or as asyncio futures |
+//! | [`logs`] | the core's log in Python's `logging` |
 //! | [`value`] | Python values to JSON and back |
 //! | [`errors`] | the exception hierarchy, from the core's error kinds |
 
@@ -15,6 +16,7 @@
 
 mod bus;
 mod errors;
+mod logs;
 mod map;
 mod value;
 mod vibrator;
@@ -26,6 +28,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _aether(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
+    logs::install();
     m.add_function(wrap_pyfunction!(bus::connect, m)?)?;
     m.add_function(wrap_pyfunction!(bus::discover, m)?)?;
     m.add_function(wrap_pyfunction!(wait::_exiting, m)?)?;

@@ -221,32 +221,39 @@ where
     let (event_loop, target) = (event_loop.unbind(), future.clone().unbind());
     runtime().spawn(async move {
         let result = work.await;
-        // Counted before the exit is looked at, so that the exit either
-        // sees this hand-over and waits for it, or this sees the exit.
-        ATTACHING.fetch_add(1, Ordering::SeqCst);
-        struct Attaching;
-        impl Drop for Attaching {
-            fn drop(&mut self) {
-                ATTACHING.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        let _attaching = Attaching;
-        if EXITING.load(Ordering::SeqCst) {
-            return;
-        }
-        Python::attach(|py| {
-            let (ok, value) = match result.and_then(|value| value.into_py_any(py)) {
-                Ok(value) => (true, value),
-                Err(error) => (false, error.into_value(py).into_any()),
-            };
-            let keep = keep.unwrap_or_else(|| py.None());
-            // A closed loop takes nothing: the program has moved on.
-            let _ = event_loop.call_method1(
-                py,
-                "call_soon_threadsafe",
-                (resolve, target, ok, value, keep),
-            );
+        attached(|| {
+            Python::attach(|py| {
+                let (ok, value) = match result.and_then(|value| value.into_py_any(py)) {
+                    Ok(value) => (true, value),
+                    Err(error) => (false, error.into_value(py).into_any()),
+                };
+                let keep = keep.unwrap_or_else(|| py.None());
+                // A closed loop takes nothing: the program has moved on.
+                let _ = event_loop.call_method1(
+                    py,
+                    "call_soon_threadsafe",
+                    (resolve, target, ok, value, keep),
+                );
+            })
         });
     });
     Ok(future)
+}
+
+/// Runs `attach` (which takes the GIL) from a thread Python did not
+/// start, unless the interpreter is exiting: the exit waits for it.
+pub(crate) fn attached(attach: impl FnOnce()) {
+    // Counted before the exit is looked at, so that the exit either sees
+    // this hand-over and waits for it, or this sees the exit.
+    ATTACHING.fetch_add(1, Ordering::SeqCst);
+    struct Attaching;
+    impl Drop for Attaching {
+        fn drop(&mut self) {
+            ATTACHING.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let _attaching = Attaching;
+    if !EXITING.load(Ordering::SeqCst) {
+        attach();
+    }
 }

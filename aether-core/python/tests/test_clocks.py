@@ -68,6 +68,10 @@ def test_scripts_hours_apart_read_each_others_writes(nats: NatsServer, tmp_path:
             # it is the opposite of its skew, within a second.
             skew = {"-2h": -7200.0, "+2h": 7200.0, "-1d": -86400.0}[offset]
             assert abs(clock["offset_ms"] / 1000.0 + skew) < 1.0, clock
+            # The core's warning reaches the script through `logging`
+            # (its last resort prints it on stderr).
+            side = "behind" if skew < 0 else "ahead of"
+            assert f"this machine's clock is {abs(skew):.3f} s {side} the bus's" in done.stderr, done.stderr
         # Each reads every one's write.
         want = {name: value for _, name, value in DEVICES}
         for offset, name, _ in DEVICES:
