@@ -5,9 +5,11 @@
 //! `aether node`, `aether keep` and the gateway are). Each program that
 //! crosses processes measures its clock against them when it connects,
 //! again after 1, 2, 4, 8 and 16 s (a bus forming: sources start before
-//! they hear each other), then every `interval_ms`; at once when its
-//! system clock jumps, and soon when it refused a stamp from its future
-//! (its own clock may be the one off). It measures as NTP and Cristian's
+//! they hear each other), then every `interval_ms`; every second while
+//! the sources it hears change or disagree on the bus's time (a program
+//! starting waits up to 3 s for them to agree); at once when its system
+//! clock jumps, and soon when it refused a stamp from its future (its own
+//! clock may be the one off). It measures as NTP and Cristian's
 //! algorithm do: it asks, a source answers with its clocks, and the offset
 //! is the source's time less the middle of the round trip, its uncertainty
 //! half the round trip; of a few exchanges with each source the fastest
@@ -43,7 +45,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 pub use crate::wave::clock::{ClockStatus, bus_now as now, status};
 use crate::{
-    Aether, Channel, RequestErrorKind, Vibrator, Wave,
+    Aether, Channel, Vibrator, Wave,
     wave::clock::{
         offset, set_offset, status_cell, steps, system_unix_nanos, take_future, take_jump,
         unmeasured,
@@ -72,6 +74,11 @@ const JUMP_CHECK: Duration = Duration::from_secs(1);
 const SOON: Duration = Duration::from_secs(1);
 /// The least time between measurements a stamp from the future starts.
 const FUTURE_SPACING: Duration = Duration::from_secs(2);
+/// How long a program's start waits for the sources it hears to agree on
+/// the bus's time (a bus forming), measuring every [`SETTLING_PAUSE`].
+const SETTLING: Duration = Duration::from_secs(3);
+/// The pause between measurements while the sources disagree at a start.
+const SETTLING_PAUSE: Duration = Duration::from_millis(300);
 
 /// One exchange with a source.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,21 +135,10 @@ pub(crate) fn settle(
     }
     let mut sources: Vec<(i64, u64)> = best.values().copied().collect();
     sources.sort_unstable();
-    // Of an even number, the lower middle; a source takes the middle
-    // nearer its own clock (no majority moves it: two sources apart each
-    // keep their own, rather than one following the other).
-    let lower = sources[(sources.len() - 1) / 2];
-    let (offset, rtt) = match (own, sources.len() % 2) {
-        (Some(_), 0) => {
-            let upper = sources[sources.len() / 2];
-            if upper.0.unsigned_abs() < lower.0.unsigned_abs() {
-                upper
-            } else {
-                lower
-            }
-        }
-        _ => lower,
-    };
+    // Of an even number, the lower middle: the earlier of the two middle
+    // clocks, the same one whichever source reckons it, so that sources
+    // that hear each other settle on one time.
+    let (offset, rtt) = sources[(sources.len() - 1) / 2];
     Some((offset, rtt / 2, sources.len()))
 }
 
@@ -187,7 +183,9 @@ fn answers_of(asker: u64) -> Channel {
 
 /// Starts the bus's time on `aether`, once: a source answers; an aether
 /// that crosses processes measures its clock (the first measurement before
-/// this returns, within a second), then keeps measuring while it lives.
+/// this returns, within a second; while the sources it hears disagree, as
+/// on a bus forming, again until they agree, for up to 3 s), then keeps
+/// measuring while it lives.
 /// [`StateMap::open`](crate::state::StateMap::open) calls it; a program
 /// whose stamps matter before (the command line, the gateway, Python)
 /// calls it once connected.
@@ -231,9 +229,19 @@ async fn run(aether: &Aether) {
         warned: false,
         max_drift: aether.config().state.max_drift,
     };
-    let mut heard = tokio::time::timeout(Duration::from_secs(1), measurer.measure())
-        .await
-        .unwrap_or(0);
+    // The first measurement; while the sources heard disagree (a bus
+    // forming: they have not measured each other yet), again until they
+    // agree, for up to SETTLING.
+    let started = Instant::now();
+    let mut heard = loop {
+        let heard = tokio::time::timeout(Duration::from_secs(1), measurer.measure())
+            .await
+            .unwrap_or_default();
+        if heard.agreed || started.elapsed() >= SETTLING {
+            break heard;
+        }
+        tokio::time::sleep(SETTLING_PAUSE).await;
+    };
     let interval = Duration::from_millis(config.interval_ms);
     tokio::spawn(async move {
         let mut last = Instant::now();
@@ -246,16 +254,43 @@ async fn run(aether: &Aether) {
             let since = last.elapsed();
             if take_jump() || since >= wait || (since >= FUTURE_SPACING && take_future()) {
                 last = Instant::now();
-                let now_heard = measurer.measure().await;
-                wait = if now_heard == heard {
+                let now = measurer.measure().await;
+                // Soon again while the sources heard change or disagree.
+                wait = if now.sources == heard.sources && now.agreed {
                     (wait * 2).min(interval)
                 } else {
                     SOON.min(interval)
                 };
-                heard = now_heard;
+                heard = now;
             }
         }
     });
+}
+
+/// What a measurement heard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Heard {
+    /// The sources heard (0: none).
+    sources: usize,
+    /// The bus's time as each source read it agrees, within half of
+    /// `max_drift` (one source, or none, agrees with itself).
+    agreed: bool,
+}
+
+/// Whether the bus's times the sources read, as offsets from this
+/// process's clock (their fastest exchange each), lie within `within` of
+/// each other.
+pub(crate) fn agree(exchanges: &[Exchange], within: Duration) -> bool {
+    let mut best: HashMap<&str, (i64, u64)> = HashMap::new();
+    for e in exchanges {
+        let entry = best.entry(&e.source).or_insert((e.offset_ns, e.rtt_ns));
+        if e.rtt_ns < entry.1 {
+            *entry = (e.offset_ns, e.rtt_ns);
+        }
+    }
+    let offsets = best.values().map(|(offset, _)| i128::from(*offset));
+    let (low, high) = offsets.fold((i128::MAX, i128::MIN), |(lo, hi), o| (lo.min(o), hi.max(o)));
+    low > high || high - low <= within.as_nanos() as i128
 }
 
 /// A source's vibrator, listening.
@@ -320,10 +355,11 @@ struct Measurer {
 }
 
 impl Measurer {
-    /// Measures: the sources heard (0 for none).
-    async fn measure(&mut self) -> usize {
+    /// Measures: the sources heard, and whether they agree.
+    async fn measure(&mut self) -> Heard {
         let steps = steps();
-        let exchanges = self.exchanges().await;
+        let (exchanges, bus_times) = self.exchanges().await;
+        let agreed = agree(&bus_times, self.max_drift / 2);
         let settled = settle(&exchanges, self.own.as_deref(), self.follow.as_deref());
         let mut status = status_cell().lock().unwrap_or_else(|e| e.into_inner());
         status.measurements += 1;
@@ -339,12 +375,16 @@ impl Measurer {
                      keeps its last offset"
                 );
             }
-            return 0;
+            return Heard { sources: 0, agreed };
         };
         let before = offset();
+        let heard = Heard { sources, agreed };
         if !set_offset(offset_ns, steps) {
             // The system clock stepped while it measured: again at once.
-            return sources;
+            return Heard {
+                agreed: false,
+                ..heard
+            };
         }
         status.sources = sources;
         status.uncertainty_ns = uncertainty_ns;
@@ -361,7 +401,7 @@ impl Measurer {
                 "the clock's offset from the bus changed"
             );
         }
-        sources
+        heard
     }
 
     /// The time an answer gives: a source measures against the others'
@@ -375,9 +415,11 @@ impl Measurer {
         }
     }
 
-    /// A round of exchanges: none if no source answers [`WHO`].
-    async fn exchanges(&mut self) -> Vec<Exchange> {
+    /// A round of exchanges, and the same against the bus's time as each
+    /// source reads it: none if no source answers [`WHO`].
+    async fn exchanges(&mut self) -> (Vec<Exchange>, Vec<Exchange>) {
         let mut exchanges = Vec::new();
+        let mut bus_times = Vec::new();
         let emitter = self.vibrator.emitter();
         let sent = system_unix_nanos();
         let who = Wave::new(WHO, ask_payload(self.asker, 0));
@@ -389,10 +431,10 @@ impl Measurer {
                 {
                     let theirs = self.time_of(clock, bus);
                     exchanges.push(Exchange::of(source, sent, received, theirs));
+                    bus_times.push(Exchange::of(source, sent, received, bus));
                 }
             }
-            Err(e) if e.kind() == RequestErrorKind::NoResponders => return exchanges,
-            Err(_) => return exchanges,
+            Err(_) => return (exchanges, bus_times),
         }
         let mut first_heard = 0;
         for n in 1..=ASKS {
@@ -401,7 +443,7 @@ impl Measurer {
             let sent = system_unix_nanos();
             let wave = Wave::new(ASK, ask_payload(self.asker, ask));
             if emitter.emit_own(wave).await.is_err() {
-                return exchanges;
+                return (exchanges, bus_times);
             }
             let first = n == 1;
             let deadline = tokio::time::Instant::now() + if first { FIRST_WINDOW } else { WINDOW };
@@ -424,6 +466,7 @@ impl Measurer {
                 }
                 let theirs = self.time_of(clock, bus);
                 exchanges.push(Exchange::of(source, sent, received, theirs));
+                bus_times.push(Exchange::of(source, sent, received, bus));
                 answered += 1;
                 if known > 0 && answered >= known {
                     break;
@@ -433,7 +476,7 @@ impl Measurer {
                 first_heard = answered;
             }
         }
-        exchanges
+        (exchanges, bus_times)
     }
 }
 
@@ -478,6 +521,23 @@ mod tests {
     }
 
     #[test]
+    fn sources_agree_within_half_of_max_drift() {
+        let within = Duration::from_millis(250);
+        assert!(agree(&[], within), "none agree");
+        let one = [exchange("a", 5_000_000_000, 100)];
+        assert!(agree(&one, within));
+        let close = [
+            exchange("a", 100_000_000, 100),
+            exchange("b", 300_000_000, 100),
+            // A slower exchange of b's, further off, does not count.
+            exchange("b", 900_000_000, 900),
+        ];
+        assert!(agree(&close, within));
+        let hours = [exchange("a", 0, 100), exchange("b", 7_200_000_000_000, 100)];
+        assert!(!agree(&hours, within));
+    }
+
+    #[test]
     fn the_bus_follows_the_median_source_or_the_one_named() {
         let hour = 3_600_000_000_000i64;
         let heard = [
@@ -489,11 +549,11 @@ mod tests {
         // The median of three: b's fastest exchange.
         assert_eq!(settle(&heard, None, None), Some((30, 150, 3)));
         // A source counts itself: a, self (0), b, c: of the two middles,
-        // the one nearer its own clock.
+        // the earlier clock, its own here.
         assert_eq!(settle(&heard, Some("d"), None), Some((0, 0, 4)));
-        // Two sources two hours apart: each keeps its own clock.
+        // Two sources two hours apart settle on the earlier clock, a's.
         let two = [exchange("a", -2 * hour, 900)];
-        assert_eq!(settle(&two, Some("b"), None), Some((0, 0, 2)));
+        assert_eq!(settle(&two, Some("b"), None), Some((-2 * hour, 450, 2)));
         let two = [exchange("b", 2 * hour, 900)];
         assert_eq!(settle(&two, Some("a"), None), Some((0, 0, 2)));
         assert_eq!(settle(&heard, None, Some("c")), Some((2 * hour, 200, 3)));
@@ -511,6 +571,27 @@ mod tests {
     }
 
     proptest! {
+        /// Sources that hear each other settle on one time, whatever
+        /// their number and their clocks (an even number included).
+        #[test]
+        fn sources_that_hear_each_other_agree(
+            clocks in prop::collection::vec(-100_000i64..100_000, 1..9),
+        ) {
+            let names: Vec<String> = (0..clocks.len()).map(|n| format!("s{n}")).collect();
+            let mut times = Vec::new();
+            for (i, own) in clocks.iter().enumerate() {
+                let heard: Vec<Exchange> = clocks
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(j, theirs)| exchange(&names[j], theirs - own, 100))
+                    .collect();
+                let offset = settle(&heard, Some(&names[i]), None).map_or(0, |(o, _, _)| o);
+                times.push(own + offset);
+            }
+            prop_assert!(times.windows(2).all(|w| w[0] == w[1]), "{:?} from {:?}", times, clocks);
+        }
+
         /// Fewer than half the sources, however wrong, cannot move the
         /// bus's time outside the honest sources' offsets.
         #[test]

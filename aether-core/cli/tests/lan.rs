@@ -742,14 +742,16 @@ fn skewed(lan: &Lan, i: usize, skew: &str, args: &[&str]) -> Command {
     command
 }
 
-/// Three hosts whose clocks are two hours apart (one behind, one right,
-/// one ahead), with no NTP: their nodes form one bus, each host's writes
-/// are read on every other, a write made later by the bus's time wins
-/// whatever the writer's clock says, and each node says how far its clock
-/// is from the bus's.
+/// Four hosts whose clocks are hours apart (two hours behind, right, two
+/// hours ahead, a day behind), with no NTP: their nodes form one bus and
+/// settle on one time (of four clocks, the earlier middle one), writes
+/// made by every host at once right after the bus formed are read on
+/// every other, a write made later by the bus's time wins whatever the
+/// writer's clock says, and each node says how far its clock is from the
+/// bus's.
 #[test]
-fn three_hosts_hours_apart_share_one_order() {
-    const SKEWS: [&str; 3] = ["-2h", "+0", "+2h"];
+fn hosts_hours_apart_share_one_order() {
+    const SKEWS: [&str; 4] = ["-2h", "+0", "+2h", "-1d"];
     if !Path::new("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1").exists()
         && !Path::new("/usr/lib/faketime/libfaketime.so.1").exists()
     {
@@ -757,7 +759,7 @@ fn three_hosts_hours_apart_share_one_order() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let Some(lan) = Lan::create(3, dir.path()) else {
+    let Some(lan) = Lan::create(SKEWS.len(), dir.path()) else {
         eprintln!(
             "skipped: cannot make network namespaces here (needs root and `ip`); the LAN test \
              runs where it can"
@@ -768,7 +770,7 @@ fn three_hosts_hours_apart_share_one_order() {
     let secret = dir.path().join("secret");
     std::fs::write(&secret, LanSecret::generate()).unwrap();
     let secret_arg = secret.to_str().unwrap().to_string();
-    let mut nodes: Vec<Running> = (0..3)
+    let mut nodes: Vec<Running> = (0..SKEWS.len())
         .map(|i| {
             let data = dir.path().join(format!("data{i}"));
             let args = [
@@ -792,8 +794,9 @@ fn three_hosts_hours_apart_share_one_order() {
     }
     for (i, node) in nodes.iter().enumerate() {
         assert!(
-            wait_members(&lan, i, 3, Duration::from_secs(30)),
-            "host {i} never saw 3 nodes: {:?}",
+            wait_members(&lan, i, SKEWS.len(), Duration::from_secs(30)),
+            "host {i} never saw {} nodes: {:?}",
+            SKEWS.len(),
             node.seen
         );
     }
@@ -802,20 +805,34 @@ fn three_hosts_hours_apart_share_one_order() {
             .output()
             .expect("aether runs")
     };
-    // Each host writes, and reads every host's write.
-    for (i, skew) in SKEWS.iter().enumerate() {
-        let value = i.to_string();
-        let out = run(i, &["state", "set", "clk", &format!("k{i}"), &value]);
+    // Every host writes at once, right after the bus formed.
+    let writers: Vec<std::process::Child> = (0..SKEWS.len())
+        .map(|i| {
+            skewed(
+                &lan,
+                i,
+                SKEWS[i],
+                &["state", "set", "clk", &format!("k{i}"), &i.to_string()],
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("aether runs")
+        })
+        .collect();
+    for (i, writer) in writers.into_iter().enumerate() {
+        let out = writer.wait_with_output().unwrap();
         assert!(
             out.status.success(),
-            "host {i} ({skew}) could not write: {}",
+            "host {i} ({}) could not write: {}",
+            SKEWS[i],
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    // (A write made before a node measured the bus's time, right after
-    // the bus formed, is refused there as from the future and repaired
-    // once it measured: a node measures 1, 2, 4 ... s after its start,
-    // and within 3 s of refusing a stamp from its future.)
+    // (A write a node took before it measured the bus's time, right
+    // after the bus formed, is refused there as from the future and
+    // repaired once it measured: a node measures 1, 2, 4 ... s after its
+    // start, and within 3 s of refusing a stamp from its future.)
     let reads_on = |i: usize, key: &str, value: &str| {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -833,14 +850,14 @@ fn three_hosts_hours_apart_share_one_order() {
             std::thread::sleep(Duration::from_millis(300));
         }
     };
-    for i in 0..3 {
-        for j in 0..3 {
+    for i in 0..SKEWS.len() {
+        for j in 0..SKEWS.len() {
             reads_on(i, &format!("k{j}"), &j.to_string());
         }
     }
-    // The host two hours ahead writes first, the one two hours behind
-    // after it: the later write wins everywhere.
-    for (i, value) in [(2, "\"ahead\""), (0, "\"behind\"")] {
+    // The host two hours ahead writes first, the one a day behind after
+    // it: the later write wins everywhere.
+    for (i, value) in [(2, "\"ahead\""), (3, "\"day\"")] {
         let out = run(i, &["state", "set", "clk", "last", value]);
         assert!(
             out.status.success(),
@@ -848,15 +865,14 @@ fn three_hosts_hours_apart_share_one_order() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    for i in 0..3 {
-        reads_on(i, "last", "\"behind\"");
+    for i in 0..SKEWS.len() {
+        reads_on(i, "last", "\"day\"");
     }
-    // Each node says its clock's distance from the bus's time: the
-    // median of the three, the host whose clock is right (within one
-    // measurement interval, 30 s, of a measurement that missed a source
-    // on a loaded machine).
-    for (i, want) in [(0, -7_200_000i64), (1, 0), (2, 7_200_000)] {
-        let deadline = Instant::now() + Duration::from_secs(40);
+    // Each node says its clock's distance from the bus's time: of the four
+    // clocks, the earlier middle one, the host two hours behind.
+    let wants = [0i64, 7_200_000, 14_400_000, -79_200_000];
+    for (i, want) in wants.into_iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = run(i, &["node", "--status"]);
             let text = String::from_utf8_lossy(&out.stdout).to_string();

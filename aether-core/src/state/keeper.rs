@@ -170,6 +170,9 @@ impl Keeper {
         config
             .validate()
             .map_err(|e| StateError::with_source(StateErrorKind::Config, e))?;
+        // A keeper is one of the bus's time sources from its start, before
+        // it opens a map (maps open as they are written).
+        crate::bustime::start(aether).await;
         let Some(dir) = config.dir.clone() else {
             return Err(StateError::new(
                 StateErrorKind::Config,
