@@ -13,8 +13,9 @@ use crate::{
 };
 
 /// How often a keeper's connection reports (`aether keep`, a node's
-/// keeper), unless the settings say.
-pub(crate) const REPORT_EVERY_MS: u64 = 5_000;
+/// keeper), unless the settings say: within `aether stats`' default wait
+/// of 3 s.
+pub(crate) const REPORT_EVERY_MS: u64 = 2_000;
 
 pub async fn run(connection: &Connection, args: KeepArgs) -> Result<(), Failure> {
     use tokio::signal::unix::{SignalKind, signal};

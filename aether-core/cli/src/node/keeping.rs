@@ -2,7 +2,7 @@
 //! in `<data>/state`, so a map outlives the programs that wrote it. What
 //! it does is said on stderr as it happens, written each second to
 //! `<data>/keeper.json` (for `aether node --status`), in its connection's
-//! instance reports (`node-<name>`, every 5 s unless `[aether.report]`
+//! instance reports (`node-<name>`, every 2 s unless `[aether.report]`
 //! says; `aether stats`) and, with `--metrics-listen`, served as metrics
 //! with its connection's.
 
