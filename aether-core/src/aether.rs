@@ -68,7 +68,13 @@ pub(crate) struct Inner {
     reporting: std::sync::OnceLock<String>,
     /// Reports sent (the last one's `seq`).
     report_seq: std::sync::atomic::AtomicU64,
+    /// When refused emits were last logged, and how many had been refused
+    /// then.
+    refusals_logged: Mutex<(Option<std::time::Instant>, u64)>,
 }
+
+/// Refused emits are logged at most this often.
+pub(crate) const REFUSALS_LOGGED_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -180,6 +186,7 @@ impl Aether {
                 clock_started: tokio::sync::OnceCell::new(),
                 reporting: std::sync::OnceLock::new(),
                 report_seq: std::sync::atomic::AtomicU64::new(0),
+                refusals_logged: Mutex::new((None, 0)),
             }),
         };
         aether.start_reports();
@@ -270,6 +277,12 @@ impl Aether {
             delivered: stats.delivered,
             dropped: drops(&stats, true),
             rate_limited: stats.rate_limited,
+            rate_limit_waits: stats.rate_limit_waits,
+            refused_emits: stats
+                .refusals()
+                .filter(|(_, n)| *n > 0)
+                .map(|(kind, n)| (kind.as_str().to_string(), n))
+                .collect(),
             malformed: connection.malformed,
             slow_consumer_events: connection.slow_consumer_events,
             disconnects: connection.disconnects,
@@ -472,6 +485,36 @@ impl Aether {
     /// Counts an emit refused by a vibrator's rate limit.
     pub(crate) fn count_rate_limited(&self) {
         self.inner.stats.rate_limited();
+    }
+
+    /// Counts an emit refused with `kind` (the caller is told), and logs
+    /// the refusals at most once per [`REFUSALS_LOGGED_EVERY`]: the first
+    /// at once, then how many came since.
+    #[cold]
+    pub(crate) fn count_refused(&self, kind: EmitErrorKind) {
+        let stats = &self.inner.stats;
+        stats.refused(kind);
+        let Ok(mut logged) = self.inner.refusals_logged.try_lock() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        if logged
+            .0
+            .is_some_and(|at| now.duration_since(at) < REFUSALS_LOGGED_EVERY)
+        {
+            return;
+        }
+        let total = stats.refused_total();
+        let since = total - logged.1;
+        *logged = (Some(now), total);
+        drop(logged);
+        tracing::warn!(
+            refused = since,
+            total,
+            reason = kind.as_str(),
+            "emits refused since the last such warning, the caller told each: counted by \
+             reason in aether_emits_refused_total and in `aether stats`"
+        );
     }
 
     /// The aether's counters, for the reliability layer.

@@ -92,12 +92,23 @@ impl<K: fmt::Debug + fmt::Display> StdError for Error<K> {
 }
 
 macro_rules! kinds {
-    ($(#[$meta:meta])* $name:ident => $alias:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
+    ($(#[$meta:meta])* $name:ident => $alias:ident { $($(#[$vmeta:meta])* $variant:ident = $label:literal => $text:literal,)+ }) => {
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         #[non_exhaustive]
         pub enum $name {
             $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every kind, in the order declared.
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)+];
+
+            /// The kind's name, snake_case: as metrics, reports, Python
+            /// and the bridge name it.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $label,)+ }
+            }
         }
 
         impl fmt::Display for $name {
@@ -115,43 +126,43 @@ kinds! {
     /// Why a wave could not be emitted.
     EmitErrorKind => EmitError {
         /// The channel is invalid or holds a wildcard.
-        InvalidChannel => "invalid channel",
+        InvalidChannel = "invalid_channel" => "invalid channel",
         /// The payload could not be serialized.
-        Payload => "payload error",
+        Payload = "payload" => "payload error",
         /// The aether was closed.
-        Closed => "aether closed",
+        Closed = "closed" => "aether closed",
         /// Disconnected from NATS, and the outbox that keeps waves until the
         /// connection is back is full. Retry later, or raise
         /// `nats.outbox_capacity`.
-        OutboxFull => "outbox full",
+        OutboxFull = "outbox_full" => "outbox full",
         /// The medium refused the wave (over NATS: the connection is closed
         /// for good).
-        Medium => "medium error",
+        Medium = "medium" => "medium error",
         /// The wave is larger than the medium carries: over NATS, its
         /// envelope is over `nats.max_wave_bytes` (the server's
         /// `max_payload`, 1 MiB by default). Nothing was sent. The embedded
         /// medium takes waves of any size.
-        TooLarge => "wave too large",
+        TooLarge = "too_large" => "wave too large",
         /// The wave cannot be reflected (`Vibrator::reflect`): it was not
         /// emitted with `reflect_on_failure(true)`, its source is unknown, or
         /// the reason's message is too long.
-        Reflection => "cannot reflect",
+        Reflection = "reflection" => "cannot reflect",
         /// The vibrator is over its emit rate limit
         /// ([`crate::RateLimit`]); nothing was sent. The message says when
         /// the next emit is allowed; retrying later succeeds.
-        RateLimited => "rate limited",
+        RateLimited = "rate_limited" => "rate limited",
         /// The emit did not complete within the time allowed
         /// ([`crate::reliable`]).
-        TimedOut => "emit timed out",
+        TimedOut = "timed_out" => "emit timed out",
         /// A circuit breaker is open after repeated failures and failed the
         /// call at once ([`crate::reliable`]).
-        CircuitOpen => "circuit open",
+        CircuitOpen = "circuit_open" => "circuit open",
         /// The aether's ACL does not let this vibrator emit on the channel
         /// (`[aether.security] acl`).
-        Denied => "emit denied",
+        Denied = "denied" => "emit denied",
         /// `reply` was given a wave that is not a request (it has no reply
         /// channel).
-        NotARequest => "not a request",
+        NotARequest = "not_a_request" => "not a request",
     }
 }
 
@@ -159,20 +170,20 @@ kinds! {
     /// Why resonating on a pattern failed.
     ResonateErrorKind => ResonateError {
         /// The pattern is invalid.
-        InvalidChannel => "invalid channel",
+        InvalidChannel = "invalid_channel" => "invalid channel",
         /// The group name is invalid.
-        InvalidGroup => "invalid group",
+        InvalidGroup = "invalid_group" => "invalid group",
         /// The aether was closed.
-        Closed => "aether closed",
+        Closed = "closed" => "aether closed",
         /// The medium could not subscribe (over NATS: the connection is
         /// closed for good).
-        Medium => "medium error",
+        Medium = "medium" => "medium error",
         /// The aether's ACL does not let this vibrator resonate on the
         /// pattern (`[aether.security] acl`).
-        Denied => "resonance denied",
+        Denied = "denied" => "resonance denied",
         /// `stop_resonating` was given a pattern the vibrator does not
         /// resonate on.
-        NotResonating => "not resonating",
+        NotResonating = "not_resonating" => "not resonating",
     }
 }
 
@@ -180,21 +191,21 @@ kinds! {
     /// Why a request got no reply.
     RequestErrorKind => RequestError {
         /// No vibrator resonates on the request's channel.
-        NoResponders => "no responders",
+        NoResponders = "no_responders" => "no responders",
         /// No reply came within the timeout.
-        TimedOut => "request timed out",
+        TimedOut = "timed_out" => "request timed out",
         /// The request could not be emitted.
-        Emit => "request not emitted",
+        Emit = "emit" => "request not emitted",
         /// The aether was closed.
-        Closed => "aether closed",
+        Closed = "closed" => "aether closed",
         /// The reply is not a valid wave (over NATS: a malformed envelope).
-        BadReply => "malformed reply",
+        BadReply = "bad_reply" => "malformed reply",
         /// The vibrator is over its emit rate limit; the request was not
         /// sent.
-        RateLimited => "request rate limited",
+        RateLimited = "rate_limited" => "request rate limited",
         /// A circuit breaker is open after repeated failures and failed the
         /// request at once ([`crate::reliable`]).
-        CircuitOpen => "circuit open",
+        CircuitOpen = "circuit_open" => "circuit open",
     }
 }
 
@@ -202,17 +213,17 @@ kinds! {
     /// Why an aether could not reach its medium.
     ConnectErrorKind => ConnectError {
         /// A setting is invalid.
-        Config => "invalid configuration",
+        Config = "config" => "invalid configuration",
         /// TLS failed: a file could not be read or used, or the handshake
         /// was refused (a server certificate not trusted, or the client's
         /// certificate refused).
-        Tls => "TLS setup failed",
+        Tls = "tls" => "TLS setup failed",
         /// A credentials file could not be read.
-        Credentials => "credentials unusable",
+        Credentials = "credentials" => "credentials unusable",
         /// The server refused the credentials.
-        Authorization => "not authorized",
+        Authorization = "authorization" => "not authorized",
         /// No server answered (in time).
-        Unreachable => "no server reachable",
+        Unreachable = "unreachable" => "no server reachable",
     }
 }
 
@@ -220,11 +231,11 @@ kinds! {
     /// Why a vibrator could not be created or changed.
     VibratorErrorKind => VibratorError {
         /// The name is invalid.
-        InvalidName => "invalid vibrator name",
+        InvalidName = "invalid_name" => "invalid vibrator name",
         /// A setting is out of range.
-        InvalidSetting => "invalid vibrator setting",
+        InvalidSetting = "invalid_setting" => "invalid vibrator setting",
         /// The aether was closed.
-        Closed => "aether closed",
+        Closed = "closed" => "aether closed",
     }
 }
 
@@ -245,20 +256,20 @@ kinds! {
     WireErrorKind => WireError {
         /// The first byte is not the envelope's magic byte (`0xAE`): the body
         /// is not an Aether envelope.
-        BadMagic => "not an Aether envelope",
+        BadMagic = "bad_magic" => "not an Aether envelope",
         /// The envelope has a version this build does not read.
-        UnsupportedVersion => "unsupported envelope version",
+        UnsupportedVersion = "unsupported_version" => "unsupported envelope version",
         /// The envelope sets flags its version does not define.
-        UnknownFlags => "unknown envelope flags",
+        UnknownFlags = "unknown_flags" => "unknown envelope flags",
         /// The body ends before a field it announces.
-        Truncated => "truncated envelope",
+        Truncated = "truncated" => "truncated envelope",
         /// The body is larger than the limit.
-        Oversized => "envelope too large",
+        Oversized = "oversized" => "envelope too large",
         /// A field holds a value out of range or malformed (amplitude, phase,
         /// decay, source name, correlation key, reply channel).
-        InvalidField => "invalid envelope field",
+        InvalidField = "invalid_field" => "invalid envelope field",
         /// A batch frame whose count or lengths do not match its bytes; it
         /// is refused whole.
-        BadFrame => "malformed batch frame",
+        BadFrame = "bad_frame" => "malformed batch frame",
     }
 }

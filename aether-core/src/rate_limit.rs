@@ -202,19 +202,21 @@ impl LimitSlot {
             .map_err(|(wait, limit)| refusal(name, limit, wait))
     }
 
-    /// Waits for the emit's turn, up to the limit's `max_wait` from now;
-    /// refused if the turn is further away.
+    /// Waits for the emit's turn, up to the limit's `max_wait` from now
+    /// (`true` if it waited); refused if the turn is further away.
     #[cold]
-    pub(crate) async fn wait_turn(&self, name: &str) -> Result<(), EmitError> {
+    pub(crate) async fn wait_turn(&self, name: &str) -> Result<bool, EmitError> {
         let start = tokio::time::Instant::now();
+        let mut waited = false;
         loop {
             let Err((wait, limit)) = self.turn() else {
-                return Ok(());
+                return Ok(waited);
             };
             if start.elapsed() + wait > limit.max_wait {
                 return Err(refusal(name, limit, wait));
             }
             tokio::time::sleep(wait).await;
+            waited = true;
         }
     }
 }

@@ -42,7 +42,7 @@ use std::{collections::BTreeMap, fmt, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Channel, DropReason, StatsSnapshot, Wave};
+use crate::{Channel, DropReason, EmitErrorKind, StatsSnapshot, Wave};
 
 /// The first token of report channels.
 pub const REPORT_PREFIX: &str = crate::system::REPORT_PREFIX;
@@ -91,6 +91,15 @@ pub struct InstanceReport {
     /// the limit allows): not sent, the caller told.
     #[serde(default)]
     pub rate_limited: u64,
+    /// Emits that waited for their turn under a rate limit that shapes,
+    /// then went out.
+    #[serde(default)]
+    pub rate_limit_waits: u64,
+    /// Emits refused, by kind (`EmitErrorKind::as_str`: `outbox_full`,
+    /// `rate_limited`, `too_large`, ...): nothing sent, the caller told.
+    /// Only kinds that refused one are listed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refused_emits: BTreeMap<String, u64>,
     /// Messages off the network that were not waves.
     pub malformed: u64,
     /// Messages the client dropped for a full subscription buffer.
@@ -294,6 +303,13 @@ impl InstanceReport {
             if !DropReason::ALL.iter().any(|r| r.as_str() == reason) {
                 return bad(format!("unknown drop reason {reason:?}"));
             }
+        }
+        if let Some(kind) = report
+            .refused_emits
+            .keys()
+            .find(|k| !EmitErrorKind::ALL.iter().any(|e| e.as_str() == k.as_str()))
+        {
+            return bad(format!("unknown emit refusal {kind:?}"));
         }
         if report.maps.len() > MAX_REPORTED_MAPS {
             return bad(format!("{} maps listed", report.maps.len()));

@@ -8,6 +8,8 @@ use std::{
     sync::atomic::{AtomicU64, Ordering::Relaxed},
 };
 
+use crate::EmitErrorKind;
+
 /// Why a wave was not delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
@@ -95,11 +97,13 @@ pub(crate) struct Counters {
     diffracted: AtomicU64,
     reflected: AtomicU64,
     rate_limited: AtomicU64,
+    rate_limit_waits: AtomicU64,
     retries: AtomicU64,
     timeouts: AtomicU64,
     breaker_opens: AtomicU64,
     breaker_rejections: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
+    refused: [AtomicU64; EmitErrorKind::ALL.len()],
 }
 
 impl Counters {
@@ -135,6 +139,10 @@ impl Counters {
         self.rate_limited.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn rate_limit_waited(&self) {
+        self.rate_limit_waits.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn retried(&self) {
         self.retries.fetch_add(1, Relaxed);
     }
@@ -155,9 +163,23 @@ impl Counters {
         self.dropped[reason.index()].fetch_add(1, Relaxed);
     }
 
+    /// An emit refused (the caller told why).
+    pub(crate) fn refused(&self, kind: EmitErrorKind) {
+        self.refused[refusal_index(kind)].fetch_add(1, Relaxed);
+    }
+
+    /// Emits refused so far, for any reason.
+    pub(crate) fn refused_total(&self) -> u64 {
+        self.refused.iter().map(|n| n.load(Relaxed)).sum()
+    }
+
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let mut dropped = [0; DropReason::ALL.len()];
         for (slot, counter) in dropped.iter_mut().zip(&self.dropped) {
+            *slot = counter.load(Relaxed);
+        }
+        let mut refused = [0; EmitErrorKind::ALL.len()];
+        for (slot, counter) in refused.iter_mut().zip(&self.refused) {
             *slot = counter.load(Relaxed);
         }
         StatsSnapshot {
@@ -171,11 +193,13 @@ impl Counters {
             diffracted: self.diffracted.load(Relaxed),
             reflected: self.reflected.load(Relaxed),
             rate_limited: self.rate_limited.load(Relaxed),
+            rate_limit_waits: self.rate_limit_waits.load(Relaxed),
             retries: self.retries.load(Relaxed),
             timeouts: self.timeouts.load(Relaxed),
             breaker_opens: self.breaker_opens.load(Relaxed),
             breaker_rejections: self.breaker_rejections.load(Relaxed),
             dropped,
+            refused,
         }
     }
 }
@@ -214,6 +238,9 @@ pub struct StatsSnapshot {
     /// Emits refused because the vibrator was over its rate limit
     /// ([`crate::RateLimit`]): not sent, so not counted as emitted.
     pub rate_limited: u64,
+    /// Emits that waited for their turn under a rate limit that shapes
+    /// ([`crate::RateLimit::waiting_up_to`]) and then went out.
+    pub rate_limit_waits: u64,
     /// Retries made by [`crate::reliable::Reliable`] policies on this
     /// aether (after a retryable error).
     pub retries: u64,
@@ -224,6 +251,15 @@ pub struct StatsSnapshot {
     /// Calls failed at once by an open circuit breaker.
     pub breaker_rejections: u64,
     dropped: [u64; DropReason::ALL.len()],
+    refused: [u64; EmitErrorKind::ALL.len()],
+}
+
+/// Where `kind` is counted.
+fn refusal_index(kind: EmitErrorKind) -> usize {
+    EmitErrorKind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .expect("every kind is in ALL")
 }
 
 impl StatsSnapshot {
@@ -240,6 +276,22 @@ impl StatsSnapshot {
     /// `(reason, count)` for every reason.
     pub fn drops(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
         DropReason::ALL.iter().map(|r| (*r, self.dropped(*r)))
+    }
+
+    /// Emits refused with `kind` (the caller told why; nothing was sent).
+    /// A rate limit's refusals are [`StatsSnapshot::rate_limited`] too.
+    pub fn refused(&self, kind: EmitErrorKind) -> u64 {
+        self.refused[refusal_index(kind)]
+    }
+
+    /// Emits refused for any reason.
+    pub fn refused_total(&self) -> u64 {
+        self.refused.iter().sum()
+    }
+
+    /// `(kind, count)` for every kind of emit error.
+    pub fn refusals(&self) -> impl Iterator<Item = (EmitErrorKind, u64)> + '_ {
+        EmitErrorKind::ALL.iter().map(|k| (*k, self.refused(*k)))
     }
 }
 
@@ -260,6 +312,19 @@ impl fmt::Debug for StatsSnapshot {
                     .finish()
             }
         }
+        struct Refusals<'a>(&'a StatsSnapshot);
+        impl fmt::Debug for Refusals<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_map()
+                    .entries(
+                        self.0
+                            .refusals()
+                            .filter(|(_, n)| *n > 0)
+                            .map(|(k, n)| (k.as_str(), n)),
+                    )
+                    .finish()
+            }
+        }
         f.debug_struct("StatsSnapshot")
             .field("emitted", &self.emitted)
             .field("published", &self.published)
@@ -268,11 +333,13 @@ impl fmt::Debug for StatsSnapshot {
             .field("diffracted", &self.diffracted)
             .field("reflected", &self.reflected)
             .field("rate_limited", &self.rate_limited)
+            .field("rate_limit_waits", &self.rate_limit_waits)
             .field("retries", &self.retries)
             .field("timeouts", &self.timeouts)
             .field("breaker_opens", &self.breaker_opens)
             .field("breaker_rejections", &self.breaker_rejections)
             .field("dropped", &Drops(self))
+            .field("refused", &Refusals(self))
             .finish()
     }
 }
@@ -294,6 +361,7 @@ impl fmt::Display for StatsSnapshot {
             ("diffracted", self.diffracted),
             ("reflected", self.reflected),
             ("rate_limited", self.rate_limited),
+            ("rate_limit_waits", self.rate_limit_waits),
             ("retries", self.retries),
             ("timeouts", self.timeouts),
             ("breaker_opens", self.breaker_opens),
@@ -308,6 +376,11 @@ impl fmt::Display for StatsSnapshot {
             if i + 1 < DropReason::ALL.len() {
                 writeln!(f)?;
             }
+        }
+        // Refusals only where there were some.
+        for (kind, n) in self.refusals().filter(|(_, n)| *n > 0) {
+            let name = format!("refused {}", kind.as_str());
+            write!(f, "\n{name:<26} {n:>8}")?;
         }
         Ok(())
     }

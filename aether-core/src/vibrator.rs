@@ -810,49 +810,70 @@ impl Emitter {
         at: Option<u64>,
         path: Path,
     ) -> Result<WaveId, EmitError> {
+        // Every refusal is counted by its kind (`refused`).
         if path == Path::Application {
-            application_channel(wave.channel())?;
+            application_channel(wave.channel()).map_err(|e| self.refused(e))?;
         }
         if self.limit.check(&self.name).is_err() {
-            Box::pin(self.wait_for_turn()).await?;
+            Box::pin(self.wait_for_turn())
+                .await
+                .map_err(|e| self.refused(e))?;
         }
         // The rare paths' futures are boxed, so that they do not swell every
         // emit's future (6.8 KB with them inline, 1.5 KB without). The NATS
         // publish stays inline: boxing it costs an allocation per emit,
         // which measured slower than the copy it saves.
         if wave.reflects_on_failure() && wave.propagation_count() == 0 {
-            Box::pin(self.listen_for_reflections()).await?;
+            Box::pin(self.listen_for_reflections())
+                .await
+                .map_err(|e| self.refused(e))?;
         }
         let now_ns = at.unwrap_or_else(unix_nanos);
         // Checked in place, and on the fast path not moved again.
-        let dropped = self.admit_in_place(&mut wave, now_ns)?;
+        let dropped = self
+            .admit_in_place(&mut wave, now_ns)
+            .map_err(|e| self.refused(e))?;
         let id = wave.id();
         match self.aether.start_publish(wave, dropped) {
             // The embedded medium's common wave: in the queues already.
             Publishing::Done => {}
             // A wave that did not go out (a full or unwritable outbox) is
             // not counted as published by this vibrator.
-            publishing => self
-                .aether
-                .finish_publish(publishing)
-                .await
-                .inspect_err(|_| {
-                    self.inbox.stats().unpublished();
-                    self.aether.count_unpublished();
-                })?,
+            publishing => self.aether.finish_publish(publishing).await.map_err(|e| {
+                self.inbox.stats().unpublished();
+                self.aether.count_unpublished();
+                self.refused(e)
+            })?,
         }
         Ok(id)
     }
 
+    /// `error`, an emit's refusal, counted by its kind.
+    #[cold]
+    fn refused(&self, error: EmitError) -> EmitError {
+        self.inbox.stats().refused(error.kind());
+        self.aether.count_refused(error.kind());
+        error
+    }
+
     /// Over the rate limit: waits for the emit's turn if the limit shapes
-    /// ([`RateLimit::waiting_up_to`]), else (or past that wait) refuses,
-    /// counted by the vibrator and the aether.
+    /// ([`RateLimit::waiting_up_to`]), else (or past that wait) refuses;
+    /// a wait and a refusal counted by the vibrator and the aether.
     #[cold]
     async fn wait_for_turn(&self) -> Result<(), EmitError> {
-        self.limit.wait_turn(&self.name).await.inspect_err(|_| {
-            self.inbox.stats().rate_limited();
-            self.aether.count_rate_limited();
-        })
+        match self.limit.wait_turn(&self.name).await {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                self.inbox.stats().rate_limit_waited();
+                self.aether.counters().rate_limit_waited();
+                Ok(())
+            }
+            Err(error) => {
+                self.inbox.stats().rate_limited();
+                self.aether.count_rate_limited();
+                Err(error)
+            }
+        }
     }
 
     /// Resonates on this vibrator's reflection channel, once: a fresh wave

@@ -177,8 +177,15 @@ async fn embedded_outbox_full_is_refused_and_frees_up_as_waves_are_taken() {
         assert_eq!(err.kind(), aether_core::EmitErrorKind::OutboxFull, "{err}");
         assert!(err.to_string().contains("outbox_max_bytes"), "{err}");
         assert!(accepted >= 1);
-        // What was refused is not counted as published.
+        // What was refused is not counted as published, and is counted
+        // as refused.
         assert_eq!(tx.stats().published, accepted);
+        assert_eq!(
+            aether
+                .stats()
+                .refused(aether_core::EmitErrorKind::OutboxFull),
+            1
+        );
         // Other channels are not held back.
         tx.emit_wave("audit.seen", json!({})).await.unwrap();
 

@@ -121,6 +121,10 @@ async fn server_killed_and_restarted_mid_stream_loses_nothing_accepted() {
         }
         assert_eq!(accepted_while_down.len(), room);
         assert_eq!(refused, 50);
+        // Each refusal counted by its kind, by the aether and the emitter.
+        assert_eq!(aether.stats().refused(EmitErrorKind::OutboxFull), 50);
+        assert_eq!(tx.stats().refused(EmitErrorKind::OutboxFull), 50);
+        assert_eq!(aether.stats().refused_total(), 50);
         assert_eq!(aether.connection().outbox_len, outbox);
 
         // Nothing can leave while the server is down: flush says so.

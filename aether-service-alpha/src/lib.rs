@@ -368,6 +368,9 @@ pub struct AlphaReport {
     /// Orders and outcomes not emitted because the vibrator was over its
     /// rate limit (`[service] rate_limit_per_s`).
     pub rate_limited: u64,
+    /// Emits that waited for their turn under the rate limit (it shapes:
+    /// `rate_limit_wait_ms`), then went out.
+    pub shaped: u64,
     /// Answers about no order it waits for: another alpha's order, or one
     /// never made (or answered too long ago to remember); nothing emitted.
     pub unmatched: u64,
@@ -396,7 +399,7 @@ impl std::fmt::Display for AlphaReport {
         write!(
             f,
             "service-alpha: created {}, confirmed {}, cancelled {}, unanswered {}, \
-             unsent {}, overdue {}, rate_limited {}, failed {}, unmatched {}, repeated {}, \
+             unsent {}, overdue {}, rate_limited {}, shaped {}, failed {}, unmatched {}, repeated {}, \
              conflicting {}, retried {}, duplicated {}, refused {}, dropped {}",
             self.created,
             self.confirmed,
@@ -405,6 +408,7 @@ impl std::fmt::Display for AlphaReport {
             self.unsent,
             self.overdue,
             self.rate_limited,
+            self.shaped,
             self.failed,
             self.unmatched,
             self.repeated,
@@ -715,6 +719,7 @@ pub async fn run_live(
         .filter(|(_, due)| due.is_some_and(|due| due <= now))
         .count() as u64;
     report.dropped = aether_ops::drops::of_service(&alpha.stats(), &aether.stats());
+    report.shaped = alpha.stats().rate_limit_waits;
     // After its count, the outcomes are waited for as long as an answer
     // would be (a cluster electing a new leader holds them for seconds);
     // after a shutdown, the drain time.
@@ -900,6 +905,7 @@ mod tests {
                 unsent: 0,
                 overdue: 0,
                 rate_limited: 0,
+                shaped: 0,
                 failed: 0,
                 unmatched: 0,
                 repeated: 0,

@@ -509,3 +509,97 @@ async fn negative_numbers_are_refused_with_the_reason() {
         }
     }
 }
+
+/// `GET /metrics` of the program listening at `addr`, or an empty text
+/// while it does not answer.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(Ok(mut stream)) =
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await
+    else {
+        return String::new();
+    };
+    let mut text = Vec::new();
+    let asked = stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: metrics\r\n\r\n")
+        .await;
+    if asked.is_err() {
+        return String::new();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut text)).await;
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// The value of the series `series` (its name and labels, as exported) in
+/// a scrape, if there.
+fn series_value(scraped: &str, series: &str) -> Option<f64> {
+    scraped
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// An outage with a small durable outbox: the orders alpha emits past it
+/// are refused, and it says so where an operator looks: its own /metrics
+/// counts them by reason, and its log warns (once, not once an emit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emits_a_full_outbox_refuses_are_counted_and_logged() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let mut server = NatsServer::builder()
+            .jetstream(true)
+            .start()
+            .await
+            .expect("nats-server");
+        let dir = tempfile::tempdir().unwrap();
+        write_settings(
+            dir.path(),
+            "[aether.durability]\nchannels = [\"orders.*\"]\noutbox_max_bytes = 4096\n\
+             [alpha]\ndrain_ms = 500\n",
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut alpha = command();
+        alpha.args(["--metrics-listen", &port.to_string(), "--rate", "200"]);
+        let mut alpha = process::spawn_on_nats(
+            alpha,
+            dir.path(),
+            &server.url(),
+            std::process::Stdio::piped(),
+        );
+        let log = process::collect_log(&mut alpha);
+        let connected = "aether_nats_connection_state{state=\"connected\"}";
+        while series_value(&scrape(port).await, connected) != Some(1.0) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        server.kill().await.unwrap();
+        let refused = "aether_emits_refused_total{reason=\"outbox_full\"}";
+        let counted = loop {
+            let scraped = scrape(port).await;
+            match series_value(&scraped, refused) {
+                Some(n) if n >= 20.0 => break scraped,
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        // Refused as outbox_full, nothing else.
+        for kind in aether_core::EmitErrorKind::ALL {
+            let series = format!("aether_emits_refused_total{{reason=\"{}\"}}", kind.as_str());
+            let n = series_value(&counted, &series).unwrap_or_else(|| panic!("{series} listed"));
+            assert_eq!(
+                n > 0.0,
+                *kind == aether_core::EmitErrorKind::OutboxFull,
+                "{series} {n}"
+            );
+        }
+        process::terminate(&mut alpha).await;
+        let log = log.await.unwrap();
+        let warnings: Vec<&String> = log.iter().filter(|l| l.contains("emits refused")).collect();
+        assert!(
+            !warnings.is_empty() && warnings.len() <= 3,
+            "warned once, at most once per 10 s: {log:#?}"
+        );
+        assert!(warnings[0].contains("outbox_full"), "{}", warnings[0]);
+    })
+    .await
+    .expect("within 60 s");
+}

@@ -244,6 +244,9 @@ pub struct BetaReport {
     /// Orders left unanswered because the vibrator was over its rate limit
     /// (`[service] rate_limit_per_s`); their stock stays.
     pub rate_limited: u64,
+    /// Emits that waited for their turn under the rate limit (it shapes:
+    /// `rate_limit_wait_ms`), then went out.
+    pub shaped: u64,
     /// Orders left unanswered because the medium failed past what
     /// `[service.reliability]` allows (timeouts, an open circuit, a full
     /// outbox), or at the first failure without it; their stock stays.
@@ -276,13 +279,14 @@ impl std::fmt::Display for BetaReport {
         write!(
             f,
             "service-beta: reserved {}, insufficient {}, outcomes heard {}, ignored {}, \
-             rate_limited {}, failed {}, unsent {}, repeats {}, conflicting {}, stock left {:?}, \
+             rate_limited {}, shaped {}, failed {}, unsent {}, repeats {}, conflicting {}, stock left {:?}, \
              stock unsaved {}, refused {}, dropped {}",
             self.reserved,
             self.insufficient,
             self.outcomes_heard,
             self.ignored,
             self.rate_limited,
+            self.shaped,
             self.failed,
             self.unsent,
             self.repeats,
@@ -471,6 +475,7 @@ pub async fn run_live_then(
     report.unsent = aether.connection().unsent() as u64;
     drops.check(&beta.stats());
     report.dropped = aether_ops::drops::of_service(&beta.stats(), &aether.stats());
+    report.shaped = beta.stats().rate_limit_waits;
     tracing::info!("{report}");
     Ok(report)
 }

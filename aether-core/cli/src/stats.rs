@@ -75,6 +75,20 @@ fn clock(report: &InstanceReport) -> String {
     )
 }
 
+/// A count by reason as its total and the largest reason: `7
+/// (queue_full…)`.
+fn by_reason(counts: &BTreeMap<String, u64>) -> String {
+    let total: u64 = counts.values().sum();
+    match counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .max_by_key(|(_, n)| **n)
+    {
+        Some((reason, _)) => format!("{total} ({}…)", show::safe(reason)),
+        None => total.to_string(),
+    }
+}
+
 /// The reports as an aligned table, one instance a row.
 fn table(reports: &BTreeMap<String, InstanceReport>) -> String {
     let header = [
@@ -84,6 +98,7 @@ fn table(reports: &BTreeMap<String, InstanceReport>) -> String {
         "EMITTED",
         "DELIVERED",
         "DROPPED",
+        "REFUSED",
         "QUEUED",
         "OUTBOX",
         "MALFORMED",
@@ -92,21 +107,14 @@ fn table(reports: &BTreeMap<String, InstanceReport>) -> String {
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for report in reports.values() {
-        let dropped: u64 = report.dropped.values().sum();
-        let mut reasons: Vec<(&String, &u64)> =
-            report.dropped.iter().filter(|(_, n)| **n > 0).collect();
-        reasons.sort_by(|a, b| b.1.cmp(a.1));
-        let dropped = match reasons.first() {
-            Some((reason, _)) if dropped > 0 => format!("{dropped} ({reason}…)"),
-            _ => dropped.to_string(),
-        };
         rows.push(vec![
             show::safe(&report.instance),
             show::safe(&report.medium),
             show::safe(&report.connection),
             report.emitted.to_string(),
             report.delivered.to_string(),
-            dropped,
+            by_reason(&report.dropped),
+            by_reason(&report.refused_emits),
             format!("{}/{}", report.queued, report.queue_capacity),
             format!("{}/{}", report.outbox_len, report.outbox_capacity),
             report.malformed.to_string(),
@@ -146,12 +154,18 @@ mod tests {
         };
         report.dropped.insert("queue_full".into(), 7);
         report.dropped.insert("expired".into(), 0);
+        report.refused_emits.insert("outbox_full".into(), 1244);
+        report.refused_emits.insert("rate_limited".into(), 3);
         reports.insert(report.instance.clone(), report);
         let text = table(&reports);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("INSTANCE"));
         assert!(lines[1].contains("7 (queue_full…)"), "{text}");
+        assert!(lines[1].contains("1247 (outbox_full…)"), "{text}");
+        // Columns by characters (an ellipsis is three bytes).
+        let column = |line: &str, word: &str| line.find(word).map(|at| line[..at].chars().count());
+        assert_eq!(column(lines[0], "REFUSED"), column(lines[1], "1247"));
         assert_eq!(lines[0].find("MEDIUM"), lines[1].find("nats"));
     }
 }

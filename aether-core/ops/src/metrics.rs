@@ -29,7 +29,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use aether_core::{Aether, ConnectionState, DropReason};
+use aether_core::{Aether, ConnectionState, DropReason, EmitErrorKind};
 use prometheus::{
     Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
     core::{Collector, Desc},
@@ -154,11 +154,13 @@ struct Bus {
     diffracted: IntCounter,
     reflected: IntCounter,
     rate_limited: IntCounter,
+    rate_limit_waits: IntCounter,
     retries: IntCounter,
     timeouts: IntCounter,
     breaker_opens: IntCounter,
     breaker_rejections: IntCounter,
     dropped: IntCounterVec,
+    refused: IntCounterVec,
 }
 
 struct Connection {
@@ -214,6 +216,7 @@ impl AetherCollector {
         let mut parts: Vec<Box<dyn Collector>> = Vec::new();
         let mut m = Maker(&mut parts);
         let reasons: Vec<&str> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        let refusals: Vec<&str> = EmitErrorKind::ALL.iter().map(|k| k.as_str()).collect();
         let bus = Bus {
             emitted: m.counter(
                 "aether_waves_emitted_total",
@@ -240,6 +243,11 @@ impl AetherCollector {
                 "Emits refused because a vibrator of the process's aether was over its rate \
                  limit (past any wait the limit allows).",
             )?,
+            rate_limit_waits: m.counter(
+                "aether_emits_rate_limit_waits_total",
+                "Emits that waited for their turn under a vibrator's rate limit that shapes, \
+                 then went out.",
+            )?,
             retries: m.counter(
                 "aether_reliability_retries_total",
                 "Retries made by reliability policies on the process's aether.",
@@ -261,6 +269,13 @@ impl AetherCollector {
                 "Waves the process's aether did not deliver, by reason.",
                 "reason",
                 &reasons,
+            )?,
+            refused: m.counters(
+                "aether_emits_refused_total",
+                "Emits the process's aether refused, by the error's kind (outbox_full, \
+                 rate_limited, too_large, ...): nothing sent, the emitting code told.",
+                "reason",
+                &refusals,
             )?,
         };
         let states: Vec<&str> = CONNECTION_STATES.iter().map(|s| s.as_str()).collect();
@@ -383,12 +398,16 @@ impl AetherCollector {
         raise(&bus.diffracted, stats.diffracted);
         raise(&bus.reflected, stats.reflected);
         raise(&bus.rate_limited, stats.rate_limited);
+        raise(&bus.rate_limit_waits, stats.rate_limit_waits);
         raise(&bus.retries, stats.retries);
         raise(&bus.timeouts, stats.timeouts);
         raise(&bus.breaker_opens, stats.breaker_opens);
         raise(&bus.breaker_rejections, stats.breaker_rejections);
         for (reason, n) in stats.drops() {
             raise(&bus.dropped.with_label_values(&[reason.as_str()]), n);
+        }
+        for (kind, n) in stats.refusals() {
+            raise(&bus.refused.with_label_values(&[kind.as_str()]), n);
         }
         let status = self.aether.connection();
         let c = &self.connection;

@@ -14,6 +14,7 @@ pub(super) struct InstanceMetrics {
     pub(super) observed: IntGaugeVec,
     pub(super) unobserved: IntGaugeVec,
     pub(super) dropped: IntGaugeVec,
+    pub(super) refused_emits: IntGaugeVec,
     pub(super) queued: IntGaugeVec,
     pub(super) queue_capacity: IntGaugeVec,
     pub(super) outbox: IntGaugeVec,
@@ -27,6 +28,7 @@ pub(super) struct InstanceMetrics {
     pub(super) instances: IntGauge,
     pub(super) refused: IntCounterVec,
     pub(super) gone: IntCounter,
+    pub(super) gone_now: IntGaugeVec,
     pub(super) left: IntCounter,
     pub(super) unobserved_total: IntCounter,
     pub(super) unexported: IntGaugeVec,
@@ -161,6 +163,16 @@ impl InstanceMetrics {
             &["instance", "reason"],
         )?;
         registry.register(Box::new(dropped.clone()))?;
+        let refused_emits = IntGaugeVec::new(
+            Opts::new(
+                "aether_instance_refused_emits",
+                "Emits an instance refused since it started, by the error's kind (outbox_full, \
+                 rate_limited, too_large, ...; nothing sent, the emitting code told), as of \
+                 its last report.",
+            ),
+            &["instance", "reason"],
+        )?;
+        registry.register(Box::new(refused_emits.clone()))?;
         let instances = IntGauge::new(
             "aether_gateway_instances",
             "Instances reporting to the gateway (at most max_instances).",
@@ -186,6 +198,15 @@ impl InstanceMetrics {
              leaving report: crashed, killed or cut off.",
         )?;
         registry.register(Box::new(gone.clone()))?;
+        let gone_now = IntGaugeVec::new(
+            Opts::new(
+                "aether_gateway_instance_gone",
+                "1 for an instance marked gone (its reports stopped without a leaving report), \
+                 until it reports again or for an hour.",
+            ),
+            &["instance"],
+        )?;
+        registry.register(Box::new(gone_now.clone()))?;
         let left = IntCounter::new(
             "aether_gateway_instances_left_total",
             "Instances that drained and sent a leaving report: gone on purpose.",
@@ -240,6 +261,7 @@ impl InstanceMetrics {
                  report: a gap in what the gateway counts.",
             )?,
             dropped,
+            refused_emits,
             queued: per(
                 "aether_instance_queued_waves",
                 "Waves waiting in the instance's receive queues.",
@@ -284,6 +306,7 @@ impl InstanceMetrics {
             instances,
             refused,
             gone,
+            gone_now,
             left,
             unobserved_total,
             unexported,
@@ -336,6 +359,13 @@ impl InstanceMetrics {
         for (reason, n) in &report.dropped {
             self.dropped
                 .with_label_values(&[name, reason])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        // Only the kinds it refused (250 instances x every kind would
+        // weigh a scrape); a series that appears is alerted on as new.
+        for (kind, n) in &report.refused_emits {
+            self.refused_emits
+                .with_label_values(&[name, kind])
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
         for map in instance.exported_maps() {
@@ -392,6 +422,11 @@ impl InstanceMetrics {
         }
         for reason in report.dropped.keys() {
             let _ = self.dropped.remove_label_values(&[name, reason]);
+        }
+        for kind in aether_core::EmitErrorKind::ALL {
+            let _ = self
+                .refused_emits
+                .remove_label_values(&[name, kind.as_str()]);
         }
         for map in instance.exported_maps() {
             self.maps.remove(name, map);

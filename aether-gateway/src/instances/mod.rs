@@ -160,7 +160,14 @@ pub(crate) struct Instances {
     unexported: [u64; 2],
     /// Since when the gateway has not heard the bus (its connection down).
     deaf_since: Option<Instant>,
+    /// Instances marked gone, and when: shown until they report again or
+    /// for [`GONE_SHOWN`] (at most `max`).
+    gone: HashMap<String, Instant>,
 }
+
+/// How long an instance marked gone is shown as gone
+/// (`aether_gateway_instance_gone`), unless it reports again.
+pub(crate) const GONE_SHOWN: Duration = Duration::from_secs(3600);
 
 impl Instances {
     pub(crate) fn new(
@@ -182,6 +189,7 @@ impl Instances {
             map_series: 0,
             unexported: [0; 2],
             deaf_since: None,
+            gone: HashMap::new(),
         })
     }
 
@@ -239,6 +247,7 @@ impl Instances {
             let why = format!("{} instances report already", self.max);
             return self.refuse("too_many_instances", &why, now);
         }
+        self.not_gone(&report.instance);
         if report.leaving {
             // It drained and said so: gone on purpose, not lost. What it
             // sent and the gateway never saw outlives it.
@@ -328,6 +337,29 @@ impl Instances {
         self.metrics
             .unobserved_total
             .inc_by(u64::try_from(instance.unobserved).unwrap_or(0));
+    }
+
+    /// Shows `name` as gone, the oldest gone one making room past `max`.
+    fn mark_gone(&mut self, name: String, now: Instant) {
+        if self.gone.len() >= self.max.max(1)
+            && let Some(oldest) = self
+                .gone
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(n, _)| n.clone())
+        {
+            self.not_gone(&oldest);
+        }
+        self.metrics.gone_now.with_label_values(&[&name]).set(1);
+        self.gone.insert(name, now);
+    }
+
+    /// `name` is no longer shown as gone (it reports again, or was shown
+    /// long enough).
+    fn not_gone(&mut self, name: &str) {
+        if self.gone.remove(name).is_some() {
+            let _ = self.metrics.gone_now.remove_label_values(&[name]);
+        }
     }
 
     /// Gives back `instance`'s places and takes its unexported replicas
@@ -433,7 +465,17 @@ impl Instances {
                 );
                 self.forget(&name, &instance);
                 self.metrics.gone.inc();
+                self.mark_gone(name, now);
             }
+        }
+        let shown: Vec<String> = self
+            .gone
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at) >= GONE_SHOWN)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in shown {
+            self.not_gone(&name);
         }
         self.metrics.instances.set(self.by_name.len() as i64);
         self.set_unexported();
@@ -622,11 +664,20 @@ mod tests {
             5,
             "beta-1's own report stands"
         );
-        // Silent past the timeout: gone, and its series with it.
+        // Silent past the timeout: gone, and its series with it, but for
+        // the one that says it is gone.
         instances.sweep(now + Duration::from_secs(6), true);
         assert!(instances.rows(now).is_empty());
         let text = render(&registry);
-        assert!(!text.contains("instance=\"beta-1\""), "{text}");
+        let beta: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("instance=\"beta-1\""))
+            .collect();
+        assert_eq!(
+            beta,
+            ["aether_gateway_instance_gone{instance=\"beta-1\"} 1"],
+            "{text}"
+        );
         assert!(
             text.contains("aether_gateway_instances_gone_total 2"),
             "{text}"
@@ -647,12 +698,16 @@ mod tests {
         let now = Instant::now();
         let mut beta = report("beta-1", 7, 1);
         beta.rate_limited = 250;
+        beta.refused_emits.insert("outbox_full".into(), 1244);
         assert!(instances.take(&report_wave(&beta), now));
         let text = render(&registry);
-        assert!(
-            text.contains("aether_instance_rate_limited_emits{instance=\"beta-1\"} 250"),
-            "{text}"
-        );
+        for series in [
+            "aether_instance_rate_limited_emits{instance=\"beta-1\"} 250",
+            "aether_instance_refused_emits{instance=\"beta-1\",reason=\"outbox_full\"} 1244",
+        ] {
+            assert!(text.contains(series), "{series}: {text}");
+        }
+        assert!(!text.contains("reason=\"too_large\""), "{text}");
         assert!(instances.take(&report_wave(&report("alpha-1", 8, 1)), now));
         let leaving = InstanceReport {
             leaving: true,
@@ -672,6 +727,19 @@ mod tests {
             text.contains("aether_gateway_instances_gone_total 1"),
             "alpha only: {text}"
         );
+        assert!(
+            text.contains("aether_gateway_instance_gone{instance=\"alpha-1\"} 1")
+                && !text.contains("aether_gateway_instance_gone{instance=\"beta-1\"}"),
+            "{text}"
+        );
+        // Alpha back: no longer gone. Gone again, it is shown for an hour.
+        let later = now + Duration::from_secs(7);
+        assert!(instances.take(&report_wave(&report("alpha-1", 8, 1)), later));
+        assert!(!render(&registry).contains("aether_gateway_instance_gone{"));
+        instances.sweep(later + Duration::from_secs(6), true);
+        assert!(render(&registry).contains("aether_gateway_instance_gone{instance=\"alpha-1\"} 1"));
+        instances.sweep(later + Duration::from_secs(6) + GONE_SHOWN, true);
+        assert!(!render(&registry).contains("aether_gateway_instance_gone{"));
     }
 
     /// While the gateway does not hear the bus, silence proves nothing: no

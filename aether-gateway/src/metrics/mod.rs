@@ -21,6 +21,7 @@
 //! | `aether_waves_emitted_total`, `…_delivered_total`, `…_unrouted_total`, `…_diffracted_total`, `…_reflected_total` | counter | | the gateway's aether (`Aether::stats`) |
 //! | `aether_waves_dropped_total` | counter | `reason` | the same, drops by reason |
 //! | `aether_emits_rate_limited_total` | counter | | emits refused by a vibrator's rate limit, on the gateway's aether |
+//! | `aether_emits_refused_total` | counter | `reason` | every emit the gateway's aether refused, by the error's kind (`EmitErrorKind::as_str`) |
 //! | `aether_reliability_retries_total`, `…_timeouts_total`, `…_breaker_opens_total`, `…_breaker_rejections_total` | counter | | `aether_core::reliable` policies on the gateway's aether |
 //! | `aether_interference_events_total` | counter | `pattern` | `constructive`, `cancellation`, `standing_wave` (every event of the engine) |
 //! | `aether_gateway_interference_events_total` | counter | `pattern`, `family` | the events the observer took, by the family of the channel they were correlated on |
@@ -34,8 +35,9 @@
 //! | `aether_nats_malformed_messages_total` | counter | | messages refused as not waves |
 //! | `aether_nats_outbox_waves`, `aether_nats_outbox_capacity_waves`, `aether_nats_outbox_flushed_total` | gauge, gauge, counter | | waiting for the connection, most it holds; sent after reconnects |
 //! | `aether_nats_frames_sent_total`, `aether_nats_waves_framed_total`, `aether_nats_frames_received_total` | counter | | batch frames out (and the waves in them) and in |
-//! | `aether_instance_*` | gauge | `instance` (and `reason` for drops) | each reporting instance's counts, from its reports ([`crate::instances`]) |
+//! | `aether_instance_*` | gauge | `instance` (and `reason` for drops and refused emits) | each reporting instance's counts, from its reports ([`crate::instances`]) |
 //! | `aether_gateway_instances`, `aether_gateway_instance_reports_refused_total`, `aether_gateway_instances_gone_total`, `aether_gateway_instances_left_total`, `aether_gateway_unobserved_waves_total` | gauge, counter | `reason` (refused) | the instances tracked, reports refused, instances gone without a word and left on purpose, what instances no longer listed sent unobserved |
+//! | `aether_gateway_instance_gone` | gauge | `instance` | 1 for each instance gone without a word, until it reports again or for an hour |
 //! | `aether_gateway_map_replicas_unexported` | gauge | `reason` | replicas listed in reports and not exported: past `max_maps_per_instance` or `max_map_series` |
 //! | `aether_bridge_connections` | gauge | `map` | browser bridge connections open ([`crate::bridge`]) |
 //! | `aether_bridge_refused_total` | counter | `reason` | connections refused or closed by a limit ([`crate::bridge::REFUSALS`]) |
