@@ -169,10 +169,54 @@ pub struct StreamStatus {
     pub first_sequence: u64,
     /// Sequence of its last wave.
     pub last_sequence: u64,
-    /// Copies on different servers.
+    /// Copies on different servers, as configured.
     pub replicas: usize,
     /// Its consumers.
     pub consumers: usize,
+    /// The server that leads its copies (`None` when it has no leader now,
+    /// or the server runs without clustering).
+    pub leader: Option<String>,
+    /// Copies up to date: the leader's and each peer's that is current.
+    /// Below `replicas`, a server is lost or behind.
+    pub replicas_current: usize,
+    /// Copies the stream's group counts offline.
+    pub replicas_offline: usize,
+    /// Copies neither current nor offline: catching up with the leader.
+    pub replicas_lagging: usize,
+    /// Its consumers' backlogs (at most [`MAX_CONSUMERS_LISTED`], by name).
+    pub consumer_backlogs: Vec<ConsumerBacklog>,
+}
+
+/// Most consumers a [`StreamStatus`] lists.
+pub const MAX_CONSUMERS_LISTED: usize = 256;
+
+/// A durable consumer's backlog, as the server counts it: what Kafka's
+/// users read as a consumer group's lag.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerBacklog {
+    /// The consumer's name (`durable_consumer_name`: the resonance's name
+    /// and pattern).
+    pub name: String,
+    /// Waves stored and not handed out to it yet.
+    pub pending: u64,
+    /// Waves handed out and not acknowledged yet.
+    pub ack_pending: u64,
+    /// Waves handed out more than once (a receiver slower than
+    /// `ack_wait_ms`, or one that died holding them).
+    pub redelivered: u64,
+}
+
+impl ConsumerBacklog {
+    /// A consumer's backlog.
+    pub fn new(name: impl Into<String>, pending: u64, ack_pending: u64, redelivered: u64) -> Self {
+        Self {
+            name: name.into(),
+            pending,
+            ack_pending,
+            redelivered,
+        }
+    }
 }
 
 /// Counters behind a [`ConnectionStatus`].

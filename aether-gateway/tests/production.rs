@@ -235,11 +235,43 @@ async fn the_saga_runs_on_the_shipped_production_cluster() {
         let said = String::from_utf8_lossy(&refused.stderr);
         assert_eq!(refused.status.code(), Some(1), "{said}");
         assert!(said.contains("not authorized"), "{said}");
+        // The stream's copies, its leader and beta's consumer, exported.
+        eventually(
+            "the gateway exports the copies and the backlog",
+            BOUND,
+            || async {
+                let text = get(addr, "/metrics").await.body;
+                let current = sample(&text, "aether_stream_replicas_current{stream=\"AETHER\"}");
+                let leader = text
+                    .lines()
+                    .any(|l| l.starts_with("aether_stream_leader{") && l.ends_with(" 1"));
+                let consumer = text.lines().any(|l| {
+                    l.starts_with("aether_consumer_pending_waves{consumer=\"")
+                        && l.contains("stream=\"AETHER\"")
+                });
+                (current == Some(3.0) && leader && consumer).then_some(())
+            },
+        )
+        .await;
+        // A node lost for good: the stream is short of a copy, and says so.
+        cluster.nodes[2].child.kill().await.unwrap();
+        eventually(
+            "the gateway sees the stream short of a copy",
+            BOUND,
+            || async {
+                let text = get(addr, "/metrics").await.body;
+                let current = sample(&text, "aether_stream_replicas_current{stream=\"AETHER\"}");
+                let configured = sample(&text, "aether_stream_replicas{stream=\"AETHER\"}");
+                (current == Some(2.0) && configured == Some(3.0)).then_some(())
+            },
+        )
+        .await;
         let answered = stop_beta(&mut beta, &mut lines).await;
         assert_eq!(answered, 60, "each order answered once");
         stop_gateway(gateway).await;
         for node in &mut cluster.nodes {
-            node.child.kill().await.unwrap();
+            // The third is gone already.
+            let _ = node.child.kill().await;
         }
     })
     .await

@@ -440,7 +440,25 @@ impl Durable {
             let age = now - info.state.first_timestamp.unix_timestamp_nanos();
             Duration::from_nanos(u64::try_from(age.max(0)).unwrap_or(u64::MAX))
         };
+        let (leader, replicas_current, replicas_offline, replicas_lagging) = match &info.cluster {
+            Some(cluster) if cluster.leader.is_some() || !cluster.replicas.is_empty() => {
+                let peers = &cluster.replicas;
+                let offline = peers.iter().filter(|p| p.offline).count();
+                let current = peers.iter().filter(|p| p.current && !p.offline).count();
+                let lagging = peers.len() - offline - current;
+                let leading = usize::from(cluster.leader.is_some());
+                (cluster.leader.clone(), current + leading, offline, lagging)
+            }
+            // One server without clustering: one copy, its own.
+            _ => (None, 1, 0, 0),
+        };
+        let consumer_backlogs = self.consumer_backlogs(&stream).await;
         Ok(crate::connection::StreamStatus {
+            leader,
+            replicas_current,
+            replicas_offline,
+            replicas_lagging,
+            consumer_backlogs,
             name: info.config.name.clone(),
             messages: info.state.messages,
             bytes: info.state.bytes,
@@ -453,6 +471,34 @@ impl Durable {
             replicas: info.config.num_replicas,
             consumers: info.state.consumer_count,
         })
+    }
+
+    /// The backlogs of `stream`'s consumers, by name: as many as one
+    /// listing gives within [`ATTEMPT`], at most
+    /// [`MAX_CONSUMERS_LISTED`](crate::connection::MAX_CONSUMERS_LISTED).
+    async fn consumer_backlogs(
+        &self,
+        stream: &stream::Stream,
+    ) -> Vec<crate::connection::ConsumerBacklog> {
+        use futures_util::StreamExt;
+        let mut backlogs = Vec::new();
+        let listing = async {
+            let mut consumers = stream.consumers();
+            while let Some(Ok(info)) = consumers.next().await {
+                backlogs.push(crate::connection::ConsumerBacklog::new(
+                    info.name,
+                    info.num_pending,
+                    info.num_ack_pending as u64,
+                    info.num_redelivered as u64,
+                ));
+                if backlogs.len() >= crate::connection::MAX_CONSUMERS_LISTED {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(ATTEMPT, listing).await;
+        backlogs.sort_by(|a, b| a.name.cmp(&b.name));
+        backlogs
     }
 
     /// The stream, ready to store: created or updated to these settings
