@@ -38,7 +38,23 @@ fn promtool(dir: &Path, args: &[&str]) -> String {
 fn the_alerting_rules_pass_promtool_and_their_unit_tests() {
     let dir = Path::new(PROMETHEUS);
     let checked = promtool(dir, &["check", "rules", "aether-alerts.yml"]);
-    assert!(checked.contains("SUCCESS: 12 rules found"), "{checked}");
+    let rules = std::fs::read_to_string(dir.join("aether-alerts.yml")).unwrap();
+    let tests = std::fs::read_to_string(dir.join("aether-alerts.test.yml")).unwrap();
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert!(
+        checked.contains(&format!("SUCCESS: {} rules found", alerts.len())),
+        "{checked}"
+    );
+    // Every alert has a unit test.
+    for alert in &alerts {
+        assert!(
+            tests.contains(&format!("alertname: {alert}\n")),
+            "{alert} has no unit test"
+        );
+    }
     let tested = promtool(dir, &["test", "rules", "aether-alerts.test.yml"]);
     assert!(tested.contains("SUCCESS"), "{tested}");
     promtool(dir, &["check", "config", "prometheus.yml"]);
