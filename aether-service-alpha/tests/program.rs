@@ -603,3 +603,70 @@ async fn emits_a_full_outbox_refuses_are_counted_and_logged() {
     .await
     .expect("within 60 s");
 }
+
+/// A program whose durable outbox is on disk starts during an outage: it
+/// says so, takes its orders into the outbox, and sends them once a server
+/// answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_during_an_outage_with_its_outbox_on_disk() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = dir.path().join("outbox");
+        write_settings(
+            dir.path(),
+            &format!(
+                "[aether.durability]\nchannels = [\"orders.*\", \"inventory.*\"]\n\
+                 outbox_dir = {:?}\n[alpha]\ndrain_ms = 500\n",
+                outbox.display().to_string()
+            ),
+        );
+        let mut alpha = command();
+        alpha.args(["--count", "10", "--rate", "50"]);
+        let mut alpha = process::spawn_on_nats(
+            alpha,
+            dir.path(),
+            &format!("nats://127.0.0.1:{port}"),
+            std::process::Stdio::piped(),
+        );
+        let log = process::collect_log(&mut alpha);
+        // Its ten orders wait on disk.
+        let log_file = outbox.join("durable-outbox.log");
+        while std::fs::metadata(&log_file).map_or(0, |m| m.len()) < 10 * 100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The server comes: they are stored.
+        let _server = NatsServer::builder()
+            .port(port)
+            .jetstream(true)
+            .start()
+            .await
+            .expect("nats-server");
+        let client = async_nats::connect(format!("nats://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(client);
+        loop {
+            if let Ok(mut stream) = js.get_stream("AETHER").await
+                && let Ok(info) = stream.info().await
+                && info.state.messages >= 10
+            {
+                assert_eq!(info.state.messages, 10);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        process::terminate(&mut alpha).await;
+        let log = log.await.unwrap();
+        assert!(
+            log.iter().any(|l| l.contains("starting all the same")),
+            "said it started without a server: {log:#?}"
+        );
+    })
+    .await
+    .expect("within 60 s");
+}

@@ -209,18 +209,49 @@ impl NatsMedium {
             group_replays: Mutex::new(HashMap::new()),
         });
         shared.counters.set_state(ConnectionState::Disconnected);
-        let options = options(config, &shared).await?;
         let servers = nats
             .urls
             .iter()
             .map(|url| url.parse::<async_nats::ServerAddr>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ConnectError::with_source(ConnectErrorKind::Config, e))?;
-        let (servers, options) = credentials_out_of_urls(servers, options, &nats.auth);
-        let client = options
-            .connect(servers)
-            .await
-            .map_err(|e| connect_error(&nats.redacted_urls(), e))?;
+        let (addrs, first) =
+            credentials_out_of_urls(servers.clone(), options(config, &shared).await?, &nats.auth);
+        let client = match first.connect(addrs).await {
+            Ok(client) => client,
+            Err(e) => {
+                let error = connect_error(&nats.redacted_urls(), e);
+                // A program whose durable outbox is on disk starts during
+                // an outage: what it emits waits there, and goes out when
+                // a server answers. A refused password or TLS still stops
+                // it (the first try told them apart).
+                let Some(dir) = config
+                    .durability
+                    .outbox_dir
+                    .as_ref()
+                    .filter(|_| error.kind() == ConnectErrorKind::Unreachable)
+                else {
+                    return Err(error);
+                };
+                tracing::warn!(
+                    %error,
+                    outbox_dir = %dir.display(),
+                    "no server reachable: starting all the same, with the durable outbox on \
+                     disk; durable waves wait there (up to durability.outbox_max_bytes) and \
+                     others in the outbox (nats.outbox_capacity), and go out once a server \
+                     answers"
+                );
+                let (addrs, retrying) = credentials_out_of_urls(
+                    servers,
+                    options(config, &shared).await?.retry_on_initial_connect(),
+                    &nats.auth,
+                );
+                retrying
+                    .connect(addrs)
+                    .await
+                    .map_err(|e| connect_error(&nats.redacted_urls(), e))?
+            }
+        };
         if client.connection_state() == State::Connected {
             shared.counters.set_state(ConnectionState::Connected);
         }
