@@ -330,6 +330,8 @@ impl Options {
             &self.nats,
             self.lan,
         );
+        // Its own `[service.programs.alpha]` over the shared `[service]`.
+        settings.service = settings.service.for_program("alpha");
         if let Some(count) = self.count {
             settings.alpha.count = Some(count);
         }

@@ -670,3 +670,49 @@ async fn starts_during_an_outage_with_its_outbox_on_disk() {
     .await
     .expect("within 60 s");
 }
+
+/// A rate limit set for beta alone (`[service.programs.beta]`) leaves
+/// alpha, reading the same folder, unlimited; alpha's own shapes it, and
+/// its summary counts the orders that waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_for_one_program_limits_that_one() {
+    let server = NatsServer::builder().start().await.expect("nats-server");
+    let beta_side = connect(server.url()).await;
+    let stop_beta = Shutdown::new();
+    let beta = tokio::spawn({
+        let stop = stop_beta.clone();
+        async move {
+            aether_service_beta::run(&beta_side, &BetaSettings::default(), stop)
+                .await
+                .unwrap()
+        }
+    });
+    let run = |limits: &'static str| {
+        let server = server.url();
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            write_settings(dir.path(), &format!("[alpha]\ndrain_ms = 5000\n{limits}"));
+            let mut alpha = command();
+            alpha
+                .arg("--config-dir")
+                .arg(dir.path())
+                .args(["--nats", &server, "--count", "40", "--rate", "400"]);
+            let output = process::output_within(alpha, BOUND).await;
+            let stdout = String::from_utf8(output.stdout).unwrap();
+            assert!(output.status.success(), "{stdout}");
+            assert!(stdout.contains("created 40,"), "{stdout}");
+            stdout
+        }
+    };
+    // Beta's limit: alpha's 40 orders go out as fast as it makes them.
+    let other = run("[service.programs.beta]\nrate_limit_per_s = 5\n").await;
+    assert!(other.contains("shaped 0,"), "{other}");
+    // Alpha's own: its orders wait for their turns.
+    let own = run("[service.programs.alpha]\nrate_limit_per_s = 50\n").await;
+    assert!(
+        !own.contains("shaped 0,") && own.contains("rate_limited 0,"),
+        "{own}"
+    );
+    stop_beta.trigger();
+    beta.await.unwrap();
+}

@@ -223,6 +223,8 @@ impl Options {
             &self.nats,
             self.lan,
         );
+        // Its own `[service.programs.beta]` over the shared `[service]`.
+        settings.service = settings.service.for_program("beta");
         if self.faults {
             settings.beta.faults.conflict_share = faults::DEMO_SHARE;
         }

@@ -64,7 +64,10 @@ use std::{
 use serde::de::DeserializeOwned;
 
 pub use error::{SettingsError, SettingsErrorKind};
-pub use sections::{LogFormat, LogSettings, ServiceMedium, ServiceSettings, TelemetrySettings};
+pub use sections::{
+    LogFormat, LogSettings, ProgramServiceSettings, ServiceMedium, ServiceSettings,
+    TelemetrySettings,
+};
 
 /// The variable that names the overlay (`AETHER_ENV=production` reads
 /// `production.toml` over `default.toml`).

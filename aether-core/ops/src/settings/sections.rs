@@ -173,6 +173,43 @@ pub struct ServiceSettings {
     /// with backoff, under a timeout and a circuit breaker
     /// (`aether_core::reliable`). None (the default): one try each.
     pub reliability: Option<ReliabilityConfig>,
+    /// `[service.programs.<name>]`: what one program of the folder (its
+    /// own section's name: `alpha`, `beta`) takes over the settings above,
+    /// which every program reading the folder shares: a rate limit meant
+    /// for one program limits that one alone.
+    pub programs: std::collections::BTreeMap<String, ProgramServiceSettings>,
+}
+
+/// `[service.programs.<name>]`: one program's own service settings, over
+/// the shared `[service]` ones.
+///
+/// ```toml
+/// [service]
+/// rate_limit_per_s = 500       # every program of the folder
+///
+/// [service.programs.beta]
+/// rate_limit_per_s = 50        # beta alone
+/// ```
+///
+/// ```
+/// use aether_ops::settings::{ProgramServiceSettings, ServiceSettings};
+///
+/// let mut service = ServiceSettings { rate_limit_per_s: Some(500.0), ..Default::default() };
+/// let beta = ProgramServiceSettings { rate_limit_per_s: Some(50.0), ..Default::default() };
+/// service.programs.insert("beta".into(), beta);
+/// assert_eq!(service.for_program("beta").rate_limit_per_s, Some(50.0));
+/// assert_eq!(service.for_program("alpha").rate_limit_per_s, Some(500.0));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProgramServiceSettings {
+    /// The program's noise floor, over `[service] noise_floor`.
+    pub noise_floor: Option<f64>,
+    /// The program's rate limit, over `[service] rate_limit_per_s`.
+    pub rate_limit_per_s: Option<f64>,
+    /// How long its emits wait for their turn, over `[service]
+    /// rate_limit_wait_ms`.
+    pub rate_limit_wait_ms: Option<u64>,
 }
 
 impl Default for ServiceSettings {
@@ -186,11 +223,30 @@ impl Default for ServiceSettings {
             metrics_listen: None,
             data_dir: None,
             reliability: None,
+            programs: std::collections::BTreeMap::new(),
         }
     }
 }
 
 impl ServiceSettings {
+    /// The settings `program` runs with: the shared ones with its own
+    /// `[service.programs.<program>]` over them.
+    pub fn for_program(&self, program: &str) -> ServiceSettings {
+        let mut own = self.clone();
+        if let Some(over) = self.programs.get(program) {
+            if let Some(floor) = over.noise_floor {
+                own.noise_floor = floor;
+            }
+            if let Some(rate) = over.rate_limit_per_s {
+                own.rate_limit_per_s = Some(rate);
+            }
+            if let Some(wait) = over.rate_limit_wait_ms {
+                own.rate_limit_wait_ms = wait;
+            }
+        }
+        own
+    }
+
     /// [`ServiceSettings::shutdown_grace_ms`] as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
@@ -236,6 +292,20 @@ impl ServiceSettings {
     }
 }
 
+impl ServiceSettings {
+    /// The checks of the settings a program takes over the shared ones.
+    fn validate_own(&self) -> Result<(), SettingsError> {
+        if !(0.0..=1.0).contains(&self.noise_floor) {
+            return Err(SettingsError::invalid(
+                "noise_floor",
+                self.noise_floor.to_string(),
+                "must be in [0, 1]",
+            ));
+        }
+        self.rate_limit().map(|_| ())
+    }
+}
+
 impl Validate for ServiceSettings {
     fn validate(&self) -> Result<(), SettingsError> {
         if !(0.0..=1.0).contains(&self.noise_floor) {
@@ -246,6 +316,11 @@ impl Validate for ServiceSettings {
             ));
         }
         self.rate_limit()?;
+        for name in self.programs.keys() {
+            self.for_program(name)
+                .validate_own()
+                .map_err(|e| e.within(&format!("programs.{name}")))?;
+        }
         if let Some(reliability) = &self.reliability {
             reliability
                 .validate()

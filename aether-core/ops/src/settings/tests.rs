@@ -357,3 +357,41 @@ fn the_state_section_reads_milliseconds_and_names_a_bad_key() {
     assert_eq!(err.kind(), SettingsErrorKind::Invalid);
     assert_eq!(err.key(), Some("aether.state.presence_timeout_ms"), "{err}");
 }
+
+#[test]
+fn a_program_takes_its_own_service_settings_over_the_shared_ones() {
+    let dir = dir_with(&[(
+        "default.toml",
+        "[service]\nrate_limit_per_s = 500\nnoise_floor = 0.1\n\
+         [service.programs.beta]\nrate_limit_per_s = 50\nrate_limit_wait_ms = 0\n",
+    )]);
+    let program = load_in(dir.path(), None, &[]).unwrap();
+    let beta = program.service.for_program("beta");
+    assert_eq!(
+        (
+            beta.rate_limit_per_s,
+            beta.rate_limit_wait_ms,
+            beta.noise_floor
+        ),
+        (Some(50.0), 0, 0.1)
+    );
+    let alpha = program.service.for_program("alpha");
+    assert_eq!(
+        (alpha.rate_limit_per_s, alpha.rate_limit_wait_ms),
+        (Some(500.0), 10_000)
+    );
+    // A bad value in a program's own section is named with its path.
+    let dir = dir_with(&[(
+        "default.toml",
+        "[service.programs.beta]\nrate_limit_per_s = 0\n",
+    )]);
+    let err = load_in(dir.path(), None, &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("service.programs.beta.rate_limit_per_s"),
+        "{err}"
+    );
+    // So is an unknown key there.
+    let dir = dir_with(&[("default.toml", "[service.programs.beta]\nrate_limit = 5\n")]);
+    let err = load_in(dir.path(), None, &[]).unwrap_err().to_string();
+    assert!(err.contains("rate_limit"), "{err}");
+}
