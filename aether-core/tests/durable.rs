@@ -647,3 +647,41 @@ async fn stored_copies_count_once_and_a_copy_handed_out_already_is_a_duplicate()
     })
     .await;
 }
+
+/// The stream reports each durable consumer's backlog: waves stored and
+/// not handed out, or handed out and not acknowledged, down to none once
+/// the receiver took them all; and its one copy, up to date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumers_backlog_is_reported_until_it_is_taken() {
+    bounded(async {
+        let (_server, url) = jetstream().await;
+        let a = connect(&url).await;
+        let b = connect(&url).await;
+        let mut rx = resonating(&b, "billing").await;
+        let tx = Vibrator::create("shop", &a).await.unwrap();
+        emit_seqs(&tx, 0..200).await;
+        let backlog = |status: &aether_core::StreamStatus| -> u64 {
+            status
+                .consumer_backlogs
+                .iter()
+                .map(|c| c.pending + c.ack_pending)
+                .sum()
+        };
+        let status = a.durable_stream().await.unwrap();
+        assert_eq!(status.consumer_backlogs.len(), 1, "{status:?}");
+        assert_eq!(backlog(&status), 200, "{status:?}");
+        assert_eq!((status.replicas, status.replicas_current), (1, 1));
+        assert_eq!(status.replicas_offline + status.replicas_lagging, 0);
+        receive_n(&mut rx, 200).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = a.durable_stream().await.unwrap();
+            if backlog(&status) == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{status:?}");
+            sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
