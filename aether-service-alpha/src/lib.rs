@@ -602,6 +602,12 @@ pub async fn run_live(
             }
             _ = checks.tick() => {
                 drops.check(&alpha.stats());
+                // The retrying client's finished tasks, joined as they end:
+                // a task kept until the run's end holds its memory for as
+                // long as faults last.
+                while let Some(sent) = storms.try_join_next() {
+                    report.retried += sent.unwrap_or(0);
+                }
                 let now = Instant::now();
                 for (order_id, (_, due)) in pending.iter_mut() {
                     if due.is_some_and(|due| due <= now) {
