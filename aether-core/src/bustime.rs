@@ -7,7 +7,9 @@
 //! again after 1, 2, 4, 8 and 16 s (a bus forming: sources start before
 //! they hear each other), then every `interval_ms`; every second while
 //! the sources it hears change or disagree on the bus's time (a program
-//! starting waits up to 3 s for them to agree); at once when its system
+//! starting waits up to 4 s for them to agree, and for a source that
+//! started or heard the sources change moments ago, and so says it is
+//! settling, to settle); at once when its system
 //! clock jumps, and soon when it refused a stamp from its future (its own
 //! clock may be the one off). It measures as NTP and Cristian's
 //! algorithm do: it asks, a source answers with its clocks, and the offset
@@ -75,8 +77,9 @@ const SOON: Duration = Duration::from_secs(1);
 /// The least time between measurements a stamp from the future starts.
 const FUTURE_SPACING: Duration = Duration::from_secs(2);
 /// How long a program's start waits for the sources it hears to agree on
-/// the bus's time (a bus forming), measuring every [`SETTLING_PAUSE`].
-const SETTLING: Duration = Duration::from_secs(3);
+/// the bus's time and to be settled (a bus forming), measuring every
+/// [`SETTLING_PAUSE`].
+const SETTLING: Duration = Duration::from_secs(4);
 /// The pause between measurements while the sources disagree at a start.
 const SETTLING_PAUSE: Duration = Duration::from_millis(300);
 
@@ -149,16 +152,17 @@ fn ask_payload(asker: u64, ask: u64) -> Bytes {
     out.freeze()
 }
 
-fn answer_payload(ask: u64, now: u64, offset: i64) -> Bytes {
+fn answer_payload(ask: u64, now: u64, offset: i64, settling: bool) -> Bytes {
     let mut out = BytesMut::with_capacity(ANSWER_BYTES);
     out.put_u64_le(ask);
     out.put_u64_le(now);
     out.put_i64_le(offset);
+    out.put_u64_le(u64::from(settling));
     out.freeze()
 }
 
 /// The length of an answer.
-const ANSWER_BYTES: usize = 24;
+const ANSWER_BYTES: usize = 32;
 
 /// `(first, second)` of a 16-byte payload (an ask); None for any other.
 fn pair(payload: &Bytes) -> Option<(u64, u64)> {
@@ -166,15 +170,69 @@ fn pair(payload: &Bytes) -> Option<(u64, u64)> {
     (b.remaining() == 16).then(|| (b.get_u64_le(), b.get_u64_le()))
 }
 
-/// An answer: the ask it answers, the source's clock and the bus's time by
-/// the source (its clock plus its offset; saturating); None for any other
-/// payload.
-fn answer_of(payload: &Bytes) -> Option<(u64, u64, u64)> {
+/// A source's answer, read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Answer {
+    /// The ask it answers.
+    ask: u64,
+    /// The source's own clock.
+    clock: u64,
+    /// The bus's time by the source: its clock plus its offset
+    /// (saturating).
+    bus: u64,
+    /// The source is settling: it started, or the sources it hears
+    /// changed, moments ago; its time may move yet.
+    settling: bool,
+}
+
+/// An answer; None for any other payload (a flag other than 0 or 1
+/// included).
+fn answer_of(payload: &Bytes) -> Option<Answer> {
     let mut b = payload.clone();
-    (b.remaining() == ANSWER_BYTES).then(|| {
-        let (ask, clock, offset) = (b.get_u64_le(), b.get_u64_le(), b.get_i64_le());
-        (ask, clock, clock.saturating_add_signed(offset))
+    if b.remaining() != ANSWER_BYTES {
+        return None;
+    }
+    let (ask, clock, offset, flag) = (
+        b.get_u64_le(),
+        b.get_u64_le(),
+        b.get_i64_le(),
+        b.get_u64_le(),
+    );
+    (flag <= 1).then(|| Answer {
+        ask,
+        clock,
+        bus: clock.saturating_add_signed(offset),
+        settling: flag == 1,
     })
+}
+
+/// How long a source says it is settling after the sources it hears
+/// change.
+const SETTLING_AFTER_CHANGE: Duration = Duration::from_secs(3);
+
+/// Until when (ms since [`epoch`]) this process, as a source, says it is
+/// settling.
+static SETTLING_UNTIL_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// This process, as a source, says it is settling for `for_how_long` from
+/// now (or longer, if it already said so): programs starting meanwhile
+/// wait for it a moment (up to 4 s). A source that expects to hear others
+/// soon says so when it starts (`aether node`: its bus is forming); any
+/// source does for 3 s after the sources it hears change.
+pub fn settle_for(for_how_long: Duration) {
+    let until = (epoch().elapsed() + for_how_long).as_millis() as u64;
+    SETTLING_UNTIL_MS.fetch_max(until, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether this source is settling now.
+fn settling() -> bool {
+    (epoch().elapsed().as_millis() as u64)
+        < SETTLING_UNTIL_MS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn answers_of(asker: u64) -> Channel {
@@ -183,9 +241,9 @@ fn answers_of(asker: u64) -> Channel {
 
 /// Starts the bus's time on `aether`, once: a source answers; an aether
 /// that crosses processes measures its clock (the first measurement before
-/// this returns, within a second; while the sources it hears disagree, as
-/// on a bus forming, again until they agree, for up to 3 s), then keeps
-/// measuring while it lives.
+/// this returns, within a second; while the sources it hears disagree or
+/// one says it is settling, as on a bus forming, again until they agree,
+/// for up to 4 s), then keeps measuring while it lives.
 /// [`StateMap::open`](crate::state::StateMap::open) calls it; a program
 /// whose stamps matter before (the command line, the gateway, Python)
 /// calls it once connected.
@@ -226,8 +284,9 @@ async fn run(aether: &Aether) {
         ask: 0,
         own,
         follow: config.follow.clone(),
-        warned: false,
+        warned: None,
         max_drift: aether.config().state.max_drift,
+        heard_settling: false,
     };
     // The first measurement; while the sources heard disagree (a bus
     // forming: they have not measured each other yet), again until they
@@ -237,7 +296,8 @@ async fn run(aether: &Aether) {
         let heard = tokio::time::timeout(Duration::from_secs(1), measurer.measure())
             .await
             .unwrap_or_default();
-        if heard.agreed || started.elapsed() >= SETTLING {
+        // (A source starts at once: the others measure against it.)
+        if heard.agreed || measurer.own.is_some() || started.elapsed() >= SETTLING {
             break heard;
         }
         tokio::time::sleep(SETTLING_PAUSE).await;
@@ -255,6 +315,9 @@ async fn run(aether: &Aether) {
             if take_jump() || since >= wait || (since >= FUTURE_SPACING && take_future()) {
                 last = Instant::now();
                 let now = measurer.measure().await;
+                if now.sources != heard.sources && measurer.own.is_some() {
+                    settle_for(SETTLING_AFTER_CHANGE);
+                }
                 // Soon again while the sources heard change or disagree.
                 wait = if now.sources == heard.sources && now.agreed {
                     (wait * 2).min(interval)
@@ -310,7 +373,7 @@ async fn answer(mut vibrator: Vibrator) {
         let Some((asker, ask)) = pair(wave.payload_bytes()) else {
             continue;
         };
-        let answer = answer_payload(ask, system_unix_nanos(), offset());
+        let answer = answer_payload(ask, system_unix_nanos(), offset(), settling());
         let sent = if wave.channel().as_str() == WHO {
             vibrator.reply(&wave, answer).await.map(|_| ())
         } else {
@@ -350,8 +413,11 @@ struct Measurer {
     /// This process's name as a source, if it is one.
     own: Option<String>,
     follow: Option<String>,
-    warned: bool,
+    /// The offset last warned about, if any.
+    warned: Option<i64>,
     max_drift: Duration,
+    /// A source heard in the last round said it is settling.
+    heard_settling: bool,
 }
 
 impl Measurer {
@@ -359,7 +425,10 @@ impl Measurer {
     async fn measure(&mut self) -> Heard {
         let steps = steps();
         let (exchanges, bus_times) = self.exchanges().await;
-        let agreed = agree(&bus_times, self.max_drift / 2);
+        // Sources that disagree, or one that says it is settling (it
+        // started, or the sources it hears changed, moments ago), are not
+        // agreed yet.
+        let agreed = agree(&bus_times, self.max_drift / 2) && !self.heard_settling;
         let settled = settle(&exchanges, self.own.as_deref(), self.follow.as_deref());
         let mut status = status_cell().lock().unwrap_or_else(|e| e.into_inner());
         status.measurements += 1;
@@ -389,9 +458,14 @@ impl Measurer {
         status.sources = sources;
         status.uncertainty_ns = uncertainty_ns;
         drop(status);
+        // Warned once, and again whenever the offset moved by more than
+        // max_drift since (a bus forming settles on another time).
         let off = off_note(offset_ns, self.max_drift);
-        if let (Some(note), false) = (&off, self.warned) {
-            self.warned = true;
+        let moved = self
+            .warned
+            .is_none_or(|warned| warned.abs_diff(offset_ns) > self.max_drift.as_nanos() as u64);
+        if let (Some(note), true) = (&off, moved) {
+            self.warned = Some(offset_ns);
             tracing::warn!(offset_ms = offset_ns / 1_000_000, sources, "{note}");
         } else if before.abs_diff(offset_ns) > 100_000_000 {
             tracing::info!(
@@ -415,9 +489,31 @@ impl Measurer {
         }
     }
 
+    /// Takes `answer` from `source` to an ask sent at `sent` and answered
+    /// at `received`: an exchange against the time this process follows,
+    /// and one against the bus's time as the source reads it (a settling
+    /// source's is noted).
+    fn take(
+        &mut self,
+        source: &str,
+        sent: u64,
+        received: u64,
+        answer: Answer,
+        exchanges: &mut Vec<Exchange>,
+        bus_times: &mut Vec<Exchange>,
+    ) {
+        let theirs = self.time_of(answer.clock, answer.bus);
+        exchanges.push(Exchange::of(source, sent, received, theirs));
+        bus_times.push(Exchange::of(source, sent, received, answer.bus));
+        if self.own.as_deref() != Some(source) {
+            self.heard_settling |= answer.settling;
+        }
+    }
+
     /// A round of exchanges, and the same against the bus's time as each
     /// source reads it: none if no source answers [`WHO`].
     async fn exchanges(&mut self) -> (Vec<Exchange>, Vec<Exchange>) {
+        self.heard_settling = false;
         let mut exchanges = Vec::new();
         let mut bus_times = Vec::new();
         let emitter = self.vibrator.emitter();
@@ -426,12 +522,18 @@ impl Measurer {
         match emitter.request_on(who, WHO_TIMEOUT).await {
             Ok(reply) => {
                 let received = system_unix_nanos();
-                if let (Some((0, clock, bus)), Some(source)) =
+                if let (Some(answer), Some(source)) =
                     (answer_of(reply.payload_bytes()), reply.source())
+                    && answer.ask == 0
                 {
-                    let theirs = self.time_of(clock, bus);
-                    exchanges.push(Exchange::of(source, sent, received, theirs));
-                    bus_times.push(Exchange::of(source, sent, received, bus));
+                    self.take(
+                        source,
+                        sent,
+                        received,
+                        answer,
+                        &mut exchanges,
+                        &mut bus_times,
+                    );
                 }
             }
             Err(_) => return (exchanges, bus_times),
@@ -456,17 +558,21 @@ impl Measurer {
                 tokio::time::timeout_at(deadline, self.vibrator.receive()).await
             {
                 let received = system_unix_nanos();
-                let (Some((answered_ask, clock, bus)), Some(source)) =
-                    (answer_of(wave.payload_bytes()), wave.source())
+                let (Some(answer), Some(source)) = (answer_of(wave.payload_bytes()), wave.source())
                 else {
                     continue;
                 };
-                if answered_ask != ask {
+                if answer.ask != ask {
                     continue;
                 }
-                let theirs = self.time_of(clock, bus);
-                exchanges.push(Exchange::of(source, sent, received, theirs));
-                bus_times.push(Exchange::of(source, sent, received, bus));
+                self.take(
+                    source,
+                    sent,
+                    received,
+                    answer,
+                    &mut exchanges,
+                    &mut bus_times,
+                );
                 answered += 1;
                 if known > 0 && answered >= known {
                     break;
@@ -506,18 +612,29 @@ mod tests {
     #[test]
     fn an_answer_gives_the_sources_clock_and_its_bus_time() {
         let hour = 3_600_000_000_000u64;
-        let answer = answer_payload(7, 10 * hour, -2 * hour as i64);
-        assert_eq!(answer_of(&answer), Some((7, 10 * hour, 8 * hour)));
-        // A bus time past either end of a u64 saturates.
-        assert_eq!(answer_of(&answer_payload(1, 5, -10)), Some((1, 5, 0)));
+        let answer = answer_payload(7, 10 * hour, -2 * hour as i64, true);
         assert_eq!(
-            answer_of(&answer_payload(1, u64::MAX - 1, 10)),
-            Some((1, u64::MAX - 1, u64::MAX))
+            answer_of(&answer),
+            Some(Answer {
+                ask: 7,
+                clock: 10 * hour,
+                bus: 8 * hour,
+                settling: true
+            })
         );
-        // Asks and answers are told apart by their lengths.
+        // A bus time past either end of a u64 saturates.
+        let low = answer_of(&answer_payload(1, 5, -10, false)).unwrap();
+        assert_eq!((low.bus, low.settling), (0, false));
+        let high = answer_of(&answer_payload(1, u64::MAX - 1, 10, false)).unwrap();
+        assert_eq!(high.bus, u64::MAX);
+        // Asks and answers are told apart by their lengths; a flag other
+        // than 0 or 1 is no answer.
         assert_eq!(answer_of(&ask_payload(1, 2)), None);
         assert_eq!(pair(&answer), None);
-        assert_eq!(answer_of(&answer.slice(..23)), None);
+        assert_eq!(answer_of(&answer.slice(..31)), None);
+        let mut flagged = BytesMut::from(&answer[..]);
+        flagged[24] = 2;
+        assert_eq!(answer_of(&flagged.freeze()), None);
     }
 
     #[test]

@@ -23,6 +23,10 @@ use tokio::task::JoinHandle;
 use super::write_private;
 use crate::{Failure, keep::Told};
 
+/// How long a node, as a time source, says it is settling after it
+/// starts: its bus forms within seconds (other nodes found, measured).
+const NODE_SETTLING: Duration = Duration::from_secs(8);
+
 /// The file of the keeper's counts in the node's data directory.
 const COUNTS: &str = "keeper.json";
 
@@ -85,6 +89,10 @@ impl Keeping {
                 }
             };
             let dir = data.join("state");
+            // Its bus is forming (the other nodes are found within
+            // seconds): as a time source it says it is settling a while,
+            // so that programs starting meanwhile wait for the bus's time.
+            aether_core::bustime::settle_for(NODE_SETTLING);
             let keeper = match Keeper::start(&aether, name.as_str()).await {
                 Ok(keeper) => keeper,
                 Err(error) => {
