@@ -463,8 +463,25 @@ pub async fn run_live_then(
         };
         handle_in_span(&beta, reliable.as_ref(), &mut books, wave).await?;
     }
-    // Orders that arrived before the shutdown are answered too.
-    while let Some(wave) = beta.try_receive() {
+    // It takes no more orders (a durable one not taken yet comes again, to
+    // another member or at the next start), and answers those queued when
+    // the shutdown came, within its grace (less the final drain): past it,
+    // its rate limit refuses an answer instead of waiting (counted), and the
+    // orders still queued are left, not taken.
+    let _ = beta.stop_resonating(ORDERS).await;
+    let grace = settings.borrow().service.shutdown_grace();
+    let deadline = tokio::time::Instant::now() + grace.saturating_sub(DRAIN);
+    for _ in 0..beta.queued() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        if let Some(limit) = beta.rate_limit() {
+            beta.set_rate_limit(Some(limit.waiting_up_to(left)));
+        }
+        let Some(wave) = beta.try_receive() else {
+            break;
+        };
         handle_in_span(&beta, reliable.as_ref(), &mut books, wave).await?;
     }
     if let Err(error) = aether.flush(DRAIN).await {

@@ -500,3 +500,61 @@ async fn a_denied_resonance_is_said_and_nothing_else() {
     assert!(!stdout.contains("resonating"), "{stdout}");
     assert!(stderr.contains("resonance denied"), "{stderr}");
 }
+
+/// Shaped by its rate limit with a durable backlog far larger than its
+/// queue, beta stops within its grace at SIGTERM: it takes no more orders
+/// (they stay stored for the next start) and answers those queued as far
+/// as the grace allows, then says what it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shaped_beta_with_a_backlog_stops_within_its_grace() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let server = NatsServer::builder()
+            .jetstream(true)
+            .start()
+            .await
+            .expect("nats-server");
+        let durable = "[aether.durability]\nchannels = [\"orders.*\", \"inventory.*\"]\n";
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("default.toml"),
+            format!(
+                "{durable}[beta]\nstock = {{ gadget = 100000 }}\n[service]\n\
+                 rate_limit_per_s = 20\nshutdown_grace_ms = 2000\n"
+            ),
+        )
+        .unwrap();
+        // 1,500 orders stored before beta starts: minutes of its limit.
+        let mut config = AetherConfig::default();
+        config.nats.urls = vec![server.url()];
+        config.durability.channels = vec!["orders.*".into(), "inventory.*".into()];
+        let alpha_side = Aether::connect(config).await.unwrap();
+        let stop_alpha = Shutdown::new();
+        let alpha = tokio::spawn({
+            let stop = stop_alpha.clone();
+            async move {
+                let settings = AlphaSettings {
+                    rate_per_s: 10_000.0,
+                    count: Some(1500),
+                    items: vec!["gadget".into()],
+                    ..AlphaSettings::default()
+                };
+                aether_service_alpha::run(&alpha_side, &settings, stop).await
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (mut beta, mut lines) =
+            started_beta(command(), dir.path(), &server.url(), Stdio::null()).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let stopping = std::time::Instant::now();
+        process::terminate(&mut beta).await;
+        let took = stopping.elapsed();
+        let report = lines.next_line().await.unwrap().expect("the report");
+        assert!(report.starts_with("service-beta:"), "{report}");
+        // Its grace (2 s) and the final drain (2 s), and a margin.
+        assert!(took < Duration::from_secs(7), "stopped in {took:?}");
+        stop_alpha.trigger();
+        let _ = alpha.await;
+    })
+    .await
+    .expect("within 60 s");
+}
