@@ -678,11 +678,14 @@ impl Aether {
 
     /// The JetStream stream of the durable channels, as the server reports
     /// it now: waves and bytes held against its limits, the age of its
-    /// oldest wave. Past `max_bytes` the server deletes the oldest waves,
-    /// taken or not, so an operator watches `bytes` against `max_bytes`
-    /// (the gateway exports them; the alert `AetherStreamNearFull`).
-    /// `ConnectErrorKind::Config` on the embedded medium or without durable
-    /// channels, `Unreachable` when the stream does not answer within 1 s.
+    /// oldest wave, its copies and leader, its consumers' backlogs. Past
+    /// `max_bytes` the server deletes the oldest waves, taken or not, so an
+    /// operator watches `bytes` against `max_bytes` (the gateway exports
+    /// them; the alert `AetherStreamNearFull`). An aether without durable
+    /// channels looks up the stream `[aether.durability] stream` names
+    /// (`aether stream`), and changes nothing. `ConnectErrorKind::Config`
+    /// on the embedded medium, `Unreachable` when the stream does not
+    /// answer within 1 s.
     pub async fn durable_stream(
         &self,
     ) -> Result<crate::connection::StreamStatus, crate::ConnectError> {

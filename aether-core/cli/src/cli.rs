@@ -157,6 +157,17 @@ Examples:
   aether stats --wait 5s --json"
     )]
     Stats(StatsArgs),
+    /// The durable channels' JetStream stream, as the server reports it:
+    /// waves and bytes against its limits, its copies and leader, and each
+    /// durable consumer's backlog. Looks only; changes nothing.
+    #[command(
+        after_help = "The stream is [aether.durability] stream in the settings (AETHER by default).
+
+Examples:
+  aether stream --nats nats://nats-1:4222
+  aether stream --json"
+    )]
+    Stream(StreamArgs),
     /// Run this machine's node of a bus on the LAN: a NATS server for the
     /// programs here, joined to the bus's other nodes.
     #[command(after_help = "Examples:
@@ -521,6 +532,13 @@ pub struct HeldArgs {
     /// lost if no other replica or keeper is running).
     #[arg(long, conflicts_with = "wait")]
     pub no_wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    /// The stream as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -25,6 +25,7 @@ mod node;
 mod show;
 mod state;
 mod stats;
+mod stream;
 mod talk;
 
 use std::{fmt, process::ExitCode};
@@ -124,6 +125,7 @@ async fn run(options: Options) -> Result<(), Failure> {
         Command::Bench(args) => bench::run(connection, args).await,
         Command::State(command) => state::run(connection, command).await,
         Command::Stats(args) => stats::run(connection, args).await,
+        Command::Stream(args) => stream::run(connection, args).await,
         Command::Node(args) => node::run(connection, args).await,
         Command::Keep(args) => keep::run(connection, args).await,
         Command::Completions { shell } => {

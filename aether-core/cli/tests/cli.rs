@@ -425,6 +425,53 @@ async fn stats_tabulates_what_instances_report() {
     drop(reporting);
 }
 
+/// `aether stream` shows the durable stream as the server reports it, and
+/// each durable consumer's backlog, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_shows_the_stream_its_copies_and_backlogs() {
+    let nats = NatsServer::builder().jetstream(true).start().await.unwrap();
+    let url = nats.url();
+    let mut config = AetherConfig::default();
+    config.durability.channels = vec!["orders.*".into()];
+    let shop = connect(&url, config).await;
+    let mut billing = aether_core::Vibrator::create("billing", &shop)
+        .await
+        .unwrap();
+    billing.resonate_on("orders.*").await.unwrap();
+    let tx = aether_core::Vibrator::create("shop", &shop).await.unwrap();
+    for n in 0..5 {
+        tx.emit_wave("orders.created", serde_json::json!({ "n": n }))
+            .await
+            .unwrap();
+    }
+    let (status, out, stderr) = run(aether(&url, &["stream"])).await;
+    assert_eq!(status, 0, "{stderr}");
+    assert!(out.starts_with("stream AETHER: 5 waves (1 to 5)"), "{out}");
+    assert!(
+        out.contains("copies: 1 configured, 1 current, 0 lagging, 0 offline"),
+        "{out}"
+    );
+    assert!(out.contains("CONSUMER") && out.contains("PENDING"), "{out}");
+    let (status, out, _) = run(aether(&url, &["stream", "--json"])).await;
+    assert_eq!(status, 0);
+    let stream: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stream["waves"], 5);
+    let backlogs = stream["consumer_backlogs"].as_array().unwrap();
+    assert_eq!(backlogs.len(), 1, "{stream}");
+    let waiting =
+        backlogs[0]["pending"].as_u64().unwrap() + backlogs[0]["ack_pending"].as_u64().unwrap();
+    assert_eq!(waiting, 5, "{stream}");
+    // A stream that is not there: said, exit 1.
+    let bare = server().await;
+    let (status, _, stderr) = run(aether(&bare.url(), &["stream"])).await;
+    assert_eq!(status, 1, "{stderr}");
+    assert!(
+        stderr.contains("stream: ") && stderr.contains("AETHER"),
+        "{stderr}"
+    );
+    drop(billing);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_reports_rates_latency_and_loss() {
     let nats = server().await;

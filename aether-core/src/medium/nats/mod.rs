@@ -171,17 +171,23 @@ impl NatsMedium {
         durable.make_consumers(consumers).await
     }
 
-    /// The durable channels' stream, as the server reports it.
+    /// The durable channels' stream, as the server reports it; without
+    /// durable channels here, the stream `[aether.durability] stream`
+    /// names, looked up only (in `domain` when set).
     pub(crate) async fn durable_stream(
         &self,
     ) -> Result<crate::connection::StreamStatus, ConnectError> {
-        let Some(durable) = &self.durable else {
-            return Err(ConnectError::new(
-                ConnectErrorKind::Config,
-                "no durable channel is configured ([aether.durability] channels)",
-            ));
+        if let Some(durable) = &self.durable {
+            return durable.stream_status().await;
+        }
+        let config = &self.shared.config.durability;
+        let builder = async_nats::jetstream::ContextBuilder::new()
+            .timeout(self.shared.config.request_timeout().min(durable::ATTEMPT));
+        let js = match &config.domain {
+            Some(domain) => builder.domain(domain.as_str()).build(self.client.clone()),
+            None => builder.build(self.client.clone()),
         };
-        durable.stream_status().await
+        durable::stream_status_of(&js, &config.stream).await
     }
 
     /// Connects to the servers of `config.nats`.
