@@ -119,13 +119,7 @@ pub(crate) fn settle(
     own: Option<&str>,
     follow: Option<&str>,
 ) -> Option<(i64, u64, usize)> {
-    let mut best: HashMap<&str, (i64, u64)> = HashMap::new();
-    for e in exchanges {
-        let entry = best.entry(&e.source).or_insert((e.offset_ns, e.rtt_ns));
-        if e.rtt_ns < entry.1 {
-            *entry = (e.offset_ns, e.rtt_ns);
-        }
-    }
+    let mut best = fastest(exchanges);
     if let Some(own) = own {
         best.insert(own, (0, 0));
     }
@@ -340,10 +334,8 @@ struct Heard {
     agreed: bool,
 }
 
-/// Whether the bus's times the sources read, as offsets from this
-/// process's clock (their fastest exchange each), lie within `within` of
-/// each other.
-pub(crate) fn agree(exchanges: &[Exchange], within: Duration) -> bool {
+/// Each source's fastest exchange: `(offset, round trip)` by source.
+fn fastest(exchanges: &[Exchange]) -> HashMap<&str, (i64, u64)> {
     let mut best: HashMap<&str, (i64, u64)> = HashMap::new();
     for e in exchanges {
         let entry = best.entry(&e.source).or_insert((e.offset_ns, e.rtt_ns));
@@ -351,6 +343,14 @@ pub(crate) fn agree(exchanges: &[Exchange], within: Duration) -> bool {
             *entry = (e.offset_ns, e.rtt_ns);
         }
     }
+    best
+}
+
+/// Whether the bus's times the sources read, as offsets from this
+/// process's clock (their fastest exchange each), lie within `within` of
+/// each other.
+pub(crate) fn agree(exchanges: &[Exchange], within: Duration) -> bool {
+    let best = fastest(exchanges);
     let offsets = best.values().map(|(offset, _)| i128::from(*offset));
     let (low, high) = offsets.fold((i128::MAX, i128::MIN), |(lo, hi), o| (lo.min(o), hi.max(o)));
     low > high || high - low <= within.as_nanos() as i128
