@@ -614,39 +614,55 @@ async fn a_damaged_ledger_loses_only_the_damaged_record_and_says_so() {
 
 /// A ledger whose segment was deleted (by hand, or by a file system
 /// repair) starts empty, and says so, naming the map: its coverage file
-/// remembers how many records it had written.
+/// remembers how many records it had written. A map whose whole directory
+/// is gone is said too: the keeper's `kept` file names the maps it held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ledger_missing_its_records_says_so() {
     let nats = server().await;
     let url = nats.url();
     let dir = tempfile::tempdir().unwrap();
     let mut keeping = keeper(&url, dir.path(), "keeper", &[]).await;
-    let (bus, writer) = replica(&url, "solo", "writer").await;
-    for n in 0..5 {
-        writer.set_json(&format!("k{n}"), &n).await.unwrap();
+    for map in ["solo", "gone"] {
+        let (bus, writer) = replica(&url, map, "writer").await;
+        for n in 0..5 {
+            writer.set_json(&format!("k{n}"), &n).await.unwrap();
+        }
+        writer
+            .flush_to(HeldBy::keepers(1), Duration::from_secs(5))
+            .await
+            .unwrap();
+        writer.close().await;
+        bus.close();
     }
-    writer
-        .flush_to(HeldBy::keepers(1), Duration::from_secs(5))
-        .await
-        .unwrap();
-    writer.close().await;
-    bus.close();
+    // The list is written within a second of the maps holding keys.
+    soon("both maps are listed", || {
+        std::fs::read_to_string(dir.path().join("kept")).is_ok_and(|list| {
+            list.lines()
+                .filter(|l| ["solo", "gone"].contains(l))
+                .count()
+                == 2
+        })
+    })
+    .await;
     processes_stop(&mut keeping).await;
-    for segment in segments_in(dir.path()) {
+    for segment in segments_in(&dir.path().join("solo")) {
         std::fs::remove_file(segment).unwrap();
     }
+    std::fs::remove_dir_all(dir.path().join("gone")).unwrap();
     let (mut keeping, said) =
         start_logged(keep(&url, dir.path(), "keeper", &[]), "keeping maps").await;
-    soon("the loss is logged", || {
-        said.lock()
-            .unwrap()
-            .iter()
+    soon("both losses are logged", || {
+        let said = said.lock().unwrap();
+        said.iter()
             .any(|l| l.contains("fewer records than it had written") && l.contains("solo"))
+            && said
+                .iter()
+                .any(|l| l.contains("is gone from its directory") && l.contains("gone"))
     })
     .await;
     processes_stop(&mut keeping).await;
     let said = said.lock().unwrap().join("\n");
-    assert!(said.contains("1 ledgers found damaged"), "{said}");
+    assert!(said.contains("2 ledgers found damaged"), "{said}");
 }
 
 /// SIGTERM, and the process's end.

@@ -17,6 +17,11 @@
 //! `max_maps_per_writer` of them brought by one writer, `max_bytes` of
 //! keys and values in all (a write past it is refused as `full`); each
 //! refusal counted and logged (at most once a minute).
+//!
+//! Beside the maps' directories, the file `kept` names the maps holding
+//! keys (rewritten whole when that set changes): a map it names whose
+//! directory is gone, or holds no record, at the next start lost what it
+//! held here, and is said and counted damaged.
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -101,6 +106,8 @@ struct Inner {
     closed: std::sync::atomic::AtomicBool,
     /// The node id its refusals of holds carry.
     refusing_node: u64,
+    /// The maps its `kept` file names, as last written.
+    listed: Mutex<Option<BTreeSet<String>>>,
 }
 
 /// A map kept: its replica, the writer that brought it (none for a map
@@ -129,6 +136,8 @@ const OPEN_AT_ONCE: usize = 32;
 const EMPTY_FOR: Duration = Duration::from_secs(10);
 /// How often the keeper looks at its maps.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// The file naming the maps that hold keys, in the keeper's directory.
+const KEPT_FILE: &str = "kept";
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -230,6 +239,7 @@ impl Keeper {
                 .map_err(|e| StateError::with_source(StateErrorKind::Closed, e))?;
         }
         let waiting = kept_in(&dir, &config);
+        let lost = lost_maps(&dir, &config);
         let inner = Arc::new(Inner {
             aether: aether.clone(),
             name,
@@ -251,7 +261,9 @@ impl Keeper {
             dir_lock: Mutex::new(Some(dir_lock)),
             closed: std::sync::atomic::AtomicBool::new(false),
             refusing_node: crate::wave::unique_odd_id(),
+            listed: Mutex::new(None),
         });
+        lock(&inner.retired).ledgers_damaged += lost.len() as u64;
         let source: Arc<dyn KeeperSource> = inner.clone();
         aether.register_keeper(Arc::downgrade(&source));
         let tasks = vec![
@@ -356,6 +368,53 @@ fn kept_in(dir: &std::path::Path, config: &StateConfig) -> BTreeSet<String> {
         .collect()
 }
 
+/// The maps `dir`'s `kept` file names (that `config`'s patterns name) whose
+/// directory is gone or holds no record: each is said.
+fn lost_maps(dir: &std::path::Path, config: &StateConfig) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(dir.join(KEPT_FILE)) else {
+        return Vec::new();
+    };
+    let lost: Vec<String> = text
+        .lines()
+        .filter(|name| is_name(name) && config.keeper.keeps(name))
+        .filter(|name| {
+            let map = dir.join(name);
+            !map.is_dir() || holds_nothing(&map)
+        })
+        .map(str::to_string)
+        .collect();
+    for map in &lost {
+        tracing::warn!(
+            map = %map,
+            dir = %dir.display(),
+            "a map this keeper held keys of is gone from its directory (deleted, or lost \
+             with the disk): what it held is lost here (other replicas may hold it)"
+        );
+    }
+    lost
+}
+
+/// Writes `dir`'s `kept` file whole (a temporary file renamed over it),
+/// its owner's only.
+fn write_list(dir: &std::path::Path, maps: &BTreeSet<String>) -> std::io::Result<()> {
+    let temporary = dir.join(format!("{KEPT_FILE}.new"));
+    let mut text = String::new();
+    for map in maps {
+        text.push_str(map);
+        text.push('\n');
+    }
+    let mut file = aether_journal::private(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true),
+    )
+    .open(&temporary)?;
+    std::io::Write::write_all(&mut file, text.as_bytes())?;
+    file.sync_data()?;
+    std::fs::rename(&temporary, dir.join(KEPT_FILE))
+}
+
 impl KeeperSource for Inner {
     fn keeper_stats(&self) -> KeeperStats {
         self.stats()
@@ -389,6 +448,33 @@ impl Inner {
             stats.full_writes += counts.refused(Refusal::Full);
         }
         stats
+    }
+
+    /// Rewrites the `kept` file if the maps holding keys (and those
+    /// waiting to open) changed; a failure is said and tried again.
+    fn list_kept(&self) {
+        let maps: Vec<(String, StateMap)> = lock(&self.maps)
+            .iter()
+            .map(|(name, k)| (name.clone(), k.map.clone()))
+            .collect();
+        let mut names: BTreeSet<String> = lock(&self.waiting).clone();
+        names.extend(
+            maps.into_iter()
+                .filter(|(_, map)| map.stats().keys > 0)
+                .map(|(name, _)| name),
+        );
+        let mut listed = lock(&self.listed);
+        if listed.as_ref() == Some(&names) {
+            return;
+        }
+        match write_list(&self.dir, &names) {
+            Ok(()) => *listed = Some(names),
+            Err(error) => {
+                if self.may_warn() {
+                    tracing::warn!(keeper = %self.name, %error, "cannot write the list of maps kept");
+                }
+            }
+        }
     }
 
     /// Keeps the counts of a map it closed.
@@ -658,6 +744,7 @@ async fn look(inner: Arc<Inner>) {
     loop {
         tick.tick().await;
         inner.forget_empty().await;
+        inner.list_kept();
         let stats = inner.stats();
         if stats.full_writes > full_said && inner.may_warn() {
             tracing::warn!(
