@@ -18,8 +18,9 @@
 //! keys and values in all (a write past it is refused as `full`); each
 //! refusal counted and logged (at most once a minute).
 //!
-//! Beside the maps' directories, the file `kept` names the maps holding
-//! keys (rewritten whole when that set changes): a map it names whose
+//! Beside the maps' directories, the file `kept` names the maps that hold
+//! keys here (a map brought by a write is named before it opens; one
+//! forgotten leaves it before its directory goes): a map it names whose
 //! directory is gone, or holds no record, at the next start lost what it
 //! held here, and is said and counted damaged.
 
@@ -106,8 +107,9 @@ struct Inner {
     closed: std::sync::atomic::AtomicBool,
     /// The node id its refusals of holds carry.
     refusing_node: u64,
-    /// The maps its `kept` file names, as last written.
-    listed: Mutex<Option<BTreeSet<String>>>,
+    /// The maps its `kept` file names, and whether the file is behind
+    /// (a write failed: tried again each second).
+    listed: Mutex<(BTreeSet<String>, bool)>,
 }
 
 /// A map kept: its replica, the writer that brought it (none for a map
@@ -239,7 +241,10 @@ impl Keeper {
                 .map_err(|e| StateError::with_source(StateErrorKind::Closed, e))?;
         }
         let waiting = kept_in(&dir, &config);
-        let lost = lost_maps(&dir, &config);
+        let (lost, mut listed) = lost_maps(&dir, &config);
+        // A directory kept before the list was (or with maps it lacks):
+        // every map on the disk is named.
+        listed.extend(waiting.iter().cloned());
         let inner = Arc::new(Inner {
             aether: aether.clone(),
             name,
@@ -261,9 +266,10 @@ impl Keeper {
             dir_lock: Mutex::new(Some(dir_lock)),
             closed: std::sync::atomic::AtomicBool::new(false),
             refusing_node: crate::wave::unique_odd_id(),
-            listed: Mutex::new(None),
+            listed: Mutex::new((listed, true)),
         });
         lock(&inner.retired).ledgers_damaged += lost.len() as u64;
+        inner.write_list();
         let source: Arc<dyn KeeperSource> = inner.clone();
         aether.register_keeper(Arc::downgrade(&source));
         let tasks = vec![
@@ -369,20 +375,20 @@ fn kept_in(dir: &std::path::Path, config: &StateConfig) -> BTreeSet<String> {
 }
 
 /// The maps `dir`'s `kept` file names (that `config`'s patterns name) whose
-/// directory is gone or holds no record: each is said.
-fn lost_maps(dir: &std::path::Path, config: &StateConfig) -> Vec<String> {
+/// directory is gone or holds no record, each said; and the others it
+/// names.
+fn lost_maps(dir: &std::path::Path, config: &StateConfig) -> (Vec<String>, BTreeSet<String>) {
     let Ok(text) = std::fs::read_to_string(dir.join(KEPT_FILE)) else {
-        return Vec::new();
+        return (Vec::new(), BTreeSet::new());
     };
-    let lost: Vec<String> = text
+    let (lost, kept): (Vec<String>, Vec<String>) = text
         .lines()
         .filter(|name| is_name(name) && config.keeper.keeps(name))
-        .filter(|name| {
+        .map(str::to_string)
+        .partition(|name| {
             let map = dir.join(name);
             !map.is_dir() || holds_nothing(&map)
-        })
-        .map(str::to_string)
-        .collect();
+        });
     for map in &lost {
         tracing::warn!(
             map = %map,
@@ -391,11 +397,12 @@ fn lost_maps(dir: &std::path::Path, config: &StateConfig) -> Vec<String> {
              with the disk): what it held is lost here (other replicas may hold it)"
         );
     }
-    lost
+    (lost, kept.into_iter().collect())
 }
 
 /// Writes `dir`'s `kept` file whole (a temporary file renamed over it),
-/// its owner's only.
+/// its owner's only; a temporary file that could not be written whole (a
+/// full disk) is removed.
 fn write_list(dir: &std::path::Path, maps: &BTreeSet<String>) -> std::io::Result<()> {
     let temporary = dir.join(format!("{KEPT_FILE}.new"));
     let mut text = String::new();
@@ -403,16 +410,22 @@ fn write_list(dir: &std::path::Path, maps: &BTreeSet<String>) -> std::io::Result
         text.push_str(map);
         text.push('\n');
     }
-    let mut file = aether_journal::private(
+    let written = aether_journal::private(
         std::fs::OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true),
     )
-    .open(&temporary)?;
-    std::io::Write::write_all(&mut file, text.as_bytes())?;
-    file.sync_data()?;
-    std::fs::rename(&temporary, dir.join(KEPT_FILE))
+    .open(&temporary)
+    .and_then(|mut file| {
+        std::io::Write::write_all(&mut file, text.as_bytes())?;
+        file.sync_data()
+    })
+    .and_then(|()| std::fs::rename(&temporary, dir.join(KEPT_FILE)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
 }
 
 impl KeeperSource for Inner {
@@ -450,26 +463,58 @@ impl Inner {
         stats
     }
 
-    /// Rewrites the `kept` file if the maps holding keys (and those
-    /// waiting to open) changed; a failure is said and tried again.
+    /// Names `map` in the `kept` file (`true`) or takes it out, the file
+    /// written before this returns (a failure is said, and tried again
+    /// each second).
+    fn list(&self, map: &str, kept: bool) {
+        let changed = {
+            let mut listed = lock(&self.listed);
+            let changed = if kept {
+                listed.0.insert(map.to_string())
+            } else {
+                listed.0.remove(map)
+            };
+            listed.1 |= changed;
+            changed
+        };
+        if changed {
+            self.write_list();
+        }
+    }
+
+    /// Names the maps open that hold keys and are not named yet (kept from
+    /// a directory older than the list), and writes the file if it is
+    /// behind.
     fn list_kept(&self) {
         let maps: Vec<(String, StateMap)> = lock(&self.maps)
             .iter()
             .map(|(name, k)| (name.clone(), k.map.clone()))
             .collect();
-        let mut names: BTreeSet<String> = lock(&self.waiting).clone();
-        names.extend(
-            maps.into_iter()
-                .filter(|(_, map)| map.stats().keys > 0)
-                .map(|(name, _)| name),
-        );
+        let holding: Vec<String> = maps
+            .into_iter()
+            .filter(|(_, map)| map.stats().keys > 0)
+            .map(|(name, _)| name)
+            .collect();
+        {
+            let mut listed = lock(&self.listed);
+            for name in holding {
+                let added = listed.0.insert(name);
+                listed.1 |= added;
+            }
+        }
+        self.write_list();
+    }
+
+    /// Writes the `kept` file if it is behind.
+    fn write_list(&self) {
         let mut listed = lock(&self.listed);
-        if listed.as_ref() == Some(&names) {
+        if !listed.1 {
             return;
         }
-        match write_list(&self.dir, &names) {
-            Ok(()) => *listed = Some(names),
+        match write_list(&self.dir, &listed.0) {
+            Ok(()) => listed.1 = false,
             Err(error) => {
+                drop(listed);
                 if self.may_warn() {
                     tracing::warn!(keeper = %self.name, %error, "cannot write the list of maps kept");
                 }
@@ -608,6 +653,13 @@ impl Inner {
         source: Option<(String, Vec<(String, super::Entry)>)>,
         emitter: Option<Emitter>,
     ) {
+        // A map brought by a write is named in the list before its replica
+        // can acknowledge anything.
+        let for_write =
+            source.is_some() || lock(&self.opening).get(&map).copied().flatten().is_some();
+        if for_write {
+            self.list(&map, true);
+        }
         let attempt = || {
             StateMap::builder(map.as_str())
                 .node(self.name.as_str())
@@ -652,6 +704,7 @@ impl Inner {
                 // start.
                 let dir = self.dir.join(&map);
                 if holds_nothing(&dir) {
+                    self.list(&map, false);
                     let _ = std::fs::remove_dir_all(&dir);
                 }
             }
@@ -701,6 +754,9 @@ impl Inner {
                 self.asked.notify_one();
                 continue;
             }
+            // Out of the list before its directory goes: a kill between
+            // the two is not taken for a loss.
+            self.list(&name, false);
             if let Err(error) = std::fs::remove_dir_all(self.dir.join(&name)) {
                 tracing::warn!(keeper = %self.name, map = name, %error, "cannot remove an empty map's directory");
             }
