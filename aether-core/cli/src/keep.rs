@@ -100,7 +100,8 @@ pub(crate) fn summary(stats: &KeeperStats) -> String {
     format!(
         "{} maps kept ({} bytes of max_bytes {}), {} refused (max_maps), {} refused \
          (max_maps_per_writer), {} empty forgotten, {} not opened, {} writes refused as full, \
-         {} changes not written to a ledger, {} ledgers found damaged",
+         {} changes refused as future, {} changes not written to a ledger, {} ledgers found \
+         damaged",
         stats.maps,
         stats.bytes,
         stats.max_bytes,
@@ -109,6 +110,7 @@ pub(crate) fn summary(stats: &KeeperStats) -> String {
         stats.forgotten_maps,
         stats.failed_maps,
         stats.full_writes,
+        stats.future_writes,
         stats.ledger_failed,
         stats.ledgers_damaged
     )
@@ -181,6 +183,15 @@ impl Told {
                 now.full_writes,
                 now.bytes,
                 now.max_bytes
+            );
+        }
+        if now.future_writes > said.future_writes {
+            eprintln!(
+                "keeper {name}: {} change(s) refused as stamped more than max_drift ahead of \
+                 the bus's time ({} in all): a writer's clock off, or two buses that settled \
+                 apart and then met; they are taken once the bus's time reaches them",
+                now.future_writes - said.future_writes,
+                now.future_writes
             );
         }
         if now.failed_maps > said.failed_maps {

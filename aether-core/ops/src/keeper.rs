@@ -11,6 +11,7 @@
 //! | `aether_keeper_failed_maps_total` | counter | maps that did not open (an unreadable ledger, a full disk) |
 //! | `aether_keeper_forgotten_maps_total` | counter | maps closed and removed because they stayed empty |
 //! | `aether_keeper_full_writes_total` | counter | writes refused as `full` (`max_bytes` of all maps, or a map's own caps) |
+//! | `aether_keeper_future_writes_total` | counter | changes refused as stamped more than `max_drift` ahead of the bus's time |
 //! | `aether_keeper_ledger_failed_total` | counter | changes a ledger could not write (the writer was not acknowledged) |
 //! | `aether_keeper_ledgers_damaged_total` | counter | ledgers found damaged on opening (repaired, the damage kept aside) |
 //! | `aether_keeper_bytes` | gauge | keys and values its maps hold together |
@@ -31,6 +32,7 @@ pub struct KeeperMetrics {
     failed: IntCounter,
     forgotten: IntCounter,
     full_writes: IntCounter,
+    future_writes: IntCounter,
     ledger_failed: IntCounter,
     ledgers_damaged: IntCounter,
     bytes: IntGauge,
@@ -76,6 +78,10 @@ impl KeeperMetrics {
                 "aether_keeper_full_writes_total",
                 "Writes refused as full: max_bytes of all maps, or a map's max_keys or max_map_bytes.",
             )?,
+            future_writes: counter(
+                "aether_keeper_future_writes_total",
+                "Changes refused as stamped more than max_drift ahead of the bus's time (a clock off, or two buses that settled apart).",
+            )?,
             ledger_failed: counter(
                 "aether_keeper_ledger_failed_total",
                 "Changes a map's ledger could not write (a full disk); their writers were not acknowledged.",
@@ -104,6 +110,7 @@ impl KeeperMetrics {
         raise(&self.failed, stats.failed_maps);
         raise(&self.forgotten, stats.forgotten_maps);
         raise(&self.full_writes, stats.full_writes);
+        raise(&self.future_writes, stats.future_writes);
         raise(&self.ledger_failed, stats.ledger_failed);
         raise(&self.ledgers_damaged, stats.ledgers_damaged);
         self.bytes.set(saturating_i64(stats.bytes));

@@ -454,11 +454,13 @@ impl Inner {
         stats.ledger_failed = retired.ledger_failed;
         stats.ledgers_damaged = retired.ledgers_damaged;
         stats.full_writes = retired.full_writes;
+        stats.future_writes = retired.future_writes;
         for map in &maps {
             let counts = map.stats();
             stats.ledger_failed += counts.ledger_failed;
             stats.ledgers_damaged += counts.ledger_damaged;
             stats.full_writes += counts.refused(Refusal::Full);
+            stats.future_writes += counts.refused(Refusal::Future);
         }
         stats
     }
@@ -529,6 +531,7 @@ impl Inner {
         retired.ledger_failed += counts.ledger_failed;
         retired.ledgers_damaged += counts.ledger_damaged;
         retired.full_writes += counts.refused(Refusal::Full);
+        retired.future_writes += counts.refused(Refusal::Future);
     }
 
     /// Takes `map` to be opened by the caller, brought by `writer` (none:
