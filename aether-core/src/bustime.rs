@@ -17,14 +17,20 @@
 //! half the round trip; of a few exchanges with each source the fastest
 //! counts.
 //!
-//! The bus's time is the median of the sources' own clocks: a source
-//! measures against the others' system clocks and counts itself among
-//! them. Any other program takes the median of the bus's time as the
-//! sources read it (their clock plus their offset), so one that hears
-//! only some of the sources (its own machine's, on a loaded LAN) still
-//! reads the time they agreed on; before they measured each other that is
-//! their own clocks, as for a source. With `follow`, the named source's
-//! own clock. The process's clock ([`crate::wave`]'s) then reads the
+//! The bus's time is the median of the bus's time as the sources read it
+//! (each its clock plus its offset; of an even number, the later of the
+//! two middle ones): a source counts its own reading among them, and any
+//! other program takes the same median, so one that hears only some of
+//! the sources (its own machine's, on a loaded LAN) still reads the time
+//! they agreed on. Before the sources measured each other their readings
+//! are their own clocks, so a bus forming settles on the median of its
+//! clocks; once settled, a source that joins (its reading its own clock)
+//! or leaves is one reading against the many that agree, and the bus's
+//! time stays: it never goes back, which would leave every write stamped
+//! before in the future of every clock. Two buses that settled apart and
+//! then join (a partition healed) take the time of the one with more
+//! sources; of two of one size, the later. With `follow`, the named
+//! source's own clock. The process's clock ([`crate::wave`]'s) then reads the
 //! system clock plus that offset: stamps, drift checks, tombstone
 //! horizons, hopping slots and wave ages all follow it. Stamps never go
 //! back ([`crate::state::hlc`]).
@@ -110,18 +116,18 @@ impl Exchange {
 
 /// The offset and its uncertainty the exchanges give, and how many
 /// sources they came from: the fastest exchange of each source; the
-/// median source by offset (the lower of the two middle ones), or the one
-/// `follow` names. `own`: this process is a source named so, and counts
-/// itself (offset 0). None when no source (or not the followed one) was
-/// heard.
+/// median source by offset (the later of the two middle ones), or the one
+/// `follow` names. `own`: this process is a source named so, whose own
+/// reading of the bus's time is its clock plus this offset, and counts
+/// itself. None when no source (or not the followed one) was heard.
 pub(crate) fn settle(
     exchanges: &[Exchange],
-    own: Option<&str>,
+    own: Option<(&str, i64)>,
     follow: Option<&str>,
 ) -> Option<(i64, u64, usize)> {
     let mut best = fastest(exchanges);
-    if let Some(own) = own {
-        best.insert(own, (0, 0));
+    if let Some((own, offset)) = own {
+        best.insert(own, (offset, 0));
     }
     if let Some(follow) = follow {
         let (offset, rtt) = *best.get(follow)?;
@@ -132,10 +138,11 @@ pub(crate) fn settle(
     }
     let mut sources: Vec<(i64, u64)> = best.values().copied().collect();
     sources.sort_unstable();
-    // Of an even number, the lower middle: the earlier of the two middle
-    // clocks, the same one whichever source reckons it, so that sources
-    // that hear each other settle on one time.
-    let (offset, rtt) = sources[(sources.len() - 1) / 2];
+    // Of an even number, the upper middle: the later of the two middle
+    // readings, the same one whichever source reckons it, so that sources
+    // that hear each other settle on one time, and a bus of one that a
+    // second source joins does not go back to the newcomer's clock.
+    let (offset, rtt) = sources[sources.len() / 2];
     Some((offset, rtt / 2, sources.len()))
 }
 
@@ -429,7 +436,8 @@ impl Measurer {
         // started, or the sources it hears changed, moments ago), are not
         // agreed yet.
         let agreed = agree(&bus_times, self.max_drift / 2) && !self.heard_settling;
-        let settled = settle(&exchanges, self.own.as_deref(), self.follow.as_deref());
+        let own = self.own.as_deref().map(|name| (name, offset()));
+        let settled = settle(&exchanges, own, self.follow.as_deref());
         let mut status = status_cell().lock().unwrap_or_else(|e| e.into_inner());
         status.measurements += 1;
         let Some((offset_ns, uncertainty_ns, sources)) = settled else {
@@ -478,15 +486,11 @@ impl Measurer {
         heard
     }
 
-    /// The time an answer gives: a source measures against the others'
-    /// own clocks (as does one that follows a named source); any other
-    /// program against the bus's time as they read it.
+    /// The time an answer gives: the bus's time as the source reads it
+    /// (a source measures so too), or, following a named source, its own
+    /// clock.
     fn time_of(&self, clock: u64, bus: u64) -> u64 {
-        if self.own.is_some() || self.follow.is_some() {
-            clock
-        } else {
-            bus
-        }
+        if self.follow.is_some() { clock } else { bus }
     }
 
     /// Takes `answer` from `source` to an ask sent at `sent` and answered
@@ -665,14 +669,20 @@ mod tests {
         ];
         // The median of three: b's fastest exchange.
         assert_eq!(settle(&heard, None, None), Some((30, 150, 3)));
-        // A source counts itself: a, self (0), b, c: of the two middles,
-        // the earlier clock, its own here.
-        assert_eq!(settle(&heard, Some("d"), None), Some((0, 0, 4)));
-        // Two sources two hours apart settle on the earlier clock, a's.
+        // A source counts its own reading: a, self (0), b, c: of the two
+        // middles, the later, b's.
+        assert_eq!(settle(&heard, Some(("d", 0)), None), Some((30, 150, 4)));
+        // Two sources two hours apart settle on the later reading.
         let two = [exchange("a", -2 * hour, 900)];
-        assert_eq!(settle(&two, Some("b"), None), Some((-2 * hour, 450, 2)));
+        assert_eq!(settle(&two, Some(("b", 0)), None), Some((0, 0, 2)));
         let two = [exchange("b", 2 * hour, 900)];
-        assert_eq!(settle(&two, Some("a"), None), Some((0, 0, 2)));
+        assert_eq!(settle(&two, Some(("a", 0)), None), Some((2 * hour, 450, 2)));
+        // A source's own reading is its clock plus its offset.
+        let one = [exchange("b", 5 * hour, 900)];
+        assert_eq!(
+            settle(&one, Some(("a", 5 * hour)), None),
+            Some((5 * hour, 450, 2))
+        );
         assert_eq!(settle(&heard, None, Some("c")), Some((2 * hour, 200, 3)));
         assert_eq!(
             settle(&heard, None, Some("z")),
@@ -681,7 +691,7 @@ mod tests {
         );
         assert_eq!(settle(&[], None, None), None);
         assert_eq!(
-            settle(&[], Some("d"), None),
+            settle(&[], Some(("d", 0)), None),
             None,
             "a source alone follows itself"
         );
@@ -703,10 +713,53 @@ mod tests {
                     .filter(|(j, _)| *j != i)
                     .map(|(j, theirs)| exchange(&names[j], theirs - own, 100))
                     .collect();
-                let offset = settle(&heard, Some(&names[i]), None).map_or(0, |(o, _, _)| o);
+                let offset = settle(&heard, Some((&names[i], 0)), None).map_or(0, |(o, _, _)| o);
                 times.push(own + offset);
             }
             prop_assert!(times.windows(2).all(|w| w[0] == w[1]), "{:?} from {:?}", times, clocks);
+        }
+
+        /// A bus that settled keeps its time when a source joins (its
+        /// reading its own clock, however far off) and when sources leave:
+        /// every source that stays reads the time it read, or a later one
+        /// (a bus of one joined by a clock ahead of it), never an earlier.
+        #[test]
+        fn a_settled_bus_never_goes_back(
+            clocks in prop::collection::vec(-100_000i64..100_000, 1..8),
+            joiner in any::<i32>(),
+            leaving in 0usize..8,
+        ) {
+            let bus = clocks[0];
+            let names: Vec<String> = (0..=clocks.len()).map(|n| format!("s{n}")).collect();
+            // Settled: each reads `bus` (its clock plus its offset).
+            let mut readings: Vec<(i64, i64)> = clocks.iter().map(|c| (*c, bus - c)).collect();
+            readings.push((i64::from(joiner), 0));
+            let settled = clocks.len();
+            for (round, stay) in [(0, readings.len()), (1, settled)] {
+                // Round 0: the newcomer joined; round 1: it and one more
+                // left (when more than one stays).
+                let keep: Vec<usize> = (0..stay)
+                    .filter(|i| round == 0 || stay < 2 || *i != leaving % stay)
+                    .collect();
+                for &i in keep.iter().filter(|i| **i < settled) {
+                    let (own_clock, own_offset) = readings[i];
+                    let heard: Vec<Exchange> = keep
+                        .iter()
+                        .filter(|j| **j != i)
+                        .map(|&j| exchange(&names[j], readings[j].0 + readings[j].1 - own_clock, 100))
+                        .collect();
+                    let Some((offset, _, _)) = settle(&heard, Some((&names[i], own_offset)), None)
+                    else {
+                        continue;
+                    };
+                    let time = own_clock + offset;
+                    if settled >= 2 {
+                        prop_assert_eq!(time, bus);
+                    } else {
+                        prop_assert!(time >= bus);
+                    }
+                }
+            }
         }
 
         /// Fewer than half the sources, however wrong, cannot move the
