@@ -685,3 +685,44 @@ async fn a_consumers_backlog_is_reported_until_it_is_taken() {
     })
     .await;
 }
+
+/// A receiver slower than its producer (here one wave each 100 ms, a queue
+/// of 4 s against an `ack_wait` of 1 s) is not delivered its queue again:
+/// the waves waiting in it are said to be in progress, so none comes twice
+/// and the consumer redelivers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receivers_queue_is_not_delivered_again() {
+    bounded(async {
+        let (_server, url) = jetstream().await;
+        let a = connect(&url).await;
+        let b = Aether::connect(receiver_config(&url)).await.unwrap();
+        let mut rx = resonating(&b, "billing").await;
+        let tx = Vibrator::create("shop", &a).await.unwrap();
+        emit_seqs(&tx, 0..40).await;
+        // Redeliveries pending are counted while the queue is read.
+        let mut redelivered = 0;
+        for n in 0..40 {
+            timeout(Duration::from_secs(5), rx.receive())
+                .await
+                .expect("a wave within 5 s")
+                .expect("open");
+            sleep(Duration::from_millis(100)).await;
+            if n % 10 == 5 {
+                let status = a.durable_stream().await.unwrap();
+                redelivered += status
+                    .consumer_backlogs
+                    .iter()
+                    .map(|c| c.redelivered)
+                    .sum::<u64>();
+            }
+        }
+        assert_eq!(redelivered, 0);
+        assert_eq!(
+            rx.stats().dropped(aether_core::DropReason::Duplicate),
+            0,
+            "{:?}",
+            rx.stats()
+        );
+    })
+    .await;
+}

@@ -18,7 +18,11 @@
 //! acknowledged when the vibrator hands it to the application (`receive`,
 //! `try_receive`, the stream): until then its acknowledgement waits in a
 //! map of (queue, wave id), and a wave lost with the process, or shed from
-//! a full queue, is delivered again after `ack_wait_ms`. A wave whose id the
+//! a full queue, is delivered again after `ack_wait_ms`. The waves waiting
+//! in a queue are said to be in progress to the server (`+WPI`) every third
+//! of `ack_wait_ms`, so a queue that the application takes minutes to read
+//! (a consumer slower than its producers, or shaped by a rate limit) is not
+//! delivered again meanwhile. A wave whose id the
 //! vibrator already handed out is not handed out twice (a bounded window of
 //! recent ids per queue): a redelivery of it is acknowledged and dropped,
 //! and a second copy in the queue is dropped at hand-out.
@@ -147,9 +151,16 @@ pub(super) struct Durable {
 struct Handouts {
     /// Wave id -> the acknowledgement of its latest delivery, for the waves
     /// in the queue (or shed from it) and not handed out yet.
-    pending: HashMap<u128, Acker>,
+    pending: HashMap<u128, Waiting>,
     /// The ids it handed out last.
     taken: Recent<u128, RECENT_IDS>,
+}
+
+/// A delivery waiting in a queue: its acknowledgement, and the subject
+/// that takes it.
+struct Waiting {
+    acker: Acker,
+    reply: Option<async_nats::Subject>,
 }
 
 impl Durable {
@@ -257,9 +268,12 @@ impl Durable {
             Arc::downgrade(&durable),
             shared.clone(),
         ));
-        durable
-            .lock_tasks()
-            .extend([task.abort_handle(), watcher.abort_handle()]);
+        let progress = tokio::spawn(keep_in_progress(Arc::downgrade(&durable)));
+        durable.lock_tasks().extend([
+            task.abort_handle(),
+            watcher.abort_handle(),
+            progress.abort_handle(),
+        ]);
         Ok(Some(durable))
     }
 
@@ -326,10 +340,17 @@ impl Durable {
     /// `inbox` (of `capacity`), until the wave is handed out. Bounded: past
     /// twice the capacity and a pull batch, an acknowledgement is let go
     /// (its wave was shed, or comes again and is dropped at hand-out).
-    fn expect(&self, inbox: u64, capacity: usize, id: u128, acker: Acker) {
+    fn expect(
+        &self,
+        inbox: u64,
+        capacity: usize,
+        id: u128,
+        acker: Acker,
+        reply: Option<async_nats::Subject>,
+    ) {
         let mut handouts = self.lock_handouts();
         let pending = &mut handouts.entry(inbox).or_default().pending;
-        pending.insert(id, acker);
+        pending.insert(id, Waiting { acker, reply });
         if pending.len() > 2 * capacity + MAX_PULL_BATCH
             && let Some(other) = pending.keys().copied().find(|other| *other != id)
         {
@@ -352,10 +373,19 @@ impl Durable {
             }
             handouts.pending.remove(&id)
         };
-        if let Some(acker) = acker {
-            self.acknowledge(acker, AckKind::Ack);
+        if let Some(waiting) = acker {
+            self.acknowledge(waiting.acker, AckKind::Ack);
         }
         true
+    }
+
+    /// The reply subjects of the deliveries waiting in the queues.
+    fn waiting(&self) -> Vec<async_nats::Subject> {
+        self.lock_handouts()
+            .values()
+            .flat_map(|h| h.pending.values())
+            .filter_map(|w| w.reply.clone())
+            .collect()
     }
 
     /// Queue `inbox` is gone: the waves it did not hand out are given back
@@ -365,8 +395,8 @@ impl Durable {
         let Some(handouts) = self.lock_handouts().remove(&inbox) else {
             return;
         };
-        for (_, acker) in handouts.pending {
-            self.acknowledge(acker, AckKind::Nak(None));
+        for (_, waiting) in handouts.pending {
+            self.acknowledge(waiting.acker, AckKind::Nak(None));
         }
     }
 
@@ -973,6 +1003,7 @@ async fn arrive(
     resonance: &mut Resonance,
     message: jetstream::Message,
 ) -> bool {
+    let reply = message.reply.clone();
     let (message, acker) = message.split();
     let Resonance {
         inbox,
@@ -1011,7 +1042,7 @@ async fn arrive(
     }
     let wave_id = wave.id().as_u128();
     // Kept before the offer: the vibrator may hand the wave out at once.
-    durable.expect(inbox.id(), inbox.capacity(), wave_id, acker);
+    durable.expect(inbox.id(), inbox.capacity(), wave_id, acker, reply);
     let delivered = offer_counted(inbox, wave, &shared.stats);
     let (queued, open) = (delivered.queued, delivered.open);
     if !queued && open && inbox.len() < inbox.capacity() {
@@ -1021,12 +1052,45 @@ async fn arrive(
             .lock_handouts()
             .get_mut(&inbox.id())
             .and_then(|h| h.pending.remove(&wave_id));
-        if let Some(acker) = acker {
-            durable.acknowledge(acker, AckKind::Ack);
+        if let Some(waiting) = acker {
+            durable.acknowledge(waiting.acker, AckKind::Ack);
         }
     }
     open
 }
+
+/// Every third of `ack_wait_ms`, tells the server that the deliveries
+/// waiting in the queues are in progress (`+WPI`, JetStream's "working on
+/// it"): each one's `ack_wait` starts again, so a queue read slowly is not
+/// delivered a second time. (A wave handed out within the third is never
+/// named; one that waited in the client's pull before its queue had room
+/// is named within a third of its arrival.)
+async fn keep_in_progress(durable: std::sync::Weak<Durable>) {
+    let Some(every) = durable.upgrade().map(|d| d.config.ack_wait() / 3) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(durable) = durable.upgrade() else {
+            return;
+        };
+        for reply in durable.waiting() {
+            if let Err(error) = durable
+                .client
+                .publish(reply, bytes::Bytes::from_static(IN_PROGRESS))
+                .await
+            {
+                tracing::debug!(%error, "could not say a durable wave is in progress");
+            }
+        }
+    }
+}
+
+/// JetStream's acknowledgement "in progress": the delivery's `ack_wait`
+/// starts again.
+const IN_PROGRESS: &[u8] = b"+WPI";
 
 /// Sends acknowledgements in the order they come.
 async fn send_acks(
