@@ -91,6 +91,9 @@ const IDLE_LOOK: Duration = Duration::from_secs(2);
 /// the next, rather than after the whole request timeout. A resend is
 /// harmless: the stream drops a second copy of a wave id.
 pub(super) const ATTEMPT: Duration = Duration::from_secs(1);
+/// A stream's copy on a server its group has not heard for this long is
+/// reported offline (the group's leader hears each follower every second).
+const PEER_UNHEARD: Duration = Duration::from_secs(10);
 /// How long the capture watcher waits for answers, and how often it asks.
 const PROBE_WAIT: Duration = Duration::from_secs(2);
 const PROBE_EVERY: Duration = Duration::from_secs(30);
@@ -1137,8 +1140,12 @@ pub(super) async fn stream_status_of(
     let (leader, replicas_current, replicas_offline, replicas_lagging) = match &info.cluster {
         Some(cluster) if cluster.leader.is_some() || !cluster.replicas.is_empty() => {
             let peers = &cluster.replicas;
-            let offline = peers.iter().filter(|p| p.offline).count();
-            let current = peers.iter().filter(|p| p.current && !p.offline).count();
+            // A peer the group has not heard for [`PEER_UNHEARD`] is gone,
+            // whatever the server says yet (it calls a dead one lagging
+            // for minutes before it calls it offline).
+            let gone = |p: &stream::PeerInfo| p.offline || p.active >= PEER_UNHEARD;
+            let offline = peers.iter().filter(|p| gone(p)).count();
+            let current = peers.iter().filter(|p| p.current && !gone(p)).count();
             let lagging = peers.len() - offline - current;
             let leading = usize::from(cluster.leader.is_some());
             (cluster.leader.clone(), current + leading, offline, lagging)
