@@ -15,9 +15,10 @@
 //! whole and lacking there is dropped, counted `too_old`. With no such
 //! peer, it keeps what it has and says so.
 //!
-//! The file also keeps how many records the ledger had written: a ledger
-//! found holding fewer (a segment deleted or cut short outside the
-//! journal's own checks) is said damaged.
+//! The file also keeps how many records the ledger had written (written
+//! within [`RECORDS_EVERY`] of the ledger growing): a ledger found holding
+//! fewer (a segment deleted or cut short outside the journal's own
+//! checks) is said damaged.
 //!
 //! `since` is the open's time for a new replica, lowered to the `since` of
 //! the replica it caught up from when every bucket came; a replica back
@@ -46,6 +47,13 @@ pub(crate) const FILE: &str = "covers";
 /// horizon of a day, and a keeper of many maps on an SD card writes each
 /// map's file a few times an hour.
 pub(crate) const WRITE_EVERY: Duration = Duration::from_secs(600);
+
+/// How soon the file is written after its ledger grew: records cut from
+/// the ledger's end later than this are missed by the check above.
+pub(crate) const RECORDS_EVERY: Duration = Duration::from_secs(1);
+
+/// A file that cannot be written is said at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// What the file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,6 +174,8 @@ pub(crate) struct Coverage {
     pub(crate) whole: bool,
     /// When the file was last written, with its `heard` and `records`.
     written: Option<(Instant, u64, u64)>,
+    /// When a failure to write it was last said.
+    warned: Option<Instant>,
 }
 
 impl Coverage {
@@ -187,6 +197,7 @@ impl Coverage {
             peer_since: None,
             whole: false,
             written: times.map(|t| (Instant::now(), t.heard, t.records)),
+            warned: None,
         }
     }
 
@@ -200,9 +211,10 @@ impl Coverage {
         self.written.map(|(_, _, records)| records)
     }
 
-    /// Writes the file if `heard` or `records` moved and it was last
-    /// written more than
-    /// [`WRITE_EVERY`] ago, or `now`; a failure is said by the caller.
+    /// Writes the file if `records` moved and it was last written more
+    /// than [`RECORDS_EVERY`] ago, or `heard` moved and more than
+    /// [`WRITE_EVERY`] ago, or either moved and `now`; a failure is said
+    /// by the caller (see [`may_warn`](Self::may_warn)).
     pub(crate) fn keep(&mut self, heard: u64, records: u64, now: bool) -> std::io::Result<()> {
         let Some(dir) = &self.dir else {
             return Ok(());
@@ -210,8 +222,9 @@ impl Coverage {
         let due = match self.written {
             None => true,
             Some((at, was_heard, was_records)) => {
-                (heard > was_heard || records != was_records)
-                    && (now || at.elapsed() >= WRITE_EVERY)
+                let since = at.elapsed();
+                (records != was_records && (now || since >= RECORDS_EVERY))
+                    || (heard > was_heard && (now || since >= WRITE_EVERY))
             }
         };
         if !due {
@@ -225,6 +238,16 @@ impl Coverage {
         .write(dir)?;
         self.written = Some((Instant::now(), heard, records));
         Ok(())
+    }
+
+    /// Whether a failure to write the file is to be said now (once a
+    /// minute at most: a full disk fails it each heartbeat).
+    pub(crate) fn may_warn(&mut self) -> bool {
+        let due = self.warned.is_none_or(|at| at.elapsed() >= WARN_EVERY);
+        if due {
+            self.warned = Some(Instant::now());
+        }
+        due
     }
 }
 
@@ -295,7 +318,10 @@ impl super::Shared {
         let Some(records) = self.ledger.as_ref().and_then(|l| l.ledger().next_seq()) else {
             return;
         };
-        if let Err(error) = self.lock_coverage().keep(heard, records, now) {
+        let mut coverage = self.lock_coverage();
+        if let Err(error) = coverage.keep(heard, records, now)
+            && coverage.may_warn()
+        {
             tracing::warn!(map = %self.map, %error, "cannot write when this replica last heard its peers beside its ledger");
         }
     }
