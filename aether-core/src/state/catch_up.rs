@@ -84,6 +84,17 @@ impl Shared {
                 tracing::info!(map = %self.map, "caught up from a replica that refused writes as full, and no other answered; anti-entropy brings what others hold");
             }
             self.lock_coverage().whole = whole && !lacks;
+            if whole && !lacks {
+                // Whole from a peer that lacks nothing: neither does this
+                // one, unless its own ledger could not write.
+                self.caught_up_lacking.store(false, Ordering::Relaxed);
+                if let Some(ledger) = &self.ledger {
+                    let mut ledger = ledger.ledger();
+                    if ledger.unlogged() == 0 {
+                        ledger.set_lacking(false);
+                    }
+                }
+            }
             return;
         }
     }

@@ -43,6 +43,12 @@ pub(crate) struct Repair {
     pub(crate) kept_aside: Result<std::path::PathBuf, String>,
 }
 
+/// The file beside a ledger that says it lacks changes: made when an
+/// append fails (a full disk), so that a replica started again on it knows
+/// it lacks them until it caught up whole from a peer; removed once the
+/// ledger holds everything again.
+pub(crate) const LACKS_FILE: &str = "lacks";
+
 /// A ledger's segment: what a compaction leaves besides the snapshot
 /// and the records after it is at most one segment.
 const SEGMENT_BYTES: u64 = 1 << 20;
@@ -68,6 +74,10 @@ pub(crate) struct Ledger {
     /// (a full disk). Holds covering them are not acknowledged; they are
     /// written again at the next append or hold.
     unlogged: std::collections::BTreeSet<String>,
+    /// Its directory.
+    dir: std::path::PathBuf,
+    /// [`LACKS_FILE`] is there.
+    lacking: bool,
 }
 
 impl Ledger {
@@ -157,8 +167,11 @@ impl Ledger {
                 Err(_) => skipped += 1,
             }
         }
+        let lacking = dir.join(LACKS_FILE).exists();
         Ok((
             Ledger {
+                dir: dir.to_path_buf(),
+                lacking,
                 repair,
                 journal: Some(journal),
                 since_snapshot: replayed,
@@ -198,6 +211,7 @@ impl Ledger {
                 // At most the map's keys.
                 if !matches!(error, LedgerError::Closed) {
                     self.unlogged.insert(key.to_string());
+                    self.set_lacking(true);
                 }
                 Err(error)
             }
@@ -208,6 +222,40 @@ impl Ledger {
     /// append of it failed and none since succeeded).
     pub(crate) fn holds(&self, key: &str) -> bool {
         !self.unlogged.contains(key)
+    }
+
+    /// Whether it said it lacks changes ([`LACKS_FILE`]): an append failed
+    /// here, or in an earlier process on this directory, and it was not
+    /// cleared since.
+    pub(crate) fn lacking(&self) -> bool {
+        self.lacking
+    }
+
+    /// Makes or removes [`LACKS_FILE`] (an empty file: made on a full
+    /// disk too, as a rule; a failure leaves it as it was).
+    pub(crate) fn set_lacking(&mut self, lacking: bool) {
+        if lacking == self.lacking {
+            return;
+        }
+        let path = self.dir.join(LACKS_FILE);
+        let done = if lacking {
+            aether_journal::private(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true),
+            )
+            .open(&path)
+            .map(|_| ())
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match done {
+            Ok(()) => self.lacking = lacking,
+            Err(error) => {
+                tracing::debug!(%error, path = %path.display(), "the ledger's lacks file")
+            }
+        }
     }
 
     /// How many keys of the map the ledger does not hold.
@@ -434,5 +482,27 @@ mod tests {
         std::fs::remove_dir(dir.path().join(aether_journal::SNAPSHOT_TEMP_FILE)).unwrap();
         let (_, again, skipped) = Ledger::open(dir.path(), &limits, 4).unwrap();
         assert_eq!((again.len(), skipped), (20, 0));
+    }
+
+    /// A ledger that lacks changes says so to the next process that opens
+    /// it (its replica answers catch-ups as lacking), until it is cleared.
+    #[test]
+    fn lacking_changes_is_kept_across_a_restart_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_key_bytes: 256,
+            max_value_bytes: 1024,
+        };
+        let (mut ledger, _, _) = Ledger::open(dir.path(), &limits, 4).unwrap();
+        assert!(!ledger.lacking());
+        ledger.set_lacking(true);
+        ledger.close();
+        let (mut ledger, _, _) = Ledger::open(dir.path(), &limits, 4).unwrap();
+        assert!(ledger.lacking(), "said again after a restart");
+        ledger.set_lacking(false);
+        assert!(!dir.path().join(LACKS_FILE).exists());
+        ledger.close();
+        let (ledger, _, _) = Ledger::open(dir.path(), &limits, 4).unwrap();
+        assert!(!ledger.lacking());
     }
 }

@@ -553,6 +553,7 @@ impl StateMap {
             store.set_budget(budget);
         }
         let quota = Quota::per_second(NonZeroU32::new(config.max_writes_per_s).expect("validated"));
+        let lacking = ledger.as_ref().is_some_and(|l| l.ledger().lacking());
         let shared = Arc::new(Shared {
             limits,
             clock,
@@ -597,7 +598,9 @@ impl StateMap {
             digest_due: AtomicBool::new(false),
             answerer: Mutex::new((Vec::new(), None)),
             keeper_opening: AtomicBool::new(false),
-            caught_up_lacking: AtomicBool::new(false),
+            // A ledger that lacks changes an earlier process could not
+            // write lacks them until it catches up whole: it says so.
+            caught_up_lacking: AtomicBool::new(lacking),
             repaired_for: Mutex::new(HashMap::new()),
             stop: Notify::new(),
             task: Mutex::new(None),

@@ -86,7 +86,9 @@ impl Shared {
     }
 
     /// Whether this replica lacks a write it refused as full (it holds
-    /// neither it nor a later write of its key), or may (it forgot some).
+    /// neither it nor a later write of its key), or may (it forgot some),
+    /// or lacks what it caught up from a lacking peer, or what its ledger
+    /// could not write before it started again.
     pub(super) fn lacks_refused(&self) -> bool {
         if self.caught_up_lacking.load(Ordering::Relaxed) {
             return true;
@@ -377,12 +379,25 @@ impl Shared {
         let Some(ledger) = &self.ledger else {
             return;
         };
-        if ledger.ledger().unlogged() == 0 {
-            return;
+        let from_before = self.caught_up_lacking.load(Ordering::Relaxed);
+        {
+            let mut ledger = ledger.ledger();
+            if ledger.unlogged() == 0 {
+                // Everything written again (by an append since), and
+                // nothing lacking from before this process: the ledger
+                // lacks nothing.
+                if !from_before {
+                    ledger.set_lacking(false);
+                }
+                return;
+            }
         }
         let store = self.lock_store();
         let mut ledger = ledger.ledger();
         let held = ledger.retry(&store);
+        if ledger.unlogged() == 0 && !from_before {
+            ledger.set_lacking(false);
+        }
         if held > 0 && ledger.unlogged() == 0 {
             tracing::warn!(
                 map = %self.map,
