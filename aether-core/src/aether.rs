@@ -68,9 +68,37 @@ pub(crate) struct Inner {
     reporting: std::sync::OnceLock<String>,
     /// Reports sent (the last one's `seq`).
     report_seq: std::sync::atomic::AtomicU64,
-    /// When refused emits were last logged, and how many had been refused
-    /// then.
-    refusals_logged: Mutex<(Option<std::time::Instant>, u64)>,
+    /// When refused emits were last logged, and what is left to log.
+    refusals_logged: Mutex<RefusalsLogged>,
+}
+
+/// When refused emits were last logged, how many had been refused then, and
+/// whether a warning waits for the end of the quiet time.
+#[derive(Default)]
+struct RefusalsLogged {
+    at: Option<std::time::Instant>,
+    total: u64,
+    /// A warning of the refusals since `at` is due at the end of
+    /// [`REFUSALS_LOGGED_EVERY`], with the last one's reason.
+    tail: Option<EmitErrorKind>,
+}
+
+/// Logs the emits refused since the last warning (the last with `kind`).
+fn log_refusals(inner: &Inner, logged: &mut RefusalsLogged, kind: EmitErrorKind) {
+    let total = inner.stats.refused_total();
+    let since = total - logged.total;
+    *logged = RefusalsLogged {
+        at: Some(std::time::Instant::now()),
+        total,
+        tail: None,
+    };
+    tracing::warn!(
+        refused = since,
+        total,
+        reason = kind.as_str(),
+        "emits refused since the last such warning, the caller told each: counted by \
+         reason in aether_emits_refused_total and in `aether stats`"
+    );
 }
 
 /// Refused emits are logged at most this often.
@@ -186,7 +214,7 @@ impl Aether {
                 clock_started: tokio::sync::OnceCell::new(),
                 reporting: std::sync::OnceLock::new(),
                 report_seq: std::sync::atomic::AtomicU64::new(0),
-                refusals_logged: Mutex::new((None, 0)),
+                refusals_logged: Mutex::new(RefusalsLogged::default()),
             }),
         };
         aether.start_reports();
@@ -489,32 +517,44 @@ impl Aether {
 
     /// Counts an emit refused with `kind` (the caller is told), and logs
     /// the refusals at most once per [`REFUSALS_LOGGED_EVERY`]: the first
-    /// at once, then how many came since.
+    /// at once, then, at the end of that time, how many came since (so the
+    /// last of a burst are said too).
     #[cold]
     pub(crate) fn count_refused(&self, kind: EmitErrorKind) {
-        let stats = &self.inner.stats;
-        stats.refused(kind);
+        self.inner.stats.refused(kind);
         let Ok(mut logged) = self.inner.refusals_logged.try_lock() else {
             return;
         };
         let now = std::time::Instant::now();
-        if logged
-            .0
-            .is_some_and(|at| now.duration_since(at) < REFUSALS_LOGGED_EVERY)
-        {
+        let Some(at) = logged
+            .at
+            .filter(|at| now.duration_since(*at) < REFUSALS_LOGGED_EVERY)
+        else {
+            log_refusals(&self.inner, &mut logged, kind);
+            return;
+        };
+        let scheduled = logged.tail.is_some();
+        logged.tail = Some(kind);
+        if scheduled {
             return;
         }
-        let total = stats.refused_total();
-        let since = total - logged.1;
-        *logged = (Some(now), total);
-        drop(logged);
-        tracing::warn!(
-            refused = since,
-            total,
-            reason = kind.as_str(),
-            "emits refused since the last such warning, the caller told each: counted by \
-             reason in aether_emits_refused_total and in `aether stats`"
-        );
+        // The rest of this burst is said when the quiet time ends.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let inner = Arc::downgrade(&self.inner);
+            runtime.spawn(async move {
+                tokio::time::sleep_until((at + REFUSALS_LOGGED_EVERY).into()).await;
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                let mut logged = inner
+                    .refusals_logged
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let Some(kind) = logged.tail {
+                    log_refusals(&inner, &mut logged, kind);
+                }
+            });
+        }
     }
 
     /// The aether's counters, for the reliability layer.
