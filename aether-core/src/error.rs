@@ -121,6 +121,7 @@ macro_rules! kinds {
         pub type $alias = Error<$name>;
     };
 }
+pub(crate) use kinds;
 
 kinds! {
     /// Why a wave could not be emitted.

@@ -140,6 +140,12 @@ fn protocol() -> Protocol {
         }
     }
     assert!(inbound.len() >= 4 && outbound.len() >= 7 && entries.len() == 2 && !reasons.is_empty());
+    // The refusals the README lists are those the gateway names.
+    assert_eq!(
+        reasons,
+        aether_gateway::bridge::WRITE_OUTCOMES[2..],
+        "the README's <reason> line"
+    );
     Protocol {
         inbound,
         outbound,

@@ -3,63 +3,43 @@
 
 use std::fmt;
 
-/// What went wrong with a state operation.
-pub type StateError = crate::Error<StateErrorKind>;
+use crate::{Error, error::kinds};
 
-/// The kinds of [`StateError`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum StateErrorKind {
-    /// The map or node name is not a single token of `A-Z a-z 0-9 _ -`.
-    InvalidName,
-    /// A key is empty or longer than `max_key_bytes`.
-    InvalidKey,
-    /// A value is longer than `max_value_bytes`.
-    TooLarge,
-    /// A node-owned key (`node/<name>/...`) of another node.
-    NotOwner,
-    /// A value did not serialize, or did not deserialize as asked.
-    Payload,
-    /// The settings are out of range.
-    Config,
-    /// The aether or the map was closed.
-    Closed,
-    /// The write is kept here but this replica's changes are not leaving
-    /// (the medium refused the last send); anti-entropy sends them when it
-    /// can.
-    Medium,
-    /// A ledger could not be opened, read or written: this replica's state
-    /// directory, or (a flush's) a keeper's disk, full or failing.
-    Ledger,
-    /// A write stamped elsewhere ([`StateMap::merge`]) is stamped more than
-    /// `max_drift` ahead of this replica's clock, or before the tombstone
-    /// horizon.
-    Stamp,
-    /// The map holds `max_keys` keys (tombstones counted until collected),
-    /// or the write would take it past `max_map_bytes`: delete keys, or
-    /// raise the setting on every replica.
-    Full,
-    /// No replica (or not as many as asked, or no keeper) acknowledged
-    /// the writes of a [`StateMap::flush`] in time.
-    NotHeld,
-}
-
-impl fmt::Display for StateErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            StateErrorKind::InvalidName => "invalid name",
-            StateErrorKind::InvalidKey => "invalid key",
-            StateErrorKind::TooLarge => "value too large",
-            StateErrorKind::NotOwner => "not the owner",
-            StateErrorKind::Payload => "bad payload",
-            StateErrorKind::Config => "invalid state settings",
-            StateErrorKind::Closed => "closed",
-            StateErrorKind::Medium => "not sent",
-            StateErrorKind::Ledger => "ledger failed",
-            StateErrorKind::Stamp => "stamp out of range",
-            StateErrorKind::Full => "map full",
-            StateErrorKind::NotHeld => "not acknowledged",
-        })
+kinds! {
+    /// What went wrong with a state operation.
+    StateErrorKind => StateError {
+        /// The map or node name is not a single token of `A-Z a-z 0-9 _ -`.
+        InvalidName = "invalid_name" => "invalid name",
+        /// A key is empty or longer than `max_key_bytes`.
+        InvalidKey = "invalid_key" => "invalid key",
+        /// A value is longer than `max_value_bytes`.
+        TooLarge = "too_large" => "value too large",
+        /// A node-owned key (`node/<name>/...`) of another node.
+        NotOwner = "not_owner" => "not the owner",
+        /// A value did not serialize, or did not deserialize as asked.
+        Payload = "payload" => "bad payload",
+        /// The settings are out of range.
+        Config = "config" => "invalid state settings",
+        /// The aether or the map was closed.
+        Closed = "closed" => "closed",
+        /// The write is kept here but this replica's changes are not leaving
+        /// (the medium refused the last send); anti-entropy sends them when it
+        /// can.
+        Medium = "not_sent" => "not sent",
+        /// A ledger could not be opened, read or written: this replica's state
+        /// directory, or (a flush's) a keeper's disk, full or failing.
+        Ledger = "ledger" => "ledger failed",
+        /// A write stamped elsewhere ([`StateMap::merge`]) is stamped more than
+        /// `max_drift` ahead of this replica's clock, or before the tombstone
+        /// horizon.
+        Stamp = "stamp" => "stamp out of range",
+        /// The map holds `max_keys` keys (tombstones counted until collected),
+        /// or the write would take it past `max_map_bytes`: delete keys, or
+        /// raise the setting on every replica.
+        Full = "full" => "map full",
+        /// No replica (or not as many as asked, or no keeper) acknowledged
+        /// the writes of a [`StateMap::flush`] in time.
+        NotHeld = "not_held" => "not acknowledged",
     }
 }
 

@@ -18,17 +18,34 @@ pub const REFUSALS: [&str; 11] = [
     "slow",
 ];
 
-/// What became of a browser's writes, as counted.
-pub const WRITE_OUTCOMES: [&str; 8] = [
+/// What became of a browser's writes, as counted: taken, lost to a newer
+/// stamp, or refused, named as the core names the refusal
+/// ([`StateErrorKind::as_str`]; see [`outcome_of`]).
+pub const WRITE_OUTCOMES: [&str; 12] = [
     "applied",
     "stale",
+    "invalid_name",
     "invalid_key",
     "too_large",
     "not_owner",
+    "payload",
+    "config",
+    "closed",
     "stamp",
     "full",
-    "closed",
+    "not_held",
 ];
+
+/// What a write the gateway's replica refused with `kind` comes to: taken
+/// all the same when it is kept here and sent by anti-entropy later
+/// (`not_sent`) or kept in memory and not on this disk (`ledger`), else
+/// refused under the kind's own name.
+pub fn outcome_of(kind: StateErrorKind) -> &'static str {
+    match kind {
+        StateErrorKind::Medium | StateErrorKind::Ledger => "applied",
+        kind => kind.as_str(),
+    }
+}
 
 /// The bridge's metrics.
 #[derive(Clone, Debug)]
@@ -116,5 +133,30 @@ impl BridgeMetrics {
 
     pub(super) fn refuse(&self, reason: &str) {
         self.refused.with_label_values(&[reason]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind of refusal is told to the page and counted by its own
+    /// name (none passes as taken but the two that keep the write), and
+    /// each name is one the metrics list.
+    #[test]
+    fn every_refusal_is_named_as_the_core_names_it() {
+        for &kind in StateErrorKind::ALL {
+            let outcome = outcome_of(kind);
+            assert!(WRITE_OUTCOMES.contains(&outcome), "{kind:?}: {outcome}");
+            if !matches!(kind, StateErrorKind::Medium | StateErrorKind::Ledger) {
+                assert_eq!(outcome, kind.as_str(), "{kind:?}");
+            }
+        }
+        let named = StateErrorKind::ALL.len() - 2;
+        assert_eq!(
+            WRITE_OUTCOMES.len(),
+            2 + named,
+            "applied, stale and each refusal"
+        );
     }
 }

@@ -69,7 +69,7 @@ mod metrics;
 
 use self::hub::{Cursor, Hub, Prevs};
 pub(crate) use self::metrics::BridgeMetrics;
-pub use self::metrics::{REFUSALS, WRITE_OUTCOMES};
+pub use self::metrics::{REFUSALS, WRITE_OUTCOMES, outcome_of};
 use self::protocol::{EntryOut, Inbound, Outbound, parse_replica, parse_stamp, stamp_text};
 use crate::settings::BridgeConfig;
 
@@ -753,17 +753,7 @@ impl Connection {
             let outcome = match self.replica_map.merge(key, value, stamp).await {
                 Ok(true) => "applied",
                 Ok(false) => "stale",
-                Err(error) => match error.kind() {
-                    StateErrorKind::InvalidKey => "invalid_key",
-                    StateErrorKind::TooLarge => "too_large",
-                    StateErrorKind::NotOwner => "not_owner",
-                    StateErrorKind::Stamp => "stamp",
-                    StateErrorKind::Full => "full",
-                    StateErrorKind::Closed => "closed",
-                    // Kept here and sent by anti-entropy later (Medium), or
-                    // kept in memory and not on this disk (Ledger): taken.
-                    _ => "applied",
-                },
+                Err(error) => metrics::outcome_of(error.kind()),
             };
             if outcome != "applied" {
                 self.own_writes.take(key, stamp);
