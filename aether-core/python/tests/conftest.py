@@ -86,7 +86,9 @@ def program(name: str) -> str:
     for base in [os.environ.get("AETHER_BIN_DIR"), os.environ.get("CARGO_TARGET_DIR"), str(REPO / "target")]:
         if not base:
             continue
-        for candidate in [Path(base) / name, Path(base) / "debug" / name]:
+        # A relative folder is the repository's (where cargo and pytest run),
+        # whatever the working directory of the test that asks.
+        for candidate in [REPO / base / name, REPO / base / "debug" / name]:
             if candidate.is_file():
                 return str(candidate)
     raise AssertionError(
