@@ -700,7 +700,11 @@ impl Inner {
             }
             Err(error) => {
                 self.failed_maps.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(keeper = %self.name, map, %error, "cannot keep map");
+                // Once a minute at most: each write to a map that cannot
+                // be opened (a full disk) tries again. Counted each time.
+                if self.may_warn() {
+                    tracing::warn!(keeper = %self.name, map, %error, "cannot keep map (said at most once a minute; counted in failed_maps)");
+                }
                 failed = true;
                 // A map first written while the disk was full left a
                 // directory that holds nothing: not opened again at every
