@@ -155,7 +155,9 @@ impl Ledger {
             }
         }
         let mut replayed = 0;
+        let mut read = 0u64;
         for record in Reader::open(dir)?.records(from) {
+            read += 1;
             let record = record?;
             match codec::decode_all(Bytes::from(record.payload), limits) {
                 Ok(entries) => {
@@ -166,6 +168,22 @@ impl Ledger {
                 }
                 Err(_) => skipped += 1,
             }
+        }
+        // Every record from the snapshot's position on is read back: fewer
+        // (a segment deleted, the older one of two) lost the rest.
+        let written = journal.next_seq().saturating_sub(from);
+        if repair.is_none() && read < written {
+            repair = Some(Repair {
+                damage: format!(
+                    "{} of the records {from} to {} are missing (a segment deleted)",
+                    written - read,
+                    journal.next_seq().saturating_sub(1)
+                ),
+                kept: read,
+                read_on: 0,
+                lost_bytes: 0,
+                kept_aside: Err("nothing to keep aside: the records' file is gone".into()),
+            });
         }
         let lacking = dir.join(LACKS_FILE).exists();
         Ok((
@@ -504,5 +522,47 @@ mod tests {
         ledger.close();
         let (ledger, _, _) = Ledger::open(dir.path(), &limits, 4).unwrap();
         assert!(!ledger.lacking());
+    }
+
+    /// A ledger whose older segment was deleted (by hand, a file system
+    /// repair) reads back fewer records than it wrote since its snapshot,
+    /// and says so as damage.
+    #[test]
+    fn a_deleted_older_segment_is_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_key_bytes: 256,
+            max_value_bytes: 64 * 1024,
+        };
+        let (mut ledger, mut store, _) = Ledger::open(dir.path(), &limits, 0).unwrap();
+        for n in 0..40u64 {
+            let key = format!("k{n}");
+            let entry = Entry {
+                stamp: Stamp {
+                    physical_ns: 1_000_000 * (n + 1),
+                    logical: 0,
+                    node: 1,
+                },
+                value: Some(Bytes::from(vec![b'v'; 30 * 1024])),
+                writer: SmolStr::new("w"),
+            };
+            store.merge(&key, entry.clone());
+            ledger.append(&key, &entry, &store).unwrap();
+        }
+        ledger.close();
+        let mut segments: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        segments.sort();
+        assert!(segments.len() >= 2, "{segments:?}");
+        std::fs::remove_file(&segments[0]).unwrap();
+        let (ledger, again, _) = Ledger::open(dir.path(), &limits, 0).unwrap();
+        let repair = ledger.repair().expect("said damaged");
+        assert!(repair.damage.contains("missing"), "{}", repair.damage);
+        assert_eq!(repair.kept, again.len() as u64);
+        assert!(again.len() < 40);
     }
 }
