@@ -210,10 +210,11 @@ pub struct KeeperStats {
     /// Writes its maps refused as `full`: past `max_bytes` of all maps,
     /// or a map's own `max_keys` or `max_map_bytes`.
     pub full_writes: u64,
-    /// Changes its maps refused as stamped more than `max_drift` ahead of
-    /// the bus's time (`future`: a writer's clock off and not measured, or
-    /// two buses that settled apart and then met); taken once the bus's
-    /// time reaches them.
+    /// Refusals by its maps of changes stamped more than `max_drift` ahead
+    /// of the bus's time (`future`: a writer's clock off and not measured,
+    /// or two buses that settled apart and then met); a change offered
+    /// again (by repair) counts again. Taken once the bus's time reaches
+    /// them.
     pub future_writes: u64,
     /// Bytes of keys and values its open maps hold together.
     pub bytes: u64,

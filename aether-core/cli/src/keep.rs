@@ -100,7 +100,7 @@ pub(crate) fn summary(stats: &KeeperStats) -> String {
     format!(
         "{} maps kept ({} bytes of max_bytes {}), {} refused (max_maps), {} refused \
          (max_maps_per_writer), {} empty forgotten, {} not opened, {} writes refused as full, \
-         {} changes refused as future, {} changes not written to a ledger, {} ledgers found \
+         {} refusals as future, {} changes not written to a ledger, {} ledgers found \
          damaged",
         stats.maps,
         stats.bytes,
@@ -187,9 +187,10 @@ impl Told {
         }
         if now.future_writes > said.future_writes {
             eprintln!(
-                "keeper {name}: {} change(s) refused as stamped more than max_drift ahead of \
-                 the bus's time ({} in all): a writer's clock off, or two buses that settled \
-                 apart and then met; they are taken once the bus's time reaches them",
+                "keeper {name}: {} refusal(s) of changes stamped more than max_drift ahead of \
+                 the bus's time ({} in all; a change offered again, by repair, counts again): \
+                 a writer's clock off, or two buses that settled apart and then met; they are \
+                 taken once the bus's time reaches them",
                 now.future_writes - said.future_writes,
                 now.future_writes
             );

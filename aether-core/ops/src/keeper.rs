@@ -11,7 +11,7 @@
 //! | `aether_keeper_failed_maps_total` | counter | maps that did not open (an unreadable ledger, a full disk) |
 //! | `aether_keeper_forgotten_maps_total` | counter | maps closed and removed because they stayed empty |
 //! | `aether_keeper_full_writes_total` | counter | writes refused as `full` (`max_bytes` of all maps, or a map's own caps) |
-//! | `aether_keeper_future_writes_total` | counter | changes refused as stamped more than `max_drift` ahead of the bus's time |
+//! | `aether_keeper_future_writes_total` | counter | refusals of changes stamped more than `max_drift` ahead of the bus's time (a change offered again counts again) |
 //! | `aether_keeper_ledger_failed_total` | counter | changes a ledger could not write (the writer was not acknowledged) |
 //! | `aether_keeper_ledgers_damaged_total` | counter | ledgers found damaged on opening (repaired, the damage kept aside) |
 //! | `aether_keeper_bytes` | gauge | keys and values its maps hold together |
