@@ -78,6 +78,18 @@ create_exception!(
     Error,
     "A map's changes are not leaving (the bus refused the last send): the write is kept here and sent later, or by anti-entropy."
 );
+create_exception!(
+    aether,
+    LedgerFailed,
+    Error,
+    "A map's ledger could not be opened, read or written: this machine's state directory, or a keeper's disk, full or failing."
+);
+create_exception!(
+    aether,
+    StampOutOfRange,
+    Error,
+    "A write stamped more than max_drift ahead of this replica's clock, or before the tombstone horizon."
+);
 create_exception!(aether, Denied, Error, "Refused by the access rules.");
 create_exception!(
     aether,
@@ -114,6 +126,8 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("NotOwner", py.get_type::<NotOwner>())?;
     m.add("NotHeld", py.get_type::<NotHeld>())?;
     m.add("NotSent", py.get_type::<NotSent>())?;
+    m.add("LedgerFailed", py.get_type::<LedgerFailed>())?;
+    m.add("StampOutOfRange", py.get_type::<StampOutOfRange>())?;
     m.add("Denied", py.get_type::<Denied>())?;
     m.add("ConnectionError", py.get_type::<ConnectionError>())?;
     m.add("ConfigurationError", py.get_type::<ConfigurationError>())?;
@@ -189,6 +203,9 @@ pub(crate) fn state(error: StateError) -> PyErr {
         StateErrorKind::Full => Full::new_err(message),
         StateErrorKind::NotHeld => NotHeld::new_err(message),
         StateErrorKind::Medium => NotSent::new_err(message),
+        StateErrorKind::Ledger => LedgerFailed::new_err(message),
+        StateErrorKind::Stamp => StampOutOfRange::new_err(message),
+        // A kind added to the core later (the enum is non-exhaustive).
         _ => Error::new_err(message),
     }
 }

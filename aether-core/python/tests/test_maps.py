@@ -155,6 +155,16 @@ def test_a_ledger_keeps_the_map_across_a_restart(tmp_path: Path) -> None:
     second.close()
 
 
+def test_a_ledger_that_cannot_be_opened_raises_ledger_failed(tmp_path: Path) -> None:
+    # The map's folder is taken by a file: its ledger cannot be made.
+    (tmp_path / "home").write_text("not a folder")
+    bus = aether.connect()
+    with pytest.raises(aether.LedgerFailed):
+        bus.map("home", node="pi", dir=str(tmp_path))
+    assert issubclass(aether.StampOutOfRange, aether.Error)
+    bus.close()
+
+
 def test_closing_ends_watches_and_refuses_new_ones(bus: aether.Bus) -> None:
     home = bus.map("home")
     watch = home.watch()
