@@ -694,6 +694,15 @@ fn the_bus_forms_again_without_multicast_dns_and_follows_a_node_that_moves() {
         "host 2's node did not notice: {:?}",
         nodes[2].seen
     );
+    // Its server starts again with the new addresses: a command run
+    // before it listens finds no server.
+    assert!(
+        nodes[2]
+            .wait_for(Duration::from_secs(10), |l| l.contains("Server is ready"))
+            .is_some(),
+        "host 2's server did not start again: {:?}",
+        nodes[2].seen
+    );
     let set = lan.run(2, &["state", "set", "home", "moved", "2", "--wait", "20s"]);
     assert!(
         set.status.success(),
