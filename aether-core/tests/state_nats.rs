@@ -25,7 +25,7 @@ use aether_core::{
     state::{Keeper, NodeState, Presence, Refusal, StateConfig, StateMap},
     wire,
 };
-use aether_testkit::{NatsServer, RawNats};
+use aether_testkit::{LogBuffer, NatsServer, RawNats};
 use futures_util::StreamExt;
 use state_suite::{fast, until};
 use tokio::time::timeout;
@@ -230,6 +230,15 @@ async fn observers_of_every_channel_do_not_hold_up_a_catch_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_waves_are_refused_counted_and_change_nothing() {
+    // What the replicas log (each test is a process of its own under the
+    // runner; no other test here sets a subscriber).
+    let logs = LogBuffer::default();
+    let _ = tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(logs.clone())
+            .finish(),
+    );
     timeout(LIMIT, async {
         let server = NatsServer::start().await.unwrap();
         let aether = Aether::connect(over(&server.url())).await.unwrap();
@@ -347,6 +356,15 @@ async fn hostile_waves_are_refused_counted_and_change_nothing() {
             );
             assert!(map.get("weather").is_none() && map.get("big").is_none());
         }
+        // The stamps refused are said once by each program's replica (the
+        // keeper says them in its own summary), a clock off being the
+        // likely cause.
+        let said = logs.text();
+        let warned = said
+            .lines()
+            .filter(|l| l.contains("refused for their stamps") && l.contains("map=sensors"))
+            .count();
+        assert_eq!(warned, 2, "{said}");
 
         until("the keeper keeps the map its replicas hold", || {
             keeper.maps() == ["sensors"]

@@ -239,6 +239,9 @@ struct Shared {
     full_refused: Mutex<protocol::FullRefused>,
     /// When it last warned that its ledger could not write a change.
     ledger_warned: Mutex<Option<Instant>>,
+    /// When it last warned of changes refused for their stamps (a clock
+    /// off here or there).
+    clock_warned: Mutex<Option<Instant>>,
     /// The values it takes from others ([`StateMapBuilder::values`]).
     values: Option<ValueCheck>,
     /// This replica's writes, by key, and how many replicas and keepers
@@ -562,6 +565,7 @@ impl StateMap {
             acknowledges,
             full_refused: Mutex::default(),
             ledger_warned: Mutex::new(None),
+            clock_warned: Mutex::new(None),
             coverage: Mutex::new(coverage),
             heard,
             keeper,

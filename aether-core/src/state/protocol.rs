@@ -109,6 +109,25 @@ impl Shared {
 
     pub(super) fn refuse(&self, reason: Refusal) {
         self.counters.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+        // A program's replica says what its clock keeps from it (a keeper
+        // says it in its own summary), at most once a minute.
+        if matches!(reason, Refusal::Future | Refusal::TooOld) && !self.keeper {
+            let mut warned = self.clock_warned.lock().unwrap_or_else(|e| e.into_inner());
+            if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                *warned = Some(Instant::now());
+                let counted =
+                    |r: Refusal| self.counters.refused[r as usize].load(Ordering::Relaxed);
+                tracing::warn!(
+                    map = %self.map,
+                    future = counted(Refusal::Future),
+                    too_old = counted(Refusal::TooOld),
+                    "changes from other replicas refused for their stamps: more than max_drift \
+                     ahead of the bus's time (future) or older than the tombstone horizon \
+                     (too_old); this machine's clock or a writer's is off, or two buses that \
+                     settled apart met (said at most once a minute; counted in stats' refused)"
+                );
+            }
+        }
     }
 
     pub(super) fn check_key(&self, key: &str) -> Result<(), StateError> {
@@ -302,7 +321,7 @@ impl Shared {
                 let failed = self.counters.ledger_failed.fetch_add(1, Ordering::Relaxed) + 1;
                 // At most once a minute: a full disk fails every change.
                 let mut warned = self.ledger_warned.lock().unwrap_or_else(|e| e.into_inner());
-                if warned.is_none_or(|at| at.elapsed() >= LEDGER_WARN_EVERY) {
+                if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
                     *warned = Some(Instant::now());
                     tracing::warn!(map = %self.map, %error, changes_not_written = failed, "changes were not written to the ledger (said at most once a minute; counted as ledger_failed)");
                 }
@@ -983,7 +1002,7 @@ impl Shared {
 }
 
 /// At most one warning a minute of changes the ledger could not write.
-const LEDGER_WARN_EVERY: Duration = Duration::from_secs(60);
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Writes refused as full remembered, so that one coming again (its
 /// writer's hold) is not counted twice.
