@@ -317,6 +317,11 @@ export class Aether {
     /** sync id -> the [key, stamp] it confirms. */
     this.syncs = new Map();
     this.nextSync = 1;
+    /** sync id -> when it was sent (performance.now()): a clock reading. */
+    this.syncSentAt = new Map();
+    /** The last clock readings, {offsetMs, rttMs}: the fastest is followed. */
+    this.readings = [];
+    this.authSentAt = 0;
     this.pendingWaiters = [];
     /** Keys changed here whose storage item is not written yet. */
     this.dirty = new Set();
@@ -564,6 +569,7 @@ export class Aether {
     socket.onopen = () => {
       if (this.socket !== socket) return;
       opened = true;
+      this.authSentAt = performance.now();
       socket.send(JSON.stringify({ type: "auth", token: this.options.token, replica: this.replica }));
     };
     socket.onmessage = (event) => {
@@ -652,6 +658,23 @@ export class Aether {
     this.firePending();
   }
 
+  /**
+   * A reading of the bus's time, `now` as the gateway answered a message
+   * sent at `sentAt`: the bus's time was `now` about half the round trip
+   * ago (Cristian's algorithm). Of the last eight readings the one with the
+   * shortest round trip sets the offset, the least uncertain.
+   */
+  reading(now, sentAt) {
+    if (!isStamp(now) || !(sentAt > 0)) return;
+    const received = performance.now();
+    const busMs = Number(BigInt("0x" + now.slice(0, 16)) / 1000n) / 1000;
+    const rttMs = received - sentAt;
+    this.readings.push({ offsetMs: busMs - (performance.timeOrigin + (sentAt + received) / 2), rttMs });
+    if (this.readings.length > 8) this.readings.shift();
+    const best = this.readings.reduce((a, b) => (b.rttMs < a.rttMs ? b : a));
+    this.clock.offsetMs = best.offsetMs;
+  }
+
   /** Ends the client: a terminal status; waiting promises reject. */
   end(status, reason) {
     this.setStatus(status, reason);
@@ -665,10 +688,7 @@ export class Aether {
       case "hello": {
         this.id = message.id;
         this.color = message.color;
-        if (isStamp(message.now)) {
-          const gatewayMs = Number(BigInt("0x" + message.now.slice(0, 16)) / 1000000n);
-          this.clock.offsetMs = gatewayMs - (performance.timeOrigin + performance.now());
-        }
+        this.reading(message.now, this.authSentAt);
         break;
       }
       case "snapshot-part":
@@ -702,6 +722,11 @@ export class Aether {
             this.confirm(key, held.stamp);
           }
         }
+        // A sync once live (after the writes above, which it confirms): a
+        // reading of the bus's time with its round trip short (the
+        // hello's waited for the token's check).
+        if (!this.outbox.has(SYNC)) this.outbox.set(SYNC, {});
+        this.flush();
         this.liveWaiters.splice(0).forEach((w) => w.resolve());
         break;
       }
@@ -714,6 +739,8 @@ export class Aether {
         }
         break;
       case "synced": {
+        if (this.syncSentAt.has(message.id)) this.reading(message.now, this.syncSentAt.get(message.id));
+        for (const id of [...this.syncSentAt.keys()]) if (id <= message.id) this.syncSentAt.delete(id);
         // The gateway took every message before this sync: the writes of
         // this sync and of any earlier one.
         for (const [id, confirmed] of [...this.syncs]) {
@@ -894,6 +921,7 @@ export class Aether {
       if (slot === SYNC) {
         const id = this.nextSync++;
         this.syncs.set(id, this.sentSinceSync);
+        this.syncSentAt.set(id, performance.now());
         this.sentSinceSync = [];
         this.socket.send(`{"type":"sync","id":${id}}`);
       } else {

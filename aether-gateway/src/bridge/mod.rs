@@ -70,7 +70,9 @@ mod metrics;
 use self::hub::{Cursor, Hub, Prevs};
 pub(crate) use self::metrics::BridgeMetrics;
 pub use self::metrics::{REFUSALS, WRITE_OUTCOMES, outcome_of};
-use self::protocol::{EntryOut, Inbound, Outbound, parse_replica, parse_stamp, stamp_text};
+use self::protocol::{
+    EntryOut, Inbound, Outbound, bus_now, parse_replica, parse_stamp, stamp_text,
+};
 use crate::settings::BridgeConfig;
 
 /// Close codes (RFC 6455 and IANA's registry).
@@ -565,11 +567,7 @@ impl Connection {
             id: &self.id,
             color: &self.color,
             map: &self.map,
-            now: stamp_text(aether_core::state::Stamp {
-                physical_ns: aether_core::state::hlc::wall_ns(),
-                logical: 0,
-                node: 1,
-            }),
+            now: bus_now(),
         }
         .text();
         if let Err(end) = self.send(hello).await {
@@ -693,7 +691,10 @@ impl Connection {
             }
             // Messages are taken in order: every write before it is merged
             // (or answered) by now.
-            Inbound::Sync { id } => self.send(Outbound::Synced { id }.text()).await,
+            Inbound::Sync { id } => {
+                let now = bus_now();
+                self.send(Outbound::Synced { id, now }.text()).await
+            }
             Inbound::Presence { x, y } => {
                 self.hub
                     .lock_positions()

@@ -212,8 +212,9 @@ pub(crate) enum Outbound<'a> {
         prev: Option<Option<String>>,
     },
     /// Every message of this browser up to its `sync` with this id is
-    /// taken.
-    Synced { id: u64 },
+    /// taken; `now` is the bus's time as it was answered (the page
+    /// measures its offset from the round trip).
+    Synced { id: u64, now: String },
     /// A write of this browser that was not taken, and why; the key's
     /// entry here, if any, follows as `set` or `delete`.
     Refused { key: &'a str, reason: &'a str },
@@ -242,6 +243,16 @@ pub(crate) fn stamp_text(stamp: Stamp) -> String {
         "{:016x}-{:08x}-{:016x}",
         stamp.physical_ns, stamp.logical, stamp.node
     )
+}
+
+/// The bus's time now, as a stamp's text (what `hello` and `synced` tell
+/// the page, which measures its offset from it).
+pub(crate) fn bus_now() -> String {
+    stamp_text(Stamp {
+        physical_ns: aether_core::state::hlc::wall_ns(),
+        logical: 0,
+        node: 1,
+    })
 }
 
 /// A stamp from its text, exactly as [`stamp_text`] writes it.

@@ -33,6 +33,9 @@ export class Bridge {
     this.maps = maps;
     /** Whether `sync` is answered (a test holds the answers back). */
     this.answerSyncs = true;
+    /** The bus's time minus this machine's clock, and how long a `hello` takes to arrive after it is stamped. */
+    this.offsetMs = 0;
+    this.helloDelayMs = 0;
     this.perSecond = perSecond;
     this.burst = burst;
     this.isUp = true;
@@ -79,6 +82,11 @@ export class Bridge {
         if (this.readyState === 1) this.onmessage?.({ data: JSON.stringify(message) });
       }
     };
+  }
+
+  /** The bus's time as a stamp's text. */
+  now() {
+    return stamp(BigInt(Math.round((Date.now() + this.offsetMs) * 1000)) * 1000n, 0, "0000000000000001");
   }
 
   down() {
@@ -132,16 +140,21 @@ export class Bridge {
         return;
       }
       socket.authed = true;
-      socket.deliver({ type: "hello", id: "p1", color: "#123456", now: stamp(BigInt(Date.now()) * 1000000n, 0, "0000000000000001") });
+      const hello = { type: "hello", id: "p1", color: "#123456", now: this.now() };
       const entries = {};
       for (const [key, e] of this.entries) {
         entries[key] = e.deleted ? { deleted: true, stamp: e.stamp } : { value: e.value, stamp: e.stamp };
       }
-      socket.deliver({ type: "snapshot", entries });
+      const greet = () => {
+        socket.deliver(hello);
+        socket.deliver({ type: "snapshot", entries });
+      };
+      if (this.helloDelayMs > 0) setTimeout(greet, this.helloDelayMs);
+      else greet();
       return;
     }
     if (message.type === "sync") {
-      if (this.answerSyncs) socket.deliver({ type: "synced", id: message.id });
+      if (this.answerSyncs) socket.deliver({ type: "synced", id: message.id, now: this.now() });
       return;
     }
     if ((message.type === "set" || message.type === "delete") && message.key.startsWith("node/")) {

@@ -142,3 +142,20 @@ test("writes to one key while paced leave as the latest only", async () => {
   assert.ok(sent <= 3, `${sent} messages for 101 writes to one key`);
   page.close();
 });
+
+test("a page stamps in the bus's time, from the fastest of its readings", async () => {
+  // The bus two hours ahead of this machine; the hello arrives 400 ms after
+  // it was stamped (a slow link, a token's check), the syncs at once.
+  const bridge = new Bridge();
+  bridge.offsetMs = 2 * 3600 * 1000;
+  bridge.helloDelayMs = 400;
+  const page = client(bridge, new MemoryStorage());
+  await page.whenLive();
+  // The page's own sync once live is a second reading, its round trip short.
+  await until(() => page.readings.length >= 2, 2000, "a second reading");
+  const written = page.set("todo/1", { text: "milk" });
+  const stampedMs = Number(BigInt("0x" + written.slice(0, 16)) / 1000000n);
+  const busMs = Date.now() + bridge.offsetMs;
+  assert.ok(Math.abs(stampedMs - busMs) < 100, `stamped ${stampedMs - busMs} ms off the bus's time`);
+  page.close();
+});

@@ -110,7 +110,10 @@ test("onSupersede is told of a lost race, not of a later write by one who had se
   await sleep(20);
   assert.deepEqual(told, [], "a write made after seeing a's did not supersede it");
 
-  // Both write before either sees the other's: a race, and A lost it.
+  // Both write before either sees the other's: a race, and A lost it (b's
+  // clock a millisecond ahead of a's, so its write in the same turn is
+  // later whatever offsets their readings gave them).
+  b.clock.offsetMs = a.clock.offsetMs + 1;
   const raced = a.set("card", "a's");
   b.set("card", "b's"); // same turn: b has not seen a's, and its stamp is later
   await until(() => a.get("card") === "b's", 1000, "b's write at a");
