@@ -25,7 +25,7 @@ use aether_core::{
     config::{DurabilityConfig, DurableStorage, NatsConfig},
     wire,
 };
-use aether_testkit::NatsServer;
+use aether_testkit::{NatsCluster, NatsServer};
 use durable_support::{LIMIT, Process, nothing_more, nothing_more_within, receive_n, seq};
 use serde_json::json;
 use tokio::time::{Instant, sleep, timeout};
@@ -326,6 +326,36 @@ async fn programs_starting_together_all_get_the_stream() {
                 }
             }
         }
+    })
+    .await;
+}
+
+/// Programs started with a three-node cluster that has just formed, its
+/// JetStream still electing its leaders: each waits for its three-replica
+/// stream (the requests time out or are refused as the cluster not
+/// available meanwhile) instead of failing at its first start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn programs_started_with_a_cluster_electing_wait_for_the_stream() {
+    bounded(async {
+        let cluster = NatsCluster::builder(3)
+            .jetstream(true)
+            .start()
+            .await
+            .unwrap();
+        let mut config = config(&cluster.urls()[0], None);
+        config.nats.urls = cluster.urls();
+        config.durability.replicas = 3;
+        let starts = (0..2).map(|_| Aether::connect(config.clone()));
+        let started: Vec<Aether> = futures_util::future::join_all(starts)
+            .await
+            .into_iter()
+            .map(|started| started.expect("a program starting with the cluster"))
+            .collect();
+        let mut rx = resonating(&started[1], "rx").await;
+        let tx = Vibrator::create("tx", &started[0]).await.unwrap();
+        emit_seqs(&tx, [1]).await;
+        let got = receive_n(&mut rx, 1).await;
+        assert_eq!(seq(&got[0]), 1);
     })
     .await;
 }

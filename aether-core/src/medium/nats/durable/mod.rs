@@ -80,6 +80,9 @@ const RECENT_IDS: usize = 16_384;
 /// Tries at making the stream when the server counts it twice (see
 /// `Durable::ensure_stream`): 50 + 100 + 200 ms of pauses.
 const STREAM_TRIES: u32 = 4;
+/// How long a program starting waits for a stream whose servers are not
+/// ready (a cluster that has just formed elects its leaders).
+const STREAM_PATIENCE: Duration = Duration::from_secs(20);
 /// Most waves asked for in one pull.
 const MAX_PULL_BATCH: usize = 256;
 /// Retry delays of the flusher and the consumers: short, as a cluster
@@ -458,8 +461,27 @@ impl Durable {
     /// The stream, ready to store: created or updated to these settings
     /// when this program manages it, else looked up and checked to hold
     /// every durable channel of this program.
+    ///
+    /// A cluster that has just formed answers nothing, or "not available",
+    /// while its JetStream elects its leaders: asked again for up to
+    /// [`STREAM_PATIENCE`], said once.
     async fn ready_stream(&self) -> Result<(), StreamNotReady> {
-        self.ready_stream_with(&self.js).await
+        let deadline = tokio::time::Instant::now() + STREAM_PATIENCE;
+        let mut pause = Duration::from_millis(100);
+        let mut said = false;
+        loop {
+            match self.ready_stream_with(&self.js_attempt).await {
+                Err(error) if error.starting && tokio::time::Instant::now() + pause < deadline => {
+                    if !said {
+                        said = true;
+                        tracing::info!(stream = %self.config.stream, %error, "the stream's servers are not ready (a cluster electing its leaders?): asking again for up to {} s", STREAM_PATIENCE.as_secs());
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                done => return done,
+            }
+        }
     }
 
     /// [`Durable::ready_stream`], each JetStream answer waited for as long
@@ -487,15 +509,18 @@ impl Durable {
 
     async fn check_stream(&self, js: &Context) -> Result<(), StreamNotReady> {
         if self.config.manage_stream {
-            return self
-                .ensure_stream(js)
-                .await
-                .map_err(|e| StreamNotReady(e.to_string()));
+            return self.ensure_stream(js).await.map_err(|e| StreamNotReady {
+                starting: cluster_starting(&e),
+                message: e.to_string(),
+            });
         }
         let stream = js
             .get_stream(&self.config.stream)
             .await
-            .map_err(|e| StreamNotReady(format!("cannot look it up: {e}")))?;
+            .map_err(|e| StreamNotReady {
+                starting: matches!(e.kind(), jetstream::context::GetStreamErrorKind::Request),
+                message: format!("cannot look it up: {e}"),
+            })?;
         let held = &stream.cached_info().config.subjects;
         let missing: Vec<&String> = self
             .subjects
@@ -511,10 +536,13 @@ impl Durable {
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(StreamNotReady(format!(
-                "it does not hold the subjects {missing:?} (it holds {held:?}); the user that \
-                 manages it adds them"
-            )))
+            Err(StreamNotReady {
+                starting: false,
+                message: format!(
+                    "it does not hold the subjects {missing:?} (it holds {held:?}); the user \
+                     that manages it adds them"
+                ),
+            })
         }
     }
 
@@ -813,8 +841,13 @@ struct Stored {
 
 /// The stream cannot be used now.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct StreamNotReady(String);
+#[error("{message}")]
+struct StreamNotReady {
+    message: String,
+    /// Its servers did not answer, or said their cluster is not ready:
+    /// asking again may do.
+    starting: bool,
+}
 
 /// The consumer could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -1112,6 +1145,25 @@ async fn send_acks(
 
 /// A refusal the stream being made by another program at the same time
 /// can cause: the next try tells.
+/// Whether the server did not answer, or said its cluster is not ready
+/// yet (no leader, not enough peers): what a cluster starting answers.
+fn cluster_starting(error: &jetstream::context::CreateStreamError) -> bool {
+    use jetstream::ErrorCode;
+    match error.kind() {
+        jetstream::context::CreateStreamErrorKind::TimedOut => true,
+        jetstream::context::CreateStreamErrorKind::JetStream(error) => [
+            ErrorCode::CLUSTER_NOT_AVAILABLE,
+            ErrorCode::CLUSTER_INCOMPLETE,
+            ErrorCode::CLUSTER_NO_PEERS,
+            ErrorCode::CLUSTER_NOT_ACTIVE,
+            ErrorCode::CLUSTER_NOT_ASSIGNED,
+            ErrorCode::CLUSTER_NOT_LEADER,
+        ]
+        .contains(&error.error_code()),
+        _ => false,
+    }
+}
+
 fn made_meanwhile(error: &jetstream::context::CreateStreamError) -> bool {
     matches!(
         error.kind(),
