@@ -640,7 +640,20 @@ impl GatewaySettings {
     /// restart, and the reload says so by name.
     pub const RELOAD_SCOPE: aether_ops::reload::ReloadScope = aether_ops::reload::ReloadScope {
         applied: &["log.level", "resources"],
-        others: &["alpha", "beta"],
+        // Of `[service]` the gateway reads shutdown_grace_ms alone; the
+        // rest is the services'.
+        others: &[
+            "alpha",
+            "beta",
+            "service.medium",
+            "service.noise_floor",
+            "service.rate_limit_per_s",
+            "service.rate_limit_wait_ms",
+            "service.metrics_listen",
+            "service.data_dir",
+            "service.reliability",
+            "service.programs",
+        ],
     };
 }
 
@@ -854,6 +867,22 @@ mod tests {
                 hop_count: 4
             }]
         );
+    }
+
+    /// A reload that changes the services' settings of `[service]` says
+    /// nothing of them here.
+    #[test]
+    fn a_reload_names_only_the_service_settings_the_gateway_reads() {
+        let changed = [
+            "service.rate_limit_per_s",
+            "service.noise_floor",
+            "service.programs.beta.rate_limit_per_s",
+            "service.shutdown_grace_ms",
+        ]
+        .map(String::from);
+        let (applied, restart) = GatewaySettings::RELOAD_SCOPE.split(&changed);
+        assert!(applied.is_empty(), "{applied:?}");
+        assert_eq!(restart, ["service.shutdown_grace_ms"]);
     }
 
     /// One settings directory for the gateway and both services: the

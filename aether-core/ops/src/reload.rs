@@ -109,7 +109,8 @@ pub struct ReloadScope {
     /// Dotted names (`service.noise_floor`) or whole sections (`alpha`)
     /// applied on reload.
     pub applied: &'static [&'static str],
-    /// Sections that belong to other programs.
+    /// Sections, or dotted names, that belong to other programs (a shared
+    /// section's settings this program does not read).
     pub others: &'static [&'static str],
 }
 
@@ -224,7 +225,8 @@ where
     let raw = |source: &SettingsSource| source.load_unvalidated::<serde_json::Value>().ok();
     // The raw tree in force, and the one just loaded (both on the
     // watcher's thread: load, then on_change if accepted).
-    let trees = Arc::new(std::sync::Mutex::new((raw(&source), None)));
+    let started = raw(&source);
+    let trees = Arc::new(std::sync::Mutex::new((started.clone(), None)));
     let loading = Arc::clone(&trees);
     let load = move || {
         let settings = load(&source)?;
@@ -238,6 +240,22 @@ where
             let (applied, restart) = scope.split(&changed_settings(before, after));
             if !applied.is_empty() {
                 tracing::info!(settings = %applied.join(", "), "settings applied");
+            }
+            // A start-only setting put back to the value it started with
+            // waits for nothing.
+            let since_start = started
+                .as_ref()
+                .map(|started| changed_settings(started, after))
+                .unwrap_or_default();
+            let (restart, back): (Vec<String>, Vec<String>) = restart
+                .into_iter()
+                .partition(|name| since_start.contains(name));
+            if !back.is_empty() {
+                tracing::info!(
+                    settings = %back.join(", "),
+                    "settings back to the values in force since the start: {}",
+                    back.join(", ")
+                );
             }
             if !restart.is_empty() {
                 tracing::warn!(
@@ -644,6 +662,23 @@ mod tests {
             "{restart}"
         );
         assert!(!text.contains("gateway.listen"), "{text}");
+        // The start-only setting put back: nothing waits for a restart.
+        write(
+            &dir,
+            "[service]\nnoise_floor = 0.2\nshutdown_grace_ms = 500\n[gateway]\nlisten = \"b\"\n",
+        );
+        eventually("the second reload", BOUND, || watcher.stats().reloads == 2).await;
+        let text = out.text();
+        let waits = text
+            .lines()
+            .filter(|l| l.contains("only at the next start"))
+            .count();
+        assert_eq!(waits, 1, "the revert said as waiting: {text}");
+        let back = text
+            .lines()
+            .find(|l| l.contains("back to the values in force since the start"))
+            .expect(&text);
+        assert!(back.contains("service.shutdown_grace_ms"), "{back}");
     }
 
     #[test]
