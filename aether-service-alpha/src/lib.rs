@@ -61,6 +61,9 @@ use crate::refusals::{Refusal, RefusalLog};
 /// How often alpha looks for overdue orders and for its own drops.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
+/// Over how long alpha measures the pace of its orders against its rate.
+const PACE_WINDOW: Duration = Duration::from_secs(3);
+
 /// The pattern alpha resonates on for the answers to its orders.
 pub const ANSWERS: &str = "inventory.*";
 
@@ -357,9 +360,12 @@ pub struct AlphaReport {
     /// Orders left without an answer when it stopped.
     pub unanswered: u64,
     /// Waves accepted but still in the aether's outboxes when it ended, the
-    /// server unreachable: not sent (orders and outcomes, and the
+    /// server unreachable: lost with it (orders and outcomes, and the
     /// instance's own reports and its maps' messages).
     pub unsent: u64,
+    /// Orders and outcomes safe in the durable outbox on disk when it
+    /// ended, the server unreachable: sent by its next start.
+    pub kept: u64,
     /// Orders still unanswered `answer_deadline_ms` after they were
     /// emitted (whether or not an answer came later).
     pub overdue: u64,
@@ -401,13 +407,14 @@ impl std::fmt::Display for AlphaReport {
         write!(
             f,
             "service-alpha: created {}, confirmed {}, cancelled {}, unanswered {}, \
-             unsent {}, overdue {}, rate_limited {}, shaped {}, failed {}, unmatched {}, repeated {}, \
+             unsent {}, kept {}, overdue {}, rate_limited {}, shaped {}, failed {}, unmatched {}, repeated {}, \
              conflicting {}, retried {}, duplicated {}, refused {}, dropped {}",
             self.created,
             self.confirmed,
             self.cancelled,
             self.unanswered,
             self.unsent,
+            self.kept,
             self.overdue,
             self.rate_limited,
             self.shaped,
@@ -505,6 +512,7 @@ pub async fn run_live(
     let mut checks = tokio::time::interval(CHECK_EVERY);
     checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sequence = 0u64;
+    let mut pace = Pace::new(sequence);
     let mut ticks = order_ticks(current.alpha.rate_per_s);
     let mut drain = Duration::from_millis(current.alpha.drain_ms);
     let mut drain_until = (current.alpha.count == Some(0)).then(|| Instant::now() + drain);
@@ -539,6 +547,7 @@ pub async fn run_live(
                 let new = Arc::clone(&settings.borrow_and_update());
                 if new.alpha.rate_per_s != current.alpha.rate_per_s {
                     ticks = order_ticks(new.alpha.rate_per_s);
+                    pace = Pace::new(sequence);
                 }
                 new.service.apply_to(&alpha)?;
                 if new.service.reliability != current.service.reliability {
@@ -591,6 +600,9 @@ pub async fn run_live(
                         report.count_failure(error)?;
                     }
                 }
+                // Looked at here: while emits wait, this branch is ready
+                // again at once and the checks' turn does not come.
+                pace.check(sequence, settings.rate_per_s, || alpha.stats().rate_limit_waits);
                 if settings.count.is_some_and(|count| report.created >= count) {
                     // Every order made: each pending one is waited for
                     // until its answer deadline (the last order's is the
@@ -741,7 +753,8 @@ pub async fn run_live(
     }
     // What was accepted and has still not left the process when it ends:
     // counted, never lost in silence.
-    report.unsent = aether.connection().unsent() as u64;
+    let left = aether_ops::drops::left_at_exit(aether);
+    (report.unsent, report.kept) = (left.unsent, left.kept);
     tracing::info!("{report}");
     Ok(report)
 }
@@ -778,6 +791,49 @@ async fn retry_storm(alpha: aether_core::Emitter, order: Wave, faults: AlphaFaul
         }
     }
     sent
+}
+
+/// The pace of alpha's orders against its rate: said when it falls short
+/// (emits that wait: a rate limit shaping them, a slow medium), at most
+/// once every [`refusals::WARN_EVERY`].
+struct Pace {
+    since: Instant,
+    made: u64,
+    warned: Option<Instant>,
+}
+
+impl Pace {
+    fn new(made: u64) -> Self {
+        Self {
+            since: Instant::now(),
+            made,
+            warned: None,
+        }
+    }
+
+    /// `made` orders tried so far, at the rate `rate_per_s`; `shaped`
+    /// counts the emits that waited.
+    fn check(&mut self, made: u64, rate_per_s: f64, shaped: impl FnOnce() -> u64) {
+        let elapsed = self.since.elapsed();
+        if elapsed < PACE_WINDOW {
+            return;
+        }
+        let pace = (made - self.made) as f64 / elapsed.as_secs_f64();
+        let quiet = self
+            .warned
+            .is_some_and(|at| at.elapsed() < refusals::WARN_EVERY);
+        if pace < 0.9 * rate_per_s && !quiet {
+            tracing::warn!(
+                pace_per_s = format!("{pace:.1}"),
+                rate_per_s,
+                shaped = shaped(),
+                "service-alpha: ordering below its rate (its emits wait: a rate limit \
+                 shaping them, counted as shaped, or a slow medium)"
+            );
+            self.warned = Some(Instant::now());
+        }
+        (self.since, self.made) = (Instant::now(), made);
+    }
 }
 
 /// A steady clock of orders at `rate_per_s`, first tick at once; a late
@@ -911,6 +967,7 @@ mod tests {
                 cancelled: 1,
                 unanswered: 0,
                 unsent: 0,
+                kept: 0,
                 overdue: 0,
                 rate_limited: 0,
                 shaped: 0,

@@ -671,6 +671,57 @@ async fn starts_during_an_outage_with_its_outbox_on_disk() {
     .expect("within 60 s");
 }
 
+/// Alpha ending during an outage with its orders in the durable outbox on
+/// disk says them apart: kept (sent by its next start), not unsent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ends_during_an_outage_with_its_orders_kept_on_disk() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = dir.path().join("outbox");
+        write_settings(
+            dir.path(),
+            &format!(
+                "[aether.durability]\nchannels = [\"orders.*\", \"inventory.*\"]\n\
+                 outbox_dir = {:?}\n[alpha]\ndrain_ms = 200\n",
+                outbox.display().to_string()
+            ),
+        );
+        let mut alpha = command();
+        alpha.args(["--count", "10", "--rate", "100"]);
+        let mut alpha = process::spawn_on_nats(
+            alpha,
+            dir.path(),
+            &format!("nats://127.0.0.1:{port}"),
+            std::process::Stdio::null(),
+        );
+        // Its ten orders wait on disk; it waits for them to leave until
+        // it is stopped.
+        let log_file = outbox.join("durable-outbox.log");
+        while std::fs::metadata(&log_file).map_or(0, |m| m.len()) < 10 * 100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let stdout = process::terminate_with_stdout(&mut alpha).await;
+        let created: u64 = stdout
+            .split("created ")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a summary: {stdout}"));
+        assert!(created >= 1, "{stdout}");
+        assert!(
+            stdout.contains(&format!("unsent 0, kept {created},")),
+            "{stdout}"
+        );
+    })
+    .await
+    .expect("within 60 s");
+}
+
 /// A rate limit set for beta alone (`[service.programs.beta]`) leaves
 /// alpha, reading the same folder, unlimited; alpha's own shapes it, and
 /// its summary counts the orders that waited.
@@ -687,32 +738,42 @@ async fn a_rate_limit_for_one_program_limits_that_one() {
                 .unwrap()
         }
     });
-    let run = |limits: &'static str| {
+    let run = |limits: &'static str, count: u64| {
         let server = server.url();
         async move {
             let dir = tempfile::tempdir().unwrap();
             write_settings(dir.path(), &format!("[alpha]\ndrain_ms = 5000\n{limits}"));
             let mut alpha = command();
-            alpha
-                .arg("--config-dir")
-                .arg(dir.path())
-                .args(["--nats", &server, "--count", "40", "--rate", "400"]);
+            alpha.arg("--config-dir").arg(dir.path()).args([
+                "--nats",
+                &server,
+                "--count",
+                &count.to_string(),
+                "--rate",
+                "400",
+            ]);
             let output = process::output_within(alpha, BOUND).await;
-            let stdout = String::from_utf8(output.stdout).unwrap();
-            assert!(output.status.success(), "{stdout}");
-            assert!(stdout.contains("created 40,"), "{stdout}");
-            stdout
+            // The summary on stdout, the log on stderr.
+            let text = String::from_utf8(output.stdout).unwrap()
+                + &String::from_utf8(output.stderr).unwrap();
+            assert!(output.status.success(), "{text}");
+            assert!(text.contains(&format!("created {count},")), "{text}");
+            text
         }
     };
     // Beta's limit: alpha's 40 orders go out as fast as it makes them.
-    let other = run("[service.programs.beta]\nrate_limit_per_s = 5\n").await;
+    let other = run("[service.programs.beta]\nrate_limit_per_s = 5\n", 40).await;
     assert!(other.contains("shaped 0,"), "{other}");
     // Alpha's own: its orders wait for their turns.
-    let own = run("[service.programs.alpha]\nrate_limit_per_s = 50\n").await;
+    let own = run("[service.programs.alpha]\nrate_limit_per_s = 50\n", 40).await;
     assert!(
         !own.contains("shaped 0,") && own.contains("rate_limited 0,"),
         "{own}"
     );
+    // Shaped for seconds, it says it orders below its rate.
+    let slow = run("[service.programs.alpha]\nrate_limit_per_s = 40\n", 250).await;
+    assert!(slow.contains("ordering below its rate"), "{slow}");
+    assert!(!own.contains("ordering below its rate"), "{own}");
     stop_beta.trigger();
     beta.await.unwrap();
 }

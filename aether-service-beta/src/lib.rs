@@ -263,8 +263,11 @@ pub struct BetaReport {
     /// weakest first: `queue_full`).
     pub dropped: BTreeMap<&'static str, u64>,
     /// Answers accepted but still in the aether's outboxes when it ended,
-    /// the server unreachable: not sent.
+    /// the server unreachable: lost with it.
     pub unsent: u64,
+    /// Answers safe in the durable outbox on disk when it ended, the
+    /// server unreachable: sent by its next start.
+    pub kept: u64,
     /// Orders heard again (a client retrying, a producer sending twice):
     /// answered again with the first answer, the stock untouched.
     pub repeats: u64,
@@ -281,7 +284,7 @@ impl std::fmt::Display for BetaReport {
         write!(
             f,
             "service-beta: reserved {}, insufficient {}, outcomes heard {}, ignored {}, \
-             rate_limited {}, shaped {}, failed {}, unsent {}, repeats {}, conflicting {}, stock left {:?}, \
+             rate_limited {}, shaped {}, failed {}, unsent {}, kept {}, repeats {}, conflicting {}, stock left {:?}, \
              stock unsaved {}, refused {}, dropped {}",
             self.reserved,
             self.insufficient,
@@ -291,6 +294,7 @@ impl std::fmt::Display for BetaReport {
             self.shaped,
             self.failed,
             self.unsent,
+            self.kept,
             self.repeats,
             self.conflicting,
             self.stock,
@@ -491,7 +495,8 @@ pub async fn run_live_then(
     report.stock_unsaved = books.ledger.close(&report.stock).await as u64;
     // What was accepted and has still not left the process when it ends:
     // counted, never lost in silence.
-    report.unsent = aether.connection().unsent() as u64;
+    let left = aether_ops::drops::left_at_exit(aether);
+    (report.unsent, report.kept) = (left.unsent, left.kept);
     drops.check(&beta.stats());
     report.dropped = aether_ops::drops::of_service(&beta.stats(), &aether.stats());
     report.shaped = beta.stats().rate_limit_waits;

@@ -48,6 +48,35 @@ pub fn of_service(vibrator: &StatsSnapshot, aether: &StatsSnapshot) -> BTreeMap<
     drops
 }
 
+/// What a program leaves behind when it ends with waves it accepted and
+/// could not send (the server unreachable).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeftAtExit {
+    /// Waves lost with the process: in the outbox in memory (and the
+    /// durable one, when it keeps no directory).
+    pub unsent: u64,
+    /// Waves of durable channels safe in the durable outbox on disk: sent
+    /// by the program's next start.
+    pub kept: u64,
+}
+
+/// What `aether` leaves behind if it ends now: see [`LeftAtExit`].
+pub fn left_at_exit(aether: &aether_core::Aether) -> LeftAtExit {
+    let status = aether.connection();
+    let durable = status.durable_outbox_len as u64;
+    if aether.config().durability.outbox_dir.is_some() {
+        LeftAtExit {
+            unsent: status.outbox_len as u64,
+            kept: durable,
+        }
+    } else {
+        LeftAtExit {
+            unsent: status.unsent() as u64,
+            kept: 0,
+        }
+    }
+}
+
 /// `reason n, reason n` or `none`, for a summary line.
 pub fn summary(drops: &BTreeMap<&'static str, u64>) -> String {
     if drops.is_empty() {
