@@ -259,8 +259,17 @@ impl Durable {
                              durability.domain to the hub's JetStream domain"
                         .to_string(),
                 };
+                // Still not ready after the wait: the servers, not the
+                // settings.
+                let patient =
+                    durable.client.server_info().jetstream || durable.config.domain.is_some();
+                let kind = if e.starting && patient {
+                    ConnectErrorKind::Unreachable
+                } else {
+                    ConnectErrorKind::Config
+                };
                 ConnectError::new(
-                    ConnectErrorKind::Config,
+                    kind,
                     format!(
                         "cannot use the JetStream stream {:?} for durability.channels: {e}; {advice}{domain}",
                         durable.config.stream
@@ -464,8 +473,12 @@ impl Durable {
     ///
     /// A cluster that has just formed answers nothing, or "not available",
     /// while its JetStream elects its leaders: asked again for up to
-    /// [`STREAM_PATIENCE`], said once.
+    /// [`STREAM_PATIENCE`], said once. A server without JetStream (and no
+    /// other domain named) is not waited for.
     async fn ready_stream(&self) -> Result<(), StreamNotReady> {
+        if !self.client.server_info().jetstream && self.config.domain.is_none() {
+            return self.ready_stream_with(&self.js).await;
+        }
         let deadline = tokio::time::Instant::now() + STREAM_PATIENCE;
         let mut pause = Duration::from_millis(100);
         let mut said = false;
