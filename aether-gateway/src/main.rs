@@ -53,7 +53,10 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
     install_panic_hook(Arc::clone(&panics));
     let shutdown = Shutdown::on_signals()?;
 
-    let config = aether_ops::service::named(&settings.aether, env!("CARGO_PKG_NAME"));
+    let mut config = aether_ops::service::named(&settings.aether, env!("CARGO_PKG_NAME"));
+    // A gateway runs for long, and its pages stamp in its time: one of the
+    // bus's time sources, as a node and a keeper are.
+    config.clock.source = true;
     let aether = connect(config, &settings.gateway).await?;
     let gateway = Gateway::builder(settings.gateway.clone())
         .panic_counter(panics)
