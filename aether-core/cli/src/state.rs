@@ -156,6 +156,10 @@ async fn act(
         StateCommand::Get { key, .. } => match map.get(&key) {
             Some(value) => {
                 println!("{}", value_text(&value));
+                // A later write of the key may be among those refused.
+                if let Some(note) = clock_note(map) {
+                    eprintln!("a later write may be missing: {note}");
+                }
                 Ok(())
             }
             None => Err(Failure::runtime(match (clock_note(map), alone()) {
