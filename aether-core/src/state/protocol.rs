@@ -124,7 +124,8 @@ impl Shared {
                     "changes from other replicas refused for their stamps: more than max_drift \
                      ahead of the bus's time (future) or older than the tombstone horizon \
                      (too_old); this machine's clock or a writer's is off, or two buses that \
-                     settled apart met (said at most once a minute; counted in stats' refused)"
+                     settled apart met (said at most once a minute; the refusals counted in \
+                     stats' refused, a change offered again by repair counting again)"
                 );
             }
         }
