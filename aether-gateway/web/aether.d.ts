@@ -35,9 +35,9 @@ export interface AetherOptions {
   cacheKey?: string;
   /** Where the cache lives. Default `localStorage`. */
   storage?: Storage;
-  /** Longest key, in UTF-8 bytes, as the gateway's map allows. Default 256. */
+  /** Longest key, in UTF-8 bytes. The gateway's `hello` tells the map's own (kept in the cache for the next load), which this may lower, not raise. Before any `hello`: 256. */
   maxKeyBytes?: number;
-  /** Largest value, as JSON text in UTF-8 bytes. Default 32768. */
+  /** Largest value, as JSON text in UTF-8 bytes. As `maxKeyBytes`, from the gateway's `hello`; before any: 32768. */
   maxValueBytes?: number;
   /** Messages sent a second at most (under the gateway's rate limit; halved at each `rate_limited`). Default 50. */
   sendPerSecond?: number;

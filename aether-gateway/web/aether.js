@@ -97,6 +97,8 @@ class Clock {
     this.physical = 0n;
     this.logical = 0;
     this.offsetMs = 0; // the gateway's clock minus this page's
+    /** How far ahead of its time a stamp seen may move this clock (the gateway's max_drift). */
+    this.maxDriftMs = 500;
   }
 
   wallNs() {
@@ -120,6 +122,10 @@ class Clock {
 
   observe(text) {
     const { physical, logical } = parseStamp(text);
+    // A stamp further ahead of the bus's time than max_drift (a writer whose
+    // clock was off) does not carry this clock with it: its writes would be
+    // refused as stamped ahead.
+    if (physical > this.wallNs() + BigInt(Math.floor(this.maxDriftMs * 1000)) * 1000n) return;
     if (physical > this.physical || (physical === this.physical && logical > this.logical)) {
       this.physical = physical;
       this.logical = logical;
@@ -274,6 +280,8 @@ export class Aether {
     }
     this.url = url;
     this.options = { ...DEFAULTS, storage: defaultStorage(), ...options };
+    /** The limits the app asked for, if any: the gateway's may be no looser. */
+    this.askedLimits = { maxKeyBytes: options.maxKeyBytes, maxValueBytes: options.maxValueBytes };
     if (typeof this.options.WebSocket !== "function") {
       throw new TypeError("no WebSocket class here: pass options.WebSocket (in Node before 22, the ws package's)");
     }
@@ -660,19 +668,39 @@ export class Aether {
 
   /**
    * A reading of the bus's time, `now` as the gateway answered a message
-   * sent at `sentAt`: the bus's time was `now` about half the round trip
-   * ago (Cristian's algorithm). Of the last eight readings the one with the
-   * shortest round trip sets the offset, the least uncertain.
+   * sent at `sentAt`: when it arrives the bus's time is `now` at least, and
+   * at most `now` plus the round trip (Cristian's algorithm). The page takes
+   * the least, so that it never stamps ahead of the bus (a stamp ahead by
+   * more than max_drift is refused; one behind is not). Of the last eight
+   * readings the one with the shortest round trip sets the offset, the
+   * least uncertain.
    */
   reading(now, sentAt) {
     if (!isStamp(now) || !(sentAt > 0)) return;
     const received = performance.now();
     const busMs = Number(BigInt("0x" + now.slice(0, 16)) / 1000n) / 1000;
     const rttMs = received - sentAt;
-    this.readings.push({ offsetMs: busMs - (performance.timeOrigin + (sentAt + received) / 2), rttMs });
+    this.readings.push({ offsetMs: busMs - (performance.timeOrigin + received), rttMs });
     if (this.readings.length > 8) this.readings.shift();
     const best = this.readings.reduce((a, b) => (b.rttMs < a.rttMs ? b : a));
     this.clock.offsetMs = best.offsetMs;
+  }
+
+  /**
+   * The map's limits as the gateway's `hello` tells them (or the last load
+   * cached them): `set` refuses what the gateway would. A limit the app
+   * asked for stays when it is the stricter.
+   */
+  takeLimits(limits) {
+    if (limits == null || typeof limits !== "object") return;
+    const take = (name, theirs) => {
+      if (!Number.isSafeInteger(theirs) || theirs < 1) return;
+      const asked = this.askedLimits[name];
+      this.options[name] = Number.isSafeInteger(asked) && asked > 0 ? Math.min(asked, theirs) : theirs;
+    };
+    take("maxKeyBytes", limits.max_key_bytes);
+    take("maxValueBytes", limits.max_value_bytes);
+    if (Number.isSafeInteger(limits.max_drift_ms) && limits.max_drift_ms > 0) this.clock.maxDriftMs = limits.max_drift_ms;
   }
 
   /** Ends the client: a terminal status; waiting promises reject. */
@@ -689,6 +717,7 @@ export class Aether {
         this.id = message.id;
         this.color = message.color;
         this.reading(message.now, this.authSentAt);
+        this.takeLimits(message.limits);
         break;
       }
       case "snapshot-part":
@@ -982,6 +1011,7 @@ export class Aether {
     try {
       const meta = JSON.parse(storage.getItem(this.cacheKey) || "null");
       if (meta && typeof meta.offsetMs === "number") this.clock.offsetMs = meta.offsetMs;
+      if (meta) this.takeLimits(meta.limits);
       const prefix = this.cacheKey + "\n";
       for (const name of this.cacheItems(storage)) {
         if (name === this.cacheKey) continue;
@@ -1064,7 +1094,12 @@ export class Aether {
       }
     }
     try {
-      storage.setItem(this.cacheKey, JSON.stringify({ offsetMs: this.clock.offsetMs }));
+      const limits = {
+        max_key_bytes: this.options.maxKeyBytes,
+        max_value_bytes: this.options.maxValueBytes,
+        max_drift_ms: this.clock.maxDriftMs,
+      };
+      storage.setItem(this.cacheKey, JSON.stringify({ offsetMs: this.clock.offsetMs, limits }));
     } catch (error) {
       failed = failed || error;
     }

@@ -641,6 +641,12 @@ impl StateMap {
         &self.shared.node_name
     }
 
+    /// The settings this replica opened with: its limits (`max_key_bytes`,
+    /// `max_value_bytes`), timings and bounds.
+    pub fn config(&self) -> &StateConfig {
+        &self.shared.config
+    }
+
     /// This replica's id: the `node` of the stamps of its own writes.
     pub fn replica_id(&self) -> u64 {
         self.shared.clock.node()

@@ -568,6 +568,12 @@ impl Connection {
             color: &self.color,
             map: &self.map,
             now: bus_now(),
+            limits: protocol::Limits {
+                max_key_bytes: self.replica_map.config().max_key_bytes,
+                max_value_bytes: self.replica_map.config().max_value_bytes,
+                max_drift_ms: u64::try_from(self.replica_map.config().max_drift.as_millis())
+                    .unwrap_or(u64::MAX),
+            },
         }
         .text();
         if let Err(end) = self.send(hello).await {

@@ -182,6 +182,9 @@ pub(crate) enum Outbound<'a> {
         color: &'a str,
         map: &'a str,
         now: String,
+        /// The map's limits, as the gateway's replica refuses past them:
+        /// the page refuses the same writes at `set`.
+        limits: Limits,
     },
     /// Part of the map, before the `snapshot` that ends it: a large map
     /// goes in parts, so no message (and no connection's send buffer) is
@@ -234,6 +237,16 @@ impl Outbound<'_> {
     pub(crate) fn text(&self) -> String {
         serde_json::to_string(self).expect("bridge messages serialize")
     }
+}
+
+/// A map's limits, as `hello` tells them to the page.
+#[derive(Debug, Serialize)]
+pub(crate) struct Limits {
+    pub(crate) max_key_bytes: usize,
+    pub(crate) max_value_bytes: usize,
+    /// How far ahead of the bus's time a stamp is taken: a page's clock
+    /// moves past no stamp further ahead.
+    pub(crate) max_drift_ms: u64,
 }
 
 /// A stamp as text: `<physical>-<logical>-<replica>`, fixed-width lower

@@ -36,6 +36,8 @@ export class Bridge {
     /** The bus's time minus this machine's clock, and how long a `hello` takes to arrive after it is stamped. */
     this.offsetMs = 0;
     this.helloDelayMs = 0;
+    /** The map's limits, as `hello` tells them. */
+    this.limits = { max_key_bytes: 256, max_value_bytes: 32 * 1024, max_drift_ms: 500 };
     this.perSecond = perSecond;
     this.burst = burst;
     this.isUp = true;
@@ -140,7 +142,7 @@ export class Bridge {
         return;
       }
       socket.authed = true;
-      const hello = { type: "hello", id: "p1", color: "#123456", now: this.now() };
+      const hello = { type: "hello", id: "p1", color: "#123456", now: this.now(), limits: this.limits };
       const entries = {};
       for (const [key, e] of this.entries) {
         entries[key] = e.deleted ? { deleted: true, stamp: e.stamp } : { value: e.value, stamp: e.stamp };

@@ -151,11 +151,60 @@ test("a page stamps in the bus's time, from the fastest of its readings", async 
   bridge.helloDelayMs = 400;
   const page = client(bridge, new MemoryStorage());
   await page.whenLive();
+  // Its first write, before a second reading, is not ahead of the bus (a
+  // stamp ahead by more than max_drift is refused; one behind is not).
+  const first = page.set("todo/0", { text: "bread" });
+  const firstMs = Number(BigInt("0x" + first.slice(0, 16)) / 1000000n);
+  assert.ok(firstMs <= Date.now() + bridge.offsetMs + 5, `stamped ${firstMs - Date.now() - bridge.offsetMs} ms ahead`);
   // The page's own sync once live is a second reading, its round trip short.
   await until(() => page.readings.length >= 2, 2000, "a second reading");
   const written = page.set("todo/1", { text: "milk" });
   const stampedMs = Number(BigInt("0x" + written.slice(0, 16)) / 1000000n);
   const busMs = Date.now() + bridge.offsetMs;
   assert.ok(Math.abs(stampedMs - busMs) < 100, `stamped ${stampedMs - busMs} ms off the bus's time`);
+  page.close();
+});
+
+test("a page refuses at set what the gateway's limits refuse, the stricter of the app's kept", async () => {
+  const bridge = new Bridge();
+  bridge.limits = { max_key_bytes: 16, max_value_bytes: 64 };
+  const page = client(bridge, new MemoryStorage());
+  await page.whenLive();
+  assert.throws(() => page.set("a-key-longer-than-16", 1), RangeError);
+  assert.throws(() => page.set("k", "x".repeat(100)), RangeError);
+  page.set("k", "x".repeat(40));
+  page.close();
+  // An app that asked for less keeps its own limit; a looser one gets the gateway's.
+  const strict = client(bridge, new MemoryStorage(), { maxValueBytes: 32 });
+  await strict.whenLive();
+  assert.throws(() => strict.set("k", "x".repeat(40)), RangeError);
+  strict.close();
+  const loose = client(bridge, new MemoryStorage(), { maxValueBytes: 1000 });
+  await loose.whenLive();
+  assert.throws(() => loose.set("k", "x".repeat(100)), RangeError);
+  loose.close();
+  // The limits are cached: a reload refuses by them before it is live.
+  const storage = new MemoryStorage();
+  const first = client(bridge, storage);
+  await first.whenLive();
+  first.close();
+  bridge.down();
+  const reload = client(bridge, storage);
+  assert.throws(() => reload.set("k", "x".repeat(100)), RangeError);
+  reload.close();
+});
+
+test("stamps far ahead of the bus's time in the map do not carry the page's clock", async () => {
+  // A writer two hours ahead left an entry; the page still stamps in the
+  // bus's time (its writes would otherwise be refused as stamped ahead).
+  const bridge = new Bridge();
+  const aheadNs = BigInt(Date.now() + 2 * 3600 * 1000) * 1000000n;
+  bridge.write("left", "by a clock ahead", stamp(aheadNs, 0, "00000000000000aa"));
+  const page = client(bridge, new MemoryStorage());
+  await page.whenLive();
+  assert.equal(page.get("left"), "by a clock ahead", "the entry is shown");
+  const written = page.set("mine", 1);
+  const stampedMs = Number(BigInt("0x" + written.slice(0, 16)) / 1000000n);
+  assert.ok(Math.abs(stampedMs - Date.now()) < 1000, `stamped ${stampedMs - Date.now()} ms off the bus's time`);
   page.close();
 });

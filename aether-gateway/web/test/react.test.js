@@ -25,12 +25,16 @@ console.error = (...args) => {
 };
 
 const URL = "ws://gateway.test/bridge/notes";
+// Each test's pages on a map of their own: a render of one test's
+// component still due when it ends makes no client of the next one's.
+let maps = 0;
 
 /** The hook's checks of its options come before any React call. */
 const useAetherOutsideReact = (key, fallback, options) => useAether(key, fallback, options);
 
 function options(bridge, storage) {
-  return { url: URL, token: "secret", WebSocket: bridge.WebSocket, storage, backoffMs: 5, maxBackoffMs: 20 };
+  maps += 1;
+  return { url: `${URL}${maps}`, token: "secret", WebSocket: bridge.WebSocket, storage, backoffMs: 5, maxBackoffMs: 20 };
 }
 
 /** Renders `hook` in a component; `seen()` is what it returned last. */
@@ -61,7 +65,7 @@ test("a key as state: fallback, set, set(prev => next), remote changes, delete",
   const opts = options(bridge, new MemoryStorage());
   const counter = mount(() => useAether("count", 0, opts));
   await settle(() => counter.seen()[0] === 0, "the fallback while the key is not set");
-  const client = sharedClient(URL, opts);
+  const client = sharedClient(opts.url, opts);
   await client.whenLive();
 
   counter.seen()[1](5);
@@ -73,7 +77,7 @@ test("a key as state: fallback, set, set(prev => next), remote changes, delete",
   await until(() => bridge.entries.get("count")?.value === 7, 1000, "the writes at the gateway");
 
   // Another page (or a service) writes: the component re-renders.
-  const later = stamp((BigInt(Date.now()) + 1000n) * 1000000n, 0, "00000000000000bb");
+  const later = stamp((BigInt(Date.now()) + 200n) * 1000000n, 0, "00000000000000bb");
   bridge.write("count", 42, later);
   await settle(() => counter.seen()[0] === 42, "the remote change rendered");
 
@@ -89,7 +93,7 @@ test("a reload renders from the cache while the gateway is down", async () => {
   const storage = new MemoryStorage();
   const opts = options(bridge, storage);
   const first = mount(() => useAether("title", "untitled", opts));
-  const client = sharedClient(URL, opts);
+  const client = sharedClient(opts.url, opts);
   await client.whenLive();
   await settle(() => first.seen()[0] === "untitled", "the first render");
   first.seen()[1]("groceries");
@@ -108,7 +112,7 @@ test("a reload renders from the cache while the gateway is down", async () => {
   await settle(() => reload.seen()[1] === "live", "live again");
   await until(() => bridge.entries.get("title")?.value === "groceries and more", 2000, "the offline write");
   reload.unmount();
-  sharedClient(URL, opts).close();
+  sharedClient(opts.url, opts).close();
 });
 
 test("the hooks of a page share one client, and onSupersede reaches the component", async () => {
@@ -119,14 +123,14 @@ test("the hooks of a page share one client, and onSupersede reaches the componen
     useAether("card", "todo", { ...opts, onSupersede: (s) => lost.push(s) }),
     useAether("other", null, opts),
   ]);
-  const client = sharedClient(URL, opts);
+  const client = sharedClient(opts.url, opts);
   assert.equal(bridge.attempts, 1, "one connection for every hook of the page");
   await client.whenLive();
   bridge.down();
   await until(() => client.status === "offline", 1000, "offline");
   await settle(() => page.seen()[0][0] === "todo", "the first render");
   page.seen()[0][1]("doing");
-  const later = stamp((BigInt(Date.now()) + 1000n) * 1000000n, 0, "00000000000000cc");
+  const later = stamp((BigInt(Date.now()) + 200n) * 1000000n, 0, "00000000000000cc");
   bridge.write("card", "done", later);
   bridge.up();
   await settle(() => page.seen()[0][0] === "done", "the newer write rendered");
@@ -152,7 +156,7 @@ test("the hook with a client of the application's own, and no options at all", a
 test("a prefix as a list: a key per item, re-rendered when one changes, the same list otherwise", async () => {
   const bridge = new Bridge();
   const opts = options(bridge, new MemoryStorage());
-  const client = sharedClient(URL, opts);
+  const client = sharedClient(opts.url, opts);
   await client.whenLive();
   const todos = mount(() => useAetherPrefix("todo/", opts));
   await settle(() => Array.isArray(todos.seen()) && todos.seen().length === 0, "an empty list");
@@ -168,7 +172,7 @@ test("a prefix as a list: a key per item, re-rendered when one changes, the same
   assert.equal(todos.seen(), before, "the same list for a change elsewhere");
   assert.equal(todos.renders(), renders, "no render for a change elsewhere");
   // Another page adds an item; this one deletes one.
-  const later = stamp((BigInt(Date.now()) + 1000n) * 1000000n, 0, "00000000000000dd");
+  const later = stamp((BigInt(Date.now()) + 200n) * 1000000n, 0, "00000000000000dd");
   bridge.write("todo/c", { text: "bread" }, later);
   client.delete("todo/a");
   await settle(() => todos.seen().map(([k]) => k).join() === "todo/b,todo/c", "the list after both");
@@ -181,7 +185,7 @@ test("a refused write reaches the component, and the value goes back", async () 
   const opts = options(bridge, new MemoryStorage());
   const refused = [];
   const page = mount(() => useAether("node/other/x", "fallback", { ...opts, onRefused: (r) => refused.push(r) }));
-  const client = sharedClient(URL, opts);
+  const client = sharedClient(opts.url, opts);
   await client.whenLive();
   await settle(() => page.seen()[0] === "fallback", "the first render");
   // The hook listens from its effect, which runs after the render.
