@@ -736,7 +736,7 @@ async fn writes_the_medium_will_not_take_say_so_are_kept_and_arrive_after_the_se
             match writer.set(&format!("k.{i}"), format!("{i}")).await {
                 Ok(_) => {}
                 Err(e) => {
-                    assert_eq!(e.kind(), aether_core::state::StateErrorKind::Medium, "{e}");
+                    assert_eq!(e.kind(), aether_core::state::StateErrorKind::NotSent, "{e}");
                     refused += 1;
                 }
             }

@@ -117,7 +117,7 @@ fn state_replica_process() {
             // Kept here if it cannot be sent now; anti-entropy sends it.
             match map.set(&format!("{node}.{i}"), format!("{i}")).await {
                 Ok(_) => {}
-                Err(e) if e.kind() == aether_core::state::StateErrorKind::Medium => {}
+                Err(e) if e.kind() == aether_core::state::StateErrorKind::NotSent => {}
                 Err(e) => panic!("{e}"),
             }
             println!("\nwrote {i}");

@@ -202,7 +202,7 @@ pub(crate) fn state(error: StateError) -> PyErr {
         StateErrorKind::Closed => Closed::new_err(message),
         StateErrorKind::Full => Full::new_err(message),
         StateErrorKind::NotHeld => NotHeld::new_err(message),
-        StateErrorKind::Medium => NotSent::new_err(message),
+        StateErrorKind::NotSent => NotSent::new_err(message),
         StateErrorKind::Ledger => LedgerFailed::new_err(message),
         StateErrorKind::Stamp => StampOutOfRange::new_err(message),
         // A kind added to the core later (the enum is non-exhaustive).

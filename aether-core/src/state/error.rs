@@ -25,11 +25,11 @@ kinds! {
         /// The write is kept here but this replica's changes are not leaving
         /// (the medium refused the last send); anti-entropy sends them when it
         /// can.
-        Medium = "not_sent" => "not sent",
+        NotSent = "not_sent" => "not sent",
         /// A ledger could not be opened, read or written: this replica's state
         /// directory, or (a flush's) a keeper's disk, full or failing.
         Ledger = "ledger" => "ledger failed",
-        /// A write stamped elsewhere ([`StateMap::merge`]) is stamped more than
+        /// A write stamped elsewhere ([`StateMap::merge`](crate::state::StateMap::merge)) is stamped more than
         /// `max_drift` ahead of this replica's clock, or before the tombstone
         /// horizon.
         Stamp = "stamp" => "stamp out of range",

@@ -479,6 +479,8 @@ impl StateMap {
             &channels.hold,
             &channels.repair,
         ] {
+            // The bus's own channels: the ACL does not apply to them, so
+            // only a closed aether refuses them.
             vibrator
                 .resonate_on(channel.clone())
                 .await
@@ -661,7 +663,7 @@ impl StateMap {
 
     /// Sets `key` to `value` here at once, and sends it to every replica:
     /// the replica's task sends it, with the other changes made while its
-    /// last message went out (one message for a burst). `Medium` while the
+    /// last message went out (one message for a burst). `NotSent` while the
     /// medium refuses this replica's changes (the write is kept, and sent
     /// later or brought by anti-entropy; `stats().unsent` counts them). With a ledger, it returns once the change is handed
     /// to the operating system, or with `sync_writes` once it is on the
@@ -814,7 +816,7 @@ impl StateMap {
         // and queued, and the writer hears that they are not leaving.
         if let Some(error) = shared.send_failing() {
             return Err(StateError::new(
-                StateErrorKind::Medium,
+                StateErrorKind::NotSent,
                 format!(
                     "changes of map {:?} are not leaving ({error}); this write is kept here and sent when the medium takes it, or by anti-entropy",
                     shared.map

@@ -42,7 +42,7 @@ pub const WRITE_OUTCOMES: [&str; 12] = [
 /// refused under the kind's own name.
 pub fn outcome_of(kind: StateErrorKind) -> &'static str {
     match kind {
-        StateErrorKind::Medium | StateErrorKind::Ledger => "applied",
+        StateErrorKind::NotSent | StateErrorKind::Ledger => "applied",
         kind => kind.as_str(),
     }
 }
@@ -148,7 +148,7 @@ mod tests {
         for &kind in StateErrorKind::ALL {
             let outcome = outcome_of(kind);
             assert!(WRITE_OUTCOMES.contains(&outcome), "{kind:?}: {outcome}");
-            if !matches!(kind, StateErrorKind::Medium | StateErrorKind::Ledger) {
+            if !matches!(kind, StateErrorKind::NotSent | StateErrorKind::Ledger) {
                 assert_eq!(outcome, kind.as_str(), "{kind:?}");
             }
         }
