@@ -132,7 +132,22 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ConnectionError", py.get_type::<ConnectionError>())?;
     m.add("ConfigurationError", py.get_type::<ConfigurationError>())?;
     m.add("BlockingInEventLoop", py.get_type::<BlockingInEventLoop>())?;
+    m.add("STATE_ERRORS", state_errors(py)?)?;
     Ok(())
+}
+
+/// Each of the core's state error kinds, by its name (`not_sent`), and the
+/// exception it raises: a kind the core adds later, and this crate does not
+/// map, shows as the base `Error` (the tests refuse it).
+fn state_errors(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
+    let errors = pyo3::types::PyDict::new(py);
+    for kind in StateErrorKind::ALL {
+        errors.set_item(
+            kind.as_str(),
+            state(StateError::new(*kind, "")).get_type(py),
+        )?;
+    }
+    Ok(errors)
 }
 
 pub(crate) fn emit(error: EmitError) -> PyErr {

@@ -165,6 +165,16 @@ def test_a_ledger_that_cannot_be_opened_raises_ledger_failed(tmp_path: Path) -> 
     bus.close()
 
 
+def test_every_map_error_kind_raises_an_exception_of_its_own() -> None:
+    # By the core's names; a kind mapped to nothing shows as the base Error.
+    assert aether.STATE_ERRORS["not_sent"] is aether.NotSent
+    assert aether.STATE_ERRORS["ledger"] is aether.LedgerFailed
+    assert aether.STATE_ERRORS["stamp"] is aether.StampOutOfRange
+    for name, exception in aether.STATE_ERRORS.items():
+        assert issubclass(exception, aether.Error), name
+        assert exception is not aether.Error, f"{name} raises the base Error"
+
+
 def test_closing_ends_watches_and_refuses_new_ones(bus: aether.Bus) -> None:
     home = bus.map("home")
     watch = home.watch()

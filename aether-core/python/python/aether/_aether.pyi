@@ -24,6 +24,9 @@ class ConnectionError(Error): ...
 class ConfigurationError(Error): ...
 class BlockingInEventLoop(Error): ...
 
+# A map's error kinds, by the core's names, and the exception each raises.
+STATE_ERRORS: dict[str, type[Error]]
+
 class Wave:
     """A wave received."""
 
