@@ -703,63 +703,6 @@ impl Aether {
         self.inner.medium.subscribe(pattern, listener).await
     }
 
-    /// Makes the durable consumers named (or finds them made), with the
-    /// settings a resonance gives its own: for the user that manages the
-    /// durable stream, where the programs' permissions do not let them
-    /// make their consumers (`NatsPermissions::without_consumer_creation`;
-    /// the names from `AclRule::durable_consumers`). Nothing to make on the
-    /// embedded medium.
-    pub async fn make_durable_consumers(
-        &self,
-        consumers: &[crate::config::DurableConsumer],
-    ) -> Result<(), crate::ConnectError> {
-        self.inner.medium.make_durable_consumers(consumers).await
-    }
-
-    /// The JetStream stream of the durable channels, as the server reports
-    /// it now: waves and bytes held against its limits, the age of its
-    /// oldest wave, its copies and leader, its consumers' backlogs. Past
-    /// `max_bytes` the server deletes the oldest waves, taken or not, so an
-    /// operator watches `bytes` against `max_bytes` (the gateway exports
-    /// them; the alert `AetherStreamNearFull`). An aether without durable
-    /// channels looks up the stream `[aether.durability] stream` names
-    /// (`aether stream`), and changes nothing. `ConnectErrorKind::Config`
-    /// on the embedded medium, `Unreachable` when the stream does not
-    /// answer within 1 s.
-    pub async fn durable_stream(
-        &self,
-    ) -> Result<crate::connection::StreamStatus, crate::ConnectError> {
-        self.inner.medium.durable_stream().await
-    }
-
-    /// `wave` as it is kept at rest (a journal, an archive): with its
-    /// payload sealed as it travels on the wire when its channel's payloads
-    /// are sealed (`[[aether.security.encryption]]`), else as it is. What
-    /// is sealed on the wire stays sealed on disk; [`Aether::open_at_rest`]
-    /// reads it back where the key is held.
-    pub fn sealed_at_rest(&self, wave: &Wave) -> Wave {
-        // Most channels are not sealed: no subject to build for them.
-        if !self.inner.security.seals(wave.channel()) {
-            return wave.clone();
-        }
-        let subject =
-            crate::subject::channel_subject(&self.inner.config.nats.subject_prefix, wave.channel());
-        self.inner
-            .security
-            .seal(&subject, wave)
-            .unwrap_or_else(|| wave.clone())
-    }
-
-    /// Opens a wave kept by [`Aether::sealed_at_rest`]: a sealed payload is
-    /// replaced by what it holds. `Err(DropReason::Undecryptable)` when this
-    /// aether holds no key for it, another key, or the bytes were changed,
-    /// or when its channel's payloads are sealed and it was kept in clear.
-    pub fn open_at_rest(&self, wave: &mut Wave) -> Result<(), DropReason> {
-        let subject =
-            crate::subject::channel_subject(&self.inner.config.nats.subject_prefix, wave.channel());
-        self.inner.security.open(&subject, wave)
-    }
-
     /// The aether's signatures and access rules.
     pub(crate) fn security(&self) -> &Arc<Security> {
         &self.inner.security
@@ -779,13 +722,6 @@ impl Aether {
             ));
         }
         Ok(())
-    }
-
-    /// Whether the aether's ACL (`[aether.security] acl`) lets `source`
-    /// emit on `channel`: what an observer asks before it counts a hopping
-    /// wave under its base. Everything is allowed without rules.
-    pub fn acl_allows_emit(&self, source: Option<&str>, channel: &Channel) -> bool {
-        self.may_emit(source, channel).is_ok()
     }
 
     /// `Ok` if the ACL lets `source` emit on `channel` (for hopping: on its
@@ -882,5 +818,43 @@ impl fmt::Debug for Aether {
             .field("closed", &self.is_closed())
             .field("config", &self.inner.config)
             .finish()
+    }
+}
+
+impl crate::operator::sealed::Sealed for Aether {}
+
+impl crate::operator::Operator for Aether {
+    async fn make_durable_consumers(
+        &self,
+        consumers: &[crate::config::DurableConsumer],
+    ) -> Result<(), crate::ConnectError> {
+        self.inner.medium.make_durable_consumers(consumers).await
+    }
+
+    async fn durable_stream(&self) -> Result<crate::connection::StreamStatus, crate::ConnectError> {
+        self.inner.medium.durable_stream().await
+    }
+
+    fn sealed_at_rest(&self, wave: &Wave) -> Wave {
+        // Most channels are not sealed: no subject to build for them.
+        if !self.inner.security.seals(wave.channel()) {
+            return wave.clone();
+        }
+        let subject =
+            crate::subject::channel_subject(&self.inner.config.nats.subject_prefix, wave.channel());
+        self.inner
+            .security
+            .seal(&subject, wave)
+            .unwrap_or_else(|| wave.clone())
+    }
+
+    fn open_at_rest(&self, wave: &mut Wave) -> Result<(), DropReason> {
+        let subject =
+            crate::subject::channel_subject(&self.inner.config.nats.subject_prefix, wave.channel());
+        self.inner.security.open(&subject, wave)
+    }
+
+    fn acl_allows_emit(&self, source: Option<&str>, channel: &Channel) -> bool {
+        self.may_emit(source, channel).is_ok()
     }
 }

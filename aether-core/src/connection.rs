@@ -146,7 +146,7 @@ impl ConnectionStatus {
 }
 
 /// The JetStream stream of the durable channels, as the server reports it
-/// ([`crate::Aether::durable_stream`]): how full it is against its limits.
+/// ([`crate::Operator::durable_stream`]): how full it is against its limits.
 /// Past `max_bytes` (or `max_messages`) the server deletes the oldest
 /// waves, taken or not; past `max_age` it deletes those older.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

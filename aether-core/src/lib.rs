@@ -47,6 +47,14 @@
 //! | [`wire`] | the binary envelope of a wave on the wire |
 //! | [`stats`] | lock-free counters of deliveries and drops |
 //! | [`error`] | typed errors per operation |
+//! | [`state`] | replicated maps (`StateMap`, `NodeState`), their keepers and ledgers |
+//! | [`bustime`] | the bus's own time, measured against its sources |
+//! | [`lan`] | a bus on a LAN: finding its nodes with one secret |
+//! | [`rate_limit`] | per-vibrator emit rate limits |
+//! | [`reliable`] | retries, timeouts and a circuit breaker around emits and requests |
+//! | [`report`] | instance reports: what each aether did and dropped, told to the bus |
+//! | [`spans`] | the waves' spans, linked through the trace context they carry |
+//! | [`operator`] | the operator's side of an aether (`Operator`): the durable stream, waves at rest, the ACL asked |
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -73,6 +81,7 @@ pub mod lan;
 mod medium;
 mod names;
 mod offer;
+pub mod operator;
 pub mod physics;
 pub mod rate_limit;
 mod recent;
@@ -101,6 +110,7 @@ pub use error::{
     RequestErrorKind, ResonateError, ResonateErrorKind, VibratorError, VibratorErrorKind,
     WireError, WireErrorKind,
 };
+pub use operator::Operator;
 pub use physics::{
     Interference, InterferenceEvent, InterferenceFollower, InterferenceKind, InterferencePattern,
     InvolvedWave, Physics, PhysicsConfig, PhysicsEngine, PhysicsEvents, PhysicsStats,

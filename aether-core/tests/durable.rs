@@ -20,6 +20,7 @@ use std::{
     time::Duration,
 };
 
+use aether_core::Operator;
 use aether_core::{
     Aether, AetherConfig, Channel, Vibrator,
     config::{DurabilityConfig, DurableStorage, NatsConfig},

@@ -9,13 +9,14 @@
 //! | 2 | `config`, `rate_limit` |
 //! | 3 | `admission`, `inbox`, `offer`, `physics`, `reply`, `security`, `spans`, `diffraction`, `hopping::sequence`, `hopping::gate` |
 //! | 4 | `medium` |
-//! | 5 | `aether`, `report` |
+//! | 5 | `aether`, `operator`, `report` |
 //! | 6 | `vibrator`, `hopping` (its other parts), `reliable`, `lan` (finding a bus's node) |
 //! | 7 | `state` (replicated maps, built on vibrators) |
 //!
 //! And in every crate of the workspace, no file imports another that
 //! imports it back, directly or around a circle, inside a layer or not
-//! (`aether_testkit::sources::cycles`).
+//! (`aether_testkit::sources::cycles`), and no crate compiles another's
+//! source files.
 //!
 //! What a module uses is read from its source outside tests and comments:
 //! `use crate::…` and `crate::…` paths, and names the crate root re-exports
@@ -53,6 +54,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("hopping::gate", 3),
     ("medium", 4),
     ("aether", 5),
+    ("operator", 5),
     ("report", 5),
     ("vibrator", 6),
     ("bustime", 6),

@@ -9,6 +9,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aether_core::Operator;
 use aether_core::{
     Aether, AetherConfig, Channel, DropReason, EmitErrorKind, ReflectionReason, ResonateErrorKind,
     Secret, Vibrator, Wave,

@@ -33,6 +33,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use aether_core::Operator;
 use aether_core::{Channel, Wave, wire};
 use aether_journal::{Journal, JournalError, Reader, Recovery};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};

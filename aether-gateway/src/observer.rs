@@ -19,6 +19,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use aether_core::Operator;
 use aether_core::{
     Aether, ConnectionState, InterferenceEvent, Physics, PhysicsEvents, StatsSnapshot, Vibrator,
     Wave, hopping::is_hop_channel,

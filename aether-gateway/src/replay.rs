@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+use aether_core::Operator;
 use aether_core::{Aether, Channel, Vibrator, Wave};
 use aether_journal::{Damage, Reader};
 

@@ -9,6 +9,7 @@
 use std::{sync::Arc, sync::Mutex, time::Duration};
 
 use aether_core::Aether;
+use aether_core::Operator;
 use aether_ops::shutdown::Shutdown;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 

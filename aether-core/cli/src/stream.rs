@@ -3,6 +3,7 @@
 //! bytes against the limits, the copies and the leader, each durable
 //! consumer's backlog. A look-up; nothing is changed.
 
+use aether_core::Operator;
 use aether_core::StreamStatus;
 
 use crate::{

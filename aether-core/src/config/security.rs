@@ -71,7 +71,7 @@ pub struct SecurityConfig {
     pub acl: Vec<AclRule>,
     /// Where signatures are required, each subscription refuses a wave it
     /// has already taken, or one stamped more than this far from its own
-    /// clock, as a replay ([`DropReason::Replay`]), in milliseconds. Clocks
+    /// clock, as a replay ([`DropReason::Replay`](crate::DropReason::Replay)), in milliseconds. Clocks
     /// of the bus must agree within it. 1,000 to 3,600,000; default 30,000.
     pub replay_window_ms: u64,
     /// Most waves each subscription remembers for the replay window; past
@@ -265,7 +265,7 @@ impl NatsPermissions {
 
     /// Without the right to create consumers: the user reads only through
     /// consumers the stream's manager made for it
-    /// ([`crate::Aether::make_durable_consumers`], with the names of
+    /// ([`crate::Operator::make_durable_consumers`], with the names of
     /// [`AclRule::durable_consumers`]). A user that may create its consumer
     /// could make it a push consumer whose deliveries go to any subject
     /// (NATS permissions cannot limit a consumer's delivery subject): it
@@ -293,7 +293,7 @@ impl NatsPermissions {
             format!("$JS.API.STREAM.CREATE.{stream}"),
             format!("$JS.API.STREAM.UPDATE.{stream}"),
             // The consumers it makes for users that may not make their own
-            // (`Aether::make_durable_consumers`).
+            // (`Operator::make_durable_consumers`).
             format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
             format!("$JS.API.CONSUMER.INFO.{stream}.>"),
         ]);

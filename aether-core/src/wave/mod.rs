@@ -444,7 +444,7 @@ impl Wave {
 
 impl Wave {
     /// Whether its payload is sealed: on its way over the network, or kept
-    /// at rest ([`crate::Aether::sealed_at_rest`]); its payload is then a
+    /// at rest ([`crate::Operator::sealed_at_rest`]); its payload is then a
     /// nonce, the sealed bytes and their tag.
     pub fn is_sealed(&self) -> bool {
         self.flags & SEALED != 0
