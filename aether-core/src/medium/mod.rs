@@ -9,6 +9,33 @@
 //! before, and noise floor and shedding in the receive queue after. Each
 //! operation here is one match over the two mediums; nothing above this
 //! module knows which medium it runs on.
+//!
+//! # What a medium provides
+//!
+//! A third medium (a variant of [`Medium`] and a match arm in each
+//! operation) owes the bus these, held by the behaviour suite
+//! (`tests/behaviour/`, run on every medium) and, for durable channels,
+//! by `tests/durable_embedded.rs` and `tests/durable.rs`:
+//!
+//! - **Routing by pattern**: a wave reaches every subscription whose
+//!   pattern matches its channel, once each ([`Medium::subscribe`],
+//!   [`Medium::unsubscribe`]).
+//! - **Groups**: of the members of one group on one pattern, one gets each
+//!   wave ([`Listener::Group`]).
+//! - **Per-emitter order**: the waves of one emitter on one channel arrive
+//!   in the order emitted.
+//! - **Requests**: a request reaches its responders and the first reply
+//!   comes back to the asker ([`Medium::request`]); with nobody
+//!   resonating, "no responders" at once, not a timeout.
+//! - **Tracked waves**: [`Medium::flush`] returns once every wave emitted
+//!   before it has left the process (or fails, saying what is left);
+//!   [`Medium::status`] and [`Medium::events`] say what the connection
+//!   does.
+//! - **Durable channels**: a wave on one is kept until a receiver's
+//!   application took it ([`Medium::hand_out`]); one a receiver did not
+//!   hand out comes again ([`Medium::release`]), and one handed out twice is
+//!   dropped as a redelivery.
+//! - **Reflections** go back to their source ([`Medium::reflect`]).
 
 pub(crate) mod disk_outbox;
 pub(crate) mod embedded;
