@@ -23,15 +23,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-/// The sample services' one helper for bad waves, shared with
-/// `aether-service-beta` (the same source file).
-#[path = "../../aether-service-beta/src/refusals.rs"]
-pub mod refusals;
-
-/// The faults the sample flow can make on purpose, shared with
-/// `aether-service-beta` (the same source file).
-#[path = "../../aether-service-beta/src/faults.rs"]
-pub mod faults;
+pub use aether_ops::{faults, refusals};
 
 use std::{
     collections::{BTreeMap, HashMap},

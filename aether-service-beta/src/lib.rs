@@ -23,8 +23,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod faults;
-pub mod refusals;
+pub use aether_ops::{faults, refusals};
 pub mod stock;
 
 use std::{

@@ -11,6 +11,11 @@
 //! | [`panic`](mod@panic) | a panic hook that logs the panic and counts it |
 //! | [`resources`] | RSS, VMS, threads and open files of the process, limits, and a leak hint |
 //! | [`telemetry`] | OpenTelemetry: the spans of the waves (and the program's own) exported over OTLP/HTTP when `[telemetry] otlp_endpoint` is set, beside the logs |
+//! | [`metrics`] | the process's own Prometheus metrics (its aether's counts, connection and outbox, the process), served on `[service] metrics_listen` |
+//! | [`service`] | what every service program does around its work: logs, panic hook, signals, its aether, the watch of its settings |
+//! | [`drops`] | a service's drops by reason for its summary, what it leaves unsent or kept at exit, and a warning when it sheds |
+//! | [`refusals`] | bad waves a service refuses (not JSON, wrong fields), counted by reason and warned about at most once per interval |
+//! | [`faults`] | the faults the sample flow makes on purpose (a retry storm, duplicates), for the physics engine to find |
 //!
 //! A program puts them together like this (the `examples/operable.rs`
 //! program of this crate does it in full):
@@ -71,10 +76,12 @@
 
 pub mod data;
 pub mod drops;
+pub mod faults;
 pub mod keeper;
 pub mod logging;
 pub mod metrics;
 pub mod panic;
+pub mod refusals;
 pub mod reload;
 pub mod resources;
 pub mod service;

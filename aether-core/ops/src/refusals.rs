@@ -7,8 +7,8 @@
 //! such a wave, counts it by reason in its report, and goes on; a flood of
 //! them costs one log line per interval ([`RefusalLog`]), not one per wave.
 //!
-//! Both services use this one file (`aether-service-alpha` includes it with
-//! `#[path]`).
+//! The sample services (`aether-service-alpha` and `aether-service-beta`)
+//! use it for their orders and answers.
 
 use std::{
     collections::BTreeMap,

@@ -1,5 +1,5 @@
 //! Faults the sample flow can be asked to make, for the physics engine to
-//! find: shared by `aether-service-alpha` (the same source file) and beta.
+//! find: used by `aether-service-alpha` and `aether-service-beta`.
 //!
 //! Each fault touches a share of the orders, spread evenly: with a share of
 //! 0.05, one order in twenty, always the same ones for the same count, so a
@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use aether_ops::settings::SettingsError;
+use crate::settings::SettingsError;
 
 /// The share every fault takes with `--faults`: one order in twenty.
 pub const DEMO_SHARE: f64 = 0.05;
