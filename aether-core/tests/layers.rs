@@ -140,3 +140,133 @@ fn the_check_sees_an_upward_use() {
     assert_eq!(layer("hopping::receiver"), Some(6));
     assert!(layer("aether").unwrap() > layer("wave::wire").unwrap());
 }
+
+/// No crate compiles another's source file (`#[path = "../../other/…"]`):
+/// code two crates share lives in a crate both depend on.
+#[test]
+fn no_crate_compiles_another_crates_files() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut found = Vec::new();
+    let mut files = 0;
+    for dir in [
+        "aether-core",
+        "aether-gateway",
+        "aether-service-alpha",
+        "aether-service-beta",
+    ] {
+        for file in rust_files(&root.join(dir)) {
+            files += 1;
+            let text = std::fs::read_to_string(&file).unwrap();
+            for line in text.lines() {
+                let Some(rest) = line.trim().strip_prefix("#[path = \"") else {
+                    continue;
+                };
+                let target = file.parent().unwrap().join(rest.split('"').next().unwrap());
+                let (Ok(target), Ok(from)) = (target.canonicalize(), file.canonicalize()) else {
+                    continue;
+                };
+                if crate_of(&target) != crate_of(&from) {
+                    found.push(format!("{}: {}", file.display(), line.trim()));
+                }
+            }
+        }
+    }
+    assert!(files > 100, "the check read the sources ({files} files)");
+    assert!(
+        found.is_empty(),
+        "files of another crate:\n{}",
+        found.join("\n")
+    );
+}
+
+/// Every `.rs` file below `dir`, build output left out.
+fn rust_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if path.is_dir() && name != "target" && name != "node_modules" {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// The directory of the crate a file belongs to: its nearest ancestor
+/// holding a `Cargo.toml`.
+fn crate_of(file: &Path) -> Option<&Path> {
+    file.ancestors()
+        .skip(1)
+        .find(|dir| dir.join("Cargo.toml").is_file())
+}
+
+/// Every source file of every crate is on a map: ARCHITECTURE.md names it
+/// (`hub.rs`, `keeper/`), or its crate's root documentation does (its
+/// module table: [`stem`], or the file's name), so that a maintainer finds
+/// each file from one of them.
+#[test]
+fn every_source_file_is_on_a_map() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let architecture = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let crates = [
+        "aether-core/src",
+        "aether-core/ops/src",
+        "aether-core/journal/src",
+        "aether-core/testkit/src",
+        "aether-core/cli/src",
+        "aether-core/python/src",
+        "aether-core/peers/src",
+        "aether-gateway/src",
+        "aether-service-alpha/src",
+        "aether-service-beta/src",
+    ];
+    let mut unmapped = Vec::new();
+    let mut files = 0;
+    for src in crates {
+        let src = root.join(src);
+        let crate_root = ["lib.rs", "main.rs"]
+            .iter()
+            .map(|name| src.join(name))
+            .find(|path| path.is_file())
+            .unwrap();
+        let docs: String = std::fs::read_to_string(&crate_root)
+            .unwrap()
+            .lines()
+            .filter(|line| line.starts_with("//!"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for file in rust_files(&src) {
+            files += 1;
+            let name = file.file_name().unwrap().to_str().unwrap();
+            if name == "lib.rs" || name == "main.rs" {
+                continue;
+            }
+            let stem = if name == "mod.rs" {
+                file.parent()
+                    .unwrap()
+                    .file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+            } else {
+                name.trim_end_matches(".rs")
+            };
+            let named = |text: &str| {
+                text.contains(&format!("{stem}.rs"))
+                    || text.contains(&format!("{stem}/"))
+                    || text.contains(&format!("`{stem}`"))
+            };
+            if !named(&architecture) && !named(&docs) {
+                unmapped.push(file.strip_prefix(&root).unwrap().display().to_string());
+            }
+        }
+    }
+    assert!(files > 150, "the check read the sources ({files} files)");
+    assert!(
+        unmapped.is_empty(),
+        "files on no map (name each in ARCHITECTURE.md or its crate's module table):\n{}",
+        unmapped.join("\n")
+    );
+}
