@@ -63,18 +63,7 @@ impl GatewayBuilder {
     pub async fn start(self, aether: &Aether, shutdown: Shutdown) -> Result<Gateway, GatewayError> {
         let config = self.config;
         validate_section("gateway", &config)?;
-        let hops = if config.hopping.is_empty() {
-            None
-        } else {
-            let hopping = &aether.config().hopping;
-            let key = HopKey::new(hopping.secret.as_ref());
-            Some(HopAttribution::new(
-                &key,
-                &config.hopping,
-                hopping.hop_interval_ms,
-                config.family_depth,
-            )?)
-        };
+        let hops = hop_attribution(aether, &config)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -115,47 +104,13 @@ impl GatewayBuilder {
         // The journal: repaired and read before the observer counts, so
         // the counters resume where the previous run left them.
         let (journal, restored, writer) = if config.journal.enabled {
-            let journal_config = config.journal.clone();
-            let restored = tokio::task::spawn_blocking(move || restore(&journal_config))
-                .await
-                .map_err(|e| GatewayError::Task(e.to_string()))??;
-            let journal_metrics = JournalMetrics::new(metrics.registry())?;
-            journal_metrics
-                .repaired_bytes
-                .inc_by(restored.recovery.truncated_bytes);
-            let (sender, receiver) = std::sync::mpsc::sync_channel(config.journal.queue_capacity);
-            let link = JournalLink {
-                sender,
-                aether: aether.clone(),
-                patterns: config.journal.patterns(),
-                metrics: journal_metrics.clone(),
-                snapshot_interval: Duration::from_millis(config.journal.snapshot_interval_ms),
-            };
-            let state = restored.state;
-            let tail = restored.tail;
-            let file = restored.journal;
-            let recovery = restored.recovery;
-            let writer = std::thread::Builder::new()
-                .name("aether-journal".into())
-                .spawn(move || run_writer(file, receiver, journal_metrics))
-                .map_err(|e| GatewayError::Task(e.to_string()))?;
-            (Some(link), Some((state, tail, recovery)), Some(writer))
+            let (link, restored, writer) = open_journal(aether, &config, &metrics).await?;
+            (Some(link), Some(restored), Some(writer))
         } else {
             (None, None, None)
         };
 
-        // The gateway's own stop: triggered by the program's shutdown, by
-        // `stop`, or on drop, without triggering the program's.
-        let stop = Shutdown::new();
-        {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = shutdown.wait() => stop.trigger(),
-                    () = stop.wait() => {}
-                }
-            });
-        }
+        let stop = own_stop(shutdown);
         let medium = match aether.connection().state {
             ConnectionState::Embedded => "embedded",
             _ => "nats",
@@ -184,10 +139,9 @@ impl GatewayBuilder {
             .map_limits(config.max_maps_per_instance, config.max_map_series),
         });
         let mut observer = observer;
-        let recovery = restored.map(|(state, tail, recovery)| {
+        if let Some((state, tail)) = restored {
             observer.restore(&state, &tail);
-            recovery
-        });
+        }
         let observer = tokio::spawn(observer.run(stop.clone()));
         let tls = match (&config.tls.cert, &config.tls.key) {
             (Some(cert), Some(key)) => {
@@ -199,48 +153,10 @@ impl GatewayBuilder {
             crate::bridge::Bridge::start(aether, &config.bridge, metrics.registry(), stop.clone())
                 .await?;
         if !aether.config().state.keeper.maps.is_empty() {
-            let keeper_metrics = crate::keeping::KeeperMetrics::new(metrics.registry())?;
-            let keeper = aether_core::state::Keeper::start(aether, "gateway")
-                .await
-                .map_err(|e| GatewayError::Keeper(e.to_string()))?;
-            tracing::info!(maps = ?keeper.maps(), "keeping maps for the bus");
-            tokio::spawn(keeper_metrics.run(keeper, stop.clone()));
+            start_keeper(aether, &metrics, &stop).await?;
         }
         if let Some(bridge) = &bridge {
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            for (page, what) in [
-                ("board", "collaborative board"),
-                ("kanban", "kanban board"),
-                ("notebook", "notebook"),
-            ] {
-                if !config.bridge.maps.iter().any(|m| m == page) {
-                    continue;
-                }
-                if config.bridge.token.is_none() {
-                    tracing::info!(
-                        "{what}: {scheme}://{addr}/{page}#token={} (a random bridge token; set [gateway.bridge] token to choose one)",
-                        bridge.token()
-                    );
-                } else {
-                    tracing::info!("{what}: {scheme}://{addr}/{page}#token=<your bridge token>");
-                }
-            }
-            // Every other bridged map, on the page that shows any map.
-            for map in &config.bridge.maps {
-                if ["board", "kanban", "notebook"].contains(&map.as_str()) {
-                    continue;
-                }
-                if config.bridge.token.is_none() {
-                    tracing::info!(
-                        "map {map}: {scheme}://{addr}/map#token={}&map={map} (a random bridge token; set [gateway.bridge] token to choose one)",
-                        bridge.token()
-                    );
-                } else {
-                    tracing::info!(
-                        "map {map}: {scheme}://{addr}/map#token=<your bridge token>&map={map}"
-                    );
-                }
-            }
+            say_bridged_pages(&config, bridge, tls.is_some(), addr);
         }
         let app = router(AppState {
             metrics: metrics.clone(),
@@ -284,8 +200,132 @@ impl GatewayBuilder {
             limits,
             tasks: Some((observer, server)),
             writer,
-            recovery,
         })
+    }
+}
+
+/// The hopping families the gateway attributes hops to, when it names any.
+fn hop_attribution(
+    aether: &Aether,
+    config: &GatewayConfig,
+) -> Result<Option<HopAttribution>, GatewayError> {
+    if config.hopping.is_empty() {
+        return Ok(None);
+    }
+    let hopping = &aether.config().hopping;
+    let key = HopKey::new(hopping.secret.as_ref());
+    Ok(Some(HopAttribution::new(
+        &key,
+        &config.hopping,
+        hopping.hop_interval_ms,
+        config.family_depth,
+    )?))
+}
+
+/// What the journal holds: the counters' state and the waves after its
+/// snapshot.
+type RestoredState = (crate::journal::JournalState, Vec<aether_core::Wave>);
+
+/// Opens the journal (repaired and read), and starts its writer thread:
+/// the link the observer journals through, what it restored, the writer.
+async fn open_journal(
+    aether: &Aether,
+    config: &GatewayConfig,
+    metrics: &Metrics,
+) -> Result<(JournalLink, RestoredState, std::thread::JoinHandle<()>), GatewayError> {
+    let journal_config = config.journal.clone();
+    let restored = tokio::task::spawn_blocking(move || restore(&journal_config))
+        .await
+        .map_err(|e| GatewayError::Task(e.to_string()))??;
+    let journal_metrics = JournalMetrics::new(metrics.registry())?;
+    journal_metrics
+        .repaired_bytes
+        .inc_by(restored.recovery.truncated_bytes);
+    let (sender, receiver) = std::sync::mpsc::sync_channel(config.journal.queue_capacity);
+    let link = JournalLink {
+        sender,
+        aether: aether.clone(),
+        patterns: config.journal.patterns(),
+        metrics: journal_metrics.clone(),
+        snapshot_interval: Duration::from_millis(config.journal.snapshot_interval_ms),
+    };
+    let file = restored.journal;
+    let writer = std::thread::Builder::new()
+        .name("aether-journal".into())
+        .spawn(move || run_writer(file, receiver, journal_metrics))
+        .map_err(|e| GatewayError::Task(e.to_string()))?;
+    Ok((link, (restored.state, restored.tail), writer))
+}
+
+/// The gateway's own stop: triggered by the program's `shutdown`, by
+/// [`Gateway::stop`], or on drop, without triggering the program's.
+fn own_stop(shutdown: Shutdown) -> Shutdown {
+    let stop = Shutdown::new();
+    let own = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = shutdown.wait() => own.trigger(),
+            () = own.wait() => {}
+        }
+    });
+    stop
+}
+
+/// Keeps the maps `[aether.state.keeper] maps` names, exported on the
+/// gateway's metrics, until `stop`.
+async fn start_keeper(
+    aether: &Aether,
+    metrics: &Metrics,
+    stop: &Shutdown,
+) -> Result<(), GatewayError> {
+    let keeper_metrics = crate::keeping::KeeperMetrics::new(metrics.registry())?;
+    let keeper = aether_core::state::Keeper::start(aether, "gateway")
+        .await
+        .map_err(|e| GatewayError::Keeper(e.to_string()))?;
+    tracing::info!(maps = ?keeper.maps(), "keeping maps for the bus");
+    tokio::spawn(keeper_metrics.run(keeper, stop.clone()));
+    Ok(())
+}
+
+/// Logs where each bridged map's page is served, with the bridge's token
+/// when it was made at random.
+fn say_bridged_pages(
+    config: &GatewayConfig,
+    bridge: &crate::bridge::Bridge,
+    tls: bool,
+    addr: SocketAddr,
+) {
+    let scheme = if tls { "https" } else { "http" };
+    for (page, what) in [
+        ("board", "collaborative board"),
+        ("kanban", "kanban board"),
+        ("notebook", "notebook"),
+    ] {
+        if !config.bridge.maps.iter().any(|m| m == page) {
+            continue;
+        }
+        if config.bridge.token.is_none() {
+            tracing::info!(
+                "{what}: {scheme}://{addr}/{page}#token={} (a random bridge token; set [gateway.bridge] token to choose one)",
+                bridge.token()
+            );
+        } else {
+            tracing::info!("{what}: {scheme}://{addr}/{page}#token=<your bridge token>");
+        }
+    }
+    // Every other bridged map, on the page that shows any map.
+    for map in &config.bridge.maps {
+        if ["board", "kanban", "notebook"].contains(&map.as_str()) {
+            continue;
+        }
+        if config.bridge.token.is_none() {
+            tracing::info!(
+                "map {map}: {scheme}://{addr}/map#token={}&map={map} (a random bridge token; set [gateway.bridge] token to choose one)",
+                bridge.token()
+            );
+        } else {
+            tracing::info!("map {map}: {scheme}://{addr}/map#token=<your bridge token>&map={map}");
+        }
     }
 }
 
@@ -344,7 +384,6 @@ pub struct Gateway {
     tasks: Option<(JoinHandle<()>, JoinHandle<std::io::Result<()>>)>,
     /// The journal's writer thread, when it journals.
     writer: Option<std::thread::JoinHandle<()>>,
-    recovery: Option<aether_journal::Recovery>,
 }
 
 impl Gateway {
@@ -391,11 +430,6 @@ impl Gateway {
     /// The latest snapshot for the dashboard: what `/snapshot` says.
     pub fn snapshot(&self) -> Snapshot {
         self.snapshots.borrow().snapshot.clone()
-    }
-
-    /// What opening its journal found and repaired, when it journals.
-    pub fn journal_recovery(&self) -> Option<&aether_journal::Recovery> {
-        self.recovery.as_ref()
     }
 
     /// Changes the resource limits it checks (after a settings reload).
