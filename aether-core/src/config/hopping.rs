@@ -1,7 +1,5 @@
 //! Settings of frequency hopping.
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, check};
@@ -82,11 +80,6 @@ impl HoppingConfig {
             check_secret(secret)?;
         }
         Ok(())
-    }
-
-    /// [`HoppingConfig::hop_interval_ms`] as a duration.
-    pub fn hop_interval(&self) -> Duration {
-        Duration::from_millis(self.hop_interval_ms)
     }
 }
 

@@ -1,14 +1,14 @@
 //! Settings of the physics engine: windows, tolerances and the caps that
 //! bound its memory.
 
-use std::{f64::consts::FRAC_PI_2, time::Duration};
+use std::f64::consts::FRAC_PI_2;
 
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, check};
 use crate::Channel;
 
-/// Settings of a [`PhysicsEngine`](super::PhysicsEngine). Every field has a
+/// Settings of a [`PhysicsEngine`](crate::PhysicsEngine). Every field has a
 /// default; [`PhysicsConfig::validate`] refuses a value out of range, naming
 /// the key (`physics.<field>`).
 ///
@@ -197,21 +197,6 @@ impl PhysicsConfig {
             )?;
         }
         Ok(())
-    }
-
-    /// [`PhysicsConfig::coherence_window_ms`] as a duration.
-    pub fn coherence_window(&self) -> Duration {
-        Duration::from_millis(self.coherence_window_ms)
-    }
-
-    /// [`PhysicsConfig::standing_window_ms`] as a duration.
-    pub fn standing_window(&self) -> Duration {
-        Duration::from_millis(self.standing_window_ms)
-    }
-
-    /// [`PhysicsConfig::resonance_window_ms`] as a duration.
-    pub fn resonance_window(&self) -> Duration {
-        Duration::from_millis(self.resonance_window_ms)
     }
 }
 

@@ -145,11 +145,6 @@ impl NatsCluster {
         &self.nodes[i]
     }
 
-    /// Node `i`, mutably (for `stop()` and the like). Panics when out of range.
-    pub fn node_mut(&mut self, i: usize) -> &mut NatsServer {
-        &mut self.nodes[i]
-    }
-
     /// Kills node `i` with SIGKILL.
     pub async fn kill(&mut self, i: usize) -> Result<(), Error> {
         self.nodes[i].kill().await

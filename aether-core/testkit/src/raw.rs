@@ -209,11 +209,6 @@ impl RawNats {
         &self.info
     }
 
-    /// Writes raw protocol bytes as they are (for malformed-input tests).
-    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.write(bytes).await
-    }
-
     async fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
         self.writer
             .write_all(bytes)
@@ -238,12 +233,6 @@ impl RawNats {
     /// Sends `UNSUB <sid>`.
     pub async fn unsubscribe(&mut self, sid: u64) -> Result<(), Error> {
         self.write(format!("UNSUB {sid}\r\n").as_bytes()).await
-    }
-
-    /// Sends `UNSUB <sid> <max>`: the subscription ends after `max` messages in total.
-    pub async fn unsubscribe_after(&mut self, sid: u64, max: u64) -> Result<(), Error> {
-        self.write(format!("UNSUB {sid} {max}\r\n").as_bytes())
-            .await
     }
 
     /// Sends `PUB <subject> [reply] <#bytes>\r\n<payload>\r\n`.

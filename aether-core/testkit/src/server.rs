@@ -462,20 +462,9 @@ impl NatsServer {
         self.cluster_port
     }
 
-    /// The route address `127.0.0.1:CLUSTER_PORT`, when clustered.
-    pub fn cluster_addr(&self) -> Option<SocketAddr> {
-        self.cluster_port
-            .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p)))
-    }
-
     /// The configured `server_name` (also in the server's INFO).
     pub fn server_name(&self) -> &str {
         &self.server_name
-    }
-
-    /// Whether JetStream is enabled.
-    pub fn jetstream_enabled(&self) -> bool {
-        self.jetstream
     }
 
     /// The JetStream store directory, when JetStream is enabled.
