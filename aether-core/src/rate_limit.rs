@@ -2,7 +2,7 @@
 //! bucket without a timer task).
 //!
 //! A vibrator with a [`RateLimit`] refuses an emit over its limit with
-//! [`EmitErrorKind::RateLimited`](crate::EmitErrorKind::RateLimited) at
+//! [`EmitErrorKind::RateLimited`] at
 //! once, and nothing is sent: the caller chooses to drop, to wait (the
 //! error says how long) or to retry ([`crate::reliable`] retries it with
 //! backoff). A limit [`RateLimit::waiting_up_to`] a time shapes instead: an

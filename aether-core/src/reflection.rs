@@ -9,7 +9,8 @@
 //! [`Vibrator::reflect`](crate::Vibrator::reflect) (a refusal or a handler
 //! error: a negative acknowledgement). The source receives reflections through
 //! its ordinary [`receive`](crate::Vibrator::receive), and tells them apart
-//! with [`Wave::is_reflected`] and [`Wave::reflection`]. A dead letter and a
+//! with [`Wave::is_reflected`](crate::Wave::is_reflected) and
+//! [`Wave::reflection`](crate::Wave::reflection). A dead letter and a
 //! negative acknowledgement in one.
 //!
 //! ```

@@ -1,6 +1,10 @@
 //! The command line of the `aether-gateway` program (`--help` describes
 //! it), and how it overrides the settings files.
 
+// The doc comments below are the --help text, written for a terminal
+// (`[gateway] medium`, `<process id>`), not rustdoc links and tags.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+
 use std::{net::SocketAddr, path::PathBuf};
 
 use crate::{GatewaySettings, settings::Medium};

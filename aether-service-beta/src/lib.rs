@@ -158,7 +158,9 @@ aether_ops::service_program_settings!(
     own: beta,
 );
 
-/// The command line (`--help` describes it).
+/// The command line (`--help` describes it: its field docs are that text,
+/// `[service] medium` a settings section, not a link).
+#[allow(rustdoc::broken_intra_doc_links)]
 #[derive(Clone, Debug, PartialEq, clap::Parser)]
 #[command(
     name = "aether-service-beta",

@@ -1,5 +1,9 @@
 //! The command line: every command, its options and examples (`--help`).
 
+// The doc comments below are the --help text, written for a terminal
+// (`[aether]`), not rustdoc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::JournalError;
 
 /// When appended records are forced to the disk (`fsync`). Records are
-/// always handed to the operating system by [`Journal::flush`]
+/// always handed to the operating system by [`Journal::flush`](crate::Journal::flush)
 /// (crate::Journal::flush), so a process that dies keeps them; the policy
 /// decides what a machine that dies keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,7 +15,7 @@ pub enum FsyncPolicy {
     Always,
     /// When `interval` has passed since the last fsync, or `records`
     /// records were appended since (0: no count), at the next
-    /// [`Journal::flush`](crate::Journal::flush): at most that much is lost.
+    /// [`Journal::flush`](crate::Journal::flush)(crate::Journal::flush): at most that much is lost.
     Every {
         /// Longest time between fsyncs while records are appended.
         interval: Duration,

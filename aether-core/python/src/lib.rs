@@ -4,13 +4,13 @@
 //!
 //! | module | what it binds |
 //! | --- | --- |
-//! | [`bus`] | `connect`: an aether, embedded or over NATS, from arguments and a settings folder; `discover`: a bus on the LAN |
-//! | [`vibrator`] | `Vibrator` and `Wave`: emit, resonate, receive, request, reply |
-//! | [`map`] | `Map` and `NodeState`: replicated maps, their changes and presence |
-//! | [`wait`] | running the core's futures: blocking (the GIL released, Ctrl-C heard) or as asyncio futures |
-//! | [`logs`] | the core's log in Python's `logging` |
-//! | [`value`] | Python values to JSON and back |
-//! | [`errors`] | the exception hierarchy, from the core's error kinds |
+//! | `bus` | `connect`: an aether, embedded or over NATS, from arguments and a settings folder; `discover`: a bus on the LAN |
+//! | `vibrator` | `Vibrator` and `Wave`: emit, resonate, receive, request, reply |
+//! | `map` | `Map` and `NodeState`: replicated maps, their changes and presence |
+//! | `wait` | running the core's futures: blocking (the GIL released, Ctrl-C heard) or as asyncio futures |
+//! | `logs` | the core's log in Python's `logging` |
+//! | `value` | Python values to JSON and back |
+//! | `errors` | the exception hierarchy, from the core's error kinds |
 
 #![forbid(unsafe_code)]
 

@@ -199,7 +199,7 @@ fn usable(ip: &IpAddr) -> bool {
 }
 
 /// This machine's usable addresses (on `interface` only, if named), IPv4
-/// first, at most [`MAX_ADDRESSES`].
+/// first, at most `MAX_ADDRESSES`.
 pub fn local_addresses(interface: Option<&str>) -> Vec<IpAddr> {
     let mut found: Vec<IpAddr> = if_addrs::get_if_addrs()
         .unwrap_or_default()

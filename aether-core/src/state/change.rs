@@ -28,7 +28,7 @@ pub struct Change {
 
 impl Change {
     /// The value now, read as JSON of type `T` (`None`: deleted), as
-    /// written by [`StateMap::set_json`]; `Payload`, naming the key, its
+    /// written by [`StateMap::set_json`](super::StateMap::set_json); `Payload`, naming the key, its
     /// writer and the type, if it is not a `T`.
     ///
     /// ```

@@ -38,7 +38,7 @@ kinds! {
         /// raise the setting on every replica.
         Full = "full" => "map full",
         /// No replica (or not as many as asked, or no keeper) acknowledged
-        /// the writes of a [`StateMap::flush`] in time.
+        /// the writes of a [`StateMap::flush`](crate::state::StateMap::flush) in time.
         NotHeld = "not_held" => "not acknowledged",
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! A [`Stamp`] is `(physical ns, logical counter, node id)`, compared in
 //! that order: a strict total order, since no two replicas share a node id
-//! and one replica never stamps twice alike. A [`Clock`] never goes back
+//! and one replica never stamps twice alike. A `Clock` never goes back
 //! (a wall clock that jumps back leaves it where it was and counts on with
 //! the logical counter), and moves past every stamp it observes, so a write
 //! made after seeing another is stamped above it.
