@@ -12,6 +12,11 @@
 // value renders from the offline cache at once, re-renders on every change
 // of the key (this page's, another page's, a service's), and a write is
 // local first, as the client's are.
+//
+// On a server (renderToString, Next.js, Remix) the hooks make no client,
+// open no connection and touch no storage: they render the fallback (an
+// empty list, no pending writes, `connecting`). A page that hydrates that
+// HTML renders the same first, then its cache and the bridge take over.
 
 import { useCallback, useEffect, useRef, useSyncExternalStore } from "react";
 import { Aether } from "./aether.js";
@@ -36,14 +41,32 @@ export function sharedClient(url, options) {
   return client;
 }
 
+/**
+ * The client of `options`, made when first asked for (never during a
+ * server render: React asks for snapshots there through the hooks' server
+ * snapshot alone), and the key that names it, for React's dependencies.
+ */
 function clientOf(options) {
   if (options == null || typeof options !== "object") {
     throw new TypeError("useAether needs options: { url, token } or { client }");
   }
-  if (options.client) return options.client;
+  if (options.client) {
+    const client = options.client;
+    return [() => client, client];
+  }
   const { url, onSupersede: _superseded, onRefused: _refused, client: _none, ...rest } = options;
-  return sharedClient(url, rest);
+  if (typeof url !== "string" || url.length === 0) {
+    throw new TypeError("useAether needs options.url, the bridge's ws:// or wss:// address, or options.client");
+  }
+  return [() => sharedClient(url, rest), url + "\u0000" + (rest.token ?? "")];
 }
+
+/** What a server renders, and a page's hydrating render with it. */
+const NOTHING = () => undefined;
+const NO_ITEMS = Object.freeze([]);
+const noItems = () => NO_ITEMS;
+const noWrites = () => 0;
+const connecting = () => "connecting";
 
 /**
  * `[value, set]` for `key`, as `useState` gives: `value` is the key's
@@ -55,12 +78,13 @@ function clientOf(options) {
  * what the gateway holds, or the fallback).
  */
 export function useAether(key, fallback, options) {
-  const client = clientOf(options);
+  const [clientNow, slot] = clientOf(options);
   // One snapshot per stamp of the key: the same object between changes,
   // as useSyncExternalStore needs.
   const seen = useRef(null);
-  const subscribe = useCallback((changed) => client.on(key, () => changed()), [client, key]);
+  const subscribe = useCallback((changed) => clientNow().on(key, () => changed()), [slot, key]);
   const snapshot = () => {
+    const client = clientNow();
     const stamp = client.stampOf(key);
     const last = seen.current;
     if (!last || last.client !== client || last.key !== key || last.stamp !== stamp) {
@@ -68,11 +92,12 @@ export function useAether(key, fallback, options) {
     }
     return seen.current.value;
   };
-  const value = useSyncExternalStore(subscribe, snapshot, snapshot);
+  const value = useSyncExternalStore(subscribe, snapshot, NOTHING);
   const fallbackNow = useRef(fallback);
   fallbackNow.current = fallback;
   const set = useCallback(
     (next) => {
+      const client = clientNow();
       const prev = client.has(key) ? client.get(key) : fallbackNow.current;
       const written = typeof next === "function" ? next(prev) : next;
       if (written === undefined) {
@@ -81,11 +106,12 @@ export function useAether(key, fallback, options) {
         client.set(key, written);
       }
     },
-    [client, key],
+    [slot, key],
   );
   const told = useRef(options);
   told.current = options;
   useEffect(() => {
+    const client = clientNow();
     const stops = [
       client.onSupersede((superseded) => {
         if (superseded.key === key) told.current.onSupersede?.(superseded);
@@ -95,7 +121,7 @@ export function useAether(key, fallback, options) {
       }),
     ];
     return () => stops.forEach((stop) => stop());
-  }, [client, key]);
+  }, [slot, key]);
   return [value === undefined ? fallback : value, set];
 }
 
@@ -105,14 +131,15 @@ export function useAether(key, fallback, options) {
  * (`todo/<id>`), which concurrent writers never overwrite whole.
  */
 export function useAetherPrefix(prefix, options) {
-  const client = clientOf(options);
+  const [clientNow, slot] = clientOf(options);
   const seen = useRef(null);
   const subscribe = useCallback(
     (changed) =>
-      client.on(prefix + "*", () => changed()),
-    [client, prefix],
+      clientNow().on(prefix + "*", () => changed()),
+    [slot, prefix],
   );
   const snapshot = () => {
+    const client = clientNow();
     const last = seen.current;
     if (last && last.client === client && last.prefix === prefix && last.changes === client.changes) {
       return last.items;
@@ -130,7 +157,7 @@ export function useAetherPrefix(prefix, options) {
     seen.current = { client, prefix, changes: client.changes, stamps, items };
     return items;
   };
-  return useSyncExternalStore(subscribe, snapshot, snapshot);
+  return useSyncExternalStore(subscribe, snapshot, noItems);
 }
 
 /**
@@ -138,16 +165,16 @@ export function useAetherPrefix(prefix, options) {
  * re-rendered as it changes: an "unsaved changes" mark.
  */
 export function usePendingWrites(options) {
-  const client = clientOf(options);
-  const subscribe = useCallback((changed) => client.onPendingWrites(() => changed()), [client]);
-  const count = () => client.pendingWrites;
-  return useSyncExternalStore(subscribe, count, count);
+  const [clientNow, slot] = clientOf(options);
+  const subscribe = useCallback((changed) => clientNow().onPendingWrites(() => changed()), [slot]);
+  const count = () => clientNow().pendingWrites;
+  return useSyncExternalStore(subscribe, count, noWrites);
 }
 
 /** The connection's status (`connecting`, `live`, `offline`, `unauthorized`, `unknown_map`, `closed`), re-rendered as it changes. */
 export function useAetherStatus(options) {
-  const client = clientOf(options);
-  const subscribe = useCallback((changed) => client.onStatus(() => changed()), [client]);
-  const status = () => client.status;
-  return useSyncExternalStore(subscribe, status, status);
+  const [clientNow, slot] = clientOf(options);
+  const subscribe = useCallback((changed) => clientNow().onStatus(() => changed()), [slot]);
+  const status = () => clientNow().status;
+  return useSyncExternalStore(subscribe, status, connecting);
 }
