@@ -687,6 +687,38 @@ export class Aether {
   }
 
   /**
+   * Writes made before this page first heard the bus's time (a first load,
+   * no cache) were stamped by its machine's clock: those more than
+   * max_drift ahead of the bus's time, not sent yet, are stamped again now
+   * (the gateway would refuse them, and the clock, which never goes back,
+   * would keep every later write there too). Before the snapshot's diff
+   * sends them.
+   */
+  restampAhead() {
+    const clock = this.clock;
+    const limit = clock.wallNs() + BigInt(Math.floor(clock.maxDriftMs * 1000)) * 1000n;
+    if (clock.physical <= limit || this.status === "live") return;
+    clock.physical = clock.wallNs();
+    clock.logical = 0;
+    for (const [key, e] of [...this.entries]) {
+      if (!e.u || !e.s.endsWith(this.replica) || parseStamp(e.s).physical <= limit) continue;
+      const old = e.s;
+      e.s = clock.now();
+      // The cache's item holds the old stamp, later than the new: replaced.
+      this.forget(key);
+      try {
+        this.keep(key, e);
+      } catch {
+        this.markDirty(key);
+      }
+      if (this.unconfirmed.get(key) === old) this.unconfirmed.set(key, e.s);
+      for (const waiter of this.pendingWaiters) {
+        if (waiter.left.get(key) === old) waiter.left.set(key, e.s);
+      }
+    }
+  }
+
+  /**
    * The map's limits as the gateway's `hello` tells them (or the last load
    * cached them): `set` refuses what the gateway would. A limit the app
    * asked for stays when it is the stricter.
@@ -716,8 +748,9 @@ export class Aether {
       case "hello": {
         this.id = message.id;
         this.color = message.color;
-        this.reading(message.now, this.authSentAt);
         this.takeLimits(message.limits);
+        this.reading(message.now, this.authSentAt);
+        this.restampAhead();
         break;
       }
       case "snapshot-part":

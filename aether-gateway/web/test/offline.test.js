@@ -208,3 +208,27 @@ test("stamps far ahead of the bus's time in the map do not carry the page's cloc
   assert.ok(Math.abs(stampedMs - Date.now()) < 1000, `stamped ${stampedMs - Date.now()} ms off the bus's time`);
   page.close();
 });
+
+test("a write made before the page first heard the bus's time is stamped again in it", async () => {
+  // The page's machine two hours fast, no cache: it writes before hello.
+  const bridge = new Bridge();
+  bridge.offsetMs = -2 * 3600 * 1000;
+  const storage = new MemoryStorage();
+  const page = client(bridge, storage);
+  const early = page.set("early", 1);
+  await page.whenLive();
+  const later = page.set("later", 2);
+  await until(() => bridge.entries.has("early") && bridge.entries.has("later"), 2000, "both writes at the gateway");
+  const busMs = Date.now() + bridge.offsetMs;
+  for (const key of ["early", "later"]) {
+    const stampedMs = Number(BigInt("0x" + bridge.entries.get(key).stamp.slice(0, 16)) / 1000000n);
+    assert.ok(Math.abs(stampedMs - busMs) < 1000, `${key} stamped ${stampedMs - busMs} ms off the bus's time`);
+  }
+  assert.notEqual(bridge.entries.get("early").stamp, early, "stamped again");
+  assert.ok(later > bridge.entries.get("early").stamp, "the later write is later");
+  assert.equal(page.pendingWrites, 0);
+  page.close();
+  // The cache holds the new stamp: a reload sends nothing stamped ahead.
+  const cached = JSON.parse(storage.getItem([...storage.items.keys()].find((k) => k.endsWith("\nearly"))));
+  assert.equal(cached[1], bridge.entries.get("early").stamp);
+});
