@@ -604,41 +604,57 @@ async fn emits_a_full_outbox_refuses_are_counted_and_logged() {
     .expect("within 60 s");
 }
 
+/// Alpha with its durable outbox on disk, started while no server answers
+/// on the port it is given (`--count 10`, `--rate` as asked): the port,
+/// the settings folder, and alpha.
+fn alpha_in_an_outage(
+    drain_ms: u64,
+    rate: &str,
+    stderr: std::process::Stdio,
+) -> (u16, tempfile::TempDir, tokio::process::Child) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    write_settings(
+        dir.path(),
+        &format!(
+            "[aether.durability]\nchannels = [\"orders.*\", \"inventory.*\"]\n\
+             outbox_dir = {:?}\n[alpha]\ndrain_ms = {drain_ms}\n",
+            dir.path().join("outbox").display().to_string()
+        ),
+    );
+    let mut alpha = command();
+    alpha.args(["--count", "10", "--rate", rate]);
+    let alpha = process::spawn_on_nats(
+        alpha,
+        dir.path(),
+        &format!("nats://127.0.0.1:{port}"),
+        stderr,
+    );
+    (port, dir, alpha)
+}
+
+/// Waits until the durable outbox in `dir` holds about ten orders.
+async fn until_ten_orders_on_disk(dir: &std::path::Path) {
+    let log_file = dir.join("outbox").join("durable-outbox.log");
+    while std::fs::metadata(&log_file).map_or(0, |m| m.len()) < 10 * 100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A program whose durable outbox is on disk starts during an outage: it
 /// says so, takes its orders into the outbox, and sends them once a server
 /// answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_during_an_outage_with_its_outbox_on_disk() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
-        let outbox = dir.path().join("outbox");
-        write_settings(
-            dir.path(),
-            &format!(
-                "[aether.durability]\nchannels = [\"orders.*\", \"inventory.*\"]\n\
-                 outbox_dir = {:?}\n[alpha]\ndrain_ms = 500\n",
-                outbox.display().to_string()
-            ),
-        );
-        let mut alpha = command();
-        alpha.args(["--count", "10", "--rate", "50"]);
-        let mut alpha = process::spawn_on_nats(
-            alpha,
-            dir.path(),
-            &format!("nats://127.0.0.1:{port}"),
-            std::process::Stdio::piped(),
-        );
+        let (port, dir, mut alpha) = alpha_in_an_outage(500, "50", std::process::Stdio::piped());
         let log = process::collect_log(&mut alpha);
         // Its ten orders wait on disk.
-        let log_file = outbox.join("durable-outbox.log");
-        while std::fs::metadata(&log_file).map_or(0, |m| m.len()) < 10 * 100 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        until_ten_orders_on_disk(dir.path()).await;
         // The server comes: they are stored.
         let _server = NatsServer::builder()
             .port(port)
@@ -676,35 +692,10 @@ async fn starts_during_an_outage_with_its_outbox_on_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ends_during_an_outage_with_its_orders_kept_on_disk() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
-        let outbox = dir.path().join("outbox");
-        write_settings(
-            dir.path(),
-            &format!(
-                "[aether.durability]\nchannels = [\"orders.*\", \"inventory.*\"]\n\
-                 outbox_dir = {:?}\n[alpha]\ndrain_ms = 200\n",
-                outbox.display().to_string()
-            ),
-        );
-        let mut alpha = command();
-        alpha.args(["--count", "10", "--rate", "100"]);
-        let mut alpha = process::spawn_on_nats(
-            alpha,
-            dir.path(),
-            &format!("nats://127.0.0.1:{port}"),
-            std::process::Stdio::null(),
-        );
-        // Its ten orders wait on disk; it waits for them to leave until
-        // it is stopped.
-        let log_file = outbox.join("durable-outbox.log");
-        while std::fs::metadata(&log_file).map_or(0, |m| m.len()) < 10 * 100 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let (_port, dir, mut alpha) = alpha_in_an_outage(200, "100", std::process::Stdio::null());
+        // Its orders wait on disk; it waits for them to leave until it is
+        // stopped.
+        until_ten_orders_on_disk(dir.path()).await;
         let stdout = process::terminate_with_stdout(&mut alpha).await;
         let created: u64 = stdout
             .split("created ")
