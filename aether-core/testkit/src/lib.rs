@@ -107,10 +107,17 @@ pub fn program(path: &str) -> tokio::process::Command {
 /// For tests that run programs of other packages of the workspace: cargo builds only the
 /// calling package's binaries for its tests. Blocking: call it from `spawn_blocking` in async
 /// tests. When the binary is up to date, this is a quick no-op build.
+///
+/// With `AETHER_TEST_PROGRAMS_BUILT` set (`.ci/test`, whose run builds every binary of the
+/// workspace first), a binary already there is taken as it is: a build of one package, with
+/// its own features, in the middle of a run would make the run's later steps build again.
 pub fn workspace_program(test_exe: &str, package: &str, bin: &str) -> std::path::PathBuf {
     let dir = std::path::Path::new(test_exe)
         .parent()
         .expect("a binary lives in a directory");
+    if std::env::var_os("AETHER_TEST_PROGRAMS_BUILT").is_some() && dir.join(bin).is_file() {
+        return dir.join(bin);
+    }
     let mut build = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
     build.args(["build", "--quiet", "--offline", "-p", package, "--bin", bin]);
     build
