@@ -217,9 +217,8 @@ fn three_hosts_form_one_bus_and_a_fourth_with_another_secret_is_kept_out() {
             .unwrap_or_else(|| panic!("host 2 did not hear {key}"));
         let at = watchers[1].read_at[watchers[1].seen.iter().rposition(|l| *l == line).unwrap()];
         let change: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let stamp = change["stamp"].as_str().unwrap();
-        let wall: f64 = stamp.split('+').next().unwrap().parse().unwrap();
-        let written = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(wall);
+        let stamp: aether_core::state::Stamp = change["stamp"].as_str().unwrap().parse().unwrap();
+        let written = SystemTime::UNIX_EPOCH + stamp.time();
         latencies.push(at.duration_since(written).unwrap_or_default());
     }
     latencies.sort();

@@ -27,17 +27,69 @@ impl Stamp {
     }
 }
 
+/// A stamp's text, the one every side writes and reads (the CLI, Python,
+/// the bridge and its pages): `<physical>-<logical>-<node>`, fixed-width
+/// lower case hex (16, 8 and 16 digits), so that texts sort as their stamps
+/// do. The node is never zero.
 impl fmt::Display for Stamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}.{:09}+{}@{:016x}",
-            self.physical_ns / 1_000_000_000,
-            self.physical_ns % 1_000_000_000,
-            self.logical,
-            self.node
+            "{:016x}-{:08x}-{:016x}",
+            self.physical_ns, self.logical, self.node
         )
     }
+}
+
+/// A text that is not a stamp as [`Stamp`]'s `Display` writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotAStamp;
+
+impl fmt::Display for NotAStamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "not a stamp: <16 hex physical ns>-<8 hex logical>-<16 hex node>, lower case, node not zero",
+        )
+    }
+}
+
+impl std::error::Error for NotAStamp {}
+
+impl std::str::FromStr for Stamp {
+    type Err = NotAStamp;
+
+    /// Exactly the text `Display` writes: nothing else is taken.
+    fn from_str(text: &str) -> Result<Self, NotAStamp> {
+        let b = text.as_bytes();
+        if b.len() != 42 || !text.is_ascii() || b[16] != b'-' || b[25] != b'-' {
+            return Err(NotAStamp);
+        }
+        Ok(Stamp {
+            physical_ns: hex(&text[..16]).ok_or(NotAStamp)?,
+            logical: u32::try_from(hex(&text[17..25]).ok_or(NotAStamp)?).map_err(|_| NotAStamp)?,
+            node: parse_node(&text[26..]).ok_or(NotAStamp)?,
+        })
+    }
+}
+
+/// A node (replica) id as stamps write it: 16 lower case hex digits, not
+/// all zero.
+pub fn parse_node(text: &str) -> Option<u64> {
+    if text.len() != 16 {
+        return None;
+    }
+    hex(text).filter(|&id| id != 0)
+}
+
+fn hex(text: &str) -> Option<u64> {
+    if text.is_empty()
+        || !text
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    {
+        return None;
+    }
+    u64::from_str_radix(text, 16).ok()
 }
 
 /// Why a stamp from elsewhere was not taken.
@@ -143,7 +195,7 @@ impl Clock {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use proptest::prelude::*;
@@ -182,6 +234,26 @@ mod tests {
             }
         }
 
+        /// A stamp survives its text, and the texts sort as the stamps do.
+        #[test]
+        fn stamp_text_round_trips_and_sorts_as_stamps(
+            a in (any::<u64>(), any::<u32>(), 1u64..),
+            b in (any::<u64>(), any::<u32>(), 1u64..),
+        ) {
+            let x = Stamp { physical_ns: a.0, logical: a.1, node: a.2 };
+            let y = Stamp { physical_ns: b.0, logical: b.1, node: b.2 };
+            prop_assert_eq!(x.to_string().parse::<Stamp>(), Ok(x));
+            prop_assert_eq!(x.to_string().cmp(&y.to_string()), x.cmp(&y));
+        }
+
+        /// Any other text is refused, never mistaken for a stamp.
+        #[test]
+        fn other_texts_are_no_stamps(text in ".{0,50}") {
+            if let Ok(stamp) = text.parse::<Stamp>() {
+                prop_assert_eq!(stamp.to_string(), text);
+            }
+        }
+
         /// Stamps of different nodes never compare equal.
         #[test]
         fn stamps_are_a_strict_total_order(a in any::<(u64, u32)>(), b in any::<(u64, u32)>(), na in 1u64..1000, nb in 1000u64..2000) {
@@ -190,6 +262,38 @@ mod tests {
             prop_assert_ne!(x, y);
             prop_assert!((x < y) ^ (y < x));
         }
+    }
+
+    /// The examples every side tests itself against (`stamps.json`, read
+    /// by the browser client's tests too).
+    pub(crate) fn vectors() -> serde_json::Value {
+        serde_json::from_str(include_str!("stamps.json")).expect("stamps.json is JSON")
+    }
+
+    #[test]
+    fn stamp_texts_are_as_the_shared_examples_say() {
+        let vectors = vectors();
+        for case in vectors["texts"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let stamp = Stamp {
+                physical_ns: case["physical_ns"].as_str().unwrap().parse().unwrap(),
+                logical: u32::try_from(case["logical"].as_u64().unwrap()).unwrap(),
+                node: parse_node(case["node"].as_str().unwrap()).unwrap(),
+            };
+            assert_eq!(stamp.to_string(), text);
+            assert_eq!(text.parse::<Stamp>(), Ok(stamp));
+        }
+        for text in vectors["not_stamps"].as_array().unwrap() {
+            let text = text.as_str().unwrap();
+            assert_eq!(text.parse::<Stamp>(), Err(NotAStamp), "{text:?}");
+        }
+        let ascending: Vec<Stamp> = vectors["ascending"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().parse().unwrap())
+            .collect();
+        assert!(ascending.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

@@ -423,6 +423,32 @@ mod tests {
         }
     }
 
+    /// The merge rule as the shared examples (`stamps.json`) say it, which
+    /// the browser client's tests hold it to too: equal stamps settle on the
+    /// greater value as bytes, a delete below any value.
+    #[test]
+    fn merges_are_as_the_shared_examples_say() {
+        let vectors = crate::state::hlc::tests::vectors();
+        let side = |e: &serde_json::Value| Entry {
+            stamp: e["stamp"].as_str().unwrap().parse().unwrap(),
+            value: e["value"]
+                .as_str()
+                .map(|v| Bytes::copy_from_slice(v.as_bytes())),
+            writer: SmolStr::new("w"),
+        };
+        for case in vectors["merges"].as_array().unwrap() {
+            let (held, incoming) = (side(&case["held"]), side(&case["incoming"]));
+            let wins = case["incoming_wins"].as_bool().unwrap();
+            assert_eq!(incoming.beats(&held), wins, "{case}");
+            let mut store = Store::default();
+            assert!(matches!(store.merge("k", held.clone()), Merged::Applied(_)));
+            let merged = store.merge("k", incoming.clone());
+            assert_eq!(matches!(merged, Merged::Applied(_)), wins, "{case}");
+            let kept = if wins { &incoming } else { &held };
+            assert_eq!(store.entry("k").map(|e| &e.value), Some(&kept.value));
+        }
+    }
+
     /// A write: a key among a few, a stamp, a value or a delete.
     fn arb_write() -> impl Strategy<Value = (String, Entry)> {
         (

@@ -67,7 +67,7 @@ impl Prevs {
         self.by_stamp
             .get(&stamp)
             .filter(|(written, _)| written == key)
-            .map(|(_, prev)| prev.map(stamp_text))
+            .map(|(_, prev)| prev.map(|p| p.to_string()))
     }
 }
 
@@ -127,7 +127,7 @@ impl Hub {
         let mut entries = BTreeMap::new();
         let mut size = 0;
         for (entry, value) in all.iter().zip(&values) {
-            let stamp = stamp_text(entry.stamp);
+            let stamp = entry.stamp.to_string();
             let out = match (&entry.value, value) {
                 (None, _) => EntryOut::Deleted {
                     deleted: true,

@@ -70,9 +70,7 @@ mod metrics;
 use self::hub::{Cursor, Hub, Prevs};
 pub(crate) use self::metrics::BridgeMetrics;
 pub use self::metrics::{REFUSALS, WRITE_OUTCOMES, outcome_of};
-use self::protocol::{
-    EntryOut, Inbound, Outbound, bus_now, parse_replica, parse_stamp, stamp_text,
-};
+use self::protocol::{EntryOut, Inbound, Outbound, bus_now, parse_replica, parse_stamp};
 use crate::settings::BridgeConfig;
 
 /// Close codes (RFC 6455 and IANA's registry).
@@ -794,7 +792,7 @@ impl Connection {
     }
 
     async fn send_stamped(&mut self, entry: &Stamped) -> Result<(), End> {
-        let stamp = stamp_text(entry.stamp);
+        let stamp = entry.stamp.to_string();
         let prev = self.hub.lock_prevs().of(&entry.key, entry.stamp);
         let text = match &entry.value {
             None => Outbound::Delete {

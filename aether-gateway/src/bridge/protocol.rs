@@ -2,9 +2,8 @@
 //! README's "Browser bridge protocol" block lists them (a test holds the
 //! running server to that block).
 //!
-//! A stamp travels as text that sorts as the stamp does:
-//! `<16 hex: physical ns>-<8 hex: logical>-<16 hex: replica>`, lower case,
-//! so a browser compares two stamps with `<`.
+//! A stamp travels as its text ([`Stamp`]'s `Display`), which sorts as the
+//! stamp does, so a browser compares two stamps with `<`.
 
 use aether_core::state::Stamp;
 use std::borrow::Cow;
@@ -249,84 +248,30 @@ pub(crate) struct Limits {
     pub(crate) max_drift_ms: u64,
 }
 
-/// A stamp as text: `<physical>-<logical>-<replica>`, fixed-width lower
-/// case hex.
-pub(crate) fn stamp_text(stamp: Stamp) -> String {
-    format!(
-        "{:016x}-{:08x}-{:016x}",
-        stamp.physical_ns, stamp.logical, stamp.node
-    )
-}
-
 /// The bus's time now, as a stamp's text (what `hello` and `synced` tell
 /// the page, which measures its offset from it).
 pub(crate) fn bus_now() -> String {
-    stamp_text(Stamp {
+    Stamp {
         physical_ns: aether_core::state::hlc::wall_ns(),
         logical: 0,
         node: 1,
-    })
+    }
+    .to_string()
 }
 
-/// A stamp from its text, exactly as [`stamp_text`] writes it.
+/// A stamp from its text, exactly as [`Stamp`]'s `Display` writes it.
 pub(crate) fn parse_stamp(text: &str) -> Option<Stamp> {
-    let b = text.as_bytes();
-    if b.len() != 42 || b[16] != b'-' || b[25] != b'-' {
-        return None;
-    }
-    Some(Stamp {
-        physical_ns: hex(&text[..16])?,
-        logical: u32::try_from(hex(&text[17..25])?).ok()?,
-        node: parse_replica(&text[26..])?,
-    })
+    text.parse().ok()
 }
 
 /// A replica id: 16 lower case hex digits, not all zero.
 pub(crate) fn parse_replica(text: &str) -> Option<u64> {
-    if text.len() != 16 {
-        return None;
-    }
-    hex(text).filter(|&id| id != 0)
-}
-
-fn hex(text: &str) -> Option<u64> {
-    if text.is_empty()
-        || !text
-            .bytes()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
-    {
-        return None;
-    }
-    u64::from_str_radix(text, 16).ok()
+    aether_core::state::hlc::parse_node(text)
 }
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
-
     use super::*;
-
-    proptest! {
-        /// A stamp survives its text, and the texts sort as the stamps do.
-        #[test]
-        fn stamp_text_round_trips_and_sorts_as_stamps(
-            a in (any::<u64>(), any::<u32>(), 1u64..),
-            b in (any::<u64>(), any::<u32>(), 1u64..),
-        ) {
-            let x = Stamp { physical_ns: a.0, logical: a.1, node: a.2 };
-            let y = Stamp { physical_ns: b.0, logical: b.1, node: b.2 };
-            prop_assert_eq!(parse_stamp(&stamp_text(x)), Some(x));
-            prop_assert_eq!(stamp_text(x).cmp(&stamp_text(y)), x.cmp(&y));
-        }
-
-        /// Any other text is refused, never mistaken for a stamp.
-        #[test]
-        fn other_texts_are_no_stamps(text in ".{0,50}") {
-            if let Some(stamp) = parse_stamp(&text) {
-                prop_assert_eq!(stamp_text(stamp), text);
-            }
-        }
-    }
 
     #[test]
     fn messages_are_strict() {
