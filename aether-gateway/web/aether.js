@@ -76,14 +76,15 @@ function fingerprint(text) {
   return (4294967296 * (2097151 & h2) + (h1 >>> 0)).toString(16);
 }
 
-/** A stamp as the bridge writes it: texts sort as stamps do. */
+/** A stamp's text, as every replica writes it (`stamps.json`): texts sort as stamps do. */
 function stampText(physical, logical, replica) {
   return physical.toString(16).padStart(16, "0") + "-" +
     logical.toString(16).padStart(8, "0") + "-" + replica;
 }
 
 function isStamp(text) {
-  return typeof text === "string" && /^[0-9a-f]{16}-[0-9a-f]{8}-[0-9a-f]{16}$/.test(text);
+  return typeof text === "string" && /^[0-9a-f]{16}-[0-9a-f]{8}-[0-9a-f]{16}$/.test(text) &&
+    !text.endsWith(ZERO_NODE);
 }
 
 function parseStamp(text) {
@@ -133,8 +134,23 @@ class Clock {
   }
 }
 
-function sameEntry(a, b) {
-  return a.d === b.d && (a.d || JSON.stringify(a.v) === JSON.stringify(b.v));
+const utf8 = new TextEncoder();
+
+/**
+ * Whether entry `a` wins over `b` for one key, by the rule every replica
+ * follows: the higher stamp; on equal stamps (only a forged replica id
+ * makes them) the value whose JSON text is greater as UTF-8 bytes, a delete
+ * below any value.
+ */
+function beats(a, b) {
+  if (a.s !== b.s) return a.s > b.s;
+  if (a.d || b.d) return !a.d && b.d;
+  const x = utf8.encode(JSON.stringify(a.v));
+  const y = utf8.encode(JSON.stringify(b.v));
+  for (let i = 0; i < x.length && i < y.length; i++) {
+    if (x[i] !== y[i]) return x[i] > y[i];
+  }
+  return x.length > y.length;
 }
 
 function jsonCopy(value) {
@@ -834,15 +850,10 @@ export class Aether {
     }
   }
 
-  /**
-   * Merges one entry: the higher stamp wins. Equal stamps with different
-   * values (only a forged replica id makes them) settle on the gateway's:
-   * its replica chose by the rule every replica follows.
-   */
+  /** Merges one entry, if it wins over the one held (`beats`). */
   apply(key, entry, remote) {
     const held = this.entries.get(key);
-    if (held && held.s > entry.s) return false;
-    if (held && held.s === entry.s && (!remote || sameEntry(held, entry))) return false;
+    if (held && !beats(entry, held)) return false;
     this.clock.observe(entry.s);
     this.entries.set(key, entry);
     if (remote && held && held.s !== entry.s && held.s.endsWith(this.replica)) {
