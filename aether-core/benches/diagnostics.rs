@@ -332,11 +332,12 @@ fn percentile(mut xs: Vec<f64>, p: f64) -> f64 {
 }
 
 fn main() {
+    // `cargo bench` measures; as a test, one small smoke run of each case.
+    let testing = !aether_testkit::bench::measuring();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let testing = !std::env::args().any(|a| a == "--bench");
     // Under test, on a machine busy with other tests, retries 50 ms apart
     // (a standing wave allows 20 % of jitter).
     let (orders, per_ms, rounds, flood, retry_every) = if testing {

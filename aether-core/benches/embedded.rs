@@ -560,10 +560,10 @@ fn summary(rt: &Runtime) {
 }
 
 fn main() {
+    // `cargo bench` measures; as a test, one small smoke run of each case.
+    let testing = !aether_testkit::bench::measuring();
     let rt = runtime();
     let quick = std::env::var_os("AETHER_BENCH_QUICK").is_some();
-    // Under `cargo test --benches` (no `--bench` flag) run each case once.
-    let testing = !std::env::args().any(|a| a == "--bench");
     if testing {
         rt.block_on(async {
             mpsc_one_to_one(1000).await;

@@ -388,8 +388,9 @@ fn main() {
         keeper_child(&spec);
         return;
     }
+    // `cargo bench` measures; as a test, one small smoke run of each case.
+    let testing = !aether_testkit::bench::measuring();
     let rt = runtime();
-    let testing = !std::env::args().any(|a| a == "--bench");
     let server = rt
         .block_on(
             aether_testkit::NatsServer::builder()

@@ -1152,13 +1152,13 @@ fn profile(rt: &Runtime, url: &str, which: &str) {
 }
 
 fn main() {
+    // `cargo bench` measures; as a test, one small smoke run of each case.
+    let testing = !aether_testkit::bench::measuring();
     let rt = runtime();
     let server = rt.block_on(NatsServer::builder().start()).expect(
         "nats-server starts (install it with `apt-get install -y nats-server` or set NATS_SERVER_BIN)",
     );
     let url = server.url();
-    // Under `cargo test --benches` (no `--bench` flag): one small round each.
-    let testing = !std::env::args().any(|a| a == "--bench");
     if testing {
         on_workers(&rt, raw_one_to_one(url.clone(), 1000, PAYLOAD));
         on_workers(&rt, aether_one_to_one(url.clone(), 1000));

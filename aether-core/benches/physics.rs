@@ -161,8 +161,8 @@ fn delivery_ns(n: usize) -> Duration {
 }
 
 fn main() {
-    // Under `cargo test --benches` (no `--bench` flag) run each case once.
-    let testing = !std::env::args().any(|a| a == "--bench");
+    // `cargo bench` measures; as a test, one small smoke run of each case.
+    let testing = !aether_testkit::bench::measuring();
     let (n, rounds) = if testing { (2_000, 1) } else { (200_000, 5) };
     let cases = [
         ("orders", orders(n)),

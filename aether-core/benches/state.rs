@@ -392,8 +392,9 @@ fn summary(label: &str, xs: &mut [f64]) -> (f64, f64, f64) {
 }
 
 fn main() {
+    // `cargo bench` measures; as a test, one small smoke run of each case.
+    let testing = !aether_testkit::bench::measuring();
     let rt = runtime();
-    let testing = !std::env::args().any(|a| a == "--bench");
     // `AETHER_BENCH_PROFILE=boot`: the boot rows alone.
     if !testing && std::env::var("AETHER_BENCH_PROFILE").as_deref() == Ok("boot") {
         for (keys, times) in [(1_000_000, 1), (100_000, 10)] {

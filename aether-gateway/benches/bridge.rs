@@ -336,12 +336,13 @@ async fn tabs(
 }
 
 fn main() {
+    // `cargo bench` measures; as a test, one small smoke run of each case.
+    let testing = !aether_testkit::bench::measuring();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let testing = !std::env::args().any(|a| a == "--bench");
     rt.block_on(async {
         let max = if testing { 64 } else { 4200 };
         let gateway = gateway(max).await;
