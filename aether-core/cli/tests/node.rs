@@ -265,9 +265,22 @@ fn a_node_says_serves_and_prints_what_its_keeper_refuses() {
         "{:?}",
         node.seen
     );
-    let text = scrape(&addr);
+    // The export follows the keeper's counts within its next look (a second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = scrape(&addr);
+        if sample(&text, "aether_keeper_full_writes_total").unwrap_or(0.0) >= 1.0
+            || Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(sample(&text, "aether_keeper_maps"), Some(1.0), "{text}");
-    assert!(sample(&text, "aether_keeper_full_writes_total").unwrap_or(0.0) >= 1.0);
+    assert!(
+        sample(&text, "aether_keeper_full_writes_total").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
     assert_eq!(sample(&text, "aether_keeper_max_bytes"), Some(3000.0));
     let status = aether(dir.path(), &["node", "--status"]).output().unwrap();
     let printed = String::from_utf8_lossy(&status.stdout);
