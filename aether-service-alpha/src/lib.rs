@@ -490,23 +490,10 @@ pub async fn run_live(
     current.service.apply_to(&alpha)?;
     let mut reliable = current.service.reliable(aether)?;
     alpha.resonate_on(ANSWERS).await?;
-    let prefix = run_prefix();
-    // Each order waiting for its answer: its item, and when it is overdue
-    // (`None` once counted so).
-    let mut pending: HashMap<String, (String, Option<Instant>)> = HashMap::new();
-    // The answers of the latest orders answered: whether confirmed.
-    let mut answered = faults::Latest::<bool>::default();
-    // The retrying client's orders, each sending its order again.
-    let mut storms: tokio::task::JoinSet<u64> = tokio::task::JoinSet::new();
-    let mut report = AlphaReport::default();
-    let mut refusal_log = RefusalLog::new("service-alpha", refusals::WARN_EVERY);
-    let mut drops = DropWatch::new("service-alpha", refusals::WARN_EVERY);
-    let mut overdue_warned = 0u64;
-    let mut last_overdue_warning: Option<Instant> = None;
+    let mut orders = Orders::new(run_prefix());
     let mut checks = tokio::time::interval(CHECK_EVERY);
     checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sequence = 0u64;
-    let mut pace = Pace::new(sequence);
+    let mut pace = Pace::new(orders.sequence);
     let mut ticks = order_ticks(current.alpha.rate_per_s);
     let mut drain = Duration::from_millis(current.alpha.drain_ms);
     let mut drain_until = (current.alpha.count == Some(0)).then(|| Instant::now() + drain);
@@ -524,7 +511,7 @@ pub async fn run_live(
     );
     loop {
         let ordering = drain_until.is_none();
-        if !ordering && pending.is_empty() {
+        if !ordering && orders.pending.is_empty() {
             break;
         }
         let until = drain_until.unwrap_or_else(|| Instant::now() + drain);
@@ -541,7 +528,7 @@ pub async fn run_live(
                 let new = Arc::clone(&settings.borrow_and_update());
                 if new.alpha.rate_per_s != current.alpha.rate_per_s {
                     ticks = order_ticks(new.alpha.rate_per_s);
-                    pace = Pace::new(sequence);
+                    pace = Pace::new(orders.sequence);
                 }
                 new.service.apply_to(&alpha)?;
                 if new.service.reliability != current.service.reliability {
@@ -559,45 +546,11 @@ pub async fn run_live(
             }
             _ = ticks.tick(), if ordering => {
                 let settings = &current.alpha;
-                let item = &settings.items[(sequence % settings.items.len() as u64) as usize];
-                sequence += 1;
-                let order_id = format!("{prefix}-{sequence}");
-                let order = Wave::builder("orders.created")
-                    .correlation_key(&order_id)
-                    .json(&json!({"order_id": order_id, "item": item, "qty": settings.qty}))
-                    .build()?;
-                let faults = &settings.faults;
-                let duplicate = faults::picked(faults.duplicate_share, sequence, 0.5)
-                    .then(|| order.clone());
-                let storm = faults::picked(faults.retry_storm_share, sequence, 0.0)
-                    .then(|| order.clone());
-                match reliable::emit_with(reliable.as_ref(), &alpha, order).await {
-                    Ok(_) => {
-                        report.created += 1;
-                        let deadline = Duration::from_millis(settings.answer_deadline_ms);
-                        pending.insert(
-                            order_id.clone(),
-                            (item.clone(), Some(Instant::now() + deadline)),
-                        );
-                        if let Some(again) = duplicate {
-                            match alpha.emit(again).await {
-                                Ok(_) => report.duplicated += 1,
-                                Err(error) => report.count_failure(error)?,
-                            }
-                        }
-                        if let Some(again) = storm {
-                            storms.spawn(retry_storm(alpha.emitter(), again, faults.clone()));
-                        }
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, "order not emitted");
-                        report.count_failure(error)?;
-                    }
-                }
+                orders.place(&alpha, reliable.as_ref(), settings).await?;
                 // Looked at here: while emits wait, this branch is ready
                 // again at once and the checks' turn does not come.
-                pace.check(sequence, settings.rate_per_s, || alpha.stats().rate_limit_waits);
-                if settings.count.is_some_and(|count| report.created >= count) {
+                pace.check(orders.sequence, settings.rate_per_s, || alpha.stats().rate_limit_waits);
+                if settings.count.is_some_and(|count| orders.report.created >= count) {
                     // Every order made: each pending one is waited for
                     // until its answer deadline (the last order's is the
                     // latest), or until shutdown.
@@ -606,34 +559,7 @@ pub async fn run_live(
                     finished_by_count = true;
                 }
             }
-            _ = checks.tick() => {
-                drops.check(&alpha.stats());
-                // The retrying client's finished tasks, joined as they end:
-                // a task kept until the run's end holds its memory for as
-                // long as faults last.
-                while let Some(sent) = storms.try_join_next() {
-                    report.retried += sent.unwrap_or(0);
-                }
-                let now = Instant::now();
-                for (order_id, (_, due)) in pending.iter_mut() {
-                    if due.is_some_and(|due| due <= now) {
-                        *due = None;
-                        report.overdue += 1;
-                        tracing::debug!(order_id, "order overdue");
-                    }
-                }
-                let quiet = last_overdue_warning
-                    .is_some_and(|last| now.duration_since(last) < refusals::WARN_EVERY);
-                if report.overdue > overdue_warned && !quiet {
-                    tracing::warn!(
-                        overdue = report.overdue - overdue_warned,
-                        deadline_ms = current.alpha.answer_deadline_ms,
-                        "service-alpha: orders unanswered past their deadline"
-                    );
-                    overdue_warned = report.overdue;
-                    last_overdue_warning = Some(now);
-                }
-            }
+            _ = checks.tick() => orders.check(&alpha, current.alpha.answer_deadline_ms),
             () = tokio::time::sleep_until(until), if !ordering => {
                 // With --count, orders still in an outbox (the link to the
                 // bus cut) have not reached beta yet: wait for them to
@@ -665,75 +591,11 @@ pub async fn run_live(
             }
             wave = alpha.receive() => {
                 let Some(wave) = wave else { break };
-                // The outcome is emitted in the answer's consumer span.
-                let span = alpha.span_of(&wave);
-                let (channel, phase) = match wave.channel().as_str() {
-                    "inventory.reserved" => ("orders.confirmed", Phase::ASSERT),
-                    "inventory.insufficient" => ("orders.cancelled", Phase::RETRACT),
-                    _ => continue,
-                };
-                let order_id = match read_answer(&wave) {
-                    Ok(order_id) => order_id,
-                    Err(refusal) => {
-                        refusal_log.refuse(&mut report.refused, refusal, wave.channel().as_str());
-                        continue;
-                    }
-                };
-                // Only orders it waits for are confirmed or cancelled.
-                let confirmed = phase == Phase::ASSERT;
-                let Some((item, due)) = pending.remove(&order_id) else {
-                    match answered.get(&order_id) {
-                        Some(&first) if first == confirmed => report.repeated += 1,
-                        Some(_) => {
-                            report.conflicting += 1;
-                            tracing::warn!(
-                                order_id,
-                                channel = %wave.channel(),
-                                "service-alpha: conflicting answers for one order; the first stands"
-                            );
-                        }
-                        None => report.unmatched += 1,
-                    }
-                    continue;
-                };
-                answered.insert(order_id.clone(), confirmed);
-                // Answered past its deadline before a check counted it.
-                if due.is_some_and(|due| due <= Instant::now()) {
-                    report.overdue += 1;
-                }
-                // The key is one of its own order ids: the outcome builds.
-                let outcome = Wave::builder(channel)
-                    .phase(phase)
-                    .correlation_key(&order_id)
-                    .json(&json!({"order_id": order_id, "item": item}))
-                    .build()?;
-                match reliable::emit_with(reliable.as_ref(), &alpha, outcome)
-                    .instrument(span)
-                    .await
-                {
-                    Ok(_) if phase == Phase::ASSERT => report.confirmed += 1,
-                    Ok(_) => report.cancelled += 1,
-                    Err(error) => {
-                        tracing::warn!(%error, order_id, "outcome not emitted");
-                        report.count_failure(error)?;
-                    }
-                }
+                orders.answer(&alpha, reliable.as_ref(), &wave).await?;
             }
         }
     }
-    // The retrying client stops by itself, after its retries.
-    while let Some(sent) = storms.join_next().await {
-        report.retried += sent.unwrap_or(0);
-    }
-    report.unanswered = pending.len() as u64;
-    // Orders whose deadline passed since the last check.
-    let now = Instant::now();
-    report.overdue += pending
-        .values()
-        .filter(|(_, due)| due.is_some_and(|due| due <= now))
-        .count() as u64;
-    report.dropped = aether_ops::drops::of_service(&alpha.stats(), &aether.stats());
-    report.shaped = alpha.stats().rate_limit_waits;
+    let mut report = orders.finish(&alpha, aether).await;
     // After its count, the outcomes are waited for as long as an answer
     // would be (a cluster electing a new leader holds them for seconds);
     // after a shutdown, the drain time.
@@ -751,6 +613,209 @@ pub async fn run_live(
     (report.unsent, report.kept) = (left.unsent, left.kept);
     tracing::info!("{report}");
     Ok(report)
+}
+
+/// One run's orders: those waiting for their answers, the answers seen,
+/// the retrying client's tasks, and what the run counted.
+struct Orders {
+    /// The run's prefix of order ids.
+    prefix: String,
+    /// Orders made so far.
+    sequence: u64,
+    /// Each order waiting for its answer: its item, and when it is overdue
+    /// (`None` once counted so).
+    pending: HashMap<String, (String, Option<Instant>)>,
+    /// The answers of the latest orders answered: whether confirmed.
+    answered: faults::Latest<bool>,
+    /// The retrying client's orders, each sending its order again.
+    storms: tokio::task::JoinSet<u64>,
+    report: AlphaReport,
+    refusal_log: RefusalLog,
+    drops: DropWatch,
+    overdue_warned: u64,
+    last_overdue_warning: Option<Instant>,
+}
+
+impl Orders {
+    fn new(prefix: String) -> Self {
+        Self {
+            prefix,
+            sequence: 0,
+            pending: HashMap::new(),
+            answered: faults::Latest::default(),
+            storms: tokio::task::JoinSet::new(),
+            report: AlphaReport::default(),
+            refusal_log: RefusalLog::new("service-alpha", refusals::WARN_EVERY),
+            drops: DropWatch::new("service-alpha", refusals::WARN_EVERY),
+            overdue_warned: 0,
+            last_overdue_warning: None,
+        }
+    }
+
+    /// Makes the next order, and its faults if the settings ask for them.
+    async fn place(
+        &mut self,
+        alpha: &Vibrator,
+        reliable: Option<&reliable::Reliable>,
+        settings: &AlphaSettings,
+    ) -> Result<(), AlphaError> {
+        let item = &settings.items[(self.sequence % settings.items.len() as u64) as usize];
+        self.sequence += 1;
+        let sequence = self.sequence;
+        let order_id = format!("{}-{sequence}", self.prefix);
+        let order = Wave::builder("orders.created")
+            .correlation_key(&order_id)
+            .json(&json!({"order_id": order_id, "item": item, "qty": settings.qty}))
+            .build()?;
+        let faults = &settings.faults;
+        let duplicate =
+            faults::picked(faults.duplicate_share, sequence, 0.5).then(|| order.clone());
+        let storm = faults::picked(faults.retry_storm_share, sequence, 0.0).then(|| order.clone());
+        match reliable::emit_with(reliable, alpha, order).await {
+            Ok(_) => {
+                self.report.created += 1;
+                let deadline = Duration::from_millis(settings.answer_deadline_ms);
+                self.pending.insert(
+                    order_id.clone(),
+                    (item.clone(), Some(Instant::now() + deadline)),
+                );
+                if let Some(again) = duplicate {
+                    match alpha.emit(again).await {
+                        Ok(_) => self.report.duplicated += 1,
+                        Err(error) => self.report.count_failure(error)?,
+                    }
+                }
+                if let Some(again) = storm {
+                    self.storms
+                        .spawn(retry_storm(alpha.emitter(), again, faults.clone()));
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, "order not emitted");
+                self.report.count_failure(error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The periodic look: its drops, the retrying client's finished tasks,
+    /// and the orders past their deadline (warned at most once per
+    /// [`refusals::WARN_EVERY`]).
+    fn check(&mut self, alpha: &Vibrator, deadline_ms: u64) {
+        self.drops.check(&alpha.stats());
+        // The retrying client's finished tasks, joined as they end: a task
+        // kept until the run's end holds its memory for as long as faults
+        // last.
+        while let Some(sent) = self.storms.try_join_next() {
+            self.report.retried += sent.unwrap_or(0);
+        }
+        let now = Instant::now();
+        for (order_id, (_, due)) in self.pending.iter_mut() {
+            if due.is_some_and(|due| due <= now) {
+                *due = None;
+                self.report.overdue += 1;
+                tracing::debug!(order_id, "order overdue");
+            }
+        }
+        let quiet = self
+            .last_overdue_warning
+            .is_some_and(|last| now.duration_since(last) < refusals::WARN_EVERY);
+        if self.report.overdue > self.overdue_warned && !quiet {
+            tracing::warn!(
+                overdue = self.report.overdue - self.overdue_warned,
+                deadline_ms,
+                "service-alpha: orders unanswered past their deadline"
+            );
+            self.overdue_warned = self.report.overdue;
+            self.last_overdue_warning = Some(now);
+        }
+    }
+
+    /// Takes an answer of beta's: the order it answers is confirmed or
+    /// cancelled, once; anything else is counted.
+    async fn answer(
+        &mut self,
+        alpha: &Vibrator,
+        reliable: Option<&reliable::Reliable>,
+        wave: &Wave,
+    ) -> Result<(), AlphaError> {
+        // The outcome is emitted in the answer's consumer span.
+        let span = alpha.span_of(wave);
+        let (channel, phase) = match wave.channel().as_str() {
+            "inventory.reserved" => ("orders.confirmed", Phase::ASSERT),
+            "inventory.insufficient" => ("orders.cancelled", Phase::RETRACT),
+            _ => return Ok(()),
+        };
+        let order_id = match read_answer(wave) {
+            Ok(order_id) => order_id,
+            Err(refusal) => {
+                self.refusal_log
+                    .refuse(&mut self.report.refused, refusal, wave.channel().as_str());
+                return Ok(());
+            }
+        };
+        // Only orders it waits for are confirmed or cancelled.
+        let confirmed = phase == Phase::ASSERT;
+        let Some((item, due)) = self.pending.remove(&order_id) else {
+            match self.answered.get(&order_id) {
+                Some(&first) if first == confirmed => self.report.repeated += 1,
+                Some(_) => {
+                    self.report.conflicting += 1;
+                    tracing::warn!(
+                        order_id,
+                        channel = %wave.channel(),
+                        "service-alpha: conflicting answers for one order; the first stands"
+                    );
+                }
+                None => self.report.unmatched += 1,
+            }
+            return Ok(());
+        };
+        self.answered.insert(order_id.clone(), confirmed);
+        // Answered past its deadline before a check counted it.
+        if due.is_some_and(|due| due <= Instant::now()) {
+            self.report.overdue += 1;
+        }
+        // The key is one of its own order ids: the outcome builds.
+        let outcome = Wave::builder(channel)
+            .phase(phase)
+            .correlation_key(&order_id)
+            .json(&json!({"order_id": order_id, "item": item}))
+            .build()?;
+        match reliable::emit_with(reliable, alpha, outcome)
+            .instrument(span)
+            .await
+        {
+            Ok(_) if phase == Phase::ASSERT => self.report.confirmed += 1,
+            Ok(_) => self.report.cancelled += 1,
+            Err(error) => {
+                tracing::warn!(%error, order_id, "outcome not emitted");
+                self.report.count_failure(error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The run's report once it stopped ordering and waiting: the retrying
+    /// client's last tasks joined, what is still unanswered, the drops.
+    async fn finish(mut self, alpha: &Vibrator, aether: &Aether) -> AlphaReport {
+        // The retrying client stops by itself, after its retries.
+        while let Some(sent) = self.storms.join_next().await {
+            self.report.retried += sent.unwrap_or(0);
+        }
+        let mut report = self.report;
+        report.unanswered = self.pending.len() as u64;
+        // Orders whose deadline passed since the last check.
+        let now = Instant::now();
+        report.overdue += self
+            .pending
+            .values()
+            .filter(|(_, due)| due.is_some_and(|due| due <= now))
+            .count() as u64;
+        report.dropped = aether_ops::drops::of_service(&alpha.stats(), &aether.stats());
+        report.shaped = alpha.stats().rate_limit_waits;
+        report
+    }
 }
 
 impl AlphaReport {
