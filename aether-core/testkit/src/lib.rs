@@ -9,7 +9,7 @@
 //! * [`LogBuffer`]: an in-memory log sink, for tests that read what was logged.
 //! * [`netns`]: hosts of a test's own in network namespaces, and long-running programs
 //!   on them whose output is read as it comes.
-//! * [`bench`]: whether a benchmark program measures or makes its smoke run.
+//! * [`bench`](mod@bench): whether a benchmark program measures or makes its smoke run.
 //! * [`process`]: a program under test as a process: started, its first line waited for,
 //!   its log read, signalled and stopped.
 //!
