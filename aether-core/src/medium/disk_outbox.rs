@@ -4,7 +4,7 @@
 //! waves JetStream did not store yet (NATS unreachable, or no
 //! acknowledgement), and the next process resends them; on the embedded
 //! medium it holds every durable wave until an application took it
-//! (`medium/durable.rs`), and the next process delivers them.
+//! (`medium/embedded/durable.rs`), and the next process delivers them.
 //!
 //! The file, `durable-outbox.log`, is an 8-byte header then records back
 //! to back (docs/guide/wire.md gives it byte by byte):

@@ -7,7 +7,7 @@
 //! its connection. Everything that is the same on every medium (validation,
 //! the ACL, hop limit, expiry, stamping) happens in [`Aether`](crate::Aether)
 //! before, and noise floor and shedding in the receive queue after. Each
-//! operation here is one match over the two mediums; nothing above this
+//! operation here is one match over the mediums; nothing above this
 //! module knows which medium it runs on.
 //!
 //! # What a medium provides
@@ -27,15 +27,27 @@
 //! - **Requests**: a request reaches its responders and the first reply
 //!   comes back to the asker ([`Medium::request`]); with nobody
 //!   resonating, "no responders" at once, not a timeout.
-//! - **Tracked waves**: [`Medium::flush`] returns once every wave emitted
-//!   before it has left the process (or fails, saying what is left);
-//!   [`Medium::status`] and [`Medium::events`] say what the connection
-//!   does.
+//! - **Tracked waves**: a diffracting or reflecting wave learns that
+//!   nobody heard it, at once (the embedded router's `route_tracked`; over
+//!   NATS the server's "no responders" to its probe subject), and is bent
+//!   or reflected.
+//! - **Flush and status**: [`Medium::flush`] returns once every wave
+//!   emitted before it has left the process (or fails, saying what is
+//!   left); [`Medium::status`] and [`Medium::events`] say what the
+//!   connection does.
+//! - **Arrival checks**, for a medium that crosses processes: what arrives
+//!   is hostile until checked, as `medium/nats/receive.rs` `take` checks it
+//!   (subject, envelope, reflection rule, signature, ACL, replay window,
+//!   then the life check), each refusal counted.
 //! - **Durable channels**: a wave on one is kept until a receiver's
 //!   application took it ([`Medium::hand_out`]); one a receiver did not
-//!   hand out comes again ([`Medium::release`]), and one handed out twice is
-//!   dropped as a redelivery.
+//!   hand out comes again ([`Medium::release`]). Over NATS a wave handed out
+//!   twice to one queue (within its last 16,384 ids) is dropped as a
+//!   redelivery; the embedded medium hands each stored wave to one taker.
+//!   Where a wave can still arrive twice, on each medium:
+//!   [durable.md](../../../docs/guide/durable.md#limits).
 //! - **Reflections** go back to their source ([`Medium::reflect`]).
+//! - **Replicated maps** over it pass the state suite (`tests/state_suite/`).
 
 pub(crate) mod disk_outbox;
 pub(crate) mod embedded;

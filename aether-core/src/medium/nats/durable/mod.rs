@@ -1112,8 +1112,9 @@ async fn arrive(
 /// waiting in the queues are in progress (`+WPI`, JetStream's "working on
 /// it"): each one's `ack_wait` starts again, so a queue read slowly is not
 /// delivered a second time. (A wave handed out within the third is never
-/// named; one that waited in the client's pull before its queue had room
-/// is named within a third of its arrival.)
+/// named. One still waiting in the client's pull for room in its queue is
+/// not named: after `ack_wait` the server delivers it again, and the
+/// process drops the copy it already handed out.)
 async fn keep_in_progress(durable: std::sync::Weak<Durable>) {
     let Some(every) = durable.upgrade().map(|d| d.config.ack_wait() / 3) else {
         return;
