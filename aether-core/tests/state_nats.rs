@@ -306,7 +306,12 @@ async fn hostile_waves_are_refused_counted_and_change_nothing() {
         raw.publish(subject, None, &envelope("mallory", &short))
             .await
             .unwrap();
-        let huge = changes("big", now_ns(), "mallory", &vec![0; 40 * 1024]);
+        // A value whose length says more than any replica takes (the
+        // protocol's bound, whatever a replica's own max_value_bytes).
+        let mut huge = changes("big", now_ns(), "mallory", &[0; 8]);
+        let at = huge.len() - 12;
+        let most = u32::try_from(aether_core::config::MOST_VALUE_BYTES + 1).unwrap();
+        huge[at..at + 4].copy_from_slice(&most.to_le_bytes());
         raw.publish(subject, None, &envelope("mallory", &huge))
             .await
             .unwrap();

@@ -26,7 +26,7 @@ pub use security::{
 };
 
 pub use physics::PhysicsConfig;
-pub use state::{ENTRY_BYTES, KeeperConfig, StateConfig};
+pub use state::{ENTRY_BYTES, KeeperConfig, MOST_KEY_BYTES, MOST_VALUE_BYTES, StateConfig};
 
 use crate::attenuation::DEFAULT_ATTENUATION_FACTOR;
 

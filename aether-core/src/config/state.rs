@@ -27,9 +27,13 @@ use super::{ConfigError, check};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StateConfig {
-    /// Longest key, bytes (1 to 65,535). Default 256.
+    /// Longest key a write made through this replica may have, bytes (1 to
+    /// 65,535). Default 256. Changes from other replicas are taken up to
+    /// [`MOST_KEY_BYTES`], so that replicas set apart still converge.
     pub max_key_bytes: usize,
-    /// Longest value, bytes (at most 16 MiB). Default 32 KiB.
+    /// Longest value a write made through this replica may have, bytes (at
+    /// most 16 MiB). Default 32 KiB. Changes from other replicas are taken
+    /// up to [`MOST_VALUE_BYTES`] (and the map's `max_map_bytes`).
     pub max_value_bytes: usize,
     /// Most keys a map holds, tombstones counted until they are collected;
     /// a write of one more is refused (`Full`), and so is a change from
@@ -186,18 +190,26 @@ impl Default for StateConfig {
     }
 }
 
+/// The longest key any replica takes, bytes: the most `max_key_bytes`
+/// may be, and the bound on keys in changes from other replicas.
+pub const MOST_KEY_BYTES: usize = u16::MAX as usize;
+
+/// The longest value any replica takes, bytes: the most `max_value_bytes`
+/// may be, and the bound on values in changes from other replicas.
+pub const MOST_VALUE_BYTES: usize = 16 * 1024 * 1024;
+
 impl StateConfig {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ms = |d: Duration| format!("{}", d.as_millis());
         check(
-            (1..=usize::from(u16::MAX)).contains(&self.max_key_bytes),
+            (1..=MOST_KEY_BYTES).contains(&self.max_key_bytes),
             "state.max_key_bytes",
             self.max_key_bytes.to_string(),
             "must be 1 to 65535",
         )?;
         check(
-            (1..=16 * 1024 * 1024).contains(&self.max_value_bytes),
+            (1..=MOST_VALUE_BYTES).contains(&self.max_value_bytes),
             "state.max_value_bytes",
             self.max_value_bytes.to_string(),
             "must be 1 to 16777216",

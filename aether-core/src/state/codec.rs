@@ -133,6 +133,17 @@ pub(crate) struct Limits {
     pub(crate) max_value_bytes: usize,
 }
 
+impl Limits {
+    /// What every replica takes from the others (and from its own ledger):
+    /// the protocol's bounds, not this replica's `max_key_bytes` and
+    /// `max_value_bytes`, which bound the writes made through it. Replicas
+    /// set with other limits still converge.
+    pub(crate) const WIRE: Limits = Limits {
+        max_key_bytes: crate::config::MOST_KEY_BYTES,
+        max_value_bytes: crate::config::MOST_VALUE_BYTES,
+    };
+}
+
 /// Why a payload was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("not a state message: {0}")]

@@ -486,10 +486,7 @@ impl StateMap {
                 .await
                 .map_err(|e| StateError::with_source(StateErrorKind::Closed, e))?;
         }
-        let limits = Limits {
-            max_key_bytes: config.max_key_bytes,
-            max_value_bytes: config.max_value_bytes,
-        };
+        let limits = Limits::WIRE;
         let clock = Clock::new(id, config.max_drift);
         let mut damaged = false;
         let (ledger, mut store) = match &dir {

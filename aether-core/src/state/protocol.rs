@@ -454,7 +454,9 @@ impl Shared {
                 (Some(check), Some(value)) => check(value),
                 _ => true,
             };
-            if self.check_key(&key).is_err() || !value_ok {
+            // The protocol's bound on keys (the decoder's), not this
+            // replica's max_key_bytes, which bounds the writes made here.
+            if key.is_empty() || key.len() > Limits::WIRE.max_key_bytes || !value_ok {
                 refuse(&mut taken, Refusal::Malformed);
                 continue;
             }

@@ -285,6 +285,54 @@ pub async fn bad_writes_are_typed_errors_and_change_nothing(m: &dyn Bus) {
     .expect("bounded");
 }
 
+/// A replica's `max_key_bytes` and `max_value_bytes` bound the writes made
+/// through it; what other replicas wrote comes whatever they were set to,
+/// live and by catch-up, so that replicas set apart still converge.
+pub async fn replicas_with_other_limits_converge(m: &dyn Bus) {
+    timeout(LIMIT, async {
+        let with = |key, value| StateConfig {
+            max_key_bytes: key,
+            max_value_bytes: value,
+            ..fast()
+        };
+        let open_with = |aether: Aether, node: &'static str, config: StateConfig| async move {
+            StateMap::builder("limits")
+                .node(node)
+                .config(config)
+                .open(&aether)
+                .await
+                .unwrap()
+        };
+        let small = open_with(m.aether().await, "small", with(16, 1024)).await;
+        let large = open_with(m.aether().await, "large", with(64, 8192)).await;
+        let long_key = "k".repeat(40);
+        large.set(&long_key, vec![b'x'; 6000]).await.unwrap();
+        until("the small replica has the large one's write", || {
+            small.get(&long_key).is_some_and(|v| v.len() == 6000)
+        })
+        .await;
+        // Through the small replica, its own limits hold.
+        assert_eq!(
+            small.set("big", vec![b'x'; 2000]).await.unwrap_err().kind(),
+            StateErrorKind::TooLarge
+        );
+        assert_eq!(
+            small.set(&long_key, "v").await.unwrap_err().kind(),
+            StateErrorKind::InvalidKey
+        );
+        // A replica set apart that comes late catches up on all of it.
+        let late = open_with(m.aether().await, "late", with(16, 1024)).await;
+        assert_eq!(late.entries(), large.entries());
+        assert_eq!(
+            small.stats().refused(Refusal::Malformed),
+            0,
+            "nothing refused"
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
 pub async fn nodes_own_their_keys_and_see_who_is_there(m: &dyn Bus) {
     timeout(LIMIT, async {
         let config = || StateMap::builder("sensors").config(fast());
@@ -869,7 +917,7 @@ pub async fn a_late_replica_has_a_write_a_full_keeper_refused(m: &dyn Bus) {
 #[macro_export]
 macro_rules! state_suite {
     ($factory:expr) => {
-        $crate::state_suite!(@cases $factory; a_write_is_seen_here_at_once_and_by_every_replica_soon, a_late_replica_has_the_whole_state_when_open_returns, a_replica_closed_just_before_a_late_one_opens_leaves_the_answering_to_others, watchers_get_each_change_with_old_and_new_values_and_losers_hear_superseded, concurrent_writes_of_one_key_settle_on_the_same_value_everywhere, changes_a_replica_missed_are_repaired_by_anti_entropy, bad_writes_are_typed_errors_and_change_nothing, nodes_own_their_keys_and_see_who_is_there, writes_stamped_elsewhere_merge_by_the_same_rules, watch_streams_each_key_in_stamp_order_under_concurrent_writers, a_flush_waits_for_another_replica_and_says_when_none_holds_the_writes, a_keeper_holds_a_map_its_writers_left_and_again_after_its_restart, a_full_keeper_refuses_with_its_reason_and_keeps_running, a_late_replica_has_a_write_a_full_keeper_refused);
+        $crate::state_suite!(@cases $factory; a_write_is_seen_here_at_once_and_by_every_replica_soon, a_late_replica_has_the_whole_state_when_open_returns, a_replica_closed_just_before_a_late_one_opens_leaves_the_answering_to_others, watchers_get_each_change_with_old_and_new_values_and_losers_hear_superseded, concurrent_writes_of_one_key_settle_on_the_same_value_everywhere, changes_a_replica_missed_are_repaired_by_anti_entropy, bad_writes_are_typed_errors_and_change_nothing, replicas_with_other_limits_converge, nodes_own_their_keys_and_see_who_is_there, writes_stamped_elsewhere_merge_by_the_same_rules, watch_streams_each_key_in_stamp_order_under_concurrent_writers, a_flush_waits_for_another_replica_and_says_when_none_holds_the_writes, a_keeper_holds_a_map_its_writers_left_and_again_after_its_restart, a_full_keeper_refuses_with_its_reason_and_keeps_running, a_late_replica_has_a_write_a_full_keeper_refused);
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(

@@ -715,10 +715,7 @@ async fn look(inner: Arc<Inner>) {
 /// or knock, well formed), and of a map kept before that a replica says
 /// hello to. Anything else on those channels opens nothing.
 async fn listen(inner: Arc<Inner>, mut vibrator: Vibrator) {
-    let limits = Limits {
-        max_key_bytes: inner.config.max_key_bytes,
-        max_value_bytes: inner.config.max_value_bytes,
-    };
+    let limits = Limits::WIRE;
     let emitter = vibrator.emitter();
     while let Some(wave) = vibrator.receive().await {
         let mut tokens = wave.channel().as_str().split('.');
