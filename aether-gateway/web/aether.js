@@ -18,6 +18,9 @@
 const DEFAULTS = {
   cache: true,
   cacheKey: null,
+  // Until the first `hello` tells the map's (and after it, the last one
+  // told, from the cache): the gateway's defaults, `[aether.state]` in
+  // config/default.toml (a test holds them equal).
   maxKeyBytes: 256,
   maxValueBytes: 32 * 1024,
   sendPerSecond: 50,

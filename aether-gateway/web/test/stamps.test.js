@@ -60,3 +60,19 @@ test("merges settle as the shared examples say, equal stamps included", async ()
   }
   p.close();
 });
+
+test("before any hello, the limits are the gateway's defaults as shipped", async () => {
+  const shipped = readFileSync(new URL("../../../config/default.toml", import.meta.url), "utf8");
+  const state = shipped.slice(shipped.indexOf("[aether.state]"));
+  const setting = (name) => Number(state.match(new RegExp(`^${name} = (\\d+)$`, "m"))[1]);
+  const bridge = new Bridge();
+  bridge.down();
+  const p = client(bridge, undefined, { cache: false });
+  const key = "k".repeat(setting("max_key_bytes"));
+  p.set(key, "at the key limit");
+  assert.throws(() => p.set(key + "k", 1), RangeError);
+  // A JSON string of n bytes is n - 2 characters between its quotes.
+  p.set("v", "x".repeat(setting("max_value_bytes") - 2));
+  assert.throws(() => p.set("v", "x".repeat(setting("max_value_bytes") - 1)), RangeError);
+  p.close();
+});
