@@ -6,6 +6,7 @@
 use crate::{DropReason, Wave};
 
 /// What the checks every emit passes made of a wave.
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) enum Admitted {
     /// Measured and ready to route.
     Ready(Wave),
@@ -15,6 +16,7 @@ pub(crate) enum Admitted {
 
 impl Admitted {
     /// What `Aether::check` made of `wave`: dropped for a reason, or not.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn of(wave: Wave, dropped: Option<DropReason>) -> Self {
         match dropped {
             None => Admitted::Ready(wave),

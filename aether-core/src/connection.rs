@@ -221,6 +221,7 @@ impl ConsumerBacklog {
 
 /// Counters behind a [`ConnectionStatus`].
 #[derive(Debug, Default)]
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) struct ConnectionCounters {
     pub(crate) state: AtomicU8,
     pub(crate) disconnects: AtomicU64,
@@ -236,15 +237,18 @@ pub(crate) struct ConnectionCounters {
 
 impl ConnectionCounters {
     /// A frame of `waves` waves was published.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn framed(&self, waves: u64) {
         self.frames_sent.fetch_add(1, Relaxed);
         self.waves_framed.fetch_add(waves, Relaxed);
     }
 
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn set_state(&self, state: ConnectionState) {
         self.state.store(state as u8, Relaxed);
     }
 
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn state(&self) -> ConnectionState {
         match self.state.load(Relaxed) {
             s if s == ConnectionState::Connected as u8 => ConnectionState::Connected,
@@ -254,6 +258,7 @@ impl ConnectionCounters {
         }
     }
 
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn snapshot(&self, outbox_capacity: usize) -> ConnectionStatus {
         ConnectionStatus {
             state: self.state(),

@@ -43,6 +43,7 @@ use crate::{
 /// Bends `wave`, which nobody heard, one level up: `Ok` if it goes on to
 /// the parent channel; otherwise why it stops, counted (no parent: unrouted;
 /// past the hop limit; dead).
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn bend(
     wave: &mut Wave,
     config: &AetherConfig,

@@ -46,6 +46,7 @@ impl<K: Copy> Error<K> {
 
     /// Keeps `source` as the cause of an error whose message is already
     /// written.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn set_source(&mut self, source: impl StdError + Send + Sync + 'static) {
         self.source = Some(Box::new(source));
     }

@@ -78,6 +78,7 @@ pub(crate) enum Offer {
     Closed,
     /// The vibrator got this wave already, through another of its group
     /// resonances ([`Inbox::offer_once`]): not a loss, so not counted.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     Duplicate,
 }
 
@@ -99,11 +100,13 @@ pub(crate) struct Inbox {
     /// The vibrator's own (not group) resonances, oldest first, for mediums
     /// that deliver once per subscription (NATS): a wave is taken from the
     /// oldest of them that hears it.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     patterns: ArcSwap<Vec<(SubscriptionId, Channel)>>,
     /// How many group resonances the vibrator has on a medium that delivers
     /// once per subscription (NATS, where each is a queue subscription that
     /// may bring its own copy of a message): with two or more, waves that
     /// come through them are offered once ([`Inbox::offer_once`]).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     groups: AtomicUsize,
 }
 
@@ -131,6 +134,7 @@ struct State {
     /// The waves offered last through group resonances, while there are
     /// two or more (empty otherwise), by id and hop count: a relayed wave
     /// keeps its id but travels one hop more, and is a wave of its own.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     recent: Recent<(WaveId, u32), RECENT_WAVES>,
 }
 
@@ -224,6 +228,7 @@ impl Inbox {
         }
     }
 
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn add_pattern(&self, id: SubscriptionId, pattern: Channel) {
         self.patterns.rcu(|patterns| {
             let mut patterns = Vec::clone(patterns);
@@ -232,6 +237,7 @@ impl Inbox {
         });
     }
 
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn remove_pattern(&self, id: SubscriptionId) {
         self.patterns.rcu(|patterns| {
             let mut patterns = Vec::clone(patterns);
@@ -244,6 +250,7 @@ impl Inbox {
     /// also heard through another of the vibrator's resonances, which then
     /// delivers it: an older own resonance, or for a group subscription
     /// (`grouped`) any own resonance.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn heard_elsewhere(
         &self,
         channel: &Channel,
@@ -260,6 +267,7 @@ impl Inbox {
     /// subscription `id` brings ([`Inbox::heard_elsewhere`] for some
     /// channel): an older own resonance, or for a group subscription
     /// (`grouped`) any own resonance.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn may_hear_elsewhere(&self, id: SubscriptionId, grouped: bool) -> bool {
         self.patterns
             .load()
@@ -331,6 +339,7 @@ impl Inbox {
     /// already through another is refused as [`Offer::Duplicate`], so that
     /// the vibrator gets it once, as on the embedded medium. The check and
     /// the queueing are one critical section, so waves keep their order.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn offer_once(&self, wave: Wave) -> Offer {
         if self.groups.load(Ordering::Acquire) < 2 {
             return self.offer(wave);
@@ -339,6 +348,7 @@ impl Inbox {
     }
 
     #[cold]
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     fn offer_remembered(&self, wave: Wave) -> Offer {
         let mut state = self.lock();
         if state.closed {
@@ -374,6 +384,7 @@ impl Inbox {
 
     /// The vibrator resonates in one more group on a medium that delivers
     /// once per subscription; the returned guard counts it until dropped.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn join_group(self: &Arc<Self>) -> GroupResonance {
         self.groups.fetch_add(1, Ordering::AcqRel);
         GroupResonance(self.clone())
@@ -382,6 +393,7 @@ impl Inbox {
     /// Offers several waves measured on arrival, in order, under one lock
     /// and with one wake-up; each outcome is reported to `each`, and counted
     /// as [`Inbox::offer`] counts it.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn offer_many(
         &self,
         waves: impl IntoIterator<Item = Wave>,
@@ -418,6 +430,7 @@ impl Inbox {
     /// many)` is returned, counted as delivered. `None` otherwise, with
     /// `batch` untouched: offer its waves one by one
     /// ([`Inbox::offer_many`]).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn offer_whole(&self, batch: &mut VecDeque<Wave>) -> Option<u64> {
         let (floor, skip_own) = (self.noise_floor(), self.skips_own());
         if batch.is_empty()
@@ -480,6 +493,7 @@ impl Inbox {
 
     /// Whether [`Inbox::screen`] would keep `wave` out, without counting.
     #[inline]
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     fn screen_would_refuse(&self, wave: &Wave, floor: f64, skip_own: bool) -> bool {
         self.is_own_skipped(wave, skip_own) || wave.amplitude().value() < floor
     }
@@ -581,12 +595,14 @@ impl Inbox {
 
 /// Whether own resonance `other` takes a wave before subscription `id`
 /// when both hear it: it is older, or `id` is a group subscription.
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 fn hears_before(other: SubscriptionId, id: SubscriptionId, grouped: bool) -> bool {
     grouped || other.0 < id.0
 }
 
 /// One group resonance of a vibrator, counted by its queue while it lives
 /// ([`Inbox::join_group`]).
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) struct GroupResonance(Arc<Inbox>);
 
 impl Drop for GroupResonance {

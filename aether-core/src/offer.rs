@@ -53,6 +53,7 @@ pub(crate) fn offer_counted(inbox: &Inbox, wave: Wave, stats: &Counters) -> Deli
 /// vibrator's ([`Inbox::offer_once`]): a copy it got already through
 /// another group is not offered again.
 #[inline(always)]
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn offer_counted_once(inbox: &Inbox, wave: Wave, stats: &Counters) -> Delivered {
     offer_with(inbox, wave, stats, Inbox::offer_once)
 }
@@ -100,6 +101,7 @@ fn offer_observed(
 /// idle; one by one while it observes deliveries), counting each outcome in
 /// `stats`: whether the last was queued, and whether the vibrator is still
 /// there.
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn offer_all_counted(
     inbox: &Inbox,
     waves: impl IntoIterator<Item = Wave>,
@@ -129,6 +131,7 @@ pub(crate) fn offer_all_counted(
 /// leaving `batch` empty (and keeping its buffer for the next batch). While
 /// the physics engine is idle, a batch that the queue takes whole
 /// ([`Inbox::offer_whole`]) becomes the queue without a wave moving.
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn offer_batch_counted(
     inbox: &Inbox,
     batch: &mut VecDeque<Wave>,

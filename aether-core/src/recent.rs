@@ -12,7 +12,9 @@ use std::{
 /// The last `N` keys inserted. A key inserted again is not new, and keeps
 /// its place.
 pub(crate) struct Recent<K, const N: usize> {
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     seen: HashSet<K>,
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     order: VecDeque<K>,
 }
 
@@ -27,12 +29,14 @@ impl<K, const N: usize> Default for Recent<K, N> {
 
 impl<K: Hash + Eq + Copy, const N: usize> Recent<K, N> {
     /// Whether `key` is remembered.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn contains(&self, key: &K) -> bool {
         self.seen.contains(key)
     }
 
     /// Whether `key` is new, remembering it; past `N` keys the oldest is
     /// forgotten.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn insert(&mut self, key: K) -> bool {
         if !self.seen.insert(key) {
             return false;

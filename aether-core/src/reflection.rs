@@ -183,6 +183,7 @@ pub(crate) fn channel_of(source: Option<&str>, origin: u64) -> Option<Channel> {
 /// source and origin it names, and reflecting a wave of an application
 /// channel; and nothing else on a reflection channel. Anything else is a
 /// forgery. (`Wave::arrived_rightly` asks it of a wave.)
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn arrived_rightly(
     channel: &Channel,
     reflects: Option<&Channel>,
@@ -200,6 +201,7 @@ pub(crate) fn arrived_rightly(
 }
 
 /// Whether `channel` is a reflection channel.
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 fn is_reflection_channel(channel: &Channel) -> bool {
     channel
         .as_str()

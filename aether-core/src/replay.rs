@@ -26,6 +26,7 @@ use crate::{Wave, WaveId};
 
 /// How far before its start a fresh memory still takes waves: the clock
 /// skew between hosts it allows, and the waves in flight when it started.
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) const START_SKEW: Duration = Duration::from_secs(1);
 
 /// The replay windows of one subscription, one per source: what one
@@ -34,6 +35,7 @@ pub(crate) const START_SKEW: Duration = Duration::from_secs(1);
 /// only sources with a key get this far, so their number is bounded by the
 /// keys configured.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) struct Replays {
     window: Duration,
     capacity: usize,
@@ -45,6 +47,7 @@ pub(crate) struct Replays {
 
 impl Replays {
     /// A memory that takes nothing stamped at or before `start_floor_ns`.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn new(window: Duration, capacity: usize, start_floor_ns: u64) -> Self {
         Self {
             window,
@@ -55,6 +58,7 @@ impl Replays {
     }
 
     /// [`ReplayWindow::admit`] in the window of `wave`'s source.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn admit(&mut self, wave: &Wave, now_ns: u64) -> bool {
         let source = SmolStr::new(wave.source().unwrap_or(""));
         let (window, capacity, floor) = (self.window, self.capacity, self.start_floor_ns);
@@ -71,10 +75,12 @@ impl Replays {
 
 /// What identifies one taking of a wave: a relay (one more hop) or a
 /// reflection of the same wave is another.
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 type Key = (WaveId, u32, bool);
 
 /// The memory of one subscription.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) struct ReplayWindow {
     window_ns: u64,
     capacity: usize,
@@ -86,6 +92,7 @@ pub(crate) struct ReplayWindow {
 }
 
 impl ReplayWindow {
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn new(window: Duration, capacity: usize) -> Self {
         Self {
             window_ns: u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
@@ -100,6 +107,7 @@ impl ReplayWindow {
     /// for a wave taken already, stamped (emitted, or re-amplified for a
     /// deliberate resend) outside the window, unstamped, or stamped at or
     /// before the floor.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn admit(&mut self, wave: &Wave, now_ns: u64) -> bool {
         // A deliberate resend (re-amplified) counts from its resend.
         let stamp = wave.stamped_at_ns();

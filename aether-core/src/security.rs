@@ -36,7 +36,9 @@ pub(crate) struct Security {
     /// Empty: everything allowed.
     rules: Vec<Rule>,
     enabled: bool,
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     replay_window: Duration,
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     replay_memory: usize,
 }
 
@@ -223,6 +225,7 @@ impl Security {
     /// A fresh replay memory, where signatures are required
     /// ([`crate::replay`]): it takes nothing stamped before now, less
     /// [`crate::replay::START_SKEW`].
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn replay_window(&self) -> Option<Replays> {
         let start =
             crate::wave::unix_nanos().saturating_sub(crate::replay::START_SKEW.as_nanos() as u64);
@@ -288,6 +291,7 @@ impl Security {
     /// Checks a wave that arrived in `body` on `subject`: its signature
     /// (when its source has a key here, or signatures are required), then
     /// whether its source may emit on its channel.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn check_arrival(
         &self,
         subject: &str,

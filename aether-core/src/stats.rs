@@ -119,6 +119,7 @@ impl Counters {
         self.delivered.fetch_add(1, Relaxed);
     }
 
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn delivered_many(&self, n: u64) {
         self.delivered.fetch_add(n, Relaxed);
     }
@@ -143,18 +144,22 @@ impl Counters {
         self.rate_limit_waits.fetch_add(1, Relaxed);
     }
 
+    #[cfg_attr(not(any(feature = "nats", feature = "reliability")), allow(dead_code))]
     pub(crate) fn retried(&self) {
         self.retries.fetch_add(1, Relaxed);
     }
 
+    #[cfg_attr(not(any(feature = "nats", feature = "reliability")), allow(dead_code))]
     pub(crate) fn timed_out(&self) {
         self.timeouts.fetch_add(1, Relaxed);
     }
 
+    #[cfg_attr(not(any(feature = "nats", feature = "reliability")), allow(dead_code))]
     pub(crate) fn breaker_opened(&self) {
         self.breaker_opens.fetch_add(1, Relaxed);
     }
 
+    #[cfg_attr(not(any(feature = "nats", feature = "reliability")), allow(dead_code))]
     pub(crate) fn breaker_rejected(&self) {
         self.breaker_rejections.fetch_add(1, Relaxed);
     }

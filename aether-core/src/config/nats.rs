@@ -285,6 +285,7 @@ impl NatsConfig {
     }
 
     /// The prefix of the client's own inboxes.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn inbox_prefix(&self) -> String {
         self.inbox_prefix
             .clone()
@@ -297,14 +298,17 @@ impl NatsConfig {
         self.urls.iter().map(|u| redact_url(u)).collect()
     }
 
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms)
     }
 
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn reconnect_delay_max(&self) -> Duration {
         Duration::from_millis(self.reconnect_delay_max_ms)
     }

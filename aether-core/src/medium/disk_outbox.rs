@@ -259,6 +259,7 @@ pub(crate) struct DurableOutbox {
     /// How many waves are pending, read without the lock.
     pending: AtomicUsize,
     /// Set while the flusher sends; emits then queue behind it.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     flushing: AtomicBool,
 }
 
@@ -404,21 +405,25 @@ impl DurableOutbox {
     }
 
     /// How many waves wait.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn len(&self) -> usize {
         self.pending.load(Ordering::Acquire)
     }
 
     /// Bytes the waiting waves count against the bound, and the bound.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn bytes(&self) -> (u64, u64) {
         (self.lock().bytes, self.max_bytes)
     }
 
     /// Nothing waits and nothing is being flushed: an emit may go straight
     /// to JetStream.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn is_idle(&self) -> bool {
         !self.flushing.load(Ordering::Acquire) && self.len() == 0
     }
 
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn set_flushing(&self, flushing: bool) {
         self.flushing.store(flushing, Ordering::Release);
     }
@@ -503,6 +508,7 @@ impl DurableOutbox {
     }
 
     /// The `n` oldest pending waves (fewer if fewer wait), oldest first.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn oldest(&self, n: usize) -> Vec<Entry> {
         self.lock().queue.iter().take(n).cloned().collect()
     }
@@ -511,6 +517,7 @@ impl DurableOutbox {
     /// without a sync (losing that mark only means a resend, which the
     /// stream drops as a duplicate), and is cut back to its header once
     /// nothing is pending. Blocking.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn pop_stored(&self) -> io::Result<()> {
         let mut file = self.lock_file();
         let mut state = self.lock();

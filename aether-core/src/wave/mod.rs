@@ -341,6 +341,7 @@ impl Wave {
 
     /// Gives the wave the id `id` (a foreign wave without one, on a durable
     /// channel).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn set_id(&mut self, id: WaveId) {
         self.id = id;
     }
@@ -419,11 +420,13 @@ impl Wave {
     }
 
     /// For a reflection, the channel the reflected wave was emitted on.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn reflected_channel(&self) -> Option<&Channel> {
         self.reflection_info().map(|r| &r.channel)
     }
 
     /// Whether it came the way it may ([`crate::reflection::arrived_rightly`]).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn arrived_rightly(&self) -> bool {
         crate::reflection::arrived_rightly(
             self.channel(),
@@ -435,6 +438,7 @@ impl Wave {
 
     /// A reflection that travelled on its source's reflection channel gets
     /// the channel it was emitted on back.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn restore_reflected_channel(&mut self) {
         if let Some(channel) = self.reflection_info().map(|r| r.channel.clone()) {
             self.channel = channel;

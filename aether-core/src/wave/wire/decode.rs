@@ -28,6 +28,7 @@ pub(crate) struct SourceCache {
 /// [`decode`] of the envelope at `range` of `whole` (a message, or a batch
 /// frame), reusing the source name `cache` holds when it is the same. The
 /// payload is a slice of `whole`.
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn decode_cached(
     channel: Channel,
     whole: &Bytes,

@@ -293,6 +293,7 @@ pub fn encode_as(version: WireVersion, wave: &Wave) -> Bytes {
 /// Like [`encode`], but into a per-thread arena of 64 KiB blocks: no
 /// allocation per wave, and the envelope's clones (the connection keeps one)
 /// are reference counts. For the hot emit path of a medium.
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn encode_pooled(version: WireVersion, wave: &Wave) -> Bytes {
     thread_local! {
         static ARENA: std::cell::RefCell<bytes::BytesMut> =
@@ -316,6 +317,7 @@ pub(crate) fn encode_pooled(version: WireVersion, wave: &Wave) -> Bytes {
 
 /// A wave's envelope about to be written into a batch frame, its layout
 /// worked out once.
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) struct Framed<'a> {
     pub(super) wave: &'a Wave,
     pub(super) sections: Sections<'a>,
@@ -324,6 +326,7 @@ pub(crate) struct Framed<'a> {
 }
 
 impl<'a> Framed<'a> {
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn of(version: WireVersion, wave: &'a Wave) -> Self {
         let sections = Sections::of(wave);
         let len = sections.len(version, wave);
@@ -336,12 +339,14 @@ impl<'a> Framed<'a> {
     }
 
     /// The bytes it takes in a frame: its length varint, then itself.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn entry_len(&self) -> usize {
         varint_len(self.len as u32) + self.len
     }
 
     /// Appends it to `out`: its length as a varint, then the envelope,
     /// written in place (no envelope of its own first).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn write_into(&self, out: &mut bytes::BytesMut) {
         out.reserve(self.entry_len());
         put_varint(out, self.len as u32);
@@ -351,6 +356,7 @@ impl<'a> Framed<'a> {
 
 /// Appends an envelope already written to `out`, after its length as a
 /// varint.
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn put_framed(out: &mut bytes::BytesMut, envelope: &[u8]) {
     out.reserve(3 + envelope.len());
     put_varint(out, envelope.len() as u32);
@@ -358,6 +364,7 @@ pub(crate) fn put_framed(out: &mut bytes::BytesMut, envelope: &[u8]) {
 }
 
 /// The bytes of `value` as a LEB128 varint, for a batch frame's writer.
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn framed_len_len(value: usize) -> usize {
     varint_len(value as u32)
 }
