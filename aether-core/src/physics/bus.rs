@@ -39,10 +39,7 @@ use crossbeam_utils::CachePadded;
 use smol_str::SmolStr;
 use tokio::sync::broadcast;
 
-use super::{
-    InterferenceEvent, InterferencePattern, PhysicsConfig, PhysicsEngine, ResonanceEdge,
-    follow::PhysicsEvents,
-};
+use super::{InterferenceEvent, InterferencePattern, PhysicsConfig, PhysicsEngine, ResonanceEdge};
 use crate::Wave;
 
 /// Batch buffers; a power of two.
@@ -397,7 +394,7 @@ fn thread_index() -> usize {
 /// [`Aether::physics`]: crate::Aether::physics
 #[derive(Clone)]
 pub struct Physics {
-    hub: Arc<PhysicsHub>,
+    pub(super) hub: Arc<PhysicsHub>,
 }
 
 impl Physics {
@@ -413,13 +410,6 @@ impl Physics {
             .lock_engine()
             .resonance()
             .edges_at(crate::wave::clock::bus_now())
-    }
-
-    /// Every interference event from now on. A follower that falls more than
-    /// `physics.follower_buffer` events behind skips the oldest, and the skip
-    /// is counted ([`PhysicsStats::lagged`]).
-    pub fn events(&self) -> PhysicsEvents {
-        PhysicsEvents::new(self.hub.subscribe(), self.hub.clone())
     }
 
     /// What the engine did so far, read without locks.

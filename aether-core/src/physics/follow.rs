@@ -13,7 +13,19 @@ use std::{
 use futures_core::Stream;
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::{InterferenceEvent, bus::PhysicsHub};
+use super::{
+    InterferenceEvent,
+    bus::{Physics, PhysicsHub},
+};
+
+impl Physics {
+    /// Every interference event from now on. A follower that falls more than
+    /// `physics.follower_buffer` events behind skips the oldest, and the skip
+    /// is counted ([`PhysicsStats::lagged`](super::PhysicsStats::lagged)).
+    pub fn events(&self) -> PhysicsEvents {
+        PhysicsEvents::new(self.hub.subscribe(), self.hub.clone())
+    }
+}
 use crate::Channel;
 
 type Receiver = broadcast::Receiver<Arc<InterferenceEvent>>;
