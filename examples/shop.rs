@@ -176,7 +176,7 @@ async fn shop(options: Options) -> Result<bool, Box<dyn Error + Send + Sync>> {
     aether_config.physics.correlate = vec!["inventory.*".into()];
     // It reports what it does every second, as the shipped settings make
     // the programs do: the dashboard's Instances and Replicated maps panels.
-    aether_config.report.interval_ms = 1000;
+    aether_config.report.interval = std::time::Duration::from_millis(1000);
     aether_config.report.instance = Some("shop".into());
     let aether = Aether::new(aether_config)?;
     let mut config = GatewayConfig {

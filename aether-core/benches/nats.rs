@@ -351,7 +351,7 @@ async fn aether_connect_with(url: &str, capacity: usize, batch: bool) -> Aether 
     nats.batch.enabled = batch;
     Aether::connect(AetherConfig {
         channel_buffer_size: capacity,
-        request_timeout_ms: REQUEST_TIMEOUT.as_millis() as u64,
+        request_timeout: REQUEST_TIMEOUT,
         nats,
         ..Default::default()
     })

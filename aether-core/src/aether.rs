@@ -225,7 +225,7 @@ impl Aether {
     /// a Tokio runtime runs this.
     fn start_reports(&self) {
         let report = &self.inner.config.report;
-        if report.interval_ms == 0 {
+        if report.interval.is_zero() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -244,7 +244,7 @@ impl Aether {
             return;
         }
         let _ = self.inner.reporting.set(instance.clone());
-        let interval = std::time::Duration::from_millis(report.interval_ms);
+        let interval = report.interval;
         // Held weakly between reports, so that they do not keep it alive.
         let inner = Arc::downgrade(&self.inner);
         runtime.spawn(async move {
@@ -294,7 +294,7 @@ impl Aether {
         InstanceReport {
             instance: instance.to_string(),
             seq,
-            interval_ms: self.config().report.interval_ms,
+            interval_ms: crate::config::as_ms(self.config().report.interval),
             medium: match connection.state {
                 crate::ConnectionState::Embedded => "embedded",
                 _ => "nats",

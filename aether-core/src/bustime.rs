@@ -303,7 +303,7 @@ async fn run(aether: &Aether) {
         }
         tokio::time::sleep(SETTLING_PAUSE).await;
     };
-    let interval = Duration::from_millis(config.interval_ms);
+    let interval = config.interval;
     tokio::spawn(async move {
         let mut last = Instant::now();
         let mut wait = SOON.min(interval);

@@ -25,7 +25,7 @@
 //! use aether_core::{Aether, AetherConfig, Vibrator, config::ReportConfig, report::InstanceReport};
 //!
 //! let config = AetherConfig {
-//!     report: ReportConfig { interval_ms: 100, instance: Some("shop-1".into()) },
+//!     report: ReportConfig { interval: std::time::Duration::from_millis(100), instance: Some("shop-1".into()) },
 //!     ..Default::default()
 //! };
 //! let aether = Aether::new(config)?;

@@ -155,7 +155,7 @@ impl Security {
             require_signatures: config.require_signatures,
             rules,
             enabled: config.is_enabled(),
-            replay_window: Duration::from_millis(config.replay_window_ms),
+            replay_window: config.replay_window,
             replay_memory: config.replay_memory,
         })
     }

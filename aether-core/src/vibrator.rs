@@ -669,7 +669,7 @@ impl Emitter {
     /// the reply comes to the vibrator's reply inbox, which lives as long as
     /// the vibrator or one of its emitters.
     pub async fn request(&self, wave: Wave) -> Result<Wave, RequestError> {
-        let timeout = self.aether.config().request_timeout();
+        let timeout = self.aether.config().request_timeout;
         self.request_with_timeout(wave, timeout).await
     }
 

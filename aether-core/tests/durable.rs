@@ -41,8 +41,8 @@ fn config(url: &str, outbox_dir: Option<&Path>) -> AetherConfig {
     AetherConfig {
         nats: NatsConfig {
             urls: vec![url.to_string()],
-            ping_interval_ms: 200,
-            reconnect_delay_max_ms: 100,
+            ping_interval: Duration::from_millis(200),
+            reconnect_delay_max: Duration::from_millis(100),
             retry_on_initial_connect: outbox_dir.is_some(),
             batch: aether_core::config::NatsBatch {
                 enabled: aether_testkit::batch_frames(),
@@ -490,7 +490,7 @@ fn receiver_config(url: &str) -> AetherConfig {
     let config = config(url, None);
     AetherConfig {
         durability: DurabilityConfig {
-            ack_wait_ms: 1000,
+            ack_wait: Duration::from_millis(1000),
             ..config.durability.clone()
         },
         ..config

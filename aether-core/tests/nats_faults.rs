@@ -24,8 +24,8 @@ fn config(urls: Vec<String>, outbox_capacity: usize) -> AetherConfig {
         nats: NatsConfig {
             urls,
             outbox_capacity,
-            ping_interval_ms: 200,
-            reconnect_delay_max_ms: 100,
+            ping_interval: Duration::from_millis(200),
+            reconnect_delay_max: Duration::from_millis(100),
             batch: aether_core::config::NatsBatch {
                 enabled: aether_testkit::batch_frames(),
                 ..Default::default()

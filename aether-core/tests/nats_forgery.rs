@@ -38,8 +38,8 @@ fn over(url: &str, security: SecurityConfig) -> AetherConfig {
     AetherConfig {
         nats: NatsConfig {
             urls: vec![url.into()],
-            connect_timeout_ms: 2000,
-            reconnect_delay_max_ms: 100,
+            connect_timeout: Duration::from_millis(2000),
+            reconnect_delay_max: Duration::from_millis(100),
             batch: aether_core::config::NatsBatch {
                 enabled: aether_testkit::batch_frames(),
                 ..Default::default()
@@ -581,7 +581,7 @@ async fn durable_channels_and_reports_work_under_the_generated_permissions() {
         .await;
         let login = |user: &str| {
             let mut config = durable_login(&server.url(), user, "gateway");
-            config.report.interval_ms = 100;
+            config.report.interval = Duration::from_millis(100);
             config.report.instance = Some(format!("{user}.1"));
             config
         };
@@ -662,7 +662,7 @@ async fn reports_are_sent_only_where_they_can_be_signed() {
         let reporting = |instance: &str| {
             let mut config = over(&url, strict());
             config.security.acl.clear();
-            config.report.interval_ms = 100;
+            config.report.interval = Duration::from_millis(100);
             config.report.instance = Some(instance.into());
             config
         };

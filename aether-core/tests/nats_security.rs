@@ -30,8 +30,8 @@ fn config(url: String, tls: NatsTls, auth: NatsAuth) -> AetherConfig {
     AetherConfig {
         nats: NatsConfig {
             urls: vec![url],
-            connect_timeout_ms: 2000,
-            reconnect_delay_max_ms: 100,
+            connect_timeout: Duration::from_millis(2000),
+            reconnect_delay_max: Duration::from_millis(100),
             tls,
             auth,
             batch: aether_core::config::NatsBatch {
@@ -574,7 +574,7 @@ async fn refusals_name_the_servers_and_what_to_check() {
         let port = aether_testkit::free_port().unwrap();
         let url = format!("nats://someone:{PASSWORD}@127.0.0.1:{port}");
         let mut unreachable = config(url, NatsTls::default(), NatsAuth::default());
-        unreachable.nats.connect_timeout_ms = 500;
+        unreachable.nats.connect_timeout = Duration::from_millis(500);
         let err = refused("nobody listening", unreachable).await;
         let text = err.to_string();
         assert_eq!(err.kind(), ConnectErrorKind::Unreachable, "{text}");

@@ -24,8 +24,8 @@ fn over(url: &str, security: SecurityConfig) -> AetherConfig {
     AetherConfig {
         nats: NatsConfig {
             urls: vec![url.into()],
-            connect_timeout_ms: 2000,
-            reconnect_delay_max_ms: 100,
+            connect_timeout: Duration::from_millis(2000),
+            reconnect_delay_max: Duration::from_millis(100),
             ..Default::default()
         },
         security,

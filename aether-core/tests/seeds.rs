@@ -402,6 +402,75 @@ fn default_toml_matches_default_config() -> Result {
     Ok(())
 }
 
+/// Every duration of `[aether]` is read as milliseconds or as text with its
+/// unit, from a file as from the environment; a text that is neither is
+/// refused, saying what it takes.
+#[test]
+fn durations_are_read_as_milliseconds_or_with_their_unit() -> Result {
+    let toml = r#"
+        [aether]
+        request_timeout_ms = "2.5s"
+        [aether.durability]
+        ack_wait_ms = "1m"
+        max_age_ms = "2h"
+        duplicate_window_ms = 60000
+        [aether.state]
+        anti_entropy_interval_ms = "250ms"
+        [aether.nats]
+        connect_timeout_ms = "3s"
+    "#;
+    let loaded: AetherConfig = config::Config::builder()
+        .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix("AETHER_DURATIONS_TEST")
+                .prefix_separator("__")
+                .separator("__")
+                .source(Some(
+                    [
+                        (
+                            "AETHER_DURATIONS_TEST__AETHER__PHYSICS__COHERENCE_WINDOW_MS"
+                                .to_string(),
+                            "750ms".to_string(),
+                        ),
+                        (
+                            "AETHER_DURATIONS_TEST__AETHER__REPORT__INTERVAL_MS".to_string(),
+                            "2000".to_string(),
+                        ),
+                    ]
+                    .into_iter()
+                    .collect(),
+                )),
+        )
+        .build()?
+        .get("aether")?;
+    loaded.validate()?;
+    assert_eq!(loaded.request_timeout, Duration::from_millis(2500));
+    assert_eq!(loaded.durability.ack_wait, Duration::from_secs(60));
+    assert_eq!(loaded.durability.max_age, Duration::from_secs(7200));
+    assert_eq!(loaded.durability.duplicate_window, Duration::from_secs(60));
+    assert_eq!(
+        loaded.state.anti_entropy_interval,
+        Duration::from_millis(250)
+    );
+    assert_eq!(loaded.nats.connect_timeout, Duration::from_secs(3));
+    assert_eq!(loaded.physics.coherence_window, Duration::from_millis(750));
+    assert_eq!(loaded.report.interval, Duration::from_secs(2));
+    let bad = config::Config::builder()
+        .add_source(config::File::from_str(
+            "[aether.durability]\nack_wait_ms = \"five seconds\"",
+            config::FileFormat::Toml,
+        ))
+        .build()?
+        .get::<AetherConfig>("aether")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        bad.contains("\"five seconds\"") && bad.contains("\"5s\""),
+        "{bad}"
+    );
+    Ok(())
+}
+
 /// A wave emitted `at_ms` after an arbitrary instant, with any phase and key
 /// (`wire::Parts` builds waves with a given emission time, so the physics
 /// snippets need no sleeping).
@@ -573,10 +642,10 @@ async fn readme_time_synchronized_hopping() -> Result {
 /// bounded retention, and beta's two answers correlated.
 fn shipped() -> AetherConfig {
     let mut shipped = AetherConfig::default();
-    shipped.report.interval_ms = 1000;
+    shipped.report.interval = Duration::from_millis(1000);
     shipped.durability.channels = vec!["orders.*".into(), "inventory.*".into()];
-    shipped.durability.ack_wait_ms = 5000;
-    shipped.durability.max_age_ms = 86_400_000;
+    shipped.durability.ack_wait = Duration::from_millis(5000);
+    shipped.durability.max_age = Duration::from_millis(86_400_000);
     shipped.durability.max_bytes = 1 << 30;
     shipped.physics.correlate = vec!["inventory.*".into()];
     shipped

@@ -134,7 +134,7 @@ async fn instance_reports_carry_each_replica() {
     timeout(LIMIT, async {
         let aether = Aether::new(aether_core::AetherConfig {
             report: aether_core::config::ReportConfig {
-                interval_ms: 100,
+                interval: Duration::from_millis(100),
                 instance: Some("home-1".into()),
             },
             ..Default::default()

@@ -59,8 +59,8 @@ fn over(url: &str) -> AetherConfig {
     AetherConfig {
         nats: NatsConfig {
             urls: vec![url.into()],
-            ping_interval_ms: 200,
-            reconnect_delay_max_ms: 100,
+            ping_interval: Duration::from_millis(200),
+            reconnect_delay_max: Duration::from_millis(100),
             batch: aether_core::config::NatsBatch {
                 enabled: aether_testkit::batch_frames(),
                 ..Default::default()

@@ -42,8 +42,8 @@ fn over(url: &str) -> AetherConfig {
     AetherConfig {
         nats: NatsConfig {
             urls: vec![url.into()],
-            ping_interval_ms: 200,
-            reconnect_delay_max_ms: 100,
+            ping_interval: Duration::from_millis(200),
+            reconnect_delay_max: Duration::from_millis(100),
             retry_on_initial_connect: true,
             ..Default::default()
         },

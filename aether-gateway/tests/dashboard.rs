@@ -112,7 +112,7 @@ async fn the_panels_fill_and_the_badge_says_what_is_true() {
         return;
     };
     let mut settings = aether_core::AetherConfig::default();
-    settings.report.interval_ms = 200;
+    settings.report.interval = Duration::from_millis(200);
     settings.report.instance = Some("shop".into());
     let aether = Aether::new(settings).unwrap();
     let gateway = start(&aether, config()).await;

@@ -36,7 +36,7 @@ async fn connect(url: &str) -> Aether {
     Aether::connect(AetherConfig {
         nats: NatsConfig {
             urls: vec![url.to_string()],
-            reconnect_delay_max_ms: 100,
+            reconnect_delay_max: Duration::from_millis(100),
             ..Default::default()
         },
         ..Default::default()
@@ -461,7 +461,7 @@ async fn sealed_payloads_stay_sealed_in_the_journal() {
         let mut config = AetherConfig {
             nats: NatsConfig {
                 urls: vec![url.clone()],
-                reconnect_delay_max_ms: 100,
+                reconnect_delay_max: Duration::from_millis(100),
                 ..Default::default()
             },
             ..Default::default()

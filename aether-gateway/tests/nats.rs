@@ -16,7 +16,7 @@ async fn connect(url: String) -> Aether {
     Aether::connect(AetherConfig {
         nats: NatsConfig {
             urls: vec![url],
-            reconnect_delay_max_ms: 100,
+            reconnect_delay_max: Duration::from_millis(100),
             ..Default::default()
         },
         ..Default::default()

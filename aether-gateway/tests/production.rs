@@ -200,7 +200,7 @@ async fn the_saga_runs_on_the_shipped_production_cluster() {
         let refused = Aether::connect(AetherConfig {
             nats: NatsConfig {
                 urls: cluster.urls.clone(),
-                connect_timeout_ms: 2000,
+                connect_timeout: Duration::from_millis(2000),
                 tls: aether_core::config::NatsTls {
                     required: true,
                     ca_file: Some(pki.ca_pem_path()),

@@ -835,7 +835,7 @@ mod tests {
         for run in 0..2 {
             let aether = Aether::new(AetherConfig {
                 report: aether_core::config::ReportConfig {
-                    interval_ms: 0,
+                    interval: std::time::Duration::ZERO,
                     instance: Some("beta-1".into()),
                 },
                 ..AetherConfig::default()

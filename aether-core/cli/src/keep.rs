@@ -47,8 +47,8 @@ pub async fn run(connection: &Connection, args: KeepArgs) -> Result<(), Failure>
     // itself (`aether stats`) under its name, unless told how.
     let aether = connect_with(connection, |config| {
         config.clock.source = true;
-        if config.report.interval_ms == 0 {
-            config.report.interval_ms = REPORT_EVERY_MS;
+        if config.report.interval.is_zero() {
+            config.report.interval = std::time::Duration::from_millis(REPORT_EVERY_MS);
         }
         if config.report.instance.is_none() {
             config.report.instance = Some(format!("keep-{name}"));

@@ -405,7 +405,7 @@ async fn stats_tabulates_what_instances_report() {
     let nats = server().await;
     let url = nats.url();
     let mut config = AetherConfig::default();
-    config.report.interval_ms = 200;
+    config.report.interval = Duration::from_millis(200);
     config.report.instance = Some("probe-1".into());
     let reporting = connect(&url, config).await;
     let (status, out, stderr) = run(aether(&url, &["stats", "--wait", "1s"])).await;

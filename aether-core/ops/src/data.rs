@@ -167,7 +167,7 @@ mod tests {
             first.instance()
         );
         let report = aether_core::config::ReportConfig {
-            interval_ms: 0,
+            interval: std::time::Duration::ZERO,
             instance: Some(first.instance().to_string()),
         };
         assert!(

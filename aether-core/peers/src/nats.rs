@@ -187,7 +187,7 @@ pub async fn aether_connect(url: &str, capacity: usize) -> Result<Aether, String
     };
     Aether::connect(AetherConfig {
         channel_buffer_size: capacity,
-        request_timeout_ms: REQUEST_TIMEOUT.as_millis() as u64,
+        request_timeout: REQUEST_TIMEOUT,
         nats,
         ..Default::default()
     })

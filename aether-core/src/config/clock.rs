@@ -1,6 +1,7 @@
 //! Settings of the bus's time ([`crate::bustime`]).
 
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 use super::{ConfigError, check};
 
@@ -13,7 +14,7 @@ use super::{ConfigError, check};
 ///
 /// let clock = ClockConfig { source: true, ..Default::default() };
 /// clock.validate()?;
-/// let bad = ClockConfig { interval_ms: 10, ..Default::default() };
+/// let bad = ClockConfig { interval: std::time::Duration::from_millis(10), ..Default::default() };
 /// assert_eq!(bad.validate().unwrap_err().key(), "clock.interval_ms");
 /// # Ok::<(), aether_core::ConfigError>(())
 /// ```
@@ -32,7 +33,8 @@ pub struct ClockConfig {
     /// (after a start, or a change in the sources heard, it is measured
     /// after 1, 2, 4 ... s up to this; a jump of the machine's clock at
     /// once). 1,000 to 3,600,000; default 30,000.
-    pub interval_ms: u64,
+    #[serde(rename = "interval_ms", with = "super::millis")]
+    pub interval: Duration,
 }
 
 impl Default for ClockConfig {
@@ -40,7 +42,7 @@ impl Default for ClockConfig {
         Self {
             source: false,
             follow: None,
-            interval_ms: 30_000,
+            interval: Duration::from_millis(30_000),
         }
     }
 }
@@ -49,9 +51,9 @@ impl ClockConfig {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check(
-            (1_000..=3_600_000).contains(&self.interval_ms),
+            (1_000..=3_600_000).contains(&super::as_ms(self.interval)),
             "clock.interval_ms",
-            self.interval_ms.to_string(),
+            super::as_ms(self.interval).to_string(),
             "must be 1000 to 3600000",
         )?;
         if let Some(follow) = &self.follow {

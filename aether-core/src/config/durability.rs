@@ -83,15 +83,18 @@ pub struct DurabilityConfig {
     pub storage: DurableStorage,
     /// How long the stream remembers a wave id to drop a second copy, in
     /// milliseconds: a resend within it is stored once. Default 120,000.
-    pub duplicate_window_ms: u64,
+    #[serde(rename = "duplicate_window_ms", with = "super::millis")]
+    pub duplicate_window: Duration,
     /// Oldest wave kept, in milliseconds; 0 (the default) = no limit.
-    pub max_age_ms: u64,
+    #[serde(rename = "max_age_ms", with = "super::millis")]
+    pub max_age: Duration,
     /// Most bytes kept, the oldest waves going first; 0 (the default) = no
     /// limit.
     pub max_bytes: u64,
     /// How long a consumer's delivery waits for its acknowledgement before
     /// the server sends it again, in milliseconds. Default 30,000.
-    pub ack_wait_ms: u64,
+    #[serde(rename = "ack_wait_ms", with = "super::millis")]
+    pub ack_wait: Duration,
     /// Most deliveries of one wave to a consumer; 0 (the default) = no
     /// limit.
     pub max_deliver: u32,
@@ -124,10 +127,10 @@ impl Default for DurabilityConfig {
             manage_stream: true,
             domain: None,
             storage: DurableStorage::File,
-            duplicate_window_ms: 120_000,
-            max_age_ms: 0,
+            duplicate_window: Duration::from_millis(120_000),
+            max_age: Duration::from_millis(0),
             max_bytes: 0,
-            ack_wait_ms: 30_000,
+            ack_wait: Duration::from_millis(30_000),
             max_deliver: 0,
             replicas: 0,
             outbox_dir: None,
@@ -178,15 +181,16 @@ impl DurabilityConfig {
             "must be 1 to 64 of A-Z a-z 0-9 _ -",
         )?;
         check(
-            (100..=86_400_000).contains(&self.duplicate_window_ms),
+            (100..=86_400_000).contains(&super::as_ms(self.duplicate_window)),
             "durability.duplicate_window_ms",
-            self.duplicate_window_ms.to_string(),
+            super::as_ms(self.duplicate_window).to_string(),
             "must be between 100 and 86400000",
         )?;
         check(
-            self.max_age_ms == 0 || self.max_age_ms >= self.duplicate_window_ms,
+            super::as_ms(self.max_age) == 0
+                || super::as_ms(self.max_age) >= super::as_ms(self.duplicate_window),
             "durability.max_age_ms",
-            self.max_age_ms.to_string(),
+            super::as_ms(self.max_age).to_string(),
             "must be 0 (no limit) or at least durability.duplicate_window_ms",
         )?;
         check(
@@ -196,9 +200,9 @@ impl DurabilityConfig {
             "is too large",
         )?;
         check(
-            (100..=86_400_000).contains(&self.ack_wait_ms),
+            (100..=86_400_000).contains(&super::as_ms(self.ack_wait)),
             "durability.ack_wait_ms",
-            self.ack_wait_ms.to_string(),
+            super::as_ms(self.ack_wait).to_string(),
             "must be between 100 and 86400000",
         )?;
         check(
@@ -235,16 +239,6 @@ impl DurabilityConfig {
             .iter()
             .map(|p| Channel::new(p.as_str()))
             .collect()
-    }
-
-    /// [`DurabilityConfig::duplicate_window_ms`] as a duration.
-    pub fn duplicate_window(&self) -> Duration {
-        Duration::from_millis(self.duplicate_window_ms)
-    }
-
-    /// [`DurabilityConfig::ack_wait_ms`] as a duration.
-    pub fn ack_wait(&self) -> Duration {
-        Duration::from_millis(self.ack_wait_ms)
     }
 }
 
@@ -294,17 +288,17 @@ mod tests {
             assert_eq!(refused(config), "durability.stream");
         }
         let config = DurabilityConfig {
-            duplicate_window_ms: 0,
+            duplicate_window: Duration::from_millis(0),
             ..base.clone()
         };
         assert_eq!(refused(config), "durability.duplicate_window_ms");
         let config = DurabilityConfig {
-            max_age_ms: 1000,
+            max_age: Duration::from_millis(1000),
             ..base.clone()
         };
         assert_eq!(refused(config), "durability.max_age_ms");
         let config = DurabilityConfig {
-            ack_wait_ms: 5,
+            ack_wait: Duration::from_millis(5),
             ..base.clone()
         };
         assert_eq!(refused(config), "durability.ack_wait_ms");

@@ -1,6 +1,7 @@
 //! Settings of a bus found on the LAN ([`crate::lan`]).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +21,8 @@ pub struct LanConfig {
     pub secret_file: Option<PathBuf>,
     /// Milliseconds to look for a node on the LAN when this machine runs
     /// none, 100 to 60,000. Default 3,000.
-    pub wait_ms: u64,
+    #[serde(rename = "wait_ms", with = "super::millis")]
+    pub wait: Duration,
     /// The network interface to look on (default: every one).
     pub interface: Option<String>,
 }
@@ -30,7 +32,7 @@ impl Default for LanConfig {
         Self {
             bus: None,
             secret_file: None,
-            wait_ms: 3_000,
+            wait: Duration::from_millis(3_000),
             interface: None,
         }
     }
@@ -40,9 +42,9 @@ impl LanConfig {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check(
-            (100..=60_000).contains(&self.wait_ms),
+            (100..=60_000).contains(&super::as_ms(self.wait)),
             "lan.wait_ms",
-            self.wait_ms.to_string(),
+            super::as_ms(self.wait).to_string(),
             "must be 100 to 60000 (milliseconds)",
         )
     }

@@ -67,7 +67,8 @@ pub struct AetherConfig {
     /// that is alive).
     pub default_noise_floor: f64,
     /// Timeout of requests made without one, in milliseconds. Default 5000.
-    pub request_timeout_ms: u64,
+    #[serde(rename = "request_timeout_ms", with = "millis")]
+    pub request_timeout: Duration,
     /// How [`Aether::connect`](crate::Aether::connect) reaches NATS (not
     /// used by the embedded medium).
     pub nats: NatsConfig,
@@ -102,7 +103,7 @@ impl Default for AetherConfig {
             attenuation_factor: DEFAULT_ATTENUATION_FACTOR,
             min_amplitude: 0.01,
             default_noise_floor: 0.0,
-            request_timeout_ms: 5000,
+            request_timeout: Duration::from_millis(5000),
             nats: NatsConfig::default(),
             hopping: HoppingConfig::default(),
             physics: PhysicsConfig::default(),
@@ -150,9 +151,9 @@ impl AetherConfig {
             "must be in [0, 1]",
         )?;
         check(
-            self.request_timeout_ms > 0,
+            as_ms(self.request_timeout) > 0,
             "request_timeout_ms",
-            self.request_timeout_ms.to_string(),
+            as_ms(self.request_timeout).to_string(),
             "must be at least 1",
         )?;
         self.nats.validate()?;
@@ -165,10 +166,122 @@ impl AetherConfig {
         self.clock.validate()?;
         self.physics.validate()
     }
+}
 
-    /// [`AetherConfig::request_timeout_ms`] as a duration.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
+/// A duration in nanoseconds, as the physics engine counts them.
+pub(crate) fn as_ns(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A duration as the settings write it, in whole milliseconds.
+pub(crate) fn as_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Durations in the settings, one convention for all: a `Duration` field,
+/// written under its `_ms` key as milliseconds (`ack_wait_ms = 5000`) or as
+/// text with its unit (`ack_wait_ms = "5s"`; `ms`, `s`, `m`, `h`).
+pub(crate) mod millis {
+    use std::{fmt, time::Duration};
+
+    use serde::{Deserializer, Serializer, de};
+
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(super::as_ms(*d))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        d.deserialize_any(Millis)
+    }
+
+    /// A duration's text: whole milliseconds (`"250"`), or a number with its
+    /// unit (`"250ms"`, `"1.5s"`, `"2m"`, `"1h"`).
+    pub(crate) fn parse(text: &str) -> Option<Duration> {
+        let text = text.trim();
+        if let Ok(ms) = text.parse::<u64>() {
+            return Some(Duration::from_millis(ms));
+        }
+        let at = text.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+        let (number, unit) = text.split_at(at);
+        let ms_per: u64 = match unit.trim() {
+            "ms" => 1,
+            "s" => 1000,
+            "m" | "min" => 60_000,
+            "h" => 3_600_000,
+            _ => return None,
+        };
+        if let Ok(whole) = number.parse::<u64>() {
+            return whole.checked_mul(ms_per).map(Duration::from_millis);
+        }
+        let number: f64 = number.parse().ok()?;
+        Duration::try_from_secs_f64(number * ms_per as f64 / 1000.0).ok()
+    }
+
+    struct Millis;
+
+    impl de::Visitor<'_> for Millis {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(
+                "milliseconds, or a duration with its unit (\"250ms\", \"5s\", \"2m\", \"1h\")",
+            )
+        }
+
+        fn visit_u64<E: de::Error>(self, ms: u64) -> Result<Duration, E> {
+            Ok(Duration::from_millis(ms))
+        }
+
+        fn visit_i64<E: de::Error>(self, ms: i64) -> Result<Duration, E> {
+            u64::try_from(ms)
+                .map(Duration::from_millis)
+                .map_err(|_| E::invalid_value(de::Unexpected::Signed(ms), &self))
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+            parse(text).ok_or_else(|| E::invalid_value(de::Unexpected::Str(text), &self))
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[test]
+        fn durations_are_read_in_milliseconds_or_with_their_unit() {
+            for (text, ms) in [
+                ("250", 250),
+                ("250ms", 250),
+                ("5s", 5000),
+                ("1.5s", 1500),
+                ("2m", 120_000),
+                ("1h", 3_600_000),
+                (" 30 s ", 30_000),
+            ] {
+                assert_eq!(parse(text), Some(Duration::from_millis(ms)), "{text}");
+            }
+            for bad in ["", "s", "5x", "-5s", "5 seconds", "1e3ms", "NaNs", "ms5"] {
+                assert_eq!(parse(bad), None, "{bad}");
+            }
+        }
+
+        proptest! {
+            /// Any milliseconds survive their text, with or without a unit.
+            #[test]
+            fn milliseconds_round_trip(ms in 0u64..u64::MAX / 2) {
+                prop_assert_eq!(parse(&ms.to_string()), Some(Duration::from_millis(ms)));
+                prop_assert_eq!(parse(&format!("{ms}ms")), Some(Duration::from_millis(ms)));
+                prop_assert_eq!(parse(&format!("{}s", ms / 1000)), Some(Duration::from_secs(ms / 1000)));
+            }
+
+            /// No text makes it panic.
+            #[test]
+            fn any_text_is_handled(text in ".{0,20}") {
+                let _ = parse(&text);
+            }
+        }
     }
 }
 

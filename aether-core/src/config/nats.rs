@@ -55,13 +55,16 @@ pub struct NatsConfig {
     /// `emit` waits. Default 65,536.
     pub client_capacity: usize,
     /// Time allowed to connect to one server, in milliseconds. Default 5000.
-    pub connect_timeout_ms: u64,
+    #[serde(rename = "connect_timeout_ms", with = "super::millis")]
+    pub connect_timeout: Duration,
     /// How often the client pings the server, in milliseconds; two missed
     /// pongs mark the connection dead. Default 10,000.
-    pub ping_interval_ms: u64,
+    #[serde(rename = "ping_interval_ms", with = "super::millis")]
+    pub ping_interval: Duration,
     /// Longest wait between reconnect attempts, in milliseconds (the delay
     /// grows up to it). Default 2000.
-    pub reconnect_delay_max_ms: u64,
+    #[serde(rename = "reconnect_delay_max_ms", with = "super::millis")]
+    pub reconnect_delay_max: Duration,
     /// Reconnect attempts before giving up; none = forever (default).
     pub max_reconnects: Option<usize>,
     /// Keep trying when no server answers at start, instead of failing.
@@ -157,9 +160,9 @@ impl Default for NatsConfig {
             outbox_capacity: 10_000,
             subscription_capacity: 262_144,
             client_capacity: 65_536,
-            connect_timeout_ms: 5000,
-            ping_interval_ms: 10_000,
-            reconnect_delay_max_ms: 2000,
+            connect_timeout: Duration::from_millis(5000),
+            ping_interval: Duration::from_millis(10_000),
+            reconnect_delay_max: Duration::from_millis(2000),
             max_reconnects: None,
             retry_on_initial_connect: false,
             max_wave_bytes: 1_048_576,
@@ -219,9 +222,15 @@ impl NatsConfig {
             )?;
         }
         for (key, value) in [
-            ("nats.connect_timeout_ms", self.connect_timeout_ms),
-            ("nats.ping_interval_ms", self.ping_interval_ms),
-            ("nats.reconnect_delay_max_ms", self.reconnect_delay_max_ms),
+            (
+                "nats.connect_timeout_ms",
+                super::as_ms(self.connect_timeout),
+            ),
+            ("nats.ping_interval_ms", super::as_ms(self.ping_interval)),
+            (
+                "nats.reconnect_delay_max_ms",
+                super::as_ms(self.reconnect_delay_max),
+            ),
         ] {
             check(value > 0, key, value.to_string(), "must be at least 1")?;
         }
@@ -297,21 +306,6 @@ impl NatsConfig {
     pub fn redacted_urls(&self) -> Vec<String> {
         self.urls.iter().map(|u| redact_url(u)).collect()
     }
-
-    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
-    pub(crate) fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms)
-    }
-
-    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
-    pub(crate) fn ping_interval(&self) -> Duration {
-        Duration::from_millis(self.ping_interval_ms)
-    }
-
-    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
-    pub(crate) fn reconnect_delay_max(&self) -> Duration {
-        Duration::from_millis(self.reconnect_delay_max_ms)
-    }
 }
 
 impl std::fmt::Debug for NatsConfig {
@@ -326,9 +320,12 @@ impl std::fmt::Debug for NatsConfig {
             .field("outbox_capacity", &self.outbox_capacity)
             .field("subscription_capacity", &self.subscription_capacity)
             .field("client_capacity", &self.client_capacity)
-            .field("connect_timeout_ms", &self.connect_timeout_ms)
-            .field("ping_interval_ms", &self.ping_interval_ms)
-            .field("reconnect_delay_max_ms", &self.reconnect_delay_max_ms)
+            .field("connect_timeout_ms", &super::as_ms(self.connect_timeout))
+            .field("ping_interval_ms", &super::as_ms(self.ping_interval))
+            .field(
+                "reconnect_delay_max_ms",
+                &super::as_ms(self.reconnect_delay_max),
+            )
             .field("max_reconnects", &self.max_reconnects)
             .field("retry_on_initial_connect", &self.retry_on_initial_connect)
             .field("max_wave_bytes", &self.max_wave_bytes)

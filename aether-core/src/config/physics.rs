@@ -2,6 +2,7 @@
 //! bound its memory.
 
 use std::f64::consts::FRAC_PI_2;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +23,7 @@ use crate::Channel;
 /// ```
 /// use aether_core::PhysicsConfig;
 ///
-/// let config = PhysicsConfig { coherence_window_ms: 500, ..Default::default() };
+/// let config = PhysicsConfig { coherence_window: std::time::Duration::from_millis(500), ..Default::default() };
 /// assert!(config.validate().is_ok());
 ///
 /// let bad = PhysicsConfig { phase_tolerance: 2.0, ..Default::default() };
@@ -33,7 +34,8 @@ use crate::Channel;
 pub struct PhysicsConfig {
     /// Two waves interfere only if their emission times are at most this far
     /// apart, in milliseconds. Default 1000.
-    pub coherence_window_ms: u64,
+    #[serde(rename = "coherence_window_ms", with = "super::millis")]
+    pub coherence_window: Duration,
     /// How far from 0 (in phase) or from π (opposite) a phase difference may
     /// be, in radians, in `[0, π/2)`. Default 0.1.
     pub phase_tolerance: f64,
@@ -52,13 +54,16 @@ pub struct PhysicsConfig {
     pub standing_jitter: f64,
     /// The occurrences of a standing wave all fall within this span, in
     /// milliseconds. Default 10,000.
-    pub standing_window_ms: u64,
+    #[serde(rename = "standing_window_ms", with = "super::millis")]
+    pub standing_window: Duration,
     /// Time constant of the resonance rates and mean amplitudes (an
     /// exponentially decayed window), in milliseconds. Default 10,000.
-    pub resonance_window_ms: u64,
+    #[serde(rename = "resonance_window_ms", with = "super::millis")]
+    pub resonance_window: Duration,
     /// A resonance edge not seen for this long is dropped, in milliseconds.
     /// Default 60,000.
-    pub resonance_idle_ms: u64,
+    #[serde(rename = "resonance_idle_ms", with = "super::millis")]
+    pub resonance_idle: Duration,
     /// Most resonance edges kept; past it the least recently seen one is
     /// dropped. 1 to 10,000,000. Default 10,000.
     pub max_edges: usize,
@@ -89,15 +94,15 @@ pub struct PhysicsConfig {
 impl Default for PhysicsConfig {
     fn default() -> Self {
         Self {
-            coherence_window_ms: 1000,
+            coherence_window: Duration::from_millis(1000),
             phase_tolerance: 0.1,
             max_window_waves: 64,
             max_tracked_keys: 10_000,
             standing_min_repeats: 4,
             standing_jitter: 0.2,
-            standing_window_ms: 10_000,
-            resonance_window_ms: 10_000,
-            resonance_idle_ms: 60_000,
+            standing_window: Duration::from_millis(10_000),
+            resonance_window: Duration::from_millis(10_000),
+            resonance_idle: Duration::from_millis(60_000),
             max_edges: 10_000,
             max_waves_per_s: 50_000,
             diffraction_factor: 0.5,
@@ -124,7 +129,10 @@ impl PhysicsConfig {
                 "must be between 1 and 86400000 (one day)",
             )
         };
-        window("physics.coherence_window_ms", self.coherence_window_ms)?;
+        window(
+            "physics.coherence_window_ms",
+            super::as_ms(self.coherence_window),
+        )?;
         check(
             (0.0..FRAC_PI_2).contains(&self.phase_tolerance),
             "physics.phase_tolerance",
@@ -155,9 +163,18 @@ impl PhysicsConfig {
             self.standing_jitter.to_string(),
             "must be in (0, 1]",
         )?;
-        window("physics.standing_window_ms", self.standing_window_ms)?;
-        window("physics.resonance_window_ms", self.resonance_window_ms)?;
-        window("physics.resonance_idle_ms", self.resonance_idle_ms)?;
+        window(
+            "physics.standing_window_ms",
+            super::as_ms(self.standing_window),
+        )?;
+        window(
+            "physics.resonance_window_ms",
+            super::as_ms(self.resonance_window),
+        )?;
+        window(
+            "physics.resonance_idle_ms",
+            super::as_ms(self.resonance_idle),
+        )?;
         check(
             (1..=10_000_000).contains(&self.max_edges),
             "physics.max_edges",
@@ -214,7 +231,7 @@ mod tests {
         let cases: [(PhysicsConfig, &str); 16] = [
             (
                 PhysicsConfig {
-                    coherence_window_ms: 0,
+                    coherence_window: Duration::from_millis(0),
                     ..Default::default()
                 },
                 "physics.coherence_window_ms",
@@ -256,21 +273,21 @@ mod tests {
             ),
             (
                 PhysicsConfig {
-                    standing_window_ms: MAX_WINDOW_MS + 1,
+                    standing_window: Duration::from_millis(MAX_WINDOW_MS + 1),
                     ..Default::default()
                 },
                 "physics.standing_window_ms",
             ),
             (
                 PhysicsConfig {
-                    resonance_window_ms: 0,
+                    resonance_window: Duration::from_millis(0),
                     ..Default::default()
                 },
                 "physics.resonance_window_ms",
             ),
             (
                 PhysicsConfig {
-                    resonance_idle_ms: 0,
+                    resonance_idle: Duration::from_millis(0),
                     ..Default::default()
                 },
                 "physics.resonance_idle_ms",
@@ -336,7 +353,10 @@ mod tests {
     fn reads_from_json_with_defaults_and_refuses_unknown_keys() {
         let config: PhysicsConfig =
             serde_json::from_str(r#"{"coherence_window_ms": 250}"#).expect("valid");
-        assert_eq!(config.coherence_window_ms, 250);
+        assert_eq!(
+            config.coherence_window,
+            std::time::Duration::from_millis(250)
+        );
         assert_eq!(config.max_tracked_keys, 10_000);
         assert!(serde_json::from_str::<PhysicsConfig>(r#"{"coherence": 1}"#).is_err());
     }

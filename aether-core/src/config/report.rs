@@ -1,6 +1,7 @@
 //! Settings of the instance reports ([`crate::report`]).
 
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 use super::{ConfigError, check};
 
@@ -10,7 +11,7 @@ use super::{ConfigError, check};
 /// ```
 /// use aether_core::config::ReportConfig;
 ///
-/// let report = ReportConfig { interval_ms: 1000, instance: Some("beta-1".into()) };
+/// let report = ReportConfig { interval: std::time::Duration::from_millis(1000), instance: Some("beta-1".into()) };
 /// report.validate()?;
 /// assert_eq!(report.instance_name(), "beta-1");
 /// # Ok::<(), aether_core::ConfigError>(())
@@ -20,7 +21,8 @@ use super::{ConfigError, check};
 pub struct ReportConfig {
     /// Milliseconds between reports, 100 to 3,600,000; 0 (the default):
     /// none. The programs' shipped settings report every 1,000.
-    pub interval_ms: u64,
+    #[serde(rename = "interval_ms", with = "super::millis")]
+    pub interval: Duration,
     /// The name of this aether in its reports and, where
     /// `nats.connection_name` is not set, in the server's list of
     /// connections: a vibrator name (1 to 64 of `A-Z a-z 0-9 _ - .`).
@@ -40,9 +42,10 @@ impl ReportConfig {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check(
-            self.interval_ms == 0 || (100..=3_600_000).contains(&self.interval_ms),
+            super::as_ms(self.interval) == 0
+                || (100..=3_600_000).contains(&super::as_ms(self.interval)),
             "report.interval_ms",
-            self.interval_ms.to_string(),
+            super::as_ms(self.interval).to_string(),
             "must be 0 (no reports) or 100 to 3600000",
         )?;
         if let Some(instance) = &self.instance {

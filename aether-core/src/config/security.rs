@@ -1,5 +1,6 @@
 //! Settings of source authentication and channel access control.
 
+use std::time::Duration;
 use std::{collections::BTreeMap, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -73,7 +74,8 @@ pub struct SecurityConfig {
     /// has already taken, or one stamped more than this far from its own
     /// clock, as a replay ([`DropReason::Replay`](crate::DropReason::Replay)), in milliseconds. Clocks
     /// of the bus must agree within it. 1,000 to 3,600,000; default 30,000.
-    pub replay_window_ms: u64,
+    #[serde(rename = "replay_window_ms", with = "super::millis")]
+    pub replay_window: Duration,
     /// Most waves each subscription remembers for the replay window; past
     /// it, waves stamped before the oldest one remembered are refused too
     /// (so forgetting never lets a replay through). 1,024 to 10,000,000;
@@ -117,7 +119,7 @@ impl Default for SecurityConfig {
             signing_key_base: None,
             require_signatures: false,
             acl: Vec::new(),
-            replay_window_ms: 30_000,
+            replay_window: Duration::from_millis(30_000),
             replay_memory: 65_536,
             encryption: Vec::new(),
         }
@@ -546,9 +548,9 @@ impl SecurityConfig {
             )?;
         }
         check(
-            (1_000..=3_600_000).contains(&self.replay_window_ms),
+            (1_000..=3_600_000).contains(&super::as_ms(self.replay_window)),
             "security.replay_window_ms",
-            self.replay_window_ms.to_string(),
+            super::as_ms(self.replay_window).to_string(),
             "must be 1000 to 3600000 (milliseconds)",
         )?;
         check(

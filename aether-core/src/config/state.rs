@@ -8,7 +8,8 @@ use super::{ConfigError, check};
 
 /// `[aether.state]`: the settings every [`StateMap`](crate::state::StateMap)
 /// opened on the aether starts from (a builder may give its own). Durations
-/// are written in milliseconds (`max_drift_ms = 500`).
+/// are written in milliseconds or with a unit (`max_drift_ms = 500`,
+/// `max_drift_ms = "500ms"`).
 ///
 /// ```
 /// use aether_core::config::StateConfig;
@@ -46,29 +47,29 @@ pub struct StateConfig {
     pub max_map_bytes: u64,
     /// A stamp further ahead of this replica's clock is refused. Default
     /// 500 ms.
-    #[serde(rename = "max_drift_ms", with = "millis")]
+    #[serde(rename = "max_drift_ms", with = "super::millis")]
     pub max_drift: Duration,
     /// Tombstones older than this are collected, and a write stamped
     /// before it is refused. It must be longer than any partition a replica
     /// may come back from with its state. Default 24 h.
-    #[serde(rename = "tombstone_horizon_ms", with = "millis")]
+    #[serde(rename = "tombstone_horizon_ms", with = "super::millis")]
     pub tombstone_horizon: Duration,
     /// How often a replica probes one member of the map (the next of a
     /// shuffled round), and about one of the map's replicas says hello to
     /// all. Default 1 s.
-    #[serde(rename = "heartbeat_interval_ms", with = "millis")]
+    #[serde(rename = "heartbeat_interval_ms", with = "super::millis")]
     pub heartbeat_interval: Duration,
     /// A member that answers none of its probes for this long has left.
     /// Default 3 s.
-    #[serde(rename = "presence_timeout_ms", with = "millis")]
+    #[serde(rename = "presence_timeout_ms", with = "super::millis")]
     pub presence_timeout: Duration,
     /// How often a replica's next probe carries its digest, and the member
     /// probed sends it what differs. Default 2 s.
-    #[serde(rename = "anti_entropy_interval_ms", with = "millis")]
+    #[serde(rename = "anti_entropy_interval_ms", with = "super::millis")]
     pub anti_entropy_interval: Duration,
     /// How long `open` waits for a peer's state before it goes on alone.
     /// Default 2 s.
-    #[serde(rename = "ready_timeout_ms", with = "millis")]
+    #[serde(rename = "ready_timeout_ms", with = "super::millis")]
     pub ready_timeout: Duration,
     /// Most writes a second taken from one writer; past it they are
     /// refused (`rate_limited`) and anti-entropy brings them later. Default
@@ -300,21 +301,6 @@ impl StateConfig {
             format!("{:?}", keeper.maps),
             "a keeper keeps its maps on disk: set state.dir",
         )
-    }
-}
-
-/// A duration as whole milliseconds.
-mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
     }
 }
 

@@ -101,7 +101,7 @@ impl LanOptions {
                 .clone()
                 .or_else(|| env("AETHER_SECRET_FILE").map(PathBuf::from)),
             runtime_dir: None,
-            wait: Duration::from_millis(lan.wait_ms),
+            wait: lan.wait,
             interface: lan.interface.clone(),
         }
     }

@@ -153,7 +153,7 @@ impl PhysicsEngine {
         let phase_difference = interference::phase_difference(w1.phase(), w2.phase());
         // A wave not emitted yet counts as emitted now.
         let time = |w: &Wave| unix_ns(w.emitted_at().unwrap_or_else(crate::wave::clock::bus_now));
-        let window_ns = self.config.coherence_window_ms.saturating_mul(1_000_000);
+        let window_ns = crate::config::as_ns(self.config.coherence_window);
         let coherent = w1.channel() == w2.channel()
             && w1.correlation_key() == w2.correlation_key()
             && time(w1).abs_diff(time(w2)) <= window_ns;
@@ -320,8 +320,10 @@ impl PhysicsEngine {
     /// this a little at a time; call it to release memory when traffic stops.
     pub fn expire(&mut self, now: SystemTime) {
         let now_ns = unix_ns(now);
-        self.windows.expire(now_ns, self.config.coherence_window_ms);
-        self.standing.expire(now_ns, self.config.standing_window_ms);
+        self.windows
+            .expire(now_ns, crate::config::as_ms(self.config.coherence_window));
+        self.standing
+            .expire(now_ns, crate::config::as_ms(self.config.standing_window));
         self.resonance.expire(now);
     }
 

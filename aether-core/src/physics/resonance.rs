@@ -82,8 +82,8 @@ impl ResonanceGraph {
         Self {
             edges: Lru::new(config.max_edges),
             hasher: RandomState::new(),
-            tau_ns: (config.resonance_window_ms.max(1) as f64) * 1e6,
-            idle_ns: config.resonance_idle_ms.saturating_mul(1_000_000),
+            tau_ns: (crate::config::as_ms(config.resonance_window).max(1) as f64) * 1e6,
+            idle_ns: crate::config::as_ns(config.resonance_idle),
             latest_ns: 0,
         }
     }

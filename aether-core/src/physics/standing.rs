@@ -64,7 +64,7 @@ impl StandingWaves {
         config: &PhysicsConfig,
         detail: bool,
     ) -> Option<Standing> {
-        let span_ns = config.standing_window_ms.saturating_mul(1_000_000);
+        let span_ns = crate::config::as_ns(config.standing_window);
         let now = seen.at_ns;
         let ring: &mut Ring = self
             .table
@@ -105,7 +105,7 @@ fn steady_period(waves: &VecDeque<Seen>, config: &PhysicsConfig) -> Option<u64> 
     let mut times: SmallVec<[u64; 16]> = waves.iter().map(|w| w.at_ns).collect();
     times.sort_unstable();
     let span = times[times.len() - 1] - times[0];
-    if span > config.standing_window_ms.saturating_mul(1_000_000) {
+    if span > crate::config::as_ns(config.standing_window) {
         return None;
     }
     let mean = span as f64 / (times.len() - 1) as f64;

@@ -56,7 +56,7 @@ impl CoherenceWindows {
         config: &PhysicsConfig,
         detail: bool,
     ) -> Option<Coherent> {
-        let window_ns = config.coherence_window_ms.saturating_mul(1_000_000);
+        let window_ns = crate::config::as_ns(config.coherence_window);
         let now = seen.at_ns;
         let key = wave.correlation_key();
         let window = self.table.entry(fingerprint, channel, wave, key, now);

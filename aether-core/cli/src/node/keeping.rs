@@ -53,8 +53,8 @@ impl Keeping {
         // The nodes are the bus's time sources.
         config.clock.source = true;
         // Infrastructure reports itself (`aether stats`) unless told how.
-        if config.report.interval_ms == 0 {
-            config.report.interval_ms = crate::keep::REPORT_EVERY_MS;
+        if config.report.interval.is_zero() {
+            config.report.interval = std::time::Duration::from_millis(crate::keep::REPORT_EVERY_MS);
         }
         if config.report.instance.is_none() {
             config.report.instance = Some(format!("node-{}", record.name));

@@ -148,14 +148,14 @@ pub(super) async fn options(
     shared: &Arc<Shared>,
 ) -> Result<ConnectOptions, ConnectError> {
     let nats = &config.nats;
-    let max_delay = nats.reconnect_delay_max();
+    let max_delay = nats.reconnect_delay_max;
     let events = shared.clone();
     let mut options = ConnectOptions::new()
         .subscription_capacity(nats.subscription_capacity)
         .client_capacity(nats.client_capacity)
-        .connection_timeout(nats.connect_timeout())
-        .ping_interval(nats.ping_interval())
-        .request_timeout(Some(config.request_timeout()))
+        .connection_timeout(nats.connect_timeout)
+        .ping_interval(nats.ping_interval)
+        .request_timeout(Some(config.request_timeout))
         // Reply subjects are channels under the prefix, so a replier emits
         // its reply like any wave.
         .custom_inbox_prefix(nats.inbox_prefix())

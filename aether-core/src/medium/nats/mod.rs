@@ -182,7 +182,7 @@ impl NatsMedium {
         }
         let config = &self.shared.config.durability;
         let builder = async_nats::jetstream::ContextBuilder::new()
-            .timeout(self.shared.config.request_timeout().min(durable::ATTEMPT));
+            .timeout(self.shared.config.request_timeout.min(durable::ATTEMPT));
         let js = match &config.domain {
             Some(domain) => builder.domain(domain.as_str()).build(self.client.clone()),
             None => builder.build(self.client.clone()),

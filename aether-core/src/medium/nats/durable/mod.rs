@@ -214,8 +214,8 @@ impl Durable {
                 None => builder.build(client.clone()),
             }
         };
-        let js = context(shared.config.request_timeout());
-        let js_attempt = context(shared.config.request_timeout().min(ATTEMPT));
+        let js = context(shared.config.request_timeout);
+        let js_attempt = context(shared.config.request_timeout.min(ATTEMPT));
         let (acks, to_send) = mpsc::unbounded_channel();
         let acks_in_flight = Arc::new(AtomicUsize::new(0));
         let acker = tokio::spawn(send_acks(to_send, acks_in_flight.clone())).abort_handle();
@@ -578,8 +578,8 @@ impl Durable {
             },
             retention: RetentionPolicy::Limits,
             discard: DiscardPolicy::Old,
-            duplicate_window: c.duplicate_window(),
-            max_age: Duration::from_millis(c.max_age_ms),
+            duplicate_window: c.duplicate_window,
+            max_age: c.max_age,
             max_bytes: if c.max_bytes == 0 {
                 -1
             } else {
@@ -762,7 +762,7 @@ impl Durable {
             filter_subject: filter,
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
-            ack_wait: self.config.ack_wait(),
+            ack_wait: self.config.ack_wait,
             max_deliver: match self.config.max_deliver {
                 0 => -1,
                 n => i64::from(n),
@@ -1116,7 +1116,7 @@ async fn arrive(
 /// not named: after `ack_wait` the server delivers it again, and the
 /// process drops the copy it already handed out.)
 async fn keep_in_progress(durable: std::sync::Weak<Durable>) {
-    let Some(every) = durable.upgrade().map(|d| d.config.ack_wait() / 3) else {
+    let Some(every) = durable.upgrade().map(|d| d.config.ack_wait / 3) else {
         return;
     };
     let mut tick = tokio::time::interval(every);
