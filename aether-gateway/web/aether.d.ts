@@ -20,7 +20,7 @@ export type Stamp = string;
 /** What the client throws, and its promises reject with. */
 export declare class AetherError extends Error {
   readonly name: "AetherError";
-  readonly reason: "unauthorized" | "unknown_map" | "closed" | "storage_full";
+  readonly reason: "unauthorized" | "unknown_map" | "closed" | "storage_full" | "not_owner";
 }
 
 /** Throws the TypeError (or RangeError) `set` would for `value` under `key`. */
@@ -101,7 +101,8 @@ export declare class Aether {
   /**
    * Sets `key` here at once, keeps it in the cache and sends it. Throws,
    * having written nothing: TypeError (not JSON), RangeError (over a cap),
-   * AetherError (ended, or `storage_full`).
+   * AetherError (ended, `storage_full`, or `not_owner` for a `node/...`
+   * key: a page writes shared keys only).
    */
   set<T extends Json>(key: string, value: T): Stamp;
   /** Deletes `key` here at once (a tombstone), keeps it and sends it. */

@@ -44,7 +44,8 @@ const TERMINAL = new Set(["unauthorized", "unknown_map", "closed"]);
 
 /**
  * What the client throws, and what its promises reject with: `reason` says
- * which (`unauthorized`, `unknown_map`, `closed`, `storage_full`).
+ * which (`unauthorized`, `unknown_map`, `closed`, `storage_full`, and
+ * `not_owner` for a `node/...` key, which a page may not write).
  */
 export class AetherError extends Error {
   constructor(reason, message) {
@@ -446,6 +447,11 @@ export class Aether {
     }
     if (encoder.encode(key).length > this.options.maxKeyBytes) {
       throw new RangeError(`a key of more than ${this.options.maxKeyBytes} bytes`);
+    }
+    if (key.startsWith("node/")) {
+      // The gateway refuses them (not_owner): refused here, before the
+      // page shows a value it would take back.
+      throw new AetherError("not_owner", `${JSON.stringify(key)} is a node's own key (node/<name>/...): a page writes shared keys only`);
     }
   }
 

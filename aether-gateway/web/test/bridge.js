@@ -41,6 +41,8 @@ export class Bridge {
     this.perSecond = perSecond;
     this.burst = burst;
     this.isUp = true;
+    /** key -> the reason the gateway refuses a write of it with (as a full map or a cap would). */
+    this.refusing = new Map();
     /** key -> { value, stamp, deleted } */
     this.entries = new Map();
     this.sockets = new Set();
@@ -162,6 +164,10 @@ export class Bridge {
     if ((message.type === "set" || message.type === "delete") && message.key.startsWith("node/")) {
       // As the gateway: a page writes shared keys only.
       socket.deliver({ type: "refused", key: message.key, reason: "not_owner" });
+      return;
+    }
+    if ((message.type === "set" || message.type === "delete") && this.refusing.has(message.key)) {
+      socket.deliver({ type: "refused", key: message.key, reason: this.refusing.get(message.key) });
       return;
     }
     if (message.type === "set") {

@@ -184,7 +184,8 @@ test("a refused write reaches the component, and the value goes back", async () 
   const bridge = new Bridge();
   const opts = options(bridge, new MemoryStorage());
   const refused = [];
-  const page = mount(() => useAether("node/other/x", "fallback", { ...opts, onRefused: (r) => refused.push(r) }));
+  bridge.refusing.set("board/x", "full");
+  const page = mount(() => useAether("board/x", "fallback", { ...opts, onRefused: (r) => refused.push(r) }));
   const client = sharedClient(opts.url, opts);
   await client.whenLive();
   await settle(() => page.seen()[0] === "fallback", "the first render");
@@ -192,7 +193,7 @@ test("a refused write reaches the component, and the value goes back", async () 
   await settle(() => client.refusedListeners.size > 0, "the hook's listener");
   page.seen()[1]("mine");
   await settle(() => refused.length === 1, "the refusal told");
-  assert.deepEqual(refused[0], { key: "node/other/x", reason: "not_owner" });
+  assert.deepEqual(refused[0], { key: "board/x", reason: "full" });
   await settle(() => page.seen()[0] === "fallback", "the write taken back");
   page.unmount();
   client.close();

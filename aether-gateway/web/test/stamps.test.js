@@ -1,10 +1,13 @@
-// The stamp rules, held to the examples every replica is tested against
-// (aether-core/src/state/stamps.json, read by the Rust core's tests too):
-// a stamp's text, which texts are no stamps, and which entry wins a merge.
+// The rules the client shares with every replica: stamps, held to the
+// examples every replica is tested against (aether-core/src/state/stamps.json,
+// read by the Rust core's tests too): a stamp's text, which texts are no
+// stamps, and which entry wins a merge; the limits before any hello; and
+// the node-owned keys a page may not write.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
+import { AetherError } from "../aether.js";
 import { Bridge, client, until } from "./bridge.js";
 
 const vectors = JSON.parse(
@@ -74,5 +77,22 @@ test("before any hello, the limits are the gateway's defaults as shipped", async
   // A JSON string of n bytes is n - 2 characters between its quotes.
   p.set("v", "x".repeat(setting("max_value_bytes") - 2));
   assert.throws(() => p.set("v", "x".repeat(setting("max_value_bytes") - 1)), RangeError);
+  p.close();
+});
+
+test("a node's own keys are refused at set, before the page shows them", async () => {
+  const bridge = new Bridge();
+  const p = client(bridge, undefined, { cache: false });
+  await p.whenLive();
+  for (const write of [() => p.set("node/sensor/t", 1), () => p.delete("node/sensor/t")]) {
+    assert.throws(write, (error) => error instanceof AetherError && error.reason === "not_owner");
+  }
+  assert.equal(p.get("node/sensor/t"), undefined);
+  assert.equal(p.pendingWrites, 0);
+  // Shared keys that merely contain the word are taken.
+  p.set("nodes/count", 2);
+  p.set("x/node/y", 3);
+  await until(() => bridge.entries.has("x/node/y"), 1000, "the shared keys");
+  assert.ok(!bridge.received.some(({ message }) => message.key?.startsWith("node/")), "nothing sent");
   p.close();
 });
