@@ -295,11 +295,17 @@ export class Aether {
     if (typeof url !== "string" || !/^wss?:\/\/[^/]/.test(url)) {
       throw new TypeError(`the bridge's address is ws://host:port/bridge/<map> (or wss://), not ${JSON.stringify(url)}`);
     }
-    if (options == null || typeof options !== "object" || typeof options.token !== "string" || options.token === "") {
-      throw new TypeError("options.token is required: the bridge's token ([gateway.bridge] token)");
+    if (options == null || typeof options !== "object") {
+      throw new TypeError("options are required, with options.token: the bridge's token ([gateway.bridge] token)");
+    }
+    // No token (an unset variable, say): the client is made, unauthorized
+    // from the start, so the app renders and can say why; never connects.
+    const noToken = options.token === undefined || options.token === null || options.token === "";
+    if (!noToken && typeof options.token !== "string") {
+      throw new TypeError("options.token is the bridge's token ([gateway.bridge] token): a string");
     }
     this.url = url;
-    this.options = { ...DEFAULTS, storage: defaultStorage(), ...options };
+    this.options = { ...DEFAULTS, storage: defaultStorage(), ...options, token: noToken ? "" : options.token };
     /** The limits the app asked for, if any: the gateway's may be no looser. */
     this.askedLimits = { maxKeyBytes: options.maxKeyBytes, maxValueBytes: options.maxValueBytes };
     if (typeof this.options.WebSocket !== "function") {
@@ -359,6 +365,11 @@ export class Aether {
     // One cache per address and token: a page with another token never
     // reads this one's, nor sends its writes.
     this.cacheKey = (this.options.cacheKey || "aether:" + url) + "#" + fingerprint(this.options.token);
+    if (noToken) {
+      this.status = "unauthorized";
+      this.statusReason = "no_token";
+      return;
+    }
     this.loadCache();
     this.onPageHide = () => this.saveNow();
     globalThis.addEventListener?.("pagehide", this.onPageHide);
@@ -433,8 +444,8 @@ export class Aether {
 
   writable() {
     if (TERMINAL.has(this.status)) {
-      throw new AetherError(this.status === "closed" ? "closed" : this.statusReason,
-        `this client is ${this.status}: it takes no more writes`);
+      const ended = this.terminalError();
+      throw new AetherError(ended.reason, `this client is ${this.status} (${ended.message}): it takes no more writes`);
     }
   }
 
@@ -542,12 +553,13 @@ export class Aether {
   }
 
   terminalError() {
-    const reason = this.status === "closed" ? "closed" : this.statusReason;
+    const reason = this.status === "closed" ? "closed" : this.statusReason === "no_token" ? "unauthorized" : this.statusReason;
     const why = {
+      no_token: "no token was given: options.token is the bridge's token ([gateway.bridge] token)",
       unauthorized: "the gateway refused the token",
       unknown_map: `the gateway bridges no map at ${this.url} ([gateway.bridge] maps)`,
       closed: "the client was closed",
-    }[reason] ?? `the client is ${this.status}`;
+    }[this.statusReason === "no_token" ? "no_token" : reason] ?? `the client is ${this.status}`;
     return new AetherError(reason, why);
   }
 

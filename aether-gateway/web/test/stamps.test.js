@@ -7,7 +7,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { AetherError } from "../aether.js";
+import { Aether, AetherError } from "../aether.js";
 import { Bridge, client, until } from "./bridge.js";
 
 const vectors = JSON.parse(
@@ -95,4 +95,19 @@ test("a node's own keys are refused at set, before the page shows them", async (
   await until(() => bridge.entries.has("x/node/y"), 1000, "the shared keys");
   assert.ok(!bridge.received.some(({ message }) => message.key?.startsWith("node/")), "nothing sent");
   p.close();
+});
+
+test("a client made without a token is unauthorized from the start and says why", async () => {
+  const bridge = new Bridge();
+  for (const token of [undefined, null, ""]) {
+    const p = new Aether("ws://gateway.test/bridge/board", { token, WebSocket: bridge.WebSocket, storage: null });
+    assert.equal(p.status, "unauthorized");
+    assert.equal(p.statusReason, "no_token");
+    await assert.rejects(p.whenLive(), (e) => e instanceof AetherError && e.reason === "unauthorized" && /options\.token/.test(e.message));
+    assert.throws(() => p.set("k", 1), (e) => e instanceof AetherError && e.reason === "unauthorized");
+    assert.equal(p.get("k"), undefined);
+    p.close();
+  }
+  assert.equal(bridge.attempts, 0, "no connection tried");
+  assert.throws(() => new Aether("ws://gateway.test/bridge/board", { token: 5, WebSocket: bridge.WebSocket }), TypeError);
 });
