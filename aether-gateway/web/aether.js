@@ -27,7 +27,6 @@ const DEFAULTS = {
   sendBurst: 100,
   backoffMs: 250,
   maxBackoffMs: 10000,
-  WebSocket: globalThis.WebSocket,
 };
 
 /** Deepest nesting of a value (the gateway refuses past 128). */
@@ -305,7 +304,15 @@ export class Aether {
       throw new TypeError("options.token is the bridge's token ([gateway.bridge] token): a string");
     }
     this.url = url;
-    this.options = { ...DEFAULTS, storage: defaultStorage(), ...options, token: noToken ? "" : options.token };
+    // The WebSocket class and the storage looked up now, not at import: a
+    // polyfill installed after the import is found.
+    this.options = {
+      ...DEFAULTS,
+      WebSocket: globalThis.WebSocket,
+      storage: defaultStorage(),
+      ...options,
+      token: noToken ? "" : options.token,
+    };
     /** The limits the app asked for, if any: the gateway's may be no looser. */
     this.askedLimits = { maxKeyBytes: options.maxKeyBytes, maxValueBytes: options.maxValueBytes };
     if (typeof this.options.WebSocket !== "function") {

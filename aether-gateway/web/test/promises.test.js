@@ -372,3 +372,20 @@ test("a cached value the gateway would refuse is dropped and told, not sent at e
   assert.equal(page.status, "live");
   page.close();
 });
+
+test("the package README's example runs as written", async () => {
+  const readme = readFileSync(new globalThis.URL("../README.md", import.meta.url), "utf8");
+  const block = /```js\n([\s\S]*?)```/.exec(readme)[1].replace(/^import .*$/m, "");
+  const bridge = new Bridge();
+  const before = globalThis.WebSocket;
+  globalThis.WebSocket = bridge.WebSocket;
+  try {
+    let rendered = 0;
+    const AsyncFunction = Object.getPrototypeOf(async () => {}).constructor;
+    await new AsyncFunction("Aether", "token", "render", `${block}\nboard.close();`)(Aether, "secret", () => (rendered += 1));
+    assert.deepEqual(bridge.entries.get("todo/1").value, { text: "milk", done: false });
+    assert.ok(rendered >= 1, "its listener ran");
+  } finally {
+    globalThis.WebSocket = before;
+  }
+});
