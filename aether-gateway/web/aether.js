@@ -37,6 +37,8 @@ const ZERO_NODE = "0000000000000000";
 /** Outbox slots that are not keys (a key is never empty). */
 const PRESENCE = "\u0000presence";
 const SYNC = "\u0000sync";
+/** Writes sent between two syncs at most, while more wait to be sent. */
+const SYNC_EVERY = 64;
 
 /** Statuses after which the client neither connects nor takes writes. */
 const TERMINAL = new Set(["unauthorized", "unknown_map", "closed"]);
@@ -358,6 +360,8 @@ export class Aether {
     /** sync id -> the [key, stamp] it confirms. */
     this.syncs = new Map();
     this.nextSync = 1;
+    /** Whether a sync goes before the next queued write. */
+    this.syncDue = false;
     /** sync id -> when it was sent (performance.now()): a clock reading. */
     this.syncSentAt = new Map();
     /** The last clock readings, {offsetMs, rttMs}: the fastest is followed. */
@@ -640,6 +644,7 @@ export class Aether {
       this.snapshotParts = null;
       this.syncs.clear();
       this.sentSinceSync = [];
+      this.syncDue = false;
       this.outbox.clear(); // sent again from the snapshot's diff
       this.peers.clear();
       this.firePresence();
@@ -1016,32 +1021,46 @@ export class Aether {
     const { sendPerSecond, sendBurst } = this.options;
     this.tokens = Math.min(sendBurst, this.tokens + ((now - this.refilled) / 1000) * sendPerSecond);
     this.refilled = now;
-    while (this.tokens >= 1 && this.outbox.size > 0 && this.socket?.readyState === 1) {
+    while (this.tokens >= 1 && (this.outbox.size > 0 || this.syncDue) && this.socket?.readyState === 1) {
+      if (this.syncDue) {
+        // Every SYNC_EVERY writes, a sync ahead of the writes still
+        // queued: pendingWrites counts down as the gateway takes them.
+        this.syncDue = false;
+        this.outbox.delete(SYNC);
+        this.sendSync();
+        this.tokens -= 1;
+        continue;
+      }
       const [slot, { text, stamp }] = this.outbox.entries().next().value;
       this.outbox.delete(slot);
       if (slot === SYNC) {
-        const id = this.nextSync++;
-        this.syncs.set(id, this.sentSinceSync);
-        this.syncSentAt.set(id, performance.now());
-        this.sentSinceSync = [];
-        this.socket.send(`{"type":"sync","id":${id}}`);
+        this.sendSync();
       } else {
         this.socket.send(text);
         if (slot !== PRESENCE) {
           this.sentSinceSync.push([slot, stamp]);
-          // One sync after the writes sent: its answer confirms them.
-          if (!this.outbox.has(SYNC)) this.outbox.set(SYNC, {});
+          // A sync after the writes sent: its answer confirms them.
+          if (this.sentSinceSync.length >= SYNC_EVERY) this.syncDue = true;
+          else if (!this.outbox.has(SYNC)) this.outbox.set(SYNC, {});
         }
       }
       this.tokens -= 1;
     }
-    if (this.outbox.size > 0 && this.flushTimer === null) {
+    if ((this.outbox.size > 0 || this.syncDue) && this.flushTimer === null) {
       const wait = Math.max(1, ((1 - this.tokens) / sendPerSecond) * 1000);
       this.flushTimer = setTimeout(() => {
         this.flushTimer = null;
         this.flush();
       }, wait);
     }
+  }
+
+  sendSync() {
+    const id = this.nextSync++;
+    this.syncs.set(id, this.sentSinceSync);
+    this.syncSentAt.set(id, performance.now());
+    this.sentSinceSync = [];
+    this.socket.send(`{"type":"sync","id":${id}}`);
   }
 
   // ---- the offline cache: an item per key --------------------------------

@@ -389,3 +389,21 @@ test("the package README's example runs as written", async () => {
     globalThis.WebSocket = before;
   }
 });
+
+test("pendingWrites counts down as the gateway confirms, while writes still wait to be sent", async () => {
+  const bridge = new Bridge();
+  const page = client(bridge, new MemoryStorage(), { sendPerSecond: 500, sendBurst: 10 });
+  await page.whenLive();
+  for (let i = 0; i < 300; i++) page.set(`card/${i}`, i);
+  // While they leave at the client's pace: what is pending is what the
+  // gateway has not taken yet, give or take the writes between two syncs.
+  const behind = [];
+  while (page.pendingWrites > 0) {
+    behind.push(page.pendingWrites - (300 - bridge.entries.size));
+    await sleep(40);
+  }
+  assert.ok(behind.length >= 5, "sampled while sending");
+  assert.ok(Math.max(...behind) <= 64 + 20, `pending beyond what the gateway lacks: ${behind.join(",")}`);
+  assert.equal(bridge.entries.size, 300);
+  page.close();
+});
