@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::task::AbortHandle;
 
-use super::{HopGate, HopKey};
+use super::{gate::HopGate, sequence::HopKey};
 
 /// A vibrator's hopping: its own secret, if any, and its hopping
 /// resonances, whose windows stop when it is dropped.
