@@ -45,12 +45,29 @@ pub fn read_crate(src: &Path) -> Vec<SourceFile> {
     files.sort();
     files
         .into_iter()
-        .map(|path| SourceFile {
-            module: module_of(src, &path),
-            uses: uses(&code(&fs::read_to_string(&path).unwrap()), &reexports),
-            path,
+        .map(|path| {
+            let module = module_of(src, &path);
+            let text = in_crate_terms(&code(&fs::read_to_string(&path).unwrap()), &module);
+            SourceFile {
+                uses: uses(&text, &reexports),
+                module,
+                path,
+            }
         })
         .collect()
+}
+
+/// `code` of module `module` with its `super::` paths written from the
+/// crate root (`super::bus` in `physics::follow` is `crate::physics::bus`),
+/// so that a file's uses of its siblings are seen too.
+pub fn in_crate_terms(code: &str, module: &str) -> String {
+    let parent = module.rsplit_once("::").map_or("", |(parent, _)| parent);
+    let from_root = if parent.is_empty() {
+        "crate::".to_string()
+    } else {
+        format!("crate::{parent}::")
+    };
+    code.replace("super::", &from_root)
 }
 
 /// The module path of a source file under `src`.
@@ -103,6 +120,35 @@ pub fn uses(code: &str, reexports: &BTreeMap<String, String>) -> Vec<String> {
     let mut rest = code;
     while let Some(at) = rest.find("crate::") {
         rest = &rest[at + "crate::".len()..];
+        // `crate::a::b::{c, d::e}`: the group's items under `a::b`.
+        let head: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+            .collect();
+        if head.ends_with("::") && rest[head.len()..].starts_with('{') {
+            let inner = &rest[head.len() + 1..];
+            let mut depth = 0;
+            let mut item = String::new();
+            for c in inner.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        found.push(format!("{head}{}", item.trim()));
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        found.push(format!("{head}{}", std::mem::take(&mut item).trim()));
+                        continue;
+                    }
+                    _ => {}
+                }
+                if depth == 0 {
+                    item.push(c);
+                }
+            }
+            continue;
+        }
         if let Some(group) = rest.strip_prefix('{') {
             // `use crate::{a::b, C, d::{e, f}}`: the first two tokens of each.
             let mut depth = 0;
@@ -261,5 +307,19 @@ mod tests {
         ];
         assert_eq!(cycles(&files), [["a", "b", "c"]]);
         assert!(cycles(&files[3..]).is_empty(), "a parent and its child");
+    }
+
+    #[test]
+    fn a_use_of_a_sibling_through_super_is_seen() {
+        let code = in_crate_terms(
+            "use super::{Event, bus::{Hub, Handle}};\nlet x = super::window::Window::new();",
+            "physics::follow",
+        );
+        let found = uses(&code, &BTreeMap::new());
+        assert_eq!(found, ["physics", "physics::bus", "physics::window"]);
+        assert_eq!(
+            in_crate_terms("use super::wave;", "admission"),
+            "use crate::wave;"
+        );
     }
 }
