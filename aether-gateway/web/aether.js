@@ -564,15 +564,16 @@ export class Aether {
   }
 
   terminalError() {
-    const reason = this.status === "closed" ? "closed" : this.statusReason === "no_token" ? "unauthorized" : this.statusReason;
+    const cause = this.status === "closed" ? "closed" : this.statusReason;
     const why = {
       no_token: "no token was given: options.token is the bridge's token ([gateway.bridge] token)",
       unauthorized: "the gateway refused the token",
       unknown_map: `the gateway bridges no map at ${this.url} ([gateway.bridge] maps)`,
       closed: "the client was closed",
-    }[this.statusReason === "no_token" ? "no_token" : reason] ?? `the client is ${this.status}`;
-    return new AetherError(reason, why);
+    }[cause] ?? `the client is ${this.status}`;
+    return new AetherError(cause === "no_token" ? "unauthorized" : cause, why);
   }
+
 
   // ---- presence ----------------------------------------------------------
 
