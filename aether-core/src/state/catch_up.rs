@@ -36,7 +36,7 @@ impl Shared {
                 return;
             };
             let Ok(Message::Sync { node, mut buckets }) =
-                Message::decode(reply.payload_bytes().clone(), &self.limits)
+                Message::decode(reply.payload_bytes().clone(), &Limits::WIRE)
             else {
                 self.refuse(Refusal::Malformed);
                 return;

@@ -253,7 +253,6 @@ struct Shared {
     map: String,
     node_name: SmolStr,
     config: StateConfig,
-    limits: Limits,
     clock: Clock,
     store: Mutex<Store>,
     emitter: Emitter,
@@ -486,14 +485,14 @@ impl StateMap {
                 .await
                 .map_err(|e| StateError::with_source(StateErrorKind::Closed, e))?;
         }
-        let limits = Limits::WIRE;
         let clock = Clock::new(id, config.max_drift);
         let mut damaged = false;
         let (ledger, mut store) = match &dir {
             None => (None, Store::default()),
             Some(dir) => {
-                let (ledger, store, skipped) = Ledger::open(dir, &limits, config.snapshot_every)
-                    .map_err(|e| StateError::with_source(StateErrorKind::Ledger, e))?;
+                let (ledger, store, skipped) =
+                    Ledger::open(dir, &Limits::WIRE, config.snapshot_every)
+                        .map_err(|e| StateError::with_source(StateErrorKind::Ledger, e))?;
                 if skipped > 0 {
                     tracing::warn!(map, dir = %dir.display(), skipped, "ledger records that do not decode were skipped");
                 }
@@ -557,7 +556,6 @@ impl StateMap {
         let quota = Quota::per_second(NonZeroU32::new(config.max_writes_per_s).expect("validated"));
         let lacking = ledger.as_ref().is_some_and(|l| l.ledger().lacking());
         let shared = Arc::new(Shared {
-            limits,
             clock,
             store: Mutex::new(store),
             ledger,

@@ -632,7 +632,7 @@ impl Shared {
             self.refuse(Refusal::Malformed);
             return;
         };
-        let message = match Message::decode(wave.payload_bytes().clone(), &self.limits) {
+        let message = match Message::decode(wave.payload_bytes().clone(), &Limits::WIRE) {
             Ok(message) => message,
             Err(_) => {
                 self.refuse(Refusal::Malformed);
