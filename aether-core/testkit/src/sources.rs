@@ -120,16 +120,17 @@ pub fn uses(code: &str, reexports: &BTreeMap<String, String>) -> Vec<String> {
     let mut rest = code;
     while let Some(at) = rest.find("crate::") {
         rest = &rest[at + "crate::".len()..];
-        // `crate::a::b::{c, d::e}`: the group's items under `a::b`.
+        // `crate::{a::b, C, d::{e, f}}`, or a group under a path,
+        // `crate::a::b::{c, d::e}`: each item, under the path.
         let head: String = rest
             .chars()
             .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
             .collect();
-        if head.ends_with("::") && rest[head.len()..].starts_with('{') {
-            let inner = &rest[head.len() + 1..];
+        if (head.is_empty() || head.ends_with("::")) && rest[head.len()..].starts_with('{') {
+            let group = &rest[head.len() + 1..];
             let mut depth = 0;
             let mut item = String::new();
-            for c in inner.chars() {
+            for c in group.chars() {
                 match c {
                     '{' => depth += 1,
                     '}' if depth == 0 => {
@@ -147,36 +148,8 @@ pub fn uses(code: &str, reexports: &BTreeMap<String, String>) -> Vec<String> {
                     item.push(c);
                 }
             }
-            continue;
-        }
-        if let Some(group) = rest.strip_prefix('{') {
-            // `use crate::{a::b, C, d::{e, f}}`: the first two tokens of each.
-            let mut depth = 0;
-            let mut item = String::new();
-            for c in group.chars() {
-                match c {
-                    '{' => depth += 1,
-                    '}' if depth == 0 => {
-                        found.push(item.clone());
-                        break;
-                    }
-                    '}' => depth -= 1,
-                    ',' if depth == 0 => {
-                        found.push(std::mem::take(&mut item));
-                        continue;
-                    }
-                    _ => {}
-                }
-                if depth == 0 {
-                    item.push(c);
-                }
-            }
         } else {
-            let path: String = rest
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
-                .collect();
-            found.push(path);
+            found.push(head);
         }
     }
     found
