@@ -179,42 +179,6 @@ async fn a_lan_bus_without_jetstream_starts_the_gateway_without_durable_channels
     .expect("bounded");
 }
 
-/// The `aether` program, built now, or `None` (with a note) when it cannot
-/// be.
-fn aether_program() -> Option<PathBuf> {
-    let dir = Path::new(PROGRAM).parent().unwrap();
-    // Built already by the run (`.ci/test`): a build of one package here
-    // would make the run's later passes build again.
-    if std::env::var_os("AETHER_TEST_PROGRAMS_BUILT").is_some() && dir.join("aether").is_file() {
-        return Some(dir.join("aether"));
-    }
-    let built = Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
-        .args([
-            "build",
-            "--quiet",
-            "--offline",
-            "-p",
-            "aether-cli",
-            "--bin",
-            "aether",
-        ])
-        .arg("--manifest-path")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
-        .args(dir.ends_with("release").then_some("--release"))
-        .status()
-        .is_ok_and(|s| s.success());
-    let program = dir.join("aether");
-    if built && program.exists() {
-        Some(program)
-    } else {
-        eprintln!(
-            "skipped: the aether program could not be built (cargo build -p aether-cli), so \
-             the LAN page was not tried"
-        );
-        None
-    }
-}
-
 /// `program args` on host `i` of the bus `BUS`, with the server of
 /// `NATS_SERVER_BIN` when it is set.
 fn on(lan: &Lan, i: usize, program: &Path, args: &[&str]) -> Command {
@@ -284,9 +248,12 @@ async fn a_page_on_the_pc_shows_the_value_a_pi_wrote() {
         );
         return;
     };
-    let Some(aether) = tokio::task::spawn_blocking(aether_program).await.unwrap() else {
-        return;
-    };
+    // The `aether` program (the workspace's build of it).
+    let aether = tokio::task::spawn_blocking(|| {
+        aether_testkit::workspace_program(PROGRAM, "aether-cli", "aether")
+    })
+    .await
+    .unwrap();
     let _servers = Servers(dir.path().to_path_buf());
     let secret = dir.path().join("secret");
     std::fs::write(&secret, LanSecret::generate()).unwrap();
