@@ -263,6 +263,13 @@ pub struct BridgeConfig {
     /// Messages a connection may send at once above the rate. 1 to
     /// 100,000, default 200.
     pub burst: u32,
+    /// Writes a connection may send a second, on average (a `writes`
+    /// message of many counts each); past `write_burst` above that rate it
+    /// is closed (1008). 1 to 1,000,000, default 5,000.
+    pub writes_per_s: u32,
+    /// Writes a connection may send at once above the rate: a paste of
+    /// that many keys leaves at once. 1 to 1,000,000, default 20,000.
+    pub write_burst: u32,
     /// How long a new connection has to send its first message (the
     /// token), in milliseconds; it is closed (1008) after. 100 to 60,000,
     /// default 2,000.
@@ -290,6 +297,8 @@ impl Default for BridgeConfig {
             max_message_bytes: 64 * 1024,
             messages_per_s: 100,
             burst: 200,
+            writes_per_s: 5_000,
+            write_burst: 20_000,
             first_message_ms: 2_000,
             send_timeout_ms: 10_000,
             max_snapshot_bytes_in_flight: 32 << 20,
@@ -438,6 +447,18 @@ impl GatewayConfig {
             "must be 65536 to 1073741824",
         )?;
         in_range("bridge.burst", b.burst, 1..=100_000, "must be 1 to 100000")?;
+        in_range(
+            "bridge.writes_per_s",
+            b.writes_per_s,
+            1..=1_000_000,
+            "must be 1 to 1000000",
+        )?;
+        in_range(
+            "bridge.write_burst",
+            b.write_burst,
+            1..=1_000_000,
+            "must be 1 to 1000000",
+        )?;
         in_range(
             "bridge.first_message_ms",
             b.first_message_ms,

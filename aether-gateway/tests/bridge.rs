@@ -85,11 +85,12 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 // ---- the README's protocol block ------------------------------------------
 
 /// The protocol block of the README: its message templates by direction,
-/// and the `<entry>` alternatives.
+/// and the `<entry>` and `<write>` alternatives.
 struct Protocol {
     inbound: Vec<Value>,
     outbound: Vec<Value>,
     entries: Vec<Value>,
+    writes: Vec<Value>,
     reasons: Vec<String>,
 }
 
@@ -101,6 +102,7 @@ fn template(line: &str) -> Value {
         .replace("<prev>", "\"<prev>\"")
         .replace("<id>", "\"<id>\"")
         .replace("<entry>", "\"<entry>\"")
+        .replace("[<write>, ...]", "\"<write>, ...\"")
         .replace("\"\"<", "\"<")
         .replace(">\"\"", ">\"");
     serde_json::from_str(&quoted).unwrap_or_else(|e| panic!("template {line:?}: {e}"))
@@ -114,7 +116,8 @@ fn protocol() -> Protocol {
         .expect("the README has the bridge's protocol block");
     let block = &readme[start + 8..];
     let block = &block[..block.find("```").expect("the block ends")];
-    let (mut inbound, mut outbound, mut entries, mut reasons) = (vec![], vec![], vec![], vec![]);
+    let (mut inbound, mut outbound, mut entries, mut writes, mut reasons) =
+        (vec![], vec![], vec![], vec![], vec![]);
     let mut side = None;
     for line in block.lines() {
         match line.trim() {
@@ -130,6 +133,11 @@ fn protocol() -> Protocol {
                     entries.push(template(alternative.trim()));
                 }
             }
+            l if l.starts_with("<write>") => {
+                for alternative in l["<write>".len()..].split(" or ") {
+                    writes.push(template(alternative.trim()));
+                }
+            }
             l if l.starts_with("<reason>") => {
                 reasons = l["<reason>".len()..]
                     .split('|')
@@ -139,7 +147,13 @@ fn protocol() -> Protocol {
             _ => {}
         }
     }
-    assert!(inbound.len() >= 4 && outbound.len() >= 7 && entries.len() == 2 && !reasons.is_empty());
+    assert!(
+        inbound.len() >= 4
+            && outbound.len() >= 7
+            && entries.len() == 2
+            && writes.len() == 2
+            && !reasons.is_empty()
+    );
     // The refusals the README lists are those the gateway names.
     assert_eq!(
         reasons,
@@ -150,6 +164,7 @@ fn protocol() -> Protocol {
         inbound,
         outbound,
         entries,
+        writes,
         reasons,
     }
 }
@@ -186,6 +201,13 @@ impl Protocol {
                     .as_str()
                     .is_some_and(|r| self.reasons.iter().any(|x| x == r)),
                 "<entry>" => self.entries.iter().any(|e| self.fits(e, message)),
+                // One write or more, each one of `<write>`'s shapes.
+                "<write>, ..." => message.as_array().is_some_and(|all| {
+                    !all.is_empty()
+                        && all
+                            .iter()
+                            .all(|m| self.writes.iter().any(|w| self.fits(w, m)))
+                }),
                 literal => message.as_str() == Some(literal),
             },
             Value::Object(fields) if fields.len() == 1 && fields.contains_key("<key>") => message
@@ -253,6 +275,44 @@ async fn the_readme_block_is_exactly_what_the_gateway_sends_and_accepts() {
     assert!(protocol.fits(Protocol::of(&protocol.inbound, "delete"), &delete));
     a.send(delete).await;
     eventually("the service lost k1", || service.get("k1").is_none()).await;
+    // A group of writes in one message; another page gets changes that
+    // came together as one `changes` (sent again until they do: a page
+    // may take the first change alone).
+    let mut grouped = None;
+    for round in 0..20 {
+        let writes: Vec<Value> = (0..50)
+            .map(|n| {
+                let key = format!("g{n}");
+                if n % 10 == 9 {
+                    json!({"key": key, "deleted": true, "stamp": a.stamp(), "prev": null})
+                } else {
+                    json!({"key": key, "value": [round, n], "stamp": a.stamp()})
+                }
+            })
+            .collect();
+        let message = json!({"type": "writes", "writes": writes});
+        assert!(protocol.fits(Protocol::of(&protocol.inbound, "writes"), &message));
+        a.send(message).await;
+        b.until("set", Some("g48")).await;
+        eventually("the service has the group", || {
+            service.get_json::<Value>("g48").ok().flatten() == Some(json!([round, 48]))
+                && service.get("g9").is_none()
+        })
+        .await;
+        if let Some(changes) = b.received.iter().rev().find(|m| m["type"] == "changes") {
+            grouped = Some(changes.clone());
+            break;
+        }
+    }
+    let grouped = grouped.expect("a group of writes reached another page as `changes`");
+    assert!(
+        grouped["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["deleted"] == true),
+        "a delete among the changes: {grouped}"
+    );
     let presence = json!({"type": "presence", "x": 10, "y": -3});
     assert!(protocol.fits(Protocol::of(&protocol.inbound, "presence"), &presence));
     a.send(presence).await;
@@ -339,6 +399,9 @@ async fn the_readme_block_is_exactly_what_the_gateway_sends_and_accepts() {
             "delete" => json!({"type": "delete", "key": "x", "stamp": stamp_now()}),
             "presence" => json!({"type": "presence", "x": 1, "y": 2}),
             "sync" => json!({"type": "sync", "id": 1}),
+            "writes" => {
+                json!({"type": "writes", "writes": [{"key": "x", "value": 1, "stamp": stamp_now()}]})
+            }
             other => panic!("a message the test does not know: {other}"),
         };
         assert!(protocol.fits(template, &sample), "{sample}");
@@ -461,7 +524,12 @@ async fn pages_and_a_rust_replica_converge_by_stamps() {
     service.set("raw", &b"\xff\x00"[..]).await.unwrap();
     service.set_json("after-raw", &1).await.unwrap();
     a.until("set", Some("after-raw")).await;
-    assert!(!a.received.iter().any(|m| m["key"] == "raw"));
+    assert!(!a.received.iter().any(|m| {
+        m["key"] == "raw"
+            || m["changes"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["key"] == "raw"))
+    }));
     // Counted once per page it was not sent to (a and b).
     eventually("counted for both pages", || {
         metric(&gateway, "aether_bridge_values_not_json_total") == 2

@@ -671,3 +671,77 @@ async fn pages_whose_clocks_are_hours_off_write_in_the_bus_order() {
         Some("service")
     );
 }
+
+/// A paste of 10,000 keys in one page (a loop of `set`, as an import makes
+/// it) is confirmed, and seen whole by another page and by a service,
+/// within seconds: the writes leave many a message, under the gateway's
+/// rates, and come to the other page many a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_writes_of_one_page_reach_another_within_seconds() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let (_aether, gateway, service) = board().await;
+    let app = app_host().await;
+    let gw = gateway.addr();
+    let mut pages = Vec::new();
+    for _ in 0..2 {
+        let page = browser.open(&format!("http://{app}/blank.html")).await;
+        page.wait_for("the blank page", "document.title === 'blank'", 10)
+            .await;
+        page.eval(&format!(
+            "(async () => {{
+               const {{ Aether }} = await import('/aether.js');
+               window.client = new Aether('ws://{gw}/bridge/board', {{ token: '{TOKEN}' }});
+               await window.client.whenLive();
+               return true; }})()"
+        ))
+        .await;
+        pages.push(page);
+    }
+    let (writer, reader) = (&pages[0], &pages[1]);
+    reader
+        .eval(
+            "window.seen = new Promise((resolve) => { let n = 0; \
+             client.on('paste/*', (value, old) => { if (old === undefined && ++n === 10000) \
+             resolve(performance.timeOrigin + performance.now()); }); }); true",
+        )
+        .await;
+    let written = writer
+        .eval(
+            "(async () => { const start = performance.timeOrigin + performance.now(); \
+             for (let i = 0; i < 10000; i++) client.set(`paste/${i}`, { title: `card ${i}`, column: 'todo' }); \
+             const made = performance.timeOrigin + performance.now(); \
+             await client.waitForPendingWrites(); \
+             return [start, made, performance.timeOrigin + performance.now(), client.status]; })()",
+        )
+        .await;
+    let seen = tokio::time::timeout(Duration::from_secs(30), reader.eval("window.seen"))
+        .await
+        .expect("the other page saw every write within 30 s")
+        .as_f64()
+        .unwrap();
+    let start = written[0].as_f64().unwrap();
+    let (made, confirmed) = (written[1].as_f64().unwrap(), written[2].as_f64().unwrap());
+    eprintln!(
+        "10,000 set() calls: {:.0} ms; confirmed after {:.0} ms; seen whole by the other page after {:.0} ms",
+        made - start,
+        confirmed - start,
+        seen - start
+    );
+    assert_eq!(written[3], "live", "never closed for its rate");
+    assert!(
+        confirmed - start < 5_000.0,
+        "confirmed after {} ms",
+        confirmed - start
+    );
+    assert!(seen - start < 5_000.0, "seen after {} ms", seen - start);
+    settle("the service has the paste", || service.len() == 10_000).await;
+    let refused = gateway
+        .metrics_text()
+        .lines()
+        .filter(|l| l.starts_with("aether_bridge_refused_total{reason=\"rate_limited\"}"))
+        .map(|l| l.rsplit(' ').next().unwrap().to_string())
+        .collect::<Vec<_>>();
+    assert!(refused.iter().all(|n| n == "0"), "{refused:?}");
+}

@@ -107,6 +107,19 @@ export declare class Aether {
   set<T extends Json>(key: string, value: T): Stamp;
   /** Deletes `key` here at once (a tombstone), keeps it and sends it. */
   delete(key: string): Stamp;
+  /**
+   * Writes many keys as one step (a value `undefined` deletes its key):
+   * every key and value is checked first, and one `set` would refuse
+   * throws, having written nothing. They leave together, and other pages
+   * apply them together. Returns their stamps, in order.
+   */
+  setMany(entries: Record<string, Json | undefined> | Iterable<readonly [string, Json | undefined]>): Stamp[];
+  /**
+   * Runs `fn` (synchronously); its writes are one step: this page's
+   * listeners are told once it returns, and the writes leave together.
+   * Returns what `fn` returns.
+   */
+  transact<R>(fn: () => R): R;
 
   /** Every change of `key` (`"*"`: any key; `"todo/*"`: every key under `todo/`); returns a function that stops it. */
   on<T extends Json = Json>(key: string, callback: (value: T | undefined, old: T | undefined, key: string) => void): () => void;

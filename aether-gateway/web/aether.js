@@ -39,6 +39,8 @@ const PRESENCE = "\u0000presence";
 const SYNC = "\u0000sync";
 /** Writes sent between two syncs at most, while more wait to be sent. */
 const SYNC_EVERY = 64;
+/** Bytes of a `writes` message left for what surrounds its writes. */
+const WRITES_FRAME = 64;
 
 /** Statuses after which the client neither connects nor takes writes. */
 const TERMINAL = new Set(["unauthorized", "unknown_map", "closed"]);
@@ -347,6 +349,21 @@ export class Aether {
     this.attempt = 0;
     this.outbox = new Map();
     this.tokens = this.options.sendBurst;
+    /**
+     * Whether the gateway takes many writes a message (its `hello` tells
+     * its write rate), and the pace it allows: writes wait to leave
+     * together, a message of many within `maxMessageBytes`.
+     */
+    this.batching = false;
+    this.maxMessageBytes = 65536;
+    this.writesPerSecond = 1;
+    this.writeBurst = 1;
+    this.writeTokens = 0;
+    this.flushQueued = false;
+    /** Open transactions (`transact`): writes wait to leave until the last ends. */
+    this.transacting = 0;
+    /** Changes whose listeners are told once the group they came in is whole. */
+    this.held = null;
     this.refilled = performance.now();
     this.flushTimer = null;
     this.saveTimer = null;
@@ -428,12 +445,7 @@ export class Aether {
   set(key, value) {
     this.writable();
     this.checkKey(key);
-    checkJson(key, value);
-    const text = JSON.stringify(value);
-    if (encoder.encode(text).length > this.options.maxValueBytes) {
-      throw new RangeError(`a value of more than ${this.options.maxValueBytes} bytes for ${JSON.stringify(key)}`);
-    }
-    return this.write(key, { v: JSON.parse(text), s: this.clock.now(), d: false });
+    return this.write(key, { v: this.checkValue(key, value), s: this.clock.now(), d: false });
   }
 
   /** Deletes `key` here at once (a tombstone), keeps it and sends it; throws as `set` does. */
@@ -441,6 +453,78 @@ export class Aether {
     this.writable();
     this.checkKey(key);
     return this.write(key, { v: null, s: this.clock.now(), d: true });
+  }
+
+  /**
+   * Writes many keys as one step: `entries` is an object or an iterable of
+   * `[key, value]` (a value `undefined` deletes its key). Every key and
+   * value is checked first: one `set` would refuse throws, having written
+   * nothing. The writes leave together (a message of many), and another
+   * page applies them together. Returns their stamps, in order.
+   */
+  setMany(entries) {
+    this.writable();
+    const list = entries != null && typeof entries[Symbol.iterator] === "function"
+      ? [...entries]
+      : Object.entries(entries ?? {});
+    const checked = list.map((pair) => {
+      if (!Array.isArray(pair) || pair.length !== 2) {
+        throw new TypeError("setMany takes an object or an iterable of [key, value] pairs");
+      }
+      const [key, value] = pair;
+      this.checkKey(key);
+      if (value === undefined) return [key, undefined];
+      return [key, this.checkValue(key, value)];
+    });
+    return this.transact(() =>
+      checked.map(([key, value]) =>
+        value === undefined
+          ? this.write(key, { v: null, s: this.clock.now(), d: true })
+          : this.write(key, { v: value, s: this.clock.now(), d: false }),
+      ),
+    );
+  }
+
+  /**
+   * Runs `fn()`, whose writes (`set`, `delete`, `setMany`) are one step:
+   * this page's listeners are told once it returns, and the writes leave
+   * together, so another page applies them together (a group larger than
+   * a message, 64 KiB by default, leaves in several). Returns what `fn`
+   * returns; a write made before `fn` throws stays.
+   */
+  transact(fn) {
+    if (typeof fn !== "function") throw new TypeError("transact takes a function");
+    this.writable();
+    this.transacting += 1;
+    try {
+      return this.together(fn);
+    } finally {
+      this.transacting -= 1;
+      if (this.transacting === 0) this.flushSoon();
+    }
+  }
+
+  /** Runs `fn`; listeners of the changes it makes are told after it. */
+  together(fn) {
+    if (this.held !== null) return fn();
+    this.held = [];
+    try {
+      return fn();
+    } finally {
+      const held = this.held;
+      this.held = null;
+      for (const [key, value, old] of held) this.fire(key, value, old);
+    }
+  }
+
+  /** A value `set` takes, as the copy it keeps; throws as `set` does. */
+  checkValue(key, value) {
+    checkJson(key, value);
+    const text = JSON.stringify(value);
+    if (encoder.encode(text).length > this.options.maxValueBytes) {
+      throw new RangeError(`a value of more than ${this.options.maxValueBytes} bytes for ${JSON.stringify(key)}`);
+    }
+    return JSON.parse(text);
   }
 
   write(key, entry) {
@@ -659,6 +743,8 @@ export class Aether {
         this.options.sendPerSecond = Math.max(1, this.options.sendPerSecond / 2);
         this.options.sendBurst = Math.max(1, Math.floor(this.options.sendBurst / 2));
         this.tokens = 0;
+        this.writesPerSecond = Math.max(1, this.writesPerSecond / 2);
+        this.writeBurst = Math.max(1, Math.floor(this.writeBurst / 2));
       }
       if (reason === "replica_in_use") {
         // Another open page holds this id: take a new one, at once. Writes
@@ -785,6 +871,27 @@ export class Aether {
     if (Number.isSafeInteger(limits.max_drift_ms) && limits.max_drift_ms > 0) this.clock.maxDriftMs = limits.max_drift_ms;
   }
 
+  /**
+   * The gateway's rates, as its `hello` tells them: the page sends at half
+   * of each (its own clock and the gateway's see the same messages a
+   * little apart), many writes a message when the gateway tells a write
+   * rate, one a message when it does not.
+   */
+  takePace(limits) {
+    const told = (n) => Number.isSafeInteger(n) && n > 0;
+    this.batching = false;
+    if (limits == null || typeof limits !== "object") return;
+    if (told(limits.messages_per_s)) this.options.sendPerSecond = Math.min(this.options.sendPerSecond, Math.max(1, limits.messages_per_s / 2));
+    if (told(limits.burst)) this.options.sendBurst = Math.min(this.options.sendBurst, Math.max(1, Math.floor(limits.burst / 2)));
+    if (told(limits.max_message_bytes)) this.maxMessageBytes = limits.max_message_bytes;
+    if (told(limits.writes_per_s) && told(limits.write_burst)) {
+      this.batching = true;
+      this.writesPerSecond = Math.max(1, limits.writes_per_s / 2);
+      this.writeBurst = Math.max(1, Math.floor(limits.write_burst / 2));
+      this.writeTokens = this.writeBurst;
+    }
+  }
+
   /** Ends the client: a terminal status; waiting promises reject. */
   end(status, reason) {
     this.setStatus(status, reason);
@@ -799,6 +906,7 @@ export class Aether {
         this.id = message.id;
         this.color = message.color;
         this.takeLimits(message.limits);
+        this.takePace(message.limits);
         this.reading(message.now, this.authSentAt);
         this.restampAhead();
         break;
@@ -844,10 +952,17 @@ export class Aether {
       }
       case "set":
       case "delete":
-        if (typeof message.key === "string" && isStamp(message.stamp)) {
-          const deleted = message.type === "delete";
-          const prev = message.prev === null || isStamp(message.prev) ? message.prev : undefined;
-          this.apply(message.key, { v: deleted ? null : message.value, s: message.stamp, d: deleted, p: prev }, true);
+        this.applyChange(message, message.type === "delete");
+        break;
+      case "changes":
+        // Changes that came together: applied as one step, listeners told
+        // once all are in.
+        if (Array.isArray(message.changes)) {
+          this.together(() => {
+            for (const change of message.changes) {
+              if (change && typeof change === "object") this.applyChange(change, change.deleted === true);
+            }
+          });
         }
         break;
       case "synced": {
@@ -884,6 +999,14 @@ export class Aether {
     }
   }
 
+  /** A `set` or `delete` from the gateway (alone, or one of `changes`). */
+  applyChange(change, deleted) {
+    if (typeof change.key !== "string" || !isStamp(change.stamp)) return;
+    if (!deleted && !("value" in change)) return;
+    const prev = change.prev === null || isStamp(change.prev) ? change.prev : undefined;
+    this.apply(change.key, { v: deleted ? null : change.value, s: change.stamp, d: deleted, p: prev }, true);
+  }
+
   /** Merges one entry, if it wins over the one held (`beats`). */
   apply(key, entry, remote) {
     const held = this.entries.get(key);
@@ -906,6 +1029,10 @@ export class Aether {
   }
 
   fire(key, value, old) {
+    if (this.held !== null) {
+      this.held.push([key, value, old]);
+      return;
+    }
     this.changes += 1;
     const call = (cb) => {
       try {
@@ -1004,23 +1131,67 @@ export class Aether {
 
   queue(key, entry) {
     const prev = entry.p === undefined ? "" : `,"prev":${JSON.stringify(entry.p)}`;
-    const text = entry.d
-      ? `{"type":"delete","key":${JSON.stringify(key)},"stamp":"${entry.s}"${prev}}`
-      : `{"type":"set","key":${JSON.stringify(key)},"value":${JSON.stringify(entry.v)},"stamp":"${entry.s}"${prev}}`;
-    this.queueText(key, text, entry.s);
+    const name = JSON.stringify(key);
+    const body = entry.d
+      ? `"stamp":"${entry.s}"${prev}}`
+      : `"value":${JSON.stringify(entry.v)},"stamp":"${entry.s}"${prev}}`;
+    const text = `{"type":"${entry.d ? "delete" : "set"}","key":${name},${body}`;
+    // As one of a `writes` message's writes.
+    const piece = `{"key":${name},${entry.d ? '"deleted":true,' : ""}${body}`;
+    this.queueText(key, text, entry.s, piece);
   }
 
-  queueText(slot, text, stamp) {
+  queueText(slot, text, stamp, piece) {
     if (this.status !== "live") return; // sent by the snapshot's diff
     this.outbox.delete(slot);
-    this.outbox.set(slot, { text, stamp });
-    this.flush();
+    this.outbox.set(slot, { text, stamp, piece });
+    this.flushSoon();
+  }
+
+  /**
+   * A flush once the running task's writes are made (a loop of `set`s
+   * leaves as few messages), or once the last transaction ends.
+   */
+  flushSoon() {
+    if (this.flushQueued || this.transacting > 0) return;
+    this.flushQueued = true;
+    queueMicrotask(() => {
+      this.flushQueued = false;
+      if (this.transacting === 0) this.flush();
+    });
+  }
+
+  /**
+   * The writes waiting first, as many as one `writes` message holds (and
+   * the write rate allows): their slots and the message's text, or null
+   * when the rate allows none now.
+   */
+  takeWrites() {
+    const slots = [];
+    const pieces = [];
+    let bytes = WRITES_FRAME;
+    const most = Math.min(this.writeTokens, this.writeBurst);
+    for (const [slot, item] of this.outbox) {
+      if (item.piece === undefined) continue; // presence, sync
+      if (slots.length >= most) break;
+      const size = encoder.encode(item.piece).length + 1;
+      if (slots.length > 0 && bytes + size > this.maxMessageBytes) break;
+      bytes += size;
+      slots.push(slot);
+      pieces.push(item.piece);
+    }
+    if (slots.length === 0) return null;
+    const text = slots.length === 1
+      ? this.outbox.get(slots[0]).text
+      : `{"type":"writes","writes":[${pieces.join(",")}]}`;
+    return { slots, text };
   }
 
   flush() {
     const now = performance.now();
     const { sendPerSecond, sendBurst } = this.options;
     this.tokens = Math.min(sendBurst, this.tokens + ((now - this.refilled) / 1000) * sendPerSecond);
+    this.writeTokens = Math.min(this.writeBurst, this.writeTokens + ((now - this.refilled) / 1000) * this.writesPerSecond);
     this.refilled = now;
     while (this.tokens >= 1 && (this.outbox.size > 0 || this.syncDue) && this.socket?.readyState === 1) {
       if (this.syncDue) {
@@ -1032,7 +1203,22 @@ export class Aether {
         this.tokens -= 1;
         continue;
       }
-      const [slot, { text, stamp }] = this.outbox.entries().next().value;
+      const [slot, { text, stamp, piece }] = this.outbox.entries().next().value;
+      if (this.batching && piece !== undefined) {
+        // Many writes a message, in the order made.
+        const taken = this.takeWrites();
+        if (taken === null) break; // the write rate: the timer below
+        this.socket.send(taken.text);
+        for (const key of taken.slots) {
+          this.sentSinceSync.push([key, this.outbox.get(key).stamp]);
+          this.outbox.delete(key);
+        }
+        this.writeTokens -= taken.slots.length;
+        this.tokens -= 1;
+        if (this.sentSinceSync.length >= SYNC_EVERY) this.syncDue = true;
+        else if (!this.outbox.has(SYNC)) this.outbox.set(SYNC, {});
+        continue;
+      }
       this.outbox.delete(slot);
       if (slot === SYNC) {
         this.sendSync();
@@ -1047,8 +1233,10 @@ export class Aether {
       }
       this.tokens -= 1;
     }
-    if ((this.outbox.size > 0 || this.syncDue) && this.flushTimer === null) {
-      const wait = Math.max(1, ((1 - this.tokens) / sendPerSecond) * 1000);
+    // (No connection: the outbox goes again from the next snapshot's diff.)
+    if ((this.outbox.size > 0 || this.syncDue) && this.flushTimer === null && this.socket?.readyState === 1) {
+      const forWrites = this.batching ? ((1 - this.writeTokens) / this.writesPerSecond) * 1000 : 0;
+      const wait = Math.max(1, ((1 - this.tokens) / sendPerSecond) * 1000, forWrites);
       this.flushTimer = setTimeout(() => {
         this.flushTimer = null;
         this.flush();

@@ -56,7 +56,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use governor::{Quota, RateLimiter};
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde_json::value::RawValue;
@@ -93,6 +93,9 @@ const SNAPSHOT_PART_BYTES: usize = 256 * 1024;
 /// Most (key, stamp) pairs a connection remembers of the writes it merged,
 /// to leave their changes out when they come back from the map.
 const OWN_WRITES: usize = 4096;
+
+/// Most changes sent to a page in one `changes` message.
+const CHANGES_AT_ONCE: usize = 512;
 
 /// Most pages' writes a map remembers the `prev` of, to pass it on with
 /// the write to its other pages (who tell a lost race by it).
@@ -389,6 +392,9 @@ struct Connection {
     replica: u64,
     /// The writes this connection merged, whose changes are not sent back.
     own_writes: OwnWrites,
+    /// Writes a second (`writes_per_s`, `write_burst`): a message of many
+    /// writes costs as many.
+    write_limiter: governor::DefaultDirectRateLimiter,
 }
 
 /// The (key, stamp) of the writes one connection merged, the latest
@@ -541,6 +547,10 @@ impl Connection {
             color,
             replica,
             own_writes: OwnWrites::default(),
+            write_limiter: RateLimiter::direct(
+                Quota::per_second(NonZeroU32::new(bridge.config.writes_per_s).expect("validated"))
+                    .allow_burst(NonZeroU32::new(bridge.config.write_burst).expect("validated")),
+            ),
         };
         let end = connection.serve().await;
         gauge.dec();
@@ -571,6 +581,11 @@ impl Connection {
                 max_value_bytes: self.replica_map.config().max_value_bytes,
                 max_drift_ms: u64::try_from(self.replica_map.config().max_drift.as_millis())
                     .unwrap_or(u64::MAX),
+                max_message_bytes: self.bridge.config.max_message_bytes,
+                messages_per_s: self.bridge.config.messages_per_s,
+                burst: self.bridge.config.burst,
+                writes_per_s: self.bridge.config.writes_per_s,
+                write_burst: self.bridge.config.write_burst,
             },
         }
         .text();
@@ -632,17 +647,7 @@ impl Connection {
                 }
                 change = watch.next() => match change {
                     None => return End::Stopping,
-                    Some(change) => {
-                        if watch.missed() != missed {
-                            missed = watch.missed();
-                            self.bridge.metrics.resyncs.inc();
-                            self.send_snapshot().await
-                        } else if self.own_writes.take(&change.key, change.stamp) {
-                            Ok(())
-                        } else {
-                            self.send_change(&change).await
-                        }
-                    }
+                    Some(change) => self.send_changes(change, &mut watch, &mut missed).await,
                 },
                 cursor = cursors.recv() => match cursor {
                     Ok(Cursor::Moved { id, color, x, y }) if id != self.id => {
@@ -664,6 +669,65 @@ impl Connection {
         }
     }
 
+    /// Sends `first` and the changes that came with it (those the watch
+    /// holds now, up to [`CHANGES_AT_ONCE`] or about half a message of the
+    /// page's size): a lone change as `set` or `delete`, more as one
+    /// `changes`. Past what the watch kept, the map whole instead.
+    async fn send_changes(
+        &mut self,
+        first: Change,
+        watch: &mut state::Watch,
+        missed: &mut u64,
+    ) -> Result<(), End> {
+        let mut changes = vec![first];
+        let mut bytes = 0;
+        let most = self.bridge.config.max_message_bytes / 2;
+        while changes.len() < CHANGES_AT_ONCE && bytes < most {
+            let Some(Some(change)) = watch.next().now_or_never() else {
+                break;
+            };
+            bytes += change.key.len() + change.new.as_ref().map_or(0, Bytes::len);
+            changes.push(change);
+        }
+        if watch.missed() != *missed {
+            *missed = watch.missed();
+            self.bridge.metrics.resyncs.inc();
+            return self.send_snapshot().await;
+        }
+        changes.retain(|change| !self.own_writes.take(&change.key, change.stamp));
+        match changes.as_slice() {
+            [] => Ok(()),
+            [change] => self.send_change(change).await,
+            _ => {
+                let values: Vec<_> = changes
+                    .iter()
+                    .map(|change| change.new.as_ref().map(|value| self.json(value)))
+                    .collect();
+                let out: Vec<_> = changes
+                    .iter()
+                    .zip(&values)
+                    .filter_map(|(change, value)| {
+                        let value = match value {
+                            // Not JSON (counted): not sent.
+                            Some(None) => return None,
+                            Some(Some(value)) => Some(&**value),
+                            None => None,
+                        };
+                        Some(protocol::ChangeOut {
+                            key: &change.key,
+                            value,
+                            deleted: value.is_none(),
+                            stamp: change.stamp.to_string(),
+                            prev: self.hub.lock_prevs().of(&change.key, change.stamp),
+                        })
+                    })
+                    .collect();
+                let text = Outbound::Changes { changes: out }.text();
+                self.send(text).await
+            }
+        }
+    }
+
     /// Takes one message from the browser.
     async fn take(&mut self, text: &str) -> Result<(), End> {
         let malformed = |why| End::Refused("malformed", close::POLICY, why);
@@ -677,21 +741,19 @@ impl Connection {
                 stamp,
                 prev,
             } => {
-                let stamp = parse_stamp(&stamp).ok_or_else(|| malformed("bad stamp"))?;
-                let prev = parse_prev(prev).ok_or_else(|| malformed("bad prev"))?;
-                // Read whole, as every replica will read it: a value nested
-                // past serde_json's depth limit, or a number out of range,
-                // is no value the others could take.
-                if serde_json::from_str::<serde_json::Value>(value.get()).is_err() {
-                    return Err(malformed("a value nested too deep or out of range"));
-                }
-                let value = Bytes::copy_from_slice(value.get().as_bytes());
-                self.write(&key, Some(value), stamp, prev).await
+                self.spend_writes(1)?;
+                self.take_write(&key, Some(value), &stamp, prev).await
             }
             Inbound::Delete { key, stamp, prev } => {
-                let stamp = parse_stamp(&stamp).ok_or_else(|| malformed("bad stamp"))?;
-                let prev = parse_prev(prev).ok_or_else(|| malformed("bad prev"))?;
-                self.write(&key, None, stamp, prev).await
+                self.spend_writes(1)?;
+                self.take_write(&key, None, &stamp, prev).await
+            }
+            Inbound::Writes { writes } => {
+                self.spend_writes(writes.len())?;
+                for w in writes {
+                    self.take_write(&w.key, w.value, &w.stamp, w.prev).await?;
+                }
+                Ok(())
             }
             // Messages are taken in order: every write before it is merged
             // (or answered) by now.
@@ -713,6 +775,45 @@ impl Connection {
                 Ok(())
             }
         }
+    }
+
+    /// Takes `n` writes from the page's allowance (`writes_per_s`,
+    /// `write_burst`): past it the page is closed, as past the message
+    /// rate.
+    fn spend_writes(&mut self, n: usize) -> Result<(), End> {
+        let limited = || End::Refused("rate_limited", close::POLICY, "write rate limit");
+        let n = u32::try_from(n)
+            .ok()
+            .and_then(NonZeroU32::new)
+            .ok_or_else(limited)?;
+        match self.write_limiter.check_n(n) {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(limited()),
+        }
+    }
+
+    /// One write of the page, as it came: checked, then merged.
+    async fn take_write(
+        &mut self,
+        key: &str,
+        value: Option<&RawValue>,
+        stamp: &str,
+        prev: Option<Option<String>>,
+    ) -> Result<(), End> {
+        let malformed = |why| End::Refused("malformed", close::POLICY, why);
+        let stamp = parse_stamp(stamp).ok_or_else(|| malformed("bad stamp"))?;
+        let prev = parse_prev(prev).ok_or_else(|| malformed("bad prev"))?;
+        let value = match value {
+            // Read whole, as every replica will read it: a value nested
+            // past serde_json's depth limit, or a number out of range, is
+            // no value the others could take.
+            Some(value) if serde_json::from_str::<serde_json::Value>(value.get()).is_err() => {
+                return Err(malformed("a value nested too deep or out of range"));
+            }
+            Some(value) => Some(Bytes::copy_from_slice(value.get().as_bytes())),
+            None => None,
+        };
+        self.write(key, value, stamp, prev).await
     }
 
     /// Sends this page's latest cursor to the map's other pages.

@@ -35,10 +35,23 @@ pub(crate) enum Inbound<'a> {
         stamp: Cow<'a, str>,
         prev: Option<Option<String>>,
     },
+    /// Writes of the browser's replica, in the order made: a group of
+    /// writes (a paste, a transaction) in one message.
+    Writes { writes: Vec<Write<'a>> },
     /// Asks for `synced` with this id once every earlier message is taken.
     Sync { id: u64 },
     /// Where the browser's cursor is (ephemeral: not kept, not replicated).
     Presence { x: i32, y: i32 },
+}
+
+/// One write of a `writes` message: a value set, or (`value: None`) a
+/// delete.
+#[derive(Debug)]
+pub(crate) struct Write<'a> {
+    pub(crate) key: Cow<'a, str>,
+    pub(crate) value: Option<&'a RawValue>,
+    pub(crate) stamp: Cow<'a, str>,
+    pub(crate) prev: Option<Option<String>>,
 }
 
 /// The `type` of a message, read first.
@@ -85,6 +98,40 @@ struct DeleteIn<'a> {
     stamp: Cow<'a, str>,
     #[serde(default, deserialize_with = "present")]
     prev: Option<Option<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WritesIn<'a> {
+    #[serde(rename = "type")]
+    _kind: IgnoredAny,
+    #[serde(borrow)]
+    writes: Vec<WriteIn<'a>>,
+}
+
+/// `{"key", "value", "stamp", "prev"}` or `{"key", "deleted": true,
+/// "stamp", "prev"}`: exactly one of `value` and `deleted`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteIn<'a> {
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(default, borrow, deserialize_with = "raw_present")]
+    value: Option<&'a RawValue>,
+    #[serde(default)]
+    deleted: Option<bool>,
+    #[serde(borrow)]
+    stamp: Cow<'a, str>,
+    #[serde(default, deserialize_with = "present")]
+    prev: Option<Option<String>>,
+}
+
+/// A JSON value that is there (`null` included), as its text.
+fn raw_present<'de, D>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&RawValue>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -147,6 +194,34 @@ impl<'a> Inbound<'a> {
                 let m: PresenceIn = serde_json::from_str(text)?;
                 Inbound::Presence { x: m.x, y: m.y }
             }
+            "writes" => {
+                let m: WritesIn<'a> = serde_json::from_str(text)?;
+                let writes = m
+                    .writes
+                    .into_iter()
+                    .map(|w| match (w.value, w.deleted) {
+                        (Some(value), None) => Ok(Write {
+                            key: w.key,
+                            value: Some(value),
+                            stamp: w.stamp,
+                            prev: w.prev,
+                        }),
+                        (None, Some(true)) => Ok(Write {
+                            key: w.key,
+                            value: None,
+                            stamp: w.stamp,
+                            prev: w.prev,
+                        }),
+                        _ => Err(serde::de::Error::custom(
+                            "a write has a value or \"deleted\": true, not both",
+                        )),
+                    })
+                    .collect::<Result<Vec<_>, serde_json::Error>>()?;
+                if writes.is_empty() {
+                    return Err(serde::de::Error::invalid_length(0, &"one write or more"));
+                }
+                Inbound::Writes { writes }
+            }
             "sync" => {
                 let m: SyncIn = serde_json::from_str(text)?;
                 Inbound::Sync { id: m.id }
@@ -154,7 +229,7 @@ impl<'a> Inbound<'a> {
             other => {
                 return Err(serde::de::Error::unknown_variant(
                     other,
-                    &["auth", "set", "delete", "presence", "sync"],
+                    &["auth", "set", "delete", "writes", "presence", "sync"],
                 ));
             }
         })
@@ -169,6 +244,19 @@ pub(crate) enum EntryOut<'a> {
     Value { value: &'a RawValue, stamp: String },
     /// A key deleted (a tombstone: older writes of it lose).
     Deleted { deleted: bool, stamp: String },
+}
+
+/// One change of a `changes` message: as `set` or `delete` would say it.
+#[derive(Debug, Serialize)]
+pub(crate) struct ChangeOut<'a> {
+    pub(crate) key: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) value: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) deleted: bool,
+    pub(crate) stamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) prev: Option<Option<String>>,
 }
 
 /// A message to a browser.
@@ -213,6 +301,9 @@ pub(crate) enum Outbound<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         prev: Option<Option<String>>,
     },
+    /// Changes that came together (a group another page wrote, a burst of
+    /// a service's), in the order made: the page applies them as one step.
+    Changes { changes: Vec<ChangeOut<'a>> },
     /// Every message of this browser up to its `sync` with this id is
     /// taken; `now` is the bus's time as it was answered (the page
     /// measures its offset from the round trip).
@@ -246,6 +337,14 @@ pub(crate) struct Limits {
     /// How far ahead of the bus's time a stamp is taken: a page's clock
     /// moves past no stamp further ahead.
     pub(crate) max_drift_ms: u64,
+    /// The largest message the gateway takes from the page.
+    pub(crate) max_message_bytes: usize,
+    /// The messages and writes a page may send a second, and at once above
+    /// that rate: the page paces itself under them.
+    pub(crate) messages_per_s: u32,
+    pub(crate) burst: u32,
+    pub(crate) writes_per_s: u32,
+    pub(crate) write_burst: u32,
 }
 
 /// The bus's time now, as a stamp's text (what `hello` and `synced` tell
@@ -314,6 +413,32 @@ mod tests {
             r#"{"type":"sync","id":1,"x":1}"#,
         ] {
             assert!(Inbound::parse(bad).is_err(), "{bad}");
+        }
+        // A group: each write a value or a delete, never both, never
+        // neither, no field more; one write at least.
+        let writes = |list: &str| format!(r#"{{"type":"writes","writes":[{list}]}}"#);
+        let two = writes(
+            r#"{"key":"a","value":null,"stamp":"s"},{"key":"b","deleted":true,"stamp":"t","prev":null}"#,
+        );
+        match Inbound::parse(&two) {
+            Ok(Inbound::Writes { writes }) => {
+                assert_eq!(writes.len(), 2);
+                assert_eq!(writes[0].value.map(RawValue::get), Some("null"));
+                assert!(writes[1].value.is_none());
+                assert_eq!(writes[1].prev, Some(None));
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            "",
+            r#"{"key":"a","stamp":"s"}"#,
+            r#"{"key":"a","value":1,"deleted":true,"stamp":"s"}"#,
+            r#"{"key":"a","deleted":false,"stamp":"s"}"#,
+            r#"{"key":"a","value":1,"stamp":"s","x":1}"#,
+            r#"{"key":"a","value":1}"#,
+            r#"{"type":"set","key":"a","value":1,"stamp":"s"}"#,
+        ] {
+            assert!(Inbound::parse(&writes(bad)).is_err(), "{bad}");
         }
         assert_eq!(parse_replica("0000000000000000"), None);
         assert_eq!(parse_replica("00000000000000A1"), None);

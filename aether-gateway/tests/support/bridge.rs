@@ -189,11 +189,39 @@ impl Client {
                 .try_next(left)
                 .await
                 .unwrap_or_else(|| panic!("no {kind} {key:?} within 10 s: {:?}", self.received));
-            if message["type"] == kind && key.is_none_or(|k| message["key"] == k) {
-                return message;
+            // Changes that came together are looked in one by one, each as
+            // the `set` or `delete` it would have been alone.
+            let singles = if message["type"] == "changes" {
+                message["changes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(single)
+                    .collect()
+            } else {
+                vec![message]
+            };
+            if let Some(found) = singles
+                .into_iter()
+                .find(|m| m["type"] == kind && key.is_none_or(|k| m["key"] == k))
+            {
+                return found;
             }
         }
     }
+}
+
+/// One change of a `changes` message as a `set` or `delete` message.
+fn single(change: &Value) -> Value {
+    let mut message = change.clone();
+    let fields = message.as_object_mut().expect("a change is an object");
+    let kind = if fields.remove("deleted").is_some() {
+        "delete"
+    } else {
+        "set"
+    };
+    fields.insert("type".into(), kind.into());
+    message
 }
 
 /// How the server closed `socket`: its close code and reason, read within

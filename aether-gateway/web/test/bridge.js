@@ -5,7 +5,8 @@
 // after the writes before it; a write to a `node/...` key refused
 // (`not_owner`); a wrong token closed with 1008 `unauthorized`, a map
 // not in `maps` (when given) with 1008 `unknown_map`; past the rate limit, 1008
-// `rate_limited`. `down()` makes every connection fail as a stopped
+// `rate_limited`; `writes` (many writes a message) counted against its write
+// rate, and a group of writes sent on to the others as one `changes`. `down()` makes every connection fail as a stopped
 // gateway's would; `up()` lets them in again.
 
 import { Aether } from "../aether.js";
@@ -28,7 +29,8 @@ export function stamp(physicalNs, logical, replica) {
 }
 
 export class Bridge {
-  constructor({ token = "secret", perSecond = 1000, burst = 1000, maps = null } = {}) {
+  /** `legacy`: a gateway that tells no rates and takes one write a message. */
+  constructor({ token = "secret", perSecond = 1000, burst = 1000, maps = null, legacy = false } = {}) {
     this.token = token;
     this.maps = maps;
     /** Whether `sync` is answered (a test holds the answers back). */
@@ -36,8 +38,21 @@ export class Bridge {
     /** The bus's time minus this machine's clock, and how long a `hello` takes to arrive after it is stamped. */
     this.offsetMs = 0;
     this.helloDelayMs = 0;
-    /** The map's limits, as `hello` tells them. */
-    this.limits = { max_key_bytes: 256, max_value_bytes: 32 * 1024, max_drift_ms: 500 };
+    /** The map's limits and the rates, as `hello` tells them (the gateway's defaults). */
+    this.limits = {
+      max_key_bytes: 256,
+      max_value_bytes: 32 * 1024,
+      max_drift_ms: 500,
+      max_message_bytes: 65536,
+      messages_per_s: perSecond,
+      burst,
+      writes_per_s: 5000,
+      write_burst: 20000,
+    };
+    if (legacy) {
+      for (const rate of ["max_message_bytes", "messages_per_s", "burst", "writes_per_s", "write_burst"]) delete this.limits[rate];
+    }
+    this.legacy = legacy;
     this.perSecond = perSecond;
     this.burst = burst;
     this.isUp = true;
@@ -115,13 +130,17 @@ export class Bridge {
     return message;
   }
 
-  merge(key, entry, from) {
+  merge(key, entry, from, group = null) {
     const held = this.entries.get(key);
     if (held && held.stamp >= entry.stamp) {
       from?.deliver(Bridge.change(key, held));
       return;
     }
     this.entries.set(key, entry);
+    if (group !== null) {
+      group.push(Bridge.change(key, entry));
+      return;
+    }
     for (const socket of this.sockets) {
       if (socket !== from && socket.authed) socket.deliver(Bridge.change(key, entry));
     }
@@ -161,19 +180,44 @@ export class Bridge {
       if (this.answerSyncs) socket.deliver({ type: "synced", id: message.id, now: this.now() });
       return;
     }
-    if ((message.type === "set" || message.type === "delete") && message.key.startsWith("node/")) {
-      // As the gateway: a page writes shared keys only.
-      socket.deliver({ type: "refused", key: message.key, reason: "not_owner" });
+    let writes;
+    if (message.type === "set" || message.type === "delete") {
+      writes = [{ ...message, deleted: message.type === "delete" }];
+    } else if (message.type === "writes" && !this.legacy) {
+      writes = message.writes;
+    } else {
+      if (message.type !== "presence") socket.close(1008, "malformed");
       return;
     }
-    if ((message.type === "set" || message.type === "delete") && this.refusing.has(message.key)) {
-      socket.deliver({ type: "refused", key: message.key, reason: this.refusing.get(message.key) });
-      return;
+    const { writes_per_s: rate, write_burst: most } = this.limits;
+    if (rate !== undefined && most !== undefined) {
+      const since = (now - (socket.writesRefilled ?? now)) / 1000;
+      socket.writeTokens = Math.min(most, (socket.writeTokens ?? most) + since * rate);
+      socket.writesRefilled = now;
+      if (socket.writeTokens < writes.length) {
+        socket.close(1008, "rate_limited: write rate limit");
+        return;
+      }
+      socket.writeTokens -= writes.length;
     }
-    if (message.type === "set") {
-      this.merge(message.key, { value: message.value, stamp: message.stamp, deleted: false, prev: message.prev }, socket);
-    } else if (message.type === "delete") {
-      this.merge(message.key, { value: null, stamp: message.stamp, deleted: true, prev: message.prev }, socket);
+    // Changes of a group go on to the others together.
+    const group = message.type === "writes" ? [] : null;
+    for (const w of writes) {
+      if (w.key.startsWith("node/")) {
+        // As the gateway: a page writes shared keys only.
+        socket.deliver({ type: "refused", key: w.key, reason: "not_owner" });
+      } else if (this.refusing.has(w.key)) {
+        socket.deliver({ type: "refused", key: w.key, reason: this.refusing.get(w.key) });
+      } else {
+        const entry = { value: w.deleted ? null : w.value, stamp: w.stamp, deleted: !!w.deleted, prev: w.prev };
+        this.merge(w.key, entry, socket, group);
+      }
+    }
+    if (group !== null && group.length > 0) {
+      const changes = group.map(({ type, ...change }) => (type === "delete" ? { ...change, deleted: true } : change));
+      for (const other of this.sockets) {
+        if (other !== socket && other.authed) other.deliver({ type: "changes", changes });
+      }
     }
   }
 }
@@ -201,7 +245,7 @@ export class MemoryStorage {
   setItem(key, value) {
     const text = String(value);
     const grows = key.length + text.length - (this.items.has(key) ? key.length + this.items.get(key).length : 0);
-    if (this.used() + grows > this.quota) {
+    if (this.quota !== Infinity && this.used() + grows > this.quota) {
       const error = new Error("the quota has been exceeded");
       error.name = "QuotaExceededError";
       error.code = 22;

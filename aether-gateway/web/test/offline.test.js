@@ -116,7 +116,7 @@ test("a wrong token is unauthorized and stops reconnecting", async () => {
 test("a burst of writes is paced under the gateway's rate limit and all arrive", async () => {
   // The gateway allows 60 a second after a burst of 10; the client sends 40
   // a second after a burst of 5.
-  const bridge = new Bridge({ perSecond: 60, burst: 10 });
+  const bridge = new Bridge({ perSecond: 60, burst: 10, legacy: true });
   const page = client(bridge, new MemoryStorage(), { sendPerSecond: 40, sendBurst: 5 });
   await page.whenLive();
   const start = Date.now();

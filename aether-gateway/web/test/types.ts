@@ -33,6 +33,18 @@ type Todo2 = { text: string; done: boolean; tags: string[]; due: string | null }
 board.set<Todo2>("todo/2", { text: "eggs", done: false, tags: ["shop"], due: null });
 board.set("nested", { a: [{ b: { c: [1, 2, { d: null }] } }] });
 const shared: Aether = sharedClient(url, { token: "t" });
+const many: Stamp[] = board.setMany({ "card/1": { title: "a" }, "card/2": undefined });
+board.setMany([["card/3", 3], ["card/4", null]] as const);
+board.setMany(new Map<string, Json>([["card/5", "five"]]));
+const moved: number = board.transact(() => {
+  board.set("col/a", 1);
+  board.delete("col/b");
+  return 2;
+});
+// @ts-expect-error a Date is not JSON, in a group either
+board.setMany({ when: new Date() });
+// @ts-expect-error transact takes a function
+board.transact(1);
 
 // @ts-expect-error a client needs its options (the token)
 new Aether(url);
