@@ -133,9 +133,25 @@ export function useAether(key, fallback, options) {
 export function useAetherPrefix(prefix, options) {
   const [clientNow, slot] = clientOf(options);
   const seen = useRef(null);
+  // Told once per task however many keys changed (a paste of thousands):
+  // the list is made again once, not once a key.
   const subscribe = useCallback(
-    (changed) =>
-      clientNow().on(prefix + "*", () => changed()),
+    (changed) => {
+      let queued = false;
+      let active = true;
+      const stop = clientNow().on(prefix + "*", () => {
+        if (queued) return;
+        queued = true;
+        queueMicrotask(() => {
+          queued = false;
+          if (active) changed();
+        });
+      });
+      return () => {
+        active = false;
+        stop();
+      };
+    },
     [slot, prefix],
   );
   const snapshot = () => {

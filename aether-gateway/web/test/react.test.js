@@ -198,3 +198,36 @@ test("a refused write reaches the component, and the value goes back", async () 
   page.unmount();
   client.close();
 });
+
+test("a list under a prefix is made once per paste of thousands, not once a key", async () => {
+  const bridge = new Bridge();
+  const opts = options(bridge, new MemoryStorage());
+  const list = mount(() => useAetherPrefix("card/", opts));
+  const client = sharedClient(opts.url, opts);
+  await client.whenLive();
+  await settle(() => list.seen().length === 0, "the empty list");
+  // Each list the hook makes reads the client's keys once.
+  let made = 0;
+  const keys = client.keys.bind(client);
+  client.keys = () => {
+    made += 1;
+    return keys();
+  };
+  const other = new Aether(opts.url, { ...opts, storage: new MemoryStorage() });
+  await other.whenLive();
+  const cards = {};
+  for (let i = 0; i < 3000; i++) cards[`card/${i}`] = { title: `card ${i}` };
+  other.setMany(cards);
+  await settle(() => list.seen().length === 3000, "the paste rendered");
+  assert.ok(made <= 20, `the list made ${made} times for one paste`);
+  // A paste of this page's own: the same.
+  made = 0;
+  client.transact(() => {
+    for (let i = 0; i < 3000; i++) client.set(`card/${i}`, { title: `moved ${i}` });
+  });
+  await settle(() => list.seen().every(([, card]) => card.title.startsWith("moved")), "the page's own paste rendered");
+  assert.ok(made <= 20, `the list made ${made} times for the page's own paste`);
+  list.unmount();
+  other.close();
+  client.close();
+});
