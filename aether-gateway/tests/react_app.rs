@@ -4,7 +4,9 @@
 //! two tabs in headless Chromium on the gateway program over NATS, beside a
 //! Rust replica. Clicks and todos sync between the tabs; concurrent clicks
 //! in both all count; with the gateway killed, a reload renders from the
-//! cache and edits made offline merge once it is back.
+//! cache and edits made offline merge once it is back. The app rendered on
+//! a server (Node, as Next.js renders) hydrates over a warm cache with no
+//! mismatch.
 //!
 //! Needs Debian's `chromium` and `npm`; without them the test says so and
 //! passes.
@@ -32,9 +34,16 @@ fn build_example() -> bool {
     let dir = example_dir();
     let web = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/web"));
     let modified = |p: PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let bundle = modified(dir.join("dist/app.js"));
+    let bundle = [dir.join("dist/app.js"), dir.join("dist/server.mjs")]
+        .into_iter()
+        .map(modified)
+        .min()
+        .flatten();
     let sources = [
         dir.join("src/main.jsx"),
+        dir.join("src/app.jsx"),
+        dir.join("src/server.jsx"),
+        dir.join("package.json"),
         dir.join("package-lock.json"),
         web.join("aether.js"),
         web.join("react.js"),
@@ -67,15 +76,25 @@ fn build_example() -> bool {
     true
 }
 
-/// Serves the example's page and bundle on a loopback port.
-async fn app_host() -> SocketAddr {
+/// Serves the example's page and bundle on a loopback port, and at
+/// `/ssr.html` the page with `rendered` (a server's HTML of the app) in it.
+async fn app_host_with(rendered: &str) -> SocketAddr {
     let dir = example_dir();
     let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    let ssr = html.replace(
+        r#"<div id="root"></div>"#,
+        &format!(r#"<div id="root">{rendered}</div>"#),
+    );
+    assert!(rendered.is_empty() || ssr != html, "the page has its root");
     let bundle = std::fs::read_to_string(dir.join("dist/app.js")).unwrap();
     let app = Router::new()
         .route(
             "/index.html",
             get(move || async move { axum::response::Html(html) }),
+        )
+        .route(
+            "/ssr.html",
+            get(move || async move { axum::response::Html(ssr) }),
         )
         .route(
             "/dist/app.js",
@@ -85,6 +104,31 @@ async fn app_host() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
+}
+
+async fn app_host() -> SocketAddr {
+    app_host_with("").await
+}
+
+/// The app rendered by Node from the example's server bundle, as a
+/// server-rendering framework would: the HTML, and how long Node took to
+/// render it and exit.
+fn server_render(port: u16) -> (String, Duration) {
+    let script = format!(
+        "const {{ render }} = await import('./dist/server.mjs');          process.stdout.write(render({{ url: 'ws://127.0.0.1:{port}/bridge/react-demo', token: '{TOKEN}' }}));"
+    );
+    let start = std::time::Instant::now();
+    let out = Command::new("timeout")
+        .args(["20", "node", "--input-type=module", "-e", &script])
+        .current_dir(example_dir())
+        .output()
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "the server render: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (String::from_utf8(out.stdout).unwrap(), start.elapsed())
 }
 
 /// Waits (up to 15 s) until `check` holds.
@@ -258,4 +302,74 @@ async fn two_tabs_of_the_react_example_sync_and_work_offline() {
     gateway.start_kill().unwrap();
     let _ = gateway.wait().await;
     service.close().await;
+}
+
+/// A page rendered on a server (Node, the example's server bundle) and
+/// hydrated in a browser whose cache holds the map: the server renders the
+/// fallbacks and opens no connection (Node exits at once), the browser's first render matches the server's HTML
+/// (no recoverable error), then the cache and the bridge take over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_rendered_page_hydrates_over_a_warm_cache() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    if !build_example() {
+        return;
+    }
+    let bus = support::programs::BridgeBus::start("react-demo").await;
+    let port = bus.port;
+    let _gateway = bus.gateway(&["react-demo"], TOKEN).await;
+    let (rendered, took) = server_render(port);
+    assert!(
+        took < Duration::from_secs(10),
+        "Node rendered and exited in {took:?}"
+    );
+    assert!(
+        rendered.contains(r#"data-status="connecting""#) && rendered.contains(r#"data-count="0""#),
+        "the server renders the fallbacks: {rendered}"
+    );
+    let app = app_host_with(&rendered).await;
+    let fragment = format!("#token={TOKEN}&gateway=ws://127.0.0.1:{port}");
+
+    // A first visit fills the cache: two clicks and a todo.
+    let first = browser
+        .open(&format!("http://{app}/index.html{fragment}"))
+        .await;
+    first
+        .wait_for(
+            "the first visit is live",
+            "document.getElementById('status')?.dataset.status === 'live'",
+            20,
+        )
+        .await;
+    first.eval(&clicks(2)).await;
+    first.eval(&add_todo("milk")).await;
+    first
+        .wait_for("the first visit shows its edits", &shows_todo("milk"), 5)
+        .await;
+    first
+        .eval("demo.client.waitForPendingWrites().then(() => true)")
+        .await;
+
+    // The returning visit, over the server's HTML: it hydrates without a
+    // mismatch, then shows what the cache and the bridge hold.
+    let back = browser
+        .open(&format!("http://{app}/ssr.html{fragment}"))
+        .await;
+    back.wait_for(
+        "the returning visit shows the map",
+        &format!("{TOTAL} === 2 && {}", shows_todo("milk")),
+        15,
+    )
+    .await;
+    back.wait_for(
+        "the returning visit is live",
+        "document.getElementById('status')?.dataset.status === 'live'",
+        20,
+    )
+    .await;
+    let errors = back.eval("demo.recoverableErrors").await;
+    assert_eq!(errors, json!([]), "hydration found no mismatch");
+    // It is the server's HTML hydrated, not a page rendered anew.
+    assert_eq!(back.eval("demo.hydrated").await, json!(true));
 }
