@@ -620,8 +620,17 @@ impl Connection {
         let mut missed = 0;
         loop {
             let cursor_due = self.cursor_sent + CURSOR_EVERY;
+            // In this order: the map's changes before the page's next
+            // message, so that a page writing many at once hears its own
+            // writes taken (and others') as it goes, and never falls
+            // behind the map's changes for its own burst.
             let step = tokio::select! {
+                biased;
                 () = stop.wait() => return End::Stopping,
+                change = watch.next() => match change {
+                    None => return End::Stopping,
+                    Some(change) => self.send_changes(change, &mut watch, &mut missed).await,
+                },
                 () = tokio::time::sleep_until(cursor_due), if self.cursor.is_some() => {
                     self.send_cursor();
                     Ok(())
@@ -645,10 +654,6 @@ impl Connection {
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                     }
                 }
-                change = watch.next() => match change {
-                    None => return End::Stopping,
-                    Some(change) => self.send_changes(change, &mut watch, &mut missed).await,
-                },
                 cursor = cursors.recv() => match cursor {
                     Ok(Cursor::Moved { id, color, x, y }) if id != self.id => {
                         let text = Outbound::Presence { id: &id, color: &color, x, y }.text();
