@@ -6,6 +6,9 @@
 //!   through the gateway (stamped writes merged into its replica, sent to
 //!   the other page) and through the plain relay (each text message
 //!   forwarded to the room's other connections, nothing kept): ratios.
+//! - A paste: page A writes 10,000 keys as fast as the gateway takes them,
+//!   a `set` message each or many a `writes` message, until page B has
+//!   had them all: writes a second of each, and their ratio.
 //! - Tabs held: N connected pages with edits flowing (writes from pages in
 //!   turn at a fixed rate, each sent to every other page): delivery latency
 //!   p50 and p99, and loss, for growing N.
@@ -60,6 +63,8 @@ async fn gateway(max: usize) -> Gateway {
             // Measured pages send as fast as they get answers.
             messages_per_s: 100_000,
             burst: 100_000,
+            writes_per_s: 1_000_000,
+            write_burst: 1_000_000,
             ..Default::default()
         },
         ..Default::default()
@@ -277,11 +282,21 @@ async fn tabs(
                         Err(_) if *done.borrow() => break,
                         Err(_) => continue,
                     };
-                if let Message::Text(text) = message
-                    && let Ok(value) = serde_json::from_str::<Value>(&text)
-                    && let Some(sent) = value["value"]["t"].as_u64()
-                {
-                    mine.push(now_ns().saturating_sub(sent) as f64 / 1e6);
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                let Ok(value) = serde_json::from_str::<Value>(&text) else {
+                    continue;
+                };
+                // A change alone, or changes that came together.
+                let changes = match value["changes"].as_array() {
+                    Some(changes) => changes.clone(),
+                    None => vec![value],
+                };
+                for change in changes {
+                    if let Some(sent) = change["value"]["t"].as_u64() {
+                        mine.push(now_ns().saturating_sub(sent) as f64 / 1e6);
+                    }
                 }
             }
             let got = mine.len();
@@ -335,6 +350,106 @@ async fn tabs(
     (delivered, expected, p50, p99)
 }
 
+/// Page `a` (replica `replica`) writes `n` keys `paste/<i>` (their values
+/// marked with `round`), `per` writes a message (1: a `set` each, as one
+/// message a write); the writes a second until page `b` has had every one.
+async fn paste(a: &mut Ws, b: &mut Ws, n: u64, per: usize, replica: u64, round: u64) -> f64 {
+    let writes: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "{{\"key\":\"paste/{i}\",\"value\":{{\"title\":\"card {i}\",\"round\":{round}}},\"stamp\":\"{:016x}-{:08x}-{replica:016x}\"}}",
+                now_ns(),
+                i as u32
+            )
+        })
+        .collect();
+    let start = Instant::now();
+    let (mut to_gateway, mut from_gateway) = (&mut *a).split();
+    let send = async move {
+        for chunk in writes.chunks(per) {
+            let text = if per == 1 {
+                format!("{{\"type\":\"set\",{}", &chunk[0][1..])
+            } else {
+                format!("{{\"type\":\"writes\",\"writes\":[{}]}}", chunk.join(","))
+            };
+            to_gateway.send(Message::text(text)).await.unwrap();
+        }
+    };
+    // A reads what comes to it, as a page does.
+    let drain = async move {
+        while let Some(Ok(_)) = from_gateway.next().await {}
+        std::future::pending::<()>().await;
+    };
+    // The keys B has had at this round: changes one by one or together,
+    // or the map whole when B fell behind the changes (`watch_buffer`).
+    let receive = async {
+        let mut seen = std::collections::HashSet::new();
+        while (seen.len() as u64) < n {
+            let text = next_text(b).await;
+            let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let this_round = |entry: &serde_json::Value| entry["value"]["round"] == round;
+            let keys: Vec<String> = match message["type"].as_str() {
+                Some("set") if this_round(&message) => vec![message["key"].to_string()],
+                Some("changes") => message["changes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| this_round(c))
+                    .map(|c| c["key"].to_string())
+                    .collect(),
+                Some("snapshot" | "snapshot-part") => message["entries"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, e)| this_round(e))
+                    .map(|(k, _)| k.clone())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            seen.extend(keys);
+        }
+    };
+    tokio::join!(send, async {
+        tokio::select! {
+            () = receive => {}
+            () = drain => {}
+        }
+    });
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Rounds of [`paste`], a `set` each and `writes` of 400 (within the 64 KiB message limit) alternating.
+async fn pastes(addr: SocketAddr, rounds: u64) {
+    let n = 10_000;
+    let (mut singles, mut groups, mut paste_ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut a, mut b) = (page(addr, 0xe).await, page(addr, 0xf).await);
+    for round in 0..rounds {
+        let one = paste(&mut a, &mut b, n, 1, 0xe, 2 * round).await;
+        let many = paste(&mut a, &mut b, n, 400, 0xe, 2 * round + 1).await;
+        singles.push(one);
+        groups.push(many);
+        paste_ratios.push(many / one);
+    }
+    println!(
+        "a paste of {n} keys from page A until page B has them all, {rounds} alternating rounds, medians (min-max):"
+    );
+    println!(
+        "  a set message each        {:.0} writes/s ({})",
+        median(singles.clone()),
+        spread(&singles)
+    );
+    println!(
+        "  writes messages of 400    {:.0} writes/s ({})",
+        median(groups.clone()),
+        spread(&groups)
+    );
+    println!(
+        "  ratio: {:.2}x ({})",
+        median(paste_ratios.clone()),
+        spread(&paste_ratios)
+    );
+}
+
 fn main() {
     // `cargo bench` measures; as a test, one small smoke run of each case.
     let testing = !aether_testkit::bench::measuring();
@@ -358,6 +473,10 @@ fn main() {
             ping_pong(&mut a, &mut b, 20).await;
             let (delivered, expected, _, _) = tabs(addr, 8, 50, 1).await;
             assert_eq!(delivered, expected, "every edit reached every other page");
+            let (mut a, mut b) = (page(addr, 0xe).await, page(addr, 0xf).await);
+            for (per, round) in [(1, 0), (400, 1)] {
+                assert!(paste(&mut a, &mut b, 2_000, per, 0xe, round).await > 0.0);
+            }
             println!("bridge bench: smoke run ok");
             return;
         }
@@ -366,6 +485,10 @@ fn main() {
             .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l[13..].trim().to_string()))
             .unwrap_or_default();
         println!("machine: {cpu}, {} CPUs", std::thread::available_parallelism().map_or(0, |n| n.get()));
+        if std::env::var_os("AETHER_BENCH_PASTE").is_some() {
+            pastes(addr, 7).await;
+            return;
+        }
         if let Ok(only) = std::env::var("AETHER_BENCH_TABS") {
             let count: usize = only.parse().expect("a number of tabs");
             let (delivered, expected, p50, p99) = tabs(addr, count, 20, 3).await;
@@ -421,6 +544,7 @@ fn main() {
             "one way page -> gateway -> page: p50 {:.0} us ({}) p99 {:.0} us ({})",
             median(one50.clone()), spread(&one50), median(one99.clone()), spread(&one99)
         );
+        pastes(addr, rounds).await;
         println!("tabs held, 20 edits/s from the pages in turn for 3 s, each to every other page:");
         println!("  tabs | deliveries/s | delivered/expected | p50 ms | p99 ms");
         for count in [100, 250, 500, 1000, 2000, 4000] {

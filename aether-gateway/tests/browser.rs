@@ -535,13 +535,12 @@ async fn the_client_says_what_became_of_the_page_and_its_writes() {
         "TypeError: the value of \"when\" at .at is a Date, not JSON (write its toISOString() or getTime())"
     );
 
-    // A page sending far past the gateway's limit is told `rate_limited`
-    // each time it is cut off (the gateway's close frame is read, not lost
-    // to a reset), slows down, and everything arrives.
-    let fast = a
+    // The client paces itself at half the rates the gateway's hello tells:
+    // 400 writes at once leave in one message, never cut off.
+    let paced = a
         .eval(&format!(
             "(async () => {{ const {{ Aether }} = await import('/aether.js');
-               const fast = new Aether('ws://{gw}/bridge/board', {{ token: '{TOKEN}', sendPerSecond: 2000, sendBurst: 2000, cache: false, backoffMs: 50 }});
+               const fast = new Aether('ws://{gw}/bridge/board', {{ token: '{TOKEN}', sendPerSecond: 2000, sendBurst: 2000, cache: false }});
                const seen = [];
                fast.onStatus((status, reason) => {{ if (status === 'offline') seen.push(reason); }});
                await fast.whenLive();
@@ -551,16 +550,31 @@ async fn the_client_says_what_became_of_the_page_and_its_writes() {
                return seen.join(' '); }})()"
         ))
         .await;
-    let fast = fast.as_str().expect("the reasons");
-    assert!(fast.contains("rate_limited"), "{fast}");
-    assert!(
-        fast.split(' ').all(|reason| reason == "rate_limited"),
-        "every cut told as rate_limited: {fast}"
-    );
+    assert_eq!(paced, "", "never cut off");
     settle("the service has the fast page's writes", || {
         (0..400).all(|i| service.get(&format!("fast/{i}")).is_some())
     })
     .await;
+    // A page of another make sending far past the gateway's limit is cut
+    // off, and the browser reads the reason in the close frame (not lost
+    // to a reset).
+    let cut = a
+        .eval(&format!(
+            "new Promise((resolve) => {{
+               const ws = new WebSocket('ws://{gw}/bridge/board');
+               ws.onopen = () => ws.send(JSON.stringify({{ type: 'auth', token: '{TOKEN}', replica: '00000000000000fe' }}));
+               let flooded = false;
+               ws.onmessage = () => {{
+                 if (flooded) return;
+                 flooded = true;
+                 for (let i = 0; i < 2000; i++) ws.send(JSON.stringify({{ type: 'sync', id: i }}));
+               }};
+               ws.onclose = (e) => resolve(`${{e.code}} ${{e.reason}}`);
+             }})"
+        ))
+        .await;
+    let cut = cut.as_str().expect("the close");
+    assert!(cut.starts_with("1008 rate_limited"), "{cut}");
 
     // B changes the title after seeing A's: A is not told of a lost race.
     a.eval(
@@ -675,7 +689,9 @@ async fn pages_whose_clocks_are_hours_off_write_in_the_bus_order() {
 /// A paste of 10,000 keys in one page (a loop of `set`, as an import makes
 /// it) is confirmed, and seen whole by another page and by a service,
 /// within seconds: the writes leave many a message, under the gateway's
-/// rates, and come to the other page many a message.
+/// rates, and come to the other page many a message. (About 2 s on a quiet
+/// machine, in the test build; bounded at 20 s for a loaded one: one write
+/// a message at the default pace took 200 s.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_writes_of_one_page_reach_another_within_seconds() {
     let Some(browser) = Browser::launch().await else {
@@ -731,11 +747,11 @@ async fn ten_thousand_writes_of_one_page_reach_another_within_seconds() {
     );
     assert_eq!(written[3], "live", "never closed for its rate");
     assert!(
-        confirmed - start < 5_000.0,
+        confirmed - start < 20_000.0,
         "confirmed after {} ms",
         confirmed - start
     );
-    assert!(seen - start < 5_000.0, "seen after {} ms", seen - start);
+    assert!(seen - start < 20_000.0, "seen after {} ms", seen - start);
     settle("the service has the paste", || service.len() == 10_000).await;
     let refused = gateway
         .metrics_text()
