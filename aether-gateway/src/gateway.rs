@@ -168,7 +168,23 @@ impl GatewayBuilder {
                 config.max_event_streams_per_address,
             ),
             bridge: bridge.clone(),
-            allowed_hosts: AllowedHosts::new(&config.allowed_hosts, addr),
+            allowed_hosts: AllowedHosts::new(
+                &config
+                    .allowed_hosts
+                    .iter()
+                    .cloned()
+                    // Once hosts are listed, the public address's is one.
+                    .chain(
+                        config
+                            .public_url
+                            .as_deref()
+                            .and_then(crate::settings::public_host)
+                            .filter(|_| !config.allowed_hosts.is_empty())
+                            .map(str::to_string),
+                    )
+                    .collect::<Vec<_>>(),
+                addr,
+            ),
         });
         let limits = ServeLimits {
             header_read_timeout: config.header_read_timeout(),
@@ -295,7 +311,7 @@ fn say_bridged_pages(
     tls: bool,
     addr: SocketAddr,
 ) {
-    let scheme = if tls { "https" } else { "http" };
+    let base = config.pages_base(tls, addr);
     for (page, what) in [
         ("board", "collaborative board"),
         ("kanban", "kanban board"),
@@ -306,11 +322,11 @@ fn say_bridged_pages(
         }
         if config.bridge.token.is_none() {
             tracing::info!(
-                "{what}: {scheme}://{addr}/{page}#token={} (a random bridge token; set [gateway.bridge] token to choose one)",
+                "{what}: {base}{page}#token={} (a random bridge token; set [gateway.bridge] token to choose one)",
                 bridge.token()
             );
         } else {
-            tracing::info!("{what}: {scheme}://{addr}/{page}#token=<your bridge token>");
+            tracing::info!("{what}: {base}{page}#token=<your bridge token>");
         }
     }
     // Every other bridged map, on the page that shows any map.
@@ -320,11 +336,11 @@ fn say_bridged_pages(
         }
         if config.bridge.token.is_none() {
             tracing::info!(
-                "map {map}: {scheme}://{addr}/map#token={}&map={map} (a random bridge token; set [gateway.bridge] token to choose one)",
+                "map {map}: {base}map#token={}&map={map} (a random bridge token; set [gateway.bridge] token to choose one)",
                 bridge.token()
             );
         } else {
-            tracing::info!("map {map}: {scheme}://{addr}/map#token=<your bridge token>&map={map}");
+            tracing::info!("map {map}: {base}map#token=<your bridge token>&map={map}");
         }
     }
 }

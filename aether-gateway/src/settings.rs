@@ -18,6 +18,7 @@
 //! max_event_streams = 64       # /events streams; more are answered 503
 //! max_event_streams_per_address = 8
 //! allowed_hosts = []           # Host names answered; empty: any
+//! # public_url = "https://example.com/aether/"   # where pages reach it, behind a proxy
 //! max_maps_per_instance = 16   # replicas exported per reporting instance
 //! max_map_series = 256         # replicas exported in all (8 to 13 series each)
 //!
@@ -193,6 +194,13 @@ pub struct GatewayConfig {
     /// always answered; list any other address the gateway is reached by
     /// (`"10.0.0.5"`). A request without a `Host` is refused too.
     pub allowed_hosts: Vec<String>,
+    /// Where pages reach the gateway when that is not `listen`: behind a
+    /// reverse proxy under a path, `"https://example.com/aether/"` (as
+    /// Grafana's `root_url`). The pages' addresses the gateway logs use
+    /// it, and its host is answered as one of `allowed_hosts`. Pages, their
+    /// links and the bridge address they open follow where they were
+    /// served from without it. Default none.
+    pub public_url: Option<String>,
     /// Most instances whose reports (`_report.<instance>`) the gateway
     /// tracks and exports; a report from one more is refused and counted.
     /// 1 to 10,000, default 256.
@@ -285,6 +293,38 @@ pub struct BridgeConfig {
     pub max_snapshot_bytes_in_flight: usize,
 }
 
+/// The host of a `public_url` (without port or brackets), if it is an
+/// `http://` or `https://` address with a host and no query or fragment.
+pub(crate) fn public_host(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    if url.contains(['?', '#']) || url.chars().any(char::is_whitespace) {
+        return None;
+    }
+    let authority = rest.split('/').next()?;
+    if authority.contains('@') {
+        return None;
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.split(':').next()?,
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+impl GatewayConfig {
+    /// Where pages reach the gateway, ending in `/`: `public_url`, or the
+    /// address it listens on.
+    pub(crate) fn pages_base(&self, tls: bool, addr: SocketAddr) -> String {
+        match &self.public_url {
+            Some(url) if url.ends_with('/') => url.clone(),
+            Some(url) => format!("{url}/"),
+            None => format!("{}://{addr}/", if tls { "https" } else { "http" }),
+        }
+    }
+}
+
 impl Default for BridgeConfig {
     fn default() -> Self {
         Self {
@@ -340,6 +380,7 @@ impl Default for GatewayConfig {
             max_event_streams: 64,
             max_event_streams_per_address: 8,
             allowed_hosts: Vec::new(),
+            public_url: None,
             max_instances: 256,
             max_maps_per_instance: 16,
             max_map_series: 256,
@@ -544,6 +585,15 @@ impl Validate for GatewayConfig {
             1..=10_000,
             "must be 1 to 10000",
         )?;
+        if let Some(url) = &self.public_url {
+            public_host(url).ok_or_else(|| {
+                SettingsError::invalid(
+                    "public_url",
+                    url.clone(),
+                    "must be an http:// or https:// address with a host, no query or fragment",
+                )
+            })?;
+        }
         for host in &self.allowed_hosts {
             let address = host.trim_start_matches('[').trim_end_matches(']');
             let name = !host.is_empty()
@@ -979,6 +1029,34 @@ mod tests {
             let toml = format!("[gateway]\nallowed_hosts = [{bad:?}]\n");
             let err = load(&toml, &[]).unwrap_err();
             assert_eq!(err.key(), Some("gateway.allowed_hosts"), "{bad}");
+        }
+        // Where pages reach the gateway behind a proxy: its host, and the
+        // base the pages' logged addresses start with.
+        for (url, host) in [
+            ("https://example.com/aether/", "example.com"),
+            ("http://10.0.0.5:8080", "10.0.0.5"),
+            ("https://[fd00::1]:443/x/", "fd00::1"),
+        ] {
+            assert_eq!(public_host(url), Some(host), "{url}");
+            let toml = format!("[gateway]\npublic_url = {url:?}\n");
+            let settings = load(&toml, &[]).unwrap();
+            let base = settings
+                .gateway
+                .pages_base(false, "127.0.0.1:1".parse().unwrap());
+            assert!(base.starts_with(url) && base.ends_with('/'), "{base}");
+        }
+        for bad in [
+            "example.com/aether/",
+            "ftp://example.com/",
+            "https:///aether/",
+            "https://example.com/?x=1",
+            "https://example.com/#top",
+            "https://user@example.com/",
+            "https://exa mple.com/",
+        ] {
+            let toml = format!("[gateway]\npublic_url = {bad:?}\n");
+            let err = load(&toml, &[]).unwrap_err();
+            assert_eq!(err.key(), Some("gateway.public_url"), "{bad}");
         }
         let err = load("[gateway]\nwrite_stall_timeout_ms = 10\n", &[]).unwrap_err();
         assert_eq!(err.key(), Some("gateway.write_stall_timeout_ms"));

@@ -3,7 +3,8 @@
 // per animation frame with the focused field kept, and new ids.
 //
 // The fragment: #token=<bridge token>&gateway=ws://host:port&map=<map>
-// (the gateway defaults to the one that served the page).
+// (the gateway defaults to the one that served the page, under the path it
+// was served from: behind a proxy at /aether/, /aether/bridge/<map>).
 import { Aether } from "./aether.js";
 
 /** The client of the page's map (`map` unless the fragment names one). */
@@ -11,7 +12,8 @@ export function connect(map, page) {
   const params = new URLSearchParams(location.hash.slice(1));
   const name = params.get("map") || map;
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const gateway = params.get("gateway") || `${scheme}://${location.host}`;
+  const here = new URL(".", location.href);
+  const gateway = params.get("gateway") || `${scheme}://${here.host}${here.pathname.replace(/\/$/, "")}`;
   // Without one, the gateway refuses the page, and the badge says how to
   // get it.
   const token = params.get("token") || "none";
