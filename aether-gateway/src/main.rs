@@ -36,7 +36,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(options: Options) -> Result<(), Box<dyn Error>> {
-    let source = SettingsSource::from_process(&options.config_dir);
+    let source = aether_gateway::settings::LIST_KEYS.iter().fold(
+        SettingsSource::from_process(&options.config_dir),
+        |source, key| source.list_key(key),
+    );
     let mut settings: GatewaySettings = source.load()?;
     options.apply(&mut settings);
     settings.validate()?;

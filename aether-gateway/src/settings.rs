@@ -293,6 +293,10 @@ pub struct BridgeConfig {
     pub max_snapshot_bytes_in_flight: usize,
 }
 
+/// The gateway's list settings read from a variable as comma-separated
+/// items (`AETHER__GATEWAY__BRIDGE__MAPS=board,kanban`).
+pub const LIST_KEYS: [&str; 2] = ["gateway.bridge.maps", "gateway.allowed_hosts"];
+
 /// The host of a `public_url` (without port or brackets), if it is an
 /// `http://` or `https://` address with a host and no query or fragment.
 pub(crate) fn public_host(url: &str) -> Option<&str> {
@@ -306,10 +310,28 @@ pub(crate) fn public_host(url: &str) -> Option<&str> {
     if authority.contains('@') {
         return None;
     }
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next()?,
-        None => authority.split(':').next()?,
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, rest) = v6.split_once(']')?;
+            (host, rest.strip_prefix(':'))
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
     };
+    // A port, if given, is one a socket can have.
+    if port.is_some_and(|p| !matches!(p.parse::<u16>(), Ok(1..))) {
+        return None;
+    }
+    // Each path segment a plain one: no `.` or `..` walking out of it.
+    let path = &rest[authority.len()..];
+    if path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return None;
+    }
     (!host.is_empty()).then_some(host)
 }
 
@@ -590,7 +612,7 @@ impl Validate for GatewayConfig {
                 SettingsError::invalid(
                     "public_url",
                     url.clone(),
-                    "must be an http:// or https:// address with a host, no query or fragment",
+                    "must be an http:// or https:// address with a host (and a port 1 to 65535), no query, fragment or `..`",
                 )
             })?;
         }
@@ -881,7 +903,13 @@ mod tests {
     fn load(toml: &str, vars: &[(&str, &str)]) -> Result<GatewaySettings, SettingsError> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("default.toml"), toml).unwrap();
-        SettingsSource::new(dir.path(), None, vars.iter().copied()).load()
+        LIST_KEYS
+            .iter()
+            .fold(
+                SettingsSource::new(dir.path(), None, vars.iter().copied()),
+                |source, key| source.list_key(key),
+            )
+            .load()
     }
 
     #[test]
@@ -1053,11 +1081,32 @@ mod tests {
             "https://example.com/#top",
             "https://user@example.com/",
             "https://exa mple.com/",
+            "https://example.com:99999/",
+            "https://example.com:0/",
+            "https://example.com:/",
+            "https://example.com/aether/../x/",
         ] {
             let toml = format!("[gateway]\npublic_url = {bad:?}\n");
             let err = load(&toml, &[]).unwrap_err();
             assert_eq!(err.key(), Some("gateway.public_url"), "{bad}");
         }
+        // Lists from variables, comma-separated.
+        let settings = load(
+            "",
+            &[
+                ("AETHER__GATEWAY__BRIDGE__MAPS", "board, kanban,react-demo"),
+                ("AETHER__GATEWAY__ALLOWED_HOSTS", "gateway.example,10.0.0.5"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            settings.gateway.bridge.maps,
+            ["board", "kanban", "react-demo"]
+        );
+        assert_eq!(
+            settings.gateway.allowed_hosts,
+            ["gateway.example", "10.0.0.5"]
+        );
         let err = load("[gateway]\nwrite_stall_timeout_ms = 10\n", &[]).unwrap_err();
         assert_eq!(err.key(), Some("gateway.write_stall_timeout_ms"));
         let err = load("[gateway]\nmax_maps_per_instance = 65\n", &[]).unwrap_err();
