@@ -34,7 +34,8 @@ use tokio::sync::Notify;
 
 /// Why a connection is closed by the server before its peer closes it:
 /// the label values of `aether_gateway_http_connections_closed_total`.
-pub(crate) const CLOSE_REASONS: [&str; 3] = ["address_capacity", "capacity", "made_room"];
+pub(crate) const CLOSE_REASONS: [&str; 4] =
+    ["address_capacity", "capacity", "made_room", "stalled"];
 
 /// The connections open, bounded.
 #[derive(Debug)]

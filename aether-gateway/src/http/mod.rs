@@ -321,6 +321,7 @@ pub(crate) async fn serve_http(
     closed: IntCounterVec,
     stop: Shutdown,
 ) -> io::Result<()> {
+    let stalled = closed.with_label_values(&["stalled"]);
     let connections = Connections::new(
         limits.max_connections,
         limits.max_connections_per_address,
@@ -375,7 +376,7 @@ pub(crate) async fn serve_http(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "TCP_NODELAY could not be set");
         }
-        let stream = WriteStall::new(stream, limits.write_stall_timeout);
+        let stream = WriteStall::new(stream, limits.write_stall_timeout).counting(stalled.clone());
         let service = TowerToHyperService::new(
             app.clone()
                 .layer(Extension(connection.tracker()))

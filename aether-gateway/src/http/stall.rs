@@ -28,6 +28,8 @@ pub(crate) struct WriteStall<I> {
     /// Armed while a write is pending: when it fires, the write fails.
     deadline: Pin<Box<Sleep>>,
     armed: bool,
+    /// Counts the connection once when a write fails for want of progress.
+    stalled: Option<prometheus::IntCounter>,
 }
 
 impl<I> WriteStall<I> {
@@ -37,7 +39,14 @@ impl<I> WriteStall<I> {
             timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
             armed: false,
+            stalled: None,
         }
+    }
+
+    /// Counts in `stalled` (once) the connection failed for its peer.
+    pub(crate) fn counting(mut self, stalled: prometheus::IntCounter) -> Self {
+        self.stalled = Some(stalled);
+        self
     }
 
     /// What a write's `poll` gave: progress disarms the clock; pending
@@ -59,6 +68,9 @@ impl<I> WriteStall<I> {
                 }
                 ready!(self.deadline.as_mut().poll(cx));
                 self.armed = false;
+                if let Some(stalled) = self.stalled.take() {
+                    stalled.inc();
+                }
                 Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the peer took nothing for write_stall_timeout_ms",
@@ -124,7 +136,8 @@ mod tests {
     async fn a_write_without_progress_fails_after_the_timeout() {
         let timeout = Duration::from_secs(10);
         let (ours, mut theirs) = tokio::io::duplex(64);
-        let mut io = WriteStall::new(ours, timeout);
+        let stalled = prometheus::IntCounter::new("stalled", "stalled").unwrap();
+        let mut io = WriteStall::new(ours, timeout).counting(stalled.clone());
         // Slow, with progress: 64 bytes every 9 s, 10 times.
         let reader = tokio::spawn(async move {
             let mut buffer = [0u8; 64];
@@ -136,10 +149,15 @@ mod tests {
         });
         io.write_all(&[1; 64 * 11]).await.unwrap();
         let _theirs = reader.await.unwrap();
+        assert_eq!(stalled.get(), 0, "not counted while the peer read");
         // The duplex is full and nobody reads any more.
         let started = Instant::now();
         let error = io.write_all(&[2; 64]).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() >= timeout, "{:?}", started.elapsed());
+        // Counted once, however many writes fail after.
+        assert_eq!(stalled.get(), 1);
+        assert!(io.write_all(&[3; 64]).await.is_err());
+        assert_eq!(stalled.get(), 1);
     }
 }

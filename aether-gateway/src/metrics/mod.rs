@@ -17,7 +17,7 @@
 //! | `aether_gateway_observer_dropped_total` | counter | `reason` | waves the observer did not get (`queue_full` when it fell behind) |
 //! | `aether_gateway_channel_families` | gauge | | family labels in use (at most `max_channel_families` + 1) |
 //! | `aether_gateway_dashboard_clients` | gauge | | open `/events` streams |
-//! | `aether_gateway_http_connections_closed_total` | counter | `reason` | HTTP connections the gateway closed for a limit: `address_capacity`, `capacity` (refused at once), `made_room` (closed for a new one) |
+//! | `aether_gateway_http_connections_closed_total` | counter | `reason` | HTTP connections the gateway closed for a limit: `address_capacity`, `capacity` (refused at once), `made_room` (closed for a new one), `stalled` (a peer that took nothing written for `write_stall_timeout_ms`: an `/events` stream or a page not read) |
 //! | `aether_waves_emitted_total`, `…_delivered_total`, `…_unrouted_total`, `…_diffracted_total`, `…_reflected_total` | counter | | the gateway's aether (`Aether::stats`) |
 //! | `aether_waves_dropped_total` | counter | `reason` | the same, drops by reason |
 //! | `aether_emits_rate_limited_total` | counter | | emits refused by a vibrator's rate limit, on the gateway's aether |
@@ -159,7 +159,8 @@ impl Metrics {
                 "HTTP connections the gateway closed for a limit: address_capacity \
                  (max_connections_per_address) and capacity (max_connections, every \
                  connection answering) refused at once, made_room (waiting for a request, \
-                 closed for a new connection at max_connections).",
+                 closed for a new connection at max_connections), stalled (a peer that took \
+                 nothing written to it for write_stall_timeout_ms).",
             ),
             &["reason"],
         )?;
