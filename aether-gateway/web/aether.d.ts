@@ -110,14 +110,16 @@ export declare class Aether {
   /**
    * Writes many keys as one step (a value `undefined` deletes its key):
    * every key and value is checked first, and one `set` would refuse
-   * throws, having written nothing. They leave together, and other pages
-   * apply them together. Returns their stamps, in order.
+   * throws, having written nothing (a cache that fills midway throws
+   * `storage_full` with the writes before it made). They leave together,
+   * and other pages apply them together. Returns their stamps, in order.
    */
   setMany(entries: Record<string, Json | undefined> | Iterable<readonly [string, Json | undefined]>): Stamp[];
   /**
-   * Runs `fn` (synchronously); its writes are one step: this page's
-   * listeners are told once it returns, and the writes leave together.
-   * Returns what `fn` returns.
+   * Runs `fn` (synchronously: writes after an `await` are not of the
+   * step); its writes are one step: this page's listeners are told once
+   * it returns, and the writes leave together. Returns what `fn` returns.
+   * Nothing is rolled back: writes made before a throw stay.
    */
   transact<R>(fn: () => R): R;
 

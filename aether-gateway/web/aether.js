@@ -364,6 +364,8 @@ export class Aether {
     this.transacting = 0;
     /** Changes whose listeners are told once the group they came in is whole. */
     this.held = null;
+    /** Whether the count of pending writes changed while held. */
+    this.pendingHeld = false;
     this.refilled = performance.now();
     this.flushTimer = null;
     this.saveTimer = null;
@@ -459,8 +461,10 @@ export class Aether {
    * Writes many keys as one step: `entries` is an object or an iterable of
    * `[key, value]` (a value `undefined` deletes its key). Every key and
    * value is checked first: one `set` would refuse throws, having written
-   * nothing. The writes leave together (a message of many), and another
-   * page applies them together. Returns their stamps, in order.
+   * nothing. A cache that fills midway throws `storage_full` with the
+   * writes before it made (and sent). The writes leave together (a message
+   * of many), and another page applies them together. Returns their
+   * stamps, in order.
    */
   setMany(entries) {
     this.writable();
@@ -486,11 +490,13 @@ export class Aether {
   }
 
   /**
-   * Runs `fn()`, whose writes (`set`, `delete`, `setMany`) are one step:
-   * this page's listeners are told once it returns, and the writes leave
-   * together, so another page applies them together (a group larger than
-   * a message, 64 KiB by default, leaves in several). Returns what `fn`
-   * returns; a write made before `fn` throws stays.
+   * Runs `fn()` (synchronously: writes after an `await` in it are not of
+   * the step), whose writes (`set`, `delete`, `setMany`) are one step:
+   * this page's listeners (and `onPendingWrites`) are told once it
+   * returns, and the writes leave together, so another page applies them
+   * together (a group larger than a message, 64 KiB by default, leaves in
+   * several). Returns what `fn` returns. Nothing is rolled back: a write
+   * made before `fn` throws stays, and leaves.
    */
   transact(fn) {
     if (typeof fn !== "function") throw new TypeError("transact takes a function");
@@ -514,6 +520,10 @@ export class Aether {
       const held = this.held;
       this.held = null;
       for (const [key, value, old] of held) this.fire(key, value, old);
+      if (this.pendingHeld) {
+        this.pendingHeld = false;
+        this.firePending();
+      }
     }
   }
 
@@ -1121,6 +1131,10 @@ export class Aether {
   }
 
   firePending() {
+    if (this.held !== null) {
+      this.pendingHeld = true; // told once the step is done
+      return;
+    }
     const count = this.unconfirmed.size;
     if (count === this.lastPending) return;
     this.lastPending = count;

@@ -134,3 +134,20 @@ test("a gateway that tells no write rate gets one write a message", async () => 
   assert.equal(page.status, "live");
   page.close();
 });
+
+test("onPendingWrites is told once for a group, with the whole group pending", async () => {
+  const bridge = new Bridge();
+  bridge.answerSyncs = false;
+  const page = client(bridge, new MemoryStorage());
+  await page.whenLive();
+  const counts = [];
+  page.onPendingWrites((n) => counts.push(n));
+  page.setMany({ a: 1, b: 2, c: 3 });
+  assert.deepEqual(counts, [3]);
+  page.transact(() => {
+    page.set("d", 4);
+    page.delete("a");
+  });
+  assert.deepEqual(counts, [3, 4]);
+  page.close();
+});
