@@ -224,6 +224,10 @@ impl<'a> Inbound<'a> {
             }
             "sync" => {
                 let m: SyncIn = serde_json::from_str(text)?;
+                // An id a page's number holds exactly: 0 to 2^53 - 1.
+                if m.id >= 1 << 53 {
+                    return Err(serde::de::Error::custom("a sync id is 0 to 2^53 - 1"));
+                }
                 Inbound::Sync { id: m.id }
             }
             other => {
@@ -411,6 +415,7 @@ mod tests {
             r#"{"type":"sync"}"#,
             r#"{"type":"sync","id":-1}"#,
             r#"{"type":"sync","id":1,"x":1}"#,
+            r#"{"type":"sync","id":9007199254740992}"#,
         ] {
             assert!(Inbound::parse(bad).is_err(), "{bad}");
         }
