@@ -10,10 +10,9 @@ mod support;
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use aether_core::{Aether, state::StateMap};
-use aether_gateway::{BridgeConfig, GatewayConfig};
 use axum::{Router, http::header, routing::get};
 use serde_json::{Value, json};
-use support::{cdp::Browser, config, start};
+use support::{cdp::Browser, config};
 
 const TOKEN: &str = "a-token-of-the-browser-tests-42";
 
@@ -60,25 +59,15 @@ async fn settle(what: &str, mut check: impl FnMut() -> bool) {
 /// An aether, a gateway on it bridging the map `board`, and a service's
 /// replica of that map.
 async fn board() -> (Aether, aether_gateway::Gateway, StateMap) {
-    let aether = Aether::default();
-    let gateway = start(
-        &aether,
-        GatewayConfig {
-            bridge: BridgeConfig {
-                token: Some(TOKEN.into()),
-                maps: vec!["board".into()],
-                ..Default::default()
-            },
-            ..config()
-        },
-    )
-    .await;
-    let service = StateMap::builder("board")
-        .node("service")
-        .open(&aether)
-        .await
-        .unwrap();
-    (aether, gateway, service)
+    support::board(TOKEN, config()).await
+}
+
+/// A blank page of the app's host, to run a client of its own in.
+async fn blank_page(browser: &Browser, app: SocketAddr) -> support::cdp::Page<'_> {
+    let page = browser.open(&format!("http://{app}/blank.html")).await;
+    page.wait_for("the blank page", "document.title === 'blank'", 10)
+        .await;
+    page
 }
 
 /// The page's items as `{key: value}`, read through its client.
@@ -369,9 +358,7 @@ async fn the_page_merges_as_a_rust_replica_does() {
         return;
     };
     let app = app_host().await;
-    let page = browser.open(&format!("http://{app}/blank.html")).await;
-    page.wait_for("the blank page", "document.title === 'blank'", 10)
-        .await;
+    let page = blank_page(&browser, app).await;
     page.eval(
         "import('/aether.js').then((m) => { window.Aether = m.Aether; \
          window.Quiet = class { constructor() {} send() {} close() {} }; return true; })",
@@ -616,9 +603,7 @@ async fn pages_whose_clocks_are_hours_off_write_in_the_bus_order() {
     let gw = gateway.addr();
     let mut pages = Vec::new();
     for skew_ms in [-7_200_000i64, 7_200_000] {
-        let page = browser.open(&format!("http://{app}/blank.html")).await;
-        page.wait_for("the blank page", "document.title === 'blank'", 10)
-            .await;
+        let page = blank_page(&browser, app).await;
         let ready = page
             .eval(&format!(
                 "(async () => {{
@@ -702,9 +687,7 @@ async fn ten_thousand_writes_of_one_page_reach_another_within_seconds() {
     let gw = gateway.addr();
     let mut pages = Vec::new();
     for _ in 0..2 {
-        let page = browser.open(&format!("http://{app}/blank.html")).await;
-        page.wait_for("the blank page", "document.title === 'blank'", 10)
-            .await;
+        let page = blank_page(&browser, app).await;
         page.eval(&format!(
             "(async () => {{
                const {{ Aether }} = await import('/aether.js');

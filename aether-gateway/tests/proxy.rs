@@ -11,10 +11,9 @@ mod support;
 
 use std::{path::Path, process::Stdio, time::Duration};
 
-use aether_core::{Aether, state::StateMap};
-use aether_gateway::{BridgeConfig, GatewayConfig};
+use aether_gateway::GatewayConfig;
 use serde_json::json;
-use support::{cdp::Browser, config, start};
+use support::{cdp::Browser, config};
 
 const TOKEN: &str = "a-token-of-the-proxy-test-1234";
 const NGINX: &str = "/usr/sbin/nginx";
@@ -81,25 +80,14 @@ async fn pages_behind_a_proxy_under_a_path_follow_it() {
         free.local_addr().unwrap().port()
     };
     let public = format!("https://127.0.0.1:{port}/aether/");
-    let aether = Aether::default();
-    let gateway = start(
-        &aether,
+    let (_aether, gateway, service) = support::board(
+        TOKEN,
         GatewayConfig {
             public_url: Some(public.clone()),
-            bridge: BridgeConfig {
-                token: Some(TOKEN.into()),
-                maps: vec!["board".into()],
-                ..Default::default()
-            },
             ..config()
         },
     )
     .await;
-    let service = StateMap::builder("board")
-        .node("service")
-        .open(&aether)
-        .await
-        .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let cert =

@@ -34,6 +34,33 @@ pub async fn start(aether: &Aether, config: GatewayConfig) -> Gateway {
         .expect("the gateway starts")
 }
 
+/// An aether, a gateway with `config` on it bridging the map `board` with
+/// `token`, and a service's replica of that map.
+pub async fn board(
+    token: &str,
+    config: GatewayConfig,
+) -> (Aether, Gateway, aether_core::state::StateMap) {
+    let aether = Aether::default();
+    let gateway = start(
+        &aether,
+        GatewayConfig {
+            bridge: aether_gateway::BridgeConfig {
+                token: Some(token.into()),
+                maps: vec!["board".into()],
+                ..Default::default()
+            },
+            ..config
+        },
+    )
+    .await;
+    let service = aether_core::state::StateMap::builder("board")
+        .node("service")
+        .open(&aether)
+        .await
+        .unwrap();
+    (aether, gateway, service)
+}
+
 /// An HTTP answer.
 #[derive(Debug)]
 pub struct Response {
