@@ -79,7 +79,7 @@ pub use error::GatewayError;
 pub use gateway::{Gateway, GatewayBuilder, serve};
 pub use metrics::Metrics;
 pub use settings::{
-    BridgeConfig, GatewayConfig, GatewaySettings, JournalConfig, Medium, TlsConfig,
+    BridgeConfig, BridgeToken, GatewayConfig, GatewaySettings, JournalConfig, Medium, TlsConfig,
 };
 pub use snapshot::Snapshot;
 

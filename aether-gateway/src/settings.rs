@@ -230,6 +230,37 @@ pub struct GatewayConfig {
     pub tls: TlsConfig,
 }
 
+/// A token with rights: the maps a page that sends it opens, and what it
+/// may write there.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeToken {
+    /// The token, at least 16 bytes.
+    pub token: String,
+    /// The maps it opens (of `maps`); empty: every bridged map.
+    #[serde(default)]
+    pub maps: Vec<String>,
+    /// Whether it writes nothing (`read_only = true`): pages read the map
+    /// live, and each write is refused.
+    #[serde(default)]
+    pub read_only: bool,
+    /// The key prefixes it writes under (`["cards/", "comments/"]`);
+    /// empty: any key (a page writes shared keys only, whatever its token).
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+}
+
+impl std::fmt::Debug for BridgeToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeToken")
+            .field("token", &"(hidden)")
+            .field("maps", &self.maps)
+            .field("read_only", &self.read_only)
+            .field("prefixes", &self.prefixes)
+            .finish()
+    }
+}
+
 /// The `[gateway.bridge]` section: which replicated maps browsers reach at
 /// `/bridge/<map>`, and the limits every connection is held to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -242,8 +273,13 @@ pub struct BridgeConfig {
     pub maps: Vec<String>,
     /// The token a browser sends first. Unset: the gateway makes a random
     /// one at start and logs the page's address with it. Set it with
-    /// `AETHER__GATEWAY__BRIDGE__TOKEN` rather than in a file.
+    /// `AETHER__GATEWAY__BRIDGE__TOKEN` rather than in a file. It opens
+    /// every bridged map, to read and write.
     pub token: Option<String>,
+    /// Tokens with rights (`[[gateway.bridge.tokens]]`): each opens the
+    /// maps it names, read-only or writing only keys under its prefixes;
+    /// a write outside them is refused as `forbidden`. Default none.
+    pub tokens: Vec<BridgeToken>,
     /// Most pages open at once: connections that sent the token (an
     /// upgraded WebSocket no longer counts under `max_connections`); one
     /// more is closed with code 1013 (try again later). 1 to 100,000,
@@ -352,6 +388,7 @@ impl Default for BridgeConfig {
         Self {
             maps: Vec::new(),
             token: None,
+            tokens: Vec::new(),
             max_connections: 256,
             max_connections_per_address: 32,
             max_unauthenticated: 64,
@@ -466,6 +503,31 @@ impl GatewayConfig {
                 "(hidden)",
                 "must be at least 16 bytes, or unset for a random one",
             ));
+        }
+        let mut seen: Vec<&str> = b.token.iter().map(String::as_str).collect();
+        for t in &b.tokens {
+            if t.token.len() < 16 || seen.contains(&t.token.as_str()) {
+                return Err(SettingsError::invalid(
+                    "bridge.tokens",
+                    "(hidden)",
+                    "each token must be at least 16 bytes, and differ from the others",
+                ));
+            }
+            seen.push(&t.token);
+            if let Some(map) = t.maps.iter().find(|m| !b.maps.contains(m)) {
+                return Err(SettingsError::invalid(
+                    "bridge.tokens",
+                    map.clone(),
+                    "a token's maps must be among the bridged maps",
+                ));
+            }
+            if t.prefixes.iter().any(String::is_empty) {
+                return Err(SettingsError::invalid(
+                    "bridge.tokens",
+                    "\"\"",
+                    "a prefix is not empty (no prefixes: any key)",
+                ));
+            }
         }
         in_range(
             "bridge.max_connections",
@@ -1009,6 +1071,44 @@ mod tests {
         assert_eq!(err.key(), Some("gamma"), "{err}");
         let err = load(shared, &[("AETHER__GATEWAY__FAMILY_DEPT", "2")]).unwrap_err();
         assert_eq!(err.key(), Some("gateway.family_dept"), "{err}");
+    }
+
+    #[test]
+    fn tokens_with_rights_are_read_and_checked() {
+        let base = "[gateway.bridge]\nmaps = [\"board\", \"notes\"]\ntoken = \"the-bridge-s-own-token-1\"\n";
+        let settings = load(
+            &format!(
+                "{base}[[gateway.bridge.tokens]]\ntoken = \"a-viewer-token-0001\"\nread_only = true\n\
+                 [[gateway.bridge.tokens]]\ntoken = \"a-cards-token-00002\"\nmaps = [\"board\"]\nprefixes = [\"cards/\"]\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        let tokens = &settings.gateway.bridge.tokens;
+        assert_eq!(tokens.len(), 2);
+        assert!(tokens[0].read_only && tokens[0].maps.is_empty());
+        assert_eq!(tokens[1].prefixes, ["cards/"]);
+        assert!(
+            !format!("{settings:?}").contains("a-viewer-token"),
+            "a token is not in the settings' Debug"
+        );
+        for bad in [
+            "token = \"short\"",
+            "token = \"the-bridge-s-own-token-1\"",
+            "token = \"a-good-token-000003\"\nmaps = [\"elsewhere\"]",
+            "token = \"a-good-token-000003\"\nprefixes = [\"\"]",
+            "token = \"a-good-token-000003\"\nwrites = true",
+        ] {
+            let toml = format!("{base}[[gateway.bridge.tokens]]\n{bad}\n");
+            let err = load(&toml, &[]).unwrap_err();
+            assert!(
+                err.key()
+                    .is_some_and(|k| k.starts_with("gateway.bridge.tokens"))
+                    || err.to_string().contains("writes"),
+                "{bad}: {err}"
+            );
+            assert!(!err.to_string().contains("a-good-token"), "{err}");
+        }
     }
 
     #[test]

@@ -1203,3 +1203,123 @@ async fn an_unknown_map_and_each_close_say_why() {
     assert_eq!((code, reason.as_str()), (1008, "malformed: bad prev"));
     gateway.stop().await.unwrap();
 }
+
+/// Tokens with rights: a read-only token reads the map live and each of
+/// its writes is refused as `forbidden` (answered with the entry, counted);
+/// a token with prefixes writes under them only; a token for other maps
+/// opens none here (unauthorized); the bridge's own token writes anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_open_their_maps_and_write_within_their_rights() {
+    const VIEWER: &str = "a-viewer-token-of-the-tests-0001";
+    const CARDS: &str = "a-cards-token-of-the-tests-00002";
+    const NOTES: &str = "a-notes-token-of-the-tests-00003";
+    let aether = Aether::default();
+    let token = |token: &str, maps: &[&str], read_only: bool, prefixes: &[&str]| {
+        aether_gateway::BridgeToken {
+            token: token.into(),
+            maps: maps.iter().map(|m| m.to_string()).collect(),
+            read_only,
+            prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+        }
+    };
+    let gateway = start(
+        &aether,
+        GatewayConfig {
+            bridge: BridgeConfig {
+                token: Some(TOKEN.into()),
+                maps: vec!["board".into(), "notes".into()],
+                tokens: vec![
+                    token(VIEWER, &[], true, &[]),
+                    token(CARDS, &["board"], false, &["cards/"]),
+                    token(NOTES, &["notes"], false, &[]),
+                ],
+                ..Default::default()
+            },
+            ..config()
+        },
+    )
+    .await;
+    let service = service_board(&aether).await;
+    let addr = gateway.addr();
+    service.set_json("cards/1", &"first").await.unwrap();
+
+    // Read-only: the map comes, changes come, writes are refused.
+    let mut viewer = Client::connect(addr, "board", VIEWER).await;
+    assert_eq!(viewer.received[1]["entries"]["cards/1"]["value"], "first");
+    let stamp = viewer.stamp();
+    viewer
+        .send(json!({"type": "set", "key": "cards/1", "value": "mine", "stamp": stamp}))
+        .await;
+    let refusal = viewer.until("refused", Some("cards/1")).await;
+    assert_eq!(refusal["reason"], "forbidden");
+    assert_eq!(
+        viewer.until("set", Some("cards/1")).await["value"],
+        "first",
+        "answered with the entry"
+    );
+    let stamp = viewer.stamp();
+    viewer
+        .send(json!({"type": "writes", "writes": [{"key": "title", "deleted": true, "stamp": stamp}]}))
+        .await;
+    assert_eq!(
+        viewer.until("refused", Some("title")).await["reason"],
+        "forbidden"
+    );
+    service.set_json("cards/2", &"second").await.unwrap();
+    assert_eq!(
+        viewer.until("set", Some("cards/2")).await["value"],
+        "second"
+    );
+
+    // Prefixes: under them taken, elsewhere refused.
+    let mut cards = Client::connect(addr, "board", CARDS).await;
+    let stamp = cards.stamp();
+    let outside = cards.stamp();
+    cards
+        .send(json!({"type": "writes", "writes": [
+            {"key": "cards/3", "value": "third", "stamp": stamp},
+            {"key": "title", "value": "not mine", "stamp": outside},
+        ]}))
+        .await;
+    assert_eq!(
+        cards.until("refused", Some("title")).await["reason"],
+        "forbidden"
+    );
+    eventually("the card written under its prefix", || {
+        service
+            .get_json::<String>("cards/3")
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some("third")
+    })
+    .await;
+    assert!(service.get("title").is_none());
+
+    // A token for other maps opens none here; the bridge's own writes.
+    let mut wrong = open(addr, "board").await;
+    let auth = json!({"type": "auth", "token": NOTES, "replica": "00000000000000c1"});
+    wrong.send(Message::text(auth.to_string())).await.unwrap();
+    let (code, reason) = close_of(&mut wrong).await.expect("a close frame");
+    assert_eq!(code, 1008);
+    assert!(reason.starts_with("unauthorized"), "{reason}");
+    Client::connect(addr, "notes", NOTES).await;
+    let mut owner = Client::connect(addr, "board", TOKEN).await;
+    let stamp = owner.stamp();
+    owner
+        .send(json!({"type": "set", "key": "title", "value": "the board", "stamp": stamp}))
+        .await;
+    eventually("the bridge's own token writes anywhere", || {
+        service.get("title").is_some()
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &gateway,
+            "aether_bridge_writes_total{outcome=\"forbidden\"}"
+        ),
+        3
+    );
+    assert_eq!(refused(&gateway, "token"), 1);
+    close_board(service, gateway).await;
+}

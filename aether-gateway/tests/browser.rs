@@ -744,3 +744,55 @@ async fn ten_thousand_writes_of_one_page_reach_another_within_seconds() {
         .collect::<Vec<_>>();
     assert!(refused.iter().all(|n| n == "0"), "{refused:?}");
 }
+
+/// A page with a read-only token reads the board live; its writes are
+/// shown at once, refused by the gateway as `forbidden`, told to
+/// `onRefused` and taken back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_page_is_told_its_writes_are_forbidden() {
+    const VIEWER: &str = "a-viewer-token-of-the-browser-01";
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let mut with_viewer = config();
+    with_viewer.bridge.tokens = vec![aether_gateway::BridgeToken {
+        token: VIEWER.into(),
+        maps: Vec::new(),
+        read_only: true,
+        prefixes: Vec::new(),
+    }];
+    let (_aether, gateway, service) = support::board(TOKEN, with_viewer).await;
+    service.set_json("title", &"the service's").await.unwrap();
+    let app = app_host().await;
+    let gw = gateway.addr();
+    let page = blank_page(&browser, app).await;
+    let told = page
+        .eval(&format!(
+            "(async () => {{
+               const {{ Aether }} = await import('/aether.js');
+               const viewer = new Aether('ws://{gw}/bridge/board', {{ token: '{VIEWER}', cache: false }});
+               await viewer.whenLive();
+               const refused = new Promise((resolve) => viewer.onRefused(resolve));
+               viewer.set('title', 'the viewer\\'s');
+               const shown = viewer.get('title');
+               const {{ key, reason }} = await refused;
+               await viewer.waitForPendingWrites();
+               await new Promise((resolve) => setTimeout(resolve, 100));
+               return [shown, key, reason, viewer.get('title'), viewer.status]; }})()"
+        ))
+        .await;
+    assert_eq!(
+        told,
+        json!([
+            "the viewer's",
+            "title",
+            "forbidden",
+            "the service's",
+            "live"
+        ])
+    );
+    assert_eq!(
+        service.get_json::<String>("title").unwrap().as_deref(),
+        Some("the service's")
+    );
+}

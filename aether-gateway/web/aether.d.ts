@@ -70,7 +70,7 @@ export interface Superseded<T extends Json = Json> {
 /** A write of this page that was not taken. */
 export interface Refused {
   key: string;
-  reason: "invalid_name" | "invalid_key" | "too_large" | "not_owner" | "payload" | "config" | "closed" | "stamp" | "full" | "not_held" | "unauthorized" | "unknown_map" | "malformed";
+  reason: "forbidden" | "invalid_name" | "invalid_key" | "too_large" | "not_owner" | "payload" | "config" | "closed" | "stamp" | "full" | "not_held" | "unauthorized" | "unknown_map" | "malformed";
 }
 
 /** One replica of a replicated map, through the gateway's bridge. */

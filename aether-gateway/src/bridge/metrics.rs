@@ -19,11 +19,13 @@ pub const REFUSALS: [&str; 11] = [
 ];
 
 /// What became of a browser's writes, as counted: taken, lost to a newer
-/// stamp, or refused, named as the core names the refusal
-/// ([`StateErrorKind::as_str`]; see [`outcome_of`]).
-pub const WRITE_OUTCOMES: [&str; 12] = [
+/// stamp, refused for the page's token (`forbidden`), or refused by the
+/// core, named as it names the refusal ([`StateErrorKind::as_str`]; see
+/// [`outcome_of`]).
+pub const WRITE_OUTCOMES: [&str; 13] = [
     "applied",
     "stale",
+    "forbidden",
     "invalid_name",
     "invalid_key",
     "too_large",
@@ -155,8 +157,8 @@ mod tests {
         let named = StateErrorKind::ALL.len() - 2;
         assert_eq!(
             WRITE_OUTCOMES.len(),
-            2 + named,
-            "applied, stale and each refusal"
+            3 + named,
+            "applied, stale, forbidden (the token's, before the core's) and each refusal"
         );
     }
 }

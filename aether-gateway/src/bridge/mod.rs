@@ -130,12 +130,43 @@ impl Unauthenticated {
     }
 }
 
+/// What a token lets a page do: the maps it opens (`None`: every one) and
+/// what it writes there.
+#[derive(Debug)]
+struct Rights {
+    maps: Option<HashSet<String>>,
+    read_only: bool,
+    /// Empty: any key.
+    prefixes: Vec<String>,
+}
+
+impl Rights {
+    /// The bridge's own token's.
+    const ALL: Rights = Rights {
+        maps: None,
+        read_only: false,
+        prefixes: Vec::new(),
+    };
+
+    fn opens(&self, map: &str) -> bool {
+        self.maps.as_ref().is_none_or(|maps| maps.contains(map))
+    }
+
+    fn writes(&self, key: &str) -> bool {
+        !self.read_only
+            && (self.prefixes.is_empty()
+                || self.prefixes.iter().any(|p| key.starts_with(p.as_str())))
+    }
+}
+
 /// The bridge: its maps, its token, its limits.
 pub(crate) struct Bridge {
     hubs: HashMap<String, Arc<Hub>>,
     config: BridgeConfig,
     token: String,
-    token_digest: [u8; 32],
+    /// The digests of the tokens, each with its rights: the bridge's own
+    /// token (every map, every write) first.
+    tokens: Vec<([u8; 32], Arc<Rights>)>,
     slots: Mutex<Slots>,
     unauthenticated: Mutex<Unauthenticated>,
     /// Bytes of snapshots being sent to pages at once.
@@ -192,8 +223,19 @@ impl Bridge {
             hubs.insert(name.clone(), hub);
         }
         let token = config.token.clone().unwrap_or_else(random_token);
+        let digest = |token: &str| -> [u8; 32] { Sha256::digest(token.as_bytes()).into() };
+        let tokens = std::iter::once((digest(&token), Arc::new(Rights::ALL)))
+            .chain(config.tokens.iter().map(|t| {
+                let rights = Rights {
+                    maps: (!t.maps.is_empty()).then(|| t.maps.iter().cloned().collect()),
+                    read_only: t.read_only,
+                    prefixes: t.prefixes.clone(),
+                };
+                (digest(&t.token), Arc::new(rights))
+            }))
+            .collect();
         Ok(Some(Arc::new(Self {
-            token_digest: Sha256::digest(token.as_bytes()).into(),
+            tokens,
             token,
             hubs,
             config: config.clone(),
@@ -220,11 +262,18 @@ impl Bridge {
         }
     }
 
-    /// Whether `token` is the token: compared as digests, in constant time,
-    /// so neither its bytes nor its length leak through timing.
-    fn token_ok(&self, token: &str) -> bool {
+    /// The rights of `token` on `map`, if it opens it: compared as
+    /// digests, in constant time and with every token, so neither its
+    /// bytes, its length nor which token it is leak through timing.
+    fn rights_of(&self, token: &str, map: &str) -> Option<Arc<Rights>> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        digest.ct_eq(&self.token_digest).into()
+        let mut found = None;
+        for (theirs, rights) in &self.tokens {
+            if bool::from(digest.ct_eq(theirs)) {
+                found = Some(rights.clone());
+            }
+        }
+        found.filter(|rights| rights.opens(map))
     }
 
     /// A connection slot for `address`, or the refusal's reason.
@@ -395,6 +444,8 @@ struct Connection {
     /// Writes a second (`writes_per_s`, `write_burst`): a message of many
     /// writes costs as many.
     write_limiter: governor::DefaultDirectRateLimiter,
+    /// What the page's token lets it write.
+    rights: Arc<Rights>,
 }
 
 /// The (key, stamp) of the writes one connection merged, the latest
@@ -463,16 +514,15 @@ impl Connection {
                 bridge.metrics.messages.with_label_values(&["in"]).inc();
                 match Inbound::parse(text.as_str()) {
                     Ok(Inbound::Auth { token, replica }) => {
-                        if !bridge.token_ok(&token) {
-                            Err(End::Refused("token", close::POLICY, "unauthorized"))
-                        } else if let Some(id) = parse_replica(&replica) {
-                            Ok(id)
-                        } else {
-                            Err(End::Refused(
+                        match (bridge.rights_of(&token, &map), parse_replica(&replica)) {
+                            // A token for other maps is no token here.
+                            (None, _) => Err(End::Refused("token", close::POLICY, "unauthorized")),
+                            (Some(rights), Some(id)) => Ok((id, rights)),
+                            (Some(_), None) => Err(End::Refused(
                                 "malformed",
                                 close::POLICY,
                                 "replica must be 16 lower case hex digits, not all zero",
-                            ))
+                            )),
                         }
                     }
                     _ => Err(End::Refused(
@@ -488,8 +538,8 @@ impl Connection {
                 "the first message must be auth, as text",
             )),
         };
-        let replica = match replica {
-            Ok(replica) => replica,
+        let (replica, rights) = match replica {
+            Ok(taken) => taken,
             Err(end) => {
                 drop(waiting);
                 finish(&bridge, &mut socket, end).await;
@@ -547,6 +597,7 @@ impl Connection {
             color,
             replica,
             own_writes: OwnWrites::default(),
+            rights,
             write_limiter: RateLimiter::direct(
                 Quota::per_second(NonZeroU32::new(bridge.config.writes_per_s).expect("validated"))
                     .allow_burst(NonZeroU32::new(bridge.config.write_burst).expect("validated")),
@@ -844,7 +895,10 @@ impl Connection {
         stamp: aether_core::state::Stamp,
         prev: Option<Option<aether_core::state::Stamp>>,
     ) -> Result<(), End> {
-        let outcome = if state::owner_of(key).is_some() {
+        let outcome = if !self.rights.writes(key) {
+            // Read-only, or outside the token's prefixes.
+            "forbidden"
+        } else if state::owner_of(key).is_some() {
             // A page writes shared keys only: a node's keys are its own.
             "not_owner"
         } else if stamp.node != self.replica

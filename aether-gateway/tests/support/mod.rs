@@ -35,24 +35,16 @@ pub async fn start(aether: &Aether, config: GatewayConfig) -> Gateway {
 }
 
 /// An aether, a gateway with `config` on it bridging the map `board` with
-/// `token`, and a service's replica of that map.
+/// `token` (the rest of `config.bridge` kept), and a service's replica of
+/// that map.
 pub async fn board(
     token: &str,
-    config: GatewayConfig,
+    mut config: GatewayConfig,
 ) -> (Aether, Gateway, aether_core::state::StateMap) {
     let aether = Aether::default();
-    let gateway = start(
-        &aether,
-        GatewayConfig {
-            bridge: aether_gateway::BridgeConfig {
-                token: Some(token.into()),
-                maps: vec!["board".into()],
-                ..Default::default()
-            },
-            ..config
-        },
-    )
-    .await;
+    config.bridge.token = Some(token.into());
+    config.bridge.maps = vec!["board".into()];
+    let gateway = start(&aether, config).await;
     let service = aether_core::state::StateMap::builder("board")
         .node("service")
         .open(&aether)
