@@ -71,7 +71,7 @@ export function Counter() {
       const winner: Todo[] | undefined = lost.by.value;
     },
     onRefused: ({ key, reason }) => {
-      const why: "invalid_name" | "invalid_key" | "too_large" | "not_owner" | "payload" | "config" | "closed" | "stamp" | "full" | "not_held" | "unauthorized" | "unknown_map" | "malformed" = reason;
+      const why: "forbidden" | "invalid_name" | "invalid_key" | "too_large" | "not_owner" | "payload" | "config" | "closed" | "stamp" | "full" | "not_held" | "unauthorized" | "unknown_map" | "malformed" = reason;
     },
   });
   setTodos((all) => [...all, { text: "milk", done: false }]);
