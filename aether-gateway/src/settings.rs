@@ -237,17 +237,19 @@ pub struct GatewayConfig {
 pub struct BridgeToken {
     /// The token, at least 16 bytes.
     pub token: String,
-    /// The maps it opens (of `maps`); empty: every bridged map.
+    /// The maps it opens (of `maps`); left out: every bridged map (an
+    /// empty list is refused).
     #[serde(default)]
-    pub maps: Vec<String>,
+    pub maps: Option<Vec<String>>,
     /// Whether it writes nothing (`read_only = true`): pages read the map
     /// live, and each write is refused.
     #[serde(default)]
     pub read_only: bool,
-    /// The key prefixes it writes under (`["cards/", "comments/"]`);
-    /// empty: any key (a page writes shared keys only, whatever its token).
+    /// The key prefixes it writes under (`["cards/", "comments/"]`); left
+    /// out: any key (a page writes shared keys only, whatever its token).
+    /// Not with `read_only`; an empty list is refused.
     #[serde(default)]
-    pub prefixes: Vec<String>,
+    pub prefixes: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for BridgeToken {
@@ -332,6 +334,18 @@ pub struct BridgeConfig {
 /// The gateway's list settings read from a variable as comma-separated
 /// items (`AETHER__GATEWAY__BRIDGE__MAPS=board,kanban`).
 pub const LIST_KEYS: [&str; 2] = ["gateway.bridge.maps", "gateway.allowed_hosts"];
+
+/// Why `token` is too weak to admit pages, if it is: shorter than 16
+/// bytes, or with blanks or control characters.
+fn weak_token(token: &str) -> Option<&'static str> {
+    if token.len() < 16 {
+        Some("must be at least 16 bytes")
+    } else if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("must hold no blanks or control characters")
+    } else {
+        None
+    }
+}
 
 /// The host of a `public_url` (without port or brackets), if it is an
 /// `http://` or `https://` address with a host and no query or fragment.
@@ -497,36 +511,72 @@ impl GatewayConfig {
                 ));
             }
         }
-        if b.token.as_ref().is_some_and(|t| t.len() < 16) {
+        if let Some(token) = &b.token
+            && let Some(why) = weak_token(token)
+        {
             return Err(SettingsError::invalid(
                 "bridge.token",
                 "(hidden)",
-                "must be at least 16 bytes, or unset for a random one",
+                format!("{why}, or unset for a random one"),
             ));
         }
         let mut seen: Vec<&str> = b.token.iter().map(String::as_str).collect();
-        for t in &b.tokens {
-            if t.token.len() < 16 || seen.contains(&t.token.as_str()) {
-                return Err(SettingsError::invalid(
-                    "bridge.tokens",
-                    "(hidden)",
-                    "each token must be at least 16 bytes, and differ from the others",
-                ));
+        for (n, t) in b.tokens.iter().enumerate() {
+            let key = format!("bridge.tokens[{n}]");
+            let invalid = |field: &str, value: String, why: &str| {
+                Err(SettingsError::invalid(format!("{key}.{field}"), value, why))
+            };
+            if let Some(why) = weak_token(&t.token) {
+                return invalid("token", "(hidden)".into(), why);
+            }
+            if seen.contains(&t.token.as_str()) {
+                return invalid(
+                    "token",
+                    "(hidden)".into(),
+                    "the same as another token: each is its own",
+                );
             }
             seen.push(&t.token);
-            if let Some(map) = t.maps.iter().find(|m| !b.maps.contains(m)) {
-                return Err(SettingsError::invalid(
-                    "bridge.tokens",
-                    map.clone(),
-                    "a token's maps must be among the bridged maps",
-                ));
+            match &t.maps {
+                Some(maps) if maps.is_empty() => {
+                    return invalid(
+                        "maps",
+                        "[]".into(),
+                        "opens no map: leave maps out for every bridged map",
+                    );
+                }
+                Some(maps) => {
+                    if let Some(map) = maps.iter().find(|m| !b.maps.contains(m)) {
+                        return invalid("maps", map.clone(), "must be among the bridged maps");
+                    }
+                }
+                None => {}
             }
-            if t.prefixes.iter().any(String::is_empty) {
-                return Err(SettingsError::invalid(
-                    "bridge.tokens",
-                    "\"\"",
-                    "a prefix is not empty (no prefixes: any key)",
-                ));
+            if let Some(prefixes) = &t.prefixes {
+                if t.read_only {
+                    return invalid(
+                        "prefixes",
+                        format!("{prefixes:?}"),
+                        "a read_only token writes nothing: no prefixes",
+                    );
+                }
+                if prefixes.is_empty() {
+                    return invalid(
+                        "prefixes",
+                        "[]".into(),
+                        "writes nowhere: leave prefixes out for any key, or set read_only",
+                    );
+                }
+                if let Some(p) = prefixes
+                    .iter()
+                    .find(|p| p.is_empty() || p.starts_with("node/") || *p == "node")
+                {
+                    return invalid(
+                        "prefixes",
+                        format!("{p:?}"),
+                        "must not be empty, and a page never writes node/ keys",
+                    );
+                }
             }
         }
         in_range(
@@ -1086,8 +1136,11 @@ mod tests {
         .unwrap();
         let tokens = &settings.gateway.bridge.tokens;
         assert_eq!(tokens.len(), 2);
-        assert!(tokens[0].read_only && tokens[0].maps.is_empty());
-        assert_eq!(tokens[1].prefixes, ["cards/"]);
+        assert!(tokens[0].read_only && tokens[0].maps.is_none());
+        assert_eq!(
+            tokens[1].prefixes.as_deref(),
+            Some(&["cards/".to_string()][..])
+        );
         assert!(
             !format!("{settings:?}").contains("a-viewer-token"),
             "a token is not in the settings' Debug"
@@ -1098,6 +1151,12 @@ mod tests {
             "token = \"a-good-token-000003\"\nmaps = [\"elsewhere\"]",
             "token = \"a-good-token-000003\"\nprefixes = [\"\"]",
             "token = \"a-good-token-000003\"\nwrites = true",
+            "token = \"                    \"",
+            "token = \"a-good-token\\u0000-000003\"",
+            "token = \"a-good-token-000003\"\nmaps = []",
+            "token = \"a-good-token-000003\"\nprefixes = []",
+            "token = \"a-good-token-000003\"\nprefixes = [\"node/x/\"]",
+            "token = \"a-good-token-000003\"\nread_only = true\nprefixes = [\"cards/\"]",
         ] {
             let toml = format!("{base}[[gateway.bridge.tokens]]\n{bad}\n");
             let err = load(&toml, &[]).unwrap_err();

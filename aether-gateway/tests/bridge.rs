@@ -1217,9 +1217,10 @@ async fn tokens_open_their_maps_and_write_within_their_rights() {
     let token = |token: &str, maps: &[&str], read_only: bool, prefixes: &[&str]| {
         aether_gateway::BridgeToken {
             token: token.into(),
-            maps: maps.iter().map(|m| m.to_string()).collect(),
+            maps: (!maps.is_empty()).then(|| maps.iter().map(|m| m.to_string()).collect()),
             read_only,
-            prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+            prefixes: (!prefixes.is_empty())
+                .then(|| prefixes.iter().map(|p| p.to_string()).collect()),
         }
     };
     let gateway = start(

@@ -757,9 +757,9 @@ async fn a_read_only_page_is_told_its_writes_are_forbidden() {
     let mut with_viewer = config();
     with_viewer.bridge.tokens = vec![aether_gateway::BridgeToken {
         token: VIEWER.into(),
-        maps: Vec::new(),
+        maps: None,
         read_only: true,
-        prefixes: Vec::new(),
+        prefixes: None,
     }];
     let (_aether, gateway, service) = support::board(TOKEN, with_viewer).await;
     service.set_json("title", &"the service's").await.unwrap();

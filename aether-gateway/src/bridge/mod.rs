@@ -227,9 +227,9 @@ impl Bridge {
         let tokens = std::iter::once((digest(&token), Arc::new(Rights::ALL)))
             .chain(config.tokens.iter().map(|t| {
                 let rights = Rights {
-                    maps: (!t.maps.is_empty()).then(|| t.maps.iter().cloned().collect()),
+                    maps: t.maps.as_ref().map(|maps| maps.iter().cloned().collect()),
                     read_only: t.read_only,
-                    prefixes: t.prefixes.clone(),
+                    prefixes: t.prefixes.clone().unwrap_or_default(),
                 };
                 (digest(&t.token), Arc::new(rights))
             }))
