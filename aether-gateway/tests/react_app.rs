@@ -29,8 +29,13 @@ fn example_dir() -> PathBuf {
 }
 
 /// Builds the example (`npm ci`, `npm run build`) unless its bundle is newer
-/// than its sources and the client's; false if npm is not there.
+/// than its sources and the client's; false if npm is not there. One test
+/// process at a time (a file lock): two `npm ci` in one folder break each
+/// other.
 fn build_example() -> bool {
+    let lock = std::fs::File::create(std::env::temp_dir().join("aether-web-react-build.lock"))
+        .expect("the build lock");
+    lock.lock().expect("the build lock taken");
     let dir = example_dir();
     let web = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/web"));
     let modified = |p: PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
