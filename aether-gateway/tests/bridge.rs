@@ -102,6 +102,8 @@ fn template(line: &str) -> Value {
         .replace("<prev>", "\"<prev>\"")
         .replace("<id>", "\"<id>\"")
         .replace("<entry>", "\"<entry>\"")
+        .replace("<bool>", "\"<bool>\"")
+        .replace("<prefixes>", "\"<prefixes>\"")
         .replace("[<write>, ...]", "\"<write>, ...\"")
         .replace("\"\"<", "\"<")
         .replace(">\"\"", ">\"");
@@ -201,6 +203,13 @@ impl Protocol {
                     .as_str()
                     .is_some_and(|r| self.reasons.iter().any(|x| x == r)),
                 "<entry>" => self.entries.iter().any(|e| self.fits(e, message)),
+                "<bool>" => message.is_boolean(),
+                "<prefixes>" => {
+                    message.is_null()
+                        || message
+                            .as_array()
+                            .is_some_and(|all| all.iter().all(Value::is_string))
+                }
                 // One write or more, each one of `<write>`'s shapes.
                 "<write>, ..." => message.as_array().is_some_and(|all| {
                     !all.is_empty()

@@ -20,7 +20,7 @@ export type Stamp = string;
 /** What the client throws, and its promises reject with. */
 export declare class AetherError extends Error {
   readonly name: "AetherError";
-  readonly reason: "unauthorized" | "unknown_map" | "closed" | "storage_full" | "not_owner";
+  readonly reason: "unauthorized" | "unknown_map" | "closed" | "storage_full" | "not_owner" | "forbidden";
 }
 
 /** Throws the TypeError (or RangeError) `set` would for `value` under `key`. */

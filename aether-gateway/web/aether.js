@@ -48,7 +48,8 @@ const TERMINAL = new Set(["unauthorized", "unknown_map", "closed"]);
 /**
  * What the client throws, and what its promises reject with: `reason` says
  * which (`unauthorized`, `unknown_map`, `closed`, `storage_full`, and
- * `not_owner` for a `node/...` key, which a page may not write).
+ * `not_owner` for a `node/...` key, which a page may not write, and
+ * `forbidden` for a key this page's token does not write).
  */
 export class AetherError extends Error {
   constructor(reason, message) {
@@ -366,6 +367,8 @@ export class Aether {
     this.held = null;
     /** Whether the count of pending writes changed while held. */
     this.pendingHeld = false;
+    /** What this page's token writes (`hello`): null, anything. */
+    this.rights = null;
     this.refilled = performance.now();
     this.flushTimer = null;
     this.saveTimer = null;
@@ -568,6 +571,12 @@ export class Aether {
       // The gateway refuses them (not_owner): refused here, before the
       // page shows a value it would take back.
       throw new AetherError("not_owner", `${JSON.stringify(key)} is a node's own key (node/<name>/...): a page writes shared keys only`);
+    }
+    const rights = this.rights;
+    if (rights !== null && (rights.readOnly || (rights.prefixes !== null && !rights.prefixes.some((p) => key.startsWith(p))))) {
+      // As the gateway's hello told this page's token: refused here too.
+      const why = rights.readOnly ? "this page's token is read-only" : `this page's token writes only keys under ${rights.prefixes.map((p) => JSON.stringify(p)).join(", ")}`;
+      throw new AetherError("forbidden", `${JSON.stringify(key)}: ${why}`);
     }
   }
 
@@ -902,6 +911,16 @@ export class Aether {
     }
   }
 
+  /** What this page's token writes, as `hello` tells it (none told: anything). */
+  takeRights(rights) {
+    this.rights = null;
+    if (rights == null || typeof rights !== "object" || typeof rights.read_only !== "boolean") return;
+    const prefixes = Array.isArray(rights.prefixes) && rights.prefixes.every((p) => typeof p === "string")
+      ? rights.prefixes
+      : null;
+    this.rights = { readOnly: rights.read_only, prefixes };
+  }
+
   /** Ends the client: a terminal status; waiting promises reject. */
   end(status, reason) {
     this.setStatus(status, reason);
@@ -917,6 +936,7 @@ export class Aether {
         this.color = message.color;
         this.takeLimits(message.limits);
         this.takePace(message.limits);
+        this.takeRights(message.rights);
         this.reading(message.now, this.authSentAt);
         this.restampAhead();
         break;

@@ -638,6 +638,10 @@ impl Connection {
                 writes_per_s: self.bridge.config.writes_per_s,
                 write_burst: self.bridge.config.write_burst,
             },
+            rights: protocol::RightsOut {
+                read_only: self.rights.read_only,
+                prefixes: (!self.rights.prefixes.is_empty()).then_some(&self.rights.prefixes[..]),
+            },
         }
         .text();
         if let Err(end) = self.send(hello).await {

@@ -276,6 +276,8 @@ pub(crate) enum Outbound<'a> {
         /// The map's limits, as the gateway's replica refuses past them:
         /// the page refuses the same writes at `set`.
         limits: Limits,
+        /// What the page's token writes: the page refuses the rest at `set`.
+        rights: RightsOut<'a>,
     },
     /// Part of the map, before the `snapshot` that ends it: a large map
     /// goes in parts, so no message (and no connection's send buffer) is
@@ -331,6 +333,14 @@ impl Outbound<'_> {
     pub(crate) fn text(&self) -> String {
         serde_json::to_string(self).expect("bridge messages serialize")
     }
+}
+
+/// What a page's token lets it write, as `hello` tells it.
+#[derive(Debug, Serialize)]
+pub(crate) struct RightsOut<'a> {
+    pub(crate) read_only: bool,
+    /// The key prefixes it writes under; `None`: any key.
+    pub(crate) prefixes: Option<&'a [String]>,
 }
 
 /// A map's limits, as `hello` tells them to the page.

@@ -49,6 +49,8 @@ export class Bridge {
       writes_per_s: 5000,
       write_burst: 20000,
     };
+    /** What the page's token writes, as `hello` tells it (null: not told). */
+    this.rights = { read_only: false, prefixes: null };
     if (legacy) {
       for (const rate of ["max_message_bytes", "messages_per_s", "burst", "writes_per_s", "write_burst"]) delete this.limits[rate];
     }
@@ -164,6 +166,7 @@ export class Bridge {
       }
       socket.authed = true;
       const hello = { type: "hello", id: "p1", color: "#123456", now: this.now(), limits: this.limits };
+      if (this.rights !== null && !this.legacy) hello.rights = this.rights;
       const entries = {};
       for (const [key, e] of this.entries) {
         entries[key] = e.deleted ? { deleted: true, stamp: e.stamp } : { value: e.value, stamp: e.stamp };

@@ -151,3 +151,31 @@ test("onPendingWrites is told once for a group, with the whole group pending", a
   assert.deepEqual(counts, [3, 4]);
   page.close();
 });
+
+test("a page refuses at set what its token does not write, as hello tells it", async () => {
+  const bridge = new Bridge();
+  bridge.rights = { read_only: false, prefixes: ["cards/"] };
+  const page = client(bridge, new MemoryStorage());
+  await page.whenLive();
+  page.set("cards/1", "one");
+  for (const write of [() => page.set("title", "x"), () => page.delete("title"), () => page.setMany({ "cards/2": 2, title: "y" })]) {
+    assert.throws(write, (e) => e.reason === "forbidden" && /cards\//.test(e.message));
+  }
+  assert.deepEqual(page.keys(), ["cards/1"], "nothing else written");
+  page.close();
+  const viewer = new Bridge();
+  viewer.rights = { read_only: true, prefixes: null };
+  const reader = client(viewer, new MemoryStorage());
+  await reader.whenLive();
+  assert.throws(() => reader.set("cards/1", 1), (e) => e.reason === "forbidden" && /read-only/.test(e.message));
+  reader.close();
+  // A gateway that tells no rights: anything is sent, and it decides.
+  const old = new Bridge();
+  old.rights = null;
+  const any = client(old, new MemoryStorage());
+  await any.whenLive();
+  any.set("title", "sent");
+  await any.waitForPendingWrites();
+  assert.equal(old.entries.get("title").value, "sent");
+  any.close();
+});

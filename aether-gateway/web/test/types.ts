@@ -20,7 +20,7 @@ board.onSupersede(({ key, mine, by, concurrent }: Superseded) => {
 board.onStatus((status: Status, reason: StatusReason) => {});
 board.onPendingWrites((count: number) => {});
 board.onError((error: AetherError) => {
-  const why: "unauthorized" | "unknown_map" | "closed" | "storage_full" | "not_owner" = error.reason;
+  const why: "unauthorized" | "unknown_map" | "closed" | "storage_full" | "not_owner" | "forbidden" = error.reason;
 });
 board.on<{ text: string; done: boolean }>("todo/*", (todo, old, key) => todo?.done);
 const live: Promise<void> = board.whenLive().catch((e: unknown) => {
