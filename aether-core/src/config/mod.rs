@@ -26,7 +26,11 @@ pub use security::{
 };
 
 pub use physics::PhysicsConfig;
-pub use state::{ENTRY_BYTES, KeeperConfig, MOST_KEY_BYTES, MOST_VALUE_BYTES, StateConfig};
+pub use state::{
+    ENTRY_BYTES, KeeperConfig, MAX_PRESENCE_BYTES, MAX_PRESENCE_HELD_BYTES,
+    MAX_PRESENCE_SLOT_BYTES, MAX_PRESENCE_SLOTS, MOST_KEY_BYTES, MOST_VALUE_BYTES,
+    PRESENCE_SLOT_COST, StateConfig,
+};
 
 use crate::attenuation::DEFAULT_ATTENUATION_FACTOR;
 

@@ -199,6 +199,28 @@ pub const MOST_KEY_BYTES: usize = u16::MAX as usize;
 /// may be, and the bound on values in changes from other replicas.
 pub const MOST_VALUE_BYTES: usize = 16 * 1024 * 1024;
 
+/// The largest presence value one replica sets in one slot, bytes
+/// ([`StateMap::set_presence`](crate::state::StateMap::set_presence)): a
+/// name, an avatar's address, what its user looks at, not state.
+pub const MAX_PRESENCE_BYTES: usize = 4096;
+
+/// The longest presence slot name, bytes (a slot is a name: letters,
+/// digits, `_` and `-`).
+pub const MAX_PRESENCE_SLOT_BYTES: usize = 64;
+
+/// The most presence slots one replica sets (a gateway sets one for each
+/// of its pages).
+pub const MAX_PRESENCE_SLOTS: usize = 1024;
+
+/// The most presence bytes one replica holds of all the others together
+/// (each slot counted with its name and [`PRESENCE_SLOT_COST`]): past it,
+/// new slots of others are refused and counted `full` until some leave.
+pub const MAX_PRESENCE_HELD_BYTES: usize = 16 << 20;
+
+/// What a presence slot held of another replica costs besides its name and
+/// value bytes.
+pub const PRESENCE_SLOT_COST: usize = 96;
+
 impl StateConfig {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {

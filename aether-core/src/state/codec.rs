@@ -8,6 +8,8 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use smol_str::SmolStr;
 
+use crate::config::{MAX_PRESENCE_BYTES, MAX_PRESENCE_SLOT_BYTES, MAX_PRESENCE_SLOTS};
+
 use super::{
     hlc::Stamp,
     store::{BUCKETS, Digest, Entry},
@@ -28,6 +30,7 @@ const KIND_ACK: u8 = 9;
 const KIND_GONE: u8 = 10;
 const KIND_ROSTER: u8 = 11;
 const KIND_COVERS: u8 = 12;
+const KIND_PRESENCE: u8 = 13;
 
 /// Most members one roster message names.
 pub(crate) const MAX_ROSTER: usize = 1024;
@@ -98,6 +101,15 @@ pub(crate) enum Message {
         token: u64,
         keeper: bool,
         refused: u8,
+    },
+    /// Presence values of the replica `node` (each slot's value, or `None`:
+    /// cleared), to every replica on the presence channel as they change,
+    /// or to one replica's repair channel, `full`, when it meets it: a full
+    /// set replaces what the receiver held of the sender.
+    Presence {
+        node: u64,
+        full: bool,
+        values: Vec<(SmolStr, Option<Bytes>)>,
     },
 }
 
@@ -240,6 +252,24 @@ impl Message {
                     out.put_u64_le(*owned);
                 }
             }
+            Message::Presence { node, full, values } => {
+                out.put_u8(KIND_PRESENCE);
+                out.put_u64_le(*node);
+                out.put_u8(u8::from(*full));
+                out.put_u16_le(values.len() as u16);
+                for (slot, value) in values {
+                    out.put_u8(slot.len() as u8);
+                    out.put_slice(slot.as_bytes());
+                    match value {
+                        None => out.put_u8(0),
+                        Some(value) => {
+                            out.put_u8(1);
+                            out.put_u16_le(value.len() as u16);
+                            out.put_slice(value);
+                        }
+                    }
+                }
+            }
             Message::Sync { node, buckets } => {
                 out.put_u8(KIND_SYNC);
                 out.put_u64_le(*node);
@@ -342,6 +372,35 @@ impl Message {
                 }
                 Message::Sync { node, buckets }
             }
+            KIND_PRESENCE => {
+                let node = u64_of(b)?;
+                let full = bool_of(b)?;
+                let count = usize::from(u16_of(b)?);
+                if count > MAX_PRESENCE_SLOTS {
+                    return Err(DecodeError("too many presence slots"));
+                }
+                let mut values = Vec::with_capacity(count.min(b.len() / 3));
+                for _ in 0..count {
+                    let len = usize::from(u8_of(b)?);
+                    let slot = std::str::from_utf8(&take(b, len)?)
+                        .map(SmolStr::new)
+                        .map_err(|_| DecodeError("slot not UTF-8"))?;
+                    if !is_slot(&slot) {
+                        return Err(DecodeError("not a presence slot"));
+                    }
+                    let value = if bool_of(b)? {
+                        let len = usize::from(u16_of(b)?);
+                        if len > MAX_PRESENCE_BYTES {
+                            return Err(DecodeError("presence value too long"));
+                        }
+                        Some(take(b, len)?)
+                    } else {
+                        None
+                    };
+                    values.push((slot, value));
+                }
+                Message::Presence { node, full, values }
+            }
             _ => return Err(DecodeError("unknown kind")),
         };
         if b.has_remaining() {
@@ -349,6 +408,12 @@ impl Message {
         }
         Ok(message)
     }
+}
+
+/// Whether `slot` names a presence slot: a name (letters, digits, `_`, `-`
+/// in dot-separated tokens) of at most [`MAX_PRESENCE_SLOT_BYTES`].
+pub(crate) fn is_slot(slot: &str) -> bool {
+    slot.len() <= MAX_PRESENCE_SLOT_BYTES && crate::names::is_name(slot)
 }
 
 /// Entries back to back after a `count u32`: a ledger record, or a
@@ -615,6 +680,24 @@ mod tests {
                         .collect(),
                 }
             ),
+            (
+                any::<(u64, bool)>(),
+                prop::collection::vec(
+                    (
+                        "[a-z][a-z0-9_-]{0,15}",
+                        prop::option::of(prop::collection::vec(any::<u8>(), 0..64))
+                    ),
+                    0..8
+                )
+            )
+                .prop_map(|((node, full), values)| Message::Presence {
+                    node,
+                    full,
+                    values: values
+                        .into_iter()
+                        .map(|(slot, value)| (SmolStr::new(slot), value.map(Bytes::from)))
+                        .collect(),
+                }),
             any::<(u64, u64, bool, u8)>().prop_map(|(node, token, keeper, refused)| {
                 Message::Held {
                     node,

@@ -44,6 +44,7 @@ mod keeper;
 mod ledger;
 mod members;
 mod node;
+mod presence;
 mod protocol;
 mod store;
 mod task;
@@ -80,6 +81,7 @@ pub use self::{
     hlc::Stamp,
     keeper::{Keeper, KeeperStats},
     node::NodeState,
+    presence::PresenceValue,
     watch::Watch,
 };
 use self::{
@@ -260,6 +262,14 @@ struct Shared {
     changes: watch::Watchers<Change>,
     superseded: watch::Watchers<Superseded>,
     presence: watch::Watchers<Presence>,
+    /// This replica's presence values ([`presence`]).
+    own_presence: Mutex<presence::Own>,
+    /// The other replicas' presence values held here.
+    presences: Mutex<presence::Table>,
+    /// Counts the changes of `presences`, for those who show them.
+    presences_changed: tokio::sync::watch::Sender<u64>,
+    /// `own_presence` has changes to send.
+    presence_due: Notify,
     members: Mutex<members::Members>,
     counters: Counters,
     writers: Limiter,
@@ -574,6 +584,10 @@ impl StateMap {
             changes: watch::Watchers::new(config.watch_buffer),
             superseded: watch::Watchers::new(config.watch_buffer),
             presence: watch::Watchers::new(config.watch_buffer),
+            own_presence: Mutex::default(),
+            presences: Mutex::default(),
+            presences_changed: tokio::sync::watch::Sender::new(0),
+            presence_due: Notify::new(),
             members: Mutex::new(members::Members::new(id ^ hlc::wall_ns())),
             counters: Counters {
                 ledger_damaged: AtomicU64::new(u64::from(damaged)),
@@ -926,6 +940,119 @@ impl StateMap {
             shared: self.shared.clone(),
             missed: 0,
         }
+    }
+
+    /// Sets this replica's presence value in `slot` (a name: letters,
+    /// digits, `_`, `-`, dots between): every replica of the map sees it
+    /// in [`presences`](Self::presences) within moments, until it is
+    /// cleared or this replica leaves (closed, dropped, or its process
+    /// gone for `presence_timeout`). Presence is never written to the map
+    /// nor kept on disk: a user's name and cursor, what it is editing, a
+    /// service's status. Changes leave at most every 50 ms, the latest of
+    /// each slot.
+    ///
+    /// `InvalidName` for a bad slot, `TooLarge` past
+    /// [`MAX_PRESENCE_BYTES`](crate::config::MAX_PRESENCE_BYTES), `Full`
+    /// for a slot past [`MAX_PRESENCE_SLOTS`](crate::config::MAX_PRESENCE_SLOTS).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use aether_core::{Aether, state::StateMap};
+    ///
+    /// let aether = Aether::default();
+    /// let alice = StateMap::builder("board").node("alice").open(&aether).await?;
+    /// let bob = StateMap::builder("board").node("bob").open(&aether).await?;
+    /// let mut changed = bob.presences_changed();
+    /// alice.set_presence("user", r#"{"name":"Alice","editing":"card-7"}"#)?;
+    /// while !bob.presences().iter().any(|p| p.node == "alice") {
+    ///     changed.changed().await?;
+    /// }
+    /// let seen = &bob.presences()[0];
+    /// assert_eq!((seen.slot.as_str(), &seen.value[..]), ("user", &br#"{"name":"Alice","editing":"card-7"}"#[..]));
+    /// alice.close().await;
+    /// while !bob.presences().is_empty() {
+    ///     changed.changed().await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn set_presence(&self, slot: &str, value: impl Into<Bytes>) -> Result<(), StateError> {
+        self.check_slot(slot)?;
+        let value = value.into();
+        if value.len() > crate::config::MAX_PRESENCE_BYTES {
+            return Err(StateError::new(
+                StateErrorKind::TooLarge,
+                format!(
+                    "a presence value of {} bytes; the most is {}",
+                    value.len(),
+                    crate::config::MAX_PRESENCE_BYTES
+                ),
+            ));
+        }
+        let set = self.shared.lock_own_presence().set(slot, value);
+        if !set {
+            return Err(StateError::new(
+                StateErrorKind::Full,
+                format!(
+                    "presence slot {slot:?} would be one past the most one replica sets, {}",
+                    crate::config::MAX_PRESENCE_SLOTS
+                ),
+            ));
+        }
+        self.shared.presence_due.notify_one();
+        Ok(())
+    }
+
+    /// [`set_presence`](Self::set_presence) with `value` as JSON.
+    pub fn set_presence_json<T: Serialize + ?Sized>(
+        &self,
+        slot: &str,
+        value: &T,
+    ) -> Result<(), StateError> {
+        let json = serde_json::to_vec(value)
+            .map_err(|e| StateError::new(StateErrorKind::Payload, e.to_string()))?;
+        self.set_presence(slot, json)
+    }
+
+    /// Clears this replica's presence value in `slot`, if it is set.
+    pub fn clear_presence(&self, slot: &str) -> Result<(), StateError> {
+        self.check_slot(slot)?;
+        self.shared.lock_own_presence().clear(slot);
+        self.shared.presence_due.notify_one();
+        Ok(())
+    }
+
+    /// This replica's own presence values, by slot.
+    pub fn own_presence(&self) -> Vec<(String, Bytes)> {
+        self.shared.lock_own_presence().values()
+    }
+
+    /// The presence values of the map's other replicas, by node and slot.
+    pub fn presences(&self) -> Vec<PresenceValue> {
+        self.shared.lock_presences().values()
+    }
+
+    /// Tells of each change of [`presences`](Self::presences): a value set,
+    /// changed or cleared, a replica gone with its values. Changes close
+    /// together are told once; read `presences()` when told.
+    pub fn presences_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.presences_changed.subscribe()
+    }
+
+    fn check_slot(&self, slot: &str) -> Result<(), StateError> {
+        if self.shared.stopped.load(Ordering::Acquire) {
+            return Err(StateError::new(StateErrorKind::Closed, "the map is closed"));
+        }
+        if codec::is_slot(slot) {
+            return Ok(());
+        }
+        Err(StateError::new(
+            StateErrorKind::InvalidName,
+            format!(
+                "presence slot {slot:?}: 1 to {} bytes of A-Z a-z 0-9 _ - in tokens between dots",
+                crate::config::MAX_PRESENCE_SLOT_BYTES
+            ),
+        ))
     }
 
     /// The live replicas of this map (their node names), this one aside.

@@ -58,6 +58,14 @@ impl Shared {
         self.members.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub(super) fn lock_own_presence(&self) -> MutexGuard<'_, presence::Own> {
+        self.own_presence.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn lock_presences(&self) -> MutexGuard<'_, presence::Table> {
+        self.presences.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(super) fn lock_pending(&self) -> MutexGuard<'_, Option<(u64, HashSet<u8>)>> {
         self.pending_sync.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -551,6 +559,13 @@ impl Shared {
     pub(super) async fn met(&self, node: u64, joined: Option<Presence>) {
         let new = joined.is_some();
         self.tell(joined);
+        if new {
+            // What it shows of this replica: its presence values.
+            let all = self.lock_own_presence().all();
+            if let Some(all) = all {
+                self.send_presence(Some(node), all, true).await;
+            }
+        }
         if new && self.keeper {
             let said = Message::Held {
                 node: self.clock.node(),
@@ -566,6 +581,92 @@ impl Shared {
     pub(super) fn tell(&self, presence: Option<Presence>) {
         if let Some(presence) = presence {
             self.presence.send(presence);
+        }
+    }
+
+    /// The member `node` left or was found gone (`left`, if it was a
+    /// member): its presence values go with it.
+    pub(super) fn gone(&self, node: u64, left: Option<Presence>) {
+        self.tell(left);
+        if self.lock_presences().remove(node) {
+            self.presences_changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Sends this replica's presence values: `Some(node)`, the whole set
+    /// to that replica; `None`, to all (the whole set when `values` is
+    /// [`presence::Own::all`], else its changes).
+    pub(super) async fn send_presence(
+        &self,
+        to: Option<u64>,
+        values: Vec<(SmolStr, Option<Bytes>)>,
+        full: bool,
+    ) {
+        for (i, values) in presence::chunks(values).enumerate() {
+            let message = Message::Presence {
+                node: self.clock.node(),
+                full: full && i == 0,
+                values,
+            };
+            let channel = match to {
+                Some(node) => self.channels.repair_of(node),
+                None => self.channels.presence.clone(),
+            };
+            if let Err(error) = self.emit(channel, message).await {
+                tracing::debug!(map = %self.map, %error, "could not send presence values");
+                return;
+            }
+        }
+    }
+
+    /// Sends this replica's presence changes to all, if it has any.
+    pub(super) async fn send_presence_changes(&self) {
+        let unsent = self.lock_own_presence().take_unsent();
+        if !unsent.is_empty() {
+            self.send_presence(None, unsent, false).await;
+        }
+    }
+
+    /// Another replica's presence values, to all or to this one.
+    async fn on_presence(
+        self: &Arc<Self>,
+        source: &str,
+        channel: &Channel,
+        node: u64,
+        full: bool,
+        values: Vec<(SmolStr, Option<Bytes>)>,
+    ) {
+        if (*channel != self.channels.presence && *channel != self.channels.repair)
+            || node == self.clock.node()
+        {
+            self.refuse(Refusal::Malformed);
+            return;
+        }
+        // A keeper shows nobody presence: it holds none.
+        if self.keeper {
+            return;
+        }
+        // A sign of life, as a hello is.
+        let joined = {
+            let mut members = self.lock_members();
+            let joined = members.spoke(node, source, Instant::now());
+            if joined.is_some() {
+                members.check(node, Instant::now());
+            }
+            joined
+        };
+        self.met(node, joined).await;
+        if !self.is_peer(node, source) {
+            // Not a member (said gone lately, another name, or too many).
+            self.refuse(Refusal::Malformed);
+            return;
+        }
+        let taken = self.lock_presences().take(node, source, full, values);
+        for _ in 0..taken.refused {
+            self.refuse(Refusal::Full);
+        }
+        if taken.changed {
+            self.presences_changed.send_modify(|n| *n += 1);
         }
     }
 
@@ -718,6 +819,9 @@ impl Shared {
             } => {
                 self.on_held(&source, channel, node, token, keeper, refused)
                     .await
+            }
+            Message::Presence { node, full, values } => {
+                self.on_presence(&source, channel, node, full, values).await
             }
             Message::Sync { .. } => self.refuse(Refusal::Malformed),
         }
@@ -905,7 +1009,7 @@ impl Shared {
         let now = Instant::now();
         if leaving {
             let left = self.lock_members().left(node, now);
-            self.tell(left);
+            self.gone(node, left);
             return;
         }
         let joined = {
@@ -977,7 +1081,7 @@ impl Shared {
             return;
         }
         let left = self.lock_members().left(node, Instant::now());
-        self.tell(left);
+        self.gone(node, left);
     }
 
     /// The members the replica this one caught up from knows.

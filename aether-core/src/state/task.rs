@@ -77,7 +77,7 @@ impl Shared {
                 (round, members.says_hello())
             };
             for (node, name) in round.gone {
-                self.tell(Some(Presence::Left(name.to_string())));
+                self.gone(node, Some(Presence::Left(name.to_string())));
                 let gone = Message::Gone { node };
                 if let Err(error) = self.emit(self.channels.presence.clone(), gone).await {
                     tracing::debug!(map = %self.map, %error, "could not say a member is gone");
@@ -108,6 +108,13 @@ impl Shared {
             }
             if hello {
                 self.hello(false).await;
+                // Its presence values with it: a replica that missed a
+                // change (plain waves are delivered at most once) has them
+                // all again.
+                let all = self.lock_own_presence().all();
+                if let Some(all) = all {
+                    self.send_presence(None, all, true).await;
+                }
             }
         }
         if anti_entropy {
@@ -165,6 +172,8 @@ pub(super) async fn run(
     let mut answering = false;
     let mut last_wake: Option<tokio::time::Instant> = None;
     let mut gather_until: Option<tokio::time::Instant> = None;
+    let mut presence_at: Option<tokio::time::Instant> = None;
+    let mut presence_sent = tokio::time::Instant::now() - presence::PRESENCE_EVERY;
     loop {
         if shared.stopped.load(Ordering::Acquire) {
             break;
@@ -215,6 +224,16 @@ pub(super) async fn run(
                     shared.send_outgoing().await;
                     last_wake = Some(tokio::time::Instant::now());
                 }
+            }
+            () = shared.presence_due.notified(), if presence_at.is_none() => {
+                // Changes close together leave together, at most every
+                // PRESENCE_EVERY.
+                presence_at = Some(presence_sent + presence::PRESENCE_EVERY);
+            }
+            () = tokio::time::sleep_until(presence_at.unwrap_or_else(tokio::time::Instant::now)), if presence_at.is_some() => {
+                presence_at = None;
+                presence_sent = tokio::time::Instant::now();
+                shared.send_presence_changes().await;
             }
             _ = shared.stop.notified() => {}
         }

@@ -914,10 +914,90 @@ pub async fn a_late_replica_has_a_write_a_full_keeper_refused(m: &dyn Bus) {
     .expect("bounded");
 }
 
+pub async fn presence_values_reach_every_replica_and_go_with_it(m: &dyn Bus) {
+    timeout(LIMIT, async {
+        let a = open(&m.aether().await, "a").await;
+        let b = open(&m.aether().await, "b").await;
+        let shown = |map: &StateMap| {
+            map.presences()
+                .into_iter()
+                .map(|p| (p.node, p.slot, String::from_utf8(p.value.to_vec()).unwrap()))
+                .collect::<Vec<_>>()
+        };
+        let one = |node: &str, slot: &str, value: &str| {
+            (node.to_string(), slot.to_string(), value.to_string())
+        };
+        a.set_presence("user", r#"{"name":"Ada"}"#).unwrap();
+        a.set_presence_json("cursor", &serde_json::json!({"x": 1}))
+            .unwrap();
+        until("b sees a's values", || {
+            shown(&b)
+                == [
+                    one("a", "cursor", r#"{"x":1}"#),
+                    one("a", "user", r#"{"name":"Ada"}"#),
+                ]
+        })
+        .await;
+        assert!(
+            a.presences().is_empty(),
+            "a replica shows its own values in own_presence"
+        );
+        assert_eq!(a.own_presence().len(), 2);
+        // Only the latest of a burst matters; a clear goes too.
+        for x in 0..200 {
+            a.set_presence_json("cursor", &serde_json::json!({ "x": x }))
+                .unwrap();
+        }
+        a.clear_presence("user").unwrap();
+        until("b sees the last move and the clear", || {
+            shown(&b) == [one("a", "cursor", r#"{"x":199}"#)]
+        })
+        .await;
+        // A replica that comes later is given the whole set when it meets a.
+        let c = open(&m.aether().await, "c").await;
+        until("c sees a's value", || {
+            shown(&c) == [one("a", "cursor", r#"{"x":199}"#)]
+        })
+        .await;
+        // Values are never the map's.
+        assert!(c.is_empty() && b.is_empty());
+        // Bad slots and values are typed errors.
+        for slot in ["", "with space", "a/b", &"s".repeat(65)] {
+            assert_eq!(
+                a.set_presence(slot, "1").unwrap_err().kind(),
+                StateErrorKind::InvalidName,
+                "{slot:?}"
+            );
+        }
+        let big = vec![b'1'; aether_core::config::MAX_PRESENCE_BYTES + 1];
+        assert_eq!(
+            a.set_presence("user", big).unwrap_err().kind(),
+            StateErrorKind::TooLarge
+        );
+        // Its values go with a replica that leaves.
+        let mut changed = b.presences_changed();
+        a.close().await;
+        timeout(Duration::from_secs(2), async {
+            while !b.presences().is_empty() {
+                changed.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("a's values gone from b as it says goodbye");
+        until("c drops a's values", || c.presences().is_empty()).await;
+        assert_eq!(
+            a.set_presence("user", "1").unwrap_err().kind(),
+            StateErrorKind::Closed
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
 #[macro_export]
 macro_rules! state_suite {
     ($factory:expr) => {
-        $crate::state_suite!(@cases $factory; a_write_is_seen_here_at_once_and_by_every_replica_soon, a_late_replica_has_the_whole_state_when_open_returns, a_replica_closed_just_before_a_late_one_opens_leaves_the_answering_to_others, watchers_get_each_change_with_old_and_new_values_and_losers_hear_superseded, concurrent_writes_of_one_key_settle_on_the_same_value_everywhere, changes_a_replica_missed_are_repaired_by_anti_entropy, bad_writes_are_typed_errors_and_change_nothing, replicas_with_other_limits_converge, nodes_own_their_keys_and_see_who_is_there, writes_stamped_elsewhere_merge_by_the_same_rules, watch_streams_each_key_in_stamp_order_under_concurrent_writers, a_flush_waits_for_another_replica_and_says_when_none_holds_the_writes, a_keeper_holds_a_map_its_writers_left_and_again_after_its_restart, a_full_keeper_refuses_with_its_reason_and_keeps_running, a_late_replica_has_a_write_a_full_keeper_refused);
+        $crate::state_suite!(@cases $factory; a_write_is_seen_here_at_once_and_by_every_replica_soon, a_late_replica_has_the_whole_state_when_open_returns, a_replica_closed_just_before_a_late_one_opens_leaves_the_answering_to_others, watchers_get_each_change_with_old_and_new_values_and_losers_hear_superseded, concurrent_writes_of_one_key_settle_on_the_same_value_everywhere, changes_a_replica_missed_are_repaired_by_anti_entropy, bad_writes_are_typed_errors_and_change_nothing, replicas_with_other_limits_converge, nodes_own_their_keys_and_see_who_is_there, writes_stamped_elsewhere_merge_by_the_same_rules, watch_streams_each_key_in_stamp_order_under_concurrent_writers, a_flush_waits_for_another_replica_and_says_when_none_holds_the_writes, a_keeper_holds_a_map_its_writers_left_and_again_after_its_restart, a_full_keeper_refuses_with_its_reason_and_keeps_running, a_late_replica_has_a_write_a_full_keeper_refused, presence_values_reach_every_replica_and_go_with_it);
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(
