@@ -99,6 +99,8 @@ fn template(line: &str) -> Value {
     let quoted = line
         .replace("<json>", "\"<json>\"")
         .replace("<int>", "\"<int>\"")
+        .replace("<int?>", "\"<int?>\"")
+        .replace("<json?>", "\"<json?>\"")
         .replace("<prev>", "\"<prev>\"")
         .replace("<id>", "\"<id>\"")
         .replace("<entry>", "\"<entry>\"")
@@ -188,7 +190,8 @@ impl Protocol {
     fn fits(&self, template: &Value, message: &Value) -> bool {
         match template {
             Value::String(placeholder) => match placeholder.as_str() {
-                "<json>" => true,
+                "<json>" | "<json?>" => true,
+                "<int?>" => self.fits(&Value::from("<int>"), message),
                 "<int>" => message.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
                 "<id>" => message.as_u64().is_some_and(|n| n < 1 << 53),
                 "<prev>" => message.is_null() || message.as_str().is_some_and(is_stamp),
@@ -228,7 +231,7 @@ impl Protocol {
                 m.keys().all(|k| fields.contains_key(k))
                     && fields.iter().all(|(k, t)| match m.get(k) {
                         Some(v) => self.fits(t, v),
-                        None => t == "<prev>",
+                        None => t == "<prev>" || t.as_str().is_some_and(|t| t.ends_with("?>")),
                     })
             }),
             other => other == message,
@@ -329,6 +332,16 @@ async fn the_readme_block_is_exactly_what_the_gateway_sends_and_accepts() {
     assert_eq!(
         (seen["x"].as_i64(), seen["y"].as_i64()),
         (Some(10), Some(-3))
+    );
+    assert!(seen.get("value").is_none(), "no value set yet: {seen}");
+    let named = json!({"type": "presence", "value": {"name": "Ada"}});
+    assert!(protocol.fits(Protocol::of(&protocol.inbound, "presence"), &named));
+    a.send(named).await;
+    let seen = b.until("presence", None).await;
+    assert_eq!(
+        (&seen["x"], &seen["value"]),
+        (&json!(10), &json!({"name": "Ada"})),
+        "a field left out stays"
     );
 
     // Sent: set and delete from a service, refused (and the entry after
@@ -867,6 +880,134 @@ async fn cursors_are_thinned_to_the_latest_and_the_latest_arrives() {
     );
     assert!(seen.len() < 150, "not thinned: {seen:?}");
     gateway.stop().await.unwrap();
+}
+
+/// A page's presence reaches pages of another gateway and services (as
+/// `<node>/<slot>`), a service's reaches pages, and each goes when its
+/// page closes or its slot is cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_reaches_pages_of_other_gateways_and_services() {
+    let aether = Aether::default();
+    let one = start(&aether, bridged(BridgeConfig::default())).await;
+    let two = start(&aether, bridged(BridgeConfig::default())).await;
+    let service = service_board(&aether).await;
+    let mut ada = Client::connect(one.addr(), "board", TOKEN).await;
+    let mut far = Client::connect(two.addr(), "board", TOKEN).await;
+    let ada_id = ada.received[0]["id"].as_str().unwrap().to_string();
+    ada.send(json!({"type": "presence", "x": 5, "y": 6, "value": {"name": "Ada"}}))
+        .await;
+    // Until far sees Ada's page through the replicas (a page of its own
+    // gateway never shows a slash).
+    let remote = loop {
+        let seen = far.until("presence", None).await;
+        if seen["id"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/{ada_id}"))
+        {
+            break seen;
+        }
+    };
+    assert_eq!(
+        (&remote["x"], &remote["y"], &remote["value"]),
+        (&json!(5), &json!(6), &json!({"name": "Ada"})),
+        "{remote}"
+    );
+    assert!(
+        remote["color"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("hsl("))
+    );
+    let remote_id = remote["id"].as_str().unwrap().to_string();
+    // The service sees it as the gateway's presence value in the page's slot.
+    eventually("the service sees Ada's page", || {
+        service.presences().iter().any(|p| {
+            p.slot == ada_id
+                && serde_json::from_slice::<Value>(&p.value).unwrap()["value"]
+                    == json!({"name": "Ada"})
+        })
+    })
+    .await;
+    // A service's value reaches every page, with a color of its own.
+    service
+        .set_presence_json("status", &json!({"busy": true}))
+        .unwrap();
+    for page in [&mut ada, &mut far] {
+        let seen = loop {
+            let seen = page.until("presence", None).await;
+            if seen["id"] == "service/status" {
+                break seen;
+            }
+        };
+        assert_eq!(seen["value"], json!({"busy": true}), "{seen}");
+        assert!(seen.get("x").is_none(), "a service has no cursor: {seen}");
+        assert!(seen["color"].is_string());
+    }
+    // A page that comes later is told of both at once.
+    let mut late = Client::connect(two.addr(), "board", TOKEN).await;
+    let mut told = BTreeSet::new();
+    while told.len() < 2 {
+        let seen = late.until("presence", None).await;
+        told.insert(seen["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        told,
+        BTreeSet::from([remote_id.clone(), "service/status".to_string()])
+    );
+    // Each goes: a page closed, a slot cleared.
+    ada.socket.close(None).await.unwrap();
+    loop {
+        let gone = far.until("presence-leave", None).await;
+        if gone["id"] == remote_id.as_str() {
+            break;
+        }
+    }
+    eventually("the service lost Ada's page", || {
+        service.presences().iter().all(|p| p.slot != ada_id)
+    })
+    .await;
+    service.clear_presence("status").unwrap();
+    assert_eq!(
+        far.until("presence-leave", None).await["id"],
+        "service/status"
+    );
+    service.close().await;
+    one.stop().await.unwrap();
+    two.stop().await.unwrap();
+}
+
+/// A presence value past the limit closes the page with 1009; one nested
+/// too deep with 1008; both counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_values_are_held_to_their_limits() {
+    let (_aether, gateway, service) = board().await;
+    let addr = gateway.addr();
+    let limit = {
+        let c = Client::connect(addr, "board", TOKEN).await;
+        c.received[0]["limits"]["max_presence_bytes"]
+            .as_u64()
+            .unwrap() as usize
+    };
+    let fits = "x".repeat(limit - 2);
+    let mut ok = Client::connect(addr, "board", TOKEN).await;
+    ok.send(json!({"type": "presence", "value": fits})).await;
+    ok.send(json!({"type": "sync", "id": 1})).await;
+    ok.until("synced", None).await;
+    let mut big = Client::connect(addr, "board", TOKEN).await;
+    big.send(json!({"type": "presence", "value": "x".repeat(limit - 1)}))
+        .await;
+    assert_eq!(close_of(&mut big.socket).await.map(|c| c.0), Some(1009));
+    let mut deep = Client::connect(addr, "board", TOKEN).await;
+    let nested = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    deep.send_text(format!(r#"{{"type":"presence","value":{nested}}}"#))
+        .await;
+    assert_eq!(close_of(&mut deep.socket).await.map(|c| c.0), Some(1008));
+    assert_eq!(refused(&gateway, "too_large"), 1);
+    eventually("the page that fits is shown to the service", || {
+        service.presences().len() == 1
+    })
+    .await;
+    close_board(service, gateway).await;
 }
 
 // ---- sockets without the token ---------------------------------------------

@@ -3,10 +3,11 @@
 //! and the snapshot shared by the pages that connect while the map stays
 //! the same.
 
-use super::*;
+use super::{presence::Record, *};
 
-/// Each page's last cursor: its id, and its color and position.
-pub(super) type Positions = HashMap<Arc<str>, (Arc<str>, i32, i32)>;
+/// What each page shows (its color, cursor and presence value), and each
+/// other replica's presence slot, by the id pages know it by.
+pub(super) type Positions = HashMap<Arc<str>, Arc<Record>>;
 
 /// One bridged map: the gateway's replica, and its tabs' cursors.
 pub(super) struct Hub {
@@ -17,7 +18,7 @@ pub(super) struct Hub {
     pub(super) name: String,
     pub(super) aether: Aether,
     pub(super) cursors: broadcast::Sender<Cursor>,
-    /// The last position of each connected tab's cursor, for newcomers.
+    /// What each page and each other replica's slot shows, for newcomers.
     pub(super) positions: Mutex<Positions>,
     /// The replica ids of the open pages: each is one page's own.
     pub(super) replicas: Mutex<HashSet<u64>>,
@@ -156,10 +157,16 @@ impl Hub {
 
     /// The gateway's replica, opened by the first caller; `None` (logged)
     /// if it cannot be opened now (a later page tries again).
-    pub(super) async fn map(&self) -> Option<StateMap> {
+    pub(super) async fn map(self: &Arc<Self>) -> Option<StateMap> {
         let opened = self
             .map
-            .get_or_try_init(|| StateMap::builder(self.name.as_str()).open(&self.aether))
+            .get_or_try_init(|| async {
+                let map = StateMap::builder(self.name.as_str())
+                    .open(&self.aether)
+                    .await?;
+                tokio::spawn(presence::relay(Arc::downgrade(self), map.clone()));
+                Ok::<_, aether_core::state::StateError>(map)
+            })
             .await;
         match opened {
             Ok(map) => Some(map.clone()),
@@ -175,16 +182,9 @@ impl Hub {
     }
 }
 
-/// A cursor, between the tabs of one map.
+/// A page's presence (or another replica's), to the pages of one map.
 #[derive(Clone, Debug)]
 pub(super) enum Cursor {
-    Moved {
-        id: Arc<str>,
-        color: Arc<str>,
-        x: i32,
-        y: i32,
-    },
-    Left {
-        id: Arc<str>,
-    },
+    Moved { id: Arc<str>, record: Arc<Record> },
+    Left { id: Arc<str> },
 }

@@ -66,6 +66,7 @@ use tokio::sync::{Semaphore, broadcast, oneshot};
 
 mod hub;
 mod metrics;
+mod presence;
 
 use self::hub::{Cursor, Hub, Prevs};
 pub(crate) use self::metrics::BridgeMetrics;
@@ -430,14 +431,17 @@ struct Connection {
     hub: Arc<Hub>,
     /// The gateway's replica of the map.
     replica_map: StateMap,
-    /// This page's latest cursor not yet sent to the others, and when one
-    /// was last sent.
-    cursor: Option<(i32, i32)>,
+    /// What this page shows of itself (its color, cursor and presence
+    /// value), whether it changed since it was last sent to the others,
+    /// and when it was.
+    shown: presence::Record,
+    shown_due: bool,
+    /// The others' ids this page was told of and not told gone.
+    others_told: HashSet<Arc<str>>,
     cursor_sent: tokio::time::Instant,
     map: String,
     socket: WebSocket,
     id: Arc<str>,
-    color: Arc<str>,
     replica: u64,
     /// The writes this connection merged, whose changes are not sent back.
     own_writes: OwnWrites,
@@ -579,7 +583,7 @@ impl Connection {
         let n = bridge.next_id.fetch_add(1, Ordering::Relaxed);
         let id: Arc<str> = format!("{n:x}").into();
         let hue = n.wrapping_mul(137) % 360;
-        let color: Arc<str> = format!("hsl({hue}, 70%, 45%)").into();
+        let color = format!("hsl({hue}, 70%, 45%)");
         let gauge = bridge
             .metrics
             .connections
@@ -589,12 +593,16 @@ impl Connection {
             bridge: bridge.clone(),
             hub,
             replica_map,
-            cursor: None,
+            shown: presence::Record {
+                color: Some(color),
+                ..presence::Record::default()
+            },
+            shown_due: false,
+            others_told: HashSet::new(),
             cursor_sent: tokio::time::Instant::now() - CURSOR_EVERY,
             map,
             socket,
             id,
-            color,
             replica,
             own_writes: OwnWrites::default(),
             rights,
@@ -609,6 +617,7 @@ impl Connection {
         let _ = connection.hub.cursors.send(Cursor::Left {
             id: connection.id.clone(),
         });
+        let _ = connection.replica_map.clear_presence(&connection.id);
         // The page's place and replica id are free again before the
         // closing handshake (up to a second).
         drop(claim);
@@ -624,7 +633,7 @@ impl Connection {
         let mut cursors = self.hub.cursors.subscribe();
         let hello = Outbound::Hello {
             id: &self.id,
-            color: &self.color,
+            color: self.shown.color.as_deref().unwrap_or_default(),
             map: &self.map,
             now: bus_now(),
             limits: protocol::Limits {
@@ -637,6 +646,7 @@ impl Connection {
                 burst: self.bridge.config.burst,
                 writes_per_s: self.bridge.config.writes_per_s,
                 write_burst: self.bridge.config.write_burst,
+                max_presence_bytes: presence::MAX_PAGE_PRESENCE_BYTES,
             },
             rights: protocol::RightsOut {
                 read_only: self.rights.read_only,
@@ -650,23 +660,8 @@ impl Connection {
         if let Err(end) = self.send_snapshot().await {
             return end;
         }
-        let positions: Vec<_> = self
-            .hub
-            .lock_positions()
-            .iter()
-            .map(|(id, (color, x, y))| (id.clone(), color.clone(), *x, *y))
-            .collect();
-        for (id, color, x, y) in positions {
-            let text = Outbound::Presence {
-                id: &id,
-                color: &color,
-                x,
-                y,
-            }
-            .text();
-            if let Err(end) = self.send(text).await {
-                return end;
-            }
+        if let Err(end) = self.send_others().await {
+            return end;
         }
         let config = &self.bridge.config;
         let quota = Quota::per_second(NonZeroU32::new(config.messages_per_s).expect("validated"))
@@ -686,7 +681,7 @@ impl Connection {
                     None => return End::Stopping,
                     Some(change) => self.send_changes(change, &mut watch, &mut missed).await,
                 },
-                () = tokio::time::sleep_until(cursor_due), if self.cursor.is_some() => {
+                () = tokio::time::sleep_until(cursor_due), if self.shown_due => {
                     self.send_cursor();
                     Ok(())
                 }
@@ -710,16 +705,18 @@ impl Connection {
                     }
                 }
                 cursor = cursors.recv() => match cursor {
-                    Ok(Cursor::Moved { id, color, x, y }) if id != self.id => {
-                        let text = Outbound::Presence { id: &id, color: &color, x, y }.text();
+                    Ok(Cursor::Moved { id, record }) if id != self.id => {
+                        let text = record.text(&id);
+                        self.others_told.insert(id);
                         self.send(text).await
                     }
-                    Ok(Cursor::Left { id }) if id != self.id => {
+                    Ok(Cursor::Left { id }) if self.others_told.remove(&id) => {
                         self.send(Outbound::PresenceLeave { id: &id }.text()).await
                     }
-                    // Its own, or cursors it fell behind on: they are
-                    // ephemeral, the next move shows where they are.
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => Ok(()),
+                    Ok(_) => Ok(()),
+                    // Fell behind the others' changes: told every one as
+                    // it is now, and those gone meanwhile.
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.send_others().await,
                     Err(broadcast::error::RecvError::Closed) => return End::Stopping,
                 },
             };
@@ -821,14 +818,34 @@ impl Connection {
                 let now = bus_now();
                 self.send(Outbound::Synced { id, now }.text()).await
             }
-            Inbound::Presence { x, y } => {
-                self.hub
-                    .lock_positions()
-                    .insert(self.id.clone(), (self.color.clone(), x, y));
-                // Each move goes to every other page: at most one a
+            Inbound::Presence { x, y, value } => {
+                match value {
+                    Some(Some(value)) if value.get().len() > presence::MAX_PAGE_PRESENCE_BYTES => {
+                        return Err(End::Refused(
+                            "too_large",
+                            close::TOO_BIG,
+                            "presence value too large",
+                        ));
+                    }
+                    // Read whole, as every page will read it.
+                    Some(Some(value))
+                        if serde_json::from_str::<serde_json::Value>(value.get()).is_err() =>
+                    {
+                        return Err(End::Refused(
+                            "malformed",
+                            close::POLICY,
+                            "a presence value nested too deep or out of range",
+                        ));
+                    }
+                    Some(value) => self.shown.value = value.map(ToOwned::to_owned),
+                    None => {}
+                }
+                self.shown.x = x.or(self.shown.x);
+                self.shown.y = y.or(self.shown.y);
+                // Each change goes to every other page: at most one a
                 // CURSOR_EVERY from one page, the latest one, so one page
                 // cannot multiply its rate by the number of pages.
-                self.cursor = Some((x, y));
+                self.shown_due = true;
                 if self.cursor_sent.elapsed() >= CURSOR_EVERY {
                     self.send_cursor();
                 }
@@ -876,17 +893,48 @@ impl Connection {
         self.write(key, value, stamp, prev).await
     }
 
-    /// Sends this page's latest cursor to the map's other pages.
+    /// Sends what this page shows, as it is now, to the map's other pages
+    /// here, and through the gateway's replica to every other replica.
     fn send_cursor(&mut self) {
-        if let Some((x, y)) = self.cursor.take() {
-            self.cursor_sent = tokio::time::Instant::now();
-            let _ = self.hub.cursors.send(Cursor::Moved {
-                id: self.id.clone(),
-                color: self.color.clone(),
-                x,
-                y,
-            });
+        if !std::mem::take(&mut self.shown_due) {
+            return;
         }
+        self.cursor_sent = tokio::time::Instant::now();
+        let record = Arc::new(self.shown.clone());
+        self.hub
+            .lock_positions()
+            .insert(self.id.clone(), record.clone());
+        let json = serde_json::to_vec(&*record).expect("a record serializes");
+        if let Err(error) = self.replica_map.set_presence(&self.id, json) {
+            tracing::debug!(map = %self.map, %error, "a page's presence not set");
+        }
+        let _ = self.hub.cursors.send(Cursor::Moved {
+            id: self.id.clone(),
+            record,
+        });
+    }
+
+    /// Tells this page what every other page and replica shows now, and
+    /// which of those it was told of are gone.
+    async fn send_others(&mut self) -> Result<(), End> {
+        let others: Vec<(Arc<str>, String)> = self
+            .hub
+            .lock_positions()
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, record)| (id.clone(), record.text(id)))
+            .collect();
+        let now: HashSet<Arc<str>> = others.iter().map(|(id, _)| id.clone()).collect();
+        let gone: Vec<Arc<str>> = self.others_told.difference(&now).cloned().collect();
+        self.others_told = now;
+        for id in gone {
+            self.send(Outbound::PresenceLeave { id: &id }.text())
+                .await?;
+        }
+        for (_, text) in others {
+            self.send(text).await?;
+        }
+        Ok(())
     }
 
     /// Merges a browser's write into the gateway's replica. A write that

@@ -40,8 +40,14 @@ pub(crate) enum Inbound<'a> {
     Writes { writes: Vec<Write<'a>> },
     /// Asks for `synced` with this id once every earlier message is taken.
     Sync { id: u64 },
-    /// Where the browser's cursor is (ephemeral: not kept, not replicated).
-    Presence { x: i32, y: i32 },
+    /// What the page shows of itself (not kept): where its cursor is, and
+    /// its presence value. An absent field stays as it was; `value: null`
+    /// clears the value.
+    Presence {
+        x: Option<i32>,
+        y: Option<i32>,
+        value: Option<Option<&'a RawValue>>,
+    },
 }
 
 /// One write of a `writes` message: a value set, or (`value: None`) a
@@ -153,11 +159,25 @@ where
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PresenceIn {
+struct PresenceIn<'a> {
     #[serde(rename = "type")]
     _kind: IgnoredAny,
-    x: i32,
-    y: i32,
+    #[serde(default)]
+    x: Option<i32>,
+    #[serde(default)]
+    y: Option<i32>,
+    /// Absent, `null` (cleared) or a value.
+    #[serde(default, borrow, deserialize_with = "raw_or_null")]
+    value: Option<Option<&'a RawValue>>,
+}
+
+/// A JSON value that is there: `null` as `Some(None)`.
+fn raw_or_null<'de, D>(deserializer: D) -> Result<Option<Option<&'de RawValue>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let raw = <&RawValue>::deserialize(deserializer)?;
+    Ok(Some((raw.get() != "null").then_some(raw)))
 }
 
 impl<'a> Inbound<'a> {
@@ -191,8 +211,12 @@ impl<'a> Inbound<'a> {
                 }
             }
             "presence" => {
-                let m: PresenceIn = serde_json::from_str(text)?;
-                Inbound::Presence { x: m.x, y: m.y }
+                let m: PresenceIn<'a> = serde_json::from_str(text)?;
+                Inbound::Presence {
+                    x: m.x,
+                    y: m.y,
+                    value: m.value,
+                }
             }
             "writes" => {
                 let m: WritesIn<'a> = serde_json::from_str(text)?;
@@ -317,14 +341,19 @@ pub(crate) enum Outbound<'a> {
     /// A write of this browser that was not taken, and why; the key's
     /// entry here, if any, follows as `set` or `delete`.
     Refused { key: &'a str, reason: &'a str },
-    /// Another browser's cursor.
+    /// What another page (or another replica's presence slot) shows: its
+    /// color, its cursor if it has one, its presence value if it set one.
     Presence {
         id: &'a str,
         color: &'a str,
-        x: i32,
-        y: i32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        x: Option<i32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        y: Option<i32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value: Option<&'a RawValue>,
     },
-    /// Another browser went.
+    /// Another page went (or another replica's slot was cleared).
     PresenceLeave { id: &'a str },
 }
 
@@ -359,6 +388,8 @@ pub(crate) struct Limits {
     pub(crate) burst: u32,
     pub(crate) writes_per_s: u32,
     pub(crate) write_burst: u32,
+    /// The largest presence value (its JSON) the page sets.
+    pub(crate) max_presence_bytes: usize,
 }
 
 /// The bus's time now, as a stamp's text (what `hello` and `synced` tell
@@ -395,6 +426,8 @@ mod tests {
             r#"{"type":"set","key":"k","stamp":"x"}"#,
             r#"{"type":"presence","x":"1","y":2}"#,
             r#"{"type":"presence","x":1e99,"y":2}"#,
+            r#"{"type":"presence","x":1,"name":"a"}"#,
+            r#"{"type":"presence","value":}"#,
             r#"{"type":"nope"}"#,
             r#"[1,2]"#,
         ] {
@@ -417,6 +450,27 @@ mod tests {
         assert!(
             Inbound::parse(r#"{"type":"set","key":"k","value":1,"stamp":"x","prev":1}"#).is_err()
         );
+        // Presence: each field absent, or there; a value `null` clears it.
+        match Inbound::parse(r#"{"type":"presence","value":{"name":"Ada"}}"#) {
+            Ok(Inbound::Presence {
+                x: None,
+                y: None,
+                value: Some(Some(value)),
+            }) => assert_eq!(value.get(), r#"{"name":"Ada"}"#),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            Inbound::parse(r#"{"type":"presence","x":1,"y":2,"value":null}"#),
+            Ok(Inbound::Presence {
+                x: Some(1),
+                y: Some(2),
+                value: Some(None)
+            })
+        ));
+        assert!(matches!(
+            Inbound::parse(r#"{"type":"presence","x":1,"y":2}"#),
+            Ok(Inbound::Presence { value: None, .. })
+        ));
         assert!(matches!(
             Inbound::parse(r#"{"type":"sync","id":7}"#),
             Ok(Inbound::Sync { id: 7 })
