@@ -39,6 +39,8 @@ export interface AetherOptions {
   maxKeyBytes?: number;
   /** Largest value, as JSON text in UTF-8 bytes. As `maxKeyBytes`, from the gateway's `hello`; before any: 32768. */
   maxValueBytes?: number;
+  /** Largest presence value, as JSON text in UTF-8 bytes, from the gateway's `hello`; before any: 3968. */
+  maxPresenceBytes?: number;
   /** Messages sent a second at most (under the gateway's rate limit; halved at each `rate_limited`). Default 50. */
   sendPerSecond?: number;
   /** Messages sent at once above that rate. Default 100. */
@@ -51,11 +53,37 @@ export interface AetherOptions {
   WebSocket?: typeof WebSocket;
 }
 
-/** Another page's cursor. */
-export interface Cursor {
+/**
+ * What another page (or another replica's presence slot) shows of itself:
+ * the color the gateway gave it, its cursor once it moved, its presence
+ * value once it set one.
+ */
+export interface Peer<P extends Json = Json> {
   color: string;
-  x: number;
-  y: number;
+  x?: number;
+  y?: number;
+  value?: P;
+}
+
+/** A page's presence as `useOthers` lists it: with its id (`<node>/<slot>` for another replica's). */
+export interface Other<P extends Json = Json> extends Peer<P> {
+  id: string;
+}
+
+/** This page's own presence, as `myPresence()` gives it. */
+export interface MyPresence<P extends Json = Json> {
+  id: string | null;
+  color: string | null;
+  x?: number;
+  y?: number;
+  value?: P;
+}
+
+/** A change of this page's presence: fields left out stay; `value: null` clears it. */
+export interface UpdatePresence<P extends Json = Json> {
+  x?: number;
+  y?: number;
+  value?: P | null;
 }
 
 /** A write of this page that lost a race to a higher stamp. */
@@ -136,10 +164,19 @@ export declare class Aether {
   /** Resolves once every write made so far reached the gateway; rejects (AetherError) on an end. */
   waitForPendingWrites(): Promise<void>;
 
-  /** Shows this page's cursor to the map's other pages (ephemeral). */
+  /** Shows this page's cursor to the map's other pages (ephemeral): `updatePresence({ x, y })`. */
   setPresence(x: number, y: number): void;
-  presence(): Map<string, Cursor>;
-  onPresence(callback: (peers: Map<string, Cursor>) => void): () => void;
+  /**
+   * Changes what this page shows every other page and replica of the map
+   * while it is open (never kept). Throws, having changed nothing:
+   * TypeError (not JSON), RangeError (a value over `maxPresenceBytes`).
+   */
+  updatePresence<P extends Json = Json>(patch: UpdatePresence<P>): void;
+  myPresence<P extends Json = Json>(): MyPresence<P>;
+  onMyPresence<P extends Json = Json>(callback: (mine: MyPresence<P>) => void): () => void;
+  /** The other pages and replicas, by id. */
+  presence<P extends Json = Json>(): Map<string, Peer<P>>;
+  onPresence<P extends Json = Json>(callback: (peers: Map<string, Peer<P>>) => void): () => void;
 
   /** Closes the connection for good; the cache is kept, with writes not sent yet. */
   close(): void;

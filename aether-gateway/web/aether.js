@@ -23,6 +23,8 @@ const DEFAULTS = {
   // config/default.toml (a test holds them equal).
   maxKeyBytes: 256,
   maxValueBytes: 32 * 1024,
+  // The gateway's bound on a page's presence value (its `hello` tells it).
+  maxPresenceBytes: 4096 - 128,
   sendPerSecond: 50,
   sendBurst: 100,
   backoffMs: 250,
@@ -337,6 +339,11 @@ export class Aether {
     this.prefixListeners = new Map();
     this.supersedeListeners = new Set();
     this.presenceListeners = new Set();
+    this.myPresenceListeners = new Set();
+    /** How many changes of the others' presence this page has seen. */
+    this.presenceVersion = 0;
+    /** What this page shows of itself: { x?, y?, value? }, sent again on each connect. */
+    this.mine = {};
     this.statusListeners = new Set();
     this.refusedListeners = new Set();
     this.pendingListeners = new Set();
@@ -682,19 +689,81 @@ export class Aether {
 
   /** Shows this page's cursor to the map's other pages (not kept). */
   setPresence(x, y) {
-    const text = JSON.stringify({ type: "presence", x: Math.round(x) | 0, y: Math.round(y) | 0 });
-    if (this.status === "live") this.queueText(PRESENCE, text);
+    this.updatePresence({ x, y });
   }
 
-  /** The other pages' cursors: id -> { color, x, y }. */
+  /**
+   * Changes what this page shows of itself to every other page and
+   * replica of the map, for as long as it is open (never kept): `x` and
+   * `y` (its cursor), `value` (any JSON: a name, an avatar, what it is
+   * editing; `null` clears it). Fields left out stay. Throws, having
+   * changed nothing: TypeError (not JSON), RangeError (a value over
+   * `maxPresenceBytes`).
+   */
+  updatePresence(patch) {
+    if (patch == null || typeof patch !== "object") throw new TypeError("updatePresence takes { x?, y?, value? }");
+    const next = { ...this.mine };
+    const out = { type: "presence" };
+    for (const field of Object.keys(patch)) {
+      if (field !== "x" && field !== "y" && field !== "value") {
+        throw new TypeError(`updatePresence takes x, y and value, not ${JSON.stringify(field)}`);
+      }
+    }
+    for (const axis of ["x", "y"]) {
+      if (patch[axis] === undefined) continue;
+      if (typeof patch[axis] !== "number" || !Number.isFinite(patch[axis])) {
+        throw new TypeError(`updatePresence's ${axis} is a number`);
+      }
+      next[axis] = out[axis] = Math.max(-(2 ** 31), Math.min(2 ** 31 - 1, Math.round(patch[axis])));
+    }
+    if (patch.value !== undefined) {
+      if (patch.value === null) {
+        delete next.value;
+        out.value = null;
+      } else {
+        checkJson("presence", patch.value);
+        const text = JSON.stringify(patch.value);
+        if (encoder.encode(text).length > this.options.maxPresenceBytes) {
+          throw new RangeError(`a presence value of more than ${this.options.maxPresenceBytes} bytes`);
+        }
+        next.value = out.value = JSON.parse(text);
+      }
+    }
+    this.mine = next;
+    if (this.status === "live") this.sendPresence(out);
+    this.myPresenceListeners.forEach((cb) => cb(this.myPresence()));
+  }
+
+  /** What this page shows of itself: { id, color, x?, y?, value? }. */
+  myPresence() {
+    return { id: this.id, color: this.color, ...this.mine };
+  }
+
+  /** Calls `callback(mine)` whenever this page's own presence changes. */
+  onMyPresence(callback) {
+    this.myPresenceListeners.add(callback);
+    return () => this.myPresenceListeners.delete(callback);
+  }
+
+  /**
+   * The other pages and replicas: id -> { color, x?, y?, value? } (a page
+   * of this gateway by its id, another replica's slot as `<node>/<slot>`).
+   */
   presence() {
     return new Map(this.peers);
   }
 
-  /** Calls `callback(peers)` whenever a cursor moves, comes or goes. */
+  /** Calls `callback(peers)` whenever another page's presence changes, comes or goes. */
   onPresence(callback) {
     this.presenceListeners.add(callback);
     return () => this.presenceListeners.delete(callback);
+  }
+
+  /** Queues `message` (a presence change), merged with one not sent yet. */
+  sendPresence(message) {
+    const waiting = this.outbox.get(PRESENCE);
+    const merged = { ...(waiting ? JSON.parse(waiting.text) : {}), ...message, type: "presence" };
+    this.queueText(PRESENCE, JSON.stringify(merged));
   }
 
   /** Closes the connection for good (the cache is kept, with any unsent writes). */
@@ -937,6 +1006,9 @@ export class Aether {
         this.takeLimits(message.limits);
         this.takePace(message.limits);
         this.takeRights(message.rights);
+        if (Number.isSafeInteger(message.limits?.max_presence_bytes) && message.limits.max_presence_bytes > 0) {
+          this.options.maxPresenceBytes = message.limits.max_presence_bytes;
+        }
         this.reading(message.now, this.authSentAt);
         this.restampAhead();
         break;
@@ -976,6 +1048,8 @@ export class Aether {
         // reading of the bus's time with its round trip short (the
         // hello's waited for the token's check).
         if (!this.outbox.has(SYNC)) this.outbox.set(SYNC, {});
+        // What this page showed before, shown again.
+        if (Object.keys(this.mine).length > 0) this.sendPresence({ ...this.mine });
         this.flush();
         this.liveWaiters.splice(0).forEach((w) => w.resolve());
         break;
@@ -1016,10 +1090,17 @@ export class Aether {
         this.refusedListeners.forEach((cb) => cb({ key: message.key, reason: message.reason }));
         break;
       }
-      case "presence":
-        this.peers.set(message.id, { color: message.color, x: message.x, y: message.y });
+      case "presence": {
+        if (typeof message.id !== "string") break;
+        const peer = { color: message.color };
+        if (Number.isFinite(message.x)) peer.x = message.x;
+        if (Number.isFinite(message.y)) peer.y = message.y;
+        if (message.value !== undefined) peer.value = message.value;
+        this.peers.set(message.id, peer);
         this.firePresence();
         break;
+      }
+
       case "presence-leave":
         this.peers.delete(message.id);
         this.firePresence();
@@ -1079,6 +1160,7 @@ export class Aether {
   }
 
   firePresence() {
+    this.presenceVersion += 1;
     const peers = this.presence();
     this.presenceListeners.forEach((cb) => cb(peers));
   }

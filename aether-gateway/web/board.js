@@ -81,8 +81,9 @@ client.onPresence((others) => {
     dot.style.background = c.color;
     dot.style.left = `${c.x}px`;
     dot.style.top = `${c.y}px`;
-    // A page here whose pointer has not moved yet is counted, not drawn.
-    dot.hidden = c.x < 0 || c.y < 0;
+    // A page whose pointer has not moved yet (or a service, which has
+    // none) is counted, not drawn.
+    dot.hidden = !(c.x >= 0 && c.y >= 0);
   }
 });
 

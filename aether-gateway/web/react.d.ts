@@ -1,6 +1,6 @@
 // Types of react.js, the React hooks over aether.js.
 
-import type { Aether, AetherOptions, Json, Refused, Status, Superseded } from "./aether.js";
+import type { Aether, AetherOptions, Json, Other, Refused, Status, Superseded } from "./aether.js";
 
 /** Connect by address: the hooks of one page share a client per url and token. */
 export interface ConnectOptions extends AetherOptions {
@@ -49,6 +49,21 @@ export declare function useAetherPrefix<T extends Json = Json>(
 
 /** Writes of this page the gateway has not confirmed yet, re-rendered as it changes. */
 export declare function usePendingWrites(options: ConnectOptions | ClientOptions): number;
+
+/** Sets this page's presence value: a value, a function of the current one, or `null` to clear it. */
+export type SetPresence<P extends Json> = (next: P | null | ((prev: P) => P | null)) => void;
+
+/**
+ * `[value, set]` for this page's presence value (what every other page and
+ * replica sees of it while it is open, never kept): `fallback` until set.
+ */
+export declare function usePresence<P extends Json>(
+  fallback: P,
+  options: ConnectOptions | ClientOptions,
+): [Widen<P>, SetPresence<Widen<P>>];
+
+/** The other pages and replicas of the map, sorted by id, re-rendered at most once a frame. */
+export declare function useOthers<P extends Json = Json>(options: ConnectOptions | ClientOptions): Other<P>[];
 
 /** The connection's status, re-rendered as it changes. */
 export declare function useAetherStatus(options: ConnectOptions | ClientOptions): Status;

@@ -67,6 +67,8 @@ const NO_ITEMS = Object.freeze([]);
 const noItems = () => NO_ITEMS;
 const noWrites = () => 0;
 const connecting = () => "connecting";
+/** The most often useOthers re-renders (once a frame). */
+const FRAME_MS = 16;
 
 /**
  * `[value, set]` for `key`, as `useState` gives: `value` is the key's
@@ -185,6 +187,70 @@ export function usePendingWrites(options) {
   const subscribe = useCallback((changed) => clientNow().onPendingWrites(() => changed()), [slot]);
   const count = () => clientNow().pendingWrites;
   return useSyncExternalStore(subscribe, count, noWrites);
+}
+
+/**
+ * `[value, set]` for this page's presence value, as `useState` gives: what
+ * every other page and replica of the map sees of this page while it is
+ * open (a name, an avatar, what it is editing), never kept; `fallback`
+ * until it is set. `set(v)` or `set(prev => next)`; `set(null)` clears it.
+ * (The cursor is the client's: `updatePresence({ x, y })`.)
+ */
+export function usePresence(fallback, options) {
+  const [clientNow, slot] = clientOf(options);
+  const subscribe = useCallback((changed) => clientNow().onMyPresence(() => changed()), [slot]);
+  // The same object until it changes, as useSyncExternalStore needs.
+  const value = useSyncExternalStore(subscribe, () => clientNow().mine.value, NOTHING);
+  const fallbackNow = useRef(fallback);
+  fallbackNow.current = fallback;
+  const set = useCallback(
+    (next) => {
+      const client = clientNow();
+      const mine = client.mine.value;
+      const written = typeof next === "function" ? next(mine === undefined ? fallbackNow.current : mine) : next;
+      client.updatePresence({ value: written === undefined ? null : written });
+    },
+    [slot],
+  );
+  return [value === undefined ? fallback : value, set];
+}
+
+/**
+ * The other pages and replicas of the map, each `{ id, color, x?, y?,
+ * value? }`, sorted by id: re-rendered when one comes, goes or changes, at
+ * most once a frame (16 ms) however many move. A server renders none.
+ */
+export function useOthers(options) {
+  const [clientNow, slot] = clientOf(options);
+  const seen = useRef(null);
+  const subscribe = useCallback(
+    (changed) => {
+      let timer = null;
+      const stop = clientNow().onPresence(() => {
+        if (timer !== null) return;
+        timer = setTimeout(() => {
+          timer = null;
+          changed();
+        }, FRAME_MS);
+      });
+      return () => {
+        if (timer !== null) clearTimeout(timer);
+        stop();
+      };
+    },
+    [slot],
+  );
+  const snapshot = () => {
+    const client = clientNow();
+    const last = seen.current;
+    if (last && last.client === client && last.version === client.presenceVersion) return last.others;
+    const others = [...client.presence()]
+      .map(([id, peer]) => ({ id, ...peer }))
+      .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    seen.current = { client, version: client.presenceVersion, others };
+    return others;
+  };
+  return useSyncExternalStore(subscribe, snapshot, noItems);
 }
 
 /** The connection's status (`connecting`, `live`, `offline`, `unauthorized`, `unknown_map`, `closed`), re-rendered as it changes. */

@@ -48,11 +48,14 @@ export class Bridge {
       burst,
       writes_per_s: 5000,
       write_burst: 20000,
+      max_presence_bytes: 4096 - 128,
     };
+    /** Pages given an id so far. */
+    this.pages = 0;
     /** What the page's token writes, as `hello` tells it (null: not told). */
     this.rights = { read_only: false, prefixes: null };
     if (legacy) {
-      for (const rate of ["max_message_bytes", "messages_per_s", "burst", "writes_per_s", "write_burst"]) delete this.limits[rate];
+      for (const rate of ["max_message_bytes", "messages_per_s", "burst", "writes_per_s", "write_burst", "max_presence_bytes"]) delete this.limits[rate];
     }
     this.legacy = legacy;
     this.perSecond = perSecond;
@@ -97,6 +100,7 @@ export class Bridge {
         if (this.readyState === 3) return;
         this.readyState = 3;
         bridge.sockets.delete(this);
+        if (this.shown) bridge.others(this, { type: "presence-leave", id: this.id });
         setTimeout(() => this.onclose?.({ code, reason }), 0);
       }
       deliver(message) {
@@ -108,6 +112,11 @@ export class Bridge {
   /** The bus's time as a stamp's text. */
   now() {
     return stamp(BigInt(Math.round((Date.now() + this.offsetMs) * 1000)) * 1000n, 0, "0000000000000001");
+  }
+
+  /** Delivers `message` to every page but `from`. */
+  others(from, message) {
+    for (const socket of this.sockets) if (socket !== from && socket.authed) socket.deliver(message);
   }
 
   down() {
@@ -165,7 +174,9 @@ export class Bridge {
         return;
       }
       socket.authed = true;
-      const hello = { type: "hello", id: "p1", color: "#123456", now: this.now(), limits: this.limits };
+      this.pages += 1;
+      socket.id = `p${this.pages}`;
+      const hello = { type: "hello", id: socket.id, color: "#123456", now: this.now(), limits: this.limits };
       if (this.rights !== null && !this.legacy) hello.rights = this.rights;
       const entries = {};
       for (const [key, e] of this.entries) {
@@ -174,9 +185,21 @@ export class Bridge {
       const greet = () => {
         socket.deliver(hello);
         socket.deliver({ type: "snapshot", entries });
+        for (const other of this.sockets) {
+          if (other !== socket && other.shown) socket.deliver({ type: "presence", id: other.id, color: "#123456", ...other.shown });
+        }
       };
       if (this.helloDelayMs > 0) setTimeout(greet, this.helloDelayMs);
       else greet();
+      return;
+    }
+    if (message.type === "presence") {
+      // What the page shows: a field left out stays, a value null clears.
+      const shown = (socket.shown ??= {});
+      for (const axis of ["x", "y"]) if (message[axis] !== undefined) shown[axis] = message[axis];
+      if (message.value === null) delete shown.value;
+      else if (message.value !== undefined) shown.value = message.value;
+      this.others(socket, { type: "presence", id: socket.id, color: "#123456", ...shown });
       return;
     }
     if (message.type === "sync") {

@@ -2,8 +2,8 @@
 // `tsc --strict --noEmit` must take every line, and refuse each line
 // marked `@ts-expect-error` (it fails if one of them type-checks).
 
-import { Aether, AetherError, type Json, type Stamp, type Status, type StatusReason, type Superseded } from "../aether.js";
-import { sharedClient, useAether, useAetherPrefix, useAetherStatus, usePendingWrites } from "../react.js";
+import { Aether, AetherError, type Json, type MyPresence, type Other, type Peer, type Stamp, type Status, type StatusReason, type Superseded } from "../aether.js";
+import { sharedClient, useAether, useAetherPrefix, useAetherStatus, useOthers, usePendingWrites, usePresence } from "../react.js";
 
 const url = "ws://127.0.0.1:9464/bridge/board";
 const board = new Aether(url, { token: "t", sendPerSecond: 20 });
@@ -85,6 +85,28 @@ export function Counter() {
   const unsaved: number = usePendingWrites({ client: board });
   const items: [string, Todo][] = useAetherPrefix<Todo>("todo/", { client: board });
   const changes: number = board.changes;
+
+  type Who = { name: string; editing?: string };
+  const [me, setMe] = usePresence<Who>({ name: "guest" }, { client: board });
+  const myName: string = me.name;
+  setMe((prev) => ({ ...prev, editing: "card-7" }));
+  setMe(null);
+  const others: Other<Who>[] = useOthers<Who>({ client: board });
+  const names: (string | undefined)[] = others.map((o) => o.value?.name);
+  const ids: string[] = others.map((o) => o.id);
+  board.updatePresence<Who>({ x: 1, value: { name: "Ada" } });
+  board.updatePresence({ value: null });
+  const mine: MyPresence<Who> = board.myPresence<Who>();
+  const peers: Map<string, Peer> = board.presence();
+  // @ts-expect-error a presence value is JSON
+  board.updatePresence({ value: new Date() });
+  // @ts-expect-error x is a number
+  board.updatePresence({ x: "1" });
+  // @ts-expect-error only x, y and value
+  board.updatePresence({ name: "Ada" });
+  // @ts-expect-error the value is a Who
+  setMe({ nick: "Ada" });
+  void [myName, names, ids, mine, peers];
 
   // @ts-expect-error a url needs its token
   useAether("k", 0, { url });
