@@ -269,6 +269,32 @@ impl Map {
         peers(&self.map, keepers)
     }
 
+    /// Shows `value` (any JSON: a name, a status) in presence slot `slot`
+    /// to every replica of the map while this one is open; never kept.
+    fn set_presence(&self, slot: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let json = value::map_value(value)?;
+        self.map.set_presence(slot, json).map_err(errors::state)
+    }
+
+    /// Clears presence slot `slot`, if it is set.
+    fn clear_presence(&self, slot: &str) -> PyResult<()> {
+        self.map.clear_presence(slot).map_err(errors::state)
+    }
+
+    /// The other replicas' presence values: `[{"node", "slot", "value"}]`,
+    /// sorted by node and slot (a value that is not JSON as its bytes).
+    fn presences<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for presence in self.map.presences() {
+            let item = PyDict::new(py);
+            item.set_item("node", presence.node)?;
+            item.set_item("slot", presence.slot)?;
+            item.set_item("value", value::from_bytes(py, &presence.value)?)?;
+            out.append(item)?;
+        }
+        Ok(out)
+    }
+
     /// The keepers heard now (`aether node`'s replicas, which keep the map
     /// for others).
     fn keepers(&self) -> Vec<String> {

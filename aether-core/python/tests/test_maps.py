@@ -125,6 +125,27 @@ def test_node_state_each_node_writes_its_own(bus: aether.Bus) -> None:
     eventually(lambda: monitor.read("sensor_kitchen", "temperature") is None)
 
 
+def test_presence_values_reach_the_others_and_go_with_them(bus: aether.Bus) -> None:
+    kitchen = bus.map("home", node="kitchen")
+    monitor = bus.map("home", node="monitor")
+    kitchen.set_presence("status", {"name": "kitchen", "busy": True})
+    seen = [{"node": "kitchen", "slot": "status", "value": {"name": "kitchen", "busy": True}}]
+    eventually(lambda: monitor.presences() == seen)
+    assert kitchen.presences() == [] and len(monitor) == 0
+    with pytest.raises(aether.InvalidName):
+        kitchen.set_presence("bad slot", 1)
+    with pytest.raises(aether.TooLarge):
+        kitchen.set_presence("status", "v" * 5000)
+    with pytest.raises(aether.InvalidValue):
+        kitchen.set_presence("status", {1, 2})
+    kitchen.clear_presence("status")
+    eventually(lambda: monitor.presences() == [])
+    kitchen.set_presence("status", "back")
+    eventually(lambda: len(monitor.presences()) == 1)
+    kitchen.close()
+    eventually(lambda: monitor.presences() == [])
+
+
 def test_bad_values_are_refused_and_the_map_goes_on(bus: aether.Bus) -> None:
     home = bus.map("home")
     with pytest.raises(aether.InvalidValue):

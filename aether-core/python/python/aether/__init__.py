@@ -841,6 +841,23 @@ class Map(MutableMapping):  # type: ignore[type-arg]
         their disk (`aether node`'s, named after their node)."""
         return list(self._raw.keepers())
 
+    def set_presence(self, slot: str, value: Any) -> None:
+        """Shows `value` (any JSON: a name, a status) in presence slot
+        `slot` to every replica of the map while this one is open; never
+        kept, never a key. `InvalidName` for a bad slot, `TooLarge` past
+        4 KiB."""
+        self._raw.set_presence(slot, value)
+
+    def clear_presence(self, slot: str) -> None:
+        """Clears presence slot `slot`, if it is set."""
+        self._raw.clear_presence(slot)
+
+    def presences(self) -> List[Dict[str, Any]]:
+        """The other replicas' presence values, `{"node", "slot", "value"}`
+        each, sorted by node and slot (the pages of a browser bridge among
+        them: each a slot of the gateway's, named after the page)."""
+        return list(self._raw.presences())
+
     def stats(self) -> Dict[str, Any]:
         """Keys, tombstones, changes applied, refused by reason (`malformed`
         counts values from other replicas that a script could not have

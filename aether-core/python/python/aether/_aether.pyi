@@ -1,6 +1,6 @@
 """The extension module underneath `aether` (its Rust core's bindings)."""
 
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 __version__: str
 
@@ -88,6 +88,12 @@ class Vibrator: ...
 class Map:
     def peers(self, *, keepers: bool = False) -> Any:
         """The other replicas heard now; keepers only with `keepers=True`."""
+    def set_presence(self, slot: str, value: Any) -> None:
+        """Shows `value` (JSON) in presence slot `slot` to every replica while this one is open; never kept."""
+    def clear_presence(self, slot: str) -> None:
+        """Clears presence slot `slot`, if it is set."""
+    def presences(self) -> List[Dict[str, Any]]:
+        """The other replicas' presence values: [{"node", "slot", "value"}]."""
     def keepers(self) -> Any:
         """The keepers heard now (replicas that keep the map for others)."""
     def stats(self) -> Any:
