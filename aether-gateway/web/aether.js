@@ -1048,8 +1048,8 @@ export class Aether {
         // reading of the bus's time with its round trip short (the
         // hello's waited for the token's check).
         if (!this.outbox.has(SYNC)) this.outbox.set(SYNC, {});
-        // What this page showed before, shown again.
-        if (Object.keys(this.mine).length > 0) this.sendPresence({ ...this.mine });
+        // What this page shows (if only that it is here), shown again.
+        this.sendPresence({ ...this.mine });
         this.flush();
         this.liveWaiters.splice(0).forEach((w) => w.resolve());
         break;

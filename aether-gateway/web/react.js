@@ -192,8 +192,10 @@ export function usePendingWrites(options) {
 /**
  * `[value, set]` for this page's presence value, as `useState` gives: what
  * every other page and replica of the map sees of this page while it is
- * open (a name, an avatar, what it is editing), never kept; `fallback`
- * until it is set. `set(v)` or `set(prev => next)`; `set(null)` clears it.
+ * open (a name, an avatar, what it is editing), never kept. `fallback` is
+ * its first value (shown to the others once the page mounts, unless a
+ * value is set already); `set(v)` or `set(prev => next)`; `set(null)`
+ * clears it (the page then shows `fallback` itself, the others no value).
  * (The cursor is the client's: `updatePresence({ x, y })`.)
  */
 export function usePresence(fallback, options) {
@@ -203,6 +205,14 @@ export function usePresence(fallback, options) {
   const value = useSyncExternalStore(subscribe, () => clientNow().mine.value, NOTHING);
   const fallbackNow = useRef(fallback);
   fallbackNow.current = fallback;
+  // The fallback is what others see until it is set (an initial presence),
+  // once the page is in the browser.
+  useEffect(() => {
+    const client = clientNow();
+    if (client.mine.value === undefined && fallbackNow.current !== undefined && fallbackNow.current !== null) {
+      client.updatePresence({ value: fallbackNow.current });
+    }
+  }, [slot]);
   const set = useCallback(
     (next) => {
       const client = clientNow();

@@ -42,6 +42,17 @@ test("a page's presence reaches the others; a field left out stays, null clears"
   b.close();
 });
 
+test("a live page is among the others before it shows anything", async () => {
+  const bridge = new Bridge();
+  const a = client(bridge);
+  const b = client(bridge);
+  await Promise.all([live(a), live(b)]);
+  await until(() => b.presence().has(a.id) && a.presence().has(b.id), 2000, "each sees the other");
+  assert.deepEqual(b.presence().get(a.id), { color: "#123456" });
+  a.close();
+  b.close();
+});
+
 test("bad presence throws, having changed nothing", async () => {
   const bridge = new Bridge();
   const a = client(bridge);
@@ -106,9 +117,10 @@ test("usePresence and useOthers: names in a who-is-here list, renders thinned", 
   const r2 = TestRenderer.create(createElement(List));
   await Promise.all([live(mine.client), live(theirs.client)]);
   assert.deepEqual(seenMine[0], { name: "guest" }, "the fallback until set");
+  await until(() => seenOthers?.[0]?.value?.name === "guest", 2000, "the fallback shown to the others");
   seenMine[1]((prev) => ({ ...prev, name: "Ada" }));
   await until(() => seenMine[0].name === "Ada", 2000, "set here at once");
-  await until(() => seenOthers?.length === 1 && seenOthers[0].value?.name === "Ada", 2000, "the list");
+  await until(() => seenOthers.length === 1 && seenOthers[0].value?.name === "Ada", 2000, "the list");
   assert.equal(seenOthers[0].id, mine.client.id);
   // A hundred moves at once: a few renders, not a hundred.
   const before = renders;
