@@ -374,6 +374,8 @@ export class Aether {
     this.held = null;
     /** Whether the count of pending writes changed while held. */
     this.pendingHeld = false;
+    /** A `synced` is being taken: the count's listeners are told after it. */
+    this.confirming = false;
     /** What this page's token writes (`hello`): null, anything. */
     this.rights = null;
     this.refilled = performance.now();
@@ -1074,11 +1076,18 @@ export class Aether {
         for (const id of [...this.syncSentAt.keys()]) if (id <= message.id) this.syncSentAt.delete(id);
         // The gateway took every message before this sync: the writes of
         // this sync and of any earlier one.
-        for (const [id, confirmed] of [...this.syncs]) {
-          if (id > message.id) break;
-          this.syncs.delete(id);
-          for (const [key, stamp] of confirmed) this.confirm(key, stamp);
+        // Listeners of the count are told once for all of them.
+        this.confirming = true;
+        try {
+          for (const [id, confirmed] of [...this.syncs]) {
+            if (id > message.id) break;
+            this.syncs.delete(id);
+            for (const [key, stamp] of confirmed) this.confirm(key, stamp);
+          }
+        } finally {
+          this.confirming = false;
         }
+        this.firePending();
         break;
       }
       case "refused": {
@@ -1233,6 +1242,7 @@ export class Aether {
   }
 
   firePending() {
+    if (this.confirming) return; // told once the answer is taken
     if (this.held !== null) {
       this.pendingHeld = true; // told once the step is done
       return;

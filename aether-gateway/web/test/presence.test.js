@@ -53,6 +53,23 @@ test("a live page is among the others before it shows anything", async () => {
   b.close();
 });
 
+test("the count of pending writes is told once per confirmation, not once per write", async () => {
+  const bridge = new Bridge();
+  const a = client(bridge);
+  await live(a);
+  const counts = [];
+  a.onPendingWrites((n) => counts.push(n));
+  const entries = {};
+  for (let i = 0; i < 2000; i++) entries[`card/${i}`] = { title: `card ${i}` };
+  a.setMany(entries);
+  await a.waitForPendingWrites();
+  assert.equal(a.pendingWrites, 0);
+  assert.equal(counts.at(-1), 0);
+  // One for the step, then about one per sync (every 64 writes sent).
+  assert.ok(counts.length <= 2000 / 64 + 10, `${counts.length} calls: ${counts.slice(0, 20)}`);
+  a.close();
+});
+
 test("bad presence throws, having changed nothing", async () => {
   const bridge = new Bridge();
   const a = client(bridge);
