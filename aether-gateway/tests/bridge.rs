@@ -976,6 +976,67 @@ async fn presence_reaches_pages_of_other_gateways_and_services() {
     two.stop().await.unwrap();
 }
 
+/// Pages flooding presence within every limit (large values, often) do not
+/// flood the others: a page is sent the others' presence within its
+/// allowance of bytes, each other's latest in turn, so an honest page's
+/// name still arrives, seconds late at worst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presence_flood_delays_honest_pages_without_burying_them() {
+    let (_aether, gateway, service) = board().await;
+    let addr = gateway.addr();
+    let mut watcher = Client::connect(addr, "board", TOKEN).await;
+    let mut honest = Client::connect(addr, "board", TOKEN).await;
+    let honest_id = honest.received[0]["id"].as_str().unwrap().to_string();
+    let mut flood = Vec::new();
+    for _ in 0..30 {
+        flood.push(Client::connect(addr, "board", TOKEN).await);
+    }
+    let pad = "p".repeat(3_800);
+    let flooding = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let mut n = 0;
+        while started.elapsed() < Duration::from_secs(4) {
+            for page in &mut flood {
+                page.send(json!({"type": "presence", "x": n, "value": {"pad": pad}}))
+                    .await;
+            }
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        flood
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    honest
+        .send(json!({"type": "presence", "value": {"name": "Ada"}}))
+        .await;
+    let sent = std::time::Instant::now();
+    // Read what the watcher is sent for 4 s: the bytes, and when Ada's
+    // name came.
+    let (mut bytes, mut ada) = (0, None);
+    while sent.elapsed() < Duration::from_secs(4) {
+        let Some(message) = watcher.try_next(Duration::from_millis(200)).await else {
+            continue;
+        };
+        if message["type"] == "presence" {
+            bytes += message.to_string().len();
+            if message["id"] == honest_id.as_str() && message["value"]["name"] == "Ada" {
+                ada.get_or_insert(sent.elapsed());
+            }
+        }
+    }
+    let flood = flooding.await.unwrap();
+    let ada = ada.expect("the honest page's name arrived within 4 s of the flood");
+    // 30 pages of 4 KB, 16 a second: about 2 MB/s offered; the watcher is
+    // sent at most its allowance (256 KiB a second, 256 KiB at once) over
+    // the 4.5 s since the flood began (read in 4 s, with what waited).
+    let most = 256 * 1024 * 6;
+    assert!(bytes <= most, "{bytes} bytes of presence in 4 s (at most {most})");
+    assert!(bytes >= 256 * 1024, "{bytes} bytes: the flood was not sent at all?");
+    eprintln!("presence flood: {bytes} bytes in 4 s to a page, Ada's name after {ada:?}");
+    drop(flood);
+    close_board(service, gateway).await;
+}
+
 /// A presence value past the limit closes the page with 1009; one nested
 /// too deep with 1008; both counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -436,8 +436,9 @@ struct Connection {
     /// and when it was.
     shown: presence::Record,
     shown_due: bool,
-    /// The others' ids this page was told of and not told gone.
-    others_told: HashSet<Arc<str>>,
+    /// The others' presence as this page was told it, and what is still to
+    /// tell it ([`presence::Others`]).
+    others: presence::Others,
     cursor_sent: tokio::time::Instant,
     map: String,
     socket: WebSocket,
@@ -598,7 +599,7 @@ impl Connection {
                 ..presence::Record::default()
             },
             shown_due: false,
-            others_told: HashSet::new(),
+            others: presence::Others::default(),
             cursor_sent: tokio::time::Instant::now() - CURSOR_EVERY,
             map,
             socket,
@@ -660,6 +661,7 @@ impl Connection {
         if let Err(end) = self.send_snapshot().await {
             return end;
         }
+        self.others.all_again(&self.hub.lock_positions(), &self.id);
         if let Err(end) = self.send_others().await {
             return end;
         }
@@ -670,6 +672,7 @@ impl Connection {
         let mut missed = 0;
         loop {
             let cursor_due = self.cursor_sent + CURSOR_EVERY;
+            let others_due = self.others.due();
             // In this order: the map's changes before the page's next
             // message, so that a page writing many at once hears its own
             // writes taken (and others') as it goes, and never falls
@@ -681,6 +684,9 @@ impl Connection {
                     None => return End::Stopping,
                     Some(change) => self.send_changes(change, &mut watch, &mut missed).await,
                 },
+                () = tokio::time::sleep_until(others_due.unwrap_or(cursor_due)), if others_due.is_some() => {
+                    self.send_others().await
+                }
                 () = tokio::time::sleep_until(cursor_due), if self.shown_due => {
                     self.send_cursor();
                     Ok(())
@@ -706,17 +712,20 @@ impl Connection {
                 }
                 cursor = cursors.recv() => match cursor {
                     Ok(Cursor::Moved { id, record }) if id != self.id => {
-                        let text = record.text(&id);
-                        self.others_told.insert(id);
-                        self.send(text).await
+                        self.others.changed(id, Some(&record));
+                        self.send_others().await
                     }
-                    Ok(Cursor::Left { id }) if self.others_told.remove(&id) => {
-                        self.send(Outbound::PresenceLeave { id: &id }.text()).await
+                    Ok(Cursor::Left { id }) if id != self.id => {
+                        self.others.changed(id, None);
+                        self.send_others().await
                     }
                     Ok(_) => Ok(()),
                     // Fell behind the others' changes: told every one as
                     // it is now, and those gone meanwhile.
-                    Err(broadcast::error::RecvError::Lagged(_)) => self.send_others().await,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.others.all_again(&self.hub.lock_positions(), &self.id);
+                        self.send_others().await
+                    }
                     Err(broadcast::error::RecvError::Closed) => return End::Stopping,
                 },
             };
@@ -914,24 +923,10 @@ impl Connection {
         });
     }
 
-    /// Tells this page what every other page and replica shows now, and
-    /// which of those it was told of are gone.
+    /// Tells this page the others' presence changes its allowance of
+    /// presence bytes lets it have now; the rest wait their turn.
     async fn send_others(&mut self) -> Result<(), End> {
-        let others: Vec<(Arc<str>, String)> = self
-            .hub
-            .lock_positions()
-            .iter()
-            .filter(|(id, _)| **id != self.id)
-            .map(|(id, record)| (id.clone(), record.text(id)))
-            .collect();
-        let now: HashSet<Arc<str>> = others.iter().map(|(id, _)| id.clone()).collect();
-        let gone: Vec<Arc<str>> = self.others_told.difference(&now).cloned().collect();
-        self.others_told = now;
-        for id in gone {
-            self.send(Outbound::PresenceLeave { id: &id }.text())
-                .await?;
-        }
-        for (_, text) in others {
+        while let Some(text) = self.others.next() {
             self.send(text).await?;
         }
         Ok(())

@@ -8,11 +8,14 @@
 //! ([`relay`]): each is shown to this gateway's pages as a record with the
 //! id `<node>/<slot>`.
 
-use std::sync::Weak;
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::Weak,
+};
 
 use serde::{Deserialize, Serialize};
 
-use super::*;
+use super::{hub::Positions, *};
 
 /// The largest presence value one page sets, bytes (its record, with the
 /// color and cursor, is at most a replica's presence value).
@@ -92,6 +95,107 @@ impl Record {
     }
 }
 
+/// The presence bytes a page is sent a second at most, on average, and at
+/// once: the others' changes past it wait their turn (the latest of each,
+/// in the order they came), so many pages or replicas changing at once
+/// delay what a page sees rather than flood it.
+pub(crate) const PRESENCE_BYTES_PER_S: f64 = 256.0 * 1024.0;
+const PRESENCE_BURST: f64 = 256.0 * 1024.0;
+
+/// The others' presence for one page: what it was told, the changes still
+/// to tell it (the latest of each id, `None` when it went, in the order
+/// they came), and its allowance of bytes.
+pub(crate) struct Others {
+    told: HashSet<Arc<str>>,
+    /// Each id's message, as text (a record's, or its leave's).
+    due: HashMap<Arc<str>, (String, bool)>,
+    order: VecDeque<Arc<str>>,
+    allowance: f64,
+    refilled: tokio::time::Instant,
+}
+
+impl Default for Others {
+    fn default() -> Self {
+        Others {
+            told: HashSet::new(),
+            due: HashMap::new(),
+            order: VecDeque::new(),
+            allowance: PRESENCE_BURST,
+            refilled: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Others {
+    /// `id` changed (`None`: it went).
+    pub(crate) fn changed(&mut self, id: Arc<str>, record: Option<&Record>) {
+        let message = match record {
+            Some(record) => (record.text(&id), true),
+            None if self.told.contains(&id) => (Outbound::PresenceLeave { id: &id }.text(), false),
+            None => {
+                // Never told of it: nothing to take back.
+                if self.due.remove(&id).is_some() {
+                    self.order.retain(|due| *due != id);
+                }
+                return;
+            }
+        };
+        if self.due.insert(id.clone(), message).is_none() {
+            self.order.push_back(id);
+        }
+    }
+
+    /// Everyone in `positions` but `me` again, and those told of that are
+    /// not there any more gone (a page that connects, or fell behind).
+    pub(crate) fn all_again(&mut self, positions: &Positions, me: &str) {
+        let gone: Vec<Arc<str>> = self
+            .told
+            .iter()
+            .filter(|id| !positions.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.changed(id, None);
+        }
+        for (id, record) in positions.iter().filter(|(id, _)| &***id != me) {
+            self.changed(id.clone(), Some(record));
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = tokio::time::Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * PRESENCE_BYTES_PER_S;
+        self.allowance = (self.allowance + earned).min(PRESENCE_BURST);
+        self.refilled = now;
+    }
+
+    /// The next message to send the page, if its allowance has room.
+    pub(crate) fn next(&mut self) -> Option<String> {
+        self.refill();
+        let id = self.order.front()?;
+        if self.due[id].0.len() as f64 > self.allowance {
+            return None;
+        }
+        let id = self.order.pop_front().expect("a front");
+        let (text, shown) = self.due.remove(&id).expect("due in order");
+        if shown {
+            self.told.insert(id);
+        } else {
+            self.told.remove(&id);
+        }
+        self.allowance -= text.len() as f64;
+        Some(text)
+    }
+
+    /// When the next change may be sent (`None`: nothing waits).
+    pub(crate) fn due(&mut self) -> Option<tokio::time::Instant> {
+        let size = self.due[self.order.front()?].0.len() as f64;
+        self.refill();
+        let wait = ((size - self.allowance) / PRESENCE_BYTES_PER_S).max(0.0);
+        Some(self.refilled + Duration::from_secs_f64(wait))
+    }
+}
+
 /// A color for `id`, the same wherever it is shown.
 pub(crate) fn color_of(id: &str) -> String {
     let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
@@ -150,6 +254,62 @@ pub(super) async fn relay(hub: Weak<Hub>, map: StateMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(value: &str) -> Record {
+        Record {
+            color: Some("c".into()),
+            value: Some(RawValue::from_string(value.to_string()).unwrap()),
+            ..Record::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_page_is_sent_others_within_its_allowance_the_latest_of_each_in_turn() {
+        let mut others = Others::default();
+        let big = format!("\"{}\"", "x".repeat(3900));
+        // A flood: 200 ids of 4 KB each, changing again and again.
+        for round in 0..3 {
+            for i in 0..200 {
+                others.changed(format!("flood/{i}").into(), Some(&record(&big)));
+            }
+            if round == 0 {
+                others.changed("honest".into(), Some(&record(r#"{"name":"Ada"}"#)));
+            }
+        }
+        let mut sent = Vec::new();
+        while let Some(text) = others.next() {
+            sent.push(text);
+        }
+        let bytes: usize = sent.iter().map(String::len).sum();
+        assert!(bytes as f64 <= PRESENCE_BURST, "{bytes} bytes at once");
+        assert!(sent.len() < 201, "the burst holds {} of them", sent.len());
+        // The rest come at the rate, each id once (its latest), the honest
+        // one in its turn after the first 200, within 4 s.
+        let mut seen: Vec<String> = sent.clone();
+        let start = tokio::time::Instant::now();
+        while let Some(at) = others.due() {
+            tokio::time::sleep_until(at).await;
+            while let Some(text) = others.next() {
+                seen.push(text);
+            }
+        }
+        assert_eq!(seen.len(), 201, "each id once, the latest");
+        assert!(seen[200].contains("honest"));
+        let took = start.elapsed().as_secs_f64();
+        let rest: usize = seen[sent.len()..].iter().map(String::len).sum();
+        assert!(
+            (took - rest as f64 / PRESENCE_BYTES_PER_S).abs() < 0.1,
+            "{took} s for {rest} bytes"
+        );
+        assert!(took < 4.0);
+        // A leave of an id told is sent; of one never told, nothing.
+        others.changed("honest".into(), None);
+        others.changed("never".into(), Some(&record("1")));
+        others.changed("never".into(), None);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let last: Vec<String> = std::iter::from_fn(|| others.next()).collect();
+        assert_eq!(last, [Outbound::PresenceLeave { id: "honest" }.text()]);
+    }
 
     #[test]
     fn a_gateways_record_is_read_back_and_any_other_json_is_its_value() {

@@ -162,13 +162,21 @@ where
 struct PresenceIn<'a> {
     #[serde(rename = "type")]
     _kind: IgnoredAny,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "int_present")]
     x: Option<i32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "int_present")]
     y: Option<i32>,
     /// Absent, `null` (cleared) or a value.
     #[serde(default, borrow, deserialize_with = "raw_or_null")]
     value: Option<Option<&'a RawValue>>,
+}
+
+/// An integer that is there (`null` is none: leave the field out).
+fn int_present<'de, D>(deserializer: D) -> Result<Option<i32>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    i32::deserialize(deserializer).map(Some)
 }
 
 /// A JSON value that is there: `null` as `Some(None)`.
@@ -428,6 +436,7 @@ mod tests {
             r#"{"type":"presence","x":1e99,"y":2}"#,
             r#"{"type":"presence","x":1,"name":"a"}"#,
             r#"{"type":"presence","value":}"#,
+            r#"{"type":"presence","x":null}"#,
             r#"{"type":"nope"}"#,
             r#"[1,2]"#,
         ] {
