@@ -15,7 +15,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{hub::Positions, *};
+use super::*;
 
 /// The largest presence value one page sets, bytes (its record, with the
 /// color and cursor, is at most a replica's presence value).
@@ -147,7 +147,7 @@ impl Others {
 
     /// Everyone in `positions` but `me` again, and those told of that are
     /// not there any more gone (a page that connects, or fell behind).
-    pub(crate) fn all_again(&mut self, positions: &Positions, me: &str) {
+    pub(crate) fn all_again(&mut self, positions: &HashMap<Arc<str>, Arc<Record>>, me: &str) {
         let gone: Vec<Arc<str>> = self
             .told
             .iter()
