@@ -11,6 +11,11 @@
 //!   partition or shedding would lose it) converges by anti-entropy: the
 //!   time from the burst's end until it holds every key, against the
 //!   `anti_entropy_interval` that bounds it.
+//! - `one_way_loss` (`AETHER_BENCH_PROFILE=mute`): five replicas over NATS
+//!   with the default settings, each on its own connection; one replica's
+//!   publishes are denied by the server for 5 s (its user's permissions
+//!   reloaded: it hears, nobody hears it) while it writes; the time from
+//!   the end of the loss until every other replica holds all its writes.
 //!
 //! `cargo bench -p aether-core --bench state` (rounds alternate the sides;
 //! medians and min-max); under `cargo test` each case runs once, small.
@@ -262,6 +267,120 @@ async fn converge_five(aether_of: impl Fn() -> Aether, n: usize) -> Duration {
     start.elapsed()
 }
 
+/// The five replicas' server: two users, `open` and `mute`, whose publish
+/// permissions [`Muted::set`] changes with a reload.
+struct Muted {
+    server: aether_testkit::NatsServer,
+}
+
+const ALLOWED: &str = "permissions: { publish: { allow: [\">\"] } }";
+const DENIED: &str = "permissions: { publish: { deny: [\">\"] } }";
+
+impl Muted {
+    async fn start() -> Muted {
+        let user = |name: &str| aether_testkit::User {
+            user: name.into(),
+            password: format!("{name}-password"),
+            extra: ALLOWED.into(),
+        };
+        let server = aether_testkit::NatsServer::builder()
+            .auth(aether_testkit::Auth::Users(vec![
+                user("open"),
+                user("mute"),
+            ]))
+            .start()
+            .await
+            .expect("nats-server");
+        Muted { server }
+    }
+
+    async fn connect(&self, user: &str) -> Aether {
+        Aether::connect(aether_core::AetherConfig {
+            nats: aether_core::config::NatsConfig {
+                urls: vec![self.server.url()],
+                auth: aether_core::config::NatsAuth {
+                    user: Some(user.into()),
+                    password: Some(aether_core::Secret::new(format!("{user}-password"))),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .await
+        .expect("connect")
+    }
+
+    /// Denies (or allows again) every publish of the user `mute`: the
+    /// server's settings rewritten, then reloaded (SIGHUP).
+    async fn set(&self, muted: bool) {
+        let path = self.server.config_path();
+        let text = std::fs::read_to_string(path).expect("the server's settings");
+        let line = |t: &str| format!("user: \"mute\", password: \"mute-password\", {t}");
+        let (from, to) = if muted {
+            (line(ALLOWED), line(DENIED))
+        } else {
+            (line(DENIED), line(ALLOWED))
+        };
+        assert!(text.contains(&from), "the mute user's line in {text}");
+        std::fs::write(path, text.replace(&from, &to)).expect("rewrite");
+        let pid = self.server.pid().expect("running");
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        // The reload is the server's: a moment.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One round of [`Muted`]: five replicas of a map of their own, the mute
+/// one writing a key every 100 ms while its publishes are denied for
+/// `loss`; the time from the end of the loss until the four others hold
+/// them all.
+async fn one_way_loss(muted: &Muted, round: usize, loss: Duration) -> Duration {
+    let map = format!("mute{round}");
+    let mut others = Vec::new();
+    for i in 0..4 {
+        let aether = muted.connect("open").await;
+        others.push(replica_of(&map, &aether, &format!("r{i}"), StateConfig::default()).await);
+    }
+    let mute_aether = muted.connect("mute").await;
+    let mute = replica_of(&map, &mute_aether, "mute", StateConfig::default()).await;
+    wait_until(|| others.iter().all(|o| o.peers().len() == 4) && mute.peers().len() == 4).await;
+    muted.set(true).await;
+    let mut written = 0;
+    let started = Instant::now();
+    while started.elapsed() < loss {
+        mute.set(&format!("lost.{written}"), vec![0xAB; VALUE])
+            .await
+            .expect("a local write");
+        written += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lost = others.iter().map(|o| o.len()).max().unwrap_or(0);
+    assert_eq!(lost, 0, "a write went out while the replica was muted");
+    muted.set(false).await;
+    let end = Instant::now();
+    wait_until(|| others.iter().all(|o| o.len() == written)).await;
+    let took = end.elapsed();
+    // Zero loss: every write, as written, everywhere.
+    for other in &others {
+        for i in 0..written {
+            assert_eq!(
+                other.get(&format!("lost.{i}")).as_deref(),
+                Some(&[0xAB; VALUE][..])
+            );
+        }
+    }
+    for other in others {
+        other.close().await;
+    }
+    mute.close().await;
+    took
+}
+
 /// Write on one replica to the watch of another: one-way latencies (us),
 /// `n` writes spaced apart so each is alone on the bus.
 async fn write_to_watch(x: &Aether, y: &Aether, n: usize) -> Vec<f64> {
@@ -395,6 +514,26 @@ fn main() {
     // `cargo bench` measures; as a test, one small smoke run of each case.
     let testing = !aether_testkit::bench::measuring();
     let rt = runtime();
+    // `AETHER_BENCH_PROFILE=mute`: repair after a one-way loss, alone.
+    if !testing && std::env::var("AETHER_BENCH_PROFILE").as_deref() == Ok("mute") {
+        let muted = rt.block_on(Muted::start());
+        let mut took = Vec::new();
+        for round in 0..7 {
+            let t = rt
+                .block_on(one_way_loss(&muted, round, Duration::from_secs(5)))
+                .as_secs_f64();
+            println!(
+                "one-way loss, round {}: every write of the muted replica at the four others {t:.2} s after the loss",
+                round + 1
+            );
+            took.push(t);
+        }
+        let (m, min, max) = summary("one-way loss repair (s)", &mut took);
+        println!(
+            "one-way loss of 5 s, a map of five: repaired {m:.2} s after it ({min:.2}-{max:.2}), zero loss"
+        );
+        return;
+    }
     // `AETHER_BENCH_PROFILE=boot`: the boot rows alone.
     if !testing && std::env::var("AETHER_BENCH_PROFILE").as_deref() == Ok("boot") {
         for (keys, times) in [(1_000_000, 1), (100_000, 10)] {
@@ -428,6 +567,12 @@ fn main() {
             step("ledger", ledger(100)).await;
             step("ledger_with", ledger_with(100, 2, 0)).await;
             step("synced_writes", synced_writes(4, 10)).await;
+            let muted = Muted::start().await;
+            step(
+                "one_way_loss",
+                one_way_loss(&muted, 0, Duration::from_millis(500)),
+            )
+            .await;
             let server = aether_testkit::NatsServer::start()
                 .await
                 .expect("nats-server");
