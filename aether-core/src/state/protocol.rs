@@ -978,6 +978,18 @@ impl Shared {
         }
         if !differing.is_empty() {
             self.send_buckets(node, &differing).await;
+            if !catch_up {
+                // Push-pull: the prober may hold what this replica lacks
+                // (a replica nobody heard for a while holds its own
+                // writes): this replica's digest goes back, and the
+                // prober's answer brings them in the same exchange. Its
+                // own digest back is not answered again (`may_repair`).
+                let digest = Message::Digest {
+                    node: self.clock.node(),
+                    digest: Box::new(self.lock_store().digest()),
+                };
+                self.send_to(node, digest).await;
+            }
         }
         if catch_up {
             self.send_own_keys(node).await;
