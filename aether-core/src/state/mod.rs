@@ -278,6 +278,9 @@ struct Shared {
     chatter: Limiter,
     /// When this replica last said hello to all, told it is gone.
     last_hello_back: Mutex<Option<Instant>>,
+    /// When this replica last sent its own recent writes to all
+    /// ([`Shared::resend_own`]).
+    last_resend: Mutex<Option<Instant>>,
     /// When this replica last knocked (wrote knowing no keeper).
     last_knock: Mutex<Option<Instant>>,
     /// Each owner it asked for its keys: when, for which fingerprint the
@@ -319,6 +322,10 @@ struct Shared {
     /// map's channels, the catch-up group among them).
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
+
+/// How far back a replica sends its own writes to all again when a digest
+/// shows a peer lacks some ([`Shared::resend_own`]).
+const RESEND_OWN_WITHIN: Duration = Duration::from_secs(60);
 
 /// How many times a replica asks an owner for its keys while the owner
 /// advertises one fingerprint.
@@ -599,6 +606,7 @@ impl StateMap {
             )),
             last_hello_back: Mutex::new(None),
             last_knock: Mutex::new(None),
+            last_resend: Mutex::new(None),
             asked: Mutex::new(HashMap::new()),
             pending_sync: Mutex::new(None),
             outgoing: Mutex::new(Vec::new()),

@@ -532,6 +532,49 @@ impl Shared {
         self.send_entries(node, picked).await;
     }
 
+    /// Sends this replica's own recent writes in `buckets` to every replica
+    /// as live changes, at most once an anti-entropy interval: a digest
+    /// that differs may show that the others never heard them (its
+    /// messages were lost while it heard theirs), and a repair to one
+    /// member at a time would take rounds to reach them all.
+    pub(super) async fn resend_own(&self, buckets: &[u8]) {
+        let since = self
+            .clock
+            .wall()
+            .saturating_sub(u64::try_from(RESEND_OWN_WITHIN.as_nanos()).unwrap_or(u64::MAX));
+        let mut wanted = [false; store::BUCKETS];
+        for &bucket in buckets {
+            wanted[usize::from(bucket)] = true;
+        }
+        let own: Vec<(String, Entry)> = self
+            .lock_store()
+            .buckets(&wanted)
+            .into_iter()
+            .flatten()
+            .filter(|(_, e)| e.writer == self.node_name && e.stamp.physical_ns >= since)
+            .collect();
+        if own.is_empty() {
+            return;
+        }
+        {
+            let mut last = self.last_resend.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| at.elapsed() < self.config.anti_entropy_interval) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        for entries in super::held::chunks(own, self.config.max_value_bytes, codec::MAX_ENTRIES) {
+            let message = Message::Changes {
+                repair: None,
+                entries,
+            };
+            if let Err(error) = self.emit(self.channels.changes.clone(), message).await {
+                tracing::debug!(map = %self.map, %error, "could not send its own writes again");
+                return;
+            }
+        }
+    }
+
     /// Sends `node` each bucket's entries as repair chunks, the last of
     /// each bucket marked (what a catch-up counts).
     pub(super) async fn send_entries(&self, node: u64, buckets: Vec<(u8, Vec<(String, Entry)>)>) {
@@ -979,6 +1022,7 @@ impl Shared {
         if !differing.is_empty() {
             self.send_buckets(node, &differing).await;
             if !catch_up {
+                self.resend_own(&differing).await;
                 // Push-pull: the prober may hold what this replica lacks
                 // (a replica nobody heard for a while holds its own
                 // writes): this replica's digest goes back, and the
