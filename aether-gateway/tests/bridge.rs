@@ -1030,8 +1030,14 @@ async fn a_presence_flood_delays_honest_pages_without_burying_them() {
     // sent at most its allowance (256 KiB a second, 256 KiB at once) over
     // the 4.5 s since the flood began (read in 4 s, with what waited).
     let most = 256 * 1024 * 6;
-    assert!(bytes <= most, "{bytes} bytes of presence in 4 s (at most {most})");
-    assert!(bytes >= 256 * 1024, "{bytes} bytes: the flood was not sent at all?");
+    assert!(
+        bytes <= most,
+        "{bytes} bytes of presence in 4 s (at most {most})"
+    );
+    assert!(
+        bytes >= 256 * 1024,
+        "{bytes} bytes: the flood was not sent at all?"
+    );
     eprintln!("presence flood: {bytes} bytes in 4 s to a page, Ada's name after {ada:?}");
     drop(flood);
     close_board(service, gateway).await;
