@@ -7,8 +7,9 @@
 //! with its own hybrid logical clock, and the gateway merges them with
 //! [`StateMap::merge`], by the rules every replica follows, so a tab, a
 //! Rust service and another tab converge, and writes a tab made offline
-//! merge by their stamps when it is back. Cursors (presence) go between
-//! the tabs of one gateway and are not kept.
+//! merge by their stamps when it is back. Presence (a page's cursor and
+//! value) goes to the other pages at once and, through the replica, to
+//! other gateways and services (`presence`); it is not kept.
 //!
 //! Every connection is held to `[gateway.bridge]`'s limits. Until its
 //! token is checked it holds a place among the unauthenticated sockets
