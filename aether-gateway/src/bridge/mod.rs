@@ -666,6 +666,10 @@ impl Connection {
         if let Err(end) = self.send_others().await {
             return end;
         }
+        // The page is among the others from now on, with its color, before
+        // it says anything of itself.
+        self.shown_due = true;
+        self.send_cursor();
         let config = &self.bridge.config;
         let quota = Quota::per_second(NonZeroU32::new(config.messages_per_s).expect("validated"))
             .allow_burst(NonZeroU32::new(config.burst).expect("validated"));
