@@ -8,7 +8,8 @@
 //! [`Own`] is this replica's slots and what is still to send; [`Table`] the
 //! others' slots held here, bounded by
 //! [`MAX_PRESENCE_HELD_BYTES`](crate::config::MAX_PRESENCE_HELD_BYTES).
-//! Keepers hold none.
+//! Keepers hold none. Below them, `StateMap`'s presence calls, and what a
+//! replica sends and takes (`Shared::send_presence`, `on_presence`).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -19,6 +20,9 @@ use bytes::Bytes;
 use smol_str::SmolStr;
 
 use crate::config::{MAX_PRESENCE_HELD_BYTES, MAX_PRESENCE_SLOTS, PRESENCE_SLOT_COST};
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
 
 /// The most often a replica sends its changed presence values (20 a
 /// second): a cursor moving sends its latest position, not each one.
@@ -226,6 +230,211 @@ impl Table {
     #[cfg(test)]
     fn bytes(&self) -> usize {
         self.bytes
+    }
+}
+
+/// The presence API of a replica.
+impl StateMap {
+    /// Sets this replica's presence value in `slot` (a name: letters,
+    /// digits, `_`, `-`, dots between): every replica of the map sees it
+    /// in [`presences`](Self::presences) within moments, until it is
+    /// cleared or this replica leaves (closed, dropped, or its process
+    /// gone for `presence_timeout`). Presence is never written to the map
+    /// nor kept on disk: a user's name and cursor, what it is editing, a
+    /// service's status. Changes leave at most every 50 ms, the latest of
+    /// each slot.
+    ///
+    /// `InvalidName` for a bad slot, `TooLarge` past
+    /// [`MAX_PRESENCE_BYTES`](crate::config::MAX_PRESENCE_BYTES), `Full`
+    /// for a slot past [`MAX_PRESENCE_SLOTS`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use aether_core::{Aether, state::StateMap};
+    ///
+    /// let aether = Aether::default();
+    /// let alice = StateMap::builder("board").node("alice").open(&aether).await?;
+    /// let bob = StateMap::builder("board").node("bob").open(&aether).await?;
+    /// let mut changed = bob.presences_changed();
+    /// alice.set_presence("user", r#"{"name":"Alice","editing":"card-7"}"#)?;
+    /// while !bob.presences().iter().any(|p| p.node == "alice") {
+    ///     changed.changed().await?;
+    /// }
+    /// let seen = &bob.presences()[0];
+    /// assert_eq!((seen.slot.as_str(), &seen.value[..]), ("user", &br#"{"name":"Alice","editing":"card-7"}"#[..]));
+    /// alice.close().await;
+    /// while !bob.presences().is_empty() {
+    ///     changed.changed().await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn set_presence(&self, slot: &str, value: impl Into<Bytes>) -> Result<(), StateError> {
+        self.check_slot(slot)?;
+        let value = value.into();
+        if value.len() > crate::config::MAX_PRESENCE_BYTES {
+            return Err(StateError::new(
+                StateErrorKind::TooLarge,
+                format!(
+                    "a presence value of {} bytes; the most is {}",
+                    value.len(),
+                    crate::config::MAX_PRESENCE_BYTES
+                ),
+            ));
+        }
+        let set = self.shared.lock_own_presence().set(slot, value);
+        if !set {
+            return Err(StateError::new(
+                StateErrorKind::Full,
+                format!(
+                    "presence slot {slot:?} would be one past the most one replica sets, {}",
+                    crate::config::MAX_PRESENCE_SLOTS
+                ),
+            ));
+        }
+        self.shared.presence_due.notify_one();
+        Ok(())
+    }
+
+    /// [`set_presence`](Self::set_presence) with `value` as JSON.
+    pub fn set_presence_json<T: Serialize + ?Sized>(
+        &self,
+        slot: &str,
+        value: &T,
+    ) -> Result<(), StateError> {
+        let json = serde_json::to_vec(value)
+            .map_err(|e| StateError::new(StateErrorKind::Payload, e.to_string()))?;
+        self.set_presence(slot, json)
+    }
+
+    /// Clears this replica's presence value in `slot`, if it is set.
+    pub fn clear_presence(&self, slot: &str) -> Result<(), StateError> {
+        self.check_slot(slot)?;
+        self.shared.lock_own_presence().clear(slot);
+        self.shared.presence_due.notify_one();
+        Ok(())
+    }
+
+    /// This replica's own presence values, by slot.
+    pub fn own_presence(&self) -> Vec<(String, Bytes)> {
+        self.shared.lock_own_presence().values()
+    }
+
+    /// The presence values of the map's other replicas, by node and slot.
+    pub fn presences(&self) -> Vec<PresenceValue> {
+        self.shared.lock_presences().values()
+    }
+
+    /// Tells of each change of [`presences`](Self::presences): a value set,
+    /// changed or cleared, a replica gone with its values. Changes close
+    /// together are told once; read `presences()` when told.
+    pub fn presences_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.presences_changed.subscribe()
+    }
+
+    fn check_slot(&self, slot: &str) -> Result<(), StateError> {
+        if self.shared.stopped.load(Ordering::Acquire) {
+            return Err(StateError::new(StateErrorKind::Closed, "the map is closed"));
+        }
+        if codec::is_slot(slot) {
+            return Ok(());
+        }
+        Err(StateError::new(
+            StateErrorKind::InvalidName,
+            format!(
+                "presence slot {slot:?}: 1 to {} bytes of A-Z a-z 0-9 _ - in tokens between dots",
+                crate::config::MAX_PRESENCE_SLOT_BYTES
+            ),
+        ))
+    }
+}
+
+/// Presence between replicas: what this replica sends, and takes.
+impl Shared {
+    pub(super) fn lock_own_presence(&self) -> MutexGuard<'_, presence::Own> {
+        self.own_presence.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn lock_presences(&self) -> MutexGuard<'_, presence::Table> {
+        self.presences.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The member `node` left or was found gone (`left`, if it was a
+    /// member): its presence values go with it.
+    pub(super) fn gone(&self, node: u64, left: Option<Presence>) {
+        self.tell(left);
+        if self.lock_presences().remove(node) {
+            self.presences_changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Sends this replica's presence values: `Some(node)`, the whole set
+    /// to that replica; `None`, to all (the whole set when `values` is
+    /// [`presence::Own::all`], else its changes).
+    pub(super) async fn send_presence(
+        &self,
+        to: Option<u64>,
+        values: Vec<(SmolStr, Option<Bytes>)>,
+        full: bool,
+    ) {
+        for (i, values) in presence::chunks(values).enumerate() {
+            let message = Message::Presence {
+                node: self.clock.node(),
+                full: full && i == 0,
+                values,
+            };
+            let channel = match to {
+                Some(node) => self.channels.repair_of(node),
+                None => self.channels.presence.clone(),
+            };
+            if let Err(error) = self.emit(channel, message).await {
+                tracing::debug!(map = %self.map, %error, "could not send presence values");
+                return;
+            }
+        }
+    }
+
+    /// Sends this replica's presence changes to all, if it has any.
+    pub(super) async fn send_presence_changes(&self) {
+        let unsent = self.lock_own_presence().take_unsent();
+        if !unsent.is_empty() {
+            self.send_presence(None, unsent, false).await;
+        }
+    }
+
+    /// Another replica's presence values, to all or to this one.
+    pub(super) async fn on_presence(
+        self: &Arc<Self>,
+        source: &str,
+        channel: &Channel,
+        node: u64,
+        full: bool,
+        values: Vec<(SmolStr, Option<Bytes>)>,
+    ) {
+        if (*channel != self.channels.presence && *channel != self.channels.repair)
+            || node == self.clock.node()
+        {
+            self.refuse(Refusal::Malformed);
+            return;
+        }
+        // A keeper shows nobody presence: it holds none.
+        if self.keeper {
+            return;
+        }
+        // A sign of life, as a hello is.
+        self.spoke(node, source, Instant::now()).await;
+        if !self.is_peer(node, source) {
+            // Not a member (said gone lately, another name, or too many).
+            self.refuse(Refusal::Malformed);
+            return;
+        }
+        let taken = self.lock_presences().take(node, source, full, values);
+        for _ in 0..taken.refused {
+            self.refuse(Refusal::Full);
+        }
+        if taken.changed {
+            self.presences_changed.send_modify(|n| *n += 1);
+        }
     }
 }
 

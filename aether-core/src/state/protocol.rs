@@ -58,14 +58,6 @@ impl Shared {
         self.members.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn lock_own_presence(&self) -> MutexGuard<'_, presence::Own> {
-        self.own_presence.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(super) fn lock_presences(&self) -> MutexGuard<'_, presence::Table> {
-        self.presences.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub(super) fn lock_pending(&self) -> MutexGuard<'_, Option<(u64, HashSet<u8>)>> {
         self.pending_sync.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -627,90 +619,18 @@ impl Shared {
         }
     }
 
-    /// The member `node` left or was found gone (`left`, if it was a
-    /// member): its presence values go with it.
-    pub(super) fn gone(&self, node: u64, left: Option<Presence>) {
-        self.tell(left);
-        if self.lock_presences().remove(node) {
-            self.presences_changed.send_modify(|n| *n += 1);
-        }
-    }
-
-    /// Sends this replica's presence values: `Some(node)`, the whole set
-    /// to that replica; `None`, to all (the whole set when `values` is
-    /// [`presence::Own::all`], else its changes).
-    pub(super) async fn send_presence(
-        &self,
-        to: Option<u64>,
-        values: Vec<(SmolStr, Option<Bytes>)>,
-        full: bool,
-    ) {
-        for (i, values) in presence::chunks(values).enumerate() {
-            let message = Message::Presence {
-                node: self.clock.node(),
-                full: full && i == 0,
-                values,
-            };
-            let channel = match to {
-                Some(node) => self.channels.repair_of(node),
-                None => self.channels.presence.clone(),
-            };
-            if let Err(error) = self.emit(channel, message).await {
-                tracing::debug!(map = %self.map, %error, "could not send presence values");
-                return;
-            }
-        }
-    }
-
-    /// Sends this replica's presence changes to all, if it has any.
-    pub(super) async fn send_presence_changes(&self) {
-        let unsent = self.lock_own_presence().take_unsent();
-        if !unsent.is_empty() {
-            self.send_presence(None, unsent, false).await;
-        }
-    }
-
-    /// Another replica's presence values, to all or to this one.
-    async fn on_presence(
-        self: &Arc<Self>,
-        source: &str,
-        channel: &Channel,
-        node: u64,
-        full: bool,
-        values: Vec<(SmolStr, Option<Bytes>)>,
-    ) {
-        if (*channel != self.channels.presence && *channel != self.channels.repair)
-            || node == self.clock.node()
-        {
-            self.refuse(Refusal::Malformed);
-            return;
-        }
-        // A keeper shows nobody presence: it holds none.
-        if self.keeper {
-            return;
-        }
-        // A sign of life, as a hello is.
+    /// Replica `node` named `source` said hello (or showed its presence) to
+    /// all: it is there; a newcomer is checked, and met.
+    pub(super) async fn spoke(&self, node: u64, source: &str, now: Instant) {
         let joined = {
             let mut members = self.lock_members();
-            let joined = members.spoke(node, source, Instant::now());
+            let joined = members.spoke(node, source, now);
             if joined.is_some() {
-                members.check(node, Instant::now());
+                members.check(node, now);
             }
             joined
         };
         self.met(node, joined).await;
-        if !self.is_peer(node, source) {
-            // Not a member (said gone lately, another name, or too many).
-            self.refuse(Refusal::Malformed);
-            return;
-        }
-        let taken = self.lock_presences().take(node, source, full, values);
-        for _ in 0..taken.refused {
-            self.refuse(Refusal::Full);
-        }
-        if taken.changed {
-            self.presences_changed.send_modify(|n| *n += 1);
-        }
     }
 
     /// Sends `message` to the repair channel of replica `node`.
@@ -1068,15 +988,7 @@ impl Shared {
             self.gone(node, left);
             return;
         }
-        let joined = {
-            let mut members = self.lock_members();
-            let joined = members.spoke(node, source, now);
-            if joined.is_some() {
-                members.check(node, now);
-            }
-            joined
-        };
-        self.met(node, joined).await;
+        self.spoke(node, source, now).await;
         // Its keys, as it holds them, differ from what is here: ask
         // it for them (only an owner sends its own keys).
         self.compare_owned(node, source, owned).await;
