@@ -3,11 +3,12 @@
 //! and the snapshot shared by the pages that connect while the map stays
 //! the same.
 
-use super::{presence::Record, *};
+use super::*;
 
 /// What each page shows (its color, cursor and presence value), and each
-/// other replica's presence slot, by the id pages know it by.
-pub(super) type Positions = HashMap<Arc<str>, Arc<Record>>;
+/// other replica's presence slot, by the id pages know it by: the
+/// `presence` message's text, made once for every page.
+pub(super) type Positions = HashMap<Arc<str>, Arc<str>>;
 
 /// One bridged map: the gateway's replica, and its tabs' cursors.
 pub(super) struct Hub {
@@ -185,6 +186,6 @@ impl Hub {
 /// A page's presence (or another replica's), to the pages of one map.
 #[derive(Clone, Debug)]
 pub(super) enum Cursor {
-    Moved { id: Arc<str>, record: Arc<Record> },
+    Moved { id: Arc<str>, text: Arc<str> },
     Left { id: Arc<str> },
 }

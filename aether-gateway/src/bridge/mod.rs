@@ -716,8 +716,8 @@ impl Connection {
                     }
                 }
                 cursor = cursors.recv() => match cursor {
-                    Ok(Cursor::Moved { id, record }) if id != self.id => {
-                        self.others.changed(id, Some(&record));
+                    Ok(Cursor::Moved { id, text }) if id != self.id => {
+                        self.others.changed(id, Some(text));
                         self.send_others().await
                     }
                     Ok(Cursor::Left { id }) if id != self.id => {
@@ -914,17 +914,17 @@ impl Connection {
             return;
         }
         self.cursor_sent = tokio::time::Instant::now();
-        let record = Arc::new(self.shown.clone());
+        let text: Arc<str> = self.shown.text(&self.id).into();
         self.hub
             .lock_positions()
-            .insert(self.id.clone(), record.clone());
-        let json = serde_json::to_vec(&*record).expect("a record serializes");
+            .insert(self.id.clone(), text.clone());
+        let json = serde_json::to_vec(&self.shown).expect("a record serializes");
         if let Err(error) = self.replica_map.set_presence(&self.id, json) {
             tracing::debug!(map = %self.map, %error, "a page's presence not set");
         }
         let _ = self.hub.cursors.send(Cursor::Moved {
             id: self.id.clone(),
-            record,
+            text,
         });
     }
 
@@ -932,7 +932,7 @@ impl Connection {
     /// presence bytes lets it have now; the rest wait their turn.
     async fn send_others(&mut self) -> Result<(), End> {
         while let Some(text) = self.others.next() {
-            self.send(text).await?;
+            self.send(text.to_string()).await?;
         }
         Ok(())
     }

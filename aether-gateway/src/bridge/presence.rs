@@ -41,17 +41,6 @@ pub(crate) struct Record {
     pub(crate) value: Option<Box<RawValue>>,
 }
 
-impl Clone for Record {
-    fn clone(&self) -> Self {
-        Record {
-            color: self.color.clone(),
-            x: self.x,
-            y: self.y,
-            value: self.value.as_ref().map(|v| v.to_owned()),
-        }
-    }
-}
-
 impl Record {
     /// As a page is told of it, with the id it is shown under.
     pub(crate) fn text(&self, id: &str) -> String {
@@ -107,8 +96,9 @@ const PRESENCE_BURST: f64 = 256.0 * 1024.0;
 /// they came), and its allowance of bytes.
 pub(crate) struct Others {
     told: HashSet<Arc<str>>,
-    /// Each id's message, as text (a record's, or its leave's).
-    due: HashMap<Arc<str>, (String, bool)>,
+    /// Each id's message, as text (its `presence`, or its leave), and
+    /// whether it shows the id (not a leave).
+    due: HashMap<Arc<str>, (Arc<str>, bool)>,
     order: VecDeque<Arc<str>>,
     allowance: f64,
     refilled: tokio::time::Instant,
@@ -128,10 +118,12 @@ impl Default for Others {
 
 impl Others {
     /// `id` changed (`None`: it went).
-    pub(crate) fn changed(&mut self, id: Arc<str>, record: Option<&Record>) {
-        let message = match record {
-            Some(record) => (record.text(&id), true),
-            None if self.told.contains(&id) => (Outbound::PresenceLeave { id: &id }.text(), false),
+    pub(crate) fn changed(&mut self, id: Arc<str>, text: Option<Arc<str>>) {
+        let message = match text {
+            Some(text) => (text, true),
+            None if self.told.contains(&id) => {
+                (Outbound::PresenceLeave { id: &id }.text().into(), false)
+            }
             None => {
                 // Never told of it: nothing to take back.
                 if self.due.remove(&id).is_some() {
@@ -147,7 +139,7 @@ impl Others {
 
     /// Everyone in `positions` but `me` again, and those told of that are
     /// not there any more gone (a page that connects, or fell behind).
-    pub(crate) fn all_again(&mut self, positions: &HashMap<Arc<str>, Arc<Record>>, me: &str) {
+    pub(crate) fn all_again(&mut self, positions: &HashMap<Arc<str>, Arc<str>>, me: &str) {
         let gone: Vec<Arc<str>> = self
             .told
             .iter()
@@ -157,8 +149,8 @@ impl Others {
         for id in gone {
             self.changed(id, None);
         }
-        for (id, record) in positions.iter().filter(|(id, _)| &***id != me) {
-            self.changed(id.clone(), Some(record));
+        for (id, text) in positions.iter().filter(|(id, _)| &***id != me) {
+            self.changed(id.clone(), Some(text.clone()));
         }
     }
 
@@ -170,7 +162,7 @@ impl Others {
     }
 
     /// The next message to send the page, if its allowance has room.
-    pub(crate) fn next(&mut self) -> Option<String> {
+    pub(crate) fn next(&mut self) -> Option<Arc<str>> {
         self.refill();
         let id = self.order.front()?;
         if self.due[id].0.len() as f64 > self.allowance {
@@ -232,11 +224,11 @@ pub(super) async fn relay(hub: Weak<Hub>, map: StateMap) {
                 let Some(record) = Record::remote(&id, &value.value) else {
                     continue;
                 };
-                let record = Arc::new(record);
-                hub.lock_positions().insert(id.clone(), record.clone());
+                let text: Arc<str> = record.text(&id).into();
+                hub.lock_positions().insert(id.clone(), text.clone());
                 let _ = hub.cursors.send(Cursor::Moved {
                     id: id.clone(),
-                    record,
+                    text,
                 });
             }
             now.insert(id, value.value);
@@ -255,12 +247,13 @@ pub(super) async fn relay(hub: Weak<Hub>, map: StateMap) {
 mod tests {
     use super::*;
 
-    fn record(value: &str) -> Record {
-        Record {
+    fn shown(id: &str, value: &str) -> Option<Arc<str>> {
+        let record = Record {
             color: Some("c".into()),
             value: Some(RawValue::from_string(value.to_string()).unwrap()),
             ..Record::default()
-        }
+        };
+        Some(record.text(id).into())
     }
 
     #[tokio::test(start_paused = true)]
@@ -270,22 +263,23 @@ mod tests {
         // A flood: 200 ids of 4 KB each, changing again and again.
         for round in 0..3 {
             for i in 0..200 {
-                others.changed(format!("flood/{i}").into(), Some(&record(&big)));
+                let id = format!("flood/{i}");
+                others.changed(id.as_str().into(), shown(&id, &big));
             }
             if round == 0 {
-                others.changed("honest".into(), Some(&record(r#"{"name":"Ada"}"#)));
+                others.changed("honest".into(), shown("honest", r#"{"name":"Ada"}"#));
             }
         }
         let mut sent = Vec::new();
         while let Some(text) = others.next() {
             sent.push(text);
         }
-        let bytes: usize = sent.iter().map(String::len).sum();
+        let bytes: usize = sent.iter().map(|t| t.len()).sum();
         assert!(bytes as f64 <= PRESENCE_BURST, "{bytes} bytes at once");
         assert!(sent.len() < 201, "the burst holds {} of them", sent.len());
         // The rest come at the rate, each id once (its latest), the honest
         // one in its turn after the first 200, within 4 s.
-        let mut seen: Vec<String> = sent.clone();
+        let mut seen: Vec<Arc<str>> = sent.clone();
         let start = tokio::time::Instant::now();
         while let Some(at) = others.due() {
             tokio::time::sleep_until(at).await;
@@ -296,7 +290,7 @@ mod tests {
         assert_eq!(seen.len(), 201, "each id once, the latest");
         assert!(seen[200].contains("honest"));
         let took = start.elapsed().as_secs_f64();
-        let rest: usize = seen[sent.len()..].iter().map(String::len).sum();
+        let rest: usize = seen[sent.len()..].iter().map(|t| t.len()).sum();
         assert!(
             (took - rest as f64 / PRESENCE_BYTES_PER_S).abs() < 0.1,
             "{took} s for {rest} bytes"
@@ -304,10 +298,12 @@ mod tests {
         assert!(took < 4.0);
         // A leave of an id told is sent; of one never told, nothing.
         others.changed("honest".into(), None);
-        others.changed("never".into(), Some(&record("1")));
+        others.changed("never".into(), shown("never", "1"));
         others.changed("never".into(), None);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let last: Vec<String> = std::iter::from_fn(|| others.next()).collect();
+        let last: Vec<String> = std::iter::from_fn(|| others.next())
+            .map(|t| t.to_string())
+            .collect();
         assert_eq!(last, [Outbound::PresenceLeave { id: "honest" }.text()]);
     }
 
