@@ -841,10 +841,7 @@ impl Connection {
                             "presence value too large",
                         ));
                     }
-                    // Read whole, as every page will read it.
-                    Some(Some(value))
-                        if serde_json::from_str::<serde_json::Value>(value.get()).is_err() =>
-                    {
+                    Some(Some(value)) if !protocol::reads_whole(value.get().as_bytes()) => {
                         return Err(End::Refused(
                             "malformed",
                             close::POLICY,
@@ -895,10 +892,7 @@ impl Connection {
         let stamp = parse_stamp(stamp).ok_or_else(|| malformed("bad stamp"))?;
         let prev = parse_prev(prev).ok_or_else(|| malformed("bad prev"))?;
         let value = match value {
-            // Read whole, as every replica will read it: a value nested
-            // past serde_json's depth limit, or a number out of range, is
-            // no value the others could take.
-            Some(value) if serde_json::from_str::<serde_json::Value>(value.get()).is_err() => {
+            Some(value) if !protocol::reads_whole(value.get().as_bytes()) => {
                 return Err(malformed("a value nested too deep or out of range"));
             }
             Some(value) => Some(Bytes::copy_from_slice(value.get().as_bytes())),

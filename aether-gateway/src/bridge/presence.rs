@@ -68,8 +68,9 @@ impl Record {
                 record
             }
             _ => {
-                // Read whole, as a page reads it: depth and numbers checked.
-                serde_json::from_slice::<serde_json::Value>(bytes).ok()?;
+                if !protocol::reads_whole(bytes) {
+                    return None;
+                }
                 let text = std::str::from_utf8(bytes).ok()?;
                 Record {
                     value: Some(RawValue::from_string(text.to_string()).ok()?),

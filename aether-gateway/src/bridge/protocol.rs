@@ -400,6 +400,13 @@ pub(crate) struct Limits {
     pub(crate) max_presence_bytes: usize,
 }
 
+/// Whether `json` reads whole, as every page and replica will read it: a
+/// value nested past serde_json's depth limit, or a number out of range,
+/// is none the others could take.
+pub(crate) fn reads_whole(json: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(json).is_ok()
+}
+
 /// The bus's time now, as a stamp's text (what `hello` and `synced` tell
 /// the page, which measures its offset from it).
 pub(crate) fn bus_now() -> String {
