@@ -11,6 +11,10 @@
 //!   (4 per message).
 //! - request/reply: a responder on one connection echoes the payload, a
 //!   requester on another makes sequential requests; p50 and p99.
+//! - `1 -> 1` and `1 -> 4` with a handler (`VibratorBuilder::on_wave`):
+//!   the receiving vibrators take each wave in a handler run where it
+//!   arrives, instead of `receive()` (Zenoh's callback subscriber's
+//!   equal), against raw 1 -> 1 and 1 -> 4 in the same rounds.
 //!
 //! Three more 1 -> 1 rows, each against raw 1 -> 1 in the same rounds, say
 //! where the aether's cost lies:
@@ -31,7 +35,7 @@
 //! workers, raw and aether alternating round by round.
 //!
 //! `cargo bench -p aether-core --bench nats` prints the summary (median of 5
-//! rounds each). `AETHER_BENCH_PROFILE=one|fan|req|emit|receive|body` runs
+//! rounds each). `AETHER_BENCH_PROFILE=one|fan|handler|handler_fan|req|emit|receive|body` runs
 //! only that scenario, repeated, printing each round (for a profiler);
 //! `AETHER_BENCH_SIDE=raw|aether` then runs only that side (`aether` is the
 //! scenario's other side: for `body`, raw with envelope-sized bodies), and
@@ -454,6 +458,100 @@ async fn aether_one_to_one_with(url: String, n: usize, batch: bool) -> Duration 
     let status = tx_aether.connection();
     FRAMED.fetch_add(status.waves_framed, Ordering::Relaxed);
     FRAMES.fetch_add(status.frames_sent, Ordering::Relaxed);
+    elapsed
+}
+
+/// What a handler vibrator counted: data waves, and probes; `done` is
+/// told when the data reach the round's count.
+#[derive(Default)]
+struct Counted {
+    data: AtomicUsize,
+    probes: AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+/// 1 -> `fan` with the receiving vibrators' handlers counting each wave
+/// where it arrives (`on_wave`): no queue, no `receive()`. Probes until
+/// every handler heard one (probes are shorter than data, so the later
+/// ones are told apart), then `n` waves; each handler must count exactly
+/// `n`, with no drop and no slow-consumer event.
+async fn aether_handler(url: String, n: usize, fan: usize) -> Duration {
+    let label = format!("aether handler 1 -> {fan}");
+    let rx_aether = aether_connect(&url, capacity(n)).await;
+    let tx_aether = aether_connect(&url, capacity(n)).await;
+    let (pattern, subject) = if fan == 1 {
+        (ONE_SUBJECT, ONE_SUBJECT)
+    } else {
+        (FAN_PATTERN, FAN_SUBJECT)
+    };
+    let mut rxs = Vec::new();
+    let mut counts = Vec::new();
+    for i in 0..fan {
+        let counted = Arc::new(Counted::default());
+        let into = counted.clone();
+        let mut rx = Vibrator::builder(format!("rx{i}"))
+            .on_wave(move |wave: Wave| {
+                if wave.payload_bytes().len() == PAYLOAD {
+                    black_box(wave);
+                    if into.data.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                        into.done.notify_one();
+                    }
+                } else {
+                    into.probes.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .create(&rx_aether)
+            .await
+            .expect("rx");
+        rx.resonate_on(pattern).await.expect("resonate");
+        rxs.push(rx);
+        counts.push(counted);
+    }
+    let tx = Vibrator::create(EMITTER, &tx_aether).await.expect("tx");
+    let channel = Channel::new(subject);
+    let deadline = Instant::now() + PROBE_LIMIT;
+    while !counts.iter().all(|c| c.probes.load(Ordering::Relaxed) > 0) {
+        assert!(
+            Instant::now() < deadline,
+            "{label}: resonances not live within {PROBE_LIMIT:?}"
+        );
+        tx.emit(Wave::new(channel.clone(), Bytes::from_static(PROBE)))
+            .await
+            .expect("probe");
+        tokio::time::sleep(PROBE_WAIT).await;
+    }
+    let payload = payload();
+    let start = Instant::now();
+    for _ in 0..n {
+        tx.emit(Wave::new(channel.clone(), payload.clone()))
+            .await
+            .expect("emit");
+    }
+    for counted in &counts {
+        let arrived = timeout(ROUND_LIMIT, counted.done.notified()).await;
+        assert!(
+            arrived.is_ok(),
+            "{label}: {} of {n} arrived within {ROUND_LIMIT:?}",
+            counted.data.load(Ordering::Relaxed)
+        );
+    }
+    let elapsed = start.elapsed();
+    for (rx, counted) in rxs.iter().zip(&counts) {
+        assert_eq!(
+            counted.data.load(Ordering::Relaxed),
+            n,
+            "{label}: more than {n} waves"
+        );
+        assert_eq!(rx.stats().dropped_total(), 0, "{label}: waves dropped");
+    }
+    let status = rx_aether.connection();
+    assert_eq!(status.slow_consumer_events, 0, "{label}: slow consumer");
+    assert_eq!(status.malformed, 0, "{label}: malformed waves");
+    assert_eq!(
+        rx_aether.stats().dropped_total(),
+        0,
+        "{label}: waves dropped"
+    );
     elapsed
 }
 
@@ -893,6 +991,10 @@ enum Scenario {
     /// One-way latency at a steady 10,000 messages/s.
     Steady,
     Fan,
+    /// 1 -> 1 with a handler vibrator (against raw 1 -> 1).
+    OneHandler,
+    /// 1 -> 4 with handler vibrators (against raw 1 -> 4).
+    FanHandler,
     Req,
     /// Aether emit -> raw receive (against raw 1 -> 1).
     Emit,
@@ -927,6 +1029,7 @@ fn measure(rt: &Runtime, url: &str, scenario: Scenario, aether: bool) -> Measure
         (
             Scenario::One
             | Scenario::OneUnbatched
+            | Scenario::OneHandler
             | Scenario::Emit
             | Scenario::Receive
             | Scenario::Body,
@@ -934,6 +1037,7 @@ fn measure(rt: &Runtime, url: &str, scenario: Scenario, aether: bool) -> Measure
         ) => one_to_one(rt, raw_one_to_one(url, N, PAYLOAD)),
         (Scenario::One, true) => one_to_one(rt, aether_one_to_one(url, N)),
         (Scenario::OneUnbatched, true) => one_to_one(rt, aether_one_to_one_with(url, N, false)),
+        (Scenario::OneHandler, true) => one_to_one(rt, aether_handler(url, N, 1)),
         (Scenario::Steady, side) => {
             let mut samples = if side {
                 on_workers(rt, aether_steady(url))
@@ -948,12 +1052,16 @@ fn measure(rt: &Runtime, url: &str, scenario: Scenario, aether: bool) -> Measure
         (Scenario::Emit, true) => one_to_one(rt, emit_to_raw(url, N)),
         (Scenario::Receive, true) => one_to_one(rt, raw_to_receive(url, N)),
         (Scenario::Body, true) => one_to_one(rt, raw_one_to_one(url, N, envelope_len())),
-        (Scenario::Fan, false) => {
+        (Scenario::Fan | Scenario::FanHandler, false) => {
             Measure::Rate(rate(N * FAN_OUT, on_workers(rt, raw_fan_out(url, N))))
         }
         (Scenario::Fan, true) => {
             Measure::Rate(rate(N * FAN_OUT, on_workers(rt, aether_fan_out(url, N))))
         }
+        (Scenario::FanHandler, true) => Measure::Rate(rate(
+            N * FAN_OUT,
+            on_workers(rt, aether_handler(url, N, FAN_OUT)),
+        )),
         (Scenario::Req, side) => {
             let mut samples = if side {
                 on_workers(rt, aether_request_reply(url, WARM_UP_REQUESTS, SAMPLES))
@@ -1003,6 +1111,8 @@ fn summary(rt: &Runtime, url: &str) {
     let unbatched = rounds(rt, url, Scenario::OneUnbatched, ROUNDS);
     let steady = rounds(rt, url, Scenario::Steady, ROUNDS);
     let fan = rounds(rt, url, Scenario::Fan, ROUNDS);
+    let handler = rounds(rt, url, Scenario::OneHandler, ROUNDS);
+    let handler_fan = rounds(rt, url, Scenario::FanHandler, ROUNDS);
     let req = rounds(rt, url, Scenario::Req, ROUNDS);
     let emit = rounds(rt, url, Scenario::Emit, ROUNDS);
     let receive = rounds(rt, url, Scenario::Receive, ROUNDS);
@@ -1040,6 +1150,8 @@ fn summary(rt: &Runtime, url: &str) {
     row("1 -> 1, batch frames on (msg/s)", &one);
     row("1 -> 1, batch frames off, envelope v2 (msg/s)", &unbatched);
     row("1 -> 4 (deliveries/s)", &fan);
+    row("1 -> 1, a handler (`on_wave`) (msg/s)", &handler);
+    row("1 -> 4, handlers (`on_wave`) (deliveries/s)", &handler_fan);
     let latency = |name: &str, (raw, ours, ratios): &(Vec<Measure>, Vec<Measure>, Vec<f64>)| {
         let (lo, hi) = spread(ratios);
         let p99_ratios: Vec<f64> = raw
@@ -1104,12 +1216,17 @@ fn profile(rt: &Runtime, url: &str, which: &str) {
         "unbatched" => Scenario::OneUnbatched,
         "steady" => Scenario::Steady,
         "fan" => Scenario::Fan,
+        "handler" => Scenario::OneHandler,
+        "handler_fan" => Scenario::FanHandler,
         "req" => Scenario::Req,
         "emit" => Scenario::Emit,
         "receive" => Scenario::Receive,
         "body" => Scenario::Body,
         other => {
-            panic!("AETHER_BENCH_PROFILE={other}: expected one, fan, req, emit, receive or body")
+            panic!(
+                "AETHER_BENCH_PROFILE={other}: expected one, unbatched, steady, fan, handler, \
+                 handler_fan, req, emit, receive or body"
+            )
         }
     };
     let side = std::env::var("AETHER_BENCH_SIDE").ok();
@@ -1168,6 +1285,8 @@ fn main() {
         on_workers(&rt, raw_one_to_one(url.clone(), 1000, envelope_len()));
         on_workers(&rt, raw_fan_out(url.clone(), 1000));
         on_workers(&rt, aether_fan_out(url.clone(), 1000));
+        on_workers(&rt, aether_handler(url.clone(), 1000, 1));
+        on_workers(&rt, aether_handler(url.clone(), 1000, FAN_OUT));
         assert_eq!(
             on_workers(&rt, raw_request_reply(url.clone(), 0, 50)).len(),
             50

@@ -306,6 +306,7 @@ impl Aether {
             dropped: drops(&stats, true),
             rate_limited: stats.rate_limited,
             rate_limit_waits: stats.rate_limit_waits,
+            handler_panics: stats.handler_panics,
             refused_emits: stats
                 .refusals()
                 .filter(|(_, n)| *n > 0)

@@ -80,7 +80,17 @@ pub(crate) enum Offer {
     /// resonances ([`Inbox::offer_once`]): not a loss, so not counted.
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     Duplicate,
+    /// Handed to the vibrator's handler, which panicked on it.
+    HandlerPanicked,
 }
+
+/// A vibrator's handler ([`crate::VibratorBuilder::on_wave`]): run on each
+/// wave where it arrives instead of queueing it.
+pub(crate) type Handler = Arc<dyn Fn(Wave) + Send + Sync>;
+
+/// How often a vibrator whose handler panics says so in the log (each
+/// panic is counted).
+const PANIC_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub(crate) struct Inbox {
     settings: CachePadded<Settings>,
@@ -108,6 +118,8 @@ pub(crate) struct Inbox {
     /// come through them are offered once ([`Inbox::offer_once`]).
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     groups: AtomicUsize,
+    /// When a panic of the handler was last said in the log.
+    panic_warned: Mutex<Option<std::time::Instant>>,
 }
 
 /// What every offer reads; written only when a setting changes.
@@ -122,6 +134,8 @@ struct Settings {
     /// `f64` bits: waves weaker than this are not delivered.
     noise_floor: AtomicU64,
     skip_own: AtomicBool,
+    /// Run on each wave instead of queueing it, if set.
+    handler: Option<Handler>,
 }
 
 #[derive(Default)]
@@ -207,6 +221,7 @@ impl Inbox {
         capacity: usize,
         noise_floor: f64,
         skip_own: bool,
+        handler: Option<Handler>,
     ) -> Self {
         Self {
             settings: CachePadded::new(Settings {
@@ -216,6 +231,7 @@ impl Inbox {
                 capacity,
                 noise_floor: AtomicU64::new(noise_floor.to_bits()),
                 skip_own: AtomicBool::new(skip_own),
+                handler,
             }),
             state: CachePadded::new(Mutex::new(State::default())),
             queued: CachePadded::new(AtomicUsize::new(0)),
@@ -225,6 +241,7 @@ impl Inbox {
             stats: CachePadded::new(Counters::default()),
             patterns: ArcSwap::default(),
             groups: AtomicUsize::new(0),
+            panic_warned: Mutex::new(None),
         }
     }
 
@@ -326,6 +343,9 @@ impl Inbox {
         if let Some(refused) = self.screen(&wave, self.noise_floor(), self.skips_own()) {
             return refused;
         }
+        if let Some(handler) = &self.settings.handler {
+            return self.hand(handler, wave);
+        }
         let state = self.lock();
         if state.closed {
             return Offer::Closed;
@@ -364,7 +384,43 @@ impl Inbox {
         if let Some(refused) = self.screen(&wave, self.noise_floor(), self.skips_own()) {
             return refused;
         }
+        if let Some(handler) = &self.settings.handler {
+            drop(state);
+            return self.hand(handler, wave);
+        }
         self.queue(state, wave)
+    }
+
+    /// Runs the vibrator's handler on a screened wave, on this thread, and
+    /// counts it delivered; a panic in the handler is caught, counted and
+    /// said in the log (at most once a minute), and the next wave is
+    /// handed as any other.
+    fn hand(&self, handler: &Handler, wave: Wave) -> Offer {
+        if self.is_closed() {
+            return Offer::Closed;
+        }
+        self.stats.delivered();
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(wave)));
+        if ran.is_ok() {
+            return Offer::Queued;
+        }
+        self.stats.handler_panicked();
+        self.warn_panicked();
+        Offer::HandlerPanicked
+    }
+
+    #[cold]
+    fn warn_panicked(&self) {
+        let mut warned = self.panic_warned.lock().unwrap_or_else(|e| e.into_inner());
+        if warned.is_none_or(|at| at.elapsed() >= PANIC_WARN_EVERY) {
+            *warned = Some(std::time::Instant::now());
+            tracing::error!(
+                vibrator = %self.settings.name,
+                panics = self.stats.snapshot().handler_panics,
+                "the vibrator's wave handler panicked; the waves after it are handed to it as \
+                 before (said at most once a minute; counted in handler_panics)"
+            );
+        }
     }
 
     /// Queues a screened wave in the open queue held by `state`, waking the
@@ -400,6 +456,15 @@ impl Inbox {
         mut each: impl FnMut(Offer),
     ) {
         let (floor, skip_own) = (self.noise_floor(), self.skips_own());
+        if let Some(handler) = &self.settings.handler {
+            for wave in waves {
+                each(match self.screen(&wave, floor, skip_own) {
+                    Some(refused) => refused,
+                    None => self.hand(handler, wave),
+                });
+            }
+            return;
+        }
         let mut state = self.lock();
         let was_empty = state.queue.is_empty();
         let mut queued = false;
@@ -434,6 +499,7 @@ impl Inbox {
     pub(crate) fn offer_whole(&self, batch: &mut VecDeque<Wave>) -> Option<u64> {
         let (floor, skip_own) = (self.noise_floor(), self.skips_own());
         if batch.is_empty()
+            || self.settings.handler.is_some()
             || batch.len() > self.settings.capacity
             || batch
                 .iter()
@@ -626,7 +692,7 @@ pub(crate) mod tests {
 
     fn inbox(capacity: usize, noise_floor: f64) -> Inbox {
         let physics = Arc::new(PhysicsHub::new(Default::default()));
-        Inbox::new(1, "rx".into(), physics, capacity, noise_floor, false)
+        Inbox::new(1, "rx".into(), physics, capacity, noise_floor, false, None)
     }
 
     pub(crate) fn wave_with(amplitude: f64, tag: u32) -> Wave {
@@ -730,6 +796,55 @@ pub(crate) mod tests {
         wave
     }
 
+    proptest::proptest! {
+        /// A handler gets what a queue as large as the waves would hold,
+        /// in order, whether the waves come one by one or as a batch; the
+        /// counts are the queue's, and nothing is queued.
+        #[test]
+        fn a_handler_gets_what_a_queue_would(
+            amplitudes in proptest::collection::vec(0.0..=1.0f64, 0..40),
+            floor in 0.0..0.5f64,
+            split in 0..40usize,
+            panics_on in proptest::option::of(0..40u32),
+        ) {
+            let queue = inbox(64, floor);
+            let waves = || amplitudes.iter().enumerate().map(|(i, a)| wave_with(*a, i as u32));
+            for wave in waves() {
+                queue.offer(wave);
+            }
+            let expected = drain(&queue);
+            let taken = Arc::new(Mutex::new(Vec::new()));
+            let into = taken.clone();
+            let handler: Handler = Arc::new(move |wave: Wave| {
+                let tag = tag(&wave);
+                into.lock().unwrap().push(tag);
+                assert_ne!(Some(tag), panics_on, "the handler fails on this one");
+            });
+            let physics = Arc::new(PhysicsHub::new(Default::default()));
+            let handled = Inbox::new(1, "rx".into(), physics, 1, floor, false, Some(handler));
+            let mut all: Vec<Wave> = waves().collect();
+            let rest: VecDeque<Wave> = all.split_off(split.min(all.len())).into();
+            let mut outcomes = Vec::new();
+            for wave in all {
+                outcomes.push(handled.offer(wave));
+            }
+            let mut batch = rest;
+            proptest::prop_assert!(handled.offer_whole(&mut batch).is_none());
+            handled.offer_many(batch, |offer| outcomes.push(offer));
+            proptest::prop_assert_eq!(&*taken.lock().unwrap(), &expected);
+            proptest::prop_assert!(drain(&handled).is_empty());
+            let panicked = panics_on.is_some_and(|tag| expected.contains(&tag));
+            let mut counts = queue.stats().snapshot();
+            counts.handler_panics = u64::from(panicked);
+            proptest::prop_assert_eq!(handled.stats().snapshot(), counts);
+            proptest::prop_assert_eq!(
+                outcomes.iter().filter(|o| **o == Offer::HandlerPanicked).count(),
+                usize::from(panicked)
+            );
+            handled.close();
+            proptest::prop_assert_eq!(handled.offer(wave_with(1.0, 99)), Offer::Closed);
+        }
+    }
     proptest::proptest! {
         /// Through two or more group resonances, every copy of a wave after
         /// the first is refused as a duplicate and counted nowhere: the

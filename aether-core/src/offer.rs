@@ -163,6 +163,11 @@ fn count(offer: Offer, stats: &Counters) -> Delivered {
             stats.dropped(reason);
             Delivered::NOT_QUEUED
         }
+        Offer::HandlerPanicked => {
+            stats.delivered();
+            stats.handler_panicked();
+            Delivered::QUEUED
+        }
         Offer::SkippedOwn | Offer::Duplicate => Delivered::NOT_QUEUED,
         Offer::Closed => Delivered::GONE,
     }

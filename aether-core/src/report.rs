@@ -95,6 +95,10 @@ pub struct InstanceReport {
     /// then went out.
     #[serde(default)]
     pub rate_limit_waits: u64,
+    /// Waves on which a vibrator's wave handler (`on_wave`) panicked; left
+    /// out while none did.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub handler_panics: u64,
     /// Emits refused, by kind (`EmitErrorKind::as_str`: `outbox_full`,
     /// `rate_limited`, `too_large`, ...): nothing sent, the caller told.
     /// Only kinds that refused one are listed.
@@ -394,4 +398,10 @@ where
         };
         sent.await;
     }
+}
+
+/// Leaves a count out of a report while it is zero, so that a report reads
+/// as before to an instance that does not know the field.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -102,6 +102,7 @@ pub(crate) struct Counters {
     timeouts: AtomicU64,
     breaker_opens: AtomicU64,
     breaker_rejections: AtomicU64,
+    handler_panics: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
     refused: [AtomicU64; EmitErrorKind::ALL.len()],
 }
@@ -164,6 +165,10 @@ impl Counters {
         self.breaker_rejections.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn handler_panicked(&self) {
+        self.handler_panics.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn dropped(&self, reason: DropReason) {
         self.dropped[reason.index()].fetch_add(1, Relaxed);
     }
@@ -203,6 +208,7 @@ impl Counters {
             timeouts: self.timeouts.load(Relaxed),
             breaker_opens: self.breaker_opens.load(Relaxed),
             breaker_rejections: self.breaker_rejections.load(Relaxed),
+            handler_panics: self.handler_panics.load(Relaxed),
             dropped,
             refused,
         }
@@ -255,6 +261,9 @@ pub struct StatsSnapshot {
     pub breaker_opens: u64,
     /// Calls failed at once by an open circuit breaker.
     pub breaker_rejections: u64,
+    /// Waves whose vibrator's handler ([`crate::VibratorBuilder::on_wave`])
+    /// panicked on them (counted as delivered too).
+    pub handler_panics: u64,
     dropped: [u64; DropReason::ALL.len()],
     refused: [u64; EmitErrorKind::ALL.len()],
 }
@@ -343,6 +352,7 @@ impl fmt::Debug for StatsSnapshot {
             .field("timeouts", &self.timeouts)
             .field("breaker_opens", &self.breaker_opens)
             .field("breaker_rejections", &self.breaker_rejections)
+            .field("handler_panics", &self.handler_panics)
             .field("dropped", &Drops(self))
             .field("refused", &Refusals(self))
             .finish()
@@ -371,6 +381,7 @@ impl fmt::Display for StatsSnapshot {
             ("timeouts", self.timeouts),
             ("breaker_opens", self.breaker_opens),
             ("breaker_rejections", self.breaker_rejections),
+            ("handler_panics", self.handler_panics),
         ];
         for (name, n) in totals {
             writeln!(f, "{name:<26} {n:>8}")?;

@@ -45,7 +45,7 @@ use crate::{
     Aether, Channel, EmitError, EmitErrorKind, IntoPayload, RateLimit, ReflectionReason,
     RequestError, RequestErrorKind, ResonateError, ResonateErrorKind, VibratorError,
     VibratorErrorKind, Wave, WaveId,
-    inbox::Inbox,
+    inbox::{Handler, Inbox},
     medium::{Listener, Publishing, SubscriptionId},
     physics::InterferenceFollower,
     rate_limit::LimitSlot,
@@ -116,16 +116,78 @@ impl Drop for Replies {
 }
 
 /// Options of a new vibrator; see [`Vibrator::builder`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct VibratorBuilder {
     name: String,
     noise_floor: Option<f64>,
     skip_own_waves: bool,
     queue_capacity: Option<usize>,
     rate_limit: Option<RateLimit>,
+    handler: Option<Handler>,
+}
+
+impl fmt::Debug for VibratorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VibratorBuilder")
+            .field("name", &self.name)
+            .field("noise_floor", &self.noise_floor)
+            .field("skip_own_waves", &self.skip_own_waves)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("rate_limit", &self.rate_limit)
+            .field("on_wave", &self.handler.is_some())
+            .finish()
+    }
 }
 
 impl VibratorBuilder {
+    /// Runs `handler` on each wave the vibrator resonates with, where the
+    /// wave arrives, instead of queueing it for [`Vibrator::receive`]: on
+    /// NATS in the connection's receiving task, as each frame or message
+    /// is decoded; on the embedded medium in the emitting task, within
+    /// `emit`. No queue, no hand-off to another task, no wake-up: the
+    /// fastest way to take waves (Zenoh's callback subscribers work so).
+    ///
+    /// The handler must not block: while it runs, nothing else arrives on
+    /// that connection (NATS) or the emitter waits (embedded). Hand longer
+    /// work to a task or a channel of your own. It may run on several
+    /// threads at once (waves of two resonances, or of two emitters), so
+    /// it is `Fn + Send + Sync`. The noise floor, own-wave skipping and
+    /// groups apply as to a queue; a handler that panics on a wave is
+    /// counted (`handler_panics` in [`Vibrator::stats`] and the aether's
+    /// stats, `aether_handler_panics_total`) and logged, and gets the next
+    /// wave as before. [`Vibrator::receive`] then gives `None` once the
+    /// aether closes, and nothing before.
+    ///
+    /// Not on an aether with durable channels (`InvalidSetting`): a
+    /// durable wave is acknowledged when `receive` hands it out.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
+    /// use aether_core::{Aether, Vibrator, Wave};
+    ///
+    /// let aether = Aether::default();
+    /// let seen = Arc::new(AtomicU64::new(0));
+    /// let counter = seen.clone();
+    /// let mut meter = Vibrator::builder("meter")
+    ///     .on_wave(move |wave: Wave| {
+    ///         counter.fetch_add(wave.payload_bytes().len() as u64, Ordering::Relaxed);
+    ///     })
+    ///     .create(&aether)
+    ///     .await?;
+    /// meter.resonate_on("sensors.*").await?;
+    ///
+    /// let sensor = Vibrator::create("sensor", &aether).await?;
+    /// sensor.emit_wave("sensors.kitchen", "21.5").await?;
+    /// assert_eq!(seen.load(Ordering::Relaxed), 6); // "21.5" as JSON, quotes included
+    /// # Ok(()) }
+    /// ```
+    pub fn on_wave(mut self, handler: impl Fn(Wave) + Send + Sync + 'static) -> Self {
+        self.handler = Some(Arc::new(handler));
+        self
+    }
+
     /// Limits how fast it emits ([`crate::rate_limit`]): an emit over the
     /// limit fails with [`EmitErrorKind::RateLimited`]. Default: no limit.
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
@@ -174,6 +236,13 @@ impl VibratorBuilder {
                 "queue_capacity must be at least 1",
             ));
         }
+        if self.handler.is_some() && aether.has_durable_channels() {
+            return Err(VibratorError::new(
+                VibratorErrorKind::InvalidSetting,
+                "on_wave is not for an aether with durable channels: a durable wave is \
+                 acknowledged when receive() hands it out; take waves with receive() there",
+            ));
+        }
         let id = next_vibrator_id();
         let name = SmolStr::new(self.name);
         let inbox = Arc::new(Inbox::new(
@@ -183,6 +252,7 @@ impl VibratorBuilder {
             capacity,
             floor,
             self.skip_own_waves,
+            self.handler,
         ));
         if !aether.register_inbox(&inbox) {
             return Err(closed(VibratorErrorKind::Closed));
@@ -252,6 +322,7 @@ impl Vibrator {
             skip_own_waves: false,
             queue_capacity: None,
             rate_limit: None,
+            handler: None,
         }
     }
 

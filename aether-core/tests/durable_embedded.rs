@@ -156,6 +156,24 @@ async fn embedded_waves_left_in_a_dropped_vibrators_queue_go_to_another_resonato
     .expect("bounded");
 }
 
+/// A wave handler (`on_wave`) is refused on an aether with durable
+/// channels, whose waves are acknowledged as `receive()` hands them out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_wave_handlers_are_refused_beside_durable_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let aether = embedded(dir.path(), OUTBOX_MAX);
+    let refused = Vibrator::builder("meter")
+        .on_wave(|_| {})
+        .create(&aether)
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        refused.kind(),
+        aether_core::VibratorErrorKind::InvalidSetting
+    );
+    assert!(refused.to_string().contains("durable"), "{refused}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_outbox_full_is_refused_and_frees_up_as_waves_are_taken() {
     timeout(LIMIT, async {

@@ -108,8 +108,9 @@ async fn counts_waves_by_family_with_histograms_and_drops() {
     gateway.stop().await.unwrap();
 }
 
-/// Rate-limited emits and the reliability layer's retries, timeouts and
-/// breaker are counted by the aether and exported.
+/// Rate-limited emits, the reliability layer's retries, timeouts and
+/// breaker, and a wave handler's panics are counted by the aether and
+/// exported.
 #[tokio::test]
 async fn rate_limits_and_reliability_are_exported() {
     use aether_core::{
@@ -134,6 +135,16 @@ async fn rate_limits_and_reliability_are_exported() {
         assert!(refused.is_err());
     }
     shop.set_rate_limit(None);
+    let mut fragile = Vibrator::builder("fragile")
+        .on_wave(|_| panic!("a handler that fails on every wave"))
+        .create(&aether)
+        .await
+        .unwrap();
+    fragile.resonate_on("fragile.in").await.unwrap();
+    for _ in 0..2 {
+        shop.emit_wave("fragile.in", 1).await.unwrap();
+    }
+    assert_eq!(fragile.stats().handler_panics, 2);
     let reliability = ReliabilityConfig {
         attempts: 2,
         base_backoff_ms: 1,
@@ -152,6 +163,7 @@ async fn rate_limits_and_reliability_are_exported() {
     let text = scrape(&gateway).await;
     for (name, value) in [
         ("aether_emits_rate_limited_total", 2.0),
+        ("aether_handler_panics_total", 2.0),
         ("aether_reliability_retries_total", 1.0),
         ("aether_reliability_timeouts_total", 2.0),
         ("aether_reliability_breaker_opens_total", 1.0),

@@ -155,6 +155,7 @@ struct Bus {
     reflected: IntCounter,
     rate_limited: IntCounter,
     rate_limit_waits: IntCounter,
+    handler_panics: IntCounter,
     retries: IntCounter,
     timeouts: IntCounter,
     breaker_opens: IntCounter,
@@ -247,6 +248,11 @@ impl AetherCollector {
                 "aether_emits_rate_limit_waits_total",
                 "Emits that waited for their turn under a vibrator's rate limit that shapes, \
                  then went out.",
+            )?,
+            handler_panics: m.counter(
+                "aether_handler_panics_total",
+                "Waves on which a vibrator's wave handler (on_wave) panicked; the handler \
+                 gets the next wave as before.",
             )?,
             retries: m.counter(
                 "aether_reliability_retries_total",
@@ -399,6 +405,7 @@ impl AetherCollector {
         raise(&bus.reflected, stats.reflected);
         raise(&bus.rate_limited, stats.rate_limited);
         raise(&bus.rate_limit_waits, stats.rate_limit_waits);
+        raise(&bus.handler_panics, stats.handler_panics);
         raise(&bus.retries, stats.retries);
         raise(&bus.timeouts, stats.timeouts);
         raise(&bus.breaker_opens, stats.breaker_opens);

@@ -536,6 +536,102 @@ pub async fn one_delivery_per_vibrator_however_many_groups_match(m: &dyn Medium)
     assert_silent(&mut worker).await;
 }
 
+/// A vibrator with a handler (`on_wave`) takes each wave in it, where the
+/// wave arrives, in order and once however many of its patterns match,
+/// under its noise floor and without its own waves as a queue would; its
+/// queue stays empty.
+pub async fn handlers_take_waves_where_they_arrive(m: &dyn Medium) {
+    use std::sync::{Arc, Mutex};
+    let aether = default_aether(m).await;
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let taken = Arc::new(Mutex::new(Vec::new()));
+    let into = taken.clone();
+    let mut meter = Vibrator::builder("meter")
+        .noise_floor(0.5)
+        .skip_own_waves(true)
+        .on_wave(move |wave: Wave| into.lock().unwrap().push(wave.payload()))
+        .create(&aether)
+        .await
+        .unwrap();
+    meter.resonate_on("meter.*").await.unwrap();
+    meter.resonate_on("meter.a").await.unwrap();
+    let mut queue = Vibrator::create("queue", &aether).await.unwrap();
+    queue.resonate_on("meter.a").await.unwrap();
+    let total = 40;
+    for i in 0..total {
+        tx.emit_wave("meter.a", json!(i)).await.unwrap();
+    }
+    tx.emit(
+        Wave::builder("meter.a")
+            .amplitude(0.2)
+            .payload(json!("weak"))
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    meter.emit_wave("meter.a", json!("own")).await.unwrap();
+    tx.emit_wave("meter.b", json!("last")).await.unwrap();
+    let mut expected: Vec<_> = (0..total).map(|i| json!(i)).collect();
+    expected.push(json!("last"));
+    eventually("the handler took every wave", || {
+        (taken.lock().unwrap().len() >= expected.len()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(*taken.lock().unwrap(), expected);
+    assert!(meter.try_receive().is_none(), "nothing queued");
+    assert_eq!(meter.stats().delivered, expected.len() as u64);
+    assert_eq!(meter.stats().dropped(DropReason::BelowNoiseFloor), 1);
+    assert_eq!(meter.stats().handler_panics, 0);
+    // A queue beside it is not touched.
+    for i in 0..total {
+        assert_eq!(recv(&mut queue).await.payload(), json!(i));
+    }
+}
+
+/// A handler that panics on a wave is counted, and takes the next wave as
+/// before; other vibrators are not touched.
+pub async fn a_panicking_handler_is_counted_and_goes_on(m: &dyn Medium) {
+    use std::sync::{Arc, Mutex};
+    let aether = default_aether(m).await;
+    let tx = Vibrator::create("tx", &aether).await.unwrap();
+    let taken = Arc::new(Mutex::new(Vec::new()));
+    let into = taken.clone();
+    let mut fragile = Vibrator::builder("fragile")
+        .on_wave(move |wave: Wave| {
+            let value = wave.payload();
+            assert_ne!(value, json!("boom"), "the handler fails on this one");
+            into.lock().unwrap().push(value);
+        })
+        .create(&aether)
+        .await
+        .unwrap();
+    fragile.resonate_on("jobs").await.unwrap();
+    let mut steady = Vibrator::create("steady", &aether).await.unwrap();
+    steady.resonate_on("jobs").await.unwrap();
+    for value in [json!(1), json!("boom"), json!(2), json!("boom"), json!(3)] {
+        tx.emit_wave("jobs", value).await.unwrap();
+    }
+    eventually("the handler took the waves after the panics", || {
+        (taken.lock().unwrap().len() >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(*taken.lock().unwrap(), [json!(1), json!(2), json!(3)]);
+    assert_eq!(fragile.stats().handler_panics, 2);
+    assert_eq!(fragile.stats().delivered, 5);
+    assert_eq!(aether.stats().handler_panics, 2);
+    for _ in 0..5 {
+        recv(&mut steady).await;
+    }
+    assert_eq!(steady.stats().handler_panics, 0);
+    // Its queue never fills: receive() waits (nothing comes) until the
+    // aether closes, then ends.
+    assert!(fragile.try_receive().is_none());
+    aether.close();
+    assert!(fragile.receive().await.is_none());
+}
+
 pub async fn own_waves_can_be_skipped(m: &dyn Medium) {
     let aether = default_aether(m).await;
     let mut chatty = Vibrator::builder("chatty")
@@ -967,6 +1063,8 @@ macro_rules! behaviour_suite {
             groups_share_waves_one_member_each,
             one_delivery_per_vibrator_however_many_groups_match,
             own_waves_can_be_skipped,
+            handlers_take_waves_where_they_arrive,
+            a_panicking_handler_is_counted_and_goes_on,
             request_gets_the_reply,
             request_without_responders_fails_fast,
             request_times_out_without_reply,

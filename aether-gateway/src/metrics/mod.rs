@@ -21,6 +21,7 @@
 //! | `aether_waves_emitted_total`, `…_delivered_total`, `…_unrouted_total`, `…_diffracted_total`, `…_reflected_total` | counter | | the gateway's aether (`Aether::stats`) |
 //! | `aether_waves_dropped_total` | counter | `reason` | the same, drops by reason |
 //! | `aether_emits_rate_limited_total` | counter | | emits refused by a vibrator's rate limit, on the gateway's aether |
+//! | `aether_handler_panics_total` | counter | | waves on which a vibrator's wave handler (`on_wave`) panicked, on the gateway's aether |
 //! | `aether_emits_refused_total` | counter | `reason` | every emit the gateway's aether refused, by the error's kind (`EmitErrorKind::as_str`) |
 //! | `aether_reliability_retries_total`, `…_timeouts_total`, `…_breaker_opens_total`, `…_breaker_rejections_total` | counter | | `aether_core::reliable` policies on the gateway's aether |
 //! | `aether_interference_events_total` | counter | `pattern` | `constructive`, `cancellation`, `standing_wave` (every event of the engine) |
