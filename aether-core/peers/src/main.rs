@@ -29,6 +29,7 @@ const MEASURE_LIMIT: Duration = Duration::from_secs(150);
 enum Peer {
     RawNats,
     Aether,
+    AetherHandler,
     ZenohCallback,
     ZenohFifo,
     Redis,
@@ -40,6 +41,7 @@ impl Peer {
         match self {
             Peer::RawNats => "raw async-nats",
             Peer::Aether => "Aether over NATS (batch frames on)",
+            Peer::AetherHandler => "Aether over NATS, a handler (`on_wave`)",
             Peer::ZenohCallback => "Zenoh, callback subscriber",
             Peer::ZenohFifo => "Zenoh, FIFO-channel subscriber (default)",
             Peer::Redis => "Redis pub/sub",
@@ -76,7 +78,7 @@ struct Ctx {
 impl Ctx {
     fn has(&self, p: Peer) -> bool {
         match p {
-            Peer::RawNats | Peer::Aether => self.nats.is_some(),
+            Peer::RawNats | Peer::Aether | Peer::AetherHandler => self.nats.is_some(),
             Peer::ZenohCallback | Peer::ZenohFifo => true,
             Peer::Redis => self.redis.is_some(),
             Peer::Mqtt => self.mqtt.is_some(),
@@ -363,6 +365,7 @@ fn main() {
     let all = [
         Peer::RawNats,
         Peer::Aether,
+        Peer::AetherHandler,
         Peer::ZenohCallback,
         Peer::ZenohFifo,
         Peer::Redis,
@@ -384,6 +387,9 @@ fn main() {
                 match peer {
                     Peer::RawNats => measure(&rt, nats::raw_throughput(c.nats(), n, fan)),
                     Peer::Aether => measure(&rt, nats::aether_throughput(c.nats(), n, fan)),
+                    Peer::AetherHandler => {
+                        measure(&rt, nats::aether_handler_throughput(c.nats(), n, fan))
+                    }
                     Peer::ZenohCallback => measure(&rt, zenoh_peer::throughput(n, fan, true)),
                     Peer::ZenohFifo => measure(&rt, zenoh_peer::throughput(n, fan, false)),
                     Peer::Redis => measure(&rt, redis_peer::throughput(c.redis(), n, fan)),
@@ -400,7 +406,7 @@ fn main() {
     let req_peers: Vec<Peer> = peers
         .iter()
         .copied()
-        .filter(|p| *p != Peer::ZenohCallback)
+        .filter(|p| *p != Peer::ZenohCallback && *p != Peer::AetherHandler)
         .collect();
     let req = series(
         "request/reply",
@@ -418,7 +424,9 @@ fn main() {
             let (w, s) = (sizes.warm_up, sizes.samples);
             let samples = match peer {
                 Peer::RawNats => measure(&rt, nats::raw_request_reply(c.nats(), w, s)),
-                Peer::Aether => measure(&rt, nats::aether_request_reply(c.nats(), w, s)),
+                Peer::Aether | Peer::AetherHandler => {
+                    measure(&rt, nats::aether_request_reply(c.nats(), w, s))
+                }
                 Peer::ZenohFifo | Peer::ZenohCallback => {
                     measure(&rt, zenoh_peer::request_reply(w, s))
                 }
@@ -441,7 +449,8 @@ fn main() {
             let c = &ctx;
             let (samples, lost) = match peer {
                 Peer::RawNats => measure(&rt, nats::raw_steady(c.nats(), sn, skip)),
-                Peer::Aether => measure(&rt, nats::aether_steady(c.nats(), sn, skip)),
+                Peer::Aether => measure(&rt, nats::aether_steady(c.nats(), sn, skip, false)),
+                Peer::AetherHandler => measure(&rt, nats::aether_steady(c.nats(), sn, skip, true)),
                 Peer::ZenohCallback => measure(&rt, zenoh_peer::steady(sn, skip, true)),
                 Peer::ZenohFifo => measure(&rt, zenoh_peer::steady(sn, skip, false)),
                 Peer::Redis => measure(&rt, redis_peer::steady(c.redis(), sn, skip)),

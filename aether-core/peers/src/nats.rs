@@ -256,6 +256,61 @@ pub async fn aether_throughput(url: String, n: usize, fan: usize) -> Result<Outc
     Ok(outcome)
 }
 
+/// 1 -> `fan` as [`aether_throughput`], the receiving vibrators taking
+/// each wave in a handler run where it arrives (`on_wave`): no queue, no
+/// task woken, as Zenoh's callback subscriber.
+pub async fn aether_handler_throughput(
+    url: String,
+    n: usize,
+    fan: usize,
+) -> Result<Outcome, String> {
+    let rx_aether = aether_connect(&url, capacity(n)).await?;
+    let tx_aether = aether_connect(&url, capacity(n)).await?;
+    let (pattern, subject) = if fan == 1 {
+        ("bench.one", "bench.one")
+    } else {
+        ("bench.*", "bench.fan")
+    };
+    let tallies: Vec<_> = (0..fan).map(|_| Tally::new()).collect();
+    let mut receivers = Vec::new();
+    for (i, tally) in tallies.iter().enumerate() {
+        let tally = tally.clone();
+        let mut rx = Vibrator::builder(format!("rx{i}"))
+            .on_wave(move |wave: Wave| tally.on(wave.payload_bytes()))
+            .create(&rx_aether)
+            .await
+            .map_err(e("rx"))?;
+        rx.resonate_on(pattern).await.map_err(e("resonate"))?;
+        receivers.push(rx);
+    }
+    let tx = Vibrator::create("tx", &tx_aether).await.map_err(e("tx"))?;
+    let channel = Channel::new(subject);
+    live!(
+        "aether handler",
+        &tallies,
+        async {
+            tx.emit(Wave::new(channel.clone(), Bytes::from_static(PROBE)))
+                .await
+                .map_err(e("probe"))
+        }
+        .await
+    )?;
+    let payload = payload();
+    let start = now_ns();
+    for _ in 0..n {
+        tx.emit(Wave::new(channel.clone(), payload.clone()))
+            .await
+            .map_err(e("emit"))?;
+    }
+    let outcome = finish(&tallies, n, start).await;
+    let dropped = rx_aether.stats().dropped_total();
+    if dropped > 0 {
+        eprintln!("aether handler: {dropped} waves dropped");
+    }
+    drop(receivers);
+    Ok(outcome)
+}
+
 pub async fn aether_request_reply(
     url: String,
     warm_up: usize,
@@ -309,22 +364,39 @@ pub async fn aether_request_reply(
     timed!(warm_up, samples, request!())
 }
 
+/// One-way latency at a steady rate; the receiving vibrator takes the
+/// waves from its queue, or (`handler`) in a handler run where they arrive.
 pub async fn aether_steady(
     url: String,
     n: usize,
     skip: usize,
+    handler: bool,
 ) -> Result<(Vec<Duration>, usize), String> {
     let rx_aether = aether_connect(&url, capacity(n)).await?;
     let tx_aether = aether_connect(&url, capacity(n)).await?;
     let tally = Tally::timing();
     let mut tasks = Tasks::default();
-    aether_receivers(
-        &rx_aether,
-        "bench.steady",
-        std::slice::from_ref(&tally),
-        &mut tasks,
-    )
-    .await?;
+    let mut receivers = Vec::new();
+    if handler {
+        let into = tally.clone();
+        let mut rx = Vibrator::builder("rx")
+            .on_wave(move |wave: Wave| into.on(wave.payload_bytes()))
+            .create(&rx_aether)
+            .await
+            .map_err(e("rx"))?;
+        rx.resonate_on("bench.steady")
+            .await
+            .map_err(e("resonate"))?;
+        receivers.push(rx);
+    } else {
+        aether_receivers(
+            &rx_aether,
+            "bench.steady",
+            std::slice::from_ref(&tally),
+            &mut tasks,
+        )
+        .await?;
+    }
     let tx = Vibrator::create("tx", &tx_aether).await.map_err(e("tx"))?;
     let channel = Channel::new("bench.steady");
     live!(
@@ -352,6 +424,7 @@ pub async fn aether_steady(
         .map_err(e("flush"))?;
     let out = steady_outcome(&tally, n, skip).await;
     drop(tx);
+    drop(receivers);
     Ok(out)
 }
 
