@@ -76,11 +76,17 @@ impl Default for HeldBy {
 }
 
 /// What a flush waited for.
+///
+/// Flushes of one replica take turns, and a turn sends every write still
+/// waiting: a flush whose writes another's turn took (many writers in
+/// flight) ends with that turn, told who acknowledged it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Held {
-    /// This replica's writes it sent (0: none was waiting).
+    /// This replica's writes it waited for (0: none was waiting): those
+    /// its turn sent, or those another flush's turn took for it.
     pub writes: usize,
-    /// The replicas that acknowledged them all, by name (each once).
+    /// The replicas that acknowledged them all, by name (each once); for
+    /// writes another flush's turn took, or none waiting, the last turn's.
     pub by: Vec<String>,
     /// How many of them are keepers.
     pub keepers: usize,
@@ -101,6 +107,65 @@ pub(super) struct Ack {
     pub(super) name: SmolStr,
     pub(super) keeper: bool,
     pub(super) refused: u8,
+}
+
+/// A replica's flushes. They take turns: each turn sends every write of
+/// the replica still waiting, so the flushes that waited meanwhile find
+/// theirs held and end without a hold of their own. The writes of many
+/// writers in flight are thus acknowledged together, one hold a turn, as
+/// a ledger's fsyncs group its writes.
+#[derive(Default)]
+pub(super) struct Flushes {
+    /// The holds waiting: each hold's token and where its
+    /// acknowledgements go.
+    waiting: std::sync::Mutex<HashMap<u64, mpsc::UnboundedSender<(u64, Ack)>>>,
+    /// Held by the flush whose turn it is.
+    turn: tokio::sync::Mutex<()>,
+    /// Told when a turn ends, however it ended: the flushes waiting look
+    /// whether it took their writes, and one of those it did not starts
+    /// the next.
+    ended: tokio::sync::Notify,
+    /// Writes made by this replica so far, counted once each is among its
+    /// unacknowledged writes: a flush waits for those made before it.
+    written: std::sync::atomic::AtomicU64,
+    /// The last turn that was acknowledged.
+    last: std::sync::Mutex<Option<Turn>>,
+}
+
+/// A flush's turn, until it ends: then the flushes waiting are told.
+struct TurnEnds<'a> {
+    flushes: &'a Flushes,
+    turn: Option<tokio::sync::MutexGuard<'a, ()>>,
+}
+
+impl Drop for TurnEnds<'_> {
+    fn drop(&mut self) {
+        // Let go first: a flush told must find the turn free.
+        self.turn.take();
+        self.flushes.ended.notify_waiters();
+    }
+}
+
+/// A turn acknowledged: every write of the replica up to `upto` (in
+/// [`Flushes::written`]'s count) is held as `want` asked.
+#[derive(Clone)]
+struct Turn {
+    want: HeldBy,
+    upto: u64,
+    held: Held,
+}
+
+impl Flushes {
+    /// Counts a write of this replica, after it went among its
+    /// unacknowledged writes.
+    pub(super) fn wrote(&self) {
+        self.written
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    fn written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// The first resend of a hold, then doubling.
@@ -163,14 +228,43 @@ impl StateMap {
         // The writes still queued leave before the hold that names them.
         shared.send_outgoing().await;
         let deadline = tokio::time::Instant::now() + timeout;
-        let waiting = shared.unacked_entries(want);
+        // This flush waits for the writes made so far: done if a turn
+        // took them all already.
+        let mine = shared.flushes.written();
+        if let Some(held) = shared.covered(want, mine) {
+            return Ok(held);
+        }
+        // One flush's turn at a time ([`Flushes`]); another's may take
+        // these writes meanwhile.
+        let _turn = loop {
+            let ended = shared.flushes.ended.notified();
+            let mut ended = std::pin::pin!(ended);
+            ended.as_mut().enable();
+            if let Some(held) = shared.covered(want, mine) {
+                return Ok(held);
+            }
+            if let Ok(turn) = shared.flushes.turn.try_lock() {
+                break TurnEnds {
+                    flushes: &shared.flushes,
+                    turn: Some(turn),
+                };
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return Err(shared.not_held(want, &HashMap::new(), 0, timeout));
+            }
+        };
+        let (waiting, upto) = shared.unacked_entries_upto(want);
+        if waiting.is_empty() {
+            let last = shared.lock_last().clone();
+            return Ok(last.map_or_else(Held::default, |turn| Held {
+                writes: 0,
+                ..turn.held
+            }));
+        }
         let mut held = Held {
             writes: waiting.len(),
             ..Held::default()
         };
-        if waiting.is_empty() {
-            return Ok(held);
-        }
         let mut by: HashMap<u64, Ack> = HashMap::new();
         // A chunk fits in one second of a receiver's rate for this writer.
         let most = (shared.config.max_writes_per_s as usize).clamp(1, codec::MAX_ENTRIES);
@@ -189,6 +283,11 @@ impl StateMap {
         held.keepers = by.values().filter(|a| a.keeper).count();
         held.by = by.into_values().map(|a| a.name.to_string()).collect();
         held.by.sort();
+        *shared.lock_last() = Some(Turn {
+            want,
+            upto,
+            held: held.clone(),
+        });
         Ok(held)
     }
 
@@ -247,23 +346,68 @@ impl Shared {
     }
 
     fn lock_flushes(&self) -> MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<(u64, Ack)>>> {
-        self.flushes.lock().unwrap_or_else(|e| e.into_inner())
+        self.flushes
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_last(&self) -> MutexGuard<'_, Option<Turn>> {
+        self.flushes.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the last turn was told, if it held every write up to `upto`
+    /// as `want` asks.
+    fn covered(&self, want: HeldBy, upto: u64) -> Option<Held> {
+        let last = self.lock_last();
+        let turn = last.as_ref()?;
+        (turn.upto >= upto
+            && turn.want.replicas >= want.replicas
+            && turn.want.keepers >= want.keepers)
+            .then(|| turn.held.clone())
+    }
+
+    /// [`Shared::unacked_entries`], and how many writes this replica had
+    /// made then (all of them among those or acknowledged).
+    fn unacked_entries_upto(&self, want: HeldBy) -> (Vec<(String, Entry)>, u64) {
+        let unacked = self.lock_unacked();
+        // Read under the lock every write takes to join the unacknowledged
+        // ones: the writes counted are all there.
+        let upto = self.flushes.written();
+        drop(unacked);
+        (self.unacked_entries(want), upto)
     }
 
     /// This replica's writes not yet acknowledged as `want` asks, as held
     /// now (a write a higher stamp overwrote since is no longer this
     /// replica's to hold, and is forgotten).
+    ///
+    /// The store is read for the writes still short of `want` alone; the
+    /// others, overwritten since, are forgotten once they outnumber the
+    /// keys held.
     pub(super) fn unacked_entries(&self, want: HeldBy) -> Vec<(String, Entry)> {
         let mut unacked = self.lock_unacked();
         let store = self.lock_store();
-        unacked.retain(|key, acked| store.entry(key).is_some_and(|e| e.stamp == acked.stamp));
-        unacked
-            .iter()
-            .filter(|(_, acked)| {
-                !(acked.replicas >= want.replicas && acked.keepers >= want.keepers)
-            })
-            .filter_map(|(key, _)| Some((key.clone(), store.entry(key)?.clone())))
-            .collect()
+        if unacked.len() > store.held() {
+            unacked.retain(|key, acked| store.entry(key).is_some_and(|e| e.stamp == acked.stamp));
+        }
+        let mut waiting = Vec::new();
+        let mut overwritten = Vec::new();
+        for (key, acked) in unacked.iter() {
+            if acked.replicas >= want.replicas && acked.keepers >= want.keepers {
+                continue;
+            }
+            match store.entry(key) {
+                Some(entry) if entry.stamp == acked.stamp => {
+                    waiting.push((key.clone(), entry.clone()));
+                }
+                _ => overwritten.push(key.clone()),
+            }
+        }
+        for key in overwritten {
+            unacked.remove(&key);
+        }
+        waiting
     }
 
     /// Notes that `replicas` replicas, `keepers` of them keepers, hold the

@@ -249,9 +249,9 @@ struct Shared {
     /// This replica's writes, by key, and how many replicas and keepers
     /// acknowledged each (forgotten when a higher stamp overwrites it).
     unacked: Mutex<HashMap<String, held::Acked>>,
-    /// The flushes waiting: each hold's token and where its
-    /// acknowledgements go.
-    flushes: Mutex<HashMap<u64, tokio::sync::mpsc::UnboundedSender<(u64, held::Ack)>>>,
+    /// The flushes: the holds waiting for acknowledgements, and whose turn
+    /// it is to send one.
+    flushes: held::Flushes,
     map: String,
     node_name: SmolStr,
     config: StateConfig,
@@ -585,7 +585,7 @@ impl StateMap {
             keeper,
             values,
             unacked: Mutex::new(HashMap::new()),
-            flushes: Mutex::new(HashMap::new()),
+            flushes: held::Flushes::default(),
             emitter: vibrator.emitter(),
             channels,
             changes: watch::Watchers::new(config.watch_buffer),
@@ -809,6 +809,7 @@ impl StateMap {
                         keepers: 0,
                     },
                 );
+                shared.flushes.wrote();
                 logged
             }
             Applied::Stale => return Ok(false),

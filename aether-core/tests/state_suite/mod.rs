@@ -735,6 +735,60 @@ pub async fn a_flush_waits_for_another_replica_and_says_when_none_holds_the_writ
     .expect("bounded");
 }
 
+/// Many writers in flight on one replica, each waiting for its write to
+/// be held: every flush ends held by the other replica, which holds every
+/// write, and the flushes share their holds (a turn takes every write
+/// waiting) rather than sending one each.
+pub async fn writers_in_flight_are_acknowledged_together(m: &dyn Bus) {
+    timeout(LIMIT, async {
+        let a = open(&m.aether().await, "a").await;
+        let b = open(&m.aether().await, "b").await;
+        let (writers, each) = (32, 20);
+        let started = std::time::Instant::now();
+        let tasks: Vec<_> = (0..writers)
+            .map(|w| {
+                let a = a.clone();
+                tokio::spawn(async move {
+                    let mut shared = 0;
+                    for n in 0..each {
+                        a.set_json(&format!("w{w}.{n}"), &n).await.unwrap();
+                        let held = a.flush(Duration::from_secs(10)).await.unwrap();
+                        assert_eq!(held.by, ["b"], "writer {w}, write {n}");
+                        assert!(held.writes >= 1, "writer {w}, write {n}: {held:?}");
+                        shared += usize::from(held.writes > 1);
+                    }
+                    shared
+                })
+            })
+            .collect();
+        let mut shared = 0;
+        for task in tasks {
+            shared += task.await.unwrap();
+        }
+        for w in 0..writers {
+            for n in 0..each {
+                assert_eq!(
+                    b.get_json::<i32>(&format!("w{w}.{n}")).unwrap(),
+                    Some(n),
+                    "b holds w{w}.{n}"
+                );
+            }
+        }
+        assert_eq!(a.unacknowledged(), 0);
+        assert!(
+            shared > 0,
+            "some flushes were told of holds that took other writers' writes too"
+        );
+        eprintln!(
+            "{} writes by {writers} writers in flight, each held before the next, in {:?}",
+            writers * each,
+            started.elapsed()
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
 pub async fn a_keeper_holds_a_map_its_writers_left_and_again_after_its_restart(m: &dyn Bus) {
     timeout(LIMIT, async {
         let dir = tempfile::tempdir().unwrap();
@@ -997,7 +1051,7 @@ pub async fn presence_values_reach_every_replica_and_go_with_it(m: &dyn Bus) {
 #[macro_export]
 macro_rules! state_suite {
     ($factory:expr) => {
-        $crate::state_suite!(@cases $factory; a_write_is_seen_here_at_once_and_by_every_replica_soon, a_late_replica_has_the_whole_state_when_open_returns, a_replica_closed_just_before_a_late_one_opens_leaves_the_answering_to_others, watchers_get_each_change_with_old_and_new_values_and_losers_hear_superseded, concurrent_writes_of_one_key_settle_on_the_same_value_everywhere, changes_a_replica_missed_are_repaired_by_anti_entropy, bad_writes_are_typed_errors_and_change_nothing, replicas_with_other_limits_converge, nodes_own_their_keys_and_see_who_is_there, writes_stamped_elsewhere_merge_by_the_same_rules, watch_streams_each_key_in_stamp_order_under_concurrent_writers, a_flush_waits_for_another_replica_and_says_when_none_holds_the_writes, a_keeper_holds_a_map_its_writers_left_and_again_after_its_restart, a_full_keeper_refuses_with_its_reason_and_keeps_running, a_late_replica_has_a_write_a_full_keeper_refused, presence_values_reach_every_replica_and_go_with_it);
+        $crate::state_suite!(@cases $factory; a_write_is_seen_here_at_once_and_by_every_replica_soon, a_late_replica_has_the_whole_state_when_open_returns, a_replica_closed_just_before_a_late_one_opens_leaves_the_answering_to_others, watchers_get_each_change_with_old_and_new_values_and_losers_hear_superseded, concurrent_writes_of_one_key_settle_on_the_same_value_everywhere, changes_a_replica_missed_are_repaired_by_anti_entropy, bad_writes_are_typed_errors_and_change_nothing, replicas_with_other_limits_converge, nodes_own_their_keys_and_see_who_is_there, writes_stamped_elsewhere_merge_by_the_same_rules, watch_streams_each_key_in_stamp_order_under_concurrent_writers, a_flush_waits_for_another_replica_and_says_when_none_holds_the_writes, writers_in_flight_are_acknowledged_together, a_keeper_holds_a_map_its_writers_left_and_again_after_its_restart, a_full_keeper_refuses_with_its_reason_and_keeps_running, a_late_replica_has_a_write_a_full_keeper_refused, presence_values_reach_every_replica_and_go_with_it);
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(
