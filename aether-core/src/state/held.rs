@@ -225,8 +225,6 @@ impl StateMap {
                 ),
             ));
         }
-        // The writes still queued leave before the hold that names them.
-        shared.send_outgoing().await;
         let deadline = tokio::time::Instant::now() + timeout;
         // This flush waits for the writes made so far: done if a turn
         // took them all already.
@@ -253,6 +251,9 @@ impl StateMap {
                 return Err(shared.not_held(want, &HashMap::new(), 0, timeout));
             }
         };
+        // The writes still queued leave (together) before the hold that
+        // names them; a flush whose writes a turn took sends nothing.
+        shared.send_outgoing().await;
         let (waiting, upto) = shared.unacked_entries_upto(want);
         if waiting.is_empty() {
             let last = shared.lock_last().clone();
