@@ -21,7 +21,10 @@
 //!
 //! `cargo bench -p aether-core --bench keepers` (rounds alternate the
 //! sides; medians and min-max); under `cargo test` each side runs once,
-//! small, Redis left out.
+//! small, Redis left out. `AETHER_BENCH_PROFILE=writers` measures many
+//! writers in flight instead: [`WRITERS`] tasks, each writing and waiting
+//! for its acknowledgement in turn, on one map (its writes flushed to the
+//! keeper) beside as many on one NATS KV bucket, alternating rounds.
 
 use std::time::{Duration, Instant};
 
@@ -103,6 +106,162 @@ async fn aether(url: &str, n: usize, sync_writes: bool) -> Run {
     map.close().await;
     keeper.close().await;
     run
+}
+
+/// Writers in flight in the `writers` profile.
+const WRITERS: usize = 64;
+
+/// `max_writes_per_s`'s default: a keeper takes at most this many writes a
+/// second from one writer (`AETHER_BENCH_WRITES_PER_S` sets another).
+const DEFAULT_RATE: u32 = 10_000;
+
+/// [`WRITERS`] tasks on one map, each writing `each` keys of its own, one
+/// at a time, each flushed to one keeper before the next: writes a second
+/// over all, and each write's latency.
+async fn aether_writers(url: &str, each: usize, max_writes_per_s: u32) -> Run {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StateConfig {
+        dir: Some(dir.path().into()),
+        max_writes_per_s,
+        ..Default::default()
+    };
+    config.keeper.maps = vec!["*".into()];
+    let keeping = Aether::connect_url(url).await.expect("connect");
+    let keeper = Keeper::start_with(&keeping, "keeper", config)
+        .await
+        .expect("keeper");
+    let writing = Aether::connect_url(url).await.expect("connect");
+    let map = StateMap::builder("bench")
+        .node("writer")
+        .config(StateConfig {
+            max_writes_per_s,
+            ..Default::default()
+        })
+        .open(&writing)
+        .await
+        .expect("map");
+    let value = vec![b'v'; VALUE];
+    map.set("warm", value.clone()).await.expect("set");
+    map.flush_to(HeldBy::keepers(1), Duration::from_secs(5))
+        .await
+        .expect("held");
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (map, value) = (map.clone(), value.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(each);
+                for i in 0..each {
+                    let t = Instant::now();
+                    map.set(&format!("w{w}.k{}", i % 100), value.clone())
+                        .await
+                        .expect("set");
+                    let held = map
+                        .flush_to(HeldBy::keepers(1), Duration::from_secs(10))
+                        .await
+                        .expect("held");
+                    assert_eq!(held.keepers, 1);
+                    latencies.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(WRITERS * each);
+    for task in tasks {
+        latencies.extend(task.await.expect("writer"));
+    }
+    let run = timed(latencies, start.elapsed());
+    map.close().await;
+    keeper.close().await;
+    run
+}
+
+/// [`WRITERS`] tasks on one NATS KV bucket (one client), each putting
+/// `each` keys of its own, one at a time, each acknowledged before the
+/// next.
+async fn nats_kv_writers(url: &str, each: usize) -> Option<Run> {
+    let client = async_nats::connect(url).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let kv = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: format!("writers{}", std::process::id()),
+            history: 1,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| eprintln!("NATS KV left out: {error}"))
+        .ok()?;
+    let value = bytes::Bytes::from(vec![b'v'; VALUE]);
+    kv.put("warm", value.clone()).await.expect("put");
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (kv, value) = (kv.clone(), value.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(each);
+                for i in 0..each {
+                    let t = Instant::now();
+                    kv.put(format!("w{w}.k{}", i % 100), value.clone())
+                        .await
+                        .expect("put");
+                    latencies.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(WRITERS * each);
+    for task in tasks {
+        latencies.extend(task.await.expect("writer"));
+    }
+    Some(timed(latencies, start.elapsed()))
+}
+
+/// The `writers` profile: rounds of [`aether_writers`] and
+/// [`nats_kv_writers`], alternating, a ratio each.
+fn writers(rt: &Runtime, url: &str) {
+    let (rounds, each) = (7, 200);
+    let rate: u32 = std::env::var("AETHER_BENCH_WRITES_PER_S")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(DEFAULT_RATE);
+    println!("max_writes_per_s {rate} (the keeper's, for the writer)");
+    let (mut ours, mut kv, mut ratios) = (Side::default(), Side::default(), Vec::new());
+    for round in 0..rounds {
+        let (a, k) = if round % 2 == 0 {
+            let a = rt.block_on(aether_writers(url, each, rate));
+            (a, rt.block_on(nats_kv_writers(url, each)))
+        } else {
+            let k = rt.block_on(nats_kv_writers(url, each));
+            (rt.block_on(aether_writers(url, each, rate)), k)
+        };
+        let Some(k) = k else {
+            return;
+        };
+        println!(
+            "writers round {round}: aether {:.0}/s, NATS KV {:.0}/s, ratio {:.2}",
+            a.rate,
+            k.rate,
+            a.rate / k.rate
+        );
+        ratios.push(a.rate / k.rate);
+        ours.add(a);
+        kv.add(k);
+    }
+    let (m, lo, hi) = median(&mut ratios);
+    let show = |side: &mut Side| {
+        let (p50, _, _) = median(&mut side.p50);
+        let (p99, _, _) = median(&mut side.p99);
+        let (rate, _, _) = median(&mut side.rate);
+        format!("{rate:.0} writes/s, p50 {p50:.0} us, p99 {p99:.0} us")
+    };
+    println!(
+        "\n{WRITERS} writers in flight, {each} writes each, {rounds} rounds: aether {}; NATS KV {}; \
+         aether / NATS KV {m:.2}x ({lo:.2}-{hi:.2})",
+        show(&mut ours),
+        show(&mut kv)
+    );
 }
 
 /// `n` NATS KV puts, each acknowledged by the stream; none if the server
@@ -403,6 +562,8 @@ fn main() {
         rt.block_on(async {
             let run = aether(&url, 20, false).await;
             assert_eq!(run.latencies.len(), 20);
+            let run = aether_writers(&url, 2, DEFAULT_RATE).await;
+            assert_eq!(run.latencies.len(), 2 * WRITERS);
             if let Some(run) = nats_kv(&url, 20).await {
                 assert_eq!(run.latencies.len(), 20);
             }
@@ -410,6 +571,10 @@ fn main() {
             assert!(per_byte.is_finite());
         });
         println!("keepers bench: smoke run ok");
+        return;
+    }
+    if std::env::var("AETHER_BENCH_PROFILE").as_deref() == Ok("writers") {
+        writers(&rt, &url);
         return;
     }
     let rounds = 5;
