@@ -30,7 +30,7 @@ use super::{
 };
 
 /// How many acknowledgements a flush waits for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HeldBy {
     /// Other replicas, keepers counted.
     pub replicas: usize,
@@ -109,40 +109,63 @@ pub(super) struct Ack {
     pub(super) refused: u8,
 }
 
-/// A replica's flushes. They take turns: each turn sends every write of
-/// the replica still waiting, so the flushes that waited meanwhile find
-/// theirs held and end without a hold of their own. The writes of many
-/// writers in flight are thus acknowledged together, one hold a turn, as
-/// a ledger's fsyncs group its writes.
+/// A replica's flushes. Those that ask for the same acknowledgements take
+/// turns: each turn sends every write of the replica still waiting, so
+/// the flushes that waited meanwhile find theirs held and end without a
+/// hold of their own. The writes of many writers in flight are thus
+/// acknowledged together, one hold a turn, as a ledger's fsyncs group its
+/// writes. Flushes that ask for other acknowledgements (a replica, a
+/// keeper) take turns apart: one never waits for another's.
 #[derive(Default)]
 pub(super) struct Flushes {
     /// The holds waiting: each hold's token and where its
     /// acknowledgements go.
     waiting: std::sync::Mutex<HashMap<u64, mpsc::UnboundedSender<(u64, Ack)>>>,
+    /// Writes made by this replica so far, counted once each is among its
+    /// unacknowledged writes: a flush waits for those made before it.
+    written: std::sync::atomic::AtomicU64,
+    /// The turns of each [`HeldBy`] asked for.
+    lanes: std::sync::Mutex<HashMap<HeldBy, Arc<Lane>>>,
+    /// Told when the map closes: the flushes waiting end.
+    closed: tokio::sync::Notify,
+}
+
+/// The turns of the flushes that ask for one [`HeldBy`].
+#[derive(Default)]
+struct Lane {
     /// Held by the flush whose turn it is.
     turn: tokio::sync::Mutex<()>,
     /// Told when a turn ends, however it ended: the flushes waiting look
     /// whether it took their writes, and one of those it did not starts
     /// the next.
     ended: tokio::sync::Notify,
-    /// Writes made by this replica so far, counted once each is among its
-    /// unacknowledged writes: a flush waits for those made before it.
-    written: std::sync::atomic::AtomicU64,
+    state: std::sync::Mutex<LaneState>,
+}
+
+#[derive(Default)]
+struct LaneState {
+    /// Turns ended so far.
+    turns: u64,
     /// The last turn that was acknowledged.
-    last: std::sync::Mutex<Option<Turn>>,
+    last: Option<Turn>,
+    /// The last turn, if a replica refused its writes: its number, how
+    /// far its writes went, and the refusal (what a flush that waited
+    /// for those writes during it is told too).
+    refused: Option<(u64, u64, StateErrorKind, String)>,
 }
 
 /// A flush's turn, until it ends: then the flushes waiting are told.
 struct TurnEnds<'a> {
-    flushes: &'a Flushes,
+    lane: &'a Lane,
     turn: Option<tokio::sync::MutexGuard<'a, ()>>,
 }
 
 impl Drop for TurnEnds<'_> {
     fn drop(&mut self) {
+        self.lane.lock().turns += 1;
         // Let go first: a flush told must find the turn free.
         self.turn.take();
-        self.flushes.ended.notify_waiters();
+        self.lane.ended.notify_waiters();
     }
 }
 
@@ -165,6 +188,42 @@ impl Flushes {
 
     fn written(&self) -> u64 {
         self.written.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The map closed: the flushes waiting end with `Closed`.
+    pub(super) fn close(&self) {
+        self.closed.notify_waiters();
+    }
+
+    fn lane(&self, want: HeldBy) -> Arc<Lane> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(lanes.entry(want).or_default())
+    }
+
+    /// What the last turn of any lane was told, if it held every write up
+    /// to `upto` as `want` asks (or more).
+    fn covered(&self, want: HeldBy, upto: u64) -> Option<Held> {
+        let lanes: Vec<Arc<Lane>> = self
+            .lanes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        lanes.iter().find_map(|lane| {
+            let state = lane.lock();
+            let turn = state.last.as_ref()?;
+            (turn.upto >= upto
+                && turn.want.replicas >= want.replicas
+                && turn.want.keepers >= want.keepers)
+                .then(|| turn.held.clone())
+        })
+    }
+}
+
+impl Lane {
+    fn lock(&self) -> MutexGuard<'_, LaneState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -226,29 +285,54 @@ impl StateMap {
             ));
         }
         let deadline = tokio::time::Instant::now() + timeout;
+        let flushes = &shared.flushes;
         // This flush waits for the writes made so far: done if a turn
         // took them all already.
-        let mine = shared.flushes.written();
-        if let Some(held) = shared.covered(want, mine) {
+        let mine = flushes.written();
+        if let Some(held) = flushes.covered(want, mine) {
             return Ok(held);
         }
-        // One flush's turn at a time ([`Flushes`]); another's may take
-        // these writes meanwhile.
+        // One turn at a time in a lane ([`Flushes`]); another flush's turn
+        // may take these writes meanwhile.
+        let lane = flushes.lane(want);
+        let closed = flushes.closed.notified();
+        let mut closed = std::pin::pin!(closed);
+        closed.as_mut().enable();
+        let since = lane.lock().turns;
         let _turn = loop {
-            let ended = shared.flushes.ended.notified();
+            let ended = lane.ended.notified();
             let mut ended = std::pin::pin!(ended);
             ended.as_mut().enable();
-            if let Some(held) = shared.covered(want, mine) {
+            if shared.stopped.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(StateError::new(
+                    StateErrorKind::Closed,
+                    "the map was closed while the flush waited",
+                ));
+            }
+            if let Some(held) = flushes.covered(want, mine) {
                 return Ok(held);
             }
-            if let Ok(turn) = shared.flushes.turn.try_lock() {
+            if let Some((turn, upto, kind, why)) = &lane.lock().refused
+                && *turn >= since
+                && *upto >= mine
+            {
+                // A turn that took these writes while this flush waited
+                // was refused: so are they.
+                return Err(StateError::new(*kind, why.clone()));
+            }
+            if let Ok(turn) = lane.turn.try_lock() {
                 break TurnEnds {
-                    flushes: &shared.flushes,
+                    lane: &lane,
                     turn: Some(turn),
                 };
             }
-            if tokio::time::timeout_at(deadline, ended).await.is_err() {
-                return Err(shared.not_held(want, &HashMap::new(), 0, timeout));
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    let waiting = shared.unacked_entries(want).len();
+                    return Err(shared.not_held(want, &HashMap::new(), waiting, timeout));
+                }
+                () = &mut ended => {}
+                () = &mut closed => {}
             }
         };
         // The writes still queued leave (together) before the hold that
@@ -256,7 +340,7 @@ impl StateMap {
         shared.send_outgoing().await;
         let (waiting, upto) = shared.unacked_entries_upto(want);
         if waiting.is_empty() {
-            let last = shared.lock_last().clone();
+            let last = lane.lock().last.clone();
             return Ok(last.map_or_else(Held::default, |turn| Held {
                 writes: 0,
                 ..turn.held
@@ -270,9 +354,24 @@ impl StateMap {
         // A chunk fits in one second of a receiver's rate for this writer.
         let most = (shared.config.max_writes_per_s as usize).clamp(1, codec::MAX_ENTRIES);
         for chunk in chunks(waiting, shared.config.max_value_bytes, most) {
-            let acks = shared
-                .hold(&chunk, held.writes, want, deadline, timeout)
-                .await?;
+            let acks = match shared
+                .hold(&chunk, held.writes, want, deadline, timeout, &mut closed)
+                .await
+            {
+                Ok(acks) => acks,
+                Err(error) => {
+                    if !matches!(
+                        error.kind(),
+                        StateErrorKind::NotHeld | StateErrorKind::Closed
+                    ) {
+                        let mut state = lane.lock();
+                        let turn = state.turns;
+                        state.refused =
+                            Some((turn, upto, error.kind(), error.message().to_string()));
+                    }
+                    return Err(error);
+                }
+            };
             let keepers = acks.values().filter(|a| a.keeper).count();
             shared.acknowledged(&chunk, acks.len(), keepers);
             if by.is_empty() {
@@ -284,11 +383,13 @@ impl StateMap {
         held.keepers = by.values().filter(|a| a.keeper).count();
         held.by = by.into_values().map(|a| a.name.to_string()).collect();
         held.by.sort();
-        *shared.lock_last() = Some(Turn {
+        let mut state = lane.lock();
+        state.last = Some(Turn {
             want,
             upto,
             held: held.clone(),
         });
+        state.refused = None;
         Ok(held)
     }
 
@@ -351,21 +452,6 @@ impl Shared {
             .waiting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lock_last(&self) -> MutexGuard<'_, Option<Turn>> {
-        self.flushes.last.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// What the last turn was told, if it held every write up to `upto`
-    /// as `want` asks.
-    fn covered(&self, want: HeldBy, upto: u64) -> Option<Held> {
-        let last = self.lock_last();
-        let turn = last.as_ref()?;
-        (turn.upto >= upto
-            && turn.want.replicas >= want.replicas
-            && turn.want.keepers >= want.keepers)
-            .then(|| turn.held.clone())
     }
 
     /// [`Shared::unacked_entries`], and how many writes this replica had
@@ -434,6 +520,7 @@ impl Shared {
         want: HeldBy,
         deadline: tokio::time::Instant,
         timeout: Duration,
+        closed: &mut std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
     ) -> Result<HashMap<u64, Ack>, StateError> {
         let token = node_id();
         let (tell, mut acks) = mpsc::unbounded_channel();
@@ -485,6 +572,12 @@ impl Shared {
                     if want.met(&held) {
                         return Ok(held);
                     }
+                }
+                () = closed.as_mut() => {
+                    return Err(StateError::new(
+                        StateErrorKind::Closed,
+                        "the map was closed while the flush waited",
+                    ));
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     if let Some(ack) = refused.values().next() {

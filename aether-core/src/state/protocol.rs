@@ -148,6 +148,7 @@ impl Shared {
     pub(super) fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
         self.stop.notify_one();
+        self.flushes.close();
     }
 
     pub(super) async fn emit(

@@ -789,6 +789,67 @@ pub async fn writers_in_flight_are_acknowledged_together(m: &dyn Bus) {
     .expect("bounded");
 }
 
+/// Flushes that ask for other acknowledgements do not wait for each
+/// other: with no keeper, writers that ask for a replica are held at once
+/// while another waits in vain for a keeper; and a flush waiting when its
+/// map closes ends, `Closed`.
+pub async fn flushes_for_a_replica_do_not_wait_for_one_for_a_keeper(m: &dyn Bus) {
+    timeout(LIMIT, async {
+        let a = open(&m.aether().await, "a").await;
+        let _b = open(&m.aether().await, "b").await;
+        a.set("first", "1").await.unwrap();
+        let keeper_wanted = {
+            let a = a.clone();
+            tokio::spawn(
+                async move { a.flush_to(HeldBy::keepers(1), Duration::from_secs(3)).await },
+            )
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        let tasks: Vec<_> = (0..8)
+            .map(|w| {
+                let a = a.clone();
+                tokio::spawn(async move {
+                    for n in 0..5 {
+                        a.set_json(&format!("r{w}.{n}"), &n).await.unwrap();
+                        let held = a.flush(Duration::from_secs(2)).await.unwrap();
+                        assert_eq!(held.by, ["b"]);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "replica flushes waited {:?} behind a keeper flush",
+            started.elapsed()
+        );
+        let none = keeper_wanted.await.unwrap().unwrap_err();
+        assert_eq!(none.kind(), StateErrorKind::NotHeld, "{none}");
+        // Closed while a flush waits: it ends at once.
+        a.set("last", "1").await.unwrap();
+        let waiting = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let ended = a
+                    .flush_to(HeldBy::keepers(1), Duration::from_secs(10))
+                    .await;
+                (ended, started.elapsed())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        a.close().await;
+        let (ended, took) = waiting.await.unwrap();
+        assert_eq!(ended.unwrap_err().kind(), StateErrorKind::Closed);
+        assert!(took < Duration::from_secs(2), "ended after {took:?}");
+    })
+    .await
+    .expect("bounded");
+}
+
 pub async fn a_keeper_holds_a_map_its_writers_left_and_again_after_its_restart(m: &dyn Bus) {
     timeout(LIMIT, async {
         let dir = tempfile::tempdir().unwrap();
@@ -1051,7 +1112,7 @@ pub async fn presence_values_reach_every_replica_and_go_with_it(m: &dyn Bus) {
 #[macro_export]
 macro_rules! state_suite {
     ($factory:expr) => {
-        $crate::state_suite!(@cases $factory; a_write_is_seen_here_at_once_and_by_every_replica_soon, a_late_replica_has_the_whole_state_when_open_returns, a_replica_closed_just_before_a_late_one_opens_leaves_the_answering_to_others, watchers_get_each_change_with_old_and_new_values_and_losers_hear_superseded, concurrent_writes_of_one_key_settle_on_the_same_value_everywhere, changes_a_replica_missed_are_repaired_by_anti_entropy, bad_writes_are_typed_errors_and_change_nothing, replicas_with_other_limits_converge, nodes_own_their_keys_and_see_who_is_there, writes_stamped_elsewhere_merge_by_the_same_rules, watch_streams_each_key_in_stamp_order_under_concurrent_writers, a_flush_waits_for_another_replica_and_says_when_none_holds_the_writes, writers_in_flight_are_acknowledged_together, a_keeper_holds_a_map_its_writers_left_and_again_after_its_restart, a_full_keeper_refuses_with_its_reason_and_keeps_running, a_late_replica_has_a_write_a_full_keeper_refused, presence_values_reach_every_replica_and_go_with_it);
+        $crate::state_suite!(@cases $factory; a_write_is_seen_here_at_once_and_by_every_replica_soon, a_late_replica_has_the_whole_state_when_open_returns, a_replica_closed_just_before_a_late_one_opens_leaves_the_answering_to_others, watchers_get_each_change_with_old_and_new_values_and_losers_hear_superseded, concurrent_writes_of_one_key_settle_on_the_same_value_everywhere, changes_a_replica_missed_are_repaired_by_anti_entropy, bad_writes_are_typed_errors_and_change_nothing, replicas_with_other_limits_converge, nodes_own_their_keys_and_see_who_is_there, writes_stamped_elsewhere_merge_by_the_same_rules, watch_streams_each_key_in_stamp_order_under_concurrent_writers, a_flush_waits_for_another_replica_and_says_when_none_holds_the_writes, writers_in_flight_are_acknowledged_together, flushes_for_a_replica_do_not_wait_for_one_for_a_keeper, a_keeper_holds_a_map_its_writers_left_and_again_after_its_restart, a_full_keeper_refuses_with_its_reason_and_keeps_running, a_late_replica_has_a_write_a_full_keeper_refused, presence_values_reach_every_replica_and_go_with_it);
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(
