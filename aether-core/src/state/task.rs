@@ -146,8 +146,12 @@ impl Shared {
     }
 }
 
-/// Two wakes to send this close together: the writes are a stream.
-const STREAM_GAP: Duration = Duration::from_micros(200);
+/// Two wakes to send this close together: the writes are a stream. A
+/// writer in a loop sets keys microseconds apart; one that waits for each
+/// write to be seen elsewhere (a round trip, 100 us and more) is not a
+/// stream, and a gathering (up to 2 ms with the timer's millisecond ticks)
+/// would be its tail.
+const STREAM_GAP: Duration = Duration::from_micros(50);
 
 /// How long a stream's writes are gathered into one message at a time.
 const GATHER: Duration = Duration::from_millis(1);
