@@ -8,7 +8,9 @@ Python"): ratios, medians over alternating rounds.
    nats-py's `publish` (+ flush), same nats-server, alternating rounds.
 2. change latency: a map write in one process seen by `on_change` in
    another (p50, p99), beside a nats-py KV put seen by a KV watch, and a
-   redis-py publish seen by a subscriber.
+   redis-py publish seen by a subscriber; one write at a time, then
+   (Aether and Redis) at a steady 1,000 writes a second, the writer
+   sleeping until each write's time.
 3. map writes per second from Python, in memory and with the ledger.
 """
 
@@ -23,8 +25,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from typing import Callable, List, Tuple
+from typing import IO, Callable, Dict, List, Tuple
 
 import aether
 
@@ -102,7 +105,40 @@ time.sleep(3600)
 """
 
 
-def latency_aether(url: str) -> List[float]:
+RATE = 1000.0
+
+
+def paced(n: int, started: float, rate: "float | None") -> None:
+    """Sleeps until write `n`'s time at `rate` writes a second (none
+    without a rate)."""
+    if rate is not None:
+        wait = started + n / rate - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+
+
+def arrivals(stdout: "IO[str]", count: int) -> "Callable[[], List[Tuple[str, int]]]":
+    """Reads `count` lines `<key> <ns>` from a reader process as they come
+    (in a thread: a full pipe would hold the reader back); the returned
+    call waits for them."""
+    lines: List[Tuple[str, int]] = []
+
+    def read() -> None:
+        while len(lines) < count:
+            key, at = stdout.readline().split()
+            lines.append((key, int(at)))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+
+    def wait() -> List[Tuple[str, int]]:
+        thread.join(timeout=30)
+        return lines
+
+    return wait
+
+
+def latency_aether(url: str, rate: "float | None" = None) -> List[float]:
     watcher = subprocess.Popen([sys.executable, "-c", WATCHER, url], stdout=subprocess.PIPE, text=True)
     assert watcher.stdout is not None
     assert watcher.stdout.readline().strip() == "ready"
@@ -110,13 +146,24 @@ def latency_aether(url: str) -> List[float]:
     m = bus.map("bench", node="writer")
     time.sleep(1.0)
     samples = []
-    for n in range(LATENCY_SAMPLES):
-        sent = time.time_ns()
-        m[f"k{n}"] = n
-        key, at = watcher.stdout.readline().split()
-        assert key == f"k{n}"
-        samples.append((int(at) - sent) / 1e6)
+    started = time.perf_counter()
+    if rate is None:
+        for n in range(LATENCY_SAMPLES):
+            sent = time.time_ns()
+            m[f"k{n}"] = n
+            key, at = watcher.stdout.readline().split()
+            assert key == f"k{n}"
+            samples.append((int(at) - sent) / 1e6)
+    else:
+        seen = arrivals(watcher.stdout, LATENCY_SAMPLES)
+        times: Dict[str, int] = {}
+        for n in range(LATENCY_SAMPLES):
+            paced(n, started, rate)
+            times[f"k{n}"] = time.time_ns()
+            m[f"k{n}"] = n
+        samples = [(at - times[key]) / 1e6 for key, at in seen()]
     watcher.kill()
+    m.close()
     bus.close()
     return samples
 
@@ -146,7 +193,7 @@ def latency_nats_kv(url: str) -> List[float]:
     return asyncio.run(run())
 
 
-def latency_redis(addr: str) -> List[float]:
+def latency_redis(addr: str, rate: "float | None" = None) -> List[float]:
     import redis  # type: ignore[import-not-found]
 
     host, port = addr.split(":")
@@ -154,6 +201,9 @@ def latency_redis(addr: str) -> List[float]:
     sub = r.pubsub()
     sub.subscribe("aether-bench")
     sub.get_message(timeout=1)
+    if rate is not None:
+        sub.close()
+        return latency_redis_paced(r, rate)
     samples = []
     for n in range(LATENCY_SAMPLES):
         sent = time.time_ns()
@@ -167,6 +217,39 @@ def latency_redis(addr: str) -> List[float]:
     return samples
 
 
+SUBSCRIBER = r"""
+import redis, sys, time
+host, port = sys.argv[1].split(":")
+sub = redis.Redis(host=host, port=int(port)).pubsub()
+sub.subscribe("aether-bench-paced")
+sub.get_message(timeout=1)
+print("ready", flush=True)
+for message in sub.listen():
+    if message["type"] == "message":
+        print(f"{message['data'].decode()} {time.time_ns()}", flush=True)
+"""
+
+
+def latency_redis_paced(r: "object", rate: float) -> List[float]:
+    """A redis-py publish at `rate` a second seen by a subscriber in
+    another process, as `latency_aether` measures a map's."""
+    kwargs = r.connection_pool.connection_kwargs  # type: ignore[attr-defined]
+    addr = f"{kwargs['host']}:{kwargs['port']}"
+    reader = subprocess.Popen([sys.executable, "-c", SUBSCRIBER, addr], stdout=subprocess.PIPE, text=True)
+    assert reader.stdout is not None
+    assert reader.stdout.readline().strip() == "ready"
+    seen = arrivals(reader.stdout, LATENCY_SAMPLES)
+    sent: Dict[str, int] = {}
+    started = time.perf_counter()
+    for n in range(LATENCY_SAMPLES):
+        paced(n, started, rate)
+        sent[str(n)] = time.time_ns()
+        r.publish("aether-bench-paced", str(n))  # type: ignore[attr-defined]
+    samples = [(at - sent[key]) / 1e6 for key, at in seen()]
+    reader.kill()
+    return samples
+
+
 def map_writes(dir: "str | None") -> float:
     bus = aether.connect()
     m = bus.map("writes", dir=dir)
@@ -175,6 +258,7 @@ def map_writes(dir: "str | None") -> float:
     for i in range(n):
         m[f"k{i % 1000}"] = i
     took = time.perf_counter() - started
+    m.close()
     bus.close()
     return n / took
 
@@ -201,6 +285,9 @@ def main() -> None:
         redis_addr = os.environ.get("AETHER_BENCH_REDIS")
         if redis_addr:
             rows.append(("redis-py pub/sub", latency_redis(redis_addr)))
+        rows.append(("aether at 1,000/s", latency_aether(url, RATE)))
+        if redis_addr:
+            rows.append(("redis-py at 1,000/s", latency_redis(redis_addr, RATE)))
         for name, samples in rows:
             print(f"  {name:<22} p50 {percentile(samples, 0.5):6.3f}  p99 {percentile(samples, 0.99):6.3f}")
         memory = statistics.median(map_writes(None) for _ in range(3))
