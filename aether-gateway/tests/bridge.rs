@@ -855,15 +855,23 @@ async fn pages_connect_without_waiting_for_delayed_acknowledgements() {
         ..Default::default()
     };
     let gateway = start(&aether, bridged(limits)).await;
-    let started = std::time::Instant::now();
     let mut pages = Vec::new();
-    for _ in 0..200 {
+    let mut took = Vec::new();
+    for _ in 0..100 {
+        let started = std::time::Instant::now();
         pages.push(Client::connect(gateway.addr(), "board", TOKEN).await);
+        took.push(started.elapsed());
     }
-    let took = started.elapsed();
-    // 200 x 40 ms would be 8 s; at once it is well under one.
-    eprintln!("200 pages connected in {took:?}");
-    assert!(took < Duration::from_secs(4), "200 pages took {took:?}");
+    // Each page that joins is shown to all the others, so later connects
+    // cost more on a loaded machine: the median page tells a delayed
+    // acknowledgement (40 ms and more a connect) from that.
+    took.sort();
+    let median = took[took.len() / 2];
+    eprintln!(
+        "100 pages connected, each in {median:?} (median), {:?} at most",
+        took[took.len() - 1]
+    );
+    assert!(median < Duration::from_millis(30), "a page took {median:?}");
     drop(pages);
     gateway.stop().await.unwrap();
 }
