@@ -60,15 +60,18 @@ fn timed(latencies: Vec<f64>, total: Duration) -> Run {
     Run { latencies, rate }
 }
 
-/// `n` writes of a map, each flushed to one keeper.
-async fn aether(url: &str, n: usize, sync_writes: bool) -> Run {
+/// A keeper of every map (`config`, its ledger in the returned directory)
+/// on one connection, and map `bench` opened by node `writer` (with
+/// `config`'s `max_writes_per_s`) on another, its first write held by the
+/// keeper (which opens the map at the first flush).
+async fn keeper_and_writer(
+    url: &str,
+    mut config: StateConfig,
+) -> (tempfile::TempDir, Keeper, StateMap) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = StateConfig {
-        dir: Some(dir.path().into()),
-        sync_writes,
-        ..Default::default()
-    };
+    config.dir = Some(dir.path().into());
     config.keeper.maps = vec!["*".into()];
+    let max_writes_per_s = config.max_writes_per_s;
     let keeping = Aether::connect_url(url).await.expect("connect");
     let keeper = Keeper::start_with(&keeping, "keeper", config)
         .await
@@ -76,9 +79,27 @@ async fn aether(url: &str, n: usize, sync_writes: bool) -> Run {
     let writing = Aether::connect_url(url).await.expect("connect");
     let map = StateMap::builder("bench")
         .node("writer")
+        .config(StateConfig {
+            max_writes_per_s,
+            ..Default::default()
+        })
         .open(&writing)
         .await
         .expect("map");
+    map.set("warm", vec![b'v'; VALUE]).await.expect("set");
+    map.flush_to(HeldBy::keepers(1), Duration::from_secs(5))
+        .await
+        .expect("held");
+    (dir, keeper, map)
+}
+
+/// `n` writes of a map, each flushed to one keeper.
+async fn aether(url: &str, n: usize, sync_writes: bool) -> Run {
+    let config = StateConfig {
+        sync_writes,
+        ..Default::default()
+    };
+    let (_dir, keeper, map) = keeper_and_writer(url, config).await;
     let value = vec![b'v'; VALUE];
     let flush = |map: &StateMap| {
         let map = map.clone();
@@ -88,9 +109,6 @@ async fn aether(url: &str, n: usize, sync_writes: bool) -> Run {
                 .expect("held")
         }
     };
-    // The keeper opens the map at the first flush.
-    map.set("warm", value.clone()).await.expect("set");
-    flush(&map).await;
     let mut latencies = Vec::with_capacity(n);
     let start = Instant::now();
     for i in 0..n {
@@ -119,32 +137,12 @@ const DEFAULT_RATE: u32 = 10_000;
 /// at a time, each flushed to one keeper before the next: writes a second
 /// over all, and each write's latency.
 async fn aether_writers(url: &str, each: usize, max_writes_per_s: u32) -> Run {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = StateConfig {
-        dir: Some(dir.path().into()),
+    let config = StateConfig {
         max_writes_per_s,
         ..Default::default()
     };
-    config.keeper.maps = vec!["*".into()];
-    let keeping = Aether::connect_url(url).await.expect("connect");
-    let keeper = Keeper::start_with(&keeping, "keeper", config)
-        .await
-        .expect("keeper");
-    let writing = Aether::connect_url(url).await.expect("connect");
-    let map = StateMap::builder("bench")
-        .node("writer")
-        .config(StateConfig {
-            max_writes_per_s,
-            ..Default::default()
-        })
-        .open(&writing)
-        .await
-        .expect("map");
+    let (_dir, keeper, map) = keeper_and_writer(url, config).await;
     let value = vec![b'v'; VALUE];
-    map.set("warm", value.clone()).await.expect("set");
-    map.flush_to(HeldBy::keepers(1), Duration::from_secs(5))
-        .await
-        .expect("held");
     let start = Instant::now();
     let tasks: Vec<_> = (0..WRITERS)
         .map(|w| {

@@ -386,9 +386,9 @@ fn main() {
                 let c = &ctx;
                 match peer {
                     Peer::RawNats => measure(&rt, nats::raw_throughput(c.nats(), n, fan)),
-                    Peer::Aether => measure(&rt, nats::aether_throughput(c.nats(), n, fan)),
+                    Peer::Aether => measure(&rt, nats::aether_throughput(c.nats(), n, fan, false)),
                     Peer::AetherHandler => {
-                        measure(&rt, nats::aether_handler_throughput(c.nats(), n, fan))
+                        measure(&rt, nats::aether_throughput(c.nats(), n, fan, true))
                     }
                     Peer::ZenohCallback => measure(&rt, zenoh_peer::throughput(n, fan, true)),
                     Peer::ZenohFifo => measure(&rt, zenoh_peer::throughput(n, fan, false)),

@@ -195,30 +195,52 @@ pub async fn aether_connect(url: &str, capacity: usize) -> Result<Aether, String
     .map_err(e("aether connect"))
 }
 
+/// `tallies.len()` vibrators on `pattern`, each counting into its tally:
+/// taking waves with `receive()` in a task each, or (`handler`) in a
+/// handler run where they arrive (`on_wave`: no queue, no task woken, as
+/// Zenoh's callback subscriber). The handlers' vibrators are returned, to
+/// be kept while they count.
 async fn aether_receivers(
     rx_aether: &Aether,
     pattern: &'static str,
     tallies: &[Arc<Tally>],
     tasks: &mut Tasks,
-) -> Result<(), String> {
+    handler: bool,
+) -> Result<Vec<Vibrator>, String> {
+    let mut kept = Vec::new();
     for (i, tally) in tallies.iter().enumerate() {
-        let mut rx = Vibrator::create(format!("rx{i}"), rx_aether)
-            .await
-            .map_err(e("rx"))?;
-        rx.resonate_on(pattern).await.map_err(e("resonate"))?;
         let tally = tally.clone();
-        tasks.push(tokio::spawn(async move {
-            while let Some(wave) = rx.receive().await {
-                tally.on(wave.payload_bytes());
-            }
-        }));
+        let builder = Vibrator::builder(format!("rx{i}"));
+        if handler {
+            let mut rx = builder
+                .on_wave(move |wave: Wave| tally.on(wave.payload_bytes()))
+                .create(rx_aether)
+                .await
+                .map_err(e("rx"))?;
+            rx.resonate_on(pattern).await.map_err(e("resonate"))?;
+            kept.push(rx);
+        } else {
+            let mut rx = builder.create(rx_aether).await.map_err(e("rx"))?;
+            rx.resonate_on(pattern).await.map_err(e("resonate"))?;
+            tasks.push(tokio::spawn(async move {
+                while let Some(wave) = rx.receive().await {
+                    tally.on(wave.payload_bytes());
+                }
+            }));
+        }
     }
-    Ok(())
+    Ok(kept)
 }
 
 /// 1 -> `fan`, batch frames on (the default): `fan` vibrators on one
-/// aether, a vibrator emitting on another.
-pub async fn aether_throughput(url: String, n: usize, fan: usize) -> Result<Outcome, String> {
+/// aether, taking waves with `receive()` or in handlers
+/// ([`aether_receivers`]), a vibrator emitting on another.
+pub async fn aether_throughput(
+    url: String,
+    n: usize,
+    fan: usize,
+    handler: bool,
+) -> Result<Outcome, String> {
     let rx_aether = aether_connect(&url, capacity(n)).await?;
     let tx_aether = aether_connect(&url, capacity(n)).await?;
     let (pattern, subject) = if fan == 1 {
@@ -228,7 +250,7 @@ pub async fn aether_throughput(url: String, n: usize, fan: usize) -> Result<Outc
     };
     let tallies: Vec<_> = (0..fan).map(|_| Tally::new()).collect();
     let mut tasks = Tasks::default();
-    aether_receivers(&rx_aether, pattern, &tallies, &mut tasks).await?;
+    let receivers = aether_receivers(&rx_aether, pattern, &tallies, &mut tasks, handler).await?;
     let tx = Vibrator::create("tx", &tx_aether).await.map_err(e("tx"))?;
     let channel = Channel::new(subject);
     live!(
@@ -252,60 +274,6 @@ pub async fn aether_throughput(url: String, n: usize, fan: usize) -> Result<Outc
     let dropped = rx_aether.stats().dropped_total();
     if dropped > 0 {
         eprintln!("aether: {dropped} waves dropped");
-    }
-    Ok(outcome)
-}
-
-/// 1 -> `fan` as [`aether_throughput`], the receiving vibrators taking
-/// each wave in a handler run where it arrives (`on_wave`): no queue, no
-/// task woken, as Zenoh's callback subscriber.
-pub async fn aether_handler_throughput(
-    url: String,
-    n: usize,
-    fan: usize,
-) -> Result<Outcome, String> {
-    let rx_aether = aether_connect(&url, capacity(n)).await?;
-    let tx_aether = aether_connect(&url, capacity(n)).await?;
-    let (pattern, subject) = if fan == 1 {
-        ("bench.one", "bench.one")
-    } else {
-        ("bench.*", "bench.fan")
-    };
-    let tallies: Vec<_> = (0..fan).map(|_| Tally::new()).collect();
-    let mut receivers = Vec::new();
-    for (i, tally) in tallies.iter().enumerate() {
-        let tally = tally.clone();
-        let mut rx = Vibrator::builder(format!("rx{i}"))
-            .on_wave(move |wave: Wave| tally.on(wave.payload_bytes()))
-            .create(&rx_aether)
-            .await
-            .map_err(e("rx"))?;
-        rx.resonate_on(pattern).await.map_err(e("resonate"))?;
-        receivers.push(rx);
-    }
-    let tx = Vibrator::create("tx", &tx_aether).await.map_err(e("tx"))?;
-    let channel = Channel::new(subject);
-    live!(
-        "aether handler",
-        &tallies,
-        async {
-            tx.emit(Wave::new(channel.clone(), Bytes::from_static(PROBE)))
-                .await
-                .map_err(e("probe"))
-        }
-        .await
-    )?;
-    let payload = payload();
-    let start = now_ns();
-    for _ in 0..n {
-        tx.emit(Wave::new(channel.clone(), payload.clone()))
-            .await
-            .map_err(e("emit"))?;
-    }
-    let outcome = finish(&tallies, n, start).await;
-    let dropped = rx_aether.stats().dropped_total();
-    if dropped > 0 {
-        eprintln!("aether handler: {dropped} waves dropped");
     }
     drop(receivers);
     Ok(outcome)
@@ -376,27 +344,14 @@ pub async fn aether_steady(
     let tx_aether = aether_connect(&url, capacity(n)).await?;
     let tally = Tally::timing();
     let mut tasks = Tasks::default();
-    let mut receivers = Vec::new();
-    if handler {
-        let into = tally.clone();
-        let mut rx = Vibrator::builder("rx")
-            .on_wave(move |wave: Wave| into.on(wave.payload_bytes()))
-            .create(&rx_aether)
-            .await
-            .map_err(e("rx"))?;
-        rx.resonate_on("bench.steady")
-            .await
-            .map_err(e("resonate"))?;
-        receivers.push(rx);
-    } else {
-        aether_receivers(
-            &rx_aether,
-            "bench.steady",
-            std::slice::from_ref(&tally),
-            &mut tasks,
-        )
-        .await?;
-    }
+    let receivers = aether_receivers(
+        &rx_aether,
+        "bench.steady",
+        std::slice::from_ref(&tally),
+        &mut tasks,
+        handler,
+    )
+    .await?;
     let tx = Vibrator::create("tx", &tx_aether).await.map_err(e("tx"))?;
     let channel = Channel::new("bench.steady");
     live!(
