@@ -82,11 +82,14 @@ impl Default for HeldBy {
 /// flight) ends with that turn, told who acknowledged it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Held {
-    /// This replica's writes it waited for (0: none was waiting): those
-    /// its turn sent, or those another flush's turn took for it.
+    /// This replica's writes it waited for: those its turn sent, or those
+    /// of the turn that took its writes while it waited; 0 when none was
+    /// waiting.
     pub writes: usize,
-    /// The replicas that acknowledged them all, by name (each once); for
-    /// writes another flush's turn took, or none waiting, the last turn's.
+    /// The replicas that acknowledged them all, by name (each once): for
+    /// writes another flush's turn took, or none waiting, those that
+    /// acknowledged the last turn that held them (none if no write was
+    /// ever held).
     pub by: Vec<String>,
     /// How many of them are keepers.
     pub keepers: usize,
@@ -290,7 +293,8 @@ impl StateMap {
         // took them all already.
         let mine = flushes.written();
         if let Some(held) = flushes.covered(want, mine) {
-            return Ok(held);
+            // None was waiting: held already, by those.
+            return Ok(Held { writes: 0, ..held });
         }
         // One turn at a time in a lane ([`Flushes`]); another flush's turn
         // may take these writes meanwhile.
