@@ -416,7 +416,7 @@ impl Inbox {
             *warned = Some(std::time::Instant::now());
             tracing::error!(
                 vibrator = %self.settings.name,
-                panics = self.stats.snapshot().handler_panics,
+                panics = self.stats.handler_panics(),
                 "the vibrator's wave handler panicked; the waves after it are handed to it as \
                  before (said at most once a minute; counted in handler_panics)"
             );

@@ -169,6 +169,10 @@ impl Counters {
         self.handler_panics.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn handler_panics(&self) -> u64 {
+        self.handler_panics.load(Relaxed)
+    }
+
     pub(crate) fn dropped(&self, reason: DropReason) {
         self.dropped[reason.index()].fetch_add(1, Relaxed);
     }

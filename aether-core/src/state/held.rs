@@ -206,14 +206,10 @@ impl Flushes {
     /// What the last turn of any lane was told, if it held every write up
     /// to `upto` as `want` asks (or more).
     fn covered(&self, want: HeldBy, upto: u64) -> Option<Held> {
-        let lanes: Vec<Arc<Lane>> = self
-            .lanes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        lanes.iter().find_map(|lane| {
+        // A lane's state is never held while the lanes are looked up, so
+        // both are held here in that order.
+        let lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        lanes.values().find_map(|lane| {
             let state = lane.lock();
             let turn = state.last.as_ref()?;
             (turn.upto >= upto
@@ -332,7 +328,7 @@ impl StateMap {
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => {
-                    let waiting = shared.unacked_entries(want).len();
+                    let waiting = shared.unacked_entries(want).0.len();
                     return Err(shared.not_held(want, &HashMap::new(), waiting, timeout));
                 }
                 () = &mut ended => {}
@@ -342,7 +338,7 @@ impl StateMap {
         // The writes still queued leave (together) before the hold that
         // names them; a flush whose writes a turn took sends nothing.
         shared.send_outgoing().await;
-        let (waiting, upto) = shared.unacked_entries_upto(want);
+        let (waiting, upto) = shared.unacked_entries(want);
         if waiting.is_empty() {
             let last = lane.lock().last.clone();
             return Ok(last.map_or_else(Held::default, |turn| Held {
@@ -458,26 +454,19 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// [`Shared::unacked_entries`], and how many writes this replica had
-    /// made then (all of them among those or acknowledged).
-    fn unacked_entries_upto(&self, want: HeldBy) -> (Vec<(String, Entry)>, u64) {
-        let unacked = self.lock_unacked();
-        // Read under the lock every write takes to join the unacknowledged
-        // ones: the writes counted are all there.
-        let upto = self.flushes.written();
-        drop(unacked);
-        (self.unacked_entries(want), upto)
-    }
-
     /// This replica's writes not yet acknowledged as `want` asks, as held
     /// now (a write a higher stamp overwrote since is no longer this
-    /// replica's to hold, and is forgotten).
+    /// replica's to hold, and is forgotten), and how many writes this
+    /// replica had made then (all of them among those or acknowledged).
     ///
     /// The store is read for the writes still short of `want` alone; the
     /// others, overwritten since, are forgotten once they outnumber the
     /// keys held.
-    pub(super) fn unacked_entries(&self, want: HeldBy) -> Vec<(String, Entry)> {
+    pub(super) fn unacked_entries(&self, want: HeldBy) -> (Vec<(String, Entry)>, u64) {
         let mut unacked = self.lock_unacked();
+        // Read under the lock every write takes to join the unacknowledged
+        // ones: the writes counted are all there.
+        let upto = self.flushes.written();
         let store = self.lock_store();
         if unacked.len() > store.held() {
             unacked.retain(|key, acked| store.entry(key).is_some_and(|e| e.stamp == acked.stamp));
@@ -498,7 +487,7 @@ impl Shared {
         for key in overwritten {
             unacked.remove(&key);
         }
-        waiting
+        (waiting, upto)
     }
 
     /// Notes that `replicas` replicas, `keepers` of them keepers, hold the
