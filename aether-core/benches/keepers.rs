@@ -143,33 +143,21 @@ async fn aether_writers(url: &str, each: usize, max_writes_per_s: u32) -> Run {
     };
     let (_dir, keeper, map) = keeper_and_writer(url, config).await;
     let value = vec![b'v'; VALUE];
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let (map, value) = (map.clone(), value.clone());
-            tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(each);
-                for i in 0..each {
-                    let t = Instant::now();
-                    map.set(&format!("w{w}.k{}", i % 100), value.clone())
-                        .await
-                        .expect("set");
-                    let held = map
-                        .flush_to(HeldBy::keepers(1), Duration::from_secs(10))
-                        .await
-                        .expect("held");
-                    assert_eq!(held.keepers, 1);
-                    latencies.push(t.elapsed().as_secs_f64() * 1e6);
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut latencies = Vec::with_capacity(WRITERS * each);
-    for task in tasks {
-        latencies.extend(task.await.expect("writer"));
-    }
-    let run = timed(latencies, start.elapsed());
+    let writer = map.clone();
+    let run = in_flight(each, move |w, i| {
+        let (map, value) = (writer.clone(), value.clone());
+        async move {
+            map.set(&format!("w{w}.k{}", i % 100), value)
+                .await
+                .expect("set");
+            let held = map
+                .flush_to(HeldBy::keepers(1), Duration::from_secs(10))
+                .await
+                .expect("held");
+            assert_eq!(held.keepers, 1);
+        }
+    })
+    .await;
     map.close().await;
     keeper.close().await;
     run
@@ -192,17 +180,35 @@ async fn nats_kv_writers(url: &str, each: usize) -> Option<Run> {
         .ok()?;
     let value = bytes::Bytes::from(vec![b'v'; VALUE]);
     kv.put("warm", value.clone()).await.expect("put");
+    let run = in_flight(each, move |w, i| {
+        let (kv, value) = (kv.clone(), value.clone());
+        async move {
+            kv.put(format!("w{w}.k{}", i % 100), value)
+                .await
+                .expect("put");
+        }
+    })
+    .await;
+    Some(run)
+}
+
+/// [`WRITERS`] tasks, each making `each` writes one after the other,
+/// `write(writer, i)` returning once its write is acknowledged: each
+/// write's latency and the time for all.
+async fn in_flight<F, W>(each: usize, write: F) -> Run
+where
+    F: Fn(usize, usize) -> W + Clone + Send + 'static,
+    W: std::future::Future<Output = ()> + Send,
+{
     let start = Instant::now();
     let tasks: Vec<_> = (0..WRITERS)
         .map(|w| {
-            let (kv, value) = (kv.clone(), value.clone());
+            let write = write.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(each);
                 for i in 0..each {
                     let t = Instant::now();
-                    kv.put(format!("w{w}.k{}", i % 100), value.clone())
-                        .await
-                        .expect("put");
+                    write(w, i).await;
                     latencies.push(t.elapsed().as_secs_f64() * 1e6);
                 }
                 latencies
@@ -213,7 +219,7 @@ async fn nats_kv_writers(url: &str, each: usize) -> Option<Run> {
     for task in tasks {
         latencies.extend(task.await.expect("writer"));
     }
-    Some(timed(latencies, start.elapsed()))
+    timed(latencies, start.elapsed())
 }
 
 /// The `writers` profile: rounds of [`aether_writers`] and
