@@ -1,5 +1,5 @@
 //! Raw async-nats and Aether over NATS, on the benchmark's own nats-server
-//! (the API shapes of `aether-core/benches/nats.rs` and `state.rs`).
+//! (the API shapes of `aether-core/benches/nats/` and `state.rs`).
 
 use std::{
     collections::HashSet,
