@@ -36,7 +36,7 @@
 //!
 //! | module | idea |
 //! | --- | --- |
-//! | [`settings`] | the `[gateway]` section and the program's settings file |
+//! | [`settings`] | the `[gateway]` section and the program's settings file; the bridge's section and tokens in `settings/bridge.rs`, the journal's in `settings/journal.rs` |
 //! | [`family`] | channel families, their bound, and hop attribution |
 //! | [`observer`] | the vibrator on `*` and the task that counts its waves |
 //! | [`metrics`] | the Prometheus registry: observed, and read at scrape time |
