@@ -55,8 +55,8 @@ pub use crate::wave::clock::{ClockStatus, bus_now as now, status};
 use crate::{
     Aether, Channel, Vibrator, Wave,
     wave::clock::{
-        offset, set_offset, status_cell, steps, system_unix_nanos, take_future, take_jump,
-        unmeasured,
+        latest_stamped, offset, set_alone, set_offset, status_cell, steps, system_unix_nanos,
+        take_future, take_jump, unmeasured,
     },
 };
 
@@ -442,6 +442,11 @@ impl Measurer {
         status.measurements += 1;
         let Some((offset_ns, uncertainty_ns, sources)) = settled else {
             status.sources = 0;
+            if self.own.is_some() && self.follow.is_none() {
+                drop(status);
+                return self.alone(steps, agreed);
+            }
+            set_alone(false);
             unmeasured();
             if let Some(follow) = &self.follow
                 && !exchanges.is_empty()
@@ -456,6 +461,7 @@ impl Measurer {
         };
         let before = offset();
         let heard = Heard { sources, agreed };
+        set_alone(false);
         if !set_offset(offset_ns, steps) {
             // The system clock stepped while it measured: again at once.
             return Heard {
@@ -484,6 +490,37 @@ impl Measurer {
             );
         }
         heard
+    }
+
+    /// A source that heard no other: the bus's time is its own, and goes
+    /// on from where it is. A step of its machine's clock is taken out of
+    /// the offset as for any program measured (the bus's time neither
+    /// leaps nor goes back with it), and the time is held at or past the
+    /// latest stamp this process made or kept in a ledger (a source
+    /// restarted on a clock set back does not take the bus behind the
+    /// writes it holds).
+    fn alone(&mut self, steps: u64, agreed: bool) -> Heard {
+        let behind = i128::from(latest_stamped()) - i128::from(system_unix_nanos());
+        let least = behind.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+        let before = offset();
+        let offset_ns = before.max(least);
+        if !set_offset(offset_ns, steps) {
+            // The system clock stepped while it measured: again at once.
+            return Heard {
+                sources: 0,
+                agreed: false,
+            };
+        }
+        set_alone(true);
+        if offset_ns != before {
+            tracing::warn!(
+                offset_ms = offset_ns / 1_000_000,
+                before_ms = before / 1_000_000,
+                "this time source, alone on the bus, holds the bus's time at the latest \
+                 write it holds: this machine's clock is behind it; set its clock right (NTP)"
+            );
+        }
+        Heard { sources: 0, agreed }
     }
 
     /// The time an answer gives: the bus's time as the source reads it

@@ -64,10 +64,15 @@ pub async fn run(connection: &Connection, args: StatsArgs) -> Result<(), Failure
 }
 
 /// An instance's clock against the bus's time (`-7200000ms`: two hours
-/// behind), ± how sure; `own` when it heard no time source.
+/// behind), ± how sure; `own` when it heard no time source (`own
+/// -30000ms`: a source alone whose clock was set back 30 s keeps the
+/// bus's time where it was).
 fn clock(report: &InstanceReport) -> String {
     if report.clock_sources == 0 {
-        return "own".to_string();
+        return match report.clock_offset_ms {
+            0 => "own".to_string(),
+            offset => format!("own {:+}ms", -offset),
+        };
     }
     format!(
         "{:+}ms ±{}",

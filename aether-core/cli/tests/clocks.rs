@@ -209,3 +209,59 @@ async fn a_keeper_back_after_two_days_does_not_bring_a_deleted_key_back() {
     assert_eq!((status, out.trim()), (0, "\"x\""), "{stderr}");
     support::terminate(goer).await;
 }
+
+/// A time source alone on the bus (a keeper) whose clock is set back 30 s
+/// as it runs (NTP correcting a clock that ran ahead), then started again
+/// on its ledgers with the clock still back: the bus's time goes on from
+/// where it was, so each write made after another wins over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_sources_clock_set_back_does_not_take_the_bus_back() {
+    let nats = server().await;
+    let url = nats.url();
+    let Some(_) = skewed("+0", &url, &["--version"]) else {
+        eprintln!("skipped: faketime is not installed (apt-get install faketime)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // The keeper's clock, read from this file at each reading.
+    let time = dir.path().join("faketime");
+    std::fs::write(&time, "+0").unwrap();
+    let ledgers = dir.path().join("keeper");
+    let keep = || {
+        let ledgers = ledgers.to_str().unwrap();
+        let mut command =
+            skewed("+0", &url, &["keep", "--dir", ledgers, "--name", "alone"]).unwrap();
+        command
+            .env_remove("FAKETIME")
+            .env("FAKETIME_TIMESTAMP_FILE", &time)
+            .env("FAKETIME_NO_CACHE", "1");
+        command
+    };
+    let write_then_read = |value: &'static str| {
+        let url = url.clone();
+        async move {
+            let set = support::aether(&url, &["state", "set", "clk", "k", value]);
+            let (status, _, stderr) = run(set).await;
+            assert_eq!(status, 0, "{value} held: {stderr}");
+            let (status, out, stderr) =
+                run(support::aether(&url, &["state", "get", "clk", "k"])).await;
+            assert_eq!(
+                (status, out.trim()),
+                (0, value),
+                "the later write wins: {stderr}"
+            );
+        }
+    };
+    let keeper = start(keep(), "keeping maps").await;
+    write_then_read("\"before\"").await;
+    std::fs::write(&time, "-30").unwrap();
+    // The keeper reads its clock against a counter: the step is seen
+    // within a second.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    write_then_read("\"after the step\"").await;
+    support::terminate(keeper).await;
+    // Started again, its clock still 30 s behind the stamps it keeps.
+    let keeper = start(keep(), "keeping maps").await;
+    write_then_read("\"after a restart\"").await;
+    support::terminate(keeper).await;
+}

@@ -151,6 +151,7 @@ impl Clock {
             }
         };
         *last = (physical, logical);
+        crate::wave::clock::stamped(physical);
         Stamp {
             physical_ns: physical,
             logical,
@@ -180,11 +181,19 @@ impl Clock {
     }
 
     /// Moves the clock past `stamp` whatever its drift: for stamps this
-    /// replica itself kept (its ledger), which it trusts.
+    /// replica itself kept (its ledger), which it trusts. A kept stamp
+    /// past the bus's time has the time measured again soon (a source
+    /// alone then holds the bus's time past it).
     pub(crate) fn advance(&self, stamp: Stamp) {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if (stamp.physical_ns, stamp.logical) > *last {
             *last = (stamp.physical_ns, stamp.logical);
+        }
+        drop(last);
+        crate::wave::clock::stamped(stamp.physical_ns);
+        if stamp.physical_ns > (self.wall)() {
+            crate::wave::clock::note_future();
+            crate::wave::clock::hold_past(stamp.physical_ns);
         }
     }
 

@@ -45,6 +45,16 @@ static FUTURE: AtomicBool = AtomicBool::new(false);
 /// one): a step of the system clock is taken out of it.
 static MEASURED: AtomicBool = AtomicBool::new(false);
 
+/// The latest physical time of a stamp this process made or kept in a
+/// ledger: a source alone holds the bus's time at or past it
+/// ([`crate::bustime`]), so the bus's time never goes back behind a write
+/// it holds, across a restart on a clock set back too.
+static STAMPED_NS: AtomicU64 = AtomicU64::new(0);
+
+/// This process is a time source that heard no other: the bus's time is
+/// its own, held past the stamps it keeps as it reads them.
+static ALONE: AtomicBool = AtomicBool::new(false);
+
 /// Steps of the system clock taken out of the offset: a thread whose
 /// anchor is of an earlier one anchors again.
 static STEPS: AtomicU64 = AtomicU64::new(0);
@@ -91,6 +101,48 @@ pub(crate) fn unmeasured() {
 /// This process's offset from the bus's time, nanoseconds.
 pub(crate) fn offset() -> i64 {
     OFFSET_NS.load(Ordering::Relaxed)
+}
+
+/// Notes a stamp this process made, or kept in a ledger, at `ns`.
+#[inline]
+pub(crate) fn stamped(ns: u64) {
+    if ns > STAMPED_NS.load(Ordering::Relaxed) {
+        STAMPED_NS.fetch_max(ns, Ordering::Relaxed);
+    }
+}
+
+/// The latest physical time of a stamp this process made or kept.
+pub(crate) fn latest_stamped() -> u64 {
+    STAMPED_NS.load(Ordering::Relaxed)
+}
+
+/// Whether this process is a time source that heard no other.
+pub(crate) fn set_alone(alone: bool) {
+    ALONE.store(alone, Ordering::Relaxed);
+}
+
+/// A stamp at `ns` this process kept (its ledger) is past the bus's time:
+/// a source alone moves the bus's time past it at once (a source
+/// restarted on a clock set back reads its ledgers before a writer that
+/// follows it stamps). Said once.
+pub(crate) fn hold_past(ns: u64) {
+    if !ALONE.load(Ordering::Relaxed) {
+        return;
+    }
+    // Under the lock the steps are taken out under.
+    let _last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let least = (i128::from(ns) + 1 - i128::from(system_unix_nanos()))
+        .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+    let before = OFFSET_NS.fetch_max(least, Ordering::Relaxed);
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if before < least && !SAID.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            offset_ms = least / 1_000_000,
+            before_ms = before / 1_000_000,
+            "this time source, alone on the bus, holds the bus's time past the writes it \
+             keeps: this machine's clock is behind them; set its clock right (NTP)"
+        );
+    }
 }
 
 /// Whether the system clock jumped since this was last asked.

@@ -162,8 +162,14 @@ pub async fn status(bus: &str) -> Result<(), Failure> {
     }
     if let Some(written) = record.data.as_deref().and_then(super::keeping::read_counts) {
         println!("keeper: {}", crate::keep::summary(&written.keeper));
-        if written.clock_sources == 0 {
+        if written.clock_sources == 0 && written.clock_offset_ms == 0 {
             println!("clock: this machine's own (no other time source heard)");
+        } else if written.clock_sources == 0 {
+            println!(
+                "clock: {:+} ms from the bus's time this node keeps alone (its clock was set \
+                 back or forward since)",
+                -written.clock_offset_ms
+            );
         } else {
             println!(
                 "clock: {:+} ms from the bus's time (±{} ms; {} sources, this node among them)",
