@@ -614,15 +614,18 @@ async fn a_damaged_ledger_loses_only_the_damaged_record_and_says_so() {
 
 /// A ledger whose segment was deleted (by hand, or by a file system
 /// repair) starts empty, and says so, naming the map: its coverage file
-/// remembers how many records it had written. A map whose whole directory
-/// is gone is said too: the keeper's `kept` file names the maps it held.
+/// remembers how many records it had written. One cut in the middle of a
+/// record says how many records went, not only the torn one. A map whose
+/// whole directory is gone is said too: the keeper's `kept` file names the
+/// maps it held. A ledger without its count beside it says that it cannot
+/// be checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ledger_missing_its_records_says_so() {
     let nats = server().await;
     let url = nats.url();
     let dir = tempfile::tempdir().unwrap();
     let mut keeping = keeper(&url, dir.path(), "keeper", &[]).await;
-    for map in ["solo", "gone"] {
+    for map in ["solo", "gone", "torn", "uncounted"] {
         let (bus, writer) = replica(&url, map, "writer").await;
         for n in 0..5 {
             writer.set_json(&format!("k{n}"), &n).await.unwrap();
@@ -638,9 +641,9 @@ async fn a_ledger_missing_its_records_says_so() {
     soon("both maps are listed", || {
         std::fs::read_to_string(dir.path().join("kept")).is_ok_and(|list| {
             list.lines()
-                .filter(|l| ["solo", "gone"].contains(l))
+                .filter(|l| ["solo", "gone", "torn", "uncounted"].contains(l))
                 .count()
-                == 2
+                == 4
         })
     })
     .await;
@@ -649,20 +652,39 @@ async fn a_ledger_missing_its_records_says_so() {
         std::fs::remove_file(segment).unwrap();
     }
     std::fs::remove_dir_all(dir.path().join("gone")).unwrap();
+    let last = segments_in(&dir.path().join("torn"))
+        .into_iter()
+        .max()
+        .unwrap();
+    let length = std::fs::metadata(&last).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .unwrap()
+        .set_len(length / 2 + 3)
+        .unwrap();
+    std::fs::remove_file(dir.path().join("uncounted").join("covers")).unwrap();
     let (mut keeping, said) =
         start_logged(keep(&url, dir.path(), "keeper", &[]), "keeping maps").await;
-    soon("both losses are logged", || {
+    soon("every loss is logged", || {
         let said = said.lock().unwrap();
-        said.iter()
-            .any(|l| l.contains("fewer records than it had written") && l.contains("solo"))
+        let fewer = |map: &str| {
+            said.iter()
+                .any(|l| l.contains("fewer records than it had written") && l.contains(map))
+        };
+        fewer("solo")
+            && fewer("torn")
             && said
                 .iter()
                 .any(|l| l.contains("is gone from its directory") && l.contains("gone"))
+            && said
+                .iter()
+                .any(|l| l.contains("no record count beside it") && l.contains("uncounted"))
     })
     .await;
     processes_stop(&mut keeping).await;
     let said = said.lock().unwrap().join("\n");
-    assert!(said.contains("2 ledgers found damaged"), "{said}");
+    assert!(said.contains("3 ledgers found damaged"), "{said}");
 }
 
 /// SIGTERM, and the process's end.

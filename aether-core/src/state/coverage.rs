@@ -39,8 +39,13 @@ use super::{
 };
 
 /// The file beside a ledger: `since heard records`, decimal (two Unix ns
-/// and the ledger's next record number), one line.
+/// and the ledger's next record number), one line, each number written 20
+/// digits wide: the file keeps its length, so it is rewritten in place
+/// (no new block), on a full disk too.
 pub(crate) const FILE: &str = "covers";
+
+/// The length of the file's line, each number 20 digits wide.
+const LINE_BYTES: u64 = 3 * 20 + 3;
 
 /// How often the file is written while the replica hears its peers (and at
 /// close): a kill loses at most this much of `heard`, little beside a
@@ -67,11 +72,29 @@ impl Times {
     /// Reads `dir`'s file: `None` if there is none or it does not parse (a
     /// replica without one is taken as new, which offers what it holds).
     pub(crate) fn read(dir: &Path) -> Option<Times> {
-        let text = std::fs::read_to_string(dir.join(FILE)).ok()?;
+        let path = dir.join(FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(error) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    %error,
+                    "cannot read a map's covers file: whether its ledger lost records is not \
+                     checked at this open"
+                );
+                return None;
+            }
+        };
         let mut parts = text.split_whitespace().map(str::parse::<u64>);
         let (Some(Ok(since)), Some(Ok(heard)), Some(Ok(records)), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
+            tracing::warn!(
+                path = %path.display(),
+                "a map's covers file is damaged: whether its ledger lost records is not \
+                 checked at this open, and the replica is taken as new"
+            );
             return None;
         };
         Some(Times {
@@ -81,10 +104,22 @@ impl Times {
         })
     }
 
-    /// Writes `dir`'s file whole (a temporary file renamed over it), for
-    /// its owner only as the ledger's are.
+    /// Writes `dir`'s file: over the one there if it has the file's
+    /// length (no new block: a full disk takes it too), else whole (a
+    /// temporary file renamed over it), for its owner only as the
+    /// ledger's are.
     pub(crate) fn write(self, dir: &Path) -> std::io::Result<()> {
         let path = dir.join(FILE);
+        let line = format!(
+            "{:020} {:020} {:020}\n",
+            self.since, self.heard, self.records
+        );
+        debug_assert_eq!(line.len() as u64, LINE_BYTES);
+        if let Ok(mut file) = std::fs::OpenOptions::new().write(true).open(&path)
+            && file.metadata().is_ok_and(|m| m.len() == LINE_BYTES)
+        {
+            return std::io::Write::write_all(&mut file, line.as_bytes());
+        }
         let temporary = dir.join(format!("{FILE}.tmp"));
         let mut file = aether_journal::private(
             std::fs::OpenOptions::new()
@@ -93,7 +128,6 @@ impl Times {
                 .truncate(true),
         )
         .open(&temporary)?;
-        let line = format!("{} {} {}\n", self.since, self.heard, self.records);
         let written = std::io::Write::write_all(&mut file, line.as_bytes())
             .and_then(|()| std::fs::rename(&temporary, &path));
         if written.is_err() {
@@ -386,6 +420,21 @@ mod tests {
         };
         times.write(dir.path()).unwrap();
         assert_eq!(Times::read(dir.path()), Some(times));
+        // Written again in place, the same length, and read back.
+        let later = Times {
+            since: 5,
+            heard: u64::MAX,
+            records: 4,
+        };
+        later.write(dir.path()).unwrap();
+        assert_eq!(Times::read(dir.path()), Some(later));
+        let length = std::fs::metadata(dir.path().join(FILE)).unwrap().len();
+        assert_eq!(length, LINE_BYTES);
+        // A file of the earlier width is read, and written whole.
+        std::fs::write(dir.path().join(FILE), "5 9 3\n").unwrap();
+        assert_eq!(Times::read(dir.path()), Some(times));
+        later.write(dir.path()).unwrap();
+        assert_eq!(Times::read(dir.path()), Some(later));
         for bad in ["", "5", "5 9", "5 9 1 1", "a 9 1", "-1 9 1"] {
             std::fs::write(dir.path().join(FILE), bad).unwrap();
             assert_eq!(Times::read(dir.path()), None, "{bad:?}");

@@ -539,9 +539,21 @@ impl StateMap {
         let coverage =
             coverage::Coverage::open(dir.as_deref(), clock.wall(), config.tombstone_horizon);
         // A ledger holding fewer records than it had written (a segment
-        // deleted or cut short past what the journal sees) lost them.
+        // deleted or cut short past what the journal sees, a torn tail that
+        // took more than the record it tore) lost them.
         let holds = ledger.as_ref().and_then(|l| l.ledger().next_seq());
-        if let (false, Some(had), Some(holds)) = (damaged, coverage.last_records(), holds)
+        if let (Some(dir), None, Some(holds)) = (&dir, coverage.last_records(), holds)
+            && holds > 0
+        {
+            tracing::warn!(
+                map,
+                dir = %dir.display(),
+                holds,
+                "a map's ledger has no record count beside it (its covers file is missing or \
+                 damaged): whether records were lost from it cannot be told at this open"
+            );
+        }
+        if let (Some(had), Some(holds)) = (coverage.last_records(), holds)
             && holds < had
         {
             damaged = true;
