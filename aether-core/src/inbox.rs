@@ -154,9 +154,12 @@ struct State {
 
 /// How many waves a queue remembers of those its group resonances brought
 /// ([`Inbox::offer_once`]). The copies of one message that two queue
-/// subscriptions of one connection bring arrive a few messages apart; this
-/// many apart, the second would be taken for a new wave.
-const RECENT_WAVES: usize = 4096;
+/// subscriptions of one connection bring are handed out within a few of
+/// the arrivals' rounds of each other (each takes at most
+/// `arrivals::ROUND_WAVES` waves, an equal share from each subscription);
+/// this many apart, the second would be taken for a new wave. Grown as
+/// used, and only by a vibrator in two groups or more.
+const RECENT_WAVES: usize = 16_384;
 
 /// The room an empty queue keeps, in waves.
 const IDLE_QUEUE_WAVES: usize = 16;

@@ -299,3 +299,72 @@ async fn the_server_lists_the_connection_by_its_name() {
     .await
     .expect("bounded");
 }
+
+/// A vibrator in several groups whose patterns match a wave gets it once
+/// in a flood too, each channel's waves in order: each group is a queue
+/// subscription of its own, and the server's copies of one message must
+/// reach the vibrator close enough together to be told apart from new
+/// waves, however many waves a frame holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_through_several_groups_is_taken_once() {
+    use aether_core::{Channel, Vibrator, Wave};
+    use std::{
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let server = NatsServer::start().await.unwrap();
+        let rx_aether = Aether::connect_url(&server.url()).await.unwrap();
+        let tx_aether = Aether::connect_url(&server.url()).await.unwrap();
+        let taken = Arc::new(Mutex::new(Vec::new()));
+        let into = taken.clone();
+        let mut rx = Vibrator::builder("rx")
+            .on_wave(move |wave: Wave| into.lock().unwrap().push(wave.payload_bytes().to_vec()))
+            .create(&rx_aether)
+            .await
+            .unwrap();
+        rx.resonate_in_group("s.*", "a").await.unwrap();
+        rx.resonate_in_group("s.a", "b").await.unwrap();
+        rx.resonate_in_group("s.>", "c").await.unwrap();
+        // The server has the subscriptions well before the flood.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let tx = Vibrator::create("tx", &tx_aether).await.unwrap();
+        let (a, b) = (Channel::new("s.a"), Channel::new("s.b"));
+        let total = 20_000u32;
+        for i in 0..total {
+            let channel = if i % 2 == 0 { &a } else { &b };
+            let payload = bytes::Bytes::copy_from_slice(&i.to_le_bytes());
+            tx.emit(Wave::new(channel.clone(), payload)).await.unwrap();
+        }
+        tx_aether.flush(Duration::from_secs(10)).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while taken.lock().unwrap().len() < total as usize && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Copies that slipped through would come by now.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let taken: Vec<u32> = taken
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| u32::from_le_bytes(b[..4].try_into().unwrap()))
+            .collect();
+        let mut once = taken.clone();
+        once.sort_unstable();
+        once.dedup();
+        assert_eq!(taken.len(), total as usize, "each wave once");
+        assert_eq!(once.len(), total as usize, "each wave once");
+        // Each channel's waves in the order they were emitted.
+        for parity in [0, 1] {
+            let channel: Vec<u32> = taken.iter().copied().filter(|i| i % 2 == parity).collect();
+            assert!(
+                channel.is_sorted(),
+                "in order on s.{}",
+                ["a", "b"][parity as usize]
+            );
+        }
+    })
+    .await
+    .expect("bounded");
+}

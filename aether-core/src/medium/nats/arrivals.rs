@@ -10,7 +10,10 @@
 //! - It waits for a message on any subscription, then sweeps in passes the
 //!   subscriptions that hold messages (each one's waker marks it as the
 //!   client fills its channel), taking what each holds, until a pass finds
-//!   nothing (or a bound). A message taken in one pass has every message
+//!   nothing (or a bound: a round takes at most [`ROUND`] messages, an
+//!   equal share from each subscription, so that none runs ahead of the
+//!   others and the copies of one message that several group resonances
+//!   of a vibrator bring stay close enough to be told apart). A message taken in one pass has every message
 //!   the client read before it taken by the end of the next pass (the
 //!   client filled that channel, and marked it, first), so all but the last
 //!   pass's messages are complete.
@@ -46,6 +49,12 @@ use crate::{
 
 /// Most messages taken in one round, from every subscription.
 const ROUND: usize = 1024;
+/// Most waves (as their frames say) taken in one round when there are
+/// several subscriptions to merge: the copies of one message that a
+/// vibrator's group resonances bring are then handed out within a few
+/// rounds' waves of each other, well inside the queue's memory of them
+/// (`inbox::RECENT_WAVES`).
+pub(crate) const ROUND_WAVES: usize = 4096;
 /// Most passes over the subscriptions in one round.
 const PASSES: usize = 4;
 
@@ -353,7 +362,7 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>
         // every subscription; a message is complete once a full pass began
         // after it was taken. A subscription not emptied (the round's
         // bound) stays ready for the next round.
-        let mut taken = 0;
+        let (mut taken, mut taken_waves) = (0, 0);
         let mut last_full: Option<usize> = None;
         for pass in 0..=PASSES {
             let keys = ready.take();
@@ -362,6 +371,20 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>
                 break;
             }
             let mut full = true;
+            // Each subscription ready takes an equal share of what is left
+            // of the round: the client fills their channels in the order it
+            // reads, so none falls behind the others by more than a share
+            // (the copies of one message that a vibrator's group
+            // resonances bring stay close enough to be told apart).
+            let share = ROUND.saturating_sub(taken).div_ceil(keys.len()).max(1);
+            let wave_share = if subs.list.len() > 1 {
+                ROUND_WAVES
+                    .saturating_sub(taken_waves)
+                    .div_ceil(keys.len())
+                    .max(1)
+            } else {
+                usize::MAX
+            };
             let mut rest = keys.into_iter();
             for key in rest.by_ref() {
                 let Some(&i) = subs.at.get(&key) else {
@@ -370,16 +393,23 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>
                 let sub = &mut subs.list[i];
                 sub.wakes.queued.store(false, Ordering::Release);
                 let mut cx = Context::from_waker(&sub.waker);
+                let (mut took, mut took_waves) = (0, 0);
                 loop {
-                    if taken >= ROUND {
+                    if took >= share || took_waves >= wave_share {
+                        // Its share taken: the others take theirs, and the
+                        // round ends with this pass.
                         full = false;
                         sub.waker.wake_by_ref();
                         break;
                     }
                     match sub.subscriber.poll_next_unpin(&mut cx) {
                         Poll::Ready(Some(message)) => {
+                            let waves = crate::wave::wire::waves_in(&message.payload);
                             sub.messages.push((pass, message));
                             taken += 1;
+                            took += 1;
+                            taken_waves += waves;
+                            took_waves += waves;
                         }
                         Poll::Ready(None) => {
                             sub.done = true;
@@ -387,9 +417,6 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>
                         }
                         Poll::Pending => break,
                     }
-                }
-                if !full {
-                    break;
                 }
             }
             // Those not visited (the round's bound) stay ready.

@@ -34,6 +34,19 @@ pub fn is_frame(body: &[u8]) -> bool {
     body.starts_with(&[MAGIC, FRAME])
 }
 
+/// How many waves `body` says it carries: a batch frame's count (not
+/// checked: a hint, the frame is checked when it is read), 1 for anything
+/// else.
+pub(crate) fn waves_in(body: &[u8]) -> usize {
+    if !is_frame(body) {
+        return 1;
+    }
+    let mut reader = Reader { body, at: 2 };
+    reader
+        .varint(3, "frame count")
+        .map_or(1, |count| (count as usize).clamp(1, MAX_FRAME_WAVES))
+}
+
 /// The envelopes of the batch frame `body`, as slices of it (no copy).
 /// Checked whole before any is given: a body over the limit is
 /// `Oversized`; one that is not a frame, says it holds no envelope or more
