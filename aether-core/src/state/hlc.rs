@@ -177,6 +177,8 @@ impl Clock {
         if (stamp.physical_ns, stamp.logical) > *last {
             *last = (stamp.physical_ns, stamp.logical);
         }
+        drop(last);
+        crate::wave::clock::seen(stamp.physical_ns);
         Ok(())
     }
 

@@ -51,6 +51,12 @@ static MEASURED: AtomicBool = AtomicBool::new(false);
 /// it holds, across a restart on a clock set back too.
 static STAMPED_NS: AtomicU64 = AtomicU64::new(0);
 
+/// The latest physical time of a stamp this process took in from
+/// elsewhere (within `max_drift` of its clock): what a keeper's `stamped`
+/// file keeps past, beside [`STAMPED_NS`]. Not a floor of the bus's time
+/// while running (one sender could push it on, `max_drift` at a time).
+static SEEN_NS: AtomicU64 = AtomicU64::new(0);
+
 /// This process is a time source that heard no other: the bus's time is
 /// its own, held past the stamps it keeps as it reads them.
 static ALONE: AtomicBool = AtomicBool::new(false);
@@ -114,6 +120,19 @@ pub(crate) fn stamped(ns: u64) {
 /// The latest physical time of a stamp this process made or kept.
 pub(crate) fn latest_stamped() -> u64 {
     STAMPED_NS.load(Ordering::Relaxed)
+}
+
+/// Notes a stamp taken in from elsewhere at `ns`.
+#[inline]
+pub(crate) fn seen(ns: u64) {
+    if ns > SEEN_NS.load(Ordering::Relaxed) {
+        SEEN_NS.fetch_max(ns, Ordering::Relaxed);
+    }
+}
+
+/// The latest physical time of a stamp this process made, kept or took in.
+pub(crate) fn latest_seen() -> u64 {
+    SEEN_NS.load(Ordering::Relaxed).max(latest_stamped())
 }
 
 /// Whether this process is a time source that heard no other.

@@ -46,6 +46,7 @@ pub use crate::report::KeeperStats;
 use crate::{Aether, Emitter, Vibrator, names::is_name, report::KeeperSource};
 
 mod list;
+mod stamped;
 use list::lost_maps;
 
 /// A keeper of the maps `[aether.state.keeper] maps` names.
@@ -183,7 +184,11 @@ impl Keeper {
             .validate()
             .map_err(|e| StateError::with_source(StateErrorKind::Config, e))?;
         // A keeper is one of the bus's time sources from its start, before
-        // it opens a map (maps open as they are written).
+        // it opens a map (maps open as they are written), its time past the
+        // writes it keeps.
+        if let Some(past) = config.dir.as_deref().and_then(stamped::read) {
+            crate::wave::clock::stamped(past);
+        }
         crate::bustime::start(aether).await;
         let Some(dir) = config.dir.clone() else {
             return Err(StateError::new(
@@ -692,10 +697,23 @@ async fn open_waiting(inner: Arc<Inner>) {
 async fn look(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(LOOK_EVERY);
     let mut full_said = 0;
+    let mut stamped_said = 0;
     loop {
         tick.tick().await;
         inner.forget_empty().await;
         inner.list_kept();
+        let latest = crate::wave::clock::latest_seen();
+        if latest > stamped_said {
+            match stamped::write(&inner.dir, latest) {
+                Ok(()) => stamped_said = latest,
+                Err(error) if inner.may_warn() => tracing::warn!(
+                    keeper = %inner.name,
+                    %error,
+                    "cannot write the keeper's stamped file (tried again each second)"
+                ),
+                Err(_) => {}
+            }
+        }
         let stats = inner.stats();
         if stats.full_writes > full_said && inner.may_warn() {
             tracing::warn!(
