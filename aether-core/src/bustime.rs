@@ -380,6 +380,10 @@ async fn answer(mut vibrator: Vibrator) {
         let Some((asker, ask)) = pair(wave.payload_bytes()) else {
             continue;
         };
+        // A step of this machine's clock not seen yet is seen now (and,
+        // once measured, taken out of the offset): no answer gives a time
+        // stepped back or forward.
+        steps();
         let answer = answer_payload(ask, system_unix_nanos(), offset(), settling());
         let sent = if wave.channel().as_str() == WHO {
             vibrator.reply(&wave, answer).await.map(|_| ())

@@ -211,9 +211,10 @@ async fn a_keeper_back_after_two_days_does_not_bring_a_deleted_key_back() {
 }
 
 /// A time source alone on the bus (a keeper) whose clock is set back 30 s
-/// as it runs (NTP correcting a clock that ran ahead), then started again
-/// on its ledgers with the clock still back: the bus's time goes on from
-/// where it was, so each write made after another wins over it.
+/// as it runs (NTP correcting a clock that ran ahead), forward 3 hours and
+/// back again, then started again on its ledgers with the clock still
+/// back: the bus's time goes on from where it was, so each write made
+/// after another, at once after a step too, wins over it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_sources_clock_set_back_does_not_take_the_bus_back() {
     let nats = server().await;
@@ -254,11 +255,18 @@ async fn a_lone_sources_clock_set_back_does_not_take_the_bus_back() {
     };
     let keeper = start(keep(), "keeping maps").await;
     write_then_read("\"before\"").await;
+    // Written at once after each step: the keeper sees a step when asked
+    // for its time.
     std::fs::write(&time, "-30").unwrap();
-    // The keeper reads its clock against a counter: the step is seen
-    // within a second.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    write_then_read("\"after the step\"").await;
+    write_then_read("\"after the step back\"").await;
+    std::fs::write(&time, "+10770").unwrap();
+    write_then_read("\"after a step forward\"").await;
+    std::fs::write(&time, "-30").unwrap();
+    write_then_read("\"after the step back again\"").await;
+    assert!(
+        ledgers.join("stamped").is_file(),
+        "the keeper keeps a time past its writes"
+    );
     support::terminate(keeper).await;
     // Started again, its clock still 30 s behind the stamps it keeps.
     let keeper = start(keep(), "keeping maps").await;
