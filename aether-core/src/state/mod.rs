@@ -536,7 +536,7 @@ impl StateMap {
                 (Some(Durable::new(ledger)), store)
             }
         };
-        let coverage =
+        let mut coverage =
             coverage::Coverage::open(dir.as_deref(), clock.wall(), config.tombstone_horizon);
         // A ledger holding fewer records than it had written (a segment
         // deleted or cut short past what the journal sees, a torn tail that
@@ -575,6 +575,23 @@ impl StateMap {
             );
         }
         let heard = AtomicU64::new(coverage.last_heard().unwrap_or_else(|| clock.wall()));
+        // The file is there from the open (then rewritten in place), so a
+        // disk that fills right after still takes the count.
+        if let (Some(dir), None) = (&dir, coverage.last_records())
+            && let Err(error) = coverage.keep(
+                heard.load(std::sync::atomic::Ordering::Relaxed),
+                holds.unwrap_or(0),
+                true,
+            )
+        {
+            tracing::warn!(
+                map,
+                dir = %dir.display(),
+                %error,
+                "cannot write a map's covers file: whether its ledger loses records later \
+                 cannot be told until it is written"
+            );
+        }
         store.set_caps(Caps {
             max_keys: config.max_keys,
             max_bytes: config.max_map_bytes,
