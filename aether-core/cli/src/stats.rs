@@ -107,6 +107,7 @@ fn table(reports: &BTreeMap<String, InstanceReport>) -> String {
         "QUEUED",
         "OUTBOX",
         "MALFORMED",
+        "PANICS",
         "MAPS",
         "CLOCK",
     ];
@@ -123,6 +124,7 @@ fn table(reports: &BTreeMap<String, InstanceReport>) -> String {
             format!("{}/{}", report.queued, report.queue_capacity),
             format!("{}/{}", report.outbox_len, report.outbox_capacity),
             report.malformed.to_string(),
+            report.handler_panics.to_string(),
             report.maps.len().to_string(),
             clock(report),
         ]);
@@ -155,6 +157,7 @@ mod tests {
             medium: "nats".into(),
             connection: "connected".into(),
             emitted: 1200,
+            handler_panics: 4,
             ..Default::default()
         };
         report.dropped.insert("queue_full".into(), 7);
@@ -172,5 +175,6 @@ mod tests {
         let column = |line: &str, word: &str| line.find(word).map(|at| line[..at].chars().count());
         assert_eq!(column(lines[0], "REFUSED"), column(lines[1], "1247"));
         assert_eq!(lines[0].find("MEDIUM"), lines[1].find("nats"));
+        assert_eq!(column(lines[0], "PANICS"), column(lines[1], "4 "));
     }
 }
