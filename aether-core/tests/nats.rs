@@ -312,25 +312,39 @@ async fn a_flood_through_several_groups_is_taken_once() {
         sync::{Arc, Mutex},
         time::Duration,
     };
+    fn number(wave: &Wave) -> u32 {
+        u32::from_le_bytes(wave.payload_bytes()[..4].try_into().unwrap())
+    }
     tokio::time::timeout(Duration::from_secs(60), async {
         let server = NatsServer::start().await.unwrap();
         let rx_aether = Aether::connect_url(&server.url()).await.unwrap();
         let tx_aether = Aether::connect_url(&server.url()).await.unwrap();
         let taken = Arc::new(Mutex::new(Vec::new()));
         let into = taken.clone();
-        let mut rx = Vibrator::builder("rx")
-            .on_wave(move |wave: Wave| into.lock().unwrap().push(wave.payload_bytes().to_vec()))
+        let total = 100_000u32;
+        // A handler and a queue, each the one member of three groups.
+        let mut handler = Vibrator::builder("handler")
+            .on_wave(move |wave: Wave| into.lock().unwrap().push(number(&wave)))
             .create(&rx_aether)
             .await
             .unwrap();
-        rx.resonate_in_group("s.*", "a").await.unwrap();
-        rx.resonate_in_group("s.a", "b").await.unwrap();
-        rx.resonate_in_group("s.>", "c").await.unwrap();
+        let mut queue = Vibrator::builder("queue")
+            .queue_capacity(2 * total as usize)
+            .create(&rx_aether)
+            .await
+            .unwrap();
+        for (vibrator, tag) in [(&mut handler, "h"), (&mut queue, "q")] {
+            for (pattern, group) in [("s.*", "a"), ("s.a", "b"), ("s.>", "c")] {
+                vibrator
+                    .resonate_in_group(pattern, &format!("{tag}{group}"))
+                    .await
+                    .unwrap();
+            }
+        }
         // The server has the subscriptions well before the flood.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let tx = Vibrator::create("tx", &tx_aether).await.unwrap();
         let (a, b) = (Channel::new("s.a"), Channel::new("s.b"));
-        let total = 20_000u32;
         for i in 0..total {
             let channel = if i % 2 == 0 { &a } else { &b };
             let payload = bytes::Bytes::copy_from_slice(&i.to_le_bytes());
@@ -344,25 +358,26 @@ async fn a_flood_through_several_groups_is_taken_once() {
         }
         // Copies that slipped through would come by now.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let taken: Vec<u32> = taken
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|b| u32::from_le_bytes(b[..4].try_into().unwrap()))
-            .collect();
-        let mut once = taken.clone();
-        once.sort_unstable();
-        once.dedup();
-        assert_eq!(taken.len(), total as usize, "each wave once");
-        assert_eq!(once.len(), total as usize, "each wave once");
-        // Each channel's waves in the order they were emitted.
-        for parity in [0, 1] {
-            let channel: Vec<u32> = taken.iter().copied().filter(|i| i % 2 == parity).collect();
-            assert!(
-                channel.is_sorted(),
-                "in order on s.{}",
-                ["a", "b"][parity as usize]
-            );
+        let mut queued = Vec::new();
+        while let Some(wave) = queue.try_receive() {
+            queued.push(number(&wave));
+        }
+        let handled = taken.lock().unwrap().clone();
+        for (name, taken) in [("handler", handled), ("queue", queued)] {
+            let mut once = taken.clone();
+            once.sort_unstable();
+            once.dedup();
+            assert_eq!(taken.len(), total as usize, "{name}: each wave once");
+            assert_eq!(once.len(), total as usize, "{name}: each wave once");
+            // Each channel's waves in the order they were emitted.
+            for parity in [0, 1] {
+                let channel: Vec<u32> = taken.iter().copied().filter(|i| i % 2 == parity).collect();
+                assert!(
+                    channel.is_sorted(),
+                    "{name}: in order on s.{}",
+                    ["a", "b"][parity as usize]
+                );
+            }
         }
     })
     .await

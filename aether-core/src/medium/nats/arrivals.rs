@@ -11,9 +11,11 @@
 //!   subscriptions that hold messages (each one's waker marks it as the
 //!   client fills its channel), taking what each holds, until a pass finds
 //!   nothing (or a bound: a round takes at most [`ROUND`] messages, an
-//!   equal share from each subscription, so that none runs ahead of the
-//!   others and the copies of one message that several group resonances
-//!   of a vibrator bring stay close enough to be told apart). A message taken in one pass has every message
+//!   equal share from each subscription, and one that has read an
+//!   emitter's waves further than another by more than [`ROUND_WAVES`]
+//!   waits for it, so that none runs ahead of the others and the copies of
+//!   one message that several group resonances of a vibrator bring stay
+//!   close enough to be told apart). A message taken in one pass has every message
 //!   the client read before it taken by the end of the next pass (the
 //!   client filled that channel, and marked it, first), so all but the last
 //!   pass's messages are complete.
@@ -136,6 +138,8 @@ struct Sub {
     /// Its subscription ended, or its vibrator is gone: removed after this
     /// round.
     done: bool,
+    /// The emitting process and sequence of the last wave it decoded.
+    front: Option<(u32, u64)>,
 }
 
 impl Sub {
@@ -164,6 +168,7 @@ impl Sub {
             waves,
             last,
             target,
+            front,
             ..
         } = self;
         for (pass, message) in messages.drain(..) {
@@ -173,7 +178,10 @@ impl Sub {
                 message,
                 last,
                 |channel| Self::heard_elsewhere(target, channel),
-                |wave| waves.push_back((wave, complete)),
+                |wave| {
+                    *front = order_of(&wave).or(*front);
+                    waves.push_back((wave, complete));
+                },
             );
         }
     }
@@ -297,6 +305,7 @@ impl Subs {
                     messages: Vec::new(),
                     waves: VecDeque::new(),
                     done: false,
+                    front: None,
                 });
             }
             Command::Remove(key) => {
@@ -377,13 +386,30 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>
             // (the copies of one message that a vibrator's group
             // resonances bring stay close enough to be told apart).
             let share = ROUND.saturating_sub(taken).div_ceil(keys.len()).max(1);
-            let wave_share = if subs.list.len() > 1 {
+            let subs_many = subs.list.len() > 1;
+            let wave_share = if subs_many {
                 ROUND_WAVES
                     .saturating_sub(taken_waves)
                     .div_ceil(keys.len())
                     .max(1)
             } else {
                 usize::MAX
+            };
+            // Where each subscription ready has read an emitter's waves up
+            // to: one that is ahead of another by more than a round's waves
+            // of the same emitter waits for it this pass (the client fills
+            // them in the order it reads, so the copies of one message stay
+            // together however the subscriptions' shares of it differ).
+            let fronts: Vec<(u32, u64)> = keys
+                .iter()
+                .filter_map(|key| subs.at.get(key).and_then(|&i| subs.list[i].front))
+                .collect();
+            let ahead = |front: Option<(u32, u64)>| {
+                front.is_some_and(|(process, sequence)| {
+                    fronts
+                        .iter()
+                        .any(|&(p, s)| p == process && s + (ROUND_WAVES as u64) < sequence)
+                })
             };
             let mut rest = keys.into_iter();
             for key in rest.by_ref() {
@@ -392,6 +418,11 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>
                 };
                 let sub = &mut subs.list[i];
                 sub.wakes.queued.store(false, Ordering::Release);
+                if subs_many && ahead(sub.front) {
+                    full = false;
+                    sub.waker.wake_by_ref();
+                    continue;
+                }
                 let mut cx = Context::from_waker(&sub.waker);
                 let (mut took, mut took_waves) = (0, 0);
                 loop {
