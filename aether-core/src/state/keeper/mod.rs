@@ -188,6 +188,9 @@ impl Keeper {
         // writes it keeps.
         if let Some(past) = config.dir.as_deref().and_then(stamped::read) {
             crate::wave::clock::stamped(past);
+            // A program that measured already (the command line measures
+            // as it connects) holds the time past it now, if alone.
+            crate::wave::clock::hold_past(past);
         }
         crate::bustime::start(aether).await;
         let Some(dir) = config.dir.clone() else {
