@@ -61,8 +61,9 @@ static SEEN_NS: AtomicU64 = AtomicU64::new(0);
 /// its own, held past the stamps it keeps as it reads them.
 static ALONE: AtomicBool = AtomicBool::new(false);
 
-/// Steps of the system clock taken out of the offset: a thread whose
-/// anchor is of an earlier one anchors again.
+/// Steps of the system clock seen (taken out of the offset once it is
+/// measured): a thread whose anchor is of an earlier one anchors again,
+/// and a measurement that straddled one is not taken.
 static STEPS: AtomicU64 = AtomicU64::new(0);
 
 /// The process's last reading of the system clock against the counter
@@ -74,8 +75,8 @@ static LAST: Mutex<(u64, u64)> = Mutex::new((0, 0));
 pub(crate) const JUMP_NS: u64 = 1_000_000_000;
 
 /// Sets this process's offset from the bus's time, measured against its
-/// sources from when [`steps`] read `since`: none if a step was taken out
-/// of the offset meanwhile (the measurement straddled it; the next one
+/// sources from when [`steps`] read `since`: none if a step of the system
+/// clock was seen meanwhile (the measurement straddled it; the next one
 /// comes at once).
 pub(crate) fn set_offset(ns: i64, since: u64) -> bool {
     let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
@@ -257,8 +258,10 @@ fn note_step(last: &mut (u64, u64), clock: &quanta::Clock) -> (u64, u64) {
             JUMPED.store(true, Ordering::Relaxed);
             if MEASURED.load(Ordering::Relaxed) {
                 OFFSET_NS.fetch_sub(step, Ordering::Relaxed);
-                STEPS.fetch_add(1, Ordering::Relaxed);
             }
+            // Counted either way: a measurement that straddled it (the
+            // first one too) is not taken, and threads anchor again.
+            STEPS.fetch_add(1, Ordering::Relaxed);
         }
     }
     if raw >= raw0 {
