@@ -37,6 +37,7 @@ pub fn is_frame(body: &[u8]) -> bool {
 /// How many waves `body` says it carries: a batch frame's count (not
 /// checked: a hint, the frame is checked when it is read), 1 for anything
 /// else.
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn waves_in(body: &[u8]) -> usize {
     if !is_frame(body) {
         return 1;
