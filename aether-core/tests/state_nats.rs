@@ -785,3 +785,51 @@ async fn writes_the_medium_will_not_take_say_so_are_kept_and_arrive_after_the_se
     .await
     .expect("bounded");
 }
+
+/// A keeper of many maps stops within seconds while its server is down:
+/// its maps say goodbye together, each for a bounded while, not one after
+/// another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keeper_of_many_maps_closes_soon_with_its_server_down() {
+    timeout(LIMIT, async {
+        let mut server = NatsServer::start().await.unwrap();
+        let aether = Aether::connect(over(&server.url())).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut keeping = StateConfig {
+            dir: Some(dir.path().into()),
+            ..fast()
+        };
+        keeping.keeper.maps = vec!["*".into()];
+        let keeper = Keeper::start_with(&aether, "keeper", keeping)
+            .await
+            .unwrap();
+        let writers = Aether::connect(over(&server.url())).await.unwrap();
+        for n in 0..12 {
+            let map = StateMap::builder(format!("m{n}"))
+                .node("writer")
+                .config(fast())
+                .open(&writers)
+                .await
+                .unwrap();
+            map.set("k", "v").await.unwrap();
+            map.flush_to(
+                aether_core::state::HeldBy::keepers(1),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+            map.close().await;
+        }
+        assert_eq!(keeper.maps().len(), 12);
+        server.kill().await.unwrap();
+        let started = std::time::Instant::now();
+        keeper.close().await;
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "closed in {:?}",
+            started.elapsed()
+        );
+    })
+    .await
+    .expect("bounded");
+}

@@ -327,9 +327,11 @@ impl Keeper {
         }
         self.inner.closed.store(true, Ordering::Release);
         let maps: Vec<StateMap> = lock(&self.inner.maps).drain().map(|(_, k)| k.map).collect();
-        for map in maps {
-            map.close().await;
-            self.inner.retire(&map);
+        // Together: each waits up to a second or two for its goodbye to
+        // leave (all of it while the medium is down), not one after another.
+        futures_util::future::join_all(maps.iter().map(StateMap::close)).await;
+        for map in &maps {
+            self.inner.retire(map);
         }
         // Maps opening as it closed close as they open.
         let deadline = Instant::now() + Duration::from_secs(5);
