@@ -178,12 +178,10 @@ impl Sub {
                 message,
                 last,
                 |channel| Self::heard_elsewhere(target, channel),
-                |wave| {
-                    *front = order_of(&wave).or(*front);
-                    waves.push_back((wave, complete));
-                },
+                |wave| waves.push_back((wave, complete)),
             );
         }
+        *front = waves.back().and_then(|(wave, _)| order_of(wave)).or(*front);
     }
 
     /// Hands `batch` (its waves, in order) to the target; false once the
@@ -402,6 +400,7 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>
             // together however the subscriptions' shares of it differ).
             let fronts: Vec<(u32, u64)> = keys
                 .iter()
+                .filter(|_| subs_many)
                 .filter_map(|key| subs.at.get(key).and_then(|&i| subs.list[i].front))
                 .collect();
             let ahead = |front: Option<(u32, u64)>| {
@@ -435,7 +434,12 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>
                     }
                     match sub.subscriber.poll_next_unpin(&mut cx) {
                         Poll::Ready(Some(message)) => {
-                            let waves = crate::wave::wire::waves_in(&message.payload);
+                            // Counted only where there is a merge to bound.
+                            let waves = if subs_many {
+                                crate::wave::wire::waves_in(&message.payload)
+                            } else {
+                                0
+                            };
                             sub.messages.push((pass, message));
                             taken += 1;
                             took += 1;
