@@ -123,13 +123,23 @@ pub(crate) fn latest_stamped() -> u64 {
     STAMPED_NS.load(Ordering::Relaxed)
 }
 
-/// Notes a stamp taken in from elsewhere at `ns`.
+/// Notes a stamp taken in from elsewhere at `ns`, to the millisecond: a
+/// replica taking in a stream of changes writes the shared value at most
+/// once a millisecond, not once a change (the file it feeds says 2 s past
+/// it).
 #[inline]
 pub(crate) fn seen(ns: u64) {
-    if ns > SEEN_NS.load(Ordering::Relaxed) {
+    if ns
+        > SEEN_NS
+            .load(Ordering::Relaxed)
+            .saturating_add(SEEN_GRAIN_NS)
+    {
         SEEN_NS.fetch_max(ns, Ordering::Relaxed);
     }
 }
+
+/// How far a stamp taken in must pass [`SEEN_NS`] to move it.
+const SEEN_GRAIN_NS: u64 = 1_000_000;
 
 /// The latest physical time of a stamp this process made, kept or took in.
 pub(crate) fn latest_seen() -> u64 {
