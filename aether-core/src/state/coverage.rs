@@ -115,27 +115,37 @@ impl Times {
             self.since, self.heard, self.records
         );
         debug_assert_eq!(line.len() as u64, LINE_BYTES);
-        if let Ok(mut file) = std::fs::OpenOptions::new().write(true).open(&path)
-            && file.metadata().is_ok_and(|m| m.len() == LINE_BYTES)
-        {
-            return std::io::Write::write_all(&mut file, line.as_bytes());
-        }
-        let temporary = dir.join(format!("{FILE}.tmp"));
-        let mut file = aether_journal::private(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true),
-        )
-        .open(&temporary)?;
-        let written = std::io::Write::write_all(&mut file, line.as_bytes())
-            .and_then(|()| std::fs::rename(&temporary, &path));
-        if written.is_err() {
-            // A full disk: no half-written file left beside the ledger.
-            let _ = std::fs::remove_file(&temporary);
-        }
-        written
+        rewrite(&path, &line)
     }
+}
+
+/// Writes `line` to the file at `path`: over the one there if it has the
+/// line's length (no new block: a full disk takes it), else whole (a
+/// temporary file beside it renamed over it, none left on a failure), for
+/// its owner only as the ledger's files are. The state's small files of
+/// fixed width (`covers`, a keeper's `stamped`) are written so.
+pub(crate) fn rewrite(path: &Path, line: &str) -> std::io::Result<()> {
+    if let Ok(mut file) = std::fs::OpenOptions::new().write(true).open(path)
+        && file.metadata().is_ok_and(|m| m.len() == line.len() as u64)
+    {
+        return std::io::Write::write_all(&mut file, line.as_bytes());
+    }
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = std::path::PathBuf::from(temporary);
+    let written = aether_journal::private(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true),
+    )
+    .open(&temporary)
+    .and_then(|mut file| std::io::Write::write_all(&mut file, line.as_bytes()))
+    .and_then(|()| std::fs::rename(&temporary, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
 }
 
 /// A replica back after more than the horizon, until it caught up.

@@ -30,32 +30,14 @@ pub(super) fn read(dir: &Path) -> Option<u64> {
     time
 }
 
-/// Writes the time past `latest` (Unix ns) to `dir`'s file: over the one
-/// there if it has the file's length, else whole.
+/// Writes the time past `latest` (Unix ns) to `dir`'s file, in place
+/// ([`crate::state::coverage::rewrite`]).
 pub(super) fn write(dir: &Path, latest: u64) -> std::io::Result<()> {
     let path = dir.join(FILE);
     let ahead = u64::try_from(AHEAD.as_nanos()).unwrap_or(u64::MAX);
     let line = format!("{:020}\n", latest.saturating_add(ahead));
     debug_assert_eq!(line.len() as u64, LENGTH);
-    if let Ok(mut file) = std::fs::OpenOptions::new().write(true).open(&path)
-        && file.metadata().is_ok_and(|m| m.len() == LENGTH)
-    {
-        return std::io::Write::write_all(&mut file, line.as_bytes());
-    }
-    let temporary = dir.join(format!("{FILE}.new"));
-    let written = aether_journal::private(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true),
-    )
-    .open(&temporary)
-    .and_then(|mut file| std::io::Write::write_all(&mut file, line.as_bytes()))
-    .and_then(|()| std::fs::rename(&temporary, &path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    written
+    crate::state::coverage::rewrite(&path, &line)
 }
 
 #[cfg(test)]
