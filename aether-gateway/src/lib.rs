@@ -45,7 +45,7 @@
 //! | `stream` | the durable channels' JetStream stream against its limits |
 //! | [`replay`] | re-emitting journaled waves, and listing them |
 //! | [`bridge`] | replicated maps to browsers over WebSocket: limits, the protocol |
-//! | `http` | `/metrics`, `/health`, `/ready`, `/`, `/events`, `/snapshot`, `/bridge/{map}`, `/board`, `/aether.js`; TLS |
+//! | `http` | `/metrics`, `/health`, `/ready`, `/`, `/events`, `/snapshot`, `/bridge/{map}`, `/board`, `/aether.js` and its modules; TLS |
 //! | [`gateway`](mod@gateway) | starting and stopping it all on an aether |
 //! | [`allocator`] | allocator statistics from a counting global allocator |
 //! | [`cli`] | the program's command line |

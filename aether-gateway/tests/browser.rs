@@ -10,7 +10,13 @@ mod support;
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use aether_core::{Aether, state::StateMap};
-use axum::{Router, http::header, routing::get};
+use axum::{
+    Router,
+    extract::Path,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 use serde_json::{Value, json};
 use support::{cdp::Browser, config};
 
@@ -18,7 +24,7 @@ const TOKEN: &str = "a-token-of-the-browser-tests-42";
 
 /// Serves the board's files from `aether-gateway/web` on a loopback port.
 async fn app_host() -> SocketAddr {
-    fn file(name: &'static str) -> String {
+    fn file(name: &str) -> String {
         let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/web"));
         std::fs::read_to_string(dir.join(name)).unwrap()
     }
@@ -32,6 +38,15 @@ async fn app_host() -> SocketAddr {
         )
         .route("/board.js", get(move || async move { (js(), board) }))
         .route("/aether.js", get(move || async move { (js(), client) }))
+        .route(
+            "/aether/{file}",
+            get(move |Path(name): Path<String>| async move {
+                match ["cache.js", "error.js", "json.js", "stamps.js"].contains(&name.as_str()) {
+                    true => (js(), file(&format!("aether/{name}"))).into_response(),
+                    false => StatusCode::NOT_FOUND.into_response(),
+                }
+            }),
+        )
         .route("/page.js", get(move || async move { (js(), page) }))
         .route(
             "/blank.html",

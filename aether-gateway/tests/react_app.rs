@@ -51,6 +51,10 @@ fn build_example() -> bool {
         dir.join("package.json"),
         dir.join("package-lock.json"),
         web.join("aether.js"),
+        web.join("aether/cache.js"),
+        web.join("aether/error.js"),
+        web.join("aether/json.js"),
+        web.join("aether/stamps.js"),
         web.join("react.js"),
     ];
     if bundle.is_some_and(|b| {

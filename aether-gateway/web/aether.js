@@ -1,6 +1,7 @@
 // Aether browser client: one replica of a replicated map, through the
-// gateway's bridge (`/bridge/<map>`). One ES module, no build step, no
-// dependencies. Types: aether.d.ts beside it.
+// gateway's bridge (`/bridge/<map>`). ES modules, no build step, no
+// dependencies: this one and those of `aether/` beside it (stamps and the
+// clock, the JSON check, the offline cache, the error). Types: aether.d.ts.
 //
 //   import { Aether } from "/aether.js";
 //   const board = new Aether("ws://127.0.0.1:9464/bridge/board", { token });
@@ -14,6 +15,13 @@
 // so a reload renders at once, even while the gateway is down; writes made
 // offline are kept there and sent when the connection is back, where they
 // win or lose by their stamps like any write.
+
+import { OfflineCache, defaultStorage } from "./aether/cache.js";
+import { AetherError } from "./aether/error.js";
+import { LONE_SURROGATE, checkJson, jsonCopy, wellFormed } from "./aether/json.js";
+import { Clock, beats, isStamp, parseStamp, randomReplica } from "./aether/stamps.js";
+
+export { AetherError, checkJson };
 
 const DEFAULTS = {
   cache: true,
@@ -31,11 +39,7 @@ const DEFAULTS = {
   maxBackoffMs: 10000,
 };
 
-/** Deepest nesting of a value (the gateway refuses past 128). */
-const MAX_DEPTH = 100;
-
 const encoder = new TextEncoder();
-const ZERO_NODE = "0000000000000000";
 /** Outbox slots that are not keys (a key is never empty). */
 const PRESENCE = "\u0000presence";
 const SYNC = "\u0000sync";
@@ -46,221 +50,6 @@ const WRITES_FRAME = 64;
 
 /** Statuses after which the client neither connects nor takes writes. */
 const TERMINAL = new Set(["unauthorized", "unknown_map", "closed"]);
-
-/**
- * What the client throws, and what its promises reject with: `reason` says
- * which (`unauthorized`, `unknown_map`, `closed`, `storage_full`, and
- * `not_owner` for a `node/...` key, which a page may not write, and
- * `forbidden` for a key this page's token does not write).
- */
-export class AetherError extends Error {
-  constructor(reason, message) {
-    super(message);
-    this.name = "AetherError";
-    this.reason = reason;
-  }
-}
-
-/** A random replica id: 64 bits, 16 lower case hex digits, not all zero. */
-function randomReplica() {
-  const words = new Uint32Array(2);
-  let id = ZERO_NODE;
-  while (id === ZERO_NODE) {
-    crypto.getRandomValues(words);
-    id = words[0].toString(16).padStart(8, "0") + words[1].toString(16).padStart(8, "0");
-  }
-  return id;
-}
-
-/** A short fingerprint of a text (53 bits, not a secret's hash). */
-function fingerprint(text) {
-  let h1 = 0xdeadbeef;
-  let h2 = 0x41c6ce57;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    h1 = Math.imul(h1 ^ c, 2654435761);
-    h2 = Math.imul(h2 ^ c, 1597334677);
-  }
-  h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507) ^ Math.imul(h2 ^ (h2 >>> 13), 3266489909);
-  h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507) ^ Math.imul(h1 ^ (h1 >>> 13), 3266489909);
-  return (4294967296 * (2097151 & h2) + (h1 >>> 0)).toString(16);
-}
-
-/** A stamp's text, as every replica writes it (`stamps.json`): texts sort as stamps do. */
-function stampText(physical, logical, replica) {
-  return physical.toString(16).padStart(16, "0") + "-" +
-    logical.toString(16).padStart(8, "0") + "-" + replica;
-}
-
-function isStamp(text) {
-  return typeof text === "string" && /^[0-9a-f]{16}-[0-9a-f]{8}-[0-9a-f]{16}$/.test(text) &&
-    !text.endsWith(ZERO_NODE);
-}
-
-function parseStamp(text) {
-  return { physical: BigInt("0x" + text.slice(0, 16)), logical: parseInt(text.slice(17, 25), 16) };
-}
-
-/** A hybrid logical clock: never goes back, moves past every stamp seen. */
-class Clock {
-  constructor(replica) {
-    this.replica = replica;
-    this.physical = 0n;
-    this.logical = 0;
-    this.offsetMs = 0; // the gateway's clock minus this page's
-    /** How far ahead of its time a stamp seen may move this clock (the gateway's max_drift). */
-    this.maxDriftMs = 500;
-  }
-
-  wallNs() {
-    const ms = performance.timeOrigin + performance.now() + this.offsetMs;
-    return BigInt(Math.floor(ms * 1000)) * 1000n;
-  }
-
-  now() {
-    const wall = this.wallNs();
-    if (wall > this.physical) {
-      this.physical = wall;
-      this.logical = 0;
-    } else if (this.logical < 0xffffffff) {
-      this.logical += 1;
-    } else {
-      this.physical += 1n;
-      this.logical = 0;
-    }
-    return stampText(this.physical, this.logical, this.replica);
-  }
-
-  observe(text) {
-    const { physical, logical } = parseStamp(text);
-    // A stamp further ahead of the bus's time than max_drift (a writer whose
-    // clock was off) does not carry this clock with it: its writes would be
-    // refused as stamped ahead.
-    if (physical > this.wallNs() + BigInt(Math.floor(this.maxDriftMs * 1000)) * 1000n) return;
-    if (physical > this.physical || (physical === this.physical && logical > this.logical)) {
-      this.physical = physical;
-      this.logical = logical;
-    }
-  }
-}
-
-const utf8 = new TextEncoder();
-
-/**
- * Whether entry `a` wins over `b` for one key, by the rule every replica
- * follows: the higher stamp; on equal stamps (only a forged replica id
- * makes them) the value whose JSON text is greater as UTF-8 bytes, a delete
- * below any value.
- */
-function beats(a, b) {
-  if (a.s !== b.s) return a.s > b.s;
-  if (a.d || b.d) return !a.d && b.d;
-  const x = utf8.encode(JSON.stringify(a.v));
-  const y = utf8.encode(JSON.stringify(b.v));
-  for (let i = 0; i < x.length && i < y.length; i++) {
-    if (x[i] !== y[i]) return x[i] > y[i];
-  }
-  return x.length > y.length;
-}
-
-function jsonCopy(value) {
-  return value === undefined ? null : JSON.parse(JSON.stringify(value));
-}
-
-/** Whether `text` is well-formed UTF-16 (no lone surrogate, which no JSON reader of the gateway takes). */
-const wellFormed = typeof String.prototype.isWellFormed === "function"
-  ? (text) => text.isWellFormed()
-  : (text) => !/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(text);
-
-const LONE_SURROGATE = "a string with a lone surrogate (half of a UTF-16 pair: no valid text)";
-
-function article(name) {
-  return /^[AEIO]/.test(name) ? `an ${name}` : `a ${name}`;
-}
-
-/** Where in a value a part is: `.items[2].when`. */
-function pathOf(path) {
-  return path.length === 0 ? "" : " at " + path.map((p) =>
-    typeof p === "number" ? `[${p}]` : /^[A-Za-z_$][\w$]*$/.test(p) ? `.${p}` : `[${JSON.stringify(p)}]`).join("");
-}
-
-/**
- * Throws a TypeError (a RangeError for nesting) naming `key` and where in
- * `value` the first part that JSON cannot carry as it is lies: undefined,
- * NaN and the infinities, bigints, functions, symbols, objects that are not
- * plain (a Date, a Map, a class's instance), holes in arrays, cycles.
- */
-export function checkJson(key, value) {
-  const open = new Set();
-  const fail = (path, what) => {
-    throw new TypeError(`the value of ${JSON.stringify(key)}${pathOf(path)} is ${what}`);
-  };
-  const walk = (v, path) => {
-    switch (typeof v) {
-      case "string":
-        if (!wellFormed(v)) fail(path, LONE_SURROGATE);
-        return;
-      case "boolean":
-        return;
-      case "number":
-        if (!Number.isFinite(v)) fail(path, `${v}, not a JSON number`);
-        return;
-      case "undefined":
-        fail(path, path.length === 0
-          ? "undefined: delete(key) removes a key"
-          : "undefined, not JSON (leave the field out, or write null)");
-        return;
-      case "bigint":
-        fail(path, "a bigint, not JSON (write it as a string or a number)");
-        return;
-      case "function":
-        fail(path, "a function, not JSON");
-        return;
-      case "symbol":
-        fail(path, "a symbol, not JSON");
-        return;
-      default:
-        break;
-    }
-    if (v === null) return;
-    if (path.length >= MAX_DEPTH) {
-      throw new RangeError(`the value of ${JSON.stringify(key)} is nested more than ${MAX_DEPTH} deep`);
-    }
-    if (open.has(v)) fail(path, "a cycle (the value contains itself)");
-    open.add(v);
-    const proto = Object.getPrototypeOf(v);
-    if (Object.getOwnPropertySymbols(v).length > 0) fail(path, "an object with symbol keys, not JSON");
-    if (Array.isArray(v)) {
-      if (proto !== Array.prototype) {
-        fail(path, `${article(v.constructor?.name || "array subclass")}, not a plain array`);
-      }
-      for (let i = 0; i < v.length; i++) {
-        if (!(i in v)) fail([...path, i], "a hole in an array, not JSON");
-        walk(v[i], [...path, i]);
-      }
-      if (Object.getOwnPropertyNames(v).length !== v.length + 1) {
-        fail(path, "an array with properties besides its items, which JSON leaves out");
-      }
-    } else {
-      if (proto !== Object.prototype && proto !== null) {
-        const name = typeof v.constructor === "function" && v.constructor.name ? article(v.constructor.name) : "an object that is not plain";
-        const hint = v instanceof Date ? " (write its toISOString() or getTime())"
-          : v instanceof Map ? " (write Object.fromEntries(map))"
-          : v instanceof Set ? " (write an array of it)" : "";
-        fail(path, `${name}, not JSON${hint}`);
-      }
-      if (Object.getOwnPropertyNames(v).length !== Object.keys(v).length) {
-        fail(path, "an object with a field that is not enumerable, which JSON leaves out");
-      }
-      for (const name of Object.keys(v)) {
-        if (!wellFormed(name)) fail(path, `an object with a field name that is ${LONE_SURROGATE}`);
-        walk(v[name], [...path, name]);
-      }
-    }
-    open.delete(v);
-  };
-  walk(value, []);
-}
 
 /** Why a socket closed, as a reason code: the gateway's (`rate_limited: ...`), else by the close code. */
 function closeReason(event, opened) {
@@ -275,19 +64,6 @@ function closeReason(event, opened) {
     case 1011: return "internal";
     case 1013: return "capacity";
     default: return `close_${event.code}`;
-  }
-}
-
-function isQuotaError(error) {
-  return error && (error.name === "QuotaExceededError" || error.name === "NS_ERROR_DOM_QUOTA_REACHED" ||
-    error.code === 22 || error.code === 1014);
-}
-
-function defaultStorage() {
-  try {
-    return globalThis.localStorage ?? null;
-  } catch {
-    return null; // storage disabled (a sandboxed frame, privacy settings)
   }
 }
 
@@ -406,7 +182,8 @@ export class Aether {
     this.unreadable = [];
     // One cache per address and token: a page with another token never
     // reads this one's, nor sends its writes.
-    this.cacheKey = (this.options.cacheKey || "aether:" + url) + "#" + fingerprint(this.options.token);
+    this.cache = new OfflineCache(this.options.cache ? this.options.storage : null,
+      this.options.cacheKey || "aether:" + url, this.options.token);
     if (noToken) {
       this.status = "unauthorized";
       this.statusReason = "no_token";
@@ -867,16 +644,7 @@ export class Aether {
   drop(reason) {
     const unsent = [...this.unconfirmed.keys()];
     this.unconfirmed.clear();
-    const storage = this.storage();
-    if (storage) {
-      for (const item of this.cacheItems(storage)) {
-        try {
-          storage.removeItem(item);
-        } catch {
-          // nothing to keep
-        }
-      }
-    }
+    this.cache.clear();
     this.dirty.clear();
     clearTimeout(this.saveTimer);
     this.saveTimer = null;
@@ -1378,51 +1146,14 @@ export class Aether {
     this.socket.send(`{"type":"sync","id":${id}}`);
   }
 
-  // ---- the offline cache: an item per key --------------------------------
-
-  storage() {
-    return this.options.cache ? this.options.storage : null;
-  }
-
-  itemOf(key) {
-    return this.cacheKey + "\n" + key;
-  }
-
-  /** The storage items of this cache. */
-  cacheItems(storage) {
-    const prefix = this.cacheKey + "\n";
-    const items = [];
-    for (let i = 0; i < storage.length; i++) {
-      const name = storage.key(i);
-      if (name !== null && (name === this.cacheKey || name.startsWith(prefix))) items.push(name);
-    }
-    return items;
-  }
-
-  static readItem(text) {
-    let e;
-    try {
-      e = JSON.parse(text);
-    } catch {
-      return null;
-    }
-    if (!Array.isArray(e) || !isStamp(e[1])) return null;
-    const p = e[3] === null || isStamp(e[3]) ? e[3] : undefined;
-    return { v: e[2] === 1 ? null : e[0], s: e[1], d: e[2] === 1, p, u: e[4] === 1 };
-  }
+  // ---- the offline cache (aether/cache.js) ------------------------------
 
   loadCache() {
-    const storage = this.storage();
-    if (!storage) return;
     try {
-      const meta = JSON.parse(storage.getItem(this.cacheKey) || "null");
+      const { meta, entries } = this.cache.load();
       if (meta && typeof meta.offsetMs === "number") this.clock.offsetMs = meta.offsetMs;
       if (meta) this.takeLimits(meta.limits);
-      const prefix = this.cacheKey + "\n";
-      for (const name of this.cacheItems(storage)) {
-        if (name === this.cacheKey) continue;
-        const key = name.slice(prefix.length);
-        const entry = Aether.readItem(storage.getItem(name));
+      for (const [key, entry] of entries) {
         if (!entry) {
           this.unreadable.push(key);
           continue;
@@ -1438,29 +1169,13 @@ export class Aether {
 
   /** Writes one entry's item now, unless another tab wrote a newer one; throws when storage is full. */
   keep(key, entry) {
-    const storage = this.storage();
-    if (!storage) return;
-    const name = this.itemOf(key);
-    const held = Aether.readItem(storage.getItem(name));
-    if (held && (held.s > entry.s || (held.s === entry.s && held.u === !!entry.u))) {
-      this.dirty.delete(key);
-      return;
-    }
-    const u = entry.u ? 1 : 0;
-    const text = JSON.stringify(entry.d ? [null, entry.s, 1, entry.p ?? null, u] : [entry.v, entry.s, 0, entry.p ?? null, u]);
-    try {
-      storage.setItem(name, text);
-    } catch (error) {
-      if (isQuotaError(error)) {
-        throw new AetherError("storage_full", `the offline cache is full: ${JSON.stringify(key)} was not written (free space in localStorage, or make the client with cache: false)`);
-      }
-      throw error;
-    }
+    if (!this.cache.storage) return;
+    this.cache.keep(key, entry);
     this.dirty.delete(key);
   }
 
   markDirty(key) {
-    if (!this.storage()) return;
+    if (!this.cache.storage) return;
     this.dirty.add(key);
     if (this.saveTimer === null) this.saveTimer = setTimeout(() => this.saveNow(), 50);
   }
@@ -1473,21 +1188,15 @@ export class Aether {
   }
 
   forget(key) {
-    const storage = this.storage();
     this.dirty.delete(key);
-    try {
-      storage?.removeItem(this.itemOf(key));
-    } catch {
-      // nothing to keep
-    }
+    this.cache.forget(key);
   }
 
   /** Writes the changes not kept yet (tabs merge by stamps: a newer item is never overwritten). */
   saveNow() {
     clearTimeout(this.saveTimer);
     this.saveTimer = null;
-    const storage = this.storage();
-    if (!storage) return;
+    if (!this.cache.storage) return;
     let failed = null;
     for (const key of [...this.dirty]) {
       const entry = this.entries.get(key);
@@ -1505,7 +1214,7 @@ export class Aether {
         max_value_bytes: this.options.maxValueBytes,
         max_drift_ms: this.clock.maxDriftMs,
       };
-      storage.setItem(this.cacheKey, JSON.stringify({ offsetMs: this.clock.offsetMs, limits }));
+      this.cache.keepMeta({ offsetMs: this.clock.offsetMs, limits });
     } catch (error) {
       failed = failed || error;
     }

@@ -14,7 +14,7 @@
 //! | `/kanban`, `/kanban.js` | a kanban board on the bridge's `kanban` map |
 //! | `/notebook`, `/notebook.js` | a Markdown notebook, a key per line, on the bridge's `notebook` map |
 //! | `/map`, `/map.js` | any bridged map read live, a row per key (`map#token=…&map=<map>`) |
-//! | `/aether.js`, `/aether.d.ts` | the bridge's JavaScript client (an ES module) and its TypeScript declarations |
+//! | `/aether.js`, `/aether/*.js`, `/aether.d.ts` | the bridge's JavaScript client (ES modules: `aether.js` imports those of `aether/`) and its TypeScript declarations |
 //!
 //! [`serve_http`] runs them on hyper's HTTP/1.1 server with these limits
 //! from `[gateway]`:
@@ -55,7 +55,7 @@ use aether_core::Aether;
 use aether_ops::shutdown::Shutdown;
 use axum::{
     Extension, Router,
-    extract::{ConnectInfo, State},
+    extract::{ConnectInfo, Path, State},
     http::{StatusCode, header},
     response::{
         Html, IntoResponse,
@@ -90,6 +90,13 @@ const DASHBOARD: &str = include_str!("../dashboard.html");
 const BOARD: &str = include_str!("../../web/board.html");
 /// The bridge's JavaScript client.
 const CLIENT_JS: &str = include_str!("../../web/aether.js");
+/// The modules it imports (`./aether/<file>`), served at `/aether/<file>`.
+const CLIENT_MODULES: [(&str, &str); 4] = [
+    ("cache.js", include_str!("../../web/aether/cache.js")),
+    ("error.js", include_str!("../../web/aether/error.js")),
+    ("json.js", include_str!("../../web/aether/json.js")),
+    ("stamps.js", include_str!("../../web/aether/stamps.js")),
+];
 /// Its TypeScript declarations.
 const CLIENT_TS: &str = include_str!("../../web/aether.d.ts");
 /// The board's script.
@@ -246,6 +253,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/map", get(|| page(MAP)))
         .route("/map.js", get(|| script(MAP_JS)))
         .route("/aether.js", get(|| script(CLIENT_JS)))
+        .route("/aether/{file}", get(client_module))
         .route("/aether.d.ts", get(client_ts))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
@@ -503,6 +511,14 @@ async fn script(js: &'static str) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
         js,
     )
+}
+
+/// One of the client's modules, or 404.
+async fn client_module(Path(file): Path<String>) -> axum::response::Response {
+    match CLIENT_MODULES.iter().find(|(name, _)| *name == file) {
+        Some((_, js)) => script(js).await.into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn client_ts() -> impl IntoResponse {
