@@ -337,7 +337,7 @@ impl super::Shared {
                 value: None,
                 writer: self.node_name.clone(),
             };
-            let _ = self.apply(key, tombstone, true, false);
+            let _ = self.apply(key.clone(), tombstone, true, false);
             self.refuse(Refusal::TooOld);
         }
         // Their tombstones are past the horizon: gone now, as elsewhere.

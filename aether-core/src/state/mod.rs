@@ -399,8 +399,8 @@ enum Applied {
     Won(Option<Result<u64, String>>),
     /// This replica held it already, or a winning entry.
     Stale,
-    /// It would win, but the map is full ([`Cap`]).
-    Full(Cap),
+    /// It would win, but the map is full ([`Cap`]): the key back.
+    Full(Cap, String),
 }
 
 /// A random node id: the process nonce mixed with a count and the time, so
@@ -828,7 +828,7 @@ impl StateMap {
             value,
             writer: shared.node_name.clone(),
         };
-        let logged = match shared.apply(key, entry.clone(), false, true) {
+        let logged = match shared.apply(key.to_string(), entry.clone(), false, true) {
             Applied::Won(logged) => {
                 shared.lock_unacked().insert(
                     key.to_string(),
@@ -842,7 +842,7 @@ impl StateMap {
                 logged
             }
             Applied::Stale => return Ok(false),
-            Applied::Full(cap) => return Err(shared.full(key, cap)),
+            Applied::Full(cap, _) => return Err(shared.full(key, cap)),
         };
         // Sent by the replica's task: changes made while one message goes
         // out leave together in the next.

@@ -307,16 +307,24 @@ impl Shared {
     /// step under the store's lock: for every key, watchers get the changes
     /// in the order they were applied (strictly increasing stamps, each
     /// `old` the previous `new`), whichever tasks and peers wrote them.
-    pub(super) fn apply(&self, key: &str, entry: Entry, repair: bool, local: bool) -> Applied {
+    pub(super) fn apply(&self, key: String, entry: Entry, repair: bool, local: bool) -> Applied {
         let stamp = entry.stamp;
         // What a change told to listeners needs of the entry, kept only if
         // someone listens.
         let listened = self.changes.receiver_count() > 0 || self.superseded.receiver_count() > 0;
         let kept = listened.then(|| (entry.writer.clone(), entry.value.clone()));
+        // The key moves into the store: a copy only for what reads it
+        // after the merge (the ledger, listeners, a writer told its write
+        // lost).
+        let after = (self.ledger.is_some() || listened || local).then(|| key.clone());
         let mut logged = None;
         let mut store = self.lock_store();
         let copy = self.ledger.as_ref().map(|ledger| (ledger, entry.clone()));
-        let merged = store.merge(key, entry);
+        let merged = match store.merge_owned(key, entry) {
+            Ok(merged) => merged,
+            Err(full) => return Applied::Full(full.cap, full.key),
+        };
+        let key = after.as_deref().unwrap_or_default();
         if let (Merged::Applied(_), Some((ledger, entry))) = (&merged, copy) {
             let written = ledger.ledger().append(key, &entry, &store);
             if let Err(error) = &written {
@@ -332,7 +340,7 @@ impl Shared {
         }
         let old = match merged {
             Merged::Applied(old) => old,
-            Merged::Full(cap) => return Applied::Full(cap),
+            Merged::Full(cap) => unreachable!("merge_owned says a cap as Err: {cap:?}"),
             Merged::Stale => {
                 self.counters.stale.fetch_add(1, Ordering::Relaxed);
                 // A write of this replica that a higher stamp reached first
@@ -483,13 +491,15 @@ impl Shared {
                 continue;
             }
             let stamp = entry.stamp;
-            match self.apply(&key, entry, repair, false) {
+            // Moved into the store: a copy where a ledger is asked of it.
+            let held_key = self.ledger.as_ref().map(|_| key.clone());
+            match self.apply(key, entry, repair, false) {
                 // A write comes twice (its live change, then its writer's
                 // hold): counted once.
-                Applied::Full(_) if !self.first_full(&key, stamp) => {
+                Applied::Full(_, key) if !self.first_full(&key, stamp) => {
                     taken.refused.get_or_insert(Refusal::Full);
                 }
-                Applied::Full(_) => refuse(&mut taken, Refusal::Full),
+                Applied::Full(..) => refuse(&mut taken, Refusal::Full),
                 Applied::Won(Some(Ok(seq))) => {
                     taken.logged = Some(taken.logged.map_or(seq, |s: u64| s.max(seq)));
                 }
@@ -498,8 +508,8 @@ impl Shared {
                 // one won): held on the disk only if its append did not
                 // fail.
                 Applied::Stale => {
-                    if let Some(ledger) = &self.ledger
-                        && !ledger.ledger().holds(&key)
+                    if let (Some(ledger), Some(key)) = (&self.ledger, &held_key)
+                        && !ledger.ledger().holds(key)
                     {
                         taken.not_logged = true;
                     }

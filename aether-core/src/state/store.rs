@@ -54,6 +54,13 @@ pub(crate) enum Merged {
     Full(Cap),
 }
 
+/// A merge past a cap ([`Store::merge_owned`]): which, and the key back.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub(crate) cap: Cap,
+    pub(crate) key: String,
+}
+
 /// A cap of a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Cap {
@@ -200,19 +207,45 @@ fn fingerprint(key: &str, entry: &Entry) -> u64 {
     hash.0
 }
 
-impl Store {
-    /// The fingerprint slot of `key`: its bucket of the digest, or its
-    /// owner's fingerprint.
-    fn slot(&mut self, key: &str) -> &mut u64 {
-        match owner_of(key) {
-            Some(owner) => {
-                if !self.owned.contains_key(owner) {
-                    self.owned.insert(owner.to_string(), 0);
-                }
-                self.owned.get_mut(owner).expect("inserted above")
+/// The fingerprint slot of `key`: its bucket of `digest`, or its owner's
+/// fingerprint in `owned`.
+fn slot<'a>(
+    digest: &'a mut Digest,
+    owned: &'a mut std::collections::HashMap<String, u64>,
+    key: &str,
+) -> &'a mut u64 {
+    match owner_of(key) {
+        Some(owner) => {
+            if !owned.contains_key(owner) {
+                owned.insert(owner.to_string(), 0);
             }
-            None => &mut self.digest.0[bucket_of(key)],
+            owned.get_mut(owner).expect("inserted above")
         }
+        None => &mut digest.0[bucket_of(key)],
+    }
+}
+
+/// Moves a store's bytes from `*held` to `bytes`, within `caps` and its
+/// `share` of a budget (a shrink always): nothing changed if past one.
+fn resize(held: &mut u64, caps: &Caps, share: &Share, bytes: u64) -> Result<(), Cap> {
+    if bytes > *held {
+        if bytes > caps.max_bytes {
+            return Err(Cap::Bytes);
+        }
+        if !share.take(bytes - *held) {
+            return Err(Cap::Budget);
+        }
+    } else {
+        share.give(*held - bytes);
+    }
+    *held = bytes;
+    Ok(())
+}
+
+impl Store {
+    /// The fingerprint slot of `key`.
+    fn slot(&mut self, key: &str) -> &mut u64 {
+        slot(&mut self.digest, &mut self.owned, key)
     }
 
     /// The fingerprint of the keys `owner` owns here (0: none).
@@ -264,54 +297,67 @@ impl Store {
     /// Moves the store's bytes from `self.bytes` to `bytes`, within the
     /// caps (a shrink always): false, and nothing changed, if past one.
     fn resize(&mut self, bytes: u64) -> Result<(), Cap> {
-        if bytes > self.bytes {
-            if bytes > self.caps.max_bytes {
-                return Err(Cap::Bytes);
-            }
-            if !self.share.take(bytes - self.bytes) {
-                return Err(Cap::Budget);
-            }
-        } else {
-            self.share.give(self.bytes - bytes);
-        }
-        self.bytes = bytes;
-        Ok(())
+        resize(&mut self.bytes, &self.caps, &self.share, bytes)
     }
 
     /// Merges `entry` for `key`, within the caps: a write that would take
     /// the store past one is not applied (a key it holds may always shrink).
     pub(crate) fn merge(&mut self, key: &str, entry: Entry) -> Merged {
-        // One walk of the tree for a key held, two for a new one.
-        let new_cost = cost(key, &entry);
-        if let Some(held) = self.entries.get_mut(key) {
-            if !entry.beats(held) {
-                return Merged::Stale;
+        self.merge_owned(key.to_string(), entry)
+            .unwrap_or_else(|full| Merged::Full(full.cap))
+    }
+
+    /// [`Store::merge`] with the key owned (kept in the tree if the entry
+    /// wins, no copy made): one walk of the tree, whether the key is held
+    /// or new. A write past a cap gives the key back.
+    pub(crate) fn merge_owned(&mut self, key: String, entry: Entry) -> Result<Merged, Refused> {
+        use std::collections::btree_map::Entry as Slot;
+        let Store {
+            entries,
+            digest,
+            owned,
+            tombstones,
+            bytes,
+            version,
+            caps,
+            share,
+        } = self;
+        let new_cost = cost(&key, &entry);
+        let held_keys = entries.len();
+        match entries.entry(key) {
+            Slot::Occupied(mut held) => {
+                if !entry.beats(held.get()) {
+                    return Ok(Merged::Stale);
+                }
+                let key = held.key();
+                let held_cost = cost(key, held.get());
+                let change = fingerprint(key, held.get()) ^ fingerprint(key, &entry);
+                if let Err(cap) = resize(bytes, caps, share, *bytes - held_cost + new_cost) {
+                    let key = held.key().clone();
+                    return Err(Refused { cap, key });
+                }
+                *tombstones = *tombstones - usize::from(held.get().value.is_none())
+                    + usize::from(entry.value.is_none());
+                *version += 1;
+                *slot(digest, owned, held.key()) ^= change;
+                Ok(Merged::Applied(Some(held.insert(entry))))
             }
-            let held_cost = cost(key, held);
-            let change = fingerprint(key, held) ^ fingerprint(key, &entry);
-            let tombstones = self.tombstones - usize::from(held.value.is_none())
-                + usize::from(entry.value.is_none());
-            if let Err(cap) = self.resize(self.bytes - held_cost + new_cost) {
-                return Merged::Full(cap);
+            Slot::Vacant(vacant) => {
+                if held_keys >= caps.max_keys {
+                    let (cap, key) = (Cap::Keys, vacant.into_key());
+                    return Err(Refused { cap, key });
+                }
+                if let Err(cap) = resize(bytes, caps, share, *bytes + new_cost) {
+                    let key = vacant.into_key();
+                    return Err(Refused { cap, key });
+                }
+                *version += 1;
+                *slot(digest, owned, vacant.key()) ^= fingerprint(vacant.key(), &entry);
+                *tombstones += usize::from(entry.value.is_none());
+                vacant.insert(entry);
+                Ok(Merged::Applied(None))
             }
-            let held = self.entries.get_mut(key).expect("held above");
-            let old = std::mem::replace(held, entry);
-            self.version += 1;
-            self.tombstones = tombstones;
-            *self.slot(key) ^= change;
-            return Merged::Applied(Some(old));
         }
-        if self.entries.len() >= self.caps.max_keys {
-            return Merged::Full(Cap::Keys);
-        }
-        if let Err(cap) = self.resize(self.bytes + new_cost) {
-            return Merged::Full(cap);
-        }
-        self.version += 1;
-        *self.slot(key) ^= fingerprint(key, &entry);
-        self.tombstones += usize::from(entry.value.is_none());
-        self.entries.insert(key.to_string(), entry);
-        Merged::Applied(None)
     }
 
     /// The entry of `key`, tombstone included.
