@@ -517,17 +517,20 @@ fn entry_of(b: &mut Bytes, limits: &Limits) -> Result<(String, Entry), DecodeErr
     if key_len == 0 || key_len > limits.max_key_bytes {
         return Err(DecodeError("key empty or too long"));
     }
-    let key =
-        String::from_utf8(take(b, key_len)?.to_vec()).map_err(|_| DecodeError("key not UTF-8"))?;
+    let key = read(b, key_len, |key| {
+        std::str::from_utf8(key).map(str::to_owned)
+    })?
+    .map_err(|_| DecodeError("key not UTF-8"))?;
     let stamp = Stamp {
         physical_ns: u64_of(b)?,
         logical: u32_of(b)?,
         node: u64_of(b)?,
     };
     let writer_len = usize::from(u8_of(b)?);
-    let writer = std::str::from_utf8(&take(b, writer_len)?)
-        .map(SmolStr::new)
-        .map_err(|_| DecodeError("writer not UTF-8"))?;
+    let writer = read(b, writer_len, |writer| {
+        std::str::from_utf8(writer).map(SmolStr::new)
+    })?
+    .map_err(|_| DecodeError("writer not UTF-8"))?;
     let value = if bool_of(b)? {
         let len = usize::try_from(u32_of(b)?).unwrap_or(usize::MAX);
         if len > limits.max_value_bytes {
@@ -535,7 +538,7 @@ fn entry_of(b: &mut Bytes, limits: &Limits) -> Result<(String, Entry), DecodeErr
         }
         // A value of its own, not a slice of the message (or snapshot) it
         // came in: kept for long, a slice would keep the whole message.
-        Some(Bytes::copy_from_slice(&take(b, len)?))
+        Some(read(b, len, Bytes::copy_from_slice)?)
     } else {
         None
     };
@@ -547,6 +550,17 @@ fn entry_of(b: &mut Bytes, limits: &Limits) -> Result<(String, Entry), DecodeErr
             writer,
         },
     ))
+}
+
+/// What `f` makes of the next `n` bytes, read in place (no share of the
+/// message taken).
+fn read<T>(b: &mut Bytes, n: usize, f: impl FnOnce(&[u8]) -> T) -> Result<T, DecodeError> {
+    if b.remaining() < n {
+        return Err(DecodeError("cut short"));
+    }
+    let out = f(&b[..n]);
+    b.advance(n);
+    Ok(out)
 }
 
 fn take(b: &mut Bytes, n: usize) -> Result<Bytes, DecodeError> {
