@@ -182,6 +182,37 @@ impl Clock {
         Ok(())
     }
 
+    /// Takes in the stamps of one message at once: the wall clock read once,
+    /// the clock moved past the highest of them no more than `max_drift`
+    /// ahead of it. Returns that bound: a stamp past it is refused (as
+    /// [`Clock::observe`] refuses it), and the caller refuses its entry.
+    pub(crate) fn observe_all(&self, stamps: impl Iterator<Item = Stamp>) -> u64 {
+        let limit = (self.wall)()
+            .saturating_add(u64::try_from(self.max_drift.as_nanos()).unwrap_or(u64::MAX));
+        let mut highest = None;
+        let mut ahead = false;
+        for stamp in stamps {
+            if stamp.physical_ns > limit {
+                ahead = true;
+            } else if highest.is_none_or(|h: (u64, u32)| (stamp.physical_ns, stamp.logical) > h) {
+                highest = Some((stamp.physical_ns, stamp.logical));
+            }
+        }
+        if ahead {
+            // This process's clock may be the one off: measured again soon.
+            crate::wave::clock::note_future();
+        }
+        if let Some(highest) = highest {
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            if highest > *last {
+                *last = highest;
+            }
+            drop(last);
+            crate::wave::clock::seen(highest.0);
+        }
+        limit
+    }
+
     /// Moves the clock past `stamp` whatever its drift: for stamps this
     /// replica itself kept (its ledger), which it trusts. A kept stamp
     /// past the bus's time has the time measured again soon (a source
@@ -243,6 +274,27 @@ pub(crate) mod tests {
                     last = next;
                 }
             }
+        }
+
+        /// A message's stamps taken in at once move the clock as taking them
+        /// one by one does, and refuse the same ones.
+        #[test]
+        fn a_message_is_taken_in_as_its_stamps_one_by_one(
+            stamps in prop::collection::vec((0u64..2_000_000_000, 0u32..4), 0..50),
+        ) {
+            WALL.store(1_000_000_000, Ordering::SeqCst);
+            let at_once = Clock::with_wall(7, Duration::from_millis(500), test_wall);
+            let one_by_one = Clock::with_wall(7, Duration::from_millis(500), test_wall);
+            let stamps: Vec<Stamp> = stamps
+                .into_iter()
+                .map(|(physical_ns, logical)| Stamp { physical_ns, logical, node: 9 })
+                .collect();
+            let latest = at_once.observe_all(stamps.iter().copied());
+            for stamp in &stamps {
+                let refused = one_by_one.observe(*stamp).is_err();
+                prop_assert_eq!(stamp.physical_ns > latest, refused, "{}", stamp);
+            }
+            prop_assert_eq!(at_once.now(), one_by_one.now());
         }
 
         /// A stamp survives its text, and the texts sort as the stamps do.

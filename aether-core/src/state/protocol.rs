@@ -453,6 +453,11 @@ impl Shared {
         repair: bool,
     ) -> Taken {
         let horizon = self.horizon();
+        // The clock takes in the message's stamps at once, before any of
+        // its entries applies (a write made here after one applied is
+        // stamped above it); one further ahead than `max_drift` is refused
+        // below.
+        let latest = self.clock.observe_all(entries.iter().map(|(_, e)| e.stamp));
         let mut taken = Taken::default();
         let refuse = |taken: &mut Taken, reason: Refusal| {
             self.refuse(reason);
@@ -479,7 +484,7 @@ impl Shared {
                 refuse(&mut taken, Refusal::NotOwner);
                 continue;
             }
-            if self.clock.observe(entry.stamp).is_err() {
+            if entry.stamp.physical_ns > latest {
                 refuse(&mut taken, Refusal::Future);
                 continue;
             }
