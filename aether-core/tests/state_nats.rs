@@ -83,7 +83,7 @@ fn now_ns() -> u64 {
 /// u16 | key | physical u64 | logical u32 | node u64 | writer len u8 |
 /// writer | has value u8 | value len u32 | value`, little-endian.
 fn changes(key: &str, physical_ns: u64, writer: &str, value: &[u8]) -> Vec<u8> {
-    let mut out = b"AS\x01\x01\xFF\x00".to_vec();
+    let mut out = b"AS\x02\x01\xFF\x00".to_vec();
     out.extend_from_slice(&1u16.to_le_bytes());
     out.extend_from_slice(&(key.len() as u16).to_le_bytes());
     out.extend_from_slice(key.as_bytes());
@@ -301,7 +301,7 @@ async fn hostile_waves_are_refused_counted_and_change_nothing() {
         raw.publish(subject, None, &envelope("mallory", b"not a state message"))
             .await
             .unwrap();
-        let mut short = b"AS\x01\x01\xFF\x00".to_vec();
+        let mut short = b"AS\x02\x01\xFF\x00".to_vec();
         short.extend_from_slice(&4000u16.to_le_bytes());
         raw.publish(subject, None, &envelope("mallory", &short))
             .await
@@ -317,7 +317,7 @@ async fn hostile_waves_are_refused_counted_and_change_nothing() {
             .unwrap();
         // A hold (what a flush sends) is taken by the same rules: the
         // kitchen's key from another is refused.
-        let mut hold = b"AS\x01\x06".to_vec();
+        let mut hold = b"AS\x02\x06".to_vec();
         hold.extend_from_slice(&7u64.to_le_bytes());
         hold.extend_from_slice(&9u64.to_le_bytes());
         hold.extend_from_slice(&forged[6..]);
@@ -328,8 +328,8 @@ async fn hostile_waves_are_refused_counted_and_change_nothing() {
         // hold cut short.
         for (n, body) in [
             &b"not a state message"[..],
-            b"AS\x01\x06\x01\x02",
-            b"AS\x01\x09",
+            b"AS\x02\x06\x01\x02",
+            b"AS\x02\x09",
         ]
         .into_iter()
         .enumerate()
@@ -508,7 +508,7 @@ async fn forged_digests_repairs_and_hellos_cannot_make_replicas_flood() {
         // A digest that claims every bucket differs, from nobody alpha
         // knows, naming an address: alpha sends no repair anywhere.
         let repair_subject = format!("aether._state.lab.r.{alpha_id:016x}");
-        let mut digest = b"AS\x01\x02".to_vec();
+        let mut digest = b"AS\x02\x02".to_vec();
         digest.extend_from_slice(&0x42u64.to_le_bytes());
         for i in 0..64u64 {
             digest.extend_from_slice(&(i * 7919 + 1).to_le_bytes());
@@ -519,7 +519,7 @@ async fn forged_digests_repairs_and_hellos_cannot_make_replicas_flood() {
                 .unwrap();
         }
         // A repair nobody asked for, its entry in another bucket than it says.
-        let mut repair = b"AS\x01\x01\x00\x01".to_vec();
+        let mut repair = b"AS\x02\x01\x00\x01".to_vec();
         let entry = changes("k.wrong", now_ns(), "mallory", b"x");
         repair.extend_from_slice(&entry[6..]);
         let bucket_of_wrong = {
@@ -538,7 +538,7 @@ async fn forged_digests_repairs_and_hellos_cannot_make_replicas_flood() {
             .unwrap();
         // 200 hellos from made-up names at once.
         for i in 0..200u64 {
-            let mut hello = b"AS\x01\x03".to_vec();
+            let mut hello = b"AS\x02\x03".to_vec();
             hello.extend_from_slice(&(1000 + i).to_le_bytes());
             hello.push(0);
             hello.extend_from_slice(&0u64.to_le_bytes());

@@ -1,6 +1,6 @@
 //! The payloads of the state channels (`_state.<map>.*`), byte by byte.
 //!
-//! Every message starts `magic "AS" | version 1 | kind u8`; integers are
+//! Every message starts `magic "AS" | version 2 | kind u8`; integers are
 //! little-endian. docs/guide/wire.md gives the layout. Decoding never panics
 //! and refuses, whole, anything cut short, too long, over a limit or with
 //! bytes left over.
@@ -16,7 +16,9 @@ use super::{
 };
 
 pub(crate) const MAGIC: [u8; 2] = *b"AS";
-pub(crate) const VERSION: u8 = 1;
+/// Version 2: the fingerprints of the digest fold a word at a time
+/// (`store::fingerprint`).
+pub(crate) const VERSION: u8 = 2;
 
 const KIND_CHANGES: u8 = 1;
 const KIND_DIGEST: u8 = 2;
@@ -775,7 +777,7 @@ mod tests {
             Err(DecodeError("value too long"))
         );
         let mut claims = BytesMut::new();
-        claims.put_slice(b"AS\x01\x01\xFF\x00");
+        claims.put_slice(b"AS\x02\x01\xFF\x00");
         claims.put_u16_le(4000);
         assert_eq!(
             Message::decode(claims.freeze(), &LIMITS),

@@ -160,10 +160,8 @@ pub(crate) fn owner_of(key: &str) -> Option<&str> {
     Some(rest.split('/').next().unwrap_or(rest))
 }
 
-/// FNV-1a, 64 bits: a stable hash every replica computes alike, cheap
-/// enough for every merge. (The digest finds what differs between honest
-/// replicas; it is not a defence: what a replica takes in is checked entry
-/// by entry.)
+/// FNV-1a, 64 bits: a stable hash every replica computes alike, for the
+/// bucket of a key.
 struct Fnv(u64);
 
 impl Fnv {
@@ -186,25 +184,56 @@ pub(crate) fn bucket_of(key: &str) -> usize {
     (hash.0 % BUCKETS as u64) as usize
 }
 
-/// The fingerprint of an entry: FNV-1a-64 over its key length (u32 LE),
-/// key, stamp (physical u64, logical u32, node u64, LE), then `0` for a
-/// tombstone or `1`, the value's length (u32 LE) and the value.
+/// The multiplier of [`fingerprint`]'s steps (the golden ratio's bits).
+const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
+/// Where [`fingerprint`] starts and what it ends with.
+const SEAL: u64 = 0xbf58_476d_1ce4_e5b9;
+
+/// One step of [`fingerprint`]: `a * b` as 128 bits, its halves XORed.
+fn fold(a: u64, b: u64) -> u64 {
+    let product = u128::from(a) * u128::from(b);
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
+/// `state` after `bytes`, eight at a time (little-endian words, the last
+/// padded with zeros; lengths are folded in apart).
+fn fold_bytes(mut state: u64, bytes: &[u8]) -> u64 {
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        state = fold(state ^ word, MIX);
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut last = [0u8; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        state = fold(state ^ u64::from_le_bytes(last), MIX);
+    }
+    state
+}
+
+/// The fingerprint of an entry, the same on every replica (state protocol
+/// version 2): from [`SEAL`], each step `state = fold(state ^ x, MIX)` for
+/// x = the key's length, the key's bytes as words, the stamp's physical,
+/// logical and node, then `u64::MAX` for a tombstone or the value's length
+/// and its bytes as words; the result `fold(state ^ SEAL, SEAL)`. A word
+/// a step, cheap enough for every merge: the digest finds what differs
+/// between honest replicas, and is no defence (what a replica takes in is
+/// checked entry by entry).
 fn fingerprint(key: &str, entry: &Entry) -> u64 {
-    let mut hash = Fnv::new();
-    hash.update(&(key.len() as u32).to_le_bytes());
-    hash.update(key.as_bytes());
-    hash.update(&entry.stamp.physical_ns.to_le_bytes());
-    hash.update(&entry.stamp.logical.to_le_bytes());
-    hash.update(&entry.stamp.node.to_le_bytes());
+    let mut state = fold(SEAL ^ key.len() as u64, MIX);
+    state = fold_bytes(state, key.as_bytes());
+    state = fold(state ^ entry.stamp.physical_ns, MIX);
+    state = fold(state ^ u64::from(entry.stamp.logical), MIX);
+    state = fold(state ^ entry.stamp.node, MIX);
     match &entry.value {
-        None => hash.update(&[0]),
+        None => state = fold(state ^ u64::MAX, MIX),
         Some(value) => {
-            hash.update(&[1]);
-            hash.update(&(value.len() as u32).to_le_bytes());
-            hash.update(value);
+            state = fold(state ^ value.len() as u64, MIX);
+            state = fold_bytes(state, value);
         }
     }
-    hash.0
+    fold(state ^ SEAL, SEAL)
 }
 
 /// The fingerprint slot of `key`: its bucket of `digest`, or its owner's
@@ -467,6 +496,33 @@ mod tests {
             value: value.map(Bytes::from_static),
             writer: SmolStr::new("w"),
         }
+    }
+
+    /// The fingerprint is the one docs/guide/wire.md describes (these
+    /// values computed from that text by another program): every replica
+    /// of a map computes it alike.
+    #[test]
+    fn the_fingerprint_is_the_one_the_wire_guide_describes() {
+        let stamp = Stamp {
+            physical_ns: 1_700_000_000_000_000_000,
+            logical: 3,
+            node: 0x1234,
+        };
+        let set = Entry {
+            stamp,
+            value: Some(Bytes::from_static(br#"{"text":"milk"}"#)),
+            writer: SmolStr::new("w"),
+        };
+        assert_eq!(fingerprint("todo/1", &set), 0xe7c5_2a28_3151_0b05);
+        let delete = Entry {
+            stamp: Stamp {
+                logical: 4,
+                ..stamp
+            },
+            value: None,
+            writer: SmolStr::new("w"),
+        };
+        assert_eq!(fingerprint("todo/1", &delete), 0x82c2_864c_75f1_49c4);
     }
 
     /// The merge rule as the shared examples (`stamps.json`) say it, which
