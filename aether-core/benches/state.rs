@@ -19,6 +19,9 @@
 //!
 //! `cargo bench -p aether-core --bench state` (rounds alternate the sides;
 //! medians and min-max); under `cargo test` each case runs once, small.
+//! `AETHER_BENCH_PROFILE=replicate_embedded` runs the embedded `replicate`
+//! rounds alone; for callgrind, with `AETHER_BENCH_SIDE=aether` (no
+//! broadcast), `AETHER_BENCH_ROUNDS=2` and `AETHER_BENCH_ANTI_ENTROPY_MS=1000000`.
 
 use std::{
     collections::BTreeMap,
@@ -44,7 +47,13 @@ fn runtime() -> Runtime {
 
 fn config() -> StateConfig {
     StateConfig {
-        anti_entropy_interval: Duration::from_millis(200),
+        // `AETHER_BENCH_ANTI_ENTROPY_MS`: longer under callgrind, where a
+        // round takes seconds and repairs would be counted with it.
+        anti_entropy_interval: Duration::from_millis(
+            std::env::var("AETHER_BENCH_ANTI_ENTROPY_MS").map_or(200, |ms| {
+                ms.parse().expect("AETHER_BENCH_ANTI_ENTROPY_MS: a number")
+            }),
+        ),
         // Past the rate measured, as for a writer this fast: at the default
         // (10,000 a second per writer) the rest would come by repair.
         max_writes_per_s: 5_000_000,
@@ -597,12 +606,39 @@ fn main() {
     let rounds = 7;
     let n = 20_000;
     let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    // `AETHER_BENCH_PROFILE=replicate_embedded`: the embedded replication
+    // rounds alone, `AETHER_BENCH_SIDE=aether` without the broadcast (one
+    // side to count under callgrind), `AETHER_BENCH_ROUNDS` of them.
+    let embedded_only =
+        std::env::var("AETHER_BENCH_PROFILE").as_deref() == Ok("replicate_embedded");
+    let aether_only = std::env::var("AETHER_BENCH_SIDE").as_deref() == Ok("aether");
+    let rounds = match std::env::var("AETHER_BENCH_ROUNDS") {
+        Ok(r) if embedded_only => r.parse().expect("AETHER_BENCH_ROUNDS: a number"),
+        _ => rounds,
+    };
     for _ in 0..rounds {
-        let t = rt.block_on(broadcast_replicate(n)).as_secs_f64();
+        let t = if embedded_only && aether_only {
+            f64::NAN
+        } else {
+            rt.block_on(broadcast_replicate(n)).as_secs_f64()
+        };
         let o = rt.block_on(aether_replicate(n)).as_secs_f64();
         theirs.push(n as f64 / t);
         ours.push(n as f64 / o);
         ratios.push(t / o);
+    }
+    if embedded_only {
+        let (o, _, _) = summary("aether", &mut ours);
+        if aether_only {
+            println!("replicate {n} keys, embedded: aether {o:.0}/s");
+        } else {
+            let (t, _, _) = summary("broadcast", &mut theirs);
+            let (r, rmin, rmax) = summary("ratio", &mut ratios);
+            println!(
+                "replicate {n} keys, embedded: broadcast {t:.0}/s, aether {o:.0}/s, {r:.2}x ({rmin:.2}-{rmax:.2})"
+            );
+        }
+        return;
     }
     // Over NATS (own nats-server), beside raw async-nats.
     let server = rt
