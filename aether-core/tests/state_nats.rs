@@ -315,6 +315,13 @@ async fn hostile_waves_are_refused_counted_and_change_nothing() {
         raw.publish(subject, None, &envelope("mallory", &huge))
             .await
             .unwrap();
+        // A replica of another version of the payloads (its version byte):
+        // refused, and said.
+        let mut other_version = changes("weather", now_ns(), "mallory", b"old");
+        other_version[2] = 1;
+        raw.publish(subject, None, &envelope("mallory", &other_version))
+            .await
+            .unwrap();
         // A hold (what a flush sends) is taken by the same rules: the
         // kitchen's key from another is refused.
         let mut hold = b"AS\x02\x06".to_vec();
@@ -352,7 +359,7 @@ async fn hostile_waves_are_refused_counted_and_change_nothing() {
                 s.refused(Refusal::NotOwner) == 2
                     && s.refused(Refusal::Future) == 1
                     && s.refused(Refusal::TooOld) == 1
-                    && s.refused(Refusal::Malformed) == 3
+                    && s.refused(Refusal::Malformed) == 4
             })
             .await;
             assert_eq!(
@@ -370,6 +377,15 @@ async fn hostile_waves_are_refused_counted_and_change_nothing() {
             .filter(|l| l.contains("refused for their stamps") && l.contains("map=sensors"))
             .count();
         assert_eq!(warned, 2, "{said}");
+        let versions = said
+            .lines()
+            .filter(|l| {
+                l.contains("another version of the state payloads")
+                    && l.contains("map=sensors")
+                    && l.contains("version=1")
+            })
+            .count();
+        assert_eq!(versions, 2, "{said}");
 
         until("the keeper keeps the map its replicas hold", || {
             keeper.maps() == ["sensors"]

@@ -244,6 +244,9 @@ struct Shared {
     /// When it last warned of changes refused for their stamps (a clock
     /// off here or there).
     clock_warned: Mutex<Option<Instant>>,
+    /// When it last warned of a replica speaking another version of the
+    /// state payloads.
+    version_warned: Mutex<Option<Instant>>,
     /// The values it takes from others ([`StateMapBuilder::values`]).
     values: Option<ValueCheck>,
     /// This replica's writes, by key, and how many replicas and keepers
@@ -609,6 +612,7 @@ impl StateMap {
             full_refused: Mutex::default(),
             ledger_warned: Mutex::new(None),
             clock_warned: Mutex::new(None),
+            version_warned: Mutex::new(None),
             coverage: Mutex::new(coverage),
             heard,
             keeper,

@@ -706,6 +706,28 @@ impl Shared {
         names.iter().any(|name| name == source)
     }
 
+    /// Says (at most once a minute) that a replica speaks another version
+    /// of the state payloads: its messages are refused as malformed, and
+    /// the map does not converge with it.
+    fn other_version(&self, source: &str, version: u8) {
+        let mut warned = self
+            .version_warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+            *warned = Some(Instant::now());
+            tracing::warn!(
+                map = %self.map,
+                source,
+                version,
+                ours = codec::VERSION,
+                "a replica speaks another version of the state payloads: its messages are refused \
+                 (counted as malformed) and the map does not converge with it; run one release on \
+                 every replica of a map (said at most once a minute)"
+            );
+        }
+    }
+
     /// Handles one wave of the map's channels.
     pub(super) async fn handle(self: &Arc<Self>, vibrator: &Vibrator, wave: Wave) {
         let Some(source) = wave.source().map(str::to_string) else {
@@ -716,6 +738,11 @@ impl Shared {
             Ok(message) => message,
             Err(_) => {
                 self.refuse(Refusal::Malformed);
+                if let [b'A', b'S', version, ..] = wave.payload_bytes()[..]
+                    && version != codec::VERSION
+                {
+                    self.other_version(&source, version);
+                }
                 return;
             }
         };
