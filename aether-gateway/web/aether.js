@@ -790,6 +790,10 @@ export class Aether {
       case "snapshot": {
         const theirs = Object.assign(this.snapshotParts || {}, message.entries);
         this.snapshotParts = null;
+        // Cache items that could not be read go before the gateway's
+        // entries are kept in their place.
+        const unreadable = this.unreadable.splice(0);
+        for (const key of unreadable) this.forget(key);
         for (const [key, e] of Object.entries(theirs)) {
           if (e && isStamp(e.stamp)) {
             this.apply(key, { v: e.deleted ? null : e.value, s: e.stamp, d: !!e.deleted }, true);
@@ -800,8 +804,7 @@ export class Aether {
         // What this page holds above the gateway's: its own writes made
         // offline (or not yet sent), and those of earlier loads the cache
         // kept, sent again; what the gateway holds already is confirmed.
-        for (const key of this.unreadable.splice(0)) {
-          this.forget(key);
+        for (const key of unreadable) {
           this.refusedListeners.forEach((cb) => cb({ key, reason: "malformed" }));
         }
         for (const [key, e] of [...this.entries]) {

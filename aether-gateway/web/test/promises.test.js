@@ -373,6 +373,26 @@ test("a cached value the gateway would refuse is dropped and told, not sent at e
   page.close();
 });
 
+test("a key whose cached item could not be read is cached again from the gateway", async () => {
+  const bridge = new Bridge();
+  const storage = new MemoryStorage();
+  const first = client(bridge, storage);
+  await first.whenLive();
+  first.set("kept", "the gateway's");
+  await first.waitForPendingWrites();
+  first.close();
+  const item = [...storage.items.keys()].find((k) => k.endsWith("\nkept"));
+  storage.setItem(item, "not json{");
+  const page = client(bridge, storage);
+  await page.whenLive();
+  assert.equal(page.get("kept"), "the gateway's");
+  page.close();
+  bridge.down();
+  const offline = client(bridge, storage);
+  assert.equal(offline.get("kept"), "the gateway's", "an offline reload renders it from the cache");
+  offline.close();
+});
+
 test("the package README's example runs as written", async () => {
   const readme = readFileSync(new globalThis.URL("../README.md", import.meta.url), "utf8");
   const block = /```js\n([\s\S]*?)```/.exec(readme)[1].replace(/^import .*$/m, "");
