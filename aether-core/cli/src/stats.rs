@@ -94,6 +94,17 @@ fn by_reason(counts: &BTreeMap<String, u64>) -> String {
     }
 }
 
+/// What an instance's replicas refused, by reason, all its maps together.
+fn map_refusals(report: &InstanceReport) -> BTreeMap<String, u64> {
+    let mut all = BTreeMap::new();
+    for map in &report.maps {
+        for (reason, n) in &map.refused {
+            *all.entry(reason.clone()).or_insert(0) += n;
+        }
+    }
+    all
+}
+
 /// The reports as an aligned table, one instance a row.
 fn table(reports: &BTreeMap<String, InstanceReport>) -> String {
     let header = [
@@ -109,6 +120,7 @@ fn table(reports: &BTreeMap<String, InstanceReport>) -> String {
         "MALFORMED",
         "PANICS",
         "MAPS",
+        "MAP-REFUSED",
         "CLOCK",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
@@ -126,6 +138,7 @@ fn table(reports: &BTreeMap<String, InstanceReport>) -> String {
             report.malformed.to_string(),
             report.handler_panics.to_string(),
             report.maps.len().to_string(),
+            by_reason(&map_refusals(report)),
             clock(report),
         ]);
     }
@@ -164,6 +177,15 @@ mod tests {
         report.dropped.insert("expired".into(), 0);
         report.refused_emits.insert("outbox_full".into(), 1244);
         report.refused_emits.insert("rate_limited".into(), 3);
+        for (map, malformed) in [("home", 80), ("sensors", 9)] {
+            let mut replica = aether_core::report::MapReport {
+                map: map.into(),
+                ..Default::default()
+            };
+            replica.refused.insert("malformed".into(), malformed);
+            replica.refused.insert("future".into(), 1);
+            report.maps.push(replica);
+        }
         reports.insert(report.instance.clone(), report);
         let text = table(&reports);
         let lines: Vec<&str> = text.lines().collect();
@@ -176,5 +198,10 @@ mod tests {
         assert_eq!(column(lines[0], "REFUSED"), column(lines[1], "1247"));
         assert_eq!(lines[0].find("MEDIUM"), lines[1].find("nats"));
         assert_eq!(column(lines[0], "PANICS"), column(lines[1], "4 "));
+        // The maps' refusals together, the largest reason named.
+        assert_eq!(
+            column(lines[0], "MAP-REFUSED"),
+            column(lines[1], "91 (malformed…)")
+        );
     }
 }
