@@ -58,8 +58,11 @@ impl MapMetrics {
         let refused = IntGaugeVec::new(
             Opts::new(
                 "aether_state_refused",
-                "What a replica of a replicated map refused since it opened, by reason \
-                 (malformed, future, too_old, not_owner, rate_limited), as of its last report.",
+                format!(
+                    "What a replica of a replicated map refused since it opened, by reason \
+                     ({}), as of its last report.",
+                    aether_core::report::MAP_REFUSALS.join(", ")
+                ),
             ),
             &["instance", "map", "node", "reason"],
         )?;
