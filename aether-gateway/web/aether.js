@@ -785,10 +785,11 @@ export class Aether {
       }
       case "snapshot-part":
         // A large map comes in parts; the snapshot that follows ends it.
-        this.snapshotParts = Object.assign(this.snapshotParts || {}, message.entries);
+        // Keyed by the map's keys: no prototype (a key may be "constructor").
+        this.snapshotParts = Object.assign(this.snapshotParts || Object.create(null), message.entries);
         break;
       case "snapshot": {
-        const theirs = Object.assign(this.snapshotParts || {}, message.entries);
+        const theirs = Object.assign(this.snapshotParts || Object.create(null), message.entries);
         this.snapshotParts = null;
         // Cache items that could not be read go before the gateway's
         // entries are kept in their place.

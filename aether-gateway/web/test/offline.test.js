@@ -232,3 +232,30 @@ test("a write made before the page first heard the bus's time is stamped again i
   const cached = JSON.parse(storage.getItem([...storage.items.keys()].find((k) => k.endsWith("\nearly"))));
   assert.equal(cached[1], bridge.entries.get("early").stamp);
 });
+
+/** The storage name of `key`'s item, as a live client of `bridge` names it. */
+async function itemName(bridge, storage, key) {
+  const first = client(bridge, storage);
+  await first.whenLive();
+  first.set("\u0001probe", 0);
+  await first.waitForPendingWrites();
+  first.close();
+  const probe = [...storage.items.keys()].find((k) => k.endsWith("\n\u0001probe"));
+  return probe.slice(0, probe.length - "\u0001probe".length) + key;
+}
+
+test("writes offline to keys named as an object's own fields are sent", async () => {
+  const bridge = new Bridge();
+  bridge.down();
+  const page = client(bridge, new MemoryStorage());
+  await until(() => page.status === "offline", 1000, "offline");
+  for (const key of ["constructor", "toString", "__proto__", "hasOwnProperty"]) page.set(key, key);
+  bridge.up();
+  await page.whenLive();
+  await page.waitForPendingWrites();
+  for (const key of ["constructor", "toString", "__proto__", "hasOwnProperty"]) {
+    assert.equal(bridge.entries.get(key)?.value, key, key);
+  }
+  assert.equal(page.pendingWrites, 0);
+  page.close();
+});
