@@ -794,7 +794,10 @@ export class Aether {
         // Cache items that could not be read go before the gateway's
         // entries are kept in their place.
         const unreadable = this.unreadable.splice(0);
-        for (const key of unreadable) this.forget(key);
+        for (const key of unreadable) {
+          this.dirty.delete(key);
+          this.cache.forgetUnreadable(key);
+        }
         for (const [key, e] of Object.entries(theirs)) {
           if (e && isStamp(e.stamp)) {
             this.apply(key, { v: e.deleted ? null : e.value, s: e.stamp, d: !!e.deleted }, true);
@@ -811,7 +814,11 @@ export class Aether {
         for (const [key, e] of [...this.entries]) {
           const held = theirs[key];
           if (!held || held.stamp < e.s) {
-            if (!this.sendable(key, e)) continue;
+            if (!this.sendable(key, e)) {
+              // Dropped: the gateway's entry, if any, is this page's now.
+              if (held) this.apply(key, { v: held.deleted ? null : held.value, s: held.stamp, d: !!held.deleted }, true);
+              continue;
+            }
             this.track(key, e.s);
             this.queue(key, e);
           } else {
@@ -962,7 +969,7 @@ export class Aether {
   sendable(key, entry) {
     try {
       this.checkKey(key);
-      if (!entry.d) checkJson(key, entry.v);
+      if (!entry.d) this.checkValue(key, entry.v);
       return true;
     } catch {
       this.discard(key, entry);

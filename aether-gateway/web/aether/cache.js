@@ -12,6 +12,7 @@
 // offset from the bus and the map's limits as its last `hello` told them.
 
 import { AetherError } from "./error.js";
+import { checkJson } from "./json.js";
 import { isStamp } from "./stamps.js";
 
 /** A short fingerprint of a text (53 bits, not a secret's hash). */
@@ -68,11 +69,12 @@ export class OfflineCache {
     return items;
   }
 
-  /** An entry from its item's text; null if it is not one. */
+  /** An entry from its item's text; null if it is not one (a value JSON cannot carry, or nested too deep, is not). */
   static readItem(text) {
     let e;
     try {
       e = JSON.parse(text);
+      if (Array.isArray(e) && e[2] !== 1) checkJson("", e[0]);
     } catch {
       return null;
     }
@@ -88,7 +90,12 @@ export class OfflineCache {
    */
   load() {
     if (!this.storage) return { meta: null, entries: [] };
-    const meta = JSON.parse(this.storage.getItem(this.name) || "null");
+    let meta = null;
+    try {
+      meta = JSON.parse(this.storage.getItem(this.name) || "null");
+    } catch {
+      // written again at the next save; the entries do not depend on it
+    }
     const prefix = this.name + "\n";
     const entries = [];
     for (const name of this.items()) {
@@ -128,6 +135,16 @@ export class OfflineCache {
   forget(key) {
     try {
       this.storage?.removeItem(this.itemOf(key));
+    } catch {
+      // nothing to keep
+    }
+  }
+
+  /** Takes one key's item out if it still cannot be read (another tab may have written it since). */
+  forgetUnreadable(key) {
+    try {
+      const text = this.storage?.getItem(this.itemOf(key));
+      if (text != null && OfflineCache.readItem(text) === null) this.storage.removeItem(this.itemOf(key));
     } catch {
       // nothing to keep
     }

@@ -259,3 +259,60 @@ test("writes offline to keys named as an object's own fields are sent", async ()
   assert.equal(page.pendingWrites, 0);
   page.close();
 });
+
+test("a hostile cache is read item by item: its name item, a value too deep, a value set refuses", async () => {
+  const bridge = new Bridge();
+  const storage = new MemoryStorage();
+  const good = await itemName(bridge, storage, "good");
+  const cacheName = good.slice(0, good.length - "\ngood".length);
+  const writer = client(bridge, storage);
+  await writer.whenLive();
+  writer.set("good", 1);
+  writer.set("big", "the gateway's");
+  await writer.waitForPendingWrites();
+  writer.close();
+  storage.setItem(cacheName, "not json");
+  let deep = "1";
+  for (let i = 0; i < 100000; i++) deep = `[${deep}]`;
+  storage.setItem(cacheName + "\ndeep", `[${deep},"7000000000000000-00000000-00000000000000aa",0,null,1]`);
+  // Above the gateway's stamp, and larger than any write may be.
+  storage.setItem(cacheName + "\nbig", JSON.stringify(["x".repeat(100000), "7fffffffffffffff-00000000-00000000000000aa", 0, null, 1]));
+  bridge.down();
+  const page = client(bridge, storage);
+  assert.equal(page.get("good"), 1, "the entries render without the name item");
+  assert.equal(page.get("deep"), undefined);
+  const refused = [];
+  page.onRefused((r) => refused.push(r));
+  bridge.up();
+  await page.whenLive();
+  await until(() => refused.length === 2, 1000, "both told");
+  assert.deepEqual(refused.map((r) => r.key).sort(), ["big", "deep"]);
+  assert.equal(page.get("big"), "the gateway's", "the gateway's entry taken in its place");
+  await page.waitForPendingWrites();
+  assert.equal(bridge.entries.get("big").value, "the gateway's", "nothing of it sent");
+  page.close();
+  bridge.down();
+  const offline = client(bridge, storage);
+  assert.equal(offline.get("big"), "the gateway's", "cached");
+  offline.close();
+});
+
+test("an unreadable item another tab has written since is not dropped", async () => {
+  const bridge = new Bridge();
+  const storage = new MemoryStorage();
+  const name = await itemName(bridge, storage, "k");
+  storage.setItem(name, "garbage");
+  bridge.down();
+  const a = client(bridge, storage);
+  const b = client(bridge, storage);
+  b.set("k", "b offline");
+  b.close();
+  bridge.up();
+  await a.whenLive();
+  assert.notEqual(storage.getItem(name), null, "b's write kept");
+  a.close();
+  const c = client(bridge, storage);
+  await c.whenLive();
+  await until(() => bridge.entries.get("k")?.value === "b offline", 2000, "b's write sent by the next load");
+  c.close();
+});
