@@ -19,7 +19,7 @@
 import { OfflineCache, defaultStorage } from "./aether/cache.js";
 import { AetherError } from "./aether/error.js";
 import { LONE_SURROGATE, checkJson, jsonCopy, wellFormed } from "./aether/json.js";
-import { Clock, beats, isStamp, parseStamp, randomReplica } from "./aether/stamps.js";
+import { Clock, beats, isOffset, isStamp, parseStamp, randomReplica } from "./aether/stamps.js";
 
 export { AetherError, checkJson };
 
@@ -1162,7 +1162,7 @@ export class Aether {
   loadCache() {
     try {
       const { meta, entries } = this.cache.load();
-      if (meta && typeof meta.offsetMs === "number") this.clock.offsetMs = meta.offsetMs;
+      if (meta && isOffset(meta.offsetMs)) this.clock.offsetMs = meta.offsetMs;
       if (meta) this.takeLimits(meta.limits);
       for (const [key, entry] of entries) {
         if (!entry) {

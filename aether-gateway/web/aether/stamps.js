@@ -30,6 +30,17 @@ export function parseStamp(text) {
   return { physical: BigInt("0x" + text.slice(0, 16)), logical: parseInt(text.slice(17, 25), 16) };
 }
 
+/**
+ * Whether `offsetMs` (the bus's time minus this page's clock, as a cache
+ * kept it) gives a time a stamp can hold: finite, after 1970, within 64
+ * bits of nanoseconds.
+ */
+export function isOffset(offsetMs) {
+  if (!Number.isFinite(offsetMs)) return false;
+  const ms = performance.timeOrigin + performance.now() + offsetMs;
+  return ms > 0 && ms < 18e12;
+}
+
 /** A hybrid logical clock: never goes back, moves past every stamp seen. */
 export class Clock {
   constructor(replica) {

@@ -316,3 +316,27 @@ test("an unreadable item another tab has written since is not dropped", async ()
   await until(() => bridge.entries.get("k")?.value === "b offline", 2000, "b's write sent by the next load");
   c.close();
 });
+
+test("a cached clock offset no stamp can hold is passed over, and the items render", async () => {
+  const bridge = new Bridge();
+  const storage = new MemoryStorage();
+  const item = await itemName(bridge, storage, "item");
+  const cacheName = item.slice(0, item.length - "\nitem".length);
+  bridge.down();
+  const writer = client(bridge, storage);
+  writer.set("item", "offline");
+  writer.close();
+  for (const [i, offset] of ["1e400", "-1e400", "1e15", "-1e15"].entries()) {
+    storage.setItem(cacheName, `{"offsetMs":${offset}}`);
+    const page = client(bridge, storage);
+    assert.equal(page.get("item"), "offline", offset);
+    assert.equal(page.pendingWrites, 1 + i, `${offset}: the offline writes, pending`);
+    assert.match(page.set(`other/${i}`, 1), /^[0-9a-f]{16}-[0-9a-f]{8}-[0-9a-f]{16}$/, offset);
+    page.close();
+  }
+  bridge.up();
+  const live = client(bridge, storage);
+  await live.whenLive();
+  await until(() => bridge.entries.get("item")?.value === "offline", 2000, "the offline write sent");
+  live.close();
+});
