@@ -699,7 +699,7 @@ export class Aether {
       const old = e.s;
       e.s = clock.now();
       // The cache's item holds the old stamp, later than the new: replaced.
-      this.forget(key);
+      this.forget(key, old);
       try {
         this.keep(key, e);
       } catch {
@@ -1194,13 +1194,14 @@ export class Aether {
   /** Takes `entry` of `key` out of the copy and the cache, told to the listeners. */
   discard(key, entry) {
     this.entries.delete(key);
-    this.forget(key);
+    this.forget(key, entry.s);
     if (!entry.d) this.fire(key, undefined, entry.v);
   }
 
-  forget(key) {
+  /** Takes `key`'s item out of the cache (with `stamp`: only if it holds no newer write). */
+  forget(key, stamp) {
     this.dirty.delete(key);
-    this.cache.forget(key);
+    this.cache.forget(key, stamp);
   }
 
   /** Writes the changes not kept yet (tabs merge by stamps: a newer item is never overwritten). */

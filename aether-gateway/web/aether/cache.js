@@ -131,10 +131,19 @@ export class OfflineCache {
     this.storage.setItem(this.name, JSON.stringify(meta));
   }
 
-  /** Takes one key's item out. */
-  forget(key) {
+  /**
+   * Takes one key's item out; with `stamp`, only if the item holds that
+   * write or an older one, or cannot be read (another tab may have written
+   * a newer one since).
+   */
+  forget(key, stamp) {
     try {
-      this.storage?.removeItem(this.itemOf(key));
+      const name = this.itemOf(key);
+      if (stamp !== undefined) {
+        const held = OfflineCache.readItem(this.storage?.getItem(name) ?? "null");
+        if (held && held.s > stamp) return;
+      }
+      this.storage?.removeItem(name);
     } catch {
       // nothing to keep
     }

@@ -340,3 +340,27 @@ test("a cached clock offset no stamp can hold is passed over, and the items rend
   await until(() => bridge.entries.get("item")?.value === "offline", 2000, "the offline write sent");
   live.close();
 });
+
+test("a cached write dropped as too large does not take another tab's write made since", async () => {
+  const bridge = new Bridge();
+  const storage = new MemoryStorage();
+  const name = await itemName(bridge, storage, "k");
+  const old = stamp(BigInt(Date.now() - 60000) * 1000000n, 0, "00000000000000aa");
+  storage.setItem(name, JSON.stringify(["x".repeat(40000), old, 0, null, 1]));
+  bridge.down();
+  const a = client(bridge, storage);
+  const b = client(bridge, storage);
+  b.set("k", "b offline");
+  b.close();
+  const refused = [];
+  a.onRefused((r) => refused.push(r));
+  bridge.up();
+  await a.whenLive();
+  await until(() => refused.length === 1, 1000, "a's copy told as malformed");
+  assert.notEqual(storage.getItem(name), null, "b's write kept");
+  a.close();
+  const c = client(bridge, storage);
+  await c.whenLive();
+  await until(() => bridge.entries.get("k")?.value === "b offline", 2000, "b's write sent by the next load");
+  c.close();
+});
