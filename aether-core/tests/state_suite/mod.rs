@@ -754,7 +754,9 @@ pub async fn writers_in_flight_are_acknowledged_together(m: &dyn Bus) {
                         a.set_json(&format!("w{w}.{n}"), &n).await.unwrap();
                         let held = a.flush(Duration::from_secs(10)).await.unwrap();
                         assert_eq!(held.by, ["b"], "writer {w}, write {n}");
-                        assert!(held.writes >= 1, "writer {w}, write {n}: {held:?}");
+                        // Another's turn may have sent this write and had
+                        // it held before this flush began: then nothing of
+                        // its own waits, and it says writes 0 (`Held`).
                         shared += usize::from(held.writes > 1);
                     }
                     shared
