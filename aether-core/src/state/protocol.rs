@@ -340,7 +340,6 @@ impl Shared {
         }
         let old = match merged {
             Merged::Applied(old) => old,
-            Merged::Full(cap) => unreachable!("merge_owned says a cap as Err: {cap:?}"),
             Merged::Stale => {
                 self.counters.stale.fetch_add(1, Ordering::Relaxed);
                 // A write of this replica that a higher stamp reached first

@@ -49,12 +49,11 @@ pub(crate) enum Merged {
     Applied(Option<Entry>),
     /// The store already held this entry or a winning one.
     Stale,
-    /// It would win, but the store is at one of its caps: one key more than
-    /// `max_keys` (what it names), or past `max_bytes`.
-    Full(Cap),
 }
 
-/// A merge past a cap ([`Store::merge_owned`]): which, and the key back.
+/// A merge that would win but is past a cap ([`Store::merge_owned`]): one
+/// key more than `max_keys`, or past `max_bytes` or the budget; which, and
+/// the key back.
 #[derive(Debug)]
 pub(crate) struct Refused {
     pub(crate) cap: Cap,
@@ -290,7 +289,8 @@ impl Store {
         if !entries.windows(2).all(|w| w[0].0 < w[1].0) {
             let mut store = Store::default();
             for (key, entry) in entries {
-                store.merge(&key, entry);
+                // Uncapped: every entry fits.
+                let _ = store.merge(&key, entry);
             }
             return store;
         }
@@ -330,10 +330,11 @@ impl Store {
     }
 
     /// Merges `entry` for `key`, within the caps: a write that would take
-    /// the store past one is not applied (a key it holds may always shrink).
-    pub(crate) fn merge(&mut self, key: &str, entry: Entry) -> Merged {
+    /// the store past one is not applied, and names the cap (a key it
+    /// holds may always shrink).
+    pub(crate) fn merge(&mut self, key: &str, entry: Entry) -> Result<Merged, Cap> {
         self.merge_owned(key.to_string(), entry)
-            .unwrap_or_else(|full| Merged::Full(full.cap))
+            .map_err(|full| full.cap)
     }
 
     /// [`Store::merge`] with the key owned (kept in the tree if the entry
@@ -543,8 +544,11 @@ mod tests {
             let wins = case["incoming_wins"].as_bool().unwrap();
             assert_eq!(incoming.beats(&held), wins, "{case}");
             let mut store = Store::default();
-            assert!(matches!(store.merge("k", held.clone()), Merged::Applied(_)));
-            let merged = store.merge("k", incoming.clone());
+            assert!(matches!(
+                store.merge("k", held.clone()),
+                Ok(Merged::Applied(_))
+            ));
+            let merged = store.merge("k", incoming.clone()).unwrap();
             assert_eq!(matches!(merged, Merged::Applied(_)), wins, "{case}");
             let kept = if wins { &incoming } else { &held };
             assert_eq!(store.entry("k").map(|e| &e.value), Some(&kept.value));
@@ -586,7 +590,7 @@ mod tests {
         ) {
             let mut forward = Store::default();
             for (k, e) in &writes {
-                forward.merge(k, e.clone());
+                forward.merge(k, e.clone()).unwrap();
             }
             let mut shuffled = writes.clone();
             if !shuffled.is_empty() {
@@ -600,7 +604,7 @@ mod tests {
             }
             let mut other = Store::default();
             for (k, e) in shuffled {
-                other.merge(&k, e);
+                other.merge(&k, e).unwrap();
             }
             prop_assert_eq!(&forward, &other);
             prop_assert_eq!(forward.digest(), other.digest());
@@ -615,7 +619,7 @@ mod tests {
         ) {
             let mut store = Store::default();
             for (k, e) in &writes {
-                store.merge(k, e.clone());
+                store.merge(k, e.clone()).unwrap();
             }
             let sorted: Vec<(String, Entry)> =
                 store.entries().map(|(k, e)| (k.clone(), e.clone())).collect();
@@ -633,7 +637,7 @@ mod tests {
         fn a_delete_is_never_undone_by_an_older_write(writes in prop::collection::vec(arb_write(), 1..30)) {
             let mut store = Store::default();
             for (k, e) in &writes {
-                store.merge(k, e.clone());
+                store.merge(k, e.clone()).unwrap();
             }
             for (key, held) in store.entries() {
                 let newest = writes.iter().filter(|(k, _)| k == key).map(|(_, e)| e).fold(None::<&Entry>, |best, e| match best {
@@ -655,20 +659,20 @@ mod tests {
         let from_a = a.buckets(&wanted);
         let from_b = b.buckets(&wanted);
         for (k, e) in from_a.into_iter().flatten() {
-            b.merge(&k, e);
+            b.merge(&k, e).unwrap();
         }
         for (k, e) in from_b.into_iter().flatten() {
-            a.merge(&k, e);
+            a.merge(&k, e).unwrap();
         }
         // Node-owned keys, by owner, where the fingerprints differ (the
         // replicas do it by asking the owner; here either side relays).
         for owner in ["x"] {
             if a.owned_fingerprint(owner) != b.owned_fingerprint(owner) {
                 for (k, e) in a.owned_by(owner) {
-                    b.merge(&k, e);
+                    b.merge(&k, e).unwrap();
                 }
                 for (k, e) in b.owned_by(owner) {
-                    a.merge(&k, e);
+                    a.merge(&k, e).unwrap();
                 }
             }
         }
@@ -705,7 +709,7 @@ mod tests {
                 }
             }
             for (r, key, entry) in deliveries {
-                replicas[r].merge(&key, entry);
+                replicas[r].merge(&key, entry).unwrap();
             }
             // A chain of exchanges there and back: what any replica holds
             // reaches the last, then every other.
@@ -719,7 +723,7 @@ mod tests {
             let mut all = Store::default();
             for ((key, entry), mask, _) in &writes {
                 if (0..n).any(|r| mask & (1 << r) != 0) {
-                    all.merge(key, entry.clone());
+                    all.merge(key, entry.clone()).unwrap();
                 }
             }
             for replica in &replicas {
@@ -744,13 +748,13 @@ mod tests {
             for (key, entry) in writes {
                 let before = (store.held(), store.bytes());
                 let merged = store.merge(&key, entry);
-                if let Merged::Full(_) = merged {
+                if merged.is_err() {
                     prop_assert_eq!((store.held(), store.bytes()), before);
                 }
                 let bytes: u64 = store.entries().map(|(k, e)| cost(k, e)).sum();
                 prop_assert_eq!(store.bytes(), bytes);
                 prop_assert!(store.held() <= max_keys);
-                prop_assert!(store.bytes() <= max_bytes || matches!(merged, Merged::Stale));
+                prop_assert!(store.bytes() <= max_bytes || matches!(merged, Ok(Merged::Stale)));
             }
         }
     }
@@ -758,17 +762,17 @@ mod tests {
     #[test]
     fn collection_forgets_old_tombstones_only_and_keeps_the_digest_true() {
         let mut store = Store::default();
-        store.merge("a", entry(10, 1, None));
-        store.merge("b", entry(30, 1, None));
-        store.merge("c", entry(5, 1, Some(b"v")));
+        store.merge("a", entry(10, 1, None)).unwrap();
+        store.merge("b", entry(30, 1, None)).unwrap();
+        store.merge("c", entry(5, 1, Some(b"v"))).unwrap();
         assert_eq!(store.tombstones(), 2);
         assert_eq!(store.collect(20), 1);
         assert!(store.entry("a").is_none());
         assert!(store.entry("b").is_some());
         assert_eq!(store.get("c").unwrap(), &Bytes::from_static(b"v"));
         let mut fresh = Store::default();
-        fresh.merge("b", entry(30, 1, None));
-        fresh.merge("c", entry(5, 1, Some(b"v")));
+        fresh.merge("b", entry(30, 1, None)).unwrap();
+        fresh.merge("c", entry(5, 1, Some(b"v"))).unwrap();
         assert_eq!(store.digest(), fresh.digest());
         assert_eq!(store.len(), 1);
     }
@@ -777,10 +781,10 @@ mod tests {
     fn equal_stamps_settle_on_the_same_value_everywhere() {
         let mut x = Store::default();
         let mut y = Store::default();
-        x.merge("k", entry(1, 1, Some(b"a")));
-        x.merge("k", entry(1, 1, Some(b"b")));
-        y.merge("k", entry(1, 1, Some(b"b")));
-        y.merge("k", entry(1, 1, Some(b"a")));
+        x.merge("k", entry(1, 1, Some(b"a"))).unwrap();
+        x.merge("k", entry(1, 1, Some(b"b"))).unwrap();
+        y.merge("k", entry(1, 1, Some(b"b"))).unwrap();
+        y.merge("k", entry(1, 1, Some(b"a"))).unwrap();
         assert_eq!(x, y);
     }
 }
