@@ -443,7 +443,7 @@ impl Drop for Waiting<'_> {
 }
 
 impl Shared {
-    pub(super) fn lock_unacked(&self) -> MutexGuard<'_, HashMap<String, Acked>> {
+    pub(super) fn lock_unacked(&self) -> MutexGuard<'_, HashMap<SmolStr, Acked>> {
         self.unacked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -479,7 +479,7 @@ impl Shared {
             }
             match store.entry(key) {
                 Some(entry) if entry.stamp == acked.stamp => {
-                    waiting.push((key.clone(), entry.clone()));
+                    waiting.push((key.to_string(), entry.clone()));
                 }
                 _ => overwritten.push(key.clone()),
             }
@@ -495,7 +495,7 @@ impl Shared {
     fn acknowledged(&self, chunk: &[(String, Entry)], replicas: usize, keepers: usize) {
         let mut unacked = self.lock_unacked();
         for (key, entry) in chunk {
-            if let Some(acked) = unacked.get_mut(key)
+            if let Some(acked) = unacked.get_mut(key.as_str())
                 && acked.stamp == entry.stamp
             {
                 acked.replicas = acked.replicas.max(replicas);

@@ -251,7 +251,7 @@ struct Shared {
     values: Option<ValueCheck>,
     /// This replica's writes, by key, and how many replicas and keepers
     /// acknowledged each (forgotten when a higher stamp overwrites it).
-    unacked: Mutex<HashMap<String, held::Acked>>,
+    unacked: Mutex<HashMap<SmolStr, held::Acked>>,
     /// The flushes: the holds waiting for acknowledgements, and whose turn
     /// it is to send one.
     flushes: held::Flushes,
@@ -835,7 +835,7 @@ impl StateMap {
         let logged = match shared.apply(key.to_string(), entry.clone(), false, true) {
             Applied::Won(logged) => {
                 shared.lock_unacked().insert(
-                    key.to_string(),
+                    SmolStr::new(key),
                     held::Acked {
                         stamp,
                         replicas: 0,
