@@ -30,6 +30,13 @@ async fn app_host() -> SocketAddr {
     }
     let (html, board, client) = (file("board.html"), file("board.js"), file("aether.js"));
     let page = file("page.js");
+    // The client's modules: the files of web/aether/, as the gateway
+    // serves them.
+    let modules: Vec<String> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/web/aether"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
     let js = || [(header::CONTENT_TYPE, "text/javascript")];
     let app = Router::new()
         .route(
@@ -41,7 +48,7 @@ async fn app_host() -> SocketAddr {
         .route(
             "/aether/{file}",
             get(move |Path(name): Path<String>| async move {
-                match ["cache.js", "error.js", "json.js", "stamps.js"].contains(&name.as_str()) {
+                match modules.contains(&name) {
                     true => (js(), file(&format!("aether/{name}"))).into_response(),
                     false => StatusCode::NOT_FOUND.into_response(),
                 }

@@ -44,6 +44,9 @@ fn build_example() -> bool {
         .map(modified)
         .min()
         .flatten();
+    let modules = std::fs::read_dir(web.join("aether"))
+        .expect("the client's modules")
+        .map(|entry| entry.expect("a module").path());
     let sources = [
         dir.join("src/main.jsx"),
         dir.join("src/app.jsx"),
@@ -51,12 +54,10 @@ fn build_example() -> bool {
         dir.join("package.json"),
         dir.join("package-lock.json"),
         web.join("aether.js"),
-        web.join("aether/cache.js"),
-        web.join("aether/error.js"),
-        web.join("aether/json.js"),
-        web.join("aether/stamps.js"),
         web.join("react.js"),
-    ];
+    ]
+    .into_iter()
+    .chain(modules);
     if bundle.is_some_and(|b| {
         sources
             .into_iter()

@@ -19,6 +19,7 @@
 import { OfflineCache, defaultStorage } from "./aether/cache.js";
 import { AetherError } from "./aether/error.js";
 import { LONE_SURROGATE, checkJson, jsonCopy, wellFormed } from "./aether/json.js";
+import { Outbox } from "./aether/outbox.js";
 import { Clock, beats, isOffset, isStamp, parseStamp, randomReplica } from "./aether/stamps.js";
 
 export { AetherError, checkJson };
@@ -40,13 +41,6 @@ const DEFAULTS = {
 };
 
 const encoder = new TextEncoder();
-/** Outbox slots that are not keys (a key is never empty). */
-const PRESENCE = "\u0000presence";
-const SYNC = "\u0000sync";
-/** Writes sent between two syncs at most, while more wait to be sent. */
-const SYNC_EVERY = 64;
-/** Bytes of a `writes` message left for what surrounds its writes. */
-const WRITES_FRAME = 64;
 
 /** Statuses after which the client neither connects nor takes writes. */
 const TERMINAL = new Set(["unauthorized", "unknown_map", "closed"]);
@@ -131,19 +125,13 @@ export class Aether {
     this.color = null;
     this.socket = null;
     this.attempt = 0;
-    this.outbox = new Map();
-    this.tokens = this.options.sendBurst;
-    /**
-     * Whether the gateway takes many writes a message (its `hello` tells
-     * its write rate), and the pace it allows: writes wait to leave
-     * together, a message of many within `maxMessageBytes`.
-     */
-    this.batching = false;
-    this.maxMessageBytes = 65536;
-    this.writesPerSecond = 1;
-    this.writeBurst = 1;
-    this.writeTokens = 0;
-    this.flushQueued = false;
+    /** What this page sends, paced under the gateway's limits. */
+    this.outbox = new Outbox(this.options, {
+      send: (text) => this.socket.send(text),
+      open: () => this.socket?.readyState === 1,
+      live: () => this.status === "live",
+      holding: () => this.transacting > 0,
+    });
     /** Open transactions (`transact`): writes wait to leave until the last ends. */
     this.transacting = 0;
     /** Changes whose listeners are told once the group they came in is whole. */
@@ -154,23 +142,12 @@ export class Aether {
     this.confirming = false;
     /** What this page's token writes (`hello`): null, anything. */
     this.rights = null;
-    this.refilled = performance.now();
-    this.flushTimer = null;
     this.saveTimer = null;
     this.reconnectTimer = null;
     this.liveWaiters = [];
     this.snapshotParts = null;
     /** key -> the stamp of a write the gateway has not confirmed yet. */
     this.unconfirmed = new Map();
-    /** [key, stamp] of writes sent since the last `sync`. */
-    this.sentSinceSync = [];
-    /** sync id -> the [key, stamp] it confirms. */
-    this.syncs = new Map();
-    this.nextSync = 1;
-    /** Whether a sync goes before the next queued write. */
-    this.syncDue = false;
-    /** sync id -> when it was sent (performance.now()): a clock reading. */
-    this.syncSentAt = new Map();
     /** The last clock readings, {offsetMs, rttMs}: the fastest is followed. */
     this.readings = [];
     this.authSentAt = 0;
@@ -295,7 +272,7 @@ export class Aether {
       return this.together(fn);
     } finally {
       this.transacting -= 1;
-      if (this.transacting === 0) this.flushSoon();
+      if (this.transacting === 0) this.outbox.flushSoon();
     }
   }
 
@@ -332,7 +309,7 @@ export class Aether {
     this.keep(key, entry);
     this.apply(key, entry, false);
     this.track(key, entry.s);
-    this.queue(key, entry);
+    this.outbox.queue(key, entry);
     return entry.s;
   }
 
@@ -540,16 +517,14 @@ export class Aether {
 
   /** Queues `message` (a presence change), merged with one not sent yet. */
   sendPresence(message) {
-    const waiting = this.outbox.get(PRESENCE);
-    const merged = { ...(waiting ? JSON.parse(waiting.text) : {}), ...message, type: "presence" };
-    this.queueText(PRESENCE, JSON.stringify(merged));
+    this.outbox.presence(message);
   }
 
   /** Closes the connection for good (the cache is kept, with any unsent writes). */
   close() {
     if (this.status === "closed") return;
     clearTimeout(this.reconnectTimer);
-    clearTimeout(this.flushTimer);
+    this.outbox.close();
     this.saveNow();
     globalThis.removeEventListener?.("pagehide", this.onPageHide);
     const socket = this.socket;
@@ -594,10 +569,7 @@ export class Aether {
       if (this.socket !== socket) return;
       this.socket = null;
       this.snapshotParts = null;
-      this.syncs.clear();
-      this.sentSinceSync = [];
-      this.syncDue = false;
-      this.outbox.clear(); // sent again from the snapshot's diff
+      this.outbox.lost(); // sent again from the snapshot's diff
       this.peers.clear();
       this.firePresence();
       const reason = closeReason(event, opened);
@@ -606,12 +578,7 @@ export class Aether {
         return;
       }
       if (reason === "rate_limited") {
-        // Sent faster than the gateway takes: half the pace from now on.
-        this.options.sendPerSecond = Math.max(1, this.options.sendPerSecond / 2);
-        this.options.sendBurst = Math.max(1, Math.floor(this.options.sendBurst / 2));
-        this.tokens = 0;
-        this.writesPerSecond = Math.max(1, this.writesPerSecond / 2);
-        this.writeBurst = Math.max(1, Math.floor(this.writeBurst / 2));
+        this.outbox.slowDown();
       }
       if (reason === "replica_in_use") {
         // Another open page holds this id: take a new one, at once. Writes
@@ -729,27 +696,6 @@ export class Aether {
     if (Number.isSafeInteger(limits.max_drift_ms) && limits.max_drift_ms > 0) this.clock.maxDriftMs = limits.max_drift_ms;
   }
 
-  /**
-   * The gateway's rates, as its `hello` tells them: the page sends at half
-   * of each (its own clock and the gateway's see the same messages a
-   * little apart), many writes a message when the gateway tells a write
-   * rate, one a message when it does not.
-   */
-  takePace(limits) {
-    const told = (n) => Number.isSafeInteger(n) && n > 0;
-    this.batching = false;
-    if (limits == null || typeof limits !== "object") return;
-    if (told(limits.messages_per_s)) this.options.sendPerSecond = Math.min(this.options.sendPerSecond, Math.max(1, limits.messages_per_s / 2));
-    if (told(limits.burst)) this.options.sendBurst = Math.min(this.options.sendBurst, Math.max(1, Math.floor(limits.burst / 2)));
-    if (told(limits.max_message_bytes)) this.maxMessageBytes = limits.max_message_bytes;
-    if (told(limits.writes_per_s) && told(limits.write_burst)) {
-      this.batching = true;
-      this.writesPerSecond = Math.max(1, limits.writes_per_s / 2);
-      this.writeBurst = Math.max(1, Math.floor(limits.write_burst / 2));
-      this.writeTokens = this.writeBurst;
-    }
-  }
-
   /** What this page's token writes, as `hello` tells it (none told: anything). */
   takeRights(rights) {
     this.rights = null;
@@ -774,7 +720,7 @@ export class Aether {
         this.id = message.id;
         this.color = message.color;
         this.takeLimits(message.limits);
-        this.takePace(message.limits);
+        this.outbox.takePace(message.limits);
         this.takeRights(message.rights);
         if (Number.isSafeInteger(message.limits?.max_presence_bytes) && message.limits.max_presence_bytes > 0) {
           this.options.maxPresenceBytes = message.limits.max_presence_bytes;
@@ -820,7 +766,7 @@ export class Aether {
               continue;
             }
             this.track(key, e.s);
-            this.queue(key, e);
+            this.outbox.queue(key, e);
           } else {
             this.confirm(key, held.stamp);
           }
@@ -828,10 +774,10 @@ export class Aether {
         // A sync once live (after the writes above, which it confirms): a
         // reading of the bus's time with its round trip short (the
         // hello's waited for the token's check).
-        if (!this.outbox.has(SYNC)) this.outbox.set(SYNC, {});
+        this.outbox.syncSoon();
         // What this page shows (if only that it is here), shown again.
         this.sendPresence({ ...this.mine });
-        this.flush();
+        this.outbox.flush();
         this.liveWaiters.splice(0).forEach((w) => w.resolve());
         break;
       }
@@ -851,18 +797,14 @@ export class Aether {
         }
         break;
       case "synced": {
-        if (this.syncSentAt.has(message.id)) this.reading(message.now, this.syncSentAt.get(message.id));
-        for (const id of [...this.syncSentAt.keys()]) if (id <= message.id) this.syncSentAt.delete(id);
         // The gateway took every message before this sync: the writes of
         // this sync and of any earlier one.
+        const { sentAt, confirmed } = this.outbox.synced(message.id);
+        if (sentAt !== undefined) this.reading(message.now, sentAt);
         // Listeners of the count are told once for all of them.
         this.confirming = true;
         try {
-          for (const [id, confirmed] of [...this.syncs]) {
-            if (id > message.id) break;
-            this.syncs.delete(id);
-            for (const [key, stamp] of confirmed) this.confirm(key, stamp);
-          }
+          for (const [key, stamp] of confirmed) this.confirm(key, stamp);
         } finally {
           this.confirming = false;
         }
@@ -1030,131 +972,6 @@ export class Aether {
     if (count === this.lastPending) return;
     this.lastPending = count;
     this.pendingListeners.forEach((cb) => cb(count));
-  }
-
-  // ---- sending, paced under the gateway's rate limit ---------------------
-
-  queue(key, entry) {
-    const prev = entry.p === undefined ? "" : `,"prev":${JSON.stringify(entry.p)}`;
-    const name = JSON.stringify(key);
-    const body = entry.d
-      ? `"stamp":"${entry.s}"${prev}}`
-      : `"value":${JSON.stringify(entry.v)},"stamp":"${entry.s}"${prev}}`;
-    const text = `{"type":"${entry.d ? "delete" : "set"}","key":${name},${body}`;
-    // As one of a `writes` message's writes.
-    const piece = `{"key":${name},${entry.d ? '"deleted":true,' : ""}${body}`;
-    this.queueText(key, text, entry.s, piece);
-  }
-
-  queueText(slot, text, stamp, piece) {
-    if (this.status !== "live") return; // sent by the snapshot's diff
-    this.outbox.delete(slot);
-    this.outbox.set(slot, { text, stamp, piece });
-    this.flushSoon();
-  }
-
-  /**
-   * A flush once the running task's writes are made (a loop of `set`s
-   * leaves as few messages), or once the last transaction ends.
-   */
-  flushSoon() {
-    if (this.flushQueued || this.transacting > 0) return;
-    this.flushQueued = true;
-    queueMicrotask(() => {
-      this.flushQueued = false;
-      if (this.transacting === 0) this.flush();
-    });
-  }
-
-  /**
-   * The writes waiting first, as many as one `writes` message holds (and
-   * the write rate allows): their slots and the message's text, or null
-   * when the rate allows none now.
-   */
-  takeWrites() {
-    const slots = [];
-    const pieces = [];
-    let bytes = WRITES_FRAME;
-    const most = Math.min(this.writeTokens, this.writeBurst);
-    for (const [slot, item] of this.outbox) {
-      if (item.piece === undefined) continue; // presence, sync
-      if (slots.length >= most) break;
-      const size = encoder.encode(item.piece).length + 1;
-      if (slots.length > 0 && bytes + size > this.maxMessageBytes) break;
-      bytes += size;
-      slots.push(slot);
-      pieces.push(item.piece);
-    }
-    if (slots.length === 0) return null;
-    const text = slots.length === 1
-      ? this.outbox.get(slots[0]).text
-      : `{"type":"writes","writes":[${pieces.join(",")}]}`;
-    return { slots, text };
-  }
-
-  flush() {
-    const now = performance.now();
-    const { sendPerSecond, sendBurst } = this.options;
-    this.tokens = Math.min(sendBurst, this.tokens + ((now - this.refilled) / 1000) * sendPerSecond);
-    this.writeTokens = Math.min(this.writeBurst, this.writeTokens + ((now - this.refilled) / 1000) * this.writesPerSecond);
-    this.refilled = now;
-    while (this.tokens >= 1 && (this.outbox.size > 0 || this.syncDue) && this.socket?.readyState === 1) {
-      if (this.syncDue) {
-        // Every SYNC_EVERY writes, a sync ahead of the writes still
-        // queued: pendingWrites counts down as the gateway takes them.
-        this.syncDue = false;
-        this.outbox.delete(SYNC);
-        this.sendSync();
-        this.tokens -= 1;
-        continue;
-      }
-      const [slot, { text, stamp, piece }] = this.outbox.entries().next().value;
-      if (this.batching && piece !== undefined) {
-        // Many writes a message, in the order made.
-        const taken = this.takeWrites();
-        if (taken === null) break; // the write rate: the timer below
-        this.socket.send(taken.text);
-        for (const key of taken.slots) {
-          this.sentSinceSync.push([key, this.outbox.get(key).stamp]);
-          this.outbox.delete(key);
-        }
-        this.writeTokens -= taken.slots.length;
-        this.tokens -= 1;
-        if (this.sentSinceSync.length >= SYNC_EVERY) this.syncDue = true;
-        else if (!this.outbox.has(SYNC)) this.outbox.set(SYNC, {});
-        continue;
-      }
-      this.outbox.delete(slot);
-      if (slot === SYNC) {
-        this.sendSync();
-      } else {
-        this.socket.send(text);
-        if (slot !== PRESENCE) {
-          this.sentSinceSync.push([slot, stamp]);
-          // A sync after the writes sent: its answer confirms them.
-          if (this.sentSinceSync.length >= SYNC_EVERY) this.syncDue = true;
-          else if (!this.outbox.has(SYNC)) this.outbox.set(SYNC, {});
-        }
-      }
-      this.tokens -= 1;
-    }
-    // (No connection: the outbox goes again from the next snapshot's diff.)
-    if ((this.outbox.size > 0 || this.syncDue) && this.flushTimer === null && this.socket?.readyState === 1) {
-      const forWrites = this.batching ? ((1 - this.writeTokens) / this.writesPerSecond) * 1000 : 0;
-      const wait = Math.max(1, ((1 - this.tokens) / sendPerSecond) * 1000, forWrites);
-      this.flushTimer = setTimeout(() => {
-        this.flushTimer = null;
-        this.flush();
-      }, wait);
-    }
-  }
-
-  sendSync() {
-    const id = this.nextSync++;
-    this.syncs.set(id, this.sentSinceSync);
-    this.syncSentAt.set(id, performance.now());
-    this.sentSinceSync = [];
-    this.socket.send(`{"type":"sync","id":${id}}`);
   }
 
   // ---- the offline cache (aether/cache.js) ------------------------------

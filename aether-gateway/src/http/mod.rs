@@ -91,10 +91,11 @@ const BOARD: &str = include_str!("../../web/board.html");
 /// The bridge's JavaScript client.
 const CLIENT_JS: &str = include_str!("../../web/aether.js");
 /// The modules it imports (`./aether/<file>`), served at `/aether/<file>`.
-const CLIENT_MODULES: [(&str, &str); 4] = [
+const CLIENT_MODULES: [(&str, &str); 5] = [
     ("cache.js", include_str!("../../web/aether/cache.js")),
     ("error.js", include_str!("../../web/aether/error.js")),
     ("json.js", include_str!("../../web/aether/json.js")),
+    ("outbox.js", include_str!("../../web/aether/outbox.js")),
     ("stamps.js", include_str!("../../web/aether/stamps.js")),
 ];
 /// Its TypeScript declarations.
@@ -581,4 +582,31 @@ async fn events(
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The modules served are the files of `web/aether/`, each as it is
+    /// there: a module added to the client is served, or this fails.
+    #[test]
+    fn the_client_modules_served_are_the_files_of_its_folder() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/web/aether");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        let served: Vec<&str> = super::CLIENT_MODULES
+            .iter()
+            .map(|(name, _)| *name)
+            .collect();
+        assert_eq!(served, files);
+        for (name, text) in super::CLIENT_MODULES {
+            assert_eq!(
+                std::fs::read_to_string(format!("{dir}/{name}")).unwrap(),
+                text,
+                "{name}"
+            );
+        }
+    }
 }
