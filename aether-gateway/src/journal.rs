@@ -25,7 +25,12 @@
 //! position it has reached, so the snapshot covers exactly the records
 //! before it. A restart loads the snapshot and counts the records after it
 //! again. Waves observed after the last snapshot that were not journaled
-//! (filtered out, or dropped by the queue) are not counted again.
+//! (filtered out, or dropped by the queue) are not counted again. The
+//! resonance graph's edges come from the physics engine, which counts a
+//! delivery as it enters the observer's queue; the gateway's own edges on
+//! journaled channels are snapshotted as far as the observer has taken
+//! waves instead, so that the restart's count of the records after the
+//! snapshot counts none of them twice.
 
 use std::{
     collections::HashMap,
@@ -194,11 +199,17 @@ pub(crate) struct JournalLink {
 }
 
 impl JournalLink {
+    /// Whether waves on `channel` are journaled.
+    pub(crate) fn journals(&self, channel: &Channel) -> bool {
+        self.patterns.iter().any(|p| channel.matches(p))
+    }
+
     /// Queues `wave` if its channel is journaled, sealed if its channel's
-    /// payloads are; never waits.
-    pub(crate) fn offer(&self, wave: &Wave, now_ms: u64) {
-        if !self.patterns.iter().any(|p| wave.channel().matches(p)) {
-            return;
+    /// payloads are; never waits. Whether its channel is journaled (the
+    /// wave queued, or dropped and counted).
+    pub(crate) fn offer(&self, wave: &Wave, now_ms: u64) -> bool {
+        if !self.journals(wave.channel()) {
+            return false;
         }
         match self
             .sender
@@ -218,6 +229,7 @@ impl JournalLink {
                     .inc();
             }
         }
+        true
     }
 
     /// Queues a snapshot of `state`; skipped (until the next one) if the

@@ -21,8 +21,8 @@ use std::{
 
 use aether_core::Operator;
 use aether_core::{
-    Aether, ConnectionState, InterferenceEvent, Physics, PhysicsEvents, StatsSnapshot, Vibrator,
-    Wave, hopping::is_hop_channel,
+    Aether, Channel, ConnectionState, InterferenceEvent, Physics, PhysicsEvents, StatsSnapshot,
+    Vibrator, Wave, hopping::is_hop_channel,
 };
 use aether_ops::shutdown::Shutdown;
 use prometheus::IntCounter;
@@ -126,6 +126,15 @@ pub(crate) struct Observer {
     /// Resonance edges counted before the gateway (re)started, from its
     /// journal; the live graph's are added to them.
     restored_edges: HashMap<EdgeKey, EdgeCount>,
+    /// The gateway's own deliveries on journaled channels that it has
+    /// taken from its queue (and offered to the journal), by channel and
+    /// emitter, since it started: what a journal snapshot counts of its
+    /// edges, so that a restart counting the journal after the snapshot
+    /// counts each once. (The physics engine counts a delivery as the wave
+    /// enters the queue, ahead of the journal by what the queue holds.)
+    journaled_edges: HashMap<String, HashMap<String, u64>>,
+    /// Keys in `journaled_edges`, at most [`MAX_SAVED_EDGES`].
+    journaled_keys: usize,
     /// Counts by phase: assert, retract, other.
     by_phase: [u64; 3],
 }
@@ -149,6 +158,8 @@ impl Observer {
             last_snapshot: Instant::now(),
             rate: None,
             restored_edges: HashMap::new(),
+            journaled_edges: HashMap::new(),
+            journaled_keys: 0,
             by_phase: [0; 3],
         }
     }
@@ -220,6 +231,28 @@ impl Observer {
     /// What a journal snapshot keeps: the counts and the resonance graph.
     fn journal_state(&self, journal: &JournalLink) -> JournalState {
         let mut edges = self.merged_edges();
+        // The gateway's own edges on journaled channels: as far as it has
+        // taken waves (the journal's position), not as far as the engine
+        // counted them.
+        for edge in &mut edges {
+            if edge.resonator != OBSERVER_NAME || !journal.journals(&Channel::new(&edge.channel)) {
+                continue;
+            }
+            let Some(taken) = self
+                .journaled_edges
+                .get(&edge.channel)
+                .and_then(|by| by.get(&edge.emitter))
+            else {
+                continue;
+            };
+            let key = (
+                edge.emitter.clone(),
+                edge.resonator.clone(),
+                edge.channel.clone(),
+            );
+            let before = self.restored_edges.get(&key).map_or(0, |e| e.deliveries);
+            edge.deliveries = before + taken;
+        }
         edges.sort_by_key(|edge| std::cmp::Reverse(edge.last_seen_ms));
         edges.truncate(MAX_SAVED_EDGES);
         JournalState {
@@ -365,8 +398,27 @@ impl Observer {
         }
         self.interval_waves += 1;
         self.interval_amplitude += amplitude;
-        if let Some(journal) = &self.parts.journal {
-            journal.offer(wave, now_ms);
+        if let Some(journal) = &self.parts.journal
+            && journal.offer(wave, now_ms)
+            && let Some(source) = wave.source()
+        {
+            let channel = wave.channel().as_str();
+            match self
+                .journaled_edges
+                .get_mut(channel)
+                .map(|by| by.get_mut(source))
+            {
+                Some(Some(n)) => *n += 1,
+                _ if self.journaled_keys < MAX_SAVED_EDGES => {
+                    self.journaled_keys += 1;
+                    self.journaled_edges
+                        .entry(channel.to_string())
+                        .or_default()
+                        .insert(source.to_string(), 1);
+                }
+                // Past the bound, an edge's snapshot count is the engine's.
+                _ => {}
+            }
         }
     }
 
