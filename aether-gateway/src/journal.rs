@@ -26,11 +26,12 @@
 //! before it. A restart loads the snapshot and counts the records after it
 //! again. Waves observed after the last snapshot that were not journaled
 //! (filtered out, or dropped by the queue) are not counted again. The
-//! resonance graph's edges come from the physics engine, which counts a
-//! delivery as it enters the observer's queue; the gateway's own edges on
-//! journaled channels are snapshotted as far as the observer has taken
-//! waves instead, so that the restart's count of the records after the
-//! snapshot counts none of them twice.
+//! resonance graph's edges come from the physics engine, which counts
+//! deliveries on its own thread, ahead of or behind the journal's
+//! position; the gateway's own edges on journaled channels are
+//! snapshotted as far as the observer has taken waves instead, so that
+//! the restart's count of the records after the snapshot counts each of
+//! them once.
 
 use std::{
     collections::HashMap,

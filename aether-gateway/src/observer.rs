@@ -130,8 +130,8 @@ pub(crate) struct Observer {
     /// taken from its queue (and offered to the journal), by channel and
     /// emitter, since it started: what a journal snapshot counts of its
     /// edges, so that a restart counting the journal after the snapshot
-    /// counts each once. (The physics engine counts a delivery as the wave
-    /// enters the queue, ahead of the journal by what the queue holds.)
+    /// counts each once. (The physics engine counts deliveries on its own
+    /// thread, ahead of or behind the journal's position.)
     journaled_edges: HashMap<String, HashMap<String, u64>>,
     /// Keys in `journaled_edges`, at most [`MAX_SAVED_EDGES`].
     journaled_keys: usize,
