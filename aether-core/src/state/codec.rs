@@ -54,7 +54,7 @@ pub(crate) enum Message {
     /// `last` on its final chunk.
     Changes {
         repair: Option<(u8, bool)>,
-        entries: Vec<(String, Entry)>,
+        entries: Vec<(SmolStr, Entry)>,
     },
     /// A replica's digest: peers send it the buckets it lacks.
     Digest { node: u64, digest: Box<Digest> },
@@ -75,7 +75,7 @@ pub(crate) enum Message {
     Hold {
         node: u64,
         token: u64,
-        entries: Vec<(String, Entry)>,
+        entries: Vec<(SmolStr, Entry)>,
     },
     /// A probe of a replica `node` that is there, to the repair channel
     /// of the replica probed, with the fingerprint of the keys it owns:
@@ -436,7 +436,7 @@ pub(crate) fn encode_all<'a>(entries: impl IntoIterator<Item = (&'a str, &'a Ent
 pub(crate) fn decode_all(
     mut bytes: Bytes,
     limits: &Limits,
-) -> Result<Vec<(String, Entry)>, DecodeError> {
+) -> Result<Vec<(SmolStr, Entry)>, DecodeError> {
     let b = &mut bytes;
     let count = u32_of(b)? as usize;
     // Each entry takes at least 24 bytes: a count beyond that is a lie.
@@ -454,7 +454,7 @@ pub(crate) fn decode_all(
 }
 
 /// `count u16 | entries` (a message's entries).
-fn put_counted(out: &mut BytesMut, entries: &[(String, Entry)]) {
+fn put_counted(out: &mut BytesMut, entries: &[(SmolStr, Entry)]) {
     // Sized once: a chunk of thousands of entries is not copied as it grows.
     let len = 2 + entries
         .iter()
@@ -470,7 +470,7 @@ fn put_counted(out: &mut BytesMut, entries: &[(String, Entry)]) {
 }
 
 /// What [`put_counted`] wrote: at most [`MAX_ENTRIES`].
-fn counted_of(b: &mut Bytes, limits: &Limits) -> Result<Vec<(String, Entry)>, DecodeError> {
+fn counted_of(b: &mut Bytes, limits: &Limits) -> Result<Vec<(SmolStr, Entry)>, DecodeError> {
     let count = usize::from(u16_of(b)?);
     if count > MAX_ENTRIES {
         return Err(DecodeError("too many entries"));
@@ -514,15 +514,13 @@ fn put_entry(out: &mut BytesMut, key: &str, entry: &Entry) {
     }
 }
 
-fn entry_of(b: &mut Bytes, limits: &Limits) -> Result<(String, Entry), DecodeError> {
+fn entry_of(b: &mut Bytes, limits: &Limits) -> Result<(SmolStr, Entry), DecodeError> {
     let key_len = usize::from(u16_of(b)?);
     if key_len == 0 || key_len > limits.max_key_bytes {
         return Err(DecodeError("key empty or too long"));
     }
-    let key = read(b, key_len, |key| {
-        std::str::from_utf8(key).map(str::to_owned)
-    })?
-    .map_err(|_| DecodeError("key not UTF-8"))?;
+    let key = read(b, key_len, |key| std::str::from_utf8(key).map(SmolStr::new))?
+        .map_err(|_| DecodeError("key not UTF-8"))?;
     let stamp = Stamp {
         physical_ns: u64_of(b)?,
         logical: u32_of(b)?,
@@ -619,7 +617,7 @@ mod tests {
         max_value_bytes: 32 * 1024,
     };
 
-    fn arb_entry() -> impl Strategy<Value = (String, Entry)> {
+    fn arb_entry() -> impl Strategy<Value = (SmolStr, Entry)> {
         (
             "[a-z./]{1,40}",
             any::<(u64, u32, u64)>(),
@@ -628,7 +626,7 @@ mod tests {
         )
             .prop_map(|(key, (p, l, n), writer, value)| {
                 (
-                    key,
+                    SmolStr::new(key),
                     Entry {
                         stamp: Stamp {
                             physical_ns: p,

@@ -33,6 +33,8 @@ use std::{
 
 use std::sync::atomic::Ordering;
 
+use smol_str::SmolStr;
+
 use super::{
     Refusal, codec, hlc,
     store::{self, Entry},
@@ -184,8 +186,8 @@ impl Returning {
     pub(crate) fn to_drop<'a>(
         &self,
         peer_since: Option<u64>,
-        entries: impl IntoIterator<Item = (&'a String, &'a Entry)>,
-    ) -> Vec<String> {
+        entries: impl IntoIterator<Item = (&'a SmolStr, &'a Entry)>,
+    ) -> Vec<SmolStr> {
         if !self.covered_by(peer_since) {
             return Vec::new();
         }
@@ -320,7 +322,7 @@ impl super::Shared {
             );
             return;
         }
-        let dropped: Vec<(String, Entry)> = {
+        let dropped: Vec<(SmolStr, Entry)> = {
             let store = self.lock_store();
             returning
                 .to_drop(peer_since, store.entries())
@@ -376,7 +378,7 @@ impl super::Shared {
         &self,
         source: &str,
         bucket: u8,
-        entries: &[(String, Entry)],
+        entries: &[(SmolStr, Entry)],
         last: bool,
     ) {
         if bucket == codec::OWN_KEYS || self.lock_coverage().returning.is_none() {
@@ -494,9 +496,9 @@ mod tests {
             for (key, _, _) in &mine {
                 returning.received(store::bucket_of(key) as u8, [], whole);
             }
-            let entries: HashMap<String, Entry> = mine
+            let entries: HashMap<SmolStr, Entry> = mine
                 .iter()
-                .map(|(k, at, value)| (k.clone(), entry(*at, *value)))
+                .map(|(k, at, value)| (SmolStr::new(k), entry(*at, *value)))
                 .collect();
             let dropped = returning.to_drop(peer_since, &entries);
             for (key, e) in &entries {
@@ -504,7 +506,7 @@ mod tests {
                     && whole
                     && e.value.is_some()
                     && e.stamp.physical_ns < heard
-                    && !theirs.contains(key);
+                    && !theirs.iter().any(|t| t == key);
                 prop_assert_eq!(dropped.contains(key), expected, "{}", key);
             }
         }

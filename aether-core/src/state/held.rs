@@ -410,10 +410,10 @@ impl StateMap {
 /// Entries in chunks a message carries (a repair, a hold), `most`
 /// entries each at most; one chunk, maybe empty, at least.
 pub(super) fn chunks(
-    entries: Vec<(String, Entry)>,
+    entries: Vec<(SmolStr, Entry)>,
     max_value_bytes: usize,
     most: usize,
-) -> Vec<Vec<(String, Entry)>> {
+) -> Vec<Vec<(SmolStr, Entry)>> {
     let budget = max_value_bytes.max(64 * 1024) * 4;
     let mut out = vec![Vec::new()];
     let mut size = 0;
@@ -462,7 +462,7 @@ impl Shared {
     /// The store is read for the writes still short of `want` alone; the
     /// others, overwritten since, are forgotten once they outnumber the
     /// keys held.
-    pub(super) fn unacked_entries(&self, want: HeldBy) -> (Vec<(String, Entry)>, u64) {
+    pub(super) fn unacked_entries(&self, want: HeldBy) -> (Vec<(SmolStr, Entry)>, u64) {
         let mut unacked = self.lock_unacked();
         // Read under the lock every write takes to join the unacknowledged
         // ones: the writes counted are all there.
@@ -479,7 +479,7 @@ impl Shared {
             }
             match store.entry(key) {
                 Some(entry) if entry.stamp == acked.stamp => {
-                    waiting.push((key.to_string(), entry.clone()));
+                    waiting.push((key.clone(), entry.clone()));
                 }
                 _ => overwritten.push(key.clone()),
             }
@@ -492,7 +492,7 @@ impl Shared {
 
     /// Notes that `replicas` replicas, `keepers` of them keepers, hold the
     /// writes of `chunk` (unless written again since).
-    fn acknowledged(&self, chunk: &[(String, Entry)], replicas: usize, keepers: usize) {
+    fn acknowledged(&self, chunk: &[(SmolStr, Entry)], replicas: usize, keepers: usize) {
         let mut unacked = self.lock_unacked();
         for (key, entry) in chunk {
             if let Some(acked) = unacked.get_mut(key.as_str())
@@ -508,7 +508,7 @@ impl Shared {
     /// `want` replicas acknowledged them all, or the deadline.
     async fn hold(
         &self,
-        entries: &[(String, Entry)],
+        entries: &[(SmolStr, Entry)],
         writes: usize,
         want: HeldBy,
         deadline: tokio::time::Instant,
@@ -694,7 +694,7 @@ impl Shared {
         source: &str,
         node: u64,
         token: u64,
-        entries: Vec<(String, Entry)>,
+        entries: Vec<(SmolStr, Entry)>,
     ) {
         // A knock is for keepers not keeping the map yet: a replica has
         // its writes as live changes.

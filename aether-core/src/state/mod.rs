@@ -293,7 +293,7 @@ struct Shared {
     pending_sync: Mutex<Option<(u64, HashSet<u8>)>>,
     /// This replica's changes not sent yet: the replica's task sends them,
     /// those made while the last message went out together in the next.
-    outgoing: Mutex<Vec<(String, store::Entry)>>,
+    outgoing: Mutex<Vec<(SmolStr, store::Entry)>>,
     /// Sends of `outgoing` one at a time, so that changes leave in order.
     sending: tokio::sync::Mutex<()>,
     /// `outgoing` has changes to send.
@@ -403,7 +403,7 @@ enum Applied {
     /// This replica held it already, or a winning entry.
     Stale,
     /// It would win, but the map is full ([`Cap`]): the key back.
-    Full(Cap, String),
+    Full(Cap, SmolStr),
 }
 
 /// A random node id: the process nonce mixed with a count and the time, so
@@ -435,7 +435,7 @@ impl StateMap {
 
     /// Takes in entries a writer `source` sent before this replica
     /// listened (a keeper opening a map on a writer's knock), as a hold's.
-    pub(crate) fn take_changes(&self, source: &str, entries: Vec<(String, Entry)>) {
+    pub(crate) fn take_changes(&self, source: &str, entries: Vec<(SmolStr, Entry)>) {
         self.shared.take_entries(source, entries, false);
     }
 
@@ -832,10 +832,13 @@ impl StateMap {
             value,
             writer: shared.node_name.clone(),
         };
-        let logged = match shared.apply(key.to_string(), entry.clone(), false, true) {
+        // One copy of the key, inline up to 23 bytes (shared beyond):
+        // the store, the unacknowledged writes and the queue each hold it.
+        let key = SmolStr::new(key);
+        let logged = match shared.apply(key.clone(), entry.clone(), false, true) {
             Applied::Won(logged) => {
                 shared.lock_unacked().insert(
-                    SmolStr::new(key),
+                    key.clone(),
                     held::Acked {
                         stamp,
                         replicas: 0,
@@ -846,11 +849,11 @@ impl StateMap {
                 logged
             }
             Applied::Stale => return Ok(false),
-            Applied::Full(cap, _) => return Err(shared.full(key, cap)),
+            Applied::Full(cap, _) => return Err(shared.full(&key, cap)),
         };
         // Sent by the replica's task: changes made while one message goes
         // out leave together in the next.
-        shared.queue_change(key.to_string(), entry).await;
+        shared.queue_change(key, entry).await;
         match (logged, &shared.ledger) {
             (Some(Err(error)), Some(_)) => {
                 return Err(StateError::new(StateErrorKind::Ledger, error));
@@ -924,7 +927,7 @@ impl StateMap {
             .lock_store()
             .entries()
             .map(|(k, e)| Stamped {
-                key: k.clone(),
+                key: k.to_string(),
                 value: e.value.clone(),
                 stamp: e.stamp,
                 writer: e.writer.to_string(),
@@ -937,7 +940,7 @@ impl StateMap {
         self.shared
             .lock_store()
             .entries()
-            .filter_map(|(k, e)| e.value.as_ref().map(|v| (k.clone(), v.clone())))
+            .filter_map(|(k, e)| e.value.as_ref().map(|v| (k.to_string(), v.clone())))
             .collect()
     }
 

@@ -57,7 +57,7 @@ pub(crate) enum Merged {
 #[derive(Debug)]
 pub(crate) struct Refused {
     pub(crate) cap: Cap,
-    pub(crate) key: String,
+    pub(crate) key: SmolStr,
 }
 
 /// A cap of a store.
@@ -100,11 +100,11 @@ fn cost(key: &str, entry: &Entry) -> u64 {
 /// One replica's contents.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Store {
-    entries: BTreeMap<String, Entry>,
+    entries: BTreeMap<SmolStr, Entry>,
     digest: Digest,
     /// Node-owned keys (`node/<owner>/...`) are not in the digest (only
     /// their owner may send them): one fingerprint per owner instead.
-    owned: std::collections::HashMap<String, u64>,
+    owned: std::collections::HashMap<SmolStr, u64>,
     tombstones: usize,
     /// Bytes of keys and values held.
     bytes: u64,
@@ -239,13 +239,13 @@ fn fingerprint(key: &str, entry: &Entry) -> u64 {
 /// fingerprint in `owned`.
 fn slot<'a>(
     digest: &'a mut Digest,
-    owned: &'a mut std::collections::HashMap<String, u64>,
+    owned: &'a mut std::collections::HashMap<SmolStr, u64>,
     key: &str,
 ) -> &'a mut u64 {
     match owner_of(key) {
         Some(owner) => {
             if !owned.contains_key(owner) {
-                owned.insert(owner.to_string(), 0);
+                owned.insert(SmolStr::new(owner), 0);
             }
             owned.get_mut(owner).expect("inserted above")
         }
@@ -285,7 +285,7 @@ impl Store {
     /// (a snapshot's): the tree built in one pass, no key searched for.
     /// Entries out of order (not a snapshot of this code's) are merged one
     /// by one instead.
-    pub(crate) fn from_sorted(entries: Vec<(String, Entry)>) -> Store {
+    pub(crate) fn from_sorted(entries: Vec<(SmolStr, Entry)>) -> Store {
         if !entries.windows(2).all(|w| w[0].0 < w[1].0) {
             let mut store = Store::default();
             for (key, entry) in entries {
@@ -333,14 +333,14 @@ impl Store {
     /// the store past one is not applied, and names the cap (a key it
     /// holds may always shrink).
     pub(crate) fn merge(&mut self, key: &str, entry: Entry) -> Result<Merged, Cap> {
-        self.merge_owned(key.to_string(), entry)
+        self.merge_owned(SmolStr::new(key), entry)
             .map_err(|full| full.cap)
     }
 
     /// [`Store::merge`] with the key owned (kept in the tree if the entry
     /// wins, no copy made): one walk of the tree, whether the key is held
     /// or new. A write past a cap gives the key back.
-    pub(crate) fn merge_owned(&mut self, key: String, entry: Entry) -> Result<Merged, Refused> {
+    pub(crate) fn merge_owned(&mut self, key: SmolStr, entry: Entry) -> Result<Merged, Refused> {
         use std::collections::btree_map::Entry as Slot;
         let Store {
             entries,
@@ -401,13 +401,13 @@ impl Store {
     }
 
     /// Every entry, tombstones included, in key order.
-    pub(crate) fn entries(&self) -> impl Iterator<Item = (&String, &Entry)> {
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&SmolStr, &Entry)> {
         self.entries.iter()
     }
 
     /// The entries of the buckets `wanted` picks (node-owned keys aside),
     /// grouped by bucket, in one pass over the map.
-    pub(crate) fn buckets(&self, wanted: &[bool; BUCKETS]) -> Vec<Vec<(String, Entry)>> {
+    pub(crate) fn buckets(&self, wanted: &[bool; BUCKETS]) -> Vec<Vec<(SmolStr, Entry)>> {
         let mut out = vec![Vec::new(); BUCKETS];
         for (key, entry) in &self.entries {
             if owner_of(key).is_some() {
@@ -447,10 +447,13 @@ impl Store {
     }
 
     /// The keys `owner` owns here, with their entries.
-    pub(crate) fn owned_by(&self, owner: &str) -> Vec<(String, Entry)> {
+    pub(crate) fn owned_by(&self, owner: &str) -> Vec<(SmolStr, Entry)> {
         let prefix = format!("node/{owner}/");
         self.entries
-            .range(prefix.clone()..)
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| k.starts_with(&prefix))
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect()
@@ -462,7 +465,7 @@ impl Store {
 
     /// Forgets the tombstones stamped before `before_ns`: how many.
     pub(crate) fn collect(&mut self, before_ns: u64) -> usize {
-        let old: Vec<String> = self
+        let old: Vec<SmolStr> = self
             .entries
             .iter()
             .filter(|(_, e)| e.value.is_none() && e.stamp.physical_ns < before_ns)
@@ -556,7 +559,7 @@ mod tests {
     }
 
     /// A write: a key among a few, a stamp, a value or a delete.
-    fn arb_write() -> impl Strategy<Value = (String, Entry)> {
+    fn arb_write() -> impl Strategy<Value = (SmolStr, Entry)> {
         (
             prop::sample::select(vec!["a", "b", "c", "living.temp", "node/x/t"]),
             0u64..50,
@@ -566,7 +569,7 @@ mod tests {
         )
             .prop_map(|(key, physical_ns, logical, node, value)| {
                 (
-                    key.to_string(),
+                    SmolStr::new(key),
                     Entry {
                         stamp: Stamp {
                             physical_ns,
@@ -621,7 +624,7 @@ mod tests {
             for (k, e) in &writes {
                 store.merge(k, e.clone()).unwrap();
             }
-            let sorted: Vec<(String, Entry)> =
+            let sorted: Vec<(SmolStr, Entry)> =
                 store.entries().map(|(k, e)| (k.clone(), e.clone())).collect();
             let built = Store::from_sorted(sorted.clone());
             prop_assert_eq!(&built, &store);
@@ -690,7 +693,7 @@ mod tests {
             order in prop::collection::vec(any::<prop::sample::Index>(), 0..60),
         ) {
             let mut replicas = vec![Store::default(); n];
-            let mut deliveries: Vec<(usize, String, Entry)> = Vec::new();
+            let mut deliveries: Vec<(usize, SmolStr, Entry)> = Vec::new();
             for ((key, entry), mask, twice) in &writes {
                 for (r, _) in replicas.iter().enumerate() {
                     if mask & (1 << r) != 0 {

@@ -34,6 +34,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use smol_str::SmolStr;
+
 use super::{
     Refusal, StateConfig, StateError, StateErrorKind, StateMap,
     budget::Budget,
@@ -551,7 +553,7 @@ impl Inner {
     async fn open(
         &self,
         map: String,
-        source: Option<(String, Vec<(String, super::Entry)>)>,
+        source: Option<(String, Vec<(SmolStr, super::Entry)>)>,
         emitter: Option<Emitter>,
     ) {
         // A map brought by a write is named in the list before its replica

@@ -18,7 +18,7 @@ fn config(dir: &std::path::Path) -> StateConfig {
 }
 
 /// A write of `key` at a fixed stamp: `value`, or a delete.
-fn entry(value: Option<&str>) -> (String, super::super::Entry) {
+fn entry(value: Option<&str>) -> (SmolStr, super::super::Entry) {
     let entry = super::super::Entry {
         stamp: crate::state::Stamp {
             physical_ns: crate::state::hlc::wall_ns(),
@@ -28,7 +28,7 @@ fn entry(value: Option<&str>) -> (String, super::super::Entry) {
         value: value.map(|v| bytes::Bytes::copy_from_slice(v.as_bytes())),
         writer: "flooder".into(),
     };
-    ("key".to_string(), entry)
+    (SmolStr::new("key"), entry)
 }
 
 /// Holds and knocks of nothing, or of deletes alone, open no map, and

@@ -84,7 +84,7 @@ impl Shared {
     /// `old` the previous `new`), whichever tasks and peers wrote them.
     pub(in crate::state) fn apply(
         &self,
-        key: String,
+        key: SmolStr,
         entry: Entry,
         repair: bool,
         local: bool,
@@ -229,7 +229,7 @@ impl Shared {
     pub(in crate::state) fn take_entries(
         &self,
         source: &str,
-        entries: Vec<(String, Entry)>,
+        entries: Vec<(SmolStr, Entry)>,
         repair: bool,
     ) -> Taken {
         let horizon = self.horizon();

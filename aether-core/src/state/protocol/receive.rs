@@ -199,7 +199,7 @@ impl Shared {
         key: &SmolStr,
         channel: &Channel,
         repair: Option<(u8, bool)>,
-        entries: Vec<(String, Entry)>,
+        entries: Vec<(SmolStr, Entry)>,
     ) {
         let live = *channel == self.channels.changes && repair.is_none();
         let mine = *channel == self.channels.repair && repair.is_some();

@@ -17,7 +17,7 @@ impl Shared {
     }
 
     /// Queues a change of this replica's for its task to send.
-    pub(in crate::state) async fn queue_change(&self, key: String, entry: Entry) {
+    pub(in crate::state) async fn queue_change(&self, key: SmolStr, entry: Entry) {
         let queued = {
             let mut outgoing = self.outgoing.lock().unwrap_or_else(|e| e.into_inner());
             outgoing.push((key, entry));
@@ -155,7 +155,7 @@ impl Shared {
         for &bucket in buckets {
             wanted[usize::from(bucket)] = true;
         }
-        let own: Vec<(String, Entry)> = self
+        let own: Vec<(SmolStr, Entry)> = self
             .lock_store()
             .buckets(&wanted)
             .into_iter()
@@ -189,7 +189,7 @@ impl Shared {
     pub(in crate::state) async fn send_entries(
         &self,
         node: u64,
-        buckets: Vec<(u8, Vec<(String, Entry)>)>,
+        buckets: Vec<(u8, Vec<(SmolStr, Entry)>)>,
     ) {
         let channel = self.channels.repair_of(node);
         for (bucket, entries) in buckets {
