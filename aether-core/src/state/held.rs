@@ -95,6 +95,9 @@ pub struct Held {
     pub keepers: usize,
 }
 
+/// This replica's writes not yet acknowledged as a flush may ask, by key.
+pub(super) type Unacked = HashMap<SmolStr, Acked, foldhash::fast::RandomState>;
+
 /// A write of this replica and the most replicas (and keepers) that
 /// acknowledged it so far.
 #[derive(Clone, Copy, Debug)]
@@ -443,7 +446,7 @@ impl Drop for Waiting<'_> {
 }
 
 impl Shared {
-    pub(super) fn lock_unacked(&self) -> MutexGuard<'_, HashMap<SmolStr, Acked>> {
+    pub(super) fn lock_unacked(&self) -> MutexGuard<'_, Unacked> {
         self.unacked.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -251,7 +251,9 @@ struct Shared {
     values: Option<ValueCheck>,
     /// This replica's writes, by key, and how many replicas and keepers
     /// acknowledged each (forgotten when a higher stamp overwrites it).
-    unacked: Mutex<HashMap<SmolStr, held::Acked>>,
+    /// Every write goes in: hashed with a seeded fast hash (keys may come
+    /// from pages through a bridge, so never an unseeded one).
+    unacked: Mutex<held::Unacked>,
     /// The flushes: the holds waiting for acknowledgements, and whose turn
     /// it is to send one.
     flushes: held::Flushes,
@@ -617,7 +619,7 @@ impl StateMap {
             heard,
             keeper,
             values,
-            unacked: Mutex::new(HashMap::new()),
+            unacked: Mutex::new(held::Unacked::default()),
             flushes: held::Flushes::default(),
             emitter: vibrator.emitter(),
             channels,
