@@ -431,7 +431,20 @@ async fn the_plain_flow_raises_nothing() {
             (0, 0),
             "{alpha:?}"
         );
-        // Scrapes after the last order, so the rules saw it all.
+        // The consumers' backlogs as the gateway shows them (it looks the
+        // stream up every few seconds) drained to nothing: a backlog of
+        // the flow's last orders, still shown, has grown since the run
+        // began, which is what AetherConsumerBacklogGrowing looks for.
+        eventually("the consumers' backlogs shown drained", BOUND, || async {
+            let text = get(flow.addr, "/metrics").await.body;
+            let backlogs: Vec<&str> = text
+                .lines()
+                .filter(|line| line.starts_with("aether_consumer_pending_waves{"))
+                .collect();
+            (!backlogs.is_empty() && backlogs.iter().all(|line| line.ends_with(" 0"))).then_some(())
+        })
+        .await;
+        // Scrapes after that, so the rules saw it all.
         let scraped = flow.prometheus.scrapes().await;
         eventually("five more scrapes", BOUND, || async {
             (flow.prometheus.scrapes().await >= scraped + 5).then_some(())
