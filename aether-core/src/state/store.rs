@@ -25,6 +25,73 @@ use super::{
 /// Buckets of the digest.
 pub(crate) const BUCKETS: usize = 64;
 
+/// A key in the store's tree, with its first eight bytes beside it as one
+/// big-endian number: a walk of the tree compares keys dozens of times,
+/// and two keys that differ in their first eight bytes (most keys of most
+/// maps) are ordered by one comparison of those numbers, with no look at
+/// the string and no call to `memcmp`; keys alike that far are compared
+/// whole. The order is the strings' byte order, so the tree answers
+/// lookups by `&str` too.
+#[derive(Clone, Debug)]
+struct Key {
+    head: u64,
+    key: SmolStr,
+}
+
+impl Key {
+    fn new(key: SmolStr) -> Key {
+        Key {
+            head: head_of(key.as_bytes()),
+            key,
+        }
+    }
+}
+
+/// The first eight bytes of `key`, zeros after its end, big-endian: if two
+/// keys' heads differ, they order as the keys do.
+fn head_of(key: &[u8]) -> u64 {
+    let mut head = [0u8; 8];
+    let n = key.len().min(8);
+    head[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(head)
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.head == other.head && self.key == other.key
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Key) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Key) -> std::cmp::Ordering {
+        self.head
+            .cmp(&other.head)
+            .then_with(|| self.key.as_bytes().cmp(other.key.as_bytes()))
+    }
+}
+
+impl std::borrow::Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        &self.key
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.key
+    }
+}
+
 /// What a replica holds for a key: a value, or a tombstone.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Entry {
@@ -100,7 +167,7 @@ fn cost(key: &str, entry: &Entry) -> u64 {
 /// One replica's contents.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Store {
-    entries: BTreeMap<SmolStr, Entry>,
+    entries: BTreeMap<Key, Entry>,
     digest: Digest,
     /// Node-owned keys (`node/<owner>/...`) are not in the digest (only
     /// their owner may send them): one fingerprint per owner instead.
@@ -301,7 +368,10 @@ impl Store {
             *store.slot(key) ^= fingerprint(key, entry);
         }
         store.version = entries.len() as u64;
-        store.entries = entries.into_iter().collect();
+        store.entries = entries
+            .into_iter()
+            .map(|(key, entry)| (Key::new(key), entry))
+            .collect();
         store
     }
 
@@ -354,7 +424,7 @@ impl Store {
         } = self;
         let new_cost = cost(&key, &entry);
         let held_keys = entries.len();
-        match entries.entry(key) {
+        match entries.entry(Key::new(key)) {
             Slot::Occupied(mut held) => {
                 if !entry.beats(held.get()) {
                     return Ok(Merged::Stale);
@@ -363,7 +433,7 @@ impl Store {
                 let held_cost = cost(key, held.get());
                 let change = fingerprint(key, held.get()) ^ fingerprint(key, &entry);
                 if let Err(cap) = resize(bytes, caps, share, *bytes - held_cost + new_cost) {
-                    let key = held.key().clone();
+                    let key = held.key().key.clone();
                     return Err(Refused { cap, key });
                 }
                 *tombstones = *tombstones - usize::from(held.get().value.is_none())
@@ -374,11 +444,11 @@ impl Store {
             }
             Slot::Vacant(vacant) => {
                 if held_keys >= caps.max_keys {
-                    let (cap, key) = (Cap::Keys, vacant.into_key());
+                    let (cap, key) = (Cap::Keys, vacant.into_key().key);
                     return Err(Refused { cap, key });
                 }
                 if let Err(cap) = resize(bytes, caps, share, *bytes + new_cost) {
-                    let key = vacant.into_key();
+                    let key = vacant.into_key().key;
                     return Err(Refused { cap, key });
                 }
                 *version += 1;
@@ -402,7 +472,7 @@ impl Store {
 
     /// Every entry, tombstones included, in key order.
     pub(crate) fn entries(&self) -> impl Iterator<Item = (&SmolStr, &Entry)> {
-        self.entries.iter()
+        self.entries.iter().map(|(key, entry)| (&key.key, entry))
     }
 
     /// The entries of the buckets `wanted` picks (node-owned keys aside),
@@ -415,7 +485,7 @@ impl Store {
             }
             let bucket = bucket_of(key);
             if wanted[bucket] {
-                out[bucket].push((key.clone(), entry.clone()));
+                out[bucket].push((key.key.clone(), entry.clone()));
             }
         }
         out
@@ -455,7 +525,7 @@ impl Store {
                 std::ops::Bound::Unbounded,
             ))
             .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, e)| (k.clone(), e.clone()))
+            .map(|(k, e)| (k.key.clone(), e.clone()))
             .collect()
     }
 
@@ -469,10 +539,10 @@ impl Store {
             .entries
             .iter()
             .filter(|(_, e)| e.value.is_none() && e.stamp.physical_ns < before_ns)
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| k.key.clone())
             .collect();
         for key in &old {
-            let entry = self.entries.remove(key).expect("listed above");
+            let entry = self.entries.remove(key.as_str()).expect("listed above");
             *self.slot(key) ^= fingerprint(key, &entry);
             self.tombstones -= 1;
             let _ = self.resize(self.bytes - cost(key, &entry));
@@ -584,6 +654,23 @@ mod tests {
     }
 
     proptest! {
+        /// The tree's keys order as their strings do, and are equal when
+        /// the strings are: keys around eight bytes long, alike for a
+        /// while, NUL bytes among them (a key's head pads with zeros).
+        #[test]
+        fn keys_order_as_their_strings(
+            a in "[ab\u{0}é]{0,12}",
+            b in "[ab\u{0}é]{0,12}",
+            shared in "[ab\u{0}]{0,10}",
+        ) {
+            let (a, b) = (format!("{shared}{a}"), format!("{shared}{b}"));
+            let (ka, kb) = (Key::new(SmolStr::new(&a)), Key::new(SmolStr::new(&b)));
+            prop_assert_eq!(ka.cmp(&kb), a.as_str().cmp(b.as_str()));
+            prop_assert_eq!(ka == kb, a == b);
+            let held: BTreeMap<Key, ()> = [(ka, ())].into_iter().collect();
+            prop_assert_eq!(held.contains_key(b.as_str()), a == b);
+        }
+
         /// Any order, with duplicates: the same contents and digest.
         #[test]
         fn merge_is_commutative_associative_and_idempotent(
