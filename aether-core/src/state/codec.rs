@@ -434,9 +434,18 @@ pub(crate) fn encode_all<'a>(entries: impl IntoIterator<Item = (&'a str, &'a Ent
 
 /// Reads what [`encode_all`] wrote, refused whole if anything is wrong.
 pub(crate) fn decode_all(
-    mut bytes: Bytes,
+    bytes: Bytes,
     limits: &Limits,
 ) -> Result<Vec<(SmolStr, Entry)>, DecodeError> {
+    decode_all_as(bytes, limits, |key, entry| (key, entry))
+}
+
+/// [`decode_all`], each entry made into a `T` as it is read.
+pub(crate) fn decode_all_as<T>(
+    mut bytes: Bytes,
+    limits: &Limits,
+    mut each: impl FnMut(SmolStr, Entry) -> T,
+) -> Result<Vec<T>, DecodeError> {
     let b = &mut bytes;
     let count = u32_of(b)? as usize;
     // Each entry takes at least 24 bytes: a count beyond that is a lie.
@@ -445,7 +454,8 @@ pub(crate) fn decode_all(
     }
     let mut entries = Vec::with_capacity(count);
     for _ in 0..count {
-        entries.push(entry_of(b, limits)?);
+        let (key, entry) = entry_of(b, limits)?;
+        entries.push(each(key, entry));
     }
     if b.has_remaining() {
         return Err(DecodeError("bytes left over"));

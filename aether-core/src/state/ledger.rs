@@ -145,7 +145,7 @@ impl Ledger {
             other => other?,
         };
         if let Some(snapshot) = snapshot {
-            match codec::decode_all(Bytes::from(snapshot.data), limits) {
+            match codec::decode_all_as(Bytes::from(snapshot.data), limits, super::store::keyed) {
                 Ok(entries) => {
                     // Written in key order: built in one pass.
                     store = Store::from_sorted(entries);
@@ -163,7 +163,7 @@ impl Ledger {
                 Ok(entries) => {
                     for (key, entry) in entries {
                         // Uncapped while it replays: every entry fits.
-                        let _ = store.merge(&key, entry);
+                        let _ = store.merge_owned(key, entry);
                     }
                     replayed += 1;
                 }

@@ -33,7 +33,7 @@ pub(crate) const BUCKETS: usize = 64;
 /// whole. The order is the strings' byte order, so the tree answers
 /// lookups by `&str` too.
 #[derive(Clone, Debug)]
-struct Key {
+pub(crate) struct Key {
     head: u64,
     key: SmolStr,
 }
@@ -45,6 +45,13 @@ impl Key {
             key,
         }
     }
+}
+
+/// An entry as the tree holds it: what a snapshot is decoded into, so
+/// that [`Store::from_sorted`] builds the tree in the decoder's own
+/// allocation.
+pub(crate) fn keyed(key: SmolStr, entry: Entry) -> (Key, Entry) {
+    (Key::new(key), entry)
 }
 
 /// The first eight bytes of `key`, zeros after its end, big-endian: if two
@@ -352,12 +359,12 @@ impl Store {
     /// (a snapshot's): the tree built in one pass, no key searched for.
     /// Entries out of order (not a snapshot of this code's) are merged one
     /// by one instead.
-    pub(crate) fn from_sorted(entries: Vec<(SmolStr, Entry)>) -> Store {
+    pub(crate) fn from_sorted(entries: Vec<(Key, Entry)>) -> Store {
         if !entries.windows(2).all(|w| w[0].0 < w[1].0) {
             let mut store = Store::default();
             for (key, entry) in entries {
                 // Uncapped: every entry fits.
-                let _ = store.merge(&key, entry);
+                let _ = store.merge_owned(key.key, entry);
             }
             return store;
         }
@@ -368,10 +375,7 @@ impl Store {
             *store.slot(key) ^= fingerprint(key, entry);
         }
         store.version = entries.len() as u64;
-        store.entries = entries
-            .into_iter()
-            .map(|(key, entry)| (Key::new(key), entry))
-            .collect();
+        store.entries = entries.into_iter().collect();
         store
     }
 
@@ -401,7 +405,9 @@ impl Store {
 
     /// Merges `entry` for `key`, within the caps: a write that would take
     /// the store past one is not applied, and names the cap (a key it
-    /// holds may always shrink).
+    /// holds may always shrink). The tests' way in; the code hands its
+    /// keys over with [`Store::merge_owned`].
+    #[cfg(test)]
     pub(crate) fn merge(&mut self, key: &str, entry: Entry) -> Result<Merged, Cap> {
         self.merge_owned(SmolStr::new(key), entry)
             .map_err(|full| full.cap)
@@ -711,8 +717,8 @@ mod tests {
             for (k, e) in &writes {
                 store.merge(k, e.clone()).unwrap();
             }
-            let sorted: Vec<(SmolStr, Entry)> =
-                store.entries().map(|(k, e)| (k.clone(), e.clone())).collect();
+            let sorted: Vec<(Key, Entry)> =
+                store.entries().map(|(k, e)| keyed(k.clone(), e.clone())).collect();
             let built = Store::from_sorted(sorted.clone());
             prop_assert_eq!(&built, &store);
             prop_assert_eq!(built.digest(), store.digest());
