@@ -244,6 +244,37 @@ async function itemName(bridge, storage, key) {
   return probe.slice(0, probe.length - "\u0001probe".length) + key;
 }
 
+/** A bridge, a page's storage, and the storage name of `key`'s item. */
+async function cached(key) {
+  const bridge = new Bridge();
+  const storage = new MemoryStorage();
+  return { bridge, storage, name: await itemName(bridge, storage, key) };
+}
+
+/**
+ * Two tabs load offline; the second writes `k` and closes; the first goes
+ * live (`whenLive` then sees what it was told, its refusals). The second
+ * tab's write is still in the cache after that, and the next load sends it.
+ */
+async function anotherTabsWriteSurvives({ bridge, storage, name }, whenLive = async () => {}) {
+  bridge.down();
+  const a = client(bridge, storage);
+  const b = client(bridge, storage);
+  b.set("k", "b offline");
+  b.close();
+  const refused = [];
+  a.onRefused((r) => refused.push(r));
+  bridge.up();
+  await a.whenLive();
+  await whenLive(refused);
+  assert.notEqual(storage.getItem(name), null, "b's write kept");
+  a.close();
+  const c = client(bridge, storage);
+  await c.whenLive();
+  await until(() => bridge.entries.get("k")?.value === "b offline", 2000, "b's write sent by the next load");
+  c.close();
+}
+
 test("writes offline to keys named as an object's own fields are sent", async () => {
   const bridge = new Bridge();
   bridge.down();
@@ -261,9 +292,7 @@ test("writes offline to keys named as an object's own fields are sent", async ()
 });
 
 test("a hostile cache is read item by item: its name item, a value too deep, a value set refuses", async () => {
-  const bridge = new Bridge();
-  const storage = new MemoryStorage();
-  const good = await itemName(bridge, storage, "good");
+  const { bridge, storage, name: good } = await cached("good");
   const cacheName = good.slice(0, good.length - "\ngood".length);
   const writer = client(bridge, storage);
   await writer.whenLive();
@@ -298,29 +327,13 @@ test("a hostile cache is read item by item: its name item, a value too deep, a v
 });
 
 test("an unreadable item another tab has written since is not dropped", async () => {
-  const bridge = new Bridge();
-  const storage = new MemoryStorage();
-  const name = await itemName(bridge, storage, "k");
-  storage.setItem(name, "garbage");
-  bridge.down();
-  const a = client(bridge, storage);
-  const b = client(bridge, storage);
-  b.set("k", "b offline");
-  b.close();
-  bridge.up();
-  await a.whenLive();
-  assert.notEqual(storage.getItem(name), null, "b's write kept");
-  a.close();
-  const c = client(bridge, storage);
-  await c.whenLive();
-  await until(() => bridge.entries.get("k")?.value === "b offline", 2000, "b's write sent by the next load");
-  c.close();
+  const page = await cached("k");
+  page.storage.setItem(page.name, "garbage");
+  await anotherTabsWriteSurvives(page);
 });
 
 test("a cached clock offset no stamp can hold is passed over, and the items render", async () => {
-  const bridge = new Bridge();
-  const storage = new MemoryStorage();
-  const item = await itemName(bridge, storage, "item");
+  const { bridge, storage, name: item } = await cached("item");
   const cacheName = item.slice(0, item.length - "\nitem".length);
   bridge.down();
   const writer = client(bridge, storage);
@@ -342,25 +355,8 @@ test("a cached clock offset no stamp can hold is passed over, and the items rend
 });
 
 test("a cached write dropped as too large does not take another tab's write made since", async () => {
-  const bridge = new Bridge();
-  const storage = new MemoryStorage();
-  const name = await itemName(bridge, storage, "k");
+  const page = await cached("k");
   const old = stamp(BigInt(Date.now() - 60000) * 1000000n, 0, "00000000000000aa");
-  storage.setItem(name, JSON.stringify(["x".repeat(40000), old, 0, null, 1]));
-  bridge.down();
-  const a = client(bridge, storage);
-  const b = client(bridge, storage);
-  b.set("k", "b offline");
-  b.close();
-  const refused = [];
-  a.onRefused((r) => refused.push(r));
-  bridge.up();
-  await a.whenLive();
-  await until(() => refused.length === 1, 1000, "a's copy told as malformed");
-  assert.notEqual(storage.getItem(name), null, "b's write kept");
-  a.close();
-  const c = client(bridge, storage);
-  await c.whenLive();
-  await until(() => bridge.entries.get("k")?.value === "b offline", 2000, "b's write sent by the next load");
-  c.close();
+  page.storage.setItem(page.name, JSON.stringify(["x".repeat(40000), old, 0, null, 1]));
+  await anotherTabsWriteSurvives(page, (refused) => until(() => refused.length === 1, 1000, "a's copy told as malformed"));
 });
