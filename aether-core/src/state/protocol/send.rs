@@ -30,7 +30,9 @@ impl Shared {
         if queued >= MAX_QUEUED_CHANGES {
             // A writer faster than its medium sends them itself: the queue
             // stays bounded, and the writer slows to what the medium takes.
-            self.send_outgoing().await;
+            // Boxed: once in thousands of writes, and otherwise its state
+            // would make every `set`'s future kilobytes to move.
+            Box::pin(self.send_outgoing()).await;
         } else {
             // A writer in a loop leaves the runtime's other tasks (this
             // replica's among them) their turn, as a channel's sender does.
