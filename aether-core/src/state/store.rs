@@ -27,11 +27,12 @@ pub(crate) const BUCKETS: usize = 64;
 
 /// A key in the store's tree, with its first eight bytes beside it as one
 /// big-endian number: a walk of the tree compares keys dozens of times,
-/// and two keys that differ in their first eight bytes (most keys of most
-/// maps) are ordered by one comparison of those numbers, with no look at
-/// the string and no call to `memcmp`; keys alike that far are compared
-/// whole. The order is the strings' byte order, so the tree answers
-/// lookups by `&str` too.
+/// and two keys that differ in their first eight bytes are ordered by one
+/// comparison of those numbers, with no look at the string and no call to
+/// `memcmp`; keys alike that far (`sensors/kitchen/...` beside
+/// `sensors/hall/...`) are compared whole, one integer comparison later.
+/// The order is the strings' byte order, so the tree answers lookups by
+/// `&str` too.
 #[derive(Clone, Debug)]
 pub(crate) struct Key {
     head: u64,
