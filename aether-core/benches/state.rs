@@ -22,6 +22,9 @@
 //! `AETHER_BENCH_PROFILE=replicate_embedded` runs the embedded `replicate`
 //! rounds alone; for callgrind, with `AETHER_BENCH_SIDE=aether` (no
 //! broadcast), `AETHER_BENCH_ROUNDS=2` and `AETHER_BENCH_ANTI_ENTROPY_MS=1000000`.
+//! `AETHER_BENCH_KEY_PREFIX` puts a prefix of its own before the rounds'
+//! key numbers (`k.` by default): `sensors/kitchen/` for keys alike in their
+//! first eight bytes.
 
 use std::{
     collections::BTreeMap,
@@ -83,6 +86,16 @@ async fn replica_of(map: &str, aether: &Aether, node: &str, config: StateConfig)
         .expect("open")
 }
 
+/// The replication rounds' keys: `k.0`, `k.1`, ... or, with
+/// `AETHER_BENCH_KEY_PREFIX`, that prefix before the number (keys alike in
+/// their first bytes, as under a common path: `sensors/kitchen/`).
+fn key(i: usize) -> String {
+    static PREFIX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        std::env::var("AETHER_BENCH_KEY_PREFIX").unwrap_or_else(|_| "k.".to_string())
+    });
+    format!("{}{i}", *PREFIX)
+}
+
 async fn wait_until(mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !done() {
@@ -106,10 +119,7 @@ async fn replicate(map: &str, aethers: [&Aether; 3], n: usize) -> Duration {
     let value = Bytes::from(vec![0xAB; VALUE]);
     let start = Instant::now();
     for i in 0..n {
-        writer
-            .set(&format!("k.{i}"), value.clone())
-            .await
-            .expect("set");
+        writer.set(&key(i), value.clone()).await.expect("set");
     }
     wait_until(|| a.len() == n && b.len() == n).await;
     let took = start.elapsed();
@@ -141,8 +151,7 @@ async fn broadcast_replicate(n: usize) -> Duration {
     let value = Bytes::from(vec![0xAB; VALUE]);
     let start = Instant::now();
     for i in 0..n {
-        tx.send((format!("k.{i}"), value.clone()))
-            .expect("receivers");
+        tx.send((key(i), value.clone())).expect("receivers");
     }
     for r in receivers {
         assert_eq!(r.await.expect("task"), n);
@@ -194,7 +203,7 @@ async fn nats_raw_replicate(url: &str, subject: &str, n: usize) -> Duration {
     let value = vec![0xAB; VALUE];
     let start = Instant::now();
     for i in 0..n {
-        let mut body = format!("k.{i}\n").into_bytes();
+        let mut body = format!("{}\n", key(i)).into_bytes();
         body.extend_from_slice(&value);
         publisher
             .publish(subject.to_string(), body.into())
