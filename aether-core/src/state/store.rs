@@ -30,9 +30,10 @@ pub(crate) const BUCKETS: usize = 64;
 /// and two keys that differ in their first eight bytes are ordered by one
 /// comparison of those numbers, with no look at the string and no call to
 /// `memcmp`; keys alike that far (`sensors/kitchen/...` beside
-/// `sensors/hall/...`) are compared whole, one integer comparison later.
-/// The order is the strings' byte order, so the tree answers lookups by
-/// `&str` too.
+/// `sensors/hall/...`) are compared whole, each comparison decoding both
+/// inline strings (a walk about a third dearer than plain `String` keys'
+/// for such keys; BENCHMARKS.md has the counts). The order is the strings'
+/// byte order, so the tree answers lookups by `&str` too.
 #[derive(Clone, Debug)]
 pub(crate) struct Key {
     head: u64,
