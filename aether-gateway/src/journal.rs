@@ -200,16 +200,11 @@ pub(crate) struct JournalLink {
 }
 
 impl JournalLink {
-    /// Whether waves on `channel` are journaled.
-    pub(crate) fn journals(&self, channel: &Channel) -> bool {
-        self.patterns.iter().any(|p| channel.matches(p))
-    }
-
     /// Queues `wave` if its channel is journaled, sealed if its channel's
     /// payloads are; never waits. Whether its channel is journaled (the
     /// wave queued, or dropped and counted).
     pub(crate) fn offer(&self, wave: &Wave, now_ms: u64) -> bool {
-        if !self.journals(wave.channel()) {
+        if !self.patterns.iter().any(|p| wave.channel().matches(p)) {
             return false;
         }
         match self

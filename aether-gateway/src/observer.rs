@@ -21,8 +21,8 @@ use std::{
 
 use aether_core::Operator;
 use aether_core::{
-    Aether, Channel, ConnectionState, InterferenceEvent, Physics, PhysicsEvents, StatsSnapshot,
-    Vibrator, Wave, hopping::is_hop_channel,
+    Aether, ConnectionState, InterferenceEvent, Physics, PhysicsEvents, StatsSnapshot, Vibrator,
+    Wave, hopping::is_hop_channel,
 };
 use aether_ops::shutdown::Shutdown;
 use prometheus::IntCounter;
@@ -231,11 +231,12 @@ impl Observer {
     /// What a journal snapshot keeps: the counts and the resonance graph.
     fn journal_state(&self, journal: &JournalLink) -> JournalState {
         let mut edges = self.merged_edges();
-        // The gateway's own edges on journaled channels: as far as it has
-        // taken waves (the journal's position), not as far as the engine
-        // counted them.
+        // The gateway's own edges on journaled channels (those it counted
+        // as it offered their waves to the journal): as far as it has taken
+        // waves (the journal's position), not as far as the engine counted
+        // them.
         for edge in &mut edges {
-            if edge.resonator != OBSERVER_NAME || !journal.journals(&Channel::new(&edge.channel)) {
+            if edge.resonator != OBSERVER_NAME {
                 continue;
             }
             let Some(taken) = self
