@@ -25,6 +25,9 @@
 //! writers in flight instead: [`WRITERS`] tasks, each writing and waiting
 //! for its acknowledgement in turn, on one map (its writes flushed to the
 //! keeper) beside as many on one NATS KV bucket, alternating rounds.
+//! `AETHER_BENCH_PROFILE=held_keys`: one writer's flushed writes after it
+//! wrote (and had held) [`HELD_KEYS`] other keys, beside none
+//! (`AETHER_BENCH_ROUNDS` of them, 5 by default).
 
 use std::time::{Duration, Instant};
 
@@ -93,14 +96,31 @@ async fn keeper_and_writer(
     (dir, keeper, map)
 }
 
-/// `n` writes of a map, each flushed to one keeper.
-async fn aether(url: &str, n: usize, sync_writes: bool) -> Run {
-    let config = StateConfig {
+/// `n` writes of a map, each flushed to one keeper, after the writer
+/// wrote `held` other keys and the keeper held them.
+async fn aether(url: &str, n: usize, sync_writes: bool, held: usize) -> Run {
+    let mut config = StateConfig {
         sync_writes,
         ..Default::default()
     };
+    if held > 0 {
+        // Written at once before the timed writes.
+        config.max_writes_per_s = 1_000_000;
+    }
     let (_dir, keeper, map) = keeper_and_writer(url, config).await;
     let value = vec![b'v'; VALUE];
+    for i in 0..held {
+        map.set(&format!("held.{i}"), value.clone())
+            .await
+            .expect("set");
+    }
+    if held > 0 {
+        let all = map
+            .flush_to(HeldBy::keepers(1), Duration::from_secs(60))
+            .await
+            .expect("held");
+        assert_eq!(all.writes, held);
+    }
     let flush = |map: &StateMap| {
         let map = map.clone();
         async move {
@@ -124,6 +144,47 @@ async fn aether(url: &str, n: usize, sync_writes: bool) -> Run {
     map.close().await;
     keeper.close().await;
     run
+}
+
+/// Keys the writer wrote and had held before the timed writes, in the
+/// `held_keys` profile.
+const HELD_KEYS: usize = 50_000;
+
+/// The `held_keys` profile: one writer, one write at a time, each flushed
+/// to the keeper, after it wrote and had held [`HELD_KEYS`] other keys,
+/// beside the same writes with none before, alternating rounds: what a
+/// flush costs a writer that wrote many keys.
+fn held_keys(rt: &Runtime, url: &str) {
+    let rounds = std::env::var("AETHER_BENCH_ROUNDS").map_or(5, |r| {
+        r.parse().expect("AETHER_BENCH_ROUNDS: a number of rounds")
+    });
+    let n = 2_000;
+    let (mut few, mut many, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (f, m) = if round % 2 == 0 {
+            let f = rt.block_on(aether(url, n, false, 0));
+            (f, rt.block_on(aether(url, n, false, HELD_KEYS)))
+        } else {
+            let m = rt.block_on(aether(url, n, false, HELD_KEYS));
+            (rt.block_on(aether(url, n, false, 0)), m)
+        };
+        let (mut f, mut m) = (f.latencies, m.latencies);
+        let (f, m) = (percentile(&mut f, 0.5), percentile(&mut m, 0.5));
+        println!(
+            "held keys round {round}: p50 {f:.0} us after none, {m:.0} us after {HELD_KEYS}, ratio {:.2}",
+            m / f
+        );
+        few.push(f);
+        many.push(m);
+        ratios.push(m / f);
+    }
+    let (r, rmin, rmax) = median(&mut ratios);
+    println!(
+        "\none writer, one write at a time, flushed to a keeper, {rounds} rounds of {n}: p50 {:.0} us \
+         after no other key, {:.0} us after {HELD_KEYS} keys written and held; {r:.2}x ({rmin:.2}-{rmax:.2})",
+        median(&mut few).0,
+        median(&mut many).0,
+    );
 }
 
 /// Writers in flight in the `writers` profile.
@@ -564,7 +625,7 @@ fn main() {
     let url = server.url();
     if testing {
         rt.block_on(async {
-            let run = aether(&url, 20, false).await;
+            let run = aether(&url, 20, false, 100).await;
             assert_eq!(run.latencies.len(), 20);
             let run = aether_writers(&url, 2, DEFAULT_RATE).await;
             assert_eq!(run.latencies.len(), 2 * WRITERS);
@@ -581,6 +642,10 @@ fn main() {
         writers(&rt, &url);
         return;
     }
+    if std::env::var("AETHER_BENCH_PROFILE").as_deref() == Ok("held_keys") {
+        held_keys(&rt, &url);
+        return;
+    }
     let rounds = 5;
     let n = 2_000;
     let (mut ours, mut synced, mut kv, mut red) = (
@@ -593,11 +658,11 @@ fn main() {
     let mut have_redis = true;
     for round in 0..rounds {
         let (a, k) = if round % 2 == 0 {
-            let a = rt.block_on(aether(&url, n, false));
+            let a = rt.block_on(aether(&url, n, false, 0));
             (a, rt.block_on(nats_kv(&url, n)))
         } else {
             let k = rt.block_on(nats_kv(&url, n));
-            (rt.block_on(aether(&url, n, false)), k)
+            (rt.block_on(aether(&url, n, false, 0)), k)
         };
         let r = if have_redis {
             rt.block_on(redis(n))
@@ -624,7 +689,7 @@ fn main() {
             red.add(r);
         }
         ours.add(a);
-        synced.add(rt.block_on(aether(&url, n / 4, true)));
+        synced.add(rt.block_on(aether(&url, n / 4, true, 0)));
     }
     println!(
         "\nsummary (medians of {rounds} rounds of {n} writes, one writer, one write at a time, {VALUE}-byte values, 2 worker threads)"
