@@ -95,8 +95,135 @@ pub struct Held {
     pub keepers: usize,
 }
 
-/// This replica's writes not yet acknowledged as a flush may ask, by key.
-pub(super) type Unacked = HashMap<SmolStr, Acked, foldhash::fast::RandomState>;
+/// This replica's writes a flush may yet have to send, by key: those no
+/// replica acknowledged apart from those some did, so that a flush looks
+/// over the first alone while each of the others is held as it asks (a
+/// replica that wrote many keys does not look them all over at each
+/// flush).
+#[derive(Default)]
+pub(super) struct Unacked {
+    /// Acknowledged by none yet.
+    fresh: Keyed,
+    /// Acknowledged by some.
+    some: Keyed,
+    /// How many of `some` are held by how many (replicas, keepers): a
+    /// few levels at most.
+    levels: Vec<((usize, usize), usize)>,
+}
+
+type Keyed = HashMap<SmolStr, Acked, foldhash::fast::RandomState>;
+
+impl Unacked {
+    /// A write of this replica won here: none acknowledged it yet.
+    pub(super) fn wrote(&mut self, key: SmolStr, stamp: super::Stamp) {
+        if !self.some.is_empty()
+            && let Some(old) = self.some.remove(key.as_str())
+        {
+            self.level(&old, false);
+        }
+        let fresh = Acked {
+            stamp,
+            replicas: 0,
+            keepers: 0,
+        };
+        self.fresh.insert(key, fresh);
+    }
+
+    fn len(&self) -> usize {
+        self.fresh.len() + self.some.len()
+    }
+
+    /// Counts `acked` in (or out of) its level.
+    fn level(&mut self, acked: &Acked, add: bool) {
+        let at = (acked.replicas, acked.keepers);
+        match self.levels.iter().position(|(level, _)| *level == at) {
+            Some(i) if add => self.levels[i].1 += 1,
+            Some(i) => {
+                self.levels[i].1 -= 1;
+                if self.levels[i].1 == 0 {
+                    self.levels.swap_remove(i);
+                }
+            }
+            None if add => self.levels.push((at, 1)),
+            None => {}
+        }
+    }
+
+    /// The writes that `want` asks more acknowledgements of.
+    fn short_of(&self, want: HeldBy) -> impl Iterator<Item = (&SmolStr, &Acked)> {
+        let some_short = self
+            .levels
+            .iter()
+            .any(|((replicas, keepers), _)| *replicas < want.replicas || *keepers < want.keepers);
+        let some = some_short.then(|| {
+            self.some.iter().filter(move |(_, acked)| {
+                acked.replicas < want.replicas || acked.keepers < want.keepers
+            })
+        });
+        self.fresh.iter().chain(some.into_iter().flatten())
+    }
+
+    /// Forgets `key`'s write.
+    fn remove(&mut self, key: &str) {
+        if self.fresh.remove(key).is_none()
+            && let Some(old) = self.some.remove(key)
+        {
+            self.level(&old, false);
+        }
+    }
+
+    /// Keeps the writes `keep` says to.
+    fn retain(&mut self, mut keep: impl FnMut(&str, &Acked) -> bool) {
+        self.fresh.retain(|key, acked| keep(key, acked));
+        let mut gone = Vec::new();
+        self.some.retain(|key, acked| {
+            let kept = keep(key, acked);
+            if !kept {
+                gone.push(*acked);
+            }
+            kept
+        });
+        for acked in gone {
+            self.level(&acked, false);
+        }
+    }
+
+    /// Notes that `replicas` replicas, `keepers` of them keepers, hold
+    /// `key`'s write stamped `stamp` (unless written again since).
+    fn acknowledged(&mut self, key: &str, stamp: super::Stamp, replicas: usize, keepers: usize) {
+        if replicas == 0 {
+            return;
+        }
+        if self
+            .fresh
+            .get(key)
+            .is_some_and(|acked| acked.stamp == stamp)
+            && let Some((key, _)) = self.fresh.remove_entry(key)
+        {
+            let acked = Acked {
+                stamp,
+                replicas,
+                keepers,
+            };
+            self.level(&acked, true);
+            self.some.insert(key, acked);
+        } else if let Some(acked) = self.some.get(key).copied()
+            && acked.stamp == stamp
+            && (replicas > acked.replicas || keepers > acked.keepers)
+        {
+            self.level(&acked, false);
+            let more = Acked {
+                stamp,
+                replicas: acked.replicas.max(replicas),
+                keepers: acked.keepers.max(keepers),
+            };
+            self.level(&more, true);
+            if let Some(acked) = self.some.get_mut(key) {
+                *acked = more;
+            }
+        }
+    }
+}
 
 /// A write of this replica and the most replicas (and keepers) that
 /// acknowledged it so far.
@@ -402,10 +529,9 @@ impl StateMap {
         let unacked = shared.lock_unacked();
         let store = shared.lock_store();
         unacked
+            .fresh
             .iter()
-            .filter(|(key, a)| {
-                a.replicas == 0 && store.entry(key).is_some_and(|e| e.stamp == a.stamp)
-            })
+            .filter(|(key, a)| store.entry(key).is_some_and(|e| e.stamp == a.stamp))
             .count()
     }
 }
@@ -462,9 +588,9 @@ impl Shared {
     /// replica's to hold, and is forgotten), and how many writes this
     /// replica had made then (all of them among those or acknowledged).
     ///
-    /// The store is read for the writes still short of `want` alone; the
-    /// others, overwritten since, are forgotten once they outnumber the
-    /// keys held.
+    /// The store is read for the writes still short of `want` alone (those
+    /// held as asked are not looked over); the others, overwritten since,
+    /// are forgotten once they outnumber the keys held.
     pub(super) fn unacked_entries(&self, want: HeldBy) -> (Vec<(SmolStr, Entry)>, u64) {
         let mut unacked = self.lock_unacked();
         // Read under the lock every write takes to join the unacknowledged
@@ -476,10 +602,7 @@ impl Shared {
         }
         let mut waiting = Vec::new();
         let mut overwritten = Vec::new();
-        for (key, acked) in unacked.iter() {
-            if acked.replicas >= want.replicas && acked.keepers >= want.keepers {
-                continue;
-            }
+        for (key, acked) in unacked.short_of(want) {
             match store.entry(key) {
                 Some(entry) if entry.stamp == acked.stamp => {
                     waiting.push((key.clone(), entry.clone()));
@@ -498,12 +621,7 @@ impl Shared {
     fn acknowledged(&self, chunk: &[(SmolStr, Entry)], replicas: usize, keepers: usize) {
         let mut unacked = self.lock_unacked();
         for (key, entry) in chunk {
-            if let Some(acked) = unacked.get_mut(key.as_str())
-                && acked.stamp == entry.stamp
-            {
-                acked.replicas = acked.replicas.max(replicas);
-                acked.keepers = acked.keepers.max(keepers);
-            }
+            unacked.acknowledged(key, entry.stamp, replicas, keepers);
         }
     }
 
@@ -785,6 +903,114 @@ impl Shared {
                     refused,
                 },
             ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashMap};
+
+    use proptest::prelude::*;
+
+    use super::{Acked, HeldBy, Unacked};
+    use crate::state::Stamp;
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Write(u8),
+        Ack {
+            key: u8,
+            current: bool,
+            replicas: usize,
+            keepers: usize,
+        },
+        Remove(u8),
+        Retain(u8),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => (0u8..6).prop_map(Step::Write),
+            4 => (0u8..6, any::<bool>(), 0usize..4, 0usize..3).prop_map(
+                |(key, current, replicas, keepers)| Step::Ack {
+                    key,
+                    current,
+                    replicas,
+                    keepers: keepers.min(replicas),
+                }
+            ),
+            1 => (0u8..6).prop_map(Step::Remove),
+            1 => (0u8..6).prop_map(Step::Retain),
+        ]
+    }
+
+    fn stamp(n: u64) -> Stamp {
+        Stamp {
+            physical_ns: n,
+            logical: 0,
+            node: 1,
+        }
+    }
+
+    proptest! {
+        /// The writes a flush looks over are those of one map of every
+        /// write with its most acknowledgements, short of what it asks:
+        /// whatever the writes, acknowledgements (of a write overwritten
+        /// since too) and forgetting came before.
+        #[test]
+        fn a_flush_finds_the_writes_short_of_what_it_asks(
+            steps in proptest::collection::vec(step(), 0..60)
+        ) {
+            let mut unacked = Unacked::default();
+            let mut model: HashMap<String, Acked> = HashMap::new();
+            let mut clock = 0;
+            for step in steps {
+                match step {
+                    Step::Write(key) => {
+                        clock += 1;
+                        let key = format!("k{key}");
+                        unacked.wrote(key.as_str().into(), stamp(clock));
+                        model.insert(key, Acked { stamp: stamp(clock), replicas: 0, keepers: 0 });
+                    }
+                    Step::Ack { key, current, replicas, keepers } => {
+                        let key = format!("k{key}");
+                        let Some(now) = model.get(&key).map(|a| a.stamp) else { continue };
+                        let acked_stamp = if current { now } else { stamp(now.physical_ns - 1) };
+                        unacked.acknowledged(&key, acked_stamp, replicas, keepers);
+                        let acked = model.get_mut(&key).expect("held");
+                        if acked.stamp == acked_stamp {
+                            acked.replicas = acked.replicas.max(replicas);
+                            acked.keepers = acked.keepers.max(keepers);
+                        }
+                    }
+                    Step::Remove(key) => {
+                        let key = format!("k{key}");
+                        unacked.remove(&key);
+                        model.remove(&key);
+                    }
+                    Step::Retain(key) => {
+                        let key = format!("k{key}");
+                        unacked.retain(|k, _| k != key);
+                        model.remove(&key);
+                    }
+                }
+                prop_assert_eq!(unacked.len(), model.len());
+                let levels: usize = unacked.levels.iter().map(|(_, n)| n).sum();
+                prop_assert_eq!(levels, unacked.some.len());
+                for want in [HeldBy::ONE, HeldBy::keepers(1), HeldBy::replicas(2), HeldBy::keepers(3)] {
+                    let found: BTreeSet<(String, Stamp)> = unacked
+                        .short_of(want)
+                        .map(|(k, a)| (k.to_string(), a.stamp))
+                        .collect();
+                    let expected: BTreeSet<(String, Stamp)> = model
+                        .iter()
+                        .filter(|(_, a)| a.replicas < want.replicas || a.keepers < want.keepers)
+                        .map(|(k, a)| (k.clone(), a.stamp))
+                        .collect();
+                    prop_assert_eq!(found, expected, "asked {:?}", want);
+                }
+            }
         }
     }
 }

@@ -839,14 +839,7 @@ impl StateMap {
         let key = SmolStr::new(key);
         let logged = match shared.apply(key.clone(), entry.clone(), false, true) {
             Applied::Won(logged) => {
-                shared.lock_unacked().insert(
-                    key.clone(),
-                    held::Acked {
-                        stamp,
-                        replicas: 0,
-                        keepers: 0,
-                    },
-                );
+                shared.lock_unacked().wrote(key.clone(), stamp);
                 shared.flushes.wrote();
                 logged
             }
