@@ -266,7 +266,11 @@ pub(crate) struct Restored {
 /// Opens (and repairs) the journal of `config`, and reads its snapshot and
 /// the waves after it. Blocking.
 pub(crate) fn restore(config: &JournalConfig) -> Result<Restored, JournalError> {
-    let (journal, recovery) = Journal::open(&config.dir, config.options())?;
+    let aether_journal::Opened {
+        journal,
+        recovery,
+        snapshot,
+    } = Journal::open_with_snapshot(&config.dir, config.options())?;
     if let Some(damage) = &recovery.damage {
         tracing::warn!(
             segment = %damage.segment.display(),
@@ -277,7 +281,8 @@ pub(crate) fn restore(config: &JournalConfig) -> Result<Restored, JournalError> 
             "the journal's damaged tail was cut"
         );
     }
-    let (state, from) = match aether_journal::read_snapshot(&config.dir) {
+    // Read once, by the journal's opening.
+    let (state, from) = match snapshot {
         Ok(Some(snapshot)) => match serde_json::from_slice::<JournalState>(&snapshot.data) {
             Ok(state) => (state, snapshot.position),
             Err(error) => {

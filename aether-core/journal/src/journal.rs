@@ -86,6 +86,18 @@ impl Recovery {
     }
 }
 
+/// What [`Journal::open_with_snapshot`] opened.
+#[derive(Debug)]
+pub struct Opened {
+    /// The journal, for appending.
+    pub journal: Journal,
+    /// What opening it repaired.
+    pub recovery: Recovery,
+    /// Its snapshot, as [`read_snapshot`](crate::read_snapshot) reads it
+    /// (`Err` if damaged).
+    pub snapshot: Result<Option<Snapshot>, JournalError>,
+}
+
 /// What [`Journal::enforce_retention`] deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Retained {
@@ -207,6 +219,16 @@ impl Journal {
     /// records were lost with an unsynced tail) moves the next sequence
     /// number up to it.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<(Self, Recovery), JournalError> {
+        Self::open_with_snapshot(dir, options).map(|opened| (opened.journal, opened.recovery))
+    }
+
+    /// [`open`](Self::open), handing over the snapshot it reads to know
+    /// where the sequence goes on: a caller that restores from it reads
+    /// it once, not twice (it is the size of the state it holds).
+    pub fn open_with_snapshot(
+        dir: impl AsRef<Path>,
+        options: Options,
+    ) -> Result<Opened, JournalError> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         create_private_dir(&dir)?;
@@ -286,7 +308,12 @@ impl Journal {
         let log_end = segments.last().map_or(0, |s| s.base + s.records);
         // A damaged snapshot is the reader's concern; it cannot move the
         // sequence.
-        let snapshot_end = read_snapshot(&dir).ok().flatten().map_or(0, |s| s.position);
+        let snapshot = read_snapshot(&dir);
+        let snapshot_end = snapshot
+            .as_ref()
+            .ok()
+            .and_then(Option::as_ref)
+            .map_or(0, |s| s.position);
         let next_seq = log_end.max(snapshot_end);
         let reuse = segments
             .last()
@@ -302,8 +329,8 @@ impl Journal {
             segments.push(segment);
             file
         };
-        Ok((
-            Self {
+        Ok(Opened {
+            journal: Self {
                 dir,
                 options,
                 _lock: lock,
@@ -317,7 +344,8 @@ impl Journal {
                 last_sync: Instant::now(),
             },
             recovery,
-        ))
+            snapshot,
+        })
     }
 
     /// Appends a record stamped `time_ms` (Unix milliseconds: retention by

@@ -119,7 +119,7 @@ pub use format::{
     DamageKind, MAX_RECORD_LEN, RECORD_HEADER_LEN, Record, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
     SEGMENT_VERSION,
 };
-pub use journal::{Damage, Journal, LOCK_FILE, PendingSync, Recovery, Retained};
+pub use journal::{Damage, Journal, LOCK_FILE, Opened, PendingSync, Recovery, Retained};
 pub use options::{FsyncPolicy, Options, Retention};
 pub use reader::{Reader, Records};
 pub use salvage::{Salvage, salvage, snapshot_aside};

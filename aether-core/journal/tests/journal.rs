@@ -181,12 +181,26 @@ fn a_snapshot_covers_what_was_appended_and_survives_a_lost_tail() {
         (10, &b"new"[..])
     );
 
-    // A damaged snapshot is an error that says so.
+    // Opened with its snapshot: the one read_snapshot reads.
+    let opened =
+        Journal::open_with_snapshot(dir.path(), opts(FsyncPolicy::Never, 1 << 20)).unwrap();
+    assert_eq!(opened.snapshot.unwrap(), Some(snapshot));
+    assert_eq!(opened.journal.next_seq(), 11);
+    drop(opened.journal);
+
+    // A damaged snapshot is an error that says so, and moves nothing.
     fs::write(dir.path().join(SNAPSHOT_FILE), b"AEJS junk").unwrap();
     assert!(matches!(
         read_snapshot(dir.path()),
         Err(JournalError::SnapshotCorrupt { .. })
     ));
+    let opened =
+        Journal::open_with_snapshot(dir.path(), opts(FsyncPolicy::Never, 1 << 20)).unwrap();
+    assert!(matches!(
+        opened.snapshot,
+        Err(JournalError::SnapshotCorrupt { .. })
+    ));
+    assert_eq!(opened.journal.next_seq(), 11);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use aether_journal::{FsyncPolicy, Journal, Options, Reader, read_snapshot};
+use aether_journal::{FsyncPolicy, Journal, Options, Reader};
 use bytes::Bytes;
 
 use super::{
@@ -102,7 +102,13 @@ impl Ledger {
         // on and appended again once the journal is cut there; a change is
         // merged by its stamp, so its place does not matter.
         let salvage = aether_journal::salvage(dir)?;
-        let (mut journal, recovery) = Journal::open(dir, options)?;
+        // The snapshot, read once: the journal reads it to know where its
+        // sequence goes on.
+        let aether_journal::Opened {
+            mut journal,
+            recovery,
+            snapshot,
+        } = Journal::open_with_snapshot(dir, options)?;
         let mut repair = None;
         if let (Some(salvage), Some(damage)) = (salvage, &recovery.damage) {
             for record in &salvage.records {
@@ -128,7 +134,7 @@ impl Ledger {
         // A damaged snapshot is kept aside and the records read from
         // their start: what it alone held is lost here (other replicas may
         // hold it), the rest is kept.
-        let snapshot = match read_snapshot(dir) {
+        let snapshot = match snapshot {
             Err(aether_journal::JournalError::SnapshotCorrupt { reason, .. }) => {
                 let size = std::fs::metadata(dir.join(aether_journal::SNAPSHOT_FILE))
                     .map_or(0, |m| m.len());
