@@ -229,8 +229,27 @@ impl Journal {
         dir: impl AsRef<Path>,
         options: Options,
     ) -> Result<Opened, JournalError> {
+        Self::open_all(dir.as_ref(), options, false).map(|(opened, _)| opened)
+    }
+
+    /// [`open_with_snapshot`](Self::open_with_snapshot), reading on past
+    /// the first damage before it is cut, as [`salvage`](crate::salvage)
+    /// does, in the same pass over the segments (they are read once, not
+    /// twice): what it found past the damage, if any.
+    pub fn open_salvaging(
+        dir: impl AsRef<Path>,
+        options: Options,
+    ) -> Result<(Opened, Option<crate::Salvage>), JournalError> {
+        Self::open_all(dir.as_ref(), options, true)
+    }
+
+    fn open_all(
+        dir: &Path,
+        options: Options,
+        salvaging: bool,
+    ) -> Result<(Opened, Option<crate::Salvage>), JournalError> {
         options.validate()?;
-        let dir = dir.as_ref().to_path_buf();
+        let dir = dir.to_path_buf();
         create_private_dir(&dir)?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = private(OpenOptions::new().create(true).truncate(false).write(true))
@@ -250,6 +269,7 @@ impl Journal {
         let mut segments: Vec<Segment> = Vec::new();
         let found = list_segments(&dir)?;
         let mut damaged_at = None;
+        let mut salvaged = None;
         for (i, (base, path, len)) in found.iter().enumerate() {
             // Segments follow each other: each header says where the
             // previous segment ended when it was made (its base, unless a
@@ -257,11 +277,19 @@ impl Journal {
             let expected = segments.last().map(|s: &Segment| s.base + s.records);
             let (records, newest, valid, kind) = scan(path, *len, *base, expected)?;
             if let Some(kind) = kind {
-                recovery.damage = Some(Damage {
+                let damage = Damage {
                     segment: path.clone(),
                     offset: valid,
                     kind,
-                });
+                };
+                if salvaging {
+                    salvaged = Some(crate::salvage::read_past(
+                        &dir,
+                        &found[i..],
+                        damage.clone(),
+                    )?);
+                }
+                recovery.damage = Some(damage);
                 if records == 0 {
                     fs::remove_file(path).map_err(|e| JournalError::io(path, e))?;
                     recovery.truncated_bytes += len;
@@ -329,7 +357,7 @@ impl Journal {
             segments.push(segment);
             file
         };
-        Ok(Opened {
+        let opened = Opened {
             journal: Self {
                 dir,
                 options,
@@ -345,7 +373,8 @@ impl Journal {
             },
             recovery,
             snapshot,
-        })
+        };
+        Ok((opened, salvaged))
     }
 
     /// Appends a record stamped `time_ms` (Unix milliseconds: retention by

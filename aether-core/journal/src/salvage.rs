@@ -80,10 +80,22 @@ pub fn salvage(dir: impl AsRef<Path>) -> Result<Option<Salvage>, JournalError> {
     let Some((i, damage)) = first else {
         return Ok(None);
     };
-    let kept_aside = keep_aside(dir, &found[i..]);
+    let salvaged = read_past(dir, &found[i..], damage)?;
+    drop(lock);
+    Ok(Some(salvaged))
+}
+
+/// Keeps `damaged` (the segment where `damage` is, and those after it)
+/// aside and reads on past the damage.
+pub(crate) fn read_past(
+    dir: &Path,
+    damaged: &[(u64, PathBuf, u64)],
+    damage: Damage,
+) -> Result<Salvage, JournalError> {
+    let kept_aside = keep_aside(dir, damaged);
     let mut records = Vec::new();
     let mut skipped_bytes = 0;
-    for (n, (_, path, _)) in found[i..].iter().enumerate() {
+    for (n, (_, path, _)) in damaged.iter().enumerate() {
         let data = fs::read(path).map_err(|e| JournalError::io(path, e))?;
         let from = if n == 0 {
             usize::try_from(damage.offset).unwrap_or(usize::MAX)
@@ -92,13 +104,12 @@ pub fn salvage(dir: impl AsRef<Path>) -> Result<Option<Salvage>, JournalError> {
         };
         skipped_bytes += read_on(&data, from.min(data.len()), &mut records);
     }
-    drop(lock);
-    Ok(Some(Salvage {
+    Ok(Salvage {
         damage,
         kept_aside,
         records,
         skipped_bytes,
-    }))
+    })
 }
 
 /// Moves a damaged snapshot of the journal in `dir` aside, into a new
@@ -245,6 +256,44 @@ mod tests {
             let touched = (span as u64) / 26 + 2;
             proptest::prop_assert!(recovery.records + read_on + touched >= 60);
             proptest::prop_assert!(recovery.records + read_on <= 60);
+        }
+
+        /// Opening while salvaging (one pass over the segments) finds what
+        /// a salvage and then an opening find.
+        #[test]
+        fn opening_while_salvaging_finds_what_salvage_then_open_find(
+            at in 0usize..2_000,
+            span in 1usize..40,
+            byte in proptest::prelude::any::<u8>(),
+            damaged in proptest::prelude::any::<bool>(),
+        ) {
+            let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let segment = journal_of(one.path(), 60);
+            let mut bytes = fs::read(&segment).unwrap();
+            if damaged {
+                let at = SEGMENT_HEADER_LEN + at % (bytes.len() - SEGMENT_HEADER_LEN);
+                let end = (at + span).min(bytes.len());
+                for b in &mut bytes[at..end] {
+                    *b ^= byte | 1;
+                }
+            }
+            fs::write(&segment, &bytes).unwrap();
+            journal_of(two.path(), 0);
+            fs::write(two.path().join(segment.file_name().unwrap()), &bytes).unwrap();
+
+            let apart = salvage(one.path()).unwrap();
+            let (journal, recovery) = Journal::open(one.path(), Options::default()).unwrap();
+            drop(journal);
+            let (opened, together) = Journal::open_salvaging(two.path(), Options::default()).unwrap();
+            drop(opened.journal);
+            let seen = |s: &Option<Salvage>| s.as_ref().map(|s| {
+                let records: Vec<_> = s.records.iter().map(|r| (r.time_ms, r.payload.clone())).collect();
+                (s.damage.offset, s.damage.kind, records, s.skipped_bytes, s.kept_aside.is_ok())
+            });
+            proptest::prop_assert_eq!(seen(&apart), seen(&together));
+            proptest::prop_assert_eq!(apart.is_some(), damaged && recovery.damage.is_some());
+            proptest::prop_assert_eq!(recovery.records, opened.recovery.records);
+            proptest::prop_assert_eq!(recovery.truncated_bytes, opened.recovery.truncated_bytes);
         }
     }
 }

@@ -99,16 +99,18 @@ impl Ledger {
         };
         // Damage (a torn tail, bytes changed on the disk): the damaged files
         // are kept aside, and every valid record after the damage is read
-        // on and appended again once the journal is cut there; a change is
-        // merged by its stamp, so its place does not matter.
-        let salvage = aether_journal::salvage(dir)?;
-        // The snapshot, read once: the journal reads it to know where its
-        // sequence goes on.
-        let aether_journal::Opened {
-            mut journal,
-            recovery,
-            snapshot,
-        } = Journal::open_with_snapshot(dir, options)?;
+        // on (in the pass that checks the segments) and appended again once
+        // the journal is cut there; a change is merged by its stamp, so its
+        // place does not matter. The snapshot comes read from the same
+        // opening (it reads it to know where its sequence goes on).
+        let (
+            aether_journal::Opened {
+                mut journal,
+                recovery,
+                snapshot,
+            },
+            salvage,
+        ) = Journal::open_salvaging(dir, options)?;
         let mut repair = None;
         if let (Some(salvage), Some(damage)) = (salvage, &recovery.damage) {
             for record in &salvage.records {
