@@ -1,11 +1,12 @@
 //! Reading on past damage, for a writer whose records do not depend on
 //! their order or their number (a replicated map's ledger: each record a
 //! change merged by its own stamp). [`Journal::open`](crate::Journal::open)
-//! keeps only the records before the first damage; [`salvage`], called
-//! before it, copies the damaged segment and those after it aside and
-//! returns every valid record found after the damage, so that the caller
-//! appends them again once the journal is open: a damaged record costs
-//! that record, not the journal's tail.
+//! keeps only the records before the first damage;
+//! [`Journal::open_salvaging`](crate::Journal::open_salvaging) (or
+//! [`salvage`], called before an opening) copies the damaged segment and
+//! those after it aside and returns every valid record found after the
+//! damage, so that the caller appends them again once the journal is
+//! open: a damaged record costs that record, not the journal's tail.
 //!
 //! After damage the reader looks for the next valid record byte by byte: a
 //! header whose length fits, whose time is a plausible Unix time in
