@@ -86,6 +86,12 @@ impl Recovery {
     }
 }
 
+/// What [`Journal::open_all`] tells of the first damage it found, before
+/// it cuts there: the directory, the damaged segment and those after it
+/// (base, path, length), and where.
+pub(crate) type AtDamage<'a> =
+    dyn FnMut(&Path, &[(u64, PathBuf, u64)], &Damage) -> Result<(), JournalError> + 'a;
+
 /// What [`Journal::open_with_snapshot`] opened.
 #[derive(Debug)]
 pub struct Opened {
@@ -229,25 +235,17 @@ impl Journal {
         dir: impl AsRef<Path>,
         options: Options,
     ) -> Result<Opened, JournalError> {
-        Self::open_all(dir.as_ref(), options, false).map(|(opened, _)| opened)
+        Self::open_all(dir.as_ref(), options, &mut |_, _, _| Ok(()))
     }
 
-    /// [`open_with_snapshot`](Self::open_with_snapshot), reading on past
-    /// the first damage before it is cut, as [`salvage`](crate::salvage)
-    /// does, in the same pass over the segments (they are read once, not
-    /// twice): what it found past the damage, if any.
-    pub fn open_salvaging(
-        dir: impl AsRef<Path>,
-        options: Options,
-    ) -> Result<(Opened, Option<crate::Salvage>), JournalError> {
-        Self::open_all(dir.as_ref(), options, true)
-    }
-
-    fn open_all(
+    /// [`open_with_snapshot`](Self::open_with_snapshot), telling
+    /// `at_damage` of the first damage (the directory, the damaged segment
+    /// and those after it, where) before it is cut.
+    pub(crate) fn open_all(
         dir: &Path,
         options: Options,
-        salvaging: bool,
-    ) -> Result<(Opened, Option<crate::Salvage>), JournalError> {
+        at_damage: &mut AtDamage<'_>,
+    ) -> Result<Opened, JournalError> {
         options.validate()?;
         let dir = dir.to_path_buf();
         create_private_dir(&dir)?;
@@ -269,7 +267,6 @@ impl Journal {
         let mut segments: Vec<Segment> = Vec::new();
         let found = list_segments(&dir)?;
         let mut damaged_at = None;
-        let mut salvaged = None;
         for (i, (base, path, len)) in found.iter().enumerate() {
             // Segments follow each other: each header says where the
             // previous segment ended when it was made (its base, unless a
@@ -282,13 +279,7 @@ impl Journal {
                     offset: valid,
                     kind,
                 };
-                if salvaging {
-                    salvaged = Some(crate::salvage::read_past(
-                        &dir,
-                        &found[i..],
-                        damage.clone(),
-                    )?);
-                }
+                at_damage(&dir, &found[i..], &damage)?;
                 recovery.damage = Some(damage);
                 if records == 0 {
                     fs::remove_file(path).map_err(|e| JournalError::io(path, e))?;
@@ -374,7 +365,7 @@ impl Journal {
             recovery,
             snapshot,
         };
-        Ok((opened, salvaged))
+        Ok(opened)
     }
 
     /// Appends a record stamped `time_ms` (Unix milliseconds: retention by

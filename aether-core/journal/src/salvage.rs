@@ -18,7 +18,7 @@ use std::{
 };
 
 use crate::{
-    Damage, JournalError, LOCK_FILE,
+    Damage, Journal, JournalError, LOCK_FILE, Opened, Options,
     files::{create_private_dir, private},
     format::{MAX_RECORD_LEN, RECORD_HEADER_LEN, Record, SEGMENT_HEADER_LEN, record_crc},
     journal::{list_segments, scan},
@@ -86,9 +86,27 @@ pub fn salvage(dir: impl AsRef<Path>) -> Result<Option<Salvage>, JournalError> {
     Ok(Some(salvaged))
 }
 
+impl Journal {
+    /// [`Journal::open_with_snapshot`], reading on past the first damage
+    /// before it is cut, as [`salvage`] does, in the same pass over the
+    /// segments (they are read once, not twice): what it found past the
+    /// damage, if any.
+    pub fn open_salvaging(
+        dir: impl AsRef<Path>,
+        options: Options,
+    ) -> Result<(Opened, Option<Salvage>), JournalError> {
+        let mut salvaged = None;
+        let opened = Journal::open_all(dir.as_ref(), options, &mut |dir, damaged, damage| {
+            salvaged = Some(read_past(dir, damaged, damage.clone())?);
+            Ok(())
+        })?;
+        Ok((opened, salvaged))
+    }
+}
+
 /// Keeps `damaged` (the segment where `damage` is, and those after it)
 /// aside and reads on past the damage.
-pub(crate) fn read_past(
+fn read_past(
     dir: &Path,
     damaged: &[(u64, PathBuf, u64)],
     damage: Damage,
