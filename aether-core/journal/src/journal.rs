@@ -348,7 +348,7 @@ impl Journal {
             segments.push(segment);
             file
         };
-        let opened = Opened {
+        Ok(Opened {
             journal: Self {
                 dir,
                 options,
@@ -364,8 +364,7 @@ impl Journal {
             },
             recovery,
             snapshot,
-        };
-        Ok(opened)
+        })
     }
 
     /// Appends a record stamped `time_ms` (Unix milliseconds: retention by

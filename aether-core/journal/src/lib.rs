@@ -97,7 +97,7 @@
 //! A [`Reader`] reads the same checks without changing anything.
 //!
 //! A writer whose records stand on their own (each merged by its own
-//! stamp, whatever its place) calls [`salvage`] before opening: the
+//! stamp, whatever its place) opens with [`Journal::open_salvaging`]: the
 //! damaged files are copied aside and the valid records after the damage
 //! are returned, to be appended again.
 
@@ -122,7 +122,7 @@ pub use format::{
 pub use journal::{Damage, Journal, LOCK_FILE, Opened, PendingSync, Recovery, Retained};
 pub use options::{FsyncPolicy, Options, Retention};
 pub use reader::{Reader, Records};
-pub use salvage::{Salvage, salvage, snapshot_aside};
+pub use salvage::{Salvage, snapshot_aside};
 pub use snapshot::{
     MAX_SNAPSHOT_LEN, SNAPSHOT_FILE, SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC, SNAPSHOT_TEMP_FILE,
     SNAPSHOT_VERSION, Snapshot, read_snapshot,

@@ -2,32 +2,31 @@
 //! their order or their number (a replicated map's ledger: each record a
 //! change merged by its own stamp). [`Journal::open`](crate::Journal::open)
 //! keeps only the records before the first damage;
-//! [`Journal::open_salvaging`](crate::Journal::open_salvaging) (or
-//! [`salvage`], called before an opening) copies the damaged segment and
-//! those after it aside and returns every valid record found after the
-//! damage, so that the caller appends them again once the journal is
-//! open: a damaged record costs that record, not the journal's tail.
+//! [`Journal::open_salvaging`](crate::Journal::open_salvaging), before it
+//! cuts there, copies the damaged segment and those after it aside and
+//! returns every valid record found after the damage, so that the caller
+//! appends them again once the journal is open: a damaged record costs
+//! that record, not the journal's tail.
 //!
 //! After damage the reader looks for the next valid record byte by byte: a
 //! header whose length fits, whose time is a plausible Unix time in
 //! milliseconds (2001 to 2286) and whose checksum holds over the payload.
 
 use std::{
-    fs::{self, OpenOptions},
+    fs,
     path::{Path, PathBuf},
 };
 
 use crate::{
-    Damage, Journal, JournalError, LOCK_FILE, Opened, Options,
-    files::{create_private_dir, private},
+    Damage, Journal, JournalError, Opened, Options,
+    files::create_private_dir,
     format::{MAX_RECORD_LEN, RECORD_HEADER_LEN, Record, SEGMENT_HEADER_LEN, record_crc},
-    journal::{list_segments, scan},
 };
 
 /// Record times a salvage takes, Unix milliseconds (2001 to 2286).
 const PLAUSIBLE_MS: std::ops::Range<u64> = 1_000_000_000_000..10_000_000_000_000;
 
-/// What [`salvage`] found past a journal's first damage.
+/// What [`Journal::open_salvaging`] found past a journal's first damage.
 #[derive(Debug)]
 pub struct Salvage {
     /// The first damage: [`Journal::open`](crate::Journal::open) cuts
@@ -43,54 +42,11 @@ pub struct Salvage {
     pub skipped_bytes: u64,
 }
 
-/// Looks for damage in the journal in `dir` (which no writer may hold);
-/// if there is some, keeps the damaged files aside in
-/// `dir/damaged/<unix ms>/` and returns the valid records after it.
-pub fn salvage(dir: impl AsRef<Path>) -> Result<Option<Salvage>, JournalError> {
-    let dir = dir.as_ref();
-    if !dir.is_dir() {
-        return Ok(None);
-    }
-    let lock_path = dir.join(LOCK_FILE);
-    let lock = private(OpenOptions::new().create(true).truncate(false).write(true))
-        .open(&lock_path)
-        .map_err(|e| JournalError::io(&lock_path, e))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => return Err(JournalError::Locked(dir.to_path_buf())),
-        Err(fs::TryLockError::Error(e)) => return Err(JournalError::io(lock_path, e)),
-    }
-    let found = list_segments(dir)?;
-    let mut expected: Option<u64> = None;
-    let mut first = None;
-    for (i, (base, path, len)) in found.iter().enumerate() {
-        let (records, _, valid, kind) = scan(path, *len, *base, expected)?;
-        if let Some(kind) = kind {
-            first = Some((
-                i,
-                Damage {
-                    segment: path.clone(),
-                    offset: valid,
-                    kind,
-                },
-            ));
-            break;
-        }
-        expected = Some(base + records);
-    }
-    let Some((i, damage)) = first else {
-        return Ok(None);
-    };
-    let salvaged = read_past(dir, &found[i..], damage)?;
-    drop(lock);
-    Ok(Some(salvaged))
-}
-
 impl Journal {
-    /// [`Journal::open_with_snapshot`], reading on past the first damage
-    /// before it is cut, as [`salvage`] does, in the same pass over the
-    /// segments (they are read once, not twice): what it found past the
-    /// damage, if any.
+    /// [`Journal::open_with_snapshot`], keeping the damaged files aside in
+    /// `dir/damaged/<unix ms>/` and reading on past the first damage
+    /// before it is cut, in the same pass over the segments: what it found
+    /// past the damage, if any.
     pub fn open_salvaging(
         dir: impl AsRef<Path>,
         options: Options,
@@ -197,7 +153,7 @@ fn record_at(data: &[u8], at: usize) -> Option<(u64, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Journal, Options};
+    use crate::{Recovery, journal::list_segments};
 
     const T: u64 = 1_700_000_000_000;
 
@@ -212,6 +168,13 @@ mod tests {
         list_segments(dir).unwrap()[0].1.clone()
     }
 
+    /// Opens `dir` salvaging: what it kept, what it read on.
+    fn open_salvaging(dir: &Path) -> (Recovery, Option<Salvage>) {
+        let (opened, salvaged) = Journal::open_salvaging(dir, Options::default()).unwrap();
+        drop(opened.journal);
+        (opened.recovery, salvaged)
+    }
+
     #[test]
     fn a_damaged_record_costs_that_record_only() {
         let dir = tempfile::tempdir().unwrap();
@@ -221,7 +184,8 @@ mod tests {
         let middle = bytes.len() / 2;
         bytes[middle..middle + 4].fill(0);
         fs::write(&segment, &bytes).unwrap();
-        let found = salvage(dir.path()).unwrap().expect("damage found");
+        let (recovery, found) = open_salvaging(dir.path());
+        let found = found.expect("damage found");
         let kept = std::fs::read(
             found
                 .kept_aside
@@ -231,8 +195,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(kept, bytes, "kept aside as it was");
-        let (journal, recovery) = Journal::open(dir.path(), Options::default()).unwrap();
-        drop(journal);
+        assert_eq!(Some(&found.damage), recovery.damage.as_ref());
         let before = recovery.records;
         let after = found.records.len() as u64;
         assert_eq!(before + after, 19, "one record lost of 20");
@@ -240,14 +203,19 @@ mod tests {
         // Nothing damaged: nothing to do.
         let clean = tempfile::tempdir().unwrap();
         journal_of(clean.path(), 5);
-        assert!(salvage(clean.path()).unwrap().is_none());
+        let (recovery, found) = open_salvaging(clean.path());
+        assert!(found.is_none());
+        assert_eq!(recovery.records, 5);
     }
 
     #[test]
     fn a_writer_holding_the_journal_is_not_read_under() {
         let dir = tempfile::tempdir().unwrap();
         let (_journal, _) = Journal::open(dir.path(), Options::default()).unwrap();
-        assert!(matches!(salvage(dir.path()), Err(JournalError::Locked(_))));
+        assert!(matches!(
+            Journal::open_salvaging(dir.path(), Options::default()),
+            Err(JournalError::Locked(_))
+        ));
     }
 
     proptest::proptest! {
@@ -266,53 +234,13 @@ mod tests {
                 *b ^= byte | 1;
             }
             fs::write(&segment, &bytes).unwrap();
-            let found = salvage(dir.path()).unwrap();
-            let (journal, recovery) = Journal::open(dir.path(), Options::default()).unwrap();
-            drop(journal);
+            let (recovery, found) = open_salvaging(dir.path());
             let read_on = found.map_or(0, |s| s.records.len() as u64);
             // Each record is 16 + 10 bytes: a damaged span touches at most
             // span / 26 + 2 of them.
             let touched = (span as u64) / 26 + 2;
             proptest::prop_assert!(recovery.records + read_on + touched >= 60);
             proptest::prop_assert!(recovery.records + read_on <= 60);
-        }
-
-        /// Opening while salvaging (one pass over the segments) finds what
-        /// a salvage and then an opening find.
-        #[test]
-        fn opening_while_salvaging_finds_what_salvage_then_open_find(
-            at in 0usize..2_000,
-            span in 1usize..40,
-            byte in proptest::prelude::any::<u8>(),
-            damaged in proptest::prelude::any::<bool>(),
-        ) {
-            let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-            let segment = journal_of(one.path(), 60);
-            let mut bytes = fs::read(&segment).unwrap();
-            if damaged {
-                let at = SEGMENT_HEADER_LEN + at % (bytes.len() - SEGMENT_HEADER_LEN);
-                let end = (at + span).min(bytes.len());
-                for b in &mut bytes[at..end] {
-                    *b ^= byte | 1;
-                }
-            }
-            fs::write(&segment, &bytes).unwrap();
-            journal_of(two.path(), 0);
-            fs::write(two.path().join(segment.file_name().unwrap()), &bytes).unwrap();
-
-            let apart = salvage(one.path()).unwrap();
-            let (journal, recovery) = Journal::open(one.path(), Options::default()).unwrap();
-            drop(journal);
-            let (opened, together) = Journal::open_salvaging(two.path(), Options::default()).unwrap();
-            drop(opened.journal);
-            let seen = |s: &Option<Salvage>| s.as_ref().map(|s| {
-                let records: Vec<_> = s.records.iter().map(|r| (r.time_ms, r.payload.clone())).collect();
-                (s.damage.offset, s.damage.kind, records, s.skipped_bytes, s.kept_aside.is_ok())
-            });
-            proptest::prop_assert_eq!(seen(&apart), seen(&together));
-            proptest::prop_assert_eq!(apart.is_some(), damaged && recovery.damage.is_some());
-            proptest::prop_assert_eq!(recovery.records, opened.recovery.records);
-            proptest::prop_assert_eq!(recovery.truncated_bytes, opened.recovery.truncated_bytes);
         }
     }
 }
