@@ -119,7 +119,7 @@ impl Unacked {
         if !self.some.is_empty()
             && let Some(old) = self.some.remove(key.as_str())
         {
-            self.level(&old, false);
+            count(&mut self.levels, &old, false);
         }
         let fresh = Acked {
             stamp,
@@ -131,22 +131,6 @@ impl Unacked {
 
     fn len(&self) -> usize {
         self.fresh.len() + self.some.len()
-    }
-
-    /// Counts `acked` in (or out of) its level.
-    fn level(&mut self, acked: &Acked, add: bool) {
-        let at = (acked.replicas, acked.keepers);
-        match self.levels.iter().position(|(level, _)| *level == at) {
-            Some(i) if add => self.levels[i].1 += 1,
-            Some(i) => {
-                self.levels[i].1 -= 1;
-                if self.levels[i].1 == 0 {
-                    self.levels.swap_remove(i);
-                }
-            }
-            None if add => self.levels.push((at, 1)),
-            None => {}
-        }
     }
 
     /// The writes that `want` asks more acknowledgements of.
@@ -168,24 +152,21 @@ impl Unacked {
         if self.fresh.remove(key).is_none()
             && let Some(old) = self.some.remove(key)
         {
-            self.level(&old, false);
+            count(&mut self.levels, &old, false);
         }
     }
 
     /// Keeps the writes `keep` says to.
     fn retain(&mut self, mut keep: impl FnMut(&str, &Acked) -> bool) {
         self.fresh.retain(|key, acked| keep(key, acked));
-        let mut gone = Vec::new();
+        let levels = &mut self.levels;
         self.some.retain(|key, acked| {
             let kept = keep(key, acked);
             if !kept {
-                gone.push(*acked);
+                count(levels, acked, false);
             }
             kept
         });
-        for acked in gone {
-            self.level(&acked, false);
-        }
     }
 
     /// Notes that `replicas` replicas, `keepers` of them keepers, hold
@@ -205,23 +186,33 @@ impl Unacked {
                 replicas,
                 keepers,
             };
-            self.level(&acked, true);
+            count(&mut self.levels, &acked, true);
             self.some.insert(key, acked);
-        } else if let Some(acked) = self.some.get(key).copied()
+        } else if let Some(acked) = self.some.get_mut(key)
             && acked.stamp == stamp
             && (replicas > acked.replicas || keepers > acked.keepers)
         {
-            self.level(&acked, false);
-            let more = Acked {
-                stamp,
-                replicas: acked.replicas.max(replicas),
-                keepers: acked.keepers.max(keepers),
-            };
-            self.level(&more, true);
-            if let Some(acked) = self.some.get_mut(key) {
-                *acked = more;
+            count(&mut self.levels, acked, false);
+            acked.replicas = acked.replicas.max(replicas);
+            acked.keepers = acked.keepers.max(keepers);
+            count(&mut self.levels, acked, true);
+        }
+    }
+}
+
+/// Counts `acked` in (or out of) its level in `levels`.
+fn count(levels: &mut Vec<((usize, usize), usize)>, acked: &Acked, add: bool) {
+    let at = (acked.replicas, acked.keepers);
+    match levels.iter().position(|(level, _)| *level == at) {
+        Some(i) if add => levels[i].1 += 1,
+        Some(i) => {
+            levels[i].1 -= 1;
+            if levels[i].1 == 0 {
+                levels.swap_remove(i);
             }
         }
+        None if add => levels.push((at, 1)),
+        None => {}
     }
 }
 
