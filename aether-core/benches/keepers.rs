@@ -6,7 +6,11 @@
 //! - a Redis `SET` (the server on 127.0.0.1:6379, if one runs; a plain
 //!   RESP exchange on one connection);
 //! - a NATS KV `put` (async-nats, a bucket on a JetStream nats-server of
-//!   the benchmark's own).
+//!   the benchmark's own);
+//! - a raw async-nats request answered by a responder on another
+//!   connection that stores nothing: the path a keeper's acknowledgement
+//!   takes (writer, server, keeper, server, writer) with no work on it, the
+//!   floor for a keeper in another connection.
 //!
 //! One writer, one write at a time, 128-byte values: latency p50 and p99
 //! of each write, and writes a second. The keeper hands each change to the
@@ -366,6 +370,47 @@ async fn nats_kv(url: &str, n: usize) -> Option<Run> {
     Some(timed(latencies, start.elapsed()))
 }
 
+/// `n` requests of a raw async-nats client, each answered by a responder
+/// on a connection of its own (it stores nothing): the path a keeper's
+/// acknowledgement takes, the writer to the server to the keeper and back,
+/// with nothing done on the way.
+async fn raw_request(url: &str, n: usize) -> Run {
+    use futures_util::StreamExt;
+    let subject = format!("bench.request.{}", std::process::id());
+    let responder = async_nats::connect(url).await.expect("connect");
+    let mut requests = responder
+        .subscribe(subject.clone())
+        .await
+        .expect("subscribe");
+    responder.flush().await.expect("flush");
+    let answering = tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            if let Some(reply) = request.reply {
+                let _ = responder.publish(reply, bytes::Bytes::new()).await;
+            }
+        }
+    });
+    let client = async_nats::connect(url).await.expect("connect");
+    let value = bytes::Bytes::from(vec![b'v'; VALUE]);
+    client
+        .request(subject.clone(), value.clone())
+        .await
+        .expect("request");
+    let mut latencies = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        client
+            .request(subject.clone(), value.clone())
+            .await
+            .expect("request");
+        latencies.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let run = timed(latencies, start.elapsed());
+    answering.abort();
+    run
+}
+
 /// `n` Redis `SET`s on one connection, each answered `+OK` before the
 /// next; none if no Redis answers at [`REDIS`].
 async fn redis(n: usize) -> Option<Run> {
@@ -632,6 +677,7 @@ fn main() {
             if let Some(run) = nats_kv(&url, 20).await {
                 assert_eq!(run.latencies.len(), 20);
             }
+            assert_eq!(raw_request(&url, 20).await.latencies.len(), 20);
             let per_byte = keeper_memory(&url, 30).await;
             assert!(per_byte.is_finite());
         });
@@ -648,13 +694,14 @@ fn main() {
     }
     let rounds = 5;
     let n = 2_000;
-    let (mut ours, mut synced, mut kv, mut red) = (
+    let (mut ours, mut synced, mut kv, mut red, mut raw) = (
+        Side::default(),
         Side::default(),
         Side::default(),
         Side::default(),
         Side::default(),
     );
-    let (mut vs_kv, mut vs_redis) = (Vec::new(), Vec::new());
+    let (mut vs_kv, mut vs_redis, mut vs_raw) = (Vec::new(), Vec::new(), Vec::new());
     let mut have_redis = true;
     for round in 0..rounds {
         let (a, k) = if round % 2 == 0 {
@@ -688,6 +735,9 @@ fn main() {
             vs_redis.push(a.rate / r.rate);
             red.add(r);
         }
+        let q = rt.block_on(raw_request(&url, n));
+        vs_raw.push(a.rate / q.rate);
+        raw.add(q);
         ours.add(a);
         synced.add(rt.block_on(aether(&url, n / 4, true, 0)));
     }
@@ -726,6 +776,11 @@ fn main() {
         Some(&mut vs_kv),
     );
     row("Redis `SET`", &mut red, Some(&mut vs_redis));
+    row(
+        "raw async-nats request, a responder on another connection answering (nothing stored)",
+        &mut raw,
+        Some(&mut vs_raw),
+    );
     // What holding costs: 48 MiB of 32 KiB values.
     let n = 1_536;
     let mut ours = Vec::new();
