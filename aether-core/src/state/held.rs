@@ -109,13 +109,24 @@ pub(super) struct Unacked {
     /// How many of `some` are held by how many (replicas, keepers): a
     /// few levels at most.
     levels: Vec<((usize, usize), usize)>,
+    /// Writes made: the keys held are compared with the writes kept once
+    /// every [`LOOK_EVERY`] ([`Shared::wrote`]).
+    writes: u64,
 }
+
+/// Writes kept past twice the keys held before those no longer in the map
+/// are looked for ([`Shared::wrote`]).
+pub(super) const FORGET_AFTER: usize = 1024;
+
+/// Writes between two comparisons of the writes kept with the keys held.
+const LOOK_EVERY: u64 = 256;
 
 type Keyed = HashMap<SmolStr, Acked, foldhash::fast::RandomState>;
 
 impl Unacked {
     /// A write of this replica won here: none acknowledged it yet.
     pub(super) fn wrote(&mut self, key: SmolStr, stamp: super::Stamp) {
+        self.writes += 1;
         if !self.some.is_empty()
             && let Some(old) = self.some.remove(key.as_str())
         {
@@ -607,6 +618,27 @@ impl Shared {
         (waiting, upto)
     }
 
+    /// A write of this replica won here: it waits for a flush. A replica
+    /// that never flushes would keep every key it ever wrote; so once the
+    /// writes kept outnumber twice the keys held and [`FORGET_AFTER`]
+    /// (compared every [`LOOK_EVERY`] writes), those no longer in the map
+    /// as this replica wrote them (overwritten by a higher stamp, a
+    /// tombstone collected) are forgotten, as a flush forgets them. While
+    /// the writes kept are in the map they are never looked over for this
+    /// (they are at most the keys held), and each look forgets at least
+    /// half of what it looks at.
+    pub(super) fn wrote(&self, key: SmolStr, stamp: super::Stamp) {
+        let mut unacked = self.lock_unacked();
+        unacked.wrote(key, stamp);
+        if unacked.writes.is_multiple_of(LOOK_EVERY) && unacked.len() > FORGET_AFTER {
+            let store = self.lock_store();
+            if unacked.len() > 2 * store.held() + FORGET_AFTER {
+                unacked
+                    .retain(|key, acked| store.entry(key).is_some_and(|e| e.stamp == acked.stamp));
+            }
+        }
+    }
+
     /// Notes that `replicas` replicas, `keepers` of them keepers, hold the
     /// writes of `chunk` (unless written again since).
     fn acknowledged(&self, chunk: &[(SmolStr, Entry)], replicas: usize, keepers: usize) {
@@ -942,6 +974,55 @@ mod tests {
             logical: 0,
             node: 1,
         }
+    }
+
+    /// A replica that writes keys of its own and never flushes (a script
+    /// that adds jobs and deletes them) keeps a bounded count of writes
+    /// to send, however many keys it wrote over its life: those that left
+    /// the map (tombstones collected) are forgotten.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_that_never_flushes_forgets_the_keys_that_left() {
+        use std::time::Duration;
+
+        use crate::{
+            Aether,
+            state::{StateConfig, StateMap},
+        };
+
+        let aether = Aether::default();
+        let config = StateConfig {
+            anti_entropy_interval: Duration::from_millis(20),
+            tombstone_horizon: Duration::from_millis(60),
+            ..Default::default()
+        };
+        let map = StateMap::builder("jobs")
+            .config(config)
+            .open(&aether)
+            .await
+            .expect("open");
+        let (rounds, per_round) = (8, 1_000);
+        for round in 0..rounds {
+            for i in 0..per_round {
+                let key = format!("job.{round}.{i}");
+                map.set(&key, "queued").await.expect("set");
+                map.delete(&key).await.expect("delete");
+            }
+            // Gone from the map once the tombstones are collected.
+            let collected = tokio::time::timeout(Duration::from_secs(10), async {
+                while map.stats().tombstones > 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await;
+            assert!(collected.is_ok(), "round {round}: tombstones not collected");
+        }
+        let kept = map.shared.lock_unacked().len();
+        assert!(
+            kept <= 2 * per_round + super::FORGET_AFTER + super::LOOK_EVERY as usize,
+            "{kept} writes kept for {} keys written, none left in the map",
+            rounds * per_round
+        );
+        map.close().await;
     }
 
     proptest! {

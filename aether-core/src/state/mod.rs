@@ -839,7 +839,7 @@ impl StateMap {
         let key = SmolStr::new(key);
         let logged = match shared.apply(key.clone(), entry.clone(), false, true) {
             Applied::Won(logged) => {
-                shared.lock_unacked().wrote(key.clone(), stamp);
+                shared.wrote(key.clone(), stamp);
                 shared.flushes.wrote();
                 logged
             }
