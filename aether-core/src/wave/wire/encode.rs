@@ -132,36 +132,21 @@ impl<'a> Sections<'a> {
         flags
     }
 
-    /// The length of version 2's fixed part (with the source length byte).
-    pub(super) fn fixed_len_v2(&self, wave: &Wave) -> usize {
-        let flags = self.flags_v2(wave);
-        let id = wave.id.as_u128();
-        let mut len = 2 + varint_len(flags) + 12 + 8 + 1;
-        len += if flags & FLAG_EMITTED_AT != 0 {
-            8
-        } else {
-            varint_len((wave.emitted_at_ns - id_millis(id) * 1_000_000) as u32)
-        };
-        len += varint_len(u32::from(wave.hops));
-        for (flag, size) in [
-            (FLAG_AMPLITUDE, 8),
-            (FLAG_SOURCE_AMPLITUDE, 8),
-            (FLAG_PHASE, 8),
-            (FLAG_ID_NODE, 4),
-        ] {
-            if flags & flag != 0 {
-                len += size;
+    /// The envelope's layout in `version`: version 2's fixed part is
+    /// written already (its length is what it took), and the whole length.
+    pub(super) fn layout(&self, version: WireVersion, wave: &Wave) -> Layout {
+        let tail = self.tail_len(wave.payload.len());
+        match version {
+            WireVersion::V1 => Layout {
+                fixed: FixedBuf::default(),
+                len: HEADER_LEN + tail,
+            },
+            WireVersion::V2 => {
+                let fixed = fixed_part_v2(wave, self);
+                let len = fixed.len + tail;
+                Layout { fixed, len }
             }
         }
-        len
-    }
-
-    pub(super) fn len(&self, version: WireVersion, wave: &Wave) -> usize {
-        let fixed = match version {
-            WireVersion::V1 => HEADER_LEN,
-            WireVersion::V2 => self.fixed_len_v2(wave),
-        };
-        fixed + self.tail_len(wave.payload.len())
     }
 
     /// The length of what follows the source name length byte.
@@ -258,7 +243,8 @@ pub fn encoded_len(wave: &Wave) -> usize {
 
 /// The length in bytes of `encode_as(version, wave)`.
 pub fn encoded_len_as(version: WireVersion, wave: &Wave) -> usize {
-    Sections::of(wave).len(version, wave)
+    let sections = Sections::of(wave);
+    sections.layout(version, wave).len
 }
 
 /// The envelope of `wave`: the body of its NATS message.
@@ -282,11 +268,11 @@ pub fn encode(wave: &Wave) -> Bytes {
 /// [`encode`] in `version`.
 pub fn encode_as(version: WireVersion, wave: &Wave) -> Bytes {
     let sections = Sections::of(wave);
-    let len = sections.len(version, wave);
-    let mut out = Vec::with_capacity(len);
-    write(version, wave, &sections, &mut out);
-    debug_assert_eq!(out.len(), len);
-    debug_assert_eq!(out.capacity(), len);
+    let layout = sections.layout(version, wave);
+    let mut out = Vec::with_capacity(layout.len);
+    write(version, wave, &sections, &layout, &mut out);
+    debug_assert_eq!(out.len(), layout.len);
+    debug_assert_eq!(out.capacity(), layout.len);
     Bytes::from(out)
 }
 
@@ -301,47 +287,48 @@ pub(crate) fn encode_pooled(version: WireVersion, wave: &Wave) -> Bytes {
     }
     const BLOCK: usize = 64 * 1024;
     let sections = Sections::of(wave);
-    let len = sections.len(version, wave);
-    if len > BLOCK / 4 {
+    let layout = sections.layout(version, wave);
+    if layout.len > BLOCK / 4 {
         return encode_as(version, wave);
     }
     ARENA.with_borrow_mut(|arena| {
-        if arena.capacity() < len {
+        if arena.capacity() < layout.len {
             *arena = bytes::BytesMut::with_capacity(BLOCK);
         }
-        write(version, wave, &sections, arena);
-        debug_assert_eq!(arena.len(), len);
+        write(version, wave, &sections, &layout, arena);
+        debug_assert_eq!(arena.len(), layout.len);
         arena.split().freeze()
     })
 }
 
 /// A wave's envelope about to be written into a batch frame, its layout
-/// worked out once.
+/// worked out once: version 2's fixed part is written here already (its
+/// length is what it took), the rest when the frame has room.
 #[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) struct Framed<'a> {
     pub(super) wave: &'a Wave,
     pub(super) sections: Sections<'a>,
     pub(super) version: WireVersion,
-    pub(super) len: usize,
+    pub(super) layout: Layout,
 }
 
 impl<'a> Framed<'a> {
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn of(version: WireVersion, wave: &'a Wave) -> Self {
         let sections = Sections::of(wave);
-        let len = sections.len(version, wave);
+        let layout = sections.layout(version, wave);
         Self {
             wave,
             sections,
             version,
-            len,
+            layout,
         }
     }
 
     /// The bytes it takes in a frame: its length varint, then itself.
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn entry_len(&self) -> usize {
-        varint_len(self.len as u32) + self.len
+        varint_len(self.layout.len as u32) + self.layout.len
     }
 
     /// Appends it to `out`: its length as a varint, then the envelope,
@@ -349,8 +336,8 @@ impl<'a> Framed<'a> {
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn write_into(&self, out: &mut bytes::BytesMut) {
         out.reserve(self.entry_len());
-        put_varint(out, self.len as u32);
-        write(self.version, self.wave, &self.sections, out);
+        put_varint(out, self.layout.len as u32);
+        write(self.version, self.wave, &self.sections, &self.layout, out);
     }
 }
 
@@ -386,56 +373,72 @@ impl Sink for bytes::BytesMut {
     }
 }
 
-/// Writes the envelope of `wave` in `version`, laid out by `sections`,
-/// into `out`.
+/// Writes the envelope of `wave` in `version`, laid out by `sections` and
+/// `layout`, into `out`.
 pub(super) fn write(
     version: WireVersion,
     wave: &Wave,
     sections: &Sections<'_>,
+    layout: &Layout,
     out: &mut impl Sink,
 ) {
     match version {
         WireVersion::V1 => write_fixed_v1(wave, sections, out),
-        WireVersion::V2 => write_fixed_v2(wave, sections, out),
+        WireVersion::V2 => out.put(layout.fixed.as_slice()),
     }
     write_tail(wave, sections, out);
 }
 
-/// Version 2's fixed part, up to and including the source name length.
-pub(super) fn write_fixed_v2(wave: &Wave, sections: &Sections<'_>, out: &mut impl Sink) {
+/// An envelope's layout ([`Sections::layout`]).
+pub(super) struct Layout {
+    /// Version 2's fixed part, up to and including the source name length
+    /// (empty in version 1, whose header is written in place).
+    pub(super) fixed: FixedBuf,
+    /// The whole envelope's length.
+    pub(super) len: usize,
+}
+
+/// Version 2's fixed part, up to and including the source name length,
+/// written into a buffer of its own.
+pub(super) fn fixed_part_v2(wave: &Wave, sections: &Sections<'_>) -> FixedBuf {
     let flags = sections.flags_v2(wave);
     let id = wave.id.as_u128();
     // At most 2 + 3 + 12 + 8 + 8 + 3 + 8 + 8 + 8 + 4 + 1 = 73 bytes.
+    // Each field is put at its fixed size (no copy of a length known only
+    // at run time: those cost a call each).
     let mut fixed = FixedBuf::default();
-    fixed.put(&[MAGIC, VERSION_2]);
-    put_varint(&mut fixed, flags);
-    fixed.put(&id_millis(id).to_le_bytes()[..6]);
-    fixed.put(&id_sequence(id).to_le_bytes()[..6]);
-    fixed.put(&wave.origin.to_le_bytes());
+    fixed.push([MAGIC, VERSION_2]);
+    fixed.push_varint(flags);
+    fixed.push(low6(id_millis(id)));
+    fixed.push(low6(id_sequence(id)));
+    fixed.push(wave.origin.to_le_bytes());
     if flags & FLAG_EMITTED_AT != 0 {
-        fixed.put(&wave.emitted_at_ns.to_le_bytes());
+        fixed.push(wave.emitted_at_ns.to_le_bytes());
     } else {
         // Under 10^6: the nanoseconds past the id's millisecond.
-        put_varint(
-            &mut fixed,
-            (wave.emitted_at_ns - id_millis(id) * 1_000_000) as u32,
-        );
+        fixed.push_varint((wave.emitted_at_ns - id_millis(id) * 1_000_000) as u32);
     }
-    put_varint(&mut fixed, u32::from(wave.hops));
+    fixed.push_varint(u32::from(wave.hops));
     if flags & FLAG_AMPLITUDE != 0 {
-        fixed.put(&wave.amplitude.value().to_le_bytes());
+        fixed.push(wave.amplitude.value().to_le_bytes());
     }
     if flags & FLAG_SOURCE_AMPLITUDE != 0 {
-        fixed.put(&wave.source_amplitude.value().to_le_bytes());
+        fixed.push(wave.source_amplitude.value().to_le_bytes());
     }
     if flags & FLAG_PHASE != 0 {
-        fixed.put(&wave.phase.radians().to_le_bytes());
+        fixed.push(wave.phase.radians().to_le_bytes());
     }
     if flags & FLAG_ID_NODE != 0 {
-        fixed.put(&id_node(id).to_be_bytes());
+        fixed.push(id_node(id).to_be_bytes());
     }
-    fixed.put(&[sections.source.len() as u8]);
-    out.put(fixed.as_slice());
+    fixed.push([sections.source.len() as u8]);
+    fixed
+}
+
+/// The six low bytes of `value`, little-endian.
+fn low6(value: u64) -> [u8; 6] {
+    let b = value.to_le_bytes();
+    [b[0], b[1], b[2], b[3], b[4], b[5]]
 }
 
 /// A stack buffer for version 2's fixed part.
@@ -457,12 +460,24 @@ impl FixedBuf {
     pub(super) fn as_slice(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
-}
 
-impl Sink for FixedBuf {
-    fn put(&mut self, bytes: &[u8]) {
-        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
-        self.len += bytes.len();
+    /// Appends `N` bytes.
+    #[inline(always)]
+    fn push<const N: usize>(&mut self, bytes: [u8; N]) {
+        self.bytes[self.len..self.len + N].copy_from_slice(&bytes);
+        self.len += N;
+    }
+
+    /// Appends `value` as a LEB128 varint.
+    #[inline(always)]
+    fn push_varint(&mut self, mut value: u32) {
+        while value >= 0x80 {
+            self.bytes[self.len] = (value & 0x7F) as u8 | 0x80;
+            self.len += 1;
+            value >>= 7;
+        }
+        self.bytes[self.len] = value as u8;
+        self.len += 1;
     }
 }
 
@@ -543,12 +558,12 @@ pub fn encode_signed(wave: &Wave, subject: &str, key: &[u8]) -> Bytes {
 pub fn encode_signed_as(version: WireVersion, wave: &Wave, subject: &str, key: &[u8]) -> Bytes {
     let mut sections = Sections::of(wave);
     sections.signed = true;
-    let len = sections.len(version, wave);
-    let mut out = Vec::with_capacity(len);
-    write(version, wave, &sections, &mut out);
+    let layout = sections.layout(version, wave);
+    let mut out = Vec::with_capacity(layout.len);
+    write(version, wave, &sections, &layout, &mut out);
     let signature = signature_of(subject, &out, key);
     out.extend_from_slice(&signature);
-    debug_assert_eq!(out.len(), len);
+    debug_assert_eq!(out.len(), layout.len);
     Bytes::from(out)
 }
 
