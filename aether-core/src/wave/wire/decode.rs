@@ -435,6 +435,7 @@ pub(super) struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     /// The next `n` bytes, or `Truncated` naming `field`.
+    #[inline]
     pub(super) fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8], WireError> {
         let bytes = self
             .at
@@ -445,15 +446,23 @@ impl<'a> Reader<'a> {
                 self.at += n;
                 Ok(bytes)
             }
-            None => Err(WireError::new(
-                WireErrorKind::Truncated,
-                format!(
-                    "{field} needs {n} bytes at offset {}, but the body ends at {}",
-                    self.at,
-                    self.body.len()
-                ),
-            )),
+            None => Err(self.truncated(n, field)),
         }
+    }
+
+    /// `Truncated`: `field` needs `n` bytes the body does not have. Kept
+    /// out of line, so that each read stays a bounds check.
+    #[cold]
+    #[inline(never)]
+    fn truncated(&self, n: usize, field: &str) -> WireError {
+        WireError::new(
+            WireErrorKind::Truncated,
+            format!(
+                "{field} needs {n} bytes at offset {}, but the body ends at {}",
+                self.at,
+                self.body.len()
+            ),
+        )
     }
 
     /// The first `N` bytes of the body, whatever was read already, as an
@@ -490,6 +499,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next `N` bytes as an array.
+    #[inline]
     pub(super) fn array<const N: usize>(&mut self, field: &str) -> Result<[u8; N], WireError> {
         let bytes = self.take(N, field)?;
         <[u8; N]>::try_from(bytes).map_err(|_| {
