@@ -75,6 +75,7 @@ pub(crate) async fn aether_run(
 ) -> Duration {
     let payload = payload();
     let start = Instant::now();
+    let cpu = crate::cpu::start();
     let (consumers, progress) = consume(rxs, |mut rx, got| async move {
         while got.load(Ordering::Relaxed) < n {
             let wave = rx.receive().await.expect("aether open");
@@ -87,6 +88,7 @@ pub(crate) async fn aether_run(
     emit_data(tx, channel, &payload, n).await;
     let mut rxs = finish(label, consumers, &progress, n).await;
     let elapsed = start.elapsed();
+    cpu.end(crate::cpu::Side::Aether);
     for rx in &mut rxs {
         assert!(rx.try_receive().is_none(), "{label}: more than {n} waves");
     }

@@ -39,7 +39,9 @@
 //! only that scenario, repeated, printing each round (for a profiler);
 //! `AETHER_BENCH_SIDE=raw|aether` then runs only that side (`aether` is the
 //! scenario's other side: for `body`, raw with envelope-sized bodies), and
-//! `AETHER_BENCH_ROUNDS` sets how many rounds (15; 2 under callgrind).
+//! `AETHER_BENCH_ROUNDS` sets how many rounds (15; 2 under callgrind); it
+//! ends with the CPU time the process and nats-server spent during the
+//! rounds' timed parts ([`cpu`]).
 //! Under `cargo test` (no `--bench` argument) it runs one small round of
 //! each case and checks it.
 
@@ -60,6 +62,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::{runtime::Runtime, task::JoinHandle, time::timeout};
 
 mod aether;
+mod cpu;
 mod mixed;
 mod raw;
 mod steady;
@@ -519,6 +522,9 @@ fn profile(rt: &Runtime, url: &str, which: &str) {
     if !ratios.is_empty() {
         println!("{which}: median ratio (aether / raw) {:.2}", median(ratios));
     }
+    for line in cpu::report() {
+        println!("{line}");
+    }
 }
 
 fn main() {
@@ -529,6 +535,7 @@ fn main() {
         "nats-server starts (install it with `apt-get install -y nats-server` or set NATS_SERVER_BIN)",
     );
     let url = server.url();
+    cpu::watch_server(server.pid());
     if testing {
         on_workers(&rt, raw_one_to_one(url.clone(), 1000, PAYLOAD));
         on_workers(&rt, aether_one_to_one(url.clone(), 1000));

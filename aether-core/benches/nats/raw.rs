@@ -76,6 +76,7 @@ pub(crate) async fn raw_run(
 ) -> Duration {
     let payload = body(len);
     let start = Instant::now();
+    let cpu = crate::cpu::start();
     let (consumers, progress) = consume(subs, |mut sub, got| async move {
         while got.load(Ordering::Relaxed) < n {
             let message = sub.next().await.expect("subscription open");
@@ -91,6 +92,7 @@ pub(crate) async fn raw_run(
     tx.flush().await.expect("flush");
     let subs = finish(label, consumers, &progress, n).await;
     let elapsed = start.elapsed();
+    cpu.end(crate::cpu::Side::Raw);
     for mut sub in subs {
         assert!(
             sub.next().now_or_never().is_none(),
