@@ -115,7 +115,7 @@ pub(super) struct Unacked {
 }
 
 /// Writes kept past twice the keys held before those no longer in the map
-/// are looked for ([`Shared::wrote`]).
+/// are looked for ([`Unacked::forget_gone`]).
 pub(super) const FORGET_AFTER: usize = 1024;
 
 /// Writes between two comparisons of the writes kept with the keys held.
@@ -164,6 +164,18 @@ impl Unacked {
             && let Some(old) = self.some.remove(key)
         {
             count(&mut self.levels, &old, false);
+        }
+    }
+
+    /// Forgets the writes no longer in `store` as this replica wrote them
+    /// (overwritten by a higher stamp, a tombstone collected) once they may
+    /// outnumber twice the keys held and [`FORGET_AFTER`]: writes still in
+    /// the map are at most the keys held, so a look forgets at least half
+    /// of what it looks at, and a replica that wrote many keys still held
+    /// is never looked over for it.
+    fn forget_gone(&mut self, store: &super::store::Store) {
+        if self.len() > 2 * store.held() + FORGET_AFTER {
+            self.retain(|key, acked| store.entry(key).is_some_and(|e| e.stamp == acked.stamp));
         }
     }
 
@@ -591,17 +603,15 @@ impl Shared {
     /// replica had made then (all of them among those or acknowledged).
     ///
     /// The store is read for the writes still short of `want` alone (those
-    /// held as asked are not looked over); the others, overwritten since,
-    /// are forgotten once they outnumber the keys held.
+    /// held as asked are not looked over); the others, gone from the map
+    /// since, are forgotten as [`Unacked::forget_gone`] says.
     pub(super) fn unacked_entries(&self, want: HeldBy) -> (Vec<(SmolStr, Entry)>, u64) {
         let mut unacked = self.lock_unacked();
         // Read under the lock every write takes to join the unacknowledged
         // ones: the writes counted are all there.
         let upto = self.flushes.written();
         let store = self.lock_store();
-        if unacked.len() > store.held() {
-            unacked.retain(|key, acked| store.entry(key).is_some_and(|e| e.stamp == acked.stamp));
-        }
+        unacked.forget_gone(&store);
         let mut waiting = Vec::new();
         let mut overwritten = Vec::new();
         for (key, acked) in unacked.short_of(want) {
@@ -619,23 +629,14 @@ impl Shared {
     }
 
     /// A write of this replica won here: it waits for a flush. A replica
-    /// that never flushes would keep every key it ever wrote; so once the
-    /// writes kept outnumber twice the keys held and [`FORGET_AFTER`]
-    /// (compared every [`LOOK_EVERY`] writes), those no longer in the map
-    /// as this replica wrote them (overwritten by a higher stamp, a
-    /// tombstone collected) are forgotten, as a flush forgets them. While
-    /// the writes kept are in the map they are never looked over for this
-    /// (they are at most the keys held), and each look forgets at least
-    /// half of what it looks at.
+    /// that never flushes would keep every key it ever wrote, so every
+    /// [`LOOK_EVERY`] writes it forgets those gone from the map, as a flush
+    /// does ([`Unacked::forget_gone`]).
     pub(super) fn wrote(&self, key: SmolStr, stamp: super::Stamp) {
         let mut unacked = self.lock_unacked();
         unacked.wrote(key, stamp);
         if unacked.writes.is_multiple_of(LOOK_EVERY) && unacked.len() > FORGET_AFTER {
-            let store = self.lock_store();
-            if unacked.len() > 2 * store.held() + FORGET_AFTER {
-                unacked
-                    .retain(|key, acked| store.entry(key).is_some_and(|e| e.stamp == acked.stamp));
-            }
+            unacked.forget_gone(&self.lock_store());
         }
     }
 
