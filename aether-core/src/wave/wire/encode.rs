@@ -219,7 +219,14 @@ pub(super) fn varint_len(value: u32) -> usize {
 }
 
 /// Writes `value` as a LEB128 varint.
-pub(super) fn put_varint(out: &mut impl Sink, mut value: u32) {
+pub(super) fn put_varint(out: &mut impl Sink, value: u32) {
+    let (bytes, n) = varint_bytes(value);
+    out.put(&bytes[..n]);
+}
+
+/// `value` as a LEB128 varint: five bytes, of which the first `n` count.
+#[inline(always)]
+fn varint_bytes(mut value: u32) -> ([u8; 5], usize) {
     let mut bytes = [0u8; 5];
     let mut n = 0;
     loop {
@@ -228,12 +235,11 @@ pub(super) fn put_varint(out: &mut impl Sink, mut value: u32) {
         if value == 0 {
             bytes[n] = byte;
             n += 1;
-            break;
+            return (bytes, n);
         }
         bytes[n] = byte | 0x80;
         n += 1;
     }
-    out.put(&bytes[..n]);
 }
 
 /// The length in bytes of `encode(wave)` (version 2).
@@ -468,16 +474,15 @@ impl FixedBuf {
         self.len += N;
     }
 
-    /// Appends `value` as a LEB128 varint.
+    /// Appends `value` as a LEB128 varint: all five bytes are copied (a
+    /// copy of a fixed size), the length moves by those that count. The
+    /// varints come before the fixed part's last 24 bytes, so the five
+    /// always fit.
     #[inline(always)]
-    fn push_varint(&mut self, mut value: u32) {
-        while value >= 0x80 {
-            self.bytes[self.len] = (value & 0x7F) as u8 | 0x80;
-            self.len += 1;
-            value >>= 7;
-        }
-        self.bytes[self.len] = value as u8;
-        self.len += 1;
+    fn push_varint(&mut self, value: u32) {
+        let (bytes, n) = varint_bytes(value);
+        self.bytes[self.len..self.len + 5].copy_from_slice(&bytes);
+        self.len += n;
     }
 }
 
