@@ -133,18 +133,17 @@ async fn aether(url: &str, n: usize, sync_writes: bool, held: usize) -> Run {
                 .expect("held")
         }
     };
-    let mut latencies = Vec::with_capacity(n);
-    let start = Instant::now();
-    for i in 0..n {
-        let t = Instant::now();
-        map.set(&format!("k{}", i % 1000), value.clone())
-            .await
-            .expect("set");
-        let held = flush(&map).await;
-        assert_eq!(held.keepers, 1);
-        latencies.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    let run = timed(latencies, start.elapsed());
+    let run = one_at_a_time(n, |i| {
+        let (map, value) = (&map, value.clone());
+        async move {
+            map.set(&format!("k{}", i % 1000), value)
+                .await
+                .expect("set");
+            let held = flush(map).await;
+            assert_eq!(held.keepers, 1);
+        }
+    })
+    .await;
     map.close().await;
     keeper.close().await;
     run
@@ -358,16 +357,31 @@ async fn nats_kv(url: &str, n: usize) -> Option<Run> {
     };
     let value = bytes::Bytes::from(vec![b'v'; VALUE]);
     kv.put("warm", value.clone()).await.expect("put");
+    let run = one_at_a_time(n, |i| {
+        let (kv, value) = (&kv, value.clone());
+        async move {
+            kv.put(format!("k{}", i % 1000), value).await.expect("put");
+        }
+    })
+    .await;
+    Some(run)
+}
+
+/// `n` writes one after the other, `write(i)` returning once the `i`th is
+/// acknowledged: each write's latency and the time for all.
+async fn one_at_a_time<F, W>(n: usize, mut write: F) -> Run
+where
+    F: FnMut(usize) -> W,
+    W: std::future::Future<Output = ()>,
+{
     let mut latencies = Vec::with_capacity(n);
     let start = Instant::now();
     for i in 0..n {
         let t = Instant::now();
-        kv.put(format!("k{}", i % 1000), value.clone())
-            .await
-            .expect("put");
+        write(i).await;
         latencies.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    Some(timed(latencies, start.elapsed()))
+    timed(latencies, start.elapsed())
 }
 
 /// `n` requests of a raw async-nats client, each answered by a responder
@@ -396,17 +410,13 @@ async fn raw_request(url: &str, n: usize) -> Run {
         .request(subject.clone(), value.clone())
         .await
         .expect("request");
-    let mut latencies = Vec::with_capacity(n);
-    let start = Instant::now();
-    for _ in 0..n {
-        let t = Instant::now();
-        client
-            .request(subject.clone(), value.clone())
-            .await
-            .expect("request");
-        latencies.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    let run = timed(latencies, start.elapsed());
+    let run = one_at_a_time(n, |_| {
+        let (client, subject, value) = (&client, subject.clone(), value.clone());
+        async move {
+            client.request(subject, value).await.expect("request");
+        }
+    })
+    .await;
     answering.abort();
     run
 }
