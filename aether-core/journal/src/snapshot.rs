@@ -89,7 +89,7 @@ pub fn read_snapshot(dir: impl AsRef<Path>) -> Result<Option<Snapshot>, JournalE
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(JournalError::io(path, e)),
     };
-    decode(&bytes)
+    decode(bytes)
         .map(Some)
         .map_err(|reason| JournalError::SnapshotCorrupt {
             path: path.clone(),
@@ -97,7 +97,10 @@ pub fn read_snapshot(dir: impl AsRef<Path>) -> Result<Option<Snapshot>, JournalE
         })
 }
 
-fn decode(bytes: &[u8]) -> Result<Snapshot, &'static str> {
+/// The file's bytes become the snapshot's data in place (the header
+/// moved out of the way), not copied: a snapshot is the size of the state
+/// it holds, and a copy would double what opening it takes.
+fn decode(mut bytes: Vec<u8>) -> Result<Snapshot, &'static str> {
     if bytes.len() < SNAPSHOT_HEADER_LEN {
         return Err("shorter than its header");
     }
@@ -118,13 +121,15 @@ fn decode(bytes: &[u8]) -> Result<Snapshot, &'static str> {
     if len != bytes.len() - SNAPSHOT_HEADER_LEN {
         return Err("its length field does not match the file");
     }
-    if crc_of(bytes) != u32_at(8) {
+    if crc_of(&bytes) != u32_at(8) {
         return Err("checksum mismatch");
     }
+    let (position, time_ms) = (u64_at(16), u64_at(24));
+    bytes.drain(..SNAPSHOT_HEADER_LEN);
     Ok(Snapshot {
-        position: u64_at(16),
-        time_ms: u64_at(24),
-        data: bytes[SNAPSHOT_HEADER_LEN..].to_vec(),
+        position,
+        time_ms,
+        data: bytes,
     })
 }
 
