@@ -2,7 +2,8 @@
 //! map is appended to a journal (`aether-journal`: checksummed records, a
 //! torn tail cut off on open), with a snapshot of the whole map every
 //! `snapshot_every` records (`StateConfig`), after which the segments it
-//! covers are deleted. A restarted replica reads the snapshot and the records after
+//! covers are deleted, and one more at a close once a quarter of the next
+//! is due. A restarted replica reads the snapshot and the records after
 //! it, then catches up from its peers.
 
 use std::{
@@ -55,6 +56,9 @@ const SEGMENT_BYTES: u64 = 1 << 20;
 /// Records since the last snapshot of at least this many bytes (and as
 /// many as the map holds) make the next snapshot due.
 const SNAPSHOT_FLOOR: u64 = 256 << 10;
+/// A ledger closed with records since its last snapshot of at least
+/// `1 / CLOSE_PART` of what makes the next one due writes one first.
+const CLOSE_PART: u64 = 4;
 
 /// The ledger of one replica.
 #[derive(Debug)]
@@ -318,33 +322,47 @@ impl Ledger {
         self.last = Some(seq);
         self.since_snapshot += 1;
         self.since_snapshot_bytes += record.len() as u64;
-        // At least as many records as the map has entries between
-        // snapshots: a snapshot costs the whole map, so this keeps what is
-        // written at most twice what is changed, and a restart reads at
-        // most about twice the map. Records as large as the map (and
-        // [`SNAPSHOT_FLOOR`]) are due too: the disk holds about twice the
-        // map, plus a segment, whatever the size of its values.
+        if self.due(store, 1) {
+            // The record is held whatever becomes of the snapshot: a
+            // snapshot that fails (a full disk) is tried again after as
+            // many records more, and the change is not appended again.
+            self.snapshot(store);
+        }
+        Ok(seq)
+    }
+
+    /// Whether the records since the last snapshot reach `1 / part` of
+    /// what makes the next one due. At least as many records as the map
+    /// has entries between snapshots: a snapshot costs the whole map, so
+    /// this keeps what is written at most twice what is changed, and a
+    /// restart reads at most about twice the map. Records as large as the
+    /// map (and [`SNAPSHOT_FLOOR`]) are due too: the disk holds about
+    /// twice the map, plus a segment, whatever the size of its values.
+    fn due(&self, store: &Store, part: u64) -> bool {
         let due = self
             .snapshot_every
             .max((store.len() + store.tombstones()) as u64);
         let due_bytes = store.bytes().max(SNAPSHOT_FLOOR);
-        if self.snapshot_every > 0
-            && (self.since_snapshot >= due || self.since_snapshot_bytes >= due_bytes)
-        {
-            // The record is held whatever becomes of the snapshot: a
-            // snapshot that fails (a full disk) is tried again after as
-            // many records more, and the change is not appended again.
-            self.since_snapshot = 0;
-            self.since_snapshot_bytes = 0;
-            let all = codec::encode_all(store.entries().map(|(k, e)| (k.as_str(), e)));
-            let snapshot = journal
-                .write_snapshot(super::hlc::wall_ns() / 1_000_000, &all)
-                .and_then(|position| journal.compact_before(position));
-            if let Err(error) = snapshot {
-                tracing::warn!(%error, "a map's snapshot was not written; its ledger grows until one is");
-            }
+        self.snapshot_every > 0
+            && self.since_snapshot > 0
+            && (self.since_snapshot * part >= due || self.since_snapshot_bytes * part >= due_bytes)
+    }
+
+    /// Writes the whole map as the snapshot and deletes the segments it
+    /// covers; a failure (a full disk) is said, and the records stay.
+    fn snapshot(&mut self, store: &Store) {
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        self.since_snapshot = 0;
+        self.since_snapshot_bytes = 0;
+        let all = codec::encode_all(store.entries().map(|(k, e)| (k.as_str(), e)));
+        let snapshot = journal
+            .write_snapshot(super::hlc::wall_ns() / 1_000_000, &all)
+            .and_then(|position| journal.compact_before(position));
+        if let Err(error) = snapshot {
+            tracing::warn!(%error, "a map's snapshot was not written; its ledger grows until one is");
         }
-        Ok(seq)
     }
 
     /// What opening it repaired, if it was damaged.
@@ -365,8 +383,15 @@ impl Ledger {
 
     /// Closes the journal (what it holds stays on the disk) and frees the
     /// directory for another replica, in this process or another; appends
-    /// after it fail.
-    pub(crate) fn close(&mut self) {
+    /// after it fail. With records since the last snapshot of at least a
+    /// quarter of what makes the next one due ([`CLOSE_PART`]), the map
+    /// `store` holds is written as the snapshot first, so that the next
+    /// opening reads the snapshot alone (a restart after a crash reads
+    /// the records after the last snapshot too, up to about the map).
+    pub(crate) fn close(&mut self, store: &Store) {
+        if self.due(store, CLOSE_PART) {
+            self.snapshot(store);
+        }
         if let Some(journal) = self.journal.take()
             && let Err(error) = journal.close()
         {
@@ -505,10 +530,55 @@ mod tests {
         }
         assert_eq!(ledger.unlogged(), 0);
         assert_eq!(ledger.next_seq(), Some(20), "each change written once");
-        ledger.close();
+        ledger.close(&store);
         std::fs::remove_dir(dir.path().join(aether_journal::SNAPSHOT_TEMP_FILE)).unwrap();
         let (_, again, skipped) = Ledger::open(dir.path(), &limits, 4).unwrap();
         assert_eq!((again.len(), skipped), (20, 0));
+    }
+
+    /// `n` changes of 10 keys (each a new value), appended as a replica
+    /// does.
+    fn write(ledger: &mut Ledger, store: &mut Store, n: u64) {
+        for n in 0..n {
+            let key = format!("k{}", n % 10);
+            let entry = Entry {
+                stamp: Stamp {
+                    physical_ns: 1_000_000 * (n + 1),
+                    logical: 0,
+                    node: 1,
+                },
+                value: Some(Bytes::from(vec![b'v'; 10])),
+                writer: SmolStr::new("w"),
+            };
+            store.merge(&key, entry.clone()).unwrap();
+            ledger.append(&key, &entry, store).unwrap();
+        }
+    }
+
+    /// A ledger closed with records since its snapshot of at least a
+    /// quarter of the next one's due writes the snapshot first: the next
+    /// opening reads no record. With fewer, the records stay as they are
+    /// and are read back.
+    #[test]
+    fn a_close_writes_the_snapshot_once_a_quarter_of_one_is_due() {
+        let limits = Limits {
+            max_key_bytes: 256,
+            max_value_bytes: 1024,
+        };
+        // A snapshot every 100 records: 25 at the close make one.
+        for (records, read_back) in [(24, 24), (25, 0), (124, 24), (125, 0)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut ledger, mut store, _) = Ledger::open(dir.path(), &limits, 100).unwrap();
+            write(&mut ledger, &mut store, records);
+            ledger.close(&store);
+            let (ledger, again, skipped) = Ledger::open(dir.path(), &limits, 100).unwrap();
+            assert_eq!((again.len(), skipped), (10, 0), "{records} records");
+            assert_eq!(again, store, "{records} records: the map as it was");
+            assert_eq!(
+                ledger.since_snapshot, read_back,
+                "{records} records: those read back"
+            );
+        }
     }
 
     /// A ledger that lacks changes says so to the next process that opens
@@ -520,15 +590,15 @@ mod tests {
             max_key_bytes: 256,
             max_value_bytes: 1024,
         };
-        let (mut ledger, _, _) = Ledger::open(dir.path(), &limits, 4).unwrap();
+        let (mut ledger, store, _) = Ledger::open(dir.path(), &limits, 4).unwrap();
         assert!(!ledger.lacking());
         ledger.set_lacking(true);
-        ledger.close();
-        let (mut ledger, _, _) = Ledger::open(dir.path(), &limits, 4).unwrap();
+        ledger.close(&store);
+        let (mut ledger, store, _) = Ledger::open(dir.path(), &limits, 4).unwrap();
         assert!(ledger.lacking(), "said again after a restart");
         ledger.set_lacking(false);
         assert!(!dir.path().join(LACKS_FILE).exists());
-        ledger.close();
+        ledger.close(&store);
         let (ledger, _, _) = Ledger::open(dir.path(), &limits, 4).unwrap();
         assert!(!ledger.lacking());
     }
@@ -558,7 +628,7 @@ mod tests {
             store.merge(&key, entry.clone()).unwrap();
             ledger.append(&key, &entry, &store).unwrap();
         }
-        ledger.close();
+        ledger.close(&store);
         let mut segments: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .flatten()

@@ -1035,6 +1035,10 @@ impl StateMap {
     /// closing its ledger (the state directory is free for another
     /// replica). Returns once the goodbye left this process (up to a second
     /// while the connection is down), so a program may exit right after.
+    /// With a state directory, when the records since the ledger's last
+    /// snapshot are at least a quarter of the next one's due, the map is
+    /// written as a snapshot first (the time to write it once), so that
+    /// the next opening reads the snapshot alone.
     pub async fn close(&self) {
         self.shared.send_outgoing().await;
         self.shared.say_goodbye().await;
@@ -1060,7 +1064,8 @@ impl StateMap {
         // The ledger's directory is free for a replica opened again, in
         // this process too.
         if let Some(ledger) = &self.shared.ledger {
-            ledger.ledger().close();
+            let store = self.shared.lock_store();
+            ledger.ledger().close(&store);
         }
     }
 }
