@@ -428,12 +428,24 @@ async fn write_to_watch(x: &Aether, y: &Aether, n: usize) -> Vec<f64> {
 /// operating system before `set` returns), then the time a replica takes to
 /// open on that directory alone (its ledger: snapshot and records).
 async fn ledger(n: usize) -> (f64, Duration) {
-    ledger_with(n, 1, 10_000).await
+    let run = ledger_with(n, 1, 10_000).await;
+    (run.rate, run.closed)
+}
+
+/// What [`ledger_with`] measured.
+struct Ledgered {
+    /// Writes a second.
+    rate: f64,
+    /// The open after the map was closed.
+    closed: Duration,
+    /// The open of the directory as the last write left it (copied before
+    /// the close): what a restart after a crash reads.
+    crashed: Duration,
 }
 
 /// [`ledger`] over `keys` keys each written `times` times, with
 /// `snapshot_every` (0: no snapshot, every record read).
-async fn ledger_with(keys: usize, times: usize, snapshot_every: u64) -> (f64, Duration) {
+async fn ledger_with(keys: usize, times: usize, snapshot_every: u64) -> Ledgered {
     // Up to a million keys: past the default caps.
     let config = || StateConfig {
         snapshot_every,
@@ -442,6 +454,7 @@ async fn ledger_with(keys: usize, times: usize, snapshot_every: u64) -> (f64, Du
         ..Default::default()
     };
     let dir = tempfile::tempdir().expect("dir");
+    let crash = tempfile::tempdir().expect("dir");
     let aether = aether_for(0);
     let value = Bytes::from(vec![0xAB; VALUE]);
     let rate = {
@@ -461,22 +474,42 @@ async fn ledger_with(keys: usize, times: usize, snapshot_every: u64) -> (f64, Du
             }
         }
         let rate = (keys * times) as f64 / start.elapsed().as_secs_f64();
+        // Each write is in the operating system once `set` returns: the
+        // files now are what a SIGKILL would leave.
+        for file in std::fs::read_dir(dir.path()).expect("read dir").flatten() {
+            if file.file_type().is_ok_and(|t| t.is_file()) {
+                std::fs::copy(file.path(), crash.path().join(file.file_name())).expect("copy");
+            }
+        }
         map.close().await;
         rate
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let alone = Aether::default();
-    let start = Instant::now();
-    let map = StateMap::builder("bench")
-        .node("d")
-        .config(config())
-        .state_dir(dir.path())
-        .open(&alone)
-        .await
-        .expect("reopen");
-    let boot = start.elapsed();
-    assert_eq!(map.len(), keys);
-    (rate, boot)
+    let boot = |dir: std::path::PathBuf| {
+        let config = config();
+        async move {
+            let alone = Aether::default();
+            let start = Instant::now();
+            let map = StateMap::builder("bench")
+                .node("d")
+                .config(config)
+                .state_dir(dir)
+                .open(&alone)
+                .await
+                .expect("reopen");
+            let boot = start.elapsed();
+            assert_eq!(map.len(), keys);
+            map.close().await;
+            boot
+        }
+    };
+    let closed = boot(dir.path().to_path_buf()).await;
+    let crashed = boot(crash.path().to_path_buf()).await;
+    Ledgered {
+        rate,
+        closed,
+        crashed,
+    }
 }
 
 /// With `sync_writes`: `writers` tasks write `each` keys at once, every
@@ -517,6 +550,10 @@ async fn synced_writes(writers: usize, each: usize) -> f64 {
     rate
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 fn percentile(xs: &mut [f64], p: f64) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[((xs.len() - 1) as f64 * p) as usize]
@@ -555,13 +592,15 @@ fn main() {
     // `AETHER_BENCH_PROFILE=boot`: the boot rows alone.
     if !testing && std::env::var("AETHER_BENCH_PROFILE").as_deref() == Ok("boot") {
         for (keys, times) in [(1_000_000, 1), (100_000, 10)] {
-            let (_, snapshot) = rt.block_on(ledger_with(keys, times, 10_000));
-            let (_, records) = rt.block_on(ledger_with(keys, times, 0));
+            let snapshots = rt.block_on(ledger_with(keys, times, 10_000));
+            let records = rt.block_on(ledger_with(keys, times, 0)).closed;
             println!(
-                "open of {keys} keys written {times}x: from snapshots {:.0} ms, from every record {:.0} ms: {:.1}x",
-                snapshot.as_secs_f64() * 1000.0,
-                records.as_secs_f64() * 1000.0,
-                records.as_secs_f64() / snapshot.as_secs_f64()
+                "open of {keys} keys written {times}x: from snapshots {:.0} ms after a close, {:.0} ms after a crash; from every record {:.0} ms: {:.1}x and {:.1}x",
+                ms(snapshots.closed),
+                ms(snapshots.crashed),
+                ms(records),
+                records.as_secs_f64() / snapshots.closed.as_secs_f64(),
+                records.as_secs_f64() / snapshots.crashed.as_secs_f64()
             );
         }
         return;
@@ -726,10 +765,10 @@ fn main() {
 
     // Boot at 1,000,000 keys: from snapshots, and from every record. Then
     // 100,000 keys written 10 times each (a history ten times the map).
-    let (_, from_snapshot) = rt.block_on(ledger_with(1_000_000, 1, 10_000));
-    let (_, from_records) = rt.block_on(ledger_with(1_000_000, 1, 0));
-    let (_, rewritten_snapshot) = rt.block_on(ledger_with(100_000, 10, 10_000));
-    let (_, rewritten_records) = rt.block_on(ledger_with(100_000, 10, 0));
+    let from_snapshot = rt.block_on(ledger_with(1_000_000, 1, 10_000));
+    let from_records = rt.block_on(ledger_with(1_000_000, 1, 0)).closed;
+    let rewritten_snapshot = rt.block_on(ledger_with(100_000, 10, 10_000));
+    let rewritten_records = rt.block_on(ledger_with(100_000, 10, 0)).closed;
     // Writes that return once fsynced: one writer (an fsync per write),
     // then 256 writers sharing fsyncs.
     let mut one_synced = Vec::new();
@@ -790,18 +829,23 @@ fn main() {
         "| open of 200,000 keys from the ledger alone (ms; snapshot every 10,000 records) | {b:.1} ({bmin:.1}-{bmax:.1}), {:.0} keys/s |",
         200_000.0 / (b / 1000.0)
     );
-    println!(
-        "| open of 1,000,000 keys: from snapshots vs from every record (ms, one run each) | {:.0} vs {:.0}: {:.1}x |",
-        from_snapshot.as_secs_f64() * 1000.0,
-        from_records.as_secs_f64() * 1000.0,
-        from_records.as_secs_f64() / from_snapshot.as_secs_f64()
-    );
-    println!(
-        "| open of 100,000 keys each written 10 times: from snapshots vs from every record (ms, one run each) | {:.0} vs {:.0}: {:.1}x |",
-        rewritten_snapshot.as_secs_f64() * 1000.0,
-        rewritten_records.as_secs_f64() * 1000.0,
-        rewritten_records.as_secs_f64() / rewritten_snapshot.as_secs_f64()
-    );
+    for (label, snapshots, records) in [
+        ("1,000,000 keys", from_snapshot, from_records),
+        (
+            "100,000 keys each written 10 times",
+            rewritten_snapshot,
+            rewritten_records,
+        ),
+    ] {
+        println!(
+            "| open of {label}: from snapshots after a close / after a crash vs from every record (ms, one run each) | {:.0} / {:.0} vs {:.0}: {:.1}x / {:.1}x |",
+            ms(snapshots.closed),
+            ms(snapshots.crashed),
+            ms(records),
+            records.as_secs_f64() / snapshots.closed.as_secs_f64(),
+            records.as_secs_f64() / snapshots.crashed.as_secs_f64()
+        );
+    }
     let (s1, s1min, s1max) = summary("one synced", &mut one_synced);
     let (sm, smmin, smmax) = summary("many synced", &mut many_synced);
     println!(
