@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    FsyncPolicy, JournalError, Options, Snapshot,
+    FsyncPolicy, JournalError, Options, Record, Snapshot,
     files::{create_private_dir, private},
     format::{
         DamageKind, MAX_RECORD_LEN, Next, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentReader,
@@ -91,6 +91,20 @@ impl Recovery {
 /// (base, path, length), and where.
 pub(crate) type AtDamage<'a> =
     dyn FnMut(&Path, &[(u64, PathBuf, u64)], &Damage) -> Result<(), JournalError> + 'a;
+
+/// A caller that rebuilds its state from a journal as
+/// [`Journal::open_salvaging`] opens it: handed the snapshot first, then
+/// each record after it, as the opening checks them (each file is read
+/// once).
+pub trait Restore {
+    /// The snapshot (`Ok(None)`: there is none; `Err`: it is damaged),
+    /// before any record. Returns the sequence number from which it wants
+    /// the records: the snapshot's position, or 0 for every one kept.
+    fn snapshot(&mut self, snapshot: Result<Option<Snapshot>, JournalError>) -> u64;
+    /// A valid record the journal keeps, in order, from that sequence
+    /// number on.
+    fn record(&mut self, record: Record);
+}
 
 /// What [`Journal::open_with_snapshot`] opened.
 #[derive(Debug)]
@@ -186,11 +200,13 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf, u64)>, Jour
 /// Scans one segment: its valid records, the newest time, the end of the
 /// valid part and the damage. `expected_start` is where the previous
 /// segment ends, if there is one.
+/// Each valid record (before the damage) from sequence number `from` on
+/// is handed to `each`.
 pub(crate) fn scan(
     path: &Path,
-    len: u64,
-    base: u64,
-    expected_start: Option<u64>,
+    (len, base, expected_start): (u64, u64, Option<u64>),
+    from: u64,
+    each: &mut dyn FnMut(Record),
 ) -> Result<(u64, u64, u64, Option<DamageKind>), JournalError> {
     let file = File::open(path).map_err(|e| JournalError::io(path, e))?;
     let io = |e| JournalError::io(path, e);
@@ -204,7 +220,15 @@ pub(crate) fn scan(
     let (mut records, mut newest) = (0u64, 0u64);
     loop {
         match reader.next().map_err(io)? {
-            Next::Record { time_ms, .. } => {
+            Next::Record { time_ms, payload } => {
+                let seq = base + records;
+                if seq >= from {
+                    each(Record {
+                        seq,
+                        time_ms,
+                        payload,
+                    });
+                }
                 records += 1;
                 newest = newest.max(time_ms);
             }
@@ -235,16 +259,19 @@ impl Journal {
         dir: impl AsRef<Path>,
         options: Options,
     ) -> Result<Opened, JournalError> {
-        Self::open_all(dir.as_ref(), options, &mut |_, _, _| Ok(()))
+        Self::open_all(dir.as_ref(), options, &mut |_, _, _| Ok(()), None)
     }
 
     /// [`open_with_snapshot`](Self::open_with_snapshot), telling
     /// `at_damage` of the first damage (the directory, the damaged segment
     /// and those after it, where) before it is cut.
+    /// With `restore`, the snapshot and the records after it are handed
+    /// to it as they are read (the snapshot is not in what is returned).
     pub(crate) fn open_all(
         dir: &Path,
         options: Options,
         at_damage: &mut AtDamage<'_>,
+        mut restore: Option<&mut dyn Restore>,
     ) -> Result<Opened, JournalError> {
         options.validate()?;
         let dir = dir.to_path_buf();
@@ -263,6 +290,23 @@ impl Journal {
             fs::remove_file(&temp).map_err(|e| JournalError::io(&temp, e))?;
         }
 
+        // A damaged snapshot is the reader's concern; it cannot move the
+        // sequence.
+        let mut snapshot = read_snapshot(&dir);
+        let snapshot_end = snapshot
+            .as_ref()
+            .ok()
+            .and_then(Option::as_ref)
+            .map_or(0, |s| s.position);
+        let (from, each): (u64, &mut dyn FnMut(Record)) = match restore.as_mut() {
+            Some(restore) => {
+                let snapshot = std::mem::replace(&mut snapshot, Ok(None));
+                (restore.snapshot(snapshot), &mut |record| {
+                    restore.record(record)
+                })
+            }
+            None => (u64::MAX, &mut |_| {}),
+        };
         let mut recovery = Recovery::default();
         let mut segments: Vec<Segment> = Vec::new();
         let found = list_segments(&dir)?;
@@ -272,7 +316,7 @@ impl Journal {
             // previous segment ended when it was made (its base, unless a
             // snapshot moved the sequence on).
             let expected = segments.last().map(|s: &Segment| s.base + s.records);
-            let (records, newest, valid, kind) = scan(path, *len, *base, expected)?;
+            let (records, newest, valid, kind) = scan(path, (*len, *base, expected), from, each)?;
             if let Some(kind) = kind {
                 let damage = Damage {
                     segment: path.clone(),
@@ -325,14 +369,6 @@ impl Journal {
         recovery.records = segments.iter().map(|s| s.records).sum();
 
         let log_end = segments.last().map_or(0, |s| s.base + s.records);
-        // A damaged snapshot is the reader's concern; it cannot move the
-        // sequence.
-        let snapshot = read_snapshot(&dir);
-        let snapshot_end = snapshot
-            .as_ref()
-            .ok()
-            .and_then(Option::as_ref)
-            .map_or(0, |s| s.position);
         let next_seq = log_end.max(snapshot_end);
         let reuse = segments
             .last()

@@ -99,7 +99,8 @@
 //! A writer whose records stand on their own (each merged by its own
 //! stamp, whatever its place) opens with [`Journal::open_salvaging`]: the
 //! damaged files are copied aside and the valid records after the damage
-//! are returned, to be appended again.
+//! are returned, to be appended again; the snapshot and the records kept
+//! are handed to its [`Restore`] as the opening reads them.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -119,7 +120,7 @@ pub use format::{
     DamageKind, MAX_RECORD_LEN, RECORD_HEADER_LEN, Record, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
     SEGMENT_VERSION,
 };
-pub use journal::{Damage, Journal, LOCK_FILE, Opened, PendingSync, Recovery, Retained};
+pub use journal::{Damage, Journal, LOCK_FILE, Opened, PendingSync, Recovery, Restore, Retained};
 pub use options::{FsyncPolicy, Options, Retention};
 pub use reader::{Reader, Records};
 pub use salvage::{Salvage, snapshot_aside};

@@ -18,7 +18,7 @@ use std::{
 };
 
 use crate::{
-    Damage, Journal, JournalError, Opened, Options,
+    Damage, Journal, JournalError, Options, Recovery, Restore,
     files::create_private_dir,
     format::{MAX_RECORD_LEN, RECORD_HEADER_LEN, Record, SEGMENT_HEADER_LEN, record_crc},
 };
@@ -43,20 +43,27 @@ pub struct Salvage {
 }
 
 impl Journal {
-    /// [`Journal::open_with_snapshot`], keeping the damaged files aside in
+    /// [`Journal::open`], keeping the damaged files aside in
     /// `dir/damaged/<unix ms>/` and reading on past the first damage
     /// before it is cut, in the same pass over the segments: what it found
-    /// past the damage, if any.
+    /// past the damage, if any. `restore` is handed the snapshot, then the
+    /// records it keeps as they are checked.
     pub fn open_salvaging(
         dir: impl AsRef<Path>,
         options: Options,
-    ) -> Result<(Opened, Option<Salvage>), JournalError> {
+        restore: &mut dyn Restore,
+    ) -> Result<(Journal, Recovery, Option<Salvage>), JournalError> {
         let mut salvaged = None;
-        let opened = Journal::open_all(dir.as_ref(), options, &mut |dir, damaged, damage| {
-            salvaged = Some(read_past(dir, damaged, damage.clone())?);
-            Ok(())
-        })?;
-        Ok((opened, salvaged))
+        let opened = Journal::open_all(
+            dir.as_ref(),
+            options,
+            &mut |dir, damaged, damage| {
+                salvaged = Some(read_past(dir, damaged, damage.clone())?);
+                Ok(())
+            },
+            Some(restore),
+        )?;
+        Ok((opened.journal, opened.recovery, salvaged))
     }
 }
 
@@ -153,7 +160,7 @@ fn record_at(data: &[u8], at: usize) -> Option<(u64, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Recovery, journal::list_segments};
+    use crate::{Snapshot, journal::list_segments};
 
     const T: u64 = 1_700_000_000_000;
 
@@ -168,11 +175,77 @@ mod tests {
         list_segments(dir).unwrap()[0].1.clone()
     }
 
+    /// What a restore was handed.
+    #[derive(Default)]
+    struct Handed {
+        snapshot: Option<Result<Option<Snapshot>, JournalError>>,
+        records: Vec<Record>,
+    }
+
+    impl Restore for Handed {
+        fn snapshot(&mut self, snapshot: Result<Option<Snapshot>, JournalError>) -> u64 {
+            assert!(self.snapshot.is_none() && self.records.is_empty(), "first");
+            let from = snapshot
+                .as_ref()
+                .ok()
+                .and_then(Option::as_ref)
+                .map_or(0, |s| s.position);
+            self.snapshot = Some(snapshot);
+            from
+        }
+
+        fn record(&mut self, record: Record) {
+            self.records.push(record);
+        }
+    }
+
     /// Opens `dir` salvaging: what it kept, what it read on.
     fn open_salvaging(dir: &Path) -> (Recovery, Option<Salvage>) {
-        let (opened, salvaged) = Journal::open_salvaging(dir, Options::default()).unwrap();
-        drop(opened.journal);
-        (opened.recovery, salvaged)
+        let mut handed = Handed::default();
+        let (_journal, recovery, salvaged) =
+            Journal::open_salvaging(dir, Options::default(), &mut handed).unwrap();
+        assert_eq!(
+            handed.records.len() as u64,
+            recovery.records,
+            "each record kept handed once"
+        );
+        (recovery, salvaged)
+    }
+
+    /// The restore is handed the snapshot, then exactly the records kept
+    /// from its position on, in order, as `Reader` reads them.
+    #[test]
+    fn a_restore_is_handed_the_snapshot_then_the_records_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = Journal::open(dir.path(), Options::default()).unwrap();
+        for i in 0..10u64 {
+            journal.append(T + i, &[i as u8]).unwrap();
+        }
+        let position = journal.write_snapshot(T, b"state").unwrap();
+        for i in 10..15u64 {
+            journal.append(T + i, &[i as u8]).unwrap();
+        }
+        journal.close().unwrap();
+        let mut handed = Handed::default();
+        let (journal, recovery, salvaged) =
+            Journal::open_salvaging(dir.path(), Options::default(), &mut handed).unwrap();
+        drop(journal);
+        assert!(salvaged.is_none() && recovery.damage.is_none());
+        let snapshot = handed.snapshot.unwrap().unwrap().unwrap();
+        assert_eq!(
+            (snapshot.position, &snapshot.data[..]),
+            (position, &b"state"[..])
+        );
+        let read: Vec<Record> = crate::Reader::open(dir.path())
+            .unwrap()
+            .records(position)
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(handed.records, read);
+        assert_eq!(
+            handed.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (10..15).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -213,7 +286,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_journal, _) = Journal::open(dir.path(), Options::default()).unwrap();
         assert!(matches!(
-            Journal::open_salvaging(dir.path(), Options::default()),
+            Journal::open_salvaging(dir.path(), Options::default(), &mut Handed::default()),
             Err(JournalError::Locked(_))
         ));
     }

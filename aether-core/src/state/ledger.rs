@@ -11,7 +11,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use aether_journal::{FsyncPolicy, Journal, Options, Reader};
+use aether_journal::{FsyncPolicy, Journal, JournalError, Options, Record, Restore, Snapshot};
 use bytes::Bytes;
 
 use super::{
@@ -84,6 +84,81 @@ pub(crate) struct Ledger {
     lacking: bool,
 }
 
+/// A ledger's map as its journal opens: the snapshot, then each record
+/// after it merged as the opening checks it.
+struct Restored<'a> {
+    dir: &'a Path,
+    limits: &'a Limits,
+    store: Store,
+    /// Records (or the snapshot) that did not decode.
+    skipped: u64,
+    /// The sequence number the records are read from.
+    from: u64,
+    /// Records read from `from` on.
+    read: u64,
+    /// Records merged.
+    replayed: u64,
+    /// The snapshot was damaged: kept aside, and the records read from
+    /// their start.
+    snapshot_damage: Option<Repair>,
+    /// The snapshot could not be read (an I/O error): the opening fails.
+    failed: Option<JournalError>,
+}
+
+impl Restore for Restored<'_> {
+    fn snapshot(&mut self, snapshot: Result<Option<Snapshot>, JournalError>) -> u64 {
+        // A damaged snapshot is kept aside and the records read from
+        // their start: what it alone held is lost here (other replicas may
+        // hold it), the rest is kept.
+        let snapshot = match snapshot {
+            Ok(snapshot) => snapshot,
+            Err(JournalError::SnapshotCorrupt { reason, .. }) => {
+                let size = std::fs::metadata(self.dir.join(aether_journal::SNAPSHOT_FILE))
+                    .map_or(0, |m| m.len());
+                let kept_aside = aether_journal::snapshot_aside(self.dir);
+                self.snapshot_damage = Some(Repair {
+                    damage: format!("the snapshot: {reason}"),
+                    kept: 0,
+                    read_on: 0,
+                    lost_bytes: size,
+                    kept_aside,
+                });
+                None
+            }
+            Err(error) => {
+                self.failed = Some(error);
+                return u64::MAX;
+            }
+        };
+        if let Some(snapshot) = snapshot {
+            let data = Bytes::from(snapshot.data);
+            match codec::decode_all_as(data, self.limits, super::store::keyed) {
+                Ok(entries) => {
+                    // Written in key order: built in one pass.
+                    self.store = Store::from_sorted(entries);
+                    self.from = snapshot.position;
+                }
+                Err(_) => self.skipped += 1,
+            }
+        }
+        self.from
+    }
+
+    fn record(&mut self, record: Record) {
+        self.read += 1;
+        match codec::decode_all(Bytes::from(record.payload), self.limits) {
+            Ok(entries) => {
+                for (key, entry) in entries {
+                    // Uncapped while it replays: every entry fits.
+                    let _ = self.store.merge_owned(key, entry);
+                }
+                self.replayed += 1;
+            }
+            Err(_) => self.skipped += 1,
+        }
+    }
+}
+
 impl Ledger {
     /// Opens the ledger in `dir` and reads back what it holds. A record
     /// that does not decode (written by another version, or damaged past
@@ -105,23 +180,32 @@ impl Ledger {
         // are kept aside, and every valid record after the damage is read
         // on (in the pass that checks the segments) and appended again once
         // the journal is cut there; a change is merged by its stamp, so its
-        // place does not matter. The snapshot comes read from the same
-        // opening (it reads it to know where its sequence goes on).
-        let (
-            aether_journal::Opened {
-                mut journal,
-                recovery,
-                snapshot,
-            },
-            salvage,
-        ) = Journal::open_salvaging(dir, options)?;
-        let mut repair = None;
+        // place does not matter. The snapshot and the records after it are
+        // merged as that pass reads them.
+        let mut restored = Restored {
+            dir,
+            limits,
+            store: Store::default(),
+            skipped: 0,
+            from: 0,
+            read: 0,
+            replayed: 0,
+            snapshot_damage: None,
+            failed: None,
+        };
+        let (mut journal, recovery, salvage) =
+            Journal::open_salvaging(dir, options, &mut restored)?;
+        if let Some(error) = restored.failed.take() {
+            return Err(error.into());
+        }
+        let mut repair = restored.snapshot_damage.take();
         if let (Some(salvage), Some(damage)) = (salvage, &recovery.damage) {
             for record in &salvage.records {
                 journal.append(record.time_ms, &record.payload)?;
             }
             journal.flush()?;
-            repair = Some(Repair {
+            // A damaged snapshot is said before the records' damage.
+            repair = repair.or(Some(Repair {
                 damage: format!(
                     "{} in {} at byte {}",
                     damage.kind,
@@ -132,56 +216,19 @@ impl Ledger {
                 read_on: salvage.records.len() as u64,
                 lost_bytes: salvage.skipped_bytes,
                 kept_aside: salvage.kept_aside,
-            });
-        }
-        let mut store = Store::default();
-        let mut skipped = 0;
-        let mut from = 0;
-        // A damaged snapshot is kept aside and the records read from
-        // their start: what it alone held is lost here (other replicas may
-        // hold it), the rest is kept.
-        let snapshot = match snapshot {
-            Err(aether_journal::JournalError::SnapshotCorrupt { reason, .. }) => {
-                let size = std::fs::metadata(dir.join(aether_journal::SNAPSHOT_FILE))
-                    .map_or(0, |m| m.len());
-                let kept_aside = aether_journal::snapshot_aside(dir);
-                repair = Some(Repair {
-                    damage: format!("the snapshot: {reason}"),
-                    kept: 0,
-                    read_on: 0,
-                    lost_bytes: size,
-                    kept_aside,
-                });
-                None
-            }
-            other => other?,
-        };
-        if let Some(snapshot) = snapshot {
-            match codec::decode_all_as(Bytes::from(snapshot.data), limits, super::store::keyed) {
-                Ok(entries) => {
-                    // Written in key order: built in one pass.
-                    store = Store::from_sorted(entries);
-                    from = from.max(snapshot.position);
-                }
-                Err(_) => skipped += 1,
+            }));
+            for record in salvage.records {
+                restored.record(record);
             }
         }
-        let mut replayed = 0;
-        let mut read = 0u64;
-        for record in Reader::open(dir)?.records(from) {
-            read += 1;
-            let record = record?;
-            match codec::decode_all(Bytes::from(record.payload), limits) {
-                Ok(entries) => {
-                    for (key, entry) in entries {
-                        // Uncapped while it replays: every entry fits.
-                        let _ = store.merge_owned(key, entry);
-                    }
-                    replayed += 1;
-                }
-                Err(_) => skipped += 1,
-            }
-        }
+        let Restored {
+            store,
+            skipped,
+            from,
+            read,
+            replayed,
+            ..
+        } = restored;
         // Every record from the snapshot's position on is read back: fewer
         // (a segment deleted, the older one of two) lost the rest.
         let written = journal.next_seq().saturating_sub(from);
