@@ -135,7 +135,7 @@ impl Restore for Restored<'_> {
             match codec::decode_all_as(data, self.limits, super::store::keyed) {
                 Ok(entries) => {
                     // Written in key order: built in one pass.
-                    self.store = Store::from_sorted(entries);
+                    self.store = Store::undigested_from_sorted(entries);
                     self.from = snapshot.position;
                 }
                 Err(_) => self.skipped += 1,
@@ -185,7 +185,7 @@ impl Ledger {
         let mut restored = Restored {
             dir,
             limits,
-            store: Store::default(),
+            store: Store::undigested(),
             skipped: 0,
             from: 0,
             read: 0,
@@ -222,13 +222,14 @@ impl Ledger {
             }
         }
         let Restored {
-            store,
+            mut store,
             skipped,
             from,
             read,
             replayed,
             ..
         } = restored;
+        store.digest_all();
         // Every record from the snapshot's position on is read back: fewer
         // (a segment deleted, the older one of two) lost the rest.
         let written = journal.next_seq().saturating_sub(from);

@@ -50,7 +50,7 @@ impl Key {
 }
 
 /// An entry as the tree holds it: what a snapshot is decoded into, so
-/// that [`Store::from_sorted`] builds the tree in the decoder's own
+/// that [`Store::undigested_from_sorted`] builds the tree in the decoder's own
 /// allocation.
 pub(crate) fn keyed(key: SmolStr, entry: Entry) -> (Key, Entry) {
     (Key::new(key), entry)
@@ -190,6 +190,10 @@ pub(crate) struct Store {
     caps: Caps,
     /// Its share of a keeper's budget, if a keeper keeps it.
     share: Share,
+    /// The digest and the owners' fingerprints are not kept: a ledger
+    /// read back merges each key up to ten times and more, and fingerprints
+    /// the map once at its end ([`Store::digest_all`]).
+    undigested: bool,
 }
 
 impl Drop for Store {
@@ -357,28 +361,51 @@ impl Store {
         self.owned.get(owner).copied().unwrap_or(0)
     }
 
+    /// An empty store that keeps no digest until [`Store::digest_all`]:
+    /// what a ledger is read back into.
+    pub(crate) fn undigested() -> Store {
+        let mut store = Store::default();
+        store.undigested = true;
+        store
+    }
+
     /// A store holding `entries`, given in strictly increasing key order
     /// (a snapshot's): the tree built in one pass, no key searched for.
     /// Entries out of order (not a snapshot of this code's) are merged one
-    /// by one instead.
-    pub(crate) fn from_sorted(entries: Vec<(Key, Entry)>) -> Store {
+    /// by one instead. No digest is kept, as [`Store::undigested`].
+    pub(crate) fn undigested_from_sorted(entries: Vec<(Key, Entry)>) -> Store {
+        let mut store = Store::undigested();
         if !entries.windows(2).all(|w| w[0].0 < w[1].0) {
-            let mut store = Store::default();
             for (key, entry) in entries {
                 // Uncapped: every entry fits.
                 let _ = store.merge_owned(key.key, entry);
             }
             return store;
         }
-        let mut store = Store::default();
         for (key, entry) in &entries {
             store.bytes += cost(key, entry);
             store.tombstones += usize::from(entry.value.is_none());
-            *store.slot(key) ^= fingerprint(key, entry);
         }
         store.version = entries.len() as u64;
         store.entries = entries.into_iter().collect();
         store
+    }
+
+    /// Fingerprints every entry into the digest and the owners'
+    /// fingerprints, which are kept from now on.
+    pub(crate) fn digest_all(&mut self) {
+        let Store {
+            entries,
+            digest,
+            owned,
+            ..
+        } = self;
+        *digest = Digest::default();
+        owned.clear();
+        for (key, entry) in entries.iter() {
+            *slot(digest, owned, key) ^= fingerprint(key, entry);
+        }
+        self.undigested = false;
     }
 
     /// Holds it to `caps` from now on (what it holds already stays).
@@ -429,6 +456,7 @@ impl Store {
             version,
             caps,
             share,
+            undigested,
         } = self;
         let new_cost = cost(&key, &entry);
         let held_keys = entries.len();
@@ -439,7 +467,11 @@ impl Store {
                 }
                 let key = held.key();
                 let held_cost = cost(key, held.get());
-                let change = fingerprint(key, held.get()) ^ fingerprint(key, &entry);
+                let change = if *undigested {
+                    0
+                } else {
+                    fingerprint(key, held.get()) ^ fingerprint(key, &entry)
+                };
                 if let Err(cap) = resize(bytes, caps, share, *bytes - held_cost + new_cost) {
                     let key = held.key().key.clone();
                     return Err(Refused { cap, key });
@@ -447,7 +479,9 @@ impl Store {
                 *tombstones = *tombstones - usize::from(held.get().value.is_none())
                     + usize::from(entry.value.is_none());
                 *version += 1;
-                *slot(digest, owned, held.key()) ^= change;
+                if !*undigested {
+                    *slot(digest, owned, held.key()) ^= change;
+                }
                 Ok(Merged::Applied(Some(held.insert(entry))))
             }
             Slot::Vacant(vacant) => {
@@ -460,7 +494,9 @@ impl Store {
                     return Err(Refused { cap, key });
                 }
                 *version += 1;
-                *slot(digest, owned, vacant.key()) ^= fingerprint(vacant.key(), &entry);
+                if !*undigested {
+                    *slot(digest, owned, vacant.key()) ^= fingerprint(vacant.key(), &entry);
+                }
                 *tombstones += usize::from(entry.value.is_none());
                 vacant.insert(entry);
                 Ok(Merged::Applied(None))
@@ -538,6 +574,7 @@ impl Store {
     }
 
     pub(crate) fn digest(&self) -> Digest {
+        debug_assert!(!self.undigested, "a digest of a store read back unfinished");
         self.digest
     }
 
@@ -709,11 +746,15 @@ mod tests {
         }
 
         /// A store built in one pass from another's entries (a snapshot,
-        /// in key order) equals it, digest and owners' fingerprints
-        /// included; entries out of order are merged one by one.
+        /// in key order), then more merged into it with no digest kept and
+        /// every entry fingerprinted at the end (a ledger read back),
+        /// equals the store that kept its digest all along, owners'
+        /// fingerprints included; entries out of order are merged one by
+        /// one.
         #[test]
-        fn a_store_built_from_its_sorted_entries_is_the_same(
+        fn a_store_read_back_undigested_is_the_same(
             writes in prop::collection::vec(arb_write(), 0..40),
+            more in prop::collection::vec(arb_write(), 0..40),
         ) {
             let mut store = Store::default();
             for (k, e) in &writes {
@@ -721,12 +762,19 @@ mod tests {
             }
             let sorted: Vec<(Key, Entry)> =
                 store.entries().map(|(k, e)| keyed(k.clone(), e.clone())).collect();
-            let built = Store::from_sorted(sorted.clone());
-            prop_assert_eq!(&built, &store);
-            prop_assert_eq!(built.digest(), store.digest());
+            let mut built = Store::undigested_from_sorted(sorted.clone());
             let mut reversed = sorted;
             reversed.reverse();
-            let merged = Store::from_sorted(reversed);
+            let mut merged = Store::undigested_from_sorted(reversed);
+            for (k, e) in &more {
+                let kept = store.merge(k, e.clone());
+                prop_assert_eq!(&built.merge(k, e.clone()), &kept);
+                prop_assert_eq!(&merged.merge(k, e.clone()), &kept);
+            }
+            built.digest_all();
+            merged.digest_all();
+            prop_assert_eq!(&built, &store);
+            prop_assert_eq!(built.digest(), store.digest());
             prop_assert_eq!(&merged, &store);
         }
 
