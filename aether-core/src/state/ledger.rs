@@ -549,6 +549,25 @@ mod tests {
     use super::*;
     use crate::state::hlc::Stamp;
 
+    /// `n` changes of `keys` keys (each a new value of `value` bytes),
+    /// merged and appended as a replica does.
+    fn write(ledger: &mut Ledger, store: &mut Store, n: u64, keys: u64, value: usize) {
+        for n in 0..n {
+            let key = format!("k{}", n % keys);
+            let entry = Entry {
+                stamp: Stamp {
+                    physical_ns: 1_000_000 * (n + 1),
+                    logical: 0,
+                    node: 1,
+                },
+                value: Some(Bytes::from(vec![b'v'; value])),
+                writer: SmolStr::new("w"),
+            };
+            store.merge(&key, entry.clone()).unwrap();
+            ledger.append(&key, &entry, store).unwrap();
+        }
+    }
+
     /// A snapshot that cannot be written (here its temporary file's name
     /// is taken by a directory, as a full disk fails it) leaves the record
     /// written held: the change is not appended again, and the ledger
@@ -562,45 +581,13 @@ mod tests {
         };
         let (mut ledger, mut store, _) = Ledger::open(dir.path(), &limits, 4).unwrap();
         std::fs::create_dir(dir.path().join(aether_journal::SNAPSHOT_TEMP_FILE)).unwrap();
-        for n in 0..20u64 {
-            let key = format!("k{n}");
-            let entry = Entry {
-                stamp: Stamp {
-                    physical_ns: 1_000_000 * (n + 1),
-                    logical: 0,
-                    node: 1,
-                },
-                value: Some(Bytes::from(vec![b'v'; 100])),
-                writer: SmolStr::new("w"),
-            };
-            store.merge(&key, entry.clone()).unwrap();
-            ledger.append(&key, &entry, &store).unwrap();
-        }
+        write(&mut ledger, &mut store, 20, 20, 100);
         assert_eq!(ledger.unlogged(), 0);
         assert_eq!(ledger.next_seq(), Some(20), "each change written once");
         ledger.close(&store);
         std::fs::remove_dir(dir.path().join(aether_journal::SNAPSHOT_TEMP_FILE)).unwrap();
         let (_, again, skipped) = Ledger::open(dir.path(), &limits, 4).unwrap();
         assert_eq!((again.len(), skipped), (20, 0));
-    }
-
-    /// `n` changes of 10 keys (each a new value), appended as a replica
-    /// does.
-    fn write(ledger: &mut Ledger, store: &mut Store, n: u64) {
-        for n in 0..n {
-            let key = format!("k{}", n % 10);
-            let entry = Entry {
-                stamp: Stamp {
-                    physical_ns: 1_000_000 * (n + 1),
-                    logical: 0,
-                    node: 1,
-                },
-                value: Some(Bytes::from(vec![b'v'; 10])),
-                writer: SmolStr::new("w"),
-            };
-            store.merge(&key, entry.clone()).unwrap();
-            ledger.append(&key, &entry, store).unwrap();
-        }
     }
 
     /// A ledger closed with records since its snapshot of at least a
@@ -617,7 +604,7 @@ mod tests {
         for (records, read_back) in [(24, 24), (25, 0), (124, 24), (125, 0)] {
             let dir = tempfile::tempdir().unwrap();
             let (mut ledger, mut store, _) = Ledger::open(dir.path(), &limits, 100).unwrap();
-            write(&mut ledger, &mut store, records);
+            write(&mut ledger, &mut store, records, 10, 10);
             ledger.close(&store);
             let (ledger, again, skipped) = Ledger::open(dir.path(), &limits, 100).unwrap();
             assert_eq!((again.len(), skipped), (10, 0), "{records} records");
@@ -662,20 +649,7 @@ mod tests {
             max_value_bytes: 64 * 1024,
         };
         let (mut ledger, mut store, _) = Ledger::open(dir.path(), &limits, 0).unwrap();
-        for n in 0..40u64 {
-            let key = format!("k{n}");
-            let entry = Entry {
-                stamp: Stamp {
-                    physical_ns: 1_000_000 * (n + 1),
-                    logical: 0,
-                    node: 1,
-                },
-                value: Some(Bytes::from(vec![b'v'; 30 * 1024])),
-                writer: SmolStr::new("w"),
-            };
-            store.merge(&key, entry.clone()).unwrap();
-            ledger.append(&key, &entry, &store).unwrap();
-        }
+        write(&mut ledger, &mut store, 40, 40, 30 * 1024);
         ledger.close(&store);
         let mut segments: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
