@@ -550,6 +550,19 @@ async fn synced_writes(writers: usize, each: usize) -> f64 {
     rate
 }
 
+/// A boot row: from snapshots after a close and after a crash, beside
+/// the full replay's `records`.
+fn boot_row(label: &str, snapshots: &Ledgered, records: Duration) {
+    println!(
+        "| open of {label}: from snapshots after a close / after a crash vs from every record (ms, one run each) | {:.0} / {:.0} vs {:.0}: {:.1}x / {:.1}x |",
+        ms(snapshots.closed),
+        ms(snapshots.crashed),
+        ms(records),
+        records.as_secs_f64() / snapshots.closed.as_secs_f64(),
+        records.as_secs_f64() / snapshots.crashed.as_secs_f64()
+    );
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -591,17 +604,13 @@ fn main() {
     }
     // `AETHER_BENCH_PROFILE=boot`: the boot rows alone.
     if !testing && std::env::var("AETHER_BENCH_PROFILE").as_deref() == Ok("boot") {
-        for (keys, times) in [(1_000_000, 1), (100_000, 10)] {
+        for (label, keys, times) in [
+            ("1,000,000 keys", 1_000_000, 1),
+            ("100,000 keys each written 10 times", 100_000, 10),
+        ] {
             let snapshots = rt.block_on(ledger_with(keys, times, 10_000));
             let records = rt.block_on(ledger_with(keys, times, 0)).closed;
-            println!(
-                "open of {keys} keys written {times}x: from snapshots {:.0} ms after a close, {:.0} ms after a crash; from every record {:.0} ms: {:.1}x and {:.1}x",
-                ms(snapshots.closed),
-                ms(snapshots.crashed),
-                ms(records),
-                records.as_secs_f64() / snapshots.closed.as_secs_f64(),
-                records.as_secs_f64() / snapshots.crashed.as_secs_f64()
-            );
+            boot_row(label, &snapshots, records);
         }
         return;
     }
@@ -837,14 +846,7 @@ fn main() {
             rewritten_records,
         ),
     ] {
-        println!(
-            "| open of {label}: from snapshots after a close / after a crash vs from every record (ms, one run each) | {:.0} / {:.0} vs {:.0}: {:.1}x / {:.1}x |",
-            ms(snapshots.closed),
-            ms(snapshots.crashed),
-            ms(records),
-            records.as_secs_f64() / snapshots.closed.as_secs_f64(),
-            records.as_secs_f64() / snapshots.crashed.as_secs_f64()
-        );
+        boot_row(label, &snapshots, records);
     }
     let (s1, s1min, s1max) = summary("one synced", &mut one_synced);
     let (sm, smmin, smmax) = summary("many synced", &mut many_synced);
