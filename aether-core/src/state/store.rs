@@ -465,13 +465,7 @@ impl Store {
                 if !entry.beats(held.get()) {
                     return Ok(Merged::Stale);
                 }
-                let key = held.key();
-                let held_cost = cost(key, held.get());
-                let change = if *undigested {
-                    0
-                } else {
-                    fingerprint(key, held.get()) ^ fingerprint(key, &entry)
-                };
+                let held_cost = cost(held.key(), held.get());
                 if let Err(cap) = resize(bytes, caps, share, *bytes - held_cost + new_cost) {
                     let key = held.key().key.clone();
                     return Err(Refused { cap, key });
@@ -480,7 +474,9 @@ impl Store {
                     + usize::from(entry.value.is_none());
                 *version += 1;
                 if !*undigested {
-                    *slot(digest, owned, held.key()) ^= change;
+                    let key = held.key();
+                    *slot(digest, owned, key) ^=
+                        fingerprint(key, held.get()) ^ fingerprint(key, &entry);
                 }
                 Ok(Merged::Applied(Some(held.insert(entry))))
             }
