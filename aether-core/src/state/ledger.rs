@@ -387,9 +387,7 @@ impl Ledger {
     /// map (and [`SNAPSHOT_FLOOR`]) are due too: the disk holds about
     /// twice the map, plus a segment, whatever the size of its values.
     fn due(&self, store: &Store, part: u64) -> bool {
-        let due = self
-            .snapshot_every
-            .max((store.len() + store.tombstones()) as u64);
+        let due = self.snapshot_every.max(store.held() as u64);
         let due_bytes = store.bytes().max(SNAPSHOT_FLOOR);
         self.snapshot_every > 0
             && self.since_snapshot > 0
