@@ -31,7 +31,7 @@ use aether_core::{
     Aether,
     state::{Presence, StateMap},
 };
-use aether_testkit::{NatsServer, free_port};
+use aether_testkit::{NatsServer, bench::cpu_of, free_port};
 use futures_util::StreamExt;
 
 /// The child process's replica, killed with SIGKILL.
@@ -43,20 +43,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
-}
-
-/// CPU time of a process (user and system), from `/proc/<pid>/stat`.
-fn cpu_of(pid: &str) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command's closing parenthesis: utime is the 12th,
-    // stime the 13th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
 }
 
 /// The server's `out_msgs` from its monitoring endpoint.

@@ -5,16 +5,15 @@
 //! waits on something. Read from `/proc` in clock ticks (1/100 s), so it
 //! is meant for the sum of many rounds (the profile's 15).
 
+use aether_testkit::bench::cpu_of;
+
 use std::{
     sync::{
         Mutex,
         atomic::{AtomicU32, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
-
-/// Clock ticks a second in `/proc/<pid>/stat` (Linux's `USER_HZ`).
-const TICKS_PER_S: f64 = 100.0;
 
 /// The nats-server's process id, once known.
 static SERVER: AtomicU32 = AtomicU32::new(0);
@@ -24,16 +23,16 @@ static SPENT: Mutex<[Spent; 2]> = Mutex::new([Spent::ZERO; 2]);
 
 #[derive(Clone, Copy)]
 struct Spent {
-    process: u64,
-    server: u64,
-    wall_ns: u128,
+    process: Duration,
+    server: Duration,
+    wall: Duration,
 }
 
 impl Spent {
     const ZERO: Spent = Spent {
-        process: 0,
-        server: 0,
-        wall_ns: 0,
+        process: Duration::ZERO,
+        server: Duration::ZERO,
+        wall: Duration::ZERO,
     };
 }
 
@@ -51,16 +50,16 @@ pub(crate) fn watch_server(pid: Option<u32>) {
 
 /// A timed part's start.
 pub(crate) struct Timed {
-    process: u64,
-    server: u64,
+    process: Duration,
+    server: Duration,
     at: Instant,
 }
 
 /// Starts a timed part.
 pub(crate) fn start() -> Timed {
     Timed {
-        process: ticks("self"),
-        server: server_ticks(),
+        process: cpu_of("self"),
+        server: server_cpu(),
         at: Instant::now(),
     }
 }
@@ -68,12 +67,12 @@ pub(crate) fn start() -> Timed {
 impl Timed {
     /// Ends it, adding what it spent to `side`.
     pub(crate) fn end(self, side: Side) {
-        let (process, server, wall) = (ticks("self"), server_ticks(), self.at.elapsed());
+        let (process, server, wall) = (cpu_of("self"), server_cpu(), self.at.elapsed());
         let mut spent = SPENT.lock().unwrap_or_else(|e| e.into_inner());
         let spent = &mut spent[side as usize];
         spent.process += process.saturating_sub(self.process);
         spent.server += server.saturating_sub(self.server);
-        spent.wall_ns += wall.as_nanos();
+        spent.wall += wall;
     }
 }
 
@@ -84,10 +83,10 @@ pub(crate) fn report() -> Vec<String> {
     ["raw async-nats's rounds", "the aether's rounds"]
         .iter()
         .zip(spent)
-        .filter(|(_, s)| s.wall_ns > 0)
+        .filter(|(_, s)| !s.wall.is_zero())
         .map(|(side, s)| {
-            let wall_s = s.wall_ns as f64 / 1e9;
-            let share = |ticks: u64| ticks as f64 / TICKS_PER_S / wall_s * 100.0;
+            let wall_s = s.wall.as_secs_f64();
+            let share = |cpu: Duration| cpu.as_secs_f64() / wall_s * 100.0;
             format!(
                 "CPU over the timed parts of {side}: the process {:.0} % of a core, nats-server \
                  {:.0} % ({:.0} ms timed)",
@@ -99,28 +98,9 @@ pub(crate) fn report() -> Vec<String> {
         .collect()
 }
 
-fn server_ticks() -> u64 {
+fn server_cpu() -> Duration {
     match SERVER.load(Ordering::Relaxed) {
-        0 => 0,
-        pid => ticks(&pid.to_string()),
+        0 => Duration::ZERO,
+        pid => cpu_of(&pid.to_string()),
     }
-}
-
-/// User and system ticks of `pid` (`self` for this process).
-fn ticks(pid: &str) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime and
-    // stime are the 12th and 13th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(11) + field(12)
 }
