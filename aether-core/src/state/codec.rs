@@ -453,8 +453,9 @@ pub(crate) fn decode_all_as<T>(
         return Err(DecodeError("cut short"));
     }
     let mut entries = Vec::with_capacity(count);
+    let mut writer = None;
     for _ in 0..count {
-        let (key, entry) = entry_of(b, limits)?;
+        let (key, entry) = entry_of(b, limits, &mut writer)?;
         entries.push(each(key, entry));
     }
     if b.has_remaining() {
@@ -488,8 +489,9 @@ fn counted_of(b: &mut Bytes, limits: &Limits) -> Result<Vec<(SmolStr, Entry)>, D
     // Each entry takes at least 25 bytes: a count the payload cannot hold
     // reserves no more than it can.
     let mut entries = Vec::with_capacity(count.min(b.len() / 25));
+    let mut writer = None;
     for _ in 0..count {
-        entries.push(entry_of(b, limits)?);
+        entries.push(entry_of(b, limits, &mut writer)?);
     }
     Ok(entries)
 }
@@ -524,34 +526,55 @@ fn put_entry(out: &mut BytesMut, key: &str, entry: &Entry) {
     }
 }
 
-fn entry_of(b: &mut Bytes, limits: &Limits) -> Result<(SmolStr, Entry), DecodeError> {
-    let key_len = usize::from(u16_of(b)?);
+/// The entry at the front of `b`, read in place. `writer` is the last
+/// entry's writer, taken again (a copy of its handle) when this entry's
+/// names the same bytes: a message's or a snapshot's entries mostly share
+/// a few writers, each then checked and made once.
+fn entry_of(
+    b: &mut Bytes,
+    limits: &Limits,
+    writer: &mut Option<SmolStr>,
+) -> Result<(SmolStr, Entry), DecodeError> {
+    let mut r = Cursor(&b[..]);
+    let key_len = usize::from(u16::from_le_bytes(r.array()?));
     if key_len == 0 || key_len > limits.max_key_bytes {
         return Err(DecodeError("key empty or too long"));
     }
-    let key = read(b, key_len, |key| std::str::from_utf8(key).map(SmolStr::new))?
+    let key = std::str::from_utf8(r.bytes(key_len)?)
+        .map(SmolStr::new)
         .map_err(|_| DecodeError("key not UTF-8"))?;
     let stamp = Stamp {
-        physical_ns: u64_of(b)?,
-        logical: u32_of(b)?,
-        node: u64_of(b)?,
+        physical_ns: u64::from_le_bytes(r.array()?),
+        logical: u32::from_le_bytes(r.array()?),
+        node: u64::from_le_bytes(r.array()?),
     };
-    let writer_len = usize::from(u8_of(b)?);
-    let writer = read(b, writer_len, |writer| {
-        std::str::from_utf8(writer).map(SmolStr::new)
-    })?
-    .map_err(|_| DecodeError("writer not UTF-8"))?;
-    let value = if bool_of(b)? {
-        let len = usize::try_from(u32_of(b)?).unwrap_or(usize::MAX);
-        if len > limits.max_value_bytes {
-            return Err(DecodeError("value too long"));
+    let [writer_len] = r.array()?;
+    let named = r.bytes(usize::from(writer_len))?;
+    let writer = match writer {
+        Some(last) if last.as_bytes() == named => last.clone(),
+        _ => {
+            let named = std::str::from_utf8(named)
+                .map(SmolStr::new)
+                .map_err(|_| DecodeError("writer not UTF-8"))?;
+            writer.insert(named).clone()
         }
-        // A value of its own, not a slice of the message (or snapshot) it
-        // came in: kept for long, a slice would keep the whole message.
-        Some(read(b, len, Bytes::copy_from_slice)?)
-    } else {
-        None
     };
+    let value = match r.array()? {
+        [0] => None,
+        [1] => {
+            let len = usize::try_from(u32::from_le_bytes(r.array()?)).unwrap_or(usize::MAX);
+            if len > limits.max_value_bytes {
+                return Err(DecodeError("value too long"));
+            }
+            // A value of its own, not a slice of the message (or snapshot)
+            // it came in: kept for long, a slice would keep the whole
+            // message.
+            Some(Bytes::copy_from_slice(r.bytes(len)?))
+        }
+        _ => return Err(DecodeError("a flag neither 0 nor 1")),
+    };
+    let read = b.len() - r.0.len();
+    b.advance(read);
     Ok((
         key,
         Entry {
@@ -562,15 +585,28 @@ fn entry_of(b: &mut Bytes, limits: &Limits) -> Result<(SmolStr, Entry), DecodeEr
     ))
 }
 
-/// What `f` makes of the next `n` bytes, read in place (no share of the
-/// message taken).
-fn read<T>(b: &mut Bytes, n: usize, f: impl FnOnce(&[u8]) -> T) -> Result<T, DecodeError> {
-    if b.remaining() < n {
-        return Err(DecodeError("cut short"));
+/// Bytes read front first, in place: each read checks once that they are
+/// there.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    /// The next `n` bytes.
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let Some((head, rest)) = self.0.split_at_checked(n) else {
+            return Err(DecodeError("cut short"));
+        };
+        self.0 = rest;
+        Ok(head)
     }
-    let out = f(&b[..n]);
-    b.advance(n);
-    Ok(out)
+
+    /// The next `N` bytes, as an array.
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let Some((head, rest)) = self.0.split_first_chunk::<N>() else {
+            return Err(DecodeError("cut short"));
+        };
+        self.0 = rest;
+        Ok(*head)
+    }
 }
 
 fn take(b: &mut Bytes, n: usize) -> Result<Bytes, DecodeError> {
@@ -631,7 +667,13 @@ mod tests {
         (
             "[a-z./]{1,40}",
             any::<(u64, u32, u64)>(),
-            "[a-z_-]{0,20}",
+            // Entries of a message or snapshot mostly share writers: the
+            // decoder takes a writer named as the last entry's again.
+            prop_oneof![
+                Just("w".to_string()),
+                Just("a-writer-named-past-inline-length".to_string()),
+                "[a-z_-]{0,20}"
+            ],
             prop::option::of(prop::collection::vec(any::<u8>(), 0..100)),
         )
             .prop_map(|(key, (p, l, n), writer, value)| {
