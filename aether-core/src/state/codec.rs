@@ -421,15 +421,15 @@ pub(crate) fn is_slot(slot: &str) -> bool {
 /// Entries back to back after a `count u32`: a ledger record, or a
 /// snapshot of a whole map.
 pub(crate) fn encode_all<'a>(entries: impl IntoIterator<Item = (&'a str, &'a Entry)>) -> Vec<u8> {
-    let mut out = BytesMut::with_capacity(64);
-    out.put_u32_le(0);
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&0u32.to_le_bytes());
     let mut count: u32 = 0;
     for (key, entry) in entries {
         put_entry(&mut out, key, entry);
         count += 1;
     }
     out[..4].copy_from_slice(&count.to_le_bytes());
-    out.to_vec()
+    out
 }
 
 /// Reads what [`encode_all`] wrote, refused whole if anything is wrong.
@@ -471,13 +471,14 @@ fn put_counted(out: &mut BytesMut, entries: &[(SmolStr, Entry)]) {
         .iter()
         .map(|(key, entry)| entry_len(key, entry))
         .sum::<usize>();
-    out.reserve(len);
     let start = out.len();
-    out.put_u16_le(entries.len() as u16);
+    out.resize(start + len, 0);
+    let mut at = Out(&mut out[start..]);
+    at.put(&(entries.len() as u16).to_le_bytes());
     for (key, entry) in entries {
-        put_entry(out, key, entry);
+        write_entry(&mut at, key, entry);
     }
-    debug_assert_eq!(out.len() - start, len);
+    debug_assert!(at.0.is_empty());
 }
 
 /// What [`put_counted`] wrote: at most [`MAX_ENTRIES`].
@@ -508,21 +509,42 @@ fn entry_len(key: &str, entry: &Entry) -> usize {
         + entry.value.as_ref().map_or(0, |v| 4 + v.len())
 }
 
-fn put_entry(out: &mut BytesMut, key: &str, entry: &Entry) {
-    out.put_u16_le(key.len() as u16);
-    out.put_slice(key.as_bytes());
-    out.put_u64_le(entry.stamp.physical_ns);
-    out.put_u32_le(entry.stamp.logical);
-    out.put_u64_le(entry.stamp.node);
-    out.put_u8(entry.writer.len() as u8);
-    out.put_slice(entry.writer.as_bytes());
+fn put_entry(out: &mut Vec<u8>, key: &str, entry: &Entry) {
+    let start = out.len();
+    out.resize(start + entry_len(key, entry), 0);
+    let mut at = Out(&mut out[start..]);
+    write_entry(&mut at, key, entry);
+    debug_assert!(at.0.is_empty());
+}
+
+/// [`put_entry`]'s bytes written into room made for them: a copy a field,
+/// the fixed ones of known size, no check of room a field.
+fn write_entry(at: &mut Out<'_>, key: &str, entry: &Entry) {
+    at.put(&(key.len() as u16).to_le_bytes());
+    at.put(key.as_bytes());
+    at.put(&entry.stamp.physical_ns.to_le_bytes());
+    at.put(&entry.stamp.logical.to_le_bytes());
+    at.put(&entry.stamp.node.to_le_bytes());
+    at.put(&[entry.writer.len() as u8]);
+    at.put(entry.writer.as_bytes());
     match &entry.value {
-        None => out.put_u8(0),
+        None => at.put(&[0]),
         Some(value) => {
-            out.put_u8(1);
-            out.put_u32_le(value.len() as u32);
-            out.put_slice(value);
+            at.put(&[1]);
+            at.put(&(value.len() as u32).to_le_bytes());
+            at.put(value);
         }
+    }
+}
+
+/// Room made for bytes, filled front first.
+struct Out<'a>(&'a mut [u8]);
+
+impl Out<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        let (head, rest) = std::mem::take(&mut self.0).split_at_mut(bytes.len());
+        head.copy_from_slice(bytes);
+        self.0 = rest;
     }
 }
 
