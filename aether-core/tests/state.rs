@@ -283,6 +283,50 @@ async fn a_map_holds_at_most_max_keys_and_max_map_bytes() {
     .unwrap();
 }
 
+/// A message's changes are applied a run at a time under the store's lock,
+/// let go at each refusal as full: of a stream of new keys past
+/// `max_keys`, the first keys held, every other refused once and
+/// counted, and the replica takes writes and reads through it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_past_max_keys_in_long_messages_are_held_to_the_cap_each_refusal_counted_once() {
+    timeout(LIMIT, async {
+        let aether = Aether::default();
+        let cap = 150;
+        let small = StateMap::builder("home")
+            .node("small")
+            .config(aether_core::state::StateConfig {
+                max_keys: cap,
+                ..fast()
+            })
+            .open(&aether)
+            .await
+            .unwrap();
+        let big = open(&aether, "big").await;
+        let n = 400;
+        for i in 0..n {
+            big.set(&format!("k.{i:03}"), "v").await.unwrap();
+        }
+        until("the small replica is full", || small.len() == cap).await;
+        until("every key past the cap refused", || {
+            small.stats().refused(Refusal::Full) == (n - cap) as u64
+        })
+        .await;
+        // The first keys to arrive are those held: the writer's order.
+        for i in 0..cap {
+            assert!(small.get(&format!("k.{i:03}")).is_some(), "k.{i:03}");
+        }
+        assert!(small.get(&format!("k.{n:03}")).is_none());
+        // Repairs offer the refused keys again: not counted twice.
+        tokio::time::sleep(fast().anti_entropy_interval * 5).await;
+        assert_eq!(small.stats().refused(Refusal::Full), (n - cap) as u64);
+        assert_eq!(small.len(), cap);
+        small.set("k.000", "again").await.unwrap();
+        assert_eq!(small.get("k.000").as_deref(), Some(&b"again"[..]));
+    })
+    .await
+    .unwrap();
+}
+
 /// A writer in a tight loop on a one-thread runtime leaves the replicas'
 /// tasks their turn: the changes flow while it writes, not after.
 #[tokio::test(flavor = "current_thread")]

@@ -5,6 +5,10 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
+/// How many of a message's entries are applied under one hold of the
+/// store's lock.
+const APPLY_RUN: usize = 64;
+
 impl Shared {
     /// Why a write of `key` does not fit: which cap, and how full.
     pub(in crate::state) fn full(&self, key: &str, cap: Cap) -> StateError {
@@ -89,6 +93,20 @@ impl Shared {
         repair: bool,
         local: bool,
     ) -> Applied {
+        let mut store = self.lock_store();
+        self.apply_in(&mut store, key, entry, repair, local)
+    }
+
+    /// [`Shared::apply`] under the store's lock, taken already: a message's
+    /// entries are applied a run at a time under one.
+    fn apply_in(
+        &self,
+        store: &mut MutexGuard<'_, Store>,
+        key: SmolStr,
+        entry: Entry,
+        repair: bool,
+        local: bool,
+    ) -> Applied {
         let stamp = entry.stamp;
         // What a change told to listeners needs of the entry, kept only if
         // someone listens.
@@ -99,7 +117,6 @@ impl Shared {
         // lost).
         let after = (self.ledger.is_some() || listened || local).then(|| key.clone());
         let mut logged = None;
-        let mut store = self.lock_store();
         let copy = self.ledger.as_ref().map(|ledger| (ledger, entry.clone()));
         let merged = match store.merge_owned(key, entry) {
             Ok(merged) => merged,
@@ -107,7 +124,7 @@ impl Shared {
         };
         let key = after.as_deref().unwrap_or_default();
         if let (Merged::Applied(_), Some((ledger, entry))) = (&merged, copy) {
-            let written = ledger.ledger().append(key, &entry, &store);
+            let written = ledger.ledger().append(key, &entry, store);
             if let Err(error) = &written {
                 let failed = self.counters.ledger_failed.fetch_add(1, Ordering::Relaxed) + 1;
                 // At most once a minute: a full disk fails every change.
@@ -178,7 +195,6 @@ impl Shared {
                 self.changes.send(change);
             }
         }
-        drop(store);
         Applied::Won(logged)
     }
 
@@ -239,6 +255,10 @@ impl Shared {
         // below.
         let latest = self.clock.observe_all(entries.iter().map(|(_, e)| e.stamp));
         let mut taken = Taken::default();
+        // The store's lock, held for a run of entries at most: a read or a
+        // write of this replica waits for a run, not a whole message.
+        let mut store: Option<MutexGuard<'_, Store>> = None;
+        let mut run = 0;
         let refuse = |taken: &mut Taken, reason: Refusal| {
             self.refuse(reason);
             taken.refused.get_or_insert(reason);
@@ -278,7 +298,16 @@ impl Shared {
             let stamp = entry.stamp;
             // Moved into the store: a copy where a ledger is asked of it.
             let held_key = self.ledger.as_ref().map(|_| key.clone());
-            match self.apply(key, entry, repair, false) {
+            let locked = store.get_or_insert_with(|| self.lock_store());
+            let applied = self.apply_in(locked, key, entry, repair, false);
+            run += 1;
+            // Let go before a refusal as full is remembered (its locks are
+            // never taken under the store's).
+            if run == APPLY_RUN || matches!(applied, Applied::Full(..)) {
+                store = None;
+                run = 0;
+            }
+            match applied {
                 // A write comes twice (its live change, then its writer's
                 // hold): counted once.
                 Applied::Full(_, key) if !self.first_full(&key, stamp) => {
