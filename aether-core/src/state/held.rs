@@ -275,6 +275,11 @@ pub(super) struct Flushes {
     lanes: std::sync::Mutex<HashMap<HeldBy, Arc<Lane>>>,
     /// Told when the map closes: the flushes waiting end.
     closed: tokio::sync::Notify,
+    /// Whether this replica keeps its writes among the unacknowledged
+    /// ones: from its first flush on ([`Shared::track`]). Before, a write
+    /// costs no bookkeeping and the map itself says which writes are this
+    /// replica's.
+    tracking: std::sync::atomic::AtomicBool,
 }
 
 /// The turns of the flushes that ask for one [`HeldBy`].
@@ -540,7 +545,8 @@ impl StateMap {
     /// How many writes of this replica no other replica acknowledged yet.
     pub fn unacknowledged(&self) -> usize {
         let shared = &self.shared;
-        let unacked = shared.lock_unacked();
+        let mut unacked = shared.lock_unacked();
+        shared.track(&mut unacked);
         let store = shared.lock_store();
         unacked
             .fresh
@@ -607,6 +613,7 @@ impl Shared {
     /// since, are forgotten as [`Unacked::forget_gone`] says.
     pub(super) fn unacked_entries(&self, want: HeldBy) -> (Vec<(SmolStr, Entry)>, u64) {
         let mut unacked = self.lock_unacked();
+        self.track(&mut unacked);
         // Read under the lock every write takes to join the unacknowledged
         // ones: the writes counted are all there.
         let upto = self.flushes.written();
@@ -633,10 +640,42 @@ impl Shared {
     /// [`LOOK_EVERY`] writes it forgets those gone from the map, as a flush
     /// does ([`Unacked::forget_gone`]).
     pub(super) fn wrote(&self, key: SmolStr, stamp: super::Stamp) {
+        // Stamped by this replica's clock before its first flush: found in
+        // the map when one comes. A write stamped elsewhere (`merge`) is
+        // kept at once, the map not saying whose it is.
+        if stamp.node == self.clock.node()
+            && !self
+                .flushes
+                .tracking
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return;
+        }
         let mut unacked = self.lock_unacked();
         unacked.wrote(key, stamp);
         if unacked.writes.is_multiple_of(LOOK_EVERY) && unacked.len() > FORGET_AFTER {
             unacked.forget_gone(&self.lock_store());
+        }
+    }
+
+    /// Keeps this replica's writes among the unacknowledged ones from now
+    /// on (its first flush, or a count asked of them): those it made
+    /// before are the entries of the map stamped by its clock. Under
+    /// `unacked`'s lock, as every write that joins them: a write merged
+    /// before the look is in the map, one merged after it sees the keeping
+    /// on (the store's lock orders the two).
+    fn track(&self, unacked: &mut Unacked) {
+        use std::sync::atomic::Ordering;
+        if self.flushes.tracking.load(Ordering::Acquire) {
+            return;
+        }
+        self.flushes.tracking.store(true, Ordering::Release);
+        let node = self.clock.node();
+        let store = self.lock_store();
+        for (key, entry) in store.entries() {
+            if entry.stamp.node == node {
+                unacked.wrote(key.clone(), entry.stamp);
+            }
         }
     }
 
@@ -977,12 +1016,13 @@ mod tests {
         }
     }
 
-    /// A replica that writes keys of its own and never flushes (a script
-    /// that adds jobs and deletes them) keeps a bounded count of writes
-    /// to send, however many keys it wrote over its life: those that left
-    /// the map (tombstones collected) are forgotten.
+    /// A replica that writes keys of its own and does not flush again
+    /// after a first count of its unacknowledged writes (a script that
+    /// adds jobs and deletes them) keeps a bounded count of writes to
+    /// send, however many keys it wrote over its life: those that left the
+    /// map (tombstones collected) are forgotten.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_writer_that_never_flushes_forgets_the_keys_that_left() {
+    async fn a_writer_that_stops_flushing_forgets_the_keys_that_left() {
         use std::time::Duration;
 
         use crate::{
@@ -1001,6 +1041,8 @@ mod tests {
             .open(&aether)
             .await
             .expect("open");
+        // Its writes are kept from its first flush, or count, on.
+        assert_eq!(map.unacknowledged(), 0);
         let (rounds, per_round) = (8, 1_000);
         for round in 0..rounds {
             for i in 0..per_round {
@@ -1024,6 +1066,67 @@ mod tests {
             rounds * per_round
         );
         map.close().await;
+    }
+
+    /// Until its first flush a replica keeps no list of its writes (a
+    /// script that never flushes pays nothing a write for it); the first
+    /// flush finds them in the map, those another replica overwrote since
+    /// left out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_first_flush_finds_the_writes_made_before_it_in_the_map() {
+        use std::time::Duration;
+
+        use crate::{Aether, state::StateMap};
+
+        let aether = Aether::default();
+        let a = StateMap::builder("jobs")
+            .node("a")
+            .open(&aether)
+            .await
+            .expect("open");
+        let b = StateMap::builder("jobs")
+            .node("b")
+            .open(&aether)
+            .await
+            .expect("open");
+        let n = 500;
+        for i in 0..n {
+            a.set(&format!("job.{i}"), "queued").await.expect("set");
+        }
+        a.delete("job.0").await.expect("delete");
+        assert_eq!(
+            a.shared.lock_unacked().len(),
+            0,
+            "nothing kept before a flush"
+        );
+        for i in n - 10..n {
+            b.set(&format!("job.{i}"), "taken").await.expect("set");
+        }
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while (n - 10..n).any(|i| a.get(&format!("job.{i}")).as_deref() != Some(&b"taken"[..]))
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("b's writes reach a");
+        let held = a.flush(Duration::from_secs(10)).await.expect("held");
+        assert_eq!(
+            held.writes,
+            n - 10,
+            "a's writes still a's, the delete among them"
+        );
+        assert_eq!(held.by, vec!["b".to_string()]);
+        assert_eq!(a.unacknowledged(), 0);
+        // Kept from now on: a write after it waits for the next flush.
+        a.set("job.new", "queued").await.expect("set");
+        assert_eq!(a.unacknowledged(), 1);
+        assert_eq!(
+            a.flush(Duration::from_secs(10)).await.expect("held").writes,
+            1
+        );
+        a.close().await;
+        b.close().await;
     }
 
     proptest! {
