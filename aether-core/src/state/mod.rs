@@ -304,6 +304,9 @@ struct Shared {
     gathering: AtomicBool,
     /// Why the last send of `outgoing` failed, until one succeeds.
     send_failed: Mutex<Option<String>>,
+    /// Whether `send_failed` holds a reason: read at every write, the lock
+    /// taken only then.
+    sends_failing: AtomicBool,
     synced: Notify,
     /// Caught up: the task starts answering catch-ups.
     ready: Notify,
@@ -649,6 +652,7 @@ impl StateMap {
             send_due: Notify::new(),
             gathering: AtomicBool::new(false),
             send_failed: Mutex::new(None),
+            sends_failing: AtomicBool::new(false),
             synced: Notify::new(),
             ready: Notify::new(),
             stopped: AtomicBool::new(false),

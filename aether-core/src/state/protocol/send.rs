@@ -43,6 +43,9 @@ impl Shared {
     /// Why the last send of this replica's changes failed, if it did (and
     /// none succeeded since).
     pub(in crate::state) fn send_failing(&self) -> Option<String> {
+        if !self.sends_failing.load(Ordering::Acquire) {
+            return None;
+        }
         self.send_failed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -81,6 +84,7 @@ impl Shared {
                     tracing::debug!(map = %self.map, %error, "could not knock for a keeper");
                 }
                 let mut failed = self.send_failed.lock().unwrap_or_else(|e| e.into_inner());
+                self.sends_failing.store(sent.is_err(), Ordering::Release);
                 match sent {
                     Ok(()) => *failed = None,
                     Err(error) => {
