@@ -296,6 +296,10 @@ struct Shared {
     /// This replica's changes not sent yet: the replica's task sends them,
     /// those made while the last message went out together in the next.
     outgoing: Mutex<Vec<(SmolStr, store::Entry)>>,
+    /// How many changes the last send took from `outgoing`: the room the
+    /// next changes are given at once (a stream's next batch is not grown
+    /// by copies as its writes come).
+    last_taken: std::sync::atomic::AtomicUsize,
     /// Sends of `outgoing` one at a time, so that changes leave in order.
     sending: tokio::sync::Mutex<()>,
     /// `outgoing` has changes to send.
@@ -648,6 +652,7 @@ impl StateMap {
             asked: Mutex::new(HashMap::new()),
             pending_sync: Mutex::new(None),
             outgoing: Mutex::new(Vec::new()),
+            last_taken: std::sync::atomic::AtomicUsize::new(0),
             sending: tokio::sync::Mutex::new(()),
             send_due: Notify::new(),
             gathering: AtomicBool::new(false),

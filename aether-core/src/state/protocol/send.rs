@@ -20,6 +20,9 @@ impl Shared {
     pub(in crate::state) async fn queue_change(&self, key: SmolStr, entry: Entry) {
         let queued = {
             let mut outgoing = self.outgoing.lock().unwrap_or_else(|e| e.into_inner());
+            if outgoing.capacity() == 0 {
+                outgoing.reserve(self.last_taken.load(Ordering::Relaxed));
+            }
             outgoing.push((key, entry));
             outgoing.len()
         };
@@ -64,6 +67,7 @@ impl Shared {
             if queued.is_empty() {
                 return sent_in_all;
             }
+            self.last_taken.store(queued.len(), Ordering::Relaxed);
             sent_in_all += queued.len();
             let most = (self.config.max_writes_per_s as usize).clamp(1, codec::MAX_ENTRIES);
             for entries in super::held::chunks(queued, self.config.max_value_bytes, most) {
