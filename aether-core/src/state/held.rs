@@ -269,7 +269,8 @@ pub(super) struct Flushes {
     /// acknowledgements go.
     waiting: std::sync::Mutex<HashMap<u64, mpsc::UnboundedSender<(u64, Ack)>>>,
     /// Writes made by this replica so far, counted once each is among its
-    /// unacknowledged writes: a flush waits for those made before it.
+    /// unacknowledged writes (or, before its first flush, in the map, where
+    /// [`Shared::track`] finds it): a flush waits for those made before it.
     written: std::sync::atomic::AtomicU64,
     /// The turns of each [`HeldBy`] asked for.
     lanes: std::sync::Mutex<HashMap<HeldBy, Arc<Lane>>>,
@@ -332,7 +333,7 @@ struct Turn {
 
 impl Flushes {
     /// Counts a write of this replica, after it went among its
-    /// unacknowledged writes.
+    /// unacknowledged writes (or, before the first flush, into the map).
     pub(super) fn wrote(&self) {
         self.written
             .fetch_add(1, std::sync::atomic::Ordering::Release);
@@ -615,7 +616,8 @@ impl Shared {
         let mut unacked = self.lock_unacked();
         self.track(&mut unacked);
         // Read under the lock every write takes to join the unacknowledged
-        // ones: the writes counted are all there.
+        // ones, after the look at the map: the writes counted are all
+        // there.
         let upto = self.flushes.written();
         let store = self.lock_store();
         unacked.forget_gone(&store);
