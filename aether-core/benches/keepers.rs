@@ -28,7 +28,9 @@
 //! small, Redis left out. `AETHER_BENCH_PROFILE=writers` measures many
 //! writers in flight instead: [`WRITERS`] tasks, each writing and waiting
 //! for its acknowledgement in turn, on one map (its writes flushed to the
-//! keeper) beside as many on one NATS KV bucket, alternating rounds.
+//! keeper) beside as many on one NATS KV bucket, alternating rounds
+//! (`AETHER_BENCH_SIDE=aether`: Aether's rounds alone, for a profiler;
+//! `AETHER_BENCH_EACH`: writes a writer makes, 200 by default).
 //! `AETHER_BENCH_PROFILE=held_keys`: one writer's flushed writes after it
 //! wrote (and had held) [`HELD_KEYS`] other keys, beside none
 //! (`AETHER_BENCH_ROUNDS` of them, 5 by default).
@@ -289,12 +291,25 @@ where
 /// The `writers` profile: rounds of [`aether_writers`] and
 /// [`nats_kv_writers`], alternating, a ratio each.
 fn writers(rt: &Runtime, url: &str) {
-    let (rounds, each) = (7, 200);
+    let rounds = std::env::var("AETHER_BENCH_ROUNDS").map_or(7, |r| {
+        r.parse().expect("AETHER_BENCH_ROUNDS: a number of rounds")
+    });
+    let each = std::env::var("AETHER_BENCH_EACH").map_or(200, |r| {
+        r.parse().expect("AETHER_BENCH_EACH: writes a writer makes")
+    });
     let rate: u32 = std::env::var("AETHER_BENCH_WRITES_PER_S")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(DEFAULT_RATE);
     println!("max_writes_per_s {rate} (the keeper's, for the writer)");
+    if std::env::var("AETHER_BENCH_SIDE").as_deref() == Ok("aether") {
+        // Aether's rounds alone, for a profiler.
+        for round in 0..rounds {
+            let a = rt.block_on(aether_writers(url, each, rate));
+            println!("writers round {round}: aether {:.0}/s", a.rate);
+        }
+        return;
+    }
     let (mut ours, mut kv, mut ratios) = (Side::default(), Side::default(), Vec::new());
     for round in 0..rounds {
         let (a, k) = if round % 2 == 0 {
