@@ -261,7 +261,9 @@ pub(super) struct Ack {
 /// the flushes that waited meanwhile find theirs held and end without a
 /// hold of their own. The writes of many writers in flight are thus
 /// acknowledged together, one hold a turn, as a ledger's fsyncs group its
-/// writes. Flushes that ask for other acknowledgements (a replica, a
+/// writes. Two turns may be under way at once ([`TURNS_AT_ONCE`]): the
+/// writers whose flushes one turn ended write again while the next waits
+/// for its answer, and their turn starts then. Flushes that ask for other acknowledgements (a replica, a
 /// keeper) take turns apart: one never waits for another's.
 #[derive(Default)]
 pub(super) struct Flushes {
@@ -284,10 +286,9 @@ pub(super) struct Flushes {
 }
 
 /// The turns of the flushes that ask for one [`HeldBy`].
-#[derive(Default)]
 struct Lane {
-    /// Held by the flush whose turn it is.
-    turn: tokio::sync::Mutex<()>,
+    /// A permit each turn under way: at most [`TURNS_AT_ONCE`].
+    turn: tokio::sync::Semaphore,
     /// Told when a turn ends, however it ended: the flushes waiting look
     /// whether it took their writes, and one of those it did not starts
     /// the next.
@@ -310,7 +311,7 @@ struct LaneState {
 /// A flush's turn, until it ends: then the flushes waiting are told.
 struct TurnEnds<'a> {
     lane: &'a Lane,
-    turn: Option<tokio::sync::MutexGuard<'a, ()>>,
+    turn: Option<tokio::sync::SemaphorePermit<'a>>,
 }
 
 impl Drop for TurnEnds<'_> {
@@ -370,11 +371,26 @@ impl Flushes {
     }
 }
 
+impl Default for Lane {
+    fn default() -> Self {
+        Lane {
+            turn: tokio::sync::Semaphore::new(TURNS_AT_ONCE),
+            ended: tokio::sync::Notify::new(),
+            state: std::sync::Mutex::default(),
+        }
+    }
+}
+
 impl Lane {
     fn lock(&self) -> MutexGuard<'_, LaneState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// Turns of one lane under way at once: a turn starts while the last is
+/// still waiting for its acknowledgements, so a write waits for about one
+/// crossing to the acknowledging replicas and back, not two.
+const TURNS_AT_ONCE: usize = 2;
 
 /// The first resend of a hold, then doubling.
 const FIRST_RESEND: Duration = Duration::from_millis(100);
@@ -442,8 +458,8 @@ impl StateMap {
             // None was waiting: held already, by those.
             return Ok(Held { writes: 0, ..held });
         }
-        // One turn at a time in a lane ([`Flushes`]); another flush's turn
-        // may take these writes meanwhile.
+        // A turn at a time in a lane, or two ([`Flushes`]); another
+        // flush's turn may take these writes meanwhile.
         let lane = flushes.lane(want);
         let closed = flushes.closed.notified();
         let mut closed = std::pin::pin!(closed);
@@ -470,7 +486,7 @@ impl StateMap {
                 // was refused: so are they.
                 return Err(StateError::new(*kind, why.clone()));
             }
-            if let Ok(turn) = lane.turn.try_lock() {
+            if let Ok(turn) = lane.turn.try_acquire() {
                 break TurnEnds {
                     lane: &lane,
                     turn: Some(turn),
@@ -485,6 +501,12 @@ impl StateMap {
                 () = &mut closed => {}
             }
         };
+        if lane.turn.available_permits() + 1 < TURNS_AT_ONCE {
+            // Another turn is under way: the flushes woken with this one
+            // (the writers its end told) write first, and this turn takes
+            // their writes too.
+            tokio::task::yield_now().await;
+        }
         // The writes still queued leave (together) before the hold that
         // names them; a flush whose writes a turn took sends nothing.
         shared.send_outgoing().await;
@@ -534,12 +556,22 @@ impl StateMap {
         held.by = by.into_values().map(|a| a.name.to_string()).collect();
         held.by.sort();
         let mut state = lane.lock();
-        state.last = Some(Turn {
-            want,
-            upto,
-            held: held.clone(),
-        });
-        state.refused = None;
+        // Turns under way together may end in either order: the one that
+        // took the most writes stands.
+        if state.last.as_ref().is_none_or(|last| last.upto <= upto) {
+            state.last = Some(Turn {
+                want,
+                upto,
+                held: held.clone(),
+            });
+        }
+        if state
+            .refused
+            .as_ref()
+            .is_some_and(|(_, refused_upto, ..)| *refused_upto <= upto)
+        {
+            state.refused = None;
+        }
         Ok(held)
     }
 
@@ -1129,6 +1161,84 @@ mod tests {
         );
         a.close().await;
         b.close().await;
+    }
+
+    /// A flush whose writes came after another flush's hold went out
+    /// sends its own without waiting for that one's answer, and a third
+    /// waits while two are under way.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_turn_starts_while_another_waits_for_its_answer() {
+        use std::time::Duration;
+
+        use crate::{
+            Aether, Vibrator,
+            state::{
+                StateErrorKind, StateMap,
+                codec::{KNOCK_TOKEN, Limits, Message},
+            },
+        };
+
+        let aether = Aether::default();
+        let mut spy = Vibrator::create("spy", &aether).await.expect("spy");
+        spy.resonate_on("_state.turns.k").await.expect("resonate");
+        // Alone on the bus: no hold is answered, each is sent again.
+        let map = StateMap::open(&aether, "turns").await.expect("open");
+        // The next hold of a token not seen yet, with its keys.
+        let mut seen = std::collections::HashSet::new();
+        let mut next_hold = async |within: Duration| {
+            tokio::time::timeout(within, async {
+                loop {
+                    let wave = spy.receive().await.expect("spy open");
+                    let Ok(Message::Hold { token, entries, .. }) =
+                        Message::decode(wave.payload_bytes().clone(), &Limits::WIRE)
+                    else {
+                        panic!("not a hold: {wave:?}");
+                    };
+                    // A knock (for keepers not keeping the map) is not a turn's.
+                    if token != KNOCK_TOKEN && seen.insert(token) {
+                        let mut keys: Vec<String> =
+                            entries.iter().map(|(k, _)| k.to_string()).collect();
+                        keys.sort();
+                        return keys;
+                    }
+                }
+            })
+            .await
+        };
+        let flush = |map: &StateMap| {
+            let map = map.clone();
+            tokio::spawn(async move { map.flush(Duration::from_secs(3)).await })
+        };
+        map.set("a", "1").await.expect("set");
+        let first = flush(&map);
+        assert_eq!(
+            next_hold(Duration::from_secs(2)).await.expect("first hold"),
+            ["a"]
+        );
+        map.set("b", "1").await.expect("set");
+        let second = flush(&map);
+        // Well before the first hold's deadline: the second turn is
+        // under way beside it, with every write no one acknowledged.
+        assert_eq!(
+            next_hold(Duration::from_millis(1_000))
+                .await
+                .expect("a second turn at once"),
+            ["a", "b"]
+        );
+        map.set("c", "1").await.expect("set");
+        let third = flush(&map);
+        assert!(
+            next_hold(Duration::from_millis(500)).await.is_err(),
+            "a third turn while two are under way"
+        );
+        for flush in [first, second, third] {
+            let error = flush
+                .await
+                .expect("flush task")
+                .expect_err("no one to hold them");
+            assert_eq!(error.kind(), StateErrorKind::NotHeld);
+        }
+        map.close().await;
     }
 
     proptest! {
