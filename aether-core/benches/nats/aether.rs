@@ -75,7 +75,7 @@ pub(crate) async fn aether_run(
 ) -> Duration {
     let payload = payload();
     let start = Instant::now();
-    let cpu = crate::cpu::start();
+    let mut cpu = crate::cpu::start();
     let (consumers, progress) = consume(rxs, |mut rx, got| async move {
         while got.load(Ordering::Relaxed) < n {
             let wave = rx.receive().await.expect("aether open");
@@ -86,6 +86,7 @@ pub(crate) async fn aether_run(
         rx
     });
     emit_data(tx, channel, &payload, n).await;
+    cpu.emitted();
     let mut rxs = finish(label, consumers, &progress, n).await;
     let elapsed = start.elapsed();
     cpu.end(crate::cpu::Side::Aether);
@@ -202,7 +203,9 @@ pub(crate) async fn aether_handler(url: String, n: usize, fan: usize) -> Duratio
     }
     let payload = payload();
     let start = Instant::now();
+    let mut cpu = crate::cpu::start();
     emit_data(&tx, &channel, &payload, n).await;
+    cpu.emitted();
     for counted in &counts {
         let arrived = timeout(ROUND_LIMIT, counted.done.notified()).await;
         assert!(
@@ -212,6 +215,7 @@ pub(crate) async fn aether_handler(url: String, n: usize, fan: usize) -> Duratio
         );
     }
     let elapsed = start.elapsed();
+    cpu.end(crate::cpu::Side::Aether);
     for counted in &counts {
         assert_eq!(
             counted.data.load(Ordering::Relaxed),

@@ -1,9 +1,11 @@
 //! The CPU time the benchmark's process and its nats-server spend during
-//! the timed parts of the queue-based rounds (raw async-nats's `raw_run`,
-//! the aether's `aether_run` with `receive()`), the set-up between rounds
+//! the timed parts of the rounds (raw async-nats's `raw_run`, the
+//! aether's `aether_run` with `receive()` and `aether_handler`), the set-up between rounds
 //! left out: whether a stream is bound by the two cores or
 //! waits on something. Read from `/proc` in clock ticks (1/100 s), so it
-//! is meant for the sum of many rounds (the profile's 15).
+//! is meant for the sum of many rounds (the profile's 15). Beside it,
+//! when the emitting loop returned within each timed part: a stream whose
+//! receivers finish long after it is paced by its receiving side.
 
 use aether_testkit::bench::cpu_of;
 
@@ -26,6 +28,8 @@ struct Spent {
     process: Duration,
     server: Duration,
     wall: Duration,
+    /// Until the emitting loop returned.
+    emitting: Duration,
 }
 
 impl Spent {
@@ -33,6 +37,7 @@ impl Spent {
         process: Duration::ZERO,
         server: Duration::ZERO,
         wall: Duration::ZERO,
+        emitting: Duration::ZERO,
     };
 }
 
@@ -53,6 +58,7 @@ pub(crate) struct Timed {
     process: Duration,
     server: Duration,
     at: Instant,
+    emitted: Option<Duration>,
 }
 
 /// Starts a timed part.
@@ -61,10 +67,16 @@ pub(crate) fn start() -> Timed {
         process: cpu_of("self"),
         server: server_cpu(),
         at: Instant::now(),
+        emitted: None,
     }
 }
 
 impl Timed {
+    /// The emitting loop returned (its last message handed to the client).
+    pub(crate) fn emitted(&mut self) {
+        self.emitted = Some(self.at.elapsed());
+    }
+
     /// Ends it, adding what it spent to `side`.
     pub(crate) fn end(self, side: Side) {
         let (process, server, wall) = (cpu_of("self"), server_cpu(), self.at.elapsed());
@@ -73,6 +85,7 @@ impl Timed {
         spent.process += process.saturating_sub(self.process);
         spent.server += server.saturating_sub(self.server);
         spent.wall += wall;
+        spent.emitting += self.emitted.unwrap_or(wall);
     }
 }
 
@@ -89,10 +102,11 @@ pub(crate) fn report() -> Vec<String> {
             let share = |cpu: Duration| cpu.as_secs_f64() / wall_s * 100.0;
             format!(
                 "CPU over the timed parts of {side}: the process {:.0} % of a core, nats-server \
-                 {:.0} % ({:.0} ms timed)",
+                 {:.0} % ({:.0} ms timed; the emitting loop returned at {:.0} % of it)",
                 share(s.process),
                 share(s.server),
-                wall_s * 1000.0
+                wall_s * 1000.0,
+                share(s.emitting)
             )
         })
         .collect()

@@ -76,7 +76,7 @@ pub(crate) async fn raw_run(
 ) -> Duration {
     let payload = body(len);
     let start = Instant::now();
-    let cpu = crate::cpu::start();
+    let mut cpu = crate::cpu::start();
     let (consumers, progress) = consume(subs, |mut sub, got| async move {
         while got.load(Ordering::Relaxed) < n {
             let message = sub.next().await.expect("subscription open");
@@ -89,6 +89,7 @@ pub(crate) async fn raw_run(
     for _ in 0..n {
         tx.publish(subject, payload.clone()).await.expect("publish");
     }
+    cpu.emitted();
     tx.flush().await.expect("flush");
     let subs = finish(label, consumers, &progress, n).await;
     let elapsed = start.elapsed();
