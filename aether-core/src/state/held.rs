@@ -360,14 +360,9 @@ impl Flushes {
         // A lane's state is never held while the lanes are looked up, so
         // both are held here in that order.
         let lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        lanes.values().find_map(|lane| {
-            let state = lane.lock();
-            let turn = state.last.as_ref()?;
-            (turn.upto >= upto
-                && turn.want.replicas >= want.replicas
-                && turn.want.keepers >= want.keepers)
-                .then(|| turn.held.clone())
-        })
+        lanes
+            .values()
+            .find_map(|lane| lane.lock().covers(want, upto))
     }
 }
 
@@ -378,6 +373,52 @@ impl Default for Lane {
             ended: tokio::sync::Notify::new(),
             state: std::sync::Mutex::default(),
         }
+    }
+}
+
+impl LaneState {
+    /// A turn that took this replica's writes up to `upto` was held as
+    /// `want` asked. Turns under way together may end in either order:
+    /// the one that took the most writes stands, and it ends a refusal of
+    /// no more writes than it took.
+    fn held(&mut self, want: HeldBy, upto: u64, held: &Held) {
+        if self.last.as_ref().is_none_or(|last| last.upto <= upto) {
+            self.last = Some(Turn {
+                want,
+                upto,
+                held: held.clone(),
+            });
+        }
+        if self
+            .refused
+            .as_ref()
+            .is_some_and(|(_, refused_upto, ..)| *refused_upto <= upto)
+        {
+            self.refused = None;
+        }
+    }
+
+    /// A turn that took the writes up to `upto` was refused.
+    fn refused(&mut self, upto: u64, error: &StateError) {
+        self.refused = Some((self.turns, upto, error.kind(), error.message().to_string()));
+    }
+
+    /// The refusal a flush that waited from `since` turns ended on, for
+    /// the writes up to `mine`, shares: a turn ended meanwhile took them
+    /// and was refused.
+    fn refusal_of(&self, since: u64, mine: u64) -> Option<StateError> {
+        let (turn, upto, kind, why) = self.refused.as_ref()?;
+        (*turn >= since && *upto >= mine).then(|| StateError::new(*kind, why.clone()))
+    }
+
+    /// What the last held turn was told, if it took every write up to
+    /// `upto` and `want` asks no more than it did.
+    fn covers(&self, want: HeldBy, upto: u64) -> Option<Held> {
+        let turn = self.last.as_ref()?;
+        (turn.upto >= upto
+            && turn.want.replicas >= want.replicas
+            && turn.want.keepers >= want.keepers)
+            .then(|| turn.held.clone())
     }
 }
 
@@ -478,13 +519,10 @@ impl StateMap {
             if let Some(held) = flushes.covered(want, mine) {
                 return Ok(held);
             }
-            if let Some((turn, upto, kind, why)) = &lane.lock().refused
-                && *turn >= since
-                && *upto >= mine
-            {
+            if let Some(refusal) = lane.lock().refusal_of(since, mine) {
                 // A turn that took these writes while this flush waited
                 // was refused: so are they.
-                return Err(StateError::new(*kind, why.clone()));
+                return Err(refusal);
             }
             if let Ok(turn) = lane.turn.try_acquire() {
                 break TurnEnds {
@@ -536,10 +574,7 @@ impl StateMap {
                         error.kind(),
                         StateErrorKind::NotHeld | StateErrorKind::Closed
                     ) {
-                        let mut state = lane.lock();
-                        let turn = state.turns;
-                        state.refused =
-                            Some((turn, upto, error.kind(), error.message().to_string()));
+                        lane.lock().refused(upto, &error);
                     }
                     return Err(error);
                 }
@@ -555,23 +590,7 @@ impl StateMap {
         held.keepers = by.values().filter(|a| a.keeper).count();
         held.by = by.into_values().map(|a| a.name.to_string()).collect();
         held.by.sort();
-        let mut state = lane.lock();
-        // Turns under way together may end in either order: the one that
-        // took the most writes stands.
-        if state.last.as_ref().is_none_or(|last| last.upto <= upto) {
-            state.last = Some(Turn {
-                want,
-                upto,
-                held: held.clone(),
-            });
-        }
-        if state
-            .refused
-            .as_ref()
-            .is_some_and(|(_, refused_upto, ..)| *refused_upto <= upto)
-        {
-            state.refused = None;
-        }
+        lane.lock().held(want, upto, &held);
         Ok(held)
     }
 
@@ -1010,7 +1029,7 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use super::{Acked, HeldBy, Unacked};
+    use super::{Acked, Held, HeldBy, LaneState, Unacked};
     use crate::state::Stamp;
 
     #[derive(Clone, Debug)]
@@ -1241,7 +1260,70 @@ mod tests {
         map.close().await;
     }
 
+    /// How turns of a lane end, in any order.
+    #[derive(Clone, Debug)]
+    enum Ending {
+        /// A turn that took the writes up to this count was held.
+        Held(u64),
+        /// One that took them was refused.
+        Refused(u64),
+        /// A turn ended (after its outcome was noted).
+        Ended,
+    }
+
     proptest! {
+        /// Whatever order turns under way together end in, a flush waiting
+        /// for its writes up to `mine` is told held only by the turn that
+        /// took the most writes (and at least its), and refused only by the
+        /// last refusal, if it took them, ended while the flush waited, and
+        /// no turn held as many writes after it.
+        #[test]
+        fn turns_ending_in_any_order_tell_each_flush_its_own(
+            endings in proptest::collection::vec(
+                prop_oneof![
+                    (0u64..20).prop_map(Ending::Held),
+                    (0u64..20).prop_map(Ending::Refused),
+                    Just(Ending::Ended),
+                ],
+                0..40,
+            )
+        ) {
+            let error = crate::state::StateError::new(
+                crate::state::StateErrorKind::Full,
+                "full",
+            );
+            let mut state = LaneState::default();
+            let (mut most_held, mut refusal): (Option<u64>, Option<(u64, u64)>) = (None, None);
+            for ending in endings {
+                match ending {
+                    Ending::Held(upto) => {
+                        let held = Held { writes: upto as usize, ..Held::default() };
+                        state.held(HeldBy::ONE, upto, &held);
+                        most_held = most_held.max(Some(upto));
+                        refusal = refusal.filter(|&(_, refused)| refused > upto);
+                    }
+                    Ending::Refused(upto) => {
+                        state.refused(upto, &error);
+                        refusal = Some((state.turns, upto));
+                    }
+                    Ending::Ended => state.turns += 1,
+                }
+                for mine in 0..21 {
+                    let covered = state.covers(HeldBy::ONE, mine);
+                    prop_assert_eq!(
+                        covered.map(|held| held.writes as u64),
+                        most_held.filter(|&most| most >= mine)
+                    );
+                    for since in 0..=state.turns {
+                        let told = state.refusal_of(since, mine);
+                        let expected = refusal
+                            .is_some_and(|(turn, upto)| turn >= since && upto >= mine);
+                        prop_assert_eq!(told.is_some(), expected);
+                    }
+                }
+            }
+        }
+
         /// The writes a flush looks over are those of one map of every
         /// write with its most acknowledgements, short of what it asks:
         /// whatever the writes, acknowledgements (of a write overwritten
