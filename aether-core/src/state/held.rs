@@ -263,8 +263,9 @@ pub(super) struct Ack {
 /// acknowledged together, one hold a turn, as a ledger's fsyncs group its
 /// writes. Two turns may be under way at once ([`TURNS_AT_ONCE`]): the
 /// writers whose flushes one turn ended write again while the next waits
-/// for its answer, and their turn starts then. Flushes that ask for other acknowledgements (a replica, a
-/// keeper) take turns apart: one never waits for another's.
+/// for its answer, and their turn starts then. Flushes that ask for other
+/// acknowledgements (a replica, a keeper) take turns apart: one never
+/// waits for another's.
 #[derive(Default)]
 pub(super) struct Flushes {
     /// The holds waiting: each hold's token and where its
