@@ -174,6 +174,104 @@ async fn a_keeper_killed_and_restarted_serves_every_acknowledged_write() {
     keeping.kill().await.unwrap();
 }
 
+/// Many writers in flight on one replica, their flushes taking turns (two
+/// under way at once), and the keeper SIGKILLed among their
+/// acknowledgements: every write a flush said was held before the kill
+/// is on the keeper's disk when it starts again, the writer gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_in_flight_lose_no_acknowledged_write_through_a_keepers_kill() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+    const WRITERS: usize = 16;
+    const WRITES: usize = 400;
+    let nats = server().await;
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut keeping = keeper(&url, dir.path(), "keeper", &[]).await;
+    let (bus, writer) = replica(&url, "home", "writer").await;
+    let (done, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (writer, done, stop) = (writer.clone(), done.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for n in 0..WRITES {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let key = format!("w{w}.k{}", n % 40);
+                    writer.set_json(&key, &n).await.unwrap();
+                    match writer
+                        .flush_to(HeldBy::keepers(1), Duration::from_secs(1))
+                        .await
+                    {
+                        Ok(_) => acked.push((key, n)),
+                        Err(e) if e.kind() == StateErrorKind::NotHeld => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                acked
+            })
+        })
+        .collect();
+    soon("a quarter of the writes", || {
+        done.load(Ordering::Relaxed) >= WRITERS * WRITES / 4
+    })
+    .await;
+    // Killed among the turns' acknowledgements, the writers still writing.
+    keeping.kill().await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    // The last acknowledged write of each key (a later one replaces it).
+    let mut last: std::collections::HashMap<String, usize> = Default::default();
+    let mut acknowledged = 0;
+    for task in tasks {
+        let acked = tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("the writer ends")
+            .unwrap();
+        acknowledged += acked.len();
+        for (key, n) in acked {
+            let at = last.entry(key).or_default();
+            *at = (*at).max(n);
+        }
+    }
+    assert!(
+        acknowledged < WRITERS * WRITES,
+        "the kill came while the writers wrote"
+    );
+    writer.close().await;
+    bus.close();
+    // Only the keeper's ledger has the writes now.
+    keeping = keeper(&url, dir.path(), "keeper", &[]).await;
+    let (bus, reader) = replica(&url, "home", "reader").await;
+    let lost: Vec<(&String, &usize)> = last
+        .iter()
+        .filter(|(key, n)| {
+            reader
+                .get_json::<usize>(key)
+                .unwrap()
+                .is_none_or(|held| held < **n)
+        })
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} keys lost an acknowledged write: {:?}",
+        lost.len(),
+        last.len(),
+        &lost[..lost.len().min(5)]
+    );
+    eprintln!("{acknowledged} writes acknowledged before the kill, 0 lost");
+    reader.close().await;
+    bus.close();
+    keeping.kill().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_keepers_one_killed_for_good_the_other_serves_everything() {
     let nats = server().await;
