@@ -266,6 +266,51 @@ async fn drain_sends_what_was_emitted_then_closes() {
     .expect("bounded");
 }
 
+/// A loop of emits over NATS (each wave written into the batch frame
+/// being filled, which never waits while the queue has room) leaves the
+/// runtime's other tasks their turn, as a channel's sender does: on a
+/// one-thread runtime another task runs while the loop does, not after it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_loop_of_emits_leaves_other_tasks_their_turn() {
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        },
+        time::Duration,
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let server = NatsServer::start().await.unwrap();
+        let sending = Aether::connect_url(&server.url()).await.unwrap();
+        let tx = aether_core::Vibrator::create("tx", &sending).await.unwrap();
+        let turns = Arc::new(AtomicUsize::new(0));
+        let counting = turns.clone();
+        let other = tokio::spawn(async move {
+            loop {
+                counting.fetch_add(1, Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        });
+        tokio::task::yield_now().await;
+        let before = turns.load(Ordering::Relaxed);
+        // About a megabyte: within the frames' queue (4 MiB), so no emit
+        // waits for room.
+        let n = 10_000u32;
+        for i in 0..n {
+            tx.emit_wave("loop.turns", i).await.unwrap();
+        }
+        let during = turns.load(Ordering::Relaxed) - before;
+        other.abort();
+        assert!(
+            during >= n as usize / 256,
+            "the other task ran {during} times during {n} emits"
+        );
+        sending.drain(Duration::from_secs(5)).await.unwrap();
+    })
+    .await
+    .expect("bounded");
+}
+
 /// The connection's name is the one the settings give, and the server's
 /// monitoring (`/connz`) shows it, so an operator tells programs apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -224,7 +224,7 @@ impl Medium {
             Medium::Nats(nats) => {
                 if dropped.is_none() {
                     match nats.prepare(&wave) {
-                        Some(nats::Prepared::Queued) => return Publishing::Done,
+                        Some(nats::Prepared::Queued) => return Publishing::Queued,
                         Some(nats::Prepared::Direct(subject, body)) => {
                             return Publishing::Direct(subject, body);
                         }
@@ -242,6 +242,8 @@ impl Medium {
     pub(crate) async fn finish_publish(&self, publishing: Publishing) -> Result<(), EmitError> {
         match (self, publishing) {
             (_, Publishing::Done) => Ok(()),
+            #[cfg(feature = "nats")]
+            (_, Publishing::Queued) => Ok(()),
             (Medium::Embedded(embedded), Publishing::Durable(wave)) => {
                 Box::pin(embedded.publish_durable(wave)).await
             }
@@ -358,6 +360,12 @@ impl Medium {
 pub(crate) enum Publishing {
     /// Nothing is left to do.
     Done,
+    /// Over NATS, a plain wave written into the batch frame being filled:
+    /// nothing is left to do either, but the emit leaves the runtime's
+    /// other tasks their turn once in a while, as a channel's sender does
+    /// ([`Vibrator`](crate::Vibrator)'s emit).
+    #[cfg(feature = "nats")]
+    Queued,
     /// A wave on a durable channel of the embedded medium, for the outbox.
     Durable(Wave),
     /// The subject and envelope of a plain wave, for the NATS client.
