@@ -2,7 +2,9 @@
 //!
 //! A plain wave's emit writes its envelope straight into the frame being
 //! filled for its subject (no envelope of its own, no queue of messages)
-//! and returns, as `Client::publish` would; one task takes every run
+//! and returns, as `Client::publish` would (spending the runtime's
+//! budget as it does, so that a loop of emits yields its worker once in a
+//! while); one task takes every run
 //! filled so far when it wakes and publishes each as one message: a lone
 //! envelope as itself (a slice of the run), several as a batch frame. A
 //! run is consecutive waves on one subject, at most `max_waves` waves and
