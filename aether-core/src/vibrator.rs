@@ -908,12 +908,6 @@ impl Emitter {
         match self.aether.start_publish(wave, dropped) {
             // The embedded medium's common wave: in the queues already.
             Publishing::Done => {}
-            // In the frame being filled. A loop of emits leaves the
-            // runtime's other tasks (the frames' own, the connection's, a
-            // receiver in this process) their turn, as a channel's sender
-            // does: otherwise it holds its worker until the queue is full.
-            #[cfg(feature = "nats")]
-            Publishing::Queued => tokio::task::consume_budget().await,
             // A wave that did not go out (a full or unwritable outbox) is
             // not counted as published by this vibrator.
             publishing => self.aether.finish_publish(publishing).await.map_err(|e| {

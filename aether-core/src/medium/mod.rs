@@ -242,8 +242,15 @@ impl Medium {
     pub(crate) async fn finish_publish(&self, publishing: Publishing) -> Result<(), EmitError> {
         match (self, publishing) {
             (_, Publishing::Done) => Ok(()),
+            // In the frame being filled. A loop of publishes leaves the
+            // runtime's other tasks (the frames' own, the connection's, a
+            // receiver in this process) their turn, as a channel's sender
+            // does: otherwise it holds its worker until the queue is full.
             #[cfg(feature = "nats")]
-            (_, Publishing::Queued) => Ok(()),
+            (_, Publishing::Queued) => {
+                tokio::task::consume_budget().await;
+                Ok(())
+            }
             (Medium::Embedded(embedded), Publishing::Durable(wave)) => {
                 Box::pin(embedded.publish_durable(wave)).await
             }
@@ -361,9 +368,9 @@ pub(crate) enum Publishing {
     /// Nothing is left to do.
     Done,
     /// Over NATS, a plain wave written into the batch frame being filled:
-    /// nothing is left to do either, but the emit leaves the runtime's
-    /// other tasks their turn once in a while, as a channel's sender does
-    /// ([`Vibrator`](crate::Vibrator)'s emit).
+    /// nothing is left to do either, but [`Medium::finish_publish`] leaves
+    /// the runtime's other tasks their turn once in a while, as a
+    /// channel's sender does.
     #[cfg(feature = "nats")]
     Queued,
     /// A wave on a durable channel of the embedded medium, for the outbox.
