@@ -3,7 +3,8 @@
 //! hash) and MQTT (mosquitto), each on a server this program starts on a
 //! free loopback port, all in one run with the peers alternating round by
 //! round. Prints a Markdown table. `bash aether-core/peers/run`;
-//! `AETHER_PEERS_QUICK=1` for a small run.
+//! `AETHER_PEERS_QUICK=1` for a small run, `AETHER_PEERS_ONLY=state` (or
+//! `bus`, `request`, `steady`) for one section.
 
 #[macro_use]
 mod common;
@@ -302,8 +303,34 @@ fn lat_rows<P: Copy + PartialEq>(
     }
 }
 
+/// The run's sections, as `AETHER_PEERS_ONLY` names them.
+const SECTIONS: [&str; 4] = ["bus", "request", "steady", "state"];
+
+/// `list`, if `section` is run (`only` names it, or names none).
+fn part<P: Copy>(only: Option<&str>, section: &str, list: &[P]) -> Vec<P> {
+    if only.is_none_or(|o| o == section) {
+        list.to_vec()
+    } else {
+        Vec::new()
+    }
+}
+
 fn main() {
     let quick = std::env::var("AETHER_PEERS_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    // AETHER_PEERS_ONLY=bus|request|steady|state: that section alone.
+    let only = std::env::var("AETHER_PEERS_ONLY")
+        .ok()
+        .filter(|v| !v.is_empty());
+    if let Some(section) = &only
+        && !SECTIONS.contains(&section.as_str())
+    {
+        eprintln!(
+            "AETHER_PEERS_ONLY={section}: not one of {}",
+            SECTIONS.join(", ")
+        );
+        std::process::exit(2);
+    }
+    let only = only.as_deref();
     let sizes = Sizes::new(quick);
     let began = Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -379,7 +406,7 @@ fn main() {
         let ctx = ctx.clone();
         series(
             &format!("1 -> {fan}"),
-            &peers,
+            &part(only, "bus", &peers),
             sizes.rounds,
             Peer::name,
             |peer, _| {
@@ -410,7 +437,7 @@ fn main() {
         .collect();
     let req = series(
         "request/reply",
-        &req_peers,
+        &part(only, "request", &req_peers),
         sizes.latency_rounds,
         |p| match p {
             Peer::ZenohFifo => "Zenoh get -> queryable",
@@ -442,7 +469,7 @@ fn main() {
     let (sn, skip) = (sizes.steady_n, sizes.steady_skip);
     let steady = series(
         "steady",
-        &peers,
+        &part(only, "steady", &peers),
         sizes.latency_rounds,
         Peer::name,
         |peer, _| {
@@ -474,7 +501,7 @@ fn main() {
     let (sw, ss) = (sizes.warm_up.min(100), sizes.state_samples);
     let state_lat = series(
         "state write -> seen",
-        &state_peers,
+        &part(only, "state", &state_peers),
         sizes.latency_rounds,
         StatePeer::name,
         |peer, round| {
@@ -496,7 +523,7 @@ fn main() {
     let sn = sizes.state_n;
     let state_rate = series(
         "state writes/s",
-        &state_peers,
+        &part(only, "state", &state_peers),
         sizes.latency_rounds,
         StatePeer::name,
         |peer, round| {
