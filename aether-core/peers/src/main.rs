@@ -4,7 +4,8 @@
 //! free loopback port, all in one run with the peers alternating round by
 //! round. Prints a Markdown table. `bash aether-core/peers/run`;
 //! `AETHER_PEERS_QUICK=1` for a small run, `AETHER_PEERS_ONLY=state` (or
-//! `bus`, `request`, `steady`) for one section.
+//! `bus`, `request`, `steady`) for one section; `AETHER_PEERS_WIRE=1` says
+//! when the state section's writes reached nats-server.
 
 #[macro_use]
 mod common;
@@ -53,6 +54,10 @@ impl Peer {
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum StatePeer {
+    /// The floor: a raw publish seen by a subscriber, no state.
+    RawNats,
+    /// Aether's own floor: a wave emitted and received, no state.
+    AetherWave,
     NatsKv,
     Aether,
     Redis,
@@ -62,6 +67,8 @@ enum StatePeer {
 impl StatePeer {
     fn name(self) -> &'static str {
         match self {
+            StatePeer::RawNats => "raw async-nats (publish + subscriber; no state, the floor)",
+            StatePeer::AetherWave => "Aether over NATS, a wave (emit + receive; no state)",
             StatePeer::NatsKv => "NATS KV (put + watch)",
             StatePeer::Aether => "Aether StateMap over NATS (set; the other replica)",
             StatePeer::Redis => "Redis hash (HSET + PUBLISH of the change, pipelined)",
@@ -87,7 +94,9 @@ impl Ctx {
     }
     fn has_state(&self, p: StatePeer) -> bool {
         match p {
-            StatePeer::NatsKv | StatePeer::Aether => self.nats.is_some(),
+            StatePeer::RawNats | StatePeer::AetherWave | StatePeer::NatsKv | StatePeer::Aether => {
+                self.nats.is_some()
+            }
             StatePeer::Redis => self.redis.is_some(),
             StatePeer::Zenoh => true,
         }
@@ -490,6 +499,8 @@ fn main() {
 
     // State.
     let state_peers: Vec<StatePeer> = [
+        StatePeer::RawNats,
+        StatePeer::AetherWave,
         StatePeer::NatsKv,
         StatePeer::Aether,
         StatePeer::Redis,
@@ -507,6 +518,12 @@ fn main() {
         |peer, round| {
             let c = &ctx;
             let samples = match peer {
+                StatePeer::RawNats => {
+                    measure(&rt, nats::raw_state_latency(c.nats(), round, sw, ss))
+                }
+                StatePeer::AetherWave => {
+                    measure(&rt, nats::aether_wave_latency(c.nats(), round, sw, ss))
+                }
                 StatePeer::NatsKv => measure(&rt, nats::kv_state_latency(c.nats(), round, sw, ss)),
                 StatePeer::Aether => {
                     measure(&rt, nats::aether_state_latency(c.nats(), round, sw, ss))
@@ -521,14 +538,23 @@ fn main() {
         |l: &Lat| format!("p50 {:.1} us, p99 {:.1} us", l.p50, l.p99),
     );
     let sn = sizes.state_n;
+    // The floors keep nothing to count: the rate rows are the maps'.
+    let rate_peers: Vec<StatePeer> = state_peers
+        .iter()
+        .copied()
+        .filter(|p| *p != StatePeer::RawNats && *p != StatePeer::AetherWave)
+        .collect();
     let state_rate = series(
         "state writes/s",
-        &part(only, "state", &state_peers),
+        &part(only, "state", &rate_peers),
         sizes.latency_rounds,
         StatePeer::name,
         |peer, round| {
             let c = &ctx;
             let (r, missing) = match peer {
+                StatePeer::RawNats | StatePeer::AetherWave => {
+                    Err("the floor keeps no state".into())
+                }
                 StatePeer::NatsKv => measure(&rt, nats::kv_state_rate(c.nats(), round, sn)),
                 StatePeer::Aether => measure(&rt, nats::aether_state_rate(c.nats(), round, sn)),
                 StatePeer::Redis => measure(&rt, redis_peer::state_rate(c.redis(), round, sn)),

@@ -435,17 +435,25 @@ pub async fn aether_state_latency(
     samples: usize,
 ) -> Result<Vec<Duration>, String> {
     let (writer, reader, _x, _y) = replicas(&url, &format!("lat{round}")).await?;
+    let mut wire = Wire::open(&url, format!("_state.lat{round}.c")).await?;
     let mut watch = reader.watch("lat.*");
     let value = Bytes::from(vec![0xAB; STATE_VALUE]);
     let mut out = Vec::with_capacity(samples);
     for i in 0..warm + samples {
         let start = Instant::now();
         let key = format!("lat.{}", i % 100);
-        let (set, seen) = tokio::join!(writer.set(&key, value.clone()), async {
-            let change = tokio::time::timeout(REQUEST_TIMEOUT, watch.next()).await;
-            (start.elapsed(), change)
-        });
-        set.map_err(e("set"))?;
+        let (set, seen, ()) = tokio::join!(
+            async {
+                let set = writer.set(&key, value.clone()).await;
+                (set, start.elapsed())
+            },
+            async {
+                let change = tokio::time::timeout(REQUEST_TIMEOUT, watch.next()).await;
+                (start.elapsed(), change)
+            },
+            Wire::hear(wire.as_mut(), start)
+        );
+        set.0.map_err(e("set"))?;
         match seen.1 {
             Ok(Some(change)) if change.key == key => {}
             other => {
@@ -457,11 +465,225 @@ pub async fn aether_state_latency(
         }
         if i >= warm {
             out.push(seen.0);
+            if let Some(wire) = &mut wire {
+                wire.returned.push(set.1);
+            }
         }
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
+    if let Some(wire) = wire {
+        wire.report(&format!("Aether state, round {round}"), &out);
+    }
     writer.close().await;
     reader.close().await;
+    Ok(out)
+}
+
+/// With `AETHER_PEERS_WIRE=1`: a third client subscribed to every subject,
+/// which tells when each write reached nats-server (as it hears it there),
+/// beside when the writer's call returned and when the other client saw
+/// the write: the time before the server and after it. Every message is
+/// copied to it, so such a run's latencies are not the table's.
+struct Wire {
+    _client: Client,
+    sub: async_nats::Subscriber,
+    /// The end of the writes' subject.
+    subject: String,
+    heard: Vec<Duration>,
+    returned: Vec<Duration>,
+}
+
+impl Wire {
+    async fn open(url: &str, subject: String) -> Result<Option<Wire>, String> {
+        if !std::env::var("AETHER_PEERS_WIRE").is_ok_and(|v| v == "1") {
+            return Ok(None);
+        }
+        let client = raw_connect(url, 1 << 17).await?;
+        let sub = client.subscribe(">").await.map_err(e("wire subscribe"))?;
+        client.flush().await.map_err(e("wire flush"))?;
+        Ok(Some(Wire {
+            _client: client,
+            sub,
+            subject,
+            heard: Vec::new(),
+            returned: Vec::new(),
+        }))
+    }
+
+    /// Waits for the next message on the subject (a bounded wait).
+    async fn hear(wire: Option<&mut Wire>, start: Instant) {
+        let Some(wire) = wire else { return };
+        while let Ok(Some(msg)) =
+            tokio::time::timeout(Duration::from_millis(100), wire.sub.next()).await
+        {
+            // (Aether's subjects carry its prefix before the channel.)
+            if msg.subject.ends_with(wire.subject.as_str()) {
+                wire.heard.push(start.elapsed());
+                return;
+            }
+        }
+    }
+
+    fn report(mut self, label: &str, seen: &[Duration]) {
+        let p50 = |xs: &mut Vec<Duration>| {
+            xs.sort();
+            xs.get(xs.len() / 2)
+                .map_or(f64::NAN, |d| d.as_secs_f64() * 1e6)
+        };
+        let mut seen = seen.to_vec();
+        eprintln!(
+            "wire: {label}: p50 returned {:.1} us, at the server {:.1} us ({} heard), seen {:.1} us",
+            p50(&mut self.returned),
+            p50(&mut self.heard),
+            self.heard.len(),
+            p50(&mut seen)
+        );
+    }
+}
+
+/// The floor under a state write over NATS: the same key and 128-byte
+/// value published on one connection and taken by a subscriber on
+/// another, one at a time as the maps' writes are (no state, no stamp).
+pub async fn raw_state_latency(
+    url: String,
+    round: usize,
+    warm: usize,
+    samples: usize,
+) -> Result<Vec<Duration>, String> {
+    let rx = raw_connect(&url, 1 << 17).await?;
+    let tx = raw_connect(&url, 1 << 17).await?;
+    let subject = format!("bench.state{round}");
+    let mut sub = rx
+        .subscribe(subject.clone())
+        .await
+        .map_err(e("subscribe"))?;
+    // Live once a probe comes through (as the other peers' rounds begin).
+    let deadline = Instant::now() + PROBE_LIMIT;
+    loop {
+        tx.publish(subject.clone(), Bytes::from_static(PROBE))
+            .await
+            .map_err(e("probe"))?;
+        tx.flush().await.map_err(e("flush"))?;
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), sub.next()).await {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("raw nats state: the subscription is not live".into());
+        }
+    }
+    // The probes after the one seen.
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {}
+    let mut wire = Wire::open(&url, subject.clone()).await?;
+    let mut out = Vec::with_capacity(samples);
+    for i in 0..warm + samples {
+        let payload = keyed(i);
+        let key_len = payload.len() - STATE_VALUE;
+        let start = Instant::now();
+        let (sent, seen, ()) = tokio::join!(
+            async {
+                let sent = tx.publish(subject.clone(), payload.clone()).await;
+                (sent, start.elapsed())
+            },
+            async {
+                let msg = tokio::time::timeout(REQUEST_TIMEOUT, sub.next()).await;
+                (start.elapsed(), msg)
+            },
+            Wire::hear(wire.as_mut(), start)
+        );
+        sent.0.map_err(e("publish"))?;
+        match seen.1 {
+            Ok(Some(msg)) if msg.payload.starts_with(&payload[..key_len]) => {}
+            _ => return Err(format!("raw nats state: write {i} was not seen")),
+        }
+        if i >= warm {
+            out.push(seen.0);
+            if let Some(wire) = &mut wire {
+                wire.returned.push(sent.1);
+            }
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    if let Some(wire) = wire {
+        wire.report(&format!("raw async-nats, round {round}"), &out);
+    }
+    Ok(out)
+}
+
+/// Write `i`'s payload for the peers without a map: its key (one of 100)
+/// and a 128-byte value.
+fn keyed(i: usize) -> Bytes {
+    let key = format!("lat.{}", i % 100);
+    let mut payload = Vec::with_capacity(key.len() + STATE_VALUE);
+    payload.extend_from_slice(key.as_bytes());
+    payload.resize(key.len() + STATE_VALUE, 0xAB);
+    payload.into()
+}
+
+/// Aether's own floor under a map's write: the same payload as a wave,
+/// emitted on one aether and taken by `receive()` on another, one at a
+/// time (no state, no stamp, no merge).
+pub async fn aether_wave_latency(
+    url: String,
+    round: usize,
+    warm: usize,
+    samples: usize,
+) -> Result<Vec<Duration>, String> {
+    let rx_aether = aether_connect(&url, 1 << 17).await?;
+    let tx_aether = aether_connect(&url, 1 << 17).await?;
+    let name = format!("bench.wave{round}");
+    let channel = Channel::new(name.as_str());
+    let mut rx = Vibrator::create("rx", &rx_aether).await.map_err(e("rx"))?;
+    rx.resonate_on(channel.clone())
+        .await
+        .map_err(e("resonate"))?;
+    let tx = Vibrator::create("tx", &tx_aether).await.map_err(e("tx"))?;
+    // Live once a probe comes through.
+    let deadline = Instant::now() + PROBE_LIMIT;
+    loop {
+        tx.emit(Wave::new(channel.clone(), Bytes::from_static(PROBE)))
+            .await
+            .map_err(e("probe"))?;
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), rx.receive()).await {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("aether wave: the resonance is not live".into());
+        }
+    }
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), rx.receive()).await {}
+    let mut wire = Wire::open(&url, name.clone()).await?;
+    let mut out = Vec::with_capacity(samples);
+    for i in 0..warm + samples {
+        let payload = keyed(i);
+        let key_len = payload.len() - STATE_VALUE;
+        let start = Instant::now();
+        let (sent, seen, ()) = tokio::join!(
+            async {
+                let sent = tx.emit(Wave::new(channel.clone(), payload.clone())).await;
+                (sent, start.elapsed())
+            },
+            async {
+                let wave = tokio::time::timeout(REQUEST_TIMEOUT, rx.receive()).await;
+                (start.elapsed(), wave)
+            },
+            Wire::hear(wire.as_mut(), start)
+        );
+        sent.0.map_err(e("emit"))?;
+        match seen.1 {
+            Ok(Some(wave)) if wave.payload_bytes().starts_with(&payload[..key_len]) => {}
+            _ => return Err(format!("aether wave: wave {i} was not seen")),
+        }
+        if i >= warm {
+            out.push(seen.0);
+            if let Some(wire) = &mut wire {
+                wire.returned.push(sent.1);
+            }
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    if let Some(wire) = wire {
+        wire.report(&format!("Aether wave, round {round}"), &out);
+    }
     Ok(out)
 }
 
