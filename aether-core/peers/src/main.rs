@@ -58,6 +58,9 @@ enum StatePeer {
     RawNats,
     /// Aether's own floor: a wave emitted and received, no state.
     AetherWave,
+    /// The same with the sender hearing the channel too, as a writing
+    /// replica does (the server sends the wave back to it).
+    AetherWaveEcho,
     NatsKv,
     Aether,
     Redis,
@@ -69,6 +72,9 @@ impl StatePeer {
         match self {
             StatePeer::RawNats => "raw async-nats (publish + subscriber; no state, the floor)",
             StatePeer::AetherWave => "Aether over NATS, a wave (emit + receive; no state)",
+            StatePeer::AetherWaveEcho => {
+                "Aether over NATS, a wave, the sender hearing it too (as a writing replica)"
+            }
             StatePeer::NatsKv => "NATS KV (put + watch)",
             StatePeer::Aether => "Aether StateMap over NATS (set; the other replica)",
             StatePeer::Redis => "Redis hash (HSET + PUBLISH of the change, pipelined)",
@@ -94,9 +100,11 @@ impl Ctx {
     }
     fn has_state(&self, p: StatePeer) -> bool {
         match p {
-            StatePeer::RawNats | StatePeer::AetherWave | StatePeer::NatsKv | StatePeer::Aether => {
-                self.nats.is_some()
-            }
+            StatePeer::RawNats
+            | StatePeer::AetherWave
+            | StatePeer::AetherWaveEcho
+            | StatePeer::NatsKv
+            | StatePeer::Aether => self.nats.is_some(),
             StatePeer::Redis => self.redis.is_some(),
             StatePeer::Zenoh => true,
         }
@@ -501,6 +509,7 @@ fn main() {
     let state_peers: Vec<StatePeer> = [
         StatePeer::RawNats,
         StatePeer::AetherWave,
+        StatePeer::AetherWaveEcho,
         StatePeer::NatsKv,
         StatePeer::Aether,
         StatePeer::Redis,
@@ -521,9 +530,14 @@ fn main() {
                 StatePeer::RawNats => {
                     measure(&rt, nats::raw_state_latency(c.nats(), round, sw, ss))
                 }
-                StatePeer::AetherWave => {
-                    measure(&rt, nats::aether_wave_latency(c.nats(), round, sw, ss))
-                }
+                StatePeer::AetherWave => measure(
+                    &rt,
+                    nats::aether_wave_latency(c.nats(), round, sw, ss, false),
+                ),
+                StatePeer::AetherWaveEcho => measure(
+                    &rt,
+                    nats::aether_wave_latency(c.nats(), round, sw, ss, true),
+                ),
                 StatePeer::NatsKv => measure(&rt, nats::kv_state_latency(c.nats(), round, sw, ss)),
                 StatePeer::Aether => {
                     measure(&rt, nats::aether_state_latency(c.nats(), round, sw, ss))
@@ -542,7 +556,12 @@ fn main() {
     let rate_peers: Vec<StatePeer> = state_peers
         .iter()
         .copied()
-        .filter(|p| *p != StatePeer::RawNats && *p != StatePeer::AetherWave)
+        .filter(|p| {
+            !matches!(
+                p,
+                StatePeer::RawNats | StatePeer::AetherWave | StatePeer::AetherWaveEcho
+            )
+        })
         .collect();
     let state_rate = series(
         "state writes/s",
@@ -552,7 +571,7 @@ fn main() {
         |peer, round| {
             let c = &ctx;
             let (r, missing) = match peer {
-                StatePeer::RawNats | StatePeer::AetherWave => {
+                StatePeer::RawNats | StatePeer::AetherWave | StatePeer::AetherWaveEcho => {
                     Err("the floor keeps no state".into())
                 }
                 StatePeer::NatsKv => measure(&rt, nats::kv_state_rate(c.nats(), round, sn)),

@@ -621,12 +621,15 @@ fn keyed(i: usize) -> Bytes {
 
 /// Aether's own floor under a map's write: the same payload as a wave,
 /// emitted on one aether and taken by `receive()` on another, one at a
-/// time (no state, no stamp, no merge).
+/// time (no state, no stamp, no merge). With `echo`, the sending aether
+/// resonates on the channel too (skipping its own waves), as a writing
+/// replica does: the server then sends each wave back to it as well.
 pub async fn aether_wave_latency(
     url: String,
     round: usize,
     warm: usize,
     samples: usize,
+    echo: bool,
 ) -> Result<Vec<Duration>, String> {
     let rx_aether = aether_connect(&url, 1 << 17).await?;
     let tx_aether = aether_connect(&url, 1 << 17).await?;
@@ -637,6 +640,16 @@ pub async fn aether_wave_latency(
         .await
         .map_err(e("resonate"))?;
     let tx = Vibrator::create("tx", &tx_aether).await.map_err(e("tx"))?;
+    let mut _echo = None;
+    if echo {
+        let mut own = Vibrator::builder("echo")
+            .skip_own_waves(true)
+            .create(&tx_aether)
+            .await
+            .map_err(e("echo"))?;
+        own.resonate_on(channel.clone()).await.map_err(e("echo"))?;
+        _echo = Some(own);
+    }
     // Live once a probe comes through.
     let deadline = Instant::now() + PROBE_LIMIT;
     loop {
