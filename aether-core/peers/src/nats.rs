@@ -541,6 +541,70 @@ impl Wire {
     }
 }
 
+/// The rounds of a floor under a map's write (no state kept): `$probe`
+/// (a `Result<(), String>`, awaited inside) until `$next` (the next
+/// body to arrive, an `Option<Bytes>`, awaited inside) brings one, the
+/// other probes drained; then `$warm` untimed and `$samples` timed writes
+/// of [`keyed`] payloads, one at a time 200 us apart, each sent by
+/// `$send` and timed until its body arrives; `$wire` (when on) hears each.
+/// (A macro, as `live!`: the round's future must be `Send`.)
+macro_rules! floor_rounds {
+    ($label:expr, $round:expr, $wire:expr, $warm:expr, $samples:expr, $probe:expr,
+     |$payload:ident| $send:expr, $next:expr) => {{
+        // Live once a probe comes through (as the other peers' rounds begin).
+        let deadline = Instant::now() + PROBE_LIMIT;
+        loop {
+            $probe.await?;
+            if let Ok(Some(_)) =
+                tokio::time::timeout(Duration::from_millis(20), async { $next }).await
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{}: not live within {PROBE_LIMIT:?}", $label));
+            }
+        }
+        while let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(50), async { $next }).await
+        {}
+        let mut wire = $wire;
+        let mut out = Vec::with_capacity($samples);
+        for i in 0..$warm + $samples {
+            let body = keyed(i);
+            let key_len = body.len() - STATE_VALUE;
+            let start = Instant::now();
+            let (sent, seen, ()) = tokio::join!(
+                async {
+                    let $payload = body.clone();
+                    let sent: Result<(), String> = $send;
+                    (sent, start.elapsed())
+                },
+                async {
+                    let arrived = tokio::time::timeout(REQUEST_TIMEOUT, async { $next }).await;
+                    (start.elapsed(), arrived)
+                },
+                Wire::hear(wire.as_mut(), start)
+            );
+            sent.0?;
+            match seen.1 {
+                Ok(Some(arrived)) if arrived.starts_with(&body[..key_len]) => {}
+                _ => return Err(format!("{}: write {i} was not seen", $label)),
+            }
+            if i >= $warm {
+                out.push(seen.0);
+                if let Some(wire) = &mut wire {
+                    wire.returned.push(sent.1);
+                }
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        if let Some(wire) = wire {
+            wire.report(&format!("{}, round {}", $label, $round), &out);
+        }
+        Ok(out)
+    }};
+}
+
 /// The floor under a state write over NATS: the same key and 128-byte
 /// value published on one connection and taken by a subscriber on
 /// another, one at a time as the maps' writes are (no state, no stamp).
@@ -557,56 +621,24 @@ pub async fn raw_state_latency(
         .subscribe(subject.clone())
         .await
         .map_err(e("subscribe"))?;
-    // Live once a probe comes through (as the other peers' rounds begin).
-    let deadline = Instant::now() + PROBE_LIMIT;
-    loop {
-        tx.publish(subject.clone(), Bytes::from_static(PROBE))
+    floor_rounds!(
+        "raw async-nats",
+        round,
+        Wire::open(&url, subject.clone()).await?,
+        warm,
+        samples,
+        async {
+            tx.publish(subject.clone(), Bytes::from_static(PROBE))
+                .await
+                .map_err(e("probe"))?;
+            tx.flush().await.map_err(e("flush"))
+        },
+        |payload| tx
+            .publish(subject.clone(), payload)
             .await
-            .map_err(e("probe"))?;
-        tx.flush().await.map_err(e("flush"))?;
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), sub.next()).await {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err("raw nats state: the subscription is not live".into());
-        }
-    }
-    // The probes after the one seen.
-    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {}
-    let mut wire = Wire::open(&url, subject.clone()).await?;
-    let mut out = Vec::with_capacity(samples);
-    for i in 0..warm + samples {
-        let payload = keyed(i);
-        let key_len = payload.len() - STATE_VALUE;
-        let start = Instant::now();
-        let (sent, seen, ()) = tokio::join!(
-            async {
-                let sent = tx.publish(subject.clone(), payload.clone()).await;
-                (sent, start.elapsed())
-            },
-            async {
-                let msg = tokio::time::timeout(REQUEST_TIMEOUT, sub.next()).await;
-                (start.elapsed(), msg)
-            },
-            Wire::hear(wire.as_mut(), start)
-        );
-        sent.0.map_err(e("publish"))?;
-        match seen.1 {
-            Ok(Some(msg)) if msg.payload.starts_with(&payload[..key_len]) => {}
-            _ => return Err(format!("raw nats state: write {i} was not seen")),
-        }
-        if i >= warm {
-            out.push(seen.0);
-            if let Some(wire) = &mut wire {
-                wire.returned.push(sent.1);
-            }
-        }
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
-    if let Some(wire) = wire {
-        wire.report(&format!("raw async-nats, round {round}"), &out);
-    }
-    Ok(out)
+            .map_err(e("publish")),
+        sub.next().await.map(|msg| msg.payload)
+    )
 }
 
 /// Write `i`'s payload for the peers without a map: its key (one of 100)
@@ -650,54 +682,29 @@ pub async fn aether_wave_latency(
         own.resonate_on(channel.clone()).await.map_err(e("echo"))?;
         _echo = Some(own);
     }
-    // Live once a probe comes through.
-    let deadline = Instant::now() + PROBE_LIMIT;
-    loop {
-        tx.emit(Wave::new(channel.clone(), Bytes::from_static(PROBE)))
+    floor_rounds!(
+        if echo {
+            "Aether wave, its sender hearing it"
+        } else {
+            "Aether wave"
+        },
+        round,
+        Wire::open(&url, name.clone()).await?,
+        warm,
+        samples,
+        async {
+            tx.emit(Wave::new(channel.clone(), Bytes::from_static(PROBE)))
+                .await
+                .map(|_| ())
+                .map_err(e("probe"))
+        },
+        |payload| tx
+            .emit(Wave::new(channel.clone(), payload))
             .await
-            .map_err(e("probe"))?;
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), rx.receive()).await {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err("aether wave: the resonance is not live".into());
-        }
-    }
-    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), rx.receive()).await {}
-    let mut wire = Wire::open(&url, name.clone()).await?;
-    let mut out = Vec::with_capacity(samples);
-    for i in 0..warm + samples {
-        let payload = keyed(i);
-        let key_len = payload.len() - STATE_VALUE;
-        let start = Instant::now();
-        let (sent, seen, ()) = tokio::join!(
-            async {
-                let sent = tx.emit(Wave::new(channel.clone(), payload.clone())).await;
-                (sent, start.elapsed())
-            },
-            async {
-                let wave = tokio::time::timeout(REQUEST_TIMEOUT, rx.receive()).await;
-                (start.elapsed(), wave)
-            },
-            Wire::hear(wire.as_mut(), start)
-        );
-        sent.0.map_err(e("emit"))?;
-        match seen.1 {
-            Ok(Some(wave)) if wave.payload_bytes().starts_with(&payload[..key_len]) => {}
-            _ => return Err(format!("aether wave: wave {i} was not seen")),
-        }
-        if i >= warm {
-            out.push(seen.0);
-            if let Some(wire) = &mut wire {
-                wire.returned.push(sent.1);
-            }
-        }
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
-    if let Some(wire) = wire {
-        wire.report(&format!("Aether wave, round {round}"), &out);
-    }
-    Ok(out)
+            .map(|_| ())
+            .map_err(e("emit")),
+        rx.receive().await.map(|wave| wave.payload_bytes().clone())
+    )
 }
 
 /// `n` keys set one after another on the writer; keys a second until the
