@@ -354,6 +354,16 @@ impl Drop for Tasks {
     }
 }
 
+/// The `p` quantile of `samples` (sorted in place), in microseconds; NaN
+/// when there are none.
+pub fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    samples.sort();
+    samples[((samples.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6
+}
+
 pub fn e<E: std::fmt::Display>(label: &str) -> impl Fn(E) -> String + '_ {
     move |e| format!("{label}: {e}")
 }

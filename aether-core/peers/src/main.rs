@@ -68,6 +68,14 @@ enum StatePeer {
 }
 
 impl StatePeer {
+    /// A floor under a write: it keeps no state, so it has no rate row.
+    fn is_floor(self) -> bool {
+        matches!(
+            self,
+            StatePeer::RawNats | StatePeer::AetherWave | StatePeer::AetherWaveEcho
+        )
+    }
+
     fn name(self) -> &'static str {
         match self {
             StatePeer::RawNats => "raw async-nats (publish + subscriber; no state, the floor)",
@@ -198,14 +206,6 @@ fn median(mut xs: Vec<f64>) -> f64 {
 fn spread(xs: &[f64]) -> (f64, f64) {
     xs.iter()
         .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)))
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> f64 {
-    if samples.is_empty() {
-        return f64::NAN;
-    }
-    samples.sort();
-    samples[((samples.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6
 }
 
 fn rate(r: f64) -> String {
@@ -556,12 +556,7 @@ fn main() {
     let rate_peers: Vec<StatePeer> = state_peers
         .iter()
         .copied()
-        .filter(|p| {
-            !matches!(
-                p,
-                StatePeer::RawNats | StatePeer::AetherWave | StatePeer::AetherWaveEcho
-            )
-        })
+        .filter(|p| !p.is_floor())
         .collect();
     let state_rate = series(
         "state writes/s",

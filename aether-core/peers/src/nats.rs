@@ -525,18 +525,13 @@ impl Wire {
     }
 
     fn report(mut self, label: &str, seen: &[Duration]) {
-        let p50 = |xs: &mut Vec<Duration>| {
-            xs.sort();
-            xs.get(xs.len() / 2)
-                .map_or(f64::NAN, |d| d.as_secs_f64() * 1e6)
-        };
         let mut seen = seen.to_vec();
         eprintln!(
             "wire: {label}: p50 returned {:.1} us, at the server {:.1} us ({} heard), seen {:.1} us",
-            p50(&mut self.returned),
-            p50(&mut self.heard),
+            percentile(&mut self.returned, 0.5),
+            percentile(&mut self.heard, 0.5),
             self.heard.len(),
-            p50(&mut seen)
+            percentile(&mut seen, 0.5)
         );
     }
 }
