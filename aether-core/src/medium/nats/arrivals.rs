@@ -161,27 +161,50 @@ impl Sub {
 
     /// Decodes the messages taken; a wave is complete if its message was
     /// taken before pass `full` began (a pass that emptied every
-    /// subscription), or always with `None`.
-    fn decode(&mut self, shared: &Shared, full: Option<usize>) {
-        let Self {
-            messages,
-            waves,
-            last,
-            target,
-            front,
-            ..
-        } = self;
+    /// subscription).
+    fn decode(&mut self, shared: &Shared, full: usize) {
+        let waves = &mut self.waves;
+        Self::take(
+            &mut self.messages,
+            &mut self.last,
+            &self.target,
+            shared,
+            |pass, wave| waves.push_back((wave, pass < full)),
+        );
+        self.front = waves.back().and_then(|(w, _)| order_of(w)).or(self.front);
+    }
+
+    /// Decodes the messages taken straight into `batch`, in order: with
+    /// nothing to merge, every wave is complete and goes as it comes.
+    fn decode_into(&mut self, shared: &Shared, batch: &mut VecDeque<Wave>) {
+        Self::take(
+            &mut self.messages,
+            &mut self.last,
+            &self.target,
+            shared,
+            |_, wave| batch.push_back(wave),
+        );
+        self.front = batch.back().and_then(order_of).or(self.front);
+    }
+
+    /// Every wave of `messages`, with the pass that took its message, to
+    /// `put`.
+    fn take(
+        messages: &mut Vec<(usize, Message)>,
+        last: &mut LastChannel,
+        target: &Target,
+        shared: &Shared,
+        mut put: impl FnMut(usize, Wave),
+    ) {
         for (pass, message) in messages.drain(..) {
-            let complete = full.is_none_or(|full| pass < full);
             take_each(
                 shared,
                 message,
                 last,
                 |channel| Self::heard_elsewhere(target, channel),
-                |wave| waves.push_back((wave, complete)),
+                |wave| put(pass, wave),
             );
         }
-        *front = waves.back().and_then(|(wave, _)| order_of(wave)).or(*front);
     }
 
     /// Hands `batch` (its waves, in order) to the target; false once the
@@ -470,8 +493,9 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>
         if subs.list.len() == 1 {
             // Nothing to merge with: everything goes, in order.
             let sub = &mut subs.list[0];
-            sub.decode(&shared, None);
+            // Any kept from a round with others (since removed) go first.
             batch.extend(sub.waves.drain(..).map(|(w, _)| w));
+            sub.decode_into(&shared, &mut batch);
             if !batch.is_empty() && !sub.hand_out(&shared, &mut batch) {
                 sub.done = true;
             }
@@ -483,7 +507,7 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>
             // sustained flood delays waves by one round at most (in it,
             // across subscriptions, the order is the best known). What this
             // round took is complete if taken before its last full pass.
-            let full = Some(last_full.unwrap_or(0));
+            let full = last_full.unwrap_or(0);
             for sub in subs.list.iter_mut() {
                 if sub.messages.is_empty() && sub.waves.is_empty() {
                     continue;
