@@ -10,7 +10,9 @@
 //! gone, and the prober tells everyone at once. Each heartbeat about one
 //! replica of the map (each with chance `1 / members`, every one in a map
 //! of up to three) says hello to all: how a keeper finds a map, and how the
-//! two sides of a healed partition find each other. A replica that opens
+//! two sides of a healed partition find each other. A replica alone says
+//! it less and less often, down to once every [`LONE_HELLO_EVERY`]
+//! heartbeats. A replica that opens
 //! says hello to all and takes the members from the replica it caught up
 //! from. So a replica sends two messages a heartbeat and receives about
 //! three, not one from every other replica.
@@ -50,6 +52,13 @@ const GONE_REMEMBERED: u32 = 10;
 /// heartbeat until its timeout, besides the next of the round.
 const MAX_PROBING: usize = 16;
 
+/// A replica with no members says hello at its 1st, 2nd, 4th and 8th
+/// heartbeat alone, then every this many: a map nobody else holds (a
+/// keeper's map whose writers are gone) costs a message a few heartbeats,
+/// not one each, and a replica cut off from the rest is found again
+/// within this many heartbeats of the cut healing.
+pub(super) const LONE_HELLO_EVERY: u32 = 8;
+
 /// The members one replica knows.
 #[derive(Debug)]
 pub(super) struct Members {
@@ -72,6 +81,8 @@ pub(super) struct Members {
     /// gone too (a replica's id is its own for its life), up to
     /// [`MAX_MEMBERS`].
     keepers: HashSet<u64>,
+    /// Heartbeats in a row this replica has had no members.
+    alone: u32,
     rng: u64,
 }
 
@@ -98,6 +109,7 @@ impl Members {
             checking: HashMap::new(),
             young: VecDeque::new(),
             keepers: HashSet::new(),
+            alone: 0,
             rng: seed | 1,
         }
     }
@@ -272,8 +284,16 @@ impl Members {
     /// Whether this replica says hello to all this heartbeat: with chance
     /// `1 / members` (itself counted), so that the map's replicas together
     /// say about one a heartbeat (every heartbeat each, in a map of up to
-    /// three).
+    /// three); alone, less and less often, down to one every
+    /// [`LONE_HELLO_EVERY`] heartbeats.
     pub(super) fn says_hello(&mut self) -> bool {
+        if self.live.is_empty() {
+            self.alone = self.alone.wrapping_add(1);
+            let beat = self.alone;
+            return beat.is_power_of_two() && beat <= LONE_HELLO_EVERY
+                || beat.is_multiple_of(LONE_HELLO_EVERY);
+        }
+        self.alone = 0;
         let n = self.live.len() + 1;
         n <= 3 || self.below(n) == 0
     }
@@ -550,6 +570,43 @@ mod tests {
             per_replica[&1000] <= per_replica[&10] * 1.5,
             "{per_replica:?}"
         );
+    }
+
+    /// A replica alone says hello at its 1st, 2nd, 4th and 8th heartbeat
+    /// alone, then every 8th; one that finds a member says hello as any
+    /// other, and alone again starts over.
+    #[test]
+    fn a_replica_alone_says_hello_less_and_less_often() {
+        let hellos = |m: &mut Members, beats: u32| -> Vec<u32> {
+            (1..=beats).filter(|_| m.says_hello()).collect()
+        };
+        let mut m = Members::new(3);
+        assert_eq!(hellos(&mut m, 40), [1, 2, 4, 8, 16, 24, 32, 40]);
+        let now = Instant::now();
+        m.heard(9, "other", now);
+        // Two replicas: each says hello every heartbeat.
+        assert_eq!(hellos(&mut m, 3), [1, 2, 3]);
+        m.left(9, now);
+        assert_eq!(hellos(&mut m, 9), [1, 2, 4, 8]);
+    }
+
+    /// Two replicas cut off from each other long enough that each is alone
+    /// find each other again within [`LONE_HELLO_EVERY`] heartbeats of
+    /// the cut healing, however long it lasted.
+    #[test]
+    fn replicas_alone_after_a_long_cut_find_each_other_soon_after_it_heals() {
+        for cut in [4, 10, 30, 100] {
+            let mut group = Group::open(2);
+            group.settle(3).expect("settled");
+            group.side[1] = 1;
+            for _ in 0..cut {
+                group.heartbeat();
+            }
+            assert!(group.members.iter().all(|m| m.len() == 0), "{cut}");
+            group.side[1] = 0;
+            let beats = group.settle(60).expect("found again");
+            assert!(beats <= LONE_HELLO_EVERY, "cut {cut}: {beats} heartbeats");
+        }
     }
 
     #[test]
