@@ -130,8 +130,8 @@ const FEW: usize = 64;
 /// subscriptions for each). The second is a ratio of two keepers on one
 /// machine in one run, whatever that machine's speed: four times the maps
 /// are four times the messages (a lone replica says hello every few
-/// heartbeats),
-/// where a sweep of every subscription for each message made it sixteen.
+/// heartbeats), where a sweep of every subscription for each message made
+/// it sixteen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keeper_of_many_small_maps_costs_little_while_idle() {
     let nats = server().await;

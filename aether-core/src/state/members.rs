@@ -13,8 +13,9 @@
 //! two sides of a healed partition find each other. A replica alone says
 //! it less and less often, down to once every [`LONE_HELLO_EVERY`]
 //! heartbeats. A replica that opens says hello to all and takes the
-//! members from the replica it caught up from. So a replica sends two messages a heartbeat and receives about
-//! three, not one from every other replica.
+//! members from the replica it caught up from. So a replica sends two
+//! messages a heartbeat and receives about three, not one from every other
+//! replica.
 //!
 //! What a replica hears from a member itself (a hello, a ping, an answer)
 //! counts above what others say of it: a member said gone by a probe is
